@@ -1,0 +1,1 @@
+"""Veeksha load runner: config → sessions → dispatch → records → evaluation → files."""

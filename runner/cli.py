@@ -1,0 +1,10 @@
+import click
+
+
+@click.command()
+def main() -> None:
+    click.echo("todo")
+
+
+def seed_main() -> None:
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, SLOs, health checks, time series, distributions and plots."""

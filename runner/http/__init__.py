@@ -1,0 +1,1 @@
+"""HTTP client side of the driver: transport, SSE parsing, OpenAI request/response handling."""

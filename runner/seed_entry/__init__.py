@@ -1,0 +1,1 @@
+"""Alias package so the seed's `python -m veeksha.benchmark` invocation keeps working."""

@@ -1,0 +1,408 @@
+"""The configuration model (spec: config.md), shared by runner and uploader.
+
+Polymorphic sections pick a variant by `type:` from the plain tables below; the validator in
+`veeksha.shared.schema` reads the same tables, so adding a variant is one dataclass and one table row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from veeksha.shared.schema import spec
+
+# ---------------------------------------------------------------- length / wait generators
+
+
+@dataclass
+class FixedGen:
+    type: Literal["fixed"] = "fixed"
+    value: float = spec(default=1, ge=0)
+
+
+@dataclass
+class UniformGen:
+    """Inclusive on both ends."""
+
+    type: Literal["uniform"] = "uniform"
+    min: float = spec(default=1, ge=0)
+    max: float = spec(default=1, ge=0)
+
+    def check(self) -> str | None:
+        return f"min ({self.min}) must be <= max ({self.max})" if self.min > self.max else None
+
+
+@dataclass
+class NormalGen:
+    type: Literal["normal"] = "normal"
+    mean: float = spec(default=100, ge=0)
+    std: float = spec(default=10, ge=0)
+    min: float = spec(default=0, ge=0)
+    max: float = spec(default=1e9, ge=0)
+
+    def check(self) -> str | None:
+        return f"min ({self.min}) must be <= max ({self.max})" if self.min > self.max else None
+
+
+@dataclass
+class ZipfGen:
+    type: Literal["zipf"] = "zipf"
+    theta: float = spec(default=1.2, gt=0)
+    min: float = spec(default=1, ge=0)
+    max: float = spec(default=1000, ge=0)
+
+    def check(self) -> str | None:
+        return f"min ({self.min}) must be <= max ({self.max})" if self.min > self.max else None
+
+
+@dataclass
+class InverseGaussianGen:
+    type: Literal["inverse_gaussian"] = "inverse_gaussian"
+    mean: float = spec(default=100, gt=0)
+    shape: float = spec(default=100, gt=0)
+
+
+@dataclass
+class FixedStairGen:
+    """Walks `values` in order, each repeated `repeat_each` times, then starts over."""
+
+    type: Literal["fixed_stair"] = "fixed_stair"
+    values: list[float] = spec(factory=lambda: [1.0], ge=0)
+    repeat_each: int = spec(default=1, ge=1)
+
+    def check(self) -> str | None:
+        return "values must not be empty" if not self.values else None
+
+
+LENGTH_GENERATORS: dict[str, type] = {
+    "fixed": FixedGen,
+    "uniform": UniformGen,
+    "normal": NormalGen,
+    "zipf": ZipfGen,
+    "inverse_gaussian": InverseGaussianGen,
+    "fixed_stair": FixedStairGen,
+}
+LengthGen = FixedGen | UniformGen | NormalGen | ZipfGen | InverseGaussianGen | FixedStairGen
+
+
+def _gen(**defaults: Any) -> Any:
+    kind = defaults.pop("type", "fixed")
+    return spec(factory=lambda: LENGTH_GENERATORS[kind](**defaults), variants=LENGTH_GENERATORS)
+
+
+# ---------------------------------------------------------------- client
+
+
+@dataclass
+class ClientConfig:
+    type: Literal["openai_chat_completions", "openai_completions"] = "openai_chat_completions"
+    api_base: str | None = spec(default=None, doc="env OPENAI_API_BASE when unset")
+    model: str | None = spec(default=None, doc="required unless the server lists one model")
+    api_key: str | None = spec(default=None, doc="env OPENAI_API_KEY when unset; never written")
+    headers: dict[str, str] = spec(factory=dict)
+    request_timeout: float = spec(default=300.0, gt=0)
+    connect_timeout: float = spec(default=10.0, gt=0)
+    stream: bool = True
+    max_tokens_param: str | None = None
+    ignore_eos: bool = True
+    min_tokens_param: str | None = None
+    include_usage: bool = True
+    additional_sampling_params: dict[str, Any] = spec(factory=dict)
+    tokenizer: str | None = spec(default=None, doc="local tokenizer.json or HF tokenizer dir")
+    http_backend: Literal["native", "httpx"] = "native"
+    max_connections: int | None = spec(default=None, ge=1, doc="default: sized to the load")
+
+
+# ---------------------------------------------------------------- traffic
+
+
+@dataclass
+class PoissonIntervals:
+    type: Literal["poisson"] = "poisson"
+    arrival_rate: float = spec(default=1.0, gt=0, doc="sessions per second")
+
+
+@dataclass
+class GammaIntervals:
+    type: Literal["gamma"] = "gamma"
+    arrival_rate: float = spec(default=1.0, gt=0)
+    cv: float = spec(default=1.0, gt=0, doc="coefficient of variation of the gaps")
+
+
+@dataclass
+class FixedIntervals:
+    type: Literal["fixed"] = "fixed"
+    interval: float | None = spec(default=None, gt=0, doc="seconds between sessions")
+    arrival_rate: float | None = spec(default=None, gt=0)
+
+    def check(self) -> str | None:
+        if (self.interval is None) == (self.arrival_rate is None):
+            return "set exactly one of interval or arrival_rate"
+        return None
+
+    @property
+    def rate(self) -> float:
+        return self.arrival_rate if self.arrival_rate else 1.0 / (self.interval or 1.0)
+
+
+INTERVAL_GENERATORS: dict[str, type] = {
+    "poisson": PoissonIntervals,
+    "gamma": GammaIntervals,
+    "fixed": FixedIntervals,
+}
+
+
+def arrival_rate_of(gen: PoissonIntervals | GammaIntervals | FixedIntervals) -> float:
+    return gen.rate if isinstance(gen, FixedIntervals) else gen.arrival_rate
+
+
+@dataclass
+class RateTraffic:
+    type: Literal["rate"] = "rate"
+    interval_generator: PoissonIntervals | GammaIntervals | FixedIntervals = spec(
+        factory=PoissonIntervals, variants=INTERVAL_GENERATORS
+    )
+    max_concurrent_sessions: int | None = spec(default=None, ge=1)
+    cancel_session_on_failure: bool = True
+
+
+@dataclass
+class ConcurrentTraffic:
+    type: Literal["concurrent"] = "concurrent"
+    target_concurrent_sessions: int = spec(default=1, ge=1)
+    rampup_seconds: float = spec(default=0.0, ge=0)
+    cancel_session_on_failure: bool = True
+
+
+TRAFFIC_SCHEDULERS: dict[str, type] = {"rate": RateTraffic, "concurrent": ConcurrentTraffic}
+
+# ---------------------------------------------------------------- sessions
+
+
+@dataclass
+class SingleRequestGraph:
+    type: Literal["single_request"] = "single_request"
+
+
+@dataclass
+class LinearGraph:
+    type: Literal["linear"] = "linear"
+    num_request_generator: LengthGen = _gen(type="fixed", value=3)
+    request_wait_generator: LengthGen = _gen(type="fixed", value=0)
+    inherit_history: bool = True
+
+
+@dataclass
+class BranchingGraph:
+    type: Literal["branching"] = "branching"
+    num_layers_generator: LengthGen = _gen(type="fixed", value=3)
+    layer_width_generator: LengthGen = _gen(type="uniform", min=1, max=3)
+    fan_out_generator: LengthGen = _gen(type="uniform", min=1, max=2)
+    fan_in_generator: LengthGen = _gen(type="uniform", min=1, max=2)
+    request_wait_generator: LengthGen = _gen(type="fixed", value=0)
+    inherit_history: bool = True
+
+
+SESSION_GRAPHS: dict[str, type] = {
+    "single_request": SingleRequestGraph,
+    "linear": LinearGraph,
+    "branching": BranchingGraph,
+}
+
+
+@dataclass
+class TextChannel:
+    type: Literal["text"] = "text"
+    body_length_generator: LengthGen = _gen(type="uniform", min=100, max=500)
+    shared_prefix_ratio: float = spec(default=0.0, ge=0, le=1)
+    shared_prefix_probability: float = spec(default=0.0, ge=0, le=1)
+
+
+CHANNELS: dict[str, type] = {"text": TextChannel}
+
+
+@dataclass
+class TextOutputSpec:
+    output_length_generator: LengthGen = _gen(type="uniform", min=64, max=256)
+
+
+@dataclass
+class OutputSpec:
+    text: TextOutputSpec = spec(factory=TextOutputSpec)
+
+
+@dataclass
+class SyntheticSessions:
+    type: Literal["synthetic"] = "synthetic"
+    session_graph: SingleRequestGraph | LinearGraph | BranchingGraph = spec(
+        factory=SingleRequestGraph, variants=SESSION_GRAPHS
+    )
+    channels: list[TextChannel] = spec(factory=lambda: [TextChannel()], variants=CHANNELS)
+    output_spec: OutputSpec = spec(factory=OutputSpec)
+
+
+@dataclass
+class TraceSessions:
+    type: Literal["trace"] = "trace"
+    path: str = spec(default="", doc="local JSONL or CSV file; never fetched from the network")
+    flavor: Literal["auto", "request_log", "conversation"] = "auto"
+    timed_replay: bool = spec(default=False, doc="use the trace's timestamps as arrival times")
+    time_scale: float = spec(default=1.0, gt=0, doc="timed replay speed-up: 2.0 = twice as fast")
+    wrap: bool = spec(default=True, doc="start over at the end of the trace")
+
+    def check(self) -> str | None:
+        return "path: a trace file path is required" if not self.path else None
+
+
+SESSION_GENERATORS: dict[str, type] = {"synthetic": SyntheticSessions, "trace": TraceSessions}
+
+# ---------------------------------------------------------------- evaluation
+
+SLO_METRICS = (
+    "ttfc",
+    "tbc",
+    "tpot",
+    "e2e",
+    "end_to_end_latency",
+    "normalized_end_to_end_latency",
+)
+
+
+@dataclass
+class SLOConfig:
+    name: str
+    metric: Literal[SLO_METRICS]  # type: ignore[valid-type]
+    value: float = spec(gt=0, doc="threshold in seconds")
+    percentile: float = spec(default=0.99, gt=0, le=1)
+    type: Literal["constant"] = "constant"
+
+    @property
+    def canonical_metric(self) -> str:
+        return "end_to_end_latency" if self.metric == "e2e" else self.metric
+
+
+@dataclass
+class PerformanceEvaluator:
+    type: Literal["performance"] = "performance"
+    target_channels: list[str] = spec(factory=lambda: ["text"])
+    slos: list[SLOConfig] = spec(factory=list)
+
+
+EVALUATORS: dict[str, type] = {"performance": PerformanceEvaluator}
+
+# ---------------------------------------------------------------- runtime, recording, server, wandb
+
+
+@dataclass
+class RuntimeConfig:
+    benchmark_timeout: float = spec(default=300.0, doc="seconds; <= 0 disables")
+    max_sessions: int = spec(default=-1, ge=-1, doc="-1 = unlimited")
+    max_requests: int = spec(default=-1, ge=-1, doc="-1 = unlimited")
+    warmup_sessions: int = spec(default=0, ge=0)
+    post_timeout_grace_seconds: float = spec(
+        default=-1.0, ge=-1, doc="-1 waits for in-flight requests; N waits N s then cancels"
+    )
+
+
+@dataclass
+class TraceRecorderConfig:
+    enabled: bool = True
+    include_content: bool = False
+
+
+@dataclass
+class SimulatedServerConfig:
+    type: Literal["simulated"] = "simulated"
+    model: str = "veeksha-sim"
+    host: str = "127.0.0.1"
+    port: int = spec(default=0, ge=0, le=65535, doc="0 = a free port")
+    prefill_time_per_token: float = spec(default=2e-5, ge=0)
+    decode_step_base: float = spec(default=0.008, ge=0)
+    decode_step_per_seq: float = spec(default=0.0002, ge=0)
+    max_batch_size: int = spec(default=64, ge=1)
+    max_kv_tokens: int = spec(default=200_000, ge=1)
+    tokens_per_chunk: int = spec(default=1, ge=1)
+    default_max_tokens: int = spec(default=256, ge=1)
+    eos_probability_per_token: float = spec(default=0.0, ge=0, le=1)
+    honor_ignore_eos: bool = True
+    error_rate: float = spec(default=0.0, ge=0, le=1)
+    seed: int = 0
+
+
+@dataclass
+class CommandServerConfig:
+    type: Literal["command"] = "command"
+    command: list[str] = spec(factory=list)
+    ready_url: str = ""
+    api_base: str | None = None
+    env: dict[str, str] = spec(factory=dict)
+    ready_timeout: float = spec(default=600.0, gt=0)
+
+    def check(self) -> str | None:
+        if not self.command:
+            return "command: give the server command as a list, e.g. [vllm, serve, MODEL]"
+        return None if self.ready_url else "ready_url: required (e.g. http://127.0.0.1:8000/health)"
+
+
+SERVERS: dict[str, type] = {"simulated": SimulatedServerConfig, "command": CommandServerConfig}
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str | None = spec(default=None, doc="env WANDB_PROJECT, else 'veeksha'")
+    entity: str | None = None
+    group: str | None = None
+    run_name: str | None = None
+    tags: list[str] = spec(factory=list)
+    notes: str | None = None
+    mode: Literal["online", "offline", "disabled"] | None = None
+    log_artifacts: bool = True
+
+
+# ---------------------------------------------------------------- top level
+
+
+@dataclass
+class BenchmarkConfig:
+    seed: int = 42
+    output_dir: str = "benchmark_output"
+    client: ClientConfig = spec(factory=ClientConfig)
+    traffic_scheduler: RateTraffic | ConcurrentTraffic = spec(
+        factory=RateTraffic, variants=TRAFFIC_SCHEDULERS
+    )
+    session_generator: SyntheticSessions | TraceSessions = spec(
+        factory=SyntheticSessions, variants=SESSION_GENERATORS
+    )
+    evaluators: list[PerformanceEvaluator] = spec(
+        factory=lambda: [PerformanceEvaluator()], variants=EVALUATORS
+    )
+    runtime: RuntimeConfig = spec(factory=RuntimeConfig)
+    trace_recorder: TraceRecorderConfig = spec(factory=TraceRecorderConfig)
+    server: SimulatedServerConfig | CommandServerConfig | None = spec(
+        default=None, variants=SERVERS
+    )
+    wandb: WandbConfig = spec(factory=WandbConfig)
+
+    @property
+    def slos(self) -> list[SLOConfig]:
+        return [slo for ev in self.evaluators for slo in ev.slos]
+
+
+@dataclass
+class CapacitySearchConfig:
+    benchmark_config: BenchmarkConfig
+    output_dir: str = "capacity_search_output"
+    start_value: float = spec(default=5.0, gt=0)
+    max_value: float = spec(default=100.0, gt=0)
+    expansion_factor: float = spec(default=2.0, gt=1)
+    max_iterations: int = spec(default=20, ge=1)
+    precision: int = spec(default=2, ge=0, le=6)
+    max_error_rate: float | None = spec(
+        default=0.05, ge=0, le=1, doc="an attempt with more errors fails; null disables"
+    )
+
+    def check(self) -> str | None:
+        if self.start_value > self.max_value:
+            return f"start_value ({self.start_value}) must be <= max_value ({self.max_value})"
+        return None

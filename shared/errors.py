@@ -1,0 +1,21 @@
+"""The project's exception tree, mapped to exit codes at the CLI boundary."""
+
+
+class VeekshaError(Exception):
+    """Base of every error we raise on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(VeekshaError):
+    """Bad input from the user: one clear line, exit status 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A configuration value is wrong; the message names the key path, the value, what is allowed."""
+
+
+class ContractError(VeekshaError):
+    """An output directory does not follow outputs.md (missing or corrupt file, named)."""

@@ -1,0 +1,59 @@
+"""Atomic file writes and orjson helpers shared by runner and uploader."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+_DUMP_OPTS = orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write via temp file + rename so a reader never sees a half-written file."""
+    if isinstance(data, str):
+        data = data.encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dump_json(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=_DUMP_OPTS) + b"\n"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, dump_json(obj))
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file; raises ContractError naming the file when it is missing or corrupt."""
+    from veeksha.shared.errors import ContractError
+
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ContractError(f"{path}: file is missing") from None
+    except orjson.JSONDecodeError as e:
+        raise ContractError(f"{path}: not valid JSON ({e})") from None
+
+
+def iter_jsonl(path: Path):
+    """Yield objects from a JSONL file, skipping a torn last line (a crash mid-append)."""
+    with path.open("rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue

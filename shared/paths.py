@@ -1,0 +1,140 @@
+"""The output-directory contract: every file name the runner writes and the uploader reads.
+
+Spelled once here (spec: outputs.md); everything else imports these names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+RUN_JSON = "run.json"
+CONFIG_YML = "config.yml"
+HEALTH_CHECK_TXT = "health_check_results.txt"
+METRICS_DIR = "metrics"
+TRACES_DIR = "traces"
+WANDB_RUN_JSON = "wandb_run.json"  # written by the uploader only
+WANDB_DIR = "wandb"  # written by the uploader only
+UPLOAD_LOCK = ".veeksha-upload.lock"  # the uploader's per-directory lock
+
+REQUEST_RECORDS = "request_level_metrics.jsonl"
+SUMMARY_STATS = "summary_stats.json"
+THROUGHPUT_METRICS = "throughput_metrics.json"
+SLO_RESULTS = "slo_results.json"
+HEALTH_CHECKS_JSON = "health_checks.json"
+PREFILL_STATS = "prefill_stats.json"
+TIMESERIES_CSV = "timeseries.csv"
+DISPATCH_TRACE = "dispatch_trace.jsonl"
+
+# Metrics that get a `<metric>.csv` (101 quantiles) and a `<metric>.png` distribution plot.
+DISTRIBUTION_METRICS = (
+    "ttfc",
+    "tbc",
+    "tpot",
+    "end_to_end_latency",
+    "normalized_end_to_end_latency",
+    "output_throughput",
+    "num_prompt_tokens",
+    "num_output_tokens",
+    "session_duration",
+    "dispatch_delay",
+)
+
+# Sweep and capacity-search directories.
+SWEEP_DIR_PREFIX = "sweep-"
+SWEEP_MANIFEST = "sweep_manifest.json"
+SWEEP_SUMMARY_JSON = "sweep_summary.json"
+SWEEP_SUMMARY_CSV = "sweep_summary.csv"
+CAPSEARCH_DIR_PREFIX = "capsearch-"
+CAPSEARCH_RUNS_DIR = "runs"
+CAPSEARCH_RESULTS = "capacity_search_results.json"
+CAPSEARCH_ATTEMPTS_CSV = "capacity_search_attempts.csv"
+
+# What the uploader may put in the W&B artifact: relative glob patterns, paths kept.
+ARTIFACT_ALLOW_LIST = (
+    CONFIG_YML,
+    RUN_JSON,
+    HEALTH_CHECK_TXT,
+    f"{METRICS_DIR}/*.json",
+    f"{METRICS_DIR}/*.jsonl",
+    f"{METRICS_DIR}/*.csv",
+    f"{METRICS_DIR}/*.png",
+    f"{TRACES_DIR}/*",
+)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Absolute paths of one run directory's files."""
+
+    root: Path
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / RUN_JSON
+
+    @property
+    def config_yml(self) -> Path:
+        return self.root / CONFIG_YML
+
+    @property
+    def health_check_txt(self) -> Path:
+        return self.root / HEALTH_CHECK_TXT
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_DIR
+
+    @property
+    def traces(self) -> Path:
+        return self.root / TRACES_DIR
+
+    @property
+    def request_records(self) -> Path:
+        return self.metrics / REQUEST_RECORDS
+
+    @property
+    def summary_stats(self) -> Path:
+        return self.metrics / SUMMARY_STATS
+
+    @property
+    def throughput_metrics(self) -> Path:
+        return self.metrics / THROUGHPUT_METRICS
+
+    @property
+    def slo_results(self) -> Path:
+        return self.metrics / SLO_RESULTS
+
+    @property
+    def health_checks_json(self) -> Path:
+        return self.metrics / HEALTH_CHECKS_JSON
+
+    @property
+    def prefill_stats(self) -> Path:
+        return self.metrics / PREFILL_STATS
+
+    @property
+    def timeseries_csv(self) -> Path:
+        return self.metrics / TIMESERIES_CSV
+
+    @property
+    def dispatch_trace(self) -> Path:
+        return self.traces / DISPATCH_TRACE
+
+    @property
+    def wandb_run_json(self) -> Path:
+        return self.root / WANDB_RUN_JSON
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.root / WANDB_DIR
+
+    def distribution_csv(self, metric: str) -> Path:
+        return self.metrics / f"{metric}.csv"
+
+    def distribution_png(self, metric: str) -> Path:
+        return self.metrics / f"{metric}.png"
+
+    def make_dirs(self) -> None:
+        self.metrics.mkdir(parents=True, exist_ok=True)
+        self.traces.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,101 @@
+"""Record schemas of the output directory: request records, dispatch trace lines, run.json.
+
+Spec: outputs.md. Times in records are seconds since the run's start on the monotonic clock.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Request status values.
+SUCCESS: Final = "success"
+ERROR: Final = "error"
+CANCELLED: Final = "cancelled"
+TIMEOUT: Final = "timeout"
+REQUEST_STATUSES: Final = (SUCCESS, ERROR, CANCELLED, TIMEOUT)
+
+# Where token counts came from.
+COUNT_SERVER: Final = "server"
+COUNT_TOKENIZER: Final = "tokenizer"
+COUNT_APPROXIMATE: Final = "approximate"
+
+# Error types a request record may carry (error_type), one per failure family.
+ERROR_TYPES: Final = (
+    "connect_error",  # could not open a connection
+    "connect_timeout",  # connect deadline passed
+    "request_timeout",  # whole-request deadline passed
+    "http_error",  # non-2xx status
+    "server_error",  # the server sent an error body or an error event mid-stream
+    "connection_dropped",  # the server closed the connection before the response ended
+    "protocol_error",  # a response we could not parse
+    "cancelled",  # cancelled by us (session failure, shutdown)
+)
+
+# One line of metrics/request_level_metrics.jsonl, in this order.
+REQUEST_RECORD_FIELDS: Final = (
+    "request_id",
+    "session_id",
+    "node_id",
+    "status",
+    "error_type",
+    "error_message",
+    "http_status",
+    "is_warmup",
+    "scheduler_ready_at",
+    "scheduler_dispatched_at",
+    "client_picked_up_at",
+    "client_completed_at",
+    "result_processed_at",
+    "num_delta_prompt_tokens",
+    "num_total_prompt_tokens",
+    "target_num_delta_prompt_tokens",
+    "num_output_tokens",
+    "num_requested_output_tokens",
+    "token_count_source",
+    "is_stream",
+    "ttfc",
+    "tbc",
+    "tpot",
+    "end_to_end_latency",
+    "normalized_end_to_end_latency",
+    "output_throughput",
+    "dispatch_delay",
+    "finish_reason",
+)
+
+# One line of traces/dispatch_trace.jsonl (plus "content" when trace_recorder.include_content).
+DISPATCH_TRACE_FIELDS: Final = (
+    "request_id",
+    "session_id",
+    "node_id",
+    "session_size",
+    "scheduled_at",
+    "ready_at",
+    "dispatched_at",
+    "parent_nodes",
+    "history_parent",
+    "wait_after_ready",
+)
+
+# run.json
+RUN_RUNNING: Final = "running"
+RUN_COMPLETED: Final = "completed"
+RUN_TIMEOUT: Final = "timeout"
+RUN_INTERRUPTED: Final = "interrupted"
+RUN_FAILED: Final = "failed"
+RUN_STATUSES: Final = (RUN_RUNNING, RUN_COMPLETED, RUN_TIMEOUT, RUN_INTERRUPTED, RUN_FAILED)
+
+RUN_JSON_FIELDS: Final = (
+    "run_id",
+    "veeksha_version",
+    "status",
+    "started_at",
+    "finished_at",
+    "config_sha256",
+    "host",
+    "python",
+    "argv",
+    "sweep",
+    "capacity_search",
+    "error",
+)

@@ -1,0 +1,237 @@
+"""A small validator that builds config dataclasses from plain YAML data.
+
+Twenty-odd lines of type dispatch instead of a framework: each dataclass field's type hint says what
+is accepted, `field(metadata=...)` adds ranges and variant tables, and every error names the full key
+path, the bad value and what is allowed. The same walk exports a JSON schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from veeksha.shared.errors import ConfigError
+
+
+def spec(
+    *,
+    default: Any = dataclasses.MISSING,
+    factory: Any = dataclasses.MISSING,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    variants: dict[str, type] | None = None,
+    doc: str = "",
+) -> Any:
+    """A dataclass field with validation metadata (ranges, `type:` variant table, docs)."""
+    meta = {"gt": gt, "ge": ge, "le": le, "variants": variants, "doc": doc}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _fail(path: str, value: Any, allowed: str) -> ConfigError:
+    shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    return ConfigError(f"config error at {path or '<root>'}: {shown} is not allowed; {allowed}")
+
+
+def _join(path: str, key: str | int) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def build(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, validating every key recursively."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise _fail(path, data, f"expected a mapping of {cls.__name__} keys")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"config error at {_join(path, key)}: unknown key; allowed keys: "
+                f"{', '.join(sorted(fields))}{hint}"
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = convert(hints[name], data[name], _join(path, name), f.metadata)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"config error at {_join(path, name)}: required key is missing")
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        problem = check()
+        if problem:
+            raise ConfigError(f"config error at {path or '<root>'}: {problem}")
+    return obj
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) < len(get_args(tp)) and len(args) == 1:
+            return True, args[0]
+    return False, tp
+
+
+def convert(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any] | None = None) -> Any:
+    meta = meta or {}
+    optional, tp = _is_optional(tp)
+    if value is None:
+        if optional or tp is Any:
+            return None
+        raise _fail(path, value, f"a value is required ({describe(tp, meta)})")
+    variants = meta.get("variants")
+    if variants and get_origin(tp) is not list:
+        if not isinstance(value, dict):
+            raise _fail(path, value, f"expected a mapping with 'type' in {sorted(variants)}")
+        kind = value.get("type", next(iter(variants)) if len(variants) == 1 else None)
+        if kind not in variants:
+            close = difflib.get_close_matches(str(kind), list(variants), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"config error at {_join(path, 'type')}: {kind!r} is not allowed; "
+                f"choose one of {', '.join(sorted(variants))}{hint}"
+            )
+        return build(variants[kind], value, path)
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path)
+    if origin is Literal:
+        if value not in get_args(tp):
+            close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise _fail(path, value, f"choose one of {', '.join(map(str, get_args(tp)))}{hint}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise _fail(path, value, f"expected a list ({describe(tp, meta)})")
+        (item,) = get_args(tp)
+        return [convert(item, v, _join(path, i), meta) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _fail(path, value, "expected a mapping")
+        _, item = get_args(tp)
+        return {str(k): convert(item, v, _join(path, k)) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _fail(path, value, "expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise _fail(path, value, f"expected an integer{_range_text(meta)}")
+        value = int(value)
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _fail(path, value, f"expected a number{_range_text(meta)}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise _fail(path, value, "expected a string")
+        return str(value)
+    else:
+        raise TypeError(f"unsupported config type {tp!r} at {path}")
+    _check_range(value, path, meta)
+    return value
+
+
+def _range_text(meta: typing.Mapping[str, Any]) -> str:
+    parts = []
+    if meta.get("gt") is not None:
+        parts.append(f"> {meta['gt']}")
+    if meta.get("ge") is not None:
+        parts.append(f">= {meta['ge']}")
+    if meta.get("le") is not None:
+        parts.append(f"<= {meta['le']}")
+    return f" {' and '.join(parts)}" if parts else ""
+
+
+def _check_range(value: float, path: str, meta: typing.Mapping[str, Any]) -> None:
+    gt, ge, le = meta.get("gt"), meta.get("ge"), meta.get("le")
+    if (
+        (gt is not None and not value > gt)
+        or (ge is not None and not value >= ge)
+        or (le is not None and not value <= le)
+    ):
+        raise _fail(path, value, f"must be{_range_text(meta)}")
+
+
+def describe(tp: Any, meta: typing.Mapping[str, Any] | None = None) -> str:
+    meta = meta or {}
+    _, tp = _is_optional(tp)
+    if meta.get("variants"):
+        return f"a mapping with type: {' | '.join(meta['variants'])}"
+    if get_origin(tp) is Literal:
+        return " | ".join(map(str, get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass tree → plain data (for config.yml and hashing)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def json_schema(cls: type) -> dict[str, Any]:
+    """JSON schema (draft 2020-12) of a config dataclass, for editor completion."""
+    hints = get_type_hints(cls)
+    props = {}
+    required = []
+    for f in dataclasses.fields(cls):
+        props[f.name] = _schema_of(hints[f.name], f.metadata)
+        if f.metadata.get("doc"):
+            props[f.name]["description"] = f.metadata["doc"]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+        elif f.default is not dataclasses.MISSING and isinstance(
+            f.default, str | int | float | bool
+        ):
+            props[f.name]["default"] = f.default
+    out: dict[str, Any] = {
+        "type": "object",
+        "title": cls.__name__,
+        "properties": props,
+        "additionalProperties": False,
+    }
+    if required:
+        out["required"] = required
+    return out
+
+
+def _schema_of(tp: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
+    optional, tp = _is_optional(tp)
+    if meta.get("variants"):
+        inner: dict[str, Any] = {"oneOf": [json_schema(c) for c in meta["variants"].values()]}
+    elif dataclasses.is_dataclass(tp):
+        inner = json_schema(tp)
+    elif get_origin(tp) is Literal:
+        inner = {"enum": list(get_args(tp))}
+    elif get_origin(tp) is list:
+        inner = {"type": "array", "items": _schema_of(get_args(tp)[0], meta)}
+    elif get_origin(tp) is dict:
+        inner = {"type": "object"}
+    else:
+        inner = {
+            bool: {"type": "boolean"},
+            int: {"type": "integer"},
+            float: {"type": "number"},
+            str: {"type": "string"},
+        }.get(tp, {})
+        for key, word in (("gt", "exclusiveMinimum"), ("ge", "minimum"), ("le", "maximum")):
+            if meta.get(key) is not None and tp in (int, float):
+                inner[word] = meta[key]
+    return {"anyOf": [inner, {"type": "null"}]} if optional else inner

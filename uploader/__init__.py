@@ -1,0 +1,1 @@
+"""Veeksha uploader: rebuilds a W&B run from an output directory."""
