@@ -85,7 +85,7 @@ LENGTH_GENERATORS: dict[str, type] = {
 LengthGen = FixedGen | UniformGen | NormalGen | ZipfGen | InverseGaussianGen | FixedStairGen
 
 
-def _gen(**defaults: Any) -> Any:
+def gen_field(**defaults: Any) -> Any:
     kind = defaults.pop("type", "fixed")
     return spec(factory=lambda: LENGTH_GENERATORS[kind](**defaults), variants=LENGTH_GENERATORS)
 
@@ -187,19 +187,19 @@ class SingleRequestGraph:
 @dataclass
 class LinearGraph:
     type: Literal["linear"] = "linear"
-    num_request_generator: LengthGen = _gen(type="fixed", value=3)
-    request_wait_generator: LengthGen = _gen(type="fixed", value=0)
+    num_request_generator: LengthGen = gen_field(type="fixed", value=3)
+    request_wait_generator: LengthGen = gen_field(type="fixed", value=0)
     inherit_history: bool = True
 
 
 @dataclass
 class BranchingGraph:
     type: Literal["branching"] = "branching"
-    num_layers_generator: LengthGen = _gen(type="fixed", value=3)
-    layer_width_generator: LengthGen = _gen(type="uniform", min=1, max=3)
-    fan_out_generator: LengthGen = _gen(type="uniform", min=1, max=2)
-    fan_in_generator: LengthGen = _gen(type="uniform", min=1, max=2)
-    request_wait_generator: LengthGen = _gen(type="fixed", value=0)
+    num_layers_generator: LengthGen = gen_field(type="fixed", value=3)
+    layer_width_generator: LengthGen = gen_field(type="uniform", min=1, max=3)
+    fan_out_generator: LengthGen = gen_field(type="uniform", min=1, max=2)
+    fan_in_generator: LengthGen = gen_field(type="uniform", min=1, max=2)
+    request_wait_generator: LengthGen = gen_field(type="fixed", value=0)
     inherit_history: bool = True
 
 
@@ -213,7 +213,7 @@ SESSION_GRAPHS: dict[str, type] = {
 @dataclass
 class TextChannel:
     type: Literal["text"] = "text"
-    body_length_generator: LengthGen = _gen(type="uniform", min=100, max=500)
+    body_length_generator: LengthGen = gen_field(type="uniform", min=100, max=500)
     shared_prefix_ratio: float = spec(default=0.0, ge=0, le=1)
     shared_prefix_probability: float = spec(default=0.0, ge=0, le=1)
 
@@ -223,7 +223,7 @@ CHANNELS: dict[str, type] = {"text": TextChannel}
 
 @dataclass
 class TextOutputSpec:
-    output_length_generator: LengthGen = _gen(type="uniform", min=64, max=256)
+    output_length_generator: LengthGen = gen_field(type="uniform", min=64, max=256)
 
 
 @dataclass
@@ -379,9 +379,7 @@ class BenchmarkConfig:
     )
     runtime: RuntimeConfig = spec(factory=RuntimeConfig)
     trace_recorder: TraceRecorderConfig = spec(factory=TraceRecorderConfig)
-    server: SimulatedServerConfig | CommandServerConfig | None = spec(
-        default=None, variants=SERVERS
-    )
+    server: SimulatedServerConfig | CommandServerConfig | None = spec(default=None, variants=SERVERS)
     wandb: WandbConfig = spec(factory=WandbConfig)
 
     @property

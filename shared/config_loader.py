@@ -110,9 +110,7 @@ def _expansions(tree: Any, prefix: str = "") -> list[tuple[str, Expand]]:
     if isinstance(tree, Expand):
         return [(prefix, tree)]
     if isinstance(tree, dict):
-        return [
-            e for k, v in tree.items() for e in _expansions(v, f"{prefix}.{k}" if prefix else k)
-        ]
+        return [e for k, v in tree.items() for e in _expansions(v, f"{prefix}.{k}" if prefix else k)]
     if isinstance(tree, list):
         return [e for i, v in enumerate(tree) for e in _expansions(v, f"{prefix}.{i}")]
     return []
@@ -149,9 +147,7 @@ def load_raw(path: Path | None, overrides: list[tuple[str, str]] = ()) -> dict[s
     return tree
 
 
-def load_benchmark_runs(
-    path: Path | None, overrides: list[tuple[str, str]] = ()
-) -> list[LoadedRun]:
+def load_benchmark_runs(path: Path | None, overrides: list[tuple[str, str]] = ()) -> list[LoadedRun]:
     """Every run the file expands to, each validated (all errors raised before any traffic)."""
     raw = load_raw(path, overrides)
     return [LoadedRun(params, build_benchmark_config(tree)) for params, tree in expand(raw)]

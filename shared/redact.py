@@ -27,8 +27,7 @@ def redact(obj: Any) -> Any:
     """Return a copy of a JSON-like tree with every secret value replaced by REDACTED."""
     if isinstance(obj, dict):
         return {
-            k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v))
-            for k, v in obj.items()
+            k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v)) for k, v in obj.items()
         }
     if isinstance(obj, list | tuple):
         return [redact(v) for v in obj]

@@ -197,9 +197,7 @@ def json_schema(cls: type) -> dict[str, Any]:
             props[f.name]["description"] = f.metadata["doc"]
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             required.append(f.name)
-        elif f.default is not dataclasses.MISSING and isinstance(
-            f.default, str | int | float | bool
-        ):
+        elif f.default is not dataclasses.MISSING and isinstance(f.default, str | int | float | bool):
             props[f.name]["default"] = f.default
     out: dict[str, Any] = {
         "type": "object",
