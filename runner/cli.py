@@ -1,10 +1,201 @@
+"""`veeksha-run`: the command line of the load runner.
+
+    veeksha-run --config FILE [--section.key VALUE ...] [--strict]
+    veeksha-run capacity-search --config FILE [--section.key VALUE ...]
+    veeksha-run evaluate RUN_DIR [--strict]
+    veeksha-run simulate-server [--port N] [--section.key VALUE ...]
+
+Every VeekshaError is mapped to one line and an exit code here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 import click
+from veeksha.shared.errors import UsageError, VeekshaError
+
+SUBCOMMANDS = ("capacity-search", "evaluate", "simulate-server")
 
 
-@click.command()
-def main() -> None:
-    click.echo("todo")
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    """`--a.b VALUE` / `--a.b=VALUE` pairs → [("a.b", "VALUE")]."""
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise UsageError(f"unexpected argument {arg!r}; overrides look like --section.key VALUE")
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise UsageError(f"--{name} needs a value, e.g. --{name} VALUE")
+            i += 1
+            value = args[i]
+        if "." not in name and name not in ("seed", "output_dir"):
+            raise UsageError(
+                f"unknown option --{name}; config overrides name a key path, e.g. "
+                "--client.api_base URL (see --help)"
+            )
+        out.append((name, value))
+        i += 1
+    return out
+
+
+def _guard(fn: Callable[[], int]) -> None:
+    try:
+        code = fn()
+    except VeekshaError as e:
+        click.echo(f"veeksha-run: {e}", err=True)
+        code = e.exit_code
+    sys.exit(code)
+
+
+RUN_HELP = """Run one benchmark (or a sweep when the config has !expand).
+
+Any config key can be overridden: --client.api_base URL,
+--traffic_scheduler.interval_generator.arrival_rate 5, --server.type simulated, ...
+"""
+
+
+@click.command(
+    "veeksha-run",
+    help=RUN_HELP,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="*.veeksha.yml file")
+@click.option("--benchmark-config-from-file", "seed_config", type=click.Path(path_type=Path), hidden=True)
+@click.option("--strict", is_flag=True, help="exit 1 when an SLO or a health check fails")
+@click.option("--dry-run", is_flag=True, help="validate the config, print the runs it expands to")
+@click.option(
+    "--export-json-schema",
+    "schema_out",
+    type=click.Path(path_type=Path),
+    help="write the config JSON schema to FILE and exit",
+)
+@click.pass_context
+def run_command(
+    ctx: click.Context,
+    config_path: Path | None,
+    seed_config: Path | None,
+    strict: bool,
+    dry_run: bool,
+    schema_out: Path | None,
+) -> None:
+    def go() -> int:
+        from veeksha.runner.sweep import run_from_config
+
+        if schema_out is not None:
+            return export_schema(schema_out)
+        overrides = parse_overrides(list(ctx.args))
+        return run_from_config(config_path or seed_config, overrides, strict=strict, dry_run=dry_run)
+
+    _guard(go)
+
+
+def export_schema(out: Path) -> int:
+    from veeksha.shared.config import BenchmarkConfig
+    from veeksha.shared.jsonio import write_json
+    from veeksha.shared.schema import json_schema
+
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **json_schema(BenchmarkConfig)}
+    write_json(out, schema)
+    click.echo(f"veeksha-run: wrote the config JSON schema to {out}")
+    return 0
+
+
+@click.command(
+    "capacity-search",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.pass_context
+def capacity_search_command(ctx: click.Context, config_path: Path) -> None:
+    """Find the largest rate / concurrency that meets every SLO."""
+
+    def go() -> int:
+        from veeksha.runner.capacity_search import run_capacity_search
+
+        return run_capacity_search(config_path, parse_overrides(list(ctx.args)))
+
+    _guard(go)
+
+
+@click.command("evaluate")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--strict", is_flag=True, help="exit 1 when an SLO or a health check fails")
+def evaluate_command(run_dir: Path, strict: bool) -> None:
+    """Recompute every metric, SLO and health check of RUN_DIR from its raw records."""
+
+    def go() -> int:
+        from veeksha.runner.evaluation.evaluate import evaluate_run
+        from veeksha.runner.evaluation.report import format_summary
+        from veeksha.shared.paths import RunPaths
+
+        if not RunPaths(run_dir).request_records.exists():
+            raise UsageError(
+                f"{run_dir} is not a run directory (no metrics/request_level_metrics.jsonl); "
+                "pass the directory a run created"
+            )
+        ev = evaluate_run(run_dir, rebuilt=True)
+        click.echo(format_summary(ev))
+        return 1 if strict and not (ev.all_slos_met is not False and ev.all_health_passed) else 0
+
+    _guard(go)
+
+
+@click.command(
+    "simulate-server",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.pass_context
+def simulate_server_command(ctx: click.Context, port: int, host: str) -> None:
+    """Run the built-in simulated OpenAI-compatible server (overrides: --max_batch_size 32 ...)."""
+
+    def go() -> int:
+        from veeksha.runner.simulated_server import serve
+        from veeksha.shared.config import SimulatedServerConfig
+        from veeksha.shared.config_loader import parse_override_value
+        from veeksha.shared.schema import build
+
+        raw: dict[str, object] = {"type": "simulated", "host": host, "port": port}
+        for name, value in parse_overrides_flat(list(ctx.args)):
+            raw[name] = parse_override_value(value)
+        cfg = build(SimulatedServerConfig, raw, "server")
+        serve(cfg, announce=lambda h, p: click.echo(f"simulated server on http://{h}:{p}/v1"))
+        return 0
+
+    _guard(go)
+
+
+def parse_overrides_flat(args: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for i in range(0, len(args), 2):
+        if not args[i].startswith("--") or i + 1 >= len(args):
+            raise UsageError(f"unexpected argument {args[i]!r}; use --name VALUE")
+        pairs.append((args[i][2:].replace("-", "_"), args[i + 1]))
+    return pairs
+
+
+COMMANDS = {
+    "capacity-search": capacity_search_command,
+    "evaluate": evaluate_command,
+    "simulate-server": simulate_server_command,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        COMMANDS[args[0]].main(args[1:], prog_name=f"veeksha-run {args[0]}")
+    else:
+        run_command.main(args, prog_name="veeksha-run")
 
 
 def seed_main() -> None:
+    """`python -m veeksha.benchmark --benchmark-config-from-file FILE`: the seed doc's spelling."""
     main()

@@ -76,8 +76,8 @@ def build(cls: type, data: Any, path: str = "") -> Any:
 def _is_optional(tp: Any) -> tuple[bool, Any]:
     if get_origin(tp) in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) < len(get_args(tp)) and len(args) == 1:
-            return True, args[0]
+        if len(args) < len(get_args(tp)):
+            return True, args[0] if len(args) == 1 else Union[tuple(args)]  # noqa: UP007
     return False, tp
 
 
@@ -129,19 +129,18 @@ def convert(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any] | Non
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
             raise _fail(path, value, f"expected an integer{_range_text(meta)}")
-        value = int(value)
+        _check_range(value, path, meta)
+        return int(value)
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _fail(path, value, f"expected a number{_range_text(meta)}")
-        value = float(value)
-    elif tp is str:
+        _check_range(value, path, meta)
+        return float(value)
+    if tp is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise _fail(path, value, "expected a string")
         return str(value)
-    else:
-        raise TypeError(f"unsupported config type {tp!r} at {path}")
-    _check_range(value, path, meta)
-    return value
+    raise TypeError(f"unsupported config type {tp!r} at {path}")
 
 
 def _range_text(meta: typing.Mapping[str, Any]) -> str:

@@ -1,0 +1,171 @@
+"""One benchmark run, end to end: server → endpoint → run directory → driver + recorder → evaluation.
+
+This process is the recorder/evaluator; the driver is a spawned child process. Whatever happens
+after the run directory exists, it ends with a final run.json and every record received so far.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from veeksha.runner.driver import driver_main
+from veeksha.runner.progress import Progress
+from veeksha.runner.recorder import Recorder
+from veeksha.runner.run_dir import RunDir
+from veeksha.runner.server_launcher import start_server
+from veeksha.runner.tokenizer import count_tokens_approx
+from veeksha.shared.config import BenchmarkConfig
+from veeksha.shared.errors import ConfigError, VeekshaError
+from veeksha.shared.records import RUN_FAILED, RUN_INTERRUPTED
+from veeksha.shared.redact import scrub_text
+
+DRIVER_EXIT_WAIT_S = 10.0
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str
+    error: str | None
+    all_slos_met: bool | None = None
+    all_health_passed: bool | None = None
+    upload_failed: bool = False
+
+
+def run_benchmark(
+    cfg: BenchmarkConfig,
+    parent_dir: Path,
+    *,
+    argv: list[str],
+    sweep: dict[str, Any] | None = None,
+    capacity_search: dict[str, Any] | None = None,
+    quiet: bool = False,
+) -> RunResult:
+    """Run one benchmark and leave a complete run directory under `parent_dir`."""
+    server = start_server(cfg.server) if cfg.server is not None else None
+    try:
+        resolve_endpoint(cfg, server.api_base if server is not None else None)
+        run = RunDir(parent_dir, cfg, argv=argv, sweep=sweep, capacity_search=capacity_search)
+        print(f"veeksha: run directory {run.root}", flush=True)
+        result = _record_and_evaluate(cfg, run, quiet=quiet)
+    finally:
+        if server is not None:
+            server.stop()
+    if cfg.wandb.enabled:
+        result.upload_failed = not upload(result.run_dir)
+    return result
+
+
+def resolve_endpoint(cfg: BenchmarkConfig, server_api_base: str | None) -> None:
+    """Fill client.api_base and client.model from the server section, env, or /v1/models."""
+    client = cfg.client
+    if server_api_base is not None:
+        client.api_base = server_api_base
+    if not client.api_base:
+        raise ConfigError(
+            "config error at client.api_base: not set; pass --client.api_base URL, set "
+            "OPENAI_API_BASE, or add a server section (e.g. --server.type simulated)"
+        )
+    if client.model:
+        return
+    url = client.api_base.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {client.api_key}"} if client.api_key else {}
+    try:
+        resp = httpx.get(url, headers=headers, timeout=client.connect_timeout)
+        resp.raise_for_status()
+        models = [m["id"] for m in resp.json().get("data", [])]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"config error at client.model: not set, and {url} did not list models "
+            f"({scrub_text(str(e), [client.api_key or ''])}); pass --client.model NAME"
+        ) from None
+    if len(models) != 1:
+        raise ConfigError(
+            f"config error at client.model: not set, and the server lists {len(models)} models "
+            f"({', '.join(models[:5])}); pass --client.model NAME"
+        )
+    client.model = models[0]
+
+
+def _record_and_evaluate(cfg: BenchmarkConfig, run: RunDir, *, quiet: bool) -> RunResult:
+    status, error = RUN_FAILED, None
+    try:
+        recording = _record(cfg, run)
+        status, error = recording.status, recording.error
+        run.info["driver"] = {
+            "cpu_seconds": recording.driver_cpu_seconds,
+            "num_records": recording.num_records,
+        }
+    except BaseException as e:  # the directory must still end with a final status
+        error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        status = RUN_INTERRUPTED if isinstance(e, KeyboardInterrupt) else RUN_FAILED
+        run.finish(status, error)
+        raise
+    result = RunResult(run.root, status, error)
+    try:
+        from veeksha.runner.evaluation.evaluate import evaluate_run
+        from veeksha.runner.evaluation.report import format_summary
+
+        evaluation = evaluate_run(run.root)
+        result.all_slos_met = evaluation.all_slos_met
+        result.all_health_passed = evaluation.all_health_passed
+        if not quiet:
+            print(format_summary(evaluation), flush=True)
+    except Exception as e:  # records are safe on disk; `veeksha-run evaluate` can retry
+        error = error or f"evaluation failed: {type(e).__name__}: {e}"
+        result.error = error
+        print(f"veeksha: {error}; rerun `veeksha-run evaluate {run.root}`", file=sys.stderr)
+    run.finish(status, error)
+    return result
+
+
+def _record(cfg: BenchmarkConfig, run: RunDir):
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=driver_main, args=(cfg, sender), name="veeksha-driver", daemon=True)
+    recorder = Recorder(
+        run.paths,
+        Progress(cfg.runtime.benchmark_timeout),
+        count_tokens_approx,
+        cfg.trace_recorder.enabled,
+    )
+    previous = {s: signal.signal(s, recorder.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        proc.start()
+        sender.close()
+        result = recorder.run(receiver, proc)
+    finally:
+        proc.join(DRIVER_EXIT_WAIT_S)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return result
+
+
+def upload(run_dir: Path) -> bool:
+    """Hand the finished directory to the uploader, in its own process (the runner never imports wandb)."""
+    cmd = [sys.executable, "-m", "veeksha.uploader", str(run_dir)]
+    print(f"veeksha: uploading to W&B: {' '.join(cmd[2:])}", flush=True)
+    try:
+        ok = subprocess.run(cmd, check=False).returncode == 0
+    except OSError as e:
+        print(f"veeksha: could not start the uploader: {e}", file=sys.stderr)
+        ok = False
+    if not ok:
+        print(
+            f"veeksha: upload failed; the run's results are unchanged. Retry with: veeksha-upload {run_dir}",
+            file=sys.stderr,
+        )
+    return ok
+
+
+__all__ = ["RunResult", "VeekshaError", "resolve_endpoint", "run_benchmark", "upload"]

@@ -1,0 +1,517 @@
+"""The driver process: keeps the arrival schedule, runs session graphs, sends requests, timestamps.
+
+It does nothing else. Records leave as positional lists, batched on a 100 ms tick, through a
+non-blocking pipe to the recorder process, which does all the arithmetic and file writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any
+
+import orjson
+from veeksha.runner import ipc
+from veeksha.runner.http.client import LLMClient, Outcome, make_client
+from veeksha.runner.randomness import stream
+from veeksha.runner.sessions import RequestNode, Session, SessionGenerator, make_session_generator
+from veeksha.runner.traffic import (
+    arrival_offsets,
+    interval_sampler,
+    rampup_start_offsets,
+    sleep_until,
+)
+from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, RateTraffic
+from veeksha.shared.records import (
+    CANCELLED,
+    COUNT_SERVER,
+    RUN_COMPLETED,
+    RUN_INTERRUPTED,
+    RUN_TIMEOUT,
+    SUCCESS,
+)
+
+TICK_S = 0.1
+# Sessions generated ahead of need: this many seconds of arrivals (at least MIN_BUFFER).
+BUFFER_AHEAD_S = 3.0
+MIN_BUFFER = 64
+# Per tick, session generation may take at most this long (keeps the loop responsive).
+REFILL_BUDGET_S = 0.005
+UNBOUNDED_CONNECTIONS = 4096
+
+
+def driver_main(cfg: BenchmarkConfig, conn: Connection) -> None:
+    """Entry point of the spawned driver process."""
+    # Own process group: a terminal Ctrl-C reaches only the recorder, which forwards it once.
+    os.setpgrp()
+    import uvloop
+
+    uvloop.run(Driver(cfg, conn).run())
+
+
+class _Node:
+    """Per-run state of one request node while its session runs."""
+
+    __slots__ = (
+        "completed_at",
+        "context",
+        "done",
+        "ok",
+        "output_tokens",
+        "reply",
+        "spec",
+        "total_tokens",
+    )
+
+    def __init__(self, spec: RequestNode) -> None:
+        self.spec = spec
+        self.done = asyncio.Event()
+        self.ok = False
+        self.completed_at = 0.0
+        self.context: Any = None  # messages (chat) or prompt prefix (completions) before this turn
+        self.reply = ""
+        self.output_tokens = 0  # server-counted reply tokens (0 when unknown)
+        self.total_tokens = 0  # prompt tokens this node sent, history included
+
+
+class Driver:
+    def __init__(self, cfg: BenchmarkConfig, conn: Connection) -> None:
+        self.cfg = cfg
+        self.conn = conn
+        self.parent_pid = os.getppid()
+        self.runtime = cfg.runtime
+        self.traffic = cfg.traffic_scheduler
+        self.is_chat = cfg.client.type == "openai_chat_completions"
+        self.include_content = cfg.trace_recorder.include_content
+        self.cancel_on_failure = self.traffic.cancel_session_on_failure
+        self.sessions: SessionGenerator = make_session_generator(cfg)
+        self.count_source = self.sessions.token_count_source
+        self.buffer: deque[Session] = deque()
+        self.trace_exhausted = False
+        self.client: LLMClient | None = None
+
+        self.records: list[list[Any]] = []
+        self.trace: list[list[Any]] = []
+        self.out: asyncio.WriteTransport | None = None
+        self.t0 = 0.0
+        self.next_request_id = 0
+        self.sessions_started = 0
+        self.requests_dispatched = 0
+        self.requests_completed = 0
+        self.requests_errored = 0
+        self.output_tokens = 0
+        self.in_flight = 0
+        self.session_tasks: set[asyncio.Task[None]] = set()
+        self.request_tasks: set[asyncio.Task[Any]] = set()
+
+        self.dispatch_open = True
+        self.stop_reason: str | None = None
+        self.signals = 0
+        self.dispatcher: asyncio.Task[None] | None = None
+        self.finished = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.out, _ = await loop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(self.conn.fileno(), "wb", buffering=0, closefd=False)
+        )
+        try:
+            self.client = make_client(self.cfg.client, self._max_connections())
+            self._fill_buffer(self._buffer_target(), budget_s=None)
+        except Exception as e:  # bad tokenizer, unreadable trace...: say so, in one line
+            self._send(ipc.FAILED, {"message": f"{type(e).__name__}: {e}"})
+            await self._close()
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal)
+
+        self.t0 = time.perf_counter()
+        self._send(ipc.START, {"t0": self.t0, "pid": os.getpid()})
+        ticker = asyncio.create_task(self._tick())
+        self.dispatcher = asyncio.create_task(self._dispatch())
+        try:
+            await self.dispatcher
+        except asyncio.CancelledError:
+            pass
+        self.dispatch_open = False
+        await self._drain()
+        ticker.cancel()
+        self._flush()
+        self._send(
+            ipc.DONE,
+            {
+                "status": self.stop_reason or RUN_COMPLETED,
+                "cpu_seconds": time.process_time(),
+                "requests": self.requests_dispatched,
+            },
+        )
+        await self._close()
+
+    async def _close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+        if self.out is not None:
+            self.out.close()
+            await asyncio.sleep(0)
+
+    def _stop_dispatch(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.dispatch_open = False
+        if self.dispatcher is not None and not self.dispatcher.done():
+            self.dispatcher.cancel()
+
+    def _on_signal(self) -> None:
+        self.signals += 1
+        self._stop_dispatch(RUN_INTERRUPTED)
+        if self.signals >= 2:
+            self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        for task in list(self.request_tasks):
+            task.cancel()
+        for task in list(self.session_tasks):
+            task.cancel()
+
+    async def _drain(self) -> None:
+        """After dispatch stops: wait for in-flight work, cancelling it after the grace period."""
+        grace = self.runtime.post_timeout_grace_seconds
+        if self.stop_reason is not None and grace >= 0:
+            asyncio.get_running_loop().call_later(grace, self._cancel_all)
+        while self.session_tasks:
+            await asyncio.wait(list(self.session_tasks))
+
+    async def _tick(self) -> None:
+        timeout = self.runtime.benchmark_timeout
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.perf_counter()
+            if timeout > 0 and self.dispatch_open and now - self.t0 >= timeout:
+                self._stop_dispatch(RUN_TIMEOUT)
+            if os.getppid() != self.parent_pid:  # the recorder died: stop at once
+                self._stop_dispatch(RUN_INTERRUPTED)
+                self._cancel_all()
+            self._flush()
+            if self.dispatch_open:
+                self._fill_buffer(self._buffer_target(), budget_s=REFILL_BUDGET_S)
+
+    # ------------------------------------------------------------------ traffic
+
+    async def _dispatch(self) -> None:
+        if isinstance(self.traffic, RateTraffic):
+            await self._dispatch_rate(self.traffic)
+        elif isinstance(self.traffic, ConcurrentTraffic):
+            await self._dispatch_concurrent(self.traffic)
+
+    def _may_start_session(self) -> bool:
+        limit = self.runtime.max_sessions
+        if limit >= 0 and self.sessions_started >= limit + self.runtime.warmup_sessions:
+            return False
+        return self._requests_left()
+
+    def _requests_left(self) -> bool:
+        limit = self.runtime.max_requests
+        return limit < 0 or self.requests_dispatched < limit
+
+    async def _dispatch_rate(self, traffic: RateTraffic) -> None:
+        gaps = interval_sampler(traffic.interval_generator, stream(self.cfg.seed, "arrivals"))
+        offsets = arrival_offsets(gaps)
+        cap = traffic.max_concurrent_sessions
+        limiter = asyncio.Semaphore(cap) if cap else None
+        while self.dispatch_open and self._may_start_session():
+            session = self._next_session()
+            if session is None:
+                break
+            offset = next(offsets) if session.arrival_offset is None else session.arrival_offset
+            due = self.t0 + offset
+            await sleep_until(due)
+            self._start_session(session, due, limiter)
+
+    async def _dispatch_concurrent(self, traffic: ConcurrentTraffic) -> None:
+        starts = rampup_start_offsets(traffic.target_concurrent_sessions, traffic.rampup_seconds)
+        workers = [asyncio.create_task(self._worker(self.t0 + s)) for s in starts]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+
+    async def _worker(self, start_at: float) -> None:
+        await sleep_until(start_at)
+        while self.dispatch_open and self._may_start_session():
+            session = self._next_session()
+            if session is None:
+                return
+            task = self._start_session(session, time.perf_counter(), None)
+            await asyncio.wait([task])
+
+    def _next_session(self) -> Session | None:
+        if not self.buffer:
+            self._fill_buffer(1, budget_s=None)
+        return self.buffer.popleft() if self.buffer else None
+
+    def _buffer_target(self) -> int:
+        rate = 0.0
+        if isinstance(self.traffic, RateTraffic):
+            gen = self.traffic.interval_generator
+            rate = getattr(gen, "arrival_rate", None) or 1.0 / getattr(gen, "interval", 1.0)
+        else:
+            rate = self.traffic.target_concurrent_sessions
+        return max(MIN_BUFFER, int(rate * BUFFER_AHEAD_S))
+
+    def _fill_buffer(self, target: int, budget_s: float | None) -> None:
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        while len(self.buffer) < target and not self.trace_exhausted:
+            session = self.sessions.next_session()
+            if session is None:
+                self.trace_exhausted = True
+                return
+            self.buffer.append(session)
+            if deadline is not None and time.perf_counter() > deadline:
+                return
+
+    def _max_connections(self) -> int:
+        if self.cfg.client.max_connections:
+            return self.cfg.client.max_connections
+        if isinstance(self.traffic, ConcurrentTraffic):
+            return self.traffic.target_concurrent_sessions * 4
+        return self.traffic.max_concurrent_sessions or UNBOUNDED_CONNECTIONS
+
+    # ------------------------------------------------------------------ sessions
+
+    def _start_session(
+        self, session: Session, ready_at: float, limiter: asyncio.Semaphore | None
+    ) -> asyncio.Task[None]:
+        is_warmup = self.sessions_started < self.runtime.warmup_sessions
+        self.sessions_started += 1
+        task = asyncio.create_task(self._run_session(session, ready_at, is_warmup, limiter))
+        self.session_tasks.add(task)
+        task.add_done_callback(self.session_tasks.discard)
+        return task
+
+    async def _run_session(
+        self,
+        session: Session,
+        scheduled_at: float,
+        is_warmup: bool,
+        limiter: asyncio.Semaphore | None,
+    ) -> None:
+        if limiter is not None:
+            await limiter.acquire()
+        try:
+            nodes = [_Node(spec) for spec in session.nodes]
+            if len(nodes) == 1:
+                await self._run_node(session, nodes, nodes[0], scheduled_at, is_warmup)
+                return
+            tasks = [
+                asyncio.create_task(self._run_node(session, nodes, n, scheduled_at, is_warmup)) for n in nodes
+            ]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for t in tasks:
+                    t.cancel()
+        finally:
+            if limiter is not None:
+                limiter.release()
+
+    async def _run_node(
+        self,
+        session: Session,
+        nodes: list[_Node],
+        node: _Node,
+        scheduled_at: float,
+        is_warmup: bool,
+    ) -> None:
+        spec = node.spec
+        try:
+            ready_at = scheduled_at
+            if spec.parents:
+                parents = [nodes[p] for p in spec.parents]
+                for p in parents:
+                    await p.done.wait()
+                if not all(p.ok for p in parents):
+                    if self.cancel_on_failure and self.dispatch_open:
+                        self._record_cancelled(session, node, scheduled_at, is_warmup)
+                    return
+                ready_at = max(p.completed_at for p in parents) + spec.wait_after_ready
+                if spec.wait_after_ready > 0:
+                    await sleep_until(ready_at)
+            if not self.dispatch_open or not self._requests_left():
+                return
+            await self._send_request(session, nodes, node, scheduled_at, ready_at, is_warmup)
+        finally:
+            node.done.set()
+
+    def _payload(self, nodes: list[_Node], node: _Node) -> tuple[Any, int]:
+        """The request body's messages/prompt and its prompt token count (history included)."""
+        spec = node.spec
+        hp = spec.history_parent
+        if hp is None:
+            node.context = [] if self.is_chat else ""
+            history_tokens = 0
+        else:
+            parent = nodes[hp]
+            if self.is_chat:
+                node.context = [
+                    *parent.context,
+                    {"role": "user", "content": parent.spec.content},
+                    {"role": "assistant", "content": parent.reply},
+                ]
+            else:
+                node.context = f"{parent.context}{parent.spec.content}{parent.reply}\n"
+            history_tokens = parent.total_tokens + parent.output_tokens
+        node.total_tokens = history_tokens + spec.num_content_tokens
+        if self.is_chat:
+            return [*node.context, {"role": "user", "content": spec.content}], node.total_tokens
+        return node.context + spec.content, node.total_tokens
+
+    async def _send_request(
+        self,
+        session: Session,
+        nodes: list[_Node],
+        node: _Node,
+        scheduled_at: float,
+        ready_at: float,
+        is_warmup: bool,
+    ) -> None:
+        spec = node.spec
+        payload, total_tokens = self._payload(nodes, node)
+        request_id = self.next_request_id
+        self.next_request_id += 1
+        self.requests_dispatched += 1
+        if not self._requests_left():
+            self._stop_dispatch(RUN_COMPLETED)
+        self.in_flight += 1
+        dispatched_at = time.perf_counter()
+        self.trace.append(
+            [
+                request_id,
+                session.session_id,
+                spec.node_id,
+                len(nodes),
+                scheduled_at,
+                ready_at,
+                dispatched_at,
+                list(spec.parents),
+                spec.history_parent,
+                spec.wait_after_ready,
+                payload if self.include_content else None,
+            ]
+        )
+        assert self.client is not None
+        task = asyncio.ensure_future(self.client.request(payload, spec.requested_output_tokens))
+        self.request_tasks.add(task)
+        try:
+            outcome: Outcome = await task
+        except asyncio.CancelledError:
+            outcome = Outcome(status=CANCELLED, error_type="cancelled")
+            outcome.error_message = "cancelled at shutdown"
+        finally:
+            self.request_tasks.discard(task)
+            self.in_flight -= 1
+        ok = outcome.status == SUCCESS
+        node.ok = ok
+        node.completed_at = outcome.completed_at or time.perf_counter()
+        node.reply = outcome.text
+        node.output_tokens = outcome.completion_tokens or 0
+        if ok:
+            self.requests_completed += 1
+            self.output_tokens += outcome.completion_tokens or len(outcome.chunk_times)
+        else:
+            self.requests_errored += 1
+        has_usage = outcome.completion_tokens is not None
+        self.records.append(
+            [
+                request_id,
+                session.session_id,
+                spec.node_id,
+                outcome.status,
+                outcome.error_type,
+                outcome.error_message,
+                outcome.http_status,
+                is_warmup,
+                ready_at,
+                dispatched_at,
+                outcome.picked_up_at,
+                outcome.completed_at,
+                time.perf_counter(),
+                spec.num_content_tokens,
+                outcome.prompt_tokens if outcome.prompt_tokens is not None else total_tokens,
+                spec.target_prompt_tokens,
+                outcome.completion_tokens,
+                spec.requested_output_tokens,
+                COUNT_SERVER if has_usage else self.count_source,
+                self.client.is_stream,
+                outcome.finish_reason,
+                outcome.chunk_times,
+                None if has_usage else outcome.text,
+            ]
+        )
+
+    def _record_cancelled(self, session: Session, node: _Node, scheduled_at: float, is_warmup: bool) -> None:
+        """A node not sent because an earlier request of its session failed."""
+        spec = node.spec
+        request_id = self.next_request_id
+        self.next_request_id += 1
+        self.trace.append(
+            [
+                request_id,
+                session.session_id,
+                spec.node_id,
+                len(session.nodes),
+                scheduled_at,
+                None,
+                None,
+                list(spec.parents),
+                spec.history_parent,
+                spec.wait_after_ready,
+                None,
+            ]
+        )
+        fields = {
+            "request_id": request_id,
+            "session_id": session.session_id,
+            "node_id": spec.node_id,
+            "status": CANCELLED,
+            "error_type": "cancelled",
+            "error_message": "not sent: an earlier request of this session failed",
+            "is_warmup": is_warmup,
+            "num_delta_prompt_tokens": spec.num_content_tokens,
+            "target_num_delta_prompt_tokens": spec.target_prompt_tokens,
+            "num_requested_output_tokens": spec.requested_output_tokens,
+            "token_count_source": self.count_source,
+            "is_stream": self.cfg.client.stream,
+            "chunk_times": [],
+        }
+        record = [fields.get(name) for name in ipc.RAW_RECORD_FIELDS]
+        self.records.append(record)
+
+    # ------------------------------------------------------------------ output
+
+    def _flush(self) -> None:
+        if not (self.records or self.trace) and self.out is not None:
+            payload: dict[str, Any] = {"records": [], "trace": []}
+        else:
+            payload = {"records": self.records, "trace": self.trace}
+            self.records, self.trace = [], []
+        payload["progress"] = {
+            "sessions": self.sessions_started,
+            "dispatched": self.requests_dispatched,
+            "completed": self.requests_completed,
+            "errored": self.requests_errored,
+            "in_flight": self.in_flight,
+            "output_tokens": self.output_tokens,
+        }
+        self._send(ipc.BATCH, payload)
+
+    def _send(self, kind: str, payload: dict[str, Any]) -> None:
+        if self.out is None or self.out.is_closing():
+            return
+        self.out.write(ipc.frame(orjson.dumps([kind, payload])))

@@ -1,0 +1,63 @@
+"""Messages from the driver process to the recorder process.
+
+Each message is one length-prefixed frame (multiprocessing.Connection's wire format, so the
+recorder reads it with `recv_bytes`) holding orjson `[kind, payload]`. The driver writes frames
+through a non-blocking asyncio pipe transport: a slow recorder can never stall dispatch.
+Records travel as positional lists in RAW_RECORD_FIELDS order (cheaper than dicts to build).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from veeksha.shared.records import DISPATCH_TRACE_FIELDS
+
+START: Final = "start"  # {"t0": perf_counter at run start, "pid": driver pid}
+BATCH: Final = "batch"  # {"records": [...], "trace": [...], "progress": {...}}
+DONE: Final = "done"  # {"status": run status, "reason": str, "cpu_seconds": float}
+FAILED: Final = "failed"  # {"message": one line}
+
+# What the driver measures per request. Times are raw time.perf_counter() values; the recorder
+# subtracts t0. `count_text` carries the generated text only when the server sent no usage, so
+# the recorder (not the driver) can count its tokens.
+RAW_RECORD_FIELDS: Final = (
+    "request_id",
+    "session_id",
+    "node_id",
+    "status",
+    "error_type",
+    "error_message",
+    "http_status",
+    "is_warmup",
+    "scheduler_ready_at",
+    "scheduler_dispatched_at",
+    "client_picked_up_at",
+    "client_completed_at",
+    "result_processed_at",
+    "num_delta_prompt_tokens",
+    "num_total_prompt_tokens",
+    "target_num_delta_prompt_tokens",
+    "num_output_tokens",
+    "num_requested_output_tokens",
+    "token_count_source",
+    "is_stream",
+    "finish_reason",
+    "chunk_times",
+    "count_text",
+)
+RAW_TIME_FIELDS: Final = (
+    "scheduler_ready_at",
+    "scheduler_dispatched_at",
+    "client_picked_up_at",
+    "client_completed_at",
+    "result_processed_at",
+)
+# Trace lines: DISPATCH_TRACE_FIELDS, then "content" (None unless include_content).
+RAW_TRACE_FIELDS: Final = (*DISPATCH_TRACE_FIELDS, "content")
+RAW_TRACE_TIME_FIELDS: Final = ("scheduled_at", "ready_at", "dispatched_at")
+
+
+def frame(payload: bytes) -> bytes:
+    """multiprocessing.Connection framing: 4-byte big-endian signed length, then the bytes."""
+    return struct.pack("!i", len(payload)) + payload

@@ -1,0 +1,45 @@
+"""The live progress display: one status line a second on a terminal, a plain line every 5 s otherwise."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+PLAIN_EVERY_S = 5.0
+
+
+class Progress:
+    def __init__(self, timeout_s: float, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.timeout_s = timeout_s
+        self.last_shown = -PLAIN_EVERY_S
+        self.last_tokens = 0
+        self.last_t = 0.0
+        self.tokens_per_s = 0.0
+
+    def update(self, elapsed: float, p: dict[str, Any]) -> None:
+        dt = elapsed - self.last_t
+        if dt >= 1.0:
+            self.tokens_per_s = (p.get("output_tokens", 0) - self.last_tokens) / dt
+            self.last_tokens, self.last_t = p.get("output_tokens", 0), elapsed
+        if not self.tty and elapsed - self.last_shown < PLAIN_EVERY_S:
+            return
+        self.last_shown = elapsed
+        limit = f"/{self.timeout_s:.0f}s" if self.timeout_s > 0 else "s"
+        line = (
+            f"[{elapsed:6.1f}{limit}] sessions {p.get('sessions', 0)}  requests "
+            f"{p.get('dispatched', 0)} sent / {p.get('completed', 0)} ok / "
+            f"{p.get('errored', 0)} failed  in flight {p.get('in_flight', 0)}  "
+            f"{self.tokens_per_s:,.0f} out tok/s"
+        )
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()

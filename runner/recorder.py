@@ -1,0 +1,153 @@
+"""The recorder side of a run: receives the driver's batches and writes them down as they arrive.
+
+Request records and trace lines are appended (and flushed) batch by batch, so a crash loses at
+most the last tick. The per-second time series and the progress line are updated once a second.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, BinaryIO
+
+import orjson
+from veeksha.runner import ipc
+from veeksha.runner.evaluation.request_metrics import finalize_record
+from veeksha.runner.evaluation.timeseries import TimeseriesWriter
+from veeksha.runner.progress import Progress
+from veeksha.shared.paths import RunPaths
+from veeksha.shared.records import RUN_FAILED, RUN_INTERRUPTED
+
+POLL_S = 0.2
+# How long the driver may take to start (import, client, first sessions) before we give up.
+START_DEADLINE_S = 120.0
+
+
+@dataclass
+class RecordingResult:
+    status: str
+    error: str | None
+    num_records: int
+    driver_cpu_seconds: float | None
+    duration_s: float
+
+
+class Recorder:
+    def __init__(
+        self,
+        paths: RunPaths,
+        progress: Progress,
+        count_tokens: Callable[[str], int],
+        trace_enabled: bool,
+    ) -> None:
+        self.paths = paths
+        self.progress = progress
+        self.count_tokens = count_tokens
+        self.trace_enabled = trace_enabled
+        self.t0: float | None = None
+        self.num_records = 0
+        self.timeseries = TimeseriesWriter(paths.timeseries_csv)
+        self.signals = 0
+        self.driver_pid: int | None = None
+
+    # -------------------------------------------------------------- signals
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        """Forward each Ctrl-C / SIGTERM to the driver once: first drains, second cancels."""
+        self.signals += 1
+        if self.driver_pid is not None:
+            try:
+                os.kill(self.driver_pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    # -------------------------------------------------------------- main loop
+
+    def run(self, conn: Connection, proc: BaseProcess) -> RecordingResult:
+        self.driver_pid = proc.pid
+        started = time.monotonic()
+        status, error, cpu = None, None, None
+        last_second = time.monotonic()
+        with (
+            self.paths.request_records.open("ab") as records,
+            self._open_trace() as trace,
+        ):
+            while status is None:
+                if conn.poll(POLL_S):
+                    try:
+                        kind, payload = orjson.loads(conn.recv_bytes())
+                    except EOFError:
+                        continue
+                    if kind == ipc.START:
+                        self.t0 = payload["t0"]
+                    elif kind == ipc.BATCH:
+                        self._write_batch(payload, records, trace)
+                    elif kind == ipc.DONE:
+                        status, cpu = payload["status"], payload.get("cpu_seconds")
+                    elif kind == ipc.FAILED:
+                        status, error = RUN_FAILED, payload["message"]
+                elif not proc.is_alive():
+                    status = RUN_FAILED
+                    error = f"the driver process exited unexpectedly (exit code {proc.exitcode})"
+                elif self.t0 is None and time.monotonic() - started > START_DEADLINE_S:
+                    status, error = RUN_FAILED, "the driver process did not start in time"
+                now = time.monotonic()
+                if self.t0 is not None and now - last_second >= 1.0:
+                    last_second = now
+                    self.timeseries.flush(self._elapsed())
+        elapsed = self._elapsed() if self.t0 is not None else 0.0
+        self.timeseries.close(elapsed)
+        self.progress.close()
+        if status not in (RUN_FAILED,) and self.signals:
+            status = RUN_INTERRUPTED
+        return RecordingResult(status, error, self.num_records, cpu, elapsed)
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - (self.t0 or time.perf_counter())
+
+    def _open_trace(self) -> BinaryIO:
+        target = self.paths.dispatch_trace if self.trace_enabled else os.devnull
+        return open(target, "ab")
+
+    def _write_batch(self, payload: dict[str, Any], records: BinaryIO, trace: BinaryIO) -> None:
+        t0 = self.t0 or 0.0
+        if payload["records"]:
+            lines = []
+            for raw in payload["records"]:
+                record = finalize_record(self._relative_record(raw, t0))
+                self.timeseries.add(record)
+                lines.append(orjson.dumps(record))
+            records.write(b"\n".join(lines) + b"\n")
+            records.flush()
+            self.num_records += len(lines)
+        if payload["trace"]:
+            trace.write(
+                b"\n".join(orjson.dumps(self._relative_trace(t, t0)) for t in payload["trace"]) + b"\n"
+            )
+            trace.flush()
+        self.progress.update(self._elapsed(), payload["progress"])
+
+    def _relative_record(self, raw: list[Any], t0: float) -> dict[str, Any]:
+        rec = dict(zip(ipc.RAW_RECORD_FIELDS, raw, strict=True))
+        for name in ipc.RAW_TIME_FIELDS:
+            if rec[name] is not None:
+                rec[name] -= t0
+        rec["chunk_times"] = [t - t0 for t in rec["chunk_times"] or ()]
+        text = rec.pop("count_text")
+        if rec["num_output_tokens"] is None and text is not None:
+            rec["num_output_tokens"] = self.count_tokens(text)
+        return rec
+
+    def _relative_trace(self, raw: list[Any], t0: float) -> dict[str, Any]:
+        line = dict(zip(ipc.RAW_TRACE_FIELDS, raw, strict=True))
+        for name in ipc.RAW_TRACE_TIME_FIELDS:
+            if line[name] is not None:
+                line[name] -= t0
+        if line["content"] is None:
+            del line["content"]
+        return line

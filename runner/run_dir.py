@@ -1,0 +1,92 @@
+"""Creating a run directory and keeping its run.json (identity and status lifecycle)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from veeksha.shared import __version__
+from veeksha.shared.config_loader import config_sha256, dump_config_yaml
+from veeksha.shared.jsonio import write_atomic, write_json
+from veeksha.shared.paths import RunPaths
+from veeksha.shared.records import RUN_RUNNING
+from veeksha.shared.redact import redact_argv
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def iso(t: dt.datetime) -> str:
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def stamp(t: dt.datetime) -> str:
+    return t.strftime("%Y%m%d-%H%M%S")
+
+
+def make_unique_dir(parent: Path, name: str) -> Path:
+    """`parent/name`, or `name-2`, `name-3`, ... when taken (mkdir is the atomic claim)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = parent / (name if n == 1 else f"{name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a unique directory for {name} under {parent}")
+
+
+class RunDir:
+    """One run directory: created with config.yml and run.json, finished with a final status."""
+
+    def __init__(
+        self,
+        parent: Path,
+        cfg: Any,
+        *,
+        argv: list[str],
+        sweep: dict[str, Any] | None = None,
+        capacity_search: dict[str, Any] | None = None,
+    ) -> None:
+        started = utc_now()
+        digest = config_sha256(cfg)
+        self.paths = RunPaths(make_unique_dir(parent, f"{stamp(started)}-{digest[:8]}"))
+        self.paths.make_dirs()
+        write_atomic(self.paths.config_yml, dump_config_yaml(cfg))
+        self.info: dict[str, Any] = {
+            "run_id": uuid.uuid4().hex,
+            "veeksha_version": __version__,
+            "status": RUN_RUNNING,
+            "started_at": iso(started),
+            "finished_at": None,
+            "config_sha256": digest,
+            "host": socket.gethostname(),
+            "python": platform.python_version(),
+            "argv": redact_argv(list(argv)),
+            "sweep": sweep,
+            "capacity_search": capacity_search,
+            "error": None,
+        }
+        self.save()
+
+    @property
+    def root(self) -> Path:
+        return self.paths.root
+
+    def save(self) -> None:
+        write_json(self.paths.run_json, self.info)
+
+    def finish(self, status: str, error: str | None = None, **extra: Any) -> None:
+        self.info.update(status=status, finished_at=iso(utc_now()), error=error, **extra)
+        self.save()
+
+
+def python_argv() -> list[str]:
+    return [Path(sys.argv[0]).name, *sys.argv[1:]]

@@ -1,0 +1,114 @@
+"""Running a config file: one benchmark, or a sweep (one run per `!expand` combination).
+
+A sweep directory holds one run directory per combination, `sweep_manifest.json` (written before
+the first run and updated after each) and `sweep_summary.json` / `.csv` (one row per run).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from pathlib import Path
+from typing import Any
+
+from veeksha.runner.benchmark import RunResult, run_benchmark
+from veeksha.runner.run_dir import make_unique_dir, python_argv, stamp, utc_now
+from veeksha.shared.config_loader import LoadedRun, load_benchmark_runs
+from veeksha.shared.jsonio import read_json, write_atomic, write_json
+from veeksha.shared.paths import (
+    SWEEP_DIR_PREFIX,
+    SWEEP_MANIFEST,
+    SWEEP_SUMMARY_CSV,
+    SWEEP_SUMMARY_JSON,
+    RunPaths,
+)
+from veeksha.shared.records import RUN_COMPLETED, RUN_INTERRUPTED, RUN_TIMEOUT
+
+# Summary columns copied from each run's metrics files (when present).
+HEADLINE_KEYS = (
+    "num_requests",
+    "error_rate",
+    "observed_session_dispatch_rate",
+    "ttfc_p50",
+    "ttfc_p99",
+    "tpot_p50",
+    "tpot_p99",
+    "end_to_end_latency_p99",
+)
+HEADLINE_THROUGHPUT = ("request_throughput", "output_token_throughput", "goodput")
+
+
+def run_from_config(
+    path: Path | None, overrides: list[tuple[str, str]], *, strict: bool, dry_run: bool
+) -> int:
+    runs = load_benchmark_runs(path, overrides)  # every run validated before any traffic
+    if dry_run:
+        print(f"veeksha-run: config is valid; it expands to {len(runs)} run(s)")
+        for i, run in enumerate(runs):
+            print(f"  run {i}: {run.params or '(no sweep parameters)'}")
+        return 0
+    if len(runs) == 1:
+        result = run_benchmark(runs[0].config, Path(runs[0].config.output_dir), argv=python_argv())
+        return exit_code([result], strict=strict)
+    return exit_code(run_sweep(runs), strict=strict)
+
+
+def exit_code(results: list[RunResult], *, strict: bool) -> int:
+    if any(r.status == RUN_INTERRUPTED for r in results):
+        return 130
+    if any(r.status not in (RUN_COMPLETED, RUN_TIMEOUT) for r in results):
+        return 1
+    if strict and any(r.all_slos_met is False or r.all_health_passed is False for r in results):
+        return 1
+    return 0
+
+
+def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
+    root = make_unique_dir(Path(runs[0].config.output_dir), f"{SWEEP_DIR_PREFIX}{stamp(utc_now())}")
+    sweep_id = uuid.uuid4().hex
+    print(f"veeksha: sweep of {len(runs)} runs in {root}", flush=True)
+    manifest: dict[str, Any] = {"sweep_id": sweep_id, "count": len(runs), "runs": []}
+    results: list[RunResult] = []
+    for index, run in enumerate(runs):
+        info = {"id": sweep_id, "index": index, "count": len(runs), "params": run.params}
+        result = run_benchmark(run.config, root, argv=python_argv(), sweep=info)
+        results.append(result)
+        manifest["runs"].append(
+            {"index": index, "run_dir": result.run_dir.name, "params": run.params, "status": result.status}
+        )
+        write_json(root / SWEEP_MANIFEST, manifest)
+        write_summary(root, manifest)
+        if result.status == RUN_INTERRUPTED:
+            break
+    return results
+
+
+def write_summary(root: Path, manifest: dict[str, Any]) -> None:
+    rows = [summary_row(root / entry["run_dir"], entry) for entry in manifest["runs"]]
+    write_json(root / SWEEP_SUMMARY_JSON, {"sweep_id": manifest["sweep_id"], "runs": rows})
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(root / SWEEP_SUMMARY_CSV, buf.getvalue())
+
+
+def summary_row(run_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    paths = RunPaths(run_dir)
+    row: dict[str, Any] = {"run_dir": entry["run_dir"], "status": entry["status"]}
+    row.update(entry["params"])
+    for file, keys in (
+        (paths.summary_stats, HEADLINE_KEYS),
+        (paths.throughput_metrics, HEADLINE_THROUGHPUT),
+    ):
+        if file.exists():
+            data = read_json(file)
+            row.update({k: data.get(k) for k in keys})
+    row["all_slos_met"] = (
+        read_json(paths.slo_results).get("all_slos_met") if paths.slo_results.exists() else None
+    )
+    return row

@@ -1,0 +1,203 @@
+"""The config: every seed block loads unchanged; bad input names the key path and what is allowed."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SEED_DOC
+from veeksha.shared.config import BenchmarkConfig, LinearGraph, PoissonIntervals, RateTraffic
+from veeksha.shared.config_loader import (
+    dump_config_yaml,
+    load_benchmark_runs,
+    load_capacity_search,
+    load_written_config,
+)
+from veeksha.shared.errors import ConfigError
+from veeksha.shared.schema import json_schema
+
+
+def seed_yaml_blocks() -> list[str]:
+    text = SEED_DOC.read_text()
+    blocks = re.findall(r"\.\. code-block:: yaml\n\n((?:    .*\n|[ \t]*\n)+)", text)
+    return [textwrap.dedent(b) for b in blocks]
+
+
+def write(tmp_path: Path, text: str, name: str = "c.veeksha.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_the_seed_has_four_yaml_blocks() -> None:
+    assert len(seed_yaml_blocks()) == 4
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_every_seed_yaml_block_loads_unchanged(tmp_path: Path, index: int) -> None:
+    runs = load_benchmark_runs(write(tmp_path, seed_yaml_blocks()[index]))
+    assert len(runs) == 1
+    assert runs[0].config.wandb.enabled is True
+
+
+def test_the_complete_example_resolves_every_section(tmp_path: Path) -> None:
+    cfg = load_benchmark_runs(write(tmp_path, seed_yaml_blocks()[-1]))[0].config
+    assert cfg.seed == 42
+    assert cfg.wandb.group == "weekly-regression"
+    assert cfg.wandb.tags == ["regression", "llama-3-8b", "vllm-0.4"]
+    assert isinstance(cfg.traffic_scheduler, RateTraffic)
+    assert cfg.traffic_scheduler.interval_generator == PoissonIntervals(arrival_rate=10.0)
+    assert isinstance(cfg.session_generator.session_graph, LinearGraph)
+    assert cfg.session_generator.channels[0].body_length_generator.max == 500
+    (slo,) = cfg.slos
+    assert (slo.name, slo.metric, slo.percentile, slo.value) == ("P99 TTFC", "ttfc", 0.99, 0.5)
+    assert cfg.runtime.benchmark_timeout == 300
+    assert cfg.runtime.max_sessions == -1
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, seed_yaml_blocks()[-1])
+    cfg = load_benchmark_runs(
+        path,
+        [
+            ("server.type", "simulated"),
+            ("runtime.benchmark_timeout", "15"),
+            ("traffic_scheduler.interval_generator.arrival_rate", "2.5"),
+            ("evaluators.0.slos.0.value", "0.25"),
+        ],
+    )[0].config
+    assert cfg.server is not None and cfg.server.type == "simulated"
+    assert cfg.runtime.benchmark_timeout == 15
+    assert cfg.traffic_scheduler.interval_generator.arrival_rate == 2.5
+    assert cfg.slos[0].value == 0.25
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("clent: {}", r"clent: unknown key.*did you mean 'client'"),
+        ("traffic_scheduler: {type: rat}", r"traffic_scheduler\.type: 'rat' is not allowed.*did you mean 'rate'"),
+        (
+            "traffic_scheduler: {type: rate, interval_generator: {type: poisson, arrival_rate: -1}}",
+            r"traffic_scheduler\.interval_generator\.arrival_rate: -1 is not allowed; must be > 0",
+        ),
+        ("runtime: {max_sessions: many}", r"runtime\.max_sessions: 'many' is not allowed; expected an integer"),
+        (
+            "evaluators: [{type: performance, slos: [{name: a, metric: ttft, value: 1}]}]",
+            r"evaluators\.0\.slos\.0\.metric: 'ttft' is not allowed.*did you mean 'ttfc'",
+        ),
+        (
+            "evaluators: [{type: performance, slos: [{name: a, metric: ttfc, value: 1, percentile: 1.5}]}]",
+            r"evaluators\.0\.slos\.0\.percentile: 1\.5 is not allowed; must be > 0 and <= 1",
+        ),
+        (
+            "session_generator: {type: synthetic, channels: [{type: text, body_length_generator: {type: uniform, min: 9, max: 2}}]}",
+            r"session_generator\.channels\.0\.body_length_generator: min \(9\.0\) must be <= max",
+        ),
+        ("wandb: {mode: onlin}", r"wandb\.mode: 'onlin' is not allowed.*did you mean 'online'"),
+        ("client: {stream: maybe}", r"client\.stream: 'maybe' is not allowed; expected true or false"),
+    ],
+)
+def test_bad_values_name_the_key_path_and_what_is_allowed(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_benchmark_runs(write(tmp_path, text))
+
+
+def test_a_missing_file_and_broken_yaml_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_benchmark_runs(tmp_path / "nope.yml")
+    with pytest.raises(ConfigError, match=r"line 3: invalid YAML"):
+        load_benchmark_runs(write(tmp_path, "a: 1\nb: [\n"))
+
+
+def test_expand_makes_the_cartesian_product_in_file_order(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        traffic_scheduler:
+          type: rate
+          interval_generator: {type: poisson, arrival_rate: !expand [1, 2, 4]}
+        client:
+          stream: !expand [true, false]
+        wandb:
+          tags: [a, b]
+        """,
+    )
+    runs = load_benchmark_runs(path)
+    assert len(runs) == 6
+    assert runs[0].params == {
+        "traffic_scheduler.interval_generator.arrival_rate": 1,
+        "client.stream": True,
+    }
+    assert [r.config.traffic_scheduler.interval_generator.arrival_rate for r in runs] == [1, 1, 2, 2, 4, 4]
+    assert all(r.config.wandb.tags == ["a", "b"] for r in runs)  # a plain list stays a list
+
+
+def test_include_splices_another_file(tmp_path: Path) -> None:
+    write(tmp_path, "type: concurrent\ntarget_concurrent_sessions: 7\n", "traffic.yml")
+    path = write(tmp_path, "traffic_scheduler: !include traffic.yml\n")
+    cfg = load_benchmark_runs(path)[0].config
+    assert cfg.traffic_scheduler.target_concurrent_sessions == 7
+
+
+def test_env_supplies_api_base_and_key_but_config_yml_never_holds_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_BASE", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env-secret-1234")
+    cfg = load_benchmark_runs(
+        None,
+        [
+            ("client.headers.X-Api-Key", "hdr-secret-5678"),
+            ("client.headers.Authorization", "Bearer tok-9999"),
+            ("client.additional_sampling_params.token", "asp-secret-0000"),
+            ("client.additional_sampling_params.max_tokens", "17"),
+        ],
+    )[0].config
+    assert cfg.client.api_base == "http://127.0.0.1:9/v1"
+    assert cfg.client.api_key == "sk-env-secret-1234"
+    text = dump_config_yaml(cfg)
+    for secret in ("sk-env-secret-1234", "hdr-secret-5678", "tok-9999", "asp-secret-0000"):
+        assert secret not in text
+    assert text.count("<redacted>") == 4
+    assert "max_tokens: 17" in text  # not a secret
+
+
+def test_written_config_reads_back(tmp_path: Path) -> None:
+    cfg = load_benchmark_runs(write(tmp_path, seed_yaml_blocks()[-1]))[0].config
+    (tmp_path / "config.yml").write_text(dump_config_yaml(cfg))
+    assert load_written_config(tmp_path / "config.yml") == cfg
+
+
+def test_capacity_search_config_wraps_a_benchmark_config(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        output_dir: capacity_search_output
+        start_value: 5.0
+        max_value: 100.0
+        expansion_factor: 2.0
+        max_iterations: 20
+        precision: 2
+        benchmark_config:
+          traffic_scheduler: {type: rate, interval_generator: {type: poisson, arrival_rate: 1}}
+        """,
+    )
+    cfg = load_capacity_search(path)
+    assert cfg.max_value == 100.0
+    assert isinstance(cfg.benchmark_config, BenchmarkConfig)
+    with pytest.raises(ConfigError, match=r"benchmark_config\.runtime\.max_sesions: unknown key"):
+        load_capacity_search(write(tmp_path, "benchmark_config: {runtime: {max_sesions: 3}}"))
+
+
+def test_json_schema_describes_every_top_level_section() -> None:
+    schema = json_schema(BenchmarkConfig)
+    assert set(schema["properties"]) == {
+        "seed", "output_dir", "client", "traffic_scheduler", "session_generator",
+        "evaluators", "runtime", "trace_recorder", "server", "wandb",
+    }
+    variants = schema["properties"]["traffic_scheduler"]["oneOf"]
+    assert {v["properties"]["type"]["enum"][0] for v in variants} == {"rate", "concurrent"}

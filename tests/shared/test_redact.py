@@ -1,0 +1,29 @@
+"""The one secret rule: by key name, anywhere in the tree; `max_tokens` is not a secret."""
+
+from veeksha.shared.redact import REDACTED, is_secret_key, redact, redact_argv
+
+
+def test_secret_key_names() -> None:
+    for key in ("api_key", "API_KEY", "Authorization", "password", "secret", "token",
+                "openai_api_key", "hf_token", "client_secret", "db_password", "X-Api-Key"):
+        assert is_secret_key(key), key
+    for key in ("max_tokens", "max_completion_tokens", "min_tokens", "tokenizer", "keys", "model"):
+        assert not is_secret_key(key), key
+
+
+def test_redact_walks_nested_mappings_and_lists() -> None:
+    tree = {"client": {"api_key": "sk-1", "headers": {"Authorization": "Bearer x"}},
+            "server": {"env": {"HF_TOKEN": "hf-2", "PORT": "8000"}},
+            "list": [{"token": "t"}], "max_tokens": 5, "api_key_unset": None}
+    out = redact(tree)
+    assert out["client"] == {"api_key": REDACTED, "headers": {"Authorization": REDACTED}}
+    assert out["server"]["env"] == {"HF_TOKEN": REDACTED, "PORT": "8000"}
+    assert out["list"] == [{"token": REDACTED}]
+    assert out["max_tokens"] == 5
+
+
+def test_redact_argv_hides_values_of_secret_flags() -> None:
+    argv = ["veeksha-run", "--client.api_key", "sk-123", "--client.headers.Authorization=Bearer z",
+            "--client.model", "m"]
+    assert redact_argv(argv) == ["veeksha-run", "--client.api_key", REDACTED,
+                                 f"--client.headers.Authorization={REDACTED}", "--client.model", "m"]
