@@ -1,0 +1,209 @@
+"""What the benchmark sends: sessions (request graphs with prompt text) and their generators.
+
+A session is a DAG of requests in topological order. The driver dispatches a node once all its
+parents completed and its think time passed; with a history parent the node's messages continue that
+parent's conversation (its messages + its user turn + the reply actually received).
+
+Every random quantity comes from its own named stream under the root seed (runner/randomness.py), so
+the same seed gives byte-identical sessions, and changing one generator leaves the others' values
+unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from veeksha.runner.lengths import make_count_sampler, make_length_sampler
+from veeksha.runner.prompts import PromptBuilder
+from veeksha.runner.randomness import stream
+from veeksha.runner.tokenizer import LocalTokenizer, load_tokenizer
+from veeksha.shared.config import (
+    BenchmarkConfig,
+    BranchingGraph,
+    LinearGraph,
+    SingleRequestGraph,
+    SyntheticSessions,
+    TextChannel,
+    TraceSessions,
+)
+from veeksha.shared.errors import ConfigError
+
+TEXT = "text"
+
+
+@dataclass(slots=True)
+class RequestNode:
+    node_id: int  # unique within the session, 0..n-1, topological order
+    parents: tuple[int, ...]  # all must complete before this node is ready
+    history_parent: int | None  # this node continues that node's conversation
+    wait_after_ready: float  # think time (s) after the last parent completes; 0 for roots
+    content: str  # this node's new user turn (or the prompt, for completions)
+    target_prompt_tokens: int  # target token count of `content`
+    num_content_tokens: int  # its actual count (exact with a tokenizer, else the approximation)
+    requested_output_tokens: int
+    channel: str = TEXT
+
+
+@dataclass(slots=True)
+class Session:
+    session_id: int
+    nodes: list[RequestNode]  # topological order
+    # Timed trace replay only: when the session starts, in seconds from the start of the run.
+    arrival_offset: float | None = None
+
+
+class SessionGenerator(Protocol):
+    token_count_source: str  # shared.records COUNT_TOKENIZER or COUNT_APPROXIMATE
+
+    def next_session(self) -> Session | None:
+        """The next session; None once a finite trace (wrap: false) is exhausted."""
+        ...
+
+
+def make_session_generator(cfg: BenchmarkConfig) -> SessionGenerator:
+    """The generator `cfg.session_generator` describes, seeded by `cfg.seed`."""
+    tokenizer = load_tokenizer(cfg.client.tokenizer) if cfg.client.tokenizer else None
+    sg = cfg.session_generator
+    if isinstance(sg, TraceSessions):
+        from veeksha.runner.traces import TraceSessionGenerator  # traces imports this module
+
+        return TraceSessionGenerator(sg, cfg.seed, tokenizer)
+    return SyntheticSessionGenerator(sg, cfg.seed, tokenizer)
+
+
+# ---------------------------------------------------------------- graph structure
+
+
+@dataclass(slots=True, frozen=True)
+class NodeShape:
+    """One node's place in the graph, before content is attached."""
+
+    parents: tuple[int, ...]
+    history_parent: int | None
+    wait_after_ready: float
+
+
+GraphSampler = Callable[[], list[NodeShape]]
+
+
+def make_graph_sampler(graph: SingleRequestGraph | LinearGraph | BranchingGraph, seed: int) -> GraphSampler:
+    """A callable returning one session's node shapes (topological order) per call."""
+    if isinstance(graph, SingleRequestGraph):
+        root = [NodeShape((), None, 0.0)]
+        return lambda: list(root)
+    if isinstance(graph, LinearGraph):
+        return _linear(graph, seed)
+    if isinstance(graph, BranchingGraph):
+        return _branching(graph, seed)
+    raise TypeError(f"unknown session graph {graph!r}")
+
+
+def _linear(graph: LinearGraph, seed: int) -> GraphSampler:
+    num_requests = make_count_sampler(graph.num_request_generator, stream(seed, "graph/num_requests"))
+    wait = make_length_sampler(graph.request_wait_generator, stream(seed, "graph/request_wait"))
+    inherit = graph.inherit_history
+
+    def sample() -> list[NodeShape]:
+        shapes = [NodeShape((), None, 0.0)]
+        for i in range(1, num_requests()):
+            shapes.append(NodeShape((i - 1,), i - 1 if inherit else None, wait()))
+        return shapes
+
+    return sample
+
+
+def _branching(graph: BranchingGraph, seed: int) -> GraphSampler:
+    """Layers of nodes; each node of layer k>0 has parents in layer k-1 only.
+
+    fan_in and fan_out are lower bounds (capped by the layer sizes): each child first picks
+    fan_in distinct parents, then each parent short of its fan_out gains extra random children.
+    Every parent thus feeds at least one child and every non-root node is reachable from a root.
+    """
+    num_layers = make_count_sampler(graph.num_layers_generator, stream(seed, "graph/num_layers"))
+    width = make_count_sampler(graph.layer_width_generator, stream(seed, "graph/layer_width"))
+    fan_in = make_count_sampler(graph.fan_in_generator, stream(seed, "graph/fan_in"))
+    fan_out = make_count_sampler(graph.fan_out_generator, stream(seed, "graph/fan_out"))
+    wait = make_length_sampler(graph.request_wait_generator, stream(seed, "graph/request_wait"))
+    edges_rng = stream(seed, "graph/edges")
+    inherit = graph.inherit_history
+
+    def sample() -> list[NodeShape]:
+        widths = [width() for _ in range(num_layers())]
+        shapes = [NodeShape((), None, 0.0) for _ in range(widths[0])]
+        prev_start = 0
+        for k in range(1, len(widths)):
+            prev_n, n = widths[k - 1], widths[k]
+            start = prev_start + prev_n
+            parents = [set(edges_rng.sample(range(prev_n), min(fan_in(), prev_n))) for _ in range(n)]
+            for p in range(prev_n):
+                missing = min(fan_out(), n) - sum(p in ps for ps in parents)
+                if missing > 0:
+                    free = [c for c in range(n) if p not in parents[c]]
+                    for c in edges_rng.sample(free, missing):
+                        parents[c].add(p)
+            for ps in parents:
+                ids = tuple(sorted(prev_start + p for p in ps))
+                shapes.append(NodeShape(ids, ids[0] if inherit else None, wait()))
+            prev_start = start
+        return shapes
+
+    return sample
+
+
+# ---------------------------------------------------------------- synthetic sessions
+
+
+def text_channel_of(sg: SyntheticSessions) -> TextChannel:
+    texts = [c for c in sg.channels if isinstance(c, TextChannel)]
+    if len(texts) != 1:
+        raise ConfigError(
+            f"session_generator.channels: exactly one text channel is required (got {len(texts)}); "
+            "e.g. channels: [{type: text, body_length_generator: {type: uniform, min: 100, max: 500}}]"
+        )
+    return texts[0]
+
+
+class SyntheticSessionGenerator:
+    """Sessions from `session_generator: {type: synthetic}`: a sampled graph, word prompts."""
+
+    def __init__(self, sg: SyntheticSessions, seed: int, tokenizer: LocalTokenizer | None) -> None:
+        text = text_channel_of(sg)
+        self._graph = make_graph_sampler(sg.session_graph, seed)
+        self._body_length = make_count_sampler(text.body_length_generator, stream(seed, "text/body_length"))
+        self._output_length = make_count_sampler(
+            sg.output_spec.text.output_length_generator, stream(seed, "text/output_length")
+        )
+        self._prompts = PromptBuilder(tokenizer, stream(seed, "text/shared_prefix"))
+        self._words = stream(seed, "text/words")
+        self._prefix_coin = stream(seed, "text/shared_prefix_coin")
+        self._prefix_ratio = text.shared_prefix_ratio
+        self._prefix_probability = text.shared_prefix_probability
+        self.token_count_source = self._prompts.token_count_source
+        self._next_id = 0
+
+    def next_session(self) -> Session:
+        shapes = self._graph()
+        nodes = []
+        for node_id, shape in enumerate(shapes):
+            target = self._body_length()
+            prefix = 0
+            if node_id == 0 and self._prefix_coin.random() < self._prefix_probability:
+                prefix = round(self._prefix_ratio * target)
+            content, count = self._prompts.build(target, self._words, prefix)
+            nodes.append(
+                RequestNode(
+                    node_id=node_id,
+                    parents=shape.parents,
+                    history_parent=shape.history_parent,
+                    wait_after_ready=shape.wait_after_ready,
+                    content=content,
+                    target_prompt_tokens=target,
+                    num_content_tokens=count,
+                    requested_output_tokens=self._output_length(),
+                )
+            )
+        session = Session(self._next_id, nodes)
+        self._next_id += 1
+        return session

@@ -1,0 +1,274 @@
+"""Sessions replayed from a local trace file (`session_generator: {type: trace}`).
+
+Two flavors, detected from the first record unless `flavor:` says:
+
+- request log: one request per record, `input_length` and `output_length` (tokens) and an optional
+  `timestamp` (seconds, or an ISO date-time). Azure-trace column names `ContextTokens`,
+  `GeneratedTokens`, `TIMESTAMP` are accepted too. Prompts are synthetic word text of the recorded
+  length, drawn fresh for every session (a wrapped trace does not repeat prompts).
+- conversation: ShareGPT-style `{"conversations": [{"from": "human"|"gpt", "value": ...}]}` or
+  `{"messages": [{"role": "user"|"assistant", "content": ...}]}`. Each record is a linear session
+  whose user turns are the recorded human messages, each continuing the previous turn's history;
+  the requested output length of a turn is the length of the recorded reply. System messages are
+  dropped, consecutive messages of one side are merged, a last user turn without reply is dropped,
+  and records with no user/reply pair (ShareGPT has empty ones) are skipped.
+
+Files: `.csv` is CSV with a header row; otherwise a JSON array of records or JSON lines. The whole
+file is read and checked when the generator is made, so a bad record stops the run before any
+traffic. A trace is never fetched from the network.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from veeksha.runner.prompts import PromptBuilder
+from veeksha.runner.randomness import stream
+from veeksha.runner.sessions import RequestNode, Session
+from veeksha.runner.tokenizer import LocalTokenizer
+from veeksha.shared.config import TraceSessions
+from veeksha.shared.errors import ConfigError
+
+REQUEST_LOG = "request_log"
+CONVERSATION = "conversation"
+
+_INPUT_KEYS = ("input_length", "ContextTokens")
+_OUTPUT_KEYS = ("output_length", "GeneratedTokens")
+_TIME_KEYS = ("timestamp", "TIMESTAMP")
+_USER_ROLES = frozenset({"human", "user"})
+_ASSISTANT_ROLES = frozenset({"gpt", "assistant", "chatgpt", "bard", "bing", "model", "bot"})
+
+
+@dataclass(slots=True, frozen=True)
+class LoggedRequest:
+    input_length: int
+    output_length: int
+    timestamp: float | None
+
+
+@dataclass(slots=True, frozen=True)
+class Conversation:
+    turns: tuple[tuple[str, str], ...]  # (user message, recorded reply)
+    timestamp: float | None
+
+
+TraceRecord = LoggedRequest | Conversation
+
+
+class TraceSessionGenerator:
+    """Sessions from a trace file, in file order (timestamp order for timed replay)."""
+
+    def __init__(self, ts: TraceSessions, seed: int, tokenizer: LocalTokenizer | None) -> None:
+        self.path = _local_path(ts.path)
+        raw = list(_read_raw(self.path))
+        if not raw:
+            raise ConfigError(f"session_generator.path: trace {self.path} has no records")
+        self.flavor = ts.flavor if ts.flavor != "auto" else _detect_flavor(self.path, *raw[0])
+        parse = _parse_request if self.flavor == REQUEST_LOG else _parse_conversation
+        records = [parse(self.path, where, rec) for where, rec in raw]
+        self.skipped_records = sum(r is None for r in records)
+        self.records: list[TraceRecord] = [r for r in records if r is not None]
+        if not self.records:
+            raise ConfigError(f"{self.path}: no conversation has a user message followed by a reply")
+        self._timed = ts.timed_replay
+        self._scale = ts.time_scale
+        self._period = 0.0
+        if self._timed:
+            self._prepare_timed(raw)
+        self._wrap = ts.wrap
+        self._prompts = PromptBuilder(tokenizer, stream(seed, "trace/shared_prefix"))
+        self._words = stream(seed, "trace/words")
+        self.token_count_source = self._prompts.token_count_source
+        self._index = 0
+        self._cycle = 0
+        self._next_id = 0
+
+    def _prepare_timed(self, raw: list[tuple[str, Any]]) -> None:
+        for (where, _), rec in zip(raw, self.records, strict=False):
+            if rec.timestamp is None:
+                raise ConfigError(
+                    f"{self.path} {where}: timed_replay needs a 'timestamp' in every record; "
+                    "set session_generator.timed_replay: false to replay at the traffic scheduler's pace"
+                )
+        self.records.sort(key=lambda r: r.timestamp)  # type: ignore[arg-type,return-value]
+        first, last = self.records[0].timestamp, self.records[-1].timestamp
+        assert first is not None and last is not None
+        n = len(self.records)
+        # A wrapped trace starts over one average gap after its last record.
+        self._period = (last - first) * n / (n - 1) if n > 1 else 0.0
+        self._t0 = first
+
+    def next_session(self) -> Session | None:
+        if self._index == len(self.records):
+            if not self._wrap:
+                return None
+            self._index = 0
+            self._cycle += 1
+        rec = self.records[self._index]
+        self._index += 1
+        nodes = self._request_nodes(rec) if isinstance(rec, LoggedRequest) else self._turn_nodes(rec)
+        offset = None
+        if self._timed and rec.timestamp is not None:
+            offset = (rec.timestamp - self._t0 + self._cycle * self._period) / self._scale
+        session = Session(self._next_id, nodes, offset)
+        self._next_id += 1
+        return session
+
+    def _request_nodes(self, rec: LoggedRequest) -> list[RequestNode]:
+        content, count = self._prompts.build(rec.input_length, self._words)
+        return [RequestNode(0, (), None, 0.0, content, rec.input_length, count, rec.output_length)]
+
+    def _turn_nodes(self, rec: Conversation) -> list[RequestNode]:
+        nodes = []
+        for i, (user, reply) in enumerate(rec.turns):
+            count = self._prompts.count(user)
+            parents, history = ((i - 1,), i - 1) if i else ((), None)
+            output = max(1, self._prompts.count(reply))
+            nodes.append(RequestNode(i, parents, history, 0.0, user, count, count, output))
+        return nodes
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _local_path(path: str) -> Path:
+    if "://" in path:
+        raise ConfigError(
+            f"session_generator.path: {path!r} is a URL; traces are read from local files only "
+            "(download it yourself and give the file path)"
+        )
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"session_generator.path: trace file {path!r} does not exist")
+    return p
+
+
+def _read_raw(path: Path) -> Iterator[tuple[str, Any]]:
+    """(location for messages, raw record) pairs: 'line N' for CSV / JSON lines, 'record N' in arrays."""
+    try:
+        if path.suffix.lower() == ".csv":
+            with path.open(newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                for row in reader:
+                    yield f"line {reader.line_num}", row
+            return
+        data = path.read_bytes()
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ConfigError(f"session_generator.path: cannot read trace {path}: {e}") from None
+    if data.lstrip()[:1] == b"[":
+        try:
+            records = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise ConfigError(f"{path}: invalid JSON: {e}") from None
+        for i, rec in enumerate(records, 1):
+            yield f"record {i}", rec
+        return
+    for lineno, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"line {lineno}", orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            raise ConfigError(f"{path} line {lineno}: invalid JSON: {e}") from None
+
+
+def _detect_flavor(path: Path, where: str, rec: Any) -> str:
+    if isinstance(rec, dict):
+        if "conversations" in rec or "messages" in rec:
+            return CONVERSATION
+        if any(k in rec for k in _INPUT_KEYS):
+            return REQUEST_LOG
+    raise ConfigError(
+        f"{path} {where}: cannot tell the trace flavor: expected 'input_length' and 'output_length' "
+        "(request log) or 'conversations' / 'messages' (conversation)"
+    )
+
+
+def _field(rec: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        value = rec.get(key)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _parse_request(path: Path, where: str, rec: Any) -> LoggedRequest:
+    if not isinstance(rec, dict):
+        raise ConfigError(f"{path} {where}: expected an object with input_length and output_length")
+    lengths = []
+    for keys in (_INPUT_KEYS, _OUTPUT_KEYS):
+        value = _field(rec, keys)
+        if value is None:
+            raise ConfigError(f"{path} {where}: missing required field '{keys[0]}'")
+        lengths.append(_token_count(path, where, keys[0], value))
+    return LoggedRequest(max(1, lengths[0]), max(1, lengths[1]), _timestamp(path, where, rec))
+
+
+def _token_count(path: Path, where: str, key: str, value: Any) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not number.is_integer() or number < 0:
+        raise ConfigError(f"{path} {where}: '{key}' must be a non-negative integer, got {value!r}")
+    return int(number)
+
+
+def _timestamp(path: Path, where: str, rec: dict[str, Any]) -> float | None:
+    value = _field(rec, _TIME_KEYS)
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            pass
+    raise ConfigError(f"{path} {where}: 'timestamp' must be seconds or an ISO date-time, got {value!r}")
+
+
+def _parse_conversation(path: Path, where: str, rec: Any) -> Conversation | None:
+    """The record's (user, reply) turns; None when it has none (the record is skipped)."""
+    messages = rec.get("conversations", rec.get("messages")) if isinstance(rec, dict) else None
+    if not isinstance(messages, list):
+        raise ConfigError(f"{path} {where}: expected 'conversations' or 'messages' holding a list")
+    turns: list[tuple[str, str]] = []
+    user: list[str] = []
+    reply: list[str] = []
+    for i, msg in enumerate(messages):
+        role, text = _message(path, where, i, msg)
+        if role in _USER_ROLES:
+            if reply and user:
+                turns.append(("\n\n".join(user), "\n\n".join(reply)))
+                user, reply = [], []
+            user.append(text)
+        elif role in _ASSISTANT_ROLES and user:
+            reply.append(text)
+    if reply and user:
+        turns.append(("\n\n".join(user), "\n\n".join(reply)))
+    turns = [t for t in turns if t[0].strip()]
+    return Conversation(tuple(turns), _timestamp(path, where, rec)) if turns else None
+
+
+def _message(path: Path, where: str, i: int, msg: Any) -> tuple[str, str]:
+    if isinstance(msg, dict):
+        role = msg.get("from", msg.get("role"))
+        text = msg.get("value", msg.get("content"))
+        if isinstance(text, list):  # OpenAI content parts: keep the text ones
+            text = "\n".join(p.get("text", "") for p in text if isinstance(p, dict))
+        if isinstance(role, str) and isinstance(text, str):
+            return role.lower(), text
+    raise ConfigError(
+        f"{path} {where}: message {i} needs 'from' and 'value' (ShareGPT) or 'role' and 'content'"
+    )
