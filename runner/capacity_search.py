@@ -1,0 +1,203 @@
+"""Capacity search: the largest arrival rate (or concurrency) whose run meets every SLO.
+
+Phase 1 multiplies the probe by `expansion_factor` until an attempt fails or `max_value` is
+reached; phase 2 bisects between the last pass and the first failure down to `precision`.
+No value is run twice. Each attempt is an ordinary run directory under `runs/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veeksha.runner.benchmark import run_benchmark
+from veeksha.runner.run_dir import make_unique_dir, python_argv, stamp, utc_now
+from veeksha.shared.config import (
+    BenchmarkConfig,
+    CapacitySearchConfig,
+    FixedIntervals,
+    RateTraffic,
+)
+from veeksha.shared.config_loader import dump_config_yaml, load_capacity_search
+from veeksha.shared.jsonio import read_json, write_atomic, write_json
+from veeksha.shared.paths import (
+    CAPSEARCH_ATTEMPTS_CSV,
+    CAPSEARCH_DIR_PREFIX,
+    CAPSEARCH_RESULTS,
+    CAPSEARCH_RUNS_DIR,
+    CONFIG_YML,
+    RunPaths,
+)
+from veeksha.shared.records import RUN_COMPLETED, RUN_INTERRUPTED, RUN_TIMEOUT
+
+RATE_KNOB = "traffic_scheduler.interval_generator.arrival_rate"
+CONCURRENCY_KNOB = "traffic_scheduler.target_concurrent_sessions"
+
+
+@dataclass
+class Attempt:
+    iteration: int
+    value: float
+    passed: bool
+    run_dir: str
+    status: str
+    error_rate: float | None
+    slo_results: list[dict[str, Any]]
+
+
+def knob_of(cfg: BenchmarkConfig) -> str:
+    return RATE_KNOB if isinstance(cfg.traffic_scheduler, RateTraffic) else CONCURRENCY_KNOB
+
+
+def with_value(cfg: BenchmarkConfig, value: float) -> BenchmarkConfig:
+    out = copy.deepcopy(cfg)
+    traffic = out.traffic_scheduler
+    if isinstance(traffic, RateTraffic):
+        gen = traffic.interval_generator
+        gen.arrival_rate = float(value)
+        if isinstance(gen, FixedIntervals):
+            gen.interval = None
+    else:
+        traffic.target_concurrent_sessions = int(value)
+    return out
+
+
+def rounder(search: CapacitySearchConfig, integer: bool):
+    if integer:
+        return lambda v: max(1, round(v))
+    return lambda v: round(v, search.precision)
+
+
+def run_capacity_search(path: Path, overrides: list[tuple[str, str]]) -> int:
+    search = load_capacity_search(path, overrides)
+    base = search.benchmark_config
+    knob = knob_of(base)
+    integer = knob == CONCURRENCY_KNOB
+    rnd = rounder(search, integer)
+    root = make_unique_dir(Path(search.output_dir), f"{CAPSEARCH_DIR_PREFIX}{stamp(utc_now())}")
+    write_atomic(root / CONFIG_YML, dump_config_yaml(search))
+    runs_dir = root / CAPSEARCH_RUNS_DIR
+    search_id = uuid.uuid4().hex
+    print(f"veeksha: capacity search over {knob} in {root}", flush=True)
+
+    history: list[Attempt] = []
+    tried: set[float] = set()
+
+    def attempt(value: float) -> Attempt | None:
+        value = rnd(value)
+        if value in tried or len(history) >= search.max_iterations:
+            return None
+        tried.add(value)
+        info = {"id": search_id, "iteration": len(history), "knob": knob, "value": value}
+        result = run_benchmark(
+            with_value(base, value), runs_dir, argv=python_argv(), capacity_search=info
+        )
+        a = judge(search, len(history), value, result.run_dir, result.status)
+        history.append(a)
+        print(f"veeksha: attempt {a.iteration}: {knob}={value} → {'PASS' if a.passed else 'FAIL'}")
+        write_results(root, search, knob, history)
+        if result.status == RUN_INTERRUPTED:
+            raise KeyboardInterrupt
+        return a
+
+    try:
+        search_loop(search, attempt, rnd, integer)
+    except KeyboardInterrupt:
+        print("veeksha: capacity search interrupted; results so far are written", flush=True)
+        return 130
+    best = best_attempt(history)
+    print(f"veeksha: best {knob} = {best.value if best else 'none (no attempt passed)'}")
+    return 0
+
+
+def search_loop(search: CapacitySearchConfig, attempt, rnd, integer: bool) -> None:
+    last_pass: float | None = None
+    first_fail: float | None = None
+    value = search.start_value
+    # Phase 1: expand until a failure or the maximum.
+    while True:
+        a = attempt(min(value, search.max_value))
+        if a is None:
+            break
+        if not a.passed:
+            first_fail = a.value
+            break
+        last_pass = a.value
+        if a.value >= search.max_value:
+            return
+        value = a.value * search.expansion_factor
+    if first_fail is None:
+        return
+    # Phase 2: bisect between the last pass (or zero) and the first failure.
+    lo, hi = (last_pass or 0.0), first_fail
+    step = 1 if integer else 10 ** (-search.precision)
+    while hi - lo > step:
+        mid = rnd((lo + hi) / 2)
+        if mid <= lo or mid >= hi:
+            break
+        a = attempt(mid)
+        if a is None:
+            break
+        if a.passed:
+            lo = a.value
+        else:
+            hi = a.value
+
+
+def judge(search: CapacitySearchConfig, iteration: int, value: float, run_dir: Path, status: str) -> Attempt:
+    paths = RunPaths(run_dir)
+    slo = read_json(paths.slo_results) if paths.slo_results.exists() else {"all_slos_met": None, "results": []}
+    summary = read_json(paths.summary_stats) if paths.summary_stats.exists() else {}
+    error_rate = summary.get("error_rate")
+    passed = status in (RUN_COMPLETED, RUN_TIMEOUT) and bool(summary.get("num_completed_requests"))
+    passed = passed and slo.get("all_slos_met") is not False
+    if search.max_error_rate is not None:
+        passed = passed and error_rate is not None and error_rate <= search.max_error_rate
+    rel = str(run_dir.relative_to(run_dir.parent.parent))
+    return Attempt(iteration, value, passed, rel, status, error_rate, slo.get("results", []))
+
+
+def best_attempt(history: list[Attempt]) -> Attempt | None:
+    passed = [a for a in history if a.passed]
+    return max(passed, key=lambda a: a.value) if passed else None
+
+
+def write_results(root: Path, search: CapacitySearchConfig, knob: str, history: list[Attempt]) -> None:
+    best = best_attempt(history)
+    write_json(
+        root / CAPSEARCH_RESULTS,
+        {
+            "searched_knob": knob,
+            "start_value": search.start_value,
+            "max_value": search.max_value,
+            "expansion_factor": search.expansion_factor,
+            "max_iterations": search.max_iterations,
+            "precision": search.precision,
+            "iterations_run": len(history),
+            "best_value": best.value if best else None,
+            "best_run_dir": best.run_dir if best else None,
+            "history": [
+                {
+                    "iteration": a.iteration,
+                    "value": a.value,
+                    "passed": a.passed,
+                    "run_dir": a.run_dir,
+                    "status": a.status,
+                    "error_rate": a.error_rate,
+                    "slo_results": a.slo_results,
+                }
+                for a in history
+            ],
+        },
+    )
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["iteration", "value", "passed", "status", "error_rate", "run_dir"])
+    for a in history:
+        writer.writerow([a.iteration, a.value, a.passed, a.status, a.error_rate, a.run_dir])
+    write_atomic(root / CAPSEARCH_ATTEMPTS_CSV, buf.getvalue())
