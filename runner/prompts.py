@@ -4,8 +4,10 @@ Prompts are random sequences of common English words joined by single spaces. Ev
 `WORDS` is one token (with or without a leading space) in the common BPE vocabularies, so without a
 tokenizer `count_tokens_approx(text)` equals the target exactly and a real tokenizer agrees closely.
 With a configured tokenizer the words it does not keep as one token are dropped once at start, and
-each prompt's count is checked; a tokenizer where too few words survive falls back to trimming
-token slices until the count matches.
+one encode of a text holding every ordered pair of the kept words proves that no two neighbours
+merge; prompts of those words then have exactly one token per word without encoding each prompt
+(encoding costs ~1-2 µs per token, too slow to repeat for every request). A tokenizer that fails the
+proof gets every prompt encoded and, where needed, trimmed by token slices until the count matches.
 
 Each prompt draws its words from the caller's random stream, so prompts differ across sessions and a
 server's prefix cache cannot make them free, except the run's shared prefix (one word sequence per
@@ -15,6 +17,7 @@ run) that `shared_prefix_tokens` asks for.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from veeksha.runner.tokenizer import LocalTokenizer
 from veeksha.shared.records import COUNT_APPROXIMATE, COUNT_TOKENIZER
@@ -40,15 +43,39 @@ WORDS: tuple[str, ...] = tuple(
 MIN_WORDS = 32
 # Shared prefix words are drawn in blocks of this many so the sequence never depends on call order.
 _SHARED_BLOCK = 512
+# Fresh word draws tried when trimming one text cannot reach the exact target.
+_RETRIES = 4
 
 
 def single_token_words(tokenizer: LocalTokenizer, words: tuple[str, ...] = WORDS) -> list[str]:
     """The words `tokenizer` encodes as one token at the start of a text and after a space."""
-    kept = [w for w in words if len(tokenizer.encode(f"{w} {w}")) == 2]
-    # Joined text must count one token per word too (no merges across the spaces).
-    if kept and tokenizer.count(" ".join(kept)) != len(kept):
-        return []
-    return kept
+    return [w for w in words if len(tokenizer.encode(f"{w} {w}")) == 2]
+
+
+def all_pairs_text(words: Sequence[str]) -> str:
+    """A text in which every ordered pair of `words` (a word twice too) appears side by side.
+
+    A de Bruijn sequence of order 2: the Lyndon words a, ab (a < b) in lexicographic order, then
+    the first word again to close the cycle; n*n + 1 words in all.
+    """
+    seq: list[str] = []
+    for i, a in enumerate(words):
+        seq.append(a)
+        for b in words[i + 1 :]:
+            seq += (a, b)
+    seq.append(words[0])
+    return " ".join(seq)
+
+
+def one_token_per_word(tokenizer: LocalTokenizer, words: Sequence[str]) -> bool:
+    """True when any space-joined text of `words` has exactly one token per word.
+
+    Each word is one token on its own; one encode of every adjacent pair shows that no neighbours
+    merge or split each other (tokenizers merge only within whitespace pieces or, without a
+    pre-tokenizer, across a boundary between two neighbours).
+    """
+    text = all_pairs_text(words)
+    return tokenizer.count(text) == len(text.split())
 
 
 class PromptBuilder:
@@ -63,11 +90,13 @@ class PromptBuilder:
         if tokenizer is None:
             self.words: tuple[str, ...] = WORDS
             self._one_token_words = True
+            self._proven = True  # the approximation counts words
             self.token_count_source = COUNT_APPROXIMATE
         else:
             kept = single_token_words(tokenizer)
             self._one_token_words = len(kept) >= MIN_WORDS
             self.words = tuple(kept) if self._one_token_words else WORDS
+            self._proven = self._one_token_words and one_token_per_word(tokenizer, kept)
             self.token_count_source = COUNT_TOKENIZER
 
     def count(self, text: str) -> int:
@@ -80,16 +109,21 @@ class PromptBuilder:
         target = max(1, target)
         k = min(max(0, shared_prefix_tokens), target)
         if self._one_token_words:
-            words = self._shared_prefix_words(k) if k else []
-            words += rng.choices(self.words, k=target - k)
-            text = " ".join(words)
-            if self._tok is None:
+            prefix_words = self._shared_prefix_words(k) if k else []
+            text = " ".join(prefix_words + rng.choices(self.words, k=target - k))
+            if self._proven:
                 return text, target
-            n = self._tok.count(text)
-            if n == target:
-                return text, n
-            return self._fit(text, target, rng)
-        return self._fit(self._shared_prefix_text(k) if k else "", target, rng)
+            prefix = " ".join(prefix_words)
+        else:
+            prefix = text = self._shared_prefix_text(k) if k else ""
+        best = self._fit(text, target, rng)
+        for _ in range(_RETRIES):  # rare: a tokenizer whose merges at the cut miss the target
+            if best[1] == target:
+                break
+            again = self._fit(prefix, target, rng)
+            if abs(again[1] - target) < abs(best[1] - target):
+                best = again
+        return best
 
     def _shared_prefix_words(self, k: int) -> list[str]:
         while len(self._shared_words) < k:
@@ -119,6 +153,8 @@ class PromptBuilder:
             more = " ".join(rng.choices(self.words, k=target - len(ids)))
             text = f"{text} {more}" if text else more
             ids = tok.encode(text)
+        if len(ids) == target:
+            return text, target
         best, best_n = text, len(ids)
         cut, tried = target, set()
         while 1 <= cut <= len(ids) and cut not in tried and len(tried) < 32:
