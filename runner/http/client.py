@@ -1,0 +1,161 @@
+"""The driver's LLM client: public interface (Outcome, LLMClient, make_client) and the one error boundary.
+
+    client = make_client(cfg.client, max_connections=256)
+    outcome = await client.request(messages, max_tokens=128)
+    await client.aclose()
+
+`request` never raises for server or network failures: every RequestError (transport.py's exception
+tree, which names each failure's records.ERROR_TYPES value) is turned into Outcome fields in
+`_fail`, and nowhere else. Cancellation is not a failure: the connection is closed and CancelledError
+propagates to the caller, who records the request as cancelled.
+
+Timing: `picked_up_at` is taken when `request` starts, before a connection is taken from the pool or
+opened, so time spent connecting counts toward the request's latency (as a user would see it).
+`completed_at` is the arrival of `[DONE]`, else of the end of the body, else the moment of failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from veeksha.runner.http.openai import RequestBuilder, ResponseReader, one_line
+from veeksha.runner.http.transport import HTTPTransport, RequestError, RequestTimeout
+from veeksha.shared.records import SUCCESS
+from veeksha.shared.redact import is_secret_key, scrub_text
+
+USER_AGENT = "veeksha"
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: str = SUCCESS  # veeksha.shared.records SUCCESS / ERROR / TIMEOUT / CANCELLED
+    error_type: str | None = None  # one of veeksha.shared.records.ERROR_TYPES
+    error_message: str | None = None  # one line, no stack trace, secrets never included
+    http_status: int | None = None
+    picked_up_at: float | None = None  # perf_counter() when the client started sending (t_send)
+    completed_at: float | None = None  # perf_counter() when the response fully arrived
+    chunk_times: list[float] = field(default_factory=list)  # perf_counter() of each CONTENT chunk
+    text: str = ""  # generated content concatenated (used for multi-turn history)
+    prompt_tokens: int | None = None  # from usage when the server sent it
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+
+
+class LLMClient(Protocol):
+    is_stream: bool
+
+    async def request(self, payload: list[dict] | str, max_tokens: int) -> Outcome: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Backend(Protocol):
+    """What carries the bytes: transport.HTTPTransport (native) or httpx_backend.HttpxTransport."""
+
+    async def send(self, body: bytes, handler: ResponseReader) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def build_headers(cfg: Any) -> list[tuple[str, str]]:
+    """Request headers in a fixed order; user `headers` replace defaults of the same name."""
+    stream = bool(getattr(cfg, "stream", True))
+    merged: dict[str, tuple[str, str]] = {
+        "user-agent": ("User-Agent", USER_AGENT),
+        "accept": ("Accept", "text/event-stream" if stream else "application/json"),
+        "content-type": ("Content-Type", "application/json"),
+    }
+    api_key = getattr(cfg, "api_key", None)
+    if api_key:
+        merged["authorization"] = ("Authorization", f"Bearer {api_key}")
+    for name, value in (getattr(cfg, "headers", None) or {}).items():
+        merged[str(name).lower()] = (str(name), str(value))
+    return list(merged.values())
+
+
+def secret_values(cfg: Any) -> list[str]:
+    """Strings that must never appear in an error message: the API key and auth-like header values."""
+    out = []
+    api_key = getattr(cfg, "api_key", None)
+    if api_key:
+        out += [f"Bearer {api_key}", str(api_key)]
+    for name, value in (getattr(cfg, "headers", None) or {}).items():
+        if value and (is_secret_key(name) or str(name).lower() in ("cookie", "x-api-key")):
+            out.append(str(value))
+            if str(value).lower().startswith("bearer "):
+                out.append(str(value)[7:])
+    return sorted(out, key=len, reverse=True)  # longest first, so no partial leftovers
+
+
+class OpenAIClient:
+    """LLMClient for openai_chat_completions / openai_completions over any Backend."""
+
+    def __init__(self, cfg: Any, backend: Backend) -> None:
+        self._builder = RequestBuilder(cfg)
+        self._backend = backend
+        self.is_stream = bool(getattr(cfg, "stream", True))
+        timeout = getattr(cfg, "request_timeout", None)
+        self._timeout = timeout if timeout and timeout > 0 else None
+        self._secrets = secret_values(cfg)
+
+    async def request(self, payload: list[dict] | str, max_tokens: int) -> Outcome:
+        out = Outcome()
+        body = self._builder.body(payload, max_tokens)
+        reader = ResponseReader(out, self.is_stream)
+        out.picked_up_at = perf_counter()
+        try:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._backend.send(body, reader)
+            except TimeoutError:
+                if not reader.finished:  # a deadline after [DONE] (while draining) is no failure
+                    raise RequestTimeout(f"no complete response within {self._timeout} s") from None
+            if reader.failure is not None:
+                raise reader.failure
+        except RequestError as exc:
+            self._fail(out, exc)
+        finally:
+            reader.finalize()
+        return out
+
+    def _fail(self, out: Outcome, exc: RequestError) -> None:
+        """The one place where a failure becomes record fields."""
+        out.status = exc.status
+        out.error_type = exc.error_type
+        out.error_message = scrub_text(one_line(exc.message or exc.error_type), self._secrets)
+        if exc.http_status is not None:
+            out.http_status = exc.http_status
+        if out.completed_at is None:
+            out.completed_at = perf_counter()
+
+    async def aclose(self) -> None:
+        await self._backend.aclose()
+
+
+def endpoint_url(api_base: str, path: str) -> str:
+    """`http://h/v1` + `/chat/completions`, keeping a query string (`?api-version=...`) at the end."""
+    parts = urlsplit(api_base)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
+
+
+def make_client(cfg: Any, max_connections: int) -> LLMClient:
+    """Client for `cfg` (veeksha.shared.config.ClientConfig) with at most `max_connections` sockets."""
+    builder = RequestBuilder(cfg)  # validates the type early
+    url = endpoint_url(str(cfg.api_base), builder.path)
+    connect_timeout = getattr(cfg, "connect_timeout", 10.0)
+    headers = build_headers(cfg)
+    backend_name = getattr(cfg, "http_backend", "native") or "native"
+    backend: Backend
+    if backend_name == "native":
+        backend = HTTPTransport(url, headers, max_connections, connect_timeout)
+    elif backend_name == "httpx":
+        from veeksha.runner.http.httpx_backend import HttpxTransport  # off the hot path: lazy
+
+        backend = HttpxTransport(url, headers, max_connections, connect_timeout)
+    else:
+        raise ValueError(f"unknown http_backend {backend_name!r} (native or httpx)")
+    return OpenAIClient(cfg, backend)

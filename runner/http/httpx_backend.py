@@ -1,0 +1,108 @@
+"""httpx backend: the same Backend interface as transport.HTTPTransport, for setups the native transport
+does not cover (HTTP proxies from HTTP(S)_PROXY / ALL_PROXY, unusual TLS). Off the hot path: it costs
+several times the CPU per request of the native transport (see scripts/bench_client.py).
+
+Bytes from `aiter_bytes` go into the same ResponseReader, timestamped once per chunk; httpx's exception
+tree is translated to ours here, so the error boundary in client.py stays the only mapping to records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import perf_counter
+
+import httpx
+from veeksha.runner.http.openai import ResponseReader
+from veeksha.runner.http.transport import (
+    DRAIN_TIMEOUT_S,
+    ConnectError,
+    ConnectionDropped,
+    ConnectTimeout,
+    Origin,
+    ProtocolError,
+    RequestError,
+    RequestTimeout,
+)
+
+
+def translate(exc: httpx.HTTPError) -> RequestError:
+    """httpx exception → our exception tree (the error type is decided by the class we pick)."""
+    msg = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ConnectTimeout(f"connect timed out: {msg}")
+    if isinstance(exc, httpx.ConnectError | httpx.ProxyError | httpx.UnsupportedProtocol):
+        return ConnectError(f"cannot connect: {msg}")
+    if isinstance(exc, httpx.TimeoutException):
+        return RequestTimeout(f"timed out: {msg}")
+    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.CloseError):
+        return ConnectionDropped(f"connection dropped: {msg}")
+    if isinstance(exc, httpx.RemoteProtocolError):
+        low = msg.lower()
+        if "disconnected" in low or "closed" in low or "incomplete" in low:
+            return ConnectionDropped(f"server closed the connection: {msg}")
+        return ProtocolError(f"invalid HTTP response: {msg}")
+    return ProtocolError(f"{type(exc).__name__}: {msg}")
+
+
+class HttpxTransport:
+    def __init__(
+        self,
+        url: str,
+        headers: list[tuple[str, str]],
+        max_connections: int,
+        connect_timeout: float | None,
+    ) -> None:
+        Origin(url)  # same URL validation (and ConfigError) as the native transport
+        self._url = url
+        n = max(1, int(max_connections))
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            # Only the connect deadline here; the whole-request deadline is the caller's.
+            timeout=httpx.Timeout(None, connect=connect_timeout or None),
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+            trust_env=True,
+        )
+
+    async def send(self, body: bytes, handler: ResponseReader) -> None:
+        try:
+            await self._send(body, handler)
+        except httpx.RemoteProtocolError as exc:
+            # A keep-alive connection the server closed just as we sent (not one response byte):
+            # retry once on a fresh connection, as the native transport does.
+            if handler.out.http_status is not None or "without sending a response" not in str(exc):
+                raise translate(exc) from None
+            try:
+                await self._send(body, handler)
+            except httpx.HTTPError as exc2:
+                raise translate(exc2) from None
+        except httpx.HTTPError as exc:
+            raise translate(exc) from None
+
+    async def _send(self, body: bytes, handler: ResponseReader) -> None:
+        try:
+            async with self._client.stream("POST", self._url, content=body) as resp:
+                handler.on_start(resp.status_code, resp.headers.get("content-type"))
+                chunks = resp.aiter_bytes()
+                async for chunk in chunks:
+                    if handler.on_body(chunk, perf_counter()):
+                        if handler.failure is None:
+                            await self._drain(chunks)
+                        return
+                handler.on_end(perf_counter())
+        except httpx.HTTPError:
+            if handler.finished and handler.failure is None:
+                return  # the response was complete at [DONE]; only the tail of the body broke
+            raise
+
+    @staticmethod
+    async def _drain(chunks: object) -> None:
+        """Read the body's tail after [DONE] so httpx can reuse the connection (bounded wait)."""
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                async for _ in chunks:  # type: ignore[attr-defined]
+                    pass
+        except TimeoutError:
+            pass  # leaving the stream context closes the connection instead
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,333 @@
+"""OpenAI-compatible request bodies and response interpretation (chat completions and completions).
+
+`RequestBuilder` turns (payload, max_tokens) into body bytes with a fixed key order, so the same inputs
+give byte-identical bodies. `ResponseReader` consumes one HTTP response, from either backend, and fills
+an Outcome: content-chunk arrival times, text, usage counts, finish_reason, or a failure. It is the
+`ResponseHandler` of transport.py and never raises: failures land in `.failure` (a RequestError).
+
+Content chunk (metrics.md): an event with non-empty delta.content, delta.reasoning_content /
+delta.reasoning, delta.tool_calls, or choices[].text. Role-only, empty, usage-only and keep-alive events
+are not content chunks. A non-streaming response is one chunk at completion.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from veeksha.runner.http.sse import SSEError, SSEParser
+from veeksha.runner.http.transport import (
+    HTTPStatusError,
+    ProtocolError,
+    RequestError,
+    ServerError,
+)
+
+if TYPE_CHECKING:
+    from veeksha.runner.http.client import Outcome
+
+CHAT = "openai_chat_completions"
+COMPLETIONS = "openai_completions"
+ENDPOINTS = {CHAT: "/chat/completions", COMPLETIONS: "/completions"}
+DEFAULT_MAX_TOKENS_PARAM = {CHAT: "max_completion_tokens", COMPLETIONS: "max_tokens"}
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a buffered (non-streamed) body larger than this is refused
+MAX_MESSAGE_CHARS = 300  # error messages are one line, cut to this length
+
+_SSE, _JSON, _ERROR, _SNIFF = range(4)
+
+
+class RequestBuilder:
+    """Body bytes for one endpoint type; everything constant is decided once."""
+
+    __slots__ = (
+        "_extra",
+        "_fixed",
+        "_max_param",
+        "_min_param",
+        "_model",
+        "_payload_key",
+        "chat",
+        "path",
+    )
+
+    def __init__(self, cfg: Any) -> None:
+        kind = cfg.type
+        if kind not in ENDPOINTS:
+            raise ValueError(f"unknown client type {kind!r}")
+        self.chat = kind == CHAT
+        self.path = ENDPOINTS[kind]
+        self._payload_key = "messages" if self.chat else "prompt"
+        self._max_param = getattr(cfg, "max_tokens_param", None) or DEFAULT_MAX_TOKENS_PARAM[kind]
+        self._min_param = getattr(cfg, "min_tokens_param", None)
+        stream = bool(getattr(cfg, "stream", True))
+        fixed: dict[str, Any] = {}
+        if getattr(cfg, "ignore_eos", False):
+            fixed["ignore_eos"] = True
+        fixed["stream"] = stream
+        if stream and getattr(cfg, "include_usage", True):
+            fixed["stream_options"] = {"include_usage": True}
+        self._fixed = fixed
+        extra = getattr(cfg, "additional_sampling_params", None) or {}
+        if isinstance(extra, str | bytes):
+            extra = orjson.loads(extra)
+        self._extra = dict(extra)
+        self._model = cfg.model
+
+    def body(self, payload: list[dict] | str, max_tokens: int) -> bytes:
+        if self.chat and isinstance(payload, str):
+            payload = [{"role": "user", "content": payload}]
+        elif not self.chat and not isinstance(payload, str):
+            raise TypeError("openai_completions takes a prompt string, not a message list")
+        body: dict[str, Any] = {"model": self._model, self._payload_key: payload}
+        body[self._max_param] = max_tokens
+        if self._min_param:
+            body[self._min_param] = max_tokens
+        body.update(self._fixed)
+        if self._extra:
+            body.update(self._extra)  # user parameters are merged last and win
+        return orjson.dumps(body)
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def error_text(err: Any) -> str:
+    """The human part of an OpenAI-style error object ({"error": {"message": ...}} and variants)."""
+    if isinstance(err, dict):
+        for key in ("message", "detail", "error", "msg"):
+            value = err.get(key)
+            if value:
+                return error_text(value)
+        return one_line(orjson.dumps(err).decode())
+    if isinstance(err, list) and err:
+        return error_text(err[0])
+    return one_line(str(err))
+
+
+def body_error_text(body: bytes) -> str:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return one_line(body.decode("utf-8", "replace")) or "(empty body)"
+    return error_text(obj) if obj else "(empty body)"
+
+
+class ResponseReader:
+    """Interprets one response into an Outcome (see module doc). One instance per request."""
+
+    __slots__ = (
+        "_body",
+        "_body_len",
+        "_mode",
+        "_now",
+        "_sse",
+        "_status",
+        "_text",
+        "failure",
+        "finished",
+        "out",
+        "stream",
+    )
+
+    def __init__(self, out: Outcome, stream: bool) -> None:
+        self.out = out
+        self.stream = stream
+        self.failure: RequestError | None = None
+        self.finished = False
+        self._mode = _JSON
+        self._sse: SSEParser | None = None
+        self._body: list[bytes] = []
+        self._body_len = 0
+        self._text: list[str] = []
+        self._now = 0.0
+        self._status = 0
+
+    # -- ResponseHandler -----------------------------------------------------------------------------
+
+    def on_start(self, status: int, content_type: bytes | str | None) -> None:
+        self.out.http_status = self._status = status
+        if isinstance(content_type, str):
+            content_type = content_type.encode("latin-1", "replace")
+        ctype = (content_type or b"").lower()
+        if not 200 <= status < 300:
+            self._mode = _ERROR
+        elif not self.stream or b"json" in ctype:
+            self._mode = _JSON
+        elif b"event-stream" in ctype:
+            self._start_sse()
+        else:
+            self._mode = _SNIFF  # no useful content-type: the first body byte decides
+
+    def on_body(self, data: bytes, now: float) -> bool:
+        mode = self._mode
+        if mode == _SSE:
+            self._now = now
+            try:
+                self._sse.feed(data)  # type: ignore[union-attr]
+            except SSEError as exc:
+                self._fail(ProtocolError(str(exc)), now)
+            return self.finished
+        if mode == _SNIFF:
+            stripped = data.lstrip()
+            if not stripped:
+                self._buffer(data, now)
+                return self.finished
+            if stripped[:1] in (b"{", b"["):
+                self._mode = _JSON
+            else:
+                self._start_sse()
+                pending = b"".join(self._body)
+                self._body.clear()
+                return self.on_body(pending + data, now)
+        self._buffer(data, now)
+        return self.finished
+
+    def on_end(self, now: float) -> None:
+        if self.finished:
+            return
+        mode = self._mode
+        if mode == _SSE:
+            self._now = now
+            try:
+                self._sse.flush()  # type: ignore[union-attr]
+            except SSEError as exc:
+                self._fail(ProtocolError(str(exc)), now)
+            if not self.finished:  # no [DONE]: the end of the body ends the stream
+                self._finish(now)
+            return
+        body = b"".join(self._body)
+        self._body.clear()
+        if mode == _ERROR:
+            msg = f"HTTP {self._status}: {body_error_text(body)}"
+            self._fail(HTTPStatusError(msg, self._status), now)
+        else:
+            self._read_json(body, now)
+
+    def finalize(self) -> None:
+        """Write the accumulated text into the Outcome (also after failures: partial text is kept)."""
+        if self._text:
+            self.out.text = "".join(self._text)
+
+    # -- streaming -----------------------------------------------------------------------------------
+
+    def _start_sse(self) -> None:
+        self._mode = _SSE
+        self._sse = SSEParser(self._on_event)
+
+    def _on_event(self, event: bytes | None, data: bytes) -> None:
+        if self.finished:
+            return
+        if data == b"[DONE]":
+            self._finish(self._now)
+            return
+        if not data or data.isspace():
+            return  # an empty `data:` keep-alive
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            if event == b"error":
+                self._fail(ServerError(f"server error event: {one_line(data.decode())}"), self._now)
+            else:
+                preview = one_line(data[:80].decode("utf-8", "replace"))
+                self._fail(ProtocolError(f"stream event is not JSON: {preview}"), self._now)
+            return
+        if type(obj) is not dict:
+            return
+        err = obj.get("error")
+        if err is not None or event == b"error" or obj.get("object") == "error":
+            what = error_text(err if err is not None else obj)
+            self._fail(ServerError(f"server error in stream: {what}"), self._now)
+            return
+        choices = obj.get("choices")
+        if choices:
+            content = False
+            out = self.out
+            for choice in choices:
+                delta = choice.get("delta")
+                if delta:
+                    c = delta.get("content")
+                    if c:
+                        content = True
+                        if type(c) is str:
+                            self._text.append(c)
+                    elif delta.get("reasoning_content") or delta.get("reasoning") or delta.get("tool_calls"):
+                        content = True
+                text = choice.get("text")
+                if text:
+                    content = True
+                    if type(text) is str:
+                        self._text.append(text)
+                reason = choice.get("finish_reason")
+                if reason:
+                    out.finish_reason = reason
+            if content:
+                out.chunk_times.append(self._now)
+        usage = obj.get("usage")
+        if usage:
+            self._usage(usage)
+
+    # -- buffered bodies -----------------------------------------------------------------------------
+
+    def _buffer(self, data: bytes, now: float) -> None:
+        self._body_len += len(data)
+        if self._body_len > MAX_BODY_BYTES:
+            self._fail(ProtocolError(f"response body exceeds {MAX_BODY_BYTES} bytes"), now)
+            return
+        self._body.append(data)
+
+    def _read_json(self, body: bytes, now: float) -> None:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            preview = one_line(body[:80].decode("utf-8", "replace")) or "(empty body)"
+            self._fail(ProtocolError(f"response body is not JSON: {preview}"), now)
+            return
+        if type(obj) is not dict:
+            self._fail(ProtocolError("response body is not a JSON object"), now)
+            return
+        err = obj.get("error")
+        if err is not None or obj.get("object") == "error":
+            what = error_text(err if err is not None else obj)
+            self._fail(ServerError(f"server returned an error: {what}"), now)
+            return
+        choices = obj.get("choices")
+        if not isinstance(choices, list):
+            self._fail(ProtocolError("response has no choices"), now)
+            return
+        for choice in choices:
+            message = choice.get("message") or {}
+            c = message.get("content") or choice.get("text")
+            if c and type(c) is str:
+                self._text.append(c)
+            reason = choice.get("finish_reason")
+            if reason:
+                self.out.finish_reason = reason
+        usage = obj.get("usage")
+        if usage:
+            self._usage(usage)
+        self.out.chunk_times.append(now)  # non-streaming: one chunk, at completion
+        self._finish(now)
+
+    # -- common --------------------------------------------------------------------------------------
+
+    def _usage(self, usage: Any) -> None:
+        if type(usage) is not dict:
+            return
+        p = usage.get("prompt_tokens")
+        c = usage.get("completion_tokens")
+        if type(p) is int:
+            self.out.prompt_tokens = p
+        if type(c) is int:
+            self.out.completion_tokens = c
+
+    def _finish(self, now: float) -> None:
+        self.finished = True
+        self.out.completed_at = now
+
+    def _fail(self, exc: RequestError, now: float) -> None:
+        self.failure = exc
+        self.finished = True
+        self.out.completed_at = now

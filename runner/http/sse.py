@@ -1,0 +1,119 @@
+"""Incremental Server-Sent Events parser (WHATWG event-stream rules, tuned for LLM token streams).
+
+Bytes go in as they arrive (split anywhere, several events per read); each complete event is handed to
+a callback as `(event_name or None, data)`. Lines may end in `\\n`, `\\r\\n` or `\\r` (also when the `\\r`
+and `\\n` arrive in different reads). `:` comment lines (keep-alives), `id:` and `retry:` are skipped.
+
+The common case, a read that holds whole `data: {...}\\n\\n` events with `\\n` endings, takes a fast
+path: no copies beyond slicing each line once. A line longer than one read (a 1 MB event) is
+accumulated in a bytearray and searched only in the new bytes, so it costs linear time.
+
+Deliberate leniency: at the end of the body, a last event that lacks its blank line (or even its final
+newline) is still dispatched, because several servers end the stream that way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+# A single pending line/event larger than this is treated as a broken stream rather than buffered forever.
+MAX_EVENT_BYTES = 64 * 1024 * 1024
+
+EventCallback = Callable[[bytes | None, bytes], object]
+
+
+class SSEError(ValueError):
+    """The stream cannot be parsed (only raised for an event above MAX_EVENT_BYTES)."""
+
+
+class SSEParser:
+    __slots__ = ("_data", "_event", "_on_event", "_skip_lf", "_tail", "max_event_bytes")
+
+    def __init__(self, on_event: EventCallback, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._on_event = on_event
+        self.max_event_bytes = max_event_bytes
+        self._tail: bytearray | None = None  # unterminated last line (never contains \r or \n)
+        self._data: bytes | None = None  # data of the event being built; None = no data line yet
+        self._event: bytes | None = None
+        self._skip_lf = False  # the previous read ended in \r: a leading \n belongs to it
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if b"\r" in chunk:
+            if chunk[-1:] == b"\r":
+                self._skip_lf = True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        start = 0
+        tail = self._tail
+        if tail is not None:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                tail += chunk
+                if len(tail) > self.max_event_bytes:
+                    raise SSEError(f"an event line exceeds {self.max_event_bytes} bytes")
+                return
+            tail += chunk[:nl]
+            self._tail = None
+            self._line(bytes(tail))
+            start = nl + 1
+        find = chunk.find
+        while True:
+            nl = find(b"\n", start)
+            if nl < 0:
+                break
+            if nl == start:
+                if self._data is not None:
+                    self._dispatch()
+                else:
+                    self._event = None
+            else:
+                self._line(chunk[start:nl])
+            start = nl + 1
+        if start < len(chunk):
+            self._tail = bytearray(chunk[start:])
+            if len(self._tail) > self.max_event_bytes:
+                raise SSEError(f"an event line exceeds {self.max_event_bytes} bytes")
+
+    def flush(self) -> None:
+        """End of body: dispatch whatever complete-looking event is still pending."""
+        if self._tail is not None:
+            line = bytes(self._tail)
+            self._tail = None
+            self._line(line)
+        if self._data is not None:
+            self._dispatch()
+        self._event = None
+        self._skip_lf = False
+
+    def _line(self, line: bytes) -> None:
+        if line[:5] == b"data:":
+            value = line[6:] if line[5:6] == b" " else line[5:]
+        elif line[:1] == b":":
+            return  # comment / keep-alive
+        else:
+            field, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if field == b"event":
+                self._event = value
+                return
+            if field != b"data":
+                return  # id, retry and unknown fields do not matter here
+        if self._data is None:
+            self._data = value
+        else:
+            self._data = self._data + b"\n" + value
+            if len(self._data) > self.max_event_bytes:
+                raise SSEError(f"an event exceeds {self.max_event_bytes} bytes")
+
+    def _dispatch(self) -> None:
+        data = self._data
+        event = self._event
+        self._data = None
+        self._event = None
+        self._on_event(event, data)  # type: ignore[arg-type]

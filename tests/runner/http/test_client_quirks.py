@@ -1,0 +1,226 @@
+"""Both client backends against the quirk server: what each server misbehaviour turns into.
+
+Every case is a real request over loopback HTTP to tests/runner/http/quirk_server.py; the Outcome is
+what the driver records (status, error_type, http_status, content chunks, text, usage).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import uvloop
+from veeksha.runner.http.client import Outcome, make_client
+from veeksha.runner.http.openai import RequestBuilder
+from veeksha.shared.config import ClientConfig
+from veeksha.shared.records import ERROR, ERROR_TYPES, SUCCESS, TIMEOUT
+
+from tests.runner.http.quirk_server import BIG_CONTENT, QuirkServer
+
+BACKENDS = ["native", "httpx"]
+API_KEY = "sk-test-SECRET-4242"
+
+
+def request(base: str, backend: str, payload: object = "hi", **kw: object) -> Outcome:
+    cfg = ClientConfig(
+        **{"api_base": base, "model": "m", "http_backend": backend, "request_timeout": 5.0, **kw}
+    )
+
+    async def go() -> Outcome:
+        client = make_client(cfg, max_connections=4)
+        try:
+            return await client.request(payload, 8)  # type: ignore[arg-type]
+        finally:
+            await client.aclose()
+
+    return uvloop.run(go())
+
+
+def assert_standard(out: Outcome) -> None:
+    """The reference stream (quirk_server.STANDARD) read correctly."""
+    assert (out.status, out.error_type, out.error_message) == (SUCCESS, None, None)
+    assert out.http_status == 200
+    assert len(out.chunk_times) == 3
+    assert out.text == "Hello world"
+    assert (out.prompt_tokens, out.completion_tokens, out.finish_reason) == (7, 3, "stop")
+    assert out.picked_up_at is not None and out.completed_at is not None
+    assert out.picked_up_at < out.chunk_times[0] <= out.chunk_times[-1] <= out.completed_at
+    assert out.chunk_times == sorted(out.chunk_times)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "quirk",
+    [
+        "basic",  # role-only first chunk, usage missing / null, usage chunk with choices: []
+        "split",  # chunk boundaries and read boundaries in the middle of events and framing
+        "crlf",  # \r\n endings, `:` keep-alives, several events per read
+        "no_done",  # the end of the body ends the stream
+        "content_length",  # Content-Length instead of chunked
+        "close_delimited",  # neither: the body ends when the server closes
+        "no_content_type",  # sniffed as SSE
+        "informational",  # a 100 Continue before the real response
+    ],
+)
+def test_streams_that_must_read_as_the_reference(quirks: QuirkServer, backend: str, quirk: str) -> None:
+    assert_standard(request(quirks.base(quirk), backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_request_on_the_wire(quirks: QuirkServer, backend: str) -> None:
+    base = quirks.base("basic") + "?tag=" + backend
+    out = request(base, backend, api_key=API_KEY, headers={"X-Run": "r1"})
+    assert out.status == SUCCESS
+    seen = [r for r in quirks.seen("basic") if r.path.endswith("tag=" + backend)][-1]
+    assert seen.path == f"/basic/v1/chat/completions?tag={backend}"
+    assert seen.headers["authorization"] == f"Bearer {API_KEY}"
+    assert seen.headers["x-run"] == "r1"
+    assert seen.headers["content-type"] == "application/json"
+    cfg = ClientConfig(api_base=base, model="m")
+    assert seen.body == RequestBuilder(cfg).body("hi", 8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("quirk", "status", "error_type", "http_status", "chunks", "text", "message"),
+    [
+        ("json_error_200", ERROR, "server_error", 200, 0, "", "model is overloaded"),
+        ("http_400", ERROR, "http_error", 400, 0, "", "HTTP 400: max_tokens is too large"),
+        ("http_500_text", ERROR, "http_error", 500, 0, "", "HTTP 500: Internal Server Error"),
+        ("midstream_error", ERROR, "server_error", 200, 2, "Hello", "engine died"),
+        ("error_event", ERROR, "server_error", 200, 1, "Hel", "out of memory"),
+        ("drop", ERROR, "connection_dropped", 200, 2, "Hello", "closed"),
+        ("reset", ERROR, "connection_dropped", 200, 1, "Hel", ""),
+        ("reset_before", ERROR, "connection_dropped", None, 0, "", ""),
+    ],
+)
+def test_failures(
+    quirks: QuirkServer,
+    backend: str,
+    quirk: str,
+    status: str,
+    error_type: str,
+    http_status: int | None,
+    chunks: int,
+    text: str,
+    message: str,
+) -> None:
+    t0 = time.perf_counter()
+    out = request(quirks.base(quirk), backend, api_key=API_KEY)
+    assert time.perf_counter() - t0 < 2  # never waits for a body that will not end
+    assert (out.status, out.error_type, out.http_status) == (status, error_type, http_status)
+    assert error_type in ERROR_TYPES
+    assert len(out.chunk_times) == chunks and out.text == text  # what arrived is kept
+    assert out.error_message and message in out.error_message
+    assert "\n" not in out.error_message and "Traceback (most recent" not in out.error_message
+    assert API_KEY not in out.error_message
+    assert out.completed_at is not None and out.picked_up_at is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_api_key_echoed_by_the_server_is_redacted(quirks: QuirkServer, backend: str) -> None:
+    out = request(quirks.base("echo_auth"), backend, api_key=API_KEY)
+    assert (out.status, out.error_type, out.http_status) == (ERROR, "http_error", 401)
+    assert "Incorrect API key provided" in out.error_message
+    assert API_KEY not in out.error_message and "SECRET" not in out.error_message
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("quirk", ["slow_headers", "stall"])
+def test_request_deadline(quirks: QuirkServer, backend: str, quirk: str) -> None:
+    t0 = time.perf_counter()
+    out = request(quirks.base(quirk), backend, request_timeout=0.3)
+    elapsed = time.perf_counter() - t0
+    assert 0.3 <= elapsed < 1.5
+    assert (out.status, out.error_type) == (TIMEOUT, "request_timeout")
+    assert len(out.chunk_times) == (2 if quirk == "stall" else 0)  # chunks before the deadline stay
+    assert out.completed_at - out.picked_up_at == pytest.approx(0.3, abs=0.1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_line_over_one_megabyte(quirks: QuirkServer, backend: str) -> None:
+    out = request(quirks.base("big_line"), backend)
+    assert out.status == SUCCESS and len(out.chunk_times) == 2
+    assert out.text == BIG_CONTENT + "!"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_streaming_is_one_chunk_at_completion(quirks: QuirkServer, backend: str) -> None:
+    out = request(quirks.base("nonstream"), backend, stream=False)
+    assert out.status == SUCCESS and out.chunk_times == [out.completed_at]
+    assert (out.text, out.prompt_tokens, out.completion_tokens, out.finish_reason) == (
+        "Hi there",
+        5,
+        2,
+        "length",
+    )
+    seen = quirks.seen("nonstream")[-1]
+    assert b'"stream":false' in seen.body and seen.headers["accept"] == "application/json"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stream_answered_with_plain_json(quirks: QuirkServer, backend: str) -> None:
+    out = request(quirks.base("stream_as_json"), backend)
+    assert out.status == SUCCESS and out.chunk_times == [out.completed_at] and out.text == "Hi there"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_completions_stream(quirks: QuirkServer, backend: str) -> None:
+    out = request(quirks.base("completions"), backend, type="openai_completions")
+    assert out.status == SUCCESS and len(out.chunk_times) == 2 and out.text == "Once upon"
+    assert (out.prompt_tokens, out.completion_tokens, out.finish_reason) == (4, 2, "length")
+    assert quirks.seen("completions")[-1].path == "/completions/v1/completions"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reasoning_and_tool_calls_are_content_chunks(quirks: QuirkServer, backend: str) -> None:
+    out = request(quirks.base("reasoning"), backend)
+    # reasoning_content, reasoning, tool_calls, "Answer"; not role-only, empty content, finish-only
+    assert out.status == SUCCESS and len(out.chunk_times) == 4
+    assert out.text == "Answer" and out.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_usage_on_a_content_chunk(quirks: QuirkServer, backend: str) -> None:
+    out = request(quirks.base("usage_inline"), backend)
+    assert out.status == SUCCESS and len(out.chunk_times) == 2
+    assert (out.prompt_tokens, out.completion_tokens) == (9, 2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_connection_refused_is_connect_error(backend: str) -> None:
+    out = request(f"http://127.0.0.1:{free_port()}/v1", backend, api_key=API_KEY)
+    assert (out.status, out.error_type, out.http_status) == (ERROR, "connect_error", None)
+    assert API_KEY not in out.error_message
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_connect_deadline(backend: str) -> None:
+    # A listener whose accept queue is full: Linux drops further SYNs, so connect() hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(3):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(listener.getsockname())
+            fillers.append(s)
+        time.sleep(0.05)
+        port = listener.getsockname()[1]
+        t0 = time.perf_counter()
+        out = request(f"http://127.0.0.1:{port}/v1", backend, connect_timeout=0.3, request_timeout=5)
+        assert time.perf_counter() - t0 < 2
+        assert (out.status, out.error_type) == (TIMEOUT, "connect_timeout")
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()

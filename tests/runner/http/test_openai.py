@@ -1,0 +1,165 @@
+"""Request bodies and response interpretation for the OpenAI-compatible endpoints (no network here)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from veeksha.runner.http.client import Outcome, build_headers, endpoint_url, secret_values
+from veeksha.runner.http.openai import RequestBuilder, ResponseReader
+from veeksha.shared.config import ClientConfig
+
+from tests.runner.http.quirk_server import DONE, STANDARD, chat, event, usage_event
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def cfg(**kw) -> ClientConfig:
+    return ClientConfig(**{"api_base": "http://h/v1", "model": "m", **kw})
+
+
+# -- request bodies ------------------------------------------------------------------------------------
+
+
+def test_chat_body_defaults_and_key_order() -> None:
+    body = RequestBuilder(cfg()).body(MESSAGES, 64)
+    assert body == (
+        b'{"model":"m","messages":[{"role":"user","content":"hi"}],"max_completion_tokens":64,'
+        b'"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}'
+    )
+
+
+def test_completions_body_uses_prompt_and_max_tokens() -> None:
+    c = cfg(type="openai_completions", stream=False, ignore_eos=False)
+    assert orjson.loads(RequestBuilder(c).body("Once", 8)) == {
+        "model": "m",
+        "prompt": "Once",
+        "max_tokens": 8,
+        "stream": False,
+    }
+
+
+def test_optional_params_and_sampling_params_merge_last() -> None:
+    c = cfg(
+        max_tokens_param="max_tokens",
+        min_tokens_param="min_tokens",
+        include_usage=False,
+        additional_sampling_params={"temperature": 0.0, "ignore_eos": False},
+    )
+    body = orjson.loads(RequestBuilder(c).body(MESSAGES, 5))
+    assert list(body) == [
+        "model",
+        "messages",
+        "max_tokens",
+        "min_tokens",
+        "ignore_eos",
+        "stream",
+        "temperature",
+    ]
+    assert body["min_tokens"] == 5 and body["ignore_eos"] is False and "stream_options" not in body
+
+
+def test_same_inputs_give_byte_identical_bodies() -> None:
+    a = RequestBuilder(cfg(additional_sampling_params={"top_p": 0.9, "seed": 1})).body(MESSAGES, 9)
+    b = RequestBuilder(cfg(additional_sampling_params={"top_p": 0.9, "seed": 1})).body(MESSAGES, 9)
+    assert a == b
+
+
+def test_chat_accepts_a_bare_prompt_string_completions_refuses_messages() -> None:
+    assert orjson.loads(RequestBuilder(cfg()).body("hi", 1))["messages"] == MESSAGES
+    with pytest.raises(TypeError):
+        RequestBuilder(cfg(type="openai_completions")).body(MESSAGES, 1)
+
+
+def test_headers_auth_and_user_overrides() -> None:
+    headers = dict(build_headers(cfg(api_key="sk-abc", headers={"X-Team": "a", "accept": "*/*"})))
+    assert headers["Authorization"] == "Bearer sk-abc"
+    assert headers["X-Team"] == "a" and headers["accept"] == "*/*" and "Accept" not in headers
+    assert "sk-abc" in secret_values(cfg(api_key="sk-abc"))
+
+
+def test_endpoint_url_keeps_query_string() -> None:
+    assert endpoint_url("http://h:1/v1/", "/chat/completions") == "http://h:1/v1/chat/completions"
+    assert endpoint_url("https://h/openai?api-version=2024", "/completions") == (
+        "https://h/openai/completions?api-version=2024"
+    )
+
+
+# -- responses ---------------------------------------------------------------------------------------
+
+
+def read(reads: list[tuple[bytes, float]], stream: bool = True, ctype: bytes = b"text/event-stream"):
+    out = Outcome()
+    reader = ResponseReader(out, stream)
+    reader.on_start(200, ctype)
+    for data, now in reads:
+        if reader.on_body(data, now):
+            break
+    else:
+        reader.on_end(99.0)
+    reader.finalize()
+    return out, reader
+
+
+def test_standard_stream_chunks_text_usage_and_done_time() -> None:
+    out, reader = read([(e, float(i)) for i, e in enumerate(STANDARD)])
+    assert reader.failure is None
+    assert out.chunk_times == [1.0, 2.0, 3.0]  # role-only, finish-only and usage-only are not chunks
+    assert out.text == "Hello world"
+    assert (out.prompt_tokens, out.completion_tokens, out.finish_reason) == (7, 3, "stop")
+    assert out.completed_at == 6.0  # [DONE]
+
+
+def test_events_in_one_read_share_its_arrival_time() -> None:
+    out, _ = read([(b"".join(STANDARD[:3]), 1.5), (b"".join(STANDARD[3:]), 2.5)])
+    assert out.chunk_times == [1.5, 1.5, 2.5]
+
+
+def test_usage_null_or_missing_means_absent() -> None:
+    out, _ = read([(chat("a", usage=None) + chat("b") + DONE, 1.0)])
+    assert out.prompt_tokens is None and out.completion_tokens is None
+
+
+def test_without_done_the_end_of_body_completes_the_stream() -> None:
+    out, reader = read([(chat("a") + usage_event(1, 1), 1.0)])
+    assert reader.failure is None and out.completed_at == 99.0 and len(out.chunk_times) == 1
+
+
+def test_data_after_done_is_ignored() -> None:
+    out, _ = read([(chat("a") + DONE + chat("b"), 1.0)])
+    assert out.text == "a" and out.chunk_times == [1.0]
+
+
+def test_error_data_mid_stream_keeps_earlier_chunks() -> None:
+    out, reader = read([(chat("a"), 1.0), (event({"error": {"message": "boom"}}), 2.0)])
+    assert reader.failure is not None and reader.failure.error_type == "server_error"
+    assert "boom" in reader.failure.message and out.chunk_times == [1.0] and out.text == "a"
+    assert out.completed_at == 2.0
+
+
+def test_non_json_event_is_a_protocol_error() -> None:
+    _, reader = read([(b"data: {not json\n\n", 1.0)])
+    assert reader.failure is not None and reader.failure.error_type == "protocol_error"
+
+
+def test_non_streaming_body_is_one_chunk_at_completion() -> None:
+    body = orjson.dumps(
+        {
+            "choices": [{"message": {"content": "Hi", "reasoning_content": "hm"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+        }
+    )
+    out, reader = read([(body[:10], 1.0), (body[10:], 2.0)], stream=False, ctype=b"application/json")
+    assert reader.failure is None
+    assert out.chunk_times == [99.0] and out.completed_at == 99.0 and out.text == "Hi"
+    assert (out.prompt_tokens, out.completion_tokens) == (3, 1)
+
+
+def test_http_error_body_message_is_extracted() -> None:
+    out = Outcome()
+    reader = ResponseReader(out, True)
+    reader.on_start(429, b"application/json")
+    reader.on_body(b'{"error":{"message":"rate limited\\nretry later","code":429}}', 1.0)
+    reader.on_end(1.0)
+    assert reader.failure is not None
+    assert reader.failure.error_type == "http_error" and reader.failure.http_status == 429
+    assert reader.failure.message == "HTTP 429: rate limited retry later"

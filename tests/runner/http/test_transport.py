@@ -1,0 +1,189 @@
+"""Connection handling: keep-alive reuse, the pool bound, stale connections, [DONE] before the end of the
+body, cancellation, both event loops, TLS. Real loopback servers throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import uvloop
+from veeksha.runner.http.client import OpenAIClient, make_client
+from veeksha.runner.http.transport import HTTPTransport
+from veeksha.shared.config import ClientConfig
+from veeksha.shared.records import SUCCESS
+
+from tests.runner.http.quirk_server import QuirkServer
+
+
+def client_for(base: str, backend: str = "native", max_connections: int = 4, **kw) -> OpenAIClient:
+    cfg = ClientConfig(**{"api_base": base, "model": "m", "http_backend": backend, **kw})
+    return make_client(cfg, max_connections)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("backend", ["native", "httpx"])
+def test_sequential_requests_share_one_connection(quirks: QuirkServer, backend: str) -> None:
+    base = quirks.base("basic") + "?keepalive=" + backend
+
+    async def go() -> list[str]:
+        client = client_for(base, backend)
+        try:
+            return [(await client.request("hi", 4)).status for _ in range(5)]
+        finally:
+            await client.aclose()
+
+    assert uvloop.run(go()) == [SUCCESS] * 5
+    conns = {r.conn for r in quirks.seen("basic") if r.path.endswith("keepalive=" + backend)}
+    assert len(conns) == 1
+
+
+def test_concurrency_is_bounded_by_max_connections(quirks: QuirkServer) -> None:
+    base = quirks.base("no_done") + "?bounded"
+
+    async def go() -> list[str]:
+        client = client_for(base, max_connections=2)
+        try:
+            outs = await asyncio.gather(*(client.request("hi", 4) for _ in range(8)))
+            return [o.status for o in outs]
+        finally:
+            await client.aclose()
+
+    assert uvloop.run(go()) == [SUCCESS] * 8
+    conns = {r.conn for r in quirks.seen("no_done") if r.path.endswith("bounded")}
+    assert len(conns) == 2
+
+
+def test_stale_keep_alive_connection_is_retried_on_a_fresh_one(quirks: QuirkServer) -> None:
+    # The "stale" server answers the first request of a connection and drops the second one unanswered,
+    # as a server does when its keep-alive timeout fires just as we send.
+    async def go() -> list[str]:
+        client = client_for(quirks.base("stale"))
+        try:
+            return [(await client.request("hi", 4)).status for _ in range(3)]
+        finally:
+            await client.aclose()
+
+    before = len(quirks.seen("stale"))
+    assert uvloop.run(go()) == [SUCCESS] * 3
+    seen = quirks.seen("stale")[before:]
+    assert len(seen) == 5 and len({r.conn for r in seen}) == 3  # 3 answered + 2 dropped-and-retried
+
+
+def test_done_completes_the_request_before_the_body_ends_and_the_connection_is_reused(
+    quirks: QuirkServer,
+) -> None:
+    # The server sends [DONE], then the end of the chunked body only 150 ms later.
+    async def go() -> tuple[float, float, int]:
+        client = client_for(quirks.base("done_then_linger"))
+        try:
+            t0 = time.perf_counter()
+            out = await client.request("hi", 4)
+            returned = time.perf_counter() - t0
+            assert out.status == SUCCESS and len(out.chunk_times) == 3
+            await asyncio.sleep(0.3)  # the body has ended by now: the connection is idle again
+            second = await client.request("hi", 4)
+            assert second.status == SUCCESS
+            return out.completed_at - out.picked_up_at, returned, client._backend.open_connections
+        finally:
+            await client.aclose()
+
+    before = len(quirks.seen("done_then_linger"))
+    e2e, returned, open_conns = uvloop.run(go())
+    assert e2e < 0.12 and returned < 0.12
+    assert open_conns == 1
+    assert len({r.conn for r in quirks.seen("done_then_linger")[before:]}) == 1
+
+
+def test_cancelled_request_closes_its_connection_and_reraises(quirks: QuirkServer) -> None:
+    async def go() -> int:
+        client = client_for(quirks.base("stall"))
+        try:
+            task = asyncio.ensure_future(client.request("hi", 4))
+            await asyncio.sleep(0.1)
+            assert client._backend.open_connections == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return client._backend.open_connections
+        finally:
+            await client.aclose()
+
+    assert uvloop.run(go()) == 0
+
+
+def test_pool_slot_is_freed_when_a_waiting_request_is_cancelled(quirks: QuirkServer) -> None:
+    async def go() -> str:
+        client = client_for(quirks.base("stall"), max_connections=1, request_timeout=0.2)
+        try:
+            first = asyncio.ensure_future(client.request("hi", 4))
+            waiting = asyncio.ensure_future(client.request("hi", 4))
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            assert (await first).error_type == "request_timeout"
+            await asyncio.gather(waiting, return_exceptions=True)
+            backend: HTTPTransport = client._backend  # type: ignore[assignment]
+            assert backend._total == 0 and not backend._waiters
+            later = client_for(quirks.base("basic"), max_connections=1)
+            try:
+                return (await later.request("hi", 4)).status
+            finally:
+                await later.aclose()
+        finally:
+            await client.aclose()
+
+    assert uvloop.run(go()) == SUCCESS
+
+
+def test_plain_asyncio_loop_works_too(quirks: QuirkServer) -> None:
+    async def go() -> str:
+        client = client_for(quirks.base("split"))
+        try:
+            return (await client.request("hi", 4)).text
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == "Hello world"
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available to make a test certificate")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize("backend", ["native", "httpx"])
+def test_https(tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    cert, key = tls_files
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+
+    async def go() -> tuple[str, str | None]:
+        client = client_for(srv.base("basic"), backend)
+        try:
+            out = await client.request("hi", 4)
+            return out.status, out.error_type
+        finally:
+            await client.aclose()
+
+    with QuirkServer(ssl_context=ctx) as srv:
+        # Untrusted certificate: a connect error, not a hang or a crash.
+        assert uvloop.run(go()) == ("error", "connect_error")
+        # Trusted through SSL_CERT_FILE (read by ssl.create_default_context): a normal stream.
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        assert uvloop.run(go()) == (SUCCESS, None)
