@@ -71,17 +71,19 @@ class TraceSessionGenerator:
             raise ConfigError(f"session_generator.path: trace {self.path} has no records")
         self.flavor = ts.flavor if ts.flavor != "auto" else _detect_flavor(self.path, *raw[0])
         parse = _parse_request if self.flavor == REQUEST_LOG else _parse_conversation
-        records = [parse(self.path, where, rec) for where, rec in raw]
-        self.skipped_records = sum(r is None for r in records)
-        self.records: list[TraceRecord] = [r for r in records if r is not None]
-        if not self.records:
+        parsed = [(where, parse(self.path, where, rec)) for where, rec in raw]
+        kept = [(where, rec) for where, rec in parsed if rec is not None]
+        self.skipped_records = len(parsed) - len(kept)
+        if not kept:
             raise ConfigError(f"{self.path}: no conversation has a user message followed by a reply")
+        self.records: list[TraceRecord] = [rec for _, rec in kept]
         self._timed = ts.timed_replay
         self._scale = ts.time_scale
         self._period = 0.0
-        if self._timed:
-            self._prepare_timed(raw)
+        self._t0 = 0.0
         self._wrap = ts.wrap
+        if self._timed:
+            self._prepare_timed(kept)
         self._prompts = PromptBuilder(tokenizer, stream(seed, "trace/shared_prefix"))
         self._words = stream(seed, "trace/words")
         self.token_count_source = self._prompts.token_count_source
@@ -89,8 +91,8 @@ class TraceSessionGenerator:
         self._cycle = 0
         self._next_id = 0
 
-    def _prepare_timed(self, raw: list[tuple[str, Any]]) -> None:
-        for (where, _), rec in zip(raw, self.records, strict=False):
+    def _prepare_timed(self, kept: list[tuple[str, TraceRecord]]) -> None:
+        for where, rec in kept:
             if rec.timestamp is None:
                 raise ConfigError(
                     f"{self.path} {where}: timed_replay needs a 'timestamp' in every record; "
@@ -100,6 +102,12 @@ class TraceSessionGenerator:
         first, last = self.records[0].timestamp, self.records[-1].timestamp
         assert first is not None and last is not None
         n = len(self.records)
+        if self._wrap and last == first:
+            raise ConfigError(
+                f"{self.path}: timed_replay with wrap: true needs timestamps spanning some time "
+                "(every record has the same one, so the replay would be one endless burst); "
+                "set session_generator.wrap: false"
+            )
         # A wrapped trace starts over one average gap after its last record.
         self._period = (last - first) * n / (n - 1) if n > 1 else 0.0
         self._t0 = first

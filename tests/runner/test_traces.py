@@ -1,0 +1,249 @@
+"""Trace replay: request logs and recorded conversations from local files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from veeksha.runner.sessions import Session, make_session_generator
+from veeksha.runner.tokenizer import count_tokens_approx
+from veeksha.runner.traces import CONVERSATION, REQUEST_LOG, TraceSessionGenerator
+from veeksha.shared.config_loader import build_benchmark_config
+from veeksha.shared.errors import ConfigError
+from veeksha.shared.records import COUNT_APPROXIMATE
+
+DATA = Path(__file__).parent / "data"
+
+
+def trace_generator(path: Path | str, seed: int = 42, **options: Any) -> TraceSessionGenerator:
+    cfg = build_benchmark_config(
+        {"seed": seed, "session_generator": {"type": "trace", "path": str(path), **options}}
+    )
+    gen = make_session_generator(cfg)
+    assert isinstance(gen, TraceSessionGenerator)
+    return gen
+
+
+def write_jsonl(path: Path, records: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def drain(gen: TraceSessionGenerator, limit: int = 1000) -> list[Session]:
+    sessions = []
+    for _ in range(limit):
+        session = gen.next_session()
+        if session is None:
+            return sessions
+        sessions.append(session)
+    raise AssertionError("the trace never ended")
+
+
+REQUESTS = [
+    {"timestamp": 100.0, "input_length": 12, "output_length": 5},
+    {"timestamp": 101.5, "input_length": 300, "output_length": 64},
+    {"timestamp": 103.0, "input_length": 1, "output_length": 0},
+]
+
+
+# ---------------------------------------------------------------- request logs
+
+
+def test_a_request_log_gives_one_request_per_record(tmp_path: Path) -> None:
+    gen = trace_generator(write_jsonl(tmp_path / "t.jsonl", REQUESTS), wrap=False)
+    assert gen.flavor == REQUEST_LOG
+    assert gen.token_count_source == COUNT_APPROXIMATE
+    sessions = drain(gen)
+    assert [s.session_id for s in sessions] == [0, 1, 2]
+    for session, rec in zip(sessions, REQUESTS, strict=True):
+        (node,) = session.nodes
+        assert node.parents == () and node.history_parent is None
+        assert node.target_prompt_tokens == node.num_content_tokens == rec["input_length"]
+        assert count_tokens_approx(node.content) == rec["input_length"]
+        assert node.requested_output_tokens == max(1, rec["output_length"])
+        assert session.arrival_offset is None  # not timed: the traffic scheduler sets the pace
+
+
+def test_timed_replay_turns_timestamps_into_offsets_from_the_first(tmp_path: Path) -> None:
+    gen = trace_generator(write_jsonl(tmp_path / "t.jsonl", REQUESTS), timed_replay=True, wrap=False)
+    assert [s.arrival_offset for s in drain(gen)] == [0.0, 1.5, 3.0]
+    faster = trace_generator(tmp_path / "t.jsonl", timed_replay=True, time_scale=2.0, wrap=False)
+    assert [s.arrival_offset for s in drain(faster)] == [0.0, 0.75, 1.5]
+
+
+def test_timed_replay_sorts_records_by_time(tmp_path: Path) -> None:
+    gen = trace_generator(
+        write_jsonl(tmp_path / "t.jsonl", [REQUESTS[1], REQUESTS[0], REQUESTS[2]]),
+        timed_replay=True,
+        wrap=False,
+    )
+    sessions = drain(gen)
+    assert [s.arrival_offset for s in sessions] == [0.0, 1.5, 3.0]
+    assert [s.nodes[0].target_prompt_tokens for s in sessions] == [12, 300, 1]
+
+
+def test_a_wrapped_trace_starts_over_and_keeps_time_moving_forward(tmp_path: Path) -> None:
+    gen = trace_generator(write_jsonl(tmp_path / "t.jsonl", REQUESTS), timed_replay=True)
+    sessions = [gen.next_session() for _ in range(7)]
+    # One pass spans 3 s; the next starts one average gap (1.5 s) after the last record.
+    assert [s.arrival_offset for s in sessions] == [0.0, 1.5, 3.0, 4.5, 6.0, 7.5, 9.0]
+    assert [s.nodes[0].target_prompt_tokens for s in sessions] == [12, 300, 1] * 2 + [12]
+    assert sessions[0].nodes[0].content != sessions[3].nodes[0].content  # fresh prompt text each pass
+
+
+def test_a_csv_trace_with_azure_columns_and_iso_times(tmp_path: Path) -> None:
+    gen = trace_generator(DATA / "azure_style.csv", timed_replay=True, wrap=False)
+    sessions = drain(gen)
+    assert [s.nodes[0].target_prompt_tokens for s in sessions] == [374, 396, 879]
+    assert [s.nodes[0].requested_output_tokens for s in sessions] == [44, 109, 1]
+    assert [s.arrival_offset for s in sessions] == pytest.approx([0.0, 4.314579, 4.514579])
+
+
+def test_a_plain_csv_request_log(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("input_length,output_length\n10,20\n30,40\n")
+    sessions = drain(trace_generator(path, wrap=False))
+    assert [(s.nodes[0].target_prompt_tokens, s.nodes[0].requested_output_tokens) for s in sessions] == [
+        (10, 20),
+        (30, 40),
+    ]
+
+
+def test_trace_prompts_are_reproducible_from_the_seed(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", REQUESTS)
+    assert drain(trace_generator(path, wrap=False)) == drain(trace_generator(path, wrap=False))
+    assert drain(trace_generator(path, wrap=False)) != drain(trace_generator(path, seed=1, wrap=False))
+
+
+# ---------------------------------------------------------------- conversations
+
+
+def test_a_sharegpt_file_gives_linear_sessions_of_the_human_turns() -> None:
+    gen = trace_generator(DATA / "sharegpt_sample.json", wrap=False)
+    assert gen.flavor == CONVERSATION
+    assert gen.skipped_records == 1  # the empty conversation
+    first, second = drain(gen)
+    assert [n.content for n in first.nodes] == ["What is the capital of France?", "And of Italy?"]
+    assert [n.parents for n in first.nodes] == [(), (0,)]
+    assert [n.history_parent for n in first.nodes] == [None, 0]
+    assert [n.requested_output_tokens for n in first.nodes] == [6, 6]  # the recorded replies' lengths
+    for node in first.nodes:
+        assert node.num_content_tokens == node.target_prompt_tokens == count_tokens_approx(node.content)
+    # System message dropped, consecutive human messages merged, the unanswered last turn dropped.
+    assert [n.content for n in second.nodes] == ["Say hi\n\ntwice please"]
+    assert second.nodes[0].requested_output_tokens == 2
+
+
+def test_openai_style_messages_jsonl(tmp_path: Path) -> None:
+    record = {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hello there"}]},
+            {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": "bye"},
+            {"role": "assistant", "content": ""},
+        ]
+    }
+    (session,) = drain(trace_generator(write_jsonl(tmp_path / "m.jsonl", [record]), wrap=False))
+    assert [n.content for n in session.nodes] == ["hello there", "bye"]
+    assert [n.requested_output_tokens for n in session.nodes] == [1, 1]  # at least one token
+
+
+def test_a_wrapped_conversation_trace_replays_from_the_start() -> None:
+    gen = trace_generator(DATA / "sharegpt_sample.json")
+    sessions = [gen.next_session() for _ in range(5)]
+    assert [len(s.nodes) for s in sessions] == [2, 1, 2, 1, 2]
+    assert [s.session_id for s in sessions] == [0, 1, 2, 3, 4]
+
+
+def test_a_conversation_file_with_no_usable_turns_is_an_error(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "c.jsonl", [{"conversations": []}, {"conversations": [{"from": "gpt", "value": "x"}]}]
+    )
+    with pytest.raises(ConfigError, match="no conversation has a user message followed by a reply"):
+        trace_generator(path)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_a_missing_trace_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"session_generator\.path: .*nope\.jsonl.* does not exist"):
+        trace_generator(tmp_path / "nope.jsonl")
+
+
+@pytest.mark.parametrize("url", ["https://example.com/trace.jsonl", "http://10.0.0.1/t.csv"])
+def test_a_trace_url_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="local files only"):
+        trace_generator(url)
+
+
+def test_a_record_missing_a_required_field_names_the_file_and_line(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", [REQUESTS[0], {"input_length": 5}])
+    with pytest.raises(ConfigError, match=r"t\.jsonl line 2: missing required field 'output_length'"):
+        trace_generator(path)
+
+
+def test_a_bad_length_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("input_length,output_length\n10,20\n-3,40\n")
+    with pytest.raises(ConfigError, match=r"t\.csv line 3: 'input_length' must be a non-negative integer"):
+        trace_generator(path)
+
+
+def test_invalid_json_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(REQUESTS[0]) + "\n\n{oops\n")
+    with pytest.raises(ConfigError, match=r"t\.jsonl line 3: invalid JSON"):
+        trace_generator(path)
+
+
+def test_an_unknown_record_shape_says_what_is_expected(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "hi"}])
+    with pytest.raises(ConfigError, match=r"line 1: cannot tell the trace flavor: expected 'input_length'"):
+        trace_generator(path)
+
+
+def test_a_forced_flavor_checks_every_record_against_it(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", REQUESTS)
+    with pytest.raises(ConfigError, match=r"line 1: expected 'conversations' or 'messages'"):
+        trace_generator(path, flavor="conversation")
+
+
+def test_timed_replay_needs_every_timestamp(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", [REQUESTS[0], {"input_length": 5, "output_length": 5}])
+    with pytest.raises(ConfigError, match=r"line 2: timed_replay needs a 'timestamp'"):
+        trace_generator(path, timed_replay=True)
+
+
+def test_timed_replay_of_conversations_names_the_record_without_a_time(tmp_path: Path) -> None:
+    turn = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]
+    records = [{"conversations": []}, {"conversations": turn, "timestamp": 5}, {"conversations": turn}]
+    path = write_jsonl(tmp_path / "c.jsonl", records)
+    with pytest.raises(ConfigError, match=r"c\.jsonl line 3: timed_replay needs a 'timestamp'"):
+        trace_generator(path, timed_replay=True)
+    path = write_jsonl(tmp_path / "c.jsonl", records[:2])
+    assert [s.arrival_offset for s in drain(trace_generator(path, timed_replay=True, wrap=False))] == [0.0]
+
+
+def test_wrapping_a_trace_without_time_span_is_refused(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", [REQUESTS[0]])
+    with pytest.raises(ConfigError, match="endless burst"):
+        trace_generator(path, timed_replay=True)
+    assert [s.arrival_offset for s in drain(trace_generator(path, timed_replay=True, wrap=False))] == [0.0]
+
+
+def test_a_malformed_message_names_its_record(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps([{"conversations": [{"from": "human"}]}]))
+    with pytest.raises(ConfigError, match=r"c\.json record 1: message 0 needs 'from' and 'value'"):
+        trace_generator(path)
+
+
+def test_an_empty_trace_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n")
+    with pytest.raises(ConfigError, match="has no records"):
+        trace_generator(path)
