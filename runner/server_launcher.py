@@ -1,0 +1,254 @@
+"""Start the LLM server a config asks for, wait until it answers, and stop it without leaving orphans.
+
+`server: {type: simulated}` runs `python -m veeksha.runner.simulated_server` and waits for its
+LISTENING line; `server: {type: command}` runs any command (vLLM, SGLang, llama-server) and polls its
+`ready_url` until it answers 2xx.
+
+No orphans: the server gets its own session, so `stop()` can signal its whole process group (workers
+included), and a tiny watchdog process (own session too) terminates that group if the benchmark process
+disappears without calling `stop()` (SIGKILL, OOM kill, crash). A watchdog rather than
+PR_SET_PDEATHSIG: that signal follows the *thread* that forked (wrong when started from a worker
+thread), reaches only the direct child, and needs a preexec_fn, which is unsafe in threaded programs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from veeksha.shared.errors import VeekshaError
+
+LISTENING_PREFIX = "VEEKSHA_SIMULATED_SERVER_LISTENING"  # printed by simulated_server
+SIMULATED_START_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
+_POLL_S = 0.02
+_TAIL_LINES = 30
+
+# Runs as `python -c` with argv [parent_pid, pgid]: when the parent is gone (we get reparented),
+# SIGTERM the server's group, give it the grace period, then SIGKILL. Exits once the group is gone.
+_WATCHDOG = """
+import os, signal, sys, time
+parent, pgid, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+def alive():
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+while alive():
+    if os.getppid() != parent:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            break
+        end = time.monotonic() + grace
+        while alive() and time.monotonic() < end:
+            time.sleep(0.1)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        break
+    time.sleep(0.5)
+"""
+
+
+@dataclass
+class ServerHandle:
+    """A started server. `stop()` (or leaving the `with` block) ends its whole process group."""
+
+    process: subprocess.Popen[bytes]
+    api_base: str
+    log_path: Path
+    watchdog: subprocess.Popen[bytes] | None = None
+    owns_log: bool = False  # the log is a temp file we delete on a clean stop
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output_tail(self, lines: int = _TAIL_LINES) -> str:
+        return _tail(self.log_path, lines)
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """SIGTERM the server's process group, SIGKILL whatever remains after `grace` seconds."""
+        if self._stopped:
+            return
+        self._stopped = True
+        _terminate_group(self.process, grace)
+        if self.watchdog is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.watchdog.kill()
+            self.watchdog.wait()
+        if self.owns_log:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server(cfg: Any, log_path: Path | None = None) -> ServerHandle:
+    """Start the server described by `cfg` (SimulatedServerConfig or CommandServerConfig) and return
+    once it is ready. Its stdout/stderr go to `log_path` (a temp file when not given). Raises
+    VeekshaError with the last lines of its output when it exits early or is not ready in time."""
+    if cfg.type == "simulated":
+        return _start_simulated(cfg, log_path)
+    if cfg.type == "command":
+        return _start_command(cfg, log_path)
+    raise VeekshaError(f"unknown server type {cfg.type!r} (allowed: simulated, command)")
+
+
+def _start_simulated(cfg: Any, log_path: Path | None) -> ServerHandle:
+    fields = {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
+    command = [
+        sys.executable,
+        "-m",
+        "veeksha.runner.simulated_server",
+        "--config-json",
+        json.dumps(fields),
+    ]
+    handle = _spawn(command, dict(os.environ), log_path, api_base="")
+    deadline = time.monotonic() + SIMULATED_START_TIMEOUT_S
+    while True:
+        line = _find_line(handle.log_path, LISTENING_PREFIX)
+        if line is not None:
+            host, port = line.split()[1:3]
+            if host in ("0.0.0.0", "::", ""):  # bound to all interfaces: talk over loopback
+                host = "127.0.0.1"
+            host = f"[{host}]" if ":" in host else host
+            handle.api_base = f"http://{host}:{port}/v1"
+            return handle
+        _fail_if_dead_or_late(handle, deadline, "the simulated server", "to start listening")
+        time.sleep(_POLL_S)
+
+
+def _start_command(cfg: Any, log_path: Path | None) -> ServerHandle:
+    if not cfg.command:
+        raise VeekshaError("server.command is empty: give the server command as a list")
+    env = {**os.environ, **{str(k): str(v) for k, v in cfg.env.items()}}
+    api_base = cfg.api_base or _api_base_from(cfg.ready_url)
+    try:
+        handle = _spawn(list(cfg.command), env, log_path, api_base=api_base)
+    except OSError as exc:
+        raise VeekshaError(f"cannot start server command {cfg.command[0]!r}: {exc}") from None
+    deadline = time.monotonic() + float(cfg.ready_timeout)
+    what = f"server command {' '.join(cfg.command)!r}"
+    with httpx.Client(timeout=httpx.Timeout(2.0, connect=1.0), trust_env=False) as client:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(cfg.ready_url).is_success:
+                    return handle
+            _fail_if_dead_or_late(handle, deadline, what, f"to answer 2xx at {cfg.ready_url}")
+            time.sleep(0.5)
+
+
+def _api_base_from(ready_url: str) -> str:
+    """`http://host:port/health` → `http://host:port/v1` (the OpenAI-compatible servers' layout)."""
+    parts = urlsplit(ready_url)
+    return f"{parts.scheme}://{parts.netloc}/v1"
+
+
+def _spawn(command: list[str], env: dict[str, str], log_path: Path | None, api_base: str) -> ServerHandle:
+    owns_log = log_path is None
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix="veeksha-server-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    watchdog = subprocess.Popen(
+        [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(process.pid), str(STOP_GRACE_S)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C or group kill aimed at us must not take the guard along
+    )
+    return ServerHandle(process, api_base, log_path, watchdog, owns_log)
+
+
+def _fail_if_dead_or_late(handle: ServerHandle, deadline: float, what: str, goal: str) -> None:
+    code = handle.process.poll()
+    if code is None and time.monotonic() < deadline:
+        return
+    tail = handle.output_tail()
+    handle.owns_log = False  # keep the log for the user
+    handle.stop()
+    if code is not None:
+        msg = f"{what} exited with status {code} before it was ready"
+    else:
+        msg = f"{what} did not manage {goal} within the deadline; stopped it"
+    raise VeekshaError(
+        f"{msg}. Full output: {handle.log_path}. Last lines of its output:\n{tail or '(no output)'}"
+    )
+
+
+def _find_line(path: Path, prefix: str) -> str | None:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(prefix + " "):
+            return line
+    return None
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _terminate_group(process: subprocess.Popen[bytes], grace: float) -> None:
+    pgid = process.pid  # session leader: its pid is the group id
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    end = time.monotonic() + grace
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+    # The leader may be gone while its children still shut down: they share the grace period.
+    while _group_alive(pgid) and time.monotonic() < end:
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    process.wait()

@@ -1,0 +1,568 @@
+"""The built-in simulated OpenAI-compatible LLM server (HTTP side; timing lives in simulated_engine).
+
+A plain HTTP/1.1 server on asyncio (uvloop) with `httptools` parsing inside an `asyncio.Protocol`: no
+web framework, so it stays cheap next to the benchmark client on a small machine. Keep-alive,
+content-length request bodies, `Transfer-Encoding: chunked` for streamed (SSE) responses and
+close-delimited bodies for HTTP/1.0 clients. Pipelined requests are answered in order.
+
+Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, and
+GET /sim/stats (engine counters: running, waiting, steps, admitted, kv_tokens_used).
+
+Run standalone with
+    python -m veeksha.runner.simulated_server --config-json '{"port": 8000, ...}'
+which prints `VEEKSHA_SIMULATED_SERVER_LISTENING <host> <port>` once it accepts connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import random
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+import orjson
+import uvloop
+from veeksha.runner.simulated_engine import EngineRequest, SimulatedEngine, token_text
+from veeksha.runner.tokenizer import count_tokens_approx
+
+LISTENING_PREFIX = "VEEKSHA_SIMULATED_SERVER_LISTENING"
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Content Too Large",
+    500: b"Internal Server Error",
+}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    500: "server_error",
+}
+_DONE = b"data: [DONE]\n\n"
+
+
+class BadRequest(Exception):
+    """A request the simulated server refuses with 400 (message goes to the client)."""
+
+
+def _error_body(status: int, message: str) -> bytes:
+    err = {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "code": status}
+    return orjson.dumps({"error": err})
+
+
+def _head(status: int, content_type: bytes, keep_alive: bool, framing: bytes) -> bytes:
+    conn = b"keep-alive" if keep_alive else b"close"
+    return b"HTTP/1.1 %d %b\r\ncontent-type: %b\r\n%bconnection: %b\r\n\r\n" % (
+        status,
+        _REASONS.get(status, b"Unknown"),
+        content_type,
+        framing,
+        conn,
+    )
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests and owns the response currently being written."""
+
+    def __init__(self, app: _App):
+        self._app = app
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._active: _Sink | None = None  # response in progress
+        self._busy = False  # a response is in progress (the active sink or a synchronous one)
+        self._pending: deque[tuple[bytes, bytes, bytes, bool, bool]] = deque()
+
+    # asyncio.Protocol -------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.send_json(400, _error_body(400, "protocol upgrades are not supported"), False)
+        except httptools.HttpParserError as exc:
+            if self._transport is not None and not self._busy:
+                self.send_json(400, _error_body(400, f"malformed HTTP request: {exc}"), False)
+            self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._pending.clear()
+        if self._active is not None:
+            self._active.cancel()
+            self._active = None
+
+    # httptools callbacks ------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._body = []
+        self._body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Only `Expect: 100-continue` matters (curl sends it for large bodies).
+        if len(name) == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
+            if self._transport is not None and not self._busy:
+                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size <= MAX_BODY_BYTES:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        p = self._parser
+        http10 = p.get_http_version() == "1.0"
+        body = b"" if self._body_size > MAX_BODY_BYTES else b"".join(self._body)
+        if self._body_size > MAX_BODY_BYTES:
+            self._url = b"\x00too-large"
+        msg = (p.get_method(), self._url, body, p.should_keep_alive(), http10)
+        if self._busy or self._pending:
+            self._pending.append(msg)
+        else:
+            self._dispatch(msg)
+
+    # responses -----------------------------------------------------------------------------------
+    def _dispatch(self, msg: tuple[bytes, bytes, bytes, bool, bool]) -> None:
+        self._busy = True
+        self._app.handle(self, *msg)
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def send_json(self, status: int, body: bytes, keep_alive: bool) -> None:
+        head = _head(status, b"application/json", keep_alive, b"content-length: %d\r\n" % len(body))
+        self.write(head + body)
+        self.response_done(keep_alive)
+
+    def start_stream(self, sink: _Sink, head: bytes) -> None:
+        self._active = sink
+        if head:
+            self.write(head)
+
+    def response_done(self, keep_alive: bool) -> None:
+        self._active = None
+        self._busy = False
+        if not keep_alive:
+            self._close()
+            return
+        # Answer pipelined requests in order; a streaming one stops the loop until it finishes.
+        while self._pending and not self._busy and self._transport is not None:
+            self._dispatch(self._pending.popleft())
+
+
+class _Sink:
+    """Turns engine token ranges into one response; subclasses stream or buffer."""
+
+    __slots__ = ("conn", "keep_alive", "offset", "req")
+
+    def __init__(self, conn: _Connection, keep_alive: bool, offset: int):
+        self.conn = conn
+        self.keep_alive = keep_alive
+        self.offset = offset
+        self.req: EngineRequest | None = None
+
+    def cancel(self) -> None:
+        if self.req is not None:
+            self.req.cancelled = True
+
+    def on_tokens(self, start: int, end: int, finished: bool) -> None:
+        raise NotImplementedError
+
+
+class _StreamSink(_Sink):
+    """SSE events: `prefix + text + suffix` per step, framed as one HTTP chunk per write.
+
+    Everything but the token text is precomputed per request; the finish reason and usage are known
+    at admission (the engine decides the output length up front), so the last event is too.
+    """
+
+    __slots__ = ("chunked", "first", "last", "prefix", "suffix")
+
+    def on_tokens(self, start: int, end: int, finished: bool) -> None:
+        event = b"%b%b%b" % (
+            self.prefix,
+            token_text(self.offset, start, end),
+            self.last if finished else self.suffix,
+        )
+        if start == 0 and self.first:
+            event = self.first + event
+        if self.chunked:
+            frame = b"%x\r\n%b\r\n0\r\n\r\n" if finished else b"%x\r\n%b\r\n"
+            event = frame % (len(event), event)
+        conn = self.conn
+        conn.write(event)
+        if finished:
+            conn.response_done(self.keep_alive)
+
+
+class _FullSink(_Sink):
+    """Non-streaming: one JSON body when the request finishes."""
+
+    __slots__ = ("build",)
+
+    def on_tokens(self, start: int, end: int, finished: bool) -> None:
+        if finished:
+            req = self.req
+            assert req is not None
+            text = token_text(self.offset, 0, end).decode()
+            body = orjson.dumps(self.build(text, req.finish_reason, req.prompt_tokens, end))
+            self.conn.send_json(200, body, self.keep_alive)
+
+
+def _int_param(body: dict[str, Any], name: str, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BadRequest(f"'{name}' must be an integer ≥ {minimum}, got {value!r}")
+    return value
+
+
+def _bool_param(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be a boolean, got {value!r}")
+    return value
+
+
+def _chat_prompt_tokens(body: dict[str, Any]) -> int:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty list")
+    total = 0
+    for m in messages:
+        if not isinstance(m, dict):
+            raise BadRequest("each message must be an object with 'role' and 'content'")
+        content = m.get("content")
+        if isinstance(content, str):
+            total += count_tokens_approx(content)
+        elif isinstance(content, list):  # content parts: count the text ones
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    total += count_tokens_approx(part["text"])
+        elif content is not None:
+            raise BadRequest("message 'content' must be a string or a list of content parts")
+    return total
+
+
+def _completion_prompt_tokens(body: dict[str, Any]) -> int:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return count_tokens_approx(prompt)
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+        return len(prompt)  # token ids
+    raise BadRequest("'prompt' must be a string (one prompt per request) or a list of token ids")
+
+
+class _App:
+    """Routing, request validation and response templates."""
+
+    def __init__(self, cfg: Any, engine: SimulatedEngine):
+        self.cfg = cfg
+        self.engine = engine
+        self._error_rng = random.Random(f"{cfg.seed}:errors")
+        self._word_rng = random.Random(f"{cfg.seed}:words")
+        self._ids = itertools.count(1)
+        created = int(time.time())
+        self._models_body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [{"id": cfg.model, "object": "model", "created": created, "owned_by": "veeksha"}],
+            }
+        )
+
+    def stats(self) -> dict[str, int]:
+        """Engine state for tests and debugging (GET /sim/stats)."""
+        e = self.engine
+        return {
+            "running": e.num_running,
+            "waiting": e.num_waiting,
+            "steps": e.steps,
+            "admitted": e.admitted,
+            "kv_tokens_used": e.kv_used,
+        }
+
+    def handle(
+        self, conn: _Connection, method: bytes, url: bytes, body: bytes, keep: bool, http10: bool
+    ) -> None:
+        path = url.split(b"?", 1)[0]
+        if path in (b"/v1/chat/completions", b"/v1/completions"):
+            if method != b"POST":
+                conn.send_json(405, _error_body(405, f"use POST for {path.decode()}"), keep)
+                return
+            self._completion(conn, body, keep, http10, chat=path == b"/v1/chat/completions")
+        elif path == b"/v1/models" and method == b"GET":
+            conn.send_json(200, self._models_body, keep)
+        elif path == b"/health" and method == b"GET":
+            conn.send_json(200, b'{"status":"ok"}', keep)
+        elif path == b"/sim/stats" and method == b"GET":
+            conn.send_json(200, orjson.dumps(self.stats()), keep)
+        elif path == b"\x00too-large":
+            conn.send_json(413, _error_body(413, "request body too large"), False)
+        else:
+            msg = f"no route for {method.decode()} {path.decode(errors='replace')}"
+            conn.send_json(404, _error_body(404, msg), keep)
+
+    def _completion(self, conn: _Connection, raw: bytes, keep: bool, http10: bool, *, chat: bool) -> None:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            conn.send_json(400, _error_body(400, f"request body is not valid JSON: {exc}"), keep)
+            return
+        try:
+            if not isinstance(body, dict):
+                raise BadRequest("request body must be a JSON object")
+            self._start(conn, body, keep, http10, chat)
+        except BadRequest as exc:
+            conn.send_json(400, _error_body(400, str(exc)), keep)
+
+    def _start(self, conn: _Connection, body: dict[str, Any], keep: bool, http10: bool, chat: bool) -> None:
+        cfg = self.cfg
+        prompt_tokens = _chat_prompt_tokens(body) if chat else _completion_prompt_tokens(body)
+        max_tokens = _int_param(body, "max_completion_tokens", 1)
+        if max_tokens is None:
+            max_tokens = _int_param(body, "max_tokens", 1)
+        if max_tokens is None:
+            max_tokens = int(cfg.default_max_tokens)
+        min_tokens = _int_param(body, "min_tokens", 0) or 0
+        if min_tokens > max_tokens:
+            raise BadRequest(f"'min_tokens' ({min_tokens}) must not exceed max tokens ({max_tokens})")
+        if body.get("n", 1) not in (1, None):
+            raise BadRequest("the simulated server supports only n = 1")
+        ignore_eos = _bool_param(body, "ignore_eos")
+        stream = _bool_param(body, "stream")
+        opts = body.get("stream_options")
+        include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
+        model = body.get("model")
+        model = model if isinstance(model, str) and model else cfg.model
+        kv = prompt_tokens + max_tokens
+        if kv > self.engine.max_kv_tokens:
+            raise BadRequest(
+                f"prompt ({prompt_tokens}) + max tokens ({max_tokens}) exceeds the KV capacity "
+                f"of {self.engine.max_kv_tokens} tokens"
+            )
+        if cfg.error_rate > 0 and self._error_rng.random() < cfg.error_rate:
+            conn.send_json(500, _error_body(500, "simulated server error (error_rate)"), keep)
+            return
+        if http10:
+            keep = False
+        rid = (b"chatcmpl-sim-%d" if chat else b"cmpl-sim-%d") % next(self._ids)
+        offset = self._word_rng.randrange(1 << 16)
+        limit, reason = self.engine.output_limit(max_tokens, min_tokens, ignore_eos)
+        sink: _Sink
+        if stream:
+            sink = _StreamSink(conn, keep, offset)
+            usage = (prompt_tokens, limit) if include_usage else None
+            self._prepare_stream(sink, rid, model, chat, reason, usage, http10)
+        else:
+            sink = self._full_sink(conn, keep, offset, rid.decode(), model, chat)
+        req = EngineRequest(prompt_tokens, limit, reason, kv, sink)
+        sink.req = req
+        self.engine.submit(req)
+
+    def _prepare_stream(
+        self,
+        sink: _StreamSink,
+        rid: bytes,
+        model: str,
+        chat: bool,
+        reason: str,
+        usage: tuple[int, int] | None,
+        http10: bool,
+    ) -> None:
+        obj = b"chat.completion.chunk" if chat else b"text_completion"
+        common = b'{"id":"%b","object":"%b","created":%d,"model":%b' % (
+            rid,
+            obj,
+            int(time.time()),
+            orjson.dumps(model),
+        )
+        if chat:
+            sink.prefix = b'data: %b,"choices":[{"index":0,"delta":{"content":"' % common
+            tail = b'"},"logprobs":null,"finish_reason":%b}]}\n\n'
+            sink.first = (
+                b'data: %b,"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+                b'"logprobs":null,"finish_reason":null}]}\n\n' % common
+            )
+        else:
+            sink.prefix = b'data: %b,"choices":[{"index":0,"text":"' % common
+            tail = b'","logprobs":null,"finish_reason":%b}]}\n\n'
+            sink.first = b""
+        sink.suffix = tail % b"null"
+        last = tail % (b'"' + reason.encode() + b'"')
+        if usage is not None:
+            prompt, completion = usage
+            last += (
+                b'data: %b,"choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,'
+                b'"total_tokens":%d}}\n\n' % (common, prompt, completion, prompt + completion)
+            )
+        sink.last = last + _DONE
+        sink.chunked = not http10
+        framing = b"transfer-encoding: chunked\r\n" if sink.chunked else b""
+        head = _head(200, b"text/event-stream", sink.keep_alive, b"cache-control: no-cache\r\n" + framing)
+        sink.conn.start_stream(sink, head)
+
+    def _full_sink(
+        self, conn: _Connection, keep: bool, offset: int, rid: str, model: str, chat: bool
+    ) -> _FullSink:
+        sink = _FullSink(conn, keep, offset)
+        created = int(time.time())
+
+        def build(text: str, reason: str, prompt: int, completion: int) -> dict[str, Any]:
+            usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
+            if chat:
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": reason,
+                }
+                obj = "chat.completion"
+            else:
+                choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+                obj = "text_completion"
+            return {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
+            }
+
+        sink.build = build
+        conn.start_stream(sink, b"")
+        return sink
+
+
+class SimulatedServer:
+    """A simulated server listening on the running event loop (see `start_simulated_server`)."""
+
+    def __init__(self, server: asyncio.Server, engine: SimulatedEngine, host: str, port: int):
+        self._server = server
+        self.engine = engine
+        self.host = host
+        self.port = port
+
+    async def close(self) -> None:
+        self._server.close()
+        with contextlib.suppress(Exception):
+            self._server.close_clients()  # type: ignore[attr-defined]  # Python 3.13+
+        await self._server.wait_closed()
+
+
+async def start_simulated_server(cfg: Any) -> SimulatedServer:
+    """Bind and start serving on the running loop; `cfg.port == 0` picks a free port."""
+    loop = asyncio.get_running_loop()
+    engine = SimulatedEngine(cfg, loop)
+    app = _App(cfg, engine)
+    server = await loop.create_server(
+        lambda: _Connection(app), cfg.host, int(cfg.port), reuse_address=True, backlog=4096
+    )
+    host, port = server.sockets[0].getsockname()[:2]
+    return SimulatedServer(server, engine, host, port)
+
+
+def announce_listening(host: str, port: int) -> None:
+    """The one stdout line the launcher waits for."""
+    sys.stdout.write(f"{LISTENING_PREFIX} {host} {port}\n")
+    sys.stdout.flush()
+
+
+async def _serve(cfg: Any, announce: Callable[[str, int], None] | None) -> None:
+    server = await start_simulated_server(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Only possible in the main thread; elsewhere the caller stops us some other way.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    if announce is not None:
+        announce(server.host, server.port)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+def serve(cfg: Any, announce: Callable[[str, int], None] | None = None) -> None:
+    """Run the simulated server until SIGTERM/SIGINT (blocking). `announce(host, port)` is called
+    once the socket accepts connections."""
+    uvloop.run(_serve(cfg, announce))
+
+
+def config_from_json(text: str) -> Any:
+    """Build a validated SimulatedServerConfig from a JSON object (unknown keys are errors)."""
+    from veeksha.shared.config import SimulatedServerConfig
+    from veeksha.shared.schema import build
+
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise SystemExit(f"--config-json is not valid JSON: {exc}") from None
+    return build(SimulatedServerConfig, data, "server")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m veeksha.runner.simulated_server", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--config-json", default="{}", help="SimulatedServerConfig fields as JSON")
+    parser.add_argument("--host", help="override the config's host")
+    parser.add_argument("--port", type=int, help="override the config's port (0 = free port)")
+    args = parser.parse_args(argv)
+    from veeksha.shared.errors import VeekshaError
+
+    try:
+        cfg = config_from_json(args.config_json)
+    except VeekshaError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.host is not None:
+        cfg.host = args.host
+    if args.port is not None:
+        cfg.port = args.port
+    serve(cfg, announce_listening)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
