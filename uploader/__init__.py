@@ -1,1 +1,4 @@
-"""Veeksha uploader: rebuilds a W&B run from an output directory."""
+"""Veeksha uploader: rebuilds W&B runs from output directories (`veeksha-upload`, spec: wandb.md).
+
+Importing this package does not import wandb; the SDK is imported where a run is uploaded.
+"""

@@ -1,0 +1,237 @@
+"""Sweeps and capacity searches: where a run sits (group, tags, name) and the summary directories' data.
+
+A run inside `sweep-*/` is one of a sweep; a run inside `capsearch-*/runs/` is one attempt of a
+capacity search (outputs.md). run.json says the same (`sweep`, `capacity_search`) and is used when a
+run directory was moved out of its container.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from veeksha.shared.errors import ContractError
+from veeksha.shared.jsonio import read_json
+from veeksha.shared.paths import (
+    CAPSEARCH_ATTEMPTS_CSV,
+    CAPSEARCH_DIR_PREFIX,
+    CAPSEARCH_RESULTS,
+    CAPSEARCH_RUNS_DIR,
+    CONFIG_YML,
+    SWEEP_DIR_PREFIX,
+    SWEEP_MANIFEST,
+    SWEEP_SUMMARY_CSV,
+    SWEEP_SUMMARY_JSON,
+)
+from veeksha.shared.records import RUN_RUNNING
+from veeksha.uploader.reader import is_run_dir, parse_number, read_config, read_run_info
+
+RUN = "run"
+SWEEP_RUN = "sweep_run"
+CAPSEARCH_ATTEMPT = "capsearch_attempt"
+SWEEP_SUMMARY = "sweep_summary"
+CAPSEARCH_SUMMARY = "capsearch_summary"
+
+TAG_SWEEP = "sweep"
+TAG_CAPSEARCH = "capsearch"
+TAG_BEST = "best"
+TAG_SUMMARY = "summary"
+
+
+def is_sweep_dir(path: Path) -> bool:
+    if not path.name.startswith(SWEEP_DIR_PREFIX) or is_run_dir(path):
+        return False
+    return (path / SWEEP_MANIFEST).is_file() or any(is_run_dir(c) for c in _subdirs(path))
+
+
+def is_capsearch_dir(path: Path) -> bool:
+    if not path.name.startswith(CAPSEARCH_DIR_PREFIX) or is_run_dir(path):
+        return False
+    return (path / CAPSEARCH_RESULTS).is_file() or (path / CAPSEARCH_RUNS_DIR).is_dir()
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir())
+    except OSError:
+        return []
+
+
+def sweep_members(sweep_dir: Path) -> list[Path]:
+    return [p for p in _subdirs(sweep_dir) if is_run_dir(p)]
+
+
+def capsearch_members(cs_dir: Path) -> list[Path]:
+    return [p for p in _subdirs(cs_dir / CAPSEARCH_RUNS_DIR) if is_run_dir(p)]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a run directory's container adds to its W&B run."""
+
+    kind: str = RUN
+    group: str | None = None  # used when no group is configured
+    tags: tuple[str, ...] = ()
+    name: str | None = None  # capacity-search attempts are named by attempt and value
+    index: int | None = None  # position in a sweep, to keep configured run names apart
+
+
+def run_context(run_dir: Path, run_info: dict[str, Any]) -> Context:
+    parent = run_dir.parent
+    sweep = run_info.get("sweep")
+    if parent.name.startswith(SWEEP_DIR_PREFIX) or sweep:
+        group = parent.name if parent.name.startswith(SWEEP_DIR_PREFIX) else _short_group("sweep", sweep)
+        index = sweep.get("index") if isinstance(sweep, dict) else None
+        return Context(SWEEP_RUN, group, (TAG_SWEEP,), index=index)
+    cs = run_info.get("capacity_search")
+    in_cs = parent.name == CAPSEARCH_RUNS_DIR and parent.parent.name.startswith(CAPSEARCH_DIR_PREFIX)
+    if in_cs or cs:
+        group = parent.parent.name if in_cs else _short_group("capsearch", cs)
+        tags = (TAG_CAPSEARCH, TAG_BEST) if in_cs and _is_best(parent.parent, run_dir) else (TAG_CAPSEARCH,)
+        return Context(CAPSEARCH_ATTEMPT, group, tags, name=_attempt_name(run_dir, cs))
+    return Context()
+
+
+def _short_group(kind: str, info: Any) -> str | None:
+    ident = info.get("id") if isinstance(info, dict) else None
+    return f"{kind}-{str(ident)[:8]}" if ident else None
+
+
+def _attempt_name(run_dir: Path, cs: Any) -> str:
+    if not isinstance(cs, dict):
+        return run_dir.name
+    knob = str(cs.get("knob") or "value").rsplit(".", 1)[-1]
+    return f"attempt-{cs.get('iteration')} {knob}={cs.get('value')}"
+
+
+def _is_best(cs_dir: Path, run_dir: Path) -> bool:
+    try:
+        best = read_json(cs_dir / CAPSEARCH_RESULTS).get("best_run_dir")
+    except (ContractError, AttributeError):
+        return False  # the summary upload reports a corrupt results file
+    return bool(best) and Path(str(best)).name == run_dir.name
+
+
+# ---------------------------------------------------------------- summary directories
+
+
+@dataclass
+class ContainerData:
+    """A sweep or capacity-search directory, read for its summary run."""
+
+    kind: str  # SWEEP_SUMMARY | CAPSEARCH_SUMMARY
+    root: Path
+    ident: str  # sweep id / search id: the summary run's identity
+    members: list[Path]
+    config: dict[str, Any]  # the config whose `wandb:` section applies
+    files: list[str] = field(default_factory=list)  # artifact files, relative
+    table: list[dict[str, Any]] = field(default_factory=list)  # sweep_summary rows / attempts
+    result: dict[str, Any] = field(default_factory=dict)  # capacity_search_results.json
+    unfinished: str | None = None  # why the summary cannot be uploaded yet
+
+
+def _member_running(members: list[Path]) -> bool:
+    for m in members:
+        try:
+            if read_run_info(m).get("status") == RUN_RUNNING:
+                return True
+        except ContractError:
+            continue  # that run's own upload reports it
+    return False
+
+
+def _first_member_info(members: list[Path], key: str) -> dict[str, Any]:
+    for m in members:
+        try:
+            value = read_run_info(m).get(key)
+        except ContractError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+def container_config(root: Path) -> dict[str, Any]:
+    """The config whose `wandb:` section governs a container's summary run."""
+    if (root / CONFIG_YML).is_file():
+        return read_config(root / CONFIG_YML)
+    members = sweep_members(root) if is_sweep_dir(root) else capsearch_members(root)
+    return read_config(members[0] / CONFIG_YML) if members else {}
+
+
+def wandb_section(config: dict[str, Any]) -> Any:
+    """`wandb:` of a benchmark config, or of the benchmark inside a capacity-search config."""
+    if "wandb" in config:
+        return config["wandb"]
+    inner = config.get("benchmark_config")
+    return inner.get("wandb") if isinstance(inner, dict) else None
+
+
+def read_sweep(root: Path) -> ContainerData:
+    members = sweep_members(root)
+    manifest_path = root / SWEEP_MANIFEST
+    manifest = read_json(manifest_path) if manifest_path.exists() else {}
+    if not isinstance(manifest, dict):
+        raise ContractError(f"{manifest_path}: expected a JSON object")
+    ident = manifest.get("sweep_id") or _first_member_info(members, "sweep").get("id") or root.name
+    data = ContainerData(SWEEP_SUMMARY, root, str(ident), members, container_config(root))
+    summary_path = root / SWEEP_SUMMARY_JSON
+    expected = manifest.get("count")
+    listed = manifest.get("runs") or []
+    if not summary_path.exists() or _member_running(members) or (expected and len(listed) < expected):
+        data.unfinished = f"sweep not finished ({len(listed)}/{expected or '?'} runs in {SWEEP_MANIFEST})"
+        return data
+    summary = read_json(summary_path)
+    rows = summary.get("runs") if isinstance(summary, dict) else summary
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ContractError(f"{summary_path}: expected {{'runs': [one object per run]}}")
+    data.table = rows
+    data.files = [n for n in (SWEEP_MANIFEST, SWEEP_SUMMARY_JSON, SWEEP_SUMMARY_CSV) if (root / n).is_file()]
+    return data
+
+
+def read_capsearch(root: Path) -> ContainerData:
+    members = capsearch_members(root)
+    results_path = root / CAPSEARCH_RESULTS
+    ident = _first_member_info(members, "capacity_search").get("id") or root.name
+    data = ContainerData(CAPSEARCH_SUMMARY, root, str(ident), members, container_config(root))
+    if not results_path.exists() or _member_running(members):
+        data.unfinished = f"capacity search not finished (no {CAPSEARCH_RESULTS} yet)"
+        return data
+    results = read_json(results_path)
+    if not isinstance(results, dict):
+        raise ContractError(f"{results_path}: expected a JSON object")
+    data.result = results
+    data.ident = str(results.get("id") or ident)
+    attempts_path = root / CAPSEARCH_ATTEMPTS_CSV
+    if attempts_path.is_file():
+        data.table = read_loose_csv(attempts_path)
+    else:
+        history = results.get("history") or []
+        data.table = [
+            {k: v for k, v in h.items() if k != "slo_results"} for h in history if isinstance(h, dict)
+        ]
+    data.files = [n for n in (CONFIG_YML, CAPSEARCH_RESULTS, CAPSEARCH_ATTEMPTS_CSV) if (root / n).is_file()]
+    return data
+
+
+def read_loose_csv(path: Path) -> list[dict[str, Any]]:
+    """A CSV whose cells may be numbers, booleans or text."""
+    try:
+        with path.open(newline="") as f:
+            return [{k: _loose(v, path) for k, v in row.items()} for row in csv.DictReader(f)]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ContractError(f"{path}: not a readable CSV ({e})") from None
+
+
+def _loose(text: str | None, path: Path) -> Any:
+    if text is None or text == "":
+        return None
+    if text in ("True", "true", "False", "false"):
+        return text.lower() == "true"
+    try:
+        return parse_number(text, str(path))
+    except ContractError:
+        return text

@@ -1,0 +1,49 @@
+"""One uploader at a time per directory: overlapping cron backfills never upload a directory twice.
+
+A non-blocking `flock` on `<dir>/.veeksha-upload.lock`: the kernel drops it when the holder exits, even
+on a crash, so a stale lock file never blocks anyone. The file is left in place (deleting a lock file
+races with the next locker).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+
+from veeksha.shared.paths import UPLOAD_LOCK
+
+
+class LockBusy(Exception):
+    """Another process holds the directory's upload lock."""
+
+
+class DirLock:
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / UPLOAD_LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockBusy(str(self.path)) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> DirLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

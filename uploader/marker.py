@@ -1,0 +1,89 @@
+"""`<dir>/wandb_run.json`: what was uploaded, where, and a digest to recognise "uploaded and unchanged".
+
+The digest covers the content of every file the upload reads plus the settings that shape the W&B run
+(project, group, tags, ...) and UPLOAD_FORMAT, bumped whenever the uploader logs something new; so
+changing a file, a flag or the uploader makes the next backfill upload the directory again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from veeksha.shared.jsonio import write_json
+from veeksha.shared.paths import WANDB_RUN_JSON
+
+UPLOAD_FORMAT = 1
+_CHUNK = 1 << 20
+
+
+@dataclass
+class Marker:
+    run_id: str  # the W&B run id
+    url: str | None
+    entity: str | None
+    project: str
+    group: str | None
+    name: str
+    tags: list[str]
+    mode: str
+    digest: str
+    uploaded_at: str
+    kind: str
+    veeksha_run_id: str | None = None
+    sync_dir: str | None = None  # offline: the run's folder, relative to the directory
+    sync_command: str | None = None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def compute_digest(root: Path, files: Iterable[str], identity: dict[str, Any]) -> str:
+    """sha256 over (relative path, content hash) of each file plus the upload identity."""
+    h = hashlib.sha256()
+    h.update(orjson.dumps({"format": UPLOAD_FORMAT, **identity}, option=orjson.OPT_SORT_KEYS))
+    for rel in sorted(files):
+        h.update(b"\0" + rel.encode() + b"\0" + file_sha256(root / rel).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def read_marker(root: Path) -> Marker | None:
+    """The marker, or None when absent or unreadable (an unreadable marker means: upload again)."""
+    try:
+        data = orjson.loads((root / WANDB_RUN_JSON).read_bytes())
+        return Marker(**data)
+    except (OSError, orjson.JSONDecodeError, TypeError):
+        return None
+
+
+def write_marker(root: Path, marker: Marker) -> None:
+    write_json(root / WANDB_RUN_JSON, asdict(marker))
+
+
+def remove_marker(root: Path) -> None:
+    (root / WANDB_RUN_JSON).unlink(missing_ok=True)
+
+
+def is_current(marker: Marker | None, root: Path, digest: str, mode: str) -> bool:
+    """Uploaded before, in this mode, from exactly this content and these settings."""
+    if marker is None or marker.digest != digest or marker.mode != mode:
+        return False
+    if mode == "offline":  # the offline run must still be there to be synced
+        return (
+            marker.sync_dir is not None and (root / marker.sync_dir / f"run-{marker.run_id}.wandb").is_file()
+        )
+    return True
+
+
+def utc_now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

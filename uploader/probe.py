@@ -1,0 +1,68 @@
+"""A short reachability and login check of the W&B host before the SDK's long retries.
+
+The SDK spends `init_timeout` plus about ten seconds of account look-ups on an unreachable server; a
+backfill of fifty directories would hang for an hour. One GraphQL `viewer` query with a few seconds'
+budget tells "unreachable", "not logged in" and "fine" apart.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import httpx
+
+PROBE_TIMEOUT_S = 4.0
+_VIEWER_QUERY = {"query": "query Viewer { viewer { id username } }"}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    message: str
+
+
+def netrc_api_key(base_url: str) -> str | None:
+    """The key `wandb login` stored for this host, if any."""
+    host = urlparse(base_url).hostname
+    if not host:
+        return None
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return None
+    return auth[2] if auth else None
+
+
+def probe(base_url: str, api_key: str | None, timeout: float = PROBE_TIMEOUT_S) -> ProbeResult:
+    if not api_key:
+        return ProbeResult(
+            False,
+            f"no W&B API key for {base_url}: set WANDB_API_KEY, pass --api-key or run `wandb login`",
+        )
+    url = f"{base_url.rstrip('/')}/graphql"
+    try:
+        with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as client:
+            resp = client.post(url, json=_VIEWER_QUERY, auth=("api", api_key))
+    except httpx.TimeoutException:
+        return ProbeResult(False, f"W&B at {base_url} did not answer within {timeout:g} s")
+    except httpx.HTTPError as e:
+        return ProbeResult(False, f"W&B at {base_url} is unreachable ({type(e).__name__}: {_short(e)})")
+    if resp.status_code in (401, 403):
+        return ProbeResult(False, f"W&B at {base_url} rejected the API key (HTTP {resp.status_code})")
+    if resp.status_code >= 400:
+        return ProbeResult(False, f"W&B at {base_url} answered HTTP {resp.status_code}")
+    try:
+        viewer = (resp.json().get("data") or {}).get("viewer")
+    except ValueError:
+        return ProbeResult(False, f"W&B at {base_url} sent a response that is not JSON")
+    if not viewer:
+        return ProbeResult(False, f"W&B at {base_url} did not accept the API key (no user for it)")
+    return ProbeResult(True, f"W&B at {base_url}: logged in as {viewer.get('username') or viewer.get('id')}")
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:160]

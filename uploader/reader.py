@@ -1,0 +1,195 @@
+"""Read and validate one run directory into plain data; every error names the file (outputs.md).
+
+Nothing here imports wandb: the reader is shared by --dry-run, the digest and the upload itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from veeksha.shared.errors import ContractError, VeekshaError
+from veeksha.shared.jsonio import read_json
+from veeksha.shared.paths import (
+    ARTIFACT_ALLOW_LIST,
+    TIMESERIES_CSV,
+    WANDB_DIR,
+    RunPaths,
+)
+from veeksha.shared.records import RUN_FAILED, RUN_RUNNING, RUN_STATUSES
+
+Number = int | float
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass
+class RunData:
+    """A run directory as plain data, before any redaction."""
+
+    paths: RunPaths
+    run_info: dict[str, Any]
+    config: dict[str, Any]
+    summary_stats: dict[str, Any] = field(default_factory=dict)
+    throughput: dict[str, Any] = field(default_factory=dict)
+    slo: dict[str, Any] | None = None
+    health: dict[str, Any] | None = None
+    timeseries: list[dict[str, Number]] = field(default_factory=list)
+    quantiles: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)  # relative paths of metrics/*.png
+    files: list[str] = field(default_factory=list)  # allow-listed relative paths
+
+    @property
+    def status(self) -> str:
+        return self.run_info["status"]
+
+    @property
+    def run_id(self) -> str:
+        return self.run_info["run_id"]
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RunPaths(path).run_json.name).is_file()
+
+
+def read_run_info(root: Path) -> dict[str, Any]:
+    """run.json, checked for the two fields the uploader depends on."""
+    path = RunPaths(root).run_json
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise ContractError(f"{path}: expected a JSON object")
+    run_id = info.get("run_id")
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise ContractError(f"{path}: run_id is missing or not a string")
+    if info.get("status") not in RUN_STATUSES:
+        raise ContractError(f"{path}: status {info.get('status')!r} is not one of {', '.join(RUN_STATUSES)}")
+    return info
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A config.yml as a plain tree (the uploader logs what the run used, not a re-validated copy)."""
+    from veeksha.shared.config_loader import read_yaml
+
+    if not path.is_file():
+        raise ContractError(f"{path}: file is missing")
+    try:
+        return read_yaml(path)
+    except VeekshaError as e:
+        raise ContractError(str(e)) from None
+
+
+def allowed_files(root: Path) -> list[str]:
+    """Relative paths matching the artifact allow-list; never anything under wandb/."""
+    found: set[str] = set()
+    for pattern in ARTIFACT_ALLOW_LIST:
+        for p in root.glob(pattern):
+            rel = p.relative_to(root).as_posix()
+            if p.is_file() and not rel.startswith(f"{WANDB_DIR}/"):
+                found.add(rel)
+    return sorted(found)
+
+
+def parse_number(text: str, where: str) -> Number | None:
+    text = text.strip()
+    if text == "":
+        return None
+    if _INT.match(text):
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        raise ContractError(f"{where}: {text!r} is not a number") from None
+
+
+def read_numeric_csv(path: Path) -> tuple[list[str], list[dict[str, Number]]]:
+    """A CSV of numbers (empty cell = no value), as typed rows."""
+    try:
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header:
+                raise ContractError(f"{path}: empty file (no header row)")
+            header = [h.strip() for h in header]
+            rows = []
+            for lineno, cells in enumerate(reader, start=2):
+                if not cells:
+                    continue
+                if len(cells) != len(header):
+                    raise ContractError(f"{path} line {lineno}: {len(cells)} cells, header has {len(header)}")
+                row = {}
+                for name, cell in zip(header, cells, strict=True):
+                    value = parse_number(cell, f"{path} line {lineno} column {name}")
+                    if value is not None:
+                        row[name] = value
+                rows.append(row)
+    except FileNotFoundError:
+        raise ContractError(f"{path}: file is missing") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ContractError(f"{path}: not a readable CSV ({e})") from None
+    return header, rows
+
+
+def _json_object(path: Path, required: bool) -> dict[str, Any] | None:
+    if not path.exists():
+        if required:
+            raise ContractError(f"{path}: file is missing")
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ContractError(f"{path}: expected a JSON object")
+    return data
+
+
+def _has_slos(config: dict[str, Any]) -> bool:
+    evaluators = config.get("evaluators") or []
+    return any(isinstance(e, dict) and e.get("slos") for e in evaluators)
+
+
+def read_quantiles(paths: RunPaths) -> dict[str, list[tuple[float, float]]]:
+    """Every metrics/<metric>.csv with `cdf,value` columns (101 quantiles)."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for path in sorted(paths.metrics.glob("*.csv")):
+        if path.name == TIMESERIES_CSV:
+            continue
+        header, rows = read_numeric_csv(path)
+        if header[:2] != ["cdf", "value"]:
+            continue  # some other table; it still goes into the artifact
+        try:
+            out[path.stem] = [(float(r["cdf"]), float(r["value"])) for r in rows if "value" in r]
+        except KeyError:
+            raise ContractError(f"{path}: a row has no cdf value") from None
+    return out
+
+
+def read_run_dir(root: Path) -> RunData:
+    """Everything an upload needs from one run directory (raises ContractError naming the file)."""
+    paths = RunPaths(root)
+    info = read_run_info(root)
+    config = read_config(paths.config_yml)
+    if info["status"] == RUN_RUNNING:
+        return RunData(paths=paths, run_info=info, config=config)
+    # A failed run may have died before writing metrics: upload what is there.
+    required = info["status"] != RUN_FAILED
+    data = RunData(
+        paths=paths,
+        run_info=info,
+        config=config,
+        summary_stats=_json_object(paths.summary_stats, required) or {},
+        throughput=_json_object(paths.throughput_metrics, required) or {},
+        slo=_json_object(paths.slo_results, required and _has_slos(config)),
+        health=_json_object(paths.health_checks_json, False),
+    )
+    if paths.timeseries_csv.exists() or required:
+        header, rows = read_numeric_csv(paths.timeseries_csv)
+        if "elapsed_s" not in header:
+            raise ContractError(f"{paths.timeseries_csv}: no elapsed_s column")
+        data.timeseries = rows
+    data.quantiles = read_quantiles(paths)
+    data.images = sorted(p.relative_to(root).as_posix() for p in paths.metrics.glob("*.png"))
+    data.files = allowed_files(root)
+    return data
+
+
+__all__ = ["RunData", "allowed_files", "is_run_dir", "read_run_dir", "read_run_info"]

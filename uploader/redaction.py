@@ -1,0 +1,73 @@
+"""Redaction on top of the shared rule, for everything the uploader hands to the SDK.
+
+config.yml is already redacted by the runner; we redact again because a directory may come from an
+older runner or a hand-edited file. Beyond the shared key rule we hide header-like values
+("Bearer ...", "Basic ...") under any key, and every literal secret we know of (API keys given to the
+uploader, values the key rule removed) wherever it appears in free text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from veeksha.shared.redact import REDACTED, is_secret_key, scrub_text
+
+# An Authorization-style value: scheme + credentials.
+_AUTH_VALUE = re.compile(r"^\s*(bearer|basic|token|digest|apikey|api-key)\s+\S+", re.IGNORECASE)
+
+
+@dataclass
+class Redactor:
+    """Collects the literal secrets it removes, so they can be scrubbed from files and text too."""
+
+    known: set[str] = field(default_factory=set)
+
+    def add_secret(self, value: str | None) -> None:
+        if value and len(value) >= 4:
+            self.known.add(value)
+
+    def tree(self, obj: Any) -> Any:
+        """A copy of a JSON-like tree with secrets replaced; remembers what it removed."""
+        if isinstance(obj, dict):
+            out = {}
+            for k, v in obj.items():
+                if is_secret_key(k) and v not in (None, "", REDACTED):
+                    self._remember(v)
+                    out[k] = REDACTED
+                else:
+                    out[k] = self.tree(v)
+            return out
+        if isinstance(obj, list | tuple):
+            return [self.tree(v) for v in obj]
+        if isinstance(obj, str):
+            if _AUTH_VALUE.match(obj):
+                self.add_secret(obj)
+                self.add_secret(obj.split(None, 1)[1].strip())
+                return REDACTED
+            return self.text(obj)
+        return obj
+
+    def text(self, text: str) -> str:
+        return scrub_text(text, sorted(self.known, key=len, reverse=True)) if self.known else text
+
+    def contains_secret(self, data: bytes) -> bool:
+        return any(s.encode() in data for s in self.known)
+
+    def scrub_bytes(self, data: bytes) -> bytes:
+        for s in sorted(self.known, key=len, reverse=True):
+            data = data.replace(s.encode(), REDACTED.encode())
+        return data
+
+    def _remember(self, value: Any) -> None:
+        if isinstance(value, str):
+            self.add_secret(value)
+            if _AUTH_VALUE.match(value):
+                self.add_secret(value.split(None, 1)[1].strip())
+        elif isinstance(value, dict):
+            for v in value.values():
+                self._remember(v)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                self._remember(v)

@@ -1,0 +1,171 @@
+"""One run directory → one W&B run (the table "What one run directory becomes" of wandb.md).
+
+The functions that shape data (config, summary, history, table rows) are plain and testable without
+the SDK; `log_run_dir` hands them to an open run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from veeksha.shared import __version__
+from veeksha.shared.jsonio import dump_json
+from veeksha.shared.paths import CONFIG_YML, DISTRIBUTION_METRICS, RUN_JSON
+from veeksha.shared.redact import redact_argv
+from veeksha.uploader.reader import RunData
+from veeksha.uploader.redaction import Redactor
+
+ELAPSED = "elapsed_s"
+HISTORY_PREFIX = "timeseries/"
+STAT_SUFFIXES = ("mean", "p50", "p90", "p95", "p99", "min", "max")
+SLO_COLUMNS = (
+    "name",
+    "metric",
+    "percentile",
+    "threshold",
+    "observed_value",
+    "met",
+    "slo_metric_key",
+    "lower_is_better",
+    "num_samples",
+)
+SCALARS = (int, float, bool, str, type(None))
+
+
+def veeksha_version(run_info: dict[str, Any]) -> str:
+    return str(run_info.get("veeksha_version") or __version__)
+
+
+def run_config(data: RunData, redactor: Redactor, run_kind: str) -> dict[str, Any]:
+    """The resolved config, redacted again, plus veeksha_version and run_kind."""
+    redactor.tree(data.config)  # first pass: learn every secret, so free text is scrubbed too
+    config = redactor.tree(data.config)
+    return {**config, "veeksha_version": veeksha_version(data.run_info), "run_kind": run_kind}
+
+
+def scalars(obj: dict[str, Any]) -> dict[str, Any]:
+    """Scalars of a JSON object, nested objects kept as objects (of scalars); lists are left out."""
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            out[key] = scalars(value)
+        elif isinstance(value, SCALARS):
+            out[key] = value
+    return out
+
+
+def _key_part(name: Any) -> str:
+    return str(name).replace("/", "_")
+
+
+def slo_summary(slo: dict[str, Any] | None) -> dict[str, Any]:
+    if not slo:
+        return {}
+    out: dict[str, Any] = {"slo/all_slos_met": slo.get("all_slos_met")}
+    for r in slo.get("results") or []:
+        key = f"slo/{_key_part(r.get('name'))}"
+        out[f"{key}/observed"] = r.get("observed_value")
+        out[f"{key}/threshold"] = r.get("threshold")
+        out[f"{key}/met"] = r.get("met")
+    return out
+
+
+def health_summary(health: dict[str, Any] | None) -> dict[str, Any]:
+    if not health:
+        return {}
+    out: dict[str, Any] = {"health/all_passed": health.get("all_passed")}
+    for check in health.get("checks") or []:
+        key = f"health/{_key_part(check.get('name'))}"
+        out[f"{key}/passed"] = check.get("result") == "PASSED"
+        out[f"{key}/result"] = check.get("result")
+    return out
+
+
+def summary_values(data: RunData) -> dict[str, Any]:
+    """Every scalar of summary_stats.json and throughput_metrics.json, SLO and health verdicts, status."""
+    return {
+        **scalars(data.summary_stats),
+        **scalars(data.throughput),
+        **slo_summary(data.slo),
+        **health_summary(data.health),
+        "run_status": data.status,
+    }
+
+
+def history_rows(data: RunData) -> list[dict[str, Any]]:
+    """timeseries.csv rows as history rows: `elapsed_s` plus `timeseries/<column>` (empty cells left out)."""
+    return [
+        {ELAPSED: row[ELAPSED], **{f"{HISTORY_PREFIX}{k}": v for k, v in row.items() if k != ELAPSED}}
+        for row in data.timeseries
+        if ELAPSED in row
+    ]
+
+
+def slo_rows(slo: dict[str, Any] | None) -> list[list[Any]]:
+    return [[r.get(c) for c in SLO_COLUMNS] for r in (slo or {}).get("results") or []]
+
+
+def stat_metrics(summary_stats: dict[str, Any]) -> list[str]:
+    """Distribution metrics present in summary_stats.json (the contract's list first)."""
+    found = [m for m in DISTRIBUTION_METRICS if f"{m}_p50" in summary_stats]
+    extra = sorted(
+        k[: -len("_p50")] for k in summary_stats if k.endswith("_p50") and k[: -len("_p50")] not in found
+    )
+    return found + extra
+
+
+def summary_stat_rows(summary_stats: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for m in stat_metrics(summary_stats):
+        values = [summary_stats.get(f"{m}_{s}") for s in STAT_SUFFIXES]
+        rows.append([m, *(float(v) if isinstance(v, int | float) else None for v in values)])
+    return rows
+
+
+def replacement_files(data: RunData, redactor: Redactor) -> dict[str, bytes]:
+    """Scrubbed versions of config.yml and run.json when they hold anything secret."""
+    out: dict[str, bytes] = {}
+    config = redactor.tree(data.config)
+    if config != data.config:
+        out[CONFIG_YML] = yaml.safe_dump(config, sort_keys=False).encode()
+    info = dict(data.run_info)
+    if isinstance(info.get("argv"), list):
+        info["argv"] = redact_argv([str(a) for a in info["argv"]])
+    info = redactor.tree(info)
+    if info != data.run_info:
+        out[RUN_JSON] = dump_json(info)
+    return out
+
+
+def log_run_dir(run: Any, data: RunData, redactor: Redactor, artifact: Any | None) -> None:
+    """History first, then media, then summary (a held history row could overwrite a summary value)."""
+    import wandb
+
+    run.define_metric(ELAPSED, summary="none")
+    run.define_metric(f"{HISTORY_PREFIX}*", step_metric=ELAPSED, summary="none")
+    for row in history_rows(data):
+        run.log(row)
+
+    media: dict[str, Any] = {}
+    if data.slo:
+        media["slo_results"] = wandb.Table(columns=list(SLO_COLUMNS), data=slo_rows(data.slo))
+    stats = summary_stat_rows(data.summary_stats)
+    if stats:
+        media["summary_stats"] = wandb.Table(columns=["metric", *STAT_SUFFIXES], data=stats)
+    if data.health:
+        checks = [[c.get("name"), c.get("result")] for c in data.health.get("checks") or []]
+        media["health_checks"] = wandb.Table(columns=["name", "result"], data=checks)
+    for metric, points in data.quantiles.items():
+        table = wandb.Table(columns=["cdf", "value"], data=[[c, v] for c, v in points])
+        media[f"quantiles/{metric}"] = table
+        media[f"cdf/{metric}"] = wandb.plot.line(table, x="value", y="cdf", title=f"{metric} CDF")
+    for rel in data.images:
+        media[f"plots/{Path(rel).stem}"] = wandb.Image(str(data.paths.root / rel), caption=Path(rel).name)
+    if media:
+        run.log(media)
+
+    run.summary.update(redactor.tree(summary_values(data)))
+    if artifact is not None:
+        run.log_artifact(artifact)

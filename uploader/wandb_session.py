@@ -1,0 +1,211 @@
+"""One W&B run at a time, every setting explicit, everything inside `<dir>/wandb/`.
+
+A worker process uploads many directories in turn, so nothing here relies on the environment the
+SDK read at import: mode, ids, project, console capture, staging directory are passed per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from veeksha.shared.paths import WANDB_DIR
+from veeksha.uploader.recordlog import RecordLogError, relativize_artifact_paths
+from veeksha.uploader.redaction import Redactor
+from veeksha.uploader.settings import UploadSettings
+
+STAGING_DIR = "data"  # <dir>/wandb/data: WANDB_DATA_DIR (artifact and table staging)
+REDACTED_DIR = "redacted"  # <dir>/wandb/redacted: scrubbed copies of files that held a secret
+INIT_TIMEOUT_S = 30.0
+_SCAN_CHUNK = 8 << 20
+
+
+class AlreadyExists(Exception):
+    """Online: a run with this id exists and we were not asked to overwrite it."""
+
+
+@dataclass
+class RunSpec:
+    root: Path
+    run_id: str
+    name: str
+    group: str | None
+    tags: tuple[str, ...]
+    job_type: str
+    config: dict[str, Any]
+    settings: UploadSettings
+    resume_from_start: bool = False  # online re-upload: rewind the existing run to step 0
+
+
+@dataclass
+class Uploaded:
+    url: str | None
+    entity: str | None
+    sync_dir: str | None = None  # offline run folder, relative to the directory
+    notes: list[str] = field(default_factory=list)
+
+
+def wandb_run_id(kind: str, identity: str, project: str, entity: str | None) -> str:
+    """Deterministic W&B run id: every re-upload of the same run targets the same W&B run."""
+    key = f"veeksha|{kind}|{entity or ''}|{project}|{identity}"
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def clear_previous_offline(root: Path, run_id: str) -> None:
+    """Offline `init` with an old id makes a second run folder; `wandb sync` would replay both."""
+    wdir = root / WANDB_DIR
+    if not wdir.is_dir():
+        return
+    for pattern in (f"offline-run-*-{run_id}", f"run-*-{run_id}"):
+        for old in wdir.glob(pattern):
+            shutil.rmtree(old, ignore_errors=True)
+    for name in (STAGING_DIR, REDACTED_DIR):
+        shutil.rmtree(wdir / name, ignore_errors=True)
+
+
+def _settings(spec: RunSpec) -> Any:
+    import wandb
+
+    s = spec.settings
+    online = s.mode == "online"
+    return wandb.Settings(
+        mode=s.mode,
+        console="off",  # nothing of the uploader's console (or a secret in it) is captured
+        silent=True,
+        x_disable_stats=True,
+        x_disable_meta=True,  # no argv (an --api-key flag), host or program metadata
+        x_disable_machine_info=True,
+        x_save_requirements=False,
+        disable_git=True,
+        disable_code=True,
+        save_code=False,
+        disable_job_creation=True,
+        init_timeout=INIT_TIMEOUT_S,
+        root_dir=str(spec.root),
+        **({"base_url": s.base_url, "api_key": s.api_key} if online and s.api_key else {}),
+    )
+
+
+def _is_already_exists(e: Exception) -> bool:
+    return "already exists" in str(e).lower()
+
+
+@contextmanager
+def open_run(spec: RunSpec) -> Iterator[Any]:
+    """A started run; finished on exit (failed runs are finished with exit code 1 and, offline, removed)."""
+    import wandb
+
+    s = spec.settings
+    if s.mode == "offline":
+        clear_previous_offline(spec.root, spec.run_id)
+    (spec.root / WANDB_DIR).mkdir(exist_ok=True)
+    resume: dict[str, Any] = {}
+    if s.mode == "online":
+        resume = {"resume_from": f"{spec.run_id}?_step=0"} if spec.resume_from_start else {"resume": "never"}
+    saved_data_dir = os.environ.get("WANDB_DATA_DIR")
+    # Staging is read from the environment at each call: point it inside this directory.
+    os.environ["WANDB_DATA_DIR"] = str(spec.root / WANDB_DIR / STAGING_DIR)
+    try:
+        try:
+            run = wandb.init(
+                id=spec.run_id,
+                name=spec.name,
+                project=s.project,
+                entity=s.entity,
+                group=spec.group,
+                tags=list(spec.tags),
+                notes=s.notes,
+                job_type=spec.job_type,
+                config=spec.config,
+                dir=str(spec.root),
+                reinit="finish_previous",
+                settings=_settings(spec),
+                **resume,
+            )
+        except Exception as e:
+            if s.mode == "online" and _is_already_exists(e):
+                raise AlreadyExists(str(e)) from None
+            raise
+        try:
+            yield run
+        except BaseException:
+            sync_dir = run.settings.sync_dir
+            run.finish(exit_code=1)
+            if s.mode == "offline" and sync_dir:
+                shutil.rmtree(sync_dir, ignore_errors=True)
+            raise
+        run.finish()
+    finally:
+        if saved_data_dir is None:
+            os.environ.pop("WANDB_DATA_DIR", None)
+        else:
+            os.environ["WANDB_DATA_DIR"] = saved_data_dir
+
+
+def finish_offline(root: Path, sync_dir: str) -> list[str]:
+    """Make the finished offline run relocatable; returns notes for the report."""
+    wandb_file = next((root / sync_dir).glob("run-*.wandb"), None)
+    if wandb_file is None:
+        return [f"no .wandb file in {sync_dir}"]
+    try:
+        relativize_artifact_paths(wandb_file, root)
+    except RecordLogError as e:  # an SDK we do not know: the run still syncs from where it is
+        return [f"artifact paths left absolute ({e}); sync from this location only"]
+    return []
+
+
+def sync_command(root: Path) -> str:
+    return f"cd {_shell_quote(str(root))} && wandb sync {WANDB_DIR}/"
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+def file_has_secret(path: Path, redactor: Redactor) -> bool:
+    """Streamed scan for any known secret literal (files may be large)."""
+    if not redactor.known:
+        return False
+    overlap = max(len(s.encode()) for s in redactor.known)
+    tail = b""
+    with path.open("rb") as f:
+        while chunk := f.read(_SCAN_CHUNK):
+            if redactor.contains_secret(tail + chunk):
+                return True
+            tail = chunk[-overlap:]
+    return False
+
+
+def add_files(
+    artifact: Any,
+    root: Path,
+    files: list[str],
+    redactor: Redactor,
+    replacements: dict[str, bytes] | None = None,
+) -> None:
+    """Add files one by one with their relative paths kept; secret-bearing files as scrubbed copies.
+
+    Originals are added with policy="immutable" (referenced in place, no staging copy): the run
+    directory is finished and read-only by contract.
+    """
+    replacements = dict(replacements or {})
+    for rel in files:
+        src = root / rel
+        if rel not in replacements and file_has_secret(src, redactor):
+            replacements[rel] = redactor.scrub_bytes(src.read_bytes())
+        if rel in replacements:
+            src = root / WANDB_DIR / REDACTED_DIR / rel
+            src.parent.mkdir(parents=True, exist_ok=True)
+            src.write_bytes(replacements[rel])
+        artifact.add_file(str(src), name=rel, policy="immutable", skip_cache=True)

@@ -1,0 +1,348 @@
+"""Uploading one target (run directory or summary directory), and many of them in worker processes.
+
+Per target: take the directory's lock, skip what is running or already uploaded and unchanged,
+upload, then write the marker. A worker process imports wandb and starts the SDK service once and
+uploads many directories in turn (import and start-up are paid per worker, not per directory).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from veeksha.shared.errors import VeekshaError
+from veeksha.uploader import groups
+from veeksha.uploader.discovery import Target
+from veeksha.uploader.locks import DirLock, LockBusy
+from veeksha.uploader.marker import (
+    Marker,
+    compute_digest,
+    is_current,
+    read_marker,
+    remove_marker,
+    utc_now_iso,
+    write_marker,
+)
+from veeksha.uploader.reader import read_run_dir, read_run_info
+from veeksha.uploader.redaction import Redactor
+from veeksha.uploader.settings import UploadSettings
+from veeksha.uploader.wandb_session import AlreadyExists, RunSpec, Uploaded, wandb_run_id
+
+UPLOADED, SKIPPED, FAILED, DRY_RUN = "uploaded", "skipped", "failed", "would upload"
+
+
+@dataclass(frozen=True)
+class Task:
+    target: Target
+    settings: UploadSettings | None  # None when the directory's config could not be read
+    force: bool = False
+    dry_run: bool = False
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # literal values to keep out of W&B
+    error: str | None = None  # a problem found while planning (reported as this target's failure)
+
+
+@dataclass
+class Outcome:
+    path: str
+    kind: str
+    status: str
+    detail: str = ""
+    run_id: str | None = None
+    name: str | None = None
+    url: str | None = None
+    mode: str | None = None
+    sync_command: str | None = None
+
+
+@dataclass
+class Plan:
+    """What one target becomes on W&B, before anything is uploaded."""
+
+    run_id: str
+    name: str
+    group: str | None
+    tags: tuple[str, ...]
+    kind: str
+    files: list[str]
+    digest: str
+    veeksha_run_id: str | None = None
+
+
+def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(i for i in items if i))
+
+
+def _run_name(settings: UploadSettings, ctx: groups.Context, root: Path) -> str:
+    if ctx.name:
+        return ctx.name
+    if settings.run_name and ctx.index is not None:
+        return f"{settings.run_name}-{ctx.index}"  # a sweep shares one configured name
+    return settings.run_name or root.name
+
+
+def _plan(
+    root: Path,
+    s: UploadSettings,
+    *,
+    kind: str,
+    ident: str,
+    name: str,
+    group: str | None,
+    tags: Iterable[str],
+    files: list[str],
+) -> Plan:
+    run_id = wandb_run_id(
+        "run" if kind in (groups.RUN, groups.SWEEP_RUN, groups.CAPSEARCH_ATTEMPT) else kind,
+        ident,
+        s.project,
+        s.entity,
+    )
+    tags = _dedupe([*s.tags, *tags])
+    identity = {
+        "kind": kind,
+        "run_id": run_id,
+        "name": name,
+        "group": group,
+        "tags": list(tags),
+        **s.identity(),
+    }
+    return Plan(run_id, name, group, tags, kind, files, compute_digest(root, files, identity))
+
+
+def _upload(
+    task: Task,
+    plan: Plan,
+    config: dict[str, Any],
+    log: Callable[[Any, Any], None],
+    redactor: Redactor,
+    replacements: dict[str, bytes],
+    artifact_type: str,
+) -> Outcome:
+    from veeksha.uploader import wandb_session as ws
+
+    root, s = task.target.path, task.settings
+    assert s is not None
+    previous = read_marker(root)
+    remove_marker(root)  # never leave a marker that no longer describes what is on W&B
+    spec = RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, artifact_type, config, s)
+
+    def attempt() -> Uploaded:
+        import wandb
+
+        with ws.open_run(spec) as run:
+            artifact = None
+            if s.log_artifacts and plan.files:
+                artifact = wandb.Artifact(f"{artifact_type}-{plan.run_id}", type=artifact_type)
+                ws.add_files(artifact, root, plan.files, redactor, replacements)
+            log(run, artifact)
+            online = s.mode == "online"
+            sync_dir = None if online else str(Path(run.settings.sync_dir).relative_to(root))
+            result = Uploaded(
+                url=run.url if online else None, entity=run.entity or s.entity, sync_dir=sync_dir
+            )
+        if sync_dir:
+            result.notes = ws.finish_offline(root, sync_dir)
+        return result
+
+    try:
+        uploaded = attempt()
+    except AlreadyExists:
+        ours = previous is not None and previous.run_id == plan.run_id and previous.mode == "online"
+        if not (task.force or ours):
+            return Outcome(
+                str(root),
+                task.target.kind,
+                SKIPPED,
+                "already on W&B (uploaded from elsewhere); --force overwrites it",
+            )
+        spec.resume_from_start = True  # rewind the existing run instead of appending a second replay
+        uploaded = attempt()
+
+    sync_cmd = ws.sync_command(root) if uploaded.sync_dir else None
+    url = uploaded.url or offline_url(s, uploaded.entity, plan.run_id)
+    ws_marker = Marker(
+        run_id=plan.run_id,
+        url=url,
+        entity=uploaded.entity,
+        project=s.project,
+        group=plan.group,
+        name=plan.name,
+        tags=list(plan.tags),
+        mode=s.mode,
+        digest=plan.digest,
+        uploaded_at=utc_now_iso(),
+        kind=plan.kind,
+        veeksha_run_id=plan.veeksha_run_id,
+        sync_dir=uploaded.sync_dir,
+        sync_command=sync_cmd,
+    )
+    write_marker(root, ws_marker)
+    if s.mode == "online":
+        detail = f"View run at {url}"
+    else:
+        detail = f"offline run in {uploaded.sync_dir}; sync with: {sync_cmd}"
+    if uploaded.notes:
+        detail += " (" + "; ".join(uploaded.notes) + ")"
+    return Outcome(
+        str(root), task.target.kind, UPLOADED, detail, plan.run_id, plan.name, url, s.mode, sync_cmd
+    )
+
+
+def offline_url(s: UploadSettings, entity: str | None, run_id: str) -> str | None:
+    """Where an offline run will be once synced (known only when the entity is)."""
+    if not entity:
+        return None
+    app = s.base_url.replace("://api.", "://", 1)
+    return f"{app}/{entity}/{s.project}/runs/{run_id}"
+
+
+def _skip_or_dry(task: Task, plan: Plan) -> Outcome | None:
+    s = task.settings
+    assert s is not None
+    root = task.target.path
+    if not task.force and is_current(read_marker(root), root, plan.digest, s.mode):
+        return Outcome(
+            str(root),
+            task.target.kind,
+            SKIPPED,
+            "already uploaded, unchanged (--force re-uploads)",
+            plan.run_id,
+            plan.name,
+            mode=s.mode,
+        )
+    if task.dry_run:
+        return Outcome(
+            str(root),
+            task.target.kind,
+            DRY_RUN,
+            f"{s.mode} as run {plan.run_id} name={plan.name!r} group={plan.group!r} tags={list(plan.tags)}",
+            plan.run_id,
+            plan.name,
+            mode=s.mode,
+        )
+    return None
+
+
+def _process_run(task: Task, redactor: Redactor) -> Outcome:
+    from veeksha.uploader.wandb_run import log_run_dir, replacement_files, run_config
+
+    root, s = task.target.path, task.settings
+    assert s is not None
+    info = read_run_info(root)
+    if info["status"] == "running":
+        return Outcome(str(root), task.target.kind, SKIPPED, "still running (run.json status is running)")
+    data = read_run_dir(root)
+    ctx = groups.run_context(root, info)
+    plan = _plan(
+        root,
+        s,
+        kind=ctx.kind,
+        ident=data.run_id,
+        name=_run_name(s, ctx, root),
+        group=s.group or ctx.group,
+        tags=ctx.tags,
+        files=data.files,
+    )
+    plan.veeksha_run_id = data.run_id
+    if (early := _skip_or_dry(task, plan)) is not None:
+        return early
+    config = run_config(data, redactor, ctx.kind)
+    replacements = replacement_files(data, redactor)
+    return _upload(
+        task,
+        plan,
+        config,
+        lambda run, art: log_run_dir(run, data, redactor, art),
+        redactor,
+        replacements,
+        "veeksha-run",
+    )
+
+
+def _process_container(task: Task, redactor: Redactor) -> Outcome:
+    import yaml
+    from veeksha.uploader.wandb_summary import log_container, summary_config
+
+    root, s = task.target.path, task.settings
+    assert s is not None
+    sweep = task.target.kind == groups.SWEEP_SUMMARY
+    data = groups.read_sweep(root) if sweep else groups.read_capsearch(root)
+    if data.unfinished:
+        return Outcome(str(root), task.target.kind, SKIPPED, data.unfinished)
+    tag = groups.TAG_SWEEP if sweep else groups.TAG_CAPSEARCH
+    plan = _plan(
+        root,
+        s,
+        kind=data.kind,
+        ident=data.ident,
+        name=f"{root.name}-summary",
+        group=s.group or root.name,
+        tags=(tag, groups.TAG_SUMMARY),
+        files=data.files,
+    )
+    if (early := _skip_or_dry(task, plan)) is not None:
+        return early
+    config = summary_config(data, redactor)
+    replacements: dict[str, bytes] = {}
+    if data.config and redactor.tree(data.config) != data.config and "config.yml" in data.files:
+        replacements["config.yml"] = yaml.safe_dump(redactor.tree(data.config), sort_keys=False).encode()
+    kind = "veeksha-sweep" if sweep else "veeksha-capsearch"
+    return _upload(
+        task,
+        plan,
+        config,
+        lambda run, art: log_container(run, data, redactor, art),
+        redactor,
+        replacements,
+        kind,
+    )
+
+
+def run_task(task: Task) -> Outcome:
+    """Never raises: every problem becomes this target's outcome (the others still upload)."""
+    redactor = Redactor()
+    for secret in task.secrets:
+        redactor.add_secret(secret)
+    path = str(task.target.path)
+    if task.error or task.settings is None:
+        return Outcome(path, task.target.kind, FAILED, task.error or "no settings")
+    if task.settings.mode == "disabled":
+        return Outcome(path, task.target.kind, SKIPPED, "W&B mode is 'disabled' (pass --mode online|offline)")
+    process = _process_run if task.target.kind == groups.RUN else _process_container
+    try:
+        if task.dry_run:
+            return process(task, redactor)
+        with DirLock(task.target.path):
+            return process(task, redactor)
+    except LockBusy:
+        return Outcome(path, task.target.kind, SKIPPED, "another veeksha-upload holds its lock")
+    except VeekshaError as e:
+        return Outcome(path, task.target.kind, FAILED, redactor.text(str(e)))
+    except Exception as e:  # an SDK or I/O failure: report it, keep going with the other directories
+        return Outcome(path, task.target.kind, FAILED, redactor.text(f"{type(e).__name__}: {e}"))
+
+
+def _warm_worker() -> None:
+    import wandb  # noqa: F401  (imported once per worker, reused for every directory it uploads)
+
+
+def run_tasks(tasks: list[Task], jobs: int, on_outcome: Callable[[Outcome], None]) -> None:
+    if jobs <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            on_outcome(run_task(task))
+        return
+    ctx = multiprocessing.get_context("spawn")  # no inherited SDK state, locks or threads
+    pool = ctx.Pool(min(jobs, len(tasks)), initializer=_warm_worker)
+    closed = False
+    try:
+        for outcome in pool.imap_unordered(run_task, tasks, chunksize=1):
+            on_outcome(outcome)
+        pool.close()  # let workers exit normally, so the SDK's exit hooks stop its service
+        closed = True
+    finally:
+        if not closed:
+            pool.terminate()
+        pool.join()
