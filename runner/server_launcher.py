@@ -151,13 +151,15 @@ def _start_command(cfg: Any, log_path: Path | None) -> ServerHandle:
         raise VeekshaError(f"cannot start server command {cfg.command[0]!r}: {exc}") from None
     deadline = time.monotonic() + float(cfg.ready_timeout)
     what = f"server command {' '.join(cfg.command)!r}"
+    pause = 0.05  # quick servers are noticed quickly; slow ones (model loading) polled twice a second
     with httpx.Client(timeout=httpx.Timeout(2.0, connect=1.0), trust_env=False) as client:
         while True:
             with contextlib.suppress(httpx.HTTPError):
                 if client.get(cfg.ready_url).is_success:
                     return handle
             _fail_if_dead_or_late(handle, deadline, what, f"to answer 2xx at {cfg.ready_url}")
-            time.sleep(0.5)
+            time.sleep(pause)
+            pause = min(0.5, pause * 1.5)
 
 
 def _api_base_from(ready_url: str) -> str:

@@ -53,6 +53,7 @@ _ERROR_TYPES = {
     500: "server_error",
 }
 _DONE = b"data: [DONE]\n\n"
+_TOO_LARGE = b"\x00body-too-large"  # stands in for the URL of a request whose body we dropped
 
 
 class BadRequest(Exception):
@@ -87,6 +88,8 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
         self._active: _Sink | None = None  # response in progress
         self._busy = False  # a response is in progress (the active sink or a synchronous one)
+        self._draining = False
+        self._eof = False  # the client half-closed: finish the response, then close
         self._pending: deque[tuple[bytes, bytes, bytes, bool, bool]] = deque()
 
     # asyncio.Protocol -------------------------------------------------------------------------
@@ -106,6 +109,10 @@ class _Connection(asyncio.Protocol):
             if self._transport is not None and not self._busy:
                 self.send_json(400, _error_body(400, f"malformed HTTP request: {exc}"), False)
             self._close()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        return True if self._busy else None  # True keeps the transport open for our response
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -139,7 +146,7 @@ class _Connection(asyncio.Protocol):
         http10 = p.get_http_version() == "1.0"
         body = b"" if self._body_size > MAX_BODY_BYTES else b"".join(self._body)
         if self._body_size > MAX_BODY_BYTES:
-            self._url = b"\x00too-large"
+            self._url = _TOO_LARGE
         msg = (p.get_method(), self._url, body, p.should_keep_alive(), http10)
         if self._busy or self._pending:
             self._pending.append(msg)
@@ -172,12 +179,19 @@ class _Connection(asyncio.Protocol):
     def response_done(self, keep_alive: bool) -> None:
         self._active = None
         self._busy = False
-        if not keep_alive:
+        if not keep_alive or self._eof:
             self._close()
-            return
-        # Answer pipelined requests in order; a streaming one stops the loop until it finishes.
-        while self._pending and not self._busy and self._transport is not None:
-            self._dispatch(self._pending.popleft())
+        elif not self._draining:  # not re-entered from a synchronous response below
+            self._drain()
+
+    def _drain(self) -> None:
+        """Answer pipelined requests in order; a streaming one pauses this until it finishes."""
+        self._draining = True
+        try:
+            while self._pending and not self._busy and self._transport is not None:
+                self._dispatch(self._pending.popleft())
+        finally:
+            self._draining = False
 
 
 class _Sink:
@@ -331,7 +345,7 @@ class _App:
             conn.send_json(200, b'{"status":"ok"}', keep)
         elif path == b"/sim/stats" and method == b"GET":
             conn.send_json(200, orjson.dumps(self.stats()), keep)
-        elif path == b"\x00too-large":
+        elif path == _TOO_LARGE:
             conn.send_json(413, _error_body(413, "request body too large"), False)
         else:
             msg = f"no route for {method.decode()} {path.decode(errors='replace')}"

@@ -1,0 +1,164 @@
+"""Starting and stopping servers: ready detection, clear failures, and no processes left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from veeksha.runner.server_launcher import start_server
+from veeksha.shared.config import CommandServerConfig, SimulatedServerConfig
+from veeksha.shared.errors import VeekshaError
+
+SIM_MODULE = [sys.executable, "-m", "veeksha.runner.simulated_server"]
+
+
+def is_gone(pid: int) -> bool:
+    """True when the process no longer exists (a zombie awaiting a reaper counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not is_gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_simulated_server_starts_answers_and_stops_without_leftovers() -> None:
+    with start_server(SimulatedServerConfig()) as handle:
+        assert handle.api_base.startswith("http://127.0.0.1:") and handle.api_base.endswith("/v1")
+        models = httpx.get(handle.api_base + "/models", trust_env=False).json()
+        assert [m["id"] for m in models["data"]] == ["veeksha-sim"]
+        pids = [handle.pid, handle.watchdog.pid]  # type: ignore[union-attr]
+        log_path = handle.log_path
+    assert all(is_gone(pid) for pid in pids)
+    assert handle.process.returncode == 0  # SIGTERM is a clean shutdown, not a crash
+    assert not log_path.exists()  # the temporary log is removed after a clean stop
+    handle.stop()  # idempotent
+
+
+def test_simulated_server_prints_the_listening_line_on_a_chosen_port() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*SIM_MODULE, "--config-json", f'{{"port": {port}}}'], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == f"VEEKSHA_SIMULATED_SERVER_LISTENING 127.0.0.1 {port}\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=5) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_simulated_server_rejects_unknown_config_keys() -> None:
+    done = subprocess.run([*SIM_MODULE, "--config-json", '{"max_batch": 3}'], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "max_batch_size" in done.stderr  # the "did you mean"
+
+
+def test_command_server_is_ready_when_its_ready_url_answers(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = CommandServerConfig(
+        command=[*SIM_MODULE, "--port", str(port)],
+        ready_url=f"http://127.0.0.1:{port}/health",
+    )
+    with start_server(cfg, log_path=tmp_path / "server.log") as handle:
+        assert handle.api_base == f"http://127.0.0.1:{port}/v1"  # derived from ready_url
+        assert httpx.get(handle.api_base + "/models", trust_env=False).status_code == 200
+    assert is_gone(handle.pid)
+    assert "LISTENING" in (tmp_path / "server.log").read_text()  # a given log is kept
+
+
+def test_command_that_exits_early_gives_a_clear_error_with_its_output() -> None:
+    script = "import os, sys; print('loading', os.environ['VEEKSHA_TEST_VAR']); sys.exit(3)"
+    cfg = CommandServerConfig(
+        command=[sys.executable, "-c", script],
+        ready_url=f"http://127.0.0.1:{free_port()}/health",
+        env={"VEEKSHA_TEST_VAR": "model-x"},  # merged over the environment
+    )
+    with pytest.raises(VeekshaError) as caught:
+        start_server(cfg)
+    message = str(caught.value)
+    assert "exited with status 3 before it was ready" in message
+    assert "loading model-x" in message
+
+
+def test_command_that_never_gets_ready_times_out_and_is_stopped(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    script = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    cfg = CommandServerConfig(
+        command=[sys.executable, "-c", script],
+        ready_url=f"http://127.0.0.1:{free_port()}/health",
+        ready_timeout=1.0,
+    )
+    with pytest.raises(VeekshaError, match="did not manage to answer 2xx"):
+        start_server(cfg)
+    assert is_gone(int(pid_file.read_text()))
+
+
+def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
+    # A server that starts a helper of its own, like vLLM's workers.
+    port = free_port()
+    child_pid = tmp_path / "child.pid"
+    sim = " ".join(SIM_MODULE)
+    cfg = CommandServerConfig(
+        command=["sh", "-c", f"sleep 300 & echo $! > {child_pid}; exec {sim} --port {port}"],
+        ready_url=f"http://127.0.0.1:{port}/health",
+    )
+    with start_server(cfg):
+        helper = int(child_pid.read_text())
+        assert not is_gone(helper)
+    assert wait_gone(helper, 2)
+
+
+def test_server_dies_when_the_benchmark_process_dies(tmp_path: Path) -> None:
+    # The parent is SIGKILLed: no stop(), no atexit. The watchdog must take the server down.
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        from veeksha.runner.server_launcher import start_server
+        from veeksha.shared.config import SimulatedServerConfig
+        handle = start_server(SimulatedServerConfig())
+        print(handle.pid, handle.watchdog.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == -signal.SIGKILL
+    server_pid, watchdog_pid = map(int, done.stdout.split())
+    assert wait_gone(server_pid, 5)
+    assert wait_gone(watchdog_pid, 5)
+
+
+def test_unknown_server_type_is_an_error() -> None:
+    class Odd:
+        type = "teleport"
+
+    with pytest.raises(VeekshaError, match="unknown server type"):
+        start_server(Odd())
