@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -88,11 +89,43 @@ def write_log(header: bytes, records: list[bytes]) -> bytes:
     return bytes(out)
 
 
+def _ends_with_exit(records: list[bytes]) -> bool:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    if not records:
+        return False
+    last = pb.Record()
+    last.ParseFromString(records[-1])
+    return last.WhichOneof("record_type") == "exit"
+
+
+def read_complete(wandb_file: Path, timeout: float = 15.0) -> tuple[bytes, list[bytes]]:
+    """The whole log, once the SDK has written its last (exit) record.
+
+    `run.finish()` can return before wandb-core's writer has flushed the end of the file; rewriting
+    it then would drop the records still in flight.
+    """
+    deadline = time.monotonic() + timeout
+    previous = -1
+    while True:
+        data = wandb_file.read_bytes()
+        try:
+            header, records = read_log(data)
+            if _ends_with_exit(records) and len(data) == previous:
+                return header, records
+        except RecordLogError:
+            pass  # a chunk still being written
+        if time.monotonic() > deadline:
+            raise RecordLogError(f"{wandb_file.name} was not complete after {timeout:g} s")
+        previous = len(data)
+        time.sleep(0.02)
+
+
 def relativize_artifact_paths(wandb_file: Path, root: Path) -> int:
     """Rewrite artifact `local_path`s under `root` as paths relative to it; returns how many."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    header, records = read_log(wandb_file.read_bytes())
+    header, records = read_complete(wandb_file)
     if header[6] != KNOWN_VERSION:
         raise RecordLogError(f"unknown transaction log version {header[6]}")
     prefix = str(root) + os.sep
