@@ -37,7 +37,7 @@ _TAIL_LINES = 30
 
 # Runs as `python -c` with argv [parent_pid, pgid]: when the parent is gone (we get reparented),
 # SIGTERM the server's group, give it the grace period, then SIGKILL. Exits once the group is gone.
-_WATCHDOG = """
+_WATCHDOG = """# veeksha server watchdog
 import os, signal, sys, time
 parent, pgid, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 def alive():

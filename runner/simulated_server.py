@@ -8,6 +8,16 @@ close-delimited bodies for HTTP/1.0 clients. Pipelined requests are answered in 
 Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, and
 GET /sim/stats (engine counters: running, waiting, steps, admitted, kv_tokens_used).
 
+Choices where OpenAI and the spec leave room (vLLM-like, since vLLM/SGLang are what users benchmark):
+- the role-only first chat chunk is sent together with the first token (after prefill), and the
+  finish_reason rides on the last content chunk; usage (`choices: []`) follows, then `[DONE]`;
+- usage.prompt_tokens = count_tokens_approx summed over message contents (text parts of content
+  lists) or over the prompt; a list of token ids counts its length;
+- `max_completion_tokens` wins over `max_tokens`; `min_tokens` delays eos; n must be 1;
+- the response echoes the request's `model` (any name is accepted);
+- a request whose prompt + max tokens exceeds max_kv_tokens can never run: 400, as vLLM does for
+  over-long prompts; error_rate failures are immediate 500s.
+
 Run standalone with
     python -m veeksha.runner.simulated_server --config-json '{"port": 8000, ...}'
 which prints `VEEKSHA_SIMULATED_SERVER_LISTENING <host> <port>` once it accepts connections.
