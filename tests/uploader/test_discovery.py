@@ -1,0 +1,90 @@
+"""Which directories an invocation covers, locks, redaction, and usage errors (exit 2, one line)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from veeksha.shared.errors import UsageError
+from veeksha.shared.redact import REDACTED
+from veeksha.uploader.discovery import discover
+from veeksha.uploader.groups import CAPSEARCH_SUMMARY, RUN, SWEEP_SUMMARY
+from veeksha.uploader.locks import DirLock, LockBusy
+from veeksha.uploader.redaction import Redactor
+
+from tests.uploader.builders import RunSpec, build_capsearch, build_run, build_sweep
+from tests.uploader.conftest import VEEKSHA_UPLOAD
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tree")
+    build_run(out / "a", RunSpec(seed=1))
+    build_run(out / "b" / "deeper", RunSpec(seed=2, status="running"))
+    build_sweep(out / "c", count=2)
+    build_capsearch(out / "d", values=(1.0, 2.0), best=0)
+    hidden = build_run(out / ".trash", RunSpec(seed=3))
+    build_run(out / "a" / "wandb", RunSpec(seed=4))  # never look inside wandb/ folders
+    assert hidden.exists()
+    return out
+
+
+def test_recursive_walk_finds_runs_and_containers(tree: Path) -> None:
+    targets = discover([str(tree)], recursive=True)
+    kinds = [t.kind for t in targets]
+    assert kinds.count(RUN) == 1 + 1 + 2 + 2
+    assert kinds.count(SWEEP_SUMMARY) == 1 and kinds.count(CAPSEARCH_SUMMARY) == 1
+    assert not [t for t in targets if ".trash" in t.path.parts or "wandb" in t.path.parts]
+    assert discover([str(tree), str(tree / "a")], recursive=True) == targets  # deduplicated
+
+
+def test_a_container_path_stands_for_its_runs_and_its_summary(tree: Path) -> None:
+    sweep = next((tree / "c").iterdir())
+    targets = discover([str(sweep)], recursive=False)
+    assert [t.kind for t in targets].count(RUN) == 2 and targets[0].kind == SWEEP_SUMMARY
+
+
+def test_a_plain_folder_needs_recursive(tree: Path) -> None:
+    with pytest.raises(UsageError, match="use --recursive"):
+        discover([str(tree)], recursive=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["/no/such/dir"], "/no/such/dir: no such directory"),
+        (["--jobs", "0", "."], "Invalid value for '--jobs'"),
+        (["--nope", "."], "No such option '--nope'"),
+        ([], "give at least one PATH"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    result = subprocess.run([VEEKSHA_UPLOAD, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("veeksha-upload: ") and message in line
+    assert result.stdout == ""
+
+
+def test_a_directory_lock_admits_one_holder(tmp_path: Path) -> None:
+    with DirLock(tmp_path):
+        with pytest.raises(LockBusy):
+            DirLock(tmp_path).acquire()
+    with DirLock(tmp_path):  # released on exit
+        pass
+
+
+def test_redactor_hides_header_values_and_remembers_secrets() -> None:
+    r = Redactor()
+    tree = {
+        "headers": {"Authorization": "Bearer abc12345", "X-Custom": "Basic dXNlcjpwYXNz"},
+        "extra": {"hf_token": "hf_secret_value", "max_tokens": 12},
+        "note": "the token hf_secret_value leaked here",
+    }
+    r.tree(tree)
+    clean = r.tree(tree)
+    assert clean["headers"] == {"Authorization": REDACTED, "X-Custom": REDACTED}
+    assert clean["extra"] == {"hf_token": REDACTED, "max_tokens": 12}
+    assert clean["note"] == f"the token {REDACTED} leaked here"
+    assert r.contains_secret(b"..abc12345..") and r.scrub_bytes(b"x abc12345 y") == f"x {REDACTED} y".encode()

@@ -1,0 +1,112 @@
+"""Sweeps and capacity searches: a shared group, their tags, the best attempt, one summary run each."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from veeksha.shared.paths import CAPSEARCH_RESULTS, SWEEP_SUMMARY_JSON
+
+from tests.uploader.builders import build_capsearch, build_sweep
+from tests.uploader.conftest import Home, lines_for, upload
+from tests.uploader.wandb_records import OfflineRun, offline_run_dirs, read_offline_run
+
+
+@dataclass
+class Tree:
+    out: Path
+    sweep: Path
+    capsearch: Path
+    stdout: str
+
+
+def offline_run(directory: Path) -> OfflineRun:
+    (sync_dir,) = offline_run_dirs(directory)
+    return read_offline_run(sync_dir)
+
+
+def table(run: OfflineRun, key: str) -> list[dict]:
+    data = json.loads((run.sync_dir / "files" / run.summary[key]["path"]).read_text())
+    return [dict(zip(data["columns"], row, strict=True)) for row in data["data"]]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory, home: Home) -> Tree:
+    out = tmp_path_factory.mktemp("out")
+    sweep = build_sweep(out, count=2, wandb={"tags": ["cfg-tag"]})
+    capsearch = build_capsearch(out, values=(2.0, 4.0, 3.0), best=2)
+    # Two containers given as paths (no --recursive): each stands for its runs plus a summary run.
+    result = upload([str(sweep), str(capsearch), "--mode", "offline", "--jobs", "2"], home, cwd=out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return Tree(out, sweep, capsearch, result.stdout)
+
+
+def test_every_run_and_one_summary_per_container_is_uploaded(tree: Tree) -> None:
+    assert len(lines_for(tree.stdout, "uploaded")) == 2 + 1 + 3 + 1
+    assert "(sweep summary)" in tree.stdout and "(capacity-search summary)" in tree.stdout
+
+
+def test_sweep_runs_share_the_sweep_group_and_tag(tree: Tree) -> None:
+    runs = [offline_run(d) for d in sorted(tree.sweep.iterdir()) if (d / "run.json").exists()]
+    assert {r.run.run_group for r in runs} == {tree.sweep.name}
+    for r in runs:
+        assert r.tags == ["cfg-tag", "sweep"]
+        assert r.user_config()["run_kind"] == "sweep_run"
+
+
+def test_sweep_summary_run_logs_the_summary_table(tree: Tree) -> None:
+    run = offline_run(tree.sweep)
+    assert run.run.run_group == tree.sweep.name
+    assert run.tags == ["cfg-tag", "sweep", "summary"]
+    expected = orjson.loads((tree.sweep / SWEEP_SUMMARY_JSON).read_bytes())
+    assert table(run, "sweep_summary") == expected["runs"]
+    assert run.summary["sweep_id"] == expected["sweep_id"]
+    assert run.summary["num_all_slos_met"] == 1
+    assert sorted(run.artifact("veeksha-sweep").entries) == [
+        "sweep_manifest.json",
+        "sweep_summary.csv",
+        "sweep_summary.json",
+    ]
+
+
+def test_capsearch_attempts_are_named_grouped_and_the_best_is_tagged(tree: Tree) -> None:
+    results = orjson.loads((tree.capsearch / CAPSEARCH_RESULTS).read_bytes())
+    best = Path(results["best_run_dir"]).name
+    seen = {}
+    for d in sorted((tree.capsearch / "runs").iterdir()):
+        run = offline_run(d)
+        seen[d.name] = run
+        assert run.run.run_group == tree.capsearch.name
+        assert run.user_config()["run_kind"] == "capsearch_attempt"
+        assert ("best" in run.tags) == (d.name == best)
+        assert "capsearch" in run.tags
+    names = sorted(r.run.display_name for r in seen.values())
+    assert names == ["attempt-0 arrival_rate=2.0", "attempt-1 arrival_rate=4.0", "attempt-2 arrival_rate=3.0"]
+
+
+def test_capsearch_summary_run_logs_attempts_and_the_result(tree: Tree) -> None:
+    run = offline_run(tree.capsearch)
+    results = orjson.loads((tree.capsearch / CAPSEARCH_RESULTS).read_bytes())
+    assert run.tags == ["capsearch", "summary"]
+    assert run.summary["best_value"] == results["best_value"] == 3.0
+    assert run.summary["searched_knob"] == results["searched_knob"]
+    attempts = table(run, "attempts")
+    assert [(a["iteration"], a["value"], a["passed"]) for a in attempts] == [
+        (h["iteration"], h["value"], h["passed"]) for h in results["history"]
+    ]
+    assert run.user_config()["run_kind"] == "capsearch_summary"
+    assert "benchmark_config" in run.user_config()  # the search's own config, redacted
+    files = sorted(run.artifact("veeksha-capsearch").entries)
+    assert files == ["capacity_search_attempts.csv", "capacity_search_results.json", "config.yml"]
+
+
+def test_unfinished_sweep_summary_is_skipped_not_failed(tmp_path: Path, home: Home) -> None:
+    sweep = build_sweep(tmp_path, count=1)
+    (sweep / SWEEP_SUMMARY_JSON).unlink()
+    result = upload([str(sweep), "--dry-run"], home, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (skip,) = lines_for(result.stdout, "skipped")
+    assert "sweep not finished" in skip
