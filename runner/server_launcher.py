@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,16 @@ def start_server(cfg: Any, log_path: Path | None = None) -> ServerHandle:
     raise VeekshaError(f"unknown server type {cfg.type!r} (allowed: simulated, command)")
 
 
+def _await_ready(handle: ServerHandle, wait: Callable[[], None]) -> ServerHandle:
+    """Run the readiness wait; whatever interrupts it (Ctrl-C included) stops the server first."""
+    try:
+        wait()
+    except BaseException:
+        handle.stop()
+        raise
+    return handle
+
+
 def _start_simulated(cfg: Any, log_path: Path | None) -> ServerHandle:
     fields = {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
     command = [
@@ -127,17 +138,21 @@ def _start_simulated(cfg: Any, log_path: Path | None) -> ServerHandle:
     ]
     handle = _spawn(command, dict(os.environ), log_path, api_base="")
     deadline = time.monotonic() + SIMULATED_START_TIMEOUT_S
-    while True:
-        line = _find_line(handle.log_path, LISTENING_PREFIX)
-        if line is not None:
-            host, port = line.split()[1:3]
-            if host in ("0.0.0.0", "::", ""):  # bound to all interfaces: talk over loopback
-                host = "127.0.0.1"
-            host = f"[{host}]" if ":" in host else host
-            handle.api_base = f"http://{host}:{port}/v1"
-            return handle
-        _fail_if_dead_or_late(handle, deadline, "the simulated server", "to start listening")
-        time.sleep(_POLL_S)
+
+    def wait() -> None:
+        while True:
+            line = _find_line(handle.log_path, LISTENING_PREFIX)
+            if line is not None:
+                host, port = line.split()[1:3]
+                if host in ("0.0.0.0", "::", ""):  # bound to all interfaces: talk over loopback
+                    host = "127.0.0.1"
+                host = f"[{host}]" if ":" in host else host
+                handle.api_base = f"http://{host}:{port}/v1"
+                return
+            _fail_if_dead_or_late(handle, deadline, "the simulated server", "to start listening")
+            time.sleep(_POLL_S)
+
+    return _await_ready(handle, wait)
 
 
 def _start_command(cfg: Any, log_path: Path | None) -> ServerHandle:
@@ -151,15 +166,20 @@ def _start_command(cfg: Any, log_path: Path | None) -> ServerHandle:
         raise VeekshaError(f"cannot start server command {cfg.command[0]!r}: {exc}") from None
     deadline = time.monotonic() + float(cfg.ready_timeout)
     what = f"server command {' '.join(cfg.command)!r}"
-    pause = 0.05  # quick servers are noticed quickly; slow ones (model loading) polled twice a second
-    with httpx.Client(timeout=httpx.Timeout(2.0, connect=1.0), trust_env=False) as client:
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(cfg.ready_url).is_success:
-                    return handle
-            _fail_if_dead_or_late(handle, deadline, what, f"to answer 2xx at {cfg.ready_url}")
-            time.sleep(pause)
-            pause = min(0.5, pause * 1.5)
+
+    def wait() -> None:
+        pause = 0.05  # quick servers are noticed quickly; slow ones (model loading) twice a second
+        # trust_env=False: the server is local; a proxy from the environment must not intercept.
+        with httpx.Client(timeout=httpx.Timeout(2.0, connect=1.0), trust_env=False) as client:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(cfg.ready_url).is_success:
+                        return
+                _fail_if_dead_or_late(handle, deadline, what, f"to answer 2xx at {cfg.ready_url}")
+                time.sleep(pause)
+                pause = min(0.5, pause * 1.5)
+
+    return _await_ready(handle, wait)
 
 
 def _api_base_from(ready_url: str) -> str:

@@ -156,6 +156,41 @@ def test_server_dies_when_the_benchmark_process_dies(tmp_path: Path) -> None:
     assert wait_gone(watchdog_pid, 5)
 
 
+def test_ctrl_c_while_waiting_for_readiness_stops_the_server(tmp_path: Path) -> None:
+    # The benchmark process survives the KeyboardInterrupt, so this is the launcher's own cleanup,
+    # not the watchdog's.
+    pid_file = tmp_path / "pid"
+    server = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from veeksha.runner.server_launcher import start_server
+        from veeksha.shared.config import CommandServerConfig
+        cfg = CommandServerConfig(command=[sys.executable, "-c", {server!r}],
+                                  ready_url="http://127.0.0.1:{free_port()}/health")
+        try:
+            start_server(cfg)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.stdin.read()  # stay alive until the test is done looking
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        parent.send_signal(signal.SIGINT)
+        assert parent.stdout is not None and parent.stdout.readline() == "interrupted\n"
+        assert is_gone(int(pid_file.read_text()))
+    finally:
+        parent.kill()
+        parent.wait()
+
+
 def test_unknown_server_type_is_an_error() -> None:
     class Odd:
         type = "teleport"
