@@ -158,7 +158,8 @@ def log_run_dir(run: Any, data: RunData, redactor: Redactor, artifact: Any | Non
         checks = [[c.get("name"), c.get("result")] for c in data.health.get("checks") or []]
         media["health_checks"] = wandb.Table(columns=["name", "result"], data=checks)
     for metric, points in data.quantiles.items():
-        table = wandb.Table(columns=["cdf", "value"], data=[[c, v] for c, v in points])
+        # Declared column types: skips per-cell type inference (most of a table's cost).
+        table = wandb.Table(columns=["cdf", "value"], data=[[c, v] for c, v in points], dtype=[float, float])
         media[f"quantiles/{metric}"] = table
         media[f"cdf/{metric}"] = wandb.plot.line(table, x="value", y="cdf", title=f"{metric} CDF")
     for rel in data.images:

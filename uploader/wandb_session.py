@@ -57,16 +57,22 @@ def wandb_run_id(kind: str, identity: str, project: str, entity: str | None) -> 
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def clear_previous_offline(root: Path, run_id: str) -> None:
-    """Offline `init` with an old id makes a second run folder; `wandb sync` would replay both."""
+def clear_previous_offline(root: Path, run_id: str, *, keep_online: bool = False) -> None:
+    """Offline `init` with an old id makes a second run folder; `wandb sync` would replay both.
+
+    After an online upload the offline folders of that run go too: syncing them later would append
+    a second copy of the history to the run that is now online.
+    """
     wdir = root / WANDB_DIR
     if not wdir.is_dir():
         return
-    for pattern in (f"offline-run-*-{run_id}", f"run-*-{run_id}"):
+    patterns = [f"offline-run-*-{run_id}"] + ([] if keep_online else [f"run-*-{run_id}"])
+    for pattern in patterns:
         for old in wdir.glob(pattern):
             shutil.rmtree(old, ignore_errors=True)
-    for name in (STAGING_DIR, REDACTED_DIR):
-        shutil.rmtree(wdir / name, ignore_errors=True)
+    if not keep_online:
+        for name in (STAGING_DIR, REDACTED_DIR):
+            shutil.rmtree(wdir / name, ignore_errors=True)
 
 
 def _settings(spec: RunSpec) -> Any:

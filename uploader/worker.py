@@ -152,6 +152,8 @@ def _upload(
     except AlreadyExists:
         ours = previous is not None and previous.run_id == plan.run_id and previous.mode == "online"
         if not (task.force or ours):
+            if previous is not None:
+                write_marker(root, previous)  # e.g. an offline upload that was synced meanwhile
             return Outcome(
                 str(root),
                 task.target.kind,
@@ -161,6 +163,8 @@ def _upload(
         spec.resume_from_start = True  # rewind the existing run instead of appending a second replay
         uploaded = attempt()
 
+    if s.mode == "online":
+        ws.clear_previous_offline(root, plan.run_id, keep_online=True)
     sync_cmd = ws.sync_command(root) if uploaded.sync_dir else None
     url = uploaded.url or offline_url(s, uploaded.entity, plan.run_id)
     ws_marker = Marker(

@@ -66,7 +66,7 @@ def test_next_backfill_skips_what_is_uploaded_and_reuploads_what_changed(tree: P
 
 
 def test_two_backfills_at_once_upload_each_directory_once(tmp_path: Path, home: Home) -> None:
-    for i in range(8):
+    for i in range(6):
         build_run(tmp_path / "runs", RunSpec(seed=50 + i, seconds=2))
     cmd = [VEEKSHA_UPLOAD, str(tmp_path), "-r", "--mode", "offline", "--json"]
     procs = [
