@@ -1,0 +1,28 @@
+"""metrics/<metric>.csv (101 exact quantiles, `cdf,value`) and <metric>.png for every metric."""
+
+from __future__ import annotations
+
+from veeksha.runner.evaluation.rundata import QUANTILE_GRID, Distribution, RunData
+from veeksha.shared.jsonio import write_atomic
+from veeksha.shared.paths import DISTRIBUTION_METRICS, RunPaths
+
+
+def distribution_csv(dist: Distribution) -> str:
+    """Rows cdf 0.00 … 1.00; the value is empty when the metric has no samples."""
+    lines = ["cdf,value"]
+    for q, value in zip(QUANTILE_GRID, dist.quantiles, strict=True):
+        lines.append(f"{q:.2f},{'' if value is None else repr(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_distributions(paths: RunPaths, data: RunData, *, plots: bool = True) -> None:
+    from veeksha.runner.evaluation.plots import plot_distribution
+
+    for metric in DISTRIBUTION_METRICS:
+        dist = data.distributions[metric]
+        write_atomic(paths.distribution_csv(metric), distribution_csv(dist))
+        if plots:
+            target = paths.distribution_png(metric)
+            tmp = target.with_name(f".{target.name}.tmp.png")
+            plot_distribution(tmp, metric, dist)
+            tmp.replace(target)  # atomic, like every other output

@@ -1,0 +1,85 @@
+"""Evaluate a run directory: read its records, write every derived file of outputs.md.
+
+Used at the end of every run and by `veeksha-run evaluate RUN_DIR` (after a crash, or after a
+metric fix): it needs only config.yml and the two JSONL logs, so it works on a directory whose run
+was killed (a torn last record is skipped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veeksha.runner.evaluation.distributions import write_distributions
+from veeksha.runner.evaluation.frame import read_records, read_trace
+from veeksha.runner.evaluation.health import all_passed, format_health_text, health_json, run_checks
+from veeksha.runner.evaluation.prefill import build_prefill
+from veeksha.runner.evaluation.rundata import prepare
+from veeksha.runner.evaluation.slo import slo_results
+from veeksha.runner.evaluation.summary import build_summary
+from veeksha.runner.evaluation.throughput import build_throughput
+from veeksha.runner.evaluation.timeseries import build_timeseries, write_timeseries
+from veeksha.shared.config_loader import load_written_config
+from veeksha.shared.errors import ContractError
+from veeksha.shared.jsonio import read_json, write_atomic, write_json
+from veeksha.shared.paths import RunPaths
+
+
+@dataclass
+class Evaluation:
+    """What the console summary and `--strict` need."""
+
+    run_dir: Path
+    run_status: str | None  # from run.json (None when it is missing)
+    summary: dict[str, Any]
+    throughput: dict[str, Any]
+    slo_results: dict[str, Any] | None  # None when no SLO is configured
+    health: dict[str, Any]
+    all_slos_met: bool | None  # None when no SLO is configured
+    all_health_passed: bool
+    timeseries_written: bool
+
+
+def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) -> Evaluation:
+    """Recompute every metric of `run_dir` and write the files. timeseries.csv is rewritten only
+    with `rebuilt` or when it is missing (the live one is exact, or was deleted as stale)."""
+    paths = RunPaths(Path(run_dir))
+    for required in (paths.config_yml, paths.request_records):
+        if not required.exists():
+            raise ContractError(f"{required}: file is missing; is {paths.root} a run directory?")
+    cfg = load_written_config(paths.config_yml)
+    run_info = read_json(paths.run_json) if paths.run_json.exists() else {}
+    data = prepare(read_records(paths.request_records), cfg, read_trace(paths.dispatch_trace))
+
+    timeseries = build_timeseries(data.records)
+    summary = build_summary(data)
+    throughput = build_throughput(data, timeseries)
+    slos = slo_results(data)
+    checks = run_checks(data)
+    health = health_json(checks)
+
+    write_json(paths.summary_stats, summary)
+    write_json(paths.throughput_metrics, throughput)
+    if slos is not None:
+        write_json(paths.slo_results, slos)
+    else:
+        paths.slo_results.unlink(missing_ok=True)  # present exactly when SLOs are configured
+    write_json(paths.health_checks_json, health)
+    write_atomic(paths.health_check_txt, format_health_text(checks))
+    write_json(paths.prefill_stats, build_prefill(data))
+    write_ts = rebuilt or not paths.timeseries_csv.exists()
+    if write_ts:
+        write_timeseries(paths.timeseries_csv, timeseries)
+    write_distributions(paths, data, plots=plots)
+    return Evaluation(
+        run_dir=paths.root,
+        run_status=run_info.get("status") if isinstance(run_info, dict) else None,
+        summary=summary,
+        throughput=throughput,
+        slo_results=slos,
+        health=health,
+        all_slos_met=None if slos is None else slos["all_slos_met"],
+        all_health_passed=all_passed(checks),
+        timeseries_written=write_ts,
+    )

@@ -1,0 +1,357 @@
+"""Health checks: is this run a trustworthy measurement? (spec: outputs.md; formulas: docs/metrics.md)
+
+Each check is PASSED, FAILED or SKIPPED (not applicable to this run, or nothing to look at). The
+run passes when no check failed. The same checks are written as health_check_results.txt (for people)
+and metrics/health_checks.json (for tools).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+from veeksha.runner.evaluation.quantiles import exact_quantiles
+from veeksha.runner.evaluation.rundata import RunData
+from veeksha.runner.evaluation.summary import error_code_freq, observed_session_rate
+from veeksha.shared.config import ConcurrentTraffic, FixedIntervals, GammaIntervals, RateTraffic
+from veeksha.shared.records import COUNT_SERVER, COUNT_TOKENIZER
+
+PASSED, FAILED, SKIPPED = "PASSED", "FAILED", "SKIPPED"
+
+RATE_MIN_TOLERANCE = 0.05  # session dispatch rate: relative band never tighter than 5%
+RATE_SIGMAS = 3.0  # ... and at least 3 standard deviations of the rate estimate
+CONCURRENCY_TOLERANCE = 0.05  # mean in-flight sessions within 5% of the target
+LATENESS_P99_S = 0.010  # intra-session arrival lateness p99
+DELAY_P99_S = 0.010  # each lifecycle delay p99
+PROMPT_TOLERANCE_TOKENS = 2  # a prompt is on target within max(2 tokens, 2%) ...
+PROMPT_TOLERANCE_FRACTION = 0.02
+PROMPT_MIN_ON_TARGET = 0.99  # ... and 99% of prompts must be
+OUTPUT_MAX_OFF_FRACTION = 0.01  # at most 1% of replies shorter (or longer) than requested
+MAX_ERROR_RATE = 0.01
+WORST = 3  # offenders listed per check
+
+
+@dataclass
+class Check:
+    name: str
+    result: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    detail: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "result": self.result,
+            "metrics": self.metrics,
+            "thresholds": self.thresholds,
+            "detail": self.detail,
+        }
+
+
+def run_checks(data: RunData) -> list[Check]:
+    return [
+        session_dispatch_rate(data),
+        concurrency(data),
+        intra_session_lateness(data),
+        prompt_length(data),
+        output_length(data),
+        lifecycle_delays(data),
+        error_rate(data),
+    ]
+
+
+def health_json(checks: list[Check]) -> dict[str, Any]:
+    return {"all_passed": all_passed(checks), "checks": [c.as_json() for c in checks]}
+
+
+def all_passed(checks: list[Check]) -> bool:
+    return all(c.result != FAILED for c in checks)
+
+
+def _verdict(ok: bool) -> str:
+    return PASSED if ok else FAILED
+
+
+def _stats(values: np.ndarray) -> dict[str, float | None]:
+    p50, p99, top = exact_quantiles(values, [0.5, 0.99, 1.0])
+    return {"p50_s": p50, "p99_s": p99, "max_s": top}
+
+
+def _worst(df: pl.DataFrame, column: str, n: int = WORST) -> list[dict[str, Any]]:
+    top = df.filter(pl.col(column).is_not_null()).top_k(n, by=column)
+    return [
+        {"request_id": r["request_id"], "session_id": r["session_id"], "value": r[column]}
+        for r in top.select("request_id", "session_id", column).iter_rows(named=True)
+    ]
+
+
+# ------------------------------------------------------------------ checks
+
+
+def session_dispatch_rate(data: RunData) -> Check:
+    """Observed vs target session rate (rate traffic).
+
+    The estimate N / T of a renewal process whose gaps have coefficient of variation cv has a
+    relative standard deviation of about cv / √N (Poisson: cv = 1; gamma: its cv; fixed: 0). Pass
+    when |observed − target| / target ≤ max(5%, 3·cv/√N).
+    """
+    name = "session_dispatch_rate"
+    target = data.target_session_rate
+    if target is None:
+        return Check(name, SKIPPED, detail="applies to rate traffic with a configured arrival rate")
+    rate, n, window = observed_session_rate(data)
+    if rate is None or n < 2:
+        return Check(name, SKIPPED, {"num_sessions": n}, detail="fewer than 2 sessions dispatched")
+    traffic = data.cfg.traffic_scheduler
+    assert isinstance(traffic, RateTraffic)
+    gen = traffic.interval_generator
+    cv = gen.cv if isinstance(gen, GammaIntervals) else 0.0 if isinstance(gen, FixedIntervals) else 1.0
+    tolerance = max(RATE_MIN_TOLERANCE, RATE_SIGMAS * cv / math.sqrt(n))
+    error = abs(rate - target) / target
+    detail = ""
+    if error > tolerance and rate < target and traffic.max_concurrent_sessions:
+        detail = "max_concurrent_sessions queued sessions: the target rate was not offered"
+    return Check(
+        name,
+        _verdict(error <= tolerance),
+        {
+            "observed_rate_per_s": rate,
+            "target_rate_per_s": target,
+            "num_sessions": n,
+            "window_s": window,
+            "relative_error": error,
+        },
+        {"max_relative_error": tolerance},
+        detail,
+    )
+
+
+def concurrency(data: RunData) -> Check:
+    """Mean in-flight sessions vs target (concurrent traffic), after the ramp-up.
+
+    A session is in flight from its first dispatch to its last end (think time included). Window:
+    from the end of the ramp-up to the last session start (after that the run drains). Warmup
+    sessions count: they occupy slots like any other.
+    """
+    name = "concurrency"
+    traffic = data.cfg.traffic_scheduler
+    if not isinstance(traffic, ConcurrentTraffic):
+        return Check(name, SKIPPED, detail="applies to concurrent traffic")
+    spans = (
+        data.records.df.filter(pl.col("scheduler_dispatched_at").is_not_null())
+        .group_by("session_id")
+        .agg(start=pl.col("scheduler_dispatched_at").min(), end=pl.col("end_at").max())
+        .sort("start")
+    )
+    target = traffic.target_concurrent_sessions
+    if spans.height == 0:
+        return Check(name, SKIPPED, detail="no session was dispatched")
+    starts, ends = spans["start"].to_numpy(), spans["end"].to_numpy()
+    w0 = max(float(traffic.rampup_seconds), float(starts[0]))
+    w1 = float(starts[-1])
+    if w1 - w0 < 1.0:
+        return Check(name, SKIPPED, {"window_s": max(w1 - w0, 0.0)}, detail="steady window shorter than 1 s")
+    overlap = np.clip(np.minimum(ends, w1) - np.maximum(starts, w0), 0, None).sum()
+    mean = float(overlap) / (w1 - w0)
+    in_window = starts >= w0
+    active_at_start = np.arange(1, len(starts) + 1) - np.searchsorted(np.sort(ends), starts, side="right")
+    peak = int(active_at_start[in_window].max()) if in_window.any() else 0
+    error = abs(mean - target) / target
+    return Check(
+        name,
+        _verdict(error <= CONCURRENCY_TOLERANCE and peak <= target),
+        {
+            "mean_concurrent_sessions": mean,
+            "max_concurrent_sessions": peak,
+            "target_concurrent_sessions": target,
+            "window_s": w1 - w0,
+            "relative_error": error,
+        },
+        {"max_relative_error": CONCURRENCY_TOLERANCE, "max_concurrent_sessions": target},
+    )
+
+
+def intra_session_lateness(data: RunData) -> Check:
+    """dispatched − ready of non-root nodes (ready = last parent's completion + think time)."""
+    name = "intra_session_arrival_lateness"
+    if data.trace is None:
+        return Check(name, SKIPPED, detail="needs traces/dispatch_trace.jsonl (trace_recorder.enabled)")
+    nodes = data.measured.join(
+        data.trace.select("request_id", "is_root"), on="request_id", how="inner"
+    ).filter(~pl.col("is_root") & pl.col("dispatch_delay").is_not_null())
+    if nodes.height == 0:
+        return Check(name, SKIPPED, detail="no dispatched request with a parent in the session")
+    stats = _stats(nodes["dispatch_delay"].to_numpy())
+    return Check(
+        name,
+        _verdict(stats["p99_s"] is not None and stats["p99_s"] <= LATENESS_P99_S),
+        {"num_requests": nodes.height, **stats, "worst_offenders": _worst(nodes, "dispatch_delay")},
+        {"p99_s": LATENESS_P99_S},
+    )
+
+
+def prompt_length(data: RunData) -> Check:
+    """Prompt (delta) tokens vs the generator's target, when counts come from a real tokenizer."""
+    name = "prompt_length"
+    if data.cfg.client.tokenizer is None:
+        return Check(name, SKIPPED, detail="no client.tokenizer: prompt lengths are approximations")
+    rows = data.measured.filter(
+        pl.col("target_num_delta_prompt_tokens").is_not_null()
+        & pl.col("num_delta_prompt_tokens").is_not_null()
+    ).with_columns(
+        prompt_error=(pl.col("num_delta_prompt_tokens") - pl.col("target_num_delta_prompt_tokens")).abs()
+    )
+    if rows.height == 0:
+        return Check(name, SKIPPED, detail="no request has a target prompt length")
+    allowed = pl.max_horizontal(
+        pl.lit(PROMPT_TOLERANCE_TOKENS), pl.col("target_num_delta_prompt_tokens") * PROMPT_TOLERANCE_FRACTION
+    )
+    on_target = float(rows.select((pl.col("prompt_error") <= allowed).mean()).item())
+    return Check(
+        name,
+        _verdict(on_target >= PROMPT_MIN_ON_TARGET),
+        {
+            "num_requests": rows.height,
+            "fraction_on_target": on_target,
+            "mean_abs_error_tokens": float(rows["prompt_error"].mean()),  # type: ignore[arg-type]
+            "max_abs_error_tokens": int(rows["prompt_error"].max()),  # type: ignore[arg-type]
+            "worst_offenders": _worst(rows, "prompt_error"),
+        },
+        {
+            "tolerance_tokens": f"max({PROMPT_TOLERANCE_TOKENS}, {PROMPT_TOLERANCE_FRACTION:.0%} of target)",
+            "min_fraction_on_target": PROMPT_MIN_ON_TARGET,
+        },
+    )
+
+
+def output_length(data: RunData) -> Check:
+    """Replies shorter than requested: a server ignoring ignore_eos (or max_tokens: longer)."""
+    name = "output_length"
+    rows = data.measured.filter(
+        pl.col("ok")
+        & pl.col("num_output_tokens").is_not_null()
+        & pl.col("num_requested_output_tokens").is_not_null()
+        & pl.col("token_count_source").is_in([COUNT_SERVER, COUNT_TOKENIZER])
+    ).with_columns(shortfall=pl.col("num_requested_output_tokens") - pl.col("num_output_tokens"))
+    if rows.height == 0:
+        return Check(name, SKIPPED, detail="no successful request with an exact output token count")
+    short = int((rows["shortfall"] > 0).sum())
+    over = int((rows["shortfall"] < 0).sum())
+    metrics = {
+        "num_requests": rows.height,
+        "num_shorter_than_requested": short,
+        "fraction_shorter": short / rows.height,
+        "num_longer_than_requested": over,
+        "fraction_longer": over / rows.height,
+        "mean_shortfall_tokens": float(rows["shortfall"].clip(lower_bound=0).mean()),  # type: ignore[arg-type]
+        "worst_offenders": _worst(rows.filter(pl.col("shortfall") > 0), "shortfall"),
+    }
+    thresholds = {
+        "max_fraction_shorter": OUTPUT_MAX_OFF_FRACTION,
+        "max_fraction_longer": OUTPUT_MAX_OFF_FRACTION,
+    }
+    if not data.cfg.client.ignore_eos:
+        return Check(
+            name, SKIPPED, metrics, thresholds, "client.ignore_eos is false: early stops are expected"
+        )
+    ok = (
+        metrics["fraction_shorter"] <= OUTPUT_MAX_OFF_FRACTION
+        and metrics["fraction_longer"] <= OUTPUT_MAX_OFF_FRACTION
+    )
+    return Check(name, _verdict(ok), metrics, thresholds)
+
+
+def lifecycle_delays(data: RunData) -> Check:
+    """ready→dispatch, dispatch→pickup, completion→processed: the client's own delays, p99 each."""
+    name = "lifecycle_delays"
+    stages = data.measured.select(
+        "request_id",
+        "session_id",
+        ready_to_dispatch_s="dispatch_delay",
+        dispatch_to_pickup_s=pl.col("client_picked_up_at") - pl.col("scheduler_dispatched_at"),
+        completion_to_processed_s=pl.col("result_processed_at") - pl.col("client_completed_at"),
+    )
+    metrics: dict[str, Any] = {}
+    ok = True
+    for stage in ("ready_to_dispatch_s", "dispatch_to_pickup_s", "completion_to_processed_s"):
+        values = stages[stage].drop_nulls().to_numpy()
+        if len(values) == 0:
+            continue
+        stats = _stats(values)
+        metrics[stage.removesuffix("_s")] = {**stats, "worst_offenders": _worst(stages, stage)}
+        ok &= stats["p99_s"] is not None and stats["p99_s"] <= DELAY_P99_S
+    if not metrics:
+        return Check(name, SKIPPED, detail="no request was dispatched")
+    return Check(name, _verdict(ok), metrics, {"p99_s": DELAY_P99_S})
+
+
+def error_rate(data: RunData) -> Check:
+    name = "error_rate"
+    n = data.measured.height
+    if n == 0:
+        return Check(name, SKIPPED, detail="no request")
+    failed = int(data.measured["failed"].sum())
+    rate = failed / n
+    return Check(
+        name,
+        _verdict(rate <= MAX_ERROR_RATE),
+        {
+            "num_requests": n,
+            "num_errored_requests": failed,
+            "error_rate": rate,
+            "error_code_freq": error_code_freq(data.measured),
+        },
+        {"max_error_rate": MAX_ERROR_RATE},
+    )
+
+
+# ------------------------------------------------------------------ text
+
+
+RULE = "=" * 72
+
+
+def format_health_text(checks: list[Check]) -> str:
+    blocks = []
+    for check in checks:
+        lines = [RULE, check.name.replace("_", " ").upper(), RULE, f"Result: {check.result}"]
+        pairs: list[tuple[str, str]] = []
+        if check.detail:
+            pairs.append(("note", check.detail))
+        _flatten(check.metrics, "", pairs)
+        _flatten(check.thresholds, "threshold ", pairs)
+        width = max((len(label) for label, _ in pairs), default=0)
+        lines += [f"{label.ljust(width)}  {value}" for label, value in pairs]
+        blocks.append("\n".join(lines))
+    verdict = "PASSED" if all_passed(checks) else "FAILED"
+    return "\n\n".join(blocks) + f"\n\n{RULE}\nOVERALL: {verdict}\n{RULE}\n"
+
+
+def _flatten(obj: dict[str, Any], prefix: str, out: list[tuple[str, str]]) -> None:
+    for key, value in obj.items():
+        label = f"{prefix}{key.replace('_', ' ')}"
+        if key == "worst_offenders":
+            for i, w in enumerate(value, 1):
+                out.append((f"{prefix}worst offender {i}", _offender(w)))
+        elif isinstance(value, dict) and key != "error_code_freq":
+            _flatten(value, f"{label} ", out)
+        elif isinstance(value, dict):
+            out.append((label, ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"))
+        else:
+            out.append((label, _fmt(value)))
+
+
+def _offender(w: dict[str, Any]) -> str:
+    return f"request {w['request_id']} (session {w['session_id']}): {_fmt(w['value'])}"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

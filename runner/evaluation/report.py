@@ -1,0 +1,73 @@
+"""The compact console summary printed after a run and by `veeksha-run evaluate`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from veeksha.runner.evaluation.evaluate import Evaluation
+
+LATENCIES = (("TTFC", "ttfc"), ("TBC", "tbc"), ("TPOT", "tpot"), ("E2E", "end_to_end_latency"))
+
+
+def _seconds(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v * 1000:.1f} ms" if abs(v) < 1 else f"{v:.3f} s"
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:,.{digits}f}"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2%}"
+
+
+def format_summary(ev: Evaluation) -> str:
+    s, t = ev.summary, ev.throughput
+    lines = [f"Run {ev.run_dir}" + (f"  [{ev.run_status}]" if ev.run_status else "")]
+    lines.append(
+        f"  requests  {s['num_requests']:,}: {s['num_completed_requests']:,} completed, "
+        f"{s['num_errored_requests']:,} errored, {s['num_cancelled_requests']:,} cancelled "
+        f"(error rate {_pct(s['error_rate'])})"
+    )
+    lines.append(
+        f"  sessions  {s['num_sessions']:,}: {s['num_completed_sessions']:,} completed, "
+        f"{s['num_errored_sessions']:,} errored, {s['num_incomplete_sessions']:,} incomplete"
+    )
+    rate = f"  session rate {_num(s['observed_session_dispatch_rate'])}/s"
+    if s.get("target_session_dispatch_rate") is not None:
+        rate += f" (target {_num(s['target_session_dispatch_rate'])}/s)"
+    lines.append(f"  duration  {_num(s['duration_s'], 1)} s" + rate)
+    goodput = ""
+    if t["goodput"] is not None:
+        goodput = f", goodput {_num(t['goodput'])} req/s ({_pct(t['slo_attainment'])} met every SLO)"
+    lines.append(
+        f"  throughput {_num(t['request_throughput'])} req/s, {_num(t['output_token_throughput'], 1)} output "
+        f"tok/s, {_num(t['total_token_throughput'], 1)} total tok/s{goodput}"
+    )
+    lines.append(f"  {'latency':<9}{'p50':>11}{'p99':>11}")
+    for label, metric in LATENCIES:
+        lines.append(f"  {label:<9}{_seconds(s[f'{metric}_p50']):>11}{_seconds(s[f'{metric}_p99']):>11}")
+    if ev.slo_results is not None:
+        results = ev.slo_results["results"]
+        met = sum(r["met"] for r in results)
+        lines.append(f"  SLOs      {met}/{len(results)} met")
+        lines += [_slo_line(r) for r in results]
+    checks = ev.health["checks"]
+    failed = [c["name"] for c in checks if c["result"] == "FAILED"]
+    skipped = sum(c["result"] == "SKIPPED" for c in checks)
+    verdict = "PASSED" if ev.all_health_passed else "FAILED (" + ", ".join(failed) + ")"
+    lines.append(
+        f"  health    {verdict}: {len(checks) - len(failed) - skipped} passed, {len(failed)} failed, "
+        f"{skipped} skipped (health_check_results.txt)"
+    )
+    return "\n".join(lines)
+
+
+def _slo_line(r: dict[str, Any]) -> str:
+    verdict = "PASS" if r["met"] else "FAIL"
+    return (
+        f"    {verdict}  {r['name']}: {r['slo_metric_key']} = {_seconds(r['observed_value'])} "
+        f"(threshold {_seconds(r['threshold'])}, n = {r['num_samples']:,})"
+    )

@@ -1,0 +1,89 @@
+"""Per-request metrics: turn what the driver measured into the record we write (spec: metrics.md).
+
+Runs in the recorder once per finished request (up to ~1000/s), so it is plain Python on small
+lists, no polars. Every timestamp is rounded to whole nanoseconds (the clock's resolution) and every
+duration is a difference of those nanoseconds, so `tbc` sums exactly to last chunk − first chunk and a
+reader recomputing `client_completed_at − client_picked_up_at` from the file gets the written
+`end_to_end_latency`. Latency fields are null when they do not exist, never 0.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from veeksha.shared.records import REQUEST_RECORD_FIELDS, SUCCESS
+
+TIME_FIELDS = (
+    "scheduler_ready_at",
+    "scheduler_dispatched_at",
+    "client_picked_up_at",
+    "client_completed_at",
+    "result_processed_at",
+)
+LATENCY_FIELDS = (
+    "ttfc",
+    "tbc",
+    "tpot",
+    "end_to_end_latency",
+    "normalized_end_to_end_latency",
+    "output_throughput",
+)
+_NS = 1e9
+
+
+def _ns(t: float | None) -> int | None:
+    return None if t is None else round(t * _NS)
+
+
+def _s(ns: int) -> float:
+    # An integer count of ns divided by 1e9 is the double nearest to the 9-decimal value,
+    # so its JSON form has at most 9 decimals.
+    return ns / _NS
+
+
+def finalize_record(raw: dict[str, Any]) -> dict[str, Any]:
+    """The record to write for one finished request (REQUEST_RECORD_FIELDS, in order).
+
+    `raw` holds the measured fields plus `chunk_times` (seconds since run start of each content
+    chunk); it is not modified. Failed requests (error, timeout, cancelled) keep their timestamps,
+    error and dispatch_delay; their latency fields are null.
+    """
+    rec = {name: raw.get(name) for name in REQUEST_RECORD_FIELDS}
+    ns = {name: _ns(rec[name]) for name in TIME_FIELDS}
+    for name in TIME_FIELDS:
+        if ns[name] is not None:
+            rec[name] = _s(ns[name])
+    ready, dispatched = ns["scheduler_ready_at"], ns["scheduler_dispatched_at"]
+    rec["dispatch_delay"] = _s(dispatched - ready) if ready is not None and dispatched is not None else None
+    if rec["status"] == SUCCESS:
+        _latencies(rec, ns["client_picked_up_at"], ns["client_completed_at"], raw.get("chunk_times"))
+    else:
+        for name in LATENCY_FIELDS:
+            rec[name] = None
+    return rec
+
+
+def _latencies(
+    rec: dict[str, Any], sent: int | None, completed: int | None, chunk_times: list[float] | None
+) -> None:
+    """Fill ttfc, tbc, tpot, e2e, normalized e2e and output throughput of a successful request."""
+    chunks = [round(t * _NS) for t in chunk_times] if chunk_times else []
+    if not chunks and not rec["is_stream"] and completed is not None:
+        # Non-streaming: the whole reply is one chunk that arrives at completion.
+        chunks = [completed]
+    n_out = rec["num_output_tokens"]
+    e2e = _s(completed - sent) if completed is not None and sent is not None else None
+    rec["end_to_end_latency"] = e2e
+    rec["ttfc"] = _s(chunks[0] - sent) if chunks and sent is not None else None
+    rec["tbc"] = [_s(b - a) for a, b in itertools.pairwise(chunks)] if chunks else None
+    # tpot needs two chunks: one chunk carrying every token (non-streaming) measures no decode speed.
+    if n_out is not None and n_out > 1 and len(chunks) > 1:
+        rec["tpot"] = _s(chunks[-1] - chunks[0]) / (n_out - 1)
+    else:
+        rec["tpot"] = None
+    has_tokens = n_out is not None
+    rec["normalized_end_to_end_latency"] = (
+        e2e / n_out if e2e is not None and has_tokens and n_out > 0 else None
+    )
+    rec["output_throughput"] = n_out / e2e if e2e is not None and has_tokens and e2e > 0 else None

@@ -1,0 +1,142 @@
+"""What every evaluator shares: the measured (non-warmup) records, sessions, the run window, and
+the sample of each distribution metric (spec: metrics.md, "Per run")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+from veeksha.runner.evaluation.frame import Records
+from veeksha.runner.evaluation.quantiles import exact_quantiles
+from veeksha.shared.config import BenchmarkConfig, RateTraffic, TraceSessions, arrival_rate_of
+from veeksha.shared.paths import DISTRIBUTION_METRICS
+
+QUANTILE_GRID = tuple(i / 100 for i in range(101))  # the <metric>.csv rows
+SUMMARY_PERCENTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
+# Per-request metrics taken from successful requests only (a failed request has none).
+REQUEST_LATENCY_METRICS = (
+    "ttfc",
+    "tpot",
+    "end_to_end_latency",
+    "normalized_end_to_end_latency",
+    "output_throughput",
+)
+
+
+@dataclass
+class Distribution:
+    """One metric's sample summarised: mean and the 101 exact quantiles (None when empty)."""
+
+    count: int
+    mean: float | None
+    quantiles: list[float | None]  # at QUANTILE_GRID
+
+    def at(self, q: float) -> float | None:
+        return self.quantiles[QUANTILE_GRID.index(q)]
+
+
+@dataclass
+class RunData:
+    records: Records
+    cfg: BenchmarkConfig
+    trace: pl.DataFrame | None
+    measured: pl.DataFrame  # non-warmup records
+    sessions: pl.DataFrame  # one row per non-warmup session
+    first_dispatch: float | None
+    last_end: float | None
+    distributions: dict[str, Distribution] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float | None:
+        """First dispatch → last end (completion, or the cut-off of a cancelled request)."""
+        if self.first_dispatch is None or self.last_end is None:
+            return None
+        return max(self.last_end - self.first_dispatch, 0.0)
+
+    @property
+    def target_session_rate(self) -> float | None:
+        """The configured session arrival rate: rate traffic only, and not for timed trace replay
+        (whose arrival times come from the trace)."""
+        traffic = self.cfg.traffic_scheduler
+        sessions = self.cfg.session_generator
+        if not isinstance(traffic, RateTraffic):
+            return None
+        if isinstance(sessions, TraceSessions) and sessions.timed_replay:
+            return None
+        return arrival_rate_of(traffic.interval_generator)
+
+    def values(self, metric: str) -> np.ndarray:
+        """The sample of a distribution metric (float64, no nulls)."""
+        if metric == "tbc":
+            return self.records.tbc_values
+        if metric == "session_duration":
+            col = self.sessions.filter(pl.col("completed"))["session_duration"]
+        elif metric == "num_prompt_tokens":
+            col = self.measured.filter(pl.col("ok"))["num_total_prompt_tokens"]
+        elif metric == "num_output_tokens":
+            col = self.measured.filter(pl.col("ok"))["num_output_tokens"]
+        elif metric == "dispatch_delay":
+            col = self.measured["dispatch_delay"]
+        else:
+            col = self.measured.filter(pl.col("ok"))[metric]
+        return col.drop_nulls().cast(pl.Float64).to_numpy()
+
+
+def prepare(records: Records, cfg: BenchmarkConfig, trace: pl.DataFrame | None) -> RunData:
+    measured = records.df.filter(~pl.col("is_warmup"))
+    dispatched = measured.filter(pl.col("scheduler_dispatched_at").is_not_null())
+    first = dispatched["scheduler_dispatched_at"].min() if dispatched.height else None
+    last = dispatched["end_at"].max() if dispatched.height else None
+    data = RunData(
+        records=records,
+        cfg=cfg,
+        trace=trace,
+        measured=measured,
+        sessions=session_table(measured, trace),
+        first_dispatch=first,  # type: ignore[arg-type]
+        last_end=last,  # type: ignore[arg-type]
+    )
+    for metric in DISTRIBUTION_METRICS:
+        data.distributions[metric] = describe(data.values(metric))
+    return data
+
+
+def describe(values: np.ndarray) -> Distribution:
+    if len(values) == 0:
+        return Distribution(0, None, [None] * len(QUANTILE_GRID))
+    return Distribution(len(values), float(np.mean(values)), exact_quantiles(values, QUANTILE_GRID))
+
+
+def session_table(measured: pl.DataFrame, trace: pl.DataFrame | None) -> pl.DataFrame:
+    """One row per session, with its fate.
+
+    completed   every request succeeded and, when the dispatch trace gives the session's size,
+                every request of the session was sent
+    errored     at least one request failed (error or timeout)
+    incomplete  neither: a request was cancelled (shutdown, grace period) or the run ended before
+                the session's remaining requests were sent
+    session_duration = first dispatch → last completion, for completed sessions.
+    """
+    sessions = measured.group_by("session_id").agg(
+        num_requests=pl.len(),
+        num_ok=pl.col("ok").sum(),
+        num_failed=pl.col("failed").sum(),
+        first_dispatch=pl.col("scheduler_dispatched_at").min(),
+        last_end=pl.col("end_at").max(),
+    )
+    if trace is not None:
+        sizes = trace.group_by("session_id").agg(session_size=pl.col("session_size").max())
+        sessions = sessions.join(sizes, on="session_id", how="left")
+    else:
+        sessions = sessions.with_columns(session_size=pl.lit(None, dtype=pl.Int64))
+    all_sent = pl.col("session_size").is_null() | (pl.col("num_requests") >= pl.col("session_size"))
+    completed = (pl.col("num_ok") == pl.col("num_requests")) & all_sent
+    errored = pl.col("num_failed") > 0
+    return sessions.with_columns(
+        completed=completed,
+        errored=errored,
+        incomplete=~completed & ~errored,
+        session_duration=pl.when(completed).then(pl.col("last_end") - pl.col("first_dispatch")),
+    ).sort("first_dispatch", nulls_last=True)

@@ -1,0 +1,97 @@
+"""SLO verdicts (metrics/slo_results.json) and per-request goodput (spec: metrics.md).
+
+Run level: observed = the exact quantile of the metric's whole sample at the SLO's percentile;
+met = observed ≤ threshold (exactly at the threshold passes); no samples → met false, observed null.
+
+Request level (goodput, slo_attainment): a successful request is "good" when it meets every SLO's
+threshold on its own values:
+    ttfc, end_to_end_latency, normalized_end_to_end_latency   value ≤ threshold (a null fails)
+    tpot                                                      value ≤ threshold (null: one token, passes)
+    tbc        at least `percentile` of the request's gaps are ≤ threshold (no gaps passes)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+from veeksha.runner.evaluation.quantiles import exact_quantiles
+from veeksha.runner.evaluation.rundata import QUANTILE_GRID, RunData
+from veeksha.shared.config import SLOConfig
+
+NULL_PASSES = ("tpot",)
+_ROWS_PER_BATCH = 50_000  # x ~160 gaps: ~64 MB of temporaries
+
+
+def slo_key(metric: str, percentile: float) -> str:
+    """`<metric>_p<percentile*100>`: ttfc_p99, tbc_p50, end_to_end_latency_p99.9."""
+    return f"{metric}_p{round(percentile * 100, 6):g}"
+
+
+def observed(data: RunData, metric: str, percentile: float) -> float | None:
+    if percentile in QUANTILE_GRID:
+        return data.distributions[metric].at(percentile)
+    return exact_quantiles(data.values(metric), [percentile])[0]
+
+
+def slo_results(data: RunData) -> dict[str, Any] | None:
+    """The slo_results.json object, or None when no SLO is configured."""
+    slos = data.cfg.slos
+    if not slos:
+        return None
+    results = []
+    for slo in slos:
+        metric = slo.canonical_metric
+        value = observed(data, metric, slo.percentile)
+        results.append(
+            {
+                "name": slo.name,
+                "metric": metric,
+                "percentile": slo.percentile,
+                "threshold": slo.value,
+                "observed_value": value,
+                "met": value is not None and value <= slo.value,
+                "slo_metric_key": slo_key(metric, slo.percentile),
+                "lower_is_better": True,
+                "num_samples": data.distributions[metric].count,
+            }
+        )
+    return {"all_slos_met": all(r["met"] for r in results), "results": results}
+
+
+def good_requests(data: RunData) -> int | None:
+    """How many successful measured requests met every SLO threshold (None without SLOs)."""
+    slos = data.cfg.slos
+    if not slos:
+        return None
+    ok = data.measured.filter(pl.col("ok"))
+    good = np.ones(ok.height, dtype=bool)
+    for slo in slos:
+        good &= _meets(data, ok, slo)
+    return int(good.sum())
+
+
+def _meets(data: RunData, ok: pl.DataFrame, slo: SLOConfig) -> np.ndarray:
+    metric = slo.canonical_metric
+    if metric == "tbc":
+        return _tbc_meets(data, ok["row"].to_numpy(), slo.value, slo.percentile)
+    values = ok[metric]
+    passes = values <= slo.value
+    return passes.fill_null(metric in NULL_PASSES).to_numpy()
+
+
+def _tbc_meets(data: RunData, rows: np.ndarray, threshold: float, percentile: float) -> np.ndarray:
+    """Per row: at least `percentile` of its gaps are ≤ threshold. Batched: bounded temporaries."""
+    offsets, values = data.records.tbc_offsets, data.records.tbc_values
+    out = np.ones(len(rows), dtype=bool)
+    for lo in range(0, len(rows), _ROWS_PER_BATCH):
+        idx = rows[lo : lo + _ROWS_PER_BATCH]
+        start, end = offsets[idx], offsets[idx + 1]
+        span_lo, span_hi = int(start.min()), int(end.max())
+        over = np.zeros(span_hi - span_lo + 1, dtype=np.int64)
+        np.cumsum(values[span_lo:span_hi] > threshold, out=over[1:])
+        n_over = over[end - span_lo] - over[start - span_lo]
+        n_gaps = end - start
+        out[lo : lo + len(idx)] = (n_gaps - n_over) >= percentile * n_gaps
+    return out

@@ -1,0 +1,81 @@
+"""metrics/summary_stats.json: counts, rates and per-metric statistics (spec: outputs.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from veeksha.runner.evaluation.rundata import SUMMARY_PERCENTILES, RunData
+from veeksha.shared.paths import DISTRIBUTION_METRICS
+
+
+def ratio(num: float, den: float | None) -> float | None:
+    return num / den if den else None
+
+
+def build_summary(data: RunData) -> dict[str, Any]:
+    m = data.measured
+    n = m.height
+    failed = int(m["failed"].sum())
+    cancelled = int(m["cancelled"].sum())
+    s = data.sessions
+    summary: dict[str, Any] = {
+        "num_requests": n,
+        "num_completed_requests": int(m["ok"].sum()),
+        "num_errored_requests": failed,
+        "num_cancelled_requests": cancelled,
+        "num_warmup_requests": data.records.df.height - n,
+        "error_rate": ratio(failed, n),
+        "cancellation_rate": ratio(cancelled, n),
+        "num_sessions": s.height,
+        "num_completed_sessions": int(s["completed"].sum()),
+        "num_errored_sessions": int(s["errored"].sum()),
+        "num_incomplete_sessions": int(s["incomplete"].sum()),
+        "requests_per_session_mean": ratio(n, s.height),
+        "observed_session_dispatch_rate": observed_session_rate(data)[0],
+        "target_session_dispatch_rate": data.target_session_rate,
+        "duration_s": data.duration_s,
+    }
+    for metric in DISTRIBUTION_METRICS:
+        dist = data.distributions[metric]
+        summary[f"{metric}_mean"] = dist.mean
+        for key, q in SUMMARY_PERCENTILES.items():
+            summary[f"{metric}_{key}"] = dist.at(q)
+        summary[f"{metric}_min"] = dist.at(0.0)
+        summary[f"{metric}_max"] = dist.at(1.0)
+    summary["error_code_freq"] = error_code_freq(m)
+    return summary
+
+
+def observed_session_rate(data: RunData) -> tuple[float | None, int, float | None]:
+    """(rate, sessions counted, window s): sessions dispatched / (last session dispatch − start).
+
+    start is the run start, or the last warmup session's dispatch when there was warmup: the
+    estimate N / (time of the N-th arrival) of a Poisson process, counted after the warmup arrivals.
+    """
+    starts = data.sessions["first_dispatch"].drop_nulls()
+    if starts.len() == 0:
+        return None, 0, None
+    warm = (
+        data.records.df.filter(pl.col("is_warmup"))
+        .group_by("session_id")
+        .agg(start=pl.col("scheduler_dispatched_at").min())["start"]
+        .drop_nulls()
+    )
+    origin = float(warm.max()) if warm.len() else 0.0  # type: ignore[arg-type]
+    window = float(starts.max()) - origin  # type: ignore[arg-type]
+    return (starts.len() / window if window > 0 else None), starts.len(), window
+
+
+def error_code_freq(m: pl.DataFrame) -> dict[str, int]:
+    """Failed requests by HTTP status (>= 400), else by error type."""
+    failed = m.filter(pl.col("failed"))
+    if failed.height == 0:
+        return {}
+    key = (
+        pl.when(pl.col("http_status") >= 400)
+        .then(pl.col("http_status").cast(pl.String))
+        .otherwise(pl.col("error_type").fill_null("unknown"))
+    )
+    counts = failed.group_by(key.alias("code")).agg(n=pl.len()).sort(["n", "code"], descending=[True, False])
+    return dict(zip(counts["code"].to_list(), counts["n"].to_list(), strict=True))
