@@ -32,6 +32,10 @@ class RecordLogError(Exception):
     pass
 
 
+class IncompleteLog(RecordLogError):
+    """The SDK did not finish writing the log (no exit record)."""
+
+
 def read_log(data: bytes) -> tuple[bytes, list[bytes]]:
     """(header, record payloads) of a whole log; raises RecordLogError when it is not one."""
     if len(data) < HEADER_LEN or data[:4] != MAGIC or struct.unpack("<H", data[4:6])[0] != 0xBEE1:
@@ -116,7 +120,7 @@ def read_complete(wandb_file: Path, timeout: float = 15.0) -> tuple[bytes, list[
         except RecordLogError:
             pass  # a chunk still being written
         if time.monotonic() > deadline:
-            raise RecordLogError(f"{wandb_file.name} was not complete after {timeout:g} s")
+            raise IncompleteLog(f"{wandb_file.name} was not complete after {timeout:g} s")
         previous = len(data)
         time.sleep(0.02)
 

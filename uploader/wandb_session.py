@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from veeksha.shared.paths import WANDB_DIR
-from veeksha.uploader.recordlog import RecordLogError, relativize_artifact_paths
+from veeksha.uploader.recordlog import IncompleteLog, RecordLogError, relativize_artifact_paths
 from veeksha.uploader.redaction import Redactor
 from veeksha.uploader.settings import UploadSettings
 
@@ -161,6 +161,8 @@ def finish_offline(root: Path, sync_dir: str) -> list[str]:
         return [f"no .wandb file in {sync_dir}"]
     try:
         relativize_artifact_paths(wandb_file, root)
+    except IncompleteLog as e:
+        raise RuntimeError(f"the offline run was not written completely: {e}") from None
     except RecordLogError as e:  # an SDK we do not know: the run still syncs from where it is
         return [f"artifact paths left absolute ({e}); sync from this location only"]
     return []

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,19 +336,23 @@ def _warm_worker() -> None:
 
 
 def run_tasks(tasks: list[Task], jobs: int, on_outcome: Callable[[Outcome], None]) -> None:
+    for task in tasks:  # problems found while planning need no SDK and no worker
+        if task.error or task.settings is None:
+            on_outcome(run_task(task))
+    tasks = [t for t in tasks if not (t.error or t.settings is None)]
     if jobs <= 1 or len(tasks) <= 1:
         for task in tasks:
             on_outcome(run_task(task))
         return
+    # A process pool whose workers each upload many directories. Unlike multiprocessing.Pool, a
+    # worker that dies (SDK crash, OOM kill) fails its pending tasks instead of hanging the backfill.
     ctx = multiprocessing.get_context("spawn")  # no inherited SDK state, locks or threads
-    pool = ctx.Pool(min(jobs, len(tasks)), initializer=_warm_worker)
-    closed = False
-    try:
-        for outcome in pool.imap_unordered(run_task, tasks, chunksize=1):
+    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=ctx, initializer=_warm_worker) as pool:
+        futures = {pool.submit(run_task, t): t for t in tasks}
+        for future in as_completed(futures):
+            try:
+                outcome = future.result()
+            except BrokenProcessPool:
+                t = futures[future]
+                outcome = Outcome(str(t.target.path), t.target.kind, FAILED, "the worker process died")
             on_outcome(outcome)
-        pool.close()  # let workers exit normally, so the SDK's exit hooks stop its service
-        closed = True
-    finally:
-        if not closed:
-            pool.terminate()
-        pool.join()

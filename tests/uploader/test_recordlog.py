@@ -75,5 +75,5 @@ def test_an_unfinished_log_is_not_rewritten(tmp_path: Path) -> None:
     log.write_bytes(write_log(HEADER, [artifact_record(f"{tmp_path}/a").SerializeToString()]))
     from veeksha.uploader import recordlog
 
-    with pytest.raises(RecordLogError, match="not complete"):
+    with pytest.raises(recordlog.IncompleteLog, match="not complete"):
         recordlog.read_complete(log, timeout=0.1)
