@@ -109,6 +109,8 @@ def _record_and_evaluate(cfg: BenchmarkConfig, run: RunDir, *, quiet: bool) -> R
         run.finish(status, error)
         raise
     result = RunResult(run.root, status, error)
+    run.info["status"] = status  # evaluation reads the final status; finished_at comes after it
+    run.save()
     try:
         from veeksha.runner.evaluation.evaluate import evaluate_run
         from veeksha.runner.evaluation.report import format_summary

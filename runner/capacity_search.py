@@ -94,9 +94,7 @@ def run_capacity_search(path: Path, overrides: list[tuple[str, str]]) -> int:
             return None
         tried.add(value)
         info = {"id": search_id, "iteration": len(history), "knob": knob, "value": value}
-        result = run_benchmark(
-            with_value(base, value), runs_dir, argv=python_argv(), capacity_search=info
-        )
+        result = run_benchmark(with_value(base, value), runs_dir, argv=python_argv(), capacity_search=info)
         a = judge(search, len(history), value, result.run_dir, result.status)
         history.append(a)
         print(f"veeksha: attempt {a.iteration}: {knob}={value} → {'PASS' if a.passed else 'FAIL'}")
@@ -151,7 +149,9 @@ def search_loop(search: CapacitySearchConfig, attempt, rnd, integer: bool) -> No
 
 def judge(search: CapacitySearchConfig, iteration: int, value: float, run_dir: Path, status: str) -> Attempt:
     paths = RunPaths(run_dir)
-    slo = read_json(paths.slo_results) if paths.slo_results.exists() else {"all_slos_met": None, "results": []}
+    slo = (
+        read_json(paths.slo_results) if paths.slo_results.exists() else {"all_slos_met": None, "results": []}
+    )
     summary = read_json(paths.summary_stats) if paths.summary_stats.exists() else {}
     error_rate = summary.get("error_rate")
     passed = status in (RUN_COMPLETED, RUN_TIMEOUT) and bool(summary.get("num_completed_requests"))

@@ -81,8 +81,11 @@ class Recorder:
                 if conn.poll(POLL_S):
                     try:
                         kind, payload = orjson.loads(conn.recv_bytes())
-                    except EOFError:
-                        continue
+                    except EOFError:  # the driver is gone without saying DONE
+                        proc.join(1.0)
+                        status = RUN_FAILED
+                        error = f"the driver process exited unexpectedly (exit code {proc.exitcode})"
+                        break
                     if kind == ipc.START:
                         self.t0 = payload["t0"]
                     elif kind == ipc.BATCH:

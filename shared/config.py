@@ -316,14 +316,14 @@ class SimulatedServerConfig:
     model: str = "veeksha-sim"
     host: str = "127.0.0.1"
     port: int = spec(default=0, ge=0, le=65535, doc="0 = a free port")
-    prefill_time_per_token: float = spec(default=2e-5, ge=0)
+    per_token_prefill_time: float = spec(default=2e-5, ge=0)
     decode_step_base: float = spec(default=0.008, ge=0)
     decode_step_per_seq: float = spec(default=0.0002, ge=0)
     max_batch_size: int = spec(default=64, ge=1)
     max_kv_tokens: int = spec(default=200_000, ge=1)
     tokens_per_chunk: int = spec(default=1, ge=1)
     default_max_tokens: int = spec(default=256, ge=1)
-    eos_probability_per_token: float = spec(default=0.0, ge=0, le=1)
+    per_token_eos_probability: float = spec(default=0.0, ge=0, le=1)
     honor_ignore_eos: bool = True
     error_rate: float = spec(default=0.0, ge=0, le=1)
     seed: int = 0

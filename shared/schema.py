@@ -61,7 +61,8 @@ def build(cls: type, data: Any, path: str = "") -> Any:
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = convert(hints[name], data[name], _join(path, name), f.metadata)
+            value = _with_default_type(f, data[name])
+            kwargs[name] = convert(hints[name], value, _join(path, name), f.metadata)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"config error at {_join(path, name)}: required key is missing")
     obj = cls(**kwargs)
@@ -71,6 +72,15 @@ def build(cls: type, data: Any, path: str = "") -> Any:
         if problem:
             raise ConfigError(f"config error at {path or '<root>'}: {problem}")
     return obj
+
+
+def _with_default_type(f: dataclasses.Field, value: Any) -> Any:
+    """A variant mapping without `type:` keeps the default's variant (`--a.b.rate 5` needs no type)."""
+    if not f.metadata.get("variants") or not isinstance(value, dict) or "type" in value:
+        return value
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    kind = getattr(default, "type", None)
+    return {"type": kind, **value} if kind is not None else value
 
 
 def _is_optional(tp: Any) -> tuple[bool, Any]:

@@ -7,8 +7,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import SEED_DOC
 from veeksha.shared.config import BenchmarkConfig, LinearGraph, PoissonIntervals, RateTraffic
 from veeksha.shared.config_loader import (
     dump_config_yaml,
@@ -18,6 +16,8 @@ from veeksha.shared.config_loader import (
 )
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.schema import json_schema
+
+from tests.conftest import SEED_DOC
 
 
 def seed_yaml_blocks() -> list[str]:
@@ -79,12 +79,18 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("clent: {}", r"clent: unknown key.*did you mean 'client'"),
-        ("traffic_scheduler: {type: rat}", r"traffic_scheduler\.type: 'rat' is not allowed.*did you mean 'rate'"),
+        (
+            "traffic_scheduler: {type: rat}",
+            r"traffic_scheduler\.type: 'rat' is not allowed.*did you mean 'rate'",
+        ),
         (
             "traffic_scheduler: {type: rate, interval_generator: {type: poisson, arrival_rate: -1}}",
             r"traffic_scheduler\.interval_generator\.arrival_rate: -1 is not allowed; must be > 0",
         ),
-        ("runtime: {max_sessions: many}", r"runtime\.max_sessions: 'many' is not allowed; expected an integer"),
+        (
+            "runtime: {max_sessions: many}",
+            r"runtime\.max_sessions: 'many' is not allowed; expected an integer",
+        ),
         (
             "evaluators: [{type: performance, slos: [{name: a, metric: ttft, value: 1}]}]",
             r"evaluators\.0\.slos\.0\.metric: 'ttft' is not allowed.*did you mean 'ttfc'",
@@ -94,7 +100,8 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
             r"evaluators\.0\.slos\.0\.percentile: 1\.5 is not allowed; must be > 0 and <= 1",
         ),
         (
-            "session_generator: {type: synthetic, channels: [{type: text, body_length_generator: {type: uniform, min: 9, max: 2}}]}",
+            "session_generator: {type: synthetic, channels: "
+            "[{type: text, body_length_generator: {type: uniform, min: 9, max: 2}}]}",
             r"session_generator\.channels\.0\.body_length_generator: min \(9\.0\) must be <= max",
         ),
         ("wandb: {mode: onlin}", r"wandb\.mode: 'onlin' is not allowed.*did you mean 'online'"),
@@ -196,8 +203,16 @@ def test_capacity_search_config_wraps_a_benchmark_config(tmp_path: Path) -> None
 def test_json_schema_describes_every_top_level_section() -> None:
     schema = json_schema(BenchmarkConfig)
     assert set(schema["properties"]) == {
-        "seed", "output_dir", "client", "traffic_scheduler", "session_generator",
-        "evaluators", "runtime", "trace_recorder", "server", "wandb",
+        "seed",
+        "output_dir",
+        "client",
+        "traffic_scheduler",
+        "session_generator",
+        "evaluators",
+        "runtime",
+        "trace_recorder",
+        "server",
+        "wandb",
     }
     variants = schema["properties"]["traffic_scheduler"]["oneOf"]
     assert {v["properties"]["type"]["enum"][0] for v in variants} == {"rate", "concurrent"}

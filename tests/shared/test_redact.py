@@ -4,17 +4,32 @@ from veeksha.shared.redact import REDACTED, is_secret_key, redact, redact_argv
 
 
 def test_secret_key_names() -> None:
-    for key in ("api_key", "API_KEY", "Authorization", "password", "secret", "token",
-                "openai_api_key", "hf_token", "client_secret", "db_password", "X-Api-Key"):
+    for key in (
+        "api_key",
+        "API_KEY",
+        "Authorization",
+        "password",
+        "secret",
+        "token",
+        "openai_api_key",
+        "hf_token",
+        "client_secret",
+        "db_password",
+        "X-Api-Key",
+    ):
         assert is_secret_key(key), key
     for key in ("max_tokens", "max_completion_tokens", "min_tokens", "tokenizer", "keys", "model"):
         assert not is_secret_key(key), key
 
 
 def test_redact_walks_nested_mappings_and_lists() -> None:
-    tree = {"client": {"api_key": "sk-1", "headers": {"Authorization": "Bearer x"}},
-            "server": {"env": {"HF_TOKEN": "hf-2", "PORT": "8000"}},
-            "list": [{"token": "t"}], "max_tokens": 5, "api_key_unset": None}
+    tree = {
+        "client": {"api_key": "sk-1", "headers": {"Authorization": "Bearer x"}},
+        "server": {"env": {"HF_TOKEN": "hf-2", "PORT": "8000"}},
+        "list": [{"token": "t"}],
+        "max_tokens": 5,
+        "api_key_unset": None,
+    }
     out = redact(tree)
     assert out["client"] == {"api_key": REDACTED, "headers": {"Authorization": REDACTED}}
     assert out["server"]["env"] == {"HF_TOKEN": REDACTED, "PORT": "8000"}
@@ -23,7 +38,34 @@ def test_redact_walks_nested_mappings_and_lists() -> None:
 
 
 def test_redact_argv_hides_values_of_secret_flags() -> None:
-    argv = ["veeksha-run", "--client.api_key", "sk-123", "--client.headers.Authorization=Bearer z",
-            "--client.model", "m"]
-    assert redact_argv(argv) == ["veeksha-run", "--client.api_key", REDACTED,
-                                 f"--client.headers.Authorization={REDACTED}", "--client.model", "m"]
+    argv = [
+        "veeksha-run",
+        "--client.api_key",
+        "sk-123",
+        "--client.headers.Authorization=Bearer z",
+        "--client.model",
+        "m",
+    ]
+    assert redact_argv(argv) == [
+        "veeksha-run",
+        "--client.api_key",
+        REDACTED,
+        f"--client.headers.Authorization={REDACTED}",
+        "--client.model",
+        "m",
+    ]
+
+
+def test_no_config_field_except_api_key_looks_like_a_secret() -> None:
+    """A field named like a secret would be redacted out of config.yml and never read back."""
+    import dataclasses
+
+    from veeksha.shared import config
+
+    names = {
+        f.name
+        for obj in vars(config).values()
+        if dataclasses.is_dataclass(obj)
+        for f in dataclasses.fields(obj)
+    }
+    assert {n for n in names if is_secret_key(n)} == {"api_key"}

@@ -1,0 +1,34 @@
+"""Running `veeksha-run` as users do: a real process, real loopback HTTP, real files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+from veeksha.shared.paths import RunPaths
+
+VEEKSHA_RUN = str(Path(sys.executable).parent / "veeksha-run")
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 180):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [VEEKSHA_RUN, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def only_run_dir(output_dir: Path) -> RunPaths:
+    dirs = [p for p in output_dir.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return RunPaths(dirs[0])
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def all_text_under(root: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file())

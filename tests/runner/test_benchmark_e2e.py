@@ -1,0 +1,182 @@
+"""`veeksha-run` end to end against the built-in simulated server over real loopback HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from veeksha.shared.config_loader import load_written_config
+from veeksha.shared.records import REQUEST_RECORD_FIELDS
+
+from tests.runner.helpers import VEEKSHA_RUN, all_text_under, only_run_dir, read_jsonl, run_cli
+from tests.shared.test_config import seed_yaml_blocks
+
+FAST = [
+    "--server.type",
+    "simulated",
+    "--traffic_scheduler.interval_generator.arrival_rate",
+    "20",
+    "--output_dir",
+    "out",
+]
+
+
+@pytest.fixture(scope="module")
+def seed_run(tmp_path_factory: pytest.TempPathFactory):
+    """The seed's complete example, changed only by flags, with secrets planted by flag and env."""
+    tmp = tmp_path_factory.mktemp("seed")
+    (tmp / "seed.veeksha.yml").write_text(seed_yaml_blocks()[-1].replace("enabled: true", "enabled: false"))
+    proc = run_cli(
+        [
+            "--config",
+            "seed.veeksha.yml",
+            "--server.type",
+            "simulated",
+            "--runtime.benchmark_timeout",
+            "15",
+            "--client.api_key",
+            "sk-flag-secret-4242",
+            "--client.headers.Authorization",
+            "Bearer hdr-secret-777",
+        ],
+        cwd=tmp,
+        env={"OPENAI_API_KEY": "sk-env-secret-1717"},
+    )
+    return tmp, proc
+
+
+def test_the_seed_example_completes_and_leaves_a_run_directory(seed_run) -> None:
+    tmp, proc = seed_run
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp / "benchmark_output")
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert info["status"] in ("completed", "timeout")
+    assert len(info["run_id"]) == 32
+    assert info["finished_at"] and info["error"] is None
+    cfg = load_written_config(paths.config_yml)
+    assert cfg.server is not None and cfg.client.api_base.startswith("http://127.0.0.1:")
+    assert cfg.client.model == "meta-llama/Llama-3-8B-Instruct"  # as configured
+    assert cfg.client.api_key == "<redacted>"
+
+
+def test_secrets_given_by_flag_and_env_appear_in_no_file(seed_run) -> None:
+    tmp, proc = seed_run
+    text = all_text_under(tmp / "benchmark_output")
+    for secret in ("sk-flag-secret-4242", "sk-env-secret-1717", "hdr-secret-777"):
+        assert secret not in text
+        assert secret not in proc.stdout + proc.stderr
+
+
+def test_one_record_per_dispatched_request_and_ttfc_is_positive(seed_run) -> None:
+    tmp, _ = seed_run
+    paths = only_run_dir(tmp / "benchmark_output")
+    records = read_jsonl(paths.request_records)
+    trace = read_jsonl(paths.dispatch_trace)
+    assert len(records) >= 100  # 10 sessions/s for 15 s, up to 3 turns each
+    assert sorted(r["request_id"] for r in records) == sorted(t["request_id"] for t in trace)
+    assert list(records[0]) == list(REQUEST_RECORD_FIELDS)
+    ok = [r for r in records if r["status"] == "success"]
+    assert len(ok) >= 0.95 * len(records)
+    assert all(r["ttfc"] > 0 and r["end_to_end_latency"] >= r["ttfc"] for r in ok)
+    assert all(r["token_count_source"] == "server" for r in ok)
+    # Poisson arrivals on an absolute schedule: the driver dispatches on time.
+    delays = sorted(r["dispatch_delay"] for r in records if r["dispatch_delay"] is not None)
+    assert delays[len(delays) // 2] < 0.005
+
+
+def test_later_turns_carry_the_history_they_inherit(seed_run) -> None:
+    tmp, _ = seed_run
+    records = read_jsonl(only_run_dir(tmp / "benchmark_output").request_records)
+    by_key = {(r["session_id"], r["node_id"]): r for r in records}
+    later = [r for r in records if r["node_id"] > 0 and r["status"] == "success"]
+    assert later
+    for r in later:
+        parent = by_key[(r["session_id"], r["node_id"] - 1)]
+        # history = parent's prompt + its reply + this turn's new content
+        assert r["num_total_prompt_tokens"] == (
+            parent["num_total_prompt_tokens"] + parent["num_output_tokens"] + r["num_delta_prompt_tokens"]
+        )
+
+
+def test_bad_config_exits_2_with_one_line_before_any_traffic(tmp_path: Path) -> None:
+    proc = run_cli([*FAST, "--traffic_scheduler.interval_generator.arrival_rate", "-3"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "traffic_scheduler.interval_generator.arrival_rate: -3 is not allowed; must be > 0" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_api_base_is_a_usage_error(tmp_path: Path) -> None:
+    proc = run_cli(["--runtime.benchmark_timeout", "1"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "client.api_base: not set" in proc.stderr
+
+
+def test_max_sessions_ends_the_run_as_completed(tmp_path: Path) -> None:
+    proc = run_cli([*FAST, "--runtime.max_sessions", "12", "--runtime.warmup_sessions", "2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    assert orjson.loads(paths.run_json.read_bytes())["status"] == "completed"
+    records = read_jsonl(paths.request_records)
+    assert len({r["session_id"] for r in records}) == 14
+    assert sum(r["is_warmup"] for r in records) == 2
+    # no model configured: the one model the server lists in /v1/models is used
+    assert load_written_config(paths.config_yml).client.model == "veeksha-sim"
+
+
+def test_sigterm_drains_and_marks_the_run_interrupted(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *FAST, "--runtime.benchmark_timeout", "60"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        dirs = list((tmp_path / "out").glob("*/metrics/request_level_metrics.jsonl"))
+        if dirs and dirs[0].stat().st_size > 0:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    paths = only_run_dir(tmp_path / "out")
+    assert orjson.loads(paths.run_json.read_bytes())["status"] == "interrupted"
+    records = read_jsonl(paths.request_records)
+    assert records and len(records) == len(read_jsonl(paths.dispatch_trace))
+    assert paths.summary_stats.exists()
+
+
+def test_a_killed_driver_fails_the_run_cleanly(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *FAST, "--runtime.benchmark_timeout", "60"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    driver = None
+    deadline = time.monotonic() + 30
+    while driver is None and time.monotonic() < deadline:
+        time.sleep(0.3)
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        for pid in children:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"multiprocessing" in cmdline:
+                driver = int(pid)
+    assert driver is not None
+    time.sleep(1.0)
+    os.kill(driver, signal.SIGKILL)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
+    assert info["status"] == "failed"
+    assert "driver process exited unexpectedly" in info["error"]
