@@ -56,5 +56,6 @@ class Reporter:
             if counts[DRY_RUN]:
                 parts.insert(0, f"{counts[DRY_RUN]} would upload")
             total = len(self.outcomes)
-            print(f"veeksha-upload: {', '.join(parts)} ({total} directories)", file=self.out, flush=True)
+            noun = "directory" if total == 1 else "directories"
+            print(f"veeksha-upload: {', '.join(parts)} ({total} {noun})", file=self.out, flush=True)
         return self.exit_code()
