@@ -223,16 +223,57 @@ class ResponseReader:
         if data == b"[DONE]":
             self._finish(self._now)
             return
-        if not data or data.isspace():
-            return  # an empty `data:` keep-alive
+        # Hot path: an unnamed event whose bytes cannot hold an error key ("error" inside generated
+        # text is escaped as \"error\", so it never matches).
+        if event is not None or b'"error"' in data:
+            self._unusual_event(event, data)
+            return
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._bad_event(data)
+            return
+        if type(obj) is dict:
+            self._chunk(obj)
+
+    def _chunk(self, obj: dict) -> None:
+        choices = obj.get("choices")
+        if choices:
+            content = False
+            for choice in choices:
+                delta = choice.get("delta")
+                if delta is not None:
+                    c = delta.get("content")
+                    if c:
+                        content = True
+                        if type(c) is str:
+                            self._text.append(c)
+                    elif delta.get("reasoning_content") or delta.get("reasoning") or delta.get("tool_calls"):
+                        content = True
+                else:
+                    text = choice.get("text")
+                    if text:
+                        content = True
+                        if type(text) is str:
+                            self._text.append(text)
+                reason = choice.get("finish_reason")
+                if reason:
+                    self.out.finish_reason = reason
+            if content:
+                self.out.chunk_times.append(self._now)
+        usage = obj.get("usage")
+        if usage:
+            self._usage(usage)
+
+    def _unusual_event(self, event: bytes | None, data: bytes) -> None:
+        """Named events and events that may carry an error: the careful path."""
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             if event == b"error":
                 self._fail(ServerError(f"server error event: {one_line(data.decode())}"), self._now)
             else:
-                preview = one_line(data[:80].decode("utf-8", "replace"))
-                self._fail(ProtocolError(f"stream event is not JSON: {preview}"), self._now)
+                self._bad_event(data)
             return
         if type(obj) is not dict:
             return
@@ -241,33 +282,13 @@ class ResponseReader:
             what = error_text(err if err is not None else obj)
             self._fail(ServerError(f"server error in stream: {what}"), self._now)
             return
-        choices = obj.get("choices")
-        if choices:
-            content = False
-            out = self.out
-            for choice in choices:
-                delta = choice.get("delta")
-                if delta:
-                    c = delta.get("content")
-                    if c:
-                        content = True
-                        if type(c) is str:
-                            self._text.append(c)
-                    elif delta.get("reasoning_content") or delta.get("reasoning") or delta.get("tool_calls"):
-                        content = True
-                text = choice.get("text")
-                if text:
-                    content = True
-                    if type(text) is str:
-                        self._text.append(text)
-                reason = choice.get("finish_reason")
-                if reason:
-                    out.finish_reason = reason
-            if content:
-                out.chunk_times.append(self._now)
-        usage = obj.get("usage")
-        if usage:
-            self._usage(usage)
+        self._chunk(obj)
+
+    def _bad_event(self, data: bytes) -> None:
+        if not data.strip():
+            return  # an empty `data:` keep-alive
+        preview = one_line(data[:80].decode("utf-8", "replace"))
+        self._fail(ProtocolError(f"stream event is not JSON: {preview}"), self._now)
 
     # -- buffered bodies -----------------------------------------------------------------------------
 

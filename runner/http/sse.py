@@ -62,15 +62,21 @@ class SSEParser:
             self._line(bytes(tail))
             start = nl + 1
         find = chunk.find
+        startswith = chunk.startswith
         while True:
             nl = find(b"\n", start)
             if nl < 0:
                 break
-            if nl == start:
-                if self._data is not None:
-                    self._dispatch()
+            if nl == start:  # blank line: dispatch
+                data = self._data
+                if data is not None:
+                    event = self._event
+                    self._data = self._event = None
+                    self._on_event(event, data)
                 else:
                     self._event = None
+            elif startswith(b"data: ", start) and self._data is None:
+                self._data = chunk[start + 6 : nl]  # the usual single-line `data: {...}`
             else:
                 self._line(chunk[start:nl])
             start = nl + 1
