@@ -224,3 +224,10 @@ def test_connect_deadline(backend: str) -> None:
         for s in fillers:
             s.close()
         listener.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_events_of_one_read_share_one_timestamp(quirks: QuirkServer, backend: str) -> None:
+    # The crlf quirk writes "lo" and " world" in one chunk: one read, one perf_counter() call.
+    out = request(quirks.base("crlf"), backend)
+    assert len(out.chunk_times) == 3 and out.chunk_times[1] == out.chunk_times[2]
