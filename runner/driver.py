@@ -108,7 +108,8 @@ class Driver:
         self.session_tasks: set[asyncio.Task[None]] = set()
         self.request_tasks: set[asyncio.Task[Any]] = set()
 
-        self.dispatch_open = True
+        self.scheduling = True  # new sessions may start
+        self.dispatch_open = True  # requests may be sent
         self.stop_reason: str | None = None
         self.signals = 0
         self.dispatcher: asyncio.Task[None] | None = None
@@ -141,7 +142,9 @@ class Driver:
             await self.dispatcher
         except asyncio.CancelledError:
             pass
-        self.dispatch_open = False
+        # No new sessions from here; sessions already started still send their remaining turns
+        # unless a stop (timeout, signal, max_requests) closed dispatch.
+        self.scheduling = False
         await self._drain()
         ticker.cancel()
         self._flush()
@@ -166,6 +169,7 @@ class Driver:
         if self.stop_reason is None:
             self.stop_reason = reason
         self.dispatch_open = False
+        self.scheduling = False
         if self.dispatcher is not None and not self.dispatcher.done():
             self.dispatcher.cancel()
 
@@ -200,7 +204,7 @@ class Driver:
                 self._stop_dispatch(RUN_INTERRUPTED)
                 self._cancel_all()
             self._flush()
-            if self.dispatch_open:
+            if self.scheduling:
                 self._fill_buffer(self._buffer_target(), budget_s=REFILL_BUDGET_S)
 
     # ------------------------------------------------------------------ traffic
@@ -226,7 +230,7 @@ class Driver:
         offsets = arrival_offsets(gaps)
         cap = traffic.max_concurrent_sessions
         limiter = asyncio.Semaphore(cap) if cap else None
-        while self.dispatch_open and self._may_start_session():
+        while self.scheduling and self._may_start_session():
             session = self._next_session()
             if session is None:
                 break
@@ -246,7 +250,7 @@ class Driver:
 
     async def _worker(self, start_at: float) -> None:
         await sleep_until(start_at)
-        while self.dispatch_open and self._may_start_session():
+        while self.scheduling and self._may_start_session():
             session = self._next_session()
             if session is None:
                 return

@@ -1,0 +1,212 @@
+"""`veeksha-run` command variants: seed invocation, schema export, dry run, sweeps, capacity search,
+evaluate, and the traffic / client / graph variants over real loopback HTTP."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.runner.helpers import only_run_dir, read_jsonl, run_cli
+from veeksha.shared.paths import (
+    CAPSEARCH_ATTEMPTS_CSV,
+    CAPSEARCH_RESULTS,
+    SWEEP_MANIFEST,
+    SWEEP_SUMMARY_CSV,
+    SWEEP_SUMMARY_JSON,
+    RunPaths,
+)
+
+QUICK = [
+    "--server.type",
+    "simulated",
+    "--server.decode_step_base",
+    "0.002",
+    "--output_dir",
+    "out",
+]
+
+
+def write(tmp: Path, text: str, name: str = "c.veeksha.yml") -> Path:
+    (tmp / name).write_text(textwrap.dedent(text))
+    return tmp / name
+
+
+def test_seed_invocation_python_m_veeksha_benchmark(tmp_path: Path) -> None:
+    write(tmp_path, "runtime: {max_sessions: 3}\nserver: {type: simulated}\noutput_dir: out\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-Xgil=0",
+            "-m",
+            "veeksha.benchmark",
+            "--benchmark-config-from-file",
+            "c.veeksha.yml",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(read_jsonl(only_run_dir(tmp_path / "out").request_records)) == 3
+
+
+def test_export_json_schema(tmp_path: Path) -> None:
+    proc = run_cli(["--export-json-schema", "schema.json"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    schema = orjson.loads((tmp_path / "schema.json").read_bytes())
+    assert "wandb" in schema["properties"]
+    assert schema["properties"]["wandb"]["properties"]["log_artifacts"]["default"] is True
+
+
+def test_dry_run_reports_how_many_runs_a_file_expands_to(tmp_path: Path) -> None:
+    write(tmp_path, "client: {stream: !expand [true, false]}\nseed: !expand [1, 2, 3]\n")
+    proc = run_cli(["--config", "c.veeksha.yml", "--dry-run"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "expands to 6 run(s)" in proc.stdout
+
+
+def test_unknown_flag_is_a_usage_error(tmp_path: Path) -> None:
+    proc = run_cli(["--verbose", "yes"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown option --verbose" in proc.stderr
+
+
+def test_a_sweep_runs_every_combination_into_one_sweep_directory(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        """
+        output_dir: out
+        server: {type: simulated, decode_step_base: 0.002}
+        traffic_scheduler:
+          type: rate
+          interval_generator: {type: poisson, arrival_rate: !expand [5, 10]}
+        runtime: {max_sessions: 4}
+        """,
+    )
+    proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (sweep,) = (tmp_path / "out").iterdir()
+    assert sweep.name.startswith("sweep-")
+    manifest = orjson.loads((sweep / SWEEP_MANIFEST).read_bytes())
+    assert [r["params"] for r in manifest["runs"]] == [
+        {"traffic_scheduler.interval_generator.arrival_rate": 5},
+        {"traffic_scheduler.interval_generator.arrival_rate": 10},
+    ]
+    summary = orjson.loads((sweep / SWEEP_SUMMARY_JSON).read_bytes())["runs"]
+    assert [row["num_requests"] for row in summary] == [4, 4]
+    assert (sweep / SWEEP_SUMMARY_CSV).read_text().count("\n") == 3
+    for i, entry in enumerate(manifest["runs"]):
+        info = orjson.loads(RunPaths(sweep / entry["run_dir"]).run_json.read_bytes())
+        assert info["sweep"]["index"] == i and info["sweep"]["count"] == 2
+
+
+def test_capacity_search_finds_a_knee_without_repeating_values(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        """
+        output_dir: cs
+        start_value: 2
+        max_value: 64
+        expansion_factor: 4
+        max_iterations: 4
+        precision: 0
+        benchmark_config:
+          server: {type: simulated, max_batch_size: 4, decode_step_base: 0.004}
+          traffic_scheduler: {type: concurrent, target_concurrent_sessions: 1}
+          session_generator:
+            type: synthetic
+            output_spec: {text: {output_length_generator: {type: fixed, value: 16}}}
+          evaluators:
+            - type: performance
+              slos: [{name: p90 ttfc, metric: ttfc, percentile: 0.9, value: 0.05}]
+          runtime: {benchmark_timeout: 2}
+        """,
+    )
+    proc = run_cli(["capacity-search", "--config", "c.veeksha.yml"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (root,) = (tmp_path / "cs").iterdir()
+    result = orjson.loads((root / CAPSEARCH_RESULTS).read_bytes())
+    values = [h["value"] for h in result["history"]]
+    assert result["searched_knob"] == "traffic_scheduler.target_concurrent_sessions"
+    assert values[:2] == [2, 8]  # phase 1 multiplies by the expansion factor
+    assert len(values) == len(set(values)) <= 4
+    assert result["history"][0]["passed"] is True  # 2 sessions fit a batch of 4
+    assert result["best_value"] is not None and result["best_value"] < 8
+    assert (root / CAPSEARCH_ATTEMPTS_CSV).exists()
+
+
+def test_evaluate_rebuilds_the_metrics_of_a_run(tmp_path: Path) -> None:
+    proc = run_cli([*QUICK, "--runtime.max_sessions", "5"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    before = orjson.loads(paths.summary_stats.read_bytes())
+    paths.summary_stats.unlink()
+    proc = run_cli(["evaluate", str(paths.root)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert orjson.loads(paths.summary_stats.read_bytes())["num_requests"] == before["num_requests"] == 5
+
+
+def test_evaluate_of_a_non_run_directory_is_a_usage_error(tmp_path: Path) -> None:
+    proc = run_cli(["evaluate", str(tmp_path)], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "is not a run directory" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        # closed loop, branching sessions
+        [
+            "--traffic_scheduler.type",
+            "concurrent",
+            "--traffic_scheduler.target_concurrent_sessions",
+            "3",
+            "--session_generator.session_graph.type",
+            "branching",
+            "--runtime.max_sessions",
+            "4",
+        ],
+        # legacy completions, not streamed
+        ["--client.type", "openai_completions", "--client.stream", "false", "--runtime.max_sessions", "4"],
+        # httpx backend
+        ["--client.http_backend", "httpx", "--runtime.max_sessions", "4"],
+    ],
+    ids=["concurrent-branching", "completions-nonstream", "httpx-backend"],
+)
+def test_traffic_client_and_graph_variants_complete(tmp_path: Path, flags: list[str]) -> None:
+    proc = run_cli([*QUICK, *flags], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
+    assert len({r["session_id"] for r in records}) == 4
+    ok = [r for r in records if r["status"] == "success"]
+    assert ok and all(r["ttfc"] > 0 for r in ok)
+    if "--client.stream" in flags:
+        assert all(r["ttfc"] == r["end_to_end_latency"] and r["tbc"] == [] for r in ok)
+
+
+def test_a_failing_server_cancels_the_rest_of_each_session(tmp_path: Path) -> None:
+    proc = run_cli(
+        [
+            *QUICK,
+            "--server.error_rate",
+            "1.0",
+            "--runtime.max_sessions",
+            "3",
+            "--session_generator.session_graph.type",
+            "linear",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
+    errors = [r for r in records if r["status"] == "error"]
+    cancelled = [r for r in records if r["status"] == "cancelled"]
+    assert len(errors) == 3 and all(r["http_status"] == 500 for r in errors)
+    assert len(cancelled) == 2 * 3  # default linear sessions have 3 turns
+    assert all(r["scheduler_dispatched_at"] is None for r in cancelled)
