@@ -20,8 +20,8 @@ from veeksha.uploader.discovery import Target, discover
 from veeksha.uploader.probe import netrc_api_key, probe
 from veeksha.uploader.reader import read_config
 from veeksha.uploader.report import Reporter
-from veeksha.uploader.settings import Layer, UploadSettings, config_layer, env_layer, resolve
-from veeksha.uploader.worker import FAILED, Outcome, Task, run_tasks
+from veeksha.uploader.settings import Layer, config_layer, env_layer, resolve
+from veeksha.uploader.worker import Task, run_tasks
 
 PROG = "veeksha-upload"
 HELP = """Upload Veeksha output directories to Weights & Biases.
@@ -166,6 +166,3 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"{PROG}: {e}", err=True)
         code = e.exit_code
     sys.exit(code if isinstance(code, int) else 0)
-
-
-__all__ = ["FAILED", "Outcome", "UploadSettings", "command", "main"]
