@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from veeksha.runner.benchmark import run_benchmark
+from veeksha.runner.benchmark import run_benchmark, upload
 from veeksha.runner.run_dir import make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config import (
     BenchmarkConfig,
@@ -98,7 +98,7 @@ def run_capacity_search(path: Path, overrides: list[tuple[str, str]]) -> int:
         a = judge(search, len(history), value, result.run_dir, result.status)
         history.append(a)
         print(f"veeksha: attempt {a.iteration}: {knob}={value} → {'PASS' if a.passed else 'FAIL'}")
-        write_results(root, search, knob, history)
+        write_results(root, search_id, search, knob, history)
         if result.status == RUN_INTERRUPTED:
             raise KeyboardInterrupt
         return a
@@ -110,6 +110,8 @@ def run_capacity_search(path: Path, overrides: list[tuple[str, str]]) -> int:
         return 130
     best = best_attempt(history)
     print(f"veeksha: best {knob} = {best.value if best else 'none (no attempt passed)'}")
+    if base.wandb.enabled:
+        upload(root)  # the search's summary run and the `best` tag
     return 0
 
 
@@ -167,11 +169,14 @@ def best_attempt(history: list[Attempt]) -> Attempt | None:
     return max(passed, key=lambda a: a.value) if passed else None
 
 
-def write_results(root: Path, search: CapacitySearchConfig, knob: str, history: list[Attempt]) -> None:
+def write_results(
+    root: Path, search_id: str, search: CapacitySearchConfig, knob: str, history: list[Attempt]
+) -> None:
     best = best_attempt(history)
     write_json(
         root / CAPSEARCH_RESULTS,
         {
+            "id": search_id,
             "searched_knob": knob,
             "start_value": search.start_value,
             "max_value": search.max_value,

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from veeksha.runner.benchmark import RunResult, run_benchmark
+from veeksha.runner.benchmark import RunResult, run_benchmark, upload
 from veeksha.runner.run_dir import make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config_loader import LoadedRun, load_benchmark_runs
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
@@ -81,6 +81,8 @@ def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
         write_summary(root, manifest)
         if result.status == RUN_INTERRUPTED:
             break
+    if runs[0].config.wandb.enabled:
+        upload(root)  # the sweep's summary run; member runs are already uploaded and are skipped
     return results
 
 
