@@ -10,8 +10,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from tests.runner.helpers import only_run_dir, read_jsonl, run_cli
 from veeksha.shared.paths import (
     CAPSEARCH_ATTEMPTS_CSV,
     CAPSEARCH_RESULTS,
@@ -20,6 +18,8 @@ from veeksha.shared.paths import (
     SWEEP_SUMMARY_JSON,
     RunPaths,
 )
+
+from tests.runner.helpers import only_run_dir, read_jsonl, run_cli
 
 QUICK = [
     "--server.type",
