@@ -4,7 +4,7 @@ Each step admits waiting requests first-come-first-served while the batch has ro
 and the KV budget holds (prompt + maximum output of every running request ≤ `max_kv_tokens`), then
 "runs" for
 
-    decode_step_base + decode_step_per_seq * batch_size + prefill_time_per_token * admitted_prompt_tokens
+    decode_step_base + decode_step_per_seq * batch_size + per_token_prefill_time * admitted_prompt_tokens
 
 seconds, after which every running request has `tokens_per_chunk` more tokens. Latency therefore grows
 with the batch, and beyond capacity requests queue: a capacity search meets a real knee.
@@ -83,8 +83,8 @@ class SimulatedEngine:
         self.max_kv_tokens = int(cfg.max_kv_tokens)
         self._base = float(cfg.decode_step_base)
         self._per_seq = float(cfg.decode_step_per_seq)
-        self._prefill = float(cfg.prefill_time_per_token)
-        self._eos_p = float(cfg.eos_probability_per_token)
+        self._prefill = float(cfg.per_token_prefill_time)
+        self._eos_p = float(cfg.per_token_eos_probability)
         self._honor_ignore_eos = bool(cfg.honor_ignore_eos)
         self._eos_rng = random.Random(f"{cfg.seed}:eos")
         self._waiting: deque[EngineRequest] = deque()
