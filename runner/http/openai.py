@@ -218,23 +218,21 @@ class ResponseReader:
         self._sse = SSEParser(self._on_event)
 
     def _on_event(self, event: bytes | None, data: bytes) -> None:
+        # The hot path: once per streamed event, so the ordinary case takes the fewest steps.
         if self.finished:
             return
         if data == b"[DONE]":
             self._finish(self._now)
             return
-        # Hot path: an unnamed event whose bytes cannot hold an error key ("error" inside generated
-        # text is escaped as \"error\", so it never matches).
-        if event is not None or b'"error"' in data:
-            self._unusual_event(event, data)
-            return
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
-            self._bad_event(data)
+            self._unusual_event(event, data)
             return
-        if type(obj) is dict:
-            self._chunk(obj)
+        if type(obj) is not dict or event is not None or "error" in obj or obj.get("object") == "error":
+            self._unusual_event(event, data)
+            return
+        self._chunk(obj)
 
     def _chunk(self, obj: dict) -> None:
         choices = obj.get("choices")

@@ -42,32 +42,25 @@ class SSEParser:
             return
         if self._skip_lf:
             self._skip_lf = False
-            if chunk[:1] == b"\n":
+            if chunk[0] == 10:
                 chunk = chunk[1:]
-        if b"\r" in chunk:
-            if chunk[-1:] == b"\r":
+        if 13 in chunk:  # int membership is a memchr; much cheaper than a bytes search
+            if chunk[-1] == 13:
                 self._skip_lf = True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        start = 0
         tail = self._tail
         if tail is not None:
-            nl = chunk.find(b"\n")
-            if nl < 0:
-                tail += chunk
+            tail += chunk
+            if 10 not in chunk:  # still inside one long line: only the new bytes were searched
                 if len(tail) > self.max_event_bytes:
                     raise SSEError(f"an event line exceeds {self.max_event_bytes} bytes")
                 return
-            tail += chunk[:nl]
             self._tail = None
-            self._line(bytes(tail))
-            start = nl + 1
-        find = chunk.find
-        startswith = chunk.startswith
-        while True:
-            nl = find(b"\n", start)
-            if nl < 0:
-                break
-            if nl == start:  # blank line: dispatch
+            chunk = bytes(tail)
+        lines = chunk.split(b"\n")
+        rest = lines.pop()  # after the last newline: an unterminated line, usually b""
+        for line in lines:
+            if not line:  # blank line: dispatch
                 data = self._data
                 if data is not None:
                     event = self._event
@@ -75,15 +68,14 @@ class SSEParser:
                     self._on_event(event, data)
                 else:
                     self._event = None
-            elif startswith(b"data: ", start) and self._data is None:
-                self._data = chunk[start + 6 : nl]  # the usual single-line `data: {...}`
+            elif line[:6] == b"data: " and self._data is None:
+                self._data = line[6:]  # the usual single-line `data: {...}`
             else:
-                self._line(chunk[start:nl])
-            start = nl + 1
-        if start < len(chunk):
-            self._tail = bytearray(chunk[start:])
-            if len(self._tail) > self.max_event_bytes:
+                self._line(line)
+        if rest:
+            if len(rest) > self.max_event_bytes:
                 raise SSEError(f"an event line exceeds {self.max_event_bytes} bytes")
+            self._tail = bytearray(rest)
 
     def flush(self) -> None:
         """End of body: dispatch whatever complete-looking event is still pending."""
