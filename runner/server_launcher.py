@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
@@ -75,15 +75,32 @@ class ServerHandle:
     api_base: str
     log_path: Path
     watchdog: subprocess.Popen[bytes] | None = None
-    owns_log: bool = False  # the log is a temp file we delete on a clean stop
+    owns_log: bool = False  # a temp file of ours, not yet unlinked
     _stopped: bool = field(default=False, repr=False)
+    _log_reader: BinaryIO | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def output_tail(self, lines: int = _TAIL_LINES) -> str:
-        return _tail(self.log_path, lines)
+        """The last lines the server printed (stdout and stderr)."""
+        if self._log_reader is not None:
+            return _tail(self._log_reader, lines)
+        try:
+            with open(self.log_path, "rb") as f:
+                return _tail(f, lines)
+        except OSError:
+            return ""
+
+    def _detach_temp_log(self) -> None:
+        """Unlink our temp log once the server is ready, so nothing is left in /tmp even if the
+        benchmark is killed later; the open descriptor still serves output_tail()."""
+        if self.owns_log:
+            self._log_reader = open(self.log_path, "rb")
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+            self.owns_log = False
 
     def stop(self, grace: float = STOP_GRACE_S) -> None:
         """SIGTERM the server's process group, SIGKILL whatever remains after `grace` seconds."""
@@ -95,6 +112,8 @@ class ServerHandle:
             with contextlib.suppress(ProcessLookupError):
                 self.watchdog.kill()
             self.watchdog.wait()
+        if self._log_reader is not None:
+            self._log_reader.close()
         if self.owns_log:
             with contextlib.suppress(OSError):
                 self.log_path.unlink()
@@ -108,7 +127,8 @@ class ServerHandle:
 
 def start_server(cfg: Any, log_path: Path | None = None) -> ServerHandle:
     """Start the server described by `cfg` (SimulatedServerConfig or CommandServerConfig) and return
-    once it is ready. Its stdout/stderr go to `log_path` (a temp file when not given). Raises
+    once it is ready. Its stdout/stderr go to `log_path`; when not given, to a temp file that is
+    unlinked once the server is ready (kept, and named in the error, when it fails to start). Raises
     VeekshaError with the last lines of its output when it exits early or is not ready in time."""
     if cfg.type == "simulated":
         return _start_simulated(cfg, log_path)
@@ -124,6 +144,7 @@ def _await_ready(handle: ServerHandle, wait: Callable[[], None]) -> ServerHandle
     except BaseException:
         handle.stop()
         raise
+    handle._detach_temp_log()
     return handle
 
 
@@ -240,14 +261,10 @@ def _find_line(path: Path, prefix: str) -> str | None:
     return None
 
 
-def _tail(path: Path, lines: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
+def _tail(f: BinaryIO, lines: int) -> str:
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - 64 * 1024))
+    text = f.read().decode(errors="replace")
     return "\n".join(text.splitlines()[-lines:])
 
 

@@ -54,10 +54,11 @@ def test_simulated_server_starts_answers_and_stops_without_leftovers() -> None:
         models = httpx.get(handle.api_base + "/models", trust_env=False).json()
         assert [m["id"] for m in models["data"]] == ["veeksha-sim"]
         pids = [handle.pid, handle.watchdog.pid]  # type: ignore[union-attr]
-        log_path = handle.log_path
+        # Its temp log is already unlinked (no litter if we get killed) yet still readable.
+        assert not handle.log_path.exists()
+        assert "VEEKSHA_SIMULATED_SERVER_LISTENING" in handle.output_tail()
     assert all(is_gone(pid) for pid in pids)
     assert handle.process.returncode == 0  # SIGTERM is a clean shutdown, not a crash
-    assert not log_path.exists()  # the temporary log is removed after a clean stop
     handle.stop()  # idempotent
 
 
@@ -95,18 +96,20 @@ def test_command_server_is_ready_when_its_ready_url_answers(tmp_path: Path) -> N
     assert "LISTENING" in (tmp_path / "server.log").read_text()  # a given log is kept
 
 
-def test_command_that_exits_early_gives_a_clear_error_with_its_output() -> None:
+def test_command_that_exits_early_gives_a_clear_error_with_its_output(tmp_path: Path) -> None:
     script = "import os, sys; print('loading', os.environ['VEEKSHA_TEST_VAR']); sys.exit(3)"
     cfg = CommandServerConfig(
         command=[sys.executable, "-c", script],
         ready_url=f"http://127.0.0.1:{free_port()}/health",
         env={"VEEKSHA_TEST_VAR": "model-x"},  # merged over the environment
     )
+    log = tmp_path / "server.log"
     with pytest.raises(VeekshaError) as caught:
-        start_server(cfg)
+        start_server(cfg, log_path=log)
     message = str(caught.value)
     assert "exited with status 3 before it was ready" in message
     assert "loading model-x" in message
+    assert str(log) in message  # the full output is kept and named
 
 
 def test_command_that_never_gets_ready_times_out_and_is_stopped(tmp_path: Path) -> None:
@@ -118,7 +121,7 @@ def test_command_that_never_gets_ready_times_out_and_is_stopped(tmp_path: Path) 
         ready_timeout=1.0,
     )
     with pytest.raises(VeekshaError, match="did not manage to answer 2xx"):
-        start_server(cfg)
+        start_server(cfg, log_path=tmp_path / "server.log")
     assert is_gone(int(pid_file.read_text()))
 
 
