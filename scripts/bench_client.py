@@ -11,6 +11,9 @@ open-loop fixed schedule, and prints per backend and rate:
   late_p99   how late request() started versus its schedule (the driver's own lateness), ms
   ttfc_p50   measured time to first chunk (the server's is --ttft-ms plus one loop turn), ms
   itl_err    mean measured gap between chunks minus --itl-ms, ms (timestamp accuracy)
+  server_cpu the mock server's CPU use meanwhile (near 100% = the mock, not the client, is the limit)
+
+Backend "floor" is a calibration: raw keep-alive sockets that parse nothing (see FloorClient).
 
     .venv/bin/python scripts/bench_client.py --rates 100,400,800 --duration 5
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -126,6 +130,55 @@ def serve(tokens: int, ttft: float, itl: float) -> None:
 # -- load driver (this process) ----------------------------------------------------------------------
 
 
+class _FloorConn(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.done: asyncio.Future | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        time.perf_counter()
+        if data.endswith(b"0\r\n\r\n") and self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+
+class FloorClient:
+    """Calibration only: keep-alive sockets that send the same request and parse nothing. Its CPU per
+    request is what the event loop and the kernel cost on this machine before any client logic."""
+
+    is_stream = True
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.idle: list[_FloorConn] = []
+
+    async def request(self, payload: object, max_tokens: int) -> object:
+        from veeksha.runner.http.client import Outcome
+
+        loop = asyncio.get_running_loop()
+        if self.idle:
+            conn = self.idle.pop()
+        else:
+            _, conn = await loop.create_connection(_FloorConn, "127.0.0.1", self.port)
+        body = orjson.dumps({"model": "mock", "messages": payload, "max_tokens": max_tokens})
+        conn.done = loop.create_future()
+        conn.transport.write(  # type: ignore[union-attr]
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(body), body)
+        )
+        out = Outcome(picked_up_at=time.perf_counter())
+        await conn.done
+        self.idle.append(conn)
+        out.completed_at = time.perf_counter()
+        return out
+
+    async def aclose(self) -> None:
+        for conn in self.idle:
+            conn.transport.close()  # type: ignore[union-attr]
+
+
 async def drive(port: int, backend: str, rate: float, duration: float, max_connections: int) -> dict:
     from veeksha.runner.http.client import make_client
     from veeksha.shared.config import ClientConfig
@@ -133,7 +186,7 @@ async def drive(port: int, backend: str, rate: float, duration: float, max_conne
     cfg = ClientConfig(
         api_base=f"http://127.0.0.1:{port}/v1", model="mock", http_backend=backend, request_timeout=30
     )
-    client = make_client(cfg, max_connections)
+    client = FloorClient(port) if backend == "floor" else make_client(cfg, max_connections)
     messages = [{"role": "user", "content": "hello " * 16}]
     n = int(rate * duration)
     lateness: list[float] = []
@@ -162,7 +215,7 @@ async def drive(port: int, backend: str, rate: float, duration: float, max_conne
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     await client.aclose()
-    ok = [o for o in outs if o.status == "success"]
+    ok = [o for o in outs if o.status == "success"]  # type: ignore[attr-defined]
     failed = [o for o in outs if o.status != "success"]
     if failed:
         print(f"  {len(failed)} failed, e.g. {failed[0].error_type}: {failed[0].error_message}")
@@ -170,6 +223,7 @@ async def drive(port: int, backend: str, rate: float, duration: float, max_conne
     gaps = [b - a for o in ok for a, b in zip(o.chunk_times, o.chunk_times[1:], strict=False)]
     return {
         "ok": len(ok),
+        "wall": wall,
         "errors": n - len(ok),
         "achieved": len(ok) / max(wall, duration),
         "cpu_ms": 1000 * cpu / max(1, n),
@@ -179,11 +233,20 @@ async def drive(port: int, backend: str, rate: float, duration: float, max_conne
     }
 
 
+def _cpu_seconds(pid: int) -> float:
+    """user+system CPU of another process (Linux /proc), to show whether the mock was the limit."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rates", default="100,400,800", help="comma-separated requests per second")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per rate")
-    ap.add_argument("--backends", default="native,httpx")
+    ap.add_argument("--backends", default="floor,native,httpx")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--ttft-ms", type=float, default=5.0)
     ap.add_argument("--itl-ms", type=float, default=1.0)
@@ -201,15 +264,17 @@ def main() -> None:
         port = int(server.stdout.readline())  # type: ignore[union-attr]
         print(f"mock: {args.tokens} tokens, ttft {args.ttft_ms} ms, itl {args.itl_ms} ms; port {port}")
         print(f"{'backend':8} {'rate':>6} {'achieved':>9} {'cpu_ms':>7} {'late_p99':>9} "
-              f"{'ttfc_p50':>9} {'itl_err':>8} {'errors':>6}")  # fmt: skip
+              f"{'ttfc_p50':>9} {'itl_err':>8} {'errors':>6} {'server_cpu':>10}")  # fmt: skip
         for backend in args.backends.split(","):
             for rate in (float(r) for r in args.rates.split(",")):
+                server_cpu0 = _cpu_seconds(server.pid)
                 r = uvloop.run(drive(port, backend, rate, args.duration, args.max_connections))
+                server_pct = 100 * (_cpu_seconds(server.pid) - server_cpu0) / r["wall"]
                 collapsed = r["achieved"] < 0.8 * rate
                 print(
                     f"{backend:8} {rate:6.0f} {r['achieved']:9.1f} {r['cpu_ms']:7.3f} "
                     f"{r['late_p99']:9.2f} {r['ttfc_p50']:9.2f} {r['itl_mean'] - args.itl_ms:8.3f} "
-                    f"{r['errors']:6d}",
+                    f"{r['errors']:6d} {server_pct:9.0f}%",
                     flush=True,
                 )
                 if collapsed:
