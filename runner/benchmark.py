@@ -20,7 +20,7 @@ from veeksha.runner.progress import Progress
 from veeksha.runner.recorder import Recorder
 from veeksha.runner.run_dir import RunDir
 from veeksha.runner.server_launcher import start_server
-from veeksha.runner.tokenizer import count_tokens_approx
+from veeksha.runner.tokenizer import token_counter
 from veeksha.shared.config import BenchmarkConfig
 from veeksha.shared.errors import ConfigError, VeekshaError
 from veeksha.shared.records import RUN_FAILED, RUN_INTERRUPTED
@@ -132,11 +132,10 @@ def _record(cfg: BenchmarkConfig, run: RunDir):
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=driver_main, args=(cfg, sender), name="veeksha-driver", daemon=True)
+    # Replies the server sent no usage for are counted here, never in the driver.
+    count_tokens, _ = token_counter(cfg.client.tokenizer)
     recorder = Recorder(
-        run.paths,
-        Progress(cfg.runtime.benchmark_timeout),
-        count_tokens_approx,
-        cfg.trace_recorder.enabled,
+        run.paths, Progress(cfg.runtime.benchmark_timeout), count_tokens, cfg.trace_recorder.enabled
     )
     previous = {s: signal.signal(s, recorder.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

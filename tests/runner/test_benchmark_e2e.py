@@ -180,3 +180,75 @@ def test_a_killed_driver_fails_the_run_cleanly(tmp_path: Path) -> None:
     info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
     assert info["status"] == "failed"
     assert "driver process exited unexpectedly" in info["error"]
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_a_killed_benchmark_process_leaves_no_orphans(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *FAST, "--runtime.benchmark_timeout", "60"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        records = list((tmp_path / "out").glob("*/metrics/request_level_metrics.jsonl"))
+        if records and records[0].stat().st_size > 0:
+            break
+        time.sleep(0.2)
+    family = _children(proc.pid)
+    family += [g for c in family for g in _children(c)]
+    assert len(family) >= 2  # at least the driver and the simulated server
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in family):
+        time.sleep(0.2)
+    assert not [p for p in family if _alive(p)]
+
+
+def test_a_second_interrupt_cancels_in_flight_requests_at_once(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            VEEKSHA_RUN,
+            *FAST,
+            "--runtime.benchmark_timeout",
+            "60",
+            "--session_generator.output_spec.text.output_length_generator.type",
+            "fixed",
+            "--session_generator.output_spec.text.output_length_generator.value",
+            "2000",
+            "--server.max_kv_tokens",
+            "1000000",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(6)  # requests of 2,000 tokens take ~20 s each: several are in flight now
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGINT)
+    started = time.monotonic()
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - started < 12  # draining would take ~20 s
+    paths = only_run_dir(tmp_path / "out")
+    records = read_jsonl(paths.request_records)
+    cancelled = [r for r in records if r["status"] == "cancelled"]
+    assert cancelled and all(r["scheduler_dispatched_at"] is not None for r in cancelled)
+    assert len(records) == len(read_jsonl(paths.dispatch_trace))
