@@ -210,3 +210,30 @@ def test_a_failing_server_cancels_the_rest_of_each_session(tmp_path: Path) -> No
     assert len(errors) == 3 and all(r["http_status"] == 500 for r in errors)
     assert len(cancelled) == 2 * 3  # default linear sessions have 3 turns
     assert all(r["scheduler_dispatched_at"] is None for r in cancelled)
+
+
+def test_a_request_log_trace_is_replayed_on_its_timestamps(tmp_path: Path) -> None:
+    rows = [{"timestamp": 100.0 + 0.25 * i, "input_length": 50 + i, "output_length": 8} for i in range(6)]
+    (tmp_path / "trace.jsonl").write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
+    proc = run_cli(
+        [
+            *QUICK,
+            "--session_generator.type",
+            "trace",
+            "--session_generator.path",
+            "trace.jsonl",
+            "--session_generator.timed_replay",
+            "true",
+            "--session_generator.wrap",
+            "false",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = sorted(
+        read_jsonl(only_run_dir(tmp_path / "out").request_records), key=lambda r: r["request_id"]
+    )
+    assert [r["num_delta_prompt_tokens"] for r in records] == [50, 51, 52, 53, 54, 55]
+    assert [r["num_output_tokens"] for r in records] == [8] * 6
+    for i, r in enumerate(records):
+        assert abs(r["scheduler_dispatched_at"] - 0.25 * i) < 0.02
