@@ -222,14 +222,35 @@ def _request(rng, i, session, node, size, starts, ready, completed, n_out, delta
     return finalize_record(raw), trace
 
 
-def time_child(argv: list[str]) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in GiB, exit code) of a child process."""
+def _tree_rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its descendants (KiB), from /proc."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+
+def time_child(argv: list[str]) -> tuple[float, float, float, int]:
+    """(wall s, peak RSS of the process tree in GiB (sampled every 50 ms), the child's own peak
+    RSS in GiB (getrusage), exit code) of a child process."""
     t = time.perf_counter()
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    peak_tree = 0
+    while proc.poll() is None:
+        peak_tree = max(peak_tree, _tree_rss_kib(proc.pid))
+        time.sleep(0.05)
     wall = time.perf_counter() - t
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(proc.stdout)
-    return wall, peak_kib / 2**20, proc.returncode
+    out = proc.stdout.read() if proc.stdout else ""
+    print(out)
+    peak_self = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, peak_tree / 2**20, peak_self / 2**20, proc.returncode
 
 
 def main() -> None:
@@ -252,8 +273,11 @@ def main() -> None:
             argv = [sys.executable, "-c", code, str(root)]
         else:
             argv = [str(Path(sys.executable).with_name("veeksha-run")), "evaluate", str(root)]
-        wall, peak_gib, rc = time_child(argv)
-        print(f"evaluate: wall {wall:.1f} s, peak RSS {peak_gib:.2f} GiB, exit code {rc}")
+        wall, peak_tree, peak_self, rc = time_child(argv)
+        print(
+            f"evaluate: wall {wall:.1f} s, peak RSS {peak_tree:.2f} GiB (whole process tree, sampled; "
+            f"largest single process {peak_self:.2f} GiB), exit code {rc}"
+        )
         print(f"command: {' '.join(argv)}")
     finally:
         if args.keep is None:

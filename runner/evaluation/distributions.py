@@ -16,13 +16,15 @@ def distribution_csv(dist: Distribution) -> str:
 
 
 def write_distributions(paths: RunPaths, data: RunData, *, plots: bool = True) -> None:
-    from veeksha.runner.evaluation.plots import plot_distribution
+    from veeksha.runner.evaluation.plots import plot_distributions
 
+    pngs = []
     for metric in DISTRIBUTION_METRICS:
         dist = data.distributions[metric]
         write_atomic(paths.distribution_csv(metric), distribution_csv(dist))
-        if plots:
-            target = paths.distribution_png(metric)
-            tmp = target.with_name(f".{target.name}.tmp.png")
-            plot_distribution(tmp, metric, dist)
+        target = paths.distribution_png(metric)
+        pngs.append((target, target.with_name(f".{target.name}.tmp.png"), metric, dist))
+    if plots:
+        plot_distributions([(tmp, metric, dist) for _, tmp, metric, dist in pngs])
+        for target, tmp, _, _ in pngs:
             tmp.replace(target)  # atomic, like every other output

@@ -7,15 +7,16 @@ was killed (a torn last record is skipped).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from veeksha.runner.evaluation.distributions import write_distributions
-from veeksha.runner.evaluation.frame import read_records, read_trace
 from veeksha.runner.evaluation.health import all_passed, format_health_text, health_json, run_checks
 from veeksha.runner.evaluation.prefill import build_prefill
-from veeksha.runner.evaluation.rundata import prepare
+from veeksha.runner.evaluation.reading import read_run_logs
+from veeksha.runner.evaluation.rundata import prepare, split_warmup
 from veeksha.runner.evaluation.slo import slo_results
 from veeksha.runner.evaluation.summary import build_summary
 from veeksha.runner.evaluation.throughput import build_throughput
@@ -50,28 +51,32 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
             raise ContractError(f"{required}: file is missing; is {paths.root} a run directory?")
     cfg = load_written_config(paths.config_yml)
     run_info = read_json(paths.run_json) if paths.run_json.exists() else {}
-    data = prepare(read_records(paths.request_records), cfg, read_trace(paths.dispatch_trace))
-
-    timeseries = build_timeseries(data.records)
-    summary = build_summary(data)
+    all_records, trace = read_run_logs(paths.request_records, paths.dispatch_trace)
+    records, warmup = split_warmup(all_records)
+    del all_records  # the warmup rows go now, not at the end
+    # The time series rebuild is mostly numpy (it releases the GIL): run it beside the rest.
+    with ThreadPoolExecutor(1) as pool:
+        timeseries_job = pool.submit(build_timeseries, records)
+        data = prepare(records, warmup, cfg, trace)
+        summary = build_summary(data)
+        slos = slo_results(data)
+        checks = run_checks(data)
+        health = health_json(checks)
+        write_json(paths.summary_stats, summary)
+        if slos is not None:
+            write_json(paths.slo_results, slos)
+        else:
+            paths.slo_results.unlink(missing_ok=True)  # present exactly when SLOs are configured
+        write_json(paths.health_checks_json, health)
+        write_atomic(paths.health_check_txt, format_health_text(checks))
+        write_json(paths.prefill_stats, build_prefill(data))
+        write_distributions(paths, data, plots=plots)
+        timeseries = timeseries_job.result()
     throughput = build_throughput(data, timeseries)
-    slos = slo_results(data)
-    checks = run_checks(data)
-    health = health_json(checks)
-
-    write_json(paths.summary_stats, summary)
     write_json(paths.throughput_metrics, throughput)
-    if slos is not None:
-        write_json(paths.slo_results, slos)
-    else:
-        paths.slo_results.unlink(missing_ok=True)  # present exactly when SLOs are configured
-    write_json(paths.health_checks_json, health)
-    write_atomic(paths.health_check_txt, format_health_text(checks))
-    write_json(paths.prefill_stats, build_prefill(data))
     write_ts = rebuilt or not paths.timeseries_csv.exists()
     if write_ts:
         write_timeseries(paths.timeseries_csv, timeseries)
-    write_distributions(paths, data, plots=plots)
     return Evaluation(
         run_dir=paths.root,
         run_status=run_info.get("status") if isinstance(run_info, dict) else None,

@@ -141,8 +141,10 @@ def concurrency(data: RunData) -> Check:
     traffic = data.cfg.traffic_scheduler
     if not isinstance(traffic, ConcurrentTraffic):
         return Check(name, SKIPPED, detail="applies to concurrent traffic")
+    cols = ("session_id", "scheduler_dispatched_at", "end_at")
     spans = (
-        data.records.df.filter(pl.col("scheduler_dispatched_at").is_not_null())
+        pl.concat([data.measured.select(cols), data.warmup.select(cols)])
+        .filter(pl.col("scheduler_dispatched_at").is_not_null())
         .group_by("session_id")
         .agg(start=pl.col("scheduler_dispatched_at").min(), end=pl.col("end_at").max())
         .sort("start")
@@ -180,9 +182,11 @@ def intra_session_lateness(data: RunData) -> Check:
     name = "intra_session_arrival_lateness"
     if data.trace is None:
         return Check(name, SKIPPED, detail="needs traces/dispatch_trace.jsonl (trace_recorder.enabled)")
-    nodes = data.measured.join(
-        data.trace.select("request_id", "is_root"), on="request_id", how="inner"
-    ).filter(~pl.col("is_root") & pl.col("dispatch_delay").is_not_null())
+    nodes = (
+        data.measured.select("request_id", "session_id", "dispatch_delay")
+        .join(data.trace.select("request_id", "is_root"), on="request_id", how="inner")
+        .filter(~pl.col("is_root") & pl.col("dispatch_delay").is_not_null())
+    )
     if nodes.height == 0:
         return Check(name, SKIPPED, detail="no dispatched request with a parent in the session")
     stats = _stats(nodes["dispatch_delay"].to_numpy())
@@ -199,11 +203,12 @@ def prompt_length(data: RunData) -> Check:
     name = "prompt_length"
     if data.cfg.client.tokenizer is None:
         return Check(name, SKIPPED, detail="no client.tokenizer: prompt lengths are approximations")
-    rows = data.measured.filter(
-        pl.col("target_num_delta_prompt_tokens").is_not_null()
-        & pl.col("num_delta_prompt_tokens").is_not_null()
-    ).with_columns(
-        prompt_error=(pl.col("num_delta_prompt_tokens") - pl.col("target_num_delta_prompt_tokens")).abs()
+    target, actual = pl.col("target_num_delta_prompt_tokens"), pl.col("num_delta_prompt_tokens")
+    rows = (
+        data.measured.lazy()
+        .filter(target.is_not_null() & actual.is_not_null())
+        .select("request_id", "session_id", target, prompt_error=(actual - target).abs())
+        .collect()
     )
     if rows.height == 0:
         return Check(name, SKIPPED, detail="no request has a target prompt length")
@@ -231,12 +236,18 @@ def prompt_length(data: RunData) -> Check:
 def output_length(data: RunData) -> Check:
     """Replies shorter than requested: a server ignoring ignore_eos (or max_tokens: longer)."""
     name = "output_length"
-    rows = data.measured.filter(
-        pl.col("ok")
-        & pl.col("num_output_tokens").is_not_null()
-        & pl.col("num_requested_output_tokens").is_not_null()
-        & pl.col("token_count_source").is_in([COUNT_SERVER, COUNT_TOKENIZER])
-    ).with_columns(shortfall=pl.col("num_requested_output_tokens") - pl.col("num_output_tokens"))
+    requested, got = pl.col("num_requested_output_tokens"), pl.col("num_output_tokens")
+    rows = (
+        data.measured.lazy()
+        .filter(
+            pl.col("ok")
+            & got.is_not_null()
+            & requested.is_not_null()
+            & pl.col("token_count_source").is_in([COUNT_SERVER, COUNT_TOKENIZER])
+        )
+        .select("request_id", "session_id", shortfall=requested - got)
+        .collect()
+    )
     if rows.height == 0:
         return Check(name, SKIPPED, detail="no successful request with an exact output token count")
     short = int((rows["shortfall"] > 0).sum())

@@ -26,10 +26,8 @@ def bucket_lower(tokens: pl.Expr) -> pl.Expr:
 
 
 def build_prefill(data: RunData) -> dict[str, Any]:
-    rows = data.measured.filter(
-        pl.col("ok") & pl.col("ttfc").is_not_null() & pl.col(PROMPT_FIELD).is_not_null()
-    )
-    rows = rows.select(PROMPT_FIELD, "ttfc").with_columns(lower=bucket_lower(pl.col(PROMPT_FIELD)))
+    rows = data.ok_rows(PROMPT_FIELD, "ttfc").drop_nulls()
+    rows = rows.with_columns(lower=bucket_lower(pl.col(PROMPT_FIELD)))
     buckets = []
     for (lower,), group in sorted(rows.group_by("lower"), key=lambda kv: kv[0][0]):
         ttfc = group["ttfc"].to_numpy()

@@ -62,7 +62,10 @@ def quantiles_inplace(values: np.ndarray, qs: Sequence[float]) -> list[float | N
         return [None] * len(qs)
     points = interpolation_points(n, qs)
     ranks = sorted({r for lo, hi, _ in points for r in (lo, hi)})
-    values.partition(ranks)
+    if n <= SORT_LIMIT:
+        values.sort()  # numpy's SIMD sort beats a multi-rank partition at these sizes
+    else:
+        values.partition(ranks)
     return _interpolate(points, {r: float(values[r]) for r in ranks})
 
 

@@ -42,7 +42,8 @@ class RunData:
     records: Records
     cfg: BenchmarkConfig
     trace: pl.DataFrame | None
-    measured: pl.DataFrame  # non-warmup records
+    measured: pl.DataFrame  # non-warmup records (also records.df once prepared)
+    warmup: pl.DataFrame  # warmup records: session_id, scheduler_dispatched_at, end_at
     sessions: pl.DataFrame  # one row per non-warmup session
     first_dispatch: float | None
     last_end: float | None
@@ -73,30 +74,50 @@ class RunData:
             return self.records.tbc_values
         if metric == "session_duration":
             col = self.sessions.filter(pl.col("completed"))["session_duration"]
-        elif metric == "num_prompt_tokens":
-            col = self.measured.filter(pl.col("ok"))["num_total_prompt_tokens"]
-        elif metric == "num_output_tokens":
-            col = self.measured.filter(pl.col("ok"))["num_output_tokens"]
         elif metric == "dispatch_delay":
             col = self.measured["dispatch_delay"]
         else:
-            col = self.measured.filter(pl.col("ok"))[metric]
+            column = {"num_prompt_tokens": "num_total_prompt_tokens"}.get(metric, metric)
+            col = self.ok_rows(column)[column]
         return col.drop_nulls().cast(pl.Float64).to_numpy()
 
+    def ok_rows(self, *columns: str) -> pl.DataFrame:
+        """Some columns of the successful measured requests (never a copy of the whole frame)."""
+        return self.measured.lazy().filter(pl.col("ok")).select(columns).collect()
 
-def prepare(records: Records, cfg: BenchmarkConfig, trace: pl.DataFrame | None) -> RunData:
-    measured = records.df.filter(~pl.col("is_warmup"))
-    dispatched = measured.filter(pl.col("scheduler_dispatched_at").is_not_null())
-    first = dispatched["scheduler_dispatched_at"].min() if dispatched.height else None
-    last = dispatched["end_at"].max() if dispatched.height else None
+
+def split_warmup(records: Records) -> tuple[Records, pl.DataFrame]:
+    """(records without the warmup rows, the few warmup columns evaluation still needs).
+
+    The warmup rows' gaps were never kept, so the tbc arrays are shared unchanged (rows keep their
+    `row` index into tbc_offsets).
+    """
+    df = records.df
+    warm = pl.col("is_warmup")
+    warmup = df.lazy().filter(warm).select("session_id", "scheduler_dispatched_at", "end_at").collect()
+    if warmup.height:
+        df = df.filter(~warm)
+    return Records(df, records.tbc_values, records.tbc_offsets), warmup
+
+
+def prepare(
+    records: Records, warmup: pl.DataFrame, cfg: BenchmarkConfig, trace: pl.DataFrame | None
+) -> RunData:
+    """Everything shared by the evaluators; `records` hold no warmup rows (see split_warmup)."""
+    measured = records.df
+    window = measured.lazy().filter(pl.col("scheduler_dispatched_at").is_not_null())
+    first, last = (
+        window.select(pl.col("scheduler_dispatched_at").min(), pl.col("end_at").max()).collect().row(0)
+    )
     data = RunData(
         records=records,
         cfg=cfg,
         trace=trace,
         measured=measured,
+        warmup=warmup,
         sessions=session_table(measured, trace),
-        first_dispatch=first,  # type: ignore[arg-type]
-        last_end=last,  # type: ignore[arg-type]
+        first_dispatch=first,
+        last_end=last,
     )
     for metric in DISTRIBUTION_METRICS:
         data.distributions[metric] = describe(data.values(metric))

@@ -65,7 +65,7 @@ def good_requests(data: RunData) -> int | None:
     slos = data.cfg.slos
     if not slos:
         return None
-    ok = data.measured.filter(pl.col("ok"))
+    ok = data.ok_rows("row", *{s.canonical_metric for s in slos if s.canonical_metric != "tbc"})
     good = np.ones(ok.height, dtype=bool)
     for slo in slos:
         good &= _meets(data, ok, slo)

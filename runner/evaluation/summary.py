@@ -24,7 +24,7 @@ def build_summary(data: RunData) -> dict[str, Any]:
         "num_completed_requests": int(m["ok"].sum()),
         "num_errored_requests": failed,
         "num_cancelled_requests": cancelled,
-        "num_warmup_requests": data.records.df.height - n,
+        "num_warmup_requests": data.warmup.height,
         "error_rate": ratio(failed, n),
         "cancellation_rate": ratio(cancelled, n),
         "num_sessions": s.height,
@@ -57,8 +57,7 @@ def observed_session_rate(data: RunData) -> tuple[float | None, int, float | Non
     if starts.len() == 0:
         return None, 0, None
     warm = (
-        data.records.df.filter(pl.col("is_warmup"))
-        .group_by("session_id")
+        data.warmup.group_by("session_id")
         .agg(start=pl.col("scheduler_dispatched_at").min())["start"]
         .drop_nulls()
     )
@@ -69,7 +68,7 @@ def observed_session_rate(data: RunData) -> tuple[float | None, int, float | Non
 
 def error_code_freq(m: pl.DataFrame) -> dict[str, int]:
     """Failed requests by HTTP status (>= 400), else by error type."""
-    failed = m.filter(pl.col("failed"))
+    failed = m.lazy().filter(pl.col("failed")).select("http_status", "error_type").collect()
     if failed.height == 0:
         return {}
     key = (

@@ -16,7 +16,7 @@ from veeksha.runner.evaluation.summary import ratio
 
 
 def build_throughput(data: RunData, timeseries: pl.DataFrame) -> dict[str, Any]:
-    ok = data.measured.filter(pl.col("ok"))
+    ok = data.ok_rows("num_output_tokens", "num_total_prompt_tokens")
     duration = data.duration_s
     output_tokens = int(ok["num_output_tokens"].fill_null(0).sum())
     prompt_tokens = int(ok["num_total_prompt_tokens"].fill_null(0).sum())

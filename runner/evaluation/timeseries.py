@@ -235,20 +235,25 @@ class TimeseriesWriter:
 
 def build_timeseries(records: Records) -> pl.DataFrame:
     """The time series of a whole record set, by the same definitions as the live writer."""
-    df = records.df.filter(~pl.col("is_warmup"))
-    base = df.select(
-        "row",
-        "ok",
-        "failed",
-        "num_output_tokens",
-        "ttfc",
-        "client_picked_up_at",
-        "has_tbc",
-        d_ns=_to_ns("scheduler_dispatched_at"),
-        e_ns=pl.coalesce(_to_ns("end_at"), _to_ns("scheduler_dispatched_at")),
-    ).with_columns(
-        d_sec=(pl.col("d_ns") // NS).clip(lower_bound=0),
-        e_sec=(pl.col("e_ns") // NS).clip(lower_bound=0),
+    base = (
+        records.df.lazy()
+        .filter(~pl.col("is_warmup"))
+        .select(
+            "row",
+            "ok",
+            "failed",
+            "num_output_tokens",
+            "ttfc",
+            "client_picked_up_at",
+            "has_tbc",
+            d_ns=_to_ns("scheduler_dispatched_at"),
+            e_ns=pl.coalesce(_to_ns("end_at"), _to_ns("scheduler_dispatched_at")),
+        )
+        .with_columns(
+            d_sec=(pl.col("d_ns") // NS).clip(lower_bound=0),
+            e_sec=(pl.col("e_ns") // NS).clip(lower_bound=0),
+        )
+        .collect()
     )
     parts = [
         _counts(base),

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from veeksha.runner.evaluation.frame import records_from_dicts
 from veeksha.runner.evaluation.request_metrics import finalize_record
+from veeksha.runner.evaluation.rundata import RunData, prepare, split_warmup
 from veeksha.shared.config import BenchmarkConfig
 from veeksha.shared.config_loader import dump_config_yaml
 from veeksha.shared.jsonio import write_atomic, write_json
@@ -119,3 +121,9 @@ def trace_line(rec: dict[str, Any], *, size: int = 1, parents: list[int] | None 
         "history_parent": parents[-1] if parents else None,
         "wait_after_ready": 0.0,
     }
+
+
+def run_data(records: list[dict[str, Any]], cfg: BenchmarkConfig | None = None, trace: Any = None) -> RunData:
+    """What the evaluators see for these records (warmup split off, as evaluate_run does)."""
+    measured, warmup = split_warmup(records_from_dicts(records))
+    return prepare(measured, warmup, cfg or BenchmarkConfig(), trace)

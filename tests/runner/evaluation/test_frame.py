@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
-from veeksha.runner.evaluation.frame import read_records, read_trace, records_from_dicts
+import pytest
+from veeksha.runner.evaluation.frame import records_from_dicts
+from veeksha.runner.evaluation.reading import read_records, read_run_logs, read_trace
 
 from .factory import request, trace_line, write_run
 
@@ -26,6 +29,14 @@ def test_reads_scalars_and_pools_only_measured_successful_gaps(tmp_path):
     assert recs.tbc_offsets.tolist() == [0, 2, 2, 2, 2]
     assert recs.df["has_tbc"].to_list() == [True, False, False, True]
     assert recs.df["ok"].to_list() == [True, True, False, True]
+
+
+@pytest.mark.parametrize("block_bytes", [64, 700, 1500, 10**6])
+def test_any_block_size_reads_the_same_records(tmp_path, block_bytes):
+    paths = write_run(tmp_path, _records(), tail=b'{"request_id": 4, "stat')
+    recs = read_records(paths.request_records, block_bytes=block_bytes)
+    assert recs.df["request_id"].to_list() == [0, 1, 2, 3]
+    assert recs.tbc_values.tolist() == [0.1, 0.2]
 
 
 def test_same_result_from_dicts_and_from_file(tmp_path):
@@ -77,3 +88,17 @@ def test_trace_marks_roots(tmp_path):
     assert df["is_root"].to_list() == [True, False]
     assert df["session_size"].to_list() == [2, 2]
     assert read_trace(tmp_path / "none.jsonl") is None
+
+
+def test_worker_processes_read_the_same_as_this_process(tmp_path):
+    records = [
+        request(i, sent=float(i), chunks=[i + 0.1, i + 0.3, i + 0.4], session=i // 2) for i in range(300)
+    ]
+    trace = [trace_line(r, size=2, parents=[0] if r["request_id"] % 2 else None) for r in records]
+    paths = write_run(tmp_path, records, trace=trace, tail=b'{"request_id": 4')
+    here, here_trace = read_run_logs(paths.request_records, paths.dispatch_trace, workers=0, block_bytes=4096)
+    pool, pool_trace = read_run_logs(paths.request_records, paths.dispatch_trace, workers=2, block_bytes=4096)
+    assert pool.df.equals(here.df) and pool.df.height == 300
+    assert np.array_equal(pool.tbc_values, here.tbc_values) and len(here.tbc_values) == 600
+    assert np.array_equal(pool.tbc_offsets, here.tbc_offsets)
+    assert pool_trace.equals(here_trace)

@@ -1,0 +1,140 @@
+"""Worker processes that parse blocks of a run's JSONL logs (`python -m ...parse_worker`).
+
+Plain subprocesses talking over pipes, not multiprocessing: nothing of the caller's `__main__` is
+re-imported, so evaluate_run works the same from the CLI, a notebook or an unguarded script.
+
+Protocol. The parent writes one JSON line per task to the worker's stdin, then closes it:
+    {"records": path, "offset": o, "length": n, "kinds": {...}}   a block of request records
+    {"trace": path, "kinds": {...}}                                the whole dispatch trace
+The worker answers each task, in order, on stdout with length-prefixed payloads (8-byte little-endian
+length, then bytes): records → frame as Arrow IPC, gaps (float64), gaps per row (int64), block bytes
+(int64); trace → frame as Arrow IPC. On an error it writes the traceback to stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import orjson
+import polars as pl
+from veeksha.runner.evaluation.reading import Parsed, parse_records_block, parse_trace_file
+
+_LEN = struct.Struct("<q")
+
+
+def _ipc(df: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.write_ipc(buf, compression="uncompressed")
+    return buf.getvalue()
+
+
+def _send(out: IO[bytes], *payloads: bytes) -> None:
+    for p in payloads:
+        out.write(_LEN.pack(len(p)))
+        out.write(p)
+    out.flush()
+
+
+def _recv(src: IO[bytes], proc: subprocess.Popen[bytes]) -> bytes:
+    head = src.read(_LEN.size)
+    if len(head) < _LEN.size:
+        raise RuntimeError(f"a parse worker stopped early (exit code {proc.wait()}); see its error above")
+    (n,) = _LEN.unpack(head)
+    data = src.read(n)
+    if len(data) < n:
+        raise RuntimeError(f"a parse worker stopped mid-answer (exit code {proc.wait()})")
+    return data
+
+
+def main() -> None:
+    out = sys.stdout.buffer
+    for line in sys.stdin.buffer:
+        task = orjson.loads(line)
+        if "records" in task:
+            frame, gaps, lengths, length = parse_records_block(
+                Path(task["records"]), task["offset"], task["length"], task["kinds"]
+            )
+            _send(out, _ipc(frame), gaps.tobytes(), lengths.astype(np.int64).tobytes(), _LEN.pack(length))
+        else:
+            _send(out, _ipc(parse_trace_file(Path(task["trace"]), task["kinds"])))
+
+
+def parse_in_workers(
+    workers: int,
+    records_path: Path,
+    kinds: dict[str, str],
+    ranges: list[tuple[int, int]],
+    trace_task: tuple[Path, dict[str, str]] | None,
+) -> tuple[Iterator[Parsed], Callable[[], pl.DataFrame | None]]:
+    """(record blocks in file order, a function returning the trace once they are consumed).
+
+    Blocks go round-robin to the workers; the trace goes last to the one with fewest blocks.
+    """
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "veeksha.runner.evaluation.parse_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(workers)
+    ]
+    tasks: list[list[dict[str, Any]]] = [[] for _ in procs]
+    for i, (offset, length) in enumerate(ranges):
+        tasks[i % workers].append(
+            {"records": str(records_path), "offset": offset, "length": length, "kinds": kinds}
+        )
+    trace_worker = min(range(workers), key=lambda w: len(tasks[w]))
+    if trace_task is not None:
+        tasks[trace_worker].append({"trace": str(trace_task[0]), "kinds": trace_task[1]})
+    for proc, todo in zip(procs, tasks, strict=True):
+        assert proc.stdin is not None
+        proc.stdin.write(b"".join(orjson.dumps(t) + b"\n" for t in todo))
+        proc.stdin.close()
+
+    def blocks() -> Iterator[Parsed]:
+        try:
+            for i in range(len(ranges)):
+                proc = procs[i % workers]
+                assert proc.stdout is not None
+                frame, gaps, lengths, length = (_recv(proc.stdout, proc) for _ in range(4))
+                yield (
+                    pl.read_ipc(frame),
+                    np.frombuffer(gaps, dtype=np.float64),
+                    np.frombuffer(lengths, dtype=np.int64),
+                    _LEN.unpack(length)[0],
+                )
+        except BaseException:
+            _stop(procs)
+            raise
+
+    def trace() -> pl.DataFrame | None:
+        try:
+            if trace_task is None:
+                return None
+            proc = procs[trace_worker]
+            assert proc.stdout is not None
+            return pl.read_ipc(_recv(proc.stdout, proc))
+        finally:
+            _stop(procs)
+
+    return blocks(), trace
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+if __name__ == "__main__":
+    main()

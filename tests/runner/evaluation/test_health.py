@@ -1,0 +1,180 @@
+"""Each health check passing, failing and skipping, and the text format."""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+import pytest
+from veeksha.runner.evaluation import health
+from veeksha.shared.config import (
+    BenchmarkConfig,
+    ConcurrentTraffic,
+    FixedIntervals,
+    PoissonIntervals,
+    RateTraffic,
+)
+
+from .factory import request, run_data
+
+
+def _data(records, cfg=None, trace=None):
+    return run_data(records, cfg, trace)
+
+
+def _rate_cfg(rate, gen=None):
+    cfg = BenchmarkConfig()
+    cfg.traffic_scheduler = RateTraffic(interval_generator=gen or PoissonIntervals(arrival_rate=rate))
+    return cfg
+
+
+def _sessions_every(interval, n=100, **kw):
+    return [request(i, sent=interval * (i + 1), chunks=[interval * (i + 1) + 0.05], **kw) for i in range(n)]
+
+
+# ------------------------------------------------------------------ session dispatch rate
+
+
+def test_dispatch_rate_passes_near_target_and_fails_far_from_it():
+    records = _sessions_every(0.1)  # 100 sessions, last at 10.0 s → 10/s
+    check = health.session_dispatch_rate(_data(records, _rate_cfg(10.0)))
+    assert check.result == "PASSED" and check.metrics["observed_rate_per_s"] == 10.0
+    # Poisson, N = 100: band max(5%, 3/√100 = 30%)
+    assert check.thresholds["max_relative_error"] == 0.3
+    assert health.session_dispatch_rate(_data(records, _rate_cfg(20.0))).result == "FAILED"
+    fixed = _rate_cfg(0, FixedIntervals(interval=0.09))  # 11.1/s target, fixed gaps: 5% band
+    assert health.session_dispatch_rate(_data(records, fixed)).result == "FAILED"
+
+
+def test_dispatch_rate_skipped_for_concurrent_traffic():
+    cfg = BenchmarkConfig()
+    cfg.traffic_scheduler = ConcurrentTraffic(target_concurrent_sessions=2)
+    assert health.session_dispatch_rate(_data(_sessions_every(0.1), cfg)).result == "SKIPPED"
+
+
+# ------------------------------------------------------------------ concurrency
+
+
+def _closed_loop(slots, seconds=20):
+    """`slots` back-to-back streams of 1-s sessions."""
+    out, rid = [], 0
+    for slot in range(slots):
+        for k in range(seconds):
+            out.append(request(rid, sent=k + 0.001 * slot, chunks=[k + 0.5, k + 0.999], session=rid))
+            rid += 1
+    return out
+
+
+def test_concurrency_passes_at_target_and_fails_below():
+    cfg = BenchmarkConfig()
+    cfg.traffic_scheduler = ConcurrentTraffic(target_concurrent_sessions=2, rampup_seconds=1.0)
+    check = health.concurrency(_data(_closed_loop(2), cfg))
+    assert check.result == "PASSED"
+    assert check.metrics["max_concurrent_sessions"] == 2
+    assert abs(check.metrics["mean_concurrent_sessions"] - 2) < 0.05
+    assert health.concurrency(_data(_closed_loop(1), cfg)).result == "FAILED"
+    over = ConcurrentTraffic(target_concurrent_sessions=1)
+    cfg.traffic_scheduler = over
+    assert health.concurrency(_data(_closed_loop(2), cfg)).result == "FAILED"  # more than allowed
+
+
+def test_concurrency_skipped_for_rate_traffic():
+    assert health.concurrency(_data(_closed_loop(1))).result == "SKIPPED"
+
+
+# ------------------------------------------------------------------ intra-session lateness
+
+
+def _follow_ups(lateness):
+    records, lines = [], []
+    for s in range(10):
+        root = request(2 * s, sent=s, chunks=[s + 0.2], session=s)
+        child = request(2 * s + 1, sent=s + 0.5, chunks=[s + 0.7], session=s, node=1, delay=lateness)
+        records += [root, child]
+        lines += [(root["request_id"], s, True), (child["request_id"], s, False)]
+    trace = pl.DataFrame(lines, schema=["request_id", "session_id", "is_root"], orient="row")
+    return records, trace.with_columns(session_size=pl.lit(2, dtype=pl.Int64))
+
+
+def test_lateness_of_follow_up_requests():
+    records, trace = _follow_ups(0.001)
+    check = health.intra_session_lateness(_data(records, trace=trace))
+    assert check.result == "PASSED" and check.metrics["num_requests"] == 10  # roots are not counted
+    records, trace = _follow_ups(0.05)
+    check = health.intra_session_lateness(_data(records, trace=trace))
+    assert check.result == "FAILED" and check.metrics["p99_s"] == 0.05
+    assert len(check.metrics["worst_offenders"]) == 3
+    assert health.intra_session_lateness(_data(records)).result == "SKIPPED"  # no trace
+
+
+# ------------------------------------------------------------------ prompt and output length
+
+
+def _tokenizer_cfg():
+    cfg = BenchmarkConfig()
+    cfg.client.tokenizer = "/models/tokenizer.json"  # only its presence matters here
+    return cfg
+
+
+def test_prompt_length_vs_target():
+    on = _sessions_every(0.1, num_delta_prompt_tokens=500, target_num_delta_prompt_tokens=505)
+    assert health.prompt_length(_data(on, _tokenizer_cfg())).result == "PASSED"  # within 2%
+    off = _sessions_every(0.1, num_delta_prompt_tokens=450, target_num_delta_prompt_tokens=500)
+    check = health.prompt_length(_data(off, _tokenizer_cfg()))
+    assert check.result == "FAILED" and check.metrics["max_abs_error_tokens"] == 50
+    assert health.prompt_length(_data(on)).result == "SKIPPED"  # approximate counts
+
+
+def test_output_length_catches_servers_ignoring_ignore_eos():
+    full = _sessions_every(0.1, num_output_tokens=64, num_requested_output_tokens=64)
+    assert health.output_length(_data(full)).result == "PASSED"
+    short = full[:90] + _sessions_every(0.1, n=10, num_output_tokens=12, num_requested_output_tokens=64)
+    check = health.output_length(_data(short))
+    assert check.result == "FAILED" and check.metrics["num_shorter_than_requested"] == 10
+    cfg = BenchmarkConfig()
+    cfg.client.ignore_eos = False
+    assert health.output_length(_data(short, cfg)).result == "SKIPPED"
+
+
+# ------------------------------------------------------------------ lifecycle delays, error rate
+
+
+def test_lifecycle_delays():
+    quick = _sessions_every(0.1, delay=0.0005)
+    assert health.lifecycle_delays(_data(quick)).result == "PASSED"
+    slow_pickup = [dict(r, client_picked_up_at=r["scheduler_dispatched_at"] + 0.05) for r in quick]
+    check = health.lifecycle_delays(_data(slow_pickup))
+    assert check.result == "FAILED"
+    assert check.metrics["dispatch_to_pickup"]["p99_s"] == pytest.approx(0.05)
+    assert check.metrics["ready_to_dispatch"]["p99_s"] == pytest.approx(0.0005)
+
+
+def test_error_rate():
+    ok = _sessions_every(0.1)
+    assert health.error_rate(_data(ok)).result == "PASSED"
+    bad = ok[:95] + [request(100 + i, sent=1.0, chunks=[], status="error", done=1.1) for i in range(5)]
+    check = health.error_rate(_data(bad))
+    assert check.result == "FAILED" and check.metrics["error_rate"] == 0.05
+    assert health.error_rate(_data([])).result == "SKIPPED"
+
+
+# ------------------------------------------------------------------ output
+
+
+def test_text_format_and_json():
+    checks = health.run_checks(_data(_sessions_every(0.1), _rate_cfg(10.0)))
+    text = health.format_health_text(checks)
+    blocks = text.split("\n\n")
+    first = blocks[0].splitlines()
+    assert re.fullmatch(r"=+", first[0]) and first[2] == first[0]
+    assert first[1] == "SESSION DISPATCH RATE" and first[3] == "Result: PASSED"
+    value_columns = {re.match(r"^(.*?\S)\s{2,}(\S.*)$", line).start(2) for line in first[4:]}
+    assert len(value_columns) == 1  # labels padded: every value starts in the same column
+    assert "OVERALL: PASSED" in text
+    as_json = health.health_json(checks)
+    assert as_json["all_passed"] is True
+    assert [c["name"] for c in as_json["checks"]] == [
+        "session_dispatch_rate", "concurrency", "intra_session_arrival_lateness", "prompt_length",
+        "output_length", "lifecycle_delays", "error_rate",
+    ]  # fmt: skip
+    assert all(set(c) >= {"name", "result", "metrics", "thresholds"} for c in as_json["checks"])

@@ -1,0 +1,98 @@
+"""SLO verdicts and per-request goodput."""
+
+from __future__ import annotations
+
+import pytest
+from veeksha.runner.evaluation.slo import good_requests, slo_key, slo_results
+from veeksha.runner.evaluation.throughput import build_throughput
+from veeksha.runner.evaluation.timeseries import build_timeseries
+from veeksha.shared.config import BenchmarkConfig, PerformanceEvaluator, SLOConfig
+
+from .factory import request, run_data
+
+
+def _cfg(*slos: SLOConfig) -> BenchmarkConfig:
+    cfg = BenchmarkConfig()
+    cfg.evaluators = [PerformanceEvaluator(slos=list(slos))]
+    return cfg
+
+
+def _data(records, *slos):
+    return run_data(records, _cfg(*slos))
+
+
+def _five_ttfcs():
+    # ttfc 0.1 … 0.5: p50 = 0.3 exactly
+    return [request(i, sent=float(i), chunks=[i + 0.1 * (i + 1)]) for i in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("percentile", "key"),
+    [(0.99, "ttfc_p99"), (0.5, "ttfc_p50"), (0.999, "ttfc_p99.9"), (1.0, "ttfc_p100"), (0.95, "ttfc_p95")],
+)
+def test_slo_metric_key(percentile, key):
+    assert slo_key("ttfc", percentile) == key
+
+
+def test_observed_exactly_at_the_threshold_passes():
+    met = SLOConfig(name="P50 TTFC", metric="ttfc", value=0.3, percentile=0.5)
+    missed = SLOConfig(name="P50 TTFC tight", metric="ttfc", value=0.29, percentile=0.5)
+    res = slo_results(_data(_five_ttfcs(), met, missed))
+    assert res["all_slos_met"] is False
+    first, second = res["results"]
+    assert first == {
+        "name": "P50 TTFC",
+        "metric": "ttfc",
+        "percentile": 0.5,
+        "threshold": 0.3,
+        "observed_value": pytest.approx(0.3),
+        "met": True,
+        "slo_metric_key": "ttfc_p50",
+        "lower_is_better": True,
+        "num_samples": 5,
+    }
+    assert first["observed_value"] == 0.3  # exact, so the boundary case is decided exactly
+    assert second["met"] is False
+
+
+def test_no_samples_is_not_met():
+    failed = [request(i, sent=float(i), chunks=[], status="error", done=i + 0.5) for i in range(3)]
+    res = slo_results(_data(failed, SLOConfig(name="tpot", metric="tpot", value=1.0)))
+    assert res["results"][0]["observed_value"] is None
+    assert res["results"][0]["met"] is False and res["results"][0]["num_samples"] == 0
+    assert res["all_slos_met"] is False
+
+
+def test_e2e_means_end_to_end_latency_and_off_grid_percentiles_are_exact():
+    res = slo_results(_data(_five_ttfcs(), SLOConfig(name="E2E", metric="e2e", value=1.0, percentile=0.999)))
+    r = res["results"][0]
+    assert r["metric"] == "end_to_end_latency" and r["slo_metric_key"] == "end_to_end_latency_p99.9"
+    assert r["observed_value"] == pytest.approx(0.4 + 0.1 * 0.996)  # h = 4 · 0.999 = 3.996
+
+
+def test_without_slos_there_are_no_results_and_no_goodput():
+    data = _data(_five_ttfcs())
+    assert slo_results(data) is None and good_requests(data) is None
+    throughput = build_throughput(data, build_timeseries(data.records))
+    assert throughput["goodput"] is None and throughput["slo_attainment"] is None
+
+
+def test_goodput_counts_requests_meeting_every_threshold():
+    records = [
+        request(0, sent=0.0, chunks=[0.1, 0.12, 0.14], n_out=3),  # good
+        request(1, sent=1.0, chunks=[1.6, 1.62], n_out=2),  # ttfc 0.6 > 0.5
+        request(2, sent=2.0, chunks=[2.1, 2.12, 2.32], n_out=3),  # one gap of two > 0.05
+        request(3, sent=3.0, chunks=[3.2], n_out=1),  # one token: no gap, no tpot → meets both
+        request(4, sent=4.0, chunks=[], status="error", done=4.5),  # failed: not counted
+    ]
+    ttfc = SLOConfig(name="ttfc", metric="ttfc", value=0.5)
+    tbc_p99 = SLOConfig(name="tbc", metric="tbc", value=0.05, percentile=0.99)
+    tbc_p50 = SLOConfig(name="tbc", metric="tbc", value=0.05, percentile=0.5)
+    tpot = SLOConfig(name="tpot", metric="tpot", value=0.05)
+    assert good_requests(_data(records, ttfc, tbc_p99, tpot)) == 2  # requests 0 and 3
+    assert good_requests(_data(records, ttfc, tbc_p50)) == 3  # half of request 2's gaps suffice
+    data = _data(records, ttfc, tbc_p99)
+    throughput = build_throughput(data, build_timeseries(data.records))
+    assert data.duration_s == 4.5  # first dispatch 0.0 → last end 4.5
+    assert throughput["goodput"] == pytest.approx(2 / 4.5)
+    assert throughput["slo_attainment"] == 0.5  # 2 of the 4 completed requests

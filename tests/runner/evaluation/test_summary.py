@@ -1,0 +1,111 @@
+"""summary_stats.json and throughput_metrics.json on a hand-built run."""
+
+from __future__ import annotations
+
+import pytest
+from veeksha.runner.evaluation.summary import build_summary
+from veeksha.runner.evaluation.throughput import build_throughput
+from veeksha.runner.evaluation.timeseries import build_timeseries
+from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic
+from veeksha.shared.paths import DISTRIBUTION_METRICS
+
+from .factory import request, run_data, trace_line
+
+REQUIRED = (
+    "num_requests num_completed_requests num_errored_requests num_cancelled_requests error_rate "
+    "cancellation_rate num_sessions num_completed_sessions num_errored_sessions num_incomplete_sessions "
+    "observed_session_dispatch_rate target_session_dispatch_rate duration_s error_code_freq"
+).split()
+
+
+def _run():
+    """Four measured sessions (one of each fate) and one warmup session."""
+    warm = request(90, sent=0.0, chunks=[0.5], session=9, is_warmup=True)
+    s1 = [
+        request(0, sent=1.0, chunks=[1.1, 1.3], session=1),  # completed session, 2 of 2
+        request(1, sent=2.0, chunks=[2.2, 2.3, 2.5], session=1, node=1),
+    ]
+    s2 = [
+        request(2, sent=1.5, chunks=[], session=2, status="error", done=1.7),  # errored
+        request(3, sent=1.5, chunks=[], session=2, node=1, status="cancelled", http_status=None),
+    ]
+    s2[1].update(scheduler_dispatched_at=None, client_picked_up_at=None, client_completed_at=None,
+                 scheduler_ready_at=None, dispatch_delay=None, result_processed_at=1.7)  # fmt: skip
+    s3 = [request(4, sent=3.0, chunks=[3.5], session=3)]  # 1 of 3 sent: incomplete
+    s4 = [
+        request(5, sent=4.0, chunks=[4.2], session=4),  # then cancelled at shutdown: incomplete
+        request(6, sent=4.5, chunks=[], session=4, node=1, status="cancelled", done=5.0, http_status=None),
+    ]
+    records = [warm, *s1, *s2, *s3, *s4]
+    sizes = {9: 1, 1: 2, 2: 2, 3: 3, 4: 2}
+    trace = records_from_trace(records, sizes)
+    return records, trace
+
+
+def records_from_trace(records, sizes):
+    import polars as pl
+
+    lines = [
+        trace_line(r, size=sizes[r["session_id"]], parents=[0] if r["node_id"] else None) for r in records
+    ]
+    return pl.DataFrame(
+        {
+            "request_id": [t["request_id"] for t in lines],
+            "session_id": [t["session_id"] for t in lines],
+            "session_size": [t["session_size"] for t in lines],
+            "is_root": [not t["parent_nodes"] for t in lines],
+        }
+    )
+
+
+def _data(cfg=None):
+    records, trace = _run()
+    return run_data(records, cfg, trace)
+
+
+def test_counts_sessions_and_rates():
+    s = build_summary(_data())
+    assert set(REQUIRED) <= set(s)
+    assert (s["num_requests"], s["num_completed_requests"]) == (7, 4)  # warmup left out
+    assert (s["num_errored_requests"], s["num_cancelled_requests"], s["num_warmup_requests"]) == (1, 2, 1)
+    assert s["error_rate"] == pytest.approx(1 / 7) and s["cancellation_rate"] == pytest.approx(2 / 7)
+    assert (s["num_sessions"], s["num_completed_sessions"]) == (4, 1)
+    assert (s["num_errored_sessions"], s["num_incomplete_sessions"]) == (1, 2)
+    assert s["error_code_freq"] == {"500": 1}
+    assert s["duration_s"] == 4.0  # first dispatch 1.0 → last end 5.0
+    # 4 sessions started at 1.0, 1.5, 3.0, 4.0, counted from the warmup session's dispatch (0.0)
+    assert s["observed_session_dispatch_rate"] == 1.0
+    assert s["target_session_dispatch_rate"] == 1.0  # default: poisson, 1 session/s
+
+
+def test_distribution_keys_and_values():
+    s = build_summary(_data())
+    for metric in DISTRIBUTION_METRICS:
+        for stat in ("mean", "p50", "p90", "p95", "p99", "min", "max"):
+            assert f"{metric}_{stat}" in s
+    assert s["session_duration_p50"] == 1.5  # only the completed session: 1.0 → 2.5
+    assert s["ttfc_min"] == pytest.approx(0.1) and s["ttfc_max"] == pytest.approx(0.5)
+    # tbc pools every gap of every successful measured request: 0.2, 0.1, 0.2
+    assert s["tbc_mean"] == pytest.approx(0.5 / 3) and s["tbc_max"] == pytest.approx(0.2)
+    assert s["num_output_tokens_mean"] == pytest.approx(7 / 4)
+
+
+def test_target_rate_only_for_rate_traffic():
+    cfg = BenchmarkConfig()
+    cfg.traffic_scheduler = ConcurrentTraffic(target_concurrent_sessions=2)
+    assert build_summary(_data(cfg))["target_session_dispatch_rate"] is None
+
+
+def test_throughput():
+    data = _data()
+    t = build_throughput(data, build_timeseries(data.records))
+    assert set(t) == {
+        "request_throughput", "output_token_throughput", "total_token_throughput", "goodput",
+        "slo_attainment", "peak_output_token_throughput", "mean_in_flight_requests",
+    }  # fmt: skip
+    assert t["request_throughput"] == 4 / 4.0
+    assert t["output_token_throughput"] == 7 / 4.0
+    assert t["total_token_throughput"] == (7 + 400) / 4.0  # 4 × 100 prompt tokens
+    # in flight: 0.3 + 0.5 + 0.2 (error) + 0.5 + 0.2 + 0.5 (cancelled at 5.0) seconds
+    assert t["mean_in_flight_requests"] == pytest.approx(2.2 / 4.0)
+    assert t["peak_output_token_throughput"] == 3.0  # request 1's three chunks in second 2
