@@ -102,6 +102,12 @@ def apply_override(tree: dict[str, Any], dotted: str, value: Any) -> None:
             node[key] = value
             return
         if not isinstance(node.get(key), dict | list):
+            if keys[i + 1].isdigit():  # cannot index into a list the file does not have
+                where = ".".join(keys[: i + 1])
+                raise ConfigError(
+                    f"--{dotted}: {where} is not in the config file; give the whole list, "
+                    f"e.g. --{where} '[{{type: ...}}]'"
+                )
             node[key] = {}
         node = node[key]
 
