@@ -52,10 +52,8 @@ def run(rate: float, duration: float, out: Path) -> dict[str, float]:
         "fixed",
         "--session_generator.output_spec.text.output_length_generator.value",
         "64",
-        "--session_generator.channels.0.body_length_generator.type",
-        "fixed",
-        "--session_generator.channels.0.body_length_generator.value",
-        "200",
+        "--session_generator.channels",
+        "[{type: text, body_length_generator: {type: fixed, value: 200}}]",
     ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
