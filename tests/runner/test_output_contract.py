@@ -1,0 +1,196 @@
+"""The output-directory contract (outputs.md), checked file by file and key by key on a real run
+against the simulated server: what the uploader and `veeksha-run evaluate` rely on."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+from veeksha.shared.paths import DISTRIBUTION_METRICS, RunPaths
+from veeksha.shared.records import DISPATCH_TRACE_FIELDS, REQUEST_RECORD_FIELDS, RUN_JSON_FIELDS
+
+from tests.runner.helpers import only_run_dir, read_jsonl, run_cli
+
+SUMMARY_KEYS = {
+    "num_requests",
+    "num_completed_requests",
+    "num_errored_requests",
+    "num_cancelled_requests",
+    "error_rate",
+    "cancellation_rate",
+    "num_sessions",
+    "num_completed_sessions",
+    "num_errored_sessions",
+    "num_incomplete_sessions",
+    "observed_session_dispatch_rate",
+    "target_session_dispatch_rate",
+    "duration_s",
+    "error_code_freq",
+}
+STAT_SUFFIXES = ("mean", "p50", "p90", "p95", "p99", "min", "max")
+THROUGHPUT_KEYS = {
+    "request_throughput",
+    "output_token_throughput",
+    "total_token_throughput",
+    "goodput",
+    "slo_attainment",
+    "peak_output_token_throughput",
+    "mean_in_flight_requests",
+}
+SLO_KEYS = {
+    "name",
+    "metric",
+    "percentile",
+    "threshold",
+    "observed_value",
+    "met",
+    "slo_metric_key",
+    "lower_is_better",
+    "num_samples",
+}
+TIMESERIES_COLUMNS = [
+    "elapsed_s",
+    "dispatched",
+    "completed",
+    "errored",
+    "in_flight",
+    "output_tokens",
+    "output_tokens_per_s",
+    "request_throughput",
+    "ttfc_p50",
+    "ttfc_p99",
+    "tbc_p50",
+    "tbc_p99",
+]
+HEALTH_CHECKS = {
+    "session_dispatch_rate",
+    "concurrency",
+    "intra_session_arrival_lateness",
+    "prompt_length",
+    "output_length",
+    "lifecycle_delays",
+    "error_rate",
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> RunPaths:
+    tmp = tmp_path_factory.mktemp("contract")
+    (tmp / "c.veeksha.yml").write_text(
+        """
+output_dir: out
+server: {type: simulated}
+traffic_scheduler: {type: rate, interval_generator: {type: poisson, arrival_rate: 8}}
+session_generator:
+  type: synthetic
+  session_graph: {type: linear, num_request_generator: {type: fixed, value: 2}}
+evaluators:
+  - type: performance
+    slos:
+      - {name: "P99 TTFC", metric: ttfc, percentile: 0.99, value: 0.5, type: constant}
+      - {name: "P50 E2E", metric: e2e, percentile: 0.5, value: 0.001, type: constant}
+runtime: {benchmark_timeout: 6}
+"""
+    )
+    proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    return only_run_dir(tmp / "out")
+
+
+def test_run_directory_name(run: RunPaths) -> None:
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{8}", run.root.name)
+
+
+def test_run_json(run: RunPaths) -> None:
+    info = orjson.loads(run.run_json.read_bytes())
+    assert set(RUN_JSON_FIELDS) <= set(info)
+    assert info["status"] in ("completed", "timeout")
+    assert info["config_sha256"].startswith(run.root.name.rsplit("-", 1)[1])
+    assert info["sweep"] is None and info["capacity_search"] is None
+
+
+def test_request_records_and_trace(run: RunPaths) -> None:
+    records = read_jsonl(run.request_records)
+    trace = read_jsonl(run.dispatch_trace)
+    assert records and all(list(r) == list(REQUEST_RECORD_FIELDS) for r in records)
+    assert all(set(DISPATCH_TRACE_FIELDS) <= set(t) for t in trace)
+    assert len(records) == len(trace)
+    for r in records:
+        if r["status"] != "success":
+            continue
+        assert r["ttfc"] > 0 and isinstance(r["tbc"], list)
+        assert r["normalized_end_to_end_latency"] == pytest.approx(
+            r["end_to_end_latency"] / r["num_output_tokens"]
+        )
+
+
+def test_summary_stats(run: RunPaths) -> None:
+    summary = orjson.loads(run.summary_stats.read_bytes())
+    assert SUMMARY_KEYS <= set(summary)
+    for metric in DISTRIBUTION_METRICS:
+        for suffix in STAT_SUFFIXES:
+            assert f"{metric}_{suffix}" in summary, f"{metric}_{suffix}"
+    assert summary["target_session_dispatch_rate"] == 8
+    assert summary["num_requests"] == len(read_jsonl(run.request_records))
+    assert all(re.fullmatch(r"[a-z0-9_]+", k) for k in summary)
+
+
+def test_throughput_metrics(run: RunPaths) -> None:
+    throughput = orjson.loads(run.throughput_metrics.read_bytes())
+    assert THROUGHPUT_KEYS <= set(throughput)
+    assert throughput["slo_attainment"] == 0.0  # nothing finishes within 1 ms
+    assert throughput["goodput"] == 0.0
+    assert throughput["output_token_throughput"] > 0
+
+
+def test_slo_results(run: RunPaths) -> None:
+    slo = orjson.loads(run.slo_results.read_bytes())
+    assert slo["all_slos_met"] is False
+    ttfc, e2e = slo["results"]
+    assert SLO_KEYS <= set(ttfc)
+    assert (ttfc["slo_metric_key"], ttfc["met"]) == ("ttfc_p99", True)
+    assert (e2e["slo_metric_key"], e2e["met"]) == ("end_to_end_latency_p50", False)
+
+
+def test_health_checks_txt_and_json_agree(run: RunPaths) -> None:
+    checks = orjson.loads(run.health_checks_json.read_bytes())
+    assert {c["name"] for c in checks["checks"]} >= HEALTH_CHECKS
+    text = run.health_check_txt.read_text()
+    for c in checks["checks"]:
+        block = re.search(rf"={{10,}}\n{c['name'].upper().replace('_', ' ')}\n={{10,}}\nResult: (\w+)", text)
+        assert block, c["name"]
+        assert block.group(1) == c["result"]
+
+
+def test_prefill_stats(run: RunPaths) -> None:
+    assert orjson.loads(run.prefill_stats.read_bytes())
+
+
+def test_timeseries_has_one_row_per_second(run: RunPaths) -> None:
+    with run.timeseries_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == TIMESERIES_COLUMNS
+    assert [int(float(r["elapsed_s"])) for r in rows] == list(range(len(rows)))
+    assert len(rows) >= 6
+    assert sum(int(r["dispatched"]) for r in rows) == len(read_jsonl(run.request_records))
+
+
+@pytest.mark.parametrize("metric", DISTRIBUTION_METRICS)
+def test_distribution_csv_and_png(run: RunPaths, metric: str) -> None:
+    with run.distribution_csv(metric).open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["cdf", "value"]
+    assert [round(float(r["cdf"]), 2) for r in rows] == [round(i / 100, 2) for i in range(101)]
+    values = [float(r["value"]) for r in rows]
+    assert values == sorted(values)
+    png = run.distribution_png(metric).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_no_file_outside_the_contract(run: RunPaths) -> None:
+    allowed = {"run.json", "config.yml", "health_check_results.txt", "metrics", "traces"}
+    assert {p.name for p in run.root.iterdir()} <= allowed
+    assert not [p for p in Path(run.root).rglob("*.tmp")]
