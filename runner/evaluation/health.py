@@ -81,10 +81,13 @@ def _stats(values: np.ndarray) -> dict[str, float | None]:
     return {"p50_s": p50, "p99_s": p99, "max_s": top}
 
 
-def _worst(df: pl.DataFrame, column: str, n: int = WORST) -> list[dict[str, Any]]:
+def _worst(df: pl.DataFrame, column: str, *, seconds: bool = False, n: int = WORST) -> list[dict[str, Any]]:
+    """The n rows with the largest `column`: request id, session id and the value (`value_s` when
+    it is a duration)."""
     top = df.filter(pl.col(column).is_not_null()).top_k(n, by=column)
+    key = "value_s" if seconds else "value"
     return [
-        {"request_id": r["request_id"], "session_id": r["session_id"], "value": r[column]}
+        {"request_id": r["request_id"], "session_id": r["session_id"], key: r[column]}
         for r in top.select("request_id", "session_id", column).iter_rows(named=True)
     ]
 
@@ -193,7 +196,11 @@ def intra_session_lateness(data: RunData) -> Check:
     return Check(
         name,
         _verdict(stats["p99_s"] is not None and stats["p99_s"] <= LATENESS_P99_S),
-        {"num_requests": nodes.height, **stats, "worst_offenders": _worst(nodes, "dispatch_delay")},
+        {
+            "num_requests": nodes.height,
+            **stats,
+            "worst_offenders": _worst(nodes, "dispatch_delay", seconds=True),
+        },
         {"p99_s": LATENESS_P99_S},
     )
 
@@ -293,7 +300,7 @@ def lifecycle_delays(data: RunData) -> Check:
         if len(values) == 0:
             continue
         stats = _stats(values)
-        metrics[stage.removesuffix("_s")] = {**stats, "worst_offenders": _worst(stages, stage)}
+        metrics[stage.removesuffix("_s")] = {**stats, "worst_offenders": _worst(stages, stage, seconds=True)}
         ok &= stats["p99_s"] is not None and stats["p99_s"] <= DELAY_P99_S
     if not metrics:
         return Check(name, SKIPPED, detail="no request was dispatched")
@@ -344,25 +351,41 @@ def format_health_text(checks: list[Check]) -> str:
 
 def _flatten(obj: dict[str, Any], prefix: str, out: list[tuple[str, str]]) -> None:
     for key, value in obj.items():
-        label = f"{prefix}{key.replace('_', ' ')}"
         if key == "worst_offenders":
             for i, w in enumerate(value, 1):
                 out.append((f"{prefix}worst offender {i}", _offender(w)))
-        elif isinstance(value, dict) and key != "error_code_freq":
+            continue
+        name, unit = _unit(key)
+        label = f"{prefix}{name.replace('_', ' ')}"
+        if isinstance(value, dict) and key != "error_code_freq":
             _flatten(value, f"{label} ", out)
         elif isinstance(value, dict):
             out.append((label, ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"))
         else:
-            out.append((label, _fmt(value)))
+            out.append((label, _fmt(value, unit)))
+
+
+def _unit(key: str) -> tuple[str, str]:
+    """A metric key's label and unit: `p99_s` → (p99, s), `observed_rate_per_s` → (observed_rate, /s)."""
+    if key.endswith("_per_s"):
+        return key.removesuffix("_per_s"), "/s"
+    if key.endswith("_s"):
+        return key.removesuffix("_s"), "s"
+    return key, ""
 
 
 def _offender(w: dict[str, Any]) -> str:
-    return f"request {w['request_id']} (session {w['session_id']}): {_fmt(w['value'])}"
+    key = "value_s" if "value_s" in w else "value"
+    return f"request {w['request_id']} (session {w['session_id']}): {_fmt(w[key], _unit(key)[1])}"
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, unit: str = "") -> str:
     if value is None:
         return "n/a"
+    if isinstance(value, float) and unit == "s":
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value * 1e6:.4g} µs"
+        return f"{value * 1e3:.4g} ms" if value != 0 and abs(value) < 1 else f"{value:.4g} s"
     if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+        return f"{value:.6g}{' ' + unit if unit else ''}"
+    return f"{value}{' ' + unit if unit else ''}"

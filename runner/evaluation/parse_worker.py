@@ -14,6 +14,7 @@ length, then bytes): records → frame as Arrow IPC, gaps (float64), gaps per ro
 from __future__ import annotations
 
 import io
+import os
 import struct
 import subprocess
 import sys
@@ -35,10 +36,11 @@ def _ipc(df: pl.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def _send(out: IO[bytes], *payloads: bytes) -> None:
+def _send(out: IO[bytes], *payloads: bytes | np.ndarray) -> None:
     for p in payloads:
-        out.write(_LEN.pack(len(p)))
-        out.write(p)
+        data = memoryview(np.ascontiguousarray(p)).cast("B") if isinstance(p, np.ndarray) else p
+        out.write(_LEN.pack(len(data)))
+        out.write(data)  # arrays go out straight from their buffer, no intermediate copy
     out.flush()
 
 
@@ -61,7 +63,7 @@ def main() -> None:
             frame, gaps, lengths, length = parse_records_block(
                 Path(task["records"]), task["offset"], task["length"], task["kinds"]
             )
-            _send(out, _ipc(frame), gaps.tobytes(), lengths.astype(np.int64).tobytes(), _LEN.pack(length))
+            _send(out, _ipc(frame), gaps, lengths.astype(np.int64), _LEN.pack(length))
         else:
             _send(out, _ipc(parse_trace_file(Path(task["trace"]), task["kinds"])))
 
@@ -77,11 +79,14 @@ def parse_in_workers(
 
     Blocks go round-robin to the workers; the trace goes last to the one with fewest blocks.
     """
+    # One polars thread per worker: the workers are the parallelism (more threads only contend).
+    env = {**os.environ, "POLARS_MAX_THREADS": "1"}
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "veeksha.runner.evaluation.parse_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env=env,
         )
         for _ in range(workers)
     ]

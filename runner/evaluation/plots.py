@@ -49,22 +49,35 @@ def plot_distributions(items: list[tuple[Path, str, Distribution]]) -> None:
             ax.clear()
             title, axis, unit = LABELS.get(metric, (metric, "value", ""))
             ax.set_title(f"{title} — CDF (n = {dist.count:,})", fontsize=11)
-            ax.set_xlabel(axis)
             ax.set_ylabel("fraction of samples ≤ x")
             if dist.count == 0 or dist.mean is None:
+                ax.set_xlabel(axis)
                 ax.set_xscale("linear")
                 ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes, fontsize=14)
                 ax.set_xticks([])
                 ax.set_yticks([])
             else:
-                _draw(ax, dist, unit)
+                scale, axis = _axis_scale(dist, axis, unit)
+                ax.set_xlabel(axis)
+                _draw(ax, dist, unit, scale)
             fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
 
 
-def _draw(ax, dist: Distribution, unit: str) -> None:
-    xs = [float(v) for v in dist.quantiles]  # type: ignore[arg-type]
+def _axis_scale(dist: Distribution, axis: str, unit: str) -> tuple[float, str]:
+    """Sub-second durations are drawn in ms or µs, so tick labels stay short."""
+    top = abs(dist.at(1.0) or 0.0)
+    if unit != "s" or top >= 1 or top == 0:
+        return 1.0, axis
+    scale, name = (1e3, "milliseconds") if top >= 1e-3 else (1e6, "microseconds")
+    return scale, axis.replace("seconds", name)
+
+
+def _draw(ax, dist: Distribution, unit: str, scale: float) -> None:
+    from matplotlib.lines import Line2D
+
+    xs = [float(v) * scale for v in dist.quantiles]  # type: ignore[arg-type]
     ys = list(QUANTILE_GRID)
     positive = [x for x in xs if x > 0]
     use_log = bool(positive) and len(positive) >= 0.9 * len(xs) and xs[-1] / positive[0] > LOG_RANGE
@@ -77,25 +90,14 @@ def _draw(ax, dist: Distribution, unit: str) -> None:
         value = dist.at(q)
         if value is None or (use_log and value <= 0):
             continue
-        ax.axvline(value, color=color, linestyle="--", linewidth=1.2, label=f"{name} = {_fmt(value, unit)}")
-        ax.plot([value], [q], marker="o", color=color, markersize=5)
+        label = f"{name} = {_fmt(value, unit)}"
+        ax.axvline(value * scale, color=color, linestyle="--", linewidth=1.2, label=label)
+        ax.plot([value * scale], [q], marker="o", color=color, markersize=5)
     ax.set_ylim(0, 1.02)
     ax.grid(True, which="major", alpha=0.3)
     if use_log:
         ax.grid(True, which="minor", alpha=0.1)
-    stats = (
-        f"mean {_fmt(dist.mean, unit)}\n"  # type: ignore[arg-type]
-        f"min {_fmt(dist.at(0.0), unit)}\n"  # type: ignore[arg-type]
-        f"max {_fmt(dist.at(1.0), unit)}"  # type: ignore[arg-type]
-    )
-    ax.legend(loc="lower right", fontsize=9, framealpha=0.9)
-    ax.text(
-        0.02,
-        0.97,
-        stats,
-        transform=ax.transAxes,
-        va="top",
-        ha="left",
-        fontsize=9,
-        bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "#cccccc"},
-    )
+    for name, value in (("mean", dist.mean), ("min", dist.at(0.0)), ("max", dist.at(1.0))):
+        ax.add_line(Line2D([], [], linestyle="none", label=f"{name} = {_fmt(value, unit)}"))  # type: ignore[arg-type]
+    # "best": the corner where the box covers the least of the curve and the percentile lines.
+    ax.legend(loc="best", fontsize=9, framealpha=0.92, handlelength=1.8)

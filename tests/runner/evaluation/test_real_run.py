@@ -1,0 +1,104 @@
+"""Contract test: a real `veeksha-run` against the simulated server, then `veeksha-run evaluate`.
+
+Every file and key of outputs.md that evaluation writes, the live time series equal to the rebuilt
+one, and `--strict` exit codes.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import orjson
+import pytest
+from veeksha.shared.paths import DISTRIBUTION_METRICS, RunPaths
+from veeksha.shared.records import REQUEST_RECORD_FIELDS
+
+from ..helpers import only_run_dir, run_cli
+
+CONFIG = """
+traffic_scheduler:
+  type: rate
+  interval_generator: {type: poisson, arrival_rate: 10}
+session_generator:
+  type: synthetic
+  session_graph:
+    type: linear
+    num_request_generator: {type: uniform, min: 1, max: 3}
+    request_wait_generator: {type: fixed, value: 0.1}
+  channels:
+    - type: text
+      body_length_generator: {type: uniform, min: 50, max: 300}
+  output_spec: {text: {output_length_generator: {type: uniform, min: 8, max: 32}}}
+evaluators:
+  - type: performance
+    slos:
+      - {name: "P99 TTFC", metric: ttfc, percentile: 0.99, value: 5.0}
+      - {name: "P50 TBC", metric: tbc, percentile: 0.5, value: 1.0}
+      - {name: "impossible E2E", metric: e2e, percentile: 0.9, value: 0.000001}
+runtime: {benchmark_timeout: 4, warmup_sessions: 2}
+server: {type: simulated}
+output_dir: out
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> RunPaths:
+    tmp = tmp_path_factory.mktemp("real")
+    (tmp / "cfg.yml").write_text(CONFIG)
+    proc = run_cli(["--config", "cfg.yml"], cwd=tmp, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return only_run_dir(tmp / "out")
+
+
+def _json(path):
+    return orjson.loads(path.read_bytes())
+
+
+def test_records_follow_the_contract(run):
+    lines = [orjson.loads(line) for line in run.request_records.read_bytes().splitlines()]
+    assert lines and all(tuple(rec) == REQUEST_RECORD_FIELDS for rec in lines)
+    assert any(rec["is_warmup"] for rec in lines) and any(not rec["is_warmup"] for rec in lines)
+    ok = [r for r in lines if r["status"] == "success"]
+    assert ok and all(r["ttfc"] > 0 and r["end_to_end_latency"] >= r["ttfc"] for r in ok)
+    assert all(isinstance(r["tbc"], list) and all(g >= 0 for g in r["tbc"]) for r in ok)
+
+
+def test_every_evaluation_file_exists_with_its_keys(run):
+    summary = _json(run.summary_stats)
+    assert summary["num_requests"] > 0 and summary["num_warmup_requests"] > 0
+    for metric in DISTRIBUTION_METRICS:
+        assert summary[f"{metric}_p99"] is not None, metric
+        assert run.distribution_csv(metric).read_text().count("\n") == 102
+        assert run.distribution_png(metric).stat().st_size > 10_000
+    assert summary["target_session_dispatch_rate"] == 10
+    throughput = _json(run.throughput_metrics)
+    assert throughput["goodput"] == 0  # the impossible E2E threshold fails every request
+    assert throughput["peak_output_token_throughput"] > 0
+    slo = _json(run.slo_results)
+    assert [r["met"] for r in slo["results"]] == [True, True, False]
+    assert [r["slo_metric_key"] for r in slo["results"]] == ["ttfc_p99", "tbc_p50", "end_to_end_latency_p90"]
+    health = _json(run.health_checks_json)
+    names = {c["name"] for c in health["checks"]}
+    assert names >= {"session_dispatch_rate", "lifecycle_delays", "error_rate"}
+    assert "Result: " in run.health_check_txt.read_text()
+    assert _json(run.prefill_stats)["num_requests"] == summary["num_completed_requests"]
+
+
+def test_live_time_series_equals_the_rebuild(run, tmp_path):
+    live = run.timeseries_csv.read_bytes()
+    with run.timeseries_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 4 and sum(int(r["completed"]) for r in rows) > 0
+    copy = RunPaths(tmp_path / "copy")
+    shutil.copytree(run.root, copy.root)
+    proc = run_cli(["evaluate", str(copy.root)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert copy.timeseries_csv.read_bytes() == live
+    assert "FAIL  impossible E2E" in proc.stdout
+
+
+def test_strict_evaluate_fails_on_a_failed_slo(run, tmp_path):
+    copy = RunPaths(tmp_path / "copy")
+    shutil.copytree(run.root, copy.root)
+    assert run_cli(["evaluate", "--strict", str(copy.root)], cwd=tmp_path).returncode == 1
