@@ -129,9 +129,12 @@ class Recorder:
             records.flush()
             self.num_records += len(lines)
         if payload["trace"]:
-            trace.write(
-                b"\n".join(orjson.dumps(self._relative_trace(t, t0)) for t in payload["trace"]) + b"\n"
-            )
+            lines = []
+            for raw in payload["trace"]:
+                line = self._relative_trace(raw, t0)
+                self.timeseries.add_dispatch(line["dispatched_at"])
+                lines.append(orjson.dumps(line))
+            trace.write(b"\n".join(lines) + b"\n")
             trace.flush()
         self.progress.update(self._elapsed(), payload["progress"])
 

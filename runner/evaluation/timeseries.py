@@ -17,18 +17,30 @@ Row `elapsed_s = k` covers [k, k+1) seconds since the run start. Warmup requests
 whole nanoseconds first, so the live writer and the rebuild do the same integer arithmetic and write
 the same bytes.
 
-Live writing. Records reach the recorder when a request ends, so a row is final only once every
-request that was in flight during it has ended. The writer therefore appends row k only when
-`now ≥ k + 1 + lag_s`, with lag_s at least the longest a request can live (request timeout +
-connect timeout, see `lag_seconds`); the latency quantiles of a second are computed `PERCENTILE_SETTLE_S`
-after it ends, keeping memory bounded. A record that would still change a written row or a computed
-quantile (it arrived later than that: an overloaded recorder, a request outliving its deadline)
-marks the file stale, and `close` deletes it, so the end-of-run evaluation rebuilds it from the
-records: the file on disk is either exact or absent, never silently wrong.
+Live writing. The recorder feeds the writer every dispatch as it happens (`add_dispatch`, from the
+driver's trace lines, sent every 100 ms) and every record when its request ends (`add`). All columns
+are computed from the records, exactly as the rebuild does; the dispatches only tell the writer which
+requests are still open. Row k is final, and appended, once
+  - `now ≥ k + 1 + lag_s`: every dispatch and completion of second k has reached the recorder (lag_s
+    is a few seconds; trace lines and records arrive ≤ ~0.3 s after the event), and
+  - no request dispatched before `k + 1` is still open: its record (its end for `in_flight`, its
+    chunk times for `output_tokens_per_s`) is still to come.
+So a row is written a few seconds after it ends, or as soon as the longest request in flight during
+it has ended. Warmup requests hold rows too (trace lines do not say which requests are warmup) but
+add nothing to them. Open requests are matched to their records by dispatch time (the same float on
+both sides), and rows past the last second a record touched are written only while a request is open
+(its record will touch a later second), so the live rows are exactly the rebuild's.
+
+The latency quantiles of second k are computed once its completions are all in (`k + 1 + lag_s`),
+keeping memory bounded while a long request holds the row. A record that would still change a
+written row or a computed quantile (it arrived later than the lag: an overloaded recorder, a missed
+trace line) marks the file stale, and `close` deletes it, so the end-of-run evaluation rebuilds it
+from the records: the file on disk is either exact or absent, never silently wrong.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from pathlib import Path
@@ -40,7 +52,6 @@ from veeksha.runner.evaluation.frame import FAILED_STATUSES
 from veeksha.runner.evaluation.quantiles import quantiles_inplace
 from veeksha.runner.evaluation.stream_tokens import NS, tokens_per_second
 from veeksha.runner.evaluation.timeseries_rebuild import ROW_QUANTILES, build_timeseries
-from veeksha.shared.config import BenchmarkConfig
 from veeksha.shared.jsonio import write_atomic
 from veeksha.shared.records import SUCCESS
 
@@ -58,15 +69,11 @@ COLUMNS = (
     "tbc_p50",
     "tbc_p99",
 )
-DEFAULT_LAG_S = 315.0  # default request_timeout (300) + connect_timeout (10) + margin
-PERCENTILE_SETTLE_S = 5.0
+# Trace lines and records reach the recorder ≤ ~0.3 s after the event (100 ms batches + the pipe);
+# the recorder flushes once a second. 3 s leaves room for a busy recorder.
+DEFAULT_LAG_S = 3.0
 
-__all__ = ["COLUMNS", "TimeseriesWriter", "build_timeseries", "lag_seconds", "write_timeseries"]
-
-
-def lag_seconds(cfg: BenchmarkConfig) -> float:
-    """How long the live writer waits before a row is final: the longest a request can live."""
-    return cfg.client.request_timeout + cfg.client.connect_timeout + 5.0
+__all__ = ["COLUMNS", "TimeseriesWriter", "build_timeseries", "write_timeseries"]
 
 
 def _ns(t: float | None) -> int | None:
@@ -135,7 +142,7 @@ class _Row:
 
 
 class TimeseriesWriter:
-    """Builds timeseries.csv while records arrive (one `add` per finalized record)."""
+    """Builds timeseries.csv while the run goes: `add_dispatch` per dispatch, `add` per finalized record."""
 
     def __init__(self, path: Path, lag_s: float = DEFAULT_LAG_S) -> None:
         self.path = path
@@ -145,8 +152,36 @@ class TimeseriesWriter:
         self.frozen_below = 0  # rows below this have their quantiles computed
         self.last_second = -1  # last second any record touched
         self.stale = False
+        # Requests dispatched whose record has not arrived: dispatch ns -> count, and a min-heap of
+        # those ns with lazy deletion. A record may come before its dispatch (same batch): counts
+        # then dip below zero until the dispatch arrives.
+        self.open: dict[int, int] = {}
+        self.open_heap: list[int] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(HEADER + "\n")
+
+    def add_dispatch(self, dispatched_at: float | None) -> None:
+        """A request was dispatched at `dispatched_at` (seconds since the run start; None: never sent)."""
+        if dispatched_at is None:
+            return
+        d_ns = round(dispatched_at * NS)
+        if self._count_open(d_ns, +1) > 0:
+            heapq.heappush(self.open_heap, d_ns)
+
+    def _count_open(self, d_ns: int, step: int) -> int:
+        count = self.open.get(d_ns, 0) + step
+        if count:
+            self.open[d_ns] = count
+        else:
+            del self.open[d_ns]
+        return count
+
+    def _oldest_open(self) -> int | None:
+        """Dispatch ns of the oldest request still open (None: none)."""
+        heap = self.open_heap
+        while heap and self.open.get(heap[0], 0) <= 0:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
 
     def _row(self, second: int, *, quantiles: bool = False) -> _Row:
         if second < self.next_row or (quantiles and second < self.frozen_below):
@@ -158,10 +193,12 @@ class TimeseriesWriter:
         return row
 
     def add(self, record: dict[str, Any]) -> None:
+        d_ns = _ns(record.get("scheduler_dispatched_at"))
+        if d_ns is not None:
+            self._count_open(d_ns, -1)  # warmup requests too: their dispatches held rows
         if record.get("is_warmup"):
             return
         status = record.get("status")
-        d_ns = _ns(record.get("scheduler_dispatched_at"))
         end = record.get("client_completed_at")
         end = record.get("result_processed_at") if end is None else end
         e_ns = _ns(end) if end is not None else d_ns
@@ -201,19 +238,28 @@ class TimeseriesWriter:
 
     def flush(self, now_s: float) -> None:
         """Append every row that is final at `now_s` (seconds since the run start)."""
-        settled = math.floor(now_s - PERCENTILE_SETTLE_S) - 1  # last second whose completions are in
+        settled = math.floor(now_s - self.lag_s) - 1  # last second whose events have all arrived
         while self.frozen_below <= settled:
             row = self.rows.get(self.frozen_below)
             if row is not None:
                 row.freeze_quantiles()
             self.frozen_below += 1
-        self._write_through(min(math.floor(now_s - self.lag_s) - 1, self.last_second))
+        oldest = self._oldest_open()
+        if oldest is None:
+            last = min(settled, self.last_second)  # no trailing rows the run may never reach
+        else:
+            last = min(settled, _sec(oldest) - 1)  # that request's record will touch _sec(oldest)
+        self._write_through(last)
 
     def close(self, end_s: float) -> None:
         """Write the remaining rows (up to the last second any record touched).
 
         A stale file is deleted instead: the end-of-run evaluation rebuilds it from the records.
         """
+        if self.next_row - 1 > self.last_second:
+            # Rows were written for a request whose record never came (a driver that died): the
+            # rebuild, from the records alone, ends earlier.
+            self.stale = True
         self._write_through(self.last_second)
         if self.stale:
             self.path.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -56,17 +57,70 @@ def test_hand_computed_rows(tmp_path):
     assert (r2["errored"], r2["completed"], float(r2["in_flight"])) == ("1", "0", 0.5)
 
 
+def _feed_hand_records(writer):
+    for rec in _hand_records():
+        writer.add_dispatch(rec["scheduler_dispatched_at"])
+    for rec in _hand_records():
+        writer.add(rec)
+
+
 def test_live_writer_waits_for_the_lag_then_matches_the_rebuild(tmp_path):
     live = tmp_path / "live.csv"
     writer = TimeseriesWriter(live, lag_s=2.0)
-    for rec in _hand_records():
-        writer.add(rec)
+    _feed_hand_records(writer)
     writer.flush(3.0)  # row k is final at k + 1 + lag: only row 0
     assert [r["elapsed_s"] for r in _rows(live)] == ["0"]
     writer.flush(100.0)  # never beyond the last second a record touched
     assert [r["elapsed_s"] for r in _rows(live)] == ["0", "1", "2"]
     writer.close(100.0)
     write_timeseries(tmp_path / "rebuilt.csv", build_timeseries(records_from_dicts(_hand_records())))
+    assert live.read_bytes() == (tmp_path / "rebuilt.csv").read_bytes()
+
+
+def test_rows_are_written_while_requests_are_still_in_flight(tmp_path):
+    # One short request dispatched every second 0..9; the ones of seconds 8 and 9 have not ended
+    # at 10 s. Rows are final 3 s (the default lag) after they end, whatever is still in flight later.
+    live = tmp_path / "live.csv"
+    writer = TimeseriesWriter(live)
+    done = [request(s, sent=s + 0.2, chunks=[s + 0.4, s + 0.6], n_out=2) for s in range(8)]
+    running = [request(s, sent=s + 0.2, chunks=[s + 0.4, s + 5.0], n_out=2) for s in (8, 9)]
+    for rec in done + running:
+        writer.add_dispatch(rec["scheduler_dispatched_at"])
+    for rec in done:
+        writer.add(rec)
+    writer.flush(10.0)
+    assert [r["elapsed_s"] for r in _rows(live)] == [str(s) for s in range(7)]
+    assert all(r["dispatched"] == r["completed"] == "1" for r in _rows(live))
+    writer.flush(12.0)  # row 7 is due, row 8 on is held: request 8 is still open
+    assert len(_rows(live)) == 8
+    for rec in running:
+        writer.add(rec)
+    writer.flush(20.0)
+    writer.close(20.0)
+    write_timeseries(tmp_path / "rebuilt.csv", build_timeseries(records_from_dicts(done + running)))
+    assert live.read_bytes() == (tmp_path / "rebuilt.csv").read_bytes()
+
+
+def test_a_long_request_holds_only_the_rows_it_spans(tmp_path):
+    # A 30 s request dispatched at 2.5: rows 0..1 are written on time; rows from 2 on need its
+    # record (its end for in_flight, its chunks for output_tokens_per_s), then come at once.
+    live = tmp_path / "live.csv"
+    writer = TimeseriesWriter(live)
+    long = request(0, sent=2.5, chunks=[3.0, 32.5], n_out=2)
+    short = [request(i, sent=i + 0.5, chunks=[i + 0.7], n_out=1) for i in range(1, 40)]
+    writer.add_dispatch(long["scheduler_dispatched_at"])
+    for now in range(1, 50):
+        for rec in short:
+            if now - 1 <= rec["scheduler_dispatched_at"] < now:
+                writer.add_dispatch(rec["scheduler_dispatched_at"])
+                writer.add(rec)
+        if now == 33:
+            writer.add(long)
+        writer.flush(float(now))
+        held = 2 if now < 33 else 40  # 40: the last second a record touched
+        assert len(_rows(live)) == max(0, min(now - 3, held)), now
+    writer.close(50.0)
+    write_timeseries(tmp_path / "rebuilt.csv", build_timeseries(records_from_dicts([long, *short])))
     assert live.read_bytes() == (tmp_path / "rebuilt.csv").read_bytes()
 
 
@@ -100,37 +154,105 @@ def _random_run(seed: int, n: int = 1500):
     return [out[i] for i in np.argsort(end, kind="stable")]
 
 
-def _feed(path, records, lag_s):
-    """Replay records as the recorder would: each arrives 0.3 s after it ended, flush every second."""
-    writer = TimeseriesWriter(path, lag_s=lag_s)
-    next_flush = 1.0
+def _feed(path, records, lag_s=3.0, delay=0.0, dispatches=True):
+    """Replay a run as the recorder sees it: driver batches every 0.1 s carry the records of the
+    requests that ended (`delay` s late) and the dispatches of the tick, records first, arriving
+    0.2 s after the tick; the writer is flushed every second. Returns the writer and the number of
+    rows on disk at each flush."""
+    events = []
     for rec in records:
-        arrival = (rec["client_completed_at"] or rec["result_processed_at"]) + 0.3
+        end = rec["client_completed_at"] or rec["result_processed_at"]
+        events.append((end + delay, 0, rec))
+        if dispatches and rec["scheduler_dispatched_at"] is not None:
+            events.append((rec["scheduler_dispatched_at"], 1, rec))
+    batches: dict[int, list] = {}
+    for t, kind, rec in events:
+        batches.setdefault(math.floor(t * 10) + 1, []).append((kind, rec))
+    writer = TimeseriesWriter(path, lag_s=lag_s)
+    on_disk = {}
+    next_flush = 1.0
+    for tick in sorted(batches):
+        arrival = tick / 10 + 0.2
         while next_flush <= arrival:
             writer.flush(next_flush)
+            on_disk[next_flush] = path.read_bytes().count(b"\n") - 1 if path.exists() else 0
             next_flush += 1.0
-        writer.add(rec)
+        for kind, rec in sorted(batches[tick], key=lambda e: e[0]):
+            if kind == 0:
+                writer.add(rec)
+            else:
+                writer.add_dispatch(rec["scheduler_dispatched_at"])
     writer.close(next_flush)
-    return writer
+    return writer, on_disk
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_live_file_equals_rebuilt_file(tmp_path, seed):
     records = _random_run(seed)
-    writer = _feed(tmp_path / "live.csv", records, lag_s=20.0)  # longer than any request
+    writer, on_disk = _feed(tmp_path / "live.csv", records)  # the default lag: 3 s
     assert not writer.stale
     write_timeseries(tmp_path / "rebuilt.csv", build_timeseries(records_from_dicts(records)))
     live, rebuilt = (tmp_path / "live.csv").read_bytes(), (tmp_path / "rebuilt.csv").read_bytes()
     assert live.count(b"\n") > 40
     assert live == rebuilt
+    # Written while the run went: rows followed the clock, held only by requests still in flight.
+    assert on_disk[20.0] > 0 and on_disk[30.0] > on_disk[20.0]
 
 
-def test_a_record_changing_a_written_row_makes_the_live_file_go_away(tmp_path):
-    # With a 1 s lag, requests that run longer than that reach the writer after their dispatch row
-    # was written: the file would be wrong, so close() deletes it for the evaluation to rebuild.
-    writer = _feed(tmp_path / "live.csv", _random_run(3), lag_s=1.0)
+def test_a_record_later_than_the_lag_makes_the_live_file_go_away(tmp_path):
+    # Records reaching the writer 5 s after their end, with a 1 s lag: completions land in rows
+    # whose quantiles are already computed. The file would be wrong, so close() deletes it for
+    # the evaluation to rebuild.
+    writer, _ = _feed(tmp_path / "live.csv", _random_run(3), lag_s=1.0, delay=5.0)
     assert writer.stale
     assert not (tmp_path / "live.csv").exists()
+
+
+def test_a_request_the_writer_never_saw_dispatched_makes_the_live_file_go_away(tmp_path):
+    # Without the dispatches, nothing holds the rows a long request spans.
+    writer, _ = _feed(tmp_path / "live.csv", _random_run(3), dispatches=False)
+    assert writer.stale
+    assert not (tmp_path / "live.csv").exists()
+
+
+def test_a_request_whose_record_never_comes_makes_rows_past_the_records_go_away(tmp_path):
+    # A driver that died: the open request let rows be written that the records do not reach.
+    live = tmp_path / "live.csv"
+    writer = TimeseriesWriter(live)
+    rec = request(0, sent=0.5, chunks=[0.7], n_out=1)
+    writer.add_dispatch(rec["scheduler_dispatched_at"])
+    writer.add(rec)
+    writer.add_dispatch(1.5)  # never ends
+    writer.flush(10.0)
+    assert len(_rows(live)) == 1  # row 0 only: the open request holds row 1 on
+    writer.close(10.0)
+    assert not writer.stale and live.exists()  # nothing past the records was written
+    writer = TimeseriesWriter(live)
+    writer.add_dispatch(5.5)  # never ends
+    writer.add_dispatch(rec["scheduler_dispatched_at"])
+    writer.add(rec)
+    writer.flush(10.0)
+    assert len(_rows(live)) == 5  # rows 0..4, from a request that will never be recorded
+    writer.close(10.0)
+    assert writer.stale and not live.exists()
+
+
+def test_warmup_requests_hold_rows_but_add_nothing(tmp_path):
+    live = tmp_path / "live.csv"
+    writer = TimeseriesWriter(live)
+    warm = request(0, sent=0.5, chunks=[0.7, 6.5], n_out=2, is_warmup=True)
+    rec = request(1, sent=1.5, chunks=[1.7], n_out=1)
+    for r in (warm, rec):
+        writer.add_dispatch(r["scheduler_dispatched_at"])
+    writer.add(rec)
+    writer.flush(6.0)
+    assert _rows(live) == []  # the warmup request, still open, might be a measured one
+    writer.add(warm)
+    writer.flush(6.0)
+    writer.close(6.0)
+    write_timeseries(tmp_path / "rebuilt.csv", build_timeseries(records_from_dicts([warm, rec])))
+    assert live.read_bytes() == (tmp_path / "rebuilt.csv").read_bytes()
+    assert [r["dispatched"] for r in _rows(live)] == ["0", "1"]
 
 
 def test_no_records_gives_a_header_only_file(tmp_path):
