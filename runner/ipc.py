@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from veeksha.shared.records import DISPATCH_TRACE_FIELDS
+from veeksha.shared.records import DISPATCH_TRACE_FIELDS, MEASURED_FIELDS
 
 START: Final = "start"  # {"t0": perf_counter at run start, "pid": driver pid}
 BATCH: Final = "batch"  # {"records": [...], "trace": [...], "progress": {...}}
@@ -21,31 +21,7 @@ FAILED: Final = "failed"  # {"message": one line}
 # What the driver measures per request. Times are raw time.perf_counter() values; the recorder
 # subtracts t0. `count_text` carries the generated text only when the server sent no usage, so
 # the recorder (not the driver) can count its tokens.
-RAW_RECORD_FIELDS: Final = (
-    "request_id",
-    "session_id",
-    "node_id",
-    "status",
-    "error_type",
-    "error_message",
-    "http_status",
-    "is_warmup",
-    "scheduler_ready_at",
-    "scheduler_dispatched_at",
-    "client_picked_up_at",
-    "client_completed_at",
-    "result_processed_at",
-    "num_delta_prompt_tokens",
-    "num_total_prompt_tokens",
-    "target_num_delta_prompt_tokens",
-    "num_output_tokens",
-    "num_requested_output_tokens",
-    "token_count_source",
-    "is_stream",
-    "finish_reason",
-    "chunk_times",
-    "count_text",
-)
+RAW_RECORD_FIELDS: Final = (*MEASURED_FIELDS, "chunk_times", "count_text")
 RAW_TIME_FIELDS: Final = (
     "scheduler_ready_at",
     "scheduler_dispatched_at",

@@ -63,6 +63,50 @@ REQUEST_RECORD_FIELDS: Final = (
     "finish_reason",
 )
 
+# The fields the driver measures; the others of REQUEST_RECORD_FIELDS are derived from them.
+DERIVED_FIELDS: Final = (
+    "ttfc",
+    "tbc",
+    "tpot",
+    "end_to_end_latency",
+    "normalized_end_to_end_latency",
+    "output_throughput",
+    "dispatch_delay",
+)
+MEASURED_FIELDS: Final = tuple(f for f in REQUEST_RECORD_FIELDS if f not in DERIVED_FIELDS)
+
+# summary_stats.json: `<metric>_<suffix>` for every distribution metric.
+SUMMARY_STAT_SUFFIXES: Final = ("mean", "p50", "p90", "p95", "p99", "min", "max")
+
+# One entry of slo_results.json "results".
+SLO_RESULT_FIELDS: Final = (
+    "name",
+    "metric",
+    "percentile",
+    "threshold",
+    "observed_value",
+    "met",
+    "slo_metric_key",
+    "lower_is_better",
+    "num_samples",
+)
+
+# metrics/timeseries.csv columns, in order.
+TIMESERIES_COLUMNS: Final = (
+    "elapsed_s",
+    "dispatched",
+    "completed",
+    "errored",
+    "in_flight",
+    "output_tokens",
+    "output_tokens_per_s",
+    "request_throughput",
+    "ttfc_p50",
+    "ttfc_p99",
+    "tbc_p50",
+    "tbc_p99",
+)
+
 # One line of traces/dispatch_trace.jsonl (plus "content" when trace_recorder.include_content).
 DISPATCH_TRACE_FIELDS: Final = (
     "request_id",

@@ -13,24 +13,13 @@ import yaml
 from veeksha.shared import __version__
 from veeksha.shared.jsonio import dump_json
 from veeksha.shared.paths import CONFIG_YML, DISTRIBUTION_METRICS, RUN_JSON
+from veeksha.shared.records import SLO_RESULT_FIELDS, SUMMARY_STAT_SUFFIXES
 from veeksha.shared.redact import redact_argv
 from veeksha.uploader.reader import RunData
 from veeksha.uploader.redaction import Redactor
 
 ELAPSED = "elapsed_s"
 HISTORY_PREFIX = "timeseries/"
-STAT_SUFFIXES = ("mean", "p50", "p90", "p95", "p99", "min", "max")
-SLO_COLUMNS = (
-    "name",
-    "metric",
-    "percentile",
-    "threshold",
-    "observed_value",
-    "met",
-    "slo_metric_key",
-    "lower_is_better",
-    "num_samples",
-)
 SCALARS = (int, float, bool, str, type(None))
 
 
@@ -104,7 +93,7 @@ def history_rows(data: RunData) -> list[dict[str, Any]]:
 
 
 def slo_rows(slo: dict[str, Any] | None) -> list[list[Any]]:
-    return [[r.get(c) for c in SLO_COLUMNS] for r in (slo or {}).get("results") or []]
+    return [[r.get(c) for c in SLO_RESULT_FIELDS] for r in (slo or {}).get("results") or []]
 
 
 def stat_metrics(summary_stats: dict[str, Any]) -> list[str]:
@@ -119,7 +108,7 @@ def stat_metrics(summary_stats: dict[str, Any]) -> list[str]:
 def summary_stat_rows(summary_stats: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for m in stat_metrics(summary_stats):
-        values = [summary_stats.get(f"{m}_{s}") for s in STAT_SUFFIXES]
+        values = [summary_stats.get(f"{m}_{s}") for s in SUMMARY_STAT_SUFFIXES]
         rows.append([m, *(float(v) if isinstance(v, int | float) else None for v in values)])
     return rows
 
@@ -150,10 +139,10 @@ def log_run_dir(run: Any, data: RunData, redactor: Redactor, artifact: Any | Non
 
     media: dict[str, Any] = {}
     if data.slo:
-        media["slo_results"] = wandb.Table(columns=list(SLO_COLUMNS), data=slo_rows(data.slo))
+        media["slo_results"] = wandb.Table(columns=list(SLO_RESULT_FIELDS), data=slo_rows(data.slo))
     stats = summary_stat_rows(data.summary_stats)
     if stats:
-        media["summary_stats"] = wandb.Table(columns=["metric", *STAT_SUFFIXES], data=stats)
+        media["summary_stats"] = wandb.Table(columns=["metric", *SUMMARY_STAT_SUFFIXES], data=stats)
     if data.health:
         checks = [[c.get("name"), c.get("result")] for c in data.health.get("checks") or []]
         media["health_checks"] = wandb.Table(columns=["name", "result"], data=checks)

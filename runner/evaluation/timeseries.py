@@ -53,22 +53,9 @@ from veeksha.runner.evaluation.quantiles import quantiles_inplace
 from veeksha.runner.evaluation.stream_tokens import NS, tokens_per_second
 from veeksha.runner.evaluation.timeseries_rebuild import ROW_QUANTILES, build_timeseries
 from veeksha.shared.jsonio import write_atomic
-from veeksha.shared.records import SUCCESS
+from veeksha.shared.records import SUCCESS, TIMESERIES_COLUMNS
 
-COLUMNS = (
-    "elapsed_s",
-    "dispatched",
-    "completed",
-    "errored",
-    "in_flight",
-    "output_tokens",
-    "output_tokens_per_s",
-    "request_throughput",
-    "ttfc_p50",
-    "ttfc_p99",
-    "tbc_p50",
-    "tbc_p99",
-)
+COLUMNS = TIMESERIES_COLUMNS
 # Trace lines and records reach the recorder ≤ ~0.3 s after the event (100 ms batches + the pipe);
 # the recorder flushes once a second. 3 s leaves room for a busy recorder.
 DEFAULT_LAG_S = 3.0

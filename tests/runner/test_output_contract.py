@@ -10,7 +10,14 @@ from pathlib import Path
 import orjson
 import pytest
 from veeksha.shared.paths import DISTRIBUTION_METRICS, RunPaths
-from veeksha.shared.records import DISPATCH_TRACE_FIELDS, REQUEST_RECORD_FIELDS, RUN_JSON_FIELDS
+from veeksha.shared.records import (
+    DISPATCH_TRACE_FIELDS,
+    REQUEST_RECORD_FIELDS,
+    RUN_JSON_FIELDS,
+    SLO_RESULT_FIELDS,
+    SUMMARY_STAT_SUFFIXES,
+    TIMESERIES_COLUMNS,
+)
 
 from tests.runner.helpers import only_run_dir, read_jsonl, run_cli
 
@@ -30,7 +37,6 @@ SUMMARY_KEYS = {
     "duration_s",
     "error_code_freq",
 }
-STAT_SUFFIXES = ("mean", "p50", "p90", "p95", "p99", "min", "max")
 THROUGHPUT_KEYS = {
     "request_throughput",
     "output_token_throughput",
@@ -40,31 +46,6 @@ THROUGHPUT_KEYS = {
     "peak_output_token_throughput",
     "mean_in_flight_requests",
 }
-SLO_KEYS = {
-    "name",
-    "metric",
-    "percentile",
-    "threshold",
-    "observed_value",
-    "met",
-    "slo_metric_key",
-    "lower_is_better",
-    "num_samples",
-}
-TIMESERIES_COLUMNS = [
-    "elapsed_s",
-    "dispatched",
-    "completed",
-    "errored",
-    "in_flight",
-    "output_tokens",
-    "output_tokens_per_s",
-    "request_throughput",
-    "ttfc_p50",
-    "ttfc_p99",
-    "tbc_p50",
-    "tbc_p99",
-]
 HEALTH_CHECKS = {
     "session_dispatch_rate",
     "concurrency",
@@ -131,7 +112,7 @@ def test_summary_stats(run: RunPaths) -> None:
     summary = orjson.loads(run.summary_stats.read_bytes())
     assert SUMMARY_KEYS <= set(summary)
     for metric in DISTRIBUTION_METRICS:
-        for suffix in STAT_SUFFIXES:
+        for suffix in SUMMARY_STAT_SUFFIXES:
             assert f"{metric}_{suffix}" in summary, f"{metric}_{suffix}"
     assert summary["target_session_dispatch_rate"] == 8
     assert summary["num_requests"] == len(read_jsonl(run.request_records))
@@ -150,7 +131,7 @@ def test_slo_results(run: RunPaths) -> None:
     slo = orjson.loads(run.slo_results.read_bytes())
     assert slo["all_slos_met"] is False
     ttfc, e2e = slo["results"]
-    assert SLO_KEYS <= set(ttfc)
+    assert set(SLO_RESULT_FIELDS) <= set(ttfc)
     assert (ttfc["slo_metric_key"], ttfc["met"]) == ("ttfc_p99", True)
     assert (e2e["slo_metric_key"], e2e["met"]) == ("end_to_end_latency_p50", False)
 
@@ -172,7 +153,7 @@ def test_prefill_stats(run: RunPaths) -> None:
 def test_timeseries_has_one_row_per_second(run: RunPaths) -> None:
     with run.timeseries_csv.open() as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == TIMESERIES_COLUMNS
+    assert tuple(rows[0]) == TIMESERIES_COLUMNS
     assert [int(float(r["elapsed_s"])) for r in rows] == list(range(len(rows)))
     assert len(rows) >= 6
     assert sum(int(r["dispatched"]) for r in rows) == len(read_jsonl(run.request_records))

@@ -37,22 +37,8 @@ from veeksha.shared.paths import (
     SWEEP_SUMMARY_JSON,
     RunPaths,
 )
-from veeksha.shared.records import DISPATCH_TRACE_FIELDS, REQUEST_RECORD_FIELDS
+from veeksha.shared.records import DISPATCH_TRACE_FIELDS, REQUEST_RECORD_FIELDS, TIMESERIES_COLUMNS
 
-TIMESERIES_COLUMNS = (
-    "elapsed_s",
-    "dispatched",
-    "completed",
-    "errored",
-    "in_flight",
-    "output_tokens",
-    "output_tokens_per_s",
-    "request_throughput",
-    "ttfc_p50",
-    "ttfc_p99",
-    "tbc_p50",
-    "tbc_p99",
-)
 HEALTH_CHECKS = ("session dispatch rate", "prompt length", "output length", "lifecycle delays", "error rate")
 SLOS = (("P99 TTFC", "ttfc", 0.99, 0.5), ("P90 TBC", "tbc", 0.9, 0.05), ("P50 E2E", "e2e", 0.5, 2.0))
 
