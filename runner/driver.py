@@ -361,8 +361,8 @@ class Driver:
                 parents = [nodes[p] for p in spec.parents]
                 for p in parents:
                     await p.done.wait()
-                if not all(p.ok for p in parents):
-                    if self.cancel_on_failure and self.dispatch_open:
+                if self.cancel_on_failure and not all(p.ok for p in parents):
+                    if self.dispatch_open:
                         self._record_cancelled(session, node, scheduled_at, is_warmup)
                     return
                 ready_at = max(p.completed_at for p in parents) + spec.wait_after_ready

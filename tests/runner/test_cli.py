@@ -237,3 +237,24 @@ def test_a_request_log_trace_is_replayed_on_its_timestamps(tmp_path: Path) -> No
     assert [r["num_output_tokens"] for r in records] == [8] * 6
     for i, r in enumerate(records):
         assert abs(r["scheduler_dispatched_at"] - 0.25 * i) < 0.02
+
+
+def test_without_cancel_on_failure_every_turn_is_still_sent(tmp_path: Path) -> None:
+    proc = run_cli(
+        [
+            *QUICK,
+            "--server.error_rate",
+            "1.0",
+            "--runtime.max_sessions",
+            "2",
+            "--session_generator.session_graph.type",
+            "linear",
+            "--traffic_scheduler.cancel_session_on_failure",
+            "false",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
+    assert len(records) == 2 * 3
+    assert all(r["status"] == "error" and r["http_status"] == 500 for r in records)
