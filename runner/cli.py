@@ -57,6 +57,12 @@ RUN_HELP = """Run one benchmark (or a sweep when the config has !expand).
 
 Any config key can be overridden: --client.api_base URL,
 --traffic_scheduler.interval_generator.arrival_rate 5, --server.type simulated, ...
+
+\b
+Other commands (each has --help):
+  veeksha-run capacity-search --config FILE   largest rate/concurrency meeting the SLOs
+  veeksha-run evaluate RUN_DIR                recompute every metric from the raw records
+  veeksha-run simulate-server [--port N]      the built-in simulated server
 """
 
 
