@@ -20,6 +20,7 @@ from veeksha.runner.progress import Progress
 from veeksha.runner.recorder import Recorder
 from veeksha.runner.run_dir import RunDir
 from veeksha.runner.server_launcher import start_server
+from veeksha.runner.sessions import make_session_generator
 from veeksha.runner.tokenizer import token_counter
 from veeksha.shared.config import BenchmarkConfig
 from veeksha.shared.errors import ConfigError, VeekshaError
@@ -49,6 +50,9 @@ def run_benchmark(
     quiet: bool = False,
 ) -> RunResult:
     """Run one benchmark and leave a complete run directory under `parent_dir`."""
+    # Session set-up errors (a missing trace file, a bad tokenizer) are config errors: find them
+    # here, before a server starts or a run directory exists.
+    make_session_generator(cfg)
     server = start_server(cfg.server) if cfg.server is not None else None
     try:
         resolve_endpoint(cfg, server.api_base if server is not None else None)

@@ -31,6 +31,7 @@ from veeksha.shared.records import (
     CANCELLED,
     COUNT_SERVER,
     RUN_COMPLETED,
+    RUN_FAILED,
     RUN_INTERRUPTED,
     RUN_TIMEOUT,
     SUCCESS,
@@ -40,6 +41,8 @@ TICK_S = 0.1
 # Sessions generated ahead of need: this many seconds of arrivals (at least MIN_BUFFER).
 BUFFER_AHEAD_S = 3.0
 MIN_BUFFER = 64
+MAX_BUFFER = 4096
+PIPE_DRAIN_TIMEOUT_S = 30.0
 # Per tick, session generation may take at most this long, and must end this long before the next
 # arrival is due (generation blocks the loop; an arrival must never wait behind it).
 REFILL_BUDGET_S = 0.005
@@ -51,9 +54,24 @@ def driver_main(cfg: BenchmarkConfig, conn: Connection) -> None:
     """Entry point of the spawned driver process."""
     # Own process group: a terminal Ctrl-C reaches only the recorder, which forwards it once.
     os.setpgrp()
+    # A signal that arrives during set-up is kept and acted on once the loop runs.
+    early: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: early.append(signum))
     import uvloop
 
-    uvloop.run(Driver(cfg, conn).run())
+    uvloop.run(Driver(cfg, conn).run(early))
+
+
+class _PipeProtocol(asyncio.Protocol):
+    """Tells when the pipe to the recorder is closed (after its buffer was flushed)."""
+
+    def __init__(self, closed: asyncio.Future[None]) -> None:
+        self.closed = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class _Node:
@@ -91,8 +109,8 @@ class Driver:
         self.is_chat = cfg.client.type == "openai_chat_completions"
         self.include_content = cfg.trace_recorder.include_content
         self.cancel_on_failure = self.traffic.cancel_session_on_failure
-        self.sessions: SessionGenerator = make_session_generator(cfg)
-        self.count_source = self.sessions.token_count_source
+        self.sessions: SessionGenerator | None = None
+        self.count_source = ""
         self.buffer: deque[Session] = deque()
         self.trace_exhausted = False
         self.client: LLMClient | None = None
@@ -117,17 +135,20 @@ class Driver:
         self.stop_reason: str | None = None
         self.signals = 0
         self.dispatcher: asyncio.Task[None] | None = None
-        self.finished = asyncio.Event()
+        self.failure: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self) -> None:
+    async def run(self, early_signals: list[int]) -> None:
         loop = asyncio.get_running_loop()
         # The transport gets its own copy of the pipe's fd and closes it; the Connection closes its own.
         pipe = os.fdopen(os.dup(self.conn.fileno()), "wb", buffering=0)
         self.conn.close()
-        self.out, _ = await loop.connect_write_pipe(asyncio.Protocol, pipe)
+        self.pipe_closed = loop.create_future()
+        self.out, _ = await loop.connect_write_pipe(lambda: _PipeProtocol(self.pipe_closed), pipe)
         try:
+            self.sessions = make_session_generator(self.cfg)
+            self.count_source = self.sessions.token_count_source
             self.client = make_client(self.cfg.client, self._max_connections())
             self._fill_buffer(self._buffer_target(), budget_s=None)
         except Exception as e:  # bad tokenizer, unreadable trace...: say so, in one line
@@ -147,6 +168,8 @@ class Driver:
         self._send(ipc.START, {"t0": self.t0, "pid": os.getpid()})
         ticker = asyncio.create_task(self._tick())
         self.dispatcher = asyncio.create_task(self._dispatch())
+        for _ in early_signals:
+            self._on_signal()
         try:
             await self.dispatcher
         except asyncio.CancelledError:
@@ -161,6 +184,7 @@ class Driver:
             ipc.DONE,
             {
                 "status": self.stop_reason or RUN_COMPLETED,
+                "error": self.failure,
                 "cpu_seconds": time.process_time() - cpu0,
                 "requests": self.requests_dispatched,
             },
@@ -171,12 +195,20 @@ class Driver:
         if self.client is not None:
             await self.client.aclose()
         if self.out is not None:
+            # close() flushes what is still buffered first; exiting before that would lose the
+            # last records (the kernel pipe holds only 64 KiB).
             self.out.close()
-            await asyncio.sleep(0)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.pipe_closed), PIPE_DRAIN_TIMEOUT_S)
+            except TimeoutError:
+                pass
 
     def _stop_dispatch(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            grace = self.runtime.post_timeout_grace_seconds
+            if reason != RUN_COMPLETED and grace >= 0:
+                asyncio.get_running_loop().call_later(grace, self._cancel_all)
         self.dispatch_open = False
         self.scheduling = False
         if self.dispatcher is not None and not self.dispatcher.done():
@@ -196,25 +228,30 @@ class Driver:
 
     async def _drain(self) -> None:
         """After dispatch stops: wait for in-flight work, cancelling it after the grace period."""
-        grace = self.runtime.post_timeout_grace_seconds
-        if self.stop_reason is not None and grace >= 0:
-            asyncio.get_running_loop().call_later(grace, self._cancel_all)
         while self.session_tasks:
             await asyncio.wait(list(self.session_tasks))
 
     async def _tick(self) -> None:
-        timeout = self.runtime.benchmark_timeout
         while True:
             await asyncio.sleep(TICK_S)
-            now = time.perf_counter()
-            if timeout > 0 and self.dispatch_open and now - self.t0 >= timeout:
-                self._stop_dispatch(RUN_TIMEOUT)
-            if os.getppid() != self.parent_pid:  # the recorder died: stop at once
-                self._stop_dispatch(RUN_INTERRUPTED)
+            try:
+                self._tick_once()
+            except Exception as e:  # housekeeping must not die silently: end the run, say why
+                self.failure = f"{type(e).__name__}: {e}"
+                self._stop_dispatch(RUN_FAILED)
                 self._cancel_all()
-            self._flush()
-            if self.scheduling:
-                self._refill()
+                return
+
+    def _tick_once(self) -> None:
+        timeout = self.runtime.benchmark_timeout
+        if timeout > 0 and self.dispatch_open and time.perf_counter() - self.t0 >= timeout:
+            self._stop_dispatch(RUN_TIMEOUT)
+        if os.getppid() != self.parent_pid:  # the recorder died: stop at once
+            self._stop_dispatch(RUN_INTERRUPTED)
+            self._cancel_all()
+        self._flush()
+        if self.scheduling:
+            self._refill()
 
     # ------------------------------------------------------------------ traffic
 
@@ -236,7 +273,8 @@ class Driver:
 
     async def _dispatch_rate(self, traffic: RateTraffic) -> None:
         gaps = interval_sampler(traffic.interval_generator, stream(self.cfg.seed, "arrivals"))
-        offsets = arrival_offsets(gaps)
+        # The first session comes one gap after the start, so n sessions span n gaps.
+        offsets = arrival_offsets(gaps, first_at=gaps())
         cap = traffic.max_concurrent_sessions
         limiter = asyncio.Semaphore(cap) if cap else None
         while self.scheduling and self._may_start_session():
@@ -279,7 +317,11 @@ class Driver:
             rate = getattr(gen, "arrival_rate", None) or 1.0 / getattr(gen, "interval", 1.0)
         else:
             rate = self.traffic.target_concurrent_sessions
-        return max(MIN_BUFFER, int(rate * BUFFER_AHEAD_S))
+        target = min(MAX_BUFFER, max(MIN_BUFFER, int(rate * BUFFER_AHEAD_S)))
+        if self.runtime.max_sessions >= 0:  # never build more sessions than the run can start
+            left = self.runtime.max_sessions + self.runtime.warmup_sessions - self.sessions_started
+            target = min(target, max(left, 0))
+        return target
 
     def _refill(self) -> None:
         """Top up the session buffer in the gap before the next arrival (rate traffic)."""

@@ -81,7 +81,7 @@ class Recorder:
                 if conn.poll(POLL_S):
                     try:
                         kind, payload = orjson.loads(conn.recv_bytes())
-                    except EOFError:  # the driver is gone without saying DONE
+                    except (EOFError, OSError):  # the driver is gone without saying DONE
                         proc.join(1.0)
                         status = RUN_FAILED
                         error = f"the driver process exited unexpectedly (exit code {proc.exitcode})"
@@ -92,6 +92,7 @@ class Recorder:
                         self._write_batch(payload, records, trace)
                     elif kind == ipc.DONE:
                         status, cpu = payload["status"], payload.get("cpu_seconds")
+                        error = payload.get("error")
                     elif kind == ipc.FAILED:
                         status, error = RUN_FAILED, payload["message"]
                 elif not proc.is_alive():

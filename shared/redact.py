@@ -11,7 +11,16 @@ from typing import Any
 
 REDACTED = "<redacted>"
 SECRET_NAMES = frozenset(
-    {"api_key", "apikey", "authorization", "proxy-authorization", "password", "secret", "token"}
+    {
+        "api_key",
+        "apikey",
+        "authorization",
+        "proxy-authorization",
+        "password",
+        "secret",
+        "token",
+        "cookie",
+    }
 )
 SECRET_SUFFIXES = ("_key", "_token", "_secret", "_password", "-key", "-token", "-secret")
 
@@ -30,30 +39,82 @@ def redact(obj: Any) -> Any:
             k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v)) for k, v in obj.items()
         }
     if isinstance(obj, list | tuple):
-        return [redact(v) for v in obj]
+        return _redact_list(list(obj))
     return obj
 
 
-def redact_argv(argv: list[str]) -> list[str]:
-    """Hide the value that follows (or is attached to) a secret-looking `--a.b.api_key` flag."""
-    out: list[str] = []
+def _flag_is_secret(item: object) -> bool:
+    """`--api-key`, `--hf_token`, `-token`: a command-line flag whose value is a secret."""
+    if not isinstance(item, str) or not item.startswith("-"):
+        return False
+    name = item.lstrip("-").split("=", 1)[0].replace("-", "_")
+    return is_secret_key(name)
+
+
+def _redact_list(items: list[Any]) -> list[Any]:
+    """Lists are redacted item by item, and a command line's `--api-key VALUE` / `--api-key=VALUE`
+    (e.g. `server.command: [vllm, serve, M, --api-key, sk-...]`) loses its value."""
+    out: list[Any] = []
     hide_next = False
-    for arg in argv:
+    for item in items:
         if hide_next:
             out.append(REDACTED)
             hide_next = False
-            continue
-        if arg.startswith("--"):
-            name, eq, _ = arg[2:].partition("=")
-            if is_secret_key(name.rsplit(".", 1)[-1].replace("-", "_")):
-                if eq:
-                    out.append(f"--{name}={REDACTED}")
-                else:
-                    out.append(arg)
-                    hide_next = True
-                continue
-        out.append(arg)
+        elif _flag_is_secret(item):
+            flag, eq, _ = item.partition("=")
+            out.append(f"{flag}={REDACTED}" if eq else item)
+            hide_next = not eq
+        else:
+            out.append(redact(item))
     return out
+
+
+def secret_values(obj: Any) -> list[str]:
+    """Every secret value in a JSON-like tree (to scrub from free text such as error messages)."""
+    found: list[str] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if is_secret_key(k) and isinstance(v, str | int | float) and str(v):
+                found.append(str(v))
+            else:
+                found += secret_values(v)
+    elif isinstance(obj, list | tuple):
+        redacted = _redact_list(list(obj))
+        found += [str(a) for a, b in zip(obj, redacted, strict=True) if b == REDACTED and a != b]
+        found += [v for item in obj if isinstance(item, dict | list) for v in secret_values(item)]
+    return found
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """Hide the value of a secret-looking `--a.b.api_key` flag, and secrets inside a mapping or list
+    given whole (`--client.headers '{"Authorization": "Bearer x"}'`)."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        prev = argv[i - 1] if i else ""
+        if prev.startswith("--") and "=" not in prev and _flag_is_secret("--" + prev.rsplit(".", 1)[-1]):
+            out.append(REDACTED)
+        elif arg.startswith("--") and "=" in arg:
+            name, _, value = arg.partition("=")
+            hidden = _flag_is_secret("--" + name.rsplit(".", 1)[-1])
+            out.append(f"{name}={REDACTED if hidden else _redact_value(value)}")
+        else:
+            out.append(_redact_value(arg))
+    return out
+
+
+def _redact_value(text: str) -> str:
+    """A flag value that is a YAML/JSON mapping or list is redacted inside."""
+    if not text.lstrip().startswith(("{", "[")):
+        return text
+    import orjson
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return REDACTED  # unparseable structured value: keep nothing rather than a secret
+    cleaned = redact(data)
+    return text if cleaned == data else orjson.dumps(cleaned).decode()
 
 
 def scrub_text(text: str, secrets: list[str]) -> str:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from veeksha.runner.http.openai import RequestBuilder, ResponseReader, one_line
 from veeksha.runner.http.transport import HTTPTransport, RequestError, RequestTimeout
+from veeksha.shared import redact
 from veeksha.shared.records import SUCCESS
 from veeksha.shared.redact import is_secret_key, scrub_text
 
@@ -83,6 +84,8 @@ def secret_values(cfg: Any) -> list[str]:
     api_key = getattr(cfg, "api_key", None)
     if api_key:
         out += [f"Bearer {api_key}", str(api_key)]
+    # Servers echo the request body in validation errors: secrets there must not reach records.
+    out += redact.secret_values(getattr(cfg, "additional_sampling_params", None) or {})
     for name, value in (getattr(cfg, "headers", None) or {}).items():
         if value and (is_secret_key(name) or str(name).lower() in ("cookie", "x-api-key")):
             out.append(str(value))
@@ -126,7 +129,8 @@ class OpenAIClient:
         """The one place where a failure becomes record fields."""
         out.status = exc.status
         out.error_type = exc.error_type
-        out.error_message = scrub_text(one_line(exc.message or exc.error_type), self._secrets)
+        # Scrub before shortening: a secret cut in half by the shortening would survive the scrub.
+        out.error_message = one_line(scrub_text(exc.message or exc.error_type, self._secrets))
         if exc.http_status is not None:
             out.http_status = exc.http_status
         if out.completed_at is None:

@@ -69,3 +69,36 @@ def test_no_config_field_except_api_key_looks_like_a_secret() -> None:
         for f in dataclasses.fields(obj)
     }
     assert {n for n in names if is_secret_key(n)} == {"api_key"}
+
+
+def test_a_server_command_line_loses_its_secret_flag_values() -> None:
+    cmd = ["vllm", "serve", "m", "--api-key", "sk-cmd-1", "--hf-token=hf-2", "--port", "8000"]
+    assert redact({"command": cmd})["command"] == [
+        "vllm",
+        "serve",
+        "m",
+        "--api-key",
+        REDACTED,
+        f"--hf-token={REDACTED}",
+        "--port",
+        "8000",
+    ]
+
+
+def test_redact_argv_hides_secrets_inside_mappings_given_whole() -> None:
+    argv = [
+        "veeksha-run",
+        "--client.headers",
+        '{"Authorization": "Bearer hdr-9"}',
+        "--client.additional_sampling_params={token: t-8, top_p: 0.9}",
+    ]
+    out = " ".join(redact_argv(argv))
+    assert "hdr-9" not in out and "t-8" not in out
+    assert "top_p" in out
+
+
+def test_secret_values_are_collected_for_scrubbing() -> None:
+    from veeksha.shared.redact import secret_values
+
+    tree = {"token": "t-1", "nested": {"x_api_key": "k-2"}, "cmd": ["--api-key", "k-3"], "top_p": 1}
+    assert sorted(secret_values(tree)) == ["k-2", "k-3", "t-1"]
