@@ -252,3 +252,33 @@ def test_a_second_interrupt_cancels_in_flight_requests_at_once(tmp_path: Path) -
     cancelled = [r for r in records if r["status"] == "cancelled"]
     assert cancelled and all(r["scheduler_dispatched_at"] is not None for r in cancelled)
     assert len(records) == len(read_jsonl(paths.dispatch_trace))
+
+
+def test_hundreds_of_requests_finishing_together_all_reach_the_records(tmp_path: Path) -> None:
+    """More than a pipe's worth of records in the last batch: the driver must flush before exiting."""
+    proc = run_cli(
+        [
+            *FAST,
+            "--server.max_batch_size",
+            "4096",
+            "--server.max_kv_tokens",
+            "100000000",
+            "--server.decode_step_per_seq",
+            "0",
+            "--runtime.max_sessions",
+            "400",
+            "--traffic_scheduler.type",
+            "concurrent",
+            "--traffic_scheduler.target_concurrent_sessions",
+            "400",
+            "--session_generator.channels",
+            "[{type: text, body_length_generator: {type: fixed, value: 10}}]",
+            "--session_generator.output_spec.text.output_length_generator",
+            "{type: fixed, value: 400}",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    assert len(read_jsonl(paths.request_records)) == len(read_jsonl(paths.dispatch_trace)) == 400
+    assert orjson.loads(paths.run_json.read_bytes())["status"] == "completed"
