@@ -258,7 +258,10 @@ def test_hundreds_of_requests_finishing_together_all_reach_the_records(tmp_path:
     """More than a pipe's worth of records in the last batch: the driver must flush before exiting."""
     proc = run_cli(
         [
-            *FAST,
+            "--server.type",
+            "simulated",
+            "--output_dir",
+            "out",
             "--server.max_batch_size",
             "4096",
             "--server.max_kv_tokens",
