@@ -24,6 +24,7 @@ from veeksha.shared.config import (
     RateTraffic,
 )
 from veeksha.shared.config_loader import dump_config_yaml, load_capacity_search
+from veeksha.shared.errors import ConfigError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
 from veeksha.shared.paths import (
     CAPSEARCH_ATTEMPTS_CSV,
@@ -98,16 +99,23 @@ def run_capacity_search(path: Path, overrides: list[tuple[str, str]]) -> int:
         a = judge(search, len(history), value, result.run_dir, result.status)
         history.append(a)
         print(f"veeksha: attempt {a.iteration}: {knob}={value} → {'PASS' if a.passed else 'FAIL'}")
-        write_results(root, search_id, search, knob, history)
+        write_results(root, search_id, search, knob, history, "running")
         if result.status == RUN_INTERRUPTED:
             raise KeyboardInterrupt
         return a
 
+    if rnd(search.start_value) <= 0:
+        raise ConfigError(
+            f"config error at start_value: {search.start_value} rounds to 0 at precision "
+            f"{search.precision}; raise start_value or precision"
+        )
     try:
         search_loop(search, attempt, rnd, integer)
     except KeyboardInterrupt:
+        write_results(root, search_id, search, knob, history, RUN_INTERRUPTED)
         print("veeksha: capacity search interrupted; results so far are written", flush=True)
         return 130
+    write_results(root, search_id, search, knob, history, RUN_COMPLETED)
     best = best_attempt(history)
     print(f"veeksha: best {knob} = {best.value if best else 'none (no attempt passed)'}")
     if base.wandb.enabled:
@@ -119,6 +127,7 @@ def search_loop(search: CapacitySearchConfig, attempt, rnd, integer: bool) -> No
     last_pass: float | None = None
     first_fail: float | None = None
     value = search.start_value
+    step = 1 if integer else 10 ** (-search.precision)
     # Phase 1: expand until a failure or the maximum.
     while True:
         a = attempt(min(value, search.max_value))
@@ -130,12 +139,12 @@ def search_loop(search: CapacitySearchConfig, attempt, rnd, integer: bool) -> No
         last_pass = a.value
         if a.value >= search.max_value:
             return
-        value = a.value * search.expansion_factor
+        # Rounding must not turn the next probe into this one (1 × 1.2 → 1 for concurrency).
+        value = max(rnd(a.value * search.expansion_factor), a.value + step)
     if first_fail is None:
         return
     # Phase 2: bisect between the last pass (or zero) and the first failure.
     lo, hi = (last_pass or 0.0), first_fail
-    step = 1 if integer else 10 ** (-search.precision)
     while hi - lo > step:
         mid = rnd((lo + hi) / 2)
         if mid <= lo or mid >= hi:
@@ -170,13 +179,19 @@ def best_attempt(history: list[Attempt]) -> Attempt | None:
 
 
 def write_results(
-    root: Path, search_id: str, search: CapacitySearchConfig, knob: str, history: list[Attempt]
+    root: Path,
+    search_id: str,
+    search: CapacitySearchConfig,
+    knob: str,
+    history: list[Attempt],
+    status: str,
 ) -> None:
     best = best_attempt(history)
     write_json(
         root / CAPSEARCH_RESULTS,
         {
             "id": search_id,
+            "status": status,  # running while attempts remain: the uploader waits for the end
             "searched_knob": knob,
             "start_value": search.start_value,
             "max_value": search.max_value,

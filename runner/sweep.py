@@ -68,11 +68,23 @@ def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
     root = make_unique_dir(Path(runs[0].config.output_dir), f"{SWEEP_DIR_PREFIX}{stamp(utc_now())}")
     sweep_id = uuid.uuid4().hex
     print(f"veeksha: sweep of {len(runs)} runs in {root}", flush=True)
-    manifest: dict[str, Any] = {"sweep_id": sweep_id, "count": len(runs), "runs": []}
+    manifest: dict[str, Any] = {"sweep_id": sweep_id, "count": len(runs), "status": "running", "runs": []}
+    write_json(root / SWEEP_MANIFEST, manifest)  # a sweep in progress is visible as such
     results: list[RunResult] = []
     for index, run in enumerate(runs):
         info = {"id": sweep_id, "index": index, "count": len(runs), "params": run.params}
-        result = run_benchmark(run.config, root, argv=python_argv(), sweep=info)
+        try:
+            result = run_benchmark(run.config, root, argv=python_argv(), sweep=info)
+        except KeyboardInterrupt:
+            manifest["status"] = RUN_INTERRUPTED
+            break
+        except Exception as e:  # one failed run (e.g. its server did not start) ends only itself
+            print(f"veeksha: sweep run {index} failed: {e}", flush=True)
+            manifest["runs"].append(
+                {"index": index, "run_dir": None, "params": run.params, "status": "failed"}
+            )
+            results.append(RunResult(root, "failed", str(e)))
+            continue
         results.append(result)
         manifest["runs"].append(
             {"index": index, "run_dir": result.run_dir.name, "params": run.params, "status": result.status}
@@ -80,14 +92,19 @@ def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
         write_json(root / SWEEP_MANIFEST, manifest)
         write_summary(root, manifest)
         if result.status == RUN_INTERRUPTED:
+            manifest["status"] = RUN_INTERRUPTED
             break
+    if manifest["status"] == "running":
+        manifest["status"] = "completed"
+    write_json(root / SWEEP_MANIFEST, manifest)
+    write_summary(root, manifest)
     if runs[0].config.wandb.enabled:
         upload(root)  # the sweep's summary run; member runs are already uploaded and are skipped
     return results
 
 
 def write_summary(root: Path, manifest: dict[str, Any]) -> None:
-    rows = [summary_row(root / entry["run_dir"], entry) for entry in manifest["runs"]]
+    rows = [summary_row(root / entry["run_dir"], entry) for entry in manifest["runs"] if entry["run_dir"]]
     write_json(root / SWEEP_SUMMARY_JSON, {"sweep_id": manifest["sweep_id"], "runs": rows})
     columns: list[str] = []
     for row in rows:

@@ -180,7 +180,9 @@ def read_sweep(root: Path) -> ContainerData:
     summary_path = root / SWEEP_SUMMARY_JSON
     expected = manifest.get("count")
     listed = manifest.get("runs") or []
-    if not summary_path.exists() or _member_running(members) or (expected and len(listed) < expected):
+    status = manifest.get("status")  # running / completed / interrupted (older sweeps: absent)
+    short = expected and len(listed) < expected and status in (None, "running")
+    if not summary_path.exists() or _member_running(members) or status == "running" or short:
         data.unfinished = f"sweep not finished ({len(listed)}/{expected or '?'} runs in {SWEEP_MANIFEST})"
         return data
     summary = read_json(summary_path)
@@ -203,6 +205,9 @@ def read_capsearch(root: Path) -> ContainerData:
     results = read_json(results_path)
     if not isinstance(results, dict):
         raise ContractError(f"{results_path}: expected a JSON object")
+    if results.get("status") == "running":  # rewritten after every attempt: wait for the end
+        data.unfinished = "capacity search not finished (status running)"
+        return data
     data.result = results
     data.ident = str(results.get("id") or ident)
     attempts_path = root / CAPSEARCH_ATTEMPTS_CSV

@@ -134,6 +134,7 @@ def test_capacity_search_finds_a_knee_without_repeating_values(tmp_path: Path) -
     result = orjson.loads((root / CAPSEARCH_RESULTS).read_bytes())
     values = [h["value"] for h in result["history"]]
     assert result["searched_knob"] == "traffic_scheduler.target_concurrent_sessions"
+    assert result["status"] == "completed"
     assert values[:2] == [2, 8]  # phase 1 multiplies by the expansion factor
     assert len(values) == len(set(values)) <= 4
     assert result["history"][0]["passed"] is True  # 2 sessions fit a batch of 4

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from veeksha.shared.jsonio import read_json, write_json
 from veeksha.shared.paths import CAPSEARCH_RESULTS, SWEEP_SUMMARY_JSON
 
 from tests.uploader.builders import build_capsearch, build_sweep
@@ -110,3 +111,13 @@ def test_unfinished_sweep_summary_is_skipped_not_failed(tmp_path: Path, home: Ho
     assert result.returncode == 0, result.stderr
     (skip,) = lines_for(result.stdout, "skipped")
     assert "sweep not finished" in skip
+
+
+def test_a_capacity_search_still_running_is_skipped_not_summarised(tmp_path: Path, home: Home) -> None:
+    """The runner rewrites capacity_search_results.json after every attempt with status running."""
+    root = build_capsearch(tmp_path)
+    results = read_json(root / CAPSEARCH_RESULTS)
+    write_json(root / CAPSEARCH_RESULTS, {**results, "status": "running"})
+    result = upload([str(root), "--dry-run"], home, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert any("capacity search not finished" in line for line in lines_for(result.stdout, "skipped"))
