@@ -21,7 +21,8 @@ SUBCOMMANDS = ("capacity-search", "evaluate", "simulate-server")
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
-    """`--a.b VALUE` / `--a.b=VALUE` pairs → [("a.b", "VALUE")]."""
+    """`--a.b VALUE` / `--a.b=VALUE` pairs → [("a.b", "VALUE")]. A name without a dot sets a whole
+    section (`--traffic_scheduler '{type: concurrent}'`); the validator rejects unknown keys."""
     out: list[tuple[str, str]] = []
     i = 0
     while i < len(args):
@@ -34,11 +35,6 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
                 raise UsageError(f"--{name} needs a value, e.g. --{name} VALUE")
             i += 1
             value = args[i]
-        if "." not in name and name not in ("seed", "output_dir"):
-            raise UsageError(
-                f"unknown option --{name}; config overrides name a key path, e.g. "
-                "--client.api_base URL (see --help)"
-            )
         out.append((name, value))
         i += 1
     return out

@@ -13,6 +13,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+import orjson
 from veeksha.shared.errors import ConfigError
 
 
@@ -126,6 +127,11 @@ def convert(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any] | Non
         (item,) = get_args(tp)
         return [convert(item, v, _join(path, i), meta) for i, v in enumerate(value)]
     if origin is dict:
+        if isinstance(value, str):  # a mapping may also be given as a JSON string
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raise _fail(path, value, "expected a mapping (or a JSON object string)") from None
         if not isinstance(value, dict):
             raise _fail(path, value, "expected a mapping")
         _, item = get_args(tp)

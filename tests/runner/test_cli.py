@@ -74,7 +74,7 @@ def test_dry_run_reports_how_many_runs_a_file_expands_to(tmp_path: Path) -> None
 def test_unknown_flag_is_a_usage_error(tmp_path: Path) -> None:
     proc = run_cli(["--verbose", "yes"], cwd=tmp_path)
     assert proc.returncode == 2
-    assert "unknown option --verbose" in proc.stderr
+    assert "config error at verbose: unknown key" in proc.stderr
 
 
 def test_a_sweep_runs_every_combination_into_one_sweep_directory(tmp_path: Path) -> None:

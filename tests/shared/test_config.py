@@ -216,3 +216,12 @@ def test_json_schema_describes_every_top_level_section() -> None:
     }
     variants = schema["properties"]["traffic_scheduler"]["oneOf"]
     assert {v["properties"]["type"]["enum"][0] for v in variants} == {"rate", "concurrent"}
+
+
+def test_sampling_params_may_be_a_json_string_and_sections_may_be_set_whole(tmp_path: Path) -> None:
+    path = write(tmp_path, """client: {additional_sampling_params: '{"temperature": 0.5}'}""")
+    cfg = load_benchmark_runs(
+        path, [("traffic_scheduler", "{type: concurrent, target_concurrent_sessions: 3}")]
+    )[0].config
+    assert cfg.client.additional_sampling_params == {"temperature": 0.5}
+    assert cfg.traffic_scheduler.target_concurrent_sessions == 3
