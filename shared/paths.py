@@ -16,6 +16,9 @@ TRACES_DIR = "traces"
 WANDB_RUN_JSON = "wandb_run.json"  # written by the uploader only
 WANDB_DIR = "wandb"  # written by the uploader only
 UPLOAD_LOCK = ".veeksha-upload.lock"  # the uploader's per-directory lock
+# Holds the W&B run id while an upload is under way: an upload that died after creating the run can
+# then be retried onto that same run, not skipped as "uploaded from elsewhere".
+UPLOAD_PENDING = ".veeksha-upload.pending"
 
 REQUEST_RECORDS = "request_level_metrics.jsonl"
 SUMMARY_STATS = "summary_stats.json"

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from veeksha.shared.errors import VeekshaError
+from veeksha.shared.jsonio import write_atomic
+from veeksha.shared.paths import UPLOAD_PENDING
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
 from veeksha.uploader.locks import DirLock, LockBusy
@@ -129,6 +131,9 @@ def _upload(
     assert s is not None
     previous = read_marker(root)
     remove_marker(root)  # never leave a marker that no longer describes what is on W&B
+    pending = root / UPLOAD_PENDING
+    interrupted_before = pending.exists() and pending.read_text().strip() == plan.run_id
+    write_atomic(pending, plan.run_id)
     spec = RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, artifact_type, config, s)
 
     def attempt() -> Uploaded:
@@ -152,8 +157,11 @@ def _upload(
     try:
         uploaded = attempt()
     except AlreadyExists:
-        ours = previous is not None and previous.run_id == plan.run_id and previous.mode == "online"
+        ours = interrupted_before or (
+            previous is not None and previous.run_id == plan.run_id and previous.mode == "online"
+        )
         if not (task.force or ours):
+            pending.unlink(missing_ok=True)
             if previous is not None:
                 write_marker(root, previous)  # e.g. an offline upload that was synced meanwhile
             return Outcome(
@@ -186,6 +194,7 @@ def _upload(
         sync_command=sync_cmd,
     )
     write_marker(root, ws_marker)
+    (root / UPLOAD_PENDING).unlink(missing_ok=True)
     if s.mode == "online":
         detail = f"View run at {url}"
     else:
