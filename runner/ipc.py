@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from veeksha.shared.records import DISPATCH_TRACE_FIELDS, MEASURED_FIELDS
+from veeksha.shared.records import DISPATCH_TRACE_FIELDS, MEASURED_FIELDS, REQUEST_TIME_FIELDS
 
 START: Final = "start"  # {"t0": perf_counter at run start, "pid": driver pid}
 BATCH: Final = "batch"  # {"records": [...], "trace": [...], "progress": {...}}
@@ -22,13 +22,7 @@ FAILED: Final = "failed"  # {"message": one line}
 # subtracts t0. `count_text` carries the generated text only when the server sent no usage, so
 # the recorder (not the driver) can count its tokens.
 RAW_RECORD_FIELDS: Final = (*MEASURED_FIELDS, "chunk_times", "count_text")
-RAW_TIME_FIELDS: Final = (
-    "scheduler_ready_at",
-    "scheduler_dispatched_at",
-    "client_picked_up_at",
-    "client_completed_at",
-    "result_processed_at",
-)
+RAW_TIME_FIELDS: Final = REQUEST_TIME_FIELDS
 # Trace lines: DISPATCH_TRACE_FIELDS, then "content" (None unless include_content).
 RAW_TRACE_FIELDS: Final = (*DISPATCH_TRACE_FIELDS, "content")
 RAW_TRACE_TIME_FIELDS: Final = ("scheduled_at", "ready_at", "dispatched_at")

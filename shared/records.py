@@ -63,6 +63,15 @@ REQUEST_RECORD_FIELDS: Final = (
     "finish_reason",
 )
 
+# Timestamps of a request record (seconds since the run's start).
+REQUEST_TIME_FIELDS: Final = (
+    "scheduler_ready_at",
+    "scheduler_dispatched_at",
+    "client_picked_up_at",
+    "client_completed_at",
+    "result_processed_at",
+)
+
 # The fields the driver measures; the others of REQUEST_RECORD_FIELDS are derived from them.
 DERIVED_FIELDS: Final = (
     "ttfc",

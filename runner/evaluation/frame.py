@@ -11,6 +11,7 @@ with orjson, skipping what cannot be read, so one bad line never loses a run.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,18 +106,22 @@ def first_record(path: Path) -> dict[str, Any] | None:
     return None
 
 
+def _json_objects(block: bytes) -> Iterator[dict[str, Any]]:
+    """The slow path for a block polars refused: line by line, skipping what is not a JSON object."""
+    for line in block.splitlines():
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            yield obj
+
+
 def parse_block(block: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     try:
         return pl.read_ndjson(block, schema=schema)
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, ValueError):
-        rows = []
-        for line in block.splitlines():
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                rows.append(_coerce(obj, schema))
+        rows = [_coerce(obj, schema) for obj in _json_objects(block)]
         return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
 
 
@@ -201,15 +206,10 @@ def parse_trace_block(block: bytes, schema: dict[str, pl.DataType]) -> pl.DataFr
         return pl.read_ndjson(block, schema=schema)
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, ValueError):
         rows = []
-        for line in block.splitlines():
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                parents = obj.get("parent_nodes")
-                obj["parent_nodes"] = parents if isinstance(parents, list) else None
-                rows.append({k: obj.get(k) for k in schema})
+        for obj in _json_objects(block):
+            parents = obj.get("parent_nodes")
+            obj["parent_nodes"] = parents if isinstance(parents, list) else None
+            rows.append({k: obj.get(k) for k in schema})
         return pl.DataFrame(rows, schema=schema, strict=False) if rows else pl.DataFrame(schema=schema)
 
 

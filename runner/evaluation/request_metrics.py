@@ -12,23 +12,15 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from veeksha.shared.records import REQUEST_RECORD_FIELDS, SUCCESS
+from veeksha.shared.records import (
+    DERIVED_FIELDS,
+    REQUEST_RECORD_FIELDS,
+    REQUEST_TIME_FIELDS,
+    SUCCESS,
+)
 
-TIME_FIELDS = (
-    "scheduler_ready_at",
-    "scheduler_dispatched_at",
-    "client_picked_up_at",
-    "client_completed_at",
-    "result_processed_at",
-)
-LATENCY_FIELDS = (
-    "ttfc",
-    "tbc",
-    "tpot",
-    "end_to_end_latency",
-    "normalized_end_to_end_latency",
-    "output_throughput",
-)
+TIME_FIELDS = REQUEST_TIME_FIELDS
+LATENCY_FIELDS = tuple(f for f in DERIVED_FIELDS if f != "dispatch_delay")
 _NS = 1e9
 
 
