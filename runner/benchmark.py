@@ -22,7 +22,7 @@ from veeksha.runner.run_dir import RunDir
 from veeksha.runner.server_launcher import start_server
 from veeksha.runner.sessions import make_session_generator
 from veeksha.runner.tokenizer import token_counter
-from veeksha.shared.config import BenchmarkConfig
+from veeksha.shared.config import BenchmarkConfig, CommandServerConfig
 from veeksha.shared.errors import ConfigError, VeekshaError
 from veeksha.shared.records import RUN_FAILED, RUN_INTERRUPTED
 from veeksha.shared.redact import scrub_text
@@ -55,7 +55,7 @@ def run_benchmark(
     make_session_generator(cfg)
     server = start_server(cfg.server) if cfg.server is not None else None
     try:
-        resolve_endpoint(cfg, server.api_base if server is not None else None)
+        resolve_endpoint(cfg, _server_api_base(cfg, server.api_base if server is not None else None))
         run = RunDir(parent_dir, cfg, argv=argv, sweep=sweep, capacity_search=capacity_search)
         print(f"veeksha: run directory {run.root}", flush=True)
         result = _record_and_evaluate(cfg, run, quiet=quiet)
@@ -65,6 +65,13 @@ def run_benchmark(
     if cfg.wandb.enabled:
         result.upload_failed = not upload(result.run_dir)
     return result
+
+
+def _server_api_base(cfg: BenchmarkConfig, launched: str | None) -> str | None:
+    """A command server's URL guessed from its ready_url yields to a client.api_base the user set."""
+    if isinstance(cfg.server, CommandServerConfig) and cfg.server.api_base is None and cfg.client.api_base:
+        return None
+    return launched
 
 
 def resolve_endpoint(cfg: BenchmarkConfig, server_api_base: str | None) -> None:

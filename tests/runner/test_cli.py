@@ -259,3 +259,30 @@ def test_without_cancel_on_failure_every_turn_is_still_sent(tmp_path: Path) -> N
     records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
     assert len(records) == 2 * 3
     assert all(r["status"] == "error" and r["http_status"] == 500 for r in records)
+
+
+def test_a_command_server_is_started_waited_for_and_stopped(tmp_path: Path) -> None:
+    """`server.type: command` with any binary; here the simulated server started as a command."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write(
+        tmp_path,
+        f"""
+        output_dir: out
+        server:
+          type: command
+          command: [{sys.executable}, -m, veeksha.runner.simulated_server, --config-json, '{{}}',
+                    --port, '{port}']
+          ready_url: http://127.0.0.1:{port}/health
+        runtime: {{max_sessions: 3}}
+        """,
+    )
+    proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    assert len(read_jsonl(paths.request_records)) == 3
+    with socket.socket() as s:  # the server was stopped: the port is free again
+        s.bind(("127.0.0.1", port))
