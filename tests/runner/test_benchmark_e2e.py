@@ -26,6 +26,27 @@ FAST = [
 ]
 
 
+def start_run(tmp_path: Path, *flags: str) -> subprocess.Popen:
+    """A 60 s run in the background, for tests that interrupt it."""
+    return subprocess.Popen(
+        [VEEKSHA_RUN, *FAST, "--runtime.benchmark_timeout", "60", *flags],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_first_record(tmp_path: Path, within_s: float = 30) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        found = list((tmp_path / "out").glob("*/metrics/request_level_metrics.jsonl"))
+        if found and found[0].stat().st_size > 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no request record within {within_s} s")
+
+
 @pytest.fixture(scope="module")
 def seed_run(tmp_path_factory: pytest.TempPathFactory):
     """The seed's complete example, changed only by flags, with secrets planted by flag and env."""
@@ -130,19 +151,8 @@ def test_max_sessions_ends_the_run_as_completed(tmp_path: Path) -> None:
 
 
 def test_sigterm_drains_and_marks_the_run_interrupted(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [VEEKSHA_RUN, *FAST, "--runtime.benchmark_timeout", "60"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        dirs = list((tmp_path / "out").glob("*/metrics/request_level_metrics.jsonl"))
-        if dirs and dirs[0].stat().st_size > 0:
-            break
-        time.sleep(0.2)
+    proc = start_run(tmp_path)
+    wait_for_first_record(tmp_path)
     os.kill(proc.pid, signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -154,13 +164,7 @@ def test_sigterm_drains_and_marks_the_run_interrupted(tmp_path: Path) -> None:
 
 
 def test_a_killed_driver_fails_the_run_cleanly(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [VEEKSHA_RUN, *FAST, "--runtime.benchmark_timeout", "60"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_run(tmp_path)
     driver = None
     deadline = time.monotonic() + 30
     while driver is None and time.monotonic() < deadline:
@@ -197,18 +201,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_killed_benchmark_process_leaves_no_orphans(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [VEEKSHA_RUN, *FAST, "--runtime.benchmark_timeout", "60"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        records = list((tmp_path / "out").glob("*/metrics/request_level_metrics.jsonl"))
-        if records and records[0].stat().st_size > 0:
-            break
-        time.sleep(0.2)
+    proc = start_run(tmp_path)
+    wait_for_first_record(tmp_path)
     family = _children(proc.pid)
     family += [g for c in family for g in _children(c)]
     assert len(family) >= 2  # at least the driver and the simulated server
@@ -221,23 +215,12 @@ def test_a_killed_benchmark_process_leaves_no_orphans(tmp_path: Path) -> None:
 
 
 def test_a_second_interrupt_cancels_in_flight_requests_at_once(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [
-            VEEKSHA_RUN,
-            *FAST,
-            "--runtime.benchmark_timeout",
-            "60",
-            "--session_generator.output_spec.text.output_length_generator.type",
-            "fixed",
-            "--session_generator.output_spec.text.output_length_generator.value",
-            "2000",
-            "--server.max_kv_tokens",
-            "1000000",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_run(
+        tmp_path,
+        "--session_generator.output_spec.text.output_length_generator",
+        "{type: fixed, value: 2000}",
+        "--server.max_kv_tokens",
+        "1000000",
     )
     time.sleep(6)  # requests of 2,000 tokens take ~20 s each: several are in flight now
     os.kill(proc.pid, signal.SIGINT)
