@@ -31,38 +31,6 @@ ERROR_TYPES: Final = (
     "cancelled",  # cancelled by us (session failure, shutdown)
 )
 
-# One line of metrics/request_level_metrics.jsonl, in this order.
-REQUEST_RECORD_FIELDS: Final = (
-    "request_id",
-    "session_id",
-    "node_id",
-    "status",
-    "error_type",
-    "error_message",
-    "http_status",
-    "is_warmup",
-    "scheduler_ready_at",
-    "scheduler_dispatched_at",
-    "client_picked_up_at",
-    "client_completed_at",
-    "result_processed_at",
-    "num_delta_prompt_tokens",
-    "num_total_prompt_tokens",
-    "target_num_delta_prompt_tokens",
-    "num_output_tokens",
-    "num_requested_output_tokens",
-    "token_count_source",
-    "is_stream",
-    "ttfc",
-    "tbc",
-    "tpot",
-    "end_to_end_latency",
-    "normalized_end_to_end_latency",
-    "output_throughput",
-    "dispatch_delay",
-    "finish_reason",
-)
-
 # Timestamps of a request record (seconds since the run's start).
 REQUEST_TIME_FIELDS: Final = (
     "scheduler_ready_at",
@@ -72,7 +40,7 @@ REQUEST_TIME_FIELDS: Final = (
     "result_processed_at",
 )
 
-# The fields the driver measures; the others of REQUEST_RECORD_FIELDS are derived from them.
+# Per-request metrics the recorder derives from the measured fields (metrics.md).
 DERIVED_FIELDS: Final = (
     "ttfc",
     "tbc",
@@ -82,7 +50,30 @@ DERIVED_FIELDS: Final = (
     "output_throughput",
     "dispatch_delay",
 )
-MEASURED_FIELDS: Final = tuple(f for f in REQUEST_RECORD_FIELDS if f not in DERIVED_FIELDS)
+
+# One line of metrics/request_level_metrics.jsonl, in this order: identity and outcome, timestamps,
+# token counts, the derived metrics, finish_reason.
+_HEAD: Final = (
+    "request_id",
+    "session_id",
+    "node_id",
+    "status",
+    "error_type",
+    "error_message",
+    "http_status",
+    "is_warmup",
+    *REQUEST_TIME_FIELDS,
+    "num_delta_prompt_tokens",
+    "num_total_prompt_tokens",
+    "target_num_delta_prompt_tokens",
+    "num_output_tokens",
+    "num_requested_output_tokens",
+    "token_count_source",
+    "is_stream",
+)
+REQUEST_RECORD_FIELDS: Final = (*_HEAD, *DERIVED_FIELDS, "finish_reason")
+# What the driver measures: every record field that is not derived, in record order.
+MEASURED_FIELDS: Final = (*_HEAD, "finish_reason")
 
 # summary_stats.json: `<metric>_<suffix>` for every distribution metric.
 SUMMARY_STAT_SUFFIXES: Final = ("mean", "p50", "p90", "p95", "p99", "min", "max")
