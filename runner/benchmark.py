@@ -23,7 +23,7 @@ from veeksha.runner.server_launcher import start_server
 from veeksha.runner.sessions import make_session_generator
 from veeksha.runner.tokenizer import token_counter
 from veeksha.shared.config import BenchmarkConfig, CommandServerConfig
-from veeksha.shared.errors import ConfigError, VeekshaError
+from veeksha.shared.errors import ConfigError
 from veeksha.shared.records import RUN_FAILED, RUN_INTERRUPTED
 from veeksha.shared.redact import scrub_text
 
@@ -178,6 +178,3 @@ def upload(run_dir: Path) -> bool:
             file=sys.stderr,
         )
     return ok
-
-
-__all__ = ["RunResult", "VeekshaError", "resolve_endpoint", "run_benchmark", "upload"]

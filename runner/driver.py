@@ -127,7 +127,6 @@ class Driver:
         self.output_tokens = 0
         self.in_flight = 0
         self.session_tasks: set[asyncio.Task[None]] = set()
-        self.request_tasks: set[asyncio.Task[Any]] = set()
 
         self.next_due = float("inf")  # when the next scheduled session is due (rate traffic)
         self.scheduling = True  # new sessions may start
@@ -221,8 +220,7 @@ class Driver:
             self._cancel_all()
 
     def _cancel_all(self) -> None:
-        for task in list(self.request_tasks):
-            task.cancel()
+        # Cancelling a session reaches the request it awaits; _send_request records it as cancelled.
         for task in list(self.session_tasks):
             task.cancel()
 
@@ -466,22 +464,19 @@ class Driver:
                 scheduled_at,
                 ready_at,
                 dispatched_at,
-                list(spec.parents),
+                spec.parents,
                 spec.history_parent,
                 spec.wait_after_ready,
                 payload if self.include_content else None,
             ]
         )
         assert self.client is not None
-        task = asyncio.ensure_future(self.client.request(payload, spec.requested_output_tokens))
-        self.request_tasks.add(task)
         try:
-            outcome: Outcome = await task
+            outcome: Outcome = await self.client.request(payload, spec.requested_output_tokens)
         except asyncio.CancelledError:
             outcome = Outcome(status=CANCELLED, error_type="cancelled")
             outcome.error_message = "cancelled at shutdown"
         finally:
-            self.request_tasks.discard(task)
             self.in_flight -= 1
         ok = outcome.status == SUCCESS
         node.ok = ok
@@ -536,7 +531,7 @@ class Driver:
                 scheduled_at,
                 None,
                 None,
-                list(spec.parents),
+                spec.parents,
                 spec.history_parent,
                 spec.wait_after_ready,
                 None,
@@ -563,11 +558,8 @@ class Driver:
     # ------------------------------------------------------------------ output
 
     def _flush(self) -> None:
-        if not (self.records or self.trace) and self.out is not None:
-            payload: dict[str, Any] = {"records": [], "trace": []}
-        else:
-            payload = {"records": self.records, "trace": self.trace}
-            self.records, self.trace = [], []
+        payload: dict[str, Any] = {"records": self.records, "trace": self.trace}
+        self.records, self.trace = [], []
         payload["progress"] = {
             "sessions": self.sessions_started,
             "dispatched": self.requests_dispatched,
