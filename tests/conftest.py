@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The seed doc lives beside the checkout (../shared/seed); CI copies it there too.
-SEED_DOC = REPO.parent / "shared" / "seed" / "000_3c1dceded70a7d25.txt"
+# The YAML blocks of the seed document, in the doc's order (the last is its complete example).
+SEED_CONFIGS = sorted((REPO / "tests" / "fixtures" / "seed").glob("*.veeksha.yml"))
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import textwrap
 from pathlib import Path
 
@@ -17,13 +16,11 @@ from veeksha.shared.config_loader import (
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.schema import json_schema
 
-from tests.conftest import SEED_DOC
+from tests.conftest import SEED_CONFIGS
 
 
 def seed_yaml_blocks() -> list[str]:
-    text = SEED_DOC.read_text()
-    blocks = re.findall(r"\.\. code-block:: yaml\n\n((?:    .*\n|[ \t]*\n)+)", text)
-    return [textwrap.dedent(b) for b in blocks]
+    return [path.read_text() for path in SEED_CONFIGS]
 
 
 def write(tmp_path: Path, text: str, name: str = "c.veeksha.yml") -> Path:
