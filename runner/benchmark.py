@@ -37,6 +37,7 @@ class RunResult:
     error: str | None
     all_slos_met: bool | None = None
     all_health_passed: bool | None = None
+    all_failed: bool = False  # no request succeeded
     upload_failed: bool = False
 
 
@@ -129,6 +130,7 @@ def _record_and_evaluate(cfg: BenchmarkConfig, run: RunDir, *, quiet: bool) -> R
         evaluation = evaluate_run(run.root)
         result.all_slos_met = evaluation.all_slos_met
         result.all_health_passed = evaluation.all_health_passed
+        result.all_failed = evaluation.all_failed is not None
         if not quiet:
             print(format_summary(evaluation), flush=True)
     except Exception as e:  # records are safe on disk; `veeksha-run evaluate` can retry

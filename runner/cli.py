@@ -143,6 +143,8 @@ def evaluate_command(run_dir: Path, strict: bool) -> None:
             )
         ev = evaluate_run(run_dir, rebuilt=True)
         click.echo(format_summary(ev))
+        if ev.all_failed is not None:
+            return 1
         return 1 if strict and not (ev.all_slos_met is not False and ev.all_health_passed) else 0
 
     _guard(go)

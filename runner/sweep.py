@@ -55,9 +55,11 @@ def run_from_config(
 
 
 def exit_code(results: list[RunResult], *, strict: bool) -> int:
+    """130 interrupted; 1 a run failed or none of its requests succeeded (the run printed why), or,
+    with --strict, an SLO or a health check failed; else 0."""
     if any(r.status == RUN_INTERRUPTED for r in results):
         return 130
-    if any(r.status not in (RUN_COMPLETED, RUN_TIMEOUT) for r in results):
+    if any(r.status not in (RUN_COMPLETED, RUN_TIMEOUT) or r.all_failed for r in results):
         return 1
     if strict and any(r.all_slos_met is False or r.all_health_passed is False for r in results):
         return 1

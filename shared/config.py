@@ -282,10 +282,29 @@ class SLOConfig:
 
 
 @dataclass
+class HealthThresholds:
+    """Bounds of the health checks (docs/metrics.md, "Health checks")."""
+
+    max_error_rate: float = spec(default=0.01, ge=0, le=1, doc="errored / requests")
+    max_timeouts: int = spec(default=0, ge=0, doc="requests that may time out")
+    min_rate_tolerance: float = spec(
+        default=0.05, ge=0, doc="session dispatch rate: relative band never tighter than this"
+    )
+    max_concurrency_error: float = spec(default=0.05, ge=0, doc="mean in-flight sessions vs target")
+    max_lateness_p99_s: float = spec(default=0.010, ge=0, doc="intra-session arrival lateness p99")
+    max_delay_p99_s: float = spec(default=0.010, ge=0, doc="each lifecycle delay p99")
+    min_prompts_on_target: float = spec(default=0.99, ge=0, le=1, doc="fraction of prompts on target")
+    max_output_off_fraction: float = spec(
+        default=0.01, ge=0, le=1, doc="replies shorter (or longer) than requested"
+    )
+
+
+@dataclass
 class PerformanceEvaluator:
     type: Literal["performance"] = "performance"
     target_channels: list[str] = spec(factory=lambda: ["text"])
     slos: list[SLOConfig] = spec(factory=list)
+    health: HealthThresholds = spec(factory=HealthThresholds)
 
 
 EVALUATORS: dict[str, type] = {"performance": PerformanceEvaluator}

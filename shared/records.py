@@ -28,6 +28,8 @@ ERROR_TYPES: Final = (
     "server_error",  # the server sent an error body or an error event mid-stream
     "connection_dropped",  # the server closed the connection before the response ended
     "protocol_error",  # a response we could not parse
+    "not_event_stream",  # a 2xx answer to a streamed request that is neither an event stream nor JSON
+    "empty_response",  # a 2xx with no output: empty body, no content chunk, no choices
     "cancelled",  # cancelled by us (session failure, shutdown)
 )
 

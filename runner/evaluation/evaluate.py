@@ -18,7 +18,7 @@ from veeksha.runner.evaluation.prefill import build_prefill
 from veeksha.runner.evaluation.reading import read_run_logs
 from veeksha.runner.evaluation.rundata import prepare, split_warmup
 from veeksha.runner.evaluation.slo import slo_results
-from veeksha.runner.evaluation.summary import build_summary
+from veeksha.runner.evaluation.summary import AllFailed, all_failed, build_summary
 from veeksha.runner.evaluation.throughput import build_throughput
 from veeksha.runner.evaluation.timeseries import build_timeseries, write_timeseries
 from veeksha.shared.config_loader import load_written_config
@@ -40,6 +40,7 @@ class Evaluation:
     all_slos_met: bool | None  # None when no SLO is configured
     all_health_passed: bool
     timeseries_written: bool
+    all_failed: AllFailed | None = None  # set when no request succeeded (exit status 1)
 
 
 def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) -> Evaluation:
@@ -59,6 +60,7 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
         timeseries_job = pool.submit(build_timeseries, records)
         data = prepare(records, warmup, cfg, trace)
         summary = build_summary(data)
+        failed_run = all_failed(data)
         slos = slo_results(data)
         checks = run_checks(data)
         health = health_json(checks)
@@ -87,4 +89,5 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
         all_slos_met=None if slos is None else slos["all_slos_met"],
         all_health_passed=all_passed(checks),
         timeseries_written=write_ts,
+        all_failed=failed_run,
     )

@@ -2,7 +2,8 @@
 
 Each check is PASSED, FAILED or SKIPPED (not applicable to this run, or nothing to look at). The
 run passes when no check failed. The same checks are written as health_check_results.txt (for people)
-and metrics/health_checks.json (for tools).
+and metrics/health_checks.json (for tools). Their bounds are the `health` thresholds of the first
+evaluator in the run's config (shared/config.py HealthThresholds; defaults when there is none).
 """
 
 from __future__ import annotations
@@ -16,21 +17,21 @@ import polars as pl
 from veeksha.runner.evaluation.quantiles import exact_quantiles
 from veeksha.runner.evaluation.rundata import RunData
 from veeksha.runner.evaluation.summary import error_code_freq, observed_session_rate
-from veeksha.shared.config import ConcurrentTraffic, FixedIntervals, GammaIntervals, RateTraffic
-from veeksha.shared.records import COUNT_SERVER, COUNT_TOKENIZER
+from veeksha.shared.config import (
+    BenchmarkConfig,
+    ConcurrentTraffic,
+    FixedIntervals,
+    GammaIntervals,
+    HealthThresholds,
+    RateTraffic,
+)
+from veeksha.shared.records import COUNT_SERVER, COUNT_TOKENIZER, TIMEOUT
 
 PASSED, FAILED, SKIPPED = "PASSED", "FAILED", "SKIPPED"
 
-RATE_MIN_TOLERANCE = 0.05  # session dispatch rate: relative band never tighter than 5%
-RATE_SIGMAS = 3.0  # ... and at least 3 standard deviations of the rate estimate
-CONCURRENCY_TOLERANCE = 0.05  # mean in-flight sessions within 5% of the target
-LATENESS_P99_S = 0.010  # intra-session arrival lateness p99
-DELAY_P99_S = 0.010  # each lifecycle delay p99
-PROMPT_TOLERANCE_TOKENS = 2  # a prompt is on target within max(2 tokens, 2%) ...
+RATE_SIGMAS = 3.0  # the session rate band is at least 3 standard deviations of the rate estimate
+PROMPT_TOLERANCE_TOKENS = 2  # a prompt is on target within max(2 tokens, 2%)
 PROMPT_TOLERANCE_FRACTION = 0.02
-PROMPT_MIN_ON_TARGET = 0.99  # ... and 99% of prompts must be
-OUTPUT_MAX_OFF_FRACTION = 0.01  # at most 1% of replies shorter (or longer) than requested
-MAX_ERROR_RATE = 0.01
 WORST = 3  # offenders listed per check
 
 
@@ -61,7 +62,14 @@ def run_checks(data: RunData) -> list[Check]:
         output_length(data),
         lifecycle_delays(data),
         error_rate(data),
+        request_timeouts(data),
+        missing_records(data),
     ]
+
+
+def thresholds(cfg: BenchmarkConfig) -> HealthThresholds:
+    """The bounds in force: the first evaluator's (a config may list none)."""
+    return cfg.evaluators[0].health if cfg.evaluators else HealthThresholds()
 
 
 def health_json(checks: list[Check]) -> dict[str, Any]:
@@ -113,7 +121,7 @@ def session_dispatch_rate(data: RunData) -> Check:
     assert isinstance(traffic, RateTraffic)
     gen = traffic.interval_generator
     cv = gen.cv if isinstance(gen, GammaIntervals) else 0.0 if isinstance(gen, FixedIntervals) else 1.0
-    tolerance = max(RATE_MIN_TOLERANCE, RATE_SIGMAS * cv / math.sqrt(n))
+    tolerance = max(thresholds(data.cfg).min_rate_tolerance, RATE_SIGMAS * cv / math.sqrt(n))
     error = abs(rate - target) / target
     detail = ""
     if error > tolerance and rate < target and traffic.max_concurrent_sessions:
@@ -166,9 +174,10 @@ def concurrency(data: RunData) -> Check:
     active_at_start = np.arange(1, len(starts) + 1) - np.searchsorted(np.sort(ends), starts, side="right")
     peak = int(active_at_start[in_window].max()) if in_window.any() else 0
     error = abs(mean - target) / target
+    bound = thresholds(data.cfg).max_concurrency_error
     return Check(
         name,
-        _verdict(error <= CONCURRENCY_TOLERANCE and peak <= target),
+        _verdict(error <= bound and peak <= target),
         {
             "mean_concurrent_sessions": mean,
             "max_concurrent_sessions": peak,
@@ -176,7 +185,7 @@ def concurrency(data: RunData) -> Check:
             "window_s": w1 - w0,
             "relative_error": error,
         },
-        {"max_relative_error": CONCURRENCY_TOLERANCE, "max_concurrent_sessions": target},
+        {"max_relative_error": bound, "max_concurrent_sessions": target},
     )
 
 
@@ -193,15 +202,16 @@ def intra_session_lateness(data: RunData) -> Check:
     if nodes.height == 0:
         return Check(name, SKIPPED, detail="no dispatched request with a parent in the session")
     stats = _stats(nodes["dispatch_delay"].to_numpy())
+    bound = thresholds(data.cfg).max_lateness_p99_s
     return Check(
         name,
-        _verdict(stats["p99_s"] is not None and stats["p99_s"] <= LATENESS_P99_S),
+        _verdict(stats["p99_s"] is not None and stats["p99_s"] <= bound),
         {
             "num_requests": nodes.height,
             **stats,
             "worst_offenders": _worst(nodes, "dispatch_delay", seconds=True),
         },
-        {"p99_s": LATENESS_P99_S},
+        {"p99_s": bound},
     )
 
 
@@ -223,9 +233,10 @@ def prompt_length(data: RunData) -> Check:
         pl.lit(PROMPT_TOLERANCE_TOKENS), pl.col("target_num_delta_prompt_tokens") * PROMPT_TOLERANCE_FRACTION
     )
     on_target = float(rows.select((pl.col("prompt_error") <= allowed).mean()).item())
+    bound = thresholds(data.cfg).min_prompts_on_target
     return Check(
         name,
-        _verdict(on_target >= PROMPT_MIN_ON_TARGET),
+        _verdict(on_target >= bound),
         {
             "num_requests": rows.height,
             "fraction_on_target": on_target,
@@ -235,7 +246,7 @@ def prompt_length(data: RunData) -> Check:
         },
         {
             "tolerance_tokens": f"max({PROMPT_TOLERANCE_TOKENS}, {PROMPT_TOLERANCE_FRACTION:.0%} of target)",
-            "min_fraction_on_target": PROMPT_MIN_ON_TARGET,
+            "min_fraction_on_target": bound,
         },
     )
 
@@ -268,19 +279,12 @@ def output_length(data: RunData) -> Check:
         "mean_shortfall_tokens": float(rows["shortfall"].clip(lower_bound=0).mean()),  # type: ignore[arg-type]
         "worst_offenders": _worst(rows.filter(pl.col("shortfall") > 0), "shortfall"),
     }
-    thresholds = {
-        "max_fraction_shorter": OUTPUT_MAX_OFF_FRACTION,
-        "max_fraction_longer": OUTPUT_MAX_OFF_FRACTION,
-    }
+    bound = thresholds(data.cfg).max_output_off_fraction
+    bounds = {"max_fraction_shorter": bound, "max_fraction_longer": bound}
     if not data.cfg.client.ignore_eos:
-        return Check(
-            name, SKIPPED, metrics, thresholds, "client.ignore_eos is false: early stops are expected"
-        )
-    ok = (
-        metrics["fraction_shorter"] <= OUTPUT_MAX_OFF_FRACTION
-        and metrics["fraction_longer"] <= OUTPUT_MAX_OFF_FRACTION
-    )
-    return Check(name, _verdict(ok), metrics, thresholds)
+        return Check(name, SKIPPED, metrics, bounds, "client.ignore_eos is false: early stops are expected")
+    ok = metrics["fraction_shorter"] <= bound and metrics["fraction_longer"] <= bound
+    return Check(name, _verdict(ok), metrics, bounds)
 
 
 def lifecycle_delays(data: RunData) -> Check:
@@ -293,6 +297,7 @@ def lifecycle_delays(data: RunData) -> Check:
         dispatch_to_pickup_s=pl.col("client_picked_up_at") - pl.col("scheduler_dispatched_at"),
         completion_to_processed_s=pl.col("result_processed_at") - pl.col("client_completed_at"),
     )
+    bound = thresholds(data.cfg).max_delay_p99_s
     metrics: dict[str, Any] = {}
     ok = True
     for stage in ("ready_to_dispatch_s", "dispatch_to_pickup_s", "completion_to_processed_s"):
@@ -301,10 +306,10 @@ def lifecycle_delays(data: RunData) -> Check:
             continue
         stats = _stats(values)
         metrics[stage.removesuffix("_s")] = {**stats, "worst_offenders": _worst(stages, stage, seconds=True)}
-        ok &= stats["p99_s"] is not None and stats["p99_s"] <= DELAY_P99_S
+        ok &= stats["p99_s"] is not None and stats["p99_s"] <= bound
     if not metrics:
         return Check(name, SKIPPED, detail="no request was dispatched")
-    return Check(name, _verdict(ok), metrics, {"p99_s": DELAY_P99_S})
+    return Check(name, _verdict(ok), metrics, {"p99_s": bound})
 
 
 def error_rate(data: RunData) -> Check:
@@ -314,16 +319,61 @@ def error_rate(data: RunData) -> Check:
         return Check(name, SKIPPED, detail="no request")
     failed = int(data.measured["failed"].sum())
     rate = failed / n
+    bound = thresholds(data.cfg).max_error_rate
     return Check(
         name,
-        _verdict(rate <= MAX_ERROR_RATE),
+        _verdict(rate <= bound),
         {
             "num_requests": n,
             "num_errored_requests": failed,
             "error_rate": rate,
             "error_code_freq": error_code_freq(data.measured),
         },
-        {"max_error_rate": MAX_ERROR_RATE},
+        {"max_error_rate": bound},
+    )
+
+
+def request_timeouts(data: RunData) -> Check:
+    """Requests that hit the request (or connect) deadline: how long they would have taken is
+    unknown, so their latencies are missing from the statistics exactly where they are worst."""
+    name = "request_timeouts"
+    n = data.measured.height
+    if n == 0:
+        return Check(name, SKIPPED, detail="no request")
+    timed_out = data.measured.filter(pl.col("status") == TIMEOUT)
+    bound = thresholds(data.cfg).max_timeouts
+    return Check(
+        name,
+        _verdict(timed_out.height <= bound),
+        {
+            "num_requests": n,
+            "num_timed_out_requests": timed_out.height,
+            "timed_out_request_ids": timed_out["request_id"].head(WORST).to_list(),
+        },
+        {"max_timeouts": bound},
+    )
+
+
+def missing_records(data: RunData) -> Check:
+    """Every request the dispatch trace says was sent has a record (warmup included). A missing
+    record is a result the driver lost: every count and statistic of the run would be short of it."""
+    name = "missing_records"
+    if data.trace is None:
+        return Check(name, SKIPPED, detail="needs traces/dispatch_trace.jsonl (trace_recorder.enabled)")
+    sent = data.trace.lazy().filter(pl.col("dispatched")).select("request_id").collect()
+    recorded = pl.concat([data.measured.select("request_id"), data.warmup.select("request_id")])
+    if sent["request_id"].dtype != recorded["request_id"].dtype:  # e.g. no record at all: no id type
+        sent, recorded = (df.cast({"request_id": pl.String}) for df in (sent, recorded))
+    missing = sent.join(recorded, on="request_id", how="anti")
+    return Check(
+        name,
+        _verdict(missing.height == 0),
+        {
+            "num_dispatched_requests": sent.height,
+            "num_missing_records": missing.height,
+            "missing_request_ids": missing["request_id"].head(WORST).to_list(),
+        },
+        {"max_missing_records": 0},
     )
 
 

@@ -91,6 +91,7 @@ def trace_schema(kinds: dict[str, str]) -> dict[str, pl.DataType]:
         "session_id": _dtype(kinds["session_id"]),
         "node_id": _dtype(kinds["node_id"]),
         "session_size": pl.Int64(),
+        "dispatched_at": pl.Float64(),
         "parent_nodes": pl.List(_dtype(kinds["node_id"])),
     }
 
@@ -104,7 +105,8 @@ def parse_records_block(path: Path, offset: int, length: int, kinds: dict[str, s
 
 
 def parse_trace_file(path: Path, kinds: dict[str, str]) -> pl.DataFrame:
-    """The trace columns evaluation uses: ids, session size, and whether a node is a session root."""
+    """The trace columns evaluation uses: ids, session size, whether a node is a session root, and
+    whether it was dispatched (a node not sent, because an earlier one failed, has a line too)."""
     schema = trace_schema(kinds)
     frames = [parse_trace_block(read_block(path, off, ln), schema) for off, ln in block_ranges(path)]
     df = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
@@ -113,6 +115,7 @@ def parse_trace_file(path: Path, kinds: dict[str, str]) -> pl.DataFrame:
         "session_id",
         "session_size",
         is_root=pl.col("parent_nodes").list.len().fill_null(0) == 0,
+        dispatched=pl.col("dispatched_at").is_not_null(),
     )
 
 

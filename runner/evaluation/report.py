@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from veeksha.runner.evaluation.evaluate import Evaluation
+from veeksha.shared.paths import RunPaths
 
 LATENCIES = (("TTFC", "ttfc"), ("TBC", "tbc"), ("TPOT", "tpot"), ("E2E", "end_to_end_latency"))
 
@@ -62,7 +63,20 @@ def format_summary(ev: Evaluation) -> str:
         f"  health    {verdict}: {len(checks) - len(failed) - skipped} passed, {len(failed)} failed, "
         f"{skipped} skipped (health_check_results.txt)"
     )
+    if ev.all_failed is not None:
+        lines.append(all_failed_line(ev))
     return "\n".join(lines)
+
+
+def all_failed_line(ev: Evaluation) -> str:
+    """The one line saying the run measured nothing (its exit status is 1)."""
+    f = ev.all_failed
+    assert f is not None
+    who = "every warmup request (the run has no other)" if f.warmup_only else "every request"
+    return (
+        f"veeksha: {who} failed ({f.errored:,} errors, {f.cancelled:,} cancelled); "
+        f"see {RunPaths(ev.run_dir).request_records}"
+    )
 
 
 def _slo_line(r: dict[str, Any]) -> str:

@@ -43,7 +43,7 @@ class RunData:
     cfg: BenchmarkConfig
     trace: pl.DataFrame | None
     measured: pl.DataFrame  # non-warmup records (also records.df once prepared)
-    warmup: pl.DataFrame  # warmup records: session_id, scheduler_dispatched_at, end_at
+    warmup: pl.DataFrame  # warmup records: ids, scheduler_dispatched_at, end_at, status flags
     sessions: pl.DataFrame  # one row per non-warmup session
     first_dispatch: float | None
     last_end: float | None
@@ -94,7 +94,8 @@ def split_warmup(records: Records) -> tuple[Records, pl.DataFrame]:
     """
     df = records.df
     warm = pl.col("is_warmup")
-    warmup = df.lazy().filter(warm).select("session_id", "scheduler_dispatched_at", "end_at").collect()
+    columns = ("request_id", "session_id", "scheduler_dispatched_at", "end_at", "ok", "failed", "cancelled")
+    warmup = df.lazy().filter(warm).select(columns).collect()
     if warmup.height:
         df = df.filter(~warm)
     return Records(df, records.tbc_values, records.tbc_offsets), warmup

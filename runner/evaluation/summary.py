@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -45,6 +46,28 @@ def build_summary(data: RunData) -> dict[str, Any]:
         summary[f"{metric}_max"] = dist.at(1.0)
     summary["error_code_freq"] = error_code_freq(m)
     return summary
+
+
+@dataclass
+class AllFailed:
+    """No request of the run succeeded: it measured nothing. Counts of the requests judged."""
+
+    errored: int  # error + timeout
+    cancelled: int
+    warmup_only: bool  # the run had only warmup requests, and those were judged
+
+
+def all_failed(data: RunData) -> AllFailed | None:
+    """AllFailed when no request succeeded, else None.
+
+    The measured requests are judged; a run that has only warmup requests (it ended during the
+    warmup) is judged on those, since a server that failed them all is just as broken. A run that
+    sent nothing is not judged here.
+    """
+    rows = data.measured if data.measured.height else data.warmup
+    if rows.height == 0 or rows["ok"].any():
+        return None
+    return AllFailed(int(rows["failed"].sum()), int(rows["cancelled"].sum()), data.measured.height == 0)
 
 
 def observed_session_rate(data: RunData) -> tuple[float | None, int, float | None]:

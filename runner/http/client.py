@@ -22,7 +22,7 @@ from time import perf_counter
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from veeksha.runner.http.openai import RequestBuilder, ResponseReader, one_line
+from veeksha.runner.http.openai import RequestBuilder, ResponseReader, one_line, preview
 from veeksha.runner.http.transport import HTTPTransport, RequestError, RequestTimeout
 from veeksha.shared import redact
 from veeksha.shared.records import SUCCESS
@@ -130,7 +130,11 @@ class OpenAIClient:
         out.status = exc.status
         out.error_type = exc.error_type
         # Scrub before shortening: a secret cut in half by the shortening would survive the scrub.
-        out.error_message = one_line(scrub_text(exc.message or exc.error_type, self._secrets))
+        message = scrub_text(exc.message or exc.error_type, self._secrets)
+        if exc.body_head is not None:
+            head = exc.body_head.decode("utf-8", "replace")
+            message += f"; body: {preview(scrub_text(head, self._secrets))}"
+        out.error_message = one_line(message)
         if exc.http_status is not None:
             out.http_status = exc.http_status
         if out.completed_at is None:

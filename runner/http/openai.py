@@ -8,6 +8,12 @@ an Outcome: content-chunk arrival times, text, usage counts, finish_reason, or a
 Content chunk (metrics.md): an event with non-empty delta.content, delta.reasoning_content /
 delta.reasoning, delta.tool_calls, or choices[].text. Role-only, empty, usage-only and keep-alive events
 are not content chunks. A non-streaming response is one chunk at completion.
+
+What a 2xx must carry to be a success (metrics.md): a stream, at least one content chunk; a
+non-streamed answer, a JSON body with choices. Anything else is an error naming the content type and
+the first bytes of the body: `not_event_stream` (an HTML login page, a plain-text notice) or
+`empty_response` (an empty body, comments or `[DONE]` only, no choices). How a body is read: by its
+content type (event-stream or JSON), else (none, or another type) by its first bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from veeksha.runner.http.sse import SSEError, SSEParser
 from veeksha.runner.http.transport import (
+    EmptyResponse,
     HTTPStatusError,
+    NotEventStream,
     ProtocolError,
     RequestError,
     ServerError,
@@ -33,8 +41,17 @@ DEFAULT_MAX_TOKENS_PARAM = {CHAT: "max_completion_tokens", COMPLETIONS: "max_tok
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a buffered (non-streamed) body larger than this is refused
 MAX_MESSAGE_CHARS = 300  # error messages are one line, cut to this length
+PREVIEW_CHARS = 100  # the body preview in an error message
+# Raw body bytes kept for that preview: more than it shows, so that the client can scrub a secret
+# crossing the cut before shortening.
+BODY_HEAD_BYTES = 1024
 
-_SSE, _JSON, _ERROR, _SNIFF = range(4)
+# How the body is being read. _SSE_FIRST: an event stream before its first read (which is kept for
+# error messages); _SNIFF: not known yet, the first bytes decide; _REJECT: not an event stream, only
+# its first bytes are still collected for the error message.
+_SSE, _JSON, _ERROR, _SNIFF, _SSE_FIRST, _REJECT = range(6)
+# How an event stream can start (after blank lines).
+_SSE_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
 
 
 class RequestBuilder:
@@ -107,6 +124,25 @@ def error_text(err: Any) -> str:
     return one_line(str(err))
 
 
+def preview(text: str) -> str:
+    """The start of a body for an error message: one line, at most PREVIEW_CHARS."""
+    return one_line(text, PREVIEW_CHARS) or "(empty)"
+
+
+def sniff(head: bytes) -> int | None:
+    """_JSON, _SSE or _REJECT from a body's first bytes; None while they cannot tell yet."""
+    head = head.lstrip()
+    if not head:
+        return None
+    if head[:1] in (b"{", b"["):
+        return _JSON
+    if head.startswith(_SSE_STARTS):
+        return _SSE
+    if any(start.startswith(head) for start in _SSE_STARTS):
+        return None  # b"da": the next bytes decide
+    return _REJECT
+
+
 def body_error_text(body: bytes) -> str:
     try:
         obj = orjson.loads(body)
@@ -121,6 +157,8 @@ class ResponseReader:
     __slots__ = (
         "_body",
         "_body_len",
+        "_ctype",
+        "_head",
         "_mode",
         "_now",
         "_sse",
@@ -144,6 +182,8 @@ class ResponseReader:
         self._text: list[str] = []
         self._now = 0.0
         self._status = 0
+        self._ctype: bytes | None = None
+        self._head = b""  # the first bytes of the body, for error messages
 
     # -- ResponseHandler -----------------------------------------------------------------------------
 
@@ -151,6 +191,7 @@ class ResponseReader:
         self.out.http_status = self._status = status
         if isinstance(content_type, str):
             content_type = content_type.encode("latin-1", "replace")
+        self._ctype = content_type
         ctype = (content_type or b"").lower()
         if not 200 <= status < 300:
             self._mode = _ERROR
@@ -158,8 +199,9 @@ class ResponseReader:
             self._mode = _JSON
         elif b"event-stream" in ctype:
             self._start_sse()
+            self._mode = _SSE_FIRST
         else:
-            self._mode = _SNIFF  # no useful content-type: the first body byte decides
+            self._mode = _SNIFF  # no useful content-type: the first body bytes decide
 
     def on_body(self, data: bytes, now: float) -> bool:
         mode = self._mode
@@ -170,18 +212,12 @@ class ResponseReader:
             except SSEError as exc:
                 self._fail(ProtocolError(str(exc)), now)
             return self.finished
-        if mode == _SNIFF:
-            stripped = data.lstrip()
-            if not stripped:
-                self._buffer(data, now)
-                return self.finished
-            if stripped[:1] in (b"{", b"["):
-                self._mode = _JSON
-            else:
-                self._start_sse()
-                pending = b"".join(self._body)
-                self._body.clear()
-                return self.on_body(pending + data, now)
+        if mode == _SSE_FIRST:
+            self._head = data[:BODY_HEAD_BYTES]
+            self._mode = _SSE
+            return self.on_body(data, now)
+        if mode == _SNIFF or mode == _REJECT:
+            return self._sniff(data, now)
         self._buffer(data, now)
         return self.finished
 
@@ -189,20 +225,24 @@ class ResponseReader:
         if self.finished:
             return
         mode = self._mode
-        if mode == _SSE:
+        if mode == _SSE or mode == _SSE_FIRST:
             self._now = now
             try:
                 self._sse.flush()  # type: ignore[union-attr]
             except SSEError as exc:
                 self._fail(ProtocolError(str(exc)), now)
             if not self.finished:  # no [DONE]: the end of the body ends the stream
-                self._finish(now)
+                self._end_stream(now)
             return
         body = b"".join(self._body)
         self._body.clear()
         if mode == _ERROR:
             msg = f"HTTP {self._status}: {body_error_text(body)}"
             self._fail(HTTPStatusError(msg, self._status), now)
+        elif mode == _REJECT or (mode == _SNIFF and body and not body.isspace()):
+            self._reject(body, now)
+        elif mode == _SNIFF:
+            self._fail(EmptyResponse(self._about("empty body"), body_head=body), now)
         else:
             self._read_json(body, now)
 
@@ -210,6 +250,9 @@ class ResponseReader:
         """Write the accumulated text into the Outcome (also after failures: partial text is kept)."""
         if self._text:
             self.out.text = "".join(self._text)
+        # The SSE parser calls back into this reader (a reference cycle): without the cycle, the
+        # reader and its Outcome are freed as soon as the caller drops them, not by a rare collection.
+        self._sse = None
 
     # -- streaming -----------------------------------------------------------------------------------
 
@@ -217,12 +260,21 @@ class ResponseReader:
         self._mode = _SSE
         self._sse = SSEParser(self._on_event)
 
+    def _end_stream(self, now: float) -> None:
+        """[DONE] or the end of the body: a stream without a content chunk is no success."""
+        if self.out.chunk_times:
+            self._finish(now)
+            return
+        reason = self.out.finish_reason
+        what = "the stream ended without a content chunk" + (f" (finish_reason {reason})" if reason else "")
+        self._fail(EmptyResponse(self._about(what), body_head=self._head), now)
+
     def _on_event(self, event: bytes | None, data: bytes) -> None:
         # The hot path: once per streamed event, so the ordinary case takes the fewest steps.
         if self.finished:
             return
         if data == b"[DONE]":
-            self._finish(self._now)
+            self._end_stream(self._now)
             return
         try:
             obj = orjson.loads(data)
@@ -288,6 +340,41 @@ class ResponseReader:
         preview = one_line(data[:80].decode("utf-8", "replace"))
         self._fail(ProtocolError(f"stream event is not JSON: {preview}"), self._now)
 
+    # -- bodies of unknown kind ----------------------------------------------------------------------
+
+    def _sniff(self, data: bytes, now: float) -> bool:
+        """Collect the first bytes until they tell an event stream, JSON, or neither (rejected)."""
+        self._buffer(data, now)
+        if self.finished:
+            return True
+        head = b"".join(self._body)
+        if self._mode == _SNIFF:
+            kind = sniff(head)
+            if kind is None:
+                if head.isspace():
+                    self._body.clear()  # blank lines only so far: nothing worth keeping
+                return False
+            if kind == _JSON:
+                self._mode = _JSON
+                return False
+            if kind == _SSE:
+                self._body.clear()
+                self._head = head[:BODY_HEAD_BYTES]
+                self._start_sse()
+                return self.on_body(head, now)
+            self._mode = _REJECT
+        if len(head) >= BODY_HEAD_BYTES:  # enough for the message: do not wait for the rest
+            self._reject(head, now)
+        return self.finished
+
+    def _reject(self, body: bytes, now: float) -> None:
+        self._fail(NotEventStream(self._about("not an event stream"), body_head=body[:BODY_HEAD_BYTES]), now)
+
+    def _about(self, what: str) -> str:
+        """`HTTP 200 text/html: <what>`: the status and content type say where an answer came from."""
+        ctype = (self._ctype or b"no content-type").decode("latin-1")
+        return f"HTTP {self._status} {ctype}: {what}"
+
     # -- buffered bodies -----------------------------------------------------------------------------
 
     def _buffer(self, data: bytes, now: float) -> None:
@@ -298,14 +385,17 @@ class ResponseReader:
         self._body.append(data)
 
     def _read_json(self, body: bytes, now: float) -> None:
+        head = body[:BODY_HEAD_BYTES]
+        if not body or body.isspace():
+            self._fail(EmptyResponse(self._about("empty body"), body_head=head), now)
+            return
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
-            preview = one_line(body[:80].decode("utf-8", "replace")) or "(empty body)"
-            self._fail(ProtocolError(f"response body is not JSON: {preview}"), now)
+            self._fail(ProtocolError(self._about("response body is not JSON"), body_head=head), now)
             return
         if type(obj) is not dict:
-            self._fail(ProtocolError("response body is not a JSON object"), now)
+            self._fail(ProtocolError(self._about("response body is not a JSON object"), body_head=head), now)
             return
         err = obj.get("error")
         if err is not None or obj.get("object") == "error":
@@ -313,8 +403,8 @@ class ResponseReader:
             self._fail(ServerError(f"server returned an error: {what}"), now)
             return
         choices = obj.get("choices")
-        if not isinstance(choices, list):
-            self._fail(ProtocolError("response has no choices"), now)
+        if not choices or not isinstance(choices, list):
+            self._fail(EmptyResponse(self._about("response has no choices"), body_head=head), now)
             return
         for choice in choices:
             message = choice.get("message") or {}

@@ -45,10 +45,13 @@ class RequestError(Exception):
     error_type = "protocol_error"
     status = ERROR
 
-    def __init__(self, message: str, http_status: int | None = None) -> None:
+    def __init__(self, message: str, http_status: int | None = None, body_head: bytes | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.http_status = http_status
+        # The first bytes of the body, raw: the client shows a short preview of them, cut only after
+        # its secrets are scrubbed (a secret cut in half would survive the scrub).
+        self.body_head = body_head
 
 
 class ConnectError(RequestError):
@@ -79,6 +82,19 @@ class ConnectionDropped(RequestError):
 
 class ProtocolError(RequestError):
     error_type = "protocol_error"
+
+
+class NotEventStream(RequestError):
+    """A 2xx answer to a streamed request that is neither an event stream nor JSON (an HTML login
+    page, a plain-text notice)."""
+
+    error_type = "not_event_stream"
+
+
+class EmptyResponse(RequestError):
+    """A 2xx that carries no output: an empty body, a stream without a content chunk, no choices."""
+
+    error_type = "empty_response"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -106,6 +106,23 @@ def test_a_sweep_runs_every_combination_into_one_sweep_directory(tmp_path: Path)
         assert info["sweep"]["index"] == i and info["sweep"]["count"] == 2
 
 
+def test_a_sweep_with_one_run_where_every_request_failed_exits_1(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        """
+        output_dir: out
+        server: {type: simulated, decode_step_base: 0.002, error_rate: !expand [0.0, 1.0]}
+        runtime: {max_sessions: 2}
+        """,
+    )
+    proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.count("veeksha: every request failed") == 1  # the second run only
+    (sweep,) = (tmp_path / "out").iterdir()
+    manifest = orjson.loads((sweep / SWEEP_MANIFEST).read_bytes())
+    assert [r["status"] for r in manifest["runs"]] == ["completed", "completed"]  # both ran to the end
+
+
 def test_capacity_search_finds_a_knee_without_repeating_values(tmp_path: Path) -> None:
     write(
         tmp_path,
@@ -204,7 +221,8 @@ def test_a_failing_server_cancels_the_rest_of_each_session(tmp_path: Path) -> No
         ],
         cwd=tmp_path,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # every request failed: the run measured nothing
+    assert "veeksha: every request failed (3 errors, 6 cancelled); see out/" in proc.stdout
     records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
     errors = [r for r in records if r["status"] == "error"]
     cancelled = [r for r in records if r["status"] == "cancelled"]
@@ -255,7 +273,7 @@ def test_without_cancel_on_failure_every_turn_is_still_sent(tmp_path: Path) -> N
         ],
         cwd=tmp_path,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
     assert len(records) == 2 * 3
     assert all(r["status"] == "error" and r["http_status"] == 500 for r in records)

@@ -101,6 +101,10 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
             "[{type: text, body_length_generator: {type: uniform, min: 9, max: 2}}]}",
             r"session_generator\.channels\.0\.body_length_generator: min \(9\.0\) must be <= max",
         ),
+        (
+            "evaluators: [{type: performance, health: {max_error_rate: 1.5}}]",
+            r"evaluators\.0\.health\.max_error_rate: 1\.5 is not allowed; must be >= 0 and <= 1",
+        ),
         ("wandb: {mode: onlin}", r"wandb\.mode: 'onlin' is not allowed.*did you mean 'online'"),
         ("client: {stream: maybe}", r"client\.stream: 'maybe' is not allowed; expected true or false"),
     ],

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import polars as pl
 import pytest
 from veeksha.runner.evaluation import health
+from veeksha.runner.evaluation.evaluate import evaluate_run
+from veeksha.runner.evaluation.reading import read_trace
 from veeksha.shared.config import (
     BenchmarkConfig,
     ConcurrentTraffic,
     FixedIntervals,
+    HealthThresholds,
+    PerformanceEvaluator,
     PoissonIntervals,
     RateTraffic,
 )
+from veeksha.shared.jsonio import read_json
 
-from .factory import request, run_data
+from .factory import request, run_data, trace_line, write_run
 
 
 def _data(records, cfg=None, trace=None):
@@ -158,6 +164,105 @@ def test_error_rate():
     assert health.error_rate(_data([])).result == "SKIPPED"
 
 
+def test_any_timed_out_request_fails_the_run_by_default():
+    ok = _sessions_every(0.1)
+    assert health.request_timeouts(_data(ok)).result == "PASSED"
+    late = [*ok[:99], request(99, sent=9.9, chunks=[], status="timeout", error_type="request_timeout")]
+    check = health.request_timeouts(_data(late))
+    assert check.result == "FAILED"
+    assert check.metrics["num_timed_out_requests"] == 1 and check.metrics["timed_out_request_ids"] == [99]
+    assert health.error_rate(_data(late)).result == "PASSED"  # 1% errors alone would pass
+    assert health.request_timeouts(_data(late, _health_cfg(max_timeouts=1))).result == "PASSED"
+
+
+def _traced_run(tmp_path, records, extra_trace):
+    """The dispatch trace as the reader reads it from a run directory: one line per record, plus more."""
+    paths = write_run(tmp_path, records, trace=[trace_line(r) for r in records] + extra_trace)
+    return read_trace(paths.dispatch_trace)
+
+
+def test_a_dispatched_request_without_a_record_fails_the_run(tmp_path):
+    records = [*_sessions_every(0.1, n=10), request(10, sent=0.05, chunks=[0.06], is_warmup=True)]
+    check = health.missing_records(_data(records, trace=_traced_run(tmp_path / "a", records, [])))
+    assert check.result == "PASSED" and check.metrics["num_dispatched_requests"] == 11  # warmup too
+    lost = trace_line(request(11, sent=1.05, chunks=[1.1]))
+    never_sent = dict(trace_line(request(12, sent=1.05, chunks=[])), dispatched_at=None, ready_at=None)
+    check = health.missing_records(
+        _data(records, trace=_traced_run(tmp_path / "b", records, [lost, never_sent]))
+    )
+    assert check.result == "FAILED"
+    assert check.metrics["num_missing_records"] == 1 and check.metrics["missing_request_ids"] == [11]
+    assert health.missing_records(_data(records)).result == "SKIPPED"  # no trace: nothing to compare
+
+
+def test_no_record_at_all_for_a_dispatched_request(tmp_path):
+    lost = trace_line(request(0, sent=1.0, chunks=[1.1]))
+    check = health.missing_records(_data([], trace=_traced_run(tmp_path, [], [lost])))
+    assert check.result == "FAILED" and check.metrics["missing_request_ids"] == [0]
+
+
+# ------------------------------------------------------------------ configurable thresholds
+
+
+def _health_cfg(**bounds):
+    cfg = BenchmarkConfig()
+    cfg.evaluators = [PerformanceEvaluator(health=HealthThresholds(**bounds))]
+    return cfg
+
+
+def test_the_defaults_are_the_documented_bounds():
+    assert dataclasses.asdict(HealthThresholds()) == {
+        "max_error_rate": 0.01,
+        "max_timeouts": 0,
+        "min_rate_tolerance": 0.05,
+        "max_concurrency_error": 0.05,
+        "max_lateness_p99_s": 0.010,
+        "max_delay_p99_s": 0.010,
+        "min_prompts_on_target": 0.99,
+        "max_output_off_fraction": 0.01,
+    }
+    assert health.thresholds(BenchmarkConfig()) == HealthThresholds()
+    no_evaluator = BenchmarkConfig()
+    no_evaluator.evaluators = []
+    assert health.thresholds(no_evaluator) == HealthThresholds()
+
+
+def test_each_bound_comes_from_the_config():
+    ok = _sessions_every(0.1)
+    bad = ok[:95] + [request(100 + i, sent=1.0, chunks=[], status="error", done=1.1) for i in range(5)]
+    check = health.error_rate(_data(bad, _health_cfg(max_error_rate=0.05)))
+    assert check.result == "PASSED" and check.thresholds == {"max_error_rate": 0.05}
+    slow = [dict(r, client_picked_up_at=r["scheduler_dispatched_at"] + 0.05) for r in ok]
+    check = health.lifecycle_delays(_data(slow, _health_cfg(max_delay_p99_s=0.1)))
+    assert check.result == "PASSED" and check.thresholds == {"p99_s": 0.1}
+    records, trace = _follow_ups(0.05)
+    check = health.intra_session_lateness(_data(records, _health_cfg(max_lateness_p99_s=0.06), trace))
+    assert check.result == "PASSED"
+    off = _sessions_every(0.1, num_delta_prompt_tokens=450, target_num_delta_prompt_tokens=500)
+    cfg = _health_cfg(min_prompts_on_target=0.0)
+    cfg.client.tokenizer = "/models/tokenizer.json"
+    assert health.prompt_length(_data(off, cfg)).result == "PASSED"
+    short = ok[:90] + _sessions_every(0.1, n=10, num_output_tokens=1, num_requested_output_tokens=64)
+    assert health.output_length(_data(short, _health_cfg(max_output_off_fraction=0.1))).result == "PASSED"
+    rate = _health_cfg(min_rate_tolerance=1.0)
+    rate.traffic_scheduler = _rate_cfg(20.0).traffic_scheduler  # observed 10/s: 50% off
+    assert health.session_dispatch_rate(_data(ok, rate)).result == "PASSED"
+    half = _health_cfg(max_concurrency_error=0.6)
+    half.traffic_scheduler = ConcurrentTraffic(target_concurrent_sessions=2, rampup_seconds=1.0)
+    assert health.concurrency(_data(_closed_loop(1), half)).result == "PASSED"  # 1 of 2: 50% off
+
+
+def test_evaluation_reads_the_bounds_from_the_runs_config_yml(tmp_path):
+    bad = _sessions_every(0.1)[:95] + [
+        request(100 + i, sent=1.0, chunks=[], status="error", done=1.1) for i in range(5)
+    ]
+    paths = write_run(tmp_path, bad, _health_cfg(max_error_rate=0.1))
+    evaluate_run(paths.root, plots=False)
+    checks = {c["name"]: c for c in read_json(paths.health_checks_json)["checks"]}
+    assert checks["error_rate"]["result"] == "PASSED"
+    assert checks["error_rate"]["thresholds"] == {"max_error_rate": 0.1}
+
+
 # ------------------------------------------------------------------ output
 
 
@@ -175,6 +280,6 @@ def test_text_format_and_json():
     assert as_json["all_passed"] is True
     assert [c["name"] for c in as_json["checks"]] == [
         "session_dispatch_rate", "concurrency", "intra_session_arrival_lateness", "prompt_length",
-        "output_length", "lifecycle_delays", "error_rate",
+        "output_length", "lifecycle_delays", "error_rate", "request_timeouts", "missing_records",
     ]  # fmt: skip
     assert all(set(c) >= {"name", "result", "metrics", "thresholds"} for c in as_json["checks"])

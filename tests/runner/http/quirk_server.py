@@ -372,6 +372,73 @@ async def q_stale(w, req, srv):
     return await q_basic(w, req, srv)
 
 
+# -- 2xx answers that are no success: each must be an error naming its body -------------------------
+
+PORTAL_TITLE = "Guest Wi-Fi: please sign in"
+
+
+@quirk
+async def q_text_plain_200(w, req, srv):
+    await send(w, json_response(200, b"Service starting, please retry in a minute.\n", "text/plain"))
+    return True
+
+
+@quirk
+async def q_html_200(w, req, srv):
+    """A captive portal's login page; it echoes the credentials it got near the top, and it is long."""
+    auth = req.headers.get("authorization", "")
+    page = f"<!DOCTYPE html>\n<html><head><title>{PORTAL_TITLE}</title></head>\n<body>{auth}\n"
+    page += "<p>" + "Terms of use. " * 200 + "</p></body></html>\n"
+    await send(w, json_response(200, page.encode(), "text/html; charset=utf-8"))
+    return True
+
+
+@quirk
+async def q_empty_200(w, req, srv):
+    await send(w, head(length=0))
+    return True
+
+
+@quirk
+async def q_comments_only(w, req, srv):
+    """A valid event stream without a single data event: keep-alives and a named event only."""
+    await send(w, head(), chunk(b": keep-alive\n\n"), chunk(b"event: ping\n\n: bye\n\n"), END)
+    return True
+
+
+@quirk
+async def q_done_only(w, req, srv):
+    await send(w, head(), chunk(DONE), END)
+    return True
+
+
+@quirk
+async def q_role_only(w, req, srv):
+    """Role, finish and usage events, but no content chunk."""
+    events = [chat(None, role="assistant"), chat(finish="stop"), usage_event(7, 0), DONE]
+    await send(w, head(), *(chunk(e) for e in events), END)
+    return True
+
+
+@quirk
+async def q_sse_as_text_plain(w, req, srv):
+    """A proxy rewrote the content type: the body is still the reference stream."""
+    await send(w, head(ctype="text/plain"), *(chunk(e) for e in STANDARD), END)
+    return True
+
+
+@quirk
+async def q_nonstream_no_choices(w, req, srv):
+    await send(w, json_response(200, {"id": "chatcmpl-3", "object": "chat.completion", "choices": []}))
+    return True
+
+
+@quirk
+async def q_nonstream_not_json(w, req, srv):
+    await send(w, json_response(200, b"<html><body>Bad gateway, try again</body></html>", "text/html"))
+    return True
+
+
 # -- the server ---------------------------------------------------------------------------------------
 
 

@@ -12,11 +12,11 @@ import time
 import pytest
 import uvloop
 from veeksha.runner.http.client import Outcome, make_client
-from veeksha.runner.http.openai import RequestBuilder
+from veeksha.runner.http.openai import PREVIEW_CHARS, RequestBuilder
 from veeksha.shared.config import ClientConfig
 from veeksha.shared.records import ERROR, ERROR_TYPES, SUCCESS, TIMEOUT
 
-from tests.runner.http.quirk_server import BIG_CONTENT, QuirkServer
+from tests.runner.http.quirk_server import BIG_CONTENT, PORTAL_TITLE, QuirkServer
 
 BACKENDS = ["native", "httpx"]
 API_KEY = "sk-test-SECRET-4242"
@@ -60,6 +60,7 @@ def assert_standard(out: Outcome) -> None:
         "content_length",  # Content-Length instead of chunked
         "close_delimited",  # neither: the body ends when the server closes
         "no_content_type",  # sniffed as SSE
+        "sse_as_text_plain",  # a wrong content type, sniffed as SSE by its first bytes
         "informational",  # a 100 Continue before the real response
     ],
 )
@@ -116,6 +117,53 @@ def test_failures(
     assert "\n" not in out.error_message and "Traceback (most recent" not in out.error_message
     assert API_KEY not in out.error_message
     assert out.completed_at is not None and out.picked_up_at is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("quirk", "stream", "error_type", "says"),
+    [
+        (
+            "text_plain_200",
+            True,
+            "not_event_stream",
+            ["HTTP 200 text/plain: not an event stream", "retry in"],
+        ),
+        ("html_200", True, "not_event_stream", ["text/html; charset=utf-8", "<!DOCTYPE html>", PORTAL_TITLE]),
+        (
+            "empty_200",
+            True,
+            "empty_response",
+            ["text/event-stream", "without a content chunk", "body: (empty)"],
+        ),
+        ("comments_only", True, "empty_response", ["without a content chunk", "body: : keep-alive"]),
+        ("done_only", True, "empty_response", ["without a content chunk", "body: data: [DONE]"]),
+        ("role_only", True, "empty_response", ["without a content chunk (finish_reason stop)"]),
+        ("nonstream_no_choices", False, "empty_response", ["application/json: response has no choices"]),
+        (
+            "nonstream_not_json",
+            False,
+            "protocol_error",
+            ["text/html: response body is not JSON", "Bad gateway"],
+        ),
+    ],
+)
+def test_a_2xx_without_output_is_an_error_naming_its_body(
+    quirks: QuirkServer, backend: str, quirk: str, stream: bool, error_type: str, says: list[str]
+) -> None:
+    t0 = time.perf_counter()
+    out = request(quirks.base(quirk), backend, api_key=API_KEY, stream=stream)
+    assert time.perf_counter() - t0 < 2
+    assert (out.status, out.error_type, out.http_status) == (ERROR, error_type, 200)
+    assert error_type in ERROR_TYPES
+    assert out.chunk_times == [] and out.completed_at is not None
+    for text in says:
+        assert text in out.error_message
+    # One short line: the body preview is cut, and cut after the secrets were scrubbed (the portal
+    # echoes the API key across the cut).
+    assert "\n" not in out.error_message
+    assert len(out.error_message.split("; body: ")[1]) <= PREVIEW_CHARS
+    assert API_KEY not in out.error_message and "sk-test" not in out.error_message
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

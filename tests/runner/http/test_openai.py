@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 from veeksha.runner.http.client import Outcome, build_headers, endpoint_url, secret_values
-from veeksha.runner.http.openai import RequestBuilder, ResponseReader
+from veeksha.runner.http.openai import BODY_HEAD_BYTES, RequestBuilder, ResponseReader
 from veeksha.shared.config import ClientConfig
 
 from tests.runner.http.quirk_server import DONE, STANDARD, chat, event, usage_event
@@ -163,3 +163,41 @@ def test_http_error_body_message_is_extracted() -> None:
     assert reader.failure is not None
     assert reader.failure.error_type == "http_error" and reader.failure.http_status == 429
     assert reader.failure.message == "HTTP 429: rate limited retry later"
+
+
+# -- what a 2xx must carry to be a success --------------------------------------------------------------
+
+
+def test_a_stream_without_a_content_chunk_is_an_empty_response() -> None:
+    out, reader = read([(chat(None, role="assistant") + usage_event(3, 0) + DONE, 1.0)])
+    assert reader.failure is not None and reader.failure.error_type == "empty_response"
+    assert reader.failure.body_head.startswith(b"data: {")  # the first read, for the preview
+    assert out.completed_at == 1.0 and out.prompt_tokens == 3  # what arrived is kept
+
+
+def test_a_body_of_another_content_type_is_read_by_its_first_bytes() -> None:
+    # Blank lines, then "data:" split across reads: an event stream despite the text/plain label.
+    reads = [(b"\n", 1.0), (b"da", 2.0), (b"ta: " + chat("a")[6:] + DONE, 3.0)]
+    out, reader = read(reads, ctype=b"text/plain")
+    assert reader.failure is None and out.chunk_times == [3.0] and out.text == "a"
+    body = orjson.dumps({"choices": [{"message": {"content": "Hi"}}]})
+    out, reader = read([(b" ", 1.0), (body, 2.0)], ctype=None)
+    assert reader.failure is None and out.text == "Hi" and out.chunk_times == [99.0]  # JSON
+
+
+def test_a_body_that_is_no_event_stream_fails_without_waiting_for_its_end() -> None:
+    page = b"<html>" + b"x" * 5000
+    out, reader = read([(page[:500], 1.0), (page[500:], 2.0), (b"never read", 3.0)], ctype=b"text/html")
+    assert reader.failure is not None and reader.failure.error_type == "not_event_stream"
+    assert reader.failure.message == "HTTP 200 text/html: not an event stream"
+    assert reader.failure.body_head == page[:BODY_HEAD_BYTES] and out.completed_at == 2.0
+
+
+def test_short_or_blank_bodies() -> None:
+    _, reader = read([(b"da", 1.0)], ctype=None)  # could have become "data:", but the body ended
+    assert reader.failure is not None and reader.failure.error_type == "not_event_stream"
+    _, reader = read([(b"\n\n", 1.0), (b" ", 2.0)], ctype=b"text/plain")
+    assert reader.failure is not None and reader.failure.error_type == "empty_response"
+    assert reader.failure.message == "HTTP 200 text/plain: empty body"
+    _, reader = read([(b"  ", 1.0)], stream=False, ctype=b"application/json")
+    assert reader.failure is not None and reader.failure.error_type == "empty_response"

@@ -1,0 +1,80 @@
+"""`veeksha-run` against a server whose 200s carry no output: every request is an error, and the run
+says so and exits 1 (no `--strict` needed).
+
+The server is the quirk server (tests/runner/http/quirk_server.py) in this process, reached by the run's
+driver over real loopback HTTP; here it answers every request with a captive portal's HTML page.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from veeksha.shared.records import CANCELLED, ERROR
+
+from tests.runner.helpers import all_text_under, only_run_dir, read_jsonl, run_cli
+from tests.runner.http.quirk_server import PORTAL_TITLE, QuirkServer
+
+API_KEY = "sk-e2e-SECRET-5150"
+SESSIONS = 3  # of 3 turns each (a linear graph): the first fails, the other two are cancelled
+
+
+@pytest.fixture(scope="module")
+def portal() -> Iterator[QuirkServer]:
+    with QuirkServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def portal_run(portal: QuirkServer, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("portal")
+    flags = [
+        *("--client.api_base", portal.base("html_200"), "--client.model", "m"),
+        *("--client.api_key", API_KEY, "--output_dir", "out"),
+        *("--runtime.max_sessions", str(SESSIONS), "--session_generator.session_graph.type", "linear"),
+        *("--traffic_scheduler.interval_generator.arrival_rate", "20"),
+    ]
+    return tmp, run_cli(flags, cwd=tmp, timeout=120)
+
+
+def test_every_request_is_an_error_naming_the_body(portal_run) -> None:
+    tmp, _ = portal_run
+    records = read_jsonl(only_run_dir(tmp / "out").request_records)
+    errors = [r for r in records if r["status"] == ERROR]
+    assert len(errors) == SESSIONS and len(records) == 3 * SESSIONS
+    assert all(r["status"] == CANCELLED for r in records if r not in errors)
+    for r in errors:
+        assert r["error_type"] == "not_event_stream" and r["http_status"] == 200
+        assert "text/html" in r["error_message"] and PORTAL_TITLE in r["error_message"]
+        assert r["num_output_tokens"] in (None, 0) and r["ttfc"] is None
+    # The portal echoes the Authorization header into its page: the preview is scrubbed.
+    assert API_KEY not in all_text_under(tmp / "out")
+
+
+def says_every_request_failed(stdout: str, cwd: Path) -> None:
+    """Exactly one line says so, with the counts and the path of the records (as the user gave it)."""
+    lines = [line for line in stdout.splitlines() if "every request failed" in line]
+    assert len(lines) == 1, stdout
+    found = re.fullmatch(
+        r"veeksha: every request failed \((\d+) errors, (\d+) cancelled\); see (\S+)", lines[0]
+    )
+    assert found is not None, lines[0]
+    assert (int(found[1]), int(found[2])) == (SESSIONS, 2 * SESSIONS)
+    assert (cwd / found[3]).resolve() == only_run_dir(cwd / "out").request_records.resolve()
+
+
+def test_the_run_exits_1_and_says_why_in_one_line(portal_run) -> None:
+    tmp, proc = portal_run
+    assert proc.returncode == 1, proc.stderr
+    says_every_request_failed(proc.stdout, tmp)
+    assert re.search(r"health +FAILED \(.*error_rate", proc.stdout)
+
+
+def test_evaluating_the_directory_again_exits_1_too(portal_run) -> None:
+    tmp, _ = portal_run
+    paths = only_run_dir(tmp / "out")
+    proc = run_cli(["evaluate", str(paths.root)], cwd=tmp)
+    assert proc.returncode == 1, proc.stderr
+    says_every_request_failed(proc.stdout, tmp)
