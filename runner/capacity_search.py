@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from veeksha.runner.benchmark import run_benchmark, upload
+from veeksha.runner.preflight import check_api_base_hosts
 from veeksha.runner.run_dir import make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config import (
     BenchmarkConfig,
@@ -77,9 +78,15 @@ def rounder(search: CapacitySearchConfig, integer: bool):
 def run_capacity_search(path: Path, overrides: list[tuple[str, str]]) -> int:
     search = load_capacity_search(path, overrides)
     base = search.benchmark_config
+    check_api_base_hosts([base], prefix="benchmark_config.")
     knob = knob_of(base)
     integer = knob == CONCURRENCY_KNOB
     rnd = rounder(search, integer)
+    if rnd(search.start_value) <= 0:
+        raise ConfigError(
+            f"config error at start_value: {search.start_value} rounds to 0 at precision "
+            f"{search.precision}; raise start_value or precision"
+        )
     root = make_unique_dir(Path(search.output_dir), f"{CAPSEARCH_DIR_PREFIX}{stamp(utc_now())}")
     write_atomic(root / CONFIG_YML, dump_config_yaml(search))
     runs_dir = root / CAPSEARCH_RUNS_DIR
@@ -104,11 +111,6 @@ def run_capacity_search(path: Path, overrides: list[tuple[str, str]]) -> int:
             raise KeyboardInterrupt
         return a
 
-    if rnd(search.start_value) <= 0:
-        raise ConfigError(
-            f"config error at start_value: {search.start_value} rounds to 0 at precision "
-            f"{search.precision}; raise start_value or precision"
-        )
     try:
         search_loop(search, attempt, rnd, integer)
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from veeksha.runner.benchmark import RunResult, run_benchmark, upload
+from veeksha.runner.preflight import check_api_base_hosts
 from veeksha.runner.run_dir import make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config_loader import LoadedRun, load_benchmark_runs
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
@@ -43,6 +44,7 @@ def run_from_config(
     path: Path | None, overrides: list[tuple[str, str]], *, strict: bool, dry_run: bool
 ) -> int:
     runs = load_benchmark_runs(path, overrides)  # every run validated before any traffic
+    check_api_base_hosts(run.config for run in runs)
     if dry_run:
         print(f"veeksha-run: config is valid; it expands to {len(runs)} run(s)")
         for i, run in enumerate(runs):

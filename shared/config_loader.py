@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 import yaml
 from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig
+from veeksha.shared.config_checks import check_benchmark_config
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.redact import redact
 from veeksha.shared.schema import build, to_dict
@@ -29,9 +31,37 @@ class Expand:
     values: tuple[Any, ...]
 
 
-def _loader_for(path: Path) -> type[yaml.SafeLoader]:
+# A config is a few hundred values. Counting every value as often as aliases and !include
+# repeat it, anything near this is an alias or include bomb, refused before it eats memory or time.
+MAX_CONFIG_VALUES = 100_000
+# Likewise a sweep this long is an !expand repeated through aliases, not a plan anyone would run.
+MAX_SWEEP_RUNS = 10_000
+PROJECT_TAGS = ("!expand", "!include")
+
+
+@dataclass
+class _Reading:
+    """One top-level read: the files open through !include (to refuse cycles) and what is left of
+    the value budget, shared by every included file (to refuse bombs spread over files)."""
+
+    chain: list[Path]
+    values_left: int = MAX_CONFIG_VALUES
+
+
+def _loader_for(path: Path, reading: _Reading) -> type[yaml.SafeLoader]:
     class Loader(yaml.SafeLoader):
-        pass
+        def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+            # Only the project's tags: `!!python/...`, `!!binary`, `!!set` or `!custom` are refused
+            # before anything is built from them.
+            event = self.peek_event()
+            tag = getattr(event, "tag", None)
+            if tag not in (None, "!", *PROJECT_TAGS):
+                shown = tag.replace("tag:yaml.org,2002:", "!!")
+                raise ConfigError(
+                    f"{path} line {event.start_mark.line + 1}: YAML tag {shown} is not allowed; "
+                    "the only tags are !expand and !include"
+                )
+            return super().compose_node(parent, index)
 
     def expand(loader: yaml.SafeLoader, node: yaml.Node) -> Expand:
         if not isinstance(node, yaml.SequenceNode):
@@ -42,34 +72,125 @@ def _loader_for(path: Path) -> type[yaml.SafeLoader]:
         return Expand(values)
 
     def include(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-        target = (path.parent / str(loader.construct_scalar(node))).resolve()
-        return read_yaml(target)
+        name = str(loader.construct_scalar(node))
+        target = (path.parent / name).resolve()
+        line = node.start_mark.line + 1
+        if target in reading.chain:
+            cycle = " -> ".join(str(p) for p in [*reading.chain, target])
+            raise ConfigError(f"{path} line {line}: !include {name} makes a cycle: {cycle}")
+        if not target.is_file():
+            raise ConfigError(f"{path} line {line}: !include {name}: {target} is not a file")
+        return _read(target, reading)
+
+    def integer(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+        try:
+            return yaml.SafeLoader.construct_yaml_int(loader, node)
+        except ValueError:  # Python refuses to parse integers of thousands of digits
+            raise ConfigError(
+                f"{path} line {node.start_mark.line + 1}: an integer of {len(node.value)} characters "
+                "is not allowed; integers must fit in 64 bits"
+            ) from None
 
     Loader.add_constructor("!expand", expand)
     Loader.add_constructor("!include", include)
+    Loader.add_constructor("tag:yaml.org,2002:int", integer)
     return Loader
 
 
 def read_yaml(path: Path) -> Any:
-    """Parse one YAML file into plain data (with Expand markers); errors name the file."""
+    """Parse one YAML file (and what it includes) into plain data with Expand markers.
+
+    Errors name the file: unreadable files, invalid YAML, duplicate keys, tags other than !expand
+    and !include, !include cycles, and alias or include bombs."""
+    return _read(path, _Reading(chain=[]))
+
+
+def _read(path: Path, reading: _Reading) -> Any:
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; check the --config path") from None
-    except OSError as e:
-        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or "it is not UTF-8 text"
+        raise ConfigError(f"config file {path} cannot be read: {reason}") from None
+    reading.chain.append(path.resolve())
     try:
-        data = yaml.load(text, Loader=_loader_for(path))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+        data = _parse(text, path, reading)
+    finally:
+        reading.chain.pop()
+    reading.values_left -= _count_values(data, reading.values_left)
+    if reading.values_left < 0:
+        where = " -> ".join(str(p) for p in [*reading.chain, path])  # the include chain, if any
+        raise ConfigError(
+            f"{where}: the config expands to more than {MAX_CONFIG_VALUES} values (YAML aliases or "
+            "!include repeated, or an alias inside itself); write the values out instead"
+        )
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config sections")
     return data
+
+
+def _parse(text: str, path: Path, reading: _Reading) -> Any:
+    loader = _loader_for(path, reading)(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node, path)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: lists or mappings are nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_duplicate_keys(node: yaml.Node, path: Path, key_path: str = "", seen: set | None = None) -> None:
+    """YAML keeps the last of two equal keys silently; config.md makes it an error.
+    Each node is checked once, however many aliases point at it."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(item, path, f"{key_path}.{i}" if key_path else str(i), seen)
+    elif isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            dotted = f"{key_path}.{key}" if key_path else str(key)
+            line = key_node.start_mark.line + 1
+            if key is not None and key in first_line:
+                raise ConfigError(
+                    f"config error at {dotted}: duplicate key in {path} line {line} (first on line "
+                    f"{first_line[key]}); give each key once"
+                )
+            if key is not None:
+                first_line[key] = line
+            _check_duplicate_keys(value_node, path, dotted, seen)
+
+
+def _count_values(data: Any, limit: int) -> int:
+    """How many values `data` holds, counting a shared (aliased) part each time it appears.
+    Stops counting past `limit`, so a bomb or an alias inside itself costs no more than that."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, Expand):
+            stack += item.values
+    return count
 
 
 def parse_override_value(text: str) -> Any:
@@ -127,6 +248,12 @@ def expand(tree: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     found = _expansions(tree)
     if not found:
         return [({}, tree)]
+    count = math.prod(len(e.values) for _, e in found)
+    if count > MAX_SWEEP_RUNS:
+        raise ConfigError(
+            f"config error at {found[0][0]}: the !expand values make a sweep of {count} runs; "
+            f"at most {MAX_SWEEP_RUNS} are allowed (split the sweep into several files)"
+        )
     runs = []
     for combo in itertools.product(*(e.values for _, e in found)):
         concrete = copy.deepcopy(tree)
@@ -161,7 +288,7 @@ def load_benchmark_runs(path: Path | None, overrides: list[tuple[str, str]] = ()
 
 def build_benchmark_config(tree: dict[str, Any]) -> BenchmarkConfig:
     cfg = build(BenchmarkConfig, tree)
-    apply_env_defaults(cfg)
+    _finish(cfg)
     return cfg
 
 
@@ -170,16 +297,28 @@ def load_capacity_search(path: Path, overrides: list[tuple[str, str]] = ()) -> C
     if _expansions(raw):
         raise ConfigError(f"{path}: !expand is not supported inside a capacity search config")
     cfg = build(CapacitySearchConfig, raw)
-    apply_env_defaults(cfg.benchmark_config)
+    _finish(cfg.benchmark_config, "benchmark_config.")
     return cfg
 
 
-def apply_env_defaults(cfg: BenchmarkConfig) -> None:
-    """Documented environment fallbacks; the key itself stays in memory only (never written)."""
+def _finish(cfg: BenchmarkConfig, prefix: str = "") -> None:
+    """After every key is valid: the env fallbacks, then the checks on the run as a whole."""
+    filled = apply_env_defaults(cfg)
+    source = " (from OPENAI_API_BASE)" if "api_base" in filled else ""
+    check_benchmark_config(cfg, prefix, api_base_source=source)
+
+
+def apply_env_defaults(cfg: BenchmarkConfig) -> list[str]:
+    """Documented environment fallbacks; the key itself stays in memory only (never written).
+    Returns the client keys it filled, so errors can say where a value came from."""
+    filled = []
     if cfg.client.api_base is None and os.environ.get("OPENAI_API_BASE"):
         cfg.client.api_base = os.environ["OPENAI_API_BASE"]
+        filled.append("api_base")
     if cfg.client.api_key is None and os.environ.get("OPENAI_API_KEY"):
         cfg.client.api_key = os.environ["OPENAI_API_KEY"]
+        filled.append("api_key")
+    return filled
 
 
 def redacted_dict(cfg: Any) -> dict[str, Any]:

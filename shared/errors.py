@@ -12,6 +12,12 @@ class UsageError(VeekshaError):
 
     exit_code = 2
 
+    def __init__(self, message: str) -> None:
+        # Keys and values come from the user: a line break in one must not split the line.
+        super().__init__(
+            "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+        )
+
 
 class ConfigError(UsageError):
     """A configuration value is wrong; the message names the key path, the value, what is allowed."""

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import orjson
 from veeksha.shared.errors import ConfigError
+
+# Integers must survive JSON encoding, numpy seeding and C code, which all stop at 64 bits.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def spec(
@@ -36,6 +40,8 @@ def spec(
 
 def _fail(path: str, value: Any, allowed: str) -> ConfigError:
     shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    if len(shown) > 200:  # a 3000-digit number stays a readable one-line error
+        shown = f"{shown[:60]}... ({len(shown)} characters)"
     return ConfigError(f"config error at {path or '<root>'}: {shown} is not allowed; {allowed}")
 
 
@@ -137,19 +143,22 @@ def convert(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any] | Non
         _, item = get_args(tp)
         return {str(k): convert(item, v, _join(path, k)) for k, v in value.items()}
     if tp is Any:
+        _check_plain_numbers(value, path)
         return value
     if tp is bool:
         if not isinstance(value, bool):
             raise _fail(path, value, "expected true or false")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-            raise _fail(path, value, f"expected an integer{_range_text(meta)}")
+        expected = f"an integer{_range_text(meta)}"
+        _check_number(value, path, expected)
+        if value != int(value):
+            raise _fail(path, value, f"expected {expected}")
+        _check_number(int(value), path, expected)  # 1e30 is a whole number, but not a 64-bit one
         _check_range(value, path, meta)
         return int(value)
     elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _fail(path, value, f"expected a number{_range_text(meta)}")
+        _check_number(value, path, f"a number{_range_text(meta)}")
         _check_range(value, path, meta)
         return float(value)
     if tp is str:
@@ -157,6 +166,28 @@ def convert(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any] | Non
             raise _fail(path, value, "expected a string")
         return str(value)
     raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+def _check_number(value: Any, path: str, expected: str) -> None:
+    """What no number field accepts: a non-number, NaN, infinity, an integer beyond 64 bits."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(path, value, f"expected {expected}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(path, value, f"NaN and infinity are never valid; expected {expected}")
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise _fail(path, value, f"integers must fit in 64 bits (-2**63 .. 2**63-1); expected {expected}")
+
+
+def _check_plain_numbers(value: Any, path: str) -> None:
+    """Free-form values (additional_sampling_params) end up in a JSON body: the same number rules."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain_numbers(v, _join(path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_plain_numbers(v, _join(path, i))
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        _check_number(value, path, "a finite number")
 
 
 def _range_text(meta: typing.Mapping[str, Any]) -> str:

@@ -1,0 +1,56 @@
+"""Checks that depend on this machine, made before a server starts or a run directory exists.
+
+The config loader checks what the text says (shared/config_checks.py). Whether the host in
+`client.api_base` resolves depends on where the run happens, so it is checked here. The check runs
+once per distinct host, and it is bounded in time: a slow resolver cannot stall the run.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from veeksha.shared.config import BenchmarkConfig
+from veeksha.shared.config_checks import uses_client_api_base
+from veeksha.shared.errors import ConfigError
+
+RESOLVE_TIMEOUT_S = 5.0
+
+
+def check_api_base_hosts(configs: Iterable[BenchmarkConfig], prefix: str = "") -> None:
+    """ConfigError when a user-given client.api_base names a host that does not resolve."""
+    checked: set[str] = set()
+    for cfg in configs:
+        url = cfg.client.api_base
+        if not url or not uses_client_api_base(cfg):
+            continue  # unset (reported later), or a server section supplies the URL
+        host = urlsplit(url).hostname or ""
+        if host in checked:
+            continue
+        checked.add(host)
+        problem = resolve_problem(host)
+        if problem:
+            raise ConfigError(
+                f"config error at {prefix}client.api_base: {url!r} is not allowed; its host {host!r} "
+                f"{problem}; give a host this machine can reach"
+            )
+
+
+def resolve_problem(host: str) -> str | None:
+    """Why `host` does not resolve, or None when it does. getaddrinfo has no timeout of its own,
+    so it runs in a daemon thread that is left behind if it takes too long."""
+    outcome: list[str | None] = []
+
+    def resolve() -> None:
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            outcome.append(None)
+        except (OSError, UnicodeError) as e:  # UnicodeError: a label IDNA cannot encode
+            outcome.append(f"does not resolve ({getattr(e, 'strerror', None) or e})")
+
+    thread = threading.Thread(target=resolve, name="veeksha-resolve", daemon=True)
+    thread.start()
+    thread.join(RESOLVE_TIMEOUT_S)
+    return outcome[0] if outcome else f"did not resolve within {RESOLVE_TIMEOUT_S:g} s"

@@ -1,0 +1,104 @@
+"""Checks on a built config that no single key's type can make (config.md, "Additions").
+
+`schema.build` checks each key on its own. These look at keys together, or at what the client will
+put on the wire: the run has a way to end, `client.api_base` is a URL the client can use, and every
+header can be sent. They run after the environment fallbacks, so `OPENAI_API_BASE` is checked too.
+Whether the host resolves depends on the machine, not the text: the runner checks that
+(runner/preflight.py), also before anything starts.
+"""
+
+from __future__ import annotations
+
+import string
+from urllib.parse import urlsplit
+
+from veeksha.shared.config import BenchmarkConfig, ClientConfig, CommandServerConfig, TraceSessions
+from veeksha.shared.errors import ConfigError
+from veeksha.shared.redact import is_secret_key
+
+# RFC 9110 "token": the characters a header name may have.
+HEADER_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
+# CR and LF would end the header line (and let a value inject headers); NUL ends C strings.
+FORBIDDEN_IN_HEADER_VALUES = ("\r", "\n", "\0")
+
+
+def check_benchmark_config(cfg: BenchmarkConfig, prefix: str = "", api_base_source: str = "") -> None:
+    """Raise ConfigError for the first problem; `prefix` is the key path of `cfg` in its file
+    (`benchmark_config.` in a capacity search), `api_base_source` names an env fallback."""
+    check_stopping_condition(cfg, prefix)
+    if uses_client_api_base(cfg) and cfg.client.api_base:
+        check_api_base(cfg.client.api_base, f"{prefix}client.api_base{api_base_source}")
+    check_headers(cfg.client, f"{prefix}client")
+
+
+def check_stopping_condition(cfg: BenchmarkConfig, prefix: str = "") -> None:
+    runtime = cfg.runtime
+    if runtime.benchmark_timeout > 0 or runtime.max_sessions >= 0 or runtime.max_requests >= 0:
+        return
+    sessions = cfg.session_generator
+    if isinstance(sessions, TraceSessions) and not sessions.wrap:
+        return  # a trace that does not start over ends by itself
+    raise ConfigError(
+        f"config error at {prefix}runtime.benchmark_timeout: {runtime.benchmark_timeout!r} is not allowed "
+        "while runtime.max_sessions and runtime.max_requests are -1 (the run could never end); "
+        "use a timeout > 0, or set max_sessions or max_requests >= 0"
+    )
+
+
+def uses_client_api_base(cfg: BenchmarkConfig) -> bool:
+    """Whether requests go to client.api_base: with a simulated server, or a command server that
+    names its own api_base, the server's URL replaces it (runner/benchmark.py)."""
+    server = cfg.server
+    return server is None or (isinstance(server, CommandServerConfig) and server.api_base is None)
+
+
+def check_api_base(url: str, key_path: str) -> None:
+    def fail(allowed: str) -> ConfigError:
+        return ConfigError(f"config error at {key_path}: {url!r} is not allowed; {allowed}")
+
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise fail("a URL has no spaces or control characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise fail("expected a URL such as http://localhost:8000/v1") from None
+    if parts.scheme not in ("http", "https"):
+        raise fail("expected an http:// or https:// URL, e.g. http://localhost:8000/v1")
+    if not parts.hostname:
+        raise fail("the URL has no host, e.g. http://localhost:8000/v1")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0  # not a number, or beyond 65535
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise fail("the port must be a number from 1 to 65535 (or left out)")
+
+
+def check_headers(client: ClientConfig, key_path: str) -> None:
+    """Header names are HTTP tokens; values (and the API key, sent as Authorization) are latin-1
+    without line breaks. Secret values are never shown in the error."""
+    for name, value in client.headers.items():
+        where = f"{key_path}.headers.{name}"
+        if not name or not set(name) <= HEADER_NAME_CHARS:
+            raise ConfigError(
+                f"config error at {where}: header name {name!r} is not allowed; "
+                "use letters, digits and !#$%&'*+-.^_`|~ only"
+            )
+        problem = _header_value_problem(value)
+        if problem:
+            shown = "the value" if is_secret_key(name) else repr(value)
+            raise ConfigError(f"config error at {where}: {shown} is not allowed; {problem}")
+    if client.api_key:
+        problem = _header_value_problem(client.api_key)
+        if problem:
+            raise ConfigError(f"config error at {key_path}.api_key: the key is not allowed; {problem}")
+
+
+def _header_value_problem(value: str) -> str | None:
+    if any(c in value for c in FORBIDDEN_IN_HEADER_VALUES):
+        return "a header value has no line breaks (CR, LF) or NUL characters"
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return "a header value holds latin-1 characters only"
+    return None

@@ -1,0 +1,41 @@
+"""Before anything starts, the host of a user-given api_base must resolve, within a bounded time."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+from veeksha.runner import preflight
+from veeksha.runner.preflight import check_api_base_hosts, resolve_problem
+from veeksha.shared.config_loader import build_benchmark_config
+from veeksha.shared.errors import ConfigError
+
+
+def test_a_loopback_host_resolves() -> None:
+    assert resolve_problem("localhost") is None
+
+
+def test_a_reserved_invalid_host_does_not_resolve() -> None:
+    assert "does not resolve" in (resolve_problem("nothing-here.invalid") or "")
+
+
+def test_a_resolver_that_hangs_is_given_up_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: release.wait(10))
+    monkeypatch.setattr(preflight, "RESOLVE_TIMEOUT_S", 0.2)
+    started = time.monotonic()
+    problem = resolve_problem("slow.example")
+    release.set()
+    assert (problem, time.monotonic() - started < 2) == ("did not resolve within 0.2 s", True)
+
+
+def test_only_the_url_the_run_will_use_is_resolved() -> None:
+    unused = build_benchmark_config(
+        {"client": {"api_base": "http://replaced.invalid/v1"}, "server": {"type": "simulated"}}
+    )
+    used = build_benchmark_config({"client": {"api_base": "http://used.invalid/v1"}})
+    check_api_base_hosts([unused])  # the simulated server's URL replaces it: nothing to resolve
+    with pytest.raises(ConfigError, match=r"^config error at client\.api_base: .*'used\.invalid' does not"):
+        check_api_base_hosts([used])

@@ -1,0 +1,612 @@
+"""Bad input is refused before anything starts (config.md "Additions"; issue 7, section 4).
+
+Every case below is a complete config that is wrong in exactly one way. Each one must end with exit
+status 2 and a single stderr line `veeksha-run: ...` that names the key path (or, for YAML-level
+problems, the file and line). Nothing may happen first: no file or directory appears in the working
+directory (so no run directory), the command server never runs (it would write `server-started`),
+and a loopback listener that every URL in the config points at receives no connection.
+
+The bulk runs in-process through `veeksha.runner.cli.main`; a representative subset also runs as a
+real `veeksha-run` process.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from veeksha.runner.cli import main
+
+from tests.runner.helpers import run_cli
+
+CONFIG = "c.veeksha.yml"
+# `{api}` becomes the listener's URL. The command server would leave `server-started` behind, and its
+# readiness check would connect to the listener.
+CLIENT = "client: {api_base: '{api}', model: m}\n"
+SERVER = (
+    "server: {type: command, command: ['{py}', -c, \"open('server-started', 'w')\"], "
+    "ready_url: '{api}/health', ready_timeout: 5}\n"
+)
+RUNTIME = "runtime: {max_requests: 1, benchmark_timeout: 5}\n"
+GOOD = CLIENT + SERVER + RUNTIME
+GOOD_SEARCH = (
+    "benchmark_config:\n"
+    "  client: {api_base: '{api}', model: m}\n"
+    "  server: {type: command, command: ['{py}', -c, \"open('server-started', 'w')\"], "
+    "ready_url: '{api}/health', ready_timeout: 5}\n"
+    "  runtime: {max_requests: 1, benchmark_timeout: 5}\n"
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    config: str  # the file's text: `{api}` is the listener's URL, `{py}` this Python
+    expected: str  # part of the one error line: the key path (or file) and what is wrong
+    flags: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    files: tuple[tuple[str, str], ...] = ()  # more files next to the config (for !include)
+    capacity_search: bool = False  # run `veeksha-run capacity-search` instead of a benchmark
+
+
+def laughs(levels: int = 9) -> str:
+    """The "billion laughs" alias bomb: under 1 KB of text, 9**9 values when expanded."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def expand_bomb() -> str:
+    """Five keys sharing one 10-value !expand through an alias: a sweep of 100,000 runs."""
+    ten = "&e !expand [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"
+    return (
+        f"seed: {ten}\n"
+        "client: {api_base: '{api}', model: m, request_timeout: *e, connect_timeout: *e}\n"
+        "runtime: {max_requests: *e, warmup_sessions: *e}\n"
+    )
+
+
+def client(keys: str) -> str:
+    """A good config whose client section has `keys` added."""
+    return SERVER + RUNTIME + "client: {api_base: '{api}', model: m, " + keys + "}\n"
+
+
+ONE_KB_LIST = "x: [" + ", ".join(["1"] * 1000) + "]\n"
+BIG_INT = "9" * 5000
+
+STOPPING = [
+    Case("timeout-0-no-limit", CLIENT + "runtime: {benchmark_timeout: 0}\n", "runtime.benchmark_timeout: 0"),
+    Case("timeout-negative", CLIENT + "runtime: {benchmark_timeout: -5}\n", "runtime.benchmark_timeout: -5"),
+    Case(
+        "timeout-0-explicit-unlimited",
+        CLIENT + "runtime: {benchmark_timeout: 0, max_sessions: -1, max_requests: -1}\n",
+        "could never end",
+    ),
+    Case("timeout-nan", CLIENT + "runtime: {benchmark_timeout: .nan}\n", "runtime.benchmark_timeout: nan"),
+    Case("timeout-inf", CLIENT + "runtime: {benchmark_timeout: .inf}\n", "runtime.benchmark_timeout: inf"),
+    Case("timeout-minus-inf", CLIENT + "runtime: {benchmark_timeout: -.inf}\n", "runtime.benchmark_timeout"),
+    Case(
+        "timeout-0-wrapping-trace",
+        CLIENT + "runtime: {benchmark_timeout: 0}\nsession_generator: {type: trace, path: t.jsonl}\n",
+        "runtime.benchmark_timeout: 0",
+    ),
+    Case(
+        "timeout-flag-minus-1", CLIENT, "runtime.benchmark_timeout: -1", ("--runtime.benchmark_timeout", "-1")
+    ),
+    Case(
+        "search-timeout-0",
+        "benchmark_config: {client: {api_base: '{api}'}, runtime: {benchmark_timeout: 0}}\n",
+        "benchmark_config.runtime.benchmark_timeout: 0",
+        capacity_search=True,
+    ),
+]
+
+NUMBERS = [
+    Case("seed-nan", GOOD + "seed: .nan\n", "seed: nan is not allowed; NaN and infinity"),
+    Case("seed-inf", GOOD + "seed: .inf\n", "seed: inf is not allowed"),
+    Case("seed-2-to-64", GOOD + "seed: 18446744073709551616\n", "seed: 18446744073709551616"),
+    Case("seed-below-int64", GOOD + "seed: -9223372036854775809\n", "seed: -9223372036854775809"),
+    Case("seed-whole-float-1e30", GOOD + "seed: 1.0e+30\n", "integers must fit in 64 bits"),
+    Case("seed-5000-digits", GOOD + f"seed: {BIG_INT}\n", f"{CONFIG} line 4: an integer of 5000"),
+    Case("seed-expand-nan", GOOD + "seed: !expand [1, .nan]\n", "seed: nan"),
+    Case(
+        "poisson-rate-nan",
+        GOOD + "traffic_scheduler: {type: rate, interval_generator: {type: poisson, arrival_rate: .nan}}\n",
+        "traffic_scheduler.interval_generator.arrival_rate: nan",
+    ),
+    Case(
+        "poisson-rate-inf",
+        GOOD + "traffic_scheduler: {type: rate, interval_generator: {type: poisson, arrival_rate: .inf}}\n",
+        "traffic_scheduler.interval_generator.arrival_rate: inf",
+    ),
+    Case(
+        "gamma-cv-nan",
+        GOOD + "traffic_scheduler: {interval_generator: {type: gamma, arrival_rate: 1, cv: .nan}}\n",
+        "traffic_scheduler.interval_generator.cv: nan",
+    ),
+    Case(
+        "fixed-interval-inf",
+        GOOD + "traffic_scheduler: {interval_generator: {type: fixed, interval: .inf}}\n",
+        "traffic_scheduler.interval_generator.interval: inf",
+    ),
+    Case(
+        "rate-flag-inf",
+        GOOD,
+        "traffic_scheduler.interval_generator.arrival_rate: inf",
+        ("--traffic_scheduler.interval_generator.arrival_rate", ".inf"),
+    ),
+    Case(
+        "rampup-inf",
+        GOOD + "traffic_scheduler: {type: concurrent, rampup_seconds: .inf}\n",
+        "traffic_scheduler.rampup_seconds: inf",
+    ),
+    Case(
+        "concurrency-1e20",
+        GOOD + "traffic_scheduler: {type: concurrent, target_concurrent_sessions: 1.0e+20}\n",
+        "traffic_scheduler.target_concurrent_sessions",
+    ),
+    Case(
+        "max-concurrent-2-to-63",
+        GOOD + "traffic_scheduler: {type: rate, max_concurrent_sessions: 9223372036854775808}\n",
+        "traffic_scheduler.max_concurrent_sessions",
+    ),
+    Case(
+        "max-sessions-2-to-64",
+        CLIENT + "runtime: {max_sessions: 18446744073709551616}\n",
+        "runtime.max_sessions",
+    ),
+    Case("max-requests-nan", CLIENT + "runtime: {max_requests: .nan}\n", "runtime.max_requests: nan"),
+    Case("max-requests-1e400", CLIENT + "runtime: {max_requests: 1.0e+400}\n", "runtime.max_requests: inf"),
+    Case(
+        "warmup-inf",
+        CLIENT + "runtime: {max_requests: 1, warmup_sessions: .inf}\n",
+        "runtime.warmup_sessions",
+    ),
+    Case(
+        "grace-nan",
+        CLIENT + "runtime: {max_requests: 1, post_timeout_grace_seconds: .nan}\n",
+        "runtime.post_timeout_grace_seconds: nan",
+    ),
+    Case(
+        "request-timeout-nan",
+        client("request_timeout: .nan"),
+        "client.request_timeout: nan",
+    ),
+    Case(
+        "connect-timeout-inf",
+        client("connect_timeout: .inf"),
+        "client.connect_timeout: inf",
+    ),
+    Case(
+        "max-connections-2-to-63",
+        client("max_connections: 9223372036854775808"),
+        "client.max_connections",
+    ),
+    Case(
+        "body-length-max-inf",
+        GOOD + "session_generator: {channels: [{type: text, body_length_generator: {type: uniform, min: 1, "
+        "max: .inf}}]}\n",
+        "session_generator.channels.0.body_length_generator.max: inf",
+    ),
+    Case(
+        "output-length-nan",
+        GOOD
+        + "session_generator: {output_spec: {text: {output_length_generator: {type: fixed, value: .nan}}}}\n",
+        "session_generator.output_spec.text.output_length_generator.value: nan",
+    ),
+    Case(
+        "think-time-inf",
+        GOOD + "session_generator: {session_graph: {type: linear, request_wait_generator: {type: fixed, "
+        "value: .inf}}}\n",
+        "session_generator.session_graph.request_wait_generator.value: inf",
+    ),
+    Case(
+        "slo-value-nan",
+        GOOD + "evaluators: [{type: performance, slos: [{name: a, metric: ttfc, value: .nan}]}]\n",
+        "evaluators.0.slos.0.value: nan",
+    ),
+    Case(
+        "slo-percentile-nan",
+        GOOD
+        + "evaluators: [{type: performance, slos: [{name: a, metric: ttfc, value: 1, percentile: .nan}]}]\n",
+        "evaluators.0.slos.0.percentile: nan",
+    ),
+    Case(
+        "sampling-param-nan",
+        client("additional_sampling_params: {temperature: .nan}"),
+        "client.additional_sampling_params.temperature: nan",
+    ),
+    Case(
+        "sampling-param-nested-inf",
+        client("additional_sampling_params: {stop_ids: [1, -.inf]}"),
+        "client.additional_sampling_params.stop_ids.1: -inf",
+    ),
+    Case(
+        "sampling-param-2-to-64",
+        client("additional_sampling_params: {seed: 18446744073709551616}"),
+        "client.additional_sampling_params.seed",
+    ),
+    Case(
+        "simulated-port-nan",
+        CLIENT + RUNTIME + "server: {type: simulated, port: .nan}\n",
+        "server.port: nan",
+    ),
+    Case(
+        "search-start-value-nan",
+        GOOD_SEARCH + "start_value: .nan\n",
+        "start_value: nan",
+        capacity_search=True,
+    ),
+    Case("search-max-value-inf", GOOD_SEARCH + "max_value: .inf\n", "max_value: inf", capacity_search=True),
+]
+
+
+def api_base(url: str) -> str:
+    """A config whose only fault is client.api_base (kept out of `{...}` so YAML quoting is plain)."""
+    return SERVER + RUNTIME + f"client:\n  model: m\n  api_base: {url}\n"
+
+
+API_BASE = [
+    Case("no-scheme", api_base("localhost:8000/v1"), "client.api_base: 'localhost:8000/v1'"),
+    Case("ip-no-scheme", api_base("127.0.0.1:8000"), "client.api_base: '127.0.0.1:8000'"),
+    Case("ftp-scheme", api_base("ftp://127.0.0.1/v1"), "client.api_base: 'ftp://127.0.0.1/v1'"),
+    Case("ws-scheme", api_base("ws://127.0.0.1:8000/v1"), "expected an http:// or https:// URL"),
+    Case("file-scheme", api_base("file:///etc/passwd"), "client.api_base: 'file:///etc/passwd'"),
+    Case("no-host", api_base("http:///v1"), "client.api_base: 'http:///v1' is not allowed; the URL has no"),
+    Case(
+        "port-too-big", api_base("http://127.0.0.1:99999/v1"), "client.api_base: 'http://127.0.0.1:99999/v1'"
+    ),
+    Case("port-not-a-number", api_base("http://127.0.0.1:http/v1"), "the port must be a number"),
+    Case("port-0", api_base("http://127.0.0.1:0/v1"), "client.api_base: 'http://127.0.0.1:0/v1'"),
+    Case("port-empty", api_base("http://127.0.0.1:/v1"), "the port must be a number"),
+    Case("space-in-host", api_base("'http://local host:8000/v1'"), "no spaces or control characters"),
+    Case(
+        "newline", api_base('"http://127.0.0.1/v1\\nX: y"'), "client.api_base: 'http://127.0.0.1/v1\\nX: y'"
+    ),
+    Case("unclosed-ipv6", api_base("'http://[::1:8000/v1'"), "client.api_base: 'http://[::1:8000/v1'"),
+    Case(
+        "host-does-not-resolve",
+        api_base("http://nonexistent.invalid:8000/v1"),
+        "client.api_base: 'http://nonexistent.invalid:8000/v1' is not allowed; "
+        "its host 'nonexistent.invalid' does not resolve",
+    ),
+    Case(
+        "host-does-not-resolve-without-server",
+        RUNTIME + "client: {model: m, api_base: 'http://no-such-host.invalid/v1'}\n",
+        "its host 'no-such-host.invalid' does not resolve",
+    ),
+    Case("flag-ftp", GOOD, "client.api_base: 'ftp://x/v1'", ("--client.api_base", "ftp://x/v1")),
+    Case(
+        "env-no-scheme",
+        SERVER + RUNTIME + "client: {model: m}\n",
+        "client.api_base (from OPENAI_API_BASE): 'localhost:8000'",
+        env=(("OPENAI_API_BASE", "localhost:8000"),),
+    ),
+    Case(
+        "env-host-does-not-resolve",
+        SERVER + RUNTIME + "client: {model: m}\n",
+        "its host 'gone.invalid' does not resolve",
+        env=(("OPENAI_API_BASE", "http://gone.invalid:8000/v1"),),
+    ),
+    Case(
+        "search-api-base-no-scheme",
+        "benchmark_config: {client: {api_base: 'localhost:1/v1'}}\n",
+        "benchmark_config.client.api_base: 'localhost:1/v1'",
+        capacity_search=True,
+    ),
+    Case(
+        "search-host-does-not-resolve",
+        "benchmark_config: {client: {api_base: 'http://search.invalid/v1'}}\n",
+        "benchmark_config.client.api_base",
+        capacity_search=True,
+    ),
+]
+
+
+def headers(mapping: str) -> str:
+    return client(f"headers: {mapping}")
+
+
+HEADERS = [
+    Case("value-crlf-injection", headers('{X-Test: "a\\r\\nX-Evil: 1"}'), "client.headers.X-Test: 'a\\r\\n"),
+    Case("value-lf", headers('{X-Test: "a\\nb"}'), "client.headers.X-Test: 'a\\nb' is not allowed"),
+    Case("value-cr", headers('{X-Test: "a\\rb"}'), "no line breaks (CR, LF)"),
+    Case("value-nul", headers('{X-Test: "a\\0b"}'), "client.headers.X-Test"),
+    Case("value-euro-sign", headers("{X-Test: 'price in €'}"), "latin-1 characters only"),
+    Case("value-emoji", headers("{X-Test: '🙂'}"), "client.headers.X-Test: '🙂' is not allowed"),
+    Case("name-with-space", headers("{'X Test': a}"), "client.headers.X Test: header name 'X Test'"),
+    Case("name-with-colon", headers("{'X-Test:': a}"), "header name 'X-Test:' is not allowed"),
+    Case("name-empty", headers("{'': a}"), "header name '' is not allowed"),
+    Case("name-not-ascii", headers("{X-Tëst: a}"), "header name 'X-Tëst'"),
+    Case("name-with-newline", headers('{"X-A\\nX-B": a}'), "header name 'X-A\\nX-B'"),
+    Case(
+        "secret-value-crlf-not-shown",
+        headers('{Authorization: "Bearer sk-abc\\r\\nX: 1"}'),
+        "client.headers.Authorization: the value is not allowed",
+    ),
+    Case(
+        "flag-json-crlf",
+        GOOD,
+        "client.headers.X-A",
+        ("--client.headers", '{"X-A": "a\\r\\nb"}'),
+    ),
+    Case(
+        "env-api-key-newline",
+        GOOD,
+        "client.api_key: the key is not allowed",
+        env=(("OPENAI_API_KEY", "sk-1\nX-Evil: 1"),),
+    ),
+]
+
+YAML = [
+    Case("duplicate-top-level", GOOD + "seed: 1\nseed: 2\n", f"seed: duplicate key in {CONFIG} line 5"),
+    Case(
+        "duplicate-nested",
+        CLIENT + SERVER + "runtime:\n  max_requests: 1\n  max_requests: -1\n",
+        "runtime.max_requests: duplicate key",
+    ),
+    Case("duplicate-in-flow", client("model: b"), "client.model: duplicate key"),
+    Case(
+        "duplicate-in-list-item",
+        GOOD + "evaluators:\n- type: performance\n  slos: []\n  slos: []\n",
+        "evaluators.0.slos: duplicate key",
+    ),
+    Case(
+        "duplicate-section",
+        GOOD + "runtime: {max_sessions: 3}\n",
+        "runtime: duplicate key in c.veeksha.yml line 4 (first on line 3)",
+    ),
+    Case(
+        "duplicate-in-included-file",
+        CLIENT + SERVER + "runtime: !include runtime.yml\n",
+        "max_requests: duplicate key in",
+        files=(("runtime.yml", "max_requests: 1\nmax_requests: 2\n"),),
+    ),
+    Case("include-itself", GOOD + f"wandb: !include {CONFIG}\n", "makes a cycle"),
+    Case(
+        "include-cycle",
+        GOOD + "wandb: !include a.yml\n",
+        "b.yml line 1: !include a.yml makes a cycle",
+        files=(("a.yml", "x: !include b.yml\n"), ("b.yml", "y: !include a.yml\n")),
+    ),
+    Case("include-missing", GOOD + "wandb: !include nowhere.yml\n", "!include nowhere.yml"),
+    Case("alias-bomb", laughs(), f"{CONFIG}: the config expands to more than 100000 values"),
+    Case("alias-inside-itself", GOOD + "wandb: &w {tags: *w}\n", "expands to more than 100000 values"),
+    Case(
+        "include-bomb",
+        GOOD + "wandb: [" + ", ".join(["!include k.yml"] * 150) + "]\n",
+        "expands to more than 100000 values",
+        files=(("k.yml", ONE_KB_LIST),),
+    ),
+    Case("expand-bomb", expand_bomb(), "seed: the !expand values make a sweep of 100000 runs"),
+    Case(
+        "tag-python-object",
+        GOOD + "seed: !!python/object/apply:os.system ['touch pwned']\n",
+        "YAML tag !!python/object/apply:os.system is not allowed",
+    ),
+    Case("tag-binary", GOOD + "seed: !!binary aGVsbG8=\n", "line 4: YAML tag !!binary"),
+    Case("tag-set", GOOD + "wandb: !!set {a, b}\n", "YAML tag !!set"),
+    Case("tag-omap", GOOD + "wandb: !!omap [a: 1]\n", "YAML tag !!omap"),
+    Case("tag-explicit-str", GOOD + "seed: !!str 5\n", "YAML tag !!str"),
+    Case("tag-custom", GOOD + "seed: !env SEED\n", "YAML tag !env is not allowed; the only tags are !expand"),
+    Case("tag-on-mapping", CLIENT + SERVER + "runtime: !strict {max_requests: 1}\n", "YAML tag !strict"),
+    Case("tag-verbatim", GOOD + "seed: !<tag:example.com,2024:x> 1\n", "YAML tag tag:example.com,2024:x"),
+    Case("nested-too-deeply", GOOD + "wandb: " + "[" * 2000 + "]" * 2000 + "\n", "nested too deeply"),
+    Case("not-utf8", "seed: \udcff\n", "cannot be read"),
+]
+
+CASES = STOPPING + NUMBERS + API_BASE + HEADERS + YAML
+# A real `veeksha-run` process for one case of each kind.
+SUBPROCESS_IDS = {
+    "timeout-0-no-limit",
+    "seed-nan",
+    "no-scheme",
+    "host-does-not-resolve",
+    "env-no-scheme",
+    "value-crlf-injection",
+    "duplicate-nested",
+    "include-itself",
+    "alias-bomb",
+    "tag-python-object",
+    "search-timeout-0",
+}
+
+
+# ---------------------------------------------------------------- the harness
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A loopback socket that accepts nothing by itself: connections wait in its backlog, to be counted."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def connections_received(sock: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
+def write_case(case: Case, folder: Path, sock: socket.socket) -> None:
+    port = sock.getsockname()[1]
+    for name, text in ((CONFIG, case.config), *case.files):
+        text = text.replace("{api}", f"http://127.0.0.1:{port}/v1").replace("{py}", sys.executable)
+        (folder / name).write_bytes(text.encode("utf-8", "surrogateescape"))
+
+
+def argv_for(case: Case, *extra: str) -> list[str]:
+    command = ["capacity-search"] if case.capacity_search else []
+    return [*command, "--config", CONFIG, "--output_dir", "out", *case.flags, *extra]
+
+
+def outcome(exit_code: object, stderr: str, created: set[str], sock: socket.socket) -> dict[str, object]:
+    lines = stderr.strip().splitlines()
+    return {
+        "exit_code": exit_code,
+        "stderr_lines": len(lines),
+        "prefix": lines[0].split(":")[0] if lines else None,
+        "created": sorted(created),
+        "connections": connections_received(sock),
+    }
+
+
+REFUSED = {"exit_code": 2, "stderr_lines": 1, "prefix": "veeksha-run", "created": [], "connections": 0}
+
+
+def refused_in_process(
+    case: Case,
+    tmp_path: Path,
+    sock: socket.socket,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    *extra: str,
+) -> tuple[dict[str, object], str]:
+    write_case(case, tmp_path, sock)
+    monkeypatch.chdir(tmp_path)
+    for name, value in case.env:
+        monkeypatch.setenv(name, value)
+    before = set(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(argv_for(case, *extra))
+    stderr = capsys.readouterr().err
+    created = set(p.name for p in tmp_path.iterdir()) - before
+    return outcome(exited.value.code, stderr, created, sock), stderr.strip()
+
+
+# ---------------------------------------------------------------- the tests
+
+
+def test_the_corpus_is_large() -> None:
+    assert len(CASES) >= 60
+    assert len({case.id for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("config", [GOOD, GOOD_SEARCH], ids=["benchmark", "capacity-search"])
+def test_the_good_base_configs_are_accepted(
+    config: str,
+    tmp_path: Path,
+    listener: socket.socket,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cases are the base plus one fault, so the base itself must pass (as a dry run)."""
+    write_case(Case("good", config, ""), tmp_path, listener)
+    monkeypatch.chdir(tmp_path)
+    if config is GOOD_SEARCH:  # capacity search has no --dry-run: load it the way the command does
+        from veeksha.shared.config_loader import load_capacity_search
+
+        assert load_capacity_search(Path(CONFIG)).benchmark_config.client.model == "m"
+        return
+    with pytest.raises(SystemExit) as exited:
+        main(["--config", CONFIG, "--dry-run"])
+    assert (exited.value.code, capsys.readouterr().err) == (0, "")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_before_anything_starts(
+    case: Case,
+    tmp_path: Path,
+    listener: socket.socket,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    observed, line = refused_in_process(case, tmp_path, listener, capsys, monkeypatch)
+    assert (observed, case.expected in line) == (REFUSED, True), line
+
+
+DRY_RUN_CASES = [c for c in CASES if not c.capacity_search]
+
+
+@pytest.mark.parametrize("case", DRY_RUN_CASES, ids=[c.id for c in DRY_RUN_CASES])
+def test_a_dry_run_refuses_the_same_input(
+    case: Case,
+    tmp_path: Path,
+    listener: socket.socket,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    observed, line = refused_in_process(case, tmp_path, listener, capsys, monkeypatch, "--dry-run")
+    assert (observed, case.expected in line) == (REFUSED, True), line
+
+
+SUBPROCESS_CASES = [c for c in CASES if c.id in SUBPROCESS_IDS]
+
+
+@pytest.mark.parametrize("case", SUBPROCESS_CASES, ids=[c.id for c in SUBPROCESS_CASES])
+def test_the_real_command_refuses_bad_input(case: Case, tmp_path: Path, listener: socket.socket) -> None:
+    write_case(case, tmp_path, listener)
+    before = set(p.name for p in tmp_path.iterdir())
+    proc = run_cli(argv_for(case), cwd=tmp_path, env=dict(case.env), timeout=60)
+    created = set(p.name for p in tmp_path.iterdir()) - before
+    line = proc.stderr.strip()
+    observed = outcome(proc.returncode, proc.stderr, created, listener)
+    assert (observed, case.expected in line) == (REFUSED, True), line
+
+
+def test_a_secret_header_value_is_not_shown(
+    tmp_path: Path,
+    listener: socket.socket,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    case = next(c for c in CASES if c.id == "secret-value-crlf-not-shown")
+    _, line = refused_in_process(case, tmp_path, listener, capsys, monkeypatch)
+    assert "sk-abc" not in line
+
+
+# ---------------------------------------------------------------- what stays allowed
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        # A trace that does not start over ends by itself: it needs no timeout.
+        CLIENT
+        + "runtime: {benchmark_timeout: 0}\n"
+        + "session_generator: {type: trace, path: t.jsonl, wrap: false}\n",
+        CLIENT + "runtime: {benchmark_timeout: 0, max_sessions: 5}\n",
+        CLIENT + "runtime: {benchmark_timeout: -1, max_requests: 0}\n",
+        # YAML merge keys override what they merge: that is not a duplicate.
+        CLIENT + "runtime:\n  <<: {max_requests: 1, warmup_sessions: 1}\n  warmup_sessions: 2\n",
+        # Aliases used normally, and a user api_base that a simulated server replaces.
+        RUNTIME + "client: {api_base: &u '{api}', model: m}\nwandb: {notes: *u}\n",
+        RUNTIME + "client: {api_base: 'http://ignored.invalid/v1'}\nserver: {type: simulated}\n",
+        GOOD + "seed: 9223372036854775807\n",
+    ],
+    ids=[
+        "finite-trace",
+        "max-sessions",
+        "max-requests",
+        "merge-key",
+        "alias",
+        "simulated-server",
+        "int64-max",
+    ],
+)
+def test_configs_that_can_end_and_use_plain_yaml_are_accepted(
+    config: str,
+    tmp_path: Path,
+    listener: socket.socket,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_case(Case("ok", config, ""), tmp_path, listener)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["--config", CONFIG, "--dry-run"])
+    assert (exited.value.code, capsys.readouterr().err) == (0, "")
