@@ -158,6 +158,8 @@ class Driver:
             loop.add_signal_handler(sig, self._on_signal)
         # Everything built so far lives for the whole run: keep it out of the collector's scans,
         # and collect young objects less often (a full pass over the heap is a multi-ms stall).
+        # Collections are then rare, so a request must leave no reference cycle: its objects, reply
+        # text included, would stay until one runs (tests/runner/test_driver_memory.py checks this).
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)

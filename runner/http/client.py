@@ -117,10 +117,13 @@ class OpenAIClient:
             except TimeoutError:
                 if not reader.finished:  # a deadline after [DONE] (while draining) is no failure
                     raise RequestTimeout(f"no complete response within {self._timeout} s") from None
-            if reader.failure is not None:
-                raise reader.failure
         except RequestError as exc:
             self._fail(out, exc)
+        else:
+            # Not raised: a raised failure's traceback would hold this frame, whose `reader` holds
+            # the failure, a reference cycle per failed request.
+            if reader.failure is not None:
+                self._fail(out, reader.failure)
         finally:
             reader.finalize()
         return out

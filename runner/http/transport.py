@@ -189,12 +189,14 @@ class HTTPTransport:
                 await conn.begin(data, handler)
             except ConnectionDropped:
                 conn.abort()
+                conn.end_request()
                 if reused and not conn.got_bytes and attempt < MAX_STALE_RETRIES:
                     attempt += 1
                     continue
                 raise
             except BaseException:
                 conn.abort()
+                conn.end_request()
                 raise
             self._after_response(conn)
             return
@@ -277,6 +279,8 @@ class HTTPTransport:
         return conn
 
     def _after_response(self, conn: _Connection) -> None:
+        complete = conn.handler_ok()
+        conn.end_request()  # before the connection can pass to another request
         if conn.closed:
             return
         if conn.message_done:
@@ -284,7 +288,7 @@ class HTTPTransport:
                 self._release(conn)
             else:
                 conn.abort()
-        elif conn.handler_ok():
+        elif complete:
             conn.drain()  # response complete at [DONE]; the body's last bytes are still coming
         else:
             conn.abort()
@@ -387,6 +391,14 @@ class _Connection(asyncio.Protocol):
         h = self._handler
         return h is not None and getattr(h, "failure", None) is None
 
+    def end_request(self) -> None:
+        """The caller has the response (or its failure): keep nothing of it. An idle connection
+        would otherwise hold the last reply (10 MB ones exist), and the waiter's exception holds a
+        traceback through the caller's frame, which holds this connection: a reference cycle."""
+        self._active = False  # bytes still to come (a drained tail) no longer go to the handler
+        self._handler = None
+        self._waiter = None
+
     def drain(self) -> None:
         self._draining = True
         self._drain_timer = asyncio.get_running_loop().call_later(DRAIN_TIMEOUT_S, self.abort)
@@ -425,9 +437,15 @@ class _Connection(asyncio.Protocol):
         if self._drain_timer is not None:
             self._drain_timer.cancel()
             self._drain_timer = None
-        if not self._active:
-            return
-        self._active = False
+        if self._active:
+            self._active = False
+            self._report_lost(exc)
+        # The parser and the transport refer back to this protocol: without these references the
+        # closed connection is freed at once, not by a rare garbage collection (a cycle per connection).
+        self._parser = self._transport = self._handler = self._waiter = None  # type: ignore[assignment]
+
+    def _report_lost(self, exc: Exception | None) -> None:
+        """The connection closed while the handler still expected bytes."""
         if self._headers_done and not self._framed and not self._informational:
             self._handler.on_end(perf_counter())  # type: ignore[union-attr]  # close-delimited body
             self._resolve(None)
