@@ -18,13 +18,13 @@ import httpx
 from veeksha.runner.driver import driver_main
 from veeksha.runner.progress import Progress
 from veeksha.runner.recorder import Recorder
-from veeksha.runner.run_dir import RunDir
-from veeksha.runner.server_launcher import start_server
+from veeksha.runner.run_dir import RunDir, ensure_writable
+from veeksha.runner.server_launcher import check_server_command, start_server
 from veeksha.runner.sessions import make_session_generator
 from veeksha.runner.tokenizer import token_counter
 from veeksha.shared.config import BenchmarkConfig, CommandServerConfig
 from veeksha.shared.errors import ConfigError
-from veeksha.shared.records import RUN_FAILED, RUN_INTERRUPTED
+from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED
 from veeksha.shared.redact import scrub_text
 
 DRIVER_EXIT_WAIT_S = 10.0
@@ -54,6 +54,8 @@ def run_benchmark(
     # Session set-up errors (a missing trace file, a bad tokenizer) are config errors: find them
     # here, before a server starts or a run directory exists.
     make_session_generator(cfg)
+    check_server_command(cfg.server)
+    ensure_writable(parent_dir)
     server = start_server(cfg.server) if cfg.server is not None else None
     try:
         resolve_endpoint(cfg, _server_api_base(cfg, server.api_base if server is not None else None))
@@ -111,6 +113,7 @@ def _record_and_evaluate(cfg: BenchmarkConfig, run: RunDir, *, quiet: bool) -> R
     try:
         recording = _record(cfg, run)
         status, error = recording.status, recording.error
+        run.info["stop_reason"] = recording.stop_reason if status == RUN_COMPLETED else None
         run.info["driver"] = {
             "cpu_seconds": recording.driver_cpu_seconds,
             "num_records": recording.num_records,
@@ -133,6 +136,9 @@ def _record_and_evaluate(cfg: BenchmarkConfig, run: RunDir, *, quiet: bool) -> R
         result.all_failed = evaluation.all_failed is not None
         if not quiet:
             print(format_summary(evaluation), flush=True)
+    except KeyboardInterrupt:  # records are safe on disk; the directory still gets its final status
+        run.finish(RUN_INTERRUPTED, f"interrupted during evaluation; rerun `veeksha-run evaluate {run.root}`")
+        raise
     except Exception as e:  # records are safe on disk; `veeksha-run evaluate` can retry
         error = error or f"evaluation failed: {type(e).__name__}: {e}"
         result.error = error
@@ -155,6 +161,9 @@ def _record(cfg: BenchmarkConfig, run: RunDir):
         proc.start()
         sender.close()
         result = recorder.run(receiver, proc)
+    except BaseException:  # nothing can record the driver's work any more (e.g. disk full): stop it
+        proc.kill()
+        raise
     finally:
         proc.join(DRIVER_EXIT_WAIT_S)
         if proc.is_alive():

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-from veeksha.shared.errors import UsageError, VeekshaError
+from veeksha.shared.errors import OutputError, UsageError, VeekshaError
 
 SUBCOMMANDS = ("capacity-search", "evaluate", "simulate-server")
+INTERRUPTED_EXIT = 130  # the shell's convention for a process ended by SIGINT
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
@@ -46,6 +47,12 @@ def _guard(fn: Callable[[], int]) -> None:
     except VeekshaError as e:
         click.echo(f"veeksha-run: {e}", err=True)
         code = e.exit_code
+    except OSError as e:  # disk full, a directory that went away: one line, not a traceback
+        click.echo(f"veeksha-run: {OutputError.from_os_error(e)}", err=True)
+        code = OutputError.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside a run's own handling (set-up, evaluation)
+        click.echo("\nveeksha-run: interrupted", err=True)
+        code = INTERRUPTED_EXIT
     sys.exit(code)
 
 
@@ -134,12 +141,20 @@ def evaluate_command(run_dir: Path, strict: bool) -> None:
     def go() -> int:
         from veeksha.runner.evaluation.evaluate import evaluate_run
         from veeksha.runner.evaluation.report import format_summary
+        from veeksha.runner.lost_records import recover_crashed
         from veeksha.shared.paths import RunPaths
 
-        if not RunPaths(run_dir).request_records.exists():
+        paths = RunPaths(run_dir)
+        if not paths.request_records.exists():
             raise UsageError(
                 f"{run_dir} is not a run directory (no metrics/request_level_metrics.jsonl); "
                 "pass the directory a run created"
+            )
+        lost = recover_crashed(paths)
+        if lost is not None:
+            click.echo(
+                f"veeksha-run: {run_dir} was left running by a process that died: marked crashed; "
+                f"{lost} dispatched request(s) without a record were recorded as driver_lost"
             )
         ev = evaluate_run(run_dir, rebuilt=True)
         click.echo(format_summary(ev))

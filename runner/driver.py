@@ -33,9 +33,14 @@ from veeksha.shared.records import (
     RUN_COMPLETED,
     RUN_FAILED,
     RUN_INTERRUPTED,
-    RUN_TIMEOUT,
+    STOP_BENCHMARK_TIMEOUT,
+    STOP_MAX_REQUESTS,
+    STOP_MAX_SESSIONS,
+    STOP_SESSIONS_EXHAUSTED,
     SUCCESS,
 )
+from veeksha.shared.redact import secret_values
+from veeksha.shared.schema import to_dict
 
 TICK_S = 0.1
 # Sessions generated ahead of need: this many seconds of arrivals (at least MIN_BUFFER).
@@ -131,7 +136,8 @@ class Driver:
         self.next_due = float("inf")  # when the next scheduled session is due (rate traffic)
         self.scheduling = True  # new sessions may start
         self.dispatch_open = True  # requests may be sent
-        self.stop_reason: str | None = None
+        self.stop_status: str | None = None  # the run status a stop implies (None: ran to its end)
+        self.stop_reason: str | None = None  # why a completed run stopped (records.STOP_*)
         self.signals = 0
         self.dispatcher: asyncio.Task[None] | None = None
         self.failure: str | None = None
@@ -148,7 +154,8 @@ class Driver:
         try:
             self.sessions = make_session_generator(self.cfg)
             self.count_source = self.sessions.token_count_source
-            self.client = make_client(self.cfg.client, self._max_connections())
+            server_secrets = secret_values(to_dict(self.cfg.server)) if self.cfg.server else []
+            self.client = make_client(self.cfg.client, self._max_connections(), server_secrets)
             self._fill_buffer(self._buffer_target(), budget_s=None)
         except Exception as e:  # bad tokenizer, unreadable trace...: say so, in one line
             self._send(ipc.FAILED, {"message": f"{type(e).__name__}: {e}"})
@@ -178,13 +185,15 @@ class Driver:
         # No new sessions from here; sessions already started still send their remaining turns
         # unless a stop (timeout, signal, max_requests) closed dispatch.
         self.scheduling = False
+        self._announce_drain()
         await self._drain()
         ticker.cancel()
         self._flush()
         self._send(
             ipc.DONE,
             {
-                "status": self.stop_reason or RUN_COMPLETED,
+                "status": self.stop_status or RUN_COMPLETED,
+                "stop_reason": self.stop_reason or self._natural_stop_reason(),
                 "error": self.failure,
                 "cpu_seconds": time.process_time() - cpu0,
                 "requests": self.requests_dispatched,
@@ -204,11 +213,18 @@ class Driver:
             except TimeoutError:
                 pass
 
-    def _stop_dispatch(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
+    def _natural_stop_reason(self) -> str | None:
+        if self.stop_status not in (None, RUN_COMPLETED):
+            return None
+        return STOP_SESSIONS_EXHAUSTED if self.trace_exhausted else STOP_MAX_SESSIONS
+
+    def _stop_dispatch(self, status: str, reason: str | None = None) -> None:
+        """Stop sending: `status` is what the stop means for the run, `reason` why a completed run ended."""
+        if self.stop_status is None:
+            self.stop_status, self.stop_reason = status, reason
             grace = self.runtime.post_timeout_grace_seconds
-            if reason != RUN_COMPLETED and grace >= 0:
+            # In-flight requests get the grace period after a timeout or a signal; a request cap waits.
+            if reason != STOP_MAX_REQUESTS and grace >= 0:
                 asyncio.get_running_loop().call_later(grace, self._cancel_all)
         self.dispatch_open = False
         self.scheduling = False
@@ -225,6 +241,14 @@ class Driver:
         # Cancelling a session reaches the request it awaits; _send_request records it as cancelled.
         for task in list(self.session_tasks):
             task.cancel()
+
+    def _announce_drain(self) -> None:
+        if not self.in_flight:
+            return
+        grace = self.runtime.post_timeout_grace_seconds
+        cancels = self.stop_reason != STOP_MAX_REQUESTS and self.stop_status is not None and grace >= 0
+        up_to = grace if cancels else self.cfg.client.request_timeout
+        self._send(ipc.DRAINING, {"in_flight": self.in_flight, "up_to_s": up_to})
 
     async def _drain(self) -> None:
         """After dispatch stops: wait for in-flight work, cancelling it after the grace period."""
@@ -245,7 +269,7 @@ class Driver:
     def _tick_once(self) -> None:
         timeout = self.runtime.benchmark_timeout
         if timeout > 0 and self.dispatch_open and time.perf_counter() - self.t0 >= timeout:
-            self._stop_dispatch(RUN_TIMEOUT)
+            self._stop_dispatch(RUN_COMPLETED, STOP_BENCHMARK_TIMEOUT)
         if os.getppid() != self.parent_pid:  # the recorder died: stop at once
             self._stop_dispatch(RUN_INTERRUPTED)
             self._cancel_all()
@@ -454,7 +478,7 @@ class Driver:
         self.next_request_id += 1
         self.requests_dispatched += 1
         if not self._requests_left():
-            self._stop_dispatch(RUN_COMPLETED)
+            self._stop_dispatch(RUN_COMPLETED, STOP_MAX_REQUESTS)
         self.in_flight += 1
         dispatched_at = time.perf_counter()
         self.trace.append(
@@ -469,6 +493,7 @@ class Driver:
                 spec.parents,
                 spec.history_parent,
                 spec.wait_after_ready,
+                is_warmup,
                 payload if self.include_content else None,
             ]
         )
@@ -536,6 +561,7 @@ class Driver:
                 spec.parents,
                 spec.history_parent,
                 spec.wait_after_ready,
+                is_warmup,
                 None,
             ]
         )

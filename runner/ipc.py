@@ -15,7 +15,8 @@ from veeksha.shared.records import DISPATCH_TRACE_FIELDS, MEASURED_FIELDS, REQUE
 
 START: Final = "start"  # {"t0": perf_counter at run start, "pid": driver pid}
 BATCH: Final = "batch"  # {"records": [...], "trace": [...], "progress": {...}}
-DONE: Final = "done"  # {"status": run status, "reason": str, "cpu_seconds": float}
+DRAINING: Final = "draining"  # {"in_flight": int, "up_to_s": float}: dispatch stopped, waiting
+DONE: Final = "done"  # {"status", "stop_reason", "error", "cpu_seconds", "requests"}
 FAILED: Final = "failed"  # {"message": one line}
 
 # What the driver measures per request. Times are raw time.perf_counter() values; the recorder

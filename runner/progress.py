@@ -43,3 +43,8 @@ class Progress:
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+    def note(self, text: str) -> None:
+        """A line of its own that stays on screen (the live line is redrawn below it)."""
+        self.stream.write(("\r\033[K" if self.tty else "") + f"veeksha: {text}\n")
+        self.stream.flush()

@@ -19,7 +19,9 @@ import orjson
 from veeksha.runner import ipc
 from veeksha.runner.evaluation.request_metrics import finalize_record
 from veeksha.runner.evaluation.timeseries import TimeseriesWriter
+from veeksha.runner.lost_records import lost_record
 from veeksha.runner.progress import Progress
+from veeksha.shared.jsonio import naming_errors
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import RUN_FAILED, RUN_INTERRUPTED
 
@@ -35,6 +37,8 @@ class RecordingResult:
     num_records: int
     driver_cpu_seconds: float | None
     duration_s: float
+    stop_reason: str | None = None
+    num_lost: int = 0  # dispatched requests recorded as driver_lost
 
 
 class Recorder:
@@ -54,6 +58,9 @@ class Recorder:
         self.timeseries = TimeseriesWriter(paths.timeseries_csv)
         self.signals = 0
         self.driver_pid: int | None = None
+        # Trace lines of dispatched requests whose record has not arrived yet, by request id.
+        self.in_flight: dict[Any, dict[str, Any]] = {}
+        self.drain_announced = False
 
     # -------------------------------------------------------------- signals
 
@@ -71,10 +78,10 @@ class Recorder:
     def run(self, conn: Connection, proc: BaseProcess) -> RecordingResult:
         self.driver_pid = proc.pid
         started = time.monotonic()
-        status, error, cpu = None, None, None
+        status, error, cpu, stop_reason = None, None, None, None
         last_second = time.monotonic()
         with (
-            self.paths.request_records.open("ab") as records,
+            self.paths.request_records.open("ab", buffering=0) as records,
             self._open_trace() as trace,
         ):
             while status is None:
@@ -90,9 +97,11 @@ class Recorder:
                         self.t0 = payload["t0"]
                     elif kind == ipc.BATCH:
                         self._write_batch(payload, records, trace)
+                    elif kind == ipc.DRAINING:
+                        self._announce_drain(payload)
                     elif kind == ipc.DONE:
                         status, cpu = payload["status"], payload.get("cpu_seconds")
-                        error = payload.get("error")
+                        error, stop_reason = payload.get("error"), payload.get("stop_reason")
                     elif kind == ipc.FAILED:
                         status, error = RUN_FAILED, payload["message"]
                 elif not proc.is_alive():
@@ -104,39 +113,69 @@ class Recorder:
                 if self.t0 is not None and now - last_second >= 1.0:
                     last_second = now
                     self.timeseries.flush(self._elapsed())
+            num_lost = self._record_lost(records, error or "the run ended")
+        if num_lost:
+            lost = f"{num_lost} dispatched request(s) had no result and were recorded as driver_lost"
+            error = f"{error}; {lost}" if error else lost
         elapsed = self._elapsed() if self.t0 is not None else 0.0
         self.timeseries.close(elapsed)
         self.progress.close()
         if status not in (RUN_FAILED,) and self.signals:
             status = RUN_INTERRUPTED
-        return RecordingResult(status, error, self.num_records, cpu, elapsed)
+        return RecordingResult(status, error, self.num_records, cpu, elapsed, stop_reason, num_lost)
+
+    def _record_lost(self, records: BinaryIO, why: str) -> int:
+        """Every dispatched request without a record gets one (records == dispatched, always)."""
+        if not self.in_flight:
+            return 0
+        noticed_at = self._elapsed() if self.t0 is not None else None
+        lost = [lost_record(line, why, noticed_at) for line in self.in_flight.values()]
+        self.in_flight.clear()
+        for record in lost:
+            self.timeseries.add(record)
+        _append(records, b"".join(orjson.dumps(r) + b"\n" for r in lost))
+        self.num_records += len(lost)
+        return len(lost)
+
+    def _announce_drain(self, payload: dict[str, Any]) -> None:
+        """Once per run: what the end is waiting for, and how to cut it short."""
+        if self.drain_announced or not payload.get("in_flight"):
+            return
+        self.drain_announced = True
+        self.progress.note(
+            f"draining {payload['in_flight']} requests (up to {payload['up_to_s']:.0f}s; "
+            "Ctrl-C again to cancel)"
+        )
 
     def _elapsed(self) -> float:
         return time.perf_counter() - (self.t0 or time.perf_counter())
 
     def _open_trace(self) -> BinaryIO:
         target = self.paths.dispatch_trace if self.trace_enabled else os.devnull
-        return open(target, "ab")
+        return open(target, "ab", buffering=0)
 
     def _write_batch(self, payload: dict[str, Any], records: BinaryIO, trace: BinaryIO) -> None:
+        # The trace goes first, on disk too: a crash between the two writes leaves a dispatched
+        # request that `evaluate` can still find and record as driver_lost.
         t0 = self.t0 or 0.0
-        if payload["records"]:
-            lines = []
-            for raw in payload["records"]:
-                record = finalize_record(self._relative_record(raw, t0))
-                self.timeseries.add(record)
-                lines.append(orjson.dumps(record))
-            records.write(b"\n".join(lines) + b"\n")
-            records.flush()
-            self.num_records += len(lines)
         if payload["trace"]:
             lines = []
             for raw in payload["trace"]:
                 line = self._relative_trace(raw, t0)
+                if line["dispatched_at"] is not None:
+                    self.in_flight[line["request_id"]] = line
                 self.timeseries.add_dispatch(line["dispatched_at"])
                 lines.append(orjson.dumps(line))
-            trace.write(b"\n".join(lines) + b"\n")
-            trace.flush()
+            _append(trace, b"\n".join(lines) + b"\n")
+        if payload["records"]:
+            lines = []
+            for raw in payload["records"]:
+                record = finalize_record(self._relative_record(raw, t0))
+                self.in_flight.pop(record["request_id"], None)
+                self.timeseries.add(record)
+                lines.append(orjson.dumps(record))
+            _append(records, b"\n".join(lines) + b"\n")
+            self.num_records += len(lines)
         self.progress.update(self._elapsed(), payload["progress"])
 
     def _relative_record(self, raw: list[Any], t0: float) -> dict[str, Any]:
@@ -158,3 +197,12 @@ class Recorder:
         if line["content"] is None:
             del line["content"]
         return line
+
+
+def _append(f: BinaryIO, data: bytes) -> None:
+    """Append to an unbuffered file: each batch reaches the file now (a crash loses at most the batch
+    in hand), and a failed write (disk full) leaves nothing behind in a buffer to fail again."""
+    view = memoryview(data)
+    with naming_errors(f.name):
+        while view:
+            view = view[f.write(view) :]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import socket
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 from veeksha.shared import __version__
 from veeksha.shared.config_loader import config_sha256, dump_config_yaml
+from veeksha.shared.errors import OutputError
 from veeksha.shared.jsonio import write_atomic, write_json
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import RUN_RUNNING
@@ -28,6 +31,18 @@ def iso(t: dt.datetime) -> str:
 
 def stamp(t: dt.datetime) -> str:
     return t.strftime("%Y%m%d-%H%M%S")
+
+
+def ensure_writable(directory: Path) -> None:
+    """Fail in one line, before any server starts or request is sent, when runs cannot be written
+    under `directory` (a missing parent is created, as the run would)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        e.filename = e.filename or str(directory)
+        raise OutputError.from_os_error(e, "cannot write to the output directory") from None
 
 
 def make_unique_dir(parent: Path, name: str) -> Path:
@@ -68,11 +83,13 @@ class RunDir:
             "finished_at": None,
             "config_sha256": digest,
             "host": socket.gethostname(),
+            "pid": os.getpid(),  # lets `evaluate` tell a crashed run from one still going
             "python": platform.python_version(),
             "argv": redact_argv(list(argv)),
             "sweep": sweep,
             "capacity_search": capacity_search,
             "error": None,
+            "stop_reason": None,
         }
         self.save()
 
@@ -85,7 +102,11 @@ class RunDir:
 
     def finish(self, status: str, error: str | None = None, **extra: Any) -> None:
         self.info.update(status=status, finished_at=iso(utc_now()), error=error, **extra)
-        self.save()
+        try:
+            self.save()
+        except OSError:  # disk full: the previous run.json stays whole; the caller reports the error
+            if error is None:
+                raise
 
 
 def python_argv() -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,9 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
-from veeksha.shared.errors import VeekshaError
+from veeksha.shared.errors import ConfigError, VeekshaError
+from veeksha.shared.redact import redact, scrub_list, scrub_text, secret_values
+from veeksha.shared.schema import to_dict
 
 LISTENING_PREFIX = "VEEKSHA_SIMULATED_SERVER_LISTENING"  # printed by simulated_server
 SIMULATED_START_TIMEOUT_S = 30.0
@@ -76,6 +79,7 @@ class ServerHandle:
     log_path: Path
     watchdog: subprocess.Popen[bytes] | None = None
     owns_log: bool = False  # a temp file of ours, not yet unlinked
+    secrets: list[str] = field(default_factory=list)  # scrubbed from what we show of its output
     _stopped: bool = field(default=False, repr=False)
     _log_reader: BinaryIO | None = field(default=None, repr=False)
 
@@ -84,14 +88,22 @@ class ServerHandle:
         return self.process.pid
 
     def output_tail(self, lines: int = _TAIL_LINES) -> str:
-        """The last lines the server printed (stdout and stderr)."""
+        """The last lines the server printed (stdout and stderr), secrets scrubbed."""
         if self._log_reader is not None:
-            return _tail(self._log_reader, lines)
+            return scrub_text(_tail(self._log_reader, lines), self.secrets)
         try:
             with open(self.log_path, "rb") as f:
-                return _tail(f, lines)
+                return scrub_text(_tail(f, lines), self.secrets)
         except OSError:
             return ""
+
+    def scrub_kept_log(self) -> None:
+        """A log kept for the user (the server failed) holds no secret either."""
+        if not self.secrets:
+            return
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_bytes().decode("utf-8", "replace")
+            self.log_path.write_text(scrub_text(text, self.secrets))
 
     def _detach_temp_log(self) -> None:
         """Unlink our temp log once the server is ready, so nothing is left in /tmp even if the
@@ -123,6 +135,20 @@ class ServerHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def check_server_command(cfg: Any) -> None:
+    """A command server whose program cannot be found is a config error: say so before any
+    directory, log file or process exists."""
+    if getattr(cfg, "type", None) != "command" or not cfg.command:
+        return
+    program = str(cfg.command[0])
+    if shutil.which(program) is None:  # a path with a folder is checked as it is, else PATH
+        where = "is not an executable file" if os.sep in program else "is not found on PATH"
+        raise ConfigError(
+            f"config error at server.command[0]: {program!r} {where}; install the server or give "
+            "the full path to its executable"
+        )
 
 
 def start_server(cfg: Any, log_path: Path | None = None) -> ServerHandle:
@@ -179,14 +205,17 @@ def _start_simulated(cfg: Any, log_path: Path | None) -> ServerHandle:
 def _start_command(cfg: Any, log_path: Path | None) -> ServerHandle:
     if not cfg.command:
         raise VeekshaError("server.command is empty: give the server command as a list")
+    check_server_command(cfg)
     env = {**os.environ, **{str(k): str(v) for k, v in cfg.env.items()}}
     api_base = cfg.api_base or _api_base_from(cfg.ready_url)
+    secrets = scrub_list(secret_values(to_dict(cfg)))
     try:
-        handle = _spawn(list(cfg.command), env, log_path, api_base=api_base)
+        handle = _spawn(list(cfg.command), env, log_path, api_base=api_base, secrets=secrets)
     except OSError as exc:
-        raise VeekshaError(f"cannot start server command {cfg.command[0]!r}: {exc}") from None
+        raise VeekshaError(f"cannot start server command {cfg.command[0]!r}: {exc.strerror}") from None
     deadline = time.monotonic() + float(cfg.ready_timeout)
-    what = f"server command {' '.join(cfg.command)!r}"
+    # What the user may read: the command with the values of secret flags hidden.
+    what = f"server command {' '.join(str(a) for a in redact(list(cfg.command)))!r}"
 
     def wait() -> None:
         pause = 0.05  # quick servers are noticed quickly; slow ones (model loading) twice a second
@@ -209,21 +238,32 @@ def _api_base_from(ready_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}/v1"
 
 
-def _spawn(command: list[str], env: dict[str, str], log_path: Path | None, api_base: str) -> ServerHandle:
+def _spawn(
+    command: list[str],
+    env: dict[str, str],
+    log_path: Path | None,
+    api_base: str,
+    secrets: list[str] | None = None,
+) -> ServerHandle:
     owns_log = log_path is None
     if log_path is None:
         fd, name = tempfile.mkstemp(prefix="veeksha-server-", suffix=".log")
         os.close(fd)
         log_path = Path(name)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+    try:
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+    except OSError:
+        if owns_log:  # nothing ran: leave no empty log behind
+            log_path.unlink(missing_ok=True)
+        raise
     watchdog = subprocess.Popen(
         [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(process.pid), str(STOP_GRACE_S)],
         stdin=subprocess.DEVNULL,
@@ -231,7 +271,7 @@ def _spawn(command: list[str], env: dict[str, str], log_path: Path | None, api_b
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # a Ctrl-C or group kill aimed at us must not take the guard along
     )
-    return ServerHandle(process, api_base, log_path, watchdog, owns_log)
+    return ServerHandle(process, api_base, log_path, watchdog, owns_log, secrets=secrets or [])
 
 
 def _fail_if_dead_or_late(handle: ServerHandle, deadline: float, what: str, goal: str) -> None:
@@ -241,6 +281,7 @@ def _fail_if_dead_or_late(handle: ServerHandle, deadline: float, what: str, goal
     tail = handle.output_tail()
     handle.owns_log = False  # keep the log for the user
     handle.stop()
+    handle.scrub_kept_log()
     if code is not None:
         msg = f"{what} exited with status {code} before it was ready"
     else:

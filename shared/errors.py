@@ -1,5 +1,7 @@
 """The project's exception tree, mapped to exit codes at the CLI boundary."""
 
+from __future__ import annotations
+
 
 class VeekshaError(Exception):
     """Base of every error we raise on purpose."""
@@ -21,6 +23,15 @@ class UsageError(VeekshaError):
 
 class ConfigError(UsageError):
     """A configuration value is wrong; the message names the key path, the value, what is allowed."""
+
+
+class OutputError(VeekshaError):
+    """The output directory cannot be written (permissions, disk full): one line naming the path."""
+
+    @classmethod
+    def from_os_error(cls, e: OSError, what: str = "cannot write") -> OutputError:
+        where = e.filename if e.filename is not None else "the output directory"
+        return cls(f"{what} {where}: [Errno {e.errno}] {e.strerror}")
 
 
 class ContractError(VeekshaError):

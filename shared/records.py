@@ -31,6 +31,7 @@ ERROR_TYPES: Final = (
     "not_event_stream",  # a 2xx answer to a streamed request that is neither an event stream nor JSON
     "empty_response",  # a 2xx with no output: empty body, no content chunk, no choices
     "cancelled",  # cancelled by us (session failure, shutdown)
+    "driver_lost",  # dispatched, but the driver process died before its result reached the recorder
 )
 
 # Timestamps of a request record (seconds since the run's start).
@@ -121,6 +122,7 @@ DISPATCH_TRACE_FIELDS: Final = (
     "parent_nodes",
     "history_parent",
     "wait_after_ready",
+    "is_warmup",
 )
 
 # run.json
@@ -129,7 +131,14 @@ RUN_COMPLETED: Final = "completed"
 RUN_TIMEOUT: Final = "timeout"
 RUN_INTERRUPTED: Final = "interrupted"
 RUN_FAILED: Final = "failed"
-RUN_STATUSES: Final = (RUN_RUNNING, RUN_COMPLETED, RUN_TIMEOUT, RUN_INTERRUPTED, RUN_FAILED)
+# Set by `veeksha-run evaluate` on a directory whose processes died without a final status.
+RUN_CRASHED: Final = "crashed"
+RUN_STATUSES: Final = (RUN_RUNNING, RUN_COMPLETED, RUN_TIMEOUT, RUN_INTERRUPTED, RUN_FAILED, RUN_CRASHED)
+# Why dispatching stopped, for a completed run (run.json "stop_reason").
+STOP_BENCHMARK_TIMEOUT: Final = "benchmark_timeout"
+STOP_MAX_SESSIONS: Final = "max_sessions"
+STOP_MAX_REQUESTS: Final = "max_requests"
+STOP_SESSIONS_EXHAUSTED: Final = "sessions_exhausted"  # a trace (or session source) ran out
 
 RUN_JSON_FIELDS: Final = (
     "run_id",
@@ -144,4 +153,5 @@ RUN_JSON_FIELDS: Final = (
     "sweep",
     "capacity_search",
     "error",
+    "stop_reason",
 )

@@ -1,7 +1,9 @@
 """The one secret-redaction rule, used by the runner (config.yml, run.json argv) and the uploader.
 
 A value is secret when its key, case-insensitively, is one of SECRET_NAMES or ends with one of
-SECRET_SUFFIXES, wherever it sits (headers, additional_sampling_params, server.env, ...).
+SECRET_SUFFIXES, wherever it sits (headers, additional_sampling_params, ...), when it follows such a
+flag in a command line (`--api-key VALUE`), or when it sits in a mapping named in SECRET_MAPPINGS
+(every value of `server.env`: a server's environment carries tokens under names no rule can guess).
 `max_tokens` and friends are not secrets: they end in `_tokens`, not `_token`.
 """
 
@@ -23,6 +25,7 @@ SECRET_NAMES = frozenset(
     }
 )
 SECRET_SUFFIXES = ("_key", "_token", "_secret", "_password", "-key", "-token", "-secret")
+SECRET_MAPPINGS = frozenset({"env"})
 
 
 def is_secret_key(key: object) -> bool:
@@ -35,12 +38,16 @@ def is_secret_key(key: object) -> bool:
 def redact(obj: Any) -> Any:
     """Return a copy of a JSON-like tree with every secret value replaced by REDACTED."""
     if isinstance(obj, dict):
-        return {
-            k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v)) for k, v in obj.items()
-        }
+        return {k: _redact_item(k, v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return _redact_list(list(obj))
     return obj
+
+
+def _redact_item(key: object, value: Any) -> Any:
+    if key in SECRET_MAPPINGS and isinstance(value, dict):
+        return {k: REDACTED if v not in (None, "") else v for k, v in value.items()}
+    return REDACTED if is_secret_key(key) and value not in (None, "") else redact(value)
 
 
 def _flag_is_secret(item: object) -> bool:
@@ -74,7 +81,9 @@ def secret_values(obj: Any) -> list[str]:
     found: list[str] = []
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if is_secret_key(k) and isinstance(v, str | int | float) and str(v):
+            if k in SECRET_MAPPINGS and isinstance(v, dict):
+                found += [str(x) for x in v.values() if isinstance(x, str | int | float) and str(x)]
+            elif is_secret_key(k) and isinstance(v, str | int | float) and str(v):
                 found.append(str(v))
             else:
                 found += secret_values(v)
@@ -115,6 +124,11 @@ def _redact_value(text: str) -> str:
         return REDACTED  # unparseable structured value: keep nothing rather than a secret
     cleaned = redact(data)
     return text if cleaned == data else orjson.dumps(cleaned).decode()
+
+
+def scrub_list(values: list[str]) -> list[str]:
+    """Secret values ready for scrub_text: distinct, longest first (no partial leftovers)."""
+    return sorted(set(values), key=len, reverse=True)
 
 
 def scrub_text(text: str, secrets: list[str]) -> str:

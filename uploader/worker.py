@@ -248,7 +248,8 @@ def _process_run(task: Task, redactor: Redactor) -> Outcome:
     assert s is not None
     info = read_run_info(root)
     if info["status"] == "running":
-        return Outcome(str(root), task.target.kind, SKIPPED, "still running (run.json status is running)")
+        why = f"still running (if its process died, `veeksha-run evaluate {root}` marks it crashed)"
+        return Outcome(str(root), task.target.kind, SKIPPED, why)
     data = read_run_dir(root)
     ctx = groups.run_context(root, info)
     plan = _plan(

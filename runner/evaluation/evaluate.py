@@ -8,11 +8,12 @@ was killed (a torn last record is skipped).
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from veeksha.runner.evaluation.distributions import write_distributions
+from veeksha.runner.evaluation.frame import corrupt_line_numbers
 from veeksha.runner.evaluation.health import all_passed, format_health_text, health_json, run_checks
 from veeksha.runner.evaluation.prefill import build_prefill
 from veeksha.runner.evaluation.reading import read_run_logs
@@ -41,6 +42,8 @@ class Evaluation:
     all_health_passed: bool
     timeseries_written: bool
     all_failed: AllFailed | None = None  # set when no request succeeded (exit status 1)
+    num_corrupt_lines: int = 0  # lines of the request log that were not a record, skipped
+    corrupt_lines: list[int] = field(default_factory=list)  # the first of them (1-based numbers)
 
 
 def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) -> Evaluation:
@@ -53,6 +56,8 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
     cfg = load_written_config(paths.config_yml)
     run_info = read_json(paths.run_json) if paths.run_json.exists() else {}
     all_records, trace = read_run_logs(paths.request_records, paths.dispatch_trace)
+    num_corrupt = all_records.num_corrupt_lines
+    corrupt_lines = corrupt_line_numbers(paths.request_records) if num_corrupt else []
     records, warmup = split_warmup(all_records)
     del all_records  # the warmup rows go now, not at the end
     # The time series rebuild is mostly numpy (it releases the GIL): run it beside the rest.
@@ -90,4 +95,6 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
         all_health_passed=all_passed(checks),
         timeseries_written=write_ts,
         all_failed=failed_run,
+        num_corrupt_lines=num_corrupt,
+        corrupt_lines=corrupt_lines,
     )

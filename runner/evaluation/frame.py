@@ -6,7 +6,8 @@ gaps are kept once, as one flat float64 numpy array plus per-record offsets: no 
 copy. Every consumer (quantiles, SLOs, goodput, time series) works on that flat array with numpy.
 
 A block polars cannot parse (a corrupt line in the middle, an unexpected type) is re-read line by line
-with orjson, skipping what cannot be read, so one bad line never loses a run.
+with orjson, skipping what cannot be read, so one bad line never loses a run. Skipped lines are
+counted (`Records.num_corrupt_lines`) so that evaluation can say so.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Records:
     df: pl.DataFrame
     tbc_values: np.ndarray
     tbc_offsets: np.ndarray
+    num_corrupt_lines: int = 0  # non-empty lines that were not a JSON object, skipped
 
     def __len__(self) -> int:
         return self.df.height
@@ -97,32 +99,54 @@ def id_types(first: dict[str, Any] | None) -> dict[str, pl.DataType]:
 def first_record(path: Path) -> dict[str, Any] | None:
     with path.open("rb") as f:
         for line in f:
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
+            obj = json_object(line)
+            if obj is not None:
                 return obj
     return None
 
 
-def _json_objects(block: bytes) -> Iterator[dict[str, Any]]:
-    """The slow path for a block polars refused: line by line, skipping what is not a JSON object."""
-    for line in block.splitlines():
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            yield obj
-
-
-def parse_block(block: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def json_object(line: bytes) -> dict[str, Any] | None:
+    """One JSONL line as a JSON object, or None when it is not one."""
     try:
-        return pl.read_ndjson(block, schema=schema)
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _json_objects(block: bytes, skipped: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    """The slow path for a block polars refused: line by line, skipping what is not a JSON object
+    (the 0-based index of each skipped non-empty line goes to `skipped`)."""
+    for i, line in enumerate(block.splitlines()):
+        obj = json_object(line)
+        if obj is not None:
+            yield obj
+        elif skipped is not None and line.strip():
+            skipped.append(i)
+
+
+def parse_block(block: bytes, schema: dict[str, pl.DataType]) -> tuple[pl.DataFrame, int]:
+    """(records of the block, how many non-empty lines were skipped as corrupt)."""
+    try:
+        return pl.read_ndjson(block, schema=schema), 0
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, ValueError):
-        rows = [_coerce(obj, schema) for obj in _json_objects(block)]
-        return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+        skipped: list[int] = []
+        rows = [_coerce(obj, schema) for obj in _json_objects(block, skipped)]
+        df = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+        return df, len(skipped)
+
+
+def corrupt_line_numbers(path: Path, limit: int = 20) -> list[int]:
+    """1-based numbers of the first `limit` lines of a JSONL file that are not a JSON object (a slow
+    scan, run only when parsing skipped some). A torn last line is a crash artefact: not listed."""
+    found: list[int] = []
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip() and line.endswith(b"\n") and json_object(line) is None:
+                found.append(number)
+                if len(found) >= limit:
+                    break
+    return found
 
 
 def _coerce(obj: dict[str, Any], schema: dict[str, pl.DataType]) -> list[Any]:
@@ -175,6 +199,7 @@ def assemble(
     gaps: np.ndarray,
     length_parts: list[np.ndarray],
     schema: dict[str, pl.DataType],
+    num_corrupt_lines: int = 0,
 ) -> Records:
     if frames:
         df = pl.concat(frames, how="vertical", rechunk=True)
@@ -184,7 +209,9 @@ def assemble(
     lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, dtype=np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return Records(df=_derive(df), tbc_values=gaps, tbc_offsets=offsets)
+    return Records(
+        df=_derive(df), tbc_values=gaps, tbc_offsets=offsets, num_corrupt_lines=num_corrupt_lines
+    )
 
 
 def _derive(df: pl.DataFrame) -> pl.DataFrame:

@@ -60,10 +60,10 @@ def main() -> None:
     for line in sys.stdin.buffer:
         task = orjson.loads(line)
         if "records" in task:
-            frame, gaps, lengths, length = parse_records_block(
+            frame, gaps, lengths, length, skipped = parse_records_block(
                 Path(task["records"]), task["offset"], task["length"], task["kinds"]
             )
-            _send(out, _ipc(frame), gaps, lengths.astype(np.int64), _LEN.pack(length))
+            _send(out, _ipc(frame), gaps, lengths.astype(np.int64), _LEN.pack(length), _LEN.pack(skipped))
         else:
             _send(out, _ipc(parse_trace_file(Path(task["trace"]), task["kinds"])))
 
@@ -108,12 +108,13 @@ def parse_in_workers(
             for i in range(len(ranges)):
                 proc = procs[i % workers]
                 assert proc.stdout is not None
-                frame, gaps, lengths, length = (_recv(proc.stdout, proc) for _ in range(4))
+                frame, gaps, lengths, length, skipped = (_recv(proc.stdout, proc) for _ in range(5))
                 yield (
                     pl.read_ipc(frame),
                     np.frombuffer(gaps, dtype=np.float64),
                     np.frombuffer(lengths, dtype=np.int64),
                     _LEN.unpack(length)[0],
+                    _LEN.unpack(skipped)[0],
                 )
         except BaseException:
             _stop(procs)

@@ -32,7 +32,8 @@ BLOCK_BYTES = 16 * 2**20  # below glibc's mmap threshold cap: read buffers are r
 PARALLEL_MIN_BYTES = 64 * 2**20  # smaller files: not worth starting worker processes
 WORKERS = 2
 
-Parsed = tuple[pl.DataFrame, np.ndarray, np.ndarray, int]  # frame, gaps, gaps per row, block bytes
+# frame, gaps, gaps per row, block bytes, corrupt lines skipped
+Parsed = tuple[pl.DataFrame, np.ndarray, np.ndarray, int, int]
 
 
 def block_ranges(path: Path, block_bytes: int = BLOCK_BYTES) -> list[tuple[int, int]]:
@@ -100,8 +101,9 @@ def trace_schema(kinds: dict[str, str]) -> dict[str, pl.DataType]:
 
 
 def parse_records_block(path: Path, offset: int, length: int, kinds: dict[str, str]) -> Parsed:
-    frame, gaps, lengths = split_tbc(parse_block(read_block(path, offset, length), records_schema(kinds)))
-    return frame, gaps, lengths, length
+    parsed, skipped = parse_block(read_block(path, offset, length), records_schema(kinds))
+    frame, gaps, lengths = split_tbc(parsed)
+    return frame, gaps, lengths, length, skipped
 
 
 def parse_trace_file(path: Path, kinds: dict[str, str]) -> pl.DataFrame:
@@ -163,13 +165,14 @@ def read_trace(path: Path) -> pl.DataFrame | None:
 
 
 def _collect(results: Iterable[Parsed], size: int, kinds: dict[str, Any] | None) -> Records:
-    frames, lengths = [], []
+    frames, lengths, corrupt = [], [], 0
     gaps = _GrowingArray(size)
-    for frame, block_gaps, block_lengths, block_bytes in results:
+    for frame, block_gaps, block_lengths, block_bytes, skipped in results:
         gaps.extend(block_gaps, block_bytes)
         frames.append(frame)
         lengths.append(block_lengths)
-    return assemble(frames, gaps.finish(), lengths, records_schema(kinds))
+        corrupt += skipped
+    return assemble(frames, gaps.finish(), lengths, records_schema(kinds), corrupt)
 
 
 class _GrowingArray:

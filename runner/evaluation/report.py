@@ -27,6 +27,11 @@ def _pct(v: float | None) -> str:
 def format_summary(ev: Evaluation) -> str:
     s, t = ev.summary, ev.throughput
     lines = [f"Run {ev.run_dir}" + (f"  [{ev.run_status}]" if ev.run_status else "")]
+    if ev.num_corrupt_lines:
+        lines.append(
+            f"  corrupt   {ev.num_corrupt_lines} line(s) of the request log are not records and were "
+            f"skipped (line {', '.join(map(str, ev.corrupt_lines))})"
+        )
     lines.append(
         f"  requests  {s['num_requests']:,}: {s['num_completed_requests']:,} completed, "
         f"{s['num_errored_requests']:,} errored, {s['num_cancelled_requests']:,} cancelled "

@@ -52,7 +52,7 @@ from veeksha.runner.evaluation.frame import FAILED_STATUSES
 from veeksha.runner.evaluation.quantiles import quantiles_inplace
 from veeksha.runner.evaluation.stream_tokens import NS, tokens_per_second
 from veeksha.runner.evaluation.timeseries_rebuild import ROW_QUANTILES, build_timeseries
-from veeksha.shared.jsonio import write_atomic
+from veeksha.shared.jsonio import naming_errors, write_atomic
 from veeksha.shared.records import SUCCESS, TIMESERIES_COLUMNS
 
 COLUMNS = TIMESERIES_COLUMNS
@@ -259,7 +259,7 @@ class TimeseriesWriter:
             self.next_row += 1
         self.frozen_below = max(self.frozen_below, self.next_row)
         if lines:
-            with self.path.open("a") as f:
+            with naming_errors(self.path), self.path.open("a") as f:
                 f.write("".join(lines))
 
 

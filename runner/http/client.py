@@ -17,6 +17,7 @@ opened, so time spent connecting counts toward the request's latency (as a user 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, Protocol
@@ -78,9 +79,10 @@ def build_headers(cfg: Any) -> list[tuple[str, str]]:
     return list(merged.values())
 
 
-def secret_values(cfg: Any) -> list[str]:
-    """Strings that must never appear in an error message: the API key and auth-like header values."""
-    out = []
+def secret_values(cfg: Any, extra: Iterable[str] = ()) -> list[str]:
+    """Strings that must never appear in an error message: the API key, auth-like header values, and
+    `extra` (the server's secrets: a server may echo its own token in an error)."""
+    out = list(extra)
     api_key = getattr(cfg, "api_key", None)
     if api_key:
         out += [f"Bearer {api_key}", str(api_key)]
@@ -91,19 +93,19 @@ def secret_values(cfg: Any) -> list[str]:
             out.append(str(value))
             if str(value).lower().startswith("bearer "):
                 out.append(str(value)[7:])
-    return sorted(out, key=len, reverse=True)  # longest first, so no partial leftovers
+    return redact.scrub_list(out)
 
 
 class OpenAIClient:
     """LLMClient for openai_chat_completions / openai_completions over any Backend."""
 
-    def __init__(self, cfg: Any, backend: Backend) -> None:
+    def __init__(self, cfg: Any, backend: Backend, extra_secrets: Iterable[str] = ()) -> None:
         self._builder = RequestBuilder(cfg)
         self._backend = backend
         self.is_stream = bool(getattr(cfg, "stream", True))
         timeout = getattr(cfg, "request_timeout", None)
         self._timeout = timeout if timeout and timeout > 0 else None
-        self._secrets = secret_values(cfg)
+        self._secrets = secret_values(cfg, extra_secrets)
 
     async def request(self, payload: list[dict] | str, max_tokens: int) -> Outcome:
         out = Outcome()
@@ -153,8 +155,9 @@ def endpoint_url(api_base: str, path: str) -> str:
     return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
 
 
-def make_client(cfg: Any, max_connections: int) -> LLMClient:
-    """Client for `cfg` (veeksha.shared.config.ClientConfig) with at most `max_connections` sockets."""
+def make_client(cfg: Any, max_connections: int, extra_secrets: Iterable[str] = ()) -> LLMClient:
+    """Client for `cfg` (veeksha.shared.config.ClientConfig) with at most `max_connections` sockets;
+    `extra_secrets` are scrubbed from error messages too."""
     builder = RequestBuilder(cfg)  # validates the type early
     url = endpoint_url(str(cfg.api_base), builder.path)
     connect_timeout = getattr(cfg, "connect_timeout", 10.0)
@@ -169,4 +172,4 @@ def make_client(cfg: Any, max_connections: int) -> LLMClient:
         backend = HttpxTransport(url, headers, max_connections, connect_timeout)
     else:
         raise ValueError(f"unknown http_backend {backend_name!r} (native or httpx)")
-    return OpenAIClient(cfg, backend)
+    return OpenAIClient(cfg, backend, extra_secrets)

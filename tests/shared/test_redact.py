@@ -1,6 +1,6 @@
 """The one secret rule: by key name, anywhere in the tree; `max_tokens` is not a secret."""
 
-from veeksha.shared.redact import REDACTED, is_secret_key, redact, redact_argv
+from veeksha.shared.redact import REDACTED, is_secret_key, redact, redact_argv, secret_values
 
 
 def test_secret_key_names() -> None:
@@ -32,9 +32,15 @@ def test_redact_walks_nested_mappings_and_lists() -> None:
     }
     out = redact(tree)
     assert out["client"] == {"api_key": REDACTED, "headers": {"Authorization": REDACTED}}
-    assert out["server"]["env"] == {"HF_TOKEN": REDACTED, "PORT": "8000"}
+    assert out["server"]["env"] == {"HF_TOKEN": REDACTED, "PORT": REDACTED}  # env: every value
     assert out["list"] == [{"token": REDACTED}]
     assert out["max_tokens"] == 5
+
+
+def test_every_server_env_value_is_a_secret_value_to_scrub() -> None:
+    server = {"env": {"MY_SERVICE_CRED": "abc-123", "EMPTY": ""}, "command": ["x", "--api-key", "k-9"]}
+    tree = {"server": server}
+    assert sorted(secret_values(tree)) == ["abc-123", "k-9"]
 
 
 def test_redact_argv_hides_values_of_secret_flags() -> None:

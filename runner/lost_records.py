@@ -1,0 +1,117 @@
+"""Records for dispatched requests whose result never arrived: one record per dispatched request, always.
+
+The dispatch trace says what was sent. When the driver process dies (or the whole run is killed),
+requests it had sent have no record. Each gets one here, `status: error`, `error_type: driver_lost`,
+so that records == dispatched holds and a crash shows up as errors instead of a shorter, healthier run.
+Used live by the recorder, and by `veeksha-run evaluate` when it rebuilds a crashed directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from veeksha.runner.evaluation.frame import json_object
+from veeksha.runner.evaluation.request_metrics import finalize_record
+from veeksha.runner.run_dir import iso
+from veeksha.shared.errors import UsageError
+from veeksha.shared.jsonio import read_json, write_json
+from veeksha.shared.paths import RunPaths
+from veeksha.shared.records import ERROR, RUN_CRASHED, RUN_RUNNING
+
+DRIVER_LOST = "driver_lost"
+
+
+def lost_record(trace_line: dict[str, Any], why: str, noticed_at: float | None = None) -> dict[str, Any]:
+    """The record of a dispatched request that has none, built from its trace line. `noticed_at`
+    (seconds since the run's start) is when the loss was seen, its result_processed_at."""
+    return finalize_record(
+        {
+            "request_id": trace_line.get("request_id"),
+            "session_id": trace_line.get("session_id"),
+            "node_id": trace_line.get("node_id"),
+            "status": ERROR,
+            "error_type": DRIVER_LOST,
+            "error_message": f"no result: {why} while this request was in flight",
+            "is_warmup": bool(trace_line.get("is_warmup")),
+            "scheduler_ready_at": trace_line.get("ready_at"),
+            "scheduler_dispatched_at": trace_line.get("dispatched_at"),
+            "result_processed_at": noticed_at,
+        }
+    )
+
+
+def _json_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSONL file, skipping lines that are not (evaluation reports those)."""
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        for line in f:
+            obj = json_object(line)
+            if obj is not None:
+                yield obj
+
+
+def find_lost(records_path: Path, trace_path: Path) -> list[dict[str, Any]]:
+    """Trace lines of dispatched requests that have no record, in dispatch order."""
+    recorded = {rec.get("request_id") for rec in _json_lines(records_path)}
+    return [
+        line
+        for line in _json_lines(trace_path)
+        if line.get("dispatched_at") is not None and line.get("request_id") not in recorded
+    ]
+
+
+def append_records(records_path: Path, records: list[dict[str, Any]]) -> None:
+    """Append records to the request log, first ending a line a crash left torn (it stays, as a
+    corrupt line evaluation reports, rather than being glued to the first new record)."""
+    if not records:
+        return
+    with records_path.open("ab+") as f:
+        f.seek(0, 2)
+        torn = f.tell() > 0 and (f.seek(-1, 2), f.read(1))[1] != b"\n"
+        f.write((b"\n" if torn else b"") + b"".join(orjson.dumps(r) + b"\n" for r in records))
+
+
+def _process_alive(pid: object) -> bool:
+    """A live (not zombie) veeksha process with this pid on this host."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z" and b"veeksha" in cmdline
+
+
+def recover_crashed(paths: RunPaths) -> int | None:
+    """A run whose run.json still says `running` but whose process is gone: record every dispatched
+    request that has no record as driver_lost and mark the run `crashed`, so that it can be evaluated
+    and uploaded. Returns the number of records added, None when the run was not left running."""
+    info = read_json(paths.run_json) if paths.run_json.exists() else None
+    if not isinstance(info, dict) or info.get("status") != RUN_RUNNING:
+        return None
+    if info.get("host") == socket.gethostname() and _process_alive(info.get("pid")):
+        raise UsageError(
+            f"{paths.root} is still being written by process {info['pid']}; "
+            "wait for the run to end (or stop it) before evaluating it"
+        )
+    # The last write of the request log is the best estimate of when the run died.
+    last_write = max(p.stat().st_mtime for p in (paths.request_records, paths.run_json) if p.exists())
+    lost = find_lost(paths.request_records, paths.dispatch_trace)
+    append_records(paths.request_records, [lost_record(line, "the run's processes died") for line in lost])
+    info.update(
+        status=RUN_CRASHED,
+        finished_at=iso(dt.datetime.fromtimestamp(last_write, dt.UTC)),
+        error=(
+            "the run's processes died before it finished; "
+            f"{len(lost)} dispatched request(s) had no record and were recorded as driver_lost"
+        ),
+    )
+    write_json(paths.run_json, info)
+    return len(lost)

@@ -1,0 +1,197 @@
+"""Whatever dies, a started run leaves one record per dispatched request.
+
+Real processes: `veeksha-run` against the simulated server, slowed down so that many requests are in
+flight when a process is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from veeksha.runner.lost_records import recover_crashed
+from veeksha.shared.errors import UsageError
+from veeksha.shared.paths import RunPaths
+from veeksha.shared.records import REQUEST_RECORD_FIELDS
+
+from tests.runner.helpers import VEEKSHA_RUN, only_run_dir, read_jsonl, run_cli
+from tests.uploader.conftest import make_home, upload
+
+# ~2.5 s per request (250 tokens x 10 ms): a kill always finds requests in flight.
+SLOW = [
+    "--server.type",
+    "simulated",
+    "--server.decode_step_base",
+    "0.01",
+    "--session_generator.output_spec.text.output_length_generator",
+    "{type: fixed, value: 250}",
+    "--traffic_scheduler.interval_generator.arrival_rate",
+    "20",
+    "--runtime.benchmark_timeout",
+    "60",
+    "--output_dir",
+    "out",
+]
+
+
+# A short run at the simulated server's full speed.
+QUICK = [
+    "--server.type",
+    "simulated",
+    "--traffic_scheduler.interval_generator.arrival_rate",
+    "20",
+    "--runtime.benchmark_timeout",
+    "2",
+    "--output_dir",
+    "out",
+]
+
+
+def start_slow_run(tmp_path: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [VEEKSHA_RUN, *SLOW], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for_dispatches(tmp_path: Path, at_least: int, within_s: float = 30) -> RunPaths:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        found = list((tmp_path / "out").glob("*/traces/dispatch_trace.jsonl"))
+        if found and len(found[0].read_bytes().splitlines()) >= at_least:
+            return RunPaths(found[0].parent.parent)
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {at_least} dispatches within {within_s} s")
+
+
+def driver_pid(parent: int) -> int:
+    for child in subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split():
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise AssertionError("no driver process found")
+
+
+def dispatched_ids(paths: RunPaths) -> list[int]:
+    return sorted(t["request_id"] for t in read_jsonl(paths.dispatch_trace) if t["dispatched_at"] is not None)
+
+
+def test_a_killed_driver_leaves_a_record_for_every_request_it_had_sent(tmp_path: Path) -> None:
+    proc = start_slow_run(tmp_path)
+    paths = wait_for_dispatches(tmp_path, at_least=20)
+    os.kill(driver_pid(proc.pid), signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 1, stderr
+    records = read_jsonl(paths.request_records)
+    assert sorted(r["request_id"] for r in records) == dispatched_ids(paths)
+    lost = [r for r in records if r["error_type"] == "driver_lost"]
+    assert len(lost) >= 20  # nothing had completed yet: every one was in flight
+    assert all(r["status"] == "error" and r["scheduler_dispatched_at"] is not None for r in lost)
+    assert all(list(r) == list(REQUEST_RECORD_FIELDS) for r in lost)
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert info["status"] == "failed"
+    assert f"{len(lost)} dispatched request(s) had no result" in info["error"]
+
+
+@pytest.fixture(scope="module")
+def crashed_run(tmp_path_factory: pytest.TempPathFactory) -> RunPaths:
+    """A run whose `veeksha-run` process was killed with SIGKILL mid-run (its driver then stops)."""
+    tmp = tmp_path_factory.mktemp("crashed")
+    proc = start_slow_run(tmp)
+    paths = wait_for_dispatches(tmp, at_least=20)
+    proc.kill()
+    proc.wait()
+    time.sleep(1.0)  # the orphaned driver notices on its next tick and stops writing
+    return paths
+
+
+def test_a_killed_run_is_left_running_until_evaluate_marks_it_crashed(crashed_run: RunPaths) -> None:
+    assert orjson.loads(crashed_run.run_json.read_bytes())["status"] == "running"
+    dispatched = dispatched_ids(crashed_run)
+    before = len(read_jsonl(crashed_run.request_records))
+
+    proc = run_cli(["evaluate", str(crashed_run.root)], cwd=crashed_run.root)
+
+    assert proc.returncode in (0, 1), proc.stderr
+    missing = len(dispatched) - before
+    assert f"marked crashed; {missing} dispatched request(s) without a record" in proc.stdout
+    records = read_jsonl(crashed_run.request_records)
+    assert sorted(r["request_id"] for r in records) == dispatched
+    info = orjson.loads(crashed_run.run_json.read_bytes())
+    assert info["status"] == "crashed" and info["finished_at"]
+    assert crashed_run.summary_stats.exists()
+
+
+def test_evaluating_a_crashed_run_twice_adds_nothing(crashed_run: RunPaths) -> None:
+    run_cli(["evaluate", str(crashed_run.root)], cwd=crashed_run.root)
+    count = len(read_jsonl(crashed_run.request_records))
+    proc = run_cli(["evaluate", str(crashed_run.root)], cwd=crashed_run.root)
+    assert "marked crashed" not in proc.stdout
+    assert len(read_jsonl(crashed_run.request_records)) == count
+
+
+def test_the_uploader_accepts_a_crashed_run(crashed_run: RunPaths, tmp_path: Path) -> None:
+    run_cli(["evaluate", str(crashed_run.root)], cwd=crashed_run.root)
+    proc = upload([str(crashed_run.root), "--mode", "offline"], make_home(tmp_path / "home"), tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert crashed_run.wandb_run_json.exists()
+
+
+def test_a_run_still_going_is_not_marked_crashed(tmp_path: Path) -> None:
+    proc = start_slow_run(tmp_path)
+    try:
+        paths = wait_for_dispatches(tmp_path, at_least=1)
+        with pytest.raises(UsageError, match="still being written by process"):
+            recover_crashed(paths)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+
+
+def test_a_torn_last_line_is_ended_before_lost_records_are_appended(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    paths = RunPaths(out / "run")
+    paths.make_dirs()
+    paths.run_json.write_text('{"status": "running", "host": "elsewhere", "pid": 1}')
+    paths.dispatch_trace.write_text(
+        '{"request_id": 0, "session_id": 0, "node_id": 0, "ready_at": 1.0, "dispatched_at": 1.0}\n'
+        '{"request_id": 1, "session_id": 1, "node_id": 0, "ready_at": 2.0, "dispatched_at": 2.0}\n'
+    )
+    paths.request_records.write_text('{"request_id": 0, "status": "success"}\n{"request_id": 1, "sta')
+
+    assert recover_crashed(paths) == 1
+
+    lines = paths.request_records.read_bytes().splitlines()
+    assert lines[1] == b'{"request_id": 1, "sta'  # kept as it was: evaluation reports it
+    assert orjson.loads(lines[2])["error_type"] == "driver_lost"
+
+
+def test_evaluate_names_corrupt_lines_in_the_middle_of_the_request_log(tmp_path: Path) -> None:
+    proc = run_cli(QUICK, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    lines = paths.request_records.read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 4
+    lines[1] = b"{not json\n"
+    lines[3] = b"garbage\n"
+    paths.request_records.write_bytes(b"".join(lines))
+
+    proc = run_cli(["evaluate", str(paths.root)], cwd=tmp_path)
+
+    assert "2 line(s) of the request log are not records and were skipped (line 2, 4)" in proc.stdout
+    summary = orjson.loads(paths.summary_stats.read_bytes())
+    assert summary["num_requests"] == len(lines) - 2
+
+
+def test_a_run_without_crash_keeps_its_status_through_evaluate(tmp_path: Path) -> None:
+    proc = run_cli(QUICK, cwd=tmp_path)
+    paths = only_run_dir(tmp_path / "out")
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert (info["status"], info["stop_reason"]) == ("completed", "benchmark_timeout"), proc.stderr
+    run_cli(["evaluate", str(paths.root)], cwd=tmp_path)
+    assert orjson.loads(paths.run_json.read_bytes())["status"] == "completed"

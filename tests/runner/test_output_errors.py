@@ -1,0 +1,73 @@
+"""When the output directory cannot be written: one line naming the path and the errno, exit 1."""
+
+from __future__ import annotations
+
+import os
+import resource
+import stat
+import subprocess
+from pathlib import Path
+
+import orjson
+from veeksha.shared.jsonio import FILE_MODE
+
+from tests.runner.helpers import VEEKSHA_RUN, only_run_dir, run_cli
+
+QUICK = [
+    "--server.type",
+    "simulated",
+    "--traffic_scheduler.interval_generator.arrival_rate",
+    "50",
+    "--runtime.benchmark_timeout",
+    "15",
+]
+
+
+def test_an_output_directory_that_cannot_be_made_stops_the_run_before_it_starts(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the output directory should go")
+
+    proc = run_cli([*QUICK, "--output_dir", "taken/runs"], cwd=tmp_path)
+
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("veeksha-run: cannot write to the output directory taken/runs: [Errno 20]")
+    assert "run directory" not in proc.stdout  # nothing was started
+
+
+def test_a_full_disk_mid_run_ends_in_one_line_and_a_consistent_run_json(tmp_path: Path) -> None:
+    def small_files() -> None:  # every file this run writes may hold 256 KiB, then writes fail
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
+
+    proc = subprocess.run(
+        [VEEKSHA_RUN, *QUICK, "--output_dir", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=small_files,
+    )
+
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()[-1:]
+    assert line.startswith("veeksha-run: cannot write ") and "[Errno 27] File too large" in line
+    assert "request_level_metrics.jsonl" in line
+    info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())  # whole, parseable
+    assert info["status"] in ("running", "failed")
+
+
+def test_output_files_get_the_users_umask(tmp_path: Path) -> None:
+    proc = run_cli([*QUICK[:4], "--runtime.benchmark_timeout", "2", "--output_dir", "out"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    root = only_run_dir(tmp_path / "out").root
+    modes = {
+        p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*") if p.is_file()
+    }
+    assert modes and set(modes.values()) == {FILE_MODE}, modes
+    assert FILE_MODE == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,129 @@
+"""The end of a run is bounded and explained: what it waits for, for how long, and how to cut it short."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.runner.helpers import VEEKSHA_RUN, only_run_dir, read_jsonl, run_cli
+
+# ~2.5 s per request, 20 sessions/s: every stop finds requests in flight.
+SLOW = [
+    "--server.type",
+    "simulated",
+    "--session_generator.output_spec.text.output_length_generator",
+    "{type: fixed, value: 250}",
+    "--server.decode_step_base",
+    "0.01",
+    "--traffic_scheduler.interval_generator.arrival_rate",
+    "20",
+    "--output_dir",
+    "out",
+]
+
+
+def drain_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if "draining" in line]
+
+
+def test_a_timed_run_says_what_it_drains_and_ends_completed_by_its_timeout(tmp_path: Path) -> None:
+    proc = run_cli([*SLOW, "--runtime.benchmark_timeout", "2"], cwd=tmp_path)
+
+    assert proc.returncode == 0, proc.stderr
+    (line,) = drain_lines(proc.stdout)
+    assert line.startswith("veeksha: draining ")
+    assert line.endswith(" requests (up to 300s; Ctrl-C again to cancel)")  # client.request_timeout
+    info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
+    assert (info["status"], info["stop_reason"]) == ("completed", "benchmark_timeout")
+    assert "[completed]" in proc.stdout
+
+
+def test_the_grace_period_bounds_the_drain(tmp_path: Path) -> None:
+    flags = ["--runtime.benchmark_timeout", "3", "--runtime.post_timeout_grace_seconds", "1"]
+    shorter = ["--session_generator.output_spec.text.output_length_generator", "{type: fixed, value: 100}"]
+    started = time.monotonic()
+    proc = run_cli([*SLOW, *flags, *shorter], cwd=tmp_path)  # the earliest requests complete
+
+    assert proc.returncode == 0, proc.stderr
+    (line,) = drain_lines(proc.stdout)
+    assert line.endswith(" requests (up to 1s; Ctrl-C again to cancel)")
+    records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
+    assert any(r["status"] == "cancelled" for r in records)  # cut at the end of the grace period
+    assert time.monotonic() - started < 30
+
+
+def test_the_first_ctrl_c_drains_once_and_the_run_ends_interrupted(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *SLOW, "--runtime.benchmark_timeout", "60"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not list((tmp_path / "out").glob("*/traces/dispatch_trace.jsonl")):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, stderr
+    (line,) = drain_lines(stdout)
+    assert line.endswith(" requests (up to 300s; Ctrl-C again to cancel)")
+    info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
+    assert info["status"] == "interrupted" and info["finished_at"]
+
+
+def test_ctrl_c_while_the_server_starts_exits_130_without_aborted(tmp_path: Path) -> None:
+    never_ready = "import time; time.sleep(60)"
+    proc = subprocess.Popen(
+        [
+            VEEKSHA_RUN,
+            "--server",
+            f'{{type: command, command: [{sys.executable}, -c, "{never_ready}"], '
+            "ready_url: 'http://127.0.0.1:9/health'}",
+            "--output_dir",
+            "out",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.0)  # set-up: waiting for the server to answer
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines() == ["veeksha-run: interrupted"]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_ctrl_c_during_evaluation_exits_130_and_finishes_run_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real run in this process; only the moment of the Ctrl-C is arranged (evaluation raises
+    KeyboardInterrupt), since a signal cannot be timed to land inside evaluation reliably."""
+    import veeksha.runner.evaluation.evaluate as evaluate
+    from veeksha.runner.cli import main
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_run", interrupted)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["--server.type", "simulated", "--runtime.benchmark_timeout", "1", "--output_dir", "out"])
+
+    assert exited.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "veeksha-run: interrupted"
+    info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
+    assert info["status"] == "interrupted" and info["finished_at"]
+    assert "interrupted during evaluation" in info["error"]
