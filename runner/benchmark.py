@@ -117,6 +117,7 @@ def _record_and_evaluate(cfg: BenchmarkConfig, run: RunDir, *, quiet: bool) -> R
         run.info["driver"] = {
             "cpu_seconds": recording.driver_cpu_seconds,
             "num_records": recording.num_records,
+            "num_driver_lost": recording.num_lost,
         }
     except BaseException as e:  # the directory must still end with a final status
         error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

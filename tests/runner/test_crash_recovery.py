@@ -95,6 +95,7 @@ def test_a_killed_driver_leaves_a_record_for_every_request_it_had_sent(tmp_path:
     info = orjson.loads(paths.run_json.read_bytes())
     assert info["status"] == "failed"
     assert f"{len(lost)} dispatched request(s) had no result" in info["error"]
+    assert info["driver"]["num_driver_lost"] == len(lost)
 
 
 @pytest.fixture(scope="module")
