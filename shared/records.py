@@ -94,6 +94,12 @@ SLO_RESULT_FIELDS: Final = (
     "num_samples",
 )
 
+# The state of one health check (health_checks.json "checks"[].result). A SKIPPED check did not run
+# (not enough data, or not applicable): it neither passed nor failed.
+HEALTH_PASSED: Final = "PASSED"
+HEALTH_FAILED: Final = "FAILED"
+HEALTH_SKIPPED: Final = "SKIPPED"
+
 # metrics/timeseries.csv columns, in order.
 TIMESERIES_COLUMNS: Final = (
     "elapsed_s",

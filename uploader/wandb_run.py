@@ -13,7 +13,12 @@ import yaml
 from veeksha.shared import __version__
 from veeksha.shared.jsonio import dump_json
 from veeksha.shared.paths import CONFIG_YML, DISTRIBUTION_METRICS, RUN_JSON
-from veeksha.shared.records import SLO_RESULT_FIELDS, SUMMARY_STAT_SUFFIXES
+from veeksha.shared.records import (
+    HEALTH_FAILED,
+    HEALTH_PASSED,
+    SLO_RESULT_FIELDS,
+    SUMMARY_STAT_SUFFIXES,
+)
 from veeksha.shared.redact import redact_argv
 from veeksha.uploader.reader import RunData
 from veeksha.uploader.redaction import Redactor
@@ -62,13 +67,17 @@ def slo_summary(slo: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def health_summary(health: dict[str, Any] | None) -> dict[str, Any]:
+    """`health/<check>/result` is the state (PASSED, FAILED, SKIPPED); `/passed` is a boolean only for
+    checks that ran: a skipped check has no `/passed`, so filtering on `passed = false` finds failures."""
     if not health:
         return {}
     out: dict[str, Any] = {"health/all_passed": health.get("all_passed")}
     for check in health.get("checks") or []:
         key = f"health/{_key_part(check.get('name'))}"
-        out[f"{key}/passed"] = check.get("result") == "PASSED"
-        out[f"{key}/result"] = check.get("result")
+        state = check.get("result")
+        out[f"{key}/result"] = state
+        if state in (HEALTH_PASSED, HEALTH_FAILED):
+            out[f"{key}/passed"] = state == HEALTH_PASSED
     return out
 
 

@@ -25,9 +25,16 @@ from veeksha.shared.config import (
     HealthThresholds,
     RateTraffic,
 )
-from veeksha.shared.records import COUNT_SERVER, COUNT_TOKENIZER, TIMEOUT
+from veeksha.shared.records import (
+    COUNT_SERVER,
+    COUNT_TOKENIZER,
+    HEALTH_FAILED,
+    HEALTH_PASSED,
+    HEALTH_SKIPPED,
+    TIMEOUT,
+)
 
-PASSED, FAILED, SKIPPED = "PASSED", "FAILED", "SKIPPED"
+PASSED, FAILED, SKIPPED = HEALTH_PASSED, HEALTH_FAILED, HEALTH_SKIPPED
 
 RATE_SIGMAS = 3.0  # the session rate band is at least 3 standard deviations of the rate estimate
 PROMPT_TOLERANCE_TOKENS = 2  # a prompt is on target within max(2 tokens, 2%)

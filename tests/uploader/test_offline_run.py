@@ -104,8 +104,14 @@ def test_summary_equals_the_json_files(uploaded: Uploaded) -> None:
         assert summary[f"slo/{r['name']}/met"] == r["met"]
     health = orjson.loads(paths.health_checks_json.read_bytes())
     assert summary["health/all_passed"] is health["all_passed"] is False
-    for c in health["checks"]:
-        assert summary[f"health/{c['name']}/passed"] == (c["result"] == "PASSED")
+    states = {c["name"]: c["result"] for c in health["checks"]}
+    assert set(states.values()) == {"PASSED", "FAILED", "SKIPPED"}
+    for name, state in states.items():
+        assert summary[f"health/{name}/result"] == state
+        if state == "SKIPPED":  # a check that did not run neither passed nor failed
+            assert f"health/{name}/passed" not in summary
+        else:
+            assert summary[f"health/{name}/passed"] is (state == "PASSED")
     assert summary["run_status"] == "completed"
 
 
