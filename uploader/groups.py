@@ -107,11 +107,14 @@ def _attempt_name(run_dir: Path, cs: Any) -> str:
 
 
 def _is_best(cs_dir: Path, run_dir: Path) -> bool:
+    """The search's best attempt, once the search has ended: mid-search `best_run_dir` is only the best
+    so far, and the runner's final upload of the search directory re-tags the attempt that won."""
     try:
-        best = read_json(cs_dir / CAPSEARCH_RESULTS).get("best_run_dir")
+        results = read_json(cs_dir / CAPSEARCH_RESULTS)
+        best, status = results.get("best_run_dir"), results.get("status")
     except (ContractError, AttributeError):
         return False  # the summary upload reports a corrupt results file
-    return bool(best) and Path(str(best)).name == run_dir.name
+    return status != RUN_RUNNING and bool(best) and Path(str(best)).name == run_dir.name
 
 
 # ---------------------------------------------------------------- summary directories

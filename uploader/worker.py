@@ -105,13 +105,15 @@ def _plan(
         s.entity,
     )
     tags = _dedupe([*s.tags, *tags])
+    # The run's own group and tags come last: they include what its container adds (e.g. `best`),
+    # so a changed tag set is a change; the settings' bare group/tags must not overwrite them.
     identity = {
+        **s.identity(),
         "kind": kind,
         "run_id": run_id,
         "name": name,
         "group": group,
         "tags": list(tags),
-        **s.identity(),
     }
     return Plan(run_id, name, group, tags, kind, files, compute_digest(root, files, identity))
 

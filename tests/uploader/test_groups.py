@@ -121,3 +121,26 @@ def test_a_capacity_search_still_running_is_skipped_not_summarised(tmp_path: Pat
     result = upload([str(root), "--dry-run"], home, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert any("capacity search not finished" in line for line in lines_for(result.stdout, "skipped"))
+
+
+def test_the_best_attempt_is_retagged_when_the_search_ends(tmp_path: Path, home: Home) -> None:
+    """The runner uploads each attempt as it finishes, while the best is not known yet; at the end it
+    uploads the search directory, which must re-upload the best attempt with the `best` tag."""
+    root = build_capsearch(tmp_path, values=(2.0, 4.0, 3.0), best=2)
+    final = read_json(root / CAPSEARCH_RESULTS)
+    interim_best = final["history"][0]["run_dir"]  # best so far, mid-search
+    write_json(root / CAPSEARCH_RESULTS, {**final, "status": "running", "best_run_dir": interim_best})
+    attempts = sorted(d for d in (root / "runs").iterdir() if (d / "run.json").exists())
+    during = upload([*map(str, attempts), "--mode", "offline"], home, cwd=tmp_path)
+    assert len(lines_for(during.stdout, "uploaded")) == 3, during.stdout + during.stderr
+    assert all("best" not in offline_run(d).tags for d in attempts)  # not known while running
+
+    write_json(root / CAPSEARCH_RESULTS, {**final, "status": "completed"})
+    after = upload([str(root), "--mode", "offline"], home, cwd=tmp_path)
+    assert after.returncode == 0, after.stdout + after.stderr
+    best = attempts[2]
+    uploaded = lines_for(after.stdout, "uploaded")
+    assert sorted(uploaded) == sorted(u for u in uploaded if str(best) in u or "summary" in u)
+    assert len(uploaded) == 2 and len(lines_for(after.stdout, "skipped")) == 2  # the others: unchanged
+    assert offline_run(best).tags == ["capsearch", "best"]
+    assert orjson.loads((best / "wandb_run.json").read_bytes())["tags"] == ["capsearch", "best"]
