@@ -37,6 +37,8 @@ MAX_CONFIG_VALUES = 100_000
 # Likewise a sweep this long is an !expand repeated through aliases, not a plan anyone would run.
 MAX_SWEEP_RUNS = 10_000
 PROJECT_TAGS = ("!expand", "!include")
+# A written config.yml is a few kilobytes; anything this large was not written by the runner.
+MAX_PLAIN_YAML_BYTES = 1 << 20
 
 
 @dataclass
@@ -46,6 +48,8 @@ class _Reading:
 
     chain: list[Path]
     values_left: int = MAX_CONFIG_VALUES
+    tags: tuple[str, ...] = PROJECT_TAGS  # the tags this reading resolves; () for plain data
+    max_bytes: int | None = None  # refuse files larger than this (None: no bound)
 
 
 def _loader_for(path: Path, reading: _Reading) -> type[yaml.SafeLoader]:
@@ -55,11 +59,13 @@ def _loader_for(path: Path, reading: _Reading) -> type[yaml.SafeLoader]:
             # before anything is built from them.
             event = self.peek_event()
             tag = getattr(event, "tag", None)
-            if tag not in (None, "!", *PROJECT_TAGS):
+            if tag not in (None, "!", *reading.tags):
                 shown = tag.replace("tag:yaml.org,2002:", "!!")
+                allowed = "this file is plain data (no tags)"
+                if reading.tags:
+                    allowed = f"the only tags are {' and '.join(reading.tags)}"
                 raise ConfigError(
-                    f"{path} line {event.start_mark.line + 1}: YAML tag {shown} is not allowed; "
-                    "the only tags are !expand and !include"
+                    f"{path} line {event.start_mark.line + 1}: YAML tag {shown} is not allowed; {allowed}"
                 )
             return super().compose_node(parent, index)
 
@@ -91,9 +97,10 @@ def _loader_for(path: Path, reading: _Reading) -> type[yaml.SafeLoader]:
                 "is not allowed; integers must fit in 64 bits"
             ) from None
 
-    Loader.add_constructor("!expand", expand)
-    Loader.add_constructor("!include", include)
     Loader.add_constructor("tag:yaml.org,2002:int", integer)
+    if reading.tags:  # plain data knows no custom tag at all (the check above refuses them anyway)
+        Loader.add_constructor("!expand", expand)
+        Loader.add_constructor("!include", include)
     return Loader
 
 
@@ -105,9 +112,27 @@ def read_yaml(path: Path) -> Any:
     return _read(path, _Reading(chain=[]))
 
 
+def read_plain_yaml(path: Path, max_bytes: int = MAX_PLAIN_YAML_BYTES) -> Any:
+    """A YAML file that is data, not a config to resolve (a run directory's config.yml, which
+    dump_config_yaml wrote): no tags at all, so no !include reaches outside the file; at most
+    `max_bytes`; the same bounds on duplicate keys, nesting and alias expansion as a config."""
+    return _read(path, _Reading(chain=[], tags=(), max_bytes=max_bytes))
+
+
+def _read_text(path: Path, max_bytes: int | None) -> str:
+    if max_bytes is None:
+        return path.read_text()
+    with path.open("rb") as f:
+        data = f.read(max_bytes + 1)  # never more than the bound, even if the file grows meanwhile
+    if len(data) > max_bytes:
+        size = max(len(data), os.stat(path).st_size)
+        raise ConfigError(f"{path} is {size} bytes; at most {max_bytes} are allowed")
+    return data.decode()
+
+
 def _read(path: Path, reading: _Reading) -> Any:
     try:
-        text = path.read_text()
+        text = _read_text(path, reading.max_bytes)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; check the --config path") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from veeksha.shared.jsonio import write_json
 from veeksha.shared.paths import WANDB_RUN_JSON
+from veeksha.uploader.run_files import is_own_file
 
 UPLOAD_FORMAT = 1
 _CHUNK = 1 << 20
@@ -59,6 +60,8 @@ def compute_digest(root: Path, files: Iterable[str], identity: dict[str, Any]) -
 
 def read_marker(root: Path) -> Marker | None:
     """The marker, or None when absent or unreadable (an unreadable marker means: upload again)."""
+    if not is_own_file(root, root / WANDB_RUN_JSON):  # e.g. a FIFO, which would block the read
+        return None
     try:
         data = orjson.loads((root / WANDB_RUN_JSON).read_bytes())
         return Marker(**data)

@@ -13,13 +13,9 @@ from typing import Any
 
 from veeksha.shared.errors import ContractError, VeekshaError
 from veeksha.shared.jsonio import read_json
-from veeksha.shared.paths import (
-    ARTIFACT_ALLOW_LIST,
-    TIMESERIES_CSV,
-    WANDB_DIR,
-    RunPaths,
-)
+from veeksha.shared.paths import ARTIFACT_ALLOW_LIST, METRICS_DIR, TIMESERIES_CSV, RunPaths
 from veeksha.shared.records import RUN_FAILED, RUN_RUNNING, RUN_STATUSES
+from veeksha.uploader.run_files import RunFiles
 
 Number = int | float
 _INT = re.compile(r"^[+-]?\d+$")
@@ -40,6 +36,7 @@ class RunData:
     quantiles: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     images: list[str] = field(default_factory=list)  # relative paths of metrics/*.png
     files: list[str] = field(default_factory=list)  # allow-listed relative paths
+    warnings: list[str] = field(default_factory=list)  # files left out, and why
 
     @property
     def status(self) -> str:
@@ -56,7 +53,7 @@ def is_run_dir(path: Path) -> bool:
 
 def read_run_info(root: Path) -> dict[str, Any]:
     """run.json, checked for the two fields the uploader depends on."""
-    path = RunPaths(root).run_json
+    path = RunFiles(root).require(RunPaths(root).run_json)
     info = read_json(path)
     if not isinstance(info, dict):
         raise ContractError(f"{path}: expected a JSON object")
@@ -69,25 +66,24 @@ def read_run_info(root: Path) -> dict[str, Any]:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """A config.yml as a plain tree (the uploader logs what the run used, not a re-validated copy)."""
-    from veeksha.shared.config_loader import read_yaml
+    """A config.yml as a plain tree (the uploader logs what the run used, not a re-validated copy).
 
-    if not path.is_file():
-        raise ContractError(f"{path}: file is missing")
+    It is data: read with no tags at all (an `!include` would reach outside the directory), at most
+    1 MiB, aliases bounded, duplicate keys refused (dump_config_yaml never writes any: one means a
+    hand edit whose meaning is unclear)."""
+    from veeksha.shared.config_loader import read_plain_yaml
+
+    RunFiles(path.parent).require(path)
     try:
-        return read_yaml(path)
+        return read_plain_yaml(path)
     except VeekshaError as e:
         raise ContractError(str(e)) from None
 
 
-def allowed_files(root: Path) -> list[str]:
-    """Relative paths matching the artifact allow-list; never anything under wandb/."""
-    found: set[str] = set()
-    for pattern in ARTIFACT_ALLOW_LIST:
-        for p in root.glob(pattern):
-            rel = p.relative_to(root).as_posix()
-            if p.is_file() and not rel.startswith(f"{WANDB_DIR}/"):
-                found.add(rel)
+def allowed_files(root: Path, run_files: RunFiles | None = None) -> list[str]:
+    """Relative paths matching the artifact allow-list that the uploader may read; never wandb/."""
+    run_files = run_files or RunFiles(root)
+    found = {p.relative_to(root).as_posix() for pat in ARTIFACT_ALLOW_LIST for p in run_files.glob(pat)}
     return sorted(found)
 
 
@@ -131,10 +127,10 @@ def read_numeric_csv(path: Path) -> tuple[list[str], list[dict[str, Number]]]:
     return header, rows
 
 
-def _json_object(path: Path, required: bool) -> dict[str, Any] | None:
-    if not path.exists():
-        if required:
-            raise ContractError(f"{path}: file is missing")
+def _json_object(run_files: RunFiles, path: Path, required: bool) -> dict[str, Any] | None:
+    if required:
+        run_files.require(path)
+    elif run_files.optional(path) is None:
         return None
     data = read_json(path)
     if not isinstance(data, dict):
@@ -147,10 +143,10 @@ def _has_slos(config: dict[str, Any]) -> bool:
     return any(isinstance(e, dict) and e.get("slos") for e in evaluators)
 
 
-def read_quantiles(paths: RunPaths) -> dict[str, list[tuple[float, float]]]:
+def read_quantiles(run_files: RunFiles) -> dict[str, list[tuple[float, float]]]:
     """Every metrics/<metric>.csv with `cdf,value` columns (101 quantiles)."""
     out: dict[str, list[tuple[float, float]]] = {}
-    for path in sorted(paths.metrics.glob("*.csv")):
+    for path in run_files.glob(f"{METRICS_DIR}/*.csv"):
         if path.name == TIMESERIES_CSV:
             continue
         header, rows = read_numeric_csv(path)
@@ -166,6 +162,7 @@ def read_quantiles(paths: RunPaths) -> dict[str, list[tuple[float, float]]]:
 def read_run_dir(root: Path) -> RunData:
     """Everything an upload needs from one run directory (raises ContractError naming the file)."""
     paths = RunPaths(root)
+    run_files = RunFiles(root)
     info = read_run_info(root)
     config = read_config(paths.config_yml)
     if info["status"] == RUN_RUNNING:
@@ -176,20 +173,28 @@ def read_run_dir(root: Path) -> RunData:
         paths=paths,
         run_info=info,
         config=config,
-        summary_stats=_json_object(paths.summary_stats, required) or {},
-        throughput=_json_object(paths.throughput_metrics, required) or {},
-        slo=_json_object(paths.slo_results, required and _has_slos(config)),
-        health=_json_object(paths.health_checks_json, False),
+        summary_stats=_json_object(run_files, paths.summary_stats, required) or {},
+        throughput=_json_object(run_files, paths.throughput_metrics, required) or {},
+        slo=_json_object(run_files, paths.slo_results, required and _has_slos(config)),
+        health=_json_object(run_files, paths.health_checks_json, False),
     )
-    if paths.timeseries_csv.exists() or required:
-        header, rows = read_numeric_csv(paths.timeseries_csv)
-        if "elapsed_s" not in header:
-            raise ContractError(f"{paths.timeseries_csv}: no elapsed_s column")
-        data.timeseries = rows
-    data.quantiles = read_quantiles(paths)
-    data.images = sorted(p.relative_to(root).as_posix() for p in paths.metrics.glob("*.png"))
-    data.files = allowed_files(root)
+    data.timeseries = _timeseries(run_files, paths.timeseries_csv, required)
+    data.quantiles = read_quantiles(run_files)
+    data.images = [p.relative_to(root).as_posix() for p in run_files.glob(f"{METRICS_DIR}/*.png")]
+    data.files = allowed_files(root, run_files)
+    data.warnings = run_files.warnings
     return data
+
+
+def _timeseries(run_files: RunFiles, path: Path, required: bool) -> list[dict[str, Number]]:
+    if required:
+        run_files.require(path)
+    elif run_files.optional(path) is None:
+        return []
+    header, rows = read_numeric_csv(path)
+    if "elapsed_s" not in header:
+        raise ContractError(f"{path}: no elapsed_s column")
+    return rows
 
 
 __all__ = ["RunData", "allowed_files", "is_run_dir", "read_run_dir", "read_run_info"]

@@ -6,10 +6,11 @@ import os
 import sys
 from collections import Counter
 from dataclasses import asdict
-from typing import TextIO
+from typing import Any, TextIO
 
 import orjson
 from veeksha.uploader.groups import CAPSEARCH_SUMMARY, SWEEP_SUMMARY
+from veeksha.uploader.run_files import shown
 from veeksha.uploader.worker import DRY_RUN, FAILED, SKIPPED, UPLOADED, Outcome
 
 _KIND_LABEL = {SWEEP_SUMMARY: " (sweep summary)", CAPSEARCH_SUMMARY: " (capacity-search summary)"}
@@ -24,6 +25,15 @@ def display_path(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+def _printable(value: Any) -> Any:
+    """A result with every text escaped: a name that is not UTF-8 must not break a line or the JSON."""
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value
+
+
 class Reporter:
     def __init__(self, as_json: bool, out: TextIO | None = None) -> None:
         self.as_json = as_json
@@ -33,8 +43,10 @@ class Reporter:
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
         if not self.as_json:
-            where = display_path(outcome.path) + _KIND_LABEL.get(outcome.kind, "")
-            print(f"{outcome.status:<12} {where}  {outcome.detail}".rstrip(), file=self.out, flush=True)
+            where = shown(display_path(outcome.path)) + _KIND_LABEL.get(outcome.kind, "")
+            lines = [f"{outcome.status:<12} {where}  {shown(outcome.detail)}".rstrip()]
+            lines += [f"{'':<12} warning: {shown(w)}" for w in outcome.warnings]
+            print("\n".join(lines), file=self.out, flush=True)
 
     def counts(self) -> Counter[str]:
         return Counter(o.status for o in self.outcomes)
@@ -46,7 +58,7 @@ class Reporter:
         counts = self.counts()
         if self.as_json:
             doc = {
-                "results": [asdict(o) for o in self.outcomes],
+                "results": [{k: _printable(v) for k, v in asdict(o).items()} for o in self.outcomes],
                 "counts": {k: counts[k] for k in (UPLOADED, SKIPPED, FAILED, DRY_RUN)},
                 "exit_code": self.exit_code(),
             }

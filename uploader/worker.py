@@ -32,6 +32,7 @@ from veeksha.uploader.marker import (
 )
 from veeksha.uploader.reader import read_run_dir, read_run_info
 from veeksha.uploader.redaction import Redactor
+from veeksha.uploader.run_files import check_directory, is_own_file
 from veeksha.uploader.settings import UploadSettings
 from veeksha.uploader.wandb_session import AlreadyExists, RunSpec, Uploaded, wandb_run_id
 
@@ -59,6 +60,7 @@ class Outcome:
     url: str | None = None
     mode: str | None = None
     sync_command: str | None = None
+    warnings: list[str] = field(default_factory=list)  # files left out of the upload, and why
 
 
 @dataclass
@@ -134,7 +136,7 @@ def _upload(
     previous = read_marker(root)
     remove_marker(root)  # never leave a marker that no longer describes what is on W&B
     pending = root / UPLOAD_PENDING
-    interrupted_before = pending.exists() and pending.read_text().strip() == plan.run_id
+    interrupted_before = is_own_file(root, pending) and pending.read_text().strip() == plan.run_id
     write_atomic(pending, plan.run_id)
     spec = RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, artifact_type, config, s)
 
@@ -266,10 +268,11 @@ def _process_run(task: Task, redactor: Redactor) -> Outcome:
     )
     plan.veeksha_run_id = data.run_id
     if (early := _skip_or_dry(task, plan)) is not None:
+        early.warnings = data.warnings
         return early
     config = run_config(data, redactor, ctx.kind)
     replacements = replacement_files(data, redactor)
-    return _upload(
+    outcome = _upload(
         task,
         plan,
         config,
@@ -278,6 +281,8 @@ def _process_run(task: Task, redactor: Redactor) -> Outcome:
         replacements,
         "veeksha-run",
     )
+    outcome.warnings = data.warnings
+    return outcome
 
 
 def _process_container(task: Task, redactor: Redactor) -> Outcome:
@@ -331,6 +336,7 @@ def run_task(task: Task) -> Outcome:
         return Outcome(path, task.target.kind, SKIPPED, "W&B mode is 'disabled' (pass --mode online|offline)")
     process = _process_run if task.target.kind == groups.RUN else _process_container
     try:
+        check_directory(task.target.path)  # before the lock: it is a file inside the directory
         if task.dry_run:
             return process(task, redactor)
         with DirLock(task.target.path):
