@@ -27,8 +27,10 @@ PROG = "veeksha-upload"
 HELP = """Upload Veeksha output directories to Weights & Biases.
 
 PATH is a run directory, a sweep or capacity-search directory, or (with --recursive) any tree
-holding them. Settings: config.yml `wandb:` < WANDB_* environment < these flags. Directories that
-are still running or already uploaded (and unchanged) are skipped.
+holding them. Settings, highest first: these flags > WANDB_* environment > the directory's config.yml
+`wandb:` section > defaults. So the mode is --mode > WANDB_MODE > config.yml wandb.mode > online: a
+directory whose config says `mode: offline` (the quick-start demo's) stays offline unless --mode
+online is given. Directories that are still running or already uploaded (and unchanged) are skipped.
 """
 
 
@@ -91,7 +93,11 @@ def _secrets(*layers: Layer, tasks: list[Task]) -> tuple[str, ...]:
 @click.option("--tag", "tags", multiple=True, help="W&B tag (repeatable; replaces config/env tags)")
 @click.option("--notes", help="W&B run notes")
 @click.option("--run-name", help="W&B run name (default: the run directory name)")
-@click.option("--mode", type=click.Choice(["online", "offline"]), help="online (default) or offline")
+@click.option(
+    "--mode",
+    type=click.Choice(["online", "offline"]),
+    help="beats WANDB_MODE and config.yml wandb.mode; online when none is set",
+)
 @click.option("--no-artifacts", is_flag=True, help="do not log the output files as an artifact")
 @click.option("--force", is_flag=True, help="upload again even when already uploaded and unchanged")
 @click.option("--dry-run", is_flag=True, help="say what would be uploaded; change nothing")

@@ -223,11 +223,17 @@ def _skip_or_dry(task: Task, plan: Plan) -> Outcome | None:
     assert s is not None
     root = task.target.path
     if not task.force and is_current(read_marker(root), root, plan.digest, s.mode):
+        # Offline usually comes from the config (the demo's), not a choice made now: say how to publish.
+        why = (
+            "already uploaded offline, unchanged (--mode online uploads it to W&B; --force re-uploads)"
+            if s.mode == "offline"
+            else "already uploaded, unchanged (--force re-uploads)"
+        )
         return Outcome(
             str(root),
             task.target.kind,
             SKIPPED,
-            "already uploaded, unchanged (--force re-uploads)",
+            why,
             plan.run_id,
             plan.name,
             mode=s.mode,

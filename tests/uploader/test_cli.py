@@ -1,0 +1,38 @@
+"""`veeksha-upload`'s mode: the flag beats the environment, which beats config.yml; --help says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from tests.uploader.builders import RunSpec, build_run
+from tests.uploader.conftest import Home, lines_for, upload
+from tests.uploader.wandb_records import offline_run_dirs
+
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there
+
+
+def test_help_states_the_default_mode_and_its_precedence(home: Home, tmp_path: Path) -> None:
+    result = upload(["--help"], home, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "--mode > WANDB_MODE > config.yml wandb.mode > online" in text
+
+
+def test_an_offline_config_is_uploaded_once_and_a_flag_overrides_it(tmp_path: Path, home: Home) -> None:
+    """The demo's case: config.yml says `mode: offline` and the runner already uploaded the run."""
+    root = build_run(tmp_path, RunSpec(seconds=2, wandb={"enabled": True, "mode": "offline"}))
+    first = upload([str(root)], home, cwd=tmp_path)
+    assert len(lines_for(first.stdout, "uploaded")) == 1, first.stdout + first.stderr
+    before = offline_run_dirs(root)
+
+    again = upload([str(root)], home, cwd=tmp_path)  # no flag: the config's offline mode again
+    (skipped,) = lines_for(again.stdout, "skipped")
+    assert "already uploaded offline, unchanged" in skipped and "--mode online" in skipped
+    assert offline_run_dirs(root) == before  # no second offline run
+
+    env = {"WANDB_API_KEY": "k" * 40}
+    online = upload([str(root), "--mode", "online", "--base-url", UNREACHABLE], home, cwd=tmp_path, env=env)
+    assert online.returncode == 1 and "unreachable" in online.stderr  # the flag won: it tried online
+    assert orjson.loads((root / "wandb_run.json").read_bytes())["mode"] == "offline"  # untouched
