@@ -27,6 +27,7 @@ from veeksha.shared.paths import (
 )
 from veeksha.shared.records import RUN_RUNNING
 from veeksha.uploader.reader import is_run_dir, parse_number, read_config, read_run_info
+from veeksha.uploader.run_files import RunFiles, is_own_file
 
 RUN = "run"
 SWEEP_RUN = "sweep_run"
@@ -109,6 +110,8 @@ def _attempt_name(run_dir: Path, cs: Any) -> str:
 def _is_best(cs_dir: Path, run_dir: Path) -> bool:
     """The search's best attempt, once the search has ended: mid-search `best_run_dir` is only the best
     so far, and the runner's final upload of the search directory re-tags the attempt that won."""
+    if not is_own_file(cs_dir, cs_dir / CAPSEARCH_RESULTS):
+        return False  # the summary upload reports why
     try:
         results = read_json(cs_dir / CAPSEARCH_RESULTS)
         best, status = results.get("best_run_dir"), results.get("status")
@@ -133,6 +136,12 @@ class ContainerData:
     table: list[dict[str, Any]] = field(default_factory=list)  # sweep_summary rows / attempts
     result: dict[str, Any] = field(default_factory=dict)  # capacity_search_results.json
     unfinished: str | None = None  # why the summary cannot be uploaded yet
+    warnings: list[str] = field(default_factory=list)  # files left out, and why
+
+
+def _own_files(run_files: RunFiles, names: tuple[str, ...]) -> list[str]:
+    """Those of `names` that exist and may be read (see run_files); the others are warned about."""
+    return [n for n in names if run_files.optional(run_files.root / n)]
 
 
 def _member_running(members: list[Path]) -> bool:
@@ -174,8 +183,9 @@ def wandb_section(config: dict[str, Any]) -> Any:
 
 def read_sweep(root: Path) -> ContainerData:
     members = sweep_members(root)
+    files = RunFiles(root)
     manifest_path = root / SWEEP_MANIFEST
-    manifest = read_json(manifest_path) if manifest_path.exists() else {}
+    manifest = read_json(manifest_path) if files.optional(manifest_path) else {}
     if not isinstance(manifest, dict):
         raise ContractError(f"{manifest_path}: expected a JSON object")
     ident = manifest.get("sweep_id") or _first_member_info(members, "sweep").get("id") or root.name
@@ -188,12 +198,13 @@ def read_sweep(root: Path) -> ContainerData:
     if not summary_path.exists() or _member_running(members) or status == "running" or short:
         data.unfinished = f"sweep not finished ({len(listed)}/{expected or '?'} runs in {SWEEP_MANIFEST})"
         return data
-    summary = read_json(summary_path)
+    summary = read_json(files.require(summary_path))
     rows = summary.get("runs") if isinstance(summary, dict) else summary
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ContractError(f"{summary_path}: expected {{'runs': [one object per run]}}")
     data.table = rows
-    data.files = [n for n in (SWEEP_MANIFEST, SWEEP_SUMMARY_JSON, SWEEP_SUMMARY_CSV) if (root / n).is_file()]
+    data.files = _own_files(files, (SWEEP_MANIFEST, SWEEP_SUMMARY_JSON, SWEEP_SUMMARY_CSV))
+    data.warnings = files.warnings
     return data
 
 
@@ -205,7 +216,8 @@ def read_capsearch(root: Path) -> ContainerData:
     if not results_path.exists() or _member_running(members):
         data.unfinished = f"capacity search not finished (no {CAPSEARCH_RESULTS} yet)"
         return data
-    results = read_json(results_path)
+    files = RunFiles(root)
+    results = read_json(files.require(results_path))
     if not isinstance(results, dict):
         raise ContractError(f"{results_path}: expected a JSON object")
     if results.get("status") == "running":  # rewritten after every attempt: wait for the end
@@ -214,14 +226,15 @@ def read_capsearch(root: Path) -> ContainerData:
     data.result = results
     data.ident = str(results.get("id") or ident)
     attempts_path = root / CAPSEARCH_ATTEMPTS_CSV
-    if attempts_path.is_file():
+    if files.optional(attempts_path):
         data.table = read_loose_csv(attempts_path)
     else:
         history = results.get("history") or []
         data.table = [
             {k: v for k, v in h.items() if k != "slo_results"} for h in history if isinstance(h, dict)
         ]
-    data.files = [n for n in (CONFIG_YML, CAPSEARCH_RESULTS, CAPSEARCH_ATTEMPTS_CSV) if (root / n).is_file()]
+    data.files = _own_files(files, (CONFIG_YML, CAPSEARCH_RESULTS, CAPSEARCH_ATTEMPTS_CSV))
+    data.warnings = files.warnings
     return data
 
 

@@ -300,7 +300,7 @@ def _process_container(task: Task, redactor: Redactor) -> Outcome:
     sweep = task.target.kind == groups.SWEEP_SUMMARY
     data = groups.read_sweep(root) if sweep else groups.read_capsearch(root)
     if data.unfinished:
-        return Outcome(str(root), task.target.kind, SKIPPED, data.unfinished)
+        return Outcome(str(root), task.target.kind, SKIPPED, data.unfinished, warnings=data.warnings)
     tag = groups.TAG_SWEEP if sweep else groups.TAG_CAPSEARCH
     plan = _plan(
         root,
@@ -313,13 +313,14 @@ def _process_container(task: Task, redactor: Redactor) -> Outcome:
         files=data.files,
     )
     if (early := _skip_or_dry(task, plan)) is not None:
+        early.warnings = data.warnings
         return early
     config = summary_config(data, redactor)
     replacements: dict[str, bytes] = {}
     if data.config and redactor.tree(data.config) != data.config and "config.yml" in data.files:
         replacements["config.yml"] = yaml.safe_dump(redactor.tree(data.config), sort_keys=False).encode()
     kind = "veeksha-sweep" if sweep else "veeksha-capsearch"
-    return _upload(
+    outcome = _upload(
         task,
         plan,
         config,
@@ -328,6 +329,8 @@ def _process_container(task: Task, redactor: Redactor) -> Outcome:
         replacements,
         kind,
     )
+    outcome.warnings = data.warnings
+    return outcome
 
 
 def run_task(task: Task) -> Outcome:

@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 from veeksha.shared.errors import ContractError
+from veeksha.shared.paths import (
+    CAPSEARCH_ATTEMPTS_CSV,
+    CAPSEARCH_RESULTS,
+    SWEEP_SUMMARY_CSV,
+    SWEEP_SUMMARY_JSON,
+)
+from veeksha.uploader.groups import read_capsearch, read_sweep
 from veeksha.uploader.reader import read_config, read_run_dir
 
-from tests.uploader.builders import RunSpec, build_run
+from tests.uploader.builders import RunSpec, build_capsearch, build_run, build_sweep
 from tests.uploader.conftest import Home, lines_for, upload
 from tests.uploader.wandb_records import offline_run_dirs, read_offline_run
 
@@ -125,6 +132,36 @@ def test_config_yml_as_the_runner_writes_it_reads_back(tmp_path: Path) -> None:
     root = build_run(tmp_path)
     config = read_config(root / "config.yml")
     assert config["client"]["model"] == "test-model"
+
+
+def test_a_sweep_summary_leaves_out_links_out_of_the_sweep(tmp_path: Path, outside: Path) -> None:
+    root = build_sweep(tmp_path / "out")
+    (root / SWEEP_SUMMARY_CSV).unlink()
+    (root / SWEEP_SUMMARY_CSV).symlink_to(outside / "passwd")
+    data = read_sweep(root)
+    assert SWEEP_SUMMARY_CSV not in data.files and SWEEP_SUMMARY_JSON in data.files
+    assert any(SWEEP_SUMMARY_CSV in w and "outside" in w for w in data.warnings)
+
+
+def test_a_sweep_summary_file_linked_outside_fails_naming_it(tmp_path: Path, outside: Path) -> None:
+    root = build_sweep(tmp_path / "out")
+    (root / SWEEP_SUMMARY_JSON).unlink()
+    (root / SWEEP_SUMMARY_JSON).symlink_to(outside / "summary.json")
+    with pytest.raises(ContractError, match=rf"{SWEEP_SUMMARY_JSON}.*outside"):
+        read_sweep(root)
+
+
+def test_a_capacity_search_with_fifos_does_not_hang(tmp_path: Path) -> None:
+    root = build_capsearch(tmp_path)
+    (root / CAPSEARCH_ATTEMPTS_CSV).unlink()
+    os.mkfifo(root / CAPSEARCH_ATTEMPTS_CSV)
+    data = read_capsearch(root)  # the attempts table comes from the results' history instead
+    assert CAPSEARCH_ATTEMPTS_CSV not in data.files and len(data.table) == 3
+    assert any("FIFO" in w for w in data.warnings)
+    (root / CAPSEARCH_RESULTS).unlink()
+    os.mkfifo(root / CAPSEARCH_RESULTS)
+    with pytest.raises(ContractError, match=rf"{CAPSEARCH_RESULTS}.*FIFO"):
+        read_capsearch(root)
 
 
 # ---------------------------------------------------------------- the command, end to end
