@@ -15,6 +15,7 @@ from pathlib import Path
 
 from veeksha.shared.errors import ContractError
 from veeksha.shared.paths import WANDB_DIR
+from veeksha.uploader.wandb_session import REDACTED_DIR, STAGING_DIR
 
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -79,13 +80,15 @@ def check_directory(root: Path) -> None:
     if not is_utf8(str(root)):
         raise ContractError(f"{shown(root)}: the directory name is not valid UTF-8; rename it to upload it")
     wandb_dir = root / WANDB_DIR
-    if wandb_dir.is_symlink():
-        raise ContractError(
-            f"{wandb_dir} is a symbolic link (to {os.readlink(wandb_dir)}); the uploader writes inside "
-            f"{WANDB_DIR}/ and never follows a link out of the directory: remove the link to upload it"
-        )
-    if os.path.lexists(wandb_dir) and not wandb_dir.is_dir():
-        raise ContractError(f"{wandb_dir} is not a directory; remove it to upload this directory")
+    # The SDK's own links in wandb/ (latest-run, debug.log) are recreated by it; ours are not.
+    for folder in (wandb_dir, wandb_dir / STAGING_DIR, wandb_dir / REDACTED_DIR):
+        if folder.is_symlink():
+            raise ContractError(
+                f"{folder} is a symbolic link (to {os.readlink(folder)}); the uploader writes and "
+                f"deletes inside {WANDB_DIR}/ and never follows a link out of it: remove the link"
+            )
+        if os.path.lexists(folder) and not folder.is_dir():
+            raise ContractError(f"{folder} is not a directory; remove it to upload this directory")
 
 
 @dataclass

@@ -249,3 +249,18 @@ def test_fifos_in_place_of_the_uploaders_own_files_do_not_hang(tmp_path: Path, h
     result = upload([str(root), "--mode", "offline"], home, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((root / "wandb_run.json").read_text())["mode"] == "offline"
+
+
+@pytest.mark.parametrize("name", ["data", "redacted"])
+def test_a_link_where_the_uploader_stages_files_is_refused(tmp_path: Path, home: Home, name: str) -> None:
+    root = build_run(tmp_path / "out")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    (root / "wandb").mkdir()
+    (root / "wandb" / name).symlink_to(victim, target_is_directory=True)
+    result = upload([str(root), "--mode", "offline"], home, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1
+    (failed,) = lines_for(result.stdout, "failed")
+    assert f"wandb/{name}" in failed and "symbolic link" in failed
+    assert [p.name for p in victim.iterdir()] == ["keep.txt"]
