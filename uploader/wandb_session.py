@@ -98,6 +98,16 @@ def _settings(spec: RunSpec) -> Any:
     )
 
 
+def no_sdk_telemetry() -> None:
+    """Turn off the SDK's own error reporting and usage telemetry for this process.
+
+    It is sent to the SDK's default server (or WANDB_BASE_URL), not to the one this upload targets,
+    and at exit it first probes that server with a 10 s timeout: offline, or with that host down,
+    every `veeksha-upload` waited 10 s before exiting. The uploader sends nothing but the runs.
+    """
+    os.environ["WANDB_ERROR_REPORTING"] = "false"  # read when the SDK builds its telemetry recorder
+
+
 def _is_already_exists(e: Exception) -> bool:
     return "already exists" in str(e).lower()
 
@@ -107,6 +117,7 @@ def open_run(spec: RunSpec) -> Iterator[Any]:
     """A started run; finished on exit (failed runs are finished with exit code 1 and, offline, removed)."""
     import wandb
 
+    no_sdk_telemetry()  # before anything of the SDK runs in this process
     s = spec.settings
     if s.mode == "offline":
         clear_previous_offline(spec.root, spec.run_id)

@@ -143,3 +143,16 @@ def test_probe_reports_a_closed_port_quickly() -> None:
     result = probe(f"http://127.0.0.1:{closed_port()}", KEY, timeout=2.0)
     assert not result.ok and "unreachable" in result.message
     assert time.monotonic() - start < 2.5
+
+
+def test_fallback_offline_does_not_wait_at_exit(run_dir: Path, home: Home, silent_port: int) -> None:
+    """The SDK's own telemetry used to probe the environment's W&B host at exit (10 s timeout) even for
+    an offline run: with WANDB_BASE_URL on a host that never answers, every upload waited 10 s more."""
+    env = {"WANDB_BASE_URL": f"http://127.0.0.1:{silent_port}", "WANDB_API_KEY": KEY}
+    args = [str(run_dir), "--fallback-offline", "--base-url", "http://127.0.0.1:9"]
+    start = time.monotonic()
+    result = upload(args, home, cwd=run_dir.parent, env=env)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "writing offline runs instead" in result.stderr
+    assert elapsed < 8, f"{elapsed:.1f} s"
