@@ -264,3 +264,14 @@ def test_a_link_where_the_uploader_stages_files_is_refused(tmp_path: Path, home:
     (failed,) = lines_for(result.stdout, "failed")
     assert f"wandb/{name}" in failed and "symbolic link" in failed
     assert [p.name for p in victim.iterdir()] == ["keep.txt"]
+
+
+def test_a_lock_file_that_is_a_link_creates_nothing_elsewhere(tmp_path: Path, home: Home) -> None:
+    root = build_run(tmp_path / "out")
+    elsewhere = tmp_path / "created-by-the-lock"
+    (root / ".veeksha-upload.lock").symlink_to(elsewhere)
+    result = upload([str(root), "--mode", "offline"], home, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1
+    (failed,) = lines_for(result.stdout, "failed")
+    assert ".veeksha-upload.lock" in failed and "symbolic link" in failed
+    assert not elsewhere.exists()
