@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# `../shared`, `REPO.parent / ...`, `parents[2] / "shared"` at the top level: the ways to step outside.
+# A relative step to the folder beside the repo, or REPO.parent: the ways to step outside.
 OUTSIDE = re.compile(r"\.\./shared|REPO\.parent\b|parents\[1\]\.parent")
 
 
