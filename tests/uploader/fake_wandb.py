@@ -46,6 +46,7 @@ _ARTIFACT_OPS = frozenset(
         "XXHashDigestsEnabled",
         "ArtifactManifest",
         "ArtifactFileURLsByManifestEntries",
+        "ArtifactType",
     }
 )
 
@@ -323,11 +324,15 @@ class FakeWandb:
         run = self._find_run(v.get("entity"), v.get("project"), v["runName"])
         if run is None:
             raise _GraphQLError(f"run {v['runName']} not found")
+        # Like the real server: history is cut AFTER the rewind point (the row at `metricValue` stays).
+        # The SDK then logs from step metricValue + 1 at file_stream offset historyLineCount.
         metric, value = v["metricName"], v["metricValue"]
-        keep = [i for i, row in enumerate(run.history) if not (metric in row and row[metric] >= value)]
-        cut = keep[-1] + 1 if keep else 0
+        cut = 0
+        while cut < len(run.history) and run.history[cut].get(metric, value) <= value:
+            cut += 1
         del run.history[cut:]
         del run.history_arrivals[cut:]
+        run.summary = {}  # recomputed from the newly logged history
         run.rewinds += 1
         run.state = "running"
         run.exit_code = None

@@ -77,6 +77,14 @@ else:
     out({"error": None})
 """
 
+RESUME_MUST = """
+run = wandb.init(project="proj", id=sys.argv[2], resume="must", settings=settings)
+for i in range(2):
+    run.log({"elapsed_s": 10 + i, "v": 100 + i})
+run.finish()
+out("ok")
+"""
+
 REWIND = """
 run = wandb.init(project="proj", resume_from=sys.argv[2] + "?_step=0", tags=["second"], settings=settings)
 for i in range(5):
@@ -160,6 +168,11 @@ def test_resume_never_on_existing_run_fails(fake: FakeWandb, tmp_path: Path) -> 
     assert result["error"] and "already exists" in result["error"]
     assert fake.created == 1
     assert len(fake.run("dup1").history) == 5
+    # resume="must" appends after the existing history; on an unknown id it fails
+    assert sdk(fake, tmp_path, RESUME_MUST, "dup1") == "ok"
+    assert [r["v"] for r in fake.run("dup1").history] == [0, 1, 2, 3, 4, 100, 101]
+    assert [r["_step"] for r in fake.run("dup1").history] == list(range(7))
+    assert "does not exist" in sdk(fake, tmp_path, RESUME_NEVER.replace('"never"', '"must"'), "nope")["error"]
     # a fresh id is fine with resume="never"
     assert sdk(fake, tmp_path, RESUME_NEVER, "fresh1") == {"error": None}
     assert fake.created == 2
@@ -171,10 +184,13 @@ def test_resume_from_step_zero_rewinds(fake: FakeWandb, tmp_path: Path) -> None:
     assert sdk(fake, tmp_path, REWIND, "rw1") == "ok"
     run = fake.run("rw1")
     assert fake.created == 1 and run.rewinds == 1
-    assert [(r["_step"], r["v"]) for r in run.history] == [(i, 100 + i) for i in range(5)]
-    assert all(t >= first for t in run.history_arrivals)
+    # As with the real server (and the SDK's contract: it resumes logging at step N + 1 at file_stream
+    # offset historyLineCount), rewinding to step N keeps the row AT step N: the old step-0 row stays,
+    # the five new rows become steps 1..5. 6 rows, not 10, and not 5.
+    assert [(r["_step"], r["v"]) for r in run.history] == [(0, 0)] + [(i + 1, 100 + i) for i in range(5)]
+    assert run.history_arrivals[0] < first <= min(run.history_arrivals[1:])
     assert run.tags == ["second"]
-    assert run.state == "finished"
+    assert run.state == "finished" and run.summary["v"] == 104
 
 
 def test_failures(fake: FakeWandb) -> None:
@@ -187,11 +203,20 @@ def test_failures(fake: FakeWandb) -> None:
     assert r.status_code == 200 and r.json()["data"]["viewer"]["entity"] == "tester"
     r = httpx.post(graphql, json=viewer, auth=("api", "0" * 40), timeout=5)
     assert r.json()["data"]["viewer"] is None
+    r = httpx.post(
+        graphql,
+        json={"query": "query ServerFeaturesQuery { serverInfo { features { name } } }"},
+        auth=("api", "0" * 40),
+        timeout=5,
+    )
+    assert r.status_code == 401
 
     fake.fail("500", "all")
     r = httpx.post(graphql, json=viewer, auth=auth, timeout=5)
     assert r.status_code == 200 and r.json()["data"]["viewer"]["username"] == "tester"
-    upsert = {"query": "mutation UpsertBucket($name: String) { upsertBucket(input: {name: $name}) { inserted } }"}
+    upsert = {
+        "query": "mutation UpsertBucket($name: String) { upsertBucket(input: {name: $name}) { inserted } }"
+    }
     assert httpx.post(graphql, json=upsert, auth=auth, timeout=5).status_code == 500
     assert httpx.post(stream, json={"files": {}}, auth=auth, timeout=5).status_code == 500
     assert fake.created == 0
@@ -220,4 +245,4 @@ def test_failures(fake: FakeWandb) -> None:
     fake.close()
     assert time.monotonic() - start < 2
     ops = [op for _, _, op in fake.requests]
-    assert ops.count("Viewer") == 4
+    assert ops.count("Viewer") == 4 and "ServerFeaturesQuery" in ops
