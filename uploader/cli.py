@@ -2,7 +2,9 @@
 
     veeksha-upload PATH... [--recursive] [--project P] [--entity E] [--group G] [--tag T ...]
         [--notes N] [--run-name R] [--mode online|offline] [--no-artifacts] [--force] [--dry-run]
-        [--jobs N] [--json] [--fallback-offline] [--api-key KEY] [--base-url URL]
+        [--jobs N] [--json] [--fallback-offline] [--deadline S] [--api-key KEY] [--base-url URL]
+    veeksha-upload --sync PATH...     publish offline uploads under PATH (moved or copied) online
+    veeksha-upload --follow DIR       a live W&B run beside a running benchmark (follow.py)
 
 Exit status: 0 when every directory was uploaded or skipped, 1 when any failed (the others still
 upload) or W&B is unreachable, 2 for usage errors.
@@ -17,11 +19,13 @@ import click
 from veeksha.shared.errors import UsageError, VeekshaError
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target, discover
+from veeksha.uploader.marker import read_marker
+from veeksha.uploader.pool import DEFAULT_DEADLINE_S, run_pool
 from veeksha.uploader.probe import netrc_api_key, probe
 from veeksha.uploader.reader import read_config
 from veeksha.uploader.report import Reporter
-from veeksha.uploader.settings import Layer, config_layer, env_layer, resolve
-from veeksha.uploader.worker import Task, run_tasks
+from veeksha.uploader.settings import Layer, config_layer, env_layer, marker_layer, resolve
+from veeksha.uploader.worker import SKIPPED, Outcome, Task, run_task
 
 PROG = "veeksha-upload"
 HELP = """Upload Veeksha output directories to Weights & Biases.
@@ -31,6 +35,10 @@ holding them. Settings, highest first: these flags > WANDB_* environment > the d
 `wandb:` section > defaults. So the mode is --mode > WANDB_MODE > config.yml wandb.mode > online: a
 directory whose config says `mode: offline` (the quick-start demo's) stays offline unless --mode
 online is given. Directories that are still running or already uploaded (and unchanged) are skipped.
+
+--sync PATH publishes the offline uploads found under PATH (a run, sweep, capacity search or any
+tree, moved or copied from an air-gapped host) to W&B online, with the settings they were written
+with. --follow DIR runs beside a benchmark and keeps its W&B run live while it goes.
 """
 
 
@@ -40,13 +48,23 @@ def _config_of(target: Target) -> dict:
     return groups.container_config(target.path)
 
 
-def plan_task(target: Target, env: Layer, flags: Layer, *, force: bool, dry_run: bool) -> Task:
+def plan_task(
+    target: Target, env: Layer, flags: Layer, *, force: bool, dry_run: bool, publish: bool = False
+) -> Task:
+    """The settings of one target. `publish` (--sync): the offline upload's own settings, then online."""
     try:
         config = _config_of(target)
         cfg_layer = config_layer(groups.wandb_section(config), str(target.path / "config.yml"))
     except VeekshaError as e:
         return Task(target, None, force, dry_run, error=str(e))
-    settings = resolve(cfg_layer, env, flags)
+    layers = [cfg_layer, env]
+    if publish:
+        marker = read_marker(target.path)
+        assert marker is not None
+        layers.append(marker_layer(marker.settings, marker.project, marker.entity))
+    settings = resolve(*layers, flags)
+    if publish:
+        settings = settings.with_mode("online")
     if settings.mode == "online" and not settings.api_key:
         settings = replace(settings, api_key=netrc_api_key(settings.base_url))
     return Task(target, settings, force, dry_run)
@@ -55,6 +73,7 @@ def plan_task(target: Target, env: Layer, flags: Layer, *, force: bool, dry_run:
 def check_online(tasks: list[Task], fallback: bool, reporter: Reporter) -> list[Task]:
     """Probe each online destination once; unreachable → fail fast or fall back to offline."""
     verdicts: dict[tuple[str, str | None], str | None] = {}
+    entities: dict[tuple[str, str | None], str | None] = {}
     out: list[Task] = []
     for task in tasks:
         s = task.settings
@@ -65,13 +84,14 @@ def check_online(tasks: list[Task], fallback: bool, reporter: Reporter) -> list[
         if key not in verdicts:
             result = probe(s.base_url, s.api_key)
             verdicts[key] = None if result.ok else result.message
+            entities[key] = result.entity
             if not result.ok:
                 action = "writing offline runs instead" if fallback else "nothing uploaded online"
                 hint = "" if fallback else " (use --mode offline or --fallback-offline)"
                 click.echo(f"{PROG}: {result.message}; {action}{hint}", err=True)
         problem = verdicts[key]
         if problem is None:
-            out.append(task)
+            out.append(replace(task, default_entity=entities.get(key), fallback_offline=fallback))
         elif fallback:
             out.append(replace(task, settings=s.with_mode("offline")))
         else:
@@ -79,7 +99,7 @@ def check_online(tasks: list[Task], fallback: bool, reporter: Reporter) -> list[
     return out
 
 
-def _secrets(*layers: Layer, tasks: list[Task]) -> tuple[str, ...]:
+def secrets_of(*layers: Layer, tasks: list[Task]) -> tuple[str, ...]:
     keys = {layer.api_key for layer in layers} | {t.settings.api_key for t in tasks if t.settings}
     return tuple(sorted(k for k in keys if k))
 
@@ -106,6 +126,16 @@ def _secrets(*layers: Layer, tasks: list[Task]) -> tuple[str, ...]:
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document instead of lines")
 @click.option("--fallback-offline", is_flag=True, help="write offline runs when W&B is unreachable")
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_DEADLINE_S,
+    show_default=True,
+    help="seconds per directory, plus 1 s per MiB of its files; past it that directory fails "
+    "(resumable) and the others go on",
+)
+@click.option("--sync", "publish", is_flag=True, help="publish the offline uploads under PATH to W&B online")
+@click.option("--follow", is_flag=True, help="follow the benchmark writing DIR: a live W&B run while it goes")
 @click.option("--api-key", help="W&B API key (prefer WANDB_API_KEY: flags show up in `ps`)")
 @click.option("--base-url", help="W&B server (default: WANDB_BASE_URL, else https://api.wandb.ai)")
 def command(
@@ -124,6 +154,9 @@ def command(
     jobs: int,
     as_json: bool,
     fallback_offline: bool,
+    deadline: float,
+    publish: bool,
+    follow: bool,
     api_key: str | None,
     base_url: str | None,
 ) -> int:
@@ -140,18 +173,48 @@ def command(
         api_key=api_key,
     )
     env = env_layer()
-    targets = discover(list(paths), recursive)
+    if follow:
+        from veeksha.uploader.follow import follow_dir
+
+        if len(paths) != 1 or publish or recursive:
+            raise click.UsageError("--follow takes exactly one run directory")
+        return follow_dir(paths[0], env, flags, fallback_offline=fallback_offline, deadline_s=deadline)
+    if publish and mode == "offline":
+        raise click.UsageError("--sync publishes online; it cannot be combined with --mode offline")
+    targets = discover(list(paths), recursive or publish)
     reporter = Reporter(as_json)
-    tasks = [plan_task(t, env, flags, force=force, dry_run=dry_run) for t in targets]
-    secrets = _secrets(env, flags, tasks=tasks)
+    if publish:
+        targets = _offline_uploads(targets, reporter)
+    plan = {"force": force, "dry_run": dry_run, "publish": publish}
+    tasks = [plan_task(t, env, flags, **plan) for t in targets]
+    secrets = secrets_of(env, flags, tasks=tasks)
     tasks = [replace(t, secrets=secrets) for t in tasks]
     if not dry_run:
         tasks = check_online(tasks, fallback_offline, reporter)
         blocked = [t for t in tasks if t.error and t.error.startswith("not uploaded:")]
         if blocked and len(blocked) == len(tasks) and not as_json:
             return 1  # W&B unreachable for everything: the one line above says so
-    run_tasks(tasks, jobs, reporter.add)
+    uploads = []
+    for task in tasks:
+        if dry_run or task.error or task.settings is None or task.settings.mode == "disabled":
+            reporter.add(run_task(task))  # no SDK needed: planning problems, dry runs, disabled
+        else:
+            uploads.append(task)
+    run_pool(uploads, jobs, deadline, reporter.add)
     return reporter.finish()
+
+
+def _offline_uploads(targets: list[Target], reporter: Reporter) -> list[Target]:
+    """--sync: the targets holding an offline upload; the others are reported as skipped."""
+    out = []
+    for target in targets:
+        marker = read_marker(target.path)
+        if marker is not None and marker.mode == "offline":
+            out.append(target)
+            continue
+        why = "already published online" if marker else "no offline upload here (no wandb_run.json)"
+        reporter.add(Outcome(str(target.path), target.kind, SKIPPED, why))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,6 +39,7 @@ class Marker:
     veeksha_run_id: str | None = None
     sync_dir: str | None = None  # offline: the run's folder, relative to the directory
     sync_command: str | None = None
+    settings: dict[str, Any] | None = None  # UploadSettings.marker_identity(): --sync publishes with these
 
 
 def file_sha256(path: Path) -> str:

@@ -15,13 +15,14 @@ from urllib.parse import urlparse
 import httpx
 
 PROBE_TIMEOUT_S = 4.0
-_VIEWER_QUERY = {"query": "query Viewer { viewer { id username } }"}
+_VIEWER_QUERY = {"query": "query Viewer { viewer { id username entity } }"}
 
 
 @dataclass(frozen=True)
 class ProbeResult:
     ok: bool
     message: str
+    entity: str | None = None  # the key's default entity: where runs go when no entity is set
 
 
 def netrc_api_key(base_url: str) -> str | None:
@@ -60,7 +61,8 @@ def probe(base_url: str, api_key: str | None, timeout: float = PROBE_TIMEOUT_S) 
         return ProbeResult(False, f"W&B at {base_url} sent a response that is not JSON")
     if not viewer:
         return ProbeResult(False, f"W&B at {base_url} did not accept the API key (no user for it)")
-    return ProbeResult(True, f"W&B at {base_url}: logged in as {viewer.get('username') or viewer.get('id')}")
+    who = viewer.get("username") or viewer.get("id")
+    return ProbeResult(True, f"W&B at {base_url}: logged in as {who}", viewer.get("entity") or None)
 
 
 def _short(e: Exception) -> str:

@@ -67,6 +67,33 @@ class UploadSettings:
             "base_url": self.base_url,
         }
 
+    def marker_identity(self) -> dict[str, Any]:
+        """What the marker keeps so that `--sync` elsewhere publishes the same run (no server, no key)."""
+        return {k: v for k, v in self.identity().items() if k != "base_url"}
+
+
+def marker_layer(saved: Mapping[str, Any] | None, project: str, entity: str | None) -> Layer:
+    """The settings an offline upload was made with (kept in its marker), as a layer below the flags:
+    `--sync` on another host publishes the same run id, name, group and tags. Markers written before
+    the settings were kept give only their project and entity."""
+    saved = saved or {"project": project, "entity": entity}
+
+    def text(key: str) -> str | None:
+        value = saved.get(key)
+        return value if isinstance(value, str) and value else None
+
+    tags = saved.get("tags")
+    artifacts = saved.get("log_artifacts")
+    return Layer(
+        project=text("project"),
+        entity=text("entity"),
+        group=text("group"),
+        tags=tuple(str(t) for t in tags) if isinstance(tags, list) else None,
+        notes=text("notes"),
+        run_name=text("run_name"),
+        log_artifacts=artifacts if isinstance(artifacts, bool) else None,
+    )
+
 
 def _split_tags(text: str | None) -> tuple[str, ...] | None:
     if not text:

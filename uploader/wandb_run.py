@@ -137,14 +137,20 @@ def replacement_files(data: RunData, redactor: Redactor) -> dict[str, bytes]:
     return out
 
 
-def log_run_dir(run: Any, data: RunData, redactor: Redactor, artifact: Any | None) -> None:
-    """History first, then media, then summary (a held history row could overwrite a summary value)."""
-    import wandb
-
+def define_history(run: Any) -> None:
+    """History rows use `elapsed_s` as their x-axis (a float), not W&B's integer step."""
     run.define_metric(ELAPSED, summary="none")
     run.define_metric(f"{HISTORY_PREFIX}*", step_metric=ELAPSED, summary="none")
-    for row in history_rows(data):
+
+
+def log_history(run: Any, rows: list[dict[str, Any]]) -> None:
+    for row in rows:
         run.log(row)
+
+
+def log_results(run: Any, data: RunData, redactor: Redactor, artifact: Any | None) -> None:
+    """Media, then summary (a held history row could overwrite a summary value), then the artifact."""
+    import wandb
 
     media: dict[str, Any] = {}
     if data.slo:
@@ -168,3 +174,10 @@ def log_run_dir(run: Any, data: RunData, redactor: Redactor, artifact: Any | Non
     run.summary.update(redactor.tree(summary_values(data)))
     if artifact is not None:
         run.log_artifact(artifact)
+
+
+def log_run_dir(run: Any, data: RunData, redactor: Redactor, artifact: Any | None) -> None:
+    """The whole run at once: history first, then results (a live follower does the same in steps)."""
+    define_history(run)
+    log_history(run, history_rows(data))
+    log_results(run, data, redactor, artifact)

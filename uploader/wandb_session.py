@@ -23,11 +23,12 @@ from veeksha.uploader.settings import UploadSettings
 STAGING_DIR = "data"  # <dir>/wandb/data: WANDB_DATA_DIR (artifact and table staging)
 REDACTED_DIR = "redacted"  # <dir>/wandb/redacted: scrubbed copies of files that held a secret
 INIT_TIMEOUT_S = 30.0
+ANCHOR = "veeksha/anchor"  # the data-less history row at step 0 (see open_run)
 _SCAN_CHUNK = 8 << 20
 
 
 class AlreadyExists(Exception):
-    """Online: a run with this id exists and we were not asked to overwrite it."""
+    """Online: the run was created by someone else between our look-up and our `init`."""
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RunSpec:
     config: dict[str, Any]
     settings: UploadSettings
     resume_from_start: bool = False  # online re-upload: rewind the existing run to step 0
+    stream_interval_s: float | None = None  # follow mode: send history within this many seconds
 
 
 @dataclass
@@ -57,20 +59,21 @@ def wandb_run_id(kind: str, identity: str, project: str, entity: str | None) -> 
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def clear_previous_offline(root: Path, run_id: str, *, keep_online: bool = False) -> None:
-    """Offline `init` with an old id makes a second run folder; `wandb sync` would replay both.
+def clear_run_folders(root: Path, run_id: str, *, keep: str | None = None, staging: bool = True) -> None:
+    """Remove this run's earlier local folders (all but `keep`, a path relative to the directory).
 
-    After an online upload the offline folders of that run go too: syncing them later would append
-    a second copy of the history to the run that is now online.
+    Offline, `init` with an old id makes a second run folder and `wandb sync` would replay both; after
+    an online upload, syncing an old offline folder would append a second copy of the history. Online
+    folders are only the SDK's local logs of each attempt: keeping them just piles up folders.
     """
     wdir = root / WANDB_DIR
-    if not wdir.is_dir():
+    if not wdir.is_dir() or wdir.is_symlink():
         return
-    patterns = [f"offline-run-*-{run_id}"] + ([] if keep_online else [f"run-*-{run_id}"])
-    for pattern in patterns:
+    for pattern in (f"offline-run-*-{run_id}", f"run-*-{run_id}"):
         for old in wdir.glob(pattern):
-            shutil.rmtree(old, ignore_errors=True)
-    if not keep_online:
+            if keep is None or old.relative_to(root).as_posix() != keep:
+                shutil.rmtree(old, ignore_errors=True)
+    if staging:
         for name in (STAGING_DIR, REDACTED_DIR):
             shutil.rmtree(wdir / name, ignore_errors=True)
 
@@ -88,6 +91,7 @@ def _settings(spec: RunSpec) -> Any:
         x_disable_meta=True,  # no argv (an --api-key flag), host or program metadata
         x_disable_machine_info=True,
         x_save_requirements=False,
+        **({"x_file_stream_transmit_interval": spec.stream_interval_s} if spec.stream_interval_s else {}),
         disable_git=True,
         disable_code=True,
         save_code=False,
@@ -120,7 +124,7 @@ def open_run(spec: RunSpec) -> Iterator[Any]:
     no_sdk_telemetry()  # before anything of the SDK runs in this process
     s = spec.settings
     if s.mode == "offline":
-        clear_previous_offline(spec.root, spec.run_id)
+        clear_run_folders(spec.root, spec.run_id)
     (spec.root / WANDB_DIR).mkdir(exist_ok=True)
     resume: dict[str, Any] = {}
     if s.mode == "online":
@@ -150,11 +154,17 @@ def open_run(spec: RunSpec) -> Iterator[Any]:
                 raise AlreadyExists(str(e)) from None
             raise
         try:
+            # A re-upload rewinds the run to step 0, and a rewind keeps the row at that step. So every
+            # new run starts with a row holding no data: fresh or rewound, the run then has this
+            # anchor at step 0 and what we log from step 1 on, never a stale first row.
+            run.define_metric(ANCHOR, summary="none", hidden=True)
+            if not spec.resume_from_start:
+                run.log({ANCHOR: 0})
             yield run
         except BaseException:
             sync_dir = run.settings.sync_dir
             run.finish(exit_code=1)
-            if s.mode == "offline" and sync_dir:
+            if sync_dir:  # a failed attempt's folder is of no use to the next attempt
                 shutil.rmtree(sync_dir, ignore_errors=True)
             raise
         run.finish()
@@ -163,6 +173,13 @@ def open_run(spec: RunSpec) -> Iterator[Any]:
             os.environ.pop("WANDB_DATA_DIR", None)
         else:
             os.environ["WANDB_DATA_DIR"] = saved_data_dir
+
+
+def uploaded_of(run: Any, root: Path) -> Uploaded:
+    """Where the open run lives: its URL online, its folder (relative to the directory) always."""
+    online = run.settings.mode == "online"
+    sync_dir = Path(run.settings.sync_dir).relative_to(root).as_posix() if run.settings.sync_dir else None
+    return Uploaded(url=run.url if online else None, entity=run.entity or None, sync_dir=sync_dir)
 
 
 def finish_offline(root: Path, sync_dir: str) -> list[str]:

@@ -1,17 +1,13 @@
-"""Uploading one target (run directory or summary directory), and many of them in worker processes.
+"""Uploading one target (run directory or summary directory); `pool` runs many in worker processes.
 
-Per target: take the directory's lock, skip what is running or already uploaded and unchanged,
-upload, then write the marker. A worker process imports wandb and starts the SDK service once and
-uploads many directories in turn (import and start-up are paid per worker, not per directory).
+Per target: take the directory's lock, skip what is running or already uploaded and unchanged, ask
+the server what it already has (online), upload, then write the marker.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +30,15 @@ from veeksha.uploader.reader import read_run_dir, read_run_info
 from veeksha.uploader.redaction import Redactor
 from veeksha.uploader.run_files import check_directory, is_own_file
 from veeksha.uploader.settings import UploadSettings
-from veeksha.uploader.wandb_session import AlreadyExists, RunSpec, Uploaded, wandb_run_id
+from veeksha.uploader.wandb_session import RunSpec, Uploaded, wandb_run_id
 
 UPLOADED, SKIPPED, FAILED, DRY_RUN = "uploaded", "skipped", "failed", "would upload"
+CREATE, REWIND = "create", "rewind"
+PUBLISH_HINT = "veeksha-upload --sync"
+
+
+class UploadError(VeekshaError):
+    """This directory's upload cannot go on (reported as its failure; the others still upload)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ class Task:
     dry_run: bool = False
     secrets: tuple[str, ...] = field(default=(), repr=False)  # literal values to keep out of W&B
     error: str | None = None  # a problem found while planning (reported as this target's failure)
+    default_entity: str | None = None  # online: the API key's entity, where runs go without one set
+    note: str | None = None  # said after this target's outcome (e.g. why it went offline)
+    fallback_offline: bool = False  # online failed after the probe passed: write an offline run instead
 
 
 @dataclass
@@ -81,7 +86,7 @@ def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(i for i in items if i))
 
 
-def _run_name(settings: UploadSettings, ctx: groups.Context, root: Path) -> str:
+def run_name_of(settings: UploadSettings, ctx: groups.Context, root: Path) -> str:
     if ctx.name:
         return ctx.name
     if settings.run_name and ctx.index is not None:
@@ -89,7 +94,7 @@ def _run_name(settings: UploadSettings, ctx: groups.Context, root: Path) -> str:
     return settings.run_name or root.name
 
 
-def _plan(
+def make_plan(
     root: Path,
     s: UploadSettings,
     *,
@@ -120,68 +125,69 @@ def _plan(
     return Plan(run_id, name, group, tags, kind, files, compute_digest(root, files, identity))
 
 
-def _upload(
-    task: Task,
-    plan: Plan,
-    config: dict[str, Any],
-    log: Callable[[Any, Any], None],
-    redactor: Redactor,
-    replacements: dict[str, bytes],
-    artifact_type: str,
-) -> Outcome:
-    from veeksha.uploader import wandb_session as ws
+def _published_offline(previous: Marker | None, plan: Plan) -> bool:
+    """An offline upload of exactly this content whose run the server now has (`wandb sync` ran)."""
+    return (
+        previous is not None
+        and previous.mode == "offline"
+        and previous.run_id == plan.run_id
+        and previous.digest == plan.digest
+    )
 
+
+def choose_start(task: Task, plan: Plan) -> str | Outcome:
+    """CREATE, REWIND (the server has the run and it is ours to replace) or an outcome that ends here.
+
+    Asked of the server before `init`, so "already exists" is a path taken on purpose."""
     root, s = task.target.path, task.settings
     assert s is not None
-    previous = read_marker(root)
-    remove_marker(root)  # never leave a marker that no longer describes what is on W&B
-    pending = root / UPLOAD_PENDING
-    interrupted_before = is_own_file(root, pending) and pending.read_text().strip() == plan.run_id
-    write_atomic(pending, plan.run_id)
-    spec = RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, artifact_type, config, s)
-
-    def attempt() -> Uploaded:
-        import wandb
-
-        with ws.open_run(spec) as run:
-            artifact = None
-            if s.log_artifacts and plan.files:
-                artifact = wandb.Artifact(f"{artifact_type}-{plan.run_id}", type=artifact_type)
-                ws.add_files(artifact, root, plan.files, redactor, replacements)
-            log(run, artifact)
-            online = s.mode == "online"
-            sync_dir = None if online else str(Path(run.settings.sync_dir).relative_to(root))
-            result = Uploaded(
-                url=run.url if online else None, entity=run.entity or s.entity, sync_dir=sync_dir
-            )
-        if sync_dir:
-            result.notes = ws.finish_offline(root, sync_dir)
-        return result
+    if s.mode != "online":
+        return CREATE
+    from veeksha.uploader.remote import RemoteError, lookup_run
 
     try:
-        uploaded = attempt()
-    except AlreadyExists:
-        ours = interrupted_before or (
-            previous is not None and previous.run_id == plan.run_id and previous.mode == "online"
-        )
-        if not (task.force or ours):
-            pending.unlink(missing_ok=True)
-            if previous is not None:
-                write_marker(root, previous)  # e.g. an offline upload that was synced meanwhile
-            return Outcome(
-                str(root),
-                task.target.kind,
-                SKIPPED,
-                "already on W&B (uploaded from elsewhere); --force overwrites it",
-            )
-        spec.resume_from_start = True  # rewind the existing run instead of appending a second replay
-        uploaded = attempt()
+        entity = s.entity or task.default_entity
+        remote = lookup_run(s.base_url, s.api_key or "", entity, s.project, plan.run_id)
+    except RemoteError as e:
+        raise UploadError(str(e)) from None
+    if remote is None:
+        return CREATE
+    previous = read_marker(root)
+    if not task.force and _published_offline(previous, plan) and remote.history_lines > 0:
+        assert previous is not None
+        from veeksha.uploader import wandb_session as ws
 
-    if s.mode == "online":
-        ws.clear_previous_offline(root, plan.run_id, keep_online=True)
-    sync_cmd = ws.sync_command(root) if uploaded.sync_dir else None
+        ws.clear_run_folders(root, plan.run_id)  # syncing them again would append a second copy
+        url = offline_url(s, previous.entity or task.default_entity, plan.run_id)
+        marker = replace(previous, mode="online", url=url, sync_dir=None, sync_command=None)
+        write_marker(root, marker)
+        detail = "already on W&B (its offline run was published); recorded as uploaded"
+        return Outcome(str(root), task.target.kind, SKIPPED, detail, plan.run_id, plan.name, url, "online")
+    pending = root / UPLOAD_PENDING
+    interrupted = is_own_file(root, pending) and pending.read_text().strip() == plan.run_id
+    ours = interrupted or (previous is not None and previous.run_id == plan.run_id)
+    if not (task.force or ours):
+        why = "already on W&B (uploaded from elsewhere); --force overwrites it"
+        return Outcome(str(root), task.target.kind, SKIPPED, why, plan.run_id, plan.name)
+    return REWIND
+
+
+def begin(root: Path, plan: Plan) -> None:
+    """From here until `complete`, the directory says "upload in progress" (the pending file)."""
+    remove_marker(root)  # never leave a marker that no longer describes what is on W&B
+    write_atomic(root / UPLOAD_PENDING, plan.run_id)
+
+
+def complete(task: Task, plan: Plan, uploaded: Uploaded) -> Outcome:
+    """Record what is on W&B now (the marker), drop the pending file and older local run folders."""
+    root, s = task.target.path, task.settings
+    assert s is not None
+    from veeksha.uploader import wandb_session as ws
+
+    ws.clear_run_folders(root, plan.run_id, keep=uploaded.sync_dir, staging=s.mode == "online")
+    sync_cmd = ws.sync_command(root) if s.mode == "offline" else None
     url = uploaded.url or offline_url(s, uploaded.entity, plan.run_id)
-    ws_marker = Marker(
+    marker = Marker(
         run_id=plan.run_id,
         url=url,
         entity=uploaded.entity,
@@ -194,20 +200,55 @@ def _upload(
         uploaded_at=utc_now_iso(),
         kind=plan.kind,
         veeksha_run_id=plan.veeksha_run_id,
-        sync_dir=uploaded.sync_dir,
+        sync_dir=uploaded.sync_dir if s.mode == "offline" else None,
         sync_command=sync_cmd,
+        settings=s.marker_identity(),
     )
-    write_marker(root, ws_marker)
+    write_marker(root, marker)
     (root / UPLOAD_PENDING).unlink(missing_ok=True)
     if s.mode == "online":
         detail = f"View run at {url}"
     else:
-        detail = f"offline run in {uploaded.sync_dir}; sync with: {sync_cmd}"
+        detail = f"offline run in {uploaded.sync_dir}; publish with: {PUBLISH_HINT} {root} (or: {sync_cmd})"
     if uploaded.notes:
         detail += " (" + "; ".join(uploaded.notes) + ")"
-    return Outcome(
-        str(root), task.target.kind, UPLOADED, detail, plan.run_id, plan.name, url, s.mode, sync_cmd
-    )
+    kind = task.target.kind
+    return Outcome(str(root), kind, UPLOADED, detail, plan.run_id, plan.name, url, s.mode, sync_cmd)
+
+
+def _upload(
+    task: Task,
+    plan: Plan,
+    config: dict[str, Any],
+    log: Callable[[Any, Any], None],
+    redactor: Redactor,
+    replacements: dict[str, bytes],
+    artifact_type: str,
+) -> Outcome:
+    import wandb
+    from veeksha.uploader import wandb_session as ws
+
+    root, s = task.target.path, task.settings
+    assert s is not None
+    start = choose_start(task, plan)
+    if isinstance(start, Outcome):
+        return start
+    begin(root, plan)
+    spec = RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, artifact_type, config, s)
+    spec.resume_from_start = start == REWIND  # replace the existing run's history, not append a replay
+    try:
+        with ws.open_run(spec) as run:
+            artifact = None
+            if s.log_artifacts and plan.files:
+                artifact = wandb.Artifact(f"{artifact_type}-{plan.run_id}", type=artifact_type)
+                ws.add_files(artifact, root, plan.files, redactor, replacements)
+            log(run, artifact)
+            uploaded = ws.uploaded_of(run, root)
+    except ws.AlreadyExists:
+        raise UploadError("another upload created this W&B run meanwhile; run veeksha-upload again") from None
+    if uploaded.sync_dir and s.mode == "offline":
+        uploaded.notes = ws.finish_offline(root, uploaded.sync_dir)
+    return complete(task, plan, uploaded)
 
 
 def offline_url(s: UploadSettings, entity: str | None, run_id: str) -> str | None:
@@ -251,7 +292,7 @@ def _skip_or_dry(task: Task, plan: Plan) -> Outcome | None:
     return None
 
 
-def _process_run(task: Task, redactor: Redactor) -> Outcome:
+def process_run(task: Task, redactor: Redactor) -> Outcome:
     from veeksha.uploader.wandb_run import log_run_dir, replacement_files, run_config
 
     root, s = task.target.path, task.settings
@@ -262,12 +303,12 @@ def _process_run(task: Task, redactor: Redactor) -> Outcome:
         return Outcome(str(root), task.target.kind, SKIPPED, why)
     data = read_run_dir(root)
     ctx = groups.run_context(root, info)
-    plan = _plan(
+    plan = make_plan(
         root,
         s,
         kind=ctx.kind,
         ident=data.run_id,
-        name=_run_name(s, ctx, root),
+        name=run_name_of(s, ctx, root),
         group=s.group or ctx.group,
         tags=ctx.tags,
         files=data.files,
@@ -302,7 +343,7 @@ def _process_container(task: Task, redactor: Redactor) -> Outcome:
     if data.unfinished:
         return Outcome(str(root), task.target.kind, SKIPPED, data.unfinished, warnings=data.warnings)
     tag = groups.TAG_SWEEP if sweep else groups.TAG_CAPSEARCH
-    plan = _plan(
+    plan = make_plan(
         root,
         s,
         kind=data.kind,
@@ -343,7 +384,7 @@ def run_task(task: Task) -> Outcome:
         return Outcome(path, task.target.kind, FAILED, task.error or "no settings")
     if task.settings.mode == "disabled":
         return Outcome(path, task.target.kind, SKIPPED, "W&B mode is 'disabled' (pass --mode online|offline)")
-    process = _process_run if task.target.kind == groups.RUN else _process_container
+    process = process_run if task.target.kind == groups.RUN else _process_container
     try:
         check_directory(task.target.path)  # before the lock: it is a file inside the directory
         if task.dry_run:
@@ -356,30 +397,3 @@ def run_task(task: Task) -> Outcome:
         return Outcome(path, task.target.kind, FAILED, redactor.text(str(e)))
     except Exception as e:  # an SDK or I/O failure: report it, keep going with the other directories
         return Outcome(path, task.target.kind, FAILED, redactor.text(f"{type(e).__name__}: {e}"))
-
-
-def _warm_worker() -> None:
-    import wandb  # noqa: F401  (imported once per worker, reused for every directory it uploads)
-
-
-def run_tasks(tasks: list[Task], jobs: int, on_outcome: Callable[[Outcome], None]) -> None:
-    for task in tasks:  # problems found while planning need no SDK and no worker
-        if task.error or task.settings is None:
-            on_outcome(run_task(task))
-    tasks = [t for t in tasks if not (t.error or t.settings is None)]
-    if jobs <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            on_outcome(run_task(task))
-        return
-    # A process pool whose workers each upload many directories. Unlike multiprocessing.Pool, a
-    # worker that dies (SDK crash, OOM kill) fails its pending tasks instead of hanging the backfill.
-    ctx = multiprocessing.get_context("spawn")  # no inherited SDK state, locks or threads
-    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=ctx, initializer=_warm_worker) as pool:
-        futures = {pool.submit(run_task, t): t for t in tasks}
-        for future in as_completed(futures):
-            try:
-                outcome = future.result()
-            except BrokenProcessPool:
-                t = futures[future]
-                outcome = Outcome(str(t.target.path), t.target.kind, FAILED, "the worker process died")
-            on_outcome(outcome)

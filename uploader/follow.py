@@ -1,0 +1,302 @@
+"""`veeksha-upload --follow DIR`: the W&B run of a benchmark while it goes (spec: wandb.md, Additions).
+
+Beside a running benchmark (started by `veeksha-run` when W&B is online, or by hand on any host that
+sees the directory): create the W&B run as soon as `run.json` exists, print its URL, append each new
+`timeseries.csv` row to the run's history within a few seconds, and when the benchmark has finished
+(final status and `finished_at` in run.json), finish the same run exactly as a post-hoc upload
+would. The marker it writes has the plain upload's digest, so a later `veeksha-upload DIR` skips it.
+
+If the benchmark dies, the run is left resumable: the pending file stays and the next plain upload
+rewinds the same W&B run. If evaluation rebuilt timeseries.csv (rows differ from what was streamed),
+the live run is finished and replaced by a plain upload onto the same id.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+from veeksha.shared.errors import VeekshaError
+from veeksha.shared.paths import RUN_JSON, TIMESERIES_CSV, RunPaths
+from veeksha.shared.records import RUN_RUNNING
+from veeksha.uploader import groups
+from veeksha.uploader.discovery import Target
+from veeksha.uploader.locks import DirLock, LockBusy
+from veeksha.uploader.reader import Number, RunData, parse_number, read_config, read_run_dir, read_run_info
+from veeksha.uploader.redaction import Redactor
+from veeksha.uploader.settings import Layer
+from veeksha.uploader.worker import (
+    REWIND,
+    Outcome,
+    Plan,
+    Task,
+    begin,
+    choose_start,
+    complete,
+    make_plan,
+    process_run,
+    run_name_of,
+)
+
+PROG = "veeksha-upload"
+POLL_S = 0.5  # how often the directory is looked at; history reaches W&B within about 2 POLL_S + STREAM_S
+STREAM_S = 1.0  # the SDK's file-stream interval while following (its default is 15 s)
+WAIT_FOR_RUN_S = 120.0  # how long to wait for run.json to appear
+DEAD_AFTER_S = 10.0  # same host: the runner's pid gone this long without a final status
+QUIET_AFTER_S = 900.0  # another host: nothing in the directory changed for this long
+
+
+class BenchmarkDied(Exception):
+    """The benchmark stopped without finishing its directory."""
+
+
+class TimeseriesTail:
+    """New complete rows of a growing timeseries.csv, typed exactly as the reader types them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.header: list[str] | None = None
+        self.inode: int | None = None
+        self.replaced = False  # the file was rewritten (evaluation rebuilt it): rows may differ
+
+    def read(self) -> list[dict[str, Number]]:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return []
+        if self.inode is not None and (st.st_ino != self.inode or st.st_size < self.offset):
+            self.replaced = True
+            return []
+        self.inode = st.st_ino
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1  # only whole lines: the writer may be mid-line
+        if end == 0:
+            return []
+        self.offset += end
+        rows = []
+        for cells in csv.reader(io.StringIO(chunk[:end].decode())):
+            if not cells:
+                continue
+            if self.header is None:
+                self.header = [c.strip() for c in cells]
+                continue
+            row = {}
+            for name, cell in zip(self.header, cells, strict=False):
+                value = parse_number(cell, f"{self.path} column {name}")
+                if value is not None:
+                    row[name] = value
+            rows.append(row)
+        return rows
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # cannot tell: rely on the directory going quiet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Watch:
+    """Is the benchmark finished, still going, or dead?"""
+
+    def __init__(self, root: Path) -> None:
+        self.paths = RunPaths(root)
+        self.last_change = time.monotonic()
+        self.last_stamp: tuple[float, ...] = ()
+        self.gone_since: float | None = None
+
+    def finished(self, info: dict[str, Any]) -> bool:
+        return info.get("status") != RUN_RUNNING and bool(info.get("finished_at"))
+
+    def check_alive(self, info: dict[str, Any]) -> None:
+        now = time.monotonic()
+        stamp = tuple(
+            _mtime(p) for p in (self.paths.run_json, self.paths.timeseries_csv, self.paths.request_records)
+        )
+        if stamp != self.last_stamp:
+            self.last_stamp, self.last_change = stamp, now
+        if info.get("host") == socket.gethostname():
+            if _pid_alive(info.get("pid")):
+                self.gone_since = None
+            else:
+                self.gone_since = self.gone_since or now
+                if now - self.gone_since >= DEAD_AFTER_S:
+                    raise BenchmarkDied(f"its process (pid {info.get('pid')}) is gone")
+        elif now - self.last_change >= QUIET_AFTER_S:
+            raise BenchmarkDied(f"nothing in the directory changed for {QUIET_AFTER_S:.0f} s")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _wait_for_run_json(root: Path) -> None:
+    deadline = time.monotonic() + WAIT_FOR_RUN_S
+    while not (root / RUN_JSON).is_file():
+        if time.monotonic() > deadline:
+            raise VeekshaError(f"{root}: no {RUN_JSON} appeared within {WAIT_FOR_RUN_S:.0f} s")
+        time.sleep(POLL_S)
+
+
+def _plan(task: Task, info: dict[str, Any], files: list[str]) -> Plan:
+    root, s = task.target.path, task.settings
+    assert s is not None
+    ctx = groups.run_context(root, info)
+    plan = make_plan(
+        root,
+        s,
+        kind=ctx.kind,
+        ident=info["run_id"],
+        name=run_name_of(s, ctx, root),
+        group=s.group or ctx.group,
+        tags=ctx.tags,
+        files=files,
+    )
+    plan.veeksha_run_id = info["run_id"]
+    return plan
+
+
+def _watchdog(seconds: float, what: str) -> threading.Timer:
+    """The SDK retries a failing server for hours: past the deadline, leave (the run stays resumable)."""
+
+    def expire() -> None:
+        click.echo(
+            f"{PROG}: {what} did not finish within {seconds:.0f} s (--deadline); "
+            "the next veeksha-upload resumes the same W&B run",
+            err=True,
+        )
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
+    """Follow one run directory to its end; the outcome a plain upload would have reported."""
+    import wandb
+    from veeksha.uploader import wandb_session as ws
+    from veeksha.uploader.wandb_run import define_history, history_rows, log_history, log_results, run_config
+
+    root, s = task.target.path, task.settings
+    assert s is not None
+    info = read_run_info(root)
+    plan = _plan(task, info, [])
+    start = choose_start(task, plan)
+    if isinstance(start, Outcome):
+        return start
+    begin(root, plan)
+    early = RunData(paths=RunPaths(root), run_info=info, config=read_config(root / "config.yml"))
+    config = run_config(early, redactor, groups.run_context(root, info).kind)
+    spec = ws.RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, "veeksha-run", config, s)
+    spec.resume_from_start = start == REWIND
+    spec.stream_interval_s = STREAM_S
+    tail = TimeseriesTail(RunPaths(root).timeseries_csv)
+    watch = Watch(root)
+    streamed: list[dict[str, Any]] = []
+    with ws.open_run(spec) as run:
+        where = f"View run at {run.url}" if s.mode == "online" else f"offline run in {run.settings.sync_dir}"
+        click.echo(f"{PROG}: following {root}; {where}", nl=True)
+        sys.stdout.flush()
+        define_history(run)
+        while True:
+            rows = [{"elapsed_s": r["elapsed_s"], **_prefixed(r)} for r in tail.read() if "elapsed_s" in r]
+            log_history(run, rows)
+            streamed.extend(rows)
+            info = read_run_info(root)
+            if watch.finished(info):
+                break
+            watch.check_alive(info)
+            time.sleep(POLL_S)
+        timer = _watchdog(deadline_s, f"finishing the W&B run of {root}")
+        data = read_run_dir(root)
+        plan = _plan(task, data.run_info, data.files)
+        final_rows = history_rows(data)
+        rebuilt = tail.replaced or final_rows[: len(streamed)] != streamed
+        if not rebuilt:
+            log_history(run, final_rows[len(streamed) :])
+            artifact = None
+            if s.log_artifacts and plan.files:
+                artifact = wandb.Artifact(f"veeksha-run-{plan.run_id}", type="veeksha-run")
+                from veeksha.uploader.wandb_run import replacement_files
+
+                ws.add_files(artifact, root, plan.files, redactor, replacement_files(data, redactor))
+            log_results(run, data, redactor, artifact)
+        uploaded = ws.uploaded_of(run, root)
+    if rebuilt:  # replace the streamed history: a plain upload rewinds the same run (pending names it)
+        click.echo(f"{PROG}: {TIMESERIES_CSV} was rebuilt at the end; uploading the run again", err=True)
+        outcome = process_run(replace(task, force=True), redactor)  # we hold the directory's lock
+        timer.cancel()
+        return outcome
+    if uploaded.sync_dir and s.mode == "offline":
+        uploaded.notes = ws.finish_offline(root, uploaded.sync_dir)
+    outcome = complete(task, plan, uploaded)
+    timer.cancel()
+    outcome.warnings = data.warnings
+    return outcome
+
+
+def _prefixed(row: dict[str, Number]) -> dict[str, Number]:
+    from veeksha.uploader.wandb_run import HISTORY_PREFIX
+
+    return {f"{HISTORY_PREFIX}{k}": v for k, v in row.items() if k != "elapsed_s"}
+
+
+def follow_dir(path_text: str, env: Layer, flags: Layer, *, fallback_offline: bool, deadline_s: float) -> int:
+    """The --follow command: 0 when the run was uploaded (or skipped as done), 1 otherwise."""
+    from veeksha.uploader.cli import check_online, plan_task, secrets_of  # the plain upload's planning
+    from veeksha.uploader.report import Reporter
+
+    root = Path(path_text).expanduser()
+    if not root.is_dir():
+        raise click.UsageError(f"{path_text}: no such directory")
+    root = root.resolve()
+    _wait_for_run_json(root)
+    reporter = Reporter(False)
+    task = plan_task(Target(groups.RUN, root), env, flags, force=False, dry_run=False)
+    task = replace(task, secrets=secrets_of(env, flags, tasks=[task]))
+    [task] = check_online([task], fallback_offline, reporter)
+    if task.error or task.settings is None:
+        reporter.add(Outcome(str(root), groups.RUN, "failed", task.error or "no settings"))
+        return reporter.finish()
+    redactor = Redactor()
+    for secret in task.secrets:
+        redactor.add_secret(secret)
+    try:
+        with DirLock(root):
+            outcome = follow(task, redactor, deadline_s)
+    except LockBusy:
+        outcome = Outcome(str(root), groups.RUN, "skipped", "another veeksha-upload holds its lock")
+    except BenchmarkDied as e:
+        detail = (
+            f"the benchmark stopped without finishing ({e}); the W&B run is left resumable: "
+            f"`veeksha-run evaluate {root}` then `veeksha-upload {root}` completes it"
+        )
+        outcome = Outcome(str(root), groups.RUN, "failed", detail)
+    except VeekshaError as e:
+        outcome = Outcome(str(root), groups.RUN, "failed", redactor.text(str(e)))
+    except Exception as e:  # an SDK failure: one line, the run stays resumable
+        outcome = Outcome(str(root), groups.RUN, "failed", redactor.text(f"{type(e).__name__}: {e}"))
+    reporter.add(outcome)
+    return reporter.finish()

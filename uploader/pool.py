@@ -1,0 +1,183 @@
+"""Worker processes that upload directories, each under a deadline (spec: wandb.md, "Backfill").
+
+Once the reachability probe has passed, a W&B server can still fail: answer 500 to every artifact
+upload, or stall a stream; the SDK then retries for hours. So every directory runs in a worker
+process with a deadline. A worker past its deadline is killed and only its directory fails (its
+pending file stays, so the next upload resumes the same W&B run); a worker that dies fails only
+the directory it held; a fresh worker takes the next directory.
+
+A worker imports wandb and starts the SDK service once and then uploads many directories in turn
+(import and start-up are paid per worker, not per directory).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from veeksha.shared.paths import WANDB_DIR
+from veeksha.uploader.worker import FAILED, Outcome, Task, run_task
+
+DEFAULT_DEADLINE_S = 300.0  # per directory, plus the time its files need at the slowest rate below
+SLOWEST_RATE_BPS = 1 << 20  # 1 MiB/s: a backfill over a slow link still finishes big directories
+
+
+def directory_bytes(root: Path) -> int:
+    """Bytes of the directory's own regular files (what an upload can read), without wandb/."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root:
+            dirnames[:] = [d for d in dirnames if d != WANDB_DIR]
+        for name in filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if (st.st_mode & 0o170000) == 0o100000:  # regular file
+                total += st.st_size
+    return total
+
+
+def deadline_for(task: Task, base_s: float) -> float:
+    """Seconds this directory may take: the base, plus its size at SLOWEST_RATE_BPS."""
+    return base_s + directory_bytes(task.target.path) / SLOWEST_RATE_BPS
+
+
+def _serve(conn: Connection) -> None:
+    """A worker: upload the directories it is sent, one at a time, until told to stop (None)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    import wandb  # noqa: F401  (imported once per worker, reused for every directory it uploads)
+
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        conn.send(run_task(task))
+
+
+@dataclass
+class _Busy:
+    task: Task
+    deadline_s: float
+    ends_at: float
+
+
+class _Worker:
+    def __init__(self, ctx: multiprocessing.context.SpawnContext) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process: BaseProcess = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self.busy: _Busy | None = None
+
+    def give(self, task: Task, deadline_s: float) -> None:
+        self.conn.send(task)
+        self.busy = _Busy(task, deadline_s, time.monotonic() + deadline_s)
+
+    def kill(self) -> None:
+        """SIGKILL: a worker stuck in the SDK does not answer anything gentler. The SDK's service
+        process watches its parent's pid and exits on its own."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(10)
+        if self.process.is_alive():
+            self.kill()
+
+
+def _failed(task: Task, detail: str) -> Outcome:
+    return Outcome(str(task.target.path), task.target.kind, FAILED, detail)
+
+
+def _fallback(task: Task, outcome: Outcome) -> Task | None:
+    """An online upload that failed after the probe passed, with --fallback-offline: retry offline."""
+    s = task.settings
+    if not (task.fallback_offline and s is not None and s.mode == "online" and outcome.status == FAILED):
+        return None
+    note = f"W&B failed during the online upload ({outcome.detail}); wrote an offline run instead"
+    return replace(task, settings=s.with_mode("offline"), note=note)
+
+
+def run_pool(
+    tasks: list[Task],
+    jobs: int,
+    base_deadline_s: float,
+    on_outcome: Callable[[Outcome], None],
+) -> None:
+    """Upload every task in at most `jobs` worker processes; each outcome as it comes."""
+    queue = deque(tasks)
+    ctx = multiprocessing.get_context("spawn")  # no inherited SDK state, locks or threads
+    workers: list[_Worker] = []
+
+    def settle(worker: _Worker, outcome: Outcome) -> None:
+        assert worker.busy is not None
+        task = worker.busy.task
+        worker.busy = None
+        retry = _fallback(task, outcome)
+        if retry is not None:
+            queue.appendleft(retry)
+            return
+        if task.note:
+            outcome.detail = f"{outcome.detail} ({task.note})"
+        on_outcome(outcome)
+
+    try:
+        while queue or any(w.busy for w in workers):
+            for worker in workers:
+                if worker.busy is None and queue:
+                    task = queue.popleft()
+                    worker.give(task, deadline_for(task, base_deadline_s))
+            while queue and len(workers) < jobs:
+                worker = _Worker(ctx)
+                workers.append(worker)
+                task = queue.popleft()
+                worker.give(task, deadline_for(task, base_deadline_s))
+            busy = [w for w in workers if w.busy]
+            soonest = min(w.busy.ends_at for w in busy if w.busy)
+            ready = wait([w.conn for w in busy], timeout=max(0.0, soonest - time.monotonic()))
+            for worker in busy:
+                assert worker.busy is not None
+                if worker.conn in ready:
+                    try:
+                        outcome = worker.conn.recv()
+                    except (EOFError, OSError):
+                        worker.process.join(5)
+                        code = worker.process.exitcode
+                        outcome = _failed(worker.busy.task, f"the worker process died (exit code {code})")
+                        workers.remove(worker)
+                        worker.kill()
+                    settle(worker, outcome)
+                elif time.monotonic() >= worker.busy.ends_at:
+                    limit = worker.busy.deadline_s
+                    detail = (
+                        f"did not finish within its deadline of {limit:.0f} s (--deadline); "
+                        "stopped; the next veeksha-upload resumes the same W&B run"
+                    )
+                    outcome = _failed(worker.busy.task, detail)
+                    workers.remove(worker)
+                    worker.kill()
+                    settle(worker, outcome)
+    finally:
+        for worker in workers:
+            if worker.busy:
+                worker.kill()
+            else:
+                worker.stop()
