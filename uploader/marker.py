@@ -19,7 +19,7 @@ from veeksha.shared.jsonio import write_json
 from veeksha.shared.paths import WANDB_RUN_JSON
 from veeksha.uploader.run_files import is_own_file
 
-UPLOAD_FORMAT = 1
+UPLOAD_FORMAT = 2  # 2: the anchor row at step 0; the server left out of the digest
 _CHUNK = 1 << 20
 
 
@@ -39,7 +39,8 @@ class Marker:
     veeksha_run_id: str | None = None
     sync_dir: str | None = None  # offline: the run's folder, relative to the directory
     sync_command: str | None = None
-    settings: dict[str, Any] | None = None  # UploadSettings.marker_identity(): --sync publishes with these
+    settings: dict[str, Any] | None = None  # UploadSettings.identity(): --sync publishes with these
+    base_url: str | None = None  # online: the server it went to
 
 
 def file_sha256(path: Path) -> str:
@@ -78,9 +79,11 @@ def remove_marker(root: Path) -> None:
     (root / WANDB_RUN_JSON).unlink(missing_ok=True)
 
 
-def is_current(marker: Marker | None, root: Path, digest: str, mode: str) -> bool:
-    """Uploaded before, in this mode, from exactly this content and these settings."""
+def is_current(marker: Marker | None, root: Path, digest: str, mode: str, base_url: str) -> bool:
+    """Uploaded before, in this mode (online: to this server), from exactly this content and settings."""
     if marker is None or marker.digest != digest or marker.mode != mode:
+        return False
+    if mode == "online" and marker.base_url not in (None, base_url):
         return False
     if mode == "offline":  # the offline run must still be there to be synced
         return (

@@ -23,6 +23,13 @@ _RUN_QUERY = """query RunResumeStatus($project: String, $entity: String, $name: 
 }"""
 
 
+_ARTIFACTS_QUERY = """query RunOutputArtifacts($entity: String, $project: String!, $runName: String!) {
+  project(name: $project, entityName: $entity) {
+    run(name: $runName) { outputArtifacts(first: 100) { edges { node { state artifactType { name } } } } }
+  }
+}"""
+
+
 class RemoteError(Exception):
     """The server could not say whether the run exists."""
 
@@ -33,25 +40,46 @@ class RemoteRun:
     history_lines: int
 
 
+def _graphql(base_url: str, api_key: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+    try:
+        with httpx.Client(timeout=httpx.Timeout(LOOKUP_TIMEOUT_S, connect=3.0)) as client:
+            resp = client.post(f"{base_url.rstrip('/')}/graphql", json=body, auth=("api", api_key))
+    except httpx.HTTPError as e:
+        raise RemoteError(f"asking W&B at {base_url} for {what} failed ({type(e).__name__})") from None
+    if resp.status_code != 200:
+        raise RemoteError(f"asking W&B at {base_url} for {what}: HTTP {resp.status_code}")
+    try:
+        doc: Any = resp.json()
+    except ValueError:
+        raise RemoteError(f"asking W&B at {base_url} for {what}: the answer is not JSON") from None
+    if not isinstance(doc, dict) or (doc.get("errors") and not doc.get("data")):
+        message = (doc.get("errors") or [{}])[0].get("message") if isinstance(doc, dict) else doc
+        raise RemoteError(f"asking W&B at {base_url} for {what}: {message}")
+    return doc.get("data") or {}
+
+
 def lookup_run(
     base_url: str, api_key: str, entity: str | None, project: str, run_id: str
 ) -> RemoteRun | None:
     """The run with this id in entity/project, or None when the server has none."""
     body = {"query": _RUN_QUERY, "variables": {"project": project, "entity": entity, "name": run_id}}
-    try:
-        with httpx.Client(timeout=httpx.Timeout(LOOKUP_TIMEOUT_S, connect=3.0)) as client:
-            resp = client.post(f"{base_url.rstrip('/')}/graphql", json=body, auth=("api", api_key))
-    except httpx.HTTPError as e:
-        raise RemoteError(f"asking W&B at {base_url} for run {run_id} failed ({type(e).__name__})") from None
-    if resp.status_code != 200:
-        raise RemoteError(f"asking W&B at {base_url} for run {run_id}: HTTP {resp.status_code}")
-    try:
-        doc: Any = resp.json()
-    except ValueError:
-        raise RemoteError(f"asking W&B at {base_url} for run {run_id}: the answer is not JSON") from None
-    if doc.get("errors") and not doc.get("data"):
-        raise RemoteError(f"asking W&B at {base_url} for run {run_id}: {doc['errors'][0].get('message')}")
-    bucket = ((doc.get("data") or {}).get("model") or {}).get("bucket")
+    data = _graphql(base_url, api_key, body, f"run {run_id}")
+    bucket = (data.get("model") or {}).get("bucket")
     if not bucket:
         return None
     return RemoteRun(run_id, int(bucket.get("historyLineCount") or 0))
+
+
+def committed_artifact_types(
+    base_url: str, api_key: str, entity: str | None, project: str, run_id: str
+) -> set[str]:
+    """Types of the artifacts the run logged that were committed (a pending one lacks files)."""
+    body = {"query": _ARTIFACTS_QUERY, "variables": {"project": project, "entity": entity, "runName": run_id}}
+    data = _graphql(base_url, api_key, body, f"the artifacts of run {run_id}")
+    run = (data.get("project") or {}).get("run") or {}
+    edges = (run.get("outputArtifacts") or {}).get("edges") or []
+    return {
+        ((e.get("node") or {}).get("artifactType") or {}).get("name")
+        for e in edges
+        if (e.get("node") or {}).get("state") == "COMMITTED"
+    }

@@ -55,7 +55,9 @@ class UploadSettings:
         return replace(self, mode=mode)
 
     def identity(self) -> dict[str, Any]:
-        """The settings that shape what W&B shows (part of the upload digest; no secret)."""
+        """The settings that shape what W&B shows (part of the upload digest; no secret). The server
+        is not: an offline run and the same run published later have one digest (the marker keeps
+        the server apart, see marker.is_current)."""
         return {
             "project": self.project,
             "entity": self.entity,
@@ -64,12 +66,7 @@ class UploadSettings:
             "notes": self.notes,
             "run_name": self.run_name,
             "log_artifacts": self.log_artifacts,
-            "base_url": self.base_url,
         }
-
-    def marker_identity(self) -> dict[str, Any]:
-        """What the marker keeps so that `--sync` elsewhere publishes the same run (no server, no key)."""
-        return {k: v for k, v in self.identity().items() if k != "base_url"}
 
 
 def marker_layer(saved: Mapping[str, Any] | None, project: str, entity: str | None) -> Layer:

@@ -42,6 +42,7 @@ class RunSpec:
     config: dict[str, Any]
     settings: UploadSettings
     resume_from_start: bool = False  # online re-upload: rewind the existing run to step 0
+    resume_empty: bool = False  # online: the run exists but holds no history yet (continue it)
     stream_interval_s: float | None = None  # follow mode: send history within this many seconds
 
 
@@ -128,7 +129,12 @@ def open_run(spec: RunSpec) -> Iterator[Any]:
     (spec.root / WANDB_DIR).mkdir(exist_ok=True)
     resume: dict[str, Any] = {}
     if s.mode == "online":
-        resume = {"resume_from": f"{spec.run_id}?_step=0"} if spec.resume_from_start else {"resume": "never"}
+        if spec.resume_empty:
+            resume = {"resume": "must"}
+        elif spec.resume_from_start:
+            resume = {"resume_from": f"{spec.run_id}?_step=0"}
+        else:
+            resume = {"resume": "never"}
     saved_data_dir = os.environ.get("WANDB_DATA_DIR")
     # Staging is read from the environment at each call: point it inside this directory.
     os.environ["WANDB_DATA_DIR"] = str(spec.root / WANDB_DIR / STAGING_DIR)
@@ -158,7 +164,7 @@ def open_run(spec: RunSpec) -> Iterator[Any]:
             # new run starts with a row holding no data: fresh or rewound, the run then has this
             # anchor at step 0 and what we log from step 1 on, never a stale first row.
             run.define_metric(ANCHOR, summary="none", hidden=True)
-            if not spec.resume_from_start:
+            if spec.resume_empty or not spec.resume_from_start:
                 run.log({ANCHOR: 0})
             yield run
         except BaseException:

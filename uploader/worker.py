@@ -28,13 +28,18 @@ from veeksha.uploader.marker import (
 )
 from veeksha.uploader.reader import read_run_dir, read_run_info
 from veeksha.uploader.redaction import Redactor
+from veeksha.uploader.remote import RemoteError, RemoteRun, committed_artifact_types, lookup_run
 from veeksha.uploader.run_files import check_directory, is_own_file
 from veeksha.uploader.settings import UploadSettings
 from veeksha.uploader.wandb_session import RunSpec, Uploaded, wandb_run_id
 
 UPLOADED, SKIPPED, FAILED, DRY_RUN = "uploaded", "skipped", "failed", "would upload"
-CREATE, REWIND = "create", "rewind"
+CREATE, REWIND, RESUME = "create", "rewind", "resume"  # RESUME: ours, on the server, no history yet
 PUBLISH_HINT = "veeksha-upload --sync"
+
+
+ARTIFACT_TYPES = {groups.SWEEP_SUMMARY: "veeksha-sweep", groups.CAPSEARCH_SUMMARY: "veeksha-capsearch"}
+RUN_ARTIFACT_TYPE = "veeksha-run"
 
 
 class UploadError(VeekshaError):
@@ -81,6 +86,10 @@ class Plan:
     digest: str
     veeksha_run_id: str | None = None
 
+    @property
+    def artifact_type(self) -> str:
+        return ARTIFACT_TYPES.get(self.kind, RUN_ARTIFACT_TYPE)
+
 
 def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(i for i in items if i))
@@ -125,41 +134,54 @@ def make_plan(
     return Plan(run_id, name, group, tags, kind, files, compute_digest(root, files, identity))
 
 
-def _published_offline(previous: Marker | None, plan: Plan) -> bool:
-    """An offline upload of exactly this content whose run the server now has (`wandb sync` ran)."""
-    return (
+def _published_offline(task: Task, plan: Plan, previous: Marker | None, remote: RemoteRun) -> bool:
+    """An offline upload of exactly this content whose run the server now has whole (`wandb sync`).
+
+    A `wandb sync` run from outside the directory publishes the history but leaves the artifact
+    pending without its files (and exits 0): that run is not complete, and is uploaded again."""
+    s = task.settings
+    assert s is not None
+    if not (
         previous is not None
         and previous.mode == "offline"
         and previous.run_id == plan.run_id
         and previous.digest == plan.digest
-    )
+        and remote.history_lines > 0
+    ):
+        return False
+    if not (s.log_artifacts and plan.files):
+        return True
+    entity = s.entity or task.default_entity
+    types = committed_artifact_types(s.base_url, s.api_key or "", entity, s.project, plan.run_id)
+    return plan.artifact_type in types
 
 
 def choose_start(task: Task, plan: Plan) -> str | Outcome:
-    """CREATE, REWIND (the server has the run and it is ours to replace) or an outcome that ends here.
+    """CREATE, REWIND or RESUME (the server has the run and it is ours to replace), or an outcome.
 
     Asked of the server before `init`, so "already exists" is a path taken on purpose."""
     root, s = task.target.path, task.settings
     assert s is not None
     if s.mode != "online":
         return CREATE
-    from veeksha.uploader.remote import RemoteError, lookup_run
-
     try:
         entity = s.entity or task.default_entity
         remote = lookup_run(s.base_url, s.api_key or "", entity, s.project, plan.run_id)
+        if remote is None:
+            return CREATE
+        previous = read_marker(root)
+        published = not task.force and _published_offline(task, plan, previous, remote)
     except RemoteError as e:
         raise UploadError(str(e)) from None
-    if remote is None:
-        return CREATE
-    previous = read_marker(root)
-    if not task.force and _published_offline(previous, plan) and remote.history_lines > 0:
+    if published:
         assert previous is not None
         from veeksha.uploader import wandb_session as ws
 
         ws.clear_run_folders(root, plan.run_id)  # syncing them again would append a second copy
         url = offline_url(s, previous.entity or task.default_entity, plan.run_id)
-        marker = replace(previous, mode="online", url=url, sync_dir=None, sync_command=None)
+        marker = replace(
+            previous, mode="online", url=url, base_url=s.base_url, sync_dir=None, sync_command=None
+        )
         write_marker(root, marker)
         detail = "already on W&B (its offline run was published); recorded as uploaded"
         return Outcome(str(root), task.target.kind, SKIPPED, detail, plan.run_id, plan.name, url, "online")
@@ -169,7 +191,8 @@ def choose_start(task: Task, plan: Plan) -> str | Outcome:
     if not (task.force or ours):
         why = "already on W&B (uploaded from elsewhere); --force overwrites it"
         return Outcome(str(root), task.target.kind, SKIPPED, why, plan.run_id, plan.name)
-    return REWIND
+    # A rewind keeps the row at step 0: with no history at all, continue the run from step 0 instead.
+    return REWIND if remote.history_lines > 0 else RESUME
 
 
 def begin(root: Path, plan: Plan) -> None:
@@ -202,7 +225,8 @@ def complete(task: Task, plan: Plan, uploaded: Uploaded) -> Outcome:
         veeksha_run_id=plan.veeksha_run_id,
         sync_dir=uploaded.sync_dir if s.mode == "offline" else None,
         sync_command=sync_cmd,
-        settings=s.marker_identity(),
+        settings=s.identity(),
+        base_url=s.base_url if s.mode == "online" else None,
     )
     write_marker(root, marker)
     (root / UPLOAD_PENDING).unlink(missing_ok=True)
@@ -223,7 +247,6 @@ def _upload(
     log: Callable[[Any, Any], None],
     redactor: Redactor,
     replacements: dict[str, bytes],
-    artifact_type: str,
 ) -> Outcome:
     import wandb
     from veeksha.uploader import wandb_session as ws
@@ -234,13 +257,14 @@ def _upload(
     if isinstance(start, Outcome):
         return start
     begin(root, plan)
-    spec = RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, artifact_type, config, s)
+    spec = RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, plan.artifact_type, config, s)
     spec.resume_from_start = start == REWIND  # replace the existing run's history, not append a replay
+    spec.resume_empty = start == RESUME
     try:
         with ws.open_run(spec) as run:
             artifact = None
             if s.log_artifacts and plan.files:
-                artifact = wandb.Artifact(f"{artifact_type}-{plan.run_id}", type=artifact_type)
+                artifact = wandb.Artifact(f"{plan.artifact_type}-{plan.run_id}", type=plan.artifact_type)
                 ws.add_files(artifact, root, plan.files, redactor, replacements)
             log(run, artifact)
             uploaded = ws.uploaded_of(run, root)
@@ -263,7 +287,7 @@ def _skip_or_dry(task: Task, plan: Plan) -> Outcome | None:
     s = task.settings
     assert s is not None
     root = task.target.path
-    if not task.force and is_current(read_marker(root), root, plan.digest, s.mode):
+    if not task.force and is_current(read_marker(root), root, plan.digest, s.mode, s.base_url):
         # Offline usually comes from the config (the demo's), not a choice made now: say how to publish.
         why = (
             "already uploaded offline, unchanged (--mode online uploads it to W&B; --force re-uploads)"
@@ -326,7 +350,6 @@ def process_run(task: Task, redactor: Redactor) -> Outcome:
         lambda run, art: log_run_dir(run, data, redactor, art),
         redactor,
         replacements,
-        "veeksha-run",
     )
     outcome.warnings = data.warnings
     return outcome
@@ -360,7 +383,6 @@ def _process_container(task: Task, redactor: Redactor) -> Outcome:
     replacements: dict[str, bytes] = {}
     if data.config and redactor.tree(data.config) != data.config and "config.yml" in data.files:
         replacements["config.yml"] = yaml.safe_dump(redactor.tree(data.config), sort_keys=False).encode()
-    kind = "veeksha-sweep" if sweep else "veeksha-capsearch"
     outcome = _upload(
         task,
         plan,
@@ -368,7 +390,6 @@ def _process_container(task: Task, redactor: Redactor) -> Outcome:
         lambda run, art: log_container(run, data, redactor, art),
         redactor,
         replacements,
-        kind,
     )
     outcome.warnings = data.warnings
     return outcome

@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.uploader.fake_wandb import FakeWandb
 
 VEEKSHA_UPLOAD = str(Path(sys.executable).parent / "veeksha-upload")
 
@@ -61,3 +64,26 @@ def upload(
 
 def lines_for(stdout: str, status: str) -> list[str]:
     return [line for line in stdout.splitlines() if line.startswith(status)]
+
+
+@pytest.fixture
+def fake_wandb() -> Iterator[FakeWandb]:
+    """A loopback W&B server that remembers runs; the real SDK talks to it (tests/uploader/fake_wandb.py)."""
+    with FakeWandb() as fake:
+        yield fake
+
+
+def online_env(fake: FakeWandb) -> dict[str, str]:
+    return {"WANDB_BASE_URL": fake.base_url, "WANDB_API_KEY": fake.api_key}
+
+
+def local_run_folders(root: Path) -> list[str]:
+    """The SDK's run folders under <dir>/wandb (offline-run-* and run-*)."""
+    wdir = root / "wandb"
+    return sorted(p.name for p in wdir.glob("*run-*") if p.is_dir()) if wdir.is_dir() else []
+
+
+def read_marker_json(root: Path) -> dict:
+    import json
+
+    return json.loads((root / "wandb_run.json").read_text())

@@ -18,6 +18,7 @@ import base64
 import gzip
 import json
 import re
+import sys
 import threading
 import time
 import uuid
@@ -130,7 +131,7 @@ class FakeWandb:
         class Handler(_Handler):
             server_fake = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -463,6 +464,14 @@ class FakeWandb:
         found = {"artifactType": {"name": art.type}} if art else None
         return {"project": {"artifact": found}}
 
+    def _op_RunOutputArtifacts(self, v: dict[str, Any], q: str) -> dict[str, Any]:
+        """The artifacts a run logged, with their state (the public API's `run.logged_artifacts()`)."""
+        run = self._find_run(v.get("entity") or self.entity, v.get("project"), v["runName"])
+        if run is None:
+            return {"project": {"run": None}}
+        edges = [{"node": {"state": a.state, "artifactType": {"name": a.type}}} for a in run.artifacts]
+        return {"project": {"run": {"outputArtifacts": {"edges": edges}}}}
+
     def _op_StopRun(self, v: dict[str, Any], q: str) -> dict[str, Any]:
         return {"stopRun": {"success": True}}
 
@@ -529,6 +538,13 @@ class FakeWandb:
         if target is None:
             return "other"
         return "files" if target[0] == "run" else "artifacts"
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (a killed uploader) is expected here: no traceback on stderr."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _GraphQLError(Exception):

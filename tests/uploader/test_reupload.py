@@ -1,0 +1,190 @@
+"""Uploading a directory whose W&B run the server already has (issue 8 §1).
+
+Every test runs `veeksha-upload` as a real process with the real wandb SDK online against a loopback
+fake W&B server that remembers its runs (fake_wandb.py), or offline with the `.wandb` file read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from veeksha.shared.paths import UPLOAD_PENDING
+from veeksha.uploader.reader import allowed_files
+
+from tests.uploader.builders import RunSpec, build_run
+from tests.uploader.conftest import (
+    Home,
+    lines_for,
+    local_run_folders,
+    online_env,
+    read_marker_json,
+    upload,
+)
+from tests.uploader.fake_wandb import FakeRun, FakeWandb
+from tests.uploader.wandb_records import offline_run_dirs, read_offline_run
+
+WANDB_CLI = str(Path(sys.executable).parent / "wandb")
+
+
+def rows(run: FakeRun) -> list[dict[str, Any]]:
+    """History rows without the SDK's wall-clock keys (they differ between uploads)."""
+    return [{k: v for k, v in r.items() if k not in ("_timestamp", "_runtime")} for r in run.history]
+
+
+def timeseries_rows(run: FakeRun) -> list[dict[str, Any]]:
+    return [r for r in rows(run) if "elapsed_s" in r]
+
+
+def history_shape(run: FakeRun) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    """Each row's keys in step order, and the timeseries rows' values (media rows name files that
+    carry the artifact version, so their values differ between uploads)."""
+    return [sorted(r) for r in rows(run)], timeseries_rows(run)
+
+
+def online(run_dir: Path, home: Home, fake: FakeWandb, *args: str) -> subprocess.CompletedProcess[str]:
+    return upload([str(run_dir), "--mode", "online", *args], home, cwd=run_dir.parent, env=online_env(fake))
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return build_run(tmp_path / "runs", RunSpec(seed=5, seconds=4))
+
+
+def test_new_tag_changed_file_and_force_update_the_same_online_run(
+    run_dir: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    first = online(run_dir, home, fake_wandb)
+    assert first.returncode == 0, first.stderr
+    run_id = read_marker_json(run_dir)["run_id"]
+    original = history_shape(fake_wandb.run(run_id))
+    assert len(timeseries_rows(fake_wandb.run(run_id))) == 4
+
+    again = online(run_dir, home, fake_wandb)
+    assert lines_for(again.stdout, "skipped") and "already uploaded, unchanged" in again.stdout
+
+    retagged = online(run_dir, home, fake_wandb, "--tag", "retagged")
+    assert lines_for(retagged.stdout, "uploaded"), retagged.stdout + retagged.stderr
+    run = fake_wandb.run(run_id)
+    assert run.tags == ["retagged"] and run.rewinds == 1
+    assert history_shape(run) == original  # rewound and replayed: no second copy of the history
+
+    stats_path = run_dir / "metrics" / "summary_stats.json"
+    stats = json.loads(stats_path.read_text())
+    stats["ttfc_p50"] = 123.5
+    stats_path.write_text(json.dumps(stats))
+    changed = online(run_dir, home, fake_wandb, "--tag", "retagged")
+    assert lines_for(changed.stdout, "uploaded"), changed.stdout + changed.stderr
+    assert fake_wandb.run(run_id).summary["ttfc_p50"] == 123.5
+
+    forced = online(run_dir, home, fake_wandb, "--tag", "retagged", "--force")
+    assert lines_for(forced.stdout, "uploaded"), forced.stdout + forced.stderr
+    run = fake_wandb.run(run_id)
+    assert fake_wandb.created == 1 and len(fake_wandb.runs) == 1 and run.rewinds == 3
+    assert run.state == "finished" and history_shape(run) == original
+    assert read_marker_json(run_dir)["run_id"] == run_id
+    assert len(local_run_folders(run_dir)) == 1  # the last attempt's local folder only
+    assert not (run_dir / UPLOAD_PENDING).exists()
+
+
+def test_new_tag_offline_replaces_the_offline_run(run_dir: Path, home: Home) -> None:
+    for tag in ("one", "two"):
+        done = upload([str(run_dir), "--mode", "offline", "--tag", tag], home, cwd=run_dir.parent)
+        assert lines_for(done.stdout, "uploaded"), done.stdout + done.stderr
+    [folder] = offline_run_dirs(run_dir)
+    assert list(read_offline_run(folder).tags) == ["two"]
+    assert local_run_folders(run_dir) == [folder.name]
+
+
+def test_interrupted_online_upload_resumes_onto_its_own_run(
+    run_dir: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    fake_wandb.fail("stall", "file_stream")  # the run is created, then its history never lands
+    stuck = online(run_dir, home, fake_wandb, "--deadline", "6")
+    assert stuck.returncode == 1 and "deadline of 6 s" in stuck.stdout, stuck.stdout + stuck.stderr
+    pending = run_dir / UPLOAD_PENDING
+    run_id = pending.read_text().strip()
+    assert not (run_dir / "wandb_run.json").exists()
+    assert fake_wandb.run(run_id).state != "finished"
+
+    fake_wandb.heal()
+    resumed = online(run_dir, home, fake_wandb)
+    assert lines_for(resumed.stdout, "uploaded"), resumed.stdout + resumed.stderr
+    run = fake_wandb.run(run_id)
+    assert fake_wandb.created == 1 and run.state == "finished"
+    assert [r["_step"] for r in rows(run)] == list(range(len(run.history)))
+    assert len(timeseries_rows(run)) == 4
+    assert read_marker_json(run_dir)["run_id"] == run_id and not pending.exists()
+    assert len(local_run_folders(run_dir)) == 1
+
+
+def wandb_sync(sync_dir: Path, cwd: Path, home: Home, fake: FakeWandb) -> None:
+    done = subprocess.run(
+        [WANDB_CLI, "sync", str(sync_dir)],
+        cwd=cwd,
+        env=home.env({**online_env(fake), "WANDB_ERROR_REPORTING": "false"}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_offline_upload_published_with_wandb_sync_is_recognised(
+    run_dir: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    offline = upload([str(run_dir), "--mode", "offline"], home, cwd=run_dir.parent)
+    assert lines_for(offline.stdout, "uploaded") and "veeksha-upload --sync" in offline.stdout
+    marker = read_marker_json(run_dir)
+    wandb_sync(Path(marker["sync_dir"]), run_dir, home, fake_wandb)  # as the printed command does
+    upserts = fake_wandb.run(marker["run_id"]).upserts
+
+    nightly = online(run_dir, home, fake_wandb)
+    assert "its offline run was published" in nightly.stdout, nightly.stdout + nightly.stderr
+    assert read_marker_json(run_dir)["mode"] == "online"
+    assert not offline_run_dirs(run_dir)  # syncing it again would append a second copy
+    again = online(run_dir, home, fake_wandb)
+    assert "already uploaded, unchanged" in again.stdout
+    assert fake_wandb.created == 1 and fake_wandb.run(marker["run_id"]).upserts == upserts
+
+
+def test_a_publish_that_dropped_the_artifact_files_is_uploaded_again(
+    run_dir: Path, tmp_path: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    upload([str(run_dir), "--mode", "offline"], home, cwd=run_dir.parent)
+    marker = read_marker_json(run_dir)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    wandb_sync(run_dir / marker["sync_dir"], elsewhere, home, fake_wandb)  # from outside the directory
+    [art] = [a for a in fake_wandb.run(marker["run_id"]).artifacts if a.type == "veeksha-run"]
+    assert art.state == "PENDING" and not art.files  # what plain `wandb sync` from elsewhere does
+
+    nightly = online(run_dir, home, fake_wandb)
+    assert lines_for(nightly.stdout, "uploaded"), nightly.stdout + nightly.stderr
+    run = fake_wandb.run(marker["run_id"])
+    committed = [a for a in run.artifacts if a.type == "veeksha-run" and a.state == "COMMITTED"]
+    assert committed and not committed[-1].missing()
+    assert sorted(committed[-1].files) == allowed_files(run_dir)
+    assert fake_wandb.created == 1
+
+
+def test_a_copy_uploaded_from_elsewhere_is_left_alone_unless_forced(
+    run_dir: Path, tmp_path: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    assert online(run_dir, home, fake_wandb).returncode == 0
+    copy = tmp_path / "copy" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    os.remove(copy / "wandb_run.json")
+    shutil.rmtree(copy / "wandb")
+
+    left = online(copy, home, fake_wandb)
+    assert "uploaded from elsewhere" in left.stdout and left.returncode == 0
+    forced = online(copy, home, fake_wandb, "--force")
+    assert lines_for(forced.stdout, "uploaded"), forced.stdout + forced.stderr
+    assert fake_wandb.created == 1
