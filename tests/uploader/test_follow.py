@@ -1,0 +1,279 @@
+"""`veeksha-upload --follow DIR` (issue 8 §5): a live W&B run beside a benchmark that is still writing.
+
+The benchmark is played by the test: it writes run.json (running, with the pid of a stand-in process
+on this host), appends timeseries.csv rows one at a time, then writes the results and the final
+run.json, as the runner does. The follower is a real `veeksha-upload` process with the real wandb SDK,
+online against the loopback fake W&B server, or offline with the `.wandb` file read back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from veeksha.shared.paths import UPLOAD_PENDING, RunPaths
+
+from tests.uploader.builders import RunSpec, build_run
+from tests.uploader.conftest import (
+    VEEKSHA_UPLOAD,
+    Home,
+    lines_for,
+    local_run_folders,
+    make_home,
+    online_env,
+    read_marker_json,
+    upload,
+)
+from tests.uploader.fake_wandb import FakeRun, FakeWandb
+from tests.uploader.wandb_records import OfflineRun, offline_run_dirs, read_offline_run
+
+SECONDS = 8
+
+
+def until(check, within_s: float, what: str, step: float = 0.1) -> Any:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(step)
+    raise AssertionError(f"not within {within_s} s: {what}")
+
+
+class LiveRun:
+    """A run directory written the way the runner writes it, from a finished one built by builders."""
+
+    def __init__(self, tmp_path: Path, seed: int = 7) -> None:
+        self.full = RunPaths(build_run(tmp_path / "built", RunSpec(seed=seed, seconds=SECONDS)))
+        self.paths = RunPaths(tmp_path / "runs" / self.full.root.name)
+        self.paths.make_dirs()
+        self.stand_in = subprocess.Popen(["sleep", "600"])  # the benchmark's process
+        self.info = orjson.loads(self.full.run_json.read_bytes())
+        shutil.copy2(self.full.config_yml, self.paths.config_yml)
+        self.lines = self.full.timeseries_csv.read_text().splitlines(keepends=True)
+        self.paths.timeseries_csv.write_text(self.lines[0])
+        self.written = 1
+        self._write_info(status="running", finished_at=None)
+
+    @property
+    def root(self) -> Path:
+        return self.paths.root
+
+    def _write_info(self, **changes: Any) -> None:
+        info = {**self.info, "host": socket.gethostname(), "pid": self.stand_in.pid, **changes}
+        tmp = self.paths.run_json.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2))
+        tmp.replace(self.paths.run_json)
+
+    def append_row(self) -> bool:
+        if self.written >= len(self.lines):
+            return False
+        with self.paths.timeseries_csv.open("a") as f:
+            f.write(self.lines[self.written])
+        self.written += 1
+        return True
+
+    def finish(self) -> None:
+        """Final status (evaluation runs after it), then the results, then finished_at."""
+        while self.append_row():
+            pass
+        self._write_info(status="completed", finished_at=None)
+        for src in sorted(self.full.root.rglob("*")):
+            dst = self.root / src.relative_to(self.full.root)
+            if src.is_dir():
+                dst.mkdir(exist_ok=True)
+            elif not dst.exists() or src.name not in ("run.json", "timeseries.csv"):
+                shutil.copy2(src, dst)
+        self._write_info(status="completed", finished_at=self.info["finished_at"])
+        self.stop()
+
+    def kill(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.stand_in.poll() is None:
+            self.stand_in.kill()
+            self.stand_in.wait()
+
+
+@pytest.fixture
+def live(tmp_path: Path):
+    run = LiveRun(tmp_path)
+    yield run
+    run.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    return make_home(tmp_path / "home")
+
+
+def start_follower(root: Path, home: Home, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [VEEKSHA_UPLOAD, "--follow", str(root), *args],
+        cwd=root.parent,
+        env=home.env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def created_run_id(fake: FakeWandb) -> str:
+    key = until(lambda: next(iter(fake.runs), None), 30, "the W&B run created")
+    return key[2]
+
+
+def rows(run: FakeRun) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in ("_timestamp", "_runtime")} for r in run.history]
+
+
+def timeseries_rows(run: FakeRun) -> list[dict[str, Any]]:
+    return [r for r in rows(run) if "elapsed_s" in r]
+
+
+def snapshot(run: FakeRun) -> dict[str, Any]:
+    """What a W&B run shows, minus wall-clock keys and the artifact version inside media file names."""
+    summary = {k: v for k, v in run.summary.items() if not k.startswith("_")}
+    media = {k: (v.get("_type") if isinstance(v, dict) else v) for k, v in summary.items()}
+    return {
+        "config": {k: v for k, v in run.config.items() if not k.startswith("_")},
+        "summary": media,
+        "history_keys": [sorted(r) for r in rows(run)],
+        "timeseries": timeseries_rows(run),
+        # every upload logs its tables as new artifact versions: compare what there is, not how often
+        "artifacts": sorted({(a.type, tuple(sorted(a.files)), a.state) for a in run.artifacts}),
+        "tags": sorted(run.tags),
+        "name": run.name,
+        "group": run.group,
+    }
+
+
+def test_follow_streams_history_live_and_finishes_like_a_plain_upload(
+    live: LiveRun, home: Home, fake_wandb: FakeWandb
+) -> None:
+    env = online_env(fake_wandb)
+    follower = start_follower(live.root, home, env, "--mode", "online")
+    try:
+        # The run is created while the benchmark goes, and each row reaches the server shortly after it
+        # is written.
+        run_id = created_run_id(fake_wandb)
+        run = fake_wandb.run(run_id)
+        for _ in range(SECONDS - 2):
+            live.append_row()
+            n = live.written - 1
+            until(lambda n=n: len(timeseries_rows(run)) >= n, 8, f"{n} history rows at the server")
+        assert run.state == "running" and not run.summary.get("run_status")
+        live.finish()
+        out, err = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
+    assert follower.returncode == 0, out + err
+    assert f"View run at {fake_wandb.base_url}" in out or "View run at" in out, out
+    assert lines_for(out, "uploaded"), out
+    assert run.state == "finished" and fake_wandb.created == 1
+    assert run.summary["run_status"] == "completed"
+    assert len(timeseries_rows(run)) == SECONDS
+    [artifact] = [a for a in run.artifacts if a.type == "veeksha-run"]
+    assert artifact.state == "COMMITTED" and artifact.files and not artifact.missing()
+    marker = read_marker_json(live.root)
+    assert marker["run_id"] == run_id and marker["mode"] == "online"
+    assert not (live.root / UPLOAD_PENDING).exists()
+    live_view = snapshot(run)
+
+    # A later plain upload sees it as done; a forced one rewrites the same run with the same content.
+    again = upload([str(live.root), "--mode", "online"], home, live.root.parent, env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "already uploaded, unchanged" in again.stdout, again.stdout
+    forced = upload([str(live.root), "--mode", "online", "--force"], home, live.root.parent, env)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert fake_wandb.created == 1 and [k[2] for k in fake_wandb.runs] == [run_id]
+    assert snapshot(fake_wandb.run(run_id)) == live_view
+    assert len(local_run_folders(live.root)) == 1  # the last attempt's local log only
+
+
+def test_follower_of_a_dead_benchmark_leaves_the_run_resumable(
+    live: LiveRun, home: Home, fake_wandb: FakeWandb
+) -> None:
+    env = online_env(fake_wandb)
+    follower = start_follower(live.root, home, env, "--mode", "online")
+    try:
+        run_id = created_run_id(fake_wandb)
+        live.append_row()
+        live.append_row()
+        until(lambda: len(timeseries_rows(fake_wandb.run(run_id))) >= 2, 8, "2 history rows")
+        live.kill()  # run.json still says running; its process is gone
+        out, err = follower.communicate(timeout=45)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
+    assert follower.returncode == 1, out + err
+    assert "stopped without finishing" in out + err, out + err
+    assert (live.root / UPLOAD_PENDING).read_text().strip() == run_id
+    assert not (live.root / "wandb_run.json").exists()
+
+    # What `veeksha-run evaluate` leaves (a final status and finished_at), then a plain upload: the
+    # same W&B run is completed.
+    live.finish()
+    done = upload([str(live.root), "--mode", "online"], home, live.root.parent, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert lines_for(done.stdout, "uploaded"), done.stdout
+    assert fake_wandb.created == 1 and [k[2] for k in fake_wandb.runs] == [run_id]
+    run = fake_wandb.run(run_id)
+    assert run.state == "finished" and run.summary["run_status"] == "completed"
+    assert len(timeseries_rows(run)) == SECONDS
+    assert read_marker_json(live.root)["run_id"] == run_id
+    assert not (live.root / UPLOAD_PENDING).exists()
+
+
+def test_offline_follow_equals_a_post_hoc_offline_upload(live: LiveRun, home: Home) -> None:
+    follower = start_follower(live.root, home, {}, "--mode", "offline")
+    try:
+        until(lambda: offline_run_dirs(live.root), 30, "the offline run folder")
+        for _ in range(3):
+            live.append_row()
+            time.sleep(0.3)
+        live.finish()
+        out, err = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
+    assert follower.returncode == 0, out + err
+    [folder] = offline_run_dirs(live.root)
+    followed = comparable(read_offline_run(folder))
+    assert followed["history"][-1]["elapsed_s"] == SECONDS - 1
+
+    again = upload([str(live.root), "--mode", "offline"], home, live.root.parent)
+    assert "already uploaded offline, unchanged" in again.stdout, again.stdout
+    forced = upload([str(live.root), "--mode", "offline", "--force"], home, live.root.parent)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    [folder] = offline_run_dirs(live.root)
+    assert comparable(read_offline_run(folder)) == followed
+
+
+def comparable(run: OfflineRun) -> dict[str, Any]:
+    """An offline run minus wall-clock keys and the artifact version inside media file names."""
+    summary = run.user_summary()
+    return {
+        "run_id": run.run.run_id,
+        "tags": run.tags,
+        "config": run.user_config(),
+        "summary": {k: (v.get("_type") if isinstance(v, dict) else v) for k, v in summary.items()},
+        "history_keys": [sorted(k for k in r if k not in ("_timestamp", "_runtime")) for r in run.history],
+        "history": [
+            {k: v for k, v in r.items() if k not in ("_timestamp", "_runtime")}
+            for r in run.history
+            if "elapsed_s" in r
+        ],
+        "artifacts": sorted((a.name, a.type, sorted(a.entries)) for a in run.artifacts),
+        "exit_code": run.exit_code,
+    }
