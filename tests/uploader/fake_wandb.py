@@ -123,6 +123,7 @@ class FakeWandb:
         self._uploads: dict[str, tuple[str, Any, str]] = {}  # token -> (kind, owner, name)
         self._lock = threading.RLock()
         self._fail: tuple[str, str] | None = None
+        self._fail_run: str | None = None
         self._release = threading.Event()
         self._release.set()
         self._closed = False
@@ -154,11 +155,13 @@ class FakeWandb:
                     return run
         raise KeyError(run_id if project is None else f"{project}/{run_id}")
 
-    def fail(self, kind: str, scope: str) -> None:
+    def fail(self, kind: str, scope: str, run_id: str | None = None) -> None:
+        """From now on fail `scope` requests; with `run_id` (file_stream only), only that run's."""
         if kind not in ("500", "stall") or scope not in ("all", "artifacts", "file_stream", "files"):
             raise ValueError(f"unknown failure {kind!r}/{scope!r}")
         with self._lock:
             self._fail = (kind, scope)
+            self._fail_run = run_id
             if kind == "stall":
                 self._release.clear()
 
@@ -177,10 +180,12 @@ class FakeWandb:
         self._thread.join(timeout=2)
 
     # ---- failure injection --------------------------------------------------------------------
-    def _failure_for(self, category: str) -> str | None:
+    def _failure_for(self, category: str, run_id: str | None = None) -> str | None:
         """category: "viewer" | "graphql" | "artifacts" | "file_stream" | "files" | "other"."""
         with self._lock:
             if self._fail is None or category == "viewer":
+                return None
+            if self._fail_run is not None and run_id != self._fail_run:
                 return None
             kind, scope = self._fail
             if scope == "all" or scope == category:
@@ -612,10 +617,10 @@ class _Handler(BaseHTTPRequestHandler):
             return auth[7:] == fake.api_key
         return self.headers.get("x-wandb-api-key") == fake.api_key
 
-    def _maybe_fail(self, category: str) -> bool:
+    def _maybe_fail(self, category: str, run_id: str | None = None) -> bool:
         """True when the request was answered (or dropped) as a failure."""
         fake = self.server_fake
-        kind = fake._failure_for(category)
+        kind = fake._failure_for(category, run_id)
         if kind is None:
             return False
         if kind == "500":
@@ -644,7 +649,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authed():
             self._send(401, {"error": "unauthorized"})
             return
-        if self._maybe_fail("file_stream"):
+        if self._maybe_fail("file_stream", m.group(3)):
             return
         body = json.loads(data or b"{}")
         with fake._lock:
