@@ -7,6 +7,7 @@ after the run directory exists, it ends with a final run.json and every record r
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import subprocess
 import sys
@@ -24,10 +25,17 @@ from veeksha.runner.sessions import make_session_generator
 from veeksha.runner.tokenizer import token_counter
 from veeksha.shared.config import BenchmarkConfig, CommandServerConfig
 from veeksha.shared.errors import ConfigError
+from veeksha.shared.paths import WANDB_DIR
 from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED
 from veeksha.shared.redact import scrub_text
 
 DRIVER_EXIT_WAIT_S = 10.0
+# The live W&B run (`veeksha-upload --follow`): the follower's own limit for finishing the run once the
+# benchmark has ended (plus the directory's size at FOLLOW_SLOWEST_BPS, as the uploader counts it), and
+# how much longer than that the runner waits for it.
+FOLLOW_DEADLINE_S = 300.0
+FOLLOW_SLOWEST_BPS = 1 << 20
+FOLLOW_MARGIN_S = 60.0
 
 
 @dataclass
@@ -57,17 +65,31 @@ def run_benchmark(
     check_server_command(cfg.server)
     ensure_writable(parent_dir)
     server = start_server(cfg.server) if cfg.server is not None else None
+    follower = None
     try:
         resolve_endpoint(cfg, _server_api_base(cfg, server.api_base if server is not None else None))
         run = RunDir(parent_dir, cfg, argv=argv, sweep=sweep, capacity_search=capacity_search)
         print(f"veeksha: run directory {run.root}", flush=True)
+        if cfg.wandb.enabled and wandb_mode(cfg) == "online":
+            follower = start_follower(run.root)
         result = _record_and_evaluate(cfg, run, quiet=quiet)
     finally:
         if server is not None:
             server.stop()
-    if cfg.wandb.enabled:
+    # (Interrupted or failed above: a follower finishes the run from the final run.json on its own.)
+    if follower is not None:
+        result.upload_failed = not wait_for_follower(follower, result.run_dir)
+    elif cfg.wandb.enabled:
         result.upload_failed = not upload(result.run_dir)
     return result
+
+
+def wandb_mode(cfg: BenchmarkConfig) -> str:
+    """WANDB_MODE (or WANDB_DISABLED) beats the config's wandb.mode; online by default (as the uploader)."""
+    if os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
+        return "disabled"
+    mode = os.environ.get("WANDB_MODE") or cfg.wandb.mode or "online"
+    return "offline" if mode == "dryrun" else mode
 
 
 def _server_api_base(cfg: BenchmarkConfig, launched: str | None) -> str | None:
@@ -175,6 +197,63 @@ def _record(cfg: BenchmarkConfig, run: RunDir):
     return result
 
 
+def start_follower(run_dir: Path) -> subprocess.Popen | None:
+    """The live W&B run, in its own process (it inherits WANDB_API_KEY: no secret on its argv).
+
+    Its own session: a Ctrl-C at the terminal interrupts the benchmark, whose final run.json the
+    follower then uploads. None when it cannot start (the run is then uploaded at the end)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "veeksha.uploader",
+        "--follow",
+        str(run_dir),
+        "--deadline",
+        f"{FOLLOW_DEADLINE_S:.0f}",
+    ]
+    print(f"veeksha: live W&B run: veeksha-upload {' '.join(cmd[3:])}", flush=True)
+    try:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+    except OSError as e:
+        print(f"veeksha: could not start the W&B follower ({e}); uploading at the end", file=sys.stderr)
+        return None
+
+
+def wait_for_follower(follower: subprocess.Popen, run_dir: Path) -> bool:
+    """Wait for the follower to finish the W&B run (bounded: its own deadline plus a margin)."""
+    limit = FOLLOW_DEADLINE_S + _dir_bytes(run_dir) / FOLLOW_SLOWEST_BPS + FOLLOW_MARGIN_S
+    try:
+        ok = follower.wait(limit) == 0
+    except subprocess.TimeoutExpired:
+        print(f"veeksha: the W&B follower did not finish within {limit:.0f} s; stopping it", file=sys.stderr)
+        follower.kill()
+        follower.wait()
+        ok = False
+    if not ok:
+        _upload_failed(run_dir)
+    return ok
+
+
+def _dir_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root:
+            dirnames[:] = [d for d in dirnames if d != WANDB_DIR]
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _upload_failed(run_dir: Path) -> None:
+    print(
+        f"veeksha: upload failed; the run's results are unchanged. Retry with: veeksha-upload {run_dir}",
+        file=sys.stderr,
+    )
+
+
 def upload(run_dir: Path) -> bool:
     """Hand the finished directory to the uploader, in its own process (the runner never imports wandb)."""
     cmd = [sys.executable, "-m", "veeksha.uploader", str(run_dir)]
@@ -185,8 +264,5 @@ def upload(run_dir: Path) -> bool:
         print(f"veeksha: could not start the uploader: {e}", file=sys.stderr)
         ok = False
     if not ok:
-        print(
-            f"veeksha: upload failed; the run's results are unchanged. Retry with: veeksha-upload {run_dir}",
-            file=sys.stderr,
-        )
+        _upload_failed(run_dir)
     return ok

@@ -31,6 +31,7 @@ from veeksha.shared.records import RUN_RUNNING
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
 from veeksha.uploader.locks import DirLock, LockBusy
+from veeksha.uploader.pool import SLOWEST_RATE_BPS, directory_bytes
 from veeksha.uploader.reader import Number, RunData, parse_number, read_config, read_run_dir, read_run_info
 from veeksha.uploader.redaction import Redactor
 from veeksha.uploader.settings import Layer
@@ -53,6 +54,7 @@ STREAM_S = 1.0  # the SDK's file-stream interval while following (its default is
 WAIT_FOR_RUN_S = 120.0  # how long to wait for run.json to appear
 DEAD_AFTER_S = 10.0  # same host: the runner's pid gone this long without a final status
 QUIET_AFTER_S = 900.0  # another host: nothing in the directory changed for this long
+NICE = 5  # CPU priority below the benchmark's (the SDK's service process inherits it)
 
 
 class BenchmarkDied(Exception):
@@ -110,7 +112,16 @@ def _pid_alive(pid: Any) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Exited, not yet reaped by its parent (signal 0 still reaches it): as good as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 1 :].split()[:1] == ["Z"]
 
 
 class Watch:
@@ -176,15 +187,16 @@ def _plan(task: Task, info: dict[str, Any], files: list[str]) -> Plan:
     return plan
 
 
-def _watchdog(seconds: float, what: str) -> threading.Timer:
+def _watchdog(seconds: float, root: Path) -> threading.Timer:
     """The SDK retries a failing server for hours: past the deadline, leave (the run stays resumable)."""
 
     def expire() -> None:
         click.echo(
-            f"{PROG}: {what} did not finish within {seconds:.0f} s (--deadline); "
-            "the next veeksha-upload resumes the same W&B run",
+            f"{PROG}: failed {root}: finishing its W&B run did not end within {seconds:.0f} s (--deadline); "
+            f"the run is left resumable: `veeksha-upload {root}` completes it",
             err=True,
         )
+        sys.stderr.flush()
         os._exit(1)
 
     timer = threading.Timer(seconds, expire)
@@ -197,7 +209,14 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
     """Follow one run directory to its end; the outcome a plain upload would have reported."""
     import wandb
     from veeksha.uploader import wandb_session as ws
-    from veeksha.uploader.wandb_run import define_history, history_rows, log_history, log_results, run_config
+    from veeksha.uploader.wandb_run import (
+        define_history,
+        history_rows,
+        log_history,
+        log_results,
+        replacement_files,
+        run_config,
+    )
 
     root, s = task.target.path, task.settings
     assert s is not None
@@ -215,52 +234,66 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
     tail = TimeseriesTail(RunPaths(root).timeseries_csv)
     watch = Watch(root)
     streamed: list[dict[str, Any]] = []
-    with ws.open_run(spec) as run:
-        where = f"View run at {run.url}" if s.mode == "online" else f"offline run in {run.settings.sync_dir}"
-        click.echo(f"{PROG}: following {root}; {where}", nl=True)
-        sys.stdout.flush()
-        define_history(run)
-        while True:
-            rows = [{"elapsed_s": r["elapsed_s"], **_prefixed(r)} for r in tail.read() if "elapsed_s" in r]
-            log_history(run, rows)
-            streamed.extend(rows)
-            info = read_run_info(root)
-            if watch.finished(info):
-                break
-            watch.check_alive(info)
-            time.sleep(POLL_S)
-        timer = _watchdog(deadline_s, f"finishing the W&B run of {root}")
-        data = read_run_dir(root)
-        plan = _plan(task, data.run_info, data.files)
-        final_rows = history_rows(data)
-        rebuilt = tail.replaced or final_rows[: len(streamed)] != streamed
-        if not rebuilt:
-            log_history(run, final_rows[len(streamed) :])
-            artifact = None
-            if s.log_artifacts and plan.files:
-                artifact = wandb.Artifact(f"veeksha-run-{plan.run_id}", type="veeksha-run")
-                from veeksha.uploader.wandb_run import replacement_files
-
-                ws.add_files(artifact, root, plan.files, redactor, replacement_files(data, redactor))
-            log_results(run, data, redactor, artifact)
-        uploaded = ws.uploaded_of(run, root)
-    if rebuilt:  # replace the streamed history: a plain upload rewinds the same run (pending names it)
-        click.echo(f"{PROG}: {TIMESERIES_CSV} was rebuilt at the end; uploading the run again", err=True)
-        outcome = process_run(replace(task, force=True), redactor)  # we hold the directory's lock
-        timer.cancel()
+    timer: threading.Timer | None = None
+    try:
+        with ws.open_run(spec) as run:
+            where = (
+                f"View run at {run.url}" if s.mode == "online" else f"offline run in {run.settings.sync_dir}"
+            )
+            click.echo(f"{PROG}: following {root}; {where}")
+            sys.stdout.flush()
+            define_history(run)
+            try:
+                while True:
+                    rows = [
+                        {"elapsed_s": r["elapsed_s"], **_prefixed(r)} for r in tail.read() if "elapsed_s" in r
+                    ]
+                    log_history(run, rows)
+                    streamed.extend(rows)
+                    info = read_run_info(root)
+                    if watch.finished(info):
+                        break
+                    watch.check_alive(info)
+                    time.sleep(POLL_S)
+            finally:  # finishing (or failing) the run talks to the server: bounded from here on
+                timer = _watchdog(deadline_s + directory_bytes(root) / SLOWEST_RATE_BPS, root)
+            data = read_run_dir(root)
+            plan = _plan(task, data.run_info, data.files)
+            final_rows = history_rows(data)
+            rebuilt = tail.replaced or final_rows[: len(streamed)] != streamed
+            if not rebuilt:
+                log_history(run, final_rows[len(streamed) :])
+                artifact = None
+                if s.log_artifacts and plan.files:
+                    artifact = wandb.Artifact(f"{plan.artifact_type}-{plan.run_id}", type=plan.artifact_type)
+                    ws.add_files(artifact, root, plan.files, redactor, replacement_files(data, redactor))
+                log_results(run, data, redactor, artifact)
+            uploaded = ws.uploaded_of(run, root)
+        if rebuilt:  # replace the streamed history: a plain upload rewinds the same run (pending names it)
+            click.echo(f"{PROG}: {TIMESERIES_CSV} was rebuilt at the end; uploading the run again", err=True)
+            return process_run(replace(task, force=True), redactor)  # we hold the directory's lock
+        if uploaded.sync_dir and s.mode == "offline":
+            uploaded.notes = ws.finish_offline(root, uploaded.sync_dir)
+        outcome = complete(task, plan, uploaded)
+        outcome.warnings = data.warnings
         return outcome
-    if uploaded.sync_dir and s.mode == "offline":
-        uploaded.notes = ws.finish_offline(root, uploaded.sync_dir)
-    outcome = complete(task, plan, uploaded)
-    timer.cancel()
-    outcome.warnings = data.warnings
-    return outcome
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def _prefixed(row: dict[str, Number]) -> dict[str, Number]:
     from veeksha.uploader.wandb_run import HISTORY_PREFIX
 
     return {f"{HISTORY_PREFIX}{k}": v for k, v in row.items() if k != "elapsed_s"}
+
+
+def _be_background() -> None:
+    """The follower shares the load machine with the driver: it must not compete with it for CPU."""
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
 
 
 def follow_dir(path_text: str, env: Layer, flags: Layer, *, fallback_offline: bool, deadline_s: float) -> int:
@@ -272,6 +305,7 @@ def follow_dir(path_text: str, env: Layer, flags: Layer, *, fallback_offline: bo
     if not root.is_dir():
         raise click.UsageError(f"{path_text}: no such directory")
     root = root.resolve()
+    _be_background()
     _wait_for_run_json(root)
     reporter = Reporter(False)
     task = plan_task(Target(groups.RUN, root), env, flags, force=False, dry_run=False)

@@ -1,0 +1,169 @@
+"""`veeksha-run` with W&B online keeps a live W&B run while the benchmark goes (issue 8 §5).
+
+A real `veeksha-run` against the built-in simulated server, `wandb.enabled` and online, pointed at the
+loopback fake W&B server (tests/uploader/fake_wandb.py) through WANDB_BASE_URL / WANDB_API_KEY. The
+runner starts `veeksha-upload --follow` itself; the test watches what reaches the fake while the run
+is still going.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from veeksha.shared.paths import UPLOAD_PENDING, RunPaths
+
+from tests.runner.helpers import VEEKSHA_RUN, run_cli
+from tests.uploader.conftest import Home, make_home, online_env, read_marker_json, upload
+from tests.uploader.fake_wandb import FakeRun, FakeWandb
+
+RUN_S = 10
+
+
+def args(seconds: int = RUN_S) -> list[str]:
+    return [
+        "--server.type",
+        "simulated",
+        "--traffic_scheduler.interval_generator.arrival_rate",
+        "10",
+        "--runtime.benchmark_timeout",
+        str(seconds),
+        "--wandb.enabled",
+        "true",
+        "--wandb.project",
+        "live",
+        "--output_dir",
+        "out",
+    ]
+
+
+def until(check, within_s: float, what: str, step: float = 0.1) -> Any:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(step)
+    raise AssertionError(f"not within {within_s} s: {what}")
+
+
+def start_run(tmp_path: Path, home: Home, fake: FakeWandb, seconds: int = RUN_S) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [VEEKSHA_RUN, *args(seconds)],
+        cwd=tmp_path,
+        env=home.env(online_env(fake)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: the test can kill the whole benchmark
+    )
+
+
+def run_dir_of(tmp_path: Path) -> RunPaths:
+    def found() -> Path | None:
+        dirs = [p for p in (tmp_path / "out").glob("*") if (p / "run.json").is_file()]
+        return dirs[0] if dirs else None
+
+    return RunPaths(until(found, 60, "the run directory"))
+
+
+def status(paths: RunPaths) -> str:
+    return orjson.loads(paths.run_json.read_bytes())["status"]
+
+
+def timeseries_rows(run: FakeRun) -> list[dict[str, Any]]:
+    return [r for r in run.history if "elapsed_s" in r]
+
+
+def only_run(fake: FakeWandb) -> FakeRun:
+    key = until(lambda: next(iter(fake.runs), None), 60, "the W&B run created")
+    return fake.run(key[2])
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    return make_home(tmp_path / "home")
+
+
+@pytest.fixture
+def fake() -> Any:
+    with FakeWandb() as server:
+        yield server
+
+
+def test_history_reaches_wandb_while_the_benchmark_runs(tmp_path: Path, home: Home, fake: FakeWandb) -> None:
+    proc = start_run(tmp_path, home, fake)
+    try:
+        paths = run_dir_of(tmp_path)
+        run = only_run(fake)
+        seen = until(lambda: timeseries_rows(run), 30, "timeseries rows at the fake W&B server")
+        live_status = status(paths)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert seen and live_status == "running"  # rows arrived before the benchmark ended
+    assert proc.returncode == 0, out + err
+    assert "View run at" in out and "live W&B run" in out, out
+    assert "upload failed" not in err, err
+    assert status(paths) == "completed"
+    assert fake.created == 1 and run.state == "finished"
+    assert run.summary["run_status"] == "completed"
+    assert len(timeseries_rows(run)) >= RUN_S - 1
+    [artifact] = [a for a in run.artifacts if a.type == "veeksha-run"]
+    assert artifact.state == "COMMITTED" and not artifact.missing()
+    assert "metrics/timeseries.csv" in artifact.files
+    marker = read_marker_json(paths.root)
+    assert marker["run_id"] == run.run_id and marker["mode"] == "online"
+    assert not (paths.root / UPLOAD_PENDING).exists()
+    # The live run is what a post-hoc upload would have made: a plain upload has nothing to do.
+    again = upload([str(paths.root)], home, tmp_path, online_env(fake))
+    assert "already uploaded, unchanged" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_killed_benchmark_leaves_its_live_run_resumable(tmp_path: Path, home: Home, fake: FakeWandb) -> None:
+    proc = start_run(tmp_path, home, fake, seconds=60)
+    try:
+        paths = run_dir_of(tmp_path)
+        run = only_run(fake)
+        until(lambda: timeseries_rows(run), 30, "timeseries rows at the fake W&B server")
+        os.killpg(proc.pid, signal.SIGKILL)  # runner, driver and simulated server; not the follower
+        # The follower (own session) holds the runner's stdout until it gives up on the dead benchmark.
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert "stopped without finishing" in out + err, out + err
+    assert status(paths) == "running"
+    assert (paths.root / UPLOAD_PENDING).read_text().strip() == run.run_id
+    assert not paths.wandb_run_json.exists()
+
+    evaluated = run_cli(["evaluate", str(paths.root)], cwd=tmp_path, env=home.env())
+    assert evaluated.returncode in (0, 1), evaluated.stdout + evaluated.stderr
+    done = upload([str(paths.root)], home, tmp_path, online_env(fake))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert fake.created == 1 and [k[2] for k in fake.runs] == [run.run_id]
+    assert run.state == "finished" and run.summary["run_status"] == "crashed"
+    assert read_marker_json(paths.root)["run_id"] == run.run_id
+    assert not (paths.root / UPLOAD_PENDING).exists()
+
+
+def test_a_failed_follower_prints_the_retry_line_and_keeps_the_exit_status(
+    tmp_path: Path, home: Home, fake: FakeWandb
+) -> None:
+    env = {**online_env(fake), "WANDB_API_KEY": "x" * 40}  # the fake refuses this key
+    proc = subprocess.run(
+        [VEEKSHA_RUN, *args(2)], cwd=tmp_path, env=home.env(env), capture_output=True, text=True, timeout=90
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    paths = run_dir_of(tmp_path)
+    assert f"Retry with: veeksha-upload {paths.root.relative_to(tmp_path)}\n" in proc.stderr, proc.stderr
+    assert "x" * 40 not in proc.stdout + proc.stderr
+    assert fake.created == 0
