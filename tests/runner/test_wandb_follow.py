@@ -85,9 +85,24 @@ def only_run(fake: FakeWandb) -> FakeRun:
     return fake.run(key[2])
 
 
+def stop_followers(tmp_path: Path) -> None:
+    """A failed test must not leave a follower behind (its own session: killing the benchmark spares it)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if b"--follow" in cmdline and cwd == str(tmp_path):
+            os.kill(int(proc.name), signal.SIGKILL)
+
+
 @pytest.fixture
-def home(tmp_path: Path) -> Home:
-    return make_home(tmp_path / "home")
+def home(tmp_path: Path) -> Any:
+    yield make_home(tmp_path / "home")
+    stop_followers(tmp_path)
 
 
 @pytest.fixture
@@ -127,7 +142,9 @@ def test_history_reaches_wandb_while_the_benchmark_runs(tmp_path: Path, home: Ho
     assert "already uploaded, unchanged" in again.stdout, again.stdout + again.stderr
 
 
-def test_a_killed_benchmark_leaves_its_live_run_resumable(tmp_path: Path, home: Home, fake: FakeWandb) -> None:
+def test_a_killed_benchmark_leaves_its_live_run_resumable(
+    tmp_path: Path, home: Home, fake: FakeWandb
+) -> None:
     proc = start_run(tmp_path, home, fake, seconds=60)
     try:
         paths = run_dir_of(tmp_path)
