@@ -1,6 +1,9 @@
-"""Seconds per directory of an offline `veeksha-upload --recursive` backfill, for several --jobs values.
+"""Seconds per directory of a `veeksha-upload --recursive` backfill, for several --jobs values.
 
-    .venv/bin/python scripts/bench_upload.py [--dirs 50] [--jobs 1,2] [--seconds 60]
+    .venv/bin/python scripts/bench_upload.py [--dirs 50] [--jobs 1,2] [--seconds 60] [--online]
+
+Offline by default; --online uploads to the loopback fake W&B server of the tests (real SDK, real
+HTTP; the fake answers at once, so this measures the uploader and the SDK, not a network).
 
 Builds --dirs run directories (outputs.md layout, --seconds rows of timeseries each, every distribution
 metric with its CSV and PNG) in a temporary folder, then times one real `veeksha-upload` process per
@@ -22,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.uploader.builders import RunSpec, build_run  # noqa: E402
+from tests.uploader.fake_wandb import FakeWandb  # noqa: E402
 
 UPLOAD = str(Path(sys.executable).parent / "veeksha-upload")
 
@@ -37,10 +41,14 @@ def private_env(home: Path) -> dict[str, str]:
     return env
 
 
-def time_backfill(tree: Path, jobs: int, home: Path) -> tuple[float, str]:
-    cmd = [UPLOAD, str(tree), "--recursive", "--mode", "offline", "--jobs", str(jobs)]
+def time_backfill(tree: Path, jobs: int, home: Path, fake: FakeWandb | None) -> tuple[float, str]:
+    mode = "online" if fake else "offline"
+    cmd = [UPLOAD, str(tree), "--recursive", "--mode", mode, "--jobs", str(jobs)]
+    env = private_env(home)
+    if fake:
+        env.update(WANDB_BASE_URL=fake.base_url, WANDB_API_KEY=fake.api_key)
     start = time.perf_counter()
-    result = subprocess.run(cmd, env=private_env(home), capture_output=True, text=True, check=False)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"veeksha-upload failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -52,6 +60,7 @@ def main() -> None:
     ap.add_argument("--dirs", type=int, default=50)
     ap.add_argument("--jobs", default="1,2", help="comma-separated --jobs values")
     ap.add_argument("--seconds", type=int, default=60, help="timeseries rows per run directory")
+    ap.add_argument("--online", action="store_true", help="upload to a loopback fake W&B server")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp:
         base = Path(tmp)
@@ -65,7 +74,12 @@ def main() -> None:
             shutil.copytree(template, tree)
             home = base / f"home-{jobs}"
             home.mkdir()
-            elapsed, summary = time_backfill(tree, jobs, home)
+            if args.online:
+                with FakeWandb() as fake:
+                    elapsed, summary = time_backfill(tree, jobs, home, fake)
+                    summary += f"; the fake holds {len(fake.runs)} runs"
+            else:
+                elapsed, summary = time_backfill(tree, jobs, home, None)
             per_dir = elapsed / args.dirs
             line = f"--jobs {jobs}: {elapsed:6.1f} s total, {per_dir:.3f} s per directory"
             print(f"{line}  ({summary})", flush=True)
