@@ -133,7 +133,8 @@ class Watch:
         self.last_stamp: tuple[float, ...] = ()
         self.gone_since: float | None = None
 
-    def finished(self, info: dict[str, Any]) -> bool:
+    @staticmethod
+    def finished(info: dict[str, Any]) -> bool:
         return info.get("status") != RUN_RUNNING and bool(info.get("finished_at"))
 
     def check_alive(self, info: dict[str, Any]) -> None:
@@ -221,6 +222,8 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
     root, s = task.target.path, task.settings
     assert s is not None
     info = read_run_info(root)
+    if Watch.finished(info):  # nothing left to follow: the plain upload (which skips it when done)
+        return process_run(task, redactor)
     plan = _plan(task, info, [])
     start = choose_start(task, plan)
     if isinstance(start, Outcome):

@@ -78,11 +78,26 @@ class LiveRun:
         self.written += 1
         return True
 
-    def finish(self) -> None:
-        """Final status (evaluation runs after it), then the results, then finished_at."""
+    def finish(self, rebuilt: bool = False) -> None:
+        """Final status (evaluation runs after it), then the results, then finished_at.
+
+        `rebuilt`: evaluation rewrites timeseries.csv (as after recovering lost records), each row's
+        `completed` one higher than what was streamed."""
         while self.append_row():
             pass
         self._write_info(status="completed", finished_at=None)
+        if rebuilt:
+            header, *body = self.lines
+            cols = header.strip().split(",")
+            at = cols.index("completed")
+            fixed = []
+            for line in body:
+                cells = line.rstrip("\n").split(",")
+                cells[at] = str(int(cells[at]) + 1)
+                fixed.append(",".join(cells) + "\n")
+            tmp = self.paths.timeseries_csv.with_suffix(".tmp")
+            tmp.write_text(header + "".join(fixed))
+            tmp.replace(self.paths.timeseries_csv)
         for src in sorted(self.full.root.rglob("*")):
             dst = self.root / src.relative_to(self.full.root)
             if src.is_dir():
@@ -234,6 +249,32 @@ def test_follower_of_a_dead_benchmark_leaves_the_run_resumable(
     assert not (live.root / UPLOAD_PENDING).exists()
 
 
+def test_a_timeseries_rebuilt_at_the_end_replaces_the_streamed_history(
+    live: LiveRun, home: Home, fake_wandb: FakeWandb
+) -> None:
+    follower = start_follower(live.root, home, online_env(fake_wandb), "--mode", "online")
+    try:
+        run = fake_wandb.run(created_run_id(fake_wandb))
+        for _ in range(3):
+            live.append_row()
+        until(lambda: len(timeseries_rows(run)) >= 3, 8, "3 history rows at the server")
+        live.finish(rebuilt=True)
+        out, err = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
+    assert follower.returncode == 0, out + err
+    assert "was rebuilt at the end" in err, err
+    assert fake_wandb.created == 1 and run.state == "finished"
+    completed = [r["timeseries/completed"] for r in timeseries_rows(run)]
+    expected = [int(line.split(",")[2]) for line in live.paths.timeseries_csv.read_text().splitlines()[1:]]
+    assert completed == expected
+    assert read_marker_json(live.root)["run_id"] == run.run_id
+    again = upload([str(live.root), "--mode", "online"], home, live.root.parent, online_env(fake_wandb))
+    assert "already uploaded, unchanged" in again.stdout, again.stdout
+
+
 def test_offline_follow_equals_a_post_hoc_offline_upload(live: LiveRun, home: Home) -> None:
     follower = start_follower(live.root, home, {}, "--mode", "offline")
     try:
@@ -277,3 +318,16 @@ def comparable(run: OfflineRun) -> dict[str, Any]:
         "artifacts": sorted((a.name, a.type, sorted(a.entries)) for a in run.artifacts),
         "exit_code": run.exit_code,
     }
+
+
+def test_following_a_finished_run_is_a_plain_upload(
+    tmp_path: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    root = build_run(tmp_path / "runs", RunSpec(seed=9, seconds=3))
+    env = online_env(fake_wandb)
+    first = upload(["--follow", str(root), "--mode", "online"], home, root.parent, env)
+    assert first.returncode == 0 and lines_for(first.stdout, "uploaded"), first.stdout + first.stderr
+    second = upload(["--follow", str(root), "--mode", "online"], home, root.parent, env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "already uploaded, unchanged" in second.stdout, second.stdout
+    assert fake_wandb.created == 1
