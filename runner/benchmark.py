@@ -24,17 +24,14 @@ from veeksha.runner.server_launcher import check_server_command, start_server
 from veeksha.runner.sessions import make_session_generator
 from veeksha.runner.tokenizer import token_counter
 from veeksha.shared.config import BenchmarkConfig, CommandServerConfig
+from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
 from veeksha.shared.errors import ConfigError
-from veeksha.shared.paths import WANDB_DIR
 from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED
 from veeksha.shared.redact import scrub_text
 
 DRIVER_EXIT_WAIT_S = 10.0
-# The live W&B run (`veeksha-upload --follow`): the follower's own limit for finishing the run once the
-# benchmark has ended (plus the directory's size at FOLLOW_SLOWEST_BPS, as the uploader counts it), and
-# how much longer than that the runner waits for it.
-FOLLOW_DEADLINE_S = 300.0
-FOLLOW_SLOWEST_BPS = 1 << 20
+# The live W&B run (`veeksha-upload --follow`): the runner waits for the follower its own deadline
+# (shared.deadlines) and this much longer.
 FOLLOW_MARGIN_S = 60.0
 
 
@@ -209,7 +206,7 @@ def start_follower(run_dir: Path) -> subprocess.Popen | None:
         "--follow",
         str(run_dir),
         "--deadline",
-        f"{FOLLOW_DEADLINE_S:.0f}",
+        f"{DEFAULT_DEADLINE_S:.0f}",
     ]
     print(f"veeksha: live W&B run: veeksha-upload {' '.join(cmd[3:])}", flush=True)
     try:
@@ -221,7 +218,7 @@ def start_follower(run_dir: Path) -> subprocess.Popen | None:
 
 def wait_for_follower(follower: subprocess.Popen, run_dir: Path) -> bool:
     """Wait for the follower to finish the W&B run (bounded: its own deadline plus a margin)."""
-    limit = FOLLOW_DEADLINE_S + _dir_bytes(run_dir) / FOLLOW_SLOWEST_BPS + FOLLOW_MARGIN_S
+    limit = upload_deadline_s(run_dir) + FOLLOW_MARGIN_S
     try:
         ok = follower.wait(limit) == 0
     except subprocess.TimeoutExpired:
@@ -232,19 +229,6 @@ def wait_for_follower(follower: subprocess.Popen, run_dir: Path) -> bool:
     if not ok:
         _upload_failed(run_dir)
     return ok
-
-
-def _dir_bytes(root: Path) -> int:
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == root:
-            dirnames[:] = [d for d in dirnames if d != WANDB_DIR]
-        for name in filenames:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def _upload_failed(run_dir: Path) -> None:

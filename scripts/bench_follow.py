@@ -11,7 +11,6 @@ history row arrives. Latency per row = arrival at the fake - appearance in the f
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.uploader.conftest import make_home  # noqa: E402
 from tests.uploader.fake_wandb import FakeWandb  # noqa: E402
 
 VEEKSHA_RUN = str(Path(sys.executable).parent / "veeksha-run")
@@ -81,16 +81,7 @@ def main() -> None:
         work = Path(tmp)
         home = work / "home"
         home.mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "OPENAI_"))}
-        env.update(
-            HOME=str(home),
-            XDG_CACHE_HOME=str(home / ".cache"),
-            XDG_CONFIG_HOME=str(home / ".config"),
-            XDG_DATA_HOME=str(home / ".local" / "share"),
-            NETRC=str(home / ".netrc"),
-            WANDB_BASE_URL=fake.base_url,
-            WANDB_API_KEY=fake.api_key,
-        )
+        env = make_home(home).env({"WANDB_BASE_URL": fake.base_url, "WANDB_API_KEY": fake.api_key})
         cmd = [
             VEEKSHA_RUN,
             "--server.type",

@@ -16,11 +16,13 @@ import sys
 from dataclasses import replace
 
 import click
+from veeksha.shared.deadlines import DEFAULT_DEADLINE_S
 from veeksha.shared.errors import UsageError, VeekshaError
+from veeksha.shared.paths import CONFIG_YML
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target, discover
 from veeksha.uploader.marker import read_marker
-from veeksha.uploader.pool import DEFAULT_DEADLINE_S, run_pool
+from veeksha.uploader.pool import run_pool
 from veeksha.uploader.probe import netrc_api_key, probe
 from veeksha.uploader.reader import read_config
 from veeksha.uploader.report import Reporter
@@ -44,7 +46,7 @@ with. --follow DIR runs beside a benchmark and keeps its W&B run live while it g
 
 def _config_of(target: Target) -> dict:
     if target.kind == groups.RUN:
-        return read_config(target.path / "config.yml")
+        return read_config(target.path / CONFIG_YML)
     return groups.container_config(target.path)
 
 
@@ -54,7 +56,7 @@ def plan_task(
     """The settings of one target. `publish` (--sync): the offline upload's own settings, then online."""
     try:
         config = _config_of(target)
-        cfg_layer = config_layer(groups.wandb_section(config), str(target.path / "config.yml"))
+        cfg_layer = config_layer(groups.wandb_section(config), str(target.path / CONFIG_YML))
     except VeekshaError as e:
         return Task(target, None, force, dry_run, error=str(e))
     layers = [cfg_layer, env]

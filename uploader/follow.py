@@ -25,17 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import click
+from veeksha.shared.deadlines import upload_deadline_s
 from veeksha.shared.errors import VeekshaError
 from veeksha.shared.paths import RUN_JSON, TIMESERIES_CSV, RunPaths
 from veeksha.shared.records import RUN_RUNNING
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
 from veeksha.uploader.locks import DirLock, LockBusy
-from veeksha.uploader.pool import SLOWEST_RATE_BPS, directory_bytes
 from veeksha.uploader.reader import Number, RunData, parse_number, read_config, read_run_dir, read_run_info
 from veeksha.uploader.redaction import Redactor
 from veeksha.uploader.settings import Layer
 from veeksha.uploader.worker import (
+    RESUME,
     REWIND,
     Outcome,
     Plan,
@@ -233,6 +234,7 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
     config = run_config(early, redactor, groups.run_context(root, info).kind)
     spec = ws.RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, "veeksha-run", config, s)
     spec.resume_from_start = start == REWIND
+    spec.resume_empty = start == RESUME
     spec.stream_interval_s = STREAM_S
     tail = TimeseriesTail(RunPaths(root).timeseries_csv)
     watch = Watch(root)
@@ -259,7 +261,7 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
                     watch.check_alive(info)
                     time.sleep(POLL_S)
             finally:  # finishing (or failing) the run talks to the server: bounded from here on
-                timer = _watchdog(deadline_s + directory_bytes(root) / SLOWEST_RATE_BPS, root)
+                timer = _watchdog(upload_deadline_s(root, deadline_s), root)
             data = read_run_dir(root)
             plan = _plan(task, data.run_info, data.files)
             final_rows = history_rows(data)

@@ -13,7 +13,6 @@ A worker imports wandb and starts the SDK service once and then uploads many dir
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 import time
 from collections import deque
@@ -21,34 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 
-from veeksha.shared.paths import WANDB_DIR
+from veeksha.shared.deadlines import upload_deadline_s
 from veeksha.uploader.worker import FAILED, Outcome, Task, run_task
-
-DEFAULT_DEADLINE_S = 300.0  # per directory, plus the time its files need at the slowest rate below
-SLOWEST_RATE_BPS = 1 << 20  # 1 MiB/s: a backfill over a slow link still finishes big directories
-
-
-def directory_bytes(root: Path) -> int:
-    """Bytes of the directory's own regular files (what an upload can read), without wandb/."""
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == root:
-            dirnames[:] = [d for d in dirnames if d != WANDB_DIR]
-        for name in filenames:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            if (st.st_mode & 0o170000) == 0o100000:  # regular file
-                total += st.st_size
-    return total
 
 
 def deadline_for(task: Task, base_s: float) -> float:
-    """Seconds this directory may take: the base, plus its size at SLOWEST_RATE_BPS."""
-    return base_s + directory_bytes(task.target.path) / SLOWEST_RATE_BPS
+    return upload_deadline_s(task.target.path, base_s)
 
 
 def _serve(conn: Connection) -> None:

@@ -17,7 +17,6 @@ from veeksha.shared.schema import build
 
 DEFAULT_PROJECT = "veeksha"
 DEFAULT_BASE_URL = "https://api.wandb.ai"
-MODES = ("online", "offline", "disabled")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """One W&B run at a time, every setting explicit, everything inside `<dir>/wandb/`.
 
-A worker process uploads many directories in turn, so nothing here relies on the environment the
-SDK read at import: mode, ids, project, console capture, staging directory are passed per run.
+A worker process uploads many directories in turn and the SDK reads its environment once, so mode,
+ids, project, server and console capture are passed to `wandb.init` per run. The staging directory
+is the exception: the SDK reads WANDB_DATA_DIR at each call, so `open_run` sets it per run.
 """
 
 from __future__ import annotations

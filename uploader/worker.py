@@ -13,7 +13,8 @@ from typing import Any
 
 from veeksha.shared.errors import VeekshaError
 from veeksha.shared.jsonio import write_atomic
-from veeksha.shared.paths import UPLOAD_PENDING
+from veeksha.shared.paths import CONFIG_YML, UPLOAD_PENDING
+from veeksha.shared.records import RUN_RUNNING
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
 from veeksha.uploader.locks import DirLock, LockBusy
@@ -240,24 +241,27 @@ def complete(task: Task, plan: Plan, uploaded: Uploaded) -> Outcome:
     return Outcome(str(root), kind, UPLOADED, detail, plan.run_id, plan.name, url, s.mode, sync_cmd)
 
 
-def _upload(
-    task: Task,
-    plan: Plan,
-    config: dict[str, Any],
-    log: Callable[[Any, Any], None],
-    redactor: Redactor,
-    replacements: dict[str, bytes],
-) -> Outcome:
+@dataclass
+class Job:
+    """One target ready for its W&B session: what to create and how to fill it."""
+
+    task: Task
+    plan: Plan
+    config: dict[str, Any]  # the W&B run config, already redacted
+    log: Callable[[Any, Any], None]  # (open run, artifact or None) -> logs history, media, summary
+    redactor: Redactor
+    replacements: dict[str, bytes]  # scrubbed stand-ins for files that held a secret
+    warnings: list[str] = field(default_factory=list)  # files left out, and why
+
+
+def _session(job: Job, start: str) -> Uploaded:
+    """The single SDK session of an upload: open (create, rewind or continue), log, finish."""
     import wandb
     from veeksha.uploader import wandb_session as ws
 
-    root, s = task.target.path, task.settings
+    plan, s, root = job.plan, job.task.settings, job.task.target.path
     assert s is not None
-    start = choose_start(task, plan)
-    if isinstance(start, Outcome):
-        return start
-    begin(root, plan)
-    spec = RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, plan.artifact_type, config, s)
+    spec = RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, plan.artifact_type, job.config, s)
     spec.resume_from_start = start == REWIND  # replace the existing run's history, not append a replay
     spec.resume_empty = start == RESUME
     try:
@@ -265,14 +269,26 @@ def _upload(
             artifact = None
             if s.log_artifacts and plan.files:
                 artifact = wandb.Artifact(f"{plan.artifact_type}-{plan.run_id}", type=plan.artifact_type)
-                ws.add_files(artifact, root, plan.files, redactor, replacements)
-            log(run, artifact)
+                ws.add_files(artifact, root, plan.files, job.redactor, job.replacements)
+            job.log(run, artifact)
             uploaded = ws.uploaded_of(run, root)
     except ws.AlreadyExists:
         raise UploadError("another upload created this W&B run meanwhile; run veeksha-upload again") from None
     if uploaded.sync_dir and s.mode == "offline":
         uploaded.notes = ws.finish_offline(root, uploaded.sync_dir)
-    return complete(task, plan, uploaded)
+    return uploaded
+
+
+def upload_job(job: Job) -> Outcome:
+    """Ask the server (online), mark the upload pending, run the SDK session, record the result."""
+    start = choose_start(job.task, job.plan)
+    if isinstance(start, Outcome):
+        outcome = start
+    else:
+        begin(job.task.target.path, job.plan)
+        outcome = complete(job.task, job.plan, _session(job, start))
+    outcome.warnings = job.warnings
+    return outcome
 
 
 def offline_url(s: UploadSettings, entity: str | None, run_id: str) -> str | None:
@@ -316,13 +332,13 @@ def _skip_or_dry(task: Task, plan: Plan) -> Outcome | None:
     return None
 
 
-def process_run(task: Task, redactor: Redactor) -> Outcome:
+def _run_job(task: Task, redactor: Redactor) -> Job | Outcome:
     from veeksha.uploader.wandb_run import log_run_dir, replacement_files, run_config
 
     root, s = task.target.path, task.settings
     assert s is not None
     info = read_run_info(root)
-    if info["status"] == "running":
+    if info["status"] == RUN_RUNNING:
         why = f"still running (if its process died, `veeksha-run evaluate {root}` marks it crashed)"
         return Outcome(str(root), task.target.kind, SKIPPED, why)
     data = read_run_dir(root)
@@ -341,21 +357,23 @@ def process_run(task: Task, redactor: Redactor) -> Outcome:
     if (early := _skip_or_dry(task, plan)) is not None:
         early.warnings = data.warnings
         return early
-    config = run_config(data, redactor, ctx.kind)
-    replacements = replacement_files(data, redactor)
-    outcome = _upload(
+    return Job(
         task,
         plan,
-        config,
+        run_config(data, redactor, ctx.kind),
         lambda run, art: log_run_dir(run, data, redactor, art),
         redactor,
-        replacements,
+        replacement_files(data, redactor),
+        data.warnings,
     )
-    outcome.warnings = data.warnings
-    return outcome
 
 
-def _process_container(task: Task, redactor: Redactor) -> Outcome:
+def process_run(task: Task, redactor: Redactor) -> Outcome:
+    job = _run_job(task, redactor)
+    return job if isinstance(job, Outcome) else upload_job(job)
+
+
+def _container_job(task: Task, redactor: Redactor) -> Job | Outcome:
     import yaml
     from veeksha.uploader.wandb_summary import log_container, summary_config
 
@@ -379,20 +397,23 @@ def _process_container(task: Task, redactor: Redactor) -> Outcome:
     if (early := _skip_or_dry(task, plan)) is not None:
         early.warnings = data.warnings
         return early
-    config = summary_config(data, redactor)
     replacements: dict[str, bytes] = {}
-    if data.config and redactor.tree(data.config) != data.config and "config.yml" in data.files:
-        replacements["config.yml"] = yaml.safe_dump(redactor.tree(data.config), sort_keys=False).encode()
-    outcome = _upload(
+    if data.config and redactor.tree(data.config) != data.config and CONFIG_YML in data.files:
+        replacements[CONFIG_YML] = yaml.safe_dump(redactor.tree(data.config), sort_keys=False).encode()
+    return Job(
         task,
         plan,
-        config,
+        summary_config(data, redactor),
         lambda run, art: log_container(run, data, redactor, art),
         redactor,
         replacements,
+        data.warnings,
     )
-    outcome.warnings = data.warnings
-    return outcome
+
+
+def _process_container(task: Task, redactor: Redactor) -> Outcome:
+    job = _container_job(task, redactor)
+    return job if isinstance(job, Outcome) else upload_job(job)
 
 
 def run_task(task: Task) -> Outcome:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from veeksha.shared.paths import UPLOAD_PENDING, RunPaths
 
 from tests.runner.helpers import VEEKSHA_RUN, run_cli
-from tests.uploader.conftest import Home, make_home, online_env, read_marker_json, upload
+from tests.uploader.conftest import Home, make_home, online_env, read_marker_json, until, upload
 from tests.uploader.fake_wandb import FakeRun, FakeWandb
 
 RUN_S = 10
@@ -41,15 +40,6 @@ def args(seconds: int = RUN_S) -> list[str]:
         "--output_dir",
         "out",
     ]
-
-
-def until(check, within_s: float, what: str, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(step)
-    raise AssertionError(f"not within {within_s} s: {what}")
 
 
 def start_run(tmp_path: Path, home: Home, fake: FakeWandb, seconds: int = RUN_S) -> subprocess.Popen[str]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +89,13 @@ def read_marker_json(root: Path) -> dict:
     import json
 
     return json.loads((root / "wandb_run.json").read_text())
+
+
+def until(check: Callable[[], Any], within_s: float, what: str, step: float = 0.1) -> Any:
+    """Poll `check` until it returns something truthy (returned); fail naming `what` after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(step)
+    raise AssertionError(f"not within {within_s} s: {what}")

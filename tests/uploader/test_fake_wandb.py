@@ -7,7 +7,6 @@ WANDB_BASE_URL / WANDB_API_KEY; the test then asserts on what the fake remembers
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.uploader.conftest import make_home, online_env
 from tests.uploader.fake_wandb import FakeWandb
 
 SETTINGS = (
@@ -106,17 +106,7 @@ def sdk(fake: FakeWandb, tmp_path: Path, body: str, *args: str, timeout: float =
     work = tmp_path / "work"
     for d in (home, work):
         d.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(
-        HOME=str(home),
-        XDG_CACHE_HOME=str(home / ".cache"),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_DATA_HOME=str(home / ".local" / "share"),
-        NETRC=str(home / ".netrc"),
-        WANDB_BASE_URL=fake.base_url,
-        WANDB_API_KEY=fake.api_key,
-        WANDB_ERROR_REPORTING="false",
-    )
+    env = make_home(home).env({**online_env(fake), "WANDB_ERROR_REPORTING": "false"})
     script = PRELUDE + textwrap.dedent(body)
     proc = subprocess.run(
         [sys.executable, "-c", script, str(work), *args],

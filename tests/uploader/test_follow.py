@@ -12,6 +12,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +30,13 @@ from tests.uploader.conftest import (
     make_home,
     online_env,
     read_marker_json,
+    until,
     upload,
 )
 from tests.uploader.fake_wandb import FakeRun, FakeWandb
 from tests.uploader.wandb_records import OfflineRun, offline_run_dirs, read_offline_run
 
 SECONDS = 8
-
-
-def until(check, within_s: float, what: str, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(step)
-    raise AssertionError(f"not within {within_s} s: {what}")
 
 
 class LiveRun:
@@ -128,8 +122,10 @@ def home(tmp_path: Path) -> Home:
     return make_home(tmp_path / "home")
 
 
-def start_follower(root: Path, home: Home, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+@contextmanager
+def following(root: Path, home: Home, env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`veeksha-upload --follow ROOT` as a real process; killed if the test leaves it running."""
+    follower = subprocess.Popen(
         [VEEKSHA_UPLOAD, "--follow", str(root), *args],
         cwd=root.parent,
         env=home.env(env),
@@ -137,6 +133,12 @@ def start_follower(root: Path, home: Home, env: dict[str, str], *args: str) -> s
         stderr=subprocess.PIPE,
         text=True,
     )
+    try:
+        yield follower
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
 
 
 def created_run_id(fake: FakeWandb) -> str:
@@ -173,8 +175,7 @@ def test_follow_streams_history_live_and_finishes_like_a_plain_upload(
     live: LiveRun, home: Home, fake_wandb: FakeWandb
 ) -> None:
     env = online_env(fake_wandb)
-    follower = start_follower(live.root, home, env, "--mode", "online")
-    try:
+    with following(live.root, home, env, "--mode", "online") as follower:
         # The run is created while the benchmark goes, and each row reaches the server shortly after it
         # is written.
         run_id = created_run_id(fake_wandb)
@@ -186,10 +187,6 @@ def test_follow_streams_history_live_and_finishes_like_a_plain_upload(
         assert run.state == "running" and not run.summary.get("run_status")
         live.finish()
         out, err = follower.communicate(timeout=60)
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.communicate()
     assert follower.returncode == 0, out + err
     assert f"View run at {fake_wandb.base_url}" in out or "View run at" in out, out
     assert lines_for(out, "uploaded"), out
@@ -218,18 +215,13 @@ def test_follower_of_a_dead_benchmark_leaves_the_run_resumable(
     live: LiveRun, home: Home, fake_wandb: FakeWandb
 ) -> None:
     env = online_env(fake_wandb)
-    follower = start_follower(live.root, home, env, "--mode", "online")
-    try:
+    with following(live.root, home, env, "--mode", "online") as follower:
         run_id = created_run_id(fake_wandb)
         live.append_row()
         live.append_row()
         until(lambda: len(timeseries_rows(fake_wandb.run(run_id))) >= 2, 8, "2 history rows")
         live.kill()  # run.json still says running; its process is gone
         out, err = follower.communicate(timeout=45)
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.communicate()
     assert follower.returncode == 1, out + err
     assert "stopped without finishing" in out + err, out + err
     assert (live.root / UPLOAD_PENDING).read_text().strip() == run_id
@@ -252,18 +244,13 @@ def test_follower_of_a_dead_benchmark_leaves_the_run_resumable(
 def test_a_timeseries_rebuilt_at_the_end_replaces_the_streamed_history(
     live: LiveRun, home: Home, fake_wandb: FakeWandb
 ) -> None:
-    follower = start_follower(live.root, home, online_env(fake_wandb), "--mode", "online")
-    try:
+    with following(live.root, home, online_env(fake_wandb), "--mode", "online") as follower:
         run = fake_wandb.run(created_run_id(fake_wandb))
         for _ in range(3):
             live.append_row()
         until(lambda: len(timeseries_rows(run)) >= 3, 8, "3 history rows at the server")
         live.finish(rebuilt=True)
         out, err = follower.communicate(timeout=60)
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.communicate()
     assert follower.returncode == 0, out + err
     assert "was rebuilt at the end" in err, err
     assert fake_wandb.created == 1 and run.state == "finished"
@@ -276,18 +263,13 @@ def test_a_timeseries_rebuilt_at_the_end_replaces_the_streamed_history(
 
 
 def test_offline_follow_equals_a_post_hoc_offline_upload(live: LiveRun, home: Home) -> None:
-    follower = start_follower(live.root, home, {}, "--mode", "offline")
-    try:
+    with following(live.root, home, {}, "--mode", "offline") as follower:
         until(lambda: offline_run_dirs(live.root), 30, "the offline run folder")
         for _ in range(3):
             live.append_row()
             time.sleep(0.3)
         live.finish()
         out, err = follower.communicate(timeout=60)
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.communicate()
     assert follower.returncode == 0, out + err
     [folder] = offline_run_dirs(live.root)
     followed = comparable(read_offline_run(folder))
