@@ -18,16 +18,12 @@ from dataclasses import replace
 import click
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S
 from veeksha.shared.errors import UsageError, VeekshaError
-from veeksha.shared.paths import CONFIG_YML
-from veeksha.uploader import groups
-from veeksha.uploader.discovery import Target, discover
-from veeksha.uploader.marker import read_marker
+from veeksha.uploader.discovery import discover
+from veeksha.uploader.planning import check_online, offline_uploads, plan_task, secrets_of
 from veeksha.uploader.pool import run_pool
-from veeksha.uploader.probe import netrc_api_key, probe
-from veeksha.uploader.reader import read_config
 from veeksha.uploader.report import Reporter
-from veeksha.uploader.settings import Layer, config_layer, env_layer, marker_layer, resolve
-from veeksha.uploader.worker import SKIPPED, Outcome, Task, run_task
+from veeksha.uploader.settings import Layer, env_layer
+from veeksha.uploader.worker import run_task
 
 PROG = "veeksha-upload"
 HELP = """Upload Veeksha output directories to Weights & Biases.
@@ -44,66 +40,8 @@ with. --follow DIR runs beside a benchmark and keeps its W&B run live while it g
 """
 
 
-def _config_of(target: Target) -> dict:
-    if target.kind == groups.RUN:
-        return read_config(target.path / CONFIG_YML)
-    return groups.container_config(target.path)
-
-
-def plan_task(
-    target: Target, env: Layer, flags: Layer, *, force: bool, dry_run: bool, publish: bool = False
-) -> Task:
-    """The settings of one target. `publish` (--sync): the offline upload's own settings, then online."""
-    try:
-        config = _config_of(target)
-        cfg_layer = config_layer(groups.wandb_section(config), str(target.path / CONFIG_YML))
-    except VeekshaError as e:
-        return Task(target, None, force, dry_run, error=str(e))
-    layers = [cfg_layer, env]
-    if publish:
-        marker = read_marker(target.path)
-        assert marker is not None
-        layers.append(marker_layer(marker.settings, marker.project, marker.entity))
-    settings = resolve(*layers, flags)
-    if publish:
-        settings = settings.with_mode("online")
-    if settings.mode == "online" and not settings.api_key:
-        settings = replace(settings, api_key=netrc_api_key(settings.base_url))
-    return Task(target, settings, force, dry_run)
-
-
-def check_online(tasks: list[Task], fallback: bool, reporter: Reporter) -> list[Task]:
-    """Probe each online destination once; unreachable → fail fast or fall back to offline."""
-    verdicts: dict[tuple[str, str | None], str | None] = {}
-    entities: dict[tuple[str, str | None], str | None] = {}
-    out: list[Task] = []
-    for task in tasks:
-        s = task.settings
-        if s is None or s.mode != "online":
-            out.append(task)
-            continue
-        key = (s.base_url, s.api_key)
-        if key not in verdicts:
-            result = probe(s.base_url, s.api_key)
-            verdicts[key] = None if result.ok else result.message
-            entities[key] = result.entity
-            if not result.ok:
-                action = "writing offline runs instead" if fallback else "nothing uploaded online"
-                hint = "" if fallback else " (use --mode offline or --fallback-offline)"
-                click.echo(f"{PROG}: {result.message}; {action}{hint}", err=True)
-        problem = verdicts[key]
-        if problem is None:
-            out.append(replace(task, default_entity=entities.get(key), fallback_offline=fallback))
-        elif fallback:
-            out.append(replace(task, settings=s.with_mode("offline")))
-        else:
-            out.append(replace(task, error=f"not uploaded: {problem}"))
-    return out
-
-
-def secrets_of(*layers: Layer, tasks: list[Task]) -> tuple[str, ...]:
-    keys = {layer.api_key for layer in layers} | {t.settings.api_key for t in tasks if t.settings}
-    return tuple(sorted(k for k in keys if k))
+def say(line: str) -> None:
+    click.echo(f"{PROG}: {line}", err=True)
 
 
 @click.command(PROG, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -186,13 +124,13 @@ def command(
     targets = discover(list(paths), recursive or publish)
     reporter = Reporter(as_json)
     if publish:
-        targets = _offline_uploads(targets, reporter)
+        targets = offline_uploads(targets, reporter.add)
     plan = {"force": force, "dry_run": dry_run, "publish": publish}
     tasks = [plan_task(t, env, flags, **plan) for t in targets]
     secrets = secrets_of(env, flags, tasks=tasks)
     tasks = [replace(t, secrets=secrets) for t in tasks]
     if not dry_run:
-        tasks = check_online(tasks, fallback_offline, reporter)
+        tasks = check_online(tasks, fallback_offline, say)
         blocked = [t for t in tasks if t.error and t.error.startswith("not uploaded:")]
         if blocked and len(blocked) == len(tasks) and not as_json:
             return 1  # W&B unreachable for everything: the one line above says so
@@ -204,19 +142,6 @@ def command(
             uploads.append(task)
     run_pool(uploads, jobs, deadline, reporter.add)
     return reporter.finish()
-
-
-def _offline_uploads(targets: list[Target], reporter: Reporter) -> list[Target]:
-    """--sync: the targets holding an offline upload; the others are reported as skipped."""
-    out = []
-    for target in targets:
-        marker = read_marker(target.path)
-        if marker is not None and marker.mode == "offline":
-            out.append(target)
-            continue
-        why = "already published online" if marker else "no offline upload here (no wandb_run.json)"
-        reporter.add(Outcome(str(target.path), target.kind, SKIPPED, why))
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:

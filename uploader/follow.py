@@ -32,6 +32,7 @@ from veeksha.shared.records import RUN_RUNNING
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
 from veeksha.uploader.locks import DirLock, LockBusy
+from veeksha.uploader.planning import check_online, plan_task, secrets_of
 from veeksha.uploader.reader import Number, RunData, parse_number, read_config, read_run_dir, read_run_info
 from veeksha.uploader.redaction import Redactor
 from veeksha.uploader.settings import Layer
@@ -301,9 +302,12 @@ def _be_background() -> None:
         pass
 
 
+def _say(line: str) -> None:
+    click.echo(f"{PROG}: {line}", err=True)
+
+
 def follow_dir(path_text: str, env: Layer, flags: Layer, *, fallback_offline: bool, deadline_s: float) -> int:
     """The --follow command: 0 when the run was uploaded (or skipped as done), 1 otherwise."""
-    from veeksha.uploader.cli import check_online, plan_task, secrets_of  # the plain upload's planning
     from veeksha.uploader.report import Reporter
 
     root = Path(path_text).expanduser()
@@ -315,7 +319,7 @@ def follow_dir(path_text: str, env: Layer, flags: Layer, *, fallback_offline: bo
     reporter = Reporter(False)
     task = plan_task(Target(groups.RUN, root), env, flags, force=False, dry_run=False)
     task = replace(task, secrets=secrets_of(env, flags, tasks=[task]))
-    [task] = check_online([task], fallback_offline, reporter)
+    [task] = check_online([task], fallback_offline, _say)
     if task.error or task.settings is None:
         reporter.add(Outcome(str(root), groups.RUN, "failed", task.error or "no settings"))
         return reporter.finish()

@@ -1,0 +1,93 @@
+"""From PATH arguments to upload tasks: each directory's settings, the reachability check of each
+W&B server, the secrets to keep out of W&B. Shared by plain uploads, --sync and --follow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from veeksha.shared.errors import VeekshaError
+from veeksha.shared.paths import CONFIG_YML
+from veeksha.uploader import groups
+from veeksha.uploader.discovery import Target
+from veeksha.uploader.marker import read_marker
+from veeksha.uploader.probe import netrc_api_key, probe
+from veeksha.uploader.reader import read_config
+from veeksha.uploader.settings import Layer, config_layer, marker_layer, resolve
+from veeksha.uploader.worker import SKIPPED, Outcome, Task
+
+
+def _config_of(target: Target) -> dict:
+    if target.kind == groups.RUN:
+        return read_config(target.path / CONFIG_YML)
+    return groups.container_config(target.path)
+
+
+def plan_task(
+    target: Target, env: Layer, flags: Layer, *, force: bool, dry_run: bool, publish: bool = False
+) -> Task:
+    """The settings of one target. `publish` (--sync): the offline upload's own settings, then online."""
+    try:
+        config = _config_of(target)
+        cfg_layer = config_layer(groups.wandb_section(config), str(target.path / CONFIG_YML))
+    except VeekshaError as e:
+        return Task(target, None, force, dry_run, error=str(e))
+    layers = [cfg_layer, env]
+    if publish:
+        marker = read_marker(target.path)
+        assert marker is not None
+        layers.append(marker_layer(marker.settings, marker.project, marker.entity))
+    settings = resolve(*layers, flags)
+    if publish:
+        settings = settings.with_mode("online")
+    if settings.mode == "online" and not settings.api_key:
+        settings = replace(settings, api_key=netrc_api_key(settings.base_url))
+    return Task(target, settings, force, dry_run)
+
+
+def check_online(tasks: list[Task], fallback: bool, say: Callable[[str], None]) -> list[Task]:
+    """Probe each online destination once; unreachable → fail fast or fall back to offline (`say`
+    gets one line per unreachable destination)."""
+    verdicts: dict[tuple[str, str | None], str | None] = {}
+    entities: dict[tuple[str, str | None], str | None] = {}
+    out: list[Task] = []
+    for task in tasks:
+        s = task.settings
+        if s is None or s.mode != "online":
+            out.append(task)
+            continue
+        key = (s.base_url, s.api_key)
+        if key not in verdicts:
+            result = probe(s.base_url, s.api_key)
+            verdicts[key] = None if result.ok else result.message
+            entities[key] = result.entity
+            if not result.ok:
+                action = "writing offline runs instead" if fallback else "nothing uploaded online"
+                hint = "" if fallback else " (use --mode offline or --fallback-offline)"
+                say(f"{result.message}; {action}{hint}")
+        problem = verdicts[key]
+        if problem is None:
+            out.append(replace(task, default_entity=entities.get(key), fallback_offline=fallback))
+        elif fallback:
+            out.append(replace(task, settings=s.with_mode("offline")))
+        else:
+            out.append(replace(task, error=f"not uploaded: {problem}"))
+    return out
+
+
+def secrets_of(*layers: Layer, tasks: list[Task]) -> tuple[str, ...]:
+    keys = {layer.api_key for layer in layers} | {t.settings.api_key for t in tasks if t.settings}
+    return tuple(sorted(k for k in keys if k))
+
+
+def offline_uploads(targets: list[Target], report: Callable[[Outcome], None]) -> list[Target]:
+    """--sync: the targets holding an offline upload; the others are reported as skipped."""
+    out = []
+    for target in targets:
+        marker = read_marker(target.path)
+        if marker is not None and marker.mode == "offline":
+            out.append(target)
+            continue
+        why = "already published online" if marker else "no offline upload here (no wandb_run.json)"
+        report(Outcome(str(target.path), target.kind, SKIPPED, why))
+    return out
