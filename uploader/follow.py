@@ -35,6 +35,7 @@ from veeksha.uploader.locks import DirLock, LockBusy
 from veeksha.uploader.planning import check_online, plan_task, secrets_of
 from veeksha.uploader.reader import Number, RunData, parse_number, read_config, read_run_dir, read_run_info
 from veeksha.uploader.redaction import Redactor
+from veeksha.uploader.run_files import is_own_file
 from veeksha.uploader.settings import Layer
 from veeksha.uploader.worker import (
     RESUME,
@@ -74,6 +75,9 @@ class TimeseriesTail:
         self.replaced = False  # the file was rewritten (evaluation rebuilt it): rows may differ
 
     def read(self) -> list[dict[str, Number]]:
+        # Only the directory's own regular file: a FIFO would block, a link could stream outside data.
+        if not is_own_file(self.path.parent.parent, self.path):
+            return []
         try:
             st = self.path.stat()
         except FileNotFoundError:

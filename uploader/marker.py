@@ -41,6 +41,7 @@ class Marker:
     sync_command: str | None = None
     settings: dict[str, Any] | None = None  # UploadSettings.identity(): --sync publishes with these
     base_url: str | None = None  # online: the server it went to
+    online_attempted: bool = False  # offline, written after an online attempt failed: never "published"
 
 
 def file_sha256(path: Path) -> str:

@@ -91,7 +91,7 @@ def _fallback(task: Task, outcome: Outcome) -> Task | None:
     if not (task.fallback_offline and s is not None and s.mode == "online" and outcome.status == FAILED):
         return None
     note = f"W&B failed during the online upload ({outcome.detail}); wrote an offline run instead"
-    return replace(task, settings=s.with_mode("offline"), note=note)
+    return replace(task, settings=s.with_mode("offline"), note=note, online_attempted=True)
 
 
 def run_pool(
@@ -133,7 +133,8 @@ def run_pool(
             ready = wait([w.conn for w in busy], timeout=max(0.0, soonest - time.monotonic()))
             for worker in busy:
                 assert worker.busy is not None
-                if worker.conn in ready:
+                # An outcome sent just after the wait timed out is still an outcome, not a deadline.
+                if worker.conn in ready or worker.conn.poll(0):
                     try:
                         outcome = worker.conn.recv()
                     except (EOFError, OSError):

@@ -58,6 +58,7 @@ class Task:
     default_entity: str | None = None  # online: the API key's entity, where runs go without one set
     note: str | None = None  # said after this target's outcome (e.g. why it went offline)
     fallback_offline: bool = False  # online failed after the probe passed: write an offline run instead
+    online_attempted: bool = False  # an offline retry after a failed online upload of the same run
 
 
 @dataclass
@@ -147,6 +148,7 @@ def _published_offline(task: Task, plan: Plan, previous: Marker | None, remote: 
         and previous.mode == "offline"
         and previous.run_id == plan.run_id
         and previous.digest == plan.digest
+        and not previous.online_attempted  # the server's copy may be a half-done online attempt
         and remote.history_lines > 0
     ):
         return False
@@ -228,6 +230,7 @@ def complete(task: Task, plan: Plan, uploaded: Uploaded) -> Outcome:
         sync_command=sync_cmd,
         settings=s.identity(),
         base_url=s.base_url if s.mode == "online" else None,
+        online_attempted=task.online_attempted,
     )
     write_marker(root, marker)
     (root / UPLOAD_PENDING).unlink(missing_ok=True)
