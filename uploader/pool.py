@@ -25,10 +25,6 @@ from veeksha.shared.deadlines import upload_deadline_s
 from veeksha.uploader.worker import FAILED, Outcome, Task, run_task
 
 
-def deadline_for(task: Task, base_s: float) -> float:
-    return upload_deadline_s(task.target.path, base_s)
-
-
 def _serve(conn: Connection) -> None:
     """A worker: upload the directories it is sent, one at a time, until told to stop (None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -122,12 +118,12 @@ def run_pool(
             for worker in workers:
                 if worker.busy is None and queue:
                     task = queue.popleft()
-                    worker.give(task, deadline_for(task, base_deadline_s))
+                    worker.give(task, upload_deadline_s(task.target.path, base_deadline_s))
             while queue and len(workers) < jobs:
                 worker = _Worker(ctx)
                 workers.append(worker)
                 task = queue.popleft()
-                worker.give(task, deadline_for(task, base_deadline_s))
+                worker.give(task, upload_deadline_s(task.target.path, base_deadline_s))
             busy = [w for w in workers if w.busy]
             soonest = min(w.busy.ends_at for w in busy if w.busy)
             ready = wait([w.conn for w in busy], timeout=max(0.0, soonest - time.monotonic()))

@@ -519,9 +519,7 @@ class FakeWandb:
             if target is None:
                 return False
             kind, owner, name = target
-            if kind == "run":
-                owner.files[name] = data
-            elif kind == "artifact":
+            if kind in ("run", "artifact"):
                 owner.files[name] = data
             elif kind == "manifest":
                 owner.manifest = json.loads(data)
