@@ -20,31 +20,22 @@ from typing import Any
 import numpy as np
 import orjson
 import polars as pl
-from veeksha.shared.records import CANCELLED, ERROR, REQUEST_RECORD_FIELDS, SUCCESS, TIMEOUT
+from veeksha.shared.records import (
+    CANCELLED,
+    ERROR,
+    FIELD,
+    ID,
+    REQUEST_RECORD_FIELDS,
+    SUCCESS,
+    TIMEOUT,
+)
 
-ID_FIELDS = ("request_id", "session_id", "node_id")
-FLOAT_FIELDS = (
-    "scheduler_ready_at",
-    "scheduler_dispatched_at",
-    "client_picked_up_at",
-    "client_completed_at",
-    "result_processed_at",
-    "ttfc",
-    "tpot",
-    "end_to_end_latency",
-    "normalized_end_to_end_latency",
-    "output_throughput",
-    "dispatch_delay",
-)
-INT_FIELDS = (
-    "http_status",
-    "num_delta_prompt_tokens",
-    "num_total_prompt_tokens",
-    "target_num_delta_prompt_tokens",
-    "num_output_tokens",
-    "num_requested_output_tokens",
-)
-BOOL_FIELDS = ("is_warmup", "is_stream")
+RECORD_FIELDS = tuple(FIELD[name] for name in REQUEST_RECORD_FIELDS)
+
+ID_FIELDS = tuple(f.name for f in RECORD_FIELDS if f.origin == ID)
+FLOAT_FIELDS = tuple(f.name for f in RECORD_FIELDS if f.type is float)
+INT_FIELDS = tuple(f.name for f in RECORD_FIELDS if f.type is int and f.origin != ID)
+BOOL_FIELDS = tuple(f.name for f in RECORD_FIELDS if f.type is bool)
 FAILED_STATUSES = (ERROR, TIMEOUT)  # "errored": the request failed (cancelled is counted apart)
 
 
@@ -61,7 +52,7 @@ def record_schema(id_types: dict[str, pl.DataType] | None = None) -> dict[str, p
             schema[name] = pl.Int64()
         elif name in BOOL_FIELDS:
             schema[name] = pl.Boolean()
-        elif name == "tbc":
+        elif FIELD[name].type is list:
             schema[name] = pl.List(pl.Float64())
         else:
             schema[name] = pl.String()
@@ -209,9 +200,7 @@ def assemble(
     lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, dtype=np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return Records(
-        df=_derive(df), tbc_values=gaps, tbc_offsets=offsets, num_corrupt_lines=num_corrupt_lines
-    )
+    return Records(df=_derive(df), tbc_values=gaps, tbc_offsets=offsets, num_corrupt_lines=num_corrupt_lines)
 
 
 def _derive(df: pl.DataFrame) -> pl.DataFrame:

@@ -6,8 +6,9 @@ from typing import Any
 
 from veeksha.runner.evaluation.evaluate import Evaluation
 from veeksha.shared.paths import RunPaths
+from veeksha.shared.records import DISTRIBUTION_FIELDS
 
-LATENCIES = (("TTFC", "ttfc"), ("TBC", "tbc"), ("TPOT", "tpot"), ("E2E", "end_to_end_latency"))
+LATENCIES = tuple((f.short, f.name) for f in DISTRIBUTION_FIELDS if f.short)
 
 
 def _seconds(v: float | None) -> str:

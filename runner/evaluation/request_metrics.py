@@ -13,14 +13,13 @@ import itertools
 from typing import Any
 
 from veeksha.shared.records import (
-    DERIVED_FIELDS,
+    LATENCY_FIELDS,
     REQUEST_RECORD_FIELDS,
     REQUEST_TIME_FIELDS,
     SUCCESS,
 )
 
 TIME_FIELDS = REQUEST_TIME_FIELDS
-LATENCY_FIELDS = tuple(f for f in DERIVED_FIELDS if f != "dispatch_delay")
 _NS = 1e9
 
 

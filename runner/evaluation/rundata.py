@@ -11,18 +11,10 @@ from veeksha.runner.evaluation.frame import Records
 from veeksha.runner.evaluation.quantiles import exact_quantiles
 from veeksha.shared.config import BenchmarkConfig, RateTraffic, TraceSessions, arrival_rate_of
 from veeksha.shared.paths import DISTRIBUTION_METRICS
+from veeksha.shared.records import FIELD, SESSION_DURATION
 
 QUANTILE_GRID = tuple(i / 100 for i in range(101))  # the <metric>.csv rows
 SUMMARY_PERCENTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
-
-# Per-request metrics taken from successful requests only (a failed request has none).
-REQUEST_LATENCY_METRICS = (
-    "ttfc",
-    "tpot",
-    "end_to_end_latency",
-    "normalized_end_to_end_latency",
-    "output_throughput",
-)
 
 
 @dataclass
@@ -70,15 +62,14 @@ class RunData:
 
     def values(self, metric: str) -> np.ndarray:
         """The sample of a distribution metric (float64, no nulls)."""
-        if metric == "tbc":
+        field = FIELD[metric]
+        if field.type is list:  # tbc: the pooled gaps of the kept records
             return self.records.tbc_values
-        if metric == "session_duration":
-            col = self.sessions.filter(pl.col("completed"))["session_duration"]
-        elif metric == "dispatch_delay":
-            col = self.measured["dispatch_delay"]
+        if metric == SESSION_DURATION:
+            col = self.sessions.filter(pl.col("completed"))[SESSION_DURATION]
         else:
-            column = {"num_prompt_tokens": "num_total_prompt_tokens"}.get(metric, metric)
-            col = self.ok_rows(column)[column]
+            column = field.column or metric
+            col = self.ok_rows(column)[column] if field.success_only else self.measured[column]
         return col.drop_nulls().cast(pl.Float64).to_numpy()
 
     def ok_rows(self, *columns: str) -> pl.DataFrame:
