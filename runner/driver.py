@@ -30,6 +30,12 @@ from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, RateTraffi
 from veeksha.shared.records import (
     CANCELLED,
     COUNT_SERVER,
+    PROGRESS_COMPLETED,
+    PROGRESS_DISPATCHED,
+    PROGRESS_ERRORED,
+    PROGRESS_IN_FLIGHT,
+    PROGRESS_OUTPUT_TOKENS,
+    PROGRESS_SESSIONS,
     RUN_COMPLETED,
     RUN_FAILED,
     RUN_INTERRUPTED,
@@ -600,12 +606,12 @@ class Driver:
         payload: dict[str, Any] = {"records": self.records, "trace": self.trace}
         self.records, self.trace = [], []
         payload["progress"] = {
-            "sessions": self.sessions_started,
-            "dispatched": self.requests_dispatched,
-            "completed": self.requests_completed,
-            "errored": self.requests_errored,
-            "in_flight": self.in_flight,
-            "output_tokens": self.output_tokens,
+            PROGRESS_SESSIONS: self.sessions_started,
+            PROGRESS_DISPATCHED: self.requests_dispatched,
+            PROGRESS_COMPLETED: self.requests_completed,
+            PROGRESS_ERRORED: self.requests_errored,
+            PROGRESS_IN_FLIGHT: self.in_flight,
+            PROGRESS_OUTPUT_TOKENS: self.output_tokens,
         }
         self._send(ipc.BATCH, payload)
 

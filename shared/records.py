@@ -241,6 +241,9 @@ SLO_ALIASES: Final = {a: f.name for f in FIELDS for a in f.slo_aliases}
 # SLO metrics whose null value (not measurable for that request, e.g. tpot of a one-token reply) passes.
 NULL_PASSES_SLO: Final = tuple(f.name for f in FIELDS if f.null_passes_slo)
 
+# metrics/<metric>.csv columns (one row per quantile of QUANTILE_GRID).
+DISTRIBUTION_CSV_COLUMNS: Final = ("cdf", "value")
+
 # summary_stats.json: `<metric>_<suffix>` for every distribution metric.
 SUMMARY_STAT_SUFFIXES: Final = ("mean", "p50", "p90", "p95", "p99", "min", "max")
 
@@ -262,6 +265,15 @@ SLO_RESULT_FIELDS: Final = (
 HEALTH_PASSED: Final = "PASSED"
 HEALTH_FAILED: Final = "FAILED"
 HEALTH_SKIPPED: Final = "SKIPPED"
+
+# Progress counters the driver sends with every batch (runner.ipc BATCH "progress") and the live
+# progress line shows.
+PROGRESS_SESSIONS: Final = "sessions"
+PROGRESS_DISPATCHED: Final = "dispatched"
+PROGRESS_COMPLETED: Final = "completed"
+PROGRESS_ERRORED: Final = "errored"
+PROGRESS_IN_FLIGHT: Final = "in_flight"
+PROGRESS_OUTPUT_TOKENS: Final = "output_tokens"
 
 # metrics/timeseries.csv columns, in order.
 TIMESERIES_COLUMNS: Final = (

@@ -402,7 +402,7 @@ def format_health_text(checks: list[Check]) -> str:
         width = max((len(label) for label, _ in pairs), default=0)
         lines += [f"{label.ljust(width)}  {value}" for label, value in pairs]
         blocks.append("\n".join(lines))
-    verdict = "PASSED" if all_passed(checks) else "FAILED"
+    verdict = PASSED if all_passed(checks) else FAILED
     return "\n\n".join(blocks) + f"\n\n{RULE}\nOVERALL: {verdict}\n{RULE}\n"
 
 
