@@ -82,6 +82,16 @@ _TIME = {"type": float, "origin": MEASURED, "unit": "s", "timestamp": True}
 _TOKENS = {"type": int, "origin": MEASURED, "unit": "tok"}
 _LATENCY = {"type": float, "origin": DERIVED, "unit": "s", "success_only": True}
 
+# Field names other modules refer to.
+TTFC: Final = "ttfc"
+TBC: Final = "tbc"
+TPOT: Final = "tpot"
+END_TO_END_LATENCY: Final = "end_to_end_latency"
+DISPATCH_DELAY: Final = "dispatch_delay"
+SCHEDULER_READY_AT: Final = "scheduler_ready_at"
+SCHEDULER_DISPATCHED_AT: Final = "scheduler_dispatched_at"
+CLIENT_PICKED_UP_AT: Final = "client_picked_up_at"
+CLIENT_COMPLETED_AT: Final = "client_completed_at"
 SESSION_DURATION: Final = "session_duration"  # per session: evaluation builds it from the sessions
 
 FIELDS: Final = (
@@ -95,10 +105,10 @@ FIELDS: Final = (
     Field("http_status", int, MEASURED),
     Field("is_warmup", bool, MEASURED),
     # timestamps
-    Field("scheduler_ready_at", **_TIME),
-    Field("scheduler_dispatched_at", **_TIME),
-    Field("client_picked_up_at", **_TIME),
-    Field("client_completed_at", **_TIME),
+    Field(SCHEDULER_READY_AT, **_TIME),
+    Field(SCHEDULER_DISPATCHED_AT, **_TIME),
+    Field(CLIENT_PICKED_UP_AT, **_TIME),
+    Field(CLIENT_COMPLETED_AT, **_TIME),
     Field("result_processed_at", **_TIME),
     # token counts
     Field("num_delta_prompt_tokens", **_TOKENS),
@@ -117,7 +127,7 @@ FIELDS: Final = (
     Field("is_stream", bool, MEASURED),
     # derived metrics
     Field(
-        "ttfc",
+        TTFC,
         **_LATENCY,
         label="Time to first chunk (TTFC)",
         axis="seconds",
@@ -126,7 +136,7 @@ FIELDS: Final = (
         slo=True,
     ),
     Field(
-        "tbc",
+        TBC,
         list,
         DERIVED,
         unit="s",
@@ -138,7 +148,7 @@ FIELDS: Final = (
         slo=True,
     ),
     Field(
-        "tpot",
+        TPOT,
         **_LATENCY,
         label="Time per output token after the first (TPOT)",
         axis="seconds per token",
@@ -148,7 +158,7 @@ FIELDS: Final = (
         null_passes_slo=True,
     ),
     Field(
-        "end_to_end_latency",
+        END_TO_END_LATENCY,
         **_LATENCY,
         label="End-to-end latency",
         axis="seconds",
@@ -176,7 +186,7 @@ FIELDS: Final = (
         distribution_rank=6,
     ),
     Field(
-        "dispatch_delay",
+        DISPATCH_DELAY,
         float,
         DERIVED,
         unit="s",

@@ -22,11 +22,13 @@ import orjson
 import polars as pl
 from veeksha.shared.records import (
     CANCELLED,
+    CLIENT_COMPLETED_AT,
     ERROR,
     FIELD,
     ID,
     REQUEST_RECORD_FIELDS,
     SUCCESS,
+    TBC,
     TIMEOUT,
 )
 
@@ -168,10 +170,10 @@ def split_tbc(df: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
     """(frame without tbc, flat gaps, gaps per row), keeping only what statistics use: the gaps of
     successful, non-warmup requests (so the flat array *is* the pooled tbc sample, no copy needed)."""
     kept = pl.when((pl.col("status") == SUCCESS) & ~pl.col("is_warmup").fill_null(False))
-    lf = df.lazy().with_columns(tbc=kept.then(pl.col("tbc")))
-    lengths = lf.select(pl.col("tbc").list.len().fill_null(0)).collect().to_series().to_numpy()
-    gaps = lf.select(pl.col("tbc").explode(empty_as_null=False, keep_nulls=False)).collect().to_series()
-    frame = lf.with_columns(has_tbc=pl.col("tbc").is_not_null()).drop("tbc").collect()
+    lf = df.lazy().with_columns(kept.then(pl.col(TBC)).alias(TBC))
+    lengths = lf.select(pl.col(TBC).list.len().fill_null(0)).collect().to_series().to_numpy()
+    gaps = lf.select(pl.col(TBC).explode(empty_as_null=False, keep_nulls=False)).collect().to_series()
+    frame = lf.with_columns(has_tbc=pl.col(TBC).is_not_null()).drop(TBC).collect()
     return frame, gaps.to_numpy(), lengths.astype(np.int64)
 
 
@@ -195,7 +197,7 @@ def assemble(
     if frames:
         df = pl.concat(frames, how="vertical", rechunk=True)
     else:
-        empty = {k: v for k, v in schema.items() if k != "tbc"}
+        empty = {k: v for k, v in schema.items() if k != TBC}
         df = pl.DataFrame(schema={**empty, "has_tbc": pl.Boolean()})
     lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, dtype=np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -213,7 +215,7 @@ def _derive(df: pl.DataFrame) -> pl.DataFrame:
         failed=status.is_in(FAILED_STATUSES),
         cancelled=status == CANCELLED,
         # When a request stopped occupying the client: completion, else (cancelled) processing.
-        end_at=pl.coalesce("client_completed_at", "result_processed_at"),
+        end_at=pl.coalesce(CLIENT_COMPLETED_AT, "result_processed_at"),
     )
 
 
