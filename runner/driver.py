@@ -30,6 +30,12 @@ from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, RateTraffi
 from veeksha.shared.records import (
     CANCELLED,
     COUNT_SERVER,
+    PROGRESS_COMPLETED,
+    PROGRESS_DISPATCHED,
+    PROGRESS_ERRORED,
+    PROGRESS_IN_FLIGHT,
+    PROGRESS_OUTPUT_TOKENS,
+    PROGRESS_SESSIONS,
     RUN_COMPLETED,
     RUN_FAILED,
     RUN_INTERRUPTED,
@@ -517,31 +523,33 @@ class Driver:
             self.requests_errored += 1
         has_usage = outcome.completion_tokens is not None
         self.records.append(
-            [
-                request_id,
-                session.session_id,
-                spec.node_id,
-                outcome.status,
-                outcome.error_type,
-                outcome.error_message,
-                outcome.http_status,
-                is_warmup,
-                ready_at,
-                dispatched_at,
-                outcome.picked_up_at,
-                outcome.completed_at,
-                time.perf_counter(),
-                spec.num_content_tokens,
-                outcome.prompt_tokens if outcome.prompt_tokens is not None else total_tokens,
-                spec.target_prompt_tokens,
-                outcome.completion_tokens,
-                spec.requested_output_tokens,
-                COUNT_SERVER if has_usage else self.count_source,
-                self.client.is_stream,
-                outcome.finish_reason,
-                outcome.chunk_times,
-                None if has_usage else outcome.text,
-            ]
+            ipc.make_record(
+                request_id=request_id,
+                session_id=session.session_id,
+                node_id=spec.node_id,
+                status=outcome.status,
+                error_type=outcome.error_type,
+                error_message=outcome.error_message,
+                http_status=outcome.http_status,
+                is_warmup=is_warmup,
+                scheduler_ready_at=ready_at,
+                scheduler_dispatched_at=dispatched_at,
+                client_picked_up_at=outcome.picked_up_at,
+                client_completed_at=outcome.completed_at,
+                result_processed_at=time.perf_counter(),
+                num_delta_prompt_tokens=spec.num_content_tokens,
+                num_total_prompt_tokens=(
+                    outcome.prompt_tokens if outcome.prompt_tokens is not None else total_tokens
+                ),
+                target_num_delta_prompt_tokens=spec.target_prompt_tokens,
+                num_output_tokens=outcome.completion_tokens,
+                num_requested_output_tokens=spec.requested_output_tokens,
+                token_count_source=COUNT_SERVER if has_usage else self.count_source,
+                is_stream=self.client.is_stream,
+                finish_reason=outcome.finish_reason,
+                chunk_times=outcome.chunk_times,
+                count_text=None if has_usage else outcome.text,
+            )
         )
 
     def _record_cancelled(self, session: Session, node: _Node, scheduled_at: float, is_warmup: bool) -> None:
@@ -565,22 +573,31 @@ class Driver:
                 None,
             ]
         )
-        fields = {
-            "request_id": request_id,
-            "session_id": session.session_id,
-            "node_id": spec.node_id,
-            "status": CANCELLED,
-            "error_type": "cancelled",
-            "error_message": "not sent: an earlier request of this session failed",
-            "is_warmup": is_warmup,
-            "num_delta_prompt_tokens": spec.num_content_tokens,
-            "target_num_delta_prompt_tokens": spec.target_prompt_tokens,
-            "num_requested_output_tokens": spec.requested_output_tokens,
-            "token_count_source": self.count_source,
-            "is_stream": self.cfg.client.stream,
-            "chunk_times": [],
-        }
-        record = [fields.get(name) for name in ipc.RAW_RECORD_FIELDS]
+        record = ipc.make_record(
+            request_id=request_id,
+            session_id=session.session_id,
+            node_id=spec.node_id,
+            status=CANCELLED,
+            error_type="cancelled",
+            error_message="not sent: an earlier request of this session failed",
+            http_status=None,
+            is_warmup=is_warmup,
+            scheduler_ready_at=None,
+            scheduler_dispatched_at=None,
+            client_picked_up_at=None,
+            client_completed_at=None,
+            result_processed_at=None,
+            num_delta_prompt_tokens=spec.num_content_tokens,
+            num_total_prompt_tokens=None,
+            target_num_delta_prompt_tokens=spec.target_prompt_tokens,
+            num_output_tokens=None,
+            num_requested_output_tokens=spec.requested_output_tokens,
+            token_count_source=self.count_source,
+            is_stream=self.cfg.client.stream,
+            finish_reason=None,
+            chunk_times=[],
+            count_text=None,
+        )
         self.records.append(record)
 
     # ------------------------------------------------------------------ output
@@ -589,12 +606,12 @@ class Driver:
         payload: dict[str, Any] = {"records": self.records, "trace": self.trace}
         self.records, self.trace = [], []
         payload["progress"] = {
-            "sessions": self.sessions_started,
-            "dispatched": self.requests_dispatched,
-            "completed": self.requests_completed,
-            "errored": self.requests_errored,
-            "in_flight": self.in_flight,
-            "output_tokens": self.output_tokens,
+            PROGRESS_SESSIONS: self.sessions_started,
+            PROGRESS_DISPATCHED: self.requests_dispatched,
+            PROGRESS_COMPLETED: self.requests_completed,
+            PROGRESS_ERRORED: self.requests_errored,
+            PROGRESS_IN_FLIGHT: self.in_flight,
+            PROGRESS_OUTPUT_TOKENS: self.output_tokens,
         }
         self._send(ipc.BATCH, payload)
 

@@ -3,15 +3,16 @@
 Each message is one length-prefixed frame (multiprocessing.Connection's wire format, so the
 recorder reads it with `recv_bytes`) holding orjson `[kind, payload]`. The driver writes frames
 through a non-blocking asyncio pipe transport: a slow recorder can never stall dispatch.
-Records travel as positional lists in RAW_RECORD_FIELDS order (cheaper than dicts to build).
+Records travel as positional lists in RAW_RECORD_FIELDS order (cheaper than dicts to build), built
+by keyword through `make_record` only, whose parameters are the field table's driver-side fields.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Final
+from typing import Any, Final
 
-from veeksha.shared.records import DISPATCH_TRACE_FIELDS, MEASURED_FIELDS, REQUEST_TIME_FIELDS
+from veeksha.shared.records import DISPATCH_TRACE_FIELDS, DRIVER_FIELDS, REQUEST_TIME_FIELDS
 
 START: Final = "start"  # {"t0": perf_counter at run start, "pid": driver pid}
 BATCH: Final = "batch"  # {"records": [...], "trace": [...], "progress": {...}}
@@ -19,10 +20,9 @@ DRAINING: Final = "draining"  # {"in_flight": int, "up_to_s": float}: dispatch s
 DONE: Final = "done"  # {"status", "stop_reason", "error", "cpu_seconds", "requests"}
 FAILED: Final = "failed"  # {"message": one line}
 
-# What the driver measures per request. Times are raw time.perf_counter() values; the recorder
-# subtracts t0. `count_text` carries the generated text only when the server sent no usage, so
-# the recorder (not the driver) can count its tokens.
-RAW_RECORD_FIELDS: Final = (*MEASURED_FIELDS, "chunk_times", "count_text")
+# What the driver ships per request (records.FIELDS, origins ID, MEASURED and TRANSPORT). Times are
+# raw time.perf_counter() values; the recorder subtracts t0.
+RAW_RECORD_FIELDS: Final = DRIVER_FIELDS
 RAW_TIME_FIELDS: Final = REQUEST_TIME_FIELDS
 # Trace lines: DISPATCH_TRACE_FIELDS, then "content" (None unless include_content).
 RAW_TRACE_FIELDS: Final = (*DISPATCH_TRACE_FIELDS, "content")
@@ -32,3 +32,58 @@ RAW_TRACE_TIME_FIELDS: Final = ("scheduled_at", "ready_at", "dispatched_at")
 def frame(payload: bytes) -> bytes:
     """multiprocessing.Connection framing: 4-byte big-endian signed length, then the bytes."""
     return struct.pack("!i", len(payload)) + payload
+
+
+def make_record(
+    *,
+    request_id: int,
+    session_id: int,
+    node_id: int,
+    status: str,
+    error_type: str | None,
+    error_message: str | None,
+    http_status: int | None,
+    is_warmup: bool,
+    scheduler_ready_at: float | None,
+    scheduler_dispatched_at: float | None,
+    client_picked_up_at: float | None,
+    client_completed_at: float | None,
+    result_processed_at: float | None,
+    num_delta_prompt_tokens: int | None,
+    num_total_prompt_tokens: int | None,
+    target_num_delta_prompt_tokens: int | None,
+    num_output_tokens: int | None,
+    num_requested_output_tokens: int | None,
+    token_count_source: str | None,
+    is_stream: bool,
+    finish_reason: str | None,
+    chunk_times: list[float],
+    count_text: str | None,
+) -> list[Any]:
+    """One record as the driver ships it: RAW_RECORD_FIELDS order (tests/runner/test_ipc.py checks
+    these parameters against the field table, so a field can be neither missed nor swapped)."""
+    return [
+        request_id,
+        session_id,
+        node_id,
+        status,
+        error_type,
+        error_message,
+        http_status,
+        is_warmup,
+        scheduler_ready_at,
+        scheduler_dispatched_at,
+        client_picked_up_at,
+        client_completed_at,
+        result_processed_at,
+        num_delta_prompt_tokens,
+        num_total_prompt_tokens,
+        target_num_delta_prompt_tokens,
+        num_output_tokens,
+        num_requested_output_tokens,
+        token_count_source,
+        is_stream,
+        finish_reason,
+        chunk_times,
+        count_text,
+    ]

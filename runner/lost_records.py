@@ -21,7 +21,13 @@ from veeksha.runner.run_dir import iso
 from veeksha.shared.errors import UsageError
 from veeksha.shared.jsonio import read_json, write_json
 from veeksha.shared.paths import RunPaths
-from veeksha.shared.records import ERROR, RUN_CRASHED, RUN_RUNNING
+from veeksha.shared.records import (
+    ERROR,
+    RUN_CRASHED,
+    RUN_RUNNING,
+    SCHEDULER_DISPATCHED_AT,
+    SCHEDULER_READY_AT,
+)
 
 DRIVER_LOST = "driver_lost"
 
@@ -38,8 +44,8 @@ def lost_record(trace_line: dict[str, Any], why: str, noticed_at: float | None =
             "error_type": DRIVER_LOST,
             "error_message": f"no result: {why} while this request was in flight",
             "is_warmup": bool(trace_line.get("is_warmup")),
-            "scheduler_ready_at": trace_line.get("ready_at"),
-            "scheduler_dispatched_at": trace_line.get("dispatched_at"),
+            SCHEDULER_READY_AT: trace_line.get("ready_at"),
+            SCHEDULER_DISPATCHED_AT: trace_line.get("dispatched_at"),
             "result_processed_at": noticed_at,
         }
     )

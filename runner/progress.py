@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from veeksha.shared import records as r
+
 PLAIN_EVERY_S = 5.0
 
 
@@ -21,16 +23,16 @@ class Progress:
     def update(self, elapsed: float, p: dict[str, Any]) -> None:
         dt = elapsed - self.last_t
         if dt >= 1.0:
-            self.tokens_per_s = (p.get("output_tokens", 0) - self.last_tokens) / dt
-            self.last_tokens, self.last_t = p.get("output_tokens", 0), elapsed
+            self.tokens_per_s = (p.get(r.PROGRESS_OUTPUT_TOKENS, 0) - self.last_tokens) / dt
+            self.last_tokens, self.last_t = p.get(r.PROGRESS_OUTPUT_TOKENS, 0), elapsed
         if not self.tty and elapsed - self.last_shown < PLAIN_EVERY_S:
             return
         self.last_shown = elapsed
         limit = f"/{self.timeout_s:.0f}s" if self.timeout_s > 0 else "s"
         line = (
-            f"[{elapsed:6.1f}{limit}] sessions {p.get('sessions', 0)}  requests "
-            f"{p.get('dispatched', 0)} sent / {p.get('completed', 0)} ok / "
-            f"{p.get('errored', 0)} failed  in flight {p.get('in_flight', 0)}  "
+            f"[{elapsed:6.1f}{limit}] sessions {p.get(r.PROGRESS_SESSIONS, 0)}  requests "
+            f"{p.get(r.PROGRESS_DISPATCHED, 0)} sent / {p.get(r.PROGRESS_COMPLETED, 0)} ok / "
+            f"{p.get(r.PROGRESS_ERRORED, 0)} failed  in flight {p.get(r.PROGRESS_IN_FLIGHT, 0)}  "
             f"{self.tokens_per_s:,.0f} out tok/s"
         )
         if self.tty:

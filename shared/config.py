@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from veeksha.shared.records import SLO_ALIASES, SLO_METRICS
 from veeksha.shared.schema import spec
 
 # ---------------------------------------------------------------- length / wait generators
@@ -258,14 +259,7 @@ SESSION_GENERATORS: dict[str, type] = {"synthetic": SyntheticSessions, "trace": 
 
 # ---------------------------------------------------------------- evaluation
 
-SLO_METRICS = (
-    "ttfc",
-    "tbc",
-    "tpot",
-    "e2e",
-    "end_to_end_latency",
-    "normalized_end_to_end_latency",
-)
+# SLO_METRICS (and its aliases) come from the field table: records.FIELDS.
 
 
 @dataclass
@@ -278,7 +272,7 @@ class SLOConfig:
 
     @property
     def canonical_metric(self) -> str:
-        return "end_to_end_latency" if self.metric == "e2e" else self.metric
+        return SLO_ALIASES.get(self.metric, self.metric)
 
 
 @dataclass

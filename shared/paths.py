@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from veeksha.shared.records import DISTRIBUTION_METRICS as _DISTRIBUTION_METRICS
+
 RUN_JSON = "run.json"
 CONFIG_YML = "config.yml"
 HEALTH_CHECK_TXT = "health_check_results.txt"
@@ -29,19 +31,9 @@ PREFILL_STATS = "prefill_stats.json"
 TIMESERIES_CSV = "timeseries.csv"
 DISPATCH_TRACE = "dispatch_trace.jsonl"
 
-# Metrics that get a `<metric>.csv` (101 quantiles) and a `<metric>.png` distribution plot.
-DISTRIBUTION_METRICS = (
-    "ttfc",
-    "tbc",
-    "tpot",
-    "end_to_end_latency",
-    "normalized_end_to_end_latency",
-    "output_throughput",
-    "num_prompt_tokens",
-    "num_output_tokens",
-    "session_duration",
-    "dispatch_delay",
-)
+# Metrics that get a `<metric>.csv` (101 quantiles) and a `<metric>.png` distribution plot: derived
+# from the field table (records.FIELDS), re-exported here next to the file names they produce.
+DISTRIBUTION_METRICS = _DISTRIBUTION_METRICS
 
 # Sweep and capacity-search directories.
 SWEEP_DIR_PREFIX = "sweep-"

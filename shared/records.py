@@ -5,6 +5,7 @@ Spec: outputs.md. Times in records are seconds since the run's start on the mono
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 # Request status values.
@@ -34,49 +35,224 @@ ERROR_TYPES: Final = (
     "driver_lost",  # dispatched, but the driver process died before its result reached the recorder
 )
 
-# Timestamps of a request record (seconds since the run's start).
-REQUEST_TIME_FIELDS: Final = (
-    "scheduler_ready_at",
-    "scheduler_dispatched_at",
-    "client_picked_up_at",
-    "client_completed_at",
-    "result_processed_at",
-)
+# ---------------------------------------------------------------- the request record, defined once
+#
+# FIELDS is the one table of per-request fields. Every list below (record order, what the driver
+# ships, what the recorder derives, distribution metrics, SLO metrics, plot labels, polars types) is
+# derived from it. Adding a per-request metric is one entry here plus its computation in
+# runner/evaluation/request_metrics.py.
 
-# Per-request metrics the recorder derives from the measured fields (metrics.md).
-DERIVED_FIELDS: Final = (
-    "ttfc",
-    "tbc",
-    "tpot",
-    "end_to_end_latency",
-    "normalized_end_to_end_latency",
-    "output_throughput",
-    "dispatch_delay",
-)
+# Where a field comes from.
+ID: Final = "id"  # identity, set by the driver
+MEASURED: Final = "measured"  # measured by the driver, written as is (times made run-relative)
+DERIVED: Final = "derived"  # computed by the recorder from the measured fields (metrics.md)
+TRANSPORT: Final = "transport"  # shipped driver -> recorder, never written
+SAMPLE: Final = "sample"  # not in the record: a distribution evaluation builds from the records
 
-# One line of metrics/request_level_metrics.jsonl, in this order: identity and outcome, timestamps,
-# token counts, the derived metrics, finish_reason.
-_HEAD: Final = (
-    "request_id",
-    "session_id",
-    "node_id",
-    "status",
-    "error_type",
-    "error_message",
-    "http_status",
-    "is_warmup",
-    *REQUEST_TIME_FIELDS,
-    "num_delta_prompt_tokens",
-    "num_total_prompt_tokens",
-    "target_num_delta_prompt_tokens",
-    "num_output_tokens",
-    "num_requested_output_tokens",
-    "token_count_source",
-    "is_stream",
+
+@dataclass(frozen=True)
+class Field:
+    """One per-request field (or a distribution metric sampled from the records)."""
+
+    name: str
+    type: type  # Python type of a non-null value; list = list[float]
+    origin: str  # ID, MEASURED, DERIVED, TRANSPORT or SAMPLE
+    unit: str = ""  # unit suffix of values: "s", "tok", "tok/s"
+    label: str = ""  # human title (plots)
+    axis: str = ""  # axis label with unit (plots)
+    short: str = ""  # console abbreviation; set = shown in the console summary
+    timestamp: bool = False  # seconds since the run's start (made run-relative by the recorder)
+    # Its sample is taken from successful requests only; a DERIVED one is null unless the request
+    # succeeded.
+    success_only: bool = False
+    # Gets <name>.csv quantiles, <name>.png and summary_stats.json `<name>_<stat>`; the rank orders
+    # those outputs (stable: ties keep table order).
+    distribution_rank: int | None = None
+    column: str = ""  # the record column a SAMPLE metric reads (default: its own name)
+    slo: bool = False  # usable as an SLO metric
+    slo_aliases: tuple[str, ...] = ()  # other names an SLO config may use for it
+    null_passes_slo: bool = False  # a null value (not measurable for that request) meets the SLO
+
+    @property
+    def distribution(self) -> bool:
+        return self.distribution_rank is not None
+
+
+_TIME = {"type": float, "origin": MEASURED, "unit": "s", "timestamp": True}
+_TOKENS = {"type": int, "origin": MEASURED, "unit": "tok"}
+_LATENCY = {"type": float, "origin": DERIVED, "unit": "s", "success_only": True}
+
+# Field names other modules refer to.
+TTFC: Final = "ttfc"
+TBC: Final = "tbc"
+TPOT: Final = "tpot"
+END_TO_END_LATENCY: Final = "end_to_end_latency"
+DISPATCH_DELAY: Final = "dispatch_delay"
+SCHEDULER_READY_AT: Final = "scheduler_ready_at"
+SCHEDULER_DISPATCHED_AT: Final = "scheduler_dispatched_at"
+CLIENT_PICKED_UP_AT: Final = "client_picked_up_at"
+CLIENT_COMPLETED_AT: Final = "client_completed_at"
+SESSION_DURATION: Final = "session_duration"  # per session: evaluation builds it from the sessions
+
+FIELDS: Final = (
+    # identity and outcome
+    Field("request_id", int, ID),
+    Field("session_id", int, ID),
+    Field("node_id", int, ID),
+    Field("status", str, MEASURED),
+    Field("error_type", str, MEASURED),
+    Field("error_message", str, MEASURED),
+    Field("http_status", int, MEASURED),
+    Field("is_warmup", bool, MEASURED),
+    # timestamps
+    Field(SCHEDULER_READY_AT, **_TIME),
+    Field(SCHEDULER_DISPATCHED_AT, **_TIME),
+    Field(CLIENT_PICKED_UP_AT, **_TIME),
+    Field(CLIENT_COMPLETED_AT, **_TIME),
+    Field("result_processed_at", **_TIME),
+    # token counts
+    Field("num_delta_prompt_tokens", **_TOKENS),
+    Field("num_total_prompt_tokens", **_TOKENS),
+    Field("target_num_delta_prompt_tokens", **_TOKENS),
+    Field(
+        "num_output_tokens",
+        **_TOKENS,
+        label="Output length",
+        axis="tokens",
+        success_only=True,
+        distribution_rank=8,
+    ),
+    Field("num_requested_output_tokens", **_TOKENS),
+    Field("token_count_source", str, MEASURED),
+    Field("is_stream", bool, MEASURED),
+    # derived metrics
+    Field(
+        TTFC,
+        **_LATENCY,
+        label="Time to first chunk (TTFC)",
+        axis="seconds",
+        short="TTFC",
+        distribution_rank=1,
+        slo=True,
+    ),
+    Field(
+        TBC,
+        list,
+        DERIVED,
+        unit="s",
+        label="Time between chunks (TBC, all gaps pooled)",
+        axis="seconds",
+        short="TBC",
+        success_only=True,
+        distribution_rank=2,
+        slo=True,
+    ),
+    Field(
+        TPOT,
+        **_LATENCY,
+        label="Time per output token after the first (TPOT)",
+        axis="seconds per token",
+        short="TPOT",
+        distribution_rank=3,
+        slo=True,
+        null_passes_slo=True,
+    ),
+    Field(
+        END_TO_END_LATENCY,
+        **_LATENCY,
+        label="End-to-end latency",
+        axis="seconds",
+        short="E2E",
+        distribution_rank=4,
+        slo=True,
+        slo_aliases=("e2e",),
+    ),
+    Field(
+        "normalized_end_to_end_latency",
+        **_LATENCY,
+        label="End-to-end latency per output token",
+        axis="seconds per token",
+        distribution_rank=5,
+        slo=True,
+    ),
+    Field(
+        "output_throughput",
+        float,
+        DERIVED,
+        unit="tok/s",
+        label="Output throughput per request",
+        axis="tokens per second",
+        success_only=True,
+        distribution_rank=6,
+    ),
+    Field(
+        DISPATCH_DELAY,
+        float,
+        DERIVED,
+        unit="s",
+        label="Dispatch delay (dispatched − ready)",
+        axis="seconds",
+        distribution_rank=10,
+    ),
+    Field("finish_reason", str, MEASURED),
+    # driver -> recorder only. Times are raw; `count_text` carries the generated text only when the
+    # server sent no usage, so the recorder (not the driver) counts its tokens.
+    Field("chunk_times", list, TRANSPORT),
+    Field("count_text", str, TRANSPORT),
+    # distributions sampled from the records, not stored per request
+    Field(
+        "num_prompt_tokens",
+        int,
+        SAMPLE,
+        unit="tok",
+        label="Prompt length (history included)",
+        axis="tokens",
+        success_only=True,
+        distribution_rank=7,
+        column="num_total_prompt_tokens",
+    ),
+    Field(
+        SESSION_DURATION,
+        float,
+        SAMPLE,
+        unit="s",
+        label="Session duration (completed sessions)",
+        axis="seconds",
+        distribution_rank=9,
+    ),
 )
-REQUEST_RECORD_FIELDS: Final = (*_HEAD, *DERIVED_FIELDS, "finish_reason")
+FIELD: Final = {f.name: f for f in FIELDS}
+
+
+def _names(*origins: str) -> tuple[str, ...]:
+    return tuple(f.name for f in FIELDS if f.origin in origins)
+
+
+# One line of metrics/request_level_metrics.jsonl, in this order.
+REQUEST_RECORD_FIELDS: Final = _names(ID, MEASURED, DERIVED)
 # What the driver measures: every record field that is not derived, in record order.
-MEASURED_FIELDS: Final = (*_HEAD, "finish_reason")
+MEASURED_FIELDS: Final = _names(ID, MEASURED)
+# What the driver ships per request (the keyword parameters of runner.ipc.make_record, in order).
+DRIVER_FIELDS: Final = _names(ID, MEASURED, TRANSPORT)
+# Per-request metrics the recorder derives from the measured fields (metrics.md).
+DERIVED_FIELDS: Final = _names(DERIVED)
+# Timestamps of a request record (seconds since the run's start).
+REQUEST_TIME_FIELDS: Final = tuple(f.name for f in FIELDS if f.timestamp)
+# Derived metrics that exist only for a successful request (null otherwise).
+LATENCY_FIELDS: Final = tuple(f.name for f in FIELDS if f.origin == DERIVED and f.success_only)
+# Metrics that get a `<metric>.csv` (101 quantiles), a `<metric>.png` and summary statistics.
+DISTRIBUTION_FIELDS: Final = tuple(
+    sorted((f for f in FIELDS if f.distribution), key=lambda f: f.distribution_rank or 0)
+)
+DISTRIBUTION_METRICS: Final = tuple(f.name for f in DISTRIBUTION_FIELDS)
+# Names an SLO may use, each field's aliases first; SLO_ALIASES maps an alias to its field.
+SLO_METRICS: Final = tuple(n for f in FIELDS if f.slo for n in (*f.slo_aliases, f.name))
+SLO_ALIASES: Final = {a: f.name for f in FIELDS for a in f.slo_aliases}
+# SLO metrics whose null value (not measurable for that request, e.g. tpot of a one-token reply) passes.
+NULL_PASSES_SLO: Final = tuple(f.name for f in FIELDS if f.null_passes_slo)
+
+# metrics/<metric>.csv columns (one row per quantile of QUANTILE_GRID).
+DISTRIBUTION_CSV_COLUMNS: Final = ("cdf", "value")
 
 # summary_stats.json: `<metric>_<suffix>` for every distribution metric.
 SUMMARY_STAT_SUFFIXES: Final = ("mean", "p50", "p90", "p95", "p99", "min", "max")
@@ -99,6 +275,15 @@ SLO_RESULT_FIELDS: Final = (
 HEALTH_PASSED: Final = "PASSED"
 HEALTH_FAILED: Final = "FAILED"
 HEALTH_SKIPPED: Final = "SKIPPED"
+
+# Progress counters the driver sends with every batch (runner.ipc BATCH "progress") and the live
+# progress line shows.
+PROGRESS_SESSIONS: Final = "sessions"
+PROGRESS_DISPATCHED: Final = "dispatched"
+PROGRESS_COMPLETED: Final = "completed"
+PROGRESS_ERRORED: Final = "errored"
+PROGRESS_IN_FLIGHT: Final = "in_flight"
+PROGRESS_OUTPUT_TOKENS: Final = "output_tokens"
 
 # metrics/timeseries.csv columns, in order.
 TIMESERIES_COLUMNS: Final = (

@@ -5,11 +5,12 @@ from __future__ import annotations
 from veeksha.runner.evaluation.rundata import QUANTILE_GRID, Distribution, RunData
 from veeksha.shared.jsonio import write_atomic
 from veeksha.shared.paths import DISTRIBUTION_METRICS, RunPaths
+from veeksha.shared.records import DISTRIBUTION_CSV_COLUMNS
 
 
 def distribution_csv(dist: Distribution) -> str:
     """Rows cdf 0.00 … 1.00; the value is empty when the metric has no samples."""
-    lines = ["cdf,value"]
+    lines = [",".join(DISTRIBUTION_CSV_COLUMNS)]
     for q, value in zip(QUANTILE_GRID, dist.quantiles, strict=True):
         lines.append(f"{q:.2f},{'' if value is None else repr(value)}")
     return "\n".join(lines) + "\n"

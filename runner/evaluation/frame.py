@@ -20,31 +20,24 @@ from typing import Any
 import numpy as np
 import orjson
 import polars as pl
-from veeksha.shared.records import CANCELLED, ERROR, REQUEST_RECORD_FIELDS, SUCCESS, TIMEOUT
+from veeksha.shared.records import (
+    CANCELLED,
+    CLIENT_COMPLETED_AT,
+    ERROR,
+    FIELD,
+    ID,
+    REQUEST_RECORD_FIELDS,
+    SUCCESS,
+    TBC,
+    TIMEOUT,
+)
 
-ID_FIELDS = ("request_id", "session_id", "node_id")
-FLOAT_FIELDS = (
-    "scheduler_ready_at",
-    "scheduler_dispatched_at",
-    "client_picked_up_at",
-    "client_completed_at",
-    "result_processed_at",
-    "ttfc",
-    "tpot",
-    "end_to_end_latency",
-    "normalized_end_to_end_latency",
-    "output_throughput",
-    "dispatch_delay",
-)
-INT_FIELDS = (
-    "http_status",
-    "num_delta_prompt_tokens",
-    "num_total_prompt_tokens",
-    "target_num_delta_prompt_tokens",
-    "num_output_tokens",
-    "num_requested_output_tokens",
-)
-BOOL_FIELDS = ("is_warmup", "is_stream")
+RECORD_FIELDS = tuple(FIELD[name] for name in REQUEST_RECORD_FIELDS)
+
+ID_FIELDS = tuple(f.name for f in RECORD_FIELDS if f.origin == ID)
+FLOAT_FIELDS = tuple(f.name for f in RECORD_FIELDS if f.type is float)
+INT_FIELDS = tuple(f.name for f in RECORD_FIELDS if f.type is int and f.origin != ID)
+BOOL_FIELDS = tuple(f.name for f in RECORD_FIELDS if f.type is bool)
 FAILED_STATUSES = (ERROR, TIMEOUT)  # "errored": the request failed (cancelled is counted apart)
 
 
@@ -61,7 +54,7 @@ def record_schema(id_types: dict[str, pl.DataType] | None = None) -> dict[str, p
             schema[name] = pl.Int64()
         elif name in BOOL_FIELDS:
             schema[name] = pl.Boolean()
-        elif name == "tbc":
+        elif FIELD[name].type is list:
             schema[name] = pl.List(pl.Float64())
         else:
             schema[name] = pl.String()
@@ -177,10 +170,10 @@ def split_tbc(df: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
     """(frame without tbc, flat gaps, gaps per row), keeping only what statistics use: the gaps of
     successful, non-warmup requests (so the flat array *is* the pooled tbc sample, no copy needed)."""
     kept = pl.when((pl.col("status") == SUCCESS) & ~pl.col("is_warmup").fill_null(False))
-    lf = df.lazy().with_columns(tbc=kept.then(pl.col("tbc")))
-    lengths = lf.select(pl.col("tbc").list.len().fill_null(0)).collect().to_series().to_numpy()
-    gaps = lf.select(pl.col("tbc").explode(empty_as_null=False, keep_nulls=False)).collect().to_series()
-    frame = lf.with_columns(has_tbc=pl.col("tbc").is_not_null()).drop("tbc").collect()
+    lf = df.lazy().with_columns(kept.then(pl.col(TBC)).alias(TBC))
+    lengths = lf.select(pl.col(TBC).list.len().fill_null(0)).collect().to_series().to_numpy()
+    gaps = lf.select(pl.col(TBC).explode(empty_as_null=False, keep_nulls=False)).collect().to_series()
+    frame = lf.with_columns(has_tbc=pl.col(TBC).is_not_null()).drop(TBC).collect()
     return frame, gaps.to_numpy(), lengths.astype(np.int64)
 
 
@@ -204,14 +197,12 @@ def assemble(
     if frames:
         df = pl.concat(frames, how="vertical", rechunk=True)
     else:
-        empty = {k: v for k, v in schema.items() if k != "tbc"}
+        empty = {k: v for k, v in schema.items() if k != TBC}
         df = pl.DataFrame(schema={**empty, "has_tbc": pl.Boolean()})
     lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, dtype=np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return Records(
-        df=_derive(df), tbc_values=gaps, tbc_offsets=offsets, num_corrupt_lines=num_corrupt_lines
-    )
+    return Records(df=_derive(df), tbc_values=gaps, tbc_offsets=offsets, num_corrupt_lines=num_corrupt_lines)
 
 
 def _derive(df: pl.DataFrame) -> pl.DataFrame:
@@ -224,7 +215,7 @@ def _derive(df: pl.DataFrame) -> pl.DataFrame:
         failed=status.is_in(FAILED_STATUSES),
         cancelled=status == CANCELLED,
         # When a request stopped occupying the client: completion, else (cancelled) processing.
-        end_at=pl.coalesce("client_completed_at", "result_processed_at"),
+        end_at=pl.coalesce(CLIENT_COMPLETED_AT, "result_processed_at"),
     )
 
 

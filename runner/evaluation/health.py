@@ -26,11 +26,15 @@ from veeksha.shared.config import (
     RateTraffic,
 )
 from veeksha.shared.records import (
+    CLIENT_COMPLETED_AT,
+    CLIENT_PICKED_UP_AT,
     COUNT_SERVER,
     COUNT_TOKENIZER,
+    DISPATCH_DELAY,
     HEALTH_FAILED,
     HEALTH_PASSED,
     HEALTH_SKIPPED,
+    SCHEDULER_DISPATCHED_AT,
     TIMEOUT,
 )
 
@@ -159,12 +163,12 @@ def concurrency(data: RunData) -> Check:
     traffic = data.cfg.traffic_scheduler
     if not isinstance(traffic, ConcurrentTraffic):
         return Check(name, SKIPPED, detail="applies to concurrent traffic")
-    cols = ("session_id", "scheduler_dispatched_at", "end_at")
+    cols = ("session_id", SCHEDULER_DISPATCHED_AT, "end_at")
     spans = (
         pl.concat([data.measured.select(cols), data.warmup.select(cols)])
-        .filter(pl.col("scheduler_dispatched_at").is_not_null())
+        .filter(pl.col(SCHEDULER_DISPATCHED_AT).is_not_null())
         .group_by("session_id")
-        .agg(start=pl.col("scheduler_dispatched_at").min(), end=pl.col("end_at").max())
+        .agg(start=pl.col(SCHEDULER_DISPATCHED_AT).min(), end=pl.col("end_at").max())
         .sort("start")
     )
     target = traffic.target_concurrent_sessions
@@ -202,13 +206,13 @@ def intra_session_lateness(data: RunData) -> Check:
     if data.trace is None:
         return Check(name, SKIPPED, detail="needs traces/dispatch_trace.jsonl (trace_recorder.enabled)")
     nodes = (
-        data.measured.select("request_id", "session_id", "dispatch_delay")
+        data.measured.select("request_id", "session_id", DISPATCH_DELAY)
         .join(data.trace.select("request_id", "is_root"), on="request_id", how="inner")
-        .filter(~pl.col("is_root") & pl.col("dispatch_delay").is_not_null())
+        .filter(~pl.col("is_root") & pl.col(DISPATCH_DELAY).is_not_null())
     )
     if nodes.height == 0:
         return Check(name, SKIPPED, detail="no dispatched request with a parent in the session")
-    stats = _stats(nodes["dispatch_delay"].to_numpy())
+    stats = _stats(nodes[DISPATCH_DELAY].to_numpy())
     bound = thresholds(data.cfg).max_lateness_p99_s
     return Check(
         name,
@@ -216,7 +220,7 @@ def intra_session_lateness(data: RunData) -> Check:
         {
             "num_requests": nodes.height,
             **stats,
-            "worst_offenders": _worst(nodes, "dispatch_delay", seconds=True),
+            "worst_offenders": _worst(nodes, DISPATCH_DELAY, seconds=True),
         },
         {"p99_s": bound},
     )
@@ -300,9 +304,9 @@ def lifecycle_delays(data: RunData) -> Check:
     stages = data.measured.select(
         "request_id",
         "session_id",
-        ready_to_dispatch_s="dispatch_delay",
-        dispatch_to_pickup_s=pl.col("client_picked_up_at") - pl.col("scheduler_dispatched_at"),
-        completion_to_processed_s=pl.col("result_processed_at") - pl.col("client_completed_at"),
+        ready_to_dispatch_s=DISPATCH_DELAY,
+        dispatch_to_pickup_s=pl.col(CLIENT_PICKED_UP_AT) - pl.col(SCHEDULER_DISPATCHED_AT),
+        completion_to_processed_s=pl.col("result_processed_at") - pl.col(CLIENT_COMPLETED_AT),
     )
     bound = thresholds(data.cfg).max_delay_p99_s
     metrics: dict[str, Any] = {}
@@ -402,7 +406,7 @@ def format_health_text(checks: list[Check]) -> str:
         width = max((len(label) for label, _ in pairs), default=0)
         lines += [f"{label.ljust(width)}  {value}" for label, value in pairs]
         blocks.append("\n".join(lines))
-    verdict = "PASSED" if all_passed(checks) else "FAILED"
+    verdict = PASSED if all_passed(checks) else FAILED
     return "\n\n".join(blocks) + f"\n\n{RULE}\nOVERALL: {verdict}\n{RULE}\n"
 
 

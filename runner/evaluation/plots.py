@@ -9,20 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from veeksha.runner.evaluation.rundata import QUANTILE_GRID, Distribution
+from veeksha.shared.records import DISTRIBUTION_FIELDS
 
-# metric → (title, axis label with unit, unit suffix for values)
-LABELS = {
-    "ttfc": ("Time to first chunk (TTFC)", "seconds", "s"),
-    "tbc": ("Time between chunks (TBC, all gaps pooled)", "seconds", "s"),
-    "tpot": ("Time per output token after the first (TPOT)", "seconds per token", "s"),
-    "end_to_end_latency": ("End-to-end latency", "seconds", "s"),
-    "normalized_end_to_end_latency": ("End-to-end latency per output token", "seconds per token", "s"),
-    "output_throughput": ("Output throughput per request", "tokens per second", "tok/s"),
-    "num_prompt_tokens": ("Prompt length (history included)", "tokens", "tok"),
-    "num_output_tokens": ("Output length", "tokens", "tok"),
-    "session_duration": ("Session duration (completed sessions)", "seconds", "s"),
-    "dispatch_delay": ("Dispatch delay (dispatched − ready)", "seconds", "s"),
-}
+# metric → (title, axis label with unit, unit suffix for values), from the field table
+LABELS = {f.name: (f.label, f.axis, f.unit) for f in DISTRIBUTION_FIELDS}
 MARKS = ((0.5, "p50", "#2ca02c"), (0.9, "p90", "#ff7f0e"), (0.99, "p99", "#d62728"))
 LOG_RANGE = 100.0  # log x-axis when max/min exceeds this
 

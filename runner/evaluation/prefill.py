@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 from veeksha.runner.evaluation.quantiles import exact_quantiles
 from veeksha.runner.evaluation.rundata import RunData
+from veeksha.shared.records import TTFC
 
 PROMPT_FIELD = "num_total_prompt_tokens"
 FIRST_EDGE = 128
@@ -26,11 +27,11 @@ def bucket_lower(tokens: pl.Expr) -> pl.Expr:
 
 
 def build_prefill(data: RunData) -> dict[str, Any]:
-    rows = data.ok_rows(PROMPT_FIELD, "ttfc").drop_nulls()
+    rows = data.ok_rows(PROMPT_FIELD, TTFC).drop_nulls()
     rows = rows.with_columns(lower=bucket_lower(pl.col(PROMPT_FIELD)))
     buckets = []
     for (lower,), group in sorted(rows.group_by("lower"), key=lambda kv: kv[0][0]):
-        ttfc = group["ttfc"].to_numpy()
+        ttfc = group[TTFC].to_numpy()
         p50, p90, p99 = exact_quantiles(ttfc, [0.5, 0.9, 0.99])
         buckets.append(
             {
@@ -48,7 +49,7 @@ def build_prefill(data: RunData) -> dict[str, Any]:
         "prompt_length_field": PROMPT_FIELD,
         "num_requests": rows.height,
         "buckets": buckets,
-        "linear_fit": _fit(rows[PROMPT_FIELD].to_numpy().astype(np.float64), rows["ttfc"].to_numpy()),
+        "linear_fit": _fit(rows[PROMPT_FIELD].to_numpy().astype(np.float64), rows[TTFC].to_numpy()),
     }
 
 

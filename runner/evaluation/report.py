@@ -6,8 +6,9 @@ from typing import Any
 
 from veeksha.runner.evaluation.evaluate import Evaluation
 from veeksha.shared.paths import RunPaths
+from veeksha.shared.records import DISTRIBUTION_FIELDS, HEALTH_FAILED, HEALTH_PASSED, HEALTH_SKIPPED
 
-LATENCIES = (("TTFC", "ttfc"), ("TBC", "tbc"), ("TPOT", "tpot"), ("E2E", "end_to_end_latency"))
+LATENCIES = tuple((f.short, f.name) for f in DISTRIBUTION_FIELDS if f.short)
 
 
 def _seconds(v: float | None) -> str:
@@ -61,9 +62,9 @@ def format_summary(ev: Evaluation) -> str:
         lines.append(f"  SLOs      {met}/{len(results)} met")
         lines += [_slo_line(r) for r in results]
     checks = ev.health["checks"]
-    failed = [c["name"] for c in checks if c["result"] == "FAILED"]
-    skipped = sum(c["result"] == "SKIPPED" for c in checks)
-    verdict = "PASSED" if ev.all_health_passed else "FAILED (" + ", ".join(failed) + ")"
+    failed = [c["name"] for c in checks if c["result"] == HEALTH_FAILED]
+    skipped = sum(c["result"] == HEALTH_SKIPPED for c in checks)
+    verdict = HEALTH_PASSED if ev.all_health_passed else f"{HEALTH_FAILED} (" + ", ".join(failed) + ")"
     lines.append(
         f"  health    {verdict}: {len(checks) - len(failed) - skipped} passed, {len(failed)} failed, "
         f"{skipped} skipped (health_check_results.txt)"

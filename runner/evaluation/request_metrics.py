@@ -13,14 +13,22 @@ import itertools
 from typing import Any
 
 from veeksha.shared.records import (
-    DERIVED_FIELDS,
+    CLIENT_COMPLETED_AT,
+    CLIENT_PICKED_UP_AT,
+    DISPATCH_DELAY,
+    END_TO_END_LATENCY,
+    LATENCY_FIELDS,
     REQUEST_RECORD_FIELDS,
     REQUEST_TIME_FIELDS,
+    SCHEDULER_DISPATCHED_AT,
+    SCHEDULER_READY_AT,
     SUCCESS,
+    TBC,
+    TPOT,
+    TTFC,
 )
 
 TIME_FIELDS = REQUEST_TIME_FIELDS
-LATENCY_FIELDS = tuple(f for f in DERIVED_FIELDS if f != "dispatch_delay")
 _NS = 1e9
 
 
@@ -46,10 +54,10 @@ def finalize_record(raw: dict[str, Any]) -> dict[str, Any]:
     for name in TIME_FIELDS:
         if ns[name] is not None:
             rec[name] = _s(ns[name])
-    ready, dispatched = ns["scheduler_ready_at"], ns["scheduler_dispatched_at"]
-    rec["dispatch_delay"] = _s(dispatched - ready) if ready is not None and dispatched is not None else None
+    ready, dispatched = ns[SCHEDULER_READY_AT], ns[SCHEDULER_DISPATCHED_AT]
+    rec[DISPATCH_DELAY] = _s(dispatched - ready) if ready is not None and dispatched is not None else None
     if rec["status"] == SUCCESS:
-        _latencies(rec, ns["client_picked_up_at"], ns["client_completed_at"], raw.get("chunk_times"))
+        _latencies(rec, ns[CLIENT_PICKED_UP_AT], ns[CLIENT_COMPLETED_AT], raw.get("chunk_times"))
     else:
         for name in LATENCY_FIELDS:
             rec[name] = None
@@ -66,14 +74,14 @@ def _latencies(
         chunks = [completed]
     n_out = rec["num_output_tokens"]
     e2e = _s(completed - sent) if completed is not None and sent is not None else None
-    rec["end_to_end_latency"] = e2e
-    rec["ttfc"] = _s(chunks[0] - sent) if chunks and sent is not None else None
-    rec["tbc"] = [_s(b - a) for a, b in itertools.pairwise(chunks)] if chunks else None
+    rec[END_TO_END_LATENCY] = e2e
+    rec[TTFC] = _s(chunks[0] - sent) if chunks and sent is not None else None
+    rec[TBC] = [_s(b - a) for a, b in itertools.pairwise(chunks)] if chunks else None
     # tpot needs two chunks: one chunk carrying every token (non-streaming) measures no decode speed.
     if n_out is not None and n_out > 1 and len(chunks) > 1:
-        rec["tpot"] = _s(chunks[-1] - chunks[0]) / (n_out - 1)
+        rec[TPOT] = _s(chunks[-1] - chunks[0]) / (n_out - 1)
     else:
-        rec["tpot"] = None
+        rec[TPOT] = None
     has_tokens = n_out is not None
     rec["normalized_end_to_end_latency"] = (
         e2e / n_out if e2e is not None and has_tokens and n_out > 0 else None

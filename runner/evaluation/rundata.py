@@ -11,18 +11,10 @@ from veeksha.runner.evaluation.frame import Records
 from veeksha.runner.evaluation.quantiles import exact_quantiles
 from veeksha.shared.config import BenchmarkConfig, RateTraffic, TraceSessions, arrival_rate_of
 from veeksha.shared.paths import DISTRIBUTION_METRICS
+from veeksha.shared.records import FIELD, SCHEDULER_DISPATCHED_AT, SESSION_DURATION
 
 QUANTILE_GRID = tuple(i / 100 for i in range(101))  # the <metric>.csv rows
 SUMMARY_PERCENTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
-
-# Per-request metrics taken from successful requests only (a failed request has none).
-REQUEST_LATENCY_METRICS = (
-    "ttfc",
-    "tpot",
-    "end_to_end_latency",
-    "normalized_end_to_end_latency",
-    "output_throughput",
-)
 
 
 @dataclass
@@ -70,15 +62,14 @@ class RunData:
 
     def values(self, metric: str) -> np.ndarray:
         """The sample of a distribution metric (float64, no nulls)."""
-        if metric == "tbc":
+        field = FIELD[metric]
+        if field.type is list:  # tbc: the pooled gaps of the kept records
             return self.records.tbc_values
-        if metric == "session_duration":
-            col = self.sessions.filter(pl.col("completed"))["session_duration"]
-        elif metric == "dispatch_delay":
-            col = self.measured["dispatch_delay"]
+        if metric == SESSION_DURATION:
+            col = self.sessions.filter(pl.col("completed"))[SESSION_DURATION]
         else:
-            column = {"num_prompt_tokens": "num_total_prompt_tokens"}.get(metric, metric)
-            col = self.ok_rows(column)[column]
+            column = field.column or metric
+            col = self.ok_rows(column)[column] if field.success_only else self.measured[column]
         return col.drop_nulls().cast(pl.Float64).to_numpy()
 
     def ok_rows(self, *columns: str) -> pl.DataFrame:
@@ -94,7 +85,7 @@ def split_warmup(records: Records) -> tuple[Records, pl.DataFrame]:
     """
     df = records.df
     warm = pl.col("is_warmup")
-    columns = ("request_id", "session_id", "scheduler_dispatched_at", "end_at", "ok", "failed", "cancelled")
+    columns = ("request_id", "session_id", SCHEDULER_DISPATCHED_AT, "end_at", "ok", "failed", "cancelled")
     warmup = df.lazy().filter(warm).select(columns).collect()
     if warmup.height:
         df = df.filter(~warm)
@@ -106,9 +97,9 @@ def prepare(
 ) -> RunData:
     """Everything shared by the evaluators; `records` hold no warmup rows (see split_warmup)."""
     measured = records.df
-    window = measured.lazy().filter(pl.col("scheduler_dispatched_at").is_not_null())
+    window = measured.lazy().filter(pl.col(SCHEDULER_DISPATCHED_AT).is_not_null())
     first, last = (
-        window.select(pl.col("scheduler_dispatched_at").min(), pl.col("end_at").max()).collect().row(0)
+        window.select(pl.col(SCHEDULER_DISPATCHED_AT).min(), pl.col("end_at").max()).collect().row(0)
     )
     data = RunData(
         records=records,
@@ -145,7 +136,7 @@ def session_table(measured: pl.DataFrame, trace: pl.DataFrame | None) -> pl.Data
         num_requests=pl.len(),
         num_ok=pl.col("ok").sum(),
         num_failed=pl.col("failed").sum(),
-        first_dispatch=pl.col("scheduler_dispatched_at").min(),
+        first_dispatch=pl.col(SCHEDULER_DISPATCHED_AT).min(),
         last_end=pl.col("end_at").max(),
     )
     if trace is not None:

@@ -19,8 +19,9 @@ import polars as pl
 from veeksha.runner.evaluation.quantiles import exact_quantiles
 from veeksha.runner.evaluation.rundata import QUANTILE_GRID, RunData
 from veeksha.shared.config import SLOConfig
+from veeksha.shared.records import FIELD, NULL_PASSES_SLO
 
-NULL_PASSES = ("tpot",)
+NULL_PASSES = NULL_PASSES_SLO
 _ROWS_PER_BATCH = 50_000  # x ~160 gaps: ~64 MB of temporaries
 
 
@@ -65,7 +66,8 @@ def good_requests(data: RunData) -> int | None:
     slos = data.cfg.slos
     if not slos:
         return None
-    ok = data.ok_rows("row", *{s.canonical_metric for s in slos if s.canonical_metric != "tbc"})
+    scalar = {s.canonical_metric for s in slos if FIELD[s.canonical_metric].type is not list}
+    ok = data.ok_rows("row", *scalar)
     good = np.ones(ok.height, dtype=bool)
     for slo in slos:
         good &= _meets(data, ok, slo)
@@ -74,7 +76,7 @@ def good_requests(data: RunData) -> int | None:
 
 def _meets(data: RunData, ok: pl.DataFrame, slo: SLOConfig) -> np.ndarray:
     metric = slo.canonical_metric
-    if metric == "tbc":
+    if FIELD[metric].type is list:  # tbc: every gap of the request, pooled
         return _tbc_meets(data, ok["row"].to_numpy(), slo.value, slo.percentile)
     values = ok[metric]
     passes = values <= slo.value

@@ -8,6 +8,7 @@ from typing import Any
 import polars as pl
 from veeksha.runner.evaluation.rundata import SUMMARY_PERCENTILES, RunData
 from veeksha.shared.paths import DISTRIBUTION_METRICS
+from veeksha.shared.records import SCHEDULER_DISPATCHED_AT
 
 
 def ratio(num: float, den: float | None) -> float | None:
@@ -81,7 +82,7 @@ def observed_session_rate(data: RunData) -> tuple[float | None, int, float | Non
         return None, 0, None
     warm = (
         data.warmup.group_by("session_id")
-        .agg(start=pl.col("scheduler_dispatched_at").min())["start"]
+        .agg(start=pl.col(SCHEDULER_DISPATCHED_AT).min())["start"]
         .drop_nulls()
     )
     origin = float(warm.max()) if warm.len() else 0.0  # type: ignore[arg-type]

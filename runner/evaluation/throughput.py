@@ -13,6 +13,7 @@ import polars as pl
 from veeksha.runner.evaluation.rundata import RunData
 from veeksha.runner.evaluation.slo import good_requests
 from veeksha.runner.evaluation.summary import ratio
+from veeksha.shared.records import SCHEDULER_DISPATCHED_AT
 
 
 def build_throughput(data: RunData, timeseries: pl.DataFrame) -> dict[str, Any]:
@@ -37,6 +38,6 @@ def build_throughput(data: RunData, timeseries: pl.DataFrame) -> dict[str, Any]:
 def in_flight_seconds(data: RunData) -> float:
     """Σ over requests of the time in flight (dispatch → end): the integral of the in-flight count."""
     spans = data.measured.select(
-        (pl.col("end_at") - pl.col("scheduler_dispatched_at")).clip(lower_bound=0).sum()
+        (pl.col("end_at") - pl.col(SCHEDULER_DISPATCHED_AT)).clip(lower_bound=0).sum()
     ).item()
     return float(spans or 0.0)

@@ -53,7 +53,15 @@ from veeksha.runner.evaluation.quantiles import quantiles_inplace
 from veeksha.runner.evaluation.stream_tokens import NS, tokens_per_second
 from veeksha.runner.evaluation.timeseries_rebuild import ROW_QUANTILES, build_timeseries
 from veeksha.shared.jsonio import naming_errors, write_atomic
-from veeksha.shared.records import SUCCESS, TIMESERIES_COLUMNS
+from veeksha.shared.records import (
+    CLIENT_COMPLETED_AT,
+    CLIENT_PICKED_UP_AT,
+    SCHEDULER_DISPATCHED_AT,
+    SUCCESS,
+    TBC,
+    TIMESERIES_COLUMNS,
+    TTFC,
+)
 
 COLUMNS = TIMESERIES_COLUMNS
 # Trace lines and records reach the recorder ≤ ~0.3 s after the event (100 ms batches + the pipe);
@@ -180,13 +188,13 @@ class TimeseriesWriter:
         return row
 
     def add(self, record: dict[str, Any]) -> None:
-        d_ns = _ns(record.get("scheduler_dispatched_at"))
+        d_ns = _ns(record.get(SCHEDULER_DISPATCHED_AT))
         if d_ns is not None:
             self._count_open(d_ns, -1)  # warmup requests too: their dispatches held rows
         if record.get("is_warmup"):
             return
         status = record.get("status")
-        end = record.get("client_completed_at")
+        end = record.get(CLIENT_COMPLETED_AT)
         end = record.get("result_processed_at") if end is None else end
         e_ns = _ns(end) if end is not None else d_ns
         for ns in (d_ns, e_ns):
@@ -213,7 +221,7 @@ class TimeseriesWriter:
         row.completed += 1
         n_out = record.get("num_output_tokens") or 0
         row.output_tokens += n_out
-        ttfc, tbc, sent = record.get("ttfc"), record.get("tbc"), record.get("client_picked_up_at")
+        ttfc, tbc, sent = record.get(TTFC), record.get(TBC), record.get(CLIENT_PICKED_UP_AT)
         if ttfc is not None:
             row.ttfc.append(ttfc)
         if tbc:

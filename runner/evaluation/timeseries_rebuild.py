@@ -12,6 +12,7 @@ import polars as pl
 from veeksha.runner.evaluation.frame import Records, gather_segments
 from veeksha.runner.evaluation.quantiles import quantiles_inplace
 from veeksha.runner.evaluation.stream_tokens import NS, batch_tokens_per_second
+from veeksha.shared.records import CLIENT_PICKED_UP_AT, SCHEDULER_DISPATCHED_AT, TTFC
 
 ROW_QUANTILES = (0.5, 0.99)
 _BATCH_VALUES = 4_000_000  # gaps handled per vectorised step (bounds the temporaries)
@@ -27,11 +28,11 @@ def build_timeseries(records: Records) -> pl.DataFrame:
             "ok",
             "failed",
             "num_output_tokens",
-            "ttfc",
-            "client_picked_up_at",
+            TTFC,
+            CLIENT_PICKED_UP_AT,
             "has_tbc",
-            d_ns=_to_ns("scheduler_dispatched_at"),
-            e_ns=pl.coalesce(_to_ns("end_at"), _to_ns("scheduler_dispatched_at")),
+            d_ns=_to_ns(SCHEDULER_DISPATCHED_AT),
+            e_ns=pl.coalesce(_to_ns("end_at"), _to_ns(SCHEDULER_DISPATCHED_AT)),
         )
         .with_columns(
             d_sec=(pl.col("d_ns") // NS).clip(lower_bound=0),
@@ -108,11 +109,11 @@ def _in_flight(base: pl.DataFrame) -> pl.DataFrame:
 def _stream_tokens(records: Records, base: pl.DataFrame) -> pl.DataFrame:
     """Tokens per second of chunk arrival, vectorised over batches of requests (integer ns)."""
     rows = base.filter(
-        pl.col("ok") & pl.col("ttfc").is_not_null() & pl.col("client_picked_up_at").is_not_null()
+        pl.col("ok") & pl.col(TTFC).is_not_null() & pl.col(CLIENT_PICKED_UP_AT).is_not_null()
     ).select(
         "row",
         n=pl.col("num_output_tokens").fill_null(0),
-        t0=_to_ns("client_picked_up_at") + _to_ns("ttfc"),
+        t0=_to_ns(CLIENT_PICKED_UP_AT) + _to_ns(TTFC),
     )
     total: dict[int, int] = {}
     if rows.height == 0:
@@ -144,8 +145,8 @@ def _row_quantiles(records: Records, base: pl.DataFrame) -> pl.DataFrame:
     """ttfc and tbc p50/p99 per completion second, over the successful requests completed in it."""
     ok = base.filter(pl.col("ok") & pl.col("e_ns").is_not_null()).sort("e_sec", maintain_order=True)
     out: dict[int, list[float | None]] = {}
-    ttfc = ok.filter(pl.col("ttfc").is_not_null()).select("e_sec", "ttfc")
-    for second, values in _split(ttfc["e_sec"].to_numpy(), ttfc["ttfc"].to_numpy()):
+    ttfc = ok.filter(pl.col(TTFC).is_not_null()).select("e_sec", TTFC)
+    for second, values in _split(ttfc["e_sec"].to_numpy(), ttfc[TTFC].to_numpy()):
         out.setdefault(second, [None] * 4)[0:2] = quantiles_inplace(values.copy(), ROW_QUANTILES)
     with_tbc = ok.filter(pl.col("has_tbc"))
     idx = with_tbc["row"].to_numpy()
