@@ -36,6 +36,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import httptools
@@ -43,6 +44,8 @@ import orjson
 import uvloop
 from veeksha.runner.simulated_engine import EngineRequest, SimulatedEngine, token_text
 from veeksha.runner.tokenizer import count_tokens_approx
+from veeksha.shared.config import SimulatedServerConfig
+from veeksha.shared.schema import build
 
 LISTENING_PREFIX = "VEEKSHA_SIMULATED_SERVER_LISTENING"
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -315,7 +318,7 @@ def _completion_prompt_tokens(body: dict[str, Any]) -> int:
 class _App:
     """Routing, request validation and response templates."""
 
-    def __init__(self, cfg: Any, engine: SimulatedEngine):
+    def __init__(self, cfg: SimulatedServerConfig, engine: SimulatedEngine):
         self.cfg = cfg
         self.engine = engine
         self._error_rng = random.Random(f"{cfg.seed}:errors")
@@ -513,7 +516,7 @@ class SimulatedServer:
         await self._server.wait_closed()
 
 
-async def start_simulated_server(cfg: Any) -> SimulatedServer:
+async def start_simulated_server(cfg: SimulatedServerConfig) -> SimulatedServer:
     """Bind and start serving on the running loop; `cfg.port == 0` picks a free port."""
     loop = asyncio.get_running_loop()
     engine = SimulatedEngine(cfg, loop)
@@ -531,7 +534,7 @@ def announce_listening(host: str, port: int) -> None:
     sys.stdout.flush()
 
 
-async def _serve(cfg: Any, announce: Callable[[str, int], None] | None) -> None:
+async def _serve(cfg: SimulatedServerConfig, announce: Callable[[str, int], None] | None) -> None:
     server = await start_simulated_server(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -547,17 +550,14 @@ async def _serve(cfg: Any, announce: Callable[[str, int], None] | None) -> None:
         await server.close()
 
 
-def serve(cfg: Any, announce: Callable[[str, int], None] | None = None) -> None:
+def serve(cfg: SimulatedServerConfig, announce: Callable[[str, int], None] | None = None) -> None:
     """Run the simulated server until SIGTERM/SIGINT (blocking). `announce(host, port)` is called
     once the socket accepts connections."""
     uvloop.run(_serve(cfg, announce))
 
 
-def config_from_json(text: str) -> Any:
+def config_from_json(text: str) -> SimulatedServerConfig:
     """Build a validated SimulatedServerConfig from a JSON object (unknown keys are errors)."""
-    from veeksha.shared.config import SimulatedServerConfig
-    from veeksha.shared.schema import build
-
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -581,9 +581,9 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     if args.host is not None:
-        cfg.host = args.host
+        cfg = replace(cfg, host=args.host)
     if args.port is not None:
-        cfg.port = args.port
+        cfg = replace(cfg, port=args.port)
     serve(cfg, announce_listening)
     return 0
 

@@ -7,20 +7,21 @@ Polymorphic sections pick a variant by `type:` from the plain tables below; the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from veeksha.shared.schema import spec
+from veeksha.shared.secret import Secret
 
 # ---------------------------------------------------------------- length / wait generators
 
 
-@dataclass
+@dataclass(frozen=True)
 class FixedGen:
     type: Literal["fixed"] = "fixed"
     value: float = spec(default=1, ge=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class UniformGen:
     """Inclusive on both ends."""
 
@@ -32,7 +33,7 @@ class UniformGen:
         return f"min ({self.min}) must be <= max ({self.max})" if self.min > self.max else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class NormalGen:
     type: Literal["normal"] = "normal"
     mean: float = spec(default=100, ge=0)
@@ -44,7 +45,7 @@ class NormalGen:
         return f"min ({self.min}) must be <= max ({self.max})" if self.min > self.max else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ZipfGen:
     type: Literal["zipf"] = "zipf"
     theta: float = spec(default=1.2, gt=0)
@@ -55,14 +56,14 @@ class ZipfGen:
         return f"min ({self.min}) must be <= max ({self.max})" if self.min > self.max else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class InverseGaussianGen:
     type: Literal["inverse_gaussian"] = "inverse_gaussian"
     mean: float = spec(default=100, gt=0)
     shape: float = spec(default=100, gt=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FixedStairGen:
     """Walks `values` in order, each repeated `repeat_each` times, then starts over."""
 
@@ -93,12 +94,12 @@ def gen_field(**defaults: Any) -> Any:
 # ---------------------------------------------------------------- client
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClientConfig:
     type: Literal["openai_chat_completions", "openai_completions"] = "openai_chat_completions"
     api_base: str | None = spec(default=None, doc="env OPENAI_API_BASE when unset")
     model: str | None = spec(default=None, doc="required unless the server lists one model")
-    api_key: str | None = spec(default=None, doc="env OPENAI_API_KEY when unset; never written")
+    api_key: Secret | None = spec(default=None, doc="env OPENAI_API_KEY when unset; never written")
     headers: dict[str, str] = spec(factory=dict)
     request_timeout: float = spec(default=300.0, gt=0)
     connect_timeout: float = spec(default=10.0, gt=0)
@@ -112,24 +113,30 @@ class ClientConfig:
     http_backend: Literal["native", "httpx"] = "native"
     max_connections: int | None = spec(default=None, ge=1, doc="default: sized to the load")
 
+    def __post_init__(self) -> None:
+        # A key given as a plain string (in code, tests) is still a Secret: no form of this config
+        # can print it.
+        if self.api_key is not None and not isinstance(self.api_key, Secret):
+            object.__setattr__(self, "api_key", Secret(self.api_key))
+
 
 # ---------------------------------------------------------------- traffic
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoissonIntervals:
     type: Literal["poisson"] = "poisson"
     arrival_rate: float = spec(default=1.0, gt=0, doc="sessions per second")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GammaIntervals:
     type: Literal["gamma"] = "gamma"
     arrival_rate: float = spec(default=1.0, gt=0)
     cv: float = spec(default=1.0, gt=0, doc="coefficient of variation of the gaps")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FixedIntervals:
     type: Literal["fixed"] = "fixed"
     interval: float | None = spec(default=None, gt=0, doc="seconds between sessions")
@@ -156,7 +163,7 @@ def arrival_rate_of(gen: PoissonIntervals | GammaIntervals | FixedIntervals) -> 
     return gen.rate if isinstance(gen, FixedIntervals) else gen.arrival_rate
 
 
-@dataclass
+@dataclass(frozen=True)
 class RateTraffic:
     type: Literal["rate"] = "rate"
     interval_generator: PoissonIntervals | GammaIntervals | FixedIntervals = spec(
@@ -166,7 +173,7 @@ class RateTraffic:
     cancel_session_on_failure: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConcurrentTraffic:
     type: Literal["concurrent"] = "concurrent"
     target_concurrent_sessions: int = spec(default=1, ge=1)
@@ -179,12 +186,12 @@ TRAFFIC_SCHEDULERS: dict[str, type] = {"rate": RateTraffic, "concurrent": Concur
 # ---------------------------------------------------------------- sessions
 
 
-@dataclass
+@dataclass(frozen=True)
 class SingleRequestGraph:
     type: Literal["single_request"] = "single_request"
 
 
-@dataclass
+@dataclass(frozen=True)
 class LinearGraph:
     type: Literal["linear"] = "linear"
     num_request_generator: LengthGen = gen_field(type="fixed", value=3)
@@ -192,7 +199,7 @@ class LinearGraph:
     inherit_history: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class BranchingGraph:
     type: Literal["branching"] = "branching"
     num_layers_generator: LengthGen = gen_field(type="fixed", value=3)
@@ -210,7 +217,7 @@ SESSION_GRAPHS: dict[str, type] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextChannel:
     type: Literal["text"] = "text"
     body_length_generator: LengthGen = gen_field(type="uniform", min=100, max=500)
@@ -221,17 +228,17 @@ class TextChannel:
 CHANNELS: dict[str, type] = {"text": TextChannel}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextOutputSpec:
     output_length_generator: LengthGen = gen_field(type="uniform", min=64, max=256)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OutputSpec:
     text: TextOutputSpec = spec(factory=TextOutputSpec)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SyntheticSessions:
     type: Literal["synthetic"] = "synthetic"
     session_graph: SingleRequestGraph | LinearGraph | BranchingGraph = spec(
@@ -241,7 +248,7 @@ class SyntheticSessions:
     output_spec: OutputSpec = spec(factory=OutputSpec)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TraceSessions:
     type: Literal["trace"] = "trace"
     path: str = spec(default="", doc="local JSONL or CSV file; never fetched from the network")
@@ -258,20 +265,21 @@ SESSION_GENERATORS: dict[str, type] = {"synthetic": SyntheticSessions, "trace": 
 
 # ---------------------------------------------------------------- evaluation
 
-SLO_METRICS = (
+SLOMetric = Literal[
     "ttfc",
     "tbc",
     "tpot",
     "e2e",
     "end_to_end_latency",
     "normalized_end_to_end_latency",
-)
+]
+SLO_METRICS: tuple[str, ...] = get_args(SLOMetric)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SLOConfig:
     name: str
-    metric: Literal[SLO_METRICS]  # type: ignore[valid-type]
+    metric: SLOMetric
     value: float = spec(gt=0, doc="threshold in seconds")
     percentile: float = spec(default=0.99, gt=0, le=1)
     type: Literal["constant"] = "constant"
@@ -281,7 +289,7 @@ class SLOConfig:
         return "end_to_end_latency" if self.metric == "e2e" else self.metric
 
 
-@dataclass
+@dataclass(frozen=True)
 class HealthThresholds:
     """Bounds of the health checks (docs/metrics.md, "Health checks")."""
 
@@ -299,7 +307,7 @@ class HealthThresholds:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class PerformanceEvaluator:
     type: Literal["performance"] = "performance"
     target_channels: list[str] = spec(factory=lambda: ["text"])
@@ -312,7 +320,7 @@ EVALUATORS: dict[str, type] = {"performance": PerformanceEvaluator}
 # ---------------------------------------------------------------- runtime, recording, server, wandb
 
 
-@dataclass
+@dataclass(frozen=True)
 class RuntimeConfig:
     benchmark_timeout: float = spec(default=300.0, doc="seconds; <= 0 disables")
     max_sessions: int = spec(default=-1, ge=-1, doc="-1 = unlimited")
@@ -323,13 +331,13 @@ class RuntimeConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class TraceRecorderConfig:
     enabled: bool = True
     include_content: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class SimulatedServerConfig:
     type: Literal["simulated"] = "simulated"
     model: str = "veeksha-sim"
@@ -348,7 +356,7 @@ class SimulatedServerConfig:
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class CommandServerConfig:
     type: Literal["command"] = "command"
     command: list[str] = spec(factory=list)
@@ -366,7 +374,7 @@ class CommandServerConfig:
 SERVERS: dict[str, type] = {"simulated": SimulatedServerConfig, "command": CommandServerConfig}
 
 
-@dataclass
+@dataclass(frozen=True)
 class WandbConfig:
     enabled: bool = False
     project: str | None = spec(default=None, doc="env WANDB_PROJECT, else 'veeksha'")
@@ -382,7 +390,7 @@ class WandbConfig:
 # ---------------------------------------------------------------- top level
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchmarkConfig:
     seed: int = 42
     output_dir: str = "benchmark_output"
@@ -406,7 +414,7 @@ class BenchmarkConfig:
         return [slo for ev in self.evaluators for slo in ev.slos]
 
 
-@dataclass
+@dataclass(frozen=True)
 class CapacitySearchConfig:
     benchmark_config: BenchmarkConfig
     output_dir: str = "capacity_search_output"
