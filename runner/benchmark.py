@@ -19,7 +19,7 @@ import httpx
 from veeksha.runner.driver import driver_main
 from veeksha.runner.http.client import endpoint_url
 from veeksha.runner.progress import Progress
-from veeksha.runner.recorder import Recorder
+from veeksha.runner.recorder import Recorder, RecordingResult
 from veeksha.runner.run_dir import RunDir, ensure_writable
 from veeksha.runner.server_launcher import check_server_command, start_server
 from veeksha.runner.sessions import make_session_generator
@@ -176,7 +176,7 @@ def _record_and_evaluate(cfg: BenchmarkConfig, run: RunDir, *, quiet: bool) -> R
     return result
 
 
-def _record(cfg: BenchmarkConfig, run: RunDir):
+def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=driver_main, args=(cfg, sender), name="veeksha-driver", daemon=True)
@@ -203,7 +203,7 @@ def _record(cfg: BenchmarkConfig, run: RunDir):
     return result
 
 
-def start_follower(run_dir: Path) -> subprocess.Popen | None:
+def start_follower(run_dir: Path) -> subprocess.Popen[bytes] | None:
     """The live W&B run, in its own process (it inherits WANDB_API_KEY: no secret on its argv).
 
     Its own session: a Ctrl-C at the terminal interrupts the benchmark, whose final run.json the
@@ -225,7 +225,7 @@ def start_follower(run_dir: Path) -> subprocess.Popen | None:
         return None
 
 
-def wait_for_follower(follower: subprocess.Popen, run_dir: Path) -> bool:
+def wait_for_follower(follower: subprocess.Popen[bytes], run_dir: Path) -> bool:
     """Wait for the follower to finish the W&B run (bounded: its own deadline plus a margin)."""
     limit = upload_deadline_s(run_dir) + FOLLOW_MARGIN_S
     try:

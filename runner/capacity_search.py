@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def with_value(cfg: BenchmarkConfig, value: float) -> BenchmarkConfig:
     return replace(cfg, traffic_scheduler=replace(traffic, target_concurrent_sessions=int(value)))
 
 
-def rounder(search: CapacitySearchConfig, integer: bool):
+def rounder(search: CapacitySearchConfig, integer: bool) -> Callable[[float], float]:
     if integer:
         return lambda v: max(1, round(v))
     return lambda v: round(v, search.precision)
@@ -126,7 +127,12 @@ def run_capacity_search(
     return 0
 
 
-def search_loop(search: CapacitySearchConfig, attempt, rnd, integer: bool) -> None:
+def search_loop(
+    search: CapacitySearchConfig,
+    attempt: Callable[[float], Attempt | None],
+    rnd: Callable[[float], float],
+    integer: bool,
+) -> None:
     last_pass: float | None = None
     first_fail: float | None = None
     value = search.start_value

@@ -357,8 +357,10 @@ class Driver:
 
     def _fill_buffer(self, target: int, budget_s: float | None) -> None:
         deadline = None if budget_s is None else time.perf_counter() + budget_s
+        sessions = self.sessions
+        assert sessions is not None, "made in run() before the first fill"
         while len(self.buffer) < target and not self.trace_exhausted:
-            session = self.sessions.next_session()
+            session = sessions.next_session()
             if session is None:
                 self.trace_exhausted = True
                 return

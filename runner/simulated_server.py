@@ -234,6 +234,12 @@ class _StreamSink(_Sink):
     """
 
     __slots__ = ("chunked", "first", "last", "prefix", "suffix")
+    # Set by SimulatedServer._prepare_stream before the sink is started.
+    chunked: bool
+    first: bytes
+    last: bytes
+    prefix: bytes
+    suffix: bytes
 
     def on_tokens(self, start: int, end: int, finished: bool) -> None:
         event = b"%b%b%b" % (
@@ -256,6 +262,7 @@ class _FullSink(_Sink):
     """Non-streaming: one JSON body when the request finishes."""
 
     __slots__ = ("build",)
+    build: Callable[[str, str, int, int], dict[str, Any]]  # set by SimulatedServer._full_sink
 
     def on_tokens(self, start: int, end: int, finished: bool) -> None:
         if finished:

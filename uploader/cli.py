@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from typing import Any
 
 import click
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S
@@ -44,7 +45,7 @@ with. --follow DIR runs beside a benchmark and keeps its W&B run live while it g
 """
 
 
-def _config_of(target: Target) -> dict:
+def _config_of(target: Target) -> dict[str, Any]:
     if target.kind == groups.RUN:
         return read_config(target.path / CONFIG_YML)
     return groups.container_config(target.path)

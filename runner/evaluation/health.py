@@ -277,12 +277,13 @@ def output_length(data: RunData) -> Check:
         return Check(name, SKIPPED, detail="no successful request with an exact output token count")
     short = int((rows["shortfall"] > 0).sum())
     over = int((rows["shortfall"] < 0).sum())
+    fraction_shorter, fraction_longer = short / rows.height, over / rows.height
     metrics = {
         "num_requests": rows.height,
         "num_shorter_than_requested": short,
-        "fraction_shorter": short / rows.height,
+        "fraction_shorter": fraction_shorter,
         "num_longer_than_requested": over,
-        "fraction_longer": over / rows.height,
+        "fraction_longer": fraction_longer,
         "mean_shortfall_tokens": float(rows["shortfall"].clip(lower_bound=0).mean()),  # type: ignore[arg-type]
         "worst_offenders": _worst(rows.filter(pl.col("shortfall") > 0), "shortfall"),
     }
@@ -290,7 +291,7 @@ def output_length(data: RunData) -> Check:
     bounds = {"max_fraction_shorter": bound, "max_fraction_longer": bound}
     if not data.cfg.client.ignore_eos:
         return Check(name, SKIPPED, metrics, bounds, "client.ignore_eos is false: early stops are expected")
-    ok = metrics["fraction_shorter"] <= bound and metrics["fraction_longer"] <= bound
+    ok = fraction_shorter <= bound and fraction_longer <= bound
     return Check(name, _verdict(ok), metrics, bounds)
 
 

@@ -7,8 +7,12 @@ and plotting never touches the raw samples (a long run has 100M+ tbc gaps).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from veeksha.runner.evaluation.rundata import QUANTILE_GRID, Distribution
+
+if TYPE_CHECKING:  # matplotlib itself is imported only when a plot is drawn
+    from matplotlib.axes import Axes
 
 # metric → (title, axis label with unit, unit suffix for values)
 LABELS = {
@@ -74,7 +78,7 @@ def _axis_scale(dist: Distribution, axis: str, unit: str) -> tuple[float, str]:
     return scale, axis.replace("seconds", name)
 
 
-def _draw(ax, dist: Distribution, unit: str, scale: float) -> None:
+def _draw(ax: Axes, dist: Distribution, unit: str, scale: float) -> None:
     from matplotlib.lines import Line2D
 
     xs = [float(v) * scale for v in dist.quantiles]  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from veeksha.runner.http.openai import RequestBuilder, ResponseReader, one_line, preview
@@ -51,7 +51,7 @@ class Outcome:
 class LLMClient(Protocol):
     is_stream: bool
 
-    async def request(self, payload: list[dict] | str, max_tokens: int) -> Outcome: ...
+    async def request(self, payload: list[dict[str, Any]] | str, max_tokens: int) -> Outcome: ...
 
     async def aclose(self) -> None: ...
 
@@ -106,7 +106,7 @@ class OpenAIClient:
         self._timeout = cfg.request_timeout  # > 0: the config refuses anything else
         self._secrets = secret_values(cfg, extra_secrets)
 
-    async def request(self, payload: list[dict] | str, max_tokens: int) -> Outcome:
+    async def request(self, payload: list[dict[str, Any]] | str, max_tokens: int) -> Outcome:
         out = Outcome()
         body = self._builder.body(payload, max_tokens)
         reader = ResponseReader(out, self.is_stream)

@@ -88,7 +88,7 @@ class RequestBuilder:
         self._extra = dict(cfg.additional_sampling_params)  # a JSON string was parsed by the schema
         self._model = cfg.model
 
-    def body(self, payload: list[dict] | str, max_tokens: int) -> bytes:
+    def body(self, payload: list[dict[str, Any]] | str, max_tokens: int) -> bytes:
         if self.chat and isinstance(payload, str):
             payload = [{"role": "user", "content": payload}]
         elif not self.chat and not isinstance(payload, str):
@@ -283,7 +283,7 @@ class ResponseReader:
             return
         self._chunk(obj)
 
-    def _chunk(self, obj: dict) -> None:
+    def _chunk(self, obj: dict[str, Any]) -> None:
         choices = obj.get("choices")
         if choices:
             content = False

@@ -169,7 +169,8 @@ class HTTPTransport:
         self._total = 0  # open + opening connections (slots taken)
         self._idle: list[_Connection] = []
         self._conns: set[_Connection] = set()
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        # A waiter gets an idle connection, or None: a free slot to open one in.
+        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self._closed = False
 
     # -- public --------------------------------------------------------------------------------------
@@ -352,7 +353,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._handler: ResponseHandler | None = None
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._active = False  # the handler still wants body bytes
         self._ctype: bytes | None = None
         self._framed = False  # Content-Length or Transfer-Encoding seen (else the body ends at EOF)
@@ -370,8 +371,8 @@ class _Connection(asyncio.Protocol):
 
     # -- request side --------------------------------------------------------------------------------
 
-    def begin(self, data: bytes, handler: ResponseHandler) -> asyncio.Future:
-        waiter = asyncio.get_running_loop().create_future()
+    def begin(self, data: bytes, handler: ResponseHandler) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.got_bytes = False
         if self.closed or self._transport is None:
             waiter.set_exception(ConnectionDropped("server closed the connection before responding"))
