@@ -361,17 +361,17 @@ def _finish(cfg: BenchmarkConfig, fallbacks: EnvFallbacks, prefix: str = "") -> 
     return cfg
 
 
-def redacted_dict(cfg: object) -> dict[str, Any]:
+def redacted_dict(cfg: BenchmarkConfig | CapacitySearchConfig) -> dict[str, Any]:
     """The config as plain data with every secret replaced: what config.yml holds."""
     plain: dict[str, Any] = redact(to_dict(cfg))
     return plain
 
 
-def dump_config_yaml(cfg: object) -> str:
+def dump_config_yaml(cfg: BenchmarkConfig | CapacitySearchConfig) -> str:
     return yaml.safe_dump(redacted_dict(cfg), sort_keys=False, default_flow_style=False)
 
 
-def config_sha256(cfg: object) -> str:
+def config_sha256(cfg: BenchmarkConfig | CapacitySearchConfig) -> str:
     """Hash of the redacted resolved config: names run directories, detects changed configs."""
     return hashlib.sha256(orjson.dumps(redacted_dict(cfg), option=orjson.OPT_SORT_KEYS)).hexdigest()
 

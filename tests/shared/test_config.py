@@ -9,6 +9,7 @@ import pytest
 from veeksha.shared.config import BenchmarkConfig, LinearGraph, PoissonIntervals, RateTraffic
 from veeksha.shared.config_loader import (
     EnvFallbacks,
+    build_benchmark_config,
     dump_config_yaml,
     load_benchmark_runs,
     load_capacity_search,
@@ -229,3 +230,19 @@ def test_sampling_params_may_be_a_json_string_and_sections_may_be_set_whole(tmp_
     )[0].config
     assert cfg.client.additional_sampling_params == {"temperature": 0.5}
     assert cfg.traffic_scheduler.target_concurrent_sessions == 3
+
+
+@pytest.mark.parametrize(
+    ("server", "where"),
+    [
+        ({"ready_url": "localhost:8000/health"}, "server.ready_url"),
+        ({"ready_url": "http://127.0.0.1:0/health"}, "server.ready_url"),
+        ({"ready_url": "http://127.0.0.1:8000/health", "api_base": "ftp://h/v1"}, "server.api_base"),
+    ],
+)
+def test_a_command_servers_urls_are_checked_when_the_config_is_built(
+    server: dict[str, str], where: str
+) -> None:
+    tree = {"server": {"type": "command", "command": ["srv"], **server}}
+    with pytest.raises(ConfigError, match=f"config error at {where}: "):
+        build_benchmark_config(tree)
