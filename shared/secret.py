@@ -3,9 +3,9 @@
 `repr`, `str` and every f-string format of a Secret are `<redacted>`, so a config in a traceback, a
 debug print or a dataclass repr is safe by construction, as httpx hides `Authorization` by type. The
 written forms agree: `schema.to_dict` (config.yml, the config hash) and `jsonio.dump_json` turn a
-Secret into `<redacted>`. Only `reveal()` gives the value, and only the code that puts it on the wire
-calls it. The sink-side rule (redact.py) stays: a secret given under a plain `headers` key is still
-hidden by name.
+Secret into `<redacted>`. Only `reveal()` gives the value: for the Authorization header (the client,
+the /models probe), the header-value check, and the scrubbing of error messages. The sink-side rule
+(redact.py) stays: a secret given under a plain `headers` key is still hidden by name.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class Secret:
         object.__setattr__(self, "_value", value.reveal() if isinstance(value, Secret) else str(value))
 
     def reveal(self) -> str:
-        """The real value: for the Authorization header and for scrubbing error messages."""
+        """The real value (see the module docstring for its few users)."""
         return self._value
 
     def __repr__(self) -> str:
