@@ -11,23 +11,25 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 from veeksha.runner.driver import driver_main
+from veeksha.runner.http.client import endpoint_url
 from veeksha.runner.progress import Progress
-from veeksha.runner.recorder import Recorder
+from veeksha.runner.recorder import Recorder, RecordingResult
 from veeksha.runner.run_dir import RunDir, ensure_writable
 from veeksha.runner.server_launcher import check_server_command, start_server
 from veeksha.runner.sessions import make_session_generator
 from veeksha.runner.tokenizer import token_counter
-from veeksha.shared.config import BenchmarkConfig, CommandServerConfig
+from veeksha.shared.config import BenchmarkConfig, ClientConfig, CommandServerConfig
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED
 from veeksha.shared.redact import scrub_text
+from veeksha.shared.secret import reveal
 
 DRIVER_EXIT_WAIT_S = 10.0
 # The live W&B run (`veeksha-upload --follow`): the runner waits for the follower its own deadline
@@ -64,7 +66,7 @@ def run_benchmark(
     server = start_server(cfg.server) if cfg.server is not None else None
     follower = None
     try:
-        resolve_endpoint(cfg, _server_api_base(cfg, server.api_base if server is not None else None))
+        cfg = resolve_endpoint(cfg, _server_api_base(cfg, server.api_base if server is not None else None))
         run = RunDir(parent_dir, cfg, argv=argv, sweep=sweep, capacity_search=capacity_search)
         print(f"veeksha: run directory {run.root}", flush=True)
         if cfg.wandb.enabled and wandb_mode(cfg) == "online":
@@ -96,35 +98,42 @@ def _server_api_base(cfg: BenchmarkConfig, launched: str | None) -> str | None:
     return launched
 
 
-def resolve_endpoint(cfg: BenchmarkConfig, server_api_base: str | None) -> None:
-    """Fill client.api_base and client.model from the server section, env, or /v1/models."""
+def resolve_endpoint(cfg: BenchmarkConfig, server_api_base: str | None) -> BenchmarkConfig:
+    """The config with client.api_base and client.model filled from the server section or
+    /v1/models (the env fallback was applied when the config was loaded); `cfg` is not changed."""
     client = cfg.client
     if server_api_base is not None:
-        client.api_base = server_api_base
+        client = replace(client, api_base=server_api_base)
     if not client.api_base:
         raise ConfigError(
             "config error at client.api_base: not set; pass --client.api_base URL, set "
             "OPENAI_API_BASE, or add a server section (e.g. --server.type simulated)"
         )
-    if client.model:
-        return
-    url = client.api_base.rstrip("/") + "/models"
-    headers = {"Authorization": f"Bearer {client.api_key}"} if client.api_key else {}
+    if not client.model:
+        client = replace(client, model=_only_model(client, client.api_base))
+    return replace(cfg, client=client)
+
+
+def _only_model(client: ClientConfig, api_base: str) -> str:
+    """The one model the server lists at /models; ConfigError when it lists none or several."""
+    url = endpoint_url(api_base, "/models")
+    key = reveal(client.api_key)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         resp = httpx.get(url, headers=headers, timeout=client.connect_timeout)
         resp.raise_for_status()
-        models = [m["id"] for m in resp.json().get("data", [])]
+        models = [str(m["id"]) for m in resp.json().get("data", [])]
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(
             f"config error at client.model: not set, and {url} did not list models "
-            f"({scrub_text(str(e), [client.api_key or ''])}); pass --client.model NAME"
+            f"({scrub_text(str(e), [key or ''])}); pass --client.model NAME"
         ) from None
     if len(models) != 1:
         raise ConfigError(
             f"config error at client.model: not set, and the server lists {len(models)} models "
             f"({', '.join(models[:5])}); pass --client.model NAME"
         )
-    client.model = models[0]
+    return models[0]
 
 
 def _record_and_evaluate(cfg: BenchmarkConfig, run: RunDir, *, quiet: bool) -> RunResult:
@@ -167,7 +176,7 @@ def _record_and_evaluate(cfg: BenchmarkConfig, run: RunDir, *, quiet: bool) -> R
     return result
 
 
-def _record(cfg: BenchmarkConfig, run: RunDir):
+def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=driver_main, args=(cfg, sender), name="veeksha-driver", daemon=True)
@@ -194,7 +203,7 @@ def _record(cfg: BenchmarkConfig, run: RunDir):
     return result
 
 
-def start_follower(run_dir: Path) -> subprocess.Popen | None:
+def start_follower(run_dir: Path) -> subprocess.Popen[bytes] | None:
     """The live W&B run, in its own process (it inherits WANDB_API_KEY: no secret on its argv).
 
     Its own session: a Ctrl-C at the terminal interrupts the benchmark, whose final run.json the
@@ -216,7 +225,7 @@ def start_follower(run_dir: Path) -> subprocess.Popen | None:
         return None
 
 
-def wait_for_follower(follower: subprocess.Popen, run_dir: Path) -> bool:
+def wait_for_follower(follower: subprocess.Popen[bytes], run_dir: Path) -> bool:
     """Wait for the follower to finish the W&B run (bounded: its own deadline plus a margin)."""
     limit = upload_deadline_s(run_dir) + FOLLOW_MARGIN_S
     try:

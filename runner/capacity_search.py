@@ -7,11 +7,11 @@ No value is run twice. Each attempt is an ordinary run directory under `runs/`.
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from veeksha.shared.config import (
     FixedIntervals,
     RateTraffic,
 )
-from veeksha.shared.config_loader import dump_config_yaml, load_capacity_search
+from veeksha.shared.config_loader import NO_FALLBACKS, EnvFallbacks, dump_config_yaml, load_capacity_search
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
 from veeksha.shared.paths import (
@@ -57,26 +57,28 @@ def knob_of(cfg: BenchmarkConfig) -> str:
 
 
 def with_value(cfg: BenchmarkConfig, value: float) -> BenchmarkConfig:
-    out = copy.deepcopy(cfg)
-    traffic = out.traffic_scheduler
+    """A copy of `cfg` with the searched knob (arrival rate or concurrency) set to `value`."""
+    traffic = cfg.traffic_scheduler
     if isinstance(traffic, RateTraffic):
         gen = traffic.interval_generator
-        gen.arrival_rate = float(value)
         if isinstance(gen, FixedIntervals):
-            gen.interval = None
-    else:
-        traffic.target_concurrent_sessions = int(value)
-    return out
+            gen = replace(gen, arrival_rate=float(value), interval=None)
+        else:
+            gen = replace(gen, arrival_rate=float(value))
+        return replace(cfg, traffic_scheduler=replace(traffic, interval_generator=gen))
+    return replace(cfg, traffic_scheduler=replace(traffic, target_concurrent_sessions=int(value)))
 
 
-def rounder(search: CapacitySearchConfig, integer: bool):
+def rounder(search: CapacitySearchConfig, integer: bool) -> Callable[[float], float]:
     if integer:
         return lambda v: max(1, round(v))
     return lambda v: round(v, search.precision)
 
 
-def run_capacity_search(path: Path, overrides: list[tuple[str, str]]) -> int:
-    search = load_capacity_search(path, overrides)
+def run_capacity_search(
+    path: Path, overrides: list[tuple[str, str]], fallbacks: EnvFallbacks = NO_FALLBACKS
+) -> int:
+    search = load_capacity_search(path, overrides, fallbacks)
     base = search.benchmark_config
     check_api_base_hosts([base], prefix="benchmark_config.")
     knob = knob_of(base)
@@ -125,7 +127,12 @@ def run_capacity_search(path: Path, overrides: list[tuple[str, str]]) -> int:
     return 0
 
 
-def search_loop(search: CapacitySearchConfig, attempt, rnd, integer: bool) -> None:
+def search_loop(
+    search: CapacitySearchConfig,
+    attempt: Callable[[float], Attempt | None],
+    rnd: Callable[[float], float],
+    integer: bool,
+) -> None:
     last_pass: float | None = None
     first_fail: float | None = None
     value = search.start_value

@@ -10,12 +10,15 @@ Every VeekshaError is mapped to one line and an exit code here, at the boundary.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import click
+from veeksha.shared.config_loader import EnvFallbacks
 from veeksha.shared.errors import OutputError, UsageError, VeekshaError
+from veeksha.shared.secret import Secret
 
 SUBCOMMANDS = ("capacity-search", "evaluate", "simulate-server")
 INTERRUPTED_EXIT = 130  # the shell's convention for a process ended by SIGINT
@@ -39,6 +42,13 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
         out.append((name, value))
         i += 1
     return out
+
+
+def env_fallbacks(env: Mapping[str, str] = os.environ) -> EnvFallbacks:
+    """The documented environment fallbacks for unset client keys (config.md). The one place the
+    runner reads them: below the command line, a config is what the file and the flags say."""
+    key = env.get("OPENAI_API_KEY")
+    return EnvFallbacks(api_base=env.get("OPENAI_API_BASE") or None, api_key=Secret(key) if key else None)
 
 
 def _guard(fn: Callable[[], int]) -> None:
@@ -99,7 +109,9 @@ def run_command(
         if schema_out is not None:
             return export_schema(schema_out)
         overrides = parse_overrides(list(ctx.args))
-        return run_from_config(config_path or seed_config, overrides, strict=strict, dry_run=dry_run)
+        return run_from_config(
+            config_path or seed_config, overrides, strict=strict, dry_run=dry_run, fallbacks=env_fallbacks()
+        )
 
     _guard(go)
 
@@ -127,7 +139,7 @@ def capacity_search_command(ctx: click.Context, config_path: Path) -> None:
     def go() -> int:
         from veeksha.runner.capacity_search import run_capacity_search
 
-        return run_capacity_search(config_path, parse_overrides(list(ctx.args)))
+        return run_capacity_search(config_path, parse_overrides(list(ctx.args)), env_fallbacks())
 
     _guard(go)
 

@@ -26,7 +26,7 @@ from veeksha.runner.traffic import (
     rampup_start_offsets,
     sleep_until,
 )
-from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, RateTraffic
+from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, RateTraffic, arrival_rate_of
 from veeksha.shared.records import (
     CANCELLED,
     COUNT_SERVER,
@@ -343,8 +343,7 @@ class Driver:
     def _buffer_target(self) -> int:
         rate = 0.0
         if isinstance(self.traffic, RateTraffic):
-            gen = self.traffic.interval_generator
-            rate = getattr(gen, "arrival_rate", None) or 1.0 / getattr(gen, "interval", 1.0)
+            rate = arrival_rate_of(self.traffic.interval_generator)
         else:
             rate = self.traffic.target_concurrent_sessions
         target = min(MAX_BUFFER, max(MIN_BUFFER, int(rate * BUFFER_AHEAD_S)))
@@ -364,8 +363,10 @@ class Driver:
 
     def _fill_buffer(self, target: int, budget_s: float | None) -> None:
         deadline = None if budget_s is None else time.perf_counter() + budget_s
+        sessions = self.sessions
+        assert sessions is not None, "made in run() before the first fill"
         while len(self.buffer) < target and not self.trace_exhausted:
-            session = self.sessions.next_session()
+            session = sessions.next_session()
             if session is None:
                 self.trace_exhausted = True
                 return

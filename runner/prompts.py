@@ -156,7 +156,7 @@ class PromptBuilder:
         if len(ids) == target:
             return text, target
         best, best_n = text, len(ids)
-        cut, tried = target, set()
+        cut, tried = target, set[int]()
         while 1 <= cut <= len(ids) and cut not in tried and len(tried) < 32:
             tried.add(cut)
             candidate = tok.decode(ids[:cut])

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from veeksha.shared import __version__
+from veeksha.shared.config import BenchmarkConfig
 from veeksha.shared.config_loader import config_sha256, dump_config_yaml
 from veeksha.shared.errors import OutputError
 from veeksha.shared.jsonio import write_atomic, write_json
@@ -64,7 +65,7 @@ class RunDir:
     def __init__(
         self,
         parent: Path,
-        cfg: Any,
+        cfg: BenchmarkConfig,
         *,
         argv: list[str],
         sweep: dict[str, Any] | None = None,

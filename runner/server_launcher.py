@@ -25,10 +25,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
+from veeksha.shared.config import CommandServerConfig, SimulatedServerConfig
 from veeksha.shared.errors import ConfigError, VeekshaError
 from veeksha.shared.redact import redact, scrub_list, scrub_text, secret_values
 from veeksha.shared.schema import to_dict
@@ -137,10 +138,10 @@ class ServerHandle:
         self.stop()
 
 
-def check_server_command(cfg: Any) -> None:
+def check_server_command(cfg: SimulatedServerConfig | CommandServerConfig | None) -> None:
     """A command server whose program cannot be found is a config error: say so before any
     directory, log file or process exists."""
-    if getattr(cfg, "type", None) != "command" or not cfg.command:
+    if not isinstance(cfg, CommandServerConfig) or not cfg.command:
         return
     program = str(cfg.command[0])
     if shutil.which(program) is None:  # a path with a folder is checked as it is, else PATH
@@ -151,14 +152,16 @@ def check_server_command(cfg: Any) -> None:
         )
 
 
-def start_server(cfg: Any, log_path: Path | None = None) -> ServerHandle:
+def start_server(
+    cfg: SimulatedServerConfig | CommandServerConfig, log_path: Path | None = None
+) -> ServerHandle:
     """Start the server described by `cfg` (SimulatedServerConfig or CommandServerConfig) and return
     once it is ready. Its stdout/stderr go to `log_path`; when not given, to a temp file that is
     unlinked once the server is ready (kept, and named in the error, when it fails to start). Raises
     VeekshaError with the last lines of its output when it exits early or is not ready in time."""
-    if cfg.type == "simulated":
+    if isinstance(cfg, SimulatedServerConfig):
         return _start_simulated(cfg, log_path)
-    if cfg.type == "command":
+    if isinstance(cfg, CommandServerConfig):
         return _start_command(cfg, log_path)
     raise VeekshaError(f"unknown server type {cfg.type!r} (allowed: simulated, command)")
 
@@ -174,8 +177,8 @@ def _await_ready(handle: ServerHandle, wait: Callable[[], None]) -> ServerHandle
     return handle
 
 
-def _start_simulated(cfg: Any, log_path: Path | None) -> ServerHandle:
-    fields = {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
+def _start_simulated(cfg: SimulatedServerConfig, log_path: Path | None) -> ServerHandle:
+    fields = to_dict(cfg)
     command = [
         sys.executable,
         "-m",
@@ -202,11 +205,11 @@ def _start_simulated(cfg: Any, log_path: Path | None) -> ServerHandle:
     return _await_ready(handle, wait)
 
 
-def _start_command(cfg: Any, log_path: Path | None) -> ServerHandle:
+def _start_command(cfg: CommandServerConfig, log_path: Path | None) -> ServerHandle:
     if not cfg.command:
         raise VeekshaError("server.command is empty: give the server command as a list")
     check_server_command(cfg)
-    env = {**os.environ, **{str(k): str(v) for k, v in cfg.env.items()}}
+    env = {**os.environ, **cfg.env}
     api_base = cfg.api_base or _api_base_from(cfg.ready_url)
     secrets = scrub_list(secret_values(to_dict(cfg)))
     try:

@@ -20,7 +20,9 @@ import logging
 import math
 import random
 from collections import deque
-from typing import Any, Protocol
+from typing import Protocol
+
+from veeksha.shared.config import SimulatedServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ class EngineRequest:
 class SimulatedEngine:
     """Continuous-batching timing model driven by the running asyncio loop's timers."""
 
-    def __init__(self, cfg: Any, loop: asyncio.AbstractEventLoop):
+    def __init__(self, cfg: SimulatedServerConfig, loop: asyncio.AbstractEventLoop):
         self._loop = loop
         self._tpc = int(cfg.tokens_per_chunk)
         self._max_batch = int(cfg.max_batch_size)

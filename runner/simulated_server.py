@@ -36,6 +36,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import httptools
@@ -43,6 +44,8 @@ import orjson
 import uvloop
 from veeksha.runner.simulated_engine import EngineRequest, SimulatedEngine, token_text
 from veeksha.runner.tokenizer import count_tokens_approx
+from veeksha.shared.config import SimulatedServerConfig
+from veeksha.shared.schema import build
 
 LISTENING_PREFIX = "VEEKSHA_SIMULATED_SERVER_LISTENING"
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -104,7 +107,7 @@ class _Connection(asyncio.Protocol):
 
     # asyncio.Protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport  # type: ignore[assignment]  # asyncio types it BaseTransport; a TCP one is a Transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -231,6 +234,12 @@ class _StreamSink(_Sink):
     """
 
     __slots__ = ("chunked", "first", "last", "prefix", "suffix")
+    # Set by SimulatedServer._prepare_stream before the sink is started.
+    chunked: bool
+    first: bytes
+    last: bytes
+    prefix: bytes
+    suffix: bytes
 
     def on_tokens(self, start: int, end: int, finished: bool) -> None:
         event = b"%b%b%b" % (
@@ -253,6 +262,7 @@ class _FullSink(_Sink):
     """Non-streaming: one JSON body when the request finishes."""
 
     __slots__ = ("build",)
+    build: Callable[[str, str, int, int], dict[str, Any]]  # set by SimulatedServer._full_sink
 
     def on_tokens(self, start: int, end: int, finished: bool) -> None:
         if finished:
@@ -315,7 +325,7 @@ def _completion_prompt_tokens(body: dict[str, Any]) -> int:
 class _App:
     """Routing, request validation and response templates."""
 
-    def __init__(self, cfg: Any, engine: SimulatedEngine):
+    def __init__(self, cfg: SimulatedServerConfig, engine: SimulatedEngine):
         self.cfg = cfg
         self.engine = engine
         self._error_rng = random.Random(f"{cfg.seed}:errors")
@@ -513,7 +523,7 @@ class SimulatedServer:
         await self._server.wait_closed()
 
 
-async def start_simulated_server(cfg: Any) -> SimulatedServer:
+async def start_simulated_server(cfg: SimulatedServerConfig) -> SimulatedServer:
     """Bind and start serving on the running loop; `cfg.port == 0` picks a free port."""
     loop = asyncio.get_running_loop()
     engine = SimulatedEngine(cfg, loop)
@@ -531,7 +541,7 @@ def announce_listening(host: str, port: int) -> None:
     sys.stdout.flush()
 
 
-async def _serve(cfg: Any, announce: Callable[[str, int], None] | None) -> None:
+async def _serve(cfg: SimulatedServerConfig, announce: Callable[[str, int], None] | None) -> None:
     server = await start_simulated_server(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -547,17 +557,14 @@ async def _serve(cfg: Any, announce: Callable[[str, int], None] | None) -> None:
         await server.close()
 
 
-def serve(cfg: Any, announce: Callable[[str, int], None] | None = None) -> None:
+def serve(cfg: SimulatedServerConfig, announce: Callable[[str, int], None] | None = None) -> None:
     """Run the simulated server until SIGTERM/SIGINT (blocking). `announce(host, port)` is called
     once the socket accepts connections."""
     uvloop.run(_serve(cfg, announce))
 
 
-def config_from_json(text: str) -> Any:
+def config_from_json(text: str) -> SimulatedServerConfig:
     """Build a validated SimulatedServerConfig from a JSON object (unknown keys are errors)."""
-    from veeksha.shared.config import SimulatedServerConfig
-    from veeksha.shared.schema import build
-
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -581,9 +588,9 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     if args.host is not None:
-        cfg.host = args.host
+        cfg = replace(cfg, host=args.host)
     if args.port is not None:
-        cfg.port = args.port
+        cfg = replace(cfg, port=args.port)
     serve(cfg, announce_listening)
     return 0
 

@@ -15,7 +15,7 @@ from typing import Any
 from veeksha.runner.benchmark import RunResult, run_benchmark, upload
 from veeksha.runner.preflight import check_api_base_hosts
 from veeksha.runner.run_dir import make_unique_dir, python_argv, stamp, utc_now
-from veeksha.shared.config_loader import LoadedRun, load_benchmark_runs
+from veeksha.shared.config_loader import NO_FALLBACKS, EnvFallbacks, LoadedRun, load_benchmark_runs
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
 from veeksha.shared.paths import (
     SWEEP_DIR_PREFIX,
@@ -41,9 +41,14 @@ HEADLINE_THROUGHPUT = ("request_throughput", "output_token_throughput", "goodput
 
 
 def run_from_config(
-    path: Path | None, overrides: list[tuple[str, str]], *, strict: bool, dry_run: bool
+    path: Path | None,
+    overrides: list[tuple[str, str]],
+    *,
+    strict: bool,
+    dry_run: bool,
+    fallbacks: EnvFallbacks = NO_FALLBACKS,
 ) -> int:
-    runs = load_benchmark_runs(path, overrides)  # every run validated before any traffic
+    runs = load_benchmark_runs(path, overrides, fallbacks)  # every run validated before any traffic
     check_api_base_hosts(run.config for run in runs)
     if dry_run:
         print(f"veeksha-run: config is valid; it expands to {len(runs)} run(s)")

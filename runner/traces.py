@@ -98,7 +98,7 @@ class TraceSessionGenerator:
                     f"{self.path} {where}: timed_replay needs a 'timestamp' in every record; "
                     "set session_generator.timed_replay: false to replay at the traffic scheduler's pace"
                 )
-        self.records.sort(key=lambda r: r.timestamp)  # type: ignore[arg-type,return-value]
+        self.records.sort(key=lambda r: r.timestamp or 0.0)  # every one is set (checked above)
         first, last = self.records[0].timestamp, self.records[-1].timestamp
         assert first is not None and last is not None
         n = len(self.records)

@@ -31,6 +31,7 @@ from veeksha.shared.config import (
     PerformanceEvaluator,
     PoissonIntervals,
     RateTraffic,
+    RuntimeConfig,
     SLOConfig,
     SyntheticSessions,
     UniformGen,
@@ -46,24 +47,24 @@ BATCH = 20_000
 
 
 def bench_config() -> BenchmarkConfig:
-    cfg = BenchmarkConfig()
-    cfg.traffic_scheduler = RateTraffic(interval_generator=PoissonIntervals(arrival_rate=SESSION_RATE))
-    cfg.session_generator = SyntheticSessions(
-        session_graph=LinearGraph(
-            num_request_generator=UniformGen(min=1, max=4), request_wait_generator=FixedGen(value=0.5)
-        )
+    return BenchmarkConfig(
+        traffic_scheduler=RateTraffic(interval_generator=PoissonIntervals(arrival_rate=SESSION_RATE)),
+        session_generator=SyntheticSessions(
+            session_graph=LinearGraph(
+                num_request_generator=UniformGen(min=1, max=4), request_wait_generator=FixedGen(value=0.5)
+            )
+        ),
+        evaluators=[
+            PerformanceEvaluator(
+                slos=[
+                    SLOConfig(name="P99 TTFC", metric="ttfc", value=0.5, percentile=0.99),
+                    SLOConfig(name="P50 TBC", metric="tbc", value=0.05, percentile=0.5),
+                    SLOConfig(name="P90 E2E", metric="e2e", value=8.0, percentile=0.9),
+                ]
+            )
+        ],
+        runtime=RuntimeConfig(warmup_sessions=WARMUP_SESSIONS),
     )
-    cfg.evaluators = [
-        PerformanceEvaluator(
-            slos=[
-                SLOConfig(name="P99 TTFC", metric="ttfc", value=0.5, percentile=0.99),
-                SLOConfig(name="P50 TBC", metric="tbc", value=0.05, percentile=0.5),
-                SLOConfig(name="P90 E2E", metric="e2e", value=8.0, percentile=0.9),
-            ]
-        )
-    ]
-    cfg.runtime.warmup_sessions = WARMUP_SESSIONS
-    return cfg
 
 
 def _sessions(rng: np.random.Generator, num_requests: int):

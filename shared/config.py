@@ -7,21 +7,22 @@ Polymorphic sections pick a variant by `type:` from the plain tables below; the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from veeksha.shared.records import SLO_ALIASES, SLO_METRICS
 from veeksha.shared.schema import spec
+from veeksha.shared.secret import Secret
 
 # ---------------------------------------------------------------- length / wait generators
 
 
-@dataclass
+@dataclass(frozen=True)
 class FixedGen:
     type: Literal["fixed"] = "fixed"
     value: float = spec(default=1, ge=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class UniformGen:
     """Inclusive on both ends."""
 
@@ -33,7 +34,7 @@ class UniformGen:
         return f"min ({self.min}) must be <= max ({self.max})" if self.min > self.max else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class NormalGen:
     type: Literal["normal"] = "normal"
     mean: float = spec(default=100, ge=0)
@@ -45,7 +46,7 @@ class NormalGen:
         return f"min ({self.min}) must be <= max ({self.max})" if self.min > self.max else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ZipfGen:
     type: Literal["zipf"] = "zipf"
     theta: float = spec(default=1.2, gt=0)
@@ -56,14 +57,14 @@ class ZipfGen:
         return f"min ({self.min}) must be <= max ({self.max})" if self.min > self.max else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class InverseGaussianGen:
     type: Literal["inverse_gaussian"] = "inverse_gaussian"
     mean: float = spec(default=100, gt=0)
     shape: float = spec(default=100, gt=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FixedStairGen:
     """Walks `values` in order, each repeated `repeat_each` times, then starts over."""
 
@@ -94,12 +95,12 @@ def gen_field(**defaults: Any) -> Any:
 # ---------------------------------------------------------------- client
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClientConfig:
     type: Literal["openai_chat_completions", "openai_completions"] = "openai_chat_completions"
     api_base: str | None = spec(default=None, doc="env OPENAI_API_BASE when unset")
     model: str | None = spec(default=None, doc="required unless the server lists one model")
-    api_key: str | None = spec(default=None, doc="env OPENAI_API_KEY when unset; never written")
+    api_key: Secret | None = spec(default=None, doc="env OPENAI_API_KEY when unset; never written")
     headers: dict[str, str] = spec(factory=dict)
     request_timeout: float = spec(default=300.0, gt=0)
     connect_timeout: float = spec(default=10.0, gt=0)
@@ -113,24 +114,30 @@ class ClientConfig:
     http_backend: Literal["native", "httpx"] = "native"
     max_connections: int | None = spec(default=None, ge=1, doc="default: sized to the load")
 
+    def __post_init__(self) -> None:
+        # A key given as a plain string (in code, tests) is still a Secret: no form of this config
+        # can print it.
+        if self.api_key is not None and not isinstance(self.api_key, Secret):
+            object.__setattr__(self, "api_key", Secret(self.api_key))
+
 
 # ---------------------------------------------------------------- traffic
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoissonIntervals:
     type: Literal["poisson"] = "poisson"
     arrival_rate: float = spec(default=1.0, gt=0, doc="sessions per second")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GammaIntervals:
     type: Literal["gamma"] = "gamma"
     arrival_rate: float = spec(default=1.0, gt=0)
     cv: float = spec(default=1.0, gt=0, doc="coefficient of variation of the gaps")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FixedIntervals:
     type: Literal["fixed"] = "fixed"
     interval: float | None = spec(default=None, gt=0, doc="seconds between sessions")
@@ -157,7 +164,7 @@ def arrival_rate_of(gen: PoissonIntervals | GammaIntervals | FixedIntervals) -> 
     return gen.rate if isinstance(gen, FixedIntervals) else gen.arrival_rate
 
 
-@dataclass
+@dataclass(frozen=True)
 class RateTraffic:
     type: Literal["rate"] = "rate"
     interval_generator: PoissonIntervals | GammaIntervals | FixedIntervals = spec(
@@ -167,7 +174,7 @@ class RateTraffic:
     cancel_session_on_failure: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConcurrentTraffic:
     type: Literal["concurrent"] = "concurrent"
     target_concurrent_sessions: int = spec(default=1, ge=1)
@@ -180,12 +187,12 @@ TRAFFIC_SCHEDULERS: dict[str, type] = {"rate": RateTraffic, "concurrent": Concur
 # ---------------------------------------------------------------- sessions
 
 
-@dataclass
+@dataclass(frozen=True)
 class SingleRequestGraph:
     type: Literal["single_request"] = "single_request"
 
 
-@dataclass
+@dataclass(frozen=True)
 class LinearGraph:
     type: Literal["linear"] = "linear"
     num_request_generator: LengthGen = gen_field(type="fixed", value=3)
@@ -193,7 +200,7 @@ class LinearGraph:
     inherit_history: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class BranchingGraph:
     type: Literal["branching"] = "branching"
     num_layers_generator: LengthGen = gen_field(type="fixed", value=3)
@@ -211,7 +218,7 @@ SESSION_GRAPHS: dict[str, type] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextChannel:
     type: Literal["text"] = "text"
     body_length_generator: LengthGen = gen_field(type="uniform", min=100, max=500)
@@ -222,17 +229,17 @@ class TextChannel:
 CHANNELS: dict[str, type] = {"text": TextChannel}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextOutputSpec:
     output_length_generator: LengthGen = gen_field(type="uniform", min=64, max=256)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OutputSpec:
     text: TextOutputSpec = spec(factory=TextOutputSpec)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SyntheticSessions:
     type: Literal["synthetic"] = "synthetic"
     session_graph: SingleRequestGraph | LinearGraph | BranchingGraph = spec(
@@ -242,7 +249,7 @@ class SyntheticSessions:
     output_spec: OutputSpec = spec(factory=OutputSpec)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TraceSessions:
     type: Literal["trace"] = "trace"
     path: str = spec(default="", doc="local JSONL or CSV file; never fetched from the network")
@@ -259,13 +266,18 @@ SESSION_GENERATORS: dict[str, type] = {"synthetic": SyntheticSessions, "trace": 
 
 # ---------------------------------------------------------------- evaluation
 
-# SLO_METRICS (and its aliases) come from the field table: records.FIELDS.
+# The names an SLO may use come from the field table (records.FIELDS). mypy sees a plain
+# str; at run time the Literal lets the config schema reject any other name.
+if TYPE_CHECKING:
+    SLOMetric = str
+else:
+    SLOMetric = Literal[SLO_METRICS]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SLOConfig:
     name: str
-    metric: Literal[SLO_METRICS]  # type: ignore[valid-type]
+    metric: SLOMetric
     value: float = spec(gt=0, doc="threshold in seconds")
     percentile: float = spec(default=0.99, gt=0, le=1)
     type: Literal["constant"] = "constant"
@@ -275,7 +287,7 @@ class SLOConfig:
         return SLO_ALIASES.get(self.metric, self.metric)
 
 
-@dataclass
+@dataclass(frozen=True)
 class HealthThresholds:
     """Bounds of the health checks (docs/metrics.md, "Health checks")."""
 
@@ -293,7 +305,7 @@ class HealthThresholds:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class PerformanceEvaluator:
     type: Literal["performance"] = "performance"
     target_channels: list[str] = spec(factory=lambda: ["text"])
@@ -306,7 +318,7 @@ EVALUATORS: dict[str, type] = {"performance": PerformanceEvaluator}
 # ---------------------------------------------------------------- runtime, recording, server, wandb
 
 
-@dataclass
+@dataclass(frozen=True)
 class RuntimeConfig:
     benchmark_timeout: float = spec(default=300.0, doc="seconds; <= 0 disables")
     max_sessions: int = spec(default=-1, ge=-1, doc="-1 = unlimited")
@@ -317,13 +329,13 @@ class RuntimeConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class TraceRecorderConfig:
     enabled: bool = True
     include_content: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class SimulatedServerConfig:
     type: Literal["simulated"] = "simulated"
     model: str = "veeksha-sim"
@@ -342,7 +354,7 @@ class SimulatedServerConfig:
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class CommandServerConfig:
     type: Literal["command"] = "command"
     command: list[str] = spec(factory=list)
@@ -360,7 +372,7 @@ class CommandServerConfig:
 SERVERS: dict[str, type] = {"simulated": SimulatedServerConfig, "command": CommandServerConfig}
 
 
-@dataclass
+@dataclass(frozen=True)
 class WandbConfig:
     enabled: bool = False
     project: str | None = spec(default=None, doc="env WANDB_PROJECT, else 'veeksha'")
@@ -376,7 +388,7 @@ class WandbConfig:
 # ---------------------------------------------------------------- top level
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchmarkConfig:
     seed: int = 42
     output_dir: str = "benchmark_output"
@@ -400,7 +412,7 @@ class BenchmarkConfig:
         return [slo for ev in self.evaluators for slo in ev.slos]
 
 
-@dataclass
+@dataclass(frozen=True)
 class CapacitySearchConfig:
     benchmark_config: BenchmarkConfig
     output_dir: str = "capacity_search_output"

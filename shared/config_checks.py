@@ -1,10 +1,10 @@
 """Checks on a built config that no single key's type can make (config.md, "Additions").
 
 `schema.build` checks each key on its own. These look at keys together, or at what the client will
-put on the wire: the run has a way to end, `client.api_base` is a URL the client can use, and every
-header can be sent. They run after the environment fallbacks, so `OPENAI_API_BASE` is checked too.
-Whether the host resolves depends on the machine, not the text: the runner checks that
-(runner/preflight.py), also before anything starts.
+put on the wire: the run has a way to end, `client.api_base` (and a command server's `ready_url` and
+`api_base`) is a URL the client can use, and every header can be sent. They run after the environment
+fallbacks, so `OPENAI_API_BASE` is checked too. Whether the host resolves depends on the machine,
+not the text: the runner checks that (runner/preflight.py), also before anything starts.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ def check_benchmark_config(cfg: BenchmarkConfig, prefix: str = "", api_base_sour
     check_stopping_condition(cfg, prefix)
     if uses_client_api_base(cfg) and cfg.client.api_base:
         check_api_base(cfg.client.api_base, f"{prefix}client.api_base{api_base_source}")
+    server = cfg.server
+    if isinstance(server, CommandServerConfig):
+        check_api_base(server.ready_url, f"{prefix}server.ready_url")
+        if server.api_base is not None:
+            check_api_base(server.api_base, f"{prefix}server.api_base")
     check_headers(cfg.client, f"{prefix}client")
 
 
@@ -89,7 +94,7 @@ def check_headers(client: ClientConfig, key_path: str) -> None:
             shown = "the value" if is_secret_key(name) else repr(value)
             raise ConfigError(f"config error at {where}: {shown} is not allowed; {problem}")
     if client.api_key:
-        problem = _header_value_problem(client.api_key)
+        problem = _header_value_problem(client.api_key.reveal())
         if problem:
             raise ConfigError(f"config error at {key_path}.api_key: the key is not allowed; {problem}")
 

@@ -11,7 +11,8 @@ import hashlib
 import itertools
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from veeksha.shared.config_checks import check_benchmark_config
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.redact import redact
 from veeksha.shared.schema import build, to_dict
+from veeksha.shared.secret import Secret
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,12 @@ class _Reading:
 
 def _loader_for(path: Path, reading: _Reading) -> type[yaml.SafeLoader]:
     class Loader(yaml.SafeLoader):
-        def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
             # Only the project's tags: `!!python/...`, `!!binary`, `!!set` or `!custom` are refused
             # before anything is built from them.
-            event = self.peek_event()
-            tag = getattr(event, "tag", None)
-            if tag not in (None, "!", *reading.tags):
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
+            tag: str | None = getattr(event, "tag", None)
+            if tag is not None and tag not in ("!", *reading.tags):
                 shown = tag.replace("tag:yaml.org,2002:", "!!")
                 allowed = "this file is plain data (no tags)"
                 if reading.tags:
@@ -78,9 +80,11 @@ def _loader_for(path: Path, reading: _Reading) -> type[yaml.SafeLoader]:
         return Expand(values)
 
     def include(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        line = node.start_mark.line + 1
+        if not isinstance(node, yaml.ScalarNode):
+            raise ConfigError(f"{path} line {line}: !include needs a file name, e.g. !include traffic.yml")
         name = str(loader.construct_scalar(node))
         target = (path.parent / name).resolve()
-        line = node.start_mark.line + 1
         if target in reading.chain:
             cycle = " -> ".join(str(p) for p in [*reading.chain, target])
             raise ConfigError(f"{path} line {line}: !include {name} makes a cycle: {cycle}")
@@ -89,6 +93,7 @@ def _loader_for(path: Path, reading: _Reading) -> type[yaml.SafeLoader]:
         return _read(target, reading)
 
     def integer(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+        assert isinstance(node, yaml.ScalarNode)  # the constructor of the int tag, a scalar tag
         try:
             return yaml.SafeLoader.construct_yaml_int(loader, node)
         except ValueError:  # Python refuses to parse integers of thousands of digits
@@ -176,7 +181,9 @@ def _parse(text: str, path: Path, reading: _Reading) -> Any:
         loader.dispose()
 
 
-def _check_duplicate_keys(node: yaml.Node, path: Path, key_path: str = "", seen: set | None = None) -> None:
+def _check_duplicate_keys(
+    node: yaml.Node, path: Path, key_path: str = "", seen: set[int] | None = None
+) -> None:
     """YAML keeps the last of two equal keys silently; config.md makes it an error.
     Each node is checked once, however many aliases point at it."""
     seen = set() if seen is None else seen
@@ -290,6 +297,19 @@ def expand(tree: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     return runs
 
 
+@dataclass(frozen=True)
+class EnvFallbacks:
+    """The documented environment fallbacks for unset client keys (`OPENAI_API_BASE`,
+    `OPENAI_API_KEY`). Only the command line reads the environment (runner/cli.py); loading takes the
+    values as an argument, so the same file always loads to the same config."""
+
+    api_base: str | None = None
+    api_key: Secret | None = None
+
+
+NO_FALLBACKS = EnvFallbacks()
+
+
 @dataclass
 class LoadedRun:
     """One concrete run of a config file: its sweep parameters and validated config."""
@@ -298,64 +318,60 @@ class LoadedRun:
     config: BenchmarkConfig
 
 
-def load_raw(path: Path | None, overrides: list[tuple[str, str]] = ()) -> dict[str, Any]:
+def load_raw(path: Path | None, overrides: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     tree = read_yaml(path) if path is not None else {}
     for dotted, text in overrides:
         apply_override(tree, dotted, parse_override_value(text))
     return tree
 
 
-def load_benchmark_runs(path: Path | None, overrides: list[tuple[str, str]] = ()) -> list[LoadedRun]:
+def load_benchmark_runs(
+    path: Path | None, overrides: Sequence[tuple[str, str]] = (), fallbacks: EnvFallbacks = NO_FALLBACKS
+) -> list[LoadedRun]:
     """Every run the file expands to, each validated (all errors raised before any traffic)."""
     raw = load_raw(path, overrides)
-    return [LoadedRun(params, build_benchmark_config(tree)) for params, tree in expand(raw)]
+    return [LoadedRun(params, build_benchmark_config(tree, fallbacks)) for params, tree in expand(raw)]
 
 
-def build_benchmark_config(tree: dict[str, Any]) -> BenchmarkConfig:
-    cfg = build(BenchmarkConfig, tree)
-    _finish(cfg)
-    return cfg
+def build_benchmark_config(tree: dict[str, Any], fallbacks: EnvFallbacks = NO_FALLBACKS) -> BenchmarkConfig:
+    return _finish(build(BenchmarkConfig, tree), fallbacks)
 
 
-def load_capacity_search(path: Path, overrides: list[tuple[str, str]] = ()) -> CapacitySearchConfig:
+def load_capacity_search(
+    path: Path, overrides: Sequence[tuple[str, str]] = (), fallbacks: EnvFallbacks = NO_FALLBACKS
+) -> CapacitySearchConfig:
     raw = load_raw(path, overrides)
     if _expansions(raw):
         raise ConfigError(f"{path}: !expand is not supported inside a capacity search config")
     cfg = build(CapacitySearchConfig, raw)
-    _finish(cfg.benchmark_config, "benchmark_config.")
+    return replace(cfg, benchmark_config=_finish(cfg.benchmark_config, fallbacks, "benchmark_config."))
+
+
+def _finish(cfg: BenchmarkConfig, fallbacks: EnvFallbacks, prefix: str = "") -> BenchmarkConfig:
+    """After every key is valid: the env fallbacks, then the checks on the run as a whole."""
+    client = cfg.client
+    source = ""
+    if client.api_base is None and fallbacks.api_base:
+        client = replace(client, api_base=fallbacks.api_base)
+        source = " (from OPENAI_API_BASE)"
+    if client.api_key is None and fallbacks.api_key:
+        client = replace(client, api_key=fallbacks.api_key)  # in memory only (never written)
+    cfg = replace(cfg, client=client) if client is not cfg.client else cfg
+    check_benchmark_config(cfg, prefix, api_base_source=source)
     return cfg
 
 
-def _finish(cfg: BenchmarkConfig, prefix: str = "") -> None:
-    """After every key is valid: the env fallbacks, then the checks on the run as a whole."""
-    filled = apply_env_defaults(cfg)
-    source = " (from OPENAI_API_BASE)" if "api_base" in filled else ""
-    check_benchmark_config(cfg, prefix, api_base_source=source)
-
-
-def apply_env_defaults(cfg: BenchmarkConfig) -> list[str]:
-    """Documented environment fallbacks; the key itself stays in memory only (never written).
-    Returns the client keys it filled, so errors can say where a value came from."""
-    filled = []
-    if cfg.client.api_base is None and os.environ.get("OPENAI_API_BASE"):
-        cfg.client.api_base = os.environ["OPENAI_API_BASE"]
-        filled.append("api_base")
-    if cfg.client.api_key is None and os.environ.get("OPENAI_API_KEY"):
-        cfg.client.api_key = os.environ["OPENAI_API_KEY"]
-        filled.append("api_key")
-    return filled
-
-
-def redacted_dict(cfg: Any) -> dict[str, Any]:
+def redacted_dict(cfg: BenchmarkConfig | CapacitySearchConfig) -> dict[str, Any]:
     """The config as plain data with every secret replaced: what config.yml holds."""
-    return redact(to_dict(cfg))
+    plain: dict[str, Any] = redact(to_dict(cfg))
+    return plain
 
 
-def dump_config_yaml(cfg: Any) -> str:
+def dump_config_yaml(cfg: BenchmarkConfig | CapacitySearchConfig) -> str:
     return yaml.safe_dump(redacted_dict(cfg), sort_keys=False, default_flow_style=False)
 
 
-def config_sha256(cfg: Any) -> str:
+def config_sha256(cfg: BenchmarkConfig | CapacitySearchConfig) -> str:
     """Hash of the redacted resolved config: names run directories, detects changed configs."""
     return hashlib.sha256(orjson.dumps(redacted_dict(cfg), option=orjson.OPT_SORT_KEYS)).hexdigest()
 

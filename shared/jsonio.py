@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from veeksha.shared.secret import json_default
 
 _DUMP_OPTS = orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -48,7 +49,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 
 def dump_json(obj: Any) -> bytes:
-    return orjson.dumps(obj, option=_DUMP_OPTS) + b"\n"
+    return orjson.dumps(obj, default=json_default, option=_DUMP_OPTS) + b"\n"
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -67,7 +68,7 @@ def read_json(path: Path) -> Any:
         raise ContractError(f"{path}: not valid JSON ({e})") from None
 
 
-def iter_jsonl(path: Path):
+def iter_jsonl(path: Path) -> Iterator[Any]:
     """Yield objects from a JSONL file, skipping a torn last line (a crash mid-append)."""
     with path.open("rb") as f:
         for line in f:

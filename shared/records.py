@@ -6,7 +6,7 @@ Spec: outputs.md. Times in records are seconds since the run's start on the mono
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 # Request status values.
 SUCCESS: Final = "success"
@@ -78,9 +78,9 @@ class Field:
         return self.distribution_rank is not None
 
 
-_TIME = {"type": float, "origin": MEASURED, "unit": "s", "timestamp": True}
-_TOKENS = {"type": int, "origin": MEASURED, "unit": "tok"}
-_LATENCY = {"type": float, "origin": DERIVED, "unit": "s", "success_only": True}
+_TIME: dict[str, Any] = {"type": float, "origin": MEASURED, "unit": "s", "timestamp": True}
+_TOKENS: dict[str, Any] = {"type": int, "origin": MEASURED, "unit": "tok"}
+_LATENCY: dict[str, Any] = {"type": float, "origin": DERIVED, "unit": "s", "success_only": True}
 
 # Field names other modules refer to.
 TTFC: Final = "ttfc"

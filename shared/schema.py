@@ -12,10 +12,14 @@ import difflib
 import math
 import types
 import typing
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import orjson
 from veeksha.shared.errors import ConfigError
+from veeksha.shared.redact import REDACTED
+from veeksha.shared.secret import Secret
+
+T = TypeVar("T")
 
 # Integers must survive JSON encoding, numpy seeding and C code, which all stop at 64 bits.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -49,14 +53,14 @@ def _join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def build(cls: type, data: Any, path: str = "") -> Any:
+def build(cls: type[T], data: Any, path: str = "") -> T:
     """Build dataclass `cls` from a mapping, validating every key recursively."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise _fail(path, data, f"expected a mapping of {cls.__name__} keys")
     hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in _fields_of(cls) if f.init}
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
@@ -65,7 +69,7 @@ def build(cls: type, data: Any, path: str = "") -> Any:
                 f"config error at {_join(path, key)}: unknown key; allowed keys: "
                 f"{', '.join(sorted(fields))}{hint}"
             )
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         if name in data:
             value = _with_default_type(f, data[name])
@@ -81,7 +85,13 @@ def build(cls: type, data: Any, path: str = "") -> Any:
     return obj
 
 
-def _with_default_type(f: dataclasses.Field, value: Any) -> Any:
+def _fields_of(cls: type) -> tuple[dataclasses.Field[Any], ...]:
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} is not a config dataclass")
+    return dataclasses.fields(cls)
+
+
+def _with_default_type(f: dataclasses.Field[Any], value: Any) -> Any:
     """A variant mapping without `type:` keeps the default's variant (`--a.b.rate 5` needs no type)."""
     if not f.metadata.get("variants") or not isinstance(value, dict) or "type" in value:
         return value
@@ -119,7 +129,7 @@ def convert(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any] | Non
             )
         return build(variants[kind], value, path)
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, path)
     if origin is Literal:
         if value not in get_args(tp):
@@ -165,6 +175,15 @@ def convert(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any] | Non
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise _fail(path, value, "expected a string")
         return str(value)
+    if tp is Secret:
+        if isinstance(value, Secret):
+            return value
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            kind = type(value).__name__  # the value itself is never echoed: it is a secret
+            raise ConfigError(
+                f"config error at {path}: a value of type {kind} is not allowed; expected a string"
+            )
+        return Secret(str(value))  # as `str` fields: an all-digit key in YAML is still a key
     raise TypeError(f"unsupported config type {tp!r} at {path}")
 
 
@@ -222,7 +241,9 @@ def describe(tp: Any, meta: typing.Mapping[str, Any] | None = None) -> str:
 
 
 def to_dict(obj: Any) -> Any:
-    """Dataclass tree → plain data (for config.yml and hashing)."""
+    """Dataclass tree → plain data (for config.yml and hashing); a Secret becomes `<redacted>`."""
+    if isinstance(obj, Secret):
+        return REDACTED
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, list | tuple):
@@ -260,7 +281,7 @@ def _schema_of(tp: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
     optional, tp = _is_optional(tp)
     if meta.get("variants"):
         inner: dict[str, Any] = {"oneOf": [json_schema(c) for c in meta["variants"].values()]}
-    elif dataclasses.is_dataclass(tp):
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
         inner = json_schema(tp)
     elif get_origin(tp) is Literal:
         inner = {"enum": list(get_args(tp))}
@@ -274,6 +295,7 @@ def _schema_of(tp: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
             int: {"type": "integer"},
             float: {"type": "number"},
             str: {"type": "string"},
+            Secret: {"type": "string"},
         }.get(tp, {})
         for key, word in (("gt", "exclusiveMinimum"), ("ge", "minimum"), ("le", "maximum")):
             if meta.get(key) is not None and tp in (int, float):

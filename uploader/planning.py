@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from veeksha.shared.errors import VeekshaError
 from veeksha.shared.paths import CONFIG_YML
@@ -17,7 +18,7 @@ from veeksha.uploader.settings import Layer, config_layer, marker_layer, resolve
 from veeksha.uploader.worker import SKIPPED, Outcome, Task
 
 
-def _config_of(target: Target) -> dict:
+def _config_of(target: Target) -> dict[str, Any]:
     if target.kind == groups.RUN:
         return read_config(target.path / CONFIG_YML)
     return groups.container_config(target.path)

@@ -98,7 +98,7 @@ def _ends_with_exit(records: list[bytes]) -> bool:
 
     if not records:
         return False
-    last = pb.Record()
+    last = pb.Record()  # type: ignore[attr-defined]  # wandb's generated protobuf module has no stubs
     last.ParseFromString(records[-1])
     return last.WhichOneof("record_type") == "exit"
 
@@ -136,7 +136,7 @@ def relativize_artifact_paths(wandb_file: Path, root: Path) -> int:
     changed = 0
     out: list[bytes] = []
     for payload in records:
-        record = pb.Record()
+        record = pb.Record()  # type: ignore[attr-defined]  # wandb's generated protobuf module has no stubs
         record.ParseFromString(payload)
         if record.WhichOneof("record_type") != "artifact":
             out.append(payload)

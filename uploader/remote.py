@@ -78,8 +78,6 @@ def committed_artifact_types(
     data = _graphql(base_url, api_key, body, f"the artifacts of run {run_id}")
     run = (data.get("project") or {}).get("run") or {}
     edges = (run.get("outputArtifacts") or {}).get("edges") or []
-    return {
-        ((e.get("node") or {}).get("artifactType") or {}).get("name")
-        for e in edges
-        if (e.get("node") or {}).get("state") == "COMMITTED"
-    }
+    nodes = [e.get("node") or {} for e in edges]
+    names = ((n.get("artifactType") or {}).get("name") for n in nodes if n.get("state") == "COMMITTED")
+    return {name for name in names if isinstance(name, str)}

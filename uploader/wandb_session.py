@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from veeksha.shared.paths import WANDB_DIR
 from veeksha.uploader.recordlog import IncompleteLog, RecordLogError, relativize_artifact_paths
@@ -80,27 +80,41 @@ def clear_run_folders(root: Path, run_id: str, *, keep: str | None = None, stagi
             shutil.rmtree(wdir / name, ignore_errors=True)
 
 
+SdkMode = Literal["online", "offline", "shared", "disabled", "dryrun", "run"]
+
+
+def sdk_mode(mode: str) -> SdkMode:
+    """`mode` as the SDK's type; ValueError (as the SDK's own check) for a mode it does not know."""
+    for known in get_args(SdkMode):
+        if known == mode:
+            return known
+    raise ValueError(f"unknown W&B mode {mode!r}; use one of {', '.join(get_args(SdkMode))}")
+
+
 def _settings(spec: RunSpec) -> Any:
     import wandb
 
     s = spec.settings
     online = s.mode == "online"
+    # Keyword groups given only when set, so the SDK keeps its own defaults otherwise.
+    stream: dict[str, Any] = {"x_file_stream_transmit_interval": spec.stream_interval_s}
+    server: dict[str, Any] = {"base_url": s.base_url, "api_key": s.api_key}
     return wandb.Settings(
-        mode=s.mode,
+        mode=sdk_mode(s.mode),
         console="off",  # nothing of the uploader's console (or a secret in it) is captured
         silent=True,
         x_disable_stats=True,
         x_disable_meta=True,  # no argv (an --api-key flag), host or program metadata
         x_disable_machine_info=True,
         x_save_requirements=False,
-        **({"x_file_stream_transmit_interval": spec.stream_interval_s} if spec.stream_interval_s else {}),
+        **(stream if spec.stream_interval_s else {}),
         disable_git=True,
         disable_code=True,
         save_code=False,
         disable_job_creation=True,
         init_timeout=INIT_TIMEOUT_S,
         root_dir=str(spec.root),
-        **({"base_url": s.base_url, "api_key": s.api_key} if online and s.api_key else {}),
+        **(server if online and s.api_key else {}),
     )
 
 

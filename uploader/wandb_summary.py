@@ -58,7 +58,7 @@ def log_container(run: Any, data: ContainerData, redactor: Redactor, artifact: A
     columns = table_columns(rows)
     media: dict[str, Any] = {}
     if columns:
-        table = wandb.Table(columns=columns, data=table_rows(rows, columns), allow_mixed_types=True)
+        table = wandb.Table(columns=[*columns], data=table_rows(rows, columns), allow_mixed_types=True)
         media[key] = table
         if data.kind == CAPSEARCH_SUMMARY and {"iteration", "value"} <= set(columns):
             media["search/value_by_iteration"] = wandb.plot.scatter(

@@ -181,7 +181,7 @@ def records_from_dicts(records: list[dict[str, Any]]) -> Records:
     """Records from in-memory dicts (tests, small inputs): same columns as read_records."""
     schema = record_schema(id_types(records[0] if records else None))
     if not records:
-        return assemble([], [], [], schema)
+        return assemble([], np.zeros(0), [], schema)
     df = pl.DataFrame([_coerce(r, schema) for r in records], schema=schema, orient="row")
     frame, gaps, lengths = split_tbc(df)
     return assemble([frame], np.array(gaps, dtype=np.float64), [lengths], schema)

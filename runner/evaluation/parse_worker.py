@@ -38,7 +38,7 @@ def _ipc(df: pl.DataFrame) -> bytes:
 
 def _send(out: IO[bytes], *payloads: bytes | np.ndarray) -> None:
     for p in payloads:
-        data = memoryview(np.ascontiguousarray(p)).cast("B") if isinstance(p, np.ndarray) else p
+        data = np.ascontiguousarray(p).data.cast("B") if isinstance(p, np.ndarray) else p
         out.write(_LEN.pack(len(data)))
         out.write(data)  # arrays go out straight from their buffer, no intermediate copy
     out.flush()

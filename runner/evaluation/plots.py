@@ -7,9 +7,13 @@ and plotting never touches the raw samples (a long run has 100M+ tbc gaps).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from veeksha.runner.evaluation.rundata import QUANTILE_GRID, Distribution
 from veeksha.shared.records import DISTRIBUTION_FIELDS
+
+if TYPE_CHECKING:  # matplotlib itself is imported only when a plot is drawn
+    from matplotlib.axes import Axes
 
 # metric → (title, axis label with unit, unit suffix for values), from the field table
 LABELS = {f.name: (f.label, f.axis, f.unit) for f in DISTRIBUTION_FIELDS}
@@ -64,10 +68,10 @@ def _axis_scale(dist: Distribution, axis: str, unit: str) -> tuple[float, str]:
     return scale, axis.replace("seconds", name)
 
 
-def _draw(ax, dist: Distribution, unit: str, scale: float) -> None:
+def _draw(ax: Axes, dist: Distribution, unit: str, scale: float) -> None:
     from matplotlib.lines import Line2D
 
-    xs = [float(v) * scale for v in dist.quantiles]  # type: ignore[arg-type]
+    xs = [float(v) * scale for v in dist.quantiles]  # type: ignore[arg-type]  # plotted only when not empty: no None
     ys = list(QUANTILE_GRID)
     positive = [x for x in xs if x > 0]
     use_log = bool(positive) and len(positive) >= 0.9 * len(xs) and xs[-1] / positive[0] > LOG_RANGE
@@ -88,6 +92,6 @@ def _draw(ax, dist: Distribution, unit: str, scale: float) -> None:
     if use_log:
         ax.grid(True, which="minor", alpha=0.1)
     for name, value in (("mean", dist.mean), ("min", dist.at(0.0)), ("max", dist.at(1.0))):
-        ax.add_line(Line2D([], [], linestyle="none", label=f"{name} = {_fmt(value, unit)}"))  # type: ignore[arg-type]
+        ax.add_line(Line2D([], [], linestyle="none", label=f"{name} = {_fmt(value, unit)}"))  # type: ignore[arg-type]  # matplotlib stubs
     # "best": the corner where the box covers the least of the curve and the percentile lines.
     ax.legend(loc="best", fontsize=9, framealpha=0.92, handlelength=1.8)

@@ -32,8 +32,8 @@ def interpolation_points(n: int, qs: Sequence[float]) -> list[tuple[int, int, fl
     return points
 
 
-def _interpolate(points: list[tuple[int, int, float]], stat: dict[int, float]) -> list[float]:
-    out = []
+def _interpolate(points: list[tuple[int, int, float]], stat: dict[int, float]) -> list[float | None]:
+    out: list[float | None] = []
     for lo, hi, frac in points:
         a, b = stat[lo], stat[hi]
         out.append(a if hi == lo else a + (b - a) * frac)

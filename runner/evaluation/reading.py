@@ -145,8 +145,8 @@ def read_run_logs(
         from veeksha.runner.evaluation.parse_worker import parse_in_workers
 
         trace_task = (trace_path, trace_kinds) if trace_path is not None and trace_kinds else None
-        results, trace = parse_in_workers(workers, records_path, kinds or {}, ranges, trace_task)
-        return _collect(results, size, kinds), trace()
+        results, finish_trace = parse_in_workers(workers, records_path, kinds or {}, ranges, trace_task)
+        return _collect(results, size, kinds), finish_trace()
     results = (parse_records_block(records_path, off, ln, kinds or {}) for off, ln in ranges)
     records = _collect(results, size, kinds)
     trace = parse_trace_file(trace_path, trace_kinds) if trace_path is not None and trace_kinds else None

@@ -52,8 +52,9 @@ def finalize_record(raw: dict[str, Any]) -> dict[str, Any]:
     rec = {name: raw.get(name) for name in REQUEST_RECORD_FIELDS}
     ns = {name: _ns(rec[name]) for name in TIME_FIELDS}
     for name in TIME_FIELDS:
-        if ns[name] is not None:
-            rec[name] = _s(ns[name])
+        t = ns[name]
+        if t is not None:
+            rec[name] = _s(t)
     ready, dispatched = ns[SCHEDULER_READY_AT], ns[SCHEDULER_DISPATCHED_AT]
     rec[DISPATCH_DELAY] = _s(dispatched - ready) if ready is not None and dispatched is not None else None
     if rec["status"] == SUCCESS:

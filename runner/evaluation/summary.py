@@ -85,8 +85,8 @@ def observed_session_rate(data: RunData) -> tuple[float | None, int, float | Non
         .agg(start=pl.col(SCHEDULER_DISPATCHED_AT).min())["start"]
         .drop_nulls()
     )
-    origin = float(warm.max()) if warm.len() else 0.0  # type: ignore[arg-type]
-    window = float(starts.max()) - origin  # type: ignore[arg-type]
+    origin = float(warm.max()) if warm.len() else 0.0  # type: ignore[arg-type]  # polars stubs: an aggregate is any literal
+    window = float(starts.max()) - origin  # type: ignore[arg-type]  # polars stubs: an aggregate is any literal
     return (starts.len() / window if window > 0 else None), starts.len(), window
 
 

@@ -202,7 +202,7 @@ class TimeseriesWriter:
                 self.last_second = max(self.last_second, _sec(ns))
         if d_ns is not None:
             self._row(_sec(d_ns)).dispatched += 1
-            self._add_in_flight(d_ns, e_ns)
+            self._add_in_flight(d_ns, d_ns if e_ns is None else e_ns)
         if e_ns is None:
             return
         if status == SUCCESS:

@@ -6,6 +6,7 @@ Same integer-nanosecond arithmetic as the live writer, so both produce the same 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import numpy as np
 import polars as pl
@@ -47,7 +48,7 @@ def build_timeseries(records: Records) -> pl.DataFrame:
         _row_quantiles(records, base),
     ]
     ends = [base["d_sec"].max(), base["e_sec"].max(), parts[2]["second"].max()]
-    last = max((int(v) for v in ends if v is not None), default=-1)
+    last = max((int(v) for v in ends if isinstance(v, int | float)), default=-1)
     out = pl.DataFrame({"second": pl.int_range(0, last + 1, dtype=pl.Int64, eager=True)})
     for part in parts:
         out = out.join(part, on="second", how="left")
@@ -161,7 +162,7 @@ def _row_quantiles(records: Records, base: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _split(keys: np.ndarray, values: np.ndarray):
+def _split(keys: np.ndarray, values: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """(key, values) per run of equal keys in a key-sorted array."""
     if len(keys) == 0:
         return
@@ -171,7 +172,9 @@ def _split(keys: np.ndarray, values: np.ndarray):
         yield int(keys[a]), values[a:b]
 
 
-def _gathered_by_second(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, secs: np.ndarray):
+def _gathered_by_second(
+    values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, secs: np.ndarray
+) -> Iterator[tuple[int, np.ndarray]]:
     """(second, scratch copy of the pooled gaps of its requests), second by second, in batches."""
     if len(secs) == 0:
         return

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from veeksha.runner.http.openai import RequestBuilder, ResponseReader, one_line, preview
 from veeksha.runner.http.transport import HTTPTransport, RequestError, RequestTimeout
 from veeksha.shared import redact
+from veeksha.shared.config import ClientConfig
 from veeksha.shared.records import SUCCESS
 from veeksha.shared.redact import is_secret_key, scrub_text
 
@@ -50,7 +51,7 @@ class Outcome:
 class LLMClient(Protocol):
     is_stream: bool
 
-    async def request(self, payload: list[dict] | str, max_tokens: int) -> Outcome: ...
+    async def request(self, payload: list[dict[str, Any]] | str, max_tokens: int) -> Outcome: ...
 
     async def aclose(self) -> None: ...
 
@@ -63,32 +64,31 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
-def build_headers(cfg: Any) -> list[tuple[str, str]]:
+def build_headers(cfg: ClientConfig) -> list[tuple[str, str]]:
     """Request headers in a fixed order; user `headers` replace defaults of the same name."""
-    stream = bool(getattr(cfg, "stream", True))
     merged: dict[str, tuple[str, str]] = {
         "user-agent": ("User-Agent", USER_AGENT),
-        "accept": ("Accept", "text/event-stream" if stream else "application/json"),
+        "accept": ("Accept", "text/event-stream" if cfg.stream else "application/json"),
         "content-type": ("Content-Type", "application/json"),
     }
-    api_key = getattr(cfg, "api_key", None)
-    if api_key:
-        merged["authorization"] = ("Authorization", f"Bearer {api_key}")
-    for name, value in (getattr(cfg, "headers", None) or {}).items():
-        merged[str(name).lower()] = (str(name), str(value))
+    if cfg.api_key:
+        # The one place the key is revealed: it goes on the wire.
+        merged["authorization"] = ("Authorization", f"Bearer {cfg.api_key.reveal()}")
+    for name, value in cfg.headers.items():
+        merged[name.lower()] = (name, value)
     return list(merged.values())
 
 
-def secret_values(cfg: Any, extra: Iterable[str] = ()) -> list[str]:
+def secret_values(cfg: ClientConfig, extra: Iterable[str] = ()) -> list[str]:
     """Strings that must never appear in an error message: the API key, auth-like header values, and
     `extra` (the server's secrets: a server may echo its own token in an error)."""
     out = list(extra)
-    api_key = getattr(cfg, "api_key", None)
-    if api_key:
-        out += [f"Bearer {api_key}", str(api_key)]
+    if cfg.api_key:
+        key = cfg.api_key.reveal()
+        out += [f"Bearer {key}", key]
     # Servers echo the request body in validation errors: secrets there must not reach records.
-    out += redact.secret_values(getattr(cfg, "additional_sampling_params", None) or {})
-    for name, value in (getattr(cfg, "headers", None) or {}).items():
+    out += redact.secret_values(cfg.additional_sampling_params)
+    for name, value in cfg.headers.items():
         if value and (is_secret_key(name) or str(name).lower() in ("cookie", "x-api-key")):
             out.append(str(value))
             if str(value).lower().startswith("bearer "):
@@ -99,15 +99,14 @@ def secret_values(cfg: Any, extra: Iterable[str] = ()) -> list[str]:
 class OpenAIClient:
     """LLMClient for openai_chat_completions / openai_completions over any Backend."""
 
-    def __init__(self, cfg: Any, backend: Backend, extra_secrets: Iterable[str] = ()) -> None:
+    def __init__(self, cfg: ClientConfig, backend: Backend, extra_secrets: Iterable[str] = ()) -> None:
         self._builder = RequestBuilder(cfg)
         self._backend = backend
-        self.is_stream = bool(getattr(cfg, "stream", True))
-        timeout = getattr(cfg, "request_timeout", None)
-        self._timeout = timeout if timeout and timeout > 0 else None
+        self.is_stream = cfg.stream
+        self._timeout = cfg.request_timeout  # > 0: the config refuses anything else
         self._secrets = secret_values(cfg, extra_secrets)
 
-    async def request(self, payload: list[dict] | str, max_tokens: int) -> Outcome:
+    async def request(self, payload: list[dict[str, Any]] | str, max_tokens: int) -> Outcome:
         out = Outcome()
         body = self._builder.body(payload, max_tokens)
         reader = ResponseReader(out, self.is_stream)
@@ -150,19 +149,22 @@ class OpenAIClient:
 
 
 def endpoint_url(api_base: str, path: str) -> str:
-    """`http://h/v1` + `/chat/completions`, keeping a query string (`?api-version=...`) at the end."""
+    """`http://h/v1` + `/chat/completions`, keeping a query string (`?api-version=...`) at the end.
+    The one URL join: the requests and the `/models` probe (runner/benchmark.py) both use it."""
     parts = urlsplit(api_base)
     return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
 
 
-def make_client(cfg: Any, max_connections: int, extra_secrets: Iterable[str] = ()) -> LLMClient:
-    """Client for `cfg` (veeksha.shared.config.ClientConfig) with at most `max_connections` sockets;
-    `extra_secrets` are scrubbed from error messages too."""
-    builder = RequestBuilder(cfg)  # validates the type early
-    url = endpoint_url(str(cfg.api_base), builder.path)
-    connect_timeout = getattr(cfg, "connect_timeout", 10.0)
+def make_client(cfg: ClientConfig, max_connections: int, extra_secrets: Iterable[str] = ()) -> LLMClient:
+    """Client for `cfg` with at most `max_connections` sockets; `extra_secrets` are scrubbed from
+    error messages too."""
+    if not cfg.api_base:
+        raise ValueError("client.api_base is not resolved (runner/benchmark.py resolve_endpoint)")
+    builder = RequestBuilder(cfg)
+    url = endpoint_url(cfg.api_base, builder.path)
+    connect_timeout = cfg.connect_timeout
     headers = build_headers(cfg)
-    backend_name = getattr(cfg, "http_backend", "native") or "native"
+    backend_name = cfg.http_backend
     backend: Backend
     if backend_name == "native":
         backend = HTTPTransport(url, headers, max_connections, connect_timeout)

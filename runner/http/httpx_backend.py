@@ -9,6 +9,7 @@ tree is translated to ours here, so the error boundary in client.py stays the on
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from time import perf_counter
 
 import httpx
@@ -95,11 +96,11 @@ class HttpxTransport:
             raise
 
     @staticmethod
-    async def _drain(chunks: object) -> None:
+    async def _drain(chunks: AsyncIterator[bytes]) -> None:
         """Read the body's tail after [DONE] so httpx can reuse the connection (bounded wait)."""
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                async for _ in chunks:  # type: ignore[attr-defined]
+                async for _ in chunks:
                     pass
         except TimeoutError:
             pass  # leaving the stream context closes the connection instead

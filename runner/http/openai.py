@@ -30,6 +30,7 @@ from veeksha.runner.http.transport import (
     RequestError,
     ServerError,
 )
+from veeksha.shared.config import ClientConfig
 
 if TYPE_CHECKING:
     from veeksha.runner.http.client import Outcome
@@ -68,30 +69,26 @@ class RequestBuilder:
         "path",
     )
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: ClientConfig) -> None:
         kind = cfg.type
         if kind not in ENDPOINTS:
             raise ValueError(f"unknown client type {kind!r}")
         self.chat = kind == CHAT
         self.path = ENDPOINTS[kind]
         self._payload_key = "messages" if self.chat else "prompt"
-        self._max_param = getattr(cfg, "max_tokens_param", None) or DEFAULT_MAX_TOKENS_PARAM[kind]
-        self._min_param = getattr(cfg, "min_tokens_param", None)
-        stream = bool(getattr(cfg, "stream", True))
+        self._max_param = cfg.max_tokens_param or DEFAULT_MAX_TOKENS_PARAM[kind]
+        self._min_param = cfg.min_tokens_param
         fixed: dict[str, Any] = {}
-        if getattr(cfg, "ignore_eos", False):
+        if cfg.ignore_eos:  # sent only when true (config.md): strict OpenAI endpoints refuse it
             fixed["ignore_eos"] = True
-        fixed["stream"] = stream
-        if stream and getattr(cfg, "include_usage", True):
+        fixed["stream"] = cfg.stream
+        if cfg.stream and cfg.include_usage:
             fixed["stream_options"] = {"include_usage": True}
         self._fixed = fixed
-        extra = getattr(cfg, "additional_sampling_params", None) or {}
-        if isinstance(extra, str | bytes):
-            extra = orjson.loads(extra)
-        self._extra = dict(extra)
+        self._extra = dict(cfg.additional_sampling_params)  # a JSON string was parsed by the schema
         self._model = cfg.model
 
-    def body(self, payload: list[dict] | str, max_tokens: int) -> bytes:
+    def body(self, payload: list[dict[str, Any]] | str, max_tokens: int) -> bytes:
         if self.chat and isinstance(payload, str):
             payload = [{"role": "user", "content": payload}]
         elif not self.chat and not isinstance(payload, str):
@@ -208,7 +205,7 @@ class ResponseReader:
         if mode == _SSE:
             self._now = now
             try:
-                self._sse.feed(data)  # type: ignore[union-attr]
+                self._sse.feed(data)  # type: ignore[union-attr]  # made by _start_sse() in SSE mode; hot path: no check
             except SSEError as exc:
                 self._fail(ProtocolError(str(exc)), now)
             return self.finished
@@ -228,7 +225,7 @@ class ResponseReader:
         if mode == _SSE or mode == _SSE_FIRST:
             self._now = now
             try:
-                self._sse.flush()  # type: ignore[union-attr]
+                self._sse.flush()  # type: ignore[union-attr]  # made by _start_sse() in SSE mode
             except SSEError as exc:
                 self._fail(ProtocolError(str(exc)), now)
             if not self.finished:  # no [DONE]: the end of the body ends the stream
@@ -286,7 +283,7 @@ class ResponseReader:
             return
         self._chunk(obj)
 
-    def _chunk(self, obj: dict) -> None:
+    def _chunk(self, obj: dict[str, Any]) -> None:
         choices = obj.get("choices")
         if choices:
             content = False

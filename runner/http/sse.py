@@ -114,4 +114,4 @@ class SSEParser:
         event = self._event
         self._data = None
         self._event = None
-        self._on_event(event, data)  # type: ignore[arg-type]
+        self._on_event(event, data)  # type: ignore[arg-type]  # a dispatch follows a data line: data is set

@@ -169,7 +169,8 @@ class HTTPTransport:
         self._total = 0  # open + opening connections (slots taken)
         self._idle: list[_Connection] = []
         self._conns: set[_Connection] = set()
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        # A waiter gets an idle connection, or None: a free slot to open one in.
+        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self._closed = False
 
     # -- public --------------------------------------------------------------------------------------
@@ -352,7 +353,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._handler: ResponseHandler | None = None
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._active = False  # the handler still wants body bytes
         self._ctype: bytes | None = None
         self._framed = False  # Content-Length or Transfer-Encoding seen (else the body ends at EOF)
@@ -370,8 +371,8 @@ class _Connection(asyncio.Protocol):
 
     # -- request side --------------------------------------------------------------------------------
 
-    def begin(self, data: bytes, handler: ResponseHandler) -> asyncio.Future:
-        waiter = asyncio.get_running_loop().create_future()
+    def begin(self, data: bytes, handler: ResponseHandler) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.got_bytes = False
         if self.closed or self._transport is None:
             waiter.set_exception(ConnectionDropped("server closed the connection before responding"))
@@ -412,7 +413,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport  # type: ignore[assignment]  # asyncio types it BaseTransport; a TCP one is a Transport
 
     def data_received(self, data: bytes) -> None:
         if self.message_done:  # bytes nobody asked for: the connection is no longer trustworthy
@@ -442,12 +443,12 @@ class _Connection(asyncio.Protocol):
             self._report_lost(exc)
         # The parser and the transport refer back to this protocol: without these references the
         # closed connection is freed at once, not by a rare garbage collection (a cycle per connection).
-        self._parser = self._transport = self._handler = self._waiter = None  # type: ignore[assignment]
+        self._parser = self._transport = self._handler = self._waiter = None  # type: ignore[assignment]  # closed: never used again
 
     def _report_lost(self, exc: Exception | None) -> None:
         """The connection closed while the handler still expected bytes."""
         if self._headers_done and not self._framed and not self._informational:
-            self._handler.on_end(perf_counter())  # type: ignore[union-attr]  # close-delimited body
+            self._handler.on_end(perf_counter())  # type: ignore[union-attr]  # set while active; close-delimited body
             self._resolve(None)
             return
         if not self.got_bytes:
@@ -479,10 +480,10 @@ class _Connection(asyncio.Protocol):
             self._informational = True
             return
         self._headers_done = True
-        self._handler.on_start(status, self._ctype)  # type: ignore[union-attr]
+        self._handler.on_start(status, self._ctype)  # type: ignore[union-attr]  # set by begin(); hot path: no check
 
     def on_body(self, body: bytes) -> None:
-        if self._active and self._handler.on_body(body, self._now):  # type: ignore[union-attr]
+        if self._active and self._handler.on_body(body, self._now):  # type: ignore[union-attr]  # set while active
             self._active = False
             self._resolve(None)
 
@@ -496,7 +497,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = self._parser.should_keep_alive()
         if self._active:
             self._active = False
-            self._handler.on_end(self._now)  # type: ignore[union-attr]
+            self._handler.on_end(self._now)  # type: ignore[union-attr]  # set while active
             self._resolve(None)
         elif self._draining:
             self._draining = False

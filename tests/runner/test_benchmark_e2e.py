@@ -12,6 +12,7 @@ import orjson
 import pytest
 from veeksha.shared.config_loader import load_written_config
 from veeksha.shared.records import REQUEST_RECORD_FIELDS
+from veeksha.shared.secret import Secret
 
 from tests.runner.helpers import VEEKSHA_RUN, all_text_under, only_run_dir, read_jsonl, run_cli
 from tests.shared.test_config import seed_yaml_blocks
@@ -82,7 +83,7 @@ def test_the_seed_example_completes_and_leaves_a_run_directory(seed_run) -> None
     cfg = load_written_config(paths.config_yml)
     assert cfg.server is not None and cfg.client.api_base.startswith("http://127.0.0.1:")
     assert cfg.client.model == "meta-llama/Llama-3-8B-Instruct"  # as configured
-    assert cfg.client.api_key == "<redacted>"
+    assert cfg.client.api_key == Secret("<redacted>")  # the file holds the placeholder, not the key
 
 
 def test_secrets_given_by_flag_and_env_appear_in_no_file(seed_run) -> None:

@@ -304,3 +304,14 @@ def test_a_command_server_is_started_waited_for_and_stopped(tmp_path: Path) -> N
     assert len(read_jsonl(paths.request_records)) == 3
     with socket.socket() as s:  # the server was stopped: the port is free again
         s.bind(("127.0.0.1", port))
+
+
+def test_the_environment_fallbacks_are_read_by_the_command_line_only() -> None:
+    from veeksha.runner.cli import env_fallbacks
+    from veeksha.shared.secret import Secret
+
+    env = {"OPENAI_API_BASE": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "sk-cli-env-2024"}
+    read = env_fallbacks(env)
+    assert (read.api_base, read.api_key) == ("http://127.0.0.1:9/v1", Secret("sk-cli-env-2024"))
+    assert "sk-cli-env-2024" not in repr(read)
+    assert env_fallbacks({"OPENAI_API_BASE": "", "OPENAI_API_KEY": ""}) == env_fallbacks({})

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from veeksha.shared.config import BenchmarkConfig, LinearGraph, PoissonIntervals, RateTraffic
 from veeksha.shared.config_loader import (
+    EnvFallbacks,
+    build_benchmark_config,
     dump_config_yaml,
     load_benchmark_runs,
     load_capacity_search,
@@ -15,6 +17,7 @@ from veeksha.shared.config_loader import (
 )
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.schema import json_schema
+from veeksha.shared.secret import Secret
 
 from tests.conftest import SEED_CONFIGS
 
@@ -154,19 +157,20 @@ def test_include_splices_another_file(tmp_path: Path) -> None:
 def test_env_supplies_api_base_and_key_but_config_yml_never_holds_the_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    overrides = [
+        ("client.headers.X-Api-Key", "hdr-secret-5678"),
+        ("client.headers.Authorization", "Bearer tok-9999"),
+        ("client.additional_sampling_params.token", "asp-secret-0000"),
+        ("client.additional_sampling_params.max_tokens", "17"),
+    ]
     monkeypatch.setenv("OPENAI_API_BASE", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env-secret-1234")
-    cfg = load_benchmark_runs(
-        None,
-        [
-            ("client.headers.X-Api-Key", "hdr-secret-5678"),
-            ("client.headers.Authorization", "Bearer tok-9999"),
-            ("client.additional_sampling_params.token", "asp-secret-0000"),
-            ("client.additional_sampling_params.max_tokens", "17"),
-        ],
-    )[0].config
+    # Loading never reads the environment: the command line passes what it read (runner/cli.py).
+    assert load_benchmark_runs(None, overrides)[0].config.client.api_base is None
+    fallbacks = EnvFallbacks(api_base="http://127.0.0.1:9/v1", api_key=Secret("sk-env-secret-1234"))
+    cfg = load_benchmark_runs(None, overrides, fallbacks)[0].config
     assert cfg.client.api_base == "http://127.0.0.1:9/v1"
-    assert cfg.client.api_key == "sk-env-secret-1234"
+    assert cfg.client.api_key == Secret("sk-env-secret-1234")
     text = dump_config_yaml(cfg)
     for secret in ("sk-env-secret-1234", "hdr-secret-5678", "tok-9999", "asp-secret-0000"):
         assert secret not in text
@@ -226,3 +230,19 @@ def test_sampling_params_may_be_a_json_string_and_sections_may_be_set_whole(tmp_
     )[0].config
     assert cfg.client.additional_sampling_params == {"temperature": 0.5}
     assert cfg.traffic_scheduler.target_concurrent_sessions == 3
+
+
+@pytest.mark.parametrize(
+    ("server", "where"),
+    [
+        ({"ready_url": "localhost:8000/health"}, "server.ready_url"),
+        ({"ready_url": "http://127.0.0.1:0/health"}, "server.ready_url"),
+        ({"ready_url": "http://127.0.0.1:8000/health", "api_base": "ftp://h/v1"}, "server.api_base"),
+    ],
+)
+def test_a_command_servers_urls_are_checked_when_the_config_is_built(
+    server: dict[str, str], where: str
+) -> None:
+    tree = {"server": {"type": "command", "command": ["srv"], **server}}
+    with pytest.raises(ConfigError, match=f"config error at {where}: "):
+        build_benchmark_config(tree)

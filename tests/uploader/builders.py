@@ -11,7 +11,7 @@ import csv
 import io
 import random
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,10 @@ from PIL import Image, ImageDraw
 from veeksha.shared.config import (
     BenchmarkConfig,
     CapacitySearchConfig,
+    ClientConfig,
     PerformanceEvaluator,
+    PoissonIntervals,
+    RateTraffic,
     SLOConfig,
     WandbConfig,
 )
@@ -67,15 +70,16 @@ class RunSpec:
 
 
 def make_config(spec: RunSpec) -> BenchmarkConfig:
-    cfg = BenchmarkConfig()
-    cfg.client.api_base = "http://127.0.0.1:8000/v1"
-    cfg.client.model = "test-model"
+    cfg = BenchmarkConfig(
+        client=ClientConfig(api_base="http://127.0.0.1:8000/v1", model="test-model"),
+        wandb=WandbConfig(**spec.wandb),
+    )
     if spec.slos:
         slos = [SLOConfig(name=n, metric=m, percentile=p, value=v) for n, m, p, v in SLOS]
-        cfg.evaluators = [PerformanceEvaluator(slos=slos)]
-    cfg.wandb = WandbConfig(**spec.wandb)
+        cfg = replace(cfg, evaluators=[PerformanceEvaluator(slos=slos)])
     if "arrival_rate" in spec.params:
-        cfg.traffic_scheduler.interval_generator.arrival_rate = spec.params["arrival_rate"]
+        rate = PoissonIntervals(arrival_rate=spec.params["arrival_rate"])
+        cfg = replace(cfg, traffic_scheduler=RateTraffic(interval_generator=rate))
     return cfg
 
 

@@ -40,18 +40,14 @@ SLO_RESULT_KEYS = {
 
 
 def _cfg(slos=True) -> BenchmarkConfig:
-    cfg = BenchmarkConfig()
-    cfg.session_generator = SyntheticSessions(session_graph=LinearGraph())
-    if slos:
-        cfg.evaluators = [
-            PerformanceEvaluator(
-                slos=[
-                    SLOConfig(name="P99 TTFC", metric="ttfc", value=0.5, percentile=0.99),
-                    SLOConfig(name="P90 E2E", metric="e2e", value=0.01, percentile=0.9),
-                ]
-            )
-        ]
-    return cfg
+    sessions = SyntheticSessions(session_graph=LinearGraph())
+    if not slos:
+        return BenchmarkConfig(session_generator=sessions)
+    checked = [
+        SLOConfig(name="P99 TTFC", metric="ttfc", value=0.5, percentile=0.99),
+        SLOConfig(name="P90 E2E", metric="e2e", value=0.01, percentile=0.9),
+    ]
+    return BenchmarkConfig(session_generator=sessions, evaluators=[PerformanceEvaluator(slos=checked)])
 
 
 def _records():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from dataclasses import replace
 
 import polars as pl
 import pytest
@@ -12,6 +13,7 @@ from veeksha.runner.evaluation.evaluate import evaluate_run
 from veeksha.runner.evaluation.reading import read_trace
 from veeksha.shared.config import (
     BenchmarkConfig,
+    ClientConfig,
     ConcurrentTraffic,
     FixedIntervals,
     HealthThresholds,
@@ -29,9 +31,9 @@ def _data(records, cfg=None, trace=None):
 
 
 def _rate_cfg(rate, gen=None):
-    cfg = BenchmarkConfig()
-    cfg.traffic_scheduler = RateTraffic(interval_generator=gen or PoissonIntervals(arrival_rate=rate))
-    return cfg
+    return BenchmarkConfig(
+        traffic_scheduler=RateTraffic(interval_generator=gen or PoissonIntervals(arrival_rate=rate))
+    )
 
 
 def _sessions_every(interval, n=100, **kw):
@@ -53,8 +55,7 @@ def test_dispatch_rate_passes_near_target_and_fails_far_from_it():
 
 
 def test_dispatch_rate_skipped_for_concurrent_traffic():
-    cfg = BenchmarkConfig()
-    cfg.traffic_scheduler = ConcurrentTraffic(target_concurrent_sessions=2)
+    cfg = BenchmarkConfig(traffic_scheduler=ConcurrentTraffic(target_concurrent_sessions=2))
     assert health.session_dispatch_rate(_data(_sessions_every(0.1), cfg)).result == "SKIPPED"
 
 
@@ -72,15 +73,15 @@ def _closed_loop(slots, seconds=20):
 
 
 def test_concurrency_passes_at_target_and_fails_below():
-    cfg = BenchmarkConfig()
-    cfg.traffic_scheduler = ConcurrentTraffic(target_concurrent_sessions=2, rampup_seconds=1.0)
+    cfg = BenchmarkConfig(
+        traffic_scheduler=ConcurrentTraffic(target_concurrent_sessions=2, rampup_seconds=1.0)
+    )
     check = health.concurrency(_data(_closed_loop(2), cfg))
     assert check.result == "PASSED"
     assert check.metrics["max_concurrent_sessions"] == 2
     assert abs(check.metrics["mean_concurrent_sessions"] - 2) < 0.05
     assert health.concurrency(_data(_closed_loop(1), cfg)).result == "FAILED"
-    over = ConcurrentTraffic(target_concurrent_sessions=1)
-    cfg.traffic_scheduler = over
+    cfg = replace(cfg, traffic_scheduler=ConcurrentTraffic(target_concurrent_sessions=1))
     assert health.concurrency(_data(_closed_loop(2), cfg)).result == "FAILED"  # more than allowed
 
 
@@ -117,9 +118,9 @@ def test_lateness_of_follow_up_requests():
 
 
 def _tokenizer_cfg():
-    cfg = BenchmarkConfig()
-    cfg.client.tokenizer = "/models/tokenizer.json"  # only its presence matters here
-    return cfg
+    return BenchmarkConfig(
+        client=ClientConfig(tokenizer="/models/tokenizer.json")
+    )  # only its presence matters
 
 
 def test_prompt_length_vs_target():
@@ -137,8 +138,7 @@ def test_output_length_catches_servers_ignoring_ignore_eos():
     short = full[:90] + _sessions_every(0.1, n=10, num_output_tokens=12, num_requested_output_tokens=64)
     check = health.output_length(_data(short))
     assert check.result == "FAILED" and check.metrics["num_shorter_than_requested"] == 10
-    cfg = BenchmarkConfig()
-    cfg.client.ignore_eos = False
+    cfg = BenchmarkConfig(client=ClientConfig(ignore_eos=False))
     assert health.output_length(_data(short, cfg)).result == "SKIPPED"
 
 
@@ -205,9 +205,7 @@ def test_no_record_at_all_for_a_dispatched_request(tmp_path):
 
 
 def _health_cfg(**bounds):
-    cfg = BenchmarkConfig()
-    cfg.evaluators = [PerformanceEvaluator(health=HealthThresholds(**bounds))]
-    return cfg
+    return BenchmarkConfig(evaluators=[PerformanceEvaluator(health=HealthThresholds(**bounds))])
 
 
 def test_the_defaults_are_the_documented_bounds():
@@ -222,8 +220,7 @@ def test_the_defaults_are_the_documented_bounds():
         "max_output_off_fraction": 0.01,
     }
     assert health.thresholds(BenchmarkConfig()) == HealthThresholds()
-    no_evaluator = BenchmarkConfig()
-    no_evaluator.evaluators = []
+    no_evaluator = BenchmarkConfig(evaluators=[])
     assert health.thresholds(no_evaluator) == HealthThresholds()
 
 
@@ -239,16 +236,19 @@ def test_each_bound_comes_from_the_config():
     check = health.intra_session_lateness(_data(records, _health_cfg(max_lateness_p99_s=0.06), trace))
     assert check.result == "PASSED"
     off = _sessions_every(0.1, num_delta_prompt_tokens=450, target_num_delta_prompt_tokens=500)
-    cfg = _health_cfg(min_prompts_on_target=0.0)
-    cfg.client.tokenizer = "/models/tokenizer.json"
+    cfg = replace(
+        _health_cfg(min_prompts_on_target=0.0), client=ClientConfig(tokenizer="/models/tokenizer.json")
+    )
     assert health.prompt_length(_data(off, cfg)).result == "PASSED"
     short = ok[:90] + _sessions_every(0.1, n=10, num_output_tokens=1, num_requested_output_tokens=64)
     assert health.output_length(_data(short, _health_cfg(max_output_off_fraction=0.1))).result == "PASSED"
-    rate = _health_cfg(min_rate_tolerance=1.0)
-    rate.traffic_scheduler = _rate_cfg(20.0).traffic_scheduler  # observed 10/s: 50% off
+    rate = replace(_health_cfg(min_rate_tolerance=1.0), traffic_scheduler=_rate_cfg(20.0).traffic_scheduler)
+    # observed 10/s: 50% off
     assert health.session_dispatch_rate(_data(ok, rate)).result == "PASSED"
-    half = _health_cfg(max_concurrency_error=0.6)
-    half.traffic_scheduler = ConcurrentTraffic(target_concurrent_sessions=2, rampup_seconds=1.0)
+    half = replace(
+        _health_cfg(max_concurrency_error=0.6),
+        traffic_scheduler=ConcurrentTraffic(target_concurrent_sessions=2, rampup_seconds=1.0),
+    )
     assert health.concurrency(_data(_closed_loop(1), half)).result == "PASSED"  # 1 of 2: 50% off
 
 

@@ -12,9 +12,7 @@ from .factory import request, run_data
 
 
 def _cfg(*slos: SLOConfig) -> BenchmarkConfig:
-    cfg = BenchmarkConfig()
-    cfg.evaluators = [PerformanceEvaluator(slos=list(slos))]
-    return cfg
+    return BenchmarkConfig(evaluators=[PerformanceEvaluator(slos=list(slos))])
 
 
 def _data(records, *slos):

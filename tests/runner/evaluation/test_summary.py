@@ -91,8 +91,7 @@ def test_distribution_keys_and_values():
 
 
 def test_target_rate_only_for_rate_traffic():
-    cfg = BenchmarkConfig()
-    cfg.traffic_scheduler = ConcurrentTraffic(target_concurrent_sessions=2)
+    cfg = BenchmarkConfig(traffic_scheduler=ConcurrentTraffic(target_concurrent_sessions=2))
     assert build_summary(_data(cfg))["target_session_dispatch_rate"] is None
 
 

@@ -14,6 +14,7 @@ import uvloop
 from veeksha.runner.http.client import Outcome, make_client
 from veeksha.runner.http.openai import PREVIEW_CHARS, RequestBuilder
 from veeksha.shared.config import ClientConfig
+from veeksha.shared.config_loader import build_benchmark_config, dump_config_yaml
 from veeksha.shared.records import ERROR, ERROR_TYPES, SUCCESS, TIMEOUT
 
 from tests.runner.http.quirk_server import BIG_CONTENT, PORTAL_TITLE, QuirkServer
@@ -80,6 +81,15 @@ def test_request_on_the_wire(quirks: QuirkServer, backend: str) -> None:
     assert seen.headers["content-type"] == "application/json"
     cfg = ClientConfig(api_base=base, model="m")
     assert seen.body == RequestBuilder(cfg).body("hi", 8)
+
+
+def test_a_key_hidden_from_every_printed_form_still_goes_on_the_wire(quirks: QuirkServer) -> None:
+    base = quirks.base("basic") + "?tag=secret-type"
+    cfg = build_benchmark_config({"client": {"api_base": base, "model": "m", "api_key": API_KEY}})
+    assert API_KEY not in f"{cfg!r} {cfg}" and API_KEY not in dump_config_yaml(cfg)
+    assert request(base, "native", api_key=cfg.client.api_key).status == SUCCESS
+    seen = [r for r in quirks.seen("basic") if r.path.endswith("tag=secret-type")][-1]
+    assert seen.headers["authorization"] == f"Bearer {API_KEY}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

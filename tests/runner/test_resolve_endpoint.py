@@ -1,0 +1,87 @@
+"""Resolving the endpoint: a new config with client.api_base and client.model filled, the original
+untouched; the /models probe is joined like the request URL and carries the real key."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from veeksha.runner.benchmark import resolve_endpoint
+from veeksha.shared.config import BenchmarkConfig, ClientConfig
+from veeksha.shared.errors import ConfigError
+
+KEY = "sk-probe-secret-8080"
+
+
+class ModelsServer(ThreadingHTTPServer):
+    models: tuple[str, ...] = ("only-model",)
+    seen: list[tuple[str, str]]  # (path, Authorization header) of each request
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ModelsServer
+
+    def do_GET(self) -> None:
+        self.server.seen.append((self.path, self.headers.get("Authorization", "")))
+        body = json.dumps({"data": [{"id": m} for m in self.server.models]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def models_server() -> Iterator[ModelsServer]:
+    server = ModelsServer(("127.0.0.1", 0), Handler)
+    server.seen = []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def base_of(server: ModelsServer) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}/v1?api-version=2024"
+
+
+def test_the_model_comes_from_the_probe_into_a_new_config(models_server: ModelsServer) -> None:
+    cfg = BenchmarkConfig(client=ClientConfig(api_base=base_of(models_server), api_key=KEY))  # type: ignore[arg-type]
+    resolved = resolve_endpoint(cfg, None)
+    assert resolved.client.model == "only-model"
+    assert cfg.client.model is None  # the given config is unchanged (and frozen)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.client.model = "x"  # type: ignore[misc]
+    # One URL join for requests and the probe: the query string stays at the end.
+    assert models_server.seen == [("/v1/models?api-version=2024", f"Bearer {KEY}")]
+
+
+def test_a_server_url_replaces_the_client_one(models_server: ModelsServer) -> None:
+    cfg = BenchmarkConfig(client=ClientConfig(api_base="http://unused.invalid/v1", model="m"))
+    resolved = resolve_endpoint(cfg, base_of(models_server))
+    assert (resolved.client.api_base, resolved.client.model) == (base_of(models_server), "m")
+    assert cfg.client.api_base == "http://unused.invalid/v1"
+    assert models_server.seen == []  # the model was given: no probe
+
+
+def test_several_models_need_client_model(models_server: ModelsServer) -> None:
+    models_server.models = ("a", "b")
+    cfg = BenchmarkConfig(client=ClientConfig(api_base=base_of(models_server)))
+    with pytest.raises(ConfigError, match="lists 2 models"):
+        resolve_endpoint(cfg, None)
+
+
+def test_no_api_base_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"client\.api_base: not set"):
+        resolve_endpoint(BenchmarkConfig(), None)
