@@ -13,7 +13,7 @@ import pytest
 from veeksha.shared.config_loader import load_written_config
 from veeksha.shared.records import REQUEST_RECORD_FIELDS
 
-from tests.runner.helpers import VEEKSHA_RUN, all_text_under, only_run_dir, read_jsonl, run_cli
+from tests.runner.helpers import VEEKSHA_RUN, all_text_under, no_plots_env, only_run_dir, read_jsonl, run_cli
 from tests.shared.test_config import seed_yaml_blocks
 
 FAST = [
@@ -31,6 +31,7 @@ def start_run(tmp_path: Path, *flags: str) -> subprocess.Popen:
     return subprocess.Popen(
         [VEEKSHA_RUN, *FAST, "--runtime.benchmark_timeout", "60", *flags],
         cwd=tmp_path,
+        env=no_plots_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
