@@ -209,9 +209,7 @@ def assemble(
     lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, dtype=np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return Records(
-        df=_derive(df), tbc_values=gaps, tbc_offsets=offsets, num_corrupt_lines=num_corrupt_lines
-    )
+    return Records(df=_derive(df), tbc_values=gaps, tbc_offsets=offsets, num_corrupt_lines=num_corrupt_lines)
 
 
 def _derive(df: pl.DataFrame) -> pl.DataFrame:
