@@ -211,6 +211,8 @@ def test_a_killed_benchmark_process_leaves_no_orphans(tmp_path: Path) -> None:
     assert len(family) >= 2  # at least the driver and the simulated server
     proc.kill()
     proc.wait()
+    proc.stdout.close()  # not read: the run was killed; an open pipe is a ResourceWarning
+    proc.stderr.close()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(p) for p in family):
         time.sleep(0.2)

@@ -111,6 +111,8 @@ def crashed_run(tmp_path_factory: pytest.TempPathFactory) -> RunPaths:
     paths = wait_for_dispatches(tmp, at_least=20)
     proc.kill()
     proc.wait()
+    proc.stdout.close()  # not read: the run was killed; an open pipe is a ResourceWarning
+    proc.stderr.close()
     time.sleep(1.0)  # the orphaned driver notices on its next tick and stops writing
     return paths
 
