@@ -7,6 +7,7 @@ was killed (a torn last record is skipped).
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,10 @@ from veeksha.shared.config_loader import load_written_config
 from veeksha.shared.errors import ContractError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
 from veeksha.shared.paths import RunPaths
+
+# Set (to anything non-empty) to skip the distribution PNGs, e.g. in tests that ignore them: drawing
+# them takes about a second per run. The CSVs and every other file are written as usual.
+NO_PLOTS_ENV = "VEEKSHA_NO_PLOTS"
 
 
 @dataclass
@@ -77,7 +82,7 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
         write_json(paths.health_checks_json, health)
         write_atomic(paths.health_check_txt, format_health_text(checks))
         write_json(paths.prefill_stats, build_prefill(data))
-        write_distributions(paths, data, plots=plots)
+        write_distributions(paths, data, plots=plots and not os.environ.get(NO_PLOTS_ENV))
         timeseries = timeseries_job.result()
     throughput = build_throughput(data, timeseries)
     write_json(paths.throughput_metrics, throughput)

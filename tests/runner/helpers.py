@@ -8,13 +8,22 @@ import sys
 from pathlib import Path
 
 import orjson
+from veeksha.runner.evaluation.evaluate import NO_PLOTS_ENV
 from veeksha.shared.paths import RunPaths
 
 VEEKSHA_RUN = str(Path(sys.executable).parent / "veeksha-run")
 
 
-def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 180):
-    full_env = {**os.environ, **(env or {})}
+def no_plots_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """os.environ plus `env`, with the PNG plots switched off (~1 s per run) for tests that ignore them."""
+    return {**os.environ, NO_PLOTS_ENV: "1", **(env or {})}
+
+
+def run_cli(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 180, plots: bool = False
+):
+    """`veeksha-run ARGS`; without `plots` the run writes every file but the distribution PNGs."""
+    full_env = {**os.environ, **(env or {})} if plots else no_plots_env(env)
     return subprocess.run(
         [VEEKSHA_RUN, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )

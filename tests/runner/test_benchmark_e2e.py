@@ -14,7 +14,7 @@ from veeksha.shared.config_loader import load_written_config
 from veeksha.shared.records import REQUEST_RECORD_FIELDS
 from veeksha.shared.secret import Secret
 
-from tests.runner.helpers import VEEKSHA_RUN, all_text_under, only_run_dir, read_jsonl, run_cli
+from tests.runner.helpers import VEEKSHA_RUN, all_text_under, no_plots_env, only_run_dir, read_jsonl, run_cli
 from tests.shared.test_config import seed_yaml_blocks
 
 FAST = [
@@ -32,6 +32,7 @@ def start_run(tmp_path: Path, *flags: str) -> subprocess.Popen:
     return subprocess.Popen(
         [VEEKSHA_RUN, *FAST, "--runtime.benchmark_timeout", "60", *flags],
         cwd=tmp_path,
+        env=no_plots_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -211,6 +212,8 @@ def test_a_killed_benchmark_process_leaves_no_orphans(tmp_path: Path) -> None:
     assert len(family) >= 2  # at least the driver and the simulated server
     proc.kill()
     proc.wait()
+    proc.stdout.close()  # not read: the run was killed; an open pipe is a ResourceWarning
+    proc.stderr.close()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(p) for p in family):
         time.sleep(0.2)

@@ -19,7 +19,7 @@ from veeksha.shared.errors import UsageError
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import REQUEST_RECORD_FIELDS
 
-from tests.runner.helpers import VEEKSHA_RUN, only_run_dir, read_jsonl, run_cli
+from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir, read_jsonl, run_cli
 from tests.uploader.conftest import make_home, upload
 
 # ~2.5 s per request (250 tokens x 10 ms): a kill always finds requests in flight.
@@ -54,7 +54,12 @@ QUICK = [
 
 def start_slow_run(tmp_path: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [VEEKSHA_RUN, *SLOW], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [VEEKSHA_RUN, *SLOW],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -106,6 +111,8 @@ def crashed_run(tmp_path_factory: pytest.TempPathFactory) -> RunPaths:
     paths = wait_for_dispatches(tmp, at_least=20)
     proc.kill()
     proc.wait()
+    proc.stdout.close()  # not read: the run was killed; an open pipe is a ResourceWarning
+    proc.stderr.close()
     time.sleep(1.0)  # the orphaned driver notices on its next tick and stops writing
     return paths
 

@@ -75,6 +75,7 @@ def test_simulated_server_prints_the_listening_line_on_a_chosen_port() -> None:
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()  # a pipe left open is a ResourceWarning (an error in this suite)
 
 
 def test_simulated_server_rejects_unknown_config_keys() -> None:
@@ -192,6 +193,8 @@ def test_ctrl_c_while_waiting_for_readiness_stops_the_server(tmp_path: Path) -> 
     finally:
         parent.kill()
         parent.wait()
+        for pipe in (parent.stdin, parent.stdout):  # a pipe left open is a ResourceWarning
+            pipe.close()
 
 
 def test_unknown_server_type_is_an_error() -> None:

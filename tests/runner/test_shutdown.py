@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.runner.helpers import VEEKSHA_RUN, only_run_dir, read_jsonl, run_cli
+from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir, read_jsonl, run_cli
 
 # ~2.5 s per request, 20 sessions/s: every stop finds requests in flight.
 SLOW = [
@@ -62,6 +62,7 @@ def test_the_first_ctrl_c_drains_once_and_the_run_ends_interrupted(tmp_path: Pat
     proc = subprocess.Popen(
         [VEEKSHA_RUN, *SLOW, "--runtime.benchmark_timeout", "60"],
         cwd=tmp_path,
+        env=no_plots_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

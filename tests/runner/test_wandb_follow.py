@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from veeksha.runner.evaluation.evaluate import NO_PLOTS_ENV
 from veeksha.shared.paths import UPLOAD_PENDING, RunPaths
 
 from tests.runner.helpers import VEEKSHA_RUN, run_cli
@@ -46,7 +47,7 @@ def start_run(tmp_path: Path, home: Home, fake: FakeWandb, seconds: int = RUN_S)
     return subprocess.Popen(
         [VEEKSHA_RUN, *args(seconds)],
         cwd=tmp_path,
-        env=home.env(online_env(fake)),
+        env=home.env({**online_env(fake), NO_PLOTS_ENV: "1"}),  # no test here looks at the PNGs
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -165,7 +166,7 @@ def test_a_killed_benchmark_leaves_its_live_run_resumable(
 def test_a_failed_follower_prints_the_retry_line_and_keeps_the_exit_status(
     tmp_path: Path, home: Home, fake: FakeWandb
 ) -> None:
-    env = {**online_env(fake), "WANDB_API_KEY": "x" * 40}  # the fake refuses this key
+    env = {**online_env(fake), "WANDB_API_KEY": "x" * 40, NO_PLOTS_ENV: "1"}  # the fake refuses this key
     proc = subprocess.run(
         [VEEKSHA_RUN, *args(2)], cwd=tmp_path, env=home.env(env), capture_output=True, text=True, timeout=90
     )

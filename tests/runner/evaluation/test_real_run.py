@@ -14,41 +14,14 @@ import pytest
 from veeksha.shared.paths import DISTRIBUTION_METRICS, RunPaths
 from veeksha.shared.records import REQUEST_RECORD_FIELDS
 
-from ..helpers import only_run_dir, run_cli
-
-CONFIG = """
-traffic_scheduler:
-  type: rate
-  interval_generator: {type: poisson, arrival_rate: 10}
-session_generator:
-  type: synthetic
-  session_graph:
-    type: linear
-    num_request_generator: {type: uniform, min: 1, max: 3}
-    request_wait_generator: {type: fixed, value: 0.1}
-  channels:
-    - type: text
-      body_length_generator: {type: uniform, min: 50, max: 300}
-  output_spec: {text: {output_length_generator: {type: uniform, min: 8, max: 32}}}
-evaluators:
-  - type: performance
-    slos:
-      - {name: "P99 TTFC", metric: ttfc, percentile: 0.99, value: 5.0}
-      - {name: "P50 TBC", metric: tbc, percentile: 0.5, value: 1.0}
-      - {name: "impossible E2E", metric: e2e, percentile: 0.9, value: 0.000001}
-runtime: {benchmark_timeout: 4, warmup_sessions: 2}
-server: {type: simulated}
-output_dir: out
-"""
+from ..helpers import run_cli
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> RunPaths:
-    tmp = tmp_path_factory.mktemp("real")
-    (tmp / "cfg.yml").write_text(CONFIG)
-    proc = run_cli(["--config", "cfg.yml"], cwd=tmp, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return only_run_dir(tmp / "out")
+@pytest.fixture
+def run(shared_run: RunPaths) -> RunPaths:
+    """The session's shared real run (tests/runner/conftest.py: SHARED_RUN_CONFIG); copied before
+    `evaluate` rewrites anything."""
+    return shared_run
 
 
 def _json(path):
