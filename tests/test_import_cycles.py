@@ -1,0 +1,115 @@
+"""No import cycles between Veeksha's modules, lazy (in-function) imports included, and the driver
+process never loads evaluation code (issue 11 §3).
+
+A cycle hidden by a lazy import still ties two modules into one unit that cannot be read, tested or
+moved apart; the graph here is built from the source, so a lazy import counts like any other.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = {"runner": "veeksha.runner", "uploader": "veeksha.uploader", "shared": "veeksha.shared"}
+SEED_ENTRY = ("runner/seed_entry", "veeksha.benchmark")
+
+
+def module_files() -> dict[str, Path]:
+    """Module name -> file, following pyproject's package-dir mapping."""
+    out: dict[str, Path] = {}
+    roots = [(REPO / folder, pkg) for folder, pkg in PACKAGES.items()]
+    roots.append((REPO / SEED_ENTRY[0], SEED_ENTRY[1]))
+    for root, pkg in roots:
+        for path in root.rglob("*.py"):
+            rel = path.relative_to(root).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            if pkg == "veeksha.runner" and parts and parts[0] == "seed_entry":
+                continue
+            out[".".join([pkg, *parts])] = path
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = module_files()
+    graph: dict[str, set[str]] = {name: set() for name in files}
+    for name, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            for target in targets:
+                # `from pkg import mod` imports the submodule; `from mod import name` the module.
+                while target and target not in files:
+                    target = target.rpartition(".")[0]
+                if target and target != name and not name.startswith(target + "."):
+                    graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        v = todo.pop()
+        if v not in seen:
+            seen.add(v)
+            todo.extend(graph.get(v, ()))
+    return seen
+
+
+def test_the_graph_sees_lazy_imports() -> None:
+    graph = import_graph()
+    assert "veeksha.runner.benchmark" in graph and len(graph) > 40
+    # benchmark.py imports evaluation inside a function: it must still be an edge.
+    assert any(m.startswith("veeksha.runner.evaluation") for m in graph["veeksha.runner.benchmark"])
+
+
+def test_there_are_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_the_driver_never_loads_evaluation_code() -> None:
+    graph = import_graph()
+    drivers = [m for m in graph if m == "veeksha.runner.driver" or m.startswith("veeksha.runner.driver.")]
+    assert drivers
+    for driver in drivers:
+        loaded = reachable(graph, driver)
+        assert not {m for m in loaded if m.startswith("veeksha.runner.evaluation")}, driver
+        assert not {m for m in loaded if m.startswith("veeksha.uploader")}, driver
