@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from veeksha.runner.driver import driver_main
-from veeksha.runner.http.client import endpoint_url
+from veeksha.runner.driver.dispatcher import driver_main
+from veeksha.runner.driver.http.client import endpoint_url
 from veeksha.runner.progress import Progress
 from veeksha.runner.recorder import Recorder, RecordingResult
 from veeksha.runner.run_dir import RunDir, ensure_writable
 from veeksha.runner.server_launcher import check_server_command, start_server
-from veeksha.runner.sessions import make_session_generator
-from veeksha.runner.tokenizer import token_counter
+from veeksha.runner.sessions.factory import make_session_generator
+from veeksha.runner.sessions.tokenizer import token_counter
 from veeksha.shared.config import BenchmarkConfig, ClientConfig, CommandServerConfig
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
 from veeksha.shared.errors import ConfigError

@@ -20,7 +20,6 @@ from veeksha.shared.config_loader import EnvFallbacks
 from veeksha.shared.errors import OutputError, UsageError, VeekshaError
 from veeksha.shared.secret import Secret
 
-SUBCOMMANDS = ("capacity-search", "evaluate", "simulate-server")
 INTERRUPTED_EXIT = 130  # the shell's convention for a process ended by SIGINT
 
 
@@ -188,7 +187,7 @@ def simulate_server_command(ctx: click.Context, port: int, host: str) -> None:
     """Run the built-in simulated OpenAI-compatible server (overrides: --max_batch_size 32 ...)."""
 
     def go() -> int:
-        from veeksha.runner.simulated_server import serve
+        from veeksha.runner.simserver.server import serve
         from veeksha.shared.config import SimulatedServerConfig
         from veeksha.shared.config_loader import parse_override_value
         from veeksha.shared.schema import build

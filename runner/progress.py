@@ -1,4 +1,5 @@
-"""The live progress display: one status line a second on a terminal, a plain line every 5 s otherwise."""
+"""The live progress display: on a terminal one status line, redrawn at every batch (10 times a second);
+otherwise a plain line every 5 s. Output tokens per second are measured over at least 1 s."""
 
 from __future__ import annotations
 

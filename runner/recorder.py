@@ -1,7 +1,9 @@
 """The recorder side of a run: receives the driver's batches and writes them down as they arrive.
 
 Request records and trace lines are appended (and flushed) batch by batch, so a crash loses at
-most the last tick. The per-second time series and the progress line are updated once a second.
+most the last tick. Each record is finalized here (its derived metrics computed, times made relative to
+the run's start). The per-second time series is written once a second; the progress display gets every
+batch and decides itself when to print.
 """
 
 from __future__ import annotations

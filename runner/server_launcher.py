@@ -1,6 +1,6 @@
 """Start the LLM server a config asks for, wait until it answers, and stop it without leaving orphans.
 
-`server: {type: simulated}` runs `python -m veeksha.runner.simulated_server` and waits for its
+`server: {type: simulated}` runs `python -m veeksha.runner.simserver.server` and waits for its
 LISTENING line; `server: {type: command}` runs any command (vLLM, SGLang, llama-server) and polls its
 `ready_url` until it answers 2xx.
 
@@ -34,7 +34,7 @@ from veeksha.shared.errors import ConfigError, VeekshaError
 from veeksha.shared.redact import redact, scrub_list, scrub_text, secret_values
 from veeksha.shared.schema import to_dict
 
-LISTENING_PREFIX = "VEEKSHA_SIMULATED_SERVER_LISTENING"  # printed by simulated_server
+LISTENING_PREFIX = "VEEKSHA_SIMULATED_SERVER_LISTENING"  # printed by simserver/server.py
 SIMULATED_START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 _POLL_S = 0.02
@@ -182,7 +182,7 @@ def _start_simulated(cfg: SimulatedServerConfig, log_path: Path | None) -> Serve
     command = [
         sys.executable,
         "-m",
-        "veeksha.runner.simulated_server",
+        "veeksha.runner.simserver.server",
         "--config-json",
         json.dumps(fields),
     ]

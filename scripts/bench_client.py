@@ -155,7 +155,7 @@ class FloorClient:
         self.idle: list[_FloorConn] = []
 
     async def request(self, payload: object, max_tokens: int) -> object:
-        from veeksha.runner.http.client import Outcome
+        from veeksha.runner.driver.http.outcome import Outcome
 
         loop = asyncio.get_running_loop()
         if self.idle:
@@ -180,7 +180,7 @@ class FloorClient:
 
 
 async def drive(port: int, backend: str, rate: float, duration: float, max_connections: int) -> dict:
-    from veeksha.runner.http.client import make_client
+    from veeksha.runner.driver.http.client import make_client
     from veeksha.shared.config import ClientConfig
 
     cfg = ClientConfig(

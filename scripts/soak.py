@@ -109,7 +109,7 @@ def role_of(pid: int) -> str | None:
         return None
     if b"spawn_main" in cmdline:
         return "driver"
-    if b"simulated_server" in cmdline:
+    if b"veeksha.runner.simserver" in cmdline:
         return "server"
     return None  # the server's watchdog, multiprocessing's resource tracker
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from veeksha.shared.errors import ContractError
 from veeksha.shared.secret import json_default
 
 _DUMP_OPTS = orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -58,23 +59,9 @@ def write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     """Read a JSON file; raises ContractError naming the file when it is missing or corrupt."""
-    from veeksha.shared.errors import ContractError
-
     try:
         return orjson.loads(path.read_bytes())
     except FileNotFoundError:
         raise ContractError(f"{path}: file is missing") from None
     except orjson.JSONDecodeError as e:
         raise ContractError(f"{path}: not valid JSON ({e})") from None
-
-
-def iter_jsonl(path: Path) -> Iterator[Any]:
-    """Yield objects from a JSONL file, skipping a torn last line (a crash mid-append)."""
-    with path.open("rb") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                yield orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue

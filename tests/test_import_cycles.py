@@ -1,5 +1,6 @@
-"""No import cycles between Veeksha's modules, lazy (in-function) imports included, and the driver
-process never loads evaluation code (issue 11 §3).
+"""No import cycles between Veeksha's modules, lazy (in-function) imports included, and the boundaries
+between the parts hold: the driver loads no evaluation, uploader or analysis code, the uploader never
+imports the runner, and the runner never imports wandb.
 
 A cycle hidden by a lazy import still ties two modules into one unit that cannot be read, tested or
 moved apart; the graph here is built from the source, so a lazy import counts like any other.
@@ -30,22 +31,32 @@ def module_files() -> dict[str, Path]:
     return out
 
 
+def imported_names(path: Path) -> list[str]:
+    """Every module name a file imports, at the top or inside a function."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names += [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+    return names
+
+
+def third_party(path: Path) -> set[str]:
+    """Top-level names of the packages a file imports that are not ours."""
+    return {n.partition(".")[0] for n in imported_names(path)} - {"veeksha"}
+
+
 def import_graph() -> dict[str, set[str]]:
     files = module_files()
     graph: dict[str, set[str]] = {name: set() for name in files}
     for name, path in files.items():
-        for node in ast.walk(ast.parse(path.read_text())):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
-            for target in targets:
-                # `from pkg import mod` imports the submodule; `from mod import name` the module.
-                while target and target not in files:
-                    target = target.rpartition(".")[0]
-                if target and target != name and not name.startswith(target + "."):
-                    graph[name].add(target)
+        for target in imported_names(path):
+            # `from pkg import mod` imports the submodule; `from mod import name` the module.
+            while target and target not in files:
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                graph[name].add(target)
     return graph
 
 
@@ -105,11 +116,37 @@ def test_there_are_no_import_cycles() -> None:
     assert cycles(import_graph()) == []
 
 
-def test_the_driver_never_loads_evaluation_code() -> None:
+def in_package(graph: dict[str, set[str]], package: str) -> list[str]:
+    found = [m for m in graph if m == package or m.startswith(package + ".")]
+    assert found, package
+    return found
+
+
+def test_the_driver_never_loads_evaluation_or_uploader_code() -> None:
     graph = import_graph()
-    drivers = [m for m in graph if m == "veeksha.runner.driver" or m.startswith("veeksha.runner.driver.")]
-    assert drivers
-    for driver in drivers:
+    for driver in in_package(graph, "veeksha.runner.driver"):
         loaded = reachable(graph, driver)
         assert not {m for m in loaded if m.startswith("veeksha.runner.evaluation")}, driver
         assert not {m for m in loaded if m.startswith("veeksha.uploader")}, driver
+
+
+def test_the_driver_loads_no_analysis_or_upload_library() -> None:
+    """Its hot path shares the core with nothing it does not need: no dataframes, plots or W&B."""
+    graph, files = import_graph(), module_files()
+    for driver in in_package(graph, "veeksha.runner.driver"):
+        used = set().union(*(third_party(files[m]) for m in reachable(graph, driver)))
+        assert not used & {"polars", "numpy", "matplotlib", "wandb"}, driver
+
+
+def test_the_uploader_never_imports_the_runner() -> None:
+    """It runs on hosts that upload only; the output directory (shared.paths) is the contract."""
+    graph = import_graph()
+    for module in in_package(graph, "veeksha.uploader"):
+        assert not {m for m in reachable(graph, module) if m.startswith("veeksha.runner")}, module
+
+
+def test_the_runner_never_imports_wandb() -> None:
+    """Load machines may be air-gapped: the runner writes files, the uploader talks to W&B."""
+    files = module_files()
+    for module in in_package(import_graph(), "veeksha.runner"):
+        assert "wandb" not in third_party(files[module]), module

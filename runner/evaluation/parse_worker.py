@@ -25,7 +25,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 import polars as pl
-from veeksha.runner.evaluation.reading import Parsed, parse_records_block, parse_trace_file
+from veeksha.runner.evaluation.blocks import Parsed, parse_records_block, parse_trace_file
 
 _LEN = struct.Struct("<q")
 

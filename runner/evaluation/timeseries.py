@@ -87,9 +87,6 @@ def format_row(values: tuple[Any, ...]) -> str:
 HEADER = ",".join(COLUMNS)
 
 
-# ------------------------------------------------------------------ per-chunk token attribution
-
-
 # ------------------------------------------------------------------ live writer
 
 

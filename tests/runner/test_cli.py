@@ -292,7 +292,7 @@ def test_a_command_server_is_started_waited_for_and_stopped(tmp_path: Path) -> N
         output_dir: out
         server:
           type: command
-          command: [{sys.executable}, -m, veeksha.runner.simulated_server, --config-json, '{{}}',
+          command: [{sys.executable}, -m, veeksha.runner.simserver.server, --config-json, '{{}}',
                     --port, '{port}']
           ready_url: http://127.0.0.1:{port}/health
         runtime: {{max_sessions: 3}}

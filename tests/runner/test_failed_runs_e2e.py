@@ -1,8 +1,8 @@
 """`veeksha-run` against a server whose 200s carry no output: every request is an error, and the run
 says so and exits 1 (no `--strict` needed).
 
-The server is the quirk server (tests/runner/http/quirk_server.py) in this process, reached by the run's
-driver over real loopback HTTP; here it answers every request with a captive portal's HTML page.
+The server is the quirk server (tests/runner/driver/http/quirk_server.py) in this process, reached by
+the run's driver over real loopback HTTP; here it answers every request with a captive portal's page.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from veeksha.shared.records import CANCELLED, ERROR
 
+from tests.runner.driver.http.quirk_server import PORTAL_TITLE, QuirkServer
 from tests.runner.helpers import all_text_under, only_run_dir, read_jsonl, run_cli
-from tests.runner.http.quirk_server import PORTAL_TITLE, QuirkServer
 
 API_KEY = "sk-e2e-SECRET-5150"
 SESSIONS = 3  # of 3 turns each (a linear graph): the first fails, the other two are cancelled

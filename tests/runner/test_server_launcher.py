@@ -17,7 +17,7 @@ from veeksha.runner.server_launcher import start_server
 from veeksha.shared.config import CommandServerConfig, SimulatedServerConfig
 from veeksha.shared.errors import VeekshaError
 
-SIM_MODULE = [sys.executable, "-m", "veeksha.runner.simulated_server"]
+SIM_MODULE = [sys.executable, "-m", "veeksha.runner.simserver.server"]
 
 
 def is_gone(pid: int) -> bool:

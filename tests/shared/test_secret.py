@@ -1,5 +1,5 @@
 """An API key is a Secret: no printed, formatted or written form of a config shows it (the key is
-revealed only where the client puts it on the wire: tests/runner/http/test_client_quirks.py)."""
+revealed only where the client puts it on the wire: tests/runner/driver/http/test_client_quirks.py)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ Choices where OpenAI and the spec leave room (vLLM-like, since vLLM/SGLang are w
   over-long prompts; error_rate failures are immediate 500s.
 
 Run standalone with
-    python -m veeksha.runner.simulated_server --config-json '{"port": 8000, ...}'
+    python -m veeksha.runner.simserver.server --config-json '{"port": 8000, ...}'
 which prints `VEEKSHA_SIMULATED_SERVER_LISTENING <host> <port>` once it accepts connections.
 """
 
@@ -42,8 +42,8 @@ from typing import Any
 import httptools
 import orjson
 import uvloop
-from veeksha.runner.simulated_engine import EngineRequest, SimulatedEngine, token_text
-from veeksha.runner.tokenizer import count_tokens_approx
+from veeksha.runner.sessions.tokenizer import count_tokens_approx
+from veeksha.runner.simserver.engine import EngineRequest, SimulatedEngine, token_text
 from veeksha.shared.config import SimulatedServerConfig
 from veeksha.shared.schema import build
 
@@ -574,7 +574,7 @@ def config_from_json(text: str) -> SimulatedServerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m veeksha.runner.simulated_server", description=__doc__.splitlines()[0]
+        prog="python -m veeksha.runner.simserver.server", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--config-json", default="{}", help="SimulatedServerConfig fields as JSON")
     parser.add_argument("--host", help="override the config's host")

@@ -18,11 +18,10 @@ content type (event-stream or JSON), else (none, or another type) by its first b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-from veeksha.runner.http.sse import SSEError, SSEParser
-from veeksha.runner.http.transport import (
+from veeksha.runner.driver.http.errors import (
     EmptyResponse,
     HTTPStatusError,
     NotEventStream,
@@ -30,10 +29,9 @@ from veeksha.runner.http.transport import (
     RequestError,
     ServerError,
 )
+from veeksha.runner.driver.http.outcome import Outcome
+from veeksha.runner.driver.http.sse import SSEError, SSEParser
 from veeksha.shared.config import ClientConfig
-
-if TYPE_CHECKING:
-    from veeksha.runner.http.client import Outcome
 
 CHAT = "openai_chat_completions"
 COMPLETIONS = "openai_completions"

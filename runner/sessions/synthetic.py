@@ -1,77 +1,27 @@
-"""What the benchmark sends: sessions (request graphs with prompt text) and their generators.
+"""Synthetic sessions (`session_generator: {type: synthetic}`): a sampled request graph with word prompts.
 
-A session is a DAG of requests in topological order. The driver dispatches a node once all its
-parents completed and its think time passed; with a history parent the node's messages continue that
-parent's conversation (its messages + its user turn + the reply actually received).
-
-Every random quantity comes from its own named stream under the root seed (runner/randomness.py), so
-the same seed gives byte-identical sessions, and changing one generator leaves the others' values
-unchanged.
+Every random quantity comes from its own named stream under the root seed (randomness.py), so the same
+seed gives byte-identical sessions, and changing one generator leaves the others' values unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-from veeksha.runner.lengths import make_count_sampler, make_length_sampler
-from veeksha.runner.prompts import PromptBuilder
-from veeksha.runner.randomness import stream
-from veeksha.runner.tokenizer import LocalTokenizer, load_tokenizer
+from veeksha.runner.sessions.lengths import make_count_sampler, make_length_sampler
+from veeksha.runner.sessions.model import RequestNode, Session
+from veeksha.runner.sessions.prompts import PromptBuilder
+from veeksha.runner.sessions.randomness import stream
+from veeksha.runner.sessions.tokenizer import LocalTokenizer
 from veeksha.shared.config import (
-    BenchmarkConfig,
     BranchingGraph,
     LinearGraph,
     SingleRequestGraph,
     SyntheticSessions,
     TextChannel,
-    TraceSessions,
 )
 from veeksha.shared.errors import ConfigError
-
-TEXT = "text"
-
-
-@dataclass(slots=True)
-class RequestNode:
-    node_id: int  # unique within the session, 0..n-1, topological order
-    parents: tuple[int, ...]  # all must complete before this node is ready
-    history_parent: int | None  # this node continues that node's conversation
-    wait_after_ready: float  # think time (s) after the last parent completes; 0 for roots
-    content: str  # this node's new user turn (or the prompt, for completions)
-    target_prompt_tokens: int  # target token count of `content`
-    num_content_tokens: int  # its actual count (exact with a tokenizer, else the approximation)
-    requested_output_tokens: int
-    channel: str = TEXT
-
-
-@dataclass(slots=True)
-class Session:
-    session_id: int
-    nodes: list[RequestNode]  # topological order
-    # Timed trace replay only: when the session starts, in seconds from the start of the run.
-    arrival_offset: float | None = None
-
-
-class SessionGenerator(Protocol):
-    token_count_source: str  # shared.records COUNT_TOKENIZER or COUNT_APPROXIMATE
-
-    def next_session(self) -> Session | None:
-        """The next session; None once a finite trace (wrap: false) is exhausted."""
-        ...
-
-
-def make_session_generator(cfg: BenchmarkConfig) -> SessionGenerator:
-    """The generator `cfg.session_generator` describes, seeded by `cfg.seed`."""
-    tokenizer = load_tokenizer(cfg.client.tokenizer) if cfg.client.tokenizer else None
-    sg = cfg.session_generator
-    if isinstance(sg, TraceSessions):
-        from veeksha.runner.traces import TraceSessionGenerator  # traces imports this module
-
-        return TraceSessionGenerator(sg, cfg.seed, tokenizer)
-    return SyntheticSessionGenerator(sg, cfg.seed, tokenizer)
-
 
 # ---------------------------------------------------------------- graph structure
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from veeksha.runner.tokenizer import LocalTokenizer
+from veeksha.runner.sessions.tokenizer import LocalTokenizer
 from veeksha.shared.records import COUNT_APPROXIMATE, COUNT_TOKENIZER
 
 # Frequent English words; single tokens in GPT-2/cl100k/o200k/Llama-3 and Llama-2/Mistral vocabularies.

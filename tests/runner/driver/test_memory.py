@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import uvloop
-from veeksha.runner.driver import Driver
+from veeksha.runner.driver.dispatcher import Driver
 from veeksha.runner.server_launcher import ServerHandle, start_server
 from veeksha.shared.config_loader import build_benchmark_config
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from veeksha.runner.http.client import Outcome, build_headers, endpoint_url, secret_values
-from veeksha.runner.http.openai import BODY_HEAD_BYTES, RequestBuilder, ResponseReader
+from veeksha.runner.driver.http.client import build_headers, endpoint_url, secret_values
+from veeksha.runner.driver.http.openai import BODY_HEAD_BYTES, RequestBuilder, ResponseReader
+from veeksha.runner.driver.http.outcome import Outcome
 from veeksha.shared.config import ClientConfig
 
-from tests.runner.http.quirk_server import DONE, STANDARD, chat, event, usage_event
+from tests.runner.driver.http.quirk_server import DONE, STANDARD, chat, event, usage_event
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

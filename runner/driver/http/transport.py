@@ -9,8 +9,7 @@ Content-Length, chunked and close-delimited response bodies, a connect deadline.
 deadline is the caller's (asyncio.timeout around `send`). Response bytes go to a `ResponseHandler`
 (openai.ResponseReader) together with the arrival time, taken once per read.
 
-Also here: the exception tree every backend raises. Each class names its records.ERROR_TYPES value and
-record status, so failures map to record fields in exactly one place.
+Failures are raised as errors.py's exception tree.
 """
 
 from __future__ import annotations
@@ -23,8 +22,14 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import httptools
+from veeksha.runner.driver.http.errors import (
+    ConnectError,
+    ConnectionDropped,
+    ConnectTimeout,
+    ProtocolError,
+    RequestError,
+)
 from veeksha.shared.errors import ConfigError
-from veeksha.shared.records import ERROR, TIMEOUT
 
 # After `[DONE]` the body's last bytes (chunked terminator) usually follow in a separate read. The
 # request is complete at `[DONE]`; the connection returns to the pool when the body ends, or is closed
@@ -33,71 +38,6 @@ DRAIN_TIMEOUT_S = 5.0
 # A reused keep-alive connection the server closed just as we sent: retry on a fresh one (only when
 # not a single response byte arrived). Bounded so a server closing every connection cannot loop us.
 MAX_STALE_RETRIES = 2
-
-
-# ---------------------------------------------------------------------------------------------------
-# Exception tree (the one mapping from failures to record status / error_type)
-
-
-class RequestError(Exception):
-    """A request failed. `error_type` is a records.ERROR_TYPES value, `status` a record status."""
-
-    error_type = "protocol_error"
-    status = ERROR
-
-    def __init__(self, message: str, http_status: int | None = None, body_head: bytes | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.http_status = http_status
-        # The first bytes of the body, raw: the client shows a short preview of them, cut only after
-        # its secrets are scrubbed (a secret cut in half would survive the scrub).
-        self.body_head = body_head
-
-
-class ConnectError(RequestError):
-    error_type = "connect_error"
-
-
-class ConnectTimeout(RequestError):
-    error_type = "connect_timeout"
-    status = TIMEOUT
-
-
-class RequestTimeout(RequestError):
-    error_type = "request_timeout"
-    status = TIMEOUT
-
-
-class HTTPStatusError(RequestError):
-    error_type = "http_error"
-
-
-class ServerError(RequestError):
-    error_type = "server_error"
-
-
-class ConnectionDropped(RequestError):
-    error_type = "connection_dropped"
-
-
-class ProtocolError(RequestError):
-    error_type = "protocol_error"
-
-
-class NotEventStream(RequestError):
-    """A 2xx answer to a streamed request that is neither an event stream nor JSON (an HTML login
-    page, a plain-text notice)."""
-
-    error_type = "not_event_stream"
-
-
-class EmptyResponse(RequestError):
-    """A 2xx that carries no output: an empty body, a stream without a content chunk, no choices."""
-
-    error_type = "empty_response"
-
-
-# ---------------------------------------------------------------------------------------------------
 
 
 class ResponseHandler(Protocol):

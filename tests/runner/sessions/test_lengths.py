@@ -11,8 +11,8 @@ import sys
 from collections import Counter
 
 import pytest
-from veeksha.runner.lengths import make_count_sampler, make_length_sampler
-from veeksha.runner.randomness import stream
+from veeksha.runner.sessions.lengths import make_count_sampler, make_length_sampler
+from veeksha.runner.sessions.randomness import stream
 from veeksha.shared.config import (
     FixedGen,
     FixedStairGen,
@@ -109,7 +109,7 @@ def test_the_same_stream_gives_the_same_draws() -> None:
 
 
 def test_named_streams_are_stable_across_processes_and_hash_seeds() -> None:
-    code = "from veeksha.runner.randomness import stream; print(stream(42, 'text/words').random())"
+    code = "from veeksha.runner.sessions.randomness import stream; print(stream(42, 'text/words').random())"
     outputs = {
         subprocess.run(
             [sys.executable, "-c", code],

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from veeksha.runner.prompts import PromptBuilder
-from veeksha.runner.randomness import stream
-from veeksha.runner.sessions import RequestNode, Session
-from veeksha.runner.tokenizer import LocalTokenizer
+from veeksha.runner.sessions.model import RequestNode, Session
+from veeksha.runner.sessions.prompts import PromptBuilder
+from veeksha.runner.sessions.randomness import stream
+from veeksha.runner.sessions.tokenizer import LocalTokenizer
 from veeksha.shared.config import TraceSessions
 from veeksha.shared.errors import ConfigError
 

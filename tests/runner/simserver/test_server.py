@@ -18,8 +18,8 @@ import httpx
 import orjson
 import pytest
 from veeksha.runner.server_launcher import ServerHandle, start_server
-from veeksha.runner.simulated_engine import WORDS
-from veeksha.runner.tokenizer import count_tokens_approx
+from veeksha.runner.sessions.tokenizer import count_tokens_approx
+from veeksha.runner.simserver.engine import WORDS
 from veeksha.shared.config import SimulatedServerConfig
 
 PROMPT = "tell me a story about a river and a stone"

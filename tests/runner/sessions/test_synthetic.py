@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from veeksha.runner.sessions import Session, make_session_generator
-from veeksha.runner.tokenizer import count_tokens_approx, load_tokenizer
+from veeksha.runner.sessions.factory import make_session_generator
+from veeksha.runner.sessions.model import Session
+from veeksha.runner.sessions.tokenizer import count_tokens_approx, load_tokenizer
 from veeksha.shared.config_loader import build_benchmark_config
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.records import COUNT_APPROXIMATE, COUNT_TOKENIZER
 
-from tests.runner.test_prompts import train_tokenizer
+from tests.runner.sessions.test_prompts import train_tokenizer
 
 # The session generator of the seed's complete example.
 SEED_EXAMPLE = {
@@ -288,9 +289,9 @@ def test_changing_one_generator_leaves_the_other_streams_alone() -> None:
 
 FINGERPRINT_SCRIPT = """
 import hashlib, sys
-from veeksha.runner.sessions import make_session_generator
+from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.shared.config_loader import build_benchmark_config
-from tests.runner.test_sessions import SEED_EXAMPLE
+from tests.runner.sessions.test_synthetic import SEED_EXAMPLE
 gen = make_session_generator(build_benchmark_config({"seed": 42, "session_generator": SEED_EXAMPLE}))
 sessions = [gen.next_session() for _ in range(50)]
 print(hashlib.sha256(repr(sessions).encode()).hexdigest())
@@ -298,7 +299,7 @@ print(hashlib.sha256(repr(sessions).encode()).hexdigest())
 
 
 def test_sessions_are_identical_across_processes() -> None:
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     prints = {
         subprocess.run(
             [sys.executable, "-c", FINGERPRINT_SCRIPT],

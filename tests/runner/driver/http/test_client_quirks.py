@@ -1,6 +1,6 @@
 """Both client backends against the quirk server: what each server misbehaviour turns into.
 
-Every case is a real request over loopback HTTP to tests/runner/http/quirk_server.py; the Outcome is
+Every case is a real request over loopback HTTP to tests/runner/driver/http/quirk_server.py; the Outcome is
 what the driver records (status, error_type, http_status, content chunks, text, usage).
 """
 
@@ -11,13 +11,14 @@ import time
 
 import pytest
 import uvloop
-from veeksha.runner.http.client import Outcome, make_client
-from veeksha.runner.http.openai import PREVIEW_CHARS, RequestBuilder
+from veeksha.runner.driver.http.client import make_client
+from veeksha.runner.driver.http.openai import PREVIEW_CHARS, RequestBuilder
+from veeksha.runner.driver.http.outcome import Outcome
 from veeksha.shared.config import ClientConfig
 from veeksha.shared.config_loader import build_benchmark_config, dump_config_yaml
 from veeksha.shared.records import ERROR, ERROR_TYPES, SUCCESS, TIMEOUT
 
-from tests.runner.http.quirk_server import BIG_CONTENT, PORTAL_TITLE, QuirkServer
+from tests.runner.driver.http.quirk_server import BIG_CONTENT, PORTAL_TITLE, QuirkServer
 
 BACKENDS = ["native", "httpx"]
 API_KEY = "sk-test-SECRET-4242"

@@ -13,17 +13,16 @@ from collections.abc import AsyncIterator
 from time import perf_counter
 
 import httpx
-from veeksha.runner.http.openai import ResponseReader
-from veeksha.runner.http.transport import (
-    DRAIN_TIMEOUT_S,
+from veeksha.runner.driver.http.errors import (
     ConnectError,
     ConnectionDropped,
     ConnectTimeout,
-    Origin,
     ProtocolError,
     RequestError,
     RequestTimeout,
 )
+from veeksha.runner.driver.http.openai import ResponseReader
+from veeksha.runner.driver.http.transport import DRAIN_TIMEOUT_S, Origin
 
 
 def translate(exc: httpx.HTTPError) -> RequestError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from veeksha.runner.http.sse import SSEError, SSEParser
+from veeksha.runner.driver.http.sse import SSEError, SSEParser
 
 STREAM = (
     b": keep-alive\n\n"

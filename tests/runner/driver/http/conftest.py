@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.runner.http.quirk_server import QuirkServer
+from tests.runner.driver.http.quirk_server import QuirkServer
 
 
 @pytest.fixture(scope="session")

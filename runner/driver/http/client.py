@@ -1,12 +1,12 @@
-"""The driver's LLM client: public interface (Outcome, LLMClient, make_client) and the one error boundary.
+"""The driver's LLM client: public interface (LLMClient, make_client) and the one error boundary.
 
     client = make_client(cfg.client, max_connections=256)
     outcome = await client.request(messages, max_tokens=128)
     await client.aclose()
 
-`request` never raises for server or network failures: every RequestError (transport.py's exception
-tree, which names each failure's records.ERROR_TYPES value) is turned into Outcome fields in
-`_fail`, and nowhere else. Cancellation is not a failure: the connection is closed and CancelledError
+`request` never raises for server or network failures: every RequestError (errors.py's tree, where each
+class names its records.ERROR_TYPES value) is turned into Outcome fields (outcome.py) in `_fail`, and
+nowhere else. Cancellation is not a failure: the connection is closed and CancelledError
 propagates to the caller, who records the request as cancelled.
 
 Timing: `picked_up_at` is taken when `request` starts, before a connection is taken from the pool or
@@ -18,34 +18,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from veeksha.runner.http.openai import RequestBuilder, ResponseReader, one_line, preview
-from veeksha.runner.http.transport import HTTPTransport, RequestError, RequestTimeout
+from veeksha.runner.driver.http.errors import RequestError, RequestTimeout
+from veeksha.runner.driver.http.openai import RequestBuilder, ResponseReader, one_line, preview
+from veeksha.runner.driver.http.outcome import Outcome
+from veeksha.runner.driver.http.transport import HTTPTransport
 from veeksha.shared import redact
 from veeksha.shared.config import ClientConfig
-from veeksha.shared.records import SUCCESS
 from veeksha.shared.redact import is_secret_key, scrub_text
 
 USER_AGENT = "veeksha"
-
-
-@dataclass(slots=True)
-class Outcome:
-    status: str = SUCCESS  # veeksha.shared.records SUCCESS / ERROR / TIMEOUT / CANCELLED
-    error_type: str | None = None  # one of veeksha.shared.records.ERROR_TYPES
-    error_message: str | None = None  # one line, no stack trace, secrets never included
-    http_status: int | None = None
-    picked_up_at: float | None = None  # perf_counter() when the client started sending (t_send)
-    completed_at: float | None = None  # perf_counter() when the response fully arrived
-    chunk_times: list[float] = field(default_factory=list)  # perf_counter() of each CONTENT chunk
-    text: str = ""  # generated content concatenated (used for multi-turn history)
-    prompt_tokens: int | None = None  # from usage when the server sent it
-    completion_tokens: int | None = None
-    finish_reason: str | None = None
 
 
 class LLMClient(Protocol):
@@ -169,7 +154,7 @@ def make_client(cfg: ClientConfig, max_connections: int, extra_secrets: Iterable
     if backend_name == "native":
         backend = HTTPTransport(url, headers, max_connections, connect_timeout)
     elif backend_name == "httpx":
-        from veeksha.runner.http.httpx_backend import HttpxTransport  # off the hot path: lazy
+        from veeksha.runner.driver.http.httpx_backend import HttpxTransport  # off the hot path: lazy
 
         backend = HttpxTransport(url, headers, max_connections, connect_timeout)
     else:

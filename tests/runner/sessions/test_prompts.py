@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from veeksha.runner.prompts import WORDS, PromptBuilder, all_pairs_text
-from veeksha.runner.tokenizer import (
+from veeksha.runner.sessions.prompts import WORDS, PromptBuilder, all_pairs_text
+from veeksha.runner.sessions.tokenizer import (
     LocalTokenizer,
     count_tokens_approx,
     load_tokenizer,

@@ -17,15 +17,17 @@ from typing import Any
 
 import orjson
 from veeksha.runner import ipc
-from veeksha.runner.http.client import LLMClient, Outcome, make_client
-from veeksha.runner.randomness import stream
-from veeksha.runner.sessions import RequestNode, Session, SessionGenerator, make_session_generator
-from veeksha.runner.traffic import (
+from veeksha.runner.driver.http.client import LLMClient, make_client
+from veeksha.runner.driver.http.outcome import Outcome
+from veeksha.runner.driver.traffic import (
     arrival_offsets,
     interval_sampler,
     rampup_start_offsets,
     sleep_until,
 )
+from veeksha.runner.sessions.factory import make_session_generator
+from veeksha.runner.sessions.model import RequestNode, Session, SessionGenerator
+from veeksha.runner.sessions.randomness import stream
 from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, RateTraffic, arrival_rate_of
 from veeksha.shared.records import (
     CANCELLED,
@@ -172,7 +174,7 @@ class Driver:
         # Everything built so far lives for the whole run: keep it out of the collector's scans,
         # and collect young objects less often (a full pass over the heap is a multi-ms stall).
         # Collections are then rare, so a request must leave no reference cycle: its objects, reply
-        # text included, would stay until one runs (tests/runner/test_driver_memory.py checks this).
+        # text included, would stay until one runs (tests/runner/driver/test_memory.py checks this).
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
@@ -257,7 +259,8 @@ class Driver:
         self._send(ipc.DRAINING, {"in_flight": self.in_flight, "up_to_s": up_to})
 
     async def _drain(self) -> None:
-        """After dispatch stops: wait for in-flight work, cancelling it after the grace period."""
+        """After dispatch stops: wait until every session task has ended (_stop_dispatch has arranged
+        their cancellation after the grace period, when the stop calls for one)."""
         while self.session_tasks:
             await asyncio.wait(list(self.session_tasks))
 

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from veeksha.runner.sessions import Session, make_session_generator
-from veeksha.runner.tokenizer import count_tokens_approx
-from veeksha.runner.traces import CONVERSATION, REQUEST_LOG, TraceSessionGenerator
+from veeksha.runner.sessions.factory import make_session_generator
+from veeksha.runner.sessions.model import Session
+from veeksha.runner.sessions.tokenizer import count_tokens_approx
+from veeksha.runner.sessions.traces import CONVERSATION, REQUEST_LOG, TraceSessionGenerator
 from veeksha.shared.config_loader import build_benchmark_config
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.records import COUNT_APPROXIMATE

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import uvloop
-from veeksha.runner.http.client import OpenAIClient, make_client
-from veeksha.runner.http.transport import HTTPTransport
+from veeksha.runner.driver.http.client import OpenAIClient, make_client
+from veeksha.runner.driver.http.transport import HTTPTransport
 from veeksha.shared.config import ClientConfig
 from veeksha.shared.records import SUCCESS
 
-from tests.runner.http.quirk_server import QuirkServer
+from tests.runner.driver.http.quirk_server import QuirkServer
 
 
 def client_for(base: str, backend: str = "native", max_connections: int = 4, **kw) -> OpenAIClient:

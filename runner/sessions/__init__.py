@@ -1,0 +1,1 @@
+"""Session generation: synthetic sessions and replayed traces, their prompts, lengths and tokenizer."""
