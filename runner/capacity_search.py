@@ -35,7 +35,7 @@ from veeksha.shared.paths import (
     CONFIG_YML,
     RunPaths,
 )
-from veeksha.shared.records import RUN_COMPLETED, RUN_INTERRUPTED, RUN_TIMEOUT
+from veeksha.shared.records import RUN_COMPLETED, RUN_INTERRUPTED, RUN_RUNNING, RUN_TIMEOUT
 
 RATE_KNOB = "traffic_scheduler.interval_generator.arrival_rate"
 CONCURRENCY_KNOB = "traffic_scheduler.target_concurrent_sessions"
@@ -108,7 +108,7 @@ def run_capacity_search(
         a = judge(search, len(history), value, result.run_dir, result.status)
         history.append(a)
         print(f"veeksha: attempt {a.iteration}: {knob}={value} → {'PASS' if a.passed else 'FAIL'}")
-        write_results(root, search_id, search, knob, history, "running")
+        write_results(root, search_id, search, knob, history, RUN_RUNNING)
         if result.status == RUN_INTERRUPTED:
             raise KeyboardInterrupt
         return a

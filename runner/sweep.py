@@ -24,7 +24,7 @@ from veeksha.shared.paths import (
     SWEEP_SUMMARY_JSON,
     RunPaths,
 )
-from veeksha.shared.records import RUN_COMPLETED, RUN_INTERRUPTED, RUN_TIMEOUT
+from veeksha.shared.records import RUN_COMPLETED, RUN_INTERRUPTED, RUN_RUNNING, RUN_TIMEOUT
 
 # Summary columns copied from each run's metrics files (when present).
 HEADLINE_KEYS = (
@@ -77,7 +77,7 @@ def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
     root = make_unique_dir(Path(runs[0].config.output_dir), f"{SWEEP_DIR_PREFIX}{stamp(utc_now())}")
     sweep_id = uuid.uuid4().hex
     print(f"veeksha: sweep of {len(runs)} runs in {root}", flush=True)
-    manifest: dict[str, Any] = {"sweep_id": sweep_id, "count": len(runs), "status": "running", "runs": []}
+    manifest: dict[str, Any] = {"sweep_id": sweep_id, "count": len(runs), "status": RUN_RUNNING, "runs": []}
     write_json(root / SWEEP_MANIFEST, manifest)  # a sweep in progress is visible as such
     results: list[RunResult] = []
     for index, run in enumerate(runs):
@@ -103,8 +103,8 @@ def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
         if result.status == RUN_INTERRUPTED:
             manifest["status"] = RUN_INTERRUPTED
             break
-    if manifest["status"] == "running":
-        manifest["status"] = "completed"
+    if manifest["status"] == RUN_RUNNING:
+        manifest["status"] = RUN_COMPLETED
     write_json(root / SWEEP_MANIFEST, manifest)
     write_summary(root, manifest)
     if runs[0].config.wandb.enabled:

@@ -254,8 +254,15 @@ NULL_PASSES_SLO: Final = tuple(f.name for f in FIELDS if f.null_passes_slo)
 # metrics/<metric>.csv columns (one row per quantile of QUANTILE_GRID).
 DISTRIBUTION_CSV_COLUMNS: Final = ("cdf", "value")
 
-# summary_stats.json: `<metric>_<suffix>` for every distribution metric.
-SUMMARY_STAT_SUFFIXES: Final = ("mean", "p50", "p90", "p95", "p99", "min", "max")
+# summary_stats.json: `<metric>_<suffix>` (summary_stat_key) for every distribution metric; the
+# percentile suffixes name these quantiles.
+SUMMARY_PERCENTILES: Final = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+SUMMARY_STAT_SUFFIXES: Final = ("mean", *SUMMARY_PERCENTILES, "min", "max")
+
+
+def summary_stat_key(metric: str, suffix: str) -> str:
+    return f"{metric}_{suffix}"
+
 
 # One entry of slo_results.json "results".
 SLO_RESULT_FIELDS: Final = (

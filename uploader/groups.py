@@ -194,8 +194,8 @@ def read_sweep(root: Path) -> ContainerData:
     expected = manifest.get("count")
     listed = manifest.get("runs") or []
     status = manifest.get("status")  # running / completed / interrupted (older sweeps: absent)
-    short = expected and len(listed) < expected and status in (None, "running")
-    if not summary_path.exists() or _member_running(members) or status == "running" or short:
+    short = expected and len(listed) < expected and status in (None, RUN_RUNNING)
+    if not summary_path.exists() or _member_running(members) or status == RUN_RUNNING or short:
         data.unfinished = f"sweep not finished ({len(listed)}/{expected or '?'} runs in {SWEEP_MANIFEST})"
         return data
     summary = read_json(files.require(summary_path))
@@ -220,7 +220,7 @@ def read_capsearch(root: Path) -> ContainerData:
     results = read_json(files.require(results_path))
     if not isinstance(results, dict):
         raise ContractError(f"{results_path}: expected a JSON object")
-    if results.get("status") == "running":  # rewritten after every attempt: wait for the end
+    if results.get("status") == RUN_RUNNING:  # rewritten after every attempt: wait for the end
         data.unfinished = "capacity search not finished (status running)"
         return data
     data.result = results

@@ -14,7 +14,7 @@ from typing import Any
 from veeksha.shared.errors import ContractError, VeekshaError
 from veeksha.shared.jsonio import read_json
 from veeksha.shared.paths import ARTIFACT_ALLOW_LIST, METRICS_DIR, TIMESERIES_CSV, RunPaths
-from veeksha.shared.records import RUN_FAILED, RUN_RUNNING, RUN_STATUSES
+from veeksha.shared.records import DISTRIBUTION_CSV_COLUMNS, RUN_FAILED, RUN_RUNNING, RUN_STATUSES
 from veeksha.uploader.run_files import RunFiles
 
 Number = int | float
@@ -150,10 +150,11 @@ def read_quantiles(run_files: RunFiles) -> dict[str, list[tuple[float, float]]]:
         if path.name == TIMESERIES_CSV:
             continue
         header, rows = read_numeric_csv(path)
-        if header[:2] != ["cdf", "value"]:
+        if tuple(header[:2]) != DISTRIBUTION_CSV_COLUMNS:
             continue  # some other table; it still goes into the artifact
+        cdf, value = DISTRIBUTION_CSV_COLUMNS
         try:
-            out[path.stem] = [(float(r["cdf"]), float(r["value"])) for r in rows if "value" in r]
+            out[path.stem] = [(float(r[cdf]), float(r[value])) for r in rows if value in r]
         except KeyError:
             raise ContractError(f"{path}: a row has no cdf value") from None
     return out

@@ -14,10 +14,12 @@ from veeksha.shared import __version__
 from veeksha.shared.jsonio import dump_json
 from veeksha.shared.paths import CONFIG_YML, DISTRIBUTION_METRICS, RUN_JSON
 from veeksha.shared.records import (
+    DISTRIBUTION_CSV_COLUMNS,
     HEALTH_FAILED,
     HEALTH_PASSED,
     SLO_RESULT_FIELDS,
     SUMMARY_STAT_SUFFIXES,
+    summary_stat_key,
 )
 from veeksha.shared.redact import redact_argv
 from veeksha.uploader.reader import RunData
@@ -107,17 +109,16 @@ def slo_rows(slo: dict[str, Any] | None) -> list[list[Any]]:
 
 def stat_metrics(summary_stats: dict[str, Any]) -> list[str]:
     """Distribution metrics present in summary_stats.json (the contract's list first)."""
-    found = [m for m in DISTRIBUTION_METRICS if f"{m}_p50" in summary_stats]
-    extra = sorted(
-        k[: -len("_p50")] for k in summary_stats if k.endswith("_p50") and k[: -len("_p50")] not in found
-    )
-    return found + extra
+    found = [m for m in DISTRIBUTION_METRICS if summary_stat_key(m, "p50") in summary_stats]
+    p50 = summary_stat_key("", "p50")
+    extra = {k.removesuffix(p50) for k in summary_stats if k.endswith(p50)} - set(found)
+    return found + sorted(extra)
 
 
 def summary_stat_rows(summary_stats: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for m in stat_metrics(summary_stats):
-        values = [summary_stats.get(f"{m}_{s}") for s in SUMMARY_STAT_SUFFIXES]
+        values = [summary_stats.get(summary_stat_key(m, s)) for s in SUMMARY_STAT_SUFFIXES]
         rows.append([m, *(float(v) if isinstance(v, int | float) else None for v in values)])
     return rows
 
@@ -163,9 +164,10 @@ def log_results(run: Any, data: RunData, redactor: Redactor, artifact: Any | Non
         media["health_checks"] = wandb.Table(columns=["name", "result"], data=checks)
     for metric, points in data.quantiles.items():
         # Declared column types: skips per-cell type inference (most of a table's cost).
-        table = wandb.Table(columns=["cdf", "value"], data=[[c, v] for c, v in points], dtype=[float, float])
+        cdf, value = DISTRIBUTION_CSV_COLUMNS
+        table = wandb.Table(columns=[cdf, value], data=[[c, v] for c, v in points], dtype=[float, float])
         media[f"quantiles/{metric}"] = table
-        media[f"cdf/{metric}"] = wandb.plot.line(table, x="value", y="cdf", title=f"{metric} CDF")
+        media[f"cdf/{metric}"] = wandb.plot.line(table, x=value, y=cdf, title=f"{metric} CDF")
     for rel in data.images:
         media[f"plots/{Path(rel).stem}"] = wandb.Image(str(data.paths.root / rel), caption=Path(rel).name)
     if media:

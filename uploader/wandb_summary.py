@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from veeksha.shared import __version__
+from veeksha.shared.records import RUN_COMPLETED
 from veeksha.uploader.groups import CAPSEARCH_SUMMARY, SWEEP_SUMMARY, ContainerData
 from veeksha.uploader.redaction import Redactor
 from veeksha.uploader.wandb_run import scalars
@@ -43,7 +44,7 @@ def summary_values(data: ContainerData) -> dict[str, Any]:
         return {
             "sweep_id": data.ident,
             "num_runs": len(data.table),
-            "num_completed": sum(1 for r in data.table if r.get("status") == "completed"),
+            "num_completed": sum(1 for r in data.table if r.get("status") == RUN_COMPLETED),
             "num_all_slos_met": sum(1 for r in data.table if r.get("all_slos_met") is True),
         }
     result = {k: v for k, v in data.result.items() if k != "history"}

@@ -14,7 +14,6 @@ from veeksha.shared.paths import DISTRIBUTION_METRICS
 from veeksha.shared.records import FIELD, SCHEDULER_DISPATCHED_AT, SESSION_DURATION
 
 QUANTILE_GRID = tuple(i / 100 for i in range(101))  # the <metric>.csv rows
-SUMMARY_PERCENTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 
 
 @dataclass

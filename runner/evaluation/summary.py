@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
-from veeksha.runner.evaluation.rundata import SUMMARY_PERCENTILES, RunData
+from veeksha.runner.evaluation.rundata import RunData
 from veeksha.shared.paths import DISTRIBUTION_METRICS
-from veeksha.shared.records import SCHEDULER_DISPATCHED_AT
+from veeksha.shared.records import SCHEDULER_DISPATCHED_AT, SUMMARY_PERCENTILES, summary_stat_key
 
 
 def ratio(num: float, den: float | None) -> float | None:
@@ -40,11 +40,11 @@ def build_summary(data: RunData) -> dict[str, Any]:
     }
     for metric in DISTRIBUTION_METRICS:
         dist = data.distributions[metric]
-        summary[f"{metric}_mean"] = dist.mean
-        for key, q in SUMMARY_PERCENTILES.items():
-            summary[f"{metric}_{key}"] = dist.at(q)
-        summary[f"{metric}_min"] = dist.at(0.0)
-        summary[f"{metric}_max"] = dist.at(1.0)
+        summary[summary_stat_key(metric, "mean")] = dist.mean
+        for suffix, q in SUMMARY_PERCENTILES.items():
+            summary[summary_stat_key(metric, suffix)] = dist.at(q)
+        summary[summary_stat_key(metric, "min")] = dist.at(0.0)
+        summary[summary_stat_key(metric, "max")] = dist.at(1.0)
     summary["error_code_freq"] = error_code_freq(m)
     return summary
 
