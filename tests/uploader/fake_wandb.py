@@ -276,42 +276,32 @@ class FakeWandb:
         }
 
     def _op_UpsertBucket(self, v: dict[str, Any], q: str) -> dict[str, Any]:
-        run: FakeRun | None = None
-        if v.get("id"):
-            run = next((r for r in self.runs.values() if r.storage_id == v["id"]), None)
+        run = self._run_by_storage_id(v.get("id"))
         inserted = False
         if run is None:
-            entity = v.get("entity") or self.entity
-            project = v.get("project") or DEFAULT_PROJECT
-            name = v.get("name") or uuid.uuid4().hex[:8]
-            run = self.runs.get((entity, project, name))
-            if run is None:
-                run = FakeRun(entity=entity, project=project, run_id=name)
-                run.storage_id = _b64(f"Run:{entity}/{project}/{name}")
-                self.runs[(entity, project, name)] = run
-                self.created += 1
-                inserted = True
+            run, inserted = self._run_by_name_or_new(v)
         run.upserts += 1
-        if v.get("displayName") is not None:
-            run.name = v["displayName"]
-        if v.get("groupName") is not None:
-            run.group = v["groupName"]
-        if v.get("tags") is not None:
-            run.tags = list(v["tags"])
-        if v.get("notes") is not None:
-            run.notes = v["notes"]
-        elif v.get("description") is not None:
-            run.notes = v["description"]
-        if v.get("jobType") is not None:
-            run.job_type = v["jobType"]
-        if v.get("config") is not None:
-            run.raw_config = v["config"]
-            run.config = _decode_config(v["config"])
-        if v.get("summaryMetrics") is not None:
-            run.summary.update(json.loads(v["summaryMetrics"]))
-        if v.get("state") is not None:
-            run.state = v["state"]
+        _apply_upsert(run, v)
         return {"upsertBucket": {"bucket": self._bucket(run), "inserted": inserted}}
+
+    def _run_by_storage_id(self, storage_id: str | None) -> FakeRun | None:
+        if not storage_id:
+            return None
+        return next((r for r in self.runs.values() if r.storage_id == storage_id), None)
+
+    def _run_by_name_or_new(self, v: dict[str, Any]) -> tuple[FakeRun, bool]:
+        """The run an UpsertBucket names (a random name when none), created if new; True if created."""
+        entity = v.get("entity") or self.entity
+        project = v.get("project") or DEFAULT_PROJECT
+        name = v.get("name") or uuid.uuid4().hex[:8]
+        run = self.runs.get((entity, project, name))
+        if run is not None:
+            return run, False
+        run = FakeRun(entity=entity, project=project, run_id=name)
+        run.storage_id = _b64(f"Run:{entity}/{project}/{name}")
+        self.runs[(entity, project, name)] = run
+        self.created += 1
+        return run, True
 
     def _op_RunResumeStatus(self, v: dict[str, Any], q: str) -> dict[str, Any]:
         entity = v.get("entity") or self.entity
@@ -489,29 +479,8 @@ class FakeWandb:
                 raise KeyError(run_id)
             for fname, chunk in (body.get("files") or {}).items():
                 offset = int(chunk.get("offset", 0))
-                lines = chunk.get("content") or []
-                if fname == "wandb-history.jsonl":
-                    for i, line in enumerate(lines):
-                        row, pos = json.loads(line), offset + i
-                        if pos < len(run.history):
-                            run.history[pos] = row
-                            run.history_arrivals[pos] = now
-                        else:
-                            run.history.append(row)
-                            run.history_arrivals.append(now)
-                elif fname == "wandb-summary.json":
-                    for line in lines:
-                        run.summary.update(json.loads(line))
-                elif fname == "wandb-events.jsonl":
-                    del run.events[offset:]
-                    run.events.extend(json.loads(line) for line in lines)
-                elif fname == "output.log":
-                    del run.output[offset:]
-                    run.output.extend(lines)
-            if "exitcode" in body and body["exitcode"] is not None:
-                run.exit_code = int(body["exitcode"])
-            if body.get("complete"):
-                run.state = "finished" if not run.exit_code else "failed"
+                _write_stream_file(run, fname, offset, chunk.get("content") or [], now)
+            _apply_exit(run, body)
 
     def store(self, token: str, data: bytes) -> bool:
         with self._lock:
@@ -541,6 +510,74 @@ class FakeWandb:
         if target is None:
             return "other"
         return "files" if target[0] == "run" else "artifacts"
+
+
+def _apply_upsert(run: FakeRun, v: dict[str, Any]) -> None:
+    """Set what an UpsertBucket sends; a variable left out or null keeps the run's value."""
+    _apply_upsert_labels(run, v)
+    _apply_upsert_data(run, v)
+
+
+def _apply_upsert_labels(run: FakeRun, v: dict[str, Any]) -> None:
+    """Display name, group, tags, notes (or the older `description`) and job type."""
+    if v.get("displayName") is not None:
+        run.name = v["displayName"]
+    if v.get("groupName") is not None:
+        run.group = v["groupName"]
+    if v.get("tags") is not None:
+        run.tags = list(v["tags"])
+    if v.get("notes") is not None:
+        run.notes = v["notes"]
+    elif v.get("description") is not None:
+        run.notes = v["description"]
+    if v.get("jobType") is not None:
+        run.job_type = v["jobType"]
+
+
+def _apply_upsert_data(run: FakeRun, v: dict[str, Any]) -> None:
+    """Config (replaced), summary (merged) and state."""
+    if v.get("config") is not None:
+        run.raw_config = v["config"]
+        run.config = _decode_config(v["config"])
+    if v.get("summaryMetrics") is not None:
+        run.summary.update(json.loads(v["summaryMetrics"]))
+    if v.get("state") is not None:
+        run.state = v["state"]
+
+
+def _write_stream_file(run: FakeRun, fname: str, offset: int, lines: list[str], now: float) -> None:
+    """One file's chunk of a file_stream post: its lines replace the run's from `offset` on."""
+    if fname == "wandb-history.jsonl":
+        _write_history(run, offset, lines, now)
+    elif fname == "wandb-summary.json":
+        for line in lines:
+            run.summary.update(json.loads(line))
+    elif fname == "wandb-events.jsonl":
+        del run.events[offset:]
+        run.events.extend(json.loads(line) for line in lines)
+    elif fname == "output.log":
+        del run.output[offset:]
+        run.output.extend(lines)
+
+
+def _write_history(run: FakeRun, offset: int, lines: list[str], now: float) -> None:
+    """History rows at `offset` on overwrite the rows already there (a resent chunk) or are appended."""
+    for pos, line in enumerate(lines, start=offset):
+        row = json.loads(line)
+        if pos < len(run.history):
+            run.history[pos] = row
+            run.history_arrivals[pos] = now
+        else:
+            run.history.append(row)
+            run.history_arrivals.append(now)
+
+
+def _apply_exit(run: FakeRun, body: dict[str, Any]) -> None:
+    """A file_stream post's exit code, and the final state once it says the run is complete."""
+    if body.get("exitcode") is not None:
+        run.exit_code = int(body["exitcode"])
+    if body.get("complete"):
+        run.state = "finished" if not run.exit_code else "failed"
 
 
 class _QuietServer(ThreadingHTTPServer):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,32 +108,40 @@ def read_offline_run(sync_dir: Path) -> OfflineRun:
     recs = records(files[0])
     run_records = [r.run for r in recs if r.WhichOneof("record_type") == "run"]
     out = OfflineRun(sync_dir, run_records[0])
-    for item in out.run.config.update:
-        _set(out.config, _keys(item), json.loads(item.value_json))
+    _merge(out.config, out.run.config.update)
     for r in recs:
-        kind = r.WhichOneof("record_type")
-        if kind == "config":
-            for item in r.config.update:
-                _set(out.config, _keys(item), json.loads(item.value_json))
-        elif kind == "summary":
-            for item in r.summary.update:
-                _set(out.summary, _keys(item), json.loads(item.value_json))
-        elif kind == "history":
-            row: dict[str, Any] = {}
-            for item in r.history.item:
-                _set(row, _keys(item), json.loads(item.value_json))
-            out.history.append(row)
-        elif kind == "artifact":
-            a = r.artifact
-            entries = {c.path: c.local_path for c in a.manifest.contents}
-            out.artifacts.append(Artifact(a.name, a.type, entries))
-        elif kind == "files":
-            out.files += [f.path for f in r.files.files]
-        elif kind == "metric":
-            out.metrics.append(r.metric)
-        elif kind == "exit":
-            out.exit_code = r.exit.exit_code
+        _add_record(out, r)
     return out
+
+
+def _merge(tree: dict[str, Any], items: Iterable[Any]) -> dict[str, Any]:
+    """Set each item's JSON value at its (nested) key in `tree`, and return `tree`."""
+    for item in items:
+        _set(tree, _keys(item), json.loads(item.value_json))
+    return tree
+
+
+def _add_record(out: OfflineRun, r: pb.Record) -> None:
+    """Fold one record into what the run logged; kinds not asserted on (run, stats, ...) are skipped."""
+    kind = r.WhichOneof("record_type")
+    if kind == "config":
+        _merge(out.config, r.config.update)
+    elif kind == "summary":
+        _merge(out.summary, r.summary.update)
+    elif kind == "history":
+        out.history.append(_merge({}, r.history.item))
+    elif kind == "artifact":
+        out.artifacts.append(_artifact(r.artifact))
+    elif kind == "files":
+        out.files += [f.path for f in r.files.files]
+    elif kind == "metric":
+        out.metrics.append(r.metric)
+    elif kind == "exit":
+        out.exit_code = r.exit.exit_code
+
+
+def _artifact(a: pb.ArtifactRecord) -> Artifact:
+    return Artifact(a.name, a.type, {c.path: c.local_path for c in a.manifest.contents})
 
 
 def offline_run_dirs(run_dir: Path) -> list[Path]:
