@@ -7,6 +7,7 @@ sweep: the run set is the Cartesian product of every expanded value, in file ord
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import math
@@ -55,58 +56,71 @@ class _Reading:
 
 
 def _loader_for(path: Path, reading: _Reading) -> type[yaml.SafeLoader]:
+    """A SafeLoader for one file of `reading`: foreign tags refused, `!expand`/`!include` resolved.
+
+    A fresh class per file, because PyYAML constructors are registered on the class and these
+    need to know the file (for error messages and relative includes) and the reading."""
+
     class Loader(yaml.SafeLoader):
         def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-            # Only the project's tags: `!!python/...`, `!!binary`, `!!set` or `!custom` are refused
-            # before anything is built from them.
             event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
-            tag: str | None = getattr(event, "tag", None)
-            if tag is not None and tag not in ("!", *reading.tags):
-                shown = tag.replace("tag:yaml.org,2002:", "!!")
-                allowed = "this file is plain data (no tags)"
-                if reading.tags:
-                    allowed = f"the only tags are {' and '.join(reading.tags)}"
-                raise ConfigError(
-                    f"{path} line {event.start_mark.line + 1}: YAML tag {shown} is not allowed; {allowed}"
-                )
+            _refuse_foreign_tag(event, path, reading)
             return super().compose_node(parent, index)
 
-    def expand(loader: yaml.SafeLoader, node: yaml.Node) -> Expand:
-        if not isinstance(node, yaml.SequenceNode):
-            raise ConfigError(f"{path}: !expand needs a list, e.g. !expand [1, 2, 4]")
-        values = tuple(loader.construct_sequence(node, deep=True))
-        if not values:
-            raise ConfigError(f"{path}: !expand needs at least one value")
-        return Expand(values)
-
-    def include(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-        line = node.start_mark.line + 1
-        if not isinstance(node, yaml.ScalarNode):
-            raise ConfigError(f"{path} line {line}: !include needs a file name, e.g. !include traffic.yml")
-        name = str(loader.construct_scalar(node))
-        target = (path.parent / name).resolve()
-        if target in reading.chain:
-            cycle = " -> ".join(str(p) for p in [*reading.chain, target])
-            raise ConfigError(f"{path} line {line}: !include {name} makes a cycle: {cycle}")
-        if not target.is_file():
-            raise ConfigError(f"{path} line {line}: !include {name}: {target} is not a file")
-        return _read(target, reading)
-
-    def integer(loader: yaml.SafeLoader, node: yaml.Node) -> int:
-        assert isinstance(node, yaml.ScalarNode)  # the constructor of the int tag, a scalar tag
-        try:
-            return yaml.SafeLoader.construct_yaml_int(loader, node)
-        except ValueError:  # Python refuses to parse integers of thousands of digits
-            raise ConfigError(
-                f"{path} line {node.start_mark.line + 1}: an integer of {len(node.value)} characters "
-                "is not allowed; integers must fit in 64 bits"
-            ) from None
-
-    Loader.add_constructor("tag:yaml.org,2002:int", integer)
-    if reading.tags:  # plain data knows no custom tag at all (the check above refuses them anyway)
-        Loader.add_constructor("!expand", expand)
-        Loader.add_constructor("!include", include)
+    # The constructors are module functions; partial binds what they need to know of this file.
+    Loader.add_constructor("tag:yaml.org,2002:int", functools.partial(_construct_int, path))
+    if reading.tags:  # plain data knows no custom tag at all (_refuse_foreign_tag refuses them anyway)
+        Loader.add_constructor("!expand", functools.partial(_construct_expand, path))
+        Loader.add_constructor("!include", functools.partial(_construct_include, path, reading))
     return Loader
+
+
+def _refuse_foreign_tag(event: Any, path: Path, reading: _Reading) -> None:
+    """Only the project's tags: `!!python/...`, `!!binary`, `!!set` or `!custom` are refused
+    before anything is built from them."""
+    tag: str | None = getattr(event, "tag", None)
+    if tag is None or tag in ("!", *reading.tags):
+        return
+    shown = tag.replace("tag:yaml.org,2002:", "!!")
+    allowed = "this file is plain data (no tags)"
+    if reading.tags:
+        allowed = f"the only tags are {' and '.join(reading.tags)}"
+    raise ConfigError(f"{path} line {event.start_mark.line + 1}: YAML tag {shown} is not allowed; {allowed}")
+
+
+def _construct_expand(path: Path, loader: yaml.SafeLoader, node: yaml.Node) -> Expand:
+    if not isinstance(node, yaml.SequenceNode):
+        raise ConfigError(f"{path}: !expand needs a list, e.g. !expand [1, 2, 4]")
+    values = tuple(loader.construct_sequence(node, deep=True))
+    if not values:
+        raise ConfigError(f"{path}: !expand needs at least one value")
+    return Expand(values)
+
+
+def _construct_include(path: Path, reading: _Reading, loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    """`!include name`: the file next to `path`, read within the same reading (cycles, budget)."""
+    line = node.start_mark.line + 1
+    if not isinstance(node, yaml.ScalarNode):
+        raise ConfigError(f"{path} line {line}: !include needs a file name, e.g. !include traffic.yml")
+    name = str(loader.construct_scalar(node))
+    target = (path.parent / name).resolve()
+    if target in reading.chain:
+        cycle = " -> ".join(str(p) for p in [*reading.chain, target])
+        raise ConfigError(f"{path} line {line}: !include {name} makes a cycle: {cycle}")
+    if not target.is_file():
+        raise ConfigError(f"{path} line {line}: !include {name}: {target} is not a file")
+    return _read(target, reading)
+
+
+def _construct_int(path: Path, loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    assert isinstance(node, yaml.ScalarNode)  # the constructor of the int tag, a scalar tag
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:  # Python refuses to parse integers of thousands of digits
+        raise ConfigError(
+            f"{path} line {node.start_mark.line + 1}: an integer of {len(node.value)} characters "
+            "is not allowed; integers must fit in 64 bits"
+        ) from None
 
 
 def read_yaml(path: Path) -> Any:

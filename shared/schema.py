@@ -109,6 +109,11 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
 
 
 def convert(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any] | None = None) -> Any:
+    """Check `value` against type hint `tp` (and the field's `meta`) and return the converted value.
+
+    The order matters and is part of the contract: a missing value first, then a `type:` variant
+    table, then dataclasses, then one converter per type (by generic origin, else by the type itself).
+    """
     meta = meta or {}
     optional, tp = _is_optional(tp)
     if value is None:
@@ -116,75 +121,130 @@ def convert(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any] | Non
             return None
         raise _fail(path, value, f"a value is required ({describe(tp, meta)})")
     variants = meta.get("variants")
+    # On a list field the variant table describes the items; the list converter passes it down.
     if variants and get_origin(tp) is not list:
-        if not isinstance(value, dict):
-            raise _fail(path, value, f"expected a mapping with 'type' in {sorted(variants)}")
-        kind = value.get("type", next(iter(variants)) if len(variants) == 1 else None)
-        if kind not in variants:
-            close = difflib.get_close_matches(str(kind), list(variants), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(
-                f"config error at {_join(path, 'type')}: {kind!r} is not allowed; "
-                f"choose one of {', '.join(sorted(variants))}{hint}"
-            )
-        return build(variants[kind], value, path)
-    origin = get_origin(tp)
+        return _convert_variant(variants, value, path)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, path)
-    if origin is Literal:
-        if value not in get_args(tp):
-            close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise _fail(path, value, f"choose one of {', '.join(map(str, get_args(tp)))}{hint}")
+    converter = _BY_ORIGIN.get(get_origin(tp)) or _BY_TYPE.get(tp)
+    if converter is None:
+        raise TypeError(f"unsupported config type {tp!r} at {path}")
+    return converter(tp, value, path, meta)
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _convert_variant(variants: dict[str, type], value: Any, path: str) -> Any:
+    """A `type:` variant table: the mapping's `type` picks the dataclass (implicit if only one)."""
+    if not isinstance(value, dict):
+        raise _fail(path, value, f"expected a mapping with 'type' in {sorted(variants)}")
+    kind = value.get("type", next(iter(variants)) if len(variants) == 1 else None)
+    if kind not in variants:
+        raise ConfigError(
+            f"config error at {_join(path, 'type')}: {kind!r} is not allowed; "
+            f"choose one of {', '.join(sorted(variants))}{_did_you_mean(str(kind), list(variants))}"
+        )
+    return build(variants[kind], value, path)
+
+
+# Every converter takes (type hint, value, key path, field metadata) and returns the built value.
+_Converter = typing.Callable[[Any, Any, str, typing.Mapping[str, Any]], Any]
+
+
+def _convert_literal(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
+    choices = get_args(tp)
+    if value not in choices:
+        hint = _did_you_mean(str(value), [str(a) for a in choices])
+        raise _fail(path, value, f"choose one of {', '.join(map(str, choices))}{hint}")
+    return value
+
+
+def _convert_list(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> list[Any]:
+    if not isinstance(value, list):
+        raise _fail(path, value, f"expected a list ({describe(tp, meta)})")
+    (item,) = get_args(tp)
+    # The metadata (ranges, variant table) applies to each item.
+    return [convert(item, v, _join(path, i), meta) for i, v in enumerate(value)]
+
+
+def _convert_dict(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(value, str):  # a mapping may also be given as a JSON string
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise _fail(path, value, "expected a mapping (or a JSON object string)") from None
+    if not isinstance(value, dict):
+        raise _fail(path, value, "expected a mapping")
+    _, item = get_args(tp)
+    # The field's metadata describes the mapping, not its values: they are converted without it.
+    return {str(k): convert(item, v, _join(path, k)) for k, v in value.items()}
+
+
+def _convert_any(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
+    _check_plain_numbers(value, path)
+    return value
+
+
+def _convert_bool(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(path, value, "expected true or false")
+    return value
+
+
+def _convert_int(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> int:
+    expected = f"an integer{_range_text(meta)}"
+    _check_number(value, path, expected)
+    if value != int(value):
+        raise _fail(path, value, f"expected {expected}")
+    _check_number(int(value), path, expected)  # 1e30 is a whole number, but not a 64-bit one
+    _check_range(value, path, meta)
+    return int(value)
+
+
+def _convert_float(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> float:
+    _check_number(value, path, f"a number{_range_text(meta)}")
+    _check_range(value, path, meta)
+    return float(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    """What a string field accepts: YAML reads `model: 7` or `version: 1.5` as a number, not a string."""
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+def _convert_str(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> str:
+    if not _is_scalar(value):
+        raise _fail(path, value, "expected a string")
+    return str(value)
+
+
+def _convert_secret(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Secret:
+    if isinstance(value, Secret):
         return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise _fail(path, value, f"expected a list ({describe(tp, meta)})")
-        (item,) = get_args(tp)
-        return [convert(item, v, _join(path, i), meta) for i, v in enumerate(value)]
-    if origin is dict:
-        if isinstance(value, str):  # a mapping may also be given as a JSON string
-            try:
-                value = orjson.loads(value)
-            except orjson.JSONDecodeError:
-                raise _fail(path, value, "expected a mapping (or a JSON object string)") from None
-        if not isinstance(value, dict):
-            raise _fail(path, value, "expected a mapping")
-        _, item = get_args(tp)
-        return {str(k): convert(item, v, _join(path, k)) for k, v in value.items()}
-    if tp is Any:
-        _check_plain_numbers(value, path)
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _fail(path, value, "expected true or false")
-        return value
-    if tp is int:
-        expected = f"an integer{_range_text(meta)}"
-        _check_number(value, path, expected)
-        if value != int(value):
-            raise _fail(path, value, f"expected {expected}")
-        _check_number(int(value), path, expected)  # 1e30 is a whole number, but not a 64-bit one
-        _check_range(value, path, meta)
-        return int(value)
-    elif tp is float:
-        _check_number(value, path, f"a number{_range_text(meta)}")
-        _check_range(value, path, meta)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise _fail(path, value, "expected a string")
-        return str(value)
-    if tp is Secret:
-        if isinstance(value, Secret):
-            return value
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            kind = type(value).__name__  # the value itself is never echoed: it is a secret
-            raise ConfigError(
-                f"config error at {path}: a value of type {kind} is not allowed; expected a string"
-            )
-        return Secret(str(value))  # as `str` fields: an all-digit key in YAML is still a key
-    raise TypeError(f"unsupported config type {tp!r} at {path}")
+    if not _is_scalar(value):
+        kind = type(value).__name__  # the value itself is never echoed: it is a secret
+        raise ConfigError(f"config error at {path}: a value of type {kind} is not allowed; expected a string")
+    return Secret(str(value))  # as `str` fields: an all-digit key in YAML is still a key
+
+
+# Generic hints (Literal[...], list[X], dict[K, V]) are dispatched on their origin ...
+_BY_ORIGIN: dict[Any, _Converter] = {
+    Literal: _convert_literal,
+    list: _convert_list,
+    dict: _convert_dict,
+}
+# ... and plain hints on the type itself.
+_BY_TYPE: dict[Any, _Converter] = {
+    Any: _convert_any,
+    bool: _convert_bool,
+    int: _convert_int,
+    float: _convert_float,
+    str: _convert_str,
+    Secret: _convert_secret,
+}
 
 
 def _check_number(value: Any, path: str, expected: str) -> None:
