@@ -286,21 +286,20 @@ class ResponseReader:
         if choices:
             content = False
             for choice in choices:
+                # c: the choice's new answer text, from the chat delta or the completions `text`
                 delta = choice.get("delta")
                 if delta is not None:
                     c = delta.get("content")
-                    if c:
-                        content = True
-                        if type(c) is str:
-                            self._text.append(c)
-                    elif delta.get("reasoning_content") or delta.get("reasoning") or delta.get("tool_calls"):
-                        content = True
+                    if not c and (
+                        delta.get("reasoning_content") or delta.get("reasoning") or delta.get("tool_calls")
+                    ):
+                        content = True  # output that is not answer text still makes a content chunk
                 else:
-                    text = choice.get("text")
-                    if text:
-                        content = True
-                        if type(text) is str:
-                            self._text.append(text)
+                    c = choice.get("text")
+                if c:
+                    content = True
+                    if type(c) is str:
+                        self._text.append(c)
                 reason = choice.get("finish_reason")
                 if reason:
                     self.out.finish_reason = reason

@@ -38,25 +38,19 @@ class SSEParser:
         self._skip_lf = False  # the previous read ended in \r: a leading \n belongs to it
 
     def feed(self, chunk: bytes) -> None:
+        # The hot path: once per read. A read of whole `data: ...\n\n` events calls only the event
+        # callback and copies nothing beyond the split (and the \r rewrite, for \r\n streams); the
+        # rarer cases (a line or a \r\n that crosses reads) are the helpers' work.
         if not chunk:
             return
-        if self._skip_lf:
-            self._skip_lf = False
-            if chunk[0] == 10:
-                chunk = chunk[1:]
+        if self._skip_lf:  # the last read ended in \r (rare: a \r\n split across reads, or \r endings)
+            chunk = self._after_cr(chunk)
         if 13 in chunk:  # int membership is a memchr; much cheaper than a bytes search
-            if chunk[-1] == 13:
-                self._skip_lf = True
+            self._skip_lf = chunk[-1] == 13  # it is False here: set only when this read ends in \r
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         tail = self._tail
         if tail is not None:
-            tail += chunk
-            if 10 not in chunk:  # still inside one long line: only the new bytes were searched
-                if len(tail) > self.max_event_bytes:
-                    raise SSEError(f"an event line exceeds {self.max_event_bytes} bytes")
-                return
-            self._tail = None
-            chunk = bytes(tail)
+            chunk = self._join_tail(tail, chunk)
         lines = chunk.split(b"\n")
         rest = lines.pop()  # after the last newline: an unterminated line, usually b""
         for line in lines:
@@ -73,9 +67,7 @@ class SSEParser:
             else:
                 self._line(line)
         if rest:
-            if len(rest) > self.max_event_bytes:
-                raise SSEError(f"an event line exceeds {self.max_event_bytes} bytes")
-            self._tail = bytearray(rest)
+            self._keep_tail(rest)
 
     def flush(self) -> None:
         """End of body: dispatch whatever complete-looking event is still pending."""
@@ -87,6 +79,28 @@ class SSEParser:
             self._dispatch()
         self._event = None
         self._skip_lf = False
+
+    def _after_cr(self, chunk: bytes) -> bytes:
+        """`chunk` without a leading \n: after a read that ended in \r, that \n belongs to the \r."""
+        self._skip_lf = False
+        return chunk[1:] if chunk[0] == 10 else chunk
+
+    def _join_tail(self, tail: bytearray, chunk: bytes) -> bytes:
+        """The bytes to split after a read that ended mid-line: the pending line `tail` plus `chunk`
+        once a newline arrives, else b"" (nothing complete yet; `chunk` is kept in the pending line)."""
+        tail += chunk
+        if 10 not in chunk:  # still inside one long line: only the new bytes were searched
+            if len(tail) > self.max_event_bytes:
+                raise SSEError(f"an event line exceeds {self.max_event_bytes} bytes")
+            return b""
+        self._tail = None
+        return bytes(tail)
+
+    def _keep_tail(self, rest: bytes) -> None:
+        """A read ended mid-line: keep the start of that line for the next read."""
+        if len(rest) > self.max_event_bytes:
+            raise SSEError(f"an event line exceeds {self.max_event_bytes} bytes")
+        self._tail = bytearray(rest)
 
     def _line(self, line: bytes) -> None:
         if line[:5] == b"data:":
