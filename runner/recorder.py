@@ -43,6 +43,20 @@ class RecordingResult:
     num_lost: int = 0  # dispatched requests recorded as driver_lost
 
 
+@dataclass
+class _End:
+    """How the run ended, as the driver reported it (or as the recorder found it)."""
+
+    status: str
+    error: str | None
+    cpu_seconds: float | None = None
+    stop_reason: str | None = None
+
+
+def _driver_exited(proc: BaseProcess) -> _End:
+    return _End(RUN_FAILED, f"the driver process exited unexpectedly (exit code {proc.exitcode})")
+
+
 class Recorder:
     def __init__(
         self,
@@ -80,51 +94,75 @@ class Recorder:
     def run(self, conn: Connection, proc: BaseProcess) -> RecordingResult:
         self.driver_pid = proc.pid
         started = time.monotonic()
-        status, error, cpu, stop_reason = None, None, None, None
-        last_second = time.monotonic()
         with (
             self.paths.request_records.open("ab", buffering=0) as records,
             self._open_trace() as trace,
         ):
-            while status is None:
-                if conn.poll(POLL_S):
-                    try:
-                        kind, payload = orjson.loads(conn.recv_bytes())
-                    except (EOFError, OSError):  # the driver is gone without saying DONE
-                        proc.join(1.0)
-                        status = RUN_FAILED
-                        error = f"the driver process exited unexpectedly (exit code {proc.exitcode})"
-                        break
-                    if kind == ipc.START:
-                        self.t0 = payload["t0"]
-                    elif kind == ipc.BATCH:
-                        self._write_batch(payload, records, trace)
-                    elif kind == ipc.DRAINING:
-                        self._announce_drain(payload)
-                    elif kind == ipc.DONE:
-                        status, cpu = payload["status"], payload.get("cpu_seconds")
-                        error, stop_reason = payload.get("error"), payload.get("stop_reason")
-                    elif kind == ipc.FAILED:
-                        status, error = RUN_FAILED, payload["message"]
-                elif not proc.is_alive():
-                    status = RUN_FAILED
-                    error = f"the driver process exited unexpectedly (exit code {proc.exitcode})"
-                elif self.t0 is None and time.monotonic() - started > START_DEADLINE_S:
-                    status, error = RUN_FAILED, "the driver process did not start in time"
-                now = time.monotonic()
-                if self.t0 is not None and now - last_second >= 1.0:
-                    last_second = now
-                    self.timeseries.flush(self._elapsed())
-            num_lost = self._record_lost(records, error or "the run ended")
+            end = self._receive_until_end(conn, proc, started, records, trace)
+            num_lost = self._record_lost(records, end.error or "the run ended")
+        error = end.error
         if num_lost:
             lost = f"{num_lost} dispatched request(s) had no result and were recorded as driver_lost"
             error = f"{error}; {lost}" if error else lost
         elapsed = self._elapsed() if self.t0 is not None else 0.0
         self.timeseries.close(elapsed)
         self.progress.close()
+        status = end.status
         if status not in (RUN_FAILED,) and self.signals:
             status = RUN_INTERRUPTED
-        return RecordingResult(status, error, self.num_records, cpu, elapsed, stop_reason, num_lost)
+        return RecordingResult(
+            status, error, self.num_records, end.cpu_seconds, elapsed, end.stop_reason, num_lost
+        )
+
+    def _receive_until_end(
+        self, conn: Connection, proc: BaseProcess, started: float, records: BinaryIO, trace: BinaryIO
+    ) -> _End:
+        """Take the driver's messages until the run ends; flush the time series once a second."""
+        last_second = started
+        while True:
+            if conn.poll(POLL_S):
+                try:
+                    kind, payload = orjson.loads(conn.recv_bytes())
+                except (EOFError, OSError):  # the driver is gone without saying DONE
+                    proc.join(1.0)  # it may still be exiting: wait briefly so its exit code is known
+                    return _driver_exited(proc)  # at once: no time-series flush on this turn
+                end = self._receive(kind, payload, records, trace)
+            else:
+                end = self._check_driver(proc, started)
+            # Once a second whether or not a message came, on the turn that ends the run too.
+            now = time.monotonic()
+            if self.t0 is not None and now - last_second >= 1.0:
+                last_second = now
+                self.timeseries.flush(self._elapsed())
+            if end is not None:
+                return end
+
+    def _receive(self, kind: str, payload: Any, records: BinaryIO, trace: BinaryIO) -> _End | None:
+        """One message from the driver; the run's end when it says DONE or FAILED."""
+        if kind == ipc.START:
+            self.t0 = payload["t0"]
+        elif kind == ipc.BATCH:
+            self._write_batch(payload, records, trace)
+        elif kind == ipc.DRAINING:
+            self._announce_drain(payload)
+        elif kind == ipc.DONE:
+            return _End(
+                payload["status"],
+                payload.get("error"),
+                payload.get("cpu_seconds"),
+                payload.get("stop_reason"),
+            )
+        elif kind == ipc.FAILED:
+            return _End(RUN_FAILED, payload["message"])
+        return None
+
+    def _check_driver(self, proc: BaseProcess, started: float) -> _End | None:
+        """No message this poll: the run ends if the driver died or has not started in time."""
+        if not proc.is_alive():
+            return _driver_exited(proc)
+        if self.t0 is None and time.monotonic() - started > START_DEADLINE_S:
+            return _End(RUN_FAILED, "the driver process did not start in time")
+        return None
 
     def _record_lost(self, records: BinaryIO, why: str) -> int:
         """Every dispatched request without a record gets one (records == dispatched, always)."""

@@ -16,7 +16,7 @@ import multiprocessing
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -97,61 +97,108 @@ def run_pool(
     on_outcome: Callable[[Outcome], None],
 ) -> None:
     """Upload every task in at most `jobs` worker processes; each outcome as it comes."""
-    queue = deque(tasks)
-    ctx = multiprocessing.get_context("spawn")  # no inherited SDK state, locks or threads
-    workers: list[_Worker] = []
+    _Pool(tasks, jobs, base_deadline_s, on_outcome).run()
 
-    def settle(worker: _Worker, outcome: Outcome) -> None:
+
+class _Pool:
+    """run_pool's state: the tasks not yet handed out and the live workers (each busy with one or idle)."""
+
+    def __init__(
+        self,
+        tasks: list[Task],
+        jobs: int,
+        base_deadline_s: float,
+        on_outcome: Callable[[Outcome], None],
+    ) -> None:
+        self.queue = deque(tasks)
+        self.jobs = jobs
+        self.base_deadline_s = base_deadline_s
+        self.on_outcome = on_outcome
+        self.ctx = multiprocessing.get_context("spawn")  # no inherited SDK state, locks or threads
+        self.workers: list[_Worker] = []
+
+    def run(self) -> None:
+        try:
+            while self.queue or any(w.busy for w in self.workers):
+                self._hand_out()
+                busy, ready = self._wait()
+                for worker in busy:
+                    self._check(worker, ready)
+        finally:
+            self._close()
+
+    def _hand_out(self) -> None:
+        """Idle workers first (their SDK is already started), then new ones up to `jobs`."""
+        for worker in self.workers:
+            if worker.busy is None and self.queue:
+                self._give_next(worker)
+        while self.queue and len(self.workers) < self.jobs:
+            worker = _Worker(self.ctx)
+            self.workers.append(worker)
+            self._give_next(worker)
+
+    def _give_next(self, worker: _Worker) -> None:
+        task = self.queue.popleft()
+        worker.give(task, upload_deadline_s(task.target.path, self.base_deadline_s))
+
+    def _wait(self) -> tuple[list[_Worker], Sequence[object]]:
+        """The busy workers, and those of their pipes that are ready, by the soonest deadline at most."""
+        busy = [w for w in self.workers if w.busy]
+        soonest = min(w.busy.ends_at for w in busy if w.busy)
+        ready = wait([w.conn for w in busy], timeout=max(0.0, soonest - time.monotonic()))
+        return busy, ready
+
+    def _check(self, worker: _Worker, ready: Sequence[object]) -> None:
+        """A busy worker after the wait: its outcome if it sent one, a failure if past its deadline."""
+        assert worker.busy is not None
+        # An outcome sent just after the wait timed out is still an outcome, not a deadline.
+        if worker.conn in ready or worker.conn.poll(0):
+            self._settle(worker, self._receive(worker))
+        elif time.monotonic() >= worker.busy.ends_at:
+            self._settle(worker, self._stop_overdue(worker))
+
+    def _receive(self, worker: _Worker) -> Outcome:
+        """The worker's outcome; a failure of its task if the worker died instead (it is dropped)."""
+        assert worker.busy is not None
+        try:
+            outcome: Outcome = worker.conn.recv()
+        except (EOFError, OSError):
+            worker.process.join(5)  # so that its exit code is known
+            code = worker.process.exitcode
+            outcome = _failed(worker.busy.task, f"the worker process died (exit code {code})")
+            self.workers.remove(worker)
+            worker.kill()
+        return outcome
+
+    def _stop_overdue(self, worker: _Worker) -> Outcome:
+        """Kill a worker past its deadline (it may be stuck in SDK retries); its task fails."""
+        assert worker.busy is not None
+        limit = worker.busy.deadline_s
+        detail = (
+            f"did not finish within its deadline of {limit:.0f} s (--deadline); "
+            "stopped; the next veeksha-upload resumes the same W&B run"
+        )
+        outcome = _failed(worker.busy.task, detail)
+        self.workers.remove(worker)
+        worker.kill()
+        return outcome
+
+    def _settle(self, worker: _Worker, outcome: Outcome) -> None:
+        """The worker is free again; the outcome is reported, or its task queued again offline first."""
         assert worker.busy is not None
         task = worker.busy.task
         worker.busy = None
         retry = _fallback(task, outcome)
         if retry is not None:
-            queue.appendleft(retry)
+            self.queue.appendleft(retry)
             return
         if task.note:
             outcome.detail = f"{outcome.detail} ({task.note})"
-        on_outcome(outcome)
+        self.on_outcome(outcome)
 
-    try:
-        while queue or any(w.busy for w in workers):
-            for worker in workers:
-                if worker.busy is None and queue:
-                    task = queue.popleft()
-                    worker.give(task, upload_deadline_s(task.target.path, base_deadline_s))
-            while queue and len(workers) < jobs:
-                worker = _Worker(ctx)
-                workers.append(worker)
-                task = queue.popleft()
-                worker.give(task, upload_deadline_s(task.target.path, base_deadline_s))
-            busy = [w for w in workers if w.busy]
-            soonest = min(w.busy.ends_at for w in busy if w.busy)
-            ready = wait([w.conn for w in busy], timeout=max(0.0, soonest - time.monotonic()))
-            for worker in busy:
-                assert worker.busy is not None
-                # An outcome sent just after the wait timed out is still an outcome, not a deadline.
-                if worker.conn in ready or worker.conn.poll(0):
-                    try:
-                        outcome = worker.conn.recv()
-                    except (EOFError, OSError):
-                        worker.process.join(5)
-                        code = worker.process.exitcode
-                        outcome = _failed(worker.busy.task, f"the worker process died (exit code {code})")
-                        workers.remove(worker)
-                        worker.kill()
-                    settle(worker, outcome)
-                elif time.monotonic() >= worker.busy.ends_at:
-                    limit = worker.busy.deadline_s
-                    detail = (
-                        f"did not finish within its deadline of {limit:.0f} s (--deadline); "
-                        "stopped; the next veeksha-upload resumes the same W&B run"
-                    )
-                    outcome = _failed(worker.busy.task, detail)
-                    workers.remove(worker)
-                    worker.kill()
-                    settle(worker, outcome)
-    finally:
-        for worker in workers:
+    def _close(self) -> None:
+        """Workers still uploading are killed (a run stopped by Ctrl-C or an error); idle ones stopped."""
+        for worker in self.workers:
             if worker.busy:
                 worker.kill()
             else:

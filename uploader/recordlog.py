@@ -16,6 +16,7 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from veeksha.shared.jsonio import write_atomic
@@ -42,6 +43,16 @@ def read_log(data: bytes) -> tuple[bytes, list[bytes]]:
         raise RecordLogError("not a W&B transaction log (bad header)")
     records: list[bytes] = []
     pending: bytearray | None = None
+    for kind, chunk in _chunks(data):
+        pending = _add_chunk(kind, chunk, pending, records)
+    return data[:HEADER_LEN], records
+
+
+def _chunks(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, data) of each checked chunk after the header, in order; padding and zero fill skipped.
+
+    A generator, so a corrupt chunk is reported only after the records before it were assembled.
+    """
     pos = HEADER_LEN
     while pos < len(data):
         left = BLOCK - pos % BLOCK
@@ -49,7 +60,7 @@ def read_log(data: bytes) -> tuple[bytes, list[bytes]]:
             pos += left  # block trailer padding
             continue
         if pos + CHUNK_HEADER > len(data):
-            break
+            return  # a chunk header cut short: the log ends before it
         crc, length, kind = struct.unpack("<IHB", data[pos : pos + CHUNK_HEADER])
         chunk = data[pos + CHUNK_HEADER : pos + CHUNK_HEADER + length]
         pos += CHUNK_HEADER + length
@@ -57,18 +68,23 @@ def read_log(data: bytes) -> tuple[bytes, list[bytes]]:
             continue  # zero fill
         if len(chunk) != length or zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
             raise RecordLogError(f"corrupt chunk at byte {pos - CHUNK_HEADER - length}")
-        if kind == FULL:
-            records.append(chunk)
-        elif kind == FIRST:
-            pending = bytearray(chunk)
-        elif kind in (MIDDLE, LAST) and pending is not None:
-            pending += chunk
-            if kind == LAST:
-                records.append(bytes(pending))
-                pending = None
-        else:
-            raise RecordLogError(f"unexpected chunk type {kind}")
-    return data[:HEADER_LEN], records
+        yield kind, chunk
+
+
+def _add_chunk(kind: int, chunk: bytes, pending: bytearray | None, records: list[bytes]) -> bytearray | None:
+    """Append a whole record to `records` or grow the one in pieces; returns the record still pending."""
+    if kind == FULL:
+        records.append(chunk)
+    elif kind == FIRST:
+        return bytearray(chunk)
+    elif kind in (MIDDLE, LAST) and pending is not None:
+        pending += chunk
+        if kind == LAST:
+            records.append(bytes(pending))
+            return None
+    else:
+        raise RecordLogError(f"unexpected chunk type {kind}")
+    return pending
 
 
 def write_log(header: bytes, records: list[bytes]) -> bytes:

@@ -142,18 +142,9 @@ def open_run(spec: RunSpec) -> Iterator[Any]:
     if s.mode == "offline":
         clear_run_folders(spec.root, spec.run_id)
     (spec.root / WANDB_DIR).mkdir(exist_ok=True)
-    resume: dict[str, Any] = {}
-    if s.mode == "online":
-        if spec.resume_empty:
-            resume = {"resume": "must"}
-        elif spec.resume_from_start:
-            resume = {"resume_from": f"{spec.run_id}?_step=0"}
-        else:
-            resume = {"resume": "never"}
-    saved_data_dir = os.environ.get("WANDB_DATA_DIR")
+    resume = _resume_args(spec)
     # Staging is read from the environment at each call: point it inside this directory.
-    os.environ["WANDB_DATA_DIR"] = str(spec.root / WANDB_DIR / STAGING_DIR)
-    try:
+    with _environ("WANDB_DATA_DIR", str(spec.root / WANDB_DIR / STAGING_DIR)):
         try:
             run = wandb.init(
                 id=spec.run_id,
@@ -175,25 +166,54 @@ def open_run(spec: RunSpec) -> Iterator[Any]:
                 raise AlreadyExists(str(e)) from None
             raise
         try:
-            # A re-upload rewinds the run to step 0, and a rewind keeps the row at that step. So every
-            # new run starts with a row holding no data: fresh or rewound, the run then has this
-            # anchor at step 0 and what we log from step 1 on, never a stale first row.
-            run.define_metric(ANCHOR, summary="none", hidden=True)
-            if spec.resume_empty or not spec.resume_from_start:
-                run.log({ANCHOR: 0})
+            _log_anchor(run, spec)
             yield run
         except BaseException:
-            sync_dir = run.settings.sync_dir
-            run.finish(exit_code=1)
-            if sync_dir:  # a failed attempt's folder is of no use to the next attempt
-                shutil.rmtree(sync_dir, ignore_errors=True)
+            _finish_failed(run)
             raise
         run.finish()
+
+
+def _resume_args(spec: RunSpec) -> dict[str, Any]:
+    """`wandb.init`'s resume keywords. Offline runs always start afresh (their old folders are
+    cleared); online, "never" makes a run created meanwhile by someone else an error (AlreadyExists)."""
+    if spec.settings.mode != "online":
+        return {}
+    if spec.resume_empty:
+        return {"resume": "must"}
+    if spec.resume_from_start:
+        return {"resume_from": f"{spec.run_id}?_step=0"}
+    return {"resume": "never"}
+
+
+@contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """`name` set to `value` inside the block; its earlier value (or its absence) restored after."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
     finally:
-        if saved_data_dir is None:
-            os.environ.pop("WANDB_DATA_DIR", None)
+        if saved is None:
+            os.environ.pop(name, None)
         else:
-            os.environ["WANDB_DATA_DIR"] = saved_data_dir
+            os.environ[name] = saved
+
+
+def _log_anchor(run: Any, spec: RunSpec) -> None:
+    # A re-upload rewinds the run to step 0, and a rewind keeps the row at that step. So every
+    # new run starts with a row holding no data: fresh or rewound, the run then has this
+    # anchor at step 0 and what we log from step 1 on, never a stale first row.
+    run.define_metric(ANCHOR, summary="none", hidden=True)
+    if spec.resume_empty or not spec.resume_from_start:
+        run.log({ANCHOR: 0})
+
+
+def _finish_failed(run: Any) -> None:
+    sync_dir = run.settings.sync_dir
+    run.finish(exit_code=1)
+    if sync_dir:  # a failed attempt's folder is of no use to the next attempt
+        shutil.rmtree(sync_dir, ignore_errors=True)
 
 
 def uploaded_of(run: Any, root: Path) -> Uploaded:
