@@ -6,4 +6,6 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 bash scripts/typecheck.sh
-.venv/bin/python -m pytest -q "$@"
+# Four workers on any machine: most tests wait on real processes (servers, runs, the W&B SDK), so
+# more workers than cores still shortens the suite. TEST_WORKERS=0 runs it in one process.
+.venv/bin/python -m pytest -q -n "${TEST_WORKERS:-4}" "$@"

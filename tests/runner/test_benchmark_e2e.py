@@ -61,7 +61,9 @@ def seed_run(tmp_path_factory: pytest.TempPathFactory):
             "--server.type",
             "simulated",
             "--runtime.benchmark_timeout",
-            "15",
+            "6",
+            "--traffic_scheduler.interval_generator.arrival_rate",
+            "25",
             "--client.api_key",
             "sk-flag-secret-4242",
             "--client.headers.Authorization",
@@ -100,7 +102,7 @@ def test_one_record_per_dispatched_request_and_ttfc_is_positive(seed_run) -> Non
     paths = only_run_dir(tmp / "benchmark_output")
     records = read_jsonl(paths.request_records)
     trace = read_jsonl(paths.dispatch_trace)
-    assert len(records) >= 100  # 10 sessions/s for 15 s, up to 3 turns each
+    assert len(records) >= 100  # 25 sessions/s for 6 s, up to 3 turns each
     assert sorted(r["request_id"] for r in records) == sorted(t["request_id"] for t in trace)
     assert list(records[0]) == list(REQUEST_RECORD_FIELDS)
     ok = [r for r in records if r["status"] == "success"]

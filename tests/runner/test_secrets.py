@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -104,13 +103,14 @@ def test_a_failing_command_server_shows_its_command_and_output_without_secrets(t
 
 
 def test_a_missing_server_binary_is_a_config_error_that_leaves_nothing_behind(tmp_path: Path) -> None:
-    logs_before = set(Path(tempfile.gettempdir()).glob("veeksha-server-*.log"))
+    private_tmp = tmp_path / "tmp"  # the run's own TMPDIR: tests running beside it make server logs too
+    private_tmp.mkdir()
     (tmp_path / "c.veeksha.yml").write_text(
         "output_dir: out\nserver: {type: command, command: [no-such-llm-server, serve], "
         "ready_url: 'http://127.0.0.1:9/health'}\n"
     )
 
-    proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path)
+    proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path, env={"TMPDIR": str(private_tmp)})
 
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
@@ -118,7 +118,7 @@ def test_a_missing_server_binary_is_a_config_error_that_leaves_nothing_behind(tm
         "install the server or give the full path to its executable"
     ]
     assert not (tmp_path / "out").exists()
-    assert set(Path(tempfile.gettempdir()).glob("veeksha-server-*.log")) == logs_before
+    assert list(private_tmp.iterdir()) == []
 
 
 def test_start_server_refuses_a_missing_binary_before_making_a_log(tmp_path: Path) -> None:
