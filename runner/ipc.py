@@ -55,10 +55,16 @@ def make_record(
     num_output_tokens: int | None,
     num_requested_output_tokens: int | None,
     token_count_source: str | None,
+    num_reasoning_tokens: int | None,
+    reasoning_token_source: str | None,
     is_stream: bool,
     finish_reason: str | None,
     chunk_times: list[float],
     count_text: str | None,
+    first_answer_at: float | None,
+    last_answer_at: float | None,
+    num_answer_chunks: int,
+    reasoning_text: str | None,
 ) -> list[Any]:
     """One record as the driver ships it: RAW_RECORD_FIELDS order (tests/runner/test_ipc.py checks
     these parameters against the field table, so a field can be neither missed nor swapped)."""
@@ -82,8 +88,14 @@ def make_record(
         num_output_tokens,
         num_requested_output_tokens,
         token_count_source,
+        num_reasoning_tokens,
+        reasoning_token_source,
         is_stream,
         finish_reason,
         chunk_times,
         count_text,
+        first_answer_at,
+        last_answer_at,
+        num_answer_chunks,
+        reasoning_text,
     ]

@@ -352,6 +352,11 @@ class SimulatedServerConfig:
     honor_ignore_eos: bool = True
     error_rate: float = spec(default=0.0, ge=0, le=1)
     seed: int = 0
+    # Chat only: this many reasoning tokens stream before the answer (a number or a length
+    # generator), in the delta field `reasoning_field`; usage reports them as reasoning_tokens. As on
+    # vLLM they count toward max_tokens, and at least one answer token follows them.
+    reasoning_tokens: LengthGen = gen_field(value=0)
+    reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
 
 
 @dataclass(frozen=True)

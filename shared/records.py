@@ -86,6 +86,8 @@ _LATENCY: dict[str, Any] = {"type": float, "origin": DERIVED, "unit": "s", "succ
 TTFC: Final = "ttfc"
 TBC: Final = "tbc"
 TPOT: Final = "tpot"
+TTFA: Final = "ttfa"
+TPOT_ANSWER: Final = "tpot_answer"
 END_TO_END_LATENCY: Final = "end_to_end_latency"
 DISPATCH_DELAY: Final = "dispatch_delay"
 SCHEDULER_READY_AT: Final = "scheduler_ready_at"
@@ -124,6 +126,10 @@ FIELDS: Final = (
     ),
     Field("num_requested_output_tokens", **_TOKENS),
     Field("token_count_source", str, MEASURED),
+    # Reasoning tokens among num_output_tokens: the server's usage.completion_tokens_details, else
+    # counted from the reasoning chunks (reasoning_token_source says which).
+    Field("num_reasoning_tokens", **_TOKENS),
+    Field("reasoning_token_source", str, MEASURED),
     Field("is_stream", bool, MEASURED),
     # derived metrics
     Field(
@@ -133,6 +139,15 @@ FIELDS: Final = (
         axis="seconds",
         short="TTFC",
         distribution_rank=1,
+        slo=True,
+    ),
+    Field(
+        TTFA,
+        **_LATENCY,
+        label="Time to first answer chunk (TTFA, after any reasoning)",
+        axis="seconds",
+        short="TTFA",
+        distribution_rank=11,
         slo=True,
     ),
     Field(
@@ -154,6 +169,15 @@ FIELDS: Final = (
         axis="seconds per token",
         short="TPOT",
         distribution_rank=3,
+        slo=True,
+        null_passes_slo=True,
+    ),
+    Field(
+        TPOT_ANSWER,
+        **_LATENCY,
+        label="Time per answer token after the first (TPOT, answer chunks only)",
+        axis="seconds per token",
+        distribution_rank=12,
         slo=True,
         null_passes_slo=True,
     ),
@@ -199,6 +223,12 @@ FIELDS: Final = (
     # server sent no usage, so the recorder (not the driver) counts its tokens.
     Field("chunk_times", list, TRANSPORT),
     Field("count_text", str, TRANSPORT),
+    # Raw times of the first and last answer chunk (content or tool call), how many there were, and
+    # the reasoning text when the server did not count its reasoning tokens.
+    Field("first_answer_at", float, TRANSPORT),
+    Field("last_answer_at", float, TRANSPORT),
+    Field("num_answer_chunks", int, TRANSPORT),
+    Field("reasoning_text", str, TRANSPORT),
     # distributions sampled from the records, not stored per request
     Field(
         "num_prompt_tokens",

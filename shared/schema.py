@@ -138,7 +138,10 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
 
 
 def _convert_variant(variants: dict[str, type], value: Any, path: str) -> Any:
-    """A `type:` variant table: the mapping's `type` picks the dataclass (implicit if only one)."""
+    """A `type:` variant table: the mapping's `type` picks the dataclass (implicit if only one). A bare
+    number where the table has a `fixed` variant means that constant (`reasoning_tokens: 64`)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and "fixed" in variants:
+        value = {"type": "fixed", "value": value}
     if not isinstance(value, dict):
         raise _fail(path, value, f"expected a mapping with 'type' in {sorted(variants)}")
     kind = value.get("type", next(iter(variants)) if len(variants) == 1 else None)

@@ -526,6 +526,7 @@ class Driver:
         else:
             self.requests_errored += 1
         has_usage = outcome.completion_tokens is not None
+        reasoning_counted = outcome.reasoning_tokens is not None
         self.records.append(
             ipc.make_record(
                 request_id=request_id,
@@ -549,10 +550,16 @@ class Driver:
                 num_output_tokens=outcome.completion_tokens,
                 num_requested_output_tokens=spec.requested_output_tokens,
                 token_count_source=COUNT_SERVER if has_usage else self.count_source,
+                num_reasoning_tokens=outcome.reasoning_tokens,
+                reasoning_token_source=COUNT_SERVER if reasoning_counted else self.count_source,
                 is_stream=self.client.is_stream,
                 finish_reason=outcome.finish_reason,
                 chunk_times=outcome.chunk_times,
                 count_text=None if has_usage else outcome.text,
+                first_answer_at=outcome.first_answer_at,
+                last_answer_at=outcome.last_answer_at,
+                num_answer_chunks=outcome.num_answer_chunks,
+                reasoning_text=None if reasoning_counted else outcome.reasoning_text or None,
             )
         )
 
@@ -597,10 +604,16 @@ class Driver:
             num_output_tokens=None,
             num_requested_output_tokens=spec.requested_output_tokens,
             token_count_source=self.count_source,
+            num_reasoning_tokens=None,
+            reasoning_token_source=None,
             is_stream=self.cfg.client.stream,
             finish_reason=None,
             chunk_times=[],
             count_text=None,
+            first_answer_at=None,
+            last_answer_at=None,
+            num_answer_chunks=0,
+            reasoning_text=None,
         )
         self.records.append(record)
 

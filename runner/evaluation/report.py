@@ -6,9 +6,10 @@ from typing import Any
 
 from veeksha.runner.evaluation.evaluate import Evaluation
 from veeksha.shared.paths import RunPaths
-from veeksha.shared.records import DISTRIBUTION_FIELDS, HEALTH_FAILED, HEALTH_PASSED, HEALTH_SKIPPED
+from veeksha.shared.records import FIELDS, HEALTH_FAILED, HEALTH_PASSED, HEALTH_SKIPPED
 
-LATENCIES = tuple((f.short, f.name) for f in DISTRIBUTION_FIELDS if f.short)
+# In the field table's order: TTFA sits beside TTFC.
+LATENCIES = tuple((f.short, f.name) for f in FIELDS if f.short and f.distribution)
 
 
 def _seconds(v: float | None) -> str:

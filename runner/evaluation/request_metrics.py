@@ -25,6 +25,8 @@ from veeksha.shared.records import (
     SUCCESS,
     TBC,
     TPOT,
+    TPOT_ANSWER,
+    TTFA,
     TTFC,
 )
 
@@ -59,6 +61,7 @@ def finalize_record(raw: dict[str, Any]) -> dict[str, Any]:
     rec[DISPATCH_DELAY] = _s(dispatched - ready) if ready is not None and dispatched is not None else None
     if rec["status"] == SUCCESS:
         _latencies(rec, ns[CLIENT_PICKED_UP_AT], ns[CLIENT_COMPLETED_AT], raw.get("chunk_times"))
+        _answer_latencies(rec, ns[CLIENT_PICKED_UP_AT], raw)
     else:
         for name in LATENCY_FIELDS:
             rec[name] = None
@@ -88,3 +91,17 @@ def _latencies(
         e2e / n_out if e2e is not None and has_tokens and n_out > 0 else None
     )
     rec["output_throughput"] = n_out / e2e if e2e is not None and has_tokens and e2e > 0 else None
+
+
+def _answer_latencies(rec: dict[str, Any], sent: int | None, raw: dict[str, Any]) -> None:
+    """ttfa and tpot_answer of a successful request: like ttfc and tpot, over answer chunks only
+    (reasoning tokens are output, not answer: num_output_tokens - num_reasoning_tokens)."""
+    first, last = _ns(raw.get("first_answer_at")), _ns(raw.get("last_answer_at"))
+    rec[TTFA] = _s(first - sent) if first is not None and sent is not None else None
+    n_out, n_reasoning = rec["num_output_tokens"], rec["num_reasoning_tokens"] or 0
+    n_answer = n_out - n_reasoning if n_out is not None else None
+    two_chunks = (raw.get("num_answer_chunks") or 0) > 1
+    if n_answer is not None and n_answer > 1 and two_chunks and first is not None and last is not None:
+        rec[TPOT_ANSWER] = _s(last - first) / (n_answer - 1)
+    else:
+        rec[TPOT_ANSWER] = None

@@ -42,6 +42,7 @@ from typing import Any
 import httptools
 import orjson
 import uvloop
+from veeksha.runner.sessions.lengths import make_count_sampler
 from veeksha.runner.sessions.tokenizer import count_tokens_approx
 from veeksha.runner.simserver.engine import EngineRequest, SimulatedEngine, token_text
 from veeksha.shared.config import SimulatedServerConfig
@@ -233,20 +234,25 @@ class _StreamSink(_Sink):
     at admission (the engine decides the output length up front), so the last event is too.
     """
 
-    __slots__ = ("chunked", "first", "last", "prefix", "suffix")
+    __slots__ = ("chunked", "first", "last", "prefix", "reasoning", "reasoning_prefix", "suffix")
     # Set by SimulatedServer._prepare_stream before the sink is started.
     chunked: bool
     first: bytes
     last: bytes
     prefix: bytes
     suffix: bytes
+    reasoning: int  # the first `reasoning` tokens go out as reasoning deltas
+    reasoning_prefix: bytes
 
     def on_tokens(self, start: int, end: int, finished: bool) -> None:
-        event = b"%b%b%b" % (
-            self.prefix,
-            token_text(self.offset, start, end),
-            self.last if finished else self.suffix,
-        )
+        if start < self.reasoning:
+            event = self._reasoning_events(start, end, finished)
+        else:
+            event = b"%b%b%b" % (
+                self.prefix,
+                token_text(self.offset, start, end),
+                self.last if finished else self.suffix,
+            )
         if start == 0 and self.first:
             event = self.first + event
         if self.chunked:
@@ -257,19 +263,32 @@ class _StreamSink(_Sink):
         if finished:
             conn.response_done(self.keep_alive)
 
+    def _reasoning_events(self, start: int, end: int, finished: bool) -> bytes:
+        """Tokens [start, end) from inside the reasoning: a reasoning event, then an answer event
+        for any of them past it. The last token is always an answer token."""
+        cut = min(end, self.reasoning)
+        event = self.reasoning_prefix + token_text(self.offset, start, cut) + self.suffix
+        if cut < end:
+            tail = self.last if finished else self.suffix
+            event += self.prefix + token_text(self.offset, cut, end) + tail
+        return event
+
 
 class _FullSink(_Sink):
     """Non-streaming: one JSON body when the request finishes."""
 
-    __slots__ = ("build",)
-    build: Callable[[str, str, int, int], dict[str, Any]]  # set by SimulatedServer._full_sink
+    __slots__ = ("build", "reasoning")
+    build: Callable[[str, str, str, int, int], dict[str, Any]]  # set by SimulatedServer._full_sink
+    reasoning: int  # the first `reasoning` tokens are the message's reasoning
 
     def on_tokens(self, start: int, end: int, finished: bool) -> None:
         if finished:
             req = self.req
             assert req is not None
-            text = token_text(self.offset, 0, end).decode()
-            body = orjson.dumps(self.build(text, req.finish_reason, req.prompt_tokens, end))
+            r = self.reasoning
+            thought = token_text(self.offset, 0, r).decode() if r else ""
+            text = token_text(self.offset, r, end).decode()
+            body = orjson.dumps(self.build(text, thought, req.finish_reason, req.prompt_tokens, end))
             self.conn.send_json(200, body, self.keep_alive)
 
 
@@ -331,6 +350,9 @@ class _App:
         self._error_rng = random.Random(f"{cfg.seed}:errors")
         self._word_rng = random.Random(f"{cfg.seed}:words")
         self._ids = itertools.count(1)
+        self._reasoning_tokens = make_count_sampler(
+            cfg.reasoning_tokens, random.Random(f"{cfg.seed}:reasoning"), minimum=0
+        )
         created = int(time.time())
         self._models_body = orjson.dumps(
             {
@@ -417,13 +439,18 @@ class _App:
         rid = (b"chatcmpl-sim-%d" if chat else b"cmpl-sim-%d") % next(self._ids)
         offset = self._word_rng.randrange(1 << 16)
         limit, reason = self.engine.output_limit(max_tokens, min_tokens, ignore_eos)
+        # As on vLLM, max_tokens bounds reasoning and answer together: reasoning first, and at least one
+        # answer token after it. Completions have no reasoning field.
+        reasoning = min(self._reasoning_tokens(), limit - 1) if chat else 0
         sink: _Sink
         if stream:
             sink = _StreamSink(conn, keep, offset)
-            usage = (prompt_tokens, limit) if include_usage else None
+            sink.reasoning = reasoning
+            usage = (prompt_tokens, limit, reasoning) if include_usage else None
             self._prepare_stream(sink, rid, model, chat, reason, usage, http10)
         else:
             sink = self._full_sink(conn, keep, offset, rid.decode(), model, chat)
+            sink.reasoning = reasoning
         req = EngineRequest(prompt_tokens, limit, reason, kv, sink)
         sink.req = req
         self.engine.submit(req)
@@ -435,7 +462,7 @@ class _App:
         model: str,
         chat: bool,
         reason: str,
-        usage: tuple[int, int] | None,
+        usage: tuple[int, int, int] | None,
         http10: bool,
     ) -> None:
         obj = b"chat.completion.chunk" if chat else b"text_completion"
@@ -447,6 +474,8 @@ class _App:
         )
         if chat:
             sink.prefix = b'data: %b,"choices":[{"index":0,"delta":{"content":"' % common
+            field = self.cfg.reasoning_field.encode()
+            sink.reasoning_prefix = b'data: %b,"choices":[{"index":0,"delta":{"%b":"' % (common, field)
             tail = b'"},"logprobs":null,"finish_reason":%b}]}\n\n'
             sink.first = (
                 b'data: %b,"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
@@ -454,15 +483,19 @@ class _App:
             )
         else:
             sink.prefix = b'data: %b,"choices":[{"index":0,"text":"' % common
+            sink.reasoning_prefix = b""
             tail = b'","logprobs":null,"finish_reason":%b}]}\n\n'
             sink.first = b""
         sink.suffix = tail % b"null"
         last = tail % (b'"' + reason.encode() + b'"')
         if usage is not None:
-            prompt, completion = usage
+            prompt, completion, reasoning = usage
+            details = (
+                b',"completion_tokens_details":{"reasoning_tokens":%d}' % reasoning if reasoning else b""
+            )
             last += (
                 b'data: %b,"choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,'
-                b'"total_tokens":%d}}\n\n' % (common, prompt, completion, prompt + completion)
+                b'"total_tokens":%d%b}}\n\n' % (common, prompt, completion, prompt + completion, details)
             )
         sink.last = last + _DONE
         sink.chunked = not http10
@@ -476,16 +509,20 @@ class _App:
         sink = _FullSink(conn, keep, offset)
         created = int(time.time())
 
-        def build(text: str, reason: str, prompt: int, completion: int) -> dict[str, Any]:
-            usage = {
+        def build(text: str, thought: str, reason: str, prompt: int, completion: int) -> dict[str, Any]:
+            usage: dict[str, Any] = {
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
                 "total_tokens": prompt + completion,
             }
+            message = {"role": "assistant", "content": text}
+            if thought:
+                message[self.cfg.reasoning_field] = thought
+                usage["completion_tokens_details"] = {"reasoning_tokens": sink.reasoning}
             if chat:
                 choice: dict[str, Any] = {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": message,
                     "logprobs": None,
                     "finish_reason": reason,
                 }

@@ -24,5 +24,12 @@ def test_make_record_puts_each_value_at_its_fields_position():
 
 def test_driver_fields_are_the_measured_fields_then_the_transport_only_ones():
     transport = tuple(name for name in DRIVER_FIELDS if FIELD[name].origin == TRANSPORT)
-    assert transport == ("chunk_times", "count_text")
+    assert transport == (
+        "chunk_times",
+        "count_text",
+        "first_answer_at",
+        "last_answer_at",
+        "num_answer_chunks",
+        "reasoning_text",
+    )
     assert DRIVER_FIELDS == (*MEASURED_FIELDS, *transport)

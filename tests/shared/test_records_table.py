@@ -56,7 +56,11 @@ def test_every_derived_field_is_computed_for_a_successful_streamed_request():
         client_completed_at=1.5,
         result_processed_at=1.501,
         num_output_tokens=3,
+        num_reasoning_tokens=1,
         chunk_times=[1.1, 1.3, 1.5],
+        first_answer_at=1.3,
+        last_answer_at=1.5,
+        num_answer_chunks=2,
     )
     rec = finalize_record(raw)
     assert tuple(rec) == records.REQUEST_RECORD_FIELDS

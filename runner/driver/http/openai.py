@@ -7,7 +7,9 @@ an Outcome: content-chunk arrival times, text, usage counts, finish_reason, or a
 
 Content chunk (metrics.md): an event with non-empty delta.content, delta.reasoning_content /
 delta.reasoning, delta.tool_calls, or choices[].text. Role-only, empty, usage-only and keep-alive events
-are not content chunks. A non-streaming response is one chunk at completion.
+are not content chunks. A non-streaming response is one chunk at completion. An answer chunk is a
+content chunk with answer output (delta.content, delta.tool_calls or choices[].text): reasoning-only
+chunks are output but not answer, which is what ttfa and tpot_answer tell apart.
 
 What a 2xx must carry to be a success (metrics.md): a stream, at least one content chunk; a
 non-streamed answer, a JSON body with choices. Anything else is an error naming the content type and
@@ -49,6 +51,8 @@ BODY_HEAD_BYTES = 1024
 # error messages); _SNIFF: not known yet, the first bytes decide; _REJECT: not an event stream, only
 # its first bytes are still collected for the error message.
 _SSE, _JSON, _ERROR, _SNIFF, _SSE_FIRST, _REJECT = range(6)
+# What one streamed event carries, ordered: a chunk with any answer output is an answer chunk.
+_NONE, _REASONING, _ANSWER = range(3)
 # How an event stream can start (after blank lines).
 _SSE_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
 
@@ -156,6 +160,7 @@ class ResponseReader:
         "_head",
         "_mode",
         "_now",
+        "_reasoning",
         "_sse",
         "_status",
         "_text",
@@ -175,6 +180,7 @@ class ResponseReader:
         self._body: list[bytes] = []
         self._body_len = 0
         self._text: list[str] = []
+        self._reasoning: list[str] = []
         self._now = 0.0
         self._status = 0
         self._ctype: bytes | None = None
@@ -245,6 +251,8 @@ class ResponseReader:
         """Write the accumulated text into the Outcome (also after failures: partial text is kept)."""
         if self._text:
             self.out.text = "".join(self._text)
+        if self._reasoning:
+            self.out.reasoning_text = "".join(self._reasoning)
         # The SSE parser calls back into this reader (a reference cycle): without the cycle, the
         # reader and its Outcome are freed as soon as the caller drops them, not by a rare collection.
         self._sse = None
@@ -284,30 +292,50 @@ class ResponseReader:
     def _chunk(self, obj: dict[str, Any]) -> None:
         choices = obj.get("choices")
         if choices:
-            content = False
+            output = _NONE  # the most this event carries: nothing, reasoning only, or answer
             for choice in choices:
-                # c: the choice's new answer text, from the chat delta or the completions `text`
                 delta = choice.get("delta")
                 if delta is not None:
-                    c = delta.get("content")
-                    if not c and (
-                        delta.get("reasoning_content") or delta.get("reasoning") or delta.get("tool_calls")
-                    ):
-                        content = True  # output that is not answer text still makes a content chunk
-                else:
+                    got = self._delta(delta)
+                else:  # completions: the choice's new text is answer
                     c = choice.get("text")
-                if c:
-                    content = True
-                    if type(c) is str:
+                    got = _ANSWER if c else _NONE
+                    if c and type(c) is str:
                         self._text.append(c)
+                if got > output:
+                    output = got
                 reason = choice.get("finish_reason")
                 if reason:
                     self.out.finish_reason = reason
-            if content:
-                self.out.chunk_times.append(self._now)
+            if output:
+                self._output_chunk(output == _ANSWER)
         usage = obj.get("usage")
         if usage:
             self._usage(usage)
+
+    def _delta(self, delta: dict[str, Any]) -> int:
+        """What one chat delta carries; its text goes to the answer or the reasoning."""
+        # Both spellings: vLLM renamed reasoning_content to reasoning (an old client reads nothing).
+        r = delta.get("reasoning_content") or delta.get("reasoning")
+        if r and type(r) is str:
+            self._reasoning.append(r)
+        c = delta.get("content")
+        if c:
+            if type(c) is str:
+                self._text.append(c)
+            return _ANSWER
+        if delta.get("tool_calls"):  # a tool call is answer output too
+            return _ANSWER
+        return _REASONING if r else _NONE
+
+    def _output_chunk(self, answer: bool) -> None:
+        out, now = self.out, self._now
+        out.chunk_times.append(now)
+        if answer:
+            if out.first_answer_at is None:
+                out.first_answer_at = now
+            out.last_answer_at = now
+            out.num_answer_chunks += 1
 
     def _unusual_event(self, event: bytes | None, data: bytes) -> None:
         """Named events and events that may carry an error: the careful path."""
@@ -400,19 +428,30 @@ class ResponseReader:
         if not choices or not isinstance(choices, list):
             self._fail(EmptyResponse(self._about("response has no choices"), body_head=head), now)
             return
+        answer = self._read_choices(choices)
+        usage = obj.get("usage")
+        if usage:
+            self._usage(usage)
+        self._now = now
+        self._output_chunk(answer)  # non-streaming: one chunk, at completion
+        self._finish(now)
+
+    def _read_choices(self, choices: list[Any]) -> bool:
+        """Text, reasoning and finish reason of a whole answer's choices; True if any has answer output."""
+        answer = False
         for choice in choices:
             message = choice.get("message") or {}
             c = message.get("content") or choice.get("text")
             if c and type(c) is str:
                 self._text.append(c)
+            r = message.get("reasoning_content") or message.get("reasoning")
+            if r and type(r) is str:
+                self._reasoning.append(r)
+            answer = answer or bool(c or message.get("tool_calls"))
             reason = choice.get("finish_reason")
             if reason:
                 self.out.finish_reason = reason
-        usage = obj.get("usage")
-        if usage:
-            self._usage(usage)
-        self.out.chunk_times.append(now)  # non-streaming: one chunk, at completion
-        self._finish(now)
+        return answer
 
     # -- common --------------------------------------------------------------------------------------
 
@@ -425,6 +464,9 @@ class ResponseReader:
             self.out.prompt_tokens = p
         if type(c) is int:
             self.out.completion_tokens = c
+        details = usage.get("completion_tokens_details")
+        if type(details) is dict and type(details.get("reasoning_tokens")) is int:
+            self.out.reasoning_tokens = details["reasoning_tokens"]
 
     def _finish(self, now: float) -> None:
         self.finished = True

@@ -95,3 +95,59 @@ def test_times_are_whole_nanoseconds_and_durations_exact_differences():
     assert rec["tbc"] == [0.4]  # 0.7000000001234 → 0.700000000 (ns)
     assert rec["client_picked_up_at"] == 0.1
     assert sum(rec["tbc"]) == pytest.approx(0.4)
+
+
+def test_ttfa_and_tpot_answer_skip_the_reasoning():
+    # 2 reasoning chunks (1 token each), then 3 answer chunks of 2 tokens each: 8 output tokens.
+    rec = finalize_record(
+        raw_record(
+            client_picked_up_at=1.0,
+            chunk_times=[1.1, 1.2, 1.5, 1.6, 1.8],
+            first_answer_at=1.5,
+            last_answer_at=1.8,
+            num_answer_chunks=3,
+            client_completed_at=1.8,
+            num_output_tokens=8,
+            num_reasoning_tokens=2,
+        )
+    )
+    assert rec["ttfc"] == pytest.approx(0.1)  # the first chunk of any output
+    assert rec["ttfa"] == pytest.approx(0.5)  # the first answer chunk
+    assert rec["tpot"] == pytest.approx(0.7 / 7)  # all output chunks, all tokens
+    assert rec["tpot_answer"] == pytest.approx(0.3 / 5)  # answer chunks, 6 answer tokens
+
+
+def test_without_reasoning_ttfa_is_ttfc_and_tpot_answer_is_tpot():
+    rec = finalize_record(
+        raw_record(
+            client_picked_up_at=1.0,
+            chunk_times=[1.1, 1.2, 1.4],
+            first_answer_at=1.1,
+            last_answer_at=1.4,
+            num_answer_chunks=3,
+            client_completed_at=1.4,
+            num_output_tokens=3,
+            num_reasoning_tokens=0,
+        )
+    )
+    assert rec["ttfa"] == rec["ttfc"] and rec["tpot_answer"] == rec["tpot"]
+
+
+def test_an_answer_of_one_chunk_or_none_has_no_tpot_answer():
+    one_chunk = finalize_record(
+        raw_record(
+            client_picked_up_at=1.0,
+            chunk_times=[1.1, 1.2],
+            first_answer_at=1.2,
+            last_answer_at=1.2,
+            num_answer_chunks=1,
+            client_completed_at=1.2,
+            num_output_tokens=5,
+            num_reasoning_tokens=1,
+        )
+    )
+    assert one_chunk["ttfa"] == pytest.approx(0.2) and one_chunk["tpot_answer"] is None
+    only_reasoning = finalize_record(
+        raw_record(client_picked_up_at=1.0, chunk_times=[1.1], client_completed_at=1.1, num_output_tokens=1)
+    )
+    assert only_reasoning["ttfa"] is None and only_reasoning["tpot_answer"] is None

@@ -354,3 +354,54 @@ def test_client_disconnect_drops_the_request_from_the_batch(server: ServerHandle
     while stats(server)["running"] and time.monotonic() < deadline:
         time.sleep(0.01)
     assert stats(server)["running"] == 0 and stats(server)["kv_tokens_used"] == 0
+
+
+# -- reasoning ---------------------------------------------------------------------------------------
+
+
+def delta_kinds(events: list) -> list[str]:
+    """Per event with choices: which delta field carries text ('reasoning_content', 'content', ...)."""
+    kinds = []
+    for e in events:
+        if isinstance(e, dict) and e.get("choices"):
+            delta = e["choices"][0]["delta"]
+            kinds += [k for k, v in delta.items() if k != "role" and v]
+    return kinds
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_reasoning_tokens_stream_first_in_the_configured_field(field: str) -> None:
+    with (
+        sim_server(**FAST, reasoning_tokens=5, reasoning_field=field) as handle,
+        httpx.Client(base_url=handle.api_base, timeout=10, trust_env=False) as c,
+    ):
+        body = chat_body(stream=True, max_tokens=8, ignore_eos=True, stream_options={"include_usage": True})
+        _, events = sse_events(c, "/chat/completions", body)
+    assert delta_kinds(events) == [field] * 5 + ["content"] * 3
+    usage = next(e["usage"] for e in events if isinstance(e, dict) and e.get("usage"))
+    assert usage["completion_tokens"] == 8  # reasoning counts toward max_tokens, as on vLLM
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 5}
+
+
+def test_reasoning_leaves_at_least_one_answer_token_and_skips_completions() -> None:
+    with (
+        sim_server(**FAST, reasoning_tokens={"type": "uniform", "min": 50, "max": 60}) as handle,
+        httpx.Client(base_url=handle.api_base, timeout=10, trust_env=False) as c,
+    ):
+        _, events = sse_events(c, "/chat/completions", chat_body(stream=True, max_tokens=4, ignore_eos=True))
+        full = c.post("/chat/completions", json=chat_body(max_tokens=6, ignore_eos=True)).json()
+        plain = c.post("/completions", json={"prompt": PROMPT, "max_tokens": 3, "ignore_eos": True}).json()
+    assert delta_kinds(events) == ["reasoning_content"] * 3 + ["content"]
+    message = full["choices"][0]["message"]
+    assert len(message["reasoning_content"].split()) == 5 and len(message["content"].split()) == 1
+    assert full["usage"]["completion_tokens_details"] == {"reasoning_tokens": 5}
+    assert "completion_tokens_details" not in plain["usage"]
+
+
+def test_without_reasoning_no_reasoning_field_or_details_appear(client: httpx.Client) -> None:
+    body = chat_body(stream=True, stream_options={"include_usage": True})
+    _, events = sse_events(client, "/chat/completions", body)
+    assert set(delta_kinds(events)) == {"content"}
+    assert all(
+        "completion_tokens_details" not in (e.get("usage") or {}) for e in events if isinstance(e, dict)
+    )

@@ -153,6 +153,34 @@ def test_non_streaming_body_is_one_chunk_at_completion() -> None:
     assert reader.failure is None
     assert out.chunk_times == [99.0] and out.completed_at == 99.0 and out.text == "Hi"
     assert (out.prompt_tokens, out.completion_tokens) == (3, 1)
+    assert out.reasoning_text == "hm" and (out.first_answer_at, out.num_answer_chunks) == (99.0, 1)
+
+
+def test_a_non_streamed_answer_of_reasoning_only_has_no_answer_chunk() -> None:
+    body = orjson.dumps({"choices": [{"message": {"content": None, "reasoning": "hm"}}]})
+    out, reader = read([(body, 1.0)], stream=False, ctype=b"application/json")
+    assert reader.failure is None and out.chunk_times == [99.0]
+    assert out.first_answer_at is None and out.num_answer_chunks == 0
+
+
+def test_reasoning_chunks_come_before_the_first_answer_chunk_and_usage_counts_them() -> None:
+    usage = {"prompt_tokens": 5, "completion_tokens": 4, "completion_tokens_details": {"reasoning_tokens": 2}}
+    reads = [
+        (chat(None, reasoning_content="a"), 1.0),
+        (chat(None, reasoning="b"), 2.0),
+        (chat("x") + chat("y"), 3.0),
+        (chat("z"), 4.0),
+        (event({"choices": [], "usage": usage}) + DONE, 5.0),
+    ]
+    out, reader = read(reads)
+    assert reader.failure is None and out.chunk_times == [1.0, 2.0, 3.0, 3.0, 4.0]
+    assert (out.first_answer_at, out.last_answer_at, out.num_answer_chunks) == (3.0, 4.0, 3)
+    assert (out.text, out.reasoning_text, out.reasoning_tokens) == ("xyz", "ab", 2)
+
+
+def test_usage_without_reasoning_details_leaves_the_count_unknown() -> None:
+    out, _ = read([(chat("x") + usage_event(1, 1) + DONE, 1.0)])
+    assert out.reasoning_tokens is None and out.reasoning_text == ""
 
 
 def test_http_error_body_message_is_extracted() -> None:
