@@ -227,13 +227,14 @@ class Recorder:
         for name in ("first_answer_at", "last_answer_at"):
             if rec[name] is not None:
                 rec[name] -= t0
-        text = rec.pop("count_text")
-        if rec["num_output_tokens"] is None and text is not None:
-            rec["num_output_tokens"] = self.count_tokens(text)
         reasoning = rec.pop("reasoning_text")
         if rec["num_reasoning_tokens"] is None and rec["reasoning_token_source"] is not None:
             # No count from the server: count the reasoning chunks' text (none: 0 tokens).
             rec["num_reasoning_tokens"] = self.count_tokens(reasoning) if reasoning else 0
+        text = rec.pop("count_text")
+        if rec["num_output_tokens"] is None and text is not None:
+            # Output is reasoning and answer, as the server's completion_tokens counts it.
+            rec["num_output_tokens"] = self.count_tokens(text) + (rec["num_reasoning_tokens"] or 0)
         return rec
 
     def _relative_trace(self, raw: list[Any], t0: float) -> dict[str, Any]:

@@ -527,6 +527,7 @@ class Driver:
             self.requests_errored += 1
         has_usage = outcome.completion_tokens is not None
         reasoning_counted = outcome.reasoning_tokens is not None
+        answers = outcome.answer_times
         self.records.append(
             ipc.make_record(
                 request_id=request_id,
@@ -556,9 +557,9 @@ class Driver:
                 finish_reason=outcome.finish_reason,
                 chunk_times=outcome.chunk_times,
                 count_text=None if has_usage else outcome.text,
-                first_answer_at=outcome.first_answer_at,
-                last_answer_at=outcome.last_answer_at,
-                num_answer_chunks=outcome.num_answer_chunks,
+                first_answer_at=answers[0] if answers else None,
+                last_answer_at=answers[-1] if answers else None,
+                num_answer_chunks=len(answers),
                 reasoning_text=None if reasoning_counted else outcome.reasoning_text or None,
             )
         )

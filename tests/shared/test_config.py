@@ -6,7 +6,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from veeksha.shared.config import BenchmarkConfig, LinearGraph, PoissonIntervals, RateTraffic
+from veeksha.shared.config import (
+    BenchmarkConfig,
+    FixedGen,
+    LinearGraph,
+    PoissonIntervals,
+    RateTraffic,
+    SimulatedServerConfig,
+    UniformGen,
+)
 from veeksha.shared.config_loader import (
     EnvFallbacks,
     build_benchmark_config,
@@ -246,3 +254,25 @@ def test_a_command_servers_urls_are_checked_when_the_config_is_built(
     tree = {"server": {"type": "command", "command": ["srv"], **server}}
     with pytest.raises(ConfigError, match=f"config error at {where}: "):
         build_benchmark_config(tree)
+
+
+def test_a_bare_number_where_a_length_generator_goes_means_a_fixed_value() -> None:
+    cfg = build_benchmark_config({"server": {"type": "simulated", "reasoning_tokens": 64}})
+    assert cfg.server == SimulatedServerConfig(reasoning_tokens=FixedGen(value=64))
+    uniform = {"type": "uniform", "min": 10, "max": 20}
+    cfg = build_benchmark_config({"server": {"type": "simulated", "reasoning_tokens": uniform}})
+    assert cfg.server is not None and cfg.server.reasoning_tokens == UniformGen(min=10, max=20)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(True, "expected a mapping with 'type'"), (-1, "server.reasoning_tokens.value")],
+)
+def test_a_bare_number_is_still_checked(value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_benchmark_config({"server": {"type": "simulated", "reasoning_tokens": value}})
+
+
+def test_the_reasoning_field_is_one_of_the_two_spellings() -> None:
+    with pytest.raises(ConfigError, match="reasoning_field"):
+        build_benchmark_config({"server": {"type": "simulated", "reasoning_field": "thoughts"}})

@@ -292,50 +292,52 @@ class ResponseReader:
     def _chunk(self, obj: dict[str, Any]) -> None:
         choices = obj.get("choices")
         if choices:
-            output = _NONE  # the most this event carries: nothing, reasoning only, or answer
-            for choice in choices:
-                delta = choice.get("delta")
-                if delta is not None:
-                    got = self._delta(delta)
-                else:  # completions: the choice's new text is answer
-                    c = choice.get("text")
-                    got = _ANSWER if c else _NONE
-                    if c and type(c) is str:
-                        self._text.append(c)
-                if got > output:
-                    output = got
-                reason = choice.get("finish_reason")
-                if reason:
-                    self.out.finish_reason = reason
+            output = self._choices(choices)
             if output:
-                self._output_chunk(output == _ANSWER)
+                now = self._now
+                self.out.chunk_times.append(now)
+                if output == _ANSWER:
+                    self.out.answer_times.append(now)
         usage = obj.get("usage")
         if usage:
             self._usage(usage)
 
-    def _delta(self, delta: dict[str, Any]) -> int:
-        """What one chat delta carries; its text goes to the answer or the reasoning."""
-        # Both spellings: vLLM renamed reasoning_content to reasoning (an old client reads nothing).
+    def _choices(self, choices: list[Any]) -> int:
+        """The most one event's choices carry (nothing, reasoning only, or answer); their text goes to
+        the answer or the reasoning. The common event, answer text alone, takes no further call."""
+        output = _NONE
+        for choice in choices:
+            delta = choice.get("delta")  # chat; completions carry `text`, always answer
+            c = delta.get("content") if delta is not None else choice.get("text")
+            if c:
+                got = _ANSWER
+                if type(c) is str:
+                    self._text.append(c)
+                if delta is not None and len(delta) > 1:  # other keys: maybe reasoning beside it
+                    self._reasoning_of(delta)
+            else:
+                got = self._without_content(delta) if delta is not None else _NONE
+            if got > output:
+                output = got
+            reason = choice.get("finish_reason")
+            if reason:
+                self.out.finish_reason = reason
+        return output
+
+    def _reasoning_of(self, delta: dict[str, Any]) -> bool:
+        """Keep a delta's reasoning text; True if it has any. Both spellings count: vLLM renamed
+        reasoning_content to reasoning, and a client reading only one of them reads nothing."""
         r = delta.get("reasoning_content") or delta.get("reasoning")
         if r and type(r) is str:
             self._reasoning.append(r)
-        c = delta.get("content")
-        if c:
-            if type(c) is str:
-                self._text.append(c)
-            return _ANSWER
-        if delta.get("tool_calls"):  # a tool call is answer output too
-            return _ANSWER
-        return _REASONING if r else _NONE
+        return bool(r)
 
-    def _output_chunk(self, answer: bool) -> None:
-        out, now = self.out, self._now
-        out.chunk_times.append(now)
-        if answer:
-            if out.first_answer_at is None:
-                out.first_answer_at = now
-            out.last_answer_at = now
-            out.num_answer_chunks += 1
+    def _without_content(self, delta: dict[str, Any]) -> int:
+        """A chat delta without answer text: a tool call (answer output too), reasoning, or nothing."""
+        reasoning = self._reasoning_of(delta)
+        if delta.get("tool_calls"):
+            return _ANSWER
+        return _REASONING if reasoning else _NONE
 
     def _unusual_event(self, event: bytes | None, data: bytes) -> None:
         """Named events and events that may carry an error: the careful path."""
@@ -432,8 +434,9 @@ class ResponseReader:
         usage = obj.get("usage")
         if usage:
             self._usage(usage)
-        self._now = now
-        self._output_chunk(answer)  # non-streaming: one chunk, at completion
+        self.out.chunk_times.append(now)  # non-streaming: one chunk, at completion
+        if answer:
+            self.out.answer_times.append(now)
         self._finish(now)
 
     def _read_choices(self, choices: list[Any]) -> bool:

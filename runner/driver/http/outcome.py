@@ -22,11 +22,9 @@ class Outcome:
     completed_at: float | None = None
     # perf_counter() of each chunk with output (answer, reasoning or tool call); one, for non-streaming
     chunk_times: list[float] = field(default_factory=list)
-    # perf_counter() of the first and last chunk with answer output (content or a tool call), and
-    # how many chunks had it: reasoning chunks come before, and count in chunk_times only
-    first_answer_at: float | None = None
-    last_answer_at: float | None = None
-    num_answer_chunks: int = 0
+    # perf_counter() of each chunk with answer output (content or a tool call): chunk_times less the
+    # reasoning-only chunks
+    answer_times: list[float] = field(default_factory=list)
     text: str = ""  # generated content concatenated (used for multi-turn history)
     reasoning_text: str = ""  # reasoning deltas concatenated (counted when usage has no count)
     reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens

@@ -153,14 +153,14 @@ def test_non_streaming_body_is_one_chunk_at_completion() -> None:
     assert reader.failure is None
     assert out.chunk_times == [99.0] and out.completed_at == 99.0 and out.text == "Hi"
     assert (out.prompt_tokens, out.completion_tokens) == (3, 1)
-    assert out.reasoning_text == "hm" and (out.first_answer_at, out.num_answer_chunks) == (99.0, 1)
+    assert out.reasoning_text == "hm" and out.answer_times == [99.0]
 
 
 def test_a_non_streamed_answer_of_reasoning_only_has_no_answer_chunk() -> None:
     body = orjson.dumps({"choices": [{"message": {"content": None, "reasoning": "hm"}}]})
     out, reader = read([(body, 1.0)], stream=False, ctype=b"application/json")
     assert reader.failure is None and out.chunk_times == [99.0]
-    assert out.first_answer_at is None and out.num_answer_chunks == 0
+    assert out.answer_times == []
 
 
 def test_reasoning_chunks_come_before_the_first_answer_chunk_and_usage_counts_them() -> None:
@@ -174,7 +174,7 @@ def test_reasoning_chunks_come_before_the_first_answer_chunk_and_usage_counts_th
     ]
     out, reader = read(reads)
     assert reader.failure is None and out.chunk_times == [1.0, 2.0, 3.0, 3.0, 4.0]
-    assert (out.first_answer_at, out.last_answer_at, out.num_answer_chunks) == (3.0, 4.0, 3)
+    assert out.answer_times == [3.0, 3.0, 4.0]  # two events in one read share its time
     assert (out.text, out.reasoning_text, out.reasoning_tokens) == ("xyz", "ab", 2)
 
 
