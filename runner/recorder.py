@@ -227,15 +227,22 @@ class Recorder:
         for name in ("first_answer_at", "last_answer_at"):
             if rec[name] is not None:
                 rec[name] -= t0
-        reasoning = rec.pop("reasoning_text")
-        if rec["num_reasoning_tokens"] is None and rec["reasoning_token_source"] is not None:
-            # No count from the server: count the reasoning chunks' text (none: 0 tokens).
-            rec["num_reasoning_tokens"] = self.count_tokens(reasoning) if reasoning else 0
-        text = rec.pop("count_text")
-        if rec["num_output_tokens"] is None and text is not None:
-            # Output is reasoning and answer, as the server's completion_tokens counts it.
-            rec["num_output_tokens"] = self.count_tokens(text) + (rec["num_reasoning_tokens"] or 0)
+        self._count_tokens(rec, rec.pop("count_text"), rec.pop("reasoning_text"))
         return rec
+
+    def _count_tokens(self, rec: dict[str, Any], text: str | None, reasoning: str | None) -> None:
+        """Counts the server did not give, and (with a tokenizer) the client's count beside the server's."""
+        counted_reasoning = self.count_tokens(reasoning) if reasoning else 0
+        if rec["num_reasoning_tokens"] is None and rec["reasoning_token_source"] is not None:
+            rec["num_reasoning_tokens"] = counted_reasoning  # no reasoning text: 0 tokens
+        if text is None:
+            return
+        # Output is reasoning and answer, as the server's completion_tokens counts it.
+        counted = self.count_tokens(text) + counted_reasoning
+        if rec["num_output_tokens"] is None:
+            rec["num_output_tokens"] = counted
+        elif rec["client_prompt_tokens"] is not None:  # the driver asked for a comparison
+            rec["client_output_tokens"] = counted
 
     def _relative_trace(self, raw: list[Any], t0: float) -> dict[str, Any]:
         line = dict(zip(ipc.RAW_TRACE_FIELDS, raw, strict=True))

@@ -303,6 +303,9 @@ class HealthThresholds:
     max_output_off_fraction: float = spec(
         default=0.01, ge=0, le=1, doc="replies shorter (or longer) than requested"
     )
+    max_output_token_difference: float = spec(
+        default=0.05, ge=0, doc="output tokens: mean |client tokenizer - server usage| / server usage"
+    )
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,10 @@ FIELDS: Final = (
     # counted from the reasoning chunks (reasoning_token_source says which).
     Field("num_reasoning_tokens", **_TOKENS),
     Field("reasoning_token_source", str, MEASURED),
+    # The client's own counts (configured tokenizer) beside the server's usage, to compare them: set
+    # only when both exist. The prompt count is what the client sent, without the chat template.
+    Field("client_prompt_tokens", **_TOKENS),
+    Field("client_output_tokens", **_TOKENS),
     Field("is_stream", bool, MEASURED),
     # derived metrics
     Field(

@@ -32,6 +32,7 @@ from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, RateTraffi
 from veeksha.shared.records import (
     CANCELLED,
     COUNT_SERVER,
+    COUNT_TOKENIZER,
     PROGRESS_COMPLETED,
     PROGRESS_DISPATCHED,
     PROGRESS_ERRORED,
@@ -528,6 +529,8 @@ class Driver:
         has_usage = outcome.completion_tokens is not None
         reasoning_counted = outcome.reasoning_tokens is not None
         answers = outcome.answer_times
+        # With a tokenizer, the recorder also counts what the server counted, to compare the two.
+        compare = has_usage and self.count_source == COUNT_TOKENIZER
         self.records.append(
             ipc.make_record(
                 request_id=request_id,
@@ -553,14 +556,16 @@ class Driver:
                 token_count_source=COUNT_SERVER if has_usage else self.count_source,
                 num_reasoning_tokens=outcome.reasoning_tokens,
                 reasoning_token_source=COUNT_SERVER if reasoning_counted else self.count_source,
+                client_prompt_tokens=total_tokens if compare else None,
+                client_output_tokens=None,  # counted by the recorder from count_text
                 is_stream=self.client.is_stream,
                 finish_reason=outcome.finish_reason,
                 chunk_times=outcome.chunk_times,
-                count_text=None if has_usage else outcome.text,
+                count_text=outcome.text if compare or not has_usage else None,
                 first_answer_at=answers[0] if answers else None,
                 last_answer_at=answers[-1] if answers else None,
                 num_answer_chunks=len(answers),
-                reasoning_text=None if reasoning_counted else outcome.reasoning_text or None,
+                reasoning_text=outcome.reasoning_text or None if compare or not reasoning_counted else None,
             )
         )
 
@@ -607,6 +612,8 @@ class Driver:
             token_count_source=self.count_source,
             num_reasoning_tokens=None,
             reasoning_token_source=None,
+            client_prompt_tokens=None,
+            client_output_tokens=None,
             is_stream=self.cfg.client.stream,
             finish_reason=None,
             chunk_times=[],

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 from veeksha.runner.evaluation.quantiles import exact_quantiles
 from veeksha.runner.evaluation.rundata import RunData
-from veeksha.runner.evaluation.summary import error_code_freq, observed_session_rate
+from veeksha.runner.evaluation.summary import error_code_freq, observed_session_rate, token_count_mismatch
 from veeksha.shared.config import (
     BenchmarkConfig,
     ConcurrentTraffic,
@@ -71,6 +71,7 @@ def run_checks(data: RunData) -> list[Check]:
         intra_session_lateness(data),
         prompt_length(data),
         output_length(data),
+        token_counts(data),
         lifecycle_delays(data),
         error_rate(data),
         request_timeouts(data),
@@ -297,6 +298,19 @@ def output_length(data: RunData) -> Check:
         return Check(name, SKIPPED, metrics, bounds, "client.ignore_eos is false: early stops are expected")
     ok = fraction_shorter <= bound and fraction_longer <= bound
     return Check(name, _verdict(ok), metrics, bounds)
+
+
+def token_counts(data: RunData) -> Check:
+    """The client's tokenizer against the server's usage: a different tokenizer (or a server counting
+    differently) makes every token-based metric disagree with the server's own numbers. Output counts
+    are judged; prompt counts are reported only, since the server's include its chat template."""
+    name = "token_counts"
+    metrics = token_count_mismatch(data)
+    if not metrics["num_output_token_comparisons"]:
+        return Check(name, SKIPPED, metrics, detail="needs client.tokenizer and a server that reports usage")
+    bound = thresholds(data.cfg).max_output_token_difference
+    ok = metrics["output_token_mean_relative_difference"] <= bound
+    return Check(name, _verdict(ok), metrics, {"max_output_token_mean_relative_difference": bound})
 
 
 def lifecycle_delays(data: RunData) -> Check:

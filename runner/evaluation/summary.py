@@ -45,8 +45,31 @@ def build_summary(data: RunData) -> dict[str, Any]:
             summary[summary_stat_key(metric, suffix)] = dist.at(q)
         summary[summary_stat_key(metric, "min")] = dist.at(0.0)
         summary[summary_stat_key(metric, "max")] = dist.at(1.0)
+    summary.update(token_count_mismatch(data))
     summary["error_code_freq"] = error_code_freq(m)
     return summary
+
+
+# (summary key prefix, the client's count, the server's count)
+TOKEN_COUNTS = (
+    ("prompt", "client_prompt_tokens", "num_total_prompt_tokens"),
+    ("output", "client_output_tokens", "num_output_tokens"),
+)
+
+
+def token_count_mismatch(data: RunData) -> dict[str, Any]:
+    """How often, and by how much, the client's tokenizer count differs from the server's usage, over
+    the successful requests that have both (null when none has: no tokenizer, or no usage)."""
+    rows = data.ok_rows(*(c for _, client, server in TOKEN_COUNTS for c in (client, server)))
+    out: dict[str, Any] = {}
+    for kind, client, server in TOKEN_COUNTS:
+        both = rows.filter(pl.col(client).is_not_null() & pl.col(server).is_not_null() & (pl.col(server) > 0))
+        n = both.height
+        diff = (both[client] - both[server]).abs()
+        out[f"num_{kind}_token_comparisons"] = n
+        out[f"{kind}_token_mismatch_fraction"] = float((diff > 0).mean()) if n else None  # type: ignore[arg-type]  # polars stubs: a mean is any literal
+        out[f"{kind}_token_mean_relative_difference"] = float((diff / both[server]).mean()) if n else None  # type: ignore[arg-type]  # as above
+    return out
 
 
 @dataclass

@@ -218,6 +218,7 @@ def test_the_defaults_are_the_documented_bounds():
         "max_delay_p99_s": 0.010,
         "min_prompts_on_target": 0.99,
         "max_output_off_fraction": 0.01,
+        "max_output_token_difference": 0.05,
     }
     assert health.thresholds(BenchmarkConfig()) == HealthThresholds()
     no_evaluator = BenchmarkConfig(evaluators=[])
@@ -280,6 +281,37 @@ def test_text_format_and_json():
     assert as_json["all_passed"] is True
     assert [c["name"] for c in as_json["checks"]] == [
         "session_dispatch_rate", "concurrency", "intra_session_arrival_lateness", "prompt_length",
-        "output_length", "lifecycle_delays", "error_rate", "request_timeouts", "missing_records",
+        "output_length", "token_counts", "lifecycle_delays", "error_rate", "request_timeouts",
+        "missing_records",
     ]  # fmt: skip
     assert all(set(c) >= {"name", "result", "metrics", "thresholds"} for c in as_json["checks"])
+
+
+# ------------------------------------------------------------------ token counts
+
+
+def _counted(client_out: int | None, server_out: int, client_prompt: int | None = 100) -> dict:
+    rec = request(0, sent=1.0, chunks=[1.1, 1.2])
+    rec.update(
+        num_output_tokens=server_out,
+        client_output_tokens=client_out,
+        num_total_prompt_tokens=110,
+        client_prompt_tokens=client_prompt,
+    )
+    return rec
+
+
+def test_token_counts_compare_the_client_tokenizer_with_the_server_usage():
+    records = [{**_counted(100, 100), "request_id": 0}, {**_counted(120, 100), "request_id": 1}]
+    check = health.token_counts(_data(records))
+    assert check.result == "FAILED"  # mean |client - server| / server = 10% > 5%
+    assert check.metrics["output_token_mismatch_fraction"] == 0.5
+    assert check.metrics["output_token_mean_relative_difference"] == pytest.approx(0.1)
+    assert check.metrics["prompt_token_mean_relative_difference"] == pytest.approx(10 / 110)
+    same = [{**_counted(100, 100), "request_id": i} for i in range(2)]
+    assert health.token_counts(_data(same)).result == "PASSED"
+
+
+def test_token_counts_are_skipped_without_a_client_count():
+    check = health.token_counts(_data([_counted(None, 100, client_prompt=None)]))
+    assert check.result == "SKIPPED" and check.metrics["output_token_mismatch_fraction"] is None
