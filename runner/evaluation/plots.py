@@ -21,11 +21,9 @@ MARKS = ((0.5, "p50", "#2ca02c"), (0.9, "p90", "#ff7f0e"), (0.99, "p99", "#d6272
 LOG_RANGE = 100.0  # log x-axis when max/min exceeds this
 
 
-def _fmt(value: float, unit: str) -> str:
-    """4 significant digits; seconds shown in ms or µs when small."""
-    if unit == "s" and value != 0 and abs(value) < 1:
-        value, unit = (value * 1e3, "ms") if abs(value) >= 1e-3 else (value * 1e6, "µs")
-    return f"{value:.4g} {unit}"
+def _fmt(value: float, scale: float, unit: str) -> str:
+    """4 significant digits, in the plot's one display unit (the x-axis's)."""
+    return f"{value * scale:.4g} {unit}"
 
 
 def plot_distributions(items: list[tuple[Path, str, Distribution]]) -> None:
@@ -51,21 +49,22 @@ def plot_distributions(items: list[tuple[Path, str, Distribution]]) -> None:
                 ax.set_xticks([])
                 ax.set_yticks([])
             else:
-                scale, axis = _axis_scale(dist, axis, unit)
+                scale, axis, shown = _display_unit(dist, axis, unit)
                 ax.set_xlabel(axis)
-                _draw(ax, dist, unit, scale)
+                _draw(ax, dist, shown, scale)
             fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
 
 
-def _axis_scale(dist: Distribution, axis: str, unit: str) -> tuple[float, str]:
-    """Sub-second durations are drawn in ms or µs, so tick labels stay short."""
+def _display_unit(dist: Distribution, axis: str, unit: str) -> tuple[float, str, str]:
+    """(scale, axis label, unit) of one plot: sub-second durations are drawn in ms or µs so tick labels
+    stay short, and every legend value uses that same unit (one unit per plot, even for min = 0)."""
     top = abs(dist.at(1.0) or 0.0)
     if unit != "s" or top >= 1 or top == 0:
-        return 1.0, axis
-    scale, name = (1e3, "milliseconds") if top >= 1e-3 else (1e6, "microseconds")
-    return scale, axis.replace("seconds", name)
+        return 1.0, axis, unit
+    scale, name, short = (1e3, "milliseconds", "ms") if top >= 1e-3 else (1e6, "microseconds", "µs")
+    return scale, axis.replace("seconds", name), short
 
 
 def _draw(ax: Axes, dist: Distribution, unit: str, scale: float) -> None:
@@ -84,7 +83,7 @@ def _draw(ax: Axes, dist: Distribution, unit: str, scale: float) -> None:
         value = dist.at(q)
         if value is None or (use_log and value <= 0):
             continue
-        label = f"{name} = {_fmt(value, unit)}"
+        label = f"{name} = {_fmt(value, scale, unit)}"
         ax.axvline(value * scale, color=color, linestyle="--", linewidth=1.2, label=label)
         ax.plot([value * scale], [q], marker="o", color=color, markersize=5)
     ax.set_ylim(0, 1.02)
@@ -92,6 +91,6 @@ def _draw(ax: Axes, dist: Distribution, unit: str, scale: float) -> None:
     if use_log:
         ax.grid(True, which="minor", alpha=0.1)
     for name, value in (("mean", dist.mean), ("min", dist.at(0.0)), ("max", dist.at(1.0))):
-        ax.add_line(Line2D([], [], linestyle="none", label=f"{name} = {_fmt(value, unit)}"))  # type: ignore[arg-type]  # matplotlib stubs
+        ax.add_line(Line2D([], [], linestyle="none", label=f"{name} = {_fmt(value, scale, unit)}"))  # type: ignore[arg-type]  # matplotlib stubs
     # "best": the corner where the box covers the least of the curve and the percentile lines.
     ax.legend(loc="best", fontsize=9, framealpha=0.92, handlelength=1.8)
