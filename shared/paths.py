@@ -29,6 +29,7 @@ SLO_RESULTS = "slo_results.json"
 HEALTH_CHECKS_JSON = "health_checks.json"
 PREFILL_STATS = "prefill_stats.json"
 TIMESERIES_CSV = "timeseries.csv"
+TIMESERIES_PNG = "timeseries.png"
 DISPATCH_TRACE = "dispatch_trace.jsonl"
 
 # Metrics that get a `<metric>.csv` (101 quantiles) and a `<metric>.png` distribution plot: derived
@@ -111,6 +112,10 @@ class RunPaths:
     @property
     def timeseries_csv(self) -> Path:
         return self.metrics / TIMESERIES_CSV
+
+    @property
+    def timeseries_png(self) -> Path:
+        return self.metrics / TIMESERIES_PNG
 
     @property
     def dispatch_trace(self) -> Path:

@@ -89,6 +89,8 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
     write_ts = rebuilt or not paths.timeseries_csv.exists()
     if write_ts:
         write_timeseries(paths.timeseries_csv, timeseries)
+    if plots and not os.environ.get(NO_PLOTS_ENV):
+        _plot_timeseries(paths)
     return Evaluation(
         run_dir=paths.root,
         run_status=run_info.get("status") if isinstance(run_info, dict) else None,
@@ -103,3 +105,11 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
         num_corrupt_lines=num_corrupt,
         corrupt_lines=corrupt_lines,
     )
+
+
+def _plot_timeseries(paths: RunPaths) -> None:
+    from veeksha.runner.evaluation.timeseries_plot import plot_timeseries
+
+    tmp = paths.timeseries_png.with_name(f".{paths.timeseries_png.name}.tmp.png")
+    plot_timeseries(paths.timeseries_csv, tmp)
+    tmp.replace(paths.timeseries_png)  # atomic, like every other output

@@ -155,6 +155,11 @@ def test_distribution_csv_and_png(run: RunPaths, metric: str) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_timeseries_png_draws_the_run_over_time(run: RunPaths) -> None:
+    png = run.timeseries_png.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 30_000
+
+
 def test_no_file_outside_the_contract(run: RunPaths) -> None:
     allowed = {"run.json", "config.yml", "health_check_results.txt", "metrics", "traces"}
     assert {p.name for p in run.root.iterdir()} <= allowed
