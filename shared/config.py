@@ -360,6 +360,8 @@ class SimulatedServerConfig:
     # vLLM they count toward max_tokens, and at least one answer token follows them.
     reasoning_tokens: LengthGen = gen_field(value=0)
     reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
+    # Prefill costs only the prompt tokens not already cached (runner/simserver/prefix_cache.py).
+    prefix_cache: bool = True
 
 
 @dataclass(frozen=True)

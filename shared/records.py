@@ -125,6 +125,9 @@ FIELDS: Final = (
         distribution_rank=8,
     ),
     Field("num_requested_output_tokens", **_TOKENS),
+    # Prompt tokens another request sent before (its history, the run's shared prefix): what an ideal
+    # prefix cache would not compute again.
+    Field("num_cacheable_prompt_tokens", **_TOKENS),
     Field("token_count_source", str, MEASURED),
     # Reasoning tokens among num_output_tokens: the server's usage.completion_tokens_details, else
     # counted from the reasoning chunks (reasoning_token_source says which).

@@ -531,6 +531,8 @@ class Driver:
         answers = outcome.answer_times
         # With a tokenizer, the recorder also counts what the server counted, to compare the two.
         compare = has_usage and self.count_source == COUNT_TOKENIZER
+        # Sent before by another request: the history this turn carries and the run's shared prefix.
+        cacheable = total_tokens - spec.num_content_tokens + spec.shared_prefix_tokens
         self.records.append(
             ipc.make_record(
                 request_id=request_id,
@@ -553,6 +555,7 @@ class Driver:
                 target_num_delta_prompt_tokens=spec.target_prompt_tokens,
                 num_output_tokens=outcome.completion_tokens,
                 num_requested_output_tokens=spec.requested_output_tokens,
+                num_cacheable_prompt_tokens=cacheable,
                 token_count_source=COUNT_SERVER if has_usage else self.count_source,
                 num_reasoning_tokens=outcome.reasoning_tokens,
                 reasoning_token_source=COUNT_SERVER if reasoning_counted else self.count_source,
@@ -609,6 +612,7 @@ class Driver:
             target_num_delta_prompt_tokens=spec.target_prompt_tokens,
             num_output_tokens=None,
             num_requested_output_tokens=spec.requested_output_tokens,
+            num_cacheable_prompt_tokens=None,
             token_count_source=self.count_source,
             num_reasoning_tokens=None,
             reasoning_token_source=None,

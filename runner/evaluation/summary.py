@@ -45,9 +45,20 @@ def build_summary(data: RunData) -> dict[str, Any]:
             summary[summary_stat_key(metric, suffix)] = dist.at(q)
         summary[summary_stat_key(metric, "min")] = dist.at(0.0)
         summary[summary_stat_key(metric, "max")] = dist.at(1.0)
+    summary["expected_prefix_cache_hit_fraction"] = expected_cache_hits(data)
     summary.update(token_count_mismatch(data))
     summary["error_code_freq"] = error_code_freq(m)
     return summary
+
+
+def expected_cache_hits(data: RunData) -> float | None:
+    """The prompt sharing the run generated: tokens an ideal prefix cache would have found (history,
+    the shared prefix) over all prompt tokens sent. A server's hit rate well above it means sharing
+    the benchmark did not intend; below it, a cache too small or off."""
+    rows = data.measured.lazy().filter(pl.col(SCHEDULER_DISPATCHED_AT).is_not_null())
+    sums = rows.select(pl.col("num_cacheable_prompt_tokens").sum(), pl.col("num_total_prompt_tokens").sum())
+    cacheable, total = sums.collect().row(0)
+    return cacheable / total if total else None
 
 
 # (summary key prefix, the client's count, the server's count)

@@ -24,6 +24,7 @@ class RequestNode:
     num_content_tokens: int  # its actual count (exact with a tokenizer, else the approximation)
     requested_output_tokens: int
     channel: str = TEXT
+    shared_prefix_tokens: int = 0  # the run's shared prefix at the start of `content`
 
 
 @dataclass(slots=True)

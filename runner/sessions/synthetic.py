@@ -152,6 +152,7 @@ class SyntheticSessionGenerator:
                     target_prompt_tokens=target,
                     num_content_tokens=count,
                     requested_output_tokens=self._output_length(),
+                    shared_prefix_tokens=min(prefix, count),
                 )
             )
         session = Session(self._next_id, nodes)

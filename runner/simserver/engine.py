@@ -63,7 +63,16 @@ class TokenSink(Protocol):
 class EngineRequest:
     """One generation in the engine. `limit` is how many tokens it will produce in total."""
 
-    __slots__ = ("cancelled", "finish_reason", "generated", "kv", "limit", "prompt_tokens", "sink")
+    __slots__ = (
+        "cached_tokens",
+        "cancelled",
+        "finish_reason",
+        "generated",
+        "kv",
+        "limit",
+        "prompt_tokens",
+        "sink",
+    )
 
     def __init__(self, prompt_tokens: int, limit: int, finish_reason: str, kv: int, sink: TokenSink):
         self.prompt_tokens = prompt_tokens
@@ -73,6 +82,7 @@ class EngineRequest:
         self.sink = sink
         self.generated = 0
         self.cancelled = False
+        self.cached_tokens = 0  # prompt tokens found in the prefix cache: no prefill cost
 
 
 class SimulatedEngine:
@@ -141,7 +151,7 @@ class SimulatedEngine:
             running.append(req)
             self.admitted += 1
             self.kv_used += req.kv
-            prompt += req.prompt_tokens
+            prompt += req.prompt_tokens - req.cached_tokens
         return prompt
 
     def _begin_idle_step(self) -> None:

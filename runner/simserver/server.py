@@ -45,6 +45,7 @@ import uvloop
 from veeksha.runner.sessions.lengths import make_count_sampler
 from veeksha.runner.sessions.tokenizer import count_tokens_approx
 from veeksha.runner.simserver.engine import EngineRequest, SimulatedEngine, token_text
+from veeksha.runner.simserver.prefix_cache import PrefixCache
 from veeksha.shared.config import SimulatedServerConfig
 from veeksha.shared.schema import build
 
@@ -211,13 +212,14 @@ class _Connection(asyncio.Protocol):
 class _Sink:
     """Turns engine token ranges into one response; subclasses stream or buffer."""
 
-    __slots__ = ("conn", "keep_alive", "offset", "req")
+    __slots__ = ("conn", "keep_alive", "offset", "on_finish", "req")
 
     def __init__(self, conn: _Connection, keep_alive: bool, offset: int):
         self.conn = conn
         self.keep_alive = keep_alive
         self.offset = offset
         self.req: EngineRequest | None = None
+        self.on_finish: Callable[[int], None] | None = None  # called with the token count at the end
 
     def cancel(self) -> None:
         if self.req is not None:
@@ -262,6 +264,8 @@ class _StreamSink(_Sink):
         conn.write(event)
         if finished:
             conn.response_done(self.keep_alive)
+            if self.on_finish is not None:
+                self.on_finish(end)
 
     def _reasoning_events(self, start: int, end: int, finished: bool) -> bytes:
         """Tokens [start, end) from inside the reasoning: a reasoning event, then an answer event
@@ -290,6 +294,8 @@ class _FullSink(_Sink):
             text = token_text(self.offset, r, end).decode()
             body = orjson.dumps(self.build(text, thought, req.finish_reason, req.prompt_tokens, end))
             self.conn.send_json(200, body, self.keep_alive)
+            if self.on_finish is not None:
+                self.on_finish(end)
 
 
 def _int_param(body: dict[str, Any], name: str, minimum: int) -> int | None:
@@ -330,6 +336,25 @@ def _chat_prompt_tokens(body: dict[str, Any]) -> int:
     return total
 
 
+def _prompt_words(body: dict[str, Any], chat: bool) -> list[str]:
+    """The prompt as the prefix cache sees it: words, each message led by its role (already validated
+    by the token counting)."""
+    if not chat:
+        prompt = body["prompt"]
+        prompt = prompt[0] if isinstance(prompt, list) and len(prompt) == 1 else prompt
+        return prompt.split() if isinstance(prompt, str) else [str(t) for t in prompt]
+    words: list[str] = []
+    for m in body["messages"]:
+        content = m.get("content")
+        parts: list[Any] = [content] if isinstance(content, str) else list(content or ())
+        words.append(f"<{m.get('role')}>")
+        for part in parts:  # a string, or content parts: the text ones
+            text = part.get("text") if isinstance(part, dict) else part
+            if isinstance(text, str):
+                words += text.split()
+    return words
+
+
 def _completion_prompt_tokens(body: dict[str, Any]) -> int:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
@@ -350,6 +375,7 @@ class _App:
         self._error_rng = random.Random(f"{cfg.seed}:errors")
         self._word_rng = random.Random(f"{cfg.seed}:words")
         self._ids = itertools.count(1)
+        self.prefix_cache = PrefixCache(engine.max_kv_tokens) if cfg.prefix_cache else None
         self._reasoning_tokens = make_count_sampler(
             cfg.reasoning_tokens, random.Random(f"{cfg.seed}:reasoning"), minimum=0
         )
@@ -370,6 +396,8 @@ class _App:
             "steps": e.steps,
             "admitted": e.admitted,
             "kv_tokens_used": e.kv_used,
+            "prefix_cache_queries": self.prefix_cache.queries if self.prefix_cache else 0,
+            "prefix_cache_hits": self.prefix_cache.hits if self.prefix_cache else 0,
         }
 
     def handle(
@@ -452,8 +480,23 @@ class _App:
             sink = self._full_sink(conn, keep, offset, rid.decode(), model, chat)
             sink.reasoning = reasoning
         req = EngineRequest(prompt_tokens, limit, reason, kv, sink)
+        if self.prefix_cache is not None:
+            words = _prompt_words(body, chat)
+            req.cached_tokens = min(self.prefix_cache.lookup(words), max(0, prompt_tokens - 1))
+            sink.on_finish = self._remember(words, offset, reasoning, chat)
         sink.req = req
         self.engine.submit(req)
+
+    def _remember(self, words: list[str], offset: int, reasoning: int, chat: bool) -> Callable[[int], None]:
+        """At the end of a request: cache its prompt and answer as the next turn will send them back."""
+        cache = self.prefix_cache
+        assert cache is not None
+
+        def remember(end: int) -> None:
+            answer = token_text(offset, reasoning, end).decode().split()
+            cache.remember([*words, "<assistant>", *answer] if chat else [*words, *answer])
+
+        return remember
 
     def _prepare_stream(
         self,
