@@ -74,6 +74,7 @@ Any config key can be overridden: --client.api_base URL,
 Other commands (each has --help):
   veeksha-run capacity-search --config FILE   largest rate/concurrency meeting the SLOs
   veeksha-run evaluate RUN_DIR                recompute every metric from the raw records
+  veeksha-run compare DIR DIR... --output_dir OUT   runs side by side: table, CDFs, time series
   veeksha-run simulate-server [--port N]      the built-in simulated server
 """
 
@@ -202,6 +203,24 @@ def simulate_server_command(ctx: click.Context, port: int, host: str) -> None:
     _guard(go)
 
 
+@click.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output_dir", "--output-dir", "output_dir", type=click.Path(path_type=Path), required=True)
+def compare_command(run_dirs: tuple[Path, ...], output_dir: Path) -> None:
+    """Compare two or more runs (a sweep directory stands for its runs) without W&B: a summary table
+    with each run's change against the first (console and compare_summary.csv), overlaid CDFs and the
+    time series, written to OUTPUT_DIR."""
+
+    def go() -> int:
+        from veeksha.runner.compare import compare
+
+        click.echo(compare(list(run_dirs), output_dir))
+        click.echo(f"veeksha-run: comparison written to {output_dir}")
+        return 0
+
+    _guard(go)
+
+
 def parse_overrides_flat(args: list[str]) -> list[tuple[str, str]]:
     pairs = []
     for i in range(0, len(args), 2):
@@ -214,6 +233,7 @@ def parse_overrides_flat(args: list[str]) -> list[tuple[str, str]]:
 COMMANDS = {
     "capacity-search": capacity_search_command,
     "evaluate": evaluate_command,
+    "compare": compare_command,
     "simulate-server": simulate_server_command,
 }
 

@@ -18,7 +18,7 @@ from veeksha.shared.config_loader import config_sha256, dump_config_yaml
 from veeksha.shared.errors import OutputError
 from veeksha.shared.jsonio import write_atomic, write_json
 from veeksha.shared.paths import RunPaths
-from veeksha.shared.records import RUN_RUNNING
+from veeksha.shared.records import CONTRACT_VERSION, RUN_RUNNING
 from veeksha.shared.redact import redact_argv
 
 
@@ -78,6 +78,7 @@ class RunDir:
         write_atomic(self.paths.config_yml, dump_config_yaml(cfg))
         self.info: dict[str, Any] = {
             "run_id": uuid.uuid4().hex,
+            "contract_version": CONTRACT_VERSION,
             "veeksha_version": __version__,
             "status": RUN_RUNNING,
             "started_at": iso(started),

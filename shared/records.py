@@ -375,8 +375,13 @@ STOP_MAX_SESSIONS: Final = "max_sessions"
 STOP_MAX_REQUESTS: Final = "max_requests"
 STOP_SESSIONS_EXHAUSTED: Final = "sessions_exhausted"  # a trace (or session source) ran out
 
+# The version of this output contract (file names, record fields, metric keys), in run.json
+# "contract_version". Runs before it was written count as 1. Bump it when a reader must tell apart.
+CONTRACT_VERSION: Final = 2
+
 RUN_JSON_FIELDS: Final = (
     "run_id",
+    "contract_version",
     "veeksha_version",
     "status",
     "started_at",

@@ -1,0 +1,164 @@
+"""`veeksha-run compare DIR DIR... --output_dir OUT`: runs side by side, without W&B.
+
+For two or more run directories (a sweep directory stands for its runs), in OUT:
+- `compare_summary.csv`: one row per summary metric, one column per run, then each run's change
+  against the first in percent; the same table on the console;
+- `cdf_<metric>.png`: the runs' CDFs of the main latencies overlaid, from their `<metric>.csv`;
+- `timeseries_compare.png`: completed requests/s, output tokens/s and TTFC p50 of every run over time.
+
+Every input is checked before OUT is made: each must be a finished run's directory of one output
+contract (run.json "contract_version"), since keys and record fields differ between versions.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veeksha.runner.compare_plots import plot_cdfs, plot_timeseries
+from veeksha.shared.errors import UsageError
+from veeksha.shared.jsonio import read_json, write_atomic
+from veeksha.shared.paths import SWEEP_MANIFEST, RunPaths
+from veeksha.shared.records import CONTRACT_VERSION, summary_stat_key
+
+SUMMARY_CSV = "compare_summary.csv"
+TIMESERIES_PNG = "timeseries_compare.png"
+CDF_METRICS = ("ttfc", "ttfa", "tbc", "tpot", "end_to_end_latency")
+COUNTS = ("num_requests", "num_completed_requests", "error_rate")
+THROUGHPUTS = ("request_throughput", "output_token_throughput", "goodput")
+LATENCY_STATS = tuple(summary_stat_key(m, s) for m in CDF_METRICS for s in ("p50", "p99"))
+
+
+@dataclass
+class Run:
+    label: str
+    paths: RunPaths
+    summary: dict[str, Any]
+    throughput: dict[str, Any]
+
+    def value(self, key: str) -> Any:
+        return self.summary[key] if key in self.summary else self.throughput.get(key)
+
+
+def compare(dirs: list[Path], output_dir: Path) -> str:
+    """Write the comparison into `output_dir`; return the console table."""
+    runs = load_runs(dirs)
+    rows = summary_rows(runs)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(output_dir / SUMMARY_CSV, summary_csv(runs, rows).encode())
+    named = [(run.label, run.paths) for run in runs]
+    plot_cdfs(named, CDF_METRICS, output_dir)
+    plot_timeseries(named, output_dir / TIMESERIES_PNG)
+    return format_table(runs, rows)
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def load_runs(dirs: list[Path]) -> list[Run]:
+    paths = [p for d in dirs for p in run_dirs(d)]
+    if len(paths) < 2:
+        raise UsageError("compare needs at least two run directories (or a sweep directory); got one")
+    versions = {p.root: contract_version(p) for p in paths}
+    if len(set(versions.values())) > 1:
+        listed = ", ".join(f"{root} (contract {v})" for root, v in versions.items())
+        raise UsageError(
+            f"runs of different output contracts cannot be compared: {listed}; "
+            f"compare runs made by one Veeksha version (this one writes contract {CONTRACT_VERSION})"
+        )
+    labels = _labels([p.root for p in paths])
+    pairs = zip(labels, paths, strict=True)
+    return [Run(label, p, _json(p.summary_stats), _json(p.throughput_metrics)) for label, p in pairs]
+
+
+def run_dirs(directory: Path) -> list[RunPaths]:
+    """A run directory, or the runs a sweep directory lists."""
+    paths = RunPaths(directory)
+    if paths.summary_stats.exists():
+        return [paths]
+    manifest = directory / SWEEP_MANIFEST
+    if manifest.exists():
+        entries = read_json(manifest).get("runs") or []
+        return [p for e in entries for p in run_dirs(directory / e["run_dir"])]
+    raise UsageError(
+        f"{directory} is neither a finished run directory (no metrics/summary_stats.json) nor a sweep "
+        f"directory (no {SWEEP_MANIFEST}); pass directories that `veeksha-run` made"
+    )
+
+
+def contract_version(paths: RunPaths) -> int:
+    info = read_json(paths.run_json) if paths.run_json.exists() else {}
+    return int(info.get("contract_version", 1)) if isinstance(info, dict) else 1
+
+
+def _json(path: Path) -> dict[str, Any]:
+    data = read_json(path) if path.exists() else {}
+    return data if isinstance(data, dict) else {}
+
+
+def _labels(roots: list[Path]) -> list[str]:
+    """Directory names, made unique (two sweeps may hold runs of one name)."""
+    labels: list[str] = []
+    for root in roots:
+        label = root.name
+        while label in labels:
+            label = f"{root.parent.name}/{label}"
+        labels.append(label)
+    return labels
+
+
+# ------------------------------------------------------------------ the table
+
+
+def summary_rows(runs: list[Run]) -> list[tuple[str, list[Any]]]:
+    keys = [*COUNTS, *THROUGHPUTS, *LATENCY_STATS]
+    rows = [(key, [run.value(key) for run in runs]) for key in keys]
+    return [(key, values) for key, values in rows if any(v is not None for v in values)]
+
+
+def change_pct(value: Any, base: Any) -> float | None:
+    if not isinstance(value, int | float) or not isinstance(base, int | float) or base == 0:
+        return None
+    return (value - base) / base * 100
+
+
+def summary_csv(runs: list[Run], rows: list[tuple[str, list[Any]]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    changes = [f"{run.label} vs {runs[0].label} (%)" for run in runs[1:]]
+    writer.writerow(["metric", *(run.label for run in runs), *changes])
+    for key, values in rows:
+        pct = [change_pct(v, values[0]) for v in values[1:]]
+        writer.writerow([key, *_cells(values), *_cells(pct)])
+    return out.getvalue()
+
+
+def _cells(values: list[Any]) -> list[str]:
+    return ["" if v is None else repr(v) if isinstance(v, float) else str(v) for v in values]
+
+
+def format_table(runs: list[Run], rows: list[tuple[str, list[Any]]]) -> str:
+    width = max(len(key) for key, _ in rows) + 2
+    head = "".join(f"{f'run {i + 1}':>14}" for i in range(len(runs)))
+    head += "".join(f"{f'{i + 2} vs 1':>11}" for i in range(len(runs) - 1))
+    lines = [f"{'runs:':<{width}}" + "  ".join(f"{i + 1} = {run.label}" for i, run in enumerate(runs))]
+    lines.append(f"{'metric':<{width}}{head}")
+    for key, values in rows:
+        pct = [change_pct(v, values[0]) for v in values[1:]]
+        cells = "".join(f"{_show(key, v):>14}" for v in values)
+        cells += "".join(f"{'' if p is None else f'{p:+.1f}%':>11}" for p in pct)
+        lines.append(f"{key:<{width}}{cells}")
+    return "\n".join(lines)
+
+
+def _show(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key in LATENCY_STATS:
+        return f"{value * 1e3:.1f} ms"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

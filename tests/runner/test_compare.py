@@ -1,0 +1,75 @@
+"""`veeksha-run compare`: two real runs side by side, offline, and what it refuses before writing."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.runner.helpers import only_run_dir, run_cli
+
+FAST = ["--server.type", "simulated", "--runtime.max_sessions", "6", "--output_dir"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("compare")
+    runs = []
+    for name, rate in (("slow", "4"), ("fast", "12")):
+        proc = run_cli([*FAST, name, "--traffic_scheduler.interval_generator.arrival_rate", rate], cwd=tmp)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(only_run_dir(tmp / name).root)
+    return runs[0], runs[1]
+
+
+def test_two_runs_give_a_table_cdfs_and_time_series(two_runs, tmp_path: Path) -> None:
+    a, b = two_runs
+    proc = run_cli(["compare", str(a), str(b), "--output_dir", "cmp"], cwd=tmp_path, plots=True)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "cmp"
+    with (out / "compare_summary.csv").open() as f:
+        rows = {r["metric"]: r for r in csv.DictReader(f)}
+    summaries = [orjson.loads((d / "metrics" / "summary_stats.json").read_bytes()) for d in (a, b)]
+    ttfc = rows["ttfc_p99"]
+    assert [float(ttfc[a.name]), float(ttfc[b.name])] == [s["ttfc_p99"] for s in summaries]
+    change = float(ttfc[f"{b.name} vs {a.name} (%)"])
+    assert change == pytest.approx((summaries[1]["ttfc_p99"] / summaries[0]["ttfc_p99"] - 1) * 100)
+    assert rows["num_requests"][a.name] == "6"
+    assert "ttfc_p99" in proc.stdout and "2 vs 1" in proc.stdout
+    for png in ("cdf_ttfc.png", "cdf_tbc.png", "cdf_end_to_end_latency.png", "timeseries_compare.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG", png
+
+
+def test_runs_of_another_contract_version_are_refused_before_anything_is_written(
+    two_runs, tmp_path: Path
+) -> None:
+    a, b = two_runs
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "run.json").write_bytes((b / "run.json").read_bytes())
+    _copy_dir(b / "metrics", old / "metrics")
+    info = orjson.loads((old / "run.json").read_bytes())
+    del info["contract_version"]  # as a run made before the version was written
+    (old / "run.json").write_bytes(orjson.dumps(info))
+    proc = run_cli(["compare", str(a), str(old), "--output_dir", "cmp"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "different output contracts" in proc.stderr and "(contract 1)" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "cmp").exists()
+
+
+def test_one_run_or_a_directory_that_is_no_run_is_a_usage_error(two_runs, tmp_path: Path) -> None:
+    a, _ = two_runs
+    one = run_cli(["compare", str(a), "--output_dir", "cmp"], cwd=tmp_path)
+    assert one.returncode == 2 and "at least two" in one.stderr
+    other = run_cli(["compare", str(a), str(tmp_path), "--output_dir", "cmp"], cwd=tmp_path)
+    assert other.returncode == 2 and "neither a finished run directory" in other.stderr
+    assert not (tmp_path / "cmp").exists()
+
+
+def _copy_dir(src: Path, dst: Path) -> None:
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.is_file():
+            (dst / f.name).write_bytes(f.read_bytes())
