@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from veeksha.runner.driver.dispatcher import driver_main
@@ -22,11 +23,13 @@ from veeksha.runner.progress import Progress
 from veeksha.runner.recorder import Recorder, RecordingResult
 from veeksha.runner.run_dir import RunDir, ensure_writable
 from veeksha.runner.server_launcher import check_server_command, start_server
+from veeksha.runner.server_metrics import Scraper, metrics_url, probe
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.tokenizer import token_counter
 from veeksha.shared.config import BenchmarkConfig, ClientConfig, CommandServerConfig
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
 from veeksha.shared.errors import ConfigError
+from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED
 from veeksha.shared.redact import scrub_text
 from veeksha.shared.secret import reveal
@@ -185,8 +188,11 @@ def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
     recorder = Recorder(
         run.paths, Progress(cfg.runtime.benchmark_timeout), count_tokens, cfg.trace_recorder.enabled
     )
+    scraper = _server_metrics(cfg, run.paths, recorder)
     previous = {s: signal.signal(s, recorder.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if scraper is not None:
+            scraper.start()
         proc.start()
         sender.close()
         result = recorder.run(receiver, proc)
@@ -200,7 +206,34 @@ def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
             proc.join()
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if scraper is not None:
+            scraper.stop()
+            if scraper.failures:
+                tries = scraper.failures + scraper.rows
+                print(f"veeksha: server metrics: {scraper.failures} of {tries} scrapes failed", flush=True)
     return result
+
+
+def _server_metrics(cfg: BenchmarkConfig, paths: RunPaths, recorder: Recorder) -> Scraper | None:
+    """The scraper of the server's own metrics, when server_metrics asks for one (auto: when the
+    server answers in Prometheus text format now, before the run starts)."""
+    wanted = cfg.server_metrics.enabled
+    if wanted is False:
+        return None
+    url = metrics_url(cfg)
+    shown = urlsplit(url)._replace(query="", fragment="").geturl()  # a query may hold a token
+    if wanted == "auto":
+        problem = probe(url)
+        if problem is not None:
+            print(f"veeksha: server metrics: not scraped ({shown}: {problem})", flush=True)
+            return None
+    print(
+        f"veeksha: server metrics: scraping {shown} every {cfg.server_metrics.interval_seconds:g} s",
+        flush=True,
+    )
+    return Scraper(
+        url, cfg.server_metrics.interval_seconds, paths.server_metrics_csv, recorder.elapsed_or_none
+    )
 
 
 def start_follower(run_dir: Path) -> subprocess.Popen[bytes] | None:

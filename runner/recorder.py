@@ -187,6 +187,10 @@ class Recorder:
             "Ctrl-C again to cancel)"
         )
 
+    def elapsed_or_none(self) -> float | None:
+        """Seconds since the run started, or None before the driver said when it started."""
+        return None if self.t0 is None else time.perf_counter() - self.t0
+
     def _elapsed(self) -> float:
         return time.perf_counter() - (self.t0 or time.perf_counter())
 

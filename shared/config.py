@@ -322,6 +322,17 @@ EVALUATORS: dict[str, type] = {"performance": PerformanceEvaluator}
 
 
 @dataclass(frozen=True)
+class ServerMetricsConfig:
+    """The server's own metrics (Prometheus text), scraped by the recorder during the run."""
+
+    enabled: Literal["auto", True, False] = spec(
+        default="auto", doc="auto: on when the url answers in Prometheus text format at start"
+    )
+    url: str | None = spec(default=None, doc="default: /metrics on the api_base host")
+    interval_seconds: float = spec(default=1.0, gt=0)
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     benchmark_timeout: float = spec(default=300.0, doc="seconds; <= 0 disables")
     max_sessions: int = spec(default=-1, ge=-1, doc="-1 = unlimited")
@@ -413,6 +424,7 @@ class BenchmarkConfig:
         factory=lambda: [PerformanceEvaluator()], variants=EVALUATORS
     )
     runtime: RuntimeConfig = spec(factory=RuntimeConfig)
+    server_metrics: ServerMetricsConfig = spec(factory=ServerMetricsConfig)
     trace_recorder: TraceRecorderConfig = spec(factory=TraceRecorderConfig)
     server: SimulatedServerConfig | CommandServerConfig | None = spec(default=None, variants=SERVERS)
     wandb: WandbConfig = spec(factory=WandbConfig)

@@ -30,6 +30,7 @@ HEALTH_CHECKS_JSON = "health_checks.json"
 PREFILL_STATS = "prefill_stats.json"
 TIMESERIES_CSV = "timeseries.csv"
 TIMESERIES_PNG = "timeseries.png"
+SERVER_METRICS_CSV = "server_metrics.csv"  # the server's own metrics, scraped during the run
 DISPATCH_TRACE = "dispatch_trace.jsonl"
 
 # Metrics that get a `<metric>.csv` (101 quantiles) and a `<metric>.png` distribution plot: derived
@@ -116,6 +117,10 @@ class RunPaths:
     @property
     def timeseries_png(self) -> Path:
         return self.metrics / TIMESERIES_PNG
+
+    @property
+    def server_metrics_csv(self) -> Path:
+        return self.metrics / SERVER_METRICS_CSV
 
     @property
     def dispatch_trace(self) -> Path:

@@ -19,17 +19,23 @@ if TYPE_CHECKING:
 
 TTFC = (("ttfc_p50", "TTFC p50"), ("ttfc_p99", "TTFC p99"))
 TBC = (("tbc_p50", "TBC p50"), ("tbc_p99", "TBC p99"))
+# From a scraped metrics/server_metrics.csv (vLLM's names; the simulated server uses them too).
+SERVER_QUEUE = (("vllm:num_requests_running", "running"), ("vllm:num_requests_waiting", "waiting"))
+SERVER_KV = (("vllm:kv_cache_usage_perc", "KV-cache use"),)
 
 
-def plot_timeseries(csv_path: Path, png_path: Path) -> None:
-    """Draw the CSV's rows; a run without rows gets a plot that says so."""
+def plot_timeseries(csv_path: Path, png_path: Path, server_csv: Path | None = None) -> None:
+    """Draw the CSV's rows; a run without rows gets a plot that says so. With the server's scraped
+    metrics, two more panels: its queue (running, waiting) and its KV-cache use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ts = pl.read_csv(csv_path, infer_schema_length=None) if csv_path.stat().st_size else pl.DataFrame()
-    fig, axes = plt.subplots(6, 1, figsize=(9, 14), dpi=100, sharex=True)
+    server = _server_frame(server_csv)
+    rows = 6 if server is None else 8
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 2.3 * rows + 0.2), dpi=100, sharex=True)
     fig.subplots_adjust(left=0.1, right=0.97, top=0.95, bottom=0.05, hspace=0.25)
     try:
         fig.suptitle(f"Over the run ({ts.height:,} seconds)", fontsize=12)
@@ -37,6 +43,10 @@ def plot_timeseries(csv_path: Path, png_path: Path) -> None:
             axes[0].text(0.5, 0.5, "no rows", ha="center", va="center", transform=axes[0].transAxes)
         else:
             _draw(axes, ts)
+        if server is not None:
+            st = _column(server, "elapsed_s")
+            _panel(axes[6], st, server, SERVER_QUEUE, "server: requests")
+            _panel(axes[7], st, server, SERVER_KV, "server: KV-cache use (fraction)")
         axes[-1].set_xlabel("seconds since the run started (latencies: requests completed in that second)")
         fig.savefig(png_path, dpi=100)
     finally:
@@ -59,6 +69,17 @@ def _seconds_unit(ts: pl.DataFrame, series: tuple[tuple[str, str], ...]) -> tupl
     values = np.concatenate([_column(ts, c) for c, _ in series])
     top = float(np.nanmax(values)) if np.isfinite(values).any() else 0.0
     return (1.0, "s") if top >= 1 else (1e3, "ms")
+
+
+def _server_frame(path: Path | None) -> pl.DataFrame | None:
+    """The scraped series the panels need, when the file exists and has them."""
+    if path is None or not path.exists() or not path.stat().st_size:
+        return None
+    df = pl.read_csv(path, infer_schema_length=None)
+    wanted = [name for name, _ in (*SERVER_QUEUE, *SERVER_KV)]
+    if df.height == 0 or not set(wanted) <= set(df.columns):
+        return None
+    return df.select("elapsed_s", *wanted)
 
 
 def _column(ts: pl.DataFrame, name: str) -> np.ndarray:

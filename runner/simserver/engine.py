@@ -105,6 +105,7 @@ class SimulatedEngine:
         self._busy = False  # a step is scheduled or in flight
         self._step_end = 0.0
         self.steps = 0
+        self.generated_tokens = 0  # every token every request got (vllm:generation_tokens_total)
         self.admitted = 0
 
     @property
@@ -187,6 +188,7 @@ class SimulatedEngine:
             else:
                 keep.append(req)
             req.generated = end
+            self.generated_tokens += end - start
             try:
                 req.sink.on_tokens(start, end, finished)
             except Exception:  # one broken stream must not stop the engine for everyone

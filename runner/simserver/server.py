@@ -6,7 +6,8 @@ content-length request bodies, `Transfer-Encoding: chunked` for streamed (SSE) r
 close-delimited bodies for HTTP/1.0 clients. Pipelined requests are answered in order.
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, and
-GET /sim/stats (engine counters: running, waiting, steps, admitted, kv_tokens_used).
+GET /sim/stats (engine counters: running, waiting, steps, admitted, kv_tokens_used, prefix cache
+queries and hits), and GET /metrics (the same state in Prometheus text format, under vLLM's names).
 
 Choices where OpenAI and the spec leave room (vLLM-like, since vLLM/SGLang are what users benchmark):
 - the role-only first chat chunk is sent together with the first token (after prefill), and the
@@ -69,6 +70,9 @@ _ERROR_TYPES = {
 }
 _DONE = b"data: [DONE]\n\n"
 _TOO_LARGE = b"\x00body-too-large"  # stands in for the URL of a request whose body we dropped
+
+
+PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 class BadRequest(Exception):
@@ -182,7 +186,10 @@ class _Connection(asyncio.Protocol):
             self._transport.write(data)
 
     def send_json(self, status: int, body: bytes, keep_alive: bool) -> None:
-        head = _head(status, b"application/json", keep_alive, b"content-length: %d\r\n" % len(body))
+        self.send(status, b"application/json", body, keep_alive)
+
+    def send(self, status: int, content_type: bytes, body: bytes, keep_alive: bool) -> None:
+        head = _head(status, content_type, keep_alive, b"content-length: %d\r\n" % len(body))
         self.write(head + body)
         self.response_done(keep_alive)
 
@@ -400,6 +407,24 @@ class _App:
             "prefix_cache_hits": self.prefix_cache.hits if self.prefix_cache else 0,
         }
 
+    def metrics_text(self) -> str:
+        """The engine's state as vLLM exposes it (Prometheus text format 0.0.4)."""
+        e, cache = self.engine, self.prefix_cache
+        model = self.cfg.model.replace("\\", "\\\\").replace('"', '\\"')
+        label = f'{{model_name="{model}"}}'
+        series = [
+            ("vllm:num_requests_running", "gauge", e.num_running),
+            ("vllm:num_requests_waiting", "gauge", e.num_waiting),
+            ("vllm:kv_cache_usage_perc", "gauge", e.kv_used / e.max_kv_tokens),
+            ("vllm:prefix_cache_queries_total", "counter", cache.queries if cache else 0),
+            ("vllm:prefix_cache_hits_total", "counter", cache.hits if cache else 0),
+            ("vllm:generation_tokens_total", "counter", e.generated_tokens),
+        ]
+        lines = []
+        for name, kind, value in series:
+            lines += [f"# TYPE {name} {kind}", f"{name}{label} {float(value)!r}"]
+        return "\n".join(lines) + "\n"
+
     def handle(
         self, conn: _Connection, method: bytes, url: bytes, body: bytes, keep: bool, http10: bool
     ) -> None:
@@ -415,6 +440,8 @@ class _App:
             conn.send_json(200, b'{"status":"ok"}', keep)
         elif path == b"/sim/stats" and method == b"GET":
             conn.send_json(200, orjson.dumps(self.stats()), keep)
+        elif path == b"/metrics" and method == b"GET":
+            conn.send(200, PROMETHEUS_TEXT, self.metrics_text().encode(), keep)
         elif path == _TOO_LARGE:
             conn.send_json(413, _error_body(413, "request body too large"), False)
         else:

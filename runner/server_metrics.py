@@ -1,0 +1,118 @@
+"""The server's own metrics (queue, KV-cache use, prefix-cache hits, ...), scraped during the run.
+
+A thread of the recorder process (never the driver) fetches the server's Prometheus text every
+`server_metrics.interval_seconds` and appends one row to metrics/server_metrics.csv: `elapsed_s`, then
+one column per series, named as the server spells it (`vllm:num_requests_running`, ...). Gauges are
+kept as values, counters become per-second rates over the interval; histograms and summaries are left
+out. Series of one name with several label sets (one per model) are summed. The columns are those of
+the first successful scrape. A failed scrape is counted and the run goes on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from veeksha.shared.config import BenchmarkConfig
+
+PROBE_TIMEOUT_S = 2.0
+KEPT_TYPES = ("gauge", "counter", "unknown", "untyped")
+
+
+def metrics_url(cfg: BenchmarkConfig) -> str:
+    """server_metrics.url, else /metrics on the host of the (resolved) api_base."""
+    if cfg.server_metrics.url:
+        return cfg.server_metrics.url
+    parts = urlsplit(cfg.client.api_base or "")
+    return urlunsplit((parts.scheme, parts.netloc, "/metrics", "", ""))
+
+
+def parse(text: str) -> dict[str, tuple[str, float]]:
+    """Series name -> (its family's type, value summed over label sets)."""
+    out: dict[str, tuple[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.type not in KEPT_TYPES:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_created"):  # a counter's creation time, not a measurement
+                continue
+            _, value = out.get(sample.name, (family.type, 0.0))
+            out[sample.name] = (family.type, value + float(sample.value))
+    return out
+
+
+def fetch(client: httpx.Client, url: str) -> dict[str, tuple[str, float]]:
+    response = client.get(url)
+    response.raise_for_status()
+    return parse(response.text)
+
+
+def probe(url: str) -> str | None:
+    """None when `url` answers in Prometheus text format with at least one series, else why not."""
+    try:
+        with httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False) as client:
+            series = fetch(client, url)
+    except (httpx.HTTPError, ValueError) as e:
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+    return None if series else "no gauge or counter series"
+
+
+class Scraper:
+    """Scrapes until stopped; `elapsed` gives seconds since the run started (None before)."""
+
+    def __init__(self, url: str, interval_s: float, csv_path: Path, elapsed: Callable[[], float | None]):
+        self.url, self.interval_s, self.csv_path, self.elapsed = url, interval_s, csv_path, elapsed
+        self.failures = 0
+        self.rows = 0
+        self._columns: list[str] | None = None
+        self._previous: tuple[float, dict[str, tuple[str, float]]] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="veeksha-server-metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=max(self.interval_s, PROBE_TIMEOUT_S), trust_env=False) as client:
+            while not self._stop.wait(self.interval_s):
+                t = self.elapsed()
+                if t is None:
+                    continue
+                try:
+                    series = fetch(client, self.url)
+                except (httpx.HTTPError, ValueError):
+                    self.failures += 1
+                    continue
+                self._write(t, series)
+
+    def _write(self, t: float, series: dict[str, tuple[str, float]]) -> None:
+        if self._columns is None:
+            self._columns = sorted(series)
+            self.csv_path.write_text(",".join(["elapsed_s", *self._columns]) + "\n")
+        cells = [f"{t:.3f}", *(_cell(self._value(name, t, series)) for name in self._columns)]
+        with self.csv_path.open("a") as f:
+            f.write(",".join(cells) + "\n")
+        self.rows += 1
+        self._previous = (t, series)
+
+    def _value(self, name: str, t: float, series: dict[str, tuple[str, float]]) -> float | None:
+        if name not in series:
+            return None
+        kind, value = series[name]
+        if kind != "counter":
+            return value
+        if self._previous is None or name not in self._previous[1] or t <= self._previous[0]:
+            return None  # a rate needs two scrapes
+        return (value - self._previous[1][name][1]) / (t - self._previous[0])
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else repr(value)

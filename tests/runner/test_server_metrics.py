@@ -1,0 +1,95 @@
+"""Scraping the server's own metrics: the parser, the scraper against the simulated server's /metrics
+over real loopback HTTP, failures counted (never raised), and a whole run writing server_metrics.csv."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import httpx
+from veeksha.runner.server_metrics import Scraper, parse, probe
+
+from tests.runner.helpers import only_run_dir, run_cli
+from tests.runner.simserver.test_server import FAST, root, sim_server
+
+TEXT = """# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{model_name="a"} 2
+vllm:num_requests_running{model_name="b"} 3
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{model_name="a"} 100
+vllm:generation_tokens_created{model_name="a"} 1.7e9
+# TYPE vllm:e2e_request_latency_seconds histogram
+vllm:e2e_request_latency_seconds_bucket{le="1.0"} 4
+vllm:e2e_request_latency_seconds_count 4
+vllm:e2e_request_latency_seconds_sum 2.5
+"""
+
+
+def test_gauges_and_counters_are_kept_by_name_and_summed_over_labels() -> None:
+    assert parse(TEXT) == {
+        "vllm:num_requests_running": ("gauge", 5.0),
+        "vllm:generation_tokens_total": ("counter", 100.0),
+    }
+
+
+def test_the_simulated_server_answers_the_probe_and_a_json_endpoint_does_not() -> None:
+    with sim_server(**FAST) as handle:
+        assert probe(f"{root(handle)}/metrics") is None
+        assert probe(f"{root(handle)}/health") is not None
+
+
+def test_the_scraper_writes_gauges_and_counter_rates(tmp_path: Path) -> None:
+    csv_path = tmp_path / "server_metrics.csv"
+    start = time.monotonic()
+    with sim_server(**FAST) as handle:
+        scraper = Scraper(f"{root(handle)}/metrics", 0.2, csv_path, lambda: time.monotonic() - start)
+        scraper.start()
+        body = {
+            "model": "m",
+            "max_tokens": 50,
+            "ignore_eos": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        with httpx.Client(base_url=handle.api_base, timeout=10, trust_env=False) as c:
+            for _ in range(5):
+                c.post("/chat/completions", json=body).raise_for_status()
+        time.sleep(0.5)
+        scraper.stop()
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert scraper.failures == 0 and len(rows) == scraper.rows >= 3
+    assert "vllm:kv_cache_usage_perc" in rows[0] and "vllm:num_requests_waiting" in rows[0]
+    rates = [float(r["vllm:generation_tokens_total"]) for r in rows[1:]]
+    assert rows[0]["vllm:generation_tokens_total"] == ""  # a rate needs two scrapes
+    assert all(r >= 0 for r in rates) and max(rates) > 0  # tokens per second, not a running total
+
+
+def test_a_scrape_that_fails_is_counted_and_the_scraper_goes_on(tmp_path: Path) -> None:
+    csv_path = tmp_path / "server_metrics.csv"
+    scraper = Scraper("http://127.0.0.1:9/metrics", 0.1, csv_path, lambda: 1.0)
+    scraper.start()
+    time.sleep(0.5)
+    scraper.stop()
+    assert scraper.failures >= 2 and scraper.rows == 0 and not csv_path.exists()
+
+
+def test_a_run_against_the_simulated_server_scrapes_it(tmp_path: Path) -> None:
+    proc = run_cli(
+        ["--server.type", "simulated", "--runtime.benchmark_timeout", "3", "--output_dir", "out"],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "veeksha: server metrics: scraping http://127.0.0.1:" in proc.stdout
+    with only_run_dir(tmp_path / "out").server_metrics_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 2 and float(rows[-1]["elapsed_s"]) > float(rows[0]["elapsed_s"])
+    assert max(float(r["vllm:num_requests_running"]) for r in rows) > 0
+
+
+def test_server_metrics_can_be_turned_off(tmp_path: Path) -> None:
+    flags = ["--server.type", "simulated", "--runtime.max_sessions", "2", "--server_metrics.enabled", "false"]
+    proc = run_cli([*flags, "--output_dir", "out"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not only_run_dir(tmp_path / "out").server_metrics_csv.exists()
+    assert "server metrics" not in proc.stdout
