@@ -13,7 +13,13 @@ from typing import Any
 
 from veeksha.shared.errors import ContractError, VeekshaError
 from veeksha.shared.jsonio import read_json
-from veeksha.shared.paths import ARTIFACT_ALLOW_LIST, METRICS_DIR, TIMESERIES_CSV, RunPaths
+from veeksha.shared.paths import (
+    ARTIFACT_ALLOW_LIST,
+    METRICS_DIR,
+    SERVER_METRICS_CSV,
+    TIMESERIES_CSV,
+    RunPaths,
+)
 from veeksha.shared.records import DISTRIBUTION_CSV_COLUMNS, RUN_FAILED, RUN_RUNNING, RUN_STATUSES
 from veeksha.uploader.run_files import RunFiles
 
@@ -33,6 +39,7 @@ class RunData:
     slo: dict[str, Any] | None = None
     health: dict[str, Any] | None = None
     timeseries: list[dict[str, Number]] = field(default_factory=list)
+    server_metrics: list[dict[str, Number]] = field(default_factory=list)  # scraped, when it was
     quantiles: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     images: list[str] = field(default_factory=list)  # relative paths of metrics/*.png
     files: list[str] = field(default_factory=list)  # allow-listed relative paths
@@ -147,7 +154,7 @@ def read_quantiles(run_files: RunFiles) -> dict[str, list[tuple[float, float]]]:
     """Every metrics/<metric>.csv with `cdf,value` columns (101 quantiles)."""
     out: dict[str, list[tuple[float, float]]] = {}
     for path in run_files.glob(f"{METRICS_DIR}/*.csv"):
-        if path.name == TIMESERIES_CSV:
+        if path.name in (TIMESERIES_CSV, SERVER_METRICS_CSV):
             continue
         header, rows = read_numeric_csv(path)
         if tuple(header[:2]) != DISTRIBUTION_CSV_COLUMNS:
@@ -180,6 +187,7 @@ def read_run_dir(root: Path) -> RunData:
         health=_json_object(run_files, paths.health_checks_json, False),
     )
     data.timeseries = _timeseries(run_files, paths.timeseries_csv, required)
+    data.server_metrics = _timeseries(run_files, paths.server_metrics_csv, required=False)
     data.quantiles = read_quantiles(run_files)
     data.images = [p.relative_to(root).as_posix() for p in run_files.glob(f"{METRICS_DIR}/*.png")]
     data.files = allowed_files(root, run_files)

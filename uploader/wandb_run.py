@@ -27,6 +27,9 @@ from veeksha.uploader.redaction import Redactor
 
 ELAPSED = "elapsed_s"
 HISTORY_PREFIX = "timeseries/"
+# The server's scraped metrics: their own rows, on their own x-axis (scrapes are not whole seconds).
+SERVER_ELAPSED = "server_elapsed_s"
+SERVER_PREFIX = "server/"
 SCALARS = (int, float, bool, str, type(None))
 
 
@@ -95,12 +98,20 @@ def summary_values(data: RunData) -> dict[str, Any]:
 
 
 def history_rows(data: RunData) -> list[dict[str, Any]]:
-    """timeseries.csv rows as history rows: `elapsed_s` plus `timeseries/<column>` (empty cells left out)."""
-    return [
+    """timeseries.csv rows as history rows: `elapsed_s` plus `timeseries/<column>` (empty cells left out);
+    then server_metrics.csv rows: `server_elapsed_s` plus `server/<series>`. The server's rows come last,
+    so a live follower, which streams the time series, adds them when the run ends."""
+    client = [
         {ELAPSED: row[ELAPSED], **{f"{HISTORY_PREFIX}{k}": v for k, v in row.items() if k != ELAPSED}}
         for row in data.timeseries
         if ELAPSED in row
     ]
+    server = [
+        {SERVER_ELAPSED: row[ELAPSED], **{f"{SERVER_PREFIX}{k}": v for k, v in row.items() if k != ELAPSED}}
+        for row in data.server_metrics
+        if ELAPSED in row
+    ]
+    return client + server
 
 
 def slo_rows(slo: dict[str, Any] | None) -> list[list[Any]]:
@@ -142,6 +153,8 @@ def define_history(run: Any) -> None:
     """History rows use `elapsed_s` as their x-axis (a float), not W&B's integer step."""
     run.define_metric(ELAPSED, summary="none")
     run.define_metric(f"{HISTORY_PREFIX}*", step_metric=ELAPSED, summary="none")
+    run.define_metric(SERVER_ELAPSED, summary="none")
+    run.define_metric(f"{SERVER_PREFIX}*", step_metric=SERVER_ELAPSED, summary="none")
 
 
 def log_history(run: Any, rows: list[dict[str, Any]]) -> None:

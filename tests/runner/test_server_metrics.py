@@ -12,6 +12,8 @@ from veeksha.runner.server_metrics import Scraper, parse, probe
 
 from tests.runner.helpers import only_run_dir, run_cli
 from tests.runner.simserver.test_server import FAST, root, sim_server
+from tests.uploader.conftest import make_home, upload
+from tests.uploader.wandb_records import offline_run_dirs, read_offline_run
 
 TEXT = """# TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{model_name="a"} 2
@@ -81,10 +83,23 @@ def test_a_run_against_the_simulated_server_scrapes_it(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "veeksha: server metrics: scraping http://127.0.0.1:" in proc.stdout
-    with only_run_dir(tmp_path / "out").server_metrics_csv.open() as f:
+    paths = only_run_dir(tmp_path / "out")
+    with paths.server_metrics_csv.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) >= 2 and float(rows[-1]["elapsed_s"]) > float(rows[0]["elapsed_s"])
     assert max(float(r["vllm:num_requests_running"]) for r in rows) > 0
+
+    # The uploader logs them beside the client's time series: `server/<series>` on `server_elapsed_s`.
+    up = upload(["--mode", "offline", str(paths.root)], make_home(tmp_path / "home"), cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    (sync_dir,) = offline_run_dirs(paths.root)
+    run = read_offline_run(sync_dir)
+    logged = [r for r in run.history if "server_elapsed_s" in r]
+    assert [r["server_elapsed_s"] for r in logged] == [float(r["elapsed_s"]) for r in rows]
+    running = [r["server/vllm:num_requests_running"] for r in logged]
+    assert running == [float(r["vllm:num_requests_running"]) for r in rows]
+    metrics = {m.glob_name or m.name: m for m in run.metrics}
+    assert metrics["server/*"].step_metric == "server_elapsed_s"
 
 
 def test_server_metrics_can_be_turned_off(tmp_path: Path) -> None:

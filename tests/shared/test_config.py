@@ -225,6 +225,7 @@ def test_json_schema_describes_every_top_level_section() -> None:
         "runtime",
         "trace_recorder",
         "server",
+        "server_metrics",
         "wandb",
     }
     variants = schema["properties"]["traffic_scheduler"]["oneOf"]
