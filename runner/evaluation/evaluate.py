@@ -20,7 +20,7 @@ from veeksha.runner.evaluation.prefill import build_prefill
 from veeksha.runner.evaluation.reading import read_run_logs
 from veeksha.runner.evaluation.rundata import prepare, split_warmup
 from veeksha.runner.evaluation.slo import slo_results
-from veeksha.runner.evaluation.summary import AllFailed, all_failed, build_summary
+from veeksha.runner.evaluation.summary import AllFailed, all_failed, build_summary, server_cache_hit_fraction
 from veeksha.runner.evaluation.throughput import build_throughput
 from veeksha.runner.evaluation.timeseries import build_timeseries, write_timeseries
 from veeksha.shared.config_loader import load_written_config
@@ -70,6 +70,7 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
         timeseries_job = pool.submit(build_timeseries, records)
         data = prepare(records, warmup, cfg, trace)
         summary = build_summary(data)
+        summary["server_prefix_cache_hit_fraction"] = server_cache_hit_fraction(paths.server_metrics_csv)
         failed_run = all_failed(data)
         slos = slo_results(data)
         checks = run_checks(data)

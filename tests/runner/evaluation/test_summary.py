@@ -108,3 +108,17 @@ def test_throughput():
     # in flight: 0.3 + 0.5 + 0.2 (error) + 0.5 + 0.2 + 0.5 (cancelled at 5.0) seconds
     assert t["mean_in_flight_requests"] == pytest.approx(2.2 / 4.0)
     assert t["peak_output_token_throughput"] == 3.0  # request 1's three chunks in second 2
+
+
+def test_the_servers_cache_hit_fraction_comes_from_its_scraped_rates(tmp_path):
+    from veeksha.runner.evaluation.summary import server_cache_hit_fraction
+
+    csv = tmp_path / "server_metrics.csv"
+    csv.write_text(
+        "elapsed_s,vllm:prefix_cache_hits_total,vllm:prefix_cache_queries_total\n"
+        "1.0,,\n2.0,10.0,100.0\n3.0,30.0,100.0\n"
+    )
+    assert server_cache_hit_fraction(csv) == 0.2  # (10 + 30) / (100 + 100)
+    csv.write_text("elapsed_s,vllm:num_requests_running\n1.0,3\n")
+    assert server_cache_hit_fraction(csv) is None  # a server without those counters
+    assert server_cache_hit_fraction(tmp_path / "absent.csv") is None
