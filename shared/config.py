@@ -224,6 +224,8 @@ class TextChannel:
     body_length_generator: LengthGen = gen_field(type="uniform", min=100, max=500)
     shared_prefix_ratio: float = spec(default=0.0, ge=0, le=1)
     shared_prefix_probability: float = spec(default=0.0, ge=0, le=1)
+    # Sessions with a shared prefix pick one of this many run-wide prefixes, uniformly.
+    shared_prefix_pool_size: int = spec(default=1, ge=1)
 
 
 CHANNELS: dict[str, type] = {"text": TextChannel}

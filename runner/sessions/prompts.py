@@ -78,15 +78,23 @@ def one_token_per_word(tokenizer: LocalTokenizer, words: Sequence[str]) -> bool:
     return tokenizer.count(text) == len(text.split())
 
 
+class _SharedPrefix:
+    """One shared word sequence of the run, drawn block by block from its own stream."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.words: list[str] = []
+        self.ids: list[int] = []  # trimming path only: tokens of the word sequence
+        self.texts: dict[int, str] = {}
+
+
 class PromptBuilder:
     """Builds prompt texts of an exact token count, counted by `tokenizer` or the approximation."""
 
-    def __init__(self, tokenizer: LocalTokenizer | None, shared_rng: random.Random) -> None:
+    def __init__(self, tokenizer: LocalTokenizer | None, shared_rngs: list[random.Random]) -> None:
+        """`shared_rngs`: one random stream per shared prefix of the run's pool (usually one)."""
         self._tok = tokenizer
-        self._shared_rng = shared_rng
-        self._shared_words: list[str] = []
-        self._shared_ids: list[int] = []  # trimming path only: tokens of the shared word sequence
-        self._shared_texts: dict[int, str] = {}
+        self._pool = [_SharedPrefix(rng) for rng in shared_rngs]
         if tokenizer is None:
             self.words: tuple[str, ...] = WORDS
             self._one_token_words = True
@@ -102,20 +110,24 @@ class PromptBuilder:
     def count(self, text: str) -> int:
         return self._tok.count(text) if self._tok is not None else len(text.split())
 
-    def build(self, target: int, rng: random.Random, shared_prefix_tokens: int = 0) -> tuple[str, int]:
+    def build(
+        self, target: int, rng: random.Random, shared_prefix_tokens: int = 0, pool_index: int = 0
+    ) -> tuple[str, int]:
         """(text, its token count): `target` tokens (at least 1), the first `shared_prefix_tokens`
-        of which are the run's shared prefix. The count equals `target` except when a tokenizer's
-        merges make it unreachable (then it is the closest count found, and the true one)."""
+        of which are shared prefix number `pool_index` of the run. The count equals `target` except
+        when a tokenizer's merges make it unreachable (then it is the closest count found, and the
+        true one)."""
         target = max(1, target)
         k = min(max(0, shared_prefix_tokens), target)
+        shared = self._pool[pool_index]
         if self._one_token_words:
-            prefix_words = self._shared_prefix_words(k) if k else []
+            prefix_words = self._shared_prefix_words(shared, k) if k else []
             text = " ".join(prefix_words + rng.choices(self.words, k=target - k))
             if self._proven:
                 return text, target
             prefix = " ".join(prefix_words)
         else:
-            prefix = text = self._shared_prefix_text(k) if k else ""
+            prefix = text = self._shared_prefix_text(shared, k) if k else ""
         best = self._fit(text, target, rng)
         for _ in range(_RETRIES):  # rare: a tokenizer whose merges at the cut miss the target
             if best[1] == target:
@@ -125,20 +137,20 @@ class PromptBuilder:
                 best = again
         return best
 
-    def _shared_prefix_words(self, k: int) -> list[str]:
-        while len(self._shared_words) < k:
-            self._shared_words += self._shared_rng.choices(self.words, k=_SHARED_BLOCK)
-        return self._shared_words[:k]
+    def _shared_prefix_words(self, shared: _SharedPrefix, k: int) -> list[str]:
+        while len(shared.words) < k:
+            shared.words += shared.rng.choices(self.words, k=_SHARED_BLOCK)
+        return shared.words[:k]
 
-    def _shared_prefix_text(self, k: int) -> str:
+    def _shared_prefix_text(self, shared: _SharedPrefix, k: int) -> str:
         """Trimming path: the text of the first `k` tokens of the shared word sequence."""
         assert self._tok is not None
-        text = self._shared_texts.get(k)
+        text = shared.texts.get(k)
         if text is None:
-            while len(self._shared_ids) < k:  # every word is at least one token
-                words = self._shared_prefix_words(len(self._shared_words) + _SHARED_BLOCK)
-                self._shared_ids = self._tok.encode(" ".join(words))
-            text = self._shared_texts[k] = self._tok.decode(self._shared_ids[:k])
+            while len(shared.ids) < k:  # every word is at least one token
+                words = self._shared_prefix_words(shared, len(shared.words) + _SHARED_BLOCK)
+                shared.ids = self._tok.encode(" ".join(words))
+            text = shared.texts[k] = self._tok.decode(shared.ids[:k])
         return text
 
     def _fit(self, text: str, target: int, rng: random.Random) -> tuple[str, int]:

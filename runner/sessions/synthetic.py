@@ -125,7 +125,14 @@ class SyntheticSessionGenerator:
         self._output_length = make_count_sampler(
             sg.output_spec.text.output_length_generator, stream(seed, "text/output_length")
         )
-        self._prompts = PromptBuilder(tokenizer, stream(seed, "text/shared_prefix"))
+        # Prefix 0 keeps the stream a single shared prefix always had: pool size 1 changes nothing.
+        names = [
+            "text/shared_prefix",
+            *(f"text/shared_prefix/{i}" for i in range(1, text.shared_prefix_pool_size)),
+        ]
+        self._prompts = PromptBuilder(tokenizer, [stream(seed, name) for name in names])
+        self._pool_size = text.shared_prefix_pool_size
+        self._pool_pick = stream(seed, "text/shared_prefix_pool")
         self._words = stream(seed, "text/words")
         self._prefix_coin = stream(seed, "text/shared_prefix_coin")
         self._prefix_ratio = text.shared_prefix_ratio
@@ -138,10 +145,11 @@ class SyntheticSessionGenerator:
         nodes = []
         for node_id, shape in enumerate(shapes):
             target = self._body_length()
-            prefix = 0
+            prefix, pool_index = 0, 0
             if node_id == 0 and self._prefix_coin.random() < self._prefix_probability:
                 prefix = round(self._prefix_ratio * target)
-            content, count = self._prompts.build(target, self._words, prefix)
+                pool_index = self._pool_pick.randrange(self._pool_size) if self._pool_size > 1 else 0
+            content, count = self._prompts.build(target, self._words, prefix, pool_index)
             nodes.append(
                 RequestNode(
                     node_id=node_id,

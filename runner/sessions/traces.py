@@ -84,7 +84,7 @@ class TraceSessionGenerator:
         self._wrap = ts.wrap
         if self._timed:
             self._prepare_timed(kept)
-        self._prompts = PromptBuilder(tokenizer, stream(seed, "trace/shared_prefix"))
+        self._prompts = PromptBuilder(tokenizer, [stream(seed, "trace/shared_prefix")])
         self._words = stream(seed, "trace/words")
         self.token_count_source = self._prompts.token_count_source
         self._index = 0

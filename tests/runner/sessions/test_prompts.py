@@ -57,7 +57,7 @@ def _fresh_tokenizer_cache() -> None:
 
 
 def test_approximate_prompts_hit_the_target_word_count_exactly() -> None:
-    builder = PromptBuilder(None, random.Random(0))
+    builder = PromptBuilder(None, [random.Random(0)])
     rng = random.Random(1)
     assert builder.token_count_source == COUNT_APPROXIMATE
     for target in (1, 2, 7, 100, 512, 4096):
@@ -67,12 +67,12 @@ def test_approximate_prompts_hit_the_target_word_count_exactly() -> None:
 
 
 def test_a_target_below_one_still_gives_one_token() -> None:
-    text, count = PromptBuilder(None, random.Random(0)).build(0, random.Random(1))
+    text, count = PromptBuilder(None, [random.Random(0)]).build(0, random.Random(1))
     assert count == 1 == count_tokens_approx(text)
 
 
 def test_prompts_differ_between_draws_so_prefix_caches_cannot_serve_them() -> None:
-    builder = PromptBuilder(None, random.Random(0))
+    builder = PromptBuilder(None, [random.Random(0)])
     rng = random.Random(1)
     texts = [builder.build(300, rng)[0] for _ in range(50)]
     first_16_words = {tuple(t.split()[:16]) for t in texts}
@@ -80,7 +80,7 @@ def test_prompts_differ_between_draws_so_prefix_caches_cannot_serve_them() -> No
 
 
 def test_the_shared_prefix_is_the_same_text_in_every_prompt_that_asks_for_it() -> None:
-    builder = PromptBuilder(None, random.Random(0))
+    builder = PromptBuilder(None, [random.Random(0)])
     rng = random.Random(1)
     a, _ = builder.build(200, rng, shared_prefix_tokens=100)
     b, _ = builder.build(400, rng, shared_prefix_tokens=50)
@@ -91,8 +91,8 @@ def test_the_shared_prefix_is_the_same_text_in_every_prompt_that_asks_for_it() -
 
 
 def test_the_shared_prefix_does_not_depend_on_which_lengths_were_asked_first() -> None:
-    one = PromptBuilder(None, random.Random(5))
-    two = PromptBuilder(None, random.Random(5))
+    one = PromptBuilder(None, [random.Random(5)])
+    two = PromptBuilder(None, [random.Random(5)])
     long_first = one.build(2000, random.Random(1), 2000)[0]
     two.build(10, random.Random(1), 10)
     assert two.build(2000, random.Random(1), 2000)[0] == long_first
@@ -121,7 +121,7 @@ def test_the_all_pairs_text_puts_every_ordered_pair_side_by_side() -> None:
 def test_tokenizer_prompts_hit_the_target_exactly(tmp_path: Path, style: str, vocab_size: int) -> None:
     path = train_tokenizer(tmp_path / "tokenizer.json", vocab_size, style)
     tok = load_tokenizer(str(path))
-    builder = PromptBuilder(tok, random.Random(0))
+    builder = PromptBuilder(tok, [random.Random(0)])
     rng = random.Random(1)
     assert builder.token_count_source == COUNT_TOKENIZER
     for target in [1, 2, 3, 17, 64, 255, 256, 300, 777]:
@@ -132,10 +132,10 @@ def test_tokenizer_prompts_hit_the_target_exactly(tmp_path: Path, style: str, vo
 
 def test_tiny_vocab_prompts_still_share_their_prefix(tmp_path: Path) -> None:
     tok = load_tokenizer(str(train_tokenizer(tmp_path / "tokenizer.json", 300)))
-    builder = PromptBuilder(tok, random.Random(0))
+    builder = PromptBuilder(tok, [random.Random(0)])
     a, _ = builder.build(200, random.Random(1), shared_prefix_tokens=100)
     b, _ = builder.build(200, random.Random(2), shared_prefix_tokens=100)
-    prefix = builder._shared_prefix_text(100)
+    prefix = builder._shared_prefix_text(builder._pool[0], 100)
     assert a.startswith(prefix) and b.startswith(prefix) and a != b
 
 

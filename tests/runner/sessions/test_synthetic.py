@@ -323,3 +323,16 @@ def test_generating_a_seed_example_session_takes_well_under_a_millisecond() -> N
     take(gen, 500)
     per_session = (time.perf_counter() - start) / 500
     assert per_session < 1e-3  # ~0.15 ms on a shared 2-core machine; the bound leaves slack
+
+
+@pytest.mark.parametrize("pool", [1, 3])
+def test_sessions_with_a_shared_prefix_pick_one_of_the_pool(pool: int) -> None:
+    channel = {"type": "text", "shared_prefix_ratio": 1.0, "shared_prefix_probability": 1.0}
+    channel["shared_prefix_pool_size"] = pool
+    channel["body_length_generator"] = {"type": "fixed", "value": 40}
+    gen = make_session_generator(
+        build_benchmark_config({"seed": 4, "session_generator": {"type": "synthetic", "channels": [channel]}})
+    )
+    firsts = [gen.next_session().nodes[0] for _ in range(60)]
+    assert all(n.shared_prefix_tokens == 40 for n in firsts)
+    assert len({n.content for n in firsts}) == pool  # every prompt is its whole prefix here
