@@ -87,11 +87,9 @@ class Scraper:
                 if t is None:
                     continue
                 try:
-                    series = fetch(client, self.url)
-                except (httpx.HTTPError, ValueError):
+                    self._write(t, fetch(client, self.url))
+                except (httpx.HTTPError, ValueError, OSError):  # counted, reported at the end
                     self.failures += 1
-                    continue
-                self._write(t, series)
 
     def _write(self, t: float, series: dict[str, tuple[str, float]]) -> None:
         if self._columns is None:

@@ -33,6 +33,8 @@ def check_benchmark_config(cfg: BenchmarkConfig, prefix: str = "", api_base_sour
         check_api_base(server.ready_url, f"{prefix}server.ready_url")
         if server.api_base is not None:
             check_api_base(server.api_base, f"{prefix}server.api_base")
+    if cfg.server_metrics.url is not None:
+        check_api_base(cfg.server_metrics.url, f"{prefix}server_metrics.url")
     check_headers(cfg.client, f"{prefix}client")
 
 

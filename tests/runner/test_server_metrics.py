@@ -108,3 +108,14 @@ def test_server_metrics_can_be_turned_off(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert not only_run_dir(tmp_path / "out").server_metrics_csv.exists()
     assert "server metrics" not in proc.stdout
+
+
+def test_a_row_that_cannot_be_written_is_counted_too(tmp_path: Path) -> None:
+    with sim_server(**FAST) as handle:
+        scraper = Scraper(
+            f"{root(handle)}/metrics", 0.1, tmp_path / "gone" / "server_metrics.csv", lambda: 1.0
+        )
+        scraper.start()
+        time.sleep(0.5)
+        scraper.stop()
+    assert scraper.failures >= 2 and scraper.rows == 0

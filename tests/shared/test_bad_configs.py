@@ -256,6 +256,11 @@ API_BASE = [
     Case("ftp-scheme", api_base("ftp://127.0.0.1/v1"), "client.api_base: 'ftp://127.0.0.1/v1'"),
     Case("ws-scheme", api_base("ws://127.0.0.1:8000/v1"), "expected an http:// or https:// URL"),
     Case("file-scheme", api_base("file:///etc/passwd"), "client.api_base: 'file:///etc/passwd'"),
+    Case(
+        "metrics-url-scheme",
+        api_base("{api}") + "server_metrics: {url: 'ftp://127.0.0.1/metrics'}\n",
+        "server_metrics.url: 'ftp://127.0.0.1/metrics'",
+    ),
     Case("no-host", api_base("http:///v1"), "client.api_base: 'http:///v1' is not allowed; the URL has no"),
     Case(
         "port-too-big", api_base("http://127.0.0.1:99999/v1"), "client.api_base: 'http://127.0.0.1:99999/v1'"
