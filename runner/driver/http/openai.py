@@ -287,7 +287,10 @@ class ResponseReader:
         if type(obj) is not dict or event is not None or "error" in obj or obj.get("object") == "error":
             self._unusual_event(event, data)
             return
-        self._chunk(obj)
+        try:  # free unless raised: a choice or delta that is not an object
+            self._chunk(obj)
+        except (AttributeError, TypeError):
+            self._odd_shape(data)
 
     def _chunk(self, obj: dict[str, Any]) -> None:
         choices = obj.get("choices")
@@ -356,7 +359,14 @@ class ResponseReader:
             what = error_text(err if err is not None else obj)
             self._fail(ServerError(f"server error in stream: {what}"), self._now)
             return
-        self._chunk(obj)
+        try:
+            self._chunk(obj)
+        except (AttributeError, TypeError):
+            self._odd_shape(data)
+
+    def _odd_shape(self, data: bytes) -> None:
+        preview = one_line(data[:80].decode("utf-8", "replace"))
+        self._fail(ProtocolError(f"stream event of an unexpected shape: {preview}"), self._now)
 
     def _bad_event(self, data: bytes) -> None:
         if not data.strip():
@@ -430,7 +440,12 @@ class ResponseReader:
         if not choices or not isinstance(choices, list):
             self._fail(EmptyResponse(self._about("response has no choices"), body_head=head), now)
             return
-        answer = self._read_choices(choices)
+        try:
+            answer = self._read_choices(choices)
+        except (AttributeError, TypeError):  # a choice or message that is not an object
+            what = self._about("response choices of an unexpected shape")
+            self._fail(ProtocolError(what, body_head=head), now)
+            return
         usage = obj.get("usage")
         if usage:
             self._usage(usage)

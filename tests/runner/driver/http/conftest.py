@@ -1,4 +1,8 @@
-"""One quirk server (real loopback HTTP in its own thread) shared by the client tests of this folder."""
+"""One quirk server (real loopback HTTP in its own thread) per client test module of this folder.
+
+Per module, not per session: its thread's loop leaves asyncio transports for the collector, and a server
+still running later would put them into the garbage that tests/runner/driver/test_memory.py inspects.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import pytest
 from tests.runner.driver.http.quirk_server import QuirkServer
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def quirks() -> Iterator[QuirkServer]:
     with QuirkServer() as server:
         yield server

@@ -230,3 +230,23 @@ def test_short_or_blank_bodies() -> None:
     assert reader.failure.message == "HTTP 200 text/plain: empty body"
     _, reader = read([(b"  ", 1.0)], stream=False, ctype=b"application/json")
     assert reader.failure is not None and reader.failure.error_type == "empty_response"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'data: {"choices": ["x"]}\n\n',
+        b'data: {"choices": [{"delta": "x"}]}\n\n',
+        b'data: {"choices": 5}\n\n',
+    ],
+)
+def test_a_stream_event_of_an_unexpected_shape_is_a_protocol_error_not_a_crash(body: bytes) -> None:
+    _, reader = read([(body, 1.0)])
+    assert reader.failure is not None and reader.failure.error_type == "protocol_error"
+    assert "unexpected shape" in reader.failure.message
+
+
+def test_a_whole_answer_of_an_unexpected_shape_is_a_protocol_error() -> None:
+    body = orjson.dumps({"choices": ["x"]})
+    _, reader = read([(body, 1.0)], stream=False, ctype=b"application/json")
+    assert reader.failure is not None and reader.failure.error_type == "protocol_error"
