@@ -25,7 +25,7 @@ from veeksha.shared.paths import SWEEP_MANIFEST, RunPaths
 from veeksha.shared.records import CONTRACT_VERSION, summary_stat_key
 
 SUMMARY_CSV = "compare_summary.csv"
-TIMESERIES_PNG = "timeseries_compare.png"
+COMPARE_TIMESERIES_PNG = "timeseries_compare.png"
 CDF_METRICS = ("ttfc", "ttfa", "tbc", "tpot", "end_to_end_latency")
 COUNTS = ("num_requests", "num_completed_requests", "error_rate")
 THROUGHPUTS = ("request_throughput", "output_token_throughput", "goodput")
@@ -51,7 +51,7 @@ def compare(dirs: list[Path], output_dir: Path) -> str:
     write_atomic(output_dir / SUMMARY_CSV, summary_csv(runs, rows).encode())
     named = [(run.label, run.paths) for run in runs]
     plot_cdfs(named, CDF_METRICS, output_dir)
-    plot_timeseries(named, output_dir / TIMESERIES_PNG)
+    plot_timeseries(named, output_dir / COMPARE_TIMESERIES_PNG)
     return format_table(runs, rows)
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import polars as pl
+from veeksha.runner.evaluation.timeseries_plot import float_column
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import DISTRIBUTION_CSV_COLUMNS, FIELD
 
@@ -55,9 +55,9 @@ def plot_timeseries(runs: Named, png: Path) -> None:
             ts = _timeseries(paths)
             if ts is None:
                 continue
-            t = _floats(ts, "elapsed_s")
+            t = float_column(ts, "elapsed_s")
             for ax, (column, _, scale) in zip(axes, panels, strict=True):
-                ax.plot(t, _floats(ts, column) * scale, linewidth=1.4, label=label)
+                ax.plot(t, float_column(ts, column) * scale, linewidth=1.4, label=label)
         for ax, (_, ylabel, _) in zip(axes, panels, strict=True):
             ax.set_ylabel(ylabel, fontsize=9)
             ax.set_ylim(bottom=0)
@@ -82,10 +82,6 @@ def read_quantiles(paths: RunPaths, metric: str) -> pl.DataFrame | None:
 def _timeseries(paths: RunPaths) -> pl.DataFrame | None:
     path = paths.timeseries_csv
     return pl.read_csv(path, infer_schema_length=None) if path.exists() and path.stat().st_size else None
-
-
-def _floats(ts: pl.DataFrame, name: str) -> np.ndarray:
-    return ts[name].cast(pl.Float64).fill_null(float("nan")).to_numpy()
 
 
 def _pyplot() -> ModuleType:

@@ -192,7 +192,7 @@ class Recorder:
         return None if self.t0 is None else time.perf_counter() - self.t0
 
     def _elapsed(self) -> float:
-        return time.perf_counter() - (self.t0 or time.perf_counter())
+        return self.elapsed_or_none() or 0.0
 
     def _open_trace(self) -> BinaryIO:
         target = self.paths.dispatch_trace if self.trace_enabled else os.devnull

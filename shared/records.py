@@ -329,6 +329,15 @@ PROGRESS_ERRORED: Final = "errored"
 PROGRESS_IN_FLIGHT: Final = "in_flight"
 PROGRESS_OUTPUT_TOKENS: Final = "output_tokens"
 
+# Series of metrics/server_metrics.csv that Veeksha reads (vLLM's names, which the simulated server
+# exposes too); any other series the server has is kept as it spells it.
+VLLM_RUNNING: Final = "vllm:num_requests_running"
+VLLM_WAITING: Final = "vllm:num_requests_waiting"
+VLLM_KV_USAGE: Final = "vllm:kv_cache_usage_perc"
+VLLM_CACHE_QUERIES: Final = "vllm:prefix_cache_queries_total"
+VLLM_CACHE_HITS: Final = "vllm:prefix_cache_hits_total"
+VLLM_GENERATION_TOKENS: Final = "vllm:generation_tokens_total"
+
 # metrics/timeseries.csv columns, in order.
 TIMESERIES_COLUMNS: Final = (
     "elapsed_s",

@@ -9,7 +9,13 @@ from typing import Any
 import polars as pl
 from veeksha.runner.evaluation.rundata import RunData
 from veeksha.shared.paths import DISTRIBUTION_METRICS
-from veeksha.shared.records import SCHEDULER_DISPATCHED_AT, SUMMARY_PERCENTILES, summary_stat_key
+from veeksha.shared.records import (
+    SCHEDULER_DISPATCHED_AT,
+    SUMMARY_PERCENTILES,
+    VLLM_CACHE_HITS,
+    VLLM_CACHE_QUERIES,
+    summary_stat_key,
+)
 
 
 def ratio(num: float, den: float | None) -> float | None:
@@ -62,21 +68,16 @@ def expected_cache_hits(data: RunData) -> float | None:
     return cacheable / total if total else None
 
 
-# vLLM's counters (the simulated server's too), scraped as per-second rates into server_metrics.csv.
-SERVER_CACHE_HITS = "vllm:prefix_cache_hits_total"
-SERVER_CACHE_QUERIES = "vllm:prefix_cache_queries_total"
-
-
 def server_cache_hit_fraction(csv_path: Path) -> float | None:
     """The server's own prefix-cache hit rate over the run, beside expected_prefix_cache_hit_fraction:
     Σ hits / Σ queries of the scraped rates (equal intervals). None without those series."""
     if not csv_path.exists() or not csv_path.stat().st_size:
         return None
     df = pl.read_csv(csv_path, infer_schema_length=None)
-    if not {SERVER_CACHE_HITS, SERVER_CACHE_QUERIES} <= set(df.columns):
+    if not {VLLM_CACHE_HITS, VLLM_CACHE_QUERIES} <= set(df.columns):
         return None
-    hits = float(df[SERVER_CACHE_HITS].cast(pl.Float64).fill_null(0).to_numpy().sum())
-    queries = float(df[SERVER_CACHE_QUERIES].cast(pl.Float64).fill_null(0).to_numpy().sum())
+    hits = float(df[VLLM_CACHE_HITS].cast(pl.Float64).fill_null(0).to_numpy().sum())
+    queries = float(df[VLLM_CACHE_QUERIES].cast(pl.Float64).fill_null(0).to_numpy().sum())
     return hits / queries if queries else None
 
 

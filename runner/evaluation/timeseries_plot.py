@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+from veeksha.shared.records import VLLM_KV_USAGE, VLLM_RUNNING, VLLM_WAITING
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 TTFC = (("ttfc_p50", "TTFC p50"), ("ttfc_p99", "TTFC p99"))
 TBC = (("tbc_p50", "TBC p50"), ("tbc_p99", "TBC p99"))
-# From a scraped metrics/server_metrics.csv (vLLM's names; the simulated server uses them too).
-SERVER_QUEUE = (("vllm:num_requests_running", "running"), ("vllm:num_requests_waiting", "waiting"))
-SERVER_KV = (("vllm:kv_cache_usage_perc", "KV-cache use"),)
+# From a scraped metrics/server_metrics.csv.
+SERVER_QUEUE = ((VLLM_RUNNING, "running"), (VLLM_WAITING, "waiting"))
+SERVER_KV = ((VLLM_KV_USAGE, "KV-cache use"),)
 
 
 def plot_timeseries(csv_path: Path, png_path: Path, server_csv: Path | None = None) -> None:
@@ -44,7 +45,7 @@ def plot_timeseries(csv_path: Path, png_path: Path, server_csv: Path | None = No
         else:
             _draw(axes, ts)
         if server is not None:
-            st = _column(server, "elapsed_s")
+            st = float_column(server, "elapsed_s")
             _panel(axes[6], st, server, SERVER_QUEUE, "server: requests")
             _panel(axes[7], st, server, SERVER_KV, "server: KV-cache use (fraction)")
         axes[-1].set_xlabel("seconds since the run started (latencies: requests completed in that second)")
@@ -54,7 +55,7 @@ def plot_timeseries(csv_path: Path, png_path: Path, server_csv: Path | None = No
 
 
 def _draw(axes: list[Axes], ts: pl.DataFrame) -> None:
-    t = _column(ts, "elapsed_s")
+    t = float_column(ts, "elapsed_s")
     _panel(axes[0], t, ts, (("dispatched", "dispatched"), ("completed", "completed")), "requests / s")
     _panel(axes[1], t, ts, (("output_tokens_per_s", "output tokens"),), "tokens / s")
     for ax, series, name in ((axes[2], TTFC, "TTFC"), (axes[3], TBC, "TBC")):
@@ -66,7 +67,7 @@ def _draw(axes: list[Axes], ts: pl.DataFrame) -> None:
 
 
 def _seconds_unit(ts: pl.DataFrame, series: tuple[tuple[str, str], ...]) -> tuple[float, str]:
-    values = np.concatenate([_column(ts, c) for c, _ in series])
+    values = np.concatenate([float_column(ts, c) for c, _ in series])
     top = float(np.nanmax(values)) if np.isfinite(values).any() else 0.0
     return (1.0, "s") if top >= 1 else (1e3, "ms")
 
@@ -82,7 +83,7 @@ def _server_frame(path: Path | None) -> pl.DataFrame | None:
     return df.select("elapsed_s", *wanted)
 
 
-def _column(ts: pl.DataFrame, name: str) -> np.ndarray:
+def float_column(ts: pl.DataFrame, name: str) -> np.ndarray:
     """A column as floats, empty cells as NaN (drawn as gaps)."""
     return ts[name].cast(pl.Float64).fill_null(float("nan")).to_numpy()
 
@@ -95,10 +96,9 @@ def _panel(
     ylabel: str,
     scale: float = 1.0,
 ) -> None:
+    marker = "." if len(t) < 30 else None  # a short run's few points stay visible
     for column, label in series:
-        ax.plot(
-            t, _column(ts, column) * scale, linewidth=1.4, label=label, marker="." if len(t) < 30 else None
-        )
+        ax.plot(t, float_column(ts, column) * scale, linewidth=1.4, label=label, marker=marker)
     ax.set_ylabel(ylabel, fontsize=9)
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)

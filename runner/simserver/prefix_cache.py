@@ -10,6 +10,7 @@ on vLLM. `queries` and `hits` count prompt tokens, under vLLM's metric names' me
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 
 BLOCK_TOKENS = 16
 
@@ -23,15 +24,14 @@ class PrefixCache:
 
     def lookup(self, words: list[str]) -> int:
         """Cached tokens at the start of this prompt; its full blocks are cached from now on."""
-        cached, prefix, missed = 0, 0, False
-        for start in range(0, len(words) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
-            prefix = hash((prefix, *words[start : start + BLOCK_TOKENS]))
-            if not missed and prefix in self._blocks:
-                self._blocks.move_to_end(prefix)
+        cached, missed = 0, False
+        for block in _block_hashes(words):
+            if not missed and block in self._blocks:
+                self._blocks.move_to_end(block)
                 cached += BLOCK_TOKENS
             else:
                 missed = True
-                self._insert(prefix)
+                self._insert(block)
         cached = min(cached, max(0, len(words) - 1))
         self.queries += len(words)
         self.hits += cached
@@ -40,16 +40,22 @@ class PrefixCache:
     def remember(self, words: list[str]) -> None:
         """Cache a finished sequence's full blocks (its prompt and reply): a later turn that carries
         this conversation as history finds it, as vLLM keeps the blocks a request generated."""
-        prefix = 0
-        for start in range(0, len(words) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
-            prefix = hash((prefix, *words[start : start + BLOCK_TOKENS]))
-            if prefix in self._blocks:
-                self._blocks.move_to_end(prefix)
+        for block in _block_hashes(words):
+            if block in self._blocks:
+                self._blocks.move_to_end(block)
             else:
-                self._insert(prefix)
+                self._insert(block)
 
     def _insert(self, block: int) -> None:
         self._blocks[block] = None
         self._blocks.move_to_end(block)
         while len(self._blocks) > self.capacity_blocks:
             self._blocks.popitem(last=False)
+
+
+def _block_hashes(words: list[str]) -> Iterator[int]:
+    """The hash of each full block, chained over every block before it."""
+    prefix = 0
+    for start in range(0, len(words) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
+        prefix = hash((prefix, *words[start : start + BLOCK_TOKENS]))
+        yield prefix

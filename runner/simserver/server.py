@@ -48,6 +48,14 @@ from veeksha.runner.sessions.tokenizer import count_tokens_approx
 from veeksha.runner.simserver.engine import EngineRequest, SimulatedEngine, token_text
 from veeksha.runner.simserver.prefix_cache import PrefixCache
 from veeksha.shared.config import SimulatedServerConfig
+from veeksha.shared.records import (
+    VLLM_CACHE_HITS,
+    VLLM_CACHE_QUERIES,
+    VLLM_GENERATION_TOKENS,
+    VLLM_KV_USAGE,
+    VLLM_RUNNING,
+    VLLM_WAITING,
+)
 from veeksha.shared.schema import build
 
 LISTENING_PREFIX = "VEEKSHA_SIMULATED_SERVER_LISTENING"
@@ -413,12 +421,12 @@ class _App:
         model = self.cfg.model.replace("\\", "\\\\").replace('"', '\\"')
         label = f'{{model_name="{model}"}}'
         series = [
-            ("vllm:num_requests_running", "gauge", e.num_running),
-            ("vllm:num_requests_waiting", "gauge", e.num_waiting),
-            ("vllm:kv_cache_usage_perc", "gauge", e.kv_used / e.max_kv_tokens),
-            ("vllm:prefix_cache_queries_total", "counter", cache.queries if cache else 0),
-            ("vllm:prefix_cache_hits_total", "counter", cache.hits if cache else 0),
-            ("vllm:generation_tokens_total", "counter", e.generated_tokens),
+            (VLLM_RUNNING, "gauge", e.num_running),
+            (VLLM_WAITING, "gauge", e.num_waiting),
+            (VLLM_KV_USAGE, "gauge", e.kv_used / e.max_kv_tokens),
+            (VLLM_CACHE_QUERIES, "counter", cache.queries if cache else 0),
+            (VLLM_CACHE_HITS, "counter", cache.hits if cache else 0),
+            (VLLM_GENERATION_TOKENS, "counter", e.generated_tokens),
         ]
         lines = []
         for name, kind, value in series:
