@@ -6,7 +6,6 @@ after the run directory exists, it ends with a final run.json and every record r
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -17,8 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from veeksha.runner.driver.dispatcher import driver_main
+from veeksha.runner.driver.dispatcher import Placement
 from veeksha.runner.driver.http.client import endpoint_url
+from veeksha.runner.drivers import DriverLink, LocalDriver, available_cores, num_drivers
 from veeksha.runner.progress import Progress
 from veeksha.runner.recorder import Recorder, RecordingResult
 from veeksha.runner.run_dir import RunDir, ensure_writable
@@ -149,6 +149,8 @@ def _record_and_evaluate(cfg: BenchmarkConfig, run: RunDir, *, quiet: bool) -> R
             "cpu_seconds": recording.driver_cpu_seconds,
             "num_records": recording.num_records,
             "num_driver_lost": recording.num_lost,
+            "num_drivers": len(recording.drivers),
+            "drivers": recording.drivers,
         }
     except BaseException as e:  # the directory must still end with a final status
         error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
@@ -180,9 +182,7 @@ def _record_and_evaluate(cfg: BenchmarkConfig, run: RunDir, *, quiet: bool) -> R
 
 
 def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
-    ctx = multiprocessing.get_context("spawn")
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=driver_main, args=(cfg, sender), name="veeksha-driver", daemon=True)
+    links = _driver_links(cfg)
     # Replies the server sent no usage for are counted here, never in the driver.
     count_tokens, _ = token_counter(cfg.client.tokenizer)
     recorder = Recorder(
@@ -193,17 +193,14 @@ def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
     try:
         if scraper is not None:
             scraper.start()
-        proc.start()
-        sender.close()
-        result = recorder.run(receiver, proc)
-    except BaseException:  # nothing can record the driver's work any more (e.g. disk full): stop it
-        proc.kill()
+        result = recorder.run(links)
+    except BaseException:  # nothing can record the drivers' work any more (e.g. disk full): stop them
+        for link in links:
+            link.stop(0.0)
         raise
     finally:
-        proc.join(DRIVER_EXIT_WAIT_S)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        for link in links:
+            link.stop(DRIVER_EXIT_WAIT_S)
         for s, handler in previous.items():
             signal.signal(s, handler)
         if scraper is not None:
@@ -212,6 +209,16 @@ def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
                 tries = scraper.failures + scraper.rows
                 print(f"veeksha: server metrics: {scraper.failures} of {tries} scrapes failed", flush=True)
     return result
+
+
+def _driver_links(cfg: BenchmarkConfig) -> list[DriverLink]:
+    """One link per driver: local processes, or Ray actors when runtime.ray_address is set."""
+    if cfg.runtime.ray_address is not None:
+        from veeksha.runner.ray_drivers import ray_driver_links
+
+        return ray_driver_links(cfg)
+    n = num_drivers(cfg, available_cores())
+    return [LocalDriver(cfg, Placement(i, n)) for i in range(n)]
 
 
 def _server_metrics(cfg: BenchmarkConfig, paths: RunPaths, recorder: Recorder) -> Scraper | None:

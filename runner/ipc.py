@@ -1,6 +1,10 @@
-"""Messages from the driver process to the recorder process.
+"""Messages between the recorder and its driver processes.
 
-Each message is one length-prefixed frame (multiprocessing.Connection's wire format, so the
+Driver → recorder: READY once set up, then START, BATCH..., DRAINING, DONE (or FAILED at any point).
+Recorder → driver: one GO on a second pipe once every driver is READY, so that all drivers keep one
+schedule from one common start.
+
+Each driver → recorder message is one length-prefixed frame (multiprocessing.Connection's wire format, so the
 recorder reads it with `recv_bytes`) holding orjson `[kind, payload]`. The driver writes frames
 through a non-blocking asyncio pipe transport: a slow recorder can never stall dispatch.
 Records travel as positional lists in RAW_RECORD_FIELDS order (cheaper than dicts to build), built
@@ -14,6 +18,7 @@ from typing import Any, Final
 
 from veeksha.shared.records import DISPATCH_TRACE_FIELDS, DRIVER_FIELDS, REQUEST_TIME_FIELDS
 
+READY: Final = "ready"  # {"pid": driver pid}: set up, sessions buffered, waiting for GO
 START: Final = "start"  # {"t0": perf_counter at run start, "pid": driver pid}
 BATCH: Final = "batch"  # {"records": [...], "trace": [...], "progress": {...}}
 DRAINING: Final = "draining"  # {"in_flight": int, "up_to_s": float}: dispatch stopped, waiting
@@ -29,9 +34,50 @@ RAW_TRACE_FIELDS: Final = (*DISPATCH_TRACE_FIELDS, "content")
 RAW_TRACE_TIME_FIELDS: Final = ("scheduled_at", "ready_at", "dispatched_at")
 
 
+# GO (recorder → driver, a pickled dict on the go pipe): the common start. "t0" is the start on this
+# host's monotonic clock (perf_counter; local drivers share it); a driver on another host has None
+# there and converts "start_wall" (time.time()) to its own monotonic clock.
+GO_T0: Final = "t0"
+GO_START_WALL: Final = "start_wall"
+
+
 def frame(payload: bytes) -> bytes:
     """multiprocessing.Connection framing: 4-byte big-endian signed length, then the bytes."""
     return struct.pack("!i", len(payload)) + payload
+
+
+def make_trace_line(
+    *,
+    request_id: int,
+    session_id: int,
+    node_id: int,
+    driver_id: int,
+    session_size: int,
+    scheduled_at: float,
+    ready_at: float | None,
+    dispatched_at: float | None,
+    parent_nodes: tuple[int, ...],
+    history_parent: int | None,
+    wait_after_ready: float,
+    is_warmup: bool,
+    content: Any,
+) -> list[Any]:
+    """One dispatch trace line as the driver ships it: RAW_TRACE_FIELDS order (checked like make_record)."""
+    return [
+        request_id,
+        session_id,
+        node_id,
+        driver_id,
+        session_size,
+        scheduled_at,
+        ready_at,
+        dispatched_at,
+        parent_nodes,
+        history_parent,
+        wait_after_ready,
+        is_warmup,
+        content,
+    ]
 
 
 def make_record(
@@ -39,6 +85,7 @@ def make_record(
     request_id: int,
     session_id: int,
     node_id: int,
+    driver_id: int,
     status: str,
     error_type: str | None,
     error_message: str | None,
@@ -75,6 +122,7 @@ def make_record(
         request_id,
         session_id,
         node_id,
+        driver_id,
         status,
         error_type,
         error_message,

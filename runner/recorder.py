@@ -1,4 +1,8 @@
-"""The recorder side of a run: receives the driver's batches and writes them down as they arrive.
+"""The recorder side of a run: receives the drivers' batches and writes them down as they arrive.
+
+It starts the drivers (runner/drivers.py), gives them one common start once all are ready, and merges
+their streams into one request log and one trace. A driver that dies has its in-flight requests
+recorded as driver_lost and the others are stopped.
 
 Request records and trace lines are appended (and flushed) batch by batch, so a crash loses at
 most the last tick. Each record is finalized here (its derived metrics computed, times made relative to
@@ -9,16 +13,15 @@ batch and decides itself when to print.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from typing import Any, BinaryIO
 
 import orjson
 from veeksha.runner import ipc
+from veeksha.runner.drivers import DriverLink
 from veeksha.runner.evaluation.request_metrics import finalize_record
 from veeksha.runner.evaluation.timeseries import TimeseriesWriter
 from veeksha.runner.lost_records import lost_record
@@ -28,7 +31,7 @@ from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import RUN_FAILED, RUN_INTERRUPTED
 
 POLL_S = 0.2
-# How long the driver may take to start (import, client, first sessions) before we give up.
+# How long the drivers may take to start (import, client, first sessions) before we give up.
 START_DEADLINE_S = 120.0
 
 
@@ -37,15 +40,16 @@ class RecordingResult:
     status: str
     error: str | None
     num_records: int
-    driver_cpu_seconds: float | None
+    driver_cpu_seconds: float | None  # all drivers together
     duration_s: float
     stop_reason: str | None = None
     num_lost: int = 0  # dispatched requests recorded as driver_lost
+    drivers: list[dict[str, Any]] = field(default_factory=list)  # per driver, for run.json
 
 
 @dataclass
 class _End:
-    """How the run ended, as the driver reported it (or as the recorder found it)."""
+    """How a driver (or the run) ended, as the driver reported it or as the recorder found it."""
 
     status: str
     error: str | None
@@ -53,8 +57,29 @@ class _End:
     stop_reason: str | None = None
 
 
-def _driver_exited(proc: BaseProcess) -> _End:
-    return _End(RUN_FAILED, f"the driver process exited unexpectedly (exit code {proc.exitcode})")
+@dataclass
+class _Driver:
+    """What the recorder knows of one driver."""
+
+    link: DriverLink
+    ready: bool = False
+    t0: float | None = None  # the common start on the driver's own perf_counter
+    end: _End | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        end = self.end or _End(RUN_FAILED, None)
+        return {
+            "driver_id": self.link.driver_id,
+            "where": self.link.where,
+            "status": end.status,
+            "error": end.error,
+            "cpu_seconds": end.cpu_seconds,
+        }
+
+
+# A driver's end outranks another's in the run's status: a failure, then an interruption.
+_STATUS_RANK = {RUN_FAILED: 2, RUN_INTERRUPTED: 1}
 
 
 class Recorder:
@@ -73,36 +98,40 @@ class Recorder:
         self.num_records = 0
         self.timeseries = TimeseriesWriter(paths.timeseries_csv)
         self.signals = 0
-        self.driver_pid: int | None = None
+        self.drivers: list[_Driver] = []
         # Trace lines of dispatched requests whose record has not arrived yet, by request id.
         self.in_flight: dict[Any, dict[str, Any]] = {}
         self.drain_announced = False
+        self.num_lost = 0
+        self.stopping = False  # the other drivers were told to stop after one died
 
     # -------------------------------------------------------------- signals
 
     def on_signal(self, signum: int, frame: Any) -> None:
-        """Forward each Ctrl-C / SIGTERM to the driver once: first drains, second cancels."""
+        """Forward each Ctrl-C / SIGTERM to every driver once: first drains, second cancels."""
         self.signals += 1
-        if self.driver_pid is not None:
-            try:
-                os.kill(self.driver_pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
+        for d in self.drivers:
+            d.link.interrupt()
 
     # -------------------------------------------------------------- main loop
 
-    def run(self, conn: Connection, proc: BaseProcess) -> RecordingResult:
-        self.driver_pid = proc.pid
-        started = time.monotonic()
+    def run(self, links: list[DriverLink]) -> RecordingResult:
+        self.drivers = [_Driver(link) for link in links]
         with (
             self.paths.request_records.open("ab", buffering=0) as records,
             self._open_trace() as trace,
         ):
-            end = self._receive_until_end(conn, proc, started, records, trace)
-            num_lost = self._record_lost(records, end.error or "the run ended")
+            failed_start = self._start_all()
+            if failed_start is None:
+                self._receive_until_end(records, trace)
+            else:  # no driver got its start: none has sent anything
+                for d in self.drivers:
+                    d.link.stop(0.0)
+            end = failed_start or self._run_end()
+            self._record_lost(records, None, end.error or "the run ended")
         error = end.error
-        if num_lost:
-            lost = f"{num_lost} dispatched request(s) had no result and were recorded as driver_lost"
+        if self.num_lost:
+            lost = f"{self.num_lost} dispatched request(s) had no result and were recorded as driver_lost"
             error = f"{error}; {lost}" if error else lost
         elapsed = self._elapsed() if self.t0 is not None else 0.0
         self.timeseries.close(elapsed)
@@ -111,70 +140,152 @@ class Recorder:
         if status not in (RUN_FAILED,) and self.signals:
             status = RUN_INTERRUPTED
         return RecordingResult(
-            status, error, self.num_records, end.cpu_seconds, elapsed, end.stop_reason, num_lost
+            status,
+            error,
+            self.num_records,
+            end.cpu_seconds,
+            elapsed,
+            end.stop_reason,
+            self.num_lost,
+            [d.as_json() for d in self.drivers],
         )
 
-    def _receive_until_end(
-        self, conn: Connection, proc: BaseProcess, started: float, records: BinaryIO, trace: BinaryIO
-    ) -> _End:
-        """Take the driver's messages until the run ends; flush the time series once a second."""
-        last_second = started
+    def _start_all(self) -> _End | None:
+        """Start every driver, wait until all are READY, then give all one common start (GO).
+        The run's end when one fails to start (or a signal comes first), else None."""
+        for d in self.drivers:
+            d.link.start()
+        started = time.monotonic()
+        while not all(d.ready for d in self.drivers):
+            if self.signals:
+                return _End(RUN_INTERRUPTED, "interrupted while the drivers were starting")
+            if time.monotonic() - started > START_DEADLINE_S:
+                return _End(RUN_FAILED, "a driver process did not start in time")
+            for d in self._readable(self.drivers):
+                message = self._next_message(d)
+                if message is None:
+                    return _End(RUN_FAILED, self._exit_error(d))
+                kind, payload = message
+                if kind == ipc.FAILED:
+                    return _End(RUN_FAILED, payload["message"])
+                d.ready = kind == ipc.READY
+        margin = max(d.link.start_margin_s for d in self.drivers)
+        self.t0 = time.perf_counter() + margin
+        start_wall = time.time() + margin
+        for d in self.drivers:
+            # A driver on this host gets the start on the monotonic clock they share, exactly.
+            t0 = self.t0 if d.link.shares_clock else None
+            d.link.go({ipc.GO_T0: t0, ipc.GO_START_WALL: start_wall})
+        return None
+
+    def _readable(self, drivers: list[_Driver]) -> list[_Driver]:
+        """The drivers with a message (or an end of stream) waiting, after up to POLL_S."""
+        by_conn = {d.link.conn: d for d in drivers}
+        return [by_conn[c] for c in wait(list(by_conn), POLL_S)]  # type: ignore[index]
+
+    def _next_message(self, d: _Driver) -> tuple[str, Any] | None:
+        """One message of driver `d`; None when its stream ended (the driver is gone)."""
+        try:
+            kind, payload = orjson.loads(d.link.conn.recv_bytes())
+        except (EOFError, OSError):
+            return None
+        return kind, payload
+
+    def _receive_until_end(self, records: BinaryIO, trace: BinaryIO) -> None:
+        """Take the drivers' messages until every one has ended; flush the time series once a second."""
+        last_second = time.monotonic()
         while True:
-            if conn.poll(POLL_S):
-                try:
-                    kind, payload = orjson.loads(conn.recv_bytes())
-                except (EOFError, OSError):  # the driver is gone without saying DONE
-                    proc.join(1.0)  # it may still be exiting: wait briefly so its exit code is known
-                    return _driver_exited(proc)  # at once: no time-series flush on this turn
-                end = self._receive(kind, payload, records, trace)
-            else:
-                end = self._check_driver(proc, started)
-            # Once a second whether or not a message came, on the turn that ends the run too.
+            running = [d for d in self.drivers if d.end is None]
+            if not running:
+                return
+            for d in self._readable(running):
+                message = self._next_message(d)
+                if message is None:
+                    self._lost_driver(d, records)
+                else:
+                    self._receive(d, *message, records, trace)
+            for d in running:
+                if d.end is None and not d.link.alive() and not d.link.conn.poll(0):
+                    self._lost_driver(d, records)
+            # Once a second whether or not a message came.
             now = time.monotonic()
-            if self.t0 is not None and now - last_second >= 1.0:
+            if now - last_second >= 1.0:
                 last_second = now
                 self.timeseries.flush(self._elapsed())
-            if end is not None:
-                return end
 
-    def _receive(self, kind: str, payload: Any, records: BinaryIO, trace: BinaryIO) -> _End | None:
-        """One message from the driver; the run's end when it says DONE or FAILED."""
+    def _receive(self, d: _Driver, kind: str, payload: Any, records: BinaryIO, trace: BinaryIO) -> None:
+        """One message from driver `d`; DONE or FAILED ends it."""
         if kind == ipc.START:
-            self.t0 = payload["t0"]
+            d.t0 = payload["t0"]
         elif kind == ipc.BATCH:
-            self._write_batch(payload, records, trace)
+            self._write_batch(d, payload, records, trace)
         elif kind == ipc.DRAINING:
             self._announce_drain(payload)
         elif kind == ipc.DONE:
-            return _End(
+            d.end = _End(
                 payload["status"],
                 payload.get("error"),
                 payload.get("cpu_seconds"),
                 payload.get("stop_reason"),
             )
         elif kind == ipc.FAILED:
-            return _End(RUN_FAILED, payload["message"])
-        return None
+            d.end = _End(RUN_FAILED, payload["message"])
+            self._stop_others()
 
-    def _check_driver(self, proc: BaseProcess, started: float) -> _End | None:
-        """No message this poll: the run ends if the driver died or has not started in time."""
-        if not proc.is_alive():
-            return _driver_exited(proc)
-        if self.t0 is None and time.monotonic() - started > START_DEADLINE_S:
-            return _End(RUN_FAILED, "the driver process did not start in time")
-        return None
+    def _lost_driver(self, d: _Driver, records: BinaryIO) -> None:
+        """Driver `d` is gone without saying DONE: its in-flight requests are recorded as lost, and
+        the others stop (the run no longer offers the load it was asked for)."""
+        d.link.stop(1.0)  # it may still be exiting: wait briefly so its exit code is known
+        error = self._exit_error(d)
+        d.end = _End(RUN_FAILED, error)
+        self._record_lost(records, d.link.driver_id, error)
+        self._stop_others()
 
-    def _record_lost(self, records: BinaryIO, why: str) -> int:
-        """Every dispatched request without a record gets one (records == dispatched, always)."""
-        if not self.in_flight:
+    def _exit_error(self, d: _Driver) -> str:
+        who = f"driver {d.link.driver_id}" if len(self.drivers) > 1 else "the driver process"
+        where = f" on {d.link.where}" if d.link.where != "local" else ""
+        return f"{who}{where} exited unexpectedly ({d.link.describe_exit()})"
+
+    def _stop_others(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            for other in self.drivers:
+                if other.end is None:
+                    other.link.interrupt()
+
+    def _run_end(self) -> _End:
+        """The run's end from its drivers': the worst status, every driver's error, the CPU of all."""
+        ends = [d.end or _End(RUN_FAILED, self._exit_error(d)) for d in self.drivers]
+        worst = max(ends, key=lambda e: _STATUS_RANK.get(e.status, 0))
+        errors = [e.error for e in ends if e.error]
+        cpu = [e.cpu_seconds for e in ends if e.cpu_seconds is not None]
+        reasons = [e.stop_reason for e in ends if e.stop_reason]
+        return _End(
+            worst.status,
+            "; ".join(dict.fromkeys(errors)) or None,
+            sum(cpu) if cpu else None,
+            reasons[0] if reasons and worst.status not in _STATUS_RANK else None,
+        )
+
+    def _record_lost(self, records: BinaryIO, driver_id: int | None, why: str) -> int:
+        """Every dispatched request (of one driver, or of all) without a record gets one: records ==
+        dispatched, always."""
+        lines = [
+            line
+            for line in self.in_flight.values()
+            if driver_id is None or line.get("driver_id") == driver_id
+        ]
+        if not lines:
             return 0
         noticed_at = self._elapsed() if self.t0 is not None else None
-        lost = [lost_record(line, why, noticed_at) for line in self.in_flight.values()]
-        self.in_flight.clear()
+        lost = [lost_record(line, why, noticed_at) for line in lines]
+        for line in lines:
+            del self.in_flight[line["request_id"]]
         for record in lost:
             self.timeseries.add(record)
         _append(records, b"".join(orjson.dumps(r) + b"\n" for r in lost))
         self.num_records += len(lost)
+        self.num_lost += len(lost)
         return len(lost)
 
     def _announce_drain(self, payload: dict[str, Any]) -> None:
@@ -198,10 +309,10 @@ class Recorder:
         target = self.paths.dispatch_trace if self.trace_enabled else os.devnull
         return open(target, "ab", buffering=0)
 
-    def _write_batch(self, payload: dict[str, Any], records: BinaryIO, trace: BinaryIO) -> None:
+    def _write_batch(self, d: _Driver, payload: dict[str, Any], records: BinaryIO, trace: BinaryIO) -> None:
         # The trace goes first, on disk too: a crash between the two writes leaves a dispatched
         # request that `evaluate` can still find and record as driver_lost.
-        t0 = self.t0 or 0.0
+        t0 = d.t0 if d.t0 is not None else self.t0 or 0.0  # each driver's times are on its own clock
         if payload["trace"]:
             lines = []
             for raw in payload["trace"]:
@@ -220,7 +331,18 @@ class Recorder:
                 lines.append(orjson.dumps(record))
             _append(records, b"\n".join(lines) + b"\n")
             self.num_records += len(lines)
-        self.progress.update(self._elapsed(), payload["progress"])
+        d.progress = payload["progress"]
+        self.progress.update(self._elapsed(), self._progress_of_all())
+
+    def _progress_of_all(self) -> dict[str, Any]:
+        """The progress counters of every driver, added up."""
+        if len(self.drivers) == 1:
+            return self.drivers[0].progress
+        total: dict[str, Any] = {}
+        for d in self.drivers:
+            for key, value in d.progress.items():
+                total[key] = total.get(key, 0) + value
+        return total
 
     def _relative_record(self, raw: list[Any], t0: float) -> dict[str, Any]:
         rec = dict(zip(ipc.RAW_RECORD_FIELDS, raw, strict=True))

@@ -343,6 +343,12 @@ class RuntimeConfig:
     post_timeout_grace_seconds: float = spec(
         default=-1.0, ge=-1, doc="-1 waits for in-flight requests; N waits N s then cancels"
     )
+    num_drivers: Literal["auto"] | int = spec(
+        default=1, ge=1, doc="driver processes sharing the schedule; auto: as the load needs, up to the cores"
+    )
+    ray_address: str | None = spec(
+        default=None, doc="HOST:PORT of a Ray cluster (or auto) to run the drivers on; needs veeksha[ray]"
+    )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,13 @@ from __future__ import annotations
 import string
 from urllib.parse import urlsplit
 
-from veeksha.shared.config import BenchmarkConfig, ClientConfig, CommandServerConfig, TraceSessions
+from veeksha.shared.config import (
+    BenchmarkConfig,
+    ClientConfig,
+    CommandServerConfig,
+    ConcurrentTraffic,
+    TraceSessions,
+)
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.redact import is_secret_key
 
@@ -26,6 +32,7 @@ def check_benchmark_config(cfg: BenchmarkConfig, prefix: str = "", api_base_sour
     """Raise ConfigError for the first problem; `prefix` is the key path of `cfg` in its file
     (`benchmark_config.` in a capacity search), `api_base_source` names an env fallback."""
     check_stopping_condition(cfg, prefix)
+    check_drivers(cfg, prefix)
     if uses_client_api_base(cfg) and cfg.client.api_base:
         check_api_base(cfg.client.api_base, f"{prefix}client.api_base{api_base_source}")
     server = cfg.server
@@ -50,6 +57,30 @@ def check_stopping_condition(cfg: BenchmarkConfig, prefix: str = "") -> None:
         "while runtime.max_sessions and runtime.max_requests are -1 (the run could never end); "
         "use a timeout > 0, or set max_sessions or max_requests >= 0"
     )
+
+
+def check_drivers(cfg: BenchmarkConfig, prefix: str = "") -> None:
+    """Every driver gets work: concurrent traffic gives each at least one of its session slots."""
+    n = cfg.runtime.num_drivers
+    traffic = cfg.traffic_scheduler
+    slots = traffic.target_concurrent_sessions if isinstance(traffic, ConcurrentTraffic) else None
+    if slots is not None and isinstance(n, int) and n > slots:
+        raise ConfigError(
+            f"config error at {prefix}runtime.num_drivers: {n} is not allowed with "
+            f"target_concurrent_sessions {slots} (a driver would have no "
+            "session to run); use at most that many drivers, or auto"
+        )
+    address = cfg.runtime.ray_address
+    if address is not None and address != "auto" and not _is_host_port(address):
+        raise ConfigError(
+            f"config error at {prefix}runtime.ray_address: {address!r} is not allowed; "
+            "expected HOST:PORT of the Ray head (e.g. 10.0.0.5:6379), ray://HOST:PORT or auto"
+        )
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536 and not any(c.isspace() for c in address)
 
 
 def uses_client_api_base(cfg: BenchmarkConfig) -> bool:

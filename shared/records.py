@@ -101,6 +101,8 @@ FIELDS: Final = (
     Field("request_id", int, ID),
     Field("session_id", int, ID),
     Field("node_id", int, ID),
+    # The driver process that sent it (0..num_drivers-1; runtime.num_drivers).
+    Field("driver_id", int, ID),
     Field("status", str, MEASURED),
     Field("error_type", str, MEASURED),
     Field("error_message", str, MEASURED),
@@ -359,6 +361,7 @@ DISPATCH_TRACE_FIELDS: Final = (
     "request_id",
     "session_id",
     "node_id",
+    "driver_id",
     "session_size",
     "scheduled_at",
     "ready_at",

@@ -233,9 +233,22 @@ def _convert_secret(tp: Any, value: Any, path: str, meta: typing.Mapping[str, An
     return Secret(str(value))  # as `str` fields: an all-digit key in YAML is still a key
 
 
-# Generic hints (Literal[...], list[X], dict[K, V]) are dispatched on their origin ...
+def _convert_union(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
+    """`Literal["auto"] | int`: the first arm that accepts the value (the field's range applies to
+    the numeric arm); else one error naming every arm."""
+    for arm in get_args(tp):
+        try:
+            return convert(arm, value, path, meta)
+        except ConfigError:
+            continue
+    raise _fail(path, value, f"expected {describe(tp, meta)}{_range_text(meta)}")
+
+
+# Generic hints (Literal[...], list[X], dict[K, V], X | Y) are dispatched on their origin ...
 _BY_ORIGIN: dict[Any, _Converter] = {
     Literal: _convert_literal,
+    Union: _convert_union,
+    types.UnionType: _convert_union,
     list: _convert_list,
     dict: _convert_dict,
 }
@@ -300,6 +313,8 @@ def describe(tp: Any, meta: typing.Mapping[str, Any] | None = None) -> str:
         return f"a mapping with type: {' | '.join(meta['variants'])}"
     if get_origin(tp) is Literal:
         return " | ".join(map(str, get_args(tp)))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(describe(arm) for arm in get_args(tp))
     return getattr(tp, "__name__", str(tp))
 
 
@@ -352,6 +367,8 @@ def _schema_of(tp: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
         inner = {"type": "array", "items": _schema_of(get_args(tp)[0], meta)}
     elif get_origin(tp) is dict:
         inner = {"type": "object"}
+    elif get_origin(tp) in (Union, types.UnionType):
+        inner = {"anyOf": [_schema_of(arm, meta) for arm in get_args(tp)]}
     else:
         inner = {
             bool: {"type": "boolean"},

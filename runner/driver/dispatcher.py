@@ -2,6 +2,9 @@
 
 It does nothing else. Records leave as positional lists, batched on a 100 ms tick, through a
 non-blocking pipe to the recorder process, which does all the arithmetic and file writing.
+
+A run may have several drivers (runtime.num_drivers), each running its share of the one session
+stream (placement.py) from one common start that the recorder gives once every driver is ready.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import signal
 import time
 from collections import deque
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -19,12 +23,8 @@ import orjson
 from veeksha.runner import ipc
 from veeksha.runner.driver.http.client import LLMClient, make_client
 from veeksha.runner.driver.http.outcome import Outcome
-from veeksha.runner.driver.traffic import (
-    arrival_offsets,
-    interval_sampler,
-    rampup_start_offsets,
-    sleep_until,
-)
+from veeksha.runner.driver.placement import PlacedSessions
+from veeksha.runner.driver.traffic import interval_sampler, rampup_start_offsets, sleep_until
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.model import RequestNode, Session, SessionGenerator
 from veeksha.runner.sessions.randomness import stream
@@ -64,8 +64,17 @@ REFILL_CLEARANCE_S = 0.003
 UNBOUNDED_CONNECTIONS = 4096
 
 
-def driver_main(cfg: BenchmarkConfig, conn: Connection) -> None:
-    """Entry point of the spawned driver process."""
+@dataclass(frozen=True)
+class Placement:
+    """Which driver this is, of how many."""
+
+    driver_id: int = 0
+    num_drivers: int = 1
+
+
+def driver_main(cfg: BenchmarkConfig, conn: Connection, go: Connection, placement: Placement) -> None:
+    """Entry point of a spawned driver process: `conn` carries its messages to the recorder, `go`
+    the recorder's common start (runner.ipc)."""
     # Own process group: a terminal Ctrl-C reaches only the recorder, which forwards it once.
     os.setpgrp()
     # A signal that arrives during set-up is kept and acted on once the loop runs.
@@ -74,7 +83,7 @@ def driver_main(cfg: BenchmarkConfig, conn: Connection) -> None:
         signal.signal(sig, lambda signum, frame: early.append(signum))
     import uvloop
 
-    uvloop.run(Driver(cfg, conn).run(early))
+    uvloop.run(Driver(cfg, conn, go, placement).run(early))
 
 
 class _PipeProtocol(asyncio.Protocol):
@@ -114,26 +123,31 @@ class _Node:
 
 
 class Driver:
-    def __init__(self, cfg: BenchmarkConfig, conn: Connection) -> None:
+    def __init__(self, cfg: BenchmarkConfig, conn: Connection, go: Connection, placement: Placement) -> None:
         self.cfg = cfg
         self.conn = conn
+        self.go = go
+        self.driver_id = placement.driver_id
+        self.num_drivers = placement.num_drivers
         self.parent_pid = os.getppid()
         self.runtime = cfg.runtime
         self.traffic = cfg.traffic_scheduler
         self.is_chat = cfg.client.type == "openai_chat_completions"
         self.include_content = cfg.trace_recorder.include_content
         self.cancel_on_failure = self.traffic.cancel_session_on_failure
-        self.sessions: SessionGenerator | None = None
+        self.sessions: PlacedSessions | None = None
         self.count_source = ""
         self.buffer: deque[Session] = deque()
-        self.trace_exhausted = False
+        self.sessions_done = False  # every session of this driver's share is in the buffer
         self.client: LLMClient | None = None
 
         self.records: list[list[Any]] = []
         self.trace: list[list[Any]] = []
         self.out: asyncio.WriteTransport | None = None
         self.t0 = 0.0
-        self.next_request_id = 0
+        # Request ids are unique across drivers: driver d of N numbers its requests d, d + N, ...
+        self.next_request_id = self.driver_id
+        self.max_requests = _share(self.runtime.max_requests, self.driver_id, self.num_drivers)
         self.sessions_started = 0
         self.requests_dispatched = 0
         self.requests_completed = 0
@@ -161,8 +175,9 @@ class Driver:
         self.pipe_closed = loop.create_future()
         self.out, _ = await loop.connect_write_pipe(lambda: _PipeProtocol(self.pipe_closed), pipe)
         try:
-            self.sessions = make_session_generator(self.cfg)
-            self.count_source = self.sessions.token_count_source
+            generator = make_session_generator(self.cfg)
+            self.count_source = generator.token_count_source
+            self.sessions = self._placed(generator)
             server_secrets = secret_values(to_dict(self.cfg.server)) if self.cfg.server else []
             self.client = make_client(self.cfg.client, self._max_connections(), server_secrets)
             self._fill_buffer(self._buffer_target(), budget_s=None)
@@ -180,8 +195,15 @@ class Driver:
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
 
+        self._send(ipc.READY, {"pid": os.getpid()})
+        try:
+            start = self.go.recv()  # blocks until every driver is ready (nothing else runs yet)
+        except (EOFError, OSError):  # the recorder is gone before the start
+            await self._close()
+            return
+        self.go.close()
         cpu0 = time.process_time()  # CPU spent on the run itself, set-up excluded
-        self.t0 = time.perf_counter()
+        self.t0 = _local_t0(start)
         self._send(ipc.START, {"t0": self.t0, "pid": os.getpid()})
         ticker = asyncio.create_task(self._tick())
         self.dispatcher = asyncio.create_task(self._dispatch())
@@ -225,7 +247,8 @@ class Driver:
     def _natural_stop_reason(self) -> str | None:
         if self.stop_status not in (None, RUN_COMPLETED):
             return None
-        return STOP_SESSIONS_EXHAUSTED if self.trace_exhausted else STOP_MAX_SESSIONS
+        exhausted = self.sessions is not None and self.sessions.exhausted
+        return STOP_SESSIONS_EXHAUSTED if exhausted else STOP_MAX_SESSIONS
 
     def _stop_dispatch(self, status: str, reason: str | None = None) -> None:
         """Stop sending: `status` is what the stop means for the run, `reason` why a completed run ended."""
@@ -295,34 +318,36 @@ class Driver:
         elif isinstance(self.traffic, ConcurrentTraffic):
             await self._dispatch_concurrent(self.traffic)
 
-    def _may_start_session(self) -> bool:
+    def _placed(self, generator: SessionGenerator) -> PlacedSessions:
+        """This driver's share of the run's sessions, with the schedule's arrival offsets."""
+        gaps = None
+        if isinstance(self.traffic, RateTraffic):
+            gaps = interval_sampler(self.traffic.interval_generator, stream(self.cfg.seed, "arrivals"))
         limit = self.runtime.max_sessions
-        if limit >= 0 and self.sessions_started >= limit + self.runtime.warmup_sessions:
-            return False
-        return self._requests_left()
+        total = limit + self.runtime.warmup_sessions if limit >= 0 else None
+        return PlacedSessions(generator, self.driver_id, self.num_drivers, gaps, total)
 
     def _requests_left(self) -> bool:
-        limit = self.runtime.max_requests
-        return limit < 0 or self.requests_dispatched < limit
+        return self.max_requests < 0 or self.requests_dispatched < self.max_requests
 
     async def _dispatch_rate(self, traffic: RateTraffic) -> None:
-        gaps = interval_sampler(traffic.interval_generator, stream(self.cfg.seed, "arrivals"))
-        # The first session comes one gap after the start, so n sessions span n gaps.
-        offsets = arrival_offsets(gaps, first_at=gaps())
-        cap = traffic.max_concurrent_sessions
-        limiter = asyncio.Semaphore(cap) if cap else None
-        while self.scheduling and self._may_start_session():
+        # A driver's cap is its share of the run's (max_concurrent_sessions is per run).
+        cap = _share(traffic.max_concurrent_sessions or 0, self.driver_id, self.num_drivers)
+        limiter = asyncio.Semaphore(cap) if cap > 0 else None
+        while self.scheduling and self._requests_left():
             session = self._next_session()
             if session is None:
                 break
-            offset = next(offsets) if session.arrival_offset is None else session.arrival_offset
-            due = self.t0 + offset
+            assert session.arrival_offset is not None, "placement sets it for rate traffic"
+            due = self.t0 + session.arrival_offset
             self.next_due = due
             await sleep_until(due)
             self._start_session(session, due, limiter)
 
     async def _dispatch_concurrent(self, traffic: ConcurrentTraffic) -> None:
-        starts = rampup_start_offsets(traffic.target_concurrent_sessions, traffic.rampup_seconds)
+        # Driver d runs workers d, d + N, ... of the run's ramp.
+        ramp = rampup_start_offsets(traffic.target_concurrent_sessions, traffic.rampup_seconds)
+        starts = ramp[self.driver_id :: self.num_drivers]
         workers = [asyncio.create_task(self._worker(self.t0 + s)) for s in starts]
         try:
             await asyncio.gather(*workers)
@@ -332,7 +357,7 @@ class Driver:
 
     async def _worker(self, start_at: float) -> None:
         await sleep_until(start_at)
-        while self.scheduling and self._may_start_session():
+        while self.scheduling and self._requests_left():
             session = self._next_session()
             if session is None:
                 return
@@ -350,11 +375,7 @@ class Driver:
             rate = arrival_rate_of(self.traffic.interval_generator)
         else:
             rate = self.traffic.target_concurrent_sessions
-        target = min(MAX_BUFFER, max(MIN_BUFFER, int(rate * BUFFER_AHEAD_S)))
-        if self.runtime.max_sessions >= 0:  # never build more sessions than the run can start
-            left = self.runtime.max_sessions + self.runtime.warmup_sessions - self.sessions_started
-            target = min(target, max(left, 0))
-        return target
+        return min(MAX_BUFFER, max(MIN_BUFFER, int(rate / self.num_drivers * BUFFER_AHEAD_S)))
 
     def _refill(self) -> None:
         """Top up the session buffer in the gap before the next arrival (rate traffic)."""
@@ -369,10 +390,10 @@ class Driver:
         deadline = None if budget_s is None else time.perf_counter() + budget_s
         sessions = self.sessions
         assert sessions is not None, "made in run() before the first fill"
-        while len(self.buffer) < target and not self.trace_exhausted:
+        while len(self.buffer) < target and not self.sessions_done:
             session = sessions.next_session()
             if session is None:
-                self.trace_exhausted = True
+                self.sessions_done = True
                 return
             self.buffer.append(session)
             if deadline is not None and time.perf_counter() > deadline:
@@ -390,7 +411,8 @@ class Driver:
     def _start_session(
         self, session: Session, ready_at: float, limiter: asyncio.Semaphore | None
     ) -> asyncio.Task[None]:
-        is_warmup = self.sessions_started < self.runtime.warmup_sessions
+        # Warmup is the run's first sessions, wherever they run.
+        is_warmup = session.session_id < self.runtime.warmup_sessions
         self.sessions_started += 1
         task = asyncio.create_task(self._run_session(session, ready_at, is_warmup, limiter))
         self.session_tasks.add(task)
@@ -486,27 +508,28 @@ class Driver:
         spec = node.spec
         payload, total_tokens = self._payload(nodes, node)
         request_id = self.next_request_id
-        self.next_request_id += 1
+        self.next_request_id += self.num_drivers
         self.requests_dispatched += 1
         if not self._requests_left():
             self._stop_dispatch(RUN_COMPLETED, STOP_MAX_REQUESTS)
         self.in_flight += 1
         dispatched_at = time.perf_counter()
         self.trace.append(
-            [
-                request_id,
-                session.session_id,
-                spec.node_id,
-                len(nodes),
-                scheduled_at,
-                ready_at,
-                dispatched_at,
-                spec.parents,
-                spec.history_parent,
-                spec.wait_after_ready,
-                is_warmup,
-                payload if self.include_content else None,
-            ]
+            ipc.make_trace_line(
+                request_id=request_id,
+                session_id=session.session_id,
+                node_id=spec.node_id,
+                driver_id=self.driver_id,
+                session_size=len(nodes),
+                scheduled_at=scheduled_at,
+                ready_at=ready_at,
+                dispatched_at=dispatched_at,
+                parent_nodes=spec.parents,
+                history_parent=spec.history_parent,
+                wait_after_ready=spec.wait_after_ready,
+                is_warmup=is_warmup,
+                content=payload if self.include_content else None,
+            )
         )
         assert self.client is not None
         try:
@@ -538,6 +561,7 @@ class Driver:
                 request_id=request_id,
                 session_id=session.session_id,
                 node_id=spec.node_id,
+                driver_id=self.driver_id,
                 status=outcome.status,
                 error_type=outcome.error_type,
                 error_message=outcome.error_message,
@@ -576,27 +600,29 @@ class Driver:
         """A node not sent because an earlier request of its session failed."""
         spec = node.spec
         request_id = self.next_request_id
-        self.next_request_id += 1
+        self.next_request_id += self.num_drivers
         self.trace.append(
-            [
-                request_id,
-                session.session_id,
-                spec.node_id,
-                len(session.nodes),
-                scheduled_at,
-                None,
-                None,
-                spec.parents,
-                spec.history_parent,
-                spec.wait_after_ready,
-                is_warmup,
-                None,
-            ]
+            ipc.make_trace_line(
+                request_id=request_id,
+                session_id=session.session_id,
+                node_id=spec.node_id,
+                driver_id=self.driver_id,
+                session_size=len(session.nodes),
+                scheduled_at=scheduled_at,
+                ready_at=None,
+                dispatched_at=None,
+                parent_nodes=spec.parents,
+                history_parent=spec.history_parent,
+                wait_after_ready=spec.wait_after_ready,
+                is_warmup=is_warmup,
+                content=None,
+            )
         )
         record = ipc.make_record(
             request_id=request_id,
             session_id=session.session_id,
             node_id=spec.node_id,
+            driver_id=self.driver_id,
             status=CANCELLED,
             error_type="cancelled",
             error_message="not sent: an earlier request of this session failed",
@@ -648,3 +674,20 @@ class Driver:
         if self.out is None or self.out.is_closing():
             return
         self.out.write(ipc.frame(orjson.dumps([kind, payload])))
+
+
+def _share(total: int, driver_id: int, num_drivers: int) -> int:
+    """Driver `driver_id`'s part of a run-wide count (the first drivers take one more of the
+    remainder); negative (unlimited) and zero stay as they are."""
+    if total <= 0:
+        return total
+    return total // num_drivers + (1 if driver_id < total % num_drivers else 0)
+
+
+def _local_t0(start: dict[str, Any]) -> float:
+    """The common start on this process's perf_counter: as given on the recorder's host, else from
+    the wall-clock start (another host: its clock must be NTP-synchronised, docs/scale-out.md)."""
+    t0 = start.get(ipc.GO_T0)
+    if t0 is not None:
+        return float(t0)
+    return time.perf_counter() + (float(start[ipc.GO_START_WALL]) - time.time())

@@ -38,6 +38,8 @@ class Session:
 class SessionGenerator(Protocol):
     token_count_source: str  # shared.records COUNT_TOKENIZER or COUNT_APPROXIMATE
 
-    def next_session(self) -> Session | None:
-        """The next session; None once a finite trace (wrap: false) is exhausted."""
+    def next_session(self, build: bool = True) -> Session | None:
+        """The next session; None once a finite trace (wrap: false) is exhausted. With `build` false,
+        a placeholder with the same id and arrival offset but no nodes, cheap to make: what a driver
+        draws for a session another driver runs (runner/driver/placement.py)."""
         ...

@@ -6,6 +6,7 @@ seed gives byte-identical sessions, and changing one generator leaves the others
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -133,22 +134,32 @@ class SyntheticSessionGenerator:
         self._prompts = PromptBuilder(tokenizer, [stream(seed, name) for name in names])
         self._pool_size = text.shared_prefix_pool_size
         self._pool_pick = stream(seed, "text/shared_prefix_pool")
-        self._words = stream(seed, "text/words")
+        # Each session's words come from its own stream (seeded by the session id), so a driver can
+        # pass over another driver's sessions without drawing their words (runner/driver/placement.py).
+        self._words_base = stream(seed, "text/words").getrandbits(64)
+        self._words = random.Random()
         self._prefix_coin = stream(seed, "text/shared_prefix_coin")
         self._prefix_ratio = text.shared_prefix_ratio
         self._prefix_probability = text.shared_prefix_probability
         self.token_count_source = self._prompts.token_count_source
         self._next_id = 0
 
-    def next_session(self) -> Session:
+    def next_session(self, build: bool = True) -> Session:
+        """The next session; with `build` false a placeholder (its id, no nodes) that draws the same
+        shapes and lengths, so the sessions after it are the same either way."""
         shapes = self._graph()
         nodes = []
+        if build:
+            self._words.seed(self._words_base + self._next_id)
         for node_id, shape in enumerate(shapes):
             target = self._body_length()
             prefix, pool_index = 0, 0
             if node_id == 0 and self._prefix_coin.random() < self._prefix_probability:
                 prefix = round(self._prefix_ratio * target)
                 pool_index = self._pool_pick.randrange(self._pool_size) if self._pool_size > 1 else 0
+            output = self._output_length()
+            if not build:
+                continue
             content, count = self._prompts.build(target, self._words, prefix, pool_index)
             nodes.append(
                 RequestNode(
@@ -159,10 +170,10 @@ class SyntheticSessionGenerator:
                     content=content,
                     target_prompt_tokens=target,
                     num_content_tokens=count,
-                    requested_output_tokens=self._output_length(),
+                    requested_output_tokens=output,
                     shared_prefix_tokens=min(prefix, count),
                 )
             )
-        session = Session(self._next_id, nodes)
+        session = Session(self._next_id, nodes if build else [])
         self._next_id += 1
         return session

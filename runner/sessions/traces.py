@@ -21,6 +21,7 @@ traffic. A trace is never fetched from the network.
 from __future__ import annotations
 
 import csv
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -85,7 +86,10 @@ class TraceSessionGenerator:
         if self._timed:
             self._prepare_timed(kept)
         self._prompts = PromptBuilder(tokenizer, [stream(seed, "trace/shared_prefix")])
-        self._words = stream(seed, "trace/words")
+        # Each session's words come from its own stream (seeded by the session id), so a driver can
+        # pass over another driver's sessions without drawing their words.
+        self._words_base = stream(seed, "trace/words").getrandbits(64)
+        self._words = random.Random()
         self.token_count_source = self._prompts.token_count_source
         self._index = 0
         self._cycle = 0
@@ -112,7 +116,8 @@ class TraceSessionGenerator:
         self._period = (last - first) * n / (n - 1) if n > 1 else 0.0
         self._t0 = first
 
-    def next_session(self) -> Session | None:
+    def next_session(self, build: bool = True) -> Session | None:
+        """The next session; with `build` false a placeholder (its id and arrival offset, no nodes)."""
         if self._index == len(self.records):
             if not self._wrap:
                 return None
@@ -120,7 +125,10 @@ class TraceSessionGenerator:
             self._cycle += 1
         rec = self.records[self._index]
         self._index += 1
-        nodes = self._request_nodes(rec) if isinstance(rec, LoggedRequest) else self._turn_nodes(rec)
+        nodes: list[RequestNode] = []
+        if build:
+            self._words.seed(self._words_base + self._next_id)
+            nodes = self._request_nodes(rec) if isinstance(rec, LoggedRequest) else self._turn_nodes(rec)
         offset = None
         if self._timed and rec.timestamp is not None:
             offset = (rec.timestamp - self._t0 + self._cycle * self._period) / self._scale

@@ -222,6 +222,17 @@ def test_a_killed_benchmark_process_leaves_no_orphans(tmp_path: Path) -> None:
     assert not [p for p in family if _alive(p)]
 
 
+def wait_for_dispatched(output_dir: Path, n: int, timeout_s: float = 60.0) -> None:
+    """Until the run under `output_dir` has dispatched `n` requests (its trace has n lines)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        traces = list(output_dir.glob("*/traces/dispatch_trace.jsonl"))
+        if traces and traces[0].read_bytes().count(b"\n") >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no {n} requests dispatched within {timeout_s} s")
+
+
 def test_a_second_interrupt_cancels_in_flight_requests_at_once(tmp_path: Path) -> None:
     proc = start_run(
         tmp_path,
@@ -230,7 +241,8 @@ def test_a_second_interrupt_cancels_in_flight_requests_at_once(tmp_path: Path) -
         "--server.max_kv_tokens",
         "1000000",
     )
-    time.sleep(6)  # requests of 2,000 tokens take ~20 s each: several are in flight now
+    # Requests of 2,000 tokens take ~20 s each: once a few were sent, they are in flight.
+    wait_for_dispatched(tmp_path / "out", 3)
     os.kill(proc.pid, signal.SIGINT)
     time.sleep(0.5)
     os.kill(proc.pid, signal.SIGINT)

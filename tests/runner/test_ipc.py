@@ -33,3 +33,15 @@ def test_driver_fields_are_the_measured_fields_then_the_transport_only_ones():
         "reasoning_text",
     )
     assert DRIVER_FIELDS == (*MEASURED_FIELDS, *transport)
+
+
+def test_make_trace_line_parameters_are_the_trace_fields_in_order():
+    params = inspect.signature(ipc.make_trace_line).parameters.values()
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params)
+    assert tuple(p.name for p in params) == ipc.RAW_TRACE_FIELDS
+
+
+def test_make_trace_line_puts_each_value_at_its_fields_position():
+    values = {name: f"value-of-{name}" for name in ipc.RAW_TRACE_FIELDS}
+    line = ipc.make_trace_line(**values)
+    assert dict(zip(ipc.RAW_TRACE_FIELDS, line, strict=True)) == values

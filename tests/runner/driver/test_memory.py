@@ -13,6 +13,7 @@ import asyncio
 import gc
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from multiprocessing import Pipe
@@ -20,7 +21,8 @@ from typing import Any
 
 import pytest
 import uvloop
-from veeksha.runner.driver.dispatcher import Driver
+from veeksha.runner import ipc
+from veeksha.runner.driver.dispatcher import Driver, Placement
 from veeksha.runner.server_launcher import ServerHandle, start_server
 from veeksha.shared.config_loader import build_benchmark_config
 
@@ -65,6 +67,8 @@ def run_driver(api_base: str, client: dict[str, Any], turns: int) -> Driver:
         }
     )
     receiver, sender = Pipe(duplex=False)
+    go_receiver, go_sender = Pipe(duplex=False)
+    go_sender.send({ipc.GO_T0: time.perf_counter(), ipc.GO_START_WALL: time.time()})  # start at once
 
     def drain() -> None:
         try:
@@ -75,7 +79,7 @@ def run_driver(api_base: str, client: dict[str, Any], turns: int) -> Driver:
 
     drainer = threading.Thread(target=drain, daemon=True)
     drainer.start()
-    driver = Driver(cfg, sender)
+    driver = Driver(cfg, sender, go_receiver, Placement())
     uvloop.run(driver.run([]))
     drainer.join(5)  # EOF: the driver closed its end
     receiver.close()

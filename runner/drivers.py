@@ -1,0 +1,140 @@
+"""The run's driver processes as the recorder sees them: one link per driver.
+
+A link is the driver's message pipe (runner.ipc frames) plus what the recorder needs to control it:
+start it, send it the common start, forward a Ctrl-C, tell whether it lives, stop it. `LocalDriver`
+is a spawned process on this machine; runner/ray_drivers.py runs drivers as Ray actors on a
+cluster's nodes behind the same interface.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+from multiprocessing.connection import Connection
+from typing import Protocol
+
+from veeksha.runner.driver.dispatcher import Placement, driver_main
+from veeksha.runner.sessions.factory import make_session_generator
+from veeksha.runner.sessions.model import SessionGenerator
+from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, arrival_rate_of
+
+# runtime.num_drivers: auto. One driver keeps millisecond timing up to about this many requests per
+# second on one core (scripts/bench_fidelity.py), or this many concurrent sessions.
+REQUESTS_PER_S_PER_DRIVER = 400.0
+CONCURRENT_SESSIONS_PER_DRIVER = 128
+# Sessions drawn to estimate requests per session (auto only; cheap: a few ms).
+SESSIONS_SAMPLED = 100
+# How far ahead of now the common start is set: every driver must have its GO before it.
+LOCAL_START_MARGIN_S = 0.05
+
+
+class DriverLink(Protocol):
+    driver_id: int
+    conn: Connection  # the driver's messages (runner.ipc frames)
+    start_margin_s: float  # the common start must be at least this far ahead for this driver
+    where: str  # where it runs, for messages and run.json ("local", or a Ray node)
+    shares_clock: bool  # on the recorder's host: the same monotonic clock
+
+    def start(self) -> None: ...
+
+    def go(self, start: dict[str, float | None]) -> None:
+        """Send the common start (runner.ipc GO); a driver that is gone is found by its pipe."""
+        ...
+
+    def alive(self) -> bool: ...
+
+    def describe_exit(self) -> str:
+        """Why it is gone, for the run's error (e.g. "exit code -9")."""
+        ...
+
+    def interrupt(self) -> None:
+        """A Ctrl-C for the driver: the first drains, the second cancels."""
+        ...
+
+    def stop(self, wait_s: float) -> None:
+        """Wait up to `wait_s` for it to exit, then kill it."""
+        ...
+
+
+class LocalDriver:
+    """A driver process on this machine (multiprocessing spawn: a fresh interpreter, no shared state)."""
+
+    start_margin_s = LOCAL_START_MARGIN_S
+    where = "local"
+    shares_clock = True
+
+    def __init__(self, cfg: BenchmarkConfig, placement: Placement) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.driver_id = placement.driver_id
+        self.conn, sender = ctx.Pipe(duplex=False)
+        go_receiver, self._go = ctx.Pipe(duplex=False)
+        self._child_ends = (sender, go_receiver)
+        self.proc = ctx.Process(
+            target=driver_main,
+            args=(cfg, sender, go_receiver, placement),
+            name=f"veeksha-driver-{placement.driver_id}",
+            daemon=True,
+        )
+
+    def start(self) -> None:
+        self.proc.start()
+        for end in self._child_ends:  # the child holds its own copies now
+            end.close()
+
+    def go(self, start: dict[str, float | None]) -> None:
+        try:
+            self._go.send(start)
+        except OSError:
+            pass
+        self._go.close()
+
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def describe_exit(self) -> str:
+        return f"exit code {self.proc.exitcode}"
+
+    def interrupt(self) -> None:
+        if self.proc.pid is not None:
+            try:
+                os.kill(self.proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, wait_s: float) -> None:
+        if self.proc.pid is None:
+            return  # never started
+        self.proc.join(wait_s)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+
+def num_drivers(cfg: BenchmarkConfig, cores: int) -> int:
+    """runtime.num_drivers, with auto resolved: as many drivers as the offered load needs (rate ×
+    requests per session, or concurrent sessions), at least 1 and at most `cores`."""
+    n = cfg.runtime.num_drivers
+    if n != "auto":
+        return n
+    traffic = cfg.traffic_scheduler
+    if isinstance(traffic, ConcurrentTraffic):
+        need = math.ceil(traffic.target_concurrent_sessions / CONCURRENT_SESSIONS_PER_DRIVER)
+        return max(1, min(need, cores, traffic.target_concurrent_sessions))
+    rate = arrival_rate_of(traffic.interval_generator) * _requests_per_session(make_session_generator(cfg))
+    return max(1, min(math.ceil(rate / REQUESTS_PER_S_PER_DRIVER), cores))
+
+
+def _requests_per_session(sessions: SessionGenerator) -> float:
+    counts = []
+    for _ in range(SESSIONS_SAMPLED):
+        session = sessions.next_session()
+        if session is None:
+            break
+        counts.append(len(session.nodes))
+    return sum(counts) / len(counts) if counts else 1.0
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0))
