@@ -40,6 +40,7 @@ def lost_record(trace_line: dict[str, Any], why: str, noticed_at: float | None =
             "request_id": trace_line.get("request_id"),
             "session_id": trace_line.get("session_id"),
             "node_id": trace_line.get("node_id"),
+            "driver_id": trace_line.get("driver_id"),
             "status": ERROR,
             "error_type": DRIVER_LOST,
             "error_message": f"no result: {why} while this request was in flight",

@@ -68,7 +68,7 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
     # The time series rebuild is mostly numpy (it releases the GIL): run it beside the rest.
     with ThreadPoolExecutor(1) as pool:
         timeseries_job = pool.submit(build_timeseries, records)
-        data = prepare(records, warmup, cfg, trace)
+        data = prepare(records, warmup, cfg, trace, drivers_of(run_info))
         summary = build_summary(data)
         summary["server_prefix_cache_hit_fraction"] = server_cache_hit_fraction(paths.server_metrics_csv)
         failed_run = all_failed(data)
@@ -106,6 +106,13 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
         num_corrupt_lines=num_corrupt,
         corrupt_lines=corrupt_lines,
     )
+
+
+def drivers_of(run_info: Any) -> list[dict[str, Any]]:
+    """run.json's per-driver entries (none for a run written before they existed)."""
+    driver = run_info.get("driver") if isinstance(run_info, dict) else None
+    entries = driver.get("drivers") if isinstance(driver, dict) else None
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
 
 def _plot_timeseries(paths: RunPaths) -> None:

@@ -44,6 +44,7 @@ RATE_SIGMAS = 3.0  # the session rate band is at least 3 standard deviations of 
 PROMPT_TOLERANCE_TOKENS = 2  # a prompt is on target within max(2 tokens, 2%)
 PROMPT_TOLERANCE_FRACTION = 0.02
 WORST = 3  # offenders listed per check
+SATURATED_CPU = 0.9  # a driver using this share of its core has no time to spare
 
 
 @dataclass
@@ -73,6 +74,7 @@ def run_checks(data: RunData) -> list[Check]:
         output_length(data),
         token_counts(data),
         lifecycle_delays(data),
+        drivers(data),
         error_rate(data),
         request_timeouts(data),
         missing_records(data),
@@ -336,6 +338,42 @@ def lifecycle_delays(data: RunData) -> Check:
     if not metrics:
         return Check(name, SKIPPED, detail="no request was dispatched")
     return Check(name, _verdict(ok), metrics, {"p99_s": bound})
+
+
+def drivers(data: RunData) -> Check:
+    """Each driver's own lateness (ready→dispatch p99 of the requests it sent) and CPU use (its CPU
+    seconds over the run's duration). The latest driver is the one that limits the run: the check
+    fails when its lateness p99 is over max_delay_p99_s. A driver at SATURATED_CPU or more of its
+    core is named too: it had no time to spare, and more drivers would help."""
+    name = "drivers"
+    delays = (
+        data.measured.lazy()
+        .select(pl.col("driver_id").fill_null(0), DISPATCH_DELAY)
+        .filter(pl.col(DISPATCH_DELAY).is_not_null())
+        .collect()
+    )
+    if delays.height == 0:
+        return Check(name, SKIPPED, detail="no request was dispatched")
+    cpu = {e.get("driver_id"): e.get("cpu_seconds") for e in data.drivers}
+    duration = data.duration_s
+    per_driver: dict[str, Any] = {}
+    for (driver_id,), group in sorted(delays.group_by("driver_id"), key=lambda g: g[0][0]):
+        seconds = cpu.get(driver_id)
+        per_driver[str(driver_id)] = {
+            "num_dispatched": group.height,
+            "lateness_p99_s": exact_quantiles(group[DISPATCH_DELAY].to_numpy(), [0.99])[0],
+            "cpu_seconds": seconds,
+            "cpu_utilization": seconds / duration if seconds is not None and duration else None,
+        }
+    limiting = max(per_driver, key=lambda d: per_driver[d]["lateness_p99_s"] or 0.0)
+    saturated = [d for d, m in per_driver.items() if (m["cpu_utilization"] or 0.0) >= SATURATED_CPU]
+    bound = thresholds(data.cfg).max_delay_p99_s
+    detail = f"driver {limiting} limits the run (largest lateness p99)"
+    if saturated:
+        detail += f"; driver {', '.join(saturated)} used >= {SATURATED_CPU:.0%} of a core (add drivers)"
+    metrics = {"num_drivers": len(per_driver), "limiting_driver": int(limiting), "drivers": per_driver}
+    ok = (per_driver[limiting]["lateness_p99_s"] or 0.0) <= bound
+    return Check(name, _verdict(ok), metrics, {"lateness_p99_s": bound}, detail)
 
 
 def error_rate(data: RunData) -> Check:

@@ -22,8 +22,8 @@ def _num(v: float | None, digits: int = 2) -> str:
     return "n/a" if v is None else f"{v:,.{digits}f}"
 
 
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2%}"
+def _pct(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}%}"
 
 
 def format_summary(ev: Evaluation) -> str:
@@ -57,6 +57,7 @@ def format_summary(ev: Evaluation) -> str:
     lines.append(f"  {'latency':<9}{'p50':>11}{'p99':>11}")
     for label, metric in LATENCIES:
         lines.append(f"  {label:<9}{_seconds(s[f'{metric}_p50']):>11}{_seconds(s[f'{metric}_p99']):>11}")
+    lines += _drivers_line(ev)
     if ev.slo_results is not None:
         results = ev.slo_results["results"]
         met = sum(r["met"] for r in results)
@@ -73,6 +74,18 @@ def format_summary(ev: Evaluation) -> str:
     if ev.all_failed is not None:
         lines.append(all_failed_line(ev))
     return "\n".join(lines)
+
+
+def _drivers_line(ev: Evaluation) -> list[str]:
+    """With several drivers: each one's lateness p99 and CPU use, and which one limits the run."""
+    check = next((c for c in ev.health["checks"] if c["name"] == "drivers"), None)
+    if check is None or check["metrics"].get("num_drivers", 0) < 2:
+        return []
+    per = check["metrics"]["drivers"]
+    lateness = " / ".join(_seconds(m["lateness_p99_s"]) for m in per.values())
+    cpu = " / ".join(_pct(m["cpu_utilization"], 0) for m in per.values())
+    limiting = check["metrics"]["limiting_driver"]
+    return [f"  drivers   {len(per)}: lateness p99 {lateness}; CPU {cpu}; driver {limiting} limits the run"]
 
 
 def all_failed_line(ev: Evaluation) -> str:

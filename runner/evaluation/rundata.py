@@ -4,6 +4,7 @@ the sample of each distribution metric (spec: metrics.md, "Per run")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -39,6 +40,9 @@ class RunData:
     first_dispatch: float | None
     last_end: float | None
     distributions: dict[str, Distribution] = field(default_factory=dict)
+    # run.json driver.drivers: per driver its id, where it ran, status and CPU seconds (empty for a
+    # run from before drivers were counted, or without run.json).
+    drivers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float | None:
@@ -92,7 +96,11 @@ def split_warmup(records: Records) -> tuple[Records, pl.DataFrame]:
 
 
 def prepare(
-    records: Records, warmup: pl.DataFrame, cfg: BenchmarkConfig, trace: pl.DataFrame | None
+    records: Records,
+    warmup: pl.DataFrame,
+    cfg: BenchmarkConfig,
+    trace: pl.DataFrame | None,
+    drivers: list[dict[str, Any]] | None = None,
 ) -> RunData:
     """Everything shared by the evaluators; `records` hold no warmup rows (see split_warmup)."""
     measured = records.df
@@ -109,6 +117,7 @@ def prepare(
         sessions=session_table(measured, trace),
         first_dispatch=first,
         last_end=last,
+        drivers=drivers or [],
     )
     for metric in DISTRIBUTION_METRICS:
         data.distributions[metric] = describe(data.values(metric))

@@ -404,7 +404,28 @@ YAML = [
     Case("not-utf8", "seed: \udcff\n", "cannot be read"),
 ]
 
-CASES = STOPPING + NUMBERS + API_BASE + HEADERS + YAML
+RUNTIME_KEYS = "runtime: {max_requests: 1, benchmark_timeout: 5, "
+DRIVERS = [
+    Case("drivers-0", CLIENT + SERVER + RUNTIME_KEYS + "num_drivers: 0}\n", "runtime.num_drivers: 0"),
+    Case("drivers-word", CLIENT + SERVER + RUNTIME_KEYS + "num_drivers: many}\n", "expected auto | int >= 1"),
+    Case("drivers-float", CLIENT + SERVER + RUNTIME_KEYS + "num_drivers: 1.5}\n", "runtime.num_drivers: 1.5"),
+    Case(
+        "drivers-more-than-concurrent-sessions",
+        GOOD + "traffic_scheduler: {type: concurrent, target_concurrent_sessions: 2}\n",
+        "runtime.num_drivers: 3 is not allowed with target_concurrent_sessions 2",
+        ("--runtime.num_drivers", "3"),
+    ),
+    Case(
+        "ray-address-no-port", CLIENT + SERVER + RUNTIME_KEYS + "ray_address: head}\n", "runtime.ray_address"
+    ),
+    Case(
+        "ray-address-bad-port",
+        CLIENT + SERVER + RUNTIME_KEYS + "ray_address: 'h:99999'}\n",
+        "HOST:PORT of the Ray",
+    ),
+]
+
+CASES = STOPPING + NUMBERS + API_BASE + HEADERS + YAML + DRIVERS
 # A real `veeksha-run` process for one case of each kind.
 SUBPROCESS_IDS = {
     "timeout-0-no-limit",

@@ -1,0 +1,49 @@
+"""runtime.num_drivers: auto starts as many drivers as the offered load needs, up to the cores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from veeksha.runner.drivers import CONCURRENT_SESSIONS_PER_DRIVER, REQUESTS_PER_S_PER_DRIVER, num_drivers
+from veeksha.shared.config_loader import build_benchmark_config
+
+SINGLE = {"type": "synthetic", "session_graph": {"type": "single_request"}}
+FOUR_TURNS = {
+    "type": "synthetic",
+    "session_graph": {"type": "linear", "num_request_generator": {"type": "fixed", "value": 4}},
+}
+
+
+def config(traffic: dict[str, Any], sessions: dict[str, Any] = SINGLE, drivers: Any = "auto"):
+    return build_benchmark_config(
+        {"traffic_scheduler": traffic, "session_generator": sessions, "runtime": {"num_drivers": drivers}}
+    )
+
+
+def rate(per_s: float) -> dict[str, Any]:
+    return {"type": "rate", "interval_generator": {"type": "poisson", "arrival_rate": per_s}}
+
+
+def test_a_light_load_gets_one_driver() -> None:
+    assert num_drivers(config(rate(10)), cores=8) == 1
+
+
+def test_the_request_rate_counts_every_turn_of_a_session() -> None:
+    sessions_per_s = REQUESTS_PER_S_PER_DRIVER / 2  # x 4 turns: twice one driver's rate
+    assert num_drivers(config(rate(sessions_per_s)), cores=8) == 1
+    assert num_drivers(config(rate(sessions_per_s), FOUR_TURNS), cores=8) == 2
+
+
+def test_auto_never_asks_for_more_drivers_than_cores() -> None:
+    assert num_drivers(config(rate(50 * REQUESTS_PER_S_PER_DRIVER)), cores=3) == 3
+
+
+def test_concurrent_traffic_gets_a_driver_per_so_many_sessions() -> None:
+    traffic = {"type": "concurrent", "target_concurrent_sessions": 2 * CONCURRENT_SESSIONS_PER_DRIVER + 1}
+    assert num_drivers(config(traffic), cores=8) == 3
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_a_number_is_taken_as_given(n: int) -> None:
+    assert num_drivers(config(rate(10), drivers=n), cores=2) == n

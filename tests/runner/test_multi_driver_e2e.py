@@ -1,0 +1,182 @@
+"""Several driver processes on one machine (runtime.num_drivers), end to end.
+
+Real `veeksha-run` processes against the simulated server over loopback: one seeded schedule split
+across drivers, one merged run directory, records == dispatched when a driver is killed, and
+`evaluate` rebuilding the merged run exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from veeksha.shared.paths import RunPaths
+from veeksha.shared.records import REQUEST_RECORD_FIELDS
+
+from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir, read_jsonl, run_cli
+from tests.runner.test_crash_recovery import dispatched_ids, wait_for_dispatches
+
+SESSIONS = 30
+# 30 two-to-three-turn sessions at 40/s on the simulated server's fast settings: about 2 s.
+PLACED_RUN = [
+    "--server.type",
+    "simulated",
+    "--server.decode_step_base",
+    "0.001",
+    "--traffic_scheduler.interval_generator.arrival_rate",
+    "40",
+    "--session_generator.session_graph",
+    "{type: linear, inherit_history: true, num_request_generator: {type: uniform, min: 2, max: 3}}",
+    "--session_generator.output_spec.text.output_length_generator",
+    "{type: fixed, value: 8}",
+    "--runtime.max_sessions",
+    str(SESSIONS),
+    "--runtime.warmup_sessions",
+    "2",
+    "--trace_recorder.include_content",
+    "true",
+    "--seed",
+    "11",
+]
+
+
+def run_with_drivers(tmp_path: Path, n: int, *extra: str) -> RunPaths:
+    proc = run_cli(
+        [*PLACED_RUN, "--runtime.num_drivers", str(n), *extra, "--output_dir", f"out{n}"], cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    return only_run_dir(tmp_path / f"out{n}")
+
+
+def schedule(paths: RunPaths) -> set[tuple[Any, ...]]:
+    """What was sent, independent of timing: each request's session, node, prompt and (for a
+    session's first request) its scheduled offset."""
+    out = set()
+    for t in read_jsonl(paths.dispatch_trace):
+        offset = round(t["scheduled_at"], 9) if not t["parent_nodes"] else None
+        content = orjson.dumps(t["content"][-1]["content"])  # this turn's prompt
+        out.add((t["session_id"], t["node_id"], t["is_warmup"], offset, content))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, RunPaths]:
+    tmp = tmp_path_factory.mktemp("drivers")
+    return {n: run_with_drivers(tmp, n) for n in (1, 2, 3)}
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_the_same_seed_sends_the_same_sessions_at_the_same_offsets_with_n_drivers(
+    runs: dict[int, RunPaths], n: int
+) -> None:
+    assert len({s for s, *_ in schedule(runs[1])}) == SESSIONS + 2  # warmup sessions included
+    assert schedule(runs[n]) == schedule(runs[1])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_every_record_and_trace_line_names_its_driver_and_session_i_runs_on_driver_i_mod_n(
+    runs: dict[int, RunPaths], n: int
+) -> None:
+    records = read_jsonl(runs[n].request_records)
+    trace = read_jsonl(runs[n].dispatch_trace)
+    assert all(list(r) == list(REQUEST_RECORD_FIELDS) for r in records)
+    for line in [*records, *trace]:
+        assert line["driver_id"] == line["session_id"] % n
+    ids = [r["request_id"] for r in records]
+    assert len(ids) == len(set(ids)) == len(trace)  # unique across drivers; records == dispatched
+    assert all(r["status"] == "success" for r in records)
+
+
+def test_run_json_and_health_report_each_driver(runs: dict[int, RunPaths]) -> None:
+    info = orjson.loads(runs[2].run_json.read_bytes())
+    assert info["status"] == "completed" and info["stop_reason"] == "max_sessions"
+    drivers = info["driver"]["drivers"]
+    assert [d["driver_id"] for d in drivers] == [0, 1] and info["driver"]["num_drivers"] == 2
+    assert all(d["status"] == "completed" and d["cpu_seconds"] > 0 for d in drivers)
+    assert info["driver"]["cpu_seconds"] == pytest.approx(sum(d["cpu_seconds"] for d in drivers))
+    health = orjson.loads(runs[2].health_checks_json.read_bytes())
+    (check,) = [c for c in health["checks"] if c["name"] == "drivers"]
+    per = check["metrics"]["drivers"]
+    assert set(per) == {"0", "1"} and check["metrics"]["limiting_driver"] in (0, 1)
+    assert all(m["lateness_p99_s"] is not None and 0 < m["cpu_utilization"] < 1 for m in per.values())
+    assert "limits the run" in check["detail"]
+    assert "DRIVERS" in runs[2].health_check_txt.read_text()
+
+
+def test_evaluate_rebuilds_a_multi_driver_run_exactly(runs: dict[int, RunPaths], tmp_path: Path) -> None:
+    copy = RunPaths(tmp_path / runs[3].root.name)
+    shutil.copytree(runs[3].root, copy.root)
+    for derived in (copy.summary_stats, copy.health_checks_json, copy.timeseries_csv):
+        derived.unlink()
+    proc = subprocess.run(
+        [VEEKSHA_RUN, "evaluate", str(copy.root)],
+        env=no_plots_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert copy.summary_stats.read_bytes() == runs[3].summary_stats.read_bytes()
+    assert copy.health_checks_json.read_bytes() == runs[3].health_checks_json.read_bytes()
+    assert "drivers   3: lateness p99" in proc.stdout
+
+
+# ~2.5 s per request (250 tokens x 10 ms): a kill always finds requests in flight.
+SLOW = [
+    "--server.type",
+    "simulated",
+    "--server.decode_step_base",
+    "0.01",
+    "--session_generator.output_spec.text.output_length_generator",
+    "{type: fixed, value: 250}",
+    "--traffic_scheduler.interval_generator.arrival_rate",
+    "20",
+    "--runtime.benchmark_timeout",
+    "60",
+    "--runtime.post_timeout_grace_seconds",
+    "0",
+    "--output_dir",
+    "out",
+]
+
+
+def driver_pids(parent: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_a_killed_driver_of_two_leaves_a_record_for_every_dispatched_request(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *SLOW, "--runtime.num_drivers", "2"],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    paths = wait_for_dispatches(tmp_path, at_least=20)
+    pids = driver_pids(proc.pid)
+    assert len(pids) == 2
+    os.kill(pids[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 1, stderr
+    records = read_jsonl(paths.request_records)
+    assert sorted(r["request_id"] for r in records) == dispatched_ids(paths)
+    lost = [r for r in records if r["error_type"] == "driver_lost"]
+    (dead,) = {r["driver_id"] for r in lost}  # only the killed driver's requests were lost
+    assert len(lost) >= 5
+    survivor = [r for r in records if r["driver_id"] != dead]
+    assert survivor and all(r["error_type"] != "driver_lost" for r in survivor)
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert info["status"] == "failed"
+    assert f"driver {dead} exited unexpectedly (exit code -9)" in info["error"]
+    assert info["driver"]["num_driver_lost"] == len(lost)
+    states = {d["driver_id"]: d["status"] for d in info["driver"]["drivers"]}
+    assert states[dead] == "failed" and states[1 - dead] == "interrupted"  # told to stop, it did
