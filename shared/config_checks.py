@@ -9,6 +9,7 @@ not the text: the runner checks that (runner/preflight.py), also before anything
 
 from __future__ import annotations
 
+import importlib.util
 import string
 from urllib.parse import urlsplit
 
@@ -71,6 +72,11 @@ def check_drivers(cfg: BenchmarkConfig, prefix: str = "") -> None:
             "session to run); use at most that many drivers, or auto"
         )
     address = cfg.runtime.ray_address
+    if address is not None and importlib.util.find_spec("ray") is None:
+        raise ConfigError(
+            f"config error at {prefix}runtime.ray_address: Ray is not installed; "
+            "pip install 'veeksha[ray]' (on this machine and every node), or remove ray_address"
+        )
     if address is not None and address != "auto" and not _is_host_port(address):
         raise ConfigError(
             f"config error at {prefix}runtime.ray_address: {address!r} is not allowed; "

@@ -1,0 +1,219 @@
+"""Drivers on a Ray cluster (runtime.ray_address): the same driver processes, on the cluster's nodes.
+
+One Ray actor per driver (one CPU each, spread over the nodes) spawns the driver process on its node
+exactly as a local run does, and a thread in the actor buffers the driver's messages. Here, one relay
+thread per driver long-polls its actor and writes what it gets into a local pipe, which the recorder
+reads like any local driver's. The common start crosses machines as wall-clock time (the nodes'
+clocks must be NTP-synchronised: docs/scale-out.md); every latency is still measured on one node's
+monotonic clock. When an actor or its node dies, its relay ends the stream: the recorder records that
+driver's in-flight requests as driver_lost and says which driver died.
+
+Only imported when runtime.ray_address is set: Ray is an optional extra (veeksha[ray]).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+import ray
+from veeksha.runner import ipc
+from veeksha.runner.driver.dispatcher import Placement, driver_main
+from veeksha.runner.drivers import DriverLink, num_drivers
+from veeksha.shared.config import BenchmarkConfig
+from veeksha.shared.errors import ConfigError
+
+# Far enough ahead for the GO call to reach every actor before the common start.
+RAY_START_MARGIN_S = 1.0
+POLL_S = 0.2  # how long one relay call waits for the driver's next messages
+CALL_TIMEOUT_S = 30.0  # a control call (go, interrupt, stop) that takes longer: the actor is lost
+NAMESPACE = "veeksha"
+
+
+def connect(address: str) -> None:
+    """Join the Ray cluster at `address` (HOST:PORT, ray://HOST:PORT or auto) as a client; a clear
+    ConfigError when it cannot be reached. Called before any server starts or directory is made."""
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=False,
+        )
+    except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError... by version
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"config error at runtime.ray_address: cannot join the Ray cluster at {address!r} "
+            f"({first_line}); start one (`ray start --head`) or fix the address"
+        ) from None
+
+
+def disconnect() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def ray_driver_links(cfg: BenchmarkConfig) -> list[DriverLink]:
+    """One link per driver, each an actor on a cluster node (spread: one per core)."""
+    assert cfg.runtime.ray_address is not None
+    connect(cfg.runtime.ray_address)
+    cores = int(ray.cluster_resources().get("CPU", 1))
+    n = num_drivers(cfg, cores)
+    return [RayDriver(cfg, Placement(i, n)) for i in range(n)]
+
+
+class DriverActor:
+    """Runs one driver process on its node and buffers its messages for the relay to take."""
+
+    def __init__(self, cfg: BenchmarkConfig, placement: Placement) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._messages, sender = ctx.Pipe(duplex=False)
+        go_receiver, self._go = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=driver_main, args=(cfg, sender, go_receiver, placement), daemon=True)
+        self._proc.start()
+        sender.close()
+        go_receiver.close()
+        self._buffer: list[bytes] = []
+        self._ended = False
+        self._ready = threading.Condition()
+        threading.Thread(target=self._pump, name="veeksha-pump", daemon=True).start()
+
+    def _pump(self) -> None:
+        while True:
+            try:
+                message = self._messages.recv_bytes()
+            except (EOFError, OSError):
+                message = None
+            with self._ready:
+                if message is None:
+                    self._ended = True
+                else:
+                    self._buffer.append(ipc.frame(message))
+                self._ready.notify_all()
+            if message is None:
+                return
+
+    def where(self) -> str:
+        node = ray.get_runtime_context().get_node_id()[:8]
+        return f"ray node {node} at {ray.util.get_node_ip_address()} ({socket.gethostname()})"
+
+    def poll(self, timeout: float) -> tuple[bytes, bool]:
+        """The driver's framed messages since the last poll (waiting up to `timeout` for one), and
+        whether its stream has ended."""
+        with self._ready:
+            self._ready.wait_for(lambda: self._buffer or self._ended, timeout)
+            data = b"".join(self._buffer)
+            self._buffer.clear()
+            return data, self._ended
+
+    def go(self, start: dict[str, Any]) -> None:
+        try:
+            self._go.send(start)
+        except OSError:
+            pass
+        self._go.close()
+
+    def interrupt(self) -> None:
+        if self._proc.pid is not None:
+            try:
+                os.kill(self._proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, wait_s: float) -> int | None:
+        """Wait for the driver to exit (killing it after `wait_s`); its exit code."""
+        self._proc.join(wait_s)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        return self._proc.exitcode
+
+
+# Threaded: a long poll must not hold up go, interrupt or stop. (Ray's stubs know actor options only
+# through the decorator's untyped path.)
+_RemoteActor: Any = ray.remote(num_cpus=1, max_concurrency=4)(DriverActor)  # type: ignore[call-overload]
+
+
+class RayDriver:
+    """The recorder's link to one driver actor: its messages arrive on a local pipe."""
+
+    shares_clock = False
+    start_margin_s = RAY_START_MARGIN_S
+
+    def __init__(self, cfg: BenchmarkConfig, placement: Placement) -> None:
+        self.driver_id = placement.driver_id
+        self.actor = _RemoteActor.options(scheduling_strategy="SPREAD", max_restarts=0).remote(cfg, placement)
+        read_fd, self._write_fd = os.pipe()
+        self.conn = Connection(read_fd, writable=False)
+        self.where = "ray"
+        self.lost: str | None = None  # why the actor could not be reached any more
+        self.exit_code: int | None = None
+        self.stopped = False
+        self._relay = threading.Thread(
+            target=self._relay_messages, name=f"veeksha-relay-{self.driver_id}", daemon=True
+        )
+
+    def start(self) -> None:
+        try:
+            self.where = ray.get(self.actor.where.remote(), timeout=CALL_TIMEOUT_S)
+        except Exception as e:  # the actor did not come up: its relay ends the stream at once
+            self.lost = _describe(e)
+        self._relay.start()
+
+    def _relay_messages(self) -> None:
+        try:
+            while self.lost is None:
+                data, ended = ray.get(self.actor.poll.remote(POLL_S), timeout=POLL_S + CALL_TIMEOUT_S)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._write_fd, view) :]
+                if ended:
+                    return
+        except Exception as e:  # RayActorError when the actor or its node died
+            self.lost = _describe(e)
+        finally:
+            os.close(self._write_fd)  # the recorder sees the end of this driver's stream
+
+    def go(self, start: dict[str, float | None]) -> None:
+        self._call("go", start)
+
+    def alive(self) -> bool:
+        return self._relay.is_alive()
+
+    def describe_exit(self) -> str:
+        return self.lost if self.lost is not None else f"exit code {self.exit_code}"
+
+    def interrupt(self) -> None:
+        self._call("interrupt")
+
+    def stop(self, wait_s: float) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.lost is None:
+            self.exit_code = self._call("stop", wait_s, timeout=wait_s + CALL_TIMEOUT_S)
+        ray.kill(self.actor)
+        if self._relay.is_alive():
+            self._relay.join(CALL_TIMEOUT_S)
+
+    def _call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT_S) -> Any:
+        """A control call on the actor; None when it cannot be reached (its relay reports why)."""
+        try:
+            return ray.get(getattr(self.actor, method).remote(*args), timeout=timeout)
+        except Exception as e:
+            self.lost = self.lost or _describe(e)
+            return None
+
+
+def _describe(e: BaseException) -> str:
+    first_line = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"its Ray actor was lost: {type(e).__name__}" + (f": {first_line}" if first_line else "")

@@ -1,0 +1,70 @@
+"""Inside its own network namespace (see test_ray_e2e.py): a local two-node Ray cluster, and the
+runs the test compares. Usage: cluster_runs.py WORKDIR PORT -- VEEKSHA-RUN FLAGS...
+
+Writes WORKDIR/local (two local drivers), WORKDIR/ray (two drivers as Ray actors, one per node) and
+WORKDIR/ray-killed (the same, with one actor's process killed mid-run), plus WORKDIR/*.log.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+VEEKSHA_RUN = str(BIN / "veeksha-run")
+
+
+def ray_start(work: Path, *flags: str) -> None:
+    # One CPU per node: two drivers spread over the cluster land on two nodes.
+    common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    with (work / "ray-start.log").open("a") as log:
+        subprocess.run([RAY, "start", *common, *flags], check=True, stdout=log, stderr=log, timeout=120)
+
+
+def veeksha(work: Path, name: str, flags: list[str], kill_actor_after: int | None = None) -> None:
+    with (work / f"{name}.log").open("w") as log:
+        proc = subprocess.Popen(
+            [VEEKSHA_RUN, *flags, "--output_dir", str(work / name)], stdout=log, stderr=log
+        )
+        if kill_actor_after is not None:
+            kill_one_actor(work / name, kill_actor_after)
+        proc.wait(timeout=300)
+    (work / f"{name}.rc").write_text(str(proc.returncode))
+
+
+def kill_one_actor(output_dir: Path, after_dispatches: int) -> None:
+    """SIGKILL one driver actor's process once the run has dispatched `after_dispatches` requests."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        traces = list(output_dir.glob("*/traces/dispatch_trace.jsonl"))
+        if traces and traces[0].read_bytes().count(b"\n") >= after_dispatches:
+            break
+        time.sleep(0.1)
+    pids = subprocess.run(["pgrep", "-f", "ray::DriverActor"], capture_output=True, text=True).stdout.split()
+    os.kill(int(pids[0]), signal.SIGKILL)
+
+
+def main() -> None:
+    work, port = Path(sys.argv[1]), sys.argv[2]
+    flags = sys.argv[sys.argv.index("--") + 1 :]
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    temp = f"/tmp/vr{os.getpid()}"  # Ray's socket paths must stay under 108 characters
+    ray_start(work, "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}")
+    ray_start(work, f"--address=127.0.0.1:{port}", f"--temp-dir={temp}")
+    address = ["--runtime.ray_address", f"127.0.0.1:{port}"]
+    try:
+        veeksha(work, "local", flags)
+        veeksha(work, "ray", [*flags, *address])
+        slow = ["--server.decode_step_base", "0.01", "--runtime.post_timeout_grace_seconds", "0"]
+        veeksha(work, "ray-killed", [*flags, *slow, *address], kill_actor_after=10)
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Drivers on a Ray cluster, for real: a local two-node cluster, two driver actors (one per node),
+against the same run on two local driver processes. Same records, same files, same metrics; and a
+killed actor still leaves one record per dispatched request and names the driver that died.
+
+Every Ray process runs in its own network and PID namespace (`unshare`): 127.0.0.1 is then the only
+address, so Ray's traffic stays on loopback, and the namespace's end takes every Ray process with it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from veeksha.shared.paths import RunPaths
+
+from tests.runner.helpers import no_plots_env, only_run_dir, read_jsonl
+
+pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'veeksha[ray]')")
+
+SCRIPT = Path(__file__).with_name("cluster_runs.py")
+HEAD_PORT = "6390"  # outside Ray's worker port range (10002-19999)
+FLAGS = [
+    "--server.type",
+    "simulated",
+    "--server.decode_step_base",
+    "0.001",
+    "--runtime.num_drivers",
+    "2",
+    "--runtime.max_sessions",
+    "30",
+    "--traffic_scheduler.interval_generator.arrival_rate",
+    "20",
+    "--session_generator.output_spec.text.output_length_generator",
+    "{type: fixed, value: 16}",
+    "--trace_recorder.include_content",
+    "true",
+    "--seed",
+    "5",
+]
+
+
+def in_own_namespace(command: list[str]) -> list[str]:
+    """`command` in a new network (loopback only) and PID namespace, when this machine allows it."""
+    wrapped = [
+        "unshare",
+        "--net",
+        "--pid",
+        "--kill-child",
+        "--mount-proc",
+        "sh",
+        "-c",
+        'ip link set lo up && exec "$@"',
+        "sh",
+    ]
+    probe = subprocess.run([*wrapped, "true"], capture_output=True)
+    if probe.returncode != 0 or not shutil.which("ip"):
+        # Without namespaces (not root): Ray then advertises this machine's address, still local.
+        return command
+    return [*wrapped, *command]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    work = tmp_path_factory.mktemp("ray")
+    command = [sys.executable, str(SCRIPT), str(work), HEAD_PORT, "--", *FLAGS]
+    done = subprocess.run(
+        in_own_namespace(command), env=no_plots_env(), capture_output=True, text=True, timeout=900
+    )
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(work.glob("*.log")))
+    assert done.returncode == 0, f"{done.stderr[-3000:]}\n{logs}"
+    return {
+        name: (
+            only_run_dir(work / name),
+            int((work / f"{name}.rc").read_text()),
+            (work / f"{name}.log").read_text(),
+        )
+        for name in ("local", "ray", "ray-killed")
+    }
+
+
+def sent(paths: RunPaths) -> set[tuple[Any, ...]]:
+    """Each request: its session, node, driver, prompt and (a session's first) scheduled offset."""
+    return {
+        (
+            t["session_id"],
+            t["node_id"],
+            t["driver_id"],
+            round(t["scheduled_at"], 9) if not t["parent_nodes"] else None,
+            orjson.dumps(t["content"]),
+        )
+        for t in read_jsonl(paths.dispatch_trace)
+    }
+
+
+def files(paths: RunPaths) -> set[str]:
+    return {str(p.relative_to(paths.root)) for p in paths.root.rglob("*") if p.is_file()}
+
+
+def test_a_ray_run_sends_what_a_local_run_sends(runs: dict[str, Any]) -> None:
+    (local, local_rc, _), (remote, remote_rc, _) = runs["local"], runs["ray"]
+    assert local_rc == remote_rc == 0
+    assert sent(remote) == sent(local)
+    assert len(sent(local)) == len(read_jsonl(local.request_records)) >= 30
+
+
+def test_a_ray_run_has_the_same_records_files_and_metrics_as_a_local_run(runs: dict[str, Any]) -> None:
+    local, remote = runs["local"][0], runs["ray"][0]
+    local_records, remote_records = read_jsonl(local.request_records), read_jsonl(remote.request_records)
+    assert [list(r) for r in remote_records] == [list(r) for r in local_records]
+    assert sorted(r["request_id"] for r in remote_records) == sorted(r["request_id"] for r in local_records)
+    assert all(r["status"] == "success" for r in remote_records)
+    assert files(remote) == files(local)
+    local_summary = orjson.loads(local.summary_stats.read_bytes())
+    remote_summary = orjson.loads(remote.summary_stats.read_bytes())
+    assert remote_summary.keys() == local_summary.keys()
+    assert remote_summary["num_requests"] == local_summary["num_requests"]
+    assert remote_summary["ttfc_p50"] > 0
+
+
+def test_the_ray_drivers_ran_on_two_nodes(runs: dict[str, Any]) -> None:
+    info = orjson.loads(runs["ray"][0].run_json.read_bytes())
+    assert info["status"] == "completed"
+    wheres = [d["where"] for d in info["driver"]["drivers"]]
+    assert all(w.startswith("ray node ") for w in wheres) and len(set(wheres)) == 2
+    assert all(d["cpu_seconds"] > 0 for d in info["driver"]["drivers"])
+
+
+def test_a_killed_ray_actor_leaves_a_record_for_every_dispatched_request(runs: dict[str, Any]) -> None:
+    paths, rc, log = runs["ray-killed"]
+    assert rc == 1, log
+    records = read_jsonl(paths.request_records)
+    dispatched = [t["request_id"] for t in read_jsonl(paths.dispatch_trace) if t["dispatched_at"] is not None]
+    assert sorted(r["request_id"] for r in records) == sorted(dispatched)
+    lost = [r for r in records if r["error_type"] == "driver_lost"]
+    (dead,) = {r["driver_id"] for r in lost}
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert info["status"] == "failed"
+    assert f"driver {dead} on ray node" in info["error"] and "its Ray actor was lost" in info["error"]
+    assert info["driver"]["num_driver_lost"] == len(lost) > 0
