@@ -123,7 +123,13 @@ def trace_line(rec: dict[str, Any], *, size: int = 1, parents: list[int] | None 
     }
 
 
-def run_data(records: list[dict[str, Any]], cfg: BenchmarkConfig | None = None, trace: Any = None) -> RunData:
-    """What the evaluators see for these records (warmup split off, as evaluate_run does)."""
+def run_data(
+    records: list[dict[str, Any]],
+    cfg: BenchmarkConfig | None = None,
+    trace: Any = None,
+    drivers: list[dict[str, Any]] | None = None,
+) -> RunData:
+    """What the evaluators see for these records (warmup split off, as evaluate_run does);
+    `drivers` is run.json's driver.drivers."""
     measured, warmup = split_warmup(records_from_dicts(records))
-    return prepare(measured, warmup, cfg or BenchmarkConfig(), trace)
+    return prepare(measured, warmup, cfg or BenchmarkConfig(), trace, drivers)

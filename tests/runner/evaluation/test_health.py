@@ -281,10 +281,56 @@ def test_text_format_and_json():
     assert as_json["all_passed"] is True
     assert [c["name"] for c in as_json["checks"]] == [
         "session_dispatch_rate", "concurrency", "intra_session_arrival_lateness", "prompt_length",
-        "output_length", "token_counts", "lifecycle_delays", "error_rate", "request_timeouts",
+        "output_length", "token_counts", "lifecycle_delays", "drivers", "error_rate", "request_timeouts",
         "missing_records",
     ]  # fmt: skip
     assert all(set(c) >= {"name", "result", "metrics", "thresholds"} for c in as_json["checks"])
+
+
+# ------------------------------------------------------------------ drivers
+
+
+def _two_drivers(late_ms: float) -> list[dict]:
+    """100 requests over 10 s; driver 1's are `late_ms` late, driver 0's 1 ms."""
+    return [
+        request(
+            i,
+            sent=0.1 * (i + 1),
+            chunks=[0.1 * (i + 1) + 0.05],
+            delay=(late_ms if i % 2 else 1.0) / 1000,
+            driver_id=i % 2,
+        )
+        for i in range(100)
+    ]
+
+
+CPU = [{"driver_id": 0, "cpu_seconds": 2.0}, {"driver_id": 1, "cpu_seconds": 9.5}]
+
+
+def test_drivers_names_the_latest_driver_and_each_ones_cpu_share():
+    check = health.drivers(run_data(_two_drivers(4.0), drivers=CPU))
+    assert check.result == "PASSED" and check.metrics["num_drivers"] == 2
+    assert check.metrics["limiting_driver"] == 1
+    per = check.metrics["drivers"]
+    assert per["0"]["lateness_p99_s"] == pytest.approx(0.001) and per["1"]["lateness_p99_s"] == pytest.approx(
+        0.004
+    )
+    assert per["0"]["num_dispatched"] == per["1"]["num_dispatched"] == 50
+    duration = 10.05 - 0.1  # first dispatch to last end
+    assert per["1"]["cpu_utilization"] == pytest.approx(9.5 / duration)
+    assert "driver 1 limits the run" in check.detail and "driver 1 used >= 90% of a core" in check.detail
+
+
+def test_drivers_fails_when_the_limiting_drivers_lateness_is_over_the_bound():
+    check = health.drivers(run_data(_two_drivers(25.0)))
+    assert check.result == "FAILED" and check.thresholds == {"lateness_p99_s": 0.010}
+    assert check.metrics["drivers"]["1"]["cpu_seconds"] is None  # no run.json entries: not known
+
+
+def test_drivers_counts_records_without_a_driver_id_as_driver_0():
+    """Runs written before several drivers existed: one driver, 0."""
+    check = health.drivers(_data(_sessions_every(0.1)))
+    assert check.result == "PASSED" and list(check.metrics["drivers"]) == ["0"]
 
 
 # ------------------------------------------------------------------ token counts
