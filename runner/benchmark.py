@@ -65,11 +65,11 @@ def run_benchmark(
     # here, before a server starts or a run directory exists.
     make_session_generator(cfg)
     check_server_command(cfg.server)
-    ensure_writable(parent_dir)
     if cfg.runtime.ray_address is not None:  # joined now: an unreachable cluster is a config error
         from veeksha.runner.ray_drivers import connect
 
         connect(cfg.runtime.ray_address)
+    ensure_writable(parent_dir)
     server = start_server(cfg.server) if cfg.server is not None else None
     follower = None
     try:

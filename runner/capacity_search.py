@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from veeksha.runner.benchmark import run_benchmark, upload
-from veeksha.runner.preflight import check_api_base_hosts
+from veeksha.runner.preflight import check_hosts
 from veeksha.runner.run_dir import make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config import (
     BenchmarkConfig,
@@ -80,7 +80,7 @@ def run_capacity_search(
 ) -> int:
     search = load_capacity_search(path, overrides, fallbacks)
     base = search.benchmark_config
-    check_api_base_hosts([base], prefix="benchmark_config.")
+    check_hosts([base], prefix="benchmark_config.")
     knob = knob_of(base)
     integer = knob == CONCURRENCY_KNOB
     rnd = rounder(search, integer)

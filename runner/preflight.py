@@ -19,6 +19,29 @@ from veeksha.shared.errors import ConfigError
 RESOLVE_TIMEOUT_S = 5.0
 
 
+def check_hosts(configs: Iterable[BenchmarkConfig], prefix: str = "") -> None:
+    """ConfigError when client.api_base names a host that does not resolve, or runtime.ray_address
+    a cluster that cannot be reached."""
+    configs = list(configs)
+    check_api_base_hosts(configs, prefix)
+    for address in dict.fromkeys(c.runtime.ray_address for c in configs):
+        if address is not None and address != "auto":
+            check_ray_address(address, prefix)
+
+
+def check_ray_address(address: str, prefix: str = "") -> None:
+    """A refused port or an unknown host fails here at once, with the reason (Ray itself would
+    retry for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RESOLVE_TIMEOUT_S).close()
+    except OSError as e:
+        raise ConfigError(
+            f"config error at {prefix}runtime.ray_address: cannot reach the Ray cluster at {address!r} "
+            f"({e.strerror or e}); start one (`ray start --head`) or fix the address"
+        ) from None
+
+
 def check_api_base_hosts(configs: Iterable[BenchmarkConfig], prefix: str = "") -> None:
     """ConfigError when a user-given client.api_base names a host that does not resolve."""
     checked: set[str] = set()

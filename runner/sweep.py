@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from veeksha.runner.benchmark import RunResult, run_benchmark, upload
-from veeksha.runner.preflight import check_api_base_hosts
+from veeksha.runner.preflight import check_hosts
 from veeksha.runner.run_dir import make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config_loader import NO_FALLBACKS, EnvFallbacks, LoadedRun, load_benchmark_runs
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
@@ -49,7 +49,7 @@ def run_from_config(
     fallbacks: EnvFallbacks = NO_FALLBACKS,
 ) -> int:
     runs = load_benchmark_runs(path, overrides, fallbacks)  # every run validated before any traffic
-    check_api_base_hosts(run.config for run in runs)
+    check_hosts(run.config for run in runs)
     if dry_run:
         print(f"veeksha-run: config is valid; it expands to {len(runs)} run(s)")
         for i, run in enumerate(runs):

@@ -419,6 +419,11 @@ DRIVERS = [
         "ray-address-no-port", CLIENT + SERVER + RUNTIME_KEYS + "ray_address: head}\n", "runtime.ray_address"
     ),
     Case(
+        "ray-address-refused",
+        CLIENT + SERVER + RUNTIME_KEYS + "ray_address: '127.0.0.1:1'}\n",
+        "cannot reach the Ray cluster at '127.0.0.1:1' (Connection refused)",
+    ),
+    Case(
         "ray-address-bad-port",
         CLIENT + SERVER + RUNTIME_KEYS + "ray_address: 'h:99999'}\n",
         "HOST:PORT of the Ray",

@@ -53,6 +53,9 @@ def main() -> None:
     work, port = Path(sys.argv[1]), sys.argv[2]
     flags = sys.argv[sys.argv.index("--") + 1 :]
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # A ~/.ray/auth_token left by any earlier local Ray makes the head require tokens and the second
+    # node fail to join; this cluster is private to the namespace.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     temp = f"/tmp/vr{os.getpid()}"  # Ray's socket paths must stay under 108 characters
     ray_start(work, "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}")
     ray_start(work, f"--address=127.0.0.1:{port}", f"--temp-dir={temp}")
