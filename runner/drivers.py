@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Protocol
 
 from veeksha.runner.driver.dispatcher import Placement, driver_main
@@ -97,19 +98,30 @@ class LocalDriver:
         return f"exit code {self.proc.exitcode}"
 
     def interrupt(self) -> None:
-        if self.proc.pid is not None:
-            try:
-                os.kill(self.proc.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
+        interrupt_process(self.proc)
 
     def stop(self, wait_s: float) -> None:
-        if self.proc.pid is None:
-            return  # never started
-        self.proc.join(wait_s)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join()
+        stop_process(self.proc, wait_s)
+
+
+def interrupt_process(proc: BaseProcess) -> None:
+    """A Ctrl-C for a driver process (its first drains, its second cancels)."""
+    if proc.pid is not None:
+        try:
+            os.kill(proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+
+def stop_process(proc: BaseProcess, wait_s: float) -> int | None:
+    """Wait up to `wait_s` for a driver process to exit, then kill it; its exit code."""
+    if proc.pid is None:
+        return None  # never started
+    proc.join(wait_s)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    return proc.exitcode
 
 
 def num_drivers(cfg: BenchmarkConfig, cores: int) -> int:

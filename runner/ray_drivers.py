@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import socket
 import threading
 from multiprocessing.connection import Connection
@@ -36,7 +35,7 @@ for _name, _value in FAIL_FAST_ENV.items():
 import ray  # noqa: E402
 from veeksha.runner import ipc  # noqa: E402
 from veeksha.runner.driver.dispatcher import Placement, driver_main  # noqa: E402
-from veeksha.runner.drivers import DriverLink, num_drivers  # noqa: E402
+from veeksha.runner.drivers import DriverLink, interrupt_process, num_drivers, stop_process  # noqa: E402
 from veeksha.shared.config import BenchmarkConfig  # noqa: E402
 from veeksha.shared.errors import ConfigError  # noqa: E402
 
@@ -138,19 +137,10 @@ class DriverActor:
         self._go.close()
 
     def interrupt(self) -> None:
-        if self._proc.pid is not None:
-            try:
-                os.kill(self._proc.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
+        interrupt_process(self._proc)
 
     def stop(self, wait_s: float) -> int | None:
-        """Wait for the driver to exit (killing it after `wait_s`); its exit code."""
-        self._proc.join(wait_s)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join()
-        return self._proc.exitcode
+        return stop_process(self._proc, wait_s)
 
 
 # Threaded: a long poll must not hold up go, interrupt or stop. (Ray's stubs know actor options only

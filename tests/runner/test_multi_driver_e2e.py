@@ -20,6 +20,7 @@ from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import REQUEST_RECORD_FIELDS
 
 from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir, read_jsonl, run_cli
+from tests.runner.test_crash_recovery import SLOW as CRASH_SLOW
 from tests.runner.test_crash_recovery import dispatched_ids, wait_for_dispatches
 
 SESSIONS = 30
@@ -127,23 +128,8 @@ def test_evaluate_rebuilds_a_multi_driver_run_exactly(runs: dict[int, RunPaths],
     assert "drivers   3: lateness p99" in proc.stdout
 
 
-# ~2.5 s per request (250 tokens x 10 ms): a kill always finds requests in flight.
-SLOW = [
-    "--server.type",
-    "simulated",
-    "--server.decode_step_base",
-    "0.01",
-    "--session_generator.output_spec.text.output_length_generator",
-    "{type: fixed, value: 250}",
-    "--traffic_scheduler.interval_generator.arrival_rate",
-    "20",
-    "--runtime.benchmark_timeout",
-    "60",
-    "--runtime.post_timeout_grace_seconds",
-    "0",
-    "--output_dir",
-    "out",
-]
+# The crash tests' slow run (a kill always finds requests in flight); a stop cancels at once.
+SLOW = [*CRASH_SLOW, "--runtime.post_timeout_grace_seconds", "0"]
 
 
 def driver_pids(parent: int) -> list[int]:
