@@ -352,6 +352,16 @@ class TraceRecorderConfig:
 
 
 @dataclass(frozen=True)
+class PreciseTiming:
+    """Exact stream timing instead of the batching model (runner/simserver/precise.py): chunk k of
+    each stream is due at its arrival + ttft + k * itl, on an absolute schedule, so the truth a client
+    measures against is known; /sim/stats reports how late the server actually wrote."""
+
+    ttft: float = spec(default=0.05, ge=0, doc="seconds from a request's arrival to its first chunk")
+    itl: float = spec(default=0.01, ge=0, doc="seconds between chunks")
+
+
+@dataclass(frozen=True)
 class SimulatedServerConfig:
     type: Literal["simulated"] = "simulated"
     model: str = "veeksha-sim"
@@ -375,6 +385,7 @@ class SimulatedServerConfig:
     reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
     # Prefill costs only the prompt tokens not already cached (runner/simserver/prefix_cache.py).
     prefix_cache: bool = True
+    precise: PreciseTiming | None = spec(default=None, doc="exact TTFT and ITL, no batching model")
 
 
 @dataclass(frozen=True)

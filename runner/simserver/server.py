@@ -7,7 +7,8 @@ close-delimited bodies for HTTP/1.0 clients. Pipelined requests are answered in 
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, and
 GET /sim/stats (engine counters: running, waiting, steps, admitted, kv_tokens_used, prefix cache
-queries and hits), and GET /metrics (the same state in Prometheus text format, under vLLM's names).
+queries and hits; with `precise` timing, how late the server wrote its chunks), and GET /metrics (the
+same state in Prometheus text format, under vLLM's names).
 
 Choices where OpenAI and the spec leave room (vLLM-like, since vLLM/SGLang are what users benchmark):
 - the role-only first chat chunk is sent together with the first token (after prefill), and the
@@ -46,6 +47,7 @@ import uvloop
 from veeksha.runner.sessions.lengths import make_count_sampler
 from veeksha.runner.sessions.tokenizer import count_tokens_approx
 from veeksha.runner.simserver.engine import EngineRequest, SimulatedEngine, token_text
+from veeksha.runner.simserver.precise import PreciseEngine
 from veeksha.runner.simserver.prefix_cache import PrefixCache
 from veeksha.shared.config import SimulatedServerConfig
 from veeksha.shared.records import (
@@ -402,10 +404,13 @@ class _App:
             }
         )
 
-    def stats(self) -> dict[str, int]:
-        """Engine state for tests and debugging (GET /sim/stats)."""
+    def stats(self) -> dict[str, float]:
+        """Engine state for tests and debugging (GET /sim/stats); in precise mode also how late the
+        server wrote its chunks (precise_chunks, lateness_p50_ms, lateness_p99_ms, lateness_max_ms)."""
         e = self.engine
+        lateness = e.lateness.stats() if isinstance(e, PreciseEngine) else {}
         return {
+            **lateness,
             "running": e.num_running,
             "waiting": e.num_waiting,
             "steps": e.steps,
@@ -641,7 +646,7 @@ class SimulatedServer:
 async def start_simulated_server(cfg: SimulatedServerConfig) -> SimulatedServer:
     """Bind and start serving on the running loop; `cfg.port == 0` picks a free port."""
     loop = asyncio.get_running_loop()
-    engine = SimulatedEngine(cfg, loop)
+    engine = PreciseEngine(cfg, loop) if cfg.precise is not None else SimulatedEngine(cfg, loop)
     app = _App(cfg, engine)
     server = await loop.create_server(
         lambda: _Connection(app), cfg.host, int(cfg.port), reuse_address=True, backlog=4096
