@@ -47,7 +47,7 @@ import uvloop
 from veeksha.runner.sessions.lengths import make_count_sampler
 from veeksha.runner.sessions.tokenizer import count_tokens_approx
 from veeksha.runner.simserver.engine import EngineRequest, SimulatedEngine, token_text
-from veeksha.runner.simserver.precise import PreciseEngine
+from veeksha.runner.simserver.precise import PreciseEngine, precise_stats
 from veeksha.runner.simserver.prefix_cache import PrefixCache
 from veeksha.shared.config import SimulatedServerConfig
 from veeksha.shared.records import (
@@ -406,9 +406,9 @@ class _App:
 
     def stats(self) -> dict[str, float]:
         """Engine state for tests and debugging (GET /sim/stats); in precise mode also how late the
-        server wrote its chunks (precise_chunks, lateness_p50_ms, lateness_p99_ms, lateness_max_ms)."""
+        server wrote its chunks (precise.precise_stats)."""
         e = self.engine
-        lateness = e.lateness.stats() if isinstance(e, PreciseEngine) else {}
+        lateness = precise_stats(e) if isinstance(e, PreciseEngine) else {}
         return {
             **lateness,
             "running": e.num_running,
