@@ -321,8 +321,10 @@ class Driver:
             offset = next(offsets) if session.arrival_offset is None else session.arrival_offset
             due = self.t0 + offset
             self.next_due = due
+            # The session's task waits for `due` itself and sends on waking: a task created at `due`
+            # would first run one loop turn (a whole batch of reads) later.
+            self._start_session(session, due, limiter, start_at=due)
             await sleep_until(due)
-            self._start_session(session, due, limiter)
 
     async def _dispatch_concurrent(self, traffic: ConcurrentTraffic) -> None:
         starts = rampup_start_offsets(traffic.target_concurrent_sessions, traffic.rampup_seconds)
@@ -389,11 +391,15 @@ class Driver:
     # ------------------------------------------------------------------ sessions
 
     def _start_session(
-        self, session: Session, ready_at: float, limiter: asyncio.Semaphore | None
+        self,
+        session: Session,
+        ready_at: float,
+        limiter: asyncio.Semaphore | None,
+        start_at: float | None = None,
     ) -> asyncio.Task[None]:
         is_warmup = self.sessions_started < self.runtime.warmup_sessions
         self.sessions_started += 1
-        task = asyncio.create_task(self._run_session(session, ready_at, is_warmup, limiter))
+        task = asyncio.create_task(self._run_session(session, ready_at, is_warmup, limiter, start_at))
         self.session_tasks.add(task)
         task.add_done_callback(self.session_tasks.discard)
         return task
@@ -404,7 +410,10 @@ class Driver:
         scheduled_at: float,
         is_warmup: bool,
         limiter: asyncio.Semaphore | None,
+        start_at: float | None = None,
     ) -> None:
+        if start_at is not None:
+            await sleep_until(start_at)
         if limiter is not None:
             await limiter.acquire()
         try:
