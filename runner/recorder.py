@@ -12,9 +12,11 @@ batch and decides itself when to print.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, BinaryIO
@@ -31,6 +33,7 @@ from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import RUN_FAILED, RUN_INTERRUPTED
 
 POLL_S = 0.2
+RECORDING_NICE = 19  # the most there is: the recorder runs in the drivers' idle time
 # How long the drivers may take to start (import, client, first sessions) before we give up.
 START_DEADLINE_S = 120.0
 
@@ -121,9 +124,10 @@ class Recorder:
             self.paths.request_records.open("ab", buffering=0) as records,
             self._open_trace() as trace,
         ):
-            failed_start = self._start_all()
+            failed_start = self._start_all()  # drivers start at the recorder's priority...
             if failed_start is None:
-                self._receive_until_end(records, trace)
+                with _yielding_to_driver():  # ...which then gives way to theirs
+                    self._receive_until_end(records, trace)
             else:  # no driver got its start: none has sent anything
                 for d in self.drivers:
                     d.link.stop(0.0)
@@ -378,6 +382,26 @@ class Recorder:
         if line["content"] is None:
             del line["content"]
         return line
+
+
+@contextlib.contextmanager
+def _yielding_to_driver() -> Iterator[None]:
+    """While recording, this thread runs at a lower scheduling priority (nice + RECORDING_NICE) than
+    the driver, which shares its core on a small machine: the driver's wake-ups are the measurement,
+    the recorder's work can wait a few milliseconds. Only this thread (the driver is already running
+    and keeps its own nice); the old nice is restored after, where the system allows raising it back."""
+    tid = threading.get_native_id()
+    try:
+        old = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(old + RECORDING_NICE, 19))
+    except OSError:  # not Linux, or not allowed: record at the usual priority
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # raising it back may need privileges
+            os.setpriority(os.PRIO_PROCESS, tid, old)
 
 
 def _append(f: BinaryIO, data: bytes) -> None:

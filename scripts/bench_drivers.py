@@ -108,14 +108,20 @@ def run_once(args: argparse.Namespace, drivers: int, rate: float, out: Path) -> 
             "--runtime.num_drivers", str(drivers),
             "--traffic_scheduler.interval_generator.arrival_rate", str(rate),
             "--runtime.benchmark_timeout", str(args.duration),
-            "--session_generator.output_spec.text.output_length_generator", f"{{type: fixed, value: {args.tokens}}}",
+            "--session_generator.output_spec.text.output_length_generator",
+            f"{{type: fixed, value: {args.tokens}}}",
             "--session_generator.channels",
             f"[{{type: text, body_length_generator: {{type: fixed, value: {args.prompt_tokens}}}}}]",
         ]  # fmt: skip
         env = {**os.environ, "VEEKSHA_NO_PLOTS": "1"}
         with (out / "veeksha-run.log").open("wb") as log:
             proc = subprocess.Popen(
-                cmd, stdout=log, stderr=log, env=env, start_new_session=True, preexec_fn=pin(args.client_core, args.nice)
+                cmd,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+                preexec_fn=pin(args.client_core, args.nice),
             )
         stop = threading.Event()
         limiter = None
@@ -134,9 +140,14 @@ def run_once(args: argparse.Namespace, drivers: int, rate: float, out: Path) -> 
     return evaluate(args, drivers, rate, out, stats)
 
 
-def evaluate(args: argparse.Namespace, drivers: int, rate: float, out: Path, stats: dict[str, float]) -> Result:
+def evaluate(
+    args: argparse.Namespace, drivers: int, rate: float, out: Path, stats: dict[str, float]
+) -> Result:
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
-    records = [orjson.loads(x) for x in (run_dir / "metrics" / "request_level_metrics.jsonl").read_bytes().splitlines()]
+    records = [
+        orjson.loads(x)
+        for x in (run_dir / "metrics" / "request_level_metrics.jsonl").read_bytes().splitlines()
+    ]
     ok = [r for r in records if r["status"] == "success"]
     dispatched = [r["scheduler_dispatched_at"] for r in records if r["scheduler_dispatched_at"] is not None]
     delays = [r["dispatch_delay"] for r in records if r["dispatch_delay"] is not None]
@@ -165,8 +176,8 @@ def run(args: argparse.Namespace, drivers: int, rate: float) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
         result = run_once(args, drivers, rate, Path(tmp))
     print(
-        f"  {drivers} driver(s) at {rate:g}/s: achieved {result.achieved:.1f}/s, {result.errors} errors, dispatch p99 "
-        f"{result.dispatch_p99_ms:.3f} ms, TTFC error p99 {result.ttfc_err_p99_ms:+.2f} ms -> "
+        f"  {drivers} driver(s) at {rate:g}/s: achieved {result.achieved:.1f}/s, {result.errors} errors, "
+        f"dispatch p99 {result.dispatch_p99_ms:.3f} ms, TTFC error p99 {result.ttfc_err_p99_ms:+.2f} ms -> "
         f"{'clean' if result.clean else 'not clean'}",
         flush=True,
     )
@@ -200,7 +211,8 @@ def main() -> int:
     ap.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0)
     args = ap.parse_args()
     if args.driver_cpu > 0 and not os.access(CGROUP_CPU, os.W_OK):
-        return print(f"--driver-cpu needs a writable {CGROUP_CPU} (root, cgroup v1)", file=sys.stderr) or 2
+        print(f"--driver-cpu needs a writable {CGROUP_CPU} (root, cgroup v1)", file=sys.stderr)
+        return 2
     print(
         f"precise server on core {args.server_core} (ttft {args.ttft_ms:g} ms, itl {args.itl_ms:g} ms, "
         f"{args.tokens} tokens); veeksha-run on core {args.client_core}; each driver limited to "

@@ -7,14 +7,19 @@ wake-up makes one session late (its dispatch_delay shows it); it never shifts th
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import heapq
+import os
 import random
+import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 from veeksha.shared.config import FixedIntervals, GammaIntervals, PoissonIntervals
 
-# uvloop timers have ~1 ms resolution: sleep until this close to the deadline, then yield to the
-# loop until it passes. Yielding (sleep(0)) keeps I/O flowing while we wait.
+# uvloop timers have ~1 ms resolution. Where no timerfd is available (see _TimerFd), sleep until
+# this close to the deadline, then yield to the loop until it passes (sleep(0) keeps I/O flowing).
 SPIN_WINDOW_S = 0.0015
 
 
@@ -44,11 +49,107 @@ def arrival_offsets(sample_gap: Callable[[], float], first_at: float = 0.0) -> I
 
 async def sleep_until(deadline: float, clock: Callable[[], float] = time.perf_counter) -> None:
     """Wait until `clock()` >= deadline with sub-millisecond precision."""
+    if clock is time.perf_counter:
+        timer = _TimerFd.of_running_loop()
+        if timer is not None:
+            await timer.sleep_until(deadline)
+            return
     remaining = deadline - clock()
     if remaining > SPIN_WINDOW_S:
         await asyncio.sleep(remaining - SPIN_WINDOW_S)
     while clock() < deadline:
         await asyncio.sleep(0)
+
+
+class _TimerFd:
+    """Sub-millisecond wake-ups without spinning: one Linux timerfd per event loop, armed (absolute,
+    CLOCK_MONOTONIC, the clock of time.perf_counter on Linux) for the earliest pending deadline.
+
+    The spin it replaces yielded to the loop until the deadline passed: at 800 arrivals/s (gaps of
+    1.25 ms on average, spin window 1.5 ms) the driver never slept, used its whole core, and the
+    recorder sharing that core then took the CPU from it a scheduler slice at a time.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, settime: Callable[..., int]) -> None:
+        self._fd = fd
+        self._settime = settime
+        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+        self._armed = float("inf")
+        loop.add_reader(fd, self._fired)  # the loop keeps this object alive, and nothing else does
+        weakref.finalize(self, os.close, fd)
+
+    @classmethod
+    def of_running_loop(cls) -> _TimerFd | None:
+        loop = asyncio.get_running_loop()
+        try:
+            return _TIMERS[loop]
+        except KeyError:
+            timer = _TIMERS[loop] = cls._make(loop)
+            return timer
+        except TypeError:  # a loop that cannot be weakly referenced
+            return None
+
+    @classmethod
+    def _make(cls, loop: asyncio.AbstractEventLoop) -> _TimerFd | None:
+        if not sys.platform.startswith("linux") or time.get_clock_info("perf_counter").implementation != (
+            "clock_gettime(CLOCK_MONOTONIC)"
+        ):
+            return None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+            if fd < 0:
+                return None
+            return cls(loop, fd, libc.timerfd_settime)
+        except (OSError, AttributeError, NotImplementedError):  # no libc symbol, or a loop without add_reader
+            return None
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline <= time.perf_counter():
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, future))
+        if deadline < self._armed:
+            self._arm(deadline)
+        await future
+
+    def _arm(self, deadline: float) -> None:
+        self._armed = deadline
+        sec = int(deadline)
+        spec = _ITimerSpec(_TimeSpec(0, 0), _TimeSpec(sec, int((deadline - sec) * 1e9)))
+        self._settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None)
+
+    def _fired(self) -> None:
+        try:
+            os.read(self._fd, 8)
+        except BlockingIOError:  # re-armed since it fired
+            pass
+        heap = self._heap
+        now = time.perf_counter()
+        while heap and heap[0][0] <= now:
+            future = heapq.heappop(heap)[2]
+            if not future.done():  # a cancelled sleeper is just dropped
+                future.set_result(None)
+        self._armed = float("inf")
+        if heap:
+            self._arm(heap[0][0])
+
+
+_TIMERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TimerFd | None] = weakref.WeakKeyDictionary()
+_CLOCK_MONOTONIC = 1
+_TFD_NONBLOCK = os.O_NONBLOCK
+_TFD_CLOEXEC = os.O_CLOEXEC
+_TFD_TIMER_ABSTIME = 1
+
+
+class _TimeSpec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _ITimerSpec(ctypes.Structure):
+    _fields_ = [("it_interval", _TimeSpec), ("it_value", _TimeSpec)]
 
 
 def rampup_start_offsets(target: int, rampup_s: float) -> list[float]:

@@ -10,14 +10,15 @@ chunks after it. The engine records how late it actually wrote each chunk agains
 server's own error, reported by GET /sim/stats), which is what a client benchmark's fidelity is measured
 against: client TTFC minus `ttft` is the client's error plus this lateness.
 
-Cost: one timer for the whole engine, not one per chunk. Every stream has the same ttft and the same
-itl, so first chunks fall due in arrival order and later chunks in the order they were written: two
-FIFO queues, each sorted by construction, merged at each wake-up.
+Cost: one timer for the whole engine, not one per chunk. Every stream has the same ttft, so first
+chunks fall due in arrival order (a FIFO); later chunks wait in a heap. At each wake-up the due first
+chunks are written before the due later ones: they are the TTFT truth, one per `tokens` chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import math
 import time
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 
 _BUCKET_S = 1e-5  # lateness histogram resolution: 10 µs
 _BUCKETS = 100_000  # up to 1 s; later writes land in the last bucket (the max is kept exactly)
+# A wake-up writes for at most this long, then lets the loop read new requests (their arrival time
+# is the schedule's origin) before it goes on; behind schedule, one pass could otherwise run for
+# tens of milliseconds.
+_MAX_WAKE_S = 0.002
 
 
 class Lateness:
@@ -59,13 +64,19 @@ class Lateness:
                 return min((i + 1) * _BUCKET_S, self.max_s)
         return self.max_s
 
-    def stats(self) -> dict[str, float]:
+    def stats(self, prefix: str) -> dict[str, float]:
         return {
-            "precise_chunks": self.n,
-            "lateness_p50_ms": 1e3 * self.quantile_s(0.5),
-            "lateness_p99_ms": 1e3 * self.quantile_s(0.99),
-            "lateness_max_ms": 1e3 * self.max_s,
+            f"{prefix}chunks": self.n,
+            f"{prefix}lateness_p50_ms": 1e3 * self.quantile_s(0.5),
+            f"{prefix}lateness_p99_ms": 1e3 * self.quantile_s(0.99),
+            f"{prefix}lateness_max_ms": 1e3 * self.max_s,
         }
+
+
+def precise_stats(engine: PreciseEngine) -> dict[str, float]:
+    """What GET /sim/stats adds in precise mode: how late chunks were written, all of them
+    (precise_*) and first chunks only (first_*), as p50/p99/max in milliseconds."""
+    return {**engine.lateness.stats("precise_"), **engine.first_lateness.stats("first_")}
 
 
 class PreciseEngine(SimulatedEngine):
@@ -76,12 +87,16 @@ class PreciseEngine(SimulatedEngine):
         assert cfg.precise is not None
         self._ttft = float(cfg.precise.ttft)
         self._itl = float(cfg.precise.itl)
-        # (due, request): first chunks in arrival order, later chunks in the order they fall due.
+        # First chunks, (due, request), fall due in arrival order: a FIFO. Later chunks, (due, seq,
+        # request), in a heap: first chunks are written ahead of due later ones, so the chunks that
+        # follow them are not queued in due order.
         self._first: deque[tuple[float, EngineRequest]] = deque()
-        self._later: deque[tuple[float, EngineRequest]] = deque()
+        self._later: list[tuple[float, int, EngineRequest]] = []
+        self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self.lateness = Lateness()
+        self.lateness = Lateness()  # every chunk
+        self.first_lateness = Lateness()  # first chunks only (the TTFT a client should measure)
 
     @property
     def num_running(self) -> int:
@@ -115,31 +130,77 @@ class PreciseEngine(SimulatedEngine):
     def _wake(self) -> None:
         self._timer, self._timer_at = None, float("inf")
         self.steps += 1
-        first, later = self._first, self._later
-        now = time.perf_counter()
-        while first or later:
-            q = first if first and (not later or first[0][0] <= later[0][0]) else later
-            due, req = q[0]
-            if due > now:
-                now = time.perf_counter()  # writing took time: look again before giving up
-                if due > now:
-                    self._arm(due)
-                    return
-            q.popleft()
-            if not req.cancelled:
-                self._emit(due, req)
+        # First chunks go before later ones that are due too: they are the TTFT truth, and there is
+        # one of them per 64 later chunks, so the order costs the later chunks next to nothing.
+        stop_at = time.perf_counter() + _MAX_WAKE_S
+        if not (self._emit_first(stop_at) and self._emit_later(stop_at)):
+            # Out of time with chunks due: read what arrived meanwhile, then go on.
+            self._timer_at = 0.0
+            self._timer = self._loop.call_soon(self._wake)  # type: ignore[assignment]  # a Handle: cancel() is all we use
+            return
+        heads = [q[0][0] for q in (self._first, self._later) if q]
+        if heads:
+            self._arm(min(heads))
 
-    def _emit(self, due: float, req: EngineRequest) -> None:
-        start = req.generated
-        end = min(start + self._tpc, req.limit)
-        finished = end >= req.limit
-        req.generated = end
-        self.generated_tokens += end - start
+    def _emit_first(self, stop_at: float) -> bool:
+        """Write every first chunk that is due; False if time ran out with some still due."""
+        queue = self._first
+        while queue:
+            due, req = queue[0]
+            now = time.perf_counter()
+            if due > now:
+                return True
+            if now > stop_at:
+                return False
+            queue.popleft()
+            if not req.cancelled:
+                self._emit(due, req, self.first_lateness, due)  # one chunk: its own, never the next
+        return True
+
+    def _emit_later(self, stop_at: float) -> bool:
+        """Write every later chunk that is due; False if time ran out with some still due."""
+        heap = self._later
+        while heap:
+            due = heap[0][0]
+            now = time.perf_counter()
+            if due > now:
+                return True
+            if now > stop_at:
+                return False
+            req = heapq.heappop(heap)[2]
+            if not req.cancelled:
+                self._emit(due, req, None, now)
+        return True
+
+    def _emit(self, due: float, req: EngineRequest, first: Lateness | None, now: float) -> None:
+        """Write the chunk due at `due` and, when the stream is behind, every later one due by `now`
+        (one write: catching up must not cost a send per chunk)."""
+        steps: list[tuple[int, int]] = []
+        start, limit, tpc, itl = req.generated, req.limit, self._tpc, self._itl
+        next_due = due
+        while True:
+            end = min(start + tpc, limit)
+            steps.append((start, end))
+            start, next_due = end, next_due + itl
+            if end >= limit or next_due > now:
+                break
+        finished = start >= limit
+        self.generated_tokens += start - req.generated
+        req.generated = start
         try:
-            req.sink.on_tokens(start, end, finished)
+            if len(steps) == 1:
+                req.sink.on_tokens(steps[0][0], steps[0][1], finished)
+            else:
+                req.sink.on_steps(steps, finished)  # type: ignore[attr-defined]  # the server's sinks have it
         except Exception:  # one broken stream must not stop the engine for everyone
             log.exception("simulated engine: dropping a request whose sink failed")
             return
-        self.lateness.add(time.perf_counter() - due)
+        written = time.perf_counter()
+        for k in range(len(steps)):
+            late = written - (due + k * itl)
+            self.lateness.add(late)
+            if first is not None:
+                first.add(late)
         if not finished:
-            self._later.append((due + self._itl, req))
+            self._seq += 1
+            heapq.heappush(self._later, (next_due, self._seq, req))

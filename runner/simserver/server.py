@@ -47,7 +47,7 @@ import uvloop
 from veeksha.runner.sessions.lengths import make_count_sampler
 from veeksha.runner.sessions.tokenizer import count_tokens_approx
 from veeksha.runner.simserver.engine import EngineRequest, SimulatedEngine, token_text
-from veeksha.runner.simserver.precise import PreciseEngine
+from veeksha.runner.simserver.precise import PreciseEngine, precise_stats
 from veeksha.runner.simserver.prefix_cache import PrefixCache
 from veeksha.shared.config import SimulatedServerConfig
 from veeksha.shared.records import (
@@ -245,6 +245,11 @@ class _Sink:
     def on_tokens(self, start: int, end: int, finished: bool) -> None:
         raise NotImplementedError
 
+    def on_steps(self, steps: list[tuple[int, int]], finished: bool) -> None:
+        """Several steps at once (a precise-mode stream catching up): as on_tokens for each."""
+        for i, (start, end) in enumerate(steps):
+            self.on_tokens(start, end, finished and i == len(steps) - 1)
+
 
 class _StreamSink(_Sink):
     """SSE events: `prefix + text + suffix` per step, framed as one HTTP chunk per write.
@@ -264,6 +269,24 @@ class _StreamSink(_Sink):
     reasoning_prefix: bytes
 
     def on_tokens(self, start: int, end: int, finished: bool) -> None:
+        self._send(self._frame(start, end, finished), end, finished)
+
+    def on_steps(self, steps: list[tuple[int, int]], finished: bool) -> None:
+        """The same events as on_tokens for each step, in one write: a stream that fell behind
+        catches up with one send, not one per step."""
+        last = len(steps) - 1
+        data = b"".join([self._frame(s, e, finished and i == last) for i, (s, e) in enumerate(steps)])
+        self._send(data, steps[-1][1], finished)
+
+    def _send(self, data: bytes, end: int, finished: bool) -> None:
+        conn = self.conn
+        conn.write(data)
+        if finished:
+            conn.response_done(self.keep_alive)
+            if self.on_finish is not None:
+                self.on_finish(end)
+
+    def _frame(self, start: int, end: int, finished: bool) -> bytes:
         if start < self.reasoning:
             event = self._reasoning_events(start, end, finished)
         else:
@@ -277,12 +300,7 @@ class _StreamSink(_Sink):
         if self.chunked:
             frame = b"%x\r\n%b\r\n0\r\n\r\n" if finished else b"%x\r\n%b\r\n"
             event = frame % (len(event), event)
-        conn = self.conn
-        conn.write(event)
-        if finished:
-            conn.response_done(self.keep_alive)
-            if self.on_finish is not None:
-                self.on_finish(end)
+        return event
 
     def _reasoning_events(self, start: int, end: int, finished: bool) -> bytes:
         """Tokens [start, end) from inside the reasoning: a reasoning event, then an answer event
@@ -406,9 +424,9 @@ class _App:
 
     def stats(self) -> dict[str, float]:
         """Engine state for tests and debugging (GET /sim/stats); in precise mode also how late the
-        server wrote its chunks (precise_chunks, lateness_p50_ms, lateness_p99_ms, lateness_max_ms)."""
+        server wrote its chunks (precise.precise_stats)."""
         e = self.engine
-        lateness = e.lateness.stats() if isinstance(e, PreciseEngine) else {}
+        lateness = precise_stats(e) if isinstance(e, PreciseEngine) else {}
         return {
             **lateness,
             "running": e.num_running,
