@@ -3,8 +3,9 @@
 
 Against the simulated server in precise mode (scripts/bench_fidelity.py: exact TTFT and inter-token
 gaps, pinned to `--server-core`), `veeksha-run` runs with `runtime.num_drivers` N. A driver is clean
-at a rate when the run has no errors, achieves the target rate (within --min-achieved), and keeps the
-issue's goals: dispatch delay p99 ≤ 1 ms and TTFC p99 error vs the truth ≤ 5 ms.
+at a rate when the run has no errors, achieves the target rate (within --min-achieved), and keeps
+dispatch delay p99 and TTFC p99 error vs the truth within bounds (default 10 ms each, the health
+check's bound; the one-core fidelity goals of 1 and 5 ms are scripts/bench_fidelity.py's).
 
 The script finds one driver's clean rate R (the highest of --rates that is clean), then runs one and
 two drivers at 2R and prints: drivers, target rate, achieved, errors, dispatch p99, TTFC error, clean.
@@ -166,8 +167,8 @@ def evaluate(
     result.clean = (
         result.errors == 0
         and achieved >= args.min_achieved * rate
-        and result.dispatch_p99_ms <= 1.0
-        and result.ttfc_err_p99_ms <= 5.0
+        and result.dispatch_p99_ms <= args.max_dispatch_p99_ms
+        and result.ttfc_err_p99_ms <= args.max_ttfc_error_ms
     )
     return result
 
@@ -205,7 +206,11 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int, default=100)
     ap.add_argument("--ttft-ms", type=float, default=50.0)
     ap.add_argument("--itl-ms", type=float, default=10.0)
-    ap.add_argument("--min-achieved", type=float, default=0.95, help="achieved / target needed to be clean")
+    ap.add_argument("--min-achieved", type=float, default=0.97, help="achieved / target needed to be clean")
+    # Clean by default is what Veeksha's own health check calls trustworthy (lifecycle_delays: p99 of
+    # 10 ms); the one-core goals are 1 ms and 5 ms.
+    ap.add_argument("--max-dispatch-p99-ms", type=float, default=10.0)
+    ap.add_argument("--max-ttfc-error-ms", type=float, default=10.0)
     ap.add_argument("--client-core", type=int, default=0)
     ap.add_argument("--server-core", type=int, default=1)
     ap.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0)
