@@ -201,7 +201,7 @@ class HTTPTransport:
                 )
         except BaseException as exc:
             for conn in made:
-                conn.abort()  # owns no slot yet: no pool accounting happens
+                conn.discard()  # owns no slot yet: no pool accounting happens
             self._free_slot()
             if isinstance(exc, TimeoutError):  # our deadline, or the OS's ETIMEDOUT
                 raise ConnectTimeout(
@@ -349,6 +349,14 @@ class _Connection(asyncio.Protocol):
         self._mark_closed()
         if self._transport is not None:
             self._transport.abort()
+
+    def discard(self) -> None:
+        """Abort a connection whose opening failed (a deadline during connect). It never served a
+        request, and connection_lost may never come (the transport may not have been made yet), so
+        its references back to itself (parser, transport) go now: else it stays, with its transport,
+        until a rare full garbage collection."""
+        self.abort()
+        self._parser = self._transport = None  # type: ignore[assignment]  # never used again
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
