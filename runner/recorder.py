@@ -16,7 +16,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, BinaryIO
@@ -125,9 +125,8 @@ class Recorder:
             self._open_trace() as trace,
         ):
             failed_start = self._start_all()  # drivers start at the recorder's priority...
-            if failed_start is None:
-                with _yielding_to_driver():  # ...which then gives way to theirs
-                    self._receive_until_end(records, trace)
+            if failed_start is None:  # ...which then gives way to theirs
+                at_low_priority(lambda: self._receive_until_end(records, trace))
             else:  # no driver got its start: none has sent anything
                 for d in self.drivers:
                     d.link.stop(0.0)
@@ -384,24 +383,32 @@ class Recorder:
         return line
 
 
-@contextlib.contextmanager
-def _yielding_to_driver() -> Iterator[None]:
-    """While recording, this thread runs at a lower scheduling priority (nice + RECORDING_NICE) than
-    the driver, which shares its core on a small machine: the driver's wake-ups are the measurement,
-    the recorder's work can wait a few milliseconds. Only this thread (the driver is already running
-    and keeps its own nice); the old nice is restored after, where the system allows raising it back."""
-    tid = threading.get_native_id()
-    try:
-        old = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(old + RECORDING_NICE, 19))
-    except OSError:  # not Linux, or not allowed: record at the usual priority
-        yield
-        return
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):  # raising it back may need privileges
-            os.setpriority(os.PRIO_PROCESS, tid, old)
+def at_low_priority(work: Callable[[], None]) -> None:
+    """Run `work` in a thread of its own at a lower scheduling priority (nice + RECORDING_NICE).
+
+    The drivers may share a core with the recorder on a small machine: their wake-ups are the
+    measurement, the recorder's work can wait a few milliseconds. Only that thread is lowered, and
+    it ends with the work, so nothing needs raising back (which takes privileges): evaluation and the
+    drivers of a sweep's next run keep the usual priority. This thread waits, and takes the signals."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        tid = threading.get_native_id()
+        with contextlib.suppress(OSError):  # not Linux, or not allowed: the usual priority then
+            os.setpriority(
+                os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + RECORDING_NICE, 19)
+            )
+        try:
+            work()
+        except BaseException as e:  # raised again in the caller's thread
+            failure.append(e)
+
+    worker = threading.Thread(target=run, name="veeksha-recorder")
+    worker.start()
+    while worker.is_alive():
+        worker.join(POLL_S)  # short waits: signal handlers run between them
+    if failure:
+        raise failure[0]
 
 
 def _append(f: BinaryIO, data: bytes) -> None:
