@@ -85,11 +85,7 @@ class LocalDriver:
             end.close()
 
     def go(self, start: dict[str, float | None]) -> None:
-        try:
-            self._go.send(start)
-        except OSError:
-            pass
-        self._go.close()
+        send_start(self._go, start)
 
     def alive(self) -> bool:
         return self.proc.is_alive()
@@ -102,6 +98,16 @@ class LocalDriver:
 
     def stop(self, wait_s: float) -> None:
         stop_process(self.proc, wait_s)
+
+
+def send_start(go: Connection, start: dict[str, float | None]) -> None:
+    """Hand a driver process its common start (runner.ipc GO), once; a driver that is gone is found
+    by its message pipe, not here."""
+    try:
+        go.send(start)
+    except OSError:
+        pass
+    go.close()
 
 
 def interrupt_process(proc: BaseProcess) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from veeksha.shared.config import BenchmarkConfig
-from veeksha.shared.config_checks import uses_client_api_base
+from veeksha.shared.config_checks import ray_host_port, uses_client_api_base
 from veeksha.shared.errors import ConfigError
 
 RESOLVE_TIMEOUT_S = 5.0
@@ -32,9 +32,10 @@ def check_hosts(configs: Iterable[BenchmarkConfig], prefix: str = "") -> None:
 def check_ray_address(address: str, prefix: str = "") -> None:
     """A refused port or an unknown host fails here at once, with the reason (Ray itself would
     retry for minutes)."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host_port = ray_host_port(address)
+    assert host_port is not None, "checked when the config was built"
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=RESOLVE_TIMEOUT_S).close()
+        socket.create_connection(host_port, timeout=RESOLVE_TIMEOUT_S).close()
     except OSError as e:
         raise ConfigError(
             f"config error at {prefix}runtime.ray_address: cannot reach the Ray cluster at {address!r} "

@@ -35,7 +35,13 @@ for _name, _value in FAIL_FAST_ENV.items():
 import ray  # noqa: E402
 from veeksha.runner import ipc  # noqa: E402
 from veeksha.runner.driver.dispatcher import Placement, driver_main  # noqa: E402
-from veeksha.runner.drivers import DriverLink, interrupt_process, num_drivers, stop_process  # noqa: E402
+from veeksha.runner.drivers import (  # noqa: E402
+    DriverLink,
+    interrupt_process,
+    num_drivers,
+    send_start,
+    stop_process,
+)
 from veeksha.shared.config import BenchmarkConfig  # noqa: E402
 from veeksha.shared.errors import ConfigError  # noqa: E402
 
@@ -130,11 +136,7 @@ class DriverActor:
             return data, self._ended
 
     def go(self, start: dict[str, Any]) -> None:
-        try:
-            self._go.send(start)
-        except OSError:
-            pass
-        self._go.close()
+        send_start(self._go, start)
 
     def interrupt(self) -> None:
         interrupt_process(self._proc)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from bench_fidelity import pin, quantile, server_stats, start_server
+from bench_fidelity import driver_pids, pin, quantile, server_stats, start_server
 
 VEEKSHA_RUN = str(Path(sys.executable).parent / "veeksha-run")
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
@@ -51,24 +51,6 @@ class Result:
 
 
 # -- one driver process per cgroup, each with its CPU quota ---------------------------------------
-
-
-def driver_pids(runner: int) -> list[int]:
-    """The runner's spawned driver processes (multiprocessing spawn, not the resource tracker)."""
-    pids = []
-    for task in Path(f"/proc/{runner}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            try:
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
-                pids.append(int(child))
-    return pids
 
 
 def limit_drivers(runner: int, n: int, share: float, stop: threading.Event) -> None:

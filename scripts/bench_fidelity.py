@@ -124,8 +124,10 @@ def _proc_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def _driver_pid(recorder: int) -> int | None:
-    """The spawned driver: the recorder's child running multiprocessing.spawn (not the resource tracker)."""
+def driver_pids(recorder: int) -> list[int]:
+    """The spawned drivers: the recorder's children running multiprocessing.spawn (not the resource
+    tracker)."""
+    pids = []
     for task in Path(f"/proc/{recorder}/task").glob("*"):
         try:
             children = (task / "children").read_text().split()
@@ -137,8 +139,12 @@ def _driver_pid(recorder: int) -> int | None:
             except OSError:
                 continue
             if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
-                return int(child)
-    return None
+                pids.append(int(child))
+    return pids
+
+
+def _driver_pid(recorder: int) -> int | None:
+    return next(iter(driver_pids(recorder)), None)
 
 
 @dataclass

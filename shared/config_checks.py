@@ -77,16 +77,19 @@ def check_drivers(cfg: BenchmarkConfig, prefix: str = "") -> None:
             f"config error at {prefix}runtime.ray_address: Ray is not installed; "
             "pip install 'veeksha[ray]' (on this machine and every node), or remove ray_address"
         )
-    if address is not None and address != "auto" and not _is_host_port(address):
+    if address is not None and address != "auto" and ray_host_port(address) is None:
         raise ConfigError(
             f"config error at {prefix}runtime.ray_address: {address!r} is not allowed; "
             "expected HOST:PORT of the Ray head (e.g. 10.0.0.5:6379), ray://HOST:PORT or auto"
         )
 
 
-def _is_host_port(address: str) -> bool:
+def ray_host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of runtime.ray_address `HOST:PORT` or `ray://HOST:PORT`; None when it is not one."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    return bool(host) and port.isdigit() and 0 < int(port) < 65536 and not any(c.isspace() for c in address)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in address):
+        return None
+    return host.strip("[]"), int(port)
 
 
 def uses_client_api_base(cfg: BenchmarkConfig) -> bool:

@@ -1,6 +1,6 @@
 """The driver process: keeps the arrival schedule, runs session graphs, sends requests, timestamps.
 
-It does nothing else. Records leave as positional lists, batched on a 100 ms tick, through a
+It does nothing else. Records leave as positional lists, batched on a short tick (TICK_S), through a
 non-blocking pipe to the recorder process, which does all the arithmetic and file writing.
 
 A run may have several drivers (runtime.num_drivers), each running its share of the one session

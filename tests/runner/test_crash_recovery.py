@@ -73,11 +73,15 @@ def wait_for_dispatches(tmp_path: Path, at_least: int, within_s: float = 30) -> 
     raise AssertionError(f"fewer than {at_least} dispatches within {within_s} s")
 
 
+def driver_pids(parent: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
 def driver_pid(parent: int) -> int:
-    for child in subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split():
-        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-            return int(child)
-    raise AssertionError("no driver process found")
+    pids = driver_pids(parent)
+    assert pids, "no driver process found"
+    return pids[0]
 
 
 def dispatched_ids(paths: RunPaths) -> list[int]:

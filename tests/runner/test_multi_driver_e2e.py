@@ -21,7 +21,7 @@ from veeksha.shared.records import REQUEST_RECORD_FIELDS
 
 from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir, read_jsonl, run_cli
 from tests.runner.test_crash_recovery import SLOW as CRASH_SLOW
-from tests.runner.test_crash_recovery import dispatched_ids, wait_for_dispatches
+from tests.runner.test_crash_recovery import dispatched_ids, driver_pids, wait_for_dispatches
 
 SESSIONS = 30
 # 30 two-to-three-turn sessions at 40/s on the simulated server's fast settings: about 2 s.
@@ -130,11 +130,6 @@ def test_evaluate_rebuilds_a_multi_driver_run_exactly(runs: dict[int, RunPaths],
 
 # The crash tests' slow run (a kill always finds requests in flight); a stop cancels at once.
 SLOW = [*CRASH_SLOW, "--runtime.post_timeout_grace_seconds", "0"]
-
-
-def driver_pids(parent: int) -> list[int]:
-    children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
-    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 def test_a_killed_driver_of_two_leaves_a_record_for_every_dispatched_request(tmp_path: Path) -> None:
