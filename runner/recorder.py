@@ -12,7 +12,6 @@ batch and decides itself when to print.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any, BinaryIO
 
 import orjson
 from veeksha.runner import ipc
+from veeksha.runner.background import to_background
 from veeksha.runner.drivers import DriverLink
 from veeksha.runner.evaluation.request_metrics import finalize_record
 from veeksha.runner.evaluation.timeseries import TimeseriesWriter
@@ -33,7 +33,6 @@ from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import RUN_FAILED, RUN_INTERRUPTED
 
 POLL_S = 0.2
-RECORDING_NICE = 19  # the most there is: the recorder runs in the drivers' idle time
 # How long the drivers may take to start (import, client, first sessions) before we give up.
 START_DEADLINE_S = 120.0
 
@@ -384,7 +383,7 @@ class Recorder:
 
 
 def at_low_priority(work: Callable[[], None]) -> None:
-    """Run `work` in a thread of its own at a lower scheduling priority (nice + RECORDING_NICE).
+    """Run `work` in a thread of its own at background priority (background.py).
 
     The drivers may share a core with the recorder on a small machine: their wake-ups are the
     measurement, the recorder's work can wait a few milliseconds. Only that thread is lowered, and
@@ -393,11 +392,7 @@ def at_low_priority(work: Callable[[], None]) -> None:
     failure: list[BaseException] = []
 
     def run() -> None:
-        tid = threading.get_native_id()
-        with contextlib.suppress(OSError):  # not Linux, or not allowed: the usual priority then
-            os.setpriority(
-                os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + RECORDING_NICE, 19)
-            )
+        to_background()
         try:
             work()
         except BaseException as e:  # raised again in the caller's thread

@@ -10,8 +10,6 @@ the first successful scrape. A failed scrape is counted and the run goes on.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from veeksha.runner.background import to_background
 from veeksha.shared.config import BenchmarkConfig
 
 PROBE_TIMEOUT_S = 2.0
@@ -84,11 +83,9 @@ class Scraper:
 
     def _run(self) -> None:
         # A scrape (HTTP request, text parsing) costs milliseconds of CPU on the core the driver may
-        # share: run it at the lowest priority, so it takes only CPU the driver leaves (measured: the
+        # share: run it at background priority, so it takes only CPU the driver leaves (measured: the
         # once-a-second scrape was the largest single cluster of late dispatches at 400 requests/s).
-        with contextlib.suppress(OSError):  # not Linux, or not allowed: scrape at the usual priority
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, 19)
+        to_background()
         with httpx.Client(timeout=max(self.interval_s, PROBE_TIMEOUT_S), trust_env=False) as client:
             while not self._stop.wait(self.interval_s):
                 t = self.elapsed()

@@ -30,7 +30,7 @@ vllm:e2e_request_latency_seconds_sum 2.5
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """The scraper thread runs at nice 19: on a busy machine its scrapes come late, not never."""
+    """The scraper thread runs at background priority: on a busy machine its scrapes come late, not never."""
     deadline = time.monotonic() + timeout_s
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.02)
