@@ -25,14 +25,19 @@ def _sec(ns: int) -> int:
 
 def tokens_per_second(t0_ns: int, gaps: list[float] | None, n_tokens: int) -> dict[int, int]:
     """{second: tokens received in it} for one request."""
-    times = list(itertools.accumulate([round(g * NS) for g in gaps or ()], initial=t0_ns))
-    k = len(times)
-    if any(b < a for a, b in itertools.pairwise(times)):  # out-of-order chunks: one by one
+    steps = [round(g * NS) for g in gaps or ()]
+    if steps and min(steps) < 0:  # out-of-order chunks: one by one
+        times = list(itertools.accumulate(steps, initial=t0_ns))
+        k = len(times)
         out: dict[int, int] = {}
         for j, t in enumerate(times):
             out[_sec(t)] = out.get(_sec(t), 0) + ((j + 1) * n_tokens) // k - (j * n_tokens) // k
         return out
-    first, last = _sec(times[0]), _sec(times[-1])
+    first, last = _sec(t0_ns), _sec(t0_ns + sum(steps))
+    if first == last:  # the usual request: all its chunks in one second (the live writer's hot path)
+        return {first: n_tokens}
+    times = list(itertools.accumulate(steps, initial=t0_ns))
+    k = len(times)
     cuts = [0, *(bisect.bisect_left(times, s * NS) for s in range(first + 1, last + 1)), k]
     shares = [(c * n_tokens) // k for c in cuts]
     return {first + i: shares[i + 1] - shares[i] for i in range(last - first + 1)}

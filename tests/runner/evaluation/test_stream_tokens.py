@@ -54,3 +54,16 @@ def test_out_of_order_chunks_fall_back_to_chunk_by_chunk():
     assert {s: v for s, v in tokens_per_second(0, gaps, 8).items() if v} == _by_chunk(0, gaps, 8)
     got = batch_tokens_per_second(np.array(gaps), np.array([0]), np.array([3]), np.array([0]), np.array([8]))
     assert {s: v for s, v in got.items() if v} == _by_chunk(0, gaps, 8)
+
+
+def test_a_stream_within_one_second_puts_all_its_tokens_in_that_second():
+    # The live writer's usual request: 64 chunks 10 ms apart, all inside second 3.
+    gaps = [0.01] * 63
+    assert (
+        tokens_per_second(3 * NS + 50_000_000, gaps, 64)
+        == {3: 64}
+        == _by_chunk(3 * NS + 50_000_000, gaps, 64)
+    )
+    # One nanosecond short of the boundary still counts in the second; at the boundary it does not.
+    assert tokens_per_second(NS - 1 - round(0.63 * NS), gaps, 64) == {0: 64}
+    assert tokens_per_second(NS - round(0.63 * NS), gaps, 64) == _by_chunk(NS - round(0.63 * NS), gaps, 64)
