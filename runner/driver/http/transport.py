@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
 from time import perf_counter
 from typing import Protocol
@@ -278,6 +279,8 @@ class _Connection(asyncio.Protocol):
         "_now",
         "_parser",
         "_pool",
+        "_slow_acks",
+        "_sock",
         "_transport",
         "_waiter",
         "closed",
@@ -302,6 +305,8 @@ class _Connection(asyncio.Protocol):
         self._draining = False
         self._drain_timer: asyncio.TimerHandle | None = None
         self._now = 0.0
+        self._sock: socket.socket | None = None
+        self._slow_acks = False  # a new response: delay its ACKs at its first body bytes
         self.closed = False
         self.got_bytes = False
         self.keep_alive = False
@@ -362,6 +367,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # asyncio types it BaseTransport; a TCP one is a Transport
+        self._sock = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
         if self.message_done:  # bytes nobody asked for: the connection is no longer trustworthy
@@ -428,9 +434,13 @@ class _Connection(asyncio.Protocol):
             self._informational = True
             return
         self._headers_done = True
+        self._slow_acks = True
         self._handler.on_start(status, self._ctype)  # type: ignore[union-attr]  # set by begin(); hot path: no check
 
     def on_body(self, body: bytes) -> None:
+        if self._slow_acks:
+            self._slow_acks = False
+            self._delay_acks()
         if self._active and self._handler.on_body(body, self._now):  # type: ignore[union-attr]  # set while active
             self._active = False
             self._resolve(None)
@@ -458,6 +468,24 @@ class _Connection(asyncio.Protocol):
                 self.abort()
 
     # -- internals -----------------------------------------------------------------------------------
+
+    def _delay_acks(self) -> None:
+        """Let the kernel acknowledge this response's chunks every second one, not each one.
+
+        Linux ACKs a small pushed segment as soon as a read drains it, unless the connection is in
+        delayed-ACK ("pingpong") mode; TCP_QUICKACK 0 enters that mode, and the previous response's
+        delayed-ACK timer leaves it, so it is set again at each response's first body bytes (one
+        system call per request). On loopback each ACK also runs the server socket's receive path in
+        this process: at 800 streamed requests/s, 64 chunks each, that was 15 % of the driver's CPU.
+        Nothing the driver measures changes: ACKs pace no sender at these sizes, and chunks are
+        timestamped when read, as before. Measured: 2.12 M -> 1.60 M TCP segments per 20 s run,
+        driver CPU per request about 7 % lower (docs/performance.md)."""
+        sock = self._sock
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+            except (OSError, AttributeError):  # not Linux: the platform's own ACK policy
+                pass
 
     def _resolve(self, exc: BaseException | None) -> None:
         w = self._waiter
