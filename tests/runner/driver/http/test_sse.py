@@ -103,3 +103,17 @@ def test_event_above_the_limit_is_an_error_not_unbounded_memory() -> None:
     parser.feed(b"data: " + b"z" * 600)
     with pytest.raises(SSEError):
         parser.feed(b"z" * 600)
+
+
+def test_one_whole_event_per_read_as_token_streams_send_them() -> None:
+    # The parser's fast path: each read is exactly `data: ...\n\n`; state from earlier reads
+    # (a named event, a first data line) still applies to it.
+    reads = [
+        b'data: {"n":1}\n\n',
+        b"data: \n\n",
+        b"event: error\n",
+        b"data: x\n\n",
+        b"data: a\n",
+        b"data: b\n\n",
+    ]
+    assert parse(*reads) == [(None, b'{"n":1}'), (None, b""), (b"error", b"x"), (None, b"a\nb")]
