@@ -15,16 +15,23 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
 from veeksha.runner import ipc
-from veeksha.runner.driver.http.client import LLMClient, make_client
+from veeksha.runner.driver.http.client import LLMClient, Prepared, make_client
 from veeksha.runner.driver.http.outcome import Outcome
 from veeksha.runner.driver.placement import PlacedSessions
-from veeksha.runner.driver.traffic import interval_sampler, rampup_start_offsets, sleep_until
+from veeksha.runner.driver.traffic import (
+    PreciseTimer,
+    interval_sampler,
+    precise_timer,
+    rampup_start_offsets,
+    sleep_until,
+)
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.model import RequestNode, Session, SessionGenerator
 from veeksha.runner.sessions.randomness import stream
@@ -64,6 +71,11 @@ PIPE_DRAIN_TIMEOUT_S = 30.0
 # after it would be timestamped late). Without such a gap a session is made when it is needed (_next_session).
 REFILL_BUDGET_S = 0.001
 REFILL_CLEARANCE_S = 0.003
+# Rate traffic: a session's task starts this long before the session is due. It builds the first
+# request and hands it to the precise timer, which sends it from inside the first read after its
+# time. A task started only when the session before it went out would first run after the read batch
+# in hand: at 800 requests/s batches of up to 10-20 ms, and every session due in one waited for it.
+LOOKAHEAD_S = 0.05
 UNBOUNDED_CONNECTIONS = 4096
 
 
@@ -106,10 +118,12 @@ class _Node:
     __slots__ = (
         "completed_at",
         "context",
+        "dispatched_at",
         "done",
         "ok",
         "output_tokens",
         "reply",
+        "request_id",
         "spec",
         "total_tokens",
     )
@@ -123,6 +137,8 @@ class _Node:
         self.reply = ""
         self.output_tokens = 0  # server-counted reply tokens (0 when unknown)
         self.total_tokens = 0  # prompt tokens this node sent, history included
+        self.request_id = -1
+        self.dispatched_at: float | None = None  # None until sent
 
 
 class Driver:
@@ -143,6 +159,7 @@ class Driver:
         self.buffer: deque[Session] = deque()
         self.sessions_done = False  # every session of this driver's share is in the buffer
         self.client: LLMClient | None = None
+        self.timer: PreciseTimer | None = None
 
         self.records: list[list[Any]] = []
         self.trace: list[list[Any]] = []
@@ -159,7 +176,7 @@ class Driver:
         self.in_flight = 0
         self.session_tasks: set[asyncio.Task[None]] = set()
 
-        self.next_due = float("inf")  # when the next scheduled session is due (rate traffic)
+        self.waiting: set[asyncio.Future[None]] = set()  # requests waiting for their due time (_at)
         self.scheduling = True  # new sessions may start
         self.dispatch_open = True  # requests may be sent
         self.stop_status: str | None = None  # the run status a stop implies (None: ran to its end)
@@ -183,6 +200,9 @@ class Driver:
             self.sessions = self._placed(generator)
             server_secrets = secret_values(to_dict(self.cfg.server)) if self.cfg.server else []
             self.client = make_client(self.cfg.client, self._max_connections(), server_secrets)
+            self.timer = precise_timer()
+            if self.timer is not None:  # due requests go out from inside reads (transport.DueHook)
+                self.client.set_due_hook(self.timer)
             self._fill_buffer(self._buffer_target(), budget_s=None)
         except Exception as e:  # bad tokenizer, unreadable trace...: say so, in one line
             self._send(ipc.FAILED, {"message": f"{type(e).__name__}: {e}"})
@@ -265,6 +285,9 @@ class Driver:
         self.scheduling = False
         if self.dispatcher is not None and not self.dispatcher.done():
             self.dispatcher.cancel()
+        for waiting in self.waiting:  # not yet due: they will not be sent, their sessions end now
+            if not waiting.done():
+                waiting.set_result(None)
 
     def _on_signal(self) -> None:
         self.signals += 1
@@ -343,11 +366,8 @@ class Driver:
                 break
             assert session.arrival_offset is not None, "placement sets it for rate traffic"
             due = self.t0 + session.arrival_offset
-            self.next_due = due
-            # The session's task waits for `due` itself and sends on waking: a task created at `due`
-            # would first run one loop turn (a whole batch of reads) later.
+            await sleep_until(due - LOOKAHEAD_S)
             self._start_session(session, due, limiter, start_at=due)
-            await sleep_until(due)
 
     async def _dispatch_concurrent(self, traffic: ConcurrentTraffic) -> None:
         # Driver d runs workers d, d + N, ... of the run's ramp.
@@ -383,9 +403,10 @@ class Driver:
         return min(MAX_BUFFER, max(MIN_BUFFER, int(rate / self.num_drivers * BUFFER_AHEAD_S)))
 
     def _refill(self) -> None:
-        """Top up the session buffer in the gap before the next arrival (rate traffic)."""
+        """Top up the session buffer in the gap before the next due request (rate traffic)."""
         now = time.perf_counter()
-        budget = min(REFILL_BUDGET_S, self.next_due - REFILL_CLEARANCE_S - now)
+        next_due = self.timer.next_due if self.timer is not None else now + REFILL_CLEARANCE_S
+        budget = min(REFILL_BUDGET_S, next_due - REFILL_CLEARANCE_S - now)
         if budget > 0:
             self._fill_buffer(self._buffer_target(), budget_s=budget)
 
@@ -420,7 +441,6 @@ class Driver:
     ) -> asyncio.Task[None]:
         # Warmup is the run's first sessions, wherever they run.
         is_warmup = session.session_id < self.runtime.warmup_sessions
-        self.sessions_started += 1
         task = asyncio.create_task(self._run_session(session, ready_at, is_warmup, limiter, start_at))
         self.session_tasks.add(task)
         task.add_done_callback(self.session_tasks.discard)
@@ -434,17 +454,21 @@ class Driver:
         limiter: asyncio.Semaphore | None,
         start_at: float | None = None,
     ) -> None:
-        if start_at is not None:
+        # Without a concurrency limit, the first turns are prepared now and sent at `start_at` exactly
+        # (_send_request); with one, a slot is taken first, and they go when it is.
+        due = start_at if limiter is None else None
+        if start_at is not None and due is None:
             await sleep_until(start_at)
         if limiter is not None:
             await limiter.acquire()
         try:
             nodes = [_Node(spec) for spec in session.nodes]
             if len(nodes) == 1:
-                await self._run_node(session, nodes, nodes[0], scheduled_at, is_warmup)
+                await self._run_node(session, nodes, nodes[0], scheduled_at, is_warmup, due)
                 return
             tasks = [
-                asyncio.create_task(self._run_node(session, nodes, n, scheduled_at, is_warmup)) for n in nodes
+                asyncio.create_task(self._run_node(session, nodes, n, scheduled_at, is_warmup, due))
+                for n in nodes
             ]
             try:
                 await asyncio.gather(*tasks)
@@ -462,11 +486,15 @@ class Driver:
         node: _Node,
         scheduled_at: float,
         is_warmup: bool,
+        due: float | None = None,
     ) -> None:
+        """Send one turn once its parents are done (and it waited its wait_after_ready); a first turn
+        at `due` if given, else at once."""
         spec = node.spec
         try:
             ready_at = scheduled_at
             if spec.parents:
+                due = None  # ready when its parents are: sent at once
                 parents = [nodes[p] for p in spec.parents]
                 for p in parents:
                     await p.done.wait()
@@ -479,7 +507,7 @@ class Driver:
                     await sleep_until(ready_at)
             if not self.dispatch_open or not self._requests_left():
                 return
-            await self._send_request(session, nodes, node, scheduled_at, ready_at, is_warmup)
+            await self._send_request(session, nodes, node, scheduled_at, ready_at, is_warmup, due)
         finally:
             node.done.set()
 
@@ -514,41 +542,36 @@ class Driver:
         scheduled_at: float,
         ready_at: float,
         is_warmup: bool,
+        due: float | None = None,
     ) -> None:
         spec = node.spec
         payload, total_tokens = self._payload(nodes, node)
-        request_id = self.next_request_id
-        self.next_request_id += self.num_drivers
-        self.requests_dispatched += 1
-        if not self._requests_left():
-            self._stop_dispatch(RUN_COMPLETED, STOP_MAX_REQUESTS)
-        self.in_flight += 1
-        dispatched_at = time.perf_counter()
-        self.trace.append(
-            ipc.make_trace_line(
-                request_id=request_id,
-                session_id=session.session_id,
-                node_id=spec.node_id,
-                driver_id=self.driver_id,
-                session_size=len(nodes),
-                scheduled_at=scheduled_at,
-                ready_at=ready_at,
-                dispatched_at=dispatched_at,
-                parent_nodes=spec.parents,
-                history_parent=spec.history_parent,
-                wait_after_ready=spec.wait_after_ready,
-                is_warmup=is_warmup,
-                content=payload if self.include_content else None,
-            )
-        )
-        assert self.client is not None
+        client = self.client
+        assert client is not None
+        prepared = client.prepare(payload, spec.requested_output_tokens)
+
+        def fire(now: float, idle_only: bool = False) -> None:
+            args = (session, nodes, node, scheduled_at, ready_at, is_warmup, payload, prepared)
+            self._fire(*args, now, idle_only)
+
         try:
-            outcome: Outcome = await self.client.request(payload, spec.requested_output_tokens)
+            if due is not None:
+                await self._at(due, lambda now: fire(now, idle_only=True))
+            if node.dispatched_at is None:  # not sent at its time (no idle connection), or no due time
+                fire(time.perf_counter())
+            if node.dispatched_at is None:  # dispatch has closed
+                return
+            outcome: Outcome = await client.complete(prepared)
         except asyncio.CancelledError:
+            if node.dispatched_at is None:
+                raise  # never sent: nothing to record
+            client.abandon(prepared)
             outcome = Outcome(status=CANCELLED, error_type="cancelled")
             outcome.error_message = "cancelled at shutdown"
         finally:
-            self.in_flight -= 1
+            if node.dispatched_at is not None:
+                self.in_flight -= 1
+        request_id, dispatched_at = node.request_id, node.dispatched_at
         ok = outcome.status == SUCCESS
         node.ok = ok
         node.completed_at = outcome.completed_at or time.perf_counter()
@@ -595,7 +618,7 @@ class Driver:
                 reasoning_token_source=COUNT_SERVER if reasoning_counted else self.count_source,
                 client_prompt_tokens=total_tokens if compare else None,
                 client_output_tokens=None,  # counted by the recorder from count_text
-                is_stream=self.client.is_stream,
+                is_stream=client.is_stream,
                 finish_reason=outcome.finish_reason,
                 chunk_times=outcome.chunk_times,
                 count_text=outcome.text if compare or not has_usage else None,
@@ -605,6 +628,87 @@ class Driver:
                 reasoning_text=outcome.reasoning_text or None if compare or not reasoning_counted else None,
             )
         )
+
+    def _fire(
+        self,
+        session: Session,
+        nodes: list[_Node],
+        node: _Node,
+        scheduled_at: float,
+        ready_at: float,
+        is_warmup: bool,
+        payload: Any,
+        prepared: Prepared,
+        now: float,
+        idle_only: bool,
+    ) -> None:
+        """Send a prepared turn at `now`, unless dispatch has closed meanwhile. Synchronous: from the
+        timer it may run inside another connection's read (PreciseTimer.fire_due), so it only counts,
+        traces and writes. `idle_only` (the timer's call): send only if an idle keep-alive connection
+        takes it at once; else the session's task sends it when it runs, and its dispatch delay and
+        latency then count the wait for the task and the connecting, as without a timer."""
+        if not self.dispatch_open or not self._requests_left():
+            return
+        client = self.client
+        assert client is not None, "made before any session"
+        if not client.start(prepared, now) and idle_only:
+            return
+        spec = node.spec
+        if all(n.dispatched_at is None for n in nodes):  # the session's first request
+            self.sessions_started += 1
+        node.request_id = request_id = self.next_request_id
+        self.next_request_id += self.num_drivers
+        self.requests_dispatched += 1
+        if not self._requests_left():
+            self._stop_dispatch(RUN_COMPLETED, STOP_MAX_REQUESTS)
+        self.in_flight += 1
+        node.dispatched_at = now
+        self.trace.append(
+            ipc.make_trace_line(
+                request_id=request_id,
+                session_id=session.session_id,
+                node_id=spec.node_id,
+                driver_id=self.driver_id,
+                session_size=len(nodes),
+                scheduled_at=scheduled_at,
+                ready_at=ready_at,
+                dispatched_at=now,
+                parent_nodes=spec.parents,
+                history_parent=spec.history_parent,
+                wait_after_ready=spec.wait_after_ready,
+                is_warmup=is_warmup,
+                content=payload if self.include_content else None,
+            )
+        )
+
+    async def _at(self, due: float, fire: Callable[[float], None]) -> None:
+        """Run `fire(now)` once `due` has passed: called by the precise timer, or by the first read
+        after `due` (a read batch does not delay it); its failure is raised here."""
+        timer = self.timer
+        if timer is None:  # no timerfd (not Linux): a plain wait, then at once
+            await sleep_until(due)
+            fire(time.perf_counter())
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def run(now: float) -> None:
+            if done.done():  # cancelled, or dispatch stopped, before its time: nothing is sent
+                return
+            try:
+                fire(now)
+            except Exception as e:  # never into the read that called us: into the session
+                if not done.done():
+                    done.set_exception(e)
+                return
+            if not done.done():  # (a max_requests stop inside `fire` has released it already)
+                done.set_result(None)
+
+        timer.call_at(due, run)
+        self.waiting.add(done)
+        try:
+            await done
+        finally:
+            self.waiting.discard(done)
 
     def _record_cancelled(self, session: Session, node: _Node, scheduled_at: float, is_warmup: bool) -> None:
         """A node not sent because an earlier request of its session failed."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 from veeksha.shared.config import FixedIntervals, GammaIntervals, PoissonIntervals
 
-# uvloop timers have ~1 ms resolution. Where no timerfd is available (see _TimerFd), sleep until
+# uvloop timers have ~1 ms resolution. Where no timerfd is available (see PreciseTimer), sleep until
 # this close to the deadline, then yield to the loop until it passes (sleep(0) keeps I/O flowing).
 SPIN_WINDOW_S = 0.0015
 
@@ -50,7 +50,7 @@ def arrival_offsets(sample_gap: Callable[[], float], first_at: float = 0.0) -> I
 async def sleep_until(deadline: float, clock: Callable[[], float] = time.perf_counter) -> None:
     """Wait until `clock()` >= deadline with sub-millisecond precision."""
     if clock is time.perf_counter:
-        timer = _TimerFd.of_running_loop()
+        timer = PreciseTimer.of_running_loop()
         if timer is not None:
             await timer.sleep_until(deadline)
             return
@@ -61,26 +61,31 @@ async def sleep_until(deadline: float, clock: Callable[[], float] = time.perf_co
         await asyncio.sleep(0)
 
 
-class _TimerFd:
+class PreciseTimer:
     """Sub-millisecond wake-ups without spinning: one Linux timerfd per event loop, armed (absolute,
     CLOCK_MONOTONIC, the clock of time.perf_counter on Linux) for the earliest pending deadline.
 
     The spin it replaces yielded to the loop until the deadline passed: at 800 arrivals/s (gaps of
     1.25 ms on average, spin window 1.5 ms) the driver never slept, used its whole core, and the
     recorder sharing that core then took the CPU from it a scheduler slice at a time.
+
+    Besides sleepers (futures), it runs callbacks at their deadline (`call_at`), and anyone may fire
+    what is due early (`fire_due`): the HTTP client does on every read, so a request due while the
+    loop works through a batch of reads is sent from inside that batch, not after it (a loop turn at
+    800 requests/s can hold hundreds of reads). `next_due` is the earliest deadline (inf: none).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, settime: Callable[..., int]) -> None:
         self._fd = fd
         self._settime = settime
-        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._heap: list[tuple[float, int, asyncio.Future[None] | Callable[[float], None]]] = []
         self._seq = 0
-        self._armed = float("inf")
+        self.next_due = float("inf")
         loop.add_reader(fd, self._fired)  # the loop keeps this object alive, and nothing else does
         weakref.finalize(self, os.close, fd)
 
     @classmethod
-    def of_running_loop(cls) -> _TimerFd | None:
+    def of_running_loop(cls) -> PreciseTimer | None:
         loop = asyncio.get_running_loop()
         try:
             return _TIMERS[loop]
@@ -91,7 +96,7 @@ class _TimerFd:
             return None
 
     @classmethod
-    def _make(cls, loop: asyncio.AbstractEventLoop) -> _TimerFd | None:
+    def _make(cls, loop: asyncio.AbstractEventLoop) -> PreciseTimer | None:
         if not sys.platform.startswith("linux") or time.get_clock_info("perf_counter").implementation != (
             "clock_gettime(CLOCK_MONOTONIC)"
         ):
@@ -109,14 +114,36 @@ class _TimerFd:
         if deadline <= time.perf_counter():
             return
         future = asyncio.get_running_loop().create_future()
-        self._seq += 1
-        heapq.heappush(self._heap, (deadline, self._seq, future))
-        if deadline < self._armed:
-            self._arm(deadline)
+        self._push(deadline, future)
         await future
 
+    def call_at(self, deadline: float, callback: Callable[[float], None]) -> None:
+        """Call `callback(now)` once `deadline` has passed (from the timer, or from `fire_due`)."""
+        self._push(deadline, callback)
+
+    def fire_due(self, now: float) -> None:
+        """Wake the sleepers and run the callbacks whose deadline is at or before `now`."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            target = heapq.heappop(heap)[2]
+            if isinstance(target, asyncio.Future):
+                if not target.done():  # a cancelled sleeper is just dropped
+                    target.set_result(None)
+            else:
+                target(now)
+        if not heap:
+            self.next_due = float("inf")
+        elif heap[0][0] != self.next_due:
+            self._arm(heap[0][0])
+
+    def _push(self, deadline: float, target: asyncio.Future[None] | Callable[[float], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, target))
+        if deadline < self.next_due:
+            self._arm(deadline)
+
     def _arm(self, deadline: float) -> None:
-        self._armed = deadline
+        self.next_due = deadline
         sec = int(deadline)
         spec = _ITimerSpec(_TimeSpec(0, 0), _TimeSpec(sec, int((deadline - sec) * 1e9)))
         self._settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None)
@@ -126,18 +153,16 @@ class _TimerFd:
             os.read(self._fd, 8)
         except BlockingIOError:  # re-armed since it fired
             pass
-        heap = self._heap
-        now = time.perf_counter()
-        while heap and heap[0][0] <= now:
-            future = heapq.heappop(heap)[2]
-            if not future.done():  # a cancelled sleeper is just dropped
-                future.set_result(None)
-        self._armed = float("inf")
-        if heap:
-            self._arm(heap[0][0])
+        self.fire_due(time.perf_counter())
 
 
-_TIMERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TimerFd | None] = weakref.WeakKeyDictionary()
+def precise_timer() -> PreciseTimer | None:
+    """The running loop's precise timer (Linux), or None where there is none."""
+    return PreciseTimer.of_running_loop()
+
+
+_TIMERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PreciseTimer | None]
+_TIMERS = weakref.WeakKeyDictionary()
 _CLOCK_MONOTONIC = 1
 _TFD_NONBLOCK = os.O_NONBLOCK
 _TFD_CLOEXEC = os.O_CLOEXEC

@@ -4,6 +4,11 @@
     outcome = await client.request(messages, max_tokens=128)
     await client.aclose()
 
+A request can also be sent in steps, so that the moment of sending does no work beyond writing:
+`prepare` builds the body before its due time, `start` writes it at once (synchronously, on an idle
+keep-alive connection, or leaves it to `complete` when none is idle), and `complete` awaits the
+response. The driver starts due requests from inside other connections' reads (transport.DueHook).
+
 `request` never raises for server or network failures: every RequestError (errors.py's tree, where each
 class names its records.ERROR_TYPES value) is turned into Outcome fields (outcome.py) in `_fail`, and
 nowhere else. Cancellation is not a failure: the connection is closed and CancelledError
@@ -25,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 from veeksha.runner.driver.http.errors import RequestError, RequestTimeout
 from veeksha.runner.driver.http.openai import RequestBuilder, ResponseReader, one_line, preview
 from veeksha.runner.driver.http.outcome import Outcome
-from veeksha.runner.driver.http.transport import HTTPTransport
+from veeksha.runner.driver.http.transport import DueHook, HTTPTransport, Started
 from veeksha.shared import redact
 from veeksha.shared.config import ClientConfig
 from veeksha.shared.redact import is_secret_key, scrub_text
@@ -33,10 +38,32 @@ from veeksha.shared.redact import is_secret_key, scrub_text
 USER_AGENT = "veeksha"
 
 
+class Prepared:
+    """One request between `prepare` and `complete`."""
+
+    __slots__ = ("body", "out", "reader", "started")
+
+    def __init__(self, body: bytes, out: Outcome, reader: ResponseReader) -> None:
+        self.body = body
+        self.out = out
+        self.reader = reader
+        self.started: Started | None = None  # written by `start` on an idle connection
+
+
 class LLMClient(Protocol):
     is_stream: bool
 
     async def request(self, payload: list[dict[str, Any]] | str, max_tokens: int) -> Outcome: ...
+
+    def prepare(self, payload: list[dict[str, Any]] | str, max_tokens: int) -> Prepared: ...
+
+    def start(self, prepared: Prepared, now: float) -> bool: ...
+
+    async def complete(self, prepared: Prepared) -> Outcome: ...
+
+    def abandon(self, prepared: Prepared) -> None: ...
+
+    def set_due_hook(self, hook: DueHook) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -44,7 +71,7 @@ class LLMClient(Protocol):
 class Backend(Protocol):
     """What carries the bytes: transport.HTTPTransport (native) or httpx_backend.HttpxTransport."""
 
-    async def send(self, body: bytes, handler: ResponseReader) -> None: ...
+    async def send(self, body: bytes, handler: ResponseReader, started: Started | None = None) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -92,14 +119,41 @@ class OpenAIClient:
         self._secrets = secret_values(cfg, extra_secrets)
 
     async def request(self, payload: list[dict[str, Any]] | str, max_tokens: int) -> Outcome:
+        prepared = self.prepare(payload, max_tokens)
+        prepared.out.picked_up_at = perf_counter()
+        return await self.complete(prepared)
+
+    def prepare(self, payload: list[dict[str, Any]] | str, max_tokens: int) -> Prepared:
+        """Everything a request needs before its due time: the body, the response reader."""
         out = Outcome()
-        body = self._builder.body(payload, max_tokens)
-        reader = ResponseReader(out, self.is_stream)
-        out.picked_up_at = perf_counter()
+        return Prepared(self._builder.body(payload, max_tokens), out, ResponseReader(out, self.is_stream))
+
+    def start(self, prepared: Prepared, now: float) -> bool:
+        """Send a prepared request at `now` on an idle keep-alive connection, if there is one; False
+        if not (`complete` then connects and sends, and `now` still counts as its start)."""
+        prepared.out.picked_up_at = now
+        if isinstance(self._backend, HTTPTransport):  # httpx has no synchronous send
+            prepared.started = self._backend.begin_now(prepared.body, prepared.reader)
+        return prepared.started is not None
+
+    def abandon(self, prepared: Prepared) -> None:
+        """A started request whose `complete` will never run (cancelled in between)."""
+        if prepared.started is not None:
+            prepared.started.abandon()
+            prepared.started = None
+
+    def set_due_hook(self, hook: DueHook) -> None:
+        if isinstance(self._backend, HTTPTransport):
+            self._backend.due_hook = hook
+
+    async def complete(self, prepared: Prepared) -> Outcome:
+        """Await the response of a prepared request (sending it first, if `start` could not)."""
+        out, reader, started = prepared.out, prepared.reader, prepared.started
+        prepared.started = None
         try:
             try:
                 async with asyncio.timeout(self._timeout):
-                    await self._backend.send(body, reader)
+                    await self._backend.send(prepared.body, reader, started)
             except TimeoutError:
                 if not reader.finished:  # a deadline after [DONE] (while draining) is no failure
                     raise RequestTimeout(f"no complete response within {self._timeout} s") from None

@@ -22,7 +22,7 @@ from veeksha.runner.driver.http.errors import (
     RequestTimeout,
 )
 from veeksha.runner.driver.http.openai import ResponseReader
-from veeksha.runner.driver.http.transport import DRAIN_TIMEOUT_S, Origin
+from veeksha.runner.driver.http.transport import DRAIN_TIMEOUT_S, Origin, Started
 
 
 def translate(exc: httpx.HTTPError) -> RequestError:
@@ -63,7 +63,8 @@ class HttpxTransport:
             trust_env=True,
         )
 
-    async def send(self, body: bytes, handler: ResponseReader) -> None:
+    async def send(self, body: bytes, handler: ResponseReader, started: Started | None = None) -> None:
+        # `started` is always None here: only the native transport starts requests synchronously.
         try:
             await self._send(body, handler)
         except httpx.RemoteProtocolError as exc:

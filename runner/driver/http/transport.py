@@ -55,6 +55,32 @@ class ResponseHandler(Protocol):
         ...
 
 
+class DueHook(Protocol):
+    """Work due at a time (traffic.PreciseTimer: requests to send). Every read checks `next_due` and, once
+    it has passed, calls `fire_due`: a request due while the loop works through a batch of reads is
+    then sent from inside the batch (one float comparison per read)."""
+
+    next_due: float
+
+    def fire_due(self, now: float) -> None: ...
+
+
+class Started:
+    """A request already written on a connection (`HTTPTransport.begin_now`); `send` takes it up."""
+
+    __slots__ = ("conn", "data", "waiter")
+
+    def __init__(self, conn: _Connection, data: bytes, waiter: asyncio.Future[None]) -> None:
+        self.conn = conn
+        self.data = data  # the request's bytes, should it need sending again (a stale connection)
+        self.waiter = waiter
+
+    def abandon(self) -> None:
+        """The caller will never `send` it (cancelled in between): close the connection."""
+        self.conn.abort()
+        self.conn.end_request()
+
+
 class Origin:
     """Where requests go: parsed once from the api_base URL plus an endpoint path."""
 
@@ -113,22 +139,40 @@ class HTTPTransport:
         # A waiter gets an idle connection, or None: a free slot to open one in.
         self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self._closed = False
+        self.due_hook: DueHook | None = None
 
     # -- public --------------------------------------------------------------------------------------
 
-    async def send(self, body: bytes, handler: ResponseHandler) -> None:
-        """Send one request; returns once the handler saw the whole response (or its failure).
+    def begin_now(self, body: bytes, handler: ResponseHandler) -> Started | None:
+        """Write the request now, synchronously, on an idle keep-alive connection; None when there is
+        none (a connection would have to be waited for or opened: `send` does that)."""
+        idle = self._idle
+        while idle and not self._closed:
+            conn = idle.pop()
+            if not conn.closed:
+                data = self._request_bytes(body)
+                return Started(conn, data, conn.begin(data, handler))
+        return None
+
+    async def send(self, body: bytes, handler: ResponseHandler, started: Started | None = None) -> None:
+        """Send one request (or take up one `begin_now` wrote); returns once the handler saw the whole
+        response (or its failure).
 
         Raises RequestError subclasses for transport failures. On any exception (including
         cancellation) the connection in use is closed, never returned to the pool.
         """
-        data = b"%b%d\r\n\r\n%b" % (self._head, len(body), body)
+        data = started.data if started is not None else self._request_bytes(body)
         attempt = 0
         while True:
-            conn = await self._acquire()
-            reused = conn.requests > 0
+            if started is None:
+                conn = await self._acquire()
+                reused = conn.requests > 0
+                waiter = conn.begin(data, handler)
+            else:  # written on an idle (so reused) connection
+                conn, waiter, reused = started.conn, started.waiter, True
+                started = None
             try:
-                await conn.begin(data, handler)
+                await waiter
             except ConnectionDropped:
                 conn.abort()
                 conn.end_request()
@@ -142,6 +186,9 @@ class HTTPTransport:
                 raise
             self._after_response(conn)
             return
+
+    def _request_bytes(self, body: bytes) -> bytes:
+        return b"%b%d\r\n\r\n%b" % (self._head, len(body), body)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -374,7 +421,10 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self.got_bytes = True
-        self._now = perf_counter()  # one timestamp for everything in this read
+        self._now = now = perf_counter()  # one timestamp for everything in this read
+        hook = self._pool.due_hook
+        if hook is not None and now >= hook.next_due:  # a request is due: send it before parsing
+            hook.fire_due(now)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:

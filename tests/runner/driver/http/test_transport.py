@@ -10,6 +10,7 @@ import ssl
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,84 @@ def test_a_stream_is_acknowledged_every_second_chunk_not_every_chunk() -> None:
     assert chunks == 40
     # The request, then about one ACK per two chunks (one per chunk before: 41 or more).
     assert sent <= 26
+
+
+class ReadHook:
+    """A DueHook without a timer: the due request can only go out from inside a read."""
+
+    def __init__(self, due: float, start: Callable[[float], bool]) -> None:
+        self.next_due = due
+        self.start = start
+        self.fired_at: float | None = None
+        self.started = False
+
+    def fire_due(self, now: float) -> None:
+        self.next_due = float("inf")
+        self.fired_at = now
+        self.started = self.start(now)
+
+
+def test_a_due_request_is_sent_from_inside_another_connections_read() -> None:
+    with sim_server(precise={"ttft": 0.01, "itl": 0.01}) as handle:
+
+        async def go() -> tuple[ReadHook, float, list[str]]:
+            client = client_for(handle.api_base, max_connections=2)
+            try:
+                await asyncio.gather(client.request("a", 2), client.request("b", 2))  # two idle connections
+                prepared = client.prepare("due", 3)
+                due = time.perf_counter() + 0.1  # inside the stream below (30 chunks, 10 ms apart)
+                hook = ReadHook(due, lambda now: client.start(prepared, now))
+                client.set_due_hook(hook)
+                streamed = await client.request("long", 30)
+                assert hook.started, "sent on the idle connection, from a read of the other one"
+                due_out = await client.complete(prepared)
+                return hook, due, [streamed.status, due_out.status]
+            finally:
+                await client.aclose()
+
+        hook, due, statuses = uvloop.run(go())
+    assert statuses == [SUCCESS, SUCCESS]
+    assert hook.fired_at is not None and 0 <= hook.fired_at - due < 0.02  # the first read after `due`
+
+
+def test_with_no_idle_connection_start_declines_and_complete_connects() -> None:
+    with sim_server(precise={"ttft": 0.01, "itl": 0.01}) as handle:
+
+        async def go() -> tuple[bool, str, float | None, float]:
+            client = client_for(handle.api_base, max_connections=1)
+            try:
+                prepared = client.prepare("hi", 2)
+                now = time.perf_counter()
+                started = client.start(prepared, now)  # no connection is open yet
+                out = await client.complete(prepared)
+                return started, out.status, out.picked_up_at, now
+            finally:
+                await client.aclose()
+
+        started, status, picked_up_at, now = uvloop.run(go())
+    assert not started
+    assert status == SUCCESS
+    assert picked_up_at == now  # connecting counts toward its latency
+
+
+def test_an_abandoned_started_request_closes_its_connection() -> None:
+    with sim_server(precise={"ttft": 0.01, "itl": 0.01}) as handle:
+
+        async def go() -> tuple[bool, int, str]:
+            client = client_for(handle.api_base, max_connections=1)
+            try:
+                await client.request("warm", 1)
+                prepared = client.prepare("hi", 5)
+                started = client.start(prepared, time.perf_counter())
+                client.abandon(prepared)  # e.g. the session was cancelled before it awaited the reply
+                await asyncio.sleep(0.01)
+                open_after = client._backend.open_connections  # type: ignore[attr-defined]
+                again = await client.request("again", 1)  # the pool slot is free for a new connection
+                return started, open_after, again.status
+            finally:
+                await client.aclose()
+
+        started, open_after, status = uvloop.run(go())
+    assert started
+    assert open_after == 0
+    assert status == SUCCESS
