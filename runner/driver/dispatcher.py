@@ -5,6 +5,10 @@ non-blocking pipe to the recorder process, which does all the arithmetic and fil
 
 A run may have several drivers (runtime.num_drivers), each running its share of the one session
 stream (placement.py) from one common start that the recorder gives once every driver is ready.
+
+Rate traffic is sent on time even when the loop is busy: a session's task starts LOOKAHEAD_S early,
+builds its first request and hands it to the precise timer (traffic.PreciseTimer), which sends it at
+its due time, from the timer or from inside the first read after that time (transport.DueHook).
 """
 
 from __future__ import annotations
@@ -405,7 +409,8 @@ class Driver:
     def _refill(self) -> None:
         """Top up the session buffer in the gap before the next due request (rate traffic)."""
         now = time.perf_counter()
-        next_due = self.timer.next_due if self.timer is not None else now + REFILL_CLEARANCE_S
+        # Without the timer (not Linux) nothing is sent at an exact time: the budget alone bounds it.
+        next_due = self.timer.next_due if self.timer is not None else float("inf")
         budget = min(REFILL_BUDGET_S, next_due - REFILL_CLEARANCE_S - now)
         if budget > 0:
             self._fill_buffer(self._buffer_target(), budget_s=budget)
