@@ -128,3 +128,28 @@ def test_ctrl_c_during_evaluation_exits_130_and_finishes_run_json(
     info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
     assert info["status"] == "interrupted" and info["finished_at"]
     assert "interrupted during evaluation" in info["error"]
+
+
+def test_sessions_due_after_a_timeout_are_not_sent_though_their_tasks_had_started(tmp_path: Path) -> None:
+    # Rate traffic starts each session's task 50 ms before it is due (dispatcher.LOOKAHEAD_S): the
+    # stop must leave those unsent, and every request that was sent has its record.
+    flags = [
+        "--server.type",
+        "simulated",
+        "--traffic_scheduler.interval_generator.arrival_rate",
+        "200",
+        "--runtime.benchmark_timeout",
+        "1",
+        "--output_dir",
+        "out",
+    ]
+    proc = run_cli(flags, cwd=tmp_path)
+
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    trace = read_jsonl(paths.dispatch_trace)
+    records = read_jsonl(paths.request_records)
+    assert len(trace) > 100
+    assert sorted(r["request_id"] for r in records) == sorted(t["request_id"] for t in trace)
+    assert all(t["dispatched_at"] is not None for t in trace)
+    assert max(t["scheduled_at"] for t in trace) < 1.0 + 0.03  # the timeout is checked on a 20 ms tick
