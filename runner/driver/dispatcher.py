@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -143,6 +144,20 @@ class _Node:
         self.total_tokens = 0  # prompt tokens this node sent, history included
         self.request_id = -1
         self.dispatched_at: float | None = None  # None until sent
+
+
+@dataclass(slots=True)
+class _Turn:
+    """One request of a session, built before its time (_send_request) and sent at it (_fire)."""
+
+    session: Session
+    nodes: list[_Node]
+    node: _Node
+    scheduled_at: float
+    ready_at: float
+    is_warmup: bool
+    payload: Any
+    prepared: Prepared
 
 
 class Driver:
@@ -555,15 +570,12 @@ class Driver:
         assert client is not None
         prepared = client.prepare(payload, spec.requested_output_tokens)
 
-        def fire(now: float, idle_only: bool = False) -> None:
-            args = (session, nodes, node, scheduled_at, ready_at, is_warmup, payload, prepared)
-            self._fire(*args, now, idle_only)
-
+        turn = _Turn(session, nodes, node, scheduled_at, ready_at, is_warmup, payload, prepared)
         try:
             if due is not None:
-                await self._at(due, lambda now: fire(now, idle_only=True))
+                await self._at(due, partial(self._fire, turn, idle_only=True))
             if node.dispatched_at is None:  # not sent at its time (no idle connection), or no due time
-                fire(time.perf_counter())
+                self._fire(turn, time.perf_counter())
             if node.dispatched_at is None:  # dispatch has closed
                 return
             outcome: Outcome = await client.complete(prepared)
@@ -634,19 +646,7 @@ class Driver:
             )
         )
 
-    def _fire(
-        self,
-        session: Session,
-        nodes: list[_Node],
-        node: _Node,
-        scheduled_at: float,
-        ready_at: float,
-        is_warmup: bool,
-        payload: Any,
-        prepared: Prepared,
-        now: float,
-        idle_only: bool,
-    ) -> None:
+    def _fire(self, turn: _Turn, now: float, idle_only: bool = False) -> None:
         """Send a prepared turn at `now`, unless dispatch has closed meanwhile. Synchronous: from the
         timer it may run inside another connection's read (PreciseTimer.fire_due), so it only counts,
         traces and writes. `idle_only` (the timer's call): send only if an idle keep-alive connection
@@ -656,8 +656,9 @@ class Driver:
             return
         client = self.client
         assert client is not None, "made before any session"
-        if not client.start(prepared, now) and idle_only:
+        if not client.start(turn.prepared, now) and idle_only:
             return
+        node, nodes = turn.node, turn.nodes
         spec = node.spec
         if all(n.dispatched_at is None for n in nodes):  # the session's first request
             self.sessions_started += 1
@@ -671,18 +672,18 @@ class Driver:
         self.trace.append(
             ipc.make_trace_line(
                 request_id=request_id,
-                session_id=session.session_id,
+                session_id=turn.session.session_id,
                 node_id=spec.node_id,
                 driver_id=self.driver_id,
                 session_size=len(nodes),
-                scheduled_at=scheduled_at,
-                ready_at=ready_at,
+                scheduled_at=turn.scheduled_at,
+                ready_at=turn.ready_at,
                 dispatched_at=now,
                 parent_nodes=spec.parents,
                 history_parent=spec.history_parent,
                 wait_after_ready=spec.wait_after_ready,
-                is_warmup=is_warmup,
-                content=payload if self.include_content else None,
+                is_warmup=turn.is_warmup,
+                content=turn.payload if self.include_content else None,
             )
         )
 
