@@ -67,3 +67,13 @@ def test_a_stream_within_one_second_puts_all_its_tokens_in_that_second():
     # One nanosecond short of the boundary still counts in the second; at the boundary it does not.
     assert tokens_per_second(NS - 1 - round(0.63 * NS), gaps, 64) == {0: 64}
     assert tokens_per_second(NS - round(0.63 * NS), gaps, 64) == _by_chunk(NS - round(0.63 * NS), gaps, 64)
+
+
+def test_streams_ending_next_to_a_second_boundary_agree_with_the_definition():
+    # The one-second shortcut decides from the float sum of the gaps only well inside the second;
+    # right next to the boundary the exact nanosecond steps decide.
+    gaps = [0.0103] * 63
+    span = sum(round(g * NS) for g in gaps)
+    for before_boundary in (-3, -1, 0, 1, 2, 50, 99_999, 100_001, 5_000_000):
+        t0 = 7 * NS - span - before_boundary
+        assert {s: v for s, v in tokens_per_second(t0, gaps, 64).items() if v} == _by_chunk(t0, gaps, 64)
