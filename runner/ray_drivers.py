@@ -13,11 +13,15 @@ Only imported when runtime.ray_address is set: Ray is an optional extra (veeksha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import socket
+import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -58,15 +62,34 @@ def connect(address: str) -> None:
     if ray.is_initialized():
         return
     try:
-        ray.init(
-            address=address,
-            namespace=NAMESPACE,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            configure_logging=False,
-        )
+        with _held_back_stderr():
+            ray.init(
+                address=address,
+                namespace=NAMESPACE,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                configure_logging=False,
+            )
     except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError... by version
         raise _unreachable(address, str(e) or type(e).__name__) from None
+
+
+@contextlib.contextmanager
+def _held_back_stderr() -> Iterator[None]:
+    """Ray's C++ client writes its connection warnings straight to file descriptor 2 (three lines
+    for an open port that is not Ray): keep them out of the console, where the one-line error says it
+    all. Nothing else runs yet: the drivers, the server and the run directory come after."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def _unreachable(address: str, why: str) -> ConfigError:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from veeksha.shared.paths import RunPaths
 
-from tests.runner.helpers import no_plots_env, only_run_dir, read_jsonl
+from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir, read_jsonl
 
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'veeksha[ray]')")
 
@@ -149,3 +149,25 @@ def test_a_killed_ray_actor_leaves_a_record_for_every_dispatched_request(runs: d
     assert info["status"] == "failed"
     assert f"driver {dead} on ray node" in info["error"] and "its Ray actor was lost" in info["error"]
     assert info["driver"]["num_driver_lost"] == len(lost) > 0
+
+
+NOT_RAY = "import socket, time; s = socket.create_server(('127.0.0.1', 6391)); time.sleep(60)"
+
+
+def test_an_open_port_that_is_not_ray_is_a_one_line_config_error(tmp_path: Path) -> None:
+    # Ray's C++ client prints its own connection warnings to the console: they are held back, so the
+    # user sees the one line that says what is wrong and what to do.
+    script = f'{sys.executable} -c "{NOT_RAY}" & sleep 1; exec "$@"'
+    run = [VEEKSHA_RUN, "--server.type", "simulated", "--runtime.num_drivers", "2"]
+    run += ["--runtime.ray_address", "127.0.0.1:6391", "--output_dir", "out"]
+    done = subprocess.run(
+        in_own_namespace(["sh", "-c", script, "sh", *run]),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("veeksha-run: config error at runtime.ray_address: cannot join the Ray cluster")
+    assert not (tmp_path / "out").exists()
