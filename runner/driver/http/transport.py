@@ -148,13 +148,11 @@ class HTTPTransport:
     def begin_now(self, body: bytes, handler: ResponseHandler) -> Started | None:
         """Write the request now, synchronously, on an idle keep-alive connection; None when there is
         none (a connection would have to be waited for or opened: `send` does that)."""
-        idle = self._idle
-        while idle and not self._closed:
-            conn = idle.pop()
-            if not conn.closed:
-                data = self._request_bytes(body)
-                return Started(conn, data, conn.begin(data, handler))
-        return None
+        conn = None if self._closed else self._take_idle()
+        if conn is None:
+            return None
+        data = self._request_bytes(body)
+        return Started(conn, data, conn.begin(data, handler))
 
     async def send(self, body: bytes, handler: ResponseHandler, started: Started | None = None) -> None:
         """Send one request (or take up one `begin_now` wrote); returns once the handler saw the whole
@@ -211,11 +209,9 @@ class HTTPTransport:
     async def _acquire(self) -> _Connection:
         if self._closed:
             raise ConnectError("client is closed")
-        idle = self._idle
-        while idle:
-            conn = idle.pop()  # LIFO: the most recently used is the least likely to have timed out
-            if not conn.closed:
-                return conn
+        conn = self._take_idle()
+        if conn is not None:
+            return conn
         if self._total < self._max:
             self._total += 1
             return await self._open()
@@ -268,6 +264,14 @@ class HTTPTransport:
         conn.owns_slot = True
         self._conns.add(conn)
         return conn
+
+    def _take_idle(self) -> _Connection | None:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()  # LIFO: the most recently used is the least likely to have timed out
+            if not conn.closed:
+                return conn
+        return None
 
     def _after_response(self, conn: _Connection) -> None:
         complete = conn.handler_ok()
