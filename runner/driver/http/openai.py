@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from veeksha.runner.driver.http.chunks import UNSET, Choice, Chunk, DecodeError, Delta, as_chunk, decode_chunk
 from veeksha.runner.driver.http.errors import (
     EmptyResponse,
     HTTPStatusError,
@@ -279,21 +280,19 @@ class ResponseReader:
         if data == b"[DONE]":
             self._end_stream(self._now)
             return
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self._unusual_event(event, data)
-            return
-        if type(obj) is not dict or event is not None or "error" in obj or obj.get("object") == "error":
-            self._unusual_event(event, data)
-            return
-        try:  # free unless raised: a choice or delta that is not an object
-            self._chunk(obj)
-        except (AttributeError, TypeError):
-            self._odd_shape(data)
+        if event is None:
+            try:
+                chunk = decode_chunk(data)
+            except DecodeError:  # not JSON, or not shaped like a chunk
+                pass
+            else:
+                if chunk.error is UNSET and chunk.object != "error":
+                    self._chunk(chunk)
+                    return
+        self._unusual_event(event, data)
 
-    def _chunk(self, obj: dict[str, Any]) -> None:
-        choices = obj.get("choices")
+    def _chunk(self, chunk: Chunk) -> None:
+        choices = chunk.choices
         if choices:
             output = self._choices(choices)
             if output:
@@ -301,49 +300,49 @@ class ResponseReader:
                 self.out.chunk_times.append(now)
                 if output == _ANSWER:
                     self.out.answer_times.append(now)
-        usage = obj.get("usage")
+        usage = chunk.usage
         if usage:
             self._usage(usage)
 
-    def _choices(self, choices: list[Any]) -> int:
+    def _choices(self, choices: list[Choice]) -> int:
         """The most one event's choices carry (nothing, reasoning only, or answer); their text goes to
         the answer or the reasoning. The common event, answer text alone, takes no further call."""
         output = _NONE
         for choice in choices:
-            delta = choice.get("delta")  # chat; completions carry `text`, always answer
-            c = delta.get("content") if delta is not None else choice.get("text")
+            delta = choice.delta  # chat; completions carry `text`, always answer
+            c = delta.content if delta is not None else choice.text
             if c:
                 got = _ANSWER
                 if type(c) is str:
                     self._text.append(c)
-                if delta is not None and len(delta) > 1:  # other keys: maybe reasoning beside it
+                if delta is not None and (delta.reasoning_content or delta.reasoning):
                     self._reasoning_of(delta)
             else:
                 got = self._without_content(delta) if delta is not None else _NONE
             if got > output:
                 output = got
-            reason = choice.get("finish_reason")
+            reason = choice.finish_reason
             if reason:
                 self.out.finish_reason = reason
         return output
 
-    def _reasoning_of(self, delta: dict[str, Any]) -> bool:
+    def _reasoning_of(self, delta: Delta) -> bool:
         """Keep a delta's reasoning text; True if it has any. Both spellings count: vLLM renamed
         reasoning_content to reasoning, and a client reading only one of them reads nothing."""
-        r = delta.get("reasoning_content") or delta.get("reasoning")
+        r = delta.reasoning_content or delta.reasoning
         if r and type(r) is str:
             self._reasoning.append(r)
         return bool(r)
 
-    def _without_content(self, delta: dict[str, Any]) -> int:
+    def _without_content(self, delta: Delta) -> int:
         """A chat delta without answer text: a tool call (answer output too), reasoning, or nothing."""
         reasoning = self._reasoning_of(delta)
-        if delta.get("tool_calls"):
+        if delta.tool_calls:
             return _ANSWER
         return _REASONING if reasoning else _NONE
 
     def _unusual_event(self, event: bytes | None, data: bytes) -> None:
-        """Named events and events that may carry an error: the careful path."""
+        """Named events, events that may carry an error, and events of another shape: the careful path."""
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -360,9 +359,11 @@ class ResponseReader:
             self._fail(ServerError(f"server error in stream: {what}"), self._now)
             return
         try:
-            self._chunk(obj)
-        except (AttributeError, TypeError):
+            chunk = as_chunk(obj)
+        except DecodeError:  # a choice or delta that is not an object
             self._odd_shape(data)
+            return
+        self._chunk(chunk)
 
     def _odd_shape(self, data: bytes) -> None:
         preview = one_line(data[:80].decode("utf-8", "replace"))

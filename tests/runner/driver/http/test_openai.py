@@ -246,6 +246,37 @@ def test_a_stream_event_of_an_unexpected_shape_is_a_protocol_error_not_a_crash(b
     assert "unexpected shape" in reader.failure.message
 
 
+def test_fields_the_driver_does_not_read_change_nothing() -> None:
+    # The typed decoder (chunks.py) skips unknown keys, nested or not: the same answer as a bare chunk.
+    rich = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "model": "m",
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": "Hi", "extra": {"deep": [1, {"x": None}]}},
+                "logprobs": {"content": [{"token": "Hi", "logprob": -0.1, "top_logprobs": []}]},
+                "finish_reason": None,
+            }
+        ],
+    }
+    out, reader = read([(event(rich) + DONE, 1.0)])
+    assert reader.failure is None and out.text == "Hi" and out.chunk_times == [1.0]
+
+
+def test_an_error_key_sends_the_event_the_careful_way() -> None:
+    # `"error": null` beside the choices is no error; a named event is read the same way.
+    out, reader = read([(event({"error": None, "choices": [{"delta": {"content": "a"}}]}), 1.0)])
+    assert reader.failure is None and out.text == "a" and out.chunk_times == [1.0]
+    out, reader = read([(b"event: message\n" + chat("b") + DONE, 2.0)])
+    assert reader.failure is None and out.text == "b" and out.chunk_times == [2.0]
+    _, reader = read([(chat("a") + event({"error": "overloaded", "choices": []}), 3.0)])
+    assert reader.failure is not None and reader.failure.error_type == "server_error"
+    assert "overloaded" in reader.failure.message
+
+
 def test_a_whole_answer_of_an_unexpected_shape_is_a_protocol_error() -> None:
     body = orjson.dumps({"choices": ["x"]})
     _, reader = read([(body, 1.0)], stream=False, ctype=b"application/json")
