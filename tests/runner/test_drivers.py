@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
+import multiprocessing
 from typing import Any
 
 import pytest
-from veeksha.runner.drivers import CONCURRENT_SESSIONS_PER_DRIVER, REQUESTS_PER_S_PER_DRIVER, num_drivers
+from veeksha.runner.drivers import (
+    CONCURRENT_SESSIONS_PER_DRIVER,
+    PIPE_BYTES,
+    REQUESTS_PER_S_PER_DRIVER,
+    message_pipe,
+    num_drivers,
+)
 from veeksha.shared.config_loader import build_benchmark_config
 
 SINGLE = {"type": "synthetic", "session_graph": {"type": "single_request"}}
@@ -47,3 +55,17 @@ def test_concurrent_traffic_gets_a_driver_per_so_many_sessions() -> None:
 @pytest.mark.parametrize("n", [1, 2, 5])
 def test_a_number_is_taken_as_given(n: int) -> None:
     assert num_drivers(config(rate(10), drivers=n), cores=2) == n
+
+
+def test_a_drivers_message_pipe_holds_a_second_of_batches_between_receive_rounds() -> None:
+    # The recorder reads every RECEIVE_ROUND_S: the batches of that gap must fit in the pipe, or the
+    # driver keeps them in its own write buffer (Linux's default pipe holds 64 KiB, about 40 ms at
+    # 1,000 requests/s).
+    receiver, sender = message_pipe(multiprocessing.get_context("spawn"))
+    try:
+        assert fcntl.fcntl(receiver.fileno(), fcntl.F_GETPIPE_SZ) >= PIPE_BYTES
+        sender.send_bytes(b"x" * (PIPE_BYTES // 2))  # blocks at the default size (a test timeout)
+        assert receiver.recv_bytes() == b"x" * (PIPE_BYTES // 2)
+    finally:
+        receiver.close()
+        sender.close()
