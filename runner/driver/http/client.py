@@ -27,6 +27,7 @@ from time import perf_counter
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from veeksha.runner.driver.http.deadlines import RequestDeadlines
 from veeksha.runner.driver.http.errors import RequestError, RequestTimeout
 from veeksha.runner.driver.http.openai import RequestBuilder, ResponseReader, one_line, preview
 from veeksha.runner.driver.http.outcome import Outcome
@@ -115,7 +116,7 @@ class OpenAIClient:
         self._builder = RequestBuilder(cfg)
         self._backend = backend
         self.is_stream = cfg.stream
-        self._timeout = cfg.request_timeout  # > 0: the config refuses anything else
+        self._deadlines = RequestDeadlines(cfg.request_timeout)  # > 0: the config refuses anything else
         self._secrets = secret_values(cfg, extra_secrets)
 
     async def request(self, payload: list[dict[str, Any]] | str, max_tokens: int) -> Outcome:
@@ -150,13 +151,18 @@ class OpenAIClient:
         """Await the response of a prepared request (sending it first, if `start` could not)."""
         out, reader, started = prepared.out, prepared.reader, prepared.started
         prepared.started = None
+        deadlines = self._deadlines
+        key = deadlines.start()
         try:
             try:
-                async with asyncio.timeout(self._timeout):
-                    await self._backend.send(prepared.body, reader, started)
-            except TimeoutError:
+                await self._backend.send(prepared.body, reader, started)
+            except asyncio.CancelledError:
+                if not deadlines.expired(key):  # a shutdown, not the deadline
+                    raise
                 if not reader.finished:  # a deadline after [DONE] (while draining) is no failure
-                    raise RequestTimeout(f"no complete response within {self._timeout} s") from None
+                    raise RequestTimeout(f"no complete response within {deadlines.timeout_s} s") from None
+            finally:
+                deadlines.end(key)
         except RequestError as exc:
             self._fail(out, exc)
         else:
@@ -184,6 +190,7 @@ class OpenAIClient:
             out.completed_at = perf_counter()
 
     async def aclose(self) -> None:
+        self._deadlines.close()
         await self._backend.aclose()
 
 

@@ -6,10 +6,11 @@ Timestamps are only as good as the CPU left over, so the driver uses this.
 
 What it does: POST of a prebuilt body to one origin (http or https), keep-alive connection reuse,
 Content-Length, chunked and close-delimited response bodies, a connect deadline. The whole-request
-deadline is the caller's (asyncio.timeout around `send`). Response bytes go to a `ResponseHandler`
-(openai.ResponseReader) together with the arrival time, taken once per read. For the driver's
-timing: `begin_now` writes a request synchronously on an idle connection, every read first runs the
-`DueHook`'s due work (requests due meanwhile), and streamed responses are ACKed every second chunk.
+deadline is the caller's (client.py with deadlines.py cancels the task awaiting `send`). Response
+bytes go to a `ResponseHandler` (openai.ResponseReader) together with the arrival time, taken once
+per read. For the driver's timing: `begin_now` writes a request synchronously on an idle
+connection, every read first runs the `DueHook`'s due work (requests due meanwhile), and streamed
+responses are ACKed every second chunk.
 
 Failures are raised as errors.py's exception tree.
 """
