@@ -13,6 +13,13 @@ against: client TTFC minus `ttft` is the client's error plus this lateness.
 Cost: one timer for the whole engine, not one per chunk. Every stream has the same ttft, so first
 chunks fall due in arrival order (a FIFO); later chunks wait in a heap. At each wake-up the due first
 chunks are written before the due later ones: they are the TTFT truth, one per `tokens` chunks.
+
+First chunks also have a wake-up of their own at their exact due time (Linux: the driver's timerfd,
+traffic.PreciseTimer), and a pass through due later chunks stops to write a first chunk that falls
+due meanwhile. The loop's timer alone has whole-millisecond resolution: first chunks were then
+0.6 ms late at the median and 1.9 ms at p99 at 800 requests/s, and that lateness counts in every
+client's TTFC error against the truth. The exact wake-ups cost one more wake-up per request; later
+chunks keep the millisecond timer (one wake-up per millisecond, not one per chunk).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import math
 import time
 from collections import deque
 
+from veeksha.runner.driver.traffic import PreciseTimer
 from veeksha.runner.simserver.engine import EngineRequest, SimulatedEngine
 from veeksha.shared.config import SimulatedServerConfig
 
@@ -95,6 +103,10 @@ class PreciseEngine(SimulatedEngine):
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        # The exact wake-up of the oldest first chunk (None where there is no timerfd: the loop's
+        # timer then serves first chunks too).
+        self._exact: PreciseTimer | None = None
+        self._exact_armed = False
         self.lateness = Lateness()  # every chunk
         self.first_lateness = Lateness()  # first chunks only (the TTFT a client should measure)
 
@@ -110,7 +122,27 @@ class PreciseEngine(SimulatedEngine):
         due = time.perf_counter() + self._ttft
         self.admitted += 1
         self._first.append((due, req))
-        self._arm(due)
+        if self._exact is None:
+            self._exact = PreciseTimer.of_running_loop() or None
+        if self._exact is not None:
+            self._arm_exact()
+        else:
+            self._arm(due)
+
+    def _arm_exact(self) -> None:
+        """The next first chunk's exact wake-up. First chunks fall due in arrival order, so one
+        pending wake-up, for the oldest, is all there ever is."""
+        if self._first and not self._exact_armed:
+            self._exact_armed = True
+            self._exact.call_at(self._first[0][0], self._first_due)  # type: ignore[union-attr]  # set by submit()
+
+    def _first_due(self, now: float) -> None:
+        self._exact_armed = False
+        if not self._emit_first(now + _MAX_WAKE_S):  # out of time: the rest at once, after a read
+            self._wake_soon()
+        elif self._later:  # the streams just begun go on on the loop's timer
+            self._arm(self._later[0][0])
+        self._arm_exact()
 
     def _arm(self, due: float) -> None:
         if due >= self._timer_at:
@@ -134,13 +166,20 @@ class PreciseEngine(SimulatedEngine):
         # one of them per 64 later chunks, so the order costs the later chunks next to nothing.
         stop_at = time.perf_counter() + _MAX_WAKE_S
         if not (self._emit_first(stop_at) and self._emit_later(stop_at)):
-            # Out of time with chunks due: read what arrived meanwhile, then go on.
-            self._timer_at = 0.0
-            self._timer = self._loop.call_soon(self._wake)  # type: ignore[assignment]  # a Handle: cancel() is all we use
+            # Out of time with chunks due, or a first chunk fell due: read what arrived meanwhile,
+            # then go on.
+            self._wake_soon()
             return
-        heads = [q[0][0] for q in (self._first, self._later) if q]
+        queues = (self._later,) if self._exact is not None else (self._first, self._later)
+        heads = [q[0][0] for q in queues if q]
         if heads:
             self._arm(min(heads))
+
+    def _wake_soon(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = 0.0
+        self._timer = self._loop.call_soon(self._wake)  # type: ignore[assignment]  # a Handle: cancel() is all we use
 
     def _emit_first(self, stop_at: float) -> bool:
         """Write every first chunk that is due; False if time ran out with some still due."""
@@ -159,13 +198,13 @@ class PreciseEngine(SimulatedEngine):
 
     def _emit_later(self, stop_at: float) -> bool:
         """Write every later chunk that is due; False if time ran out with some still due."""
-        heap = self._later
+        heap, first = self._later, self._first
         while heap:
             due = heap[0][0]
             now = time.perf_counter()
             if due > now:
                 return True
-            if now > stop_at:
+            if now > stop_at or (first and first[0][0] <= now):  # out of time, or a first chunk is due
                 return False
             req = heapq.heappop(heap)[2]
             if not req.cancelled:
