@@ -206,7 +206,9 @@ class Recorder:
             running = [d for d in self.drivers if d.end is None]
             if not running:
                 return
-            for d in self._readable(running):
+            readable = self._readable(running)
+            round_start = time.monotonic()
+            for d in readable:
                 self._receive_waiting(d, records, trace)
             for d in running:
                 if d.end is None and not d.link.alive() and not d.link.conn.poll(0):
@@ -216,7 +218,8 @@ class Recorder:
             if now - last_second >= 1.0:
                 last_second = now
                 self.timeseries.flush(self._elapsed())
-            time.sleep(RECEIVE_ROUND_S)
+            # The rest of the round: a recorder with more work than that goes on at once.
+            time.sleep(max(0.0, RECEIVE_ROUND_S - (now - round_start)))
 
     def _receive_waiting(self, d: _Driver, records: BinaryIO, trace: BinaryIO) -> None:
         """Every message driver `d` has sent so far (at least one, or the end of its stream)."""
