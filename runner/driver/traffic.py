@@ -121,7 +121,9 @@ class PreciseTimer:
         await future
 
     def call_at(self, deadline: float, callback: Callable[[float], None]) -> None:
-        """Call `callback(now)` once `deadline` has passed (from the timer, or from `fire_due`)."""
+        """Call `callback(now)` once `deadline` has passed (from the timer, or from `fire_due`).
+        `now` is when the caller looked: after slow callbacks it may be stale. A callback that
+        schedules another for a deadline already passed has it run at once, in the same pass."""
         self._push(deadline, callback)
 
     def fire_due(self, now: float) -> None:

@@ -137,10 +137,15 @@ class PreciseEngine(SimulatedEngine):
             self._exact.call_at(self._first[0][0], self._first_due)  # type: ignore[union-attr]  # set by submit()
 
     def _first_due(self, now: float) -> None:
+        # `now` is when the timer's caller looked, maybe long ago (several callbacks ran since): the
+        # time budget starts from the clock, or a backlog would end every pass before its first write.
         self._exact_armed = False
-        if not self._emit_first(now + _MAX_WAKE_S):  # out of time: the rest at once, after a read
+        if not self._emit_first(time.perf_counter() + _MAX_WAKE_S):
+            # Out of time with first chunks due: the loop's wake-up writes them after a read, and
+            # re-arms this one (arming it now, for a chunk already due, would call this again at once).
             self._wake_soon()
-        elif self._later:  # the streams just begun go on on the loop's timer
+            return
+        if self._later:  # the streams just begun go on on the loop's timer
             self._arm(self._later[0][0])
         self._arm_exact()
 
@@ -170,6 +175,8 @@ class PreciseEngine(SimulatedEngine):
             # then go on.
             self._wake_soon()
             return
+        if self._exact is not None:
+            self._arm_exact()
         queues = (self._later,) if self._exact is not None else (self._first, self._later)
         heads = [q[0][0] for q in queues if q]
         if heads:

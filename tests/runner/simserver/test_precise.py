@@ -7,7 +7,10 @@ import asyncio
 import time
 
 import httpx
-from veeksha.runner.simserver.precise import Lateness
+import pytest
+from veeksha.runner.driver.traffic import PreciseTimer
+from veeksha.runner.simserver.engine import EngineRequest
+from veeksha.runner.simserver.precise import Lateness, PreciseEngine
 from veeksha.runner.simserver.server import start_simulated_server
 from veeksha.shared.config import PreciseTiming, SimulatedServerConfig
 
@@ -101,3 +104,32 @@ def test_first_chunks_are_written_at_their_exact_due_time() -> None:
         stats = httpx.get(f"{root(handle)}/sim/stats", timeout=10).json()
     assert stats["first_chunks"] == 60
     assert stats["first_lateness_p50_ms"] < 0.25, stats
+
+
+@pytest.mark.timeout(10)
+def test_a_backlog_of_due_first_chunks_is_written_in_passes_not_spun_on() -> None:
+    """The timer's caller passes the time it looked; after slow callbacks that time is stale. A pass
+    that budgeted from it ended before its first write and re-armed for the same due chunk: the
+    server spun, allocating, until the kernel killed it (24 GB, seen at 800 requests/s)."""
+    written: list[int] = []
+
+    class SlowSink:
+        def on_tokens(self, start: int, end: int, finished: bool) -> None:
+            time.sleep(0.0005)  # 200 of these outlast one pass of the engine
+            written.append(start)
+
+    async def run() -> None:
+        cfg = SimulatedServerConfig(port=0, precise=PreciseTiming(ttft=0.0, itl=10.0), model="m")
+        engine = PreciseEngine(cfg, asyncio.get_running_loop())
+        for _ in range(200):
+            engine.submit(EngineRequest(10, 2, "length", 0, SlowSink()))
+        looked_at = time.perf_counter()
+        time.sleep(0.01)  # callbacks before ours took 10 ms
+        timer = PreciseTimer.of_running_loop()
+        assert timer is not None
+        timer.fire_due(looked_at)  # returns (the bug looped here for ever)
+        while len(written) < 200:  # the rest, in passes between reads
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    assert written == [0] * 200
