@@ -246,6 +246,8 @@ def run_once(args: argparse.Namespace, rate: float, out: Path) -> dict[str, floa
         if proc.returncode != 0:
             tail = errors.read_text(errors="replace").strip()[-2000:]
             print(f"veeksha-run exited {proc.returncode}: {tail}", file=sys.stderr)
+        if server.poll() is not None:  # its stats are gone with it: no figure would be honest
+            raise SystemExit(f"the simulated server died during the run (exit status {server.returncode})")
         stats = server_stats(base)
         server_run, server_wait = _schedstat(server.pid)  # its whole life: it is started per rate
     finally:
