@@ -385,7 +385,9 @@ class Driver:
                 break
             assert session.arrival_offset is not None, "placement sets it for rate traffic"
             due = self.t0 + session.arrival_offset
-            await sleep_until(due - LOOKAHEAD_S)
+            wait = due - LOOKAHEAD_S - time.perf_counter()
+            if wait > 0:  # the loop's own timer: the task need only start about this early
+                await asyncio.sleep(wait)
             self._start_session(session, due, limiter, start_at=due)
 
     async def _dispatch_concurrent(self, traffic: ConcurrentTraffic) -> None:
