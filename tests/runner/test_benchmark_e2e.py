@@ -15,6 +15,7 @@ from veeksha.shared.records import REQUEST_RECORD_FIELDS
 from veeksha.shared.secret import Secret
 
 from tests.runner.helpers import VEEKSHA_RUN, all_text_under, no_plots_env, only_run_dir, read_jsonl, run_cli
+from tests.runner.test_crash_recovery import driver_pids
 from tests.shared.test_config import seed_yaml_blocks
 
 FAST = [
@@ -169,18 +170,13 @@ def test_sigterm_drains_and_marks_the_run_interrupted(tmp_path: Path) -> None:
 
 def test_a_killed_driver_fails_the_run_cleanly(tmp_path: Path) -> None:
     proc = start_run(tmp_path)
-    driver = None
+    drivers: list[int] = []
     deadline = time.monotonic() + 30
-    while driver is None and time.monotonic() < deadline:
+    while not drivers and time.monotonic() < deadline:  # the driver, not the resource tracker
         time.sleep(0.3)
-        children = subprocess.run(
-            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
-        ).stdout.split()
-        for pid in children:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"multiprocessing" in cmdline:
-                driver = int(pid)
-    assert driver is not None
+        drivers = driver_pids(proc.pid)
+    assert drivers, "no driver process found"
+    driver = drivers[0]
     time.sleep(1.0)
     os.kill(driver, signal.SIGKILL)
     _out, err = proc.communicate(timeout=60)
