@@ -122,14 +122,16 @@ class PreciseTimer:
 
     def call_at(self, deadline: float, callback: Callable[[float], None]) -> None:
         """Call `callback(now)` once `deadline` has passed (from the timer, or from `fire_due`).
-        `now` is when the caller looked: after slow callbacks it may be stale. A callback that
-        schedules another for a deadline already passed has it run at once, in the same pass."""
+        `now` is when the caller looked: after slow callbacks it may be stale."""
         self._push(deadline, callback)
 
     def fire_due(self, now: float) -> None:
-        """Wake the sleepers and run the callbacks whose deadline is at or before `now`."""
+        """Wake the sleepers and run the callbacks whose deadline is at or before `now`. Only those
+        pending when the pass began: one a callback schedules for a time already passed waits for
+        the next pass (the timer is armed for it, so at once), never keeping this one going."""
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        last = self._seq
+        while heap and heap[0][0] <= now and heap[0][1] <= last:
             target = heapq.heappop(heap)[2]
             if isinstance(target, asyncio.Future):
                 if not target.done():  # a cancelled sleeper is just dropped
