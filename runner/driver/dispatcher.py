@@ -33,7 +33,6 @@ from veeksha.runner.driver.placement import PlacedSessions
 from veeksha.runner.driver.traffic import (
     PreciseTimer,
     interval_sampler,
-    precise_timer,
     rampup_start_offsets,
     sleep_until,
 )
@@ -219,7 +218,7 @@ class Driver:
             self.sessions = self._placed(generator)
             server_secrets = secret_values(to_dict(self.cfg.server)) if self.cfg.server else []
             self.client = make_client(self.cfg.client, self._max_connections(), server_secrets)
-            self.timer = precise_timer()
+            self.timer = PreciseTimer.of_running_loop()
             if self.timer is not None:  # due requests go out from inside reads (transport.DueHook)
                 self.client.set_due_hook(self.timer)
             self._fill_buffer(self._buffer_target(), budget_s=None)

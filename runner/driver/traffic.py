@@ -165,11 +165,6 @@ class PreciseTimer:
         self.fire_due(time.perf_counter())
 
 
-def precise_timer() -> PreciseTimer | None:
-    """The running loop's precise timer (Linux), or None where there is none."""
-    return PreciseTimer.of_running_loop()
-
-
 _TIMERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PreciseTimer | None]
 _TIMERS = weakref.WeakKeyDictionary()
 _CLOCK_MONOTONIC = 1

@@ -123,7 +123,7 @@ class PreciseEngine(SimulatedEngine):
         self.admitted += 1
         self._first.append((due, req))
         if self._exact is None:
-            self._exact = PreciseTimer.of_running_loop() or None
+            self._exact = PreciseTimer.of_running_loop()
         if self._exact is not None:
             self._arm_exact()
         else:
