@@ -298,9 +298,11 @@ def test_latency_rises_with_batch_size() -> None:
     # whose step ignored the batch would measure ~5x here (client overhead alone), not ~19x.
     cfg = {"decode_step_base": 0.005, "decode_step_per_seq": 0.002, "per_token_prefill_time": 0.0}
     with sim_server(**cfg) as handle:
-        alone = asyncio.run(_timed_requests(handle.api_base, 1, 8))
+        # The best of three: a busy machine only ever adds to a lone request's time, and one stall
+        # (0.24 s once, in a loaded CI run) would otherwise pass for the server's own latency.
+        alone = [asyncio.run(_timed_requests(handle.api_base, 1, 8))[0] for _ in range(3)]
         loaded = asyncio.run(_timed_requests(handle.api_base, 64, 8))
-    e2e_alone = alone[0][1]
+    e2e_alone = min(e2e for _, e2e in alone)
     e2e_loaded = statistics.mean(e2e for _, e2e in loaded)
     assert e2e_alone >= 8 * 0.007 * 0.9
     assert e2e_loaded >= 8 * 0.133 * 0.9  # the model's lower bound, whatever the machine
