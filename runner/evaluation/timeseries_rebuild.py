@@ -190,6 +190,8 @@ def _gathered_by_second(
             j += 1
         rows = slice(bounds[i], bounds[j])
         gathered = gather_segments(values, starts[rows], lengths[rows])
+        if np.may_share_memory(gathered, values):
+            gathered = gathered.copy()  # the caller sorts it: never the run's own gaps (a view)
         pos = 0
         for s in range(i, j):
             n = int(per_second[s])

@@ -94,3 +94,15 @@ def test_goodput_counts_requests_meeting_every_threshold():
     assert data.duration_s == 4.5  # first dispatch 0.0 → last end 4.5
     assert throughput["goodput"] == pytest.approx(2 / 4.5)
     assert throughput["slo_attainment"] == 0.5  # 2 of the 4 completed requests
+
+
+def test_a_requests_tbc_verdict_uses_its_own_gaps_after_the_time_series_is_built():
+    # evaluate.py builds the time series beside the SLOs; it once sorted a second's gaps in the
+    # run's own array, here giving request 0 both short gaps and request 1 both long ones.
+    records = [
+        request(i, sent=0.05 * i, chunks=[0.1 + c for c in (0.0, 0.01, 0.21)], n_out=3) for i in (0, 1)
+    ]
+    data = _data(records, SLOConfig(name="tbc", metric="tbc", value=0.05, percentile=0.5))
+    assert good_requests(data) == 2  # each: gaps 0.01 and 0.2, half of them ≤ 0.05
+    build_timeseries(data.records)
+    assert good_requests(data) == 2

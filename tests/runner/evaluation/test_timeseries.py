@@ -265,3 +265,21 @@ def test_no_records_gives_a_header_only_file(tmp_path):
         == (tmp_path / "rebuilt.csv").read_text()
         == ",".join(COLUMNS) + "\n"
     )
+
+
+def test_the_rebuild_leaves_the_runs_tbc_gaps_as_they_were():
+    # Every request's gaps are a slice of one pooled array, which the summary, the SLOs and the
+    # health checks read while the time series is built beside them (evaluate.py, another thread).
+    # Requests completing in file order tile that array, so a second's gaps are a view of it: the
+    # rebuild once sorted them there, moving gaps between requests (and the run's tbc mean changed
+    # in its last digits, depending on the threads' timing).
+    records = records_from_dicts(
+        [
+            request(i, sent=i * 0.1, chunks=[i * 0.1 + g for g in (0.1, 0.3 + 0.05 * i, 0.9)], n_out=3)
+            for i in range(6)
+        ]
+    )
+    before = records.tbc_values.copy()
+    assert not np.array_equal(np.sort(before), before)  # sorting would move something
+    build_timeseries(records)
+    assert np.array_equal(records.tbc_values, before)
