@@ -104,9 +104,12 @@ def _stats(values: np.ndarray) -> dict[str, float | None]:
 
 
 def _worst(df: pl.DataFrame, column: str, *, seconds: bool = False, n: int = WORST) -> list[dict[str, Any]]:
-    """The n rows with the largest `column`: request id, session id and the value (`value_s` when
-    it is a duration)."""
-    top = df.filter(pl.col(column).is_not_null()).top_k(n, by=column)
+    """The n rows with the largest `column`, largest first: request id, session id and the value
+    (`value_s` when it is a duration). Equal values go lowest request id first, so a re-evaluation
+    names the same rows in the same order (top_k alone picks and orders ties as it happens)."""
+    order = [column, "request_id"]  # request ids are unique: a total order, so one answer
+    top = df.filter(pl.col(column).is_not_null()).top_k(n, by=order, reverse=[False, True])
+    top = top.sort(order, descending=[True, False])
     key = "value_s" if seconds else "value"
     return [
         {"request_id": r["request_id"], "session_id": r["session_id"], key: r[column]}
@@ -166,14 +169,7 @@ def concurrency(data: RunData) -> Check:
     traffic = data.cfg.traffic_scheduler
     if not isinstance(traffic, ConcurrentTraffic):
         return Check(name, SKIPPED, detail="applies to concurrent traffic")
-    cols = ("session_id", SCHEDULER_DISPATCHED_AT, "end_at")
-    spans = (
-        pl.concat([data.measured.select(cols), data.warmup.select(cols)])
-        .filter(pl.col(SCHEDULER_DISPATCHED_AT).is_not_null())
-        .group_by("session_id")
-        .agg(start=pl.col(SCHEDULER_DISPATCHED_AT).min(), end=pl.col("end_at").max())
-        .sort("start")
-    )
+    spans = session_spans(data)
     target = traffic.target_concurrent_sessions
     if spans.height == 0:
         return Check(name, SKIPPED, detail="no session was dispatched")
@@ -200,6 +196,20 @@ def concurrency(data: RunData) -> Check:
             "relative_error": error,
         },
         {"max_relative_error": bound, "max_concurrent_sessions": target},
+    )
+
+
+def session_spans(data: RunData) -> pl.DataFrame:
+    """Each dispatched session's (session_id, start, end), warmup included, ordered by start and then
+    session id: the concurrency check sums floats in this order, so ties must not fall as group_by
+    happens to leave them."""
+    cols = ("session_id", SCHEDULER_DISPATCHED_AT, "end_at")
+    return (
+        pl.concat([data.measured.select(cols), data.warmup.select(cols)])
+        .filter(pl.col(SCHEDULER_DISPATCHED_AT).is_not_null())
+        .group_by("session_id")
+        .agg(start=pl.col(SCHEDULER_DISPATCHED_AT).min(), end=pl.col("end_at").max())
+        .sort("start", "session_id")
     )
 
 
@@ -435,7 +445,7 @@ def missing_records(data: RunData) -> Check:
         {
             "num_dispatched_requests": sent.height,
             "num_missing_records": missing.height,
-            "missing_request_ids": missing["request_id"].head(WORST).to_list(),
+            "missing_request_ids": missing["request_id"].sort().head(WORST).to_list(),
         },
         {"max_missing_records": 0},
     )

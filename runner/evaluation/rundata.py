@@ -139,6 +139,7 @@ def session_table(measured: pl.DataFrame, trace: pl.DataFrame | None) -> pl.Data
     incomplete  neither: a request was cancelled (shutdown, grace period) or the run ended before
                 the session's remaining requests were sent
     session_duration = first dispatch → last completion, for completed sessions.
+    Ordered by first dispatch, then session id: group_by's order changes from call to call.
     """
     sessions = measured.group_by("session_id").agg(
         num_requests=pl.len(),
@@ -160,4 +161,4 @@ def session_table(measured: pl.DataFrame, trace: pl.DataFrame | None) -> pl.Data
         errored=errored,
         incomplete=~completed & ~errored,
         session_duration=pl.when(completed).then(pl.col("last_end") - pl.col("first_dispatch")),
-    ).sort("first_dispatch", nulls_last=True)
+    ).sort("first_dispatch", "session_id", nulls_last=True)  # ties too: a mean sums in this order

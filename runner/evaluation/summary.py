@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from veeksha.runner.evaluation.rundata import RunData
 from veeksha.shared.paths import DISTRIBUTION_METRICS
@@ -99,7 +100,9 @@ def token_count_mismatch(data: RunData) -> dict[str, Any]:
         diff = (both[client] - both[server]).abs()
         out[f"num_{kind}_token_comparisons"] = n
         out[f"{kind}_token_mismatch_fraction"] = float((diff > 0).mean()) if n else None  # type: ignore[arg-type]  # polars stubs: a mean is any literal
-        out[f"{kind}_token_mean_relative_difference"] = float((diff / both[server]).mean()) if n else None  # type: ignore[arg-type]  # as above
+        # numpy's mean: a polars float sum splits by thread count (last bits follow the machine).
+        relative = (diff / both[server]).to_numpy()
+        out[f"{kind}_token_mean_relative_difference"] = float(np.mean(relative)) if n else None
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
 from veeksha.runner.evaluation.rundata import RunData
 from veeksha.runner.evaluation.slo import good_requests
@@ -38,6 +39,7 @@ def build_throughput(data: RunData, timeseries: pl.DataFrame) -> dict[str, Any]:
 def in_flight_seconds(data: RunData) -> float:
     """Σ over requests of the time in flight (dispatch → end): the integral of the in-flight count."""
     spans = data.measured.select(
-        (pl.col("end_at") - pl.col(SCHEDULER_DISPATCHED_AT)).clip(lower_bound=0).sum()
-    ).item()
-    return float(spans or 0.0)
+        (pl.col("end_at") - pl.col(SCHEDULER_DISPATCHED_AT)).clip(lower_bound=0).drop_nulls()
+    )
+    # Summed by numpy: a polars sum splits by thread count, so its last bits followed the machine.
+    return float(np.sum(spans.to_series().to_numpy()))

@@ -51,7 +51,7 @@ def build_timeseries(records: Records) -> pl.DataFrame:
     last = max((int(v) for v in ends if isinstance(v, int | float)), default=-1)
     out = pl.DataFrame({"second": pl.int_range(0, last + 1, dtype=pl.Int64, eager=True)})
     for part in parts:
-        out = out.join(part, on="second", how="left")
+        out = out.join(part, on="second", how="left", maintain_order="left")  # rows stay by second
     ints = ("dispatched", "completed", "errored", "output_tokens", "output_tokens_per_s", "in_flight_ns")
     out = out.with_columns(pl.col(c).fill_null(0) for c in ints)
     # numpy divides exactly like Python's int / int (polars may multiply by the reciprocal).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 from dataclasses import replace
 
@@ -361,3 +362,29 @@ def test_token_counts_compare_the_client_tokenizer_with_the_server_usage():
 def test_token_counts_are_skipped_without_a_client_count():
     check = health.token_counts(_data([_counted(None, 100, client_prompt=None)]))
     assert check.result == "SKIPPED" and check.metrics["output_token_mismatch_fraction"] is None
+
+
+# ------------------------------------------------------------------ the same bytes every time
+
+
+def test_sessions_that_start_together_are_spanned_in_session_id_order():
+    # The concurrency check sums the sessions' overlaps in this order (a float sum).
+    ids = list(range(40))
+    random.Random(2).shuffle(ids)
+    records = [request(i, sent=1.0, chunks=[1.0 + 0.1 * (i + 1)], session=i) for i in ids]
+    spans = health.session_spans(_data(records))
+    assert spans["session_id"].to_list() == sorted(ids)
+
+
+def test_worst_offenders_with_equal_values_are_the_lowest_request_ids_in_order():
+    ids = list(range(12))
+    random.Random(3).shuffle(ids)
+    rows = pl.DataFrame({"request_id": ids, "session_id": ids, "v": [5] * 12})
+    worst = health._worst(rows, "v")
+    assert [w["request_id"] for w in worst] == [0, 1, 2]
+
+
+def test_missing_records_are_named_lowest_request_id_first(tmp_path):
+    lost = [trace_line(request(i, sent=1.0 + 0.01 * i, chunks=[1.1])) for i in (7, 3, 9, 5, 4)]
+    check = health.missing_records(_data([], trace=_traced_run(tmp_path, [], lost)))
+    assert check.metrics["missing_request_ids"] == [3, 4, 5]
