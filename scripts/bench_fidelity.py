@@ -13,7 +13,10 @@ For each rate, on a fresh server:
   800/s), and a new connection's set-up is latency the server's truth does not count. The TTFC error
   of every request is printed too, as its own row. CPU per request is the driver's run CPU
   (run.json) plus the recorder process's own CPU while the driver was alive (sampled from /proc, so
-  the evaluation that follows is not counted), divided by all completed requests.
+  the evaluation that follows is not counted), divided by all completed requests. The machine's
+  speed drifts (the server's CPU for the same 20 s at 800/s has ranged from 10 to 16 s), so the
+  client's CPU over the server's, for the same requests, is printed too: it compares runs made in
+  different phases.
 
     .venv/bin/python scripts/bench_fidelity.py [--rates 400 800] [--duration 20]
 
@@ -257,6 +260,9 @@ def run_once(args: argparse.Namespace, rate: float, out: Path) -> dict[str, floa
     result["driver_wait_s"] = watch.driver_sched[1]
     result["recorder_wait_s"] = watch.recorder_wait
     result["server_cpu_s"] = server_run
+    # The server's work is the same in every run at a rate, its CPU is not: this machine's speed
+    # drifts by up to 40 % within an hour. Client over server CPU compares runs across such phases.
+    result["client_per_server_cpu"] = result["cpu_ms"] * result["completed"] / 1e3 / max(server_run, 1e-9)
     result["server_wait_s"] = server_wait
     return result
 
@@ -321,6 +327,7 @@ ROWS: list[tuple[str, str, str, tuple[float, float | None] | None]] = [
     ("driver_wait_s", "driver run-queue wait, s", "{:.3f}", None),
     ("recorder_wait_s", "recorder run-queue wait, s", "{:.3f}", None),
     ("server_cpu_s", "server CPU, s", "{:.2f}", None),
+    ("client_per_server_cpu", "client CPU / server CPU", "{:.4f}", None),
     ("server_wait_s", "server run-queue wait, s", "{:.3f}", None),
 ]
 
