@@ -212,6 +212,9 @@ def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
             if scraper.failures:
                 tries = scraper.failures + scraper.rows
                 print(f"veeksha: server metrics: {scraper.failures} of {tries} scrapes failed", flush=True)
+            shortfall = scraper.shortfall()
+            if shortfall is not None:
+                print(f"veeksha: server metrics: {shortfall}", flush=True)
     return result
 
 

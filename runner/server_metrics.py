@@ -81,6 +81,20 @@ class Scraper:
         self._stop.set()
         self._thread.join()
 
+    def shortfall(self) -> str | None:
+        """Why far fewer scrapes were taken than the run's length allows, or None. At idle priority
+        the scraper gets next to no CPU while every core is busy with other work: say so, rather
+        than leave a run with no server metrics (or a few rows) and no word why."""
+        t = self.elapsed()
+        expected = int(t / self.interval_s) if t is not None else 0
+        taken = self.rows + self.failures
+        if expected < 3 or taken >= expected / 2:
+            return None
+        return (
+            f"{taken} of about {expected} scrapes were taken: the scraper runs at idle priority, so as "
+            "not to delay the drivers, and got little CPU (were the machine's cores busy with other work?)"
+        )
+
     def _run(self) -> None:
         # A scrape (HTTP request, text parsing) costs milliseconds of CPU on the core the driver may
         # share: run it at background priority, so it takes only CPU the driver leaves (measured: the
