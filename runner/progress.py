@@ -31,7 +31,7 @@ class Progress:
         self.last_shown = elapsed
         limit = f"/{self.timeout_s:.0f}s" if self.timeout_s > 0 else "s"
         line = (
-            f"[{elapsed:6.1f}{limit}] sessions {p.get(r.PROGRESS_SESSIONS, 0)}  requests "
+            f"[{elapsed:6.1f}{limit}] sessions {p.get(r.PROGRESS_SESSIONS, 0)} started  requests "
             f"{p.get(r.PROGRESS_DISPATCHED, 0)} sent / {p.get(r.PROGRESS_COMPLETED, 0)} ok / "
             f"{p.get(r.PROGRESS_ERRORED, 0)} failed  in flight {p.get(r.PROGRESS_IN_FLIGHT, 0)}  "
             f"{self.tokens_per_s:,.0f} out tok/s"
