@@ -436,7 +436,9 @@ def missing_records(data: RunData) -> Check:
         return Check(name, SKIPPED, detail="needs traces/dispatch_trace.jsonl (trace_recorder.enabled)")
     sent = data.trace.lazy().filter(pl.col("dispatched")).select("request_id").collect()
     recorded = pl.concat([data.measured.select("request_id"), data.warmup.select("request_id")])
-    if sent["request_id"].dtype != recorded["request_id"].dtype:  # e.g. no record at all: no id type
+    if recorded.height == 0:  # no record at all: no id type of its own
+        recorded = recorded.cast({"request_id": sent["request_id"].dtype})
+    elif sent["request_id"].dtype != recorded["request_id"].dtype:
         sent, recorded = (df.cast({"request_id": pl.String}) for df in (sent, recorded))
     missing = sent.join(recorded, on="request_id", how="anti")
     return Check(

@@ -4,6 +4,7 @@ over real loopback HTTP, failures counted (never raised), and a whole run writin
 from __future__ import annotations
 
 import csv
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -95,6 +96,18 @@ def test_a_scraper_that_got_no_cpu_says_so(tmp_path: Path) -> None:
     starved.rows = 13  # half or more: nothing to say
     assert starved.shortfall() is None
     assert Scraper("http://127.0.0.1:9/metrics", 1.0, tmp_path / "m.csv", lambda: 2.0).shortfall() is None
+
+
+def test_an_endpoint_slower_than_the_interval_is_not_taken_for_a_lack_of_cpu(tmp_path: Path) -> None:
+    # It accepts connections and never answers: every scrape waits for its timeout (2 s here).
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        start = time.monotonic()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/metrics"
+        scraper = Scraper(url, 0.2, tmp_path / "m.csv", lambda: time.monotonic() - start)
+        scraper.start()
+        wait_until(lambda: scraper.failures >= 2, timeout_s=30)
+        scraper.stop()
+    assert scraper.rows == 0 and scraper.shortfall() is None  # the failures line says it all
 
 
 SIMULATED_8S = ["--server.type", "simulated", "--runtime.benchmark_timeout", "8"]

@@ -385,6 +385,7 @@ def test_worst_offenders_with_equal_values_are_the_lowest_request_ids_in_order()
 
 
 def test_missing_records_are_named_lowest_request_id_first(tmp_path):
-    lost = [trace_line(request(i, sent=1.0 + 0.01 * i, chunks=[1.1])) for i in (7, 3, 9, 5, 4)]
+    # Numbers in number order (10 after 9), also when no record at all was written.
+    lost = [trace_line(request(i, sent=1.0 + 0.01 * i, chunks=[1.1])) for i in (70, 100, 9, 50, 40)]
     check = health.missing_records(_data([], trace=_traced_run(tmp_path, [], lost)))
-    assert check.metrics["missing_request_ids"] == [3, 4, 5]
+    assert check.metrics["missing_request_ids"] == [9, 40, 50]
