@@ -65,9 +65,11 @@ def test_artifact_uploads_answering_500_end_at_the_deadline_or_fall_back_offline
 ) -> None:
     run_dir = build_run(tmp_path, RunSpec(seed=13, seconds=3))
     fake_wandb.fail("500", "artifacts")
-    args = [str(run_dir), "--mode", "online", "--deadline", "5"]
+    # 8 s: the offline run written after the online one failed gets a deadline of the same length.
+    # At 5 s this test failed once with two busy loops beside the suite (which step, not recorded).
+    args = [str(run_dir), "--mode", "online", "--deadline", "8"]
     failed = upload(args, home, cwd=tmp_path, env=online_env(fake_wandb))
-    assert failed.returncode == 1 and "deadline of 5 s" in failed.stdout, failed.stdout + failed.stderr
+    assert failed.returncode == 1 and "deadline of 8 s" in failed.stdout, failed.stdout + failed.stderr
 
     fell_back = upload([*args, "--fallback-offline"], home, cwd=tmp_path, env=online_env(fake_wandb))
     assert fell_back.returncode == 0, fell_back.stdout + fell_back.stderr
