@@ -63,7 +63,10 @@ def main() -> None:
     try:
         veeksha(work, "local", flags)
         veeksha(work, "ray", [*flags, *address])
+        # Requests of ~2.5 s (250 tokens, 10 ms a step): the kill always finds the actor's requests in
+        # flight. With 16 tokens (~0.2 s) it once found none, and nothing was left to record as lost.
         slow = ["--server.decode_step_base", "0.01", "--runtime.post_timeout_grace_seconds", "0"]
+        slow += ["--session_generator.output_spec.text.output_length_generator", "{type: fixed, value: 250}"]
         veeksha(work, "ray-killed", [*flags, *slow, *address], kill_actor_after=10)
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
