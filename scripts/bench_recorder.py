@@ -69,9 +69,7 @@ def batch(k: int, rng: random.Random) -> bytes:
 def one_round(frames: list[bytes]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         paths = RunPaths(Path(tmp))
-        paths.request_records.parent.mkdir(parents=True, exist_ok=True)
-        paths.dispatch_trace.parent.mkdir(parents=True, exist_ok=True)
-        paths.timeseries_csv.parent.mkdir(parents=True, exist_ok=True)
+        paths.make_dirs()
         recorder = Recorder(paths, Progress(30, io.StringIO()), lambda s: len(s.split()), True)
         recorder.t0 = T0
         driver = _Driver(_Link())  # type: ignore[arg-type]  # the link's identity is all it reads here
