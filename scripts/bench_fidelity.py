@@ -17,7 +17,8 @@ For each rate, on a fresh server:
   speed drifts (the server's CPU for the same 20 s at 800/s has ranged from 10 to 16.5 s), so the
   client's CPU over the server's is printed too: the server serves the same requests in every run
   at a rate (its CPU counts its whole life, start-up and idle included), so the ratio compares runs
-  made in different phases.
+  made in different phases. A fixed loop is timed on both cores before and after each run (the
+  "core probe" rows): about 140 ms on a fast core here, 205 ms on a slow one.
 
     .venv/bin/python scripts/bench_fidelity.py [--rates 400 800] [--duration 20]
 
@@ -44,6 +45,7 @@ import orjson
 VEEKSHA_RUN = str(Path(sys.executable).parent / "veeksha-run")
 SAMPLE_S = 0.02
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROBE_LOOPS = 3_000_000
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -71,6 +73,25 @@ def pin(core: int, nice: int) -> Callable[[], None]:
                 os.setpriority(os.PRIO_PROCESS, 0, nice)
 
     return setup
+
+
+def core_speed_ms(core: int) -> float:
+    """Milliseconds for a fixed pure-Python loop on `core` (median of three). This machine's cores
+    flip between fast and slow phases from one second to the next (about 140 against 205 ms for the
+    same loop), so the probe, taken before and after each run, shows what the run got."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            total = 0
+            for i in range(PROBE_LOOPS):
+                total += i & 7
+            times.append(1e3 * (time.perf_counter() - start))
+    finally:
+        os.sched_setaffinity(0, before)
+    return sorted(times)[1]
 
 
 def _schedstat(pid: int) -> tuple[float, float]:
@@ -206,7 +227,8 @@ class CpuWatch:
 # -- one run -------------------------------------------------------------------------------------------
 
 
-def run_once(args: argparse.Namespace, rate: float, out: Path) -> dict[str, float]:
+def run_once(args: argparse.Namespace, rate: float, out: Path) -> dict[str, float | str]:
+    probes = [core_speed_ms(args.client_core), core_speed_ms(args.server_core)]
     server, base = start_server(args)
     try:
         cmd = [
@@ -265,6 +287,9 @@ def run_once(args: argparse.Namespace, rate: float, out: Path) -> dict[str, floa
     # drifts (10 to 16.5 s for the same 20 s at 800/s). Client over server CPU compares such phases.
     result["client_per_server_cpu"] = result.pop("client_cpu_s") / max(server_run, 1e-9)
     result["server_wait_s"] = server_wait
+    probes += [core_speed_ms(args.client_core), core_speed_ms(args.server_core)]
+    result["client_core_probe"] = f"{probes[0]:.0f} / {probes[2]:.0f}"
+    result["server_core_probe"] = f"{probes[1]:.0f} / {probes[3]:.0f}"
     return result
 
 
@@ -331,10 +356,12 @@ ROWS: list[tuple[str, str, str, tuple[float, float | None] | None]] = [
     ("server_cpu_s", "server CPU, s", "{:.2f}", None),
     ("client_per_server_cpu", "client CPU / server CPU", "{:.4f}", None),
     ("server_wait_s", "server run-queue wait, s", "{:.3f}", None),
+    ("client_core_probe", "client core probe before/after, ms", "{}", None),
+    ("server_core_probe", "server core probe before/after, ms", "{}", None),
 ]
 
 
-def print_table(rates: list[float], results: dict[float, dict[str, float]]) -> bool:
+def print_table(rates: list[float], results: dict[float, dict[str, float | str]]) -> bool:
     width = 34
     head = f"{'at rate (req/s)':{width}}" + "".join(f"{r:>12.0f}" for r in rates) + "   goal"
     print(head)
