@@ -95,24 +95,39 @@ def secret_values(obj: Any) -> list[str]:
 
 
 def redact_argv(argv: list[str]) -> list[str]:
-    """Hide the value of a secret-looking `--a.b.api_key` flag, and secrets inside a mapping or list
-    given whole (`--client.headers '{"Authorization": "Bearer x"}'`)."""
+    """Hide the value of a secret-looking `--a.b.api_key` flag, every value set under a secret
+    mapping (`--server.env.NAME v`), and secrets inside a mapping or list given whole
+    (`--client.headers '{"Authorization": "Bearer x"}'`, `--server.env '{NAME: v}'`)."""
     out: list[str] = []
     for i, arg in enumerate(argv):
         prev = argv[i - 1] if i else ""
-        if prev.startswith("--") and "=" not in prev and _flag_is_secret("--" + prev.rsplit(".", 1)[-1]):
-            out.append(REDACTED)
+        # After a flag without `=`, this is its value, unless it is the next flag (the first was a
+        # switch); after a secret flag it is hidden either way.
+        if prev.startswith("--") and "=" not in prev and (not arg.startswith("--") or _sets_secret(prev)):
+            out.append(_redact_flag_value(prev, arg))
         elif arg.startswith("--") and "=" in arg:
             name, _, value = arg.partition("=")
-            hidden = _flag_is_secret("--" + name.rsplit(".", 1)[-1])
-            out.append(f"{name}={REDACTED if hidden else _redact_value(value)}")
+            out.append(f"{name}={_redact_flag_value(name, value)}")
         else:
-            out.append(_redact_value(arg))
+            out.append(_redact_value(arg, None))
     return out
 
 
-def _redact_value(text: str) -> str:
-    """A flag value that is a YAML/JSON mapping or list is redacted inside."""
+def _sets_secret(flag: str) -> bool:
+    """`--client.api_key`, `--server.env.NAME`: the flag's whole value is a secret."""
+    *parents, key = flag.lstrip("-").split(".")
+    return any(p in SECRET_MAPPINGS for p in parents) or _flag_is_secret("--" + key)
+
+
+def _redact_flag_value(flag: str, value: str) -> str:
+    """The value given to `--a.b.c`, redacted as the config key it sets."""
+    if _sets_secret(flag):
+        return REDACTED
+    return _redact_value(value, flag.rsplit(".", 1)[-1].lstrip("-"))
+
+
+def _redact_value(text: str, key: str | None) -> str:
+    """A value that is a YAML/JSON mapping or list is redacted inside, as the value of `key`."""
     if not text.lstrip().startswith(("{", "[")):
         return text
     import orjson
@@ -122,7 +137,7 @@ def _redact_value(text: str) -> str:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
         return REDACTED  # unparseable structured value: keep nothing rather than a secret
-    cleaned = redact(data)
+    cleaned = redact(data) if key is None else _redact_item(key, data)
     return text if cleaned == data else orjson.dumps(cleaned).decode()
 
 

@@ -83,6 +83,42 @@ def test_a_server_echoing_its_secrets_leaves_them_in_no_file_and_no_console_line
     assert CMD_SECRET not in text and ENV_SECRET not in text
 
 
+def test_server_env_given_on_the_command_line_reaches_no_file(tmp_path: Path) -> None:
+    """run.json keeps the command line: each server.env value set there is hidden, whatever its name."""
+    (tmp_path / "echo_server.py").write_text(ECHO_SERVER)
+    port = free_port()
+    cred = "plain-named-cred-4321"
+    (tmp_path / "c.veeksha.yml").write_text(
+        textwrap.dedent(
+            f"""
+            output_dir: out
+            server:
+              type: command
+              command: [{sys.executable}, echo_server.py, --port, '{port}', --api-key, {CMD_SECRET}]
+              ready_url: http://127.0.0.1:{port}/health
+            runtime: {{max_sessions: 1}}
+            """
+        )
+    )
+
+    proc = run_cli(
+        [
+            "--config",
+            "c.veeksha.yml",
+            "--server.env",
+            f"{{HF_TOKEN: {ENV_SECRET}}}",
+            "--server.env.SERVICE_CRED",
+            cred,
+        ],
+        cwd=tmp_path,
+    )
+
+    paths = only_run_dir(tmp_path / "out")
+    assert "--server.env.SERVICE_CRED" in paths.run_json.read_text()  # the command line is kept
+    text = all_text_under(tmp_path / "out") + proc.stdout + proc.stderr
+    assert ENV_SECRET not in text and cred not in text and CMD_SECRET not in text
+
+
 def test_a_failing_command_server_shows_its_command_and_output_without_secrets(tmp_path: Path) -> None:
     script = "import os, sys; print('token', sys.argv[2], os.environ['HF_TOKEN']); sys.exit(3)"
     cfg = CommandServerConfig(

@@ -108,3 +108,37 @@ def test_secret_values_are_collected_for_scrubbing() -> None:
 
     tree = {"token": "t-1", "nested": {"x_api_key": "k-2"}, "cmd": ["--api-key", "k-3"], "top_p": 1}
     assert sorted(secret_values(tree)) == ["k-2", "k-3", "t-1"]
+
+
+def test_redact_argv_hides_every_server_env_value_however_it_is_given() -> None:
+    """server.env carries tokens under names no rule can guess: each of its values is a secret, as
+    a whole mapping, as one dotted key, or as one dotted key with `=`."""
+    argv = [
+        "veeksha-run",
+        "--server.env",
+        '{"MY_SERVICE_CRED": "cred-1", "HF_TOKEN": "hf-2"}',
+        "--server.env={OTHER: other-3}",
+        "--server.env.PLAIN_NAME",
+        "plain-4",
+        "--server.env.ALSO_PLAIN=plain-5",
+        "--server.type",
+        "command",
+    ]
+    out = redact_argv(argv)
+    joined = " ".join(out)
+    for secret in ("cred-1", "hf-2", "other-3", "plain-4", "plain-5"):
+        assert secret not in joined
+    assert "MY_SERVICE_CRED" in joined and "PLAIN_NAME" in joined  # the names stay: they say what was set
+    assert out[-2:] == ["--server.type", "command"]
+
+
+def test_redact_argv_reads_a_flag_after_a_switch_as_a_flag() -> None:
+    argv = ["veeksha-run", "--quiet", "--client.api_key=sk-7", "--verbose", "--server.env.X", "x-8"]
+    assert redact_argv(argv) == [
+        "veeksha-run",
+        "--quiet",
+        f"--client.api_key={REDACTED}",
+        "--verbose",
+        "--server.env.X",
+        REDACTED,
+    ]
