@@ -22,6 +22,7 @@ from veeksha.runner.driver.dispatcher import Placement, driver_main
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.model import SessionGenerator
 from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, arrival_rate_of
+from veeksha.shared.config_checks import session_slots
 
 # runtime.num_drivers: auto. One driver keeps millisecond timing up to about this many requests per
 # second on one core (scripts/bench_fidelity.py), or this many concurrent sessions.
@@ -156,9 +157,11 @@ def num_drivers(cfg: BenchmarkConfig, cores: int) -> int:
     traffic = cfg.traffic_scheduler
     if isinstance(traffic, ConcurrentTraffic):
         need = math.ceil(traffic.target_concurrent_sessions / CONCURRENT_SESSIONS_PER_DRIVER)
-        return max(1, min(need, cores, traffic.target_concurrent_sessions))
-    rate = arrival_rate_of(traffic.interval_generator) * _requests_per_session(make_session_generator(cfg))
-    return max(1, min(math.ceil(rate / REQUESTS_PER_S_PER_DRIVER), cores))
+    else:
+        rate = arrival_rate_of(traffic.interval_generator) * _requests_per_session(make_session_generator(cfg))
+        need = math.ceil(rate / REQUESTS_PER_S_PER_DRIVER)
+    slots = session_slots(cfg)  # each driver needs one of the run's session slots at least
+    return max(1, min(need, cores, slots[1] if slots is not None else need))
 
 
 def _requests_per_session(sessions: SessionGenerator) -> float:

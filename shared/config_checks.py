@@ -61,15 +61,16 @@ def check_stopping_condition(cfg: BenchmarkConfig, prefix: str = "") -> None:
 
 
 def check_drivers(cfg: BenchmarkConfig, prefix: str = "") -> None:
-    """Every driver gets work: concurrent traffic gives each at least one of its session slots."""
+    """Every driver gets a share of the run's session slots: a share of 0 would be no session to run
+    (concurrent traffic) or no cap at all (rate traffic's max_concurrent_sessions)."""
     n = cfg.runtime.num_drivers
-    traffic = cfg.traffic_scheduler
-    slots = traffic.target_concurrent_sessions if isinstance(traffic, ConcurrentTraffic) else None
-    if slots is not None and isinstance(n, int) and n > slots:
+    slots = session_slots(cfg)
+    if slots is not None and isinstance(n, int) and n > slots[1]:
+        name, count = slots
         raise ConfigError(
             f"config error at {prefix}runtime.num_drivers: {n} is not allowed with "
-            f"target_concurrent_sessions {slots} (a driver would have no "
-            "session to run); use at most that many drivers, or auto"
+            f"traffic_scheduler.{name} {count} (the drivers share those sessions, and a driver would "
+            "get none); use at most that many drivers, or auto"
         )
     address = cfg.runtime.ray_address
     if address is not None and importlib.util.find_spec("ray") is None:
@@ -82,6 +83,16 @@ def check_drivers(cfg: BenchmarkConfig, prefix: str = "") -> None:
             f"config error at {prefix}runtime.ray_address: {address!r} is not allowed; "
             "expected HOST:PORT of the Ray head (e.g. 10.0.0.5:6379), ray://HOST:PORT or auto"
         )
+
+
+def session_slots(cfg: BenchmarkConfig) -> tuple[str, int] | None:
+    """The run's concurrent-session limit the drivers split between them: (its key, its value)."""
+    traffic = cfg.traffic_scheduler
+    if isinstance(traffic, ConcurrentTraffic):
+        return "target_concurrent_sessions", traffic.target_concurrent_sessions
+    if traffic.max_concurrent_sessions:
+        return "max_concurrent_sessions", traffic.max_concurrent_sessions
+    return None
 
 
 def ray_host_port(address: str) -> tuple[str, int] | None:

@@ -52,6 +52,12 @@ def test_concurrent_traffic_gets_a_driver_per_so_many_sessions() -> None:
     assert num_drivers(config(traffic), cores=8) == 3
 
 
+def test_auto_never_asks_for_more_drivers_than_the_session_cap() -> None:
+    # Each driver takes a share of max_concurrent_sessions: a share of 0 would be no cap at all.
+    traffic = {**rate(50 * REQUESTS_PER_S_PER_DRIVER), "max_concurrent_sessions": 2}
+    assert num_drivers(config(traffic), cores=8) == 2
+
+
 @pytest.mark.parametrize("n", [1, 2, 5])
 def test_a_number_is_taken_as_given(n: int) -> None:
     assert num_drivers(config(rate(10), drivers=n), cores=2) == n

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from veeksha.shared.paths import RunPaths
-from veeksha.shared.records import REQUEST_RECORD_FIELDS
+from veeksha.shared.records import CLIENT_COMPLETED_AT, REQUEST_RECORD_FIELDS, SCHEDULER_DISPATCHED_AT
 
 from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir, read_jsonl, run_cli
 from tests.runner.test_crash_recovery import SLOW as CRASH_SLOW
@@ -123,9 +123,57 @@ def test_evaluate_rebuilds_a_multi_driver_run_exactly(runs: dict[int, RunPaths],
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert copy.summary_stats.read_bytes() == runs[3].summary_stats.read_bytes()
-    assert copy.health_checks_json.read_bytes() == runs[3].health_checks_json.read_bytes()
     assert "drivers   3: lateness p99" in proc.stdout
+    # Every file the evaluation writes comes out byte for byte the same (run.json keeps its own
+    # evaluation history).
+    original = files_under(runs[3].root)
+    rebuilt = files_under(copy.root)
+    assert set(rebuilt) == set(original)
+    differing = [name for name in original if name != "run.json" and rebuilt[name] != original[name]]
+    assert differing == []
+    for derived in (copy.summary_stats, copy.health_checks_json, copy.timeseries_csv):
+        assert str(derived.relative_to(copy.root)) in original
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_session_cap_holds_for_the_run_when_drivers_split_it(tmp_path: Path) -> None:
+    """max_concurrent_sessions 3 over two drivers (shares 2 and 1): never more than 3 sessions open."""
+    proc = run_cli(
+        [
+            "--server.type",
+            "simulated",
+            "--server.decode_step_base",
+            "0.01",  # 32 tokens: about 0.3 s per request
+            "--traffic_scheduler.interval_generator.arrival_rate",
+            "40",  # ~13 open without the cap
+            "--traffic_scheduler.max_concurrent_sessions",
+            "3",
+            "--session_generator.output_spec.text.output_length_generator",
+            "{type: fixed, value: 32}",
+            "--runtime.max_sessions",
+            "12",
+            "--runtime.num_drivers",
+            "2",
+            "--output_dir",
+            "out",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
+    assert len(records) == 12 and {r["driver_id"] for r in records} == {0, 1}
+    # Single-request sessions: a session is open from its dispatch to its completion.
+    events = sorted(
+        [(r[SCHEDULER_DISPATCHED_AT], 1) for r in records] + [(r[CLIENT_COMPLETED_AT], -1) for r in records]
+    )
+    open_now = peak = 0
+    for _, change in events:  # at a tie, the end (-1) sorts first
+        open_now += change
+        peak = max(peak, open_now)
+    assert peak == 3
 
 
 # The crash tests' slow run (a kill always finds requests in flight); a stop cancels at once.

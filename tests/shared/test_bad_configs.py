@@ -412,7 +412,13 @@ DRIVERS = [
     Case(
         "drivers-more-than-concurrent-sessions",
         GOOD + "traffic_scheduler: {type: concurrent, target_concurrent_sessions: 2}\n",
-        "runtime.num_drivers: 3 is not allowed with target_concurrent_sessions 2",
+        "runtime.num_drivers: 3 is not allowed with traffic_scheduler.target_concurrent_sessions 2",
+        ("--runtime.num_drivers", "3"),
+    ),
+    Case(
+        "drivers-more-than-the-session-cap",
+        GOOD + "traffic_scheduler: {type: rate, max_concurrent_sessions: 2}\n",
+        "runtime.num_drivers: 3 is not allowed with traffic_scheduler.max_concurrent_sessions 2",
         ("--runtime.num_drivers", "3"),
     ),
     Case(
