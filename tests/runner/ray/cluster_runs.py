@@ -1,12 +1,15 @@
 """Inside its own network namespace (see test_ray_e2e.py): a local two-node Ray cluster, and the
 runs the test compares. Usage: cluster_runs.py WORKDIR PORT -- VEEKSHA-RUN FLAGS...
 
-Writes WORKDIR/local (two local drivers), WORKDIR/ray (two drivers as Ray actors, one per node) and
-WORKDIR/ray-killed (the same, with one actor's process killed mid-run), plus WORKDIR/*.log.
+Writes WORKDIR/local (two local drivers), WORKDIR/ray (two drivers as Ray actors, one per node, with
+an API key given on the command line) and WORKDIR/ray-killed (the same, with one actor's process
+killed mid-run), plus WORKDIR/*.log, and WORKDIR/leaks.json: the cluster's job entrypoints and the
+files of Ray's session directory that hold the API key.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +20,7 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 VEEKSHA_RUN = str(BIN / "veeksha-run")
+API_KEY = "sk-ray-secret-2468"  # the simulated server takes any key
 
 
 def ray_start(work: Path, *flags: str) -> None:
@@ -49,6 +53,27 @@ def kill_one_actor(output_dir: Path, after_dispatches: int) -> None:
     os.kill(int(pids[0]), signal.SIGKILL)
 
 
+def leaks(address: str, ray_temp: Path) -> dict[str, list[str]]:
+    """What the cluster kept: every job's entrypoint (Ray's job table, read through its private
+    state API: the dashboard that serves `ray list jobs` is off), and which of its files hold API_KEY."""
+    import ray
+
+    ray.init(address=address, logging_level="ERROR")
+    try:
+        entrypoints = [str(job["Entrypoint"]) for job in ray._private.state.jobs()]
+    finally:
+        ray.shutdown()
+    holding = []
+    for path in ray_temp.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            try:
+                if API_KEY.encode() in path.read_bytes():
+                    holding.append(str(path.relative_to(ray_temp)))
+            except OSError:
+                pass
+    return {"entrypoints": entrypoints, "files_holding_the_key": holding}
+
+
 def main() -> None:
     work, port = Path(sys.argv[1]), sys.argv[2]
     flags = sys.argv[sys.argv.index("--") + 1 :]
@@ -62,12 +87,13 @@ def main() -> None:
     address = ["--runtime.ray_address", f"127.0.0.1:{port}"]
     try:
         veeksha(work, "local", flags)
-        veeksha(work, "ray", [*flags, *address])
+        veeksha(work, "ray", [*flags, *address, "--client.api_key", API_KEY])
         # Requests of ~2.5 s (250 tokens, 10 ms a step): the kill always finds the actor's requests in
         # flight. With 16 tokens (~0.2 s) it once found none, and nothing was left to record as lost.
         slow = ["--server.decode_step_base", "0.01", "--runtime.post_timeout_grace_seconds", "0"]
         slow += ["--session_generator.output_spec.text.output_length_generator", "{type: fixed, value: 250}"]
         veeksha(work, "ray-killed", [*flags, *slow, *address], kill_actor_after=10)
+        (work / "leaks.json").write_text(json.dumps(leaks(f"127.0.0.1:{port}", Path(temp))))
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
 

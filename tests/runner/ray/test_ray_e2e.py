@@ -17,7 +17,8 @@ import orjson
 import pytest
 from veeksha.shared.paths import RunPaths
 
-from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir, read_jsonl
+from tests.runner.helpers import VEEKSHA_RUN, all_text_under, no_plots_env, only_run_dir, read_jsonl
+from tests.runner.ray.cluster_runs import API_KEY
 
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'veeksha[ray]')")
 
@@ -80,7 +81,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(work.glob("*.log")))
     assert done.returncode == 0, f"{done.stderr[-3000:]}\n{logs}"
-    return {
+    out: dict[str, Any] = {
         name: (
             only_run_dir(work / name),
             int((work / f"{name}.rc").read_text()),
@@ -88,6 +89,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         )
         for name in ("local", "ray", "ray-killed")
     }
+    out["leaks"] = orjson.loads((work / "leaks.json").read_bytes())
+    return out
 
 
 def sent(paths: RunPaths) -> set[tuple[Any, ...]]:
@@ -149,6 +152,15 @@ def test_a_killed_ray_actor_leaves_a_record_for_every_dispatched_request(runs: d
     assert info["status"] == "failed"
     assert f"driver {dead} on ray node" in info["error"] and "its Ray actor was lost" in info["error"]
     assert info["driver"]["num_driver_lost"] == len(lost) > 0
+
+
+def test_the_api_key_stays_out_of_the_clusters_job_table_and_files(runs: dict[str, Any]) -> None:
+    # Ray records the command line as the job's entrypoint: it gets run.json's redacted one.
+    leaks = runs["leaks"]
+    (entrypoint,) = [e for e in leaks["entrypoints"] if "--client.api_key" in e]
+    assert API_KEY not in entrypoint and "<redacted>" in entrypoint
+    assert leaks["files_holding_the_key"] == []
+    assert API_KEY not in all_text_under(runs["ray"][0].root)
 
 
 NOT_RAY = "import socket, time; s = socket.create_server(('127.0.0.1', 6391)); time.sleep(60)"
