@@ -22,7 +22,7 @@ from veeksha.runner.drivers import DriverLink, LocalDriver, available_cores, num
 from veeksha.runner.progress import Progress
 from veeksha.runner.recorder import Recorder, RecordingResult
 from veeksha.runner.run_dir import RunDir, ensure_writable
-from veeksha.runner.server_launcher import check_server_command, start_server
+from veeksha.runner.server_launcher import check_server_command, planned_api_host, start_server
 from veeksha.runner.server_metrics import Scraper, metrics_url, probe
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.tokenizer import token_counter
@@ -66,9 +66,10 @@ def run_benchmark(
     make_session_generator(cfg)
     check_server_command(cfg.server)
     if cfg.runtime.ray_address is not None:  # joined now: an unreachable cluster is a config error
-        from veeksha.runner.ray_drivers import connect
+        from veeksha.runner.ray_drivers import check_cluster, connect
 
         connect(cfg.runtime.ray_address)
+        check_cluster(cfg, planned_api_host(cfg))
     ensure_writable(parent_dir)
     server = start_server(cfg.server) if cfg.server is not None else None
     follower = None

@@ -158,8 +158,10 @@ def num_drivers(cfg: BenchmarkConfig, cores: int) -> int:
     if isinstance(traffic, ConcurrentTraffic):
         need = math.ceil(traffic.target_concurrent_sessions / CONCURRENT_SESSIONS_PER_DRIVER)
     else:
-        rate = arrival_rate_of(traffic.interval_generator) * _requests_per_session(make_session_generator(cfg))
-        need = math.ceil(rate / REQUESTS_PER_S_PER_DRIVER)
+        requests_per_s = arrival_rate_of(traffic.interval_generator) * _requests_per_session(
+            make_session_generator(cfg)
+        )
+        need = math.ceil(requests_per_s / REQUESTS_PER_S_PER_DRIVER)
     slots = session_slots(cfg)  # each driver needs one of the run's session slots at least
     return max(1, min(need, cores, slots[1] if slots is not None else need))
 

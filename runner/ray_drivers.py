@@ -14,6 +14,7 @@ Only imported when runtime.ray_address is set: Ray is an optional extra (veeksha
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -121,6 +122,54 @@ def _unreachable(address: str, why: str) -> ConfigError:
         f"config error at runtime.ray_address: cannot join the Ray cluster at {address!r} "
         f"({first_line}); start one (`ray start --head`) or fix the address"
     )
+
+
+def check_cluster(cfg: BenchmarkConfig, api_host: str | None) -> None:
+    """What the joined cluster must have for this run, checked before any server starts: a CPU per
+    driver asked for (else the extra actors wait for one, and the run fails 30 s later), and, when
+    requests go to a loopback address, no driver node on another machine (its drivers would send
+    them to their own machine)."""
+    address = cfg.runtime.ray_address
+    n = cfg.runtime.num_drivers
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if isinstance(n, int) and n > cpus:
+        raise ConfigError(
+            f"config error at runtime.num_drivers: {n} drivers need {n} CPUs, and the Ray cluster at "
+            f"{address!r} has {cpus}; use at most {cpus}, auto, or add nodes"
+        )
+    if api_host is None or not is_loopback(api_host):
+        return
+    # In client mode (ray://) this process is on no node of the cluster.
+    here = None if address is None or address.startswith("ray://") else ray.util.get_node_ip_address()
+    elsewhere = nodes_elsewhere(ray.nodes(), here)
+    if elsewhere:
+        shown = ", ".join(elsewhere[:3]) + (" ..." if len(elsewhere) > 3 else "")
+        raise ConfigError(
+            f"config error at client.api_base: requests would go to {api_host}, this machine's "
+            f"loopback, but the Ray cluster has driver nodes at {shown}, whose drivers would send them "
+            "to their own machine; give the server's address that every node can reach "
+            "(a server section's server listens here: start it yourself and set client.api_base)"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def nodes_elsewhere(nodes: list[dict[str, Any]], here: str | None) -> list[str]:
+    """Addresses of the live nodes that can take a driver (they have a CPU) and are not this
+    machine (`here`: its address in the cluster; a node at a loopback address is this machine)."""
+    found = {
+        str(node.get("NodeManagerAddress"))
+        for node in nodes
+        if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0
+    }
+    return sorted(a for a in found if a != here and not is_loopback(a))
 
 
 def disconnect() -> None:

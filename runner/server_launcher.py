@@ -29,7 +29,7 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
-from veeksha.shared.config import CommandServerConfig, SimulatedServerConfig
+from veeksha.shared.config import BenchmarkConfig, CommandServerConfig, SimulatedServerConfig
 from veeksha.shared.errors import ConfigError, VeekshaError
 from veeksha.shared.redact import redact, scrub_list, scrub_text, secret_values
 from veeksha.shared.schema import to_dict
@@ -38,6 +38,8 @@ LISTENING_PREFIX = "VEEKSHA_SIMULATED_SERVER_LISTENING"  # printed by simserver/
 SIMULATED_START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 _POLL_S = 0.02
+ALL_INTERFACES = ("0.0.0.0", "::", "")
+LOOPBACK = "127.0.0.1"
 _TAIL_LINES = 30
 
 # Runs as `python -c` with argv [parent_pid, pgid]: when the parent is gone (we get reparented),
@@ -194,8 +196,8 @@ def _start_simulated(cfg: SimulatedServerConfig, log_path: Path | None) -> Serve
             line = _find_line(handle.log_path, LISTENING_PREFIX)
             if line is not None:
                 host, port = line.split()[1:3]
-                if host in ("0.0.0.0", "::", ""):  # bound to all interfaces: talk over loopback
-                    host = "127.0.0.1"
+                if host in ALL_INTERFACES:  # bound to all interfaces: talk over loopback
+                    host = LOOPBACK
                 host = f"[{host}]" if ":" in host else host
                 handle.api_base = f"http://{host}:{port}/v1"
                 return
@@ -233,6 +235,17 @@ def _start_command(cfg: CommandServerConfig, log_path: Path | None) -> ServerHan
                 pause = min(0.5, pause * 1.5)
 
     return _await_ready(handle, wait)
+
+
+def planned_api_host(cfg: BenchmarkConfig) -> str | None:
+    """The host requests will go to, known before any server starts (as runner/benchmark.py
+    resolves client.api_base once the server runs); None when nothing names one yet."""
+    server = cfg.server
+    if isinstance(server, SimulatedServerConfig):
+        return LOOPBACK if server.host in ALL_INTERFACES else server.host
+    if isinstance(server, CommandServerConfig) and (server.api_base or not cfg.client.api_base):
+        return urlsplit(server.api_base or server.ready_url).hostname
+    return urlsplit(cfg.client.api_base).hostname if cfg.client.api_base else None
 
 
 def _api_base_from(ready_url: str) -> str:

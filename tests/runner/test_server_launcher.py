@@ -13,8 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from veeksha.runner.server_launcher import start_server
+from veeksha.runner.server_launcher import planned_api_host, start_server
 from veeksha.shared.config import CommandServerConfig, SimulatedServerConfig
+from veeksha.shared.config_loader import build_benchmark_config
 from veeksha.shared.errors import VeekshaError
 
 SIM_MODULE = [sys.executable, "-m", "veeksha.runner.simserver.server"]
@@ -203,3 +204,47 @@ def test_unknown_server_type_is_an_error() -> None:
 
     with pytest.raises(VeekshaError, match="unknown server type"):
         start_server(Odd())
+
+
+@pytest.mark.parametrize(
+    ("tree", "host"),
+    [
+        ({"server": {"type": "simulated"}}, "127.0.0.1"),
+        ({"server": {"type": "simulated", "host": "0.0.0.0"}}, "127.0.0.1"),  # reached over loopback
+        ({"server": {"type": "simulated", "host": "10.1.2.3"}}, "10.1.2.3"),
+        (
+            {"server": {"type": "command", "command": ["s"], "ready_url": "http://h1:8000/health"}},
+            "h1",
+        ),
+        (  # the user's api_base beats a URL guessed from ready_url
+            {
+                "server": {"type": "command", "command": ["s"], "ready_url": "http://h1:8000/health"},
+                "client": {"api_base": "http://h2:9000/v1"},
+            },
+            "h2",
+        ),
+        (  # the server section's own api_base beats both
+            {
+                "server": {
+                    "type": "command",
+                    "command": ["s"],
+                    "ready_url": "http://h1:8000/health",
+                    "api_base": "http://h3:8000/v1",
+                },
+                "client": {"api_base": "http://h2:9000/v1"},
+            },
+            "h3",
+        ),
+        ({"client": {"api_base": "http://[::1]:9000/v1"}}, "::1"),
+        ({}, None),
+    ],
+)
+def test_the_host_requests_will_go_to_is_known_before_the_server_starts(tree: dict, host: str | None) -> None:
+    assert planned_api_host(build_benchmark_config(tree)) == host
+
+
+def test_the_planned_host_is_the_host_the_started_simulated_server_is_reached_at() -> None:
+    cfg = build_benchmark_config({"server": {"type": "simulated", "host": "0.0.0.0", "port": 0}})
+    assert isinstance(cfg.server, SimulatedServerConfig)
+    with start_server(cfg.server) as server:
+        assert httpx.URL(server.api_base).host == planned_api_host(cfg)

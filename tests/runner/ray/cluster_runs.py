@@ -1,10 +1,13 @@
 """Inside its own network namespace (see test_ray_e2e.py): a local two-node Ray cluster, and the
 runs the test compares. Usage: cluster_runs.py WORKDIR PORT -- VEEKSHA-RUN FLAGS...
 
-Writes WORKDIR/local (two local drivers), WORKDIR/ray (two drivers as Ray actors, one per node, with
-an API key given on the command line) and WORKDIR/ray-killed (the same, with one actor's process
-killed mid-run), plus WORKDIR/*.log, and WORKDIR/leaks.json: the cluster's job entrypoints and the
-files of Ray's session directory that hold the API key.
+Writes, with each run's WORKDIR/NAME.log and NAME.rc:
+- WORKDIR/local: two local drivers;
+- WORKDIR/ray: two drivers as Ray actors, one per node, with an API key on the command line;
+- WORKDIR/ray-killed: the same, with one actor's process killed mid-run;
+- WORKDIR/too-many: a run asking for more drivers than the cluster has CPUs (refused);
+- WORKDIR/leaks.json: the cluster's job entrypoints, and the files of its session directory that
+  hold the API key.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ def main() -> None:
         slow = ["--server.decode_step_base", "0.01", "--runtime.post_timeout_grace_seconds", "0"]
         slow += ["--session_generator.output_spec.text.output_length_generator", "{type: fixed, value: 250}"]
         veeksha(work, "ray-killed", [*flags, *slow, *address], kill_actor_after=10)
+        veeksha(work, "too-many", [*flags, *address, "--runtime.num_drivers", "3"])  # 2 CPUs
         (work / "leaks.json").write_text(json.dumps(leaks(f"127.0.0.1:{port}", Path(temp))))
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)

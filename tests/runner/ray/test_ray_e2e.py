@@ -90,6 +90,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         for name in ("local", "ray", "ray-killed")
     }
     out["leaks"] = orjson.loads((work / "leaks.json").read_bytes())
+    out["too-many"] = (work / "too-many", int((work / "too-many.rc").read_text()), (work / "too-many.log"))
     return out
 
 
@@ -161,6 +162,17 @@ def test_the_api_key_stays_out_of_the_clusters_job_table_and_files(runs: dict[st
     assert API_KEY not in entrypoint and "<redacted>" in entrypoint
     assert leaks["files_holding_the_key"] == []
     assert API_KEY not in all_text_under(runs["ray"][0].root)
+
+
+def test_more_drivers_than_the_cluster_has_cpus_is_a_one_line_config_error(runs: dict[str, Any]) -> None:
+    out_dir, rc, log = runs["too-many"]
+    assert rc == 2
+    (line,) = log.read_text().splitlines()
+    assert line == (
+        "veeksha-run: config error at runtime.num_drivers: 3 drivers need 3 CPUs, and the Ray cluster "
+        f"at '127.0.0.1:{HEAD_PORT}' has 2; use at most 2, auto, or add nodes"
+    )
+    assert not out_dir.exists()
 
 
 NOT_RAY = "import socket, time; s = socket.create_server(('127.0.0.1', 6391)); time.sleep(60)"
