@@ -247,6 +247,8 @@ class Recorder:
                 payload.get("cpu_seconds"),
                 payload.get("stop_reason"),
             )
+            if d.end.status == RUN_FAILED:  # the run has failed: the others need not go on
+                self._stop_others()
         elif kind == ipc.FAILED:
             d.end = _End(RUN_FAILED, payload["message"])
             self._stop_others()

@@ -1,0 +1,101 @@
+"""How the recorder ends a run from its drivers' ends.
+
+The drivers here are scripted: each is a real OS pipe carrying the messages a driver process sends
+(runner.ipc), written by a thread. A real driver ends `failed` with DONE only when its own
+housekeeping raises, which no input can make it do.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from veeksha.runner import ipc
+from veeksha.runner.progress import Progress
+from veeksha.runner.recorder import Recorder
+from veeksha.shared.paths import RunPaths
+from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED
+
+GIVE_UP_S = 10.0  # a driver nobody interrupts ends by itself after this (the old behaviour)
+
+
+class ScriptedDriver:
+    """A DriverLink whose driver says READY, then (after GO) ends as `script` says."""
+
+    start_margin_s = 0.01
+    where = "local"
+    shares_clock = True
+
+    def __init__(self, driver_id: int, end: dict[str, Any], wait_for_interrupt: bool) -> None:
+        self.driver_id = driver_id
+        self.conn, self._sender = multiprocessing.Pipe(duplex=False)
+        self._end = end
+        self._wait_for_interrupt = wait_for_interrupt
+        self.interrupted = threading.Event()
+        self._go = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _send(self, kind: str, payload: dict[str, Any]) -> None:
+        self._sender.send_bytes(orjson.dumps([kind, payload]))
+
+    def _run(self) -> None:
+        self._send(ipc.READY, {"pid": 0})
+        self._go.wait()
+        self._send(ipc.START, {"t0": time.perf_counter(), "pid": 0})
+        if self._wait_for_interrupt:
+            self.interrupted.wait(GIVE_UP_S)
+        self._send(ipc.DONE, self._end)
+        self._sender.close()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def go(self, start: dict[str, float | None]) -> None:
+        self._go.set()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def describe_exit(self) -> str:
+        return "exit code 0"
+
+    def interrupt(self) -> None:
+        self.interrupted.set()
+
+    def stop(self, wait_s: float) -> None:
+        self._thread.join(wait_s)
+
+
+def done(status: str, error: str | None = None) -> dict[str, Any]:
+    return {"status": status, "error": error, "cpu_seconds": 0.1, "stop_reason": None, "requests": 0}
+
+
+def test_a_driver_that_ends_failed_stops_the_others(tmp_path: Path) -> None:
+    paths = RunPaths(tmp_path / "run")
+    paths.make_dirs()
+    failing = ScriptedDriver(
+        0, done(RUN_FAILED, "RuntimeError: housekeeping broke"), wait_for_interrupt=False
+    )
+    other = ScriptedDriver(1, done(RUN_INTERRUPTED), wait_for_interrupt=True)
+    started = time.monotonic()
+
+    result = Recorder(paths, Progress(0), len, True).run([failing, other])
+
+    assert other.interrupted.is_set()
+    assert time.monotonic() - started < GIVE_UP_S / 2
+    assert result.status == RUN_FAILED and "housekeeping broke" in (result.error or "")
+
+
+def test_drivers_that_complete_leave_each_other_alone(tmp_path: Path) -> None:
+    paths = RunPaths(tmp_path / "run")
+    paths.make_dirs()
+    drivers = [ScriptedDriver(i, done(RUN_COMPLETED), wait_for_interrupt=False) for i in (0, 1)]
+
+    result = Recorder(paths, Progress(0), len, True).run(drivers)
+
+    assert result.status == RUN_COMPLETED and result.error is None
+    assert not any(d.interrupted.is_set() for d in drivers)
