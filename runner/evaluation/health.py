@@ -366,12 +366,15 @@ def drivers(data: RunData) -> Check:
         return Check(name, SKIPPED, detail="no request was dispatched")
     cpu = {e.get("driver_id"): e.get("cpu_seconds") for e in data.drivers}
     duration = data.duration_s
+    groups = {key[0]: group[DISPATCH_DELAY].to_numpy() for key, group in delays.group_by("driver_id")}
     per_driver: dict[str, Any] = {}
-    for (driver_id,), group in sorted(delays.group_by("driver_id"), key=lambda g: g[0][0]):
+    # Every driver run.json lists, also one that sent no measured request (it shows as such).
+    for driver_id in sorted(set(groups) | {d for d in cpu if d is not None}):
         seconds = cpu.get(driver_id)
+        sent = groups.get(driver_id)
         per_driver[str(driver_id)] = {
-            "num_dispatched": group.height,
-            "lateness_p99_s": exact_quantiles(group[DISPATCH_DELAY].to_numpy(), [0.99])[0],
+            "num_dispatched": 0 if sent is None else len(sent),
+            "lateness_p99_s": None if sent is None else exact_quantiles(sent, [0.99])[0],
             "cpu_seconds": seconds,
             "cpu_utilization": seconds / duration if seconds is not None and duration else None,
         }

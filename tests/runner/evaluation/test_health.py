@@ -389,3 +389,14 @@ def test_missing_records_are_named_lowest_request_id_first(tmp_path):
     lost = [trace_line(request(i, sent=1.0 + 0.01 * i, chunks=[1.1])) for i in (70, 100, 9, 50, 40)]
     check = health.missing_records(_data([], trace=_traced_run(tmp_path, [], lost)))
     assert check.metrics["missing_request_ids"] == [9, 40, 50]
+
+
+def test_drivers_lists_a_driver_that_sent_nothing():
+    """Driver 2 of 3 dispatched no measured request (a share of 0, or it failed early): it is still
+    listed, with its CPU, and cannot be the one that limits the run."""
+    three = [*CPU, {"driver_id": 2, "cpu_seconds": 0.3}]
+    check = health.drivers(run_data(_two_drivers(4.0), drivers=three))
+    assert check.metrics["num_drivers"] == 3 and list(check.metrics["drivers"]) == ["0", "1", "2"]
+    idle = check.metrics["drivers"]["2"]
+    assert idle["num_dispatched"] == 0 and idle["lateness_p99_s"] is None and idle["cpu_seconds"] == 0.3
+    assert check.metrics["limiting_driver"] == 1 and check.result == "PASSED"
