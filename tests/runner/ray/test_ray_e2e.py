@@ -148,11 +148,15 @@ def test_a_killed_ray_actor_leaves_a_record_for_every_dispatched_request(runs: d
     dispatched = [t["request_id"] for t in read_jsonl(paths.dispatch_trace) if t["dispatched_at"] is not None]
     assert sorted(r["request_id"] for r in records) == sorted(dispatched)
     lost = [r for r in records if r["error_type"] == "driver_lost"]
-    (dead,) = {r["driver_id"] for r in lost}
+    (dead,) = {r["driver_id"] for r in lost}  # only the killed actor's requests were lost
+    survivor = [r for r in records if r["driver_id"] != dead]
+    assert survivor and all(r["error_type"] != "driver_lost" for r in survivor)
     info = orjson.loads(paths.run_json.read_bytes())
     assert info["status"] == "failed"
     assert f"driver {dead} on ray node" in info["error"] and "its Ray actor was lost" in info["error"]
     assert info["driver"]["num_driver_lost"] == len(lost) > 0
+    states = {d["driver_id"]: d["status"] for d in info["driver"]["drivers"]}
+    assert states[dead] == "failed" and states[1 - dead] == "interrupted"  # told to stop, it did
 
 
 def test_the_api_key_stays_out_of_the_clusters_job_table_and_files(runs: dict[str, Any]) -> None:
