@@ -260,6 +260,7 @@ class RayDriver:
         self.lost: str | None = None  # why the actor could not be reached any more
         self.exit_code: int | None = None
         self.stopped = False
+        self._go_sent: Any = None  # the start's call (a Ray ObjectRef)
         self._relay = threading.Thread(
             target=self._relay_messages, name=f"veeksha-relay-{self.driver_id}", daemon=True
         )
@@ -286,7 +287,10 @@ class RayDriver:
             os.close(self._write_fd)  # the recorder sees the end of this driver's stream
 
     def go(self, start: dict[str, float | None]) -> None:
-        self._call("go", start)
+        # Not waited for: the recorder gives every driver its start in turn, and waiting for each
+        # reply (tens of ms through ray://) would use up the start margin with many drivers. An
+        # actor that cannot take it is found by its relay.
+        self._go_sent = self.actor.go.remote(start)
 
     def alive(self) -> bool:
         return self._relay.is_alive()
@@ -303,6 +307,9 @@ class RayDriver:
         self.stopped = True
         if self.lost is None:
             self.exit_code = self._call("stop", wait_s, timeout=wait_s + CALL_TIMEOUT_S)
+        if self._go_sent is not None:  # taken, so that Ray does not report its failure as unhandled
+            with contextlib.suppress(Exception):
+                ray.get(self._go_sent, timeout=0.1)
         ray.kill(self.actor)
         if self._relay.is_alive():
             self._relay.join(CALL_TIMEOUT_S)
