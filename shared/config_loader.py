@@ -22,7 +22,7 @@ import yaml
 from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig
 from veeksha.shared.config_checks import check_benchmark_config
 from veeksha.shared.errors import ConfigError
-from veeksha.shared.redact import redact
+from veeksha.shared.redact import redact, redact_params
 from veeksha.shared.schema import build, to_dict
 from veeksha.shared.secret import Secret
 
@@ -344,7 +344,11 @@ def load_benchmark_runs(
 ) -> list[LoadedRun]:
     """Every run the file expands to, each validated (all errors raised before any traffic)."""
     raw = load_raw(path, overrides)
-    return [LoadedRun(params, build_benchmark_config(tree, fallbacks)) for params, tree in expand(raw)]
+    # The parameters label runs (console, run.json, sweep files): never with a secret value in them.
+    return [
+        LoadedRun(redact_params(params), build_benchmark_config(tree, fallbacks))
+        for params, tree in expand(raw)
+    ]
 
 
 def build_benchmark_config(tree: dict[str, Any], fallbacks: EnvFallbacks = NO_FALLBACKS) -> BenchmarkConfig:

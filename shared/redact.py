@@ -113,6 +113,16 @@ def redact_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def redact_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Sweep parameters ({"server.env.TOKEN": value}, keyed by dotted config path) as the flags that
+    would set them are redacted."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        last = key.rsplit(".", 1)[-1]
+        out[key] = REDACTED if _sets_secret(key) else _redact_item(last, value)
+    return out
+
+
 def _sets_secret(flag: str) -> bool:
     """`--client.api_key`, `--server.env.NAME`: the flag's whole value is a secret."""
     *parents, key = flag.lstrip("-").split(".")

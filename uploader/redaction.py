@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from veeksha.shared.redact import REDACTED, is_secret_key, scrub_text
+from veeksha.shared.redact import REDACTED, is_secret_key, redact, scrub_text, secret_values
 
 # An Authorization-style value: scheme + credentials.
 _AUTH_VALUE = re.compile(r"^\s*(bearer|basic|token|digest|apikey|api-key)\s+\S+", re.IGNORECASE)
@@ -29,7 +29,14 @@ class Redactor:
             self.known.add(value)
 
     def tree(self, obj: Any) -> Any:
-        """A copy of a JSON-like tree with secrets replaced; remembers what it removed."""
+        """A copy of a JSON-like tree with secrets replaced; remembers what it removed. The shared
+        rule goes first (every server.env value, the value after a command's --api-key), then
+        this module's own."""
+        for value in secret_values(obj):
+            self._remember(value)  # "Bearer x": x too
+        return self._tree(redact(obj))
+
+    def _tree(self, obj: Any) -> Any:
         if isinstance(obj, dict):
             out = {}
             for k, v in obj.items():
@@ -37,10 +44,10 @@ class Redactor:
                     self._remember(v)
                     out[k] = REDACTED
                 else:
-                    out[k] = self.tree(v)
+                    out[k] = self._tree(v)
             return out
         if isinstance(obj, list | tuple):
-            return [self.tree(v) for v in obj]
+            return [self._tree(v) for v in obj]
         if isinstance(obj, str):
             if _AUTH_VALUE.match(obj):
                 self.add_secret(obj)

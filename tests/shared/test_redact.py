@@ -1,6 +1,6 @@
 """The one secret rule: by key name, anywhere in the tree; `max_tokens` is not a secret."""
 
-from veeksha.shared.redact import REDACTED, is_secret_key, redact, redact_argv, secret_values
+from veeksha.shared.redact import REDACTED, is_secret_key, redact, redact_argv, redact_params, secret_values
 
 
 def test_secret_key_names() -> None:
@@ -142,3 +142,33 @@ def test_redact_argv_reads_a_flag_after_a_switch_as_a_flag() -> None:
         "--server.env.X",
         REDACTED,
     ]
+
+
+def test_sweep_parameters_are_redacted_as_the_flags_that_would_set_them() -> None:
+    params = {
+        "server.env.PLAIN": "plain-9",
+        "client.api_key": "sk-10",
+        "server.env": {"X": "x-11"},
+        "client.headers": {"Authorization": "Bearer h-12", "X-Trace": "t"},
+        "traffic_scheduler.interval_generator.arrival_rate": 5,
+    }
+    assert redact_params(params) == {
+        "server.env.PLAIN": REDACTED,
+        "client.api_key": REDACTED,
+        "server.env": {"X": REDACTED},
+        "client.headers": {"Authorization": REDACTED, "X-Trace": "t"},
+        "traffic_scheduler.interval_generator.arrival_rate": 5,
+    }
+
+
+def test_a_sweep_over_a_server_env_value_labels_its_runs_without_it(tmp_path) -> None:
+    from veeksha.shared.config_loader import load_benchmark_runs
+
+    config = tmp_path / "c.veeksha.yml"
+    config.write_text(
+        "server: {type: command, command: [s], ready_url: 'http://127.0.0.1:1/health',"
+        " env: {CRED: !expand [cred-a-13, cred-b-14]}}\n"
+    )
+    runs = load_benchmark_runs(config, [])
+    assert [r.params for r in runs] == [{"server.env.CRED": REDACTED}] * 2
+    assert [r.config.server.env["CRED"] for r in runs] == ["cred-a-13", "cred-b-14"]  # type: ignore[union-attr]

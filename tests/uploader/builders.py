@@ -98,6 +98,13 @@ def config_text(cfg: BenchmarkConfig, secrets: dict[str, str]) -> str:
         }
     if "header_value" in secrets:  # a non-secret-looking key holding an Authorization-like value
         client.setdefault("headers", {})["X-Forwarded-Auth"] = f"Basic {secrets['header_value']}"
+    if "server_env" in secrets or "server_flag" in secrets:  # as runners before 2026-11-30 wrote them
+        tree["server"] = {
+            "type": "command",
+            "command": ["vllm", "serve", "m", "--api-key", secrets.get("server_flag", "x"), "--port", "8000"],
+            "ready_url": "http://127.0.0.1:8000/health",
+            "env": {"MY_SERVICE_CRED": secrets.get("server_env", "x"), "EMPTY": ""},
+        }
     return yaml.safe_dump(tree, sort_keys=False)
 
 

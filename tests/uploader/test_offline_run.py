@@ -1,7 +1,8 @@
 """One run directory uploaded offline, read back from the `.wandb` record stream (wandb.md table).
 
 The directory carries planted secrets (an Authorization header, a token inside
-additional_sampling_params, a Basic credential under an innocent header name) and the API key is
+additional_sampling_params, a Basic credential under an innocent header name, a server.env value
+under a plain name, a server command's --api-key value) and the API key is
 given both by flag and by environment: none of them may appear in anything the SDK recorded.
 """
 
@@ -27,6 +28,8 @@ SECRETS = {
     "authorization": "sk-AUTHsecret-0001",
     "sampling_token": "hf_TOKENsecret_0002",
     "header_value": "dXNlcjpCQVNJQ3NlY3JldDAwMDM=",
+    "server_env": "ENVvalue-under-a-plain-name-0006",  # every server.env value is a secret
+    "server_flag": "sk-server-flag-secret-0007",  # the value after --api-key in server.command
 }
 FLAG_KEY = "FLAGkey-secret-0004-abcdefabcdefabcdef"
 ENV_KEY = "ENVkey-secret-0005-abcdefabcdefabcdef"
@@ -86,7 +89,9 @@ def test_config_is_the_redacted_config_plus_version_and_kind(uploaded: Uploaded)
     client["headers"]["Authorization"] = "<redacted>"
     client["headers"]["X-Forwarded-Auth"] = "<redacted>"
     client["additional_sampling_params"]["extra_body"]["hf_token"] = "<redacted>"
-    assert client["headers"]["X-Trace"] == "keep-me"
+    tree["server"]["command"][4] = "<redacted>"  # after --api-key
+    tree["server"]["env"]["MY_SERVICE_CRED"] = "<redacted>"  # "EMPTY" stays empty
+    assert client["headers"]["X-Trace"] == "keep-me" and tree["server"]["command"][5:] == ["--port", "8000"]
     assert uploaded.run.user_config() == {**tree, "veeksha_version": "0.1.0", "run_kind": "run"}
 
 
