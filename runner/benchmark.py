@@ -49,6 +49,7 @@ class RunResult:
     all_health_passed: bool | None = None
     all_failed: bool = False  # no request succeeded
     upload_failed: bool = False
+    evaluation_failed: bool = False  # the records are safe; the metrics are missing
 
 
 def run_benchmark(
@@ -179,6 +180,7 @@ def _record_and_evaluate(cfg: BenchmarkConfig, run: RunDir, *, quiet: bool) -> R
         run.finish(RUN_INTERRUPTED, f"interrupted during evaluation; rerun `veeksha-run evaluate {run.root}`")
         raise
     except Exception as e:  # records are safe on disk; `veeksha-run evaluate` can retry
+        result.evaluation_failed = True
         error = error or f"evaluation failed: {type(e).__name__}: {e}"
         result.error = error
         print(f"veeksha: {error}; rerun `veeksha-run evaluate {run.root}`", file=sys.stderr)

@@ -62,11 +62,13 @@ def run_from_config(
 
 
 def exit_code(results: list[RunResult], *, strict: bool) -> int:
-    """130 interrupted; 1 a run failed or none of its requests succeeded (the run printed why), or,
-    with --strict, an SLO or a health check failed; else 0."""
+    """130 interrupted; 1 a run failed, none of its requests succeeded or its evaluation failed (the
+    run printed why), or, with --strict, an SLO or a health check failed; else 0."""
     if any(r.status == RUN_INTERRUPTED for r in results):
         return 130
-    if any(r.status not in (RUN_COMPLETED, RUN_TIMEOUT) or r.all_failed for r in results):
+    if any(
+        r.status not in (RUN_COMPLETED, RUN_TIMEOUT) or r.all_failed or r.evaluation_failed for r in results
+    ):
         return 1
     if strict and any(r.all_slos_met is False or r.all_health_passed is False for r in results):
         return 1
@@ -84,8 +86,12 @@ def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
         info = {"id": sweep_id, "index": index, "count": len(runs), "params": run.params}
         try:
             result = run_benchmark(run.config, root, argv=python_argv(), sweep=info)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # (starting its server, evaluating): its run.json says which
             manifest["status"] = RUN_INTERRUPTED
+            manifest["runs"].append(
+                {"index": index, "run_dir": None, "params": run.params, "status": RUN_INTERRUPTED}
+            )
+            results.append(RunResult(root, RUN_INTERRUPTED, "interrupted"))
             break
         except Exception as e:  # one failed run (e.g. its server did not start) ends only itself
             print(f"veeksha: sweep run {index} failed: {e}", flush=True)

@@ -3,9 +3,11 @@ evaluate, and the traffic / client / graph variants over real loopback HTTP."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import orjson
@@ -19,7 +21,7 @@ from veeksha.shared.paths import (
     RunPaths,
 )
 
-from tests.runner.helpers import only_run_dir, read_jsonl, run_cli
+from tests.runner.helpers import VEEKSHA_RUN, only_run_dir, read_jsonl, run_cli
 
 QUICK = [
     "--server.type",
@@ -315,3 +317,38 @@ def test_the_environment_fallbacks_are_read_by_the_command_line_only() -> None:
     assert (read.api_base, read.api_key) == ("http://127.0.0.1:9/v1", Secret("sk-cli-env-2024"))
     assert "sk-cli-env-2024" not in repr(read)
     assert env_fallbacks({"OPENAI_API_BASE": "", "OPENAI_API_KEY": ""}) == env_fallbacks({})
+
+
+def test_a_sweep_interrupted_while_a_server_starts_exits_130(tmp_path: Path) -> None:
+    """A Ctrl-C outside a run's recording (its server loading, its evaluation) ends the sweep as
+    interrupted, not as a success."""
+    write(
+        tmp_path,
+        f"""
+        output_dir: out
+        server:
+          type: command
+          command: [{sys.executable}, -c, "import time; time.sleep(60)"]
+          ready_url: http://127.0.0.1:9/health
+          ready_timeout: 60
+        runtime: {{max_sessions: !expand [1, 2]}}
+        """,
+    )
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, "--config", "c.veeksha.yml"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert "sweep of 2 runs" in proc.stdout.readline()
+    time.sleep(1.0)  # the first run's server is starting
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, stderr
+    (sweep,) = (tmp_path / "out").iterdir()
+    manifest = orjson.loads((sweep / SWEEP_MANIFEST).read_bytes())
+    assert manifest["status"] == "interrupted"
+    assert [r["status"] for r in manifest["runs"]] == ["interrupted"]

@@ -6,12 +6,13 @@ import os
 import resource
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import orjson
 from veeksha.shared.jsonio import FILE_MODE
 
-from tests.runner.helpers import VEEKSHA_RUN, only_run_dir, run_cli
+from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir, run_cli
 
 QUICK = [
     "--server.type",
@@ -71,3 +72,28 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_run_whose_evaluation_fails_exits_1_and_says_how_to_retry(tmp_path: Path) -> None:
+    # A directory where the evaluation's first file goes: writing it fails (EISDIR) as a full disk would.
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *QUICK[:-1], "3", "--output_dir", "out"],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()):
+        assert time.monotonic() < deadline, "the run directory never appeared"
+        time.sleep(0.05)
+    paths = only_run_dir(tmp_path / "out")
+    paths.summary_stats.mkdir(parents=True)
+    _, stderr = proc.communicate(timeout=120)
+
+    assert proc.returncode == 1
+    assert "evaluation failed: IsADirectoryError" in stderr and "rerun `veeksha-run evaluate" in stderr
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert info["status"] == "completed" and info["error"].startswith("evaluation failed")
+    assert paths.request_records.stat().st_size > 0  # the records are safe
