@@ -11,6 +11,7 @@ Every VeekshaError is mapped to one line and an exit code here, at the boundary.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -50,7 +51,14 @@ def env_fallbacks(env: Mapping[str, str] = os.environ) -> EnvFallbacks:
     return EnvFallbacks(api_base=env.get("OPENAI_API_BASE") or None, api_key=Secret(key) if key else None)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _guard(fn: Callable[[], int]) -> None:
+    # SIGTERM (a job scheduler, `kill`) ends a run as Ctrl-C does, also outside its recording (which
+    # handles both signals itself): the directory gets its final status, a sweep its manifest.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = fn()
     except VeekshaError as e:

@@ -319,9 +319,10 @@ def test_the_environment_fallbacks_are_read_by_the_command_line_only() -> None:
     assert env_fallbacks({"OPENAI_API_BASE": "", "OPENAI_API_KEY": ""}) == env_fallbacks({})
 
 
-def test_a_sweep_interrupted_while_a_server_starts_exits_130(tmp_path: Path) -> None:
-    """A Ctrl-C outside a run's recording (its server loading, its evaluation) ends the sweep as
-    interrupted, not as a success."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_sweep_interrupted_while_a_server_starts_exits_130(tmp_path: Path, signum: int) -> None:
+    """A Ctrl-C (or a SIGTERM) outside a run's recording (its server loading, its evaluation) ends the
+    sweep as interrupted, not as a success, nor killed with its manifest still saying running."""
     write(
         tmp_path,
         f"""
@@ -344,7 +345,7 @@ def test_a_sweep_interrupted_while_a_server_starts_exits_130(tmp_path: Path) -> 
     assert proc.stdout is not None
     assert "sweep of 2 runs" in proc.stdout.readline()
     time.sleep(1.0)  # the first run's server is starting
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
 
     assert proc.returncode == 130, stderr
