@@ -35,7 +35,7 @@ from veeksha.shared.paths import (
     CONFIG_YML,
     RunPaths,
 )
-from veeksha.shared.records import RUN_COMPLETED, RUN_INTERRUPTED, RUN_RUNNING, RUN_TIMEOUT
+from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RUN_RUNNING, RUN_TIMEOUT
 
 RATE_KNOB = "traffic_scheduler.interval_generator.arrival_rate"
 CONCURRENCY_KNOB = "traffic_scheduler.target_concurrent_sessions"
@@ -119,12 +119,17 @@ def run_capacity_search(
         write_results(root, search_id, search, knob, history, RUN_INTERRUPTED)
         print("veeksha: capacity search interrupted; results so far are written", flush=True)
         return 130
+    except Exception:  # an attempt that could not run (its server did not start, a full disk)
+        write_results(root, search_id, search, knob, history, RUN_FAILED)
+        print("veeksha: capacity search failed; results so far are written", flush=True)
+        raise  # the command's one line says why
     write_results(root, search_id, search, knob, history, RUN_COMPLETED)
     best = best_attempt(history)
     print(f"veeksha: best {knob} = {best.value if best else 'none (no attempt passed)'}")
     if base.wandb.enabled:
         upload(root)  # the search's summary run and the `best` tag
-    return 0
+    # As a sweep: 1 when an attempt's run failed (its driver died, ...); a failed SLO is the search.
+    return 1 if any(a.status not in (RUN_COMPLETED, RUN_TIMEOUT) for a in history) else 0
 
 
 def search_loop(

@@ -353,3 +353,28 @@ def test_a_sweep_interrupted_while_a_server_starts_exits_130(tmp_path: Path, sig
     manifest = orjson.loads((sweep / SWEEP_MANIFEST).read_bytes())
     assert manifest["status"] == "interrupted"
     assert [r["status"] for r in manifest["runs"]] == ["interrupted"]
+
+
+def test_a_capacity_search_whose_server_cannot_start_ends_failed_in_one_line(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        f"""
+        output_dir: cs
+        start_value: 2
+        max_value: 8
+        benchmark_config:
+          server:
+            type: command
+            command: [{sys.executable}, -c, "raise SystemExit(3)"]
+            ready_url: http://127.0.0.1:9/health
+          traffic_scheduler: {{type: concurrent, target_concurrent_sessions: 1}}
+          runtime: {{benchmark_timeout: 2}}
+        """,
+    )
+    proc = run_cli(["capacity-search", "--config", "c.veeksha.yml"], cwd=tmp_path, timeout=120)
+
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("veeksha-run: server command") and "exited" in proc.stderr
+    (root,) = (tmp_path / "cs").iterdir()
+    result = orjson.loads((root / CAPSEARCH_RESULTS).read_bytes())
+    assert result["status"] == "failed"  # not "running": the uploader would wait for it forever
