@@ -62,10 +62,7 @@ def run_benchmark(
     quiet: bool = False,
 ) -> RunResult:
     """Run one benchmark and leave a complete run directory under `parent_dir`."""
-    # Session set-up errors (a missing trace file, a bad tokenizer) are config errors: find them
-    # here, before a server starts or a run directory exists.
-    make_session_generator(cfg)
-    check_server_command(cfg.server)
+    check_before_start(cfg)
     if cfg.runtime.ray_address is not None:  # joined now: an unreachable cluster is a config error
         from veeksha.runner.ray_drivers import check_cluster, connect
 
@@ -92,6 +89,23 @@ def run_benchmark(
     return result
 
 
+def check_before_start(cfg: BenchmarkConfig) -> None:
+    """The config errors found without a server, a directory or the network (a missing trace file,
+    a bad tokenizer, a server binary that is not there, no endpoint at all): before any run of a
+    sweep or a capacity search starts, and before a run's own directory is made."""
+    make_session_generator(cfg)
+    check_server_command(cfg.server)
+    if planned_api_host(cfg) is None:
+        raise _no_api_base()
+
+
+def _no_api_base() -> ConfigError:
+    return ConfigError(
+        "config error at client.api_base: not set; pass --client.api_base URL, set "
+        "OPENAI_API_BASE, or add a server section (e.g. --server.type simulated)"
+    )
+
+
 def wandb_mode(cfg: BenchmarkConfig) -> str:
     """WANDB_MODE (or WANDB_DISABLED) beats the config's wandb.mode; online by default (as the uploader)."""
     if os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
@@ -114,10 +128,7 @@ def resolve_endpoint(cfg: BenchmarkConfig, server_api_base: str | None) -> Bench
     if server_api_base is not None:
         client = replace(client, api_base=server_api_base)
     if not client.api_base:
-        raise ConfigError(
-            "config error at client.api_base: not set; pass --client.api_base URL, set "
-            "OPENAI_API_BASE, or add a server section (e.g. --server.type simulated)"
-        )
+        raise _no_api_base()
     if not client.model:
         client = replace(client, model=_only_model(client, client.api_base))
     return replace(cfg, client=client)

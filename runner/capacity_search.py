@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from veeksha.runner.benchmark import run_benchmark, upload
+from veeksha.runner.benchmark import check_before_start, run_benchmark, upload
 from veeksha.runner.preflight import check_hosts
 from veeksha.runner.run_dir import make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config import (
@@ -89,6 +89,7 @@ def run_capacity_search(
             f"config error at start_value: {search.start_value} rounds to 0 at precision "
             f"{search.precision}; raise start_value or precision"
         )
+    check_before_start(base)
     root = make_unique_dir(Path(search.output_dir), f"{CAPSEARCH_DIR_PREFIX}{stamp(utc_now())}")
     write_atomic(root / CONFIG_YML, dump_config_yaml(search))
     runs_dir = root / CAPSEARCH_RUNS_DIR

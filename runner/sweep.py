@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from veeksha.runner.benchmark import RunResult, run_benchmark, upload
+from veeksha.runner.benchmark import RunResult, check_before_start, run_benchmark, upload
 from veeksha.runner.preflight import check_hosts
 from veeksha.runner.run_dir import make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config_loader import NO_FALLBACKS, EnvFallbacks, LoadedRun, load_benchmark_runs
@@ -50,6 +50,8 @@ def run_from_config(
 ) -> int:
     runs = load_benchmark_runs(path, overrides, fallbacks)  # every run validated before any traffic
     check_hosts(run.config for run in runs)
+    for run in runs:  # a typo in the last run's trace path is found now, not hours into the sweep
+        check_before_start(run.config)
     if dry_run:
         print(f"veeksha-run: config is valid; it expands to {len(runs)} run(s)")
         for i, run in enumerate(runs):

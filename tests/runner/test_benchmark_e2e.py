@@ -141,6 +141,7 @@ def test_missing_api_base_is_a_usage_error(tmp_path: Path) -> None:
     proc = run_cli(["--runtime.benchmark_timeout", "1"], cwd=tmp_path)
     assert proc.returncode == 2
     assert "client.api_base: not set" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # not even the default output directory
 
 
 def test_max_sessions_ends_the_run_as_completed(tmp_path: Path) -> None:

@@ -67,10 +67,21 @@ def test_export_json_schema(tmp_path: Path) -> None:
 
 
 def test_dry_run_reports_how_many_runs_a_file_expands_to(tmp_path: Path) -> None:
-    write(tmp_path, "client: {stream: !expand [true, false]}\nseed: !expand [1, 2, 3]\n")
+    write(
+        tmp_path,
+        "client: {api_base: 'http://127.0.0.1:1/v1', stream: !expand [true, false]}\n"
+        "seed: !expand [1, 2, 3]\n",
+    )
     proc = run_cli(["--config", "c.veeksha.yml", "--dry-run"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "expands to 6 run(s)" in proc.stdout
+
+
+def test_a_dry_run_refuses_what_a_run_would_refuse_before_starting(tmp_path: Path) -> None:
+    write(tmp_path, "seed: !expand [1, 2]\n")  # no endpoint anywhere
+    proc = run_cli(["--config", "c.veeksha.yml", "--dry-run"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "client.api_base: not set" in proc.stderr
 
 
 def test_unknown_flag_is_a_usage_error(tmp_path: Path) -> None:
@@ -378,3 +389,21 @@ def test_a_capacity_search_whose_server_cannot_start_ends_failed_in_one_line(tmp
     (root,) = (tmp_path / "cs").iterdir()
     result = orjson.loads((root / CAPSEARCH_RESULTS).read_bytes())
     assert result["status"] == "failed"  # not "running": the uploader would wait for it forever
+
+
+def test_a_sweep_whose_last_run_has_a_bad_trace_path_is_refused_before_it_starts(tmp_path: Path) -> None:
+    (tmp_path / "ok.jsonl").write_text('{"session_id": 1, "input_length": 10, "output_length": 4}\n')
+    write(
+        tmp_path,
+        """
+        output_dir: out
+        server: {type: simulated}
+        session_generator: {type: trace, path: !expand [ok.jsonl, typo.jsonl]}
+        """,
+    )
+    proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path)
+
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "typo.jsonl" in line
+    assert not (tmp_path / "out").exists()  # no sweep directory, no first run

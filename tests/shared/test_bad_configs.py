@@ -643,6 +643,7 @@ def test_configs_that_can_end_and_use_plain_yaml_are_accepted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     write_case(Case("ok", config, ""), tmp_path, listener)
+    (tmp_path / "t.jsonl").write_text('{"session_id": 1, "input_length": 10, "output_length": 4}\n')
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exited:
         main(["--config", CONFIG, "--dry-run"])
