@@ -161,7 +161,7 @@ def evaluate_command(run_dir: Path, strict: bool) -> None:
     def go() -> int:
         from veeksha.runner.evaluation.evaluate import evaluate_run
         from veeksha.runner.evaluation.report import format_summary
-        from veeksha.runner.lost_records import recover_crashed
+        from veeksha.runner.lost_records import mark_finished, recover
         from veeksha.shared.paths import RunPaths
 
         paths = RunPaths(run_dir)
@@ -170,13 +170,20 @@ def evaluate_command(run_dir: Path, strict: bool) -> None:
                 f"{run_dir} is not a run directory (no metrics/request_level_metrics.jsonl); "
                 "pass the directory a run created"
             )
-        lost = recover_crashed(paths)
-        if lost is not None:
+        recovery = recover(paths)
+        if recovery.crashed:
             click.echo(
                 f"veeksha-run: {run_dir} was left running by a process that died: marked crashed; "
-                f"{lost} dispatched request(s) without a record were recorded as driver_lost"
+                f"{recovery.lost} dispatched request(s) without a record were recorded as driver_lost"
+            )
+        elif recovery.lost:
+            click.echo(
+                f"veeksha-run: {recovery.lost} dispatched request(s) of {run_dir} had no record "
+                "(the run ended before writing them) and were recorded as driver_lost"
             )
         ev = evaluate_run(run_dir, rebuilt=True)
+        if recovery.finished_at is not None:  # complete now: an uploader may take it
+            mark_finished(paths, recovery.finished_at)
         click.echo(format_summary(ev))
         if ev.all_failed is not None:
             return 1

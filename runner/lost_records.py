@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,11 @@ from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import (
     ERROR,
     RUN_CRASHED,
+    RUN_FAILED,
     RUN_RUNNING,
     SCHEDULER_DISPATCHED_AT,
     SCHEDULER_READY_AT,
+    run_finished,
 )
 
 DRIVER_LOST = "driver_lost"
@@ -96,29 +99,59 @@ def _process_alive(pid: object) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z" and b"veeksha" in cmdline
 
 
-def recover_crashed(paths: RunPaths) -> int | None:
-    """A run whose run.json still says `running` but whose process is gone: record every dispatched
-    request that has no record as driver_lost and mark the run `crashed`, so that it can be evaluated
-    and uploaded. Returns the number of records added, None when the run was not left running."""
+@dataclass
+class Recovery:
+    """What `recover` did to a run directory before its evaluation."""
+
+    crashed: bool  # it was left `running` by processes that died: now marked crashed
+    lost: int  # dispatched requests that had no record and were given a driver_lost one now
+    finished_at: str | None  # to write into run.json once evaluated (None: it has one)
+
+
+def recover(paths: RunPaths) -> Recovery:
+    """Make a run directory whose processes are gone whole again, before it is evaluated:
+    - every dispatched request without a record gets a driver_lost one, in a run that crashed or
+      failed (a full disk stopped the recorder before it could write them);
+    - a run left `running` is marked `crashed`;
+    - a run without finished_at (its process died mid-run or mid-evaluation) gets it back once
+      evaluated: until then the uploader leaves the directory alone (shared.records.run_finished).
+    Raises UsageError when the run's process is still alive on this host."""
     info = read_json(paths.run_json) if paths.run_json.exists() else None
-    if not isinstance(info, dict) or info.get("status") != RUN_RUNNING:
-        return None
-    if info.get("host") == socket.gethostname() and _process_alive(info.get("pid")):
+    if not isinstance(info, dict):
+        return Recovery(False, 0, None)
+    unfinished = not run_finished(info)
+    if unfinished and info.get("host") == socket.gethostname() and _process_alive(info.get("pid")):
+        doing = "written" if info.get("status") == RUN_RUNNING else "evaluated"
         raise UsageError(
-            f"{paths.root} is still being written by process {info['pid']}; "
+            f"{paths.root} is still being {doing} by process {info['pid']}; "
             "wait for the run to end (or stop it) before evaluating it"
         )
-    # The last write of the request log is the best estimate of when the run died.
+    # The last write of the request log is the best estimate of when the run ended.
     last_write = max(p.stat().st_mtime for p in (paths.request_records, paths.run_json) if p.exists())
-    lost = find_lost(paths.request_records, paths.dispatch_trace)
-    append_records(paths.request_records, [lost_record(line, "the run's processes died") for line in lost])
-    info.update(
-        status=RUN_CRASHED,
-        finished_at=iso(dt.datetime.fromtimestamp(last_write, dt.UTC)),
-        error=(
-            "the run's processes died before it finished; "
-            f"{len(lost)} dispatched request(s) had no record and were recorded as driver_lost"
-        ),
-    )
-    write_json(paths.run_json, info)
-    return len(lost)
+    crashed = info.get("status") == RUN_RUNNING
+    # Only a crash or a failure (the recorder stopped by a full disk) can leave dispatched requests
+    # without a record; in another run a request without one has a corrupt line, which stays so.
+    lost = []
+    if crashed or info.get("status") == RUN_FAILED:
+        why = "the run's processes died" if crashed else "the run ended before their results were written"
+        lost = find_lost(paths.request_records, paths.dispatch_trace)
+        append_records(paths.request_records, [lost_record(line, why) for line in lost])
+    if crashed:
+        info.update(
+            status=RUN_CRASHED,
+            error=(
+                "the run's processes died before it finished; "
+                f"{len(lost)} dispatched request(s) had no record and were recorded as driver_lost"
+            ),
+        )
+        write_json(paths.run_json, info)
+    finished_at = iso(dt.datetime.fromtimestamp(last_write, dt.UTC)) if unfinished else None
+    return Recovery(crashed, len(lost), finished_at)
+
+
+def mark_finished(paths: RunPaths, finished_at: str) -> None:
+    """The evaluation is written: run.json gets its finished_at (the directory is complete)."""
+    info = read_json(paths.run_json)
+    if isinstance(info, dict) and not info.get("finished_at"):
+        info["finished_at"] = finished_at
+        write_json(paths.run_json, info)

@@ -381,6 +381,15 @@ RUN_FAILED: Final = "failed"
 # Set by `veeksha-run evaluate` on a directory whose processes died without a final status.
 RUN_CRASHED: Final = "crashed"
 RUN_STATUSES: Final = (RUN_RUNNING, RUN_COMPLETED, RUN_TIMEOUT, RUN_INTERRUPTED, RUN_FAILED, RUN_CRASHED)
+
+
+def run_finished(info: dict[str, Any]) -> bool:
+    """Whether a run directory is complete: run.json has a final status AND finished_at. The final
+    status is written before the evaluation (which reads it), finished_at after it: in between, the
+    metrics files are still being written."""
+    return info.get("status") != RUN_RUNNING and bool(info.get("finished_at"))
+
+
 # Why dispatching stopped, for a completed run (run.json "stop_reason").
 STOP_BENCHMARK_TIMEOUT: Final = "benchmark_timeout"
 STOP_MAX_SESSIONS: Final = "max_sessions"

@@ -28,7 +28,7 @@ import click
 from veeksha.shared.deadlines import upload_deadline_s
 from veeksha.shared.errors import VeekshaError
 from veeksha.shared.paths import RUN_JSON, TIMESERIES_CSV, RunPaths
-from veeksha.shared.records import RUN_RUNNING
+from veeksha.shared.records import run_finished
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
 from veeksha.uploader.locks import DirLock, LockBusy
@@ -141,7 +141,7 @@ class Watch:
 
     @staticmethod
     def finished(info: dict[str, Any]) -> bool:
-        return info.get("status") != RUN_RUNNING and bool(info.get("finished_at"))
+        return run_finished(info)
 
     def check_alive(self, info: dict[str, Any]) -> None:
         now = time.monotonic()

@@ -25,7 +25,7 @@ from veeksha.shared.paths import (
     SWEEP_SUMMARY_CSV,
     SWEEP_SUMMARY_JSON,
 )
-from veeksha.shared.records import RUN_RUNNING
+from veeksha.shared.records import RUN_RUNNING, run_finished
 from veeksha.uploader.reader import is_run_dir, parse_number, read_config, read_run_info
 from veeksha.uploader.run_files import RunFiles, is_own_file
 
@@ -145,9 +145,10 @@ def _own_files(run_files: RunFiles, names: tuple[str, ...]) -> list[str]:
 
 
 def _member_running(members: list[Path]) -> bool:
+    """Whether a member run is still running or being evaluated."""
     for m in members:
         try:
-            if read_run_info(m).get("status") == RUN_RUNNING:
+            if not run_finished(read_run_info(m)):
                 return True
         except ContractError:
             continue  # that run's own upload reports it

@@ -14,7 +14,7 @@ from typing import Any
 from veeksha.shared.errors import VeekshaError
 from veeksha.shared.jsonio import write_atomic
 from veeksha.shared.paths import CONFIG_YML, UPLOAD_PENDING
-from veeksha.shared.records import RUN_RUNNING
+from veeksha.shared.records import RUN_RUNNING, run_finished
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
 from veeksha.uploader.locks import DirLock, LockBusy
@@ -343,6 +343,12 @@ def _run_job(task: Task, redactor: Redactor) -> Job | Outcome:
     info = read_run_info(root)
     if info["status"] == RUN_RUNNING:
         why = f"still running (if its process died, `veeksha-run evaluate {root}` marks it crashed)"
+        return Outcome(str(root), task.target.kind, SKIPPED, why)
+    if not run_finished(info):
+        why = (
+            "still being evaluated (run.json has no finished_at yet; if its process died, "
+            f"`veeksha-run evaluate {root}` finishes it)"
+        )
         return Outcome(str(root), task.target.kind, SKIPPED, why)
     data = read_run_dir(root)
     ctx = groups.run_context(root, info)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from veeksha.runner.lost_records import recover_crashed
+from veeksha.runner.lost_records import recover
 from veeksha.shared.errors import UsageError
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import REQUEST_RECORD_FIELDS
@@ -158,7 +158,7 @@ def test_a_run_still_going_is_not_marked_crashed(tmp_path: Path) -> None:
     try:
         paths = wait_for_dispatches(tmp_path, at_least=1)
         with pytest.raises(UsageError, match="still being written by process"):
-            recover_crashed(paths)
+            recover(paths)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)
@@ -176,7 +176,7 @@ def test_a_torn_last_line_is_ended_before_lost_records_are_appended(tmp_path: Pa
     )
     paths.request_records.write_text('{"request_id": 0, "status": "success"}\n{"request_id": 1, "sta')
 
-    assert recover_crashed(paths) == 1
+    assert recover(paths).lost == 1
 
     lines = paths.request_records.read_bytes().splitlines()
     assert lines[1] == b'{"request_id": 1, "sta'  # kept as it was: evaluation reports it
@@ -207,3 +207,46 @@ def test_a_run_without_crash_keeps_its_status_through_evaluate(tmp_path: Path) -
     assert (info["status"], info["stop_reason"]) == ("completed", "benchmark_timeout"), proc.stderr
     run_cli(["evaluate", str(paths.root)], cwd=tmp_path)
     assert orjson.loads(paths.run_json.read_bytes())["status"] == "completed"
+
+
+def test_a_run_that_died_while_evaluating_is_finished_by_evaluate(tmp_path: Path) -> None:
+    """Final status, no finished_at: its metrics may be half written. The uploader leaves it alone;
+    evaluate writes them and then finished_at."""
+    proc = run_cli(QUICK, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    info = orjson.loads(paths.run_json.read_bytes())
+    paths.run_json.write_bytes(orjson.dumps({**info, "finished_at": None}))
+    paths.summary_stats.unlink()
+
+    home = make_home(tmp_path / "home")
+    skipped = upload([str(paths.root), "--mode", "offline"], home, tmp_path)
+    assert skipped.returncode == 0 and "still being evaluated" in skipped.stdout
+    assert not paths.wandb_run_json.exists()
+
+    proc = run_cli(["evaluate", str(paths.root)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    after = orjson.loads(paths.run_json.read_bytes())
+    assert after["status"] == "completed" and after["finished_at"] and paths.summary_stats.exists()
+    uploaded = upload([str(paths.root), "--mode", "offline"], home, tmp_path)
+    assert uploaded.returncode == 0 and paths.wandb_run_json.exists()
+
+
+def test_evaluate_records_the_requests_a_full_disk_left_without_a_record(tmp_path: Path) -> None:
+    # What a recorder stopped by a full disk leaves: a final status, dispatched requests unrecorded.
+    paths = RunPaths(tmp_path / "run")
+    paths.make_dirs()
+    paths.run_json.write_text('{"status": "failed", "finished_at": "2026-12-01T00:00:00.000Z"}')
+    paths.dispatch_trace.write_text(
+        '{"request_id": 0, "session_id": 0, "node_id": 0, "ready_at": 1.0, "dispatched_at": 1.0}\n'
+        '{"request_id": 1, "session_id": 1, "node_id": 0, "ready_at": 2.0, "dispatched_at": 2.0}\n'
+    )
+    paths.request_records.write_text('{"request_id": 0, "status": "success"}\n')
+
+    recovery = recover(paths)
+
+    assert (recovery.crashed, recovery.lost, recovery.finished_at) == (False, 1, None)
+    lost = orjson.loads(paths.request_records.read_bytes().splitlines()[1])
+    assert lost["request_id"] == 1 and lost["error_type"] == "driver_lost"
+    assert orjson.loads(paths.run_json.read_bytes())["status"] == "failed"  # its status stands
+    assert recover(paths).lost == 0  # once
