@@ -70,7 +70,7 @@ def check_online(tasks: list[Task], fallback: bool, say: Callable[[str], None]) 
         if problem is None:
             out.append(replace(task, default_entity=entities.get(key), fallback_offline=fallback))
         elif fallback:
-            out.append(replace(task, settings=s.with_mode("offline")))
+            out.append(replace(task, settings=s.with_mode("offline"), unreachable_server=s.base_url))
         else:
             out.append(replace(task, error=f"not uploaded: {problem}"))
     return out

@@ -59,6 +59,9 @@ class Task:
     note: str | None = None  # said after this target's outcome (e.g. why it went offline)
     fallback_offline: bool = False  # online failed after the probe passed: write an offline run instead
     online_attempted: bool = False  # an offline retry after a failed online upload of the same run
+    # Asked for online, written offline because this W&B server did not answer the probe: a run
+    # already on that server, unchanged, needs no offline copy.
+    unreachable_server: str | None = None
 
 
 @dataclass
@@ -306,7 +309,12 @@ def _skip_or_dry(task: Task, plan: Plan) -> Outcome | None:
     s = task.settings
     assert s is not None
     root = task.target.path
-    if not task.force and is_current(read_marker(root), root, plan.digest, s.mode, s.base_url):
+    marker = read_marker(root)
+    server = task.unreachable_server
+    if not task.force and server is not None and is_current(marker, root, plan.digest, "online", server):
+        why = "already uploaded to W&B, unchanged (W&B does not answer now; no offline copy needed)"
+        return Outcome(str(root), task.target.kind, SKIPPED, why, plan.run_id, plan.name, mode="online")
+    if not task.force and is_current(marker, root, plan.digest, s.mode, s.base_url):
         # Offline usually comes from the config (the demo's), not a choice made now: say how to publish.
         why = (
             "already uploaded offline, unchanged (--mode online uploads it to W&B; --force re-uploads)"

@@ -188,3 +188,22 @@ def test_a_copy_uploaded_from_elsewhere_is_left_alone_unless_forced(
     forced = online(copy, home, fake_wandb, "--force")
     assert lines_for(forced.stdout, "uploaded"), forced.stdout + forced.stderr
     assert fake_wandb.created == 1
+
+
+def test_fallback_offline_leaves_a_run_already_on_w_and_b_alone(run_dir: Path, home: Home) -> None:
+    """The nightly `--fallback-offline` backfill on a night W&B is down: directories it uploaded online
+    before, unchanged, are not rewritten as offline runs (their online marker stays)."""
+    with FakeWandb() as fake:
+        first = online(run_dir, home, fake)
+        assert first.returncode == 0, first.stdout + first.stderr
+        env = online_env(fake)
+    marker = read_marker_json(run_dir)
+    assert marker["mode"] == "online"
+
+    down = upload([str(run_dir), "--fallback-offline"], home, cwd=run_dir.parent, env=env)
+
+    assert down.returncode == 0, down.stdout + down.stderr
+    (line,) = lines_for(down.stdout, "skipped")
+    assert "already uploaded to W&B, unchanged" in line
+    assert read_marker_json(run_dir) == marker
+    assert not [f for f in local_run_folders(run_dir) if f.startswith("offline-run-")]
