@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 import httpx
 from veeksha.runner.driver.dispatcher import Placement
-from veeksha.runner.driver.http.client import endpoint_url
+from veeksha.runner.driver.http.client import build_headers, endpoint_url
+from veeksha.runner.driver.http.client import secret_values as client_secret_values
 from veeksha.runner.drivers import DriverLink, LocalDriver, available_cores, num_drivers
 from veeksha.runner.progress import Progress
 from veeksha.runner.recorder import Recorder, RecordingResult
@@ -32,7 +33,6 @@ from veeksha.shared.errors import ConfigError
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED
 from veeksha.shared.redact import scrub_text
-from veeksha.shared.secret import reveal
 
 DRIVER_EXIT_WAIT_S = 10.0
 # The live W&B run (`veeksha-upload --follow`): the runner waits for the follower its own deadline
@@ -137,16 +137,19 @@ def resolve_endpoint(cfg: BenchmarkConfig, server_api_base: str | None) -> Bench
 def _only_model(client: ClientConfig, api_base: str) -> str:
     """The one model the server lists at /models; ConfigError when it lists none or several."""
     url = endpoint_url(api_base, "/models")
-    key = reveal(client.api_key)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    # Authenticated as the requests will be: the key, and any header of the user's (X-API-Key ...).
+    headers = {name: value for name, value in build_headers(client) if name.lower() != "accept"}
     try:
         resp = httpx.get(url, headers=headers, timeout=client.connect_timeout)
         resp.raise_for_status()
-        models = [str(m["id"]) for m in resp.json().get("data", [])]
+        listing = resp.json()
+        if not isinstance(listing, dict):
+            raise TypeError(f"the answer is a JSON {type(listing).__name__}, not an object")
+        models = [str(m["id"]) for m in listing.get("data", [])]
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(
             f"config error at client.model: not set, and {url} did not list models "
-            f"({scrub_text(str(e), [key or ''])}); pass --client.model NAME"
+            f"({scrub_text(str(e), client_secret_values(client))}); pass --client.model NAME"
         ) from None
     if len(models) != 1:
         raise ConfigError(

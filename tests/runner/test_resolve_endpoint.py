@@ -19,7 +19,9 @@ KEY = "sk-probe-secret-8080"
 
 class ModelsServer(ThreadingHTTPServer):
     models: tuple[str, ...] = ("only-model",)
+    body: object = None  # when set, the JSON answered instead of the model list
     seen: list[tuple[str, str]]  # (path, Authorization header) of each request
+    seen_api_key_header: list[str | None]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -27,7 +29,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.seen.append((self.path, self.headers.get("Authorization", "")))
-        body = json.dumps({"data": [{"id": m} for m in self.server.models]}).encode()
+        self.server.seen_api_key_header.append(self.headers.get("X-API-Key"))
+        answer = (
+            self.server.body
+            if self.server.body is not None
+            else {"data": [{"id": m} for m in self.server.models]}
+        )
+        body = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -42,6 +50,7 @@ class Handler(BaseHTTPRequestHandler):
 def models_server() -> Iterator[ModelsServer]:
     server = ModelsServer(("127.0.0.1", 0), Handler)
     server.seen = []
+    server.seen_api_key_header = []
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -85,3 +94,20 @@ def test_several_models_need_client_model(models_server: ModelsServer) -> None:
 def test_no_api_base_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"client\.api_base: not set"):
         resolve_endpoint(BenchmarkConfig(), None)
+
+
+def test_the_model_probe_authenticates_as_the_requests_do(models_server: ModelsServer) -> None:
+    # A gateway that takes its key in a header of its own, not as a bearer token.
+    client = ClientConfig(api_base=base_of(models_server), headers={"X-API-Key": "gw-key-1"})
+    assert resolve_endpoint(BenchmarkConfig(client=client), None).client.model == "only-model"
+    assert models_server.seen_api_key_header == ["gw-key-1"]
+
+
+@pytest.mark.parametrize("answer", [["only-model"], None, "text"])
+def test_a_model_list_that_is_not_an_object_is_a_one_line_config_error(
+    models_server: ModelsServer, answer: object
+) -> None:
+    models_server.body = answer if answer is not None else 0  # JSON null would mean "not set"
+    with pytest.raises(ConfigError, match="did not list models") as raised:
+        resolve_endpoint(BenchmarkConfig(client=ClientConfig(api_base=base_of(models_server))), None)
+    assert "\n" not in str(raised.value)
