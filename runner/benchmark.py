@@ -32,7 +32,7 @@ from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED
-from veeksha.shared.redact import scrub_text
+from veeksha.shared.redact import redact_url, scrub_text
 
 DRIVER_EXIT_WAIT_S = 10.0
 # The live W&B run (`veeksha-upload --follow`): the runner waits for the follower its own deadline
@@ -148,7 +148,7 @@ def _only_model(client: ClientConfig, api_base: str) -> str:
         models = [str(m["id"]) for m in listing.get("data", [])]
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(
-            f"config error at client.model: not set, and {url} did not list models "
+            f"config error at client.model: not set, and {redact_url(url)} did not list models "
             f"({scrub_text(str(e), client_secret_values(client))}); pass --client.model NAME"
         ) from None
     if len(models) != 1:

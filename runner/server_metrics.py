@@ -20,6 +20,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from veeksha.runner.background import to_background
 from veeksha.shared.config import BenchmarkConfig
+from veeksha.shared.redact import scrub_list, scrub_text, secret_values
 
 PROBE_TIMEOUT_S = 2.0
 KEPT_TYPES = ("gauge", "counter", "unknown", "untyped")
@@ -58,8 +59,8 @@ def probe(url: str) -> str | None:
     try:
         with httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False) as client:
             series = fetch(client, url)
-    except (httpx.HTTPError, ValueError) as e:
-        return f"{type(e).__name__}: {e}".splitlines()[0]
+    except (httpx.HTTPError, ValueError) as e:  # httpx names the URL: a ?token= in it stays hidden
+        return scrub_text(f"{type(e).__name__}: {e}".splitlines()[0], scrub_list(secret_values(url)))
     return None if series else "no gauge or counter series"
 
 

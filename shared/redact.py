@@ -10,6 +10,7 @@ flag in a command line (`--api-key VALUE`), or when it sits in a mapping named i
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 REDACTED = "<redacted>"
 SECRET_NAMES = frozenset(
@@ -26,6 +27,9 @@ SECRET_NAMES = frozenset(
 )
 SECRET_SUFFIXES = ("_key", "_token", "_secret", "_password", "-key", "-token", "-secret")
 SECRET_MAPPINGS = frozenset({"env"})
+# URL query parameters that carry credentials under names the key rule does not catch
+# (`?key=`, signed URLs' `sig=`); `api_key`, `token`, `x-token` and the like are caught by it.
+SECRET_QUERY_PARAMS = frozenset({"key", "sig", "signature", "code", "auth", "access_token"})
 
 
 def is_secret_key(key: object) -> bool:
@@ -36,12 +40,52 @@ def is_secret_key(key: object) -> bool:
 
 
 def redact(obj: Any) -> Any:
-    """Return a copy of a JSON-like tree with every secret value replaced by REDACTED."""
+    """Return a copy of a JSON-like tree with every secret value replaced by REDACTED (a URL's
+    password and secret query parameters included)."""
     if isinstance(obj, dict):
         return {k: _redact_item(k, v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return _redact_list(list(obj))
+    if isinstance(obj, str):
+        return redact_url(obj)
     return obj
+
+
+def redact_url(text: str) -> str:
+    """An http(s) URL with its password and secret query parameter values hidden; other text as is."""
+    if not _url_secrets(text):
+        return text
+    parts = urlsplit(text)
+    netloc = parts.netloc
+    if parts.password:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:{REDACTED}@{hostport}"
+    pairs = []
+    for pair in parts.query.split("&"):
+        name, eq, value = pair.partition("=")
+        pairs.append(f"{name}={REDACTED}" if eq and value and _secret_param(unquote(name)) else pair)
+    return urlunsplit(parts._replace(netloc=netloc, query="&".join(pairs)))
+
+
+def _url_secrets(text: str) -> list[str]:
+    """The credentials in an http(s) URL (as written, and decoded): its password, secret parameters."""
+    if not text.startswith(("http://", "https://")):
+        return []
+    try:
+        parts = urlsplit(text)
+        password = parts.password
+    except ValueError:
+        return []
+    found = [password, unquote(password)] if password else []
+    for pair in parts.query.split("&"):
+        name, eq, value = pair.partition("=")
+        if eq and value and _secret_param(unquote(name)):
+            found += [value, unquote_plus(value)]
+    return list(dict.fromkeys(found))
+
+
+def _secret_param(name: str) -> bool:
+    return is_secret_key(name) or name.lower() in SECRET_QUERY_PARAMS
 
 
 def _redact_item(key: object, value: Any) -> Any:
@@ -78,6 +122,8 @@ def _redact_list(items: list[Any]) -> list[Any]:
 
 def secret_values(obj: Any) -> list[str]:
     """Every secret value in a JSON-like tree (to scrub from free text such as error messages)."""
+    if isinstance(obj, str):
+        return _url_secrets(obj)
     found: list[str] = []
     if isinstance(obj, dict):
         for k, v in obj.items():
@@ -90,7 +136,7 @@ def secret_values(obj: Any) -> list[str]:
     elif isinstance(obj, list | tuple):
         redacted = _redact_list(list(obj))
         found += [str(a) for a, b in zip(obj, redacted, strict=True) if b == REDACTED and a != b]
-        found += [v for item in obj if isinstance(item, dict | list) for v in secret_values(item)]
+        found += [v for item in obj if isinstance(item, dict | list | str) for v in secret_values(item)]
     return found
 
 
@@ -139,7 +185,7 @@ def _redact_flag_value(flag: str, value: str) -> str:
 def _redact_value(text: str, key: str | None) -> str:
     """A value that is a YAML/JSON mapping or list is redacted inside, as the value of `key`."""
     if not text.lstrip().startswith(("{", "[")):
-        return text
+        return redact_url(text)
     import orjson
     import yaml
 

@@ -14,7 +14,7 @@ import pytest
 from veeksha.runner import server_metrics
 from veeksha.runner.server_metrics import Scraper, parse, probe
 
-from tests.runner.helpers import only_run_dir, run_cli
+from tests.runner.helpers import all_text_under, only_run_dir, run_cli
 from tests.runner.simserver.test_server import FAST, root, sim_server
 from tests.uploader.conftest import make_home, upload
 from tests.uploader.wandb_records import offline_run_dirs, read_offline_run
@@ -169,3 +169,36 @@ def test_a_row_that_cannot_be_written_is_counted_too(tmp_path: Path) -> None:
         wait_until(lambda: scraper.failures >= 2)
         scraper.stop()
     assert scraper.failures >= 2 and scraper.rows == 0
+
+
+def test_a_token_in_the_metrics_url_reaches_no_message() -> None:
+    with sim_server(**FAST) as handle:
+        problem = probe(f"{root(handle)}/nope?token=probe-secret-21")  # a 404 names its URL
+    assert problem is not None and "404" in problem and "probe-secret-21" not in problem
+
+
+def test_tokens_in_urls_reach_no_file_and_no_console_line(tmp_path: Path) -> None:
+    token, key = "metrics-token-22", "gateway-key-23"
+    proc = run_cli(
+        [
+            "--server.type",
+            "simulated",
+            "--runtime.max_sessions",
+            "2",
+            "--server_metrics.url",
+            f"http://127.0.0.1:1/metrics?token={token}",
+            "--client.api_base",
+            f"http://unused.invalid/v1?key={key}",  # in run.json's argv (the server's URL is used)
+            "--output_dir",
+            "out",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = all_text_under(tmp_path / "out") + proc.stdout + proc.stderr
+    assert token not in text and key not in text
+    paths = only_run_dir(tmp_path / "out")
+    assert (
+        "?token=<redacted>" in paths.config_yml.read_text()
+        and "?key=<redacted>" in paths.run_json.read_text()
+    )

@@ -172,3 +172,38 @@ def test_a_sweep_over_a_server_env_value_labels_its_runs_without_it(tmp_path) ->
     runs = load_benchmark_runs(config, [])
     assert [r.params for r in runs] == [{"server.env.CRED": REDACTED}] * 2
     assert [r.config.server.env["CRED"] for r in runs] == ["cred-a-13", "cred-b-14"]  # type: ignore[union-attr]
+
+
+def test_secret_query_parameters_and_passwords_in_urls_are_hidden() -> None:
+    tree = {
+        "client": {"api_base": "https://gw.example/v1?api-version=2024&key=qk-15&x-token=qt-16"},
+        "server_metrics": {"url": "http://user:pw-17@h:9000/metrics?sig=qs-18"},
+        "note": "http://h/v1?key=not-a-url-field",  # any string that is a URL
+    }
+    clean = redact(tree)
+    assert clean["client"]["api_base"] == (
+        f"https://gw.example/v1?api-version=2024&key={REDACTED}&x-token={REDACTED}"
+    )
+    assert clean["server_metrics"]["url"] == f"http://user:{REDACTED}@h:9000/metrics?sig={REDACTED}"
+    assert clean["note"] == f"http://h/v1?key={REDACTED}"
+    assert sorted(secret_values(tree)) == ["not-a-url-field", "pw-17", "qk-15", "qs-18", "qt-16"]
+
+
+def test_a_url_without_secrets_is_left_as_it_is() -> None:
+    url = "http://127.0.0.1:8000/v1?api-version=2024-02-01&max_tokens=5"
+    assert redact({"u": url}) == {"u": url} and secret_values({"u": url}) == []
+
+
+def test_a_url_given_on_the_command_line_loses_its_secrets_in_argv() -> None:
+    argv = [
+        "veeksha-run",
+        "--client.api_base",
+        "http://h/v1?key=k-19",
+        "--server_metrics.url=http://h/m?token=t-20",
+    ]
+    assert redact_argv(argv) == [
+        "veeksha-run",
+        "--client.api_base",
+        f"http://h/v1?key={REDACTED}",
+        f"--server_metrics.url=http://h/m?token={REDACTED}",
+    ]

@@ -101,6 +101,7 @@ def secret_values(cfg: ClientConfig, extra: Iterable[str] = ()) -> list[str]:
         out += [f"Bearer {key}", key]
     # Servers echo the request body in validation errors: secrets there must not reach records.
     out += redact.secret_values(cfg.additional_sampling_params)
+    out += redact.secret_values(cfg.api_base or "")  # ?key=... or a password in the URL
     for name, value in cfg.headers.items():
         if value and (is_secret_key(name) or str(name).lower() in ("cookie", "x-api-key")):
             out.append(str(value))
