@@ -23,7 +23,7 @@ from veeksha.runner.drivers import DriverLink, LocalDriver, available_cores, num
 from veeksha.runner.progress import Progress
 from veeksha.runner.recorder import Recorder, RecordingResult
 from veeksha.runner.run_dir import RunDir, ensure_writable
-from veeksha.runner.server_launcher import check_server_command, planned_api_host, start_server
+from veeksha.runner.server_launcher import ServerHandle, check_server_command, planned_api_host, start_server
 from veeksha.runner.server_metrics import Scraper, metrics_url, probe
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.tokenizer import token_counter
@@ -31,7 +31,7 @@ from veeksha.shared.config import BenchmarkConfig, ClientConfig, CommandServerCo
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.paths import RunPaths
-from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED
+from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RUN_TIMEOUT
 from veeksha.shared.redact import redact_url, scrub_text
 
 DRIVER_EXIT_WAIT_S = 10.0
@@ -77,7 +77,7 @@ def run_benchmark(
         print(f"veeksha: run directory {run.root}", flush=True)
         if cfg.wandb.enabled and wandb_mode(cfg) == "online":
             follower = start_follower(run.root)
-        result = _record_and_evaluate(cfg, run, quiet=quiet)
+        result = _record_and_evaluate(cfg, run, server, quiet=quiet)
     finally:
         if server is not None:
             server.stop()
@@ -159,11 +159,18 @@ def _only_model(client: ClientConfig, api_base: str) -> str:
     return models[0]
 
 
-def _record_and_evaluate(cfg: BenchmarkConfig, run: RunDir, *, quiet: bool) -> RunResult:
+def _record_and_evaluate(
+    cfg: BenchmarkConfig, run: RunDir, server: ServerHandle | None, *, quiet: bool
+) -> RunResult:
     status, error = RUN_FAILED, None
     try:
         recording = _record(cfg, run)
         status, error = recording.status, recording.error
+        exited = server.exited_early() if server is not None else None
+        if exited is not None:  # what the run measured after that was a server that was not there
+            print(f"veeksha: {exited}", file=sys.stderr, flush=True)
+            status = RUN_FAILED if status in (RUN_COMPLETED, RUN_TIMEOUT) else status
+            error = f"{error}; {exited}" if error else exited
         run.info["stop_reason"] = recording.stop_reason if status == RUN_COMPLETED else None
         run.info["driver"] = {
             "cpu_seconds": recording.driver_cpu_seconds,

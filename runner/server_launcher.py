@@ -100,6 +100,15 @@ class ServerHandle:
         except OSError:
             return ""
 
+    def exited_early(self) -> str | None:
+        """Why the run cannot be trusted when the server exited before stop() (it crashed or quit
+        mid-run: every later request failed against nothing); None while it runs."""
+        code = None if self._stopped else self.process.poll()
+        if code is None:
+            return None
+        last = (self.output_tail(1).strip().splitlines() or ["(no output)"])[-1][:200]
+        return f"the server exited during the run (exit status {code}); its last output: {last}"
+
     def scrub_kept_log(self) -> None:
         """A log kept for the user (the server failed) holds no secret either."""
         if not self.secrets:

@@ -8,14 +8,17 @@ the run's driver over real loopback HTTP; here it answers every request with a c
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from veeksha.shared.records import CANCELLED, ERROR
 
 from tests.runner.driver.http.quirk_server import PORTAL_TITLE, QuirkServer
-from tests.runner.helpers import all_text_under, only_run_dir, read_jsonl, run_cli
+from tests.runner.helpers import VEEKSHA_RUN, all_text_under, only_run_dir, read_jsonl, run_cli
+from tests.runner.test_secrets import free_port
 
 API_KEY = "sk-e2e-SECRET-5150"
 SESSIONS = 3  # of 3 turns each (a linear graph): the first fails, the other two are cancelled
@@ -78,3 +81,28 @@ def test_evaluating_the_directory_again_exits_1_too(portal_run) -> None:
     proc = run_cli(["evaluate", str(paths.root)], cwd=tmp)
     assert proc.returncode == 1, proc.stderr
     says_every_request_failed(proc.stdout, tmp)
+
+
+def test_a_server_that_exits_mid_run_fails_the_run_and_says_so(tmp_path: Path) -> None:
+    """A run against a server that died is no measurement of it: failed, with the exit status."""
+    port = free_port()
+    (tmp_path / "c.veeksha.yml").write_text(
+        textwrap.dedent(
+            f"""
+            output_dir: out
+            server:
+              type: command
+              command: [timeout, '3', {VEEKSHA_RUN}, simulate-server, --port, '{port}']
+              ready_url: http://127.0.0.1:{port}/health
+            traffic_scheduler: {{type: rate, interval_generator: {{type: poisson, arrival_rate: 5}}}}
+            runtime: {{benchmark_timeout: 6}}
+            """
+        )
+    )
+
+    proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path)
+
+    assert proc.returncode == 1, proc.stderr
+    assert "veeksha: the server exited during the run (exit status 124)" in proc.stderr
+    info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
+    assert info["status"] == "failed" and "exit status 124" in info["error"]
