@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
 from veeksha.shared.deadlines import upload_deadline_s
-from veeksha.uploader.worker import FAILED, Outcome, Task, run_task
+from veeksha.uploader.worker import FAILED, UPLOADED, Outcome, Task, run_task
 
 
 def _serve(conn: Connection) -> None:
@@ -86,8 +86,17 @@ def _fallback(task: Task, outcome: Outcome) -> Task | None:
     s = task.settings
     if not (task.fallback_offline and s is not None and s.mode == "online" and outcome.status == FAILED):
         return None
-    note = f"W&B failed during the online upload ({outcome.detail}); wrote an offline run instead"
-    return replace(task, settings=s.with_mode("offline"), note=note, online_attempted=True)
+    return replace(task, settings=s.with_mode("offline"), note=outcome.detail, online_attempted=True)
+
+
+def _after_fallback(outcome: Outcome, online_failure: str) -> str:
+    """The detail of an offline retry's outcome, saying what the online upload did: only a retry
+    that wrote an offline run says it did."""
+    if outcome.status == UPLOADED:
+        return f"{outcome.detail} (the online upload failed: {online_failure}; wrote an offline run instead)"
+    if outcome.detail == online_failure:  # not W&B's fault: the directory itself (a corrupt file)
+        return f"{outcome.detail} (the online upload failed the same way)"
+    return f"{outcome.detail} (the online upload failed first: {online_failure})"
 
 
 def run_pool(
@@ -192,8 +201,8 @@ class _Pool:
         if retry is not None:
             self.queue.appendleft(retry)
             return
-        if task.note:
-            outcome.detail = f"{outcome.detail} ({task.note})"
+        if task.online_attempted and task.note is not None:
+            outcome.detail = _after_fallback(outcome, task.note)
         self.on_outcome(outcome)
 
     def _close(self) -> None:

@@ -56,7 +56,7 @@ class Task:
     secrets: tuple[str, ...] = field(default=(), repr=False)  # literal values to keep out of W&B
     error: str | None = None  # a problem found while planning (reported as this target's failure)
     default_entity: str | None = None  # online: the API key's entity, where runs go without one set
-    note: str | None = None  # said after this target's outcome (e.g. why it went offline)
+    note: str | None = None  # an offline retry's: why the online upload failed (pool._after_fallback)
     fallback_offline: bool = False  # online failed after the probe passed: write an offline run instead
     online_attempted: bool = False  # an offline retry after a failed online upload of the same run
     # Asked for online, written offline because this W&B server did not answer the probe: a run

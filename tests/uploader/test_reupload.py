@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from veeksha.shared.paths import UPLOAD_PENDING
+from veeksha.shared.paths import UPLOAD_PENDING, RunPaths
 from veeksha.uploader.reader import allowed_files
 
 from tests.uploader.builders import RunSpec, build_run
@@ -207,3 +207,19 @@ def test_fallback_offline_leaves_a_run_already_on_w_and_b_alone(run_dir: Path, h
     assert "already uploaded to W&B, unchanged" in line
     assert read_marker_json(run_dir) == marker
     assert not [f for f in local_run_folders(run_dir) if f.startswith("offline-run-")]
+
+
+def test_fallback_offline_says_only_what_happened_to_a_corrupt_directory(
+    run_dir: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    """The offline retry of a directory that fails by itself (not W&B) fails too: no claim of an
+    offline run written, and the run fails."""
+    RunPaths(run_dir).summary_stats.write_text("{not json")
+
+    result = online(run_dir, home, fake_wandb, "--fallback-offline")
+
+    assert result.returncode == 1
+    (line,) = lines_for(result.stdout, "failed")
+    assert "(the online upload failed the same way)" in line
+    assert "offline run instead" not in result.stdout
+    assert not (run_dir / "wandb_run.json").exists()
