@@ -57,22 +57,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_server_echoing_its_secrets_leaves_them_in_no_file_and_no_console_line(tmp_path: Path) -> None:
+def write_echo_config(tmp_path: Path, sessions: int, env: str = "") -> None:
+    """c.veeksha.yml: ECHO_SERVER as a command server holding CMD_SECRET on its command line, plus
+    `env` (a YAML line of the server section, e.g. `env: {...}`)."""
     (tmp_path / "echo_server.py").write_text(ECHO_SERVER)
     port = free_port()
-    (tmp_path / "c.veeksha.yml").write_text(
-        textwrap.dedent(
-            f"""
-            output_dir: out
-            server:
-              type: command
-              command: [{sys.executable}, echo_server.py, --port, '{port}', --api-key, {CMD_SECRET}]
-              ready_url: http://127.0.0.1:{port}/health
-              env: {{HF_TOKEN: {ENV_SECRET}}}
-            runtime: {{max_sessions: 3}}
-            """
-        )
+    server = textwrap.indent(
+        f"type: command\n"
+        f"command: [{sys.executable}, echo_server.py, --port, '{port}', --api-key, {CMD_SECRET}]\n"
+        f"ready_url: http://127.0.0.1:{port}/health\n" + (f"{env}\n" if env else ""),
+        "  ",
     )
+    text = f"output_dir: out\nserver:\n{server}runtime: {{max_sessions: {sessions}}}\n"
+    (tmp_path / "c.veeksha.yml").write_text(text)
+
+
+def test_a_server_echoing_its_secrets_leaves_them_in_no_file_and_no_console_line(tmp_path: Path) -> None:
+    write_echo_config(tmp_path, sessions=3, env=f"env: {{HF_TOKEN: {ENV_SECRET}}}")
 
     proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path)
 
@@ -85,21 +86,8 @@ def test_a_server_echoing_its_secrets_leaves_them_in_no_file_and_no_console_line
 
 def test_server_env_given_on_the_command_line_reaches_no_file(tmp_path: Path) -> None:
     """run.json keeps the command line: each server.env value set there is hidden, whatever its name."""
-    (tmp_path / "echo_server.py").write_text(ECHO_SERVER)
-    port = free_port()
     cred = "plain-named-cred-4321"
-    (tmp_path / "c.veeksha.yml").write_text(
-        textwrap.dedent(
-            f"""
-            output_dir: out
-            server:
-              type: command
-              command: [{sys.executable}, echo_server.py, --port, '{port}', --api-key, {CMD_SECRET}]
-              ready_url: http://127.0.0.1:{port}/health
-            runtime: {{max_sessions: 1}}
-            """
-        )
-    )
+    write_echo_config(tmp_path, sessions=1)
 
     proc = run_cli(
         [
