@@ -165,16 +165,25 @@ def test_a_run_still_going_is_not_marked_crashed(tmp_path: Path) -> None:
         proc.communicate(timeout=60)
 
 
-def test_a_torn_last_line_is_ended_before_lost_records_are_appended(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    paths = RunPaths(out / "run")
+def two_dispatched(root: Path, run_json: str, records: str) -> RunPaths:
+    """A run directory whose trace dispatched requests 0 and 1, with this run.json and request log."""
+    paths = RunPaths(root)
     paths.make_dirs()
-    paths.run_json.write_text('{"status": "running", "host": "elsewhere", "pid": 1}')
+    paths.run_json.write_text(run_json)
     paths.dispatch_trace.write_text(
         '{"request_id": 0, "session_id": 0, "node_id": 0, "ready_at": 1.0, "dispatched_at": 1.0}\n'
         '{"request_id": 1, "session_id": 1, "node_id": 0, "ready_at": 2.0, "dispatched_at": 2.0}\n'
     )
-    paths.request_records.write_text('{"request_id": 0, "status": "success"}\n{"request_id": 1, "sta')
+    paths.request_records.write_text(records)
+    return paths
+
+
+def test_a_torn_last_line_is_ended_before_lost_records_are_appended(tmp_path: Path) -> None:
+    paths = two_dispatched(
+        tmp_path / "run",
+        '{"status": "running", "host": "elsewhere", "pid": 1}',
+        '{"request_id": 0, "status": "success"}\n{"request_id": 1, "sta',
+    )
 
     assert recover(paths).lost == 1
 
@@ -234,14 +243,11 @@ def test_a_run_that_died_while_evaluating_is_finished_by_evaluate(tmp_path: Path
 
 def test_evaluate_records_the_requests_a_full_disk_left_without_a_record(tmp_path: Path) -> None:
     # What a recorder stopped by a full disk leaves: a final status, dispatched requests unrecorded.
-    paths = RunPaths(tmp_path / "run")
-    paths.make_dirs()
-    paths.run_json.write_text('{"status": "failed", "finished_at": "2026-12-01T00:00:00.000Z"}')
-    paths.dispatch_trace.write_text(
-        '{"request_id": 0, "session_id": 0, "node_id": 0, "ready_at": 1.0, "dispatched_at": 1.0}\n'
-        '{"request_id": 1, "session_id": 1, "node_id": 0, "ready_at": 2.0, "dispatched_at": 2.0}\n'
+    paths = two_dispatched(
+        tmp_path / "run",
+        '{"status": "failed", "finished_at": "2026-12-01T00:00:00.000Z"}',
+        '{"request_id": 0, "status": "success"}\n',
     )
-    paths.request_records.write_text('{"request_id": 0, "status": "success"}\n')
 
     recovery = recover(paths)
 
