@@ -259,7 +259,8 @@ def _server_metrics(cfg: BenchmarkConfig, paths: RunPaths, recorder: Recorder) -
     if wanted is False:
         return None
     url = metrics_url(cfg)
-    shown = urlsplit(url)._replace(query="", fragment="").geturl()  # a query may hold a token
+    # A query may hold a token, and the URL a password.
+    shown = redact_url(urlsplit(url)._replace(query="", fragment="").geturl())
     if wanted == "auto":
         problem = probe(url)
         if problem is not None:

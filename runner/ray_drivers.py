@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import shlex
+import signal
 import socket
 import sys
 import tempfile
@@ -68,6 +69,9 @@ def connect(address: str) -> None:
     ConfigError when it cannot be reached. Called before any server starts or directory is made."""
     if ray.is_initialized():
         return
+    # ray.init installs a SIGTERM handler of its own (sys.exit): the command's (cli._guard) stays,
+    # so a SIGTERM still ends the run, a sweep or a search with its final status.
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         with _held_back_stderr(), _redacted_entrypoint():
             ray.init(
@@ -79,6 +83,8 @@ def connect(address: str) -> None:
             )
     except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError... by version
         raise _unreachable(address, str(e) or type(e).__name__) from None
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 @contextlib.contextmanager

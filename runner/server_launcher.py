@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 from veeksha.shared.config import BenchmarkConfig, CommandServerConfig, SimulatedServerConfig
 from veeksha.shared.errors import ConfigError, VeekshaError
-from veeksha.shared.redact import redact, scrub_list, scrub_text, secret_values
+from veeksha.shared.redact import redact, redact_url, scrub_list, scrub_text, secret_values
 from veeksha.shared.schema import to_dict
 
 LISTENING_PREFIX = "VEEKSHA_SIMULATED_SERVER_LISTENING"  # printed by simserver/server.py
@@ -239,7 +239,7 @@ def _start_command(cfg: CommandServerConfig, log_path: Path | None) -> ServerHan
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(cfg.ready_url).is_success:
                         return
-                _fail_if_dead_or_late(handle, deadline, what, f"to answer 2xx at {cfg.ready_url}")
+                _fail_if_dead_or_late(handle, deadline, what, f"to answer 2xx at {redact_url(cfg.ready_url)}")
                 time.sleep(pause)
                 pause = min(0.5, pause * 1.5)
 

@@ -346,7 +346,7 @@ def load_benchmark_runs(
     raw = load_raw(path, overrides)
     # The parameters label runs (console, run.json, sweep files): never with a secret value in them.
     return [
-        LoadedRun(redact_params(params), build_benchmark_config(tree, fallbacks))
+        LoadedRun(redact_params(params, tree), build_benchmark_config(tree, fallbacks))
         for params, tree in expand(raw)
     ]
 

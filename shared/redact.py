@@ -69,7 +69,7 @@ def redact_url(text: str) -> str:
 
 def _url_secrets(text: str) -> list[str]:
     """The credentials in an http(s) URL (as written, and decoded): its password, secret parameters."""
-    if not text.startswith(("http://", "https://")):
+    if not text[:8].lower().startswith(("http://", "https://")):
         return []
     try:
         parts = urlsplit(text)
@@ -159,13 +159,23 @@ def redact_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def redact_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Sweep parameters ({"server.env.TOKEN": value}, keyed by dotted config path) as the flags that
-    would set them are redacted."""
+def redact_params(params: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
+    """Sweep parameters ({"server.env.TOKEN": value}, keyed by dotted config path into the run's
+    raw `tree`) as the tree's redaction leaves them: a list item after `--api-key` in server.command
+    too, which its path alone does not tell."""
+    cleaned = redact(tree)
     out: dict[str, Any] = {}
     for key, value in params.items():
-        last = key.rsplit(".", 1)[-1]
-        out[key] = REDACTED if _sets_secret(key) else _redact_item(last, value)
+        node: Any = cleaned
+        for part in key.split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:  # not in the tree (cannot happen for a sweep's own parameters): judge by the path
+                node = REDACTED if _sets_secret(key) else _redact_item(key.rsplit(".", 1)[-1], value)
+                break
+        out[key] = node
     return out
 
 
@@ -183,16 +193,18 @@ def _redact_flag_value(flag: str, value: str) -> str:
 
 
 def _redact_value(text: str, key: str | None) -> str:
-    """A value that is a YAML/JSON mapping or list is redacted inside, as the value of `key`."""
-    if not text.lstrip().startswith(("{", "[")):
-        return redact_url(text)
+    """A value read as the command line reads it (YAML: `{...}`, `[...]` and `A: b` are mappings
+    and lists), redacted as the value of `key`; a URL loses its credentials."""
     import orjson
     import yaml
 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
-        return REDACTED  # unparseable structured value: keep nothing rather than a secret
+        # The command line keeps such a value as a string: only a {...} or [...] one may hide a secret.
+        return REDACTED if text.lstrip().startswith(("{", "[")) else redact_url(text)
+    if not isinstance(data, dict | list):
+        return redact_url(text)
     cleaned = redact(data) if key is None else _redact_item(key, data)
     return text if cleaned == data else orjson.dumps(cleaned).decode()
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from veeksha.shared.redact import REDACTED, is_secret_key, redact, scrub_text, secret_values
 
+# The shortest value of the shared rule (server.env, a command's --api-key) scrubbed from files.
+MIN_SCRUBBED_CHARS = 8
 # An Authorization-style value: scheme + credentials.
 _AUTH_VALUE = re.compile(r"^\s*(bearer|basic|token|digest|apikey|api-key)\s+\S+", re.IGNORECASE)
 
@@ -25,7 +27,7 @@ class Redactor:
     known: set[str] = field(default_factory=set)
 
     def add_secret(self, value: str | None) -> None:
-        if value and len(value) >= 4:
+        if value and len(value) >= 4 and value != REDACTED:
             self.known.add(value)
 
     def tree(self, obj: Any) -> Any:
@@ -33,7 +35,10 @@ class Redactor:
         rule goes first (every server.env value, the value after a command's --api-key), then
         this module's own."""
         for value in secret_values(obj):
-            self._remember(value)  # "Bearer x": x too
+            # Kept to scrub from every uploaded file, byte for byte: a short word (a server.env
+            # value such as "false" or "INFO") would blank ordinary text and break JSON.
+            if len(value) >= MIN_SCRUBBED_CHARS:
+                self._remember(value)  # "Bearer x": x too
         return self._tree(redact(obj))
 
     def _tree(self, obj: Any) -> Any:

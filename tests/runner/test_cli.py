@@ -366,7 +366,7 @@ def test_a_sweep_interrupted_while_a_server_starts_exits_130(tmp_path: Path, sig
     assert [r["status"] for r in manifest["runs"]] == ["interrupted"]
 
 
-def test_a_capacity_search_whose_server_cannot_start_ends_failed_in_one_line(tmp_path: Path) -> None:
+def test_a_capacity_search_whose_server_cannot_start_ends_failed(tmp_path: Path) -> None:
     write(
         tmp_path,
         f"""

@@ -178,7 +178,7 @@ def test_a_token_in_the_metrics_url_reaches_no_message() -> None:
 
 
 def test_tokens_in_urls_reach_no_file_and_no_console_line(tmp_path: Path) -> None:
-    token, key = "metrics-token-22", "gateway-key-23"
+    token, key, password = "metrics-token-22", "gateway-key-23", "metrics-password-25"
     proc = run_cli(
         [
             "--server.type",
@@ -186,7 +186,7 @@ def test_tokens_in_urls_reach_no_file_and_no_console_line(tmp_path: Path) -> Non
             "--runtime.max_sessions",
             "2",
             "--server_metrics.url",
-            f"http://127.0.0.1:1/metrics?token={token}",
+            f"http://scraper:{password}@127.0.0.1:1/metrics?token={token}",
             "--client.api_base",
             f"http://unused.invalid/v1?key={key}",  # in run.json's argv (the server's URL is used)
             "--output_dir",
@@ -196,7 +196,8 @@ def test_tokens_in_urls_reach_no_file_and_no_console_line(tmp_path: Path) -> Non
     )
     assert proc.returncode == 0, proc.stderr
     text = all_text_under(tmp_path / "out") + proc.stdout + proc.stderr
-    assert token not in text and key not in text
+    assert token not in text and key not in text and password not in text
+    assert "not scraped (http://scraper:<redacted>@127.0.0.1:1/metrics" in proc.stdout
     paths = only_run_dir(tmp_path / "out")
     assert (
         "?token=<redacted>" in paths.config_yml.read_text()

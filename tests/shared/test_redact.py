@@ -1,5 +1,6 @@
 """The one secret rule: by key name, anywhere in the tree; `max_tokens` is not a secret."""
 
+import pytest
 from veeksha.shared.redact import REDACTED, is_secret_key, redact, redact_argv, redact_params, secret_values
 
 
@@ -144,7 +145,7 @@ def test_redact_argv_reads_a_flag_after_a_switch_as_a_flag() -> None:
     ]
 
 
-def test_sweep_parameters_are_redacted_as_the_flags_that_would_set_them() -> None:
+def test_sweep_parameters_are_redacted_as_their_run_config_is() -> None:
     params = {
         "server.env.PLAIN": "plain-9",
         "client.api_key": "sk-10",
@@ -152,7 +153,12 @@ def test_sweep_parameters_are_redacted_as_the_flags_that_would_set_them() -> Non
         "client.headers": {"Authorization": "Bearer h-12", "X-Trace": "t"},
         "traffic_scheduler.interval_generator.arrival_rate": 5,
     }
-    assert redact_params(params) == {
+    tree = {
+        "server": {"env": {"X": "x-11"}},  # server.env.PLAIN is not in it: judged by its path
+        "client": {"api_key": "sk-10", "headers": {"Authorization": "Bearer h-12", "X-Trace": "t"}},
+        "traffic_scheduler": {"interval_generator": {"arrival_rate": 5}},
+    }
+    assert redact_params(params, tree) == {
         "server.env.PLAIN": REDACTED,
         "client.api_key": REDACTED,
         "server.env": {"X": REDACTED},
@@ -207,3 +213,28 @@ def test_a_url_given_on_the_command_line_loses_its_secrets_in_argv() -> None:
         f"http://h/v1?key={REDACTED}",
         f"--server_metrics.url=http://h/m?token={REDACTED}",
     ]
+
+
+def test_a_sweep_over_a_server_command_key_labels_its_runs_without_it(tmp_path) -> None:
+    from veeksha.shared.config_loader import load_benchmark_runs
+
+    config = tmp_path / "c.veeksha.yml"
+    config.write_text(
+        "server: {type: command, command: [s, --api-key, !expand [key-aaaa1, key-bbbb2]],"
+        " ready_url: 'http://127.0.0.1:1/health'}\n"
+    )
+    runs = load_benchmark_runs(config, [])
+    assert [r.params for r in runs] == [{"server.command.2": REDACTED}] * 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--server.env", "HF_TOKEN: abc-24"],  # block-style YAML: the command line reads a mapping
+        ["--server", "env: {X: abc-24}"],
+        ["--client.headers", "Authorization: Bearer abc-24"],
+        ["--client.api_base", "HTTP://u:abc-24@h/v1"],  # any case of scheme
+    ],
+)
+def test_redact_argv_reads_a_value_as_the_command_line_does(argv: list[str]) -> None:
+    assert "abc-24" not in " ".join(redact_argv(["veeksha-run", *argv]))

@@ -88,3 +88,16 @@ def test_redactor_hides_header_values_and_remembers_secrets() -> None:
     assert clean["extra"] == {"hf_token": REDACTED, "max_tokens": 12}
     assert clean["note"] == f"the token {REDACTED} leaked here"
     assert r.contains_secret(b"..abc12345..") and r.scrub_bytes(b"x abc12345 y") == f"x {REDACTED} y".encode()
+
+
+def test_redactor_hides_plain_server_env_values_but_scrubs_only_secret_looking_ones_from_files() -> None:
+    r = Redactor()
+    clean = r.tree(
+        {"server": {"env": {"TOKENIZERS_PARALLELISM": "false", "NCCL_DEBUG": "INFO", "CRED": "c" * 12}}}
+    )
+    assert clean["server"]["env"] == {k: REDACTED for k in ("TOKENIZERS_PARALLELISM", "NCCL_DEBUG", "CRED")}
+    # Files are scrubbed byte for byte: short words must survive, or JSON breaks.
+    assert r.scrub_bytes(b'{"passed": false, "level": "INFO"}') == b'{"passed": false, "level": "INFO"}'
+    assert r.scrub_bytes(b"x " + b"c" * 12) == f"x {REDACTED}".encode()
+    r.tree({"server": {"env": {"X": REDACTED}}})  # an already redacted config.yml
+    assert REDACTED not in r.known

@@ -6,8 +6,8 @@ Writes, with each run's WORKDIR/NAME.log and NAME.rc:
 - WORKDIR/ray: two drivers as Ray actors, one per node, with an API key on the command line;
 - WORKDIR/ray-killed: the same, with one actor's process killed mid-run;
 - WORKDIR/too-many: a run asking for more drivers than the cluster has CPUs (refused);
-- WORKDIR/leaks.json: the cluster's job entrypoints, and the files of its session directory that
-  hold the API key.
+- WORKDIR/leaks.json: the cluster's job entrypoints, the files of its session directory that
+  hold the API key, and whether joining it kept this process's SIGTERM handler.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
@@ -56,14 +57,21 @@ def kill_one_actor(output_dir: Path, after_dispatches: int) -> None:
     os.kill(int(pids[0]), signal.SIGKILL)
 
 
-def leaks(address: str, ray_temp: Path) -> dict[str, list[str]]:
+def leaks(address: str, ray_temp: Path) -> dict[str, Any]:
     """What the cluster kept: every job's entrypoint (Ray's job table, read through its private
-    state API: the dashboard that serves `ray list jobs` is off), and which of its files hold API_KEY."""
+    state API: the dashboard that serves `ray list jobs` is off), and which of its files hold API_KEY;
+    and whether joining it as veeksha-run does left this process's SIGTERM handler in place."""
     import ray
+    from veeksha.runner.ray_drivers import connect
 
-    ray.init(address=address, logging_level="ERROR")
+    def ours(signum: int, frame: object) -> None:  # stands for veeksha-run's own SIGTERM handler
+        pass
+
+    signal.signal(signal.SIGTERM, ours)
+    connect(address)  # joined as veeksha-run joins: ray.init would install a SIGTERM handler of its own
     try:
         entrypoints = [str(job["Entrypoint"]) for job in ray._private.state.jobs()]
+        kept_sigterm = signal.getsignal(signal.SIGTERM) is ours
     finally:
         ray.shutdown()
     holding = []
@@ -74,7 +82,7 @@ def leaks(address: str, ray_temp: Path) -> dict[str, list[str]]:
                     holding.append(str(path.relative_to(ray_temp)))
             except OSError:
                 pass
-    return {"entrypoints": entrypoints, "files_holding_the_key": holding}
+    return {"entrypoints": entrypoints, "files_holding_the_key": holding, "kept_sigterm": kept_sigterm}
 
 
 def main() -> None:

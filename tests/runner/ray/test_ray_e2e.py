@@ -165,6 +165,12 @@ def test_the_api_key_stays_out_of_the_clusters_job_table_and_files(runs: dict[st
     (entrypoint,) = [e for e in leaks["entrypoints"] if "--client.api_key" in e]
     assert API_KEY not in entrypoint and "<redacted>" in entrypoint
     assert leaks["files_holding_the_key"] == []
+
+
+def test_joining_the_cluster_keeps_the_runs_sigterm_handler(runs: dict[str, Any]) -> None:
+    # ray.init installs its own (sys.exit): a SIGTERM while a server loads would then leave a sweep's
+    # manifest saying running.
+    assert runs["leaks"]["kept_sigterm"] is True
     assert API_KEY not in all_text_under(runs["ray"][0].root)
 
 
