@@ -38,6 +38,10 @@ DRIVER_EXIT_WAIT_S = 10.0
 # The live W&B run (`veeksha-upload --follow`): the runner waits for the follower its own deadline
 # (shared.deadlines) and this much longer.
 FOLLOW_MARGIN_S = 60.0
+# The run's own upload (or follower) waits this long for an uploader holding the directory (a cron
+# backfill that found it still running), where a backfill would skip it: skipped by both, the run
+# would be uploaded by nobody.
+UPLOAD_LOCK_WAIT_S = 120.0
 
 
 @dataclass
@@ -288,6 +292,8 @@ def start_follower(run_dir: Path) -> subprocess.Popen[bytes] | None:
         str(run_dir),
         "--deadline",
         f"{DEFAULT_DEADLINE_S:.0f}",
+        "--wait-lock",
+        f"{UPLOAD_LOCK_WAIT_S:.0f}",
     ]
     print(f"veeksha: live W&B run: veeksha-upload {' '.join(cmd[3:])}", flush=True)
     try:
@@ -299,7 +305,7 @@ def start_follower(run_dir: Path) -> subprocess.Popen[bytes] | None:
 
 def wait_for_follower(follower: subprocess.Popen[bytes], run_dir: Path) -> bool:
     """Wait for the follower to finish the W&B run (bounded: its own deadline plus a margin)."""
-    limit = upload_deadline_s(run_dir) + FOLLOW_MARGIN_S
+    limit = upload_deadline_s(run_dir) + UPLOAD_LOCK_WAIT_S + FOLLOW_MARGIN_S
     try:
         ok = follower.wait(limit) == 0
     except subprocess.TimeoutExpired:
@@ -321,7 +327,7 @@ def _upload_failed(run_dir: Path) -> None:
 
 def upload(run_dir: Path) -> bool:
     """Hand the finished directory to the uploader, in its own process (the runner never imports wandb)."""
-    cmd = [sys.executable, "-m", "veeksha.uploader", str(run_dir)]
+    cmd = [sys.executable, "-m", "veeksha.uploader", str(run_dir), "--wait-lock", f"{UPLOAD_LOCK_WAIT_S:.0f}"]
     print(f"veeksha: uploading to W&B: {' '.join(cmd[2:])}", flush=True)
     try:
         ok = subprocess.run(cmd, check=False).returncode == 0

@@ -2,7 +2,8 @@
 
     veeksha-upload PATH... [--recursive] [--project P] [--entity E] [--group G] [--tag T ...]
         [--notes N] [--run-name R] [--mode online|offline] [--no-artifacts] [--force] [--dry-run]
-        [--jobs N] [--json] [--fallback-offline] [--deadline S] [--api-key KEY] [--base-url URL]
+        [--jobs N] [--json] [--fallback-offline] [--deadline S] [--wait-lock S] [--api-key KEY]
+        [--base-url URL]
     veeksha-upload --sync PATH...     publish offline uploads under PATH (moved or copied) online
     veeksha-upload --follow DIR       a live W&B run beside a running benchmark (follow.py)
 
@@ -74,6 +75,13 @@ def say(line: str) -> None:
     help="seconds per directory, plus 1 s per MiB of its files; past it that directory fails "
     "(resumable) and the others go on",
 )
+@click.option(
+    "--wait-lock",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="seconds to wait for another veeksha-upload holding a directory, then fail it "
+    "(default: skip that directory at once, as overlapping backfills should)",
+)
 @click.option("--sync", "publish", is_flag=True, help="publish the offline uploads under PATH to W&B online")
 @click.option("--follow", is_flag=True, help="follow the benchmark writing DIR: a live W&B run while it goes")
 @click.option("--api-key", help="W&B API key (prefer WANDB_API_KEY: flags show up in `ps`)")
@@ -95,6 +103,7 @@ def command(
     as_json: bool,
     fallback_offline: bool,
     deadline: float,
+    wait_lock: float,
     publish: bool,
     follow: bool,
     api_key: str | None,
@@ -118,7 +127,14 @@ def command(
 
         if len(paths) != 1 or publish or recursive:
             raise click.UsageError("--follow takes exactly one run directory")
-        return follow_dir(paths[0], env, flags, fallback_offline=fallback_offline, deadline_s=deadline)
+        return follow_dir(
+            paths[0],
+            env,
+            flags,
+            fallback_offline=fallback_offline,
+            deadline_s=deadline,
+            lock_wait_s=wait_lock,
+        )
     if publish and mode == "offline":
         raise click.UsageError("--sync publishes online; it cannot be combined with --mode offline")
     targets = discover(list(paths), recursive or publish)
@@ -128,7 +144,7 @@ def command(
     plan = {"force": force, "dry_run": dry_run, "publish": publish}
     tasks = [plan_task(t, env, flags, **plan) for t in targets]
     secrets = secrets_of(env, flags, tasks=tasks)
-    tasks = [replace(t, secrets=secrets) for t in tasks]
+    tasks = [replace(t, secrets=secrets, lock_wait_s=wait_lock) for t in tasks]
     if not dry_run:
         tasks = check_online(tasks, fallback_offline, say)
         blocked = [t for t in tasks if t.error and t.error.startswith("not uploaded:")]

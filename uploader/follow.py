@@ -46,6 +46,7 @@ from veeksha.uploader.worker import (
     begin,
     choose_start,
     complete,
+    lock_busy,
     make_plan,
     process_run,
     run_name_of,
@@ -310,7 +311,9 @@ def _say(line: str) -> None:
     click.echo(f"{PROG}: {line}", err=True)
 
 
-def follow_dir(path_text: str, env: Layer, flags: Layer, *, fallback_offline: bool, deadline_s: float) -> int:
+def follow_dir(
+    path_text: str, env: Layer, flags: Layer, *, fallback_offline: bool, deadline_s: float, lock_wait_s: float
+) -> int:
     """The --follow command: 0 when the run was uploaded (or skipped as done), 1 otherwise."""
     from veeksha.uploader.report import Reporter
 
@@ -322,7 +325,7 @@ def follow_dir(path_text: str, env: Layer, flags: Layer, *, fallback_offline: bo
     _wait_for_run_json(root)
     reporter = Reporter(False)
     task = plan_task(Target(groups.RUN, root), env, flags, force=False, dry_run=False)
-    task = replace(task, secrets=secrets_of(env, flags, tasks=[task]))
+    task = replace(task, secrets=secrets_of(env, flags, tasks=[task]), lock_wait_s=lock_wait_s)
     [task] = check_online([task], fallback_offline, _say)
     if task.error or task.settings is None:
         reporter.add(Outcome(str(root), groups.RUN, "failed", task.error or "no settings"))
@@ -331,10 +334,10 @@ def follow_dir(path_text: str, env: Layer, flags: Layer, *, fallback_offline: bo
     for secret in task.secrets:
         redactor.add_secret(secret)
     try:
-        with DirLock(root):
+        with DirLock(root, lock_wait_s):
             outcome = follow(task, redactor, deadline_s)
     except LockBusy:
-        outcome = Outcome(str(root), groups.RUN, "skipped", "another veeksha-upload holds its lock")
+        outcome = lock_busy(task)
     except BenchmarkDied as e:
         detail = (
             f"the benchmark stopped without finishing ({e}); the W&B run is left resumable: "

@@ -148,7 +148,8 @@ class _Pool:
 
     def _give_next(self, worker: _Worker) -> None:
         task = self.queue.popleft()
-        worker.give(task, upload_deadline_s(task.target.path, self.base_deadline_s))
+        # Waiting for another uploader's lock is not upload time: it does not eat the deadline.
+        worker.give(task, upload_deadline_s(task.target.path, self.base_deadline_s) + task.lock_wait_s)
 
     def _wait(self) -> tuple[list[_Worker], Sequence[object]]:
         """The busy workers, and those of their pipes that are ready, by the soonest deadline at most."""

@@ -62,6 +62,7 @@ class Task:
     # Asked for online, written offline because this W&B server did not answer the probe: a run
     # already on that server, unchanged, needs no offline copy.
     unreachable_server: str | None = None
+    lock_wait_s: float = 0.0  # how long to wait for another uploader's lock on the directory (0: skip it)
 
 
 @dataclass
@@ -433,6 +434,18 @@ def _process_container(task: Task, redactor: Redactor) -> Outcome:
     return job if isinstance(job, Outcome) else upload_job(job)
 
 
+def lock_busy(task: Task) -> Outcome:
+    """Another veeksha-upload held the directory: a backfill skips it, an uploader told to wait fails."""
+    path = str(task.target.path)
+    if task.lock_wait_s <= 0:
+        return Outcome(path, task.target.kind, SKIPPED, "another veeksha-upload holds its lock")
+    detail = (
+        f"another veeksha-upload held its lock for {task.lock_wait_s:g} s; "
+        f"once it has finished, `veeksha-upload {path}` uploads it (or says it is already uploaded)"
+    )
+    return Outcome(path, task.target.kind, FAILED, detail)
+
+
 def run_task(task: Task) -> Outcome:
     """Never raises: every problem becomes this target's outcome (the others still upload)."""
     redactor = Redactor()
@@ -448,10 +461,10 @@ def run_task(task: Task) -> Outcome:
         check_directory(task.target.path)  # before the lock: it is a file inside the directory
         if task.dry_run:
             return process(task, redactor)
-        with DirLock(task.target.path):
+        with DirLock(task.target.path, task.lock_wait_s):
             return process(task, redactor)
     except LockBusy:
-        return Outcome(path, task.target.kind, SKIPPED, "another veeksha-upload holds its lock")
+        return lock_busy(task)
     except VeekshaError as e:
         return Outcome(path, task.target.kind, FAILED, redactor.text(str(e)))
     except Exception as e:  # an SDK or I/O failure: report it, keep going with the other directories
