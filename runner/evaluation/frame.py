@@ -27,6 +27,7 @@ from veeksha.shared.records import (
     FIELD,
     ID,
     REQUEST_RECORD_FIELDS,
+    SCHEDULER_DISPATCHED_AT,
     SUCCESS,
     TBC,
     TIMEOUT,
@@ -214,6 +215,8 @@ def _derive(df: pl.DataFrame) -> pl.DataFrame:
         ok=status == SUCCESS,
         failed=status.is_in(FAILED_STATUSES),
         cancelled=status == CANCELLED,
+        # Sent: a cancelled request may never have been (its session's earlier request failed).
+        dispatched=pl.col(SCHEDULER_DISPATCHED_AT).is_not_null(),
         # When a request stopped occupying the client: completion, else (cancelled) processing.
         end_at=pl.coalesce(CLIENT_COMPLETED_AT, "result_processed_at"),
     )

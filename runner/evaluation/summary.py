@@ -28,15 +28,19 @@ def build_summary(data: RunData) -> dict[str, Any]:
     n = m.height
     failed = int(m["failed"].sum())
     cancelled = int(m["cancelled"].sum())
+    # Rates are over the requests sent (metrics.md): the requests a failure kept from being sent
+    # would otherwise dilute the error rate of a server that failed everything it was sent.
+    dispatched = int(m["dispatched"].sum())
     s = data.sessions
     summary: dict[str, Any] = {
         "num_requests": n,
+        "num_dispatched_requests": dispatched,
         "num_completed_requests": int(m["ok"].sum()),
         "num_errored_requests": failed,
         "num_cancelled_requests": cancelled,
         "num_warmup_requests": data.warmup.height,
-        "error_rate": ratio(failed, n),
-        "cancellation_rate": ratio(cancelled, n),
+        "error_rate": ratio(failed, dispatched),
+        "cancellation_rate": ratio(int((m["cancelled"] & m["dispatched"]).sum()), dispatched),
         "num_sessions": s.height,
         "num_completed_sessions": int(s["completed"].sum()),
         "num_errored_sessions": int(s["errored"].sum()),

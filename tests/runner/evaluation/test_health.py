@@ -165,6 +165,28 @@ def test_error_rate():
     assert health.error_rate(_data([])).result == "SKIPPED"
 
 
+def test_the_error_rate_counts_only_requests_that_were_sent():
+    """A failed first turn leaves its session's other turns unsent (recorded as cancelled): a server
+    that failed everything it was sent has an error rate of 1, however many turns went unsent."""
+    sessions = []
+    for sid in range(10):
+        first = request(10 * sid, sent=1.0, chunks=[], session=sid, status="error", done=1.1)
+        unsent = [
+            dict(
+                request(10 * sid + k, sent=1.0, chunks=[], session=sid, node=k, status="cancelled"),
+                scheduler_dispatched_at=None,
+                client_picked_up_at=None,
+                client_completed_at=None,
+            )
+            for k in (1, 2, 3)
+        ]
+        sessions += [first, *unsent]
+    check = health.error_rate(_data(sessions))
+    assert check.result == "FAILED"
+    assert check.metrics["error_rate"] == 1.0 and check.metrics["num_dispatched_requests"] == 10
+    assert health.error_rate(_data(sessions[1:4])).result == "SKIPPED"  # nothing was sent
+
+
 def test_any_timed_out_request_fails_the_run_by_default():
     ok = _sessions_every(0.1)
     assert health.request_timeouts(_data(ok)).result == "PASSED"

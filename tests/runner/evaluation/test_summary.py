@@ -68,7 +68,9 @@ def test_counts_sessions_and_rates():
     assert set(REQUIRED) <= set(s)
     assert (s["num_requests"], s["num_completed_requests"]) == (7, 4)  # warmup left out
     assert (s["num_errored_requests"], s["num_cancelled_requests"], s["num_warmup_requests"]) == (1, 2, 1)
-    assert s["error_rate"] == pytest.approx(1 / 7) and s["cancellation_rate"] == pytest.approx(2 / 7)
+    # Rates are over the 6 requests sent: request 3 was not (its session's first request failed).
+    assert s["num_dispatched_requests"] == 6
+    assert s["error_rate"] == pytest.approx(1 / 6) and s["cancellation_rate"] == pytest.approx(1 / 6)
     assert (s["num_sessions"], s["num_completed_sessions"]) == (4, 1)
     assert (s["num_errored_sessions"], s["num_incomplete_sessions"]) == (1, 2)
     assert s["error_code_freq"] == {"500": 1}
