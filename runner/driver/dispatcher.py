@@ -586,6 +586,7 @@ class Driver:
             client.abandon(prepared)
             outcome = Outcome(status=CANCELLED, error_type="cancelled")
             outcome.error_message = "cancelled at shutdown"
+            outcome.picked_up_at = prepared.out.picked_up_at  # it was sent: a failed request keeps its times
         finally:
             if node.dispatched_at is not None:
                 self.in_flight -= 1

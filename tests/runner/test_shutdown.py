@@ -54,7 +54,11 @@ def test_the_grace_period_bounds_the_drain(tmp_path: Path) -> None:
     (line,) = drain_lines(proc.stdout)
     assert line.endswith(" requests (up to 1s; Ctrl-C again to cancel)")
     records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
-    assert any(r["status"] == "cancelled" for r in records)  # cut at the end of the grace period
+    cancelled = [r for r in records if r["status"] == "cancelled"]
+    assert cancelled  # cut at the end of the grace period
+    # They had been sent: they keep their send times (metrics.md: a failed request keeps its timestamps).
+    assert all(r["client_picked_up_at"] is not None for r in cancelled)
+    assert all(r["client_picked_up_at"] >= r["scheduler_dispatched_at"] for r in cancelled)
     assert time.monotonic() - started < 30
 
 
