@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 from veeksha.shared.config_loader import EnvFallbacks
 from veeksha.shared.errors import OutputError, UsageError, VeekshaError
+from veeksha.shared.redact import may_hold_secret
 from veeksha.shared.secret import Secret
 
 INTERRUPTED_EXIT = 130  # the shell's convention for a process ended by SIGINT
@@ -32,7 +33,7 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--") or len(arg) == 2:
-            raise UsageError(f"unexpected argument {arg!r}; overrides look like --section.key VALUE")
+            raise UsageError(_unexpected(arg, out[-1][0] if out else None))
         name, eq, value = arg[2:].partition("=")
         if not eq:
             if i + 1 >= len(args):
@@ -42,6 +43,16 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
         out.append((name, value))
         i += 1
     return out
+
+
+def _unexpected(arg: str, after: str | None) -> str:
+    """The error for a stray argument: usually the second word of an unquoted value, which is not
+    echoed when that value may be a secret (`--client.headers.Authorization Bearer sk-...`)."""
+    if after is None:
+        return f"unexpected argument {arg!r}; overrides look like --section.key VALUE"
+    shown = "" if may_hold_secret(after) else f" {arg!r}"
+    quote = f"a value with spaces needs quotes: --{after} 'A B'"
+    return f"unexpected argument{shown} after --{after}'s value; {quote}"
 
 
 def env_fallbacks(env: Mapping[str, str] = os.environ) -> EnvFallbacks:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from veeksha.shared.config import BenchmarkConfig
 from veeksha.shared.config_checks import ray_host_port, uses_client_api_base
 from veeksha.shared.errors import ConfigError
+from veeksha.shared.redact import url_for_message
 
 RESOLVE_TIMEOUT_S = 5.0
 
@@ -57,7 +58,8 @@ def check_api_base_hosts(configs: Iterable[BenchmarkConfig], prefix: str = "") -
         problem = resolve_problem(host)
         if problem:
             raise ConfigError(
-                f"config error at {prefix}client.api_base: {url!r} is not allowed; its host {host!r} "
+                f"config error at {prefix}client.api_base: {url_for_message(url)!r} is not allowed; "
+                f"its host {host!r} "
                 f"{problem}; give a host this machine can reach"
             )
 

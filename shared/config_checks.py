@@ -21,7 +21,7 @@ from veeksha.shared.config import (
     TraceSessions,
 )
 from veeksha.shared.errors import ConfigError
-from veeksha.shared.redact import is_secret_key
+from veeksha.shared.redact import is_secret_key, url_for_message
 
 # RFC 9110 "token": the characters a header name may have.
 HEADER_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
@@ -112,7 +112,7 @@ def uses_client_api_base(cfg: BenchmarkConfig) -> bool:
 
 def check_api_base(url: str, key_path: str) -> None:
     def fail(allowed: str) -> ConfigError:
-        return ConfigError(f"config error at {key_path}: {url!r} is not allowed; {allowed}")
+        return ConfigError(f"config error at {key_path}: {url_for_message(url)!r} is not allowed; {allowed}")
 
     if any(c.isspace() or not c.isprintable() for c in url):
         raise fail("a URL has no spaces or control characters")

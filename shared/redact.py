@@ -32,6 +32,34 @@ SECRET_MAPPINGS = frozenset({"env"})
 SECRET_QUERY_PARAMS = frozenset({"key", "sig", "signature", "code", "auth", "access_token"})
 
 
+# Free-form values where a secret may sit under any name: a config error about one says where it is,
+# never what it is. Every item of a command line (`--api-key VALUE`) or an environment; a header or
+# request-parameter mapping as a whole (given as one string), its items only under secret-looking names.
+SECRET_CONTAINERS = frozenset({"headers", "additional_sampling_params"})
+SECRET_SEQUENCES = frozenset({"command"}) | SECRET_MAPPINGS
+
+
+def may_hold_secret(key_path: str) -> bool:
+    """Whether the value at a config key path (`client.headers.Authorization`, `server.env`) may be
+    or hold a secret."""
+    parts = key_path.replace("[", ".").replace("]", "").split(".")
+    return parts[-1] in SECRET_CONTAINERS or any(p in SECRET_SEQUENCES or is_secret_key(p) for p in parts)
+
+
+def url_for_message(text: str) -> str:
+    """A URL as an error message may show it: without its query, fragment or user-info, where
+    credentials sit, even when it is malformed (no scheme, spaces), which is what the message is about."""
+    head = text.split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = head.partition("://")
+    if not sep:
+        scheme, rest = "", head
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = f"{REDACTED}@{authority.rpartition('@')[2]}"
+    shown = f"{scheme}{sep}{authority}{slash}{path}"
+    return shown if shown == text else f"{shown}{'?' + REDACTED if '?' in text else ''}"
+
+
 def is_secret_key(key: object) -> bool:
     if not isinstance(key, str):
         return False

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import orjson
 from veeksha.shared.errors import ConfigError
-from veeksha.shared.redact import REDACTED
+from veeksha.shared.redact import REDACTED, may_hold_secret, url_for_message
 from veeksha.shared.secret import Secret
 
 T = TypeVar("T")
@@ -43,7 +43,12 @@ def spec(
 
 
 def _fail(path: str, value: Any, allowed: str) -> ConfigError:
-    shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    if may_hold_secret(path):  # a header, a command line, an environment: say where, never what
+        shown = "its value (not shown: it may hold a secret)"
+    elif isinstance(value, dict | list):
+        shown = type(value).__name__
+    else:
+        shown = repr(url_for_message(value) if isinstance(value, str) else value)
     if len(shown) > 200:  # a 3000-digit number stays a readable one-line error
         shown = f"{shown[:60]}... ({len(shown)} characters)"
     return ConfigError(f"config error at {path or '<root>'}: {shown} is not allowed; {allowed}")

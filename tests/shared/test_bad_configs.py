@@ -606,6 +606,68 @@ def test_a_secret_header_value_is_not_shown(
     assert "sk-abc" not in line
 
 
+# A bad value that is or holds a secret: refused like any other, and never echoed. Each marks its
+# secret with SEKRET.
+SECRET_CASES = [
+    Case(
+        "headers-json-cut-short",
+        GOOD,
+        "client.headers: its value (not shown",
+        ("--client.headers", '{"Authorization": "Bearer sk-SEKRET", "X-a": '),
+    ),
+    Case(
+        "command-as-a-string",
+        CLIENT + RUNTIME + "server: {type: command, command: 'vllm serve m --api-key sk-SEKRET'}\n",
+        "server.command: its value (not shown",
+    ),
+    Case(
+        "command-item-not-a-string",
+        CLIENT + RUNTIME + "server: {type: command, command: [vllm, {sk-SEKRET: 1}]}\n",
+        "server.command.1",
+    ),
+    Case(
+        "env-as-a-string",
+        GOOD.replace("ready_timeout: 5}", "ready_timeout: 5, env: 'HF_TOKEN=hf_SEKRET'}"),
+        "server.env: its value (not shown",
+    ),
+    Case(
+        "api-base-password-and-key",
+        RUNTIME + "client: {api_base: 'http://u:SEKRET@no-such-host.invalid/v1?api_key=SEKRET', model: m}\n",
+        "client.api_base: 'http://<redacted>@no-such-host.invalid/v1?<redacted>'",
+    ),
+    Case(
+        "api-base-no-scheme-token",
+        RUNTIME + "client: {api_base: 'localhost:8000/v1?token=SEKRET', model: m}\n",
+        "client.api_base: 'localhost:8000/v1?<redacted>'",
+    ),
+    Case(
+        "api-base-env-bad-scheme",
+        RUNTIME + "client: {model: m}\n",
+        "client.api_base",
+        env=(("OPENAI_API_BASE", "ftp://u:SEKRET@h/v1"),),
+    ),
+    Case(
+        "unquoted-header-value",
+        GOOD,
+        "unexpected argument after --client.headers.Authorization's value",
+        ("--client.headers.Authorization", "Bearer", "sk-SEKRET"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", SECRET_CASES, ids=[c.id for c in SECRET_CASES])
+def test_a_bad_value_that_may_be_a_secret_is_refused_without_showing_it(
+    case: Case,
+    tmp_path: Path,
+    listener: socket.socket,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    observed, line = refused_in_process(case, tmp_path, listener, capsys, monkeypatch, "--dry-run")
+    assert observed == REFUSED, line
+    assert case.expected in line and "SEKRET" not in line, line
+
+
 # ---------------------------------------------------------------- what stays allowed
 
 

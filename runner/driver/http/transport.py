@@ -34,6 +34,7 @@ from veeksha.runner.driver.http.errors import (
     RequestError,
 )
 from veeksha.shared.errors import ConfigError
+from veeksha.shared.redact import url_for_message
 
 # After `[DONE]` the body's last bytes (chunked terminator) usually follow in a separate read. The
 # request is complete at `[DONE]`; the connection returns to the pool when the body ends, or is closed
@@ -92,13 +93,14 @@ class Origin:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"client.api_base: expected an http:// or https:// URL, got {url!r}")
+            shown = url_for_message(url)
+            raise ConfigError(f"client.api_base: expected an http:// or https:// URL, got {shown!r}")
         self.scheme = parts.scheme
         self.host = parts.hostname
         try:
             port = parts.port
         except ValueError as exc:
-            raise ConfigError(f"client.api_base: bad port in {url!r}") from exc
+            raise ConfigError(f"client.api_base: bad port in {url_for_message(url)!r}") from exc
         self.port = port or (443 if self.scheme == "https" else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         default_port = 443 if self.scheme == "https" else 80
