@@ -19,7 +19,7 @@ import httpx
 from veeksha.runner.driver.dispatcher import Placement
 from veeksha.runner.driver.http.client import build_headers, endpoint_url
 from veeksha.runner.driver.http.client import secret_values as client_secret_values
-from veeksha.runner.drivers import DriverLink, LocalDriver, available_cores, num_drivers
+from veeksha.runner.drivers import DriverLink, LocalDriver, available_cores, check_local_drivers, num_drivers
 from veeksha.runner.progress import Progress
 from veeksha.runner.recorder import Recorder, RecordingResult
 from veeksha.runner.run_dir import RunDir, ensure_writable
@@ -98,6 +98,7 @@ def check_before_start(cfg: BenchmarkConfig) -> None:
     a bad tokenizer, a server binary that is not there, no endpoint at all): before any run of a
     sweep or a capacity search starts, and before a run's own directory is made."""
     make_session_generator(cfg)
+    check_local_drivers(cfg)
     check_server_command(cfg.server)
     if planned_api_host(cfg) is None:
         raise _no_api_base()

@@ -17,7 +17,7 @@ from typing import Any
 
 from veeksha.runner.benchmark import check_before_start, run_benchmark, upload
 from veeksha.runner.preflight import check_hosts
-from veeksha.runner.run_dir import make_unique_dir, python_argv, stamp, utc_now
+from veeksha.runner.run_dir import check_output_dir, make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config import (
     BenchmarkConfig,
     CapacitySearchConfig,
@@ -90,6 +90,7 @@ def run_capacity_search(
             f"{search.precision}; raise start_value or precision"
         )
     check_before_start(base)
+    check_output_dir(Path(search.output_dir))
     root = make_unique_dir(Path(search.output_dir), f"{CAPSEARCH_DIR_PREFIX}{stamp(utc_now())}")
     write_atomic(root / CONFIG_YML, dump_config_yaml(search))
     runs_dir = root / CAPSEARCH_RUNS_DIR

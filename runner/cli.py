@@ -266,10 +266,19 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    command, prog = run_command, "veeksha-run"
     if args and args[0] in COMMANDS:
-        COMMANDS[args[0]].main(args[1:], prog_name=f"veeksha-run {args[0]}")
-    else:
-        run_command.main(args, prog_name="veeksha-run")
+        command, prog, args = COMMANDS[args[0]], f"veeksha-run {args[0]}", args[1:]
+    try:
+        command.main(args, prog_name=prog, standalone_mode=False)
+    except click.exceptions.Exit as e:  # --help
+        sys.exit(e.exit_code)
+    except click.UsageError as e:  # click's own form is four lines; ours is one
+        click.echo(f"veeksha-run: {e.format_message()} (see {prog} --help)", err=True)
+        sys.exit(UsageError.exit_code)
+    except click.Abort:
+        click.echo("veeksha-run: interrupted", err=True)
+        sys.exit(INTERRUPTED_EXIT)
 
 
 def seed_main() -> None:

@@ -23,6 +23,7 @@ from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.model import SessionGenerator
 from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, arrival_rate_of
 from veeksha.shared.config_checks import session_slots
+from veeksha.shared.errors import ConfigError
 
 # runtime.num_drivers: auto. One driver keeps millisecond timing up to about this many requests per
 # second on one core (scripts/bench_fidelity.py), or this many concurrent sessions.
@@ -176,5 +177,23 @@ def _requests_per_session(sessions: SessionGenerator) -> float:
     return sum(counts) / len(counts) if counts else 1.0
 
 
+# More local drivers than this per core is refused (check_local_drivers).
+MAX_DRIVERS_PER_CORE = 4
+
+
 def available_cores() -> int:
     return len(os.sched_getaffinity(0))
+
+
+def check_local_drivers(cfg: BenchmarkConfig) -> None:
+    """A driver is one core. A few more drivers than cores still run (they share cores, and the
+    drivers health check shows what that cost: tests place 3 drivers on 2 cores); many more is a
+    typo that would start thousands of processes. Ray checks its cluster's CPUs itself."""
+    n, cores = cfg.runtime.num_drivers, available_cores()
+    limit = MAX_DRIVERS_PER_CORE * cores
+    if cfg.runtime.ray_address is None and isinstance(n, int) and n > limit:
+        raise ConfigError(
+            f"config error at runtime.num_drivers: {n} is not allowed on {cores} cores (a driver is one "
+            f"core; at most {MAX_DRIVERS_PER_CORE} per core are started); use auto, at most {limit}, "
+            "or runtime.ray_address to spread them over a cluster"
+        )

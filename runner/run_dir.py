@@ -15,7 +15,7 @@ from typing import Any
 from veeksha.shared import __version__
 from veeksha.shared.config import BenchmarkConfig
 from veeksha.shared.config_loader import config_sha256, dump_config_yaml
-from veeksha.shared.errors import OutputError
+from veeksha.shared.errors import ConfigError, OutputError
 from veeksha.shared.jsonio import write_atomic, write_json
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import CONTRACT_VERSION, RUN_RUNNING
@@ -32,6 +32,22 @@ def iso(t: dt.datetime) -> str:
 
 def stamp(t: dt.datetime) -> str:
     return t.strftime("%Y%m%d-%H%M%S")
+
+
+def check_output_dir(directory: Path, key: str = "output_dir") -> None:
+    """A config error, before anything is made, when runs could not be written under `directory`:
+    it, or the nearest part of its path that exists, is not a directory we may write into."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is" if existing == directory else f"cannot be made: {existing} is"
+        raise ConfigError(f"config error at {key}: {directory} {what} not a directory; choose another {key}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"config error at {key}: {directory} cannot be written (no write permission on {existing}); "
+            f"choose another {key}"
+        )
 
 
 def ensure_writable(directory: Path) -> None:

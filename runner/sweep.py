@@ -14,8 +14,9 @@ from typing import Any
 
 from veeksha.runner.benchmark import RunResult, check_before_start, run_benchmark, upload
 from veeksha.runner.preflight import check_hosts
-from veeksha.runner.run_dir import make_unique_dir, python_argv, stamp, utc_now
+from veeksha.runner.run_dir import check_output_dir, make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config_loader import NO_FALLBACKS, EnvFallbacks, LoadedRun, load_benchmark_runs
+from veeksha.shared.errors import ConfigError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
 from veeksha.shared.paths import (
     SWEEP_DIR_PREFIX,
@@ -52,6 +53,12 @@ def run_from_config(
     check_hosts(run.config for run in runs)
     for run in runs:  # a typo in the last run's trace path is found now, not hours into the sweep
         check_before_start(run.config)
+    if len({run.config.output_dir for run in runs}) > 1:
+        raise ConfigError(
+            "config error at output_dir: !expand is not allowed here (a sweep writes all its runs "
+            "under one directory); give one output_dir"
+        )
+    check_output_dir(Path(runs[0].config.output_dir))
     if dry_run:
         print(f"veeksha-run: config is valid; it expands to {len(runs)} run(s)")
         for i, run in enumerate(runs):

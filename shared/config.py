@@ -224,11 +224,17 @@ class TextChannel:
     body_length_generator: LengthGen = gen_field(type="uniform", min=100, max=500)
     shared_prefix_ratio: float = spec(default=0.0, ge=0, le=1)
     shared_prefix_probability: float = spec(default=0.0, ge=0, le=1)
-    # Sessions with a shared prefix pick one of this many run-wide prefixes, uniformly.
-    shared_prefix_pool_size: int = spec(default=1, ge=1)
+    # Sessions with a shared prefix pick one of this many run-wide prefixes, uniformly (default: the
+    # session generator's shared_prefix_pool_size, else 1).
+    shared_prefix_pool_size: int | None = spec(default=None, ge=1)
 
 
 CHANNELS: dict[str, type] = {"text": TextChannel}
+# A channel name (evaluators' target_channels): the CHANNELS table's keys, for the schema to check.
+if TYPE_CHECKING:
+    ChannelName = str
+else:
+    ChannelName = Literal[tuple(CHANNELS)]
 
 
 @dataclass(frozen=True)
@@ -249,6 +255,8 @@ class SyntheticSessions:
     )
     channels: list[TextChannel] = spec(factory=lambda: [TextChannel()], variants=CHANNELS)
     output_spec: OutputSpec = spec(factory=OutputSpec)
+    # Where config.md puts it; a channel's own shared_prefix_pool_size wins.
+    shared_prefix_pool_size: int = spec(default=1, ge=1, doc="run-wide shared prefixes to pick from")
 
 
 @dataclass(frozen=True)
@@ -313,7 +321,9 @@ class HealthThresholds:
 @dataclass(frozen=True)
 class PerformanceEvaluator:
     type: Literal["performance"] = "performance"
-    target_channels: list[str] = spec(factory=lambda: ["text"])
+    target_channels: list[ChannelName] = spec(
+        factory=lambda: ["text"], doc="channels whose requests are evaluated (text is the only one)"
+    )
     slos: list[SLOConfig] = spec(factory=list)
     health: HealthThresholds = spec(factory=HealthThresholds)
 
@@ -469,4 +479,11 @@ class CapacitySearchConfig:
     def check(self) -> str | None:
         if self.start_value > self.max_value:
             return f"start_value ({self.start_value}) must be <= max_value ({self.max_value})"
+        sg = self.benchmark_config.session_generator
+        if isinstance(sg, TraceSessions) and sg.timed_replay:
+            return (
+                "benchmark_config.session_generator.timed_replay: a capacity search varies the arrival "
+                "rate or concurrency, and a timed replay's load is its trace's timestamps; set "
+                "timed_replay: false, or sweep time_scale (!expand) instead"
+            )
         return None

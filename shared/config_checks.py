@@ -34,6 +34,7 @@ def check_benchmark_config(cfg: BenchmarkConfig, prefix: str = "", api_base_sour
     (`benchmark_config.` in a capacity search), `api_base_source` names an env fallback."""
     check_stopping_condition(cfg, prefix)
     check_drivers(cfg, prefix)
+    check_timed_replay(cfg, prefix)
     if uses_client_api_base(cfg) and cfg.client.api_base:
         check_api_base(cfg.client.api_base, f"{prefix}client.api_base{api_base_source}")
     server = cfg.server
@@ -58,6 +59,18 @@ def check_stopping_condition(cfg: BenchmarkConfig, prefix: str = "") -> None:
         "while runtime.max_sessions and runtime.max_requests are -1 (the run could never end); "
         "use a timeout > 0, or set max_sessions or max_requests >= 0"
     )
+
+
+def check_timed_replay(cfg: BenchmarkConfig, prefix: str = "") -> None:
+    """A timed replay sends each session at its trace timestamp: only rate traffic keeps a schedule,
+    concurrent traffic would ignore the timestamps (and time_scale) without a word."""
+    sg, concurrent = cfg.session_generator, isinstance(cfg.traffic_scheduler, ConcurrentTraffic)
+    if isinstance(sg, TraceSessions) and sg.timed_replay and concurrent:
+        raise ConfigError(
+            f"config error at {prefix}session_generator.timed_replay: true is not allowed with "
+            "traffic_scheduler.type concurrent (it sends a session whenever a slot frees, never at the "
+            "trace's timestamps); use traffic_scheduler.type rate, or timed_replay: false"
+        )
 
 
 def check_drivers(cfg: BenchmarkConfig, prefix: str = "") -> None:

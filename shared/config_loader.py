@@ -89,11 +89,12 @@ def _refuse_foreign_tag(event: Any, path: Path, reading: _Reading) -> None:
 
 
 def _construct_expand(path: Path, loader: yaml.SafeLoader, node: yaml.Node) -> Expand:
+    where = f"{path} line {node.start_mark.line + 1}"
     if not isinstance(node, yaml.SequenceNode):
-        raise ConfigError(f"{path}: !expand needs a list, e.g. !expand [1, 2, 4]")
+        raise ConfigError(f"{where}: !expand needs a list, e.g. !expand [1, 2, 4]")
     values = tuple(loader.construct_sequence(node, deep=True))
     if not values:
-        raise ConfigError(f"{path}: !expand needs at least one value")
+        raise ConfigError(f"{where}: !expand needs at least one value")
     return Expand(values)
 
 
@@ -191,6 +192,8 @@ def _parse(text: str, path: Path, reading: _Reading) -> Any:
         raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid YAML: lists or mappings are nested too deeply") from None
+    except TypeError as e:  # a key that cannot be one, e.g. `? !expand [[1], [2]]`: a list
+        raise ConfigError(f"{path}: invalid YAML: {e} (a mapping key must be a plain value)") from None
     finally:
         loader.dispose()
 

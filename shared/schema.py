@@ -23,6 +23,8 @@ T = TypeVar("T")
 
 # Integers must survive JSON encoding, numpy seeding and C code, which all stop at 64 bits.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Free-form values (request parameters) deeper than this are refused; a request body is never this deep.
+MAX_NESTING = 64
 
 
 def spec(
@@ -164,7 +166,8 @@ _Converter = typing.Callable[[Any, Any, str, typing.Mapping[str, Any]], Any]
 
 def _convert_literal(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
     choices = get_args(tp)
-    if value not in choices:
+    # By type too: 0 == False and 1.0 == True, but `enabled: 0` is not `enabled: false`.
+    if not any(value == c and type(value) is type(c) for c in choices):
         hint = _did_you_mean(str(value), [str(a) for a in choices])
         raise _fail(path, value, f"choose one of {', '.join(map(str, choices))}{hint}")
     return value
@@ -278,14 +281,17 @@ def _check_number(value: Any, path: str, expected: str) -> None:
         raise _fail(path, value, f"integers must fit in 64 bits (-2**63 .. 2**63-1); expected {expected}")
 
 
-def _check_plain_numbers(value: Any, path: str) -> None:
-    """Free-form values (additional_sampling_params) end up in a JSON body: the same number rules."""
+def _check_plain_numbers(value: Any, path: str, depth: int = 0) -> None:
+    """Free-form values (additional_sampling_params) end up in a JSON body: the same number rules,
+    and a depth the JSON encoder takes (orjson stops at 255 levels)."""
+    if isinstance(value, dict | list) and depth >= MAX_NESTING:
+        raise ConfigError(f"config error at {path}: nested deeper than {MAX_NESTING} levels; flatten it")
     if isinstance(value, dict):
         for k, v in value.items():
-            _check_plain_numbers(v, _join(path, k))
+            _check_plain_numbers(v, _join(path, k), depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _check_plain_numbers(v, _join(path, i))
+            _check_plain_numbers(v, _join(path, i), depth + 1)
     elif isinstance(value, int | float) and not isinstance(value, bool):
         _check_number(value, path, "a finite number")
 

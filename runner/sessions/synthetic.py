@@ -126,13 +126,11 @@ class SyntheticSessionGenerator:
         self._output_length = make_count_sampler(
             sg.output_spec.text.output_length_generator, stream(seed, "text/output_length")
         )
+        pool_size = text.shared_prefix_pool_size or sg.shared_prefix_pool_size
         # Prefix 0 keeps the stream a single shared prefix always had: pool size 1 changes nothing.
-        names = [
-            "text/shared_prefix",
-            *(f"text/shared_prefix/{i}" for i in range(1, text.shared_prefix_pool_size)),
-        ]
+        names = ["text/shared_prefix", *(f"text/shared_prefix/{i}" for i in range(1, pool_size))]
         self._prompts = PromptBuilder(tokenizer, [stream(seed, name) for name in names])
-        self._pool_size = text.shared_prefix_pool_size
+        self._pool_size = pool_size
         self._pool_pick = stream(seed, "text/shared_prefix_pool")
         # Each session's words come from its own stream (seeded by the session id), so a driver can
         # pass over another driver's sessions without drawing their words (runner/driver/placement.py).

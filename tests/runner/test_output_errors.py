@@ -1,4 +1,4 @@
-"""When the output directory cannot be written: one line naming the path and the errno, exit 1."""
+"""When the output directory cannot be written: one line naming the path (and the errno once running)."""
 
 from __future__ import annotations
 
@@ -25,13 +25,17 @@ QUICK = [
 
 
 def test_an_output_directory_that_cannot_be_made_stops_the_run_before_it_starts(tmp_path: Path) -> None:
+    """Found from the config, before anything starts: a config error (exit 2), also for --dry-run."""
     (tmp_path / "taken").write_text("a file where the output directory should go")
 
     proc = run_cli([*QUICK, "--output_dir", "taken/runs"], cwd=tmp_path)
 
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("veeksha-run: cannot write to the output directory taken/runs: [Errno 20]")
+    assert line == (
+        "veeksha-run: config error at output_dir: taken/runs cannot be made: taken is not a directory; "
+        "choose another output_dir"
+    )
     assert "run directory" not in proc.stdout  # nothing was started
 
 

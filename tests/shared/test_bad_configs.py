@@ -436,7 +436,79 @@ DRIVERS = [
     ),
 ]
 
-CASES = STOPPING + NUMBERS + API_BASE + HEADERS + YAML + DRIVERS
+TRACE = (("t.jsonl", '{"timestamp": 1.0, "input_length": 10, "output_length": 4}\n'),)
+TIMED_TRACE = "session_generator: {type: trace, path: t.jsonl, timed_replay: true}\n"
+# Found by a review: each was accepted, then ignored, misread or failed later with a traceback.
+QUIET_MISTAKES = [
+    # 0 == False in Python: `enabled: 0` was kept as 0 and then meant "on".
+    Case(
+        "metrics-enabled-0",
+        GOOD + "server_metrics: {enabled: 0}\n",
+        "server_metrics.enabled: 0 is not allowed",
+    ),
+    Case("metrics-enabled-1.0", GOOD + "server_metrics: {enabled: 1.0}\n", "server_metrics.enabled: 1.0"),
+    Case(
+        "drivers-more-than-cores",
+        GOOD,
+        "runtime.num_drivers: 1000000 is not allowed on",
+        ("--runtime.num_drivers", "1000000"),
+    ),
+    Case(
+        "timed-replay-concurrent",
+        GOOD + TIMED_TRACE + "traffic_scheduler: {type: concurrent, target_concurrent_sessions: 2}\n",
+        "session_generator.timed_replay: true is not allowed with traffic_scheduler.type concurrent",
+        files=TRACE,
+    ),
+    Case(
+        "capacity-search-timed-replay",
+        GOOD_SEARCH + "  " + TIMED_TRACE,
+        "benchmark_config.session_generator.timed_replay: a capacity search varies",
+        files=TRACE,
+        capacity_search=True,
+    ),
+    Case(
+        "output-dir-a-file",
+        GOOD,
+        "output_dir: afile is not a directory",
+        ("--output_dir", "afile"),
+        files=(("afile", "x"),),
+    ),
+    Case(
+        "output-dir-under-a-file",
+        GOOD,
+        "output_dir: afile/runs cannot be made: afile is not a directory",
+        ("--output_dir", "afile/runs"),
+        files=(("afile", "x"),),
+    ),
+    Case(
+        "capacity-search-output-dir-a-file",
+        GOOD_SEARCH,
+        "output_dir: afile is not a directory",
+        ("--output_dir", "afile"),
+        files=(("afile", "x"),),
+        capacity_search=True,
+    ),
+    Case(
+        "expand-list-as-a-key",
+        CLIENT.replace("model: m}", "model: m, headers: {? !expand [[1], [2]] : x}}") + SERVER + RUNTIME,
+        "invalid YAML: unhashable type",
+    ),
+    Case(
+        "target-channel-unknown",
+        GOOD + "evaluators: [{type: performance, target_channels: [txt]}]\n",
+        "evaluators.0.target_channels.0: 'txt' is not allowed; choose one of text",
+    ),
+    Case("expand-not-a-list", GOOD + "seed: !expand 5\n", f"{CONFIG} line 4: !expand needs a list"),
+    Case(
+        "params-nested-too-deeply",
+        CLIENT.replace("model: m}", "model: m, additional_sampling_params: " + "{a: " * 100 + "1" + "}" * 101)
+        + SERVER
+        + RUNTIME,
+        "nested deeper than 64 levels",
+    ),
+]
+
+CASES = STOPPING + NUMBERS + API_BASE + HEADERS + YAML + DRIVERS + QUIET_MISTAKES
 # A real `veeksha-run` process for one case of each kind.
 SUBPROCESS_IDS = {
     "timeout-0-no-limit",
@@ -668,6 +740,40 @@ def test_a_bad_value_that_may_be_a_secret_is_refused_without_showing_it(
     assert case.expected in line and "SEKRET" not in line, line
 
 
+def test_a_sweep_over_output_dir_is_refused(
+    tmp_path: Path,
+    listener: socket.socket,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sweep writes every run under one directory: a second output_dir would be ignored."""
+    write_case(Case("sweep", GOOD + "output_dir: !expand [a, b]\n", ""), tmp_path, listener)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["--config", CONFIG, "--dry-run"])
+    line = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and line.startswith("veeksha-run: config error at output_dir: !expand")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["capacity-search"], "Missing option '--config'"),
+        (["simulate-server", "--port", "abc"], "'abc' is not a valid integer"),
+        (["evaluate"], "Missing argument"),
+    ],
+    ids=["capacity-search-no-config", "simulate-server-bad-port", "evaluate-no-dir"],
+)
+def test_a_subcommand_usage_error_is_one_line(argv: list[str], expected: str, tmp_path: Path) -> None:
+    proc = run_cli(argv, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert (
+        line.startswith("veeksha-run: ") and expected in line and f"see veeksha-run {argv[0]} --help" in line
+    )
+
+
 # ---------------------------------------------------------------- what stays allowed
 
 
@@ -686,6 +792,8 @@ def test_a_bad_value_that_may_be_a_secret_is_refused_without_showing_it(
         RUNTIME + "client: {api_base: &u '{api}', model: m}\nwandb: {notes: *u}\n",
         RUNTIME + "client: {api_base: 'http://ignored.invalid/v1'}\nserver: {type: simulated}\n",
         GOOD + "seed: 9223372036854775807\n",
+        # config.md puts the prefix pool on the synthetic generator; a channel may also set its own.
+        GOOD + "session_generator: {type: synthetic, shared_prefix_pool_size: 4}\n",
     ],
     ids=[
         "finite-trace",
@@ -695,6 +803,7 @@ def test_a_bad_value_that_may_be_a_secret_is_refused_without_showing_it(
         "alias",
         "simulated-server",
         "int64-max",
+        "prefix-pool-on-the-generator",
     ],
 )
 def test_configs_that_can_end_and_use_plain_yaml_are_accepted(

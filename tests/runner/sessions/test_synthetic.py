@@ -325,14 +325,23 @@ def test_generating_a_seed_example_session_takes_well_under_a_millisecond() -> N
     assert per_session < 1e-3  # ~0.15 ms on a shared 2-core machine; the bound leaves slack
 
 
+@pytest.mark.parametrize("where", ["channel", "generator"])
 @pytest.mark.parametrize("pool", [1, 3])
-def test_sessions_with_a_shared_prefix_pick_one_of_the_pool(pool: int) -> None:
+def test_sessions_with_a_shared_prefix_pick_one_of_the_pool(pool: int, where: str) -> None:
+    """The pool size may sit on the text channel or, where config.md puts it, on the generator."""
     channel = {"type": "text", "shared_prefix_ratio": 1.0, "shared_prefix_probability": 1.0}
-    channel["shared_prefix_pool_size"] = pool
     channel["body_length_generator"] = {"type": "fixed", "value": 40}
-    gen = make_session_generator(
-        build_benchmark_config({"seed": 4, "session_generator": {"type": "synthetic", "channels": [channel]}})
-    )
+    sessions: dict = {"type": "synthetic", "channels": [channel]}
+    (channel if where == "channel" else sessions)["shared_prefix_pool_size"] = pool
+    gen = make_session_generator(build_benchmark_config({"seed": 4, "session_generator": sessions}))
     firsts = [gen.next_session().nodes[0] for _ in range(60)]
     assert all(n.shared_prefix_tokens == 40 for n in firsts)
     assert len({n.content for n in firsts}) == pool  # every prompt is its whole prefix here
+
+
+def test_a_channels_own_prefix_pool_size_wins_over_the_generators() -> None:
+    channel = {"type": "text", "shared_prefix_ratio": 1.0, "shared_prefix_probability": 1.0}
+    channel |= {"body_length_generator": {"type": "fixed", "value": 40}, "shared_prefix_pool_size": 2}
+    sessions = {"type": "synthetic", "channels": [channel], "shared_prefix_pool_size": 5}
+    gen = make_session_generator(build_benchmark_config({"seed": 4, "session_generator": sessions}))
+    assert len({gen.next_session().nodes[0].content for _ in range(60)}) == 2
