@@ -72,6 +72,8 @@ def run_benchmark(
 
         connect(cfg.runtime.ray_address)
         check_cluster(cfg, planned_api_host(cfg))
+    if cfg.server is None:  # an endpoint already up: a model it cannot name is found before anything is made
+        cfg = resolve_endpoint(cfg, None)
     ensure_writable(parent_dir)
     server = start_server(cfg.server) if cfg.server is not None else None
     follower = None

@@ -8,11 +8,14 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from veeksha.runner.benchmark import resolve_endpoint
 from veeksha.shared.config import BenchmarkConfig, ClientConfig
 from veeksha.shared.errors import ConfigError
+
+from tests.runner.helpers import run_cli
 
 KEY = "sk-probe-secret-8080"
 
@@ -111,3 +114,18 @@ def test_a_model_list_that_is_not_an_object_is_a_one_line_config_error(
     with pytest.raises(ConfigError, match="did not list models") as raised:
         resolve_endpoint(BenchmarkConfig(client=ClientConfig(api_base=base_of(models_server))), None)
     assert "\n" not in str(raised.value)
+
+
+def test_a_model_the_endpoint_cannot_name_is_refused_before_the_output_directory_is_made(
+    models_server: ModelsServer, tmp_path: Path
+) -> None:
+    """No server to start: the /models lookup comes before anything is made (a command server must
+    start first, so its lookup cannot)."""
+    models_server.models = ("a", "b")
+    base = f"http://127.0.0.1:{models_server.server_address[1]}/v1"
+    flags = ["--client.api_base", base, "--runtime.max_requests", "1", "--output_dir", "out/deep"]
+    proc = run_cli(flags, cwd=tmp_path)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "config error at client.model: not set, and the server lists 2 models (a, b)" in line
+    assert not (tmp_path / "out").exists()
