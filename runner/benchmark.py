@@ -27,7 +27,8 @@ from veeksha.runner.server_launcher import ServerHandle, check_server_command, p
 from veeksha.runner.server_metrics import Scraper, metrics_url, probe
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.tokenizer import token_counter
-from veeksha.shared.config import BenchmarkConfig, ClientConfig, CommandServerConfig
+from veeksha.shared.config import BenchmarkConfig, ClientConfig
+from veeksha.shared.config_checks import uses_client_api_base
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.paths import RunPaths
@@ -122,10 +123,8 @@ def wandb_mode(cfg: BenchmarkConfig) -> str:
 
 
 def _server_api_base(cfg: BenchmarkConfig, launched: str | None) -> str | None:
-    """A command server's URL guessed from its ready_url yields to a client.api_base the user set."""
-    if isinstance(cfg.server, CommandServerConfig) and cfg.server.api_base is None and cfg.client.api_base:
-        return None
-    return launched
+    """The launched server's URL when requests go there (config_checks.uses_client_api_base)."""
+    return None if uses_client_api_base(cfg) else launched
 
 
 def resolve_endpoint(cfg: BenchmarkConfig, server_api_base: str | None) -> BenchmarkConfig:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from veeksha.shared.config import BenchmarkConfig, CommandServerConfig, SimulatedServerConfig
+from veeksha.shared.config_checks import uses_client_api_base
 from veeksha.shared.errors import ConfigError, VeekshaError
 from veeksha.shared.redact import redact, redact_url, scrub_list, scrub_text, secret_values
 from veeksha.shared.schema import to_dict
@@ -250,11 +251,12 @@ def planned_api_host(cfg: BenchmarkConfig) -> str | None:
     """The host requests will go to, known before any server starts (as runner/benchmark.py
     resolves client.api_base once the server runs); None when nothing names one yet."""
     server = cfg.server
+    if uses_client_api_base(cfg):
+        return urlsplit(cfg.client.api_base).hostname if cfg.client.api_base else None
     if isinstance(server, SimulatedServerConfig):
         return LOOPBACK if server.host in ALL_INTERFACES else server.host
-    if isinstance(server, CommandServerConfig) and (server.api_base or not cfg.client.api_base):
-        return urlsplit(server.api_base or server.ready_url).hostname
-    return urlsplit(cfg.client.api_base).hostname if cfg.client.api_base else None
+    assert isinstance(server, CommandServerConfig), "uses_client_api_base is true without a server"
+    return urlsplit(server.api_base or server.ready_url).hostname
 
 
 def _api_base_from(ready_url: str) -> str:

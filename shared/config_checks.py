@@ -117,10 +117,16 @@ def ray_host_port(address: str) -> tuple[str, int] | None:
 
 
 def uses_client_api_base(cfg: BenchmarkConfig) -> bool:
-    """Whether requests go to client.api_base: with a simulated server, or a command server that
-    names its own api_base, the server's URL replaces it (runner/benchmark.py)."""
+    """The one rule for where requests go. client.api_base, unless the server section names the URL:
+    a simulated server always does, a command server by its api_base, or by its ready_url when no
+    client.api_base is set (runner/benchmark.py resolves it once the server runs; preflight and
+    server_launcher.planned_api_host read the same rule before)."""
     server = cfg.server
-    return server is None or (isinstance(server, CommandServerConfig) and server.api_base is None)
+    if server is None:
+        return True
+    if isinstance(server, CommandServerConfig):
+        return server.api_base is None and bool(cfg.client.api_base)
+    return False
 
 
 def check_api_base(url: str, key_path: str) -> None:
