@@ -269,7 +269,11 @@ class TraceSessions:
     wrap: bool = spec(default=True, doc="start over at the end of the trace")
 
     def check(self) -> str | None:
-        return "path: a trace file path is required" if not self.path else None
+        if not self.path:
+            return "path: a trace file path is required"
+        if self.time_scale != 1.0 and not self.timed_replay:
+            return "time_scale: only a timed replay uses it; set timed_replay: true, or remove time_scale"
+        return None
 
 
 SESSION_GENERATORS: dict[str, type] = {"synthetic": SyntheticSessions, "trace": TraceSessions}

@@ -20,6 +20,7 @@ from veeksha.shared.config import (
     UniformGen,
     ZipfGen,
 )
+from veeksha.shared.errors import ConfigError
 
 
 def make_length_sampler(gen: LengthGen, rng: random.Random) -> Callable[[], float]:
@@ -42,12 +43,47 @@ def make_length_sampler(gen: LengthGen, rng: random.Random) -> Callable[[], floa
     raise TypeError(f"unknown length generator {gen!r}")
 
 
-def make_count_sampler(gen: LengthGen, rng: random.Random, minimum: int = 1) -> Callable[[], int]:
-    """A callable drawing one integer >= `minimum` from `gen` per call (rounded half up).
+# What a count may be: tokens of one prompt or reply (a 10M-token prompt is already ~50 MB of text),
+# and requests, layers or fan of one session graph. A generator asking for more is a config error.
+MAX_TOKENS = 10_000_000
+MAX_GRAPH_COUNT = 10_000
 
+
+def make_count_sampler(
+    gen: LengthGen, rng: random.Random, minimum: int = 1, *, maximum: int | None = None, key: str = ""
+) -> Callable[[], int]:
+    """A callable drawing one integer >= `minimum` (and <= `maximum`) from `gen` per call (rounded
+    half up).
+
+    With a `maximum`, a generator whose values reach past it (its fixed value, its max, or its mean)
+    is a ConfigError naming `key`: 1e20 tokens would fail deep in a run, or build a prompt of gigabytes.
+    Only a distribution's far tail (normal, inverse Gaussian) can still pass it, and is cut to it.
     Uniform draws each integer of [ceil(min), floor(max)] with equal probability (rounding a float
     draw would give the two end values half weight); zipf is integer-valued already.
     """
+    draw = _count_sampler(gen, rng, minimum)
+    if maximum is None:
+        return draw
+    reach = _reach(gen)
+    if reach > maximum:
+        raise ConfigError(f"config error at {key}: {reach:g} is more than {maximum:,}; use smaller values")
+    return lambda: min(maximum, draw())
+
+
+def _reach(gen: LengthGen) -> float:
+    """How far a generator's values go as configured (a distribution's mean, not its tail)."""
+    if isinstance(gen, FixedGen):
+        return gen.value
+    if isinstance(gen, UniformGen | ZipfGen):
+        return gen.max
+    if isinstance(gen, NormalGen):
+        return min(gen.mean, gen.max)
+    if isinstance(gen, InverseGaussianGen):
+        return gen.mean
+    return max(gen.values)
+
+
+def _count_sampler(gen: LengthGen, rng: random.Random, minimum: int) -> Callable[[], int]:
     if isinstance(gen, UniformGen):
         lo, hi = math.ceil(gen.min), math.floor(gen.max)
         if lo > hi:  # e.g. uniform {min: 2.2, max: 2.8}: no integer inside, use the rounded middle

@@ -10,13 +10,19 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from veeksha.runner.sessions.lengths import make_count_sampler, make_length_sampler
+from veeksha.runner.sessions.lengths import (
+    MAX_GRAPH_COUNT,
+    MAX_TOKENS,
+    make_count_sampler,
+    make_length_sampler,
+)
 from veeksha.runner.sessions.model import RequestNode, Session
 from veeksha.runner.sessions.prompts import PromptBuilder
 from veeksha.runner.sessions.randomness import stream
 from veeksha.runner.sessions.tokenizer import LocalTokenizer
 from veeksha.shared.config import (
     BranchingGraph,
+    LengthGen,
     LinearGraph,
     SingleRequestGraph,
     SyntheticSessions,
@@ -51,8 +57,14 @@ def make_graph_sampler(graph: SingleRequestGraph | LinearGraph | BranchingGraph,
     raise TypeError(f"unknown session graph {graph!r}")
 
 
+def graph_count(gen: LengthGen, seed: int, name: str, field: str) -> Callable[[], int]:
+    """A session graph's count sampler (requests, layers, widths, fan), on its own named stream."""
+    key = f"session_generator.session_graph.{field}"
+    return make_count_sampler(gen, stream(seed, f"graph/{name}"), maximum=MAX_GRAPH_COUNT, key=key)
+
+
 def _linear(graph: LinearGraph, seed: int) -> GraphSampler:
-    num_requests = make_count_sampler(graph.num_request_generator, stream(seed, "graph/num_requests"))
+    num_requests = graph_count(graph.num_request_generator, seed, "num_requests", "num_request_generator")
     wait = make_length_sampler(graph.request_wait_generator, stream(seed, "graph/request_wait"))
     inherit = graph.inherit_history
 
@@ -72,10 +84,10 @@ def _branching(graph: BranchingGraph, seed: int) -> GraphSampler:
     fan_in distinct parents, then each parent short of its fan_out gains extra random children.
     Every parent thus feeds at least one child and every non-root node is reachable from a root.
     """
-    num_layers = make_count_sampler(graph.num_layers_generator, stream(seed, "graph/num_layers"))
-    width = make_count_sampler(graph.layer_width_generator, stream(seed, "graph/layer_width"))
-    fan_in = make_count_sampler(graph.fan_in_generator, stream(seed, "graph/fan_in"))
-    fan_out = make_count_sampler(graph.fan_out_generator, stream(seed, "graph/fan_out"))
+    num_layers = graph_count(graph.num_layers_generator, seed, "num_layers", "num_layers_generator")
+    width = graph_count(graph.layer_width_generator, seed, "layer_width", "layer_width_generator")
+    fan_in = graph_count(graph.fan_in_generator, seed, "fan_in", "fan_in_generator")
+    fan_out = graph_count(graph.fan_out_generator, seed, "fan_out", "fan_out_generator")
     wait = make_length_sampler(graph.request_wait_generator, stream(seed, "graph/request_wait"))
     edges_rng = stream(seed, "graph/edges")
     inherit = graph.inherit_history
@@ -122,9 +134,17 @@ class SyntheticSessionGenerator:
     def __init__(self, sg: SyntheticSessions, seed: int, tokenizer: LocalTokenizer | None) -> None:
         text = text_channel_of(sg)
         self._graph = make_graph_sampler(sg.session_graph, seed)
-        self._body_length = make_count_sampler(text.body_length_generator, stream(seed, "text/body_length"))
+        self._body_length = make_count_sampler(
+            text.body_length_generator,
+            stream(seed, "text/body_length"),
+            maximum=MAX_TOKENS,
+            key=f"session_generator.channels.{sg.channels.index(text)}.body_length_generator",
+        )
         self._output_length = make_count_sampler(
-            sg.output_spec.text.output_length_generator, stream(seed, "text/output_length")
+            sg.output_spec.text.output_length_generator,
+            stream(seed, "text/output_length"),
+            maximum=MAX_TOKENS,
+            key="session_generator.output_spec.text.output_length_generator",
         )
         pool_size = text.shared_prefix_pool_size or sg.shared_prefix_pool_size
         # Prefix 0 keeps the stream a single shared prefix always had: pool size 1 changes nothing.

@@ -4,8 +4,10 @@ Two flavors, detected from the first record unless `flavor:` says:
 
 - request log: one request per record, `input_length` and `output_length` (tokens) and an optional
   `timestamp` (seconds, or an ISO date-time). Azure-trace column names `ContextTokens`,
-  `GeneratedTokens`, `TIMESTAMP` are accepted too. Prompts are synthetic word text of the recorded
-  length, drawn fresh for every session (a wrapped trace does not repeat prompts).
+  `GeneratedTokens`, `TIMESTAMP` are accepted too. A date-time without an offset is UTC. Lengths
+  are at most 10,000,000 tokens. (Mooncake traces use these names with milliseconds: replay them with
+  `time_scale: 1000`.) Prompts are synthetic word text of the recorded length, drawn fresh for
+  every session (a wrapped trace does not repeat prompts).
 - conversation: ShareGPT-style `{"conversations": [{"from": "human"|"gpt", "value": ...}]}` or
   `{"messages": [{"role": "user"|"assistant", "content": ...}]}`. Each record is a linear session
   whose user turns are the recorded human messages, each continuing the previous turn's history;
@@ -21,14 +23,16 @@ traffic. A trace is never fetched from the network.
 from __future__ import annotations
 
 import csv
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from veeksha.runner.sessions.lengths import MAX_TOKENS
 from veeksha.runner.sessions.model import RequestNode, Session
 from veeksha.runner.sessions.prompts import PromptBuilder
 from veeksha.runner.sessions.randomness import stream
@@ -169,12 +173,9 @@ def _read_raw(path: Path) -> Iterator[tuple[str, Any]]:
     """(location for messages, raw record) pairs: 'line N' for CSV / JSON lines, 'record N' in arrays."""
     try:
         if path.suffix.lower() == ".csv":
-            with path.open(newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                for row in reader:
-                    yield f"line {reader.line_num}", row
+            yield from _read_csv(path)
             return
-        data = path.read_bytes()
+        data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is no JSON
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ConfigError(f"session_generator.path: cannot read trace {path}: {e}") from None
     if data.lstrip()[:1] == b"[":
@@ -192,6 +193,16 @@ def _read_raw(path: Path) -> Iterator[tuple[str, Any]]:
             yield f"line {lineno}", orjson.loads(line)
         except orjson.JSONDecodeError as e:
             raise ConfigError(f"{path} line {lineno}: invalid JSON: {e}") from None
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would join the first name.
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames:  # `input_length, output_length`: names as meant, not as spaced
+            reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        for row in reader:
+            yield f"line {reader.line_num}", row
 
 
 def _detect_flavor(path: Path, where: str, rec: Any) -> str:
@@ -233,6 +244,8 @@ def _token_count(path: Path, where: str, key: str, value: Any) -> int:
         number = float("nan")
     if isinstance(value, bool) or not number.is_integer() or number < 0:
         raise ConfigError(f"{path} {where}: '{key}' must be a non-negative integer, got {value!r}")
+    if number > MAX_TOKENS:
+        raise ConfigError(f"{path} {where}: '{key}' is {value!r}, more than {MAX_TOKENS:,} tokens")
     return int(number)
 
 
@@ -240,18 +253,29 @@ def _timestamp(path: Path, where: str, rec: dict[str, Any]) -> float | None:
     value = _field(rec, _TIME_KEYS)
     if value is None:
         return None
+    seconds = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            seconds = float(value)
         except ValueError:
-            pass
-        try:
-            return datetime.fromisoformat(value).timestamp()
-        except ValueError:
-            pass
-    raise ConfigError(f"{path} {where}: 'timestamp' must be seconds or an ISO date-time, got {value!r}")
+            seconds = _iso_seconds(value)
+    if seconds is None or not math.isfinite(seconds):  # `nan` is how a CSV export writes "missing"
+        raise ConfigError(
+            f"{path} {where}: 'timestamp' must be finite seconds or an ISO date-time, got {value!r}"
+        )
+    return seconds
+
+
+def _iso_seconds(text: str) -> float | None:
+    """An ISO date-time in seconds; one without an offset is UTC (never the load machine's zone, which
+    would make the schedule depend on where it runs, and shift across a daylight-saving change)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _parse_conversation(path: Path, where: str, rec: Any) -> Conversation | None:
@@ -281,8 +305,10 @@ def _message(path: Path, where: str, i: int, msg: Any) -> tuple[str, str]:
     if isinstance(msg, dict):
         role = msg.get("from", msg.get("role"))
         text = msg.get("value", msg.get("content"))
-        if isinstance(text, list):  # OpenAI content parts: keep the text ones
-            text = "\n".join(p.get("text", "") for p in text if isinstance(p, dict))
+        if text is None and ("value" in msg or "content" in msg):  # `content: null`: tool calls only
+            text = ""
+        elif isinstance(text, list):  # OpenAI content parts: keep the text ones
+            text = "\n".join(t for p in text if isinstance(p, dict) and isinstance(t := p.get("text"), str))
         if isinstance(role, str) and isinstance(text, str):
             return role.lower(), text
     raise ConfigError(

@@ -345,3 +345,30 @@ def test_a_channels_own_prefix_pool_size_wins_over_the_generators() -> None:
     sessions = {"type": "synthetic", "channels": [channel], "shared_prefix_pool_size": 5}
     gen = make_session_generator(build_benchmark_config({"seed": 4, "session_generator": sessions}))
     assert len({gen.next_session().nodes[0].content for _ in range(60)}) == 2
+
+
+@pytest.mark.parametrize(
+    "sessions, key",
+    [
+        (
+            {"channels": [{"type": "text", "body_length_generator": {"type": "fixed", "value": 1e20}}]},
+            "session_generator.channels.0.body_length_generator: 1e+20 is more than 10,000,000",
+        ),
+        (
+            {"output_spec": {"text": {"output_length_generator": {"type": "uniform", "min": 1, "max": 2e7}}}},
+            "session_generator.output_spec.text.output_length_generator: 2e+07 is more than 10,000,000",
+        ),
+        (
+            {"session_graph": {"type": "linear", "num_request_generator": {"type": "fixed", "value": 1e20}}},
+            "session_generator.session_graph.num_request_generator: 1e+20 is more than 10,000",
+        ),
+    ],
+    ids=["prompt-tokens", "output-tokens", "requests-per-session"],
+)
+def test_a_count_beyond_what_a_run_can_send_is_refused_when_the_generator_is_made(
+    sessions: dict, key: str
+) -> None:
+    """It used to pass the config and fail deep in the run (OverflowError), or never finish a session."""
+    cfg = build_benchmark_config({"session_generator": {"type": "synthetic", **sessions}})
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("+", r"\+")):
+        make_session_generator(cfg)

@@ -248,3 +248,87 @@ def test_an_empty_trace_is_an_error(tmp_path: Path) -> None:
     path.write_text("\n")
     with pytest.raises(ConfigError, match="has no records"):
         trace_generator(path)
+
+
+# ---------------------------------------------------------------- what exports and logs look like
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-Infinity"])
+def test_a_timestamp_that_is_not_finite_names_the_file_and_line(tmp_path: Path, bad: str) -> None:
+    """pandas writes a missing value as `nan`: it used to sort anywhere and send its session at once."""
+    path = tmp_path / "t.csv"
+    path.write_text(f"input_length,output_length,timestamp\n10,5,5\n10,5,{bad}\n10,5,1\n")
+    with pytest.raises(ConfigError, match=r"t\.csv line 3: 'timestamp' must be finite seconds"):
+        trace_generator(path, timed_replay=True, wrap=False)
+
+
+def test_a_date_time_without_an_offset_is_utc_wherever_the_run_happens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    records = [
+        {"timestamp": "2024-03-10T06:59:00Z", "input_length": 1, "output_length": 1},
+        {"timestamp": "2024-03-10T07:30:00", "input_length": 1, "output_length": 1},  # DST starts in New York
+        {"timestamp": "2024-03-10T08:01:00", "input_length": 1, "output_length": 1},
+    ]
+    path = write_jsonl(tmp_path / "t.jsonl", records)
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        offsets = [s.arrival_offset for s in drain(trace_generator(path, timed_replay=True, wrap=False))]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert offsets == [0.0, 1860.0, 3720.0]
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.jsonl", "t.json"])
+def test_a_byte_order_mark_is_read_past(tmp_path: Path, name: str) -> None:
+    """Excel's "CSV UTF-8" and some exporters start the file with one."""
+    text = {
+        "t.csv": "input_length,output_length\n10,20\n",
+        "t.jsonl": json.dumps({"input_length": 10, "output_length": 20}) + "\n",
+        "t.json": json.dumps([{"input_length": 10, "output_length": 20}]),
+    }[name]
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (session,) = drain(trace_generator(path, wrap=False))
+    assert (session.nodes[0].target_prompt_tokens, session.nodes[0].requested_output_tokens) == (10, 20)
+
+
+def test_csv_header_names_are_read_without_their_spaces(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("input_length, output_length\n10, 20\n")
+    (session,) = drain(trace_generator(path, wrap=False))
+    assert session.nodes[0].requested_output_tokens == 20
+
+
+def test_tool_call_turns_and_parts_without_text_are_read_as_no_text(tmp_path: Path) -> None:
+    """OpenAI logs: an assistant turn of tool calls has `content: null`; a part may hold no string."""
+    record = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": None}, {"type": "text", "text": "rain?"}],
+            },
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
+            {"role": "tool", "content": "sunny"},
+            {"role": "assistant", "content": "It is sunny."},
+        ]
+    }
+    (session,) = drain(trace_generator(write_jsonl(tmp_path / "m.jsonl", [record]), wrap=False))
+    assert [n.content for n in session.nodes] == ["rain?"]
+
+
+def test_a_length_beyond_ten_million_tokens_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("input_length,output_length\n10,20\n1e20,40\n")
+    with pytest.raises(ConfigError, match=r"t\.csv line 3: 'input_length' is '1e20', more than 10,000,000"):
+        trace_generator(path)
+
+
+def test_time_scale_without_timed_replay_is_refused(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", REQUESTS)
+    with pytest.raises(ConfigError, match="time_scale: only a timed replay uses it"):
+        trace_generator(path, time_scale=2.0)
