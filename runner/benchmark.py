@@ -89,7 +89,17 @@ def run_benchmark(
         if server is not None:
             server.stop()
     # (Interrupted or failed above: a follower finishes the run from the final run.json on its own.)
-    if follower is not None:
+    if result.evaluation_failed:  # no metrics to upload: the follower leaves its W&B run resumable
+        if follower is not None:
+            stop_follower(follower)
+        if cfg.wandb.enabled:
+            print(
+                f"veeksha: not uploaded (no metrics): `veeksha-run evaluate {result.run_dir}`, "
+                f"then `veeksha-upload {result.run_dir}`",
+                file=sys.stderr,
+            )
+            result.upload_failed = True
+    elif follower is not None:
         result.upload_failed = not wait_for_follower(follower, result.run_dir)
     elif cfg.wandb.enabled:
         result.upload_failed = not upload(result.run_dir)
@@ -188,7 +198,9 @@ def _record_and_evaluate(
     except BaseException as e:  # the directory must still end with a final status
         error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         status = RUN_INTERRUPTED if isinstance(e, KeyboardInterrupt) else RUN_FAILED
-        run.finish(status, error)
+        run.leave_unevaluated(
+            status, error, f"not evaluated; `veeksha-run evaluate {run.root}` writes its metrics"
+        )
         raise
     result = RunResult(run.root, status, error)
     run.info["status"] = status  # evaluation reads the final status; finished_at comes after it
@@ -203,14 +215,20 @@ def _record_and_evaluate(
         result.all_failed = evaluation.all_failed is not None
         if not quiet:
             print(format_summary(evaluation), flush=True)
-    except KeyboardInterrupt:  # records are safe on disk; the directory still gets its final status
-        run.finish(RUN_INTERRUPTED, f"interrupted during evaluation; rerun `veeksha-run evaluate {run.root}`")
+    # The records are safe on disk either way; the recording's status stays what it was (a Ctrl-C
+    # here interrupts the evaluation, not the run), and `veeksha-run evaluate` finishes the directory.
+    except KeyboardInterrupt:
+        run.leave_unevaluated(
+            status, error, f"interrupted during evaluation; rerun `veeksha-run evaluate {run.root}`"
+        )
         raise
-    except Exception as e:  # records are safe on disk; `veeksha-run evaluate` can retry
+    except Exception as e:
+        why = f"evaluation failed: {type(e).__name__}: {e}"
+        run.leave_unevaluated(status, error, f"{why}; rerun `veeksha-run evaluate {run.root}`")
         result.evaluation_failed = True
-        error = error or f"evaluation failed: {type(e).__name__}: {e}"
-        result.error = error
-        print(f"veeksha: {error}; rerun `veeksha-run evaluate {run.root}`", file=sys.stderr)
+        result.error = error or why
+        print(f"veeksha: {why}; rerun `veeksha-run evaluate {run.root}`", file=sys.stderr)
+        return result
     run.finish(status, error)
     return result
 
@@ -318,6 +336,16 @@ def wait_for_follower(follower: subprocess.Popen[bytes], run_dir: Path) -> bool:
     if not ok:
         _upload_failed(run_dir)
     return ok
+
+
+def stop_follower(follower: subprocess.Popen[bytes]) -> None:
+    """End the follower now (SIGTERM: it stops as on Ctrl-C, its W&B run left resumable)."""
+    follower.terminate()
+    try:
+        follower.wait(FOLLOW_MARGIN_S)
+    except subprocess.TimeoutExpired:
+        follower.kill()
+        follower.wait()
 
 
 def _upload_failed(run_dir: Path) -> None:

@@ -166,7 +166,12 @@ def capacity_search_command(ctx: click.Context, config_path: Path) -> None:
 @click.command("evaluate")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--strict", is_flag=True, help="exit 1 when an SLO or a health check fails")
-def evaluate_command(run_dir: Path, strict: bool) -> None:
+@click.option(
+    "--other-host-gone",
+    is_flag=True,
+    help="the unfinished run was written on another host, and its process there has ended",
+)
+def evaluate_command(run_dir: Path, strict: bool, other_host_gone: bool) -> None:
     """Recompute every metric, SLO and health check of RUN_DIR from its raw records."""
 
     def go() -> int:
@@ -176,12 +181,15 @@ def evaluate_command(run_dir: Path, strict: bool) -> None:
         from veeksha.shared.paths import RunPaths
 
         paths = RunPaths(run_dir)
-        if not paths.request_records.exists():
+        if not paths.run_json.is_file() and not paths.request_records.exists():
             raise UsageError(
-                f"{run_dir} is not a run directory (no metrics/request_level_metrics.jsonl); "
+                f"{run_dir} is not a run directory (no run.json or metrics/request_level_metrics.jsonl); "
                 "pass the directory a run created"
             )
-        recovery = recover(paths)
+        if not paths.request_records.exists():  # stopped before its request log was opened: no request
+            paths.request_records.parent.mkdir(parents=True, exist_ok=True)
+            paths.request_records.touch()
+        recovery = recover(paths, other_host_gone)
         if recovery.crashed:
             click.echo(
                 f"veeksha-run: {run_dir} was left running by a process that died: marked crashed; "

@@ -87,6 +87,15 @@ def append_records(records_path: Path, records: list[dict[str, Any]]) -> None:
         f.write((b"\n" if torn else b"") + b"".join(orjson.dumps(r) + b"\n" for r in records))
 
 
+def end_torn_line(records_path: Path) -> None:
+    """End a last line a crash cut short, so that evaluation counts and names it like any line that
+    is not a record (a torn last line is otherwise taken for one still being written, and skipped)."""
+    with records_path.open("ab+") as f:
+        f.seek(0, 2)
+        if f.tell() > 0 and (f.seek(-1, 2), f.read(1))[1] != b"\n":
+            f.write(b"\n")
+
+
 def _process_alive(pid: object) -> bool:
     """A live (not zombie) veeksha process with this pid on this host."""
     if not isinstance(pid, int) or pid <= 0:
@@ -108,23 +117,31 @@ class Recovery:
     finished_at: str | None  # to write into run.json once evaluated (None: it has one)
 
 
-def recover(paths: RunPaths) -> Recovery:
+def recover(paths: RunPaths, other_host_gone: bool = False) -> Recovery:
     """Make a run directory whose processes are gone whole again, before it is evaluated:
     - every dispatched request without a record gets a driver_lost one, in a run that crashed or
       failed (a full disk stopped the recorder before it could write them);
     - a run left `running` is marked `crashed`;
     - a run without finished_at (its process died mid-run or mid-evaluation) gets it back once
       evaluated: until then the uploader leaves the directory alone (shared.records.run_finished).
-    Raises UsageError when the run's process is still alive on this host."""
+    Raises UsageError when the run's process is still alive on this host, or runs on another host
+    (its process cannot be checked from here) unless `other_host_gone` says it has ended."""
     info = read_json(paths.run_json) if paths.run_json.exists() else None
     if not isinstance(info, dict):
         return Recovery(False, 0, None)
     unfinished = not run_finished(info)
+    doing = "written" if info.get("status") == RUN_RUNNING else "evaluated"
     if unfinished and info.get("host") == socket.gethostname() and _process_alive(info.get("pid")):
-        doing = "written" if info.get("status") == RUN_RUNNING else "evaluated"
         raise UsageError(
             f"{paths.root} is still being {doing} by process {info['pid']}; "
             "wait for the run to end (or stop it) before evaluating it"
+        )
+    if unfinished and info.get("host") != socket.gethostname() and not other_host_gone:
+        # A process on another host cannot be looked at from here (a shared filesystem): taking a
+        # live run for a crashed one would write driver_lost records into its live log.
+        raise UsageError(
+            f"{paths.root} may still be being {doing} on host {info.get('host')!r} (process "
+            f"{info.get('pid')}); once that process is gone, rerun with --other-host-gone"
         )
     # The last write of the request log is the best estimate of when the run ended.
     last_write = max(p.stat().st_mtime for p in (paths.request_records, paths.run_json) if p.exists())
@@ -136,6 +153,7 @@ def recover(paths: RunPaths) -> Recovery:
         why = "the run's processes died" if crashed else "the run ended before their results were written"
         lost = find_lost(paths.request_records, paths.dispatch_trace)
         append_records(paths.request_records, [lost_record(line, why) for line in lost])
+        end_torn_line(paths.request_records)  # reported as a line that is no record, not dropped unseen
     if crashed:
         info.update(
             status=RUN_CRASHED,
@@ -154,4 +172,5 @@ def mark_finished(paths: RunPaths, finished_at: str) -> None:
     info = read_json(paths.run_json)
     if isinstance(info, dict) and not info.get("finished_at"):
         info["finished_at"] = finished_at
+        info.pop("evaluation_error", None)  # what kept it unfinished: the metrics are there now
         write_json(paths.run_json, info)

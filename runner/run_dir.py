@@ -118,6 +118,16 @@ class RunDir:
     def save(self) -> None:
         write_json(self.paths.run_json, self.info)
 
+    def leave_unevaluated(self, status: str, error: str | None, why: str) -> None:
+        """The run has its final status but no metrics (its evaluation failed, was interrupted, or
+        never came): no finished_at, so no uploader takes it, and `evaluation_error` says why until
+        `veeksha-run evaluate` writes the metrics (lost_records.mark_finished)."""
+        self.info.update(status=status, error=error, finished_at=None, evaluation_error=why)
+        try:
+            self.save()
+        except OSError:  # disk full: the previous run.json stays whole; the caller reports the error
+            pass
+
     def finish(self, status: str, error: str | None = None, **extra: Any) -> None:
         self.info.update(status=status, finished_at=iso(utc_now()), error=error, **extra)
         try:

@@ -358,6 +358,8 @@ def _run_job(task: Task, redactor: Redactor) -> Job | Outcome:
             "still being evaluated (run.json has no finished_at yet; if its process died, "
             f"`veeksha-run evaluate {root}` finishes it)"
         )
+        if info.get("evaluation_error"):  # the runner said why it has no metrics
+            why = f"no metrics yet: {info['evaluation_error']}"
         return Outcome(str(root), task.target.kind, SKIPPED, why)
     data = read_run_dir(root)
     ctx = groups.run_context(root, info)

@@ -93,7 +93,7 @@ def id_types(first: dict[str, Any] | None) -> dict[str, pl.DataType]:
 def first_record(path: Path) -> dict[str, Any] | None:
     with path.open("rb") as f:
         for line in f:
-            obj = json_object(line)
+            obj = record_object(line)
             if obj is not None:
                 return obj
     return None
@@ -108,11 +108,18 @@ def json_object(line: bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def record_object(line: bytes) -> dict[str, Any] | None:
+    """One line of a request log or trace as a record: a JSON object with a request id, else None
+    (a stray `{}` is no record: counted, it would add a request; first, it would type the ids)."""
+    obj = json_object(line)
+    return obj if obj is not None and obj.get("request_id") is not None else None
+
+
 def _json_objects(block: bytes, skipped: list[int] | None = None) -> Iterator[dict[str, Any]]:
-    """The slow path for a block polars refused: line by line, skipping what is not a JSON object
+    """The slow path for a block polars refused: line by line, skipping what is not a record
     (the 0-based index of each skipped non-empty line goes to `skipped`)."""
     for i, line in enumerate(block.splitlines()):
-        obj = json_object(line)
+        obj = record_object(line)
         if obj is not None:
             yield obj
         elif skipped is not None and line.strip():
@@ -122,21 +129,23 @@ def _json_objects(block: bytes, skipped: list[int] | None = None) -> Iterator[di
 def parse_block(block: bytes, schema: dict[str, pl.DataType]) -> tuple[pl.DataFrame, int]:
     """(records of the block, how many non-empty lines were skipped as corrupt)."""
     try:
-        return pl.read_ndjson(block, schema=schema), 0
+        df = pl.read_ndjson(block, schema=schema)
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, ValueError):
         skipped: list[int] = []
         rows = [_coerce(obj, schema) for obj in _json_objects(block, skipped)]
         df = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
         return df, len(skipped)
+    no_id = df["request_id"].is_null()  # JSON objects that are no record (a stray `{}`)
+    return (df.filter(~no_id), int(no_id.sum())) if no_id.any() else (df, 0)
 
 
 def corrupt_line_numbers(path: Path, limit: int = 20) -> list[int]:
-    """1-based numbers of the first `limit` lines of a JSONL file that are not a JSON object (a slow
+    """1-based numbers of the first `limit` lines of a JSONL file that are not a record (a slow
     scan, run only when parsing skipped some). A torn last line is a crash artefact: not listed."""
     found: list[int] = []
     with path.open("rb") as f:
         for number, line in enumerate(f, 1):
-            if line.strip() and line.endswith(b"\n") and json_object(line) is None:
+            if line.strip() and line.endswith(b"\n") and record_object(line) is None:
                 found.append(number)
                 if len(found) >= limit:
                     break

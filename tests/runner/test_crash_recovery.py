@@ -185,7 +185,7 @@ def test_a_torn_last_line_is_ended_before_lost_records_are_appended(tmp_path: Pa
         '{"request_id": 0, "status": "success"}\n{"request_id": 1, "sta',
     )
 
-    assert recover(paths).lost == 1
+    assert recover(paths, other_host_gone=True).lost == 1
 
     lines = paths.request_records.read_bytes().splitlines()
     assert lines[1] == b'{"request_id": 1, "sta'  # kept as it was: evaluation reports it
@@ -256,3 +256,66 @@ def test_evaluate_records_the_requests_a_full_disk_left_without_a_record(tmp_pat
     assert lost["request_id"] == 1 and lost["error_type"] == "driver_lost"
     assert orjson.loads(paths.run_json.read_bytes())["status"] == "failed"  # its status stands
     assert recover(paths).lost == 0  # once
+
+
+def test_a_run_left_running_on_another_host_is_not_taken_for_crashed(tmp_path: Path) -> None:
+    """On a shared filesystem its process may still be writing: only the user can say it has ended."""
+    paths = two_dispatched(
+        tmp_path / "run", '{"status": "running", "host": "elsewhere", "pid": 1}', '{"request_id": 0}\n'
+    )
+    with pytest.raises(
+        UsageError, match=r"may still be being written on host 'elsewhere'.*--other-host-gone"
+    ):
+        recover(paths)
+    assert paths.request_records.read_bytes() == b'{"request_id": 0}\n'  # nothing appended
+    assert orjson.loads(paths.run_json.read_bytes())["status"] == "running"
+
+    assert recover(paths, other_host_gone=True).crashed  # the user says its process has ended
+    assert orjson.loads(paths.run_json.read_bytes())["status"] == "crashed"
+
+
+def test_a_torn_last_line_with_no_trace_to_recover_it_is_named_not_dropped(tmp_path: Path) -> None:
+    proc = run_cli([*QUICK, "--trace_recorder.enabled", "false"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    lines = paths.request_records.read_bytes().splitlines(keepends=True)
+    paths.request_records.write_bytes(b"".join(lines[:-1]) + lines[-1][:20])  # a crash mid-append
+    info = orjson.loads(paths.run_json.read_bytes())
+    paths.run_json.write_bytes(orjson.dumps({**info, "status": "running", "finished_at": None}))
+
+    proc = run_cli(["evaluate", str(paths.root)], cwd=tmp_path)
+
+    assert proc.returncode == 0, proc.stderr
+    assert f"1 line(s) of the request log are not records and were skipped (line {len(lines)})" in proc.stdout
+
+
+def test_a_stray_object_above_the_first_record_is_skipped_not_a_traceback(tmp_path: Path) -> None:
+    proc = run_cli(QUICK, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    count = len(read_jsonl(paths.request_records))
+    paths.request_records.write_bytes(b"{}\n" + paths.request_records.read_bytes())
+
+    proc = run_cli(["evaluate", str(paths.root)], cwd=tmp_path)
+
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "1 line(s) of the request log are not records and were skipped (line 1)" in proc.stdout
+    assert orjson.loads(paths.summary_stats.read_bytes())["num_requests"] == count
+
+
+def test_a_run_stopped_before_its_request_log_was_opened_is_evaluated_as_no_requests(tmp_path: Path) -> None:
+    """A Ctrl-C (or a kill) between the run directory's creation and the recording's start."""
+    proc = run_cli(QUICK, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    for f in [*paths.root.glob("metrics/*"), *paths.root.glob("traces/*")]:
+        f.unlink()
+    info = orjson.loads(paths.run_json.read_bytes())
+    paths.run_json.write_bytes(orjson.dumps({**info, "status": "running", "finished_at": None}))
+
+    proc = run_cli(["evaluate", str(paths.root)], cwd=tmp_path)
+
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert info["status"] == "crashed" and info["finished_at"]
+    assert orjson.loads(paths.summary_stats.read_bytes())["num_requests"] == 0

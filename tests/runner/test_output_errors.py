@@ -99,5 +99,14 @@ def test_a_run_whose_evaluation_fails_exits_1_and_says_how_to_retry(tmp_path: Pa
     assert proc.returncode == 1
     assert "evaluation failed: IsADirectoryError" in stderr and "rerun `veeksha-run evaluate" in stderr
     info = orjson.loads(paths.run_json.read_bytes())
-    assert info["status"] == "completed" and info["error"].startswith("evaluation failed")
+    # The run completed; its metrics are missing: no finished_at, so no uploader takes it yet.
+    assert (info["status"], info["error"], info["finished_at"]) == ("completed", None, None)
+    assert info["evaluation_error"].startswith("evaluation failed: IsADirectoryError")
     assert paths.request_records.stat().st_size > 0  # the records are safe
+
+    paths.summary_stats.rmdir()  # the space is back: evaluate finishes the directory
+    again = run_cli(["evaluate", str(paths.root)], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert info["status"] == "completed" and info["finished_at"] and "evaluation_error" not in info
+    assert paths.summary_stats.is_file()

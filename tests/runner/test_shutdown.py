@@ -111,7 +111,7 @@ def test_ctrl_c_while_the_server_starts_exits_130_without_aborted(tmp_path: Path
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_ctrl_c_during_evaluation_exits_130_and_finishes_run_json(
+def test_ctrl_c_during_evaluation_exits_130_and_leaves_the_run_to_evaluate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A real run in this process; only the moment of the Ctrl-C is arranged (evaluation raises
@@ -129,9 +129,22 @@ def test_ctrl_c_during_evaluation_exits_130_and_finishes_run_json(
 
     assert exited.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "veeksha-run: interrupted"
-    info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
-    assert info["status"] == "interrupted" and info["finished_at"]
-    assert "interrupted during evaluation" in info["error"]
+    paths = only_run_dir(tmp_path / "out")
+    info = orjson.loads(paths.run_json.read_bytes())
+    # The run itself completed: the Ctrl-C cut its evaluation, and no uploader takes it without metrics.
+    assert (info["status"], info["stop_reason"], info["finished_at"]) == (
+        "completed",
+        "benchmark_timeout",
+        None,
+    )
+    assert "interrupted during evaluation; rerun `veeksha-run evaluate" in info["evaluation_error"]
+
+    monkeypatch.undo()  # the real evaluation, as the message says
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", str(paths.root)])
+    assert exited.value.code == 0
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert info["status"] == "completed" and info["finished_at"] and "evaluation_error" not in info
 
 
 def test_sessions_due_after_a_timeout_are_not_sent_though_their_tasks_had_started(tmp_path: Path) -> None:
