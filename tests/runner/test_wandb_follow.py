@@ -175,3 +175,31 @@ def test_a_failed_follower_prints_the_retry_line_and_keeps_the_exit_status(
     assert f"Retry with: veeksha-upload {paths.root.relative_to(tmp_path)}\n" in proc.stderr, proc.stderr
     assert "x" * 40 not in proc.stdout + proc.stderr
     assert fake.created == 0
+
+
+def test_a_failed_evaluation_stops_the_follower_and_leaves_its_run_resumable(
+    tmp_path: Path, home: Home, fake: FakeWandb
+) -> None:
+    """No metrics, no finished_at: the follower would wait for them until the runner's deadline (8
+    minutes). The runner stops it at once; evaluate, then a plain upload, finish the same W&B run."""
+    proc = start_run(tmp_path, home, fake, seconds=4)
+    try:
+        paths = run_dir_of(tmp_path)
+        paths.summary_stats.mkdir(parents=True)  # the evaluation's first file cannot be written
+        run = only_run(fake)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 1, out + err
+    assert "evaluation failed: IsADirectoryError" in err
+    assert f"not uploaded (no metrics): `veeksha-run evaluate {paths.root.relative_to(tmp_path)}`" in err
+    assert (paths.root / UPLOAD_PENDING).read_text().strip() == run.run_id
+    assert not paths.wandb_run_json.exists()
+
+    paths.summary_stats.rmdir()
+    assert run_cli(["evaluate", str(paths.root)], cwd=tmp_path, env=home.env()).returncode == 0
+    done = upload([str(paths.root)], home, tmp_path, online_env(fake))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert fake.created == 1 and run.state == "finished" and run.summary["run_status"] == "completed"
