@@ -208,9 +208,11 @@ def redact_params(params: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any
 
 
 def _sets_secret(flag: str) -> bool:
-    """`--client.api_key`, `--server.env.NAME`: the flag's whole value is a secret."""
+    """`--client.api_key`, `--server.env.NAME`, `--server.command.4`: the flag's whole value is a
+    secret, or may be (one item of a command line, out of its context: the value after --api-key?)."""
     *parents, key = flag.lstrip("-").split(".")
-    return any(p in SECRET_MAPPINGS for p in parents) or _flag_is_secret("--" + key)
+    one_item = bool(parents) and parents[-1] in SECRET_SEQUENCES and key.isdigit()
+    return one_item or any(p in SECRET_MAPPINGS for p in parents) or _flag_is_secret("--" + key)
 
 
 def _redact_flag_value(flag: str, value: str) -> str:

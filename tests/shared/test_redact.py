@@ -63,6 +63,26 @@ def test_redact_argv_hides_values_of_secret_flags() -> None:
     ]
 
 
+def test_redact_argv_hides_one_server_command_item_set_by_flag() -> None:
+    """Out of its list, an item cannot be told apart from the value after `--api-key`."""
+    argv = [
+        "veeksha-run",
+        "--server.command.4",
+        "sk-123",
+        "--server.command.5=sk-456",
+        "--server.ready_url",
+        "u",
+    ]
+    assert redact_argv(argv) == [
+        "veeksha-run",
+        "--server.command.4",
+        REDACTED,
+        f"--server.command.5={REDACTED}",
+        "--server.ready_url",
+        "u",
+    ]
+
+
 def test_no_config_field_except_api_key_looks_like_a_secret() -> None:
     """A field named like a secret would be redacted out of config.yml and never read back."""
     import dataclasses
