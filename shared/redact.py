@@ -25,7 +25,7 @@ SECRET_NAMES = frozenset(
         "cookie",
     }
 )
-SECRET_SUFFIXES = ("_key", "_token", "_secret", "_password", "-key", "-token", "-secret")
+SECRET_SUFFIXES = ("_key", "_token", "_secret", "_password", "-key", "-token", "-secret", "apikey")
 SECRET_MAPPINGS = frozenset({"env"})
 # URL query parameters that carry credentials under names the key rule does not catch
 # (`?key=`, signed URLs' `sig=`); `api_key`, `token`, `x-token` and the like are caught by it.

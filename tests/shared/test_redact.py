@@ -17,6 +17,8 @@ def test_secret_key_names() -> None:
         "client_secret",
         "db_password",
         "X-Api-Key",
+        "X-Apikey",
+        "x_apikey",
     ):
         assert is_secret_key(key), key
     for key in ("max_tokens", "max_completion_tokens", "min_tokens", "tokenizer", "keys", "model"):

@@ -42,7 +42,12 @@ ENDPOINTS = {CHAT: "/chat/completions", COMPLETIONS: "/completions"}
 DEFAULT_MAX_TOKENS_PARAM = {CHAT: "max_completion_tokens", COMPLETIONS: "max_tokens"}
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a buffered (non-streamed) body larger than this is refused
-MAX_MESSAGE_CHARS = 300  # error messages are one line, cut to this length
+MAX_MESSAGE_CHARS = 300  # error messages are one line, cut to this length (by the client, last)
+# Text taken from a response for a message is kept this long until the client has scrubbed its
+# secrets and cut it to MAX_MESSAGE_CHARS: a key cut in half here would survive that scrub.
+RAW_MESSAGE_CHARS = 4096
+# A generation these end was cut off (vLLM's abort, a server's own error): whatever came is no answer.
+FAILED_FINISH_REASONS = frozenset({"abort", "error"})
 PREVIEW_CHARS = 100  # the body preview in an error message
 # Raw body bytes kept for that preview: more than it shows, so that the client can scrub a secret
 # crossing the cut before shortening.
@@ -118,10 +123,10 @@ def error_text(err: Any) -> str:
             value = err.get(key)
             if value:
                 return error_text(value)
-        return one_line(orjson.dumps(err).decode())
+        return one_line(orjson.dumps(err).decode(), RAW_MESSAGE_CHARS)
     if isinstance(err, list) and err:
         return error_text(err[0])
-    return one_line(str(err))
+    return one_line(str(err), RAW_MESSAGE_CHARS)
 
 
 def preview(text: str) -> str:
@@ -143,11 +148,22 @@ def sniff(head: bytes) -> int | None:
     return _REJECT
 
 
+def _error_body(head: bytes) -> str | None:
+    """The error a body that is one JSON error object holds (`{"error": ...}`), else None."""
+    try:
+        obj = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is dict and (obj.get("error") is not None or obj.get("object") == "error"):
+        return error_text(obj["error"] if obj.get("error") is not None else obj)
+    return None
+
+
 def body_error_text(body: bytes) -> str:
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return one_line(body.decode("utf-8", "replace")) or "(empty body)"
+        return one_line(body.decode("utf-8", "replace"), RAW_MESSAGE_CHARS) or "(empty body)"
     return error_text(obj) if obj else "(empty body)"
 
 
@@ -265,13 +281,20 @@ class ResponseReader:
         self._sse = SSEParser(self._on_event)
 
     def _end_stream(self, now: float) -> None:
-        """[DONE] or the end of the body: a stream without a content chunk is no success."""
-        if self.out.chunk_times:
-            self._finish(now)
-            return
+        """[DONE] or the end of the body: a stream without a content chunk, or one whose generation
+        was cut off, is no success."""
         reason = self.out.finish_reason
-        what = "the stream ended without a content chunk" + (f" (finish_reason {reason})" if reason else "")
-        self._fail(EmptyResponse(self._about(what), body_head=self._head), now)
+        if reason in FAILED_FINISH_REASONS:
+            self._fail(ServerError(f"the server ended the generation with finish_reason {reason!r}"), now)
+        elif self.out.chunk_times:
+            self._finish(now)
+        elif (err := _error_body(self._head)) is not None:  # a bare JSON error sent as an event stream
+            self._fail(ServerError(f"server returned an error: {err}"), now)
+        else:
+            what = "the stream ended without a content chunk" + (
+                f" (finish_reason {reason})" if reason else ""
+            )
+            self._fail(EmptyResponse(self._about(what), body_head=self._head), now)
 
     def _on_event(self, event: bytes | None, data: bytes) -> None:
         # The hot path: once per streamed event, so the ordinary case takes the fewest steps.
@@ -347,11 +370,14 @@ class ResponseReader:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             if event == b"error":
-                self._fail(ServerError(f"server error event: {one_line(data.decode())}"), self._now)
+                text = one_line(data.decode("utf-8", "replace"), RAW_MESSAGE_CHARS)
+                self._fail(ServerError(f"server error event: {text}"), self._now)
             else:
                 self._bad_event(data)
             return
         if type(obj) is not dict:
+            if event == b"error":  # `data: "model overloaded"`, `data: null`: an error all the same
+                self._fail(ServerError(f"server error event: {error_text(obj) or 'null'}"), self._now)
             return
         err = obj.get("error")
         if err is not None or event == b"error" or obj.get("object") == "error":
@@ -366,14 +392,14 @@ class ResponseReader:
         self._chunk(chunk)
 
     def _odd_shape(self, data: bytes) -> None:
-        preview = one_line(data[:80].decode("utf-8", "replace"))
-        self._fail(ProtocolError(f"stream event of an unexpected shape: {preview}"), self._now)
+        self._fail(
+            ProtocolError("stream event of an unexpected shape", body_head=data[:BODY_HEAD_BYTES]), self._now
+        )
 
     def _bad_event(self, data: bytes) -> None:
         if not data.strip():
             return  # an empty `data:` keep-alive
-        preview = one_line(data[:80].decode("utf-8", "replace"))
-        self._fail(ProtocolError(f"stream event is not JSON: {preview}"), self._now)
+        self._fail(ProtocolError("stream event is not JSON", body_head=data[:BODY_HEAD_BYTES]), self._now)
 
     # -- bodies of unknown kind ----------------------------------------------------------------------
 
@@ -453,6 +479,10 @@ class ResponseReader:
         self.out.chunk_times.append(now)  # non-streaming: one chunk, at completion
         if answer:
             self.out.answer_times.append(now)
+        reason = self.out.finish_reason
+        if reason in FAILED_FINISH_REASONS:
+            self._fail(ServerError(f"the server ended the generation with finish_reason {reason!r}"), now)
+            return
         self._finish(now)
 
     def _read_choices(self, choices: list[Any]) -> bool:

@@ -40,9 +40,13 @@ from veeksha.shared.redact import url_for_message
 # request is complete at `[DONE]`; the connection returns to the pool when the body ends, or is closed
 # if that takes longer than this.
 DRAIN_TIMEOUT_S = 5.0
-# A reused keep-alive connection the server closed just as we sent: retry on a fresh one (only when
-# not a single response byte arrived). Bounded so a server closing every connection cannot loop us.
+# A reused keep-alive connection the server closed just as we sent: retry on a fresh one, only when
+# not a single response byte arrived and the close came this soon after the request was written (a
+# close that crossed our request on the wire). A later close means the server had the request and
+# dropped it: that is its failure to record, and a resend would load the server with a request the
+# run never counts. Bounded so a server closing every connection cannot loop us.
 MAX_STALE_RETRIES = 2
+STALE_CLOSE_WINDOW_S = 0.25
 
 
 class ResponseHandler(Protocol):
@@ -179,7 +183,7 @@ class HTTPTransport:
             except ConnectionDropped:
                 conn.abort()
                 conn.end_request()
-                if reused and not conn.got_bytes and attempt < MAX_STALE_RETRIES:
+                if reused and conn.closed_stale() and attempt < MAX_STALE_RETRIES:
                     attempt += 1
                     continue
                 raise
@@ -339,7 +343,9 @@ class _Connection(asyncio.Protocol):
         "_sock",
         "_transport",
         "_waiter",
+        "_written_at",
         "closed",
+        "closed_at",
         "got_bytes",
         "keep_alive",
         "message_done",
@@ -363,7 +369,9 @@ class _Connection(asyncio.Protocol):
         self._now = 0.0
         self._sock: socket.socket | None = None
         self._slow_acks = False  # a new response: delay its ACKs at its first body bytes
+        self._written_at = 0.0
         self.closed = False
+        self.closed_at = 0.0
         self.got_bytes = False
         self.keep_alive = False
         self.message_done = True  # no response outstanding
@@ -387,7 +395,13 @@ class _Connection(asyncio.Protocol):
         self.message_done = False
         self.requests += 1
         self._transport.write(data)
+        self._written_at = perf_counter()
         return waiter
+
+    def closed_stale(self) -> bool:
+        """Closed before a response byte, right after the request was written: a keep-alive close
+        that crossed the request (safe to send again), not a server dropping a request it had."""
+        return not self.got_bytes and self.closed_at - self._written_at <= STALE_CLOSE_WINDOW_S
 
     def handler_ok(self) -> bool:
         h = self._handler
@@ -459,8 +473,9 @@ class _Connection(asyncio.Protocol):
         self._parser = self._transport = self._handler = self._waiter = None  # type: ignore[assignment]  # closed: never used again
 
     def _report_lost(self, exc: Exception | None) -> None:
-        """The connection closed while the handler still expected bytes."""
-        if self._headers_done and not self._framed and not self._informational:
+        """The connection closed while the handler still expected bytes. Only a clean close ends a
+        body that has no length: a reset (`exc`) cut it short."""
+        if self._headers_done and not self._framed and not self._informational and exc is None:
             self._handler.on_end(perf_counter())  # type: ignore[union-attr]  # set while active; close-delimited body
             self._resolve(None)
             return
@@ -562,4 +577,5 @@ class _Connection(asyncio.Protocol):
     def _mark_closed(self) -> None:
         if not self.closed:
             self.closed = True
+            self.closed_at = perf_counter()
             self._pool._on_closed(self)

@@ -372,6 +372,89 @@ async def q_stale(w, req, srv):
     return await q_basic(w, req, srv)
 
 
+@quirk
+async def q_held_then_dropped(w, req, srv):
+    """Answers the first request on a connection; reads the second, works on it, then drops it (a
+    crashed worker, a proxy's timeout): the server had the request, so it must not be sent again."""
+    if srv.per_conn_count(req.conn) > 1:
+        await asyncio.sleep(0.6)
+        w.close()
+        return False
+    return await q_basic(w, req, srv)
+
+
+# -- generations the server cut off, and errors in odd forms: each is a failure --------------------
+
+
+@quirk
+async def q_abort_finish(w, req, srv):
+    """vLLM ends an aborted request with finish_reason "abort" after what it had produced."""
+    await send(
+        w, head(), chunk(chat("Hel")), chunk(chat("lo")), chunk(chat(finish="abort")), chunk(DONE) + END
+    )
+    return True
+
+
+@quirk
+async def q_error_finish(w, req, srv):
+    await send(w, head(), chunk(chat("Hel")), chunk(chat(finish="error")), chunk(DONE) + END)
+    return True
+
+
+@quirk
+async def q_error_event_string(w, req, srv):
+    error = b'event: error\ndata: "model overloaded"\n\n'
+    await send(w, head(), chunk(chat("Hel")), chunk(error), chunk(DONE) + END)
+    return True
+
+
+@quirk
+async def q_error_event_null(w, req, srv):
+    await send(w, head(), chunk(chat("Hel")), chunk(b"event: error\ndata: null\n\n"), chunk(DONE) + END)
+    return True
+
+
+@quirk
+async def q_error_event_not_utf8(w, req, srv):
+    """Close-delimited, the last event unterminated: it is parsed as the connection closes."""
+    await send(w, head(chunked=False, close=True), chat("Hel"), b"event: error\ndata: \xff\xfe oops")
+    return False
+
+
+@quirk
+async def q_reset_close_delimited(w, req, srv):
+    """No framing: only a clean close ends the body; a reset cuts it short."""
+    await send(w, head(chunked=False), chat("Hel"))
+    await asyncio.sleep(0.05)
+    reset(w)
+    return False
+
+
+@quirk
+async def q_json_error_as_event_stream(w, req, srv):
+    body = orjson.dumps({"error": {"message": "model is overloaded", "type": "server_error"}})
+    await send(w, head(length=len(body)) + body)
+    return True
+
+
+@quirk
+async def q_nonstream_abort(w, req, srv):
+    choice = {"index": 0, "message": {"role": "assistant", "content": "Hi th"}, "finish_reason": "abort"}
+    await send(w, json_response(200, {"id": "chatcmpl-3", "object": "chat.completion", "choices": [choice]}))
+    return True
+
+
+@quirk
+async def q_echo_auth_late(w, req, srv):
+    """401 echoing the credentials after 120 characters: across the message's cut at 300."""
+    auth = req.headers.get("authorization", "")
+    err = {
+        "error": {"message": "x" * 120 + f" Incorrect API key provided: {auth}", "type": "invalid_request"}
+    }
+    await send(w, json_response(401, err))
+    return True
+
+
 # -- 2xx answers that are no success: each must be an error naming its body -------------------------
 
 PORTAL_TITLE = "Guest Wi-Fi: please sign in"

@@ -105,6 +105,14 @@ def test_a_key_hidden_from_every_printed_form_still_goes_on_the_wire(quirks: Qui
         ("drop", ERROR, "connection_dropped", 200, 2, "Hello", "closed"),
         ("reset", ERROR, "connection_dropped", 200, 1, "Hel", ""),
         ("reset_before", ERROR, "connection_dropped", None, 0, "", ""),
+        # A generation the server cut off is no answer, whatever arrived before.
+        ("abort_finish", ERROR, "server_error", 200, 2, "Hello", "finish_reason 'abort'"),
+        ("error_finish", ERROR, "server_error", 200, 1, "Hel", "finish_reason 'error'"),
+        ("error_event_string", ERROR, "server_error", 200, 1, "Hel", "model overloaded"),
+        ("error_event_null", ERROR, "server_error", 200, 1, "Hel", "server error event"),
+        ("error_event_not_utf8", ERROR, "server_error", 200, 1, "Hel", "server error event"),
+        ("reset_close_delimited", ERROR, "connection_dropped", 200, 1, "Hel", ""),
+        ("json_error_as_event_stream", ERROR, "server_error", 200, 0, "", "model is overloaded"),
     ],
 )
 def test_failures(
@@ -292,3 +300,21 @@ def test_events_of_one_read_share_one_timestamp(quirks: QuirkServer, backend: st
     # The crlf quirk writes "lo" and " world" in one chunk: one read, one perf_counter() call.
     out = request(quirks.base("crlf"), backend)
     assert len(out.chunk_times) == 3 and out.chunk_times[1] == out.chunk_times[2]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_non_streamed_answer_the_server_aborted_is_a_failure(quirks: QuirkServer, backend: str) -> None:
+    out = request(quirks.base("nonstream_abort"), backend, stream=False)
+    assert (out.status, out.error_type, out.text) == (ERROR, "server_error", "Hi th")
+    assert "finish_reason 'abort'" in out.error_message
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_key_echoed_across_the_messages_cut_leaves_no_part_of_itself(
+    quirks: QuirkServer, backend: str
+) -> None:
+    """Scrubbed before any cut: a key cut in half first would survive the scrub in part."""
+    key = "sk-proj-" + "A1b2C3d4E5" * 15
+    out = request(quirks.base("echo_auth_late"), backend, api_key=key)
+    assert (out.status, out.error_type) == (ERROR, "http_error")
+    assert "sk-proj-A1b2" not in out.error_message and "A1b2C3d4E5" not in out.error_message

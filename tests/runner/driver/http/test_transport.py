@@ -77,6 +77,23 @@ def test_stale_keep_alive_connection_is_retried_on_a_fresh_one(quirks: QuirkServ
     assert len(seen) == 5 and len({r.conn for r in seen}) == 3  # 3 answered + 2 dropped-and-retried
 
 
+def test_a_request_the_server_had_and_dropped_is_not_sent_again(quirks: QuirkServer) -> None:
+    """The server read it and worked on it before closing: a resend would be a request the run never
+    counts (and a latency that hides the failure). Only a close that crosses the request is retried."""
+
+    async def go() -> list[tuple[str, str | None]]:
+        client = client_for(quirks.base("held_then_dropped"))
+        try:
+            outs = [await client.request("hi", 4) for _ in range(2)]
+            return [(o.status, o.error_type) for o in outs]
+        finally:
+            await client.aclose()
+
+    before = len(quirks.seen("held_then_dropped"))
+    assert uvloop.run(go()) == [(SUCCESS, None), ("error", "connection_dropped")]
+    assert len(quirks.seen("held_then_dropped")) - before == 2  # each request reached the server once
+
+
 def test_done_completes_the_request_before_the_body_ends_and_the_connection_is_reused(
     quirks: QuirkServer,
 ) -> None:
