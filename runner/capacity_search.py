@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -50,6 +51,7 @@ class Attempt:
     status: str
     error_rate: float | None
     slo_results: list[dict[str, Any]]
+    num_completed: int = 0  # successful requests: none in every attempt means a broken set-up
 
 
 def knob_of(cfg: BenchmarkConfig) -> str:
@@ -70,9 +72,13 @@ def with_value(cfg: BenchmarkConfig, value: float) -> BenchmarkConfig:
 
 
 def rounder(search: CapacitySearchConfig, integer: bool) -> Callable[[float], float]:
+    """Values on the search's grid (integers, or `precision` decimals), never above max_value:
+    rounding 10.006 to 10.01 would probe a load the search was told not to."""
+    scale = 1 if integer else 10**search.precision
+    top = max(math.floor(search.max_value * scale) / scale, 1 / scale)  # the grid's last value
     if integer:
-        return lambda v: max(1, round(v))
-    return lambda v: round(v, search.precision)
+        return lambda v: min(max(1, round(v)), int(top))
+    return lambda v: min(round(v, search.precision), top)
 
 
 def run_capacity_search(
@@ -109,14 +115,15 @@ def run_capacity_search(
         result = run_benchmark(with_value(base, value), runs_dir, argv=python_argv(), capacity_search=info)
         a = judge(search, len(history), value, result.run_dir, result.status)
         history.append(a)
-        print(f"veeksha: attempt {a.iteration}: {knob}={value} → {'PASS' if a.passed else 'FAIL'}")
+        verdict = "INTERRUPTED" if a.status == RUN_INTERRUPTED else "PASS" if a.passed else "FAIL"
+        print(f"veeksha: attempt {a.iteration}: {knob}={value} → {verdict}")
         write_results(root, search_id, search, knob, history, RUN_RUNNING)
         if result.status == RUN_INTERRUPTED:
             raise KeyboardInterrupt
         return a
 
     try:
-        search_loop(search, attempt, rnd, integer)
+        stop_reason = search_loop(search, attempt, rnd, integer)
     except KeyboardInterrupt:
         write_results(root, search_id, search, knob, history, RUN_INTERRUPTED)
         print("veeksha: capacity search interrupted; results so far are written", flush=True)
@@ -125,12 +132,25 @@ def run_capacity_search(
         write_results(root, search_id, search, knob, history, RUN_FAILED)
         print("veeksha: capacity search failed; results so far are written", flush=True)
         raise  # the command's one line says why
-    write_results(root, search_id, search, knob, history, RUN_COMPLETED)
+    write_results(root, search_id, search, knob, history, RUN_COMPLETED, stop_reason)
     best = best_attempt(history)
-    print(f"veeksha: best {knob} = {best.value if best else 'none (no attempt passed)'}")
+    found = best.value if best else "none (no attempt passed)"
+    print(f"veeksha: best {knob} = {found} ({STOP_REASONS[stop_reason]})")
     if base.wandb.enabled:
         upload(root)  # the search's summary run and the `best` tag
+    if history and not any(a.num_completed for a in history):
+        # Not a capacity: the endpoint, the model or the key is wrong, at every load.
+        print(f"veeksha: no attempt had a successful request; see {history[0].run_dir} in {root}", flush=True)
+        return 1
     return 0  # the search ran to its end: attempts that failed (a server crashing at a load) are its findings
+
+
+# Why a search ended (results "stop_reason"), and how the console says it.
+STOP_REASONS = {
+    "converged": "converged to the precision",
+    "max_value": "every attempt passed up to max_value",
+    "max_iterations": "stopped by max_iterations before converging",
+}
 
 
 def search_loop(
@@ -138,7 +158,8 @@ def search_loop(
     attempt: Callable[[float], Attempt | None],
     rnd: Callable[[float], float],
     integer: bool,
-) -> None:
+) -> str:
+    """Expand, then bisect; returns why it stopped (a STOP_REASONS key)."""
     last_pass: float | None = None
     first_fail: float | None = None
     value = search.start_value
@@ -147,17 +168,15 @@ def search_loop(
     while True:
         a = attempt(min(value, search.max_value))
         if a is None:
-            break
+            return "max_iterations"
         if not a.passed:
             first_fail = a.value
             break
         last_pass = a.value
-        if a.value >= search.max_value:
-            return
+        if a.value >= rnd(search.max_value):
+            return "max_value"
         # Rounding must not turn the next probe into this one (1 × 1.2 → 1 for concurrency).
         value = max(rnd(a.value * search.expansion_factor), a.value + step)
-    if first_fail is None:
-        return
     # Phase 2: bisect between the last pass (or zero) and the first failure.
     lo, hi = (last_pass or 0.0), first_fail
     while hi - lo > step:
@@ -166,11 +185,12 @@ def search_loop(
             break
         a = attempt(mid)
         if a is None:
-            break
+            return "max_iterations"
         if a.passed:
             lo = a.value
         else:
             hi = a.value
+    return "converged"
 
 
 def judge(search: CapacitySearchConfig, iteration: int, value: float, run_dir: Path, status: str) -> Attempt:
@@ -185,7 +205,8 @@ def judge(search: CapacitySearchConfig, iteration: int, value: float, run_dir: P
     if search.max_error_rate is not None:
         passed = passed and error_rate is not None and error_rate <= search.max_error_rate
     rel = str(run_dir.relative_to(run_dir.parent.parent))
-    return Attempt(iteration, value, passed, rel, status, error_rate, slo.get("results", []))
+    completed = int(summary.get("num_completed_requests") or 0)
+    return Attempt(iteration, value, passed, rel, status, error_rate, slo.get("results", []), completed)
 
 
 def best_attempt(history: list[Attempt]) -> Attempt | None:
@@ -200,6 +221,7 @@ def write_results(
     knob: str,
     history: list[Attempt],
     status: str,
+    stop_reason: str | None = None,
 ) -> None:
     best = best_attempt(history)
     write_json(
@@ -214,6 +236,7 @@ def write_results(
             "max_iterations": search.max_iterations,
             "precision": search.precision,
             "iterations_run": len(history),
+            "stop_reason": stop_reason,  # converged | max_value | max_iterations; null until it ends
             "best_value": best.value if best else None,
             "best_run_dir": best.run_dir if best else None,
             "history": [

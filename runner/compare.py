@@ -44,22 +44,25 @@ class Run:
 
 
 def compare(dirs: list[Path], output_dir: Path) -> str:
-    """Write the comparison into `output_dir`; return the console table."""
-    runs = load_runs(dirs)
+    """Write the comparison into `output_dir`; return the console table (and the sweep members
+    left out for having no results)."""
+    skipped: list[str] = []
+    runs = load_runs(dirs, skipped)
     rows = summary_rows(runs)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(output_dir / SUMMARY_CSV, summary_csv(runs, rows).encode())
     named = [(run.label, run.paths) for run in runs]
     plot_cdfs(named, CDF_METRICS, output_dir)
     plot_timeseries(named, output_dir / COMPARE_TIMESERIES_PNG)
-    return format_table(runs, rows)
+    notes = [f"left out: {what}" for what in skipped]
+    return "\n".join([format_table(runs, rows), *notes])
 
 
 # ------------------------------------------------------------------ inputs
 
 
-def load_runs(dirs: list[Path]) -> list[Run]:
-    paths = [p for d in dirs for p in run_dirs(d)]
+def load_runs(dirs: list[Path], skipped: list[str] | None = None) -> list[Run]:
+    paths = [p for d in dirs for p in run_dirs(d, skipped)]
     if len(paths) < 2:
         raise UsageError("compare needs at least two run directories (or a sweep directory); got one")
     versions = {p.root: contract_version(p) for p in paths}
@@ -74,15 +77,25 @@ def load_runs(dirs: list[Path]) -> list[Run]:
     return [Run(label, p, _json(p.summary_stats), _json(p.throughput_metrics)) for label, p in pairs]
 
 
-def run_dirs(directory: Path) -> list[RunPaths]:
-    """A run directory, or the runs a sweep directory lists."""
+def run_dirs(directory: Path, skipped: list[str] | None = None) -> list[RunPaths]:
+    """A run directory, or the runs a sweep directory lists that have results: a member that failed
+    to start, or whose evaluation did not finish, is named in `skipped` instead."""
     paths = RunPaths(directory)
     if paths.summary_stats.exists():
         return [paths]
     manifest = directory / SWEEP_MANIFEST
     if manifest.exists():
-        entries = read_json(manifest).get("runs") or []
-        return [p for e in entries for p in run_dirs(directory / e["run_dir"])]
+        found = []
+        for entry in read_json(manifest).get("runs") or []:
+            member = RunPaths(directory / entry["run_dir"]) if entry.get("run_dir") else None
+            if member is not None and member.summary_stats.exists():
+                found.append(member)
+            elif skipped is not None:
+                where = entry.get("run_dir") or "no run directory"
+                skipped.append(
+                    f"{directory.name} run {entry.get('index')} ({where}, {entry.get('status')}): no results"
+                )
+        return found
     raise UsageError(
         f"{directory} is neither a finished run directory (no metrics/summary_stats.json) nor a sweep "
         f"directory (no {SWEEP_MANIFEST}); pass directories that `veeksha-run` made"

@@ -19,13 +19,14 @@ from veeksha.shared.config_loader import NO_FALLBACKS, EnvFallbacks, LoadedRun, 
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
 from veeksha.shared.paths import (
+    RUN_JSON,
     SWEEP_DIR_PREFIX,
     SWEEP_MANIFEST,
     SWEEP_SUMMARY_CSV,
     SWEEP_SUMMARY_JSON,
     RunPaths,
 )
-from veeksha.shared.records import RUN_COMPLETED, RUN_INTERRUPTED, RUN_RUNNING, RUN_TIMEOUT
+from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RUN_RUNNING, RUN_TIMEOUT
 
 # Summary columns copied from each run's metrics files (when present).
 HEADLINE_KEYS = (
@@ -97,17 +98,15 @@ def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
             result = run_benchmark(run.config, root, argv=python_argv(), sweep=info)
         except KeyboardInterrupt:  # (starting its server, evaluating): its run.json says which
             manifest["status"] = RUN_INTERRUPTED
-            manifest["runs"].append(
-                {"index": index, "run_dir": None, "params": run.params, "status": RUN_INTERRUPTED}
-            )
+            manifest["runs"].append(_entry_without_result(root, sweep_id, index, run, RUN_INTERRUPTED))
             results.append(RunResult(root, RUN_INTERRUPTED, "interrupted"))
             break
         except Exception as e:  # one failed run (e.g. its server did not start) ends only itself
             print(f"veeksha: sweep run {index} failed: {e}", flush=True)
-            manifest["runs"].append(
-                {"index": index, "run_dir": None, "params": run.params, "status": "failed"}
-            )
-            results.append(RunResult(root, "failed", str(e)))
+            manifest["runs"].append(_entry_without_result(root, sweep_id, index, run, RUN_FAILED))
+            results.append(RunResult(root, RUN_FAILED, str(e)))
+            write_json(root / SWEEP_MANIFEST, manifest)
+            write_summary(root, manifest)
             continue
         results.append(result)
         manifest["runs"].append(
@@ -127,8 +126,22 @@ def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
     return results
 
 
+def _entry_without_result(
+    root: Path, sweep_id: str, index: int, run: LoadedRun, status: str
+) -> dict[str, Any]:
+    """The manifest entry of a run that raised: its directory, if it got as far as making one (its
+    run.json, which names the sweep and the index, says what became of it), else none."""
+    for candidate in sorted(p for p in root.iterdir() if (p / RUN_JSON).is_file()):
+        info = read_json(candidate / RUN_JSON)
+        sweep = info.get("sweep") if isinstance(info, dict) else None
+        if isinstance(sweep, dict) and sweep.get("id") == sweep_id and sweep.get("index") == index:
+            return {"index": index, "run_dir": candidate.name, "params": run.params, "status": info["status"]}
+    return {"index": index, "run_dir": None, "params": run.params, "status": status}
+
+
 def write_summary(root: Path, manifest: dict[str, Any]) -> None:
-    rows = [summary_row(root / entry["run_dir"], entry) for entry in manifest["runs"] if entry["run_dir"]]
+    """One row per run (outputs.md): a run without a directory has its status and parameters only."""
+    rows = [summary_row(root, entry) for entry in manifest["runs"]]
     write_json(root / SWEEP_SUMMARY_JSON, {"sweep_id": manifest["sweep_id"], "runs": rows})
     columns: list[str] = []
     for row in rows:
@@ -140,10 +153,12 @@ def write_summary(root: Path, manifest: dict[str, Any]) -> None:
     write_atomic(root / SWEEP_SUMMARY_CSV, buf.getvalue())
 
 
-def summary_row(run_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    paths = RunPaths(run_dir)
+def summary_row(root: Path, entry: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"run_dir": entry["run_dir"], "status": entry["status"]}
     row.update(entry["params"])
+    if not entry["run_dir"]:
+        return row
+    paths = RunPaths(root / entry["run_dir"])
     for file, keys in (
         (paths.summary_stats, HEADLINE_KEYS),
         (paths.throughput_metrics, HEADLINE_THROUGHPUT),

@@ -95,6 +95,8 @@ def _construct_expand(path: Path, loader: yaml.SafeLoader, node: yaml.Node) -> E
     values = tuple(loader.construct_sequence(node, deep=True))
     if not values:
         raise ConfigError(f"{where}: !expand needs at least one value")
+    if any(_expansions(v) for v in values):
+        raise ConfigError(f"{where}: an !expand inside an !expand is not supported; list every value in one")
     return Expand(values)
 
 
@@ -265,13 +267,19 @@ def apply_override(tree: dict[str, Any], dotted: str, value: Any) -> None:
                 return
             node = node[int(key)]
             continue
+        if isinstance(node, Expand):  # replacing it with a section would drop the sweep unseen
+            where = ".".join(keys[:i])
+            raise ConfigError(
+                f"--{dotted}: {where} is swept with !expand in the config file; set this key in each "
+                f"of its values there, or give --{where} whole"
+            )
         if not isinstance(node, dict):
             where = ".".join(keys[:i])
             raise ConfigError(f"--{dotted}: {where} is a value, not a section")
         if last:
             node[key] = value
             return
-        if not isinstance(node.get(key), dict | list):
+        if not isinstance(node.get(key), dict | list | Expand):
             if keys[i + 1].isdigit():  # cannot index into a list the file does not have
                 where = ".".join(keys[: i + 1])
                 raise ConfigError(
@@ -282,14 +290,22 @@ def apply_override(tree: dict[str, Any], dotted: str, value: Any) -> None:
         node = node[key]
 
 
-def _expansions(tree: Any, prefix: str = "") -> list[tuple[str, Expand]]:
+def _expansions(tree: Any, path: tuple[str | int, ...] = ()) -> list[tuple[tuple[str | int, ...], Expand]]:
+    """Every !expand in the tree with its key path (a tuple: a key may hold a dot, `extra.mode`)."""
     if isinstance(tree, Expand):
-        return [(prefix, tree)]
+        return [(path, tree)]
     if isinstance(tree, dict):
-        return [e for k, v in tree.items() for e in _expansions(v, f"{prefix}.{k}" if prefix else k)]
+        return [e for k, v in tree.items() for e in _expansions(v, (*path, k))]
     if isinstance(tree, list):
-        return [e for i, v in enumerate(tree) for e in _expansions(v, f"{prefix}.{i}")]
+        return [e for i, v in enumerate(tree) for e in _expansions(v, (*path, i))]
     return []
+
+
+def _replace_at(tree: Any, path: tuple[str | int, ...], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
 
 
 def expand(tree: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -300,18 +316,22 @@ def expand(tree: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     count = math.prod(len(e.values) for _, e in found)
     if count > MAX_SWEEP_RUNS:
         raise ConfigError(
-            f"config error at {found[0][0]}: the !expand values make a sweep of {count} runs; "
+            f"config error at {_dotted(found[0][0])}: the !expand values make a sweep of {count} runs; "
             f"at most {MAX_SWEEP_RUNS} are allowed (split the sweep into several files)"
         )
     runs = []
     for combo in itertools.product(*(e.values for _, e in found)):
         concrete = copy.deepcopy(tree)
         params = {}
-        for (dotted, _), value in zip(found, combo, strict=True):
-            apply_override(concrete, dotted, value)
-            params[dotted] = value
+        for (path, _), value in zip(found, combo, strict=True):
+            _replace_at(concrete, path, value)
+            params[_dotted(path)] = value
         runs.append((params, concrete))
     return runs
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(k) for k in path)
 
 
 @dataclass(frozen=True)

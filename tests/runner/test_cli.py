@@ -136,6 +136,38 @@ def test_a_sweep_with_one_run_where_every_request_failed_exits_1(tmp_path: Path)
     assert [r["status"] for r in manifest["runs"]] == ["completed", "completed"]  # both ran to the end
 
 
+def test_a_sweep_run_whose_server_never_started_keeps_its_row_and_compare_leaves_it_out(
+    tmp_path: Path,
+) -> None:
+    write(
+        tmp_path,
+        """
+        output_dir: out
+        server: !expand
+          - {type: simulated, decode_step_base: 0.002}
+          - {type: command, command: ["false"], ready_url: "http://127.0.0.1:9/health", ready_timeout: 5}
+          - {type: simulated, decode_step_base: 0.002}
+        runtime: {max_sessions: 3}
+        """,
+    )
+    proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    (sweep,) = (tmp_path / "out").iterdir()
+    manifest = orjson.loads((sweep / SWEEP_MANIFEST).read_bytes())
+    assert [(r["index"], r["status"]) for r in manifest["runs"]] == [
+        (0, "completed"),
+        (1, "failed"),
+        (2, "completed"),
+    ]
+    assert manifest["runs"][1]["run_dir"] is None
+    rows = orjson.loads((sweep / SWEEP_SUMMARY_JSON).read_bytes())["runs"]
+    assert [r["status"] for r in rows] == ["completed", "failed", "completed"]  # one row per run
+
+    compared = run_cli(["compare", str(sweep), "--output_dir", "cmp"], cwd=tmp_path)
+    assert compared.returncode == 0, compared.stderr
+    assert f"left out: {sweep.name} run 1 (no run directory, failed): no results" in compared.stdout
+
+
 def test_capacity_search_finds_a_knee_without_repeating_values(tmp_path: Path) -> None:
     write(
         tmp_path,
@@ -170,6 +202,29 @@ def test_capacity_search_finds_a_knee_without_repeating_values(tmp_path: Path) -
     assert result["history"][0]["passed"] is True  # 2 sessions fit a batch of 4
     assert result["best_value"] is not None and result["best_value"] < 8
     assert (root / CAPSEARCH_ATTEMPTS_CSV).exists()
+
+
+def test_a_capacity_search_where_no_request_ever_succeeds_exits_1(tmp_path: Path) -> None:
+    """A dead endpoint, a wrong model or key fails at every load: that is no capacity to report."""
+    write(
+        tmp_path,
+        """
+        output_dir: cs
+        start_value: 2
+        max_value: 8
+        max_iterations: 2
+        benchmark_config:
+          server: {type: simulated, decode_step_base: 0.002, error_rate: 1.0}
+          runtime: {benchmark_timeout: 1}
+        """,
+    )
+    proc = run_cli(["capacity-search", "--config", "c.veeksha.yml"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "veeksha: no attempt had a successful request; see runs/" in proc.stdout
+    (root,) = (tmp_path / "cs").iterdir()
+    result = orjson.loads((root / CAPSEARCH_RESULTS).read_bytes())
+    assert result["status"] == "completed" and result["best_value"] is None
+    assert result["stop_reason"] == "max_iterations"
 
 
 def test_evaluate_rebuilds_the_metrics_of_a_run(tmp_path: Path) -> None:

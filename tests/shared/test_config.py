@@ -155,6 +155,38 @@ def test_expand_makes_the_cartesian_product_in_file_order(tmp_path: Path) -> Non
     assert all(r.config.wandb.tags == ["a", "b"] for r in runs)  # a plain list stays a list
 
 
+def test_a_flag_inside_a_swept_section_is_refused_not_a_silent_end_of_the_sweep(tmp_path: Path) -> None:
+    """Setting a key inside a mapping swept with !expand used to replace the whole sweep with {}."""
+    path = write(
+        tmp_path,
+        """
+        traffic_scheduler: !expand
+          - {type: rate, interval_generator: {type: poisson, arrival_rate: 1}}
+          - {type: concurrent, target_concurrent_sessions: 2}
+        """,
+    )
+    with pytest.raises(ConfigError, match=r"traffic_scheduler is swept with !expand in the config file"):
+        load_benchmark_runs(path, [("traffic_scheduler.cancel_session_on_failure", "false")])
+    whole = load_benchmark_runs(path, [("traffic_scheduler", "{type: concurrent}")])  # given whole: fine
+    assert len(whole) == 1 and whole[0].config.traffic_scheduler.type == "concurrent"
+
+
+def test_a_key_with_a_dot_can_be_swept(tmp_path: Path) -> None:
+    path = write(tmp_path, "client:\n  additional_sampling_params: {extra.mode: !expand [a, b]}\n")
+    runs = load_benchmark_runs(path)
+    assert [r.config.client.additional_sampling_params for r in runs] == [
+        {"extra.mode": "a"},
+        {"extra.mode": "b"},
+    ]
+    assert runs[0].params == {"client.additional_sampling_params.extra.mode": "a"}
+
+
+def test_an_expand_inside_an_expand_says_so(tmp_path: Path) -> None:
+    path = write(tmp_path, "seed: !expand [!expand [1, 2], 3]\n")
+    with pytest.raises(ConfigError, match=r"line 1: an !expand inside an !expand is not supported"):
+        load_benchmark_runs(path)
+
+
 def test_include_splices_another_file(tmp_path: Path) -> None:
     write(tmp_path, "type: concurrent\ntarget_concurrent_sessions: 7\n", "traffic.yml")
     path = write(tmp_path, "traffic_scheduler: !include traffic.yml\n")
