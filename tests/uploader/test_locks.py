@@ -56,9 +56,8 @@ def test_a_lock_still_held_after_the_wait_is_busy(tmp_path: Path) -> None:
 
 def test_a_backfill_skips_a_held_directory_at_once(tmp_path: Path, home: Home) -> None:
     root = build_run(tmp_path, RunSpec(seconds=2, wandb=OFFLINE))
-    holder = hold_for(root, 3.0)
-    result = upload([str(root)], home, cwd=tmp_path)
-    holder.join()
+    with DirLock(root):  # held for as long as the upload runs, however slowly it starts
+        result = upload([str(root)], home, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     (line,) = lines_for(result.stdout, "skipped")
     assert "another veeksha-upload holds its lock" in line
@@ -80,10 +79,9 @@ def test_a_holder_that_outlasts_the_wait_fails_the_directory_and_says_what_to_ru
     follow: bool, tmp_path: Path, home: Home
 ) -> None:
     root = build_run(tmp_path, RunSpec(seconds=2, wandb=OFFLINE))
-    holder = hold_for(root, 4.0)
     args = ["--follow", str(root)] if follow else [str(root)]
-    result = upload([*args, "--wait-lock", "1"], home, cwd=tmp_path)
-    holder.join()
+    with DirLock(root):  # held for as long as the upload runs
+        result = upload([*args, "--wait-lock", "1"], home, cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     (line,) = lines_for(result.stdout, "failed")
     assert "held its lock for 1 s" in line and f"veeksha-upload {root}" in line
