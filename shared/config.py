@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from veeksha.shared.records import SLO_ALIASES, SLO_METRICS
-from veeksha.shared.schema import spec
+from veeksha.shared.schema import build, spec
 from veeksha.shared.secret import Secret
 
 # ---------------------------------------------------------------- length / wait generators
@@ -88,8 +88,11 @@ LengthGen = FixedGen | UniformGen | NormalGen | ZipfGen | InverseGaussianGen | F
 
 
 def gen_field(**defaults: Any) -> Any:
+    """A length-generator field whose default is built as a loaded one would be (typed: 0 → 0.0)."""
     kind = defaults.pop("type", "fixed")
-    return spec(factory=lambda: LENGTH_GENERATORS[kind](**defaults), variants=LENGTH_GENERATORS)
+    return spec(
+        factory=lambda: build(LENGTH_GENERATORS[kind], {"type": kind, **defaults}), variants=LENGTH_GENERATORS
+    )
 
 
 # ---------------------------------------------------------------- client

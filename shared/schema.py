@@ -83,6 +83,8 @@ def build(cls: type[T], data: Any, path: str = "") -> T:
             kwargs[name] = convert(hints[name], value, _join(path, name), f.metadata)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"config error at {_join(path, name)}: required key is missing")
+        else:
+            kwargs.update(_typed_default(name, f, hints[name]))
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
     if check is not None:
@@ -90,6 +92,14 @@ def build(cls: type[T], data: Any, path: str = "") -> T:
         if problem:
             raise ConfigError(f"config error at {path or '<root>'}: {problem}")
     return obj
+
+
+def _typed_default(name: str, f: dataclasses.Field[Any], hint: Any) -> dict[str, Any]:
+    """An omitted field's default, when its type would change it: `value: float = 1` is 1.0 once
+    written to config.yml and read back, so the same config would hash apart from its own file."""
+    if type(f.default) is int and _is_optional(hint)[1] is float:
+        return {name: float(f.default)}
+    return {}  # the dataclass's own default
 
 
 def _fields_of(cls: type) -> tuple[dataclasses.Field[Any], ...]:

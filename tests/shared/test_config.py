@@ -309,3 +309,15 @@ def test_a_bare_number_is_still_checked(value: object, message: str) -> None:
 def test_the_reasoning_field_is_one_of_the_two_spellings() -> None:
     with pytest.raises(ConfigError, match="reasoning_field"):
         build_benchmark_config({"server": {"type": "simulated", "reasoning_field": "thoughts"}})
+
+
+@pytest.mark.parametrize("text", ["{}", "session_generator: {session_graph: {type: linear}}", "seed: 3"])
+def test_a_config_hashes_as_its_own_config_yml_read_back(text: str, tmp_path: Path) -> None:
+    """Defaults such as `value: 0` for a float field were 0 in memory and 0.0 once read back: a rerun
+    from a run's config.yml named its directory with another hash."""
+    import yaml
+    from veeksha.shared.config_loader import config_sha256
+
+    (cfg,) = [run.config for run in load_benchmark_runs(write(tmp_path, text))]
+    again = build_benchmark_config(yaml.safe_load(dump_config_yaml(cfg)))
+    assert config_sha256(again) == config_sha256(cfg)
