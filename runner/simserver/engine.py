@@ -114,7 +114,8 @@ class SimulatedEngine:
 
     @property
     def num_waiting(self) -> int:
-        return len(self._waiting)
+        # Cancelled requests leave the queue only when they reach its head: not waiting any more.
+        return sum(1 for req in self._waiting if not req.cancelled)
 
     def output_limit(self, max_tokens: int, min_tokens: int, ignore_eos: bool) -> tuple[int, str]:
         """How many tokens a request will produce and why it stops ("length" or "stop")."""
@@ -124,8 +125,8 @@ class SimulatedEngine:
         # Tokens up to and including the eos token: geometric, one draw per request rather than
         # one per token.
         u = self._eos_rng.random()
-        eos_len = 1 if p >= 1.0 else int(math.log1p(-u) / math.log1p(-p)) + 1
-        eos_len = max(eos_len, min_tokens, 1)
+        # As vLLM: eos is masked for the first min_tokens tokens, then each token may be eos.
+        eos_len = min_tokens + (1 if p >= 1.0 else int(math.log1p(-u) / math.log1p(-p)) + 1)
         if eos_len <= max_tokens:
             return eos_len, "stop"
         return max_tokens, "length"

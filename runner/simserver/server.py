@@ -118,7 +118,6 @@ class _Connection(asyncio.Protocol):
         self._active: _Sink | None = None  # response in progress
         self._busy = False  # a response is in progress (the active sink or a synchronous one)
         self._draining = False
-        self._eof = False  # the client half-closed: finish the response, then close
         self._pending: deque[tuple[bytes, bytes, bytes, bool, bool]] = deque()
 
     # asyncio.Protocol -------------------------------------------------------------------------
@@ -140,8 +139,14 @@ class _Connection(asyncio.Protocol):
             self._close()
 
     def eof_received(self) -> bool | None:
-        self._eof = True
-        return True if self._busy else None  # True keeps the transport open for our response
+        """The client closed its side: it is gone, as uvicorn (and so vLLM) takes it. Its request is
+        cancelled now, not generated to the end for nobody while holding a batch slot and KV (a
+        client that gave up on a non-streamed answer sends nothing more that could fail)."""
+        self._pending.clear()
+        if self._active is not None:
+            self._active.cancel()
+            self._active = None
+        return None  # close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -211,7 +216,7 @@ class _Connection(asyncio.Protocol):
     def response_done(self, keep_alive: bool) -> None:
         self._active = None
         self._busy = False
-        if not keep_alive or self._eof:
+        if not keep_alive:
             self._close()
         elif not self._draining:  # not re-entered from a synchronous response below
             self._drain()
@@ -357,7 +362,7 @@ def _chat_prompt_tokens(body: dict[str, Any]) -> int:
         raise BadRequest("'messages' must be a non-empty list")
     total = 0
     for m in messages:
-        if not isinstance(m, dict):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
             raise BadRequest("each message must be an object with 'role' and 'content'")
         content = m.get("content")
         if isinstance(content, str):
@@ -503,7 +508,7 @@ class _App:
         min_tokens = _int_param(body, "min_tokens", 0) or 0
         if min_tokens > max_tokens:
             raise BadRequest(f"'min_tokens' ({min_tokens}) must not exceed max tokens ({max_tokens})")
-        if body.get("n", 1) not in (1, None):
+        if body.get("n") is not None and (type(body["n"]) is not int or body["n"] != 1):
             raise BadRequest("the simulated server supports only n = 1")
         ignore_eos = _bool_param(body, "ignore_eos")
         stream = _bool_param(body, "stream")

@@ -104,6 +104,10 @@ def test_invalid_fields_are_400s_naming_the_field(client: httpx.Client) -> None:
     assert "messages" in client.post("/chat/completions", json={}).json()["error"]["message"]
     resp = client.post("/chat/completions", json=chat_body(max_tokens=0))
     assert resp.status_code == 400 and "max_tokens" in resp.json()["error"]["message"]
+    # As vLLM's schema: a message needs its role and content; n is an integer.
+    for body in ({"messages": [{}]}, {"messages": [{"content": "hi"}]}, chat_body(n=True)):
+        resp = client.post("/chat/completions", json=body)
+        assert resp.status_code == 400, body
 
 
 def test_get_on_a_completion_route_is_405(client: httpx.Client) -> None:
@@ -212,6 +216,18 @@ def test_eos_ends_outputs_early_unless_ignored() -> None:
             assert ignored.json()["usage"]["completion_tokens"] == 40
             at_least = c.post("/chat/completions", json=chat_body(max_tokens=40, min_tokens=9))
             assert at_least.json()["usage"]["completion_tokens"] >= 9
+
+
+def test_min_tokens_masks_eos_then_eos_applies_again() -> None:
+    """As vLLM: lengths are min_tokens plus eos's own tail, not all exactly min_tokens."""
+    with sim_server(**FAST, per_token_eos_probability=0.3, seed=2) as handle:
+        with httpx.Client(base_url=handle.api_base, trust_env=False) as c:
+            body = chat_body(max_tokens=60, min_tokens=15)
+            lengths = [
+                c.post("/chat/completions", json=body).json()["usage"]["completion_tokens"] for _ in range(30)
+            ]
+    assert min(lengths) >= 16  # the first 15 tokens cannot be eos: it comes at 16 at the earliest
+    assert len(set(lengths)) > 3 and statistics.mean(lengths) > 17
 
 
 def test_honor_ignore_eos_false_stops_even_with_ignore_eos() -> None:
@@ -356,6 +372,33 @@ def test_client_disconnect_drops_the_request_from_the_batch(server: ServerHandle
     while stats(server)["running"] and time.monotonic() < deadline:
         time.sleep(0.01)
     assert stats(server)["running"] == 0 and stats(server)["kv_tokens_used"] == 0
+
+
+def test_a_client_that_gives_up_on_a_non_streamed_answer_frees_its_slot() -> None:
+    """It closes its side and sends nothing more: the server must take that close as the end of
+    the request (vLLM does), not generate 300 tokens for nobody."""
+    with sim_server(**{**FAST, "decode_step_base": 0.01}, max_batch_size=1) as handle:
+        port = int(handle.api_base.split(":")[-1].split("/")[0])
+        body = orjson.dumps(chat_body(max_tokens=300, ignore_eos=True))
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        request = head + b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+        waiting = []
+        with socket.create_connection(("127.0.0.1", port)) as first:
+            first.sendall(request)
+            for _ in range(2):  # two more queue behind it, then give up too
+                queued = socket.create_connection(("127.0.0.1", port))
+                queued.sendall(request)
+                waiting.append(queued)
+            wait_for_stats(handle, 1, 2)
+            for q in waiting:
+                q.close()
+        started = time.monotonic()
+        while stats(handle)["running"] and time.monotonic() - started < 2:
+            time.sleep(0.01)
+        after = stats(handle)
+    assert (after["running"], after["waiting"], after["kv_tokens_used"]) == (0, 0, 0)
+    assert time.monotonic() - started < 1.5  # 300 steps of 10 ms would take 3 s
+    assert after["steps"] < 150
 
 
 # -- reasoning ---------------------------------------------------------------------------------------
