@@ -199,6 +199,7 @@ class Driver:
         self.dispatch_open = True  # requests may be sent
         self.stop_status: str | None = None  # the run status a stop implies (None: ran to its end)
         self.stop_reason: str | None = None  # why a completed run stopped (records.STOP_*)
+        self.timed_out = False  # benchmark_timeout has passed
         self.signals = 0
         self.dispatcher: asyncio.Task[None] | None = None
         self.failure: str | None = None
@@ -295,10 +296,10 @@ class Driver:
         """Stop sending: `status` is what the stop means for the run, `reason` why a completed run ended."""
         if self.stop_status is None:
             self.stop_status, self.stop_reason = status, reason
-            grace = self.runtime.post_timeout_grace_seconds
-            # In-flight requests get the grace period after a timeout or a signal; a request cap waits.
-            if reason != STOP_MAX_REQUESTS and grace >= 0:
-                asyncio.get_running_loop().call_later(grace, self._cancel_all)
+            # In-flight requests get the grace period after a timeout or a signal; a request cap
+            # waits for them (until the benchmark timeout, _tick_once).
+            if reason != STOP_MAX_REQUESTS:
+                self._cancel_after_grace()
         self.dispatch_open = False
         self.scheduling = False
         if self.dispatcher is not None and not self.dispatcher.done():
@@ -306,6 +307,11 @@ class Driver:
         for waiting in self.waiting:  # not yet due: they will not be sent, their sessions end now
             if not waiting.done():
                 waiting.set_result(None)
+
+    def _cancel_after_grace(self) -> None:
+        grace = self.runtime.post_timeout_grace_seconds
+        if grace >= 0:  # -1: wait for every in-flight request
+            asyncio.get_running_loop().call_later(grace, self._cancel_all)
 
     def _on_signal(self) -> None:
         self.signals += 1
@@ -345,8 +351,12 @@ class Driver:
 
     def _tick_once(self) -> None:
         timeout = self.runtime.benchmark_timeout
-        if timeout > 0 and self.dispatch_open and time.perf_counter() - self.t0 >= timeout:
-            self._stop_dispatch(RUN_COMPLETED, STOP_BENCHMARK_TIMEOUT)
+        if timeout > 0 and not self.timed_out and time.perf_counter() - self.t0 >= timeout:
+            self.timed_out = True
+            if self.dispatch_open:
+                self._stop_dispatch(RUN_COMPLETED, STOP_BENCHMARK_TIMEOUT)
+            else:  # a request cap stopped dispatch and waits: the timeout still bounds that wait
+                self._cancel_after_grace()
         if os.getppid() != self.parent_pid:  # the recorder died: stop at once
             self._stop_dispatch(RUN_INTERRUPTED)
             self._cancel_all()
@@ -519,18 +529,23 @@ class Driver:
                 parents = [nodes[p] for p in spec.parents]
                 for p in parents:
                     await p.done.wait()
-                if self.cancel_on_failure and not all(p.ok for p in parents):
+                ready_at = max(p.completed_at for p in parents) + spec.wait_after_ready
+                if spec.wait_after_ready > 0 and not self._session_failed(nodes):
+                    await sleep_until(ready_at)
+                if self._session_failed(nodes):  # also a request of another branch, or during the wait
                     if self.dispatch_open:
                         self._record_cancelled(session, node, scheduled_at, is_warmup)
                     return
-                ready_at = max(p.completed_at for p in parents) + spec.wait_after_ready
-                if spec.wait_after_ready > 0:
-                    await sleep_until(ready_at)
             if not self.dispatch_open or not self._requests_left():
                 return
             await self._send_request(session, nodes, node, scheduled_at, ready_at, is_warmup, due)
         finally:
             node.done.set()
+
+    def _session_failed(self, nodes: list[_Node]) -> bool:
+        """cancel_session_on_failure: once a request of the session failed, its remaining requests
+        are not sent (in a branching session, those of the other branches too)."""
+        return self.cancel_on_failure and any(n.done.is_set() and not n.ok for n in nodes)
 
     def _payload(self, nodes: list[_Node], node: _Node) -> tuple[Any, int]:
         """The request body's messages/prompt and its prompt token count (history included)."""
@@ -584,9 +599,10 @@ class Driver:
             if node.dispatched_at is None:
                 raise  # never sent: nothing to record
             client.abandon(prepared)
-            outcome = Outcome(status=CANCELLED, error_type="cancelled")
+            # It was sent: it keeps its times and what it received (its text counts its tokens).
+            outcome = prepared.out
+            outcome.status, outcome.error_type = CANCELLED, "cancelled"
             outcome.error_message = "cancelled at shutdown"
-            outcome.picked_up_at = prepared.out.picked_up_at  # it was sent: a failed request keeps its times
         finally:
             if node.dispatched_at is not None:
                 self.in_flight -= 1

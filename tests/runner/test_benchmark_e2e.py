@@ -286,3 +286,41 @@ def test_hundreds_of_requests_finishing_together_all_reach_the_records(tmp_path:
     paths = only_run_dir(tmp_path / "out")
     assert len(read_jsonl(paths.request_records)) == len(read_jsonl(paths.dispatch_trace)) == 400
     assert orjson.loads(paths.run_json.read_bytes())["status"] == "completed"
+
+
+def test_a_failed_request_ends_its_whole_branching_session(tmp_path: Path) -> None:
+    """cancel_session_on_failure: no request of the session is sent after a failure, in any branch."""
+    graph = (
+        "{type: branching, num_layers_generator: {type: fixed, value: 3}, "
+        "layer_width_generator: {type: fixed, value: 2}}"
+    )
+    proc = run_cli(
+        [
+            *(
+                "--server.type",
+                "simulated",
+                "--server.decode_step_base",
+                "0.002",
+                "--server.error_rate",
+                "0.3",
+            ),
+            *("--session_generator.session_graph", graph, "--runtime.max_sessions", "20", "--seed", "5"),
+            *("--traffic_scheduler.interval_generator.arrival_rate", "20", "--output_dir", "out"),
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
+    sessions: dict[int, list[dict]] = {}
+    for r in records:
+        sessions.setdefault(r["session_id"], []).append(r)
+    failed_sessions = 0
+    for rs in sessions.values():
+        failures = [r for r in rs if r["status"] == "error"]
+        if not failures:
+            continue
+        failed_sessions += 1
+        first_failure = min(r["client_completed_at"] for r in failures)
+        sent_after = [r for r in rs if (r["scheduler_dispatched_at"] or 0) > first_failure]
+        assert sent_after == [], sent_after
+    assert failed_sessions >= 3  # the check above had something to check

@@ -56,9 +56,11 @@ def test_the_grace_period_bounds_the_drain(tmp_path: Path) -> None:
     records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
     cancelled = [r for r in records if r["status"] == "cancelled"]
     assert cancelled  # cut at the end of the grace period
-    # They had been sent: they keep their send times (metrics.md: a failed request keeps its timestamps).
+    # They had been sent: they keep their send times (metrics.md: a failed request keeps its timestamps)
+    # and what they had received (its tokens, not 0).
     assert all(r["client_picked_up_at"] is not None for r in cancelled)
     assert all(r["client_picked_up_at"] >= r["scheduler_dispatched_at"] for r in cancelled)
+    assert any((r["num_output_tokens"] or 0) > 0 for r in cancelled)
     assert time.monotonic() - started < 30
 
 
@@ -170,3 +172,15 @@ def test_sessions_due_after_a_timeout_are_not_sent_though_their_tasks_had_starte
     assert sorted(r["request_id"] for r in records) == sorted(t["request_id"] for t in trace)
     assert all(t["dispatched_at"] is not None for t in trace)
     assert max(t["scheduled_at"] for t in trace) < 1.0 + 0.03  # the timeout is checked on a 20 ms tick
+
+
+def test_the_benchmark_timeout_bounds_a_run_stopped_by_its_request_cap(tmp_path: Path) -> None:
+    """A cap waits for its requests, but not past the timeout and its grace: 60 s requests here."""
+    long = ["--session_generator.output_spec.text.output_length_generator", "{type: fixed, value: 6000}"]
+    flags = ["--runtime.max_requests", "3", "--runtime.benchmark_timeout", "2"]
+    started = time.monotonic()
+    proc = run_cli([*SLOW, *long, *flags, "--runtime.post_timeout_grace_seconds", "0.5"], cwd=tmp_path)
+    assert time.monotonic() - started < 30  # the requests alone would take 60 s
+    assert proc.returncode == 1 and "every request failed (0 errors, 3 cancelled)" in proc.stdout, proc.stderr
+    records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
+    assert len(records) == 3 and {r["status"] for r in records} == {"cancelled"}
