@@ -48,6 +48,7 @@ def lost_record(trace_line: dict[str, Any], why: str, noticed_at: float | None =
             "error_type": DRIVER_LOST,
             "error_message": f"no result: {why} while this request was in flight",
             "is_warmup": bool(trace_line.get("is_warmup")),
+            "session_size": trace_line.get("session_size"),
             SCHEDULER_READY_AT: trace_line.get("ready_at"),
             SCHEDULER_DISPATCHED_AT: trace_line.get("dispatched_at"),
             "result_processed_at": noticed_at,

@@ -108,6 +108,9 @@ FIELDS: Final = (
     Field("error_message", str, MEASURED),
     Field("http_status", int, MEASURED),
     Field("is_warmup", bool, MEASURED),
+    # How many requests the request's session has: whether a session sent them all is known from the
+    # records alone (the dispatch trace, which also has it, can be turned off).
+    Field("session_size", int, MEASURED),
     # timestamps
     Field(SCHEDULER_READY_AT, **_TIME),
     Field(SCHEDULER_DISPATCHED_AT, **_TIME),

@@ -133,8 +133,8 @@ def describe(values: np.ndarray) -> Distribution:
 def session_table(measured: pl.DataFrame, trace: pl.DataFrame | None) -> pl.DataFrame:
     """One row per session, with its fate.
 
-    completed   every request succeeded and, when the dispatch trace gives the session's size,
-                every request of the session was sent
+    completed   every request succeeded and, when the records (or, for older runs, the dispatch
+                trace) give the session's size, every request of the session was sent
     errored     at least one request failed (error or timeout)
     incomplete  neither: a request was cancelled (shutdown, grace period) or the run ended before
                 the session's remaining requests were sent
@@ -147,12 +147,13 @@ def session_table(measured: pl.DataFrame, trace: pl.DataFrame | None) -> pl.Data
         num_failed=pl.col("failed").sum(),
         first_dispatch=pl.col(SCHEDULER_DISPATCHED_AT).min(),
         last_end=pl.col("end_at").max(),
+        session_size=pl.col("session_size").max(),  # null in older runs: then the trace says
     )
     if trace is not None:
-        sizes = trace.group_by("session_id").agg(session_size=pl.col("session_size").max())
-        sessions = sessions.join(sizes, on="session_id", how="left")
-    else:
-        sessions = sessions.with_columns(session_size=pl.lit(None, dtype=pl.Int64))
+        sizes = trace.group_by("session_id").agg(traced_size=pl.col("session_size").max())
+        sessions = sessions.join(sizes, on="session_id", how="left").with_columns(
+            session_size=pl.coalesce("session_size", "traced_size")
+        )
     all_sent = pl.col("session_size").is_null() | (pl.col("num_requests") >= pl.col("session_size"))
     completed = (pl.col("num_ok") == pl.col("num_requests")) & all_sent
     errored = pl.col("num_failed") > 0

@@ -324,3 +324,34 @@ def test_a_failed_request_ends_its_whole_branching_session(tmp_path: Path) -> No
         sent_after = [r for r in rs if (r["scheduler_dispatched_at"] or 0) > first_failure]
         assert sent_after == [], sent_after
     assert failed_sessions >= 3  # the check above had something to check
+
+
+def test_sessions_cut_short_are_incomplete_also_without_the_dispatch_trace(tmp_path: Path) -> None:
+    """The records carry each session's size: with the trace off, a session that sent 1 of its 3
+    requests is no longer counted as completed."""
+    proc = run_cli(
+        [
+            *("--server.type", "simulated", "--server.decode_step_base", "0.01"),
+            *("--session_generator.session_graph.type", "linear", "--trace_recorder.enabled", "false"),
+            *("--session_generator.output_spec.text.output_length_generator", "{type: fixed, value: 150}"),
+            *(
+                "--traffic_scheduler.interval_generator.arrival_rate",
+                "10",
+                "--runtime.benchmark_timeout",
+                "2",
+            ),
+            *("--output_dir", "out"),
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    assert not paths.dispatch_trace.exists()
+    records = read_jsonl(paths.request_records)
+    per_session: dict[int, list[dict]] = {}
+    for r in records:
+        per_session.setdefault(r["session_id"], []).append(r)
+    whole = [s for s, rs in per_session.items() if len(rs) == 3 and all(r["status"] == "success" for r in rs)]
+    summary = orjson.loads(paths.summary_stats.read_bytes())
+    assert summary["num_completed_sessions"] == len(whole)
+    assert summary["num_incomplete_sessions"] == len(per_session) - len(whole) > 0
