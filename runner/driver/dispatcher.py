@@ -39,6 +39,7 @@ from veeksha.runner.driver.traffic import (
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.model import RequestNode, Session, SessionGenerator
 from veeksha.runner.sessions.randomness import stream
+from veeksha.runner.sessions.tokenizer import count_tokens_approx, token_counter
 from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, RateTraffic, arrival_rate_of
 from veeksha.shared.records import (
     CANCELLED,
@@ -177,6 +178,7 @@ class Driver:
         self.buffer: deque[Session] = deque()
         self.sessions_done = False  # every session of this driver's share is in the buffer
         self.client: LLMClient | None = None
+        self.count_tokens: Callable[[str], int] = count_tokens_approx
         self.timer: PreciseTimer | None = None
 
         self.records: list[list[Any]] = []
@@ -217,6 +219,7 @@ class Driver:
             generator = make_session_generator(self.cfg)
             self.count_source = generator.token_count_source
             self.sessions = self._placed(generator)
+            self.count_tokens = token_counter(self.cfg.client.tokenizer)[0]  # loaded once per process
             server_secrets = secret_values(to_dict(self.cfg.server)) if self.cfg.server else []
             self.client = make_client(self.cfg.client, self._max_connections(), server_secrets)
             self.timer = PreciseTimer.of_running_loop()
@@ -611,7 +614,12 @@ class Driver:
         node.ok = ok
         node.completed_at = outcome.completed_at or time.perf_counter()
         node.reply = outcome.text
-        node.output_tokens = outcome.completion_tokens or 0
+        # The reply's tokens, which a later turn carries in its history: the server's count, else
+        # counted here as the prompts are (once per reply without usage, never per chunk).
+        reply_tokens = outcome.completion_tokens
+        if reply_tokens is None and outcome.text:
+            reply_tokens = self.count_tokens(outcome.text)
+        node.output_tokens = reply_tokens or 0
         if ok:
             self.requests_completed += 1
             self.output_tokens += outcome.completion_tokens or len(outcome.chunk_times)

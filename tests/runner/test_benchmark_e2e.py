@@ -355,3 +355,29 @@ def test_sessions_cut_short_are_incomplete_also_without_the_dispatch_trace(tmp_p
     summary = orjson.loads(paths.summary_stats.read_bytes())
     assert summary["num_completed_sessions"] == len(whole)
     assert summary["num_incomplete_sessions"] == len(per_session) - len(whole) > 0
+
+
+def test_a_turns_prompt_count_includes_the_replies_in_its_history_without_server_usage(
+    tmp_path: Path,
+) -> None:
+    """Without usage the driver counts each reply as the recorder does: the next turn's total is its
+    parent's total, plus the parent's reply, plus its own new text."""
+    proc = run_cli(
+        [
+            *("--server.type", "simulated", "--server.decode_step_base", "0.002"),
+            *("--session_generator.session_graph.type", "linear", "--client.include_usage", "false"),
+            *("--runtime.max_sessions", "6", "--output_dir", "out"),
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
+    by_node = {(r["session_id"], r["node_id"]): r for r in records}
+    later = [r for r in records if r["node_id"] > 0]
+    assert later and all(r["token_count_source"] == "approximate" for r in records)
+    for r in later:
+        parent = by_node[(r["session_id"], r["node_id"] - 1)]
+        expected = (
+            parent["num_total_prompt_tokens"] + parent["num_output_tokens"] + r["num_delta_prompt_tokens"]
+        )
+        assert r["num_total_prompt_tokens"] == expected, (r, parent)
