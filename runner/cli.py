@@ -177,7 +177,8 @@ def evaluate_command(run_dir: Path, strict: bool, other_host_gone: bool) -> None
     def go() -> int:
         from veeksha.runner.evaluation.evaluate import evaluate_run
         from veeksha.runner.evaluation.report import format_summary
-        from veeksha.runner.lost_records import mark_finished, recover
+        from veeksha.runner.lost_records import mark_finished, mark_unfinished, recover
+        from veeksha.runner.sweep import refresh_sweep_summary
         from veeksha.shared.paths import RunPaths
 
         paths = RunPaths(run_dir)
@@ -200,9 +201,12 @@ def evaluate_command(run_dir: Path, strict: bool, other_host_gone: bool) -> None
                 f"veeksha-run: {recovery.lost} dispatched request(s) of {run_dir} had no record "
                 "(the run ended before writing them) and were recorded as driver_lost"
             )
+        why = f"being evaluated by `veeksha-run evaluate`; if that stopped, rerun it on {run_dir}"
+        finished_at = recovery.finished_at or mark_unfinished(paths, why)
         ev = evaluate_run(run_dir, rebuilt=True)
-        if recovery.finished_at is not None:  # complete now: an uploader may take it
-            mark_finished(paths, recovery.finished_at)
+        if finished_at is not None:  # complete now: an uploader may take it
+            mark_finished(paths, finished_at)
+        refresh_sweep_summary(paths.root)  # a sweep's table holds this run's headline numbers
         click.echo(format_summary(ev))
         if ev.all_failed is not None:
             return 1

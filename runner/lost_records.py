@@ -168,6 +168,19 @@ def recover(paths: RunPaths, other_host_gone: bool = False) -> Recovery:
     return Recovery(crashed, len(lost), finished_at)
 
 
+def mark_unfinished(paths: RunPaths, why: str) -> str | None:
+    """Before a finished run's files are rewritten: no finished_at (so no uploader takes a mix of
+    new and old files, nor what a failed rewrite leaves), and why. Returns the finished_at to put
+    back once the metrics are written (mark_finished); None when the run had none."""
+    info = read_json(paths.run_json) if paths.run_json.exists() else None
+    if not isinstance(info, dict) or not info.get("finished_at"):
+        return None
+    finished_at = str(info["finished_at"])
+    info.update(finished_at=None, evaluation_error=why)
+    write_json(paths.run_json, info)
+    return finished_at
+
+
 def mark_finished(paths: RunPaths, finished_at: str) -> None:
     """The evaluation is written: run.json gets its finished_at (the directory is complete)."""
     info = read_json(paths.run_json)

@@ -139,6 +139,18 @@ def _entry_without_result(
     return {"index": index, "run_dir": None, "params": run.params, "status": status}
 
 
+def refresh_sweep_summary(run_root: Path) -> None:
+    """After `veeksha-run evaluate` on a sweep's member: the sweep's table again, from the member
+    files as they are now (a member evaluated late had an empty row, and its sweep was uploaded so)."""
+    info = read_json(run_root / RUN_JSON) if (run_root / RUN_JSON).is_file() else None
+    sweep_root = run_root.parent
+    if not isinstance(info, dict) or not info.get("sweep") or not (sweep_root / SWEEP_MANIFEST).is_file():
+        return
+    manifest = read_json(sweep_root / SWEEP_MANIFEST)
+    if isinstance(manifest, dict) and isinstance(manifest.get("runs"), list):
+        write_summary(sweep_root, manifest)
+
+
 def write_summary(root: Path, manifest: dict[str, Any]) -> None:
     """One row per run (outputs.md): a run without a directory has its status and parameters only."""
     rows = [summary_row(root, entry) for entry in manifest["runs"]]

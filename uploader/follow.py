@@ -229,7 +229,9 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
     root, s = task.target.path, task.settings
     assert s is not None
     info = read_run_info(root)
-    if Watch.finished(info):  # nothing left to follow: the plain upload (which skips it when done)
+    # Nothing left to follow: the plain upload, which skips it when done, or when it has no metrics
+    # (its evaluation failed: evaluation_error says so until `veeksha-run evaluate` writes them).
+    if Watch.finished(info) or info.get("evaluation_error"):
         return process_run(task, redactor)
     plan = _plan(task, info, [])
     start = choose_start(task, plan)

@@ -144,15 +144,19 @@ def _own_files(run_files: RunFiles, names: tuple[str, ...]) -> list[str]:
     return [n for n in names if run_files.optional(run_files.root / n)]
 
 
-def _member_running(members: list[Path]) -> bool:
-    """Whether a member run is still running or being evaluated."""
+def _member_unfinished(members: list[Path]) -> str | None:
+    """Why the container must wait for a member: it is running, being evaluated, or has no metrics
+    (its evaluation failed: only `veeksha-run evaluate` on it ends that wait); None when none is."""
     for m in members:
         try:
-            if not run_finished(read_run_info(m)):
-                return True
+            info = read_run_info(m)
         except ContractError:
             continue  # that run's own upload reports it
-    return False
+        if info.get("evaluation_error") and not info.get("finished_at"):
+            return f"member {m.name} has no metrics yet: {info['evaluation_error']}"
+        if not run_finished(info):
+            return f"member {m.name} is still running or being evaluated"
+    return None
 
 
 def _first_member_info(members: list[Path], key: str) -> dict[str, Any]:
@@ -196,7 +200,11 @@ def read_sweep(root: Path) -> ContainerData:
     listed = manifest.get("runs") or []
     status = manifest.get("status")  # running / completed / interrupted (older sweeps: absent)
     short = expected and len(listed) < expected and status in (None, RUN_RUNNING)
-    if not summary_path.exists() or _member_running(members) or status == RUN_RUNNING or short:
+    waiting = _member_unfinished(members)
+    if waiting:
+        data.unfinished = f"sweep not finished: {waiting}"
+        return data
+    if not summary_path.exists() or status == RUN_RUNNING or short:
         data.unfinished = f"sweep not finished ({len(listed)}/{expected or '?'} runs in {SWEEP_MANIFEST})"
         return data
     summary = read_json(files.require(summary_path))
@@ -214,7 +222,11 @@ def read_capsearch(root: Path) -> ContainerData:
     results_path = root / CAPSEARCH_RESULTS
     ident = _first_member_info(members, "capacity_search").get("id") or root.name
     data = ContainerData(CAPSEARCH_SUMMARY, root, str(ident), members, container_config(root))
-    if not results_path.exists() or _member_running(members):
+    waiting = _member_unfinished(members)
+    if waiting:
+        data.unfinished = f"capacity search not finished: {waiting}"
+        return data
+    if not results_path.exists():
         data.unfinished = f"capacity search not finished (no {CAPSEARCH_RESULTS} yet)"
         return data
     files = RunFiles(root)

@@ -319,3 +319,52 @@ def test_a_run_stopped_before_its_request_log_was_opened_is_evaluated_as_no_requ
     info = orjson.loads(paths.run_json.read_bytes())
     assert info["status"] == "crashed" and info["finished_at"]
     assert orjson.loads(paths.summary_stats.read_bytes())["num_requests"] == 0
+
+
+def test_a_failed_re_evaluation_leaves_the_run_unfinished_until_one_succeeds(tmp_path: Path) -> None:
+    """evaluate rewrites a finished run's files: until it has written them all, no uploader may take
+    the directory (a failure half-way would leave new and old files mixed)."""
+    proc = run_cli(QUICK, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    blocker = paths.root / "metrics" / "ttfc.png"
+    blocker.unlink(missing_ok=True)
+    blocker.mkdir()  # this file cannot be written now
+
+    failed = run_cli(["evaluate", str(paths.root)], cwd=tmp_path, plots=True)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert (
+        info["finished_at"] is None
+        and "being evaluated by `veeksha-run evaluate`" in info["evaluation_error"]
+    )
+    skipped = upload([str(paths.root), "--mode", "offline"], make_home(tmp_path / "home"), tmp_path)
+    assert "no metrics yet: being evaluated" in skipped.stdout, skipped.stdout
+
+    blocker.rmdir()
+    assert run_cli(["evaluate", str(paths.root)], cwd=tmp_path, plots=True).returncode == 0
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert info["finished_at"] and "evaluation_error" not in info
+
+
+def test_evaluating_a_sweep_member_late_fills_its_row_in_the_sweep_table(tmp_path: Path) -> None:
+    (tmp_path / "c.veeksha.yml").write_text(
+        "output_dir: out\nserver: {type: simulated, decode_step_base: 0.002}\n"
+        "runtime: {max_sessions: 3}\nseed: !expand [1, 2]\n"
+    )
+    assert run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path).returncode == 0
+    (sweep,) = (tmp_path / "out").iterdir()
+    member = sorted(p for p in sweep.iterdir() if (p / "run.json").is_file())[0]
+    # What a member whose evaluation failed leaves, and the sweep table written then.
+    RunPaths(member).summary_stats.unlink()
+    info = orjson.loads((member / "run.json").read_bytes())
+    (member / "run.json").write_bytes(orjson.dumps({**info, "finished_at": None, "evaluation_error": "x"}))
+    from veeksha.runner.sweep import write_summary
+
+    write_summary(sweep, orjson.loads((sweep / "sweep_manifest.json").read_bytes()))
+    skipped = upload([str(sweep), "--mode", "offline"], make_home(tmp_path / "home"), tmp_path)
+    assert f"sweep not finished: member {member.name} has no metrics yet: x" in skipped.stdout, skipped.stdout
+
+    assert run_cli(["evaluate", str(member)], cwd=tmp_path).returncode == 0
+    rows = orjson.loads((sweep / "sweep_summary.json").read_bytes())["runs"]
+    assert all(row["num_requests"] == 3 for row in rows), rows

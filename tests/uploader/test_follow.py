@@ -313,3 +313,20 @@ def test_following_a_finished_run_is_a_plain_upload(
     assert second.returncode == 0, second.stdout + second.stderr
     assert "already uploaded, unchanged" in second.stdout, second.stdout
     assert fake_wandb.created == 1
+
+
+def test_following_a_run_left_without_metrics_skips_it_at_once_saying_why(
+    tmp_path: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    """Its evaluation failed (run.json evaluation_error, no finished_at): nothing will come to follow."""
+    root = build_run(tmp_path / "runs", RunSpec(seed=9, seconds=3))
+    info = orjson.loads((root / "run.json").read_bytes())
+    why = "evaluation failed: OSError: disk full; rerun `veeksha-run evaluate runs/x`"
+    (root / "run.json").write_bytes(orjson.dumps({**info, "finished_at": None, "evaluation_error": why}))
+    started = time.monotonic()
+    result = upload(["--follow", str(root), "--mode", "online"], home, root.parent, online_env(fake_wandb))
+    assert time.monotonic() - started < 60  # not the follower's wait for a benchmark to end
+    assert result.returncode == 0, result.stdout + result.stderr
+    (line,) = lines_for(result.stdout, "skipped")
+    assert f"no metrics yet: {why}" in line
+    assert fake_wandb.created == 0 and not (root / UPLOAD_PENDING).exists()
