@@ -142,6 +142,10 @@ def test_ctrl_c_during_evaluation_exits_130_and_leaves_the_run_to_evaluate(
     assert "interrupted during evaluation; rerun `veeksha-run evaluate" in info["evaluation_error"]
 
     monkeypatch.undo()  # the real evaluation, as the message says
+    # The run was made in this process, which is still alive: as after a real run, its pid is gone.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    paths.run_json.write_bytes(orjson.dumps({**info, "pid": gone.pid}))
     with pytest.raises(SystemExit) as exited:
         main(["evaluate", str(paths.root)])
     assert exited.value.code == 0
