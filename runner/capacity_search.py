@@ -75,7 +75,8 @@ def rounder(search: CapacitySearchConfig, integer: bool) -> Callable[[float], fl
     """Values on the search's grid (integers, or `precision` decimals), never above max_value:
     rounding 10.006 to 10.01 would probe a load the search was told not to."""
     scale = 1 if integer else 10**search.precision
-    top = max(math.floor(search.max_value * scale) / scale, 1 / scale)  # the grid's last value
+    # The grid's last value; rounded first, as 2.3 * 100 is 229.99999999999997 in binary.
+    top = max(math.floor(round(search.max_value * scale, 6)) / scale, 1 / scale)
     if integer:
         return lambda v: min(max(1, round(v)), int(top))
     return lambda v: min(round(v, search.precision), top)

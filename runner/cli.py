@@ -179,6 +179,7 @@ def evaluate_command(run_dir: Path, strict: bool, other_host_gone: bool) -> None
         from veeksha.runner.evaluation.report import format_summary
         from veeksha.runner.lost_records import mark_finished, mark_unfinished, recover
         from veeksha.runner.sweep import refresh_sweep_summary
+        from veeksha.shared.config_loader import load_written_config
         from veeksha.shared.paths import RunPaths
 
         paths = RunPaths(run_dir)
@@ -190,6 +191,7 @@ def evaluate_command(run_dir: Path, strict: bool, other_host_gone: bool) -> None
         if not paths.request_records.exists():  # stopped before its request log was opened: no request
             paths.request_records.parent.mkdir(parents=True, exist_ok=True)
             paths.request_records.touch()
+        load_written_config(paths.config_yml)  # a config it cannot read stops it before run.json changes
         recovery = recover(paths, other_host_gone)
         if recovery.crashed:
             click.echo(

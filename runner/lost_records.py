@@ -132,7 +132,9 @@ def recover(paths: RunPaths, other_host_gone: bool = False) -> Recovery:
         return Recovery(False, 0, None)
     unfinished = not run_finished(info)
     doing = "written" if info.get("status") == RUN_RUNNING else "evaluated"
-    if unfinished and info.get("host") == socket.gethostname() and _process_alive(info.get("pid")):
+    # (Unless the runner left it without metrics, evaluation_error: a sweep's process lives on.)
+    writing = unfinished and not info.get("evaluation_error")
+    if writing and info.get("host") == socket.gethostname() and _process_alive(info.get("pid")):
         raise UsageError(
             f"{paths.root} is still being {doing} by process {info['pid']}; "
             "wait for the run to end (or stop it) before evaluating it"

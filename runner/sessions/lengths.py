@@ -61,12 +61,12 @@ def make_count_sampler(
     Uniform draws each integer of [ceil(min), floor(max)] with equal probability (rounding a float
     draw would give the two end values half weight); zipf is integer-valued already.
     """
-    draw = _count_sampler(gen, rng, minimum)
     if maximum is None:
-        return draw
-    reach = _reach(gen)
+        return _count_sampler(gen, rng, minimum)
+    reach = _reach(gen)  # checked before anything is built for a refused config
     if reach > maximum:
         raise ConfigError(f"config error at {key}: {reach:g} is more than {maximum:,}; use smaller values")
+    draw = _count_sampler(gen, rng, minimum)
     return lambda: min(maximum, draw())
 
 

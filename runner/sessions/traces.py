@@ -101,6 +101,11 @@ class TraceSessionGenerator:
 
     def _prepare_timed(self, kept: list[tuple[str, TraceRecord]]) -> None:
         for where, rec in kept:
+            if rec.timestamp is not None and not math.isfinite(rec.timestamp):  # `nan`: a CSV's "missing"
+                raise ConfigError(
+                    f"{self.path} {where}: 'timestamp' must be finite seconds for timed_replay, "
+                    f"got {rec.timestamp}"
+                )
             if rec.timestamp is None:
                 raise ConfigError(
                     f"{self.path} {where}: timed_replay needs a 'timestamp' in every record; "
@@ -261,10 +266,8 @@ def _timestamp(path: Path, where: str, rec: dict[str, Any]) -> float | None:
             seconds = float(value)
         except ValueError:
             seconds = _iso_seconds(value)
-    if seconds is None or not math.isfinite(seconds):  # `nan` is how a CSV export writes "missing"
-        raise ConfigError(
-            f"{path} {where}: 'timestamp' must be finite seconds or an ISO date-time, got {value!r}"
-        )
+    if seconds is None:
+        raise ConfigError(f"{path} {where}: 'timestamp' must be seconds or an ISO date-time, got {value!r}")
     return seconds
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from veeksha.runner.capacity_search import Attempt, rounder, search_loop
 from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig
 
@@ -59,3 +60,12 @@ def test_rounding_never_probes_above_max_value() -> None:
     assert tried == [5, 10] and max(tried) <= 10.006
     tried = run_search(1e9, True, start_value=4, max_value=10.6, expansion_factor=2, precision=0)
     assert tried == [4, 8, 10]
+
+
+@pytest.mark.parametrize("top", [2.3, 1.15, 0.29, 4.35])
+def test_a_max_value_on_the_grid_is_reached_despite_binary_fractions(top: float) -> None:
+    """2.3 * 100 is 229.99999999999997: the grid's last value must still be 2.3, not 2.29."""
+    cfg = CapacitySearchConfig(
+        benchmark_config=BenchmarkConfig(), start_value=0.01, max_value=top, precision=2
+    )
+    assert rounder(cfg, False)(top) == top

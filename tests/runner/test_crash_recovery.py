@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -368,3 +370,33 @@ def test_evaluating_a_sweep_member_late_fills_its_row_in_the_sweep_table(tmp_pat
     assert run_cli(["evaluate", str(member)], cwd=tmp_path).returncode == 0
     rows = orjson.loads((sweep / "sweep_summary.json").read_bytes())["runs"]
     assert all(row["num_requests"] == 3 for row in rows), rows
+
+
+def test_a_run_whose_config_evaluate_cannot_read_keeps_its_finished_run_json(tmp_path: Path) -> None:
+    """evaluate stops at the config, before it takes finished_at away: the run stays uploadable."""
+    proc = run_cli(QUICK, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    before = paths.run_json.read_bytes()
+    paths.config_yml.write_text(paths.config_yml.read_text() + "\nnot_a_key: 1\n")
+    failed = run_cli(["evaluate", str(paths.root)], cwd=tmp_path)
+    assert failed.returncode == 2 and "not_a_key" in failed.stderr, failed.stderr
+    assert paths.run_json.read_bytes() == before
+
+
+def test_a_member_left_without_metrics_can_be_evaluated_while_its_sweep_goes_on(tmp_path: Path) -> None:
+    """Its run.json names the sweep's process, still alive: evaluation_error says the runner gave up."""
+    proc = run_cli(QUICK, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    info = orjson.loads(paths.run_json.read_bytes())
+    sweep = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "veeksha-run"])  # lives on
+    try:
+        alive = {"pid": sweep.pid, "host": socket.gethostname(), "finished_at": None, "evaluation_error": "x"}
+        paths.run_json.write_bytes(orjson.dumps({**info, **alive}))
+        evaluated = run_cli(["evaluate", str(paths.root)], cwd=tmp_path)
+    finally:
+        sweep.kill()
+        sweep.wait()
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert orjson.loads(paths.run_json.read_bytes())["finished_at"]

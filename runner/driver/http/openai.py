@@ -284,7 +284,7 @@ class ResponseReader:
         """[DONE] or the end of the body: a stream without a content chunk, or one whose generation
         was cut off, is no success."""
         reason = self.out.finish_reason
-        if reason in FAILED_FINISH_REASONS:
+        if type(reason) is str and reason in FAILED_FINISH_REASONS:
             self._fail(ServerError(f"the server ended the generation with finish_reason {reason!r}"), now)
         elif self.out.chunk_times:
             self._finish(now)
@@ -480,7 +480,7 @@ class ResponseReader:
         if answer:
             self.out.answer_times.append(now)
         reason = self.out.finish_reason
-        if reason in FAILED_FINISH_REASONS:
+        if type(reason) is str and reason in FAILED_FINISH_REASONS:
             self._fail(ServerError(f"the server ended the generation with finish_reason {reason!r}"), now)
             return
         self._finish(now)

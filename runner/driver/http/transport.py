@@ -383,7 +383,8 @@ class _Connection(asyncio.Protocol):
     def begin(self, data: bytes, handler: ResponseHandler) -> asyncio.Future[None]:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.got_bytes = False
-        if self.closed or self._transport is None:
+        if self.closed or self._transport is None:  # closed before this request was written: stale
+            self._written_at = self.closed_at
             waiter.set_exception(ConnectionDropped("server closed the connection before responding"))
             return waiter
         self._handler = handler

@@ -281,3 +281,13 @@ def test_a_whole_answer_of_an_unexpected_shape_is_a_protocol_error() -> None:
     body = orjson.dumps({"choices": ["x"]})
     _, reader = read([(body, 1.0)], stream=False, ctype=b"application/json")
     assert reader.failure is not None and reader.failure.error_type == "protocol_error"
+
+
+def test_a_finish_reason_that_is_not_a_string_is_kept_not_a_failure() -> None:
+    """Some servers' native formats put an object there: no crash, no wrong failure."""
+    out = Outcome()
+    reader = ResponseReader(out, stream=True)
+    reader.on_start(200, b"text/event-stream")
+    reader.on_body(chat("Hi") + chat(finish={"type": "stop"}) + DONE, 1.0)
+    reader.finalize()
+    assert reader.failure is None and reader.finished and out.text == "Hi"

@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 import uvloop
 from veeksha.runner.driver.http.client import OpenAIClient, make_client
-from veeksha.runner.driver.http.transport import HTTPTransport
+from veeksha.runner.driver.http.errors import ConnectionDropped
+from veeksha.runner.driver.http.openai import ResponseReader
+from veeksha.runner.driver.http.outcome import Outcome
+from veeksha.runner.driver.http.transport import HTTPTransport, _Connection
 from veeksha.shared.config import ClientConfig
 from veeksha.shared.records import SUCCESS
 
@@ -320,3 +323,20 @@ def test_an_abandoned_started_request_closes_its_connection() -> None:
     assert started
     assert open_after == 0
     assert status == SUCCESS
+
+
+def test_a_connection_closed_before_the_request_was_written_counts_as_stale() -> None:
+    """Handed over from the pool, it was closed (the server's FIN) before the request could be
+    written: nothing reached the server, so it may be sent again, however long ago the last request
+    on that connection was written."""
+
+    async def go() -> tuple[bool, bool]:
+        pool = HTTPTransport("http://127.0.0.1:9/v1/chat/completions", [], 1, None)
+        conn = _Connection(pool)
+        conn.abort()  # the server's close, processed before the waiting request resumed
+        waiter = conn.begin(b"{}", ResponseReader(Outcome(), stream=True))
+        with pytest.raises(ConnectionDropped):
+            await waiter
+        return conn.closed_stale(), conn.got_bytes
+
+    assert uvloop.run(go()) == (True, False)
