@@ -67,7 +67,7 @@ def run_benchmark(
     quiet: bool = False,
 ) -> RunResult:
     """Run one benchmark and leave a complete run directory under `parent_dir`."""
-    check_before_start(cfg)
+    check_before_start(cfg, announce=True)
     if cfg.runtime.ray_address is not None:  # joined now: an unreachable cluster is a config error
         from veeksha.runner.ray_drivers import check_cluster, connect
 
@@ -106,15 +106,19 @@ def run_benchmark(
     return result
 
 
-def check_before_start(cfg: BenchmarkConfig) -> None:
+def check_before_start(cfg: BenchmarkConfig, announce: bool = False) -> None:
     """The config errors found without a server, a directory or the network (a missing trace file,
     a bad tokenizer, a server binary that is not there, no endpoint at all): before any run of a
-    sweep or a capacity search starts, and before a run's own directory is made."""
-    make_session_generator(cfg)
+    sweep or a capacity search starts, and before a run's own directory is made. With `announce`
+    (the run itself, not a sweep's check ahead), it says what of the sessions' source is left out."""
+    sessions = make_session_generator(cfg)
     check_local_drivers(cfg)
     check_server_command(cfg.server)
     if planned_api_host(cfg) is None:
         raise _no_api_base()
+    skipped = getattr(sessions, "skipped_records", 0)
+    if announce and skipped:
+        print(f"veeksha: {skipped} trace record(s) without a user turn and a reply: left out", flush=True)
 
 
 def _no_api_base() -> ConfigError:

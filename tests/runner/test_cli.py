@@ -299,6 +299,20 @@ def test_a_failing_server_cancels_the_rest_of_each_session(tmp_path: Path) -> No
     assert all(r["scheduler_dispatched_at"] is None for r in cancelled)
 
 
+def test_a_conversation_trace_says_how_many_records_it_left_out(tmp_path: Path) -> None:
+    conversations = [
+        {"conversations": [{"from": "human", "value": "hello there"}, {"from": "gpt", "value": "hi"}]},
+        {"conversations": []},  # ShareGPT has empty ones
+        {"conversations": [{"from": "human", "value": "no reply to this"}]},
+    ]
+    (tmp_path / "chats.jsonl").write_bytes(b"\n".join(orjson.dumps(c) for c in conversations))
+    flags = ["--session_generator", "{type: trace, path: chats.jsonl, wrap: false}"]
+    proc = run_cli([*QUICK, *flags], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("veeksha: 2 trace record(s) without a user turn and a reply: left out") == 1
+    assert len(read_jsonl(only_run_dir(tmp_path / "out").request_records)) == 1
+
+
 def test_a_request_log_trace_is_replayed_on_its_timestamps(tmp_path: Path) -> None:
     rows = [{"timestamp": 100.0 + 0.25 * i, "input_length": 50 + i, "output_length": 8} for i in range(6)]
     (tmp_path / "trace.jsonl").write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
