@@ -333,6 +333,10 @@ class Driver:
         grace = self.runtime.post_timeout_grace_seconds
         cancels = self.stop_reason != STOP_MAX_REQUESTS and self.stop_status is not None and grace >= 0
         up_to = grace if cancels else self.cfg.client.request_timeout
+        timeout = self.runtime.benchmark_timeout
+        if not cancels and timeout > 0 and grace >= 0:  # a request cap: the timeout still cuts it
+            until_timeout = max(0.0, self.t0 + timeout - time.perf_counter())
+            up_to = min(up_to, until_timeout + grace)
         self._send(ipc.DRAINING, {"in_flight": self.in_flight, "up_to_s": up_to})
 
     async def _drain(self) -> None:

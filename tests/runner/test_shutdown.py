@@ -186,5 +186,7 @@ def test_the_benchmark_timeout_bounds_a_run_stopped_by_its_request_cap(tmp_path:
     proc = run_cli([*SLOW, *long, *flags, "--runtime.post_timeout_grace_seconds", "0.5"], cwd=tmp_path)
     assert time.monotonic() - started < 30  # the requests alone would take 60 s
     assert proc.returncode == 1 and "every request failed (0 errors, 3 cancelled)" in proc.stdout, proc.stderr
+    (line,) = drain_lines(proc.stdout)
+    assert line.endswith(" requests (up to 2s; Ctrl-C again to cancel)")  # the timeout's, not 300 s
     records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
     assert len(records) == 3 and {r["status"] for r in records} == {"cancelled"}
