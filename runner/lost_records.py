@@ -82,10 +82,9 @@ def append_records(records_path: Path, records: list[dict[str, Any]]) -> None:
     corrupt line evaluation reports, rather than being glued to the first new record)."""
     if not records:
         return
-    with records_path.open("ab+") as f:
-        f.seek(0, 2)
-        torn = f.tell() > 0 and (f.seek(-1, 2), f.read(1))[1] != b"\n"
-        f.write((b"\n" if torn else b"") + b"".join(orjson.dumps(r) + b"\n" for r in records))
+    end_torn_line(records_path)
+    with records_path.open("ab") as f:
+        f.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
 
 
 def end_torn_line(records_path: Path) -> None:
