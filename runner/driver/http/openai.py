@@ -148,15 +148,22 @@ def sniff(head: bytes) -> int | None:
     return _REJECT
 
 
+def error_of(obj: dict[str, Any]) -> str | None:
+    """The message of an OpenAI-style error object (`{"error": ...}`, or `"object": "error"`), else
+    None: the one rule for a body, an event or a streamed body that is an error."""
+    err = obj.get("error")
+    if err is not None:
+        return error_text(err)
+    return error_text(obj) if obj.get("object") == "error" else None
+
+
 def _error_body(head: bytes) -> str | None:
-    """The error a body that is one JSON error object holds (`{"error": ...}`), else None."""
+    """The error a body that is one JSON error object holds, else None."""
     try:
         obj = orjson.loads(head)
     except orjson.JSONDecodeError:
         return None
-    if type(obj) is dict and (obj.get("error") is not None or obj.get("object") == "error"):
-        return error_text(obj["error"] if obj.get("error") is not None else obj)
-    return None
+    return error_of(obj) if type(obj) is dict else None
 
 
 def body_error_text(body: bytes) -> str:
@@ -284,8 +291,8 @@ class ResponseReader:
         """[DONE] or the end of the body: a stream without a content chunk, or one whose generation
         was cut off, is no success."""
         reason = self.out.finish_reason
-        if type(reason) is str and reason in FAILED_FINISH_REASONS:
-            self._fail(ServerError(f"the server ended the generation with finish_reason {reason!r}"), now)
+        if (cut := self._cut_off()) is not None:
+            self._fail(cut, now)
         elif self.out.chunk_times:
             self._finish(now)
         elif (err := _error_body(self._head)) is not None:  # a bare JSON error sent as an event stream
@@ -379,9 +386,9 @@ class ResponseReader:
             if event == b"error":  # `data: "model overloaded"`, `data: null`: an error all the same
                 self._fail(ServerError(f"server error event: {error_text(obj) or 'null'}"), self._now)
             return
-        err = obj.get("error")
-        if err is not None or event == b"error" or obj.get("object") == "error":
-            what = error_text(err if err is not None else obj)
+        what = error_of(obj)
+        if what is not None or event == b"error":
+            what = error_text(obj) if what is None else what
             self._fail(ServerError(f"server error in stream: {what}"), self._now)
             return
         try:
@@ -458,9 +465,8 @@ class ResponseReader:
         if type(obj) is not dict:
             self._fail(ProtocolError(self._about("response body is not a JSON object"), body_head=head), now)
             return
-        err = obj.get("error")
-        if err is not None or obj.get("object") == "error":
-            what = error_text(err if err is not None else obj)
+        what = error_of(obj)
+        if what is not None:
             self._fail(ServerError(f"server returned an error: {what}"), now)
             return
         choices = obj.get("choices")
@@ -479,9 +485,9 @@ class ResponseReader:
         self.out.chunk_times.append(now)  # non-streaming: one chunk, at completion
         if answer:
             self.out.answer_times.append(now)
-        reason = self.out.finish_reason
-        if type(reason) is str and reason in FAILED_FINISH_REASONS:
-            self._fail(ServerError(f"the server ended the generation with finish_reason {reason!r}"), now)
+        cut = self._cut_off()
+        if cut is not None:
+            self._fail(cut, now)
             return
         self._finish(now)
 
@@ -516,6 +522,13 @@ class ResponseReader:
         details = usage.get("completion_tokens_details")
         if type(details) is dict and type(details.get("reasoning_tokens")) is int:
             self.out.reasoning_tokens = details["reasoning_tokens"]
+
+    def _cut_off(self) -> ServerError | None:
+        """The failure of a generation the server ended with a failed finish_reason, else None."""
+        reason = self.out.finish_reason
+        if type(reason) is str and reason in FAILED_FINISH_REASONS:
+            return ServerError(f"the server ended the generation with finish_reason {reason!r}")
+        return None
 
     def _finish(self, now: float) -> None:
         self.finished = True
