@@ -369,7 +369,7 @@ class _Connection(asyncio.Protocol):
         self._now = 0.0
         self._sock: socket.socket | None = None
         self._slow_acks = False  # a new response: delay its ACKs at its first body bytes
-        self._written_at = 0.0
+        self._written_at: float | None = None  # when the current request was written (None: not yet)
         self.closed = False
         self.closed_at = 0.0
         self.got_bytes = False
@@ -383,8 +383,8 @@ class _Connection(asyncio.Protocol):
     def begin(self, data: bytes, handler: ResponseHandler) -> asyncio.Future[None]:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.got_bytes = False
-        if self.closed or self._transport is None:  # closed before this request was written: stale
-            self._written_at = self.closed_at
+        self._written_at = None
+        if self.closed or self._transport is None:
             waiter.set_exception(ConnectionDropped("server closed the connection before responding"))
             return waiter
         self._handler = handler
@@ -400,9 +400,11 @@ class _Connection(asyncio.Protocol):
         return waiter
 
     def closed_stale(self) -> bool:
-        """Closed before a response byte, right after the request was written: a keep-alive close
-        that crossed the request (safe to send again), not a server dropping a request it had."""
-        return not self.got_bytes and self.closed_at - self._written_at <= STALE_CLOSE_WINDOW_S
+        """Closed before a response byte, and before the request was written or right after: a
+        keep-alive close that crossed the request (safe to send again), not a server dropping a
+        request it had."""
+        written = self._written_at
+        return not self.got_bytes and (written is None or self.closed_at - written <= STALE_CLOSE_WINDOW_S)
 
     def handler_ok(self) -> bool:
         h = self._handler
