@@ -24,11 +24,13 @@ from veeksha.shared.jsonio import read_json, write_json
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import (
     ERROR,
+    EVALUATION_ERROR,
     RUN_CRASHED,
     RUN_FAILED,
     RUN_RUNNING,
     SCHEDULER_DISPATCHED_AT,
     SCHEDULER_READY_AT,
+    missing_metrics,
     run_finished,
 )
 
@@ -131,8 +133,8 @@ def recover(paths: RunPaths, other_host_gone: bool = False) -> Recovery:
         return Recovery(False, 0, None)
     unfinished = not run_finished(info)
     doing = "written" if info.get("status") == RUN_RUNNING else "evaluated"
-    # (Unless the runner left it without metrics, evaluation_error: a sweep's process lives on.)
-    writing = unfinished and not info.get("evaluation_error")
+    # (Unless the runner left it without metrics: a sweep's process lives on.)
+    writing = unfinished and missing_metrics(info) is None
     if writing and info.get("host") == socket.gethostname() and _process_alive(info.get("pid")):
         raise UsageError(
             f"{paths.root} is still being {doing} by process {info['pid']}; "
@@ -177,7 +179,7 @@ def mark_unfinished(paths: RunPaths, why: str) -> str | None:
     if not isinstance(info, dict) or not info.get("finished_at"):
         return None
     finished_at = str(info["finished_at"])
-    info.update(finished_at=None, evaluation_error=why)
+    info.update({"finished_at": None, EVALUATION_ERROR: why})
     write_json(paths.run_json, info)
     return finished_at
 
@@ -187,5 +189,5 @@ def mark_finished(paths: RunPaths, finished_at: str) -> None:
     info = read_json(paths.run_json)
     if isinstance(info, dict) and not info.get("finished_at"):
         info["finished_at"] = finished_at
-        info.pop("evaluation_error", None)  # what kept it unfinished: the metrics are there now
+        info.pop(EVALUATION_ERROR, None)  # what kept it unfinished: the metrics are there now
         write_json(paths.run_json, info)

@@ -18,7 +18,7 @@ from veeksha.shared.config_loader import config_sha256, dump_config_yaml
 from veeksha.shared.errors import ConfigError, OutputError
 from veeksha.shared.jsonio import write_atomic, write_json
 from veeksha.shared.paths import RunPaths
-from veeksha.shared.records import CONTRACT_VERSION, RUN_RUNNING
+from veeksha.shared.records import CONTRACT_VERSION, EVALUATION_ERROR, RUN_RUNNING
 from veeksha.shared.redact import redact_argv
 
 
@@ -122,7 +122,7 @@ class RunDir:
         """The run has its final status but no metrics (its evaluation failed, was interrupted, or
         never came): no finished_at, so no uploader takes it, and `evaluation_error` says why until
         `veeksha-run evaluate` writes the metrics (lost_records.mark_finished)."""
-        self.info.update(status=status, error=error, finished_at=None, evaluation_error=why)
+        self.info.update({"status": status, "error": error, "finished_at": None, EVALUATION_ERROR: why})
         try:
             self.save()
         except OSError:  # disk full: the previous run.json stays whole; the caller reports the error

@@ -393,6 +393,17 @@ def run_finished(info: dict[str, Any]) -> bool:
     return info.get("status") != RUN_RUNNING and bool(info.get("finished_at"))
 
 
+# run.json: why a run with its final status has no metrics (its evaluation failed, was cut, or is
+# being redone). Set with finished_at null; removed when `veeksha-run evaluate` has written them.
+EVALUATION_ERROR: Final = "evaluation_error"
+
+
+def missing_metrics(info: dict[str, Any]) -> str | None:
+    """Why a run has no metrics yet, as its runner or `evaluate` said; None when it has them (or no
+    one said: it may be running, or being evaluated by the run itself)."""
+    return None if info.get("finished_at") else info.get(EVALUATION_ERROR) or None
+
+
 # Why dispatching stopped, for a completed run (run.json "stop_reason").
 STOP_BENCHMARK_TIMEOUT: Final = "benchmark_timeout"
 STOP_MAX_SESSIONS: Final = "max_sessions"

@@ -28,7 +28,7 @@ import click
 from veeksha.shared.deadlines import upload_deadline_s
 from veeksha.shared.errors import VeekshaError
 from veeksha.shared.paths import RUN_JSON, TIMESERIES_CSV, RunPaths
-from veeksha.shared.records import run_finished
+from veeksha.shared.records import missing_metrics, run_finished
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
 from veeksha.uploader.locks import DirLock, LockBusy
@@ -230,8 +230,8 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
     assert s is not None
     info = read_run_info(root)
     # Nothing left to follow: the plain upload, which skips it when done, or when it has no metrics
-    # (its evaluation failed: evaluation_error says so until `veeksha-run evaluate` writes them).
-    if Watch.finished(info) or info.get("evaluation_error"):
+    # (its evaluation failed: run.json says so until `veeksha-run evaluate` writes them).
+    if Watch.finished(info) or missing_metrics(info) is not None:
         return process_run(task, redactor)
     plan = _plan(task, info, [])
     start = choose_start(task, plan)

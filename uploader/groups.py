@@ -25,7 +25,7 @@ from veeksha.shared.paths import (
     SWEEP_SUMMARY_CSV,
     SWEEP_SUMMARY_JSON,
 )
-from veeksha.shared.records import RUN_RUNNING, run_finished
+from veeksha.shared.records import RUN_RUNNING, missing_metrics, run_finished
 from veeksha.uploader.reader import is_run_dir, parse_number, read_config, read_run_info
 from veeksha.uploader.run_files import RunFiles, is_own_file
 
@@ -152,8 +152,8 @@ def _member_unfinished(members: list[Path]) -> str | None:
             info = read_run_info(m)
         except ContractError:
             continue  # that run's own upload reports it
-        if info.get("evaluation_error") and not info.get("finished_at"):
-            return f"member {m.name} has no metrics yet: {info['evaluation_error']}"
+        if (missing := missing_metrics(info)) is not None:
+            return f"member {m.name} has no metrics yet: {missing}"
         if not run_finished(info):
             return f"member {m.name} is still running or being evaluated"
     return None

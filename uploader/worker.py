@@ -14,7 +14,7 @@ from typing import Any
 from veeksha.shared.errors import VeekshaError
 from veeksha.shared.jsonio import write_atomic
 from veeksha.shared.paths import CONFIG_YML, UPLOAD_PENDING
-from veeksha.shared.records import RUN_RUNNING, run_finished
+from veeksha.shared.records import RUN_RUNNING, missing_metrics, run_finished
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
 from veeksha.uploader.locks import DirLock, LockBusy
@@ -358,8 +358,8 @@ def _run_job(task: Task, redactor: Redactor) -> Job | Outcome:
             "still being evaluated (run.json has no finished_at yet; if its process died, "
             f"`veeksha-run evaluate {root}` finishes it)"
         )
-        if info.get("evaluation_error"):  # the runner said why it has no metrics
-            why = f"no metrics yet: {info['evaluation_error']}"
+        if (missing := missing_metrics(info)) is not None:  # the runner said why it has none
+            why = f"no metrics yet: {missing}"
         return Outcome(str(root), task.target.kind, SKIPPED, why)
     data = read_run_dir(root)
     ctx = groups.run_context(root, info)
