@@ -103,7 +103,9 @@ def test_first_chunks_are_written_at_their_exact_due_time() -> None:
         asyncio.run(streams(handle.api_base))
         stats = httpx.get(f"{root(handle)}/sim/stats", timeout=10).json()
     assert stats["first_chunks"] == 60
-    assert stats["first_lateness_p50_ms"] < 0.25, stats
+    # Measured here: 0.03-0.07 ms idle or beside four CPU burners, 0.27 ms once in CI's full suite
+    # (four workers on two cores); 0.51-0.70 ms with the loop's timer alone (the bug).
+    assert stats["first_lateness_p50_ms"] < 0.4, stats
 
 
 @pytest.mark.timeout(10)
