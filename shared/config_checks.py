@@ -21,7 +21,7 @@ from veeksha.shared.config import (
     TraceSessions,
 )
 from veeksha.shared.errors import ConfigError
-from veeksha.shared.redact import is_secret_key, url_for_message
+from veeksha.shared.redact import is_plain_header, url_for_message
 
 # RFC 9110 "token": the characters a header name may have.
 HEADER_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
@@ -163,7 +163,7 @@ def check_headers(client: ClientConfig, key_path: str) -> None:
             )
         problem = _header_value_problem(value)
         if problem:
-            shown = "the value" if is_secret_key(name) else repr(value)
+            shown = repr(value) if is_plain_header(name) else "the value"
             raise ConfigError(f"config error at {where}: {shown} is not allowed; {problem}")
     if client.api_key:
         problem = _header_value_problem(client.api_key.reveal())

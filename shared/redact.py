@@ -1,14 +1,20 @@
 """The one secret-redaction rule, used by the runner (config.yml, run.json argv) and the uploader.
 
 A value is secret when its key, case-insensitively, is one of SECRET_NAMES or ends with one of
-SECRET_SUFFIXES, wherever it sits (headers, additional_sampling_params, ...), when it follows such a
-flag in a command line (`--api-key VALUE`), or when it sits in a mapping named in SECRET_MAPPINGS
-(every value of `server.env`: a server's environment carries tokens under names no rule can guess).
-`max_tokens` and friends are not secrets: they end in `_tokens`, not `_token`.
+SECRET_SUFFIXES, wherever it sits (additional_sampling_params, ...); when it follows such a flag in a
+command line (`--api-key VALUE`, `--api-key=VALUE`, also inside one `sh -c "..."` item) or is the
+value of a `NAME=VALUE` item with such a name (`env HF_TOKEN=... vllm serve`); when it sits in a
+mapping named in SECRET_MAPPINGS (every value of `server.env`: a server's environment carries tokens
+under names no rule can guess); and every header value but those named in PLAIN_HEADERS (servers and
+gateways take credentials under any header name: `Authentication`, `X-Auth`, ...). In a URL, the
+user-info and secret-looking query parameters are secret. `max_tokens` and friends are not secrets:
+they end in `_tokens`, not `_token`.
 """
 
 from __future__ import annotations
 
+import base64
+import shlex
 from typing import Any
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
@@ -27,9 +33,15 @@ SECRET_NAMES = frozenset(
 )
 SECRET_SUFFIXES = ("_key", "_token", "_secret", "_password", "-key", "-token", "-secret", "apikey")
 SECRET_MAPPINGS = frozenset({"env"})
-# URL query parameters that carry credentials under names the key rule does not catch
-# (`?key=`, signed URLs' `sig=`); `api_key`, `token`, `x-token` and the like are caught by it.
-SECRET_QUERY_PARAMS = frozenset({"key", "sig", "signature", "code", "auth", "access_token"})
+# Request headers that never carry a credential; the value of any other header is a secret.
+PLAIN_HEADERS = frozenset(
+    {"accept", "content-type", "user-agent", "openai-organization", "openai-project", "openai-beta"}
+)
+HEADERS = "headers"
+# URL query parameters that carry credentials under names the key rule does not catch, compared
+# without case, `-` or `_` (`?key=`, `accessToken`, signed URLs' `sig=` and `X-Amz-Signature`).
+SECRET_QUERY_PARAMS = frozenset({"key", "sig", "code", "auth"})
+SECRET_QUERY_SUFFIXES = ("token", "signature", "secret", "password", "apikey", "credential", "authorization")
 
 
 # Free-form values where a secret may sit under any name: a config error about one says where it is,
@@ -80,14 +92,13 @@ def redact(obj: Any) -> Any:
 
 
 def redact_url(text: str) -> str:
-    """An http(s) URL with its password and secret query parameter values hidden; other text as is."""
+    """An http(s) URL with its user-info and secret query parameter values hidden; other text as is."""
     if not _url_secrets(text):
         return text
     parts = urlsplit(text)
     netloc = parts.netloc
-    if parts.password:
-        userinfo, _, hostport = netloc.rpartition("@")
-        netloc = f"{userinfo.split(':', 1)[0]}:{REDACTED}@{hostport}"
+    if "@" in netloc:  # `user:password@`, or a token alone as the user (`https://sk-...@host`)
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
     pairs = []
     for pair in parts.query.split("&"):
         name, eq, value = pair.partition("=")
@@ -101,10 +112,16 @@ def _url_secrets(text: str) -> list[str]:
         return []
     try:
         parts = urlsplit(text)
-        password = parts.password
+        user, password = parts.username, parts.password
     except ValueError:
         return []
-    found = [password, unquote(password)] if password else []
+    found = []
+    if password:
+        # Clients send these as `Authorization: Basic base64(user:password)`: that form too.
+        basic = f"{unquote(user or '')}:{unquote(password)}".encode()
+        found += [password, unquote(password), base64.b64encode(basic).decode()]
+    elif user:
+        found += [user, unquote(user)]
     for pair in parts.query.split("&"):
         name, eq, value = pair.partition("=")
         if eq and value and _secret_param(unquote(name)):
@@ -113,13 +130,36 @@ def _url_secrets(text: str) -> list[str]:
 
 
 def _secret_param(name: str) -> bool:
-    return is_secret_key(name) or name.lower() in SECRET_QUERY_PARAMS
+    plain = name.lower().replace("-", "").replace("_", "")
+    return is_secret_key(name) or plain in SECRET_QUERY_PARAMS or plain.endswith(SECRET_QUERY_SUFFIXES)
+
+
+def is_plain_header(name: object) -> bool:
+    return isinstance(name, str) and name.lower() in PLAIN_HEADERS
 
 
 def _redact_item(key: object, value: Any) -> Any:
     if key in SECRET_MAPPINGS and isinstance(value, dict):
         return {k: REDACTED if v not in (None, "") else v for k, v in value.items()}
+    if key == HEADERS and isinstance(value, dict):
+        return {k: v if is_plain_header(k) or v in (None, "") else REDACTED for k, v in value.items()}
+    if key in SECRET_CONTAINERS and isinstance(value, str):  # a mapping given as one JSON string
+        return _redact_value(value, key)
     return REDACTED if is_secret_key(key) and value not in (None, "") else redact(value)
+
+
+def _header_secrets(headers: dict[Any, Any]) -> list[str]:
+    """The values of the headers that are not plain, and their credentials without a scheme
+    (`Token abc`: abc too; a server may echo the bare credential)."""
+    found = []
+    for name, value in headers.items():
+        if is_plain_header(name) or value in (None, "") or not isinstance(value, str | int | float):
+            continue
+        found.append(str(value))
+        credential = str(value).strip().partition(" ")[2]
+        if credential.strip():
+            found.append(credential.strip())
+    return found
 
 
 def _flag_is_secret(item: object) -> bool:
@@ -131,21 +171,56 @@ def _flag_is_secret(item: object) -> bool:
 
 
 def _redact_list(items: list[Any]) -> list[Any]:
-    """Lists are redacted item by item, and a command line's `--api-key VALUE` / `--api-key=VALUE`
-    (e.g. `server.command: [vllm, serve, M, --api-key, sk-...]`) loses its value."""
+    return _command_items(items)[0]
+
+
+def _command_items(items: list[Any]) -> tuple[list[Any], list[str]]:
+    """A list redacted item by item as a command line reads it, and the secrets taken out of it:
+    `--api-key VALUE`, `--api-key=VALUE`, `HF_TOKEN=VALUE` (an `env` prefix), and the same inside
+    one item that is a whole command line (`sh -c "vllm serve M --api-key sk-..."`)."""
     out: list[Any] = []
+    found: list[str] = []
     hide_next = False
     for item in items:
         if hide_next:
             out.append(REDACTED)
+            if isinstance(item, str | int | float) and str(item):
+                found.append(str(item))
             hide_next = False
         elif _flag_is_secret(item):
-            flag, eq, _ = item.partition("=")
+            flag, eq, value = item.partition("=")
             out.append(f"{flag}={REDACTED}" if eq else item)
+            found += [value] if value else []
             hide_next = not eq
+        elif isinstance(item, str) and _assigns_secret(item):
+            name, _, value = item.partition("=")
+            out.append(f"{name}={REDACTED}")
+            found.append(value)
+        elif isinstance(item, str) and " " in item.strip():
+            shown, inner = _command_string(item)
+            out.append(shown)
+            found += inner
         else:
             out.append(redact(item))
-    return out
+    return out, found
+
+
+def _assigns_secret(item: str) -> bool:
+    """`HF_TOKEN=hf-...`: an environment assignment (as `env` takes it) to a secret-looking name."""
+    name, eq, value = item.partition("=")
+    return bool(eq and value) and name.isidentifier() and is_secret_key(name)
+
+
+def _command_string(item: str) -> tuple[str, list[str]]:
+    """One string that is a whole command line, redacted as its words (unchanged if none is secret)."""
+    try:
+        words = shlex.split(item)
+    except ValueError:  # an unbalanced quote: words as the shell would roughly see them
+        words = item.split()
+    shown, found = _command_items(words)
+    if not found and shown == words:
+        return redact(item), []
+    return " ".join(str(w) for w in shown), found
 
 
 def secret_values(obj: Any) -> list[str]:
@@ -157,15 +232,28 @@ def secret_values(obj: Any) -> list[str]:
         for k, v in obj.items():
             if k in SECRET_MAPPINGS and isinstance(v, dict):
                 found += [str(x) for x in v.values() if isinstance(x, str | int | float) and str(x)]
+            elif k == HEADERS and isinstance(v, dict):
+                found += _header_secrets(v)
+            elif k in SECRET_CONTAINERS and isinstance(v, str) and isinstance(_parsed(v), dict | list):
+                found += secret_values({k: _parsed(v)})
             elif is_secret_key(k) and isinstance(v, str | int | float) and str(v):
                 found.append(str(v))
             else:
                 found += secret_values(v)
     elif isinstance(obj, list | tuple):
-        redacted = _redact_list(list(obj))
-        found += [str(a) for a, b in zip(obj, redacted, strict=True) if b == REDACTED and a != b]
+        found += _command_items(list(obj))[1]
         found += [v for item in obj if isinstance(item, dict | list | str) for v in secret_values(item)]
     return found
+
+
+def _parsed(text: str) -> Any:
+    """A value as the command line reads it (YAML), or the text itself when it is not YAML."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def redact_argv(argv: list[str]) -> list[str]:
@@ -212,7 +300,8 @@ def _sets_secret(flag: str) -> bool:
     secret, or may be (one item of a command line, out of its context: the value after --api-key?)."""
     *parents, key = flag.lstrip("-").split(".")
     one_item = bool(parents) and parents[-1] in SECRET_SEQUENCES and key.isdigit()
-    return one_item or any(p in SECRET_MAPPINGS for p in parents) or _flag_is_secret("--" + key)
+    header = bool(parents) and parents[-1] == HEADERS and not is_plain_header(key)
+    return one_item or header or any(p in SECRET_MAPPINGS for p in parents) or _flag_is_secret("--" + key)
 
 
 def _redact_flag_value(flag: str, value: str) -> str:

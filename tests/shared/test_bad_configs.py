@@ -317,12 +317,13 @@ def headers(mapping: str) -> str:
 
 
 HEADERS = [
-    Case("value-crlf-injection", headers('{X-Test: "a\\r\\nX-Evil: 1"}'), "client.headers.X-Test: 'a\\r\\n"),
-    Case("value-lf", headers('{X-Test: "a\\nb"}'), "client.headers.X-Test: 'a\\nb' is not allowed"),
+    # Any header but the plain ones may hold a credential: its value is never shown.
+    Case("value-crlf-injection", headers('{X-Test: "a\\r\\nX-Evil: 1"}'), "X-Test: the value is not allowed"),
+    Case("value-lf", headers('{User-Agent: "a\\nb"}'), "client.headers.User-Agent: 'a\\nb' is not allowed"),
     Case("value-cr", headers('{X-Test: "a\\rb"}'), "no line breaks (CR, LF)"),
     Case("value-nul", headers('{X-Test: "a\\0b"}'), "client.headers.X-Test"),
     Case("value-euro-sign", headers("{X-Test: 'price in €'}"), "latin-1 characters only"),
-    Case("value-emoji", headers("{X-Test: '🙂'}"), "client.headers.X-Test: '🙂' is not allowed"),
+    Case("value-emoji", headers("{Accept: '🙂'}"), "client.headers.Accept: '🙂' is not allowed"),
     Case("name-with-space", headers("{'X Test': a}"), "client.headers.X Test: header name 'X Test'"),
     Case("name-with-colon", headers("{'X-Test:': a}"), "header name 'X-Test:' is not allowed"),
     Case("name-empty", headers("{'': a}"), "header name '' is not allowed"),

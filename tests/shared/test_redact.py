@@ -184,7 +184,7 @@ def test_sweep_parameters_are_redacted_as_their_run_config_is() -> None:
         "server.env.PLAIN": REDACTED,
         "client.api_key": REDACTED,
         "server.env": {"X": REDACTED},
-        "client.headers": {"Authorization": REDACTED, "X-Trace": "t"},
+        "client.headers": {"Authorization": REDACTED, "X-Trace": REDACTED},  # any header but PLAIN_HEADERS
         "traffic_scheduler.interval_generator.arrival_rate": 5,
     }
 
@@ -212,9 +212,12 @@ def test_secret_query_parameters_and_passwords_in_urls_are_hidden() -> None:
     assert clean["client"]["api_base"] == (
         f"https://gw.example/v1?api-version=2024&key={REDACTED}&x-token={REDACTED}"
     )
-    assert clean["server_metrics"]["url"] == f"http://user:{REDACTED}@h:9000/metrics?sig={REDACTED}"
+    assert clean["server_metrics"]["url"] == f"http://{REDACTED}@h:9000/metrics?sig={REDACTED}"
     assert clean["note"] == f"http://h/v1?key={REDACTED}"
-    assert sorted(secret_values(tree)) == ["not-a-url-field", "pw-17", "qk-15", "qs-18", "qt-16"]
+    basic = "dXNlcjpwdy0xNw=="  # base64("user:pw-17"): what a client sends as Basic auth
+    assert sorted(secret_values(tree)) == sorted(
+        [basic, "not-a-url-field", "pw-17", "qk-15", "qs-18", "qt-16"]
+    )
 
 
 def test_a_url_without_secrets_is_left_as_it_is() -> None:
@@ -260,3 +263,67 @@ def test_a_sweep_over_a_server_command_key_labels_its_runs_without_it(tmp_path) 
 )
 def test_redact_argv_reads_a_value_as_the_command_line_does(argv: list[str]) -> None:
     assert "abc-24" not in " ".join(redact_argv(["veeksha-run", *argv]))
+
+
+def test_a_flag_value_given_with_equals_is_a_secret_value_to_scrub() -> None:
+    # `--api-key=VALUE` was hidden in config.yml but never scrubbed from server output and records.
+    command = ["vllm", "serve", "M", "--api-key=sk-eq-21", "--hf-token", "hf-22"]
+    assert sorted(secret_values({"server": {"command": command}})) == ["hf-22", "sk-eq-21"]
+
+
+def test_env_assignments_and_whole_command_strings_lose_their_secrets() -> None:
+    command = [
+        "env",
+        "VLLM_API_KEY=env-23",
+        "LOG_LEVEL=INFO",
+        "sh",
+        "-c",
+        "exec vllm serve M --api-key sk-24 --port 1",
+    ]
+    clean = redact({"command": command})["command"]
+    assert clean == [
+        "env",
+        f"VLLM_API_KEY={REDACTED}",
+        "LOG_LEVEL=INFO",
+        "sh",
+        "-c",
+        f"exec vllm serve M --api-key {REDACTED} --port 1",
+    ]
+    assert sorted(secret_values({"command": command})) == ["env-23", "sk-24"]
+    assert redact({"stop": ["Human: ", "### End"]}) == {"stop": ["Human: ", "### End"]}  # no flag: as is
+
+
+def test_every_header_is_secret_but_the_plain_ones() -> None:
+    headers = {"Authentication": "a-25", "X-Auth": "Token t-26", "Accept": "text/event-stream"}
+    assert redact({"headers": headers})["headers"] == {
+        "Authentication": REDACTED,
+        "X-Auth": REDACTED,
+        "Accept": "text/event-stream",
+    }
+    # A credential after any scheme is scrubbed alone too: servers echo it without the scheme.
+    assert sorted(secret_values({"headers": headers})) == ["Token t-26", "a-25", "t-26"]
+    argv = ["veeksha-run", "--client.headers.X-Auth", "x-27", "--client.headers.Accept=a/b"]
+    assert redact_argv(argv) == [
+        "veeksha-run",
+        "--client.headers.X-Auth",
+        REDACTED,
+        "--client.headers.Accept=a/b",
+    ]
+
+
+def test_a_header_mapping_given_as_one_json_string_is_redacted() -> None:
+    # A sweep over `headers: !expand ['{"Authorization": "Bearer ..."}']` labelled its runs with it.
+    tree = {"client": {"headers": '{"Authorization": "Bearer sk-28"}'}}
+    assert redact(tree)["client"]["headers"] == '{"Authorization":"<redacted>"}'
+    assert "sk-28" in secret_values(tree)
+    assert secret_values({"headers": "not a mapping"}) == []
+    params = {"client.headers": '{"Authorization": "Bearer sk-28"}'}
+    assert redact_params(params, tree) == {"client.headers": '{"Authorization":"<redacted>"}'}
+
+
+def test_url_user_info_and_camel_case_or_signed_query_credentials_are_hidden() -> None:
+    url = "http://sk-ui-29@h:1/v1?accessToken=qt-30&X-Amz-Signature=sig-31&api-version=2024"
+    assert redact({"u": url})["u"] == (
+        f"http://{REDACTED}@h:1/v1?accessToken={REDACTED}&X-Amz-Signature={REDACTED}&api-version=2024"
+    )
+    assert sorted(secret_values({"u": url})) == ["qt-30", "sig-31", "sk-ui-29"]

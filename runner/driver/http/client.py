@@ -34,7 +34,7 @@ from veeksha.runner.driver.http.outcome import Outcome
 from veeksha.runner.driver.http.transport import DueHook, HTTPTransport, Started
 from veeksha.shared import redact
 from veeksha.shared.config import ClientConfig
-from veeksha.shared.redact import is_secret_key, scrub_text
+from veeksha.shared.redact import scrub_text
 
 USER_AGENT = "veeksha"
 
@@ -102,11 +102,7 @@ def secret_values(cfg: ClientConfig, extra: Iterable[str] = ()) -> list[str]:
     # Servers echo the request body in validation errors: secrets there must not reach records.
     out += redact.secret_values(cfg.additional_sampling_params)
     out += redact.secret_values(cfg.api_base or "")  # ?key=... or a password in the URL
-    for name, value in cfg.headers.items():
-        if value and (is_secret_key(name) or str(name).lower() in ("cookie", "x-api-key")):
-            out.append(str(value))
-            if str(value).lower().startswith("bearer "):
-                out.append(str(value)[7:])
+    out += redact.secret_values({redact.HEADERS: dict(cfg.headers)})  # any header but the plain ones
     return redact.scrub_list(out)
 
 
