@@ -76,7 +76,10 @@ def run_benchmark(
     if cfg.server is None:  # an endpoint already up: a model it cannot name is found before anything is made
         cfg = resolve_endpoint(cfg, None)
     ensure_writable(parent_dir)
-    server = start_server(cfg.server) if cfg.server is not None else None
+    # The server inherits our environment (OPENAI_API_KEY ...): the client's secrets are scrubbed
+    # from its output too.
+    secrets = client_secret_values(cfg.client)
+    server = start_server(cfg.server, extra_secrets=secrets) if cfg.server is not None else None
     follower = None
     try:
         cfg = resolve_endpoint(cfg, _server_api_base(cfg, server.api_base if server is not None else None))

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -82,7 +82,9 @@ class ServerHandle:
     api_base: str
     log_path: Path
     watchdog: subprocess.Popen[bytes] | None = None
-    owns_log: bool = False  # a temp file of ours, not yet unlinked
+    # A temp log of ours: unlinked as soon as the server has it open (a run killed while the server
+    # loads leaves no raw output in /tmp); read through _log_reader; written out scrubbed if kept.
+    owns_log: bool = False
     secrets: list[str] = field(default_factory=list)  # scrubbed from what we show of its output
     _stopped: bool = field(default=False, repr=False)
     _log_reader: BinaryIO | None = field(default=None, repr=False)
@@ -101,6 +103,16 @@ class ServerHandle:
         except OSError:
             return ""
 
+    def output(self) -> str:
+        """Everything the server printed so far, unscrubbed: for our own reading, never shown."""
+        try:
+            if self._log_reader is not None:
+                self._log_reader.seek(0)
+                return self._log_reader.read().decode(errors="replace")
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
     def exited_early(self) -> str | None:
         """Why the run cannot be trusted when the server exited before stop() (it crashed or quit
         mid-run: every later request failed against nothing); None while it runs."""
@@ -110,25 +122,19 @@ class ServerHandle:
         last = (self.output_tail(1).strip().splitlines() or ["(no output)"])[-1][:200]
         return f"the server exited during the run (exit status {code}); its last output: {last}"
 
-    def scrub_kept_log(self) -> None:
-        """A log kept for the user (the server failed) holds no secret either."""
-        if not self.secrets:
+    def keep_log(self) -> None:
+        """Leave the log for the user (the server failed), its secrets scrubbed: our temp log is
+        written out again under its name, a log the user named is scrubbed in place."""
+        if not (self.owns_log or self.secrets):
             return
+        text = scrub_text(self.output(), self.secrets)
         with contextlib.suppress(OSError):
-            text = self.log_path.read_bytes().decode("utf-8", "replace")
-            self.log_path.write_text(scrub_text(text, self.secrets))
+            self.log_path.write_text(text)
+        self.owns_log = False
 
-    def _detach_temp_log(self) -> None:
-        """Unlink our temp log once the server is ready, so nothing is left in /tmp even if the
-        benchmark is killed later; the open descriptor still serves output_tail()."""
-        if self.owns_log:
-            self._log_reader = open(self.log_path, "rb")
-            with contextlib.suppress(OSError):
-                self.log_path.unlink()
-            self.owns_log = False
-
-    def stop(self, grace: float = STOP_GRACE_S) -> None:
-        """SIGTERM the server's process group, SIGKILL whatever remains after `grace` seconds."""
+    def stop(self, grace: float = STOP_GRACE_S, keep_log: bool = False) -> None:
+        """SIGTERM the server's process group, SIGKILL whatever remains after `grace` seconds;
+        `keep_log`: then leave its log for the user (see keep_log)."""
         if self._stopped:
             return
         self._stopped = True
@@ -137,11 +143,10 @@ class ServerHandle:
             with contextlib.suppress(ProcessLookupError):
                 self.watchdog.kill()
             self.watchdog.wait()
+        if keep_log:
+            self.keep_log()
         if self._log_reader is not None:
             self._log_reader.close()
-        if self.owns_log:
-            with contextlib.suppress(OSError):
-                self.log_path.unlink()
 
     def __enter__(self) -> ServerHandle:
         return self
@@ -165,16 +170,20 @@ def check_server_command(cfg: SimulatedServerConfig | CommandServerConfig | None
 
 
 def start_server(
-    cfg: SimulatedServerConfig | CommandServerConfig, log_path: Path | None = None
+    cfg: SimulatedServerConfig | CommandServerConfig,
+    log_path: Path | None = None,
+    extra_secrets: Iterable[str] = (),
 ) -> ServerHandle:
     """Start the server described by `cfg` (SimulatedServerConfig or CommandServerConfig) and return
-    once it is ready. Its stdout/stderr go to `log_path`; when not given, to a temp file that is
-    unlinked once the server is ready (kept, and named in the error, when it fails to start). Raises
-    VeekshaError with the last lines of its output when it exits early or is not ready in time."""
+    once it is ready. Its stdout/stderr go to `log_path`; when not given, to a temp file unlinked as
+    soon as the server has it open (written out, scrubbed, and named in the error when it fails to
+    start). Raises VeekshaError with the last lines of its output when it exits early or is not
+    ready in time. `extra_secrets` (the client's: the server inherits the environment that may
+    hold them) are scrubbed from its output as its own are."""
     if isinstance(cfg, SimulatedServerConfig):
         return _start_simulated(cfg, log_path)
     if isinstance(cfg, CommandServerConfig):
-        return _start_command(cfg, log_path)
+        return _start_command(cfg, log_path, extra_secrets)
     raise VeekshaError(f"unknown server type {cfg.type!r} (allowed: simulated, command)")
 
 
@@ -185,7 +194,6 @@ def _await_ready(handle: ServerHandle, wait: Callable[[], None]) -> ServerHandle
     except BaseException:
         handle.stop()
         raise
-    handle._detach_temp_log()
     return handle
 
 
@@ -203,7 +211,7 @@ def _start_simulated(cfg: SimulatedServerConfig, log_path: Path | None) -> Serve
 
     def wait() -> None:
         while True:
-            line = _find_line(handle.log_path, LISTENING_PREFIX)
+            line = _find_line(handle.output(), LISTENING_PREFIX)
             if line is not None:
                 host, port = line.split()[1:3]
                 if host in ALL_INTERFACES:  # bound to all interfaces: talk over loopback
@@ -217,13 +225,15 @@ def _start_simulated(cfg: SimulatedServerConfig, log_path: Path | None) -> Serve
     return _await_ready(handle, wait)
 
 
-def _start_command(cfg: CommandServerConfig, log_path: Path | None) -> ServerHandle:
+def _start_command(
+    cfg: CommandServerConfig, log_path: Path | None, extra_secrets: Iterable[str]
+) -> ServerHandle:
     if not cfg.command:
         raise VeekshaError("server.command is empty: give the server command as a list")
     check_server_command(cfg)
     env = {**os.environ, **cfg.env}
     api_base = cfg.api_base or _api_base_from(cfg.ready_url)
-    secrets = scrub_list(secret_values(to_dict(cfg)))
+    secrets = scrub_list([*secret_values(to_dict(cfg)), *extra_secrets])
     try:
         handle = _spawn(list(cfg.command), env, log_path, api_base=api_base, secrets=secrets)
     except OSError as exc:
@@ -291,6 +301,10 @@ def _spawn(
         if owns_log:  # nothing ran: leave no empty log behind
             log_path.unlink(missing_ok=True)
         raise
+    reader = None
+    if owns_log:
+        reader = open(log_path, "rb")  # closed by ServerHandle.stop()
+        log_path.unlink()
     watchdog = subprocess.Popen(
         [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(process.pid), str(STOP_GRACE_S)],
         stdin=subprocess.DEVNULL,
@@ -298,7 +312,9 @@ def _spawn(
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # a Ctrl-C or group kill aimed at us must not take the guard along
     )
-    return ServerHandle(process, api_base, log_path, watchdog, owns_log, secrets=secrets or [])
+    return ServerHandle(
+        process, api_base, log_path, watchdog, owns_log, secrets=secrets or [], _log_reader=reader
+    )
 
 
 def _fail_if_dead_or_late(handle: ServerHandle, deadline: float, what: str, goal: str) -> None:
@@ -306,9 +322,7 @@ def _fail_if_dead_or_late(handle: ServerHandle, deadline: float, what: str, goal
     if code is None and time.monotonic() < deadline:
         return
     tail = handle.output_tail()
-    handle.owns_log = False  # keep the log for the user
-    handle.stop()
-    handle.scrub_kept_log()
+    handle.stop(keep_log=True)
     if code is not None:
         msg = f"{what} exited with status {code} before it was ready"
     else:
@@ -318,11 +332,7 @@ def _fail_if_dead_or_late(handle: ServerHandle, deadline: float, what: str, goal
     )
 
 
-def _find_line(path: Path, prefix: str) -> str | None:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return None
+def _find_line(text: str, prefix: str) -> str | None:
     for line in text.splitlines():
         if line.startswith(prefix + " "):
             return line
@@ -331,8 +341,11 @@ def _find_line(path: Path, prefix: str) -> str | None:
 
 def _tail(f: BinaryIO, lines: int) -> str:
     f.seek(0, os.SEEK_END)
-    f.seek(max(0, f.tell() - 64 * 1024))
+    start = max(0, f.tell() - 64 * 1024)
+    f.seek(start)
     text = f.read().decode(errors="replace")
+    if start:  # the window began inside a line: a secret cut there would escape the scrub
+        text = text.partition("\n")[2]
     return "\n".join(text.splitlines()[-lines:])
 
 

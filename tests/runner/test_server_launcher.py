@@ -7,13 +7,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from veeksha.runner.server_launcher import planned_api_host, start_server
+from veeksha.runner.server_launcher import ServerHandle, planned_api_host, start_server
 from veeksha.shared.config import CommandServerConfig, SimulatedServerConfig
 from veeksha.shared.config_loader import build_benchmark_config
 from veeksha.shared.errors import VeekshaError
@@ -248,3 +250,68 @@ def test_the_planned_host_is_the_host_the_started_simulated_server_is_reached_at
     assert isinstance(cfg.server, SimulatedServerConfig)
     with start_server(cfg.server) as server:
         assert httpx.URL(server.api_base).host == planned_api_host(cfg)
+
+
+def test_a_temp_log_is_gone_while_the_server_loads_and_comes_back_scrubbed_when_it_fails(
+    tmp_path: Path,
+) -> None:
+    # A runner killed while a server loads (minutes for vLLM) left the raw log, with the server's
+    # printed flags and environment, in /tmp. Now it is unlinked once the server has it open.
+    started = tmp_path / "started"
+    script = (
+        "import os, sys, time; print('args', sys.argv[1:], 'key', os.environ['CLIENT_KEY'], flush=True); "
+        f"open({str(started)!r}, 'w').close(); time.sleep(1.5); sys.exit(4)"
+    )
+    cfg = CommandServerConfig(
+        command=[sys.executable, "-c", script, "--api-key=sk-eq-secret-1"],
+        ready_url=f"http://127.0.0.1:{free_port()}/health",
+        env={"CLIENT_KEY": "sk-client-secret-2"},
+    )
+    before = set(Path(tempfile.gettempdir()).glob("veeksha-server-*.log"))
+    with pytest.raises(VeekshaError) as caught:
+        start_server(cfg, extra_secrets=["sk-client-secret-2"])
+    new = set(Path(tempfile.gettempdir()).glob("veeksha-server-*.log")) - before
+    message = str(caught.value)
+    assert "exited with status 4" in message and "args" in message
+    assert "sk-eq-secret-1" not in message and "sk-client-secret-2" not in message
+    (kept,) = new  # the failed server's log is left for the user, named in the message, scrubbed
+    assert str(kept) in message
+    text = kept.read_text()
+    assert "args" in text and "sk-eq-secret-1" not in text and "sk-client-secret-2" not in text
+    kept.unlink()
+
+
+def test_the_temp_log_is_not_on_disk_while_the_server_starts(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    script = (
+        f"import os, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.05)\nraise SystemExit(1)"
+    )
+    cfg = CommandServerConfig(
+        command=[sys.executable, "-c", script, "--hf-token", "hf-secret-3"],
+        ready_url=f"http://127.0.0.1:{free_port()}/health",
+    )
+    before = set(Path(tempfile.gettempdir()).glob("veeksha-server-*.log"))
+    seen: list[set[Path]] = []
+
+    def look_then_release() -> None:
+        time.sleep(0.5)
+        seen.append(set(Path(tempfile.gettempdir()).glob("veeksha-server-*.log")) - before)
+        release.touch()
+
+    watcher = threading.Thread(target=look_then_release)
+    watcher.start()
+    with pytest.raises(VeekshaError):
+        start_server(cfg)
+    watcher.join()
+    assert seen == [set()]  # nothing in /tmp while it was loading
+    for path in set(Path(tempfile.gettempdir()).glob("veeksha-server-*.log")) - before:
+        path.unlink()
+
+
+def test_the_output_tail_never_starts_inside_a_cut_line(tmp_path: Path) -> None:
+    # The tail reads the last 64 KiB: a secret straddling the window's start kept its second half.
+    log = tmp_path / "server.log"
+    log.write_text("x" * 10 + "sk-straddling-secret-4" + "y" * (64 * 1024 - 12) + "\nlast line\n")
+    handle = ServerHandle(subprocess.Popen(["true"]), "", log, secrets=["sk-straddling-secret-4"])
+    handle.process.wait()
+    assert handle.output_tail(5) == "last line"
