@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import httpx
+from veeksha.uploader.remote import post_graphql
 
 PROBE_TIMEOUT_S = 4.0
+PROBE_RETRY_BUDGET_S = 15.0  # a busy server (429, 5xx) is asked again for this long; see remote.py
 _VIEWER_QUERY = {"query": "query Viewer { viewer { id username entity } }"}
 
 
@@ -43,10 +45,8 @@ def probe(base_url: str, api_key: str | None, timeout: float = PROBE_TIMEOUT_S) 
             False,
             f"no W&B API key for {base_url}: set WANDB_API_KEY, pass --api-key or run `wandb login`",
         )
-    url = f"{base_url.rstrip('/')}/graphql"
     try:
-        with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as client:
-            resp = client.post(url, json=_VIEWER_QUERY, auth=("api", api_key))
+        resp = post_graphql(base_url, api_key, _VIEWER_QUERY, timeout, budget_s=PROBE_RETRY_BUDGET_S)
     except httpx.TimeoutException:
         return ProbeResult(False, f"W&B at {base_url} did not answer within {timeout:g} s")
     except httpx.HTTPError as e:

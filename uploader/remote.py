@@ -7,12 +7,18 @@ retrying after "already exists" left the SDK with a half-open run in the same pr
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 LOOKUP_TIMEOUT_S = 10.0
+# A 429 or 5xx (W&B busy, a proxy between deploys) is asked again after a pause, for up to this
+# long in all: one such answer failed a directory, or, on the probe, a whole backfill.
+RETRY_BUDGET_S = 30.0
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_FIRST_PAUSE_S = 1.0
 
 # The shape the SDK itself sends before a resume (`RunResumeStatus`), so any server that resumes runs
 # answers it; `missingOk` gives null for an unknown id instead of an error.
@@ -23,11 +29,21 @@ _RUN_QUERY = """query RunResumeStatus($project: String, $entity: String, $name: 
 }"""
 
 
-_ARTIFACTS_QUERY = """query RunOutputArtifacts($entity: String, $project: String!, $runName: String!) {
+_ARTIFACTS_QUERY = """query RunOutputArtifacts(
+  $entity: String, $project: String!, $runName: String!, $cursor: String
+) {
   project(name: $project, entityName: $entity) {
-    run(name: $runName) { outputArtifacts(first: 100) { edges { node { state artifactType { name } } } } }
+    run(name: $runName) {
+      outputArtifacts(first: 100, after: $cursor) {
+        edges { node { state artifactType { name } } }
+        pageInfo { hasNextPage endCursor }
+      }
+    }
   }
 }"""
+# Pages of 100 read at most: each re-upload adds a run's table artifacts (about 17), so the run's
+# own artifact may sit beyond the first page.
+MAX_ARTIFACT_PAGES = 50
 
 
 class RemoteError(Exception):
@@ -40,10 +56,34 @@ class RemoteRun:
     history_lines: int
 
 
+def post_graphql(
+    base_url: str, api_key: str, body: dict[str, Any], timeout: float, budget_s: float | None = None
+) -> httpx.Response:
+    """POST a GraphQL body; a 429 or 5xx answer is asked again (after its Retry-After, else 1, 2,
+    4 ... s) until `budget_s` is spent, and the last answer returned. httpx errors propagate."""
+    end = time.monotonic() + (RETRY_BUDGET_S if budget_s is None else budget_s)
+    pause = _FIRST_PAUSE_S
+    with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as client:
+        while True:
+            resp = client.post(f"{base_url.rstrip('/')}/graphql", json=body, auth=("api", api_key))
+            wait = _retry_after(resp, pause)
+            if resp.status_code not in RETRY_STATUSES or time.monotonic() + wait > end:
+                return resp
+            time.sleep(wait)
+            pause *= 2
+
+
+def _retry_after(resp: httpx.Response, default: float) -> float:
+    """Seconds the server asked us to wait (Retry-After in seconds), else `default`."""
+    try:
+        return max(0.0, float(resp.headers.get("retry-after", default)))
+    except ValueError:  # an HTTP date: not worth parsing for a pause this short
+        return default
+
+
 def _graphql(base_url: str, api_key: str, body: dict[str, Any], what: str) -> dict[str, Any]:
     try:
-        with httpx.Client(timeout=httpx.Timeout(LOOKUP_TIMEOUT_S, connect=3.0)) as client:
-            resp = client.post(f"{base_url.rstrip('/')}/graphql", json=body, auth=("api", api_key))
+        resp = post_graphql(base_url, api_key, body, LOOKUP_TIMEOUT_S)
     except httpx.HTTPError as e:
         raise RemoteError(f"asking W&B at {base_url} for {what} failed ({type(e).__name__})") from None
     if resp.status_code != 200:
@@ -74,10 +114,22 @@ def committed_artifact_types(
     base_url: str, api_key: str, entity: str | None, project: str, run_id: str
 ) -> set[str]:
     """Types of the artifacts the run logged that were committed (a pending one lacks files)."""
-    body = {"query": _ARTIFACTS_QUERY, "variables": {"project": project, "entity": entity, "runName": run_id}}
-    data = _graphql(base_url, api_key, body, f"the artifacts of run {run_id}")
-    run = (data.get("project") or {}).get("run") or {}
-    edges = (run.get("outputArtifacts") or {}).get("edges") or []
-    nodes = [e.get("node") or {} for e in edges]
-    names = ((n.get("artifactType") or {}).get("name") for n in nodes if n.get("state") == "COMMITTED")
-    return {name for name in names if isinstance(name, str)}
+    found: set[str] = set()
+    cursor = None
+    for _ in range(MAX_ARTIFACT_PAGES):
+        variables = {"project": project, "entity": entity, "runName": run_id, "cursor": cursor}
+        data = _graphql(
+            base_url,
+            api_key,
+            {"query": _ARTIFACTS_QUERY, "variables": variables},
+            f"the artifacts of run {run_id}",
+        )
+        page = ((data.get("project") or {}).get("run") or {}).get("outputArtifacts") or {}
+        nodes = [e.get("node") or {} for e in page.get("edges") or []]
+        names = ((n.get("artifactType") or {}).get("name") for n in nodes if n.get("state") == "COMMITTED")
+        found |= {name for name in names if isinstance(name, str)}
+        info = page.get("pageInfo") or {}
+        cursor = info.get("endCursor")
+        if not info.get("hasNextPage") or not cursor:
+            break
+    return found

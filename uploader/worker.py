@@ -279,11 +279,40 @@ def _session(job: Job, start: str) -> Uploaded:
                 ws.add_files(artifact, root, plan.files, job.redactor, job.replacements)
             job.log(run, artifact)
             uploaded = ws.uploaded_of(run, root)
+            steps = run.step  # rows logged, anchor included (a rewind keeps the one at step 0)
     except ws.AlreadyExists:
         raise UploadError("another upload created this W&B run meanwhile; run veeksha-upload again") from None
+    if s.mode == "online":
+        _check_on_server(
+            job, uploaded.entity or s.entity or job.task.default_entity, steps, artifact is not None
+        )
     if uploaded.sync_dir and s.mode == "offline":
         uploaded.notes = ws.finish_offline(root, uploaded.sync_dir)
     return uploaded
+
+
+def _check_on_server(job: Job, entity: str | None, steps: int, with_artifact: bool) -> None:
+    """The server has what `finish()` returned after. The SDK gives up on a 4xx (a refused artifact
+    file, a file_stream error), says so in a warning and still finishes normally: such an upload is
+    a failure (the pending file stays, so the next attempt rewinds the run), never "uploaded"."""
+    s, plan = job.task.settings, job.plan
+    assert s is not None
+    key = s.api_key or ""
+    try:
+        remote = lookup_run(s.base_url, key, entity, s.project, plan.run_id)
+        lines = remote.history_lines if remote is not None else 0
+        missing = [f"history ({lines} of {steps} rows)"] if lines < steps else []
+        if with_artifact and plan.artifact_type not in committed_artifact_types(
+            s.base_url, key, entity, s.project, plan.run_id
+        ):
+            missing.append(f"the {plan.artifact_type} artifact's files")
+    except RemoteError as e:
+        raise UploadError(f"could not confirm the upload: {e}") from None
+    if missing:
+        raise UploadError(
+            f"W&B does not have {' and '.join(missing)}: the SDK gave up on part of the upload "
+            "(its warning is above); run veeksha-upload again"
+        )
 
 
 def upload_job(job: Job) -> Outcome:

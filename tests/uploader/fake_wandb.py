@@ -108,6 +108,9 @@ def _decode_config(raw: Any) -> dict[str, Any]:
     return out
 
 
+ARTIFACT_PAGE = 100  # output artifacts per page, as W&B's `first: 100`
+
+
 class FakeWandb:
     """The server. Use as a context manager or call `close()`."""
 
@@ -157,7 +160,13 @@ class FakeWandb:
 
     def fail(self, kind: str, scope: str, run_id: str | None = None) -> None:
         """From now on fail `scope` requests; with `run_id` (file_stream only), only that run's."""
-        if kind not in ("500", "stall") or scope not in ("all", "artifacts", "file_stream", "files"):
+        # "400" / "403": answers the SDK does not retry (it gives up on that part and finishes).
+        if kind not in ("500", "400", "403", "stall") or scope not in (
+            "all",
+            "artifacts",
+            "file_stream",
+            "files",
+        ):
             raise ValueError(f"unknown failure {kind!r}/{scope!r}")
         with self._lock:
             self._fail = (kind, scope)
@@ -464,8 +473,13 @@ class FakeWandb:
         run = self._find_run(v.get("entity") or self.entity, v.get("project"), v["runName"])
         if run is None:
             return {"project": {"run": None}}
-        edges = [{"node": {"state": a.state, "artifactType": {"name": a.type}}} for a in run.artifacts]
-        return {"project": {"run": {"outputArtifacts": {"edges": edges}}}}
+        # Pages as the server gives them: `first` at a time after the cursor (here: an index).
+        start = int(v.get("cursor") or 0)
+        page = run.artifacts[start : start + ARTIFACT_PAGE]
+        edges = [{"node": {"state": a.state, "artifactType": {"name": a.type}}} for a in page]
+        more = start + len(page) < len(run.artifacts)
+        info = {"hasNextPage": more, "endCursor": str(start + len(page))}
+        return {"project": {"run": {"outputArtifacts": {"edges": edges, "pageInfo": info}}}}
 
     def _op_StopRun(self, v: dict[str, Any], q: str) -> dict[str, Any]:
         return {"stopRun": {"success": True}}
@@ -658,8 +672,8 @@ class _Handler(BaseHTTPRequestHandler):
         kind = fake._failure_for(category, run_id)
         if kind is None:
             return False
-        if kind == "500":
-            self._send(500, {"errors": [{"message": "fake failure"}]})
+        if kind in ("500", "400", "403"):
+            self._send(int(kind), {"errors": [{"message": "fake failure"}]})
             return True
         fake._release.wait()
         if fake._closed:

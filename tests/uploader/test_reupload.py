@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from veeksha.shared.paths import UPLOAD_PENDING, RunPaths
 from veeksha.uploader.reader import allowed_files
+from veeksha.uploader.remote import committed_artifact_types
 
 from tests.uploader.builders import RunSpec, build_run
 from tests.uploader.conftest import (
@@ -27,7 +28,7 @@ from tests.uploader.conftest import (
     read_marker_json,
     upload,
 )
-from tests.uploader.fake_wandb import FakeRun, FakeWandb
+from tests.uploader.fake_wandb import API_KEY, ENTITY, FakeArtifact, FakeRun, FakeWandb
 from tests.uploader.wandb_records import offline_run_dirs, read_offline_run
 
 WANDB_CLI = str(Path(sys.executable).parent / "wandb")
@@ -223,3 +224,37 @@ def test_fallback_offline_says_only_what_happened_to_a_corrupt_directory(
     assert "(the online upload failed the same way)" in line
     assert "offline run instead" not in result.stdout
     assert not (run_dir / "wandb_run.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("scope", "code", "what"), [("artifacts", "403", "artifact"), ("file_stream", "400", "history")]
+)
+def test_a_part_the_sdk_gave_up_on_fails_the_upload_and_the_retry_completes_it(
+    run_dir: Path, home: Home, fake_wandb: FakeWandb, scope: str, code: str, what: str
+) -> None:
+    # The SDK gives up on a 4xx (object storage refusing artifact files, file_stream refusing rows),
+    # warns, and finishes normally: this was reported "uploaded" and then skipped as unchanged.
+    fake_wandb.fail(code, scope)
+    first = online(run_dir, home, fake_wandb, "--deadline", "120")
+    assert first.returncode == 1 and lines_for(first.stdout, "failed"), first.stdout + first.stderr
+    assert "W&B does not have" in first.stdout and what in first.stdout
+    assert not (run_dir / "wandb_run.json").exists() and (run_dir / UPLOAD_PENDING).exists()
+
+    fake_wandb.heal()
+    retry = online(run_dir, home, fake_wandb)
+    assert retry.returncode == 0 and lines_for(retry.stdout, "uploaded"), retry.stdout + retry.stderr
+    run = fake_wandb.run(read_marker_json(run_dir)["run_id"])
+    assert len(timeseries_rows(run)) == 4
+    (artifact,) = [a for a in run.artifacts if a.type == "veeksha-run"][-1:]
+    assert artifact.state == "COMMITTED" and not artifact.missing()
+
+
+def test_the_committed_artifact_is_found_beyond_the_first_page(fake_wandb: FakeWandb) -> None:
+    # Each re-upload adds the run's table artifacts (about 17): after a few, its own artifact sat
+    # beyond the first 100 and the run counted as not published.
+    run = FakeRun(ENTITY, "proj", "paged")
+    run.artifacts = [FakeArtifact(f"t{i}", "run_table", None, "COMMITTED") for i in range(150)]
+    run.artifacts.append(FakeArtifact("veeksha-run-paged", "veeksha-run", None, "COMMITTED"))
+    fake_wandb.runs[(ENTITY, "proj", "paged")] = run
+    types = committed_artifact_types(fake_wandb.base_url, API_KEY, ENTITY, "proj", "paged")
+    assert types == {"run_table", "veeksha-run"}
