@@ -137,6 +137,9 @@ def command(
         )
     if publish and mode == "offline":
         raise click.UsageError("--sync publishes online; it cannot be combined with --mode offline")
+    if publish and fallback_offline:
+        # Falling back would rewrite the offline run it was asked to publish, and report a skip.
+        raise click.UsageError("--sync publishes online; it cannot be combined with --fallback-offline")
     targets = discover(list(paths), recursive or publish)
     reporter = Reporter(as_json)
     if publish:

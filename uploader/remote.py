@@ -7,6 +7,7 @@ retrying after "already exists" left the SDK with a half-open run in the same pr
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ _FIRST_PAUSE_S = 1.0
 # answers it; `missingOk` gives null for an unknown id instead of an error.
 _RUN_QUERY = """query RunResumeStatus($project: String, $entity: String, $name: String!) {
   model(name: $project, entityName: $entity) {
-    bucket(name: $name, missingOk: true) { id name displayName historyLineCount }
+    bucket(name: $name, missingOk: true) { id name displayName historyLineCount config }
   }
 }"""
 
@@ -50,10 +51,16 @@ class RemoteError(Exception):
     """The server could not say whether the run exists."""
 
 
+# The W&B run config key holding the digest of the directory content an upload made the run of
+# (worker.Plan.digest): tells our upload of this content from an older one of the same run id.
+UPLOAD_DIGEST_KEY = "veeksha_upload_digest"
+
+
 @dataclass(frozen=True)
 class RemoteRun:
     run_id: str
     history_lines: int
+    upload_digest: str | None = None  # the config's UPLOAD_DIGEST_KEY, if the run has one
 
 
 def post_graphql(
@@ -107,7 +114,20 @@ def lookup_run(
     bucket = (data.get("model") or {}).get("bucket")
     if not bucket:
         return None
-    return RemoteRun(run_id, int(bucket.get("historyLineCount") or 0))
+    return RemoteRun(
+        run_id, int(bucket.get("historyLineCount") or 0), _config_value(bucket, UPLOAD_DIGEST_KEY)
+    )
+
+
+def _config_value(bucket: dict[str, Any], key: str) -> str | None:
+    """One value of a run's config as the server stores it (a JSON string of {key: {"value": v}})."""
+    try:
+        config = json.loads(bucket.get("config") or "{}")
+    except (TypeError, ValueError):
+        return None
+    entry = config.get(key) if isinstance(config, dict) else None
+    value = entry.get("value") if isinstance(entry, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def committed_artifact_types(

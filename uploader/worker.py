@@ -29,7 +29,13 @@ from veeksha.uploader.marker import (
 )
 from veeksha.uploader.reader import read_run_dir, read_run_info
 from veeksha.uploader.redaction import Redactor
-from veeksha.uploader.remote import RemoteError, RemoteRun, committed_artifact_types, lookup_run
+from veeksha.uploader.remote import (
+    UPLOAD_DIGEST_KEY,
+    RemoteError,
+    RemoteRun,
+    committed_artifact_types,
+    lookup_run,
+)
 from veeksha.uploader.run_files import check_directory, is_own_file
 from veeksha.uploader.settings import UploadSettings
 from veeksha.uploader.wandb_session import RunSpec, Uploaded, wandb_run_id
@@ -143,8 +149,11 @@ def make_plan(
 def _published_offline(task: Task, plan: Plan, previous: Marker | None, remote: RemoteRun) -> bool:
     """An offline upload of exactly this content whose run the server now has whole (`wandb sync`).
 
-    A `wandb sync` run from outside the directory publishes the history but leaves the artifact
-    pending without its files (and exits 0): that run is not complete, and is uploaded again."""
+    The server's run must carry this content's digest: an earlier online upload of the same run id
+    (before the directory changed and was uploaded offline) has history and an artifact too, and
+    taking it for the offline run deleted that run unpublished. A `wandb sync` run from outside the
+    directory publishes the history but leaves the artifact pending without its files (and exits
+    0): that run is not complete, and is uploaded again."""
     s = task.settings
     assert s is not None
     if not (
@@ -154,6 +163,7 @@ def _published_offline(task: Task, plan: Plan, previous: Marker | None, remote: 
         and previous.digest == plan.digest
         and not previous.online_attempted  # the server's copy may be a half-done online attempt
         and remote.history_lines > 0
+        and remote.upload_digest == plan.digest
     ):
         return False
     if not (s.log_artifacts and plan.files):
@@ -268,7 +278,8 @@ def _session(job: Job, start: str) -> Uploaded:
 
     plan, s, root = job.plan, job.task.settings, job.task.target.path
     assert s is not None
-    spec = RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, plan.artifact_type, job.config, s)
+    config = {**job.config, UPLOAD_DIGEST_KEY: plan.digest}
+    spec = RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, plan.artifact_type, config, s)
     spec.resume_from_start = start == REWIND  # replace the existing run's history, not append a replay
     spec.resume_empty = start == RESUME
     try:

@@ -258,3 +258,30 @@ def test_the_committed_artifact_is_found_beyond_the_first_page(fake_wandb: FakeW
     fake_wandb.runs[(ENTITY, "proj", "paged")] = run
     types = committed_artifact_types(fake_wandb.base_url, API_KEY, ENTITY, "proj", "paged")
     assert types == {"run_table", "veeksha-run"}
+
+
+def test_an_older_online_copy_is_not_taken_for_the_published_offline_run(
+    run_dir: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    # Online upload; the directory changes and is uploaded offline (W&B was down); W&B is back.
+    # The server's run (the first upload) had history and an artifact: it was taken for the
+    # published offline run, which was deleted, and the change never reached W&B.
+    assert online(run_dir, home, fake_wandb).returncode == 0
+    run_id = read_marker_json(run_dir)["run_id"]
+    stats_path = run_dir / "metrics" / "summary_stats.json"
+    stats = json.loads(stats_path.read_text())
+    stats["ttfc_p50"] = 123.5
+    stats_path.write_text(json.dumps(stats))
+    offline = upload([str(run_dir), "--mode", "offline"], home, cwd=run_dir.parent)
+    assert lines_for(offline.stdout, "uploaded"), offline.stdout + offline.stderr
+
+    back = online(run_dir, home, fake_wandb)
+    assert lines_for(back.stdout, "uploaded"), back.stdout + back.stderr
+    assert fake_wandb.run(run_id).summary["ttfc_p50"] == 123.5
+    assert read_marker_json(run_dir)["mode"] == "online" and fake_wandb.created == 1
+
+
+def test_sync_with_fallback_offline_is_a_usage_error(run_dir: Path, home: Home) -> None:
+    # It fell back to rewriting the offline run it was asked to publish and said "skipped", exit 0.
+    done = upload(["--sync", "--fallback-offline", str(run_dir)], home, cwd=run_dir.parent)
+    assert done.returncode == 2 and "cannot be combined with --fallback-offline" in done.stderr
