@@ -20,7 +20,13 @@ import click
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S
 from veeksha.shared.errors import UsageError, VeekshaError
 from veeksha.uploader.discovery import discover
-from veeksha.uploader.planning import check_online, offline_uploads, plan_task, secrets_of
+from veeksha.uploader.planning import (
+    check_online,
+    offline_uploads,
+    plan_task,
+    secrets_of,
+    unreadable_reporter,
+)
 from veeksha.uploader.pool import run_pool
 from veeksha.uploader.report import Reporter
 from veeksha.uploader.settings import Layer, env_layer
@@ -140,8 +146,8 @@ def command(
     if publish and fallback_offline:
         # Falling back would rewrite the offline run it was asked to publish, and report a skip.
         raise click.UsageError("--sync publishes online; it cannot be combined with --fallback-offline")
-    targets = discover(list(paths), recursive or publish)
     reporter = Reporter(as_json)
+    targets = discover(list(paths), recursive or publish, unreadable_reporter(reporter.add))
     if publish:
         targets = offline_uploads(targets, reporter.add)
     plan = {"force": force, "dry_run": dry_run, "publish": publish}

@@ -8,6 +8,7 @@ A sweep or capacity-search directory stands for its run directories plus one sum
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +43,18 @@ def targets_of(path: Path) -> list[Target] | None:
     return None
 
 
-def walk(top: Path) -> list[Target]:
+# Told of each folder a --recursive walk could not list (it may hold runs nobody uploads).
+Unreadable = Callable[[Path, OSError], None]
+
+
+def walk(top: Path, unreadable: Unreadable | None = None) -> list[Target]:
     found: list[Target] = []
-    for dirpath, dirnames, _ in os.walk(top):
+
+    def cannot_list(e: OSError) -> None:
+        if unreadable is not None and e.filename is not None:
+            unreadable(Path(e.filename), e)
+
+    for dirpath, dirnames, _ in os.walk(top, onerror=cannot_list):
         here = Path(dirpath)
         targets = targets_of(here)
         if targets is not None:
@@ -55,8 +65,9 @@ def walk(top: Path) -> list[Target]:
     return found
 
 
-def discover(paths: list[str], recursive: bool) -> list[Target]:
-    """Targets for the PATH arguments, deduplicated, in path order. Bad paths are usage errors."""
+def discover(paths: list[str], recursive: bool, unreadable: Unreadable | None = None) -> list[Target]:
+    """Targets for the PATH arguments, deduplicated, in path order. Bad paths are usage errors;
+    `unreadable` is told of each folder a recursive walk could not list."""
     if not paths:
         raise UsageError("give at least one PATH (a run, sweep or capacity-search directory)")
     found: dict[tuple[str, Path], Target] = {}
@@ -67,7 +78,7 @@ def discover(paths: list[str], recursive: bool) -> list[Target]:
         if not path.is_dir():
             raise UsageError(f"{text}: not a directory")
         path = path.resolve()
-        targets = walk(path) if recursive else targets_of(path)
+        targets = walk(path, unreadable) if recursive else targets_of(path)
         if targets is None:
             raise UsageError(
                 f"{text}: not a run, sweep or capacity-search directory (no {RUN_JSON}); "

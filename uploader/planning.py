@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from veeksha.shared.errors import VeekshaError
@@ -15,7 +16,7 @@ from veeksha.uploader.marker import read_marker
 from veeksha.uploader.probe import netrc_api_key, probe
 from veeksha.uploader.reader import read_config
 from veeksha.uploader.settings import Layer, config_layer, marker_layer, resolve
-from veeksha.uploader.worker import SKIPPED, Outcome, Task
+from veeksha.uploader.worker import FAILED, SKIPPED, Outcome, Task
 
 
 def _config_of(target: Target) -> dict[str, Any]:
@@ -92,3 +93,13 @@ def offline_uploads(targets: list[Target], report: Callable[[Outcome], None]) ->
         why = "already published online" if marker else "no offline upload here (no wandb_run.json)"
         report(Outcome(str(target.path), target.kind, SKIPPED, why))
     return out
+
+
+def unreadable_reporter(report: Callable[[Outcome], None]) -> Callable[[Path, OSError], None]:
+    """What a --recursive walk does with a folder it cannot list: a failure naming it."""
+
+    def unreadable(path: Path, e: OSError) -> None:
+        why = f"cannot be searched ({e.strerror or e}); runs in it, if any, were not uploaded"
+        report(Outcome(str(path), "directory", FAILED, why))
+
+    return unreadable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -101,3 +102,34 @@ def test_redactor_hides_plain_server_env_values_but_scrubs_only_secret_looking_o
     assert r.scrub_bytes(b"x " + b"c" * 12) == f"x {REDACTED}".encode()
     r.tree({"server": {"env": {"X": REDACTED}}})  # an already redacted config.yml
     assert REDACTED not in r.known
+
+
+@pytest.mark.skipif(
+    shutil.which("setpriv") is None, reason="needs setpriv (util-linux) to drop root's file access override"
+)
+def test_a_folder_the_walk_cannot_read_fails_by_name(tmp_path: Path) -> None:
+    # `--recursive` ignored a folder it could not list: its runs were never uploaded, and nothing
+    # said so. Run without root's override of file permissions (we are root in CI), so the
+    # chmod 000 folder is really unreadable.
+    build_run(tmp_path / "tree" / "mine", RunSpec(seed=1))
+    locked = tmp_path / "tree" / "someone-elses"
+    build_run(locked / "run", RunSpec(seed=2))
+    locked.chmod(0)
+    try:
+        drop = [
+            "setpriv",
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+        ]
+        done = subprocess.run(
+            [*drop, VEEKSHA_UPLOAD, "--recursive", "--dry-run", str(tmp_path / "tree")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 1, done.stdout + done.stderr
+    failed = [line for line in done.stdout.splitlines() if line.startswith("failed")]
+    assert len(failed) == 1 and "someone-elses" in failed[0] and "cannot be searched" in failed[0]
+    assert "would upload" in done.stdout
