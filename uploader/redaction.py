@@ -16,8 +16,12 @@ from veeksha.shared.redact import REDACTED, is_secret_key, redact, scrub_text, s
 
 # The shortest value of the shared rule (server.env, a command's --api-key) scrubbed from files.
 MIN_SCRUBBED_CHARS = 8
-# An Authorization-style value: scheme + credentials.
-_AUTH_VALUE = re.compile(r"^\s*(bearer|basic|token|digest|apikey|api-key)\s+\S+", re.IGNORECASE)
+# An Authorization-style value: a scheme and one credential (`Bearer sk-...`), or Digest's
+# `name=value` list. Not any text that starts with such a word: "Basic arithmetic questions ..." in a
+# system prompt was hidden, and its words scrubbed from every uploaded record.
+_AUTH_VALUE = re.compile(
+    r"^\s*(?:(?:bearer|basic|token|apikey|api-key)\s+\S{8,}\s*$|digest\s+\w+=)", re.IGNORECASE
+)
 
 
 @dataclass

@@ -133,3 +133,17 @@ def test_a_folder_the_walk_cannot_read_fails_by_name(tmp_path: Path) -> None:
     failed = [line for line in done.stdout.splitlines() if line.startswith("failed")]
     assert len(failed) == 1 and "someone-elses" in failed[0] and "cannot be searched" in failed[0]
     assert "would upload" in done.stdout
+
+
+def test_text_that_only_starts_like_a_credential_is_not_one() -> None:
+    # "Basic arithmetic ..." in a system prompt was hidden and its words scrubbed from every file.
+    r = Redactor()
+    prompt = "Basic arithmetic questions for a calculator"
+    clean = r.tree(
+        {"generator": {"system_prompt": prompt}, "note": "Bearer sk-abcdef123456", "d": 'Digest username="u"'}
+    )
+    assert clean == {"generator": {"system_prompt": prompt}, "note": REDACTED, "d": REDACTED}
+    assert (
+        r.scrub_bytes(b"Answer these basic arithmetic questions")
+        == b"Answer these basic arithmetic questions"
+    )
