@@ -13,6 +13,8 @@ import math
 import multiprocessing
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -99,7 +101,8 @@ class LocalDriver:
         )
 
     def start(self) -> None:
-        self.proc.start()
+        with _sigint_held_for_children():
+            self.proc.start()
         for end in self._child_ends:  # the child holds its own copies now
             end.close()
 
@@ -117,6 +120,21 @@ class LocalDriver:
 
     def stop(self, wait_s: float) -> None:
         stop_process(self.proc, wait_s)
+
+
+@contextmanager
+def _sigint_held_for_children() -> Iterator[None]:
+    """Children started inside begin with SIGINT blocked (the mask is kept through fork and exec);
+    driver_main unblocks it once its own handler is set, and a Ctrl-C that came meanwhile is
+    delivered then. A terminal Ctrl-C (the child is in our process group until driver_main leaves
+    it) during a driver's start-up killed it with a KeyboardInterrupt traceback, and the run counted
+    as failed. Blocked, not ignored, here too: a signal in the few milliseconds of a start waits,
+    it is not lost."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def send_start(go: Connection, start: dict[str, float | None]) -> None:

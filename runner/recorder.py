@@ -30,7 +30,14 @@ from veeksha.runner.lost_records import lost_record
 from veeksha.runner.progress import Progress
 from veeksha.shared.jsonio import naming_errors
 from veeksha.shared.paths import RunPaths
-from veeksha.shared.records import RUN_FAILED, RUN_INTERRUPTED
+from veeksha.shared.records import (
+    RUN_FAILED,
+    RUN_INTERRUPTED,
+    STOP_BENCHMARK_TIMEOUT,
+    STOP_MAX_REQUESTS,
+    STOP_MAX_SESSIONS,
+    STOP_SESSIONS_EXHAUSTED,
+)
 
 POLL_S = 0.2
 # The recorder takes the drivers' messages in rounds this far apart, each taking all that waits.
@@ -88,6 +95,14 @@ class _Driver:
 
 # A driver's end outranks another's in the run's status: a failure, then an interruption.
 _STATUS_RANK = {RUN_FAILED: 2, RUN_INTERRUPTED: 1}
+# And its stop reason: a run one of whose drivers was cut off by the timeout stopped at the timeout,
+# whatever the others (which had sent their share) say; the same for a request cap.
+_STOP_RANK = {
+    STOP_BENCHMARK_TIMEOUT: 3,
+    STOP_MAX_REQUESTS: 2,
+    STOP_MAX_SESSIONS: 1,
+    STOP_SESSIONS_EXHAUSTED: 0,
+}
 
 
 class Recorder:
@@ -116,10 +131,13 @@ class Recorder:
     # -------------------------------------------------------------- signals
 
     def on_signal(self, signum: int, frame: Any) -> None:
-        """Forward each Ctrl-C / SIGTERM to every driver once: first drains, second cancels."""
+        """Forward each Ctrl-C / SIGTERM to every running driver once: first drains, second cancels.
+        A driver not yet ready is left alone: the start gives up and stops it (a signal in the
+        middle of its start-up killed it with a traceback, and the run counted as failed)."""
         self.signals += 1
         for d in self.drivers:
-            d.link.interrupt()
+            if d.ready:
+                d.link.interrupt()
 
     # -------------------------------------------------------------- main loop
 
@@ -135,6 +153,7 @@ class Recorder:
             else:  # no driver got its start: none has sent anything
                 for d in self.drivers:
                     d.link.stop(0.0)
+                    d.end = d.end or _End(RUN_INTERRUPTED, None)  # stopped, not failed
             end = failed_start or self._run_end()
             self._record_lost(records, None, end.error or "the run ended")
         error = end.error
@@ -172,10 +191,15 @@ class Recorder:
             for d in self._readable(self.drivers):
                 message = self._next_message(d)
                 if message is None:
-                    return _End(RUN_FAILED, self._exit_error(d))
+                    if self.signals:  # stopped by the signal that came meanwhile
+                        return _End(RUN_INTERRUPTED, "interrupted while the drivers were starting")
+                    d.link.stop(1.0)  # it may still be exiting: its exit code is then known
+                    d.end = _End(RUN_FAILED, self._exit_error(d))
+                    return d.end
                 kind, payload = message
                 if kind == ipc.FAILED:
-                    return _End(RUN_FAILED, payload["message"])
+                    d.end = _End(RUN_FAILED, payload["message"])
+                    return d.end
                 d.ready = kind == ipc.READY
         margin = max(d.link.start_margin_s for d in self.drivers)
         self.t0 = time.perf_counter() + margin
@@ -281,11 +305,12 @@ class Recorder:
         errors = [e.error for e in ends if e.error]
         cpu = [e.cpu_seconds for e in ends if e.cpu_seconds is not None]
         reasons = [e.stop_reason for e in ends if e.stop_reason]
+        reason = max(reasons, key=lambda r: _STOP_RANK.get(r, -1)) if reasons else None
         return _End(
             worst.status,
             "; ".join(dict.fromkeys(errors)) or None,
             sum(cpu) if cpu else None,
-            reasons[0] if reasons and worst.status not in _STATUS_RANK else None,
+            reason if worst.status not in _STATUS_RANK else None,
         )
 
     def _record_lost(self, records: BinaryIO, driver_id: int | None, why: str) -> int:

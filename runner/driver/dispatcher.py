@@ -101,6 +101,7 @@ def driver_main(cfg: BenchmarkConfig, conn: Connection, go: Connection, placemen
     early: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: early.append(signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held since our start (drivers.py)
     import uvloop
 
     uvloop.run(Driver(cfg, conn, go, placement).run(early))

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,70 @@ def test_a_killed_driver_of_two_leaves_a_record_for_every_dispatched_request(tmp
     assert info["driver"]["num_driver_lost"] == len(lost)
     states = {d["driver_id"]: d["status"] for d in info["driver"]["drivers"]}
     assert states[dead] == "failed" and states[1 - dead] == "interrupted"  # told to stop, it did
+
+
+def start_slow_run(tmp_path: Path, n: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [VEEKSHA_RUN, *CRASH_SLOW, "--runtime.num_drivers", str(n)],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_driver_that_dies_while_starting_is_named_with_its_exit_code(tmp_path: Path) -> None:
+    # Killed while it imports (before it is ready): the run said "exit code None", and listed every
+    # driver as failed, the healthy one included.
+    proc = start_slow_run(tmp_path, 2)
+    deadline = time.monotonic() + 30
+    while len(pids := driver_pids(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(pids[1], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
+    assert info["status"] == "failed" and "exited unexpectedly (exit code -9)" in info["error"], info["error"]
+    states = sorted(d["status"] for d in info["driver"]["drivers"])
+    assert states == ["failed", "interrupted"]
+
+
+def test_ctrl_c_while_the_drivers_start_is_an_interruption(tmp_path: Path) -> None:
+    # A Ctrl-C forwarded to drivers still importing killed them with KeyboardInterrupt tracebacks,
+    # and the run counted as failed (exit 1).
+    proc = start_slow_run(tmp_path, 3)
+    assert "run directory" in (proc.stdout.readline() if proc.stdout else "")
+    time.sleep(0.15)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
+    assert info["status"] == "interrupted"
+
+
+def test_the_run_stops_at_the_timeout_when_any_driver_was_cut_off(tmp_path: Path) -> None:
+    # Sessions due at 0.5, 1.0, 1.5 and 2.0 s, timeout 1.8 s. With two drivers, driver 0 had sent
+    # its share and said max_sessions, which the run reported (one driver: benchmark_timeout).
+    reasons = []
+    for n in (1, 2):
+        args = [
+            "--server.type",
+            "simulated",
+            "--server.decode_step_base",
+            "0.001",
+            "--traffic_scheduler.interval_generator",
+            "{type: fixed, interval: 0.5}",
+            "--runtime.max_sessions",
+            "4",
+            "--runtime.benchmark_timeout",
+            "1.8",
+            "--runtime.num_drivers",
+            str(n),
+            "--output_dir",
+            f"out{n}",
+        ]
+        assert run_cli(args, cwd=tmp_path).returncode == 0
+        reasons.append(orjson.loads(only_run_dir(tmp_path / f"out{n}").run_json.read_bytes())["stop_reason"])
+    assert reasons == ["benchmark_timeout", "benchmark_timeout"]
