@@ -125,6 +125,7 @@ class Recorder:
         # Trace lines of dispatched requests whose record has not arrived yet, by request id.
         self.in_flight: dict[Any, dict[str, Any]] = {}
         self.drain_announced = False
+        self.draining: dict[int, dict[str, Any]] = {}  # each driver's DRAINING, until announced
         self.num_lost = 0
         self.stopping = False  # the other drivers were told to stop after one died
 
@@ -234,6 +235,7 @@ class Recorder:
             round_start = time.monotonic()
             for d in readable:
                 self._receive_waiting(d, records, trace)
+            self._announce_drain()  # after the round: the drivers drain at once, their counts add up
             for d in running:
                 if d.end is None and not d.link.alive() and not d.link.conn.poll(0):
                     self._lost_driver(d, records)
@@ -263,7 +265,7 @@ class Recorder:
         elif kind == ipc.BATCH:
             self._write_batch(d, payload, records, trace)
         elif kind == ipc.DRAINING:
-            self._announce_drain(payload)
+            self.draining[d.link.driver_id] = payload
         elif kind == ipc.DONE:
             d.end = _End(
                 payload["status"],
@@ -334,15 +336,19 @@ class Recorder:
         self.num_lost += len(lost)
         return len(lost)
 
-    def _announce_drain(self, payload: dict[str, Any]) -> None:
-        """Once per run: what the end is waiting for, and how to cut it short."""
-        if self.drain_announced or not payload.get("in_flight"):
+    def _announce_drain(self) -> None:
+        """Once per run: what the end is waiting for (every driver's in-flight requests), why, and
+        how to cut it short."""
+        if self.drain_announced or not self.draining:
+            return
+        in_flight = sum(p.get("in_flight") or 0 for p in self.draining.values())
+        if not in_flight:
             return
         self.drain_announced = True
-        self.progress.note(
-            f"draining {payload['in_flight']} requests (up to {payload['up_to_s']:.0f}s; "
-            "Ctrl-C again to cancel)"
-        )
+        up_to = max(p["up_to_s"] for p in self.draining.values())
+        why = "a driver failed; " if self.stopping and not self.signals else ""
+        cancel = "Ctrl-C again to cancel" if self.signals else "Ctrl-C to cancel"
+        self.progress.note(f"{why}draining {in_flight} requests (up to {up_to:.0f}s; {cancel})")
 
     def elapsed_or_none(self) -> float | None:
         """Seconds since the run started, or None before the driver said when it started."""

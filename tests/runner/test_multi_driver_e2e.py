@@ -277,3 +277,27 @@ def test_the_run_stops_at_the_timeout_when_any_driver_was_cut_off(tmp_path: Path
         assert run_cli(args, cwd=tmp_path).returncode == 0
         reasons.append(orjson.loads(only_run_dir(tmp_path / f"out{n}").run_json.read_bytes())["stop_reason"])
     assert reasons == ["benchmark_timeout", "benchmark_timeout"]
+
+
+def test_the_drain_line_counts_the_requests_of_every_driver(tmp_path: Path) -> None:
+    # Every request takes 2.5 s and the run stops at 2 s: all dispatched requests are in flight.
+    # The line counted driver 0's alone (8 of 14).
+    proc = run_cli(
+        [*CRASH_SLOW, "--runtime.num_drivers", "2", "--runtime.benchmark_timeout", "2"], cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    (drain,) = [line for line in proc.stdout.splitlines() if "draining" in line]
+    records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
+    assert len({r["driver_id"] for r in records}) == 2
+    assert drain.startswith(f"veeksha: draining {len(records)} requests"), (drain, len(records))
+
+
+def test_the_drain_after_a_driver_died_says_so(tmp_path: Path) -> None:
+    # It said "Ctrl-C again to cancel" when nobody had pressed Ctrl-C.
+    proc = start_slow_run(tmp_path, 2)
+    wait_for_dispatches(tmp_path, at_least=20)
+    os.kill(driver_pids(proc.pid)[0], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    (drain,) = [line for line in stdout.splitlines() if "draining" in line]
+    assert drain.startswith("veeksha: a driver failed; draining ") and drain.endswith("; Ctrl-C to cancel)")
