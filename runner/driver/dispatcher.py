@@ -41,6 +41,7 @@ from veeksha.runner.sessions.model import RequestNode, Session, SessionGenerator
 from veeksha.runner.sessions.randomness import stream
 from veeksha.runner.sessions.tokenizer import count_tokens_approx, token_counter
 from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, RateTraffic, arrival_rate_of
+from veeksha.shared.config_checks import session_slots
 from veeksha.shared.records import (
     CANCELLED,
     COUNT_SERVER,
@@ -387,7 +388,10 @@ class Driver:
             gaps = interval_sampler(self.traffic.interval_generator, stream(self.cfg.seed, "arrivals"))
         limit = self.runtime.max_sessions
         total = limit + self.runtime.warmup_sessions if limit >= 0 else None
-        return PlacedSessions(generator, self.driver_id, self.num_drivers, gaps, total)
+        slots = session_slots(self.cfg)  # split as _share splits them: slot s on driver s % N
+        return PlacedSessions(
+            generator, self.driver_id, self.num_drivers, gaps, total, slots[1] if slots else None
+        )
 
     def _requests_left(self) -> bool:
         return self.max_requests < 0 or self.requests_dispatched < self.max_requests

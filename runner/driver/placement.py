@@ -1,7 +1,11 @@
 """One driver's share of the run's one session stream.
 
-Session i of the stream (its id) runs on driver i % N. Every driver walks the whole stream in the
-same order, building its own sessions and drawing the others only as cheap placeholders (same
+Session i of the stream (its id) runs on driver i % N; when the run's concurrency is split into
+slots (concurrent traffic's sessions, or a rate's max_concurrent_sessions: slot s belongs to driver
+s % N), on the driver of slot i % slots instead, so that each driver gets sessions in proportion to
+its slots (3 slots on 2 drivers: 2/3 and 1/3; an even split left one driver with half the sessions
+and a third of the slots, running alone long after the other). Every driver walks the whole stream
+in the same order, building its own sessions and drawing the others only as cheap placeholders (same
 shapes, lengths and arrival offsets, no prompt text), so the same seed gives the same sessions at the
 same offsets whatever N is, and a session (with its multi-turn history) never spans two drivers.
 """
@@ -22,13 +26,16 @@ class PlacedSessions:
         num_drivers: int,
         gaps: Callable[[], float] | None,
         limit: int | None,
+        slots: int | None = None,
     ) -> None:
         """`gaps`: rate traffic's arrival gaps (None for concurrent traffic); `limit`: how many
-        sessions the whole run starts (None: no limit)."""
+        sessions the whole run starts (None: no limit); `slots`: the run's concurrent-session slots
+        the drivers split (None: not split)."""
         self.sessions = sessions
         self.driver_id = driver_id
         self.num_drivers = num_drivers
         self.limit = limit
+        self.slots = slots
         # The first session comes one gap after the start, so n sessions span n gaps.
         self.offsets = arrival_offsets(gaps, first_at=gaps()) if gaps is not None else None
         self.position = 0  # sessions of the stream drawn so far, by every driver
@@ -38,7 +45,7 @@ class PlacedSessions:
         """This driver's next session with its arrival offset set (rate traffic: the schedule's draw,
         unless a timed trace gave one); None once the run's sessions are all placed."""
         while self.limit is None or self.position < self.limit:
-            mine = self.position % self.num_drivers == self.driver_id
+            mine = self.owner(self.position) == self.driver_id
             session = self.sessions.next_session(build=mine)
             if session is None:
                 self.exhausted = True
@@ -49,3 +56,8 @@ class PlacedSessions:
             if mine:
                 return session
         return None
+
+    def owner(self, position: int) -> int:
+        """The driver of the stream's session at `position`."""
+        slot = position % self.slots if self.slots else position
+        return slot % self.num_drivers

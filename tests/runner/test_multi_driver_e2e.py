@@ -301,3 +301,33 @@ def test_the_drain_after_a_driver_died_says_so(tmp_path: Path) -> None:
     assert proc.returncode == 1, stderr
     (drain,) = [line for line in stdout.splitlines() if "draining" in line]
     assert drain.startswith("veeksha: a driver failed; draining ") and drain.endswith("; Ctrl-C to cancel)")
+
+
+def test_sessions_follow_the_slots_when_the_drivers_split_the_concurrency(tmp_path: Path) -> None:
+    # Three concurrent sessions on two drivers: driver 0 has two slots, driver 1 one. Sessions went
+    # half and half: driver 1 ran six sessions on one slot, alone long after driver 0 was done, and
+    # the run's concurrency fell to 2.05 of 3 (its health check failed; with one driver: 2.99).
+    args = [
+        "--server.type",
+        "simulated",
+        "--server.decode_step_base",
+        "0.01",
+        "--traffic_scheduler",
+        "{type: concurrent, target_concurrent_sessions: 3, rampup_seconds: 0}",
+        "--session_generator.output_spec.text.output_length_generator",
+        "{type: fixed, value: 32}",
+        "--runtime.max_sessions",
+        "12",
+        "--runtime.num_drivers",
+        "2",
+        "--output_dir",
+        "out",
+    ]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    paths = only_run_dir(tmp_path / "out")
+    records = read_jsonl(paths.request_records)
+    per_driver = [sum(1 for r in records if r["driver_id"] == d) for d in (0, 1)]
+    assert per_driver == [8, 4]
+    health = orjson.loads(paths.health_checks_json.read_bytes())
+    (concurrency,) = [c for c in health["checks"] if c["name"] == "concurrency"]
+    assert concurrency["result"] == "PASSED", concurrency
