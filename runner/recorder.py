@@ -48,6 +48,7 @@ POLL_S = 0.2
 RECEIVE_ROUND_S = 0.1
 # How long the drivers may take to start (import, client, first sessions) before we give up.
 START_DEADLINE_S = 120.0
+INTERRUPTED_AT_START = "interrupted while the drivers were starting"
 
 
 @dataclass
@@ -183,25 +184,11 @@ class Recorder:
         The run's end when one fails to start (or a signal comes first), else None."""
         for d in self.drivers:
             d.link.start()
-        started = time.monotonic()
-        while not all(d.ready for d in self.drivers):
-            if self.signals:
-                return _End(RUN_INTERRUPTED, "interrupted while the drivers were starting")
-            if time.monotonic() - started > START_DEADLINE_S:
-                return _End(RUN_FAILED, "a driver process did not start in time")
-            for d in self._readable(self.drivers):
-                message = self._next_message(d)
-                if message is None:
-                    if self.signals:  # stopped by the signal that came meanwhile
-                        return _End(RUN_INTERRUPTED, "interrupted while the drivers were starting")
-                    d.link.stop(1.0)  # it may still be exiting: its exit code is then known
-                    d.end = _End(RUN_FAILED, self._exit_error(d))
-                    return d.end
-                kind, payload = message
-                if kind == ipc.FAILED:
-                    d.end = _End(RUN_FAILED, payload["message"])
-                    return d.end
-                d.ready = kind == ipc.READY
+        failed = self._wait_until_ready()
+        if failed is not None:
+            return failed
+        if self.signals:  # came while the last READY was read: no driver was told of it
+            return _End(RUN_INTERRUPTED, INTERRUPTED_AT_START)
         margin = max(d.link.start_margin_s for d in self.drivers)
         self.t0 = time.perf_counter() + margin
         start_wall = time.time() + margin
@@ -209,6 +196,35 @@ class Recorder:
             # A driver on this host gets the start on the monotonic clock they share, exactly.
             t0 = self.t0 if d.link.shares_clock else None
             d.link.go({ipc.GO_T0: t0, ipc.GO_START_WALL: start_wall})
+        return None
+
+    def _wait_until_ready(self) -> _End | None:
+        started = time.monotonic()
+        while not all(d.ready for d in self.drivers):
+            if self.signals:
+                return _End(RUN_INTERRUPTED, INTERRUPTED_AT_START)
+            if time.monotonic() - started > START_DEADLINE_S:
+                return _End(RUN_FAILED, "a driver process did not start in time")
+            for d in self._readable(self.drivers):
+                failed = self._start_message(d)
+                if failed is not None:
+                    return failed
+        return None
+
+    def _start_message(self, d: _Driver) -> _End | None:
+        """One message of driver `d` while it starts: READY, or the end of the start."""
+        message = self._next_message(d)
+        if message is None:
+            if self.signals:  # stopped by the signal that came meanwhile
+                return _End(RUN_INTERRUPTED, INTERRUPTED_AT_START)
+            d.link.stop(1.0)  # it may still be exiting: its exit code is then known
+            d.end = _End(RUN_FAILED, self._exit_error(d))
+            return d.end
+        kind, payload = message
+        if kind == ipc.FAILED:
+            d.end = _End(RUN_FAILED, payload["message"])
+            return d.end
+        d.ready = kind == ipc.READY
         return None
 
     def _readable(self, drivers: list[_Driver]) -> list[_Driver]:

@@ -294,6 +294,8 @@ class Driver:
     def _natural_stop_reason(self) -> str | None:
         if self.stop_status not in (None, RUN_COMPLETED):
             return None
+        if not self._requests_left():  # max_requests: 0, or a cap reached as the last session ended
+            return STOP_MAX_REQUESTS
         exhausted = self.sessions is not None and self.sessions.exhausted
         return STOP_SESSIONS_EXHAUSTED if exhausted else STOP_MAX_SESSIONS
 
@@ -319,9 +321,13 @@ class Driver:
             asyncio.get_running_loop().call_later(grace, self._cancel_all)
 
     def _on_signal(self) -> None:
+        """The first Ctrl-C drains, the second cancels. A drain that was under way already (after
+        the timeout, a cap, the last session) is cancelled by the first: it said "Ctrl-C to cancel",
+        and a Ctrl-C that did nothing left the user waiting up to request_timeout."""
         self.signals += 1
+        draining = self.stop_status is not None
         self._stop_dispatch(RUN_INTERRUPTED)
-        if self.signals >= 2:
+        if self.signals >= 2 or draining:
             self._cancel_all()
 
     def _cancel_all(self) -> None:

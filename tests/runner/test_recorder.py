@@ -99,3 +99,25 @@ def test_drivers_that_complete_leave_each_other_alone(tmp_path: Path) -> None:
 
     assert result.status == RUN_COMPLETED and result.error is None
     assert not any(d.interrupted.is_set() for d in drivers)
+
+
+def test_a_ctrl_c_while_the_last_ready_is_read_stops_the_start(tmp_path: Path) -> None:
+    # A signal between "is there a signal?" and reading the last READY was counted and never acted
+    # on: not forwarded (the driver was not ready), and the start went on; the run ran its whole
+    # length. The signal lands here exactly then.
+    paths = RunPaths(tmp_path / "run")
+    paths.make_dirs()
+    driver = ScriptedDriver(0, done(RUN_COMPLETED), wait_for_interrupt=False)
+    recorder = Recorder(paths, Progress(0), len, True)
+    read = recorder._next_message
+
+    def read_with_a_signal(d: Any) -> Any:
+        message = read(d)
+        recorder.on_signal(2, None)
+        return message
+
+    recorder._next_message = read_with_a_signal  # type: ignore[method-assign]
+    result = recorder.run([driver])
+
+    assert result.status == RUN_INTERRUPTED and "while the drivers were starting" in (result.error or "")
+    assert not driver._go.is_set()  # never told to start
