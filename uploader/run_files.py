@@ -109,10 +109,12 @@ class RunFiles:
         return False
 
     def glob(self, pattern: str) -> list[Path]:
-        """Files matching `pattern` that the uploader may read, sorted (never under wandb/)."""
+        """Files matching `pattern` that the uploader may read, sorted (never under wandb/, never a
+        hidden file: the runner's temporaries are, and one left by a failed plot is no output)."""
         found = []
         for path in sorted(self.root.glob(pattern)):
-            if path.relative_to(self.root).parts[0] == WANDB_DIR:
+            parts = path.relative_to(self.root).parts
+            if parts[0] == WANDB_DIR or any(part.startswith(".") for part in parts):
                 continue
             if self.usable(path):
                 found.append(path)

@@ -26,6 +26,10 @@ def write_distributions(paths: RunPaths, data: RunData, *, plots: bool = True) -
         target = paths.distribution_png(metric)
         pngs.append((target, target.with_name(f".{target.name}.tmp.png"), metric, dist))
     if plots:
-        plot_distributions([(tmp, metric, dist) for _, tmp, metric, dist in pngs])
-        for target, tmp, _, _ in pngs:
-            tmp.replace(target)  # atomic, like every other output
+        try:
+            plot_distributions([(tmp, metric, dist) for _, tmp, metric, dist in pngs])
+            for target, tmp, _, _ in pngs:
+                tmp.replace(target)  # atomic, like every other output
+        finally:  # a failed plot (a full disk) leaves no temporary behind
+            for _, tmp, _, _ in pngs:
+                tmp.unlink(missing_ok=True)

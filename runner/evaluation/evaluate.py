@@ -119,5 +119,8 @@ def _plot_timeseries(paths: RunPaths) -> None:
     from veeksha.runner.evaluation.timeseries_plot import plot_timeseries
 
     tmp = paths.timeseries_png.with_name(f".{paths.timeseries_png.name}.tmp.png")
-    plot_timeseries(paths.timeseries_csv, tmp, paths.server_metrics_csv)
-    tmp.replace(paths.timeseries_png)  # atomic, like every other output
+    try:
+        plot_timeseries(paths.timeseries_csv, tmp, paths.server_metrics_csv)
+        tmp.replace(paths.timeseries_png)  # atomic, like every other output
+    finally:  # a failed plot (a full disk) leaves no temporary behind
+        tmp.unlink(missing_ok=True)

@@ -275,3 +275,13 @@ def test_a_lock_file_that_is_a_link_creates_nothing_elsewhere(tmp_path: Path, ho
     (failed,) = lines_for(result.stdout, "failed")
     assert ".veeksha-upload.lock" in failed and "symbolic link" in failed
     assert not elsewhere.exists()
+
+
+def test_hidden_files_are_not_outputs(tmp_path: Path) -> None:
+    # A plot that failed on a full disk left `.ttfc.png.tmp.png` in metrics/: it was uploaded as
+    # an image and a file of the artifact.
+    root = build_run(tmp_path / "out")
+    (root / "metrics" / ".ttfc.png.tmp.png").write_bytes(b"\x89PNG half")
+    (root / "metrics" / ".summary_stats.json.tmp").write_text("{")
+    data = read_run_dir(root)
+    assert not [f for f in data.files if "/." in f] and not [i for i in data.images if "/." in i]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from veeksha.runner.evaluation.plots import _display_unit, _draw
 from veeksha.runner.evaluation.rundata import QUANTILE_GRID, Distribution
@@ -46,3 +48,25 @@ def test_every_legend_value_uses_the_axis_unit(low: float, high: float, axis_lab
 def test_token_counts_keep_their_unit() -> None:
     _, legend = legend_of(spread(10, 500), "tokens", "tok")
     assert all(entry.endswith(" tok") for entry in legend if " = " in entry)
+
+
+def test_a_plot_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch) -> None:
+    # A full disk mid-plot (ENOSPC, simulated here: mounting a full filesystem needs more than a
+    # test should) left `.<metric>.png.tmp.png` files beside the outputs.
+    from veeksha.runner.evaluation import plots
+    from veeksha.runner.evaluation.distributions import write_distributions
+    from veeksha.shared.paths import DISTRIBUTION_METRICS, RunPaths
+
+    def half_written_then_full(items) -> None:
+        for tmp, _, _ in items[:2]:
+            tmp.write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots, "plot_distributions", half_written_then_full)
+    paths = RunPaths(tmp_path / "run")
+    paths.make_dirs()
+
+    data = SimpleNamespace(distributions={m: spread(1.0, 2.0) for m in DISTRIBUTION_METRICS})
+    with pytest.raises(OSError, match="No space left"):
+        write_distributions(paths, data, plots=True)  # type: ignore[arg-type]
+    assert not list(paths.root.rglob(".*"))
