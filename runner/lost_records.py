@@ -147,8 +147,7 @@ def recover(paths: RunPaths, other_host_gone: bool = False) -> Recovery:
             f"{paths.root} may still be being {doing} on host {info.get('host')!r} (process "
             f"{info.get('pid')}); once that process is gone, rerun with --other-host-gone"
         )
-    # The last write of the request log is the best estimate of when the run ended.
-    last_write = max(p.stat().st_mtime for p in (paths.request_records, paths.run_json) if p.exists())
+    last_write = last_written(paths)
     crashed = info.get("status") == RUN_RUNNING
     # Only a crash or a failure (the recorder stopped by a full disk) can leave dispatched requests
     # without a record; in another run a request without one has a corrupt line, which stays so.
@@ -169,6 +168,17 @@ def recover(paths: RunPaths, other_host_gone: bool = False) -> Recovery:
         write_json(paths.run_json, info)
     finished_at = iso(dt.datetime.fromtimestamp(last_write, dt.UTC)) if unfinished else None
     return Recovery(crashed, len(lost), finished_at)
+
+
+def last_written(paths: RunPaths) -> float:
+    """When a run that died last wrote anything: the best estimate of when it ended. The request
+    log alone said "at the start" for a run killed before its first request ended (the trace, the
+    time series and the server's metrics went on being written), and a log `evaluate` made empty
+    (touched) said "now"."""
+    written = [paths.run_json, paths.dispatch_trace, paths.timeseries_csv, paths.server_metrics_csv]
+    if paths.request_records.exists() and paths.request_records.stat().st_size:
+        written.append(paths.request_records)
+    return max(p.stat().st_mtime for p in written if p.exists())
 
 
 def mark_unfinished(paths: RunPaths, why: str) -> str | None:

@@ -6,6 +6,7 @@ flight when a process is killed with SIGKILL.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import socket
@@ -138,6 +139,15 @@ def test_a_killed_run_is_left_running_until_evaluate_marks_it_crashed(crashed_ru
     info = orjson.loads(crashed_run.run_json.read_bytes())
     assert info["status"] == "crashed" and info["finished_at"]
     assert crashed_run.summary_stats.exists()
+    # The end is when it last wrote: after its last dispatch. No request had ended, and the request
+    # log's time (the run's start) was taken for it.
+    started, finished = (
+        dt.datetime.fromisoformat(info[k].replace("Z", "+00:00")) for k in ("started_at", "finished_at")
+    )
+    last_dispatch = max(
+        t["dispatched_at"] for t in read_jsonl(crashed_run.dispatch_trace) if t["dispatched_at"]
+    )
+    assert (finished - started).total_seconds() >= last_dispatch - 0.2
 
 
 def test_evaluating_a_crashed_run_twice_adds_nothing(crashed_run: RunPaths) -> None:
