@@ -23,7 +23,13 @@ from veeksha.runner.drivers import DriverLink, LocalDriver, available_cores, che
 from veeksha.runner.progress import Progress
 from veeksha.runner.recorder import Recorder, RecordingResult
 from veeksha.runner.run_dir import RunDir, ensure_writable
-from veeksha.runner.server_launcher import ServerHandle, check_server_command, planned_api_host, start_server
+from veeksha.runner.server_launcher import (
+    ServerHandle,
+    check_server_command,
+    check_server_port,
+    planned_api_host,
+    start_server,
+)
 from veeksha.runner.server_metrics import Scraper, metrics_url, probe
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.tokenizer import token_counter
@@ -117,6 +123,7 @@ def check_before_start(cfg: BenchmarkConfig, announce: bool = False) -> None:
     sessions = make_session_generator(cfg)
     check_local_drivers(cfg)
     check_server_command(cfg.server)
+    check_server_port(cfg.server)
     if planned_api_host(cfg) is None:
         raise _no_api_base()
     skipped = getattr(sessions, "skipped_records", 0)

@@ -39,6 +39,11 @@ def check_output_dir(directory: Path, key: str = "output_dir") -> None:
     it, or the nearest part of its path that exists, is not a directory we may write into."""
     existing = directory
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # mkdir would fail on it ("File exists") once a server ran
+            raise ConfigError(
+                f"config error at {key}: {existing} is a link to {os.readlink(existing)}, which does "
+                f"not exist; create that directory or choose another {key}"
+            )
         existing = existing.parent
     if not existing.is_dir():
         what = "is" if existing == directory else f"cannot be made: {existing} is"

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,23 @@ def check_server_command(cfg: SimulatedServerConfig | CommandServerConfig | None
             f"config error at server.command[0]: {program!r} {where}; install the server or give "
             "the full path to its executable"
         )
+
+
+def check_server_port(cfg: SimulatedServerConfig | CommandServerConfig | None) -> None:
+    """A simulated server's fixed port that another process listens on is a config error, before
+    any directory is made (the server failed with a 30-line traceback, the directory made)."""
+    if not isinstance(cfg, SimulatedServerConfig) or not cfg.port:
+        return
+    try:
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+            probe.bind((cfg.host, cfg.port))
+    except OSError as e:
+        raise ConfigError(
+            f"config error at server.port: cannot listen on {cfg.host}:{cfg.port} ({e.strerror or e}); "
+            "choose another port, or 0 for a free one"
+        ) from None
 
 
 def start_server(

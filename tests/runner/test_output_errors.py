@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 import stat
 import subprocess
 import time
@@ -110,3 +111,25 @@ def test_a_run_whose_evaluation_fails_exits_1_and_says_how_to_retry(tmp_path: Pa
     info = orjson.loads(paths.run_json.read_bytes())
     assert info["status"] == "completed" and info["finished_at"] and "evaluation_error" not in info
     assert paths.summary_stats.is_file()
+
+
+def test_an_output_directory_that_is_a_dangling_link_is_a_config_error(tmp_path: Path) -> None:
+    # It passed the check and failed once the server ran: "[Errno 17] File exists", exit 1.
+    (tmp_path / "runs").symlink_to(tmp_path / "gone")
+    proc = run_cli([*QUICK, "--output_dir", "runs"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "config error at output_dir" in line and "which does not exist" in line
+
+
+def test_a_simulated_server_port_in_use_is_a_config_error_before_any_directory(tmp_path: Path) -> None:
+    # The server died with a 30-line traceback (exit 1), after the output directory was made.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = run_cli([*QUICK, "--server.port", str(port), "--output_dir", "out/deep"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"config error at server.port: cannot listen on 127.0.0.1:{port}" in line
+    assert not (tmp_path / "out").exists()
