@@ -49,6 +49,10 @@ RECEIVE_ROUND_S = 0.1
 # How long the drivers may take to start (import, client, first sessions) before we give up.
 START_DEADLINE_S = 120.0
 INTERRUPTED_AT_START = "interrupted while the drivers were starting"
+# After the second Ctrl-C (cancel) a driver has this long to end; then, or at a third, it is killed
+# and its in-flight requests recorded as lost. A driver stuck in native code never ended, and
+# nothing could stop veeksha-run short of a kill that left run.json "running".
+CANCEL_WAIT_S = 10.0
 
 
 @dataclass
@@ -129,6 +133,7 @@ class Recorder:
         self.draining: dict[int, dict[str, Any]] = {}  # each driver's DRAINING, until announced
         self.num_lost = 0
         self.stopping = False  # the other drivers were told to stop after one died
+        self.cancelled_at: float | None = None  # monotonic time of the second signal
 
     # -------------------------------------------------------------- signals
 
@@ -137,6 +142,8 @@ class Recorder:
         A driver not yet ready is left alone: the start gives up and stops it (a signal in the
         middle of its start-up killed it with a traceback, and the run counted as failed)."""
         self.signals += 1
+        if self.signals == 2:
+            self.cancelled_at = time.monotonic()
         for d in self.drivers:
             if d.ready:
                 d.link.interrupt()
@@ -255,6 +262,7 @@ class Recorder:
             for d in running:
                 if d.end is None and not d.link.alive() and not d.link.conn.poll(0):
                     self._lost_driver(d, records)
+            self._kill_stuck(records)
             # Once a second whether or not a message came.
             now = time.monotonic()
             if now - last_second >= 1.0:
@@ -303,6 +311,20 @@ class Recorder:
         d.end = _End(RUN_FAILED, error)
         self._record_lost(records, d.link.driver_id, error)
         self._stop_others()
+
+    def _kill_stuck(self, records: BinaryIO) -> None:
+        """Kill the drivers that did not end CANCEL_WAIT_S after the second signal (or at a third)."""
+        if self.cancelled_at is None:
+            return
+        if self.signals < 3 and time.monotonic() - self.cancelled_at < CANCEL_WAIT_S:
+            return
+        for d in self.drivers:
+            if d.end is None:
+                d.link.stop(0.0)
+                who = f"driver {d.link.driver_id}" if len(self.drivers) > 1 else "the driver process"
+                error = f"{who} did not stop after Ctrl-C; killed"
+                d.end = _End(RUN_INTERRUPTED, error)
+                self._record_lost(records, d.link.driver_id, error)
 
     def _exit_error(self, d: _Driver) -> str:
         who = f"driver {d.link.driver_id}" if len(self.drivers) > 1 else "the driver process"

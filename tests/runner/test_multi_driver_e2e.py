@@ -331,3 +331,21 @@ def test_sessions_follow_the_slots_when_the_drivers_split_the_concurrency(tmp_pa
     health = orjson.loads(paths.health_checks_json.read_bytes())
     (concurrency,) = [c for c in health["checks"] if c["name"] == "concurrency"]
     assert concurrency["result"] == "PASSED", concurrency
+
+
+def test_a_driver_stuck_after_ctrl_c_is_killed_and_its_requests_recorded(tmp_path: Path) -> None:
+    # A driver that never ends (stopped here with SIGSTOP, as one stuck in native code would be)
+    # kept veeksha-run waiting through any number of Ctrl-Cs.
+    proc = start_slow_run(tmp_path, 2)
+    paths = wait_for_dispatches(tmp_path, at_least=20)
+    stuck = driver_pids(proc.pid)[1]
+    os.kill(stuck, signal.SIGSTOP)
+    for _ in range(3):
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert info["status"] == "interrupted" and "did not stop after Ctrl-C; killed" in info["error"]
+    records = read_jsonl(paths.request_records)
+    assert sorted(r["request_id"] for r in records) == dispatched_ids(paths)
