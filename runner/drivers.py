@@ -33,6 +33,7 @@ REQUESTS_PER_S_PER_DRIVER = 400.0
 CONCURRENT_SESSIONS_PER_DRIVER = 128
 # Sessions drawn to estimate requests per session (auto only; cheap: a few ms).
 SESSIONS_SAMPLED = 100
+TIMED_SESSIONS_SAMPLED = 10_000  # placeholders (times only, no prompt): cheap to draw
 # How far ahead of now the common start is set: every driver must have its GO before it.
 LOCAL_START_MARGIN_S = 0.05
 # A driver's record batches wait in its pipe between the recorder's receive rounds
@@ -177,12 +178,28 @@ def num_drivers(cfg: BenchmarkConfig, cores: int) -> int:
     if isinstance(traffic, ConcurrentTraffic):
         need = math.ceil(traffic.target_concurrent_sessions / CONCURRENT_SESSIONS_PER_DRIVER)
     else:
-        requests_per_s = arrival_rate_of(traffic.interval_generator) * _requests_per_session(
-            make_session_generator(cfg)
-        )
+        rate = _timed_rate(make_session_generator(cfg))  # a timed replay keeps the trace's times
+        if rate is None:
+            rate = arrival_rate_of(traffic.interval_generator)
+        requests_per_s = rate * _requests_per_session(make_session_generator(cfg))
         need = math.ceil(requests_per_s / REQUESTS_PER_S_PER_DRIVER)
     slots = session_slots(cfg)  # each driver needs one of the run's session slots at least
     return max(1, min(need, cores, slots[1] if slots is not None else need))
+
+
+def _timed_rate(sessions: SessionGenerator) -> float | None:
+    """Sessions per second of a timed trace replay (time_scale applied), from its first
+    TIMED_SESSIONS_SAMPLED sessions; None when the sessions carry no times (the rate's own
+    interval_generator, ignored by a timed replay, counted instead: 1 driver at 10,000/s)."""
+    offsets = []
+    for _ in range(TIMED_SESSIONS_SAMPLED):
+        session = sessions.next_session(build=False)
+        if session is None or session.arrival_offset is None:
+            break
+        offsets.append(session.arrival_offset)
+    if len(offsets) < 2 or max(offsets) <= min(offsets):
+        return None
+    return (len(offsets) - 1) / (max(offsets) - min(offsets))
 
 
 def _requests_per_session(sessions: SessionGenerator) -> float:

@@ -75,3 +75,16 @@ def test_a_drivers_message_pipe_holds_a_second_of_batches_between_receive_rounds
     finally:
         receiver.close()
         sender.close()
+
+
+@pytest.mark.parametrize(("time_scale", "drivers"), [(1.0, 3), (3.0, 8)])
+def test_a_timed_replay_is_sized_by_its_trace_times(tmp_path, time_scale: float, drivers: int) -> None:
+    # A timed replay keeps the trace's times and ignores interval_generator: auto counted the
+    # latter's default (1 session/s) and started one driver for 1,000 (or 10,000) requests/s.
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(
+        "".join(f'{{"input_length": 10, "output_length": 4, "timestamp": {i / 1000}}}\n' for i in range(5000))
+    )
+    sessions = {"type": "trace", "path": str(trace), "timed_replay": True, "time_scale": time_scale}
+    # 1,000 requests/s (x time_scale), 400 per driver: 3 drivers, or 8 at 3,000/s.
+    assert num_drivers(config(rate(1), sessions), cores=16) == drivers
