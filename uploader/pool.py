@@ -138,18 +138,30 @@ class _Pool:
 
     def _hand_out(self) -> None:
         """Idle workers first (their SDK is already started), then new ones up to `jobs`."""
-        for worker in self.workers:
-            if worker.busy is None and self.queue:
-                self._give_next(worker)
+        for worker in list(self.workers):
+            if worker.busy is None and self.queue and not self._give_next(worker):
+                # It died while idle (killed, out of memory): a new worker takes the task.
+                self.workers.remove(worker)
+                worker.kill()
         while self.queue and len(self.workers) < self.jobs:
             worker = _Worker(self.ctx)
-            self.workers.append(worker)
-            self._give_next(worker)
+            if self._give_next(worker):
+                self.workers.append(worker)
+            else:  # dead from its start: its task fails rather than spawn for ever
+                worker.kill()
+                self.on_outcome(_failed(self.queue.popleft(), "the worker process died as it started"))
 
-    def _give_next(self, worker: _Worker) -> None:
+    def _give_next(self, worker: _Worker) -> bool:
+        """Hand the next task to `worker`; False (the task stays first in the queue) when its
+        pipe is broken."""
         task = self.queue.popleft()
         # Waiting for another uploader's lock is not upload time: it does not eat the deadline.
-        worker.give(task, upload_deadline_s(task.target.path, self.base_deadline_s) + task.lock_wait_s)
+        try:
+            worker.give(task, upload_deadline_s(task.target.path, self.base_deadline_s) + task.lock_wait_s)
+        except OSError:
+            self.queue.appendleft(task)
+            return False
+        return True
 
     def _wait(self) -> tuple[list[_Worker], Sequence[object]]:
         """The busy workers, and those of their pipes that are ready, by the soonest deadline at most."""
