@@ -10,6 +10,7 @@ Every VeekshaError is mapped to one line and an exit code here, at the boundary.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -76,7 +77,10 @@ def _guard(fn: Callable[[], int]) -> None:
         click.echo(f"veeksha-run: {e}", err=True)
         code = e.exit_code
     except OSError as e:  # disk full, a directory that went away: one line, not a traceback
-        click.echo(f"veeksha-run: {OutputError.from_os_error(e)}", err=True)
+        hint = ""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # the run's records are on disk
+            hint = "; free space, then `veeksha-run evaluate RUN_DIR` finishes the run from its records"
+        click.echo(f"veeksha-run: {OutputError.from_os_error(e)}{hint}", err=True)
         code = OutputError.exit_code
     except KeyboardInterrupt:  # Ctrl-C outside a run's own handling (set-up, evaluation)
         click.echo("\nveeksha-run: interrupted", err=True)

@@ -57,6 +57,7 @@ def test_a_full_disk_mid_run_ends_in_one_line_and_a_consistent_run_json(tmp_path
     assert "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()[-1:]
     assert line.startswith("veeksha-run: cannot write ") and "[Errno 27] File too large" in line
+    assert line.endswith("free space, then `veeksha-run evaluate RUN_DIR` finishes the run from its records")
     assert "request_level_metrics.jsonl" in line
     info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())  # whole, parseable
     assert info["status"] in ("running", "failed")
