@@ -67,6 +67,8 @@ def format_summary(ev: Evaluation) -> str:
     failed = [c["name"] for c in checks if c["result"] == HEALTH_FAILED]
     skipped = sum(c["result"] == HEALTH_SKIPPED for c in checks)
     verdict = HEALTH_PASSED if ev.all_health_passed else f"{HEALTH_FAILED} (" + ", ".join(failed) + ")"
+    if checks and skipped == len(checks):  # nothing to check (no request): "PASSED" would mislead
+        verdict = "no check ran"
     lines.append(
         f"  health    {verdict}: {len(checks) - len(failed) - skipped} passed, {len(failed)} failed, "
         f"{skipped} skipped (health_check_results.txt)"

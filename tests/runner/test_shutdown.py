@@ -219,3 +219,6 @@ def test_a_run_of_zero_requests_stopped_by_its_request_cap(tmp_path: Path) -> No
     proc = run_cli([*SLOW, "--runtime.max_requests", "0", "--runtime.benchmark_timeout", "5"], cwd=tmp_path)
     info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
     assert info["stop_reason"] == "max_requests", (info, proc.stderr)  # it said max_sessions
+    # With no request every health check is skipped: the summary said "health PASSED".
+    (health,) = [line for line in proc.stdout.splitlines() if line.strip().startswith("health")]
+    assert "no check ran: 0 passed, 0 failed" in health and "PASSED" not in health
