@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import yaml
 from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig
-from veeksha.shared.config_checks import check_benchmark_config
+from veeksha.shared.config_checks import check_benchmark_config, uses_client_api_base
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.redact import redact, redact_params
 from veeksha.shared.schema import build, to_dict
@@ -413,8 +413,13 @@ def dump_config_yaml(cfg: BenchmarkConfig | CapacitySearchConfig) -> str:
 
 
 def config_sha256(cfg: BenchmarkConfig | CapacitySearchConfig) -> str:
-    """Hash of the redacted resolved config: names run directories, detects changed configs."""
-    return hashlib.sha256(orjson.dumps(redacted_dict(cfg), option=orjson.OPT_SORT_KEYS)).hexdigest()
+    """Hash of the redacted resolved config: names run directories, detects changed configs.
+    An endpoint the run's own server names (a simulated server's free port, picked at each start)
+    is left out: the same config hashed differently at every run."""
+    plain = redacted_dict(cfg)
+    if isinstance(cfg, BenchmarkConfig) and not uses_client_api_base(cfg):
+        plain["client"]["api_base"] = None
+    return hashlib.sha256(orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def load_written_config(path: Path) -> BenchmarkConfig:

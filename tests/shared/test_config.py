@@ -321,3 +321,20 @@ def test_a_config_hashes_as_its_own_config_yml_read_back(text: str, tmp_path: Pa
     (cfg,) = [run.config for run in load_benchmark_runs(write(tmp_path, text))]
     again = build_benchmark_config(yaml.safe_load(dump_config_yaml(cfg)))
     assert config_sha256(again) == config_sha256(cfg)
+
+
+def test_the_endpoint_a_runs_own_server_picks_is_not_part_of_the_config_hash() -> None:
+    # A simulated server takes a free port at each start; the resolved api_base changed the hash
+    # (and the directory name) of every run of the same config.
+    from dataclasses import replace
+
+    from veeksha.shared.config_loader import config_sha256
+
+    cfg = build_benchmark_config({"server": {"type": "simulated"}})
+    one = replace(cfg, client=replace(cfg.client, api_base="http://127.0.0.1:41001/v1"))
+    two = replace(cfg, client=replace(cfg.client, api_base="http://127.0.0.1:41002/v1"))
+    assert config_sha256(one) == config_sha256(two)
+    # An endpoint the user names is part of what was benchmarked.
+    user = build_benchmark_config({"client": {"api_base": "http://a:1/v1"}})
+    other = build_benchmark_config({"client": {"api_base": "http://b:1/v1"}})
+    assert config_sha256(user) != config_sha256(other)
