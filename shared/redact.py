@@ -5,15 +5,17 @@ SECRET_SUFFIXES, wherever it sits (additional_sampling_params, ...); when it fol
 command line (`--api-key VALUE`, `--api-key=VALUE`, also inside one `sh -c "..."` item) or is the
 value of a `NAME=VALUE` item with such a name (`env HF_TOKEN=... vllm serve`); when it sits in a
 mapping named in SECRET_MAPPINGS (every value of `server.env`: a server's environment carries tokens
-under names no rule can guess); and every header value but those named in PLAIN_HEADERS (servers and
-gateways take credentials under any header name: `Authentication`, `X-Auth`, ...). In a URL, the
-user-info and secret-looking query parameters are secret. `max_tokens` and friends are not secrets:
-they end in `_tokens`, not `_token`.
+under names no rule can guess); and a header value whose name looks like a credential's
+(`Authentication`, `X-Auth`, `X-Session-Token`: servers and gateways take credentials under many
+names) or whose value looks like one (a scheme and a token, or one long opaque word), unless its name
+is in PLAIN_HEADERS. In a URL, the user-info and secret-looking query parameters are secret.
+`max_tokens` and friends are not secrets: they end in `_tokens`, not `_token`.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import shlex
 from typing import Any
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
@@ -33,10 +35,25 @@ SECRET_NAMES = frozenset(
 )
 SECRET_SUFFIXES = ("_key", "_token", "_secret", "_password", "-key", "-token", "-secret", "apikey")
 SECRET_MAPPINGS = frozenset({"env"})
-# Request headers that never carry a credential; the value of any other header is a secret.
+# Request headers that never carry a credential.
 PLAIN_HEADERS = frozenset(
     {"accept", "content-type", "user-agent", "openai-organization", "openai-project", "openai-beta"}
 )
+# Parts of a header name that say its value is a credential (compared without case).
+CREDENTIAL_HEADER_PARTS = (
+    "auth",
+    "key",
+    "token",
+    "secret",
+    "cookie",
+    "passw",
+    "credential",
+    "signature",
+    "session",
+)
+# A header value that looks like a credential whatever its name: `<scheme> <token>` or one opaque
+# token of 16 characters or more (what keys and signed values look like; not `no-cache`, `high`).
+_CREDENTIAL_VALUE = re.compile(r"\S+\s+\S{8,}|[A-Za-z0-9._~+/=:-]{16,}")
 HEADERS = "headers"
 # URL query parameters that carry credentials under names the key rule does not catch, compared
 # without case, `-` or `_` (`?key=`, `accessToken`, signed URLs' `sig=` and `X-Amz-Signature`).
@@ -55,6 +72,8 @@ def may_hold_secret(key_path: str) -> bool:
     """Whether the value at a config key path (`client.headers.Authorization`, `server.env`) may be
     or hold a secret."""
     parts = key_path.replace("[", ".").replace("]", "").split(".")
+    if len(parts) > 1 and parts[-2] == HEADERS and is_secret_header(parts[-1]):
+        return True  # `--client.headers.X-Auth Token sk-...`: a stray word after it is not shown
     return parts[-1] in SECRET_CONTAINERS or any(p in SECRET_SEQUENCES or is_secret_key(p) for p in parts)
 
 
@@ -138,11 +157,24 @@ def is_plain_header(name: object) -> bool:
     return isinstance(name, str) and name.lower() in PLAIN_HEADERS
 
 
+def is_secret_header(name: object, value: object = None) -> bool:
+    """Whether a header's value is a secret: by its name (`value` None: whatever it holds), or
+    by what it holds."""
+    if not isinstance(name, str) or is_plain_header(name):
+        return False
+    lowered = name.lower()
+    if any(part in lowered for part in CREDENTIAL_HEADER_PARTS) or value is None:
+        return True
+    return isinstance(value, str) and _CREDENTIAL_VALUE.fullmatch(value.strip()) is not None
+
+
 def _redact_item(key: object, value: Any) -> Any:
     if key in SECRET_MAPPINGS and isinstance(value, dict):
         return {k: REDACTED if v not in (None, "") else v for k, v in value.items()}
     if key == HEADERS and isinstance(value, dict):
-        return {k: v if is_plain_header(k) or v in (None, "") else REDACTED for k, v in value.items()}
+        return {
+            k: REDACTED if v not in (None, "") and is_secret_header(k, v) else v for k, v in value.items()
+        }
     if key in SECRET_CONTAINERS and isinstance(value, str):  # a mapping given as one JSON string
         return _redact_value(value, key)
     return REDACTED if is_secret_key(key) and value not in (None, "") else redact(value)
@@ -153,7 +185,11 @@ def _header_secrets(headers: dict[Any, Any]) -> list[str]:
     (`Token abc`: abc too; a server may echo the bare credential)."""
     found = []
     for name, value in headers.items():
-        if is_plain_header(name) or value in (None, "") or not isinstance(value, str | int | float):
+        if (
+            value in (None, "")
+            or not isinstance(value, str | int | float)
+            or not is_secret_header(name, str(value))
+        ):
             continue
         found.append(str(value))
         credential = str(value).strip().partition(" ")[2]
@@ -300,7 +336,7 @@ def _sets_secret(flag: str) -> bool:
     secret, or may be (one item of a command line, out of its context: the value after --api-key?)."""
     *parents, key = flag.lstrip("-").split(".")
     one_item = bool(parents) and parents[-1] in SECRET_SEQUENCES and key.isdigit()
-    header = bool(parents) and parents[-1] == HEADERS and not is_plain_header(key)
+    header = bool(parents) and parents[-1] == HEADERS and is_secret_header(key)
     return one_item or header or any(p in SECRET_MAPPINGS for p in parents) or _flag_is_secret("--" + key)
 
 

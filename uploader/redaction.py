@@ -19,8 +19,12 @@ MIN_SCRUBBED_CHARS = 8
 # An Authorization-style value: a scheme and one credential (`Bearer sk-...`), or Digest's
 # `name=value` list. Not any text that starts with such a word: "Basic arithmetic questions ..." in a
 # system prompt was hidden, and its words scrubbed from every uploaded record.
+# The token must look like one: a digit, mixed case or a symbol of base64/keys ("Token throughput" in
+# notes is prose).
 _AUTH_VALUE = re.compile(
-    r"^\s*(?:(?:bearer|basic|token|apikey|api-key)\s+\S{8,}\s*$|digest\s+\w+=)", re.IGNORECASE
+    r"^\s*(?:(?i:bearer|basic|token|apikey|api-key)\s+"
+    r"(?=\S*(?:\d|[A-Z]\S*[a-z]|[a-z]\S*[A-Z]|[+/=_.~-]))\S{8,}\s*$"
+    r"|(?i:digest)\s+\w+=)"
 )
 
 

@@ -1,7 +1,15 @@
 """The one secret rule: by key name, anywhere in the tree; `max_tokens` is not a secret."""
 
 import pytest
-from veeksha.shared.redact import REDACTED, is_secret_key, redact, redact_argv, redact_params, secret_values
+from veeksha.shared.redact import (
+    REDACTED,
+    is_secret_key,
+    may_hold_secret,
+    redact,
+    redact_argv,
+    redact_params,
+    secret_values,
+)
 
 
 def test_secret_key_names() -> None:
@@ -184,7 +192,7 @@ def test_sweep_parameters_are_redacted_as_their_run_config_is() -> None:
         "server.env.PLAIN": REDACTED,
         "client.api_key": REDACTED,
         "server.env": {"X": REDACTED},
-        "client.headers": {"Authorization": REDACTED, "X-Trace": REDACTED},  # any header but PLAIN_HEADERS
+        "client.headers": {"Authorization": REDACTED, "X-Trace": "t"},
         "traffic_scheduler.interval_generator.arrival_rate": 5,
     }
 
@@ -293,15 +301,27 @@ def test_env_assignments_and_whole_command_strings_lose_their_secrets() -> None:
     assert redact({"stop": ["Human: ", "### End"]}) == {"stop": ["Human: ", "### End"]}  # no flag: as is
 
 
-def test_every_header_is_secret_but_the_plain_ones() -> None:
-    headers = {"Authentication": "a-25", "X-Auth": "Token t-26", "Accept": "text/event-stream"}
+def test_headers_named_or_shaped_like_credentials_are_secret() -> None:
+    headers = {
+        "Authentication": "a-25",  # named like a credential
+        "X-Auth": "Token t-26",
+        "X-Gateway": "Bearer gw-token-26",  # shaped like one: a scheme and a token
+        "X-Route": "0123456789abcdefXYZ",  # one long opaque word
+        "Accept": "text/event-stream",
+        "X-Priority": "high",  # neither: shown, and never scrubbed from messages
+        "Cache-Control": "no-cache",
+    }
     assert redact({"headers": headers})["headers"] == {
+        **headers,
         "Authentication": REDACTED,
         "X-Auth": REDACTED,
-        "Accept": "text/event-stream",
+        "X-Gateway": REDACTED,
+        "X-Route": REDACTED,
     }
     # A credential after any scheme is scrubbed alone too: servers echo it without the scheme.
-    assert sorted(secret_values({"headers": headers})) == ["Token t-26", "a-25", "t-26"]
+    assert sorted(secret_values({"headers": headers})) == sorted(
+        ["a-25", "Token t-26", "t-26", "Bearer gw-token-26", "gw-token-26", "0123456789abcdefXYZ"]
+    )
     argv = ["veeksha-run", "--client.headers.X-Auth", "x-27", "--client.headers.Accept=a/b"]
     assert redact_argv(argv) == [
         "veeksha-run",
@@ -327,3 +347,9 @@ def test_url_user_info_and_camel_case_or_signed_query_credentials_are_hidden() -
         f"http://{REDACTED}@h:1/v1?accessToken={REDACTED}&X-Amz-Signature={REDACTED}&api-version=2024"
     )
     assert sorted(secret_values({"u": url})) == ["qt-30", "sig-31", "sk-ui-29"]
+
+
+def test_a_header_set_by_flag_may_hold_a_secret_unless_it_is_plain() -> None:
+    # `--client.headers.X-Auth Token sk-...` echoed "sk-..." as an unexpected argument.
+    assert may_hold_secret("client.headers.X-Auth") and may_hold_secret("client.headers.Authentication")
+    assert not may_hold_secret("client.headers.Accept")

@@ -139,10 +139,14 @@ def test_text_that_only_starts_like_a_credential_is_not_one() -> None:
     # "Basic arithmetic ..." in a system prompt was hidden and its words scrubbed from every file.
     r = Redactor()
     prompt = "Basic arithmetic questions for a calculator"
-    clean = r.tree(
-        {"generator": {"system_prompt": prompt}, "note": "Bearer sk-abcdef123456", "d": 'Digest username="u"'}
-    )
-    assert clean == {"generator": {"system_prompt": prompt}, "note": REDACTED, "d": REDACTED}
+    tree = {
+        "generator": {"system_prompt": prompt},
+        "notes": "Token throughput",  # a scheme word and one plain word: prose
+        "note": "Bearer sk-abcdef123456",
+        "d": 'Digest username="u"',
+    }
+    clean = r.tree(tree)
+    assert clean == {**tree, "note": REDACTED, "d": REDACTED}
     assert (
         r.scrub_bytes(b"Answer these basic arithmetic questions")
         == b"Answer these basic arithmetic questions"
