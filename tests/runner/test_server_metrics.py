@@ -197,7 +197,7 @@ def test_tokens_in_urls_reach_no_file_and_no_console_line(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     text = all_text_under(tmp_path / "out") + proc.stdout + proc.stderr
     assert token not in text and key not in text and password not in text
-    assert "not scraped (http://scraper:<redacted>@127.0.0.1:1/metrics" in proc.stdout
+    assert "not scraped (http://<redacted>@127.0.0.1:1/metrics" in proc.stdout  # the whole user-info
     paths = only_run_dir(tmp_path / "out")
     assert (
         "?token=<redacted>" in paths.config_yml.read_text()
