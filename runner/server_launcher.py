@@ -130,7 +130,12 @@ class ServerHandle:
             return
         text = scrub_text(self.output(), self.secrets)
         with contextlib.suppress(OSError):
-            self.log_path.write_text(text)
+            if self.owns_log:  # readable by us alone, as mkstemp made it; never through a planted link
+                fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+            else:
+                self.log_path.write_text(text)
         self.owns_log = False
 
     def stop(self, grace: float = STOP_GRACE_S, keep_log: bool = False) -> None:
@@ -361,10 +366,10 @@ def _tail(f: BinaryIO, lines: int) -> str:
     f.seek(0, os.SEEK_END)
     start = max(0, f.tell() - 64 * 1024)
     f.seek(start)
-    text = f.read().decode(errors="replace")
+    kept = f.read().decode(errors="replace").splitlines()
     if start:  # the window began inside a line: a secret cut there would escape the scrub
-        text = text.partition("\n")[2]
-    return "\n".join(text.splitlines()[-lines:])
+        kept = kept[1:]  # (lines as splitlines sees them: a progress bar's \r ends one too)
+    return "\n".join(kept[-lines:])
 
 
 def _group_alive(pgid: int) -> bool:

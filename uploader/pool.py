@@ -166,6 +166,8 @@ class _Pool:
     def _wait(self) -> tuple[list[_Worker], Sequence[object]]:
         """The busy workers, and those of their pipes that are ready, by the soonest deadline at most."""
         busy = [w for w in self.workers if w.busy]
+        if not busy:  # every new worker died as it started: nothing to wait for
+            return [], []
         soonest = min(w.busy.ends_at for w in busy if w.busy)
         ready = wait([w.conn for w in busy], timeout=max(0.0, soonest - time.monotonic()))
         return busy, ready

@@ -276,6 +276,7 @@ def test_a_temp_log_is_gone_while_the_server_loads_and_comes_back_scrubbed_when_
     assert "sk-eq-secret-1" not in message and "sk-client-secret-2" not in message
     (kept,) = new  # the failed server's log is left for the user, named in the message, scrubbed
     assert str(kept) in message
+    assert kept.stat().st_mode & 0o077 == 0  # and for the user alone, as mkstemp made it
     text = kept.read_text()
     assert "args" in text and "sk-eq-secret-1" not in text and "sk-client-secret-2" not in text
     kept.unlink()
@@ -315,3 +316,14 @@ def test_the_output_tail_never_starts_inside_a_cut_line(tmp_path: Path) -> None:
     handle = ServerHandle(subprocess.Popen(["true"]), "", log, secrets=["sk-straddling-secret-4"])
     handle.process.wait()
     assert handle.output_tail(5) == "last line"
+
+
+def test_the_output_tail_of_a_progress_bar_is_its_last_updates(tmp_path: Path) -> None:
+    # Model loading draws a bar with \r only: the last 64 KiB had no \n, and the tail was empty.
+    log = tmp_path / "server.log"
+    log.write_text(
+        "Loading weights\n" + "".join(f"\rshards: {i % 100:3d}% ..........{'=' * 20}" for i in range(3000))
+    )
+    handle = ServerHandle(subprocess.Popen(["true"]), "", log)
+    handle.process.wait()
+    assert handle.output_tail(2).splitlines()[-1].startswith("shards:  99%")
