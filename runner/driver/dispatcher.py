@@ -203,6 +203,7 @@ class Driver:
         self.dispatch_open = True  # requests may be sent
         self.stop_status: str | None = None  # the run status a stop implies (None: ran to its end)
         self.stop_reason: str | None = None  # why a completed run stopped (records.STOP_*)
+        self.draining = False  # dispatch is over; the in-flight requests are awaited
         self.timed_out = False  # benchmark_timeout has passed
         self.signals = 0
         self.dispatcher: asyncio.Task[None] | None = None
@@ -325,9 +326,8 @@ class Driver:
         the timeout, a cap, the last session) is cancelled by the first: it said "Ctrl-C to cancel",
         and a Ctrl-C that did nothing left the user waiting up to request_timeout."""
         self.signals += 1
-        draining = self.stop_status is not None
         self._stop_dispatch(RUN_INTERRUPTED)
-        if self.signals >= 2 or draining:
+        if self.signals >= 2 or self.draining:
             self._cancel_all()
 
     def _cancel_all(self) -> None:
@@ -336,6 +336,7 @@ class Driver:
             task.cancel()
 
     def _announce_drain(self) -> None:
+        self.draining = True  # dispatch is over, whatever ended it: a Ctrl-C now cancels
         if not self.in_flight:
             return
         grace = self.runtime.post_timeout_grace_seconds

@@ -222,3 +222,26 @@ def test_a_run_of_zero_requests_stopped_by_its_request_cap(tmp_path: Path) -> No
     # With no request every health check is skipped: the summary said "health PASSED".
     (health,) = [line for line in proc.stdout.splitlines() if line.strip().startswith("health")]
     assert "no check ran: 0 passed, 0 failed" in health and "PASSED" not in health
+
+
+def test_one_ctrl_c_cancels_the_drain_after_the_last_session(tmp_path: Path) -> None:
+    # The last of max_sessions sent: the line says "Ctrl-C to cancel", and one Ctrl-C did nothing.
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *SLOW, "--runtime.max_sessions", "5"],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "draining" in line:
+            assert line.rstrip().endswith("Ctrl-C to cancel)")
+            break
+    proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    proc.communicate(timeout=60)
+    assert time.monotonic() - started < 2.0
+    records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
+    assert any(r["status"] == "cancelled" for r in records)
