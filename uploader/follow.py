@@ -35,6 +35,7 @@ from veeksha.uploader.locks import DirLock, LockBusy
 from veeksha.uploader.planning import check_online, plan_task, secrets_of
 from veeksha.uploader.reader import Number, RunData, parse_number, read_config, read_run_dir, read_run_info
 from veeksha.uploader.redaction import Redactor
+from veeksha.uploader.remote import UPLOAD_DIGEST_KEY
 from veeksha.uploader.run_files import is_own_file
 from veeksha.uploader.settings import Layer
 from veeksha.uploader.worker import (
@@ -44,6 +45,7 @@ from veeksha.uploader.worker import (
     Plan,
     Task,
     begin,
+    check_on_server,
     choose_start,
     complete,
     lock_busy,
@@ -248,6 +250,7 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
     watch = Watch(root)
     streamed: list[dict[str, Any]] = []
     timer: threading.Timer | None = None
+    artifact = None
     try:
         with ws.open_run(spec) as run:
             where = (
@@ -276,23 +279,38 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
             rebuilt = tail.replaced or final_rows[: len(streamed)] != streamed
             if not rebuilt:
                 log_history(run, final_rows[len(streamed) :])
-                artifact = None
                 if s.log_artifacts and plan.files:
                     artifact = wandb.Artifact(f"{plan.artifact_type}-{plan.run_id}", type=plan.artifact_type)
                     ws.add_files(artifact, root, plan.files, redactor, replacement_files(data, redactor))
                 log_results(run, data, redactor, artifact)
+                # What the content turned out to be: a later offline copy is then known by it.
+                run.config.update({UPLOAD_DIGEST_KEY: plan.digest}, allow_val_change=True)
             uploaded = ws.uploaded_of(run, root)
+            steps = run.step
         if rebuilt:  # replace the streamed history: a plain upload rewinds the same run (pending names it)
             click.echo(f"{PROG}: {TIMESERIES_CSV} was rebuilt at the end; uploading the run again", err=True)
             return process_run(replace(task, force=True), redactor)  # we hold the directory's lock
-        if uploaded.sync_dir and s.mode == "offline":
-            uploaded.notes = ws.finish_offline(root, uploaded.sync_dir)
-        outcome = complete(task, plan, uploaded)
+        outcome = _finished(task, plan, uploaded, steps, artifact.digest if artifact is not None else None)
         outcome.warnings = data.warnings
         return outcome
     finally:
         if timer is not None:
             timer.cancel()
+
+
+def _finished(task: Task, plan: Plan, uploaded: Any, steps: int, artifact_digest: str | None) -> Outcome:
+    """After the followed run finished: checked on the server as a plain upload is, or made
+    relocatable offline; then recorded (the marker)."""
+    from veeksha.uploader import wandb_session as ws
+
+    s = task.settings
+    assert s is not None
+    if s.mode == "online":
+        entity = uploaded.entity or s.entity or task.default_entity
+        check_on_server(task, plan, entity, steps, artifact_digest)
+    if uploaded.sync_dir and s.mode == "offline":
+        uploaded.notes = ws.finish_offline(task.target.path, uploaded.sync_dir)
+    return complete(task, plan, uploaded)
 
 
 def _prefixed(row: dict[str, Number]) -> dict[str, Number]:

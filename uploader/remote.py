@@ -36,7 +36,7 @@ _ARTIFACTS_QUERY = """query RunOutputArtifacts(
   project(name: $project, entityName: $entity) {
     run(name: $runName) {
       outputArtifacts(first: 100, after: $cursor) {
-        edges { node { state artifactType { name } } }
+        edges { node { state digest artifactType { name } } }
         pageInfo { hasNextPage endCursor }
       }
     }
@@ -134,7 +134,14 @@ def committed_artifact_types(
     base_url: str, api_key: str, entity: str | None, project: str, run_id: str
 ) -> set[str]:
     """Types of the artifacts the run logged that were committed (a pending one lacks files)."""
-    found: set[str] = set()
+    return {kind for kind, _ in committed_artifacts(base_url, api_key, entity, project, run_id)}
+
+
+def committed_artifacts(
+    base_url: str, api_key: str, entity: str | None, project: str, run_id: str
+) -> set[tuple[str, str | None]]:
+    """(type, digest) of each artifact the run logged that was committed."""
+    found: set[tuple[str, str | None]] = set()
     cursor = None
     for _ in range(MAX_ARTIFACT_PAGES):
         variables = {"project": project, "entity": entity, "runName": run_id, "cursor": cursor}
@@ -146,8 +153,10 @@ def committed_artifact_types(
         )
         page = ((data.get("project") or {}).get("run") or {}).get("outputArtifacts") or {}
         nodes = [e.get("node") or {} for e in page.get("edges") or []]
-        names = ((n.get("artifactType") or {}).get("name") for n in nodes if n.get("state") == "COMMITTED")
-        found |= {name for name in names if isinstance(name, str)}
+        for node in nodes:
+            kind = (node.get("artifactType") or {}).get("name")
+            if node.get("state") == "COMMITTED" and isinstance(kind, str):
+                found.add((kind, node.get("digest")))
         info = page.get("pageInfo") or {}
         cursor = info.get("endCursor")
         if not info.get("hasNextPage") or not cursor:

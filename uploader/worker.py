@@ -6,6 +6,7 @@ the server what it already has (online), upload, then write the marker.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from veeksha.uploader.remote import (
     RemoteError,
     RemoteRun,
     committed_artifact_types,
+    committed_artifacts,
     lookup_run,
 )
 from veeksha.uploader.run_files import check_directory, is_own_file
@@ -43,6 +45,9 @@ from veeksha.uploader.wandb_session import RunSpec, Uploaded, wandb_run_id
 UPLOADED, SKIPPED, FAILED, DRY_RUN = "uploaded", "skipped", "failed", "would upload"
 CREATE, REWIND, RESUME = "create", "rewind", "resume"  # RESUME: ours, on the server, no history yet
 PUBLISH_HINT = "veeksha-upload --sync"
+# After an online upload: how often the server is asked again for what it is missing, and how far apart.
+CHECK_RETRIES = 2
+CHECK_PAUSE_S = 2.0
 
 
 ARTIFACT_TYPES = {groups.SWEEP_SUMMARY: "veeksha-sweep", groups.CAPSEARCH_SUMMARY: "veeksha-capsearch"}
@@ -294,36 +299,52 @@ def _session(job: Job, start: str) -> Uploaded:
     except ws.AlreadyExists:
         raise UploadError("another upload created this W&B run meanwhile; run veeksha-upload again") from None
     if s.mode == "online":
-        _check_on_server(
-            job, uploaded.entity or s.entity or job.task.default_entity, steps, artifact is not None
-        )
+        entity = uploaded.entity or s.entity or job.task.default_entity
+        check_on_server(job.task, plan, entity, steps, artifact.digest if artifact is not None else None)
     if uploaded.sync_dir and s.mode == "offline":
         uploaded.notes = ws.finish_offline(root, uploaded.sync_dir)
     return uploaded
 
 
-def _check_on_server(job: Job, entity: str | None, steps: int, with_artifact: bool) -> None:
-    """The server has what `finish()` returned after. The SDK gives up on a 4xx (a refused artifact
-    file, a file_stream error), says so in a warning and still finishes normally: such an upload is
-    a failure (the pending file stays, so the next attempt rewinds the run), never "uploaded"."""
-    s, plan = job.task.settings, job.plan
+def check_on_server(
+    task: Task, plan: Plan, entity: str | None, steps: int, artifact_digest: str | None
+) -> None:
+    """The server has what `finish()` returned after: `steps` history rows and, when one was
+    logged, this upload's artifact (by its digest: an earlier version of the run's artifact is
+    committed too). The SDK gives up on a 4xx (a refused artifact file, a file_stream error), says so
+    in a warning and still finishes normally: such an upload is a failure (the pending file stays,
+    so the next attempt rewinds the run), never "uploaded". Asked again a few times before it fails:
+    a server may count what it received a moment later."""
+    missing = _missing_on_server(task, plan, entity, steps, artifact_digest)
+    for _ in range(CHECK_RETRIES):
+        if not missing:
+            return
+        time.sleep(CHECK_PAUSE_S)
+        missing = _missing_on_server(task, plan, entity, steps, artifact_digest)
+    if missing:
+        raise UploadError(
+            f"W&B does not have {' and '.join(missing)}: the SDK gave up on part of the upload "
+            "(its warning is above); run veeksha-upload again"
+        )
+
+
+def _missing_on_server(
+    task: Task, plan: Plan, entity: str | None, steps: int, artifact_digest: str | None
+) -> list[str]:
+    s = task.settings
     assert s is not None
     key = s.api_key or ""
     try:
         remote = lookup_run(s.base_url, key, entity, s.project, plan.run_id)
         lines = remote.history_lines if remote is not None else 0
         missing = [f"history ({lines} of {steps} rows)"] if lines < steps else []
-        if with_artifact and plan.artifact_type not in committed_artifact_types(
-            s.base_url, key, entity, s.project, plan.run_id
-        ):
-            missing.append(f"the {plan.artifact_type} artifact's files")
+        if artifact_digest is not None:
+            committed = committed_artifacts(s.base_url, key, entity, s.project, plan.run_id)
+            if (plan.artifact_type, artifact_digest) not in committed:
+                missing.append(f"the {plan.artifact_type} artifact's files")
     except RemoteError as e:
         raise UploadError(f"could not confirm the upload: {e}") from None
-    if missing:
-        raise UploadError(
-            f"W&B does not have {' and '.join(missing)}: the SDK gave up on part of the upload "
-            "(its warning is above); run veeksha-upload again"
-        )
+    return missing
 
 
 def upload_job(job: Job) -> Outcome:

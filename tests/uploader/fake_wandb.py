@@ -476,7 +476,9 @@ class FakeWandb:
         # Pages as the server gives them: `first` at a time after the cursor (here: an index).
         start = int(v.get("cursor") or 0)
         page = run.artifacts[start : start + ARTIFACT_PAGE]
-        edges = [{"node": {"state": a.state, "artifactType": {"name": a.type}}} for a in page]
+        edges = [
+            {"node": {"state": a.state, "digest": a.digest, "artifactType": {"name": a.type}}} for a in page
+        ]
         more = start + len(page) < len(run.artifacts)
         info = {"hasNextPage": more, "endCursor": str(start + len(page))}
         return {"project": {"run": {"outputArtifacts": {"edges": edges, "pageInfo": info}}}}

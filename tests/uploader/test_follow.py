@@ -330,3 +330,19 @@ def test_following_a_run_left_without_metrics_skips_it_at_once_saying_why(
     (line,) = lines_for(result.stdout, "skipped")
     assert f"no metrics yet: {why}" in line
     assert fake_wandb.created == 0 and not (root / UPLOAD_PENDING).exists()
+
+
+def test_a_followed_run_whose_artifact_the_sdk_gave_up_on_fails(
+    live: LiveRun, home: Home, fake_wandb: FakeWandb
+) -> None:
+    # The live follower (veeksha-run's own online upload) skipped the check a plain upload makes:
+    # a refused artifact was reported "uploaded".
+    env = online_env(fake_wandb)
+    with following(live.root, home, env, "--mode", "online") as follower:
+        created_run_id(fake_wandb)
+        fake_wandb.fail("403", "artifacts")
+        live.finish()
+        out, err = follower.communicate(timeout=120)
+    assert follower.returncode == 1 and lines_for(out, "failed"), out + err
+    assert "W&B does not have the veeksha-run artifact's files" in out
+    assert (live.root / UPLOAD_PENDING).exists() and not (live.root / "wandb_run.json").exists()

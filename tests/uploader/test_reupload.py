@@ -285,3 +285,21 @@ def test_sync_with_fallback_offline_is_a_usage_error(run_dir: Path, home: Home) 
     # It fell back to rewriting the offline run it was asked to publish and said "skipped", exit 0.
     done = upload(["--sync", "--fallback-offline", str(run_dir)], home, cwd=run_dir.parent)
     assert done.returncode == 2 and "cannot be combined with --fallback-offline" in done.stderr
+
+
+def test_a_re_upload_whose_new_artifact_the_sdk_gave_up_on_fails(
+    run_dir: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    # The check asked for a committed artifact of the type: the first upload's still was, so a
+    # changed directory whose new artifact was refused counted as uploaded, and never again.
+    assert online(run_dir, home, fake_wandb).returncode == 0
+    stats_path = run_dir / "metrics" / "summary_stats.json"
+    stats = json.loads(stats_path.read_text())
+    stats["ttfc_p50"] = 123.5
+    stats_path.write_text(json.dumps(stats))
+    fake_wandb.fail("403", "artifacts")
+    again = online(run_dir, home, fake_wandb, "--deadline", "120")
+    assert again.returncode == 1 and "the veeksha-run artifact's files" in again.stdout, again.stdout
+    fake_wandb.heal()
+    retry = online(run_dir, home, fake_wandb)
+    assert retry.returncode == 0 and lines_for(retry.stdout, "uploaded"), retry.stdout + retry.stderr
