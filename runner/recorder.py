@@ -53,6 +53,7 @@ INTERRUPTED_AT_START = "interrupted while the drivers were starting"
 # and its in-flight requests recorded as lost. A driver stuck in native code never ended, and
 # nothing could stop veeksha-run short of a kill that left run.json "running".
 CANCEL_WAIT_S = 10.0
+DRAIN_GATHER_S = 1.0  # how long the drain line waits for every driver's count
 
 
 @dataclass
@@ -131,6 +132,7 @@ class Recorder:
         self.in_flight: dict[Any, dict[str, Any]] = {}
         self.drain_announced = False
         self.draining: dict[int, dict[str, Any]] = {}  # each driver's DRAINING, until announced
+        self.draining_since: float | None = None  # when the first came
         self.num_lost = 0
         self.stopping = False  # the other drivers were told to stop after one died
         self.cancelled_at: float | None = None  # monotonic time of the second signal
@@ -258,7 +260,7 @@ class Recorder:
             round_start = time.monotonic()
             for d in readable:
                 self._receive_waiting(d, records, trace)
-            self._announce_drain()  # after the round: the drivers drain at once, their counts add up
+            self._announce_drain()
             for d in running:
                 if d.end is None and not d.link.alive() and not d.link.conn.poll(0):
                     self._lost_driver(d, records)
@@ -290,6 +292,8 @@ class Recorder:
             self._write_batch(d, payload, records, trace)
         elif kind == ipc.DRAINING:
             self.draining[d.link.driver_id] = payload
+            if self.draining_since is None:
+                self.draining_since = time.monotonic()
         elif kind == ipc.DONE:
             d.end = _End(
                 payload["status"],
@@ -377,7 +381,12 @@ class Recorder:
     def _announce_drain(self) -> None:
         """Once per run: what the end is waiting for (every driver's in-flight requests), why, and
         how to cut it short."""
-        if self.drain_announced or not self.draining:
+        if self.drain_announced or self.draining_since is None:
+            return
+        # Every running driver's count, added up: they drain at about the same moment, and a driver
+        # that has not said so within DRAIN_GATHER_S (it still sends) is left out.
+        running = [d for d in self.drivers if d.end is None and d.link.driver_id not in self.draining]
+        if running and time.monotonic() - self.draining_since < DRAIN_GATHER_S:
             return
         in_flight = sum(p.get("in_flight") or 0 for p in self.draining.values())
         if not in_flight:
