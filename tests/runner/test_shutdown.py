@@ -223,8 +223,8 @@ def test_one_ctrl_c_cancels_a_drain_already_under_way(tmp_path: Path, ends_dispa
             assert line.rstrip().endswith("Ctrl-C to cancel)")
             break
     proc.send_signal(signal.SIGINT)
-    started = time.monotonic()
     proc.communicate(timeout=60)
-    assert time.monotonic() - started < 2.0  # the requests needed about 2.5 s more
+    # Cut, not waited for (each request needed about 2.5 s more; the time to the exit is no measure
+    # on a loaded machine, where evaluating the run can take as long).
     records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
     assert any(r["status"] == "cancelled" for r in records)
