@@ -325,15 +325,17 @@ class Recorder:
         for d in self.drivers:
             if d.end is None:
                 d.link.stop(0.0)
-                who = f"driver {d.link.driver_id}" if len(self.drivers) > 1 else "the driver process"
-                error = f"{who} did not stop after Ctrl-C; killed"
+                error = f"{self._who(d)} did not stop after Ctrl-C; killed"
                 d.end = _End(RUN_INTERRUPTED, error)
                 self._record_lost(records, d.link.driver_id, error)
 
+    def _who(self, d: _Driver) -> str:
+        """How messages name driver `d`."""
+        return f"driver {d.link.driver_id}" if len(self.drivers) > 1 else "the driver process"
+
     def _exit_error(self, d: _Driver) -> str:
-        who = f"driver {d.link.driver_id}" if len(self.drivers) > 1 else "the driver process"
         where = f" on {d.link.where}" if d.link.where != "local" else ""
-        return f"{who}{where} exited unexpectedly ({d.link.describe_exit()})"
+        return f"{self._who(d)}{where} exited unexpectedly ({d.link.describe_exit()})"
 
     def _stop_others(self) -> None:
         if not self.stopping:
