@@ -27,7 +27,7 @@ from typing import Any
 import click
 from veeksha.shared.deadlines import upload_deadline_s
 from veeksha.shared.errors import VeekshaError
-from veeksha.shared.paths import RUN_JSON, TIMESERIES_CSV, RunPaths
+from veeksha.shared.paths import RUN_JSON, RunPaths
 from veeksha.shared.records import missing_metrics, run_finished
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
@@ -38,6 +38,7 @@ from veeksha.uploader.redaction import Redactor
 from veeksha.uploader.remote import UPLOAD_DIGEST_KEY
 from veeksha.uploader.run_files import is_own_file
 from veeksha.uploader.settings import Layer
+from veeksha.uploader.wandb_run import client_history, server_history
 from veeksha.uploader.worker import (
     RESUME,
     REWIND,
@@ -110,6 +111,36 @@ class TimeseriesTail:
                     row[name] = value
             rows.append(row)
         return rows
+
+
+class LiveHistory:
+    """History rows streamed so far from both growing files: the client's time series and the
+    server's scraped metrics (each on its own x-axis, so their rows may interleave)."""
+
+    def __init__(self, paths: RunPaths) -> None:
+        self.client_tail = TimeseriesTail(paths.timeseries_csv)
+        self.server_tail = TimeseriesTail(paths.server_metrics_csv)
+        self.client: list[dict[str, Any]] = []
+        self.server: list[dict[str, Any]] = []
+
+    def new_rows(self) -> list[dict[str, Any]]:
+        client, server = client_history(self.client_tail.read()), server_history(self.server_tail.read())
+        self.client += client
+        self.server += server
+        return client + server
+
+    def rest(self, data: RunData) -> list[dict[str, Any]] | None:
+        """The final rows not yet streamed; None when a file was rewritten (evaluation rebuilt it)
+        and what was streamed is not what the directory now holds."""
+        client, server = client_history(data.timeseries), server_history(data.server_metrics)
+        if (
+            self.client_tail.replaced
+            or self.server_tail.replaced
+            or client[: len(self.client)] != self.client
+            or server[: len(self.server)] != self.server
+        ):
+            return None
+        return client[len(self.client) :] + server[len(self.server) :]
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -221,7 +252,6 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
     from veeksha.uploader import wandb_session as ws
     from veeksha.uploader.wandb_run import (
         define_history,
-        history_rows,
         log_history,
         log_results,
         replacement_files,
@@ -246,9 +276,8 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
     spec.resume_from_start = start == REWIND
     spec.resume_empty = start == RESUME
     spec.stream_interval_s = STREAM_S
-    tail = TimeseriesTail(RunPaths(root).timeseries_csv)
+    live = LiveHistory(RunPaths(root))
     watch = Watch(root)
-    streamed: list[dict[str, Any]] = []
     timer: threading.Timer | None = None
     artifact = None
     try:
@@ -261,11 +290,7 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
             define_history(run)
             try:
                 while True:
-                    rows = [
-                        {"elapsed_s": r["elapsed_s"], **_prefixed(r)} for r in tail.read() if "elapsed_s" in r
-                    ]
-                    log_history(run, rows)
-                    streamed.extend(rows)
+                    log_history(run, live.new_rows())
                     info = read_run_info(root)
                     if watch.finished(info):
                         break
@@ -275,10 +300,10 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
                 timer = _watchdog(upload_deadline_s(root, deadline_s), root)
             data = read_run_dir(root)
             plan = _plan(task, data.run_info, data.files)
-            final_rows = history_rows(data)
-            rebuilt = tail.replaced or final_rows[: len(streamed)] != streamed
-            if not rebuilt:
-                log_history(run, final_rows[len(streamed) :])
+            rest = live.rest(data)
+            rebuilt = rest is None
+            if rest is not None:
+                log_history(run, rest)
                 if s.log_artifacts and plan.files:
                     artifact = wandb.Artifact(f"{plan.artifact_type}-{plan.run_id}", type=plan.artifact_type)
                     ws.add_files(artifact, root, plan.files, redactor, replacement_files(data, redactor))
@@ -288,7 +313,7 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
             uploaded = ws.uploaded_of(run, root)
             steps = run.step
         if rebuilt:  # replace the streamed history: a plain upload rewinds the same run (pending names it)
-            click.echo(f"{PROG}: {TIMESERIES_CSV} was rebuilt at the end; uploading the run again", err=True)
+            _say("the metrics files were rebuilt at the end; uploading the run again")
             return process_run(replace(task, force=True), redactor)  # we hold the directory's lock
         outcome = _finished(task, plan, uploaded, steps, artifact.digest if artifact is not None else None)
         outcome.warnings = data.warnings
@@ -311,12 +336,6 @@ def _finished(task: Task, plan: Plan, uploaded: Any, steps: int, artifact_digest
     if uploaded.sync_dir and s.mode == "offline":
         uploaded.notes = ws.finish_offline(task.target.path, uploaded.sync_dir)
     return complete(task, plan, uploaded)
-
-
-def _prefixed(row: dict[str, Number]) -> dict[str, Number]:
-    from veeksha.uploader.wandb_run import HISTORY_PREFIX
-
-    return {f"{HISTORY_PREFIX}{k}": v for k, v in row.items() if k != "elapsed_s"}
 
 
 def _be_background() -> None:

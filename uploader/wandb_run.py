@@ -97,21 +97,27 @@ def summary_values(data: RunData) -> dict[str, Any]:
     }
 
 
+def client_history(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """timeseries.csv rows as history rows: `elapsed_s` plus `timeseries/<column>` (empty cells left out)."""
+    return _history(rows, ELAPSED, HISTORY_PREFIX)
+
+
+def server_history(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """server_metrics.csv rows as history rows: `server_elapsed_s` plus `server/<series>`."""
+    return _history(rows, SERVER_ELAPSED, SERVER_PREFIX)
+
+
+def _history(rows: list[dict[str, Any]], axis: str, prefix: str) -> list[dict[str, Any]]:
+    return [
+        {axis: row[ELAPSED], **{f"{prefix}{k}": v for k, v in row.items() if k != ELAPSED}}
+        for row in rows
+        if ELAPSED in row
+    ]
+
+
 def history_rows(data: RunData) -> list[dict[str, Any]]:
-    """timeseries.csv rows as history rows: `elapsed_s` plus `timeseries/<column>` (empty cells left out);
-    then server_metrics.csv rows: `server_elapsed_s` plus `server/<series>`. The server's rows come last,
-    so a live follower, which streams the time series, adds them when the run ends."""
-    client = [
-        {ELAPSED: row[ELAPSED], **{f"{HISTORY_PREFIX}{k}": v for k, v in row.items() if k != ELAPSED}}
-        for row in data.timeseries
-        if ELAPSED in row
-    ]
-    server = [
-        {SERVER_ELAPSED: row[ELAPSED], **{f"{SERVER_PREFIX}{k}": v for k, v in row.items() if k != ELAPSED}}
-        for row in data.server_metrics
-        if ELAPSED in row
-    ]
-    return client + server
+    """The client's rows, then the server's (a live follower interleaves them as they are written)."""
+    return client_history(data.timeseries) + server_history(data.server_metrics)
 
 
 def slo_rows(slo: dict[str, Any] | None) -> list[list[Any]]:

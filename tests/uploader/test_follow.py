@@ -52,6 +52,10 @@ class LiveRun:
         self.lines = self.full.timeseries_csv.read_text().splitlines(keepends=True)
         self.paths.timeseries_csv.write_text(self.lines[0])
         self.written = 1
+        # The server's scraped metrics grow beside the time series, one row a second.
+        self.server_lines = ["elapsed_s,vllm:num_requests_running\n"]
+        self.server_lines += [f"{t + 0.5:.3f},{t % 4}\n" for t in range(SECONDS)]
+        self.paths.server_metrics_csv.write_text(self.server_lines[0])
         self._write_info(status="running", finished_at=None)
 
     @property
@@ -69,6 +73,8 @@ class LiveRun:
             return False
         with self.paths.timeseries_csv.open("a") as f:
             f.write(self.lines[self.written])
+        with self.paths.server_metrics_csv.open("a") as f:
+            f.write(self.server_lines[self.written])
         self.written += 1
         return True
 
@@ -154,6 +160,14 @@ def timeseries_rows(run: FakeRun) -> list[dict[str, Any]]:
     return [r for r in rows(run) if "elapsed_s" in r]
 
 
+def server_rows(run: FakeRun) -> list[dict[str, Any]]:
+    return [r for r in rows(run) if "server_elapsed_s" in r]
+
+
+def without_step(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "_step"}
+
+
 def snapshot(run: FakeRun) -> dict[str, Any]:
     """What a W&B run shows, minus wall-clock keys and the artifact version inside media file names."""
     summary = {k: v for k, v in run.summary.items() if not k.startswith("_")}
@@ -161,8 +175,10 @@ def snapshot(run: FakeRun) -> dict[str, Any]:
     return {
         "config": {k: v for k, v in run.config.items() if not k.startswith("_")},
         "summary": media,
-        "history_keys": [sorted(r) for r in rows(run)],
-        "timeseries": timeseries_rows(run),
+        # each file's rows on their own axis: a follower interleaves them, a plain upload does not
+        "history_keys": sorted(sorted(r) for r in rows(run)),
+        "timeseries": [without_step(r) for r in timeseries_rows(run)],
+        "server": [without_step(r) for r in server_rows(run)],
         # every upload logs its tables as new artifact versions: compare what there is, not how often
         "artifacts": sorted({(a.type, tuple(sorted(a.files)), a.state) for a in run.artifacts}),
         "tags": sorted(run.tags),
@@ -184,7 +200,9 @@ def test_follow_streams_history_live_and_finishes_like_a_plain_upload(
             live.append_row()
             n = live.written - 1
             until(lambda n=n: len(timeseries_rows(run)) >= n, 8, f"{n} history rows at the server")
+            until(lambda n=n: len(server_rows(run)) >= n, 8, f"{n} server metrics rows at the server")
         assert run.state == "running" and not run.summary.get("run_status")
+        assert [r["server/vllm:num_requests_running"] for r in server_rows(run)] == [0, 1, 2, 3, 0, 1]
         live.finish()
         out, err = follower.communicate(timeout=60)
     assert follower.returncode == 0, out + err
@@ -192,7 +210,7 @@ def test_follow_streams_history_live_and_finishes_like_a_plain_upload(
     assert lines_for(out, "uploaded"), out
     assert run.state == "finished" and fake_wandb.created == 1
     assert run.summary["run_status"] == "completed"
-    assert len(timeseries_rows(run)) == SECONDS
+    assert len(timeseries_rows(run)) == SECONDS and len(server_rows(run)) == SECONDS
     [artifact] = [a for a in run.artifacts if a.type == "veeksha-run"]
     assert artifact.state == "COMMITTED" and artifact.files and not artifact.missing()
     marker = read_marker_json(live.root)
@@ -252,7 +270,7 @@ def test_a_timeseries_rebuilt_at_the_end_replaces_the_streamed_history(
         live.finish(rebuilt=True)
         out, err = follower.communicate(timeout=60)
     assert follower.returncode == 0, out + err
-    assert "was rebuilt at the end" in err, err
+    assert "were rebuilt at the end" in err, err
     assert fake_wandb.created == 1 and run.state == "finished"
     completed = [r["timeseries/completed"] for r in timeseries_rows(run)]
     expected = [int(line.split(",")[2]) for line in live.paths.timeseries_csv.read_text().splitlines()[1:]]
@@ -291,11 +309,18 @@ def comparable(run: OfflineRun) -> dict[str, Any]:
         "tags": run.tags,
         "config": run.user_config(),
         "summary": {k: (v.get("_type") if isinstance(v, dict) else v) for k, v in summary.items()},
-        "history_keys": [sorted(k for k in r if k not in ("_timestamp", "_runtime")) for r in run.history],
+        "history_keys": sorted(
+            sorted(k for k in r if k not in ("_timestamp", "_runtime")) for r in run.history
+        ),
         "history": [
-            {k: v for k, v in r.items() if k not in ("_timestamp", "_runtime")}
+            {k: v for k, v in r.items() if k not in ("_timestamp", "_runtime", "_step")}
             for r in run.history
             if "elapsed_s" in r
+        ],
+        "server": [
+            {k: v for k, v in r.items() if k not in ("_timestamp", "_runtime", "_step")}
+            for r in run.history
+            if "server_elapsed_s" in r
         ],
         "artifacts": sorted((a.name, a.type, sorted(a.entries)) for a in run.artifacts),
         "exit_code": run.exit_code,
