@@ -55,19 +55,32 @@ def scalars(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _key_part(name: Any) -> str:
-    return str(name).replace("/", "_")
+def key_parts(names: list[Any]) -> list[str]:
+    """Summary key parts for a list of names, one each: '/' would nest keys, and two names equal
+    once it is replaced (or duplicated, in a directory written before names had to be unique) would
+    overwrite one another's verdict; later ones get `_2`, `_3`."""
+    taken: set[str] = set()
+    parts = []
+    for name in names:
+        base = part = str(name).replace("/", "_")
+        n = 1
+        while part in taken:
+            n += 1
+            part = f"{base}_{n}"
+        taken.add(part)
+        parts.append(part)
+    return parts
 
 
 def slo_summary(slo: dict[str, Any] | None) -> dict[str, Any]:
     if not slo:
         return {}
     out: dict[str, Any] = {"slo/all_slos_met": slo.get("all_slos_met")}
-    for r in slo.get("results") or []:
-        key = f"slo/{_key_part(r.get('name'))}"
-        out[f"{key}/observed"] = r.get("observed_value")
-        out[f"{key}/threshold"] = r.get("threshold")
-        out[f"{key}/met"] = r.get("met")
+    results = slo.get("results") or []
+    for part, r in zip(key_parts([r.get("name") for r in results]), results, strict=True):
+        out[f"slo/{part}/observed"] = r.get("observed_value")
+        out[f"slo/{part}/threshold"] = r.get("threshold")
+        out[f"slo/{part}/met"] = r.get("met")
     return out
 
 
@@ -77,12 +90,12 @@ def health_summary(health: dict[str, Any] | None) -> dict[str, Any]:
     if not health:
         return {}
     out: dict[str, Any] = {"health/all_passed": health.get("all_passed")}
-    for check in health.get("checks") or []:
-        key = f"health/{_key_part(check.get('name'))}"
+    checks = health.get("checks") or []
+    for part, check in zip(key_parts([c.get("name") for c in checks]), checks, strict=True):
         state = check.get("result")
-        out[f"{key}/result"] = state
+        out[f"health/{part}/result"] = state
         if state in (HEALTH_PASSED, HEALTH_FAILED):
-            out[f"{key}/passed"] = state == HEALTH_PASSED
+            out[f"health/{part}/passed"] = state == HEALTH_PASSED
     return out
 
 
