@@ -198,7 +198,7 @@ class Driver:
         self.in_flight = 0
         self.session_tasks: set[asyncio.Task[None]] = set()
 
-        self.waiting: set[asyncio.Future[None]] = set()  # requests waiting for their due time (_at)
+        self.waiting: set[asyncio.Future[None]] = set()  # turns waiting for their due time or think time
         self.scheduling = True  # new sessions may start
         self.dispatch_open = True  # requests may be sent
         self.stop_status: str | None = None  # the run status a stop implies (None: ran to its end)
@@ -550,7 +550,7 @@ class Driver:
                     await p.done.wait()
                 ready_at = max(p.completed_at for p in parents) + spec.wait_after_ready
                 if spec.wait_after_ready > 0 and not self._session_failed(nodes):
-                    await sleep_until(ready_at)
+                    await self._think(ready_at)
                 if self._session_failed(nodes):  # also a request of another branch, or during the wait
                     if self.dispatch_open:
                         self._record_cancelled(session, node, scheduled_at, is_warmup)
@@ -560,6 +560,21 @@ class Driver:
             await self._send_request(session, nodes, node, scheduled_at, ready_at, is_warmup, due)
         finally:
             node.done.set()
+
+    async def _think(self, ready_at: float) -> None:
+        """A turn's think time, cut short when dispatch stops: the turn will not be sent, and a drain
+        that waited out every think time (any length) had nothing left to wait for."""
+        if not self.dispatch_open:
+            return
+        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        sleeper = asyncio.ensure_future(sleep_until(ready_at))
+        sleeper.add_done_callback(lambda _: stopped.done() or stopped.set_result(None))
+        self.waiting.add(stopped)  # _stop_dispatch resolves it
+        try:
+            await stopped
+        finally:
+            self.waiting.discard(stopped)
+            sleeper.cancel()
 
     def _session_failed(self, nodes: list[_Node]) -> bool:
         """cancel_session_on_failure: once a request of the session failed, its remaining requests

@@ -228,3 +228,31 @@ def test_one_ctrl_c_cancels_a_drain_already_under_way(tmp_path: Path, ends_dispa
     # on a loaded machine, where evaluating the run can take as long).
     records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
     assert any(r["status"] == "cancelled" for r in records)
+
+
+@pytest.mark.parametrize(
+    "stop", [["--runtime.max_requests", "4"], ["--runtime.benchmark_timeout", "1.5"]], ids=["cap", "timeout"]
+)
+def test_a_stop_does_not_wait_out_the_think_time_of_turns_it_will_never_send(
+    tmp_path: Path, stop: list[str]
+) -> None:
+    # Sessions of 3 turns with 20 s of think time between them: after the stop no turn is sent, so
+    # nothing is left to wait for once the first turns are answered (the drain waited out the 20 s).
+    graph = (
+        "{type: linear, num_request_generator: {type: fixed, value: 3}, "
+        "request_wait_generator: {type: fixed, value: 20}}"
+    )
+    flags = ["--server.type", "simulated", "--session_generator.session_graph", graph, "--output_dir", "out"]
+    rate = ["--traffic_scheduler.interval_generator.arrival_rate", "4", "--runtime.benchmark_timeout", "30"]
+    started = time.monotonic()
+    proc = run_cli([*flags, *rate, *stop], cwd=tmp_path)
+    took = time.monotonic() - started
+
+    assert proc.returncode == 0, proc.stderr
+    assert took < 15, f"the run took {took:.1f} s"
+    paths = only_run_dir(tmp_path / "out")
+    records = read_jsonl(paths.request_records)
+    assert records and {r["status"] for r in records} == {"success"}
+    assert sorted(r["request_id"] for r in records) == sorted(
+        t["request_id"] for t in read_jsonl(paths.dispatch_trace)
+    )
