@@ -79,6 +79,19 @@ def find_lost(records_path: Path, trace_path: Path) -> list[dict[str, Any]]:
     ]
 
 
+def last_seen(paths: RunPaths) -> float | None:
+    """The latest run time (s) a record or trace line shows: the run was alive until then, so its
+    lost requests were in flight at least that long (with no end they counted as in flight for 0 s,
+    and made the concurrency check's mean NaN)."""
+    times = [
+        t
+        for obj in (*_json_lines(paths.request_records), *_json_lines(paths.dispatch_trace))
+        for t in (obj.get("result_processed_at"), obj.get("dispatched_at"))
+        if isinstance(t, int | float)
+    ]
+    return max(times, default=None)
+
+
 def append_records(records_path: Path, records: list[dict[str, Any]]) -> None:
     """Append records to the request log, first ending a line a crash left torn (it stays, as a
     corrupt line evaluation reports, rather than being glued to the first new record)."""
@@ -155,7 +168,8 @@ def recover(paths: RunPaths, other_host_gone: bool = False) -> Recovery:
     if crashed or info.get("status") == RUN_FAILED:
         why = "the run's processes died" if crashed else "the run ended before their results were written"
         lost = find_lost(paths.request_records, paths.dispatch_trace)
-        append_records(paths.request_records, [lost_record(line, why) for line in lost])
+        seen = last_seen(paths) if lost else None
+        append_records(paths.request_records, [lost_record(line, why, seen) for line in lost])
         end_torn_line(paths.request_records)  # reported as a line that is no record, not dropped unseen
     if crashed:
         info.update(

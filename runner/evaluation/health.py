@@ -204,11 +204,15 @@ def session_spans(data: RunData) -> pl.DataFrame:
     session id: the concurrency check sums floats in this order, so ties must not fall as group_by
     happens to leave them."""
     cols = ("session_id", SCHEDULER_DISPATCHED_AT, "end_at")
+    last_sent = pl.col(SCHEDULER_DISPATCHED_AT).max()
     return (
         pl.concat([data.measured.select(cols), data.warmup.select(cols)])
         .filter(pl.col(SCHEDULER_DISPATCHED_AT).is_not_null())
         .group_by("session_id")
-        .agg(start=pl.col(SCHEDULER_DISPATCHED_AT).min(), end=pl.col("end_at").max())
+        .agg(start=pl.col(SCHEDULER_DISPATCHED_AT).min(), end=pl.col("end_at").max(), sent=last_sent)
+        # A request recovered after a crash has no end: its session ran at least until it was sent.
+        .with_columns(end=pl.coalesce("end", "sent"))
+        .drop("sent")
         .sort("start", "session_id")
     )
 

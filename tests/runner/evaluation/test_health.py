@@ -12,6 +12,7 @@ import pytest
 from veeksha.runner.evaluation import health
 from veeksha.runner.evaluation.evaluate import evaluate_run
 from veeksha.runner.evaluation.reading import read_trace
+from veeksha.runner.lost_records import lost_record
 from veeksha.shared.config import (
     BenchmarkConfig,
     ClientConfig,
@@ -84,6 +85,20 @@ def test_concurrency_passes_at_target_and_fails_below():
     assert health.concurrency(_data(_closed_loop(1), cfg)).result == "FAILED"
     cfg = replace(cfg, traffic_scheduler=ConcurrentTraffic(target_concurrent_sessions=1))
     assert health.concurrency(_data(_closed_loop(2), cfg)).result == "FAILED"  # more than allowed
+
+
+def test_concurrency_counts_a_session_whose_request_was_lost_without_an_end():
+    # A request recovered from a crash has no completion time: its session ran at least until it
+    # was sent. One such record made the mean NaN and failed the check of a run at its target.
+    cfg = BenchmarkConfig(traffic_scheduler=ConcurrentTraffic(target_concurrent_sessions=2))
+    records = _closed_loop(2)
+    lost = lost_record(
+        {"request_id": 999, "session_id": 999, "node_id": 0, "session_size": 1, "dispatched_at": 19.5},
+        "the run's processes died",
+    )
+    check = health.concurrency(_data([*records, lost], cfg))
+    assert check.result == "PASSED", check.metrics
+    assert abs(check.metrics["mean_concurrent_sessions"] - 2) < 0.05
 
 
 def test_concurrency_skipped_for_rate_traffic():
