@@ -147,8 +147,13 @@ def observed_session_rate(data: RunData) -> tuple[float | None, int, float | Non
         .drop_nulls()
     )
     origin = float(warm.max()) if warm.len() else 0.0  # type: ignore[arg-type]  # polars stubs: an aggregate is any literal
-    window = float(starts.max()) - origin  # type: ignore[arg-type]  # polars stubs: an aggregate is any literal
-    return (starts.len() / window if window > 0 else None), starts.len(), window
+    # Only the arrivals after the origin: a slot ramped in late (or another driver) may start its
+    # warmup after measured sessions of other slots, which are outside the window.
+    after = starts.filter(starts > origin) if warm.len() else starts
+    if after.len() == 0:
+        return None, 0, None
+    window = float(after.max()) - origin  # type: ignore[arg-type]  # polars stubs: an aggregate is any literal
+    return (after.len() / window if window > 0 else None), after.len(), window
 
 
 def error_code_freq(m: pl.DataFrame) -> dict[str, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from veeksha.runner.evaluation.summary import build_summary
+from veeksha.runner.evaluation.summary import build_summary, observed_session_rate
 from veeksha.runner.evaluation.throughput import build_throughput
 from veeksha.runner.evaluation.timeseries import build_timeseries
 from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic
@@ -124,3 +124,22 @@ def test_the_servers_cache_hit_fraction_comes_from_its_scraped_rates(tmp_path):
     csv.write_text("elapsed_s,vllm:num_requests_running\n1.0,3\n")
     assert server_cache_hit_fraction(csv) is None  # a server without those counters
     assert server_cache_hit_fraction(tmp_path / "absent.csv") is None
+
+
+def test_observed_session_rate_counts_only_sessions_after_the_last_warmup_session():
+    # Two closed-loop slots, the second ramped in late: its warmup session starts at 1.0 s, after
+    # four measured sessions of the first slot. Counting those against the window from 1.0 s gave
+    # 13 sessions / 0.8 s = 16.25/s for a true 10/s.
+    records = [
+        request(100, sent=0.0, chunks=[0.1], is_warmup=True),
+        request(101, sent=1.0, chunks=[1.1], is_warmup=True),
+    ]
+    records += [
+        request(i, sent=0.2 * (i + 1), chunks=[0.2 * (i + 1) + 0.1]) for i in range(4)
+    ]  # 0.2 .. 0.8 s
+    records += [
+        request(10 + i, sent=1.0 + 0.1 * (i + 1), chunks=[1.15 + 0.1 * i]) for i in range(8)
+    ]  # 1.1 .. 1.8 s
+    rate, counted, window = observed_session_rate(run_data(records))
+    assert counted == 8 and window == pytest.approx(0.8)
+    assert rate == pytest.approx(10.0)
