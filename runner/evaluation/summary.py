@@ -75,14 +75,19 @@ def expected_cache_hits(data: RunData) -> float | None:
 
 def server_cache_hit_fraction(csv_path: Path) -> float | None:
     """The server's own prefix-cache hit rate over the run, beside expected_prefix_cache_hit_fraction:
-    Σ hits / Σ queries of the scraped rates (equal intervals). None without those series."""
+    Σ hits / Σ queries, each row's scraped rate times the interval it covers (since the row before:
+    a row after failed or starved scrapes covers several). None without those series."""
     if not csv_path.exists() or not csv_path.stat().st_size:
         return None
     df = pl.read_csv(csv_path, infer_schema_length=None)
-    if not {VLLM_CACHE_HITS, VLLM_CACHE_QUERIES} <= set(df.columns):
+    if not {"elapsed_s", VLLM_CACHE_HITS, VLLM_CACHE_QUERIES} <= set(df.columns):
         return None
-    hits = float(df[VLLM_CACHE_HITS].cast(pl.Float64).fill_null(0).to_numpy().sum())
-    queries = float(df[VLLM_CACHE_QUERIES].cast(pl.Float64).fill_null(0).to_numpy().sum())
+    interval = pl.col("elapsed_s").cast(pl.Float64).diff().fill_null(0)
+    totals = df.select(
+        (pl.col(name).cast(pl.Float64).fill_null(0) * interval).sum()
+        for name in (VLLM_CACHE_HITS, VLLM_CACHE_QUERIES)
+    )
+    hits, queries = (float(v) for v in totals.row(0))
     return hits / queries if queries else None
 
 

@@ -124,12 +124,18 @@ def test_the_servers_cache_hit_fraction_comes_from_its_scraped_rates(tmp_path):
     csv.write_text("elapsed_s,vllm:num_requests_running\n1.0,3\n")
     assert server_cache_hit_fraction(csv) is None  # a server without those counters
     assert server_cache_hit_fraction(tmp_path / "absent.csv") is None
+    # A row after failed (or starved) scrapes holds the rate over a longer interval: weighted by it.
+    csv.write_text(
+        "elapsed_s,vllm:prefix_cache_hits_total,vllm:prefix_cache_queries_total\n"
+        "1.0,,\n2.0,100.0,100.0\n12.0,0.0,100.0\n"
+    )
+    assert server_cache_hit_fraction(csv) == pytest.approx(100 / 1100)  # not (100 + 0) / (100 + 100)
 
 
 def test_observed_session_rate_counts_only_sessions_after_the_last_warmup_session():
     # Two closed-loop slots, the second ramped in late: its warmup session starts at 1.0 s, after
     # four measured sessions of the first slot. Counting those against the window from 1.0 s gave
-    # 13 sessions / 0.8 s = 16.25/s for a true 10/s.
+    # 12 sessions / 0.8 s = 15/s for a true 10/s.
     records = [
         request(100, sent=0.0, chunks=[0.1], is_warmup=True),
         request(101, sent=1.0, chunks=[1.1], is_warmup=True),
