@@ -5,7 +5,9 @@
         [--jobs N] [--json] [--fallback-offline] [--deadline S] [--wait-lock S] [--api-key KEY]
         [--base-url URL]
     veeksha-upload --sync PATH...     publish offline uploads under PATH (moved or copied) online
-    veeksha-upload --follow DIR       a live W&B run beside a running benchmark (follow.py)
+    veeksha-upload --follow DIR       a live W&B run beside a running benchmark (follow.py); takes
+        the settings flags, --force, --fallback-offline, --deadline and --wait-lock, and refuses
+        --dry-run, --json and --jobs (NOT_WITH_FOLLOW)
 
 Exit status: 0 when every directory was uploaded or skipped, 1 when any failed (the others still
 upload) or W&B is unreachable, 2 for usage errors.
@@ -13,10 +15,13 @@ upload) or W&B is unreachable, 2 for usage errors.
 
 from __future__ import annotations
 
+import math
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 
 import click
+from click.core import ParameterSource
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S
 from veeksha.shared.errors import UsageError, VeekshaError
 from veeksha.uploader.discovery import discover
@@ -29,7 +34,7 @@ from veeksha.uploader.planning import (
 )
 from veeksha.uploader.pool import run_pool
 from veeksha.uploader.report import Reporter
-from veeksha.uploader.settings import Layer, env_layer
+from veeksha.uploader.settings import DEFAULT_BASE_URL, Layer, env_layer, not_an_http_url
 from veeksha.uploader.worker import run_task
 
 PROG = "veeksha-upload"
@@ -47,8 +52,46 @@ with. --follow DIR runs beside a benchmark and keeps its W&B run live while it g
 """
 
 
+# Flags of a plain upload that --follow cannot honour, and why (follow_dir's docstring says why --force
+# is honoured): given with --follow, each is a usage error, never silently dropped.
+NOT_WITH_FOLLOW = {
+    "dry_run": ("--dry-run", "it creates the W&B run at once; `veeksha-upload DIR --dry-run` shows the plan"),
+    "as_json": ("--json", "it prints lines as it goes, not one JSON document at the end"),
+    "jobs": ("--jobs", "it follows one directory in this process"),
+}
+WEEK_S = 7 * 24 * 3600.0  # the longest --deadline or --wait-lock: beyond it, a typo or "forever"
+
+
+def seconds_up_to_a_week(minimum: float) -> Callable[[click.Context, click.Parameter, float], float]:
+    """A check of a number of seconds: finite, from `minimum` to a week. Infinity overflowed the worker
+    pool's waits (a traceback after a worker started) and NaN never compared, so the pool busy-waited."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: float) -> float:
+        if not (math.isfinite(value) and minimum <= value <= WEEK_S):
+            raise click.BadParameter(
+                f"{value:g} is not a number of seconds from {minimum:g} to {WEEK_S:.0f} (a week)"
+            )
+        return value
+
+    return check
+
+
+def http_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--base-url must name a W&B server: a malformed one was reported as "W&B ... is unreachable"."""
+    if value is not None and not_an_http_url(value):
+        raise click.BadParameter(f"{value!r} is not an http(s) URL of a W&B server (e.g. {DEFAULT_BASE_URL})")
+    return value
+
+
 def say(line: str) -> None:
     click.echo(f"{PROG}: {line}", err=True)
+
+
+def refuse_with_follow(ctx: click.Context) -> None:
+    """A usage error for the first flag given with --follow that it cannot honour (before any file)."""
+    for name, (flag, why) in NOT_WITH_FOLLOW.items():
+        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT):
+            raise click.UsageError(f"{flag} cannot be combined with --follow: {why}")
 
 
 @click.command(PROG, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,23 +118,27 @@ def say(line: str) -> None:
 @click.option("--fallback-offline", is_flag=True, help="write offline runs when W&B is unreachable")
 @click.option(
     "--deadline",
-    type=click.FloatRange(min=1),
+    type=float,
+    callback=seconds_up_to_a_week(1),
     default=DEFAULT_DEADLINE_S,
     show_default=True,
-    help="seconds per directory, plus 1 s per MiB of its files; past it that directory fails "
-    "(resumable) and the others go on",
+    help="seconds per directory (at most a week), plus 1 s per MiB of its files; past it that directory "
+    "fails (resumable) and the others go on",
 )
 @click.option(
     "--wait-lock",
-    type=click.FloatRange(min=0),
+    type=float,
+    callback=seconds_up_to_a_week(0),
     default=0.0,
-    help="seconds to wait for another veeksha-upload holding a directory, then fail it "
+    help="seconds (at most a week) to wait for another veeksha-upload holding a directory, then fail it "
     "(default: skip that directory at once, as overlapping backfills should)",
 )
 @click.option("--sync", "publish", is_flag=True, help="publish the offline uploads under PATH to W&B online")
 @click.option("--follow", is_flag=True, help="follow the benchmark writing DIR: a live W&B run while it goes")
 @click.option("--api-key", help="W&B API key (prefer WANDB_API_KEY: flags show up in `ps`)")
-@click.option("--base-url", help="W&B server (default: WANDB_BASE_URL, else https://api.wandb.ai)")
+@click.option(
+    "--base-url", callback=http_url, help="W&B server (default: WANDB_BASE_URL, else https://api.wandb.ai)"
+)
 def command(
     paths: tuple[str, ...],
     recursive: bool,
@@ -133,10 +180,12 @@ def command(
 
         if len(paths) != 1 or publish or recursive:
             raise click.UsageError("--follow takes exactly one run directory")
+        refuse_with_follow(click.get_current_context())
         return follow_dir(
             paths[0],
             env,
             flags,
+            force=force,
             fallback_offline=fallback_offline,
             deadline_s=deadline,
             lock_wait_s=wait_lock,

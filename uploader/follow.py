@@ -30,7 +30,7 @@ from veeksha.shared.errors import VeekshaError
 from veeksha.shared.paths import RUN_JSON, RunPaths
 from veeksha.shared.records import missing_metrics, run_finished
 from veeksha.uploader import groups
-from veeksha.uploader.discovery import Target
+from veeksha.uploader.discovery import Target, expand_user
 from veeksha.uploader.locks import DirLock, LockBusy
 from veeksha.uploader.planning import check_online, plan_task, secrets_of
 from veeksha.uploader.reader import Number, RunData, parse_number, read_config, read_run_dir, read_run_info
@@ -351,19 +351,31 @@ def _say(line: str) -> None:
 
 
 def follow_dir(
-    path_text: str, env: Layer, flags: Layer, *, fallback_offline: bool, deadline_s: float, lock_wait_s: float
+    path_text: str,
+    env: Layer,
+    flags: Layer,
+    *,
+    force: bool,
+    fallback_offline: bool,
+    deadline_s: float,
+    lock_wait_s: float,
 ) -> int:
-    """The --follow command: 0 when the run was uploaded (or skipped as done), 1 otherwise."""
+    """The --follow command: 0 when the run was uploaded (or skipped as done), 1 otherwise.
+
+    `force` (--force) is honoured as in a plain upload: a run already uploaded and unchanged, or one
+    on the server that is not this directory's, is uploaded again onto the same W&B run id. --dry-run,
+    --json and --jobs are refused before this is called (cli.NOT_WITH_FOLLOW): a follower creates its
+    run at once, prints as it goes and follows one directory, so none of them could mean anything."""
     from veeksha.uploader.report import Reporter
 
-    root = Path(path_text).expanduser()
+    root = expand_user(path_text)
     if not root.is_dir():
         raise click.UsageError(f"{path_text}: no such directory")
     root = root.resolve()
     _be_background()
     _wait_for_run_json(root)
     reporter = Reporter(False)
-    task = plan_task(Target(groups.RUN, root), env, flags, force=False, dry_run=False)
+    task = plan_task(Target(groups.RUN, root), env, flags, force=force, dry_run=False)
     task = replace(task, secrets=secrets_of(env, flags, tasks=[task]), lock_wait_s=lock_wait_s)
     [task] = check_online([task], fallback_offline, _say)
     if task.error or task.settings is None:

@@ -1,8 +1,13 @@
 """Sweeps and capacity searches: where a run sits (group, tags, name) and the summary directories' data.
 
-A run inside `sweep-*/` is one of a sweep; a run inside `capsearch-*/runs/` is one attempt of a
-capacity search (outputs.md). run.json says the same (`sweep`, `capacity_search`) and is used when a
-run directory was moved out of its container.
+A run is one of a sweep, or one attempt of a capacity search, when its run.json says so (`sweep`,
+`capacity_search`; outputs.md): a folder's name alone proves nothing (a user's `output_dir:
+sweep-nightly` holds plain runs). Such a run inside its container (`sweep-*/`, `capsearch-*/runs/`)
+takes the container's name as its group; moved out of it, a group named after the sweep or search id.
+
+A folder is a sweep when it holds `sweep_manifest.json` (the runner writes it before the first run),
+a capacity search when it holds `capacity_search_results.json` or, during its first attempt (the
+runner writes the results after each attempt), an attempt whose run.json says it is one.
 """
 
 from __future__ import annotations
@@ -44,13 +49,21 @@ TAG_SUMMARY = "summary"
 def is_sweep_dir(path: Path) -> bool:
     if not path.name.startswith(SWEEP_DIR_PREFIX) or is_run_dir(path):
         return False
-    return (path / SWEEP_MANIFEST).is_file() or any(is_run_dir(c) for c in _subdirs(path))
+    return (path / SWEEP_MANIFEST).is_file()
 
 
 def is_capsearch_dir(path: Path) -> bool:
     if not path.name.startswith(CAPSEARCH_DIR_PREFIX) or is_run_dir(path):
         return False
-    return (path / CAPSEARCH_RESULTS).is_file() or (path / CAPSEARCH_RUNS_DIR).is_dir()
+    return (path / CAPSEARCH_RESULTS).is_file() or any(_is_attempt(m) for m in capsearch_members(path))
+
+
+def _is_attempt(run_dir: Path) -> bool:
+    """run.json names the run's capacity search (a broken one says nothing: its own upload reports it)."""
+    try:
+        return bool(read_run_info(run_dir).get("capacity_search"))
+    except ContractError:
+        return False
 
 
 def _subdirs(path: Path) -> list[Path]:
@@ -80,15 +93,15 @@ class Context:
 
 
 def run_context(run_dir: Path, run_info: dict[str, Any]) -> Context:
+    """What run.json says the run is; the folder it sits in only names its group."""
     parent = run_dir.parent
-    sweep = run_info.get("sweep")
-    if parent.name.startswith(SWEEP_DIR_PREFIX) or sweep:
-        group = parent.name if parent.name.startswith(SWEEP_DIR_PREFIX) else _short_group("sweep", sweep)
+    if sweep := run_info.get("sweep"):
+        group = parent.name if is_sweep_dir(parent) else _short_group("sweep", sweep)
         index = sweep.get("index") if isinstance(sweep, dict) else None
         return Context(SWEEP_RUN, group, (TAG_SWEEP,), index=index)
-    cs = run_info.get("capacity_search")
-    in_cs = parent.name == CAPSEARCH_RUNS_DIR and parent.parent.name.startswith(CAPSEARCH_DIR_PREFIX)
-    if in_cs or cs:
+    if cs := run_info.get("capacity_search"):
+        # This run's own run.json already makes its grandparent a search: only the folders are asked.
+        in_cs = parent.name == CAPSEARCH_RUNS_DIR and parent.parent.name.startswith(CAPSEARCH_DIR_PREFIX)
         group = parent.parent.name if in_cs else _short_group("capsearch", cs)
         tags = (TAG_CAPSEARCH, TAG_BEST) if in_cs and _is_best(parent.parent, run_dir) else (TAG_CAPSEARCH,)
         return Context(CAPSEARCH_ATTEMPT, group, tags, name=_attempt_name(run_dir, cs))

@@ -6,7 +6,9 @@ Nothing here imports wandb: the reader is shared by --dry-run, the digest and th
 from __future__ import annotations
 
 import csv
+import io
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,27 +112,53 @@ def read_numeric_csv(path: Path) -> tuple[list[str], list[dict[str, Number]]]:
     """A CSV of numbers (empty cell = no value), as typed rows."""
     try:
         with path.open(newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if not header:
-                raise ContractError(f"{path}: empty file (no header row)")
-            header = [h.strip() for h in header]
-            rows = []
-            for lineno, cells in enumerate(reader, start=2):
-                if not cells:
-                    continue
-                if len(cells) != len(header):
-                    raise ContractError(f"{path} line {lineno}: {len(cells)} cells, header has {len(header)}")
-                row = {}
-                for name, cell in zip(header, cells, strict=True):
-                    value = parse_number(cell, f"{path} line {lineno} column {name}")
-                    if value is not None:
-                        row[name] = value
-                rows.append(row)
+            return _numeric_rows(path, f)
     except FileNotFoundError:
         raise ContractError(f"{path}: file is missing") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise ContractError(f"{path}: not a readable CSV ({e})") from None
+
+
+def read_appended_csv(path: Path) -> tuple[list[str], list[dict[str, Number]], int | None]:
+    """A CSV of numbers appended line by line while the run went (the scraped server metrics), as
+    typed rows, and the number of its last line when that was cut off (else None).
+
+    A run that crashed mid-write leaves a last line without its newline: a cell short, or a number cut
+    short that would still parse. That line is dropped, as the live follower never streams a partial
+    line (follow.TimeseriesTail); every complete line is as strict as in read_numeric_csv."""
+    try:
+        raw = path.read_bytes()
+        end = raw.rfind(b"\n") + 1
+        cut = 0 < end < len(raw)  # a header alone without its newline is still the header
+        text = (raw[:end] if cut else raw).decode()
+        header, rows = _numeric_rows(path, io.StringIO(text, newline=""))
+    except FileNotFoundError:
+        raise ContractError(f"{path}: file is missing") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ContractError(f"{path}: not a readable CSV ({e})") from None
+    if not cut:
+        return header, rows, None
+    return header, rows, raw[:end].count(b"\n") + 1
+
+
+def _numeric_rows(path: Path, lines: Iterable[str]) -> tuple[list[str], list[dict[str, Number]]]:
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if not header:
+        raise ContractError(f"{path}: empty file (no header row)")
+    header = [h.strip() for h in header]
+    rows = []
+    for lineno, cells in enumerate(reader, start=2):
+        if not cells:
+            continue
+        if len(cells) != len(header):
+            raise ContractError(f"{path} line {lineno}: {len(cells)} cells, header has {len(header)}")
+        row = {}
+        for name, cell in zip(header, cells, strict=True):
+            value = parse_number(cell, f"{path} line {lineno} column {name}")
+            if value is not None:
+                row[name] = value
+        rows.append(row)
     return header, rows
 
 
@@ -187,7 +215,7 @@ def read_run_dir(root: Path) -> RunData:
         health=_json_object(run_files, paths.health_checks_json, False),
     )
     data.timeseries = _timeseries(run_files, paths.timeseries_csv, required)
-    data.server_metrics = _timeseries(run_files, paths.server_metrics_csv, required=False)
+    data.server_metrics = _server_metrics(run_files, paths.server_metrics_csv)
     data.quantiles = read_quantiles(run_files)
     data.images = [p.relative_to(root).as_posix() for p in run_files.glob(f"{METRICS_DIR}/*.png")]
     data.files = allowed_files(root, run_files)
@@ -201,9 +229,27 @@ def _timeseries(run_files: RunFiles, path: Path, required: bool) -> list[dict[st
     elif run_files.optional(path) is None:
         return []
     header, rows = read_numeric_csv(path)
+    _check_elapsed(path, header)
+    return rows
+
+
+def _server_metrics(run_files: RunFiles, path: Path) -> list[dict[str, Number]]:
+    """The optional scraped metrics; a last line a crash cut off is left out with a warning."""
+    if run_files.optional(path) is None:
+        return []
+    header, rows, cut_off = read_appended_csv(path)
+    _check_elapsed(path, header)
+    if cut_off is not None:
+        rel = path.relative_to(run_files.root).as_posix()
+        run_files.warnings.append(
+            f"{rel} line {cut_off} left out: cut off (no newline: the run stopped mid-write)"
+        )
+    return rows
+
+
+def _check_elapsed(path: Path, header: list[str]) -> None:
     if "elapsed_s" not in header:
         raise ContractError(f"{path}: no elapsed_s column")
-    return rows
 
 
 __all__ = ["RunData", "allowed_files", "is_run_dir", "read_run_dir", "read_run_info"]

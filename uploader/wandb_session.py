@@ -62,16 +62,19 @@ def wandb_run_id(kind: str, identity: str, project: str, entity: str | None) -> 
 
 
 def clear_run_folders(root: Path, run_id: str, *, keep: str | None = None, staging: bool = True) -> None:
-    """Remove this run's earlier local folders (all but `keep`, a path relative to the directory).
+    """Remove the directory's earlier local run folders (all but `keep`, a path relative to it).
 
-    Offline, `init` with an old id makes a second run folder and `wandb sync` would replay both; after
-    an online upload, syncing an old offline folder would append a second copy of the history. Online
-    folders are only the SDK's local logs of each attempt: keeping them just piles up folders.
+    A directory holds one upload at a time, so every offline run folder goes, whatever its run id (an
+    upload to another project or entity has another id): `wandb sync wandb/` would publish each of them,
+    and an older one's staged files (wandb/data, wandb/redacted) are cleared with it. Offline, `init`
+    with an old id makes a second run folder and `wandb sync` would replay both; after an online upload,
+    syncing an old offline folder would append a second copy of the history. Online folders are only
+    the SDK's local logs of each attempt of this run: keeping them just piles up folders.
     """
     wdir = root / WANDB_DIR
     if not wdir.is_dir() or wdir.is_symlink():
         return
-    for pattern in (f"offline-run-*-{run_id}", f"run-*-{run_id}"):
+    for pattern in ("offline-run-*", f"run-*-{run_id}"):
         for old in wdir.glob(pattern):
             if keep is None or old.relative_to(root).as_posix() != keep:
                 shutil.rmtree(old, ignore_errors=True)

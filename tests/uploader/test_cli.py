@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.uploader.builders import RunSpec, build_run
 from tests.uploader.conftest import Home, lines_for, upload
@@ -36,3 +37,38 @@ def test_an_offline_config_is_uploaded_once_and_a_flag_overrides_it(tmp_path: Pa
     online = upload([str(root), "--mode", "online", "--base-url", UNREACHABLE], home, cwd=tmp_path, env=env)
     assert online.returncode == 1 and "unreachable" in online.stderr  # the flag won: it tried online
     assert orjson.loads((root / "wandb_run.json").read_bytes())["mode"] == "offline"  # untouched
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        (
+            {"WANDB_MODE": "bogus"},
+            [],
+            "WANDB_MODE 'bogus' is not a mode veeksha-upload knows: set online, offline or disabled",
+        ),
+        ({"WANDB_MODE": "bogus"}, ["--dry-run"], "WANDB_MODE 'bogus'"),
+        ({"WANDB_MODE": "bogus"}, ["--mode", "offline"], "WANDB_MODE 'bogus'"),  # the SDK reads it too
+        ({"WANDB_MODE": "bogus"}, ["--follow"], "WANDB_MODE 'bogus'"),
+        ({}, ["--base-url", "notaurl"], "Invalid value for '--base-url': 'notaurl' is not an http(s) URL"),
+        ({}, ["--base-url", "ftp://x"], "Invalid value for '--base-url': 'ftp://x' is not an http(s) URL"),
+        ({}, ["--base-url", "http://"], "'http://' is not an http(s) URL"),
+        (
+            {"WANDB_BASE_URL": "notaurl"},
+            ["--mode", "offline"],
+            "WANDB_BASE_URL 'notaurl' is not an http(s) URL",
+        ),
+        ({"WANDB_BASE_URL": "ftp://x"}, ["--follow"], "WANDB_BASE_URL 'ftp://x' is not an http(s) URL"),
+    ],
+)
+def test_a_bad_mode_or_server_url_is_a_usage_error_before_anything_is_written(
+    tmp_path: Path, home: Home, env: dict[str, str], args: list[str], message: str
+) -> None:
+    """Exit 2 with one line naming the variable or flag (and what it accepts), not a failure per
+    directory after DIR/wandb/ was made, not "would upload ... bogus", not "W&B is unreachable"."""
+    root = build_run(tmp_path, RunSpec(seconds=2))
+    result = upload([*args, str(root)], home, cwd=tmp_path, env={"WANDB_API_KEY": "k" * 40, **env})
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("veeksha-upload: ") and message in line
+    assert result.stdout == "" and not (root / "wandb").exists()

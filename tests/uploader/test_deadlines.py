@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from veeksha.shared.jsonio import read_json
 from veeksha.shared.paths import UPLOAD_PENDING
 from veeksha.uploader.wandb_session import wandb_run_id
@@ -150,3 +151,30 @@ def test_a_dead_worker_fails_only_its_directory(tmp_path: Path, home: Home, fake
     assert "the worker process died" in line_of(stdout, first), stdout + stderr
     assert line_of(stdout, other).startswith("uploaded"), stdout + stderr
     assert (first / UPLOAD_PENDING).exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--deadline", "inf"],
+        ["--deadline", "nan"],
+        ["--deadline", "1e300"],
+        ["--deadline", "604801"],  # more than a week
+        ["--wait-lock", "inf"],
+        ["--wait-lock", "nan"],
+        ["--wait-lock", "-1"],
+        ["--follow", "--deadline", "inf"],
+    ],
+)
+def test_a_deadline_or_lock_wait_must_be_a_finite_number_of_seconds_up_to_a_week(
+    tmp_path: Path, home: Home, args: list[str]
+) -> None:
+    """A usage error (exit 2, one line naming the flag) before any worker starts or anything is written;
+    an infinite deadline crashed a worker with an OverflowError, and `nan` busy-waited."""
+    run_dir = build_run(tmp_path, RunSpec(seed=14, seconds=3))
+    flag = next(a for a in args if a in ("--deadline", "--wait-lock"))
+    done = upload([*args, str(run_dir), "--mode", "offline"], home, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"veeksha-upload: Invalid value for '{flag}'") and "a week" in line
+    assert done.stdout == "" and not (run_dir / "wandb").exists()

@@ -58,6 +58,9 @@ def test_a_plain_folder_needs_recursive(tree: Path) -> None:
         (["--jobs", "0", "."], "Invalid value for '--jobs'"),
         (["--nope", "."], "No such option '--nope'"),
         ([], "give at least one PATH"),
+        (["~nouser-x9/runs"], "~nouser-x9/runs: cannot expand ~nouser-x9 (no such user); give the full path"),
+        (["--follow", "~nouser-x9/run"], "~nouser-x9/run: cannot expand ~nouser-x9 (no such user)"),
+        (["--sync", "~nouser-x9"], "~nouser-x9: cannot expand ~nouser-x9 (no such user)"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:

@@ -340,6 +340,41 @@ def test_following_a_finished_run_is_a_plain_upload(
     assert fake_wandb.created == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--dry-run"], "--dry-run"),
+        (["--json"], "--json"),
+        (["--jobs", "2"], "--jobs"),
+        (["-j", "1"], "--jobs"),
+    ],
+)
+def test_follow_refuses_the_plain_upload_flags_it_cannot_honour(
+    tmp_path: Path, home: Home, args: list[str], flag: str
+) -> None:
+    """--follow creates the run at once (no dry run), prints as it goes (no one JSON document at the end)
+    and follows one directory (no workers): such a flag is a usage error naming it, before anything
+    is written, never silently dropped."""
+    root = build_run(tmp_path / "runs", RunSpec(seed=9, seconds=3))
+    before = sorted(p.name for p in root.iterdir())
+    result = upload(["--follow", str(root), "--mode", "offline", *args], home, root.parent)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"veeksha-upload: {flag} cannot be combined with --follow")
+    assert result.stdout == ""
+    assert sorted(p.name for p in root.iterdir()) == before  # no wandb/, no wandb_run.json
+
+
+def test_follow_honours_force(tmp_path: Path, home: Home) -> None:
+    """--force means what it means for a plain upload: upload again onto the same run, though unchanged."""
+    root = build_run(tmp_path / "runs", RunSpec(seed=9, seconds=3))
+    first = upload(["--follow", str(root), "--mode", "offline"], home, root.parent)
+    assert lines_for(first.stdout, "uploaded"), first.stdout + first.stderr
+    forced = upload(["--follow", str(root), "--mode", "offline", "--force"], home, root.parent)
+    assert forced.returncode == 0 and lines_for(forced.stdout, "uploaded"), forced.stdout + forced.stderr
+    assert len(offline_run_dirs(root)) == 1
+
+
 def test_following_a_run_left_without_metrics_skips_it_at_once_saying_why(
     tmp_path: Path, home: Home, fake_wandb: FakeWandb
 ) -> None:

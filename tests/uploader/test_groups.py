@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 from veeksha.shared.jsonio import read_json, write_json
-from veeksha.shared.paths import CAPSEARCH_RESULTS, SWEEP_SUMMARY_JSON
+from veeksha.shared.paths import CAPSEARCH_ATTEMPTS_CSV, CAPSEARCH_RESULTS, SWEEP_MANIFEST, SWEEP_SUMMARY_JSON
 
-from tests.uploader.builders import build_capsearch, build_sweep
+from tests.uploader.builders import RunSpec, build_capsearch, build_run, build_sweep
 from tests.uploader.conftest import Home, lines_for, upload
 from tests.uploader.wandb_records import OfflineRun, offline_run_dirs, read_offline_run
 
@@ -144,3 +144,58 @@ def test_the_best_attempt_is_retagged_when_the_search_ends(tmp_path: Path, home:
     assert len(uploaded) == 2 and len(lines_for(after.stdout, "skipped")) == 2  # the others: unchanged
     assert offline_run(best).tags == ["capsearch", "best"]
     assert orjson.loads((best / "wandb_run.json").read_bytes())["tags"] == ["capsearch", "best"]
+
+
+def dry_run_line(stdout: str, run_dir: Path) -> str:
+    [line] = [x for x in lines_for(stdout, "would upload") if run_dir.name in x]
+    return line
+
+
+@pytest.mark.parametrize("parent", ["sweep-nightly", "capsearch-nightly/runs"])
+def test_a_folder_only_named_like_a_container_holds_plain_runs(
+    tmp_path: Path, home: Home, parent: str
+) -> None:
+    """A user's `output_dir: sweep-nightly` is no sweep: a folder is a sweep only when it holds
+    sweep_manifest.json, a capacity search when an attempt's run.json says so (run.json decides)."""
+    run_dir = build_run(tmp_path / parent, RunSpec(seed=7))
+    result = upload([str(tmp_path), "--recursive", "--dry-run"], home, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"name={run_dir.name!r} group=None tags=[]" in dry_run_line(result.stdout, run_dir)
+    assert "summary" not in result.stdout  # no never-finished container reported
+    folder = upload([str(tmp_path / parent.split("/")[0]), "--dry-run"], home, cwd=tmp_path)
+    assert folder.returncode == 2 and "use --recursive" in folder.stderr
+
+
+def test_a_sweep_still_running_is_a_sweep_from_its_start(tmp_path: Path, home: Home) -> None:
+    """The runner writes sweep_manifest.json (status running) before the sweep's first run."""
+    root = build_sweep(tmp_path, count=2)
+    first, second = sorted(d for d in root.iterdir() if (d / "run.json").exists())
+    manifest = read_json(root / SWEEP_MANIFEST)
+    write_json(root / SWEEP_MANIFEST, {**manifest, "status": "running", "runs": manifest["runs"][:1]})
+    (root / SWEEP_SUMMARY_JSON).unlink()
+    write_json(
+        second / "run.json", {**read_json(second / "run.json"), "status": "running", "finished_at": None}
+    )
+    result = upload([str(root), "--dry-run"], home, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"group={root.name!r} tags=['sweep']" in dry_run_line(result.stdout, first)
+    skipped = lines_for(result.stdout, "skipped")
+    assert any(second.name in s and "still running" in s for s in skipped)
+    assert any("(sweep summary)" in s and "sweep not finished" in s for s in skipped)
+
+
+def test_a_capacity_search_in_its_first_attempt_is_already_one(tmp_path: Path, home: Home) -> None:
+    """capacity_search_results.json appears after the first attempt; the runner uploads (or follows)
+    that attempt before it, and the attempt's run.json says it belongs to the search."""
+    root = build_capsearch(tmp_path, values=(2.0,), best=0)
+    (root / CAPSEARCH_RESULTS).unlink()
+    (root / CAPSEARCH_ATTEMPTS_CSV).unlink()
+    [attempt] = (root / "runs").iterdir()
+    expected = f"name='attempt-0 arrival_rate=2.0' group={root.name!r} tags=['capsearch']"
+    alone = upload([str(attempt), "--dry-run"], home, cwd=tmp_path)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert expected in dry_run_line(alone.stdout, attempt)
+    whole = upload([str(root), "--dry-run"], home, cwd=tmp_path)
+    assert expected in dry_run_line(whole.stdout, attempt)
+    (summary,) = lines_for(whole.stdout, "skipped")
+    assert "(capacity-search summary)" in summary and "capacity search not finished" in summary

@@ -76,3 +76,42 @@ def test_missing_files_are_named_unless_the_run_failed_early(tmp_path: Path) -> 
 def test_running_directory_is_read_without_metrics(tmp_path: Path) -> None:
     data = read_run_dir(build_run(tmp_path, RunSpec(status="running")))
     assert data.status == "running" and data.files == [] and data.timeseries == []
+
+
+@pytest.mark.parametrize("cut", ["2.0,3", "2.0,3,0."])  # a cell short, or a number cut short
+def test_a_server_metrics_line_cut_off_by_a_crash_is_left_out_with_a_warning(
+    tmp_path: Path, cut: str
+) -> None:
+    """The scraper appends a line a second; a run that crashed mid-write leaves a last line without its
+    newline. It is dropped (as the live follower never streams a partial line), the rest uploads."""
+    root = build_run(tmp_path)
+    path = RunPaths(root).server_metrics_csv
+    path.write_text(f"elapsed_s,vllm:num_requests_waiting,vllm:kv_cache_usage_perc\n1.0,2,0.5\n{cut}")
+    data = read_run_dir(root)
+    assert data.server_metrics == [
+        {"elapsed_s": 1.0, "vllm:num_requests_waiting": 2, "vllm:kv_cache_usage_perc": 0.5}
+    ]
+    (warning,) = data.warnings
+    assert "metrics/server_metrics.csv" in warning and "line 3" in warning and "cut off" in warning
+
+
+@pytest.mark.parametrize(
+    ("relative", "content", "message"),
+    [
+        (
+            "metrics/server_metrics.csv",
+            "elapsed_s,a,b\n1.0,2\n2.0,3,4\n",
+            "server_metrics.csv line 2: 2 cells",
+        ),
+        ("metrics/timeseries.csv", "elapsed_s,dispatched\n0,1\n1", "timeseries.csv line 3: 1 cells"),
+    ],
+)
+def test_complete_lines_and_the_time_series_stay_strict(
+    tmp_path: Path, relative: str, content: str, message: str
+) -> None:
+    """Only the last, unfinished line of the optional scraped file is forgiven: a short complete line
+    is a broken file, and timeseries.csv is written whole at the end of a run."""
+    root = build_run(tmp_path)
+    (root / relative).write_text(content)
+    with pytest.raises(ContractError, match=message):
+        read_run_dir(root)

@@ -103,6 +103,35 @@ def test_new_tag_offline_replaces_the_offline_run(run_dir: Path, home: Home) -> 
     assert local_run_folders(run_dir) == [folder.name]
 
 
+def test_an_upload_to_another_project_replaces_the_offline_run_of_the_first(
+    run_dir: Path, home: Home
+) -> None:
+    """Another project (or entity) is another W&B run id; the directory still holds one upload at a time:
+    the first one's offline folder goes (its staged files went with it), so `wandb sync wandb/` publishes
+    only the new one, complete."""
+    for project in ("first", "other"):
+        done = upload([str(run_dir), "--mode", "offline", "--project", project], home, cwd=run_dir.parent)
+        assert lines_for(done.stdout, "uploaded"), done.stdout + done.stderr
+    [folder] = offline_run_dirs(run_dir)
+    run = read_offline_run(folder)
+    assert run.run.project == "other" and local_run_folders(run_dir) == [folder.name]
+    assert read_marker_json(run_dir)["sync_dir"] == f"wandb/{folder.name}"
+    for artifact in run.artifacts:
+        for local in artifact.entries.values():
+            assert (run_dir / local).is_file(), local
+
+
+def test_an_online_upload_to_another_project_removes_the_offline_run(
+    run_dir: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    offline = upload([str(run_dir), "--mode", "offline", "--project", "first"], home, cwd=run_dir.parent)
+    assert lines_for(offline.stdout, "uploaded"), offline.stdout + offline.stderr
+    done = online(run_dir, home, fake_wandb, "--project", "other")
+    assert lines_for(done.stdout, "uploaded"), done.stdout + done.stderr
+    assert offline_run_dirs(run_dir) == []  # nothing left for a `wandb sync wandb/` to publish
+    assert read_marker_json(run_dir)["mode"] == "online"
+
+
 def test_interrupted_online_upload_resumes_onto_its_own_run(
     run_dir: Path, home: Home, fake_wandb: FakeWandb
 ) -> None:

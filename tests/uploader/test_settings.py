@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from veeksha.shared.errors import ContractError
+from veeksha.shared.errors import ContractError, UsageError
 from veeksha.uploader.settings import DEFAULT_BASE_URL, Layer, config_layer, env_layer, resolve
 
 
@@ -27,6 +29,7 @@ def test_environment_beats_config_and_flags_beat_both() -> None:
 
 def test_environment_spellings() -> None:
     assert env_layer({"WANDB_MODE": "dryrun"}).mode == "offline"
+    assert env_layer({"WANDB_MODE": "run"}).mode == "online"  # the SDK's old spelling of online
     assert env_layer({"WANDB_DISABLED": "true"}).mode == "disabled"
     env = env_layer({"WANDB_BASE_URL": "http://127.0.0.1:9/", "WANDB_API_KEY": "key", "WANDB_NAME": "n"})
     s = resolve(env)
@@ -47,3 +50,16 @@ def test_invalid_wandb_section_names_the_file() -> None:
 def test_enabled_false_does_not_stop_an_explicit_upload() -> None:
     s = resolve(config_layer({"enabled": False, "project": "p"}, "config.yml"))
     assert s.project == "p" and s.mode == "online"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"WANDB_MODE": "shared"}, "WANDB_MODE 'shared' is not a mode veeksha-upload knows"),
+        ({"WANDB_BASE_URL": "api.wandb.ai"}, "WANDB_BASE_URL 'api.wandb.ai' is not an http(s) URL"),
+        ({"WANDB_BASE_URL": "http://host:port"}, "WANDB_BASE_URL 'http://host:port' is not an http(s) URL"),
+    ],
+)
+def test_an_environment_no_upload_could_use_is_a_usage_error(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        env_layer(environ)
