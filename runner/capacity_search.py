@@ -83,7 +83,11 @@ def rounder(search: CapacitySearchConfig, integer: bool) -> Callable[[float], fl
 
 
 def run_capacity_search(
-    path: Path, overrides: list[tuple[str, str]], fallbacks: EnvFallbacks = NO_FALLBACKS
+    path: Path,
+    overrides: list[tuple[str, str]],
+    fallbacks: EnvFallbacks = NO_FALLBACKS,
+    *,
+    dry_run: bool = False,
 ) -> int:
     search = load_capacity_search(path, overrides, fallbacks)
     base = search.benchmark_config
@@ -98,6 +102,9 @@ def run_capacity_search(
         )
     check_before_start(base)
     check_output_dir(Path(search.output_dir))
+    if dry_run:  # every check a search makes before its first attempt has passed; nothing is made
+        print(describe_plan(search, knob, rnd, integer))
+        return 0
     root = make_unique_dir(Path(search.output_dir), f"{CAPSEARCH_DIR_PREFIX}{stamp(utc_now())}")
     write_atomic(root / CONFIG_YML, dump_config_yaml(search))
     runs_dir = root / CAPSEARCH_RUNS_DIR
@@ -192,6 +199,33 @@ def search_loop(
         else:
             hi = a.value
     return "converged"
+
+
+def describe_plan(
+    search: CapacitySearchConfig, knob: str, rnd: Callable[[float], float], integer: bool
+) -> str:
+    """What a dry run prints: the probes of phase 1 while every attempt passes (the search loop
+    itself, run on attempts that all pass, so the plan cannot drift from the search), then phase 2."""
+    probes: list[float] = []
+
+    def passing(value: float) -> Attempt | None:
+        value = rnd(value)
+        if value in probes or len(probes) >= search.max_iterations:  # as attempt() in the search
+            return None
+        probes.append(value)
+        return Attempt(len(probes) - 1, value, True, "", RUN_COMPLETED, 0.0, [])
+
+    search_loop(search, passing, rnd, integer)
+    grid = "whole numbers" if integer else f"{search.precision} decimal(s)"
+    return "\n".join(
+        [
+            f"veeksha-run: capacity search config is valid; it searches {knob}",
+            f"  probes while attempts pass: {', '.join(f'{v:g}' for v in probes)} "
+            f"(x{search.expansion_factor:g} each, up to max_value {search.max_value:g})",
+            f"  after the first failure: bisects between it and the last pass, to {grid}",
+            f"  at most {search.max_iterations} attempts, written under {search.output_dir}/",
+        ]
+    )
 
 
 def judge(search: CapacitySearchConfig, iteration: int, value: float, run_dir: Path, status: str) -> Attempt:

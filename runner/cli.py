@@ -1,7 +1,7 @@
 """`veeksha-run`: the command line of the load runner.
 
     veeksha-run --config FILE [--section.key VALUE ...] [--strict]
-    veeksha-run capacity-search --config FILE [--section.key VALUE ...]
+    veeksha-run capacity-search --config FILE [--section.key VALUE ...] [--dry-run]
     veeksha-run evaluate RUN_DIR [--strict]
     veeksha-run simulate-server [--port N] [--section.key VALUE ...]
 
@@ -16,12 +16,16 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from veeksha.shared.config_loader import EnvFallbacks
 from veeksha.shared.errors import OutputError, UsageError, VeekshaError
 from veeksha.shared.redact import may_hold_secret
 from veeksha.shared.secret import Secret
+
+if TYPE_CHECKING:  # imported where used: `veeksha-run --help` stays fast
+    from veeksha.shared.paths import RunPaths
 
 INTERRUPTED_EXIT = 130  # the shell's convention for a process ended by SIGINT
 
@@ -41,9 +45,38 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
                 raise UsageError(f"--{name} needs a value, e.g. --{name} VALUE")
             i += 1
             value = args[i]
-        out.append((name, value))
+        out.append((name, _given(name, value)))
         i += 1
     return out
+
+
+def _given(name: str, value: str) -> str:
+    """An empty value is refused, not taken as null: `--x "$UNSET"` or `--x=` would otherwise clear
+    what the file sets (a concurrency cap, the model) without a word."""
+    if value == "":
+        raise UsageError(_empty(f"--{name}"))
+    return value
+
+
+def _empty(flag: str) -> str:
+    return f"{flag} is empty; give a value or leave the flag out"
+
+
+def _path_value(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """A path option's value, refused when it cannot be what the user meant: empty (an unset shell
+    variable; Path("") is the current directory) or an option (`--export-json-schema --config c.yml`
+    wrote the schema to a file named `--config`)."""
+    if value is None:
+        return None
+    flag = param.opts[0]
+    if value == "":
+        raise click.UsageError(_empty(flag))
+    if value.startswith("--"):
+        raise click.UsageError(
+            f"{flag} needs a value, got the option {value}; give a path (a file whose name starts "
+            f"with -- is ./{value})"
+        )
+    return Path(value)
 
 
 def _unexpected(arg: str, after: str | None) -> str:
@@ -107,15 +140,18 @@ Other commands (each has --help):
     help=RUN_HELP,
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
 )
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="*.veeksha.yml file")
-@click.option("--benchmark-config-from-file", "seed_config", type=click.Path(path_type=Path), hidden=True)
+@click.option("--config", "config_path", type=click.Path(), callback=_path_value, help="*.veeksha.yml file")
+@click.option(
+    "--benchmark-config-from-file", "seed_config", type=click.Path(), callback=_path_value, hidden=True
+)
 @click.option("--strict", is_flag=True, help="exit 1 when an SLO or a health check fails")
 @click.option("--dry-run", is_flag=True, help="validate the config, print the runs it expands to")
 @click.option(
     "--export-json-schema",
     "schema_out",
-    type=click.Path(path_type=Path),
-    help="write the config JSON schema to FILE and exit",
+    type=click.Path(),
+    callback=_path_value,
+    help="write the config JSON schema to FILE and exit (takes no other option)",
 )
 @click.pass_context
 def run_command(
@@ -130,6 +166,13 @@ def run_command(
         from veeksha.runner.sweep import run_from_config
 
         if schema_out is not None:
+            given = {
+                "--config": config_path,
+                "--benchmark-config-from-file": seed_config,
+                "--strict": strict,
+                "--dry-run": dry_run,
+            }
+            _refuse_alongside_schema([*(flag for flag, value in given.items() if value), *ctx.args[:1]])
             return export_schema(schema_out)
         overrides = parse_overrides(list(ctx.args))
         return run_from_config(
@@ -139,11 +182,34 @@ def run_command(
     _guard(go)
 
 
+def _refuse_alongside_schema(others: list[str]) -> None:
+    """The schema is the same for every config: an option given with it would be ignored unseen."""
+    if others:
+        raise UsageError(
+            f"--export-json-schema takes no other option (got {others[0]}): it writes the schema every "
+            "config follows and exits; run it on its own"
+        )
+
+
+def _check_schema_file(out: Path) -> None:
+    """Refused before writing: the write goes through a temporary file renamed over `out`, which
+    fails on a directory with a puzzling errno and would replace a device such as /dev/null."""
+    if out.is_dir():
+        raise UsageError(
+            f"--export-json-schema: {out} is a directory; give a file name, e.g. {out / 'schema.json'}"
+        )
+    if out.exists() and not out.is_file():
+        raise UsageError(f"--export-json-schema: {out} is not a regular file; give a file name")
+    if not out.parent.is_dir():
+        raise UsageError(f"--export-json-schema: {out.parent} does not exist; create it or write elsewhere")
+
+
 def export_schema(out: Path) -> int:
     from veeksha.shared.config import BenchmarkConfig
     from veeksha.shared.jsonio import write_json
     from veeksha.shared.schema import json_schema
 
+    _check_schema_file(out)
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **json_schema(BenchmarkConfig)}
     write_json(out, schema)
     click.echo(f"veeksha-run: wrote the config JSON schema to {out}")
@@ -154,15 +220,17 @@ def export_schema(out: Path) -> int:
     "capacity-search",
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
 )
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option("--config", "config_path", type=click.Path(), callback=_path_value, required=True)
+@click.option("--dry-run", is_flag=True, help="validate the config, print the search plan; run nothing")
 @click.pass_context
-def capacity_search_command(ctx: click.Context, config_path: Path) -> None:
+def capacity_search_command(ctx: click.Context, config_path: Path, dry_run: bool) -> None:
     """Find the largest rate / concurrency that meets every SLO."""
 
     def go() -> int:
         from veeksha.runner.capacity_search import run_capacity_search
 
-        return run_capacity_search(config_path, parse_overrides(list(ctx.args)), env_fallbacks())
+        overrides = parse_overrides(list(ctx.args))
+        return run_capacity_search(config_path, overrides, env_fallbacks(), dry_run=dry_run)
 
     _guard(go)
 
@@ -187,15 +255,11 @@ def evaluate_command(run_dir: Path, strict: bool, other_host_gone: bool) -> None
         from veeksha.shared.paths import RunPaths
 
         paths = RunPaths(run_dir)
-        if not paths.run_json.is_file() and not paths.request_records.exists():
-            raise UsageError(
-                f"{run_dir} is not a run directory (no run.json or metrics/request_level_metrics.jsonl); "
-                "pass the directory a run created"
-            )
+        _check_run_dir(run_dir, paths)
+        load_written_config(paths.config_yml)  # a config it cannot read stops it before anything changes
         if not paths.request_records.exists():  # stopped before its request log was opened: no request
             paths.request_records.parent.mkdir(parents=True, exist_ok=True)
             paths.request_records.touch()
-        load_written_config(paths.config_yml)  # a config it cannot read stops it before run.json changes
         recovery = recover(paths, other_host_gone)
         if recovery.crashed:
             click.echo(
@@ -221,6 +285,21 @@ def evaluate_command(run_dir: Path, strict: bool, other_host_gone: bool) -> None
     _guard(go)
 
 
+def _check_run_dir(run_dir: Path, paths: RunPaths) -> None:
+    """What `evaluate` needs before it changes anything: a run's files, and its config.yml (a run
+    writes it first, right after making the directory)."""
+    if not paths.run_json.is_file() and not paths.request_records.exists():
+        raise UsageError(
+            f"{run_dir} is not a run directory (no run.json or metrics/request_level_metrics.jsonl); "
+            "pass the directory a run created"
+        )
+    if not paths.config_yml.is_file():
+        raise UsageError(
+            f"{run_dir} has no config.yml: not a veeksha run directory (or it was cut short before "
+            "its config was written, and holds nothing to evaluate); pass the directory a run created"
+        )
+
+
 @click.command(
     "simulate-server",
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
@@ -232,6 +311,7 @@ def simulate_server_command(ctx: click.Context, port: int, host: str) -> None:
     """Run the built-in simulated OpenAI-compatible server (overrides: --max_batch_size 32 ...)."""
 
     def go() -> int:
+        from veeksha.runner.server_launcher import check_server_port
         from veeksha.runner.simserver.server import serve
         from veeksha.shared.config import SimulatedServerConfig
         from veeksha.shared.config_loader import parse_override_value
@@ -241,6 +321,7 @@ def simulate_server_command(ctx: click.Context, port: int, host: str) -> None:
         for name, value in parse_overrides_flat(list(ctx.args)):
             raw[name] = parse_override_value(value)
         cfg = build(SimulatedServerConfig, raw, "server")
+        check_server_port(cfg, host_key="--host", port_key="--port")  # one line, not a bind traceback
         serve(cfg, announce=lambda h, p: click.echo(f"simulated server on http://{h}:{p}/v1"))
         return 0
 
@@ -249,7 +330,9 @@ def simulate_server_command(ctx: click.Context, port: int, host: str) -> None:
 
 @click.command("compare")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--output_dir", "--output-dir", "output_dir", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--output_dir", "--output-dir", "output_dir", type=click.Path(), callback=_path_value, required=True
+)
 def compare_command(run_dirs: tuple[Path, ...], output_dir: Path) -> None:
     """Compare two or more runs (a sweep directory stands for its runs) without W&B: a summary table
     with each run's change against the first (console and compare_summary.csv), overlaid CDFs and the
@@ -270,7 +353,7 @@ def parse_overrides_flat(args: list[str]) -> list[tuple[str, str]]:
     for i in range(0, len(args), 2):
         if not args[i].startswith("--") or i + 1 >= len(args):
             raise UsageError(f"unexpected argument {args[i]!r}; use --name VALUE")
-        pairs.append((args[i][2:].replace("-", "_"), args[i + 1]))
+        pairs.append((args[i][2:].replace("-", "_"), _given(args[i][2:], args[i + 1])))
     return pairs
 
 

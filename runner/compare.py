@@ -7,7 +7,9 @@ For two or more run directories (a sweep directory stands for its runs), in OUT:
 - `timeseries_compare.png`: completed requests/s, output tokens/s and TTFC p50 of every run over time.
 
 Every input is checked before OUT is made: each must be a finished run's directory of one output
-contract (run.json "contract_version"), since keys and record fields differ between versions.
+contract (run.json "contract_version"), since keys and record fields differ between versions. OUT is
+checked first: it must be a directory that can be made or written, and none that veeksha-run made (a
+run, sweep or capacity search directory, or a folder inside a run), whose files the plots would mix in.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from veeksha.runner.compare_plots import plot_cdfs, plot_timeseries
+from veeksha.runner.run_dir import check_output_dir
 from veeksha.shared.errors import UsageError
 from veeksha.shared.jsonio import read_json, write_atomic
-from veeksha.shared.paths import SWEEP_MANIFEST, RunPaths
+from veeksha.shared.paths import CAPSEARCH_RESULTS, SWEEP_MANIFEST, RunPaths
 from veeksha.shared.records import CONTRACT_VERSION, summary_stat_key
 
 SUMMARY_CSV = "compare_summary.csv"
@@ -46,6 +49,7 @@ class Run:
 def compare(dirs: list[Path], output_dir: Path) -> str:
     """Write the comparison into `output_dir`; return the console table (and the sweep members
     left out for having no results)."""
+    check_compare_output_dir(output_dir)
     skipped: list[str] = []
     runs = load_runs(dirs, skipped)
     rows = summary_rows(runs)
@@ -56,6 +60,32 @@ def compare(dirs: list[Path], output_dir: Path) -> str:
     plot_timeseries(named, output_dir / COMPARE_TIMESERIES_PNG)
     notes = [f"left out: {what}" for what in skipped]
     return "\n".join([format_table(runs, rows), *notes])
+
+
+def check_compare_output_dir(output_dir: Path) -> None:
+    """Exit 2 before anything is read or written, as a run's output_dir does: OUT (or the nearest
+    part of its path that exists) is a file or cannot be written, or it holds veeksha-run's results."""
+    check_output_dir(output_dir, key="--output_dir")
+    made_by = _made_by_veeksha(output_dir)
+    if made_by is not None:
+        raise UsageError(
+            f"--output_dir {output_dir} is {made_by}; the comparison's files would mix with its own: "
+            "choose a new directory, e.g. --output_dir comparison"
+        )
+
+
+def _made_by_veeksha(output_dir: Path) -> str | None:
+    """What veeksha-run directory `output_dir` is or lies in (a run's), or None."""
+    if (output_dir / SWEEP_MANIFEST).exists():
+        return "a sweep directory"
+    if (output_dir / CAPSEARCH_RESULTS).exists():
+        return "a capacity search directory"
+    whole = output_dir.absolute()  # a relative path's parents stop at the current directory
+    for folder in (whole, *whole.parents):
+        paths = RunPaths(folder)
+        if paths.run_json.exists() or paths.request_records.exists():
+            return "a run directory" if folder == whole else f"inside the run directory {folder}"
+    return None
 
 
 # ------------------------------------------------------------------ inputs

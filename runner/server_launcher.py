@@ -14,6 +14,7 @@ thread), reaches only the direct child, and needs a preexec_fn, which is unsafe 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -175,21 +176,50 @@ def check_server_command(cfg: SimulatedServerConfig | CommandServerConfig | None
         )
 
 
-def check_server_port(cfg: SimulatedServerConfig | CommandServerConfig | None) -> None:
-    """A simulated server's fixed port that another process listens on is a config error, before
-    any directory is made (the server failed with a 30-line traceback, the directory made)."""
-    if not isinstance(cfg, SimulatedServerConfig) or not cfg.port:
+def check_server_port(
+    cfg: SimulatedServerConfig | CommandServerConfig | None,
+    host_key: str = "server.host",
+    port_key: str = "server.port",
+) -> None:
+    """A simulated server that could not listen is a config error, before any directory is made
+    (the server failed with a 30-line traceback, the directory made): a fixed port another process
+    listens on, or a host that does not resolve or is no address of this machine (checked for port 0
+    too). Every address the host resolves to is tried, as the server binds them all.
+    `host_key`/`port_key` name the keys in the message (`--host`/`--port` for simulate-server)."""
+    if not isinstance(cfg, SimulatedServerConfig):
         return
+    where = f"{cfg.host}:{cfg.port}"
     try:
-        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
-            probe.bind((cfg.host, cfg.port))
+        # "" means every interface to the server (asyncio's create_server), as None does here.
+        addresses = socket.getaddrinfo(
+            cfg.host or None, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except OSError as e:
         raise ConfigError(
-            f"config error at server.port: cannot listen on {cfg.host}:{cfg.port} ({e.strerror or e}); "
-            "choose another port, or 0 for a free one"
+            f"config error at {host_key}: {cfg.host!r} does not resolve ({e.strerror or e}); give an "
+            "address of this machine, e.g. 127.0.0.1, or 0.0.0.0 for every interface"
         ) from None
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+                probe.bind(address)
+        except OSError as e:
+            raise ConfigError(_cannot_listen(e, where, host_key, port_key)) from None
+
+
+def _cannot_listen(e: OSError, where: str, host_key: str, port_key: str) -> str:
+    """The key a failed bind is about: the port when it is taken or privileged, else the host."""
+    reason = e.strerror or str(e)
+    if e.errno in (errno.EADDRINUSE, errno.EACCES):
+        return (
+            f"config error at {port_key}: cannot listen on {where} ({reason}); choose another port, "
+            "or 0 for a free one"
+        )
+    return (
+        f"config error at {host_key}: cannot listen on {where} ({reason}); the host must be an address "
+        "of this machine, e.g. 127.0.0.1, or 0.0.0.0 for every interface"
+    )
 
 
 def start_server(

@@ -40,7 +40,9 @@ MAX_CONFIG_VALUES = 100_000
 # Likewise a sweep this long is an !expand repeated through aliases, not a plan anyone would run.
 MAX_SWEEP_RUNS = 10_000
 PROJECT_TAGS = ("!expand", "!include")
-# A written config.yml is a few kilobytes; anything this large was not written by the runner.
+# A written config.yml is a few kilobytes; anything this large was not written by the runner. A config
+# the user writes (and each file it includes) is no larger: the bound keeps `--config /dev/zero`, or a
+# log given by mistake, from eating memory before anything can be said about it.
 MAX_PLAIN_YAML_BYTES = 1 << 20
 
 
@@ -112,7 +114,13 @@ def _construct_include(path: Path, reading: _Reading, loader: yaml.SafeLoader, n
         raise ConfigError(f"{path} line {line}: !include {name} makes a cycle: {cycle}")
     if not target.is_file():
         raise ConfigError(f"{path} line {line}: !include {name}: {target} is not a file")
-    return _read(target, reading)
+    value = _read(target, reading)
+    if value is None:  # splicing nothing would silently unset the key the !include stands for
+        raise ConfigError(
+            f"{path} line {line}: !include {name}: {target} is empty; give it a value, "
+            "or remove the key and its !include"
+        )
+    return value
 
 
 def _construct_int(path: Path, loader: yaml.SafeLoader, node: yaml.Node) -> int:
@@ -126,19 +134,29 @@ def _construct_int(path: Path, loader: yaml.SafeLoader, node: yaml.Node) -> int:
         ) from None
 
 
-def read_yaml(path: Path) -> Any:
-    """Parse one YAML file (and what it includes) into plain data with Expand markers.
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse one config file (and what it includes) into plain data with Expand markers.
 
-    Errors name the file: unreadable files, invalid YAML, duplicate keys, tags other than !expand
-    and !include, !include cycles, and alias or include bombs."""
-    return _read(path, _Reading(chain=[]))
+    Errors name the file: unreadable, not a regular file or over MAX_PLAIN_YAML_BYTES, invalid YAML,
+    duplicate keys, tags other than !expand and !include, !include cycles, alias or include bombs."""
+    return _top_level(path, _read(path, _Reading(chain=[], max_bytes=MAX_PLAIN_YAML_BYTES)))
 
 
-def read_plain_yaml(path: Path, max_bytes: int = MAX_PLAIN_YAML_BYTES) -> Any:
+def read_plain_yaml(path: Path, max_bytes: int = MAX_PLAIN_YAML_BYTES) -> dict[str, Any]:
     """A YAML file that is data, not a config to resolve (a run directory's config.yml, which
     dump_config_yaml wrote): no tags at all, so no !include reaches outside the file; at most
     `max_bytes`; the same bounds on duplicate keys, nesting and alias expansion as a config."""
-    return _read(path, _Reading(chain=[], tags=(), max_bytes=max_bytes))
+    return _top_level(path, _read(path, _Reading(chain=[], tags=(), max_bytes=max_bytes)))
+
+
+def _top_level(path: Path, data: Any) -> dict[str, Any]:
+    """Only a whole config must be a mapping of sections (an included file is any value); an empty
+    one is all defaults."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+    return data
 
 
 def _read_text(path: Path, max_bytes: int | None) -> str:
@@ -148,11 +166,30 @@ def _read_text(path: Path, max_bytes: int | None) -> str:
         data = f.read(max_bytes + 1)  # never more than the bound, even if the file grows meanwhile
     if len(data) > max_bytes:
         size = max(len(data), os.stat(path).st_size)
-        raise ConfigError(f"{path} is {size} bytes; at most {max_bytes} are allowed")
+        raise ConfigError(
+            f"config file {path} is {size} bytes; at most {max_bytes} are allowed (a config is a few "
+            "kilobytes: is this the right file?)"
+        )
     return data.decode()
 
 
+def _check_regular_file(path: Path) -> None:
+    """A device, a pipe or a directory is refused before it is opened: /dev/zero never ends, and a
+    pipe with no writer waits forever."""
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a name too long: reading it says why
+        return
+    if not is_file and path.exists():
+        raise ConfigError(
+            f"config file {path} is not a regular file (a directory, device or pipe); "
+            "give the path of a YAML file"
+        )
+
+
 def _read(path: Path, reading: _Reading) -> Any:
+    """The value of one YAML file (None when it holds none), read within `reading`."""
+    _check_regular_file(path)
     try:
         text = _read_text(path, reading.max_bytes)
     except FileNotFoundError:
@@ -172,10 +209,6 @@ def _read(path: Path, reading: _Reading) -> Any:
             f"{where}: the config expands to more than {MAX_CONFIG_VALUES} values (YAML aliases or "
             "!include repeated, or an alias inside itself); write the values out instead"
         )
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of config sections")
     return data
 
 
@@ -375,7 +408,9 @@ def load_benchmark_runs(
 
 
 def build_benchmark_config(tree: dict[str, Any], fallbacks: EnvFallbacks = NO_FALLBACKS) -> BenchmarkConfig:
-    return _finish(build(BenchmarkConfig, tree), fallbacks)
+    cfg = _finish(build(BenchmarkConfig, tree), fallbacks)
+    _check_output_dir_named(cfg.output_dir)
+    return cfg
 
 
 def load_capacity_search(
@@ -385,7 +420,18 @@ def load_capacity_search(
     if _expansions(raw):
         raise ConfigError(f"{path}: !expand is not supported inside a capacity search config")
     cfg = build(CapacitySearchConfig, raw)
+    _check_output_dir_named(cfg.output_dir)
     return replace(cfg, benchmark_config=_finish(cfg.benchmark_config, fallbacks, "benchmark_config."))
+
+
+def _check_output_dir_named(value: str, key: str = "output_dir") -> None:
+    """`output_dir: ""` is Path(""), the current directory: run directories would land there
+    unasked. (A check of this one key, which shared/config.py declares a plain str.)"""
+    if not value.strip():
+        raise ConfigError(
+            f"config error at {key}: empty; give a directory (e.g. {key}: benchmark_output), "
+            "or '.' for the current one"
+        )
 
 
 def _finish(cfg: BenchmarkConfig, fallbacks: EnvFallbacks, prefix: str = "") -> BenchmarkConfig:

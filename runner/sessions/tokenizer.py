@@ -50,6 +50,19 @@ class LocalTokenizer:
         return [len(e.ids) for e in encodings]
 
 
+def expand_home(path: str, key: str) -> Path:
+    """`~/x` and `~user/x` as the shell would; a user without a home here (a config written on
+    another machine) is a config error naming `key`, not pathlib's RuntimeError traceback."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        user = path[1:].split("/", 1)[0] or "the current user"
+        raise ConfigError(
+            f"config error at {key}: {path!r} starts with ~, but {user} has no home directory on this "
+            "machine; give the full path"
+        ) from None
+
+
 def resolve_tokenizer_file(path: str) -> Path:
     """The tokenizer.json that `client.tokenizer: path` names; ConfigError when there is none."""
     if "://" in path:
@@ -57,7 +70,7 @@ def resolve_tokenizer_file(path: str) -> Path:
             f"client.tokenizer: {path!r} looks like a URL; give a local tokenizer.json path "
             "(tokenizers are never downloaded)"
         )
-    p = Path(path).expanduser()
+    p = expand_home(path, "client.tokenizer")
     if p.is_dir():
         p = p / TOKENIZER_FILE
         if not p.is_file():

@@ -36,7 +36,7 @@ from veeksha.runner.sessions.lengths import MAX_TOKENS
 from veeksha.runner.sessions.model import RequestNode, Session
 from veeksha.runner.sessions.prompts import PromptBuilder
 from veeksha.runner.sessions.randomness import stream
-from veeksha.runner.sessions.tokenizer import LocalTokenizer
+from veeksha.runner.sessions.tokenizer import LocalTokenizer, expand_home
 from veeksha.shared.config import TraceSessions
 from veeksha.shared.errors import ConfigError
 
@@ -168,7 +168,7 @@ def _local_path(path: str) -> Path:
             f"session_generator.path: {path!r} is a URL; traces are read from local files only "
             "(download it yourself and give the file path)"
         )
-    p = Path(path).expanduser()
+    p = expand_home(path, "session_generator.path")
     if not p.is_file():
         raise ConfigError(f"session_generator.path: trace file {path!r} does not exist")
     return p

@@ -3,15 +3,20 @@ evaluate, and the traffic / client / graph variants over real loopback HTTP."""
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
+from veeksha.runner.cli import main
 from veeksha.shared.paths import (
     CAPSEARCH_ATTEMPTS_CSV,
     CAPSEARCH_RESULTS,
@@ -20,6 +25,7 @@ from veeksha.shared.paths import (
     SWEEP_SUMMARY_JSON,
     RunPaths,
 )
+from veeksha.shared.records import CONTRACT_VERSION
 
 from tests.runner.helpers import VEEKSHA_RUN, only_run_dir, read_jsonl, run_cli
 
@@ -476,3 +482,237 @@ def test_a_sweep_whose_last_run_has_a_bad_trace_path_is_refused_before_it_starts
     (line,) = proc.stderr.strip().splitlines()
     assert "typo.jsonl" in line
     assert not (tmp_path / "out").exists()  # no sweep directory, no first run
+
+
+# ---------------------------------------------------------------- bad input, refused in one line
+# These fail before any work, so they run in this process: no interpreter start-up per case.
+
+
+@dataclass
+class Outcome:
+    code: object
+    out: str
+    err: str
+
+    def refused(self, *parts: str) -> bool:
+        """Exit 2 with one `veeksha-run: ...` line on stderr that holds every one of `parts`."""
+        lines = self.err.strip().splitlines()
+        return (
+            self.code == 2
+            and len(lines) == 1
+            and lines[0].startswith("veeksha-run: ")
+            and all(p in lines[0] for p in parts)
+        )
+
+
+@pytest.fixture
+def veeksha(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., Outcome]:
+    """`veeksha-run ARGS` in this process, in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> Outcome:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main(list(args))
+        captured = capsys.readouterr()
+        return Outcome(exited.value.code, captured.out, captured.err)
+
+    return run
+
+
+GOOD_DRY_RUN = "client: {api_base: 'http://127.0.0.1:9/v1', model: m}\nruntime: {max_sessions: 2}\n"
+SEARCH = """
+output_dir: cs
+start_value: 2
+max_value: 64
+expansion_factor: 4
+max_iterations: 10
+precision: 0
+benchmark_config:
+  server: {type: simulated}
+  traffic_scheduler: {type: concurrent, target_concurrent_sessions: 1}
+  runtime: {benchmark_timeout: 2}
+"""
+
+
+def listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (
+            ["--config", "c.veeksha.yml", "--dry-run", "--traffic_scheduler.max_concurrent_sessions", ""],
+            "--traffic_scheduler.max_concurrent_sessions",
+        ),
+        (["--config", "c.veeksha.yml", "--dry-run", "--client.model="], "--client.model"),
+        (["--config", "", "--dry-run"], "--config"),
+        (["compare", "r1", "r2", "--output_dir", ""], "--output_dir"),
+        (["simulate-server", "--max_batch_size", ""], "--max_batch_size"),
+    ],
+    ids=["cap-from-unset-variable", "model-equals-nothing", "config-path", "compare-output", "simserver-key"],
+)
+def test_an_empty_flag_value_is_refused_not_taken_as_unset(
+    tmp_path: Path, veeksha: Callable[..., Outcome], args: list[str], flag: str
+) -> None:
+    write(tmp_path, GOOD_DRY_RUN + "traffic_scheduler: {type: rate, max_concurrent_sessions: 4}\n")
+    before = listing(tmp_path)
+    result = veeksha(*args)
+    assert result.refused(f"{flag} is empty; give a value or leave the flag out"), result.err
+    assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["benchmark", "capacity-search"])
+def test_an_empty_output_dir_is_refused_not_the_current_directory(
+    tmp_path: Path, veeksha: Callable[..., Outcome], command: str
+) -> None:
+    if command == "benchmark":
+        write(tmp_path, GOOD_DRY_RUN + "output_dir: ''\n")
+        result = veeksha("--config", "c.veeksha.yml", "--dry-run")
+    else:
+        write(tmp_path, SEARCH.replace("output_dir: cs", "output_dir: ''"))
+        result = veeksha("capacity-search", "--config", "c.veeksha.yml", "--dry-run")
+    assert result.refused("config error at output_dir: empty"), result.err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--export-json-schema", "--config", "c.veeksha.yml"], "--export-json-schema needs a value"),
+        (["--export-json-schema", "."], "--export-json-schema: . is a directory"),
+        (["--export-json-schema", "s.json", "--dry-run"], "--export-json-schema takes no other option"),
+        (
+            ["--export-json-schema", "s.json", "--client.model", "m"],
+            "--export-json-schema takes no other option",
+        ),
+        (["--export-json-schema", "no/such/s.json"], "no/such does not exist"),
+    ],
+    ids=["flag-as-file-name", "directory", "with-dry-run", "with-override", "missing-folder"],
+)
+def test_export_json_schema_refuses_what_it_cannot_write_or_would_ignore(
+    tmp_path: Path, veeksha: Callable[..., Outcome], args: list[str], expected: str
+) -> None:
+    write(tmp_path, GOOD_DRY_RUN)
+    before = listing(tmp_path)
+    result = veeksha(*args)
+    assert result.refused(expected), result.err
+    assert listing(tmp_path) == before  # no file named --config, no temporary file
+
+
+def test_capacity_search_dry_run_checks_the_config_and_prints_the_plan(
+    tmp_path: Path, veeksha: Callable[..., Outcome]
+) -> None:
+    write(tmp_path, SEARCH)
+    result = veeksha("capacity-search", "--config", "c.veeksha.yml", "--dry-run")
+    assert result.code == 0, result.err
+    assert "capacity search config is valid" in result.out
+    assert "traffic_scheduler.target_concurrent_sessions" in result.out
+    assert "2, 8, 32, 64" in result.out  # the probes while attempts pass
+    assert not (tmp_path / "cs").exists()
+
+
+def test_capacity_search_dry_run_refuses_a_bad_config(
+    tmp_path: Path, veeksha: Callable[..., Outcome]
+) -> None:
+    write(tmp_path, SEARCH.replace("max_value: 64", "max_value: 1"))
+    result = veeksha("capacity-search", "--config", "c.veeksha.yml", "--dry-run")
+    assert result.refused("start_value"), result.err
+    assert not (tmp_path / "cs").exists()
+
+
+@pytest.mark.parametrize("kind", ["devnull", "devzero", "fifo", "big-file"])
+def test_the_config_file_must_be_a_regular_file_of_at_most_1_mib(
+    tmp_path: Path, veeksha: Callable[..., Outcome], kind: str
+) -> None:
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe")  # nobody writes to it: reading it would wait forever
+    if kind == "big-file":
+        (tmp_path / "big.yml").write_text(GOOD_DRY_RUN + "#" * (1 << 20) + "\n")
+    path = {"devnull": "/dev/null", "devzero": "/dev/zero", "fifo": "pipe", "big-file": "big.yml"}[kind]
+    result = veeksha("--config", path, "--dry-run")
+    expected = "bytes; at most 1048576" if kind == "big-file" else "is not a regular file"
+    assert result.refused(f"config file {path}", expected), result.err
+
+
+def fake_run(root: Path) -> Path:
+    """The least `compare` takes as a finished run directory."""
+    (root / "metrics").mkdir(parents=True)
+    (root / "metrics" / "summary_stats.json").write_text("{}")
+    (root / "run.json").write_text(orjson.dumps({"contract_version": CONTRACT_VERSION}).decode())
+    (root / "config.yml").write_text("seed: 1\n")
+    return root
+
+
+@pytest.mark.parametrize("target", ["afile", "r1", "r1/metrics"])
+def test_compare_refuses_an_output_dir_that_is_a_file_or_a_run_directory(
+    tmp_path: Path, veeksha: Callable[..., Outcome], target: str
+) -> None:
+    fake_run(tmp_path / "r1")
+    fake_run(tmp_path / "r2")
+    (tmp_path / "afile").write_text("keep me\n")
+    before = listing(tmp_path)
+    result = veeksha("compare", "r1", "r2", "--output_dir", target)
+    assert result.refused("--output_dir", target), result.err
+    assert listing(tmp_path) == before
+    assert (tmp_path / "afile").read_text() == "keep me\n"
+
+
+def test_simulate_server_refuses_a_port_in_use_naming_port(veeksha: Callable[..., Outcome]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = veeksha("simulate-server", "--port", str(port))
+    assert result.refused("--port", f"127.0.0.1:{port}", "already in use"), result.err
+
+
+def test_simulate_server_refuses_a_host_that_does_not_resolve_naming_host(
+    veeksha: Callable[..., Outcome],
+) -> None:
+    result = veeksha("simulate-server", "--host", "no.such.invalid")
+    assert result.refused("--host", "no.such.invalid"), result.err
+
+
+def test_evaluate_of_a_directory_without_config_yml_says_so_and_changes_nothing(
+    tmp_path: Path, veeksha: Callable[..., Outcome]
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "run.json").write_text("{}")
+    result = veeksha("evaluate", "a")
+    assert result.refused("a has no config.yml: not a veeksha run directory"), result.err
+    assert listing(tmp_path / "a") == ["run.json"]
+
+
+def test_a_simulated_server_host_that_cannot_be_bound_is_a_config_error(
+    tmp_path: Path, veeksha: Callable[..., Outcome]
+) -> None:
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): an address no interface of this machine has.
+    write(
+        tmp_path, "server: {type: simulated, host: 192.0.2.1}\nruntime: {max_sessions: 2}\noutput_dir: out\n"
+    )
+    for extra in (["--dry-run"], []):
+        result = veeksha("--config", "c.veeksha.yml", *extra)
+        assert result.refused("config error at server.host", "192.0.2.1"), result.err
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "key"),
+    [
+        (
+            ["--session_generator", "{type: trace, path: '~veeksha-no-such-user/x.jsonl'}"],
+            "session_generator.path",
+        ),
+        (["--client.tokenizer", "~veeksha-no-such-user/t.json"], "client.tokenizer"),
+    ],
+    ids=["trace", "tokenizer"],
+)
+def test_a_path_under_an_unknown_users_home_is_a_config_error(
+    tmp_path: Path, veeksha: Callable[..., Outcome], flags: list[str], key: str
+) -> None:
+    write(tmp_path, GOOD_DRY_RUN)
+    result = veeksha("--config", "c.veeksha.yml", "--dry-run", *flags)
+    assert result.refused(key, "~veeksha-no-such-user"), result.err

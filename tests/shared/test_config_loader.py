@@ -1,0 +1,100 @@
+"""shared/config_loader.py: `!include` splices any value, the file bounds, and an empty output_dir."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from veeksha.shared.config_loader import (
+    MAX_PLAIN_YAML_BYTES,
+    load_benchmark_runs,
+    load_capacity_search,
+    read_yaml,
+)
+from veeksha.shared.errors import ConfigError
+
+CLIENT = "client: {api_base: 'http://127.0.0.1:9/v1', model: m}\n"
+
+
+def write(tmp_path: Path, text: str, name: str = "c.veeksha.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_include_of_a_list_is_spliced_under_its_key(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "- {type: performance, slos: [{name: t, metric: ttfc, percentile: 0.9, value: 1}]}\n",
+        "ev.yml",
+    )
+    path = write(tmp_path, CLIENT + "evaluators: !include ev.yml\n")
+    (evaluator,) = load_benchmark_runs(path)[0].config.evaluators
+    assert [slo.name for slo in evaluator.slos] == ["t"]
+
+
+def test_include_of_a_single_value_is_spliced_in_place(tmp_path: Path) -> None:
+    write(tmp_path, "model-from-file\n", "model.yml")
+    path = write(tmp_path, "client: {api_base: 'http://127.0.0.1:9/v1', model: !include model.yml}\n")
+    assert load_benchmark_runs(path)[0].config.client.model == "model-from-file"
+
+
+def test_include_inside_an_included_list(tmp_path: Path) -> None:
+    write(tmp_path, "[1, !include two.yml]\n", "seeds.yml")
+    write(tmp_path, "2\n", "two.yml")
+    path = write(tmp_path, "x: !include seeds.yml\n")
+    assert read_yaml(path) == {"x": [1, 2]}
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
+def test_an_empty_included_file_is_an_error(tmp_path: Path, text: str) -> None:
+    write(tmp_path, text, "wandb.yml")
+    path = write(tmp_path, CLIENT + "wandb: !include wandb.yml\n")
+    with pytest.raises(
+        ConfigError, match=r"c\.veeksha\.yml line 2: !include wandb\.yml: .*wandb\.yml is empty"
+    ):
+        load_benchmark_runs(path)
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n"])
+def test_the_top_level_file_must_still_be_a_mapping(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match="the top level must be a mapping of config sections"):
+        read_yaml(path)
+
+
+def test_an_empty_top_level_file_is_all_defaults(tmp_path: Path) -> None:
+    assert read_yaml(write(tmp_path, "")) == {}
+
+
+def test_the_config_file_is_bounded_like_a_run_directorys_config_yml(tmp_path: Path) -> None:
+    path = write(tmp_path, CLIENT + "#" * MAX_PLAIN_YAML_BYTES + "\n")
+    with pytest.raises(ConfigError, match=f"at most {MAX_PLAIN_YAML_BYTES} are allowed"):
+        read_yaml(path)
+
+
+def test_an_included_file_is_bounded_too(tmp_path: Path) -> None:
+    write(tmp_path, "tags: []\n" + "#" * MAX_PLAIN_YAML_BYTES + "\n", "wandb.yml")
+    path = write(tmp_path, CLIENT + "wandb: !include wandb.yml\n")
+    with pytest.raises(ConfigError, match=f"wandb.yml is .* bytes; at most {MAX_PLAIN_YAML_BYTES}"):
+        read_yaml(path)
+
+
+@pytest.mark.parametrize("path", ["/dev/null", "/dev/zero"])
+def test_a_config_that_is_not_a_regular_file_is_refused(path: str) -> None:
+    with pytest.raises(ConfigError, match=f"config file {path} is not a regular file"):
+        read_yaml(Path(path))
+
+
+@pytest.mark.parametrize("value", ["''", "'  '"])
+def test_an_empty_output_dir_is_refused(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, CLIENT + f"output_dir: {value}\n")
+    with pytest.raises(ConfigError, match="config error at output_dir: empty"):
+        load_benchmark_runs(path)
+
+
+def test_an_empty_capacity_search_output_dir_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "output_dir: ''\nbenchmark_config: {" + CLIENT.strip() + "}\n")
+    with pytest.raises(ConfigError, match="config error at output_dir: empty"):
+        load_capacity_search(path)
