@@ -6,20 +6,46 @@ Polymorphic sections pick a variant by `type:` from the plain tables below; the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
 from veeksha.shared.records import SLO_ALIASES, SLO_METRICS
 from veeksha.shared.schema import build, spec
 from veeksha.shared.secret import Secret
 
+# ---------------------------------------------------------------- limits
+
+# The longest duration the runner may wait on: every timeout, interval, ramp-up and think time.
+# Larger values are typos, and the timers that wait on them overflow (a 1e10 s connect timeout was an
+# OverflowError after the server started) or never end (a 1e300 s think time hung the drain).
+# A week is longer than any benchmark, and in milliseconds still fits a 32-bit integer.
+MAX_SECONDS = 7 * 24 * 3600
+SECONDS_BOUND = "seconds: a week"
+
+
+def seconds(**kwargs: Any) -> Any:
+    """A duration field: `spec` with the week bound added."""
+    return spec(le=MAX_SECONDS, bound=SECONDS_BOUND, **kwargs)
+
+
 # ---------------------------------------------------------------- length / wait generators
+
+
+# Each generator's `reach()`: the largest value it gives as configured; for an unbounded
+# distribution, this many standard deviations above its mean (a bound on a field such as a think
+# time applies to it).
+TAIL_DEVIATIONS = 6
 
 
 @dataclass(frozen=True)
 class FixedGen:
     type: Literal["fixed"] = "fixed"
     value: float = spec(default=1, ge=0)
+
+    def reach(self) -> float:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -33,6 +59,9 @@ class UniformGen:
     def check(self) -> str | None:
         return f"min ({self.min}) must be <= max ({self.max})" if self.min > self.max else None
 
+    def reach(self) -> float:
+        return self.max
+
 
 @dataclass(frozen=True)
 class NormalGen:
@@ -45,6 +74,10 @@ class NormalGen:
     def check(self) -> str | None:
         return f"min ({self.min}) must be <= max ({self.max})" if self.min > self.max else None
 
+    def reach(self) -> float:
+        # The default max (1e9) is no bound in practice: six deviations above the mean is.
+        return min(self.max, self.mean + TAIL_DEVIATIONS * self.std)
+
 
 @dataclass(frozen=True)
 class ZipfGen:
@@ -56,12 +89,20 @@ class ZipfGen:
     def check(self) -> str | None:
         return f"min ({self.min}) must be <= max ({self.max})" if self.min > self.max else None
 
+    def reach(self) -> float:
+        return self.max
+
 
 @dataclass(frozen=True)
 class InverseGaussianGen:
     type: Literal["inverse_gaussian"] = "inverse_gaussian"
     mean: float = spec(default=100, gt=0)
     shape: float = spec(default=100, gt=0)
+
+    def reach(self) -> float:
+        # Unbounded: six deviations above the mean (the variance is mean**3 / shape). Products, not
+        # powers: a huge mean gives inf (refused by any bound), where ** raises OverflowError.
+        return self.mean + TAIL_DEVIATIONS * self.mean * math.sqrt(self.mean / self.shape)
 
 
 @dataclass(frozen=True)
@@ -75,6 +116,9 @@ class FixedStairGen:
     def check(self) -> str | None:
         return "values must not be empty" if not self.values else None
 
+    def reach(self) -> float:
+        return max(self.values, default=0.0)
+
 
 LENGTH_GENERATORS: dict[str, type] = {
     "fixed": FixedGen,
@@ -87,12 +131,19 @@ LENGTH_GENERATORS: dict[str, type] = {
 LengthGen = FixedGen | UniformGen | NormalGen | ZipfGen | InverseGaussianGen | FixedStairGen
 
 
-def gen_field(**defaults: Any) -> Any:
-    """A length-generator field whose default is built as a loaded one would be (typed: 0 → 0.0)."""
+def gen_field(*, limit: dict[str, Any] | None = None, **defaults: Any) -> Any:
+    """A length-generator field whose default is built as a loaded one would be (typed: 0 → 0.0);
+    `limit` bounds the values it reaches (`le` and `bound` of `spec`)."""
     kind = defaults.pop("type", "fixed")
     return spec(
-        factory=lambda: build(LENGTH_GENERATORS[kind], {"type": kind, **defaults}), variants=LENGTH_GENERATORS
+        factory=lambda: build(LENGTH_GENERATORS[kind], {"type": kind, **defaults}),
+        variants=LENGTH_GENERATORS,
+        **(limit or {}),
     )
+
+
+# A think time is a duration the driver waits on: bounded as one.
+THINK_TIME_LIMIT = {"le": MAX_SECONDS, "bound": SECONDS_BOUND}
 
 
 # ---------------------------------------------------------------- client
@@ -105,15 +156,24 @@ class ClientConfig:
     model: str | None = spec(default=None, doc="required unless the server lists one model")
     api_key: Secret | None = spec(default=None, doc="env OPENAI_API_KEY when unset; never written")
     headers: dict[str, str] = spec(factory=dict)
-    request_timeout: float = spec(default=300.0, gt=0)
-    connect_timeout: float = spec(default=10.0, gt=0)
+    request_timeout: float = seconds(default=300.0, gt=0)
+    connect_timeout: float = seconds(default=10.0, gt=0)
     stream: bool = True
-    max_tokens_param: str | None = None
+    # An empty name was taken as "the default" (max) or "not sent" (min) without a word.
+    max_tokens_param: str | None = spec(
+        default=None, nonempty="give the field name (e.g. max_tokens), or leave it out for the default"
+    )
     ignore_eos: bool = True
-    min_tokens_param: str | None = None
+    min_tokens_param: str | None = spec(
+        default=None, nonempty="give the field name (e.g. min_tokens), or leave it out to send none"
+    )
     include_usage: bool = True
     additional_sampling_params: dict[str, Any] = spec(factory=dict)
-    tokenizer: str | None = spec(default=None, doc="local tokenizer.json or HF tokenizer dir")
+    tokenizer: str | None = spec(
+        default=None,
+        nonempty="give a tokenizer.json path or tokenizer folder, or leave it out for the approximation",
+        doc="local tokenizer.json or HF tokenizer dir",
+    )
     http_backend: Literal["native", "httpx"] = "native"
     max_connections: int | None = spec(default=None, ge=1, doc="default: sized to the load")
 
@@ -143,7 +203,7 @@ class GammaIntervals:
 @dataclass(frozen=True)
 class FixedIntervals:
     type: Literal["fixed"] = "fixed"
-    interval: float | None = spec(default=None, gt=0, doc="seconds between sessions")
+    interval: float | None = seconds(default=None, gt=0, doc="seconds between sessions")
     arrival_rate: float | None = spec(default=None, gt=0)
 
     def check(self) -> str | None:
@@ -181,7 +241,7 @@ class RateTraffic:
 class ConcurrentTraffic:
     type: Literal["concurrent"] = "concurrent"
     target_concurrent_sessions: int = spec(default=1, ge=1)
-    rampup_seconds: float = spec(default=0.0, ge=0)
+    rampup_seconds: float = seconds(default=0.0, ge=0)
     cancel_session_on_failure: bool = True
 
 
@@ -199,7 +259,7 @@ class SingleRequestGraph:
 class LinearGraph:
     type: Literal["linear"] = "linear"
     num_request_generator: LengthGen = gen_field(type="fixed", value=3)
-    request_wait_generator: LengthGen = gen_field(type="fixed", value=0)
+    request_wait_generator: LengthGen = gen_field(type="fixed", value=0, limit=THINK_TIME_LIMIT)
     inherit_history: bool = True
 
 
@@ -210,7 +270,7 @@ class BranchingGraph:
     layer_width_generator: LengthGen = gen_field(type="uniform", min=1, max=3)
     fan_out_generator: LengthGen = gen_field(type="uniform", min=1, max=2)
     fan_in_generator: LengthGen = gen_field(type="uniform", min=1, max=2)
-    request_wait_generator: LengthGen = gen_field(type="fixed", value=0)
+    request_wait_generator: LengthGen = gen_field(type="fixed", value=0, limit=THINK_TIME_LIMIT)
     inherit_history: bool = True
 
 
@@ -274,12 +334,21 @@ class TraceSessions:
     def check(self) -> str | None:
         if not self.path:
             return "path: a trace file path is required"
+        if names_a_directory(self.path):
+            return f"path: {self.path!r} is a directory; give the trace file in it (.jsonl or .csv)"
         if self.time_scale != 1.0 and not self.timed_replay:
             return "time_scale: only a timed replay uses it; set timed_replay: true, or remove time_scale"
         return None
 
 
 SESSION_GENERATORS: dict[str, type] = {"synthetic": SyntheticSessions, "trace": TraceSessions}
+
+
+def names_a_directory(path: str) -> bool:
+    """Whether a path names a directory by its text alone (`.`, `..`, `~`, `traces/`). Whether an
+    existing name is a directory depends on the machine: the runner checks that when it reads it."""
+    return path.endswith("/") or path == "~" or PurePath(path).name in ("", ".", "..")
+
 
 # ---------------------------------------------------------------- evaluation
 
@@ -298,6 +367,12 @@ class SLOConfig:
     value: float = spec(gt=0, doc="threshold in seconds")
     percentile: float = spec(default=0.99, gt=0, le=1)
     type: Literal["constant"] = "constant"
+
+    def check(self) -> str | None:
+        # Here, not spec(nonempty=...): a required field cannot be a spec() call (mypy sees a default).
+        if not self.name.strip():
+            return f"name: {self.name!r} is not allowed; give every SLO a name (it labels its verdict)"
+        return None
 
     @property
     def canonical_metric(self) -> str:
@@ -348,17 +423,18 @@ class ServerMetricsConfig:
         default="auto", doc="auto: on when the url answers in Prometheus text format at start"
     )
     url: str | None = spec(default=None, doc="default: /metrics on the api_base host")
-    interval_seconds: float = spec(default=1.0, gt=0)
+    interval_seconds: float = seconds(default=1.0, gt=0)
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    benchmark_timeout: float = spec(default=300.0, doc="seconds; <= 0 disables")
+    benchmark_timeout: float = seconds(default=300.0, doc="seconds; <= 0 disables")
     max_sessions: int = spec(default=-1, ge=-1, doc="-1 = unlimited")
     max_requests: int = spec(default=-1, ge=-1, doc="-1 = unlimited")
     warmup_sessions: int = spec(default=0, ge=0)
-    post_timeout_grace_seconds: float = spec(
-        default=-1.0, ge=-1, doc="-1 waits for in-flight requests; N waits N s then cancels"
+    # -1 is a sentinel, not the low end of a range: -0.5 was taken as -1 without a word.
+    post_timeout_grace_seconds: float = seconds(
+        default=-1.0, ge=0, also=(-1,), doc="-1 waits for in-flight requests; N waits N s then cancels"
     )
     num_drivers: Literal["auto"] | int = spec(
         default=1, ge=1, doc="driver processes sharing the schedule; auto: as the load needs, up to the cores"
@@ -380,8 +456,8 @@ class PreciseTiming:
     each stream is due at its arrival + ttft + k * itl, on an absolute schedule, so the truth a client
     measures against is known; /sim/stats reports how late the server actually wrote."""
 
-    ttft: float = spec(default=0.05, ge=0, doc="seconds from a request's arrival to its first chunk")
-    itl: float = spec(default=0.01, ge=0, doc="seconds between chunks")
+    ttft: float = seconds(default=0.05, ge=0, doc="seconds from a request's arrival to its first chunk")
+    itl: float = seconds(default=0.01, ge=0, doc="seconds between chunks")
 
 
 @dataclass(frozen=True)
@@ -390,9 +466,9 @@ class SimulatedServerConfig:
     model: str = "veeksha-sim"
     host: str = "127.0.0.1"
     port: int = spec(default=0, ge=0, le=65535, doc="0 = a free port")
-    per_token_prefill_time: float = spec(default=2e-5, ge=0)
-    decode_step_base: float = spec(default=0.008, ge=0)
-    decode_step_per_seq: float = spec(default=0.0002, ge=0)
+    per_token_prefill_time: float = seconds(default=2e-5, ge=0)
+    decode_step_base: float = seconds(default=0.008, ge=0)
+    decode_step_per_seq: float = seconds(default=0.0002, ge=0)
     max_batch_size: int = spec(default=64, ge=1)
     max_kv_tokens: int = spec(default=200_000, ge=1)
     tokens_per_chunk: int = spec(default=1, ge=1)
@@ -418,7 +494,7 @@ class CommandServerConfig:
     ready_url: str = ""
     api_base: str | None = None
     env: dict[str, str] = spec(factory=dict)
-    ready_timeout: float = spec(default=600.0, gt=0)
+    ready_timeout: float = seconds(default=600.0, gt=0)
 
     def check(self) -> str | None:
         if not self.command:
@@ -486,6 +562,9 @@ class CapacitySearchConfig:
     def check(self) -> str | None:
         if self.start_value > self.max_value:
             return f"start_value ({self.start_value}) must be <= max_value ({self.max_value})"
+        off_grid = self._off_grid()
+        if off_grid:
+            return off_grid
         sg = self.benchmark_config.session_generator
         if isinstance(sg, TraceSessions) and sg.timed_replay:
             return (
@@ -493,4 +572,19 @@ class CapacitySearchConfig:
                 "rate or concurrency, and a timed replay's load is its trace's timestamps; set "
                 "timed_replay: false, or sweep time_scale (!expand) instead"
             )
+        return None
+
+    def _off_grid(self) -> str | None:
+        """A value below the search's grid: the search probed the grid's first value instead, above
+        max_value (a concurrency of 1 for max_value 0.5, reported as the best). The grid is whole
+        numbers of sessions, or rates of `precision` decimals (runner/capacity_search.py rounder)."""
+        concurrent = isinstance(self.benchmark_config.traffic_scheduler, ConcurrentTraffic)
+        step = 1 if concurrent else 10.0**-self.precision
+        for key in ("max_value", "start_value"):  # max_value first: it bounds the whole search
+            value = getattr(self, key)
+            if value < step:
+                grid = (
+                    "a concurrency search" if concurrent else f"a rate search at precision {self.precision}"
+                )
+                return f"{key}: {value} is not allowed; {grid} needs >= {step:g}"
         return None

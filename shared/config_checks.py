@@ -2,14 +2,17 @@
 
 `schema.build` checks each key on its own. These look at keys together, or at what the client will
 put on the wire: the run has a way to end, `client.api_base` (and a command server's `ready_url` and
-`api_base`) is a URL the client can use, and every header can be sent. They run after the environment
-fallbacks, so `OPENAI_API_BASE` is checked too. Whether the host resolves depends on the machine,
+`api_base`) is a URL the client can use, every header can be sent, no request parameter replaces a
+field the client sets, a command server can be started with its command and environment, and every
+SLO has a name of its own. They run after the environment fallbacks, so `OPENAI_API_BASE` is checked
+too. Whether the host resolves depends on the machine,
 not the text: the runner checks that (runner/preflight.py), also before anything starts.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import string
 from urllib.parse import urlsplit
 
@@ -18,6 +21,7 @@ from veeksha.shared.config import (
     ClientConfig,
     CommandServerConfig,
     ConcurrentTraffic,
+    SLOConfig,
     TraceSessions,
 )
 from veeksha.shared.errors import ConfigError
@@ -27,6 +31,25 @@ from veeksha.shared.redact import is_plain_header, url_for_message
 HEADER_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
 # CR and LF would end the header line (and let a value inject headers); NUL ends C strings.
 FORBIDDEN_IN_HEADER_VALUES = ("\r", "\n", "\0")
+
+# The body fields the client sets itself (runner/driver/http/openai.py, RequestBuilder), each with
+# where its value comes from. additional_sampling_params is merged into the body last: a field of
+# the same name there replaced the client's value unseen, and the records described a request the
+# server never got (stream: false recorded as streamed, another model, another prompt).
+OUTPUT_LENGTH_SOURCE = "session_generator output_spec (client.max_tokens_param names the field)"
+CLIENT_BODY_FIELDS: dict[str, str] = {
+    "model": "client.model",
+    "messages": "the session generator",
+    "prompt": "the session generator",
+    "stream": "client.stream",
+    "stream_options": "client.include_usage",
+    "ignore_eos": "client.ignore_eos",
+    # Both names, for either client type: a server that takes both would get two output lengths.
+    "max_tokens": OUTPUT_LENGTH_SOURCE,
+    "max_completion_tokens": OUTPUT_LENGTH_SOURCE,
+}
+# The names of the output-length fields are configurable; they must not be one of the other fields.
+TOKEN_PARAM_KEYS = ("max_tokens_param", "min_tokens_param")
 
 
 def check_benchmark_config(cfg: BenchmarkConfig, prefix: str = "", api_base_source: str = "") -> None:
@@ -45,6 +68,10 @@ def check_benchmark_config(cfg: BenchmarkConfig, prefix: str = "", api_base_sour
     if cfg.server_metrics.url is not None:
         check_api_base(cfg.server_metrics.url, f"{prefix}server_metrics.url")
     check_headers(cfg.client, f"{prefix}client")
+    check_request_params(cfg.client, f"{prefix}client")
+    if isinstance(server, CommandServerConfig):
+        check_server_process(server, f"{prefix}server")
+    check_evaluator_names(cfg, prefix)
 
 
 def check_stopping_condition(cfg: BenchmarkConfig, prefix: str = "") -> None:
@@ -179,3 +206,106 @@ def _header_value_problem(value: str) -> str | None:
     except UnicodeEncodeError:
         return "a header value holds latin-1 characters only"
     return None
+
+
+def client_body_fields(client: ClientConfig) -> dict[str, str]:
+    """CLIENT_BODY_FIELDS plus this client's own output-length field names."""
+    fields = dict(CLIENT_BODY_FIELDS)
+    if client.max_tokens_param:
+        fields[client.max_tokens_param] = OUTPUT_LENGTH_SOURCE
+    if client.min_tokens_param:
+        fields[client.min_tokens_param] = "session_generator output_spec (client.min_tokens_param)"
+    return fields
+
+
+def check_request_params(client: ClientConfig, key_path: str) -> None:
+    """No request parameter replaces a body field the client sets (CLIENT_BODY_FIELDS), and the
+    output-length fields are not named after one of them either."""
+    for key in TOKEN_PARAM_KEYS:
+        name = getattr(client, key)
+        if name in CLIENT_BODY_FIELDS and CLIENT_BODY_FIELDS[name] != OUTPUT_LENGTH_SOURCE:
+            raise ConfigError(
+                f"config error at {key_path}.{key}: {name!r} is not allowed; the client sets that field "
+                f"itself (from {CLIENT_BODY_FIELDS[name]}); name the output-length field, e.g. max_tokens"
+            )
+    owned = client_body_fields(client)
+    for name in client.additional_sampling_params:
+        if name in owned:
+            raise ConfigError(
+                f"config error at {key_path}.additional_sampling_params.{name}: not allowed; the client "
+                f"sets {name!r} itself (from {owned[name]}), and this would replace it unseen; "
+                "remove it and set it there"
+            )
+
+
+def check_server_process(server: CommandServerConfig, key_path: str) -> None:
+    """What the operating system refuses to start a process with (Popen's ValueError came after the
+    run directory was made). Nothing is shown: a command line and an environment hold secrets."""
+    for i, arg in enumerate(server.command):
+        problem = _os_string_problem(arg)
+        if problem:
+            raise _os_string_error(f"{key_path}.command.{i}", "argument", problem)
+    for name, value in server.env.items():
+        name_problem = _env_name_problem(name)
+        if name_problem:
+            raise ConfigError(
+                f"config error at {key_path}.env: {name_problem} is not allowed (names are not shown: one "
+                "may hold a secret); write each variable as NAME: value, e.g. HF_TOKEN: ..."
+            )
+        problem = _os_string_problem(value)
+        if problem:
+            raise _os_string_error(f"{key_path}.env.{name}", "value", problem)
+
+
+def _env_name_problem(name: str) -> str | None:
+    if not name.strip():
+        return "an empty variable name"
+    if "=" in name:  # `NAME=value` written as a name: an environment cannot hold it
+        return "a variable name with '='"
+    problem = _os_string_problem(name)
+    return f"a variable name with {problem}" if problem else None
+
+
+def _os_string_problem(text: str) -> str | None:
+    """What a command argument or environment string holds that no process can be given, or None."""
+    if "\0" in text:
+        return "a NUL character"  # the operating system's strings end at NUL
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        return "a character the file system encoding cannot hold"
+    return None
+
+
+def _os_string_error(key_path: str, what: str, problem: str) -> ConfigError:
+    return ConfigError(
+        f"config error at {key_path}: {problem} is not allowed (the {what} is not shown: it may hold a "
+        "secret); the operating system cannot pass it to the server process, so remove it"
+    )
+
+
+def check_evaluator_names(cfg: BenchmarkConfig, prefix: str = "") -> None:
+    """Names that label results. One evaluator of each type: health takes the first one's
+    thresholds, a second one's would be ignored. SLO names unique, also as the W&B keys
+    `slo/<name>/...`, where uploader/wandb_run.py writes a '/' in a name as '_'."""
+    seen_types: set[str] = set()
+    for i, evaluator in enumerate(cfg.evaluators):
+        if evaluator.type in seen_types:
+            raise ConfigError(
+                f"config error at {prefix}evaluators.{i}.type: a second {evaluator.type!r} evaluator is not "
+                "allowed; put every SLO (and the health thresholds) in one"
+            )
+        seen_types.add(evaluator.type)
+        _check_slo_names(evaluator.slos, f"{prefix}evaluators.{i}.slos")
+
+
+def _check_slo_names(slos: list[SLOConfig], key_path: str) -> None:
+    first: dict[str, str] = {}  # W&B key part -> the name that took it
+    for j, slo in enumerate(slos):
+        part = slo.name.replace("/", "_")
+        if part in first:
+            raise ConfigError(
+                f"config error at {key_path}.{j}.name: {slo.name!r} is not allowed; SLO names must be "
+                f"unique, and {first[part]!r} comes first (W&B keys read '/' as '_'); rename one"
+            )
+        first[part] = slo.name

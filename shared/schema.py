@@ -8,6 +8,7 @@ path, the bad value and what is allowed. The same walk exports a JSON schema.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import math
 import types
@@ -34,11 +35,28 @@ def spec(
     gt: float | None = None,
     ge: float | None = None,
     le: float | None = None,
+    also: tuple[float, ...] = (),
+    bound: str = "",
+    nonempty: str = "",
     variants: dict[str, type] | None = None,
     doc: str = "",
 ) -> Any:
-    """A dataclass field with validation metadata (ranges, `type:` variant table, docs)."""
-    meta = {"gt": gt, "ge": ge, "le": le, "variants": variants, "doc": doc}
+    """A dataclass field with validation metadata (ranges, `type:` variant table, docs).
+
+    `also`: sentinel values allowed outside the range (-1 = "wait for in-flight requests");
+    `bound`: what the range means, for the error (`seconds: a week`); `nonempty`: an empty string is
+    refused, and this says what to give instead. On a variant field (a length generator) `le` bounds
+    the values the built generator reaches."""
+    meta = {
+        "gt": gt,
+        "ge": ge,
+        "le": le,
+        "also": also,
+        "bound": bound,
+        "nonempty": nonempty,
+        "variants": variants,
+        "doc": doc,
+    }
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -87,10 +105,13 @@ def build(cls: type[T], data: Any, path: str = "") -> T:
             kwargs.update(_typed_default(name, f, hints[name]))
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
-    if check is not None:
-        problem = check()
-        if problem:
-            raise ConfigError(f"config error at {path or '<root>'}: {problem}")
+    problem = check() if check is not None else None
+    if problem:
+        # A problem with one of the keys (`path: ...`) is reported at that key's full path.
+        key, sep, rest = problem.partition(": ")
+        if sep and key in fields:
+            raise ConfigError(f"config error at {_join(path, key)}: {rest}")
+        raise ConfigError(f"config error at {path or '<root>'}: {problem}")
     return obj
 
 
@@ -140,7 +161,9 @@ def convert(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any] | Non
     variants = meta.get("variants")
     # On a list field the variant table describes the items; the list converter passes it down.
     if variants and get_origin(tp) is not list:
-        return _convert_variant(variants, value, path)
+        built = _convert_variant(variants, value, path)
+        _check_reach(built, path, meta)
+        return built
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, path)
     converter = _BY_ORIGIN.get(get_origin(tp)) or _BY_TYPE.get(tp)
@@ -200,8 +223,11 @@ def _convert_dict(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]
     if not isinstance(value, dict):
         raise _fail(path, value, "expected a mapping")
     _, item = get_args(tp)
+    for k in value:  # a key is text too: `0123:` would have become the key '83'
+        if not isinstance(k, str):
+            raise _not_text(_join(path, k), k, what="as a key ")
     # The field's metadata describes the mapping, not its values: they are converted without it.
-    return {str(k): convert(item, v, _join(path, k)) for k, v in value.items()}
+    return {k: convert(item, v, _join(path, k)) for k, v in value.items()}
 
 
 def _convert_any(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
@@ -231,24 +257,57 @@ def _convert_float(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any
     return float(value)
 
 
-def _is_scalar(value: Any) -> bool:
-    """What a string field accepts: YAML reads `model: 7` or `version: 1.5` as a number, not a string."""
-    return isinstance(value, str | int | float) and not isinstance(value, bool)
+# YAML 1.1 reads unquoted 0123 as 83, 1.10 as 1.1, 12:30 as 750 and yes as true. A string field that
+# turned them back into text would send text the user never wrote, so a number or a boolean is refused.
+QUOTE_HINT = (
+    "expected text: quote the value as written, e.g. '1.10' (in a flag: \"'1.10'\"); unquoted, YAML "
+    "reads 1.10 as 1.1, 0123 as 83, 12:30 as 750 and yes as true"
+)
+
+
+# What YAML made of an unquoted value that is not text, by Python type (bool first: it is an int too).
+YAML_SCALAR_KINDS: tuple[tuple[Any, str], ...] = (
+    (bool, "boolean"),
+    (int | float, "number"),
+    (datetime.date, "date"),  # `2024-01-01`
+    (type(None), "null"),  # only as a mapping key: a null value means "unset"
+)
+
+
+def _yaml_kind(value: Any) -> str | None:
+    return next((name for tp, name in YAML_SCALAR_KINDS if isinstance(value, tp)), None)
+
+
+def _not_text(path: str, value: Any, what: str = "") -> ConfigError:
+    """A number, boolean or date where text goes; the value is shown unless it may be a secret."""
+    kind = _yaml_kind(value) or type(value).__name__
+    if may_hold_secret(path):
+        shown = f"a {kind} {what}(not shown: it may hold a secret)"
+    else:
+        text = value.isoformat() if isinstance(value, datetime.date) else repr(value)
+        shown = f"the {kind} {text} {what}"
+    return ConfigError(f"config error at {path}: {shown.rstrip()} is not allowed; {QUOTE_HINT}")
 
 
 def _convert_str(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> str:
-    if not _is_scalar(value):
+    if _yaml_kind(value):
+        raise _not_text(path, value)
+    if not isinstance(value, str):
         raise _fail(path, value, "expected a string")
-    return str(value)
+    if meta.get("nonempty") and not value.strip():
+        raise _fail(path, value, meta["nonempty"])
+    return value
 
 
 def _convert_secret(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Secret:
     if isinstance(value, Secret):
         return value
-    if not _is_scalar(value):
+    if _yaml_kind(value):  # an all-digit key written unquoted: YAML may have changed it
+        raise _not_text(path, value)
+    if not isinstance(value, str):
         kind = type(value).__name__  # the value itself is never echoed: it is a secret
         raise ConfigError(f"config error at {path}: a value of type {kind} is not allowed; expected a string")
-    return Secret(str(value))  # as `str` fields: an all-digit key in YAML is still a key
+    return Secret(value)
 
 
 def _convert_union(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
@@ -293,11 +352,14 @@ def _check_number(value: Any, path: str, expected: str) -> None:
 
 def _check_plain_numbers(value: Any, path: str, depth: int = 0) -> None:
     """Free-form values (additional_sampling_params) end up in a JSON body: the same number rules,
-    and a depth the JSON encoder takes (orjson stops at 255 levels)."""
+    text keys only (JSON has no others: `{50256: -100}` failed at every request), and a depth the
+    JSON encoder takes (orjson stops at 255 levels)."""
     if isinstance(value, dict | list) and depth >= MAX_NESTING:
         raise ConfigError(f"config error at {path}: nested deeper than {MAX_NESTING} levels; flatten it")
     if isinstance(value, dict):
         for k, v in value.items():
+            if not isinstance(k, str):
+                raise _not_text(_join(path, k), k, what="as a key ")
             _check_plain_numbers(v, _join(path, k), depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):
@@ -307,6 +369,7 @@ def _check_plain_numbers(value: Any, path: str, depth: int = 0) -> None:
 
 
 def _range_text(meta: typing.Mapping[str, Any]) -> str:
+    """` -1, or >= 0 and <= 604800 (seconds: a week)`: the sentinels, the range, what it means."""
     parts = []
     if meta.get("gt") is not None:
         parts.append(f"> {meta['gt']}")
@@ -314,10 +377,16 @@ def _range_text(meta: typing.Mapping[str, Any]) -> str:
         parts.append(f">= {meta['ge']}")
     if meta.get("le") is not None:
         parts.append(f"<= {meta['le']}")
-    return f" {' and '.join(parts)}" if parts else ""
+    if not parts:
+        return ""
+    sentinels = "".join(f" {v}," for v in meta.get("also") or ())
+    bound = f" ({meta['bound']})" if meta.get("bound") else ""
+    return f"{sentinels}{' or' if sentinels else ''} {' and '.join(parts)}{bound}"
 
 
 def _check_range(value: float, path: str, meta: typing.Mapping[str, Any]) -> None:
+    if value in (meta.get("also") or ()):
+        return
     gt, ge, le = meta.get("gt"), meta.get("ge"), meta.get("le")
     if (
         (gt is not None and not value > gt)
@@ -325,6 +394,18 @@ def _check_range(value: float, path: str, meta: typing.Mapping[str, Any]) -> Non
         or (le is not None and not value <= le)
     ):
         raise _fail(path, value, f"must be{_range_text(meta)}")
+
+
+def _check_reach(built: Any, path: str, meta: typing.Mapping[str, Any]) -> None:
+    """A bounded variant field (think times): the values the built generator reaches, as its
+    `reach()` says, stay within the field's `le`."""
+    le, reach = meta.get("le"), getattr(built, "reach", None)
+    if le is None or reach is None or reach() <= le:
+        return
+    raise ConfigError(
+        f"config error at {path}: values reaching {reach():g} are not allowed; must be <= {le}"
+        + (f" ({meta['bound']})" if meta.get("bound") else "")
+    )
 
 
 def describe(tp: Any, meta: typing.Mapping[str, Any] | None = None) -> str:
@@ -401,4 +482,6 @@ def _schema_of(tp: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
         for key, word in (("gt", "exclusiveMinimum"), ("ge", "minimum"), ("le", "maximum")):
             if meta.get(key) is not None and tp in (int, float):
                 inner[word] = meta[key]
+        if meta.get("also") and tp in (int, float):
+            inner = {"anyOf": [{"enum": list(meta["also"])}, inner]}
     return {"anyOf": [inner, {"type": "null"}]} if optional else inner

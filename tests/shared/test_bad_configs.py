@@ -509,7 +509,263 @@ QUIET_MISTAKES = [
     ),
 ]
 
-CASES = STOPPING + NUMBERS + API_BASE + HEADERS + YAML + DRIVERS + QUIET_MISTAKES
+
+def params(mapping: str, *keys: str) -> str:
+    """A good config whose client sends `mapping` as additional_sampling_params (plus client `keys`)."""
+    return client(", ".join([*keys, f"additional_sampling_params: {mapping}"]))
+
+
+# Fields the client puts in every body itself (runner/driver/http/openai.py): a request parameter of
+# the same name replaced them unseen, while the records described the client's values.
+CLIENT_OWNED = [
+    Case("params-stream", params("{stream: false}"), "client.additional_sampling_params.stream: "),
+    Case("params-model", params("{model: other-model}"), "additional_sampling_params.model: "),
+    Case("params-messages", params("{messages: [{role: user, content: hi}]}"), "params.messages: "),
+    Case("params-prompt", params("{prompt: hi}", "type: openai_completions"), "params.prompt: "),
+    Case("params-stream-options", params("{stream_options: {}}"), "params.stream_options: "),
+    Case("params-ignore-eos", params("{ignore_eos: false}"), "params.ignore_eos: "),
+    Case("params-max-tokens", params("{max_tokens: 5}"), "params.max_tokens: "),
+    Case("params-max-completion-tokens", params("{max_completion_tokens: 5}"), "completion_tokens: "),
+    Case(
+        "params-max-tokens-completions",
+        params("{max_tokens: 5}", "type: openai_completions"),
+        "params.max_tokens: ",
+    ),
+    Case(
+        "params-own-max-tokens-param",
+        params("{max_new_tokens: 5}", "max_tokens_param: max_new_tokens"),
+        "params.max_new_tokens: ",
+    ),
+    Case(
+        "params-own-min-tokens-param",
+        params("{min_tokens: 5}", "min_tokens_param: min_tokens"),
+        "params.min_tokens: ",
+    ),
+    Case("params-json-string", params("'{\"stream\": false}'"), "client.additional_sampling_params.stream: "),
+    Case(
+        "params-flag",
+        GOOD,
+        "client.additional_sampling_params.model: ",
+        ("--client.additional_sampling_params.model", "x"),
+    ),
+    # Not a field the client owns, but a body JSON cannot hold: a number key failed at every request.
+    Case(
+        "params-nested-number-key",
+        params("{logit_bias: {50256: -100}}"),
+        "client.additional_sampling_params.logit_bias.50256: the number 50256 as a key is not allowed",
+    ),
+    Case(
+        "max-tokens-param-names-another-field",
+        client("max_tokens_param: stream"),
+        "client.max_tokens_param: 'stream' is not allowed",
+    ),
+]
+
+# YAML 1.1 reads unquoted 0123, 1.10, 12:30 and yes as numbers and booleans: a string field turned
+# them into other text ('83', '1.1', '750', 'True') and sent that without a word.
+NUMBERS_AS_TEXT = [
+    Case("model-1.10", client("model: 1.10").replace("model: m, ", ""), "client.model: the number 1.1 is"),
+    Case("model-int", client("model: 7").replace("model: m, ", ""), "quote the value"),
+    Case("header-2.50", headers("{X-Version: 2.50}"), "client.headers.X-Version: "),
+    Case("header-sexagesimal", headers("{X-T: 12:30}"), "client.headers.X-T: "),
+    Case("header-name-number", headers("{0123: a}"), "client.headers.83: "),
+    Case("run-name-010", GOOD + "wandb: {run_name: 010}\n", "wandb.run_name: the number 8 is not allowed"),
+    Case("notes-yes", GOOD + "wandb: {notes: yes}\n", "wandb.notes: the boolean True is not allowed"),
+    Case("tag-number", GOOD + "wandb: {tags: [1.0]}\n", "wandb.tags.0: the number 1.0"),
+    Case("slo-name-number", GOOD + "evaluators: [{slos: [{name: 99, metric: ttfc, value: 1}]}]\n", ".name: "),
+    Case(
+        "command-port-number",
+        GOOD.replace("open('server-started', 'w')\"]", "open('server-started', 'w')\", --port, 8000]"),
+        "server.command.4: a number",
+    ),
+    Case(
+        "env-value-number",
+        GOOD.replace("ready_timeout: 5}", "ready_timeout: 5, env: {CUDA_VISIBLE_DEVICES: 0}}"),
+        "server.env.CUDA_VISIBLE_DEVICES: ",
+    ),
+    Case("api-key-flag-number", GOOD, "client.api_key: ", ("--client.api_key", "0123")),
+]
+
+DAY = 24 * 3600
+
+
+def runtime(keys: str) -> str:
+    return CLIENT + SERVER + RUNTIME_KEYS + keys + "}\n"
+
+
+def think_time(generator: str, graph: str = "linear") -> str:
+    return (
+        GOOD
+        + f"session_generator: {{session_graph: {{type: {graph}, request_wait_generator: {generator}}}}}\n"
+    )
+
+
+# Timeouts, intervals and waits: a huge one overflowed a timer after the server started (a traceback,
+# exit 1), or made the drain wait forever. Every one is at most a week.
+DURATIONS = [
+    Case("connect-timeout-1e10", client("connect_timeout: 1.0e+10"), "client.connect_timeout: 10000000000.0"),
+    Case("connect-timeout-1e300", client("connect_timeout: 1.0e+300"), "<= 604800"),
+    Case("request-timeout-8-days", client(f"request_timeout: {8 * DAY}"), "client.request_timeout: 691200"),
+    Case(
+        "metrics-interval-1e300",
+        GOOD + "server_metrics: {interval_seconds: 1.0e+300}\n",
+        "server_metrics.interval_seconds: 1e+300",
+    ),
+    Case(
+        "benchmark-timeout-1e300",
+        CLIENT + SERVER + "runtime: {max_requests: 1, benchmark_timeout: 1.0e+300}\n",
+        "runtime.benchmark_timeout: 1e+300",
+    ),
+    Case(
+        "grace-1e300", runtime("post_timeout_grace_seconds: 1.0e+300"), "post_timeout_grace_seconds: 1e+300"
+    ),
+    Case("grace-minus-0.5", runtime("post_timeout_grace_seconds: -0.5"), "post_timeout_grace_seconds: -0.5"),
+    Case("grace-minus-2", runtime("post_timeout_grace_seconds: -2"), "must be -1, or >= 0"),
+    Case(
+        "ready-timeout-1e300",
+        GOOD.replace("ready_timeout: 5", "ready_timeout: 1.0e+300"),
+        "server.ready_timeout: 1e+300",
+    ),
+    Case(
+        "rampup-1e300",
+        GOOD + "traffic_scheduler: {type: concurrent, rampup_seconds: 1.0e+300}\n",
+        "traffic_scheduler.rampup_seconds: 1e+300",
+    ),
+    Case(
+        "fixed-interval-1e300",
+        GOOD + "traffic_scheduler: {interval_generator: {type: fixed, interval: 1.0e+300}}\n",
+        "traffic_scheduler.interval_generator.interval: 1e+300",
+    ),
+    Case(
+        "think-time-fixed-1e300",
+        think_time("{type: fixed, value: 1.0e+300}"),
+        "session_generator.session_graph.request_wait_generator: values reaching 1e+300 are not",
+    ),
+    Case(
+        "think-time-uniform-max-8-days",
+        think_time(f"{{type: uniform, min: 0, max: {8 * DAY}}}"),
+        "session_generator.session_graph.request_wait_generator: values reaching 691200 are not",
+    ),
+    Case(
+        "think-time-branching-mean-1e300",
+        think_time("{type: inverse_gaussian, mean: 1.0e+300, shape: 1}", "branching"),
+        "session_generator.session_graph.request_wait_generator",
+    ),
+    Case(
+        "think-time-stair-1e300",
+        think_time("{type: fixed_stair, values: [1, 1.0e+300]}"),
+        "values reaching 1e+300 are not allowed; must be <= 604800",
+    ),
+    Case(
+        "simulated-decode-step-1e300",
+        CLIENT + RUNTIME + "server: {type: simulated, decode_step_base: 1.0e+300}\n",
+        "server.decode_step_base: 1e+300",
+    ),
+    Case(
+        "search-timeout-1e300",
+        GOOD_SEARCH.replace("benchmark_timeout: 5", "benchmark_timeout: 1.0e+300"),
+        "benchmark_config.runtime.benchmark_timeout: 1e+300",
+        capacity_search=True,
+    ),
+]
+
+
+def env(mapping: str) -> str:
+    return GOOD.replace("ready_timeout: 5}", f"ready_timeout: 5, env: {mapping}}}")
+
+
+# What the server process cannot be started with (Popen raised a ValueError after the run
+# directory was made).
+SERVER_PROCESS = [
+    Case("env-name-with-equals", env("{'A=B': x}"), "server.env: a variable name with '=' is not allowed"),
+    Case("env-name-empty", env("{'': x}"), "server.env: an empty variable name is not allowed"),
+    Case("env-value-nul", env('{A: "x\\0y"}'), "server.env.A: a NUL character is not allowed"),
+    Case("env-value-surrogate", env('{A: "x\\ud800y"}'), "server.env.A: "),
+    Case(
+        "command-nul",
+        GOOD.replace("open('server-started', 'w')\"]", "open('server-started', 'w')\", \"a\\0b\"]"),
+        "server.command.3: a NUL character is not allowed",
+    ),
+]
+
+
+def slos(*entries: str) -> str:
+    return GOOD + f"evaluators: [{{type: performance, slos: [{', '.join(entries)}]}}]\n"
+
+
+# Two SLOs under one name: one verdict hid the other in slo_results and W&B (`slo/<name>/...`).
+NAMES = [
+    Case(
+        "slo-duplicate-name",
+        slos("{name: a, metric: ttfc, value: 1}", "{name: a, metric: e2e, value: 5}"),
+        "evaluators.0.slos.1.name: 'a' is not allowed; SLO names must be unique",
+    ),
+    Case(
+        "slo-names-equal-in-wandb",
+        slos("{name: p99/ttfc, metric: ttfc, value: 1}", "{name: p99_ttfc, metric: e2e, value: 5}"),
+        "evaluators.0.slos.1.name: 'p99_ttfc' is not allowed",
+    ),
+    Case("slo-empty-name", slos("{name: '', metric: ttfc, value: 1}"), "evaluators.0.slos.0.name: ''"),
+    Case("slo-blank-name", slos("{name: ' ', metric: ttfc, value: 1}"), "evaluators.0.slos.0.name: ' '"),
+    Case(
+        "second-performance-evaluator",
+        GOOD + "evaluators: [{type: performance}, {type: performance, health: {max_error_rate: 0.5}}]\n",
+        "evaluators.1.type: a second 'performance' evaluator is not allowed",
+    ),
+]
+
+CONCURRENT_SEARCH = GOOD_SEARCH + "  traffic_scheduler: {type: concurrent}\n"
+# A concurrency search probed concurrency 1 above a max_value below 1, and reported it as the best.
+SEARCH = [
+    Case(
+        "search-concurrency-max-0.5",
+        CONCURRENT_SEARCH + "start_value: 0.5\nmax_value: 0.5\n",
+        "max_value: 0.5 is not allowed; a concurrency search needs >= 1",
+        capacity_search=True,
+    ),
+    Case(
+        "search-concurrency-start-0.5",
+        CONCURRENT_SEARCH + "start_value: 0.5\nmax_value: 4\n",
+        "start_value: 0.5 is not allowed; a concurrency search needs >= 1",
+        capacity_search=True,
+    ),
+    Case(
+        "search-rate-max-below-precision",
+        GOOD_SEARCH + "start_value: 0.001\nmax_value: 0.001\n",
+        "max_value: 0.001 is not allowed; a rate search at precision 2 needs >= 0.01",
+        capacity_search=True,
+    ),
+]
+
+# Ignored or misread without a word.
+MINOR = [
+    Case("tokenizer-empty", client("tokenizer: ''"), "client.tokenizer: '' is not allowed"),
+    Case("max-tokens-param-empty", client("max_tokens_param: ''"), "client.max_tokens_param: '' is not"),
+    Case("min-tokens-param-empty", client("min_tokens_param: ''"), "client.min_tokens_param: '' is not"),
+    Case(
+        "trace-path-dot",
+        GOOD + "session_generator: {type: trace, path: .}\n",
+        "session_generator.path: '.' is a directory",
+    ),
+    Case("trace-path-slash", GOOD + "session_generator: {type: trace, path: traces/}\n", "is a directory"),
+]
+
+CASES = (
+    STOPPING
+    + NUMBERS
+    + API_BASE
+    + HEADERS
+    + YAML
+    + DRIVERS
+    + QUIET_MISTAKES
+    + CLIENT_OWNED
+    + NUMBERS_AS_TEXT
+    + DURATIONS
+    + SERVER_PROCESS
+    + NAMES
+    + SEARCH
+    + MINOR
+)
 # A real `veeksha-run` process for one case of each kind.
 SUBPROCESS_IDS = {
     "timeout-0-no-limit",
@@ -523,6 +779,12 @@ SUBPROCESS_IDS = {
     "alias-bomb",
     "tag-python-object",
     "search-timeout-0",
+    "params-stream",
+    "model-1.10",
+    "connect-timeout-1e10",
+    "env-name-with-equals",
+    "slo-duplicate-name",
+    "search-concurrency-max-0.5",
 }
 
 
@@ -719,6 +981,15 @@ SECRET_CASES = [
         "client.api_base",
         env=(("OPENAI_API_BASE", "ftp://u:SEKRET@h/v1"),),
     ),
+    Case("env-name-holding-a-value", env("{'HF_TOKEN=SEKRET': x}"), "server.env: a variable name with '='"),
+    Case("env-value-nul", env('{HF_TOKEN: "SEKRET\\0"}'), "server.env.HF_TOKEN: a NUL character"),
+    Case(
+        "command-nul",
+        CLIENT
+        + RUNTIME
+        + "server: {type: command, command: [vllm, \"--api-key=SEKRET\\0\"], ready_url: '{api}'}\n",
+        "server.command.1: a NUL character",
+    ),
     Case(
         "unquoted-header-value",
         GOOD,
@@ -739,6 +1010,28 @@ def test_a_bad_value_that_may_be_a_secret_is_refused_without_showing_it(
     observed, line = refused_in_process(case, tmp_path, listener, capsys, monkeypatch, "--dry-run")
     assert observed == REFUSED, line
     assert case.expected in line and "SEKRET" not in line, line
+
+
+@pytest.mark.parametrize(
+    "keys, shown_as",
+    [
+        ("api_key: 0123456", "149294"),  # YAML 1.1 octal: the key would have been '149294'
+        ("headers: {X-Auth: 1.50}", "1.5"),
+    ],
+    ids=["api-key", "secret-header"],
+)
+def test_a_number_given_for_a_secret_is_refused_without_showing_it(
+    keys: str,
+    shown_as: str,
+    tmp_path: Path,
+    listener: socket.socket,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    case = Case("secret-number", client(keys), "quote the value")
+    observed, line = refused_in_process(case, tmp_path, listener, capsys, monkeypatch, "--dry-run")
+    assert observed == REFUSED, line
+    assert case.expected in line and shown_as not in line, line
 
 
 def test_a_sweep_over_output_dir_is_refused(
@@ -795,6 +1088,16 @@ def test_a_subcommand_usage_error_is_one_line(argv: list[str], expected: str, tm
         GOOD + "seed: 9223372036854775807\n",
         # config.md puts the prefix pool on the synthetic generator; a channel may also set its own.
         GOOD + "session_generator: {type: synthetic, shared_prefix_pool_size: 4}\n",
+        # The documented sentinel, and the bounds themselves.
+        runtime("post_timeout_grace_seconds: -1"),
+        runtime("post_timeout_grace_seconds: 0"),
+        client(f"request_timeout: {7 * DAY}, connect_timeout: {7 * DAY}.0"),
+        think_time(f"{{type: uniform, min: 0, max: {7 * DAY}}}"),
+        # Quoted, a number is text; request parameters the client does not set are the user's.
+        client("headers: {X-Version: '2.50'}, api_key: '0123', additional_sampling_params: {top_k: 5}")
+        + "wandb: {run_name: '010', tags: ['1.0']}\n",
+        env("{CUDA_VISIBLE_DEVICES: '0', EMPTY: ''}"),
+        slos("{name: a, metric: ttfc, value: 1}", "{name: b, metric: ttfc, value: 2}"),
     ],
     ids=[
         "finite-trace",
@@ -805,6 +1108,13 @@ def test_a_subcommand_usage_error_is_one_line(argv: list[str], expected: str, tm
         "simulated-server",
         "int64-max",
         "prefix-pool-on-the-generator",
+        "grace-minus-1",
+        "grace-0",
+        "timeouts-a-week",
+        "think-time-a-week",
+        "quoted-numbers-and-own-params",
+        "env-quoted-number-and-empty-value",
+        "distinct-slo-names",
     ],
 )
 def test_configs_that_can_end_and_use_plain_yaml_are_accepted(

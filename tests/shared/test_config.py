@@ -201,7 +201,7 @@ def test_env_supplies_api_base_and_key_but_config_yml_never_holds_the_key(
         ("client.headers.X-Api-Key", "hdr-secret-5678"),
         ("client.headers.Authorization", "Bearer tok-9999"),
         ("client.additional_sampling_params.token", "asp-secret-0000"),
-        ("client.additional_sampling_params.max_tokens", "17"),
+        ("client.additional_sampling_params.top_k", "17"),
     ]
     monkeypatch.setenv("OPENAI_API_BASE", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env-secret-1234")
@@ -215,7 +215,7 @@ def test_env_supplies_api_base_and_key_but_config_yml_never_holds_the_key(
     for secret in ("sk-env-secret-1234", "hdr-secret-5678", "tok-9999", "asp-secret-0000"):
         assert secret not in text
     assert text.count("<redacted>") == 4
-    assert "max_tokens: 17" in text  # not a secret
+    assert "top_k: 17" in text  # not a secret
 
 
 def test_written_config_reads_back(tmp_path: Path) -> None:
@@ -338,3 +338,51 @@ def test_the_endpoint_a_runs_own_server_picks_is_not_part_of_the_config_hash() -
     user = build_benchmark_config({"client": {"api_base": "http://a:1/v1"}})
     other = build_benchmark_config({"client": {"api_base": "http://b:1/v1"}})
     assert config_sha256(user) != config_sha256(other)
+
+
+def test_a_quoted_number_is_text_as_written(tmp_path: Path) -> None:
+    """Unquoted, YAML 1.1 reads 1.10 as 1.1 and 0123 as 83: those are refused; quoted, the text stays."""
+    text = """
+    client: {model: '1.10', api_key: '0123', headers: {X-T: '12:30'}}
+    wandb: {run_name: '010'}
+    """
+    cfg = load_benchmark_runs(write(tmp_path, text))[0].config
+    assert (cfg.client.model, cfg.client.headers, cfg.wandb.run_name) == ("1.10", {"X-T": "12:30"}, "010")
+    assert cfg.client.api_key == Secret("0123")
+
+
+@pytest.mark.parametrize("kind", ["openai_chat_completions", "openai_completions"])
+def test_every_field_the_client_puts_in_a_body_is_refused_as_a_request_parameter(kind: str) -> None:
+    """additional_sampling_params is merged into the body last: none of it may replace what the
+    client sets, or the records would describe a request the server never saw."""
+    import orjson
+    from veeksha.runner.driver.http.openai import RequestBuilder
+    from veeksha.shared.config import ClientConfig
+
+    # Every optional field on, so the body holds all the client can set.
+    client = {"type": kind, "model": "m", "min_tokens_param": "min_tokens", "ignore_eos": True}
+    body = orjson.loads(RequestBuilder(ClientConfig(**client)).body("hi", 5))
+    assert {"model", "stream", "stream_options", "ignore_eos", "min_tokens"} <= set(body)
+    for key in body:
+        tree = {"client": {**client, "additional_sampling_params": {key: 1}}}
+        with pytest.raises(ConfigError, match=rf"client\.additional_sampling_params\.{key}: .*client"):
+            build_benchmark_config(tree)
+    ok = build_benchmark_config({"client": {**client, "additional_sampling_params": {"temperature": 0.5}}})
+    assert ok.client.additional_sampling_params == {"temperature": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("traffic", "start", "top"),
+    [("{type: concurrent}", 1, 1), ("{type: rate}", 0.01, 0.01), ("{type: concurrent}", 1, 2.5)],
+    ids=["concurrency-1", "rate-at-precision", "concurrency-max-not-whole"],
+)
+def test_a_capacity_search_within_its_grid_is_accepted(
+    tmp_path: Path, traffic: str, start: float, top: float
+) -> None:
+    text = f"start_value: {start}\nmax_value: {top}\nbenchmark_config: {{traffic_scheduler: {traffic}}}\n"
+    assert load_capacity_search(write(tmp_path, text)).max_value == top
+
+
+def test_the_json_schema_exports_the_upper_bounds() -> None:
+    client = json_schema(BenchmarkConfig)["properties"]["client"]["properties"]
+    assert client["connect_timeout"]["maximum"] == 7 * 24 * 3600
