@@ -568,7 +568,12 @@ class Driver:
             return
         stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         sleeper = asyncio.ensure_future(sleep_until(ready_at))
-        sleeper.add_done_callback(lambda _: stopped.done() or stopped.set_result(None))
+
+        def woken(_: object) -> None:
+            if not stopped.done():
+                stopped.set_result(None)
+
+        sleeper.add_done_callback(woken)
         self.waiting.add(stopped)  # _stop_dispatch resolves it
         try:
             await stopped
@@ -645,12 +650,15 @@ class Driver:
         node.ok = ok
         node.completed_at = outcome.completed_at or time.perf_counter()
         node.reply = outcome.text
-        # The reply's tokens, which a later turn carries in its history: the server's count, else
-        # counted here as the prompts are (once per reply without usage, never per chunk).
+        # The reply's tokens, which a later turn carries in its history: the server's count less its
+        # reasoning (counted among the reply's tokens, never sent back), else counted here as the
+        # prompts are (once per reply, never per chunk).
         reply_tokens = outcome.completion_tokens
-        if reply_tokens is None and outcome.text:
-            reply_tokens = self.count_tokens(outcome.text)
-        node.output_tokens = reply_tokens or 0
+        if reply_tokens is not None and outcome.reasoning_tokens is not None:
+            reply_tokens = max(0, reply_tokens - outcome.reasoning_tokens)
+        elif reply_tokens is None or outcome.reasoning_text:
+            reply_tokens = self.count_tokens(outcome.text) if outcome.text else 0
+        node.output_tokens = reply_tokens
         if ok:
             self.requests_completed += 1
             self.output_tokens += outcome.completion_tokens or len(outcome.chunk_times)

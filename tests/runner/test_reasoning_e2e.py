@@ -92,3 +92,23 @@ def test_without_usage_the_reasoning_tokens_are_counted_from_the_reasoning_text(
     assert {r["reasoning_token_source"] for r in records} == {COUNT_APPROXIMATE}
     assert all(r["num_reasoning_tokens"] >= REASONING_TOKENS * 0.5 for r in records)
     assert all(r["num_reasoning_tokens"] < r["num_output_tokens"] for r in records)
+
+
+def test_a_later_turn_counts_the_answer_not_the_reasoning_as_its_history(tmp_path: Path) -> None:
+    # The history sends the previous answer only; the server counts its reasoning among the reply's
+    # tokens, and they were taken for history: a cacheable prefix 5 times the prompt the server saw.
+    graph = (
+        "session_graph: {type: linear, inherit_history: true, num_request_generator: 3, "
+        "request_wait_generator: 0}\n  channels: [{type: text, body_length_generator: 5}]\n"
+    )
+    config = CONFIG.replace("max_sessions: 10", "max_sessions: 3").replace(
+        "  type: synthetic\n", "  type: synthetic\n  " + graph
+    )
+    (tmp_path / "c.veeksha.yml").write_text(config)
+    proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    records = read_jsonl(only_run_dir(tmp_path / "out").request_records)
+    later = [r for r in records if r["node_id"] > 0]
+    assert len(later) == 6 and all(r["token_count_source"] == COUNT_SERVER for r in later)
+    for r in later:  # the server's count of what it was sent holds the history and the new turn
+        assert r["num_cacheable_prompt_tokens"] < r["num_total_prompt_tokens"], r
