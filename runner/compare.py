@@ -53,6 +53,11 @@ def compare(dirs: list[Path], output_dir: Path) -> str:
     skipped: list[str] = []
     runs = load_runs(dirs, skipped)
     rows = summary_rows(runs)
+    if not rows:
+        raise UsageError(
+            "the runs hold no summary value to compare (their metrics files are empty); "
+            "run `veeksha-run evaluate DIR` on each to write them again"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(output_dir / SUMMARY_CSV, summary_csv(runs, rows).encode())
     named = [(run.label, run.paths) for run in runs]
@@ -94,7 +99,11 @@ def _made_by_veeksha(output_dir: Path) -> str | None:
 def load_runs(dirs: list[Path], skipped: list[str] | None = None) -> list[Run]:
     paths = [p for d in dirs for p in run_dirs(d, skipped)]
     if len(paths) < 2:
-        raise UsageError("compare needs at least two run directories (or a sweep directory); got one")
+        left_out = f" (left out: {'; '.join(skipped)})" if skipped else ""
+        raise UsageError(
+            "compare needs at least two finished run directories (or a sweep directory); "
+            f"got {len(paths)}{left_out}"
+        )
     versions = {p.root: contract_version(p) for p in paths}
     if len(set(versions.values())) > 1:
         listed = ", ".join(f"{root} (contract {v})" for root, v in versions.items())
@@ -116,7 +125,7 @@ def run_dirs(directory: Path, skipped: list[str] | None = None) -> list[RunPaths
     manifest = directory / SWEEP_MANIFEST
     if manifest.exists():
         found = []
-        for entry in read_json(manifest).get("runs") or []:
+        for entry in _manifest_entries(manifest):
             member = RunPaths(directory / entry["run_dir"]) if entry.get("run_dir") else None
             if member is not None and member.summary_stats.exists():
                 found.append(member)
@@ -130,6 +139,17 @@ def run_dirs(directory: Path, skipped: list[str] | None = None) -> list[RunPaths
         f"{directory} is neither a finished run directory (no metrics/summary_stats.json) nor a sweep "
         f"directory (no {SWEEP_MANIFEST}); pass directories that `veeksha-run` made"
     )
+
+
+def _manifest_entries(manifest: Path) -> list[dict[str, Any]]:
+    data = read_json(manifest)
+    entries = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise UsageError(
+            f"{manifest} is not a sweep manifest (an object whose runs are a list of objects); "
+            "pass the run directories themselves"
+        )
+    return entries
 
 
 def contract_version(paths: RunPaths) -> int:

@@ -68,6 +68,42 @@ def test_one_run_or_a_directory_that_is_no_run_is_a_usage_error(two_runs, tmp_pa
     assert not (tmp_path / "cmp").exists()
 
 
+def test_runs_with_no_summary_values_are_a_usage_error(two_runs, tmp_path: Path) -> None:
+    # Both runs' metrics files hold no value (`{}`): a traceback from the table, after the CSV and
+    # plots had been written.
+    empty = []
+    for name in ("e1", "e2"):
+        run = tmp_path / name
+        (run / "metrics").mkdir(parents=True)
+        (run / "run.json").write_bytes((two_runs[0] / "run.json").read_bytes())
+        for f in ("summary_stats.json", "throughput_metrics.json"):
+            (run / "metrics" / f).write_text("{}")
+        empty.append(str(run))
+    proc = run_cli(["compare", *empty, "--output_dir", "cmp"], cwd=tmp_path)
+    assert proc.returncode == 2 and "no summary value to compare" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize("manifest", ["[1]", '{"runs": 3}', '{"runs": [1]}'])
+def test_a_sweep_manifest_of_the_wrong_shape_is_a_usage_error(tmp_path: Path, manifest: str) -> None:
+    sweep = tmp_path / "sweep-x"
+    sweep.mkdir()
+    (sweep / "sweep_manifest.json").write_text(manifest)
+    proc = run_cli(["compare", str(sweep), "--output_dir", "cmp"], cwd=tmp_path)
+    assert proc.returncode == 2 and "sweep_manifest.json" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_sweep_with_no_finished_member_says_how_many_runs_it_found(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep-x"
+    sweep.mkdir()
+    (sweep / "sweep_manifest.json").write_text(
+        '{"runs": [{"index": 0, "run_dir": null, "status": "failed"}]}'
+    )
+    proc = run_cli(["compare", str(sweep), "--output_dir", "cmp"], cwd=tmp_path)
+    assert proc.returncode == 2 and "got 0" in proc.stderr and "got one" not in proc.stderr, proc.stderr
+
+
 def _copy_dir(src: Path, dst: Path) -> None:
     dst.mkdir()
     for f in src.iterdir():
