@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from veeksha.runner.sessions.tokenizer import LocalTokenizer
+from veeksha.runner.sessions.tokenizer import LocalTokenizer, count_tokens_approx
 from veeksha.shared.records import COUNT_APPROXIMATE, COUNT_TOKENIZER
 
 # Frequent English words; single tokens in GPT-2/cl100k/o200k/Llama-3 and Llama-2/Mistral vocabularies.
@@ -98,7 +98,7 @@ class PromptBuilder:
         if tokenizer is None:
             self.words: tuple[str, ...] = WORDS
             self._one_token_words = True
-            self._proven = True  # the approximation counts words
+            self._proven = True  # the approximation counts each of WORDS as one token
             self.token_count_source = COUNT_APPROXIMATE
         else:
             kept = single_token_words(tokenizer)
@@ -108,7 +108,8 @@ class PromptBuilder:
             self.token_count_source = COUNT_TOKENIZER
 
     def count(self, text: str) -> int:
-        return self._tok.count(text) if self._tok is not None else len(text.split())
+        """Tokens of a text not built here (a recorded conversation's turn)."""
+        return self._tok.count(text) if self._tok is not None else count_tokens_approx(text)
 
     def build(
         self, target: int, rng: random.Random, shared_prefix_tokens: int = 0, pool_index: int = 0

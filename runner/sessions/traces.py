@@ -13,7 +13,15 @@ Two flavors, detected from the first record unless `flavor:` says:
   whose user turns are the recorded human messages, each continuing the previous turn's history;
   the requested output length of a turn is the length of the recorded reply. System messages are
   dropped, consecutive messages of one side are merged, a last user turn without reply is dropped,
-  and records with no user/reply pair (ShareGPT has empty ones) are skipped.
+  and records with no user/reply pair (ShareGPT has empty ones) are skipped. Without a tokenizer,
+  turns are counted by the approximation (tokenizer.py: one token per CJK character, about one per
+  word of English). A user message or reply of more than 10,000,000 tokens is refused, as in a
+  request log.
+
+Timed replay sends each record at (its timestamp - the first one's) / time_scale after the start; an
+offset (and, with wrap, the period of one pass) must be finite and at most a week, so a trace in
+milliseconds replayed as seconds, or a time_scale of 1e-310, is a config error, not a run that never
+sends anything.
 
 Files: `.csv` is CSV with a header row; otherwise a JSON array of records or JSON lines. The whole
 file is read and checked when the generator is made, so a bad record stops the run before any
@@ -37,7 +45,7 @@ from veeksha.runner.sessions.model import RequestNode, Session
 from veeksha.runner.sessions.prompts import PromptBuilder
 from veeksha.runner.sessions.randomness import stream
 from veeksha.runner.sessions.tokenizer import LocalTokenizer, expand_home
-from veeksha.shared.config import TraceSessions
+from veeksha.shared.config import MAX_SECONDS, TraceSessions
 from veeksha.shared.errors import ConfigError
 
 REQUEST_LOG = "request_log"
@@ -90,6 +98,8 @@ class TraceSessionGenerator:
         if self._timed:
             self._prepare_timed(kept)
         self._prompts = PromptBuilder(tokenizer, [stream(seed, "trace/shared_prefix")])
+        if self.flavor == CONVERSATION:
+            self._check_turn_lengths(kept)
         # Each session's words come from its own stream (seeded by the session id), so a driver can
         # pass over another driver's sessions without drawing their words.
         self._words_base = stream(seed, "trace/words").getrandbits(64)
@@ -111,7 +121,8 @@ class TraceSessionGenerator:
                     f"{self.path} {where}: timed_replay needs a 'timestamp' in every record; "
                     "set session_generator.timed_replay: false to replay at the traffic scheduler's pace"
                 )
-        self.records.sort(key=lambda r: r.timestamp or 0.0)  # every one is set (checked above)
+        kept = sorted(kept, key=lambda item: item[1].timestamp or 0.0)  # every one is set (checked above)
+        self.records = [rec for _, rec in kept]
         first, last = self.records[0].timestamp, self.records[-1].timestamp
         assert first is not None and last is not None
         n = len(self.records)
@@ -121,9 +132,61 @@ class TraceSessionGenerator:
                 "(every record has the same one, so the replay would be one endless burst); "
                 "set session_generator.wrap: false"
             )
+        self._t0 = first
+        self._check_offsets(kept)
         # A wrapped trace starts over one average gap after its last record.
         self._period = (last - first) * n / (n - 1) if n > 1 else 0.0
-        self._t0 = first
+        if self._wrap:
+            self._check_period()
+
+    def _check_offsets(self, kept: list[tuple[str, TraceRecord]]) -> None:
+        """Every arrival offset finite and at most a week. Timestamps 1e308 apart overflow to inf and
+        a time_scale of 1e-310 divides to inf: the driver never sent such a session, and the run
+        ended with nothing sent; a trace in milliseconds replayed as seconds would wait for weeks."""
+        for where, rec in kept:
+            assert rec.timestamp is not None  # timed replay: checked by _prepare_timed
+            offset = (rec.timestamp - self._t0) / self._scale
+            if math.isfinite(offset) and offset <= MAX_SECONDS:
+                continue
+            what = "is not finite" if not math.isfinite(offset) else "is more than a week"
+            raise ConfigError(
+                f"{self.path} {where}: timed_replay offset {offset:.6g} s after the first record "
+                f"(timestamp {rec.timestamp:.6g} - {self._t0:.6g}, at time_scale {self._scale:.6g}) {what}; "
+                f"offsets must be at most a week ({MAX_SECONDS} s): check the timestamps' unit "
+                "(milliseconds need time_scale: 1000) and time_scale"
+            )
+
+    def _check_period(self) -> None:
+        """A wrapped replay's pass (its span plus one average gap) finite and at most a week."""
+        period = self._period / self._scale
+        if math.isfinite(period) and period <= MAX_SECONDS:
+            return
+        raise ConfigError(
+            f"{self.path}: timed_replay with wrap: true starts the trace over every {period:.6g} s "
+            f"(its span and one average gap, at time_scale {self._scale:.6g}), more than a week "
+            f"({MAX_SECONDS} s); set session_generator.wrap: false, or a larger time_scale"
+        )
+
+    def _check_turn_lengths(self, kept: list[tuple[str, TraceRecord]]) -> None:
+        """The request logs' cap on each turn: a longer user message is no prompt to send, a longer
+        reply no output length to ask for (a 20M-word reply was requested as it was)."""
+        for where, rec in kept:
+            assert isinstance(rec, Conversation)
+            for i, (user, reply) in enumerate(rec.turns, 1):
+                for what, text in (("user message", user), ("reply", reply)):
+                    self._check_turn_length(where, f"the {what} of turn {i}", text)
+
+    def _check_turn_length(self, where: str, what: str, text: str) -> None:
+        # A token is at least one byte of UTF-8 (the approximation: at least one character), and a
+        # character at most 4 bytes: shorter texts are under the cap without being counted, which
+        # would take minutes with a tokenizer on all of ShareGPT.
+        if len(text) * 4 <= MAX_TOKENS:
+            return
+        tokens = self._prompts.count(text)
+        if tokens > MAX_TOKENS:
+            raise ConfigError(
+                f"{self.path} {where}: {what} is {tokens:,} tokens, more than {MAX_TOKENS:,} tokens"
+            )
 
     def next_session(self, build: bool = True) -> Session | None:
         """The next session; with `build` false a placeholder (its id and arrival offset, no nodes)."""
@@ -169,6 +232,10 @@ def _local_path(path: str) -> Path:
             "(download it yourself and give the file path)"
         )
     p = expand_home(path, "session_generator.path")
+    if p.is_dir():  # `traces`: the config can tell a directory by its text only when it ends in /
+        raise ConfigError(
+            f"session_generator.path: {path!r} is a directory; give the trace file in it (.jsonl or .csv)"
+        )
     if not p.is_file():
         raise ConfigError(f"session_generator.path: trace file {path!r} does not exist")
     return p

@@ -6,7 +6,7 @@ import pytest
 from veeksha.runner.evaluation.summary import build_summary, observed_session_rate
 from veeksha.runner.evaluation.throughput import build_throughput
 from veeksha.runner.evaluation.timeseries import build_timeseries
-from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic
+from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, TraceSessions
 from veeksha.shared.paths import DISTRIBUTION_METRICS
 
 from .factory import request, run_data, trace_line
@@ -149,3 +149,28 @@ def test_observed_session_rate_counts_only_sessions_after_the_last_warmup_sessio
     rate, counted, window = observed_session_rate(run_data(records))
     assert counted == 8 and window == pytest.approx(0.8)
     assert rate == pytest.approx(10.0)
+
+
+def _timed_replay() -> BenchmarkConfig:
+    """A timed replay at time_scale 10 (the trace file is not read by the evaluation)."""
+    return BenchmarkConfig(
+        session_generator=TraceSessions(path="t.jsonl", timed_replay=True, time_scale=10.0)
+    )
+
+
+def test_the_observed_rate_of_a_timed_replay_counts_gaps_from_the_first_session():
+    # The first record goes out at the run start: N / T_N counted it as a gap. 10 records 1 s apart
+    # at time_scale 10 gave 11.11/s for a true 10/s.
+    records = [request(i, sent=0.0002 + 0.1 * i, chunks=[0.0502 + 0.1 * i]) for i in range(10)]
+    rate, counted, window = observed_session_rate(run_data(records, _timed_replay()))
+    assert counted == 10 and window == pytest.approx(0.9)
+    assert rate == pytest.approx(10.0)
+    summary = build_summary(run_data(records, _timed_replay()))
+    assert summary["observed_session_dispatch_rate"] == pytest.approx(10.0)
+
+
+def test_a_timed_replay_of_one_session_or_no_time_span_has_no_observed_rate():
+    one = [request(0, sent=0.000179, chunks=[0.01])]  # was 1 / 0.000179 s = 5589.93/s
+    assert observed_session_rate(run_data(one, _timed_replay()))[0] is None
+    together = [request(i, sent=0.5, chunks=[0.6]) for i in range(3)]
+    assert observed_session_rate(run_data(together, _timed_replay()))[0] is None

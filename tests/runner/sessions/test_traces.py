@@ -333,3 +333,94 @@ def test_time_scale_without_timed_replay_is_refused(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "t.jsonl", REQUESTS)
     with pytest.raises(ConfigError, match="time_scale: only a timed replay uses it"):
         trace_generator(path, time_scale=2.0)
+
+
+# ---------------------------------------------------------------- review: CJK, limits, directories
+
+
+def test_a_chinese_conversation_without_a_tokenizer_asks_for_about_one_token_per_character(
+    tmp_path: Path,
+) -> None:
+    """The approximation counted whitespace-separated words: a 460-character reply was 1 token."""
+    question = "请详细解释一下量子计算的基本原理以及它与经典计算的区别"  # 27 characters
+    reply = "量子计算利用量子比特的叠加和纠缠特性进行计算。" * 20  # 460 characters
+    record = {"conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": reply}]}
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    (session,) = drain(trace_generator(path, wrap=False))
+    (node,) = session.nodes
+    assert (node.num_content_tokens, node.requested_output_tokens) == (27, 460)  # cl100k_base: 30, 500
+
+
+def _timed(tmp_path: Path, *timestamps: float) -> Path:
+    records = [{"timestamp": t, "input_length": 1, "output_length": 1} for t in timestamps]
+    return write_jsonl(tmp_path / "t.jsonl", records)
+
+
+def _offsets(path: Path, **options: Any) -> list[float | None]:
+    return [s.arrival_offset for s in drain(trace_generator(path, timed_replay=True, wrap=False, **options))]
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_timestamps_whose_difference_overflows_are_a_config_error(tmp_path: Path, wrap: bool) -> None:
+    """-1e308 and 1e308 are 2e308 apart: inf, so every session got a NaN or inf offset and none was sent."""
+    path = _timed(tmp_path, -1e308, 1e308)
+    with pytest.raises(ConfigError, match=r"t\.jsonl line 2: timed_replay offset inf s .* is not finite"):
+        trace_generator(path, timed_replay=True, wrap=wrap)
+
+
+def test_a_time_scale_so_small_that_offsets_overflow_is_a_config_error(tmp_path: Path) -> None:
+    path = _timed(tmp_path, 1000.0, 1001.0, 1000.5)
+    # The first record past the limit in time order: 1000.5, on line 3.
+    with pytest.raises(ConfigError, match=r"t\.jsonl line 3: .*at time_scale 1e-310\) is not finite"):
+        trace_generator(path, timed_replay=True, time_scale=1e-310, wrap=False)
+
+
+def test_a_timed_replay_longer_than_a_week_is_a_config_error(tmp_path: Path) -> None:
+    week = 7 * 24 * 3600
+    path = _timed(tmp_path, 0.0, 100.0, 100.0 + week)
+    with pytest.raises(ConfigError, match=r"t\.jsonl line 3: timed_replay offset 604900 s .* more than"):
+        trace_generator(path, timed_replay=True, wrap=False)
+    assert _offsets(path, time_scale=1000.0) == pytest.approx([0.0, 0.1, 604.9])  # milliseconds fit
+    # Exactly a week is allowed; a wrap period of a week and one average gap is not.
+    path = _timed(tmp_path, 0.0, float(week))
+    assert _offsets(path) == [0.0, week]
+    with pytest.raises(ConfigError, match=r"t\.jsonl: .* over every 1\.2096e\+06 s .*more than a week"):
+        trace_generator(path, timed_replay=True, wrap=True)
+
+
+def test_a_conversation_turn_beyond_ten_million_tokens_names_the_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Request logs refused lengths over the cap; a recorded conversation's turns were sent as they were."""
+    from veeksha.runner.sessions import traces
+
+    monkeypatch.setattr(traces, "MAX_TOKENS", 40)  # the cap, small enough for a quick test
+    turn = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "ok"}]
+    long = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "w " * 41}]
+    path = write_jsonl(tmp_path / "c.jsonl", [{"conversations": turn}, {"conversations": turn + long}])
+    with pytest.raises(ConfigError, match=r"c\.jsonl line 2: the reply of turn 2 is 41 tokens, more than 40"):
+        trace_generator(path)
+    long_question = [{"from": "human", "value": "w " * 41}, {"from": "gpt", "value": "ok"}]
+    path = write_jsonl(tmp_path / "c.jsonl", [{"conversations": long_question}])
+    with pytest.raises(ConfigError, match=r"c\.jsonl line 1: the user message of turn 1 is 41 tokens"):
+        trace_generator(path)
+    at_cap = [turn[0], {"from": "gpt", "value": "w " * 40}]
+    path = write_jsonl(tmp_path / "c.jsonl", [{"conversations": at_cap}])
+    assert drain(trace_generator(path, wrap=False))[0].nodes[0].requested_output_tokens == 40
+
+
+def test_a_conversation_turn_is_refused_at_the_real_cap(tmp_path: Path) -> None:
+    turn = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "字" * 10_000_001}]
+    path = write_jsonl(tmp_path / "c.jsonl", [{"conversations": turn}])
+    with pytest.raises(
+        ConfigError, match=r"line 1: the reply of turn 1 is 10,000,001 tokens, more than 10,000,000"
+    ):
+        trace_generator(path)
+
+
+def test_a_trace_path_naming_a_directory_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "traces").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"session_generator\.path: 'traces' is a directory"):
+        trace_generator("traces")
