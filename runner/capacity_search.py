@@ -3,20 +3,49 @@
 Phase 1 multiplies the probe by `expansion_factor` until an attempt fails or `max_value` is
 reached; phase 2 bisects between the last pass and the first failure down to `precision`.
 No value is run twice. Each attempt is an ordinary run directory under `runs/`.
+
+What the spec leaves open, decided here (docs/capacity-search.md says it for users):
+- A search needs at least one SLO (benchmark_config.evaluators.0.slos): without one every load
+  passed and max_value was reported as the capacity. Refused at load, exit 2, also with --dry-run.
+- An attempt's verdict is `pass`, `fail` or `unknown`, judged from its run directory alone (so the
+  search and a later `veeksha-run evaluate` judge alike). `unknown` (`passed: null`): it has no
+  evaluation (it failed or was cut short), its SLO results or metrics are missing, or its run was
+  interrupted or crashed (its load was not applied to the end). A `failed` run that was evaluated
+  (its server died at that load) is a `fail`: that is a finding.
+- The search cannot steer on an unknown verdict: it stops there (status `failed`, stop_reason
+  `evaluation_failed`, exit 1) and says to run `veeksha-run evaluate` on the attempt. It is not
+  resumed: `evaluate` re-judges that attempt and rewrites the search's results and attempts CSV.
+- The results and the attempts CSV always list every attempt that made a run directory (read back
+  from the runs' run.json files), also when the search was interrupted or failed part-way.
+- The results name the search's process (`host`, `pid`) from the start. `veeksha-run evaluate` on
+  an attempt of a search left `running` by a process that died marks the search `crashed` (final:
+  the uploader takes it). Results of a search whose process is alive (or may be, on another host)
+  are left to it: it rewrites them after each attempt, from the attempts on disk.
+- Attempt i runs with seed `benchmark_config.seed + i`: with one seed every attempt sent the same
+  prompts, and an external server's prefix cache answered the later attempts from what the first
+  ones sent (lower TTFC, so a higher capacity than there is).
+- A concurrency search never tries fewer sessions than a fixed `runtime.num_drivers` (a driver with
+  no session hung the attempt): start_value below it is refused, and bisection stops at it.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from veeksha.runner.benchmark import check_before_start, run_benchmark, upload
+from veeksha.runner.capacity_results import (
+    EVALUATION_FAILED,
+    Attempt,
+    attempts_on_disk,
+    best_attempt,
+    judge,
+    results_header,
+    write_results,
+)
 from veeksha.runner.preflight import check_hosts
 from veeksha.runner.run_dir import check_output_dir, make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config import (
@@ -25,33 +54,39 @@ from veeksha.shared.config import (
     FixedIntervals,
     RateTraffic,
 )
-from veeksha.shared.config_loader import NO_FALLBACKS, EnvFallbacks, dump_config_yaml, load_capacity_search
+from veeksha.shared.config_loader import (
+    NO_FALLBACKS,
+    EnvFallbacks,
+    dump_config_yaml,
+    load_capacity_search,
+)
 from veeksha.shared.errors import ConfigError
-from veeksha.shared.jsonio import read_json, write_atomic, write_json
+from veeksha.shared.jsonio import write_atomic
 from veeksha.shared.paths import (
     CAPSEARCH_ATTEMPTS_CSV,
     CAPSEARCH_DIR_PREFIX,
     CAPSEARCH_RESULTS,
     CAPSEARCH_RUNS_DIR,
     CONFIG_YML,
-    RunPaths,
 )
-from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RUN_RUNNING, RUN_TIMEOUT
+from veeksha.shared.records import (
+    RUN_COMPLETED,
+    RUN_FAILED,
+    RUN_INTERRUPTED,
+    RUN_RUNNING,
+)
 
 RATE_KNOB = "traffic_scheduler.interval_generator.arrival_rate"
 CONCURRENCY_KNOB = "traffic_scheduler.target_concurrent_sessions"
 
 
-@dataclass
-class Attempt:
-    iteration: int
-    value: float
-    passed: bool
-    run_dir: str
-    status: str
-    error_rate: float | None
-    slo_results: list[dict[str, Any]]
-    num_completed: int = 0  # successful requests: none in every attempt means a broken set-up
+class NoVerdict(Exception):
+    """An attempt the search cannot judge: it cannot tell which way to go on."""
+
+    def __init__(self, attempt: Attempt, run_dir: Path) -> None:
+        super().__init__(attempt.why_unknown)
+        self.attempt = attempt
+        self.run_dir = run_dir
 
 
 def knob_of(cfg: BenchmarkConfig) -> str:
@@ -73,13 +108,49 @@ def with_value(cfg: BenchmarkConfig, value: float) -> BenchmarkConfig:
 
 def rounder(search: CapacitySearchConfig, integer: bool) -> Callable[[float], float]:
     """Values on the search's grid (integers, or `precision` decimals), never above max_value:
-    rounding 10.006 to 10.01 would probe a load the search was told not to."""
+    rounding 10.006 to 10.01 would probe a load the search was told not to. Concurrency never goes
+    below min_sessions (bisection would otherwise try 1 session on 2 drivers)."""
     scale = 1 if integer else 10**search.precision
     # The grid's last value; rounded first, as 2.3 * 100 is 229.99999999999997 in binary.
     top = max(math.floor(round(search.max_value * scale, 6)) / scale, 1 / scale)
     if integer:
-        return lambda v: min(max(1, round(v)), int(top))
+        low = min_sessions(search.benchmark_config)
+        return lambda v: min(max(low, round(v)), int(top))
     return lambda v: min(round(v, search.precision), top)
+
+
+def min_sessions(cfg: BenchmarkConfig) -> int:
+    """The fewest concurrent sessions an attempt may run: each driver runs its share of them, and a
+    driver with none spun without end (num_drivers auto resolves to at most the sessions)."""
+    n = cfg.runtime.num_drivers
+    return n if isinstance(n, int) else 1
+
+
+def check_search(search: CapacitySearchConfig, rnd: Callable[[float], float], integer: bool) -> None:
+    """What makes a search unable to answer, found before anything is made (exit 2)."""
+    if rnd(search.start_value) <= 0:
+        raise ConfigError(
+            f"config error at start_value: {search.start_value} rounds to 0 at precision "
+            f"{search.precision}; raise start_value or precision"
+        )
+    low = min_sessions(search.benchmark_config)
+    if integer and search.start_value < low:
+        raise ConfigError(
+            f"config error at start_value: {search.start_value:g} is not allowed with "
+            f"benchmark_config.runtime.num_drivers {low} (each driver needs a session of its own, and "
+            f"an attempt with fewer sessions than drivers hangs); use start_value >= {low}, or fewer drivers"
+        )
+
+
+def check_slos(search: CapacitySearchConfig) -> None:
+    """Without an SLO every load passes, and max_value is reported as the capacity."""
+    if not search.benchmark_config.slos:
+        raise ConfigError(
+            "config error at benchmark_config.evaluators.0.slos: no SLO is set, and a capacity search "
+            "finds the largest load that meets its SLOs (without one, every load passes); add one, e.g. "
+            "benchmark_config.evaluators: [{type: performance, slos: [{name: p99 ttfc, metric: ttfc, "
+            "percentile: 0.99, value: 0.5}]}]"
+        )
 
 
 def run_capacity_search(
@@ -95,65 +166,106 @@ def run_capacity_search(
     knob = knob_of(base)
     integer = knob == CONCURRENCY_KNOB
     rnd = rounder(search, integer)
-    if rnd(search.start_value) <= 0:
-        raise ConfigError(
-            f"config error at start_value: {search.start_value} rounds to 0 at precision "
-            f"{search.precision}; raise start_value or precision"
-        )
+    check_search(search, rnd, integer)
     check_before_start(base)
     check_output_dir(Path(search.output_dir))
+    check_slos(search)
     if dry_run:  # every check a search makes before its first attempt has passed; nothing is made
         print(describe_plan(search, knob, rnd, integer))
         return 0
-    root = make_unique_dir(Path(search.output_dir), f"{CAPSEARCH_DIR_PREFIX}{stamp(utc_now())}")
-    write_atomic(root / CONFIG_YML, dump_config_yaml(search))
-    runs_dir = root / CAPSEARCH_RUNS_DIR
-    search_id = uuid.uuid4().hex
-    print(f"veeksha: capacity search over {knob} in {root}", flush=True)
+    return SearchRun(search, knob).run(rnd, integer)
 
-    history: list[Attempt] = []
-    tried: set[float] = set()
 
-    def attempt(value: float) -> Attempt | None:
+class SearchRun:
+    """One search under way: its directory, and the results it keeps in step with its attempts."""
+
+    def __init__(self, search: CapacitySearchConfig, knob: str) -> None:
+        self.search, self.knob = search, knob
+        self.root = make_unique_dir(Path(search.output_dir), f"{CAPSEARCH_DIR_PREFIX}{stamp(utc_now())}")
+        write_atomic(self.root / CONFIG_YML, dump_config_yaml(search))
+        self.header = results_header(uuid.uuid4().hex, search, knob)
+        self.tried: list[float] = []
+        self.write()  # from the start: the process it names tells a killed search from a live one
+        print(f"veeksha: capacity search over {knob} in {self.root}", flush=True)
+
+    def write(self, status: str = RUN_RUNNING, stop_reason: str | None = None) -> list[Attempt]:
+        """The results and attempts CSV from the attempts on disk: also one whose run raised."""
+        self.header.update(status=status, stop_reason=stop_reason)
+        history = attempts_on_disk(self.root, self.header["id"], self.search.max_error_rate)
+        write_results(self.root, self.header, history)
+        return history
+
+    def attempt(self, value: float, rnd: Callable[[float], float]) -> Attempt | None:
+        """Run and judge one attempt; None when the value was tried or no attempt is left. Raises
+        KeyboardInterrupt when the attempt was interrupted, NoVerdict when it cannot be judged."""
         value = rnd(value)
-        if value in tried or len(history) >= search.max_iterations:
+        if value in self.tried or len(self.tried) >= self.search.max_iterations:
             return None
-        tried.add(value)
-        info = {"id": search_id, "iteration": len(history), "knob": knob, "value": value}
-        result = run_benchmark(with_value(base, value), runs_dir, argv=python_argv(), capacity_search=info)
-        a = judge(search, len(history), value, result.run_dir, result.status)
-        history.append(a)
-        verdict = "INTERRUPTED" if a.status == RUN_INTERRUPTED else "PASS" if a.passed else "FAIL"
-        print(f"veeksha: attempt {a.iteration}: {knob}={value} → {verdict}")
-        write_results(root, search_id, search, knob, history, RUN_RUNNING)
-        if result.status == RUN_INTERRUPTED:
+        info = {"id": self.header["id"], "iteration": len(self.tried), "knob": self.knob, "value": value}
+        self.tried.append(value)
+        runs_dir = self.root / CAPSEARCH_RUNS_DIR
+        cfg = with_value(self.search.benchmark_config, value)
+        # Each attempt its own sessions (seed + iteration, so the search stays reproducible): with one
+        # seed every attempt sent the same prompts, and a server's prefix cache answered the later ones.
+        cfg = replace(cfg, seed=cfg.seed + info["iteration"])
+        result = run_benchmark(cfg, runs_dir, argv=python_argv(), capacity_search=info)
+        a = judge(result.run_dir, self.search.max_error_rate)
+        interrupted = result.status == RUN_INTERRUPTED
+        shown = "INTERRUPTED" if interrupted else "NO VERDICT" if a.passed is None else a.verdict.upper()
+        print(f"veeksha: attempt {a.iteration}: {self.knob}={value} → {shown}")
+        self.write()
+        if interrupted:
             raise KeyboardInterrupt
+        if a.passed is None:
+            raise NoVerdict(a, result.run_dir)
         return a
 
-    try:
-        stop_reason = search_loop(search, attempt, rnd, integer)
-    except KeyboardInterrupt:
-        write_results(root, search_id, search, knob, history, RUN_INTERRUPTED)
-        print("veeksha: capacity search interrupted; results so far are written", flush=True)
-        return 130
-    except Exception:  # an attempt that could not run (its server did not start, a full disk)
-        write_results(root, search_id, search, knob, history, RUN_FAILED)
-        print("veeksha: capacity search failed; results so far are written", flush=True)
-        raise  # the command's one line says why
-    write_results(root, search_id, search, knob, history, RUN_COMPLETED, stop_reason)
-    best = best_attempt(history)
-    found = best.value if best else "none (no attempt passed)"
-    print(f"veeksha: best {knob} = {found} ({STOP_REASONS[stop_reason]})")
-    if base.wandb.enabled:
-        upload(root)  # the search's summary run and the `best` tag
-    if history and not any(a.num_completed for a in history):
-        # Not a capacity: the endpoint, the model or the key is wrong, at every load.
-        print(f"veeksha: no attempt had a successful request; see {history[0].run_dir} in {root}", flush=True)
-        return 1
-    return 0  # the search ran to its end: attempts that failed (a server crashing at a load) are its findings
+    def run(self, rnd: Callable[[float], float], integer: bool) -> int:
+        try:
+            stop_reason = search_loop(self.search, lambda v: self.attempt(v, rnd), rnd, integer)
+        except KeyboardInterrupt:
+            self.write(RUN_INTERRUPTED)
+            print("veeksha: capacity search interrupted; results so far are written", flush=True)
+            return 130
+        except NoVerdict as e:
+            self.write(RUN_FAILED, EVALUATION_FAILED)
+            print(self.no_verdict_message(e), flush=True)
+            return 1
+        except Exception:  # an attempt that could not run (its server did not start, a full disk)
+            self.write(RUN_FAILED)
+            print("veeksha: capacity search failed; results so far are written", flush=True)
+            raise  # the command's one line says why
+        return self.finish(self.write(RUN_COMPLETED, stop_reason), stop_reason)
+
+    def no_verdict_message(self, e: NoVerdict) -> str:
+        a = e.attempt
+        return (
+            f"veeksha: capacity search stopped: whether {self.knob}={a.value} meets the SLOs is unknown "
+            f"({a.why_unknown}), so it cannot tell which way to go on.\n"
+            f"veeksha: run `veeksha-run evaluate {e.run_dir}`: it judges that attempt and rewrites "
+            f"{CAPSEARCH_RESULTS} and {CAPSEARCH_ATTEMPTS_CSV} in {self.root}; to search further, "
+            "start a new search"
+        )
+
+    def finish(self, history: list[Attempt], stop_reason: str) -> int:
+        best = best_attempt(history)
+        found = best.value if best else "none (no attempt passed)"
+        print(f"veeksha: best {self.knob} = {found} ({STOP_REASONS[stop_reason]})")
+        if self.search.benchmark_config.wandb.enabled:
+            upload(self.root)  # the search's summary run and the `best` tag
+        if history and not any(a.num_completed for a in history):
+            # Not a capacity: the endpoint, the model or the key is wrong, at every load.
+            print(
+                f"veeksha: no attempt had a successful request; see {history[0].run_dir} in {self.root}",
+                flush=True,
+            )
+            return 1
+        # The search ran to its end: attempts that failed (a server crashing at a load) are its findings.
+        return 0
 
 
-# Why a search ended (results "stop_reason"), and how the console says it.
+# Why a search that ran to its end stopped (results "stop_reason"), and how the console says it. One
+# that stopped at an attempt it could not judge has stop_reason EVALUATION_FAILED.
 STOP_REASONS = {
     "converged": "converged to the precision",
     "max_value": "every attempt passed up to max_value",
@@ -226,71 +338,3 @@ def describe_plan(
             f"  at most {search.max_iterations} attempts, written under {search.output_dir}/",
         ]
     )
-
-
-def judge(search: CapacitySearchConfig, iteration: int, value: float, run_dir: Path, status: str) -> Attempt:
-    paths = RunPaths(run_dir)
-    slo = (
-        read_json(paths.slo_results) if paths.slo_results.exists() else {"all_slos_met": None, "results": []}
-    )
-    summary = read_json(paths.summary_stats) if paths.summary_stats.exists() else {}
-    error_rate = summary.get("error_rate")
-    passed = status in (RUN_COMPLETED, RUN_TIMEOUT) and bool(summary.get("num_completed_requests"))
-    passed = passed and slo.get("all_slos_met") is not False
-    if search.max_error_rate is not None:
-        passed = passed and error_rate is not None and error_rate <= search.max_error_rate
-    rel = str(run_dir.relative_to(run_dir.parent.parent))
-    completed = int(summary.get("num_completed_requests") or 0)
-    return Attempt(iteration, value, passed, rel, status, error_rate, slo.get("results", []), completed)
-
-
-def best_attempt(history: list[Attempt]) -> Attempt | None:
-    passed = [a for a in history if a.passed]
-    return max(passed, key=lambda a: a.value) if passed else None
-
-
-def write_results(
-    root: Path,
-    search_id: str,
-    search: CapacitySearchConfig,
-    knob: str,
-    history: list[Attempt],
-    status: str,
-    stop_reason: str | None = None,
-) -> None:
-    best = best_attempt(history)
-    write_json(
-        root / CAPSEARCH_RESULTS,
-        {
-            "id": search_id,
-            "status": status,  # running while attempts remain: the uploader waits for the end
-            "searched_knob": knob,
-            "start_value": search.start_value,
-            "max_value": search.max_value,
-            "expansion_factor": search.expansion_factor,
-            "max_iterations": search.max_iterations,
-            "precision": search.precision,
-            "iterations_run": len(history),
-            "stop_reason": stop_reason,  # converged | max_value | max_iterations; null until it ends
-            "best_value": best.value if best else None,
-            "best_run_dir": best.run_dir if best else None,
-            "history": [
-                {
-                    "iteration": a.iteration,
-                    "value": a.value,
-                    "passed": a.passed,
-                    "run_dir": a.run_dir,
-                    "status": a.status,
-                    "error_rate": a.error_rate,
-                    "slo_results": a.slo_results,
-                }
-                for a in history
-            ],
-        },
-    )
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["iteration", "value", "passed", "status", "error_rate", "run_dir"])
-    for a in history:
-        writer.writerow([a.iteration, a.value, a.passed, a.status, a.error_rate, a.run_dir])
-    write_atomic(root / CAPSEARCH_ATTEMPTS_CSV, buf.getvalue())

@@ -2,7 +2,7 @@
 
     veeksha-run --config FILE [--section.key VALUE ...] [--strict]
     veeksha-run capacity-search --config FILE [--section.key VALUE ...] [--dry-run]
-    veeksha-run evaluate RUN_DIR [--strict]
+    veeksha-run evaluate RUN_DIR|SWEEP_DIR [--strict] [--other-host-gone]
     veeksha-run simulate-server [--port N] [--section.key VALUE ...]
 
 Every VeekshaError is mapped to one line and an exit code here, at the boundary.
@@ -130,6 +130,7 @@ Any config key can be overridden: --client.api_base URL,
 Other commands (each has --help):
   veeksha-run capacity-search --config FILE   largest rate/concurrency meeting the SLOs
   veeksha-run evaluate RUN_DIR                recompute every metric from the raw records
+                                              (a sweep directory: finish its runs, manifest, table)
   veeksha-run compare DIR DIR... --output_dir OUT   runs side by side: table, CDFs, time series
   veeksha-run simulate-server [--port N]      the built-in simulated server
 """
@@ -241,48 +242,76 @@ def capacity_search_command(ctx: click.Context, config_path: Path, dry_run: bool
 @click.option(
     "--other-host-gone",
     is_flag=True,
-    help="the unfinished run was written on another host, and its process there has ended",
+    help="the unfinished run (or sweep) was written on another host, and its process there has ended",
 )
 def evaluate_command(run_dir: Path, strict: bool, other_host_gone: bool) -> None:
-    """Recompute every metric, SLO and health check of RUN_DIR from its raw records."""
+    """Recompute every metric, SLO and health check of RUN_DIR from its raw records.
+
+    RUN_DIR may be a sweep directory: its runs that did not finish are evaluated, and its manifest
+    and table rebuilt (a sweep whose process died is marked crashed)."""
 
     def go() -> int:
-        from veeksha.runner.evaluation.evaluate import evaluate_run
-        from veeksha.runner.evaluation.report import format_summary
-        from veeksha.runner.lost_records import mark_finished, mark_unfinished, recover
-        from veeksha.runner.sweep import refresh_sweep_summary
-        from veeksha.shared.config_loader import load_written_config
-        from veeksha.shared.paths import RunPaths
+        from veeksha.runner.capacity_results import refresh_capacity_search
+        from veeksha.runner.sweep import is_sweep_root, refresh_sweep_summary
 
-        paths = RunPaths(run_dir)
-        _check_run_dir(run_dir, paths)
-        load_written_config(paths.config_yml)  # a config it cannot read stops it before anything changes
-        if not paths.request_records.exists():  # stopped before its request log was opened: no request
-            paths.request_records.parent.mkdir(parents=True, exist_ok=True)
-            paths.request_records.touch()
-        recovery = recover(paths, other_host_gone)
-        if recovery.crashed:
-            click.echo(
-                f"veeksha-run: {run_dir} was left running by a process that died: marked crashed; "
-                f"{recovery.lost} dispatched request(s) without a record were recorded as driver_lost"
-            )
-        elif recovery.lost:
-            click.echo(
-                f"veeksha-run: {recovery.lost} dispatched request(s) of {run_dir} had no record "
-                "(the run ended before writing them) and were recorded as driver_lost"
-            )
-        why = f"being evaluated by `veeksha-run evaluate`; if that stopped, rerun it on {run_dir}"
-        finished_at = recovery.finished_at or mark_unfinished(paths, why)
-        ev = evaluate_run(run_dir, rebuilt=True)
-        if finished_at is not None:  # complete now: an uploader may take it
-            mark_finished(paths, finished_at)
-        refresh_sweep_summary(paths.root)  # a sweep's table holds this run's headline numbers
-        click.echo(format_summary(ev))
-        if ev.all_failed is not None:
-            return 1
-        return 1 if strict and not (ev.all_slos_met is not False and ev.all_health_passed) else 0
+        if is_sweep_root(run_dir):
+            return _evaluate_sweep(run_dir, strict, other_host_gone)
+        code = _evaluate_run(run_dir, strict, other_host_gone)
+        _say(refresh_sweep_summary(run_dir, other_host_gone))  # its sweep's table holds its numbers
+        _say(refresh_capacity_search(run_dir, other_host_gone))  # its search's results judge it
+        return code
 
     _guard(go)
+
+
+def _say(note: str | None) -> None:
+    if note:
+        click.echo(f"veeksha-run: {note}")
+
+
+def _evaluate_sweep(root: Path, strict: bool, other_host_gone: bool) -> int:
+    """A sweep directory: its members that did not finish, then the sweep itself (refresh_sweep)."""
+    from veeksha.runner.sweep import check_sweep_ended, members_to_finish, refresh_sweep
+
+    check_sweep_ended(root, other_host_gone)  # its process would still be writing them
+    codes = [_evaluate_run(member, strict, other_host_gone) for member in members_to_finish(root)]
+    _say(refresh_sweep(root, other_host_gone))
+    return max(codes, default=0)
+
+
+def _evaluate_run(run_dir: Path, strict: bool, other_host_gone: bool) -> int:
+    from veeksha.runner.evaluation.evaluate import evaluate_run
+    from veeksha.runner.evaluation.report import format_summary
+    from veeksha.runner.lost_records import mark_finished, mark_unfinished, recover
+    from veeksha.shared.config_loader import load_written_config
+    from veeksha.shared.paths import RunPaths
+
+    paths = RunPaths(run_dir)
+    _check_run_dir(run_dir, paths)
+    load_written_config(paths.config_yml)  # a config it cannot read stops it before anything changes
+    if not paths.request_records.exists():  # stopped before its request log was opened: no request
+        paths.request_records.parent.mkdir(parents=True, exist_ok=True)
+        paths.request_records.touch()
+    recovery = recover(paths, other_host_gone)
+    if recovery.crashed:
+        click.echo(
+            f"veeksha-run: {run_dir} was left running by a process that died: marked crashed; "
+            f"{recovery.lost} dispatched request(s) without a record were recorded as driver_lost"
+        )
+    elif recovery.lost:
+        click.echo(
+            f"veeksha-run: {recovery.lost} dispatched request(s) of {run_dir} had no record "
+            "(the run ended before writing them) and were recorded as driver_lost"
+        )
+    why = f"being evaluated by `veeksha-run evaluate`; if that stopped, rerun it on {run_dir}"
+    finished_at = recovery.finished_at or mark_unfinished(paths, why)
+    ev = evaluate_run(run_dir, rebuilt=True)
+    if finished_at is not None:  # complete now: an uploader may take it
+        mark_finished(paths, finished_at)
+    click.echo(format_summary(ev))
+    if ev.all_failed is not None:
+        return 1
+    return 1 if strict and not (ev.all_slos_met is not False and ev.all_health_passed) else 0
 
 
 def _check_run_dir(run_dir: Path, paths: RunPaths) -> None:

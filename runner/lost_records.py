@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from veeksha.runner.evaluation.frame import json_object
 from veeksha.runner.evaluation.request_metrics import finalize_record
+from veeksha.runner.liveness import process_alive
 from veeksha.runner.run_dir import iso
 from veeksha.shared.errors import UsageError
 from veeksha.shared.jsonio import read_json, write_json
@@ -111,18 +112,6 @@ def end_torn_line(records_path: Path) -> None:
             f.write(b"\n")
 
 
-def _process_alive(pid: object) -> bool:
-    """A live (not zombie) veeksha process with this pid on this host."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z" and b"veeksha" in cmdline
-
-
 @dataclass
 class Recovery:
     """What `recover` did to a run directory before its evaluation."""
@@ -148,7 +137,7 @@ def recover(paths: RunPaths, other_host_gone: bool = False) -> Recovery:
     doing = "written" if info.get("status") == RUN_RUNNING else "evaluated"
     # (Unless the runner left it without metrics: a sweep's process lives on.)
     writing = unfinished and missing_metrics(info) is None
-    if writing and info.get("host") == socket.gethostname() and _process_alive(info.get("pid")):
+    if writing and info.get("host") == socket.gethostname() and process_alive(info.get("pid")):
         raise UsageError(
             f"{paths.root} is still being {doing} by process {info['pid']}; "
             "wait for the run to end (or stop it) before evaluating it"

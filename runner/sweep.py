@@ -1,22 +1,28 @@
 """Running a config file: one benchmark, or a sweep (one run per `!expand` combination).
 
-A sweep directory holds one run directory per combination, `sweep_manifest.json` (written before
-the first run and updated after each) and `sweep_summary.json` / `.csv` (one row per run).
+A sweep directory holds one run directory per combination, `sweep_manifest.json` and
+`sweep_summary.json` / `.csv` (one row per combination). The manifest lists every combination before
+the first run starts (`pending`), and is rewritten as each starts (`running`) and ends (its run's
+status); those a sweep ends without are `not_run`. A sweep killed outright stays `running` until
+`veeksha-run evaluate` finds its process gone (refresh_sweep) and marks it `crashed`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
 
 from veeksha.runner.benchmark import RunResult, check_before_start, run_benchmark, upload
+from veeksha.runner.liveness import Owner
 from veeksha.runner.preflight import check_hosts
 from veeksha.runner.run_dir import check_output_dir, make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config_loader import NO_FALLBACKS, EnvFallbacks, LoadedRun, load_benchmark_runs
-from veeksha.shared.errors import ConfigError
+from veeksha.shared.errors import ConfigError, ContractError, UsageError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
 from veeksha.shared.paths import (
     RUN_JSON,
@@ -26,7 +32,17 @@ from veeksha.shared.paths import (
     SWEEP_SUMMARY_JSON,
     RunPaths,
 )
-from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RUN_RUNNING, RUN_TIMEOUT
+from veeksha.shared.records import (
+    MEMBER_NOT_RUN,
+    MEMBER_PENDING,
+    RUN_COMPLETED,
+    RUN_CRASHED,
+    RUN_FAILED,
+    RUN_INTERRUPTED,
+    RUN_RUNNING,
+    RUN_TIMEOUT,
+    run_finished,
+)
 
 # Summary columns copied from each run's metrics files (when present).
 HEADLINE_KEYS = (
@@ -87,43 +103,74 @@ def exit_code(results: list[RunResult], *, strict: bool) -> int:
 
 def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
     root = make_unique_dir(Path(runs[0].config.output_dir), f"{SWEEP_DIR_PREFIX}{stamp(utc_now())}")
-    sweep_id = uuid.uuid4().hex
     print(f"veeksha: sweep of {len(runs)} runs in {root}", flush=True)
-    manifest: dict[str, Any] = {"sweep_id": sweep_id, "count": len(runs), "status": RUN_RUNNING, "runs": []}
-    write_json(root / SWEEP_MANIFEST, manifest)  # a sweep in progress is visible as such
+    manifest = new_manifest(uuid.uuid4().hex, runs)
+    save(root, manifest)  # a sweep in progress is visible as such, with all it is to run
     results: list[RunResult] = []
     for index, run in enumerate(runs):
-        info = {"id": sweep_id, "index": index, "count": len(runs), "params": run.params}
-        try:
-            result = run_benchmark(run.config, root, argv=python_argv(), sweep=info)
-        except KeyboardInterrupt:  # (starting its server, evaluating): its run.json says which
-            manifest["status"] = RUN_INTERRUPTED
-            manifest["runs"].append(_entry_without_result(root, sweep_id, index, run, RUN_INTERRUPTED))
-            results.append(RunResult(root, RUN_INTERRUPTED, "interrupted"))
-            break
-        except Exception as e:  # one failed run (e.g. its server did not start) ends only itself
-            print(f"veeksha: sweep run {index} failed: {e}", flush=True)
-            manifest["runs"].append(_entry_without_result(root, sweep_id, index, run, RUN_FAILED))
-            results.append(RunResult(root, RUN_FAILED, str(e)))
-            write_json(root / SWEEP_MANIFEST, manifest)
-            write_summary(root, manifest)
-            continue
+        result = _run_member(root, manifest, index, run)
         results.append(result)
-        manifest["runs"].append(
-            {"index": index, "run_dir": result.run_dir.name, "params": run.params, "status": result.status}
-        )
-        write_json(root / SWEEP_MANIFEST, manifest)
-        write_summary(root, manifest)
+        save(root, manifest)
         if result.status == RUN_INTERRUPTED:
             manifest["status"] = RUN_INTERRUPTED
             break
     if manifest["status"] == RUN_RUNNING:
         manifest["status"] = RUN_COMPLETED
-    write_json(root / SWEEP_MANIFEST, manifest)
-    write_summary(root, manifest)
+    end_pending(manifest)
+    save(root, manifest)
     if runs[0].config.wandb.enabled:
         upload(root)  # the sweep's summary run; member runs are already uploaded and are skipped
     return results
+
+
+def new_manifest(sweep_id: str, runs: list[LoadedRun]) -> dict[str, Any]:
+    """Every combination is listed before the first run starts: a sweep that is killed or
+    interrupted still says what it was to run, and with which parameters."""
+    return {
+        "sweep_id": sweep_id,
+        "count": len(runs),
+        "status": RUN_RUNNING,
+        # Who runs it: `veeksha-run evaluate` tells a sweep whose process died from one still going.
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "runs": [_entry(index, None, run.params, MEMBER_PENDING) for index, run in enumerate(runs)],
+    }
+
+
+def _entry(index: int, run_dir: str | None, params: dict[str, Any], status: str) -> dict[str, Any]:
+    return {"index": index, "run_dir": run_dir, "params": params, "status": status}
+
+
+def save(root: Path, manifest: dict[str, Any]) -> None:
+    write_json(root / SWEEP_MANIFEST, manifest)
+    write_summary(root, manifest)
+
+
+def _run_member(root: Path, manifest: dict[str, Any], index: int, run: LoadedRun) -> RunResult:
+    """Run one combination, its manifest entry `running` meanwhile (its directory is made once its
+    server is up: run.json, which names the sweep and the index, says which it is), then its outcome."""
+    sweep_id = manifest["sweep_id"]
+    manifest["runs"][index]["status"] = RUN_RUNNING
+    save(root, manifest)
+    info = {"id": sweep_id, "index": index, "count": manifest["count"], "params": run.params}
+    try:
+        result = run_benchmark(run.config, root, argv=python_argv(), sweep=info)
+    except KeyboardInterrupt:  # (starting its server, evaluating): its run.json says which
+        manifest["runs"][index] = _entry_without_result(root, sweep_id, index, run, RUN_INTERRUPTED)
+        return RunResult(root, RUN_INTERRUPTED, "interrupted")
+    except Exception as e:  # one failed run (e.g. its server did not start) ends only itself
+        print(f"veeksha: sweep run {index} failed: {e}", flush=True)
+        manifest["runs"][index] = _entry_without_result(root, sweep_id, index, run, RUN_FAILED)
+        return RunResult(root, RUN_FAILED, str(e))
+    manifest["runs"][index] = _entry(index, result.run_dir.name, run.params, result.status)
+    return result
+
+
+def end_pending(manifest: dict[str, Any]) -> None:
+    """The sweep has ended: the combinations it did not start never will."""
+    for entry in manifest["runs"]:
+        if entry.get("status") == MEMBER_PENDING:
+            entry["status"] = MEMBER_NOT_RUN
 
 
 def _entry_without_result(
@@ -131,24 +178,132 @@ def _entry_without_result(
 ) -> dict[str, Any]:
     """The manifest entry of a run that raised: its directory, if it got as far as making one (its
     run.json, which names the sweep and the index, says what became of it), else none."""
+    if member := member_runs(root, sweep_id).get(index):
+        return _entry(index, member[0], run.params, member[1].get("status") or status)
+    return _entry(index, None, run.params, status)
+
+
+def member_runs(root: Path, sweep_id: str) -> dict[int, tuple[str, dict[str, Any]]]:
+    """The run directories under `root` whose run.json names this sweep: index -> (name, run.json)."""
+    found: dict[int, tuple[str, dict[str, Any]]] = {}
     for candidate in sorted(p for p in root.iterdir() if (p / RUN_JSON).is_file()):
-        info = read_json(candidate / RUN_JSON)
+        try:
+            info = read_json(candidate / RUN_JSON)
+        except ContractError:
+            continue  # torn by a crash: that run's own evaluation reports it
         sweep = info.get("sweep") if isinstance(info, dict) else None
-        if isinstance(sweep, dict) and sweep.get("id") == sweep_id and sweep.get("index") == index:
-            return {"index": index, "run_dir": candidate.name, "params": run.params, "status": info["status"]}
-    return {"index": index, "run_dir": None, "params": run.params, "status": status}
+        if isinstance(sweep, dict) and sweep.get("id") == sweep_id and isinstance(sweep.get("index"), int):
+            found[sweep["index"]] = (candidate.name, info)
+    return found
 
 
-def refresh_sweep_summary(run_root: Path) -> None:
-    """After `veeksha-run evaluate` on a sweep's member: the sweep's table again, from the member
-    files as they are now (a member evaluated late had an empty row, and its sweep was uploaded so)."""
+# ---------------------------------------------------------------- `veeksha-run evaluate`
+
+
+def is_sweep_root(path: Path) -> bool:
+    """A sweep directory (not one of its runs): what `veeksha-run evaluate` may be given too."""
+    return (path / SWEEP_MANIFEST).is_file() and not (path / RUN_JSON).is_file()
+
+
+def refresh_sweep_summary(run_root: Path, other_host_gone: bool = False) -> str | None:
+    """After `veeksha-run evaluate` on a sweep's member: its sweep refreshed (refresh_sweep); None
+    for a run of no sweep."""
     info = read_json(run_root / RUN_JSON) if (run_root / RUN_JSON).is_file() else None
-    sweep_root = run_root.parent
-    if not isinstance(info, dict) or not info.get("sweep") or not (sweep_root / SWEEP_MANIFEST).is_file():
+    if not isinstance(info, dict) or not info.get("sweep") or not is_sweep_root(run_root.parent):
+        return None
+    return refresh_sweep(run_root.parent, other_host_gone)
+
+
+def refresh_sweep(root: Path, other_host_gone: bool = False) -> str | None:
+    """The manifest's entries and the table again from each member's run.json, as they are now (a
+    member evaluated late had an empty row; a killed one was still `running`, or missing from an
+    older manifest), and a sweep whose process is gone marked `crashed`: final, so the uploader
+    takes it. Returns what the user should be told, if anything."""
+    manifest = _read_manifest(root)
+    if manifest is None:
+        return None
+    rebuild_entries(root, manifest)
+    if manifest.get("status") != RUN_RUNNING:  # ended (or an old sweep that did not say)
+        if manifest.get("status") is not None:
+            end_pending(manifest)
+        save(root, manifest)
+        return None
+    runner = sweep_owner(root, manifest)
+    if runner.alive:  # it rewrites the manifest itself after each run: only the table is redone
+        write_summary(root, manifest)
+        return None
+    if runner.elsewhere and not other_host_gone:
+        write_summary(root, manifest)
+        return runner.may_be_running(f"sweep {root}")
+    # (An older manifest has no entry for those: its count says how many there were.)
+    started = sum(1 for entry in manifest["runs"] if entry.get("status") != MEMBER_PENDING)
+    never = max(int(manifest.get("count") or 0) - started, 0)
+    end_crashed(manifest)
+    save(root, manifest)
+    return (
+        f"sweep {root} was left running by a process that died: marked crashed; "
+        f"{never} combination(s) never ran"
+    )
+
+
+def end_crashed(manifest: dict[str, Any]) -> None:
+    """The sweep's process died: the sweep is `crashed`, and so is a member it was starting (its
+    server loading: no directory, so no run.json that `evaluate` could mark); the rest never ran."""
+    manifest["status"] = RUN_CRASHED
+    for entry in manifest["runs"]:
+        if entry.get("status") == RUN_RUNNING and not entry.get("run_dir"):
+            entry["status"] = RUN_CRASHED
+    end_pending(manifest)
+
+
+def _read_manifest(root: Path) -> dict[str, Any] | None:
+    manifest = read_json(root / SWEEP_MANIFEST)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), list):
+        return None
+    return manifest
+
+
+def rebuild_entries(root: Path, manifest: dict[str, Any]) -> None:
+    """Each started combination's run directory and status from its run.json (the one file a killed
+    runner leaves current). A member the manifest lacks (older sweeps listed a run once it had
+    ended) is added with the parameters its run.json holds."""
+    entries = {
+        e["index"]: e for e in manifest["runs"] if isinstance(e, dict) and isinstance(e.get("index"), int)
+    }
+    for index, (name, info) in member_runs(root, str(manifest.get("sweep_id"))).items():
+        params = info["sweep"].get("params") or {}
+        entry = entries.setdefault(index, _entry(index, None, params, MEMBER_PENDING))
+        entry.update(run_dir=name, status=info.get("status"))
+    manifest["runs"] = [entries[index] for index in sorted(entries)]
+
+
+def sweep_owner(root: Path, manifest: dict[str, Any]) -> Owner:
+    """The sweep's process: its manifest names it, or (an older one) any member's run.json."""
+    members = [info for _, info in member_runs(root, str(manifest.get("sweep_id"))).values()]
+    return Owner.named_in(manifest, *members[:1])
+
+
+def check_sweep_ended(root: Path, other_host_gone: bool) -> None:
+    """Before `veeksha-run evaluate SWEEP_DIR` touches a member: the sweep's process has ended."""
+    manifest = _read_manifest(root)
+    if manifest is None or manifest.get("status") != RUN_RUNNING:
         return
-    manifest = read_json(sweep_root / SWEEP_MANIFEST)
-    if isinstance(manifest, dict) and isinstance(manifest.get("runs"), list):
-        write_summary(sweep_root, manifest)
+    runner = sweep_owner(root, manifest)
+    if runner.alive:
+        raise UsageError(
+            f"sweep {root} is still running (process {runner.pid}); wait for it to end (or stop it), "
+            "or evaluate one of its run directories"
+        )
+    if runner.elsewhere and not other_host_gone:
+        raise UsageError(runner.may_be_running(f"sweep {root}"))
+
+
+def members_to_finish(root: Path) -> list[Path]:
+    """The members `veeksha-run evaluate SWEEP_DIR` evaluates: those not finished (killed while
+    running, or whose evaluation failed or was cut)."""
+    manifest = _read_manifest(root)
+    sweep_id = str(manifest.get("sweep_id")) if manifest else ""
+    return [root / name for name, info in member_runs(root, sweep_id).values() if not run_finished(info)]
 
 
 def write_summary(root: Path, manifest: dict[str, Any]) -> None:

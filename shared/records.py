@@ -386,6 +386,18 @@ RUN_CRASHED: Final = "crashed"
 RUN_STATUSES: Final = (RUN_RUNNING, RUN_COMPLETED, RUN_TIMEOUT, RUN_INTERRUPTED, RUN_FAILED, RUN_CRASHED)
 
 
+# sweep_manifest.json (outputs.md). `status` is the sweep's: `running`, then `completed` or
+# `interrupted`, or `crashed` (set by `veeksha-run evaluate` once the process `pid` on `host` is gone);
+# `runs` has one entry per combination, in order, from the start (older sweeps listed a run only once
+# it had ended: fewer entries than `count`).
+SWEEP_MANIFEST_FIELDS: Final = ("sweep_id", "count", "status", "pid", "host", "runs")
+# One entry of `runs`; `run_dir` is null until the run's directory is known (and for one that never
+# had one). `status`: its run.json status once it has started, else one of the two below.
+SWEEP_ENTRY_FIELDS: Final = ("index", "run_dir", "params", "status")
+MEMBER_PENDING: Final = "pending"  # not started yet; the sweep goes on
+MEMBER_NOT_RUN: Final = "not_run"  # never started: the sweep ended first (interrupted, crashed)
+
+
 def run_finished(info: dict[str, Any]) -> bool:
     """Whether a run directory is complete: run.json has a final status AND finished_at. The final
     status is written before the evaluation (which reads it), finished_at after it: in between, the

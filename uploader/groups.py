@@ -8,6 +8,9 @@ takes the container's name as its group; moved out of it, a group named after th
 A folder is a sweep when it holds `sweep_manifest.json` (the runner writes it before the first run),
 a capacity search when it holds `capacity_search_results.json` or, during its first attempt (the
 runner writes the results after each attempt), an attempt whose run.json says it is one.
+
+A sweep's summary waits for the manifest's final status: completed, interrupted, or crashed (set by
+`veeksha-run evaluate` on a sweep whose process died).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from veeksha.shared.paths import (
     SWEEP_SUMMARY_CSV,
     SWEEP_SUMMARY_JSON,
 )
-from veeksha.shared.records import RUN_RUNNING, missing_metrics, run_finished
+from veeksha.shared.records import MEMBER_NOT_RUN, MEMBER_PENDING, RUN_RUNNING, missing_metrics, run_finished
 from veeksha.uploader.reader import is_run_dir, parse_number, read_config, read_run_info
 from veeksha.uploader.run_files import RunFiles, is_own_file
 
@@ -209,25 +212,48 @@ def read_sweep(root: Path) -> ContainerData:
     ident = manifest.get("sweep_id") or _first_member_info(members, "sweep").get("id") or root.name
     data = ContainerData(SWEEP_SUMMARY, root, str(ident), members, container_config(root))
     summary_path = root / SWEEP_SUMMARY_JSON
-    expected = manifest.get("count")
-    listed = manifest.get("runs") or []
-    status = manifest.get("status")  # running / completed / interrupted (older sweeps: absent)
-    short = expected and len(listed) < expected and status in (None, RUN_RUNNING)
     waiting = _member_unfinished(members)
     if waiting:
         data.unfinished = f"sweep not finished: {waiting}"
         return data
-    if not summary_path.exists() or status == RUN_RUNNING or short:
-        data.unfinished = f"sweep not finished ({len(listed)}/{expected or '?'} runs in {SWEEP_MANIFEST})"
+    if not summary_path.exists() or not _sweep_ended(manifest):
+        data.unfinished = _sweep_going_on(root, manifest)
         return data
     summary = read_json(files.require(summary_path))
     rows = summary.get("runs") if isinstance(summary, dict) else summary
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ContractError(f"{summary_path}: expected {{'runs': [one object per run]}}")
-    data.table = rows
+    data.table = [_never_run(row) for row in rows]
     data.files = _own_files(files, (SWEEP_MANIFEST, SWEEP_SUMMARY_JSON, SWEEP_SUMMARY_CSV))
     data.warnings = files.warnings
     return data
+
+
+def _sweep_ended(manifest: dict[str, Any]) -> bool:
+    """A final status (completed, interrupted, crashed: outputs.md). Older sweeps: without a status,
+    and listing a run once it had ended, one entry per combination says it has ended."""
+    status = manifest.get("status")
+    if status is not None:
+        return status != RUN_RUNNING
+    expected, listed = manifest.get("count"), manifest.get("runs") or []
+    return not expected or len(listed) >= expected
+
+
+def _sweep_going_on(root: Path, manifest: dict[str, Any]) -> str:
+    """Why a sweep's summary waits, and what ends the wait when the sweep will never finish itself."""
+    listed = manifest.get("runs") or []
+    ended = [
+        e for e in listed if isinstance(e, dict) and e.get("status") not in (MEMBER_PENDING, RUN_RUNNING)
+    ]
+    return (
+        f"sweep not finished ({len(ended)}/{manifest.get('count') or '?'} runs ended in {SWEEP_MANIFEST}; "
+        f"if its process died, `veeksha-run evaluate {root}` marks it crashed)"
+    )
+
+
+def _never_run(row: dict[str, Any]) -> dict[str, Any]:
+    """A combination still `pending` in a sweep that has ended will never run: shown so."""
+    return {**row, "status": MEMBER_NOT_RUN} if row.get("status") == MEMBER_PENDING else row
 
 
 def read_capsearch(root: Path) -> ContainerData:

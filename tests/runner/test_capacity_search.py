@@ -1,19 +1,46 @@
-"""Capacity search phases, without traffic: a fake attempt that passes up to a known capacity."""
+"""Capacity search: its phases without traffic (a fake attempt that passes up to a known capacity),
+then real searches against the built-in simulated server, some with a fault in an attempt's evaluation."""
 
 from __future__ import annotations
 
+import csv
+import errno
+import io
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import pytest
-from veeksha.runner.capacity_search import Attempt, rounder, search_loop
-from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig
+import veeksha.runner.evaluation.evaluate as evaluate_module
+import yaml
+from veeksha.runner.capacity_results import Attempt, judge
+from veeksha.runner.capacity_search import rounder, run_capacity_search, search_loop
+from veeksha.runner.evaluation.evaluate import NO_PLOTS_ENV
+from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig, ConcurrentTraffic, RuntimeConfig
+from veeksha.shared.jsonio import read_json, write_json
+from veeksha.shared.paths import CAPSEARCH_ATTEMPTS_CSV, CAPSEARCH_RESULTS, RunPaths
+from veeksha.uploader.groups import read_capsearch
+
+from tests.runner.helpers import run_cli
 
 
 def run_search(capacity: float, integer: bool, **kw) -> list[float]:
     return search(capacity, integer, **kw)[0]
 
 
-def search(capacity: float, integer: bool, **kw) -> tuple[list[float], str]:
+def search(
+    capacity: float, integer: bool, base: BenchmarkConfig | None = None, **kw
+) -> tuple[list[float], str]:
     """(the values tried, why the search stopped)."""
-    cfg = CapacitySearchConfig(benchmark_config=BenchmarkConfig(), **kw)
+    cfg = CapacitySearchConfig(benchmark_config=base or BenchmarkConfig(), **kw)
     rnd = rounder(cfg, integer)
     tried: list[float] = []
 
@@ -69,3 +96,292 @@ def test_a_max_value_on_the_grid_is_reached_despite_binary_fractions(top: float)
         benchmark_config=BenchmarkConfig(), start_value=0.01, max_value=top, precision=2
     )
     assert rounder(cfg, False)(top) == top
+
+
+# ---------------------------------------------------------------- which loads a search may try
+
+
+def concurrency_base(num_drivers: int) -> BenchmarkConfig:
+    return BenchmarkConfig(
+        traffic_scheduler=ConcurrentTraffic(), runtime=RuntimeConfig(num_drivers=num_drivers)
+    )
+
+
+def test_a_concurrency_search_never_bisects_below_num_drivers() -> None:
+    """Each driver needs a session of its own: 1 session on 2 drivers left one with none, and hung."""
+    tried, _ = search(1, True, base=concurrency_base(2), start_value=4, max_value=8, precision=0)
+    assert tried == [4, 2]  # 4 and 2 fail; 1 would be the next midpoint, and is never tried
+
+
+# ---------------------------------------------------------------- real searches, simulated server
+
+
+def write_search(
+    tmp: Path,
+    *,
+    ttfc_slo: float | None = 5.0,
+    traffic: dict[str, Any] | None = None,
+    runtime: dict[str, Any] | None = None,
+    **search_keys: Any,
+) -> Path:
+    """A search config on the simulated server: `value` sessions a second (fixed intervals) for a
+    second from 4 up, SLO `P99 TTFC <= ttfc_slo` (None: no SLO at all)."""
+    evaluator: dict[str, Any] = {"type": "performance"}
+    if ttfc_slo is not None:
+        evaluator["slos"] = [{"name": "P99 TTFC", "metric": "ttfc", "percentile": 0.99, "value": ttfc_slo}]
+    config = {
+        "output_dir": str(tmp / "out"),
+        "start_value": 4,
+        "max_value": 16,
+        "expansion_factor": 2,
+        "max_iterations": 3,
+        "precision": 0,
+        **search_keys,
+        "benchmark_config": {
+            "server": {"type": "simulated"},
+            "traffic_scheduler": traffic
+            or {"type": "rate", "interval_generator": {"type": "fixed", "arrival_rate": 4}},
+            "session_generator": {
+                "type": "synthetic",
+                "channels": [{"type": "text", "body_length_generator": {"type": "fixed", "value": 50}}],
+                "output_spec": {"text": {"output_length_generator": {"type": "fixed", "value": 8}}},
+            },
+            "evaluators": [evaluator],
+            "runtime": {"benchmark_timeout": 1, **(runtime or {})},
+        },
+    }
+    path = tmp / "search.veeksha.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+# What goes wrong in an attempt's evaluation: given the real evaluate_run and the run directory.
+Fault = Callable[[Callable[..., Any], Path], None]
+
+
+def evaluation_error(evaluate: Callable[..., Any], run_dir: Path) -> None:
+    raise RuntimeError("injected evaluation failure")
+
+
+def slo_results_lost(evaluate: Callable[..., Any], run_dir: Path) -> None:
+    """The metrics are written, then the disk fills up: slo_results.json is not there."""
+    evaluate(run_dir)
+    RunPaths(run_dir).slo_results.unlink()
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def interrupted(evaluate: Callable[..., Any], run_dir: Path) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def faulty_evaluation(at: int, fault: Fault) -> Iterator[None]:
+    """The runner's evaluation of its `at`-th run (0-based) goes wrong as `fault` says."""
+    real = evaluate_module.evaluate_run
+    calls = itertools.count()
+
+    def evaluate_run(run_dir: Path, **kwargs: Any) -> Any:
+        if next(calls) == at:
+            fault(real, Path(run_dir))
+        return real(run_dir, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evaluate_module, "evaluate_run", evaluate_run)
+        mp.setenv(NO_PLOTS_ENV, "1")
+        yield
+
+
+@dataclass
+class Search:
+    exit_code: int
+    stdout: str
+    root: Path
+
+    @property
+    def results(self) -> dict[str, Any]:
+        return read_json(self.root / CAPSEARCH_RESULTS)
+
+    @property
+    def attempts_csv(self) -> list[dict[str, str]]:
+        with (self.root / CAPSEARCH_ATTEMPTS_CSV).open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def attempt_dir(self, iteration: int) -> Path:
+        return self.root / self.results["history"][iteration]["run_dir"]
+
+
+def run_search_with_fault(config: Path, at: int, fault: Fault) -> Search:
+    """The search, in this process (so that its evaluation can be made to fail)."""
+    out = io.StringIO()
+    with faulty_evaluation(at, fault), redirect_stdout(out):
+        code = run_capacity_search(config, [])
+    (root,) = (config.parent / "out").iterdir()
+    return Search(code, out.getvalue(), root)
+
+
+def evaluate_cli(run_dir: Path) -> subprocess.CompletedProcess[str]:
+    proc = run_cli(["evaluate", str(run_dir)], cwd=run_dir.parent)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def copy_search(found: Search, tmp: Path) -> Search:
+    root = Path(shutil.copytree(found.root, tmp / found.root.name))
+    return Search(found.exit_code, found.stdout, root)
+
+
+# An attempt whose evaluation failed has no verdict: judged FAIL it steered the search down (and the
+# search then said no attempt had a successful request); with its SLO verdicts lost it PASSED.
+NO_VERDICT_CASES = [
+    pytest.param(evaluation_error, 5.0, "pass", id="evaluation-error"),
+    pytest.param(slo_results_lost, 0.000001, "fail", id="slo-results-lost"),
+]
+
+
+@pytest.mark.parametrize(("fault", "ttfc_slo", "true_verdict"), NO_VERDICT_CASES)
+def test_an_attempt_without_an_evaluation_stops_the_search_without_a_verdict(
+    tmp_path: Path, fault: Fault, ttfc_slo: float, true_verdict: str
+) -> None:
+    found = run_search_with_fault(write_search(tmp_path, ttfc_slo=ttfc_slo), 0, fault)
+    assert found.exit_code == 1
+    (attempt,) = found.results["history"]  # nothing tried after it: the search cannot steer
+    assert (attempt["verdict"], attempt["passed"], attempt["status"]) == ("unknown", None, "completed")
+    assert found.results["status"] == "failed" and found.results["stop_reason"] == "evaluation_failed"
+    assert found.results["best_value"] is None
+    attempt_dir = found.attempt_dir(0)
+    assert f"veeksha-run evaluate {attempt_dir}" in found.stdout
+    assert "no attempt had a successful request" not in found.stdout
+    # `veeksha-run evaluate` on the attempt gives it its verdict, in the search's files too.
+    evaluate_cli(attempt_dir)
+    assert found.results["history"][0]["verdict"] == true_verdict
+    assert found.attempts_csv[0]["verdict"] == true_verdict
+    assert found.results["status"] == "failed"  # what the search itself did is unchanged
+
+
+@pytest.fixture(scope="module")
+def interrupted_search(tmp_path_factory: pytest.TempPathFactory) -> Search:
+    """A search Ctrl-C'd while evaluating its second attempt (the first passed)."""
+    tmp = tmp_path_factory.mktemp("interrupted")
+    return run_search_with_fault(write_search(tmp), 1, interrupted)
+
+
+def test_an_attempt_interrupted_in_its_evaluation_is_in_the_results(interrupted_search: Search) -> None:
+    results = interrupted_search.results
+    assert interrupted_search.exit_code == 130 and results["status"] == "interrupted"
+    assert results["iterations_run"] == 2
+    assert [(h["value"], h["verdict"]) for h in results["history"]] == [(4, "pass"), (8, "unknown")]
+    assert results["history"][1]["status"] == "completed"  # its run.json: recorded, not evaluated
+    assert [row["verdict"] for row in interrupted_search.attempts_csv] == ["pass", "unknown"]
+
+
+def test_evaluate_on_an_attempt_rejudges_it_in_the_search_results(
+    interrupted_search: Search, tmp_path: Path
+) -> None:
+    found = copy_search(interrupted_search, tmp_path)
+    evaluate_cli(found.attempt_dir(1))
+    results = found.results
+    assert [h["verdict"] for h in results["history"]] == ["pass", "pass"]
+    assert (results["best_value"], results["best_run_dir"]) == (8, results["history"][1]["run_dir"])
+    assert [row["passed"] for row in found.attempts_csv] == ["True", "True"]
+    assert results["status"] == "interrupted"  # the search did not go on
+
+
+def test_an_attempt_whose_slo_results_are_missing_has_no_verdict(
+    interrupted_search: Search, tmp_path: Path
+) -> None:
+    """Evaluated (run.json has finished_at), SLOs configured, but no slo_results.json: not a pass."""
+    run_dir = Path(shutil.copytree(interrupted_search.attempt_dir(0), tmp_path / "attempt"))
+    assert judge(run_dir, max_error_rate=0.05).verdict == "pass"
+    RunPaths(run_dir).slo_results.unlink()
+    assert judge(run_dir, max_error_rate=0.05).verdict == "unknown"
+
+
+def test_each_attempt_draws_its_own_sessions_from_the_search_seed(interrupted_search: Search) -> None:
+    # With one seed every attempt sent the same prompts: a server with a prefix cache answered the
+    # later (higher-load) attempts from its cache, and the search found more capacity than there is.
+    base = yaml.safe_load((interrupted_search.root / "config.yml").read_text())["benchmark_config"]["seed"]
+    seeds = [
+        yaml.safe_load((interrupted_search.attempt_dir(i) / "config.yml").read_text())["seed"] for i in (0, 1)
+    ]
+    assert seeds == [base, base + 1]
+
+
+def test_the_results_name_the_search_process(interrupted_search: Search) -> None:
+    """So that `evaluate` can tell a search that was killed from one still going."""
+    results = interrupted_search.results
+    assert (results["host"], results["pid"]) == (socket.gethostname(), os.getpid())
+
+
+def dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    return int(proc.stdout)
+
+
+def killed_during_attempt_1(found: Search, runner_pid: int) -> None:
+    """Make `found` what a SIGKILL during its second attempt leaves: results and the attempt running."""
+    write_json(found.root / CAPSEARCH_RESULTS, {**found.results, "status": "running", "pid": runner_pid})
+    run_json = found.attempt_dir(1) / "run.json"
+    info = read_json(run_json)
+    info.pop("evaluation_error", None)
+    write_json(run_json, {**info, "status": "running", "finished_at": None, "pid": runner_pid})
+
+
+def test_evaluate_marks_a_killed_search_crashed_and_uploadable(
+    interrupted_search: Search, tmp_path: Path
+) -> None:
+    found = copy_search(interrupted_search, tmp_path)
+    killed_during_attempt_1(found, dead_pid())
+    assert read_capsearch(found.root).unfinished is not None
+    proc = evaluate_cli(found.attempt_dir(1))
+    results = found.results
+    assert results["status"] == "crashed" and "marked crashed" in proc.stdout
+    assert [(h["status"], h["verdict"]) for h in results["history"]] == [
+        ("completed", "pass"),
+        ("crashed", "unknown"),
+    ]
+    assert read_capsearch(found.root).unfinished is None  # the uploader takes it now
+
+
+def test_evaluate_leaves_the_results_of_a_search_still_running_to_it(
+    interrupted_search: Search, tmp_path: Path
+) -> None:
+    found = copy_search(interrupted_search, tmp_path)
+    # A live process named like the runner stands for the search still going on this host.
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "veeksha-run"])
+    try:
+        killed_during_attempt_1(found, dead_pid())
+        write_json(found.root / CAPSEARCH_RESULTS, {**found.results, "pid": runner.pid})
+        before = found.results
+        evaluate_cli(found.attempt_dir(1))
+        assert found.results == before  # the search writes its results itself, from the attempts on disk
+    finally:
+        runner.kill()
+        runner.wait()
+
+
+# ---------------------------------------------------------------- refused before anything is made
+
+
+def refused(config: Path, *flags: str) -> str:
+    """The one line `veeksha-run capacity-search` exits 2 with; nothing was made."""
+    proc = run_cli(["capacity-search", "--config", str(config), *flags], cwd=config.parent, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert not (config.parent / "out").exists()
+    (line,) = proc.stderr.strip().splitlines()
+    return line
+
+
+@pytest.mark.parametrize("flags", [["--dry-run"], []], ids=["dry-run", "search"])
+def test_a_search_without_slos_is_refused(tmp_path: Path, flags: list[str]) -> None:
+    """Without an SLO every load passed: the search reported max_value as the capacity."""
+    line = refused(write_search(tmp_path, ttfc_slo=None), *flags)
+    assert "benchmark_config.evaluators" in line and "slos" in line
+
+
+@pytest.mark.parametrize("flags", [["--dry-run"], []], ids=["dry-run", "search"])
+def test_a_concurrency_search_starting_below_num_drivers_is_refused(tmp_path: Path, flags: list[str]) -> None:
+    """One session on two drivers left a driver with none, and the attempt hung spinning a core."""
+    traffic = {"type": "concurrent", "target_concurrent_sessions": 2}  # the search sets it per attempt
+    config = write_search(tmp_path, start_value=1, traffic=traffic, runtime={"num_drivers": 2})
+    line = refused(config, *flags)
+    assert "start_value" in line and "runtime.num_drivers" in line

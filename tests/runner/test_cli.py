@@ -221,6 +221,7 @@ def test_a_capacity_search_where_no_request_ever_succeeds_exits_1(tmp_path: Path
         max_iterations: 2
         benchmark_config:
           server: {type: simulated, decode_step_base: 0.002, error_rate: 1.0}
+          evaluators: [{type: performance, slos: [{name: p99 ttfc, metric: ttfc, value: 1}]}]
           runtime: {benchmark_timeout: 1}
         """,
     )
@@ -438,7 +439,7 @@ def test_a_sweep_interrupted_while_a_server_starts_exits_130(tmp_path: Path, sig
     (sweep,) = (tmp_path / "out").iterdir()
     manifest = orjson.loads((sweep / SWEEP_MANIFEST).read_bytes())
     assert manifest["status"] == "interrupted"
-    assert [r["status"] for r in manifest["runs"]] == ["interrupted"]
+    assert [r["status"] for r in manifest["runs"]] == ["interrupted", "not_run"]  # the second never started
 
 
 def test_a_capacity_search_whose_server_cannot_start_ends_failed(tmp_path: Path) -> None:
@@ -454,6 +455,7 @@ def test_a_capacity_search_whose_server_cannot_start_ends_failed(tmp_path: Path)
             command: [{sys.executable}, -c, "raise SystemExit(3)"]
             ready_url: http://127.0.0.1:9/health
           traffic_scheduler: {{type: concurrent, target_concurrent_sessions: 1}}
+          evaluators: [{{type: performance, slos: [{{name: p99 ttfc, metric: ttfc, value: 1}}]}}]
           runtime: {{benchmark_timeout: 2}}
         """,
     )
@@ -533,6 +535,7 @@ precision: 0
 benchmark_config:
   server: {type: simulated}
   traffic_scheduler: {type: concurrent, target_concurrent_sessions: 1}
+  evaluators: [{type: performance, slos: [{name: p99 ttfc, metric: ttfc, value: 1}]}]
   runtime: {benchmark_timeout: 2}
 """
 

@@ -184,6 +184,42 @@ def test_a_sweep_still_running_is_a_sweep_from_its_start(tmp_path: Path, home: H
     assert any("(sweep summary)" in s and "sweep not finished" in s for s in skipped)
 
 
+def add_unstarted_combination(root: Path, sweep_status: str, entry_status: str) -> None:
+    """A third combination in the manifest and the table, whose run never started."""
+    manifest = read_json(root / SWEEP_MANIFEST)
+    params = {"traffic_scheduler.interval_generator.arrival_rate": 3.0}
+    entry = {"index": 2, "run_dir": None, "params": params, "status": entry_status}
+    runs = [*manifest["runs"], entry]
+    write_json(root / SWEEP_MANIFEST, {**manifest, "count": 3, "status": sweep_status, "runs": runs})
+    summary = read_json(root / SWEEP_SUMMARY_JSON)
+    rows = [*summary["runs"], {"run_dir": None, "status": entry_status, **params}]
+    write_json(root / SWEEP_SUMMARY_JSON, {**summary, "runs": rows})
+
+
+def test_a_sweep_still_running_says_how_many_of_its_runs_have_ended(tmp_path: Path, home: Home) -> None:
+    """The manifest lists every combination from the start: it is the status that says the sweep
+    goes on, and the count of entries no longer says how far it got."""
+    root = build_sweep(tmp_path, count=2)
+    add_unstarted_combination(root, sweep_status="running", entry_status="pending")
+    result = upload([str(root), "--dry-run"], home, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (skip,) = [s for s in lines_for(result.stdout, "skipped") if "(sweep summary)" in s]
+    assert "sweep not finished (2/3 runs ended" in skip
+    assert f"`veeksha-run evaluate {root}`" in skip  # what ends the wait when its process died
+
+
+def test_a_crashed_sweep_is_summarised_and_its_unstarted_combinations_shown_as_never_run(
+    tmp_path: Path, home: Home
+) -> None:
+    """`crashed` (set by `veeksha-run evaluate` on a sweep whose process died) is a final status."""
+    root = build_sweep(tmp_path, count=2)
+    add_unstarted_combination(root, sweep_status="crashed", entry_status="pending")
+    result = upload([str(root), "--mode", "offline"], home, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table(offline_run(root), "sweep_summary")
+    assert [(r["run_dir"], r["status"]) for r in rows][2:] == [(None, "not_run")]
+
+
 def test_a_capacity_search_in_its_first_attempt_is_already_one(tmp_path: Path, home: Home) -> None:
     """capacity_search_results.json appears after the first attempt; the runner uploads (or follows)
     that attempt before it, and the attempt's run.json says it belongs to the search."""

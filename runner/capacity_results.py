@@ -1,0 +1,257 @@
+"""A capacity search's results: each attempt judged from its run directory alone, and the files that
+list them (capacity_search_results.json, the attempts CSV), written by the search after each attempt
+and again by `veeksha-run evaluate` on an attempt (refresh_capacity_search). The rules: the
+docstring of capacity_search.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veeksha.runner.liveness import Owner
+from veeksha.shared.config import CapacitySearchConfig
+from veeksha.shared.config_loader import load_written_config, read_yaml
+from veeksha.shared.errors import VeekshaError
+from veeksha.shared.jsonio import read_json, write_atomic, write_json
+from veeksha.shared.paths import (
+    CAPSEARCH_ATTEMPTS_CSV,
+    CAPSEARCH_RESULTS,
+    CAPSEARCH_RUNS_DIR,
+    CONFIG_YML,
+    RUN_JSON,
+    SLO_RESULTS,
+    SUMMARY_STATS,
+    RunPaths,
+)
+from veeksha.shared.records import (
+    EVALUATION_ERROR,
+    RUN_COMPLETED,
+    RUN_CRASHED,
+    RUN_INTERRUPTED,
+    RUN_RUNNING,
+    RUN_TIMEOUT,
+    missing_metrics,
+    run_finished,
+)
+from veeksha.shared.schema import build
+
+# An attempt's verdict (results `history[].verdict`, attempts CSV `verdict`).
+PASS, FAIL, UNKNOWN = "pass", "fail", "unknown"
+# stop_reason of a search that stopped at an attempt without a verdict.
+EVALUATION_FAILED = "evaluation_failed"
+
+
+@dataclass
+class Attempt:
+    iteration: int
+    value: float
+    passed: bool | None  # None: no verdict (`why_unknown` says why)
+    run_dir: str
+    status: str
+    error_rate: float | None
+    slo_results: list[dict[str, Any]]
+    num_completed: int = 0  # successful requests: none in every attempt means a broken set-up
+    why_unknown: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        return UNKNOWN if self.passed is None else PASS if self.passed else FAIL
+
+
+def judge(run_dir: Path, max_error_rate: float | None) -> Attempt:
+    """The attempt in `run_dir`, judged from its files alone: the search and a later `veeksha-run
+    evaluate` judge it alike."""
+    paths = RunPaths(run_dir)
+    info = read_json(paths.run_json)
+    where = info.get("capacity_search") or {}
+    summary = optional_json(paths.summary_stats)
+    slo = optional_json(paths.slo_results)
+    why_unknown = no_verdict(paths, info, summary, slo)
+    summary = summary or {}
+    error_rate = summary.get("error_rate")
+    completed = int(summary.get("num_completed_requests") or 0)
+    passed = None
+    if why_unknown is None:
+        passed = meets(info.get("status"), completed, slo, error_rate, max_error_rate)
+    return Attempt(
+        iteration=int(where.get("iteration", -1)),
+        value=where["value"],  # as the search set it: an int for concurrency
+        passed=passed,
+        run_dir=f"{CAPSEARCH_RUNS_DIR}/{run_dir.name}",
+        status=str(info.get("status")),
+        error_rate=error_rate,
+        slo_results=slo.get("results", []) if slo else [],
+        num_completed=completed,
+        why_unknown=why_unknown,
+    )
+
+
+def optional_json(path: Path) -> dict[str, Any] | None:
+    """A metrics file, or None when it is missing or torn (a full disk): the attempt then has no
+    verdict, and the search's other attempts are still listed."""
+    try:
+        data = read_json(path) if path.exists() else None
+    except VeekshaError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def no_verdict(
+    paths: RunPaths, info: dict[str, Any], summary: dict[str, Any] | None, slo: dict[str, Any] | None
+) -> str | None:
+    """Why the attempt cannot be judged; None when it can."""
+    status = info.get("status")
+    if status in (RUN_RUNNING, RUN_INTERRUPTED, RUN_CRASHED):
+        return f"its run is {status}: the load was not applied to the end"
+    if missing_metrics(info) is not None:  # run.json says why; the runner printed it too
+        return f"it has no metrics: its evaluation failed or was cut short ({EVALUATION_ERROR} in run.json)"
+    if not run_finished(info):
+        return "it has not been evaluated"
+    if summary is None:
+        return f"its {SUMMARY_STATS} is missing or unreadable"
+    # No slo_results.json is no verdict on the SLOs, not a pass. (A search has SLOs; one made
+    # before that rule may have had none, and then has no slo_results.json to miss.)
+    if slo is None and load_written_config(paths.config_yml).slos:
+        return f"its {SLO_RESULTS} is missing or unreadable"
+    return None
+
+
+def meets(
+    status: object,
+    completed: int,
+    slo: dict[str, Any] | None,
+    error_rate: float | None,
+    max_error_rate: float | None,
+) -> bool:
+    """The verdict of an attempt that can be judged. A run that failed (its server died at this
+    load) or had no successful request fails."""
+    if status not in (RUN_COMPLETED, RUN_TIMEOUT) or not completed:
+        return False
+    if slo is not None and slo.get("all_slos_met") is not True:
+        return False
+    return max_error_rate is None or (error_rate is not None and error_rate <= max_error_rate)
+
+
+def attempts_on_disk(root: Path, search_id: str, max_error_rate: float | None) -> list[Attempt]:
+    """Every attempt of the search that made a run directory (its run.json names the search), judged,
+    in the order they ran."""
+    runs = root / CAPSEARCH_RUNS_DIR
+    found = [p for p in sorted(runs.iterdir()) if attempt_of(p) == search_id] if runs.is_dir() else []
+    return sorted((judge(p, max_error_rate) for p in found), key=lambda a: a.iteration)
+
+
+def attempt_of(run_dir: Path) -> str | None:
+    """The id of the search whose attempt `run_dir` is, by its run.json; None for any other folder."""
+    try:
+        info = read_json(run_dir / RUN_JSON) if (run_dir / RUN_JSON).is_file() else None
+    except VeekshaError:  # a torn run.json: nothing to judge it by
+        return None
+    where = info.get("capacity_search") if isinstance(info, dict) else None
+    return str(where.get("id")) if isinstance(where, dict) else None
+
+
+def best_attempt(history: list[Attempt]) -> Attempt | None:
+    passed = [a for a in history if a.passed]
+    return max(passed, key=lambda a: a.value) if passed else None
+
+
+def results_header(search_id: str, search: CapacitySearchConfig, knob: str) -> dict[str, Any]:
+    """The results' fields that are the search's own, not computed from its attempts."""
+    return {
+        "id": search_id,
+        "status": RUN_RUNNING,  # running while attempts remain: the uploader waits for the end
+        "searched_knob": knob,
+        "start_value": search.start_value,
+        "max_value": search.max_value,
+        "expansion_factor": search.expansion_factor,
+        "max_iterations": search.max_iterations,
+        "precision": search.precision,
+        "stop_reason": None,  # converged | max_value | max_iterations | evaluation_failed; null until it ends
+        "host": socket.gethostname(),  # the search's process: `evaluate` tells a killed search by it
+        "pid": os.getpid(),
+    }
+
+
+# Results fields computed from the attempts (the rest is results_header).
+COMPUTED = ("iterations_run", "best_value", "best_run_dir", "history")
+
+
+def write_results(root: Path, header: dict[str, Any], history: list[Attempt]) -> None:
+    best = best_attempt(history)
+    computed = {
+        "iterations_run": len(history),
+        "best_value": best.value if best else None,
+        "best_run_dir": best.run_dir if best else None,
+        "history": [
+            {
+                "iteration": a.iteration,
+                "value": a.value,
+                "passed": a.passed,  # null when the verdict is unknown
+                "verdict": a.verdict,
+                "run_dir": a.run_dir,
+                "status": a.status,
+                "error_rate": a.error_rate,
+                "slo_results": a.slo_results,
+            }
+            for a in history
+        ],
+    }
+    write_json(root / CAPSEARCH_RESULTS, {**header, **computed})
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["iteration", "value", "passed", "verdict", "status", "error_rate", "run_dir"])
+    for a in history:
+        writer.writerow([a.iteration, a.value, a.passed, a.verdict, a.status, a.error_rate, a.run_dir])
+    write_atomic(root / CAPSEARCH_ATTEMPTS_CSV, buf.getvalue())
+
+
+# ---------------------------------------------------------------- after `veeksha-run evaluate`
+
+
+def refresh_capacity_search(run_dir: Path, other_host_gone: bool = False) -> str | None:
+    """After `veeksha-run evaluate` on an attempt: its search's results and attempts CSV again, from
+    the attempts on disk (this one re-judged). A search left `running` by a process that died is
+    marked crashed. Returns what to tell the user; None for a run of no search."""
+    root = run_dir.parent.parent
+    search_id = attempt_of(run_dir)
+    if search_id is None or run_dir.parent.name != CAPSEARCH_RUNS_DIR:
+        return None
+    try:
+        results = read_json(root / CAPSEARCH_RESULTS) if (root / CAPSEARCH_RESULTS).is_file() else None
+        if not isinstance(results, dict) or results.get("id") != search_id:
+            return None
+        return _refresh(root, run_dir, results, other_host_gone)
+    except VeekshaError as e:  # the attempt itself is evaluated; only the search's files are stale
+        return f"capacity search {root}: results not rewritten ({e})"
+
+
+def _refresh(root: Path, run_dir: Path, results: dict[str, Any], other_host_gone: bool) -> str | None:
+    header = {k: v for k, v in results.items() if k not in COMPUTED}
+    crashed = False
+    if header.get("status") == RUN_RUNNING:
+        runner = Owner.named_in(header, read_json(run_dir / RUN_JSON))
+        if runner.alive:
+            return (
+                f"capacity search {root} is still running (process {runner.pid}); it writes this "
+                "attempt's verdict into its results itself"
+            )
+        if runner.elsewhere and not other_host_gone:
+            return runner.may_be_running(f"capacity search {root}")
+        header["status"], crashed = RUN_CRASHED, True
+    max_error_rate = build(CapacitySearchConfig, read_yaml(root / CONFIG_YML)).max_error_rate
+    history = attempts_on_disk(root, str(header["id"]), max_error_rate)
+    write_results(root, header, history)
+    if crashed:
+        return (
+            f"capacity search {root} was left running by a process that died: marked crashed; its "
+            f"results list the {len(history)} attempt(s) on disk"
+        )
+    this = next(a for a in history if a.run_dir.endswith(f"/{run_dir.name}"))
+    knob = str(header.get("searched_knob")).rsplit(".", 1)[-1]
+    return f"capacity search {root}: attempt {this.iteration} ({knob}={this.value}) is now {this.verdict}"

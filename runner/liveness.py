@@ -1,0 +1,57 @@
+"""Is the process that writes a directory (a run, a sweep, a capacity search) still going?
+
+Each names its process in its own file (run.json, sweep_manifest.json, capacity_search_results.json:
+`host` and `pid`). On this host the process can be looked at; on another (a shared filesystem) it
+cannot, and only the user can say it has ended (`veeksha-run evaluate --other-host-gone`).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def process_alive(pid: object) -> bool:
+    """A live (not zombie) veeksha process with this pid on this host."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z" and b"veeksha" in cmdline
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that ran (or runs) a directory, as far as it can be told from here."""
+
+    pid: object
+    host: object
+
+    @classmethod
+    def named_in(cls, *infos: Any) -> Owner:
+        """The first of these files' contents that names a process (older sweep manifests and search
+        results did not; their runs' run.json do, as a sweep or search runs them in its own process)."""
+        for info in infos:
+            if isinstance(info, dict) and "pid" in info:
+                return cls(info.get("pid"), info.get("host"))
+        return cls(None, None)
+
+    @property
+    def elsewhere(self) -> bool:
+        """On another host (or unknown): its process cannot be looked at from here."""
+        return self.host != socket.gethostname()
+
+    @property
+    def alive(self) -> bool:
+        return not self.elsewhere and process_alive(self.pid)
+
+    def may_be_running(self, what: str) -> str:
+        return (
+            f"{what} may still be running on host {self.host!r} (process {self.pid}); once that process "
+            "is gone, rerun with --other-host-gone to mark it crashed"
+        )
