@@ -25,6 +25,7 @@ from veeksha.shared.config import (
     TraceSessions,
 )
 from veeksha.shared.errors import ConfigError
+from veeksha.shared.records import summary_key_part
 from veeksha.shared.redact import is_plain_header, url_for_message
 
 # RFC 9110 "token": the characters a header name may have.
@@ -285,27 +286,27 @@ def _os_string_error(key_path: str, what: str, problem: str) -> ConfigError:
 
 
 def check_evaluator_names(cfg: BenchmarkConfig, prefix: str = "") -> None:
-    """Names that label results. One evaluator of each type: health takes the first one's
-    thresholds, a second one's would be ignored. SLO names unique, also as the W&B keys
-    `slo/<name>/...`, where uploader/wandb_run.py writes a '/' in a name as '_'."""
-    seen_types: set[str] = set()
-    for i, evaluator in enumerate(cfg.evaluators):
-        if evaluator.type in seen_types:
+    """SLO names label results: unique across every evaluator, also as W&B summary keys
+    (summary_key_part). Health takes the first evaluator's thresholds: a later one with other
+    thresholds would be ignored unseen."""
+    first = cfg.evaluators[0] if cfg.evaluators else None
+    for i, evaluator in enumerate(cfg.evaluators[1:], start=1):
+        if first is not None and evaluator.health != first.health:
             raise ConfigError(
-                f"config error at {prefix}evaluators.{i}.type: a second {evaluator.type!r} evaluator is not "
-                "allowed; put every SLO (and the health thresholds) in one"
+                f"config error at {prefix}evaluators.{i}.health: only the first evaluator's health "
+                "thresholds are used; set them there (and remove them here)"
             )
-        seen_types.add(evaluator.type)
-        _check_slo_names(evaluator.slos, f"{prefix}evaluators.{i}.slos")
+    where = [(i, j) for i, ev in enumerate(cfg.evaluators) for j in range(len(ev.slos))]
+    _check_slo_names(cfg.slos, [f"{prefix}evaluators.{i}.slos.{j}" for i, j in where])
 
 
-def _check_slo_names(slos: list[SLOConfig], key_path: str) -> None:
+def _check_slo_names(slos: list[SLOConfig], key_paths: list[str]) -> None:
     first: dict[str, str] = {}  # W&B key part -> the name that took it
-    for j, slo in enumerate(slos):
-        part = slo.name.replace("/", "_")
+    for slo, key_path in zip(slos, key_paths, strict=True):
+        part = summary_key_part(slo.name)
         if part in first:
             raise ConfigError(
-                f"config error at {key_path}.{j}.name: {slo.name!r} is not allowed; SLO names must be "
+                f"config error at {key_path}.name: {slo.name!r} is not allowed; SLO names must be "
                 f"unique, and {first[part]!r} comes first (W&B keys read '/' as '_'); rename one"
             )
         first[part] = slo.name

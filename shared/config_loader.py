@@ -12,7 +12,7 @@ import hashlib
 import itertools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig
 from veeksha.shared.config_checks import check_benchmark_config, uses_client_api_base
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.redact import redact, redact_params
-from veeksha.shared.schema import build, to_dict
+from veeksha.shared.schema import build, mark_respelled, plain, to_dict
 from veeksha.shared.secret import Secret
 
 
@@ -72,6 +72,13 @@ def _loader_for(path: Path, reading: _Reading) -> type[yaml.SafeLoader]:
     # The constructors are module functions; partial binds what they need to know of this file.
     Loader.add_constructor("tag:yaml.org,2002:int", functools.partial(_construct_int, path))
     if reading.tags:  # plain data knows no custom tag at all (_refuse_foreign_tag refuses them anyway)
+        # A config's numbers keep whether they read back as written: a text field takes `8000`, not `0123`.
+        Loader.add_constructor(
+            "tag:yaml.org,2002:int", functools.partial(_construct_marked, _construct_int, path)
+        )
+        Loader.add_constructor(
+            "tag:yaml.org,2002:float", functools.partial(_construct_marked, _construct_float, path)
+        )
         Loader.add_constructor("!expand", functools.partial(_construct_expand, path))
         Loader.add_constructor("!include", functools.partial(_construct_include, path, reading))
     return Loader
@@ -132,6 +139,20 @@ def _construct_int(path: Path, loader: yaml.SafeLoader, node: yaml.Node) -> int:
             f"{path} line {node.start_mark.line + 1}: an integer of {len(node.value)} characters "
             "is not allowed; integers must fit in 64 bits"
         ) from None
+
+
+def _construct_float(path: Path, loader: yaml.SafeLoader, node: yaml.Node) -> float:
+    return yaml.SafeLoader.construct_yaml_float(loader, node)  # type: ignore[arg-type]  # a ScalarNode
+
+
+def _construct_marked(
+    construct: Callable[[Path, yaml.SafeLoader, yaml.Node], Any],
+    path: Path,
+    loader: yaml.SafeLoader,
+    node: yaml.Node,
+) -> Any:
+    assert isinstance(node, yaml.ScalarNode)
+    return mark_respelled(construct(path, loader, node), node.value)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -280,9 +301,10 @@ def _count_values(data: Any, limit: int) -> int:
 def parse_override_value(text: str) -> Any:
     """`--a.b 5` → 5, `true` → True, `[1, 2]` → list, anything else stays a string."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    return mark_respelled(value, text)  # `--client.api_key 0123` is not the text '83'
 
 
 def apply_override(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -402,7 +424,7 @@ def load_benchmark_runs(
     raw = load_raw(path, overrides)
     # The parameters label runs (console, run.json, sweep files): never with a secret value in them.
     return [
-        LoadedRun(redact_params(params, tree), build_benchmark_config(tree, fallbacks))
+        LoadedRun(redact_params(plain(params), tree), build_benchmark_config(tree, fallbacks))
         for params, tree in expand(raw)
     ]
 

@@ -398,6 +398,13 @@ MEMBER_PENDING: Final = "pending"  # not started yet; the sweep goes on
 MEMBER_NOT_RUN: Final = "not_run"  # never started: the sweep ended first (interrupted, crashed)
 
 
+def summary_key_part(name: object) -> str:
+    """A name (an SLO's, a health check's) as one part of a W&B summary key (`slo/<part>/met`): a
+    '/' would nest the key. The config refuses SLO names equal after this; the uploader suffixes
+    any that still are (a directory written before that rule)."""
+    return str(name).replace("/", "_")
+
+
 def run_finished(info: dict[str, Any]) -> bool:
     """Whether a run directory is complete: run.json has a final status AND finished_at. The final
     status is written before the evaluation (which reads it), finished_at after it: in between, the

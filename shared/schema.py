@@ -223,16 +223,19 @@ def _convert_dict(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]
     if not isinstance(value, dict):
         raise _fail(path, value, "expected a mapping")
     _, item = get_args(tp)
-    for k in value:  # a key is text too: `0123:` would have become the key '83'
-        if not isinstance(k, str):
+    out: dict[str, Any] = {}
+    for k, v in value.items():  # a key is text too: `0123:` would have become the key '83'
+        key = k if isinstance(k, str) else _as_written(k)
+        if key is None:
             raise _not_text(_join(path, k), k, what="as a key ")
-    # The field's metadata describes the mapping, not its values: they are converted without it.
-    return {k: convert(item, v, _join(path, k)) for k, v in value.items()}
+        # The field's metadata describes the mapping, not its values: they are converted without it.
+        out[key] = convert(item, v, _join(path, key))
+    return out
 
 
 def _convert_any(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
     _check_plain_numbers(value, path)
-    return value
+    return plain(value)
 
 
 def _convert_bool(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> bool:
@@ -265,6 +268,51 @@ QUOTE_HINT = (
 )
 
 
+class RespelledInt(int):
+    """An unquoted integer whose text is not its decimal value (0123 is 83, 0x1F, 1_000, 12:30, +5)."""
+
+
+class RespelledFloat(float):
+    """An unquoted number whose text is not how the number is written back (1.10 is 1.1, 1e3, .5)."""
+
+
+def mark_respelled(value: Any, text: str) -> Any:
+    """`value`, as YAML read it from `text`, marked when it would not read back as written: a text
+    field may then take the number as the text it was (`--port, 8000`), never a respelled one."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and str(value) != text.strip():
+        return RespelledInt(value)
+    if isinstance(value, float) and repr(value) != text.strip():
+        return RespelledFloat(value)
+    return value
+
+
+def plain(value: Any) -> Any:
+    """`value` with the respelled marks dropped: what is kept as data (free-form request parameters,
+    a sweep's parameters) must be plain numbers (orjson and the YAML dumper take no subclass)."""
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, RespelledInt):
+        return int(value)
+    if isinstance(value, RespelledFloat):
+        return float(value)
+    return value
+
+
+def _as_written(value: Any) -> str | None:
+    """The text an unquoted number stood for when it reads back as written (8000, 2.5); else None."""
+    if isinstance(value, bool | RespelledInt | RespelledFloat):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    return None
+
+
 # What YAML made of an unquoted value that is not text, by Python type (bool first: it is an int too).
 YAML_SCALAR_KINDS: tuple[tuple[Any, str], ...] = (
     (bool, "boolean"),
@@ -290,7 +338,9 @@ def _not_text(path: str, value: Any, what: str = "") -> ConfigError:
 
 
 def _convert_str(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> str:
-    if _yaml_kind(value):
+    if (written := _as_written(value)) is not None:
+        value = written  # `--port, 8000`: the text it was
+    elif _yaml_kind(value):
         raise _not_text(path, value)
     if not isinstance(value, str):
         raise _fail(path, value, "expected a string")
@@ -302,7 +352,9 @@ def _convert_str(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any])
 def _convert_secret(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Secret:
     if isinstance(value, Secret):
         return value
-    if _yaml_kind(value):  # an all-digit key written unquoted: YAML may have changed it
+    if (written := _as_written(value)) is not None:
+        value = written  # an all-digit key written unquoted, as written
+    elif _yaml_kind(value):  # 0123 or 1.10 unquoted: YAML changed it
         raise _not_text(path, value)
     if not isinstance(value, str):
         kind = type(value).__name__  # the value itself is never echoed: it is a secret

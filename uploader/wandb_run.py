@@ -19,6 +19,7 @@ from veeksha.shared.records import (
     HEALTH_PASSED,
     SLO_RESULT_FIELDS,
     SUMMARY_STAT_SUFFIXES,
+    summary_key_part,
     summary_stat_key,
 )
 from veeksha.shared.redact import redact_argv
@@ -62,7 +63,7 @@ def key_parts(names: list[Any]) -> list[str]:
     taken: set[str] = set()
     parts = []
     for name in names:
-        base = part = str(name).replace("/", "_")
+        base = part = summary_key_part(name)
         n = 1
         while part in taken:
             n += 1

@@ -351,6 +351,36 @@ def test_a_quoted_number_is_text_as_written(tmp_path: Path) -> None:
     assert cfg.client.api_key == Secret("0123")
 
 
+def test_a_number_that_reads_back_as_written_is_text_where_text_goes(tmp_path: Path) -> None:
+    """`--port, 8000` in a server command, `CUDA_VISIBLE_DEVICES: 0`: the text is what was written."""
+    text = """
+    client: {model: 7, api_key: 123456789, headers: {X-Version: 2.5}}
+    server: {type: command, command: [vllm, serve, m, --port, 8000], env: {CUDA_VISIBLE_DEVICES: 0},
+             ready_url: 'http://127.0.0.1:8000/health'}
+    wandb: {tags: [1.0, -3]}
+    evaluators: [{type: performance, slos: [{name: 99, metric: ttfc, value: 1}]}]
+    """
+    cfg = load_benchmark_runs(write(tmp_path, text))[0].config
+    assert cfg.server is not None and cfg.server.command[-1] == "8000"
+    assert cfg.server.env == {"CUDA_VISIBLE_DEVICES": "0"}
+    assert (cfg.client.model, cfg.client.headers, cfg.wandb.tags) == (
+        "7",
+        {"X-Version": "2.5"},
+        ["1.0", "-3"],
+    )
+    assert cfg.client.api_key == Secret("123456789") and cfg.slos[0].name == "99"
+
+
+def test_slos_may_be_spread_over_evaluators_that_share_the_health_thresholds(tmp_path: Path) -> None:
+    text = """
+    evaluators:
+      - {type: performance, slos: [{name: first token, metric: ttfc, value: 1}]}
+      - {type: performance, slos: [{name: whole reply, metric: e2e, value: 5}]}
+    """
+    cfg = load_benchmark_runs(write(tmp_path, text))[0].config
+    assert [s.name for s in cfg.slos] == ["first token", "whole reply"]
+
+
 @pytest.mark.parametrize("kind", ["openai_chat_completions", "openai_completions"])
 def test_every_field_the_client_puts_in_a_body_is_refused_as_a_request_parameter(kind: str) -> None:
     """additional_sampling_params is merged into the body last: none of it may replace what the
