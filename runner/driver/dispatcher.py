@@ -142,7 +142,9 @@ class _Node:
         self.completed_at = 0.0
         self.context: Any = None  # messages (chat) or prompt prefix (completions) before this turn
         self.reply = ""
-        self.output_tokens = 0  # server-counted reply tokens (0 when unknown)
+        # The answer's tokens, which a later turn carries in its history: None until a later turn
+        # needs them counted from `reply` (the server's count is set when it has one).
+        self.output_tokens: int | None = None
         self.total_tokens = 0  # prompt tokens this node sent, history included
         self.request_id = -1
         self.dispatched_at: float | None = None  # None until sent
@@ -562,24 +564,11 @@ class Driver:
             node.done.set()
 
     async def _think(self, ready_at: float) -> None:
-        """A turn's think time, cut short when dispatch stops: the turn will not be sent, and a drain
-        that waited out every think time (any length) had nothing left to wait for."""
-        if not self.dispatch_open:
-            return
-        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        sleeper = asyncio.ensure_future(sleep_until(ready_at))
-
-        def woken(_: object) -> None:
-            if not stopped.done():
-                stopped.set_result(None)
-
-        sleeper.add_done_callback(woken)
-        self.waiting.add(stopped)  # _stop_dispatch resolves it
-        try:
-            await stopped
-        finally:
-            self.waiting.discard(stopped)
-            sleeper.cancel()
+        """A turn's think time, cut short when dispatch stops (_at's wait is one `_stop_dispatch`
+        releases): the turn will not be sent, and a drain that waited out every think time (any
+        length) had nothing left to wait for."""
+        if self.dispatch_open:
+            await self._at(ready_at, _no_fire)
 
     def _session_failed(self, nodes: list[_Node]) -> bool:
         """cancel_session_on_failure: once a request of the session failed, its remaining requests
@@ -603,6 +592,8 @@ class Driver:
                 ]
             else:
                 node.context = f"{parent.context}{parent.spec.content}{parent.reply}\n"
+            if parent.output_tokens is None:  # counted once, by the first turn that carries it
+                parent.output_tokens = self.count_tokens(parent.reply) if parent.reply else 0
             history_tokens = parent.total_tokens + parent.output_tokens
         node.total_tokens = history_tokens + spec.num_content_tokens
         if self.is_chat:
@@ -650,15 +641,12 @@ class Driver:
         node.ok = ok
         node.completed_at = outcome.completed_at or time.perf_counter()
         node.reply = outcome.text
-        # The reply's tokens, which a later turn carries in its history: the server's count less its
-        # reasoning (counted among the reply's tokens, never sent back), else counted here as the
-        # prompts are (once per reply, never per chunk).
-        reply_tokens = outcome.completion_tokens
-        if reply_tokens is not None and outcome.reasoning_tokens is not None:
-            reply_tokens = max(0, reply_tokens - outcome.reasoning_tokens)
-        elif reply_tokens is None or outcome.reasoning_text:
-            reply_tokens = self.count_tokens(outcome.text) if outcome.text else 0
-        node.output_tokens = reply_tokens
+        # The answer's tokens for a later turn's history: the server's count less its reasoning
+        # (counted among the reply's tokens, never sent back); without those counts the text is
+        # counted only if a later turn carries it (_payload): nothing per request here.
+        completion, reasoning = outcome.completion_tokens, outcome.reasoning_tokens
+        if completion is not None and (reasoning is not None or not outcome.reasoning_text):
+            node.output_tokens = max(0, completion - (reasoning or 0))
         if ok:
             self.requests_completed += 1
             self.output_tokens += outcome.completion_tokens or len(outcome.chunk_times)
@@ -861,6 +849,10 @@ class Driver:
         if self.out is None or self.out.is_closing():
             return
         self.out.write(ipc.frame(orjson.dumps([kind, payload])))
+
+
+def _no_fire(now: float) -> None:
+    """What a think time does when it ends: nothing; the turn is sent by its session's task."""
 
 
 def _share(total: int, driver_id: int, num_drivers: int) -> int:

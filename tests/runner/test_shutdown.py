@@ -236,11 +236,11 @@ def test_one_ctrl_c_cancels_a_drain_already_under_way(tmp_path: Path, ends_dispa
 def test_a_stop_does_not_wait_out_the_think_time_of_turns_it_will_never_send(
     tmp_path: Path, stop: list[str]
 ) -> None:
-    # Sessions of 3 turns with 20 s of think time between them: after the stop no turn is sent, so
-    # nothing is left to wait for once the first turns are answered (the drain waited out the 20 s).
+    # Sessions of 3 turns with 120 s of think time between them: after the stop no turn is sent, so
+    # nothing is left to wait for once the first turns are answered (the drain waited out the 120 s).
     graph = (
         "{type: linear, num_request_generator: {type: fixed, value: 3}, "
-        "request_wait_generator: {type: fixed, value: 20}}"
+        "request_wait_generator: {type: fixed, value: 120}}"
     )
     flags = ["--server.type", "simulated", "--session_generator.session_graph", graph, "--output_dir", "out"]
     rate = ["--traffic_scheduler.interval_generator.arrival_rate", "4", "--runtime.benchmark_timeout", "30"]
@@ -249,7 +249,7 @@ def test_a_stop_does_not_wait_out_the_think_time_of_turns_it_will_never_send(
     took = time.monotonic() - started
 
     assert proc.returncode == 0, proc.stderr
-    assert took < 15, f"the run took {took:.1f} s"
+    assert took < 60, f"the run took {took:.1f} s"  # about 5 s; a loaded CI machine is slower
     paths = only_run_dir(tmp_path / "out")
     records = read_jsonl(paths.request_records)
     assert records and {r["status"] for r in records} == {"success"}
