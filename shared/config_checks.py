@@ -210,8 +210,15 @@ def _header_value_problem(value: str) -> str | None:
 
 
 def client_body_fields(client: ClientConfig) -> dict[str, str]:
-    """CLIENT_BODY_FIELDS plus this client's own output-length field names."""
+    """CLIENT_BODY_FIELDS this client sends (stream_options only with usage asked for in a stream,
+    ignore_eos only when true: a parameter may add what the client leaves out, e.g. vLLM's
+    stream_options.continuous_usage_stats with client.include_usage: false), plus its own
+    output-length field names."""
     fields = dict(CLIENT_BODY_FIELDS)
+    if not (client.stream and client.include_usage):
+        del fields["stream_options"]
+    if not client.ignore_eos:
+        del fields["ignore_eos"]
     if client.max_tokens_param:
         fields[client.max_tokens_param] = OUTPUT_LENGTH_SOURCE
     if client.min_tokens_param:

@@ -523,7 +523,7 @@ CLIENT_OWNED = [
     Case("params-messages", params("{messages: [{role: user, content: hi}]}"), "params.messages: "),
     Case("params-prompt", params("{prompt: hi}", "type: openai_completions"), "params.prompt: "),
     Case("params-stream-options", params("{stream_options: {}}"), "params.stream_options: "),
-    Case("params-ignore-eos", params("{ignore_eos: false}"), "params.ignore_eos: "),
+    Case("params-ignore-eos", params("{ignore_eos: false}", "ignore_eos: true"), "params.ignore_eos: "),
     Case("params-max-tokens", params("{max_tokens: 5}"), "params.max_tokens: "),
     Case("params-max-completion-tokens", params("{max_completion_tokens: 5}"), "completion_tokens: "),
     Case(

@@ -381,6 +381,21 @@ def test_slos_may_be_spread_over_evaluators_that_share_the_health_thresholds(tmp
     assert [s.name for s in cfg.slos] == ["first token", "whole reply"]
 
 
+def test_a_request_parameter_may_add_a_field_the_client_leaves_out() -> None:
+    """vLLM's stream_options.continuous_usage_stats: the client sends no stream_options without
+    include_usage, nor ignore_eos unless it is true."""
+    client = {
+        "include_usage": False,
+        "ignore_eos": False,
+        "additional_sampling_params": {
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+            "ignore_eos": False,
+        },
+    }
+    cfg = build_benchmark_config({"client": client})
+    assert cfg.client.additional_sampling_params["stream_options"]["continuous_usage_stats"] is True
+
+
 @pytest.mark.parametrize("kind", ["openai_chat_completions", "openai_completions"])
 def test_every_field_the_client_puts_in_a_body_is_refused_as_a_request_parameter(kind: str) -> None:
     """additional_sampling_params is merged into the body last: none of it may replace what the
