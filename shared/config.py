@@ -30,6 +30,15 @@ def seconds(**kwargs: Any) -> Any:
     return spec(le=MAX_SECONDS, bound=SECONDS_BOUND, **kwargs)
 
 
+# The smallest rate: a mean gap under a week (a smaller rate is a longer wait than any allowed).
+MIN_PER_SECOND = 2e-6
+
+
+def per_second(**kwargs: Any) -> Any:
+    """A rate field, at least MIN_PER_SECOND."""
+    return spec(ge=MIN_PER_SECOND, bound="per second: a gap under a week", **kwargs)
+
+
 # ---------------------------------------------------------------- length / wait generators
 
 
@@ -190,13 +199,13 @@ class ClientConfig:
 @dataclass(frozen=True)
 class PoissonIntervals:
     type: Literal["poisson"] = "poisson"
-    arrival_rate: float = spec(default=1.0, gt=0, doc="sessions per second")
+    arrival_rate: float = per_second(default=1.0, doc="sessions per second")
 
 
 @dataclass(frozen=True)
 class GammaIntervals:
     type: Literal["gamma"] = "gamma"
-    arrival_rate: float = spec(default=1.0, gt=0)
+    arrival_rate: float = per_second(default=1.0)
     cv: float = spec(default=1.0, gt=0, doc="coefficient of variation of the gaps")
 
 
@@ -204,7 +213,7 @@ class GammaIntervals:
 class FixedIntervals:
     type: Literal["fixed"] = "fixed"
     interval: float | None = seconds(default=None, gt=0, doc="seconds between sessions")
-    arrival_rate: float | None = spec(default=None, gt=0)
+    arrival_rate: float | None = per_second(default=None)
 
     def check(self) -> str | None:
         if (self.interval is None) == (self.arrival_rate is None):

@@ -211,7 +211,7 @@ def session_spans(data: RunData) -> pl.DataFrame:
         .group_by("session_id")
         .agg(start=pl.col(SCHEDULER_DISPATCHED_AT).min(), end=pl.col("end_at").max(), sent=last_sent)
         # A request recovered after a crash has no end: its session ran at least until it was sent.
-        .with_columns(end=pl.coalesce("end", "sent"))
+        .with_columns(end=pl.max_horizontal("end", "sent"))
         .drop("sent")
         .sort("start", "session_id")
     )

@@ -83,12 +83,13 @@ def server_cache_hit_fraction(csv_path: Path) -> float | None:
     df = pl.read_csv(csv_path, infer_schema_length=None)
     if not {"elapsed_s", VLLM_CACHE_HITS, VLLM_CACHE_QUERIES} <= set(df.columns):
         return None
-    interval = pl.col("elapsed_s").cast(pl.Float64).diff().fill_null(0)
-    totals = df.select(
-        (pl.col(name).cast(pl.Float64).fill_null(0) * interval).sum()
+    # numpy, not polars, for the sums: polars' last bits depend on its thread count.
+    elapsed = df["elapsed_s"].cast(pl.Float64).to_numpy()
+    interval = np.diff(elapsed, prepend=elapsed[:1])  # the first row has no rate (and 0 s)
+    hits, queries = (
+        float(np.nansum(df[name].cast(pl.Float64).fill_null(0).to_numpy() * interval))
         for name in (VLLM_CACHE_HITS, VLLM_CACHE_QUERIES)
     )
-    hits, queries = (float(v) for v in totals.row(0))
     return hits / queries if queries else None
 
 

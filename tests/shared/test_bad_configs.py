@@ -596,6 +596,11 @@ def think_time(generator: str, graph: str = "linear") -> str:
 # Timeouts, intervals and waits: a huge one overflowed a timer after the server started (a traceback,
 # exit 1), or made the drain wait forever. Every one is at most a week.
 DURATIONS = [
+    Case(  # the gap of a week-long interval, given as a rate
+        "arrival-rate-1e-9",
+        GOOD + "traffic_scheduler: {interval_generator: {type: poisson, arrival_rate: 1.0e-9}}\n",
+        "arrival_rate: 1e-09 is not allowed",
+    ),
     Case("connect-timeout-1e10", client("connect_timeout: 1.0e+10"), "client.connect_timeout: 10000000000.0"),
     Case("connect-timeout-1e300", client("connect_timeout: 1.0e+300"), "<= 604800"),
     Case("request-timeout-8-days", client(f"request_timeout: {8 * DAY}"), "client.request_timeout: 691200"),

@@ -93,7 +93,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ),
         (
             "traffic_scheduler: {type: rate, interval_generator: {type: poisson, arrival_rate: -1}}",
-            r"traffic_scheduler\.interval_generator\.arrival_rate: -1 is not allowed; must be > 0",
+            r"traffic_scheduler\.interval_generator\.arrival_rate: -1 is not allowed; must be >= 2e-06",
         ),
         (
             "runtime: {max_sessions: many}",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from veeksha.shared.config_loader import (
     MAX_PLAIN_YAML_BYTES,
+    empty_override,
     load_benchmark_runs,
     load_capacity_search,
     read_yaml,
@@ -98,3 +99,10 @@ def test_an_empty_capacity_search_output_dir_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "output_dir: ''\nbenchmark_config: {" + CLIENT.strip() + "}\n")
     with pytest.raises(ConfigError, match="config error at output_dir: empty"):
         load_capacity_search(path)
+
+
+def test_an_empty_override_says_how_to_unset_a_key() -> None:
+    """`--x "$UNSET"` is refused, not taken as null (README): the line says what unsets a key."""
+    assert empty_override("--client.model") == (
+        "--client.model is empty; give a value, `null` to unset the key, or leave the flag out"
+    )

@@ -101,6 +101,16 @@ def test_concurrency_counts_a_session_whose_request_was_lost_without_an_end():
     assert abs(check.metrics["mean_concurrent_sessions"] - 2) < 0.05
 
 
+def test_a_session_lasts_until_its_last_send_when_a_later_request_was_lost():
+    done = request(0, sent=1.0, chunks=[1.2, 1.4], session=7)
+    lost = lost_record(
+        {"request_id": 1, "session_id": 7, "node_id": 1, "session_size": 2, "dispatched_at": 1.6},
+        "the run's processes died",
+    )
+    spans = health.session_spans(_data([done, lost]))
+    assert spans.select("start", "end").row(0) == (1.0, 1.6)  # not 1.4, its finished request's end
+
+
 def test_concurrency_skipped_for_rate_traffic():
     assert health.concurrency(_data(_closed_loop(1))).result == "SKIPPED"
 
