@@ -17,7 +17,7 @@ from typing import Any
 from veeksha.runner.liveness import Owner
 from veeksha.shared.config import CapacitySearchConfig
 from veeksha.shared.config_loader import load_written_config, read_yaml
-from veeksha.shared.errors import VeekshaError
+from veeksha.shared.errors import UsageError, VeekshaError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
 from veeksha.shared.paths import (
     CAPSEARCH_ATTEMPTS_CSV,
@@ -244,14 +244,78 @@ def _refresh(root: Path, run_dir: Path, results: dict[str, Any], other_host_gone
         if runner.elsewhere and not other_host_gone:
             return runner.may_be_running(f"capacity search {root}")
         header["status"], crashed = RUN_CRASHED, True
-    max_error_rate = build(CapacitySearchConfig, read_yaml(root / CONFIG_YML)).max_error_rate
-    history = attempts_on_disk(root, str(header["id"]), max_error_rate)
-    write_results(root, header, history)
+    history = _rewrite(root, header)
     if crashed:
-        return (
-            f"capacity search {root} was left running by a process that died: marked crashed; its "
-            f"results list the {len(history)} attempt(s) on disk"
-        )
+        return _crashed_note(root, history)
     this = next(a for a in history if a.run_dir.endswith(f"/{run_dir.name}"))
     knob = str(header.get("searched_knob")).rsplit(".", 1)[-1]
     return f"capacity search {root}: attempt {this.iteration} ({knob}={this.value}) is now {this.verdict}"
+
+
+def _rewrite(root: Path, header: dict[str, Any]) -> list[Attempt]:
+    max_error_rate = build(CapacitySearchConfig, read_yaml(root / CONFIG_YML)).max_error_rate
+    history = attempts_on_disk(root, str(header["id"]), max_error_rate)
+    write_results(root, header, history)
+    return history
+
+
+def _crashed_note(root: Path, history: list[Attempt]) -> str:
+    return (
+        f"capacity search {root} was left running by a process that died: marked crashed; its "
+        f"results list the {len(history)} attempt(s) on disk"
+    )
+
+
+# ---------------------------------------------------------------- `veeksha-run evaluate CAPSEARCH_DIR`
+
+
+def is_search_root(path: Path) -> bool:
+    return (path / CAPSEARCH_RESULTS).is_file() and not (path / RUN_JSON).exists()
+
+
+def _results_header(root: Path) -> dict[str, Any]:
+    results = read_json(root / CAPSEARCH_RESULTS)
+    if not isinstance(results, dict) or "id" not in results:
+        raise UsageError(
+            f"{root / CAPSEARCH_RESULTS} is not a capacity search's results; evaluate its runs one by one"
+        )
+    return {k: v for k, v in results.items() if k not in COMPUTED}
+
+
+def _attempt_dirs(root: Path, search_id: str) -> list[Path]:
+    runs = root / CAPSEARCH_RUNS_DIR
+    return [p for p in sorted(runs.iterdir()) if attempt_of(p) == search_id] if runs.is_dir() else []
+
+
+def check_search_ended(root: Path, other_host_gone: bool) -> None:
+    """Before `veeksha-run evaluate CAPSEARCH_DIR` touches an attempt: the search's process has ended
+    (a search killed before its first attempt made a directory has only its results to finish)."""
+    header = _results_header(root)
+    if header.get("status") != RUN_RUNNING:
+        return
+    first = [read_json(d / RUN_JSON) for d in _attempt_dirs(root, str(header["id"]))[:1]]
+    runner = Owner.named_in(header, *first)
+    if runner.alive:
+        raise UsageError(
+            f"capacity search {root} is still running (process {runner.pid}); wait for it to end (or "
+            "stop it), or evaluate one of its attempts"
+        )
+    if runner.elsewhere and not other_host_gone:
+        raise UsageError(runner.may_be_running(f"capacity search {root}"))
+
+
+def attempts_to_finish(root: Path) -> list[Path]:
+    """The attempts `veeksha-run evaluate CAPSEARCH_DIR` evaluates: those not finished."""
+    header = _results_header(root)
+    return [d for d in _attempt_dirs(root, str(header["id"])) if not run_finished(read_json(d / RUN_JSON))]
+
+
+def refresh_search(root: Path) -> str | None:
+    """After check_search_ended and its attempts' evaluation: the results and attempts CSV from the
+    attempts on disk; a search left `running` (its process is gone) is marked crashed."""
+    header = _results_header(root)
+    crashed = header.get("status") == RUN_RUNNING
+    if crashed:
+        header["status"] = RUN_CRASHED
+    history = _rewrite(root, header)
+    return _crashed_note(root, history) if crashed else None

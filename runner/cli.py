@@ -247,15 +247,17 @@ def capacity_search_command(ctx: click.Context, config_path: Path, dry_run: bool
 def evaluate_command(run_dir: Path, strict: bool, other_host_gone: bool) -> None:
     """Recompute every metric, SLO and health check of RUN_DIR from its raw records.
 
-    RUN_DIR may be a sweep directory: its runs that did not finish are evaluated, and its manifest
-    and table rebuilt (a sweep whose process died is marked crashed)."""
+    RUN_DIR may be a sweep or capacity-search directory: its runs that did not finish are evaluated,
+    and its manifest and table (or results) rebuilt (one whose process died is marked crashed)."""
 
     def go() -> int:
-        from veeksha.runner.capacity_results import refresh_capacity_search
+        from veeksha.runner.capacity_results import is_search_root, refresh_capacity_search
         from veeksha.runner.sweep import is_sweep_root, refresh_sweep_summary
 
         if is_sweep_root(run_dir):
             return _evaluate_sweep(run_dir, strict, other_host_gone)
+        if is_search_root(run_dir):
+            return _evaluate_search(run_dir, strict, other_host_gone)
         code = _evaluate_run(run_dir, strict, other_host_gone)
         _say(refresh_sweep_summary(run_dir, other_host_gone))  # its sweep's table holds its numbers
         _say(refresh_capacity_search(run_dir, other_host_gone))  # its search's results judge it
@@ -276,6 +278,18 @@ def _evaluate_sweep(root: Path, strict: bool, other_host_gone: bool) -> int:
     check_sweep_ended(root, other_host_gone)  # its process would still be writing them
     codes = [_evaluate_run(member, strict, other_host_gone) for member in members_to_finish(root)]
     _say(refresh_sweep(root, other_host_gone))
+    return max(codes, default=0)
+
+
+def _evaluate_search(root: Path, strict: bool, other_host_gone: bool) -> int:
+    """A capacity-search directory: its attempts that did not finish, then its results (a search
+    whose process died is marked crashed: killed before its first attempt had a directory, it has
+    nothing else to evaluate)."""
+    from veeksha.runner.capacity_results import attempts_to_finish, check_search_ended, refresh_search
+
+    check_search_ended(root, other_host_gone)  # its process would still be writing them
+    codes = [_evaluate_run(attempt, strict, other_host_gone) for attempt in attempts_to_finish(root)]
+    _say(refresh_search(root))
     return max(codes, default=0)
 
 

@@ -342,6 +342,33 @@ def test_evaluate_marks_a_killed_search_crashed_and_uploadable(
     assert read_capsearch(found.root).unfinished is None  # the uploader takes it now
 
 
+def test_evaluate_on_the_search_directory_finishes_it(interrupted_search: Search, tmp_path: Path) -> None:
+    # Killed during attempt 1: the directory itself is evaluated (its unfinished attempt, then the
+    # results). A search killed before its first attempt had a directory had no other way out.
+    found = copy_search(interrupted_search, tmp_path)
+    killed_during_attempt_1(found, dead_pid())
+    proc = evaluate_cli(found.root)
+    assert "marked crashed" in proc.stdout, proc.stdout
+    assert [(h["status"], h["verdict"]) for h in found.results["history"]] == [
+        ("completed", "pass"),
+        ("crashed", "unknown"),
+    ]
+    assert read_capsearch(found.root).unfinished is None
+
+
+def test_evaluate_on_the_directory_of_a_search_killed_before_any_attempt(tmp_path: Path) -> None:
+    root = tmp_path / "capsearch-x"
+    (root / "runs").mkdir(parents=True)
+    write_json(
+        root / CAPSEARCH_RESULTS,
+        {"id": "s1", "status": "running", "pid": dead_pid(), "host": socket.gethostname()},
+    )
+    (root / "config.yml").write_text(write_search(tmp_path).read_text())
+    proc = evaluate_cli(root)
+    assert "marked crashed" in proc.stdout and read_json(root / CAPSEARCH_RESULTS)["status"] == "crashed"
+    assert read_json(root / CAPSEARCH_RESULTS)["iterations_run"] == 0
+
+
 def test_evaluate_leaves_the_results_of_a_search_still_running_to_it(
     interrupted_search: Search, tmp_path: Path
 ) -> None:
@@ -385,3 +412,26 @@ def test_a_concurrency_search_starting_below_num_drivers_is_refused(tmp_path: Pa
     config = write_search(tmp_path, start_value=1, traffic=traffic, runtime={"num_drivers": 2})
     line = refused(config, *flags)
     assert "start_value" in line and "runtime.num_drivers" in line
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (
+            {"start_value": 0.001, "precision": 2},
+            "0.001 is not allowed; a rate search at precision 2 needs >= 0.01",
+        ),
+        (
+            {"start_value": 1e-7, "precision": 6},
+            "1e-07 is not allowed; a rate search at precision 6 needs >= 1e-06",
+        ),
+    ],
+    ids=["precision-2", "precision-6"],
+)
+def test_a_start_value_below_the_grid_is_refused_by_the_config_check(
+    tmp_path: Path, keys: dict[str, Any], message: str
+) -> None:
+    """It would round to 0 (a rate of nothing): the config's own check names the smallest value
+    allowed (CapacitySearchConfig), before the search's checks run."""
+    line = refused(write_search(tmp_path, **keys), "--dry-run")
+    assert line == f"veeksha-run: config error at start_value: {message}", line
