@@ -40,6 +40,8 @@ from veeksha.shared.errors import ConfigError
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RUN_TIMEOUT
 from veeksha.shared.redact import redact_url, scrub_text
+from veeksha.shared.wandb_env import check_env as check_wandb_env
+from veeksha.shared.wandb_env import env_mode
 
 DRIVER_EXIT_WAIT_S = 10.0
 # The live W&B run (`veeksha-upload --follow`): the runner waits for the follower its own deadline
@@ -117,15 +119,18 @@ def run_benchmark(
 
 def check_before_start(cfg: BenchmarkConfig, announce: bool = False) -> None:
     """The config errors found without a server, a directory or the network (a missing trace file,
-    a bad tokenizer, a server binary that is not there, no endpoint at all): before any run of a
-    sweep or a capacity search starts, and before a run's own directory is made. With `announce`
-    (the run itself, not a sweep's check ahead), it says what of the sessions' source is left out."""
+    a bad tokenizer, a server binary that is not there, no endpoint at all, a WANDB_MODE or
+    WANDB_BASE_URL the upload would refuse): before any run of a sweep or a capacity search starts,
+    and before a run's own directory is made. With `announce` (the run itself, not a sweep's check
+    ahead), it says what of the sessions' source is left out."""
     sessions = make_session_generator(cfg)
     check_local_drivers(cfg)
     check_server_command(cfg.server)
     check_server_port(cfg.server)
     if planned_api_host(cfg) is None:
         raise _no_api_base()
+    if cfg.wandb.enabled:  # the upload at the end refuses what the W&B environment cannot mean
+        check_wandb_env(os.environ)
     skipped = getattr(sessions, "skipped_records", 0)
     if announce and skipped:
         print(f"veeksha: {skipped} trace record(s) without a user turn and a reply: left out", flush=True)
@@ -139,11 +144,9 @@ def _no_api_base() -> ConfigError:
 
 
 def wandb_mode(cfg: BenchmarkConfig) -> str:
-    """WANDB_MODE (or WANDB_DISABLED) beats the config's wandb.mode; online by default (as the uploader)."""
-    if os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
-        return "disabled"
-    mode = os.environ.get("WANDB_MODE") or cfg.wandb.mode or "online"
-    return "offline" if mode == "dryrun" else mode
+    """The mode the run's upload will have: the environment's (read as the uploader reads it) beats
+    the config's wandb.mode; online by default."""
+    return env_mode(os.environ) or cfg.wandb.mode or "online"
 
 
 def _server_api_base(cfg: BenchmarkConfig, launched: str | None) -> str | None:

@@ -126,13 +126,10 @@ def min_sessions(cfg: BenchmarkConfig) -> int:
     return n if isinstance(n, int) else 1
 
 
-def check_search(search: CapacitySearchConfig, rnd: Callable[[float], float], integer: bool) -> None:
-    """What makes a search unable to answer, found before anything is made (exit 2)."""
-    if rnd(search.start_value) <= 0:
-        raise ConfigError(
-            f"config error at start_value: {search.start_value} rounds to 0 at precision "
-            f"{search.precision}; raise start_value or precision"
-        )
+def check_search(search: CapacitySearchConfig, integer: bool) -> None:
+    """What makes a search unable to answer, found before anything is made (exit 2). A start_value
+    that rounds to 0 cannot reach here: the config's own check (CapacitySearchConfig._off_grid)
+    refuses a value below the grid's first point, and rounding never takes one at or above it to 0."""
     low = min_sessions(search.benchmark_config)
     if integer and search.start_value < low:
         raise ConfigError(
@@ -166,7 +163,7 @@ def run_capacity_search(
     knob = knob_of(base)
     integer = knob == CONCURRENCY_KNOB
     rnd = rounder(search, integer)
-    check_search(search, rnd, integer)
+    check_search(search, integer)
     check_before_start(base)
     check_output_dir(Path(search.output_dir))
     check_slos(search)

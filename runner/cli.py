@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from veeksha.shared.config_loader import EnvFallbacks
+from veeksha.shared.config_loader import EnvFallbacks, empty_override
 from veeksha.shared.errors import OutputError, UsageError, VeekshaError
 from veeksha.shared.redact import may_hold_secret
 from veeksha.shared.secret import Secret
@@ -54,7 +54,7 @@ def _given(name: str, value: str) -> str:
     """An empty value is refused, not taken as null: `--x "$UNSET"` or `--x=` would otherwise clear
     what the file sets (a concurrency cap, the model) without a word."""
     if value == "":
-        raise UsageError(_empty(f"--{name}"))
+        raise UsageError(empty_override(f"--{name}"))
     return value
 
 

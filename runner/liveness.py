@@ -51,7 +51,15 @@ class Owner:
         return not self.elsewhere and process_alive(self.pid)
 
     def may_be_running(self, what: str) -> str:
+        """Why `what` is not marked crashed, and how the user says its process has ended. Older files
+        name no host or pid: then nothing can be said of where it ran, only that it is not known."""
+        if self.host is None:
+            return (
+                f"{what} may still be running: its process is not recorded; once it has ended, rerun "
+                "with --other-host-gone to mark it crashed"
+            )
+        process = "its process id is not recorded" if self.pid is None else f"process {self.pid}"
         return (
-            f"{what} may still be running on host {self.host!r} (process {self.pid}); once that process "
+            f"{what} may still be running on host {self.host!r} ({process}); once that process "
             "is gone, rerun with --other-host-gone to mark it crashed"
         )

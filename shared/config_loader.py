@@ -298,6 +298,13 @@ def _count_values(data: Any, limit: int) -> int:
     return count
 
 
+def empty_override(flag: str) -> str:
+    """What a `--section.key` given an empty value is told. It is refused, not taken as null: an
+    unset shell variable (`--x "$UNSET"`) would otherwise clear what the file sets without a word;
+    `null` is how a key is unset on purpose (README)."""
+    return f"{flag} is empty; give a value, `null` to unset the key, or leave the flag out"
+
+
 def parse_override_value(text: str) -> Any:
     """`--a.b 5` → 5, `true` → True, `[1, 2]` → list, anything else stays a string."""
     try:

@@ -22,8 +22,11 @@ from dataclasses import replace
 
 import click
 from click.core import ParameterSource
+from veeksha.shared.config import MAX_SECONDS
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S
 from veeksha.shared.errors import UsageError, VeekshaError
+from veeksha.shared.redact import url_for_message
+from veeksha.shared.wandb_env import not_an_http_url
 from veeksha.uploader.discovery import discover
 from veeksha.uploader.planning import (
     check_online,
@@ -34,7 +37,7 @@ from veeksha.uploader.planning import (
 )
 from veeksha.uploader.pool import run_pool
 from veeksha.uploader.report import Reporter
-from veeksha.uploader.settings import DEFAULT_BASE_URL, Layer, env_layer, not_an_http_url
+from veeksha.uploader.settings import DEFAULT_BASE_URL, Layer, env_layer
 from veeksha.uploader.worker import run_task
 
 PROG = "veeksha-upload"
@@ -59,17 +62,17 @@ NOT_WITH_FOLLOW = {
     "as_json": ("--json", "it prints lines as it goes, not one JSON document at the end"),
     "jobs": ("--jobs", "it follows one directory in this process"),
 }
-WEEK_S = 7 * 24 * 3600.0  # the longest --deadline or --wait-lock: beyond it, a typo or "forever"
 
 
 def seconds_up_to_a_week(minimum: float) -> Callable[[click.Context, click.Parameter, float], float]:
-    """A check of a number of seconds: finite, from `minimum` to a week. Infinity overflowed the worker
-    pool's waits (a traceback after a worker started) and NaN never compared, so the pool busy-waited."""
+    """A check of a number of seconds: finite, from `minimum` to a week (the config's own bound on
+    seconds: beyond it, a typo or "forever"). Infinity overflowed the worker pool's waits (a traceback
+    after a worker started) and NaN never compared, so the pool busy-waited."""
 
     def check(ctx: click.Context, param: click.Parameter, value: float) -> float:
-        if not (math.isfinite(value) and minimum <= value <= WEEK_S):
+        if not (math.isfinite(value) and minimum <= value <= MAX_SECONDS):
             raise click.BadParameter(
-                f"{value:g} is not a number of seconds from {minimum:g} to {WEEK_S:.0f} (a week)"
+                f"{value:g} is not a number of seconds from {minimum:g} to {MAX_SECONDS} (a week)"
             )
         return value
 
@@ -77,9 +80,11 @@ def seconds_up_to_a_week(minimum: float) -> Callable[[click.Context, click.Param
 
 
 def http_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """--base-url must name a W&B server: a malformed one was reported as "W&B ... is unreachable"."""
+    """--base-url must name a W&B server: a malformed one was reported as "W&B ... is unreachable".
+    Shown without its user-info or query, where a key may sit."""
     if value is not None and not_an_http_url(value):
-        raise click.BadParameter(f"{value!r} is not an http(s) URL of a W&B server (e.g. {DEFAULT_BASE_URL})")
+        shown = url_for_message(value)
+        raise click.BadParameter(f"{shown!r} is not an http(s) URL of a W&B server (e.g. {DEFAULT_BASE_URL})")
     return value
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from veeksha.shared.errors import UsageError
 from veeksha.shared.paths import RUN_JSON, WANDB_DIR
+from veeksha.shared.userpath import expand_home
 from veeksha.uploader.groups import (
     CAPSEARCH_SUMMARY,
     RUN,
@@ -65,16 +66,6 @@ def walk(top: Path, unreadable: Unreadable | None = None) -> list[Target]:
     return found
 
 
-def expand_user(text: str) -> Path:
-    """A PATH argument with a leading `~` or `~user` expanded; a user with no home is a usage error
-    (pathlib raises RuntimeError, which printed a traceback)."""
-    try:
-        return Path(text).expanduser()
-    except RuntimeError:
-        head = text.split("/", 1)[0]
-        raise UsageError(f"{text}: cannot expand {head} (no such user); give the full path") from None
-
-
 def discover(paths: list[str], recursive: bool, unreadable: Unreadable | None = None) -> list[Target]:
     """Targets for the PATH arguments, deduplicated, in path order. Bad paths are usage errors;
     `unreadable` is told of each folder a recursive walk could not list."""
@@ -82,7 +73,7 @@ def discover(paths: list[str], recursive: bool, unreadable: Unreadable | None = 
         raise UsageError("give at least one PATH (a run, sweep or capacity-search directory)")
     found: dict[tuple[str, Path], Target] = {}
     for text in paths:
-        path = expand_user(text)
+        path = expand_home(text, "PATH")
         if not path.exists():
             raise UsageError(f"{text}: no such directory")
         if not path.is_dir():

@@ -29,8 +29,9 @@ from veeksha.shared.deadlines import upload_deadline_s
 from veeksha.shared.errors import VeekshaError
 from veeksha.shared.paths import RUN_JSON, RunPaths
 from veeksha.shared.records import missing_metrics, run_finished
+from veeksha.shared.userpath import expand_home
 from veeksha.uploader import groups
-from veeksha.uploader.discovery import Target, expand_user
+from veeksha.uploader.discovery import Target
 from veeksha.uploader.locks import DirLock, LockBusy
 from veeksha.uploader.planning import check_online, plan_task, secrets_of
 from veeksha.uploader.reader import Number, RunData, parse_number, read_config, read_run_dir, read_run_info
@@ -368,7 +369,7 @@ def follow_dir(
     run at once, prints as it goes and follows one directory, so none of them could mean anything."""
     from veeksha.uploader.report import Reporter
 
-    root = expand_user(path_text)
+    root = expand_home(path_text, "--follow")
     if not root.is_dir():
         raise click.UsageError(f"{path_text}: no such directory")
     root = root.resolve()

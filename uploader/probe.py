@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import httpx
+from veeksha.shared.redact import url_for_message
 from veeksha.uploader.remote import post_graphql
 
 PROBE_TIMEOUT_S = 4.0
@@ -40,17 +41,20 @@ def netrc_api_key(base_url: str) -> str | None:
 
 
 def probe(base_url: str, api_key: str | None, timeout: float = PROBE_TIMEOUT_S) -> ProbeResult:
+    url = base_url  # requests go to it; messages show it without user-info (a key can sit there)
+    base_url = url_for_message(url)
     if not api_key:
         return ProbeResult(
             False,
             f"no W&B API key for {base_url}: set WANDB_API_KEY, pass --api-key or run `wandb login`",
         )
     try:
-        resp = post_graphql(base_url, api_key, _VIEWER_QUERY, timeout, budget_s=PROBE_RETRY_BUDGET_S)
+        resp = post_graphql(url, api_key, _VIEWER_QUERY, timeout, budget_s=PROBE_RETRY_BUDGET_S)
     except httpx.TimeoutException:
         return ProbeResult(False, f"W&B at {base_url} did not answer within {timeout:g} s")
     except httpx.HTTPError as e:
-        return ProbeResult(False, f"W&B at {base_url} is unreachable ({type(e).__name__}: {_short(e)})")
+        detail = _short(e).replace(url, base_url)
+        return ProbeResult(False, f"W&B at {base_url} is unreachable ({type(e).__name__}: {detail})")
     if resp.status_code in (401, 403):
         return ProbeResult(False, f"W&B at {base_url} rejected the API key (HTTP {resp.status_code})")
     if resp.status_code >= 400:

@@ -10,23 +10,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from veeksha.shared.config import WandbConfig
-from veeksha.shared.errors import ContractError, UsageError
+from veeksha.shared.errors import ContractError
 from veeksha.shared.schema import build
+from veeksha.shared.wandb_env import env_base_url, env_mode
 
 DEFAULT_PROJECT = "veeksha"
 DEFAULT_BASE_URL = "https://api.wandb.ai"
-# WANDB_MODE values the uploader acts on, as what they mean: the SDK's old spellings included. Its
-# "shared" (several processes writing one run) is not one: every upload writes its run alone.
-ENV_MODES = {
-    "online": "online",
-    "run": "online",
-    "offline": "offline",
-    "dryrun": "offline",
-    "disabled": "disabled",
-}
 
 
 @dataclass(frozen=True)
@@ -107,41 +98,10 @@ def _split_tags(text: str | None) -> tuple[str, ...] | None:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-def not_an_http_url(url: str) -> bool:
-    """`url` cannot be a W&B server: not http(s), no host, or not a URL at all."""
-    try:
-        parts = urlsplit(url)
-        host, _port = parts.hostname, parts.port  # .port raises ValueError for a port that is no number
-    except ValueError:
-        return True
-    return parts.scheme not in ("http", "https") or not host
-
-
-def _env_mode(env: Mapping[str, str]) -> str | None:
-    """WANDB_MODE as the uploader's mode. A value it cannot use is a usage error at once: the SDK reads
-    the variable itself at every `init` (a --mode flag does not stop it) and failed each directory."""
-    mode = env.get("WANDB_MODE") or None
-    if mode is not None and mode not in ENV_MODES:
-        known = "set online, offline or disabled, or unset it"
-        raise UsageError(f"WANDB_MODE {mode!r} is not a mode veeksha-upload knows: {known}")
-    return ENV_MODES[mode] if mode is not None else None
-
-
-def _env_base_url(env: Mapping[str, str]) -> str | None:
-    """WANDB_BASE_URL, checked at once (the SDK reads it itself too, even when --base-url is given)."""
-    url = env.get("WANDB_BASE_URL") or None
-    if url is not None and not_an_http_url(url):
-        raise UsageError(f"WANDB_BASE_URL {url!r} is not an http(s) URL of a W&B server: fix or unset it")
-    return url
-
-
 def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
     """The standard WANDB_* variables (https://docs.wandb.ai/guides/track/environment-variables);
     UsageError for a mode or server URL that no upload could use."""
     env = os.environ if environ is None else environ
-    mode = _env_mode(env)
-    if env.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
-        mode = "disabled"
     return Layer(
         project=env.get("WANDB_PROJECT") or None,
         entity=env.get("WANDB_ENTITY") or None,
@@ -149,8 +109,8 @@ def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
         tags=_split_tags(env.get("WANDB_TAGS")),
         notes=env.get("WANDB_NOTES") or None,
         run_name=env.get("WANDB_NAME") or None,
-        mode=mode,
-        base_url=_env_base_url(env),
+        mode=env_mode(env),
+        base_url=env_base_url(env),
         api_key=env.get("WANDB_API_KEY") or None,
     )
 

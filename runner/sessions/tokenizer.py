@@ -29,6 +29,7 @@ from typing import Any
 
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.records import COUNT_APPROXIMATE, COUNT_TOKENIZER
+from veeksha.shared.userpath import expand_home
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -93,19 +94,6 @@ class LocalTokenizer:
         return [len(e.ids) for e in encodings]
 
 
-def expand_home(path: str, key: str) -> Path:
-    """`~/x` and `~user/x` as the shell would; a user without a home here (a config written on
-    another machine) is a config error naming `key`, not pathlib's RuntimeError traceback."""
-    try:
-        return Path(path).expanduser()
-    except RuntimeError:
-        user = path[1:].split("/", 1)[0] or "the current user"
-        raise ConfigError(
-            f"config error at {key}: {path!r} starts with ~, but {user} has no home directory on this "
-            "machine; give the full path"
-        ) from None
-
-
 def resolve_tokenizer_file(path: str) -> Path:
     """The tokenizer.json that `client.tokenizer: path` names; ConfigError when there is none."""
     if "://" in path:
@@ -113,7 +101,7 @@ def resolve_tokenizer_file(path: str) -> Path:
             f"client.tokenizer: {path!r} looks like a URL; give a local tokenizer.json path "
             "(tokenizers are never downloaded)"
         )
-    p = expand_home(path, "client.tokenizer")
+    p = expand_home(path, "config error at client.tokenizer", ConfigError)
     if p.is_dir():
         p = p / TOKENIZER_FILE
         if not p.is_file():

@@ -44,9 +44,10 @@ from veeksha.runner.sessions.lengths import MAX_TOKENS
 from veeksha.runner.sessions.model import RequestNode, Session
 from veeksha.runner.sessions.prompts import PromptBuilder
 from veeksha.runner.sessions.randomness import stream
-from veeksha.runner.sessions.tokenizer import LocalTokenizer, expand_home
+from veeksha.runner.sessions.tokenizer import LocalTokenizer
 from veeksha.shared.config import MAX_SECONDS, TraceSessions
 from veeksha.shared.errors import ConfigError
+from veeksha.shared.userpath import expand_home
 
 REQUEST_LOG = "request_log"
 CONVERSATION = "conversation"
@@ -231,7 +232,7 @@ def _local_path(path: str) -> Path:
             f"session_generator.path: {path!r} is a URL; traces are read from local files only "
             "(download it yourself and give the file path)"
         )
-    p = expand_home(path, "session_generator.path")
+    p = expand_home(path, "config error at session_generator.path", ConfigError)
     if p.is_dir():  # `traces`: the config can tell a directory by its text only when it ends in /
         raise ConfigError(
             f"session_generator.path: {path!r} is a directory; give the trace file in it (.jsonl or .csv)"

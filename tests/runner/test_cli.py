@@ -564,7 +564,12 @@ def test_an_empty_flag_value_is_refused_not_taken_as_unset(
     write(tmp_path, GOOD_DRY_RUN + "traffic_scheduler: {type: rate, max_concurrent_sessions: 4}\n")
     before = listing(tmp_path)
     result = veeksha(*args)
-    assert result.refused(f"{flag} is empty; give a value or leave the flag out"), result.err
+    # A key may be unset on purpose with `null`; a path has no such value.
+    is_key = flag not in ("--config", "--output_dir")
+    hint = (
+        "give a value, `null` to unset the key, or leave the flag out" if is_key else "give a value or leave"
+    )
+    assert result.refused(f"{flag} is empty; {hint}"), result.err
     assert listing(tmp_path) == before
 
 

@@ -364,3 +364,18 @@ def test_a_member_killed_before_it_had_a_directory_is_crashed_with_its_sweep(tmp
 
     assert note is not None and "marked crashed; 1 combination(s) never ran" in note
     assert statuses(tmp_path / "sweep") == ["completed", "crashed", "not_run"]
+
+
+def test_an_older_sweep_that_names_no_process_says_so(tmp_path: Path) -> None:
+    """Written before manifests named their process, killed before its first member had a directory:
+    nothing says where it ran. The message says that, not "host None (process None)"."""
+    make_sweep(tmp_path / "sweep", {"count": 2, "status": "running", "runs": entries(2, 0)}, [])
+
+    result = run_cli(["evaluate", "sweep"], cwd=tmp_path)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "may still be running: its process is not recorded" in line, line
+    assert "once it has ended, rerun with --other-host-gone" in line
+    assert "None" not in line
+    assert manifest_of(tmp_path / "sweep")["status"] == "running"

@@ -72,3 +72,34 @@ def test_a_bad_mode_or_server_url_is_a_usage_error_before_anything_is_written(
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("veeksha-upload: ") and message in line
     assert result.stdout == "" and not (root / "wandb").exists()
+
+
+KEY = "wandb-key-5e4d3c2b1a"
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "shown"),
+    [
+        (
+            {"WANDB_BASE_URL": f"https://me:{KEY}@wandb.example:badport"},
+            [],
+            "WANDB_BASE_URL 'https://<redacted>@wandb.example:badport' is not an http(s) URL",
+        ),
+        (
+            {},
+            ["--base-url", f"https://me:{KEY}@wandb.example:badport/x?api_key={KEY}"],
+            "'https://<redacted>@wandb.example:badport/x?<redacted>' is not an http(s) URL",
+        ),
+        ({}, ["--base-url", f"ftp://{KEY}@wandb.example"], "'ftp://<redacted>@wandb.example' is not"),
+    ],
+    ids=["env", "flag", "flag-token-as-user"],
+)
+def test_a_bad_server_url_is_refused_without_showing_its_credentials(
+    tmp_path: Path, home: Home, env: dict[str, str], args: list[str], shown: str
+) -> None:
+    root = build_run(tmp_path, RunSpec(seconds=2))
+    result = upload([*args, str(root)], home, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert shown in line, line
+    assert KEY not in result.stdout + result.stderr

@@ -58,9 +58,16 @@ def test_a_plain_folder_needs_recursive(tree: Path) -> None:
         (["--jobs", "0", "."], "Invalid value for '--jobs'"),
         (["--nope", "."], "No such option '--nope'"),
         ([], "give at least one PATH"),
-        (["~nouser-x9/runs"], "~nouser-x9/runs: cannot expand ~nouser-x9 (no such user); give the full path"),
-        (["--follow", "~nouser-x9/run"], "~nouser-x9/run: cannot expand ~nouser-x9 (no such user)"),
-        (["--sync", "~nouser-x9"], "~nouser-x9: cannot expand ~nouser-x9 (no such user)"),
+        (
+            ["~nouser-x9/runs"],
+            "PATH: '~nouser-x9/runs' starts with ~, but nouser-x9 has no home directory on this machine; "
+            "give the full path",
+        ),
+        (
+            ["--follow", "~nouser-x9/run"],
+            "--follow: '~nouser-x9/run' starts with ~, but nouser-x9 has no home",
+        ),
+        (["--sync", "~nouser-x9"], "PATH: '~nouser-x9' starts with ~, but nouser-x9 has no home directory"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:

@@ -145,6 +145,12 @@ def test_probe_reports_a_closed_port_quickly() -> None:
     assert time.monotonic() - start < 2.5
 
 
+def test_the_probe_never_shows_a_key_in_the_servers_url() -> None:
+    result = probe(f"http://user:SEKRETKEY123@127.0.0.1:{closed_port()}", KEY, timeout=2.0)
+    assert not result.ok and "unreachable" in result.message
+    assert "SEKRETKEY123" not in result.message and "127.0.0.1" in result.message
+
+
 def test_fallback_offline_does_not_wait_at_exit(run_dir: Path, home: Home, silent_port: int) -> None:
     """The SDK's own telemetry used to probe the environment's W&B host at exit (10 s timeout) even for
     an offline run: with WANDB_BASE_URL on a host that never answers, every upload waited 10 s more."""

@@ -63,3 +63,10 @@ def test_enabled_false_does_not_stop_an_explicit_upload() -> None:
 def test_an_environment_no_upload_could_use_is_a_usage_error(environ: dict[str, str], message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
         env_layer(environ)
+
+
+def test_a_bad_server_url_in_the_environment_is_shown_without_its_key() -> None:
+    with pytest.raises(UsageError) as refused:
+        env_layer({"WANDB_BASE_URL": "https://u:sk-secret-key-123@host:badport"})
+    assert "sk-secret-key-123" not in str(refused.value)
+    assert "'https://<redacted>@host:badport'" in str(refused.value)

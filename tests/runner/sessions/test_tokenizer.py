@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 from veeksha.runner.sessions.prompts import WORDS
-from veeksha.runner.sessions.tokenizer import count_tokens_approx
+from veeksha.runner.sessions.tokenizer import count_tokens_approx, resolve_tokenizer_file
 from veeksha.runner.simserver.engine import WORDS as SERVER_WORDS
+from veeksha.shared.errors import ConfigError
 
 CHINESE_REPLY = "量子计算利用量子比特的叠加和纠缠特性进行计算。" * 20  # 460 characters, no space
 
@@ -54,3 +55,12 @@ def test_a_url_counts_close_to_a_real_tokenizer() -> None:
 def test_no_text_is_no_token() -> None:
     assert count_tokens_approx("") == 0
     assert count_tokens_approx(" \n\t\u3000") == 0
+
+
+def test_a_tokenizer_path_of_an_unknown_user_names_the_key() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"^config error at client\.tokenizer: '~nouser-x9/tok\.json' starts with ~, but nouser-x9 has "
+        "no home directory on this machine; give the full path$",
+    ):
+        resolve_tokenizer_file("~nouser-x9/tok.json")

@@ -175,6 +175,15 @@ def test_a_missing_trace_file_is_a_config_error(tmp_path: Path) -> None:
         trace_generator(tmp_path / "nope.jsonl")
 
 
+def test_a_trace_path_of_an_unknown_user_names_the_key() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"^config error at session_generator\.path: '~nouser-x9/t\.jsonl' starts with ~, but nouser-x9 "
+        "has no home directory on this machine; give the full path$",
+    ):
+        trace_generator("~nouser-x9/t.jsonl")
+
+
 @pytest.mark.parametrize("url", ["https://example.com/trace.jsonl", "http://10.0.0.1/t.csv"])
 def test_a_trace_url_is_refused(url: str) -> None:
     with pytest.raises(ConfigError, match="local files only"):
