@@ -141,8 +141,7 @@ def meets(
 def attempts_on_disk(root: Path, search_id: str, max_error_rate: float | None) -> list[Attempt]:
     """Every attempt of the search that made a run directory (its run.json names the search), judged,
     in the order they ran."""
-    runs = root / CAPSEARCH_RUNS_DIR
-    found = [p for p in sorted(runs.iterdir()) if attempt_of(p) == search_id] if runs.is_dir() else []
+    found = _attempt_dirs(root, search_id)
     return sorted((judge(p, max_error_rate) for p in found), key=lambda a: a.iteration)
 
 
@@ -294,14 +293,9 @@ def check_search_ended(root: Path, other_host_gone: bool) -> None:
     if header.get("status") != RUN_RUNNING:
         return
     first = [read_json(d / RUN_JSON) for d in _attempt_dirs(root, str(header["id"]))[:1]]
-    runner = Owner.named_in(header, *first)
-    if runner.alive:
-        raise UsageError(
-            f"capacity search {root} is still running (process {runner.pid}); wait for it to end (or "
-            "stop it), or evaluate one of its attempts"
-        )
-    if runner.elsewhere and not other_host_gone:
-        raise UsageError(runner.may_be_running(f"capacity search {root}"))
+    Owner.named_in(header, *first).check_ended(
+        f"capacity search {root}", other_host_gone, "evaluate one of its attempts"
+    )
 
 
 def attempts_to_finish(root: Path) -> list[Path]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from veeksha.shared.errors import UsageError
+
 
 def process_alive(pid: object) -> bool:
     """A live (not zombie) veeksha process with this pid on this host."""
@@ -63,3 +65,13 @@ class Owner:
             f"{what} may still be running on host {self.host!r} ({process}); once that process "
             "is gone, rerun with --other-host-gone to mark it crashed"
         )
+
+    def check_ended(self, what: str, other_host_gone: bool, instead: str) -> None:
+        """Before `veeksha-run evaluate` rewrites what this process writes: it has ended (or, on
+        another host, the user says so). `instead` is what the user may do meanwhile."""
+        if self.alive:
+            raise UsageError(
+                f"{what} is still running (process {self.pid}); wait for it to end (or stop it), or {instead}"
+            )
+        if self.elsewhere and not other_host_gone:
+            raise UsageError(self.may_be_running(what))

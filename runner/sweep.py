@@ -22,7 +22,7 @@ from veeksha.runner.liveness import Owner
 from veeksha.runner.preflight import check_hosts
 from veeksha.runner.run_dir import check_output_dir, make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config_loader import NO_FALLBACKS, EnvFallbacks, LoadedRun, load_benchmark_runs
-from veeksha.shared.errors import ConfigError, ContractError, UsageError
+from veeksha.shared.errors import ConfigError, ContractError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
 from veeksha.shared.paths import (
     RUN_JSON,
@@ -288,14 +288,9 @@ def check_sweep_ended(root: Path, other_host_gone: bool) -> None:
     manifest = _read_manifest(root)
     if manifest is None or manifest.get("status") != RUN_RUNNING:
         return
-    runner = sweep_owner(root, manifest)
-    if runner.alive:
-        raise UsageError(
-            f"sweep {root} is still running (process {runner.pid}); wait for it to end (or stop it), "
-            "or evaluate one of its run directories"
-        )
-    if runner.elsewhere and not other_host_gone:
-        raise UsageError(runner.may_be_running(f"sweep {root}"))
+    sweep_owner(root, manifest).check_ended(
+        f"sweep {root}", other_host_gone, "evaluate one of its run directories"
+    )
 
 
 def members_to_finish(root: Path) -> list[Path]:
