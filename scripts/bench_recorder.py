@@ -52,7 +52,7 @@ def batch(k: int, rng: random.Random) -> bytes:
         records.append(
             ipc.make_record(
                 request_id=rid, session_id=rid, node_id=0, driver_id=0, status="success", error_type=None,
-                error_message=None, http_status=200, is_warmup=False, scheduler_ready_at=t,
+                error_message=None, http_status=200, is_warmup=False, session_size=1, scheduler_ready_at=t,
                 scheduler_dispatched_at=t + 2e-5, client_picked_up_at=t + 2e-5,
                 client_completed_at=chunks[-1] + 1e-4, result_processed_at=chunks[-1] + 2e-4,
                 num_delta_prompt_tokens=100, num_total_prompt_tokens=100, target_num_delta_prompt_tokens=100,
