@@ -1,9 +1,9 @@
 """Memory soak: does any process of a run grow while the load stays the same?
 
-Runs `veeksha-run` against the simulated server for MINUTES at a steady, moderate rate. Every 10 s it
-prints each process's resident memory (VmRSS from /proc/<pid>/status, MiB) and open descriptors
-(/proc/<pid>/fd). At the end it prints, per process, the least-squares slope per minute over the
-samples after the warm-up. A flat process has a slope near 0.
+Runs `veeksha-run` against the simulated server for MINUTES at a steady, moderate rate. Every 10 s
+(--sample-every) it prints each process's resident memory (VmRSS from /proc/<pid>/status, MiB) and
+open descriptors (/proc/<pid>/fd). At the end it prints, per process, the least-squares slope per
+minute over the samples after the warm-up. A flat process has a slope near 0.
 
     .venv/bin/python scripts/soak.py [--minutes 10] [--rate 20]
     .venv/bin/python scripts/soak.py --big-responses --minutes 5   # ~10 MB streamed per response
@@ -156,17 +156,17 @@ def slope_per_minute(points: list[tuple[float, float]]) -> float:
 
 
 def sample_until_done(
-    run: subprocess.Popen[bytes], deadline: float
+    run: subprocess.Popen[bytes], deadline: float, every_s: float = SAMPLE_EVERY_S
 ) -> dict[str, list[tuple[float, float, int]]]:
-    """Print and keep (elapsed s, RSS MiB, fds) per role every 10 s while the driver lives."""
+    """Print and keep (elapsed s, RSS MiB, fds) per role every `every_s` while the driver lives."""
     samples: dict[str, list[tuple[float, float, int]]] = {r: [] for r in ROLES}
     start = time.monotonic()
     print(f"{'t s':>6} " + " ".join(f"{r + ' MiB':>13} {'fds':>4}" for r in ROLES), flush=True)
     seen_driver = False
-    next_at = start + SAMPLE_EVERY_S
+    next_at = start + every_s
     while run.poll() is None and time.monotonic() < deadline:
         time.sleep(max(0.0, next_at - time.monotonic()))
-        next_at += SAMPLE_EVERY_S
+        next_at += every_s
         procs = find_processes(run.pid)
         if "driver" not in procs:
             if seen_driver:  # the driver has finished: the recorder now evaluates, not a soak
@@ -210,6 +210,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=20.0, help="sessions per second (default 20)")
     ap.add_argument("--warmup-minutes", type=float, default=2.0)
     ap.add_argument("--big-responses", action="store_true", help="~10 MB replies, one every 2 s")
+    ap.add_argument("--sample-every", type=float, default=SAMPLE_EVERY_S, help="seconds between samples")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="veeksha-soak-") as tmp:
         config = Path(tmp) / "soak.veeksha.yml"
@@ -217,7 +218,7 @@ def main() -> None:
         run = subprocess.Popen([VEEKSHA_RUN, "--config", str(config)], stdout=subprocess.DEVNULL)
         try:
             # Set-up and evaluation are outside the soak: stop sampling a minute after the planned end.
-            samples = sample_until_done(run, time.monotonic() + args.minutes * 60 + 60)
+            samples = sample_until_done(run, time.monotonic() + args.minutes * 60 + 60, args.sample_every)
             report(samples, args.warmup_minutes * 60)
             run.wait()
         finally:
