@@ -1,45 +1,80 @@
 """The one secret-redaction rule, used by the runner (config.yml, run.json argv) and the uploader.
 
-A value is secret when its key, case-insensitively, is one of SECRET_NAMES or ends with one of
-SECRET_SUFFIXES, wherever it sits (additional_sampling_params, ...); when it follows such a flag in a
-command line (`--api-key VALUE`, `--api-key=VALUE`, also inside one `sh -c "..."` item) or is the
-value of a `NAME=VALUE` item with such a name (`env HF_TOKEN=... vllm serve`); when it sits in a
-mapping named in SECRET_MAPPINGS (every value of `server.env`: a server's environment carries tokens
-under names no rule can guess); and a header value whose name looks like a credential's
-(`Authentication`, `X-Auth`, `X-Session-Token`: servers and gateways take credentials under many
-names) or whose value looks like one (a scheme and a token, or one long opaque word), unless its name
-is in PLAIN_HEADERS. In a URL, the user-info and secret-looking query parameters are secret.
-`max_tokens` and friends are not secrets: they end in `_tokens`, not `_token`.
+A value is secret when its key's last word (camelCase, kebab and snake case split into words, case
+ignored) is one of SECRET_WORDS or ends with one of SECRET_WORD_ENDINGS, wherever it sits
+(additional_sampling_params, ...); when it follows such a flag in a command line (`--api-key VALUE`,
+`--api-key=VALUE`, `--authToken VALUE`, also inside one `sh -c "..."` item, whose `;`, `&&`, `|`
+end a word as the shell reads it) or is the value of a `NAME=VALUE` item with such a name
+(`env HF_TOKEN=... vllm serve`); when it sits in a mapping named in SECRET_MAPPINGS (every value of
+`server.env`: a server's environment carries tokens under names no rule can guess); and a header
+value whose name looks like a credential's (`Authentication`, `X-Auth`, `X-Session-Token`, `X-Pw`:
+servers and gateways take credentials under many names) or whose value looks like one (a scheme and
+a token, or one long opaque word), unless its name is in PLAIN_HEADERS. In a URL, the user-info and
+secret-looking query parameters are secret. `max_tokens` and friends are not secrets: their last
+word is `tokens`, not `token`.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import html
+import json
 import re
 import shlex
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
 REDACTED = "<redacted>"
-SECRET_NAMES = frozenset(
+# The last word of a secret's name: `--key`, `accessKey`, `HF_TOKEN`, `--passwd`, `X-Auth`, `jwt`.
+SECRET_WORDS = frozenset(
     {
-        "api_key",
         "apikey",
+        "auth",
         "authorization",
-        "proxy-authorization",
+        "cookie",
+        "credential",
+        "credentials",
+        "jwt",
+        "key",
+        "pass",
+        "passphrase",
+        "passwd",
         "password",
+        "pw",
+        "pwd",
         "secret",
         "token",
-        "cookie",
     }
 )
-SECRET_SUFFIXES = ("_key", "_token", "_secret", "_password", "-key", "-token", "-secret", "apikey")
+# Endings of a last word written as one (`ngrok-authtoken`, `openaiapikey`, `clientsecret`).
+SECRET_WORD_ENDINGS = ("apikey", "token", "secret", "password", "passwd")
+# The words of a name: `APIKey` -> API, Key; `hf_token` -> hf, token. Digits are left out, so
+# `api_key_2` ends with `key`.
+_NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+")
 SECRET_MAPPINGS = frozenset({"env"})
-# Request headers that never carry a credential.
+# Request headers that never carry a credential (shown in config.yml and messages, never scrubbed).
 PLAIN_HEADERS = frozenset(
-    {"accept", "content-type", "user-agent", "openai-organization", "openai-project", "openai-beta"}
+    {
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "cache-control",
+        "connection",
+        "content-length",
+        "content-type",
+        "openai-beta",
+        "openai-organization",
+        "openai-project",
+        "traceparent",
+        "tracestate",
+        "user-agent",
+        "x-correlation-id",
+        "x-request-id",
+    }
 )
-# Parts of a header name that say its value is a credential (compared without case).
+# Parts of a header name that say its value is a credential (compared without case, anywhere in it).
 CREDENTIAL_HEADER_PARTS = (
     "auth",
     "key",
@@ -51,14 +86,22 @@ CREDENTIAL_HEADER_PARTS = (
     "signature",
     "session",
 )
+# Short words that say so only as a whole word (`X-Pass`, `X-Tenant-Pw`, `X-Tok`; not `X-Bypass`).
+CREDENTIAL_HEADER_WORDS = frozenset({"pass", "pw", "pwd", "tok", "jwt", "sig"})
 # A header value that looks like a credential whatever its name: `<scheme> <token>` or one opaque
-# token of 16 characters or more (what keys and signed values look like; not `no-cache`, `high`).
-_CREDENTIAL_VALUE = re.compile(r"\S+\s+\S{8,}|[A-Za-z0-9._~+/=:-]{16,}")
+# word of 16 printable characters or more, punctuation included (what keys, passwords and signed
+# values look like; not `no-cache`, `high`).
+_CREDENTIAL_VALUE = re.compile(r"\S+\s+\S{8,}|[!-~]{16,}")
 HEADERS = "headers"
 # URL query parameters that carry credentials under names the key rule does not catch, compared
-# without case, `-` or `_` (`?key=`, `accessToken`, signed URLs' `sig=` and `X-Amz-Signature`).
-SECRET_QUERY_PARAMS = frozenset({"key", "sig", "code", "auth"})
+# without case, `-` or `_` (`?code=`, signed URLs' `sig=` and `X-Amz-Signature`).
+SECRET_QUERY_PARAMS = frozenset({"key", "sig", "code", "auth", "jwt"})
 SECRET_QUERY_SUFFIXES = ("token", "signature", "secret", "password", "apikey", "credential", "authorization")
+# Shorter secrets are not scrubbed from free text: they would take ordinary words and numbers with them.
+MIN_SCRUBBED_LEN = 4
+# A shorter secret (a server.env value such as `INFO`) is matched only as written: matched in any
+# case it would blank ordinary words (`info`) all over error messages and logs.
+MIN_CASELESS_LEN = 8
 
 
 # Free-form values where a secret may sit under any name: a config error about one says where it is,
@@ -80,22 +123,53 @@ def may_hold_secret(key_path: str) -> bool:
 def url_for_message(text: str) -> str:
     """A URL as an error message may show it: without its query, fragment or user-info, where
     credentials sit, even when it is malformed (no scheme, spaces), which is what the message is about."""
-    head = text.split("?", 1)[0].split("#", 1)[0]
-    scheme, sep, rest = head.partition("://")
+    prefix, user_info, rest = _split_user_info(text)
+    head = re.split(r"[?#]", rest, maxsplit=1)[0]
+    shown = f"{prefix}{'' if user_info is None else REDACTED + '@'}{head}"
+    return shown if shown == text else f"{shown}{'?' + REDACTED if '?' in rest else ''}"
+
+
+# What may follow the `@` that ends a URL's user-info: a host (name, IPv4, [IPv6]) and a port.
+_HOST_AND_PORT = re.compile(r"(?:[\w.~%-]*|\[[0-9A-Fa-f:.]*\])(?::\d*)?")
+
+
+def _split_user_info(text: str) -> tuple[str, str | None, str]:
+    """A URL as (`scheme://`, its user-info or None, the rest from the host on). The user-info runs
+    to the last `@` that a host follows: a password may hold `/`, `?`, `#` or `@`, which a URL parser
+    takes for the end of the authority, and an error message shows the URL as written. An `@` in a
+    path (`models/claude@2024:predict`) has no host after it, one in a query value of a well-formed
+    URL (`?email=a@b.com`) is left to the query; elsewhere a path with `@` is over-redacted."""
+    scheme, sep, rest = text.partition("://")
     if not sep:
-        scheme, rest = "", head
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = f"{REDACTED}@{authority.rpartition('@')[2]}"
-    shown = f"{scheme}{sep}{authority}{slash}{path}"
-    return shown if shown == text else f"{shown}{'?' + REDACTED if '?' in text else ''}"
+        scheme, rest = "", text
+    prefix = f"{scheme}{sep}"
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    at = len(rest)
+    while (at := rest.rfind("@", 0, at)) >= 0:
+        host = re.split(r"[/?#]", rest[at + 1 :], maxsplit=1)[0]
+        if _HOST_AND_PORT.fullmatch(host) and not _in_query_value(rest[:at], authority):
+            return prefix, rest[:at], rest[at + 1 :]
+    if "@" in authority:  # a malformed host (`ho st`): the authority as a parser reads it
+        user_info, _, host = authority.rpartition("@")
+        return prefix, user_info, host + rest[len(authority) :]
+    return prefix, None, rest
+
+
+def _in_query_value(before: str, authority: str) -> bool:
+    """Whether an `@` after `before` sits in a query value (`h/v1?email=a`) of a URL whose host
+    is well formed (a password with `?`, `u:pa?ss@h`, leaves `pa` where a port would be)."""
+    query = before.partition("?")[2]
+    host = authority.rpartition("@")[2]
+    return bool(_HOST_AND_PORT.fullmatch(host)) and re.match(r"[\w.~%-]+=", query) is not None
 
 
 def is_secret_key(key: object) -> bool:
+    """Whether a key or flag name (`hf_token`, `X-Api-Key`, `accessKey`, `--passwd`) names a secret."""
     if not isinstance(key, str):
         return False
-    k = key.lower()
-    return k in SECRET_NAMES or k.endswith(SECRET_SUFFIXES)
+    words = _NAME_WORD.findall(key)
+    last = words[-1].lower() if words else ""
+    return last in SECRET_WORDS or last.endswith(SECRET_WORD_ENDINGS)
 
 
 def redact(obj: Any) -> Any:
@@ -114,38 +188,46 @@ def redact_url(text: str) -> str:
     """An http(s) URL with its user-info and secret query parameter values hidden; other text as is."""
     if not _url_secrets(text):
         return text
-    parts = urlsplit(text)
-    netloc = parts.netloc
-    if "@" in netloc:  # `user:password@`, or a token alone as the user (`https://sk-...@host`)
-        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    # `user:password@`, or a token alone as the user (`https://sk-...@host`): hidden whole.
+    prefix, user_info, rest = _split_user_info(text)
+    parts = urlsplit(prefix + rest)
     pairs = []
     for pair in parts.query.split("&"):
         name, eq, value = pair.partition("=")
         pairs.append(f"{name}={REDACTED}" if eq and value and _secret_param(unquote(name)) else pair)
-    return urlunsplit(parts._replace(netloc=netloc, query="&".join(pairs)))
+    shown = urlunsplit(parts._replace(query="&".join(pairs)))
+    return shown if user_info is None else shown.replace("://", f"://{REDACTED}@", 1)
 
 
 def _url_secrets(text: str) -> list[str]:
-    """The credentials in an http(s) URL (as written, and decoded): its password, secret parameters."""
+    """The credentials in an http(s) URL (as written, and decoded): its password, secret parameters.
+    The URL is read both as a parser reads it and with the widest user-info (_split_user_info): a
+    client may use either, and an `@` in the query must not hide the real password."""
     if not text[:8].lower().startswith(("http://", "https://")):
         return []
+    prefix, user_info, rest = _split_user_info(text)
     try:
-        parts = urlsplit(text)
-        user, password = parts.username, parts.password
+        standard, widest = urlsplit(text), urlsplit(prefix + rest)
     except ValueError:
         return []
-    found = []
-    if password:
-        # Clients send these as `Authorization: Basic base64(user:password)`: that form too.
-        basic = f"{unquote(user or '')}:{unquote(password)}".encode()
-        found += [password, unquote(password), base64.b64encode(basic).decode()]
-    elif user:
-        found += [user, unquote(user)]
-    for pair in parts.query.split("&"):
+    found = _user_info_secrets(user_info or "")
+    if "@" in standard.netloc:
+        found += _user_info_secrets(standard.netloc.rpartition("@")[0])
+    for pair in f"{standard.query}&{widest.query}".split("&"):
         name, eq, value = pair.partition("=")
         if eq and value and _secret_param(unquote(name)):
             found += [value, unquote_plus(value)]
     return list(dict.fromkeys(found))
+
+
+def _user_info_secrets(user_info: str) -> list[str]:
+    """A URL user-info's password (as written, decoded, and as the Basic credentials clients send
+    it as), or the user alone when there is no password (a token: `https://sk-...@host`)."""
+    user, _, password = user_info.partition(":")
+    if password:
+        basic = f"{unquote(user)}:{unquote(password)}".encode()
+        return [password, unquote(password), base64.b64encode(basic).decode()]
+    return [user, unquote(user)] if user else []
 
 
 def _secret_param(name: str) -> bool:
@@ -164,6 +246,8 @@ def is_secret_header(name: object, value: object = None) -> bool:
         return False
     lowered = name.lower()
     if any(part in lowered for part in CREDENTIAL_HEADER_PARTS) or value is None:
+        return True
+    if any(word.lower() in CREDENTIAL_HEADER_WORDS for word in _NAME_WORD.findall(name)):
         return True
     return isinstance(value, str) and _CREDENTIAL_VALUE.fullmatch(value.strip()) is not None
 
@@ -195,7 +279,21 @@ def _header_secrets(headers: dict[Any, Any]) -> list[str]:
         credential = str(value).strip().partition(" ")[2]
         if credential.strip():
             found.append(credential.strip())
+        found += _basic_credentials(str(value))
     return found
+
+
+def _basic_credentials(value: str) -> list[str]:
+    """`Basic base64(user:password)`: the decoded pair and password, as a server may echo them."""
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return []
+    try:
+        pair = base64.b64decode(token.strip(), validate=True).decode()
+    except ValueError:  # not base64, or not text (binascii.Error, UnicodeDecodeError)
+        return []
+    password = pair.partition(":")[2]
+    return [pair, password] if password else [pair]
 
 
 def _flag_is_secret(item: object) -> bool:
@@ -216,29 +314,44 @@ def _command_items(items: list[Any]) -> tuple[list[Any], list[str]]:
     one item that is a whole command line (`sh -c "vllm serve M --api-key sk-..."`)."""
     out: list[Any] = []
     found: list[str] = []
-    hide_next = False
+    hide_next = after_c = False
     for item in items:
+        secret_word = _flag_is_secret(item) or (isinstance(item, str) and _assigns_secret(item))
         if hide_next:
             out.append(REDACTED)
             if isinstance(item, str | int | float) and str(item):
                 found.append(str(item))
             hide_next = False
+        # After `sh -c` an item is a script even if it starts `X_KEY=v;`; elsewhere such an item is one
+        # word (`--api-key=a;b` passes `a;b`), hidden whole.
+        elif isinstance(item, str) and (after_c or not secret_word) and _SHELL_BREAK.search(item.strip()):
+            shown, inner = _command_string(item)
+            out.append(shown)
+            found += inner
         elif _flag_is_secret(item):
             flag, eq, value = item.partition("=")
             out.append(f"{flag}={REDACTED}" if eq else item)
-            found += [value] if value else []
+            found += _value_and_head(value) if value else []
             hide_next = not eq
         elif isinstance(item, str) and _assigns_secret(item):
             name, _, value = item.partition("=")
             out.append(f"{name}={REDACTED}")
-            found.append(value)
-        elif isinstance(item, str) and " " in item.strip():
-            shown, inner = _command_string(item)
-            out.append(shown)
-            found += inner
+            found += _value_and_head(value)
         else:
             out.append(redact(item))
+        after_c = isinstance(item, str) and _SHELL_C_FLAG.fullmatch(item) is not None
     return out, found
+
+
+# `sh -c`, `bash -lc`, `sh -ec`: the flag after which the shell takes its script.
+_SHELL_C_FLAG = re.compile(r"-[a-z]*c")
+
+
+def _value_and_head(value: str) -> list[str]:
+    """A secret value, and its first shell word when it may end a script's word (`v;exec s`): the
+    same item may be an argument as is or a script a shell splits, and a server may echo either."""
+    words = _shell_words(value) if _SHELL_BREAK.search(value) else []
+    return [value, *words[:1]]
 
 
 def _assigns_secret(item: str) -> bool:
@@ -247,12 +360,25 @@ def _assigns_secret(item: str) -> bool:
     return bool(eq and value) and name.isidentifier() and is_secret_key(name)
 
 
+# What ends a word in a shell script: blanks and the control operators (`;`, `&&`, `|`, `&`).
+_SHELL_BREAK = re.compile(r"[\s;&|]")
+
+
+def _shell_words(item: str) -> list[str]:
+    """A shell script's words as the shell splits them: `X_KEY=v; exec s` gives `X_KEY=v`, `;`, ..."""
+    lexer = shlex.shlex(item, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        return list(lexer)
+    except ValueError:  # an unbalanced quote: words as the shell would roughly see them
+        return re.findall(r"[;&|()<>]+|[^\s;&|()<>]+", item)
+
+
 def _command_string(item: str) -> tuple[str, list[str]]:
     """One string that is a whole command line, redacted as its words (unchanged if none is secret)."""
-    try:
-        words = shlex.split(item)
-    except ValueError:  # an unbalanced quote: words as the shell would roughly see them
-        words = item.split()
+    words = _shell_words(item)
+    if len(words) < 2:  # one word (`;`, `'a b'` unquoted): nothing to split further
+        return redact(item), []
     shown, found = _command_items(words)
     if not found and shown == words:
         return redact(item), []
@@ -370,8 +496,74 @@ def scrub_list(values: list[str]) -> list[str]:
 
 
 def scrub_text(text: str, secrets: list[str]) -> str:
-    """Replace literal secret values in free text (e.g. an error message echoing a header)."""
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, REDACTED)
-    return text
+    """Replace secret values in free text (e.g. an error message echoing a header), in the escaped
+    forms a client or server may print them in (_echoed_forms) and, for secrets of
+    MIN_CASELESS_LEN characters or more, in any case (`bearer sk-...` echoed lower-cased, `%3d`).
+    Overlapping matches are hidden as one, so no part of a secret is left."""
+    exact, caseless = _scrub_forms(tuple(s for s in secrets if s and len(s) >= MIN_SCRUBBED_LEN))
+    if not exact and not caseless:
+        return text
+    # str.find per form, on the text lower-cased once: C-speed scans, where one regex alternation of
+    # all forms ignoring case was ~40 times slower on a large server log.
+    lowered = _lower(text) if caseless else text
+    found = [(i, i + len(f)) for f in exact for i in _find_all(text, f)]
+    found += [(i, i + len(f)) for f in caseless for i in _find_all(lowered, f)]
+    spans: list[list[int]] = []
+    for start, stop in sorted(found):
+        if spans and start < spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], stop)
+        else:
+            spans.append([start, stop])
+    pieces: list[str] = []
+    done = 0
+    for start, stop in spans:
+        pieces += [text[done:start], REDACTED]
+        done = stop
+    return "".join([*pieces, text[done:]])
+
+
+def _find_all(text: str, part: str) -> Iterator[int]:
+    at = text.find(part)
+    while at >= 0:
+        yield at
+        at = text.find(part, at + 1)
+
+
+def _lower(text: str) -> str:
+    """Text lower-cased character for character: a character whose lower case is longer (`İ`) stays,
+    so a match's place in the lower-cased text is its place in the text."""
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        return lowered
+    return "".join(c if len(c.lower()) > 1 else c.lower() for c in text)
+
+
+@functools.lru_cache(maxsize=64)
+def _scrub_forms(secrets: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Every form of the secrets: those matched as written, and those matched in any case
+    (lower-cased). Callers scrub many texts with the same list, hence the cache."""
+    exact = {form for s in secrets if len(s) < MIN_CASELESS_LEN for form in _echoed_forms(s)}
+    caseless = {_lower(form) for s in secrets if len(s) >= MIN_CASELESS_LEN for form in _echoed_forms(s)}
+    return tuple(exact), tuple(caseless)
+
+
+# The characters httpx leaves as they are in a URL's user-info and query (any other is percent-encoded;
+# RFC 3986 unreserved characters are always kept): a password `a=b^` shows as `a%3Db%5E`.
+_QUERY_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in '"#<>')
+_USER_INFO_SAFE = "".join(c for c in _QUERY_SAFE if c not in "?`{}/;=@[\\]^|")
+_PASSWORD_SAFE = _USER_INFO_SAFE.replace(":", "")
+_PERCENT_ESCAPE = re.compile(r"(%[0-9A-Fa-f]{2})")
+
+
+def _echoed_forms(secret: str) -> set[str]:
+    """A secret as text may show it: as is; percent-encoded as httpx encodes a URL's password or
+    query value (existing `%xx` kept) or fully; JSON-escaped (`\\u00e9`, `\\"`, `\\/`); HTML-escaped."""
+    forms = {secret, quote(secret, safe=""), quote_plus(secret, safe="")}
+    for safe in (_QUERY_SAFE, _USER_INFO_SAFE, _PASSWORD_SAFE, ""):
+        parts = _PERCENT_ESCAPE.split(secret)  # odd items: `%xx` escapes, which httpx leaves alone
+        forms.add("".join(p if i % 2 else quote(p, safe=safe) for i, p in enumerate(parts)))
+    for escaped in (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
+        forms |= {escaped, escaped.replace("/", "\\/")}
+    html_escaped = html.escape(secret)
+    forms |= {html_escaped, html_escaped.replace("&#x27;", "&#39;"), html.escape(secret, quote=False)}
+    return forms

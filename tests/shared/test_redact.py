@@ -353,3 +353,166 @@ def test_a_header_set_by_flag_may_hold_a_secret_unless_it_is_plain() -> None:
     # `--client.headers.X-Auth Token sk-...` echoed "sk-..." as an unexpected argument.
     assert may_hold_secret("client.headers.X-Auth") and may_hold_secret("client.headers.Authentication")
     assert not may_hold_secret("client.headers.Accept")
+
+
+def _scrubbed(text: str, tree: object) -> str:
+    from veeksha.shared.redact import scrub_list, scrub_text
+
+    return scrub_text(text, scrub_list(secret_values(tree)))
+
+
+def test_url_credentials_percent_encoded_by_the_client_are_scrubbed() -> None:
+    # httpx re-encodes `^ { } = " ...` and non-ASCII in a password or query value in its messages.
+    import httpx
+
+    url = 'http://usr:P^DDDD4444{x}@127.0.0.1:18555/v1?api_key=Qé"EEEE5555'
+    shown = str(httpx.URL(url))
+    assert "%5EDDDD4444%7Bx%7D" in shown and "Q%C3%A9%22EEEE5555" in shown
+    for text in (shown, shown.lower(), url):
+        out = _scrubbed(f"error: {text}", url)
+        assert "DDDD4444" not in out and "EEEE5555" not in out, out
+    b64 = "http://usr:c2VjcmV0S0VZ_FFFF6666==@127.0.0.1:18555/v1"  # a base64 password
+    for text in (str(httpx.URL(b64)), "c2VjcmV0S0VZ_FFFF6666%3d%3d"):
+        assert "FFFF6666" not in _scrubbed(text, b64)
+
+
+@pytest.mark.parametrize("char", ["/", "?", "#", "?k=", "@"])
+def test_a_slash_question_mark_or_hash_in_a_url_password_is_hidden(char: str) -> None:
+    from veeksha.shared.redact import redact_url, url_for_message
+
+    url = f"http://u:pa{char}ss_NNNN7777@127.0.0.1:18555/v1?x=1"
+    assert url_for_message(url) == f"http://{REDACTED}@127.0.0.1:18555/v1?{REDACTED}"
+    assert redact_url(url) == f"http://{REDACTED}@127.0.0.1:18555/v1?x=1"
+    out = _scrubbed(f"bad password pa{char}ss_NNNN7777 in {url}", url)
+    assert "NNNN7777" not in out and "pa" + char not in out, out
+
+
+def test_an_at_sign_in_a_url_path_keeps_the_host_readable() -> None:
+    from veeksha.shared.redact import redact_url, url_for_message
+
+    url = "https://h.example/v1/models/claude@20240620:rawPredict"  # no user-info
+    assert redact_url(url) == url and url_for_message(url) == url and secret_values(url) == []
+    url = "https://h.example/v1?user=a@b.com"  # an address in a query value: no user-info either
+    assert redact_url(url) == url and url_for_message(url) == f"https://h.example/v1?{REDACTED}"
+    assert secret_values(url) == []
+
+
+def test_a_secret_echoed_escaped_or_in_another_case_is_scrubbed() -> None:
+    import base64
+    import html
+    import json
+
+    secret = 'sk/é<&"_BBBB2222'
+    tree = {"api_key": secret}
+    for text in (
+        json.dumps({"error": secret}),  # \u00e9, \"
+        json.dumps({"error": secret}).replace("/", "\\/"),  # JSON with escaped slashes
+        json.dumps({"error": secret}, ensure_ascii=False),
+        html.escape(secret),
+        html.escape(secret, quote=False),
+        secret.upper(),
+    ):
+        assert "BBBB2222" not in _scrubbed(text, tree).upper(), text
+    bearer = {"headers": {"Authorization": "Bearer SKAPIKEY_AAAA1111"}}
+    assert "aaaa1111" not in _scrubbed("got bearer skapikey_aaaa1111", bearer)
+    basic = {"headers": {"Authorization": "Basic " + base64.b64encode(b"alice:CCCC3333pw").decode()}}
+    out = _scrubbed("user alice:CCCC3333pw; password CCCC3333pw", basic)
+    assert "CCCC3333" not in out, out
+
+
+def test_a_short_secret_is_scrubbed_only_as_written() -> None:
+    from veeksha.shared.redact import scrub_text
+
+    # A server.env value such as INFO is a secret too, but blanking `info` in any case would take
+    # ordinary words out of every message.
+    out = scrub_text("level INFO: more info at /info", ["INFO"])
+    assert out == "level <redacted>: more info at /info"
+
+
+def test_a_short_secret_is_not_scrubbed_from_text() -> None:
+    from veeksha.shared.redact import scrub_text
+
+    assert scrub_text("abc ABC", ["abc"]) == "abc ABC"  # 3 characters: would eat ordinary words
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "export VLLM_API_KEY=VK_GGGG7777; exec python3 server.py",
+        "VLLM_API_KEY=VK_GGGG7777&&exec python3 server.py",
+        "export VLLM_API_KEY=VK_GGGG7777|| true",
+        "export VLLM_API_KEY=VK_GGGG7777\nexec python3 server.py",
+        "vllm serve M --api-key VK_GGGG7777&",
+    ],
+)
+def test_a_secret_in_a_shell_script_is_found_without_its_separator(script: str) -> None:
+    command = ["sh", "-c", script]
+    assert "VK_GGGG7777" in secret_values({"command": command})
+    assert "GGGG7777" not in str(redact({"command": command}))
+
+
+def test_camel_case_and_short_secret_flag_names_are_secret() -> None:
+    flags = ["--authToken", "--accessKey", "--passwd", "--auth", "--key", "--pw", "--ngrok-authtoken"]
+    command = ["srv", *[x for i, f in enumerate(flags) for x in (f, f"ZZZZ{i}000")], "--hfToken=ZZZZ9000"]
+    shown = str(redact({"command": command}))
+    assert "ZZZZ" not in shown and "--authToken" in shown
+    assert len(secret_values({"command": command})) == len(flags) + 1
+    params = {"additional_sampling_params": {"authToken": "ZZZZ8000", "topP": 1}}
+    assert redact(params) == {"additional_sampling_params": {"authToken": REDACTED, "topP": 1}}
+    for key in ("subscriptionKey", "APIKey", "hfToken", "api_key_2", "ssl_keyfile_password", "jwt"):
+        assert is_secret_key(key), key
+
+
+# Common vLLM / SGLang / TGI flags: their values are what a reader of config.yml needs.
+PLAIN_SERVER_FLAGS = [
+    *("-p", "--port", "--host", "--model", "--model-path", "--model-id", "--tokenizer"),
+    *("--tokenizer-mode", "--tokenizer-path", "--max-model-len", "--served-model-name"),
+    *("--kv-cache-dtype", "--dtype", "--max-num-batched-tokens", "--max-total-tokens"),
+    *("--max-input-tokens", "--max-batch-prefill-tokens", "--num-speculative-tokens"),
+    *("--tensor-parallel-size", "--tp-size", "--gpu-memory-utilization", "--mem-fraction-static"),
+    *("--chat-template", "--revision", "--tokenizer-revision", "--quantization", "--load-format"),
+    *("--download-dir", "--seed", "--block-size", "--swap-space", "--max-num-seqs"),
+    *("--enable-prefix-caching", "--skip-tokenizer-init", "--long-prefill-token-threshold"),
+    *("--key-value-cache-size", "--kv-transfer-config", "--ssl-certfile", "--allowed-headers"),
+    *("--tool-call-parser", "--reasoning-parser", "--speculative-config", "--passes"),
+    *("--bypass-cache", "--authority", "--keys", "--keep-alive", "--tokens"),
+]
+
+
+def test_common_non_secret_server_flags_stay_readable() -> None:
+    command = ["srv", *[x for f in PLAIN_SERVER_FLAGS for x in (f, "v1")], "--model=m", "--port=8000"]
+    assert redact({"command": command}) == {"command": command}
+    assert secret_values({"command": command}) == []
+
+
+def test_camel_case_and_signed_url_query_keys_are_secret() -> None:
+    from veeksha.shared.redact import redact_url
+
+    url = "http://h/v1?subscriptionKey=YYYY1111aa&accessKey=YYYY2222bb&jwt=YYYY3333cc&sig=YYYY4444dd"
+    assert "YYYY" not in redact_url(url)
+    assert len(secret_values(url)) == 4
+    plain = "http://h/v1?api-version=2024&monkey=1&keyword=x&tokens=5"
+    assert redact_url(plain) == plain
+
+
+def test_credential_looking_headers_are_secret_and_ordinary_ones_readable() -> None:
+    secret = {"X-Pass": "hunter2!TTTT1111@x", "X-Tenant-Pw": "Tt#TTTT2222!zz", "X-Tok": "RRRR5555tok"}
+    shaped = {"X-Custom": "hunter2!TTTT3333@x%^&*"}  # no name hint: 16+ characters with punctuation
+    plain = {
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream",
+        "User-Agent": "python-requests/2.31.0",
+        "X-Request-Id": "123e4567-e89b-12d3-a456-426614174000",
+        "X-Correlation-Id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "Cache-Control": "max-age=0, no-cache",
+        "X-Priority": "high",
+        "X-Bypass": "1",
+    }
+    headers = {**secret, **shaped, **plain}
+    assert redact({"headers": headers})["headers"] == {
+        **plain,
+        **{k: REDACTED for k in [*secret, *shaped]},
+    }
+    found = secret_values({"headers": headers})
+    assert not set(plain.values()) & set(found)
+    assert "TTTT" not in _scrubbed(str(headers), {"headers": headers})
