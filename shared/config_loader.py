@@ -23,7 +23,7 @@ from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig
 from veeksha.shared.config_checks import check_benchmark_config, uses_client_api_base
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.redact import redact, redact_params
-from veeksha.shared.schema import build, mark_respelled, plain, to_dict
+from veeksha.shared.schema import build, key_for_message, mark_respelled, plain, to_dict
 from veeksha.shared.secret import Secret
 
 
@@ -44,6 +44,18 @@ PROJECT_TAGS = ("!expand", "!include")
 # the user writes (and each file it includes) is no larger: the bound keeps `--config /dev/zero`, or a
 # log given by mistake, from eating memory before anything can be said about it.
 MAX_PLAIN_YAML_BYTES = 1 << 20
+# The `!!` tags YAML and PyYAML define: an error may name one (`!!binary`, `!!python/object:...`), as it
+# shows no text of the user's. Any other tag is most likely a value starting with `!`: never shown.
+KNOWN_YAML_TAGS = frozenset(
+    {"binary", "bool", "float", "int", "map", "merge", "null", "omap", "pairs", "seq", "set", "str"}
+    | {"timestamp", "value", "yaml"}
+)
+# What an unquoted value starting with `!`, `*` or `&` became, and why it may not be shown.
+_YAML_MARKS = {
+    "!": "a YAML tag",
+    "*": "a YAML alias, and no anchor (&) of that name comes before it",
+    "&": "a YAML anchor",
+}
 
 
 @dataclass
@@ -67,6 +79,7 @@ def _loader_for(path: Path, reading: _Reading) -> type[yaml.SafeLoader]:
         def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
             event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
             _refuse_foreign_tag(event, path, reading)
+            _refuse_empty_anchor(event, path)
             return super().compose_node(parent, index)
 
     # The constructors are module functions; partial binds what they need to know of this file.
@@ -90,11 +103,40 @@ def _refuse_foreign_tag(event: Any, path: Path, reading: _Reading) -> None:
     tag: str | None = getattr(event, "tag", None)
     if tag is None or tag in ("!", *reading.tags):
         return
-    shown = tag.replace("tag:yaml.org,2002:", "!!")
     allowed = "this file is plain data (no tags)"
     if reading.tags:
         allowed = f"the only tags are {' and '.join(reading.tags)}"
+    shown = _tag_for_message(tag)
+    if shown is None:
+        raise _marked_value_error(path, event.start_mark, "!", allowed)
     raise ConfigError(f"{path} line {event.start_mark.line + 1}: YAML tag {shown} is not allowed; {allowed}")
+
+
+def _tag_for_message(tag: str) -> str | None:
+    """How an error may name `tag`: as written when it is the project's or YAML's own; else None."""
+    if tag in PROJECT_TAGS:
+        return tag
+    name = tag.removeprefix("tag:yaml.org,2002:")
+    if name != tag and (name in KNOWN_YAML_TAGS or name.startswith("python/")):
+        return f"!!{name}"
+    return None
+
+
+def _refuse_empty_anchor(event: Any, path: Path) -> None:
+    """`api_key: &sk-...` is an anchor on nothing: the key was silently null (and the env fallback
+    used). An anchor on an empty plain value has no other use, so it is refused."""
+    if isinstance(event, yaml.ScalarEvent) and event.anchor and event.style is None and not event.value:
+        raise _marked_value_error(path, event.start_mark, "&", "an anchor needs a value after it")
+
+
+def _marked_value_error(path: Path, mark: Any, sign: str, allowed: str) -> ConfigError:
+    """An unquoted value starting with `sign` that YAML read as a tag, alias or anchor: where it is
+    and how to quote it, never its text (an unquoted key or token can start with any character)."""
+    return ConfigError(
+        f"{path} line {mark.line + 1} column {mark.column + 1}: a value starting with '{sign}' is "
+        f"{_YAML_MARKS[sign]} (not shown: it may be a secret); if it is text, quote it, e.g. "
+        f"key: '{sign}...'; {allowed}"
+    )
 
 
 def _construct_expand(path: Path, loader: yaml.SafeLoader, node: yaml.Node) -> Expand:
@@ -242,16 +284,27 @@ def _parse(text: str, path: Path, reading: _Reading) -> Any:
         _check_duplicate_keys(node, path)
         return loader.construct_document(node)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+        raise _yaml_error(e, path) from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid YAML: lists or mappings are nested too deeply") from None
     except TypeError as e:  # a key that cannot be one, e.g. `? !expand [[1], [2]]`: a list
         raise ConfigError(f"{path}: invalid YAML: {e} (a mapping key must be a plain value)") from None
     finally:
         loader.dispose()
+
+
+def _yaml_error(e: yaml.YAMLError, path: Path) -> ConfigError:
+    """PyYAML's error as one line. An alias or anchor error would quote the name, which is the text
+    after `*` or `&`: a value written unquoted (`api_key: *sk-...`), so it is never shown."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None) or ""
+    mark = getattr(e, "problem_mark", None)
+    if problem.startswith("found undefined alias"):
+        return _marked_value_error(path, mark, "*", "an alias repeats an anchored value (&name) above it")
+    if context.startswith("found duplicate anchor"):
+        return _marked_value_error(path, mark, "&", "an earlier anchor has the same name; give each its own")
+    where = f" line {mark.line + 1}" if mark else ""
+    return ConfigError(f"{path}{where}: invalid YAML: {problem}")
 
 
 def _check_duplicate_keys(
@@ -270,7 +323,8 @@ def _check_duplicate_keys(
         first_line: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
-            dotted = f"{key_path}.{key}" if key_path else str(key)
+            shown = key_for_message(key) if key is not None else str(key)  # `{A:sk-x, A:sk-x}`
+            dotted = f"{key_path}.{shown}" if key_path else shown
             line = key_node.start_mark.line + 1
             if key is not None and key in first_line:
                 raise ConfigError(

@@ -2,7 +2,7 @@
 
 Twenty-odd lines of type dispatch instead of a framework: each dataclass field's type hint says what
 is accepted, `field(metadata=...)` adds ranges and variant tables, and every error names the full key
-path, the bad value and what is allowed. The same walk exports a JSON schema.
+path, the bad value (unless it may be a secret) and what is allowed. The same walk exports a JSON schema.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import difflib
 import math
+import re
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -74,8 +75,79 @@ def _fail(path: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"config error at {path or '<root>'}: {shown} is not allowed; {allowed}")
 
 
+def _not_a_container(path: str, value: Any, expected: str, *, mapping: bool = True) -> ConfigError:
+    """A value where a mapping (or, not `mapping`, a list) was `expected`: its kind, never its text.
+    A section given as text is often a flag that was not valid YAML (`--client '{api_key: sk-...'`
+    stays a string) or `key=value`, so the text may be a secret, whatever the key path says."""
+    if isinstance(value, dict | list):  # the wrong container: its type says everything
+        return _fail(path, value, expected)
+    return ConfigError(
+        f"config error at {path or '<root>'}: its value (not shown: it may hold a secret) is not "
+        f"allowed; {expected}, got {_kind_of(value, mapping)}"
+    )
+
+
+def _kind_of(value: Any, mapping: bool) -> str:
+    """`a string ...`, `a number`: what a value is, with what a string was probably meant to be."""
+    if not isinstance(value, str):
+        return f"a {_yaml_kind(value) or type(value).__name__}"
+    text = value.strip()
+    if text.startswith(("{", "[")):
+        return (
+            f"a string that starts with '{text[0]}' but is not valid YAML: check its brackets and "
+            "quotes, and put a space after each colon"
+        )
+    if not mapping:  # a command line as one string: `--api-key=...` is no `key=value` mistake
+        return "a string"
+    if "=" in text:
+        return "a string with '=': write key: value (a colon and a space), not key=value"
+    if re.search(r":\S", text):
+        return "a string with ':' and no space after it: write key: value"
+    return "a string"
+
+
+# `{api_key:sk-x}` is the one key 'api_key:sk-x' with no value: YAML needs a space after the colon.
+# `name=value` written as a key is the same mistake. The text after the sign may be a secret.
+_JOINED_KEY = re.compile(r"[:=](?=.)", re.DOTALL)
+# How long a key name (the part before the sign) may be to be shown; longer is not a name.
+MAX_SHOWN_NAME = 64
+
+
+def _joined_key(key: str) -> tuple[str, str] | None:
+    """(name, sign) when `key` is a name and a value joined by ':' or '=' (text follows the sign)."""
+    match = _JOINED_KEY.search(key)
+    return (key[: match.start()], match.group()) if match else None
+
+
+def key_for_message(key: str | int) -> str:
+    """A mapping key as an error may show it: a `name:value` or `name=value` key cut after the sign."""
+    joined = _joined_key(key) if isinstance(key, str) else None
+    if joined is None:
+        return str(key)
+    name, sign = joined
+    shown = name if name.isprintable() and len(name) <= MAX_SHOWN_NAME else "…"
+    return f"{shown}{sign}…"
+
+
+def _check_key(path: str, key: Any, value: Any = None, *, plain_name: bool = True) -> None:
+    """Refuse a key that is a name and a value joined by ':' or '=' (see _JOINED_KEY), never showing
+    the value. Where a plain name is expected any such key is refused; in free-form data (a JSON
+    schema may name a property `a:b`) only one without a value, the mark of the missing space."""
+    joined = _joined_key(key) if isinstance(key, str) else None
+    if joined is None or (not plain_name and value is not None):
+        return
+    sign = joined[1]
+    what = {"env": "variable name", "headers": "header name"}.get(path.rpartition(".")[2], "key")
+    fix = "put a space after the colon: name: value" if sign == ":" else "write name: value, not name=value"
+    raise ConfigError(
+        f"config error at {path or '<root>'}: a {what} with '{sign}' is not allowed "
+        f"({key_for_message(key)}: the rest is not shown, it may be a secret); {fix}"
+    )
+
+
 def _join(path: str, key: str | int) -> str:
-    return f"{path}.{key}" if path else str(key)
+    key = key_for_message(key)  # every error names the key, and this is how it is shown
+    return f"{path}.{key}" if path else key
 
 
 def build(cls: type[T], data: Any, path: str = "") -> T:
@@ -83,10 +155,11 @@ def build(cls: type[T], data: Any, path: str = "") -> T:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise _fail(path, data, f"expected a mapping of {cls.__name__} keys")
+        raise _not_a_container(path, data, f"expected a mapping of {cls.__name__} keys (YAML {{key: value}})")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in _fields_of(cls) if f.init}
     for key in data:
+        _check_key(path, key)
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -183,7 +256,7 @@ def _convert_variant(variants: dict[str, type], value: Any, path: str) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool) and "fixed" in variants:
         value = {"type": "fixed", "value": value}
     if not isinstance(value, dict):
-        raise _fail(path, value, f"expected a mapping with 'type' in {sorted(variants)}")
+        raise _not_a_container(path, value, f"expected a mapping with 'type' in {sorted(variants)}")
     kind = value.get("type", next(iter(variants)) if len(variants) == 1 else None)
     if kind not in variants:
         raise ConfigError(
@@ -208,7 +281,8 @@ def _convert_literal(tp: Any, value: Any, path: str, meta: typing.Mapping[str, A
 
 def _convert_list(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> list[Any]:
     if not isinstance(value, list):
-        raise _fail(path, value, f"expected a list ({describe(tp, meta)})")
+        expected = f"expected a list ({describe(tp, meta)}), e.g. YAML [a, b]"
+        raise _not_a_container(path, value, expected, mapping=False)
     (item,) = get_args(tp)
     # The metadata (ranges, variant table) applies to each item.
     return [convert(item, v, _join(path, i), meta) for i, v in enumerate(value)]
@@ -219,12 +293,15 @@ def _convert_dict(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]
         try:
             value = orjson.loads(value)
         except orjson.JSONDecodeError:
-            raise _fail(path, value, "expected a mapping (or a JSON object string)") from None
+            raise _not_a_container(
+                path, value, "expected a mapping (YAML {key: value}, or a JSON object)"
+            ) from None
     if not isinstance(value, dict):
-        raise _fail(path, value, "expected a mapping")
+        raise _not_a_container(path, value, "expected a mapping (YAML {key: value})")
     _, item = get_args(tp)
     out: dict[str, Any] = {}
     for k, v in value.items():  # a key is text too: `0123:` would have become the key '83'
+        _check_key(path, k)
         key = k if isinstance(k, str) else _as_written(k)
         if key is None:
             raise _not_text(_join(path, k), k, what="as a key ")
@@ -412,6 +489,7 @@ def _check_plain_numbers(value: Any, path: str, depth: int = 0) -> None:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise _not_text(_join(path, k), k, what="as a key ")
+            _check_key(path, k, v, plain_name=False)
             _check_plain_numbers(v, _join(path, k), depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):

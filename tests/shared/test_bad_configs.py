@@ -398,9 +398,18 @@ YAML = [
     Case("tag-set", GOOD + "wandb: !!set {a, b}\n", "YAML tag !!set"),
     Case("tag-omap", GOOD + "wandb: !!omap [a: 1]\n", "YAML tag !!omap"),
     Case("tag-explicit-str", GOOD + "seed: !!str 5\n", "YAML tag !!str"),
-    Case("tag-custom", GOOD + "seed: !env SEED\n", "YAML tag !env is not allowed; the only tags are !expand"),
-    Case("tag-on-mapping", CLIENT + SERVER + "runtime: !strict {max_requests: 1}\n", "YAML tag !strict"),
-    Case("tag-verbatim", GOOD + "seed: !<tag:example.com,2024:x> 1\n", "YAML tag tag:example.com,2024:x"),
+    # A tag of its own is not named: it may be a secret written unquoted (`api_key: !sk...`).
+    Case(
+        "tag-custom", GOOD + "seed: !env SEED\n", "line 4 column 7: a value starting with '!' is a YAML tag"
+    ),
+    Case(
+        "tag-on-mapping",
+        CLIENT + SERVER + "runtime: !strict {max_requests: 1}\n",
+        "line 3 column 10: a value",
+    ),
+    Case(
+        "tag-verbatim", GOOD + "seed: !<tag:example.com,2024:x> 1\n", "the only tags are !expand and !include"
+    ),
     Case("nested-too-deeply", GOOD + "wandb: " + "[" * 2000 + "]" * 2000 + "\n", "nested too deeply"),
     Case("not-utf8", "seed: \udcff\n", "cannot be read"),
 ]
@@ -1001,6 +1010,84 @@ SECRET_CASES = [
         "unexpected argument after --client.headers.Authorization's value",
         ("--client.headers.Authorization", "Bearer", "sk-SEKRET"),
     ),
+    # A whole section given as text (a flag that is not valid YAML stays text): the section may hold
+    # secrets, so the text is not shown; the line says what shape was expected instead.
+    Case(
+        "client-flag-not-valid-yaml",
+        GOOD,
+        "config error at client: its value (not shown: it may hold a secret) is not allowed; expected a "
+        "mapping of ClientConfig keys (YAML {key: value}), got a string that starts with '{' but is not "
+        "valid YAML",
+        ("--client", "{model: m, api_key: SEKRET"),
+    ),
+    Case(
+        "client-flag-key-equals-value",
+        GOOD,
+        "config error at client: its value (not shown",
+        ("--client", "api_key=SEKRET"),
+    ),
+    Case(
+        "server-flag-not-valid-yaml",
+        GOOD,
+        "config error at server: its value (not shown",
+        ("--server", "{type: command, command: [vllm, serve, --api-key, SEKRET]"),
+    ),
+    Case("wandb-as-a-string", GOOD + "wandb: 'api_key=SEKRET'\n", "config error at wandb: its value (not"),
+    Case("evaluators-as-a-string", GOOD + "evaluators: SEKRET\n", "evaluators: its value (not shown"),
+    Case("root-list", "- SEKRET\n", "the top level must be a mapping"),
+    # A secret written where YAML reads a tag, an alias or an anchor: the line and column, not the text.
+    Case(
+        "api-key-as-a-tag",
+        SERVER + RUNTIME + "client:\n  api_base: '{api}'\n  api_key: !SEKRET_1\n",
+        f"{CONFIG} line 5 column 12: a value starting with '!' is a YAML tag (not shown",
+    ),
+    Case("api-key-as-an-alias", client("api_key: *SEKRET_2"), f"{CONFIG} line 3 column "),
+    Case("api-key-as-an-anchor", client("api_key: &SEKRET_3"), f"{CONFIG} line 3 column "),
+    Case(
+        "api-key-as-a-duplicate-anchor",
+        client("api_key: &SEKRET_4 a, model: &SEKRET_4 b"),
+        f"{CONFIG} line 3 column",
+    ),
+    Case("tag-not-a-known-one", GOOD + "seed: !!SEKRET 5\n", f"{CONFIG} line 4 column 7: a value starting"),
+    # `key:value` without the space after the colon is one key in a flow mapping (`{a:b}` is {'a:b': null}).
+    Case(
+        "header-without-space",
+        headers("{Authorization:Bearer SEKRET}"),
+        "client.headers: a header name with ':'",
+    ),
+    Case(
+        "header-without-space-twice",
+        headers("{Authorization:Bearer SEKRET, Authorization:Bearer SEKRET}"),
+        "config error at client.headers.Authorization:…: duplicate key",
+    ),
+    Case(
+        "env-flag-without-space",
+        GOOD,
+        "config error at server.env: a variable name with ':'",
+        ("--server.env", "{HF_TOKEN:SEKRET}"),
+    ),
+    Case(
+        "params-flag-without-space",
+        GOOD,
+        "config error at client.additional_sampling_params: a key with ':' is not allowed (api_key:…",
+        ("--client.additional_sampling_params", "{api_key:SEKRET}"),
+    ),
+    Case(
+        "nested-param-without-space",
+        params("{extra_body: {api_key:SEKRET}}"),
+        "client.additional_sampling_params.extra_body: a key with ':'",
+    ),
+    Case("client-key-without-space", client("api_key:SEKRET"), "config error at client: a key with ':'"),
+    Case("client-key-equals-value", client("api_key=SEKRET"), "config error at client: a key with '='"),
+    Case(
+        "header-equals-value",
+        headers("{Authorization=Bearer SEKRET}"),
+        "client.headers: a header name with '='",
+    ),
+    Case(
+        "param-equals-value", params("{api_key=SEKRET}"), "client.additional_sampling_params: a key with '='"
+    ),
+    Case("env-equals-value-null", env("{HF_TOKEN=SEKRET}"), "server.env: a variable name with '='"),
 ]
 
 
@@ -1015,6 +1102,50 @@ def test_a_bad_value_that_may_be_a_secret_is_refused_without_showing_it(
     observed, line = refused_in_process(case, tmp_path, listener, capsys, monkeypatch, "--dry-run")
     assert observed == REFUSED, line
     assert case.expected in line and "SEKRET" not in line, line
+
+
+@pytest.mark.parametrize(
+    "argv, config, secret",
+    [
+        (["--client", "{model: m, api_key: ABAB1111sk"], "", "ABAB1111sk"),
+        (["--client", "api_key=ABAB2222sk"], "", "ABAB2222sk"),
+        (["--server", "{type: command, command: [vllm, serve, --api-key, ABAB3333sk]"], "", "ABAB3333sk"),
+        (
+            [
+                *("--client.api_base", "http://127.0.0.1:9/v1", "--client.model", "m"),
+                *("--client.additional_sampling_params", "{api_key:QQQQ2222zzz}"),
+            ],
+            "",
+            "QQQQ2222zzz",
+        ),
+        (["--server.type", "command", "--server.env", "{HF_TOKEN:QQQQ3333zzz}"], "", "QQQQ3333zzz"),
+        ([], "client:\n  model: m\n  api_key: !Secr3t_NNNN1111\n", "NNNN1111"),
+        ([], "client:\n  model: m\n  api_key: *Secr3t_NNNN3333\n", "NNNN3333"),
+        ([], "client:\n  model: m\n  headers: {Authorization:Bearer PPPP5555xyz}\n", "PPPP5555xyz"),
+    ],
+    ids=[
+        "client-cut-short",
+        "client-key-equals",
+        "server-cut-short",
+        "params-no-space",
+        "env-no-space",
+        "tag",
+        "alias",
+        "header-no-space",
+    ],
+)
+def test_the_real_command_does_not_echo_a_secret_in_a_config_error(
+    argv: list[str], config: str, secret: str, tmp_path: Path
+) -> None:
+    """The review's commands, as a real `veeksha-run --dry-run`: one line, exit 2, nothing written."""
+    if config:
+        (tmp_path / CONFIG).write_text(config)
+        argv = ["--config", CONFIG, *argv]
+    proc = run_cli([*argv, "--dry-run"], cwd=tmp_path, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert (proc.returncode, len(lines), proc.stdout) == (2, 1, ""), proc.stderr
+    assert lines[0].startswith("veeksha-run: ") and secret not in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([CONFIG] if config else [])
 
 
 @pytest.mark.parametrize(

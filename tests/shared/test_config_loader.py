@@ -106,3 +106,33 @@ def test_an_empty_override_says_how_to_unset_a_key() -> None:
     assert empty_override("--client.model") == (
         "--client.model is empty; give a value, `null` to unset the key, or leave the flag out"
     )
+
+
+def test_a_search_config_given_as_text_is_not_shown(tmp_path: Path) -> None:
+    path = write(tmp_path, "benchmark_config: 'api_key=SEKRET'\n")
+    with pytest.raises(ConfigError, match=r"at benchmark_config: its value \(not shown") as info:
+        load_capacity_search(path)
+    assert "SEKRET" not in str(info.value)
+
+
+def test_a_key_without_the_space_after_its_colon_never_reaches_the_config(tmp_path: Path) -> None:
+    """`{api_key:sk}` is one key `api_key:sk` (YAML needs `: `): it was sent and written to config.yml."""
+    flag = ("client.additional_sampling_params", "{api_key:SEKRET}")
+    with pytest.raises(ConfigError, match="put a space after the colon") as info:
+        load_benchmark_runs(write(tmp_path, CLIENT), [flag])
+    assert "SEKRET" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A JSON schema may name a property `a:b`: below the parameter names, a key with a value is data.
+        "additional_sampling_params: {response_format: {schema: {properties: {'a:b': {type: string}}}}}",
+        # Anchors and aliases as YAML means them.
+        "headers: &h {X-A: '1'}, additional_sampling_params: {extra: *h}",
+        "headers: {X-A: &v 'a:b'}, additional_sampling_params: {top_k: 5, note: *v}",
+    ],
+)
+def test_colons_and_anchors_used_as_yaml_means_them_are_accepted(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, "client: {api_base: 'http://127.0.0.1:9/v1', model: m, " + text + "}\n")
+    assert load_benchmark_runs(path)[0].config.client.model == "m"
