@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from veeksha.runner.driver.dispatcher import Placement
-from veeksha.runner.driver.http.client import build_headers, endpoint_url
+from veeksha.runner.driver.http.client import build_headers, endpoint_url, run_secret_values
 from veeksha.runner.driver.http.client import secret_values as client_secret_values
 from veeksha.runner.drivers import DriverLink, LocalDriver, available_cores, check_local_drivers, num_drivers
 from veeksha.runner.progress import Progress
@@ -255,7 +255,11 @@ def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
     # Replies the server sent no usage for are counted here, never in the driver.
     count_tokens, _ = token_counter(cfg.client.tokenizer)
     recorder = Recorder(
-        run.paths, Progress(cfg.runtime.benchmark_timeout), count_tokens, cfg.trace_recorder.enabled
+        run.paths,
+        Progress(cfg.runtime.benchmark_timeout),
+        count_tokens,
+        cfg.trace_recorder.enabled,
+        secrets=run_secret_values(cfg),  # a traced reply may echo them
     )
     scraper = _server_metrics(cfg, run.paths, recorder)
     previous = {s: signal.signal(s, recorder.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -303,7 +307,7 @@ def _server_metrics(cfg: BenchmarkConfig, paths: RunPaths, recorder: Recorder) -
     # A query may hold a token, and the URL a password.
     shown = redact_url(urlsplit(url)._replace(query="", fragment="").geturl())
     if wanted == "auto":
-        problem = probe(url)
+        problem = probe(url, run_secret_values(cfg))
         if problem is not None:
             print(f"veeksha: server metrics: not scraped ({shown}: {problem})", flush=True)
             return None

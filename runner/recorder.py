@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, BinaryIO
@@ -38,6 +38,7 @@ from veeksha.shared.records import (
     STOP_MAX_SESSIONS,
     STOP_SESSIONS_EXHAUSTED,
 )
+from veeksha.shared.redact import scrub_list, scrub_text
 
 POLL_S = 0.2
 # The recorder takes the drivers' messages in rounds this far apart, each taking all that waits.
@@ -118,11 +119,15 @@ class Recorder:
         progress: Progress,
         count_tokens: Callable[[str], int],
         trace_enabled: bool,
+        secrets: Iterable[str] = (),
     ) -> None:
+        """`secrets`: the run's (driver.http.client.run_secret_values), scrubbed from the trace's
+        content, where a server's replies (turn 1's, in turn 2's history) may have echoed them."""
         self.paths = paths
         self.progress = progress
         self.count_tokens = count_tokens
         self.trace_enabled = trace_enabled
+        self.secrets = scrub_list(list(secrets))
         self.t0: float | None = None
         self.num_records = 0
         self.timeseries = TimeseriesWriter(paths.timeseries_csv)
@@ -476,9 +481,24 @@ class Recorder:
         for name in ipc.RAW_TRACE_TIME_FIELDS:
             if line[name] is not None:
                 line[name] -= t0
-        if line["content"] is None:
+        content = line["content"]
+        if content is None:
             del line["content"]
+        elif self.secrets:  # only lines with content pay for this, and only in the recorder
+            line["content"] = scrub_content(content, self.secrets)
         return line
+
+
+def scrub_content(value: Any, secrets: list[str]) -> Any:
+    """A trace line's content (a prompt, or chat messages) with `secrets` scrubbed from every
+    string in it: each as it was sent, so a secret is matched whole (not through its JSON form)."""
+    if isinstance(value, str):
+        return scrub_text(value, secrets)
+    if isinstance(value, list):
+        return [scrub_content(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: scrub_content(v, secrets) for k, v in value.items()}
+    return value
 
 
 def at_low_priority(work: Callable[[], None]) -> None:

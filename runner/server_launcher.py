@@ -34,7 +34,7 @@ import httpx
 from veeksha.shared.config import BenchmarkConfig, CommandServerConfig, SimulatedServerConfig
 from veeksha.shared.config_checks import uses_client_api_base
 from veeksha.shared.errors import ConfigError, VeekshaError
-from veeksha.shared.redact import redact, redact_url, scrub_list, scrub_text, secret_values
+from veeksha.shared.redact import REDACTED, redact, redact_url, scrub_list, scrub_text, secret_values
 from veeksha.shared.schema import to_dict
 
 LISTENING_PREFIX = "VEEKSHA_SIMULATED_SERVER_LISTENING"  # printed by simserver/server.py
@@ -171,9 +171,35 @@ def check_server_command(cfg: SimulatedServerConfig | CommandServerConfig | None
     if shutil.which(program) is None:  # a path with a folder is checked as it is, else PATH
         where = "is not an executable file" if os.sep in program else "is not found on PATH"
         raise ConfigError(
-            f"config error at server.command[0]: {program!r} {where}; install the server or give "
-            "the full path to its executable"
+            f"config error at server.command[0]: {_shown_program(program)!r} {where}; "
+            f"{_program_hint(program)}"
         )
+
+
+def _shown_program(program: str) -> str:
+    """The first word of server.command as a message may show it: redacted as the whole command is
+    (`VLLM_API_KEY=<redacted>` inside one string holding a whole command line), and the value of an
+    environment assignment hidden whatever its name, as every server.env value is."""
+    name, eq, _ = program.partition("=")
+    if eq and name.isidentifier():
+        return f"{name}={REDACTED}"
+    return str(redact([program])[0])
+
+
+def _program_hint(program: str) -> str:
+    """What to do about a first word of server.command that is no program."""
+    name, eq, _ = program.partition("=")
+    if eq and name.isidentifier():
+        return (
+            f"an environment variable is no program: set it as server.env.{name} and begin "
+            "server.command with the program"
+        )
+    if len(program.split()) > 1:
+        return (
+            "server.command is a list of words: give the program alone first, each argument as an "
+            "item of its own, environment variables in server.env"
+        )
+    return "install the server or give the full path to its executable"
 
 
 def check_server_port(
@@ -286,11 +312,14 @@ def _start_command(
     check_server_command(cfg)
     env = {**os.environ, **cfg.env}
     api_base = cfg.api_base or _api_base_from(cfg.ready_url)
-    secrets = scrub_list([*secret_values(to_dict(cfg)), *extra_secrets])
+    # What the server may print: its config's secrets, the client's, and those of the environment it
+    # inherits (WANDB_API_KEY, HF_TOKEN: variables named like secrets, credentials in URLs).
+    secrets = scrub_list([*secret_values(to_dict(cfg)), *secret_values(env), *extra_secrets])
     try:
         handle = _spawn(list(cfg.command), env, log_path, api_base=api_base, secrets=secrets)
     except OSError as exc:
-        raise VeekshaError(f"cannot start server command {cfg.command[0]!r}: {exc.strerror}") from None
+        program = _shown_program(str(cfg.command[0]))
+        raise VeekshaError(f"cannot start server command {program!r}: {exc.strerror}") from None
     deadline = time.monotonic() + float(cfg.ready_timeout)
     # What the user may read: the command with the values of secret flags hidden.
     what = f"server command {' '.join(str(a) for a in redact(list(cfg.command)))!r}"

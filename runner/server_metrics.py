@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -54,13 +54,17 @@ def fetch(client: httpx.Client, url: str) -> dict[str, tuple[str, float]]:
     return parse(response.text)
 
 
-def probe(url: str) -> str | None:
-    """None when `url` answers in Prometheus text format with at least one series, else why not."""
+def probe(url: str, secrets: Iterable[str] = ()) -> str | None:
+    """None when `url` answers in Prometheus text format with at least one series, else why not,
+    without the URL's credentials or `secrets` (the run's: driver.http.client.run_secret_values)."""
     try:
         with httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False) as client:
             series = fetch(client, url)
-    except (httpx.HTTPError, ValueError) as e:  # httpx names the URL: a ?token= in it stays hidden
-        return scrub_text(f"{type(e).__name__}: {e}".splitlines()[0], scrub_list(secret_values(url)))
+    except (httpx.HTTPError, ValueError) as e:
+        # httpx names the URL (a ?token= in it); the parser quotes the server's line, which may echo
+        # the server's own key or one it inherited. Scrubbed before the cut to one line.
+        hidden = scrub_list([*secret_values(url), *secrets])
+        return scrub_text(f"{type(e).__name__}: {e}", hidden).splitlines()[0]
     return None if series else "no gauge or counter series"
 
 

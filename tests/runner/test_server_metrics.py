@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import socket
+import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 from veeksha.runner import server_metrics
+from veeksha.runner.driver.http.client import run_secret_values
+from veeksha.runner.server_launcher import start_server
 from veeksha.runner.server_metrics import Scraper, parse, probe
+from veeksha.shared.config_loader import build_benchmark_config
 
 from tests.runner.helpers import all_text_under, only_run_dir, run_cli
 from tests.runner.simserver.test_server import FAST, root, sim_server
@@ -203,3 +208,50 @@ def test_tokens_in_urls_reach_no_file_and_no_console_line(tmp_path: Path) -> Non
         "?token=<redacted>" in paths.config_yml.read_text()
         and "?key=<redacted>" in paths.run_json.read_text()
     )
+
+
+# A server whose /metrics answers a line that is no Prometheus text, holding its own --api-key and
+# a secret it inherited: the parser's error quotes the line.
+BAD_METRICS_SERVER = textwrap.dedent(
+    """
+    import os, sys
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    port, key = int(sys.argv[1]), sys.argv[sys.argv.index("--api-key") + 1]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            line = f'up{{api_key="{key}",hf="{os.environ["HF_TOKEN"]}"'
+            body = (line if self.path == "/metrics" else "ok").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    """
+)
+
+
+def test_a_probe_of_metrics_that_echo_the_runs_secrets_shows_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_key, inherited = "ADAD2222serverkey", "hf_inherited_metrics_26"
+    monkeypatch.setenv("HF_TOKEN", inherited)
+    (tmp_path / "bad_metrics.py").write_text(BAD_METRICS_SERVER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, str(tmp_path / "bad_metrics.py"), str(port), "--api-key", server_key]
+    cfg = build_benchmark_config(
+        {"server": {"type": "command", "command": command, "ready_url": f"http://127.0.0.1:{port}/health"}}
+    )
+    assert cfg.server is not None
+
+    with start_server(cfg.server):
+        problem = probe(f"http://127.0.0.1:{port}/metrics", run_secret_values(cfg))
+
+    assert problem is not None and problem.startswith("ValueError")
+    assert server_key not in problem and inherited not in problem

@@ -22,6 +22,7 @@ opened, so time spent connecting counts toward the request's latency (as a user 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterable
 from time import perf_counter
 from typing import Any, Protocol
@@ -29,12 +30,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 from veeksha.runner.driver.http.deadlines import RequestDeadlines
 from veeksha.runner.driver.http.errors import RequestError, RequestTimeout
-from veeksha.runner.driver.http.openai import RequestBuilder, ResponseReader, one_line, preview
+from veeksha.runner.driver.http.openai import (
+    BODY_HEAD_BYTES,
+    CUT_MARK,
+    RequestBuilder,
+    ResponseReader,
+    one_line,
+    preview,
+)
 from veeksha.runner.driver.http.outcome import Outcome
 from veeksha.runner.driver.http.transport import DueHook, HTTPTransport, Started
 from veeksha.shared import redact
-from veeksha.shared.config import ClientConfig
+from veeksha.shared.config import BenchmarkConfig, ClientConfig
 from veeksha.shared.redact import scrub_text
+from veeksha.shared.schema import to_dict
 
 USER_AGENT = "veeksha"
 
@@ -93,8 +102,9 @@ def build_headers(cfg: ClientConfig) -> list[tuple[str, str]]:
 
 
 def secret_values(cfg: ClientConfig, extra: Iterable[str] = ()) -> list[str]:
-    """Strings that must never appear in an error message: the API key, auth-like header values, and
-    `extra` (the server's secrets: a server may echo its own token in an error)."""
+    """Strings that must never appear in an error message: the API key, auth-like header values, the
+    environment's secrets, and `extra` (the server's secrets: a server may echo its own token in an
+    error)."""
     out = list(extra)
     if cfg.api_key:
         key = cfg.api_key.reveal()
@@ -103,7 +113,18 @@ def secret_values(cfg: ClientConfig, extra: Iterable[str] = ()) -> list[str]:
     out += redact.secret_values(cfg.additional_sampling_params)
     out += redact.secret_values(cfg.api_base or "")  # ?key=... or a password in the URL
     out += redact.secret_values({redact.HEADERS: dict(cfg.headers)})  # any header but the plain ones
+    # A launched server inherits the environment and may echo it: variables named like secrets
+    # (WANDB_API_KEY, HF_TOKEN), credentials in URLs (HTTPS_PROXY).
+    out += redact.secret_values(dict(os.environ))
     return redact.scrub_list(out)
+
+
+def run_secret_values(cfg: BenchmarkConfig) -> list[str]:
+    """Every secret of a run, for what the runner shows or writes of text a server sent (the
+    trace's content, a probe's error): the client's and the environment's (secret_values), and the
+    server section's (a launched server may echo its own)."""
+    server = redact.secret_values(to_dict(cfg.server)) if cfg.server is not None else []
+    return secret_values(cfg.client, server)
 
 
 class OpenAIClient:
@@ -177,18 +198,46 @@ class OpenAIClient:
         out.error_type = exc.error_type
         # Scrub before shortening: a secret cut in half by the shortening would survive the scrub.
         message = scrub_text(exc.message or exc.error_type, self._secrets)
+        if message.endswith(CUT_MARK):  # cut at openai.RAW_MESSAGE_CHARS, before this scrub
+            message = without_cut_secret(message.removesuffix(CUT_MARK), self._secrets) + CUT_MARK
         if exc.body_head is not None:
-            head = exc.body_head.decode("utf-8", "replace")
-            message += f"; body: {preview(scrub_text(head, self._secrets))}"
+            message += f"; body: {preview(self._scrubbed_head(exc.body_head))}"
         out.error_message = one_line(message)
         if exc.http_status is not None:
             out.http_status = exc.http_status
         if out.completed_at is None:
             out.completed_at = perf_counter()
 
+    def _scrubbed_head(self, body_head: bytes) -> str:
+        """The body's first bytes, scrubbed. They were cut (openai.BODY_HEAD_BYTES) before any scrub
+        could see them, and the preview squeezes whitespace away, so the start of a secret cut
+        there may come into view: drop it too."""
+        head = scrub_text(body_head.decode("utf-8", "replace"), self._secrets)
+        if len(body_head) < BODY_HEAD_BYTES:  # the whole body: nothing was cut
+            return head
+        return without_cut_secret(head.rstrip("\ufffd"), self._secrets)  # and a character cut in two
+
     async def aclose(self) -> None:
         self._deadlines.close()
         await self._backend.aclose()
+
+
+def without_cut_secret(text: str, secrets: list[str]) -> str:
+    """`text`, which was cut at its end, without the start of a secret that ran across the cut:
+    scrub_text replaces whole secrets only."""
+    end = len(text)
+    for secret in secrets:
+        if len(secret) >= redact.MIN_SCRUBBED_LEN:  # as scrub_text: shorter ones are not scrubbed at all
+            end = min(end, _cut_secret_start(text, secret))
+    return text[:end]
+
+
+def _cut_secret_start(text: str, secret: str) -> int:
+    """Where the longest end of `text` that is a start of `secret` begins; len(text) if none."""
+    i = text.find(secret[0], max(0, len(text) - len(secret) + 1))
+    while i != -1 and not secret.startswith(text[i:]):
+        i = text.find(secret[0], i + 1)
+    return len(text) if i == -1 else i
 
 
 def endpoint_url(api_base: str, path: str) -> str:

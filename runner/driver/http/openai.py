@@ -46,6 +46,7 @@ MAX_MESSAGE_CHARS = 300  # error messages are one line, cut to this length (by t
 # Text taken from a response for a message is kept this long until the client has scrubbed its
 # secrets and cut it to MAX_MESSAGE_CHARS: a key cut in half here would survive that scrub.
 RAW_MESSAGE_CHARS = 4096
+CUT_MARK = "..."  # ends a text one_line cut (the client drops a secret's start left before it)
 # A generation these end was cut off (vLLM's abort, a server's own error): whatever came is no answer.
 FAILED_FINISH_REASONS = frozenset({"abort", "error"})
 PREVIEW_CHARS = 100  # the body preview in an error message
@@ -113,7 +114,7 @@ class RequestBuilder:
 
 def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - len(CUT_MARK)] + CUT_MARK
 
 
 def error_text(err: Any) -> str:

@@ -522,6 +522,29 @@ async def q_nonstream_not_json(w, req, srv):
     return True
 
 
+# Whitespace before an echoed credential: the raw cut of the body's first bytes (openai.BODY_HEAD_BYTES)
+# falls inside the credential, and the preview, whitespace squeezed, shows what comes before the cut.
+KEY_AT_CUT_PAD = 1000
+
+
+@quirk
+async def q_html_200_key_at_cut(w, req, srv):
+    """A 200 page echoing the credentials after a thousand newlines, then more text."""
+    auth = req.headers.get("authorization", "")
+    page = "<html>" + "\n" * KEY_AT_CUT_PAD + auth + "\n</html>\n" + "x" * 2000
+    await send(w, json_response(200, page.encode(), "text/html"))
+    return True
+
+
+@quirk
+async def q_sse_key_at_cut(w, req, srv):
+    """An event stream of comments only, the credentials in one after a thousand blank lines."""
+    auth = req.headers.get("authorization", "")
+    body = (": <html>" + "\n" * KEY_AT_CUT_PAD + f": {auth}\n\n" + ": " + "x" * 2000 + "\n\n").encode()
+    await send(w, head(), chunk(body), END)
+    return True
+
+
 # -- the server ---------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import uvloop
 from veeksha.runner.driver.http.client import make_client
-from veeksha.runner.driver.http.openai import PREVIEW_CHARS, RequestBuilder
+from veeksha.runner.driver.http.openai import PREVIEW_CHARS, RAW_MESSAGE_CHARS, RequestBuilder
 from veeksha.runner.driver.http.outcome import Outcome
 from veeksha.shared.config import ClientConfig
 from veeksha.shared.config_loader import build_benchmark_config, dump_config_yaml
@@ -318,3 +318,39 @@ def test_a_key_echoed_across_the_messages_cut_leaves_no_part_of_itself(
     out = request(quirks.base("echo_auth_late"), backend, api_key=key)
     assert (out.status, out.error_type) == (ERROR, "http_error")
     assert "sk-proj-A1b2" not in out.error_message and "A1b2C3d4E5" not in out.error_message
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("quirk", "stream", "error_type"),
+    [
+        ("html_200_key_at_cut", True, "not_event_stream"),  # sniffed, rejected at its first bytes
+        ("html_200_key_at_cut", False, "protocol_error"),  # a whole body that is not JSON
+        ("sse_key_at_cut", True, "empty_response"),  # the first read of an event stream
+    ],
+)
+def test_a_key_echoed_across_the_body_heads_cut_leaves_no_part_of_itself(
+    quirks: QuirkServer, backend: str, quirk: str, stream: bool, error_type: str
+) -> None:
+    """The body's first bytes are cut before the scrub, and the preview squeezes the whitespace
+    before the cut away: the start of a key cut there must not show."""
+    key = "sk-live-" + "Q7w8E9r0T1" * 4
+    out = request(quirks.base(quirk), backend, api_key=key, stream=stream)
+    assert (out.status, out.error_type, out.http_status) == (ERROR, error_type, 200)
+    body = out.error_message.split("; body: ")[1]
+    assert body.startswith(("<html>", ": <html>")), body
+    assert "sk-live" not in out.error_message and "Q7w8" not in out.error_message
+    assert "Bearer" not in body  # the start of the `Bearer <key>` secret, too
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_long_key_echoed_across_the_raw_messages_cut_leaves_no_part_of_itself(
+    quirks: QuirkServer, backend: str
+) -> None:
+    """An error's text is cut (openai.RAW_MESSAGE_CHARS) before the scrub: a credential longer than
+    that cut (a service account's key) must not show its start."""
+    key = "sk-long-" + "Z9y8X7w6V5" * (RAW_MESSAGE_CHARS // 10)
+    out = request(quirks.base("echo_auth"), backend, api_key=key)
+    assert (out.status, out.error_type, out.http_status) == (ERROR, "http_error", 401)
+    assert "Incorrect API key provided" in out.error_message
+    assert "sk-long" not in out.error_message and "Z9y8" not in out.error_message
