@@ -89,7 +89,10 @@ class HttpxTransport:
                         if handler.failure is None:
                             await self._drain(chunks)
                         return
-                handler.on_end(perf_counter())
+                # No Content-Length, no chunked encoding: a close ended the body (as transport.py).
+                h = resp.headers
+                closed = "content-length" not in h and "transfer-encoding" not in h
+                handler.on_end(perf_counter(), closed=closed and resp.status_code not in (204, 304))
         except httpx.HTTPError:
             if handler.finished and handler.failure is None:
                 return  # the response was complete at [DONE]; only the tail of the body broke

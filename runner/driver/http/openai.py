@@ -11,7 +11,8 @@ are not content chunks. A non-streaming response is one chunk at completion. An 
 content chunk with answer output (delta.content, delta.tool_calls or choices[].text): reasoning-only
 chunks are output but not answer, which is what ttfa and tpot_answer tell apart.
 
-What a 2xx must carry to be a success (metrics.md): a stream, at least one content chunk; a
+What a 2xx must carry to be a success (metrics.md): a stream, at least one content chunk, and
+`[DONE]` or a finish_reason when a connection close ended it (else `connection_dropped`); a
 non-streamed answer, a JSON body with choices. Anything else is an error naming the content type and
 the first bytes of the body: `not_event_stream` (an HTML login page, a plain-text notice) or
 `empty_response` (an empty body, comments or `[DONE]` only, no choices). How a body is read: by its
@@ -25,6 +26,7 @@ from typing import Any
 import orjson
 from veeksha.runner.driver.http.chunks import UNSET, Choice, Chunk, DecodeError, Delta, as_chunk, decode_chunk
 from veeksha.runner.driver.http.errors import (
+    ConnectionDropped,
     EmptyResponse,
     HTTPStatusError,
     NotEventStream,
@@ -247,7 +249,9 @@ class ResponseReader:
         self._buffer(data, now)
         return self.finished
 
-    def on_end(self, now: float) -> None:
+    def on_end(self, now: float, closed: bool = False) -> None:
+        """The body ended at `now`: by its framing, or (`closed`) by the server closing the
+        connection, the only end a body without Content-Length or chunked encoding has."""
         if self.finished:
             return
         mode = self._mode
@@ -258,7 +262,7 @@ class ResponseReader:
             except SSEError as exc:
                 self._fail(ProtocolError(str(exc)), now)
             if not self.finished:  # no [DONE]: the end of the body ends the stream
-                self._end_stream(now)
+                self._end_stream(now, closed)
             return
         body = b"".join(self._body)
         self._body.clear()
@@ -288,16 +292,21 @@ class ResponseReader:
         self._mode = _SSE
         self._sse = SSEParser(self._on_event)
 
-    def _end_stream(self, now: float) -> None:
+    def _end_stream(self, now: float, closed: bool = False) -> None:
         """[DONE] or the end of the body: a stream without a content chunk, or one whose generation
-        was cut off, is no success."""
+        was cut off, is no success. Nor is one a connection close ended (`closed`) with neither
+        [DONE] nor a finish_reason: a crashed server's sockets close as cleanly as a finished body."""
         reason = self.out.finish_reason
+        cut_short = closed and not reason
         if (cut := self._cut_off()) is not None:
             self._fail(cut, now)
-        elif self.out.chunk_times:
+        elif self.out.chunk_times and not cut_short:
             self._finish(now)
         elif (err := _error_body(self._head)) is not None:  # a bare JSON error sent as an event stream
             self._fail(ServerError(f"server returned an error: {err}"), now)
+        elif cut_short:
+            what = "the server closed the connection before the stream ended (no [DONE], no finish_reason)"
+            self._fail(ConnectionDropped(what), now)
         else:
             what = "the stream ended without a content chunk" + (
                 f" (finish_reason {reason})" if reason else ""

@@ -58,8 +58,9 @@ class ResponseHandler(Protocol):
         """Feed body bytes that arrived at `now`; True once the response is complete or failed."""
         ...
 
-    def on_end(self, now: float) -> None:
-        """The body ended at `now` (called only if on_body never returned True)."""
+    def on_end(self, now: float, closed: bool = False) -> None:
+        """The body ended at `now` (called only if on_body never returned True); `closed`: by a clean
+        close of the connection (a body without Content-Length or chunked encoding)."""
         ...
 
 
@@ -477,9 +478,11 @@ class _Connection(asyncio.Protocol):
 
     def _report_lost(self, exc: Exception | None) -> None:
         """The connection closed while the handler still expected bytes. Only a clean close ends a
-        body that has no length: a reset (`exc`) cut it short."""
+        body that has no length: a reset (`exc`) cut it short. The handler is told the close ended
+        it: a crashed server's sockets close cleanly too, so an event stream must have come to its
+        end by itself ([DONE] or a finish_reason)."""
         if self._headers_done and not self._framed and not self._informational and exc is None:
-            self._handler.on_end(perf_counter())  # type: ignore[union-attr]  # set while active; close-delimited body
+            self._handler.on_end(perf_counter(), closed=True)  # type: ignore[union-attr]  # set while active; close-delimited body
             self._resolve(None)
             return
         if not self.got_bytes:

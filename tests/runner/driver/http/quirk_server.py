@@ -455,6 +455,37 @@ async def q_echo_auth_late(w, req, srv):
     return True
 
 
+# -- event streams that end without [DONE] and without a finish_reason ------------------------------
+
+
+@quirk
+async def q_close_delimited_cut(w, req, srv):
+    """Close-delimited, and the server gone after two tokens (a crash: the kernel closes its socket
+    with a FIN, as cleanly as a server ending the body on purpose)."""
+    await send(w, head(chunked=False, close=True), *STANDARD[:3])
+    return False
+
+
+@quirk
+async def q_close_delimited_cut_before_content(w, req, srv):
+    await send(w, head(chunked=False, close=True), STANDARD[0])
+    return False
+
+
+@quirk
+async def q_chunked_no_done_no_finish(w, req, srv):
+    """Framed: the chunked terminator ends the body on purpose, without [DONE] or a finish_reason."""
+    await send(w, head(), chunk(STANDARD[1]), chunk(STANDARD[2]), END)
+    return True
+
+
+@quirk
+async def q_content_length_no_done_no_finish(w, req, srv):
+    body = STANDARD[1] + STANDARD[2]
+    await send(w, head(length=len(body)) + body)
+    return True
+
+
 # -- 2xx answers that are no success: each must be an error naming its body -------------------------
 
 PORTAL_TITLE = "Guest Wi-Fi: please sign in"

@@ -6,7 +6,11 @@ what the driver records (status, error_type, http_status, content chunks, text, 
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -112,6 +116,10 @@ def test_a_key_hidden_from_every_printed_form_still_goes_on_the_wire(quirks: Qui
         ("error_event_null", ERROR, "server_error", 200, 1, "Hel", "server error event"),
         ("error_event_not_utf8", ERROR, "server_error", 200, 1, "Hel", "server error event"),
         ("reset_close_delimited", ERROR, "connection_dropped", 200, 1, "Hel", ""),
+        # A clean close ends a body without framing, but a stream it ends without [DONE] and
+        # without a finish_reason was cut short (a server crash closes its sockets cleanly too).
+        ("close_delimited_cut", ERROR, "connection_dropped", 200, 2, "Hello", "no [DONE], no finish_reason"),
+        ("close_delimited_cut_before_content", ERROR, "connection_dropped", 200, 0, "", "no [DONE]"),
         ("json_error_as_event_stream", ERROR, "server_error", 200, 0, "", "model is overloaded"),
     ],
 )
@@ -136,6 +144,67 @@ def test_failures(
     assert "\n" not in out.error_message and "Traceback (most recent" not in out.error_message
     assert API_KEY not in out.error_message
     assert out.completed_at is not None and out.picked_up_at is not None
+
+
+# A server that streams close-delimited (no Content-Length, no chunked encoding), and is SIGKILLed
+# after its third token: the kernel closes its socket with a clean FIN.
+KILLED_SERVER = r"""
+import socket, sys, time
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(8)
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+data = b""
+while b"\r\n\r\n" not in data:
+    data += conn.recv(65536)
+head, _, body = data.partition(b"\r\n\r\n")
+length = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+while len(body) < int(length[0].split(b":")[1]):
+    body += conn.recv(65536)  # all of it: unread bytes would make the kernel close with a RST
+conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+for i in range(60):
+    conn.sendall(b'data: {"choices":[{"index":0,"delta":{"content":"t"},"finish_reason":null}]}\n\n')
+    if i == 2:
+        print("sent", flush=True)
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_close_delimited_stream_of_a_killed_server_is_connection_dropped(backend: str) -> None:
+    server = subprocess.Popen([sys.executable, "-c", KILLED_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+
+        def kill_after_three_tokens() -> None:
+            if server.stdout.readline().strip() == "sent":
+                server.send_signal(signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_after_three_tokens, daemon=True)
+        killer.start()
+        out = request(f"http://127.0.0.1:{port}/v1", backend)
+        killer.join(5)
+    finally:
+        server.kill()
+        server.wait(5)
+        server.stdout.close()
+    assert server.returncode == -signal.SIGKILL
+    assert (out.status, out.error_type, out.http_status) == (ERROR, "connection_dropped", 200)
+    assert "no [DONE], no finish_reason" in out.error_message
+    assert 3 <= len(out.chunk_times) < 60 and out.finish_reason is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("quirk", ["chunked_no_done_no_finish", "content_length_no_done_no_finish"])
+def test_a_framed_stream_ended_without_done_or_finish_reason_is_a_success(
+    quirks: QuirkServer, backend: str, quirk: str
+) -> None:
+    """Lenient on purpose: its framing says the server ended the body (README: a stream is complete
+    at [DONE], or at the end of the body when there is none)."""
+    out = request(quirks.base(quirk), backend)
+    assert (out.status, out.error_type, out.error_message) == (SUCCESS, None, None)
+    assert len(out.chunk_times) == 2 and out.text == "Hello" and out.finish_reason is None
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -125,6 +125,43 @@ def test_without_done_the_end_of_body_completes_the_stream() -> None:
     assert reader.failure is None and out.completed_at == 99.0 and len(out.chunk_times) == 1
 
 
+def read_closed(data: bytes) -> tuple[Outcome, ResponseReader]:
+    """A stream whose body a connection close ended (no Content-Length, no chunked encoding)."""
+    out = Outcome()
+    reader = ResponseReader(out, True)
+    reader.on_start(200, b"text/event-stream")
+    assert not reader.on_body(data, 1.0)
+    reader.on_end(99.0, closed=True)
+    reader.finalize()
+    return out, reader
+
+
+@pytest.mark.parametrize("data", [chat("a") + chat("b"), chat(None, role="assistant"), b""])
+def test_a_close_that_ends_a_stream_without_done_or_finish_reason_cut_it_short(data: bytes) -> None:
+    out, reader = read_closed(data)
+    assert reader.failure is not None and reader.failure.error_type == "connection_dropped"
+    assert "before the stream ended (no [DONE], no finish_reason)" in reader.failure.message
+    assert out.completed_at == 99.0 and out.finish_reason is None
+
+
+def test_a_close_that_ends_a_stream_with_a_finish_reason_completes_it() -> None:
+    out, reader = read_closed(chat("a") + chat(finish="length") + usage_event(1, 1))
+    assert reader.failure is None and out.completed_at == 99.0 and out.text == "a"
+
+
+@pytest.mark.parametrize(
+    ("data", "error_type"),
+    [
+        (chat("a") + chat(finish="abort"), "server_error"),  # a cut-off generation stays a server error
+        (b'{"error": {"message": "overloaded"}}', "server_error"),  # a bare JSON error, too
+        (chat(None, role="assistant") + chat(finish="stop"), "empty_response"),  # ended, no output
+    ],
+)
+def test_a_close_keeps_the_more_telling_failures(data: bytes, error_type: str) -> None:
+    _, reader = read_closed(data)
+    assert reader.failure is not None and reader.failure.error_type == error_type
+
+
 def test_data_after_done_is_ignored() -> None:
     out, _ = read([(chat("a") + DONE + chat("b"), 1.0)])
     assert out.text == "a" and out.chunk_times == [1.0]
