@@ -6,10 +6,12 @@ after the run directory exists, it ends with a final run.json and every record r
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from veeksha.runner.driver.dispatcher import Placement
 from veeksha.runner.driver.http.client import build_headers, endpoint_url, run_secret_values
 from veeksha.runner.driver.http.client import secret_values as client_secret_values
 from veeksha.runner.drivers import DriverLink, LocalDriver, available_cores, check_local_drivers, num_drivers
-from veeksha.runner.progress import Progress
+from veeksha.runner.progress import Progress, hang_up
 from veeksha.runner.recorder import Recorder, RecordingResult
 from veeksha.runner.run_dir import RunDir, ensure_writable
 from veeksha.runner.server_launcher import (
@@ -36,7 +38,7 @@ from veeksha.runner.sessions.tokenizer import token_counter
 from veeksha.shared.config import BenchmarkConfig, ClientConfig
 from veeksha.shared.config_checks import uses_client_api_base
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
-from veeksha.shared.errors import ConfigError
+from veeksha.shared.errors import ConfigError, OutputError
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RUN_TIMEOUT
 from veeksha.shared.redact import redact_url, scrub_text
@@ -89,6 +91,7 @@ def run_benchmark(
     secrets = client_secret_values(cfg.client)
     server = start_server(cfg.server, extra_secrets=secrets) if cfg.server is not None else None
     follower = None
+    run: RunDir | None = None
     try:
         cfg = resolve_endpoint(cfg, _server_api_base(cfg, server.api_base if server is not None else None))
         run = RunDir(parent_dir, cfg, argv=argv, sweep=sweep, capacity_search=capacity_search)
@@ -96,10 +99,18 @@ def run_benchmark(
         if cfg.wandb.enabled and wandb_mode(cfg) == "online":
             follower = start_follower(run.root)
         result = _record_and_evaluate(cfg, run, server, quiet=quiet)
+    except OSError as e:  # (disk full): one line naming the file, or at least the run's directory
+        raise write_failure(e, run.root if run is not None else None) from e
     finally:
         if server is not None:
             server.stop()
     # (Interrupted or failed above: a follower finishes the run from the final run.json on its own.)
+    _upload_result(cfg, result, follower)
+    return result
+
+
+def _upload_result(cfg: BenchmarkConfig, result: RunResult, follower: subprocess.Popen[bytes] | None) -> None:
+    """The finished run to W&B (when enabled): by its follower, else by the uploader now."""
     if result.evaluation_failed:  # no metrics to upload: the follower leaves its W&B run resumable
         if follower is not None:
             stop_follower(follower)
@@ -114,7 +125,42 @@ def run_benchmark(
         result.upload_failed = not wait_for_follower(follower, result.run_dir)
     elif cfg.wandb.enabled:
         result.upload_failed = not upload(result.run_dir)
-    return result
+
+
+# A write failing with one of these: the disk (or the user's quota, or the file size limit) is full.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_failure(e: OSError, run_dir: Path | None = None) -> OutputError:
+    """The one line for a write that failed: the file when the error names it, else the run directory
+    it was written in (a library's write, e.g. a plot's, names no file). For a full disk, what to do
+    next: `veeksha-run evaluate` finishes a run from its records once it has a run.json (without one
+    it refuses the directory: nothing was recorded, the run is to be started again)."""
+    if e.filename is not None:
+        where = str(e.filename)
+        if run_dir is None and isinstance(e.filename, str):
+            run_dir = _run_dir_of(Path(e.filename))
+    elif run_dir is not None:
+        where = f"a file in {run_dir}"
+    else:
+        where = "the output directory"
+    line = f"cannot write {where}: [Errno {e.errno}] {e.strerror}"
+    if e.errno in DISK_FULL:
+        if run_dir is not None and RunPaths(run_dir).run_json.is_file():
+            line += "; free space, then `veeksha-run evaluate RUN_DIR` finishes the run from its records"
+        elif run_dir is not None:
+            line += f"; free space, then start the run again ({run_dir} has no run.json, no records)"
+        else:
+            line += "; free space, then try again"
+    return OutputError(line)
+
+
+def _run_dir_of(path: Path) -> Path | None:
+    """The run directory `path` is in (its config.yml is the first file a run writes), if any."""
+    for parent in list(path.parents)[:3]:  # RUN/config.yml, RUN/metrics/x.csv
+        if RunPaths(parent).config_yml.is_file():
+            return parent
+    return None
 
 
 def check_before_start(cfg: BenchmarkConfig, announce: bool = False) -> None:
@@ -251,7 +297,7 @@ def _record_and_evaluate(
 
 
 def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
-    links = _driver_links(cfg)
+    links = _driver_links(cfg, run.paths)
     # Replies the server sent no usage for are counted here, never in the driver.
     count_tokens, _ = token_counter(cfg.client.tokenizer)
     recorder = Recorder(
@@ -262,7 +308,7 @@ def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
         secrets=run_secret_values(cfg),  # a traced reply may echo them
     )
     scraper = _server_metrics(cfg, run.paths, recorder)
-    previous = {s: signal.signal(s, recorder.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s, handler in _stop_handlers(recorder).items()}
     try:
         if scraper is not None:
             scraper.start()
@@ -284,17 +330,66 @@ def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
             shortfall = scraper.shortfall()
             if shortfall is not None:
                 print(f"veeksha: server metrics: {shortfall}", flush=True)
+    _say_driver_failures(result, links)
     return result
 
 
-def _driver_links(cfg: BenchmarkConfig) -> list[DriverLink]:
-    """One link per driver: local processes, or Ray actors when runtime.ray_address is set."""
+def _stop_handlers(recorder: Recorder) -> dict[int, Callable[[int, Any], None]]:
+    """The signals that stop a recording: Ctrl-C and SIGTERM (the first drains, the second cancels),
+    and SIGHUP (ssh dropped, terminal closed: one stop, a drain, however many come; the console may
+    be gone from then on, and the run still finishes its files: progress.hang_up)."""
+
+    def on_hangup(signum: int, frame: Any) -> None:
+        if hang_up():
+            recorder.on_signal(signum, frame)
+
+    return {signal.SIGINT: recorder.on_signal, signal.SIGTERM: recorder.on_signal, signal.SIGHUP: on_hangup}
+
+
+def _say_driver_failures(result: RecordingResult, links: list[DriverLink]) -> None:
+    """On the console what run.json says of a driver that failed the run: without it, only "every
+    request failed (N errors ...)" was shown, which reads like a server failing every request."""
+    for line in driver_failures(result, links):
+        print(f"veeksha: the run failed: {line}", file=sys.stderr, flush=True)
+
+
+def driver_failures(result: RecordingResult, links: list[DriverLink]) -> list[str]:
+    """One line per driver that failed the run, naming it and how it ended (a signal by its name),
+    with the requests it left in flight when it is the only one."""
+    failed = [d for d in result.drivers if d["status"] == RUN_FAILED and d["error"]]
+    exits = {link.driver_id: getattr(link, "exitcode", None) for link in links}
+    lines = []
+    for d in failed:
+        line = str(d["error"])
+        if len(result.drivers) > 1 and not line.startswith(f"driver {d['driver_id']} "):
+            line = f"driver {d['driver_id']}: {line}"  # its own message (e.g. a set-up error)
+        code = exits.get(d["driver_id"])
+        if isinstance(code, int) and code < 0:
+            by = f"killed by {_signal_name(-code)}"
+            said = f"(exit code {code})"
+            line = line.replace(said, f"(exit code {code}: {by})") if said in line else f"{line} ({by})"
+        lines.append(line)
+    if len(failed) == 1 and result.num_lost:
+        lines[0] += f"; its {result.num_lost} request(s) in flight were recorded as errors (driver_lost)"
+    return lines
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _driver_links(cfg: BenchmarkConfig, paths: RunPaths) -> list[DriverLink]:
+    """One link per driver: local processes (each with a rescue file, should the recorder die:
+    driver/rescue.py), or Ray actors when runtime.ray_address is set."""
     if cfg.runtime.ray_address is not None:
         from veeksha.runner.ray_drivers import ray_driver_links
 
         return ray_driver_links(cfg)
     n = num_drivers(cfg, available_cores())
-    return [LocalDriver(cfg, Placement(i, n)) for i in range(n)]
+    return [LocalDriver(cfg, Placement(i, n), paths.driver_rescue(i)) for i in range(n)]
 
 
 def _server_metrics(cfg: BenchmarkConfig, paths: RunPaths, recorder: Recorder) -> Scraper | None:

@@ -10,7 +10,6 @@ Every VeekshaError is mapped to one line and an exit code here, at the boundary.
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
@@ -25,6 +24,8 @@ from veeksha.shared.redact import may_hold_secret
 from veeksha.shared.secret import Secret
 
 if TYPE_CHECKING:  # imported where used: `veeksha-run --help` stays fast
+    from veeksha.runner.lost_records import Recovery
+    from veeksha.shared.config import BenchmarkConfig
     from veeksha.shared.paths import RunPaths
 
 INTERRUPTED_EXIT = 130  # the shell's convention for a process ended by SIGINT
@@ -101,19 +102,27 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 def _guard(fn: Callable[[], int]) -> None:
-    # SIGTERM (a job scheduler, `kill`) ends a run as Ctrl-C does, also outside its recording (which
-    # handles both signals itself): the directory gets its final status, a sweep its manifest.
+    from veeksha.runner.progress import hang_up  # (imported now, not in the handler)
+
+    def hung_up(signum: int, frame: object) -> None:
+        """SIGHUP (ssh dropped, terminal closed): a stop, once; the console may be gone from now on."""
+        if hang_up():
+            raise KeyboardInterrupt
+
+    # SIGTERM (a job scheduler, `kill`) and SIGHUP (a hangup: by default it killed the process, and
+    # run.json stayed `running`) end a run as Ctrl-C does, also outside its recording (which handles
+    # them itself): the directory gets its final status, a sweep its manifest.
     signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGHUP, hung_up)
     try:
         code = fn()
     except VeekshaError as e:
         click.echo(f"veeksha-run: {e}", err=True)
         code = e.exit_code
     except OSError as e:  # disk full, a directory that went away: one line, not a traceback
-        hint = ""
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # the run's records are on disk
-            hint = "; free space, then `veeksha-run evaluate RUN_DIR` finishes the run from its records"
-        click.echo(f"veeksha-run: {OutputError.from_os_error(e)}{hint}", err=True)
+        from veeksha.runner.benchmark import write_failure
+
+        click.echo(f"veeksha-run: {write_failure(e)}", err=True)
         code = OutputError.exit_code
     except KeyboardInterrupt:  # Ctrl-C outside a run's own handling (set-up, evaluation)
         click.echo("\nveeksha-run: interrupted", err=True)
@@ -296,36 +305,59 @@ def _evaluate_search(root: Path, strict: bool, other_host_gone: bool) -> int:
 def _evaluate_run(run_dir: Path, strict: bool, other_host_gone: bool) -> int:
     from veeksha.runner.evaluation.evaluate import evaluate_run
     from veeksha.runner.evaluation.report import format_summary
-    from veeksha.runner.lost_records import mark_finished, mark_unfinished, recover
+    from veeksha.runner.lost_records import evaluation_lock, mark_finished, mark_unfinished
     from veeksha.shared.config_loader import load_written_config
     from veeksha.shared.paths import RunPaths
+    from veeksha.shared.records import RUN_CRASHED
 
     paths = RunPaths(run_dir)
     _check_run_dir(run_dir, paths)
-    load_written_config(paths.config_yml)  # a config it cannot read stops it before anything changes
-    if not paths.request_records.exists():  # stopped before its request log was opened: no request
-        paths.request_records.parent.mkdir(parents=True, exist_ok=True)
-        paths.request_records.touch()
-    recovery = recover(paths, other_host_gone)
+    cfg = load_written_config(paths.config_yml)  # a config it cannot read stops it before anything changes
+    with evaluation_lock(paths):  # a second `evaluate` at once would add every lost record again
+        if not paths.request_records.exists():  # stopped before its request log was opened: no request
+            paths.request_records.parent.mkdir(parents=True, exist_ok=True)
+            paths.request_records.touch()
+        recovery = _recover(paths, cfg, other_host_gone)
+        why = f"being evaluated by `veeksha-run evaluate`; if that stopped, rerun it on {run_dir}"
+        finished_at = recovery.finished_at or mark_unfinished(paths, why)
+        try:
+            ev = evaluate_run(run_dir, rebuilt=True)
+        except OSError as e:  # (disk full): the line names the file, or at least this run
+            from veeksha.runner.benchmark import write_failure
+
+            raise write_failure(e, run_dir) from e
+        if finished_at is not None:  # complete now: an uploader may take it
+            mark_finished(paths, finished_at)
+    click.echo(format_summary(ev))
+    if ev.run_status == RUN_CRASHED:  # its process died mid-run: no complete measurement (exit 1)
+        if not recovery.crashed:  # (marked so just now: said above)
+            click.echo(f"veeksha-run: the run crashed (its process died before it ended): {run_dir}")
+        return 1
+    if ev.all_failed is not None:
+        return 1
+    return 1 if strict and not (ev.all_slos_met is not False and ev.all_health_passed) else 0
+
+
+def _recover(paths: RunPaths, cfg: BenchmarkConfig, other_host_gone: bool) -> Recovery:
+    """lost_records.recover, said in one line: what a crash (or a full disk) left without a record."""
+    from veeksha.runner.lost_records import recover
+    from veeksha.runner.sessions.tokenizer import token_counter
+
+    # A rescued reply without the server's usage is counted as the run would have: its tokenizer.
+    count_tokens = token_counter(cfg.client.tokenizer)[0] if paths.driver_rescues() else None
+    recovery = recover(paths, other_host_gone, count_tokens)
+    rescued = f"{recovery.rescued} record(s) its drivers kept were written; " if recovery.rescued else ""
     if recovery.crashed:
         click.echo(
-            f"veeksha-run: {run_dir} was left running by a process that died: marked crashed; "
+            f"veeksha-run: {paths.root} was left running by a process that died: marked crashed; {rescued}"
             f"{recovery.lost} dispatched request(s) without a record were recorded as driver_lost"
         )
     elif recovery.lost:
         click.echo(
-            f"veeksha-run: {recovery.lost} dispatched request(s) of {run_dir} had no record "
+            f"veeksha-run: {recovery.lost} dispatched request(s) of {paths.root} had no record "
             "(the run ended before writing them) and were recorded as driver_lost"
         )
-    why = f"being evaluated by `veeksha-run evaluate`; if that stopped, rerun it on {run_dir}"
-    finished_at = recovery.finished_at or mark_unfinished(paths, why)
-    ev = evaluate_run(run_dir, rebuilt=True)
-    if finished_at is not None:  # complete now: an uploader may take it
-        mark_finished(paths, finished_at)
-    click.echo(format_summary(ev))
-    if ev.all_failed is not None:
-        return 1
-    return 1 if strict and not (ev.all_slos_met is not False and ev.all_health_passed) else 0
+    return recovery
 
 
 def _check_run_dir(run_dir: Path, paths: RunPaths) -> None:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Protocol
 
 from veeksha.runner.driver.dispatcher import Placement, driver_main
@@ -88,7 +89,7 @@ class LocalDriver:
     where = "local"
     shares_clock = True
 
-    def __init__(self, cfg: BenchmarkConfig, placement: Placement) -> None:
+    def __init__(self, cfg: BenchmarkConfig, placement: Placement, rescue: Path | None = None) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.driver_id = placement.driver_id
         self.conn, sender = message_pipe(ctx)
@@ -96,7 +97,7 @@ class LocalDriver:
         self._child_ends = (sender, go_receiver)
         self.proc = ctx.Process(
             target=driver_main,
-            args=(cfg, sender, go_receiver, placement),
+            args=(cfg, sender, go_receiver, placement, None if rescue is None else str(rescue)),
             name=f"veeksha-driver-{placement.driver_id}",
             daemon=True,
         )
@@ -112,6 +113,11 @@ class LocalDriver:
 
     def alive(self) -> bool:
         return self.proc.is_alive()
+
+    @property
+    def exitcode(self) -> int | None:
+        """The process's exit code once it has ended (negative: the signal that ended it)."""
+        return self.proc.exitcode
 
     def describe_exit(self) -> str:
         return f"exit code {self.proc.exitcode}"

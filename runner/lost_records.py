@@ -9,17 +9,23 @@ Used live by the recorder, and by `veeksha-run evaluate` when it rebuilds a cras
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+from veeksha.runner import ipc
+from veeksha.runner.driver.rescue import StillWriting, read_frames
 from veeksha.runner.evaluation.frame import json_object
 from veeksha.runner.evaluation.request_metrics import finalize_record
 from veeksha.runner.liveness import process_alive
+from veeksha.runner.raw_lines import record_line, trace_line
 from veeksha.runner.run_dir import iso
+from veeksha.runner.sessions.tokenizer import count_tokens_approx
 from veeksha.shared.errors import UsageError
 from veeksha.shared.jsonio import read_json, write_json
 from veeksha.shared.paths import RunPaths
@@ -80,6 +86,55 @@ def find_lost(records_path: Path, trace_path: Path) -> list[dict[str, Any]]:
     ]
 
 
+def trace_of(paths: RunPaths) -> Path:
+    """The trace a run wrote: the unlisted one when its trace was off (recorder._open_trace)."""
+    return paths.unlisted_trace if paths.unlisted_trace.exists() else paths.dispatch_trace
+
+
+def merge_rescued(paths: RunPaths, count_tokens: Callable[[str], int]) -> int:
+    """Append what drivers kept for a recorder that died (driver/rescue.py) and it never wrote:
+    trace lines to the trace, records to the request log, as the recorder would have written them.
+    Returns how many records were added. Lines already there are not added again, so a recovery cut
+    short can simply be run again."""
+    trace_path = trace_of(paths)
+    traced = {line.get("request_id") for line in _json_lines(trace_path)}
+    recorded = {rec.get("request_id") for rec in _json_lines(paths.request_records)}
+    new_lines: list[dict[str, Any]] = []
+    new_records: list[dict[str, Any]] = []
+    for rescue in paths.driver_rescues():
+        try:
+            messages = read_frames(rescue)
+        except StillWriting:
+            raise UsageError(
+                f"a driver of {paths.root} is still ending (its recorder died moments ago); "
+                "wait a few seconds, then evaluate it again"
+            ) from None
+        start = next((payload for kind, payload in messages if kind == ipc.START), None)
+        if start is None:  # it died before its start: it sent nothing
+            continue
+        t0 = start["t0"]
+        for payload in (payload for kind, payload in messages if kind == ipc.BATCH):
+            for raw in payload["trace"]:
+                line = trace_line(raw, t0, [])
+                if line["request_id"] not in traced:
+                    traced.add(line["request_id"])
+                    new_lines.append(line)
+            for raw in payload["records"]:
+                record = record_line(raw, t0, count_tokens)
+                if record["request_id"] not in recorded:
+                    recorded.add(record["request_id"])
+                    new_records.append(record)
+    append_records(trace_path, new_lines)  # the trace first, as the recorder writes them
+    append_records(paths.request_records, new_records)
+    return len(new_records)
+
+
+def discard_rescued(paths: RunPaths) -> None:
+    """Once every dispatched request has its record: the files only a recovery needed."""
+    for path in (*paths.driver_rescues(), paths.unlisted_trace):
+        path.unlink(missing_ok=True)
+
+
 def last_seen(paths: RunPaths) -> float | None:
     """The latest run time (s) a record or trace line shows: the run was alive until then, so its
     lost requests were in flight at least that long (with no end they counted as in flight for 0 s,
@@ -112,6 +167,21 @@ def end_torn_line(records_path: Path) -> None:
             f.write(b"\n")
 
 
+@contextmanager
+def evaluation_lock(paths: RunPaths) -> Iterator[None]:
+    """Held while `veeksha-run evaluate` recovers and rewrites a run directory: two at once each
+    appended every lost record (1,240 records for 620 requests), and rewrote the same files."""
+    with paths.evaluate_lock.open("a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"{paths.root} is being evaluated by another `veeksha-run evaluate`; "
+                "wait for it to end (it leaves the directory whole)"
+            ) from None
+        yield
+
+
 @dataclass
 class Recovery:
     """What `recover` did to a run directory before its evaluation."""
@@ -119,15 +189,20 @@ class Recovery:
     crashed: bool  # it was left `running` by processes that died: now marked crashed
     lost: int  # dispatched requests that had no record and were given a driver_lost one now
     finished_at: str | None  # to write into run.json once evaluated (None: it has one)
+    rescued: int = 0  # records a driver kept for its dead recorder, written now
 
 
-def recover(paths: RunPaths, other_host_gone: bool = False) -> Recovery:
+def recover(
+    paths: RunPaths, other_host_gone: bool = False, count_tokens: Callable[[str], int] | None = None
+) -> Recovery:
     """Make a run directory whose processes are gone whole again, before it is evaluated:
     - every dispatched request without a record gets a driver_lost one, in a run that crashed or
       failed (a full disk stopped the recorder before it could write them);
     - a run left `running` is marked `crashed`;
     - a run without finished_at (its process died mid-run or mid-evaluation) gets it back once
       evaluated: until then the uploader leaves the directory alone (shared.records.run_finished).
+    - what drivers kept for a recorder that died is merged first (merge_rescued), with
+      `count_tokens` (the run's tokenizer; the built-in approximation when None);
     Raises UsageError when the run's process is still alive on this host, or runs on another host
     (its process cannot be checked from here) unless `other_host_gone` says it has ended."""
     info = read_json(paths.run_json) if paths.run_json.exists() else None
@@ -154,23 +229,27 @@ def recover(paths: RunPaths, other_host_gone: bool = False) -> Recovery:
     # Only a crash or a failure (the recorder stopped by a full disk) can leave dispatched requests
     # without a record; in another run a request without one has a corrupt line, which stays so.
     lost = []
+    rescued = 0
     if crashed or info.get("status") == RUN_FAILED:
+        rescued = merge_rescued(paths, count_tokens or count_tokens_approx)
         why = "the run's processes died" if crashed else "the run ended before their results were written"
-        lost = find_lost(paths.request_records, paths.dispatch_trace)
+        lost = find_lost(paths.request_records, trace_of(paths))
         seen = last_seen(paths) if lost else None
         append_records(paths.request_records, [lost_record(line, why, seen) for line in lost])
         end_torn_line(paths.request_records)  # reported as a line that is no record, not dropped unseen
+        discard_rescued(paths)
     if crashed:
         info.update(
             status=RUN_CRASHED,
             error=(
                 "the run's processes died before it finished; "
-                f"{len(lost)} dispatched request(s) had no record and were recorded as driver_lost"
+                + (f"{rescued} record(s) its drivers kept were written; " if rescued else "")
+                + f"{len(lost)} dispatched request(s) had no record and were recorded as driver_lost"
             ),
         )
         write_json(paths.run_json, info)
     finished_at = iso(dt.datetime.fromtimestamp(last_write, dt.UTC)) if unfinished else None
-    return Recovery(crashed, len(lost), finished_at)
+    return Recovery(crashed, len(lost), finished_at, rescued)
 
 
 def last_written(paths: RunPaths) -> float:

@@ -1,25 +1,141 @@
 """The live progress display: on a terminal one status line, redrawn at every batch (10 times a second);
-otherwise a plain line every 5 s. Output tokens per second are measured over at least 1 s."""
+otherwise a plain line every 5 s. Output tokens per second are measured over at least 1 s.
+
+And the console that may go away mid-run (a hangup: ssh dropped, terminal closed): from then on a write
+to stdout or stderr that fails because nobody is there to read it is dropped, so the run still drains
+and finishes its files (tolerate_lost_console)."""
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import sys
+import threading
 from typing import Any, TextIO
 
 from veeksha.shared import records as r
 
 PLAIN_EVERY_S = 5.0
+# A write failing with one of these: nobody reads the console any more (a hung-up terminal: EIO; a
+# closed pipe or socket: EPIPE, ECONNRESET; a terminal device that is gone: ENXIO).
+CONSOLE_GONE = frozenset({errno.EIO, errno.EPIPE, errno.ECONNRESET, errno.ENXIO})
+
+_hung_up = False
+_console_lock = threading.RLock()  # the recorder's thread and a signal handler may both get here
+
+
+def hang_up() -> bool:
+    """A SIGHUP came: console writes become tolerant (tolerate_lost_console). True for the first only:
+    one hangup may bring several (the kernel's to the session leader, the shell's to its jobs), and it
+    is one stop, a drain, not a drain then a cancel."""
+    global _hung_up
+    first = not _hung_up
+    _hung_up = True
+    tolerate_lost_console()
+    return first
+
+
+def tolerate_lost_console() -> None:
+    """From now on stdout and stderr drop what cannot be written because the console is gone (and
+    write to /dev/null after that); what can be written is still shown. Idempotent."""
+    with _console_lock:
+        for name in ("stdout", "stderr"):
+            _make_tolerant(name)
+
+
+def _make_tolerant(name: str) -> None:
+    stream = getattr(sys, name)
+    if stream is None or isinstance(getattr(stream, "buffer", None), _TolerantBuffer):
+        return
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a file (captured by a test harness): left as it is
+        return
+    try:
+        stream.flush()
+    except OSError as e:  # (called from a signal handler: nothing is raised from here)
+        if e.errno in CONSOLE_GONE:
+            _to_devnull(fd)  # what it still holds goes there when it is flushed again
+    except RuntimeError:  # the signal came inside a write to it: the write flushes it itself
+        pass
+    raw = _TolerantConsole(fd)
+    setattr(
+        sys,
+        name,
+        io.TextIOWrapper(
+            _TolerantBuffer(raw),
+            encoding=stream.encoding,
+            errors=stream.errors,
+            line_buffering=getattr(stream, "line_buffering", False),
+            write_through=name == "stderr",
+        ),
+    )
+
+
+def _to_devnull(fd: int) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+class _TolerantConsole(io.RawIOBase):
+    """A console file descriptor (not owned: never closed here) whose first write failing because
+    the console is gone points the descriptor at /dev/null; that write and the later ones succeed."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def write(self, b: Any) -> int:
+        try:
+            return os.write(self.fd, b)
+        except OSError as e:
+            if e.errno not in CONSOLE_GONE:
+                raise
+            _to_devnull(self.fd)
+            return len(memoryview(b))
+
+
+class _TolerantBuffer(io.BufferedWriter):
+    """The buffer of a stream made tolerant: how tolerate_lost_console knows it has been."""
 
 
 class Progress:
     def __init__(self, timeout_s: float, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stdout
+        self._stream = stream  # None: sys.stdout at each write (replaced when the console is lost)
         self.tty = self.stream.isatty()
         self.timeout_s = timeout_s
         self.last_shown = -PLAIN_EVERY_S
         self.last_tokens = 0
         self.last_t = 0.0
         self.tokens_per_s = 0.0
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stdout
+
+    def _write(self, text: str) -> None:
+        """A console gone unannounced (no SIGHUP: a pipe's reader that exited) ends the display, not
+        the run: from then on stdout and stderr are tolerant (tolerate_lost_console)."""
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError as e:
+            if e.errno not in CONSOLE_GONE or self._stream is not None:
+                raise
+            tolerate_lost_console()
 
     def update(self, elapsed: float, p: dict[str, Any]) -> None:
         dt = elapsed - self.last_t
@@ -36,18 +152,12 @@ class Progress:
             f"{p.get(r.PROGRESS_ERRORED, 0)} failed  in flight {p.get(r.PROGRESS_IN_FLIGHT, 0)}  "
             f"{self.tokens_per_s:,.0f} out tok/s"
         )
-        if self.tty:
-            self.stream.write("\r\033[K" + line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        self._write("\r\033[K" + line if self.tty else line + "\n")
 
     def close(self) -> None:
         if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._write("\n")
 
     def note(self, text: str) -> None:
         """A line of its own that stays on screen (the live line is redrawn below it)."""
-        self.stream.write(("\r\033[K" if self.tty else "") + f"veeksha: {text}\n")
-        self.stream.flush()
+        self._write(("\r\033[K" if self.tty else "") + f"veeksha: {text}\n")

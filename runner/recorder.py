@@ -12,7 +12,6 @@ batch and decides itself when to print.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,10 +23,10 @@ import orjson
 from veeksha.runner import ipc
 from veeksha.runner.background import to_background
 from veeksha.runner.drivers import DriverLink
-from veeksha.runner.evaluation.request_metrics import finalize_record
 from veeksha.runner.evaluation.timeseries import TimeseriesWriter
 from veeksha.runner.lost_records import lost_record
 from veeksha.runner.progress import Progress
+from veeksha.runner.raw_lines import record_line, trace_line
 from veeksha.shared.jsonio import naming_errors
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import (
@@ -38,7 +37,7 @@ from veeksha.shared.records import (
     STOP_MAX_SESSIONS,
     STOP_SESSIONS_EXHAUSTED,
 )
-from veeksha.shared.redact import scrub_list, scrub_text
+from veeksha.shared.redact import scrub_list
 
 POLL_S = 0.2
 # The recorder takes the drivers' messages in rounds this far apart, each taking all that waits.
@@ -172,6 +171,8 @@ class Recorder:
                     d.end = d.end or _End(RUN_INTERRUPTED, None)  # stopped, not failed
             end = failed_start or self._run_end()
             self._record_lost(records, None, end.error or "the run ended")
+        # Every dispatched request has its record now: nothing is left for `evaluate` to recover.
+        self.paths.unlisted_trace.unlink(missing_ok=True)
         error = end.error
         if self.num_lost:
             lost = f"{self.num_lost} dispatched request(s) had no result and were recorded as driver_lost"
@@ -412,7 +413,9 @@ class Recorder:
         return self.elapsed_or_none() or 0.0
 
     def _open_trace(self) -> BinaryIO:
-        target = self.paths.dispatch_trace if self.trace_enabled else os.devnull
+        # With the trace off it is still written, unlisted: after a crash it is the only list of what
+        # was sent, and `evaluate` gives each of those requests a record (lost_records.recover).
+        target = self.paths.dispatch_trace if self.trace_enabled else self.paths.unlisted_trace
         return open(target, "ab", buffering=0)
 
     def _write_batch(self, d: _Driver, payload: dict[str, Any], records: BinaryIO, trace: BinaryIO) -> None:
@@ -422,7 +425,7 @@ class Recorder:
         if payload["trace"]:
             lines = []
             for raw in payload["trace"]:
-                line = self._relative_trace(raw, t0)
+                line = trace_line(raw, t0, self.secrets)
                 if line["dispatched_at"] is not None:
                     self.in_flight[line["request_id"]] = line
                 self.timeseries.add_dispatch(line["dispatched_at"])
@@ -431,7 +434,7 @@ class Recorder:
         if payload["records"]:
             lines = []
             for raw in payload["records"]:
-                record = finalize_record(self._relative_record(raw, t0))
+                record = record_line(raw, t0, self.count_tokens)
                 self.in_flight.pop(record["request_id"], None)
                 self.timeseries.add(record)
                 lines.append(orjson.dumps(record))
@@ -449,56 +452,6 @@ class Recorder:
             for key, value in d.progress.items():
                 total[key] = total.get(key, 0) + value
         return total
-
-    def _relative_record(self, raw: list[Any], t0: float) -> dict[str, Any]:
-        rec = dict(zip(ipc.RAW_RECORD_FIELDS, raw, strict=True))
-        for name in ipc.RAW_TIME_FIELDS:
-            if rec[name] is not None:
-                rec[name] -= t0
-        rec["chunk_times"] = [t - t0 for t in rec["chunk_times"] or ()]
-        for name in ("first_answer_at", "last_answer_at"):
-            if rec[name] is not None:
-                rec[name] -= t0
-        self._count_tokens(rec, rec.pop("count_text"), rec.pop("reasoning_text"))
-        return rec
-
-    def _count_tokens(self, rec: dict[str, Any], text: str | None, reasoning: str | None) -> None:
-        """Counts the server did not give, and (with a tokenizer) the client's count beside the server's."""
-        counted_reasoning = self.count_tokens(reasoning) if reasoning else 0
-        if rec["num_reasoning_tokens"] is None and rec["reasoning_token_source"] is not None:
-            rec["num_reasoning_tokens"] = counted_reasoning  # no reasoning text: 0 tokens
-        if text is None:
-            return
-        # Output is reasoning and answer, as the server's completion_tokens counts it.
-        counted = self.count_tokens(text) + counted_reasoning
-        if rec["num_output_tokens"] is None:
-            rec["num_output_tokens"] = counted
-        elif rec["client_prompt_tokens"] is not None:  # the driver asked for a comparison
-            rec["client_output_tokens"] = counted
-
-    def _relative_trace(self, raw: list[Any], t0: float) -> dict[str, Any]:
-        line = dict(zip(ipc.RAW_TRACE_FIELDS, raw, strict=True))
-        for name in ipc.RAW_TRACE_TIME_FIELDS:
-            if line[name] is not None:
-                line[name] -= t0
-        content = line["content"]
-        if content is None:
-            del line["content"]
-        elif self.secrets:  # only lines with content pay for this, and only in the recorder
-            line["content"] = scrub_content(content, self.secrets)
-        return line
-
-
-def scrub_content(value: Any, secrets: list[str]) -> Any:
-    """A trace line's content (a prompt, or chat messages) with `secrets` scrubbed from every
-    string in it: each as it was sent, so a secret is matched whole (not through its JSON form)."""
-    if isinstance(value, str):
-        return scrub_text(value, secrets)
-    if isinstance(value, list):
-        return [scrub_content(v, secrets) for v in value]
-    if isinstance(value, dict):
-        return {k: scrub_content(v, secrets) for k, v in value.items()}
-    return value
 
 
 def at_low_priority(work: Callable[[], None]) -> None:

@@ -32,6 +32,11 @@ TIMESERIES_CSV = "timeseries.csv"
 TIMESERIES_PNG = "timeseries.png"
 SERVER_METRICS_CSV = "server_metrics.csv"  # the server's own metrics, scraped during the run
 DISPATCH_TRACE = "dispatch_trace.jsonl"
+# Kept only until the run has ended whole, never uploaded: what `veeksha-run evaluate` needs to give
+# every dispatched request a record after a crash (runner/lost_records.py).
+UNLISTED_TRACE = ".veeksha-dispatch-trace.jsonl"  # the dispatch trace of a run with the trace off
+DRIVER_RESCUE = ".veeksha-driver-{}.rescue"  # what a driver had sent a recorder that died
+EVALUATE_LOCK = ".veeksha-evaluate.lock"  # held by `veeksha-run evaluate` while it rewrites the run
 
 # Metrics that get a `<metric>.csv` (101 quantiles) and a `<metric>.png` distribution plot: derived
 # from the field table (records.FIELDS), re-exported here next to the file names they produce.
@@ -125,6 +130,20 @@ class RunPaths:
     @property
     def dispatch_trace(self) -> Path:
         return self.traces / DISPATCH_TRACE
+
+    @property
+    def unlisted_trace(self) -> Path:
+        return self.root / UNLISTED_TRACE
+
+    @property
+    def evaluate_lock(self) -> Path:
+        return self.root / EVALUATE_LOCK
+
+    def driver_rescue(self, driver_id: int) -> Path:
+        return self.root / DRIVER_RESCUE.format(driver_id)
+
+    def driver_rescues(self) -> list[Path]:
+        return sorted(self.root.glob(DRIVER_RESCUE.format("*")))
 
     @property
     def wandb_run_json(self) -> Path:

@@ -30,6 +30,7 @@ from veeksha.runner import ipc
 from veeksha.runner.driver.http.client import LLMClient, Prepared, make_client
 from veeksha.runner.driver.http.outcome import Outcome
 from veeksha.runner.driver.placement import PlacedSessions
+from veeksha.runner.driver.rescue import Rescue, pipe_bytes
 from veeksha.runner.driver.traffic import (
     PreciseTimer,
     interval_sampler,
@@ -83,6 +84,7 @@ REFILL_CLEARANCE_S = 0.003
 # in hand: at 800 requests/s batches of up to 10-20 ms, and every session due in one waited for it.
 LOOKAHEAD_S = 0.05
 UNBOUNDED_CONNECTIONS = 4096
+SAME_STOP_S = 0.5  # a SIGTERM and a SIGINT this close together are one stop (Driver._on_signal)
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,12 @@ class Placement:
     num_drivers: int = 1
 
 
-def driver_main(cfg: BenchmarkConfig, conn: Connection, go: Connection, placement: Placement) -> None:
+def driver_main(
+    cfg: BenchmarkConfig, conn: Connection, go: Connection, placement: Placement, rescue: str | None = None
+) -> None:
     """Entry point of a spawned driver process: `conn` carries its messages to the recorder, `go`
-    the recorder's common start (runner.ipc)."""
+    the recorder's common start (runner.ipc); `rescue` is where what the recorder may not have
+    written goes if it dies (driver/rescue.py)."""
     # Own process group: a terminal Ctrl-C reaches only the recorder, which forwards it once.
     os.setpgrp()
     # A signal that arrives during set-up is kept and acted on once the loop runs.
@@ -105,7 +110,7 @@ def driver_main(cfg: BenchmarkConfig, conn: Connection, go: Connection, placemen
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held since our start (drivers.py)
     import uvloop
 
-    uvloop.run(Driver(cfg, conn, go, placement).run(early))
+    uvloop.run(Driver(cfg, conn, go, placement, rescue).run(early))
 
 
 class _PipeProtocol(asyncio.Protocol):
@@ -165,7 +170,14 @@ class _Turn:
 
 
 class Driver:
-    def __init__(self, cfg: BenchmarkConfig, conn: Connection, go: Connection, placement: Placement) -> None:
+    def __init__(
+        self,
+        cfg: BenchmarkConfig,
+        conn: Connection,
+        go: Connection,
+        placement: Placement,
+        rescue: str | None = None,
+    ) -> None:
         self.cfg = cfg
         self.conn = conn
         self.go = go
@@ -188,6 +200,7 @@ class Driver:
         self.records: list[list[Any]] = []
         self.trace: list[list[Any]] = []
         self.out: asyncio.WriteTransport | None = None
+        self.rescue = Rescue(rescue, pipe_bytes(conn.fileno()))
         self.t0 = 0.0
         # Request ids are unique across drivers: driver d of N numbers its requests d, d + N, ...
         self.next_request_id = self.driver_id
@@ -208,6 +221,7 @@ class Driver:
         self.draining = False  # dispatch is over; the in-flight requests are awaited
         self.timed_out = False  # benchmark_timeout has passed
         self.signals = 0
+        self.last_signal: tuple[int, float] | None = None  # (signal, monotonic time) of the last one
         self.dispatcher: asyncio.Task[None] | None = None
         self.failure: str | None = None
 
@@ -236,7 +250,7 @@ class Driver:
             await self._close()
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_signal)
+            loop.add_signal_handler(sig, self._on_signal, sig)
         # Everything built so far lives for the whole run: keep it out of the collector's scans,
         # and collect young objects less often (a full pass over the heap is a multi-ms stall).
         # Collections are then rare, so a request must leave no reference cycle: its objects, reply
@@ -257,8 +271,8 @@ class Driver:
         self._send(ipc.START, {"t0": self.t0, "pid": os.getpid()})
         ticker = asyncio.create_task(self._tick())
         self.dispatcher = asyncio.create_task(self._dispatch())
-        for _ in early_signals:
-            self._on_signal()
+        for signum in early_signals:
+            self._on_signal(signum)
         try:
             await self.dispatcher
         except asyncio.CancelledError:
@@ -293,6 +307,7 @@ class Driver:
                 await asyncio.wait_for(asyncio.shield(self.pipe_closed), PIPE_DRAIN_TIMEOUT_S)
             except TimeoutError:
                 pass
+        self.rescue.close()
 
     def _natural_stop_reason(self) -> str | None:
         if self.stop_status not in (None, RUN_COMPLETED):
@@ -323,10 +338,18 @@ class Driver:
         if grace >= 0:  # -1: wait for every in-flight request
             asyncio.get_running_loop().call_later(grace, self._cancel_all)
 
-    def _on_signal(self) -> None:
+    def _on_signal(self, sig: int) -> None:
         """The first Ctrl-C drains, the second cancels. A drain that was under way already (after
         the timeout, a cap, the last session) is cancelled by the first: it said "Ctrl-C to cancel",
-        and a Ctrl-C that did nothing left the user waiting up to request_timeout."""
+        and a Ctrl-C that did nothing left the user waiting up to request_timeout.
+
+        A SIGTERM and a SIGINT within SAME_STOP_S of each other are one stop: systemd and Slurm
+        signal every process of a job at once, so a driver gets the job's SIGTERM and the SIGINT its
+        recorder forwards (drivers.interrupt_process), and a job stopped once was cancelled."""
+        now = time.monotonic()
+        last, self.last_signal = self.last_signal, (sig, now)
+        if last is not None and last[0] != sig and now - last[1] < SAME_STOP_S:
+            return
         self.signals += 1
         self._stop_dispatch(RUN_INTERRUPTED)
         if self.signals >= 2 or self.draining:
@@ -376,6 +399,7 @@ class Driver:
             else:  # a request cap stopped dispatch and waits: the timeout still bounds that wait
                 self._cancel_after_grace()
         if os.getppid() != self.parent_pid:  # the recorder died: stop at once
+            self.rescue.begin()  # what it may not have written, and all from now on
             self._stop_dispatch(RUN_INTERRUPTED)
             self._cancel_all()
         self._flush()
@@ -846,9 +870,19 @@ class Driver:
         self._send(ipc.BATCH, payload)
 
     def _send(self, kind: str, payload: dict[str, Any]) -> None:
-        if self.out is None or self.out.is_closing():
+        out = self.out
+        if out is None:
             return
-        self.out.write(ipc.frame(orjson.dumps([kind, payload])))
+        if out.is_closing():  # the pipe broke (we close it only after the last message): no recorder
+            self.rescue.begin()
+        frame = ipc.frame(orjson.dumps([kind, payload]))
+        if self.rescue.active:
+            self.rescue.write(frame)
+            return
+        if out.is_closing():
+            return
+        out.write(frame)
+        self.rescue.kept(kind, frame, out.get_write_buffer_size(), time.perf_counter())
 
 
 def _no_fire(now: float) -> None:

@@ -406,10 +406,11 @@ def test_the_environment_fallbacks_are_read_by_the_command_line_only() -> None:
     assert env_fallbacks({"OPENAI_API_BASE": "", "OPENAI_API_KEY": ""}) == env_fallbacks({})
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_sweep_interrupted_while_a_server_starts_exits_130(tmp_path: Path, signum: int) -> None:
-    """A Ctrl-C (or a SIGTERM) outside a run's recording (its server loading, its evaluation) ends the
-    sweep as interrupted, not as a success, nor killed with its manifest still saying running."""
+    """A Ctrl-C (or a SIGTERM, or a hangup) outside a run's recording (its server loading, its
+    evaluation) ends the sweep as interrupted, not as a success, nor killed with its manifest still
+    saying running."""
     write(
         tmp_path,
         f"""

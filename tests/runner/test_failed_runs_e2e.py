@@ -7,8 +7,12 @@ the run's driver over real loopback HTTP; here it answers every request with a c
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +21,8 @@ import pytest
 from veeksha.shared.records import CANCELLED, ERROR
 
 from tests.runner.driver.http.quirk_server import PORTAL_TITLE, QuirkServer
-from tests.runner.helpers import VEEKSHA_RUN, all_text_under, only_run_dir, read_jsonl, run_cli
+from tests.runner.helpers import VEEKSHA_RUN, all_text_under, no_plots_env, only_run_dir, read_jsonl, run_cli
+from tests.runner.test_crash_recovery import SLOW, driver_pids, wait_for_dispatches
 from tests.runner.test_secrets import free_port
 
 API_KEY = "sk-e2e-SECRET-5150"
@@ -106,3 +111,72 @@ def test_a_server_that_exits_mid_run_fails_the_run_and_says_so(tmp_path: Path) -
     assert "veeksha: the server exited during the run (exit status 124)" in proc.stderr
     info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
     assert info["status"] == "failed" and "exit status 124" in info["error"]
+
+
+@pytest.mark.parametrize("num_drivers", [1, 2])
+def test_a_killed_driver_is_named_on_the_console_with_how_it_ended(tmp_path: Path, num_drivers: int) -> None:
+    """Only `[failed]` and "every request failed (N errors ...)" were printed, which reads like a
+    server failing every request; the cause was in run.json alone."""
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *SLOW, "--runtime.num_drivers", str(num_drivers)],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    paths = wait_for_dispatches(tmp_path, at_least=10)
+    pids = driver_pids(proc.pid)
+    assert len(pids) == num_drivers
+    os.kill(pids[0], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 1, stderr
+    lost = [r for r in read_jsonl(paths.request_records) if r["error_type"] == "driver_lost"]
+    (dead,) = {r["driver_id"] for r in lost}
+    who = "the driver process" if num_drivers == 1 else f"driver {dead}"
+    lines = [line for line in (stdout + stderr).splitlines() if "exited unexpectedly" in line]
+    assert lines == [
+        f"veeksha: the run failed: {who} exited unexpectedly (exit code -9: killed by SIGKILL); "
+        f"its {len(lost)} request(s) in flight were recorded as errors (driver_lost)"
+    ], stdout + stderr
+    assert lines[0] in stderr
+
+
+def test_evaluate_exits_1_on_a_run_it_marks_crashed_and_still_writes_every_file(tmp_path: Path) -> None:
+    """`evaluate` exited 0 on a run it had just marked crashed whenever a request had succeeded."""
+    quick = ["--server.type", "simulated", "--traffic_scheduler.interval_generator.arrival_rate", "20"]
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *quick, "--runtime.benchmark_timeout", "60", "--output_dir", "out"],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not any(
+        r["status"] == "success" for f in (tmp_path / "out").glob("*/metrics/*.jsonl") for r in read_jsonl(f)
+    ):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.kill()  # SIGKILL: run.json stays `running`
+    proc.wait()
+    time.sleep(1.0)  # the orphaned driver notices on its next tick and stops writing
+    paths = only_run_dir(tmp_path / "out")
+
+    first = run_cli(["evaluate", str(paths.root)], cwd=tmp_path)
+
+    assert first.returncode == 1, first.stdout + first.stderr
+    crashed = [line for line in first.stdout.splitlines() if "crashed" in line and "veeksha-run:" in line]
+    assert len(crashed) == 1 and "marked crashed" in crashed[0], first.stdout
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert info["status"] == "crashed" and info["finished_at"]
+    assert paths.summary_stats.is_file() and paths.health_checks_json.is_file()
+    assert any(r["status"] == "success" for r in read_jsonl(paths.request_records))
+
+    again = run_cli(["evaluate", str(paths.root)], cwd=tmp_path)  # still a crashed run
+    assert again.returncode == 1, again.stdout + again.stderr
+    (line,) = [
+        line for line in again.stdout.splitlines() if line.startswith("veeksha-run:") and "crashed" in line
+    ]
+    assert "the run crashed" in line

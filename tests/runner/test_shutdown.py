@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import select
 import signal
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -87,6 +92,78 @@ def test_the_first_ctrl_c_drains_once_and_the_run_ends_interrupted(tmp_path: Pat
     assert line.endswith(" requests (up to 300s; Ctrl-C again to cancel)")
     info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
     assert info["status"] == "interrupted" and info["finished_at"]
+
+
+def wait_until_sent(out: Path, n: int = 5) -> None:
+    """Until `n` requests were sent (their trace lines are written before they go out)."""
+    deadline = time.monotonic() + 30
+    while sum(len(f.read_bytes().splitlines()) for f in out.glob("*/traces/*.jsonl")) < n:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def ends_interrupted_with_every_record(out: Path) -> None:
+    """run.json final (interrupted), a record for every dispatched request, the metrics written."""
+    paths = only_run_dir(out)
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert info["status"] == "interrupted" and info["finished_at"], info
+    trace = read_jsonl(paths.dispatch_trace)
+    records = read_jsonl(paths.request_records)
+    assert trace and sorted(r["request_id"] for r in records) == sorted(t["request_id"] for t in trace)
+    assert paths.summary_stats.is_file()
+
+
+def test_a_hangup_stops_the_run_as_sigterm_does(tmp_path: Path) -> None:
+    # `kill -HUP` (an ssh drop, a closed terminal): the run died with exit 129, run.json left running.
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *SLOW, "--runtime.benchmark_timeout", "60"],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until_sent(tmp_path / "out")
+    proc.send_signal(signal.SIGHUP)
+    stdout, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, stderr
+    (line,) = drain_lines(stdout)  # drained, not cancelled
+    assert line.endswith(" requests (up to 300s; Ctrl-C again to cancel)")
+    ends_interrupted_with_every_record(tmp_path / "out")
+
+
+def test_a_run_whose_terminal_closes_still_finishes_its_files(tmp_path: Path) -> None:
+    """The run owns a real terminal (a pty) that is then closed: the kernel hangs it up, sends the
+    run SIGHUP, and every later write to the terminal fails (EIO). The run drains and ends."""
+    master, slave = pty.openpty()
+
+    def own_the_terminal() -> None:  # a session of its own, the pty its controlling terminal
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *SLOW, "--runtime.benchmark_timeout", "60"],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        preexec_fn=own_the_terminal,
+    )
+    os.close(slave)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 30
+        while sum(len(f.read_bytes().splitlines()) for f in (tmp_path / "out").glob("*/traces/*.jsonl")) < 5:
+            assert time.monotonic() < deadline and proc.poll() is None, shown.decode(errors="replace")
+            if select.select([master], [], [], 0.1)[0]:  # the terminal is read, as a real one is
+                shown += os.read(master, 65536)
+    finally:
+        os.close(master)  # the terminal is gone: a hangup
+    assert proc.wait(timeout=60) == 130
+    assert b"run directory" in shown
+    ends_interrupted_with_every_record(tmp_path / "out")
 
 
 def test_ctrl_c_while_the_server_starts_exits_130_without_aborted(tmp_path: Path) -> None:

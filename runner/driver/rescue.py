@@ -1,0 +1,126 @@
+"""What a driver sent its recorder lately, kept so that a recorder that dies loses none of it.
+
+The recorder writes a driver's batches only some time after they were sent: they wait in the pipe
+(drivers.PIPE_BYTES), in the driver's write buffer when the pipe is full, and in the recorder's
+hands between a read and its write. A recorder killed mid-run took all of that with it, though the
+server had those requests, and `evaluate` could not even tell they were sent (a black-box test lost
+18-40 requests at 200 requests/s, and 487 after the recorder had been stopped for two seconds).
+
+So a local driver keeps each frame it sent until it is KEEP_S old and more bytes than the pipe, its
+own buffer and a recorder's read could hold were sent after it. Once it finds its recorder gone, it
+writes the frames it kept, and every frame from then on, to a rescue file in the run directory;
+`veeksha-run evaluate` merges that file (lost_records.recover). Per tick this is one append to a
+deque: nothing per request.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections import deque
+from typing import Any, BinaryIO
+
+import orjson
+from veeksha.runner import ipc
+
+KEEP_S = 2.0  # a recorder that read a batch writes it within one round (recorder.RECEIVE_ROUND_S)
+DEFAULT_PIPE_BYTES = 1 << 20
+
+
+class Rescue:
+    """The frames a driver sent lately; `begin` writes them, and later ones, to `path`."""
+
+    def __init__(self, path: str | None, pipe_bytes: int) -> None:
+        self.path = path  # None: not on the recorder's host (Ray), nothing is kept
+        # What may be in flight beyond the driver's buffer: a full pipe, and as much in the
+        # recorder's hands (a round takes all that waits).
+        self.keep_bytes = 2 * pipe_bytes
+        self.start: bytes | None = None  # the START frame: the driver's t0, which recovery needs
+        self.recent: deque[tuple[float, bytes]] = deque()
+        self.recent_bytes = 0
+        self.file: BinaryIO | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.file is not None
+
+    def kept(self, kind: str, frame: bytes, buffered: int, now: float) -> None:
+        """`frame` was handed to the pipe at `now`, with `buffered` bytes not yet in it."""
+        if self.path is None:
+            return
+        if kind == ipc.START:
+            self.start = frame
+            return
+        recent = self.recent
+        recent.append((now, frame))
+        self.recent_bytes += len(frame)
+        keep = self.keep_bytes + buffered
+        while now - recent[0][0] > KEEP_S and self.recent_bytes - len(recent[0][1]) >= keep:
+            self.recent_bytes -= len(recent.popleft()[1])
+
+    def begin(self) -> None:
+        """The recorder is gone: write what was kept, and keep writing there (`write`)."""
+        if self.path is None or self.file is not None:
+            return
+        try:
+            self.file = open(self.path, "ab", buffering=0)  # open until the driver ends
+            # Held until this process ends: `evaluate` must not take the file while it still grows.
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX)
+        except OSError:  # the run directory is gone too: there is nowhere to rescue to
+            self.close()
+            self.path = None
+            return
+        kept = [self.start] if self.start is not None else []
+        self.write(b"".join([*kept, *(frame for _, frame in self.recent)]))
+        self.recent.clear()
+
+    def write(self, data: bytes) -> None:
+        if self.file is None:
+            return
+        try:
+            self.file.write(data)
+        except OSError:  # a full disk: what is written so far is what evaluate gets
+            self.close()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+            self.path = None
+
+
+def pipe_bytes(fd: int) -> int:
+    """The room of the pipe behind `fd` (Linux), else drivers' default."""
+    try:
+        return int(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
+    except (OSError, AttributeError):
+        return DEFAULT_PIPE_BYTES
+
+
+class StillWriting(Exception):
+    """A driver still writes this rescue file (its recorder died moments ago)."""
+
+
+def read_frames(path: os.PathLike[str] | str) -> list[tuple[str, Any]]:
+    """The `[kind, payload]` messages of a rescue file, up to a frame a crash cut short. Raises
+    StillWriting while its driver lives."""
+    with open(path, "rb") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StillWriting(str(path)) from None
+        data = f.read()
+    messages: list[tuple[str, Any]] = []
+    at = 0
+    while at + 4 <= len(data):
+        size = int.from_bytes(data[at : at + 4], "big", signed=True)
+        body = data[at + 4 : at + 4 + size]
+        if size < 0 or len(body) < size:
+            break
+        try:
+            kind, payload = orjson.loads(body)
+        except (orjson.JSONDecodeError, ValueError, TypeError):
+            break
+        messages.append((kind, payload))
+        at += 4 + size
+    return messages
