@@ -10,12 +10,14 @@
         --dry-run, --json and --jobs (NOT_WITH_FOLLOW)
 
 Exit status: 0 when every directory was uploaded or skipped, 1 when any failed (the others still
-upload) or W&B is unreachable, 2 for usage errors.
+upload) or W&B is unreachable, 2 for usage errors, 130 when interrupted (Ctrl-C, SIGTERM or SIGHUP:
+uploads in progress are stopped and stay resumable).
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -223,7 +225,21 @@ def command(
     return reporter.finish()
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP (`kill PID`, a supervisor, a closed terminal) stop the uploader as Ctrl-C
+    does: workers stopped, one line, exit 130. Before, the main process died at once and its worker
+    went on holding the directory's lock. A SIGHUP ignored by whoever started us (nohup) stays so."""
+    signal.signal(signal.SIGTERM, _interrupted)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _interrupted)
+
+
 def main(argv: list[str] | None = None) -> None:
+    stop_on_signals()
     try:
         code = command.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.Exit as e:  # --help

@@ -8,12 +8,20 @@ the directory it held; a fresh worker takes the next directory.
 
 A worker imports wandb and starts the SDK service once and then uploads many directories in turn
 (import and start-up are paid per worker, not per directory).
+
+A worker dies with the main process, however that ends (SIGKILL, the OOM killer: no `finally` of
+ours runs): left alone it went on uploading with no deadline, holding the directory's lock, so every
+later upload skipped the directory. Its SDK service follows it (it watches its parent's pid).
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import signal
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -22,22 +30,52 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
 from veeksha.shared.deadlines import upload_deadline_s
+from veeksha.uploader import remote
 from veeksha.uploader.worker import FAILED, UPLOADED, Outcome, Task, run_task
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PARENT_POLL_S = 0.5
 
-def _serve(conn: Connection) -> None:
+
+def _serve(conn: Connection, parent: int) -> None:
     """A worker: upload the directories it is sent, one at a time, until told to stop (None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _die_with(parent)
     import wandb  # noqa: F401  (imported once per worker, reused for every directory it uploads)
 
     while True:
         try:
-            task = conn.recv()
+            message = conn.recv()
         except EOFError:
             return
-        if task is None:
+        if message is None:
             return
-        conn.send(run_task(task))
+        task, ends_at = message
+        # The uploader's own questions to W&B stop asking again before this worker is killed.
+        remote.set_deadline(ends_at)
+        try:
+            outcome = run_task(task)
+        finally:
+            remote.set_deadline(None)
+        conn.send(outcome)
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL this worker as soon as `parent` (the main process) is gone: on Linux the kernel does it
+    (PR_SET_PDEATHSIG; the pool forks from the thread that runs it until its workers are closed);
+    a thread watching for re-parenting covers other systems and a parent that died before."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_watch_parent, args=(parent,), name="veeksha-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_S)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -50,14 +88,15 @@ class _Busy:
 class _Worker:
     def __init__(self, ctx: multiprocessing.context.SpawnContext) -> None:
         self.conn, child = ctx.Pipe()
-        self.process: BaseProcess = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self.process: BaseProcess = ctx.Process(target=_serve, args=(child, os.getpid()), daemon=True)
         self.process.start()
         child.close()
         self.busy: _Busy | None = None
 
     def give(self, task: Task, deadline_s: float) -> None:
-        self.conn.send(task)
-        self.busy = _Busy(task, deadline_s, time.monotonic() + deadline_s)
+        ends_at = time.monotonic() + deadline_s  # CLOCK_MONOTONIC: the same clock in the worker
+        self.conn.send((task, ends_at))
+        self.busy = _Busy(task, deadline_s, ends_at)
 
     def kill(self) -> None:
         """SIGKILL: a worker stuck in the SDK does not answer anything gentler. The SDK's service

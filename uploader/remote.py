@@ -16,9 +16,12 @@ import httpx
 
 LOOKUP_TIMEOUT_S = 10.0
 # A 429 or 5xx (W&B busy, a proxy between deploys) is asked again after a pause, for up to this
-# long in all: one such answer failed a directory, or, on the probe, a whole backfill.
+# long in all: one such answer failed a directory, or, on the probe, a whole backfill. The run and
+# artifact questions also ask again after a refused or dropped connection or a timeout.
 RETRY_BUDGET_S = 30.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Refused, reset or dropped connections and timeouts (not a bad URL or proxy setting: those stay).
+_RETRY_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
 _FIRST_PAUSE_S = 1.0
 
 # The shape the SDK itself sends before a resume (`RunResumeStatus`), so any server that resumes runs
@@ -63,20 +66,51 @@ class RemoteRun:
     upload_digest: str | None = None  # the config's UPLOAD_DIGEST_KEY, if the run has one
 
 
+def set_deadline(at: float | None) -> None:
+    """The time (time.monotonic) at which this process's directory upload is killed (pool.py), or
+    None: questions asked again stop short of it, so the directory fails with their own line."""
+    global _deadline
+    _deadline = at
+
+
+_deadline: float | None = None
+# Given up this long before the deadline: the worker still has to send its outcome.
+_DEADLINE_MARGIN_S = 2.0
+
+
 def post_graphql(
-    base_url: str, api_key: str, body: dict[str, Any], timeout: float, budget_s: float | None = None
+    base_url: str,
+    api_key: str,
+    body: dict[str, Any],
+    timeout: float,
+    budget_s: float | None = None,
+    retry_errors: bool = False,
 ) -> httpx.Response:
     """POST a GraphQL body; a 429 or 5xx answer is asked again (after its Retry-After, else 1, 2,
-    4 ... s) until `budget_s` is spent, and the last answer returned. httpx errors propagate."""
+    4 ... s, the last pause cut so that the whole budget is used) until `budget_s` is spent or the
+    deadline (set_deadline) is near, and the last answer returned. With `retry_errors`, a refused or
+    dropped connection or a timeout is asked again the same way and the last one raised; without,
+    httpx errors propagate at once (the probe: an unreachable server is said within seconds)."""
     end = time.monotonic() + (RETRY_BUDGET_S if budget_s is None else budget_s)
+    if _deadline is not None:
+        end = min(end, _deadline - _DEADLINE_MARGIN_S)
     pause = _FIRST_PAUSE_S
     with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as client:
         while True:
-            resp = client.post(f"{base_url.rstrip('/')}/graphql", json=body, auth=("api", api_key))
-            wait = _retry_after(resp, pause)
-            if resp.status_code not in RETRY_STATUSES or time.monotonic() + wait > end:
-                return resp
-            time.sleep(wait)
+            if _deadline is not None:  # one question never runs past the deadline either
+                left = max(0.1, _deadline - _DEADLINE_MARGIN_S - time.monotonic())
+                client.timeout = httpx.Timeout(min(timeout, left), connect=min(timeout, 3.0, left))
+            try:
+                resp = client.post(f"{base_url.rstrip('/')}/graphql", json=body, auth=("api", api_key))
+            except _RETRY_ERRORS:
+                if not retry_errors or time.monotonic() >= end:
+                    raise
+                wait = pause
+            else:
+                if resp.status_code not in RETRY_STATUSES or time.monotonic() >= end:
+                    return resp
+                wait = _retry_after(resp, pause)
+            time.sleep(max(0.0, min(wait, end - time.monotonic())))
             pause *= 2
 
 
@@ -90,7 +124,7 @@ def _retry_after(resp: httpx.Response, default: float) -> float:
 
 def _graphql(base_url: str, api_key: str, body: dict[str, Any], what: str) -> dict[str, Any]:
     try:
-        resp = post_graphql(base_url, api_key, body, LOOKUP_TIMEOUT_S)
+        resp = post_graphql(base_url, api_key, body, LOOKUP_TIMEOUT_S, retry_errors=True)
     except httpx.HTTPError as e:
         raise RemoteError(f"asking W&B at {base_url} for {what} failed ({type(e).__name__})") from None
     if resp.status_code != 200:
