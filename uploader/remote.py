@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from veeksha.shared.redact import url_for_message
 
 LOOKUP_TIMEOUT_S = 10.0
 # A 429 or 5xx (W&B busy, a proxy between deploys) is asked again after a pause, for up to this
@@ -123,19 +124,20 @@ def _retry_after(resp: httpx.Response, default: float) -> float:
 
 
 def _graphql(base_url: str, api_key: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+    shown = url_for_message(base_url)  # a proxy password in the URL stays out of the message
     try:
         resp = post_graphql(base_url, api_key, body, LOOKUP_TIMEOUT_S, retry_errors=True)
     except httpx.HTTPError as e:
-        raise RemoteError(f"asking W&B at {base_url} for {what} failed ({type(e).__name__})") from None
+        raise RemoteError(f"asking W&B at {shown} for {what} failed ({type(e).__name__})") from None
     if resp.status_code != 200:
-        raise RemoteError(f"asking W&B at {base_url} for {what}: HTTP {resp.status_code}")
+        raise RemoteError(f"asking W&B at {shown} for {what}: HTTP {resp.status_code}")
     try:
         doc: Any = resp.json()
     except ValueError:
-        raise RemoteError(f"asking W&B at {base_url} for {what}: the answer is not JSON") from None
+        raise RemoteError(f"asking W&B at {shown} for {what}: the answer is not JSON") from None
     if not isinstance(doc, dict) or (doc.get("errors") and not doc.get("data")):
         message = (doc.get("errors") or [{}])[0].get("message") if isinstance(doc, dict) else doc
-        raise RemoteError(f"asking W&B at {base_url} for {what}: {message}")
+        raise RemoteError(f"asking W&B at {shown} for {what}: {message}")
     return doc.get("data") or {}
 
 

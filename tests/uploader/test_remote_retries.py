@@ -209,3 +209,14 @@ def test_an_upload_stops_asking_before_its_deadline(
     assert done.returncode == 1, done.stdout + done.stderr
     [line] = lines_for(done.stdout, "failed")
     assert "asking W&B" in line and "HTTP 500" in line and "deadline" not in line, line
+
+
+def test_a_password_in_the_w_and_b_url_stays_out_of_the_error(flaky: Callable[..., Flaky]) -> None:
+    """A W&B server behind a proxy with basic auth in its URL: the failure names the server, not
+    its password."""
+    server = flaky(lambda n: "401")
+    url = server.url.replace("http://", "http://bu:BASEPW_LLLL5678@")
+    with pytest.raises(RemoteError) as caught:
+        lookup_run(url, "k", "team", "proj", "r1")
+    assert "HTTP 401" in str(caught.value)
+    assert "BASEPW" not in str(caught.value) and "127.0.0.1" in str(caught.value)
