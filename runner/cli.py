@@ -308,7 +308,7 @@ def _evaluate_run(run_dir: Path, strict: bool, other_host_gone: bool) -> int:
     from veeksha.runner.lost_records import evaluation_lock, mark_finished, mark_unfinished
     from veeksha.shared.config_loader import load_written_config
     from veeksha.shared.paths import RunPaths
-    from veeksha.shared.records import RUN_CRASHED
+    from veeksha.shared.records import RUN_CRASHED, RUN_FAILED
 
     paths = RunPaths(run_dir)
     _check_run_dir(run_dir, paths)
@@ -333,7 +333,7 @@ def _evaluate_run(run_dir: Path, strict: bool, other_host_gone: bool) -> int:
         if not recovery.crashed:  # (marked so just now: said above)
             click.echo(f"veeksha-run: the run crashed (its process died before it ended): {run_dir}")
         return 1
-    if ev.all_failed is not None:
+    if ev.all_failed is not None or ev.run_status == RUN_FAILED:  # as the run itself exited
         return 1
     return 1 if strict and not (ev.all_slos_met is not False and ev.all_health_passed) else 0
 

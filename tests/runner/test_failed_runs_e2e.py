@@ -180,3 +180,30 @@ def test_evaluate_exits_1_on_a_run_it_marks_crashed_and_still_writes_every_file(
         line for line in again.stdout.splitlines() if line.startswith("veeksha-run:") and "crashed" in line
     ]
     assert "the run crashed" in line
+
+
+def test_evaluate_of_a_failed_run_exits_1_as_the_run_did(tmp_path: Path) -> None:
+    """A run whose driver died after some requests succeeded exits 1; `evaluate` of it exited 0."""
+    quick = ["--server.type", "simulated", "--traffic_scheduler.interval_generator.arrival_rate", "20"]
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *quick, "--runtime.benchmark_timeout", "60", "--output_dir", "out"],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not any(
+        r["status"] == "success" for f in (tmp_path / "out").glob("*/metrics/*.jsonl") for r in read_jsonl(f)
+    ):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    os.kill(driver_pids(proc.pid)[0], signal.SIGKILL)
+    assert proc.wait(timeout=60) == 1
+    paths = only_run_dir(tmp_path / "out")
+    assert orjson.loads(paths.run_json.read_bytes())["status"] == "failed"
+
+    again = run_cli(["evaluate", str(paths.root)], cwd=tmp_path)
+
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert any(r["status"] == "success" for r in read_jsonl(paths.request_records))
