@@ -143,8 +143,8 @@ def test_a_killed_driver_is_named_on_the_console_with_how_it_ended(tmp_path: Pat
     assert lines[0] in stderr
 
 
-def test_evaluate_exits_1_on_a_run_it_marks_crashed_and_still_writes_every_file(tmp_path: Path) -> None:
-    """`evaluate` exited 0 on a run it had just marked crashed whenever a request had succeeded."""
+def start_until_a_success(tmp_path: Path) -> subprocess.Popen[bytes]:
+    """A minute-long run against the simulated server, returned once a request has succeeded."""
     quick = ["--server.type", "simulated", "--traffic_scheduler.interval_generator.arrival_rate", "20"]
     proc = subprocess.Popen(
         [VEEKSHA_RUN, *quick, "--runtime.benchmark_timeout", "60", "--output_dir", "out"],
@@ -159,6 +159,12 @@ def test_evaluate_exits_1_on_a_run_it_marks_crashed_and_still_writes_every_file(
     ):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.1)
+    return proc
+
+
+def test_evaluate_exits_1_on_a_run_it_marks_crashed_and_still_writes_every_file(tmp_path: Path) -> None:
+    """`evaluate` exited 0 on a run it had just marked crashed whenever a request had succeeded."""
+    proc = start_until_a_success(tmp_path)
     proc.kill()  # SIGKILL: run.json stays `running`
     proc.wait()
     time.sleep(1.0)  # the orphaned driver notices on its next tick and stops writing
@@ -184,20 +190,7 @@ def test_evaluate_exits_1_on_a_run_it_marks_crashed_and_still_writes_every_file(
 
 def test_evaluate_of_a_failed_run_exits_1_as_the_run_did(tmp_path: Path) -> None:
     """A run whose driver died after some requests succeeded exits 1; `evaluate` of it exited 0."""
-    quick = ["--server.type", "simulated", "--traffic_scheduler.interval_generator.arrival_rate", "20"]
-    proc = subprocess.Popen(
-        [VEEKSHA_RUN, *quick, "--runtime.benchmark_timeout", "60", "--output_dir", "out"],
-        cwd=tmp_path,
-        env=no_plots_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while not any(
-        r["status"] == "success" for f in (tmp_path / "out").glob("*/metrics/*.jsonl") for r in read_jsonl(f)
-    ):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.1)
+    proc = start_until_a_success(tmp_path)
     os.kill(driver_pids(proc.pid)[0], signal.SIGKILL)
     assert proc.wait(timeout=60) == 1
     paths = only_run_dir(tmp_path / "out")
