@@ -224,6 +224,7 @@ def _plan(task: Task, info: dict[str, Any], files: list[str]) -> Plan:
         group=s.group or ctx.group,
         tags=ctx.tags,
         files=files,
+        default_entity=task.default_entity,
     )
     plan.veeksha_run_id = info["run_id"]
     return plan
@@ -270,7 +271,7 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
     start = choose_start(task, plan)
     if isinstance(start, Outcome):
         return start
-    begin(root, plan)
+    task = begin(task, plan)
     early = RunData(paths=RunPaths(root), run_info=info, config=read_config(root / "config.yml"))
     config = run_config(early, redactor, groups.run_context(root, info).kind)
     spec = ws.RunSpec(root, plan.run_id, plan.name, plan.group, plan.tags, "veeksha-run", config, s)
@@ -336,7 +337,7 @@ def _finished(task: Task, plan: Plan, uploaded: Any, steps: int, artifact_digest
         check_on_server(task, plan, entity, steps, artifact_digest)
     if uploaded.sync_dir and s.mode == "offline":
         uploaded.notes = ws.finish_offline(task.target.path, uploaded.sync_dir)
-    return complete(task, plan, uploaded)
+    return complete(task, plan, uploaded, steps)
 
 
 def _be_background() -> None:

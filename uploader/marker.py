@@ -42,6 +42,8 @@ class Marker:
     settings: dict[str, Any] | None = None  # UploadSettings.identity(): --sync publishes with these
     base_url: str | None = None  # online: the server it went to
     online_attempted: bool = False  # offline, written after an online attempt failed: never "published"
+    history_rows: int | None = None  # offline: rows logged (anchor included); a published copy has them all
+    directory: str | None = None  # dir_identity() of the directory it was written in (a copy has another)
 
 
 def file_sha256(path: Path) -> str:
@@ -78,6 +80,17 @@ def write_marker(root: Path, marker: Marker) -> None:
 
 def remove_marker(root: Path) -> None:
     (root / WANDB_RUN_JSON).unlink(missing_ok=True)
+
+
+def dir_identity(root: Path) -> str:
+    """Device and inode of the directory: a copy (`cp -a`) has another, a rename keeps it."""
+    st = root.stat()
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def written_here(marker: Marker, root: Path) -> bool:
+    """The marker was written in this directory, not copied along with it (older markers: assumed)."""
+    return marker.directory is None or marker.directory == dir_identity(root)
 
 
 def is_current(marker: Marker | None, root: Path, digest: str, mode: str, base_url: str) -> bool:

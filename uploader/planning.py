@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from veeksha.shared.errors import VeekshaError
-from veeksha.shared.paths import CONFIG_YML
+from veeksha.shared.paths import CONFIG_YML, UPLOAD_PENDING
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
-from veeksha.uploader.marker import read_marker
+from veeksha.uploader.marker import Marker, read_marker
 from veeksha.uploader.probe import netrc_api_key, probe
 from veeksha.uploader.reader import read_config
+from veeksha.uploader.run_files import is_own_file
 from veeksha.uploader.settings import Layer, config_layer, marker_layer, resolve
 from veeksha.uploader.worker import FAILED, SKIPPED, Outcome, Task
 
@@ -23,6 +24,19 @@ def _config_of(target: Target) -> dict[str, Any]:
     if target.kind == groups.RUN:
         return read_config(target.path / CONFIG_YML)
     return groups.container_config(target.path)
+
+
+def unfinished_sync(root: Path) -> Marker | None:
+    """The offline upload whose publishing (`--sync`) failed or was interrupted: its marker is still
+    offline and the pending file names its run. A plain upload finishes publishing it, with its settings."""
+    marker = read_marker(root)
+    pending = root / UPLOAD_PENDING
+    if marker is None or marker.mode != "offline" or not is_own_file(root, pending):
+        return None
+    try:
+        return marker if pending.read_text().strip() == marker.run_id else None
+    except OSError:
+        return None
 
 
 def plan_task(
@@ -35,9 +49,8 @@ def plan_task(
     except VeekshaError as e:
         return Task(target, None, force, dry_run, error=str(e))
     layers = [cfg_layer, env]
-    if publish:
-        marker = read_marker(target.path)
-        assert marker is not None
+    marker = read_marker(target.path) if publish else unfinished_sync(target.path)
+    if marker is not None:
         layers.append(marker_layer(marker.settings, marker.project, marker.entity))
     settings = resolve(*layers, flags)
     if publish:

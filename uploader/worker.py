@@ -22,11 +22,13 @@ from veeksha.uploader.locks import DirLock, LockBusy
 from veeksha.uploader.marker import (
     Marker,
     compute_digest,
+    dir_identity,
     is_current,
     read_marker,
     remove_marker,
     utc_now_iso,
     write_marker,
+    written_here,
 )
 from veeksha.uploader.reader import read_run_dir, read_run_info
 from veeksha.uploader.redaction import Redactor
@@ -130,13 +132,16 @@ def make_plan(
     group: str | None,
     tags: Iterable[str],
     files: list[str],
+    default_entity: str | None = None,
 ) -> Plan:
-    run_id = wandb_run_id(
-        "run" if kind in (groups.RUN, groups.SWEEP_RUN, groups.CAPSEARCH_ATTEMPT) else kind,
-        ident,
-        s.project,
-        s.entity,
-    )
+    # The entity the run lands in: naming the API key's own entity is the same as naming none. A run
+    # already recorded under the entity as named (an offline upload, which cannot know the default,
+    # or an older upload) keeps its id.
+    id_kind = "run" if kind in (groups.RUN, groups.SWEEP_RUN, groups.CAPSEARCH_ATTEMPT) else kind
+    run_id = wandb_run_id(id_kind, ident, s.project, None if s.entity == default_entity else s.entity)
+    as_named = wandb_run_id(id_kind, ident, s.project, s.entity)
+    if as_named != run_id and as_named in _recorded_run_ids(root):
+        run_id = as_named
     tags = _dedupe([*s.tags, *tags])
     # The run's own group and tags come last: they include what its container adds (e.g. `best`),
     # so a changed tag set is a change; the settings' bare group/tags must not overwrite them.
@@ -151,12 +156,26 @@ def make_plan(
     return Plan(run_id, name, group, tags, kind, files, compute_digest(root, files, identity))
 
 
+def _recorded_run_ids(root: Path) -> set[str]:
+    """The W&B run ids this directory's marker and pending file name."""
+    ids = set()
+    if (marker := read_marker(root)) is not None:
+        ids.add(marker.run_id)
+    pending = root / UPLOAD_PENDING
+    if is_own_file(root, pending):
+        ids.add(pending.read_text().strip())
+    return ids
+
+
 def _published_offline(task: Task, plan: Plan, previous: Marker | None, remote: RemoteRun) -> bool:
     """An offline upload of exactly this content whose run the server now has whole (`wandb sync`).
 
     The server's run must carry this content's digest: an earlier online upload of the same run id
     (before the directory changed and was uploaded offline) has history and an artifact too, and
-    taking it for the offline run deleted that run unpublished. A `wandb sync` run from outside the
+    taking it for the offline run deleted that run unpublished. It must hold every row the offline
+    run logged (a half-finished online attempt has the digest but not all rows), and an offline run
+    written after an online attempt of its run id is never taken as published (the server's copy
+    may be that attempt): the offline copy is deleted only on proof. A `wandb sync` run from outside the
     directory publishes the history but leaves the artifact pending without its files (and exits
     0): that run is not complete, and is uploaded again."""
     s = task.settings
@@ -167,7 +186,8 @@ def _published_offline(task: Task, plan: Plan, previous: Marker | None, remote: 
         and previous.run_id == plan.run_id
         and previous.digest == plan.digest
         and not previous.online_attempted  # the server's copy may be a half-done online attempt
-        and remote.history_lines > 0
+        and previous.history_rows is not None
+        and remote.history_lines >= previous.history_rows > 0
         and remote.upload_digest == plan.digest
     ):
         return False
@@ -209,7 +229,12 @@ def choose_start(task: Task, plan: Plan) -> str | Outcome:
         return Outcome(str(root), task.target.kind, SKIPPED, detail, plan.run_id, plan.name, url, "online")
     pending = root / UPLOAD_PENDING
     interrupted = is_own_file(root, pending) and pending.read_text().strip() == plan.run_id
-    ours = interrupted or (previous is not None and previous.run_id == plan.run_id)
+    # A marker copied along with the directory (`cp -a`) names the original's run: not ours.
+    ours = interrupted or (
+        previous is not None
+        and previous.run_id == plan.run_id
+        and (previous.mode == "offline" or written_here(previous, root))
+    )
     if not (task.force or ours):
         why = "already on W&B (uploaded from elsewhere); --force overwrites it"
         return Outcome(str(root), task.target.kind, SKIPPED, why, plan.run_id, plan.name)
@@ -217,20 +242,41 @@ def choose_start(task: Task, plan: Plan) -> str | Outcome:
     return REWIND if remote.history_lines > 0 else RESUME
 
 
-def begin(root: Path, plan: Plan) -> None:
-    """From here until `complete`, the directory says "upload in progress" (the pending file)."""
-    remove_marker(root)  # never leave a marker that no longer describes what is on W&B
-    write_atomic(root / UPLOAD_PENDING, plan.run_id)
+def begin(task: Task, plan: Plan) -> Task:
+    """From here until `complete`, the directory says "upload in progress" (the pending file).
+
+    The task returned knows whether this run id may exist online already (an earlier online attempt
+    or upload): an offline copy of it is then never taken for published, nor offered to `wandb sync`.
+    Publishing an offline upload keeps its marker (marked as attempted online) until the online run
+    is complete: a failed or interrupted `--sync` stays retryable, with the recorded settings."""
+    root, s = task.target.path, task.settings
+    assert s is not None
+    previous = read_marker(root)
+    same = previous is not None and previous.run_id == plan.run_id
+    pending = root / UPLOAD_PENDING
+    attempted = (
+        task.online_attempted
+        or (is_own_file(root, pending) and pending.read_text().strip() == plan.run_id)
+        or (same and previous is not None and (previous.mode == "online" or previous.online_attempted))
+    )
+    if s.mode == "online" and same and previous is not None and previous.mode == "offline":
+        write_marker(root, replace(previous, online_attempted=True))
+    else:
+        remove_marker(root)  # never leave a marker that no longer describes what is on W&B
+    write_atomic(pending, plan.run_id)
+    return replace(task, online_attempted=attempted or s.mode == "online")
 
 
-def complete(task: Task, plan: Plan, uploaded: Uploaded) -> Outcome:
+def complete(task: Task, plan: Plan, uploaded: Uploaded, steps: int | None = None) -> Outcome:
     """Record what is on W&B now (the marker), drop the pending file and older local run folders."""
     root, s = task.target.path, task.settings
     assert s is not None
     from veeksha.uploader import wandb_session as ws
 
     ws.clear_run_folders(root, plan.run_id, keep=uploaded.sync_dir, staging=s.mode == "online")
-    sync_cmd = ws.sync_command(root) if s.mode == "offline" else None
+    # A run id that may be on W&B already: `wandb sync` would append a second copy of its history.
+    raw_sync = s.mode == "offline" and not task.online_attempted
+    sync_cmd = ws.sync_command(root) if raw_sync else None
     url = uploaded.url or offline_url(s, uploaded.entity, plan.run_id)
     marker = Marker(
         run_id=plan.run_id,
@@ -249,12 +295,17 @@ def complete(task: Task, plan: Plan, uploaded: Uploaded) -> Outcome:
         sync_command=sync_cmd,
         settings=s.identity(),
         base_url=s.base_url if s.mode == "online" else None,
-        online_attempted=task.online_attempted,
+        online_attempted=task.online_attempted and s.mode == "offline",
+        history_rows=steps if s.mode == "offline" else None,
+        directory=dir_identity(root),
     )
     write_marker(root, marker)
     (root / UPLOAD_PENDING).unlink(missing_ok=True)
     if s.mode == "online":
         detail = f"View run at {url}"
+    elif sync_cmd is None:
+        why = "not wandb sync: this W&B run may exist, it would append a second copy"
+        detail = f"offline run in {uploaded.sync_dir}; publish with: {PUBLISH_HINT} {root} ({why})"
     else:
         detail = f"offline run in {uploaded.sync_dir}; publish with: {PUBLISH_HINT} {root} (or: {sync_cmd})"
     if uploaded.notes:
@@ -276,7 +327,7 @@ class Job:
     warnings: list[str] = field(default_factory=list)  # files left out, and why
 
 
-def _session(job: Job, start: str) -> Uploaded:
+def _session(job: Job, start: str) -> tuple[Uploaded, int]:
     """The single SDK session of an upload: open (create, rewind or continue), log, finish."""
     import wandb
     from veeksha.uploader import wandb_session as ws
@@ -297,13 +348,15 @@ def _session(job: Job, start: str) -> Uploaded:
             uploaded = ws.uploaded_of(run, root)
             steps = run.step  # rows logged, anchor included (a rewind keeps the one at step 0)
     except ws.AlreadyExists:
+        if start == CREATE:  # not ours: the next attempt must not take it for an interrupted upload of ours
+            (root / UPLOAD_PENDING).unlink(missing_ok=True)
         raise UploadError("another upload created this W&B run meanwhile; run veeksha-upload again") from None
     if s.mode == "online":
         entity = uploaded.entity or s.entity or job.task.default_entity
         check_on_server(job.task, plan, entity, steps, artifact.digest if artifact is not None else None)
     if uploaded.sync_dir and s.mode == "offline":
         uploaded.notes = ws.finish_offline(root, uploaded.sync_dir)
-    return uploaded
+    return uploaded, steps
 
 
 def check_on_server(
@@ -353,8 +406,8 @@ def upload_job(job: Job) -> Outcome:
     if isinstance(start, Outcome):
         outcome = start
     else:
-        begin(job.task.target.path, job.plan)
-        outcome = complete(job.task, job.plan, _session(job, start))
+        job.task = begin(job.task, job.plan)
+        outcome = complete(job.task, job.plan, *_session(job, start))
     outcome.warnings = job.warnings
     return outcome
 
@@ -375,6 +428,14 @@ def _skip_or_dry(task: Task, plan: Plan) -> Outcome | None:
     server = task.unreachable_server
     if not task.force and server is not None and is_current(marker, root, plan.digest, "online", server):
         why = "already uploaded to W&B, unchanged (W&B does not answer now; no offline copy needed)"
+        return Outcome(str(root), task.target.kind, SKIPPED, why, plan.run_id, plan.name, mode="online")
+    if (
+        not task.force
+        and s.mode == "offline"
+        and marker is not None
+        and is_current(marker, root, plan.digest, "online", marker.base_url or s.base_url)
+    ):  # an offline copy of a published run would only invite a `wandb sync` that doubles its history
+        why = "already uploaded to W&B, unchanged (no offline copy needed; --force writes one)"
         return Outcome(str(root), task.target.kind, SKIPPED, why, plan.run_id, plan.name, mode="online")
     if not task.force and is_current(marker, root, plan.digest, s.mode, s.base_url):
         # Offline usually comes from the config (the demo's), not a choice made now: say how to publish.
@@ -433,6 +494,7 @@ def _run_job(task: Task, redactor: Redactor) -> Job | Outcome:
         group=s.group or ctx.group,
         tags=ctx.tags,
         files=data.files,
+        default_entity=task.default_entity,
     )
     plan.veeksha_run_id = data.run_id
     if (early := _skip_or_dry(task, plan)) is not None:
@@ -474,6 +536,7 @@ def _container_job(task: Task, redactor: Redactor) -> Job | Outcome:
         group=s.group or root.name,
         tags=(tag, groups.TAG_SUMMARY),
         files=data.files,
+        default_entity=task.default_entity,
     )
     if (early := _skip_or_dry(task, plan)) is not None:
         early.warnings = data.warnings

@@ -75,6 +75,7 @@ def test_artifact_uploads_answering_500_end_at_the_deadline_or_fall_back_offline
     fell_back = upload([*args, "--fallback-offline"], home, cwd=tmp_path, env=online_env(fake_wandb))
     assert fell_back.returncode == 0, fell_back.stdout + fell_back.stderr
     assert lines_for(fell_back.stdout, "uploaded") and "wrote an offline run instead" in fell_back.stdout
+    assert "wandb sync wandb/" not in fell_back.stdout  # its run id is on W&B: that would append
     assert read_marker_json(run_dir)["mode"] == "offline"
     assert len(offline_run_dirs(run_dir)) == 1
 
