@@ -29,6 +29,7 @@ from veeksha.shared.deadlines import upload_deadline_s
 from veeksha.shared.errors import VeekshaError
 from veeksha.shared.paths import RUN_JSON, RunPaths
 from veeksha.shared.records import missing_metrics, run_finished
+from veeksha.shared.redact import redact_url
 from veeksha.shared.userpath import expand_home
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
@@ -285,7 +286,9 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
     try:
         with ws.open_run(spec) as run:
             where = (
-                f"View run at {run.url}" if s.mode == "online" else f"offline run in {run.settings.sync_dir}"
+                f"View run at {redact_url(run.url)}"  # (a proxy's password in the server's URL)
+                if s.mode == "online"
+                else f"offline run in {run.settings.sync_dir}"
             )
             click.echo(f"{PROG}: following {root}; {where}")
             sys.stdout.flush()

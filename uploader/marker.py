@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 from veeksha.shared.jsonio import write_json
 from veeksha.shared.paths import WANDB_RUN_JSON
+from veeksha.shared.redact import redact_url
 from veeksha.uploader.run_files import is_own_file
 
 UPLOAD_FORMAT = 2  # 2: the anchor row at step 0; the server left out of the digest
@@ -75,7 +76,13 @@ def read_marker(root: Path) -> Marker | None:
 
 
 def write_marker(root: Path, marker: Marker) -> None:
-    write_json(root / WANDB_RUN_JSON, asdict(marker))
+    # A W&B URL may hold a proxy's password (https://user:pass@...): the marker keeps none.
+    shown = replace(
+        marker,
+        url=redact_url(marker.url) if marker.url else marker.url,
+        base_url=redact_url(marker.base_url) if marker.base_url else marker.base_url,
+    )
+    write_json(root / WANDB_RUN_JSON, asdict(shown))
 
 
 def remove_marker(root: Path) -> None:
@@ -97,7 +104,7 @@ def is_current(marker: Marker | None, root: Path, digest: str, mode: str, base_u
     """Uploaded before, in this mode (online: to this server), from exactly this content and settings."""
     if marker is None or marker.digest != digest or marker.mode != mode:
         return False
-    if mode == "online" and marker.base_url not in (None, base_url):
+    if mode == "online" and marker.base_url not in (None, redact_url(base_url)):
         return False
     if mode == "offline":  # the offline run must still be there to be synced
         return (

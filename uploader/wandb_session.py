@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from veeksha.shared.paths import WANDB_DIR
+from veeksha.shared.redact import redact_url
 from veeksha.uploader.recordlog import IncompleteLog, RecordLogError, relativize_artifact_paths
 from veeksha.uploader.redaction import Redactor
 from veeksha.uploader.settings import UploadSettings
@@ -146,6 +147,10 @@ def open_run(spec: RunSpec) -> Iterator[Any]:
         clear_run_folders(spec.root, spec.run_id)
     (spec.root / WANDB_DIR).mkdir(exist_ok=True)
     resume = _resume_args(spec)
+    if s.base_url and redact_url(s.base_url) != s.base_url:
+        # The SDK prints the server it logs in to, user-info and all (a proxy's password), before
+        # it reads silent=True from this run's settings; its set-up reads the environment first.
+        os.environ["WANDB_SILENT"] = "true"
     # Staging is read from the environment at each call: point it inside this directory.
     with _environ("WANDB_DATA_DIR", str(spec.root / WANDB_DIR / STAGING_DIR)):
         try:

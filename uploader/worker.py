@@ -16,6 +16,7 @@ from veeksha.shared.errors import VeekshaError
 from veeksha.shared.jsonio import write_atomic
 from veeksha.shared.paths import CONFIG_YML, UPLOAD_PENDING
 from veeksha.shared.records import RUN_RUNNING, missing_metrics, run_finished
+from veeksha.shared.redact import redact_url
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
 from veeksha.uploader.locks import DirLock, LockBusy
@@ -302,7 +303,7 @@ def complete(task: Task, plan: Plan, uploaded: Uploaded, steps: int | None = Non
     write_marker(root, marker)
     (root / UPLOAD_PENDING).unlink(missing_ok=True)
     if s.mode == "online":
-        detail = f"View run at {url}"
+        detail = f"View run at {redact_url(url) if url else url}"
     elif sync_cmd is None:
         why = "not wandb sync: this W&B run may exist, it would append a second copy"
         detail = f"offline run in {uploaded.sync_dir}; publish with: {PUBLISH_HINT} {root} ({why})"

@@ -174,3 +174,23 @@ def test_an_offline_upload_naming_the_default_entity_is_published_onto_its_own_r
     synced = upload(["--sync", str(run_dir)], home, cwd=tmp_path, env=online_env(fake_wandb))
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert read_marker_json(run_dir)["run_id"] == run_id and fake_wandb.run(run_id).state == "finished"
+
+
+def test_a_password_in_the_w_and_b_url_reaches_no_console_line_and_no_marker(
+    tmp_path: Path, fake_wandb: FakeWandb, home: Home
+) -> None:
+    """A W&B server behind a proxy with basic auth in its URL: the run is uploaded, and neither the
+    console (ours and the SDK's) nor wandb_run.json shows the password."""
+    run_dir = build_run(tmp_path, RunSpec(seed=11, seconds=2))
+    base_url = fake_wandb.base_url.replace("http://", "http://bu:AFAF1111pw@")
+    env = {**online_env(fake_wandb), "WANDB_BASE_URL": base_url}
+
+    proc = upload([str(run_dir)], home, cwd=tmp_path, env=env)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert lines_for(proc.stdout, "uploaded"), proc.stdout
+    assert "AFAF1111" not in proc.stdout + proc.stderr
+    marker = read_marker_json(run_dir)
+    assert marker["mode"] == "online" and "AFAF1111" not in str(marker)
+    again = upload([str(run_dir)], home, cwd=tmp_path, env=env)  # the marker still matches its server
+    assert "unchanged" in again.stdout, again.stdout
