@@ -113,7 +113,8 @@ def _guard(fn: Callable[[], int]) -> None:
     # run.json stayed `running`) end a run as Ctrl-C does, also outside its recording (which handles
     # them itself): the directory gets its final status, a sweep its manifest.
     signal.signal(signal.SIGTERM, _terminated)
-    signal.signal(signal.SIGHUP, hung_up)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, a hangup stays ignored
+        signal.signal(signal.SIGHUP, hung_up)
     try:
         code = fn()
     except VeekshaError as e:
@@ -338,13 +339,23 @@ def _evaluate_run(run_dir: Path, strict: bool, other_host_gone: bool) -> int:
     return 1 if strict and not (ev.all_slos_met is not False and ev.all_health_passed) else 0
 
 
+def _rescue_counter(cfg: BenchmarkConfig) -> Callable[[str], int] | None:
+    """A rescued reply without the server's usage is counted as the run would have: with its
+    tokenizer, or (one that cannot be loaded here, on another machine) the built-in approximation."""
+    from veeksha.runner.sessions.tokenizer import token_counter
+
+    try:
+        return token_counter(cfg.client.tokenizer)[0]
+    except Exception:  # any failure to load it: recovery must not fail for a count
+        click.echo("veeksha-run: cannot load the run's tokenizer here; rescued replies are counted roughly")
+        return None
+
+
 def _recover(paths: RunPaths, cfg: BenchmarkConfig, other_host_gone: bool) -> Recovery:
     """lost_records.recover, said in one line: what a crash (or a full disk) left without a record."""
     from veeksha.runner.lost_records import recover
-    from veeksha.runner.sessions.tokenizer import token_counter
 
-    # A rescued reply without the server's usage is counted as the run would have: its tokenizer.
-    count_tokens = token_counter(cfg.client.tokenizer)[0] if paths.driver_rescues() else None
+    count_tokens = _rescue_counter(cfg) if paths.driver_rescues() else None
     recovery = recover(paths, other_host_gone, count_tokens)
     rescued = f"{recovery.rescued} record(s) its drivers kept were written; " if recovery.rescued else ""
     if recovery.crashed:

@@ -141,7 +141,7 @@ def last_seen(paths: RunPaths) -> float | None:
     and made the concurrency check's mean NaN)."""
     times = [
         t
-        for obj in (*_json_lines(paths.request_records), *_json_lines(paths.dispatch_trace))
+        for obj in (*_json_lines(paths.request_records), *_json_lines(trace_of(paths)))
         for t in (obj.get("result_processed_at"), obj.get("dispatched_at"))
         if isinstance(t, int | float)
     ]

@@ -34,7 +34,15 @@ import httpx
 from veeksha.shared.config import BenchmarkConfig, CommandServerConfig, SimulatedServerConfig
 from veeksha.shared.config_checks import uses_client_api_base
 from veeksha.shared.errors import ConfigError, VeekshaError
-from veeksha.shared.redact import REDACTED, redact, redact_url, scrub_list, scrub_text, secret_values
+from veeksha.shared.redact import (
+    REDACTED,
+    environment_secrets,
+    redact,
+    redact_url,
+    scrub_list,
+    scrub_text,
+    secret_values,
+)
 from veeksha.shared.schema import to_dict
 
 LISTENING_PREFIX = "VEEKSHA_SIMULATED_SERVER_LISTENING"  # printed by simserver/server.py
@@ -314,7 +322,7 @@ def _start_command(
     api_base = cfg.api_base or _api_base_from(cfg.ready_url)
     # What the server may print: its config's secrets, the client's, and those of the environment it
     # inherits (WANDB_API_KEY, HF_TOKEN: variables named like secrets, credentials in URLs).
-    secrets = scrub_list([*secret_values(to_dict(cfg)), *secret_values(env), *extra_secrets])
+    secrets = scrub_list([*secret_values(to_dict(cfg)), *environment_secrets(env), *extra_secrets])
     try:
         handle = _spawn(list(cfg.command), env, log_path, api_base=api_base, secrets=secrets)
     except OSError as exc:

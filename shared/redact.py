@@ -22,7 +22,7 @@ import html
 import json
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
@@ -383,6 +383,17 @@ def _command_string(item: str) -> tuple[str, list[str]]:
     if not found and shown == words:
         return redact(item), []
     return " ".join(str(w) for w in shown), found
+
+
+# Environment variables whose names read as secrets but whose values are not: the working
+# directory (`PWD`: its last word `pwd` names a password elsewhere), scrubbed from every message.
+PLAIN_ENV = frozenset({"PWD", "OLDPWD"})
+
+
+def environment_secrets(env: Mapping[str, str]) -> list[str]:
+    """The secret values of an environment: variables named like secrets (HF_TOKEN, WANDB_API_KEY)
+    and credentials in URLs (HTTPS_PROXY)."""
+    return secret_values({name: value for name, value in env.items() if name not in PLAIN_ENV})
 
 
 def secret_values(obj: Any) -> list[str]:

@@ -133,6 +133,30 @@ def test_a_hangup_stops_the_run_as_sigterm_does(tmp_path: Path) -> None:
     ends_interrupted_with_every_record(tmp_path / "out")
 
 
+def test_a_run_started_under_nohup_ignores_a_hangup(tmp_path: Path) -> None:
+    """`nohup veeksha-run ... &`, then the terminal closes: the run goes on to its end."""
+
+    def like_nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *SLOW, "--runtime.benchmark_timeout", "4"],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=like_nohup,
+    )
+    wait_until_sent(tmp_path / "out")
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 0, stderr
+    info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
+    assert info["status"] == "completed" and info["stop_reason"] == "benchmark_timeout"
+
+
 def test_a_run_whose_terminal_closes_still_finishes_its_files(tmp_path: Path) -> None:
     """The run owns a real terminal (a pty) that is then closed: the kernel hangs it up, sends the
     run SIGHUP, and every later write to the terminal fails (EIO). The run drains and ends."""

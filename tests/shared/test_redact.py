@@ -516,3 +516,12 @@ def test_credential_looking_headers_are_secret_and_ordinary_ones_readable() -> N
     found = secret_values({"headers": headers})
     assert not set(plain.values()) & set(found)
     assert "TTTT" not in _scrubbed(str(headers), {"headers": headers})
+
+
+def test_the_working_directory_is_not_a_secret_of_the_environment() -> None:
+    from veeksha.shared.redact import environment_secrets
+
+    # `PWD` ends in a word that names a password elsewhere (`--pwd`): every path under the working
+    # directory was scrubbed from messages and logs.
+    env = {"PWD": "/home/alice/bench", "OLDPWD": "/home/alice", "HF_TOKEN": "hf_abcdefgh1234"}
+    assert environment_secrets(env) == ["hf_abcdefgh1234"]

@@ -115,7 +115,7 @@ def secret_values(cfg: ClientConfig, extra: Iterable[str] = ()) -> list[str]:
     out += redact.secret_values({redact.HEADERS: dict(cfg.headers)})  # any header but the plain ones
     # A launched server inherits the environment and may echo it: variables named like secrets
     # (WANDB_API_KEY, HF_TOKEN), credentials in URLs (HTTPS_PROXY).
-    out += redact.secret_values(dict(os.environ))
+    out += redact.environment_secrets(os.environ)
     return redact.scrub_list(out)
 
 
