@@ -21,7 +21,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Protocol
 
-from veeksha.runner.driver.dispatcher import Placement, driver_main
+from veeksha.runner.driver.dispatcher import FORWARDED_STOP, Placement, driver_main
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.model import SessionGenerator
 from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, arrival_rate_of
@@ -155,10 +155,11 @@ def send_start(go: Connection, start: dict[str, float | None]) -> None:
 
 
 def interrupt_process(proc: BaseProcess) -> None:
-    """A Ctrl-C for a driver process (its first drains, its second cancels)."""
+    """A Ctrl-C for a driver process (its first drains, its second cancels), forwarded as
+    FORWARDED_STOP: a driver tells it from the stop signal of a whole job (dispatcher._on_signal)."""
     if proc.pid is not None:
         try:
-            os.kill(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, FORWARDED_STOP)
         except ProcessLookupError:
             pass
 

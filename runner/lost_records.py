@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import os
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -170,16 +171,26 @@ def end_torn_line(records_path: Path) -> None:
 @contextmanager
 def evaluation_lock(paths: RunPaths) -> Iterator[None]:
     """Held while `veeksha-run evaluate` recovers and rewrites a run directory: two at once each
-    appended every lost record (1,240 records for 620 requests), and rewrote the same files."""
+    appended every lost record (1,240 records for 620 requests), and rewrote the same files. The
+    lock file goes when the lock does, so the directory keeps only the run's own files."""
+    busy = UsageError(
+        f"{paths.root} is being evaluated by another `veeksha-run evaluate`; "
+        "wait for it to end (it leaves the directory whole)"
+    )
     with paths.evaluate_lock.open("a") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(
-                f"{paths.root} is being evaluated by another `veeksha-run evaluate`; "
-                "wait for it to end (it leaves the directory whole)"
-            ) from None
-        yield
+            raise busy from None
+        try:  # a lock on a file the holder before us had already removed is no lock
+            if os.stat(paths.evaluate_lock).st_ino != os.fstat(f.fileno()).st_ino:
+                raise busy
+        except FileNotFoundError:
+            raise busy from None
+        try:
+            yield
+        finally:
+            paths.evaluate_lock.unlink(missing_ok=True)  # while still held: no one locks it after this
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 
 from veeksha.runner import ipc
 from veeksha.runner.evaluation.request_metrics import finalize_record
-from veeksha.shared.redact import scrub_text
+from veeksha.shared.redact import scrub_content
 
 
 def trace_line(raw: list[Any], t0: float, secrets: list[str]) -> dict[str, Any]:
@@ -59,15 +59,3 @@ def _count_tokens(
         rec["num_output_tokens"] = counted
     elif rec["client_prompt_tokens"] is not None:  # the driver asked for a comparison
         rec["client_output_tokens"] = counted
-
-
-def scrub_content(value: Any, secrets: list[str]) -> Any:
-    """A trace line's content (a prompt, or chat messages) with `secrets` scrubbed from every
-    string in it: each as it was sent, so a secret is matched whole (not through its JSON form)."""
-    if isinstance(value, str):
-        return scrub_text(value, secrets)
-    if isinstance(value, list):
-        return [scrub_content(v, secrets) for v in value]
-    if isinstance(value, dict):
-        return {k: scrub_content(v, secrets) for k, v in value.items()}
-    return value

@@ -172,7 +172,8 @@ class Recorder:
             end = failed_start or self._run_end()
             self._record_lost(records, None, end.error or "the run ended")
         # Every dispatched request has its record now: nothing is left for `evaluate` to recover.
-        self.paths.unlisted_trace.unlink(missing_ok=True)
+        for path in (self.paths.unlisted_trace, *self.paths.driver_rescues()):
+            path.unlink(missing_ok=True)
         error = end.error
         if self.num_lost:
             lost = f"{self.num_lost} dispatched request(s) had no result and were recorded as driver_lost"

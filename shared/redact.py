@@ -578,3 +578,15 @@ def _echoed_forms(secret: str) -> set[str]:
     html_escaped = html.escape(secret)
     forms |= {html_escaped, html_escaped.replace("&#x27;", "&#39;"), html.escape(secret, quote=False)}
     return forms
+
+
+def scrub_content(value: Any, secrets: list[str]) -> Any:
+    """A trace line's content (a prompt, or chat messages) with `secrets` scrubbed from every
+    string in it: each as it was sent, so a secret is matched whole (not through its JSON form)."""
+    if isinstance(value, str):
+        return scrub_text(value, secrets)
+    if isinstance(value, list):
+        return [scrub_content(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: scrub_content(v, secrets) for k, v in value.items()}
+    return value

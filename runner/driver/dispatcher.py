@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 from veeksha.runner import ipc
-from veeksha.runner.driver.http.client import LLMClient, Prepared, make_client
+from veeksha.runner.driver.http.client import LLMClient, Prepared, make_client, run_secret_values
 from veeksha.runner.driver.http.outcome import Outcome
 from veeksha.runner.driver.placement import PlacedSessions
 from veeksha.runner.driver.rescue import Rescue, pipe_bytes
@@ -84,7 +84,12 @@ REFILL_CLEARANCE_S = 0.003
 # in hand: at 800 requests/s batches of up to 10-20 ms, and every session due in one waited for it.
 LOOKAHEAD_S = 0.05
 UNBOUNDED_CONNECTIONS = 4096
-SAME_STOP_S = 0.5  # a SIGTERM and a SIGINT this close together are one stop (Driver._on_signal)
+# The recorder forwards each stop it gets with this signal (drivers.interrupt_process); SIGINT and
+# SIGTERM come from outside. A forwarded stop and an outside one this close together are one stop
+# (Driver._on_signal).
+FORWARDED_STOP = signal.SIGUSR1
+SAME_STOP_S = 0.5
+REPEAT_S = 0.005  # the same signal again this soon: one delivery seen twice
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,7 @@ def driver_main(
     os.setpgrp()
     # A signal that arrives during set-up is kept and acted on once the loop runs.
     early: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, FORWARDED_STOP):
         signal.signal(sig, lambda signum, frame: early.append(signum))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held since our start (drivers.py)
     import uvloop
@@ -200,7 +205,8 @@ class Driver:
         self.records: list[list[Any]] = []
         self.trace: list[list[Any]] = []
         self.out: asyncio.WriteTransport | None = None
-        self.rescue = Rescue(rescue, pipe_bytes(conn.fileno()))
+        content_secrets = run_secret_values(cfg) if self.include_content else None
+        self.rescue = Rescue(rescue, pipe_bytes(conn.fileno()), content_secrets)
         self.t0 = 0.0
         # Request ids are unique across drivers: driver d of N numbers its requests d, d + N, ...
         self.next_request_id = self.driver_id
@@ -221,7 +227,9 @@ class Driver:
         self.draining = False  # dispatch is over; the in-flight requests are awaited
         self.timed_out = False  # benchmark_timeout has passed
         self.signals = 0
-        self.last_signal: tuple[int, float] | None = None  # (signal, monotonic time) of the last one
+        # When a stop came that no stop from the other side (outside / the recorder) has matched yet.
+        self.unmatched_stop: dict[bool, float] = {}  # forwarded? -> monotonic time
+        self.last_signal: tuple[int, float] | None = None  # (signal, monotonic time)
         self.dispatcher: asyncio.Task[None] | None = None
         self.failure: str | None = None
 
@@ -249,7 +257,7 @@ class Driver:
             self._send(ipc.FAILED, {"message": f"{type(e).__name__}: {e}"})
             await self._close()
             return
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, FORWARDED_STOP):
             loop.add_signal_handler(sig, self._on_signal, sig)
         # Everything built so far lives for the whole run: keep it out of the collector's scans,
         # and collect young objects less often (a full pass over the heap is a multi-ms stall).
@@ -259,6 +267,7 @@ class Driver:
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
 
+        self.rescue.open()  # before the first request: a crash from here on leaves it to evaluate
         self._send(ipc.READY, {"pid": os.getpid()})
         try:
             start = self.go.recv()  # blocks until every driver is ready (nothing else runs yet)
@@ -307,6 +316,8 @@ class Driver:
                 await asyncio.wait_for(asyncio.shield(self.pipe_closed), PIPE_DRAIN_TIMEOUT_S)
             except TimeoutError:
                 pass
+            if os.getppid() != self.parent_pid:  # the recorder died while the last batches waited
+                self.rescue.begin()
         self.rescue.close()
 
     def _natural_stop_reason(self) -> str | None:
@@ -343,13 +354,20 @@ class Driver:
         the timeout, a cap, the last session) is cancelled by the first: it said "Ctrl-C to cancel",
         and a Ctrl-C that did nothing left the user waiting up to request_timeout.
 
-        A SIGTERM and a SIGINT within SAME_STOP_S of each other are one stop: systemd and Slurm
-        signal every process of a job at once, so a driver gets the job's SIGTERM and the SIGINT its
-        recorder forwards (drivers.interrupt_process), and a job stopped once was cancelled."""
+        systemd, Slurm and a shell's job control signal every process of a job at once: a driver
+        then gets the job's SIGTERM (or SIGINT) and the stop its recorder forwards, and a job
+        stopped once was cancelled. So an outside signal and a forwarded one within SAME_STOP_S of
+        each other are one stop, each matched once; two of one kind (a user's two Ctrl-Cs, which
+        the recorder forwards, or `kill -TERM` twice) are two."""
         now = time.monotonic()
         last, self.last_signal = self.last_signal, (sig, now)
-        if last is not None and last[0] != sig and now - last[1] < SAME_STOP_S:
-            return
+        if last is not None and last[0] == sig and now - last[1] < REPEAT_S:
+            return  # one delivery handled twice (seen now and then under uvloop), not a second stop
+        forwarded = sig == FORWARDED_STOP
+        other = self.unmatched_stop.pop(not forwarded, None)
+        if other is not None and now - other < SAME_STOP_S:
+            return  # the same stop, seen from both sides
+        self.unmatched_stop[forwarded] = now
         self.signals += 1
         self._stop_dispatch(RUN_INTERRUPTED)
         if self.signals >= 2 or self.draining:

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 import orjson
 from veeksha.runner import ipc
+from veeksha.shared.redact import scrub_content
 
 KEEP_S = 2.0  # a recorder that read a batch writes it within one round (recorder.RECEIVE_ROUND_S)
 DEFAULT_PIPE_BYTES = 1 << 20
@@ -30,23 +31,32 @@ DEFAULT_PIPE_BYTES = 1 << 20
 class Rescue:
     """The frames a driver sent lately; `begin` writes them, and later ones, to `path`."""
 
-    def __init__(self, path: str | None, pipe_bytes: int) -> None:
+    def __init__(self, path: str | None, pipe_bytes: int, secrets: list[str] | None = None) -> None:
         self.path = path  # None: not on the recorder's host (Ray), nothing is kept
         # What may be in flight beyond the driver's buffer: a full pipe, and as much in the
         # recorder's hands (a round takes all that waits).
         self.keep_bytes = 2 * pipe_bytes
+        self.secrets = secrets  # scrubbed from trace content, as the recorder does (None: no content)
         self.start: bytes | None = None  # the START frame: the driver's t0, which recovery needs
         self.recent: deque[tuple[float, bytes]] = deque()
         self.recent_bytes = 0
         self.file: BinaryIO | None = None
+        self.active = False  # the recorder is gone: frames go to the file
 
-    @property
-    def active(self) -> bool:
-        return self.file is not None
+    def open(self) -> None:
+        """Made and locked at the driver's start, before it sends a request, and held until it ends:
+        `evaluate` of a crashed run finds every driver's file, and waits while one still writes."""
+        if self.path is None:
+            return
+        try:
+            self.file = open(self.path, "ab", buffering=0)  # open until the driver ends
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX)
+        except OSError:  # the run directory is gone: there is nowhere to rescue to
+            self.close()
 
     def kept(self, kind: str, frame: bytes, buffered: int, now: float) -> None:
         """`frame` was handed to the pipe at `now`, with `buffered` bytes not yet in it."""
-        if self.path is None:
+        if self.file is None:
             return
         if kind == ipc.START:
             self.start = frame
@@ -60,33 +70,43 @@ class Rescue:
 
     def begin(self) -> None:
         """The recorder is gone: write what was kept, and keep writing there (`write`)."""
-        if self.path is None or self.file is not None:
+        if self.file is None or self.active:
             return
-        try:
-            self.file = open(self.path, "ab", buffering=0)  # open until the driver ends
-            # Held until this process ends: `evaluate` must not take the file while it still grows.
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX)
-        except OSError:  # the run directory is gone too: there is nowhere to rescue to
-            self.close()
-            self.path = None
-            return
+        self.active = True
         kept = [self.start] if self.start is not None else []
-        self.write(b"".join([*kept, *(frame for _, frame in self.recent)]))
+        for frame in [*kept, *(frame for _, frame in self.recent)]:
+            self.write(frame)
         self.recent.clear()
 
-    def write(self, data: bytes) -> None:
+    def write(self, frame: bytes) -> None:
         if self.file is None:
             return
+        if self.secrets:
+            frame = _scrubbed(frame, self.secrets)
         try:
-            self.file.write(data)
+            view = memoryview(frame)
+            while view:  # a short write (a nearly full disk) must not leave a cut frame mid-file
+                view = view[self.file.write(view) or 0 :]
         except OSError:  # a full disk: what is written so far is what evaluate gets
             self.close()
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            self.file.close()  # (and its lock)
             self.file = None
-            self.path = None
+        self.active = False
+
+
+def _scrubbed(frame: bytes, secrets: list[str]) -> bytes:
+    """A frame whose trace content has `secrets` scrubbed (raw_lines.trace_line does it for the
+    recorder; a rescued frame is merged without the run's secrets, which evaluate does not know)."""
+    kind, payload = orjson.loads(frame[4:])
+    if kind != ipc.BATCH or not any(line[-1] is not None for line in payload["trace"]):
+        return frame
+    for line in payload["trace"]:
+        if line[-1] is not None:  # RAW_TRACE_FIELDS ends with the content
+            line[-1] = scrub_content(line[-1], secrets)
+    return ipc.frame(orjson.dumps([kind, payload]))
 
 
 def pipe_bytes(fd: int) -> int:
