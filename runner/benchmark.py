@@ -343,7 +343,10 @@ def _stop_handlers(recorder: Recorder) -> dict[int, Callable[[int, Any], None]]:
         if hang_up():
             recorder.on_signal(signum, frame)
 
-    handlers = {signal.SIGINT: recorder.on_signal, signal.SIGTERM: recorder.on_signal}
+    handlers: dict[int, Callable[[int, Any], None]] = {
+        signal.SIGINT: recorder.on_signal,
+        signal.SIGTERM: recorder.on_signal,
+    }
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, a hangup stays ignored
         handlers[signal.SIGHUP] = on_hangup
     return handlers
