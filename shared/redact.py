@@ -136,9 +136,10 @@ _HOST_AND_PORT = re.compile(r"(?:[\w.~%-]*|\[[0-9A-Fa-f:.]*\])(?::\d*)?")
 def _split_user_info(text: str) -> tuple[str, str | None, str]:
     """A URL as (`scheme://`, its user-info or None, the rest from the host on). The user-info runs
     to the last `@` that a host follows: a password may hold `/`, `?`, `#` or `@`, which a URL parser
-    takes for the end of the authority, and an error message shows the URL as written. An `@` in a
-    path (`models/claude@2024:predict`) has no host after it, one in a query value of a well-formed
-    URL (`?email=a@b.com`) is left to the query; elsewhere a path with `@` is over-redacted."""
+    takes for the end of the authority, and an error message shows the URL as written. Such a
+    user-info has its `:` before any `/` (`u:pa/ss@h`); an `@` in a path (`models/gpt@latest/chat`,
+    `models/claude@2024:predict`) is not one, nor is one in a query value of a well-formed URL
+    (`?email=a@b.com`)."""
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = "", text
@@ -147,12 +148,21 @@ def _split_user_info(text: str) -> tuple[str, str | None, str]:
     at = len(rest)
     while (at := rest.rfind("@", 0, at)) >= 0:
         host = re.split(r"[/?#]", rest[at + 1 :], maxsplit=1)[0]
-        if _HOST_AND_PORT.fullmatch(host) and not _in_query_value(rest[:at], authority):
+        if _HOST_AND_PORT.fullmatch(host) and _may_be_user_info(rest[:at], authority):
             return prefix, rest[:at], rest[at + 1 :]
     if "@" in authority:  # a malformed host (`ho st`): the authority as a parser reads it
         user_info, _, host = authority.rpartition("@")
         return prefix, user_info, host + rest[len(authority) :]
     return prefix, None, rest
+
+
+def _may_be_user_info(before: str, authority: str) -> bool:
+    """Whether the text before an `@` may be a URL's user-info: `user`, `user:pass`, or a password
+    holding `/` (`u:pa/ss`), but not a host and path (`api.example.com/v1/models/gpt`)."""
+    slash = before.find("/")
+    if slash >= 0 and not 0 <= before.find(":") < slash:
+        return False
+    return not _in_query_value(before, authority)
 
 
 def _in_query_value(before: str, authority: str) -> bool:

@@ -392,6 +392,10 @@ def test_an_at_sign_in_a_url_path_keeps_the_host_readable() -> None:
 
     url = "https://h.example/v1/models/claude@20240620:rawPredict"  # no user-info
     assert redact_url(url) == url and url_for_message(url) == url and secret_values(url) == []
+    url = (
+        "https://api.example.com/v1/models/gpt@latest/chat"  # a host follows the `@`, but a path leads to it
+    )
+    assert redact_url(url) == url and url_for_message(url) == url and secret_values(url) == []
     url = "https://h.example/v1?user=a@b.com"  # an address in a query value: no user-info either
     assert redact_url(url) == url and url_for_message(url) == f"https://h.example/v1?{REDACTED}"
     assert secret_values(url) == []
