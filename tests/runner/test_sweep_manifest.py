@@ -233,7 +233,7 @@ def test_evaluating_the_killed_member_marks_its_sweep_crashed(sweep_copy: Path) 
     killed = member_dirs(sweep_copy)[1]
     proc = run_cli(["evaluate", str(killed)], cwd=sweep_copy.parent)
 
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # a crashed run, as evaluate says of any
     assert f"sweep {sweep_copy} was left running by a process that died: marked crashed" in proc.stdout
     assert_finished_as_crashed(sweep_copy)
 
@@ -243,7 +243,7 @@ def test_evaluating_the_sweep_directory_finishes_its_killed_member_and_marks_it_
 ) -> None:
     proc = run_cli(["evaluate", str(sweep_copy)], cwd=sweep_copy.parent)
 
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # its killed member crashed
     killed = member_dirs(sweep_copy)[1]
     assert f"{killed} was left running by a process that died: marked crashed" in proc.stdout
     assert "1 combination(s) never ran" in proc.stdout

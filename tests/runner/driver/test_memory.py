@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import uvloop
 from veeksha.runner import ipc
-from veeksha.runner.driver.dispatcher import Driver, Placement
+from veeksha.runner.driver.dispatcher import FORWARDED_STOP, Driver, Placement
 from veeksha.runner.server_launcher import ServerHandle, start_server
 from veeksha.shared.config_loader import build_benchmark_config
 
@@ -90,7 +90,7 @@ def run_driver(api_base: str, client: dict[str, Any], turns: int) -> Driver:
 def saved_garbage() -> Iterator[list[Any]]:
     """gc.garbage while DEBUG_SAVEALL is on; the collector settings the Driver changes are restored."""
     thresholds = gc.get_threshold()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, FORWARDED_STOP)}
     # The test process's own garbage is not the driver's: collect until nothing is left (a finalizer
     # run by one collection, e.g. a transport earlier tests dropped, can free more for the next).
     for _ in range(5):
