@@ -99,13 +99,20 @@ def test_first_chunks_are_written_at_their_exact_due_time() -> None:
 
             await asyncio.gather(*(one(0.0013 * k) for k in range(60)))
 
-    with sim_server(precise=PreciseTiming(ttft=0.02, itl=0.003), model="sim-model") as handle:
-        asyncio.run(streams(handle.api_base))
-        stats = httpx.get(f"{root(handle)}/sim/stats", timeout=10).json()
-    assert stats["first_chunks"] == 60
-    # Measured here: 0.03-0.07 ms idle or beside four CPU burners, 0.27 ms once in CI's full suite
-    # (four workers on two cores); 0.51-0.70 ms with the loop's timer alone (the bug).
-    assert stats["first_lateness_p50_ms"] < 0.4, stats
+    def median_lateness_ms() -> float:
+        with sim_server(precise=PreciseTiming(ttft=0.02, itl=0.003), model="sim-model") as handle:
+            asyncio.run(streams(handle.api_base))
+            stats = httpx.get(f"{root(handle)}/sim/stats", timeout=10).json()
+        assert stats["first_chunks"] == 60
+        return float(stats["first_lateness_p50_ms"])
+
+    # Measured here: 0.03-0.07 ms idle or beside four CPU burners, 0.27 ms once and 0.8 ms once in
+    # CI's full suite (four workers on two cores); 0.51-0.70 ms every time with the loop's timer
+    # alone (the bug). So the best of up to three tries: a loaded moment passes the second.
+    tries = []
+    while len(tries) < 3 and (not tries or min(tries) >= 0.4):
+        tries.append(median_lateness_ms())
+    assert min(tries) < 0.4, tries
 
 
 @pytest.mark.timeout(10)
