@@ -524,9 +524,10 @@ def test_a_recorder_killed_while_batches_wait_for_it_loses_no_request(
 
     assert proc.returncode in (0, 1), proc.stderr
     records = read_jsonl(paths.request_records)
-    assert len(records) == received
-    assert len({r["request_id"] for r in records}) == received
-    assert sorted(r["request_id"] for r in records) == dispatched_ids(paths)
+    # Every request the server read has a record (and more: under load a server may not have read a
+    # request the driver wrote before it cancelled it); without the rescue, 50 records for 154.
+    assert len(records) >= received
+    assert sorted(r["request_id"] for r in records) == dispatched_ids(paths)  # one each
     assert not paths.driver_rescues()  # merged, then removed
     statuses = {r["status"] for r in records}
     assert "success" in statuses  # what completed before the freeze kept its real outcome
@@ -546,7 +547,7 @@ def test_a_run_with_the_trace_off_still_has_every_request_recorded_after_a_crash
 
     assert proc.returncode in (0, 1), proc.stderr
     records = read_jsonl(paths.request_records)
-    assert len({r["request_id"] for r in records}) == len(records) == received
+    assert len({r["request_id"] for r in records}) == len(records) >= received
     assert not paths.dispatch_trace.exists() and not paths.unlisted_trace.exists()
 
 
