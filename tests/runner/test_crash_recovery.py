@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import orjson
@@ -27,7 +27,7 @@ from veeksha.shared.errors import UsageError
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import REQUEST_RECORD_FIELDS
 
-from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir, read_jsonl, run_cli
+from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir, read_jsonl, run_cli, serving
 from tests.uploader.conftest import make_home, upload
 
 # ~2.5 s per request (250 tokens x 10 ms): a kill always finds requests in flight.
@@ -464,15 +464,8 @@ class CountingStreamHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def counting_server() -> Iterator[str]:
     CountingStreamHandler.received = 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), CountingStreamHandler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(CountingStreamHandler) as base:
+        yield base
 
 
 def received_when_settled() -> int:

@@ -10,9 +10,8 @@ import socket
 import sys
 import tempfile
 import textwrap
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from veeksha.runner.server_launcher import start_server
 from veeksha.shared.config import CommandServerConfig
 from veeksha.shared.errors import ConfigError, VeekshaError
 
-from tests.runner.helpers import all_text_under, only_run_dir, read_jsonl, run_cli
+from tests.runner.helpers import all_text_under, only_run_dir, read_jsonl, run_cli, serving
 
 CMD_SECRET = "sk-cmd-secret-1234"
 ENV_SECRET = "hf-env-secret-5678"
@@ -321,15 +320,8 @@ class HeaderEchoHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def header_echo_base() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), HeaderEchoHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(HeaderEchoHandler) as base:
+        yield base
 
 
 def test_a_reply_echoing_the_key_leaves_it_out_of_the_traced_history(
