@@ -46,6 +46,19 @@ def frame(payload: bytes) -> bytes:
     return struct.pack("!i", len(payload)) + payload
 
 
+def unframe(data: bytes) -> list[bytes]:
+    """The payloads of back-to-back frames (`frame`), up to one cut short (a crash mid-write)."""
+    payloads = []
+    at = 0
+    while at + 4 <= len(data):
+        (size,) = struct.unpack_from("!i", data, at)
+        if size < 0 or at + 4 + size > len(data):
+            break
+        payloads.append(data[at + 4 : at + 4 + size])
+        at += 4 + size
+    return payloads
+
+
 def make_trace_line(
     *,
     request_id: int,

@@ -131,16 +131,10 @@ def read_frames(path: os.PathLike[str] | str) -> list[tuple[str, Any]]:
             raise StillWriting(str(path)) from None
         data = f.read()
     messages: list[tuple[str, Any]] = []
-    at = 0
-    while at + 4 <= len(data):
-        size = int.from_bytes(data[at : at + 4], "big", signed=True)
-        body = data[at + 4 : at + 4 + size]
-        if size < 0 or len(body) < size:
-            break
+    for payload in ipc.unframe(data):
         try:
-            kind, payload = orjson.loads(body)
+            kind, body = orjson.loads(payload)
         except (orjson.JSONDecodeError, ValueError, TypeError):
             break
-        messages.append((kind, payload))
-        at += 4 + size
+        messages.append((kind, body))
     return messages
