@@ -26,6 +26,7 @@ from veeksha.shared.redact import scrub_content
 
 KEEP_S = 2.0  # a recorder that read a batch writes it within one round (recorder.RECEIVE_ROUND_S)
 DEFAULT_PIPE_BYTES = 1 << 20
+CONTENT = ipc.RAW_TRACE_FIELDS.index("content")  # where a raw trace line holds it
 
 
 class Rescue:
@@ -101,11 +102,11 @@ def _scrubbed(frame: bytes, secrets: list[str]) -> bytes:
     """A frame whose trace content has `secrets` scrubbed (raw_lines.trace_line does it for the
     recorder; a rescued frame is merged without the run's secrets, which evaluate does not know)."""
     kind, payload = orjson.loads(frame[4:])
-    if kind != ipc.BATCH or not any(line[-1] is not None for line in payload["trace"]):
+    if kind != ipc.BATCH or not any(line[CONTENT] is not None for line in payload["trace"]):
         return frame
     for line in payload["trace"]:
-        if line[-1] is not None:  # RAW_TRACE_FIELDS ends with the content
-            line[-1] = scrub_content(line[-1], secrets)
+        if line[CONTENT] is not None:
+            line[CONTENT] = scrub_content(line[CONTENT], secrets)
     return ipc.frame(orjson.dumps([kind, payload]))
 
 
