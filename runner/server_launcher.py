@@ -323,14 +323,14 @@ def _start_command(
     # What the server may print: its config's secrets, the client's, and those of the environment it
     # inherits (WANDB_API_KEY, HF_TOKEN: variables named like secrets, credentials in URLs).
     secrets = scrub_list([*secret_values(to_dict(cfg)), *environment_secrets(env), *extra_secrets])
+    # What the user may read: the command with the values of secret flags hidden.
+    what = f"server command {' '.join(str(a) for a in redact(list(cfg.command)))!r}"
     try:
         handle = _spawn(list(cfg.command), env, log_path, api_base=api_base, secrets=secrets)
     except OSError as exc:
         program = _shown_program(str(cfg.command[0]))
         raise VeekshaError(f"cannot start server command {program!r}: {exc.strerror}") from None
     deadline = time.monotonic() + float(cfg.ready_timeout)
-    # What the user may read: the command with the values of secret flags hidden.
-    what = f"server command {' '.join(str(a) for a in redact(list(cfg.command)))!r}"
 
     def wait() -> None:
         pause = 0.05  # quick servers are noticed quickly; slow ones (model loading) twice a second
@@ -392,16 +392,22 @@ def _spawn(
             log_path.unlink(missing_ok=True)
         raise
     reader = None
-    if owns_log:
-        reader = open(log_path, "rb")  # closed by ServerHandle.stop()
-        log_path.unlink()
-    watchdog = subprocess.Popen(
-        [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(process.pid), str(STOP_GRACE_S)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # a Ctrl-C or group kill aimed at us must not take the guard along
-    )
+    try:
+        if owns_log:
+            reader = open(log_path, "rb")  # closed by ServerHandle.stop()
+            log_path.unlink()
+        watchdog = subprocess.Popen(
+            [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(process.pid), str(STOP_GRACE_S)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C or group kill aimed at us must not take the guard along
+        )
+    except BaseException:  # a Ctrl-C before the watchdog runs: nothing else would stop the server
+        _terminate_group(process, STOP_GRACE_S)
+        if reader is not None:
+            reader.close()
+        raise
     return ServerHandle(
         process, api_base, log_path, watchdog, owns_log, secrets=secrets or [], _log_reader=reader
     )

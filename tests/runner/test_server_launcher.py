@@ -200,6 +200,41 @@ def test_ctrl_c_while_waiting_for_readiness_stops_the_server(tmp_path: Path) -> 
             pipe.close()
 
 
+@pytest.mark.parametrize("interrupted_call", [2, 3])
+def test_ctrl_c_between_spawning_the_server_and_waiting_for_it_stops_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted_call: int
+) -> None:
+    # The Ctrl-C is simulated by the launcher's own next Popen raising KeyboardInterrupt (call 2: the
+    # watchdog starting; call 3: nothing of ours, so the readiness wait's first step): a real signal
+    # lands in this window only now and then (a CI run found the server alive).
+    import veeksha.runner.server_launcher as launcher
+
+    pid_file = tmp_path / "pid"
+    server = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    real_popen = subprocess.Popen
+    calls = 0
+
+    def popen(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == interrupted_call:
+            deadline = time.monotonic() + 10
+            while not pid_file.exists() or not pid_file.read_text():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            raise KeyboardInterrupt
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", popen)
+    monkeypatch.setattr(launcher.httpx.Client, "get", lambda *a, **k: popen())
+    cfg = CommandServerConfig(
+        command=[sys.executable, "-c", server], ready_url=f"http://127.0.0.1:{free_port()}/health"
+    )
+    with pytest.raises(KeyboardInterrupt):
+        start_server(cfg)
+    assert wait_gone(int(pid_file.read_text()), timeout=0.5)
+
+
 def test_unknown_server_type_is_an_error() -> None:
     class Odd:
         type = "teleport"
