@@ -21,6 +21,7 @@ import httpx
 from veeksha.runner.driver.dispatcher import Placement
 from veeksha.runner.driver.http.client import build_headers, endpoint_url, run_secret_values
 from veeksha.runner.driver.http.client import secret_values as client_secret_values
+from veeksha.runner.driver.rescue import CrashFiles
 from veeksha.runner.drivers import DriverLink, LocalDriver, available_cores, check_local_drivers, num_drivers
 from veeksha.runner.progress import Progress, hang_up
 from veeksha.runner.recorder import Recorder, RecordingResult
@@ -388,14 +389,14 @@ def _signal_name(signum: int) -> str:
 
 
 def _driver_links(cfg: BenchmarkConfig, paths: RunPaths) -> list[DriverLink]:
-    """One link per driver: local processes (each with a rescue file, should the recorder die:
-    driver/rescue.py), or Ray actors when runtime.ray_address is set."""
+    """One link per driver: local processes (each with its crash files, should it or the recorder
+    die: driver/rescue.py), or Ray actors when runtime.ray_address is set."""
     if cfg.runtime.ray_address is not None:
         from veeksha.runner.ray_drivers import ray_driver_links
 
         return ray_driver_links(cfg)
     n = num_drivers(cfg, available_cores())
-    return [LocalDriver(cfg, Placement(i, n), paths.driver_rescue(i)) for i in range(n)]
+    return [LocalDriver(cfg, Placement(i, n), CrashFiles.of(paths, i)) for i in range(n)]
 
 
 def _server_metrics(cfg: BenchmarkConfig, paths: RunPaths, recorder: Recorder) -> Scraper | None:

@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Protocol
 
 from veeksha.runner.driver.dispatcher import FORWARDED_STOP, Placement, driver_main
+from veeksha.runner.driver.rescue import CrashFiles
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.model import SessionGenerator
 from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, arrival_rate_of
@@ -89,7 +89,9 @@ class LocalDriver:
     where = "local"
     shares_clock = True
 
-    def __init__(self, cfg: BenchmarkConfig, placement: Placement, rescue: Path | None = None) -> None:
+    def __init__(
+        self, cfg: BenchmarkConfig, placement: Placement, crash_files: CrashFiles | None = None
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.driver_id = placement.driver_id
         self.conn, sender = message_pipe(ctx)
@@ -97,7 +99,7 @@ class LocalDriver:
         self._child_ends = (sender, go_receiver)
         self.proc = ctx.Process(
             target=driver_main,
-            args=(cfg, sender, go_receiver, placement, None if rescue is None else str(rescue)),
+            args=(cfg, sender, go_receiver, placement, crash_files),
             name=f"veeksha-driver-{placement.driver_id}",
             daemon=True,
         )

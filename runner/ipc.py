@@ -32,6 +32,8 @@ RAW_TIME_FIELDS: Final = REQUEST_TIME_FIELDS
 # Trace lines: DISPATCH_TRACE_FIELDS, then "content" (None unless include_content).
 RAW_TRACE_FIELDS: Final = (*DISPATCH_TRACE_FIELDS, "content")
 RAW_TRACE_TIME_FIELDS: Final = ("scheduled_at", "ready_at", "dispatched_at")
+TRACE_REQUEST_ID: Final = RAW_TRACE_FIELDS.index("request_id")  # where a raw trace line holds them
+TRACE_CONTENT: Final = RAW_TRACE_FIELDS.index("content")
 
 
 # GO (recorder → driver, a pickled dict on the go pipe): the common start. "t0" is the start on this

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 from veeksha.runner import ipc
+from veeksha.runner.driver.dispatch_ring import read_ring
 from veeksha.runner.driver.rescue import StillWriting, read_frames
 from veeksha.runner.evaluation.frame import json_object
 from veeksha.runner.evaluation.request_metrics import finalize_record
@@ -94,9 +95,10 @@ def trace_of(paths: RunPaths) -> Path:
 
 def merge_rescued(paths: RunPaths, count_tokens: Callable[[str], int]) -> int:
     """Append what drivers kept for a recorder that died (driver/rescue.py) and it never wrote:
-    trace lines to the trace, records to the request log, as the recorder would have written them.
-    Returns how many records were added. Lines already there are not added again, so a recovery cut
-    short can simply be run again."""
+    trace lines to the trace, records to the request log, as the recorder would have written them;
+    then the dispatches a driver killed mid-tick never shipped (driver/dispatch_ring.py), to the
+    trace. Returns how many records were added. Lines already there are not added again, so a
+    recovery cut short can simply be run again."""
     trace_path = trace_of(paths)
     traced = {line.get("request_id") for line in _json_lines(trace_path)}
     recorded = {rec.get("request_id") for rec in _json_lines(paths.request_records)}
@@ -125,14 +127,27 @@ def merge_rescued(paths: RunPaths, count_tokens: Callable[[str], int]) -> int:
                 if record["request_id"] not in recorded:
                     recorded.add(record["request_id"])
                     new_records.append(record)
+    new_lines += unshipped_dispatches(paths, traced)
     append_records(trace_path, new_lines)  # the trace first, as the recorder writes them
     append_records(paths.request_records, new_records)
     return len(new_records)
 
 
+def unshipped_dispatches(paths: RunPaths, traced: set[Any]) -> list[dict[str, Any]]:
+    """Trace lines of what drivers dispatched and never shipped (killed mid-tick: their ring files,
+    driver/dispatch_ring.py), but for those in `traced`."""
+    lines = []
+    for ring in paths.all_driver_dispatches():
+        t0, raw_lines = read_ring(ring)
+        if t0 is None:  # it died before its start: it sent nothing
+            continue
+        lines += [line for raw in raw_lines if (line := trace_line(raw, t0, []))["request_id"] not in traced]
+    return lines
+
+
 def discard_rescued(paths: RunPaths) -> None:
     """Once every dispatched request has its record: the files only a recovery needed."""
-    for path in (*paths.driver_rescues(), paths.unlisted_trace):
+    for path in (*paths.driver_rescues(), *paths.all_driver_dispatches(), paths.unlisted_trace):
         path.unlink(missing_ok=True)
 
 

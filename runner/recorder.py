@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import orjson
 from veeksha.runner import ipc
 from veeksha.runner.background import to_background
+from veeksha.runner.driver.dispatch_ring import read_ring
 from veeksha.runner.drivers import DriverLink
 from veeksha.runner.evaluation.timeseries import TimeseriesWriter
 from veeksha.runner.lost_records import lost_record
@@ -85,6 +86,7 @@ class _Driver:
     link: DriverLink
     ready: bool = False
     t0: float | None = None  # the common start on the driver's own perf_counter
+    last_traced: int = -1  # the request id of its latest trace line (a driver's ids only grow)
     end: _End | None = None
     progress: dict[str, Any] = field(default_factory=dict)
 
@@ -172,7 +174,11 @@ class Recorder:
             end = failed_start or self._run_end()
             self._record_lost(records, None, end.error or "the run ended")
         # Every dispatched request has its record now: nothing is left for `evaluate` to recover.
-        for path in (self.paths.unlisted_trace, *self.paths.driver_rescues()):
+        for path in (
+            self.paths.unlisted_trace,
+            *self.paths.driver_rescues(),
+            *self.paths.all_driver_dispatches(),
+        ):
             path.unlink(missing_ok=True)
         error = end.error
         if self.num_lost:
@@ -270,8 +276,8 @@ class Recorder:
             self._announce_drain()
             for d in running:
                 if d.end is None and not d.link.alive() and not d.link.conn.poll(0):
-                    self._lost_driver(d, records)
-            self._kill_stuck(records)
+                    self._lost_driver(d, records, trace)
+            self._kill_stuck(records, trace)
             # Once a second whether or not a message came.
             now = time.monotonic()
             if now - last_second >= 1.0:
@@ -285,7 +291,7 @@ class Recorder:
         while True:
             message = self._next_message(d)
             if message is None:
-                self._lost_driver(d, records)
+                self._lost_driver(d, records, trace)
                 return
             self._receive(d, *message, records, trace)
             if d.end is not None or not d.link.conn.poll(0):
@@ -314,16 +320,17 @@ class Recorder:
             d.end = _End(RUN_FAILED, payload["message"])
             self._stop_others()
 
-    def _lost_driver(self, d: _Driver, records: BinaryIO) -> None:
+    def _lost_driver(self, d: _Driver, records: BinaryIO, trace: BinaryIO) -> None:
         """Driver `d` is gone without saying DONE: its in-flight requests are recorded as lost, and
         the others stop (the run no longer offers the load it was asked for)."""
         d.link.stop(1.0)  # it may still be exiting: wait briefly so its exit code is known
         error = self._exit_error(d)
         d.end = _End(RUN_FAILED, error)
+        self._trace_unshipped(d, trace)
         self._record_lost(records, d.link.driver_id, error)
         self._stop_others()
 
-    def _kill_stuck(self, records: BinaryIO) -> None:
+    def _kill_stuck(self, records: BinaryIO, trace: BinaryIO) -> None:
         """Kill the drivers that did not end CANCEL_WAIT_S after the second signal (or at a third)."""
         if self.cancelled_at is None:
             return
@@ -334,7 +341,22 @@ class Recorder:
                 d.link.stop(0.0)
                 error = f"{self._who(d)} did not stop after Ctrl-C; killed"
                 d.end = _End(RUN_INTERRUPTED, error)
+                self._trace_unshipped(d, trace)
                 self._record_lost(records, d.link.driver_id, error)
+
+    def _trace_unshipped(self, d: _Driver, trace: BinaryIO) -> None:
+        """Driver `d` died: the dispatches it never shipped (its last tick, its write buffer) are
+        in its ring file (driver/dispatch_ring.py); trace them, so that they get records too."""
+        if d.t0 is None:  # it died before its start: it sent nothing
+            return
+        _, raw_lines = read_ring(self.paths.driver_dispatches(d.link.driver_id))
+        lines = [trace_line(raw, d.t0, []) for raw in raw_lines if raw[ipc.TRACE_REQUEST_ID] > d.last_traced]
+        for line in lines:
+            self.in_flight[line["request_id"]] = line
+            self.timeseries.add_dispatch(line["dispatched_at"])
+        if lines:
+            _append(trace, b"".join(orjson.dumps(line) + b"\n" for line in lines))
+            d.last_traced = lines[-1]["request_id"]
 
     def _who(self, d: _Driver) -> str:
         """How messages name driver `d`."""
@@ -432,6 +454,7 @@ class Recorder:
                 self.timeseries.add_dispatch(line["dispatched_at"])
                 lines.append(orjson.dumps(line))
             _append(trace, b"\n".join(lines) + b"\n")
+            d.last_traced = payload["trace"][-1][ipc.TRACE_REQUEST_ID]
         if payload["records"]:
             lines = []
             for raw in payload["records"]:

@@ -36,6 +36,7 @@ DISPATCH_TRACE = "dispatch_trace.jsonl"
 # every dispatched request a record after a crash (runner/lost_records.py).
 UNLISTED_TRACE = ".veeksha-dispatch-trace.jsonl"  # the dispatch trace of a run with the trace off
 DRIVER_RESCUE = ".veeksha-driver-{}.rescue"  # what a driver had sent a recorder that died
+DRIVER_DISPATCHES = ".veeksha-driver-{}.dispatches"  # a driver's latest dispatches, for its SIGKILL
 EVALUATE_LOCK = ".veeksha-evaluate.lock"  # held by `veeksha-run evaluate` while it rewrites the run
 
 # Metrics that get a `<metric>.csv` (101 quantiles) and a `<metric>.png` distribution plot: derived
@@ -144,6 +145,12 @@ class RunPaths:
 
     def driver_rescues(self) -> list[Path]:
         return sorted(self.root.glob(DRIVER_RESCUE.format("*")))
+
+    def driver_dispatches(self, driver_id: int) -> Path:
+        return self.root / DRIVER_DISPATCHES.format(driver_id)
+
+    def all_driver_dispatches(self) -> list[Path]:
+        return sorted(self.root.glob(DRIVER_DISPATCHES.format("*")))
 
     @property
     def wandb_run_json(self) -> Path:

@@ -27,10 +27,11 @@ from typing import Any
 
 import orjson
 from veeksha.runner import ipc
+from veeksha.runner.driver.dispatch_ring import DispatchRing
 from veeksha.runner.driver.http.client import LLMClient, Prepared, make_client, run_secret_values
 from veeksha.runner.driver.http.outcome import Outcome
 from veeksha.runner.driver.placement import PlacedSessions
-from veeksha.runner.driver.rescue import Rescue, pipe_bytes
+from veeksha.runner.driver.rescue import CrashFiles, Rescue, pipe_bytes
 from veeksha.runner.driver.traffic import (
     PreciseTimer,
     interval_sampler,
@@ -101,11 +102,15 @@ class Placement:
 
 
 def driver_main(
-    cfg: BenchmarkConfig, conn: Connection, go: Connection, placement: Placement, rescue: str | None = None
+    cfg: BenchmarkConfig,
+    conn: Connection,
+    go: Connection,
+    placement: Placement,
+    crash_files: CrashFiles | None = None,
 ) -> None:
     """Entry point of a spawned driver process: `conn` carries its messages to the recorder, `go`
-    the recorder's common start (runner.ipc); `rescue` is where what the recorder may not have
-    written goes if it dies (driver/rescue.py)."""
+    the recorder's common start (runner.ipc); `crash_files`, where what a crash of the recorder or
+    of this process would lose goes (driver/rescue.py)."""
     # Own process group: a terminal Ctrl-C reaches only the recorder, which forwards it once.
     os.setpgrp()
     # A signal that arrives during set-up is kept and acted on once the loop runs.
@@ -115,7 +120,7 @@ def driver_main(
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held since our start (drivers.py)
     import uvloop
 
-    uvloop.run(Driver(cfg, conn, go, placement, rescue).run(early))
+    uvloop.run(Driver(cfg, conn, go, placement, crash_files).run(early))
 
 
 class _PipeProtocol(asyncio.Protocol):
@@ -181,7 +186,7 @@ class Driver:
         conn: Connection,
         go: Connection,
         placement: Placement,
-        rescue: str | None = None,
+        crash_files: CrashFiles | None = None,
     ) -> None:
         self.cfg = cfg
         self.conn = conn
@@ -206,7 +211,9 @@ class Driver:
         self.trace: list[list[Any]] = []
         self.out: asyncio.WriteTransport | None = None
         content_secrets = run_secret_values(cfg) if self.include_content else None
+        rescue = None if crash_files is None else crash_files.rescue
         self.rescue = Rescue(rescue, pipe_bytes(conn.fileno()), content_secrets)
+        self.ring = DispatchRing(None if crash_files is None else crash_files.dispatches)
         self.t0 = 0.0
         # Request ids are unique across drivers: driver d of N numbers its requests d, d + N, ...
         self.next_request_id = self.driver_id
@@ -268,6 +275,7 @@ class Driver:
         gc.set_threshold(50_000, 20, 100)
 
         self.rescue.open()  # before the first request: a crash from here on leaves it to evaluate
+        self.ring.open()
         self._send(ipc.READY, {"pid": os.getpid()})
         try:
             start = self.go.recv()  # blocks until every driver is ready (nothing else runs yet)
@@ -277,6 +285,7 @@ class Driver:
         self.go.close()
         cpu0 = time.process_time()  # CPU spent on the run itself, set-up excluded
         self.t0 = _local_t0(start)
+        self.ring.start(self.t0)
         self._send(ipc.START, {"t0": self.t0, "pid": os.getpid()})
         ticker = asyncio.create_task(self._tick())
         self.dispatcher = asyncio.create_task(self._dispatch())
@@ -319,6 +328,7 @@ class Driver:
             if os.getppid() != self.parent_pid:  # the recorder died while the last batches waited
                 self.rescue.begin()
         self.rescue.close()
+        self.ring.close()
 
     def _natural_stop_reason(self) -> str | None:
         if self.stop_status not in (None, RUN_COMPLETED):
@@ -765,23 +775,23 @@ class Driver:
             self._stop_dispatch(RUN_COMPLETED, STOP_MAX_REQUESTS)
         self.in_flight += 1
         node.dispatched_at = now
-        self.trace.append(
-            ipc.make_trace_line(
-                request_id=request_id,
-                session_id=turn.session.session_id,
-                node_id=spec.node_id,
-                driver_id=self.driver_id,
-                session_size=len(nodes),
-                scheduled_at=turn.scheduled_at,
-                ready_at=turn.ready_at,
-                dispatched_at=now,
-                parent_nodes=spec.parents,
-                history_parent=spec.history_parent,
-                wait_after_ready=spec.wait_after_ready,
-                is_warmup=turn.is_warmup,
-                content=turn.payload if self.include_content else None,
-            )
+        line = ipc.make_trace_line(
+            request_id=request_id,
+            session_id=turn.session.session_id,
+            node_id=spec.node_id,
+            driver_id=self.driver_id,
+            session_size=len(nodes),
+            scheduled_at=turn.scheduled_at,
+            ready_at=turn.ready_at,
+            dispatched_at=now,
+            parent_nodes=spec.parents,
+            history_parent=spec.history_parent,
+            wait_after_ready=spec.wait_after_ready,
+            is_warmup=turn.is_warmup,
+            content=turn.payload if self.include_content else None,
         )
+        self.trace.append(line)
+        self.ring.add(line)  # in the map at once: a SIGKILL before the next tick's flush loses none
 
     async def _at(self, due: float, fire: Callable[[float], None]) -> None:
         """Run `fire(now)` once `due` has passed: called by the precise timer, or by the first read

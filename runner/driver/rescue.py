@@ -18,15 +18,31 @@ from __future__ import annotations
 import fcntl
 import os
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import orjson
 from veeksha.runner import ipc
+from veeksha.shared.paths import RunPaths
 from veeksha.shared.redact import scrub_content
 
 KEEP_S = 2.0  # a recorder that read a batch writes it within one round (recorder.RECEIVE_ROUND_S)
 DEFAULT_PIPE_BYTES = 1 << 20
-CONTENT = ipc.RAW_TRACE_FIELDS.index("content")  # where a raw trace line holds it
+CONTENT = ipc.TRACE_CONTENT
+
+
+@dataclass(frozen=True)
+class CrashFiles:
+    """Where a local driver leaves what a crash would lose: `rescue`, the frames its dead recorder
+    did not write (this module); `dispatches`, its latest dispatches, for its own SIGKILL
+    (driver/dispatch_ring.py)."""
+
+    rescue: str
+    dispatches: str
+
+    @classmethod
+    def of(cls, paths: RunPaths, driver_id: int) -> CrashFiles:
+        return cls(str(paths.driver_rescue(driver_id)), str(paths.driver_dispatches(driver_id)))
 
 
 class Rescue:

@@ -141,10 +141,12 @@ def test_a_killed_run_is_left_running_until_evaluate_marks_it_crashed(crashed_ru
     proc = run_cli(["evaluate", str(crashed_run.root)], cwd=crashed_run.root)
 
     assert proc.returncode in (0, 1), proc.stderr
-    missing = len(dispatched) - before
-    assert f"marked crashed; {missing} dispatched request(s) without a record" in proc.stdout
     records = read_jsonl(crashed_run.request_records)
-    assert sorted(r["request_id"] for r in records) == dispatched
+    # The trace now also has what the killed driver never shipped (its ring file): a record each.
+    assert set(dispatched) <= set(dispatched_ids(crashed_run))
+    assert sorted(r["request_id"] for r in records) == dispatched_ids(crashed_run)
+    missing = len(records) - before
+    assert f"marked crashed; {missing} dispatched request(s) without a record" in proc.stdout
     info = orjson.loads(crashed_run.run_json.read_bytes())
     assert info["status"] == "crashed" and info["finished_at"]
     assert crashed_run.summary_stats.exists()
@@ -577,3 +579,53 @@ def test_a_second_evaluate_of_the_same_directory_at_once_is_refused(tmp_path: Pa
     assert "is being evaluated by another `veeksha-run evaluate`" in second.stderr
     assert len(read_jsonl(paths.request_records)) == count
     assert run_cli(["evaluate", str(paths.root)], cwd=tmp_path).returncode == 0
+
+
+def test_a_driver_killed_with_unshipped_dispatches_leaves_a_record_for_each(
+    tmp_path: Path, counting_server: str
+) -> None:
+    """A driver ships its trace once per tick, and holds frames while the pipe is full. Killed with
+    SIGKILL (the OOM killer), it took those dispatches along: the server had them, no record did.
+    Here the recorder is frozen for two seconds while the driver sends long prompts (traced with their
+    content: the pipe is full within half a second), then the driver is killed: what it never shipped
+    is read back from its ring file (driver/dispatch_ring.py)."""
+    run = [VEEKSHA_RUN, "--client.api_base", counting_server, "--client.model", "m", "--output_dir", "out"]
+    load = ["--traffic_scheduler.interval_generator.arrival_rate", "100", "--runtime.benchmark_timeout", "30"]
+    long_prompts = [
+        "--session_generator.channels",
+        "[{type: text, body_length_generator: {type: fixed, value: 4000}}]",
+        "--trace_recorder.include_content",
+        "true",
+    ]
+    proc = subprocess.Popen(
+        [*run, *load, *long_prompts],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while CountingStreamHandler.received < 30:
+            assert time.monotonic() < deadline and proc.poll() is None, "the run sent too little"
+            time.sleep(0.1)
+        driver = driver_pid(proc.pid)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(2.0)
+        os.kill(driver, signal.SIGKILL)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=60)
+    received = received_when_settled()
+
+    assert proc.returncode == 1, stderr
+    paths = only_run_dir(tmp_path / "out")
+    records = read_jsonl(paths.request_records)
+    # Without the ring file, about 150 requests the server had (those of the driver's full write
+    # buffer) were in neither file.
+    assert len(records) >= received
+    assert sorted(r["request_id"] for r in records) == dispatched_ids(paths)  # one each
+    assert not paths.all_driver_dispatches()  # read, then removed with the run's other crash files
+    traced = read_jsonl(paths.dispatch_trace)
+    assert all(t["content"] is not None for t in traced[:10])  # shipped lines keep their content

@@ -1,0 +1,145 @@
+"""The ring file of a driver's latest dispatches: read back whole after the writer is gone, never a
+torn entry, the newest entries when it has gone round, and no trace content on disk."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import orjson
+from veeksha.runner import ipc
+from veeksha.runner.driver.dispatch_ring import ENTRY, HEADER, SLOT, SLOTS, DispatchRing, read_ring
+
+
+def line(request_id: int, content: Any = None, parents: tuple[int, ...] = ()) -> list[Any]:
+    """A raw trace line as read back (JSON: the driver's tuples are lists)."""
+    return orjson.loads(
+        orjson.dumps(
+            ipc.make_trace_line(
+                request_id=request_id,
+                session_id=request_id // 2,
+                node_id=request_id % 2,
+                driver_id=0,
+                session_size=2,
+                scheduled_at=100.0 + request_id,
+                ready_at=100.0 + request_id,
+                dispatched_at=100.001 + request_id,
+                parent_nodes=parents,
+                history_parent=None,
+                wait_after_ready=0.0,
+                is_warmup=False,
+                content=content,
+            )
+        )
+    )
+
+
+def written(path: Path, lines: list[list[Any]], t0: float | None = 99.0) -> DispatchRing:
+    ring = DispatchRing(str(path))
+    ring.open()
+    if t0 is not None:
+        ring.start(t0)
+    for one in lines:
+        ring.add(one)
+    return ring
+
+
+def test_lines_come_back_in_request_order_with_the_drivers_start(tmp_path: Path) -> None:
+    written(tmp_path / "ring", [line(3), line(1), line(2)]).close()
+
+    t0, lines = read_ring(tmp_path / "ring")
+
+    assert t0 == 99.0
+    assert lines == [line(1), line(2), line(3)]
+
+
+def test_a_ring_survives_its_writer_being_killed(tmp_path: Path) -> None:
+    """The point of the file: the kernel keeps a shared map's pages when the process dies."""
+    path = tmp_path / "ring"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from veeksha.runner import ipc
+        from veeksha.runner.driver.dispatch_ring import DispatchRing
+        ring = DispatchRing({str(path)!r})
+        ring.open()
+        ring.start(5.0)
+        for i in range(100):
+            ring.add(ipc.make_trace_line(request_id=i, session_id=i, node_id=0, driver_id=0,
+                session_size=1, scheduled_at=6.0, ready_at=6.0, dispatched_at=6.0 + i, parent_nodes=(),
+                history_parent=None, wait_after_ready=0.0, is_warmup=False, content=None))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -9, proc.stderr
+
+    t0, lines = read_ring(path)
+
+    assert t0 == 5.0
+    assert [one[0] for one in lines] == list(range(100))
+
+
+def test_a_driver_that_never_started_has_nothing_to_add(tmp_path: Path) -> None:
+    written(tmp_path / "ring", [], t0=None).close()
+
+    assert read_ring(tmp_path / "ring") == (None, [])
+    assert read_ring(tmp_path / "missing") == (None, [])
+    (tmp_path / "other").write_bytes(b"not a ring at all" * 10)
+    assert read_ring(tmp_path / "other") == (None, [])
+
+
+def test_an_entry_cut_short_by_a_kill_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "ring"
+    written(path, [line(1), line(2)]).close()
+    with path.open("r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+        at = HEADER + SLOT + ENTRY.size  # the second entry's payload, changed after its crc was taken
+        mm[at : at + 1] = b"{"
+
+    assert read_ring(path)[1] == [line(1)]
+
+
+def test_the_newest_dispatches_are_kept_when_it_goes_round(tmp_path: Path) -> None:
+    total = SLOTS + 500
+    written(tmp_path / "ring", [line(i) for i in range(total)]).close()
+
+    lines = read_ring(tmp_path / "ring")[1]
+
+    ids = [one[0] for one in lines]
+    assert ids[-1] == total - 1
+    assert ids == list(range(total - len(ids), total))  # the latest, none missing among them
+    assert len(ids) >= SLOTS - 1
+
+
+def test_a_line_longer_than_a_slot_takes_several(tmp_path: Path) -> None:
+    many_parents = tuple(range(200))  # a fan-in node: its line is ~900 bytes
+    written(tmp_path / "ring", [line(1), line(2, parents=many_parents), line(3)]).close()
+
+    assert read_ring(tmp_path / "ring")[1] == [line(1), line(2, parents=many_parents), line(3)]
+
+
+def test_trace_content_never_reaches_the_file(tmp_path: Path) -> None:
+    secret_prompt = {"messages": [{"role": "user", "content": "my key is SK-SECRET-1234"}]}
+    written(tmp_path / "ring", [line(1, content=secret_prompt)]).close()
+
+    assert b"SK-SECRET" not in (tmp_path / "ring").read_bytes()
+    assert read_ring(tmp_path / "ring")[1] == [line(1)]
+
+
+def test_a_ring_that_cannot_be_made_is_no_ring(tmp_path: Path) -> None:
+    ring = written(tmp_path / "no-such-dir" / "ring", [line(1)])  # nothing raised: the run goes on
+
+    assert ring.map is None
+    ring.close()
+
+
+def test_the_whole_file_is_allocated_at_the_start(tmp_path: Path) -> None:
+    """A sparse file would meet a full disk as a SIGBUS inside a dispatch."""
+    written(tmp_path / "ring", []).close()
+
+    assert os.stat(tmp_path / "ring").st_blocks * 512 >= HEADER + SLOT * SLOTS
