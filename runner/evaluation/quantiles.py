@@ -71,8 +71,10 @@ def quantiles_inplace(values: np.ndarray, qs: Sequence[float]) -> list[float | N
 
 # ------------------------------------------------------------------ radix select
 #
-# For non-negative doubles the IEEE-754 bit pattern, read as an unsigned integer, orders exactly like
-# the value, so the selection runs on a zero-copy uint64 view.
+# For doubles with a clear sign bit the IEEE-754 bit pattern, read as an unsigned integer, orders
+# exactly like the value, so the selection runs on a zero-copy uint64 view. -0.0 is not < 0 yet has
+# its sign bit set (its pattern is the largest of all), so the test is on the sign bit, not on < 0.
+_SIGN_BIT = 1 << 63
 
 
 def select_ranks(values: np.ndarray, ranks: np.ndarray) -> list[float]:
@@ -81,12 +83,13 @@ def select_ranks(values: np.ndarray, ranks: np.ndarray) -> list[float]:
     Narrows each rank to a bucket of bit patterns sharing their top bits (one histogram pass per
     level); all buckets small enough are gathered in one more pass and sorted. A bucket still too
     big (a huge run of near-equal values) goes one level deeper; at the last level a bucket is a
-    single bit pattern, i.e. one exact value. Arrays with negative values are sorted instead.
+    single bit pattern, i.e. one exact value. Arrays with a sign bit set (a negative value, or -0.0)
+    are sorted instead.
     """
-    if float(values.min()) < 0:
+    keys = values.view(np.uint64)
+    if int(keys.max()) >= _SIGN_BIT:  # one pass, no temporary array
         ordered = np.sort(values)
         return [float(ordered[r]) for r in ranks]
-    keys = values.view(np.uint64)
     found: dict[int, float] = {}
     small: list[_Bucket] = []
     work = [(0, 0, [int(r) for r in ranks], 0)]  # (level, key prefix above this level, ranks, base)

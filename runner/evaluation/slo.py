@@ -5,13 +5,17 @@ met = observed ≤ threshold (exactly at the threshold passes); no samples → m
 
 Request level (goodput, slo_attainment): a successful request is "good" when it meets every SLO's
 threshold on its own values:
-    ttfc, end_to_end_latency, normalized_end_to_end_latency   value ≤ threshold (a null fails)
-    tpot                                                      value ≤ threshold (null: one token, passes)
-    tbc        at least `percentile` of the request's gaps are ≤ threshold (no gaps passes)
+    ttfc, ttfa, end_to_end_latency, normalized_end_to_end_latency
+               value ≤ threshold (a null fails: a reasoning-only reply has no ttfa)
+    tpot, tpot_answer
+               value ≤ threshold (a null passes: one token, or one chunk, measures no speed)
+    tbc        at least `percentile` of the request's gaps are ≤ threshold, counted in whole gaps
+               (no gaps passes)
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -23,6 +27,7 @@ from veeksha.shared.records import FIELD, NULL_PASSES_SLO
 
 NULL_PASSES = NULL_PASSES_SLO
 _ROWS_PER_BATCH = 50_000  # x ~160 gaps: ~64 MB of temporaries
+_MAX_PERCENTILE_DENOMINATOR = 10**9  # any percentile of up to 9 decimals is exact
 
 
 def slo_key(metric: str, percentile: float) -> str:
@@ -85,6 +90,11 @@ def _meets(data: RunData, ok: pl.DataFrame, slo: SLOConfig) -> np.ndarray:
 
 def _tbc_meets(data: RunData, rows: np.ndarray, threshold: float, percentile: float) -> np.ndarray:
     """Per row: at least `percentile` of its gaps are ≤ threshold. Batched: bounded temporaries."""
+    # good / n_gaps ≥ percentile is decided on whole numbers, good · den ≥ num · n_gaps with
+    # percentile = num / den: in doubles 0.07 · 100 is 7.000000000000001, which would demand an 8th
+    # good gap of 100. The nearest fraction with a small denominator is the decimal the user wrote
+    # (0.07 → 7/100), and a denominator ≤ 10⁹ keeps the products well inside int64.
+    share = Fraction(percentile).limit_denominator(_MAX_PERCENTILE_DENOMINATOR)
     offsets, values = data.records.tbc_offsets, data.records.tbc_values
     out = np.ones(len(rows), dtype=bool)
     for lo in range(0, len(rows), _ROWS_PER_BATCH):
@@ -95,5 +105,6 @@ def _tbc_meets(data: RunData, rows: np.ndarray, threshold: float, percentile: fl
         np.cumsum(values[span_lo:span_hi] > threshold, out=over[1:])
         n_over = over[end - span_lo] - over[start - span_lo]
         n_gaps = end - start
-        out[lo : lo + len(idx)] = (n_gaps - n_over) >= percentile * n_gaps
+        n_good = n_gaps - n_over
+        out[lo : lo + len(idx)] = n_good * share.denominator >= share.numerator * n_gaps
     return out

@@ -52,3 +52,14 @@ def test_select_ranks_does_not_modify_its_input():
     ranks = np.array([0, 17, 5000, 9999])
     assert select_ranks(values, ranks) == np.sort(before)[ranks].tolist()
     assert np.array_equal(values, before)
+
+
+def test_a_negative_zero_is_ordered_as_zero_by_the_radix_select(monkeypatch):
+    # -0.0 is not < 0, but its sign bit makes its bit pattern the largest of all: the radix select
+    # once ranked it above every positive value and ran past the end of its buckets.
+    values = np.random.default_rng(3).random(5_000)
+    values[[10, 2_000]] = -0.0
+    expected = [pl.Series(values).quantile(q, "linear") for q in GRID]
+    monkeypatch.setattr(quantiles, "SORT_LIMIT", 1_000)  # force the radix select
+    assert exact_quantiles(values, GRID) == expected
+    assert select_ranks(values, np.array([0, 1, 2, 4_999])) == np.sort(values)[[0, 1, 2, 4_999]].tolist()

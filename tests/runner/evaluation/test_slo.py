@@ -106,3 +106,44 @@ def test_a_requests_tbc_verdict_uses_its_own_gaps_after_the_time_series_is_built
     assert good_requests(data) == 2  # each: gaps 0.01 and 0.2, half of them ≤ 0.05
     build_timeseries(data.records)
     assert good_requests(data) == 2
+
+
+def _one_request_with_gaps(gaps: list[float]) -> dict:
+    """A successful streamed request whose chunks arrive from 0.1 s on, these gaps apart."""
+    chunks = [0.1]
+    for gap in gaps:
+        chunks.append(chunks[-1] + gap)
+    return request(0, sent=0.0, chunks=chunks)
+
+
+def test_a_tbc_slo_met_by_exactly_the_percentile_of_gaps_passes():
+    # 7 of 100 gaps are ≤ 0.05: exactly 7 %. In floating point 0.07 * 100 is 7.000000000000001,
+    # which once demanded an 8th good gap.
+    record = _one_request_with_gaps([0.01] * 7 + [0.1] * 93)
+    exactly = SLOConfig(name="tbc", metric="tbc", value=0.05, percentile=0.07)
+    assert good_requests(_data([record], exactly)) == 1
+    one_more = SLOConfig(name="tbc", metric="tbc", value=0.05, percentile=0.08)
+    assert good_requests(_data([record], one_more)) == 0
+
+
+@pytest.mark.parametrize(
+    ("percentile", "needed"),
+    [
+        (0.07, 7),
+        (0.14, 14),
+        (0.28, 28),
+        (0.29, 29),
+        (0.55, 55),
+        (0.58, 58),
+        (0.075, 8),
+        (0.99, 99),
+        (1.0, 100),
+    ],
+)
+def test_a_tbc_slo_needs_the_percentile_of_gaps_rounded_up_to_a_whole_gap(percentile, needed):
+    # of 100 gaps: 7.5 % needs 8 good ones; the others are the percentiles whose product with 100
+    # is not a whole number in floating point (0.29 · 100 = 28.999999999999996), and two plain ones
+    slo = SLOConfig(name="tbc", metric="tbc", value=0.05, percentile=percentile)
+    for good_gaps, verdict in ((needed, 1), (needed - 1, 0)):
+        record = _one_request_with_gaps([0.01] * good_gaps + [0.1] * (100 - good_gaps))
+        assert good_requests(_data([record], slo)) == verdict, f"{good_gaps} good gaps of 100"
