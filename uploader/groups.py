@@ -34,7 +34,16 @@ from veeksha.shared.paths import (
     SWEEP_SUMMARY_JSON,
 )
 from veeksha.shared.records import MEMBER_NOT_RUN, MEMBER_PENDING, RUN_RUNNING, missing_metrics, run_finished
-from veeksha.uploader.reader import is_run_dir, parse_number, read_config, read_run_info
+from veeksha.uploader.reader import (
+    NUMBER,
+    STRING,
+    check_field,
+    check_objects,
+    is_run_dir,
+    parse_number,
+    read_config,
+    read_run_info,
+)
 from veeksha.uploader.run_files import RunFiles, is_own_file
 
 RUN = "run"
@@ -151,6 +160,7 @@ class ContainerData:
     files: list[str] = field(default_factory=list)  # artifact files, relative
     table: list[dict[str, Any]] = field(default_factory=list)  # sweep_summary rows / attempts
     result: dict[str, Any] = field(default_factory=dict)  # capacity_search_results.json
+    veeksha_version: str | None = None  # the version that wrote it (its runs'), when they say
     unfinished: str | None = None  # why the summary cannot be uploaded yet
     warnings: list[str] = field(default_factory=list)  # files left out, and why
 
@@ -186,6 +196,19 @@ def _first_member_info(members: list[Path], key: str) -> dict[str, Any]:
     return {}
 
 
+def _members_version(members: list[Path]) -> str | None:
+    """The veeksha version that wrote a sweep or capacity search: its manifest and results do not
+    say, its runs' run.json do (one process writes them all)."""
+    for m in members:
+        try:
+            version = read_run_info(m).get("veeksha_version")
+        except ContractError:
+            continue
+        if version:
+            return str(version)
+    return None
+
+
 def container_config(root: Path) -> dict[str, Any]:
     """The config whose `wandb:` section governs a container's summary run."""
     if (root / CONFIG_YML).is_file():
@@ -205,19 +228,22 @@ def wandb_section(config: dict[str, Any]) -> Any:
 def read_sweep(root: Path) -> ContainerData:
     members = sweep_members(root)
     files = RunFiles(root)
-    manifest_path = root / SWEEP_MANIFEST
-    manifest = read_json(manifest_path) if files.optional(manifest_path) else {}
-    if not isinstance(manifest, dict):
-        raise ContractError(f"{manifest_path}: expected a JSON object")
+    manifest = _read_manifest(files, root / SWEEP_MANIFEST)
     ident = manifest.get("sweep_id") or _first_member_info(members, "sweep").get("id") or root.name
     data = ContainerData(SWEEP_SUMMARY, root, str(ident), members, container_config(root))
+    data.veeksha_version = _members_version(members)
     summary_path = root / SWEEP_SUMMARY_JSON
     waiting = _member_unfinished(members)
     if waiting:
         data.unfinished = f"sweep not finished: {waiting}"
         return data
-    if not summary_path.exists() or not _sweep_ended(manifest):
+    if not _sweep_ended(manifest):
         data.unfinished = _sweep_going_on(root, manifest)
+        return data
+    if not summary_path.exists():
+        # The sweep has ended (its runner rewrites the table with every manifest update): waiting
+        # would never end. `evaluate` on the sweep directory rebuilds the table from its runs.
+        data.unfinished = f"{SWEEP_SUMMARY_JSON} is missing: run `veeksha-run evaluate {root}` to rebuild it"
         return data
     summary = read_json(files.require(summary_path))
     rows = summary.get("runs") if isinstance(summary, dict) else summary
@@ -227,6 +253,19 @@ def read_sweep(root: Path) -> ContainerData:
     data.files = _own_files(files, (SWEEP_MANIFEST, SWEEP_SUMMARY_JSON, SWEEP_SUMMARY_CSV))
     data.warnings = files.warnings
     return data
+
+
+def _read_manifest(files: RunFiles, path: Path) -> dict[str, Any]:
+    """sweep_manifest.json with the fields the uploader uses checked ({} when it cannot be read: the
+    sweep's files are warned about)."""
+    manifest = read_json(path) if files.optional(path) else {}
+    if not isinstance(manifest, dict):
+        raise ContractError(f"{path}: expected a JSON object")
+    check_field(path, "sweep_id", manifest.get("sweep_id"), STRING)
+    check_field(path, "status", manifest.get("status"), STRING)
+    check_field(path, "count", manifest.get("count"), NUMBER)
+    check_objects(path, "runs", manifest.get("runs"))
+    return manifest
 
 
 def _sweep_ended(manifest: dict[str, Any]) -> bool:
@@ -242,9 +281,7 @@ def _sweep_ended(manifest: dict[str, Any]) -> bool:
 def _sweep_going_on(root: Path, manifest: dict[str, Any]) -> str:
     """Why a sweep's summary waits, and what ends the wait when the sweep will never finish itself."""
     listed = manifest.get("runs") or []
-    ended = [
-        e for e in listed if isinstance(e, dict) and e.get("status") not in (MEMBER_PENDING, RUN_RUNNING)
-    ]
+    ended = [e for e in listed if e.get("status") not in (MEMBER_PENDING, RUN_RUNNING)]
     return (
         f"sweep not finished ({len(ended)}/{manifest.get('count') or '?'} runs ended in {SWEEP_MANIFEST}; "
         f"if its process died, `veeksha-run evaluate {root}` marks it crashed)"
@@ -261,6 +298,7 @@ def read_capsearch(root: Path) -> ContainerData:
     results_path = root / CAPSEARCH_RESULTS
     ident = _first_member_info(members, "capacity_search").get("id") or root.name
     data = ContainerData(CAPSEARCH_SUMMARY, root, str(ident), members, container_config(root))
+    data.veeksha_version = _members_version(members)
     waiting = _member_unfinished(members)
     if waiting:
         data.unfinished = f"capacity search not finished: {waiting}"
@@ -272,6 +310,9 @@ def read_capsearch(root: Path) -> ContainerData:
     results = read_json(files.require(results_path))
     if not isinstance(results, dict):
         raise ContractError(f"{results_path}: expected a JSON object")
+    for key in ("id", "status", "best_run_dir"):
+        check_field(results_path, key, results.get(key), STRING)
+    history = check_objects(results_path, "history", results.get("history"))
     if results.get("status") == RUN_RUNNING:  # rewritten after every attempt: wait for the end
         data.unfinished = "capacity search not finished (status running)"
         return data
@@ -281,10 +322,7 @@ def read_capsearch(root: Path) -> ContainerData:
     if files.optional(attempts_path):
         data.table = read_loose_csv(attempts_path)
     else:
-        history = results.get("history") or []
-        data.table = [
-            {k: v for k, v in h.items() if k != "slo_results"} for h in history if isinstance(h, dict)
-        ]
+        data.table = [{k: v for k, v in h.items() if k != "slo_results"} for h in history]
     data.files = _own_files(files, (CONFIG_YML, CAPSEARCH_RESULTS, CAPSEARCH_ATTEMPTS_CSV))
     data.warnings = files.warnings
     return data

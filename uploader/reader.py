@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,93 @@ def _json_object(run_files: RunFiles, path: Path, required: bool) -> dict[str, A
     return data
 
 
+# ---------------------------------------------------------------- the shape of what is used
+#
+# A JSON file can be valid JSON and still not have the shape the uploader uses: a number where an
+# object should be, or a table column holding a number in one row and a string in the next (which
+# wandb.Table refuses). Found only while logging, that fails inside the SDK once the W&B run exists,
+# with a message that names no file. So what is used is checked here, before any W&B call: the error
+# names the file and the field, and --dry-run reports it too. A null (or absent) value is always
+# accepted: it is "no value" for every type (outputs.md: no samples gives `observed_value: null`).
+
+
+@dataclass(frozen=True)
+class JsonType:
+    """A JSON type a used value must have, as an error message says it."""
+
+    name: str
+    accepts: Callable[[Any], bool]
+
+
+STRING = JsonType("a string", lambda v: isinstance(v, str))
+# true and false are Python ints, but a different type to W&B: never a number here.
+NUMBER = JsonType("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool))
+BOOLEAN = JsonType("true or false", lambda v: isinstance(v, bool))
+
+# slo_results.json "results"[]: every field becomes a column of the `slo_results` table.
+SLO_RESULT_TYPES: dict[str, JsonType] = {
+    "name": STRING,
+    "metric": STRING,
+    "percentile": NUMBER,
+    "threshold": NUMBER,
+    "observed_value": NUMBER,
+    "met": BOOLEAN,
+    "slo_metric_key": STRING,
+    "lower_is_better": BOOLEAN,
+    "num_samples": NUMBER,
+}
+# health_checks.json "checks"[]: the `health_checks` table's columns (metrics and thresholds are not used).
+HEALTH_CHECK_TYPES: dict[str, JsonType] = {"name": STRING, "result": STRING}
+
+
+def json_type(value: Any) -> str:
+    """What a parsed JSON value is, as an error message says it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):  # before numbers: a bool is a Python int
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def check_field(path: Path, where: str, value: Any, expected: JsonType) -> None:
+    """`value`, found at `where` in the file at `path`, is null or of the expected type."""
+    if value is not None and not expected.accepts(value):
+        raise ContractError(f"{path}: {where} is {json_type(value)}, expected {expected.name}")
+
+
+def check_objects(
+    path: Path, where: str, value: Any, fields: dict[str, JsonType] | None = None
+) -> list[dict[str, Any]]:
+    """`value` is a list of objects (null: an empty one), and each object's `fields` are null or of
+    their type. Returns the list."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ContractError(f"{path}: {where} is {json_type(value)}, expected a list of objects")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ContractError(f"{path}: {where}[{i}] is {json_type(item)}, expected an object")
+        for name, expected in (fields or {}).items():
+            check_field(path, f"{where}[{i}].{name}", item.get(name), expected)
+    return value
+
+
+def _verdicts(
+    run_files: RunFiles, path: Path, required: bool, verdict: str, entries: str, fields: dict[str, JsonType]
+) -> dict[str, Any] | None:
+    """slo_results.json or health_checks.json: `{verdict: bool, entries: [one object each]}`, whose
+    verdict and entries become summary keys and a table."""
+    data = _json_object(run_files, path, required)
+    if data is not None:
+        check_field(path, verdict, data.get(verdict), BOOLEAN)
+        check_objects(path, entries, data.get(entries), fields)
+    return data
+
+
 def _has_slos(config: dict[str, Any]) -> bool:
     evaluators = config.get("evaluators") or []
     return any(isinstance(e, dict) and e.get("slos") for e in evaluators)
@@ -205,14 +292,19 @@ def read_run_dir(root: Path) -> RunData:
         return RunData(paths=paths, run_info=info, config=config)
     # A failed run may have died before writing metrics: upload what is there.
     required = info["status"] != RUN_FAILED
+    slo_required = required and _has_slos(config)
     data = RunData(
         paths=paths,
         run_info=info,
         config=config,
         summary_stats=_json_object(run_files, paths.summary_stats, required) or {},
         throughput=_json_object(run_files, paths.throughput_metrics, required) or {},
-        slo=_json_object(run_files, paths.slo_results, required and _has_slos(config)),
-        health=_json_object(run_files, paths.health_checks_json, False),
+        slo=_verdicts(
+            run_files, paths.slo_results, slo_required, "all_slos_met", "results", SLO_RESULT_TYPES
+        ),
+        health=_verdicts(
+            run_files, paths.health_checks_json, False, "all_passed", "checks", HEALTH_CHECK_TYPES
+        ),
     )
     data.timeseries = _timeseries(run_files, paths.timeseries_csv, required)
     data.server_metrics = _server_metrics(run_files, paths.server_metrics_csv)
@@ -252,4 +344,15 @@ def _check_elapsed(path: Path, header: list[str]) -> None:
         raise ContractError(f"{path}: no elapsed_s column")
 
 
-__all__ = ["RunData", "allowed_files", "is_run_dir", "read_run_dir", "read_run_info"]
+__all__ = [
+    "BOOLEAN",
+    "NUMBER",
+    "STRING",
+    "RunData",
+    "allowed_files",
+    "check_field",
+    "check_objects",
+    "is_run_dir",
+    "read_run_dir",
+    "read_run_info",
+]

@@ -34,9 +34,17 @@ def _cell(value: Any) -> Any:
 
 
 def summary_config(data: ContainerData, redactor: Redactor) -> dict[str, Any]:
-    redactor.tree(data.config)
+    """A capacity search's own config (a sweep has none of its own), plus what a run's config has
+    (the veeksha version that wrote the directory, else the uploader's; the run kind) and
+    `container_id`: the sweep or search id, which the summary run's W&B id is derived from."""
+    redactor.tree(data.config)  # first pass: learn every secret, so free text is scrubbed too
     base = redactor.tree(data.config) if data.kind == CAPSEARCH_SUMMARY else {}
-    return {**base, "veeksha_version": __version__, "run_kind": data.kind, "container_id": data.ident}
+    return {
+        **base,
+        "veeksha_version": data.veeksha_version or __version__,
+        "run_kind": data.kind,
+        "container_id": data.ident,
+    }
 
 
 def summary_values(data: ContainerData) -> dict[str, Any]:

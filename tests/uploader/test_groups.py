@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
+from veeksha.shared import __version__
 from veeksha.shared.jsonio import read_json, write_json
 from veeksha.shared.paths import CAPSEARCH_ATTEMPTS_CSV, CAPSEARCH_RESULTS, SWEEP_MANIFEST, SWEEP_SUMMARY_JSON
+from veeksha.uploader.groups import capsearch_members, read_capsearch, read_sweep, sweep_members
+from veeksha.uploader.redaction import Redactor
+from veeksha.uploader.wandb_summary import summary_config
 
 from tests.uploader.builders import RunSpec, build_capsearch, build_run, build_sweep
 from tests.uploader.conftest import Home, lines_for, upload
 from tests.uploader.wandb_records import OfflineRun, offline_run_dirs, read_offline_run
+
+VEEKSHA_RUN = str(Path(sys.executable).parent / "veeksha-run")
 
 
 @dataclass
@@ -104,13 +112,29 @@ def test_capsearch_summary_run_logs_attempts_and_the_result(tree: Tree) -> None:
     assert files == ["capacity_search_attempts.csv", "capacity_search_results.json", "config.yml"]
 
 
-def test_unfinished_sweep_summary_is_skipped_not_failed(tmp_path: Path, home: Home) -> None:
-    sweep = build_sweep(tmp_path, count=1)
-    (sweep / SWEEP_SUMMARY_JSON).unlink()
-    result = upload([str(sweep), "--dry-run"], home, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+@pytest.mark.parametrize(
+    "status", ["completed", None]
+)  # None: an older manifest, ended once it lists `count` runs
+def test_a_finished_sweep_without_its_summary_file_is_skipped_naming_the_file_and_the_fix(
+    tmp_path: Path, home: Home, status: str | None
+) -> None:
+    root = build_sweep(tmp_path, count=1)
+    if status is not None:
+        write_json(root / SWEEP_MANIFEST, {**read_json(root / SWEEP_MANIFEST), "status": status})
+    (root / SWEEP_SUMMARY_JSON).unlink()
+    result = upload([str(root), "--dry-run"], home, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
     (skip,) = lines_for(result.stdout, "skipped")
-    assert "sweep not finished" in skip
+    assert f"{SWEEP_SUMMARY_JSON} is missing: run `veeksha-run evaluate {root}` to rebuild it" in skip
+    assert "not finished" not in skip
+
+    # The advice works: evaluate on a sweep that has ended rewrites its table from the runs.
+    evaluate = subprocess.run(
+        [VEEKSHA_RUN, "evaluate", str(root)], env=home.env(), capture_output=True, text=True, timeout=120
+    )
+    assert evaluate.returncode == 0, evaluate.stdout + evaluate.stderr
+    again = upload([str(root), "--dry-run"], home, cwd=tmp_path)
+    assert any("(sweep summary)" in line for line in lines_for(again.stdout, "would upload")), again.stdout
 
 
 def test_a_capacity_search_still_running_is_skipped_not_summarised(tmp_path: Path, home: Home) -> None:
@@ -235,3 +259,77 @@ def test_a_capacity_search_in_its_first_attempt_is_already_one(tmp_path: Path, h
     assert expected in dry_run_line(whole.stdout, attempt)
     (summary,) = lines_for(whole.stdout, "skipped")
     assert "(capacity-search summary)" in summary and "capacity search not finished" in summary
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("count", "3", "count is a string, expected a number"),
+        ("runs", 5, "runs is a number, expected a list of objects"),
+        ("runs", ["x"], "runs[0] is a string, expected an object"),
+    ],
+)
+def test_a_misshapen_sweep_manifest_fails_the_summary_naming_the_file(
+    tmp_path: Path, home: Home, field: str, value: object, message: str
+) -> None:
+    root = build_sweep(tmp_path, count=1)
+    write_json(root / SWEEP_MANIFEST, {**read_json(root / SWEEP_MANIFEST), field: value})
+    result = upload([str(root), "--dry-run"], home, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (failed,) = lines_for(result.stdout, "failed")
+    assert f"{SWEEP_MANIFEST}: {message}" in failed
+
+
+def test_a_misshapen_capacity_search_history_fails_the_summary_naming_the_file(
+    tmp_path: Path, home: Home
+) -> None:
+    """Without the attempts CSV the summary's table is built from the results' history."""
+    root = build_capsearch(tmp_path)
+    (root / CAPSEARCH_ATTEMPTS_CSV).unlink()
+    write_json(root / CAPSEARCH_RESULTS, {**read_json(root / CAPSEARCH_RESULTS), "history": 5})
+    result = upload([str(root), "--dry-run"], home, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (failed,) = lines_for(result.stdout, "failed")
+    assert f"{CAPSEARCH_RESULTS}: history is a number, expected a list of objects" in failed
+
+
+@pytest.mark.parametrize("where", ["config", "flag"])
+def test_a_configured_run_name_gets_each_sweep_runs_index(tmp_path: Path, home: Home, where: str) -> None:
+    """One run_name would name every run of a sweep alike: each gets `-<index>`, its position in the
+    sweep (run.json `sweep.index`). A plain run keeps the name as is; the summary run is `<dir>-summary`."""
+    configured = {"run_name": "nightly"} if where == "config" else {}
+    root = build_sweep(tmp_path, count=2, wandb=configured)
+    plain = build_run(tmp_path / "plain", RunSpec(seed=9, wandb=configured))
+    flag = ["--run-name", "nightly"] if where == "flag" else []
+    result = upload([str(root), str(plain), "--dry-run", *flag], home, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for member in sweep_members(root):
+        index = read_json(member / "run.json")["sweep"]["index"]
+        assert f"name='nightly-{index}'" in dry_run_line(result.stdout, member)
+    assert "name='nightly'" in dry_run_line(result.stdout, plain)
+    (summary,) = [x for x in lines_for(result.stdout, "would upload") if "(sweep summary)" in x]
+    assert f"name='{root.name}-summary'" in summary
+
+
+def set_veeksha_version(members: list[Path], version: str | None) -> None:
+    for member in members:
+        info = {k: v for k, v in read_json(member / "run.json").items() if k != "veeksha_version"}
+        write_json(member / "run.json", info if version is None else {**info, "veeksha_version": version})
+
+
+def test_a_summary_run_records_the_veeksha_version_its_directory_was_written_with(tmp_path: Path) -> None:
+    """The sweep's manifest and the search's results do not say which version wrote them; their runs'
+    run.json do (the same process wrote them all)."""
+    sweep, capsearch = build_sweep(tmp_path / "s"), build_capsearch(tmp_path / "c")
+    set_veeksha_version(sweep_members(sweep), "0.0.7")
+    set_veeksha_version(capsearch_members(capsearch), "0.0.8")
+    sweep_config = summary_config(read_sweep(sweep), Redactor())
+    assert sweep_config["veeksha_version"] == "0.0.7"
+    assert sweep_config["container_id"] == read_json(sweep / SWEEP_MANIFEST)["sweep_id"]
+    search_config = summary_config(read_capsearch(capsearch), Redactor())
+    assert search_config["veeksha_version"] == "0.0.8"
+    [first, *_] = capsearch_members(capsearch)
+    assert search_config["container_id"] == read_json(first / "run.json")["capacity_search"]["id"]
+
+    set_veeksha_version(sweep_members(sweep), None)  # runs that do not say: the uploader's own
+    assert summary_config(read_sweep(sweep), Redactor())["veeksha_version"] == __version__

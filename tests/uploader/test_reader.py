@@ -7,10 +7,12 @@ from pathlib import Path
 import orjson
 import pytest
 from veeksha.shared.errors import ContractError
-from veeksha.shared.paths import DISTRIBUTION_METRICS, RunPaths
+from veeksha.shared.paths import DISTRIBUTION_METRICS, UPLOAD_PENDING, RunPaths
 from veeksha.uploader.reader import allowed_files, read_run_dir
 
 from tests.uploader.builders import RunSpec, build_run
+from tests.uploader.conftest import Home, lines_for, online_env, upload
+from tests.uploader.fake_wandb import FakeWandb
 
 
 def test_a_complete_directory(tmp_path: Path) -> None:
@@ -115,3 +117,74 @@ def test_complete_lines_and_the_time_series_stay_strict(
     (root / relative).write_text(content)
     with pytest.raises(ContractError, match=message):
         read_run_dir(root)
+
+
+SLO_FILE = "metrics/slo_results.json"
+HEALTH_FILE = "metrics/health_checks.json"
+
+
+@pytest.mark.parametrize(
+    ("relative", "content", "message"),
+    [
+        (SLO_FILE, {"all_slos_met": True, "results": [1]}, "results[0] is a number, expected an object"),
+        (SLO_FILE, {"all_slos_met": True, "results": "x"}, "results is a string, expected a list of objects"),
+        (
+            SLO_FILE,
+            {"all_slos_met": "yes", "results": []},
+            "all_slos_met is a string, expected true or false",
+        ),
+        (HEALTH_FILE, {"all_passed": True, "checks": ["x"]}, "checks[0] is a string, expected an object"),
+        (
+            HEALTH_FILE,
+            {"all_passed": True, "checks": [{"name": "a", "result": {"state": "PASSED"}}]},
+            "checks[0].result is an object, expected a string",
+        ),
+    ],
+)
+def test_a_verdict_file_of_the_wrong_shape_is_named_with_what_is_wrong(
+    tmp_path: Path, relative: str, content: object, message: str
+) -> None:
+    root = build_run(tmp_path)
+    (root / relative).write_bytes(orjson.dumps(content))
+    with pytest.raises(ContractError) as raised:
+        read_run_dir(root)
+    assert f"{relative}: {message}" in str(raised.value)
+
+
+def test_an_slo_field_of_another_type_than_in_the_other_results_is_refused(tmp_path: Path) -> None:
+    """The SLO table's columns each hold one type (wandb.Table refuses a mixed column once the run
+    exists); a null is any type's "no value" (no samples: observed_value null, outputs.md)."""
+    root = build_run(tmp_path)
+    path = RunPaths(root).slo_results
+    slo = orjson.loads(path.read_bytes())
+    slo["results"][0] |= {"observed_value": None, "met": False}
+    path.write_bytes(orjson.dumps(slo))
+    assert read_run_dir(root).slo == slo
+    slo["results"][1]["threshold"] = "50ms"
+    path.write_bytes(orjson.dumps(slo))
+    with pytest.raises(ContractError, match=r"slo_results\.json: results\[1\]\.threshold is a string"):
+        read_run_dir(root)
+
+
+def test_every_field_of_an_slo_result_has_its_type_checked() -> None:
+    from veeksha.shared.records import SLO_RESULT_FIELDS
+    from veeksha.uploader.reader import SLO_RESULT_TYPES
+
+    assert set(SLO_RESULT_TYPES) == set(SLO_RESULT_FIELDS)
+
+
+def test_a_misshapen_verdict_file_fails_its_directory_before_any_w_and_b_run_exists(
+    tmp_path: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    """Found while reading the directory: --dry-run says so too, and online no run is created only
+    to be finished as failed, nor is the upload left pending."""
+    root = build_run(tmp_path, RunSpec(seconds=2))
+    RunPaths(root).slo_results.write_bytes(orjson.dumps({"all_slos_met": True, "results": [1]}))
+    for dry_run in (["--dry-run"], []):
+        args = [str(root), "--mode", "online", *dry_run]
+        result = upload(args, home, cwd=tmp_path, env=online_env(fake_wandb))
+        assert result.returncode == 1, result.stdout + result.stderr
+        (failed,) = lines_for(result.stdout, "failed")
+        assert "metrics/slo_results.json: results[0] is a number, expected an object" in failed
+    assert fake_wandb.created == 0 and not fake_wandb.runs
+    assert not (root / "wandb_run.json").exists() and not (root / UPLOAD_PENDING).exists()
