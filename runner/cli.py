@@ -10,6 +10,8 @@ Every VeekshaError is mapped to one line and an exit code here, at the boundary.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 import signal
 import sys
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING
 import click
 from veeksha.shared.config_loader import EnvFallbacks, empty_override
 from veeksha.shared.errors import OutputError, UsageError, VeekshaError
-from veeksha.shared.redact import may_hold_secret
+from veeksha.shared.redact import may_hold_secret, redact_argv
 from veeksha.shared.secret import Secret
 
 if TYPE_CHECKING:  # imported where used: `veeksha-run --help` stays fast
@@ -31,9 +33,12 @@ if TYPE_CHECKING:  # imported where used: `veeksha-run --help` stays fast
 INTERRUPTED_EXIT = 130  # the shell's convention for a process ended by SIGINT
 
 
-def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+def parse_overrides(
+    args: list[str], not_a_key: Callable[[str], str | None] = lambda name: None
+) -> list[tuple[str, str]]:
     """`--a.b VALUE` / `--a.b=VALUE` pairs → [("a.b", "VALUE")]. A name without a dot sets a whole
-    section (`--traffic_scheduler '{type: concurrent}'`); the validator rejects unknown keys."""
+    section (`--traffic_scheduler '{type: concurrent}'`); the validator rejects unknown keys.
+    `not_a_key(name)` is the error for a name that is no option nor config key, or None."""
     out: list[tuple[str, str]] = []
     i = 0
     while i < len(args):
@@ -42,13 +47,24 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
             raise UsageError(_unexpected(arg, out[-1][0] if out else None))
         name, eq, value = arg[2:].partition("=")
         if not eq:
-            if i + 1 >= len(args):
-                raise UsageError(f"--{name} needs a value, e.g. --{name} VALUE")
+            value = _value_after(args, i, name, not_a_key)
             i += 1
-            value = args[i]
         out.append((name, _given(name, value)))
         i += 1
     return out
+
+
+def _value_after(args: list[str], i: int, name: str, not_a_key: Callable[[str], str | None]) -> str:
+    """The value of `--name` at args[i], which is the next argument. A mistyped switch (`--dryrun`)
+    has none, or takes the next option for one: said as what it is, not as a missing value."""
+    following = args[i + 1] if i + 1 < len(args) else None
+    if following is None or following.startswith("--"):
+        problem = not_a_key(name)
+        if problem:
+            raise UsageError(problem)
+    if following is None:
+        raise UsageError(f"--{name} needs a value, e.g. --{name} VALUE")
+    return following
 
 
 def _given(name: str, value: str) -> str:
@@ -78,6 +94,32 @@ def _path_value(ctx: click.Context, param: click.Parameter, value: str | None) -
             f"with -- is ./{value})"
         )
     return Path(value)
+
+
+def _not_a_key(ctx: click.Context, name: str) -> str | None:
+    """The error for `--name` when it is neither an option of this command nor a config key; None
+    when it is a config key. Names another command that has the option (`capacity-search --strict`)."""
+    from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig
+    from veeksha.shared.config_loader import is_config_key
+
+    config = CapacitySearchConfig if ctx.command is capacity_search_command else BenchmarkConfig
+    if is_config_key(config, name):
+        return None
+    flag, prog = f"--{name}", ctx.command_path
+    see = f"see {prog} --help"
+    commands = {"veeksha-run": run_command, **{f"veeksha-run {n}": c for n, c in COMMANDS.items()}}
+    others = [other for other, command in commands.items() if flag in _options(command)]
+    if others:
+        return f"{flag} is an option of {' and '.join(others)}, not of {prog}, nor a config key; {see}"
+    close = difflib.get_close_matches(flag, _options(ctx.command), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{flag} is not a known option or config key{hint}; {see}"
+
+
+def _options(command: click.Command) -> list[str]:
+    """The options `command` shows in its --help."""
+    params = [p for p in command.get_params(click.Context(command)) if isinstance(p, click.Option)]
+    return [opt for p in params if not p.hidden for opt in p.opts if opt.startswith("--")]
 
 
 def _unexpected(arg: str, after: str | None) -> str:
@@ -185,7 +227,7 @@ def run_command(
             }
             _refuse_alongside_schema([*(flag for flag, value in given.items() if value), *ctx.args[:1]])
             return export_schema(schema_out)
-        overrides = parse_overrides(list(ctx.args))
+        overrides = parse_overrides(list(ctx.args), functools.partial(_not_a_key, ctx))
         return run_from_config(
             config_path or seed_config, overrides, strict=strict, dry_run=dry_run, fallbacks=env_fallbacks()
         )
@@ -240,7 +282,7 @@ def capacity_search_command(ctx: click.Context, config_path: Path, dry_run: bool
     def go() -> int:
         from veeksha.runner.capacity_search import run_capacity_search
 
-        overrides = parse_overrides(list(ctx.args))
+        overrides = parse_overrides(list(ctx.args), functools.partial(_not_a_key, ctx))
         return run_capacity_search(config_path, overrides, env_fallbacks(), dry_run=dry_run)
 
     _guard(go)
@@ -451,8 +493,50 @@ COMMANDS = {
 }
 
 
+def refuse_non_utf8(args: list[str]) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates (`caf\\xe9.yml` as 'caf\\udce9.yml'),
+    which no UTF-8 file holds: run.json, which records the command line, could not be written, and the
+    run failed after its server had started and its directory was made. So refused at once, also
+    before a --dry-run; an argument that may be a secret is named by its position only."""
+    shown = redact_argv(args)
+    for i, arg in enumerate(args):
+        if _is_utf8(arg):
+            continue
+        why = "is not valid UTF-8 (veeksha-run records its command line as UTF-8 text)"
+        if shown[i] != arg:
+            raise UsageError(
+                f"argument {i + 1} (not shown: it may be a secret) {why}; give the value in UTF-8"
+            )
+        raise UsageError(
+            f"argument {_escaped(arg)} {why}; rename the file or directory to a UTF-8 name (or choose one) "
+            "and pass that"
+        )
+
+
+def _is_utf8(arg: str) -> bool:
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(arg: str) -> str:
+    """`arg` quoted, each byte that is not UTF-8 written \\xNN, as the shell's $'...' writes it."""
+    try:
+        raw = os.fsencode(arg)
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (given in-process): as Python writes it
+        return ascii(arg)
+    return "'" + raw.decode("utf-8", "backslashreplace") + "'"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        refuse_non_utf8(args)
+    except UsageError as e:
+        click.echo(f"veeksha-run: {e}", err=True)
+        sys.exit(e.exit_code)
     command, prog = run_command, "veeksha-run"
     if args and args[0] in COMMANDS:
         command, prog, args = COMMANDS[args[0]], f"veeksha-run {args[0]}", args[1:]

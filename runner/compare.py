@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from veeksha.runner.compare_plots import plot_cdfs, plot_timeseries
 from veeksha.runner.run_dir import check_output_dir
-from veeksha.shared.errors import UsageError
+from veeksha.shared.errors import ContractError, UsageError
 from veeksha.shared.jsonio import read_json, write_atomic
 from veeksha.shared.paths import CAPSEARCH_RESULTS, SWEEP_MANIFEST, RunPaths
 from veeksha.shared.records import CONTRACT_VERSION, summary_stat_key
@@ -33,6 +34,8 @@ CDF_METRICS = ("ttfc", "ttfa", "tbc", "tpot", "end_to_end_latency")
 COUNTS = ("num_requests", "num_completed_requests", "error_rate")
 THROUGHPUTS = ("request_throughput", "output_token_throughput", "goodput")
 LATENCY_STATS = tuple(summary_stat_key(m, s) for m in CDF_METRICS for s in ("p50", "p99"))
+LEAVE_OUT = "the file is damaged: leave this run out of the comparison"
+MAX_SHOWN = 40  # characters of a damaged value an error shows
 
 
 @dataclass
@@ -142,7 +145,7 @@ def run_dirs(directory: Path, skipped: list[str] | None = None) -> list[RunPaths
 
 
 def _manifest_entries(manifest: Path) -> list[dict[str, Any]]:
-    data = read_json(manifest)
+    data = _read_input(manifest, "pass the run directories themselves")
     entries = data.get("runs") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise UsageError(
@@ -153,13 +156,33 @@ def _manifest_entries(manifest: Path) -> list[dict[str, Any]]:
 
 
 def contract_version(paths: RunPaths) -> int:
-    info = read_json(paths.run_json) if paths.run_json.exists() else {}
-    return int(info.get("contract_version", 1)) if isinstance(info, dict) else 1
+    """The run's output contract (1: made before run.json said). A version that is no whole number
+    means a damaged run.json: named, exit 2 (it was a TypeError or ValueError traceback)."""
+    info = _read_input(paths.run_json, LEAVE_OUT) if paths.run_json.exists() else {}
+    version = info.get("contract_version", 1) if isinstance(info, dict) else 1
+    if isinstance(version, bool) or not isinstance(version, int):
+        shown = orjson.dumps(version).decode()
+        shown = shown if len(shown) <= MAX_SHOWN else shown[:MAX_SHOWN] + "…"
+        raise UsageError(f"{paths.run_json}: contract_version is {shown}, not a whole number; {LEAVE_OUT}")
+    return version
 
 
 def _json(path: Path) -> dict[str, Any]:
-    data = read_json(path) if path.exists() else {}
+    data = (
+        _read_input(path, f"run `veeksha-run evaluate {path.parent.parent}` to write it again")
+        if path.exists()
+        else {}
+    )
     return data if isinstance(data, dict) else {}
+
+
+def _read_input(path: Path, fix: str) -> Any:
+    """A file of an input directory: one that is not JSON is damaged input, a usage error naming it
+    and what to do (exit 2, before anything is written), not a failure of compare (exit 1)."""
+    try:
+        return read_json(path)
+    except ContractError as e:
+        raise UsageError(f"{e}; {fix}") from None
 
 
 def _labels(roots: list[Path]) -> list[str]:

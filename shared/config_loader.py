@@ -7,11 +7,14 @@ sweep: the run set is the Cartesian product of every expanded value, in file ord
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import itertools
 import math
 import os
+import types
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -202,14 +205,28 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
     Errors name the file: unreadable, not a regular file or over MAX_PLAIN_YAML_BYTES, invalid YAML,
     duplicate keys, tags other than !expand and !include, !include cycles, alias or include bombs."""
-    return _top_level(path, _read(path, _Reading(chain=[], max_bytes=MAX_PLAIN_YAML_BYTES)))
+    return _top_level(path, _unshared(_read(path, _Reading(chain=[], max_bytes=MAX_PLAIN_YAML_BYTES))))
 
 
 def read_plain_yaml(path: Path, max_bytes: int = MAX_PLAIN_YAML_BYTES) -> dict[str, Any]:
     """A YAML file that is data, not a config to resolve (a run directory's config.yml, which
     dump_config_yaml wrote): no tags at all, so no !include reaches outside the file; at most
     `max_bytes`; the same bounds on duplicate keys, nesting and alias expansion as a config."""
-    return _top_level(path, _read(path, _Reading(chain=[], tags=(), max_bytes=max_bytes)))
+    return _top_level(path, _unshared(_read(path, _Reading(chain=[], tags=(), max_bytes=max_bytes))))
+
+
+def _unshared(data: Any) -> Any:
+    """`data` with each use of an alias made its own copy. YAML gives every `*name` the anchored
+    object itself: a flag set at one use changed the other uses, and a sweep written at one use ran
+    the same value at every use. (Bounded: _read refused a config of more than MAX_CONFIG_VALUES
+    values, counting each alias every time it repeats, which refuses an alias inside itself too.)"""
+    if isinstance(data, dict):
+        return {key: _unshared(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_unshared(item) for item in data]
+    if isinstance(data, Expand):
+        return Expand(tuple(_unshared(value) for value in data.values))
+    return data  # a scalar: never changed in place
 
 
 def _top_level(path: Path, data: Any) -> dict[str, Any]:
@@ -379,6 +396,7 @@ def apply_override(tree: dict[str, Any], dotted: str, value: Any) -> None:
                 where = ".".join(keys[:i])
                 raise ConfigError(f"--{dotted}: {where} is a list; use an index < {len(node)}")
             if last:
+                _refuse_replacing_a_sweep(dotted, node[int(key)])
                 node[int(key)] = value
                 return
             node = node[int(key)]
@@ -387,12 +405,13 @@ def apply_override(tree: dict[str, Any], dotted: str, value: Any) -> None:
             where = ".".join(keys[:i])
             raise ConfigError(
                 f"--{dotted}: {where} is swept with !expand in the config file; set this key in each "
-                f"of its values there, or give --{where} whole"
+                "of its values there (a flag cannot change a sweep)"
             )
         if not isinstance(node, dict):
             where = ".".join(keys[:i])
             raise ConfigError(f"--{dotted}: {where} is a value, not a section")
         if last:
+            _refuse_replacing_a_sweep(dotted, node.get(key))
             node[key] = value
             return
         if not isinstance(node.get(key), dict | list | Expand):
@@ -404,6 +423,22 @@ def apply_override(tree: dict[str, Any], dotted: str, value: Any) -> None:
                 )
             node[key] = {}
         node = node[key]
+
+
+def _refuse_replacing_a_sweep(dotted: str, old: Any) -> None:
+    """A flag sets one value: over a value swept with !expand, or a section holding one, it turned
+    the sweep into a single run without a word."""
+    found = _expansions(old, tuple(dotted.split(".")))
+    if not found:
+        return
+    swept = ".".join(key_for_message(k) for k in found[0][0])
+    other_keys = (
+        "" if swept == dotted else f", or set the section's other keys one by one (--{dotted}.KEY VALUE)"
+    )
+    raise ConfigError(
+        f"--{dotted}: {swept} is swept with !expand in the config file, and the flag would replace the "
+        f"sweep with one value; change the values in the file{other_keys}"
+    )
 
 
 def _expansions(tree: Any, path: tuple[str | int, ...] = ()) -> list[tuple[tuple[str | int, ...], Expand]]:
@@ -450,6 +485,33 @@ def _dotted(path: tuple[str | int, ...]) -> str:
     return ".".join(str(k) for k in path)
 
 
+def is_config_key(cls: type, dotted: str) -> bool:
+    """Whether `--dotted` can name a key of a `cls` config: a field of any variant of a section, an
+    index of a list, any name in a free-form mapping (headers, env, request parameters). Lets the
+    command line tell a mistyped option from a config key given without its value."""
+    kinds: list[Any] = [cls]
+    for part in dotted.split("."):
+        kinds = [child for kind in kinds for child in _key_types(kind, part)]
+        if not kinds:
+            return False
+    return True
+
+
+def _key_types(tp: Any, part: str) -> list[Any]:
+    """The types of what key `part` names inside a value of type `tp` ([] when it names nothing)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # a section's variants, or an optional value
+        return [child for arg in typing.get_args(tp) for child in _key_types(arg, part)]
+    if dataclasses.is_dataclass(tp):
+        field = next((f for f in dataclasses.fields(tp) if f.name == part), None)
+        return [typing.get_type_hints(tp)[part]] if field is not None else []
+    if origin is list:
+        return list(typing.get_args(tp)) if part.isdigit() else []
+    if origin is dict:
+        return [typing.get_args(tp)[1]]
+    return [Any] if tp is Any else []  # below Any, any key; a scalar has none
+
+
 @dataclass(frozen=True)
 class EnvFallbacks:
     """The documented environment fallbacks for unset client keys (`OPENAI_API_BASE`,
@@ -472,10 +534,46 @@ class LoadedRun:
 
 
 def load_raw(path: Path | None, overrides: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
-    tree = read_yaml(path) if path is not None else {}
+    return _with_flags(read_yaml(path) if path is not None else {}, overrides)
+
+
+def _with_flags(tree: dict[str, Any], overrides: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """The file's tree with the flags applied: the raw config a run is expanded and built from."""
     for dotted, text in overrides:
         apply_override(tree, dotted, parse_override_value(text))
+    _refuse_surrogates(tree)
     return tree
+
+
+def _refuse_surrogates(tree: Any, path: tuple[str | int, ...] = ()) -> None:
+    """A double-quoted YAML escape `\\udce9` (in the file or a flag) is a lone surrogate: text in
+    Python, but no UTF-8 file can hold it, and the run failed writing its config (the hash of it in
+    run.json) after its server had started. Refused here, naming the key; the value is not shown."""
+    if isinstance(tree, str):
+        _refuse_surrogate_in(tree, path, "value")
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            if isinstance(key, str):
+                _refuse_surrogate_in(key, (*path, key), "key")
+            _refuse_surrogates(value, (*path, key))
+    elif isinstance(tree, list):
+        for i, item in enumerate(tree):
+            _refuse_surrogates(item, (*path, i))
+    elif isinstance(tree, Expand):
+        for value in tree.values:
+            _refuse_surrogates(value, path)
+
+
+def _refuse_surrogate_in(text: str, path: tuple[str | int, ...], what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        where = ".".join(key_for_message(k) for k in path) or "<root>"
+        raise ConfigError(
+            f"config error at {where}: the {what} holds {text[e.start]!a}, a lone surrogate (a YAML "
+            "\\u escape that is no character) that no UTF-8 file can hold; write the character itself "
+            "or remove it"
+        ) from None
 
 
 def load_benchmark_runs(
@@ -499,10 +597,10 @@ def build_benchmark_config(tree: dict[str, Any], fallbacks: EnvFallbacks = NO_FA
 def load_capacity_search(
     path: Path, overrides: Sequence[tuple[str, str]] = (), fallbacks: EnvFallbacks = NO_FALLBACKS
 ) -> CapacitySearchConfig:
-    raw = load_raw(path, overrides)
-    if _expansions(raw):
+    tree = read_yaml(path)
+    if _expansions(tree):  # said before a flag on the swept key is refused for replacing a sweep
         raise ConfigError(f"{path}: !expand is not supported inside a capacity search config")
-    cfg = build(CapacitySearchConfig, raw)
+    cfg = build(CapacitySearchConfig, _with_flags(tree, overrides))
     _check_output_dir_named(cfg.output_dir)
     return replace(cfg, benchmark_config=_finish(cfg.benchmark_config, fallbacks, "benchmark_config."))
 

@@ -152,7 +152,7 @@ def test_a_sweep_run_whose_server_never_started_keeps_its_row_and_compare_leaves
         server: !expand
           - {type: simulated, decode_step_base: 0.002}
           - {type: command, command: ["false"], ready_url: "http://127.0.0.1:9/health", ready_timeout: 5}
-          - {type: simulated, decode_step_base: 0.002}
+          - {type: simulated, decode_step_base: 0.003}
         runtime: {max_sessions: 3}
         """,
     )
@@ -725,3 +725,85 @@ def test_a_path_under_an_unknown_users_home_is_a_config_error(
     write(tmp_path, GOOD_DRY_RUN)
     result = veeksha("--config", "c.veeksha.yml", "--dry-run", *flags)
     assert result.refused(key, "~veeksha-no-such-user"), result.err
+
+
+# Python hands bytes that are not UTF-8 over as lone surrogates (\udcXX): run.json, which records the
+# command line in UTF-8, could not hold them, and the run failed after its server had started.
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (["--config", "caf\udce9.yml", "--dry-run"], "argument 'caf\\xe9.yml'"),
+        (["--config", "c.veeksha.yml", "--output_dir", "out\udce9", "--dry-run"], "argument 'out\\xe9'"),
+        (["--config", "c.veeksha.yml", "--dry-run", "--output_dir=out\udce9"], "'--output_dir=out\\xe9'"),
+        (["compare", "r\udce9", "r2", "--output_dir", "cmp"], "argument 'r\\xe9'"),
+        (["evaluate", "r\udce9"], "argument 'r\\xe9'"),
+    ],
+    ids=["config", "output-dir", "output-dir-equals", "compare-dir", "evaluate-dir"],
+)
+def test_an_argument_that_is_not_utf8_is_refused_before_anything_is_made(
+    tmp_path: Path, veeksha: Callable[..., Outcome], args: list[str], shown: str
+) -> None:
+    write(tmp_path, GOOD_DRY_RUN)
+    write(tmp_path, GOOD_DRY_RUN, "caf\udce9.yml")
+    before = listing(tmp_path)
+    result = veeksha(*args)
+    assert result.refused(shown, "is not valid UTF-8", "rename"), result.err
+    assert listing(tmp_path) == before
+
+
+def test_an_argument_that_is_not_utf8_is_not_shown_when_it_may_be_a_secret(
+    tmp_path: Path, veeksha: Callable[..., Outcome]
+) -> None:
+    write(tmp_path, GOOD_DRY_RUN)
+    result = veeksha("--config", "c.veeksha.yml", "--dry-run", "--client.api_key", "sk-SEKRET\udce9")
+    assert result.refused("argument 5", "not shown", "is not valid UTF-8"), result.err
+    assert "SEKRET" not in result.err
+
+
+def test_the_real_command_refuses_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """The bytes as the shell passes them (`--config $'caf\\xe9.yml'`), through sys.argv; refused
+    at parsing, so a dry run (which checks everything else a run would) is refused too."""
+    write(tmp_path, GOOD_DRY_RUN, "caf\udce9.yml")
+    before = listing(tmp_path)
+    proc = run_cli(["--config", "caf\udce9.yml", "--dry-run"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "argument 'caf\\xe9.yml' is not valid UTF-8" in line, line
+    assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--config", "c.veeksha.yml", "--dryrun"],
+            "--dryrun is not a known option or config key (did you mean --dry-run?); see veeksha-run --help",
+        ),
+        (
+            ["--config", "c.veeksha.yml", "--dryrun", "--client.model", "m"],
+            "--dryrun is not a known option or config key",
+        ),
+        (
+            ["capacity-search", "--config", "c.veeksha.yml", "--strict"],
+            "--strict is an option of veeksha-run and veeksha-run evaluate, not of veeksha-run "
+            "capacity-search, nor a config key",
+        ),
+    ],
+    ids=["mistyped", "mistyped-before-a-key", "other-commands-option"],
+)
+def test_an_option_that_does_not_exist_is_named_as_such(
+    tmp_path: Path, veeksha: Callable[..., Outcome], args: list[str], expected: str
+) -> None:
+    write(tmp_path, GOOD_DRY_RUN)
+    result = veeksha(*args)
+    assert result.refused(expected), result.err
+    assert "needs a value" not in result.err
+
+
+def test_a_config_key_without_its_value_still_asks_for_the_value(
+    tmp_path: Path, veeksha: Callable[..., Outcome]
+) -> None:
+    write(tmp_path, GOOD_DRY_RUN)
+    for key in ("--client.model", "--client.headers.X-Trace", "--evaluators.0.slos"):
+        result = veeksha("--config", "c.veeksha.yml", "--dry-run", key)
+        assert result.refused(f"{key} needs a value, e.g. {key} VALUE"), result.err

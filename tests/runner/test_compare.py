@@ -7,6 +7,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from veeksha.runner.cli import main
+from veeksha.shared.records import CONTRACT_VERSION
 
 from tests.runner.helpers import only_run_dir, run_cli
 
@@ -109,3 +111,63 @@ def _copy_dir(src: Path, dst: Path) -> None:
     for f in src.iterdir():
         if f.is_file():
             (dst / f.name).write_bytes(f.read_bytes())
+
+
+def fake_run(root: Path, run_json: bytes, summary: bytes = b'{"num_requests": 3}') -> Path:
+    """The least `compare` takes as a finished run directory, with these run.json and summary."""
+    (root / "metrics").mkdir(parents=True)
+    (root / "metrics" / "summary_stats.json").write_bytes(summary)
+    (root / "run.json").write_bytes(run_json)
+    return root
+
+
+GOOD_RUN_JSON = orjson.dumps({"contract_version": CONTRACT_VERSION})
+
+
+def damage(bad: Path, file: str, text: bytes) -> None:
+    """`bad` as a run (or, for the manifest, a sweep) directory whose `file` holds `text`."""
+    if file == "sweep_manifest.json":
+        bad.mkdir()
+        (bad / file).write_bytes(text)
+    elif file == "run.json":
+        fake_run(bad, text)
+    else:
+        fake_run(bad, GOOD_RUN_JSON, summary=text)
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "problem"),
+    [
+        ("run.json", b'{"contract_version": null}', "contract_version is null, not a whole number"),
+        ("run.json", b'{"contract_version": "abc"}', 'contract_version is "abc", not a whole number'),
+        ("run.json", b'{"contract_version": true}', "contract_version is true, not a whole number"),
+        ("run.json", b'{"contract_version": ', "not valid JSON"),
+        ("metrics/summary_stats.json", b'{"num_requests": ', "not valid JSON"),
+        ("sweep_manifest.json", b'{"runs": [', "not valid JSON"),
+    ],
+    ids=[
+        "null-version",
+        "text-version",
+        "boolean-version",
+        "not-json",
+        "summary-not-json",
+        "manifest-not-json",
+    ],
+)
+def test_a_damaged_input_file_is_a_usage_error_naming_the_file(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    file: str,
+    text: bytes,
+    problem: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    fake_run(tmp_path / "good", GOOD_RUN_JSON)
+    damage(tmp_path / "bad", file, text)
+    with pytest.raises(SystemExit) as exited:
+        main(["compare", "good", "bad", "--output_dir", "cmp"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2, line
+    assert line.startswith(f"veeksha-run: {Path('bad') / file}: ") and problem in line, line
+    assert not (tmp_path / "cmp").exists()

@@ -509,6 +509,22 @@ QUIET_MISTAKES = [
         "evaluators.0.target_channels.0: 'txt' is not allowed; choose one of text",
     ),
     Case("expand-not-a-list", GOOD + "seed: !expand 5\n", f"{CONFIG} line 4: !expand needs a list"),
+    # A flag that replaced a swept value turned the sweep into one run, without a word.
+    Case(
+        "flag-on-a-swept-key",
+        GOOD + "seed: !expand [1, 2]\n",
+        "--seed: seed is swept with !expand in the config file",
+        ("--seed", "3"),
+    ),
+    Case(
+        "flag-on-a-swept-section",
+        GOOD + "wandb: {tags: !expand [[a], [b]]}\n",
+        "--wandb: wandb.tags is swept with !expand in the config file",
+        ("--wandb", "{enabled: false}"),
+    ),
+    # A double-quoted `\udcXX` is a lone surrogate, which no UTF-8 file (run.json, config.yml) holds.
+    Case("surrogate-escape", GOOD + 'wandb: {notes: "n\\udce9"}\n', "config error at wandb.notes: "),
+    Case("surrogate-escape-flag", GOOD, "config error at client.model: ", ("--client.model", '"m\\udce9"')),
     Case(
         "params-nested-too-deeply",
         CLIENT.replace("model: m}", "model: m, additional_sampling_params: " + "{a: " * 100 + "1" + "}" * 101)

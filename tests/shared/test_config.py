@@ -167,8 +167,9 @@ def test_a_flag_inside_a_swept_section_is_refused_not_a_silent_end_of_the_sweep(
     )
     with pytest.raises(ConfigError, match=r"traffic_scheduler is swept with !expand in the config file"):
         load_benchmark_runs(path, [("traffic_scheduler.cancel_session_on_failure", "false")])
-    whole = load_benchmark_runs(path, [("traffic_scheduler", "{type: concurrent}")])  # given whole: fine
-    assert len(whole) == 1 and whole[0].config.traffic_scheduler.type == "concurrent"
+    # Given whole, the flag replaced the sweep with one run just as unseen: refused too.
+    with pytest.raises(ConfigError, match=r"--traffic_scheduler: traffic_scheduler is swept with !expand"):
+        load_benchmark_runs(path, [("traffic_scheduler", "{type: concurrent}")])
 
 
 def test_a_key_with_a_dot_can_be_swept(tmp_path: Path) -> None:

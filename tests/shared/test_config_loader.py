@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
+from veeksha.shared.config import SyntheticSessions, UniformGen
 from veeksha.shared.config_loader import (
     MAX_PLAIN_YAML_BYTES,
+    LoadedRun,
     empty_override,
     load_benchmark_runs,
     load_capacity_search,
@@ -136,3 +139,94 @@ def test_a_key_without_the_space_after_its_colon_never_reaches_the_config(tmp_pa
 def test_colons_and_anchors_used_as_yaml_means_them_are_accepted(tmp_path: Path, text: str) -> None:
     path = write(tmp_path, "client: {api_base: 'http://127.0.0.1:9/v1', model: m, " + text + "}\n")
     assert load_benchmark_runs(path)[0].config.client.model == "m"
+
+
+# One anchor used twice: YAML gives both uses the same object, and a sweep or a flag written at one
+# use changed the other too.
+ALIASED_LENGTHS = """
+session_generator:
+  type: synthetic
+  channels:
+    - type: text
+      body_length_generator: &len {type: uniform, min: 10, max: MAX}
+  output_spec:
+    text:
+      output_length_generator: *len
+"""
+
+
+def lengths(run: LoadedRun) -> tuple[float, float]:
+    sessions = run.config.session_generator
+    assert isinstance(sessions, SyntheticSessions)
+    body = sessions.channels[0].body_length_generator
+    output = sessions.output_spec.text.output_length_generator
+    assert isinstance(body, UniformGen) and isinstance(output, UniformGen)
+    return body.max, output.max
+
+
+def test_each_use_of_an_aliased_sweep_is_swept_on_its_own(tmp_path: Path) -> None:
+    path = write(tmp_path, CLIENT + ALIASED_LENGTHS.replace("MAX", "!expand [100, 200]"))
+    runs = load_benchmark_runs(path)
+    assert [lengths(run) for run in runs] == [(100, 100), (100, 200), (200, 100), (200, 200)]
+    assert [list(run.params.values()) for run in runs] == [list(lengths(run)) for run in runs]
+
+
+def test_a_flag_on_an_aliased_mapping_changes_only_the_key_it_names(tmp_path: Path) -> None:
+    path = write(tmp_path, CLIENT + ALIASED_LENGTHS.replace("MAX", "100"))
+    flag = ("session_generator.output_spec.text.output_length_generator.max", "300")
+    (run,) = load_benchmark_runs(path, [flag])
+    assert lengths(run) == (100, 300)
+
+
+SWEPT_TIMEOUT = CLIENT + "runtime: {max_sessions: 2, benchmark_timeout: !expand [5, 10]}\n"
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [
+        (
+            ("runtime.benchmark_timeout", "5"),
+            "--runtime.benchmark_timeout: runtime.benchmark_timeout is swept",
+        ),
+        (("runtime", "{max_sessions: 3}"), "--runtime: runtime.benchmark_timeout is swept"),
+    ],
+    ids=["the-swept-key", "its-section"],
+)
+def test_a_flag_that_would_replace_a_sweep_is_refused(
+    tmp_path: Path, flag: tuple[str, str], expected: str
+) -> None:
+    path = write(tmp_path, SWEPT_TIMEOUT)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_benchmark_runs(path, [flag])
+
+
+def test_a_flag_beside_a_swept_key_keeps_the_sweep(tmp_path: Path) -> None:
+    runs = load_benchmark_runs(write(tmp_path, SWEPT_TIMEOUT), [("runtime.max_sessions", "3")])
+    assert [(r.config.runtime.benchmark_timeout, r.config.runtime.max_sessions) for r in runs] == [
+        (5, 3),
+        (10, 3),
+    ]
+
+
+# A double-quoted YAML `\udcXX` (or `\ud800`) is a lone surrogate: valid text in the file, but no
+# UTF-8 file can hold it, and the run failed hashing its config after its server had started.
+@pytest.mark.parametrize(
+    ("text", "flags", "key"),
+    [
+        ('output_dir: "out\\udce9"\n', [], "output_dir"),
+        ('wandb: {tags: !expand [[a], ["b\\udce9"]]}\n', [], "wandb.tags"),
+        ("", [("client.model", '"m\\udce9"')], "client.model"),
+        (
+            "",
+            [("client.additional_sampling_params", '{"k\\udce9": 1}')],
+            "client.additional_sampling_params.k",
+        ),
+    ],
+    ids=["output-dir", "in-an-expand", "flag-value", "a-key"],
+)
+def test_a_lone_surrogate_escape_is_refused_naming_its_key(
+    tmp_path: Path, text: str, flags: list[tuple[str, str]], key: str
+) -> None:
+    path = write(tmp_path, CLIENT + text)
+    with pytest.raises(ConfigError, match=f"config error at {re.escape(key)}.*lone surrogate"):
+        load_benchmark_runs(path, flags)
