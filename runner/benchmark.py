@@ -84,8 +84,7 @@ def run_benchmark(
 
         connect(cfg.runtime.ray_address)
         check_cluster(cfg, planned_api_host(cfg))
-    if cfg.server is None:  # an endpoint already up: a model it cannot name is found before anything is made
-        cfg = resolve_endpoint(cfg, None)
+    cfg = resolve_external_endpoint(cfg)
     ensure_writable(parent_dir)
     # The server inherits our environment (OPENAI_API_KEY ...): the client's secrets are scrubbed
     # from its output too.
@@ -199,6 +198,13 @@ def wandb_mode(cfg: BenchmarkConfig) -> str:
 def _server_api_base(cfg: BenchmarkConfig, launched: str | None) -> str | None:
     """The launched server's URL when requests go there (config_checks.uses_client_api_base)."""
     return None if uses_client_api_base(cfg) else launched
+
+
+def resolve_external_endpoint(cfg: BenchmarkConfig) -> BenchmarkConfig:
+    """For an endpoint already up (no server section), `cfg` with its model named: a model it cannot
+    name is found before anything is made (a run's, a sweep's or a search's directory). A server the
+    run starts itself can only be asked once it runs (resolve_endpoint then): `cfg` as it is."""
+    return resolve_endpoint(cfg, None) if cfg.server is None else cfg
 
 
 def resolve_endpoint(cfg: BenchmarkConfig, server_api_base: str | None) -> BenchmarkConfig:

@@ -25,18 +25,32 @@ What the spec leaves open, decided here (docs/capacity-search.md says it for use
   prompts, and an external server's prefix cache answered the later attempts from what the first
   ones sent (lower TTFC, so a higher capacity than there is).
 - A concurrency search never tries fewer sessions than a fixed `runtime.num_drivers` (a driver with
-  no session hung the attempt): start_value below it is refused, and bisection stops at it.
+  no session hung the attempt): start_value below it is refused, and bisection stops at it. The
+  benchmark config's own target_concurrent_sessions is not checked against the drivers: every
+  attempt replaces it.
+- Refused too, before anything is made: a seed whose last attempt's seed + i does not fit in 64 bits
+  (its config.yml could not be read back), and a benchmark_config.output_dir (never used: attempts
+  go under the search's own directory, the top-level output_dir).
+- The checks a run makes name a run's keys and flags (`client.api_base`, `--client.api_base URL`);
+  a search's errors name them under benchmark_config (`--benchmark_config.client.api_base URL`),
+  which is what its command line takes (under_benchmark_config).
+- The model of an endpoint already up (no server section) is asked for before the search's directory
+  is made, as a single run does; a server the search starts is asked once it runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
+import typing
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from veeksha.runner.benchmark import check_before_start, run_benchmark, upload
+from veeksha.runner.benchmark import check_before_start, resolve_external_endpoint, run_benchmark, upload
 from veeksha.runner.capacity_results import (
     EVALUATION_FAILED,
     Attempt,
@@ -75,6 +89,7 @@ from veeksha.shared.records import (
     RUN_INTERRUPTED,
     RUN_RUNNING,
 )
+from veeksha.shared.schema import INT64_MAX
 
 RATE_KNOB = "traffic_scheduler.interval_generator.arrival_rate"
 CONCURRENCY_KNOB = "traffic_scheduler.target_concurrent_sessions"
@@ -137,6 +152,33 @@ def check_search(search: CapacitySearchConfig, integer: bool) -> None:
             f"benchmark_config.runtime.num_drivers {low} (each driver needs a session of its own, and "
             f"an attempt with fewer sessions than drivers hangs); use start_value >= {low}, or fewer drivers"
         )
+    check_seed(search)
+    check_no_benchmark_output_dir(search)
+
+
+def check_seed(search: CapacitySearchConfig) -> None:
+    """Attempt i runs with seed + i: the last one's must fit in 64 bits, or its config.yml could not
+    be read back (`evaluate` refuses it). Refused, not wrapped: seed + i stays the documented rule."""
+    seed, attempts = search.benchmark_config.seed, search.max_iterations
+    highest = INT64_MAX - (attempts - 1)
+    if seed > highest:
+        raise ConfigError(
+            f"config error at benchmark_config.seed: {seed} is not allowed with max_iterations {attempts} "
+            f"(attempt i runs with seed + i, and the last would not fit in 64 bits); use a seed <= {highest}"
+        )
+
+
+def check_no_benchmark_output_dir(search: CapacitySearchConfig) -> None:
+    """A search writes its attempts under its own directory: benchmark_config.output_dir was never
+    used, and a path given there (even one that could not be made) passed unseen."""
+    given = search.benchmark_config.output_dir
+    if given != BenchmarkConfig().output_dir:
+        raise ConfigError(
+            f"config error at benchmark_config.output_dir: {given!r} is not used by a capacity search "
+            f"(its attempts are written under its own directory, {search.output_dir}/"
+            f"{CAPSEARCH_DIR_PREFIX}*/{CAPSEARCH_RUNS_DIR}); remove it, and set the top-level "
+            "output_dir instead"
+        )
 
 
 def check_slos(search: CapacitySearchConfig) -> None:
@@ -158,19 +200,77 @@ def run_capacity_search(
     dry_run: bool = False,
 ) -> int:
     search = load_capacity_search(path, overrides, fallbacks)
+    with benchmark_keys_under_search():
+        return _search(search, dry_run)
+
+
+def _search(search: CapacitySearchConfig, dry_run: bool) -> int:
     base = search.benchmark_config
-    check_hosts([base], prefix="benchmark_config.")
     knob = knob_of(base)
     integer = knob == CONCURRENCY_KNOB
     rnd = rounder(search, integer)
     check_search(search, integer)
+    check_hosts([base], prefix="benchmark_config.")
     check_before_start(base)
     check_output_dir(Path(search.output_dir))
     check_slos(search)
     if dry_run:  # every check a search makes before its first attempt has passed; nothing is made
         print(describe_plan(search, knob, rnd, integer))
         return 0
+    # An endpoint already up names its model now, before the search's directory (as a single run).
+    search = replace(search, benchmark_config=resolve_external_endpoint(base))
     return SearchRun(search, knob).run(rnd, integer)
+
+
+# ---------------------------------------------------------------- the keys errors name
+
+
+def _section_keys() -> dict[str, frozenset[str] | None]:
+    """Each section of a benchmark config with the keys it holds (every variant's); None for a list,
+    whose items are named by index (evaluators.0.slos)."""
+    hints = typing.get_type_hints(BenchmarkConfig)
+    sections: dict[str, frozenset[str] | None] = {}
+    for f in dataclasses.fields(BenchmarkConfig):
+        if typing.get_origin(hints[f.name]) is list:
+            sections[f.name] = None
+            continue
+        classes = list((f.metadata.get("variants") or {}).values()) or [hints[f.name]]
+        keys = {g.name for c in classes if dataclasses.is_dataclass(c) for g in dataclasses.fields(c)}
+        if keys:  # (seed and output_dir are values, not sections)
+            sections[f.name] = frozenset(keys)
+    return sections
+
+
+SECTION_KEYS = _section_keys()
+# `section.key`, or the flag `--section.key`, standing on its own: not inside a longer key path
+# (`benchmark_config.client.model`), a URL, a file name or a quoted value.
+_KEY_PATH = re.compile(
+    r"(?<![\w./'\"-])(--)?(" + "|".join(sorted(SECTION_KEYS, key=len, reverse=True)) + r")\.(\w+)"
+)
+
+
+def under_benchmark_config(message: str) -> str:
+    """`message` (of a check a run makes) with each key path and flag of a benchmark config named as a
+    capacity search's file and command line have it: under benchmark_config."""
+
+    def prefixed(m: re.Match[str]) -> str:
+        flag, section, key = m.group(1) or "", m.group(2), m.group(3)
+        keys = SECTION_KEYS[section]
+        if key.isdigit() if keys is None else key in keys:  # not `client.json`, a file's name
+            return f"{flag}benchmark_config.{section}.{key}"
+        return m.group(0)
+
+    return _KEY_PATH.sub(prefixed, message)
+
+
+@contextmanager
+def benchmark_keys_under_search() -> Iterator[None]:
+    """The one boundary where a search runs a run's checks (and its attempts): their ConfigErrors
+    named `client.api_base` and `--client.api_base URL`, a flag the search refuses as unknown."""
+    try:
+        yield
+    except ConfigError as e:
+        raise ConfigError(under_benchmark_config(str(e))) from e
 
 
 class SearchRun:

@@ -14,15 +14,23 @@ import io
 import os
 import socket
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from veeksha.runner.benchmark import RunResult, check_before_start, run_benchmark, upload
+import orjson
+from veeksha.runner.benchmark import (
+    RunResult,
+    check_before_start,
+    resolve_external_endpoint,
+    run_benchmark,
+    upload,
+)
 from veeksha.runner.liveness import Owner
 from veeksha.runner.preflight import check_hosts
 from veeksha.runner.run_dir import check_output_dir, make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config_loader import NO_FALLBACKS, EnvFallbacks, LoadedRun, load_benchmark_runs
-from veeksha.shared.errors import ConfigError, ContractError
+from veeksha.shared.errors import ConfigError, ContractError, UsageError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
 from veeksha.shared.paths import (
     RUN_JSON,
@@ -43,6 +51,7 @@ from veeksha.shared.records import (
     RUN_TIMEOUT,
     run_finished,
 )
+from veeksha.shared.schema import to_dict
 
 # Summary columns copied from each run's metrics files (when present).
 HEADLINE_KEYS = (
@@ -67,14 +76,11 @@ def run_from_config(
     fallbacks: EnvFallbacks = NO_FALLBACKS,
 ) -> int:
     runs = load_benchmark_runs(path, overrides, fallbacks)  # every run validated before any traffic
+    check_output_dir_not_swept(runs)
+    check_distinct_runs(runs)
     check_hosts(run.config for run in runs)
     for run in runs:  # a typo in the last run's trace path is found now, not hours into the sweep
         check_before_start(run.config)
-    if len({run.config.output_dir for run in runs}) > 1:
-        raise ConfigError(
-            "config error at output_dir: !expand is not allowed here (a sweep writes all its runs "
-            "under one directory); give one output_dir"
-        )
     check_output_dir(Path(runs[0].config.output_dir))
     if dry_run:
         print(f"veeksha-run: config is valid; it expands to {len(runs)} run(s)")
@@ -84,7 +90,38 @@ def run_from_config(
     if len(runs) == 1:
         result = run_benchmark(runs[0].config, Path(runs[0].config.output_dir), argv=python_argv())
         return exit_code([result], strict=strict)
+    # An endpoint already up names its model now, before the sweep's directory (as a single run):
+    # else every member failed with the same config error, in a sweep directory made for nothing.
+    runs = [replace(run, config=resolve_external_endpoint(run.config)) for run in runs]
     return exit_code(run_sweep(runs), strict=strict)
+
+
+def check_output_dir_not_swept(runs: list[LoadedRun]) -> None:
+    """A sweep writes all its runs under one directory: any !expand on output_dir is refused (README),
+    also one whose values are all the same."""
+    if any("output_dir" in run.params for run in runs):
+        raise ConfigError(
+            "config error at output_dir: !expand is not allowed here (a sweep writes all its runs "
+            "under one directory); give one output_dir"
+        )
+
+
+def check_distinct_runs(runs: list[LoadedRun]) -> None:
+    """Two combinations of one config would measure the same thing twice, under two indexes: an
+    !expand list holds a value twice (or two spellings of it, 1 and 1.0). Configs are grouped by
+    their redacted form, then compared whole (two API keys are redacted alike)."""
+    seen: dict[bytes, list[int]] = {}
+    for j, run in enumerate(runs):
+        group = seen.setdefault(orjson.dumps(to_dict(run.config), option=orjson.OPT_SORT_KEYS), [])
+        i = next((i for i in group if runs[i].config == run.config), None)
+        if i is not None:
+            first, second = repr(runs[i].params), repr(run.params)
+            shown = first if first == second else f"{first} and {second}"
+            raise ConfigError(
+                f"config error at !expand: runs {i} and {j} of the sweep are the same config ({shown}); "
+                "list each value once (to repeat a run, sweep seed instead)"
+            )
+        group.append(j)
 
 
 def exit_code(results: list[RunResult], *, strict: bool) -> int:
@@ -263,6 +300,21 @@ def _read_manifest(root: Path) -> dict[str, Any] | None:
     return manifest
 
 
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The manifest of a sweep directory `veeksha-run evaluate` was given; UsageError naming the file
+    when it is not one (with none, every step did nothing and evaluate exited 0 without a word)."""
+    manifest = read_json(root / SWEEP_MANIFEST)
+    runs = manifest.get("runs") if isinstance(manifest, dict) else None
+    entries_ok = isinstance(runs, list) and all(isinstance(entry, dict) for entry in runs)
+    # (The sweep_id is what names its members in their run.json: without one none is found.)
+    if not entries_ok or not isinstance(manifest.get("sweep_id"), str):
+        raise UsageError(
+            f"{root / SWEEP_MANIFEST} is not a sweep manifest (an object with a sweep_id, whose runs "
+            "are a list of objects); evaluate its run directories one by one"
+        )
+    return manifest
+
+
 def rebuild_entries(root: Path, manifest: dict[str, Any]) -> None:
     """Each started combination's run directory and status from its run.json (the one file a killed
     runner leaves current). A member the manifest lacks (older sweeps listed a run once it had
@@ -284,9 +336,10 @@ def sweep_owner(root: Path, manifest: dict[str, Any]) -> Owner:
 
 
 def check_sweep_ended(root: Path, other_host_gone: bool) -> None:
-    """Before `veeksha-run evaluate SWEEP_DIR` touches a member: the sweep's process has ended."""
-    manifest = _read_manifest(root)
-    if manifest is None or manifest.get("status") != RUN_RUNNING:
+    """Before `veeksha-run evaluate SWEEP_DIR` touches a member: its manifest is one, and the sweep's
+    process has ended."""
+    manifest = read_manifest(root)
+    if manifest.get("status") != RUN_RUNNING:
         return
     sweep_owner(root, manifest).check_ended(
         f"sweep {root}", other_host_gone, "evaluate one of its run directories"

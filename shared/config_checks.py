@@ -57,7 +57,9 @@ def check_benchmark_config(cfg: BenchmarkConfig, prefix: str = "", api_base_sour
     """Raise ConfigError for the first problem; `prefix` is the key path of `cfg` in its file
     (`benchmark_config.` in a capacity search), `api_base_source` names an env fallback."""
     check_stopping_condition(cfg, prefix)
-    check_drivers(cfg, prefix)
+    # A capacity search's benchmark config (prefix benchmark_config.) has its concurrency set per
+    # attempt: runner/capacity_search.check_search checks the drivers against the values it probes.
+    check_drivers(cfg, prefix, sessions_searched=prefix == "benchmark_config.")
     check_timed_replay(cfg, prefix)
     if uses_client_api_base(cfg) and cfg.client.api_base:
         check_api_base(cfg.client.api_base, f"{prefix}client.api_base{api_base_source}")
@@ -101,11 +103,13 @@ def check_timed_replay(cfg: BenchmarkConfig, prefix: str = "") -> None:
         )
 
 
-def check_drivers(cfg: BenchmarkConfig, prefix: str = "") -> None:
+def check_drivers(cfg: BenchmarkConfig, prefix: str = "", sessions_searched: bool = False) -> None:
     """Every driver gets a share of the run's session slots: a share of 0 would be no session to run
-    (concurrent traffic) or no cap at all (rate traffic's max_concurrent_sessions)."""
+    (concurrent traffic) or no cap at all (rate traffic's max_concurrent_sessions). With
+    `sessions_searched`, a concurrent config's sessions are a placeholder the search replaces."""
     n = cfg.runtime.num_drivers
-    slots = session_slots(cfg)
+    searched = sessions_searched and isinstance(cfg.traffic_scheduler, ConcurrentTraffic)
+    slots = None if searched else session_slots(cfg)
     if slots is not None and isinstance(n, int) and n > slots[1]:
         name, count = slots
         raise ConfigError(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import veeksha.runner.evaluation.evaluate as evaluate_module
 import yaml
@@ -29,7 +30,8 @@ from veeksha.shared.jsonio import read_json, write_json
 from veeksha.shared.paths import CAPSEARCH_ATTEMPTS_CSV, CAPSEARCH_RESULTS, RunPaths
 from veeksha.uploader.groups import read_capsearch
 
-from tests.runner.helpers import run_cli
+from tests.runner.helpers import run_cli, serving
+from tests.runner.test_sweep_checks import TwoModels
 
 
 def run_search(capacity: float, integer: bool, **kw) -> list[float]:
@@ -391,9 +393,11 @@ def test_evaluate_leaves_the_results_of_a_search_still_running_to_it(
 # ---------------------------------------------------------------- refused before anything is made
 
 
-def refused(config: Path, *flags: str) -> str:
+def refused(config: Path, *flags: str, env: dict[str, str] | None = None) -> str:
     """The one line `veeksha-run capacity-search` exits 2 with; nothing was made."""
-    proc = run_cli(["capacity-search", "--config", str(config), *flags], cwd=config.parent, timeout=60)
+    proc = run_cli(
+        ["capacity-search", "--config", str(config), *flags], cwd=config.parent, env=env, timeout=60
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert not (config.parent / "out").exists()
     (line,) = proc.stderr.strip().splitlines()
@@ -437,3 +441,141 @@ def test_a_start_value_below_the_grid_is_refused_by_the_config_check(
     allowed (CapacitySearchConfig), before the search's checks run."""
     line = refused(write_search(tmp_path, **keys), "--dry-run")
     assert line == f"veeksha-run: config error at start_value: {message}", line
+
+
+def dry_run(config: Path, *flags: str, env: dict[str, str] | None = None) -> str:
+    """What `veeksha-run capacity-search --dry-run` prints for a config it accepts."""
+    proc = run_cli(
+        ["capacity-search", "--config", str(config), "--dry-run", *flags], cwd=config.parent, env=env
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_a_concurrency_search_starting_at_num_drivers_is_accepted(tmp_path: Path) -> None:
+    """docs/capacity-search.md: start_value >= num_drivers is enough. The benchmark config's own
+    target_concurrent_sessions (1 by default), which every attempt replaces, was checked instead."""
+    config = write_search(tmp_path, traffic={"type": "concurrent"}, runtime={"num_drivers": 2})
+    assert "probes while attempts pass: 4, 8, 16" in dry_run(config)
+
+
+def test_a_rate_search_still_gives_each_driver_a_share_of_max_concurrent_sessions(tmp_path: Path) -> None:
+    """The search does not set a rate search's max_concurrent_sessions: it is checked as written."""
+    traffic = {
+        "type": "rate",
+        "max_concurrent_sessions": 1,
+        "interval_generator": {"type": "fixed", "arrival_rate": 4},
+    }
+    line = refused(write_search(tmp_path, traffic=traffic, runtime={"num_drivers": 2}), "--dry-run")
+    assert "benchmark_config.runtime.num_drivers: 2 is not allowed" in line, line
+
+
+# No environment fallback: without a server section the endpoint is the config's own.
+NO_ENV_ENDPOINT = {"OPENAI_API_BASE": ""}
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--benchmark_config.server", "null"],
+            "config error at benchmark_config.client.api_base: not set; pass "
+            "--benchmark_config.client.api_base URL, set OPENAI_API_BASE, or add a server section "
+            "(e.g. --benchmark_config.server.type simulated)",
+        ),
+        (
+            ["--benchmark_config.client.tokenizer", "missing.json"],
+            "benchmark_config.client.tokenizer: 'missing.json' does not exist",
+        ),
+        (
+            ["--benchmark_config.session_generator", "{type: trace, path: missing.jsonl}"],
+            "benchmark_config.session_generator.path: trace file 'missing.jsonl' does not exist",
+        ),
+        (
+            ["--benchmark_config.runtime.num_drivers", "100000"],
+            "config error at benchmark_config.runtime.num_drivers: 100000 is not allowed on",
+        ),
+    ],
+    ids=["api_base", "tokenizer", "trace", "num_drivers"],
+)
+def test_errors_about_the_benchmark_config_name_its_keys_under_benchmark_config(
+    tmp_path: Path, flags: list[str], expected: str
+) -> None:
+    """The checks a run makes name a run's keys (`client.api_base`, `--client.api_base URL`); in a
+    search they are under benchmark_config, and `--client.api_base` was refused as an unknown key."""
+    line = refused(write_search(tmp_path), "--dry-run", *flags, env=NO_ENV_ENDPOINT)
+    assert expected in line, line
+    assert " client." not in line and "--client." not in line and " runtime." not in line, line
+
+
+def test_the_flag_a_search_error_suggests_is_one_the_search_takes(tmp_path: Path) -> None:
+    config = write_search(tmp_path)
+    no_server = ["--benchmark_config.server", "null"]
+    line = refused(config, "--dry-run", *no_server, env=NO_ENV_ENDPOINT)
+    flag = next(word for word in line.split() if word.startswith("--") and "api_base" in word)
+    dry_run(config, *no_server, flag, "http://127.0.0.1:8000/v1", env=NO_ENV_ENDPOINT)
+
+
+def test_a_search_on_an_endpoint_with_several_models_is_refused_before_its_directory(tmp_path: Path) -> None:
+    """Which model to load is known before anything is made, as for a single run: the search made
+    capsearch-*/ with its config and results, then exited 2 suggesting --client.model."""
+    with serving(TwoModels) as url:
+        line = refused(
+            write_search(tmp_path),
+            "--benchmark_config.server",
+            "null",
+            "--benchmark_config.client.api_base",
+            url,
+        )
+    assert "config error at benchmark_config.client.model: not set, and the server lists 2 models" in line
+    assert line.endswith("pass --benchmark_config.client.model NAME"), line
+
+
+def test_a_search_whose_own_server_lists_no_model_names_the_flag_under_benchmark_config(
+    tmp_path: Path,
+) -> None:
+    """A server the search starts itself is asked once it runs (the attempt's directory is not made
+    yet): the search then stops, with the flag a capacity search takes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = {
+        "type": "command",
+        "command": [sys.executable, "-m", "veeksha.runner.simserver.server", "--port", str(port)],
+        "ready_url": f"http://127.0.0.1:{port}/health",
+        "api_base": f"http://127.0.0.1:{port}/no-models",
+    }
+    config = write_search(tmp_path)
+    proc = run_cli(
+        [
+            "capacity-search",
+            "--config",
+            str(config),
+            "--benchmark_config.server",
+            orjson.dumps(server).decode(),
+        ],
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "config error at benchmark_config.client.model: not set, and" in line, line
+    assert line.endswith("pass --benchmark_config.client.model NAME"), line
+
+
+def test_a_seed_whose_last_attempt_would_not_fit_in_64_bits_is_refused(tmp_path: Path) -> None:
+    """Attempt i runs with seed + i: the last attempt's config.yml held a seed that `evaluate`
+    then refused to read back ("integers must fit in 64 bits")."""
+    config = write_search(tmp_path, max_iterations=3)
+    line = refused(config, "--dry-run", f"--benchmark_config.seed={2**63 - 1}")
+    assert f"config error at benchmark_config.seed: {2**63 - 1} is not allowed with max_iterations 3" in line
+    assert f"use a seed <= {2**63 - 3}" in line, line
+    dry_run(config, f"--benchmark_config.seed={2**63 - 3}")  # the last attempt's seed is 2**63 - 1
+
+
+def test_a_benchmark_config_output_dir_is_refused(tmp_path: Path) -> None:
+    """The attempts are written under the search's own directory: a benchmark_config.output_dir was
+    never used, even one whose parent does not exist."""
+    line = refused(write_search(tmp_path), "--dry-run", "--benchmark_config.output_dir", "no/such/dir")
+    assert line.startswith("veeksha-run: config error at benchmark_config.output_dir: "), line
+    assert "set the top-level output_dir" in line, line

@@ -379,3 +379,20 @@ def test_an_older_sweep_that_names_no_process_says_so(tmp_path: Path) -> None:
     assert "once it has ended, rerun with --other-host-gone" in line
     assert "None" not in line
     assert manifest_of(tmp_path / "sweep")["status"] == "running"
+
+
+@pytest.mark.parametrize(
+    "manifest", [[], {"runs": "x"}, {"sweep_id": "s1", "runs": [1]}, {"runs": []}], ids=str
+)
+def test_evaluate_on_a_sweep_whose_manifest_is_not_one_says_so(tmp_path: Path, manifest: Any) -> None:
+    """It exited 0 without a word (every step read no manifest and did nothing), or with a traceback
+    (a manifest without its sweep_id)."""
+    (tmp_path / "sweep").mkdir()
+    write_json(tmp_path / "sweep" / SWEEP_MANIFEST, manifest)
+
+    result = run_cli(["evaluate", "sweep"], cwd=tmp_path)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"veeksha-run: {Path('sweep') / SWEEP_MANIFEST} is not a sweep manifest"), line
+    assert "evaluate its run directories one by one" in line
