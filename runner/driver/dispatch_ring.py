@@ -49,7 +49,9 @@ class DispatchRing:
             return
         size = HEADER + SLOT * SLOTS
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            # Made like the run's other files (the umask decides): whoever may evaluate the run
+            # must be able to read it.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
         except OSError:
             return
         try:
@@ -97,11 +99,12 @@ class DispatchRing:
 
 def read_ring(path: os.PathLike[str] | str) -> tuple[float | None, list[list[Any]]]:
     """The driver's t0 (None: it never started, so it sent nothing) and every whole entry's raw
-    trace line, in request order."""
+    trace line, in request order. A file that exists but cannot be read raises OSError: taking it
+    for an empty ring would lose its dispatches once recovery removes the file."""
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except OSError:
+    except FileNotFoundError:
         return None, []
     if not data.startswith(MAGIC) or len(data) < HEADER:
         return None, []

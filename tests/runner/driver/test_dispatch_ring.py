@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from veeksha.runner import ipc
 from veeksha.runner.driver.dispatch_ring import ENTRY, HEADER, SLOT, SLOTS, DispatchRing, read_ring
 
@@ -143,3 +144,22 @@ def test_the_whole_file_is_allocated_at_the_start(tmp_path: Path) -> None:
     written(tmp_path / "ring", []).close()
 
     assert os.stat(tmp_path / "ring").st_blocks * 512 >= HEADER + SLOT * SLOTS
+
+
+def test_a_ring_that_cannot_be_read_is_an_error_not_an_empty_ring(tmp_path: Path) -> None:
+    """Recovery removes the file once it has read it: an unreadable ring taken for an empty one
+    would lose its dispatches without a word."""
+    (tmp_path / "ring").mkdir()  # (as root, a file without read permission is still readable)
+
+    with pytest.raises(OSError):
+        read_ring(tmp_path / "ring")
+
+
+def test_the_ring_is_made_with_the_run_files_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        written(tmp_path / "ring", []).close()
+    finally:
+        os.umask(old)
+
+    assert os.stat(tmp_path / "ring").st_mode & 0o777 == 0o644
