@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import click
 from veeksha.shared.config_loader import EnvFallbacks, empty_override
 from veeksha.shared.errors import OutputError, UsageError, VeekshaError
+from veeksha.shared.jsonio import is_utf8
 from veeksha.shared.redact import may_hold_secret, redact_argv
 from veeksha.shared.secret import Secret
 
@@ -500,7 +501,7 @@ def refuse_non_utf8(args: list[str]) -> None:
     before a --dry-run; an argument that may be a secret is named by its position only."""
     shown = redact_argv(args)
     for i, arg in enumerate(args):
-        if _is_utf8(arg):
+        if is_utf8(arg):
             continue
         why = "is not valid UTF-8 (veeksha-run records its command line as UTF-8 text)"
         if shown[i] != arg:
@@ -511,14 +512,6 @@ def refuse_non_utf8(args: list[str]) -> None:
             f"argument {_escaped(arg)} {why}; rename the file or directory to a UTF-8 name (or choose one) "
             "and pass that"
         )
-
-
-def _is_utf8(arg: str) -> bool:
-    try:
-        arg.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _escaped(arg: str) -> str:

@@ -25,6 +25,7 @@ import yaml
 from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig
 from veeksha.shared.config_checks import check_benchmark_config, uses_client_api_base
 from veeksha.shared.errors import ConfigError
+from veeksha.shared.jsonio import is_utf8
 from veeksha.shared.redact import redact, redact_params
 from veeksha.shared.schema import build, key_for_message, mark_respelled, plain, to_dict
 from veeksha.shared.secret import Secret
@@ -565,15 +566,15 @@ def _refuse_surrogates(tree: Any, path: tuple[str | int, ...] = ()) -> None:
 
 
 def _refuse_surrogate_in(text: str, path: tuple[str | int, ...], what: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        where = ".".join(key_for_message(k) for k in path) or "<root>"
-        raise ConfigError(
-            f"config error at {where}: the {what} holds {text[e.start]!a}, a lone surrogate (a YAML "
-            "\\u escape that is no character) that no UTF-8 file can hold; write the character itself "
-            "or remove it"
-        ) from None
+    if is_utf8(text):
+        return
+    surrogate = next(c for c in text if not is_utf8(c))
+    where = ".".join(key_for_message(k) for k in path) or "<root>"
+    raise ConfigError(
+        f"config error at {where}: the {what} holds {surrogate!a}, a lone surrogate (a YAML "
+        "\\u escape that is no character) that no UTF-8 file can hold; write the character itself "
+        "or remove it"
+    )
 
 
 def load_benchmark_runs(

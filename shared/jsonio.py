@@ -22,6 +22,16 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() would give a new file
 
 
+def is_utf8(text: str) -> bool:
+    """False for text no UTF-8 file can hold: a name with bytes that are not UTF-8 (Python keeps
+    them as lone surrogates), or a lone surrogate escape (`"\\udce9"` in YAML)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @contextmanager
 def naming_errors(path: Path | str) -> Iterator[None]:
     """A failed write (disk full) names its file: errors from write() and flush() carry no name."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from veeksha.shared.errors import ContractError
+from veeksha.shared.jsonio import is_utf8
 from veeksha.shared.paths import WANDB_DIR
 from veeksha.uploader.wandb_session import REDACTED_DIR, STAGING_DIR
 
@@ -29,15 +30,6 @@ _KINDS = (
 def shown(text: str | os.PathLike[str]) -> str:
     """Text safe to print and to put in JSON: undecodable name bytes become `\\xff` escapes."""
     return os.fsencode(text).decode("utf-8", "backslashreplace")
-
-
-def is_utf8(text: str) -> bool:
-    """False for names holding bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _kind(mode: int) -> str:
