@@ -6,8 +6,10 @@ For two or more run directories (a sweep directory stands for its runs), in OUT:
 - `cdf_<metric>.png`: the runs' CDFs of the main latencies overlaid, from their `<metric>.csv`;
 - `timeseries_compare.png`: completed requests/s, output tokens/s and TTFC p50 of every run over time.
 
-Every input is checked before OUT is made: each must be a finished run's directory of one output
-contract (run.json "contract_version"), since keys and record fields differ between versions. OUT is
+Every input is read and checked before OUT is made: each must be a finished run's directory (its
+evaluation written to the end: run.json has finished_at) of one output contract (run.json
+"contract_version"), since keys and record fields differ between versions; a damaged file (JSON or
+CSV) is named in one line. A sweep's member that did not finish is left out and named. OUT is
 checked first: it must be a directory that can be made or written, and none that veeksha-run made (a
 run, sweep or capacity search directory, or a folder inside a run), whose files the plots would mix in.
 """
@@ -16,17 +18,24 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-from veeksha.runner.compare_plots import plot_cdfs, plot_timeseries
+from veeksha.runner.compare_plots import plot_cdfs, plot_timeseries, read_curves, shown
 from veeksha.runner.run_dir import check_output_dir
 from veeksha.shared.errors import ContractError, UsageError
 from veeksha.shared.jsonio import read_json, write_atomic
 from veeksha.shared.paths import CAPSEARCH_RESULTS, SWEEP_MANIFEST, RunPaths
-from veeksha.shared.records import CONTRACT_VERSION, summary_stat_key
+from veeksha.shared.records import (
+    CONTRACT_VERSION,
+    EVALUATION_ERROR,
+    RUN_RUNNING,
+    missing_metrics,
+    run_finished,
+    summary_stat_key,
+)
 
 SUMMARY_CSV = "compare_summary.csv"
 COMPARE_TIMESERIES_PNG = "timeseries_compare.png"
@@ -35,7 +44,6 @@ COUNTS = ("num_requests", "num_completed_requests", "error_rate")
 THROUGHPUTS = ("request_throughput", "output_token_throughput", "goodput")
 LATENCY_STATS = tuple(summary_stat_key(m, s) for m in CDF_METRICS for s in ("p50", "p99"))
 LEAVE_OUT = "the file is damaged: leave this run out of the comparison"
-MAX_SHOWN = 40  # characters of a damaged value an error shows
 
 
 @dataclass
@@ -61,11 +69,12 @@ def compare(dirs: list[Path], output_dir: Path) -> str:
             "the runs hold no summary value to compare (their metrics files are empty); "
             "run `veeksha-run evaluate DIR` on each to write them again"
         )
+    # The plots' CSVs too are read (and checked) now: a damaged one is named before OUT is made.
+    curves = [read_curves(run.label, run.paths, CDF_METRICS) for run in runs]
     output_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(output_dir / SUMMARY_CSV, summary_csv(runs, rows).encode())
-    named = [(run.label, run.paths) for run in runs]
-    plot_cdfs(named, CDF_METRICS, output_dir)
-    plot_timeseries(named, output_dir / COMPARE_TIMESERIES_PNG)
+    plot_cdfs(curves, CDF_METRICS, output_dir)
+    plot_timeseries(curves, output_dir / COMPARE_TIMESERIES_PNG)
     notes = [f"left out: {what}" for what in skipped]
     return "\n".join([format_table(runs, rows), *notes])
 
@@ -88,7 +97,8 @@ def _made_by_veeksha(output_dir: Path) -> str | None:
         return "a sweep directory"
     if (output_dir / CAPSEARCH_RESULTS).exists():
         return "a capacity search directory"
-    whole = output_dir.absolute()  # a relative path's parents stop at the current directory
+    # A relative path's parents stop at the current directory; and `run/../cmp` is not inside `run`.
+    whole = _absolute(output_dir)
     for folder in (whole, *whole.parents):
         paths = RunPaths(folder)
         if paths.run_json.exists() or paths.request_records.exists():
@@ -120,28 +130,79 @@ def load_runs(dirs: list[Path], skipped: list[str] | None = None) -> list[Run]:
 
 
 def run_dirs(directory: Path, skipped: list[str] | None = None) -> list[RunPaths]:
-    """A run directory, or the runs a sweep directory lists that have results: a member that failed
-    to start, or whose evaluation did not finish, is named in `skipped` instead."""
+    """A finished run directory, or the runs a sweep directory lists that finished: a member that
+    failed to start, or whose evaluation did not finish, is named in `skipped` instead."""
     paths = RunPaths(directory)
-    if paths.summary_stats.exists():
-        return [paths]
     manifest = directory / SWEEP_MANIFEST
-    if manifest.exists():
-        found = []
-        for entry in _manifest_entries(manifest):
-            member = RunPaths(directory / entry["run_dir"]) if entry.get("run_dir") else None
-            if member is not None and member.summary_stats.exists():
-                found.append(member)
-            elif skipped is not None:
-                where = entry.get("run_dir") or "no run directory"
-                skipped.append(
-                    f"{directory.name} run {entry.get('index')} ({where}, {entry.get('status')}): no results"
-                )
-        return found
+    if manifest.exists() and not paths.summary_stats.exists():
+        return _sweep_members(directory, manifest, skipped)
+    # A run.json alone is a run too: one whose evaluation failed before summary_stats.json is told
+    # to evaluate it, not that it is no run.
+    if paths.summary_stats.exists() or paths.run_json.exists():
+        why = not_finished(paths)
+        if why is not None:
+            raise UsageError(f"{directory} cannot be compared yet: {why}")
+        return [paths]
     raise UsageError(
         f"{directory} is neither a finished run directory (no metrics/summary_stats.json) nor a sweep "
         f"directory (no {SWEEP_MANIFEST}); pass directories that `veeksha-run` made"
     )
+
+
+def not_finished(paths: RunPaths) -> str | None:
+    """Why the run's metrics cannot be compared yet, and what to do; None when they can. evaluate
+    writes summary_stats.json first and run.json's finished_at last: a run without finished_at (its
+    evaluation failed, was cut short, or is going on) may hold a mix of old and missing files. A
+    directory without run.json (one that was copied in part) says nothing against its metrics."""
+    info = _read_input(paths.run_json, LEAVE_OUT) if paths.run_json.exists() else None
+    if info is not None and not isinstance(info, dict):
+        raise UsageError(f"{paths.run_json}: not a JSON object; {LEAVE_OUT}")
+    has_summary = paths.summary_stats.exists()
+    if info is None:
+        return None if has_summary else "no results"
+    evaluate = f"run `veeksha-run evaluate {paths.root}` first"
+    if run_finished(info):
+        return None if has_summary else f"it has no metrics/summary_stats.json; {evaluate}"
+    why = missing_metrics(info)
+    if why is not None:
+        return f"its evaluation did not finish (run.json {EVALUATION_ERROR}: {why}); {evaluate}"
+    if info.get("status") == RUN_RUNNING:
+        return f"run.json says it is still running; wait for its end (if its process died, {evaluate})"
+    return f"its evaluation did not finish (run.json has no finished_at); {evaluate}"
+
+
+def _sweep_members(sweep: Path, manifest: Path, skipped: list[str] | None) -> list[RunPaths]:
+    found = []
+    for i, entry in enumerate(_manifest_entries(manifest)):
+        member = _member(sweep, manifest, i, entry)
+        why = "no results" if member is None else not_finished(member)
+        if member is not None and why is None:
+            found.append(member)
+        elif skipped is not None:
+            where = entry.get("run_dir") or "no run directory"
+            skipped.append(f"{_name(sweep)} run {entry.get('index')} ({where}, {entry.get('status')}): {why}")
+    return found
+
+
+def _member(sweep: Path, manifest: Path, i: int, entry: dict[str, Any]) -> RunPaths | None:
+    """The run directory of the manifest's `i`-th entry; None when it has none (it failed to start).
+    A sweep writes the name of a directory inside itself: anything else (a number, an absolute path,
+    `..`) is a damaged manifest, which would otherwise be a TypeError, or compare a run that is no
+    member of the sweep."""
+    name = entry.get("run_dir")
+    if name is None or name == "":
+        return None
+    if not isinstance(name, str) or not _inside(name):
+        raise UsageError(
+            f"{manifest}: runs[{i}].run_dir is {shown(name)}, not the name of a directory inside the "
+            "sweep; mend the manifest, or pass the run directories themselves"
+        )
+    return RunPaths(sweep / name)
+
+
+def _inside(name: str) -> bool:
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts and "\x00" not in name
 
 
 def _manifest_entries(manifest: Path) -> list[dict[str, Any]]:
@@ -161,9 +222,9 @@ def contract_version(paths: RunPaths) -> int:
     info = _read_input(paths.run_json, LEAVE_OUT) if paths.run_json.exists() else {}
     version = info.get("contract_version", 1) if isinstance(info, dict) else 1
     if isinstance(version, bool) or not isinstance(version, int):
-        shown = orjson.dumps(version).decode()
-        shown = shown if len(shown) <= MAX_SHOWN else shown[:MAX_SHOWN] + "…"
-        raise UsageError(f"{paths.run_json}: contract_version is {shown}, not a whole number; {LEAVE_OUT}")
+        raise UsageError(
+            f"{paths.run_json}: contract_version is {shown(version)}, not a whole number; {LEAVE_OUT}"
+        )
     return version
 
 
@@ -189,11 +250,22 @@ def _labels(roots: list[Path]) -> list[str]:
     """Directory names, made unique (two sweeps may hold runs of one name)."""
     labels: list[str] = []
     for root in roots:
-        label = root.name
+        label = _name(root)
         while label in labels:
-            label = f"{root.parent.name}/{label}"
+            label = f"{_name(_absolute(root).parent)}/{label}"
         labels.append(label)
     return labels
+
+
+def _name(directory: Path) -> str:
+    """The directory's own name, also when given as `.` or `..` (whose Path name is "" or "..")."""
+    whole = _absolute(directory)
+    return whole.name or str(whole)
+
+
+def _absolute(directory: Path) -> Path:
+    # Not resolve(): a run given through a symbolic link keeps the link's name.
+    return Path(os.path.abspath(directory))
 
 
 # ------------------------------------------------------------------ the table

@@ -113,15 +113,27 @@ def _copy_dir(src: Path, dst: Path) -> None:
             (dst / f.name).write_bytes(f.read_bytes())
 
 
+TIMESERIES_HEADER = b"elapsed_s,dispatched,completed,errored,in_flight,output_tokens,output_tokens_per_s,"
+TIMESERIES_HEADER += b"request_throughput,ttfc_p50,ttfc_p99,tbc_p50,tbc_p99\n"
+
+
 def fake_run(root: Path, run_json: bytes, summary: bytes = b'{"num_requests": 3}') -> Path:
-    """The least `compare` takes as a finished run directory, with these run.json and summary."""
+    """The least `compare` takes as a finished run directory, with these run.json and summary (and a
+    second of time series to draw)."""
     (root / "metrics").mkdir(parents=True)
     (root / "metrics" / "summary_stats.json").write_bytes(summary)
+    (root / "metrics" / "timeseries.csv").write_bytes(TIMESERIES_HEADER + b"0,1,1,0,0.5,9,9,1,0.01,0.02,,\n")
     (root / "run.json").write_bytes(run_json)
     return root
 
 
-GOOD_RUN_JSON = orjson.dumps({"contract_version": CONTRACT_VERSION})
+def run_json(**fields: object) -> bytes:
+    """A finished run's run.json (its evaluation written), with `fields` changed."""
+    finished = {"status": "completed", "finished_at": "2026-01-01T00:00:00.000Z"}
+    return orjson.dumps({**finished, "contract_version": CONTRACT_VERSION, **fields})
+
+
+GOOD_RUN_JSON = run_json()
 
 
 def damage(bad: Path, file: str, text: bytes) -> None:
@@ -138,9 +150,9 @@ def damage(bad: Path, file: str, text: bytes) -> None:
 @pytest.mark.parametrize(
     ("file", "text", "problem"),
     [
-        ("run.json", b'{"contract_version": null}', "contract_version is null, not a whole number"),
-        ("run.json", b'{"contract_version": "abc"}', 'contract_version is "abc", not a whole number'),
-        ("run.json", b'{"contract_version": true}', "contract_version is true, not a whole number"),
+        ("run.json", run_json(contract_version=None), "contract_version is null, not a whole number"),
+        ("run.json", run_json(contract_version="abc"), 'contract_version is "abc", not a whole number'),
+        ("run.json", run_json(contract_version=True), "contract_version is true, not a whole number"),
         ("run.json", b'{"contract_version": ', "not valid JSON"),
         ("metrics/summary_stats.json", b'{"num_requests": ', "not valid JSON"),
         ("sweep_manifest.json", b'{"runs": [', "not valid JSON"),
@@ -171,3 +183,168 @@ def test_a_damaged_input_file_is_a_usage_error_naming_the_file(
     assert exited.value.code == 2, line
     assert line.startswith(f"veeksha-run: {Path('bad') / file}: ") and problem in line, line
     assert not (tmp_path / "cmp").exists()
+
+
+def compare_in(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int | str | None, str, str]:
+    """`veeksha-run compare ARGS` in this process, from `cwd`: (exit status, stdout, stderr)."""
+    monkeypatch.chdir(cwd)
+    with pytest.raises(SystemExit) as exited:
+        main(["compare", *args])
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+def refused_in_one_line(code: int | str | None, err: str) -> str:
+    """The one line of a usage error (exit 2)."""
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "problem"),
+    [
+        ("ttfc.csv", b"cdf,value\n0.00,0.01\n0.50,abc\n1.00,0.03\n", 'line 3, column value is "abc"'),
+        ("ttfc.csv", b"cdf,value\n0.00,0.01\n0.50,0.02,7\n", "line 3 has 3 fields, its header 2"),
+        ("ttfc.csv", b"cdf,value\n0.00,0.01\n0.50,0.02\xff\n", "not a readable CSV"),
+        ("ttfc.csv", b"quantile,seconds\n0.00,0.01\n", "its header has no column cdf, value"),
+        ("timeseries.csv", TIMESERIES_HEADER + b"0,1,1,0,0.5,9,9,1,x,,,\n", 'line 2, column ttfc_p50 is "x"'),
+        (
+            "timeseries.csv",
+            b"elapsed_s,completed\n0,1\n",
+            "its header has no column request_throughput, output_tokens_per_s",
+        ),
+    ],
+    ids=["text-quantile", "extra-field", "not-utf8", "other-header", "text-timeseries", "missing-column"],
+)
+def test_a_damaged_metrics_csv_is_a_usage_error_naming_it_before_out_is_made(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    file: str,
+    text: bytes,
+    problem: str,
+) -> None:
+    # A traceback (ValueError, ComputeError, InvalidOperationError) once compare_summary.csv had
+    # been written: the CSVs were first read by the plots.
+    fake_run(tmp_path / "good", GOOD_RUN_JSON)
+    (fake_run(tmp_path / "bad", GOOD_RUN_JSON) / "metrics" / file).write_bytes(text)
+    code, _, err = compare_in(tmp_path, monkeypatch, capsys, "good", "bad", "--output_dir", "cmp")
+    line = refused_in_one_line(code, err)
+    assert line.startswith(f"veeksha-run: {Path('bad/metrics') / file}: ") and problem in line, line
+    assert "veeksha-run evaluate bad" in line, line
+    assert not (tmp_path / "cmp").exists()
+
+
+UNFINISHED = {
+    "evaluation-failed": run_json(finished_at=None, evaluation_error="disk full while plotting"),
+    "running": run_json(status="running", finished_at=None),
+    "no-finished-at": run_json(finished_at=None),
+}
+
+
+@pytest.mark.parametrize("info", UNFINISHED.values(), ids=UNFINISHED.keys())
+def test_a_run_whose_evaluation_did_not_finish_is_refused_before_out_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], info: bytes
+) -> None:
+    # Its summary_stats.json is written first, so it was compared with the metrics of the evaluation
+    # before (or none).
+    fake_run(tmp_path / "good", GOOD_RUN_JSON)
+    fake_run(tmp_path / "bad", info)
+    code, _, err = compare_in(tmp_path, monkeypatch, capsys, "good", "bad", "--output_dir", "cmp")
+    line = refused_in_one_line(code, err)
+    assert line.startswith("veeksha-run: bad ") and "`veeksha-run evaluate bad` first" in line, line
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_sweep_member_whose_evaluation_did_not_finish_is_left_out_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = tmp_path / "sweep-x"
+    for name in ("r0", "r1"):
+        fake_run(sweep / name, GOOD_RUN_JSON)
+    fake_run(sweep / "r2", UNFINISHED["evaluation-failed"])
+    entries = [{"index": i, "run_dir": f"r{i}", "status": "completed"} for i in range(3)]
+    (sweep / "sweep_manifest.json").write_bytes(orjson.dumps({"runs": entries}))
+    code, out, err = compare_in(tmp_path, monkeypatch, capsys, "sweep-x", "--output_dir", "cmp")
+    assert code == 0, err
+    assert "left out: sweep-x run 2 (r2, completed): its evaluation did not finish" in out, out
+    assert "disk full while plotting" in out, out
+    with (tmp_path / "cmp" / "compare_summary.csv").open() as f:
+        assert next(csv.reader(f)) == ["metric", "r0", "r1", "r1 vs r0 (%)"]
+
+
+@pytest.mark.parametrize("where", ["number", "absolute", "parent", "nested-parent"])
+def test_a_manifest_run_dir_that_names_no_directory_inside_the_sweep_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    # 5 was a TypeError traceback; a path out of the sweep compared a run that is no member of it.
+    outside = fake_run(tmp_path / "outside", GOOD_RUN_JSON)
+    sweep = tmp_path / "sweep-x"
+    fake_run(sweep / "r0", GOOD_RUN_JSON)
+    run_dir = {
+        "number": 5,
+        "absolute": str(outside),
+        "parent": "../outside",
+        "nested-parent": "r0/../../outside",
+    }
+    entries = [{"index": 0, "run_dir": "r0"}, {"index": 1, "run_dir": run_dir[where], "status": "completed"}]
+    (sweep / "sweep_manifest.json").write_bytes(orjson.dumps({"runs": entries}))
+    code, _, err = compare_in(tmp_path, monkeypatch, capsys, "sweep-x", "--output_dir", "cmp")
+    line = refused_in_one_line(code, err)
+    assert line.startswith(f"veeksha-run: {Path('sweep-x/sweep_manifest.json')}: runs[1].run_dir is "), line
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_run_given_as_dot_is_labelled_by_its_directory_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Path('.').name is "": the CSV's column and its "vs" heading had no run name.
+    fake_run(tmp_path / "a", GOOD_RUN_JSON)
+    fake_run(tmp_path / "b", GOOD_RUN_JSON, summary=b'{"num_requests": 6}')
+    cmp = tmp_path / "cmp"
+    code, out, err = compare_in(tmp_path / "a", monkeypatch, capsys, ".", "../b", "--output_dir", str(cmp))
+    assert code == 0, err
+    with (cmp / "compare_summary.csv").open() as f:
+        assert list(csv.reader(f))[:2] == [
+            ["metric", "a", "b", "b vs a (%)"],
+            ["num_requests", "3", "6", "100.0"],
+        ]
+    assert "1 = a  2 = b" in out, out
+
+
+def test_runs_without_a_time_series_are_compared_without_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # (Warnings are errors in the tests.) matplotlib warned of a legend with no line in it.
+    for name in ("a", "b"):
+        (fake_run(tmp_path / name, GOOD_RUN_JSON) / "metrics" / "timeseries.csv").unlink()
+    code, _, err = compare_in(tmp_path, monkeypatch, capsys, "a", "b", "--output_dir", "cmp")
+    assert code == 0 and not err, err
+    assert (tmp_path / "cmp" / "timeseries_compare.png").exists()
+
+
+def test_a_run_whose_evaluation_failed_before_its_summary_is_told_to_evaluate_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It was called no run directory ("neither a finished run directory ... nor a sweep directory").
+    fake_run(tmp_path / "good", GOOD_RUN_JSON)
+    bad = fake_run(tmp_path / "bad", UNFINISHED["evaluation-failed"])
+    (bad / "metrics" / "summary_stats.json").unlink()
+    code, _, err = compare_in(tmp_path, monkeypatch, capsys, "good", "bad", "--output_dir", "cmp")
+    line = refused_in_one_line(code, err)
+    assert "its evaluation did not finish" in line and "`veeksha-run evaluate bad` first" in line, line
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_an_output_dir_beside_the_current_run_given_with_dotdot_is_not_taken_for_inside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `a/../cmp` kept `a` among its parents: refused as "inside the run directory a".
+    fake_run(tmp_path / "a", GOOD_RUN_JSON)
+    fake_run(tmp_path / "b", GOOD_RUN_JSON)
+    code, _, err = compare_in(tmp_path / "a", monkeypatch, capsys, ".", "../b", "--output_dir", "../cmp")
+    assert code == 0, err
+    assert (tmp_path / "cmp" / "compare_summary.csv").exists()
