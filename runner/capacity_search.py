@@ -153,7 +153,6 @@ def check_search(search: CapacitySearchConfig, integer: bool) -> None:
             f"an attempt with fewer sessions than drivers hangs); use start_value >= {low}, or fewer drivers"
         )
     check_seed(search)
-    check_no_benchmark_output_dir(search)
 
 
 def check_seed(search: CapacitySearchConfig) -> None:
@@ -168,17 +167,17 @@ def check_seed(search: CapacitySearchConfig) -> None:
         )
 
 
-def check_no_benchmark_output_dir(search: CapacitySearchConfig) -> None:
-    """A search writes its attempts under its own directory: benchmark_config.output_dir was never
-    used, and a path given there (even one that could not be made) passed unseen."""
+def unused_output_dir_note(search: CapacitySearchConfig) -> str | None:
+    """A search writes its attempts under its own directory, so benchmark_config.output_dir is not
+    used. Said, not refused: a benchmark_config `!include`d from a run's own config file sets it."""
     given = search.benchmark_config.output_dir
-    if given != BenchmarkConfig().output_dir:
-        raise ConfigError(
-            f"config error at benchmark_config.output_dir: {given!r} is not used by a capacity search "
-            f"(its attempts are written under its own directory, {search.output_dir}/"
-            f"{CAPSEARCH_DIR_PREFIX}*/{CAPSEARCH_RUNS_DIR}); remove it, and set the top-level "
-            "output_dir instead"
-        )
+    if given == BenchmarkConfig().output_dir:
+        return None
+    return (
+        f"veeksha: note: benchmark_config.output_dir {given!r} is not used: a capacity search writes "
+        f"its attempts under {search.output_dir}/{CAPSEARCH_DIR_PREFIX}*/{CAPSEARCH_RUNS_DIR} "
+        "(the top-level output_dir)"
+    )
 
 
 def check_slos(search: CapacitySearchConfig) -> None:
@@ -214,6 +213,9 @@ def _search(search: CapacitySearchConfig, dry_run: bool) -> int:
     check_before_start(base)
     check_output_dir(Path(search.output_dir))
     check_slos(search)
+    note = unused_output_dir_note(search)
+    if note:
+        print(note, flush=True)
     if dry_run:  # every check a search makes before its first attempt has passed; nothing is made
         print(describe_plan(search, knob, rnd, integer))
         return 0
