@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,9 @@ DRIVER_EXIT_WAIT_S = 10.0
 # The live W&B run (`veeksha-upload --follow`): the runner waits for the follower its own deadline
 # (shared.deadlines) and this much longer.
 FOLLOW_MARGIN_S = 60.0
+# A follower ends within a second or two of run.json saying the run ended without metrics (as long as
+# finishing its W&B run takes); past this, the runner stops it.
+FOLLOW_END_S = 30.0
 # The run's own upload (or follower) waits this long for an uploader holding the directory (a cron
 # backfill that found it still running), where a backfill would skip it: skipped by both, the run
 # would be uploaded by nobody.
@@ -79,11 +82,7 @@ def run_benchmark(
 ) -> RunResult:
     """Run one benchmark and leave a complete run directory under `parent_dir`."""
     check_before_start(cfg, announce=True)
-    if cfg.runtime.ray_address is not None:  # joined now: an unreachable cluster is a config error
-        from veeksha.runner.ray_drivers import check_cluster, connect
-
-        connect(cfg.runtime.ray_address)
-        check_cluster(cfg, planned_api_host(cfg))
+    check_ray_cluster(cfg)  # joined now: an unreachable cluster is a config error
     cfg = resolve_external_endpoint(cfg)
     ensure_writable(parent_dir)
     # The server inherits our environment (OPENAI_API_KEY ...): the client's secrets are scrubbed
@@ -92,6 +91,7 @@ def run_benchmark(
     server = start_server(cfg.server, extra_secrets=secrets) if cfg.server is not None else None
     follower = None
     run: RunDir | None = None
+    result: RunResult | None = None
     try:
         cfg = resolve_endpoint(cfg, _server_api_base(cfg, server.api_base if server is not None else None))
         run = RunDir(parent_dir, cfg, argv=argv, sweep=sweep, capacity_search=capacity_search)
@@ -104,7 +104,8 @@ def run_benchmark(
     finally:
         if server is not None:
             server.stop()
-    # (Interrupted or failed above: a follower finishes the run from the final run.json on its own.)
+        if result is None and follower is not None:  # raised: a sweep goes on in this process
+            end_follower(follower)
     _upload_result(cfg, result, follower)
     return result
 
@@ -113,7 +114,7 @@ def _upload_result(cfg: BenchmarkConfig, result: RunResult, follower: subprocess
     """The finished run to W&B (when enabled): by its follower, else by the uploader now."""
     if result.evaluation_failed:  # no metrics to upload: the follower leaves its W&B run resumable
         if follower is not None:
-            stop_follower(follower)
+            end_follower(follower)
         if cfg.wandb.enabled:
             print(
                 f"veeksha: not uploaded (no metrics): `veeksha-run evaluate {result.run_dir}`, "
@@ -180,6 +181,29 @@ def check_before_start(cfg: BenchmarkConfig, announce: bool = False) -> None:
     skipped = getattr(sessions, "skipped_records", 0)
     if announce and skipped:
         print(f"veeksha: {skipped} trace record(s) without a user turn and a reply: left out", flush=True)
+
+
+def check_ray_cluster(cfg: BenchmarkConfig) -> None:
+    """With runtime.ray_address: join the cluster and check it can run this config's drivers
+    (ray_drivers.check_cluster); a ConfigError when not. Before a run's server or directory, and
+    before a sweep's or a search's directory (check_ray_clusters)."""
+    if cfg.runtime.ray_address is None:
+        return
+    from veeksha.runner.ray_drivers import check_cluster, connect
+
+    connect(cfg.runtime.ray_address)
+    check_cluster(cfg, planned_api_host(cfg))
+
+
+def check_ray_clusters(configs: Iterable[BenchmarkConfig]) -> None:
+    """check_ray_cluster once for each distinct thing it checks (the cluster, the drivers asked for,
+    where the requests go): a sweep's every member, or a search's base config."""
+    checked: set[tuple[Any, ...]] = set()
+    for cfg in configs:
+        key = (cfg.runtime.ray_address, cfg.runtime.num_drivers, planned_api_host(cfg))
+        if key[0] is not None and key not in checked:
+            checked.add(key)
+            check_ray_cluster(cfg)
 
 
 def _no_api_base() -> ConfigError:
@@ -305,6 +329,23 @@ def _record_and_evaluate(
 
 def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
     links = _driver_links(cfg, run.paths)
+    # From here on every link is stopped, whatever fails: a Ray driver's actor would otherwise stay
+    # on the cluster (the recorder's files, the tokenizer and the metrics probe come first).
+    try:
+        result = _record_with(cfg, run, links)
+    except BaseException:  # nothing can record the drivers' work any more (e.g. disk full): stop them
+        for link in links:
+            link.stop(0.0)
+        raise
+    finally:
+        for link in links:
+            link.stop(DRIVER_EXIT_WAIT_S)
+    _say_driver_failures(result, links)
+    return result
+
+
+def _record_with(cfg: BenchmarkConfig, run: RunDir, links: list[DriverLink]) -> RecordingResult:
+    """The recording through `links`, which the caller stops."""
     # Replies the server sent no usage for are counted here, never in the driver.
     count_tokens, _ = token_counter(cfg.client.tokenizer)
     recorder = Recorder(
@@ -319,14 +360,8 @@ def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
     try:
         if scraper is not None:
             scraper.start()
-        result = recorder.run(links)
-    except BaseException:  # nothing can record the drivers' work any more (e.g. disk full): stop them
-        for link in links:
-            link.stop(0.0)
-        raise
+        return recorder.run(links)
     finally:
-        for link in links:
-            link.stop(DRIVER_EXIT_WAIT_S)
         for s, handler in previous.items():
             signal.signal(s, handler)
         if scraper is not None:
@@ -337,8 +372,6 @@ def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
             shortfall = scraper.shortfall()
             if shortfall is not None:
                 print(f"veeksha: server metrics: {shortfall}", flush=True)
-    _say_driver_failures(result, links)
-    return result
 
 
 def _stop_handlers(recorder: Recorder) -> dict[int, Callable[[int, Any], None]]:
@@ -370,7 +403,7 @@ def driver_failures(result: RecordingResult, links: list[DriverLink]) -> list[st
     """One line per driver that failed the run, naming it and how it ended (a signal by its name),
     with the requests it left in flight when it is the only one."""
     failed = [d for d in result.drivers if d["status"] == RUN_FAILED and d["error"]]
-    exits = {link.driver_id: getattr(link, "exitcode", None) for link in links}
+    exits = {link.driver_id: link.exit_code for link in links}
     lines = []
     for d in failed:
         line = str(d["error"])
@@ -465,6 +498,19 @@ def wait_for_follower(follower: subprocess.Popen[bytes], run_dir: Path) -> bool:
     if not ok:
         _upload_failed(run_dir)
     return ok
+
+
+def end_follower(follower: subprocess.Popen[bytes]) -> None:
+    """The run ended without metrics (raised, interrupted, evaluation failed): its run.json says so
+    (RunDir.leave_unevaluated) and the follower ends on it, its W&B run failed and left resumable.
+    Stopped when it has not within FOLLOW_END_S (run.json could not be written: disk full)."""
+    try:
+        follower.wait(FOLLOW_END_S)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:  # (also on a second Ctrl-C while waiting: no follower outlives its run)
+        if follower.poll() is None:
+            stop_follower(follower)
 
 
 def stop_follower(follower: subprocess.Popen[bytes]) -> None:

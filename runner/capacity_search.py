@@ -50,7 +50,13 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from veeksha.runner.benchmark import check_before_start, resolve_external_endpoint, run_benchmark, upload
+from veeksha.runner.benchmark import (
+    check_before_start,
+    check_ray_clusters,
+    resolve_external_endpoint,
+    run_benchmark,
+    upload,
+)
 from veeksha.runner.capacity_results import (
     EVALUATION_FAILED,
     Attempt,
@@ -211,6 +217,7 @@ def _search(search: CapacitySearchConfig, dry_run: bool) -> int:
     check_search(search, integer)
     check_hosts([base], prefix="benchmark_config.")
     check_before_start(base)
+    check_ray_clusters([base])  # else found by the first attempt, in a search directory made for nothing
     check_output_dir(Path(search.output_dir))
     check_slos(search)
     note = unused_output_dir_note(search)

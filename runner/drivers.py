@@ -58,6 +58,12 @@ class DriverLink(Protocol):
 
     def alive(self) -> bool: ...
 
+    @property
+    def exit_code(self) -> int | None:
+        """The driver process's exit code once it has ended and been stopped (negative: the signal
+        that ended it); None before, or when it cannot be known (its Ray actor was lost)."""
+        ...
+
     def describe_exit(self) -> str:
         """Why it is gone, for the run's error (e.g. "exit code -9")."""
         ...
@@ -117,7 +123,7 @@ class LocalDriver:
         return self.proc.is_alive()
 
     @property
-    def exitcode(self) -> int | None:
+    def exit_code(self) -> int | None:
         """The process's exit code once it has ended (negative: the signal that ended it)."""
         return self.proc.exitcode
 

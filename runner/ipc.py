@@ -24,6 +24,10 @@ BATCH: Final = "batch"  # {"records": [...], "trace": [...], "progress": {...}}
 DRAINING: Final = "draining"  # {"in_flight": int, "up_to_s": float}: dispatch stopped, waiting
 DONE: Final = "done"  # {"status", "stop_reason", "error", "cpu_seconds", "requests"}
 FAILED: Final = "failed"  # {"message": one line}
+# From a Ray driver's actor, not its driver, last before the end of a stream its driver process cut
+# short (killed): {"trace": raw trace lines} of the driver's ring file (driver/dispatch_ring.py),
+# which may hold lines already shipped (the recorder keeps the ones past its last traced request).
+UNSHIPPED: Final = "unshipped"
 
 # What the driver ships per request (records.FIELDS, origins ID, MEASURED and TRANSPORT). Times are
 # raw time.perf_counter() values; the recorder subtracts t0.

@@ -6,7 +6,11 @@ thread per driver long-polls its actor and writes what it gets into a local pipe
 reads like any local driver's. The common start crosses machines as wall-clock time (the nodes'
 clocks must be NTP-synchronised: docs/scale-out.md); every latency is still measured on one node's
 monotonic clock. When an actor or its node dies, its relay ends the stream: the recorder records that
-driver's in-flight requests as driver_lost and says which driver died.
+driver's in-flight requests as driver_lost and says which driver died. When only the driver process
+dies (SIGKILL, the OOM killer), its actor reads the dispatches the driver never shipped from the
+driver's ring file (driver/dispatch_ring.py, in the actor's temporary directory on the node) and
+sends them last (ipc.UNSHIPPED): they get driver_lost records too. What an actor or node that dies
+held is lost with it (docs/scale-out.md).
 
 Only imported when runtime.ray_address is set: Ray is an optional extra (veeksha[ray]).
 """
@@ -19,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -43,9 +48,12 @@ RAY_ENV_DEFAULTS = {
 for _name, _value in RAY_ENV_DEFAULTS.items():
     os.environ.setdefault(_name, _value)
 
+import orjson  # noqa: E402
 import ray  # noqa: E402
 from veeksha.runner import ipc  # noqa: E402
+from veeksha.runner.driver.dispatch_ring import read_ring  # noqa: E402
 from veeksha.runner.driver.dispatcher import Placement, driver_main  # noqa: E402
+from veeksha.runner.driver.rescue import CrashFiles  # noqa: E402
 from veeksha.runner.drivers import (  # noqa: E402
     DriverLink,
     interrupt_process,
@@ -61,14 +69,24 @@ from veeksha.shared.redact import redact_argv  # noqa: E402
 RAY_START_MARGIN_S = 1.0
 POLL_S = 0.2  # how long one relay call waits for the driver's next messages
 CALL_TIMEOUT_S = 30.0  # a control call (go, interrupt, stop) that takes longer: the actor is lost
+# A driver whose stream has ended exits at once (killed) or within its last flush (a normal end);
+# one still there after this long is taken as failed, and its ring file is read.
+EXIT_WAIT_S = 5.0
+TEMP_PREFIX = "veeksha-driver-"  # the actor's temporary directory on its node, for the ring file
 NAMESPACE = "veeksha"
+_joined: str | None = None  # the address this process joined (connect)
 
 
 def connect(address: str) -> None:
     """Join the Ray cluster at `address` (HOST:PORT, ray://HOST:PORT or auto) as a client; a clear
     ConfigError when it cannot be reached. Called before any server starts or directory is made."""
+    global _joined
     if ray.is_initialized():
-        return
+        if address == _joined:
+            return
+        # A sweep over ray_address: a process is in one cluster at a time, and staying in the first
+        # ran (and checked) every member there.
+        disconnect()
     # ray.init installs a SIGTERM handler of its own (sys.exit): the command's (cli._guard) stays,
     # so a SIGTERM still ends the run, a sweep or a search with its final status.
     sigterm = signal.getsignal(signal.SIGTERM)
@@ -85,6 +103,7 @@ def connect(address: str) -> None:
         raise _unreachable(address, str(e) or type(e).__name__) from None
     finally:
         signal.signal(signal.SIGTERM, sigterm)
+    _joined = address
 
 
 @contextlib.contextmanager
@@ -159,12 +178,31 @@ def check_cluster(cfg: BenchmarkConfig, api_host: str | None) -> None:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """Whether requests to `host` stay on the machine that sends them: localhost (and the names under
+    it, RFC 6761), a loopback address, or the unspecified one (0.0.0.0, ::: a connection to it reaches
+    the sending machine), in every spelling a resolver reads as one (127.1, 2130706433, localhost.)."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
         return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
+    address = _ip_address(name)
+    if address is None:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1
+    return address.is_loopback or address.is_unspecified
+
+
+def _ip_address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`name` as an address; the short IPv4 forms too (127.1, 0x7f.1), which ipaddress refuses and
+    the C resolver (inet_aton) accepts."""
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(name))
+    except OSError:
+        return None
 
 
 def nodes_elsewhere(nodes: list[dict[str, Any]], here: str | None) -> list[str]:
@@ -179,8 +217,10 @@ def nodes_elsewhere(nodes: list[dict[str, Any]], here: str | None) -> list[str]:
 
 
 def disconnect() -> None:
+    global _joined
     if ray.is_initialized():
         ray.shutdown()
+    _joined = None
 
 
 def ray_driver_links(cfg: BenchmarkConfig) -> list[DriverLink]:
@@ -189,7 +229,15 @@ def ray_driver_links(cfg: BenchmarkConfig) -> list[DriverLink]:
     connect(cfg.runtime.ray_address)
     cores = int(ray.cluster_resources().get("CPU", 1))
     n = num_drivers(cfg, cores)
-    return [RayDriver(cfg, Placement(i, n)) for i in range(n)]
+    links: list[DriverLink] = []
+    try:
+        for i in range(n):
+            links.append(RayDriver(cfg, Placement(i, n)))
+    except BaseException:  # the actors made so far would stay on the cluster
+        for link in links:
+            link.stop(0.0)
+        raise
+    return links
 
 
 class DriverActor:
@@ -199,13 +247,22 @@ class DriverActor:
         ctx = multiprocessing.get_context("spawn")
         self._messages, sender = ctx.Pipe(duplex=False)
         go_receiver, self._go = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=driver_main, args=(cfg, sender, go_receiver, placement), daemon=True)
+        self._temp = _private_temp_dir()
+        # The driver's ring file, private to this actor (no rescue file: the recorder is elsewhere).
+        self._ring = None if self._temp is None else os.path.join(self._temp, "dispatches")
+        crash_files = None if self._ring is None else CrashFiles(rescue=None, dispatches=self._ring)
+        self._proc = ctx.Process(
+            target=driver_main, args=(cfg, sender, go_receiver, placement, crash_files), daemon=True
+        )
         self._proc.start()
         sender.close()
         go_receiver.close()
         self._buffer: list[bytes] = []
         self._ended = False
         self._ready = threading.Condition()
+        # The pump and `stop` both wait for the driver's exit (two waits at once can lose its exit
+        # code), and `stop` removes the ring file the pump may be reading: one at a time.
+        self._reaping = threading.Lock()
         threading.Thread(target=self._pump, name="veeksha-pump", daemon=True).start()
 
     def _pump(self) -> None:
@@ -214,14 +271,31 @@ class DriverActor:
                 message = self._messages.recv_bytes()
             except (EOFError, OSError):
                 message = None
+            last = self._unshipped() if message is None else None
             with self._ready:
-                if message is None:
-                    self._ended = True
-                else:
+                if message is not None:
                     self._buffer.append(ipc.frame(message))
+                else:  # the end of the stream, after what its driver never shipped
+                    if last is not None:
+                        self._buffer.append(last)
+                    self._ended = True
                 self._ready.notify_all()
             if message is None:
                 return
+
+    def _unshipped(self) -> bytes | None:
+        """The driver's stream has ended. Unless the driver exited normally (exit code 0: after its
+        DONE, or its FAILED at set-up), an UNSHIPPED frame: its ring file's lines, which hold the
+        dispatches it never shipped (its last tick, its write buffer); the recorder keeps those past
+        the last it traced."""
+        with self._reaping:
+            self._proc.join(EXIT_WAIT_S)
+            if self._proc.exitcode == 0 or self._ring is None:
+                return None
+            t0, lines = read_ring(self._ring)
+        if t0 is None or not lines:  # it never started: it sent nothing
+            return None
+        return ipc.frame(orjson.dumps([ipc.UNSHIPPED, {"trace": lines}]))
 
     def where(self) -> str:
         node = ray.get_runtime_context().get_node_id()[:8]
@@ -243,7 +317,20 @@ class DriverActor:
         interrupt_process(self._proc)
 
     def stop(self, wait_s: float) -> int | None:
-        return stop_process(self._proc, wait_s)
+        with self._reaping:
+            code = stop_process(self._proc, wait_s)
+            if self._temp is not None:  # the ring file: its driver is gone
+                shutil.rmtree(self._temp, ignore_errors=True)
+        return code
+
+
+def _private_temp_dir() -> str | None:
+    """A directory of this actor's own in the node's temporary directory (TMPDIR); None when none
+    can be made: the driver then runs without a ring file, as a Ray driver did before it had one."""
+    try:
+        return tempfile.mkdtemp(prefix=TEMP_PREFIX)
+    except OSError:
+        return None
 
 
 # Threaded: a long poll must not hold up go, interrupt or stop. (Ray's stubs know actor options only

@@ -87,6 +87,9 @@ class _Driver:
     ready: bool = False
     t0: float | None = None  # the common start on the driver's own perf_counter
     last_traced: int = -1  # the request id of its latest trace line (a driver's ids only grow)
+    # A Ray driver's ring file lines, sent by its actor after its process died (ipc.UNSHIPPED); a
+    # local driver's ring file is read from the run directory instead.
+    unshipped: list[list[Any]] | None = None
     end: _End | None = None
     progress: dict[str, Any] = field(default_factory=dict)
 
@@ -319,6 +322,8 @@ class Recorder:
         elif kind == ipc.FAILED:
             d.end = _End(RUN_FAILED, payload["message"])
             self._stop_others()
+        elif kind == ipc.UNSHIPPED:  # the stream's end follows: _lost_driver traces them
+            d.unshipped = payload["trace"]
 
     def _lost_driver(self, d: _Driver, records: BinaryIO, trace: BinaryIO) -> None:
         """Driver `d` is gone without saying DONE: its in-flight requests are recorded as lost, and
@@ -346,10 +351,13 @@ class Recorder:
 
     def _trace_unshipped(self, d: _Driver, trace: BinaryIO) -> None:
         """Driver `d` died: the dispatches it never shipped (its last tick, its write buffer) are
-        in its ring file (driver/dispatch_ring.py); trace them, so that they get records too."""
+        in its ring file (driver/dispatch_ring.py), or, for a Ray driver, in what its actor read
+        from it (d.unshipped); trace them, so that they get records too."""
         if d.t0 is None:  # it died before its start: it sent nothing
             return
-        _, raw_lines = read_ring(self.paths.driver_dispatches(d.link.driver_id))
+        raw_lines = d.unshipped
+        if raw_lines is None:
+            _, raw_lines = read_ring(self.paths.driver_dispatches(d.link.driver_id))
         lines = [trace_line(raw, d.t0, []) for raw in raw_lines if raw[ipc.TRACE_REQUEST_ID] > d.last_traced]
         for line in lines:
             self.in_flight[line["request_id"]] = line

@@ -22,6 +22,7 @@ import orjson
 from veeksha.runner.benchmark import (
     RunResult,
     check_before_start,
+    check_ray_clusters,
     resolve_external_endpoint,
     run_benchmark,
     upload,
@@ -81,6 +82,8 @@ def run_from_config(
     check_hosts(run.config for run in runs)
     for run in runs:  # a typo in the last run's trace path is found now, not hours into the sweep
         check_before_start(run.config)
+    # Joined and checked now: else every member failed with it, in a sweep directory made for nothing.
+    check_ray_clusters(run.config for run in runs)
     check_output_dir(Path(runs[0].config.output_dir))
     if dry_run:
         print(f"veeksha-run: config is valid; it expands to {len(runs)} run(s)")

@@ -6,7 +6,8 @@ sees the directory): create the W&B run as soon as `run.json` exists, print its 
 (final status and `finished_at` in run.json), finish the same run exactly as a post-hoc upload
 would. The marker it writes has the plain upload's digest, so a later `veeksha-upload DIR` skips it.
 
-If the benchmark dies, the run is left resumable: the pending file stays and the next plain upload
+If the benchmark dies, or ends without metrics (run.json's evaluation_error: its recording raised,
+its evaluation failed), the run is left resumable: the pending file stays and the next plain upload
 rewinds the same W&B run. If evaluation rebuilt timeseries.csv (rows differ from what was streamed),
 the live run is finished and replaced by a plain upload onto the same id.
 """
@@ -26,8 +27,17 @@ from typing import Any
 
 import click
 from veeksha.shared.deadlines import upload_deadline_s
-from veeksha.shared.errors import VeekshaError
-from veeksha.shared.paths import RUN_JSON, RunPaths
+from veeksha.shared.errors import ContractError, UsageError, VeekshaError
+from veeksha.shared.paths import (
+    CAPSEARCH_RESULTS,
+    CAPSEARCH_RUNS_DIR,
+    CONFIG_YML,
+    METRICS_DIR,
+    RUN_JSON,
+    SWEEP_MANIFEST,
+    TRACES_DIR,
+    RunPaths,
+)
 from veeksha.shared.records import missing_metrics, run_finished
 from veeksha.shared.redact import redact_url
 from veeksha.shared.userpath import expand_home
@@ -38,10 +48,11 @@ from veeksha.uploader.planning import check_online, plan_task, secrets_of
 from veeksha.uploader.reader import Number, RunData, parse_number, read_config, read_run_dir, read_run_info
 from veeksha.uploader.redaction import Redactor
 from veeksha.uploader.remote import UPLOAD_DIGEST_KEY
-from veeksha.uploader.run_files import is_own_file
+from veeksha.uploader.run_files import check_directory, is_own_file, shown
 from veeksha.uploader.settings import Layer
 from veeksha.uploader.wandb_run import client_history, server_history
 from veeksha.uploader.worker import (
+    FAILED,
     RESUME,
     REWIND,
     Outcome,
@@ -55,12 +66,17 @@ from veeksha.uploader.worker import (
     make_plan,
     process_run,
     run_name_of,
+    run_task,
 )
 
 PROG = "veeksha-upload"
 POLL_S = 0.5  # how often the directory is looked at; history reaches W&B within about 2 POLL_S + STREAM_S
 STREAM_S = 1.0  # the SDK's file-stream interval while following (its default is 15 s)
 WAIT_FOR_RUN_S = 120.0  # how long to wait for run.json to appear
+# What a run directory holds before its run.json (run_dir.RunDir: the directory, its folders, config.yml,
+# then run.json, each file first written as a hidden temporary): a directory with no more may yet be a run.
+BEFORE_RUN_JSON = (METRICS_DIR, TRACES_DIR, CONFIG_YML)
+TEMPORARIES = (f".{CONFIG_YML}.", f".{RUN_JSON}.")
 DEAD_AFTER_S = 10.0  # same host: the runner's pid gone this long without a final status
 QUIET_AFTER_S = 900.0  # another host: nothing in the directory changed for this long
 NICE = 5  # CPU priority below the benchmark's (the SDK's service process inherits it)
@@ -180,6 +196,10 @@ class Watch:
         return run_finished(info)
 
     def check_alive(self, info: dict[str, Any]) -> None:
+        # Its runner gave up on it (RunDir.leave_unevaluated): no metrics will come, though its process
+        # (a sweep's, a capacity search's) goes on.
+        if missing_metrics(info) is not None:
+            raise BenchmarkDied(_ended_without_metrics(info))
         now = time.monotonic()
         stamp = tuple(
             _mtime(p) for p in (self.paths.run_json, self.paths.timeseries_csv, self.paths.request_records)
@@ -197,6 +217,11 @@ class Watch:
             raise BenchmarkDied(f"nothing in the directory changed for {QUIET_AFTER_S:.0f} s")
 
 
+def _ended_without_metrics(info: dict[str, Any]) -> str:
+    """Its status and why: the run's error, else the runner's word on the metrics (its evaluation failed)."""
+    return f"it ended {info.get('status')}, without metrics: {info.get('error') or missing_metrics(info)}"
+
+
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
@@ -204,9 +229,53 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+def _existing_dir(path_text: str) -> Path:
+    root = expand_home(path_text, "--follow")
+    if not root.exists():
+        raise UsageError(f"{path_text}: no such directory; --follow takes the directory of a run")
+    if not root.is_dir():
+        raise UsageError(f"{path_text}: not a directory; --follow takes the directory of a run")
+    return root.resolve()
+
+
+def _names(root: Path) -> list[str]:
+    try:
+        return os.listdir(root)
+    except FileNotFoundError:
+        raise UsageError(f"{shown(root)}: no such directory (it was removed)") from None
+    except OSError as e:
+        raise UsageError(f"{shown(root)}: cannot be listed ({e.strerror}); check its permissions") from None
+
+
+def _refuse_what_is_no_run(root: Path) -> None:
+    """A usage error for a directory without run.json that will never have one: waiting for it only
+    ended in a timeout (sweep and capacity-search directories hold their runs below them)."""
+    names = _names(root)
+    if SWEEP_MANIFEST in names:
+        raise UsageError(
+            f"{shown(root)} is a sweep directory ({SWEEP_MANIFEST}), not a run: follow one of its run "
+            f"directories, or upload the sweep with `veeksha-upload {shown(root)}` once it has ended"
+        )
+    if CAPSEARCH_RESULTS in names:
+        raise UsageError(
+            f"{shown(root)} is a capacity-search directory ({CAPSEARCH_RESULTS}), not a run: follow one of "
+            f"its runs in {CAPSEARCH_RUNS_DIR}/, or upload the search with `veeksha-upload {shown(root)}` "
+            "once it has ended"
+        )
+    other = sorted(n for n in names if n not in BEFORE_RUN_JSON and not n.startswith(TEMPORARIES))
+    if other:
+        raise UsageError(
+            f"{shown(root)} is not a run directory (no {RUN_JSON}, and it holds {shown(other[0])}, which "
+            f"a run does not write before it): follow the directory of one run, the one with its {RUN_JSON}"
+        )
+
+
 def _wait_for_run_json(root: Path) -> None:
+    """Until run.json appears in a directory that may still become a run (the runner makes it, then
+    writes config.yml and run.json: a follower started beside it may be early)."""
     deadline = time.monotonic() + WAIT_FOR_RUN_S
     while not (root / RUN_JSON).is_file():
+        _refuse_what_is_no_run(root)
         if time.monotonic() > deadline:
             raise VeekshaError(f"{root}: no {RUN_JSON} appeared within {WAIT_FOR_RUN_S:.0f} s")
         time.sleep(POLL_S)
@@ -365,7 +434,8 @@ def follow_dir(
     deadline_s: float,
     lock_wait_s: float,
 ) -> int:
-    """The --follow command: 0 when the run was uploaded (or skipped as done), 1 otherwise.
+    """The --follow command: 0 when the run was uploaded (or skipped: done, W&B disabled), 1 otherwise;
+    a usage error (2) for a directory that is not there or will never be a run (a sweep's ...).
 
     `force` (--force) is honoured as in a plain upload: a run already uploaded and unchanged, or one
     on the server that is not this directory's, is uploaded again onto the same W&B run id. --dry-run,
@@ -373,18 +443,20 @@ def follow_dir(
     run at once, prints as it goes and follows one directory, so none of them could mean anything."""
     from veeksha.uploader.report import Reporter
 
-    root = expand_home(path_text, "--follow")
-    if not root.is_dir():
-        raise click.UsageError(f"{path_text}: no such directory")
-    root = root.resolve()
+    root = _existing_dir(path_text)
+    reporter = Reporter(False)
+    try:  # as a plain upload (worker.run_task), before anything is written in it
+        check_directory(root)
+    except ContractError as e:
+        reporter.add(Outcome(str(root), groups.RUN, FAILED, str(e)))
+        return reporter.finish()
     _be_background()
     _wait_for_run_json(root)
-    reporter = Reporter(False)
     task = plan_task(Target(groups.RUN, root), env, flags, force=force, dry_run=False)
     task = replace(task, secrets=secrets_of(env, flags, tasks=[task]), lock_wait_s=lock_wait_s)
     [task] = check_online([task], fallback_offline, _say)
-    if task.error or task.settings is None:
-        reporter.add(Outcome(str(root), groups.RUN, "failed", task.error or "no settings"))
+    if task.error or task.settings is None or task.settings.mode == "disabled":
+        reporter.add(run_task(task))  # what a plain upload reports: failed, or skipped (disabled)
         return reporter.finish()
     redactor = Redactor()
     for secret in task.secrets:
@@ -399,7 +471,7 @@ def follow_dir(
             f"the benchmark stopped without finishing ({e}); the W&B run is left resumable: "
             f"`veeksha-run evaluate {root}` then `veeksha-upload {root}` completes it"
         )
-        outcome = Outcome(str(root), groups.RUN, "failed", detail)
+        outcome = Outcome(str(root), groups.RUN, FAILED, redactor.text(detail))  # (run.json's error)
     except VeekshaError as e:
         outcome = Outcome(str(root), groups.RUN, "failed", redactor.text(str(e)))
     except Exception as e:  # an SDK failure: one line, the run stays resumable

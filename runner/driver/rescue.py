@@ -33,11 +33,12 @@ CONTENT = ipc.TRACE_CONTENT
 
 @dataclass(frozen=True)
 class CrashFiles:
-    """Where a local driver leaves what a crash would lose: `rescue`, the frames its dead recorder
-    did not write (this module); `dispatches`, its latest dispatches, for its own SIGKILL
-    (driver/dispatch_ring.py)."""
+    """Where a driver leaves what a crash would lose: `rescue`, the frames its dead recorder did not
+    write (this module; None for a Ray driver, whose recorder is on another host); `dispatches`, its
+    latest dispatches, for its own SIGKILL (driver/dispatch_ring.py: in the run directory, or in its
+    Ray actor's temporary directory on its node)."""
 
-    rescue: str
+    rescue: str | None
     dispatches: str
 
     @classmethod

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,3 +61,47 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+class CountingStreamHandler(BaseHTTPRequestHandler):
+    """Streams each chat request 20 tokens, 50 ms apart (one second of work), and counts the requests
+    that reached it: what a run's records must add up to, whatever died."""
+
+    protocol_version = "HTTP/1.1"
+    received = 0
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        with CountingStreamHandler.lock:
+            CountingStreamHandler.received += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for k in range(20):
+                time.sleep(0.05)
+                finish = "length" if k == 19 else None
+                delta = {"choices": [{"index": 0, "delta": {"content": " w"}, "finish_reason": finish}]}
+                self._chunk(b"data: " + orjson.dumps(delta) + b"\n\n")
+            self._chunk(b"data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client went away (cancelled)
+            self.close_connection = True
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def received_when_settled() -> int:
+    """The server's count once it has stopped growing (the last requests' lines are being read)."""
+    count = -1
+    while count != CountingStreamHandler.received:
+        count = CountingStreamHandler.received
+        time.sleep(0.5)
+    return count

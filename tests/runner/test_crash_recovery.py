@@ -13,10 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import orjson
@@ -27,7 +25,16 @@ from veeksha.shared.errors import UsageError
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import REQUEST_RECORD_FIELDS
 
-from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir, read_jsonl, run_cli, serving
+from tests.runner.helpers import (
+    VEEKSHA_RUN,
+    CountingStreamHandler,
+    no_plots_env,
+    only_run_dir,
+    read_jsonl,
+    received_when_settled,
+    run_cli,
+    serving,
+)
 from tests.uploader.conftest import make_home, upload
 
 # ~2.5 s per request (250 tokens x 10 ms): a kill always finds requests in flight.
@@ -428,55 +435,11 @@ def test_a_member_left_without_metrics_can_be_evaluated_while_its_sweep_goes_on(
     assert orjson.loads(paths.run_json.read_bytes())["finished_at"]
 
 
-class CountingStreamHandler(BaseHTTPRequestHandler):
-    """Streams each chat request 20 tokens, 50 ms apart (one second of work), and counts the requests
-    that reached it: what a run's records must add up to, whatever died."""
-
-    protocol_version = "HTTP/1.1"
-    received = 0
-    lock = threading.Lock()
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        with CountingStreamHandler.lock:
-            CountingStreamHandler.received += 1
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        try:
-            for k in range(20):
-                time.sleep(0.05)
-                finish = "length" if k == 19 else None
-                delta = {"choices": [{"index": 0, "delta": {"content": " w"}, "finish_reason": finish}]}
-                self._chunk(b"data: " + orjson.dumps(delta) + b"\n\n")
-            self._chunk(b"data: [DONE]\n\n")
-            self.wfile.write(b"0\r\n\r\n")
-        except OSError:  # the client went away (cancelled)
-            self.close_connection = True
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
-        self.wfile.flush()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def counting_server() -> Iterator[str]:
     CountingStreamHandler.received = 0
     with serving(CountingStreamHandler) as base:
         yield base
-
-
-def received_when_settled() -> int:
-    """The server's count once it has stopped growing (the last requests' lines are being read)."""
-    count = -1
-    while count != CountingStreamHandler.received:
-        count = CountingStreamHandler.received
-        time.sleep(0.5)
-    return count
 
 
 def kill_a_frozen_recorder(tmp_path: Path, api_base: str, *flags: str) -> RunPaths:

@@ -121,3 +121,60 @@ def test_a_ctrl_c_while_the_last_ready_is_read_stops_the_start(tmp_path: Path) -
 
     assert result.status == RUN_INTERRUPTED and "while the drivers were starting" in (result.error or "")
     assert not driver._go.is_set()  # never told to start
+
+
+def trace_line(request_id: int, t0: float) -> list[Any]:
+    return ipc.make_trace_line(
+        request_id=request_id,
+        session_id=request_id,
+        node_id=0,
+        driver_id=0,
+        session_size=1,
+        scheduled_at=t0 + request_id * 0.01,
+        ready_at=t0 + request_id * 0.01,
+        dispatched_at=t0 + request_id * 0.01,
+        parent_nodes=(),
+        history_parent=None,
+        wait_after_ready=0.0,
+        is_warmup=False,
+        content=None,
+    )
+
+
+class DriverDyingBehindItsActor(ScriptedDriver):
+    """A Ray driver whose process is killed after it shipped requests 0 and 1 but dispatched 0 to 4:
+    its actor sends the ring file's lines (UNSHIPPED) before the end of the stream."""
+
+    where = "ray node 1234abcd at 10.0.0.5 (node-a)"
+    shares_clock = False
+    exit_code = -9
+
+    def __init__(self) -> None:
+        super().__init__(0, done(RUN_COMPLETED), wait_for_interrupt=False)
+
+    def _run(self) -> None:
+        self._send(ipc.READY, {"pid": 0})
+        self._go.wait()
+        t0 = time.perf_counter()
+        self._send(ipc.START, {"t0": t0, "pid": 0})
+        shipped = [trace_line(i, t0) for i in (0, 1)]
+        self._send(ipc.BATCH, {"records": [], "trace": shipped, "progress": {}})
+        self._send(ipc.UNSHIPPED, {"trace": [trace_line(i, t0) for i in range(5)]})
+        self._sender.close()
+
+    def describe_exit(self) -> str:
+        return "exit code -9"
+
+
+def test_a_ray_drivers_unshipped_dispatches_sent_by_its_actor_get_a_record_each(tmp_path: Path) -> None:
+    paths = RunPaths(tmp_path / "run")
+    paths.make_dirs()
+
+    result = Recorder(paths, Progress(0), len, True).run([DriverDyingBehindItsActor()])
+
+    records = [orjson.loads(line) for line in paths.request_records.read_bytes().splitlines()]
+    assert sorted(r["request_id"] for r in records) == [0, 1, 2, 3, 4]  # one each, none twice
+    assert {r["error_type"] for r in records} == {"driver_lost"}
+    traced = [orjson.loads(line)["request_id"] for line in paths.dispatch_trace.read_bytes().splitlines()]
+    assert traced == [0, 1, 2, 3, 4]
+    assert result.status == RUN_FAILED and result.num_lost == 5

@@ -16,7 +16,10 @@ from typing import Any
 
 import orjson
 import pytest
+from veeksha.runner import benchmark
 from veeksha.runner.evaluation.evaluate import NO_PLOTS_ENV
+from veeksha.shared.config import BenchmarkConfig
+from veeksha.shared.config_loader import build_benchmark_config
 from veeksha.shared.paths import UPLOAD_PENDING, RunPaths
 
 from tests.runner.helpers import VEEKSHA_RUN, run_cli
@@ -203,3 +206,46 @@ def test_a_failed_evaluation_stops_the_follower_and_leaves_its_run_resumable(
     done = upload([str(paths.root)], home, tmp_path, online_env(fake))
     assert done.returncode == 0, done.stdout + done.stderr
     assert fake.created == 1 and run.state == "finished" and run.summary["run_status"] == "completed"
+
+
+def test_a_run_that_raises_ends_its_follower_before_it_returns(
+    tmp_path: Path, home: Home, fake: FakeWandb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording raised (disk full, a Ray error): a sweep reports the run failed and goes on in the same
+    process, whose pid the follower watches. The follower it had started was never stopped: its W&B
+    run stayed "running" and the directory locked until the whole sweep ended."""
+    for name in [k for k in os.environ if k.startswith(("WANDB_", "OPENAI_"))]:
+        monkeypatch.delenv(name)
+    for name, value in home.env(online_env(fake)).items():  # what the follower inherits
+        monkeypatch.setenv(name, value)
+    followers: list[subprocess.Popen[bytes]] = []
+    start = benchmark.start_follower
+
+    def started(run_dir: Path) -> subprocess.Popen[bytes] | None:
+        follower = start(run_dir)
+        followers.extend([follower] if follower is not None else [])
+        return follower
+
+    def lost_cluster(cfg: BenchmarkConfig, run: Any) -> Any:
+        until(lambda: fake.runs, 60, "the live W&B run")
+        raise RuntimeError("the Ray cluster went away")
+
+    monkeypatch.setattr(benchmark, "start_follower", started)
+    monkeypatch.setattr(benchmark, "_record", lost_cluster)
+    tree = {"client": {"api_base": "http://127.0.0.1:9/v1", "model": "m"}, "wandb": {"enabled": True}}
+    try:
+        with pytest.raises(RuntimeError, match="the Ray cluster went away"):
+            benchmark.run_benchmark(build_benchmark_config(tree), tmp_path / "out", argv=["veeksha-run"])
+        (follower,) = followers
+        # Ended before run_benchmark returned, on its own: run.json said the run ended without metrics.
+        assert follower.poll() == 1
+    finally:
+        for follower in followers:
+            if follower.poll() is None:
+                follower.kill()
+            follower.wait()
+    paths = run_dir_of(tmp_path)
+    assert status(paths) == "failed"
+    run = only_run(fake)
+    assert run.state == "failed" and fake.created == 1
+    assert (paths.root / UPLOAD_PENDING).read_text().strip() == run.run_id

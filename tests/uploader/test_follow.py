@@ -8,6 +8,7 @@ online against the loopback fake W&B server, or offline with the `.wandb` file r
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -19,9 +20,9 @@ from typing import Any
 
 import orjson
 import pytest
-from veeksha.shared.paths import UPLOAD_PENDING, RunPaths
+from veeksha.shared.paths import CAPSEARCH_RESULTS, SWEEP_MANIFEST, UPLOAD_PENDING, RunPaths
 
-from tests.uploader.builders import RunSpec, build_run
+from tests.uploader.builders import RunSpec, build_capsearch, build_run, build_sweep
 from tests.uploader.conftest import (
     VEEKSHA_UPLOAD,
     Home,
@@ -109,6 +110,12 @@ class LiveRun:
 
     def kill(self) -> None:
         self.stop()
+
+    def end_unevaluated(self, error: str) -> None:
+        """What the runner leaves when recording raised (RunDir.leave_unevaluated): a final status, no
+        finished_at, evaluation_error saying why; its process (a sweep's) goes on."""
+        why = f"not evaluated; `veeksha-run evaluate {self.root}` writes its metrics"
+        self._write_info(status="failed", finished_at=None, error=error, evaluation_error=why)
 
     def stop(self) -> None:
         if self.stand_in.poll() is None:
@@ -406,3 +413,134 @@ def test_a_followed_run_whose_artifact_the_sdk_gave_up_on_fails(
     assert follower.returncode == 1 and lines_for(out, "failed"), out + err
     assert "W&B does not have the veeksha-run artifact's files" in out
     assert (live.root / UPLOAD_PENDING).exists() and not (live.root / "wandb_run.json").exists()
+
+
+def test_a_followed_run_that_ended_without_metrics_ends_its_follower_at_once(
+    live: LiveRun, home: Home, fake_wandb: FakeWandb
+) -> None:
+    """Recording raised (disk full, a Ray error): run.json has a final status and evaluation_error, and the
+    process that wrote it (a sweep's) goes on. The follower watched only finished_at and that pid: it kept
+    its W&B run "running" and the directory locked until the whole sweep ended."""
+    with following(live.root, home, online_env(fake_wandb), "--mode", "online") as follower:
+        run = fake_wandb.run(created_run_id(fake_wandb))
+        live.append_row()
+        until(lambda: timeseries_rows(run), 8, "a history row at the server")
+        live.end_unevaluated("RuntimeError: the Ray cluster went away")
+        out, err = follower.communicate(timeout=30)
+    assert live.stand_in.poll() is None  # not the dead-pid path: the runner's process is alive
+    assert follower.returncode == 1, out + err
+    (line,) = lines_for(out, "failed")
+    assert "(it ended failed, without metrics: RuntimeError: the Ray cluster went away)" in line, line
+    assert f"left resumable: `veeksha-run evaluate {live.root}` then `veeksha-upload" in line, line
+    assert run.state == "failed" and fake_wandb.created == 1
+    assert (live.root / UPLOAD_PENDING).read_text().strip() == run.run_id
+    assert not (live.root / "wandb_run.json").exists()
+
+
+def test_follow_refuses_a_directory_whose_wandb_folder_is_a_link(
+    live: LiveRun, home: Home, tmp_path: Path
+) -> None:
+    """As a plain upload: the SDK's run and the redacted copies were written wherever the link pointed."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    (live.root / "wandb").symlink_to(victim, target_is_directory=True)
+    with following(live.root, home, {}, "--mode", "offline") as follower:
+        out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 1, out + err
+    (line,) = lines_for(out, "failed")
+    assert f"{live.root / 'wandb'} is a symbolic link" in line and "remove the link" in line, line
+    assert [p.name for p in victim.iterdir()] == ["keep.txt"]
+    assert not (live.root / UPLOAD_PENDING).exists()
+
+
+def test_follow_refuses_a_directory_whose_name_is_not_utf8(tmp_path: Path, home: Home) -> None:
+    built = build_run(tmp_path / "runs", RunSpec(seed=9, seconds=3))
+    root = Path(os.fsdecode(os.fsencode(built.parent) + b"/run-\xfe"))
+    built.rename(root)
+    result = upload(["--follow", str(root), "--mode", "offline"], home, root.parent, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = lines_for(result.stdout, "failed")
+    assert "run-\\xfe: the directory name is not valid UTF-8; rename it to upload it" in line, line
+    assert not (root / "wandb").exists() and not (root / UPLOAD_PENDING).exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "wandb"),
+    [({"WANDB_DISABLED": "true"}, {}), ({"WANDB_MODE": "disabled"}, {}), ({}, {"mode": "disabled"})],
+    ids=["WANDB_DISABLED", "WANDB_MODE", "config"],
+)
+def test_follow_skips_a_disabled_run_as_a_plain_upload_does(
+    tmp_path: Path, home: Home, env: dict[str, str], wandb: dict[str, str]
+) -> None:
+    """It deleted the marker of an earlier upload, wrote the pending file and a "disabled" marker
+    reported as uploaded."""
+    root = build_run(tmp_path / "runs", RunSpec(seed=9, seconds=3, wandb=wandb))
+    first = upload([str(root), "--mode", "offline"], home, root.parent)
+    assert lines_for(first.stdout, "uploaded"), first.stdout + first.stderr
+    marker = (root / "wandb_run.json").read_bytes()
+    plain = upload([str(root)], home, root.parent, env)
+    followed = upload(["--follow", str(root)], home, root.parent, env, timeout=60)
+    assert followed.returncode == plain.returncode == 0, followed.stdout + followed.stderr
+    (line,) = lines_for(followed.stdout, "skipped")
+    assert line.endswith("W&B mode is 'disabled' (pass --mode online|offline)"), line
+    assert lines_for(plain.stdout, "skipped") == [line]
+    assert (root / "wandb_run.json").read_bytes() == marker
+    assert not (root / UPLOAD_PENDING).exists()
+
+
+def _not_a_run(tmp_path: Path, kind: str) -> tuple[Path, str]:
+    """A directory --follow must refuse at once, and what its line says."""
+    if kind == "sweep":
+        return build_sweep(tmp_path / "out"), f"is a sweep directory ({SWEEP_MANIFEST})"
+    if kind == "capsearch":
+        return build_capsearch(tmp_path / "out"), f"is a capacity-search directory ({CAPSEARCH_RESULTS})"
+    if kind == "parent":  # benchmark_output/ itself, its runs inside
+        build_run(tmp_path / "out", RunSpec(seed=9, seconds=3))
+        return tmp_path / "out", "is not a run directory (no run.json"
+    return tmp_path / "nowhere", "no such directory"
+
+
+@pytest.mark.parametrize("kind", ["sweep", "capsearch", "parent", "missing"])
+def test_follow_refuses_a_directory_that_is_not_a_run_at_once(tmp_path: Path, home: Home, kind: str) -> None:
+    """It waited 120 s for a run.json that would never come, then exited 1."""
+    root, says = _not_a_run(tmp_path, kind)
+    started = time.monotonic()
+    result = upload(["--follow", str(root), "--mode", "offline"], home, tmp_path, timeout=60)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"veeksha-upload: {root}") and says in line, line
+    assert result.stdout == ""
+
+
+def test_follow_waits_for_a_run_that_has_not_written_its_run_json_yet(tmp_path: Path, home: Home) -> None:
+    """What the runner writes before run.json (its folders, config.yml, a temporary): a run to come."""
+    built = RunPaths(build_run(tmp_path / "built", RunSpec(seed=9, seconds=3)))
+    paths = RunPaths(tmp_path / "runs" / built.root.name)
+    paths.make_dirs()
+    shutil.copy2(built.config_yml, paths.config_yml)
+    (paths.root / ".run.json.x1y2.tmp").write_bytes(b"")
+    with following(paths.root, home, {}, "--mode", "offline") as follower:
+        time.sleep(3)
+        assert follower.poll() is None, follower.communicate()
+        (paths.root / ".run.json.x1y2.tmp").unlink()
+        shutil.copytree(built.root, paths.root, dirs_exist_ok=True, ignore=lambda d, names: ["run.json"])
+        shutil.copy2(built.run_json, paths.run_json)  # the last, as the runner's run.json comes
+        out, err = follower.communicate(timeout=120)
+    assert follower.returncode == 0, out + err
+    assert lines_for(out, "uploaded"), out
+
+
+def test_follow_refuses_a_directory_it_waited_on_once_it_turns_out_a_sweep(
+    tmp_path: Path, home: Home
+) -> None:
+    root = tmp_path / "sweep-20250101-120000"
+    root.mkdir()
+    with following(root, home, {}, "--mode", "offline") as follower:
+        time.sleep(2)
+        assert follower.poll() is None, follower.communicate()
+        (root / SWEEP_MANIFEST).write_text("{}")
+        out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 2, out + err
+    assert f"is a sweep directory ({SWEEP_MANIFEST})" in err and out == "", out + err

@@ -5,9 +5,14 @@ Writes, with each run's WORKDIR/NAME.log and NAME.rc:
 - WORKDIR/local: two local drivers;
 - WORKDIR/ray: two drivers as Ray actors, one per node, with an API key on the command line;
 - WORKDIR/ray-killed: the same, with one actor's process killed mid-run;
+- WORKDIR/driver-killed: two drivers as Ray actors sending to a server that counts what it got
+  (WORKDIR/driver-killed.received), one actor frozen while its driver sends, then that driver
+  process killed (its actor lives on);
 - WORKDIR/too-many: a run asking for more drivers than the cluster has CPUs (refused);
 - WORKDIR/leaks.json: the cluster's job entrypoints, the files of its session directory that
-  hold the API key, and whether joining it kept this process's SIGTERM handler.
+  hold the API key, and whether joining it kept this process's SIGTERM handler;
+- WORKDIR/node-tmp: the nodes' temporary directory (TMPDIR), where the actors keep their drivers'
+  ring files.
 """
 
 from __future__ import annotations
@@ -21,17 +26,35 @@ import time
 from pathlib import Path
 from typing import Any
 
+# The tests' helpers (a counting server): this file runs as a script, outside the tests package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from tests.runner.helpers import CountingStreamHandler, received_when_settled, serving
+
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 VEEKSHA_RUN = str(BIN / "veeksha-run")
 API_KEY = "sk-ray-secret-2468"  # the simulated server takes any key
 
 
+# A driver that sends long prompts, traced with their content: a frozen actor's pipe is full within
+# a tick, and its driver's write buffer holds the rest.
+LONG_PROMPTS = [
+    "--session_generator.channels",
+    "[{type: text, body_length_generator: {type: fixed, value: 4000}}]",
+    "--trace_recorder.include_content",
+    "true",
+]
+
+
 def ray_start(work: Path, *flags: str) -> None:
     # One CPU per node: two drivers spread over the cluster land on two nodes.
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    # The nodes' workers (the actors) make their temporary directories here, where the test looks.
+    env = {**os.environ, "TMPDIR": str(work / "node-tmp")}
     with (work / "ray-start.log").open("a") as log:
-        subprocess.run([RAY, "start", *common, *flags], check=True, stdout=log, stderr=log, timeout=120)
+        subprocess.run(
+            [RAY, "start", *common, *flags], check=True, stdout=log, stderr=log, timeout=120, env=env
+        )
 
 
 def veeksha(work: Path, name: str, flags: list[str], kill_actor_after: int | None = None) -> None:
@@ -55,6 +78,52 @@ def kill_one_actor(output_dir: Path, after_dispatches: int) -> None:
         time.sleep(0.1)
     pids = subprocess.run(["pgrep", "-f", "ray::DriverActor"], capture_output=True, text=True).stdout.split()
     os.kill(int(pids[0]), signal.SIGKILL)
+
+
+def veeksha_with_a_driver_killed(work: Path, address: list[str]) -> None:
+    """WORKDIR/driver-killed: a run at 100 requests/s to a counting server; once it has 30
+    requests, one actor is frozen for two seconds while its driver goes on sending (its pipe fills,
+    then its write buffer), and that driver process is killed with SIGKILL. Its last dispatches
+    were never shipped: only its ring file, on the node, has them."""
+    CountingStreamHandler.received = 0
+    name = "driver-killed"
+    temp_dirs = {"before": node_temp_dirs(work)}  # (the ray-killed run's killed actor left its own)
+    with serving(CountingStreamHandler) as base, (work / f"{name}.log").open("w") as log:
+        run = [VEEKSHA_RUN, "--client.api_base", base, "--client.model", "m", *LONG_PROMPTS, *address]
+        run += ["--traffic_scheduler.interval_generator.arrival_rate", "100", "--runtime.num_drivers", "2"]
+        run += ["--runtime.benchmark_timeout", "30", "--server_metrics.enabled", "false"]
+        proc = subprocess.Popen([*run, "--output_dir", str(work / name)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 120
+        while CountingStreamHandler.received < 30:
+            assert time.monotonic() < deadline and proc.poll() is None, "the run sent too little"
+            time.sleep(0.1)
+        temp_dirs["during"] = node_temp_dirs(work)
+        kill_a_driver_behind_its_frozen_actor()
+        proc.wait(timeout=300)
+        (work / f"{name}.received").write_text(str(received_when_settled()))
+    (work / f"{name}.rc").write_text(str(proc.returncode))
+    temp_dirs["after"] = node_temp_dirs(work)
+    (work / f"{name}.temp.json").write_text(json.dumps(temp_dirs))
+
+
+def node_temp_dirs(work: Path) -> list[str]:
+    return sorted(p.name for p in (work / "node-tmp").iterdir())
+
+
+def kill_a_driver_behind_its_frozen_actor() -> None:
+    """Freeze one actor (SIGSTOP: it reads its driver's pipe no more), give its driver two seconds
+    to fill the pipe and its write buffer, kill that driver with SIGKILL, and let the actor go on."""
+    actor = int(
+        subprocess.run(["pgrep", "-f", "ray::DriverActor"], capture_output=True, text=True).stdout.split()[0]
+    )
+    children = subprocess.run(["pgrep", "-P", str(actor)], capture_output=True, text=True).stdout.split()
+    (driver,) = [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    os.kill(actor, signal.SIGSTOP)
+    try:
+        time.sleep(2.0)
+        os.kill(driver, signal.SIGKILL)
+    finally:
+        os.kill(actor, signal.SIGCONT)
 
 
 def leaks(address: str, ray_temp: Path) -> dict[str, Any]:
@@ -93,6 +162,7 @@ def main() -> None:
     # node fail to join; this cluster is private to the namespace.
     os.environ["RAY_AUTH_MODE"] = "disabled"
     temp = f"/tmp/vr{os.getpid()}"  # Ray's socket paths must stay under 108 characters
+    (work / "node-tmp").mkdir()
     ray_start(work, "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}")
     ray_start(work, f"--address=127.0.0.1:{port}", f"--temp-dir={temp}")
     address = ["--runtime.ray_address", f"127.0.0.1:{port}"]
@@ -104,6 +174,7 @@ def main() -> None:
         slow = ["--server.decode_step_base", "0.01", "--runtime.post_timeout_grace_seconds", "0"]
         slow += ["--session_generator.output_spec.text.output_length_generator", "{type: fixed, value: 250}"]
         veeksha(work, "ray-killed", [*flags, *slow, *address], kill_actor_after=10)
+        veeksha_with_a_driver_killed(work, address)
         veeksha(work, "too-many", [*flags, *address, "--runtime.num_drivers", "3"])  # 2 CPUs
         (work / "leaks.json").write_text(json.dumps(leaks(f"127.0.0.1:{port}", Path(temp))))
     finally:

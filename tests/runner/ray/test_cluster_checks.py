@@ -48,8 +48,32 @@ def test_in_client_mode_every_node_that_is_not_loopback_is_elsewhere() -> None:
         ("localhost", True),
         ("10.0.0.5", False),
         ("inference.internal", False),
-        ("0.0.0.0", False),
+        ("10.1", False),  # 10.0.0.1
+        ("localhost.example.com", False),
     ],
 )
 def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost.",  # the fully qualified name
+        "LOCALHOST",
+        "api.localhost",  # RFC 6761: every name under localhost
+        "127.1",  # the short forms every resolver (inet_aton) reads as 127.0.0.1
+        "2130706433",
+        "0x7f.0.0.1",
+        "0.0.0.0",  # unspecified: a connection to it reaches the machine's own server
+        "0",
+        "::",
+        "[::]",
+        "::ffff:127.0.0.1",  # IPv4-mapped
+        "0:0:0:0:0:0:0:1",
+    ],
+)
+def test_every_spelling_of_this_machine_is_loopback(host: str) -> None:
+    """Requests to these from a driver node on another machine go to that machine: each spelling
+    passed the check (e.g. `client.api_base: http://127.1:8000/v1`) with a node elsewhere."""
+    assert is_loopback(host)

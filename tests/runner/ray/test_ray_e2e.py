@@ -1,6 +1,7 @@
 """Drivers on a Ray cluster, for real: a local two-node cluster, two driver actors (one per node),
 against the same run on two local driver processes. Same records, same files, same metrics; and a
-killed actor still leaves one record per dispatched request and names the driver that died.
+killed actor, or a killed driver process behind a live actor, still leaves one record per dispatched
+request and names the driver that died.
 
 Every Ray process runs in its own network and PID namespace (`unshare`): 127.0.0.1 is then the only
 address, so Ray's traffic stays on loopback, and the namespace's end takes every Ray process with it.
@@ -87,8 +88,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             int((work / f"{name}.rc").read_text()),
             (work / f"{name}.log").read_text(),
         )
-        for name in ("local", "ray", "ray-killed")
+        for name in ("local", "ray", "ray-killed", "driver-killed")
     }
+    out["received"] = int((work / "driver-killed.received").read_text())
+    out["temp-dirs"] = orjson.loads((work / "driver-killed.temp.json").read_bytes())
     out["leaks"] = orjson.loads((work / "leaks.json").read_bytes())
     out["too-many"] = (work / "too-many", int((work / "too-many.rc").read_text()), (work / "too-many.log"))
     return out
@@ -159,6 +162,34 @@ def test_a_killed_ray_actor_leaves_a_record_for_every_dispatched_request(runs: d
     assert states[dead] == "failed" and states[1 - dead] == "interrupted"  # told to stop, it did
 
 
+def test_a_driver_killed_behind_its_live_actor_leaves_a_record_for_each_request_it_sent(
+    runs: dict[str, Any],
+) -> None:
+    """The driver's last dispatches (its tick, and its write buffer while its actor was frozen) were
+    never shipped: its actor reads them from the driver's ring file on its node and sends them at
+    the end of the stream. Without that, about a hundred requests the server had got no record."""
+    paths, rc, log = runs["driver-killed"]
+    assert rc == 1, log
+    records = read_jsonl(paths.request_records)
+    dispatched = [t["request_id"] for t in read_jsonl(paths.dispatch_trace) if t["dispatched_at"] is not None]
+    assert len(records) >= runs["received"] > 30
+    assert sorted(r["request_id"] for r in records) == sorted(dispatched)  # one each
+    lost = [r for r in records if r["error_type"] == "driver_lost"]
+    (dead,) = {r["driver_id"] for r in lost}
+    info = orjson.loads(paths.run_json.read_bytes())
+    assert f"driver {dead} on ray node" in info["error"] and "exit code -9" in info["error"]
+    assert "killed by SIGKILL" in log  # the console names the signal, as for a local driver
+
+
+def test_each_actor_keeps_its_drivers_ring_file_in_a_temp_dir_it_removes_when_stopped(
+    runs: dict[str, Any],
+) -> None:
+    before, during, after = (set(runs["temp-dirs"][k]) for k in ("before", "during", "after"))
+    made = during - before
+    assert len(made) == 2 and all(name.startswith("veeksha-driver-") for name in made), during  # one each
+    assert not made & after, after
+
+
 def test_the_api_key_stays_out_of_the_clusters_job_table_and_files(runs: dict[str, Any]) -> None:
     # Ray records the command line as the job's entrypoint: it gets run.json's redacted one.
     leaks = runs["leaks"]
@@ -205,3 +236,50 @@ def test_an_open_port_that_is_not_ray_is_a_one_line_config_error(tmp_path: Path)
     (line,) = done.stderr.splitlines()
     assert line.startswith("veeksha-run: config error at runtime.ray_address: cannot join the Ray cluster")
     assert not (tmp_path / "out").exists()
+
+
+def refused_in_own_namespace(tmp_path: Path, *args: str) -> str:
+    """`veeksha-run ARGS` in its own namespace, with an open port that is not Ray at 127.0.0.1:6391:
+    its one line on exit 2, and nothing made in `tmp_path` but the config."""
+    script = f'{sys.executable} -c "{NOT_RAY}" & sleep 1; exec "$@"'
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = subprocess.run(
+        in_own_namespace(["sh", "-c", script, "sh", VEEKSHA_RUN, *args]),
+        cwd=tmp_path,
+        env=no_plots_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    (line,) = done.stderr.splitlines()
+    return line
+
+
+def test_a_sweep_on_a_port_that_is_not_ray_is_refused_before_its_directory_is_made(tmp_path: Path) -> None:
+    # Found only inside each run, it left a sweep directory whose every member failed (exit 1).
+    (tmp_path / "c.veeksha.yml").write_text(
+        "output_dir: out\nserver: {type: simulated}\nseed: !expand [1, 2]\n"
+        "runtime: {num_drivers: 2, ray_address: '127.0.0.1:6391'}\n"
+    )
+    line = refused_in_own_namespace(tmp_path, "--config", "c.veeksha.yml")
+    assert line.startswith("veeksha-run: config error at runtime.ray_address: cannot join the Ray cluster")
+
+
+def test_a_capacity_search_on_a_port_that_is_not_ray_is_refused_before_its_directory_is_made(
+    tmp_path: Path,
+) -> None:
+    # Found only inside its first attempt, it left a capsearch directory behind its exit 2.
+    (tmp_path / "s.veeksha.yml").write_text(
+        "output_dir: out\nstart_value: 4\nmax_value: 16\nmax_iterations: 2\n"
+        "benchmark_config:\n"
+        "  server: {type: simulated}\n"
+        "  runtime: {num_drivers: 2, ray_address: '127.0.0.1:6391', benchmark_timeout: 1}\n"
+        "  evaluators: [{type: performance, slos: [{name: p99 ttfc, metric: ttfc, percentile: 0.99,"
+        " value: 5}]}]\n"
+    )
+    line = refused_in_own_namespace(tmp_path, "capacity-search", "--config", "s.veeksha.yml")
+    assert line.startswith(
+        "veeksha-run: config error at benchmark_config.runtime.ray_address: cannot join the Ray cluster"
+    ), line
