@@ -25,7 +25,7 @@ from veeksha.runner.background import to_background
 from veeksha.runner.driver.dispatch_ring import read_ring
 from veeksha.runner.drivers import DriverLink
 from veeksha.runner.evaluation.timeseries import TimeseriesWriter
-from veeksha.runner.lost_records import lost_record
+from veeksha.runner.lost_records import discard_rescued, lost_record
 from veeksha.runner.progress import Progress
 from veeksha.runner.raw_lines import record_line, trace_line
 from veeksha.shared.jsonio import naming_errors
@@ -177,12 +177,7 @@ class Recorder:
             end = failed_start or self._run_end()
             self._record_lost(records, None, end.error or "the run ended")
         # Every dispatched request has its record now: nothing is left for `evaluate` to recover.
-        for path in (
-            self.paths.unlisted_trace,
-            *self.paths.driver_rescues(),
-            *self.paths.all_driver_dispatches(),
-        ):
-            path.unlink(missing_ok=True)
+        discard_rescued(self.paths)
         error = end.error
         if self.num_lost:
             lost = f"{self.num_lost} dispatched request(s) had no result and were recorded as driver_lost"
