@@ -709,8 +709,9 @@ class Driver:
         answers = outcome.answer_times
         # With a tokenizer, the recorder also counts what the server counted, to compare the two.
         compare = has_usage and self.count_source == COUNT_TOKENIZER
-        # Sent before by another request: the history this turn carries and the run's shared prefix.
-        cacheable = total_tokens - spec.num_content_tokens + spec.shared_prefix_tokens
+        # Sent before by another request: the history this turn carries, and the part of the run's
+        # shared prefix an earlier session sent (the generator knows it; here it is a field read).
+        cacheable = total_tokens - spec.num_content_tokens + spec.cacheable_prefix_tokens
         self.records.append(
             ipc.make_record(
                 request_id=request_id,

@@ -55,32 +55,22 @@ def make_count_sampler(
     """A callable drawing one integer >= `minimum` (and <= `maximum`) from `gen` per call (rounded
     half up).
 
-    With a `maximum`, a generator whose values reach past it (its fixed value, its max, or its mean)
-    is a ConfigError naming `key`: 1e20 tokens would fail deep in a run, or build a prompt of gigabytes.
-    Only a distribution's far tail (normal, inverse Gaussian) can still pass it, and is cut to it.
+    With a `maximum`, a generator whose values reach past it (its `reach()`: its fixed value, its max,
+    or six deviations above a distribution's mean) is a ConfigError naming `key`: 1e20 tokens would fail
+    deep in a run, or build a prompt of gigabytes. Only a draw beyond six deviations can still pass, and
+    is cut to it.
     Uniform draws each integer of [ceil(min), floor(max)] with equal probability (rounding a float
     draw would give the two end values half weight); zipf is integer-valued already.
     """
     if maximum is None:
         return _count_sampler(gen, rng, minimum)
-    reach = _reach(gen)  # checked before anything is built for a refused config
+    # The config's own reach (the bound a think time is held to): a mean alone let normal {mean: 100,
+    # std: 1e8} through, then cut 45% of its draws to `maximum`. Checked before anything is built.
+    reach = gen.reach()
     if reach > maximum:
         raise ConfigError(f"config error at {key}: {reach:g} is more than {maximum:,}; use smaller values")
     draw = _count_sampler(gen, rng, minimum)
     return lambda: min(maximum, draw())
-
-
-def _reach(gen: LengthGen) -> float:
-    """How far a generator's values go as configured (a distribution's mean, not its tail)."""
-    if isinstance(gen, FixedGen):
-        return gen.value
-    if isinstance(gen, UniformGen | ZipfGen):
-        return gen.max
-    if isinstance(gen, NormalGen):
-        return min(gen.mean, gen.max)
-    if isinstance(gen, InverseGaussianGen):
-        return gen.mean
-    return max(gen.values)
 
 
 def _count_sampler(gen: LengthGen, rng: random.Random, minimum: int) -> Callable[[], int]:

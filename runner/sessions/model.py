@@ -25,6 +25,9 @@ class RequestNode:
     requested_output_tokens: int
     channel: str = TEXT
     shared_prefix_tokens: int = 0  # the run's shared prefix at the start of `content`
+    # Of those, the ones an earlier session of the schedule sent (what a prefix cache can hold): known
+    # when the session is made, so the driver only reads it.
+    cacheable_prefix_tokens: int = 0
 
 
 @dataclass(slots=True)

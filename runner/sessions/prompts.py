@@ -20,6 +20,7 @@ import random
 from collections.abc import Sequence
 
 from veeksha.runner.sessions.tokenizer import LocalTokenizer, count_tokens_approx
+from veeksha.shared.errors import ConfigError
 from veeksha.shared.records import COUNT_APPROXIMATE, COUNT_TOKENIZER
 
 # Frequent English words; single tokens in GPT-2/cl100k/o200k/Llama-3 and Llama-2/Mistral vocabularies.
@@ -49,7 +50,25 @@ _RETRIES = 4
 
 def single_token_words(tokenizer: LocalTokenizer, words: tuple[str, ...] = WORDS) -> list[str]:
     """The words `tokenizer` encodes as one token at the start of a text and after a space."""
-    return [w for w in words if len(tokenizer.encode(f"{w} {w}")) == 2]
+    return [w for w in words if len(probe_encode(tokenizer, f"{w} {w}")) == 2]
+
+
+def probe_encode(tokenizer: LocalTokenizer, text: str) -> list[int]:
+    """`tokenizer.encode(text)` for the checks made before a run starts.
+
+    A tokenizer.json can load and still fail to encode (a WordLevel model whose unk_token is not in
+    its vocabulary fails on the first unknown word), and the tokenizers library raises plain
+    Exception: a config error here, not a traceback. Per-request encodes stay unwrapped (hot path).
+    """
+    try:
+        return tokenizer.encode(text)
+    except Exception as e:
+        shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}..."
+        reason = " ".join(str(e).split())  # the error stays one line
+        raise ConfigError(
+            f"config error at client.tokenizer: {tokenizer.path} cannot encode text ({shown}): {reason}; "
+            "give a tokenizer that can"
+        ) from None
 
 
 def all_pairs_text(words: Sequence[str]) -> str:
@@ -75,7 +94,7 @@ def one_token_per_word(tokenizer: LocalTokenizer, words: Sequence[str]) -> bool:
     pre-tokenizer, across a boundary between two neighbours).
     """
     text = all_pairs_text(words)
-    return tokenizer.count(text) == len(text.split())
+    return len(probe_encode(tokenizer, text)) == len(text.split())
 
 
 class _SharedPrefix:

@@ -128,6 +128,24 @@ def text_channel_of(sg: SyntheticSessions) -> TextChannel:
     return texts[0]
 
 
+class PrefixesSent:
+    """Per prefix of the pool, the longest length an earlier session's prompt started with.
+
+    A session's prefix is cacheable only as far as an earlier one sent it: not for the first session
+    using a prefix, nor past the longest length sent before. Every driver walks the whole session
+    stream in the same order (runner/driver/placement.py), so each counts the same.
+    """
+
+    def __init__(self, pool_size: int) -> None:
+        self._longest = [0] * pool_size
+
+    def send(self, pool_index: int, length: int) -> int:
+        """Of `length` tokens of prefix `pool_index`, those sent before; then record this one."""
+        longest = self._longest[pool_index]
+        self._longest[pool_index] = max(longest, length)
+        return min(length, longest)
+
+
 class SyntheticSessionGenerator:
     """Sessions from `session_generator: {type: synthetic}`: a sampled graph, word prompts."""
 
@@ -152,6 +170,7 @@ class SyntheticSessionGenerator:
         self._prompts = PromptBuilder(tokenizer, [stream(seed, name) for name in names])
         self._pool_size = pool_size
         self._pool_pick = stream(seed, "text/shared_prefix_pool")
+        self._prefixes_sent = PrefixesSent(pool_size)
         # Each session's words come from its own stream (seeded by the session id), so a driver can
         # pass over another driver's sessions without drawing their words (runner/driver/placement.py).
         self._words_base = stream(seed, "text/words").getrandbits(64)
@@ -171,10 +190,12 @@ class SyntheticSessionGenerator:
             self._words.seed(self._words_base + self._next_id)
         for node_id, shape in enumerate(shapes):
             target = self._body_length()
-            prefix, pool_index = 0, 0
+            prefix, pool_index, cacheable = 0, 0, 0
             if node_id == 0 and self._prefix_coin.random() < self._prefix_probability:
                 prefix = round(self._prefix_ratio * target)
                 pool_index = self._pool_pick.randrange(self._pool_size) if self._pool_size > 1 else 0
+                # Also for a placeholder: another driver sends that session's prefix.
+                cacheable = self._prefixes_sent.send(pool_index, prefix)
             output = self._output_length()
             if not build:
                 continue
@@ -190,6 +211,7 @@ class SyntheticSessionGenerator:
                     num_content_tokens=count,
                     requested_output_tokens=output,
                     shared_prefix_tokens=min(prefix, count),
+                    cacheable_prefix_tokens=min(cacheable, count),
                 )
             )
         session = Session(self._next_id, nodes if build else [])

@@ -75,6 +75,13 @@ def client(keys: str) -> str:
     return SERVER + RUNTIME + "client: {api_base: '{api}', model: m, " + keys + "}\n"
 
 
+# A tokenizer.json that loads, then fails to encode: its WordLevel unk_token is not in its vocabulary.
+UNK_LESS_TOKENIZER = (
+    '{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,'
+    '"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,'
+    '"model":{"type":"WordLevel","vocab":{"time":0},"unk_token":"[UNK]"}}'
+)
+
 ONE_KB_LIST = "x: [" + ", ".join(["1"] * 1000) + "]\n"
 BIG_INT = "9" * 5000
 
@@ -191,6 +198,13 @@ NUMBERS = [
         GOOD + "session_generator: {channels: [{type: text, body_length_generator: {type: uniform, min: 1, "
         "max: .inf}}]}\n",
         "session_generator.channels.0.body_length_generator.max: inf",
+    ),
+    Case(
+        # Its mean is small, its spread is not: 45% of its prompts would be cut to 10M tokens.
+        "body-length-normal-tail",
+        GOOD + "session_generator: {channels: [{type: text, body_length_generator: {type: normal, mean: 100, "
+        "std: 100000000}}]}\n",
+        "session_generator.channels.0.body_length_generator: 6e+08 is more than 10,000,000",
     ),
     Case(
         "output-length-nan",
@@ -770,6 +784,13 @@ SEARCH = [
 # Ignored or misread without a word.
 MINOR = [
     Case("tokenizer-empty", client("tokenizer: ''"), "client.tokenizer: '' is not allowed"),
+    Case(
+        # Loads, then cannot encode a word outside its vocabulary (its unk_token is not in it).
+        "tokenizer-cannot-encode",
+        client("tokenizer: tokenizer.json"),
+        "client.tokenizer",
+        files=(("tokenizer.json", UNK_LESS_TOKENIZER),),
+    ),
     Case("max-tokens-param-empty", client("max_tokens_param: ''"), "client.max_tokens_param: '' is not"),
     Case("min-tokens-param-empty", client("min_tokens_param: ''"), "client.min_tokens_param: '' is not"),
     Case(

@@ -173,6 +173,26 @@ def test_a_malformed_tokenizer_file_is_a_config_error(tmp_path: Path) -> None:
         load_tokenizer(str(bad))
 
 
+# Loads, then fails on the first word outside its vocabulary: its unk_token is not in the vocabulary.
+UNK_LESS_TOKENIZER = (
+    '{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,'
+    '"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,'
+    '"model":{"type":"WordLevel","vocab":{"time":0},"unk_token":"[UNK]"}}'
+)
+
+
+def test_a_tokenizer_that_loads_but_cannot_encode_is_a_config_error(tmp_path: Path) -> None:
+    """It used to end the run with a traceback (exit 1): the tokenizers library raises plain Exception."""
+    path = tmp_path / "tokenizer.json"
+    path.write_text(UNK_LESS_TOKENIZER)
+    tok = load_tokenizer(str(path))
+    expected = (
+        r"^config error at client\.tokenizer: .*tokenizer\.json cannot encode text \(.*\): .*Missing \[UNK\]"
+    )
+    with pytest.raises(ConfigError, match=expected + r".*; give a tokenizer that can$"):
+        PromptBuilder(tok, [random.Random(0)])
+
+
 def test_without_the_tokenizers_package_the_error_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -347,6 +347,53 @@ def test_a_channels_own_prefix_pool_size_wins_over_the_generators() -> None:
     assert len({gen.next_session().nodes[0].content for _ in range(60)}) == 2
 
 
+def prefix_pool_sessions(pool: int, n: int = 100, build_every: int = 1) -> list[Session]:
+    """Single-request sessions, each starting with half its prompt from one of `pool` prefixes; with
+    `build_every` k, only every k-th is built (the others as a driver passes over another's)."""
+    channel = {"type": "text", "shared_prefix_ratio": 0.5, "shared_prefix_probability": 1.0}
+    gen = generator({"type": "synthetic", "channels": [channel], "shared_prefix_pool_size": pool})
+    return [gen.next_session(build=i % build_every == 0) for i in range(n)]
+
+
+def sent_before(sessions: list[Session]) -> list[int]:
+    """Of each session's shared prefix, the tokens an earlier session's shared prefix held: found by
+    comparing the prompts' words (one token each without a tokenizer)."""
+    firsts = [(s.nodes[0].content.split(), s.nodes[0].shared_prefix_tokens) for s in sessions]
+    found = []
+    for i, (words, k) in enumerate(firsts):
+        best = 0
+        for earlier, k_earlier in firsts[:i]:
+            common = next(
+                (j for j, (a, b) in enumerate(zip(words, earlier, strict=False)) if a != b), len(words)
+            )
+            if common >= 8:  # two different prefixes may start with the same word or two by chance
+                best = max(best, min(k, k_earlier, common))
+        found.append(best)
+    return found
+
+
+@pytest.mark.parametrize("pool", [1, 50, 100])
+def test_a_sessions_cacheable_prefix_is_only_what_an_earlier_session_sent(pool: int) -> None:
+    """num_cacheable_prompt_tokens used to count the whole prefix: also for the first session using a
+    pool prefix, and past the longest one sent before (claimed 0.500 of the prompts; 0.492, 0.246 and
+    0.150 had been sent before with pools of 1, 50 and 100)."""
+    sessions = prefix_pool_sessions(pool)
+    cacheable = [s.nodes[0].cacheable_prefix_tokens for s in sessions]
+    assert cacheable == sent_before(sessions)
+    assert sum(cacheable) < sum(s.nodes[0].shared_prefix_tokens for s in sessions)
+
+
+def test_sessions_a_driver_passes_over_still_count_as_sent_before() -> None:
+    """Every driver walks the whole session stream (runner/driver/placement.py): the prefixes of
+    sessions it does not build were sent by another driver, so they count the same."""
+    every = prefix_pool_sessions(3)
+    mine = prefix_pool_sessions(3, build_every=4)[::4]
+    assert [s.nodes[0].cacheable_prefix_tokens for s in mine] == [
+        s.nodes[0].cacheable_prefix_tokens for s in every[::4]
+    ]
+    assert [s.nodes[0].content for s in mine] == [s.nodes[0].content for s in every[::4]]
+
+
 @pytest.mark.parametrize(
     "sessions, key",
     [
@@ -362,13 +409,48 @@ def test_a_channels_own_prefix_pool_size_wins_over_the_generators() -> None:
             {"session_graph": {"type": "linear", "num_request_generator": {"type": "fixed", "value": 1e20}}},
             "session_generator.session_graph.num_request_generator: 1e+20 is more than 10,000",
         ),
+        (
+            {
+                "channels": [
+                    {"type": "text", "body_length_generator": {"type": "normal", "mean": 100, "std": 1e8}}
+                ]
+            },
+            "session_generator.channels.0.body_length_generator: 6e+08 is more than 10,000,000",
+        ),
+        (
+            {
+                "session_graph": {
+                    "type": "linear",
+                    "num_request_generator": {"type": "inverse_gaussian", "mean": 100, "shape": 0.01},
+                }
+            },
+            "session_generator.session_graph.num_request_generator: 60100 is more than 10,000",
+        ),
+        (
+            {
+                "session_graph": {
+                    "type": "branching",
+                    "layer_width_generator": {"type": "normal", "mean": 4, "std": 5000},
+                }
+            },
+            "session_generator.session_graph.layer_width_generator: 30004 is more than 10,000",
+        ),
     ],
-    ids=["prompt-tokens", "output-tokens", "requests-per-session"],
+    ids=[
+        "prompt-tokens",
+        "output-tokens",
+        "requests-per-session",
+        "prompt-tokens-normal-tail",
+        "requests-inverse-gaussian-tail",
+        "layer-width-normal-tail",
+    ],
 )
 def test_a_count_beyond_what_a_run_can_send_is_refused_when_the_generator_is_made(
     sessions: dict, key: str
 ) -> None:
-    """It used to pass the config and fail deep in the run (OverflowError), or never finish a session."""
+    """It used to pass the config and fail deep in the run (OverflowError), or never finish a session.
+    A distribution's spread counts (its reach, six deviations above the mean): judged by its mean,
+    normal {mean: 100, std: 1e8} passed, then 45% of its prompts were cut to exactly 10M tokens."""
     cfg = build_benchmark_config({"session_generator": {"type": "synthetic", **sessions}})
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("+", r"\+")):
         make_session_generator(cfg)
