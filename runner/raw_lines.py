@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from veeksha.runner import ipc
-from veeksha.runner.evaluation.request_metrics import finalize_record
+from veeksha.runner.evaluation.request_metrics import finalize_record, rounded_time
 from veeksha.shared.redact import scrub_content
 
 
@@ -21,7 +21,7 @@ def trace_line(raw: list[Any], t0: float, secrets: list[str]) -> dict[str, Any]:
     line = dict(zip(ipc.RAW_TRACE_FIELDS, raw, strict=True))
     for name in ipc.RAW_TRACE_TIME_FIELDS:
         if line[name] is not None:
-            line[name] -= t0
+            line[name] = rounded_time(line[name] - t0)
     content = line["content"]
     if content is None:
         del line["content"]

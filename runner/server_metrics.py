@@ -5,11 +5,14 @@ A thread of the recorder process (never the driver) fetches the server's Prometh
 one column per series, named as the server spells it (`vllm:num_requests_running`, ...). Gauges are
 kept as values, counters become per-second rates over the interval; histograms and summaries are left
 out. Series of one name with several label sets (one per model) are summed. The columns are those of
-the first successful scrape. A failed scrape is counted and the run goes on.
+the first successful scrape; a series first seen later (vLLM's labelled counters have no sample
+until a request finishes) widens the header: the file is rewritten once, atomically, its earlier rows
+with empty cells, and appended to again. A failed scrape is counted and the run goes on.
 """
 
 from __future__ import annotations
 
+import csv
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +23,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from veeksha.runner.background import to_background
 from veeksha.shared.config import BenchmarkConfig
+from veeksha.shared.jsonio import write_atomic
 from veeksha.shared.redact import scrub_list, scrub_text, secret_values
 
 PROBE_TIMEOUT_S = 2.0
@@ -121,13 +125,27 @@ class Scraper:
 
     def _write(self, t: float, series: dict[str, tuple[str, float]]) -> None:
         if self._columns is None:
+            self.csv_path.write_text(_csv_line(["elapsed_s", *sorted(series)]))
             self._columns = sorted(series)
-            self.csv_path.write_text(",".join(["elapsed_s", *self._columns]) + "\n")
+        elif not series.keys() <= set(self._columns):
+            self._widen(sorted({*self._columns, *series}))
         cells = [f"{t:.3f}", *(_cell(self._value(name, t, series)) for name in self._columns)]
         with self.csv_path.open("a") as f:
-            f.write(",".join(cells) + "\n")
+            f.write(_csv_line(cells))
         self.rows += 1
         self._previous = (t, series)
+
+    def _widen(self, columns: list[str]) -> None:
+        """Rewrite the file under `columns` (the old ones and the new series), the rows written so far
+        with empty cells for the new ones. Rare (a series that first appears mid-run), so reading the
+        whole file back costs nothing that matters. Atomic: a reader (the live uploader) sees the old
+        file or the new one, never a mix; columns are kept only once the new file is there."""
+        with self.csv_path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        header = ["elapsed_s", *columns]
+        lines = [_csv_line(header), *(_csv_line([row.get(name, "") for name in header]) for row in rows)]
+        write_atomic(self.csv_path, "".join(lines))
+        self._columns = columns
 
     def _value(self, name: str, t: float, series: dict[str, tuple[str, float]]) -> float | None:
         if name not in series:
@@ -142,3 +160,8 @@ class Scraper:
 
 def _cell(value: float | None) -> str:
     return "" if value is None else repr(value)
+
+
+def _csv_line(cells: list[str]) -> str:
+    # Series names ([a-zA-Z_:][a-zA-Z0-9_:]*) and numbers need no CSV quoting.
+    return ",".join(cells) + "\n"

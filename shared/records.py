@@ -433,6 +433,9 @@ STOP_SESSIONS_EXHAUSTED: Final = "sessions_exhausted"  # a trace (or session sou
 # "contract_version". Runs before it was written count as 1. Bump it when a reader must tell apart.
 CONTRACT_VERSION: Final = 2
 
+# Every key run.json may hold (runner/run_dir.py writes them; tests/runner/test_output_contract.py
+# checks a real run's against this list). `driver` comes once the load has ended; `evaluation_error`
+# only while the run has no metrics (RunDir.leave_unevaluated, lost_records.mark_unfinished).
 RUN_JSON_FIELDS: Final = (
     "run_id",
     "contract_version",
@@ -442,10 +445,13 @@ RUN_JSON_FIELDS: Final = (
     "finished_at",
     "config_sha256",
     "host",
+    "pid",
     "python",
     "argv",
     "sweep",
     "capacity_search",
     "error",
     "stop_reason",
+    "driver",
+    EVALUATION_ERROR,
 )

@@ -94,6 +94,7 @@ class TimeseriesTail:
         self.offset = 0
         self.header: list[str] | None = None
         self.inode: int | None = None
+        self.streamed: list[dict[str, Number]] = []  # every row read so far
         self.replaced = False  # the file was rewritten (evaluation rebuilt it): rows may differ
 
     def read(self) -> list[dict[str, Number]]:
@@ -104,9 +105,12 @@ class TimeseriesTail:
             st = self.path.stat()
         except FileNotFoundError:
             return []
-        if self.inode is not None and (st.st_ino != self.inode or st.st_size < self.offset):
-            self.replaced = True
+        if self.replaced:
             return []
+        if self.inode is not None and (st.st_ino != self.inode or st.st_size < self.offset):
+            if not self._go_on_in_rewritten_file():
+                self.replaced = True
+                return []
         self.inode = st.st_ino
         with self.path.open("rb") as f:
             f.seek(self.offset)
@@ -115,8 +119,13 @@ class TimeseriesTail:
         if end == 0:
             return []
         self.offset += end
+        rows = self._rows(chunk[:end])
+        self.streamed += rows
+        return rows
+
+    def _rows(self, whole_lines: bytes) -> list[dict[str, Number]]:
         rows = []
-        for cells in csv.reader(io.StringIO(chunk[:end].decode())):
+        for cells in csv.reader(io.StringIO(whole_lines.decode())):
             if not cells:
                 continue
             if self.header is None:
@@ -129,6 +138,27 @@ class TimeseriesTail:
                     row[name] = value
             rows.append(row)
         return rows
+
+    def _go_on_in_rewritten_file(self) -> bool:
+        """The file was replaced. When its first rows are the rows streamed so far (the scraper
+        widens server_metrics.csv once a series first appears mid-run: same rows, a new empty
+        column), go on after them in the new file; else (evaluation rebuilt it) it is `replaced`."""
+        with self.path.open("rb") as f:
+            data = f.read()
+        lines = data.splitlines(keepends=True)
+        kept = len(self.streamed) + 1  # the header, then one line per row streamed
+        if len(lines) < kept or not all(line.endswith(b"\n") for line in lines[:kept]):
+            return False
+        header, self.header = self.header, None
+        try:
+            same = self._rows(b"".join(lines[:kept])) == self.streamed
+        except ContractError:
+            same = False
+        if not same:
+            self.header = header
+            return False
+        self.offset = sum(len(line) for line in lines[:kept])
+        return True
 
 
 class LiveHistory:

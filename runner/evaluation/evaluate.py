@@ -26,10 +26,11 @@ from veeksha.runner.evaluation.timeseries import build_timeseries, write_timeser
 from veeksha.shared.config_loader import load_written_config
 from veeksha.shared.errors import ContractError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
-from veeksha.shared.paths import RunPaths
+from veeksha.shared.paths import DISTRIBUTION_METRICS, RunPaths
 
-# Set (to anything non-empty) to skip the distribution PNGs, e.g. in tests that ignore them: drawing
-# them takes about a second per run. The CSVs and every other file are written as usual.
+# Set (to anything non-empty) to skip the PNGs (distributions, timeseries.png), e.g. in tests that
+# ignore them: drawing them takes about a second per run. The CSVs and every other file are written
+# as usual, and PNGs an earlier evaluation drew are removed (they would not match the new CSVs).
 NO_PLOTS_ENV = "VEEKSHA_NO_PLOTS"
 
 
@@ -55,6 +56,7 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
     """Recompute every metric of `run_dir` and write the files. timeseries.csv is rewritten only
     with `rebuilt` or when it is missing (the live one is exact, or was deleted as stale)."""
     paths = RunPaths(Path(run_dir))
+    plots = plots and not os.environ.get(NO_PLOTS_ENV)
     for required in (paths.config_yml, paths.request_records):
         if not required.exists():
             raise ContractError(f"{required}: file is missing; is {paths.root} a run directory?")
@@ -83,15 +85,17 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
         write_json(paths.health_checks_json, health)
         write_atomic(paths.health_check_txt, format_health_text(checks))
         write_json(paths.prefill_stats, build_prefill(data))
-        write_distributions(paths, data, plots=plots and not os.environ.get(NO_PLOTS_ENV))
+        write_distributions(paths, data, plots=plots)
         timeseries = timeseries_job.result()
     throughput = build_throughput(data, timeseries)
     write_json(paths.throughput_metrics, throughput)
     write_ts = rebuilt or not paths.timeseries_csv.exists()
     if write_ts:
         write_timeseries(paths.timeseries_csv, timeseries)
-    if plots and not os.environ.get(NO_PLOTS_ENV):
+    if plots:
         _plot_timeseries(paths)
+    else:
+        _remove_plots(paths)
     return Evaluation(
         run_dir=paths.root,
         run_status=run_info.get("status") if isinstance(run_info, dict) else None,
@@ -113,6 +117,13 @@ def drivers_of(run_info: Any) -> list[dict[str, Any]]:
     driver = run_info.get("driver") if isinstance(run_info, dict) else None
     entries = driver.get("drivers") if isinstance(driver, dict) else None
     return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def _remove_plots(paths: RunPaths) -> None:
+    """The PNGs a plotting evaluation writes, gone: drawn from the files just rewritten, they would
+    show other numbers than those files (an earlier evaluation's, or a run before a metric fix)."""
+    for png in (paths.timeseries_png, *(paths.distribution_png(m) for m in DISTRIBUTION_METRICS)):
+        png.unlink(missing_ok=True)
 
 
 def _plot_timeseries(paths: RunPaths) -> None:

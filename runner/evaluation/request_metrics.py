@@ -44,6 +44,12 @@ def _s(ns: int) -> float:
     return ns / _NS
 
 
+def rounded_time(t: float) -> float:
+    """`t` seconds rounded to whole nanoseconds, as every time a run directory holds is written
+    (the records here, the dispatch trace in raw_lines): one request's times then agree in both."""
+    return _s(round(t * _NS))
+
+
 def finalize_record(raw: dict[str, Any]) -> dict[str, Any]:
     """The record to write for one finished request (REQUEST_RECORD_FIELDS, in order).
 

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from veeksha.runner.run_dir import RunDir
+from veeksha.shared.config_loader import build_benchmark_config
 from veeksha.shared.paths import DISTRIBUTION_METRICS, RunPaths
 from veeksha.shared.records import (
     DISPATCH_TRACE_FIELDS,
+    EVALUATION_ERROR,
     REQUEST_RECORD_FIELDS,
     RUN_JSON_FIELDS,
     SLO_RESULT_FIELDS,
@@ -69,10 +72,18 @@ def test_run_directory_name(run: RunPaths) -> None:
 
 def test_run_json(run: RunPaths) -> None:
     info = orjson.loads(run.run_json.read_bytes())
-    assert set(RUN_JSON_FIELDS) <= set(info)
+    # Only a run left without metrics has `evaluation_error` (it goes when they are written).
+    assert set(info) == set(RUN_JSON_FIELDS) - {EVALUATION_ERROR}
     assert info["status"] in ("completed", "timeout")
     assert info["config_sha256"].startswith(run.root.name.rsplit("-", 1)[1])
     assert info["sweep"] is None and info["capacity_search"] is None
+
+
+def test_run_json_of_a_run_left_without_metrics_holds_only_listed_keys(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path, build_benchmark_config({}), argv=["veeksha-run"])
+    run_dir.leave_unevaluated("completed", None, "the evaluation failed")
+    info = orjson.loads(run_dir.paths.run_json.read_bytes())
+    assert EVALUATION_ERROR in info and set(info) <= set(RUN_JSON_FIELDS)
 
 
 def test_request_records_and_trace(run: RunPaths) -> None:

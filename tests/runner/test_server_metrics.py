@@ -7,8 +7,10 @@ import csv
 import socket
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -18,8 +20,10 @@ from veeksha.runner.driver.http.client import run_secret_values
 from veeksha.runner.server_launcher import start_server
 from veeksha.runner.server_metrics import Scraper, parse, probe
 from veeksha.shared.config_loader import build_benchmark_config
+from veeksha.shared.jsonio import write_atomic
+from veeksha.uploader.reader import read_appended_csv
 
-from tests.runner.helpers import all_text_under, only_run_dir, run_cli
+from tests.runner.helpers import all_text_under, only_run_dir, run_cli, serving
 from tests.runner.simserver.test_server import FAST, root, sim_server
 from tests.uploader.conftest import make_home, upload
 from tests.uploader.wandb_records import offline_run_dirs, read_offline_run
@@ -90,6 +94,67 @@ def test_the_scraper_writes_gauges_and_counter_rates(tmp_path: Path) -> None:
     rates = [float(r["vllm:generation_tokens_total"]) for r in rows[1:]]
     assert rows[0]["vllm:generation_tokens_total"] == ""  # a rate needs two scrapes
     assert all(r >= 0 for r in rates) and max(rates) > 0  # tokens per second, not a running total
+
+
+class LateCounterMetrics(BaseHTTPRequestHandler):
+    """A /metrics like vLLM's: a labelled counter (vllm:request_success_total) has no sample until
+    a request finishes, here from the third scrape on, 4 more each scrape."""
+
+    scrapes = 0
+    lock = threading.Lock()
+
+    def do_GET(self) -> None:
+        with LateCounterMetrics.lock:
+            LateCounterMetrics.scrapes += 1
+            n = LateCounterMetrics.scrapes
+        text = "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 1\n"
+        if n >= 3:
+            text += (
+                "# TYPE vllm:request_success_total counter\n"
+                f'vllm:request_success_total{{finished_reason="stop"}} {4 * n}\n'
+            )
+        body = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_series_that_first_appears_after_the_first_scrape_gets_its_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rewrites = []
+
+    def counted_write_atomic(path: Path, data: bytes | str) -> None:
+        rewrites.append(path)
+        write_atomic(path, data)
+
+    # Not there before the fix: the count then stays 0 and the header check below fails first.
+    monkeypatch.setattr(server_metrics, "write_atomic", counted_write_atomic, raising=False)
+    csv_path = tmp_path / "server_metrics.csv"
+    start = time.monotonic()
+    with serving(LateCounterMetrics) as api_base:
+        url = api_base.removesuffix("/v1") + "/metrics"
+        scraper = Scraper(url, 0.1, csv_path, lambda: time.monotonic() - start)
+        scraper.start()
+        wait_until(lambda: scraper.rows >= 6)
+        scraper.stop()
+    with csv_path.open() as f:
+        header, *rows = list(csv.reader(f))
+    assert header == ["elapsed_s", "vllm:num_requests_running", "vllm:request_success_total"]
+    assert scraper.failures == 0 and len(rows) == scraper.rows >= 6
+    assert all(len(row) == len(header) for row in rows)
+    assert [row[2] for row in rows[:3]] == ["", "", ""]  # not yet there, then a rate needs two scrapes
+    assert all(float(row[2]) > 0 for row in rows[3:])
+    assert rewrites == [csv_path]  # widened once, not on every later scrape
+    # The uploader reads it as any other: the earlier rows simply lack the series.
+    read_header, read_rows, cut_off = read_appended_csv(csv_path)
+    assert read_header == header and cut_off is None and len(read_rows) == len(rows)
+    assert "vllm:request_success_total" not in read_rows[0]
+    assert read_rows[-1]["vllm:request_success_total"] > 0
 
 
 def test_a_scrape_that_fails_is_counted_and_the_scraper_goes_on(tmp_path: Path) -> None:

@@ -544,3 +544,46 @@ def test_follow_refuses_a_directory_it_waited_on_once_it_turns_out_a_sweep(
         out, err = follower.communicate(timeout=30)
     assert follower.returncode == 2, out + err
     assert f"is a sweep directory ({SWEEP_MANIFEST})" in err and out == "", out + err
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """As shared.jsonio.write_atomic does: a new file renamed over the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_the_live_server_rows_go_on_after_the_scraper_widens_its_file(tmp_path: Path) -> None:
+    """A series that first appears mid-run (vLLM's request counters) makes the scraper rewrite
+    server_metrics.csv with one more column: the rows streamed so far are still its first rows, so
+    the live run goes on streaming instead of giving up until the final upload."""
+    from veeksha.uploader.follow import TimeseriesTail
+
+    path = tmp_path / "metrics" / "server_metrics.csv"
+    path.parent.mkdir()
+    path.write_text("elapsed_s,running\n1.0,3\n2.0,4\n")
+    tail = TimeseriesTail(path)
+    assert tail.read() == [{"elapsed_s": 1.0, "running": 3}, {"elapsed_s": 2.0, "running": 4}]
+
+    _replace_file(path, "elapsed_s,running,success_total\n1.0,3,\n2.0,4,\n3.0,5,0.5\n")
+
+    assert tail.read() == [{"elapsed_s": 3.0, "running": 5, "success_total": 0.5}]
+    assert not tail.replaced
+    with path.open("a") as f:
+        f.write("4.0,6,1.5\n")
+    assert tail.read() == [{"elapsed_s": 4.0, "running": 6, "success_total": 1.5}]
+
+
+def test_a_file_rewritten_with_other_rows_is_left_to_the_final_upload(tmp_path: Path) -> None:
+    from veeksha.uploader.follow import TimeseriesTail
+
+    path = tmp_path / "metrics" / "timeseries.csv"
+    path.parent.mkdir()
+    path.write_text("elapsed_s,n\n1.0,3\n2.0,4\n")
+    tail = TimeseriesTail(path)
+    tail.read()
+
+    _replace_file(path, "elapsed_s,n\n1.0,3\n2.0,5\n3.0,6\n")  # evaluation rebuilt it: row 2 differs
+
+    assert tail.read() == []
+    assert tail.replaced

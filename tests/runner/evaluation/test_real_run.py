@@ -75,3 +75,15 @@ def test_strict_evaluate_fails_on_a_failed_slo(run, tmp_path):
     copy = RunPaths(tmp_path / "copy")
     shutil.copytree(run.root, copy.root)
     assert run_cli(["evaluate", "--strict", str(copy.root)], cwd=tmp_path).returncode == 1
+
+
+def test_evaluate_with_plots_off_leaves_no_plot_of_the_old_metrics(run, tmp_path):
+    copy = RunPaths(tmp_path / "copy")
+    shutil.copytree(run.root, copy.root)
+    plots = [copy.timeseries_png, *(copy.distribution_png(metric) for metric in DISTRIBUTION_METRICS)]
+    assert all(png.exists() for png in plots)  # the shared run draws them
+    proc = run_cli(["evaluate", str(copy.root)], cwd=tmp_path)  # VEEKSHA_NO_PLOTS=1
+    assert proc.returncode == 0, proc.stderr
+    # The CSVs were rewritten: a PNG left from before would no longer match them.
+    assert [png.name for png in plots if png.exists()] == []
+    assert all(copy.distribution_csv(metric).exists() for metric in DISTRIBUTION_METRICS)
