@@ -28,7 +28,6 @@ from veeksha.shared.redact import scrub_content
 
 KEEP_S = 2.0  # a recorder that read a batch writes it within one round (recorder.RECEIVE_ROUND_S)
 DEFAULT_PIPE_BYTES = 1 << 20
-CONTENT = ipc.TRACE_CONTENT
 
 
 @dataclass(frozen=True)
@@ -119,11 +118,11 @@ def _scrubbed(frame: bytes, secrets: list[str]) -> bytes:
     """A frame whose trace content has `secrets` scrubbed (raw_lines.trace_line does it for the
     recorder; a rescued frame is merged without the run's secrets, which evaluate does not know)."""
     kind, payload = orjson.loads(frame[4:])
-    if kind != ipc.BATCH or not any(line[CONTENT] is not None for line in payload["trace"]):
+    if kind != ipc.BATCH or not any(line[ipc.TRACE_CONTENT] is not None for line in payload["trace"]):
         return frame
     for line in payload["trace"]:
-        if line[CONTENT] is not None:
-            line[CONTENT] = scrub_content(line[CONTENT], secrets)
+        if line[ipc.TRACE_CONTENT] is not None:
+            line[ipc.TRACE_CONTENT] = scrub_content(line[ipc.TRACE_CONTENT], secrets)
     return ipc.frame(orjson.dumps([kind, payload]))
 
 
