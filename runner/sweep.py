@@ -182,8 +182,10 @@ def _entry(index: int, run_dir: str | None, params: dict[str, Any], status: str)
 
 
 def save(root: Path, manifest: dict[str, Any]) -> None:
-    write_json(root / SWEEP_MANIFEST, manifest)
+    # The summary first: it is derived from the manifest, so whoever sees the manifest's new state
+    # (a follower, a user's script) finds the summary already saying the same.
     write_summary(root, manifest)
+    write_json(root / SWEEP_MANIFEST, manifest)
 
 
 def _run_member(root: Path, manifest: dict[str, Any], index: int, run: LoadedRun) -> RunResult:
