@@ -201,13 +201,15 @@ def write_results(root: Path, header: dict[str, Any], history: list[Attempt]) ->
             for a in history
         ],
     }
-    write_json(root / CAPSEARCH_RESULTS, {**header, **computed})
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["iteration", "value", "passed", "verdict", "status", "error_rate", "run_dir"])
     for a in history:
         writer.writerow([a.iteration, a.value, a.passed, a.verdict, a.status, a.error_rate, a.run_dir])
+    # The CSV first: the results file carries the status an uploader waits for, so whoever sees it
+    # ended finds every attempt in the CSV already.
     write_atomic(root / CAPSEARCH_ATTEMPTS_CSV, buf.getvalue())
+    write_json(root / CAPSEARCH_RESULTS, {**header, **computed})
 
 
 # ---------------------------------------------------------------- after `veeksha-run evaluate`
