@@ -20,7 +20,6 @@ import msgspec
 
 # ValidationError (JSON of the wrong shape) is a DecodeError (not JSON) too.
 DecodeError = msgspec.DecodeError
-UNSET = msgspec.UNSET
 
 
 # gc=False: these hold only values decoded from JSON and are dropped within the read; never part of
@@ -41,7 +40,7 @@ class Choice(msgspec.Struct, gc=False):
 class Chunk(msgspec.Struct, gc=False):
     choices: list[Choice] | None = None
     usage: Any = None
-    error: Any = UNSET  # UNSET: no `error` key; present, even as null, sends the event the careful way
+    error: Any = None  # only a truthy one: some servers send `"error": null` (or "") on every chunk
     object: Any = None
 
 

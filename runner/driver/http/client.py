@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from veeksha.runner.driver.http.deadlines import RequestDeadlines
-from veeksha.runner.driver.http.errors import RequestError, RequestTimeout
+from veeksha.runner.driver.http.errors import RequestError, RequestTimeout, reader_failure
 from veeksha.runner.driver.http.openai import (
     BODY_HEAD_BYTES,
     CUT_MARK,
@@ -183,6 +183,8 @@ class OpenAIClient:
                 deadlines.end(key)
         except RequestError as exc:
             self._fail(out, exc)
+        except Exception as exc:  # the response reader raised: the request still gets its record
+            self._fail(out, reader_failure(exc))
         else:
             # Not raised: a raised failure's traceback would hold this frame, whose `reader` holds
             # the failure, a reference cycle per failed request.

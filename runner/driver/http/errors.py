@@ -76,3 +76,13 @@ class EmptyResponse(RequestError):
     """A 2xx that carries no output: an empty body, a stream without a content chunk, no choices."""
 
     error_type = "empty_response"
+
+
+# A 101 to a request that asked for no upgrade: the connection now speaks something else.
+SWITCHED_PROTOCOLS = "the server switched protocols (HTTP 101 Switching Protocols) instead of answering"
+
+
+def reader_failure(exc: BaseException) -> ProtocolError:
+    """The failure of a request whose response reader raised (input it did not foresee, a bug): the
+    request gets a record saying so, not a session task that dies or a wait for its deadline."""
+    return ProtocolError(f"cannot read the response: {type(exc).__name__}: {exc}")

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from time import perf_counter
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from veeksha.runner.driver.http.errors import (
+    SWITCHED_PROTOCOLS,
     ConnectError,
     ConnectionDropped,
     ConnectTimeout,
@@ -22,7 +25,14 @@ from veeksha.runner.driver.http.errors import (
     RequestTimeout,
 )
 from veeksha.runner.driver.http.openai import ResponseReader
-from veeksha.runner.driver.http.transport import DRAIN_TIMEOUT_S, Origin, Started
+from veeksha.runner.driver.http.transport import (
+    DRAIN_TIMEOUT_S,
+    MAX_STALE_RETRIES,
+    STALE_CLOSE_WINDOW_S,
+    Origin,
+    Started,
+    with_url_credentials,
+)
 
 
 def translate(exc: httpx.HTTPError) -> RequestError:
@@ -40,6 +50,8 @@ def translate(exc: httpx.HTTPError) -> RequestError:
         low = msg.lower()
         if "disconnected" in low or "closed" in low or "incomplete" in low:
             return ConnectionDropped(f"server closed the connection: {msg}")
+        if "_switch_upgrade" in low:  # h11's word for a 101 nobody asked for
+            return ProtocolError(SWITCHED_PROTOCOLS)
         return ProtocolError(f"invalid HTTP response: {msg}")
     return ProtocolError(f"{type(exc).__name__}: {msg}")
 
@@ -53,7 +65,10 @@ class HttpxTransport:
         connect_timeout: float | None,
     ) -> None:
         Origin(url)  # same URL validation (and ConfigError) as the native transport
-        self._url = url
+        # The URL's credentials go in the headers, as the native transport sends them: left in the
+        # URL, httpx would put them over an Authorization the headers already have (an api_key).
+        headers = with_url_credentials(url, headers)
+        self._url = _without_user_info(url)
         n = max(1, int(max_connections))
         self._client = httpx.AsyncClient(
             headers=headers,
@@ -65,23 +80,24 @@ class HttpxTransport:
 
     async def send(self, body: bytes, handler: ResponseReader, started: Started | None = None) -> None:
         # `started` is always None here: only the native transport starts requests synchronously.
-        try:
-            await self._send(body, handler)
-        except httpx.RemoteProtocolError as exc:
-            # A keep-alive connection the server closed just as we sent (not one response byte):
-            # retry once on a fresh connection, as the native transport does.
-            if handler.out.http_status is not None or "without sending a response" not in str(exc):
-                raise translate(exc) from None
+        retries = 0
+        while True:
+            attempt = _Attempt()
             try:
-                await self._send(body, handler)
-            except httpx.HTTPError as exc2:
-                raise translate(exc2) from None
-        except httpx.HTTPError as exc:
-            raise translate(exc) from None
+                await self._send(body, handler, attempt)
+                return
+            except httpx.RemoteProtocolError as exc:
+                # A keep-alive close that crossed the request: sent again, as the native transport does.
+                if retries == MAX_STALE_RETRIES or not _crossed(exc, handler, attempt):
+                    raise translate(exc) from None
+                retries += 1
+            except httpx.HTTPError as exc:
+                raise translate(exc) from None
 
-    async def _send(self, body: bytes, handler: ResponseReader) -> None:
+    async def _send(self, body: bytes, handler: ResponseReader, attempt: _Attempt) -> None:
         try:
-            async with self._client.stream("POST", self._url, content=body) as resp:
+            extensions = {"trace": attempt.trace}
+            async with self._client.stream("POST", self._url, content=body, extensions=extensions) as resp:
                 handler.on_start(resp.status_code, resp.headers.get("content-type"))
                 chunks = resp.aiter_bytes()
                 async for chunk in chunks:
@@ -110,3 +126,39 @@ class HttpxTransport:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _without_user_info(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+class _Attempt:
+    """Of one attempt, what the native transport knows of its own connections and httpx tells only
+    through httpcore's trace: whether it opened a connection, and when the request was written.
+    About 10 trace calls a request, 2-3 µs, of the several CPU-ms an httpx request costs."""
+
+    __slots__ = ("fresh", "written_at")
+
+    def __init__(self) -> None:
+        self.fresh = False
+        self.written_at: float | None = None
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "http11.send_request_body.complete":
+            self.written_at = perf_counter()
+        elif event == "connection.connect_tcp.started":
+            self.fresh = True
+
+
+def _crossed(exc: httpx.RemoteProtocolError, handler: ResponseReader, attempt: _Attempt) -> bool:
+    """A reused connection closed before a response byte and before the request was written or
+    right after (transport.STALE_CLOSE_WINDOW_S): a keep-alive close that crossed the request on the
+    wire. A later close, or one of a new connection, is a server dropping a request it had: a resend
+    would load it with a request the run never counts, and hide the failure."""
+    if attempt.fresh or handler.out.http_status is not None or "without sending a response" not in str(exc):
+        return False
+    written = attempt.written_at
+    return written is None or perf_counter() - written <= STALE_CLOSE_WINDOW_S

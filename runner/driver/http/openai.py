@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from veeksha.runner.driver.http.chunks import UNSET, Choice, Chunk, DecodeError, Delta, as_chunk, decode_chunk
+from veeksha.runner.driver.http.chunks import Choice, Chunk, DecodeError, Delta, as_chunk, decode_chunk
 from veeksha.runner.driver.http.errors import (
     ConnectionDropped,
     EmptyResponse,
@@ -120,16 +120,27 @@ def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 
 def error_text(err: Any) -> str:
-    """The human part of an OpenAI-style error object ({"error": {"message": ...}} and variants)."""
-    if isinstance(err, dict):
-        for key in ("message", "detail", "error", "msg"):
-            value = err.get(key)
-            if value:
-                return error_text(value)
-        return one_line(orjson.dumps(err).decode(), RAW_MESSAGE_CHARS)
-    if isinstance(err, list) and err:
-        return error_text(err[0])
-    return one_line(str(err), RAW_MESSAGE_CHARS)
+    """The human part of an OpenAI-style error object ({"error": {"message": ...}} and variants).
+    A loop, not a recursion: a server's error may nest deeper than Python's recursion limit."""
+    while True:
+        if isinstance(err, dict):
+            for key in ("message", "detail", "error", "msg"):
+                if err.get(key):
+                    err = err[key]
+                    break
+            else:
+                return one_line(_json_text(err), RAW_MESSAGE_CHARS)
+        elif isinstance(err, list) and err:
+            err = err[0]
+        else:
+            return one_line(str(err), RAW_MESSAGE_CHARS)
+
+
+def _json_text(obj: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(obj).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels; it reads 1024)
+        return "(an error object nested too deeply to show)"
 
 
 def preview(text: str) -> str:
@@ -155,7 +166,7 @@ def error_of(obj: dict[str, Any]) -> str | None:
     """The message of an OpenAI-style error object (`{"error": ...}`, or `"object": "error"`), else
     None: the one rule for a body, an event or a streamed body that is an error."""
     err = obj.get("error")
-    if err is not None:
+    if err:  # `"error": ""`, `{}`, `false` ride along on some servers' good answers
         return error_text(err)
     return error_text(obj) if obj.get("object") == "error" else None
 
@@ -323,10 +334,10 @@ class ResponseReader:
         if event is None:
             try:
                 chunk = decode_chunk(data)
-            except DecodeError:  # not JSON, or not shaped like a chunk
+            except (DecodeError, RecursionError):  # not JSON, not shaped like a chunk, or too deep
                 pass
             else:
-                if chunk.error is UNSET and chunk.object != "error":
+                if not chunk.error and chunk.object != "error":
                     self._chunk(chunk)
                     return
         self._unusual_event(event, data)

@@ -2,7 +2,8 @@
 
 Bytes go in as they arrive (split anywhere, several events per read); each complete event is handed to
 a callback as `(event_name or None, data)`. Lines may end in `\\n`, `\\r\\n` or `\\r` (also when the `\\r`
-and `\\n` arrive in different reads). `:` comment lines (keep-alives), `id:` and `retry:` are skipped.
+and `\\n` arrive in different reads). `:` comment lines (keep-alives), `id:` and `retry:` are skipped;
+an `error:` field (llama.cpp's streaming errors) makes an `error` event of its value.
 
 The common case, a read that holds whole `data: {...}\\n\\n` events with `\\n` endings, takes a fast
 path: no copies beyond slicing each line once. A line longer than one read (a 1 MB event) is
@@ -115,7 +116,11 @@ class SSEParser:
                 self._event = value
                 return
             if field != b"data":
-                return  # id, retry and unknown fields do not matter here
+                if field != b"error":
+                    return  # id, retry and unknown fields do not matter here
+                # llama.cpp's llama-server sends a streaming error as `error: {...}` (then [DONE]):
+                # dropped as an unknown field, the stream would read as a success.
+                self._event = b"error"
         if self._data is None:
             self._data = value
         else:

@@ -18,20 +18,23 @@ Failures are raised as errors.py's exception tree.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import socket
 import ssl
 from time import perf_counter
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 from veeksha.runner.driver.http.errors import (
+    SWITCHED_PROTOCOLS,
     ConnectError,
     ConnectionDropped,
     ConnectTimeout,
     ProtocolError,
     RequestError,
+    reader_failure,
 )
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.redact import url_for_message
@@ -115,6 +118,18 @@ class Origin:
         self.target = f"{target}?{parts.query}" if parts.query else target
 
 
+def with_url_credentials(url: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`headers` plus the user-info of `url` as Basic credentials, percent-decoded and UTF-8 as httpx
+    sends them, unless `headers` authorize already (an api_key, the user's own header): both backends
+    send the same, and a server behind Basic auth does not answer every request 401."""
+    parts = urlsplit(url)
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    if not (user or password) or any(name.lower() == "authorization" for name, _ in headers):
+        return headers
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return [*headers, ("Authorization", f"Basic {token}")]
+
+
 def _check_header(name: str, value: str) -> None:
     bad = ("\r", "\n", "\0")
     if not name or any(c in name for c in (*bad, ":", " ")) or any(c in value for c in bad):
@@ -132,6 +147,7 @@ class HTTPTransport:
         connect_timeout: float | None,
     ) -> None:
         self.origin = o = Origin(url)
+        headers = with_url_credentials(url, headers)
         lines = [f"POST {o.target} HTTP/1.1"]
         if not any(name.lower() == "host" for name, _ in headers):
             lines.append(f"Host: {o.host_header}")
@@ -456,9 +472,11 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            self._fail(cause if isinstance(cause, RequestError) else ProtocolError(str(exc)))
+            self._fail(cause if isinstance(cause, RequestError) else reader_failure(cause or exc))
         except httptools.HttpParserError as exc:
             self._fail(ProtocolError(f"invalid HTTP response: {exc}"))
+        except httptools.HttpParserUpgrade:  # not an HttpParserError: uvloop would log it as fatal
+            self._fail(ProtocolError(SWITCHED_PROTOCOLS))
 
     def eof_received(self) -> bool:
         self._mark_closed()  # out of the idle pool right away; connection_lost follows
@@ -482,8 +500,7 @@ class _Connection(asyncio.Protocol):
         it: a crashed server's sockets close cleanly too, so an event stream must have come to its
         end by itself ([DONE] or a finish_reason)."""
         if self._headers_done and not self._framed and not self._informational and exc is None:
-            self._handler.on_end(perf_counter(), closed=True)  # type: ignore[union-attr]  # set while active; close-delimited body
-            self._resolve(None)
+            self._end_by_close()
             return
         if not self.got_bytes:
             msg = "server closed the connection before responding"
@@ -494,6 +511,14 @@ class _Connection(asyncio.Protocol):
         if exc is not None:
             msg += f" ({exc.strerror or exc})" if isinstance(exc, OSError) else f" ({exc})"
         self._resolve(ConnectionDropped(msg))
+
+    def _end_by_close(self) -> None:
+        try:
+            self._handler.on_end(perf_counter(), closed=True)  # type: ignore[union-attr]  # set while active; close-delimited body
+        except Exception as exc:  # raised out of connection_lost, it would leave the request to its deadline
+            self._resolve(reader_failure(exc))
+            return
+        self._resolve(None)
 
     # -- httptools callbacks -------------------------------------------------------------------------
 

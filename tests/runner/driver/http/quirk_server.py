@@ -576,6 +576,77 @@ async def q_sse_key_at_cut(w, req, srv):
     return True
 
 
+# -- llama.cpp's llama-server: a streaming error sent as an `error:` field, not `data:` -------------
+
+LLAMA_ERROR = b'error: {"code":500,"message":"decode failed","type":"server_error"}\n\n'
+
+
+@quirk
+async def q_llama_error_field(w, req, srv):
+    await send(w, head(), chunk(chat("Hel")), chunk(LLAMA_ERROR), chunk(DONE) + END)
+    return True
+
+
+@quirk
+async def q_llama_error_field_first(w, req, srv):
+    await send(w, head(), chunk(LLAMA_ERROR), chunk(DONE) + END)
+    return True
+
+
+# -- answers the response reader cannot take the usual way --------------------------------------------
+
+DEEP = 300  # deeper than orjson writes (254); it reads 1024
+DEEPER = 1000  # deeper than msgspec reads too (Python's recursion limit)
+
+
+@quirk
+async def q_deep_error_500(w, req, srv):
+    """A 500 without framing whose error object holds a list nested DEEP levels, then the close."""
+    body = b'{"error":{"code":500,"details":' + b"[" * DEEP + b"]" * DEEP + b"}}"
+    await send(w, head(500, "application/json", chunked=False, close=True) + body)
+    return False
+
+
+@quirk
+async def q_deep_error_event(w, req, srv):
+    """An event stream whose error event holds a list nested DEEPER levels."""
+    err = b'data: {"error":{"code":500,"details":' + b"[" * DEEPER + b"]" * DEEPER + b"}}\n\n"
+    await send(w, head(), chunk(chat("Hel")), chunk(err), chunk(DONE) + END)
+    return True
+
+
+@quirk
+async def q_switching_protocols(w, req, srv):
+    await send(w, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    await asyncio.sleep(MAX_HANG_S)  # the client must not wait for anything after it
+    return False
+
+
+FALSY_ERRORS = {"empty_string": "", "empty_object": {}, "false": False, "empty_list": [], "zero": 0}
+
+
+@quirk
+async def q_falsy_error(w, req, srv):
+    """A good answer whose every chunk (or body) carries an `error` key holding a falsy JSON value,
+    the one FALSY_ERRORS names in the query (`?error=empty_object`)."""
+    error = FALSY_ERRORS[req.path.partition("error=")[2]]
+    if not orjson.loads(req.body)["stream"]:
+        message = {"role": "assistant", "content": "Hi there"}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        await send(w, json_response(200, {"object": "chat.completion", "choices": [choice], "error": error}))
+        return True
+    with_error = b'{"error":%b,"id"' % orjson.dumps(error)
+    await send(w, head(), *(chunk(e.replace(b'{"id"', with_error, 1)) for e in STANDARD), END)
+    return True
+
+
+@quirk
+async def q_dropped_at_once(w, req, srv):
+    """Closes a new connection as soon as its first request is read, without a response."""
+    w.close()
+    return False
+
+
 # -- the server ---------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ what the driver records (status, error_type, http_status, content chunks, text, 
 
 from __future__ import annotations
 
+import base64
 import signal
 import socket
 import subprocess
@@ -16,13 +17,19 @@ import time
 import pytest
 import uvloop
 from veeksha.runner.driver.http.client import make_client
-from veeksha.runner.driver.http.openai import PREVIEW_CHARS, RAW_MESSAGE_CHARS, RequestBuilder
+from veeksha.runner.driver.http.openai import PREVIEW_CHARS, RAW_MESSAGE_CHARS, RequestBuilder, ResponseReader
 from veeksha.runner.driver.http.outcome import Outcome
 from veeksha.shared.config import ClientConfig
 from veeksha.shared.config_loader import build_benchmark_config, dump_config_yaml
 from veeksha.shared.records import ERROR, ERROR_TYPES, SUCCESS, TIMEOUT
 
-from tests.runner.driver.http.quirk_server import BIG_CONTENT, PORTAL_TITLE, QuirkServer
+from tests.runner.driver.http.quirk_server import (
+    BIG_CONTENT,
+    FALSY_ERRORS,
+    MAX_HANG_S,
+    PORTAL_TITLE,
+    QuirkServer,
+)
 
 BACKENDS = ["native", "httpx"]
 API_KEY = "sk-test-SECRET-4242"
@@ -121,6 +128,12 @@ def test_a_key_hidden_from_every_printed_form_still_goes_on_the_wire(quirks: Qui
         ("close_delimited_cut", ERROR, "connection_dropped", 200, 2, "Hello", "no [DONE], no finish_reason"),
         ("close_delimited_cut_before_content", ERROR, "connection_dropped", 200, 0, "", "no [DONE]"),
         ("json_error_as_event_stream", ERROR, "server_error", 200, 0, "", "model is overloaded"),
+        # llama.cpp's llama-server sends a streaming error as an `error:` field, then [DONE].
+        ("llama_error_field", ERROR, "server_error", 200, 1, "Hel", "server error in stream: decode failed"),
+        ("llama_error_field_first", ERROR, "server_error", 200, 0, "", "decode failed"),
+        # Error objects deeper than orjson writes (it reads them): still the server's error.
+        ("deep_error_event", ERROR, "server_error", 200, 1, "Hel", "nested too deeply"),
+        ("deep_error_500", ERROR, "http_error", 500, 0, "", "HTTP 500: (an error object nested too deeply"),
     ],
 )
 def test_failures(
@@ -268,10 +281,14 @@ def test_request_deadline(quirks: QuirkServer, backend: str, quirk: str) -> None
     t0 = time.perf_counter()
     out = request(quirks.base(quirk), backend, request_timeout=0.3)
     elapsed = time.perf_counter() - t0
-    assert 0.3 <= elapsed < 1.5
     assert (out.status, out.error_type) == (TIMEOUT, "request_timeout")
     assert len(out.chunk_times) == (2 if quirk == "stall" else 0)  # chunks before the deadline stay
-    assert out.completed_at - out.picked_up_at == pytest.approx(0.3, abs=0.1)
+    # Timed out at its deadline: not before it (the loop's clock counts whole milliseconds), and long
+    # before the server's hang ends. Generous above: on a loaded CI machine the quirk server, in
+    # this process, and other test workers compete for the CPU this loop needs to wake up.
+    e2e = out.completed_at - out.picked_up_at
+    assert 0.29 <= e2e < MAX_HANG_S / 2
+    assert e2e < elapsed < MAX_HANG_S
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -423,3 +440,69 @@ def test_a_long_key_echoed_across_the_raw_messages_cut_leaves_no_part_of_itself(
     assert (out.status, out.error_type, out.http_status) == (ERROR, "http_error", 401)
     assert "Incorrect API key provided" in out.error_message
     assert "sk-long" not in out.error_message and "Z9y8" not in out.error_message
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", ["on_end", "on_body"])
+@pytest.mark.parametrize("quirk", ["close_delimited_cut", "no_done"])  # a close, or the framing, ends it
+def test_a_reader_that_raises_is_a_protocol_error_not_a_lost_record(
+    quirks: QuirkServer, monkeypatch: pytest.MonkeyPatch, backend: str, method: str, quirk: str
+) -> None:
+    """A bug in the response reader must cost one request its success, not its record (the session
+    task would die) nor a wait for the request deadline."""
+
+    def broken(*args: object, **kwargs: object) -> bool:
+        raise RuntimeError("reader bug")
+
+    monkeypatch.setattr(ResponseReader, method, broken)
+    t0 = time.perf_counter()
+    out = request(quirks.base(quirk), backend, api_key=API_KEY)
+    assert time.perf_counter() - t0 < 2
+    assert (out.status, out.error_type, out.http_status) == (ERROR, "protocol_error", 200)
+    assert "RuntimeError: reader bug" in out.error_message
+    assert out.completed_at is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_credentials_in_api_base_go_out_as_basic_auth(quirks: QuirkServer, backend: str) -> None:
+    """As httpx sends them (percent-decoded, UTF-8); an Authorization the user gave (an api_key)
+    wins on both backends."""
+    user, password = "us@er", "pä ss:w/ord"
+    base = quirks.base("basic").replace("://", "://us%40er:p%C3%A4%20ss%3Aw%2Ford@") + f"?creds={backend}"
+    assert request(base, backend).status == SUCCESS
+    assert request(base + "-key", backend, api_key=API_KEY).status == SUCCESS
+    seen = {r.path.rpartition("=")[2]: r.headers.get("authorization") for r in quirks.seen("basic")}
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    assert (seen[backend], seen[backend + "-key"]) == (f"Basic {basic}", f"Bearer {API_KEY}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_api_base_credentials_echoed_by_the_server_are_redacted(quirks: QuirkServer, backend: str) -> None:
+    password = "hunter2-PASSWORD"
+    out = request(quirks.base("echo_auth").replace("://", f"://alice:{password}@"), backend)
+    assert (out.status, out.error_type, out.http_status) == (ERROR, "http_error", 401)
+    assert "Incorrect API key provided: Basic " in out.error_message
+    token = base64.b64encode(f"alice:{password}".encode()).decode()
+    assert password not in out.error_message and token not in out.error_message
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_switch_of_protocols_is_a_protocol_error(quirks: QuirkServer, backend: str) -> None:
+    t0 = time.perf_counter()
+    out = request(quirks.base("switching_protocols"), backend)
+    assert time.perf_counter() - t0 < 2
+    assert (out.status, out.error_type) == (ERROR, "protocol_error")
+    assert "switched protocols" in out.error_message
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("error", sorted(FALSY_ERRORS))
+def test_a_falsy_error_field_is_no_error(quirks: QuirkServer, backend: str, stream: bool, error: str) -> None:
+    """`"error": ""`, `{}`, `false`, `[]`, `0` on every chunk (or the body) of a good answer: only an
+    error field that holds something reports an error (null was already no error)."""
+    out = request(quirks.base("falsy_error") + f"?error={error}", backend, stream=stream)
+    if stream:
+        assert_standard(out)
+    else:
+        assert (out.status, out.error_type, out.text) == (SUCCESS, None, "Hi there")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 from veeksha.runner.driver.http.client import build_headers, endpoint_url, secret_values
-from veeksha.runner.driver.http.openai import BODY_HEAD_BYTES, RequestBuilder, ResponseReader
+from veeksha.runner.driver.http.openai import BODY_HEAD_BYTES, RequestBuilder, ResponseReader, error_text
 from veeksha.runner.driver.http.outcome import Outcome
 from veeksha.shared.config import ClientConfig
 
@@ -231,6 +231,11 @@ def test_http_error_body_message_is_extracted() -> None:
     assert reader.failure.message == "HTTP 429: rate limited retry later"
 
 
+def test_an_error_message_nested_deeper_than_the_recursion_limit_is_found() -> None:
+    body = b'{"error":' * 1000 + b'{"message":"deep down"}' + b"}" * 1000  # orjson reads 1024 levels
+    assert error_text(orjson.loads(body)) == "deep down"
+
+
 # -- what a 2xx must carry to be a success --------------------------------------------------------------
 
 
@@ -303,7 +308,7 @@ def test_fields_the_driver_does_not_read_change_nothing() -> None:
     assert reader.failure is None and out.text == "Hi" and out.chunk_times == [1.0]
 
 
-def test_an_error_key_sends_the_event_the_careful_way() -> None:
+def test_an_error_key_fails_the_event_only_when_it_holds_something() -> None:
     # `"error": null` beside the choices is no error; a named event is read the same way.
     out, reader = read([(event({"error": None, "choices": [{"delta": {"content": "a"}}]}), 1.0)])
     assert reader.failure is None and out.text == "a" and out.chunk_times == [1.0]

@@ -117,3 +117,11 @@ def test_one_whole_event_per_read_as_token_streams_send_them() -> None:
         b"data: b\n\n",
     ]
     assert parse(*reads) == [(None, b'{"n":1}'), (None, b""), (b"error", b"x"), (None, b"a\nb")]
+
+
+def test_an_error_field_is_an_error_event_with_its_value_as_data() -> None:
+    # llama.cpp's llama-server reports a streaming error this way, then sends [DONE].
+    stream = b'data: {"n":1}\n\nerror: {"message":"decode failed"}\n\ndata: [DONE]\n\n'
+    expected = [(None, b'{"n":1}'), (b"error", b'{"message":"decode failed"}'), (None, b"[DONE]")]
+    assert parse(stream) == expected
+    assert parse(*(stream[i : i + 1] for i in range(len(stream)))) == expected

@@ -64,37 +64,59 @@ def test_concurrency_is_bounded_by_max_connections(quirks: QuirkServer) -> None:
     assert len(conns) == 2
 
 
-def test_stale_keep_alive_connection_is_retried_on_a_fresh_one(quirks: QuirkServer) -> None:
+@pytest.mark.parametrize("backend", ["native", "httpx"])
+def test_stale_keep_alive_connection_is_retried_on_a_fresh_one(quirks: QuirkServer, backend: str) -> None:
     # The "stale" server answers the first request of a connection and drops the second one unanswered,
     # as a server does when its keep-alive timeout fires just as we send.
+    base = quirks.base("stale") + "?backend=" + backend
+
     async def go() -> list[str]:
-        client = client_for(quirks.base("stale"))
+        client = client_for(base, backend)
         try:
             return [(await client.request("hi", 4)).status for _ in range(3)]
         finally:
             await client.aclose()
 
-    before = len(quirks.seen("stale"))
     assert uvloop.run(go()) == [SUCCESS] * 3
-    seen = quirks.seen("stale")[before:]
+    seen = [r for r in quirks.seen("stale") if r.path.endswith("=" + backend)]
     assert len(seen) == 5 and len({r.conn for r in seen}) == 3  # 3 answered + 2 dropped-and-retried
 
 
-def test_a_request_the_server_had_and_dropped_is_not_sent_again(quirks: QuirkServer) -> None:
+@pytest.mark.parametrize("backend", ["native", "httpx"])
+def test_a_request_the_server_had_and_dropped_is_not_sent_again(quirks: QuirkServer, backend: str) -> None:
     """The server read it and worked on it before closing: a resend would be a request the run never
     counts (and a latency that hides the failure). Only a close that crosses the request is retried."""
+    base = quirks.base("held_then_dropped") + "?backend=" + backend
 
     async def go() -> list[tuple[str, str | None]]:
-        client = client_for(quirks.base("held_then_dropped"))
+        client = client_for(base, backend)
         try:
             outs = [await client.request("hi", 4) for _ in range(2)]
             return [(o.status, o.error_type) for o in outs]
         finally:
             await client.aclose()
 
-    before = len(quirks.seen("held_then_dropped"))
     assert uvloop.run(go()) == [(SUCCESS, None), ("error", "connection_dropped")]
-    assert len(quirks.seen("held_then_dropped")) - before == 2  # each request reached the server once
+    seen = [r for r in quirks.seen("held_then_dropped") if r.path.endswith("=" + backend)]
+    assert len(seen) == 2  # each request reached the server once
+
+
+@pytest.mark.parametrize("backend", ["native", "httpx"])
+def test_a_request_dropped_on_a_new_connection_is_not_sent_again(quirks: QuirkServer, backend: str) -> None:
+    """However soon the close comes: a new connection cannot have gone stale, so the server had the
+    request."""
+    base = quirks.base("dropped_at_once") + "?backend=" + backend
+
+    async def go() -> tuple[str, str | None]:
+        client = client_for(base, backend)
+        try:
+            out = await client.request("hi", 4)
+            return out.status, out.error_type
+        finally:
+            await client.aclose()
+
+    assert uvloop.run(go()) == ("error", "connection_dropped")
+    assert len([r for r in quirks.seen("dropped_at_once") if r.path.endswith("=" + backend)]) == 1
 
 
 def test_done_completes_the_request_before_the_body_ends_and_the_connection_is_reused(
