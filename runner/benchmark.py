@@ -36,7 +36,7 @@ from veeksha.runner.server_launcher import (
 from veeksha.runner.server_metrics import Scraper, metrics_url, probe
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.tokenizer import token_counter
-from veeksha.shared.config import BenchmarkConfig, ClientConfig
+from veeksha.shared.config import BenchmarkConfig, ClientConfig, run_server
 from veeksha.shared.config_checks import uses_client_api_base
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
 from veeksha.shared.errors import ConfigError, OutputError
@@ -88,7 +88,8 @@ def run_benchmark(
     # The server inherits our environment (OPENAI_API_KEY ...): the client's secrets are scrubbed
     # from its output too.
     secrets = client_secret_values(cfg.client)
-    server = start_server(cfg.server, extra_secrets=secrets) if cfg.server is not None else None
+    server_cfg = run_server(cfg)
+    server = start_server(server_cfg, extra_secrets=secrets) if server_cfg is not None else None
     follower = None
     run: RunDir | None = None
     result: RunResult | None = None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from veeksha.runner.simserver.open_files import raise_open_file_limit
 from veeksha.shared.config_loader import EnvFallbacks, empty_override
 from veeksha.shared.errors import OutputError, UsageError, VeekshaError
 from veeksha.shared.jsonio import is_utf8
@@ -100,10 +101,11 @@ def _path_value(ctx: click.Context, param: click.Parameter, value: str | None) -
 def _not_a_key(ctx: click.Context, name: str) -> str | None:
     """The error for `--name` when it is neither an option of this command nor a config key; None
     when it is a config key. Names another command that has the option (`capacity-search --strict`)."""
-    from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig
+    from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig, SimulatedServerConfig
     from veeksha.shared.config_loader import is_config_key
 
-    config = CapacitySearchConfig if ctx.command is capacity_search_command else BenchmarkConfig
+    configs = {capacity_search_command: CapacitySearchConfig, simulate_server_command: SimulatedServerConfig}
+    config = configs.get(ctx.command, BenchmarkConfig)
     if is_config_key(config, name):
         return None
     flag, prog = f"--{name}", ctx.command_path
@@ -437,21 +439,33 @@ def _check_run_dir(run_dir: Path, paths: RunPaths) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.pass_context
 def simulate_server_command(ctx: click.Context, port: int, host: str) -> None:
-    """Run the built-in simulated OpenAI-compatible server (overrides: --max_batch_size 32 ...)."""
+    """Run the built-in simulated OpenAI-compatible server (overrides: --max_batch_size 32,
+    --precise.ttft 0.05 ...: any server.* key of a config, without `server.`)."""
 
     def go() -> int:
-        from veeksha.runner.server_launcher import check_server_port
+        from veeksha.runner.server_launcher import check_server_port, client_host, local_api_base, url_host
         from veeksha.runner.simserver.server import serve
         from veeksha.shared.config import SimulatedServerConfig
-        from veeksha.shared.config_loader import parse_override_value
+        from veeksha.shared.config_loader import apply_override, parse_override_value
         from veeksha.shared.schema import build
 
+        # The main command's flags, under `server.`: `--precise.ttft 0.1` as `--server.precise.ttft 0.1`
+        # (a dash spelling, `--max-batch-size`, is taken too, as it always was here).
+        def not_a_key(name: str) -> str | None:
+            return _not_a_key(ctx, name.replace("-", "_"))
+
         raw: dict[str, object] = {"type": "simulated", "host": host, "port": port}
-        for name, value in parse_overrides_flat(list(ctx.args)):
-            raw[name] = parse_override_value(value)
+        for name, value in parse_overrides(list(ctx.args), not_a_key):
+            apply_override(raw, name.replace("-", "_"), parse_override_value(value))
         cfg = build(SimulatedServerConfig, raw, "server")
         check_server_port(cfg, host_key="--host", port_key="--port")  # one line, not a bind traceback
-        serve(cfg, announce=lambda h, p: click.echo(f"simulated server on http://{h}:{p}/v1"))
+
+        def announce(bound: str, port: int) -> None:
+            # The URL a client here reaches it at; where it listens too, when that is every interface.
+            where = "" if client_host(bound) == bound else f" (listening on {url_host(bound)}:{port})"
+            click.echo(f"simulated server on {local_api_base(bound, port)}{where}")
+
+        serve(cfg, announce=announce)
         return 0
 
     _guard(go)
@@ -475,15 +489,6 @@ def compare_command(run_dirs: tuple[Path, ...], output_dir: Path) -> None:
         return 0
 
     _guard(go)
-
-
-def parse_overrides_flat(args: list[str]) -> list[tuple[str, str]]:
-    pairs = []
-    for i in range(0, len(args), 2):
-        if not args[i].startswith("--") or i + 1 >= len(args):
-            raise UsageError(f"unexpected argument {args[i]!r}; use --name VALUE")
-        pairs.append((args[i][2:].replace("-", "_"), _given(args[i][2:], args[i + 1])))
-    return pairs
 
 
 COMMANDS = {
@@ -524,6 +529,9 @@ def _escaped(arg: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # First: the drivers and servers this process starts inherit its open-file limit, and each
+    # connection is a file (a concurrency run above ~1000 sessions ran out at a soft limit of 1024).
+    raise_open_file_limit()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         refuse_non_utf8(args)

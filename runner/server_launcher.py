@@ -49,8 +49,10 @@ LISTENING_PREFIX = "VEEKSHA_SIMULATED_SERVER_LISTENING"  # printed by simserver/
 SIMULATED_START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 _POLL_S = 0.02
-ALL_INTERFACES = ("0.0.0.0", "::", "")
-LOOPBACK = "127.0.0.1"
+# A server bound to every interface is reached over the loopback address of the family it listens
+# on: `::` is an IPv6-only socket (asyncio sets IPV6_V6ONLY), which 127.0.0.1 never reaches; "" binds
+# both families, and the port announced for it is the IPv4 socket's (simserver.listening_address).
+_LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 _TAIL_LINES = 30
 
 # Runs as `python -c` with argv [parent_pid, pgid]: when the parent is gone (we get reparented),
@@ -301,10 +303,7 @@ def _start_simulated(cfg: SimulatedServerConfig, log_path: Path | None) -> Serve
             line = _find_line(handle.output(), LISTENING_PREFIX)
             if line is not None:
                 host, port = line.split()[1:3]
-                if host in ALL_INTERFACES:  # bound to all interfaces: talk over loopback
-                    host = LOOPBACK
-                host = f"[{host}]" if ":" in host else host
-                handle.api_base = f"http://{host}:{port}/v1"
+                handle.api_base = local_api_base(host, int(port))
                 return
             _fail_if_dead_or_late(handle, deadline, "the simulated server", "to start listening")
             time.sleep(_POLL_S)
@@ -354,9 +353,24 @@ def planned_api_host(cfg: BenchmarkConfig) -> str | None:
     if uses_client_api_base(cfg):
         return urlsplit(cfg.client.api_base).hostname if cfg.client.api_base else None
     if isinstance(server, SimulatedServerConfig):
-        return LOOPBACK if server.host in ALL_INTERFACES else server.host
+        return client_host(server.host)
     assert isinstance(server, CommandServerConfig), "uses_client_api_base is true without a server"
     return urlsplit(server.api_base or server.ready_url).hostname
+
+
+def client_host(bound: str) -> str:
+    """The address a client on this machine reaches a server bound to `bound` at."""
+    return _LOOPBACK_FOR.get(bound, bound)
+
+
+def url_host(host: str) -> str:
+    """`host` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def local_api_base(bound: str, port: int) -> str:
+    """The `/v1` base URL of a simulated server bound to `bound`:`port`, for a client on this machine."""
+    return f"http://{url_host(client_host(bound))}:{port}/v1"
 
 
 def _api_base_from(ready_url: str) -> str:

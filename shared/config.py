@@ -7,7 +7,7 @@ Polymorphic sections pick a variant by `type:` from the plain tables below; the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -485,7 +485,9 @@ class SimulatedServerConfig:
     per_token_eos_probability: float = spec(default=0.0, ge=0, le=1)
     honor_ignore_eos: bool = True
     error_rate: float = spec(default=0.0, ge=0, le=1)
-    seed: int = 0
+    # Its random streams (error_rate, eos, reasoning lengths) derive from this by name. In a run, when
+    # not given, it is the run's root seed, as every random stream's is (config.md; BenchmarkConfig).
+    seed: int | None = spec(default=None, doc="default: the run's root seed (standalone: 42)")
     # Chat only: this many reasoning tokens stream before the answer (a number or a length
     # generator), in the delta field `reasoning_field`; usage reports them as reasoning_tokens. As on
     # vLLM they count toward max_tokens, and at least one answer token follows them.
@@ -530,9 +532,13 @@ class WandbConfig:
 # ---------------------------------------------------------------- top level
 
 
+# The root seed when none is given; also a standalone simulated server's, which has no run.
+DEFAULT_SEED = 42
+
+
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     output_dir: str = "benchmark_output"
     client: ClientConfig = spec(factory=ClientConfig)
     traffic_scheduler: RateTraffic | ConcurrentTraffic = spec(
@@ -597,3 +603,13 @@ class CapacitySearchConfig:
                 )
                 return f"{key}: {value} is not allowed; {grid} needs >= {step:g}"
         return None
+
+
+def run_server(cfg: BenchmarkConfig) -> SimulatedServerConfig | CommandServerConfig | None:
+    """The server a run starts: a simulated one without its own seed takes the run's root seed, so
+    its draws (error_rate, eos, reasoning lengths) follow `seed` like every other random stream, also
+    a capacity search's seed + i. config.yml keeps `server.seed` as given."""
+    server = cfg.server
+    if isinstance(server, SimulatedServerConfig) and server.seed is None:
+        return replace(server, seed=cfg.seed)
+    return server

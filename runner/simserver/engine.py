@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 from collections import deque
 from typing import Protocol
 
-from veeksha.shared.config import SimulatedServerConfig
+from veeksha.runner.sessions.randomness import stream
+from veeksha.shared.config import DEFAULT_SEED, SimulatedServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,13 @@ TOKEN_BYTES: tuple[bytes, ...] = tuple((" " + w).encode() for w in WORDS)
 # back. Lateness beyond this bound (a stopped or starved process) is dropped rather than replayed as
 # a long burst.
 _MAX_CATCHUP_S = 0.050
+
+
+def server_seed(cfg: SimulatedServerConfig) -> int:
+    """The seed the server's random streams derive from by name (runner/sessions/randomness.py): in a
+    run, the root seed unless server.seed is given; a standalone server has no run, and uses the
+    default root seed."""
+    return DEFAULT_SEED if cfg.seed is None else cfg.seed
 
 
 def token_text(offset: int, start: int, end: int) -> bytes:
@@ -98,7 +105,7 @@ class SimulatedEngine:
         self._prefill = float(cfg.per_token_prefill_time)
         self._eos_p = float(cfg.per_token_eos_probability)
         self._honor_ignore_eos = bool(cfg.honor_ignore_eos)
-        self._eos_rng = random.Random(f"{cfg.seed}:eos")
+        self._eos_rng = stream(server_seed(cfg), "server.eos")
         self._waiting: deque[EngineRequest] = deque()
         self._running: list[EngineRequest] = []
         self.kv_used = 0
@@ -107,6 +114,12 @@ class SimulatedEngine:
         self.steps = 0
         self.generated_tokens = 0  # every token every request got (vllm:generation_tokens_total)
         self.admitted = 0
+        # High-water marks since start (GET /sim/stats): a state that lasted one step is still seen
+        # by whoever asks later. peak_waiting is the queue's length, which keeps a request cancelled
+        # while queued until it reaches the head.
+        self.peak_running = 0
+        self.peak_waiting = 0
+        self.peak_kv_tokens_used = 0
 
     @property
     def num_running(self) -> int:
@@ -116,6 +129,10 @@ class SimulatedEngine:
     def num_waiting(self) -> int:
         # Cancelled requests leave the queue only when they reach its head: not waiting any more.
         return sum(1 for req in self._waiting if not req.cancelled)
+
+    def cancel(self, req: EngineRequest) -> None:
+        """Its client left: the request is dropped at its next step (its slot and KV freed there)."""
+        req.cancelled = True
 
     def output_limit(self, max_tokens: int, min_tokens: int, ignore_eos: bool) -> tuple[int, str]:
         """How many tokens a request will produce and why it stops ("length" or "stop")."""
@@ -133,6 +150,7 @@ class SimulatedEngine:
 
     def submit(self, req: EngineRequest) -> None:
         self._waiting.append(req)
+        self.peak_waiting = max(self.peak_waiting, len(self._waiting))
         if not self._busy:
             self._busy = True
             # call_soon, not an immediate step: requests arriving in the same loop pass share a step.
@@ -154,6 +172,8 @@ class SimulatedEngine:
             self.admitted += 1
             self.kv_used += req.kv
             prompt += req.prompt_tokens - req.cached_tokens
+        self.peak_running = max(self.peak_running, len(running))
+        self.peak_kv_tokens_used = max(self.peak_kv_tokens_used, self.kv_used)
         return prompt
 
     def _begin_idle_step(self) -> None:

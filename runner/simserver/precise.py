@@ -101,6 +101,9 @@ class PreciseEngine(SimulatedEngine):
         self._first: deque[tuple[float, EngineRequest]] = deque()
         self._later: list[tuple[float, int, EngineRequest]] = []
         self._seq = 0
+        # Streams begun and neither finished nor cancelled. Not the queues' length: a cancelled stream
+        # stays queued until its next chunk falls due (seconds, with a long ttft), running for nobody.
+        self._live = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         # The exact wake-up of the oldest first chunk (None where there is no timerfd: the loop's
@@ -112,7 +115,7 @@ class PreciseEngine(SimulatedEngine):
 
     @property
     def num_running(self) -> int:
-        return len(self._first) + len(self._later)
+        return self._live
 
     @property
     def num_waiting(self) -> int:
@@ -121,6 +124,8 @@ class PreciseEngine(SimulatedEngine):
     def submit(self, req: EngineRequest) -> None:
         due = time.perf_counter() + self._ttft
         self.admitted += 1
+        self._live += 1
+        self.peak_running = max(self.peak_running, self._live)
         self._first.append((due, req))
         if self._exact is None:
             self._exact = PreciseTimer.of_running_loop()
@@ -128,6 +133,12 @@ class PreciseEngine(SimulatedEngine):
             self._arm_exact()
         else:
             self._arm(due)
+
+    def cancel(self, req: EngineRequest) -> None:
+        """Its client left: no longer running, though its queue entry waits until it falls due."""
+        if not req.cancelled and req.generated < req.limit:
+            self._live -= 1
+        req.cancelled = True
 
     def _arm_exact(self) -> None:
         """The next first chunk's exact wake-up. First chunks fall due in arrival order, so one
@@ -240,6 +251,8 @@ class PreciseEngine(SimulatedEngine):
                 req.sink.on_steps(steps, finished)  # type: ignore[attr-defined]  # the server's sinks have it
         except Exception:  # one broken stream must not stop the engine for everyone
             log.exception("simulated engine: dropping a request whose sink failed")
+            self._live -= 1
+            req.cancelled = True  # (dropped: a cancel from its connection must not count it again)
             return
         written = time.perf_counter()
         for k in range(len(steps)):
@@ -247,6 +260,8 @@ class PreciseEngine(SimulatedEngine):
             self.lateness.add(late)
             if first is not None:
                 first.add(late)
-        if not finished:
+        if finished:
+            self._live -= 1
+        else:
             self._seq += 1
             heapq.heappush(self._later, (next_due, self._seq, req))

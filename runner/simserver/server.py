@@ -6,9 +6,12 @@ content-length request bodies, `Transfer-Encoding: chunked` for streamed (SSE) r
 close-delimited bodies for HTTP/1.0 clients. Pipelined requests are answered in order.
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, and
-GET /sim/stats (engine counters: running, waiting, steps, admitted, kv_tokens_used, prefix cache
-queries and hits; with `precise` timing, how late the server wrote its chunks), and GET /metrics (the
-same state in Prometheus text format, under vLLM's names).
+GET /sim/stats (engine counters: running, waiting, steps, admitted, kv_tokens_used, their peaks since
+start, prefix cache queries and hits; with `precise` timing, how late the server wrote its chunks),
+and GET /metrics (the same state in Prometheus text format, under vLLM's names).
+
+An `Upgrade` header (curl --http2 asks for h2c) is ignored, as HTTP/1.1 allows: the request is
+answered as any other. A body over MAX_BODY_BYTES is refused (413) as soon as its size is known.
 
 Choices where OpenAI and the spec leave room (vLLM-like, since vLLM/SGLang are what users benchmark):
 - the role-only first chat chunk is sent together with the first token (after prefill), and the
@@ -31,25 +34,27 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import random
+import resource
 import signal
 import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import httptools
 import orjson
 import uvloop
 from veeksha.runner.sessions.lengths import make_count_sampler
+from veeksha.runner.sessions.randomness import stream
 from veeksha.runner.sessions.tokenizer import count_tokens_approx
-from veeksha.runner.simserver.engine import EngineRequest, SimulatedEngine, token_text
+from veeksha.runner.simserver.engine import EngineRequest, SimulatedEngine, server_seed, token_text
+from veeksha.runner.simserver.open_files import raise_open_file_limit
 from veeksha.runner.simserver.precise import PreciseEngine, precise_stats
 from veeksha.runner.simserver.prefix_cache import PrefixCache
 from veeksha.shared.config import SimulatedServerConfig
+from veeksha.shared.errors import ConfigError, UsageError, VeekshaError
 from veeksha.shared.records import (
     VLLM_CACHE_HITS,
     VLLM_CACHE_QUERIES,
@@ -79,7 +84,10 @@ _ERROR_TYPES = {
     500: "server_error",
 }
 _DONE = b"data: [DONE]\n\n"
-_TOO_LARGE = b"\x00body-too-large"  # stands in for the URL of a request whose body we dropped
+_TOO_LARGE = b"\x00body-too-large"  # stands in for the URL of a request whose body we refused
+# How long a connection refused for its body size still reads (and drops) what its client sends after
+# the 413: send_too_large.
+_LINGER_S = 2.0
 
 
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
@@ -105,16 +113,31 @@ def _head(status: int, content_type: bytes, keep_alive: bool, framing: bytes) ->
     )
 
 
+class _Upgrade(NamedTuple):
+    """What the parser kept of a request whose Upgrade header is ignored (_Connection._ignore_upgrade)."""
+
+    method: bytes
+    url: bytes
+    version: str
+    keep_alive: bool
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests and owns the response currently being written."""
 
     def __init__(self, app: _App):
-        self._app = app
+        self.app = app
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._body: list[bytes] = []
         self._body_size = 0
+        self._expect_continue = False
+        self._content_length: int | None = None
+        self._transfer_encoding: bytes | None = None
+        self._upgrade: _Upgrade | None = None  # a request whose Upgrade header is being ignored
+        self._closing = False  # no more requests are read here: what still arrives is discarded
+        self._linger: asyncio.TimerHandle | None = None
         self._active: _Sink | None = None  # response in progress
         self._busy = False  # a response is in progress (the active sink or a synchronous one)
         self._draining = False
@@ -127,13 +150,18 @@ class _Connection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.app.note_descriptor(sock.fileno())
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.send_json(400, _error_body(400, "protocol upgrades are not supported"), False)
+        except httptools.HttpParserUpgrade as exc:  # the rest of `data` is not HTTP to the parser
+            self._ignore_upgrade(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
+            if self._closing:  # refused mid-chunk: its answer is out or owed, and no other follows
+                return
             if self._transport is not None and not self._busy:
                 self.send_json(400, _error_body(400, f"malformed HTTP request: {exc}"), False)
             self._close()
@@ -151,6 +179,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._pending.clear()
+        if self._linger is not None:
+            self._linger.cancel()
         if self._active is not None:
             self._active.cancel()
             self._active = None
@@ -160,37 +190,122 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._body = []
         self._body_size = 0
+        self._expect_continue = False
+        self._content_length = None
+        self._transfer_encoding = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Only `Expect: 100-continue` matters (curl sends it for large bodies).
-        if len(name) == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
-            if self._transport is not None and not self._busy:
-                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # `Expect: 100-continue` (curl sends it for large bodies), and the body's framing: what the
+        # size limit and an ignored Upgrade need (llhttp keeps the length to itself).
+        n = len(name)
+        if n == 6 and name.lower() == b"expect":
+            self._expect_continue = value.lower() == b"100-continue"
+        elif n == 14 and name.lower() == b"content-length":
+            self._content_length = int(value) if value.isdigit() else None  # (llhttp refuses the rest)
+        elif n == 17 and name.lower() == b"transfer-encoding":
+            self._transfer_encoding = value
+
+    def on_headers_complete(self) -> None:
+        if self._closing:
+            return
+        if self._content_length is not None and self._content_length > MAX_BODY_BYTES:
+            self._refuse_body()  # known now: no 100 Continue, and the body is never read
+        elif self._expect_continue and not (self._busy or self._pending) and self._transport is not None:
+            # Not while a response is being written: the interim response would land inside it.
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
+        if self._closing:
+            return
         self._body_size += len(body)
-        if self._body_size <= MAX_BODY_BYTES:
+        if self._body_size > MAX_BODY_BYTES:  # a chunked body, refused once it outgrows the limit
+            self._body = []
+            self._refuse_body()
+        else:
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._closing:
+            return
         p = self._parser
+        if p.should_upgrade():  # its body, if any, is what the parser left over: see _ignore_upgrade
+            self._upgrade = _Upgrade(p.get_method(), self._url, p.get_http_version(), p.should_keep_alive())
+            return
         http10 = p.get_http_version() == "1.0"
-        body = b"" if self._body_size > MAX_BODY_BYTES else b"".join(self._body)
-        if self._body_size > MAX_BODY_BYTES:
-            self._url = _TOO_LARGE
-        msg = (p.get_method(), self._url, body, p.should_keep_alive(), http10)
+        self._queue((p.get_method(), self._url, b"".join(self._body), p.should_keep_alive(), http10))
+
+    # requests the parser does not finish ---------------------------------------------------------
+    def _ignore_upgrade(self, rest: bytes) -> None:
+        """An `Upgrade` request (curl --http2 asks for h2c): the parser ends the message at its headers
+        and leaves the rest of the connection to the new protocol. No protocol is switched to, which
+        HTTP/1.1 allows a server (RFC 9110 7.8): the request is replayed to a new parser without its
+        Upgrade header, so its body is read as any request's and it is answered once, in turn."""
+        request, self._upgrade = self._upgrade, None
+        if self._closing or request is None:  # refused already (its body's size)
+            return
+        self._parser = httptools.HttpRequestParser(self)
+        if request.method == b"CONNECT":  # a tunnel: nothing after it is HTTP; answered, then closed
+            self._closing = True
+            self._queue((request.method, request.url, b"", False, False))
+            return
+        # The body's framing and the connection's fate, as the client sent them; not Expect, which
+        # was answered at the headers already.
+        framing = b""
+        if self._content_length is not None:
+            framing += b"content-length: %d\r\n" % self._content_length
+        if self._transfer_encoding is not None:
+            framing += b"transfer-encoding: %b\r\n" % self._transfer_encoding
+        connection = b"keep-alive" if request.keep_alive else b"close"
+        head = b"%b %b HTTP/%b\r\n%bconnection: %b\r\n\r\n" % (
+            request.method,
+            request.url,
+            request.version.encode(),
+            framing,
+            connection,
+        )
+        self.data_received(head + rest)
+
+    def _refuse_body(self) -> None:
+        """A body over MAX_BODY_BYTES: 413 now, or after the responses owed before it (not read
+        meanwhile), then the connection closes; nothing more is read from it."""
+        self._closing = True
+        if (self._busy or self._pending) and self._transport is not None:
+            self._transport.pause_reading()
+        self._queue((b"POST", _TOO_LARGE, b"", False, False))
+
+    def send_too_large(self) -> None:
+        """The 413, then a lingering close: our side is shut at once (the client reads the answer and
+        the end of the connection), and what the client still sends is read and dropped for a moment.
+        A plain close with its body unread would send a reset, which can destroy the answer before
+        the client reads it."""
+        body = _error_body(413, "request body too large")
+        self.write(_head(413, b"application/json", False, b"content-length: %d\r\n" % len(body)) + body)
+        self._busy = False
+        self._pending.clear()
+        transport = self._transport
+        if transport is None:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self._linger = asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
+
+    # responses -----------------------------------------------------------------------------------
+    def _queue(self, msg: tuple[bytes, bytes, bytes, bool, bool]) -> None:
+        """Answer now, or after the responses owed before it (pipelining: answers go in order)."""
         if self._busy or self._pending:
             self._pending.append(msg)
         else:
             self._dispatch(msg)
 
-    # responses -----------------------------------------------------------------------------------
     def _dispatch(self, msg: tuple[bytes, bytes, bytes, bool, bool]) -> None:
         self._busy = True
-        self._app.handle(self, *msg)
+        self.app.handle(self, *msg)
 
     def _close(self) -> None:
         if self._transport is not None:
@@ -245,7 +360,7 @@ class _Sink:
 
     def cancel(self) -> None:
         if self.req is not None:
-            self.req.cancelled = True
+            self.conn.app.engine.cancel(self.req)  # the engine keeps count of what still runs
 
     def on_tokens(self, start: int, end: int, finished: bool) -> None:
         raise NotImplementedError
@@ -406,18 +521,27 @@ def _completion_prompt_tokens(body: dict[str, Any]) -> int:
     raise BadRequest("'prompt' must be a string (one prompt per request) or a list of token ids")
 
 
+def _last_descriptor() -> int:
+    """The highest file descriptor this process may open (no bound: never reached)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return sys.maxsize if soft == resource.RLIM_INFINITY else soft - 1
+
+
 class _App:
     """Routing, request validation and response templates."""
 
     def __init__(self, cfg: SimulatedServerConfig, engine: SimulatedEngine):
         self.cfg = cfg
         self.engine = engine
-        self._error_rng = random.Random(f"{cfg.seed}:errors")
-        self._word_rng = random.Random(f"{cfg.seed}:words")
+        seed = server_seed(cfg)
+        self._error_rng = stream(seed, "server.errors")
+        self._word_rng = stream(seed, "server.words")
         self._ids = itertools.count(1)
+        self._last_fd = _last_descriptor()
+        self._said_out_of_files = False
         self.prefix_cache = PrefixCache(engine.max_kv_tokens) if cfg.prefix_cache else None
         self._reasoning_tokens = make_count_sampler(
-            cfg.reasoning_tokens, random.Random(f"{cfg.seed}:reasoning"), minimum=0
+            cfg.reasoning_tokens, stream(seed, "server.reasoning"), minimum=0
         )
         created = int(time.time())
         self._models_body = orjson.dumps(
@@ -426,6 +550,20 @@ class _App:
                 "data": [{"id": cfg.model, "object": "model", "created": created, "owned_by": "veeksha"}],
             }
         )
+
+    def note_descriptor(self, fd: int) -> None:
+        """uvloop (libuv) meets EMFILE on accept by accepting with a spare descriptor and closing the
+        connection at once, telling no one: its client gets an empty reply, and nothing is logged. A
+        connection given the last descriptor under the limit is the sign that the next accept
+        fails: said once, on stderr (the launcher's log)."""
+        if fd >= self._last_fd and not self._said_out_of_files:
+            self._said_out_of_files = True
+            print(
+                f"simulated server: the open-file limit ({self._last_fd + 1}) is reached: new "
+                "connections are closed unanswered; raise the limit (ulimit -n) and restart the server",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def stats(self) -> dict[str, float]:
         """Engine state for tests and debugging (GET /sim/stats); in precise mode also how late the
@@ -439,6 +577,9 @@ class _App:
             "steps": e.steps,
             "admitted": e.admitted,
             "kv_tokens_used": e.kv_used,
+            "peak_running": e.peak_running,
+            "peak_waiting": e.peak_waiting,
+            "peak_kv_tokens_used": e.peak_kv_tokens_used,
             "prefix_cache_queries": self.prefix_cache.queries if self.prefix_cache else 0,
             "prefix_cache_hits": self.prefix_cache.hits if self.prefix_cache else 0,
         }
@@ -479,7 +620,7 @@ class _App:
         elif path == b"/metrics" and method == b"GET":
             conn.send(200, PROMETHEUS_TEXT, self.metrics_text().encode(), keep)
         elif path == _TOO_LARGE:
-            conn.send_json(413, _error_body(413, "request body too large"), False)
+            conn.send_too_large()
         else:
             msg = f"no route for {method.decode()} {path.decode(errors='replace')}"
             conn.send_json(404, _error_body(404, msg), keep)
@@ -651,13 +792,14 @@ class _App:
 
 
 class SimulatedServer:
-    """A simulated server listening on the running event loop (see `start_simulated_server`)."""
+    """A simulated server listening on the running event loop (see `start_simulated_server`).
+    `host`, `port`: the address it announces (listening_address)."""
 
-    def __init__(self, server: asyncio.Server, engine: SimulatedEngine, host: str, port: int):
+    def __init__(self, server: asyncio.Server, engine: SimulatedEngine):
         self._server = server
         self.engine = engine
-        self.host = host
-        self.port = port
+        self.sockets = list(server.sockets)
+        self.host, self.port = listening_address(self.sockets)
 
     async def close(self) -> None:
         self._server.close()
@@ -674,8 +816,16 @@ async def start_simulated_server(cfg: SimulatedServerConfig) -> SimulatedServer:
     server = await loop.create_server(
         lambda: _Connection(app), cfg.host, int(cfg.port), reuse_address=True, backlog=4096
     )
-    host, port = server.sockets[0].getsockname()[:2]
-    return SimulatedServer(server, engine, host, port)
+    return SimulatedServer(server, engine)
+
+
+def listening_address(sockets: Sequence[socket.socket]) -> tuple[str, int]:
+    """The (host, port) to announce. A host bound in both families ("" or a name such as localhost)
+    has a socket per family, on different ports when the port was 0: the IPv4 one is announced, as
+    clients reach every interface ("", 0.0.0.0) over 127.0.0.1 (server_launcher.client_host)."""
+    chosen = next((s for s in sockets if s.family == socket.AF_INET), sockets[0])
+    host, port = chosen.getsockname()[:2]
+    return host, port
 
 
 def announce_listening(host: str, port: int) -> None:
@@ -703,15 +853,21 @@ async def _serve(cfg: SimulatedServerConfig, announce: Callable[[str, int], None
 def serve(cfg: SimulatedServerConfig, announce: Callable[[str, int], None] | None = None) -> None:
     """Run the simulated server until SIGTERM/SIGINT (blocking). `announce(host, port)` is called
     once the socket accepts connections."""
+    raise_open_file_limit()  # before the first connection: each is a file descriptor
     uvloop.run(_serve(cfg, announce))
 
 
-def config_from_json(text: str) -> SimulatedServerConfig:
-    """Build a validated SimulatedServerConfig from a JSON object (unknown keys are errors)."""
+def config_from_json(text: str, host: str | None = None, port: int | None = None) -> SimulatedServerConfig:
+    """A validated SimulatedServerConfig from a JSON object (unknown keys are errors), `host` and
+    `port` given over it; ConfigError when it is not one."""
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise SystemExit(f"--config-json is not valid JSON: {exc}") from None
+        raise ConfigError(
+            f"--config-json is not valid JSON ({exc}); give a JSON object, e.g. '{{\"port\": 8000}}'"
+        ) from None
+    if isinstance(data, dict):  # (anything else is refused by build, naming what it expected)
+        data.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
     return build(SimulatedServerConfig, data, "server")
 
 
@@ -723,17 +879,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="override the config's host")
     parser.add_argument("--port", type=int, help="override the config's port (0 = free port)")
     args = parser.parse_args(argv)
-    from veeksha.shared.errors import VeekshaError
+    from veeksha.runner.server_launcher import check_server_port
 
     try:
-        cfg = config_from_json(args.config_json)
+        cfg = config_from_json(args.config_json, args.host, args.port)
+        # One line naming the key, not a bind traceback, for a port in use or a host not ours.
+        host_key = "--host" if args.host is not None else "server.host"
+        check_server_port(cfg, host_key, "--port" if args.port is not None else "server.port")
     except VeekshaError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    if args.host is not None:
-        cfg = replace(cfg, host=args.host)
-    if args.port is not None:
-        cfg = replace(cfg, port=args.port)
+        print(f"simulated server: {exc}", file=sys.stderr)
+        return UsageError.exit_code
     serve(cfg, announce_listening)
     return 0
 

@@ -248,6 +248,8 @@ def test_unknown_server_type_is_an_error() -> None:
     [
         ({"server": {"type": "simulated"}}, "127.0.0.1"),
         ({"server": {"type": "simulated", "host": "0.0.0.0"}}, "127.0.0.1"),  # reached over loopback
+        ({"server": {"type": "simulated", "host": ""}}, "127.0.0.1"),  # every interface, IPv4 too
+        ({"server": {"type": "simulated", "host": "::"}}, "::1"),  # every IPv6 interface only
         ({"server": {"type": "simulated", "host": "10.1.2.3"}}, "10.1.2.3"),
         (
             {"server": {"type": "command", "command": ["s"], "ready_url": "http://h1:8000/health"}},
@@ -280,15 +282,31 @@ def test_the_host_requests_will_go_to_is_known_before_the_server_starts(tree: di
     assert planned_api_host(build_benchmark_config(tree)) == host
 
 
-def test_the_planned_host_is_the_host_the_started_simulated_server_is_reached_at() -> None:
-    cfg = build_benchmark_config({"server": {"type": "simulated", "host": "0.0.0.0", "port": 0}})
+@pytest.mark.parametrize("bind", ["0.0.0.0", "", "::"])
+def test_the_planned_host_is_the_host_the_started_simulated_server_is_reached_at(bind: str) -> None:
+    cfg = build_benchmark_config({"server": {"type": "simulated", "host": bind, "port": 0}})
     assert isinstance(cfg.server, SimulatedServerConfig)
     with start_server(cfg.server) as server:
         assert httpx.URL(server.api_base).host == planned_api_host(cfg)
 
 
+@pytest.fixture()
+def temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The launcher's temp logs (tempfile.mkstemp, in this process) go to a folder of this test's own:
+    in the shared /tmp, other xdist workers' servers make and remove logs of theirs meanwhile, and a
+    test's clean-up there removed another's kept log."""
+    logs = tmp_path / "tmp"
+    logs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(logs))
+    return logs
+
+
+def server_logs(folder: Path) -> set[Path]:
+    return set(folder.glob("veeksha-server-*.log"))
+
+
 def test_a_temp_log_is_gone_while_the_server_loads_and_comes_back_scrubbed_when_it_fails(
-    tmp_path: Path,
+    tmp_path: Path, temp_dir: Path
 ) -> None:
     # A runner killed while a server loads (minutes for vLLM) left the raw log, with the server's
     # printed flags and environment, in /tmp. Now it is unlinked once the server has it open.
@@ -302,23 +320,20 @@ def test_a_temp_log_is_gone_while_the_server_loads_and_comes_back_scrubbed_when_
         ready_url=f"http://127.0.0.1:{free_port()}/health",
         env={"CLIENT_KEY": "sk-client-secret-2"},
     )
-    before = set(Path(tempfile.gettempdir()).glob("veeksha-server-*.log"))
     with pytest.raises(VeekshaError) as caught:
         start_server(cfg, extra_secrets=["sk-client-secret-2"])
-    new = set(Path(tempfile.gettempdir()).glob("veeksha-server-*.log")) - before
     message = str(caught.value)
     assert "exited with status 4" in message and "args" in message
     assert "sk-eq-secret-1" not in message and "sk-client-secret-2" not in message
-    # The failed server's log is left for the user, named in the message, scrubbed. (Tests beside
-    # this one, in parallel, may leave logs of their own servers in the same directory meanwhile.)
-    (kept,) = [log for log in new if str(log) in message]
+    # The failed server's log is left for the user, named in the message, scrubbed.
+    (kept,) = server_logs(temp_dir)
+    assert str(kept) in message
     assert kept.stat().st_mode & 0o077 == 0  # and for the user alone, as mkstemp made it
     text = kept.read_text()
     assert "args" in text and "sk-eq-secret-1" not in text and "sk-client-secret-2" not in text
-    kept.unlink()
 
 
-def test_the_temp_log_is_not_on_disk_while_the_server_starts(tmp_path: Path) -> None:
+def test_the_temp_log_is_not_on_disk_while_the_server_starts(tmp_path: Path, temp_dir: Path) -> None:
     release = tmp_path / "release"
     script = (
         f"import os, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.05)\nraise SystemExit(1)"
@@ -327,12 +342,11 @@ def test_the_temp_log_is_not_on_disk_while_the_server_starts(tmp_path: Path) -> 
         command=[sys.executable, "-c", script, "--hf-token", "hf-secret-3"],
         ready_url=f"http://127.0.0.1:{free_port()}/health",
     )
-    before = set(Path(tempfile.gettempdir()).glob("veeksha-server-*.log"))
     seen: list[set[Path]] = []
 
     def look_then_release() -> None:
         time.sleep(0.5)
-        seen.append(set(Path(tempfile.gettempdir()).glob("veeksha-server-*.log")) - before)
+        seen.append(server_logs(temp_dir))
         release.touch()
 
     watcher = threading.Thread(target=look_then_release)
@@ -340,9 +354,8 @@ def test_the_temp_log_is_not_on_disk_while_the_server_starts(tmp_path: Path) -> 
     with pytest.raises(VeekshaError):
         start_server(cfg)
     watcher.join()
-    assert seen == [set()]  # nothing in /tmp while it was loading
-    for path in set(Path(tempfile.gettempdir()).glob("veeksha-server-*.log")) - before:
-        path.unlink()
+    assert seen == [set()]  # nothing in the temp folder while it was loading
+    assert len(server_logs(temp_dir)) == 1  # the failed server's log, kept for the user
 
 
 def test_the_output_tail_never_starts_inside_a_cut_line(tmp_path: Path) -> None:
