@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from veeksha.runner.simserver.open_files import raise_open_file_limit
+from veeksha.runner.open_files import raise_open_file_limit
 from veeksha.shared.config_loader import EnvFallbacks, empty_override
 from veeksha.shared.errors import OutputError, UsageError, VeekshaError
 from veeksha.shared.jsonio import is_utf8

@@ -46,11 +46,11 @@ from typing import Any, NamedTuple
 import httptools
 import orjson
 import uvloop
+from veeksha.runner.open_files import raise_open_file_limit
 from veeksha.runner.sessions.lengths import make_count_sampler
 from veeksha.runner.sessions.randomness import stream
 from veeksha.runner.sessions.tokenizer import count_tokens_approx
 from veeksha.runner.simserver.engine import EngineRequest, SimulatedEngine, server_seed, token_text
-from veeksha.runner.simserver.open_files import raise_open_file_limit
 from veeksha.runner.simserver.precise import PreciseEngine, precise_stats
 from veeksha.runner.simserver.prefix_cache import PrefixCache
 from veeksha.shared.config import SimulatedServerConfig
