@@ -143,17 +143,23 @@ def exit_code(results: list[RunResult], *, strict: bool) -> int:
 
 def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
     root = make_unique_dir(Path(runs[0].config.output_dir), f"{SWEEP_DIR_PREFIX}{stamp(utc_now())}")
-    print(f"veeksha: sweep of {len(runs)} runs in {root}", flush=True)
     manifest = new_manifest(uuid.uuid4().hex, runs)
-    save(root, manifest)  # a sweep in progress is visible as such, with all it is to run
     results: list[RunResult] = []
-    for index, run in enumerate(runs):
-        result = _run_member(root, manifest, index, run)
-        results.append(result)
-        save(root, manifest)
-        if result.status == RUN_INTERRUPTED:
-            manifest["status"] = RUN_INTERRUPTED
-            break
+    try:
+        print(f"veeksha: sweep of {len(runs)} runs in {root}", flush=True)
+        save(root, manifest)  # a sweep in progress is visible as such, with all it is to run
+        for index, run in enumerate(runs):
+            result = _run_member(root, manifest, index, run)
+            results.append(result)
+            save(root, manifest)
+            if result.status == RUN_INTERRUPTED:
+                manifest["status"] = RUN_INTERRUPTED
+                break
+    except KeyboardInterrupt:
+        # Outside a member's run (before the first, between two, saving the manifest): the sweep
+        # ends as interrupted all the same, not killed with its manifest still saying running.
+        end_interrupted(root, manifest, runs)
+        results.append(RunResult(root, RUN_INTERRUPTED, "interrupted"))
     if manifest["status"] == RUN_RUNNING:
         manifest["status"] = RUN_COMPLETED
     end_pending(manifest)
@@ -206,6 +212,17 @@ def _run_member(root: Path, manifest: dict[str, Any], index: int, run: LoadedRun
         return RunResult(root, RUN_FAILED, str(e))
     manifest["runs"][index] = _entry(index, result.run_dir.name, run.params, result.status)
     return result
+
+
+def end_interrupted(root: Path, manifest: dict[str, Any], runs: list[LoadedRun]) -> None:
+    """A Ctrl-C outside any member's run: the sweep is `interrupted`, and so is a member it had marked
+    `running` (its run.json, if it got as far as one, says what became of it), as in _run_member."""
+    manifest["status"] = RUN_INTERRUPTED
+    for index, entry in enumerate(manifest["runs"]):
+        if entry.get("status") == RUN_RUNNING:
+            manifest["runs"][index] = _entry_without_result(
+                root, manifest["sweep_id"], index, runs[index], RUN_INTERRUPTED
+            )
 
 
 def end_pending(manifest: dict[str, Any]) -> None:

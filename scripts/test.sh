@@ -8,4 +8,6 @@ bash scripts/setup.sh
 bash scripts/typecheck.sh
 # Four workers on any machine: most tests wait on real processes (servers, runs, the W&B SDK), so
 # more workers than cores still shortens the suite. TEST_WORKERS=0 runs it in one process.
-.venv/bin/python -m pytest -q -n "${TEST_WORKERS:-4}" "$@"
+# loadgroup: tests marked xdist_group (the Ray ones) stay on one worker, so their shared two-node
+# cluster is started once, not once per worker that happens to get one of them.
+.venv/bin/python -m pytest -q -n "${TEST_WORKERS:-4}" --dist loadgroup "$@"

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from veeksha.runner.liveness import process_alive
 from veeksha.runner.lost_records import recover
 from veeksha.shared.errors import UsageError
 from veeksha.shared.paths import RunPaths
@@ -67,9 +66,10 @@ QUICK = [
 ]
 
 
-def start_slow_run(tmp_path: Path) -> subprocess.Popen:
+def start_slow_run(tmp_path: Path, *flags: str) -> subprocess.Popen:
+    """A SLOW run; `flags` come after its own (the last of a flag given twice is taken)."""
     return subprocess.Popen(
-        [VEEKSHA_RUN, *SLOW],
+        [VEEKSHA_RUN, *SLOW, *flags],
         cwd=tmp_path,
         env=no_plots_env(),
         stdout=subprocess.PIPE,
@@ -91,6 +91,30 @@ def wait_for_dispatches(tmp_path: Path, at_least: int, within_s: float = 30) -> 
 def driver_pids(parent: int) -> list[int]:
     children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
     return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def started_at(pid: int) -> str | None:
+    """When the process started (clock ticks since boot: another process given the pid later has
+    another), None once it has ended (gone, or a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def running(pids: list[int]) -> dict[int, str]:
+    """These processes, by pid, with their start times: what wait_until_ended waits on."""
+    return {pid: start for pid in pids if (start := started_at(pid)) is not None}
+
+
+def wait_until_ended(processes: dict[int, str], within_s: float = 30) -> None:
+    """Until each of these processes has ended: an orphaned driver ends on its next tick, and until
+    then it may still write (its rescue file: `evaluate` says the run "is still ending")."""
+    deadline = time.monotonic() + within_s
+    while alive := [pid for pid, start in processes.items() if started_at(pid) == start]:
+        assert time.monotonic() < deadline, f"processes {alive} still running after {within_s} s"
+        time.sleep(0.05)
 
 
 def driver_pid(parent: int) -> int:
@@ -130,13 +154,13 @@ def crashed_run(tmp_path_factory: pytest.TempPathFactory) -> RunPaths:
     proc = start_slow_run(tmp)
     paths = wait_for_dispatches(tmp, at_least=20)
     driver = driver_pid(proc.pid)
+    drivers = running([driver])
     os.kill(driver, signal.SIGKILL)
     proc.kill()
     proc.wait()
     proc.stdout.close()  # not read: the run was killed; an open pipe is a ResourceWarning
     proc.stderr.close()
-    while process_alive(driver):
-        time.sleep(0.05)
+    wait_until_ended(drivers)  # (process_alive is False for a driver: it does not name veeksha)
     return paths
 
 
@@ -189,15 +213,33 @@ def test_the_uploader_accepts_a_crashed_run(crashed_run: RunPaths, tmp_path: Pat
 
 
 def test_a_run_still_going_is_not_marked_crashed(tmp_path: Path) -> None:
-    proc = start_slow_run(tmp_path)
+    # ~10 s per request: every one sent is still in flight when the second Ctrl-C comes.
+    proc = start_slow_run(
+        tmp_path, "--session_generator.output_spec.text.output_length_generator", "{type: fixed, value: 1000}"
+    )
     try:
         paths = wait_for_dispatches(tmp_path, at_least=1)
         with pytest.raises(UsageError, match="still being written by process"):
             recover(paths)
+        # Then Ctrl-C twice, to cancel it. The second is sent once the first was taken (the drain
+        # announced): two sent back to back are one stop (a drain) as often as not.
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout is not None
+        shown = ""
+        while "draining" not in shown and (line := proc.stdout.readline()):
+            shown = line
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert "Ctrl-C again to cancel" in shown, shown
+    assert proc.returncode == 130, stderr
+    assert orjson.loads(paths.run_json.read_bytes())["status"] == "interrupted"
+    # The requests the drain waited for were cut short by the second Ctrl-C.
+    assert any(r["status"] == "cancelled" for r in read_jsonl(paths.request_records))
 
 
 def two_dispatched(root: Path, run_json: str, records: str) -> RunPaths:
@@ -455,16 +497,13 @@ def kill_a_frozen_recorder(tmp_path: Path, api_base: str, *flags: str) -> RunPat
         while CountingStreamHandler.received < 50:
             assert time.monotonic() < deadline and proc.poll() is None, "the run sent too little"
             time.sleep(0.1)
-        driver = driver_pid(proc.pid)
+        driver = running([driver_pid(proc.pid)])
         proc.send_signal(signal.SIGSTOP)
         time.sleep(1.0)
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 30
-    while process_alive(driver):
-        assert time.monotonic() < deadline, "the driver went on after its recorder died"
-        time.sleep(0.1)
+    wait_until_ended(driver)  # (process_alive is False for a driver: it does not name veeksha)
     return only_run_dir(tmp_path / "out")
 
 

@@ -22,7 +22,7 @@ from veeksha.shared.records import CANCELLED, ERROR
 
 from tests.runner.driver.http.quirk_server import PORTAL_TITLE, QuirkServer
 from tests.runner.helpers import VEEKSHA_RUN, all_text_under, no_plots_env, only_run_dir, read_jsonl, run_cli
-from tests.runner.test_crash_recovery import SLOW, driver_pids, wait_for_dispatches
+from tests.runner.test_crash_recovery import SLOW, driver_pids, running, wait_for_dispatches, wait_until_ended
 from tests.runner.test_secrets import free_port
 
 API_KEY = "sk-e2e-SECRET-5150"
@@ -155,19 +155,27 @@ def start_until_a_success(tmp_path: Path) -> subprocess.Popen[bytes]:
     )
     deadline = time.monotonic() + 30
     while not any(
-        r["status"] == "success" for f in (tmp_path / "out").glob("*/metrics/*.jsonl") for r in read_jsonl(f)
+        r["status"] == "success" for f in (tmp_path / "out").glob("*/metrics/*.jsonl") for r in written(f)
     ):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.1)
     return proc
 
 
+def written(path: Path) -> list[dict]:
+    """The lines of a JSONL file the recorder has finished writing: the last may be half appended."""
+    data = path.read_bytes()
+    return [orjson.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
+
+
 def test_evaluate_exits_1_on_a_run_it_marks_crashed_and_still_writes_every_file(tmp_path: Path) -> None:
     """`evaluate` exited 0 on a run it had just marked crashed whenever a request had succeeded."""
     proc = start_until_a_success(tmp_path)
+    drivers = running(driver_pids(proc.pid))  # (once it is killed, they are no longer its children)
+    assert drivers, "the run has no driver process"
     proc.kill()  # SIGKILL: run.json stays `running`
     proc.wait()
-    time.sleep(1.0)  # the orphaned driver notices on its next tick and stops writing
+    wait_until_ended(drivers)  # orphaned, the driver notices on its next tick and stops writing
     paths = only_run_dir(tmp_path / "out")
 
     first = run_cli(["evaluate", str(paths.root)], cwd=tmp_path)

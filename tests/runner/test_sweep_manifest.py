@@ -22,7 +22,10 @@ from typing import Any
 
 import orjson
 import pytest
-from veeksha.runner.sweep import refresh_sweep_summary
+import veeksha.runner.sweep as sweep_module
+from veeksha.runner.benchmark import RunResult
+from veeksha.runner.sweep import exit_code, refresh_sweep_summary, run_sweep, save
+from veeksha.shared.config_loader import load_benchmark_runs
 from veeksha.shared.jsonio import write_json
 from veeksha.shared.paths import (
     REQUEST_RECORDS,
@@ -34,6 +37,7 @@ from veeksha.shared.paths import (
 from veeksha.shared.records import SWEEP_ENTRY_FIELDS, SWEEP_MANIFEST_FIELDS
 
 from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, run_cli
+from tests.runner.test_crash_recovery import driver_pids, running, wait_until_ended
 from tests.uploader.conftest import lines_for, make_home, upload
 
 RATE = "traffic_scheduler.interval_generator.arrival_rate"
@@ -177,6 +181,88 @@ def test_an_interrupted_sweep_keeps_the_combinations_it_never_ran_as_not_run(tmp
     assert (sweep / SWEEP_SUMMARY_CSV).read_text().splitlines()[3].split(",")[:3] == ["", "not_run", "61"]
 
 
+def fake_member(root: Path, *, sweep: dict[str, Any], **_: Any) -> RunResult:
+    """What run_benchmark leaves of a member that completed, without its server or traffic."""
+    run_dir = root / f"run-{sweep['index']}"
+    run_dir.mkdir()
+    write_json(run_dir / RUN_JSON, {"status": "completed", "sweep": sweep})
+    return RunResult(run_dir, "completed", None)
+
+
+@pytest.mark.parametrize(
+    ("interrupted_save", "expected"),
+    [
+        (1, [(None, "not_run"), (None, "not_run")]),  # the sweep's first manifest written
+        (2, [(None, "interrupted"), (None, "not_run")]),  # member 0 marked running, before its run
+        (3, [("run-0", "completed"), (None, "not_run")]),  # member 0 ended, before member 1
+    ],
+)
+def test_a_ctrl_c_between_the_runs_of_a_sweep_ends_it_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted_save: int, expected: list[Any]
+) -> None:
+    """A Ctrl-C landing in the sweep's own bookkeeping (saving its manifest, between two runs), not in
+    a member's run: the manifest stayed `running`, its entries `pending`, and the sweep died with a
+    traceback. It ends as a Ctrl-C during a run does: interrupted, 130, the rest `not_run`."""
+    (tmp_path / "c.veeksha.yml").write_text(
+        f"output_dir: {tmp_path / 'out'}\nruntime: {{max_sessions: !expand [1, 2]}}\n"
+    )
+    runs = load_benchmark_runs(tmp_path / "c.veeksha.yml")
+    saves = 0
+
+    def save_then_interrupt(root: Path, manifest: dict[str, Any]) -> None:
+        nonlocal saves
+        save(root, manifest)
+        saves += 1
+        if saves == interrupted_save:  # as if the signal came just after the write
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_module, "save", save_then_interrupt)
+    monkeypatch.setattr(sweep_module, "run_benchmark", lambda cfg, root, **kw: fake_member(root, **kw))
+    try:
+        results = run_sweep(runs)
+    except KeyboardInterrupt:  # (caught: one escaping a test stops the whole pytest session)
+        (sweep,) = (tmp_path / "out").iterdir()
+        pytest.fail(f"the Ctrl-C escaped the sweep, its manifest left {manifest_of(sweep)}")
+
+    assert exit_code(results, strict=False) == 130
+    (sweep,) = (tmp_path / "out").iterdir()
+    manifest = manifest_of(sweep)
+    assert manifest["status"] == "interrupted"
+    assert [(e["run_dir"], e["status"]) for e in manifest["runs"]] == expected
+    assert [(r["run_dir"], r["status"]) for r in rows_of(sweep)] == expected
+
+
+def test_the_sweep_summary_is_written_before_the_manifest_it_is_derived_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever sees the manifest's new state (a follower, a user's script) finds the summary (JSON and
+    CSV) already saying the same: at each write of the manifest, both are checked on disk."""
+    seen: list[list[str]] = []
+
+    def checking_write_json(path: Path, obj: Any) -> None:
+        if path.name == SWEEP_MANIFEST:
+            wanted = [entry["status"] for entry in obj["runs"]]
+            assert [row["status"] for row in rows_of(path.parent)] == wanted
+            table = (path.parent / SWEEP_SUMMARY_CSV).read_text().splitlines()[1:]
+            assert [line.split(",")[1] for line in table] == wanted
+            seen.append(wanted)
+        write_json(path, obj)
+
+    monkeypatch.setattr(sweep_module, "write_json", checking_write_json)
+    root = tmp_path / "sweep"
+    root.mkdir()
+    manifest = {"sweep_id": "s1", "count": 2, "status": "running", "runs": entries(2, 0)}
+    save(root, manifest)  # the first: no summary before it
+    manifest["runs"][0]["status"] = "running"
+    save(root, manifest)
+    manifest["runs"][0].update(status="completed", run_dir="run-0")
+    manifest["runs"][1]["status"] = "not_run"
+    save(root, manifest)
+
+    assert seen == [["pending", "pending"], ["running", "pending"], ["completed", "not_run"]]
+    assert statuses(root) == ["completed", "not_run"]
+
+
 # ---------------------------------------------------------------- killed (SIGKILL, OOM, reboot)
 
 
@@ -187,11 +273,13 @@ def killed_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("killed-sweep")
     proc = start_sweep(tmp, THREE_RUNS)
     sweep = wait_for_results_of_member(tmp, 1)
+    drivers = running(driver_pids(proc.pid))  # (once it is killed, they are no longer its children)
+    assert drivers, "the second member has no driver process"
     proc.kill()
     proc.wait()
     assert proc.stderr is not None
     proc.stderr.close()  # not read: the sweep was killed
-    time.sleep(1.0)  # its orphaned driver notices on its next tick and stops writing
+    wait_until_ended(drivers)  # orphaned, the driver notices on its next tick and stops writing
     return sweep
 
 

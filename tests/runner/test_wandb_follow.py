@@ -75,8 +75,16 @@ def timeseries_rows(run: FakeRun) -> list[dict[str, Any]]:
 
 
 def only_run(fake: FakeWandb) -> FakeRun:
-    key = until(lambda: next(iter(fake.runs), None), 60, "the W&B run created")
+    # (A copy of the keys: the fake's server thread adds to the dict.)
+    key = until(lambda: next(iter(list(fake.runs)), None), 60, "the W&B run created")
     return fake.run(key[2])
+
+
+def first_timeseries_arrival(run: FakeRun) -> float | None:
+    """When (time.time()) the first timeseries row reached the fake W&B server (once its follower has
+    ended: the fake's server thread appends to both lists)."""
+    rows = zip(run.history, run.history_arrivals, strict=True)
+    return min((at for row, at in rows if "elapsed_s" in row), default=None)
 
 
 def stop_followers(tmp_path: Path) -> None:
@@ -110,15 +118,16 @@ def test_history_reaches_wandb_while_the_benchmark_runs(tmp_path: Path, home: Ho
     try:
         paths = run_dir_of(tmp_path)
         run = only_run(fake)
-        seen = until(lambda: timeseries_rows(run), 30, "timeseries rows at the fake W&B server")
-        live_status = status(paths)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    assert seen and live_status == "running"  # rows arrived before the benchmark ended
     assert proc.returncode == 0, out + err
+    # Rows arrived before the benchmark ended: the recorder's last write to the request log (which
+    # only the recorder writes; its status leaves `running` after that).
+    arrived, ended = first_timeseries_arrival(run), paths.request_records.stat().st_mtime
+    assert arrived is not None and arrived < ended, f"first row at {arrived}, the benchmark ended at {ended}"
     assert "View run at" in out and "live W&B run" in out, out
     assert "upload failed" not in err, err
     assert status(paths) == "completed"
@@ -185,11 +194,15 @@ def test_a_failed_evaluation_stops_the_follower_and_leaves_its_run_resumable(
 ) -> None:
     """No metrics, no finished_at: the follower would wait for them until the runner's deadline (8
     minutes). The runner stops it at once; evaluate, then a plain upload, finish the same W&B run."""
-    proc = start_run(tmp_path, home, fake, seconds=4)
+    proc = start_run(tmp_path, home, fake)
     try:
         paths = run_dir_of(tmp_path)
-        paths.summary_stats.mkdir(parents=True)  # the evaluation's first file cannot be written
+        # The follower's W&B run first: a follower that first reads run.json once the evaluation has
+        # failed has nothing to follow, and makes none (a plain upload's "no metrics").
         run = only_run(fake)
+        paths.summary_stats.mkdir(parents=True)  # the evaluation's first file cannot be written
+        # (Evaluated only once run.json says how the run ended: it will find the directory.)
+        assert status(paths) == "running", "the benchmark ended before its follower made its W&B run"
         out, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:

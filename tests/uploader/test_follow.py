@@ -155,7 +155,8 @@ def following(root: Path, home: Home, env: dict[str, str], *args: str) -> Iterat
 
 
 def created_run_id(fake: FakeWandb) -> str:
-    key = until(lambda: next(iter(fake.runs), None), 30, "the W&B run created")
+    # (A copy of the keys: the fake's server thread adds to the dict.)
+    key = until(lambda: next(iter(list(fake.runs)), None), 30, "the W&B run created")
     return key[2]
 
 
@@ -520,14 +521,28 @@ def test_follow_waits_for_a_run_that_has_not_written_its_run_json_yet(tmp_path: 
     paths = RunPaths(tmp_path / "runs" / built.root.name)
     paths.make_dirs()
     shutil.copy2(built.config_yml, paths.config_yml)
-    (paths.root / ".run.json.x1y2.tmp").write_bytes(b"")
-    with following(paths.root, home, {}, "--mode", "offline") as follower:
-        time.sleep(3)
-        assert follower.poll() is None, follower.communicate()
-        (paths.root / ".run.json.x1y2.tmp").unlink()
-        shutil.copytree(built.root, paths.root, dirs_exist_ok=True, ignore=lambda d, names: ["run.json"])
-        shutil.copy2(built.run_json, paths.run_json)  # the last, as the runner's run.json comes
-        out, err = follower.communicate(timeout=120)
+    temporary = paths.root / ".run.json.x1y2.tmp"
+    temporary.write_bytes(b"")
+    stand_in = subprocess.Popen(["sleep", "600"])  # the benchmark's process
+    here = {"host": socket.gethostname(), "pid": stand_in.pid}
+    info = {**orjson.loads(built.run_json.read_bytes()), **here}
+    try:
+        with following(paths.root, home, {}, "--mode", "offline") as follower:
+            time.sleep(3)
+            assert follower.poll() is None, follower.communicate()
+            # Then as the runner goes on: its run.json (running) in place of the temporary, the run's
+            # files (none of them before run.json: a follower refuses a directory that has them), then
+            # the final run.json, replaced at once.
+            temporary.write_bytes(orjson.dumps({**info, "status": "running", "finished_at": None}))
+            temporary.replace(paths.run_json)
+            shutil.copytree(built.root, paths.root, dirs_exist_ok=True, ignore=lambda d, names: ["run.json"])
+            temporary.write_bytes(orjson.dumps(info))
+            temporary.replace(paths.run_json)
+            stand_in.kill()
+            out, err = follower.communicate(timeout=120)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
     assert follower.returncode == 0, out + err
     assert lines_for(out, "uploaded"), out
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -161,7 +163,9 @@ def main() -> None:
     # A ~/.ray/auth_token left by any earlier local Ray makes the head require tokens and the second
     # node fail to join; this cluster is private to the namespace.
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    temp = f"/tmp/vr{os.getpid()}"  # Ray's socket paths must stay under 108 characters
+    # Ray's socket paths must stay under 108 characters: a short directory of its own (the pid is no
+    # name for one: in its PID namespace this process is pid 1, in every test run's namespace alike).
+    temp = tempfile.mkdtemp(prefix="vr", dir="/tmp")
     (work / "node-tmp").mkdir()
     ray_start(work, "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}")
     ray_start(work, f"--address=127.0.0.1:{port}", f"--temp-dir={temp}")
@@ -179,6 +183,7 @@ def main() -> None:
         (work / "leaks.json").write_text(json.dumps(leaks(f"127.0.0.1:{port}", Path(temp))))
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 if __name__ == "__main__":

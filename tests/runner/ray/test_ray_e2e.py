@@ -23,6 +23,10 @@ from tests.runner.ray.cluster_runs import API_KEY
 
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'veeksha[ray]')")
 
+# One worker runs them all (with `pytest --dist loadgroup`): each worker given one of them would start
+# a cluster of its own for the module's fixture.
+pytestmark = pytest.mark.xdist_group("ray")
+
 SCRIPT = Path(__file__).with_name("cluster_runs.py")
 HEAD_PORT = "6390"  # outside Ray's worker port range (10002-19999)
 FLAGS = [
