@@ -1,5 +1,6 @@
-"""The live progress display: on a terminal one status line, redrawn at every batch (10 times a second);
-otherwise a plain line every 5 s. Output tokens per second are measured over at least 1 s.
+"""The live progress display: on a terminal one status line, redrawn at most 10 times a second and cut to
+the terminal's width; otherwise a plain line every 5 s. Output tokens per second are measured over at
+least 1 s.
 
 And the console that may go away mid-run (a hangup: ssh dropped, terminal closed): from then on a write
 to stdout or stderr that fails because nobody is there to read it is dropped, so the run still drains
@@ -10,6 +11,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 import sys
 import threading
 from typing import Any, TextIO
@@ -17,6 +19,9 @@ from typing import Any, TextIO
 from veeksha.shared import records as r
 
 PLAIN_EVERY_S = 5.0
+# On a terminal. The recorder passes on every driver's every batch (one per driver per 20 ms tick):
+# redrawn at each, the line flickered 100 times a second with two drivers.
+REDRAW_EVERY_S = 0.1
 # A write failing with one of these: nobody reads the console any more (a hung-up terminal: EIO; a
 # closed pipe or socket: EPIPE, ECONNRESET; a terminal device that is gone: ENXIO).
 CONSOLE_GONE = frozenset({errno.EIO, errno.EPIPE, errno.ECONNRESET, errno.ENXIO})
@@ -117,10 +122,13 @@ class Progress:
         self._stream = stream  # None: sys.stdout at each write (replaced when the console is lost)
         self.tty = self.stream.isatty()
         self.timeout_s = timeout_s
+        self.every_s = REDRAW_EVERY_S if self.tty else PLAIN_EVERY_S
         self.last_shown = -PLAIN_EVERY_S
         self.last_tokens = 0
         self.last_t = 0.0
         self.tokens_per_s = 0.0
+        # The latest counts not drawn yet (the terminal's line between redraws): drawn by close().
+        self.pending: tuple[float, dict[str, Any]] | None = None
 
     @property
     def stream(self) -> TextIO:
@@ -138,25 +146,49 @@ class Progress:
             tolerate_lost_console()
 
     def update(self, elapsed: float, p: dict[str, Any]) -> None:
+        """The run's counts `p` (records.PROGRESS_*) `elapsed` s after its start (negative before a
+        start given with a margin, as Ray drivers get one: shown as 0)."""
+        elapsed = max(0.0, elapsed)
         dt = elapsed - self.last_t
         if dt >= 1.0:
             self.tokens_per_s = (p.get(r.PROGRESS_OUTPUT_TOKENS, 0) - self.last_tokens) / dt
             self.last_tokens, self.last_t = p.get(r.PROGRESS_OUTPUT_TOKENS, 0), elapsed
-        if not self.tty and elapsed - self.last_shown < PLAIN_EVERY_S:
+        if elapsed - self.last_shown < self.every_s:
+            self.pending = (elapsed, p)
             return
-        self.last_shown = elapsed
+        self._draw(elapsed, p)
+
+    def _draw(self, elapsed: float, p: dict[str, Any]) -> None:
+        self.last_shown, self.pending = elapsed, None
+        line = self._line(elapsed, p)
+        if not self.tty:
+            self._write(line + "\n")
+            return
+        # Cut to fit: a line that wraps is not cleared by the next redraw (\033[K clears only the
+        # row the cursor is on), and each redraw left a line on screen. One column spare: a line
+        # filling the last column wraps on some terminals.
+        width = shutil.get_terminal_size().columns - 1
+        self._write("\r\033[K" + line[: max(width, 1)])
+
+    def _line(self, elapsed: float, p: dict[str, Any]) -> str:
         limit = f"/{self.timeout_s:.0f}s" if self.timeout_s > 0 else "s"
-        line = (
+        # Cancelled at shutdown: not failed (the summary counts them apart); shown once there are any.
+        # (Keyed by the status name: shared/records.py has no PROGRESS_ name for it.)
+        cancelled = p.get(r.PROGRESS_CANCELLED, 0)
+        cancelled_part = f" / {cancelled} cancelled" if cancelled else ""
+        return (
             f"[{elapsed:6.1f}{limit}] sessions {p.get(r.PROGRESS_SESSIONS, 0)} started  requests "
             f"{p.get(r.PROGRESS_DISPATCHED, 0)} sent / {p.get(r.PROGRESS_COMPLETED, 0)} ok / "
-            f"{p.get(r.PROGRESS_ERRORED, 0)} failed  in flight {p.get(r.PROGRESS_IN_FLIGHT, 0)}  "
-            f"{self.tokens_per_s:,.0f} out tok/s"
+            f"{p.get(r.PROGRESS_ERRORED, 0)} failed{cancelled_part}  "
+            f"in flight {p.get(r.PROGRESS_IN_FLIGHT, 0)}  {self.tokens_per_s:,.0f} out tok/s"
         )
-        self._write("\r\033[K" + line if self.tty else line + "\n")
 
     def close(self) -> None:
-        if self.tty:
-            self._write("\n")
+        if not self.tty:
+            return
+        if self.pending is not None:  # the line left on screen has the run's last counts
+            self._draw(*self.pending)
+        self._write("\n")
 
     def note(self, text: str) -> None:
         """A line of its own that stays on screen (the live line is redrawn below it)."""

@@ -31,6 +31,9 @@ from veeksha.runner.raw_lines import record_line, trace_line
 from veeksha.shared.jsonio import naming_errors
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import (
+    PROGRESS_DISPATCHED,
+    PROGRESS_ERRORED,
+    PROGRESS_IN_FLIGHT,
     RUN_FAILED,
     RUN_INTERRUPTED,
     STOP_BENCHMARK_TIMEOUT,
@@ -327,7 +330,7 @@ class Recorder:
         error = self._exit_error(d)
         d.end = _End(RUN_FAILED, error)
         self._trace_unshipped(d, trace)
-        self._record_lost(records, d.link.driver_id, error)
+        self._count_lost(d, self._record_lost(records, d.link.driver_id, error))
         self._stop_others()
 
     def _kill_stuck(self, records: BinaryIO, trace: BinaryIO) -> None:
@@ -342,7 +345,7 @@ class Recorder:
                 error = f"{self._who(d)} did not stop after Ctrl-C; killed"
                 d.end = _End(RUN_INTERRUPTED, error)
                 self._trace_unshipped(d, trace)
-                self._record_lost(records, d.link.driver_id, error)
+                self._count_lost(d, self._record_lost(records, d.link.driver_id, error))
 
     def _trace_unshipped(self, d: _Driver, trace: BinaryIO) -> None:
         """Driver `d` died: the dispatches it never shipped (its last tick, its write buffer) are
@@ -360,6 +363,19 @@ class Recorder:
         if lines:
             _append(trace, b"".join(orjson.dumps(line) + b"\n" for line in lines))
             d.last_traced = lines[-1]["request_id"]
+
+    def _count_lost(self, d: _Driver, lost: int) -> None:
+        """Driver `d` is gone and `lost` of its requests were recorded as driver_lost (errors): its
+        live counts say so, as the summary will. Its last in-flight count stayed on the line for the
+        rest of the run."""
+        p = dict(d.progress)
+        in_flight = p.get(PROGRESS_IN_FLIGHT, 0)
+        # Lost beyond its last in-flight count: sent after its last batch (traced from its ring file).
+        p[PROGRESS_DISPATCHED] = p.get(PROGRESS_DISPATCHED, 0) + max(0, lost - in_flight)
+        p[PROGRESS_ERRORED] = p.get(PROGRESS_ERRORED, 0) + lost
+        p[PROGRESS_IN_FLIGHT] = 0
+        d.progress = p
+        self.progress.update(self._elapsed(), self._progress_of_all())
 
     def _who(self, d: _Driver) -> str:
         """How messages name driver `d`."""

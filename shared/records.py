@@ -331,6 +331,7 @@ PROGRESS_SESSIONS: Final = "sessions"
 PROGRESS_DISPATCHED: Final = "dispatched"
 PROGRESS_COMPLETED: Final = "completed"
 PROGRESS_ERRORED: Final = "errored"
+PROGRESS_CANCELLED: Final = "cancelled"  # sent, then cancelled at shutdown: not failed
 PROGRESS_IN_FLIGHT: Final = "in_flight"
 PROGRESS_OUTPUT_TOKENS: Final = "output_tokens"
 

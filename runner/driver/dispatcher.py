@@ -48,6 +48,7 @@ from veeksha.shared.records import (
     CANCELLED,
     COUNT_SERVER,
     COUNT_TOKENIZER,
+    PROGRESS_CANCELLED,
     PROGRESS_COMPLETED,
     PROGRESS_DISPATCHED,
     PROGRESS_ERRORED,
@@ -215,6 +216,8 @@ class Driver:
         self.rescue = Rescue(rescue, pipe_bytes(conn.fileno()), content_secrets)
         self.ring = DispatchRing(None if crash_files is None else crash_files.dispatches)
         self.t0 = 0.0
+        # t0 + benchmark_timeout (inf: no timeout): nothing is sent at or after it (_fire).
+        self.deadline = float("inf")
         # Request ids are unique across drivers: driver d of N numbers its requests d, d + N, ...
         self.next_request_id = self.driver_id
         self.max_requests = _share(self.runtime.max_requests, self.driver_id, self.num_drivers)
@@ -222,6 +225,7 @@ class Driver:
         self.requests_dispatched = 0
         self.requests_completed = 0
         self.requests_errored = 0
+        self.requests_cancelled = 0  # sent, then cancelled at shutdown
         self.output_tokens = 0
         self.in_flight = 0
         self.session_tasks: set[asyncio.Task[None]] = set()
@@ -285,6 +289,8 @@ class Driver:
         self.go.close()
         cpu0 = time.process_time()  # CPU spent on the run itself, set-up excluded
         self.t0 = _local_t0(start)
+        if self.runtime.benchmark_timeout > 0:
+            self.deadline = self.t0 + self.runtime.benchmark_timeout
         self.ring.start(self.t0)
         self._send(ipc.START, {"t0": self.t0, "pid": os.getpid()})
         ticker = asyncio.create_task(self._tick())
@@ -419,13 +425,9 @@ class Driver:
                 return
 
     def _tick_once(self) -> None:
-        timeout = self.runtime.benchmark_timeout
-        if timeout > 0 and not self.timed_out and time.perf_counter() - self.t0 >= timeout:
-            self.timed_out = True
-            if self.dispatch_open:
-                self._stop_dispatch(RUN_COMPLETED, STOP_BENCHMARK_TIMEOUT)
-            else:  # a request cap stopped dispatch and waits: the timeout still bounds that wait
-                self._cancel_after_grace()
+        # _fire stops dispatch at the deadline itself; this ends a run that sends nothing then.
+        if not self.timed_out and time.perf_counter() >= self.deadline:
+            self._time_out()
         if os.getppid() != self.parent_pid:  # the recorder died: stop at once
             self.rescue.begin()  # what it may not have written, and all from now on
             self._stop_dispatch(RUN_INTERRUPTED)
@@ -433,6 +435,14 @@ class Driver:
         self._flush()
         if self.scheduling:
             self._refill()
+
+    def _time_out(self) -> None:
+        """benchmark_timeout has passed: dispatch stops (the grace period starts)."""
+        self.timed_out = True
+        if self.dispatch_open:
+            self._stop_dispatch(RUN_COMPLETED, STOP_BENCHMARK_TIMEOUT)
+        else:  # a request cap stopped dispatch and waits: the timeout still bounds that wait
+            self._cancel_after_grace()
 
     # ------------------------------------------------------------------ traffic
 
@@ -702,6 +712,8 @@ class Driver:
         if ok:
             self.requests_completed += 1
             self.output_tokens += outcome.completion_tokens or len(outcome.chunk_times)
+        elif outcome.status == CANCELLED:  # at shutdown: not failed (the summary counts them apart)
+            self.requests_cancelled += 1
         else:
             self.requests_errored += 1
         has_usage = outcome.completion_tokens is not None
@@ -760,6 +772,11 @@ class Driver:
         takes it at once; else the session's task sends it when it runs, and its dispatch delay and
         latency then count the wait for the task and the connecting, as without a timer."""
         if not self.dispatch_open or not self._requests_left():
+            return
+        # Checked here, not only on the tick: a turn due between the deadline and the next tick
+        # (or, after a pause of the driver, the precise timer's backlog, run before the tick) was sent.
+        if now >= self.deadline:
+            self._time_out()
             return
         client = self.client
         assert client is not None, "made before any session"
@@ -893,6 +910,7 @@ class Driver:
             PROGRESS_DISPATCHED: self.requests_dispatched,
             PROGRESS_COMPLETED: self.requests_completed,
             PROGRESS_ERRORED: self.requests_errored,
+            PROGRESS_CANCELLED: self.requests_cancelled,
             PROGRESS_IN_FLIGHT: self.in_flight,
             PROGRESS_OUTPUT_TOKENS: self.output_tokens,
         }

@@ -7,6 +7,7 @@ housekeeping raises, which no input can make it do.
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import threading
 import time
@@ -14,11 +15,22 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from veeksha.runner import ipc
 from veeksha.runner.progress import Progress
 from veeksha.runner.recorder import Recorder
 from veeksha.shared.paths import RunPaths
-from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED
+from veeksha.shared.records import (
+    PROGRESS_COMPLETED,
+    PROGRESS_DISPATCHED,
+    PROGRESS_ERRORED,
+    PROGRESS_IN_FLIGHT,
+    PROGRESS_OUTPUT_TOKENS,
+    PROGRESS_SESSIONS,
+    RUN_COMPLETED,
+    RUN_FAILED,
+    RUN_INTERRUPTED,
+)
 
 GIVE_UP_S = 10.0  # a driver nobody interrupts ends by itself after this (the old behaviour)
 
@@ -178,3 +190,85 @@ def test_a_ray_drivers_unshipped_dispatches_sent_by_its_actor_get_a_record_each(
     traced = [orjson.loads(line)["request_id"] for line in paths.dispatch_trace.read_bytes().splitlines()]
     assert traced == [0, 1, 2, 3, 4]
     assert result.status == RUN_FAILED and result.num_lost == 5
+
+
+class Terminal(io.StringIO):
+    """What Progress writes to a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class DriverDyingWithRequestsInFlight(ScriptedDriver):
+    """A driver killed after its batch said: 3 sent, 1 answered, 2 in flight."""
+
+    def __init__(self) -> None:
+        super().__init__(0, done(RUN_COMPLETED), wait_for_interrupt=False)
+
+    def _run(self) -> None:
+        self._send(ipc.READY, {"pid": 0})
+        self._go.wait()
+        t0 = time.perf_counter()
+        self._send(ipc.START, {"t0": t0, "pid": 0})
+        progress = {
+            PROGRESS_SESSIONS: 3,
+            PROGRESS_DISPATCHED: 3,
+            PROGRESS_COMPLETED: 1,
+            PROGRESS_ERRORED: 0,
+            PROGRESS_IN_FLIGHT: 2,
+            PROGRESS_OUTPUT_TOKENS: 0,
+        }
+        traces = [trace_line(i, t0) for i in range(3)]
+        self._send(ipc.BATCH, {"records": [answered(0, t0)], "trace": traces, "progress": progress})
+        self._sender.close()
+
+    def describe_exit(self) -> str:
+        return "exit code -9"
+
+
+def answered(request_id: int, t0: float) -> list[Any]:
+    """The record of a request answered at once, as a driver sends it."""
+    at = t0 + request_id * 0.01
+    fields = {name: None for name in ipc.RAW_RECORD_FIELDS}
+    fields.update(
+        request_id=request_id,
+        session_id=request_id,
+        node_id=0,
+        driver_id=0,
+        status="success",
+        error_type=None,
+        is_warmup=False,
+        session_size=1,
+        scheduler_ready_at=at,
+        scheduler_dispatched_at=at,
+        client_picked_up_at=at,
+        client_completed_at=at + 0.001,
+        result_processed_at=at + 0.001,
+        num_delta_prompt_tokens=1,
+        num_total_prompt_tokens=1,
+        target_num_delta_prompt_tokens=1,
+        num_output_tokens=1,
+        num_requested_output_tokens=1,
+        token_count_source="server",
+        is_stream=True,
+        chunk_times=[at + 0.001],
+        num_answer_chunks=1,
+    )
+    return ipc.make_record(**fields)
+
+
+def test_a_driver_that_died_leaves_no_requests_in_flight_on_the_live_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its last in-flight count stayed on the line for the rest of the run; its requests are
+    # recorded as driver_lost (status error), which the line now counts as failed.
+    monkeypatch.setenv("COLUMNS", "200")
+    paths = RunPaths(tmp_path / "run")
+    paths.make_dirs()
+    screen = Terminal()
+
+    result = Recorder(paths, Progress(300, screen), len, True).run([DriverDyingWithRequestsInFlight()])
+
+    assert result.num_lost == 2
+    last = screen.getvalue().rstrip("\n").split("\r\033[K")[-1]
+    assert "requests 3 sent / 1 ok / 2 failed  in flight 0" in last
