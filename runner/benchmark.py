@@ -21,6 +21,7 @@ import httpx
 from veeksha.runner.driver.dispatcher import Placement
 from veeksha.runner.driver.http.client import build_headers, endpoint_url, run_secret_values
 from veeksha.runner.driver.http.client import secret_values as client_secret_values
+from veeksha.runner.driver.http.transport import without_user_info
 from veeksha.runner.driver.rescue import CrashFiles
 from veeksha.runner.drivers import DriverLink, LocalDriver, available_cores, check_local_drivers, num_drivers
 from veeksha.runner.progress import Progress, hang_up
@@ -251,7 +252,7 @@ def _only_model(client: ClientConfig, api_base: str) -> str:
     # Authenticated as the requests will be: the key, and any header of the user's (X-API-Key ...).
     headers = {name: value for name, value in build_headers(client) if name.lower() != "accept"}
     try:
-        resp = httpx.get(url, headers=headers, timeout=client.connect_timeout)
+        resp = httpx.get(without_user_info(url), headers=headers, timeout=client.connect_timeout)
         resp.raise_for_status()
         listing = resp.json()
         if not isinstance(listing, dict):

@@ -173,7 +173,6 @@ class Progress:
     def _line(self, elapsed: float, p: dict[str, Any]) -> str:
         limit = f"/{self.timeout_s:.0f}s" if self.timeout_s > 0 else "s"
         # Cancelled at shutdown: not failed (the summary counts them apart); shown once there are any.
-        # (Keyed by the status name: shared/records.py has no PROGRESS_ name for it.)
         cancelled = p.get(r.PROGRESS_CANCELLED, 0)
         cancelled_part = f" / {cancelled} cancelled" if cancelled else ""
         return (

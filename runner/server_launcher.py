@@ -224,7 +224,7 @@ def check_server_port(
     `host_key`/`port_key` name the keys in the message (`--host`/`--port` for simulate-server)."""
     if not isinstance(cfg, SimulatedServerConfig):
         return
-    where = f"{cfg.host}:{cfg.port}"
+    where = f"{url_host(cfg.host)}:{cfg.port}"
     try:
         # "" means every interface to the server (asyncio's create_server), as None does here.
         addresses = socket.getaddrinfo(
@@ -239,6 +239,8 @@ def check_server_port(
         try:
             with socket.socket(family, kind, proto) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+                if family == socket.AF_INET6:  # IPv6-only, as asyncio binds: 127.0.0.1:port may be taken
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 probe.bind(address)
         except OSError as e:
             raise ConfigError(_cannot_listen(e, where, host_key, port_key)) from None

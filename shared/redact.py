@@ -237,7 +237,10 @@ def _user_info_secrets(user_info: str) -> list[str]:
     if password:
         basic = f"{unquote(user)}:{unquote(password)}".encode()
         return [password, unquote(password), base64.b64encode(basic).decode()]
-    return [user, unquote(user)] if user else []
+    if not user:
+        return []
+    # Sent as Basic credentials too, with an empty password (runner's url_credentials, httpx).
+    return [user, unquote(user), base64.b64encode(f"{unquote(user)}:".encode()).decode()]
 
 
 def _secret_param(name: str) -> bool:

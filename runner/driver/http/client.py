@@ -39,7 +39,13 @@ from veeksha.runner.driver.http.openai import (
     preview,
 )
 from veeksha.runner.driver.http.outcome import Outcome
-from veeksha.runner.driver.http.transport import DueHook, HTTPTransport, Started
+from veeksha.runner.driver.http.transport import (
+    DueHook,
+    HTTPTransport,
+    Started,
+    url_credentials,
+    without_user_info,
+)
 from veeksha.shared import redact
 from veeksha.shared.config import BenchmarkConfig, ClientConfig
 from veeksha.shared.redact import scrub_text
@@ -96,6 +102,10 @@ def build_headers(cfg: ClientConfig) -> list[tuple[str, str]]:
     if cfg.api_key:
         # The one place the key is revealed: it goes on the wire.
         merged["authorization"] = ("Authorization", f"Bearer {cfg.api_key.reveal()}")
+    if basic := url_credentials(cfg.api_base or ""):
+        # Credentials written into api_base (a proxy's Basic auth) win over api_key, which may come
+        # from OPENAI_API_KEY unasked, as httpx has always put them; a user's own header wins over both.
+        merged["authorization"] = ("Authorization", basic)
     for name, value in cfg.headers.items():
         merged[name.lower()] = (name, value)
     return list(merged.values())
@@ -255,7 +265,7 @@ def make_client(cfg: ClientConfig, max_connections: int, extra_secrets: Iterable
     if not cfg.api_base:
         raise ValueError("client.api_base is not resolved (runner/benchmark.py resolve_endpoint)")
     builder = RequestBuilder(cfg)
-    url = endpoint_url(cfg.api_base, builder.path)
+    url = without_user_info(endpoint_url(cfg.api_base, builder.path))
     connect_timeout = cfg.connect_timeout
     headers = build_headers(cfg)
     backend_name = cfg.http_backend

@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from time import perf_counter
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from veeksha.runner.driver.http.errors import (
@@ -31,7 +30,7 @@ from veeksha.runner.driver.http.transport import (
     STALE_CLOSE_WINDOW_S,
     Origin,
     Started,
-    with_url_credentials,
+    without_user_info,
 )
 
 
@@ -65,10 +64,9 @@ class HttpxTransport:
         connect_timeout: float | None,
     ) -> None:
         Origin(url)  # same URL validation (and ConfigError) as the native transport
-        # The URL's credentials go in the headers, as the native transport sends them: left in the
-        # URL, httpx would put them over an Authorization the headers already have (an api_key).
-        headers = with_url_credentials(url, headers)
-        self._url = _without_user_info(url)
+        # The URL's credentials are in the headers already (client.build_headers): left in the URL,
+        # httpx would put them over a header the user chose.
+        self._url = without_user_info(url)
         n = max(1, int(max_connections))
         self._client = httpx.AsyncClient(
             headers=headers,
@@ -126,13 +124,6 @@ class HttpxTransport:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def _without_user_info(url: str) -> str:
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class _Attempt:

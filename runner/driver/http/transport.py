@@ -24,7 +24,7 @@ import socket
 import ssl
 from time import perf_counter
 from typing import Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httptools
 from veeksha.runner.driver.http.errors import (
@@ -118,16 +118,22 @@ class Origin:
         self.target = f"{target}?{parts.query}" if parts.query else target
 
 
-def with_url_credentials(url: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """`headers` plus the user-info of `url` as Basic credentials, percent-decoded and UTF-8 as httpx
-    sends them, unless `headers` authorize already (an api_key, the user's own header): both backends
-    send the same, and a server behind Basic auth does not answer every request 401."""
+def url_credentials(url: str) -> str | None:
+    """The user-info of `url` as the Basic credentials httpx sends for it (percent-decoded, UTF-8),
+    or None. client.build_headers puts it in the headers, so both backends send the same."""
     parts = urlsplit(url)
     user, password = unquote(parts.username or ""), unquote(parts.password or "")
-    if not (user or password) or any(name.lower() == "authorization" for name, _ in headers):
-        return headers
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return [*headers, ("Authorization", f"Basic {token}")]
+    if not (user or password):
+        return None
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def without_user_info(url: str) -> str:
+    """`url` without its user-info, which goes as a header (url_credentials), never twice."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _check_header(name: str, value: str) -> None:
@@ -147,7 +153,6 @@ class HTTPTransport:
         connect_timeout: float | None,
     ) -> None:
         self.origin = o = Origin(url)
-        headers = with_url_credentials(url, headers)
         lines = [f"POST {o.target} HTTP/1.1"]
         if not any(name.lower() == "host" for name, _ in headers):
             lines.append(f"Host: {o.host_header}")
@@ -536,6 +541,8 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:  # 100 Continue and friends: a complete message of its own, ignored
+            if status == 101:  # not informational: with no Upgrade header httptools would call it invalid
+                raise ProtocolError(SWITCHED_PROTOCOLS)
             self._informational = True
             return
         self._headers_done = True

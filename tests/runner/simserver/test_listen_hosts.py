@@ -9,7 +9,7 @@ import subprocess
 
 import httpx
 import pytest
-from veeksha.runner.server_launcher import start_server
+from veeksha.runner.server_launcher import check_server_port, start_server
 from veeksha.runner.simserver.server import listening_address, start_simulated_server
 from veeksha.shared.config import SimulatedServerConfig
 
@@ -93,3 +93,16 @@ def test_simulate_server_on_every_ipv6_interface_prints_a_url_that_answers() -> 
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+@needs_ipv6
+def test_every_ipv6_interface_is_free_though_the_ipv4_port_is_taken() -> None:
+    """The server binds `::` IPv6-only (asyncio does), so a port taken on 127.0.0.1 does not stop it:
+    the port check must not say otherwise."""
+    with socket.socket(socket.AF_INET) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        check_server_port(SimulatedServerConfig(host="::", port=port))  # no ConfigError
+        with start_server(SimulatedServerConfig(host="::", port=port)) as handle:
+            assert httpx.get(f"{handle.api_base}/models", trust_env=False).status_code == 200

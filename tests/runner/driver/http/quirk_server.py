@@ -622,6 +622,14 @@ async def q_switching_protocols(w, req, srv):
     return False
 
 
+@quirk
+async def q_switching_protocols_bare(w, req, srv):
+    """A 101 without the Upgrade header that should come with it."""
+    await send(w, b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    await asyncio.sleep(MAX_HANG_S)  # the client must not wait for anything after it
+    return False
+
+
 FALSY_ERRORS = {"empty_string": "", "empty_object": {}, "false": False, "empty_list": [], "zero": 0}
 
 

@@ -465,15 +465,29 @@ def test_a_reader_that_raises_is_a_protocol_error_not_a_lost_record(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_credentials_in_api_base_go_out_as_basic_auth(quirks: QuirkServer, backend: str) -> None:
-    """As httpx sends them (percent-decoded, UTF-8); an Authorization the user gave (an api_key)
-    wins on both backends."""
+    """As httpx sends them (percent-decoded, UTF-8), on both backends. They win over an api_key (which
+    OPENAI_API_KEY may give unasked); an Authorization header the user wrote wins over both."""
     user, password = "us@er", "pä ss:w/ord"
     base = quirks.base("basic").replace("://", "://us%40er:p%C3%A4%20ss%3Aw%2Ford@") + f"?creds={backend}"
     assert request(base, backend).status == SUCCESS
     assert request(base + "-key", backend, api_key=API_KEY).status == SUCCESS
+    own = {"Authorization": "Bearer own"}
+    assert request(base + "-own", backend, api_key=API_KEY, headers=own).status == SUCCESS
     seen = {r.path.rpartition("=")[2]: r.headers.get("authorization") for r in quirks.seen("basic")}
-    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
-    assert (seen[backend], seen[backend + "-key"]) == (f"Basic {basic}", f"Bearer {API_KEY}")
+    basic = f"Basic {base64.b64encode(f'{user}:{password}'.encode()).decode()}"
+    assert (seen[backend], seen[backend + "-key"], seen[backend + "-own"]) == (basic, basic, "Bearer own")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_token_as_the_api_base_user_is_redacted_in_its_basic_form(
+    quirks: QuirkServer, backend: str
+) -> None:
+    token = "sk-abcdefghijklmnopqrstuv"
+    out = request(quirks.base("echo_auth").replace("://", f"://{token}@"), backend)
+    assert (out.status, out.http_status) == (ERROR, 401)
+    assert "Incorrect API key provided: Basic " in out.error_message
+    basic = base64.b64encode(f"{token}:".encode()).decode()
+    assert token not in out.error_message and basic not in out.error_message
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -487,9 +501,10 @@ def test_api_base_credentials_echoed_by_the_server_are_redacted(quirks: QuirkSer
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_switch_of_protocols_is_a_protocol_error(quirks: QuirkServer, backend: str) -> None:
+@pytest.mark.parametrize("quirk", ["switching_protocols", "switching_protocols_bare"])
+def test_a_switch_of_protocols_is_a_protocol_error(quirks: QuirkServer, backend: str, quirk: str) -> None:
     t0 = time.perf_counter()
-    out = request(quirks.base("switching_protocols"), backend)
+    out = request(quirks.base(quirk), backend)
     assert time.perf_counter() - t0 < 2
     assert (out.status, out.error_type) == (ERROR, "protocol_error")
     assert "switched protocols" in out.error_message
