@@ -14,6 +14,10 @@ from tests.uploader.wandb_records import offline_run_dirs
 
 N = 20
 
+# The tests below share one tree, the later ones building on what the earlier ones uploaded: one
+# worker runs them, in order (scripts/test.sh: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("backfill_tree")
+
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -55,6 +59,8 @@ def test_backfill_uploads_the_rest_and_reports_each_directory(tree: Path, home: 
 
 
 def test_next_backfill_skips_what_is_uploaded_and_reuploads_what_changed(tree: Path, home: Home) -> None:
+    # The first backfill: done already when the test above ran on this worker, else done here.
+    upload([str(tree), "-r", "--mode", "offline", "--jobs", "2"], home, cwd=tree)
     changed = run_dirs(tree)[0]
     (changed / "metrics" / "throughput_metrics.json").write_text(json.dumps({"request_throughput": 1.0}))
     result = upload([str(tree), "-r", "--mode", "offline", "--jobs", "2"], home, cwd=tree)
