@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
 
 import httpx
 import pytest
@@ -13,7 +12,7 @@ from veeksha.runner.server_launcher import check_server_port, start_server
 from veeksha.runner.simserver.server import listening_address, start_simulated_server
 from veeksha.shared.config import SimulatedServerConfig
 
-from tests.runner.helpers import VEEKSHA_RUN
+from tests.runner.simserver.test_standalone import simulate_server
 
 
 def _has_ipv6_loopback() -> bool:
@@ -75,24 +74,9 @@ def test_the_announced_address_prefers_ipv4_whatever_the_socket_order() -> None:
 @needs_ipv6
 def test_simulate_server_on_every_ipv6_interface_prints_a_url_that_answers() -> None:
     # It printed `http://:::38067/v1`: no URL at all.
-    proc = subprocess.Popen(
-        [VEEKSHA_RUN, "simulate-server", "--host", "::", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        url = line.split()[3]  # "simulated server on URL ..."
-        assert url.startswith("http://[::1]:") and url.endswith("/v1"), line
+    with simulate_server("--host", "::") as url:
+        assert url.startswith("http://[::1]:") and url.endswith("/v1"), url
         assert httpx.get(url + "/models", trust_env=False, timeout=5).status_code == 200
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 @needs_ipv6
