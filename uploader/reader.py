@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from veeksha.shared.csv_lines import complete_lines
 from veeksha.shared.errors import ContractError, VeekshaError
 from veeksha.shared.jsonio import read_json
 from veeksha.shared.paths import (
@@ -124,21 +125,17 @@ def read_appended_csv(path: Path) -> tuple[list[str], list[dict[str, Number]], i
     typed rows, and the number of its last line when that was cut off (else None).
 
     A run that crashed mid-write leaves a last line without its newline: a cell short, or a number cut
-    short that would still parse. That line is dropped, as the live follower never streams a partial
-    line (follow.TimeseriesTail); every complete line is as strict as in read_numeric_csv."""
+    short that would still parse. That line is dropped (shared/csv_lines.py: evaluation drops it too),
+    as the live follower never streams a partial line (follow.TimeseriesTail); every complete line is
+    as strict as in read_numeric_csv."""
     try:
-        raw = path.read_bytes()
-        end = raw.rfind(b"\n") + 1
-        cut = 0 < end < len(raw)  # a header alone without its newline is still the header
-        text = (raw[:end] if cut else raw).decode()
-        header, rows = _numeric_rows(path, io.StringIO(text, newline=""))
+        lines = complete_lines(path.read_bytes())
+        header, rows = _numeric_rows(path, io.StringIO(lines.data.decode(), newline=""))
     except FileNotFoundError:
         raise ContractError(f"{path}: file is missing") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise ContractError(f"{path}: not a readable CSV ({e})") from None
-    if not cut:
-        return header, rows, None
-    return header, rows, raw[:end].count(b"\n") + 1
+    return header, rows, lines.cut_line
 
 
 def _numeric_rows(path: Path, lines: Iterable[str]) -> tuple[list[str], list[dict[str, Number]]]:

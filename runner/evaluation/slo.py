@@ -15,6 +15,7 @@ threshold on its own values:
 
 from __future__ import annotations
 
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -31,8 +32,14 @@ _MAX_PERCENTILE_DENOMINATOR = 10**9  # any percentile of up to 9 decimals is exa
 
 
 def slo_key(metric: str, percentile: float) -> str:
-    """`<metric>_p<percentile*100>`: ttfc_p99, tbc_p50, end_to_end_latency_p99.9."""
-    return f"{metric}_p{round(percentile * 100, 6):g}"
+    """`<metric>_p<percentile*100>`: ttfc_p99, tbc_p50, end_to_end_latency_p99.9, ttfc_p99.99999.
+
+    Computed in decimal from the percentile as written (repr: the shortest decimal that is the
+    float): exact, so distinct percentiles get distinct keys. Double arithmetic rounded to a few
+    digits would turn 0.9999999 into p100, the key of 1.0 (and 0.07 · 100 is 7.000000000000001).
+    """
+    scaled = (Decimal(repr(percentile)) * 100).normalize()
+    return f"{metric}_p{scaled:f}"  # f: never an exponent (1E+2 is 100)
 
 
 def observed(data: RunData, metric: str, percentile: float) -> float | None:

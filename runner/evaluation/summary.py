@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from veeksha.runner.evaluation.appended_csv import numbers, read_appended_frame, unreadable
 from veeksha.runner.evaluation.rundata import RunData
 from veeksha.shared.config import TraceSessions
 from veeksha.shared.paths import DISTRIBUTION_METRICS
@@ -77,17 +78,22 @@ def expected_cache_hits(data: RunData) -> float | None:
 def server_cache_hit_fraction(csv_path: Path) -> float | None:
     """The server's own prefix-cache hit rate over the run, beside expected_prefix_cache_hit_fraction:
     Σ hits / Σ queries, each row's scraped rate times the interval it covers (since the row before:
-    a row after failed or starved scrapes covers several). None without those series."""
-    if not csv_path.exists() or not csv_path.stat().st_size:
-        return None
-    df = pl.read_csv(csv_path, infer_schema_length=None)
+    a row after failed or starved scrapes covers several). None without those series.
+
+    The file may come from a crashed run: a cut-off last line is left out (read_appended_frame), and so
+    is a row whose time or counters are no number, hits and queries together (either alone would
+    skew the fraction). An empty counter cell is no rate (the first row): 0."""
+    df = read_appended_frame(csv_path)
     if not {"elapsed_s", VLLM_CACHE_HITS, VLLM_CACHE_QUERIES} <= set(df.columns):
         return None
+    df = df.filter(numbers(df, "elapsed_s").is_not_null())
     # numpy, not polars, for the sums: polars' last bits depend on its thread count.
-    elapsed = df["elapsed_s"].cast(pl.Float64).to_numpy()
+    elapsed = numbers(df, "elapsed_s").to_numpy()
     interval = np.diff(elapsed, prepend=elapsed[:1])  # the first row has no rate (and 0 s)
+    # Left out after the intervals are taken: the next row's rate is over its own interval only.
+    kept = ~(unreadable(df, VLLM_CACHE_HITS) | unreadable(df, VLLM_CACHE_QUERIES)).to_numpy()
     hits, queries = (
-        float(np.nansum(df[name].cast(pl.Float64).fill_null(0).to_numpy() * interval))
+        float(np.nansum(numbers(df, name).fill_null(0).to_numpy()[kept] * interval[kept]))
         for name in (VLLM_CACHE_HITS, VLLM_CACHE_QUERIES)
     )
     return hits / queries if queries else None

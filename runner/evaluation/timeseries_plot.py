@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+from veeksha.runner.evaluation.appended_csv import numbers, read_appended_frame
 from veeksha.shared.records import VLLM_KV_USAGE, VLLM_RUNNING, VLLM_WAITING
 
 if TYPE_CHECKING:
@@ -33,7 +34,8 @@ def plot_timeseries(csv_path: Path, png_path: Path, server_csv: Path | None = No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ts = pl.read_csv(csv_path, infer_schema_length=None) if csv_path.stat().st_size else pl.DataFrame()
+    # Read like the scraped file: the live time series of a crashed run is appended line by line too.
+    ts = read_appended_frame(csv_path)
     server = _server_frame(server_csv)
     rows = 6 if server is None else 8
     fig, axes = plt.subplots(rows, 1, figsize=(9, 2.3 * rows + 0.2), dpi=100, sharex=True)
@@ -73,10 +75,11 @@ def _seconds_unit(ts: pl.DataFrame, series: tuple[tuple[str, str], ...]) -> tupl
 
 
 def _server_frame(path: Path | None) -> pl.DataFrame | None:
-    """The scraped series the panels need, when the file exists and has them."""
-    if path is None or not path.exists() or not path.stat().st_size:
+    """The scraped series the panels need, when the file exists and has them (a line a crash cut
+    off left out)."""
+    if path is None:
         return None
-    df = pl.read_csv(path, infer_schema_length=None)
+    df = read_appended_frame(path)
     wanted = [name for name, _ in (*SERVER_QUEUE, *SERVER_KV)]
     if df.height == 0 or not set(wanted) <= set(df.columns):
         return None
@@ -84,8 +87,8 @@ def _server_frame(path: Path | None) -> pl.DataFrame | None:
 
 
 def float_column(ts: pl.DataFrame, name: str) -> np.ndarray:
-    """A column as floats, empty cells as NaN (drawn as gaps)."""
-    return ts[name].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    """A column as floats, empty cells and values that are no number as NaN (drawn as gaps)."""
+    return numbers(ts, name).fill_null(float("nan")).to_numpy()
 
 
 def _panel(

@@ -116,6 +116,20 @@ def test_killed_run_with_a_torn_last_record(tmp_path):
     assert ev.throughput["goodput"] is None
 
 
+def test_killed_run_with_a_server_metrics_line_cut_off(tmp_path):
+    """`veeksha-run evaluate` rebuilds a crashed run from its directory alone: a scraped line the crash
+    cut inside a number is left out, and every metrics file is written."""
+    records, trace = _records()
+    paths = write_run(tmp_path / "run", records, _cfg(), trace)
+    paths.server_metrics_csv.write_text(
+        "elapsed_s,vllm:prefix_cache_hits_total,vllm:prefix_cache_queries_total\n1,,\n2,10.0,20.0\n3,1.5e-"
+    )
+    ev = evaluate_run(paths.root, rebuilt=True, plots=False)
+    assert ev.summary["server_prefix_cache_hit_fraction"] == 0.5
+    assert read_json(paths.summary_stats)["server_prefix_cache_hit_fraction"] == 0.5
+    assert paths.throughput_metrics.exists() and paths.timeseries_csv.exists()
+
+
 def test_live_timeseries_is_kept_unless_rebuilt(tmp_path):
     records, trace = _records()
     paths = write_run(tmp_path / "run", records, _cfg(), trace)

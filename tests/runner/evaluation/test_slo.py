@@ -26,10 +26,38 @@ def _five_ttfcs():
 
 @pytest.mark.parametrize(
     ("percentile", "key"),
-    [(0.99, "ttfc_p99"), (0.5, "ttfc_p50"), (0.999, "ttfc_p99.9"), (1.0, "ttfc_p100"), (0.95, "ttfc_p95")],
+    [
+        (0.99, "ttfc_p99"),
+        (0.5, "ttfc_p50"),
+        (0.999, "ttfc_p99.9"),
+        (1.0, "ttfc_p100"),
+        (0.95, "ttfc_p95"),
+        (0.07, "ttfc_p7"),  # not p7.000000000000001, the double 0.07 · 100
+        (0.9999, "ttfc_p99.99"),
+        (0.12345678, "ttfc_p12.345678"),  # every digit written, not 6 significant ones (p12.3457)
+        (1e-10, "ttfc_p0.00000001"),  # never an exponent
+    ],
 )
 def test_slo_metric_key(percentile, key):
     assert slo_key("ttfc", percentile) == key
+
+
+def test_distinct_percentiles_have_distinct_keys():
+    """0.9999999 is not the maximum: its key must not read p100."""
+    assert slo_key("ttfc", 0.9999999) == "ttfc_p99.99999"
+    assert len({slo_key("ttfc", p) for p in (0.9999999, 0.99999999, 1.0, 0.123456789, 0.12345679)}) == 5
+
+
+def test_slos_sharing_a_key_each_keep_their_own_result():
+    """Two SLOs on one metric and percentile (two thresholds) share slo_metric_key; results is a list
+    labelled by the unique SLO name, so neither verdict replaces the other."""
+    loose = SLOConfig(name="P50 TTFC loose", metric="ttfc", value=1.0, percentile=0.5)
+    tight = SLOConfig(name="P50 TTFC tight", metric="ttfc", value=0.1, percentile=0.5)
+    results = slo_results(_data(_five_ttfcs(), loose, tight))["results"]
+    assert [(r["name"], r["slo_metric_key"], r["met"]) for r in results] == [
+        ("P50 TTFC loose", "ttfc_p50", True),
+        ("P50 TTFC tight", "ttfc_p50", False),
+    ]
 
 
 def test_observed_exactly_at_the_threshold_passes():

@@ -132,6 +132,32 @@ def test_the_servers_cache_hit_fraction_comes_from_its_scraped_rates(tmp_path):
     assert server_cache_hit_fraction(csv) == pytest.approx(100 / 1100)  # not (100 + 0) / (100 + 100)
 
 
+CACHE_HEADER = "elapsed_s,vllm:prefix_cache_hits_total,vllm:prefix_cache_queries_total\n"
+
+
+@pytest.mark.parametrize("cut", ["3,1.5e-", "3,-", "3,1.5"])  # a number cut short, or a cell short
+def test_a_server_metrics_line_cut_off_by_a_crash_is_left_out_of_the_cache_hit_fraction(tmp_path, cut):
+    """The scraper appends a line a second; a crash mid-write leaves a last line without its newline.
+    It is left out (as the uploader leaves it out): no crash on a number cut short, and no hits
+    counted without their queries from a line whose cut still parses ((10 + 1.5) / 20 = 0.575)."""
+    from veeksha.runner.evaluation.summary import server_cache_hit_fraction
+
+    csv = tmp_path / "server_metrics.csv"
+    csv.write_text(CACHE_HEADER + "1,,\n2,10.0,20.0\n" + cut)
+    assert server_cache_hit_fraction(csv) == 0.5
+
+
+def test_a_server_metrics_row_with_a_value_that_is_no_number_is_left_out_whole(tmp_path):
+    """A complete line may still hold a stray value: evaluation goes on, and the row's queries go
+    with its unreadable hits (counting them alone would lower the fraction). Empty cells keep
+    meaning no rate."""
+    from veeksha.runner.evaluation.summary import server_cache_hit_fraction
+
+    csv = tmp_path / "server_metrics.csv"
+    csv.write_text(CACHE_HEADER + '1,,\n2,10.0,20.0\n3,x,20.0\n4,"5.0,10.0\n5,5.0,10.0\n')
+    assert server_cache_hit_fraction(csv) == pytest.approx(15 / 30)
+
+
 def test_observed_session_rate_counts_only_sessions_after_the_last_warmup_session():
     # Two closed-loop slots, the second ramped in late: its warmup session starts at 1.0 s, after
     # four measured sessions of the first slot. Counting those against the window from 1.0 s gave
