@@ -21,6 +21,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -81,9 +82,20 @@ def seconds_up_to_a_week(minimum: float) -> Callable[[click.Context, click.Param
     return check
 
 
+def given(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """An empty value is refused, as the runner refuses it, not taken as a setting: `--project
+    "$UNSET"` took the default project over WANDB_PROJECT and the config's, `--api-key ""` hid
+    WANDB_API_KEY, `--group ""` cleared the config's group (the environment takes "" as unset)."""
+    values = value if isinstance(value, tuple) else (value,)  # --tag is repeatable
+    if "" in values:
+        raise click.UsageError(f"{param.opts[0]} is empty; give a value or leave the flag out")
+    return value
+
+
 def http_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """--base-url must name a W&B server: a malformed one was reported as "W&B ... is unreachable".
     Shown without its user-info or query, where a key may sit."""
+    given(ctx, param, value)
     if value is not None and not_an_http_url(value):
         shown = url_for_message(value)
         raise click.BadParameter(f"{shown!r} is not an http(s) URL of a W&B server (e.g. {DEFAULT_BASE_URL})")
@@ -104,12 +116,18 @@ def refuse_with_follow(ctx: click.Context) -> None:
 @click.command(PROG, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1)
 @click.option("--recursive", "-r", is_flag=True, help="find run/sweep/capsearch directories in a tree")
-@click.option("--project", help="W&B project (default: config, WANDB_PROJECT, else 'veeksha')")
-@click.option("--entity", help="W&B entity (team or user)")
-@click.option("--group", help="W&B group (sweeps and capacity searches default to their directory name)")
-@click.option("--tag", "tags", multiple=True, help="W&B tag (repeatable; replaces config/env tags)")
-@click.option("--notes", help="W&B run notes")
-@click.option("--run-name", help="W&B run name (default: the run directory name)")
+@click.option(
+    "--project", callback=given, help="W&B project (default: config, WANDB_PROJECT, else 'veeksha')"
+)
+@click.option("--entity", callback=given, help="W&B entity (team or user)")
+@click.option(
+    "--group", callback=given, help="W&B group (sweeps and capacity searches default to their directory name)"
+)
+@click.option(
+    "--tag", "tags", multiple=True, callback=given, help="W&B tag (repeatable; replaces config/env tags)"
+)
+@click.option("--notes", callback=given, help="W&B run notes")
+@click.option("--run-name", callback=given, help="W&B run name (default: the run directory name)")
 @click.option(
     "--mode",
     type=click.Choice(["online", "offline"]),
@@ -142,7 +160,7 @@ def refuse_with_follow(ctx: click.Context) -> None:
 )
 @click.option("--sync", "publish", is_flag=True, help="publish the offline uploads under PATH to W&B online")
 @click.option("--follow", is_flag=True, help="follow the benchmark writing DIR: a live W&B run while it goes")
-@click.option("--api-key", help="W&B API key (prefer WANDB_API_KEY: flags show up in `ps`)")
+@click.option("--api-key", callback=given, help="W&B API key (prefer WANDB_API_KEY: flags show up in `ps`)")
 @click.option(
     "--base-url", callback=http_url, help="W&B server (default: WANDB_BASE_URL, else https://api.wandb.ai)"
 )

@@ -55,6 +55,7 @@ from veeksha.uploader.worker import (
     FAILED,
     RESUME,
     REWIND,
+    Expected,
     Outcome,
     Plan,
     Task,
@@ -63,6 +64,7 @@ from veeksha.uploader.worker import (
     choose_start,
     complete,
     lock_busy,
+    lost_race,
     make_plan,
     process_run,
     run_name_of,
@@ -419,15 +421,18 @@ def follow(task: Task, redactor: Redactor, deadline_s: float) -> Outcome:
         if rebuilt:  # replace the streamed history: a plain upload rewinds the same run (pending names it)
             _say("the metrics files were rebuilt at the end; uploading the run again")
             return process_run(replace(task, force=True), redactor)  # we hold the directory's lock
-        outcome = _finished(task, plan, uploaded, steps, artifact.digest if artifact is not None else None)
+        expected = Expected(steps, artifact.digest if artifact is not None else None, uploaded.media)
+        outcome = _finished(task, plan, uploaded, expected)
         outcome.warnings = data.warnings
         return outcome
+    except ws.AlreadyExists:
+        raise lost_race(root, start) from None
     finally:
         if timer is not None:
             timer.cancel()
 
 
-def _finished(task: Task, plan: Plan, uploaded: Any, steps: int, artifact_digest: str | None) -> Outcome:
+def _finished(task: Task, plan: Plan, uploaded: Any, expected: Expected) -> Outcome:
     """After the followed run finished: checked on the server as a plain upload is, or made
     relocatable offline; then recorded (the marker)."""
     from veeksha.uploader import wandb_session as ws
@@ -436,10 +441,10 @@ def _finished(task: Task, plan: Plan, uploaded: Any, steps: int, artifact_digest
     assert s is not None
     if s.mode == "online":
         entity = uploaded.entity or s.entity or task.default_entity
-        check_on_server(task, plan, entity, steps, artifact_digest)
+        check_on_server(task, plan, entity, expected)
     if uploaded.sync_dir and s.mode == "offline":
         uploaded.notes = ws.finish_offline(task.target.path, uploaded.sync_dir)
-    return complete(task, plan, uploaded, steps)
+    return complete(task, plan, uploaded, expected.steps)
 
 
 def _be_background() -> None:

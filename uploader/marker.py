@@ -45,6 +45,9 @@ class Marker:
     online_attempted: bool = False  # offline, written after an online attempt failed: never "published"
     history_rows: int | None = None  # offline: rows logged (anchor included); a published copy has them all
     directory: str | None = None  # dir_identity() of the directory it was written in (a copy has another)
+    # The API key's default entity, when the upload knew it: an upload that does not (offline, after a
+    # failed probe, a dry run) then still knows that naming it is naming none (worker.make_plan).
+    default_entity: str | None = None
 
 
 def file_sha256(path: Path) -> str:

@@ -3,6 +3,7 @@ W&B server, the secrets to keep out of W&B. Shared by plain uploads, --sync and 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -10,11 +11,13 @@ from typing import Any
 
 from veeksha.shared.errors import VeekshaError
 from veeksha.shared.paths import CONFIG_YML, UPLOAD_PENDING
+from veeksha.shared.redact import environment_secrets
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
 from veeksha.uploader.marker import Marker, read_marker
 from veeksha.uploader.probe import netrc_api_key, probe
 from veeksha.uploader.reader import read_config
+from veeksha.uploader.redaction import MIN_SCRUBBED_CHARS
 from veeksha.uploader.run_files import is_own_file
 from veeksha.uploader.settings import Layer, config_layer, marker_layer, resolve
 from veeksha.uploader.worker import FAILED, SKIPPED, Outcome, Task
@@ -91,7 +94,12 @@ def check_online(tasks: list[Task], fallback: bool, say: Callable[[str], None]) 
 
 
 def secrets_of(*layers: Layer, tasks: list[Task]) -> tuple[str, ...]:
+    """The literal secrets to keep out of W&B: the API keys, and the environment's secrets as the
+    runner scrubs them (HF_TOKEN, a proxy's password): an older runner left a token a server echoed
+    in its traces or health text."""
     keys = {layer.api_key for layer in layers} | {t.settings.api_key for t in tasks if t.settings}
+    # Only values long enough to scrub byte for byte (a short one, "1" or "false", blanks ordinary text).
+    keys |= {v for v in environment_secrets(os.environ) if len(v) >= MIN_SCRUBBED_CHARS}
     return tuple(sorted(k for k in keys if k))
 
 

@@ -31,7 +31,7 @@ from multiprocessing.process import BaseProcess
 
 from veeksha.shared.deadlines import upload_deadline_s
 from veeksha.uploader import remote
-from veeksha.uploader.worker import FAILED, UPLOADED, Outcome, Task, run_task
+from veeksha.uploader.worker import FAILED, LOST_RACE, UPLOADED, Outcome, Task, run_task
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _PARENT_POLL_S = 0.5
@@ -121,9 +121,13 @@ def _failed(task: Task, detail: str) -> Outcome:
 
 
 def _fallback(task: Task, outcome: Outcome) -> Task | None:
-    """An online upload that failed after the probe passed, with --fallback-offline: retry offline."""
+    """An online upload that failed after the probe passed, with --fallback-offline: retry offline.
+    Not one that lost the race to create its run: that run is another upload's, and an offline copy
+    of its id made the next online upload take it for ours and rewind it."""
     s = task.settings
     if not (task.fallback_offline and s is not None and s.mode == "online" and outcome.status == FAILED):
+        return None
+    if outcome.detail.startswith(LOST_RACE):
         return None
     return replace(task, settings=s.with_mode("offline"), note=outcome.detail, online_attempted=True)
 

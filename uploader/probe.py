@@ -10,6 +10,7 @@ from __future__ import annotations
 import netrc
 import os
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -60,13 +61,34 @@ def probe(base_url: str, api_key: str | None, timeout: float = PROBE_TIMEOUT_S) 
     if resp.status_code >= 400:
         return ProbeResult(False, f"W&B at {base_url} answered HTTP {resp.status_code}")
     try:
-        viewer = (resp.json().get("data") or {}).get("viewer")
+        doc = resp.json()
     except ValueError:
         return ProbeResult(False, f"W&B at {base_url} sent a response that is not JSON")
+    try:
+        viewer = _viewer_of(doc)
+    except ValueError:
+        why = "sent an answer that is not W&B's: is it the W&B server's URL?"
+        return ProbeResult(False, f"W&B at {base_url} {why}")
     if not viewer:
         return ProbeResult(False, f"W&B at {base_url} did not accept the API key (no user for it)")
     who = viewer.get("username") or viewer.get("id")
-    return ProbeResult(True, f"W&B at {base_url}: logged in as {who}", viewer.get("entity") or None)
+    entity = viewer.get("entity")
+    default_entity = entity if isinstance(entity, str) and entity else None
+    return ProbeResult(True, f"W&B at {base_url}: logged in as {who}", default_entity)
+
+
+def _viewer_of(doc: Any) -> dict[str, Any] | None:
+    """The `data.viewer` object of a GraphQL answer (None: the key has no user). ValueError for JSON of
+    another shape (a wrong base URL, a proxy's answer): reading it as W&B's raised a traceback."""
+    if not isinstance(doc, dict):
+        raise ValueError("not an object")
+    data = doc.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise ValueError("data is not an object")
+    viewer = (data or {}).get("viewer")
+    if viewer is not None and not isinstance(viewer, dict):
+        raise ValueError("viewer is not an object")
+    return viewer or None
 
 
 def _short(e: Exception) -> str:

@@ -51,6 +51,21 @@ _ARTIFACTS_QUERY = """query RunOutputArtifacts(
 MAX_ARTIFACT_PAGES = 50
 
 
+_FILES_QUERY = """query RunFiles(
+  $project: String!, $entity: String, $name: String!, $fileNames: [String], $cursor: String
+) {
+  project(name: $project, entityName: $entity) {
+    run(name: $name) {
+      files(names: $fileNames, first: 100, after: $cursor) {
+        edges { node { name sizeBytes } }
+        pageInfo { hasNextPage endCursor }
+      }
+    }
+  }
+}"""
+MAX_FILE_PAGES = 50
+
+
 class RemoteError(Exception):
     """The server could not say whether the run exists."""
 
@@ -193,6 +208,29 @@ def committed_artifacts(
             kind = (node.get("artifactType") or {}).get("name")
             if node.get("state") == "COMMITTED" and isinstance(kind, str):
                 found.add((kind, node.get("digest")))
+        info = page.get("pageInfo") or {}
+        cursor = info.get("endCursor")
+        if not info.get("hasNextPage") or not cursor:
+            break
+    return found
+
+
+def stored_run_files(
+    base_url: str, api_key: str, entity: str | None, project: str, run_id: str, names: list[str]
+) -> set[str]:
+    """Those of `names` (paths in the run's files: `media/...`) the server holds for the run. A file
+    listed with no bytes (its upload was refused after the server made its record) is not held."""
+    found: set[str] = set()
+    cursor = None
+    for _ in range(MAX_FILE_PAGES):
+        variables = {"project": project, "entity": entity, "name": run_id, "cursor": cursor}
+        body = {"query": _FILES_QUERY, "variables": {**variables, "fileNames": names}}
+        data = _graphql(base_url, api_key, body, f"the files of run {run_id}")
+        page = ((data.get("project") or {}).get("run") or {}).get("files") or {}
+        for edge in page.get("edges") or []:
+            node = edge.get("node") or {}
+            if isinstance(node.get("name"), str) and node.get("sizeBytes") != 0:
+                found.add(node["name"])
         info = page.get("pageInfo") or {}
         cursor = info.get("endCursor")
         if not info.get("hasNextPage") or not cursor:

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any, TextIO
 
 import orjson
+from veeksha.shared.redact import redact_url
 from veeksha.uploader.groups import CAPSEARCH_SUMMARY, SWEEP_SUMMARY
 from veeksha.uploader.run_files import shown
 from veeksha.uploader.worker import DRY_RUN, FAILED, SKIPPED, UPLOADED, Outcome
@@ -26,9 +27,10 @@ def display_path(path: str) -> str:
 
 
 def _printable(value: Any) -> Any:
-    """A result with every text escaped: a name that is not UTF-8 must not break a line or the JSON."""
+    """A result with every text escaped: a name that is not UTF-8 must not break a line or the JSON.
+    A URL is shown without its user-info (a proxy's password in the W&B server's URL)."""
     if isinstance(value, str):
-        return shown(value)
+        return shown(redact_url(value))
     if isinstance(value, list):
         return [_printable(v) for v in value]
     return value

@@ -54,10 +54,13 @@ class Uploaded:
     entity: str | None
     sync_dir: str | None = None  # offline run folder, relative to the directory
     notes: list[str] = field(default_factory=list)
+    media: list[str] = field(default_factory=list)  # the run files logged (tables, plots, images): media/...
 
 
 def wandb_run_id(kind: str, identity: str, project: str, entity: str | None) -> str:
-    """Deterministic W&B run id: every re-upload of the same run targets the same W&B run."""
+    """Deterministic W&B run id: every re-upload of the same run targets the same W&B run. New ids
+    are derived without an entity (None); uploads before 2026-12 derived theirs with the entity they
+    named, and a directory that recorded one keeps it (worker._run_id)."""
     key = f"veeksha|{kind}|{entity or ''}|{project}|{identity}"
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
@@ -228,7 +231,18 @@ def uploaded_of(run: Any, root: Path) -> Uploaded:
     """Where the open run lives: its URL online, its folder (relative to the directory) always."""
     online = run.settings.mode == "online"
     sync_dir = Path(run.settings.sync_dir).relative_to(root).as_posix() if run.settings.sync_dir else None
-    return Uploaded(url=run.url if online else None, entity=run.entity or None, sync_dir=sync_dir)
+    uploaded = Uploaded(url=run.url if online else None, entity=run.entity or None, sync_dir=sync_dir)
+    uploaded.media = logged_media(Path(run.settings.files_dir))
+    return uploaded
+
+
+def logged_media(files_dir: Path) -> list[str]:
+    """The media files this run's session wrote (the SDK writes each one here as it is logged, then
+    uploads it): their names in the run's files on the server."""
+    media = files_dir / "media"
+    if not media.is_dir():
+        return []
+    return sorted(p.relative_to(files_dir).as_posix() for p in media.rglob("*") if p.is_file())
 
 
 def finish_offline(root: Path, sync_dir: str) -> list[str]:

@@ -40,6 +40,7 @@ from veeksha.uploader.remote import (
     committed_artifact_types,
     committed_artifacts,
     lookup_run,
+    stored_run_files,
 )
 from veeksha.uploader.run_files import check_directory, is_own_file
 from veeksha.uploader.settings import UploadSettings
@@ -48,6 +49,8 @@ from veeksha.uploader.wandb_session import RunSpec, Uploaded, wandb_run_id
 UPLOADED, SKIPPED, FAILED, DRY_RUN = "uploaded", "skipped", "failed", "would upload"
 CREATE, REWIND, RESUME = "create", "rewind", "resume"  # RESUME: ours, on the server, no history yet
 PUBLISH_HINT = "veeksha-upload --sync"
+# How a failed upload says it lost the race to create its W&B run (lost_race): the run is another's.
+LOST_RACE = "another upload created this W&B run meanwhile"
 # After an online upload: how often the server is asked again for what it is missing, and how far apart.
 CHECK_RETRIES = 2
 CHECK_PAUSE_S = 2.0
@@ -105,6 +108,7 @@ class Plan:
     files: list[str]
     digest: str
     veeksha_run_id: str | None = None
+    default_entity: str | None = None  # the API key's default entity, when known (recorded in the marker)
 
     @property
     def artifact_type(self) -> str:
@@ -135,26 +139,51 @@ def make_plan(
     files: list[str],
     default_entity: str | None = None,
 ) -> Plan:
-    # The entity the run lands in: naming the API key's own entity is the same as naming none. A run
-    # already recorded under the entity as named (an offline upload, which cannot know the default,
-    # or an older upload) keeps its id.
     id_kind = "run" if kind in (groups.RUN, groups.SWEEP_RUN, groups.CAPSEARCH_ATTEMPT) else kind
-    run_id = wandb_run_id(id_kind, ident, s.project, None if s.entity == default_entity else s.entity)
-    as_named = wandb_run_id(id_kind, ident, s.project, s.entity)
-    if as_named != run_id and as_named in _recorded_run_ids(root):
-        run_id = as_named
+    # Offline, after a failed probe and in a dry run the key's default entity is unknown: the
+    # directory's marker may still know it.
+    default_entity = default_entity or recorded_default_entity(root)
+    run_id = _run_id(root, id_kind, ident, s.project, s.entity or default_entity)
     tags = _dedupe([*s.tags, *tags])
     # The run's own group and tags come last: they include what its container adds (e.g. `best`),
     # so a changed tag set is a change; the settings' bare group/tags must not overwrite them.
     identity = {
         **s.identity(),
+        # Naming the key's default entity is naming none: the same run, "unchanged" either way.
+        "entity": None if s.entity == default_entity else s.entity,
         "kind": kind,
         "run_id": run_id,
         "name": name,
         "group": group,
         "tags": list(tags),
     }
-    return Plan(run_id, name, group, tags, kind, files, compute_digest(root, files, identity))
+    digest = compute_digest(root, files, identity)
+    return Plan(run_id, name, group, tags, kind, files, digest, default_entity=default_entity)
+
+
+def _run_id(root: Path, kind: str, ident: str, project: str, entity: str | None) -> str:
+    """The W&B run id, from the run's identity and project only: were the entity part of it, the id
+    would depend on whether the API key's default entity is known (naming it or naming none), and a
+    re-upload made without that knowledge would create a second run. Uploads before 2026-12 hashed
+    the entity they named in (`entity`: as named, else the default): such an id recorded in the
+    directory (marker, pending file) is kept, so those directories still target their run."""
+    older = wandb_run_id(kind, ident, project, entity) if entity else None
+    if older is not None and older in _recorded_run_ids(root):
+        return older
+    return wandb_run_id(kind, ident, project, None)
+
+
+def recorded_default_entity(root: Path) -> str | None:
+    """The API key's default entity as the directory's marker recorded it, if it did."""
+    marker = read_marker(root)
+    if marker is None:
+        return None
+    if marker.default_entity:
+        return marker.default_entity
+    # An older online marker: a run uploaded without naming an entity went to the default one.
+    if marker.mode == "online" and marker.settings is not None and marker.settings.get("entity") is None:
+        return marker.entity
+    return None
 
 
 def _recorded_run_ids(root: Path) -> set[str]:
@@ -223,7 +252,13 @@ def choose_start(task: Task, plan: Plan) -> str | Outcome:
         ws.clear_run_folders(root, plan.run_id)  # syncing them again would append a second copy
         url = offline_url(s, previous.entity or task.default_entity, plan.run_id)
         marker = replace(
-            previous, mode="online", url=url, base_url=s.base_url, sync_dir=None, sync_command=None
+            previous,
+            mode="online",
+            url=url,
+            base_url=s.base_url,
+            sync_dir=None,
+            sync_command=None,
+            default_entity=plan.default_entity,
         )
         write_marker(root, marker)
         detail = "already on W&B (its offline run was published); recorded as uploaded"
@@ -278,7 +313,8 @@ def complete(task: Task, plan: Plan, uploaded: Uploaded, steps: int | None = Non
     # A run id that may be on W&B already: `wandb sync` would append a second copy of its history.
     raw_sync = s.mode == "offline" and not task.online_attempted
     sync_cmd = ws.sync_command(root) if raw_sync else None
-    url = uploaded.url or offline_url(s, uploaded.entity, plan.run_id)
+    # Without a proxy's password in the server's URL: the outcome reaches the console (--json too).
+    url = redact_url(uploaded.url) if uploaded.url else offline_url(s, uploaded.entity, plan.run_id)
     marker = Marker(
         run_id=plan.run_id,
         url=url,
@@ -299,11 +335,12 @@ def complete(task: Task, plan: Plan, uploaded: Uploaded, steps: int | None = Non
         online_attempted=task.online_attempted and s.mode == "offline",
         history_rows=steps if s.mode == "offline" else None,
         directory=dir_identity(root),
+        default_entity=plan.default_entity,
     )
     write_marker(root, marker)
     (root / UPLOAD_PENDING).unlink(missing_ok=True)
     if s.mode == "online":
-        detail = f"View run at {redact_url(url) if url else url}"
+        detail = f"View run at {url}"
     elif sync_cmd is None:
         why = "not wandb sync: this W&B run may exist, it would append a second copy"
         detail = f"offline run in {uploaded.sync_dir}; publish with: {PUBLISH_HINT} {root} ({why})"
@@ -349,32 +386,47 @@ def _session(job: Job, start: str) -> tuple[Uploaded, int]:
             uploaded = ws.uploaded_of(run, root)
             steps = run.step  # rows logged, anchor included (a rewind keeps the one at step 0)
     except ws.AlreadyExists:
-        if start == CREATE:  # not ours: the next attempt must not take it for an interrupted upload of ours
-            (root / UPLOAD_PENDING).unlink(missing_ok=True)
-        raise UploadError("another upload created this W&B run meanwhile; run veeksha-upload again") from None
+        raise lost_race(root, start) from None
     if s.mode == "online":
         entity = uploaded.entity or s.entity or job.task.default_entity
-        check_on_server(job.task, plan, entity, steps, artifact.digest if artifact is not None else None)
+        digest = artifact.digest if artifact is not None else None
+        check_on_server(job.task, plan, entity, Expected(steps, digest, uploaded.media))
     if uploaded.sync_dir and s.mode == "offline":
         uploaded.notes = ws.finish_offline(root, uploaded.sync_dir)
     return uploaded, steps
 
 
-def check_on_server(
-    task: Task, plan: Plan, entity: str | None, steps: int, artifact_digest: str | None
-) -> None:
-    """The server has what `finish()` returned after: `steps` history rows and, when one was
-    logged, this upload's artifact (by its digest: an earlier version of the run's artifact is
-    committed too). The SDK gives up on a 4xx (a refused artifact file, a file_stream error), says so
-    in a warning and still finishes normally: such an upload is a failure (the pending file stays,
-    so the next attempt rewinds the run), never "uploaded". Asked again a few times before it fails:
-    a server may count what it received a moment later."""
-    missing = _missing_on_server(task, plan, entity, steps, artifact_digest)
+def lost_race(root: Path, start: str) -> UploadError:
+    """`init` met the run another upload created after our look-up (plain or --follow): not ours. The
+    pending file goes, or the next attempt took the run for an interrupted upload of ours and
+    rewound the winner's run."""
+    if start == CREATE:
+        (root / UPLOAD_PENDING).unlink(missing_ok=True)
+    return UploadError(f"{LOST_RACE}; run veeksha-upload again")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a finished online upload sent, to be found on the server."""
+
+    steps: int  # history rows, the anchor included
+    artifact_digest: str | None  # this upload's artifact, when one was logged
+    media: list[str] = field(default_factory=list)  # run files (tables, plots, images), as uploaded_of
+
+
+def check_on_server(task: Task, plan: Plan, entity: str | None, expected: Expected) -> None:
+    """The server has what `finish()` returned after: the history rows, this upload's artifact (by
+    its digest: an earlier version of the run's artifact is committed too) and the run's media files.
+    The SDK gives up on a 4xx (a refused artifact or media file, a file_stream error), says so in a
+    warning and still finishes normally: such an upload is a failure (the pending file stays, so the
+    next attempt rewinds the run), never "uploaded". Asked again a few times before it fails: a
+    server may count what it received a moment later."""
+    missing = _missing_on_server(task, plan, entity, expected)
     for _ in range(CHECK_RETRIES):
         if not missing:
             return
         time.sleep(CHECK_PAUSE_S)
-        missing = _missing_on_server(task, plan, entity, steps, artifact_digest)
+        missing = _missing_on_server(task, plan, entity, expected)
     if missing:
         raise UploadError(
             f"W&B does not have {' and '.join(missing)}: the SDK gave up on part of the upload "
@@ -382,20 +434,23 @@ def check_on_server(
         )
 
 
-def _missing_on_server(
-    task: Task, plan: Plan, entity: str | None, steps: int, artifact_digest: str | None
-) -> list[str]:
+def _missing_on_server(task: Task, plan: Plan, entity: str | None, expected: Expected) -> list[str]:
     s = task.settings
     assert s is not None
     key = s.api_key or ""
     try:
         remote = lookup_run(s.base_url, key, entity, s.project, plan.run_id)
         lines = remote.history_lines if remote is not None else 0
-        missing = [f"history ({lines} of {steps} rows)"] if lines < steps else []
-        if artifact_digest is not None:
+        missing = [f"history ({lines} of {expected.steps} rows)"] if lines < expected.steps else []
+        if expected.artifact_digest is not None:
             committed = committed_artifacts(s.base_url, key, entity, s.project, plan.run_id)
-            if (plan.artifact_type, artifact_digest) not in committed:
+            if (plan.artifact_type, expected.artifact_digest) not in committed:
                 missing.append(f"the {plan.artifact_type} artifact's files")
+        if expected.media:
+            stored = stored_run_files(s.base_url, key, entity, s.project, plan.run_id, expected.media)
+            if absent := [name for name in expected.media if name not in stored]:
+                total = len(expected.media)
+                missing.append(f"{len(absent)} of the run's {total} media files (tables, plots, images)")
     except RemoteError as e:
         raise UploadError(f"could not confirm the upload: {e}") from None
     return missing
@@ -414,10 +469,11 @@ def upload_job(job: Job) -> Outcome:
 
 
 def offline_url(s: UploadSettings, entity: str | None, run_id: str) -> str | None:
-    """Where an offline run will be once synced (known only when the entity is)."""
+    """Where an offline run will be once synced (known only when the entity is); shown without a
+    proxy's password in the server's URL."""
     if not entity:
         return None
-    app = s.base_url.replace("://api.", "://", 1)
+    app = redact_url(s.base_url).replace("://api.", "://", 1)
     return f"{app}/{entity}/{s.project}/runs/{run_id}"
 
 

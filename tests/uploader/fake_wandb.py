@@ -8,8 +8,10 @@ tests can assert on it. Only what the SDK (0.31, Go `wandb-core`) needs is answe
 - PUT /storage/<token>: uploads to the URLs handed out by CreateRunFiles / CreateArtifactFiles /
   CreateArtifactManifest (GET returns the stored bytes).
 
-`fail(kind, scope)` makes requests answer HTTP 500 or hang until `heal()` / `close()`; the `Viewer`
-query always answers, so a reachability probe passes while the rest is broken.
+`fail(kind, scope)` makes requests answer HTTP 500 (or a 4xx the SDK does not retry) or hang until
+`heal()` / `close()`; scopes: everything, artifact requests, the file stream, or the run's own files
+(tables, plots, images: their PUTs). The `Viewer` query always answers, so a reachability probe passes
+while the rest is broken.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ def _decode_config(raw: Any) -> dict[str, Any]:
 
 
 ARTIFACT_PAGE = 100  # output artifacts per page, as W&B's `first: 100`
+FILES_PAGE = 100  # run files per page, as the uploader's `first: 100`
 
 
 class FakeWandb:
@@ -482,6 +485,19 @@ class FakeWandb:
         more = start + len(page) < len(run.artifacts)
         info = {"hasNextPage": more, "endCursor": str(start + len(page))}
         return {"project": {"run": {"outputArtifacts": {"edges": edges, "pageInfo": info}}}}
+
+    def _op_RunFiles(self, v: dict[str, Any], q: str) -> dict[str, Any]:
+        """The run's files of the given names (the public API's `run.files(names)`): only those whose
+        bytes reached storage, with their size."""
+        run = self._find_run(v.get("entity") or self.entity, v.get("project"), v["name"])
+        if run is None:
+            return {"project": {"run": None}}
+        names = [n for n in v.get("fileNames") or run.files if n in run.files]
+        start = int(v.get("cursor") or 0)
+        page = names[start : start + FILES_PAGE]
+        edges = [{"node": {"name": n, "sizeBytes": len(run.files[n])}} for n in page]
+        info = {"hasNextPage": start + len(page) < len(names), "endCursor": str(start + len(page))}
+        return {"project": {"run": {"files": {"edges": edges, "pageInfo": info}}}}
 
     def _op_StopRun(self, v: dict[str, Any], q: str) -> dict[str, Any]:
         return {"stopRun": {"success": True}}

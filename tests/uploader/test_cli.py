@@ -103,3 +103,20 @@ def test_a_bad_server_url_is_refused_without_showing_its_credentials(
     (line,) = result.stderr.strip().splitlines()
     assert shown in line, line
     assert KEY not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "flag", ["--project", "--entity", "--group", "--tag", "--notes", "--run-name", "--api-key", "--base-url"]
+)
+def test_an_empty_flag_is_a_usage_error_not_a_setting_cleared(tmp_path: Path, home: Home, flag: str) -> None:
+    """`--project "$UNSET"` took the default project over WANDB_PROJECT and the config's, `--api-key ""`
+    hid WANDB_API_KEY, `--group ""` cleared the config's group. The environment takes "" as unset and
+    the runner refuses an empty flag: so does the uploader, before anything is written."""
+    root = build_run(tmp_path, RunSpec(seconds=2, wandb={"project": "cfg-project", "group": "cfg-group"}))
+    env = {"WANDB_API_KEY": "k" * 40, "WANDB_PROJECT": "env-project", "WANDB_MODE": "offline"}
+    for args in ([flag, ""], [f"{flag}="]):
+        result = upload([str(root), *args], home, cwd=tmp_path, env=env)
+        assert result.returncode == 2, result.stdout + result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"veeksha-upload: {flag} is empty; give a value or leave the flag out"), line
+        assert result.stdout == "" and not (root / "wandb").exists()

@@ -416,6 +416,40 @@ def test_a_followed_run_whose_artifact_the_sdk_gave_up_on_fails(
     assert (live.root / UPLOAD_PENDING).exists() and not (live.root / "wandb_run.json").exists()
 
 
+def test_the_follower_losing_the_race_to_create_its_run_leaves_it_to_the_winner(
+    live: LiveRun, home: Home, fake_wandb: FakeWandb
+) -> None:
+    """As a plain upload (test_review_fixes): the run another upload created between our look-up and
+    our `init` is not ours. The follower's pending file named it, so the next plain upload took it for
+    an interrupted upload of ours and rewound the winner's run."""
+    env = online_env(fake_wandb)
+    winner = upload([str(live.full.root), "--mode", "online"], home, live.full.root.parent, env)
+    assert winner.returncode == 0, winner.stdout + winner.stderr
+    run_id = read_marker_json(live.full.root)["run_id"]
+    digest = fake_wandb.run(run_id).config["veeksha_upload_digest"]
+    real = fake_wandb._op_RunResumeStatus
+    calls: list[str] = []
+
+    def created_meanwhile(v: dict, q: str) -> dict:  # our look-up sees no run; the SDK's init sees it
+        calls.append(v["name"])
+        answer = real(v, q)
+        if len(calls) == 1:
+            answer["model"]["bucket"] = None
+        return answer
+
+    fake_wandb._op_RunResumeStatus = created_meanwhile  # type: ignore[method-assign]
+    with following(live.root, home, env, "--mode", "online") as follower:
+        out, err = follower.communicate(timeout=90)
+    assert follower.returncode == 1 and "created this W&B run meanwhile" in out, out + err
+    assert not (live.root / UPLOAD_PENDING).exists()
+
+    live.finish()
+    again = upload([str(live.root), "--mode", "online"], home, live.root.parent, env)
+    assert "uploaded from elsewhere" in again.stdout, again.stdout + again.stderr
+    run = fake_wandb.run(run_id)
+    assert run.rewinds == 0 and run.config["veeksha_upload_digest"] == digest and fake_wandb.created == 1
+
+
 def test_a_followed_run_that_ended_without_metrics_ends_its_follower_at_once(
     live: LiveRun, home: Home, fake_wandb: FakeWandb
 ) -> None:

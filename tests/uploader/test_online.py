@@ -45,11 +45,22 @@ def silent_port() -> Iterator[int]:
         yield s.getsockname()[1]
 
 
+# What a server that is not W&B (a wrong base URL, a proxy's page) may answer 200 with, by path.
+NOT_W_AND_B = {
+    "/list/graphql": [],
+    "/viewer-text/graphql": {"data": {"viewer": "x"}},
+    "/data-list/graphql": {"data": []},
+}
+
+
 class _Reject(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
         if self.path == "/anon/graphql":
             body = json.dumps({"data": {"viewer": None}}).encode()
+            self.send_response(200)
+        elif self.path in NOT_W_AND_B:
+            body = json.dumps(NOT_W_AND_B[self.path]).encode()
             self.send_response(200)
         else:
             body = b'{"errors": [{"message": "unauthorized"}]}'
@@ -124,6 +135,18 @@ def test_rejected_key_and_missing_key_are_one_clear_line(
     no_key = upload([str(run_dir), "--base-url", rejecting_server], home, cwd=run_dir)
     assert no_key.returncode == 1
     assert "no W&B API key" in no_key.stderr and "WANDB_API_KEY" in no_key.stderr
+    assert_nothing_written(run_dir)
+
+
+@pytest.mark.parametrize("path", sorted(NOT_W_AND_B))
+def test_a_server_answering_json_that_is_not_w_and_bs_is_one_clear_line(
+    run_dir: Path, home: Home, rejecting_server: str, path: str
+) -> None:
+    base_url = rejecting_server + path.removesuffix("/graphql")
+    result = upload([str(run_dir)], home, cwd=run_dir, env={"WANDB_BASE_URL": base_url, "WANDB_API_KEY": KEY})
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"W&B at {base_url} sent an answer that is not W&B's" in line and "Traceback" not in line
     assert_nothing_written(run_dir)
 
 

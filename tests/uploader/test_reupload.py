@@ -256,13 +256,15 @@ def test_fallback_offline_says_only_what_happened_to_a_corrupt_directory(
 
 
 @pytest.mark.parametrize(
-    ("scope", "code", "what"), [("artifacts", "403", "artifact"), ("file_stream", "400", "history")]
+    ("scope", "code", "what"),
+    [("artifacts", "403", "artifact"), ("file_stream", "400", "history"), ("files", "403", "media files")],
 )
 def test_a_part_the_sdk_gave_up_on_fails_the_upload_and_the_retry_completes_it(
     run_dir: Path, home: Home, fake_wandb: FakeWandb, scope: str, code: str, what: str
 ) -> None:
-    # The SDK gives up on a 4xx (object storage refusing artifact files, file_stream refusing rows),
-    # warns, and finishes normally: this was reported "uploaded" and then skipped as unchanged.
+    # The SDK gives up on a 4xx (object storage refusing artifact files or the run's tables, plots and
+    # images, file_stream refusing rows), warns, and finishes normally: this was reported "uploaded"
+    # and then skipped as unchanged.
     fake_wandb.fail(code, scope)
     first = online(run_dir, home, fake_wandb, "--deadline", "120")
     assert first.returncode == 1 and lines_for(first.stdout, "failed"), first.stdout + first.stderr
@@ -276,6 +278,8 @@ def test_a_part_the_sdk_gave_up_on_fails_the_upload_and_the_retry_completes_it(
     assert len(timeseries_rows(run)) == 4
     (artifact,) = [a for a in run.artifacts if a.type == "veeksha-run"][-1:]
     assert artifact.state == "COMMITTED" and not artifact.missing()
+    media = [name for name in run.files if name.startswith("media/")]
+    assert [n for n in media if n.startswith("media/images/plots/")] and [n for n in media if ".table." in n]
 
 
 def test_the_committed_artifact_is_found_beyond_the_first_page(fake_wandb: FakeWandb) -> None:

@@ -3,6 +3,7 @@ directories and the default entity (real processes, the real SDK, the loopback f
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 from pathlib import Path
@@ -132,9 +133,12 @@ def test_naming_the_default_entity_targets_the_same_run(
     assert fake_wandb.created == 1
 
 
+@pytest.mark.parametrize("args", [(), ("--fallback-offline",)], ids=["plain", "fallback-offline"])
 def test_the_loser_of_two_uploads_creating_one_run_leaves_it_to_the_winner(
-    tmp_path: Path, home: Home, fake_wandb: FakeWandb
+    tmp_path: Path, home: Home, fake_wandb: FakeWandb, args: tuple[str, ...]
 ) -> None:
+    """With --fallback-offline too: an offline copy of the winner's run id, written by the loser, made
+    the next online upload take that run for its own and rewind it."""
     run_dir = build_run(tmp_path / "a", RunSpec(seed=36, seconds=3))
     assert online(run_dir, home, fake_wandb).returncode == 0
     run_id = read_marker_json(run_dir)["run_id"]
@@ -156,12 +160,14 @@ def test_the_loser_of_two_uploads_creating_one_run_leaves_it_to_the_winner(
         return answer
 
     fake_wandb._op_RunResumeStatus = created_meanwhile  # type: ignore[method-assign]
-    lost = online(copy, home, fake_wandb)
+    lost = online(copy, home, fake_wandb, *args)
     assert lost.returncode == 1 and "created this W&B run meanwhile" in lost.stdout, lost.stdout + lost.stderr
-    assert not (copy / UPLOAD_PENDING).exists()
+    assert "offline run" not in lost.stdout, lost.stdout
+    assert not (copy / UPLOAD_PENDING).exists() and not (copy / "wandb_run.json").exists()
     again = online(copy, home, fake_wandb)
     assert "uploaded from elsewhere" in again.stdout, again.stdout + again.stderr
     assert fake_wandb.run(run_id).config["veeksha_upload_digest"] == digest
+    assert fake_wandb.run(run_id).rewinds == 0
 
 
 def test_an_offline_upload_naming_the_default_entity_is_published_onto_its_own_run(
@@ -194,3 +200,8 @@ def test_a_password_in_the_w_and_b_url_reaches_no_console_line_and_no_marker(
     assert marker["mode"] == "online" and "AFAF1111" not in str(marker)
     again = upload([str(run_dir)], home, cwd=tmp_path, env=env)  # the marker still matches its server
     assert "unchanged" in again.stdout, again.stdout
+    as_json = upload([str(run_dir), "--force", "--json"], home, cwd=tmp_path, env=env)
+    assert as_json.returncode == 0, as_json.stdout + as_json.stderr
+    [result] = json.loads(as_json.stdout)["results"]
+    assert result["status"] == "uploaded" and result["url"].endswith(f"/runs/{marker['run_id']}")
+    assert "AFAF1111" not in as_json.stdout + as_json.stderr
