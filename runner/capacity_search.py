@@ -28,6 +28,9 @@ What the spec leaves open, decided here (docs/capacity-search.md says it for use
   no session hung the attempt): start_value below it is refused, and bisection stops at it. The
   benchmark config's own target_concurrent_sessions is not checked against the drivers: every
   attempt replaces it.
+- A rate search never probes below the smallest rate a config takes (search_floor: 2e-06 at
+  precision 6), nor a concurrency search above the largest concurrency: every attempt's config.yml
+  reads back.
 - Refused too, before anything is made: a seed whose last attempt's seed + i does not fit in 64 bits
   (its config.yml could not be read back), and a benchmark_config.output_dir (never used: attempts
   go under the search's own directory, the top-level output_dir).
@@ -73,6 +76,7 @@ from veeksha.shared.config import (
     CapacitySearchConfig,
     FixedIntervals,
     RateTraffic,
+    search_floor,
 )
 from veeksha.shared.config_loader import (
     NO_FALLBACKS,
@@ -129,15 +133,18 @@ def with_value(cfg: BenchmarkConfig, value: float) -> BenchmarkConfig:
 
 def rounder(search: CapacitySearchConfig, integer: bool) -> Callable[[float], float]:
     """Values on the search's grid (integers, or `precision` decimals), never above max_value:
-    rounding 10.006 to 10.01 would probe a load the search was told not to. Concurrency never goes
-    below min_sessions (bisection would otherwise try 1 session on 2 drivers)."""
+    rounding 10.006 to 10.01 would probe a load the search was told not to. Never below the grid's
+    floor either: concurrency not below min_sessions (bisection would otherwise try 1 session on 2
+    drivers), a rate not below the smallest a config takes (search_floor: halving toward 0 at
+    precision 6 reached 1e-06, and that attempt's config.yml could not be read back)."""
     scale = 1 if integer else 10**search.precision
     # The grid's last value; rounded first, as 2.3 * 100 is 229.99999999999997 in binary.
     top = max(math.floor(round(search.max_value * scale, 6)) / scale, 1 / scale)
     if integer:
         low = min_sessions(search.benchmark_config)
         return lambda v: min(max(low, round(v)), int(top))
-    return lambda v: min(round(v, search.precision), top)
+    floor = search_floor(False, search.precision)
+    return lambda v: min(max(floor, round(v, search.precision)), top)
 
 
 def min_sessions(cfg: BenchmarkConfig) -> int:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
 from veeksha.shared.records import SLO_ALIASES, SLO_METRICS
 from veeksha.shared.schema import build, spec
 from veeksha.shared.secret import Secret
+from veeksha.shared.userpath import home_problem
 
 # ---------------------------------------------------------------- limits
 
@@ -37,6 +38,19 @@ MIN_PER_SECOND = 2e-6
 def per_second(**kwargs: Any) -> Any:
     """A rate field, at least MIN_PER_SECOND."""
     return spec(ge=MIN_PER_SECOND, bound="per second: a gap under a week", **kwargs)
+
+
+# Sizes the runner allocates per unit up front, bounded so a typo is an error at load, not a run that
+# exhausts memory once it has started (`[0.0] * target`, one random stream per shared prefix).
+# Concurrent sessions: each holds a connection, and one client address has at most ~64K ports to a
+# server: a million sessions is already many client machines (Ray drivers), past any server we measure.
+MAX_CONCURRENT_SESSIONS = 1_000_000
+# Shared prefixes: each is a random stream of its own in every driver (~3 KB, 30 MB at the bound, built
+# in under a second). More distinct prefixes than this is no longer a shared prefix workload.
+MAX_PREFIX_POOL = 10_000
+# Requests of one session: a linear session's count is held to this by the runner
+# (runner/sessions/lengths.py MAX_GRAPH_COUNT); a branching session's layers x width likewise.
+MAX_SESSION_REQUESTS = 10_000
 
 
 # ---------------------------------------------------------------- length / wait generators
@@ -242,14 +256,14 @@ class RateTraffic:
     interval_generator: PoissonIntervals | GammaIntervals | FixedIntervals = spec(
         factory=PoissonIntervals, variants=INTERVAL_GENERATORS
     )
-    max_concurrent_sessions: int | None = spec(default=None, ge=1)
+    max_concurrent_sessions: int | None = spec(default=None, ge=1, le=MAX_CONCURRENT_SESSIONS)
     cancel_session_on_failure: bool = True
 
 
 @dataclass(frozen=True)
 class ConcurrentTraffic:
     type: Literal["concurrent"] = "concurrent"
-    target_concurrent_sessions: int = spec(default=1, ge=1)
+    target_concurrent_sessions: int = spec(default=1, ge=1, le=MAX_CONCURRENT_SESSIONS)
     rampup_seconds: float = seconds(default=0.0, ge=0)
     cancel_session_on_failure: bool = True
 
@@ -282,6 +296,19 @@ class BranchingGraph:
     request_wait_generator: LengthGen = gen_field(type="fixed", value=0, limit=THINK_TIME_LIMIT)
     inherit_history: bool = True
 
+    def check(self) -> str | None:
+        """Each count alone may be 10,000; a session of 10,000 layers of 10,000 requests (10**8 nodes,
+        built in memory at once) may not. A count beyond 10,000 on its own is left to the runner's
+        check, which names it (runner/sessions/lengths.py)."""
+        layers, width = self.num_layers_generator.reach(), self.layer_width_generator.reach()
+        if layers * width <= MAX_SESSION_REQUESTS or max(layers, width) > MAX_SESSION_REQUESTS:
+            return None
+        return (
+            f"sessions of up to {layers * width:,.0f} requests (num_layers_generator up to {layers:,.0f} x "
+            f"layer_width_generator up to {width:,.0f}) are not allowed; at most {MAX_SESSION_REQUESTS:,} "
+            "requests per session: use fewer or narrower layers"
+        )
+
 
 SESSION_GRAPHS: dict[str, type] = {
     "single_request": SingleRequestGraph,
@@ -298,7 +325,7 @@ class TextChannel:
     shared_prefix_probability: float = spec(default=0.0, ge=0, le=1)
     # Sessions with a shared prefix pick one of this many run-wide prefixes, uniformly (default: the
     # session generator's shared_prefix_pool_size, else 1).
-    shared_prefix_pool_size: int | None = spec(default=None, ge=1)
+    shared_prefix_pool_size: int | None = spec(default=None, ge=1, le=MAX_PREFIX_POOL)
 
 
 CHANNELS: dict[str, type] = {"text": TextChannel}
@@ -328,7 +355,9 @@ class SyntheticSessions:
     channels: list[TextChannel] = spec(factory=lambda: [TextChannel()], variants=CHANNELS)
     output_spec: OutputSpec = spec(factory=OutputSpec)
     # Where config.md puts it; a channel's own shared_prefix_pool_size wins.
-    shared_prefix_pool_size: int = spec(default=1, ge=1, doc="run-wide shared prefixes to pick from")
+    shared_prefix_pool_size: int = spec(
+        default=1, ge=1, le=MAX_PREFIX_POOL, doc="run-wide shared prefixes to pick from"
+    )
 
 
 @dataclass(frozen=True)
@@ -536,8 +565,31 @@ class WandbConfig:
 DEFAULT_SEED = 42
 
 
+def home_expanded(path: str) -> str:
+    """`path` with a leading `~` or `~user` expanded: `output_dir: ~/runs` made a directory named `~`.
+    Left as given when the user has no home here (the config's check says so, home_problem), and
+    when it starts with no `~` (Path("") would be ".": an empty one is refused as such)."""
+    if not path.startswith("~") or home_problem(path):
+        return path
+    return str(Path(path).expanduser())
+
+
+class OutputDirHome:
+    """Expands `~` in `output_dir` as the config is made, so config.yml, the run directories and every
+    reader of the config see one path; a `~user` without a home here is the config's error."""
+
+    output_dir: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output_dir", home_expanded(self.output_dir))
+
+    def output_dir_problem(self) -> str | None:
+        problem = home_problem(self.output_dir)
+        return f"output_dir: {problem}" if problem else None
+
+
 @dataclass(frozen=True)
-class BenchmarkConfig:
+class BenchmarkConfig(OutputDirHome):
     seed: int = DEFAULT_SEED
     output_dir: str = "benchmark_output"
     client: ClientConfig = spec(factory=ClientConfig)
@@ -560,9 +612,12 @@ class BenchmarkConfig:
     def slos(self) -> list[SLOConfig]:
         return [slo for ev in self.evaluators for slo in ev.slos]
 
+    def check(self) -> str | None:
+        return self.output_dir_problem()
+
 
 @dataclass(frozen=True)
-class CapacitySearchConfig:
+class CapacitySearchConfig(OutputDirHome):
     benchmark_config: BenchmarkConfig
     output_dir: str = "capacity_search_output"
     start_value: float = spec(default=5.0, gt=0)
@@ -575,6 +630,8 @@ class CapacitySearchConfig:
     )
 
     def check(self) -> str | None:
+        if problem := self.output_dir_problem():
+            return problem
         if self.start_value > self.max_value:
             return f"start_value ({self.start_value}) must be <= max_value ({self.max_value})"
         off_grid = self._off_grid()
@@ -592,17 +649,32 @@ class CapacitySearchConfig:
     def _off_grid(self) -> str | None:
         """A value below the search's grid: the search probed the grid's first value instead, above
         max_value (a concurrency of 1 for max_value 0.5, reported as the best). The grid is whole
-        numbers of sessions, or rates of `precision` decimals (runner/capacity_search.py rounder)."""
+        numbers of sessions, or rates of `precision` decimals (runner/capacity_search.py rounder),
+        from its floor (search_floor). A concurrency above what a config takes is refused too: the
+        attempts' configs are not validated again."""
         concurrent = isinstance(self.benchmark_config.traffic_scheduler, ConcurrentTraffic)
-        step = 1 if concurrent else 10.0**-self.precision
+        grid = "a concurrency search" if concurrent else f"a rate search at precision {self.precision}"
+        floor = search_floor(concurrent, self.precision)
         for key in ("max_value", "start_value"):  # max_value first: it bounds the whole search
             value = getattr(self, key)
-            if value < step:
-                grid = (
-                    "a concurrency search" if concurrent else f"a rate search at precision {self.precision}"
-                )
-                return f"{key}: {value} is not allowed; {grid} needs >= {step:g}"
+            if value < floor:
+                return f"{key}: {value} is not allowed; {grid} needs >= {floor:g}"
+        if concurrent and self.max_value > MAX_CONCURRENT_SESSIONS:
+            return (
+                f"max_value: {self.max_value} is not allowed; {grid} needs <= {MAX_CONCURRENT_SESSIONS} "
+                "(the most target_concurrent_sessions a config takes)"
+            )
         return None
+
+
+def search_floor(concurrent: bool, precision: int) -> float:
+    """The smallest load a capacity search probes: one session, or the smallest rate on its grid of
+    `precision` decimals that a config takes (MIN_PER_SECOND: at precision 6, 2e-06, not 1e-06)."""
+    if concurrent:
+        return 1
+    scale = 10.0**precision
+    # Rounded first: MIN_PER_SECOND * scale is not exact in binary, and ceil would step past it.
+    return math.ceil(round(MIN_PER_SECOND * scale, 6)) / scale
 
 
 def run_server(cfg: BenchmarkConfig) -> SimulatedServerConfig | CommandServerConfig | None:

@@ -4,9 +4,9 @@
 put on the wire: the run has a way to end, `client.api_base` (and a command server's `ready_url` and
 `api_base`) is a URL the client can use, every header can be sent, no request parameter replaces a
 field the client sets, a command server can be started with its command and environment, and every
-SLO has a name of its own. They run after the environment fallbacks, so `OPENAI_API_BASE` is checked
-too. Whether the host resolves depends on the machine,
-not the text: the runner checks that (runner/preflight.py), also before anything starts.
+SLO has a name of its own and a metric the run measures (tbc and tpot need a stream). They run after
+the environment fallbacks, so `OPENAI_API_BASE` is checked too. Whether the host resolves depends on
+the machine, not the text: the runner checks that (runner/preflight.py), also before anything starts.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def check_benchmark_config(cfg: BenchmarkConfig, prefix: str = "", api_base_sour
     if isinstance(server, CommandServerConfig):
         check_server_process(server, f"{prefix}server")
     check_evaluator_names(cfg, prefix)
+    check_streamed_slos(cfg, prefix)
 
 
 def check_stopping_condition(cfg: BenchmarkConfig, prefix: str = "") -> None:
@@ -309,6 +310,28 @@ def check_evaluator_names(cfg: BenchmarkConfig, prefix: str = "") -> None:
             )
     where = [(i, j) for i, ev in enumerate(cfg.evaluators) for j in range(len(ev.slos))]
     _check_slo_names(cfg.slos, [f"{prefix}evaluators.{i}.slos.{j}" for i, j in where])
+
+
+# SLO metrics measured between chunks: a reply that is not streamed is one chunk, with no gaps (tbc)
+# and a null tpot (docs/metrics.md), so the SLO has no samples and fails in slo_results, while every
+# request passes it for goodput.
+STREAMED_ONLY_METRICS = frozenset({"tbc", "tpot", "tpot_answer"})
+
+
+def check_streamed_slos(cfg: BenchmarkConfig, prefix: str = "") -> None:
+    """No SLO on a metric only a stream measures when the run does not stream (client.stream is one
+    setting for the whole run: no request parameter may change it, check_request_params)."""
+    if cfg.client.stream:
+        return
+    for i, evaluator in enumerate(cfg.evaluators):
+        for j, slo in enumerate(evaluator.slos):
+            if slo.canonical_metric in STREAMED_ONLY_METRICS:
+                raise ConfigError(
+                    f"config error at {prefix}evaluators.{i}.slos.{j}.metric: {slo.metric} is not allowed "
+                    f"with {prefix}client.stream false (a reply that is not streamed is one chunk: it has "
+                    "no gaps and no tpot, so the SLO could never be met); set "
+                    f"{prefix}client.stream: true, or remove the SLO"
+                )
 
 
 def _check_slo_names(slos: list[SLOConfig], key_paths: list[str]) -> None:

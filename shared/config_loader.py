@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig
 from veeksha.shared.config_checks import check_benchmark_config, uses_client_api_base
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.jsonio import is_utf8
-from veeksha.shared.redact import redact, redact_params
+from veeksha.shared.redact import may_hold_secret, redact, redact_params
 from veeksha.shared.schema import build, key_for_message, mark_respelled, plain, to_dict
 from veeksha.shared.secret import Secret
 
@@ -62,6 +63,24 @@ _YAML_MARKS = {
 }
 
 
+# YAML 1.1 (PyYAML) takes a float only with a dot and a signed exponent (`1.0e+3`): `1e3` and `2e-5`
+# stayed text, refused as "not a number". This is YAML 1.2's float with an exponent; 1.1's forms stay.
+_E_NOTATION = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
+
+class _Loader(yaml.SafeLoader):
+    """The loader of every config file, config.yml and flag value: SafeLoader with `1e3` a number."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """config.yml's dumper: the text '1e3' is quoted, as the loader would read it back as a number."""
+
+
+for _yaml_class in (_Loader, _Dumper):
+    _yaml_class.add_implicit_resolver(_FLOAT_TAG, _E_NOTATION, list("-+.0123456789"))
+
+
 @dataclass
 class _Reading:
     """One top-level read: the files open through !include (to refuse cycles) and what is left of
@@ -73,13 +92,13 @@ class _Reading:
     max_bytes: int | None = None  # refuse files larger than this (None: no bound)
 
 
-def _loader_for(path: Path, reading: _Reading) -> type[yaml.SafeLoader]:
+def _loader_for(path: Path, reading: _Reading) -> type[_Loader]:
     """A SafeLoader for one file of `reading`: foreign tags refused, `!expand`/`!include` resolved.
 
     A fresh class per file, because PyYAML constructors are registered on the class and these
     need to know the file (for error messages and relative includes) and the reading."""
 
-    class Loader(yaml.SafeLoader):
+    class Loader(_Loader):
         def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
             event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
             _refuse_foreign_tag(event, path, reading)
@@ -87,18 +106,19 @@ def _loader_for(path: Path, reading: _Reading) -> type[yaml.SafeLoader]:
             return super().compose_node(parent, index)
 
     # The constructors are module functions; partial binds what they need to know of this file.
-    Loader.add_constructor("tag:yaml.org,2002:int", functools.partial(_construct_int, path))
+    Loader.add_constructor(_INT_TAG, functools.partial(_construct_int, path))
     if reading.tags:  # plain data knows no custom tag at all (_refuse_foreign_tag refuses them anyway)
-        # A config's numbers keep whether they read back as written: a text field takes `8000`, not `0123`.
-        Loader.add_constructor(
-            "tag:yaml.org,2002:int", functools.partial(_construct_marked, _construct_int, path)
-        )
-        Loader.add_constructor(
-            "tag:yaml.org,2002:float", functools.partial(_construct_marked, _construct_float, path)
-        )
+        _mark_numbers(Loader, path)
         Loader.add_constructor("!expand", functools.partial(_construct_expand, path))
         Loader.add_constructor("!include", functools.partial(_construct_include, path, reading))
     return Loader
+
+
+def _mark_numbers(loader: type[_Loader], where: Path | str) -> None:
+    """A config's numbers keep whether they read back as written: a text field takes `8000`, not
+    `0123`, and a number field refuses `0042` (octal in YAML 1.1: 34)."""
+    loader.add_constructor(_INT_TAG, functools.partial(_construct_marked, _construct_int, where))
+    loader.add_constructor(_FLOAT_TAG, functools.partial(_construct_marked, _construct_float, where))
 
 
 def _refuse_foreign_tag(event: Any, path: Path, reading: _Reading) -> None:
@@ -126,14 +146,14 @@ def _tag_for_message(tag: str) -> str | None:
     return None
 
 
-def _refuse_empty_anchor(event: Any, path: Path) -> None:
+def _refuse_empty_anchor(event: Any, path: Path | str) -> None:
     """`api_key: &sk-...` is an anchor on nothing: the key was silently null (and the env fallback
     used). An anchor on an empty plain value has no other use, so it is refused."""
     if isinstance(event, yaml.ScalarEvent) and event.anchor and event.style is None and not event.value:
         raise _marked_value_error(path, event.start_mark, "&", "an anchor needs a value after it")
 
 
-def _marked_value_error(path: Path, mark: Any, sign: str, allowed: str) -> ConfigError:
+def _marked_value_error(path: Path | str, mark: Any, sign: str, allowed: str) -> ConfigError:
     """An unquoted value starting with `sign` that YAML read as a tag, alias or anchor: where it is
     and how to quote it, never its text (an unquoted key or token can start with any character)."""
     return ConfigError(
@@ -176,7 +196,7 @@ def _construct_include(path: Path, reading: _Reading, loader: yaml.SafeLoader, n
     return value
 
 
-def _construct_int(path: Path, loader: yaml.SafeLoader, node: yaml.Node) -> int:
+def _construct_int(path: Path | str, loader: yaml.SafeLoader, node: yaml.Node) -> int:
     assert isinstance(node, yaml.ScalarNode)  # the constructor of the int tag, a scalar tag
     try:
         return yaml.SafeLoader.construct_yaml_int(loader, node)
@@ -187,13 +207,13 @@ def _construct_int(path: Path, loader: yaml.SafeLoader, node: yaml.Node) -> int:
         ) from None
 
 
-def _construct_float(path: Path, loader: yaml.SafeLoader, node: yaml.Node) -> float:
+def _construct_float(path: Path | str, loader: yaml.SafeLoader, node: yaml.Node) -> float:
     return yaml.SafeLoader.construct_yaml_float(loader, node)  # type: ignore[arg-type]  # a ScalarNode
 
 
 def _construct_marked(
-    construct: Callable[[Path, yaml.SafeLoader, yaml.Node], Any],
-    path: Path,
+    construct: Callable[[Path | str, yaml.SafeLoader, yaml.Node], Any],
+    path: Path | str,
     loader: yaml.SafeLoader,
     node: yaml.Node,
 ) -> Any:
@@ -377,13 +397,78 @@ def empty_override(flag: str) -> str:
     return f"{flag} is empty; give a value, `null` to unset the key, or leave the flag out"
 
 
-def parse_override_value(text: str) -> Any:
-    """`--a.b 5` → 5, `true` → True, `[1, 2]` → list, anything else stays a string."""
+# How a flag unsets a key on purpose: YAML's null, written out.
+NULL_SPELLINGS = frozenset({"null", "Null", "NULL", "~"})
+
+
+def parse_override_value(text: str, flag: str = "") -> Any:
+    """`--a.b 5` → 5, `true` → True, `[1, 2]` → list, anything else stays a string.
+
+    A command line has no YAML comments: a single value YAML would cut at ` #` (`PR #12`, an API key
+    `#tok`) is the text as typed. A value YAML reads as null (`&tok`, only spaces) is refused unless
+    written as null (NULL_SPELLINGS): it silently unset the key, and client.api_key fell back to
+    OPENAI_API_KEY. `flag` is the dotted key, for the error."""
+    reader = _FlagReader(text, flag)
     try:
-        value = yaml.safe_load(text)
+        value = reader.get_single_data()
     except yaml.YAMLError:
         return text
-    return mark_respelled(value, text)  # `--client.api_key 0123` is not the text '83'
+    finally:
+        reader.dispose()
+    if reader.dropped_comment and not isinstance(value, dict | list):
+        return text  # a section given whole (`"$(cat server.yml)"`) is YAML, comments and all
+    if value is None and text.strip() not in NULL_SPELLINGS:
+        raise _null_flag_error(flag, text)
+    return value
+
+
+class _FlagReader(_Loader):
+    """Reads one flag's value: numbers marked as a file's are, an anchor on nothing inside a mapping
+    refused, and whether YAML dropped a comment noted (`dropped_comment`)."""
+
+    def __init__(self, text: str, flag: str) -> None:
+        super().__init__(text)
+        self.where, self.dropped_comment = _flag_name(flag), False
+
+    def scan_to_next_token(self) -> None:
+        start = self.pointer
+        super().scan_to_next_token()
+        # This skips only spaces, line breaks and comments: a `#` among them began a comment.
+        self.dropped_comment |= "#" in self.buffer[start : self.pointer]
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if parent is not None:  # the whole value on nothing is null, refused with a flag's hint
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
+            _refuse_empty_anchor(event, self.where)
+        return super().compose_node(parent, index)
+
+
+def _construct_flag_number(
+    construct: Callable[[Path | str, yaml.SafeLoader, yaml.Node], Any],
+    loader: yaml.SafeLoader,
+    node: yaml.Node,
+) -> Any:
+    where = loader.where if isinstance(loader, _FlagReader) else "a flag"
+    return _construct_marked(construct, where, loader, node)
+
+
+_FlagReader.add_constructor(_INT_TAG, functools.partial(_construct_flag_number, _construct_int))
+_FlagReader.add_constructor(_FLOAT_TAG, functools.partial(_construct_flag_number, _construct_float))
+
+
+def _flag_name(flag: str) -> str:
+    return f"--{flag}" if flag else "--KEY"  # (simulate-server's flags are not named)
+
+
+def _null_flag_error(flag: str, text: str) -> ConfigError:
+    where = _flag_name(flag)
+    secret = may_hold_secret(flag)
+    shown = "its value (not shown: it may hold a secret)" if secret else repr(text)
+    example = "..." if secret else text.strip() or " "
+    return ConfigError(
+        f"{where}: {shown} reads as null in YAML (as an anchor `&name` with nothing after it, or only "
+        f"spaces, do); write null to unset the key, or quote the text: {where} \"'{example}'\""
+    )
 
 
 def apply_override(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -541,7 +626,7 @@ def load_raw(path: Path | None, overrides: Sequence[tuple[str, str]] = ()) -> di
 def _with_flags(tree: dict[str, Any], overrides: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """The file's tree with the flags applied: the raw config a run is expanded and built from."""
     for dotted, text in overrides:
-        apply_override(tree, dotted, parse_override_value(text))
+        apply_override(tree, dotted, parse_override_value(text, dotted))
     _refuse_surrogates(tree)
     return tree
 
@@ -637,7 +722,7 @@ def redacted_dict(cfg: BenchmarkConfig | CapacitySearchConfig) -> dict[str, Any]
 
 
 def dump_config_yaml(cfg: BenchmarkConfig | CapacitySearchConfig) -> str:
-    return yaml.safe_dump(redacted_dict(cfg), sort_keys=False, default_flow_style=False)
+    return yaml.dump(redacted_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
 def config_sha256(cfg: BenchmarkConfig | CapacitySearchConfig) -> str:

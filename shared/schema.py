@@ -107,42 +107,60 @@ def _kind_of(value: Any, mapping: bool) -> str:
 
 
 # `{api_key:sk-x}` is the one key 'api_key:sk-x' with no value: YAML needs a space after the colon.
-# `name=value` written as a key is the same mistake. The text after the sign may be a secret.
-_JOINED_KEY = re.compile(r"[:=](?=.)", re.DOTALL)
+# `name=value` written as a key is the same mistake, and so is `{api_key sk-x}` (the colon left out):
+# the key 'api_key sk-x'. The text after the sign (or the first space) may be a secret.
+_JOINED_KEY = re.compile(r"[:=](?=.)|\s", re.DOTALL)
 # How long a key name (the part before the sign) may be to be shown; longer is not a name.
 MAX_SHOWN_NAME = 64
 
 
 def _joined_key(key: str) -> tuple[str, str] | None:
-    """(name, sign) when `key` is a name and a value joined by ':' or '=' (text follows the sign)."""
+    """(name, sign) when `key` is a name and a value joined by ':' or '=' (text follows the sign),
+    or by whitespace (the sign is that character)."""
     match = _JOINED_KEY.search(key)
     return (key[: match.start()], match.group()) if match else None
 
 
+def _shown_name(name: str) -> str:
+    return name if name.isprintable() and len(name) <= MAX_SHOWN_NAME else "…"
+
+
 def key_for_message(key: str | int) -> str:
-    """A mapping key as an error may show it: a `name:value` or `name=value` key cut after the sign."""
+    """A mapping key as an error may show it: a `name:value`, `name=value` or `name value` key cut
+    after the sign (the first space), never its rest."""
     joined = _joined_key(key) if isinstance(key, str) else None
     if joined is None:
         return str(key)
     name, sign = joined
-    shown = name if name.isprintable() and len(name) <= MAX_SHOWN_NAME else "…"
-    return f"{shown}{sign}…"
+    return f"{_shown_name(name)}{' ' if sign.isspace() else sign}…"
 
 
 def _check_key(path: str, key: Any, value: Any = None, *, plain_name: bool = True) -> None:
-    """Refuse a key that is a name and a value joined by ':' or '=' (see _JOINED_KEY), never showing
-    the value. Where a plain name is expected any such key is refused; in free-form data (a JSON
-    schema may name a property `a:b`) only one without a value, the mark of the missing space."""
+    """Refuse a key that is a name and a value joined by ':', '=' or a space (see _JOINED_KEY),
+    never showing the value. Where a plain name is expected any such key is refused; in free-form
+    data (a JSON schema may name a property `a:b`) only one without a value, the mark of the
+    missing space or colon."""
     joined = _joined_key(key) if isinstance(key, str) else None
     if joined is None or (not plain_name and value is not None):
         return
-    sign = joined[1]
+    name, sign = joined
     what = {"env": "variable name", "headers": "header name"}.get(path.rpartition(".")[2], "key")
-    fix = "put a space after the colon: name: value" if sign == ":" else "write name: value, not name=value"
+    sign_words = {":": "':'", "=": "'='", " ": "a space in it"}.get(sign, "whitespace in it")
     raise ConfigError(
-        f"config error at {path or '<root>'}: a {what} with '{sign}' is not allowed "
-        f"({key_for_message(key)}: the rest is not shown, it may be a secret); {fix}"
+        f"config error at {path or '<root>'}: a {what} with {sign_words} is not allowed "
+        f"({key_for_message(key)}: the rest is not shown, it may be a secret); "
+        f"{_key_fix(sign, name, what, value is None)}"
     )
+
+
+def _key_fix(sign: str, name: str, what: str, no_value: bool) -> str:
+    if sign == ":":
+        return "put a space after the colon: name: value"
+    if sign == "=":
+        return "write name: value, not name=value"
+    if no_value:  # `{api_key sk-...}`: the colon left out
+        return f"did you forget the ':' after '{_shown_name(name)}'? write name: value"
+    return f"a {what} has no spaces or line breaks; remove them"
 
 
 def _join(path: str, key: str | int) -> str:
@@ -159,7 +177,7 @@ def build(cls: type[T], data: Any, path: str = "") -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in _fields_of(cls) if f.init}
     for key in data:
-        _check_key(path, key)
+        _check_key(path, key, data[key])
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -231,6 +249,8 @@ def convert(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any] | Non
         if optional or tp is Any:
             return None
         raise _fail(path, value, f"a value is required ({describe(tp, meta)})")
+    if tp not in _TEXT_TYPES:  # a text field refuses any respelled number, with its own hint
+        _check_leading_zero(value, path)
     variants = meta.get("variants")
     # On a list field the variant table describes the items; the list converter passes it down.
     if variants and get_origin(tp) is not list:
@@ -243,6 +263,18 @@ def convert(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any] | Non
     if converter is None:
         raise TypeError(f"unsupported config type {tp!r} at {path}")
     return converter(tp, value, path, meta)
+
+
+def _check_leading_zero(value: Any, path: str) -> None:
+    """Refuse `0042`, which YAML 1.1 reads as octal 34: the run would use a number nobody wrote.
+    Refused, not read as decimal: a YAML tool reading the same file would still see 34."""
+    if not isinstance(value, LeadingZeroInt):
+        return
+    raise ConfigError(
+        f"config error at {path}: {value.written} is not allowed; write {value.decimal()} without the "
+        f"leading zero (YAML 1.1 reads {value.written} as the octal number {int(value)}), or quote it "
+        "if it is text"
+    )
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
@@ -301,7 +333,7 @@ def _convert_dict(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]
     _, item = get_args(tp)
     out: dict[str, Any] = {}
     for k, v in value.items():  # a key is text too: `0123:` would have become the key '83'
-        _check_key(path, k)
+        _check_key(path, k, v)
         key = k if isinstance(k, str) else _as_written(k)
         if key is None:
             raise _not_text(_join(path, k), k, what="as a key ")
@@ -349,6 +381,30 @@ class RespelledInt(int):
     """An unquoted integer whose text is not its decimal value (0123 is 83, 0x1F, 1_000, 12:30, +5)."""
 
 
+class LeadingZeroInt(RespelledInt):
+    """An unquoted integer written with a leading zero, which YAML 1.1 reads as octal (0042 is 34).
+    Keeps its text: a number field refuses it naming what was written (README, "text is as written")."""
+
+    written: str
+
+    def __new__(cls, value: int, written: str) -> LeadingZeroInt:
+        self = super().__new__(cls, value)
+        self.written = written
+        return self
+
+    def __getnewargs__(self) -> tuple[int, str]:  # type: ignore[override]  # copy.deepcopy (a sweep)
+        return int(self), self.written
+
+    def decimal(self) -> str:
+        """What was probably meant: the digits as a decimal number (`-007` is -7)."""
+        sign = "-" if self.written.startswith("-") else ""
+        return sign + (self.written.lstrip("+-").replace("_", "").lstrip("0") or "0")
+
+
+# YAML 1.1's octal form (PyYAML's int resolver): a 0, then octal digits or underscores.
+_OCTAL = re.compile(r"[-+]?0[0-7_]+")
+
+
 class RespelledFloat(float):
     """An unquoted number whose text is not how the number is written back (1.10 is 1.1, 1e3, .5)."""
 
@@ -358,6 +414,8 @@ def mark_respelled(value: Any, text: str) -> Any:
     field may then take the number as the text it was (`--port, 8000`), never a respelled one."""
     if isinstance(value, bool):
         return value
+    if isinstance(value, int) and _OCTAL.fullmatch(text.strip()):
+        return LeadingZeroInt(value, text.strip())
     if isinstance(value, int) and str(value) != text.strip():
         return RespelledInt(value)
     if isinstance(value, float) and repr(value) != text.strip():
@@ -469,6 +527,10 @@ _BY_TYPE: dict[Any, _Converter] = {
 }
 
 
+# The types whose converters take text only (and refuse a respelled number as such).
+_TEXT_TYPES: tuple[Any, ...] = (str, Secret)
+
+
 def _check_number(value: Any, path: str, expected: str) -> None:
     """What no number field accepts: a non-number, NaN, infinity, an integer beyond 64 bits."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -495,6 +557,7 @@ def _check_plain_numbers(value: Any, path: str, depth: int = 0) -> None:
         for i, v in enumerate(value):
             _check_plain_numbers(v, _join(path, i), depth + 1)
     elif isinstance(value, int | float) and not isinstance(value, bool):
+        _check_leading_zero(value, path)
         _check_number(value, path, "a finite number")
 
 

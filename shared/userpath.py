@@ -11,11 +11,17 @@ def expand_home(path: str, where: str, error: type[UsageError] = UsageError) -> 
     """`~/x` and `~user/x` as the shell would. A user without a home here (a config or a command
     written on another machine) is one line that starts with `where` (the flag or the config key, as
     the caller's messages name it) raised as `error`, not pathlib's RuntimeError traceback."""
+    problem = home_problem(path)
+    if problem:
+        raise error(f"{where}: {problem}")
+    return Path(path).expanduser()
+
+
+def home_problem(path: str) -> str | None:
+    """Why `path` cannot be expanded (a `~user` with no home on this machine), or None."""
     try:
-        return Path(path).expanduser()
+        Path(path).expanduser()
     except RuntimeError:
         user = path[1:].split("/", 1)[0] or "the current user"
-        raise error(
-            f"{where}: {path!r} starts with ~, but {user} has no home directory on this machine; "
-            "give the full path"
-        ) from None
+        return f"{path!r} starts with ~, but {user} has no home directory on this machine; give the full path"
+    return None

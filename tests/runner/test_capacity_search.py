@@ -23,11 +23,20 @@ import pytest
 import veeksha.runner.evaluation.evaluate as evaluate_module
 import yaml
 from veeksha.runner.capacity_results import Attempt, judge
-from veeksha.runner.capacity_search import rounder, run_capacity_search, search_loop
+from veeksha.runner.capacity_search import rounder, run_capacity_search, search_loop, with_value
 from veeksha.runner.evaluation.evaluate import NO_PLOTS_ENV
-from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig, ConcurrentTraffic, RuntimeConfig
+from veeksha.shared.config import (
+    MIN_PER_SECOND,
+    BenchmarkConfig,
+    CapacitySearchConfig,
+    ConcurrentTraffic,
+    RuntimeConfig,
+)
+from veeksha.shared.config_loader import dump_config_yaml, load_written_config
+from veeksha.shared.errors import ConfigError
 from veeksha.shared.jsonio import read_json, write_json
 from veeksha.shared.paths import CAPSEARCH_ATTEMPTS_CSV, CAPSEARCH_RESULTS, RunPaths
+from veeksha.shared.schema import build
 from veeksha.uploader.groups import read_capsearch
 
 from tests.runner.helpers import run_cli, serving
@@ -113,6 +122,30 @@ def test_a_concurrency_search_never_bisects_below_num_drivers() -> None:
     """Each driver needs a session of its own: 1 session on 2 drivers left one with none, and hung."""
     tried, _ = search(1, True, base=concurrency_base(2), start_value=4, max_value=8, precision=0)
     assert tried == [4, 2]  # 4 and 2 fail; 1 would be the next midpoint, and is never tried
+
+
+@pytest.mark.parametrize("precision", [6, 5, 2])
+def test_a_rate_search_that_always_fails_stops_at_the_smallest_valid_rate(
+    precision: int, tmp_path: Path
+) -> None:
+    """Halving from 0.01 at precision 6 reached 1e-06, below the smallest arrival_rate a config takes
+    (MIN_PER_SECOND): that attempt's config.yml was refused by `veeksha-run evaluate`. Every attempt's
+    config, written as a run writes it, loads back."""
+    tried, _ = search(0, False, start_value=0.01, max_value=1, precision=precision, max_iterations=30)
+    assert min(tried) == max(MIN_PER_SECOND, 10**-precision)
+    for i, value in enumerate(tried):
+        written = tmp_path / f"config-{i}.yml"
+        written.write_text(dump_config_yaml(with_value(BenchmarkConfig(), value)))
+        assert load_written_config(written).traffic_scheduler.interval_generator.arrival_rate == value
+
+
+def test_a_concurrency_search_above_the_largest_concurrency_is_refused() -> None:
+    """Its attempts set target_concurrent_sessions without the config's bound: 10**9 sessions."""
+    with pytest.raises(ConfigError, match=r"max_value: 1000000000\.0 is not allowed; a concurrency search"):
+        build(
+            CapacitySearchConfig,
+            {"max_value": 10**9, "benchmark_config": {"traffic_scheduler": {"type": "concurrent"}}},
+        )
 
 
 # ---------------------------------------------------------------- real searches, simulated server
@@ -428,8 +461,8 @@ def test_a_concurrency_search_starting_below_num_drivers_is_refused(tmp_path: Pa
             "0.001 is not allowed; a rate search at precision 2 needs >= 0.01",
         ),
         (
-            {"start_value": 1e-7, "precision": 6},
-            "1e-07 is not allowed; a rate search at precision 6 needs >= 1e-06",
+            {"start_value": 1e-6, "precision": 6},
+            "1e-06 is not allowed; a rate search at precision 6 needs >= 2e-06",
         ),
     ],
     ids=["precision-2", "precision-6"],

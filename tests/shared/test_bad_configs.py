@@ -338,11 +338,21 @@ HEADERS = [
     Case("value-nul", headers('{X-Test: "a\\0b"}'), "client.headers.X-Test"),
     Case("value-euro-sign", headers("{X-Test: 'price in €'}"), "latin-1 characters only"),
     Case("value-emoji", headers("{Accept: '🙂'}"), "client.headers.Accept: '🙂' is not allowed"),
-    Case("name-with-space", headers("{'X Test': a}"), "client.headers.X Test: header name 'X Test'"),
+    # Shown up to the space: `{Authorization Bearer sk-...}` is a name and a value (see SECRET_CASES).
+    Case(
+        "name-with-space",
+        headers("{'X Test': a}"),
+        "client.headers: a header name with a space in it is not allowed (X …: the rest is not shown, "
+        "it may be a secret); a header name has no spaces or line breaks",
+    ),
     Case("name-with-colon", headers("{'X-Test:': a}"), "header name 'X-Test:' is not allowed"),
     Case("name-empty", headers("{'': a}"), "header name '' is not allowed"),
     Case("name-not-ascii", headers("{X-Tëst: a}"), "header name 'X-Tëst'"),
-    Case("name-with-newline", headers('{"X-A\\nX-B": a}'), "header name 'X-A\\nX-B'"),
+    Case(
+        "name-with-newline",
+        headers('{"X-A\\nX-B": a}'),
+        "client.headers: a header name with whitespace in it",
+    ),
     Case(
         "secret-value-crlf-not-shown",
         headers('{Authorization: "Bearer sk-abc\\r\\nX: 1"}'),
@@ -801,6 +811,85 @@ MINOR = [
     Case("trace-path-slash", GOOD + "session_generator: {type: trace, path: traces/}\n", "is a directory"),
 ]
 
+# Sizes that validated, then exhausted memory once the run began: one random stream per shared
+# prefix, one slot per concurrent session, every node of a session graph.
+SIZES = [
+    Case(
+        "concurrency-1e9",
+        GOOD + "traffic_scheduler: {type: concurrent, target_concurrent_sessions: 1000000000}\n",
+        "traffic_scheduler.target_concurrent_sessions: 1000000000 is not allowed; must be >= 1 and "
+        "<= 1000000",
+    ),
+    Case(
+        "max-concurrent-sessions-1e9",
+        GOOD + "traffic_scheduler: {type: rate, max_concurrent_sessions: 1000000000}\n",
+        "traffic_scheduler.max_concurrent_sessions: 1000000000 is not allowed",
+    ),
+    Case(
+        "prefix-pool-1e12",
+        GOOD + "session_generator: {type: synthetic, shared_prefix_pool_size: 1000000000000}\n",
+        "session_generator.shared_prefix_pool_size: 1000000000000 is not allowed; must be >= 1 and <= 10000",
+    ),
+    Case(
+        "channel-prefix-pool-1e12",
+        GOOD + "session_generator: {channels: [{type: text, shared_prefix_pool_size: 1000000000000}]}\n",
+        "session_generator.channels.0.shared_prefix_pool_size: 1000000000000 is not allowed",
+    ),
+    Case(
+        "branching-1e8-nodes",
+        GOOD
+        + "session_generator: {session_graph: {type: branching, num_layers_generator: 10000, "
+        + "layer_width_generator: {type: uniform, min: 1, max: 10000}}}\n",
+        "session_generator.session_graph: sessions of up to 100,000,000 requests (num_layers_generator "
+        "up to 10,000 x layer_width_generator up to 10,000) are not allowed; at most 10,000",
+    ),
+    Case(
+        "flag-concurrency-1e9",
+        GOOD + "traffic_scheduler: {type: concurrent}\n",
+        "target_concurrent_sessions: 1000000000 is not allowed",
+        ("--traffic_scheduler.target_concurrent_sessions", "1000000000"),
+    ),
+]
+
+# YAML 1.1 reads an integer with a leading zero as octal: `seed: 0042` ran with seed 34.
+LEADING_ZEROS = [
+    Case(
+        "seed-leading-zero", GOOD + "seed: 0042\n", "seed: 0042 is not allowed; write 42 without the leading"
+    ),
+    Case(
+        "flag-leading-zero",
+        GOOD,
+        "runtime.max_sessions: 010 is not allowed; write 10 without the leading zero",
+        ("--runtime.max_sessions", "010"),
+    ),
+]
+
+# Streaming off: a reply is one chunk, with no gaps (tbc) and no tpot, so these SLOs have no samples
+# and always fail in slo_results while every request passes them for goodput.
+STREAMING_OFF = [
+    Case(
+        f"{metric}-slo-not-streamed",
+        client("stream: false") + f"evaluators: [{{slos: [{{name: s, metric: {metric}, value: 1}}]}}]\n",
+        f"config error at evaluators.0.slos.0.metric: {metric} is not allowed with client.stream false",
+    )
+    for metric in ("tbc", "tpot", "tpot_answer")
+] + [
+    Case(
+        "tpot-slo-stream-flag-false",
+        slos("{name: s, metric: tpot, value: 1}"),
+        "evaluators.0.slos.0.metric: tpot is not allowed with client.stream false",
+        ("--client.stream", "false"),
+    ),
+    Case(
+        "search-tbc-slo-not-streamed",
+        GOOD_SEARCH.replace("model: m}", "model: m, stream: false}")
+        + "  evaluators: [{slos: [{name: s, metric: tbc, value: 1}]}]\n",
+        "benchmark_config.evaluators.0.slos.0.metric: tbc is not allowed with "
+        "benchmark_config.client.stream false",
+        capacity_search=True,
+    ),
+]
+
 CASES = (
     STOPPING
     + NUMBERS
@@ -816,6 +905,9 @@ CASES = (
     + NAMES
     + SEARCH
     + MINOR
+    + SIZES
+    + LEADING_ZEROS
+    + STREAMING_OFF
 )
 # A real `veeksha-run` process for one case of each kind.
 SUBPROCESS_IDS = {
@@ -1125,6 +1217,52 @@ SECRET_CASES = [
         "param-equals-value", params("{api_key=SEKRET}"), "client.additional_sampling_params: a key with '='"
     ),
     Case("env-equals-value-null", env("{HF_TOKEN=SEKRET}"), "server.env: a variable name with '='"),
+    # `key value` without the colon is one key with no value: only its first word is shown.
+    Case(
+        "client-key-space-value",
+        client("api_key sk-SEKRET"),
+        "config error at client: a key with a space in it is not allowed (api_key …: the rest is not "
+        "shown, it may be a secret); did you forget the ':' after 'api_key'?",
+    ),
+    Case(
+        "header-space-value",
+        headers("{Authorization Bearer sk-SEKRET}"),
+        "config error at client.headers: a header name with a space in it is not allowed (Authorization …",
+    ),
+    Case(
+        "env-space-value",
+        env("{HF_TOKEN hf_SEKRET}"),
+        "config error at server.env: a variable name with a space in it is not allowed (HF_TOKEN …",
+    ),
+    Case(
+        "client-flag-space-value",
+        GOOD,
+        "config error at client: a key with a space in it is not allowed (api_key …",
+        ("--client", "{api_key sk-SEKRET}"),
+    ),
+    Case(
+        "param-space-value",
+        params("{api_key SEKRET}"),
+        "client.additional_sampling_params: a key with a space in it is not allowed (api_key …",
+    ),
+    # A flag value YAML reads as null unset the key: client.api_key fell back to OPENAI_API_KEY.
+    Case(
+        "api-key-flag-anchor",
+        GOOD,
+        "--client.api_key: its value (not shown: it may hold a secret) reads as null in YAML",
+        ("--client.api_key", "&sk-SEKRET"),
+    ),
+    Case(
+        "api-key-flag-anchor-in-a-mapping",
+        GOOD,
+        "--client line 1 column 21: a value starting with '&' is a YAML anchor (not shown",
+        ("--client", "{model: m, api_key: &sk-SEKRET}"),
+    ),
+    Case(
+        "nested-param-space-value",
+        params("{extra_body: {api_key SEKRET}}"),
+        "client.additional_sampling_params.extra_body: a key with a space in it is not allowed (api_key …",
+    ),
 ]
 
 
@@ -1159,6 +1297,10 @@ def test_a_bad_value_that_may_be_a_secret_is_refused_without_showing_it(
         ([], "client:\n  model: m\n  api_key: !Secr3t_NNNN1111\n", "NNNN1111"),
         ([], "client:\n  model: m\n  api_key: *Secr3t_NNNN3333\n", "NNNN3333"),
         ([], "client:\n  model: m\n  headers: {Authorization:Bearer PPPP5555xyz}\n", "PPPP5555xyz"),
+        (["--client", "{api_key sk-RRRR1111xyz}"], "", "RRRR1111xyz"),
+        ([], "client: {model: m, api_key sk-RRRR2222xyz}\n", "RRRR2222xyz"),
+        ([], "client:\n  model: m\n  headers: {Authorization Bearer sk-RRRR3333xyz}\n", "RRRR3333xyz"),
+        (["--server.type", "command", "--server.env", "{HF_TOKEN hf_RRRR4444xyz}"], "", "RRRR4444xyz"),
     ],
     ids=[
         "client-cut-short",
@@ -1169,6 +1311,10 @@ def test_a_bad_value_that_may_be_a_secret_is_refused_without_showing_it(
         "tag",
         "alias",
         "header-no-space",
+        "client-flag-no-colon",
+        "client-key-no-colon",
+        "header-no-colon",
+        "env-no-colon",
     ],
 )
 def test_the_real_command_does_not_echo_a_secret_in_a_config_error(

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 from veeksha.shared.config import (
+    MAX_CONCURRENT_SESSIONS,
+    MAX_PREFIX_POOL,
+    MAX_SESSION_REQUESTS,
     BenchmarkConfig,
+    ConcurrentTraffic,
     FixedGen,
     LinearGraph,
     PoissonIntervals,
@@ -432,3 +436,26 @@ def test_a_capacity_search_within_its_grid_is_accepted(
 def test_the_json_schema_exports_the_upper_bounds() -> None:
     client = json_schema(BenchmarkConfig)["properties"]["client"]["properties"]
     assert client["connect_timeout"]["maximum"] == 7 * 24 * 3600
+
+
+def test_sizes_at_their_bounds_are_accepted() -> None:
+    """The bounds on what the runner allocates up front (a slot per session, a stream per prefix,
+    every node of a session) take the largest value they name."""
+    cfg = build_benchmark_config(
+        {
+            "traffic_scheduler": {
+                "type": "concurrent",
+                "target_concurrent_sessions": MAX_CONCURRENT_SESSIONS,
+            },
+            "session_generator": {
+                "shared_prefix_pool_size": MAX_PREFIX_POOL,
+                "session_graph": {
+                    "type": "branching",
+                    "num_layers_generator": 100,
+                    "layer_width_generator": 100,
+                },
+            },
+        }
+    )
+    assert cfg.traffic_scheduler == ConcurrentTraffic(target_concurrent_sessions=MAX_CONCURRENT_SESSIONS)
+    assert 100 * 100 == MAX_SESSION_REQUESTS

@@ -11,9 +11,11 @@ from veeksha.shared.config import SyntheticSessions, UniformGen
 from veeksha.shared.config_loader import (
     MAX_PLAIN_YAML_BYTES,
     LoadedRun,
+    dump_config_yaml,
     empty_override,
     load_benchmark_runs,
     load_capacity_search,
+    load_written_config,
     read_yaml,
 )
 from veeksha.shared.errors import ConfigError
@@ -102,6 +104,57 @@ def test_an_empty_capacity_search_output_dir_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "output_dir: ''\nbenchmark_config: {" + CLIENT.strip() + "}\n")
     with pytest.raises(ConfigError, match="config error at output_dir: empty"):
         load_capacity_search(path)
+
+
+def test_a_home_in_output_dir_is_expanded_where_the_config_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`output_dir: ~/runs` made a directory named `~` in the working directory. Expanded once, in the
+    config: config.yml, the run directories and every reader of the config see the same path."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = load_benchmark_runs(write(tmp_path, CLIENT + "output_dir: ~/runs\n"))[0].config
+    assert cfg.output_dir == str(tmp_path / "home" / "runs")
+    flagged = load_benchmark_runs(None, [("output_dir", "~/flagged")])[0].config
+    assert flagged.output_dir == str(tmp_path / "home" / "flagged")
+    written = write(tmp_path, dump_config_yaml(cfg), "config.yml")
+    assert load_written_config(written) == cfg
+
+
+def test_a_home_in_a_capacity_search_output_dir_is_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = write(
+        tmp_path, "output_dir: ~/caps\nbenchmark_config: {output_dir: ~/x, " + CLIENT.strip() + "}\n"
+    )
+    search = load_capacity_search(path)
+    assert (search.output_dir, search.benchmark_config.output_dir) == (
+        str(tmp_path / "caps"),
+        str(tmp_path / "x"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (CLIENT + "output_dir: ~nouser-x9/runs\n", "output_dir"),
+        ("output_dir: ~nouser-x9/runs\nbenchmark_config: {" + CLIENT.strip() + "}\n", "output_dir"),
+        (
+            "benchmark_config: {output_dir: ~nouser-x9/runs, " + CLIENT.strip() + "}\n",
+            "benchmark_config.output_dir",
+        ),
+    ],
+    ids=["run", "search", "search-benchmark-config"],
+)
+def test_an_output_dir_under_an_unknown_users_home_is_one_line(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    load = load_capacity_search if "benchmark_config" in text else load_benchmark_runs
+    with pytest.raises(ConfigError) as refused:
+        load(path)
+    assert str(refused.value) == (
+        f"config error at {key}: '~nouser-x9/runs' starts with ~, but nouser-x9 has no home directory "
+        "on this machine; give the full path"
+    )
 
 
 def test_an_empty_override_says_how_to_unset_a_key() -> None:
