@@ -38,7 +38,7 @@ from veeksha.runner.driver.traffic import (
     rampup_start_offsets,
     sleep_until,
 )
-from veeksha.runner.sessions.factory import make_session_generator
+from veeksha.runner.sessions.factory import make_session_generator, requests_in_flight_per_session
 from veeksha.runner.sessions.model import RequestNode, Session, SessionGenerator
 from veeksha.runner.sessions.randomness import stream
 from veeksha.runner.sessions.tokenizer import count_tokens_approx, token_counter
@@ -166,6 +166,13 @@ class _Node:
         self.dispatched_at: float | None = None  # None until sent
 
 
+# A session queued for a slot (max_concurrent_sessions): itself, when it was due, whether it is warmup.
+_Queued = tuple[Session, float, bool]
+
+NOT_SENT_FAILED = "not sent: an earlier request of this session failed"
+NOT_SENT_QUEUED = "not sent: its session was still queued for a slot (max_concurrent_sessions) at the stop"
+
+
 @dataclass(slots=True)
 class _Turn:
     """One request of a session, built before its time (_send_request) and sent at it (_fire)."""
@@ -220,6 +227,7 @@ class Driver:
         self.deadline = float("inf")
         # Request ids are unique across drivers: driver d of N numbers its requests d, d + N, ...
         self.next_request_id = self.driver_id
+        # This driver's cap on requests dispatched; each warmup request it sends raises it by one (_fire).
         self.max_requests = _share(self.runtime.max_requests, self.driver_id, self.num_drivers)
         self.sessions_started = 0
         self.requests_dispatched = 0
@@ -228,9 +236,11 @@ class Driver:
         self.requests_cancelled = 0  # sent, then cancelled at shutdown
         self.output_tokens = 0
         self.in_flight = 0
-        self.session_tasks: set[asyncio.Task[None]] = set()
+        self.session_tasks: set[asyncio.Task[float]] = set()
 
         self.waiting: set[asyncio.Future[None]] = set()  # turns waiting for their due time or think time
+        # max_concurrent_sessions: the session tasks waiting for a slot, with what a stop records of them.
+        self.queued: dict[asyncio.Task[Any], _Queued] = {}
         self.scheduling = True  # new sessions may start
         self.dispatch_open = True  # requests may be sent
         self.stop_status: str | None = None  # the run status a stop implies (None: ran to its end)
@@ -359,6 +369,28 @@ class Driver:
         for waiting in self.waiting:  # not yet due: they will not be sent, their sessions end now
             if not waiting.done():
                 waiting.set_result(None)
+        self._drop_queued()
+
+    def _drop_queued(self) -> None:
+        """Dispatch stopped: the sessions still queued for a slot (max_concurrent_sessions) end now.
+        Each that was due has its first requests recorded as cancelled: ready at its due time and
+        never dispatched (config.md: the wait is recorded, not hidden; the session_dispatch_rate
+        check counts them). Dropped without a record, the sessions that waited longest would vanish.
+        Not stamped dispatched at the stop: they would then count as sent, diluting the error rate
+        of the few that were, and as a burst of sessions dispatched at the very end."""
+        if not self.queued:
+            return
+        stopped_at = min(time.perf_counter(), self.deadline)  # a timeout stops at its own moment
+        for task, (session, scheduled_at, is_warmup) in self.queued.items():
+            task.cancel()
+            if scheduled_at >= stopped_at:  # not due yet: not offered, as with no cap
+                continue
+            for spec in session.nodes:
+                if not spec.parents:
+                    self._record_cancelled(
+                        session, spec, scheduled_at, is_warmup, scheduled_at, NOT_SENT_QUEUED
+                    )
+        self.queued.clear()
 
     def _cancel_after_grace(self) -> None:
         grace = self.runtime.post_timeout_grace_seconds
@@ -494,13 +526,19 @@ class Driver:
                 w.cancel()
 
     async def _worker(self, start_at: float) -> None:
+        """One slot of the closed loop: its first session is due at its ramp time, each next one when
+        the one before completed. Building a session here, and this task's wake-up after the last
+        response, are the client's own lateness: they show as the next session's dispatch delay."""
         await sleep_until(start_at)
+        ready_at = start_at
         while self.scheduling and self._requests_left():
             session = self._next_session()
             if session is None:
                 return
-            task = self._start_session(session, time.perf_counter(), None)
+            task = self._start_session(session, ready_at, None)
             await asyncio.wait([task])
+            # Its last response's arrival (a session that raised is a driver bug: it ends the run).
+            ready_at = time.perf_counter() if task.cancelled() else task.result()
 
     def _next_session(self) -> Session | None:
         if not self.buffer:
@@ -538,11 +576,19 @@ class Driver:
                 return
 
     def _max_connections(self) -> int:
+        """The client's pool: room for every request that can be in flight at once (sessions × the
+        most requests one session can have in flight), so that no request waits for another's
+        connection. Past UNBOUNDED_CONNECTIONS only when the sessions alone needed more; a request
+        that still finds the pool full waits outside its latency (http/client.py `complete`)."""
         if self.cfg.client.max_connections:
             return self.cfg.client.max_connections
         if isinstance(self.traffic, ConcurrentTraffic):
-            return self.traffic.target_concurrent_sessions * 4
-        return self.traffic.max_concurrent_sessions or UNBOUNDED_CONNECTIONS
+            sessions = self.traffic.target_concurrent_sessions * 4  # the headroom it has always had
+        elif self.traffic.max_concurrent_sessions:
+            sessions = self.traffic.max_concurrent_sessions
+        else:
+            return UNBOUNDED_CONNECTIONS
+        return min(sessions * requests_in_flight_per_session(self.cfg), max(sessions, UNBOUNDED_CONNECTIONS))
 
     # ------------------------------------------------------------------ sessions
 
@@ -552,7 +598,7 @@ class Driver:
         ready_at: float,
         limiter: asyncio.Semaphore | None,
         start_at: float | None = None,
-    ) -> asyncio.Task[None]:
+    ) -> asyncio.Task[float]:
         # Warmup is the run's first sessions, wherever they run.
         is_warmup = session.session_id < self.runtime.warmup_sessions
         task = asyncio.create_task(self._run_session(session, ready_at, is_warmup, limiter, start_at))
@@ -567,31 +613,51 @@ class Driver:
         is_warmup: bool,
         limiter: asyncio.Semaphore | None,
         start_at: float | None = None,
-    ) -> None:
+    ) -> float:
+        """Run one session; returns when its last response arrived (now, when none did)."""
         # Without a concurrency limit, the first turns are prepared now and sent at `start_at` exactly
         # (_send_request); with one, a slot is taken first, and they go when it is.
         due = start_at if limiter is None else None
-        if start_at is not None and due is None:
-            await sleep_until(start_at)
         if limiter is not None:
-            await limiter.acquire()
+            await self._take_slot(session, scheduled_at, is_warmup, limiter)
         try:
             nodes = [_Node(spec) for spec in session.nodes]
             if len(nodes) == 1:
                 await self._run_node(session, nodes, nodes[0], scheduled_at, is_warmup, due)
-                return
-            tasks = [
-                asyncio.create_task(self._run_node(session, nodes, n, scheduled_at, is_warmup, due))
-                for n in nodes
-            ]
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                for t in tasks:
-                    t.cancel()
+            else:
+                await self._run_nodes(session, nodes, scheduled_at, is_warmup, due)
+            return max(n.completed_at for n in nodes) or time.perf_counter()
         finally:
             if limiter is not None:
                 limiter.release()
+
+    async def _take_slot(
+        self, session: Session, scheduled_at: float, is_warmup: bool, limiter: asyncio.Semaphore
+    ) -> None:
+        """max_concurrent_sessions: from its due time, wait in line for a slot. A stop meanwhile
+        records the session's wait and cancels this (_drop_queued)."""
+        task = asyncio.current_task()
+        assert task is not None, "a session runs in its own task"
+        self.queued[task] = (session, scheduled_at, is_warmup)
+        try:
+            await sleep_until(scheduled_at)
+            await limiter.acquire()
+        finally:
+            self.queued.pop(task, None)
+
+    async def _run_nodes(
+        self, session: Session, nodes: list[_Node], scheduled_at: float, is_warmup: bool, due: float | None
+    ) -> None:
+        """A session of several requests: each in its own task, sent as its parents complete."""
+        tasks = [
+            asyncio.create_task(self._run_node(session, nodes, n, scheduled_at, is_warmup, due))
+            for n in nodes
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
 
     async def _run_node(
         self,
@@ -617,7 +683,7 @@ class Driver:
                     await self._think(ready_at)
                 if self._session_failed(nodes):  # also a request of another branch, or during the wait
                     if self.dispatch_open:
-                        self._record_cancelled(session, node, scheduled_at, is_warmup)
+                        self._record_cancelled(session, spec, scheduled_at, is_warmup)
                     return
             if not self.dispatch_open or not self._requests_left():
                 return
@@ -789,6 +855,8 @@ class Driver:
         node.request_id = request_id = self.next_request_id
         self.next_request_id += self.num_drivers
         self.requests_dispatched += 1
+        if turn.is_warmup and self.max_requests >= 0:  # warmup comes in addition to max_requests
+            self.max_requests += 1
         if not self._requests_left():
             self._stop_dispatch(RUN_COMPLETED, STOP_MAX_REQUESTS)
         self.in_flight += 1
@@ -840,9 +908,17 @@ class Driver:
         finally:
             self.waiting.discard(done)
 
-    def _record_cancelled(self, session: Session, node: _Node, scheduled_at: float, is_warmup: bool) -> None:
-        """A node not sent because an earlier request of its session failed."""
-        spec = node.spec
+    def _record_cancelled(
+        self,
+        session: Session,
+        spec: RequestNode,
+        scheduled_at: float,
+        is_warmup: bool,
+        ready_at: float | None = None,
+        why: str = NOT_SENT_FAILED,
+    ) -> None:
+        """A request not sent: an earlier request of its session failed (no times), or the run stopped
+        while its session was queued (ready at its due time: _drop_queued)."""
         request_id = self.next_request_id
         self.next_request_id += self.num_drivers
         self.trace.append(
@@ -853,7 +929,7 @@ class Driver:
                 driver_id=self.driver_id,
                 session_size=len(session.nodes),
                 scheduled_at=scheduled_at,
-                ready_at=None,
+                ready_at=ready_at,
                 dispatched_at=None,
                 parent_nodes=spec.parents,
                 history_parent=spec.history_parent,
@@ -869,11 +945,11 @@ class Driver:
             driver_id=self.driver_id,
             status=CANCELLED,
             error_type="cancelled",
-            error_message="not sent: an earlier request of this session failed",
+            error_message=why,
             http_status=None,
             is_warmup=is_warmup,
             session_size=len(session.nodes),
-            scheduler_ready_at=None,
+            scheduler_ready_at=ready_at,
             scheduler_dispatched_at=None,
             client_picked_up_at=None,
             client_completed_at=None,

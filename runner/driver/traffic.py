@@ -174,7 +174,9 @@ _TFD_TIMER_ABSTIME = 1
 
 
 def rampup_start_offsets(target: int, rampup_s: float) -> list[float]:
-    """Concurrent traffic: worker k starts at rampup * k / target (a linear ramp to the target)."""
+    """Concurrent traffic: worker k of `target` starts at rampup * k / (target - 1), a linear ramp whose
+    last worker starts at `rampup_s`, so the concurrency reaches the target then (the concurrency
+    health check judges the run from that moment on)."""
     if rampup_s <= 0 or target <= 1:
         return [0.0] * target
-    return [rampup_s * k / target for k in range(target)]
+    return [rampup_s * k / (target - 1) for k in range(target)]

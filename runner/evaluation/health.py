@@ -35,6 +35,7 @@ from veeksha.shared.records import (
     HEALTH_PASSED,
     HEALTH_SKIPPED,
     SCHEDULER_DISPATCHED_AT,
+    SCHEDULER_READY_AT,
     TIMEOUT,
 )
 
@@ -143,19 +144,32 @@ def session_dispatch_rate(data: RunData) -> Check:
     detail = ""
     if error > tolerance and rate < target and traffic.max_concurrent_sessions:
         detail = "max_concurrent_sessions queued sessions: the target rate was not offered"
+    measures: dict[str, Any] = {
+        "observed_rate_per_s": rate,
+        "target_rate_per_s": target,
+        "num_sessions": n,
+        "window_s": window,
+        "relative_error": error,
+    }
+    queued = queued_at_stop(data)
+    if queued:
+        measures["num_sessions_queued_at_stop"] = queued
+        detail = f"{queued} due sessions were still queued for a slot (max_concurrent_sessions) at the stop"
     return Check(
         name,
-        _verdict(error <= tolerance),
-        {
-            "observed_rate_per_s": rate,
-            "target_rate_per_s": target,
-            "num_sessions": n,
-            "window_s": window,
-            "relative_error": error,
-        },
+        _verdict(error <= tolerance and not queued),
+        measures,
         {"max_relative_error": tolerance},
         detail,
     )
+
+
+def queued_at_stop(data: RunData) -> int:
+    """Sessions that were due (ready) but never dispatched: the run stopped while they waited for a
+    max_concurrent_sessions slot (the driver's _drop_queued records their first requests so)."""
+    m = data.measured
+    waited = m[SCHEDULER_READY_AT].is_not_null() & m[SCHEDULER_DISPATCHED_AT].is_null()
+    return m.filter(waited)["session_id"].n_unique()
 
 
 def concurrency(data: RunData) -> Check:

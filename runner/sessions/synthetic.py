@@ -6,6 +6,7 @@ seed gives byte-identical sessions, and changing one generator leaves the others
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,6 +114,25 @@ def _branching(graph: BranchingGraph, seed: int) -> GraphSampler:
         return shapes
 
     return sample
+
+
+def most_requests_in_flight(graph: SingleRequestGraph | LinearGraph | BranchingGraph) -> int:
+    """The most requests of one session that can be in flight at once (what the driver sizes its
+    connection pool by). Single-request and linear sessions send one at a time. In a branching one,
+    requests in flight together have no ancestor among themselves, and a chain of nodes runs through
+    every layer (each node has a parent in the layer before), so at most one of them lies on that
+    chain: layers × (width − 1) + 1, at the generators' reach. The widest layer alone is no bound: a
+    slow node of one layer can still be in flight when the children of its quick siblings are sent."""
+    if not isinstance(graph, BranchingGraph):
+        return 1
+    layers = _count_reach(graph.num_layers_generator)
+    width = _count_reach(graph.layer_width_generator)
+    return layers * (width - 1) + 1
+
+
+def _count_reach(gen: LengthGen) -> int:
+    """The largest count a graph generator draws (bar a draw past six deviations, which is rare)."""
+    return min(MAX_GRAPH_COUNT, max(1, math.floor(gen.reach() + 0.5)))
 
 
 # ---------------------------------------------------------------- synthetic sessions

@@ -15,7 +15,9 @@ nowhere else. Cancellation is not a failure: the connection is closed and Cancel
 propagates to the caller, who records the request as cancelled.
 
 Timing: `picked_up_at` is taken when `request` starts, before a connection is taken from the pool or
-opened, so time spent connecting counts toward the request's latency (as a user would see it).
+opened, so time spent connecting counts toward the request's latency (as a user would see it). The one
+wait that does not count is for room in the client's own pool (every connection busy, none may be
+opened): the request is picked up when it has room, and its deadline starts then (`complete`).
 `completed_at` is the arrival of `[DONE]`, else of the end of the body, else the moment of failure.
 """
 
@@ -42,6 +44,7 @@ from veeksha.runner.driver.http.outcome import Outcome
 from veeksha.runner.driver.http.transport import (
     DueHook,
     HTTPTransport,
+    Room,
     Started,
     url_credentials,
     without_user_info,
@@ -87,7 +90,9 @@ class LLMClient(Protocol):
 class Backend(Protocol):
     """What carries the bytes: transport.HTTPTransport (native) or httpx_backend.HttpxTransport."""
 
-    async def send(self, body: bytes, handler: ResponseReader, started: Started | None = None) -> None: ...
+    async def send(
+        self, body: bytes, handler: ResponseReader, started: Started | None = None, room: Room | None = None
+    ) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -143,6 +148,8 @@ class OpenAIClient:
     def __init__(self, cfg: ClientConfig, backend: Backend, extra_secrets: Iterable[str] = ()) -> None:
         self._builder = RequestBuilder(cfg)
         self._backend = backend
+        # The native transport's pool, whose waits are kept out of latencies (`complete`).
+        self._pool = backend if isinstance(backend, HTTPTransport) else None
         self.is_stream = cfg.stream
         self._deadlines = RequestDeadlines(cfg.request_timeout)  # > 0: the config refuses anything else
         self._secrets = secret_values(cfg, extra_secrets)
@@ -179,11 +186,19 @@ class OpenAIClient:
         """Await the response of a prepared request (sending it first, if `start` could not)."""
         out, reader, started = prepared.out, prepared.reader, prepared.started
         prepared.started = None
+        room = None
+        pool = self._pool
+        if started is None and pool is not None and pool.is_full():
+            # Every connection of our own pool is busy: waiting for one is the client's time, not
+            # the server's. The request is picked up (t_send) once it has room, and its deadline
+            # starts then; the wait shows as dispatch → pick-up (a lifecycle delay health checks).
+            room = await pool.reserve()
+            out.picked_up_at = perf_counter()
         deadlines = self._deadlines
         key = deadlines.start()
         try:
             try:
-                await self._backend.send(prepared.body, reader, started)
+                await self._backend.send(prepared.body, reader, started, room)
             except asyncio.CancelledError:
                 if not deadlines.expired(key):  # a shutdown, not the deadline
                     raise

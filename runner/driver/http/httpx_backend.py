@@ -29,6 +29,7 @@ from veeksha.runner.driver.http.transport import (
     MAX_STALE_RETRIES,
     STALE_CLOSE_WINDOW_S,
     Origin,
+    Room,
     Started,
     without_user_info,
 )
@@ -76,8 +77,11 @@ class HttpxTransport:
             trust_env=True,
         )
 
-    async def send(self, body: bytes, handler: ResponseReader, started: Started | None = None) -> None:
-        # `started` is always None here: only the native transport starts requests synchronously.
+    async def send(
+        self, body: bytes, handler: ResponseReader, started: Started | None = None, room: Room | None = None
+    ) -> None:
+        # `started` and `room` are always None here: only the native transport starts requests
+        # synchronously, or reserves room in its pool (httpx's own pool waits count as latency).
         retries = 0
         while True:
             attempt = _Attempt()

@@ -93,6 +93,16 @@ class Started:
         self.conn.end_request()
 
 
+class Room:
+    """Room in the pool that `HTTPTransport.reserve` waited for, held for one request: a connection
+    handed over, or (conn None) a slot to open one in. `send` takes it up."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: _Connection | None) -> None:
+        self.conn = conn
+
+
 class Origin:
     """Where requests go: parsed once from the api_base URL plus an endpoint path."""
 
@@ -183,9 +193,23 @@ class HTTPTransport:
         data = self._request_bytes(body)
         return Started(conn, data, conn.begin(data, handler))
 
-    async def send(self, body: bytes, handler: ResponseHandler, started: Started | None = None) -> None:
-        """Send one request (or take up one `begin_now` wrote); returns once the handler saw the whole
-        response (or its failure).
+    def is_full(self) -> bool:
+        """No idle connection and no slot to open one in: a request now would wait for another's.
+        (A closed pool is not full: `send` then fails at once, as a request's failure.)"""
+        return self._total >= self._max and not self._idle and not self._closed
+
+    async def reserve(self) -> Room:
+        """Wait in line for room for one request (after `is_full`): the caller's own wait, before
+        anything is sent. Cancelled, it passes on what it was handed."""
+        if self._closed:
+            raise ConnectError("client is closed")
+        return Room(await self._wait_in_line())
+
+    async def send(
+        self, body: bytes, handler: ResponseHandler, started: Started | None = None, room: Room | None = None
+    ) -> None:
+        """Send one request (or take up one `begin_now` wrote, or the `room` `reserve` waited for);
+        returns once the handler saw the whole response (or its failure).
 
         Raises RequestError subclasses for transport failures. On any exception (including
         cancellation) the connection in use is closed, never returned to the pool.
@@ -194,7 +218,8 @@ class HTTPTransport:
         attempt = 0
         while True:
             if started is None:
-                conn = await self._acquire()
+                conn = await self._acquire(room)
+                room = None  # a retry takes its connection as any request does
                 reused = conn.requests > 0
                 waiter = conn.begin(data, handler)
             else:  # written on an idle (so reused) connection
@@ -235,19 +260,29 @@ class HTTPTransport:
 
     # -- pool ----------------------------------------------------------------------------------------
 
-    async def _acquire(self) -> _Connection:
-        if self._closed:
-            raise ConnectError("client is closed")
-        conn = self._take_idle()
-        if conn is not None:
-            return conn
-        if self._total < self._max:
-            self._total += 1
+    async def _acquire(self, room: Room | None = None) -> _Connection:
+        if room is not None:  # waited for already (`reserve`)
+            got = room.conn
+        else:
+            if self._closed:
+                raise ConnectError("client is closed")
+            conn = self._take_idle()
+            if conn is not None:
+                return conn
+            if self._total < self._max:
+                self._total += 1
+                return await self._open()
+            got = await self._wait_in_line()
+        if got is None:  # a slot was passed to us: open a connection in it
             return await self._open()
-        waiter = asyncio.get_running_loop().create_future()
+        return got
+
+    async def _wait_in_line(self) -> _Connection | None:
+        """Wait for a connection another request releases, or (None) for the slot of one that closed."""
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            got = await waiter
+            return await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 got = waiter.result()  # handed over just before we were cancelled: pass it on
@@ -256,9 +291,6 @@ class HTTPTransport:
                 else:
                     self._release(got)
             raise
-        if got is None:  # a slot was passed to us: open a connection in it
-            return await self._open()
-        return got
 
     async def _open(self) -> _Connection:
         """Open a connection in a slot the caller holds (the slot is freed on failure)."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 import uvloop
-from veeksha.runner.driver.traffic import PreciseTimer, sleep_until
+from veeksha.runner.driver.traffic import PreciseTimer, rampup_start_offsets, sleep_until
 
 
 def test_sleep_until_wakes_at_the_deadline_not_before() -> None:
@@ -92,3 +93,18 @@ def test_a_callback_that_reschedules_itself_when_due_runs_once_per_pass() -> Non
         return in_one_pass, calls
 
     assert uvloop.run(go()) == (1, 5)
+
+
+@pytest.mark.parametrize(
+    ("target", "rampup_s", "starts"),
+    [
+        (2, 60.0, [0.0, 60.0]),
+        (4, 30.0, [0.0, 10.0, 20.0, 30.0]),
+        (1, 60.0, [0.0]),  # nothing to ramp: the one session starts at once
+        (3, 0.0, [0.0, 0.0, 0.0]),
+    ],
+)
+def test_concurrency_reaches_the_target_at_rampup_seconds(
+    target: int, rampup_s: float, starts: list[float]
+) -> None:
+    assert rampup_start_offsets(target, rampup_s) == pytest.approx(starts)

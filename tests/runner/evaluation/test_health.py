@@ -56,6 +56,37 @@ def test_dispatch_rate_passes_near_target_and_fails_far_from_it():
     assert health.session_dispatch_rate(_data(records, fixed)).result == "FAILED"
 
 
+def test_sessions_still_queued_for_a_slot_at_the_stop_fail_the_dispatch_rate():
+    # The driver records a session that was due but still waited for a max_concurrent_sessions slot
+    # when the run stopped as a cancelled request: ready, never dispatched. On rate alone the sessions
+    # that were sent can look on target; the ones left in the queue say the rate was not offered.
+    records = _sessions_every(0.1)
+    queued = [
+        request(
+            100 + k,
+            sent=10.0,
+            chunks=[],
+            status="cancelled",
+            error_type="cancelled",
+            scheduler_ready_at=9.5 + 0.1 * k,
+            scheduler_dispatched_at=None,
+            client_picked_up_at=None,
+            client_completed_at=None,
+            result_processed_at=None,
+        )
+        for k in range(3)
+    ]
+    cfg = _rate_cfg(10.0)
+    check = health.session_dispatch_rate(_data([*records, *queued], cfg))
+    assert check.result == "FAILED"
+    assert check.metrics["num_sessions_queued_at_stop"] == 3
+    assert check.metrics["num_sessions"] == 100  # dispatched sessions only
+    assert "3 due sessions were still queued" in check.detail
+    assert (
+        health.session_dispatch_rate(_data(records, cfg)).metrics.get("num_sessions_queued_at_stop") is None
+    )
+
+
 def test_dispatch_rate_skipped_for_concurrent_traffic():
     cfg = BenchmarkConfig(traffic_scheduler=ConcurrentTraffic(target_concurrent_sessions=2))
     assert health.session_dispatch_rate(_data(_sessions_every(0.1), cfg)).result == "SKIPPED"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import statistics
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from veeksha.runner.sessions.factory import make_session_generator
+from veeksha.runner.sessions.factory import make_session_generator, requests_in_flight_per_session
 from veeksha.runner.sessions.model import Session
 from veeksha.runner.sessions.tokenizer import count_tokens_approx, load_tokenizer
 from veeksha.shared.config_loader import build_benchmark_config
@@ -170,6 +171,47 @@ def test_random_branching_graphs_keep_every_structure_invariant() -> None:
                 assert children[node.node_id] >= 1  # every non-leaf layer feeds the next
         shapes.add(tuple(Counter(layer).values()))
     assert len(shapes) > 20  # widths and depths really vary
+
+
+def most_in_flight_together(session: Session) -> int:
+    """The largest set of requests with no ancestor among each other: what can be in flight at once."""
+    ancestors: list[set[int]] = []
+    for node in session.nodes:
+        ancestors.append(set(node.parents).union(*(ancestors[p] for p in node.parents)))
+
+    def unrelated(a: int, b: int) -> bool:
+        return a not in ancestors[b] and b not in ancestors[a]
+
+    ids = range(len(session.nodes))
+    best = 1
+    while any(
+        all(unrelated(a, b) for a, b in itertools.combinations(group, 2))
+        for group in itertools.combinations(ids, best + 1)
+    ):
+        best += 1
+    return best
+
+
+def test_the_requests_a_session_can_have_in_flight_are_bounded_by_layers_and_width() -> None:
+    # The driver sizes its connection pool by this bound. The widest layer is not one: a slow node
+    # of one layer can still be in flight when the children of its quick siblings are sent.
+    spec = {
+        "type": "branching",
+        "num_layers_generator": uniform(2, 3),
+        "layer_width_generator": uniform(1, 3),
+    }
+    bound = requests_in_flight_per_session(build_benchmark_config({"session_generator": graph(spec)}))
+    seen = [most_in_flight_together(s) for s in take(generator(graph(spec)), 300)]
+
+    assert bound == 3 * (3 - 1) + 1
+    assert max(seen) <= bound
+    assert max(seen) > 3  # more than the widest layer
+
+
+@pytest.mark.parametrize("session_graph", [{"type": "single_request"}, {"type": "linear"}])
+def test_sessions_of_one_chain_have_one_request_in_flight(session_graph: dict[str, Any]) -> None:
+    cfg = build_benchmark_config({"session_generator": graph(session_graph)})
+    assert requests_in_flight_per_session(cfg) == 1
 
 
 # ---------------------------------------------------------------- text

@@ -362,3 +362,34 @@ def test_a_connection_closed_before_the_request_was_written_counts_as_stale() ->
         return conn.closed_stale(), conn.got_bytes
 
     assert uvloop.run(go()) == (True, False)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="handed-the-connection"),
+        # The server closes each connection after its response: the waiter gets the slot and connects.
+        pytest.param({"Connection": "close"}, id="handed-the-slot"),
+    ],
+)
+def test_a_wait_for_the_clients_own_pool_is_not_the_servers_time(headers: dict[str, str]) -> None:
+    """With every connection of the pool busy, a request waits for one before anything is sent: it is
+    picked up (t_send) when it gets one, so the wait is in no latency of the server, and its request
+    deadline starts then (a long wait is not a timeout of a request nothing was sent of)."""
+    with sim_server(precise={"ttft": 0.2, "itl": 0.01}) as handle:
+
+        async def go() -> tuple[Outcome, Outcome]:
+            client = client_for(handle.api_base, max_connections=1, request_timeout=0.5, headers=headers)
+            try:
+                first = asyncio.create_task(client.request("first", 20))  # ~0.4 s on the one connection
+                await asyncio.sleep(0.05)
+                second = await client.request("second", 10)  # ~0.3 s of its own, after the first
+                return await first, second
+            finally:
+                await client.aclose()
+
+        first, second = uvloop.run(go())
+    assert (first.status, second.status) == (SUCCESS, SUCCESS)
+    assert first.completed_at is not None and second.picked_up_at is not None
+    assert second.picked_up_at >= first.completed_at
+    assert 0.2 <= second.chunk_times[0] - second.picked_up_at < 0.25  # the server's TTFC, nothing more
