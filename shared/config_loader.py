@@ -705,7 +705,10 @@ def _finish(cfg: BenchmarkConfig, fallbacks: EnvFallbacks, prefix: str = "") -> 
     """After every key is valid: the env fallbacks, then the checks on the run as a whole."""
     client = cfg.client
     source = ""
-    if client.api_base is None and fallbacks.api_base:
+    # OPENAI_API_BASE is where a run goes without a server section. A run that launches its own
+    # server talks to that server: an exported variable left from other work must not send the run
+    # (and its /metrics scrapes) elsewhere without a word while the launched server sits idle.
+    if client.api_base is None and fallbacks.api_base and cfg.server is None:
         client = replace(client, api_base=fallbacks.api_base)
         source = " (from OPENAI_API_BASE)"
     if client.api_key is None and fallbacks.api_key:

@@ -301,13 +301,13 @@ API_BASE = [
     Case("flag-ftp", GOOD, "client.api_base: 'ftp://x/v1'", ("--client.api_base", "ftp://x/v1")),
     Case(
         "env-no-scheme",
-        SERVER + RUNTIME + "client: {model: m}\n",
+        RUNTIME + "client: {model: m}\n",  # OPENAI_API_BASE serves runs without a server section
         "client.api_base (from OPENAI_API_BASE): 'localhost:8000'",
         env=(("OPENAI_API_BASE", "localhost:8000"),),
     ),
     Case(
         "env-host-does-not-resolve",
-        SERVER + RUNTIME + "client: {model: m}\n",
+        RUNTIME + "client: {model: m}\n",  # OPENAI_API_BASE serves runs without a server section
         "its host 'gone.invalid' does not resolve",
         env=(("OPENAI_API_BASE", "http://gone.invalid:8000/v1"),),
     ),

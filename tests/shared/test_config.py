@@ -223,6 +223,23 @@ def test_env_supplies_api_base_and_key_but_config_yml_never_holds_the_key(
     assert "top_k: 17" in text  # not a secret
 
 
+def test_a_run_that_launches_its_server_is_not_sent_elsewhere_by_openai_api_base() -> None:
+    # OPENAI_API_BASE left exported from other work used to win over the launched server's ready_url
+    # host: vLLM started and sat idle while every request (and /metrics scrape) went to the other URL.
+    fallbacks = EnvFallbacks(api_base="http://10.0.0.9:8000/v1")
+    command = [
+        ("server.type", "command"),
+        ("server.command", "[vllm, serve, m]"),
+        ("server.ready_url", "http://127.0.0.1:8123/health"),
+    ]
+    cfg = load_benchmark_runs(None, command, fallbacks)[0].config
+    assert cfg.client.api_base is None  # the launched server's URL, resolved once it runs
+    # The variable still serves a run without a server section, and a flag still wins over the server.
+    assert load_benchmark_runs(None, [], fallbacks)[0].config.client.api_base == "http://10.0.0.9:8000/v1"
+    typed = load_benchmark_runs(None, [*command, ("client.api_base", "http://127.0.0.1:8123/v1")], fallbacks)
+    assert typed[0].config.client.api_base == "http://127.0.0.1:8123/v1"
+
+
 def test_written_config_reads_back(tmp_path: Path) -> None:
     cfg = load_benchmark_runs(write(tmp_path, seed_yaml_blocks()[-1]))[0].config
     (tmp_path / "config.yml").write_text(dump_config_yaml(cfg))
