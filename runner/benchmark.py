@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -29,9 +29,11 @@ from veeksha.runner.recorder import Recorder, RecordingResult
 from veeksha.runner.run_dir import RunDir, ensure_writable
 from veeksha.runner.server_launcher import (
     ServerHandle,
+    check_ready_url_free,
     check_server_command,
     check_server_port,
     planned_api_host,
+    readiness_headers,
     start_server,
 )
 from veeksha.runner.server_metrics import Scraper, metrics_url, probe
@@ -41,11 +43,15 @@ from veeksha.shared.config import BenchmarkConfig, ClientConfig, run_server
 from veeksha.shared.config_checks import uses_client_api_base
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
 from veeksha.shared.errors import ConfigError, OutputError
-from veeksha.shared.paths import RunPaths
+from veeksha.shared.jsonio import write_atomic, write_json
+from veeksha.shared.paths import SERVER_LOG, RunPaths
 from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RUN_TIMEOUT
 from veeksha.shared.redact import redact_url, scrub_text
 from veeksha.shared.wandb_env import check_env as check_wandb_env
 from veeksha.shared.wandb_env import env_mode
+
+if TYPE_CHECKING:  # (evaluation, and polars with it, is imported once a run has records)
+    from veeksha.runner.evaluation.evaluate import Evaluation
 
 DRIVER_EXIT_WAIT_S = 10.0
 # The live W&B run (`veeksha-upload --follow`): the runner waits for the follower its own deadline
@@ -85,12 +91,17 @@ def run_benchmark(
     check_before_start(cfg, announce=True)
     check_ray_cluster(cfg)  # joined now: an unreachable cluster is a config error
     cfg = resolve_external_endpoint(cfg)
+    check_ready_url_free(cfg.server)  # a server already there would be measured instead of ours
     ensure_writable(parent_dir)
     # The server inherits our environment (OPENAI_API_KEY ...): the client's secrets are scrubbed
     # from its output too.
     secrets = client_secret_values(cfg.client)
     server_cfg = run_server(cfg)
-    server = start_server(server_cfg, extra_secrets=secrets) if server_cfg is not None else None
+    server = (
+        start_server(server_cfg, extra_secrets=secrets, ready_headers=readiness_headers(cfg))
+        if server_cfg is not None
+        else None
+    )
     follower = None
     run: RunDir | None = None
     result: RunResult | None = None
@@ -104,8 +115,8 @@ def run_benchmark(
     except OSError as e:  # (disk full): one line naming the file, or at least the run's directory
         raise write_failure(e, run.root if run is not None else None) from e
     finally:
-        if server is not None:
-            server.stop()
+        if server is not None:  # its log goes into the run's directory, however the run ended
+            server.stop(save_to=run.root / SERVER_LOG if run is not None else None)
         if result is None and follower is not None:  # raised: a sweep goes on in this process
             end_follower(follower)
     _upload_result(cfg, result, follower)
@@ -275,14 +286,16 @@ def _record_and_evaluate(
     cfg: BenchmarkConfig, run: RunDir, server: ServerHandle | None, *, quiet: bool
 ) -> RunResult:
     status, error = RUN_FAILED, None
+    exited = None
     try:
-        recording = _record(cfg, run)
+        recording = _record(cfg, run, server)
         status, error = recording.status, recording.error
         exited = server.exited_early() if server is not None else None
         if exited is not None:  # what the run measured after that was a server that was not there
             print(f"veeksha: {exited}", file=sys.stderr, flush=True)
+            # (An interrupted run stays so: a job's SIGTERM reaches the server too.)
             status = RUN_FAILED if status in (RUN_COMPLETED, RUN_TIMEOUT) else status
-            error = f"{error}; {exited}" if error else exited
+            error = error if error and exited in error else f"{error}; {exited}" if error else exited
         run.info["stop_reason"] = recording.stop_reason if status == RUN_COMPLETED else None
         run.info["driver"] = {
             "cpu_seconds": recording.driver_cpu_seconds,
@@ -306,6 +319,8 @@ def _record_and_evaluate(
         from veeksha.runner.evaluation.report import format_summary
 
         evaluation = evaluate_run(run.root)
+        if exited is not None:
+            add_server_check(run.paths, evaluation, exited)
         result.all_slos_met = evaluation.all_slos_met
         result.all_health_passed = evaluation.all_health_passed
         result.all_failed = evaluation.all_failed is not None
@@ -329,12 +344,30 @@ def _record_and_evaluate(
     return result
 
 
-def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
+def add_server_check(paths: RunPaths, evaluation: Evaluation, exited: str) -> None:
+    """A failed `server` check in the health files (and in `evaluation`, which the summary prints):
+    the server exited during the run, when and how (ServerHandle.exited_early). Written by the run
+    itself: a later `veeksha-run evaluate` rebuilds the checks from the records alone (run.json's
+    error still says it)."""
+    from veeksha.runner.evaluation.health import FAILED, Check, format_health_text, health_json
+
+    checks = [Check(**c) for c in evaluation.health["checks"] if c["name"] != SERVER_CHECK]
+    checks.append(Check(SERVER_CHECK, FAILED, detail=exited))
+    evaluation.health = health_json(checks)
+    evaluation.all_health_passed = evaluation.health["all_passed"]
+    write_json(paths.health_checks_json, evaluation.health)
+    write_atomic(paths.health_check_txt, format_health_text(checks))
+
+
+SERVER_CHECK = "server"
+
+
+def _record(cfg: BenchmarkConfig, run: RunDir, server: ServerHandle | None) -> RecordingResult:
     links = _driver_links(cfg, run.paths)
     # From here on every link is stopped, whatever fails: a Ray driver's actor would otherwise stay
     # on the cluster (the recorder's files, the tokenizer and the metrics probe come first).
     try:
-        result = _record_with(cfg, run, links)
+        result = _record_with(cfg, run, links, server)
     except BaseException:  # nothing can record the drivers' work any more (e.g. disk full): stop them
         for link in links:
             link.stop(0.0)
@@ -346,8 +379,10 @@ def _record(cfg: BenchmarkConfig, run: RunDir) -> RecordingResult:
     return result
 
 
-def _record_with(cfg: BenchmarkConfig, run: RunDir, links: list[DriverLink]) -> RecordingResult:
-    """The recording through `links`, which the caller stops."""
+def _record_with(
+    cfg: BenchmarkConfig, run: RunDir, links: list[DriverLink], server: ServerHandle | None
+) -> RecordingResult:
+    """The recording through `links`, which the caller stops; it stops early when `server` exits."""
     # Replies the server sent no usage for are counted here, never in the driver.
     count_tokens, _ = token_counter(cfg.client.tokenizer)
     recorder = Recorder(
@@ -356,6 +391,7 @@ def _record_with(cfg: BenchmarkConfig, run: RunDir, links: list[DriverLink]) -> 
         count_tokens,
         cfg.trace_recorder.enabled,
         secrets=run_secret_values(cfg),  # a traced reply may echo them
+        stop_when=server.exited_early if server is not None else None,
     )
     scraper = _server_metrics(cfg, run.paths, recorder)
     previous = {s: signal.signal(s, handler) for s, handler in _stop_handlers(recorder).items()}

@@ -1,8 +1,10 @@
 """Checks that depend on this machine, made before a server starts or a run directory exists.
 
 The config loader checks what the text says (shared/config_checks.py). Whether the host in
-`client.api_base` resolves depends on where the run happens, so it is checked here. The check runs
-once per distinct host, and it is bounded in time: a slow resolver cannot stall the run.
+`client.api_base` resolves depends on where the run happens, so it is checked here, as are the hosts
+of a command server's `ready_url` and `api_base` (a ready_url that never resolves was polled until
+`ready_timeout`, ten minutes by default). The check runs once per distinct host, and it is bounded in
+time: a slow resolver cannot stall the run.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import threading
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from veeksha.shared.config import BenchmarkConfig
+from veeksha.shared.config import BenchmarkConfig, CommandServerConfig, SimulatedServerConfig
 from veeksha.shared.config_checks import ray_host_port, uses_client_api_base
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.redact import url_for_message
@@ -45,23 +47,45 @@ def check_ray_address(address: str, prefix: str = "") -> None:
 
 
 def check_api_base_hosts(configs: Iterable[BenchmarkConfig], prefix: str = "") -> None:
-    """ConfigError when a user-given client.api_base names a host that does not resolve."""
+    """ConfigError when a user-given client.api_base, or a command server's ready_url or api_base,
+    names a host that does not resolve."""
     checked: set[str] = set()
     for cfg in configs:
-        url = cfg.client.api_base
-        if not url or not uses_client_api_base(cfg):
-            continue  # unset (reported later), or a server section supplies the URL
-        host = urlsplit(url).hostname or ""
-        if host in checked:
-            continue
-        checked.add(host)
-        problem = resolve_problem(host)
-        if problem:
-            raise ConfigError(
-                f"config error at {prefix}client.api_base: {url_for_message(url)!r} is not allowed; "
-                f"its host {host!r} "
-                f"{problem}; give a host this machine can reach"
-            )
+        urls = server_urls(cfg.server)
+        if cfg.client.api_base and uses_client_api_base(cfg):  # else unset (reported later), or
+            urls.append(("client.api_base", cfg.client.api_base))  # the server section supplies it
+        for key, url in urls:
+            _check_host(f"{prefix}{key}", url, checked)
+
+
+def check_server_hosts(server: SimulatedServerConfig | CommandServerConfig | None) -> None:
+    """ConfigError when a command server's ready_url or api_base names a host that does not resolve
+    (before the server is launched: server_launcher)."""
+    checked: set[str] = set()
+    for key, url in server_urls(server):
+        _check_host(key, url, checked)
+
+
+def server_urls(server: SimulatedServerConfig | CommandServerConfig | None) -> list[tuple[str, str]]:
+    """(key path, URL) of each URL a command server section gives."""
+    if not isinstance(server, CommandServerConfig):
+        return []
+    urls = [("server.ready_url", server.ready_url)] if server.ready_url else []
+    return urls + ([("server.api_base", server.api_base)] if server.api_base else [])
+
+
+def _check_host(key: str, url: str, checked: set[str]) -> None:
+    """ConfigError naming `key` when the host of `url` does not resolve; each host checked once."""
+    host = urlsplit(url).hostname or ""
+    if host in checked:
+        return
+    checked.add(host)
+    problem = resolve_problem(host)
+    if problem:
+        raise ConfigError(
+            f"config error at {key}: {url_for_message(url)!r} is not allowed; its host {host!r} "
+            f"{problem}; give a host this machine can reach"
+        )
 
 
 def resolve_problem(host: str) -> str | None:

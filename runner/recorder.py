@@ -8,6 +8,12 @@ Request records and trace lines are appended (and flushed) batch by batch, so a 
 most the last tick. Each record is finalized here (its derived metrics computed, times made relative to
 the run's start). The per-second time series is written once a second; the progress display gets every
 batch and decides itself when to print.
+
+A launched server that exits mid-run is noticed here within POLL_S (`stop_when`, polled by the
+recorder's waiting thread, never by a driver): the run stops as on a Ctrl-C (the drivers drain) and
+fails, naming why.
+Until then the drivers sent to a dead port until benchmark_timeout, and concurrent traffic replaced
+each failed session at once, writing connect_error records by the thousand.
 """
 
 from __future__ import annotations
@@ -127,9 +133,12 @@ class Recorder:
         count_tokens: Callable[[str], int],
         trace_enabled: bool,
         secrets: Iterable[str] = (),
+        stop_when: Callable[[float | None], str | None] | None = None,
     ) -> None:
         """`secrets`: the run's (driver.http.client.run_secret_values), scrubbed from the trace's
-        content, where a server's replies (turn 1's, in turn 2's history) may have echoed them."""
+        content, where a server's replies (turn 1's, in turn 2's history) may have echoed them.
+        `stop_when`: asked every POLL_S, with the seconds since the run's start (None before it), why
+        the run must stop now (the launched server exited: ServerHandle.exited_early), or None."""
         self.paths = paths
         self.progress = progress
         self.count_tokens = count_tokens
@@ -148,6 +157,8 @@ class Recorder:
         self.num_lost = 0
         self.stopping = False  # the other drivers were told to stop after one died
         self.cancelled_at: float | None = None  # monotonic time of the second signal
+        self.stop_when = stop_when
+        self.stopped_for: str | None = None  # what stop_when said: the run failed for it
 
     # -------------------------------------------------------------- signals
 
@@ -172,7 +183,7 @@ class Recorder:
         ):
             failed_start = self._start_all()  # drivers start at the recorder's priority...
             if failed_start is None:  # ...which then gives way to theirs
-                at_low_priority(lambda: self._receive_until_end(records, trace))
+                at_low_priority(lambda: self._receive_until_end(records, trace), tick=self._watch)
             else:  # no driver got its start: none has sent anything
                 for d in self.drivers:
                     d.link.stop(0.0)
@@ -191,6 +202,13 @@ class Recorder:
         status = end.status
         if status not in (RUN_FAILED,) and self.signals:
             status = RUN_INTERRUPTED
+        if self.stopped_for is not None:  # what the run measured after it was no server
+            status = RUN_FAILED
+            error = (
+                f"{self.stopped_for}; {error}"
+                if error and self.stopped_for not in error
+                else self.stopped_for
+            )
         return RecordingResult(
             status,
             error,
@@ -226,6 +244,8 @@ class Recorder:
         while not all(d.ready for d in self.drivers):
             if self.signals:
                 return _End(RUN_INTERRUPTED, INTERRUPTED_AT_START)
+            if self._must_stop():
+                return _End(RUN_FAILED, self.stopped_for)
             if time.monotonic() - started > START_DEADLINE_S:
                 return _End(RUN_FAILED, "a driver process did not start in time")
             for d in self._readable(self.drivers):
@@ -385,6 +405,22 @@ class Recorder:
         where = f" on {d.link.where}" if d.link.where != "local" else ""
         return f"{self._who(d)}{where} exited unexpectedly ({d.link.describe_exit()})"
 
+    def _watch(self) -> None:
+        """Every POLL_S, in the thread that waits for the receiving one and takes the signals: at
+        normal priority, so a receive loop flooded with failures (a dead server, concurrent
+        traffic) cannot starve it. A reason from stop_when stops the run as a first Ctrl-C does."""
+        if self._must_stop():
+            self.progress.note(f"stopping the run: {self.stopped_for}")
+            self._stop_others()
+
+    def _must_stop(self) -> bool:
+        """True the first time stop_when gives a reason (kept in stopped_for), False before and after,
+        and once a signal came (a job's SIGTERM reaches the server too: the run was interrupted)."""
+        if self.stop_when is None or self.stopped_for is not None or self.signals:
+            return False
+        self.stopped_for = self.stop_when(self.elapsed_or_none())
+        return self.stopped_for is not None
+
     def _stop_others(self) -> None:
         if not self.stopping:
             self.stopping = True
@@ -443,7 +479,7 @@ class Recorder:
             return
         self.drain_announced = True
         up_to = max(p["up_to_s"] for p in self.draining.values())
-        why = "a driver failed; " if self.stopping and not self.signals else ""
+        why = "a driver failed; " if self.stopping and not self.signals and not self.stopped_for else ""
         cancel = "Ctrl-C again to cancel" if self.signals else "Ctrl-C to cancel"
         self.progress.note(f"{why}draining {in_flight} requests (up to {up_to:.0f}s; {cancel})")
 
@@ -497,8 +533,9 @@ class Recorder:
         return total
 
 
-def at_low_priority(work: Callable[[], None]) -> None:
-    """Run `work` in a thread of its own at background priority (background.py).
+def at_low_priority(work: Callable[[], None], tick: Callable[[], None] = lambda: None) -> None:
+    """Run `work` in a thread of its own at background priority (background.py); `tick` is called
+    every POLL_S meanwhile, in this thread.
 
     The drivers may share a core with the recorder on a small machine: their wake-ups are the
     measurement, the recorder's work can wait a few milliseconds. Only that thread is lowered, and
@@ -517,6 +554,7 @@ def at_low_priority(work: Callable[[], None]) -> None:
     worker.start()
     while worker.is_alive():
         worker.join(POLL_S)  # short waits: signal handlers run between them
+        tick()
     if failure:
         raise failure[0]
 

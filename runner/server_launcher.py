@@ -2,7 +2,14 @@
 
 `server: {type: simulated}` runs `python -m veeksha.runner.simserver.server` and waits for its
 LISTENING line; `server: {type: command}` runs any command (vLLM, SGLang, llama-server) and polls its
-`ready_url` until it answers 2xx.
+`ready_url` until it answers 2xx. Something already answering at `ready_url` before the launch (a
+forgotten vLLM, a container left from an earlier run) is refused: the run would measure it instead.
+The readiness probe sends the client's key and headers when requests go to the same server (a
+`/v1/models` behind `--api-key` answers 401 without them).
+
+Its output goes to a temp file, unlinked at once, kept to its first and last megabytes
+(LOG_HEAD_BYTES, LOG_TAIL_BYTES: vLLM's access log alone can reach gigabytes); `save_log` writes it,
+scrubbed, into the run directory as `server.log` when the run ends, however it ends.
 
 No orphans: the server gets its own session, so `stop()` can signal its whole process group (workers
 included), and a tiny watchdog process (own session too) terminates that group if the benchmark process
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import json
 import os
 import shutil
@@ -23,14 +31,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
+from veeksha.runner.background import to_background
+from veeksha.runner.driver.http.client import build_headers
+from veeksha.runner.preflight import check_server_hosts
 from veeksha.shared.config import BenchmarkConfig, CommandServerConfig, SimulatedServerConfig
 from veeksha.shared.config_checks import uses_client_api_base
 from veeksha.shared.errors import ConfigError, VeekshaError
@@ -54,6 +65,15 @@ _POLL_S = 0.02
 # both families, and the port announced for it is the IPv4 socket's (simserver.listening_address).
 _LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 _TAIL_LINES = 30
+_TAIL_WINDOW = 64 * 1024  # what output_tail reads its lines from
+# The server's log is kept to its start (the command line, the config, model loading) and its end
+# (what it did last, a traceback), the middle dropped once it outgrows them: checked every second.
+LOG_HEAD_BYTES = 2 * 1024 * 1024
+LOG_TAIL_BYTES = 8 * 1024 * 1024
+LOG_TRIM_EVERY_S = 1.0
+# Before the launch: how long something already at ready_url has to accept a connection, and to answer.
+ALREADY_THERE_CONNECT_S = 1.0
+ALREADY_THERE_ANSWER_S = 2.0
 
 # Runs as `python -c` with argv [parent_pid, pgid]: when the parent is gone (we get reparented),
 # SIGTERM the server's group, give it the grace period, then SIGKILL. Exits once the group is gone.
@@ -86,6 +106,67 @@ while alive():
 """
 
 
+class CappedLog:
+    """A temp log the server appends to (O_APPEND), kept to its first LOG_HEAD_BYTES and about its
+    last LOG_TAIL_BYTES to 2 * LOG_TAIL_BYTES: once the file outgrows them, its start is kept in memory
+    (once), its last LOG_TAIL_BYTES too, and the file is truncated (the server's next write lands at
+    its new end, 0). Output the server writes between that read and the truncation (microseconds) is
+    lost with the rest of the middle. Read through our own descriptor: the file is already unlinked."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.head: bytes | None = None  # the first LOG_HEAD_BYTES, once the file outgrew them
+        self.carry = b""  # the last bytes before the latest truncation
+        self.dropped = 0  # bytes left out between head and carry
+        self.lock = threading.Lock()  # the trimming thread and the readers share the offset-free fd
+
+    def trim(self) -> None:
+        with self.lock:
+            size = os.fstat(self.fd).st_size
+            start = LOG_HEAD_BYTES if self.head is None else 0  # where the droppable part begins
+            if size <= start + 2 * LOG_TAIL_BYTES:
+                return
+            if self.head is None:
+                self.head = os.pread(self.fd, LOG_HEAD_BYTES, 0)
+            keep_from = size - LOG_TAIL_BYTES
+            kept = _read_from(self.fd, keep_from)
+            os.ftruncate(self.fd, 0)
+            self.dropped += len(self.carry) + keep_from - start
+            self.carry = kept
+
+    def contents(self) -> bytes:
+        """Everything kept, with a line where the middle was left out. A line cut at either edge of
+        the gap is dropped whole: a secret cut there would escape the scrub."""
+        with self.lock:
+            rest = self.carry + _read_from(self.fd, 0)
+            if self.head is None:
+                return rest
+            head, dropped = self.head, self.dropped
+        gap = f"\n[veeksha: {dropped:,} bytes of the server's output left out here]\n".encode()
+        return _before_last_line_break(head) + gap + _after_first_line_break(rest)
+
+    def close(self) -> None:
+        with self.lock:
+            os.close(self.fd)
+
+
+def _read_from(fd: int, offset: int) -> bytes:
+    chunks = []
+    while chunk := os.pread(fd, 1024 * 1024, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _before_last_line_break(data: bytes) -> bytes:
+    return data[: max(data.rfind(b"\n"), data.rfind(b"\r")) + 1]
+
+
+def _after_first_line_break(data: bytes) -> bytes:
+    ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+    return data[min(ends) + 1 :] if ends else b""
+
+
 @dataclass
 class ServerHandle:
     """A started server. `stop()` (or leaving the `with` block) ends its whole process group."""
@@ -95,11 +176,14 @@ class ServerHandle:
     log_path: Path
     watchdog: subprocess.Popen[bytes] | None = None
     # A temp log of ours: unlinked as soon as the server has it open (a run killed while the server
-    # loads leaves no raw output in /tmp); read through _log_reader; written out scrubbed if kept.
+    # loads leaves no raw output in /tmp); read through _log (CappedLog); written out scrubbed if kept.
     owns_log: bool = False
     secrets: list[str] = field(default_factory=list)  # scrubbed from what we show of its output
     _stopped: bool = field(default=False, repr=False)
-    _log_reader: BinaryIO | None = field(default=None, repr=False)
+    _log: CappedLog | None = field(default=None, repr=False)
+    _trimmer: threading.Thread | None = field(default=None, repr=False)
+    _trim_stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _exit_note: str | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
@@ -107,32 +191,42 @@ class ServerHandle:
 
     def output_tail(self, lines: int = _TAIL_LINES) -> str:
         """The last lines the server printed (stdout and stderr), secrets scrubbed."""
-        if self._log_reader is not None:
-            return scrub_text(_tail(self._log_reader, lines), self.secrets)
+        if self._log is not None:
+            return scrub_text(_tail(self._log.contents(), lines), self.secrets)
         try:
             with open(self.log_path, "rb") as f:
-                return scrub_text(_tail(f, lines), self.secrets)
+                f.seek(0, os.SEEK_END)
+                start = max(0, f.tell() - _TAIL_WINDOW)
+                f.seek(start)
+                return scrub_text(_tail(f.read(), lines, cut=start > 0), self.secrets)
         except OSError:
             return ""
 
     def output(self) -> str:
-        """Everything the server printed so far, unscrubbed: for our own reading, never shown."""
+        """Everything the server printed so far (of a temp log: what CappedLog kept), unscrubbed: for
+        our own reading, never shown."""
         try:
-            if self._log_reader is not None:
-                self._log_reader.seek(0)
-                return self._log_reader.read().decode(errors="replace")
+            if self._log is not None:
+                return self._log.contents().decode(errors="replace")
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
 
-    def exited_early(self) -> str | None:
+    def exited_early(self, elapsed: float | None = None) -> str | None:
         """Why the run cannot be trusted when the server exited before stop() (it crashed or quit
-        mid-run: every later request failed against nothing); None while it runs."""
+        mid-run: every later request failed against nothing); None while it runs. `elapsed`: seconds
+        since the run's start when asked (the recorder asks every round); the first answer is kept."""
+        if self._exit_note is not None:
+            return self._exit_note
         code = None if self._stopped else self.process.poll()
         if code is None:
             return None
+        when = f", at {elapsed:.1f} s" if elapsed is not None else ""
         last = (self.output_tail(1).strip().splitlines() or ["(no output)"])[-1][:200]
-        return f"the server exited during the run (exit status {code}); its last output: {last}"
+        self._exit_note = (
+            f"the server exited during the run (exit status {code}{when}); its last output: {last}"
+        )
+        return self._exit_note
 
     def keep_log(self) -> None:
         """Leave the log for the user (the server failed), its secrets scrubbed: our temp log is
@@ -149,21 +243,48 @@ class ServerHandle:
                 self.log_path.write_text(text)
         self.owns_log = False
 
-    def stop(self, grace: float = STOP_GRACE_S, keep_log: bool = False) -> None:
+    def save_log(self, path: Path) -> None:
+        """Write what was kept of the server's output to `path` (the run directory's SERVER_LOG),
+        scrubbed of its secrets (its args', its environment's, the client's). Whatever ended the run,
+        a crash's traceback included. A failure to write is said, never raised: the run's own files
+        matter more."""
+        try:
+            path.write_text(scrub_text(self.output(), self.secrets))
+        except OSError as e:
+            print(f"veeksha: could not write the server's log {path}: {e.strerror or e}", file=sys.stderr)
+
+    def stop(self, grace: float = STOP_GRACE_S, keep_log: bool = False, save_to: Path | None = None) -> None:
         """SIGTERM the server's process group, SIGKILL whatever remains after `grace` seconds;
-        `keep_log`: then leave its log for the user (see keep_log)."""
+        `keep_log`: then leave its log for the user (see keep_log); `save_to`: write it there
+        (save_log). Interrupted meanwhile (a second Ctrl-C), it kills the group at once: the watchdog
+        would act only once the runner exits, after a sweep's next runs or its upload."""
         if self._stopped:
             return
         self._stopped = True
-        _terminate_group(self.process, grace)
+        try:
+            _terminate_group(self.process, grace)
+        except BaseException:
+            _terminate_group(self.process, 0.0)
+            raise
+        finally:
+            self._release(keep_log, save_to)
+
+    def _release(self, keep_log: bool, save_to: Path | None) -> None:
+        """The watchdog, the log's trimming and its descriptor, once the server is gone."""
         if self.watchdog is not None:
             with contextlib.suppress(ProcessLookupError):
                 self.watchdog.kill()
             self.watchdog.wait()
+        self._trim_stop.set()
+        if self._trimmer is not None:
+            self._trimmer.join()
+        if save_to is not None:
+            self.save_log(save_to)
         if keep_log:
             self.keep_log()
-        if self._log_reader is not None:
-            self._log_reader.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> ServerHandle:
         return self
@@ -178,7 +299,10 @@ def check_server_command(cfg: SimulatedServerConfig | CommandServerConfig | None
     if not isinstance(cfg, CommandServerConfig) or not cfg.command:
         return
     program = str(cfg.command[0])
-    if shutil.which(program) is None:  # a path with a folder is checked as it is, else PATH
+    # A path with a folder is checked as it is, else the PATH the server gets (server.env's, if it
+    # sets one), as Popen(env=...) looks the program up there.
+    path = {**os.environ, **cfg.env}.get("PATH", os.defpath)
+    if shutil.which(program, path=path) is None:
         where = "is not an executable file" if os.sep in program else "is not found on PATH"
         raise ConfigError(
             f"config error at server.command[0]: {_shown_program(program)!r} {where}; "
@@ -260,21 +384,107 @@ def _cannot_listen(e: OSError, where: str, host_key: str, port_key: str) -> str:
     )
 
 
+def check_ready_url_free(cfg: SimulatedServerConfig | CommandServerConfig | None) -> None:
+    """ConfigError when something answers at a command server's ready_url before it is launched: its
+    first 2xx would pass for our server's readiness, and the run would measure whatever is there. Any
+    HTTP answer counts, and on this machine a port that accepts connections at all. Not part of a
+    dry run's checks: it connects (runner/benchmark.py asks before the output directory is made)."""
+    if not isinstance(cfg, CommandServerConfig):
+        return
+    answer = _answer_before_launch(cfg.ready_url)
+    if answer is not None:
+        raise ConfigError(
+            f"config error at server.ready_url: {redact_url(cfg.ready_url)} already answers ({answer}) "
+            "before the server is started: something else serves there (a server left running, a "
+            "container from an earlier run?); stop what is there, or change the port"
+        )
+
+
+def _answer_before_launch(url: str) -> str | None:
+    """What answers at `url` now: `HTTP <status>`, `the port is taken` (a local port that accepts
+    connections and gives no HTTP answer), or None (nothing)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    taken = None
+    if _is_local(host):
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            socket.create_connection((host, port), timeout=ALREADY_THERE_CONNECT_S).close()
+        except OSError:
+            return None  # nothing listens there: the port is free for the server
+        taken = "the port is taken: something accepts connections there"
+    timeout = httpx.Timeout(ALREADY_THERE_ANSWER_S, connect=ALREADY_THERE_CONNECT_S)
+    try:  # no credentials to whatever is there: it is not the server the client's key is for
+        with httpx.Client(timeout=timeout, trust_env=False) as client:
+            return f"HTTP {client.get(url).status_code}"
+    except httpx.HTTPError:
+        return taken
+
+
+def _is_local(host: str) -> bool:
+    """A host that is this machine: its ports are ours to check."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def readiness_headers(cfg: BenchmarkConfig) -> dict[str, str]:
+    """The headers the readiness probe sends: the client's key and headers, as its requests carry
+    them, when ready_url is on the server the requests go to (scheme, host and port); none for a
+    ready_url elsewhere, which the key is not for."""
+    server = cfg.server
+    if not isinstance(server, CommandServerConfig):
+        return {}
+    api_base = planned_api_base(cfg, server)
+    if _origin(api_base) != _origin(server.ready_url):
+        return {}
+    client = replace(cfg.client, api_base=api_base)
+    return {name: value for name, value in build_headers(client) if name.lower() not in _BODY_HEADERS}
+
+
+_BODY_HEADERS = ("accept", "content-type")  # a GET with no body asks for no stream
+
+
+def planned_api_base(cfg: BenchmarkConfig, server: CommandServerConfig) -> str:
+    """Where a command server's requests go (config_checks.uses_client_api_base): its api_base, the
+    user's client.api_base, else the one guessed from ready_url."""
+    if uses_client_api_base(cfg):
+        return cfg.client.api_base or ""
+    return server.api_base or _api_base_from(server.ready_url)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    try:
+        port = parts.port or default
+    except ValueError:
+        port = None
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
 def start_server(
     cfg: SimulatedServerConfig | CommandServerConfig,
     log_path: Path | None = None,
     extra_secrets: Iterable[str] = (),
+    ready_headers: Mapping[str, str] | None = None,
 ) -> ServerHandle:
     """Start the server described by `cfg` (SimulatedServerConfig or CommandServerConfig) and return
     once it is ready. Its stdout/stderr go to `log_path`; when not given, to a temp file unlinked as
     soon as the server has it open (written out, scrubbed, and named in the error when it fails to
-    start). Raises VeekshaError with the last lines of its output when it exits early or is not
-    ready in time. `extra_secrets` (the client's: the server inherits the environment that may
-    hold them) are scrubbed from its output as its own are."""
+    start). Raises ConfigError before the launch when ready_url's host does not resolve or something
+    already answers there; VeekshaError with the last lines of its output when it exits early or is
+    not ready in time. `extra_secrets` (the client's: the server inherits the environment that may
+    hold them) are scrubbed from its output as its own are. `ready_headers` go with each readiness
+    probe (readiness_headers)."""
     if isinstance(cfg, SimulatedServerConfig):
         return _start_simulated(cfg, log_path)
     if isinstance(cfg, CommandServerConfig):
-        return _start_command(cfg, log_path, extra_secrets)
+        return _start_command(cfg, log_path, extra_secrets, dict(ready_headers or {}))
     raise VeekshaError(f"unknown server type {cfg.type!r} (allowed: simulated, command)")
 
 
@@ -314,16 +524,20 @@ def _start_simulated(cfg: SimulatedServerConfig, log_path: Path | None) -> Serve
 
 
 def _start_command(
-    cfg: CommandServerConfig, log_path: Path | None, extra_secrets: Iterable[str]
+    cfg: CommandServerConfig, log_path: Path | None, extra_secrets: Iterable[str], headers: dict[str, str]
 ) -> ServerHandle:
     if not cfg.command:
         raise VeekshaError("server.command is empty: give the server command as a list")
     check_server_command(cfg)
+    check_server_hosts(cfg)
+    check_ready_url_free(cfg)
     env = {**os.environ, **cfg.env}
     api_base = cfg.api_base or _api_base_from(cfg.ready_url)
     # What the server may print: its config's secrets, the client's, and those of the environment it
     # inherits (WANDB_API_KEY, HF_TOKEN: variables named like secrets, credentials in URLs).
-    secrets = scrub_list([*secret_values(to_dict(cfg)), *environment_secrets(env), *extra_secrets])
+    secrets = scrub_list(
+        [*secret_values(to_dict(cfg)), *environment_secrets(env), *extra_secrets, *secret_values(headers)]
+    )
     # What the user may read: the command with the values of secret flags hidden.
     what = f"server command {' '.join(str(a) for a in redact(list(cfg.command)))!r}"
     try:
@@ -332,20 +546,43 @@ def _start_command(
         program = _shown_program(str(cfg.command[0]))
         raise VeekshaError(f"cannot start server command {program!r}: {exc.strerror}") from None
     deadline = time.monotonic() + float(cfg.ready_timeout)
+    shown_url = redact_url(cfg.ready_url)
 
     def wait() -> None:
         pause = 0.05  # quick servers are noticed quickly; slow ones (model loading) twice a second
+        last = None  # the last probe's outcome, for the timeout's message
         # trust_env=False: the server is local; a proxy from the environment must not intercept.
         with httpx.Client(timeout=httpx.Timeout(2.0, connect=1.0), trust_env=False) as client:
             while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if client.get(cfg.ready_url).is_success:
-                        return
-                _fail_if_dead_or_late(handle, deadline, what, f"to answer 2xx at {redact_url(cfg.ready_url)}")
+                try:
+                    status = client.get(cfg.ready_url, headers=headers).status_code
+                    last = f"last answer: HTTP {status}"
+                except httpx.HTTPError as e:
+                    status = None
+                    last = f"last error: {type(e).__name__}: {scrub_text(str(e), secrets)}".splitlines()[0]
+                if status is not None and 200 <= status < 300:
+                    _fail_if_not_ours(handle, what, shown_url)
+                    return
+                _fail_if_dead_or_late(handle, deadline, what, f"to answer 2xx at {shown_url}", last)
                 time.sleep(pause)
                 pause = min(0.5, pause * 1.5)
 
     return _await_ready(handle, wait)
+
+
+def _fail_if_not_ours(handle: ServerHandle, what: str, shown_url: str) -> None:
+    """ready_url answered: when our process has exited meanwhile, what answered is something else
+    (a server it left behind in a session of its own, another one started meanwhile)."""
+    code = handle.process.poll()
+    if code is None:
+        return
+    tail = handle.output_tail()
+    handle.stop(keep_log=True)
+    raise VeekshaError(
+        f"{what} exited with status {code}, yet {shown_url} answers: something else serves there; stop "
+        f"it, or change the port. Full output: {handle.log_path}. Last lines of its output:\n"
+        f"{tail or '(no output)'}"
+    )
 
 
 def planned_api_host(cfg: BenchmarkConfig) -> str | None:
@@ -407,10 +644,10 @@ def _spawn(
         if owns_log:  # nothing ran: leave no empty log behind
             log_path.unlink(missing_ok=True)
         raise
-    reader = None
+    capped = None
     try:
         if owns_log:
-            reader = open(log_path, "rb")  # closed by ServerHandle.stop()
+            capped = CappedLog(os.open(log_path, os.O_RDWR))  # closed by ServerHandle.stop()
             log_path.unlink()
         watchdog = subprocess.Popen(
             [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(process.pid), str(STOP_GRACE_S)],
@@ -421,15 +658,34 @@ def _spawn(
         )
     except BaseException:  # a Ctrl-C before the watchdog runs: nothing else would stop the server
         _terminate_group(process, STOP_GRACE_S)
-        if reader is not None:
-            reader.close()
+        if capped is not None:
+            capped.close()
         raise
-    return ServerHandle(
-        process, api_base, log_path, watchdog, owns_log, secrets=secrets or [], _log_reader=reader
-    )
+    handle = ServerHandle(process, api_base, log_path, watchdog, owns_log, secrets=secrets or [], _log=capped)
+    if capped is not None:
+        handle._trimmer = _start_trimming(capped, handle._trim_stop)
+    return handle
 
 
-def _fail_if_dead_or_late(handle: ServerHandle, deadline: float, what: str, goal: str) -> None:
+def _start_trimming(log: CappedLog, stop: threading.Event) -> threading.Thread:
+    """A thread that keeps `log` within its bounds every LOG_TRIM_EVERY_S until `stop` is set; at
+    background priority, as the recorder's own threads (background.py)."""
+
+    def run() -> None:
+        to_background()
+        while not stop.wait(LOG_TRIM_EVERY_S):
+            with contextlib.suppress(OSError):  # (a full /tmp: the server's own writes fail too)
+                log.trim()
+
+    thread = threading.Thread(target=run, name="veeksha-server-log", daemon=True)
+    thread.start()
+    return thread
+
+
+def _fail_if_dead_or_late(
+    handle: ServerHandle, deadline: float, what: str, goal: str, last: str | None = None
+) -> None:
+    """`last`: what the readiness probe got last (a status, an error class), for the timeout."""
     code = handle.process.poll()
     if code is None and time.monotonic() < deadline:
         return
@@ -438,7 +694,7 @@ def _fail_if_dead_or_late(handle: ServerHandle, deadline: float, what: str, goal
     if code is not None:
         msg = f"{what} exited with status {code} before it was ready"
     else:
-        msg = f"{what} did not manage {goal} within the deadline; stopped it"
+        msg = f"{what} did not manage {goal} within the deadline ({last or 'no probe finished'}); stopped it"
     raise VeekshaError(
         f"{msg}. Full output: {handle.log_path}. Last lines of its output:\n{tail or '(no output)'}"
     )
@@ -451,13 +707,13 @@ def _find_line(text: str, prefix: str) -> str | None:
     return None
 
 
-def _tail(f: BinaryIO, lines: int) -> str:
-    f.seek(0, os.SEEK_END)
-    start = max(0, f.tell() - 64 * 1024)
-    f.seek(start)
-    kept = f.read().decode(errors="replace").splitlines()
-    if start:  # the window began inside a line: a secret cut there would escape the scrub
-        kept = kept[1:]  # (lines as splitlines sees them: a progress bar's \r ends one too)
+def _tail(data: bytes, lines: int, cut: bool = False) -> str:
+    """The last `lines` lines of the last _TAIL_WINDOW bytes of `data` (`cut`: `data` itself began
+    inside a line)."""
+    window = data[-_TAIL_WINDOW:]
+    kept = window.decode(errors="replace").splitlines()
+    if cut or len(window) < len(data):  # the window began inside a line: a secret cut there would
+        kept = kept[1:]  # escape the scrub (lines as splitlines sees them: a progress bar's \r too)
     return "\n".join(kept[-lines:])
 
 

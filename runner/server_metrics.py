@@ -4,10 +4,18 @@ A thread of the recorder process (never the driver) fetches the server's Prometh
 `server_metrics.interval_seconds` and appends one row to metrics/server_metrics.csv: `elapsed_s`, then
 one column per series, named as the server spells it (`vllm:num_requests_running`, ...). Gauges are
 kept as values, counters become per-second rates over the interval; histograms and summaries are left
-out. Series of one name with several label sets (one per model) are summed. The columns are those of
-the first successful scrape; a series first seen later (vLLM's labelled counters have no sample
-until a request finishes) widens the header: the file is rewritten once, atomically, its earlier rows
-with empty cells, and appended to again. A failed scrape is counted and the run goes on.
+out. Series of one name with several label sets (vLLM V1 labels each engine of a data-parallel
+server) are combined: counters are summed (the whole server's rate), gauges averaged (a fraction such
+as vllm:kv_cache_usage_perc stays a fraction; a count is then the mean per label set). Rates follow
+Prometheus rate(), label set by label set: a counter that went down was reset (it began again at 0, so
+its new value is the increase), a label set first seen counts from 0, one gone adds nothing; a rate is
+never negative. A name that would need CSV quoting (prometheus_client reads quoted UTF-8 names:
+`{"a,b"} 1`) or holds a control character is left out: the file's readers (evaluation, the uploader,
+the live follower) split plain lines at commas. The columns are those of the first successful scrape;
+a series first seen later (vLLM's labelled counters have no sample until a request finishes) widens
+the header: the file is rewritten once, atomically, its earlier rows with empty cells, and appended
+to again. A failed scrape (an unreachable endpoint, text the parser refuses) is counted and the run
+goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import csv
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,24 +47,64 @@ def metrics_url(cfg: BenchmarkConfig) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/metrics", "", ""))
 
 
+LabelSet = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series name of a scrape: its family's type and its value per label set."""
+
+    kind: str
+    values: dict[LabelSet, float]
+
+    @property
+    def value(self) -> float:
+        """Counters summed over label sets, anything else (a gauge) averaged."""
+        total = sum(self.values.values())
+        return total if self.kind == "counter" else total / len(self.values)
+
+
 def parse(text: str) -> dict[str, tuple[str, float]]:
-    """Series name -> (its family's type, value summed over label sets)."""
-    out: dict[str, tuple[str, float]] = {}
-    for family in text_string_to_metric_families(text):
-        if family.type not in KEPT_TYPES:
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_created"):  # a counter's creation time, not a measurement
+    """Series name -> (its family's type, its value over label sets: Series.value)."""
+    return {name: (series.kind, series.value) for name, series in parse_series(text).items()}
+
+
+def parse_series(text: str) -> dict[str, Series]:
+    """Series name -> Series, for the gauges and counters of Prometheus `text`. ValueError for text the
+    parser refuses, whatever it raised (IndexError on some malformed lines)."""
+    out: dict[str, Series] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            if family.type not in KEPT_TYPES:
                 continue
-            _, value = out.get(sample.name, (family.type, 0.0))
-            out[sample.name] = (family.type, value + float(sample.value))
+            for sample in family.samples:
+                # A counter's creation time is no measurement; a name with a comma, a quote or a
+                # control character would break the plain CSV line (_csv_line).
+                if sample.name.endswith("_created") or not _plain(sample.name):
+                    continue
+                series = out.setdefault(sample.name, Series(family.type, {}))
+                series.values[tuple(sorted(sample.labels.items()))] = float(sample.value)
+    except ValueError:
+        raise
+    except Exception as e:  # the parser's own bug on odd input: a failed scrape, not a dead thread
+        raise ValueError(f"unreadable Prometheus text ({type(e).__name__}: {e})") from None
     return out
 
 
-def fetch(client: httpx.Client, url: str) -> dict[str, tuple[str, float]]:
+def counter_rate(now: Series, before: Series, dt: float) -> float:
+    """Per second over `dt`, as Prometheus rate() counts it, label set by label set: a decrease is a
+    reset (the new value is the increase), a label set not there before counts from 0."""
+    increase = 0.0
+    for labels, value in now.values.items():
+        previous = before.values.get(labels, 0.0)
+        increase += value - previous if value >= previous else value
+    return increase / dt
+
+
+def fetch(client: httpx.Client, url: str) -> dict[str, Series]:
     response = client.get(url)
     response.raise_for_status()
-    return parse(response.text)
+    return parse_series(response.text)
 
 
 def probe(url: str, secrets: Iterable[str] = ()) -> str | None:
@@ -81,7 +130,7 @@ class Scraper:
         self.rows = 0
         self._busy_s = 0.0  # time inside scrapes: a slow endpoint, not a lack of CPU, takes it
         self._columns: list[str] | None = None
-        self._previous: tuple[float, dict[str, tuple[str, float]]] | None = None
+        self._previous: tuple[float, dict[str, Series]] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="veeksha-server-metrics", daemon=True)
 
@@ -123,7 +172,7 @@ class Scraper:
                     self.failures += 1
                 self._busy_s += time.monotonic() - began
 
-    def _write(self, t: float, series: dict[str, tuple[str, float]]) -> None:
+    def _write(self, t: float, series: dict[str, Series]) -> None:
         if self._columns is None:
             self.csv_path.write_text(_csv_line(["elapsed_s", *sorted(series)]))
             self._columns = sorted(series)
@@ -147,21 +196,26 @@ class Scraper:
         write_atomic(self.csv_path, "".join(lines))
         self._columns = columns
 
-    def _value(self, name: str, t: float, series: dict[str, tuple[str, float]]) -> float | None:
+    def _value(self, name: str, t: float, series: dict[str, Series]) -> float | None:
         if name not in series:
             return None
-        kind, value = series[name]
-        if kind != "counter":
-            return value
+        now = series[name]
+        if now.kind != "counter":
+            return now.value
         if self._previous is None or name not in self._previous[1] or t <= self._previous[0]:
             return None  # a rate needs two scrapes
-        return (value - self._previous[1][name][1]) / (t - self._previous[0])
+        return counter_rate(now, self._previous[1][name], t - self._previous[0])
 
 
 def _cell(value: float | None) -> str:
     return "" if value is None else repr(value)
 
 
+def _plain(name: str) -> bool:
+    """A series name that a CSV cell holds without quoting."""
+    return name.isprintable() and "," not in name and '"' not in name
+
+
 def _csv_line(cells: list[str]) -> str:
-    # Series names ([a-zA-Z_:][a-zA-Z0-9_:]*) and numbers need no CSV quoting.
+    # Series names (_plain) and numbers need no CSV quoting.
     return ",".join(cells) + "\n"

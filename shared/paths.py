@@ -13,6 +13,7 @@ from veeksha.shared.records import DISTRIBUTION_METRICS as _DISTRIBUTION_METRICS
 RUN_JSON = "run.json"
 CONFIG_YML = "config.yml"
 HEALTH_CHECK_TXT = "health_check_results.txt"
+SERVER_LOG = "server.log"  # a launched server's output, scrubbed and size-capped (never uploaded)
 METRICS_DIR = "metrics"
 TRACES_DIR = "traces"
 WANDB_RUN_JSON = "wandb_run.json"  # written by the uploader only

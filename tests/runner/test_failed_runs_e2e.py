@@ -108,7 +108,7 @@ def test_a_server_that_exits_mid_run_fails_the_run_and_says_so(tmp_path: Path) -
     proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path)
 
     assert proc.returncode == 1, proc.stderr
-    assert "veeksha: the server exited during the run (exit status 124)" in proc.stderr
+    assert "veeksha: the server exited during the run (exit status 124, at " in proc.stderr
     info = orjson.loads(only_run_dir(tmp_path / "out").run_json.read_bytes())
     assert info["status"] == "failed" and "exit status 124" in info["error"]
 

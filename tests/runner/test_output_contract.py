@@ -172,6 +172,6 @@ def test_timeseries_png_draws_the_run_over_time(run: RunPaths) -> None:
 
 
 def test_no_file_outside_the_contract(run: RunPaths) -> None:
-    allowed = {"run.json", "config.yml", "health_check_results.txt", "metrics", "traces"}
+    allowed = {"run.json", "config.yml", "health_check_results.txt", "metrics", "traces", "server.log"}
     assert {p.name for p in run.root.iterdir()} <= allowed
     assert not [p for p in Path(run.root).rglob("*.tmp")]

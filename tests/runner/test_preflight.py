@@ -1,14 +1,19 @@
-"""Before anything starts, the host of a user-given api_base must resolve, within a bounded time."""
+"""Before anything starts, the hosts of a user-given api_base and of a command server's ready_url
+must resolve, within a bounded time."""
 
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from veeksha.runner import preflight
 from veeksha.runner.preflight import check_api_base_hosts, resolve_problem
+from veeksha.runner.server_launcher import start_server
+from veeksha.shared.config import CommandServerConfig
 from veeksha.shared.config_loader import build_benchmark_config
 from veeksha.shared.errors import ConfigError
 
@@ -39,3 +44,34 @@ def test_only_the_url_the_run_will_use_is_resolved() -> None:
     check_api_base_hosts([unused])  # the simulated server's URL replaces it: nothing to resolve
     with pytest.raises(ConfigError, match=r"^config error at client\.api_base: .*'used\.invalid' does not"):
         check_api_base_hosts([used])
+
+
+def test_a_command_servers_ready_url_must_resolve_too() -> None:
+    """Skipped when the server section supplied the URL: a typo in ready_url's host was polled until
+    ready_timeout (ten minutes by default), the server loading meanwhile."""
+    cfg = build_benchmark_config(
+        {
+            "server": {
+                "type": "command",
+                "command": ["vllm"],
+                "ready_url": "http://vllm-hots.invalid:8000/health",
+            }
+        }
+    )
+    with pytest.raises(ConfigError) as caught:
+        check_api_base_hosts([cfg])
+    assert str(caught.value).startswith(
+        "config error at server.ready_url: 'http://vllm-hots.invalid:8000/health' is not allowed; "
+        "its host 'vllm-hots.invalid' does not resolve"
+    )
+
+
+def test_the_launch_itself_refuses_a_ready_url_that_does_not_resolve(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    server = CommandServerConfig(
+        command=[sys.executable, "-c", f"open({str(marker)!r}, 'w')"],
+        ready_url="http://vllm-hots.invalid:8000/health",
+    )
+    with pytest.raises(ConfigError, match=r"^config error at server\.ready_url: .* does not resolve"):
+        start_server(server, log_path=tmp_path / "server.log")
+    assert not marker.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,14 +12,23 @@ import tempfile
 import textwrap
 import threading
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
 import pytest
-from veeksha.runner.server_launcher import ServerHandle, planned_api_host, start_server
-from veeksha.shared.config import CommandServerConfig, SimulatedServerConfig
+from veeksha.runner.server_launcher import (
+    ServerHandle,
+    check_server_command,
+    planned_api_host,
+    readiness_headers,
+    start_server,
+)
+from veeksha.shared.config import BenchmarkConfig, CommandServerConfig, SimulatedServerConfig
 from veeksha.shared.config_loader import build_benchmark_config
-from veeksha.shared.errors import VeekshaError
+from veeksha.shared.errors import ConfigError, VeekshaError
+
+from tests.runner.helpers import run_cli, serving
 
 SIM_MODULE = [sys.executable, "-m", "veeksha.runner.simserver.server"]
 
@@ -376,3 +386,289 @@ def test_the_output_tail_of_a_progress_bar_is_its_last_updates(tmp_path: Path) -
     handle = ServerHandle(subprocess.Popen(["true"]), "", log)
     handle.process.wait()
     assert handle.output_tail(2).splitlines()[-1].startswith("shards:  99%")
+
+
+# ---------------------------------------------------------------- a server of someone else's
+
+
+class Answers200(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def marker_command(marker: Path) -> list[str]:
+    """A server command that leaves `marker` behind when it starts, then waits."""
+    return [sys.executable, "-c", f"import time; open({str(marker)!r}, 'w').close(); time.sleep(30)"]
+
+
+def test_a_ready_url_that_answers_before_the_launch_is_refused(tmp_path: Path) -> None:
+    """A forgotten vLLM or a container left from an earlier run answered the first readiness probe in
+    50 ms, and the whole run measured it instead of the server the config describes."""
+    with serving(Answers200) as api_base:
+        ready_url = api_base.removesuffix("/v1") + "/"
+        cfg = CommandServerConfig(command=marker_command(tmp_path / "started"), ready_url=ready_url)
+        with pytest.raises(ConfigError) as caught:
+            start_server(cfg, log_path=tmp_path / "server.log")
+    message = str(caught.value)
+    assert message.startswith(f"config error at server.ready_url: {ready_url} already answers (HTTP 200)")
+    assert "stop what is there, or change the port" in message and "\n" not in message
+    assert not (tmp_path / "started").exists() and not (tmp_path / "server.log").exists()
+
+
+def test_a_loopback_port_that_accepts_connections_but_never_answers_is_refused_too(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        ready_url = f"http://127.0.0.1:{taken.getsockname()[1]}/health"
+        cfg = CommandServerConfig(command=marker_command(tmp_path / "started"), ready_url=ready_url)
+        with pytest.raises(ConfigError, match=r"already answers \(the port is taken"):
+            start_server(cfg)
+    assert not (tmp_path / "started").exists()
+
+
+def test_the_run_is_refused_with_one_line_and_exit_2_before_the_server_starts(tmp_path: Path) -> None:
+    with serving(Answers200) as api_base:
+        (tmp_path / "c.veeksha.yml").write_text(
+            f"output_dir: out\nserver: {{type: command, command: {marker_command(tmp_path / 'started')}, "
+            f"ready_url: '{api_base.removesuffix('/v1')}/health'}}\nruntime: {{max_sessions: 1}}\n"
+        )
+        proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("veeksha-run: config error at server.ready_url:") and "already answers" in line
+    assert not (tmp_path / "started").exists() and not (tmp_path / "out").exists()
+
+
+# Binds the port, then forks a stray server that takes the first connection and answers it only once
+# the process we launched has exited: ready_url answers while our server is gone.
+EXITS_WHILE_ANOTHER_ANSWERS = """
+import os, socket, sys, time
+listening = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+accepted_r, accepted_w = os.pipe()
+parent = os.getpid()
+if os.fork() == 0:
+    conn, _ = listening.accept()
+    os.write(accepted_w, b"x")
+    while os.getppid() == parent:
+        time.sleep(0.01)
+    conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 0\\r\\nConnection: close\\r\\n\\r\\n")
+    time.sleep(30)
+    os._exit(0)
+os.read(accepted_r, 1)
+sys.exit(0)
+"""
+
+
+def test_a_ready_url_that_answers_after_our_server_exited_is_no_readiness(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = CommandServerConfig(
+        command=[sys.executable, "-c", EXITS_WHILE_ANOTHER_ANSWERS, str(port)],
+        ready_url=f"http://127.0.0.1:{port}/health",
+    )
+    with pytest.raises(VeekshaError) as caught:
+        start_server(cfg, log_path=tmp_path / "server.log")
+    assert f"exited with status 0, yet http://127.0.0.1:{port}/health answers" in str(caught.value)
+
+
+# ---------------------------------------------------------------- why it never got ready
+
+
+# Answers /health with the status given as its second argument; /v1/models with 200 only to the key.
+STATUS_SERVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+port, status = int(sys.argv[1]), int(sys.argv[2])
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/v1/models":
+            ok = self.headers.get("Authorization") == "Bearer sk-ready-key-31"
+            code = 200 if ok else 401
+        else:
+            code = status
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+@pytest.mark.parametrize(
+    ("status", "says"), [(503, "last answer: HTTP 503"), (None, "last error: ConnectError")]
+)
+def test_the_readiness_timeout_says_what_the_ready_url_last_answered(
+    tmp_path: Path, status: int | None, says: str
+) -> None:
+    port = free_port()
+    command = [sys.executable, "-c", STATUS_SERVER, str(port), str(status)]
+    if status is None:  # nothing ever listens
+        command = [sys.executable, "-c", "import time; time.sleep(30)"]
+    cfg = CommandServerConfig(command=command, ready_url=f"http://127.0.0.1:{port}/health", ready_timeout=1.5)
+    with pytest.raises(VeekshaError, match="did not manage to answer 2xx") as caught:
+        start_server(cfg, log_path=tmp_path / "server.log")
+    assert says in str(caught.value)
+
+
+def key_server_config(tmp_path: Path, api_base: str | None = None) -> BenchmarkConfig:
+    port = free_port()
+    tree: dict = {
+        "server": {
+            "type": "command",
+            "command": [sys.executable, "-c", STATUS_SERVER, str(port), "200"],
+            "ready_url": f"http://127.0.0.1:{port}/v1/models",
+            "ready_timeout": 3,
+        },
+        "client": {"api_key": "sk-ready-key-31"},
+    }
+    if api_base is not None:
+        tree["client"]["api_base"] = api_base
+    return build_benchmark_config(tree)
+
+
+def test_a_ready_url_behind_the_api_key_gets_the_key_the_client_sends(tmp_path: Path) -> None:
+    """/v1/models of a server started with --api-key answers 401 without it: it never got ready."""
+    cfg = key_server_config(tmp_path)
+    assert isinstance(cfg.server, CommandServerConfig)
+    with start_server(cfg.server, ready_headers=readiness_headers(cfg)) as handle:
+        assert handle.process.poll() is None
+
+
+def test_the_key_goes_to_the_ready_url_only_when_requests_go_to_the_same_server(tmp_path: Path) -> None:
+    elsewhere = key_server_config(tmp_path, api_base="http://gateway.example:8000/v1")
+    assert "Authorization" not in readiness_headers(elsewhere)
+    same = key_server_config(tmp_path)
+    assert readiness_headers(same)["Authorization"] == "Bearer sk-ready-key-31"
+
+
+# ---------------------------------------------------------------- the program and its PATH
+
+
+def test_a_program_is_looked_up_on_the_path_the_server_gets(tmp_path: Path) -> None:
+    """`server.env.PATH: /opt/vllm/bin` with `command: [vllm, ...]` was refused: the check read the
+    runner's PATH, while the server is started with its own."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    program = folder / "fake-llm-server"
+    program.write_text("#!/bin/sh\nexec sleep 30\n")
+    program.chmod(0o755)
+    cfg = CommandServerConfig(
+        command=["fake-llm-server"], ready_url="http://127.0.0.1:9/health", env={"PATH": str(folder)}
+    )
+    check_server_command(cfg)
+    with pytest.raises(ConfigError, match="is not found on PATH"):
+        check_server_command(
+            CommandServerConfig(command=["fake-llm-server"], ready_url="http://127.0.0.1:9/health")
+        )
+
+
+# ---------------------------------------------------------------- a second Ctrl-C while it stops
+
+
+def test_a_second_ctrl_c_during_the_stop_grace_kills_the_server_now(tmp_path: Path) -> None:
+    """stop() marked the server stopped before waiting out its grace: a Ctrl-C then left a server that
+    ignores SIGTERM running until the runner exited (the watchdog's turn), after a sweep's upload."""
+    pid_file = tmp_path / "pid"
+    server = (
+        "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    )
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, threading
+        from veeksha.runner.server_launcher import ServerHandle, _spawn
+        handle = _spawn([sys.executable, "-c", {server!r}], dict(os.environ), None, api_base="")
+        while not os.path.exists({str(pid_file)!r}) or not open({str(pid_file)!r}).read():
+            pass
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            handle.stop(grace=30)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.stdin.read()  # stay alive: the watchdog must have nothing to do
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == "interrupted\n"
+        assert wait_gone(int(pid_file.read_text()), timeout=2)
+    finally:
+        parent.kill()
+        parent.wait()
+        for pipe in (parent.stdin, parent.stdout):
+            pipe.close()
+
+
+# ---------------------------------------------------------------- a chatty server's log
+
+
+# Serves /health, prints a first line with its key, then ~12 MB of access-log-like lines over a second
+# or two, then a last line, and waits.
+CHATTY_SERVER = """
+import sys, threading, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+server = HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+print("START", sys.argv[2:], flush=True)
+line = "GET /v1/chat/completions 200 OK " + "x" * 90 + "\\n"
+for i in range(100):
+    sys.stdout.write(line * 1000)
+    sys.stdout.flush()
+    time.sleep(0.01)
+print("THE END, key", sys.argv[3], flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_chatty_servers_log_is_kept_to_its_start_and_its_end(
+    tmp_path: Path, temp_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's output went to a deleted temp file for the whole run: unbounded (vLLM's access
+    log reaches gigabytes, unseen by du, in RAM on a tmpfs), and lost with a crash (200 characters of
+    it survived). It is kept to its first and last bytes now, and written out scrubbed."""
+    import veeksha.runner.server_launcher as launcher
+
+    head, tail = 64 * 1024, 256 * 1024
+    monkeypatch.setattr(launcher, "LOG_HEAD_BYTES", head, raising=False)
+    monkeypatch.setattr(launcher, "LOG_TAIL_BYTES", tail, raising=False)
+    monkeypatch.setattr(launcher, "LOG_TRIM_EVERY_S", 0.05, raising=False)
+    port = free_port()
+    cfg = CommandServerConfig(
+        command=[sys.executable, "-c", CHATTY_SERVER, str(port), "--api-key", "sk-chatty-secret-41"],
+        ready_url=f"http://127.0.0.1:{port}/health",
+    )
+    with start_server(cfg) as handle:
+        largest = 0
+        deadline = time.monotonic() + 30
+        while "THE END" not in handle.output_tail(1):
+            assert time.monotonic() < deadline
+            # The file the server writes, as the system sees it (the name is already unlinked).
+            largest = max(largest, os.stat(f"/proc/{handle.pid}/fd/1").st_size)
+            time.sleep(0.02)
+        assert largest < head + 2 * tail + 4 * 1024 * 1024  # bounded: a trim a tick, not 12 MB
+        handle.stop(save_to=tmp_path / "server.log")
+    text = (tmp_path / "server.log").read_text()
+    assert text.startswith("START ['--api-key', '<redacted>']")
+    assert re.search(r"\n\[veeksha: [\d,]+ bytes of the server's output left out here\]\n", text)
+    assert text.endswith("THE END, key <redacted>\n") and "sk-chatty-secret-41" not in text
+    assert len(text) < head + 2 * tail + 4 * 1024 * 1024
+    assert server_logs(temp_dir) == set()  # and nothing left in the temp folder

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from veeksha.runner import server_metrics
 from veeksha.runner.driver.http.client import run_secret_values
+from veeksha.runner.evaluation.appended_csv import read_appended_frame
 from veeksha.runner.server_launcher import start_server
 from veeksha.runner.server_metrics import Scraper, parse, probe
 from veeksha.shared.config_loader import build_benchmark_config
@@ -56,10 +57,26 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def test_gauges_and_counters_are_kept_by_name_and_summed_over_labels() -> None:
+def test_gauges_are_averaged_and_counters_summed_over_labels() -> None:
     assert parse(TEXT) == {
-        "vllm:num_requests_running": ("gauge", 5.0),
+        "vllm:num_requests_running": ("gauge", 2.5),
         "vllm:generation_tokens_total": ("counter", 100.0),
+    }
+
+
+def test_a_fraction_of_a_data_parallel_server_stays_a_fraction() -> None:
+    # vLLM V1 labels each engine's series: two engines' KV-cache use was shown summed, as 1.7.
+    text = (
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        'vllm:kv_cache_usage_perc{engine="0"} 0.8\n'
+        'vllm:kv_cache_usage_perc{engine="1"} 0.9\n'
+        "# TYPE vllm:prompt_tokens_total counter\n"
+        'vllm:prompt_tokens_total{engine="0"} 30\n'
+        'vllm:prompt_tokens_total{engine="1"} 70\n'
+    )
+    assert parse(text) == {
+        "vllm:kv_cache_usage_perc": ("gauge", pytest.approx(0.85)),
+        "vllm:prompt_tokens_total": ("counter", 100.0),
     }
 
 
@@ -155,6 +172,110 @@ def test_a_series_that_first_appears_after_the_first_scrape_gets_its_column(
     assert read_header == header and cut_off is None and len(read_rows) == len(rows)
     assert "vllm:request_success_total" not in read_rows[0]
     assert read_rows[-1]["vllm:request_success_total"] > 0
+
+
+def scripted_metrics(texts: list[str]) -> type[BaseHTTPRequestHandler]:
+    """A /metrics endpoint that answers `texts`, one per scrape, then the last one again."""
+
+    class Scripted(BaseHTTPRequestHandler):
+        served = 0
+
+        def do_GET(self) -> None:
+            text = texts[min(Scripted.served, len(texts) - 1)]
+            Scripted.served += 1
+            body = text.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Scripted
+
+
+def scrape_rows(texts: list[str], csv_path: Path) -> Scraper:
+    """Scrape an endpoint answering `texts` (0.1 s apart) until it has answered each once."""
+    start = time.monotonic()
+    with serving(scripted_metrics(texts)) as api_base:
+        url = api_base.removesuffix("/v1") + "/metrics"
+        scraper = Scraper(url, 0.1, csv_path, lambda: time.monotonic() - start)
+        scraper.start()
+        wait_until(lambda: scraper.rows + scraper.failures >= len(texts))
+        scraper.stop()
+    return scraper
+
+
+COUNTER = "# TYPE c_total counter\n"
+
+
+@pytest.mark.parametrize(
+    ("texts", "increases"),
+    [
+        (  # the server restarted its counter between two scrapes: -95.0 was written
+            [
+                COUNTER + "c_total 100\n",
+                COUNTER + "c_total 300\n",
+                COUNTER + "c_total 20\n",
+                COUNTER + "c_total 50\n",
+            ],
+            [200, 20, 30],
+        ),
+        (  # a label set left the sum (b), then came back from 0: its absence is no decrease
+            [
+                COUNTER + 'c_total{x="a"} 50\nc_total{x="b"} 50\n',
+                COUNTER + 'c_total{x="a"} 60\n',
+                COUNTER + 'c_total{x="a"} 70\nc_total{x="b"} 5\n',
+            ],
+            [10, 15],
+        ),
+    ],
+    ids=["counter-reset", "label-set-gone"],
+)
+def test_a_counter_that_goes_down_was_reset_and_its_rate_is_never_negative(
+    tmp_path: Path, texts: list[str], increases: list[float]
+) -> None:
+    """Prometheus rate() semantics, per label set: a decrease is a reset (the counter began again at
+    0, so its new value is the increase), a label set first seen counts from 0, one gone adds nothing."""
+    csv_path = tmp_path / "server_metrics.csv"
+    scraper = scrape_rows(texts, csv_path)
+    assert scraper.failures == 0
+    header, rows, _ = read_appended_csv(csv_path)
+    assert header == ["elapsed_s", "c_total"] and "c_total" not in rows[0]
+    for before, row, increase in zip(rows, rows[1:], increases, strict=False):
+        dt = row["elapsed_s"] - before["elapsed_s"]
+        assert row["c_total"] * dt == pytest.approx(increase, rel=0.05)
+
+
+def test_series_names_that_need_quoting_are_left_out(tmp_path: Path) -> None:
+    """prometheus_client reads quoted UTF-8 names (`{"a,b"} 1`): a comma in one added a header cell, and
+    the uploader refused the run. Such names (a comma, a quote, a line break) are left out: every
+    reader of the file splits plain lines at commas."""
+    text = '# TYPE vllm:x gauge\nvllm:x 1\n{"a,b"} 2\n{"q\\"uote"} 3\n{"line\\nbreak"} 4\n'
+    csv_path = tmp_path / "server_metrics.csv"
+    scraper = scrape_rows([text, text], csv_path)
+    assert scraper.failures == 0
+    header, rows, cut_off = read_appended_csv(csv_path)  # the uploader's own reader
+    assert header == ["elapsed_s", "vllm:x"] and cut_off is None
+    assert [r["vllm:x"] for r in rows] == [1] * len(rows)
+    assert read_appended_frame(csv_path).columns == header  # the evaluation's reader
+
+
+def test_text_the_parser_chokes_on_is_a_failed_scrape_not_a_dead_scraper(tmp_path: Path) -> None:
+    """The parser raises IndexError on some malformed lines: it ended the scrape thread silently, and
+    the end of the run blamed a lack of CPU for the missing rows."""
+    start = time.monotonic()
+    with serving(scripted_metrics(["{,\t=TYPE'\n"])) as api_base:
+        url = api_base.removesuffix("/v1") + "/metrics"
+        scraper = Scraper(url, 0.1, tmp_path / "m.csv", lambda: time.monotonic() - start)
+        scraper.start()
+        wait_until(lambda: scraper.failures >= 3, timeout_s=5)
+        alive = scraper._thread.is_alive()
+        scraper.stop()
+        problem = probe(url)  # the same text before the run: a reason not to scrape, no traceback
+    assert (scraper.failures >= 3, alive) == (True, True)
+    assert problem is not None and problem.startswith("ValueError: unreadable Prometheus text")
 
 
 def test_a_scrape_that_fails_is_counted_and_the_scraper_goes_on(tmp_path: Path) -> None:
