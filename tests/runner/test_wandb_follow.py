@@ -239,7 +239,7 @@ def test_a_run_that_raises_ends_its_follower_before_it_returns(
         followers.extend([follower] if follower is not None else [])
         return follower
 
-    def lost_cluster(cfg: BenchmarkConfig, run: Any) -> Any:
+    def lost_cluster(cfg: BenchmarkConfig, run: Any, server: Any) -> Any:
         until(lambda: fake.runs, 60, "the live W&B run")
         raise RuntimeError("the Ray cluster went away")
 
