@@ -16,7 +16,7 @@ from typing import Any
 
 from veeksha.runner.liveness import Owner
 from veeksha.shared.config import CapacitySearchConfig
-from veeksha.shared.config_loader import load_written_config, read_yaml
+from veeksha.shared.config_loader import load_written_config, read_written_yaml
 from veeksha.shared.errors import UsageError, VeekshaError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
 from veeksha.shared.paths import (
@@ -254,7 +254,7 @@ def _refresh(root: Path, run_dir: Path, results: dict[str, Any], other_host_gone
 
 
 def _rewrite(root: Path, header: dict[str, Any]) -> list[Attempt]:
-    max_error_rate = build(CapacitySearchConfig, read_yaml(root / CONFIG_YML)).max_error_rate
+    max_error_rate = build(CapacitySearchConfig, read_written_yaml(root / CONFIG_YML)).max_error_rate
     history = attempts_on_disk(root, str(header["id"]), max_error_rate)
     write_results(root, header, history)
     return history

@@ -256,14 +256,14 @@ class RateTraffic:
     interval_generator: PoissonIntervals | GammaIntervals | FixedIntervals = spec(
         factory=PoissonIntervals, variants=INTERVAL_GENERATORS
     )
-    max_concurrent_sessions: int | None = spec(default=None, ge=1, le=MAX_CONCURRENT_SESSIONS)
+    max_concurrent_sessions: int | None = spec(default=None, ge=1, le=MAX_CONCURRENT_SESSIONS, admission=True)
     cancel_session_on_failure: bool = True
 
 
 @dataclass(frozen=True)
 class ConcurrentTraffic:
     type: Literal["concurrent"] = "concurrent"
-    target_concurrent_sessions: int = spec(default=1, ge=1, le=MAX_CONCURRENT_SESSIONS)
+    target_concurrent_sessions: int = spec(default=1, ge=1, le=MAX_CONCURRENT_SESSIONS, admission=True)
     rampup_seconds: float = seconds(default=0.0, ge=0)
     cancel_session_on_failure: bool = True
 
@@ -296,11 +296,21 @@ class BranchingGraph:
     request_wait_generator: LengthGen = gen_field(type="fixed", value=0, limit=THINK_TIME_LIMIT)
     inherit_history: bool = True
 
-    def check(self) -> str | None:
+    def admission_check(self) -> str | None:
         """Each count alone may be 10,000; a session of 10,000 layers of 10,000 requests (10**8 nodes,
         built in memory at once) may not. A count beyond 10,000 on its own is left to the runner's
-        check, which names it (runner/sessions/lengths.py)."""
-        layers, width = self.num_layers_generator.reach(), self.layer_width_generator.reach()
+        check, which names it (runner/sessions/lengths.py).
+
+        The product is checked only when both counts come from generators whose largest value is one
+        the user wrote and the runner draws as readily as any other (fixed, uniform, fixed_stair:
+        EXPLICIT_MAX_COUNTS). A zipf, normal or inverse gaussian count reaches its `reach()` (zipf's
+        default max 1000, six deviations) only far in its tail: `num_layers {type: zipf}` x 20 wide
+        is a reasonable session, not one of 20,000 requests. Those are held by the runner's cap on
+        each count (MAX_GRAPH_COUNT, 10,000) alone. An admission limit: a new run only (schema)."""
+        counts = (self.num_layers_generator, self.layer_width_generator)
+        if not all(isinstance(gen, EXPLICIT_MAX_COUNTS) for gen in counts):
+            return None
+        layers, width = (gen.reach() for gen in counts)
         if layers * width <= MAX_SESSION_REQUESTS or max(layers, width) > MAX_SESSION_REQUESTS:
             return None
         return (
@@ -309,6 +319,10 @@ class BranchingGraph:
             "requests per session: use fewer or narrower layers"
         )
 
+
+# Count generators whose reach() is a value the user wrote and the runner draws as readily as any
+# other (BranchingGraph.admission_check).
+EXPLICIT_MAX_COUNTS = (FixedGen, UniformGen, FixedStairGen)
 
 SESSION_GRAPHS: dict[str, type] = {
     "single_request": SingleRequestGraph,
@@ -325,7 +339,7 @@ class TextChannel:
     shared_prefix_probability: float = spec(default=0.0, ge=0, le=1)
     # Sessions with a shared prefix pick one of this many run-wide prefixes, uniformly (default: the
     # session generator's shared_prefix_pool_size, else 1).
-    shared_prefix_pool_size: int | None = spec(default=None, ge=1, le=MAX_PREFIX_POOL)
+    shared_prefix_pool_size: int | None = spec(default=None, ge=1, le=MAX_PREFIX_POOL, admission=True)
 
 
 CHANNELS: dict[str, type] = {"text": TextChannel}
@@ -356,7 +370,7 @@ class SyntheticSessions:
     output_spec: OutputSpec = spec(factory=OutputSpec)
     # Where config.md puts it; a channel's own shared_prefix_pool_size wins.
     shared_prefix_pool_size: int = spec(
-        default=1, ge=1, le=MAX_PREFIX_POOL, doc="run-wide shared prefixes to pick from"
+        default=1, ge=1, le=MAX_PREFIX_POOL, admission=True, doc="run-wide shared prefixes to pick from"
     )
 
 
@@ -576,7 +590,8 @@ def home_expanded(path: str) -> str:
 
 class OutputDirHome:
     """Expands `~` in `output_dir` as the config is made, so config.yml, the run directories and every
-    reader of the config see one path; a `~user` without a home here is the config's error."""
+    reader of the config see one path. A `~user` without a home here is kept as written: a new run's
+    error (admission_check), but a config.yml read back on another machine still reads."""
 
     output_dir: str
 
@@ -612,7 +627,7 @@ class BenchmarkConfig(OutputDirHome):
     def slos(self) -> list[SLOConfig]:
         return [slo for ev in self.evaluators for slo in ev.slos]
 
-    def check(self) -> str | None:
+    def admission_check(self) -> str | None:
         return self.output_dir_problem()
 
 
@@ -629,9 +644,20 @@ class CapacitySearchConfig(OutputDirHome):
         default=0.05, ge=0, le=1, doc="an attempt with more errors fails; null disables"
     )
 
-    def check(self) -> str | None:
+    def admission_check(self) -> str | None:
+        """A new search only (schema.admitting): a written config.yml read back on another machine
+        may name a `~user` it has not, or a max_value from before the limit."""
         if problem := self.output_dir_problem():
             return problem
+        concurrent = isinstance(self.benchmark_config.traffic_scheduler, ConcurrentTraffic)
+        if concurrent and self.max_value > MAX_CONCURRENT_SESSIONS:
+            return (
+                f"max_value: {self.max_value} is not allowed; a concurrency search needs <= "
+                f"{MAX_CONCURRENT_SESSIONS} (the most target_concurrent_sessions a config takes)"
+            )
+        return None
+
+    def check(self) -> str | None:
         if self.start_value > self.max_value:
             return f"start_value ({self.start_value}) must be <= max_value ({self.max_value})"
         off_grid = self._off_grid()
@@ -650,8 +676,7 @@ class CapacitySearchConfig(OutputDirHome):
         """A value below the search's grid: the search probed the grid's first value instead, above
         max_value (a concurrency of 1 for max_value 0.5, reported as the best). The grid is whole
         numbers of sessions, or rates of `precision` decimals (runner/capacity_search.py rounder),
-        from its floor (search_floor). A concurrency above what a config takes is refused too: the
-        attempts' configs are not validated again."""
+        from its floor (search_floor). (A concurrency above what a config takes: admission_check.)"""
         concurrent = isinstance(self.benchmark_config.traffic_scheduler, ConcurrentTraffic)
         grid = "a concurrency search" if concurrent else f"a rate search at precision {self.precision}"
         floor = search_floor(concurrent, self.precision)
@@ -659,11 +684,6 @@ class CapacitySearchConfig(OutputDirHome):
             value = getattr(self, key)
             if value < floor:
                 return f"{key}: {value} is not allowed; {grid} needs >= {floor:g}"
-        if concurrent and self.max_value > MAX_CONCURRENT_SESSIONS:
-            return (
-                f"max_value: {self.max_value} is not allowed; {grid} needs <= {MAX_CONCURRENT_SESSIONS} "
-                "(the most target_concurrent_sessions a config takes)"
-            )
         return None
 
 

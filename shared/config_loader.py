@@ -28,7 +28,7 @@ from veeksha.shared.config_checks import check_benchmark_config, uses_client_api
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.jsonio import is_utf8
 from veeksha.shared.redact import may_hold_secret, redact, redact_params
-from veeksha.shared.schema import build, key_for_message, mark_respelled, plain, to_dict
+from veeksha.shared.schema import admitting, build, key_for_message, mark_respelled, plain, to_dict
 from veeksha.shared.secret import Secret
 
 
@@ -70,15 +70,24 @@ _INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 
 
 class _Loader(yaml.SafeLoader):
-    """The loader of every config file, config.yml and flag value: SafeLoader with `1e3` a number."""
+    """The loader of what the user writes (config files and flag values): SafeLoader with `1e3` a number."""
+
+
+class _WrittenLoader(yaml.SafeLoader):
+    """The loader of files we wrote (a run directory's config.yml, read back by evaluate, capacity
+    results and the uploader): plain SafeLoader (YAML 1.1) rules. Before d67c1b4, config.yml was
+    dumped by yaml.safe_dump, which left text such as `20e12` unquoted: read with `_Loader`, an old
+    run's header or W&B group became a float (refused, or a different upload). _Dumper quotes such
+    text, so a config.yml written now reads the same with either loader."""
 
 
 class _Dumper(yaml.SafeDumper):
     """config.yml's dumper: the text '1e3' is quoted, as the loader would read it back as a number."""
 
 
+_E_NOTATION_FIRST = list("-+.0123456789")
 for _yaml_class in (_Loader, _Dumper):
-    _yaml_class.add_implicit_resolver(_FLOAT_TAG, _E_NOTATION, list("-+.0123456789"))
+    _yaml_class.add_implicit_resolver(_FLOAT_TAG, _E_NOTATION, _E_NOTATION_FIRST)
 
 
 @dataclass
@@ -90,31 +99,36 @@ class _Reading:
     values_left: int = MAX_CONFIG_VALUES
     tags: tuple[str, ...] = PROJECT_TAGS  # the tags this reading resolves; () for plain data
     max_bytes: int | None = None  # refuse files larger than this (None: no bound)
+    written: bool = False  # a file we wrote (config.yml): YAML 1.1 numbers, as _WrittenLoader says
+    marked: bool = False  # numbers marked as a config's are (always with tags), for build()
 
 
-def _loader_for(path: Path, reading: _Reading) -> type[_Loader]:
+def _loader_for(path: Path, reading: _Reading) -> type[_WrittenLoader]:
     """A SafeLoader for one file of `reading`: foreign tags refused, `!expand`/`!include` resolved.
 
     A fresh class per file, because PyYAML constructors are registered on the class and these
     need to know the file (for error messages and relative includes) and the reading."""
 
-    class Loader(_Loader):
+    class Loader(_WrittenLoader):
         def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
             event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
             _refuse_foreign_tag(event, path, reading)
             _refuse_empty_anchor(event, path)
             return super().compose_node(parent, index)
 
+    if not reading.written:  # a file the user wrote: `1e3` is a number (_Loader)
+        Loader.add_implicit_resolver(_FLOAT_TAG, _E_NOTATION, _E_NOTATION_FIRST)
     # The constructors are module functions; partial binds what they need to know of this file.
     Loader.add_constructor(_INT_TAG, functools.partial(_construct_int, path))
-    if reading.tags:  # plain data knows no custom tag at all (_refuse_foreign_tag refuses them anyway)
+    if reading.tags or reading.marked:
         _mark_numbers(Loader, path)
+    if reading.tags:  # plain data knows no custom tag at all (_refuse_foreign_tag refuses them anyway)
         Loader.add_constructor("!expand", functools.partial(_construct_expand, path))
         Loader.add_constructor("!include", functools.partial(_construct_include, path, reading))
     return Loader
 
 
-def _mark_numbers(loader: type[_Loader], where: Path | str) -> None:
+def _mark_numbers(loader: type[_WrittenLoader], where: Path | str) -> None:
     """A config's numbers keep whether they read back as written: a text field takes `8000`, not
     `0123`, and a number field refuses `0042` (octal in YAML 1.1: 34)."""
     loader.add_constructor(_INT_TAG, functools.partial(_construct_marked, _construct_int, where))
@@ -231,9 +245,18 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def read_plain_yaml(path: Path, max_bytes: int = MAX_PLAIN_YAML_BYTES) -> dict[str, Any]:
     """A YAML file that is data, not a config to resolve (a run directory's config.yml, which
-    dump_config_yaml wrote): no tags at all, so no !include reaches outside the file; at most
-    `max_bytes`; the same bounds on duplicate keys, nesting and alias expansion as a config."""
-    return _top_level(path, _unshared(_read(path, _Reading(chain=[], tags=(), max_bytes=max_bytes))))
+    dump_config_yaml wrote): YAML 1.1 numbers (_WrittenLoader: `20e12` is text), no tags at all, so
+    no !include reaches outside the file; at most `max_bytes`; the same bounds on duplicate keys,
+    nesting and alias expansion as a config."""
+    reading = _Reading(chain=[], tags=(), max_bytes=max_bytes, written=True)
+    return _top_level(path, _unshared(_read(path, reading)))
+
+
+def read_written_yaml(path: Path) -> dict[str, Any]:
+    """A config.yml we wrote, as build() takes it: read_plain_yaml's rules (no tags, YAML 1.1
+    numbers), with numbers marked as a config file's are (a text field takes `8000`, not `0123`)."""
+    reading = _Reading(chain=[], tags=(), max_bytes=MAX_PLAIN_YAML_BYTES, written=True, marked=True)
+    return _top_level(path, _unshared(_read(path, reading)))
 
 
 def _unshared(data: Any) -> Any:
@@ -675,7 +698,10 @@ def load_benchmark_runs(
 
 
 def build_benchmark_config(tree: dict[str, Any], fallbacks: EnvFallbacks = NO_FALLBACKS) -> BenchmarkConfig:
-    cfg = _finish(build(BenchmarkConfig, tree), fallbacks)
+    """A new run's config: with the admission limits (schema.admitting), which load_written_config
+    does not apply to a run already made."""
+    with admitting():
+        cfg = _finish(build(BenchmarkConfig, tree), fallbacks)
     _check_output_dir_named(cfg.output_dir)
     return cfg
 
@@ -686,7 +712,8 @@ def load_capacity_search(
     tree = read_yaml(path)
     if _expansions(tree):  # said before a flag on the swept key is refused for replacing a sweep
         raise ConfigError(f"{path}: !expand is not supported inside a capacity search config")
-    cfg = build(CapacitySearchConfig, _with_flags(tree, overrides))
+    with admitting():  # a new search: the admission limits apply (build_benchmark_config)
+        cfg = build(CapacitySearchConfig, _with_flags(tree, overrides))
     _check_output_dir_named(cfg.output_dir)
     return replace(cfg, benchmark_config=_finish(cfg.benchmark_config, fallbacks, "benchmark_config."))
 
@@ -739,5 +766,8 @@ def config_sha256(cfg: BenchmarkConfig | CapacitySearchConfig) -> str:
 
 
 def load_written_config(path: Path) -> BenchmarkConfig:
-    """Read a run directory's config.yml back into a BenchmarkConfig (evaluate, uploader)."""
-    return build(BenchmarkConfig, read_yaml(path))
+    """Read a run directory's config.yml back into a BenchmarkConfig (evaluate, uploader).
+
+    Read as we wrote it (read_written_yaml: `20e12` unquoted by an older version is text) and built
+    without the admission limits (schema.admitting): they refuse new runs, not runs already made."""
+    return build(BenchmarkConfig, read_written_yaml(path))

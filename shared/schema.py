@@ -7,6 +7,8 @@ path, the bad value (unless it may be a secret) and what is allowed. The same wa
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import datetime
 import difflib
@@ -14,6 +16,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Iterator
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import orjson
@@ -28,6 +31,23 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Free-form values (request parameters) deeper than this are refused; a request body is never this deep.
 MAX_NESTING = 64
 
+# Admission limits: bounds that exist only to refuse a run that could not work (a million sessions, a
+# session of 10**8 requests). They are checked while a NEW run is configured (a user's file and flags,
+# config_loader's build_benchmark_config and load_capacity_search, inside `admitting()`), never when a
+# config.yml already written is read back: a run made before a limit existed still reads as it ran.
+_ADMITTING: contextvars.ContextVar[bool] = contextvars.ContextVar("admitting", default=False)
+
+
+@contextlib.contextmanager
+def admitting() -> Iterator[None]:
+    """Within it, build() also checks admission limits: `spec(admission=True)`'s `le` and a
+    dataclass's `admission_check()`."""
+    token = _ADMITTING.set(True)
+    try:
+        yield
+    finally:
+        _ADMITTING.reset(token)
+
 
 def spec(
     *,
@@ -41,13 +61,15 @@ def spec(
     nonempty: str = "",
     variants: dict[str, type] | None = None,
     doc: str = "",
+    admission: bool = False,
 ) -> Any:
     """A dataclass field with validation metadata (ranges, `type:` variant table, docs).
 
     `also`: sentinel values allowed outside the range (-1 = "wait for in-flight requests");
     `bound`: what the range means, for the error (`seconds: a week`); `nonempty`: an empty string is
     refused, and this says what to give instead. On a variant field (a length generator) `le` bounds
-    the values the built generator reaches."""
+    the values the built generator reaches. `admission`: `le` is an admission limit, checked only
+    while `admitting()` (a new run), not when a written config.yml is read back."""
     meta = {
         "gt": gt,
         "ge": ge,
@@ -57,6 +79,7 @@ def spec(
         "nonempty": nonempty,
         "variants": variants,
         "doc": doc,
+        "admission": admission,
     }
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=meta)
@@ -195,15 +218,19 @@ def build(cls: type[T], data: Any, path: str = "") -> T:
         else:
             kwargs.update(_typed_default(name, f, hints[name]))
     obj = cls(**kwargs)
-    check = getattr(obj, "check", None)
-    problem = check() if check is not None else None
+    for check_name in ("check", "admission_check") if _ADMITTING.get() else ("check",):
+        check = getattr(obj, check_name, None)
+        _report(check() if check is not None else None, path, fields)
+    return obj
+
+
+def _report(problem: str | None, path: str, fields: dict[str, dataclasses.Field[Any]]) -> None:
     if problem:
         # A problem with one of the keys (`path: ...`) is reported at that key's full path.
         key, sep, rest = problem.partition(": ")
         if sep and key in fields:
             raise ConfigError(f"config error at {_join(path, key)}: {rest}")
         raise ConfigError(f"config error at {path or '<root>'}: {problem}")
-    return obj
 
 
 def _typed_default(name: str, f: dataclasses.Field[Any], hint: Any) -> dict[str, Any]:
@@ -563,6 +590,7 @@ def _check_plain_numbers(value: Any, path: str, depth: int = 0) -> None:
 
 def _range_text(meta: typing.Mapping[str, Any]) -> str:
     """` -1, or >= 0 and <= 604800 (seconds: a week)`: the sentinels, the range, what it means."""
+    meta = _in_force(meta)
     parts = []
     if meta.get("gt") is not None:
         parts.append(f"> {meta['gt']}")
@@ -580,6 +608,7 @@ def _range_text(meta: typing.Mapping[str, Any]) -> str:
 def _check_range(value: float, path: str, meta: typing.Mapping[str, Any]) -> None:
     if value in (meta.get("also") or ()):
         return
+    meta = _in_force(meta)
     gt, ge, le = meta.get("gt"), meta.get("ge"), meta.get("le")
     if (
         (gt is not None and not value > gt)
@@ -589,9 +618,17 @@ def _check_range(value: float, path: str, meta: typing.Mapping[str, Any]) -> Non
         raise _fail(path, value, f"must be{_range_text(meta)}")
 
 
+def _in_force(meta: typing.Mapping[str, Any]) -> typing.Mapping[str, Any]:
+    """`meta` without an admission `le` outside `admitting()` (a written config read back)."""
+    if meta.get("admission") and not _ADMITTING.get():
+        return {**meta, "le": None}
+    return meta
+
+
 def _check_reach(built: Any, path: str, meta: typing.Mapping[str, Any]) -> None:
     """A bounded variant field (think times): the values the built generator reaches, as its
     `reach()` says, stay within the field's `le`."""
+    meta = _in_force(meta)
     le, reach = meta.get("le"), getattr(built, "reach", None)
     if le is None or reach is None or reach() <= le:
         return
