@@ -69,6 +69,7 @@ from veeksha.uploader.worker import (
     process_run,
     run_name_of,
     run_task,
+    server_lookup,
 )
 
 PROG = "veeksha-upload"
@@ -327,6 +328,7 @@ def _plan(task: Task, info: dict[str, Any], files: list[str]) -> Plan:
         tags=ctx.tags,
         files=files,
         default_entity=task.default_entity,
+        on_server=server_lookup(task),
     )
     plan.veeksha_run_id = info["run_id"]
     return plan

@@ -4,10 +4,11 @@ W&B server, the secrets to keep out of W&B. Shared by plain uploads, --sync and 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from veeksha.shared.errors import VeekshaError
 from veeksha.shared.paths import CONFIG_YML, UPLOAD_PENDING
@@ -99,8 +100,36 @@ def secrets_of(*layers: Layer, tasks: list[Task]) -> tuple[str, ...]:
     in its traces or health text."""
     keys = {layer.api_key for layer in layers} | {t.settings.api_key for t in tasks if t.settings}
     # Only values long enough to scrub byte for byte (a short one, "1" or "false", blanks ordinary text).
-    keys |= {v for v in environment_secrets(os.environ) if len(v) >= MIN_SCRUBBED_CHARS}
+    keys |= {v for v in _environment_secrets(os.environ) if len(v) >= MIN_SCRUBBED_CHARS}
     return tuple(sorted(k for k in keys if k))
+
+
+# A URL's user part with no password is taken for a secret only when it looks like a token: 20 or more
+# characters and no '.' (`https://ghp_...@github.com`, `https://sk-...@host`). A shorter one, or one with
+# a dot, is a login name (`https://alice.smith@nexus/simple`): scrubbing it blanked /home/alice.smith/...
+# in every uploaded config.yml.
+TOKEN_USER_CHARS = 20
+
+
+def _environment_secrets(env: Mapping[str, str]) -> list[str]:
+    """shared.redact.environment_secrets as the uploader scrubs them, byte for byte from whole files:
+    never an all-digit value (X_PASSWORD=20240101 was replaced inside numbers of JSON and CSV files),
+    nor a URL's user name that does not look like a token. The runner's own scrubbing is unchanged."""
+    users: set[str] = set()
+    for value in env.values():
+        if not value[:8].lower().startswith(("http://", "https://")):
+            continue
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            continue
+        if parts.password is None and parts.username and not _token_like(unquote(parts.username)):
+            users |= {parts.username, unquote(parts.username)}
+    return [v for v in environment_secrets(env) if not v.isdigit() and v not in users]
+
+
+def _token_like(user: str) -> bool:
+    return len(user) >= TOKEN_USER_CHARS and "." not in user
 
 
 def offline_uploads(targets: list[Target], report: Callable[[Outcome], None]) -> list[Target]:

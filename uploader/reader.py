@@ -120,25 +120,50 @@ def read_numeric_csv(path: Path) -> tuple[list[str], list[dict[str, Number]]]:
         raise ContractError(f"{path}: not a readable CSV ({e})") from None
 
 
+@dataclass
+class AppendedCsv:
+    """An appended CSV as read: its header, the rows kept, and the lines left out."""
+
+    header: list[str]
+    rows: list[dict[str, Number]]
+    cut_line: int | None  # the last line's number when a crash cut it off (no newline)
+    left_out: list[tuple[int, str]] = field(default_factory=list)  # complete lines: (number, why)
+
+
 def read_appended_csv(path: Path) -> tuple[list[str], list[dict[str, Number]], int | None]:
-    """A CSV of numbers appended line by line while the run went (the scraped server metrics), as
-    typed rows, and the number of its last line when that was cut off (else None).
+    """The header, rows and cut-off last line of `read_appended` (the lines left out unsaid)."""
+    read = read_appended(path)
+    return read.header, read.rows, read.cut_line
+
+
+def read_appended(path: Path) -> AppendedCsv:
+    """A CSV of numbers appended line by line while the run went (metrics/timeseries.csv, the scraped
+    metrics/server_metrics.csv), as typed rows.
 
     A run that crashed mid-write leaves a last line without its newline: a cell short, or a number cut
     short that would still parse. That line is dropped (shared/csv_lines.py: evaluation drops it too),
-    as the live follower never streams a partial line (follow.TimeseriesTail); every complete line is
-    as strict as in read_numeric_csv."""
+    as the live follower never streams a partial line (follow.TimeseriesTail). A complete line with a
+    cell that is no number, or with too few or too many cells, is left out too (`left_out`): evaluation
+    (runner/evaluation/appended_csv.py) reads such a cell as missing and trims such a row, so a
+    directory that evaluates must upload; refusing it failed the directory on every attempt. The
+    header stays strict, as do the files written whole (read_numeric_csv)."""
     try:
         lines = complete_lines(path.read_bytes())
-        header, rows = _numeric_rows(path, io.StringIO(lines.data.decode(), newline=""))
+        # A stray byte that is no UTF-8 makes its cell no number: that row is left out, not the file.
+        text = lines.data.decode(errors="replace")
+        left_out: list[tuple[int, str]] = []
+        header, rows = _numeric_rows(path, io.StringIO(text, newline=""), left_out)
     except FileNotFoundError:
         raise ContractError(f"{path}: file is missing") from None
-    except (UnicodeDecodeError, csv.Error) as e:
+    except csv.Error as e:
         raise ContractError(f"{path}: not a readable CSV ({e})") from None
-    return header, rows, lines.cut_line
+    return AppendedCsv(header, rows, lines.cut_line, left_out)
 
 
-def _numeric_rows(path: Path, lines: Iterable[str]) -> tuple[list[str], list[dict[str, Number]]]:
+def _numeric_rows(
+    path: Path, lines: Iterable[str], left_out: list[tuple[int, str]] | None = None
+) -> tuple[list[str], list[dict[str, Number]]]:
+    """Typed rows; a bad line raises ContractError, or with `left_out` is noted there and skipped."""
     reader = csv.reader(lines)
     header = next(reader, None)
     if not header:
@@ -148,13 +173,19 @@ def _numeric_rows(path: Path, lines: Iterable[str]) -> tuple[list[str], list[dic
     for lineno, cells in enumerate(reader, start=2):
         if not cells:
             continue
-        if len(cells) != len(header):
-            raise ContractError(f"{path} line {lineno}: {len(cells)} cells, header has {len(header)}")
-        row = {}
-        for name, cell in zip(header, cells, strict=True):
-            value = parse_number(cell, f"{path} line {lineno} column {name}")
-            if value is not None:
-                row[name] = value
+        try:
+            if len(cells) != len(header):
+                raise ContractError(f"{path} line {lineno}: {len(cells)} cells, header has {len(header)}")
+            row = {}
+            for name, cell in zip(header, cells, strict=True):
+                value = parse_number(cell, f"{path} line {lineno} column {name}")
+                if value is not None:
+                    row[name] = value
+        except ContractError as e:
+            if left_out is None:
+                raise
+            left_out.append((lineno, str(e).removeprefix(f"{path} line {lineno}").lstrip(": ")))
+            continue
         rows.append(row)
     return header, rows
 
@@ -313,27 +344,34 @@ def read_run_dir(root: Path) -> RunData:
 
 
 def _timeseries(run_files: RunFiles, path: Path, required: bool) -> list[dict[str, Number]]:
+    """The time series, appended while the run went (read as the scraped metrics are)."""
     if required:
         run_files.require(path)
     elif run_files.optional(path) is None:
         return []
-    header, rows = read_numeric_csv(path)
-    _check_elapsed(path, header)
-    return rows
+    return _appended(run_files, path)
 
 
 def _server_metrics(run_files: RunFiles, path: Path) -> list[dict[str, Number]]:
-    """The optional scraped metrics; a last line a crash cut off is left out with a warning."""
+    """The optional scraped metrics."""
     if run_files.optional(path) is None:
         return []
-    header, rows, cut_off = read_appended_csv(path)
-    _check_elapsed(path, header)
-    if cut_off is not None:
-        rel = path.relative_to(run_files.root).as_posix()
+    return _appended(run_files, path)
+
+
+def _appended(run_files: RunFiles, path: Path) -> list[dict[str, Number]]:
+    """An appended CSV's rows; a last line a crash cut off, and a complete line that is not all numbers,
+    are left out, each with a warning (the upload's `warning:` lines)."""
+    read = read_appended(path)
+    _check_elapsed(path, read.header)
+    rel = path.relative_to(run_files.root).as_posix()
+    for lineno, why in read.left_out:
+        run_files.warnings.append(f"{rel} line {lineno} left out: {why}")
+    if read.cut_line is not None:
         run_files.warnings.append(
-            f"{rel} line {cut_off} left out: cut off (no newline: the run stopped mid-write)"
+            f"{rel} line {read.cut_line} left out: cut off (no newline: the run stopped mid-write)"
         )
-    return rows
+    return read.rows
 
 
 def _check_elapsed(path: Path, header: list[str]) -> None:

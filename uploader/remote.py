@@ -218,8 +218,9 @@ def committed_artifacts(
 def stored_run_files(
     base_url: str, api_key: str, entity: str | None, project: str, run_id: str, names: list[str]
 ) -> set[str]:
-    """Those of `names` (paths in the run's files: `media/...`) the server holds for the run. A file
-    listed with no bytes (its upload was refused after the server made its record) is not held."""
+    """Those of `names` (paths in the run's files: `media/...`) the server lists for the run. A listed
+    file counts whatever its sizeBytes: real W&B may fill the size in only later, and a check that
+    waited for it failed good uploads (and rewound them on every retry)."""
     found: set[str] = set()
     cursor = None
     for _ in range(MAX_FILE_PAGES):
@@ -229,7 +230,7 @@ def stored_run_files(
         page = ((data.get("project") or {}).get("run") or {}).get("files") or {}
         for edge in page.get("edges") or []:
             node = edge.get("node") or {}
-            if isinstance(node.get("name"), str) and node.get("sizeBytes") != 0:
+            if isinstance(node.get("name"), str):
                 found.add(node["name"])
         info = page.get("pageInfo") or {}
         cursor = info.get("endCursor")

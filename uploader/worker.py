@@ -138,12 +138,13 @@ def make_plan(
     tags: Iterable[str],
     files: list[str],
     default_entity: str | None = None,
+    on_server: Callable[[str, str], bool] | None = None,
 ) -> Plan:
     id_kind = "run" if kind in (groups.RUN, groups.SWEEP_RUN, groups.CAPSEARCH_ATTEMPT) else kind
     # Offline, after a failed probe and in a dry run the key's default entity is unknown: the
     # directory's marker may still know it.
     default_entity = default_entity or recorded_default_entity(root)
-    run_id = _run_id(root, id_kind, ident, s.project, s.entity or default_entity)
+    run_id = _run_id(root, id_kind, ident, s.project, s.entity or default_entity, on_server)
     tags = _dedupe([*s.tags, *tags])
     # The run's own group and tags come last: they include what its container adds (e.g. `best`),
     # so a changed tag set is a change; the settings' bare group/tags must not overwrite them.
@@ -161,16 +162,47 @@ def make_plan(
     return Plan(run_id, name, group, tags, kind, files, digest, default_entity=default_entity)
 
 
-def _run_id(root: Path, kind: str, ident: str, project: str, entity: str | None) -> str:
+def _run_id(
+    root: Path,
+    kind: str,
+    ident: str,
+    project: str,
+    entity: str | None,
+    on_server: Callable[[str, str], bool] | None = None,
+) -> str:
     """The W&B run id, from the run's identity and project only: were the entity part of it, the id
     would depend on whether the API key's default entity is known (naming it or naming none), and a
     re-upload made without that knowledge would create a second run. Uploads before 2026-12 hashed
     the entity they named in (`entity`: as named, else the default): such an id recorded in the
-    directory (marker, pending file) is kept, so those directories still target their run."""
+    directory (marker, pending file) is kept, so those directories still target their run. When the
+    directory records no id at all (its marker lost, or an rsync taken before the upload finished),
+    `on_server(run_id, entity)` (online uploads only) asks W&B whether the older id's run exists: it is
+    then this directory's run (skipped as "uploaded from elsewhere" unless --force), never a second one."""
+    current = wandb_run_id(kind, ident, project, None)
     older = wandb_run_id(kind, ident, project, entity) if entity else None
-    if older is not None and older in _recorded_run_ids(root):
+    if older is None or older == current:
+        return current
+    recorded = _recorded_run_ids(root)
+    if older in recorded:
         return older
-    return wandb_run_id(kind, ident, project, None)
+    if not recorded and on_server is not None and entity is not None and on_server(older, entity):
+        return older
+    return current
+
+
+def server_lookup(task: Task) -> Callable[[str, str], bool] | None:
+    """For make_plan, online and not a dry run: whether W&B has a run of this id in this entity."""
+    s = task.settings
+    if s is None or s.mode != "online" or task.dry_run:
+        return None
+
+    def has(run_id: str, entity: str) -> bool:
+        try:
+            return lookup_run(s.base_url, s.api_key or "", entity, s.project, run_id) is not None
+        except RemoteError as e:
+            raise UploadError(str(e)) from None
+
+    return has
 
 
 def recorded_default_entity(root: Path) -> str | None:
@@ -552,6 +584,7 @@ def _run_job(task: Task, redactor: Redactor) -> Job | Outcome:
         tags=ctx.tags,
         files=data.files,
         default_entity=task.default_entity,
+        on_server=server_lookup(task),
     )
     plan.veeksha_run_id = data.run_id
     if (early := _skip_or_dry(task, plan)) is not None:
@@ -594,6 +627,7 @@ def _container_job(task: Task, redactor: Redactor) -> Job | Outcome:
         tags=(tag, groups.TAG_SUMMARY),
         files=data.files,
         default_entity=task.default_entity,
+        on_server=server_lookup(task),
     )
     if (early := _skip_or_dry(task, plan)) is not None:
         early.warnings = data.warnings

@@ -3,8 +3,8 @@ the live metrics/timeseries.csv).
 
 `veeksha-run evaluate` must rebuild a crashed run from its directory alone, so what a crash or a stray
 byte left in such a file never stops it: a cut-off last line is dropped (shared/csv_lines.py, as the
-uploader drops it) and a value that is no number reads as missing. The uploader, which only copies
-these files, refuses such a value instead.
+uploader drops it) and a value that is no number reads as missing (the uploader leaves such a row
+out with a warning).
 """
 
 from __future__ import annotations

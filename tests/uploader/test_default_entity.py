@@ -112,3 +112,28 @@ def test_an_offline_upload_and_the_online_one_after_it_make_one_run(
     again = online(run_dir, home, fake_wandb, first)
     assert "already uploaded, unchanged" in again.stdout, again.stdout + again.stderr
     assert fake_wandb.created == 1
+
+
+def test_a_run_an_older_upload_hashed_its_named_entity_into_is_found_without_the_marker(
+    tmp_path: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    """Uploaded with `--entity team` before ids stopped hashing the entity, then the marker was lost
+    (an rsync taken before the upload finished): the server's run under the older id is this one."""
+    run_dir = build_run(tmp_path, RunSpec(seed=47, seconds=2))
+    team = {"WANDB_ENTITY": "team"}
+    first = online(run_dir, home, fake_wandb, team)
+    assert lines_for(first.stdout, "uploaded"), first.stdout + first.stderr
+    # Make the server's run the one the old code created: the id hashed with the named entity.
+    marker = read_marker_json(run_dir)
+    run = fake_wandb.run(marker["run_id"])
+    older = wandb_run_id("run", read_json(run_dir / "run.json")["run_id"], run.project, "team")
+    assert older != run.run_id
+    del fake_wandb.runs[(run.entity, run.project, run.run_id)]
+    run.run_id = older
+    fake_wandb.runs[(run.entity, run.project, older)] = run
+    (run_dir / "wandb_run.json").unlink()
+
+    again = online(run_dir, home, fake_wandb, team)
+    (line,) = lines_for(again.stdout, "skipped")
+    assert "uploaded from elsewhere" in line, again.stdout + again.stderr
+    assert fake_wandb.created == 1

@@ -42,3 +42,27 @@ def test_a_secret_of_the_environment_in_an_older_directory_is_scrubbed_from_its_
         data = path.read_bytes()
         assert HF_TOKEN.encode() not in data and PROXY_PASSWORD.encode() not in data, path
     assert artifact.entries[HEALTH_CHECK_TXT] == f"wandb/redacted/{HEALTH_CHECK_TXT}"
+
+
+def test_a_user_name_in_a_url_and_an_all_digit_value_are_not_scrubbed(monkeypatch) -> None:
+    """`https://alice.smith@nexus/simple` names a user, no secret: scrubbing it blanked
+    /home/alice.smith/... in every config.yml. An all-digit value (X_PASSWORD=20240101) was replaced
+    inside the numbers of JSON and CSV files. A user part that looks like a token is still scrubbed."""
+    from veeksha.uploader.planning import secrets_of
+
+    token = "glpatABCDEFGHIJKLMNOPQRSTUVWX"
+    for name in list(os_environ()):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PIP_INDEX_URL", "https://alice.smith@nexus/simple")
+    monkeypatch.setenv("X_PASSWORD", "20240101")
+    monkeypatch.setenv("GIT_URL", f"https://{token}@git.example/x.git")
+    monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
+    found = secrets_of(tasks=[])
+    assert "alice.smith" not in found and "20240101" not in found
+    assert token in found and HF_TOKEN in found
+
+
+def os_environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)

@@ -45,11 +45,7 @@ def test_allow_list_keeps_paths_and_never_takes_wandb(tmp_path: Path) -> None:
             "[1, 2]",
             "metrics/throughput_metrics.json: expected a JSON object",
         ),
-        (
-            "metrics/timeseries.csv",
-            "elapsed_s,dispatched\n0,1\n1,many\n",
-            "timeseries.csv line 3 column dispatched",
-        ),
+        ("metrics/timeseries.csv", "dispatched\n1\n", "timeseries.csv: no elapsed_s column"),
         ("metrics/ttfc.csv", "cdf,value\n0.0,abc\n", "metrics/ttfc.csv line 2 column value"),
         ("run.json", '{"run_id": "x", "status": "done"}', "run.json: status 'done' is not one of"),
         ("config.yml", "client: [unclosed", "config.yml line 1: invalid YAML"),
@@ -98,25 +94,40 @@ def test_a_server_metrics_line_cut_off_by_a_crash_is_left_out_with_a_warning(
 
 
 @pytest.mark.parametrize(
-    ("relative", "content", "message"),
+    ("relative", "content", "line"),
     [
-        (
-            "metrics/server_metrics.csv",
-            "elapsed_s,a,b\n1.0,2\n2.0,3,4\n",
-            "server_metrics.csv line 2: 2 cells",
-        ),
-        ("metrics/timeseries.csv", "elapsed_s,dispatched\n0,1\n1", "timeseries.csv line 3: 1 cells"),
+        ("metrics/server_metrics.csv", "elapsed_s,a,b\n1.0,2,3\n2.000,abc,4\n3.0,5,6\n", 3),
+        ("metrics/server_metrics.csv", "elapsed_s,a,b\n1.0,2,3\n2.0,3\n3.0,5,6\n", 3),
+        ("metrics/timeseries.csv", "elapsed_s,a,b\n1.0,2,3\n2.0,x,4,9\n3.0,5,6\n", 3),
     ],
+    ids=["server-metrics-text", "server-metrics-short", "timeseries-long"],
 )
-def test_complete_lines_and_the_time_series_stay_strict(
-    tmp_path: Path, relative: str, content: str, message: str
+def test_a_complete_line_of_an_appended_csv_that_is_not_numbers_is_left_out_with_a_warning(
+    tmp_path: Path, relative: str, content: str, line: int
 ) -> None:
-    """Only the last, unfinished line of the optional scraped file is forgiven: a short complete line
-    is a broken file, and timeseries.csv is written whole at the end of a run."""
+    """Both files are appended while the run goes, and evaluation reads a stray cell as missing and
+    trims a ragged row: the uploader leaves such a row out (saying so), never the whole run."""
     root = build_run(tmp_path)
     (root / relative).write_text(content)
-    with pytest.raises(ContractError, match=message):
-        read_run_dir(root)
+    data = read_run_dir(root)
+    rows = data.server_metrics if "server_metrics" in relative else data.timeseries
+    assert rows == [{"elapsed_s": 1.0, "a": 2, "b": 3}, {"elapsed_s": 3.0, "a": 5, "b": 6}]
+    (warning,) = data.warnings
+    assert relative in warning and f"line {line} left out" in warning
+
+
+def test_a_stray_cell_in_server_metrics_leaves_its_row_out_of_the_upload(
+    tmp_path: Path, home: Home, fake_wandb: FakeWandb
+) -> None:
+    root = build_run(tmp_path)
+    path = RunPaths(root).server_metrics_csv
+    path.write_text("elapsed_s,vllm:x\n1.000,7\n2.000,abc\n3.000,9\n")
+    result = upload([str(root), "--mode", "online"], home, cwd=tmp_path, env=online_env(fake_wandb))
+    assert lines_for(result.stdout, "uploaded"), result.stdout + result.stderr
+    assert "server_metrics.csv line 3 left out" in result.stdout + result.stderr
+    (run,) = fake_wandb.runs.values()
+    logged = [r["server_elapsed_s"] for r in run.history if "server_elapsed_s" in r]
+    assert logged == [1.0, 3.0]
 
 
 SLO_FILE = "metrics/slo_results.json"

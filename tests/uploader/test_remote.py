@@ -107,3 +107,11 @@ def test_the_probe_waits_out_a_busy_server_too(scripted) -> None:
     server = scripted([429, 200], VIEWER, retry_after="0.2")
     result = probe(server.url, "k")
     assert result.ok and result.entity == "team", result.message
+
+
+def test_a_media_file_the_server_lists_counts_as_stored_whatever_its_size(scripted) -> None:
+    """Real W&B may fill a file's sizeBytes after listing it: a listed file is there, even at 0 bytes."""
+    files = {"edges": [{"node": {"name": "media/a.png", "sizeBytes": 0}}], "pageInfo": {}}
+    server = scripted([200], {"data": {"project": {"run": {"files": files}}}})
+    found = remote.stored_run_files(server.url, "k", "e", "p", "r1", ["media/a.png", "media/b.png"])
+    assert found == {"media/a.png"}

@@ -153,10 +153,11 @@ def test_the_loser_of_two_uploads_creating_one_run_leaves_it_to_the_winner(
     calls: list[str] = []
 
     def created_meanwhile(v: dict, q: str) -> dict:  # our look-up sees no run; the SDK's init sees it
-        calls.append(v["name"])
         answer = real(v, q)
-        if len(calls) == 1:
-            answer["model"]["bucket"] = None
+        if v["name"] == run_id:  # (other look-ups, e.g. of an older id, answer as they are)
+            calls.append(v["name"])
+            if len(calls) == 1:
+                answer["model"]["bucket"] = None
         return answer
 
     fake_wandb._op_RunResumeStatus = created_meanwhile  # type: ignore[method-assign]
