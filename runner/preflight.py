@@ -58,14 +58,6 @@ def check_api_base_hosts(configs: Iterable[BenchmarkConfig], prefix: str = "") -
             _check_host(f"{prefix}{key}", url, checked)
 
 
-def check_server_hosts(server: SimulatedServerConfig | CommandServerConfig | None) -> None:
-    """ConfigError when a command server's ready_url or api_base names a host that does not resolve
-    (before the server is launched: server_launcher)."""
-    checked: set[str] = set()
-    for key, url in server_urls(server):
-        _check_host(key, url, checked)
-
-
 def server_urls(server: SimulatedServerConfig | CommandServerConfig | None) -> list[tuple[str, str]]:
     """(key path, URL) of each URL a command server section gives."""
     if not isinstance(server, CommandServerConfig):

@@ -2,8 +2,11 @@
 
 `server: {type: simulated}` runs `python -m veeksha.runner.simserver.server` and waits for its
 LISTENING line; `server: {type: command}` runs any command (vLLM, SGLang, llama-server) and polls its
-`ready_url` until it answers 2xx. Something already answering at `ready_url` before the launch (a
-forgotten vLLM, a container left from an earlier run) is refused: the run would measure it instead.
+`ready_url` until it answers 2xx. Something already answering 2xx at `ready_url` before the launch (a
+forgotten vLLM, a container left from an earlier run) is refused: the run would measure it instead; any
+other answer (a gateway's 502 while its backend is down) is no readiness, and not refused. A command
+that exits 0 (`docker compose up -d --wait`, a script that backgrounds the server) is a launcher: the
+server is ready when ready_url answers 2xx; a non-zero exit before that is a failed start.
 The readiness probe sends the client's key and headers when requests go to the same server (a
 `/v1/models` behind `--api-key` answers 401 without them).
 
@@ -39,9 +42,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from veeksha.runner.background import to_background
 from veeksha.runner.driver.http.client import build_headers
-from veeksha.runner.preflight import check_server_hosts
 from veeksha.shared.config import BenchmarkConfig, CommandServerConfig, SimulatedServerConfig
 from veeksha.shared.config_checks import uses_client_api_base
 from veeksha.shared.errors import ConfigError, VeekshaError
@@ -74,6 +75,9 @@ LOG_TRIM_EVERY_S = 1.0
 # Before the launch: how long something already at ready_url has to accept a connection, and to answer.
 ALREADY_THERE_CONNECT_S = 1.0
 ALREADY_THERE_ANSWER_S = 2.0
+# A launcher that exited 0 mid-run: how long ready_url has to answer the one probe that tells a
+# launcher whose server runs on from a server that is gone.
+STILL_THERE_S = 2.0
 
 # Runs as `python -c` with argv [parent_pid, pgid]: when the parent is gone (we get reparented),
 # SIGTERM the server's group, give it the grace period, then SIGKILL. Exits once the group is gone.
@@ -184,6 +188,11 @@ class ServerHandle:
     _trimmer: threading.Thread | None = field(default=None, repr=False)
     _trim_stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _exit_note: str | None = field(default=None, repr=False)
+    # A command server's ready_url and readiness headers: a launcher that exited 0 (docker compose
+    # up -d, a script that backgrounds the server) is no dead server while ready_url answers 2xx.
+    ready_url: str | None = field(default=None, repr=False)
+    ready_headers: dict[str, str] = field(default_factory=dict, repr=False)
+    _launcher_done: bool = field(default=False, repr=False)  # it exited 0 and ready_url answered
 
     @property
     def pid(self) -> int:
@@ -218,8 +227,11 @@ class ServerHandle:
         since the run's start when asked (the recorder asks every round); the first answer is kept."""
         if self._exit_note is not None:
             return self._exit_note
-        code = None if self._stopped else self.process.poll()
+        code = None if self._stopped or self._launcher_done else self.process.poll()
         if code is None:
+            return None
+        if code == 0 and self.ready_url is not None and self._still_answers():
+            self._launcher_done = True  # asked once: a launcher that handed the server on, exited
             return None
         when = f", at {elapsed:.1f} s" if elapsed is not None else ""
         last = (self.output_tail(1).strip().splitlines() or ["(no output)"])[-1][:200]
@@ -227,6 +239,16 @@ class ServerHandle:
             f"the server exited during the run (exit status {code}{when}); its last output: {last}"
         )
         return self._exit_note
+
+    def _still_answers(self) -> bool:
+        """True when ready_url answers 2xx now (one probe, within STILL_THERE_S)."""
+        assert self.ready_url is not None
+        try:
+            with httpx.Client(timeout=STILL_THERE_S, trust_env=False) as client:
+                status = client.get(self.ready_url, headers=self.ready_headers).status_code
+        except httpx.HTTPError:
+            return False
+        return 200 <= status < 300
 
     def keep_log(self) -> None:
         """Leave the log for the user (the server failed), its secrets scrubbed: our temp log is
@@ -385,10 +407,12 @@ def _cannot_listen(e: OSError, where: str, host_key: str, port_key: str) -> str:
 
 
 def check_ready_url_free(cfg: SimulatedServerConfig | CommandServerConfig | None) -> None:
-    """ConfigError when something answers at a command server's ready_url before it is launched: its
-    first 2xx would pass for our server's readiness, and the run would measure whatever is there. Any
-    HTTP answer counts, and on this machine a port that accepts connections at all. Not part of a
-    dry run's checks: it connects (runner/benchmark.py asks before the output directory is made)."""
+    """ConfigError when something answers 2xx at a command server's ready_url before it is launched:
+    it would pass for our server's readiness, and the run would measure whatever is there. Any other
+    answer, or none (a gateway answering 502 until its backend exists, a port that accepts connections
+    and waits), cannot pass for it: not refused (a server of ours that cannot bind the port exits
+    non-zero before it is ready, an error then). Not part of a dry run's checks: it connects
+    (runner/benchmark.py asks before the output directory is made)."""
     if not isinstance(cfg, CommandServerConfig):
         return
     answer = _answer_before_launch(cfg.ready_url)
@@ -401,24 +425,22 @@ def check_ready_url_free(cfg: SimulatedServerConfig | CommandServerConfig | None
 
 
 def _answer_before_launch(url: str) -> str | None:
-    """What answers at `url` now: `HTTP <status>`, `the port is taken` (a local port that accepts
-    connections and gives no HTTP answer), or None (nothing)."""
+    """`HTTP <status>` when `url` answers 2xx now, else None (another answer, none, no such host)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    taken = None
-    if _is_local(host):
+    if _is_local(host):  # a refused connection says it at once: no HTTP client needed
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
             socket.create_connection((host, port), timeout=ALREADY_THERE_CONNECT_S).close()
-        except OSError:
-            return None  # nothing listens there: the port is free for the server
-        taken = "the port is taken: something accepts connections there"
+        except (OSError, ValueError):
+            return None
     timeout = httpx.Timeout(ALREADY_THERE_ANSWER_S, connect=ALREADY_THERE_CONNECT_S)
     try:  # no credentials to whatever is there: it is not the server the client's key is for
         with httpx.Client(timeout=timeout, trust_env=False) as client:
-            return f"HTTP {client.get(url).status_code}"
+            status = client.get(url).status_code
     except httpx.HTTPError:
-        return taken
+        return None
+    return f"HTTP {status}" if 200 <= status < 300 else None
 
 
 def _is_local(host: str) -> bool:
@@ -476,9 +498,9 @@ def start_server(
     """Start the server described by `cfg` (SimulatedServerConfig or CommandServerConfig) and return
     once it is ready. Its stdout/stderr go to `log_path`; when not given, to a temp file unlinked as
     soon as the server has it open (written out, scrubbed, and named in the error when it fails to
-    start). Raises ConfigError before the launch when ready_url's host does not resolve or something
-    already answers there; VeekshaError with the last lines of its output when it exits early or is
-    not ready in time. `extra_secrets` (the client's: the server inherits the environment that may
+    start). Raises ConfigError before the launch when something already answers 2xx at ready_url;
+    VeekshaError with the last lines of its output when it fails (a non-zero exit) or is not ready in
+    time. `extra_secrets` (the client's: the server inherits the environment that may
     hold them) are scrubbed from its output as its own are. `ready_headers` go with each readiness
     probe (readiness_headers)."""
     if isinstance(cfg, SimulatedServerConfig):
@@ -529,7 +551,8 @@ def _start_command(
     if not cfg.command:
         raise VeekshaError("server.command is empty: give the server command as a list")
     check_server_command(cfg)
-    check_server_hosts(cfg)
+    # ready_url's host is not resolved first: a Kubernetes Service or a docker network alias exists
+    # once the command made it. A host that never resolves is named when readiness times out.
     check_ready_url_free(cfg)
     env = {**os.environ, **cfg.env}
     api_base = cfg.api_base or _api_base_from(cfg.ready_url)
@@ -545,8 +568,10 @@ def _start_command(
     except OSError as exc:
         program = _shown_program(str(cfg.command[0]))
         raise VeekshaError(f"cannot start server command {program!r}: {exc.strerror}") from None
+    handle.ready_url, handle.ready_headers = cfg.ready_url, headers
     deadline = time.monotonic() + float(cfg.ready_timeout)
     shown_url = redact_url(cfg.ready_url)
+    host = urlsplit(cfg.ready_url).hostname or ""
 
     def wait() -> None:
         pause = 0.05  # quick servers are noticed quickly; slow ones (model loading) twice a second
@@ -560,10 +585,14 @@ def _start_command(
                 except httpx.HTTPError as e:
                     status = None
                     last = f"last error: {type(e).__name__}: {scrub_text(str(e), secrets)}".splitlines()[0]
+                    if _caused_by(e, socket.gaierror):
+                        last = f"last error: ready_url's host {host!r} does not resolve ({e})".splitlines()[0]
                 if status is not None and 200 <= status < 300:
                     _fail_if_not_ours(handle, what, shown_url)
                     return
-                _fail_if_dead_or_late(handle, deadline, what, f"to answer 2xx at {shown_url}", last)
+                _fail_if_dead_or_late(
+                    handle, deadline, what, f"to answer 2xx at {shown_url}", last, launcher=True
+                )
                 time.sleep(pause)
                 pause = min(0.5, pause * 1.5)
 
@@ -571,10 +600,14 @@ def _start_command(
 
 
 def _fail_if_not_ours(handle: ServerHandle, what: str, shown_url: str) -> None:
-    """ready_url answered: when our process has exited meanwhile, what answered is something else
-    (a server it left behind in a session of its own, another one started meanwhile)."""
+    """ready_url answered 2xx: when our process has failed meanwhile (a non-zero exit), what answered
+    is something else (a server started meanwhile, one it left behind). One that exited 0 was a
+    launcher (`docker compose up -d --wait`, a script that backgrounds the server): accepted."""
     code = handle.process.poll()
     if code is None:
+        return
+    if code == 0:
+        handle._launcher_done = True  # the mid-run watch then has no process of ours to watch
         return
     tail = handle.output_tail()
     handle.stop(keep_log=True)
@@ -668,11 +701,12 @@ def _spawn(
 
 
 def _start_trimming(log: CappedLog, stop: threading.Event) -> threading.Thread:
-    """A thread that keeps `log` within its bounds every LOG_TRIM_EVERY_S until `stop` is set; at
-    background priority, as the recorder's own threads (background.py)."""
+    """A thread that keeps `log` within its bounds every LOG_TRIM_EVERY_S until `stop` is set. At
+    normal priority: at idle priority a busy machine starved it and the log (on a tmpfs: RAM) grew far
+    past its cap. It is cheap: an fstat a tick, a trim (one tail read, a truncation) once the file
+    outgrew its bounds. It runs in the process that launched the server, never in a driver."""
 
     def run() -> None:
-        to_background()
         while not stop.wait(LOG_TRIM_EVERY_S):
             with contextlib.suppress(OSError):  # (a full /tmp: the server's own writes fail too)
                 log.trim()
@@ -683,21 +717,40 @@ def _start_trimming(log: CappedLog, stop: threading.Event) -> threading.Thread:
 
 
 def _fail_if_dead_or_late(
-    handle: ServerHandle, deadline: float, what: str, goal: str, last: str | None = None
+    handle: ServerHandle,
+    deadline: float,
+    what: str,
+    goal: str,
+    last: str | None = None,
+    launcher: bool = False,
 ) -> None:
-    """`last`: what the readiness probe got last (a status, an error class), for the timeout."""
+    """`last`: what the readiness probe got last (a status, an error class), for the timeout.
+    `launcher`: an exit with status 0 is no failure (a launcher that started the server): waited on."""
     code = handle.process.poll()
-    if code is None and time.monotonic() < deadline:
+    if (code is None or (launcher and code == 0)) and time.monotonic() < deadline:
         return
     tail = handle.output_tail()
     handle.stop(keep_log=True)
-    if code is not None:
+    if code is not None and not (launcher and code == 0):
         msg = f"{what} exited with status {code} before it was ready"
     else:
-        msg = f"{what} did not manage {goal} within the deadline ({last or 'no probe finished'}); stopped it"
+        msg = f"{what} did not manage {goal} within the deadline ({last or 'no probe finished'})"
+        msg += "; it had exited with status 0" if code == 0 else "; stopped it"
     raise VeekshaError(
         f"{msg}. Full output: {handle.log_path}. Last lines of its output:\n{tail or '(no output)'}"
     )
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """True when `kind` is in the chain of causes of `exc` (httpx wraps httpcore, which wraps the OS's)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _find_line(text: str, prefix: str) -> str | None:

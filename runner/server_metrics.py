@@ -8,8 +8,10 @@ out. Series of one name with several label sets (vLLM V1 labels each engine of a
 server) are combined: counters are summed (the whole server's rate), gauges averaged (a fraction such
 as vllm:kv_cache_usage_perc stays a fraction; a count is then the mean per label set). Rates follow
 Prometheus rate(), label set by label set: a counter that went down was reset (it began again at 0, so
-its new value is the increase), a label set first seen counts from 0, one gone adds nothing; a rate is
-never negative. A name that would need CSV quoting (prometheus_client reads quoted UTF-8 names:
+its new value is the increase), a label set first seen counts from 0 (a counter name first seen after
+the first scrape too), one missing from a scrape adds nothing and counts from its last value when it
+returns; a rate is never negative. A NaN sample is no measurement: left out (an empty cell, never
+`nan`). A name that would need CSV quoting (prometheus_client reads quoted UTF-8 names:
 `{"a,b"} 1`) or holds a control character is left out: the file's readers (evaluation, the uploader,
 the live follower) split plain lines at commas. The columns are those of the first successful scrape;
 a series first seen later (vLLM's labelled counters have no sample until a request finishes) widens
@@ -21,9 +23,10 @@ goes on.
 from __future__ import annotations
 
 import csv
+import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -82,8 +85,11 @@ def parse_series(text: str) -> dict[str, Series]:
                 # control character would break the plain CSV line (_csv_line).
                 if sample.name.endswith("_created") or not _plain(sample.name):
                     continue
+                value = float(sample.value)
+                if math.isnan(value):  # no measurement (a gauge not yet known): as if not there
+                    continue
                 series = out.setdefault(sample.name, Series(family.type, {}))
-                series.values[tuple(sorted(sample.labels.items()))] = float(sample.value)
+                series.values[tuple(sorted(sample.labels.items()))] = value
     except ValueError:
         raise
     except Exception as e:  # the parser's own bug on odd input: a failed scrape, not a dead thread
@@ -91,12 +97,13 @@ def parse_series(text: str) -> dict[str, Series]:
     return out
 
 
-def counter_rate(now: Series, before: Series, dt: float) -> float:
+def counter_rate(now: Series, before: Mapping[LabelSet, float], dt: float) -> float:
     """Per second over `dt`, as Prometheus rate() counts it, label set by label set: a decrease is a
-    reset (the new value is the increase), a label set not there before counts from 0."""
+    reset (the new value is the increase), a label set never seen before counts from 0. `before`: the
+    last value seen of each label set, in whichever earlier scrape."""
     increase = 0.0
     for labels, value in now.values.items():
-        previous = before.values.get(labels, 0.0)
+        previous = before.get(labels, 0.0)
         increase += value - previous if value >= previous else value
     return increase / dt
 
@@ -130,7 +137,11 @@ class Scraper:
         self.rows = 0
         self._busy_s = 0.0  # time inside scrapes: a slow endpoint, not a lack of CPU, takes it
         self._columns: list[str] | None = None
-        self._previous: tuple[float, dict[str, Series]] | None = None
+        self._previous_t: float | None = None  # when the last scrape was written
+        # The last value seen of each counter label set, by name, whichever scrape it was in: a label
+        # set missing from one scrape (a failed engine, a lagging exporter) is compared, when it comes
+        # back, with its last value, not counted whole again.
+        self._last: dict[str, dict[LabelSet, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="veeksha-server-metrics", daemon=True)
 
@@ -182,7 +193,10 @@ class Scraper:
         with self.csv_path.open("a") as f:
             f.write(_csv_line(cells))
         self.rows += 1
-        self._previous = (t, series)
+        self._previous_t = t
+        for name, now in series.items():
+            if now.kind == "counter":
+                self._last.setdefault(name, {}).update(now.values)
 
     def _widen(self, columns: list[str]) -> None:
         """Rewrite the file under `columns` (the old ones and the new series), the rows written so far
@@ -202,13 +216,15 @@ class Scraper:
         now = series[name]
         if now.kind != "counter":
             return now.value
-        if self._previous is None or name not in self._previous[1] or t <= self._previous[0]:
+        if self._previous_t is None or t <= self._previous_t:
             return None  # a rate needs two scrapes
-        return counter_rate(now, self._previous[1][name], t - self._previous[0])
+        # A name first seen now (vLLM's labelled counters, after their first request) counts from 0,
+        # as a label set first seen does.
+        return counter_rate(now, self._last.get(name, {}), t - self._previous_t)
 
 
 def _cell(value: float | None) -> str:
-    return "" if value is None else repr(value)
+    return "" if value is None or math.isnan(value) else repr(value)
 
 
 def _plain(name: str) -> bool:

@@ -164,8 +164,9 @@ def test_a_series_that_first_appears_after_the_first_scrape_gets_its_column(
     assert header == ["elapsed_s", "vllm:num_requests_running", "vllm:request_success_total"]
     assert scraper.failures == 0 and len(rows) == scraper.rows >= 6
     assert all(len(row) == len(header) for row in rows)
-    assert [row[2] for row in rows[:3]] == ["", "", ""]  # not yet there, then a rate needs two scrapes
-    assert all(float(row[2]) > 0 for row in rows[3:])
+    # Not yet there, then counted from 0 as a label set first seen is (it was 0 before its first sample).
+    assert [row[2] for row in rows[:2]] == ["", ""]
+    assert all(float(row[2]) > 0 for row in rows[2:])
     assert rewrites == [csv_path]  # widened once, not on every later scrape
     # The uploader reads it as any other: the earlier rows simply lack the series.
     read_header, read_rows, cut_off = read_appended_csv(csv_path)
@@ -230,8 +231,16 @@ COUNTER = "# TYPE c_total counter\n"
             ],
             [10, 15],
         ),
+        (  # a label set missing from one scrape only: its whole cumulative value (40) was counted
+            [
+                COUNTER + 'c_total{e="0"} 100\nc_total{e="1"} 40\n',
+                COUNTER + 'c_total{e="0"} 101\n',
+                COUNTER + 'c_total{e="0"} 102\nc_total{e="1"} 41\n',
+            ],
+            [1, 2],
+        ),
     ],
-    ids=["counter-reset", "label-set-gone"],
+    ids=["counter-reset", "label-set-gone", "label-set-missing-once"],
 )
 def test_a_counter_that_goes_down_was_reset_and_its_rate_is_never_negative(
     tmp_path: Path, texts: list[str], increases: list[float]
@@ -246,6 +255,24 @@ def test_a_counter_that_goes_down_was_reset_and_its_rate_is_never_negative(
     for before, row, increase in zip(rows, rows[1:], increases, strict=False):
         dt = row["elapsed_s"] - before["elapsed_s"]
         assert row["c_total"] * dt == pytest.approx(increase, rel=0.05)
+
+
+def test_a_nan_sample_is_an_empty_cell_never_nan(tmp_path: Path) -> None:
+    """prometheus_client reads `NaN` as float('nan'): the average of a gauge holding it, the rate of a
+    counter, were written as `nan`, which the file's readers take for no number at all."""
+    gauge = "# TYPE g gauge\n"
+    texts = [
+        gauge + "g NaN\n" + COUNTER + "c_total 10\n",
+        gauge + "g NaN\n" + COUNTER + "c_total NaN\n",
+        gauge + "g NaN\n" + COUNTER + "c_total 30\n",
+    ]
+    csv_path = tmp_path / "server_metrics.csv"
+    scraper = scrape_rows(texts, csv_path)
+    assert scraper.failures == 0 and scraper.rows >= 3
+    assert "nan" not in csv_path.read_text().lower()
+    _, rows, _ = read_appended_csv(csv_path)
+    dt = rows[2]["elapsed_s"] - rows[1]["elapsed_s"]
+    assert rows[2]["c_total"] * dt == pytest.approx(20, rel=0.05)  # 10 -> 30, the NaN skipped
 
 
 def test_series_names_that_need_quoting_are_left_out(tmp_path: Path) -> None:
