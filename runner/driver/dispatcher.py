@@ -239,8 +239,9 @@ class Driver:
         self.session_tasks: set[asyncio.Task[float]] = set()
 
         self.waiting: set[asyncio.Future[None]] = set()  # turns waiting for their due time or think time
-        # max_concurrent_sessions: the session tasks waiting for a slot, with what a stop records of them.
-        self.queued: dict[asyncio.Task[Any], _Queued] = {}
+        # max_concurrent_sessions: the session tasks waiting for a slot, with what a stop records of them
+        # (None: still before its due time; a stop ends it without a record, as with no cap).
+        self.queued: dict[asyncio.Task[Any], _Queued | None] = {}
         self.scheduling = True  # new sessions may start
         self.dispatch_open = True  # requests may be sent
         self.stop_status: str | None = None  # the run status a stop implies (None: ran to its end)
@@ -311,6 +312,8 @@ class Driver:
             await self.dispatcher
         except asyncio.CancelledError:
             pass
+        except Exception as e:  # a bug in the arrival loop or a worker: as any other (_fail)
+            self._fail(e)
         # No new sessions from here; sessions already started still send their remaining turns
         # unless a stop (timeout, signal, max_requests) closed dispatch.
         self.scheduling = False
@@ -381,8 +384,11 @@ class Driver:
         if not self.queued:
             return
         stopped_at = min(time.perf_counter(), self.deadline)  # a timeout stops at its own moment
-        for task, (session, scheduled_at, is_warmup) in self.queued.items():
+        for task, waiting in self.queued.items():
             task.cancel()
+            if waiting is None:  # not yet in line (before its due time, or due but not yet run)
+                continue
+            session, scheduled_at, is_warmup = waiting
             if scheduled_at >= stopped_at:  # not due yet: not offered, as with no cap
                 continue
             for spec in session.nodes:
@@ -451,10 +457,17 @@ class Driver:
             try:
                 self._tick_once()
             except Exception as e:  # housekeeping must not die silently: end the run, say why
-                self.failure = f"{type(e).__name__}: {e}"
-                self._stop_dispatch(RUN_FAILED)
-                self._cancel_all()
+                self._fail(e)
                 return
+
+    def _fail(self, e: Exception) -> None:
+        """A driver bug (housekeeping, dispatch, a session): the run ends as failed, saying why; the
+        records so far are still flushed and DONE is sent."""
+        if self.failure is None:
+            self.failure = f"{type(e).__name__}: {e}"
+        self._stop_dispatch(RUN_FAILED)
+        self.stop_status, self.stop_reason = RUN_FAILED, None  # even after another stop
+        self._cancel_all()
 
     def _tick_once(self) -> None:
         # _fire stops dispatch at the deadline itself; this ends a run that sends nothing then.
@@ -537,7 +550,7 @@ class Driver:
                 return
             task = self._start_session(session, ready_at, None)
             await asyncio.wait([task])
-            # Its last response's arrival (a session that raised is a driver bug: it ends the run).
+            # Its last response's arrival (a session that raised has ended the run: _run_session).
             ready_at = time.perf_counter() if task.cancelled() else task.result()
 
     def _next_session(self) -> Session | None:
@@ -614,33 +627,43 @@ class Driver:
         limiter: asyncio.Semaphore | None,
         start_at: float | None = None,
     ) -> float:
-        """Run one session; returns when its last response arrived (now, when none did)."""
+        """Run one session; returns when its last response arrived (now, when none did). A session
+        that raises is a driver bug: it ends the run as failed (_fail), in rate and closed-loop traffic
+        alike, and is not raised further (a rate session's task is awaited by no one)."""
         # Without a concurrency limit, the first turns are prepared now and sent at `start_at` exactly
         # (_send_request); with one, a slot is taken first, and they go when it is.
         due = start_at if limiter is None else None
-        if limiter is not None:
-            await self._take_slot(session, scheduled_at, is_warmup, limiter)
         try:
-            nodes = [_Node(spec) for spec in session.nodes]
-            if len(nodes) == 1:
-                await self._run_node(session, nodes, nodes[0], scheduled_at, is_warmup, due)
-            else:
-                await self._run_nodes(session, nodes, scheduled_at, is_warmup, due)
-            return max(n.completed_at for n in nodes) or time.perf_counter()
-        finally:
             if limiter is not None:
-                limiter.release()
+                await self._take_slot(session, scheduled_at, is_warmup, limiter)
+            try:
+                nodes = [_Node(spec) for spec in session.nodes]
+                if len(nodes) == 1:
+                    await self._run_node(session, nodes, nodes[0], scheduled_at, is_warmup, due)
+                else:
+                    await self._run_nodes(session, nodes, scheduled_at, is_warmup, due)
+                return max(n.completed_at for n in nodes) or time.perf_counter()
+            finally:
+                if limiter is not None:
+                    limiter.release()
+        except Exception as e:
+            self._fail(e)
+            return time.perf_counter()
 
     async def _take_slot(
         self, session: Session, scheduled_at: float, is_warmup: bool, limiter: asyncio.Semaphore
     ) -> None:
         """max_concurrent_sessions: from its due time, wait in line for a slot. A stop meanwhile
-        records the session's wait and cancels this (_drop_queued)."""
+        records the session's wait and cancels this (_drop_queued); a stop before the session is in
+        line (its due time not reached, or due but its task not yet run) cancels it without a record,
+        as with no cap: a cap that never binds changes nothing."""
         task = asyncio.current_task()
         assert task is not None, "a session runs in its own task"
-        self.queued[task] = (session, scheduled_at, is_warmup)
+        self.queued[task] = None
         try:
             await sleep_until(scheduled_at)
+            if limiter.locked():  # it has to wait: in line from its due time
+                self.queued[task] = (session, scheduled_at, is_warmup)
             await limiter.acquire()
         finally:
             self.queued.pop(task, None)
@@ -857,8 +880,6 @@ class Driver:
         self.requests_dispatched += 1
         if turn.is_warmup and self.max_requests >= 0:  # warmup comes in addition to max_requests
             self.max_requests += 1
-        if not self._requests_left():
-            self._stop_dispatch(RUN_COMPLETED, STOP_MAX_REQUESTS)
         self.in_flight += 1
         node.dispatched_at = now
         line = ipc.make_trace_line(
@@ -878,6 +899,10 @@ class Driver:
         )
         self.trace.append(line)
         self.ring.add(line)  # in the map at once: a SIGKILL before the next tick's flush loses none
+        # After its own trace line: the stop's records of queued sessions take later ids, and a
+        # driver's trace ids only grow (recorder.py `last_traced`).
+        if not self._requests_left():
+            self._stop_dispatch(RUN_COMPLETED, STOP_MAX_REQUESTS)
 
     async def _at(self, due: float, fire: Callable[[float], None]) -> None:
         """Run `fire(now)` once `due` has passed: called by the precise timer, or by the first read

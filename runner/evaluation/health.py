@@ -133,7 +133,14 @@ def session_dispatch_rate(data: RunData) -> Check:
     if target is None:
         return Check(name, SKIPPED, detail="applies to rate traffic with a configured arrival rate")
     rate, n, window = observed_session_rate(data)
+    queued = queued_at_stop(data)
+    queued_detail = (
+        f"{queued} due sessions were still queued for a slot (max_concurrent_sessions) at the stop"
+    )
     if rate is None or n < 2:
+        if queued:  # too few sent to measure a rate, and the rest waited: the rate was not offered
+            few = {"num_sessions": n, "num_sessions_queued_at_stop": queued}
+            return Check(name, FAILED, few, detail=queued_detail)
         return Check(name, SKIPPED, {"num_sessions": n}, detail="fewer than 2 sessions dispatched")
     traffic = data.cfg.traffic_scheduler
     assert isinstance(traffic, RateTraffic)
@@ -151,10 +158,9 @@ def session_dispatch_rate(data: RunData) -> Check:
         "window_s": window,
         "relative_error": error,
     }
-    queued = queued_at_stop(data)
     if queued:
         measures["num_sessions_queued_at_stop"] = queued
-        detail = f"{queued} due sessions were still queued for a slot (max_concurrent_sessions) at the stop"
+        detail = queued_detail
     return Check(
         name,
         _verdict(error <= tolerance and not queued),

@@ -12,7 +12,7 @@ import pytest
 from veeksha.runner.driver import dispatcher
 from veeksha.runner.server_launcher import ServerHandle
 from veeksha.runner.sessions.synthetic import SyntheticSessionGenerator
-from veeksha.shared.records import CANCELLED, SUCCESS
+from veeksha.shared.records import CANCELLED, RUN_FAILED, SUCCESS
 
 from tests.runner.driver.in_process import drive
 from tests.runner.simserver.test_server import sim_server
@@ -60,13 +60,14 @@ def test_each_request_of_a_wide_layer_gets_a_connection_and_measures_only_the_se
 ) -> None:
     # One session at a time, but two requests of it in flight together (a layer of width 2): a pool
     # sized by sessions alone made the second wait for the first's connection, and that wait (the
-    # first's whole end-to-end latency) was counted as the server's time to first chunk.
+    # first's whole end-to-end latency) was counted as the server's time to first chunk (0.49 s here:
+    # the bound leaves a loaded machine room and still catches that).
     wide = {"type": "branching", "num_layers_generator": fixed(1), "layer_width_generator": fixed(2)}
     run = drive(config(server.api_base, rate(5, max_concurrent_sessions=1), wide, max_sessions=2))
 
     assert len(run.records) == 4 and {r["status"] for r in run.records} == {SUCCESS}
     for r in run.records:
-        assert SERVER_TTFC <= r["ttfc"] < SERVER_TTFC + 0.08, r
+        assert SERVER_TTFC <= r["ttfc"] < SERVER_TTFC + 0.2, r
 
 
 # ------------------------------------------------------------------ the stop
@@ -105,6 +106,49 @@ def test_sessions_queued_behind_the_cap_at_the_stop_are_recorded_with_their_wait
         assert line["dispatched_at"] == r["scheduler_dispatched_at"]
 
 
+def test_a_cap_that_never_binds_records_no_queued_session_at_a_max_requests_stop(
+    server: ServerHandle,
+) -> None:
+    # 20000 sessions/s, room for 10000 at once: the timer wakes several due sessions in one pass, and
+    # the one whose request reaches max_requests stops dispatch before the others ran. They never
+    # waited for a slot: they end as without a cap, with no record (not "queued" ones).
+    cfg = config(server.api_base, rate(20000, max_concurrent_sessions=10000), SINGLE, max_requests=5)
+    run = drive(cfg)
+
+    assert len(run.records) == 5, [r["error_message"] for r in run.records]
+    assert not any("queued" in (r["error_message"] or "") for r in run.records)
+
+
+def test_a_driver_s_trace_ids_only_grow_when_a_max_requests_stop_drops_queued_sessions() -> None:
+    # The recorder relies on it (recorder.py `last_traced`): the request that reaches the cap has its
+    # trace line before those of the sessions the stop records as queued.
+    with sim_server(precise={"ttft": 0.3, "itl": SERVER_ITL}) as slow:
+        cfg = config(slow.api_base, rate(20, max_concurrent_sessions=1), SINGLE, max_requests=3)
+        cfg["session_generator"]["output_spec"]["text"]["output_length_generator"] = fixed(1)
+        run = drive(cfg)
+
+    assert any("queued" in (r["error_message"] or "") for r in run.records)  # the case at hand
+    ids = [t["request_id"] for t in run.trace]
+    assert ids == sorted(set(ids)), ids
+
+
+@pytest.mark.parametrize(
+    "traffic", [rate(20), {"type": "concurrent", "target_concurrent_sessions": 1}], ids=["rate", "concurrent"]
+)
+def test_a_session_that_raises_ends_the_run_as_failed_with_the_error(
+    server: ServerHandle, monkeypatch: pytest.MonkeyPatch, traffic: dict[str, Any]
+) -> None:
+    # A driver bug: neither left to escape the run (no DONE, records lost) nor swallowed.
+    def broken(self: dispatcher.Driver, nodes: Any, node: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(dispatcher.Driver, "_payload", broken)
+    run = drive(config(server.api_base, traffic, SINGLE, max_sessions=3))
+
+    assert run.done["status"] == RUN_FAILED
+    assert "RuntimeError: boom" in run.done["error"]
+
+
 # ------------------------------------------------------------------ caps
 
 
@@ -123,12 +167,13 @@ def test_warmup_requests_come_in_addition_to_max_requests(server: ServerHandle) 
 def test_the_next_session_of_a_worker_is_due_when_the_last_one_completed(
     server: ServerHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # No session is built ahead: each is made when its worker needs it, and making one takes 50 ms.
+    # No session is built ahead: each is made when its worker needs it, and making one takes 150 ms.
     # That time is the client's lateness, so it shows as the next session's dispatch delay.
     next_session = SyntheticSessionGenerator.next_session
+    build_s = 0.15
 
     def slow_build(self: SyntheticSessionGenerator, build: bool = True) -> Any:
-        time.sleep(0.05)
+        time.sleep(build_s)
         return next_session(self, build)
 
     monkeypatch.setattr(SyntheticSessionGenerator, "next_session", slow_build)
@@ -138,7 +183,7 @@ def test_the_next_session_of_a_worker_is_due_when_the_last_one_completed(
     run = drive(config(server.api_base, traffic, SINGLE, max_sessions=3))
 
     first, *later = sorted(run.records, key=lambda r: r["session_id"])
-    assert first["dispatch_delay"] < 0.02  # built before the run started
+    assert first["dispatch_delay"] < build_s / 2  # built before the run started (not during it)
     for previous, r in zip([first, *later], later, strict=False):
         assert r["scheduler_ready_at"] == previous["client_completed_at"]
-        assert r["dispatch_delay"] >= 0.05
+        assert r["dispatch_delay"] >= build_s

@@ -87,6 +87,30 @@ def test_sessions_still_queued_for_a_slot_at_the_stop_fail_the_dispatch_rate():
     )
 
 
+def test_sessions_queued_at_the_stop_fail_the_dispatch_rate_even_when_fewer_than_2_were_sent():
+    # 10/s, one slot, a server 5 s to first token, a 2-s timeout: one session sent, the rest queued.
+    sent = [request(0, sent=0.1, chunks=[2.5])]
+    queued = [
+        request(
+            1 + k,
+            sent=2.0,
+            chunks=[],
+            status="cancelled",
+            error_type="cancelled",
+            scheduler_ready_at=0.2 + 0.1 * k,
+            scheduler_dispatched_at=None,
+            client_picked_up_at=None,
+            client_completed_at=None,
+            result_processed_at=None,
+        )
+        for k in range(18)
+    ]
+    check = health.session_dispatch_rate(_data([*sent, *queued], _rate_cfg(10.0)))
+    assert check.result == "FAILED"
+    assert check.metrics["num_sessions_queued_at_stop"] == 18 and check.metrics["num_sessions"] == 1
+    assert "18 due sessions were still queued" in check.detail
+
+
 def test_dispatch_rate_skipped_for_concurrent_traffic():
     cfg = BenchmarkConfig(traffic_scheduler=ConcurrentTraffic(target_concurrent_sessions=2))
     assert health.session_dispatch_rate(_data(_sessions_every(0.1), cfg)).result == "SKIPPED"
