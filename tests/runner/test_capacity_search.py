@@ -36,7 +36,7 @@ from veeksha.shared.config_loader import dump_config_yaml, load_written_config
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.jsonio import read_json, write_json
 from veeksha.shared.paths import CAPSEARCH_ATTEMPTS_CSV, CAPSEARCH_RESULTS, RunPaths
-from veeksha.shared.schema import build
+from veeksha.shared.schema import admitting, build
 from veeksha.uploader.groups import read_capsearch
 
 from tests.runner.helpers import run_cli, serving
@@ -142,10 +142,11 @@ def test_a_rate_search_that_always_fails_stops_at_the_smallest_valid_rate(
 def test_a_concurrency_search_above_the_largest_concurrency_is_refused() -> None:
     """Its attempts set target_concurrent_sessions without the config's bound: 10**9 sessions."""
     with pytest.raises(ConfigError, match=r"max_value: 1000000000\.0 is not allowed; a concurrency search"):
-        build(
-            CapacitySearchConfig,
-            {"max_value": 10**9, "benchmark_config": {"traffic_scheduler": {"type": "concurrent"}}},
-        )
+        with admitting():  # a new search (load_capacity_search); a config.yml read back is not refused
+            build(
+                CapacitySearchConfig,
+                {"max_value": 10**9, "benchmark_config": {"traffic_scheduler": {"type": "concurrent"}}},
+            )
 
 
 # ---------------------------------------------------------------- real searches, simulated server

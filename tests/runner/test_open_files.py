@@ -127,6 +127,7 @@ def test_veeksha_run_raises_its_limit_for_the_processes_it_starts(tmp_path: Path
               type: command
               command: [{sys.executable}, -c, "{script}"]
               ready_url: http://127.0.0.1:1/health
+              ready_timeout: 2  # it exits 0 without serving: a launcher may, so it is waited for
             runtime: {{max_sessions: 1}}
             """
         )
