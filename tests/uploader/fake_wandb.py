@@ -161,6 +161,23 @@ class FakeWandb:
                     return run
         raise KeyError(run_id if project is None else f"{project}/{run_id}")
 
+    def hide_from_first_lookup(self, run_id: str) -> None:
+        """The first look-up of `run_id` finds no run; later ones (the SDK's init) find it: another
+        upload created the run between our look-up and our init. Look-ups of other ids answer as
+        they are."""
+        real = self._op_RunResumeStatus
+        seen: list[str] = []
+
+        def created_meanwhile(v: dict[str, Any], q: str) -> dict[str, Any]:
+            answer = real(v, q)
+            if v["name"] == run_id:
+                seen.append(run_id)
+                if len(seen) == 1:
+                    answer["model"]["bucket"] = None
+            return answer
+
+        self._op_RunResumeStatus = created_meanwhile  # type: ignore[method-assign]
+
     def fail(self, kind: str, scope: str, run_id: str | None = None) -> None:
         """From now on fail `scope` requests; with `run_id` (file_stream only), only that run's."""
         # "400" / "403": answers the SDK does not retry (it gives up on that part and finishes).

@@ -427,18 +427,7 @@ def test_the_follower_losing_the_race_to_create_its_run_leaves_it_to_the_winner(
     assert winner.returncode == 0, winner.stdout + winner.stderr
     run_id = read_marker_json(live.full.root)["run_id"]
     digest = fake_wandb.run(run_id).config["veeksha_upload_digest"]
-    real = fake_wandb._op_RunResumeStatus
-    calls: list[str] = []
-
-    def created_meanwhile(v: dict, q: str) -> dict:  # our look-up sees no run; the SDK's init sees it
-        answer = real(v, q)
-        if v["name"] == run_id:  # (other look-ups, e.g. of an older id, answer as they are)
-            calls.append(v["name"])
-            if len(calls) == 1:
-                answer["model"]["bucket"] = None
-        return answer
-
-    fake_wandb._op_RunResumeStatus = created_meanwhile  # type: ignore[method-assign]
+    fake_wandb.hide_from_first_lookup(run_id)  # our look-up sees no run; the SDK's init sees it
     with following(live.root, home, env, "--mode", "online") as follower:
         out, err = follower.communicate(timeout=90)
     assert follower.returncode == 1 and "created this W&B run meanwhile" in out, out + err

@@ -149,18 +149,7 @@ def test_the_loser_of_two_uploads_creating_one_run_leaves_it_to_the_winner(
     shutil.rmtree(copy / "wandb")
     with (copy / "config.yml").open("a") as f:
         f.write("# changed in the copy\n")
-    real = fake_wandb._op_RunResumeStatus
-    calls: list[str] = []
-
-    def created_meanwhile(v: dict, q: str) -> dict:  # our look-up sees no run; the SDK's init sees it
-        answer = real(v, q)
-        if v["name"] == run_id:  # (other look-ups, e.g. of an older id, answer as they are)
-            calls.append(v["name"])
-            if len(calls) == 1:
-                answer["model"]["bucket"] = None
-        return answer
-
-    fake_wandb._op_RunResumeStatus = created_meanwhile  # type: ignore[method-assign]
+    fake_wandb.hide_from_first_lookup(run_id)  # our look-up sees no run; the SDK's init sees it
     lost = online(copy, home, fake_wandb, *args)
     assert lost.returncode == 1 and "created this W&B run meanwhile" in lost.stdout, lost.stdout + lost.stderr
     assert "offline run" not in lost.stdout, lost.stdout
