@@ -82,8 +82,10 @@ def _count_sampler(gen: LengthGen, rng: random.Random, minimum: int) -> Callable
         lo, hi = max(lo, minimum), max(hi, minimum)
         return lambda: rng.randint(lo, hi)
     if isinstance(gen, ZipfGen):
-        sample = _zipf(gen, rng)
-        return lambda: max(minimum, sample())
+        # Ranks start at the smallest allowed count: raising draws below it to `minimum` would pile
+        # several ranks' weight onto one value (min 0 gave P(1) = 0.66 for theta 1.2, not 0.44).
+        sample = _zipf(gen, rng, floor=minimum)
+        return sample
     draw = make_length_sampler(gen, rng)
     return lambda: max(minimum, _round(draw()))
 
@@ -127,13 +129,14 @@ def _inverse_gaussian(mean: float, shape: float, rng: random.Random) -> Callable
     return sample
 
 
-def _zipf(gen: ZipfGen, rng: random.Random) -> Callable[[], int]:
-    """Bounded Zipf over the integers [min, max]: P(min + r - 1) ∝ r^-theta for rank r = 1..n.
+def _zipf(gen: ZipfGen, rng: random.Random, floor: int | None = None) -> Callable[[], int]:
+    """Bounded Zipf over the integers [min, max] (min raised to `floor` when given):
+    P(min + r - 1) ∝ r^-theta for rank r = 1..n.
 
     Rejection-inversion (Hörmann & Derflinger 1996): O(1) per draw and no table, so a range of
     millions costs nothing up front; acceptance is above 90% for every theta.
     """
-    base = math.ceil(gen.min)
+    base = math.ceil(gen.min) if floor is None else max(floor, math.ceil(gen.min))
     n = max(1, math.floor(gen.max) - base + 1)
     s = float(gen.theta)
 

@@ -86,6 +86,17 @@ def test_zipf_handles_huge_ranges_without_a_table() -> None:
     assert Counter(xs)[1] > Counter(xs)[2] > Counter(xs)[4]
 
 
+def test_zipf_count_below_the_minimum_starts_its_ranks_at_the_minimum() -> None:
+    """min 0 for token counts: rank 1 is 1, not ranks 1 and 2 piled onto 1 (P(1) was 0.66, not 0.44)."""
+    theta = 1.2
+    counts = Counter(draws(make_count_sampler(ZipfGen(theta=theta, min=0, max=9), random.Random(9))))
+    assert set(counts) <= set(range(1, 10))
+    weights = [r**-theta for r in range(1, 10)]
+    assert counts[1] / N == pytest.approx(weights[0] / sum(weights), abs=0.015)
+    # A float sampler (a think time) keeps 0 as its first rank.
+    assert min(draws(make_length_sampler(ZipfGen(theta=theta, min=0, max=9), random.Random(9)))) == 0
+
+
 def test_inverse_gaussian_has_the_right_mean_and_variance() -> None:
     mean, shape = 5.0, 10.0
     xs = draws(make_length_sampler(InverseGaussianGen(mean=mean, shape=shape), random.Random(8)), 50_000)
