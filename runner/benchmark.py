@@ -39,6 +39,7 @@ from veeksha.runner.server_launcher import (
 from veeksha.runner.server_metrics import Scraper, metrics_url, probe
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.tokenizer import token_counter
+from veeksha.runner.sessions.traces import TraceSessionGenerator
 from veeksha.shared.config import BenchmarkConfig, ClientConfig, run_server
 from veeksha.shared.config_checks import uses_client_api_base
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
@@ -191,9 +192,27 @@ def check_before_start(cfg: BenchmarkConfig, announce: bool = False) -> None:
         raise _no_api_base()
     if cfg.wandb.enabled:  # the upload at the end refuses what the W&B environment cannot mean
         check_wandb_env(os.environ)
+    if announce:
+        _announce_left_out(cfg, sessions)
+
+
+def _announce_left_out(cfg: BenchmarkConfig, sessions: object) -> None:
+    """Say what of a trace the run cannot send: records without a turn, and a timed replay longer
+    than benchmark_timeout (a trace in milliseconds replayed as seconds looks like a quiet server)."""
     skipped = getattr(sessions, "skipped_records", 0)
-    if announce and skipped:
+    if skipped:
         print(f"veeksha: {skipped} trace record(s) without a user turn and a reply: left out", flush=True)
+    timeout = cfg.runtime.benchmark_timeout
+    if not isinstance(sessions, TraceSessionGenerator) or timeout <= 0:
+        return
+    due, total = sessions.records_due_within(timeout), len(sessions.records)
+    if due is not None and due < total:
+        print(
+            f"veeksha: timed replay sends {due} of the trace's {total} records before "
+            f"runtime.benchmark_timeout ({timeout:g} s); if its timestamps are milliseconds, set "
+            "session_generator.time_scale: 1000",
+            flush=True,
+        )
 
 
 def check_ray_cluster(cfg: BenchmarkConfig) -> None:

@@ -21,7 +21,7 @@ Two flavors, detected from the first record unless `flavor:` says:
 Timed replay sends each record at (its timestamp - the first one's) / time_scale after the start; an
 offset (and, with wrap, the period of one pass) must be finite and at most a week, so a trace in
 milliseconds replayed as seconds, or a time_scale of 1e-310, is a config error, not a run that never
-sends anything.
+sends anything. A shorter replay that benchmark_timeout cuts off is announced (`records_due_within`).
 
 Files: `.csv` is CSV with a header row; otherwise a JSON array of records or JSON lines. The whole
 file is read and checked when the generator is made, so a bad record stops the run before any
@@ -167,6 +167,14 @@ class TraceSessionGenerator:
             f"(its span and one average gap, at time_scale {self._scale:.6g}), more than a week "
             f"({MAX_SECONDS} s); set session_generator.wrap: false, or a larger time_scale"
         )
+
+    def records_due_within(self, seconds: float) -> int | None:
+        """How many records of one pass timed replay sends in the first `seconds` (None when not
+        timed): a trace in milliseconds replayed as seconds sends a handful before benchmark_timeout."""
+        if not self._timed:
+            return None
+        limit = seconds * self._scale + self._t0
+        return sum(1 for rec in self.records if rec.timestamp is not None and rec.timestamp <= limit)
 
     def _check_turn_lengths(self, kept: list[tuple[str, TraceRecord]]) -> None:
         """The request logs' cap on each turn: a longer user message is no prompt to send, a longer

@@ -350,6 +350,22 @@ def test_a_request_log_trace_is_replayed_on_its_timestamps(tmp_path: Path) -> No
     assert late[0] >= 0 and late[len(late) // 2] < 0.02, late
 
 
+def test_a_timed_replay_longer_than_the_timeout_says_how_much_of_it_is_sent(tmp_path: Path) -> None:
+    """A trace in milliseconds replayed as seconds is not a quiet server: the console says so first."""
+    rows = [{"timestamp": t, "input_length": 20, "output_length": 4} for t in (0, 100, 250, 900)]
+    (tmp_path / "trace.jsonl").write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
+    flags = ["--session_generator", "{type: trace, path: trace.jsonl, timed_replay: true, wrap: false}"]
+    proc = run_cli([*QUICK, *flags, "--runtime.benchmark_timeout", "1"], cwd=tmp_path)
+    warning = (
+        "veeksha: timed replay sends 1 of the trace's 4 records before runtime.benchmark_timeout (1 s); "
+        "if its timestamps are milliseconds, set session_generator.time_scale: 1000"
+    )
+    assert proc.stdout.count(warning) == 1, proc.stdout
+    scaled = run_cli([*QUICK, *flags, "--session_generator.time_scale", "1000"], cwd=tmp_path)
+    assert scaled.returncode == 0, scaled.stderr
+    assert "timed replay sends" not in scaled.stdout
+
+
 def test_without_cancel_on_failure_every_turn_is_still_sent(tmp_path: Path) -> None:
     proc = run_cli(
         [
