@@ -25,7 +25,9 @@ sends anything. A shorter replay that benchmark_timeout cuts off is announced (`
 
 Files: `.csv` is CSV with a header row; otherwise a JSON array of records or JSON lines. The whole
 file is read and checked when the generator is made, so a bad record stops the run before any
-traffic. A trace is never fetched from the network.
+traffic. CSV and JSON lines are parsed record by record as read (every driver process loads the
+trace, and the raw records are not kept); a JSON array is parsed whole first, about 3x its size at
+its peak, so JSON lines suit large traces better. A trace is never fetched from the network.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import csv
 import math
 import random
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,27 +83,17 @@ class TraceSessionGenerator:
 
     def __init__(self, ts: TraceSessions, seed: int, tokenizer: LocalTokenizer | None) -> None:
         self.path = _local_path(ts.path)
-        raw = list(_read_raw(self.path))
-        if not raw:
-            raise ConfigError(f"session_generator.path: trace {self.path} has no records")
-        self.flavor = ts.flavor if ts.flavor != "auto" else _detect_flavor(self.path, *raw[0])
-        parse = _parse_request if self.flavor == REQUEST_LOG else _parse_conversation
-        parsed = [(where, parse(self.path, where, rec)) for where, rec in raw]
-        kept = [(where, rec) for where, rec in parsed if rec is not None]
-        self.skipped_records = len(parsed) - len(kept)
-        if not kept:
-            raise ConfigError(f"{self.path}: no conversation has a user message followed by a reply")
-        self.records: list[TraceRecord] = [rec for _, rec in kept]
+        self.flavor, self.records, self._places, self.skipped_records = _load(self.path, ts.flavor)
         self._timed = ts.timed_replay
         self._scale = ts.time_scale
         self._period = 0.0
         self._t0 = 0.0
         self._wrap = ts.wrap
         if self._timed:
-            self._prepare_timed(kept)
+            self._prepare_timed()
         self._prompts = PromptBuilder(tokenizer, [stream(seed, "trace/shared_prefix")])
         if self.flavor == CONVERSATION:
-            self._check_turn_lengths(kept)
+            self._check_turn_lengths()
         # Each session's words come from its own stream (seeded by the session id), so a driver can
         # pass over another driver's sessions without drawing their words.
         self._words_base = stream(seed, "trace/words").getrandbits(64)
@@ -110,8 +103,13 @@ class TraceSessionGenerator:
         self._cycle = 0
         self._next_id = 0
 
-    def _prepare_timed(self, kept: list[tuple[str, TraceRecord]]) -> None:
-        for where, rec in kept:
+    def _where(self, i: int) -> str:
+        """Where the i-th kept record is in the file, for messages ('line N' or 'record N')."""
+        return self._places.where(i)
+
+    def _prepare_timed(self) -> None:
+        for i, rec in enumerate(self.records):
+            where = self._where(i)
             if rec.timestamp is not None and not math.isfinite(rec.timestamp):  # `nan`: a CSV's "missing"
                 raise ConfigError(
                     f"{self.path} {where}: 'timestamp' must be finite seconds for timed_replay, "
@@ -122,8 +120,10 @@ class TraceSessionGenerator:
                     f"{self.path} {where}: timed_replay needs a 'timestamp' in every record; "
                     "set session_generator.timed_replay: false to replay at the traffic scheduler's pace"
                 )
-        kept = sorted(kept, key=lambda item: item[1].timestamp or 0.0)  # every one is set (checked above)
-        self.records = [rec for _, rec in kept]
+        # Every timestamp is set (checked above); a stable sort keeps file order among equal ones.
+        order = sorted(range(len(self.records)), key=lambda i: self.records[i].timestamp or 0.0)
+        self.records = [self.records[i] for i in order]
+        self._places = self._places.reordered(order)
         first, last = self.records[0].timestamp, self.records[-1].timestamp
         assert first is not None and last is not None
         n = len(self.records)
@@ -134,24 +134,24 @@ class TraceSessionGenerator:
                 "set session_generator.wrap: false"
             )
         self._t0 = first
-        self._check_offsets(kept)
+        self._check_offsets()
         # A wrapped trace starts over one average gap after its last record.
         self._period = (last - first) * n / (n - 1) if n > 1 else 0.0
         if self._wrap:
             self._check_period()
 
-    def _check_offsets(self, kept: list[tuple[str, TraceRecord]]) -> None:
+    def _check_offsets(self) -> None:
         """Every arrival offset finite and at most a week. Timestamps 1e308 apart overflow to inf and
         a time_scale of 1e-310 divides to inf: the driver never sent such a session, and the run
         ended with nothing sent; a trace in milliseconds replayed as seconds would wait for weeks."""
-        for where, rec in kept:
+        for i, rec in enumerate(self.records):
             assert rec.timestamp is not None  # timed replay: checked by _prepare_timed
             offset = (rec.timestamp - self._t0) / self._scale
             if math.isfinite(offset) and offset <= MAX_SECONDS:
                 continue
             what = "is not finite" if not math.isfinite(offset) else "is more than a week"
             raise ConfigError(
-                f"{self.path} {where}: timed_replay offset {offset:.6g} s after the first record "
+                f"{self.path} {self._where(i)}: timed_replay offset {offset:.6g} s after the first record "
                 f"(timestamp {rec.timestamp:.6g} - {self._t0:.6g}, at time_scale {self._scale:.6g}) {what}; "
                 f"offsets must be at most a week ({MAX_SECONDS} s): check the timestamps' unit "
                 "(milliseconds need time_scale: 1000) and time_scale"
@@ -176,16 +176,16 @@ class TraceSessionGenerator:
         limit = seconds * self._scale + self._t0
         return sum(1 for rec in self.records if rec.timestamp is not None and rec.timestamp <= limit)
 
-    def _check_turn_lengths(self, kept: list[tuple[str, TraceRecord]]) -> None:
+    def _check_turn_lengths(self) -> None:
         """The request logs' cap on each turn: a longer user message is no prompt to send, a longer
         reply no output length to ask for (a 20M-word reply was requested as it was)."""
-        for where, rec in kept:
+        for k, rec in enumerate(self.records):
             assert isinstance(rec, Conversation)
             for i, (user, reply) in enumerate(rec.turns, 1):
                 for what, text in (("user message", user), ("reply", reply)):
-                    self._check_turn_length(where, f"the {what} of turn {i}", text)
+                    self._check_turn_length(k, f"the {what} of turn {i}", text)
 
-    def _check_turn_length(self, where: str, what: str, text: str) -> None:
+    def _check_turn_length(self, k: int, what: str, text: str) -> None:
         # A token is at least one byte of UTF-8 (the approximation: at least one character), and a
         # character at most 4 bytes: shorter texts are under the cap without being counted, which
         # would take minutes with a tokenizer on all of ShareGPT.
@@ -194,7 +194,7 @@ class TraceSessionGenerator:
         tokens = self._prompts.count(text)
         if tokens > MAX_TOKENS:
             raise ConfigError(
-                f"{self.path} {where}: {what} is {tokens:,} tokens, more than {MAX_TOKENS:,} tokens"
+                f"{self.path} {self._where(k)}: {what} is {tokens:,} tokens, more than {MAX_TOKENS:,} tokens"
             )
 
     def next_session(self, build: bool = True) -> Session | None:
@@ -250,40 +250,122 @@ def _local_path(path: str) -> Path:
     return p
 
 
-def _read_raw(path: Path) -> Iterator[tuple[str, Any]]:
-    """(location for messages, raw record) pairs: 'line N' for CSV / JSON lines, 'record N' in arrays."""
+@dataclass(slots=True)
+class _Places:
+    """Where each kept record was in the file ('line N' / 'record N'), as one integer each: a string
+    per record of a million-line trace would outweigh the records themselves."""
+
+    unit: str
+    numbers: array[int]
+
+    def where(self, i: int) -> str:
+        return f"{self.unit} {self.numbers[i]}"
+
+    def reordered(self, order: list[int]) -> _Places:
+        return _Places(self.unit, array("q", (self.numbers[i] for i in order)))
+
+
+def _load(path: Path, flavor: str) -> tuple[str, list[TraceRecord], _Places, int]:
+    """(flavor, kept records, their places, how many were skipped), parsing each raw record as it is
+    read, so the file's raw objects are never all held at once beside the parsed ones."""
+    unit, raw = _read_raw(path)
+    records: list[TraceRecord] = []
+    places = _Places(unit, array("q"))
+    parse = None
+    seen = 0
+    for number, rec in raw:
+        where = f"{unit} {number}"
+        if parse is None:
+            flavor = flavor if flavor != "auto" else _detect_flavor(path, where, rec)
+            parse = _parse_request if flavor == REQUEST_LOG else _parse_conversation
+        seen += 1
+        parsed = parse(path, where, rec)
+        if parsed is not None:
+            records.append(parsed)
+            places.numbers.append(number)
+    if not seen:
+        raise ConfigError(f"session_generator.path: trace {path} has no records")
+    if not records:
+        raise ConfigError(f"{path}: no conversation has a user message followed by a reply")
+    return flavor, records, places, seen - len(records)
+
+
+_BOM = b"\xef\xbb\xbf"  # a byte-order mark is no JSON
+
+
+def _read_raw(path: Path) -> tuple[str, Iterator[tuple[int, Any]]]:
+    """The unit records are counted in ('line' for CSV and JSON lines, 'record' in a JSON array) and
+    (number, raw record) pairs, read as they are consumed."""
+    if path.suffix.lower() == ".csv":
+        return "line", _read_csv(path)
+    if _first_byte(path) == b"[":
+        return "record", _read_array(path)
+    return "line", _read_lines(path)
+
+
+def _cannot_read(path: Path, e: Exception) -> ConfigError:
+    return ConfigError(f"session_generator.path: cannot read trace {path}: {e}")
+
+
+def _first_byte(path: Path) -> bytes:
+    """The file's first byte that is not a byte-order mark or whitespace (b'' for none)."""
     try:
-        if path.suffix.lower() == ".csv":
-            yield from _read_csv(path)
-            return
-        data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is no JSON
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ConfigError(f"session_generator.path: cannot read trace {path}: {e}") from None
-    if data.lstrip()[:1] == b"[":
-        try:
-            records = orjson.loads(data)
-        except orjson.JSONDecodeError as e:
-            raise ConfigError(f"{path}: invalid JSON: {e}") from None
-        for i, rec in enumerate(records, 1):
-            yield f"record {i}", rec
-        return
-    for lineno, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield f"line {lineno}", orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            raise ConfigError(f"{path} line {lineno}: invalid JSON: {e}") from None
+        with path.open("rb") as f:
+            head = f.read(len(_BOM)).removeprefix(_BOM)
+            while True:
+                head = head.lstrip()
+                if head:
+                    return head[:1]
+                head = f.read(65536)
+                if not head:
+                    return b""
+    except OSError as e:
+        raise _cannot_read(path, e) from None
 
 
-def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
+def _read_array(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        data = path.read_bytes().removeprefix(_BOM)
+    except OSError as e:
+        raise _cannot_read(path, e) from None
+    try:
+        records = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON: {e}") from None
+    del data
+    for i in range(len(records)):
+        rec, records[i] = records[i], None  # let each raw record go once it is parsed
+        yield i + 1, rec
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        with path.open("rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if lineno == 1:
+                    line = line.removeprefix(_BOM)
+                if not line.strip():
+                    continue
+                try:
+                    rec = orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    raise ConfigError(f"{path} line {lineno}: invalid JSON: {e}") from None
+                yield lineno, rec
+    except OSError as e:
+        raise _cannot_read(path, e) from None
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
     # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would join the first name.
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames:  # `input_length, output_length`: names as meant, not as spaced
-            reader.fieldnames = [name.strip() for name in reader.fieldnames]
-        for row in reader:
-            yield f"line {reader.line_num}", row
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames:  # `input_length, output_length`: names as meant, not as spaced
+                reader.fieldnames = [name.strip() for name in reader.fieldnames]
+            for row in reader:
+                yield reader.line_num, row
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise _cannot_read(path, e) from None
 
 
 def _detect_flavor(path: Path, where: str, rec: Any) -> str:
