@@ -14,12 +14,12 @@ from typing import Any
 
 from veeksha.shared import __version__
 from veeksha.shared.config import BenchmarkConfig
-from veeksha.shared.config_loader import config_sha256, dump_config_yaml
+from veeksha.shared.config_loader import config_secrets, config_sha256, dump_config_yaml
 from veeksha.shared.errors import ConfigError, OutputError
 from veeksha.shared.jsonio import write_atomic, write_json
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import CONTRACT_VERSION, EVALUATION_ERROR, RUN_RUNNING
-from veeksha.shared.redact import redact_argv
+from veeksha.shared.redact import redact_argv, scrub_text
 
 
 def utc_now() -> dt.datetime:
@@ -108,7 +108,7 @@ class RunDir:
             "host": socket.gethostname(),
             "pid": os.getpid(),  # lets `evaluate` tell a crashed run from one still going
             "python": platform.python_version(),
-            "argv": redact_argv(list(argv)),
+            "argv": shown_argv(argv, cfg),
             "sweep": sweep,
             "capacity_search": capacity_search,
             "error": None,
@@ -140,6 +140,13 @@ class RunDir:
         except OSError:  # disk full: the previous run.json stays whole; the caller reports the error
             if error is None:
                 raise
+
+
+def shown_argv(argv: list[str], cfg: BenchmarkConfig) -> list[str]:
+    """The command line as run.json keeps it: secret flags' values hidden (redact_argv), and the run's
+    known secrets wherever else they were typed (the client's key as a server flag's value)."""
+    secrets = config_secrets(cfg)
+    return [scrub_text(arg, secrets) for arg in redact_argv(list(argv))]
 
 
 def python_argv() -> list[str]:

@@ -561,8 +561,10 @@ def _start_command(
     secrets = scrub_list(
         [*secret_values(to_dict(cfg)), *environment_secrets(env), *extra_secrets, *secret_values(headers)]
     )
-    # What the user may read: the command with the values of secret flags hidden.
-    what = f"server command {' '.join(str(a) for a in redact(list(cfg.command)))!r}"
+    # What the user may read: the command with the values of secret flags hidden, and any other
+    # secret of the run (the client's key given under a flag no rule knows).
+    shown = scrub_text(" ".join(str(a) for a in redact(list(cfg.command))), secrets)
+    what = f"server command {shown!r}"
     try:
         handle = _spawn(list(cfg.command), env, log_path, api_base=api_base, secrets=secrets)
     except OSError as exc:

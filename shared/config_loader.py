@@ -27,7 +27,14 @@ from veeksha.shared.config import BenchmarkConfig, CapacitySearchConfig
 from veeksha.shared.config_checks import check_benchmark_config, uses_client_api_base
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.jsonio import is_utf8
-from veeksha.shared.redact import may_hold_secret, redact, redact_params
+from veeksha.shared.redact import (
+    MIN_CASELESS_LEN,
+    config_secret_values,
+    may_hold_secret,
+    redact_config,
+    redact_params,
+    scrub_list,
+)
 from veeksha.shared.schema import admitting, build, key_for_message, mark_respelled, plain, to_dict
 from veeksha.shared.secret import Secret
 
@@ -746,9 +753,31 @@ def _finish(cfg: BenchmarkConfig, fallbacks: EnvFallbacks, prefix: str = "") -> 
 
 
 def redacted_dict(cfg: BenchmarkConfig | CapacitySearchConfig) -> dict[str, Any]:
-    """The config as plain data with every secret replaced: what config.yml holds."""
-    plain: dict[str, Any] = redact(to_dict(cfg))
+    """The config as plain data with every secret replaced: what config.yml holds. A secret value is
+    hidden wherever else it appears too: a client key also given to the server under a flag no rule
+    knows is still the run's key (redact_config)."""
+    plain: dict[str, Any] = redact_config(to_dict(cfg), revealed_secrets(cfg))
     return plain
+
+
+def config_secrets(cfg: BenchmarkConfig | CapacitySearchConfig) -> list[str]:
+    """Every secret value of a config (its api_key, header and URL credentials, long server.env
+    values, ...): what redacted_dict hides, for other text about the run (run.json's argv)."""
+    found = [*revealed_secrets(cfg), *config_secret_values(to_dict(cfg))]
+    return scrub_list([v for v in found if len(v) >= MIN_CASELESS_LEN])
+
+
+def revealed_secrets(obj: Any) -> list[str]:
+    """The values of the Secrets in a config (client.api_key), which to_dict writes as REDACTED."""
+    if isinstance(obj, Secret):
+        return [obj.reveal()] if obj.reveal() else []
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [s for f in dataclasses.fields(obj) for s in revealed_secrets(getattr(obj, f.name))]
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in revealed_secrets(v)]
+    if isinstance(obj, list | tuple):
+        return [s for v in obj for s in revealed_secrets(v)]
+    return []
 
 
 def dump_config_yaml(cfg: BenchmarkConfig | CapacitySearchConfig) -> str:

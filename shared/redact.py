@@ -5,13 +5,19 @@ ignored) is one of SECRET_WORDS or ends with one of SECRET_WORD_ENDINGS, whereve
 (additional_sampling_params, ...); when it follows such a flag in a command line (`--api-key VALUE`,
 `--api-key=VALUE`, `--authToken VALUE`, also inside one `sh -c "..."` item, whose `;`, `&&`, `|`
 end a word as the shell reads it) or is the value of a `NAME=VALUE` item with such a name
-(`env HF_TOKEN=... vllm serve`); when it sits in a mapping named in SECRET_MAPPINGS (every value of
-`server.env`: a server's environment carries tokens under names no rule can guess); and a header
+(`env HF_TOKEN=... vllm serve`), where a plural name counts too (`--api-keys K1 K2`, every value up
+to the next flag; `API_TOKENS=...`) unless it counts things (`--max-tokens`); when it sits in a
+mapping named in SECRET_MAPPINGS (every value of `server.env`: a server's environment carries
+tokens under names no rule can guess); and a header
 value whose name looks like a credential's (`Authentication`, `X-Auth`, `X-Session-Token`, `X-Pw`:
 servers and gateways take credentials under many names) or whose value looks like one (a scheme and
 a token, or one long opaque word), unless its name is in PLAIN_HEADERS. In a URL, the user-info and
-secret-looking query parameters are secret. `max_tokens` and friends are not secrets: their last
-word is `tokens`, not `token`.
+secret-looking query parameters are secret. `max_tokens` and friends are not secrets: a config
+key's last word is judged in the singular only (`tokens` is not `token`).
+
+A config as config.yml shows it (redact_config) also loses every known secret value of the run (the
+client's key, header and URL credentials, long server.env values) wherever else it appears, and any
+value shaped like an Authorization header's (`Bearer sk-...` as wandb.notes or a tag).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import html
 import json
 import re
 import shlex
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
@@ -50,6 +56,13 @@ SECRET_WORDS = frozenset(
 )
 # Endings of a last word written as one (`ngrok-authtoken`, `openaiapikey`, `clientsecret`).
 SECRET_WORD_ENDINGS = ("apikey", "token", "secret", "password", "passwd")
+# Plural last words that name secrets on a command line only (`--api-keys K1 K2`: LMDeploy, FastChat;
+# `API_TOKENS=a,b`). In a config key they do not: `max_tokens`, `num_tokens` count, `keys` lists names.
+PLURAL_SECRET_WORDS = frozenset({"keys", "apikeys", "tokens", "secrets", "passwords", "passwds"})
+PLURAL_SECRET_WORD_ENDINGS = ("apikeys", "tokens", "secrets", "passwords")
+# Words that make a plural name a count (`--max-num-batched-tokens 8192`, `MAX_TOKENS=512`), also as
+# the start of a name written as one word (`--maxtokens`).
+COUNT_WORDS = ("max", "min", "num", "n", "total", "count", "number")
 # The words of a name: `APIKey` -> API, Key; `hf_token` -> hf, token. Digits are left out, so
 # `api_key_2` ends with `key`.
 _NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+")
@@ -309,12 +322,27 @@ def _basic_credentials(value: str) -> list[str]:
     return [pair, password] if password else [pair]
 
 
+def _names_secrets(name: str) -> bool:
+    """Whether a command-line flag's or an assignment's name names secrets: as a config key does, or
+    with a plural last word (`api-keys`, `HF_TOKENS`) unless the name counts (`max-tokens`)."""
+    if is_secret_key(name):
+        return True
+    words = [w.lower() for w in _NAME_WORD.findall(name)]
+    if not words or any(w in COUNT_WORDS for w in words[:-1]) or words[-1].startswith(COUNT_WORDS[:3]):
+        return False
+    return words[-1] in PLURAL_SECRET_WORDS or words[-1].endswith(PLURAL_SECRET_WORD_ENDINGS)
+
+
+def _plural_flag(item: str) -> bool:
+    """`--api-keys`: a secret flag that may take several values (argparse nargs), not `--api-key`."""
+    return not is_secret_key(item.lstrip("-").split("=", 1)[0].replace("-", "_"))
+
+
 def _flag_is_secret(item: object) -> bool:
-    """`--api-key`, `--hf_token`, `-token`: a command-line flag whose value is a secret."""
+    """`--api-key`, `--hf_token`, `-token`, `--api-keys`: a command-line flag whose value is a secret."""
     if not isinstance(item, str) or not item.startswith("-"):
         return False
-    name = item.lstrip("-").split("=", 1)[0].replace("-", "_")
-    return is_secret_key(name)
+    return _names_secrets(item.lstrip("-").split("=", 1)[0].replace("-", "_"))
 
 
 def _redact_list(items: list[Any]) -> list[Any]:
@@ -327,10 +355,12 @@ def _command_items(items: list[Any]) -> tuple[list[Any], list[str]]:
     one item that is a whole command line (`sh -c "vllm serve M --api-key sk-..."`)."""
     out: list[Any] = []
     found: list[str] = []
-    hide_next = after_c = False
+    hide_next = hide_run = after_c = False
     for item in items:
         secret_word = _flag_is_secret(item) or (isinstance(item, str) and _assigns_secret(item))
-        if hide_next:
+        # After `--api-keys`, every value up to the next flag or shell operator (`K1 K2; exec s`).
+        hide_run = hide_run and not (isinstance(item, str) and item.startswith(_VALUES_END))
+        if hide_next or hide_run:
             out.append(REDACTED)
             if isinstance(item, str | int | float) and str(item):
                 found.append(str(item))
@@ -345,7 +375,8 @@ def _command_items(items: list[Any]) -> tuple[list[Any], list[str]]:
             flag, eq, value = item.partition("=")
             out.append(f"{flag}={REDACTED}" if eq else item)
             found += _value_and_head(value) if value else []
-            hide_next = not eq
+            hide_run = not eq and _plural_flag(item)
+            hide_next = not eq and not hide_run
         elif isinstance(item, str) and _assigns_secret(item):
             name, _, value = item.partition("=")
             out.append(f"{name}={REDACTED}")
@@ -358,6 +389,8 @@ def _command_items(items: list[Any]) -> tuple[list[Any], list[str]]:
 
 # `sh -c`, `bash -lc`, `sh -ec`: the flag after which the shell takes its script.
 _SHELL_C_FLAG = re.compile(r"-[a-z]*c")
+# What ends the values of a flag that takes several: the next flag, a shell operator.
+_VALUES_END = ("-", ";", "&", "|", "(", ")", "<", ">")
 
 
 def _value_and_head(value: str) -> list[str]:
@@ -370,7 +403,7 @@ def _value_and_head(value: str) -> list[str]:
 def _assigns_secret(item: str) -> bool:
     """`HF_TOKEN=hf-...`: an environment assignment (as `env` takes it) to a secret-looking name."""
     name, eq, value = item.partition("=")
-    return bool(eq and value) and name.isidentifier() and is_secret_key(name)
+    return bool(eq and value) and name.isidentifier() and _names_secrets(name)
 
 
 # What ends a word in a shell script: blanks and the control operators (`;`, `&&`, `|`, `&`).
@@ -432,6 +465,85 @@ def secret_values(obj: Any) -> list[str]:
     return found
 
 
+# An Authorization-style value: a scheme and one credential (`Bearer sk-...`), or Digest's
+# `name=value` list. Not any text that starts with such a word: "Basic arithmetic questions ..." in a
+# system prompt was hidden, and its words scrubbed from every uploaded record.
+# The token must look like one: a digit, mixed case or a symbol of base64/keys ("Token throughput" in
+# notes is prose).
+AUTH_VALUE = re.compile(
+    r"^\s*(?:(?i:bearer|basic|token|apikey|api-key)\s+"
+    r"(?=\S*(?:\d|[A-Z]\S*[a-z]|[a-z]\S*[A-Z]|[+/=_.~-]))\S{8,}\s*$"
+    r"|(?i:digest)\s+\w+=)"
+)
+
+
+def auth_value_secrets(text: str) -> list[str]:
+    """An Authorization-style value (AUTH_VALUE) and its credential without the scheme; [] for other
+    text. Such a value is a secret under any key (wandb.notes, a tag, a sampling parameter)."""
+    if not AUTH_VALUE.match(text):
+        return []
+    return [text, text.split(None, 1)[1].strip()]
+
+
+def redact_config(tree: Any, known: Iterable[str] = ()) -> Any:
+    """A config tree as config.yml, its hash and sweep labels show it: redact's rule, a value shaped
+    like an Authorization header's hidden under any key, and every secret value the run knows
+    (config_secret_values, and `known`: the client's key, which the tree holds as REDACTED) hidden
+    wherever else it appears, whole or inside a value (`--served-key K`, a URL, a script)."""
+    return _redacted_with(tree, scrub_list(_long([*known, *config_secret_values(tree)])))
+
+
+def _long(values: list[str]) -> list[str]:
+    """Known secrets worth hiding elsewhere in a config: from MIN_CASELESS_LEN characters. A short
+    key (`EMPTY`, `test`, vLLM's placeholders) is no credential to protect, and hiding it inside other
+    values would rewrite a model name (`test-model`) or a path in config.yml and on W&B."""
+    return [v for v in values if len(v) >= MIN_CASELESS_LEN]
+
+
+def _redacted_with(tree: Any, secrets: list[str]) -> Any:
+    return scrub_content(_hide_auth_values(redact(tree)), secrets)
+
+
+def config_secret_values(tree: Any) -> list[str]:
+    """The secret values of a config tree to hide wherever they appear in it: secret_values, but a
+    server.env value only from MIN_CASELESS_LEN characters (secret by where it sits, not by its
+    name: a port or a mode such as `8000` or `offline` would take the ready_url's port or
+    wandb.mode with it, and config.yml would not read back), and Authorization-style values."""
+    found = secret_values(_long_mapping_values(tree)) + _auth_values_in(tree)
+    return [v for v in found if v and v != REDACTED]
+
+
+def _long_mapping_values(obj: Any) -> Any:
+    """A copy of a tree without the values shorter than MIN_CASELESS_LEN of its SECRET_MAPPINGS."""
+    if isinstance(obj, dict):
+        return {
+            k: {n: v for n, v in value.items() if len(str(v)) >= MIN_CASELESS_LEN}
+            if k in SECRET_MAPPINGS and isinstance(value, dict)
+            else _long_mapping_values(value)
+            for k, value in obj.items()
+        }
+    if isinstance(obj, list | tuple):
+        return [_long_mapping_values(v) for v in obj]
+    return obj
+
+
+def _auth_values_in(obj: Any) -> list[str]:
+    if isinstance(obj, str):
+        return auth_value_secrets(obj)
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list | tuple) else ()
+    return [found for v in values for found in _auth_values_in(v)]
+
+
+def _hide_auth_values(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return REDACTED if AUTH_VALUE.match(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _hide_auth_values(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_hide_auth_values(v) for v in obj]
+    return obj
+
+
 def _parsed(text: str) -> Any:
     """A value as the command line reads it (YAML), or the text itself when it is not YAML."""
     import yaml
@@ -463,9 +575,10 @@ def redact_argv(argv: list[str]) -> list[str]:
 
 def redact_params(params: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
     """Sweep parameters ({"server.env.TOKEN": value}, keyed by dotted config path into the run's
-    raw `tree`) as the tree's redaction leaves them: a list item after `--api-key` in server.command
-    too, which its path alone does not tell."""
-    cleaned = redact(tree)
+    raw `tree`) as the tree's redaction (redact_config) leaves them: a list item after `--api-key` in
+    server.command too, which its path alone does not tell, and one equal to the run's api_key."""
+    secrets = scrub_list(_long(config_secret_values(tree)))
+    cleaned = _redacted_with(tree, secrets)
     out: dict[str, Any] = {}
     for key, value in params.items():
         node: Any = cleaned
@@ -476,6 +589,7 @@ def redact_params(params: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any
                 node = node[int(part)]
             else:  # not in the tree (cannot happen for a sweep's own parameters): judge by the path
                 node = REDACTED if _sets_secret(key) else _redact_item(key.rsplit(".", 1)[-1], value)
+                node = scrub_content(_hide_auth_values(node), secrets)
                 break
         out[key] = node
     return out
@@ -487,7 +601,9 @@ def _sets_secret(flag: str) -> bool:
     *parents, key = flag.lstrip("-").split(".")
     one_item = bool(parents) and parents[-1] in SECRET_SEQUENCES and key.isdigit()
     header = bool(parents) and parents[-1] == HEADERS and is_secret_header(key)
-    return one_item or header or any(p in SECRET_MAPPINGS for p in parents) or _flag_is_secret("--" + key)
+    in_mapping = any(p in SECRET_MAPPINGS for p in parents)
+    # A config key: named by the singular words only (`--client.max_tokens` is a count).
+    return one_item or header or in_mapping or is_secret_key(key.split("=", 1)[0].replace("-", "_"))
 
 
 def _redact_flag_value(flag: str, value: str) -> str:

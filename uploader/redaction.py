@@ -2,30 +2,28 @@
 
 config.yml is already redacted by the runner; we redact again because a directory may come from an
 older runner or a hand-edited file. Beyond the shared key rule we hide header-like values
-("Bearer ...", "Basic ...") under any key, and every literal secret we know of (API keys given to the
-uploader, values the key rule removed) wherever it appears in free text.
+("Bearer ...", "Basic ...": shared AUTH_VALUE) under any key, and every literal secret we know of
+(API keys given to the uploader, values the key rule removed) wherever it appears in free text. The
+W&B run's own notes, tags, group and name pass through the same value rule (Redactor.value).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from veeksha.shared.redact import REDACTED, is_secret_key, redact, scrub_text, secret_values
+from veeksha.shared.redact import (
+    AUTH_VALUE,
+    REDACTED,
+    auth_value_secrets,
+    is_secret_key,
+    redact,
+    scrub_text,
+    secret_values,
+)
 
 # The shortest value of the shared rule (server.env, a command's --api-key) scrubbed from files.
 MIN_SCRUBBED_CHARS = 8
-# An Authorization-style value: a scheme and one credential (`Bearer sk-...`), or Digest's
-# `name=value` list. Not any text that starts with such a word: "Basic arithmetic questions ..." in a
-# system prompt was hidden, and its words scrubbed from every uploaded record.
-# The token must look like one: a digit, mixed case or a symbol of base64/keys ("Token throughput" in
-# notes is prose).
-_AUTH_VALUE = re.compile(
-    r"^\s*(?:(?i:bearer|basic|token|apikey|api-key)\s+"
-    r"(?=\S*(?:\d|[A-Z]\S*[a-z]|[a-z]\S*[A-Z]|[+/=_.~-]))\S{8,}\s*$"
-    r"|(?i:digest)\s+\w+=)"
-)
 
 
 @dataclass
@@ -62,12 +60,18 @@ class Redactor:
         if isinstance(obj, list | tuple):
             return [self._tree(v) for v in obj]
         if isinstance(obj, str):
-            if _AUTH_VALUE.match(obj):
-                self.add_secret(obj)
-                self.add_secret(obj.split(None, 1)[1].strip())
-                return REDACTED
-            return self.text(obj)
+            return self.value(obj)
         return obj
+
+    def value(self, text: str) -> str:
+        """One string value (a config leaf, W&B notes, a tag, a run name or group): REDACTED when it
+        is shaped like an Authorization header's value (remembered, to scrub elsewhere), else with
+        the known secrets scrubbed."""
+        if AUTH_VALUE.match(text):
+            for secret in auth_value_secrets(text):
+                self.add_secret(secret)
+            return REDACTED
+        return self.text(text)
 
     def text(self, text: str) -> str:
         return scrub_text(text, sorted(self.known, key=len, reverse=True)) if self.known else text
@@ -82,9 +86,8 @@ class Redactor:
 
     def _remember(self, value: Any) -> None:
         if isinstance(value, str):
-            self.add_secret(value)
-            if _AUTH_VALUE.match(value):
-                self.add_secret(value.split(None, 1)[1].strip())
+            for secret in [value, *auth_value_secrets(value)]:
+                self.add_secret(secret)
         elif isinstance(value, dict):
             for v in value.values():
                 self._remember(v)

@@ -7,7 +7,7 @@ reads its environment once per process, so a backfill loop must never rely on it
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,6 +15,7 @@ from veeksha.shared.config import WandbConfig
 from veeksha.shared.errors import ContractError
 from veeksha.shared.schema import build
 from veeksha.shared.wandb_env import env_base_url, env_mode
+from veeksha.uploader.redaction import Redactor
 
 DEFAULT_PROJECT = "veeksha"
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -146,15 +147,29 @@ def resolve(*layers: Layer) -> UploadSettings:
 
     mode = pick("mode") or "online"
     log_artifacts = pick("log_artifacts")
+    shown = shown_text(pick("api_key"))
     return UploadSettings(
         project=pick("project") or DEFAULT_PROJECT,
         entity=pick("entity"),
-        group=pick("group"),
-        tags=tuple(pick("tags") or ()),
-        notes=pick("notes"),
-        run_name=pick("run_name"),
+        group=shown(pick("group")),
+        tags=tuple(dict.fromkeys(str(shown(t)) for t in pick("tags") or ())),
+        notes=shown(pick("notes")),
+        run_name=shown(pick("run_name")),
         mode=mode,
         log_artifacts=True if log_artifacts is None else bool(log_artifacts),
         base_url=(pick("base_url") or DEFAULT_BASE_URL).rstrip("/"),
         api_key=pick("api_key"),
     )
+
+
+def shown_text(api_key: str | None) -> Callable[[str | None], str | None]:
+    """What W&B may show of a notes, tag, group or run-name text: the value rule the uploader applies
+    to the config (`Bearer sk-...` becomes REDACTED), and the API key scrubbed. Applied as settings
+    are resolved, so the run, the dry-run report and the marker all see the same shown values."""
+    redactor = Redactor()
+    redactor.add_secret(api_key)
+
+    def shown(text: str | None) -> str | None:
+        return redactor.value(text) if text else text
+
+    return shown

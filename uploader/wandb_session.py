@@ -20,7 +20,7 @@ from veeksha.shared.paths import WANDB_DIR
 from veeksha.shared.redact import redact_url
 from veeksha.uploader.recordlog import IncompleteLog, RecordLogError, relativize_artifact_paths
 from veeksha.uploader.redaction import Redactor
-from veeksha.uploader.settings import UploadSettings
+from veeksha.uploader.settings import UploadSettings, shown_text
 
 STAGING_DIR = "data"  # <dir>/wandb/data: WANDB_DATA_DIR (artifact and table staging)
 REDACTED_DIR = "redacted"  # <dir>/wandb/redacted: scrubbed copies of files that held a secret
@@ -154,17 +154,20 @@ def open_run(spec: RunSpec) -> Iterator[Any]:
         # The SDK prints the server it logs in to, user-info and all (a proxy's password), before
         # it reads silent=True from this run's settings; its set-up reads the environment first.
         os.environ["WANDB_SILENT"] = "true"
+    # Resolved settings are shown values already (settings.shown_text); a name or group made from a
+    # directory's name is not: the SDK records what it is given, and `--sync` publishes it as is.
+    shown = shown_text(s.api_key)
     # Staging is read from the environment at each call: point it inside this directory.
     with _environ("WANDB_DATA_DIR", str(spec.root / WANDB_DIR / STAGING_DIR)):
         try:
             run = wandb.init(
                 id=spec.run_id,
-                name=spec.name,
+                name=shown(spec.name),
                 project=s.project,
                 entity=s.entity,
-                group=spec.group,
-                tags=list(spec.tags),
-                notes=s.notes,
+                group=shown(spec.group),
+                tags=list(dict.fromkeys(str(shown(t)) for t in spec.tags)),
+                notes=shown(s.notes),
                 job_type=spec.job_type,
                 config=spec.config,
                 dir=str(spec.root),
