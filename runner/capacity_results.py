@@ -24,6 +24,7 @@ from veeksha.shared.paths import (
     CAPSEARCH_RESULTS,
     CAPSEARCH_RUNS_DIR,
     CONFIG_YML,
+    HEALTH_CHECKS_JSON,
     RUN_JSON,
     SLO_RESULTS,
     SUMMARY_STATS,
@@ -31,6 +32,7 @@ from veeksha.shared.paths import (
 )
 from veeksha.shared.records import (
     EVALUATION_ERROR,
+    HEALTH_FAILED,
     RUN_COMPLETED,
     RUN_CRASHED,
     RUN_INTERRUPTED,
@@ -45,6 +47,10 @@ from veeksha.shared.schema import build
 PASS, FAIL, UNKNOWN = "pass", "fail", "unknown"
 # stop_reason of a search that stopped at an attempt without a verdict.
 EVALUATION_FAILED = "evaluation_failed"
+# The health checks that say whether an attempt's load was applied (runner/evaluation/health.py):
+# the session rate of rate traffic, the sessions in flight of concurrent traffic. Each is SKIPPED
+# for the other kind of traffic.
+RATE_CHECK, CONCURRENCY_CHECK = "session_dispatch_rate", "concurrency"
 
 
 @dataclass
@@ -58,10 +64,16 @@ class Attempt:
     slo_results: list[dict[str, Any]]
     num_completed: int = 0  # successful requests: none in every attempt means a broken set-up
     why_unknown: str | None = None
+    why_failed: str | None = None
 
     @property
     def verdict(self) -> str:
         return UNKNOWN if self.passed is None else PASS if self.passed else FAIL
+
+    @property
+    def reason(self) -> str | None:
+        """Why it did not pass (results `history[].reason`, the CSV's `reason`); None for a pass."""
+        return self.why_unknown or self.why_failed
 
 
 def judge(run_dir: Path, max_error_rate: float | None) -> Attempt:
@@ -72,13 +84,15 @@ def judge(run_dir: Path, max_error_rate: float | None) -> Attempt:
     where = info.get("capacity_search") or {}
     summary = optional_json(paths.summary_stats)
     slo = optional_json(paths.slo_results)
-    why_unknown = no_verdict(paths, info, summary, slo)
+    health = optional_json(paths.health_checks_json)
+    why_unknown = no_verdict(paths, info, summary, slo, health)
     summary = summary or {}
     error_rate = summary.get("error_rate")
     completed = int(summary.get("num_completed_requests") or 0)
-    passed = None
+    passed, why_failed = None, None
     if why_unknown is None:
-        passed = meets(info.get("status"), completed, slo, error_rate, max_error_rate)
+        why_failed = failure(info.get("status"), completed, slo, error_rate, max_error_rate, health or {})
+        passed = why_failed is None
     return Attempt(
         iteration=int(where.get("iteration", -1)),
         value=where["value"],  # as the search set it: an int for concurrency
@@ -89,6 +103,7 @@ def judge(run_dir: Path, max_error_rate: float | None) -> Attempt:
         slo_results=slo.get("results", []) if slo else [],
         num_completed=completed,
         why_unknown=why_unknown,
+        why_failed=why_failed,
     )
 
 
@@ -103,7 +118,11 @@ def optional_json(path: Path) -> dict[str, Any] | None:
 
 
 def no_verdict(
-    paths: RunPaths, info: dict[str, Any], summary: dict[str, Any] | None, slo: dict[str, Any] | None
+    paths: RunPaths,
+    info: dict[str, Any],
+    summary: dict[str, Any] | None,
+    slo: dict[str, Any] | None,
+    health: dict[str, Any] | None,
 ) -> str | None:
     """Why the attempt cannot be judged; None when it can."""
     status = info.get("status")
@@ -119,23 +138,87 @@ def no_verdict(
     # before that rule may have had none, and then has no slo_results.json to miss.)
     if slo is None and load_written_config(paths.config_yml).slos:
         return f"its {SLO_RESULTS} is missing or unreadable"
+    # Written with the summary: without it, whether the load was applied is not known.
+    if health is None:
+        return f"its {HEALTH_CHECKS_JSON} is missing or unreadable"
     return None
 
 
-def meets(
+def failure(
     status: object,
     completed: int,
     slo: dict[str, Any] | None,
     error_rate: float | None,
     max_error_rate: float | None,
-) -> bool:
-    """The verdict of an attempt that can be judged. A run that failed (its server died at this
-    load) or had no successful request fails."""
-    if status not in (RUN_COMPLETED, RUN_TIMEOUT) or not completed:
-        return False
+    health: dict[str, Any],
+) -> str | None:
+    """Why an attempt that can be judged fails; None when it passes. A run that failed (its server
+    died at this load) or had no successful request fails. So does one whose target load was not
+    applied: its SLOs measured only the load the client managed to send (TTFC counts from the
+    client's pick-up, so sessions queued in the client are invisible to it)."""
+    if status not in (RUN_COMPLETED, RUN_TIMEOUT):
+        return f"its run's status is {status}"
+    if not completed:
+        return "no request succeeded"
+    short = load_shortfall(health)
+    if short is not None:
+        return short
     if slo is not None and slo.get("all_slos_met") is not True:
-        return False
-    return max_error_rate is None or (error_rate is not None and error_rate <= max_error_rate)
+        return _slos_missed(slo)
+    if max_error_rate is not None and (error_rate is None or error_rate > max_error_rate):
+        return f"error rate {error_rate} above max_error_rate {max_error_rate}"
+    return None
+
+
+def _slos_missed(slo: dict[str, Any]) -> str:
+    results = slo.get("results")
+    missed = (
+        [str(r.get("name")) for r in results if isinstance(r, dict) and not r.get("met")]
+        if isinstance(results, list)
+        else []
+    )
+    return f"SLO not met: {', '.join(missed)}" if missed else "its SLOs were not all met"
+
+
+def load_shortfall(health: dict[str, Any]) -> str | None:
+    """Why the attempt's target load was not applied, from its health checks; None when it was (or
+    the check did not apply: SKIPPED)."""
+    checks = health.get("checks")
+    for check in checks if isinstance(checks, list) else []:
+        if not isinstance(check, dict) or check.get("result") != HEALTH_FAILED:
+            continue
+        metrics = check.get("metrics")
+        metrics = metrics if isinstance(metrics, dict) else {}
+        if check.get("name") == RATE_CHECK:
+            return _rate_shortfall(metrics, str(check.get("detail") or ""))
+        if check.get("name") == CONCURRENCY_CHECK:
+            return _concurrency_shortfall(metrics)
+    return None
+
+
+def _rate_shortfall(metrics: dict[str, Any], detail: str) -> str:
+    rate, target = _number(metrics, "observed_rate_per_s"), _number(metrics, "target_rate_per_s")
+    said = f"; {detail}" if detail else ""
+    if rate is None or target is None:
+        return f"target load not reached: {RATE_CHECK} failed{said}"
+    return f"target load not reached: session rate {rate:.2f}/s of the {target:g}/s target{said}"
+
+
+def _concurrency_shortfall(metrics: dict[str, Any]) -> str:
+    mean, peak = _number(metrics, "mean_concurrent_sessions"), _number(metrics, "max_concurrent_sessions")
+    target = _number(metrics, "target_concurrent_sessions")
+    if mean is None or peak is None or target is None:
+        return f"target load not reached: {CONCURRENCY_CHECK} failed"
+    on_average = f"{mean:.3g} concurrent sessions on average"
+    if mean < target:
+        return f"target load not reached: {on_average} of the {target:g} targeted"
+    # (Above the target, at the peak or on average: not the load asked for either.)
+    return f"target load not held: {on_average}, up to {peak:g}, for the {target:g} targeted"
+
+
+def _number(metrics: dict[str, Any], key: str) -> float | None:
+    value = metrics.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def attempts_on_disk(root: Path, search_id: str, max_error_rate: float | None) -> list[Attempt]:
@@ -196,6 +279,7 @@ def write_results(root: Path, header: dict[str, Any], history: list[Attempt]) ->
                 "run_dir": a.run_dir,
                 "status": a.status,
                 "error_rate": a.error_rate,
+                "reason": a.reason,  # why it failed or has no verdict; null for a pass
                 "slo_results": a.slo_results,
             }
             for a in history
@@ -203,9 +287,11 @@ def write_results(root: Path, header: dict[str, Any], history: list[Attempt]) ->
     }
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["iteration", "value", "passed", "verdict", "status", "error_rate", "run_dir"])
+    writer.writerow(["iteration", "value", "passed", "verdict", "status", "error_rate", "run_dir", "reason"])
     for a in history:
-        writer.writerow([a.iteration, a.value, a.passed, a.verdict, a.status, a.error_rate, a.run_dir])
+        writer.writerow(
+            [a.iteration, a.value, a.passed, a.verdict, a.status, a.error_rate, a.run_dir, a.reason or ""]
+        )
     # The CSV first: the results file carries the status an uploader waits for, so whoever sees it
     # ended finds every attempt in the CSV already.
     write_atomic(root / CAPSEARCH_ATTEMPTS_CSV, buf.getvalue())
@@ -219,6 +305,9 @@ def refresh_capacity_search(run_dir: Path, other_host_gone: bool = False) -> str
     """After `veeksha-run evaluate` on an attempt: its search's results and attempts CSV again, from
     the attempts on disk (this one re-judged). A search left `running` by a process that died is
     marked crashed. Returns what to tell the user; None for a run of no search."""
+    # Its parents are those of the whole path: `evaluate <attempt>` from inside runs/ (or `.`) gave
+    # a relative path, whose parents are `.`, and the search was not found.
+    run_dir = Path(os.path.abspath(run_dir))
     root = run_dir.parent.parent
     search_id = attempt_of(run_dir)
     if search_id is None or run_dir.parent.name != CAPSEARCH_RUNS_DIR:
@@ -254,7 +343,7 @@ def _refresh(root: Path, run_dir: Path, results: dict[str, Any], other_host_gone
 
 
 def _rewrite(root: Path, header: dict[str, Any]) -> list[Attempt]:
-    max_error_rate = build(CapacitySearchConfig, read_written_yaml(root / CONFIG_YML)).max_error_rate
+    max_error_rate = build(CapacitySearchConfig, read_written_yaml(search_config(root))).max_error_rate
     history = attempts_on_disk(root, str(header["id"]), max_error_rate)
     write_results(root, header, history)
     return history
@@ -280,7 +369,20 @@ def _results_header(root: Path) -> dict[str, Any]:
         raise UsageError(
             f"{root / CAPSEARCH_RESULTS} is not a capacity search's results; evaluate its runs one by one"
         )
+    search_config(root)  # checked before any attempt is evaluated: the results are rewritten by it
     return {k: v for k, v in results.items() if k not in COMPUTED}
+
+
+def search_config(root: Path) -> Path:
+    """The search's own config.yml (its max_error_rate judges the attempts). Without it the config
+    loader's error told the user to check a --config path that `evaluate` does not take."""
+    path = root / CONFIG_YML
+    if not path.is_file():
+        raise UsageError(
+            f"{root} has no {CONFIG_YML}: a capacity search writes it first, and its attempts are judged "
+            f"by it (max_error_rate); put the search's config back there, or evaluate its runs one by one"
+        )
+    return path
 
 
 def _attempt_dirs(root: Path, search_id: str) -> list[Path]:

@@ -9,9 +9,14 @@ What the spec leaves open, decided here (docs/capacity-search.md says it for use
   passed and max_value was reported as the capacity. Refused at load, exit 2, also with --dry-run.
 - An attempt's verdict is `pass`, `fail` or `unknown`, judged from its run directory alone (so the
   search and a later `veeksha-run evaluate` judge alike). `unknown` (`passed: null`): it has no
-  evaluation (it failed or was cut short), its SLO results or metrics are missing, or its run was
-  interrupted or crashed (its load was not applied to the end). A `failed` run that was evaluated
-  (its server died at that load) is a `fail`: that is a finding.
+  evaluation (it failed or was cut short), its SLO results, health checks or metrics are missing, or
+  its run was interrupted or crashed (its load was not applied to the end). A `failed` run that was
+  evaluated (its server died at that load) is a `fail`: that is a finding.
+- An attempt whose target load was not applied is a `fail` ("target load not reached"), whatever its
+  SLOs say: its session_dispatch_rate health check (rate) or concurrency check (concurrency) failed.
+  A client that queued sessions (max_concurrent_sessions, a saturated driver) sent less than asked,
+  and TTFC, counted from the client's pick-up, does not see that wait: such attempts passed, and the
+  search reported max_value. Each attempt's `reason` says why it failed (or has no verdict).
 - The search cannot steer on an unknown verdict: it stops there (status `failed`, stop_reason
   `evaluation_failed`, exit 1) and says to run `veeksha-run evaluate` on the attempt. It is not
   resumed: `evaluate` re-judges that attempt and rewrites the search's results and attempts CSV.
@@ -325,7 +330,8 @@ class SearchRun:
         a = judge(result.run_dir, self.search.max_error_rate)
         interrupted = result.status == RUN_INTERRUPTED
         shown = "INTERRUPTED" if interrupted else "NO VERDICT" if a.passed is None else a.verdict.upper()
-        print(f"veeksha: attempt {a.iteration}: {self.knob}={value} → {shown}")
+        why = f" ({a.why_failed})" if a.why_failed else ""  # (no verdict: said below, with what to do)
+        print(f"veeksha: attempt {a.iteration}: {self.knob}={value} → {shown}{why}")
         self.write()
         if interrupted:
             raise KeyboardInterrupt

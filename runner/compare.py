@@ -9,9 +9,12 @@ For two or more run directories (a sweep directory stands for its runs), in OUT:
 Every input is read and checked before OUT is made: each must be a finished run's directory (its
 evaluation written to the end: run.json has finished_at) of one output contract (run.json
 "contract_version"), since keys and record fields differ between versions; a damaged file (JSON or
-CSV) is named in one line. A sweep's member that did not finish is left out and named. OUT is
-checked first: it must be a directory that can be made or written, and none that veeksha-run made (a
-run, sweep or capacity search directory, or a folder inside a run), whose files the plots would mix in.
+CSV, or a metric compared that is no number) is named in one line. A sweep's member that did not
+finish is left out and named. A run given twice (two spellings of one directory, a sweep given twice,
+or a run and its sweep) is refused: it would be compared with itself. OUT is checked first: it must
+be a directory that can be made (tried, in the nearest folder of its path that exists) or written,
+and none that veeksha-run made (a run, sweep or capacity search directory, or a folder inside a run),
+whose files the plots would mix in.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,7 @@ CDF_METRICS = ("ttfc", "ttfa", "tbc", "tpot", "end_to_end_latency")
 COUNTS = ("num_requests", "num_completed_requests", "error_rate")
 THROUGHPUTS = ("request_throughput", "output_token_throughput", "goodput")
 LATENCY_STATS = tuple(summary_stat_key(m, s) for m in CDF_METRICS for s in ("p50", "p99"))
+COMPARED = (*COUNTS, *THROUGHPUTS, *LATENCY_STATS)  # the table's rows, in order
 LEAVE_OUT = "the file is damaged: leave this run out of the comparison"
 
 
@@ -89,6 +94,26 @@ def check_compare_output_dir(output_dir: Path) -> None:
             f"--output_dir {output_dir} is {made_by}; the comparison's files would mix with its own: "
             "choose a new directory, e.g. --output_dir comparison"
         )
+    _try_writing(output_dir)  # (not inside a run's directory: refused above)
+
+
+def _try_writing(output_dir: Path) -> None:
+    """OUT can be made (a folder made and removed where its path first does not exist) or written
+    into (a file made and removed): permissions alone do not say it (root in /proc, a read-only
+    filesystem), and compare failed only once every input was read (exit 1, "cannot write")."""
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if existing == output_dir:
+            tempfile.TemporaryFile(dir=output_dir).close()
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".veeksha-compare-", dir=existing))
+    except OSError as e:
+        what = "cannot be written" if existing == output_dir else f"cannot be made in {existing}"
+        raise UsageError(
+            f"--output_dir {output_dir} {what} ({e.strerror or e}); choose another --output_dir"
+        ) from None
 
 
 def _made_by_veeksha(output_dir: Path) -> str | None:
@@ -110,7 +135,9 @@ def _made_by_veeksha(output_dir: Path) -> str | None:
 
 
 def load_runs(dirs: list[Path], skipped: list[str] | None = None) -> list[Run]:
+    check_given_once(dirs)
     paths = [p for d in dirs for p in run_dirs(d, skipped)]
+    check_given_once([p.root for p in paths])  # a run given itself and within its sweep
     if len(paths) < 2:
         left_out = f" (left out: {'; '.join(skipped)})" if skipped else ""
         raise UsageError(
@@ -126,7 +153,20 @@ def load_runs(dirs: list[Path], skipped: list[str] | None = None) -> list[Run]:
         )
     labels = _labels([p.root for p in paths])
     pairs = zip(labels, paths, strict=True)
-    return [Run(label, p, _json(p.summary_stats), _json(p.throughput_metrics)) for label, p in pairs]
+    return [Run(label, p, _metrics(p.summary_stats), _metrics(p.throughput_metrics)) for label, p in pairs]
+
+
+def check_given_once(dirs: list[Path]) -> None:
+    """Each directory once: one given twice (or in two spellings: `a` and `./a/`, a link to it) is
+    compared with itself, every change 0%, and a sweep's left-out members were named twice."""
+    seen: dict[str, Path] = {}
+    for d in dirs:
+        first = seen.setdefault(os.path.realpath(d), d)
+        if first is not d:
+            spelled = "" if str(first) == str(d) else f" (as {first} and {d})"
+            raise UsageError(
+                f"{first} is given twice{spelled}; give each run once (a sweep directory stands for its runs)"
+            )
 
 
 def run_dirs(directory: Path, skipped: list[str] | None = None) -> list[RunPaths]:
@@ -228,13 +268,18 @@ def contract_version(paths: RunPaths) -> int:
     return version
 
 
-def _json(path: Path) -> dict[str, Any]:
-    data = (
-        _read_input(path, f"run `veeksha-run evaluate {path.parent.parent}` to write it again")
-        if path.exists()
-        else {}
-    )
-    return data if isinstance(data, dict) else {}
+def _metrics(path: Path) -> dict[str, Any]:
+    """A run's summary_stats.json or throughput_metrics.json, each value compared a number (or null):
+    a text or a list there was a TypeError traceback from the table, once OUT had been written."""
+    fix = f"run `veeksha-run evaluate {path.parent.parent}` to write it again"
+    data = _read_input(path, fix) if path.exists() else {}
+    if not isinstance(data, dict):
+        return {}
+    for key in COMPARED:
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise UsageError(f"{path}: {key} is {shown(value)}, not a number; {fix}")
+    return data
 
 
 def _read_input(path: Path, fix: str) -> Any:
@@ -272,8 +317,7 @@ def _absolute(directory: Path) -> Path:
 
 
 def summary_rows(runs: list[Run]) -> list[tuple[str, list[Any]]]:
-    keys = [*COUNTS, *THROUGHPUTS, *LATENCY_STATS]
-    rows = [(key, [run.value(key) for run in runs]) for key in keys]
+    rows = [(key, [run.value(key) for run in runs]) for key in COMPARED]
     return [(key, values) for key, values in rows if any(v is not None for v in values)]
 
 

@@ -24,7 +24,7 @@ from veeksha.runner.driver.dispatch_ring import read_ring
 from veeksha.runner.driver.rescue import StillWriting, read_frames
 from veeksha.runner.evaluation.frame import json_object
 from veeksha.runner.evaluation.request_metrics import finalize_record
-from veeksha.runner.liveness import process_alive
+from veeksha.runner.liveness import Owner
 from veeksha.runner.raw_lines import record_line, trace_line
 from veeksha.runner.run_dir import iso
 from veeksha.runner.sessions.tokenizer import count_tokens_approx
@@ -238,7 +238,7 @@ def recover(
     doing = "written" if info.get("status") == RUN_RUNNING else "evaluated"
     # (Unless the runner left it without metrics: a sweep's process lives on.)
     writing = unfinished and missing_metrics(info) is None
-    if writing and info.get("host") == socket.gethostname() and process_alive(info.get("pid")):
+    if writing and Owner.named_in(info).alive:
         raise UsageError(
             f"{paths.root} is still being {doing} by process {info['pid']}; "
             "wait for the run to end (or stop it) before evaluating it"

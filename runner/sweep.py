@@ -267,6 +267,8 @@ def is_sweep_root(path: Path) -> bool:
 def refresh_sweep_summary(run_root: Path, other_host_gone: bool = False) -> str | None:
     """After `veeksha-run evaluate` on a sweep's member: its sweep refreshed (refresh_sweep); None
     for a run of no sweep."""
+    # Its parent is that of the whole path: `evaluate .` from inside the member has none (`.`).
+    run_root = Path(os.path.abspath(run_root))
     info = read_json(run_root / RUN_JSON) if (run_root / RUN_JSON).is_file() else None
     if not isinstance(info, dict) or not info.get("sweep") or not is_sweep_root(run_root.parent):
         return None

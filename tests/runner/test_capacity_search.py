@@ -25,6 +25,7 @@ import yaml
 from veeksha.runner.capacity_results import Attempt, judge
 from veeksha.runner.capacity_search import rounder, run_capacity_search, search_loop, with_value
 from veeksha.runner.evaluation.evaluate import NO_PLOTS_ENV
+from veeksha.runner.liveness import process_start_ticks
 from veeksha.shared.config import (
     MIN_PER_SECOND,
     BenchmarkConfig,
@@ -40,6 +41,7 @@ from veeksha.shared.schema import admitting, build
 from veeksha.uploader.groups import read_capsearch
 
 from tests.runner.helpers import run_cli, serving
+from tests.runner.test_crash_recovery import evaluate_as_the_recorded_process
 from tests.runner.test_sweep_checks import TwoModels
 
 
@@ -614,3 +616,167 @@ def test_a_benchmark_config_output_dir_is_said_to_be_unused(tmp_path: Path) -> N
     out = dry_run(write_search(tmp_path), "--benchmark_config.output_dir", "no/such/dir")
     assert "note: benchmark_config.output_dir 'no/such/dir' is not used" in out, out
     assert "note:" not in dry_run(write_search(tmp_path))
+
+
+# ---------------------------------------------------------------- the target load, applied or not
+
+
+def write_limited_search(tmp: Path) -> Path:
+    """A rate search whose client runs one session at a time (max_concurrent_sessions: 1) on a server
+    taking ~0.17 s a session: about 6 sessions a second can be sent. 2/s is; 16/s is not (the rest
+    wait in the client, where TTFC, measured from pick-up, cannot see them)."""
+    path = write_search(
+        tmp,
+        ttfc_slo=0.3,
+        traffic={
+            "type": "rate",
+            "max_concurrent_sessions": 1,
+            "interval_generator": {"type": "fixed", "arrival_rate": 1},
+        },
+        runtime={"benchmark_timeout": 2},
+        start_value=2,
+        max_value=16,
+        expansion_factor=8,
+        max_iterations=2,
+    )
+    config = yaml.safe_load(path.read_text())
+    config["benchmark_config"]["server"] = {"type": "simulated", "precise": {"ttft": 0.01, "itl": 0.01}}
+    config["benchmark_config"]["session_generator"]["output_spec"]["text"]["output_length_generator"] = {
+        "type": "fixed",
+        "value": 16,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def limited_search(tmp_path_factory: pytest.TempPathFactory) -> Search:
+    tmp = tmp_path_factory.mktemp("limited")
+    config = write_limited_search(tmp)
+    proc = run_cli(["capacity-search", "--config", str(config)], cwd=tmp, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (root,) = (tmp / "out").iterdir()
+    return Search(proc.returncode, proc.stdout, root)
+
+
+def test_an_attempt_whose_target_load_was_not_applied_fails(limited_search: Search) -> None:
+    """Its SLOs were met by the few sessions sent (TTFC counts from the client's pick-up), and it
+    passed: the search reported a capacity of max_value for a client that sent a third of it."""
+    results = limited_search.results
+    assert [(h["value"], h["verdict"]) for h in results["history"]] == [(2, "pass"), (16, "fail")]
+    reached, short = results["history"]
+    assert reached["reason"] is None  # the load it was asked for was applied: judged on its SLOs
+    assert short["reason"].startswith("target load not reached: session rate "), short["reason"]
+    assert "of the 16/s target" in short["reason"], short["reason"]
+    assert short["slo_results"] and all(s["met"] for s in short["slo_results"])  # its SLOs alone passed
+    assert (results["best_value"], results["stop_reason"]) == (2, "max_iterations")
+    assert [row["verdict"] for row in limited_search.attempts_csv] == ["pass", "fail"]
+    assert limited_search.attempts_csv[1]["reason"] == short["reason"]
+    assert f"=16.0 → FAIL ({short['reason']})" in limited_search.stdout, limited_search.stdout
+
+
+def test_evaluate_judges_an_attempt_short_of_its_load_alike(limited_search: Search, tmp_path: Path) -> None:
+    found = copy_search(limited_search, tmp_path)
+    before = found.results["history"]
+    proc = evaluate_cli(found.attempt_dir(1))
+    assert "attempt 1 (arrival_rate=16.0) is now fail" in proc.stdout, proc.stdout
+    assert found.results["history"] == before
+
+
+def health_of(run_dir: Path) -> dict[str, Any]:
+    return read_json(RunPaths(run_dir).health_checks_json)
+
+
+def with_check(run_dir: Path, name: str, **changes: Any) -> None:
+    """The attempt's health_checks.json with check `name` changed so."""
+    health = health_of(run_dir)
+    for check in health["checks"]:
+        if check["name"] == name:
+            check.update(changes)
+    write_json(RunPaths(run_dir).health_checks_json, health)
+
+
+def test_a_failed_load_check_fails_an_attempt_and_a_missing_one_leaves_no_verdict(
+    limited_search: Search, tmp_path: Path
+) -> None:
+    run_dir = Path(shutil.copytree(limited_search.attempt_dir(0), tmp_path / "attempt"))
+    assert judge(run_dir, max_error_rate=None).verdict == "pass"
+    with_check(run_dir, "session_dispatch_rate", result="FAILED", detail="", metrics={"num_sessions": 1})
+    failed = judge(run_dir, max_error_rate=None)
+    assert (failed.verdict, failed.reason) == (
+        "fail",
+        "target load not reached: session_dispatch_rate failed",
+    )
+    RunPaths(run_dir).health_checks_json.unlink()  # a full disk: no verdict on the load, not a pass
+    unknown = judge(run_dir, max_error_rate=None)
+    assert unknown.verdict == "unknown" and "health_checks.json is missing" in str(unknown.why_unknown)
+
+
+def test_a_concurrency_attempt_short_of_its_sessions_fails(limited_search: Search, tmp_path: Path) -> None:
+    """For a concurrency search the concurrency check says whether its sessions were in flight."""
+    run_dir = Path(shutil.copytree(limited_search.attempt_dir(0), tmp_path / "attempt"))
+    with_check(
+        run_dir,
+        "concurrency",
+        result="FAILED",
+        metrics={
+            "mean_concurrent_sessions": 2.5,
+            "max_concurrent_sessions": 4,
+            "target_concurrent_sessions": 8,
+        },
+    )
+    failed = judge(run_dir, max_error_rate=None)
+    assert failed.verdict == "fail"
+    assert failed.reason == "target load not reached: 2.5 concurrent sessions on average of the 8 targeted"
+
+
+def test_evaluate_on_an_attempt_named_from_inside_runs_marks_the_killed_search_crashed(
+    interrupted_search: Search, tmp_path: Path
+) -> None:
+    """`cd capsearch-*/runs && veeksha-run evaluate <attempt>`: the attempt's parents were those of a
+    relative path (`.`), so its search was not found; the attempt was marked crashed, the search left
+    `running` for ever."""
+    found = copy_search(interrupted_search, tmp_path)
+    killed_during_attempt_1(found, dead_pid())
+    attempt = found.attempt_dir(1)
+    proc = run_cli(["evaluate", attempt.name], cwd=attempt.parent)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # its attempt crashed
+    assert f"capacity search {found.root} was left running by a process that died" in proc.stdout
+    assert found.results["status"] == "crashed"
+    assert [h["status"] for h in found.results["history"]] == ["completed", "crashed"]
+
+
+def test_a_killed_search_whose_pid_is_now_evaluates_own_is_marked_crashed(
+    interrupted_search: Search, tmp_path: Path
+) -> None:
+    """It was "capacity search S is still running (process N)", exit 2, for ever: N was `evaluate`
+    itself."""
+    found = copy_search(interrupted_search, tmp_path)
+    killed_during_attempt_1(found, dead_pid())
+    proc = evaluate_as_the_recorded_process(found.root, found.root / CAPSEARCH_RESULTS)
+
+    assert "still running" not in proc.stderr and "marked crashed" in proc.stdout, proc.stdout + proc.stderr
+    assert found.results["status"] == "crashed"
+
+
+def test_a_live_process_given_the_searchs_pid_later_is_not_the_search(
+    interrupted_search: Search, tmp_path: Path
+) -> None:
+    """Results that record when their process started (pid_start_ticks): a live veeksha process with
+    that pid, started at another time, is another process, and the search is gone."""
+    found = copy_search(interrupted_search, tmp_path)
+    later = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "veeksha-run"])
+    try:
+        killed_during_attempt_1(found, dead_pid())
+        started = process_start_ticks(later.pid)
+        assert started is not None
+        write_json(
+            found.root / CAPSEARCH_RESULTS,
+            {**found.results, "pid": later.pid, "pid_start_ticks": started - 1},
+        )
+        proc = evaluate_cli(found.root)
+    finally:
+        later.kill()
+        later.wait()
+    assert "marked crashed" in proc.stdout, proc.stdout + proc.stderr
+    assert found.results["status"] == "crashed"

@@ -837,3 +837,17 @@ def test_a_config_key_without_its_value_still_asks_for_the_value(
     for key in ("--client.model", "--client.headers.X-Trace", "--evaluators.0.slos"):
         result = veeksha("--config", "c.veeksha.yml", "--dry-run", key)
         assert result.refused(f"{key} needs a value, e.g. {key} VALUE"), result.err
+
+
+def test_evaluate_of_a_search_directory_without_config_yml_says_what_is_missing(
+    tmp_path: Path, veeksha: Callable[..., Outcome]
+) -> None:
+    """It said "config file cs/config.yml does not exist; check the --config path": evaluate has no
+    --config option."""
+    (tmp_path / "cs" / "runs").mkdir(parents=True)
+    (tmp_path / "cs" / "capacity_search_results.json").write_text('{"id": "s1", "status": "completed"}')
+    before = listing(tmp_path / "cs")
+    result = veeksha("evaluate", "cs")
+    assert result.refused(f"{Path('cs')} has no config.yml"), result.err
+    assert "--config" not in result.err
+    assert listing(tmp_path / "cs") == before

@@ -348,3 +348,88 @@ def test_an_output_dir_beside_the_current_run_given_with_dotdot_is_not_taken_for
     code, _, err = compare_in(tmp_path / "a", monkeypatch, capsys, ".", "../b", "--output_dir", "../cmp")
     assert code == 0, err
     assert (tmp_path / "cmp" / "compare_summary.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "problem"),
+    [
+        ("summary_stats.json", b'{"num_requests": 3, "ttfc_p50": "12"}', 'ttfc_p50 is "12", not a number'),
+        ("summary_stats.json", b'{"num_requests": true}', "num_requests is true, not a number"),
+        ("throughput_metrics.json", b'{"goodput": [1]}', "goodput is [1], not a number"),
+    ],
+    ids=["text-latency", "boolean-count", "list-throughput"],
+)
+def test_a_metric_that_is_no_number_is_a_usage_error_naming_it_before_out_is_made(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    file: str,
+    text: bytes,
+    problem: str,
+) -> None:
+    # A TypeError traceback from the console table (exit 1), once compare_summary.csv and the plots
+    # had been written.
+    fake_run(tmp_path / "good", GOOD_RUN_JSON)
+    (fake_run(tmp_path / "bad", GOOD_RUN_JSON) / "metrics" / file).write_bytes(text)
+    code, _, err = compare_in(tmp_path, monkeypatch, capsys, "good", "bad", "--output_dir", "cmp")
+    line = refused_in_one_line(code, err)
+    assert line.startswith(f"veeksha-run: {Path('bad/metrics') / file}: ") and problem in line, line
+    assert "veeksha-run evaluate bad" in line, line
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_run_given_twice_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was compared with itself without a word (every change 0%)."""
+    fake_run(tmp_path / "a", GOOD_RUN_JSON)
+    code, _, err = compare_in(tmp_path, monkeypatch, capsys, "a", "./a/", "--output_dir", "cmp")
+    line = refused_in_one_line(code, err)
+    assert "a is given twice" in line and "give each run once" in line, line
+    assert not (tmp_path / "cmp").exists()
+
+
+def sweep_of(root: Path, *members: str, unfinished: str | None = None) -> Path:
+    """A sweep directory whose manifest lists these finished members (and one that did not finish)."""
+    names = [*members, *([unfinished] if unfinished else [])]
+    runs = [{"index": i, "run_dir": name, "status": "completed"} for i, name in enumerate(names)]
+    root.mkdir()
+    (root / "sweep_manifest.json").write_bytes(orjson.dumps({"runs": runs}))
+    for name in members:
+        fake_run(root / name, GOOD_RUN_JSON)
+    if unfinished:
+        fake_run(root / unfinished, run_json(finished_at=None))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [(["sweep", "sweep"], "sweep"), (["sweep", "sweep/r1"], str(Path("sweep/r1")))],
+    ids=["sweep-twice", "member-and-its-sweep"],
+)
+def test_a_sweep_given_twice_or_with_its_own_member_is_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    named: str,
+) -> None:
+    """Each of its runs was compared with itself, and each member it left out was named twice."""
+    sweep_of(tmp_path / "sweep", "r1", "r2", unfinished="r3")
+    code, out, err = compare_in(tmp_path, monkeypatch, capsys, *args, "--output_dir", "cmp")
+    line = refused_in_one_line(code, err)
+    assert line.startswith(f"veeksha-run: {named} is given twice; give each run once"), line
+    assert "left out" not in out
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_an_output_dir_whose_parent_cannot_be_made_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/proc takes no new directory, whoever asks (root too): compare read every input, then failed
+    to write (exit 1, "cannot write")."""
+    fake_run(tmp_path / "a", GOOD_RUN_JSON)
+    fake_run(tmp_path / "b", GOOD_RUN_JSON)
+    code, _, err = compare_in(tmp_path, monkeypatch, capsys, "a", "b", "--output_dir", "/proc/veeksha/cmp")
+    line = refused_in_one_line(code, err)
+    assert "--output_dir /proc/veeksha/cmp cannot be made" in line, line

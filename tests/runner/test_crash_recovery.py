@@ -631,3 +631,48 @@ def test_a_driver_killed_with_unshipped_dispatches_leaves_a_record_for_each(
     assert not paths.all_driver_dispatches()  # read, then removed with the run's other crash files
     traced = read_jsonl(paths.dispatch_trace)
     assert all(t["content"] is not None for t in traced[:10])  # shipped lines keep their content
+
+
+# ---------------------------------------------------------------- a pid given to another process
+
+
+# Sets "pid" in each JSON file named after it to the pid given first.
+_SET_PID = """
+import json, sys
+for path in sys.argv[2:]:
+    with open(path) as f:
+        data = json.load(f)
+    data["pid"] = int(sys.argv[1])
+    with open(path, "w") as f:
+        json.dump(data, f)
+"""
+
+
+def evaluate_as_the_recorded_process(target: Path, *owned: Path) -> subprocess.CompletedProcess[str]:
+    """`veeksha-run evaluate TARGET` in a process whose pid the `owned` files name as theirs: what a
+    restarted container gives (the same pid, often 1, to the first process started in it), and
+    `evaluate` names veeksha on its command line as a runner does."""
+    script = f'"$0" -c "$1" $$ {" ".join(f"{str(p)!r}" for p in owned)} && exec "$2" evaluate "$3"'
+    return subprocess.run(
+        ["bash", "-c", script, sys.executable, _SET_PID, VEEKSHA_RUN, str(target)],
+        cwd=target.parent,
+        env=no_plots_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_a_crashed_run_whose_pid_is_now_evaluates_own_is_marked_crashed(tmp_path: Path) -> None:
+    """It was "still being written by process N" for ever: N was `evaluate` itself."""
+    proc = run_cli(QUICK, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    info = orjson.loads(paths.run_json.read_bytes())
+    paths.run_json.write_bytes(orjson.dumps({**info, "status": "running", "finished_at": None}))
+
+    proc = evaluate_as_the_recorded_process(paths.root, paths.run_json)
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # crashed, as evaluate says of any
+    assert "was left running by a process that died: marked crashed" in proc.stdout, proc.stdout
+    assert orjson.loads(paths.run_json.read_bytes())["status"] == "crashed"

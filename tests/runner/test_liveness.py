@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
 import pytest
-from veeksha.runner.liveness import Owner
+from veeksha.runner.liveness import Owner, process_start_ticks
 
 
 @pytest.mark.parametrize(
@@ -29,3 +34,43 @@ from veeksha.runner.liveness import Owner
 )
 def test_may_be_running_names_what_is_known_of_the_process(owner: Owner, said: str) -> None:
     assert owner.may_be_running("sweep s") == said
+
+
+@pytest.fixture
+def veeksha_named() -> Iterator[int]:
+    """A live process whose command line names veeksha, as a runner's does."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "veeksha-run"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_a_recorded_start_time_tells_the_process_from_a_later_one_given_its_pid(veeksha_named: int) -> None:
+    here = socket.gethostname()
+    started = process_start_ticks(veeksha_named)
+    assert started is not None
+    assert Owner(veeksha_named, here, started).alive
+    assert not Owner(veeksha_named, here, started - 1).alive  # the pid was given to another since
+    assert Owner(veeksha_named, here).alive  # a file without the start time: the pid alone
+    assert Owner.named_in({"pid": veeksha_named, "host": here, "pid_start_ticks": started + 1}) == Owner(
+        veeksha_named, here, started + 1
+    )
+
+
+# Run with "veeksha" in its own command line and in its parent's (a shell's $0).
+_LINEAGE = (
+    "import os; from veeksha.runner.liveness import process_alive; "
+    "print(process_alive(os.getpid()), process_alive(os.getppid()))"
+)
+
+
+def test_our_own_process_and_its_parents_are_never_taken_for_the_owner() -> None:
+    """A restarted container gives `evaluate` (or the shell that started it) the pid a killed sweep
+    recorded; both name veeksha, and the sweep was "still running" for ever."""
+    proc = subprocess.run(
+        ["bash", "-c", '"$1" -c "$2"; true', "veeksha-shell", sys.executable, _LINEAGE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout.split() == ["False", "False"], proc.stdout + proc.stderr

@@ -37,7 +37,12 @@ from veeksha.shared.paths import (
 from veeksha.shared.records import SWEEP_ENTRY_FIELDS, SWEEP_MANIFEST_FIELDS
 
 from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, run_cli
-from tests.runner.test_crash_recovery import driver_pids, running, wait_until_ended
+from tests.runner.test_crash_recovery import (
+    driver_pids,
+    evaluate_as_the_recorded_process,
+    running,
+    wait_until_ended,
+)
 from tests.uploader.conftest import lines_for, make_home, upload
 
 RATE = "traffic_scheduler.interval_generator.arrival_rate"
@@ -484,3 +489,25 @@ def test_evaluate_on_a_sweep_whose_manifest_is_not_one_says_so(tmp_path: Path, m
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"veeksha-run: {Path('sweep') / SWEEP_MANIFEST} is not a sweep manifest"), line
     assert "evaluate its run directories one by one" in line
+
+
+def test_evaluating_the_killed_member_as_dot_marks_its_sweep_crashed(sweep_copy: Path) -> None:
+    """`cd <member> && veeksha-run evaluate .`: the parent of `.` is `.`, so no sweep was found and
+    the manifest stayed `running`."""
+    killed = member_dirs(sweep_copy)[1]
+    proc = run_cli(["evaluate", "."], cwd=killed)
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"sweep {sweep_copy} was left running by a process that died: marked crashed" in proc.stdout
+    assert_finished_as_crashed(sweep_copy)
+
+
+def test_a_killed_sweep_whose_pid_is_now_evaluates_own_is_marked_crashed(sweep_copy: Path) -> None:
+    """It was "sweep S is still running (process N)", exit 2, for ever: N was `evaluate` itself (a
+    restarted container gives the same pid), and its command line names veeksha."""
+    proc = evaluate_as_the_recorded_process(sweep_copy, sweep_copy / SWEEP_MANIFEST)
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # its killed member crashed
+    assert "still running" not in proc.stderr
+    assert f"sweep {sweep_copy} was left running by a process that died: marked crashed" in proc.stdout
+    assert_finished_as_crashed(sweep_copy)
