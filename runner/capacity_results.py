@@ -9,12 +9,11 @@ from __future__ import annotations
 import csv
 import io
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from veeksha.runner.liveness import Owner
+from veeksha.runner.liveness import Owner, owner_fields
 from veeksha.shared.config import CapacitySearchConfig
 from veeksha.shared.config_loader import load_written_config, read_written_yaml
 from veeksha.shared.errors import UsageError, VeekshaError
@@ -255,8 +254,7 @@ def results_header(search_id: str, search: CapacitySearchConfig, knob: str) -> d
         "max_iterations": search.max_iterations,
         "precision": search.precision,
         "stop_reason": None,  # converged | max_value | max_iterations | evaluation_failed; null until it ends
-        "host": socket.gethostname(),  # the search's process: `evaluate` tells a killed search by it
-        "pid": os.getpid(),
+        **owner_fields(),  # the search's process: `evaluate` tells a killed search by it
     }
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from veeksha.shared.errors import UsageError
+from veeksha.shared.records import PID_START_TICKS
 
 # The key beside `pid` that holds when that process started (process_start_ticks).
-PID_START_KEY = "pid_start_ticks"
+PID_START_KEY = PID_START_TICKS
 
 # Fields of /proc/<pid>/stat after the command name: state is the stat's 3rd field, the parent's
 # pid its 4th, the start time its 22nd (proc(5)).
@@ -37,6 +38,12 @@ def _stat(pid: int) -> list[str] | None:
     except (OSError, IndexError):
         return None
     return fields if len(fields) > _STARTED else None
+
+
+def owner_fields() -> dict[str, Any]:
+    """What a run, sweep or search records about its own process: host, pid and start ticks."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, PID_START_KEY: process_start_ticks(pid)}
 
 
 def process_start_ticks(pid: int) -> int | None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-import socket
 import sys
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
+from veeksha.runner.liveness import owner_fields
 from veeksha.shared import __version__
 from veeksha.shared.config import BenchmarkConfig
 from veeksha.shared.config_loader import config_secrets, config_sha256, dump_config_yaml
@@ -105,8 +105,8 @@ class RunDir:
             "started_at": iso(started),
             "finished_at": None,
             "config_sha256": digest,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),  # lets `evaluate` tell a crashed run from one still going
+            # Lets `evaluate` tell a crashed run from one still going: host, pid, pid_start_ticks.
+            **owner_fields(),
             "python": platform.python_version(),
             "argv": shown_argv(argv, cfg),
             "sweep": sweep,

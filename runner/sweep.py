@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import socket
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from veeksha.runner.benchmark import (
     run_benchmark,
     upload,
 )
-from veeksha.runner.liveness import Owner
+from veeksha.runner.liveness import Owner, owner_fields
 from veeksha.runner.preflight import check_hosts
 from veeksha.runner.run_dir import check_output_dir, make_unique_dir, python_argv, stamp, utc_now
 from veeksha.shared.config_loader import NO_FALLBACKS, EnvFallbacks, LoadedRun, load_benchmark_runs
@@ -177,8 +176,7 @@ def new_manifest(sweep_id: str, runs: list[LoadedRun]) -> dict[str, Any]:
         "count": len(runs),
         "status": RUN_RUNNING,
         # Who runs it: `veeksha-run evaluate` tells a sweep whose process died from one still going.
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
+        **owner_fields(),
         "runs": [_entry(index, None, run.params, MEMBER_PENDING) for index, run in enumerate(runs)],
     }
 

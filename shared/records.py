@@ -387,11 +387,16 @@ RUN_CRASHED: Final = "crashed"
 RUN_STATUSES: Final = (RUN_RUNNING, RUN_COMPLETED, RUN_TIMEOUT, RUN_INTERRUPTED, RUN_FAILED, RUN_CRASHED)
 
 
+# Beside each `pid` of run.json, sweep_manifest.json and capacity_search_results.json: when that
+# process started (clock ticks after boot, /proc/<pid>/stat). A pid alone is reused (a restarted
+# container's first process); the pair names one process (runner/liveness.py).
+PID_START_TICKS: Final = "pid_start_ticks"
+
 # sweep_manifest.json (outputs.md). `status` is the sweep's: `running`, then `completed` or
 # `interrupted`, or `crashed` (set by `veeksha-run evaluate` once the process `pid` on `host` is gone);
 # `runs` has one entry per combination, in order, from the start (older sweeps listed a run only once
 # it had ended: fewer entries than `count`).
-SWEEP_MANIFEST_FIELDS: Final = ("sweep_id", "count", "status", "pid", "host", "runs")
+SWEEP_MANIFEST_FIELDS: Final = ("sweep_id", "count", "status", "host", "pid", PID_START_TICKS, "runs")
 # One entry of `runs`; `run_dir` is null until the run's directory is known (and for one that never
 # had one). `status`: its run.json status once it has started, else one of the two below.
 SWEEP_ENTRY_FIELDS: Final = ("index", "run_dir", "params", "status")
@@ -447,6 +452,7 @@ RUN_JSON_FIELDS: Final = (
     "config_sha256",
     "host",
     "pid",
+    PID_START_TICKS,
     "python",
     "argv",
     "sweep",

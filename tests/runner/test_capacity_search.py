@@ -37,6 +37,7 @@ from veeksha.shared.config_loader import dump_config_yaml, load_written_config
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.jsonio import read_json, write_json
 from veeksha.shared.paths import CAPSEARCH_ATTEMPTS_CSV, CAPSEARCH_RESULTS, RunPaths
+from veeksha.shared.records import PID_START_TICKS
 from veeksha.shared.schema import admitting, build
 from veeksha.uploader.groups import read_capsearch
 
@@ -417,7 +418,8 @@ def test_evaluate_leaves_the_results_of_a_search_still_running_to_it(
     runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "veeksha-run"])
     try:
         killed_during_attempt_1(found, dead_pid())
-        write_json(found.root / CAPSEARCH_RESULTS, {**found.results, "pid": runner.pid})
+        owner = {"pid": runner.pid, PID_START_TICKS: process_start_ticks(runner.pid)}
+        write_json(found.root / CAPSEARCH_RESULTS, {**found.results, **owner})
         before = found.results
         evaluate_cli(found.attempt_dir(1))
         assert found.results == before  # the search writes its results itself, from the attempts on disk
