@@ -293,8 +293,10 @@ SLO_ALIASES: Final = {a: f.name for f in FIELDS for a in f.slo_aliases}
 # SLO metrics whose null value (not measurable for that request, e.g. tpot of a one-token reply) passes.
 NULL_PASSES_SLO: Final = tuple(f.name for f in FIELDS if f.null_passes_slo)
 
-# metrics/<metric>.csv columns (one row per quantile of QUANTILE_GRID).
+# metrics/<metric>.csv columns, one row per quantile of QUANTILE_GRID (0.00, 0.01, ... 1.00): a table
+# with fewer rows was cut short (the uploader leaves it out).
 DISTRIBUTION_CSV_COLUMNS: Final = ("cdf", "value")
+QUANTILE_GRID: Final = tuple(i / 100 for i in range(101))
 
 # summary_stats.json: `<metric>_<suffix>` (summary_stat_key) for every distribution metric; the
 # percentile suffixes name these quantiles.

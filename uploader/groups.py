@@ -1,13 +1,15 @@
 """Sweeps and capacity searches: where a run sits (group, tags, name) and the summary directories' data.
 
 A run is one of a sweep, or one attempt of a capacity search, when its run.json says so (`sweep`,
-`capacity_search`; outputs.md): a folder's name alone proves nothing (a user's `output_dir:
-sweep-nightly` holds plain runs). Such a run inside its container (`sweep-*/`, `capsearch-*/runs/`)
-takes the container's name as its group; moved out of it, a group named after the sweep or search id.
+`capacity_search`; outputs.md): a folder's name proves nothing either way (a user's `output_dir:
+sweep-nightly` holds plain runs; a user renames `sweep-<stamp>` to `nightly-jan1`). Such a run inside
+its container (`<sweep>/`, `<capsearch>/runs/`) takes the container's name as its group, as the
+container's summary run does; moved out of it, a group named after the sweep or search id.
 
-A folder is a sweep when it holds `sweep_manifest.json` (the runner writes it before the first run),
-a capacity search when it holds `capacity_search_results.json` or, during its first attempt (the
-runner writes the results after each attempt), an attempt whose run.json says it is one.
+A folder that is no run directory is a sweep when it holds `sweep_manifest.json` (the runner writes it
+before the first run), a capacity search when it holds `capacity_search_results.json` or, during its
+first attempt (the runner writes the results after each attempt), an attempt whose run.json says it
+is one. Whatever its name: the runner's `sweep-` and `capsearch-` prefixes are only its default.
 
 A sweep's summary waits for the manifest's final status: completed, interrupted, or crashed (set by
 `veeksha-run evaluate` on a sweep whose process died).
@@ -24,11 +26,9 @@ from veeksha.shared.errors import ContractError
 from veeksha.shared.jsonio import read_json
 from veeksha.shared.paths import (
     CAPSEARCH_ATTEMPTS_CSV,
-    CAPSEARCH_DIR_PREFIX,
     CAPSEARCH_RESULTS,
     CAPSEARCH_RUNS_DIR,
     CONFIG_YML,
-    SWEEP_DIR_PREFIX,
     SWEEP_MANIFEST,
     SWEEP_SUMMARY_CSV,
     SWEEP_SUMMARY_JSON,
@@ -59,13 +59,13 @@ TAG_SUMMARY = "summary"
 
 
 def is_sweep_dir(path: Path) -> bool:
-    if not path.name.startswith(SWEEP_DIR_PREFIX) or is_run_dir(path):
-        return False
-    return (path / SWEEP_MANIFEST).is_file()
+    """Its manifest makes it one, not its name (a renamed copy is still the sweep)."""
+    return (path / SWEEP_MANIFEST).is_file() and not is_run_dir(path)
 
 
 def is_capsearch_dir(path: Path) -> bool:
-    if not path.name.startswith(CAPSEARCH_DIR_PREFIX) or is_run_dir(path):
+    """Its results, or an attempt under runs/, make it one, not its name."""
+    if is_run_dir(path):
         return False
     return (path / CAPSEARCH_RESULTS).is_file() or any(_is_attempt(m) for m in capsearch_members(path))
 
@@ -112,8 +112,9 @@ def run_context(run_dir: Path, run_info: dict[str, Any]) -> Context:
         index = sweep.get("index") if isinstance(sweep, dict) else None
         return Context(SWEEP_RUN, group, (TAG_SWEEP,), index=index)
     if cs := run_info.get("capacity_search"):
-        # This run's own run.json already makes its grandparent a search: only the folders are asked.
-        in_cs = parent.name == CAPSEARCH_RUNS_DIR and parent.parent.name.startswith(CAPSEARCH_DIR_PREFIX)
+        # This run's own run.json already makes its grandparent a search (is_capsearch_dir): only
+        # the layout is asked, never the folder's name.
+        in_cs = parent.name == CAPSEARCH_RUNS_DIR and not is_run_dir(parent.parent)
         group = parent.parent.name if in_cs else _short_group("capsearch", cs)
         tags = (TAG_CAPSEARCH, TAG_BEST) if in_cs and _is_best(parent.parent, run_dir) else (TAG_CAPSEARCH,)
         return Context(CAPSEARCH_ATTEMPT, group, tags, name=_attempt_name(run_dir, cs))

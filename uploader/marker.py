@@ -1,4 +1,5 @@
-"""`<dir>/wandb_run.json`: what was uploaded, where, and a digest to recognise "uploaded and unchanged".
+"""`<dir>/wandb_run.json`: what was uploaded, where, and a digest to recognise "uploaded and unchanged";
+and `<dir>/.veeksha-upload.pending`: the upload under way (`Pending`).
 
 The digest covers the content of every file the upload reads plus the settings that shape the W&B run
 (project, group, tags, ...) and UPLOAD_FORMAT, bumped whenever the uploader logs something new; so
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from veeksha.shared.jsonio import write_json
-from veeksha.shared.paths import WANDB_RUN_JSON
+from veeksha.shared.jsonio import write_atomic, write_json
+from veeksha.shared.paths import UPLOAD_PENDING, WANDB_RUN_JSON
 from veeksha.shared.redact import redact_url
 from veeksha.uploader.run_files import is_own_file
 
@@ -114,6 +115,51 @@ def is_current(marker: Marker | None, root: Path, digest: str, mode: str, base_u
             marker.sync_dir is not None and (root / marker.sync_dir / f"run-{marker.run_id}.wandb").is_file()
         )
     return True
+
+
+OFFLINE_ONLY = "offline"  # the pending file's second line: an offline upload of a run never on W&B
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The pending file: the W&B run an upload under way writes, until its marker is written.
+
+    An upload that died leaves it, so the next one resumes that run. Whether the run may be on W&B
+    decides whether `wandb sync` of a later offline copy is safe. The file holds the run id; an
+    offline upload of a run that was never online (no online attempt or upload before it: nothing
+    of it was sent) adds a second line, `offline`. The run id alone, as online uploads and older
+    versions write it, means the run may be on W&B; so an older version still reads an online
+    upload's file, and takes an offline-only one for no upload of its run, which is what it is."""
+
+    run_id: str
+    offline_only: bool = False
+
+    @property
+    def may_be_online(self) -> bool:
+        return not self.offline_only
+
+
+def read_pending(root: Path) -> Pending | None:
+    """The pending file, or None when there is none (or it is no regular file of the directory)."""
+    path = root / UPLOAD_PENDING
+    if not is_own_file(root, path):  # e.g. a FIFO, which would block the read
+        return None
+    try:
+        lines = path.read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not lines:
+        return None
+    return Pending(lines[0], offline_only=lines[1:] == [OFFLINE_ONLY])
+
+
+def write_pending(root: Path, pending: Pending) -> None:
+    text = f"{pending.run_id}\n{OFFLINE_ONLY}\n" if pending.offline_only else pending.run_id
+    write_atomic(root / UPLOAD_PENDING, text)
+
+
+def remove_pending(root: Path) -> None:
+    (root / UPLOAD_PENDING).unlink(missing_ok=True)
 
 
 def utc_now_iso() -> str:

@@ -11,15 +11,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from veeksha.shared.errors import VeekshaError
-from veeksha.shared.paths import CONFIG_YML, UPLOAD_PENDING
+from veeksha.shared.paths import CONFIG_YML
 from veeksha.shared.redact import environment_secrets
 from veeksha.uploader import groups
 from veeksha.uploader.discovery import Target
-from veeksha.uploader.marker import Marker, read_marker
+from veeksha.uploader.marker import Marker, read_marker, read_pending
 from veeksha.uploader.probe import netrc_api_key, probe
 from veeksha.uploader.reader import read_config
 from veeksha.uploader.redaction import MIN_SCRUBBED_CHARS
-from veeksha.uploader.run_files import is_own_file
 from veeksha.uploader.settings import Layer, config_layer, marker_layer, resolve
 from veeksha.uploader.worker import FAILED, SKIPPED, Outcome, Task
 
@@ -32,15 +31,15 @@ def _config_of(target: Target) -> dict[str, Any]:
 
 def unfinished_sync(root: Path) -> Marker | None:
     """The offline upload whose publishing (`--sync`) failed or was interrupted: its marker is still
-    offline and the pending file names its run. A plain upload finishes publishing it, with its settings."""
+    offline and the pending file names its run (not written by an offline upload: --sync is online).
+    A plain upload finishes publishing it, with its settings."""
     marker = read_marker(root)
-    pending = root / UPLOAD_PENDING
-    if marker is None or marker.mode != "offline" or not is_own_file(root, pending):
+    if marker is None or marker.mode != "offline":
         return None
-    try:
-        return marker if pending.read_text().strip() == marker.run_id else None
-    except OSError:
+    pending = read_pending(root)
+    if pending is None or pending.run_id != marker.run_id or pending.offline_only:
         return None
+    return marker
 
 
 def plan_task(

@@ -18,16 +18,25 @@ from veeksha.shared.errors import ContractError, VeekshaError
 from veeksha.shared.jsonio import read_json
 from veeksha.shared.paths import (
     ARTIFACT_ALLOW_LIST,
+    DISTRIBUTION_METRICS,
     METRICS_DIR,
     SERVER_METRICS_CSV,
     TIMESERIES_CSV,
     RunPaths,
 )
-from veeksha.shared.records import DISTRIBUTION_CSV_COLUMNS, RUN_FAILED, RUN_RUNNING, RUN_STATUSES
+from veeksha.shared.records import (
+    DISTRIBUTION_CSV_COLUMNS,
+    QUANTILE_GRID,
+    RUN_FAILED,
+    RUN_RUNNING,
+    RUN_STATUSES,
+)
 from veeksha.uploader.run_files import RunFiles
 
 Number = int | float
 _INT = re.compile(r"^[+-]?\d+$")
+QUANTILE_ROWS = len(QUANTILE_GRID)  # metrics/<metric>.csv: fewer rows were cut short, e.g. by a copy
+CUT_OFF = "cut off (no newline: the run, or a copy of the directory, stopped mid-write)"
 
 
 @dataclass
@@ -146,9 +155,12 @@ def read_appended(path: Path) -> AppendedCsv:
     cell that is no number, or with too few or too many cells, is left out too (`left_out`): evaluation
     (runner/evaluation/appended_csv.py) reads such a cell as missing and trims such a row, so a
     directory that evaluates must upload; refusing it failed the directory on every attempt. The
-    header stays strict, as do the files written whole (read_numeric_csv)."""
+    header stays strict, as do the files written whole (read_numeric_csv); a header cut off (its line
+    has no newline: the writers write it with one) leaves no complete line: no header, no rows."""
     try:
         lines = complete_lines(path.read_bytes())
+        if lines.cut_line == 1:
+            return AppendedCsv([], [], 1)
         # A stray byte that is no UTF-8 makes its cell no number: that row is left out, not the file.
         text = lines.data.decode(errors="replace")
         left_out: list[tuple[int, str]] = []
@@ -293,21 +305,79 @@ def _has_slos(config: dict[str, Any]) -> bool:
     return any(isinstance(e, dict) and e.get("slos") for e in evaluators)
 
 
-def read_quantiles(run_files: RunFiles) -> dict[str, list[tuple[float, float]]]:
-    """Every metrics/<metric>.csv with `cdf,value` columns (101 quantiles)."""
+def read_quantiles(
+    run_files: RunFiles, left_out: set[str] | None = None
+) -> dict[str, list[tuple[float, float]]]:
+    """Every metrics/<metric>.csv with `cdf,value` columns (101 quantiles).
+
+    A table cut short (an interrupted copy: no newline at its end, or fewer rows than the runner
+    writes) would log a wrong, partial curve: it is left out with a warning naming it, and its
+    relative path added to `left_out` (kept out of the artifact too). A complete table with a cell
+    that is no number still fails the directory (ContractError naming the line)."""
     out: dict[str, list[tuple[float, float]]] = {}
     for path in run_files.glob(f"{METRICS_DIR}/*.csv"):
         if path.name in (TIMESERIES_CSV, SERVER_METRICS_CSV):
             continue
-        header, rows = read_numeric_csv(path)
-        if tuple(header[:2]) != DISTRIBUTION_CSV_COLUMNS:
-            continue  # some other table; it still goes into the artifact
-        cdf, value = DISTRIBUTION_CSV_COLUMNS
-        try:
-            out[path.stem] = [(float(r[cdf]), float(r[value])) for r in rows if value in r]
-        except KeyError:
-            raise ContractError(f"{path}: a row has no cdf value") from None
+        points = _quantile_points(run_files, path, left_out)
+        if points is not None:
+            out[path.stem] = points
     return out
+
+
+def _quantile_points(
+    run_files: RunFiles, path: Path, left_out: set[str] | None
+) -> list[tuple[float, float]] | None:
+    """A quantile table's (cdf, value) points that have a value; None when the CSV is some other
+    table (it still goes into the artifact) or was cut short (left out)."""
+    cdf, value = DISTRIBUTION_CSV_COLUMNS
+    raw = path.read_bytes()
+    # Before parsing: a cut line may be a cell short, which would fail the whole directory.
+    if not raw.endswith(b"\n") and (path.stem in DISTRIBUTION_METRICS or _first_cells(raw) == (cdf, value)):
+        _leave_out(run_files, path, "is cut off (no newline at its end: copy it again)", left_out)
+        return None
+    header, rows = read_numeric_csv(path)
+    if tuple(header[:2]) != DISTRIBUTION_CSV_COLUMNS:
+        return None
+    if any(cdf not in r for r in rows):
+        raise ContractError(f"{path}: a row has no cdf value")
+    if len(rows) < QUANTILE_ROWS:  # cut at the end of a line
+        _leave_out(
+            run_files, path, f"is cut off ({len(rows)} of its {QUANTILE_ROWS} rows: copy it again)", left_out
+        )
+        return None
+    return [(float(r[cdf]), float(r[value])) for r in rows if value in r]
+
+
+def _first_cells(raw: bytes) -> tuple[str, ...]:
+    """The first two cells of a CSV's first line (the writers never quote)."""
+    line = raw.split(b"\n", 1)[0].decode(errors="replace")
+    return tuple(cell.strip() for cell in line.split(",")[:2])
+
+
+def _leave_out(run_files: RunFiles, path: Path, why: str, left_out: set[str] | None) -> None:
+    """A file found unusable while read: not uploaded, as an unusable file is (RunFiles.usable)."""
+    rel = path.relative_to(run_files.root).as_posix()
+    run_files.warnings.append(f"not uploaded: {rel} {why}")
+    if left_out is not None:
+        left_out.add(rel)
+
+
+def readable_images(run_files: RunFiles, left_out: set[str] | None = None) -> list[str]:
+    """Relative paths of metrics/*.png that open as images: wandb.Image opens and loads each one
+    inside the SDK session, where a broken one (cut by a copy) failed the directory after its W&B
+    run existed, at every attempt. Checked here, a broken one is left out with a warning."""
+    from PIL import Image
+
+    images = []
+    for path in run_files.glob(f"{METRICS_DIR}/*.png"):
+        try:
+            with Image.open(path) as image:
+                image.load()  # what wandb.Image does: decodes the whole file
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            _leave_out(run_files, path, f"is not a readable image ({e})", left_out)
+            continue
+        images.append(path.relative_to(run_files.root).as_posix())
+    return images
 
 
 def read_run_dir(root: Path) -> RunData:
@@ -336,9 +406,10 @@ def read_run_dir(root: Path) -> RunData:
     )
     data.timeseries = _timeseries(run_files, paths.timeseries_csv, required)
     data.server_metrics = _server_metrics(run_files, paths.server_metrics_csv)
-    data.quantiles = read_quantiles(run_files)
-    data.images = [p.relative_to(root).as_posix() for p in run_files.glob(f"{METRICS_DIR}/*.png")]
-    data.files = allowed_files(root, run_files)
+    left_out: set[str] = set()  # files found unusable while read: neither logged nor in the artifact
+    data.quantiles = read_quantiles(run_files, left_out)
+    data.images = readable_images(run_files, left_out)
+    data.files = [f for f in allowed_files(root, run_files) if f not in left_out]
     data.warnings = run_files.warnings
     return data
 
@@ -363,14 +434,15 @@ def _appended(run_files: RunFiles, path: Path) -> list[dict[str, Number]]:
     """An appended CSV's rows; a last line a crash cut off, and a complete line that is not all numbers,
     are left out, each with a warning (the upload's `warning:` lines)."""
     read = read_appended(path)
-    _check_elapsed(path, read.header)
     rel = path.relative_to(run_files.root).as_posix()
+    if read.cut_line == 1:  # said, not read as a run without rows
+        run_files.warnings.append(f"{rel} has no rows: its header (line 1) is {CUT_OFF}")
+        return []
+    _check_elapsed(path, read.header)
     for lineno, why in read.left_out:
         run_files.warnings.append(f"{rel} line {lineno} left out: {why}")
     if read.cut_line is not None:
-        run_files.warnings.append(
-            f"{rel} line {read.cut_line} left out: cut off (no newline: the run stopped mid-write)"
-        )
+        run_files.warnings.append(f"{rel} line {read.cut_line} left out: {CUT_OFF}")
     return read.rows
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from veeksha.shared.errors import VeekshaError
-from veeksha.shared.jsonio import write_atomic
-from veeksha.shared.paths import CONFIG_YML, UPLOAD_PENDING
+from veeksha.shared.paths import CONFIG_YML
 from veeksha.shared.records import RUN_RUNNING, missing_metrics, run_finished
 from veeksha.shared.redact import redact_url
 from veeksha.uploader import groups
@@ -22,13 +21,17 @@ from veeksha.uploader.discovery import Target
 from veeksha.uploader.locks import DirLock, LockBusy
 from veeksha.uploader.marker import (
     Marker,
+    Pending,
     compute_digest,
     dir_identity,
     is_current,
     read_marker,
+    read_pending,
     remove_marker,
+    remove_pending,
     utc_now_iso,
     write_marker,
+    write_pending,
     written_here,
 )
 from veeksha.uploader.reader import read_run_dir, read_run_info
@@ -42,7 +45,7 @@ from veeksha.uploader.remote import (
     lookup_run,
     stored_run_files,
 )
-from veeksha.uploader.run_files import check_directory, is_own_file
+from veeksha.uploader.run_files import check_directory
 from veeksha.uploader.settings import UploadSettings
 from veeksha.uploader.wandb_session import RunSpec, Uploaded, wandb_run_id
 
@@ -223,9 +226,8 @@ def _recorded_run_ids(root: Path) -> set[str]:
     ids = set()
     if (marker := read_marker(root)) is not None:
         ids.add(marker.run_id)
-    pending = root / UPLOAD_PENDING
-    if is_own_file(root, pending):
-        ids.add(pending.read_text().strip())
+    if (pending := read_pending(root)) is not None:
+        ids.add(pending.run_id)
     return ids
 
 
@@ -295,8 +297,8 @@ def choose_start(task: Task, plan: Plan) -> str | Outcome:
         write_marker(root, marker)
         detail = "already on W&B (its offline run was published); recorded as uploaded"
         return Outcome(str(root), task.target.kind, SKIPPED, detail, plan.run_id, plan.name, url, "online")
-    pending = root / UPLOAD_PENDING
-    interrupted = is_own_file(root, pending) and pending.read_text().strip() == plan.run_id
+    # An upload of this run from this directory was under way: the server's run may be its doing.
+    interrupted = _pending_for(root, plan) is not None
     # A marker copied along with the directory (`cp -a`) names the original's run: not ours.
     ours = interrupted or (
         previous is not None
@@ -310,29 +312,39 @@ def choose_start(task: Task, plan: Plan) -> str | Outcome:
     return REWIND if remote.history_lines > 0 else RESUME
 
 
+def _pending_for(root: Path, plan: Plan) -> Pending | None:
+    """The pending file an interrupted upload of this run left in the directory, if any."""
+    pending = read_pending(root)
+    return pending if pending is not None and pending.run_id == plan.run_id else None
+
+
 def begin(task: Task, plan: Plan) -> Task:
     """From here until `complete`, the directory says "upload in progress" (the pending file).
 
     The task returned knows whether this run id may exist online already (an earlier online attempt
-    or upload): an offline copy of it is then never taken for published, nor offered to `wandb sync`.
-    Publishing an offline upload keeps its marker (marked as attempted online) until the online run
-    is complete: a failed or interrupted `--sync` stays retryable, with the recorded settings."""
+    or upload, an interrupted one included): an offline copy of it is then never taken for published,
+    nor offered to `wandb sync`. An interrupted offline upload of a run never online sent nothing:
+    its pending file says so (`offline_only`), and is no online attempt. Publishing an offline upload
+    keeps its marker (marked as attempted online) until the online run is complete: a failed or
+    interrupted `--sync` stays retryable, with the recorded settings."""
     root, s = task.target.path, task.settings
     assert s is not None
     previous = read_marker(root)
     same = previous is not None and previous.run_id == plan.run_id
-    pending = root / UPLOAD_PENDING
+    interrupted = _pending_for(root, plan)
     attempted = (
         task.online_attempted
-        or (is_own_file(root, pending) and pending.read_text().strip() == plan.run_id)
+        or (interrupted is not None and interrupted.may_be_online)
         or (same and previous is not None and (previous.mode == "online" or previous.online_attempted))
     )
+    online_attempted = attempted or s.mode == "online"
+    # Before the marker goes: once it has, this is the only record that the run may be on W&B.
+    write_pending(root, Pending(plan.run_id, offline_only=not online_attempted))
     if s.mode == "online" and same and previous is not None and previous.mode == "offline":
         write_marker(root, replace(previous, online_attempted=True))
     else:
         remove_marker(root)  # never leave a marker that no longer describes what is on W&B
-    write_atomic(pending, plan.run_id)
-    return replace(task, online_attempted=attempted or s.mode == "online")
+    return replace(task, online_attempted=online_attempted)
 
 
 def complete(task: Task, plan: Plan, uploaded: Uploaded, steps: int | None = None) -> Outcome:
@@ -370,7 +382,7 @@ def complete(task: Task, plan: Plan, uploaded: Uploaded, steps: int | None = Non
         default_entity=plan.default_entity,
     )
     write_marker(root, marker)
-    (root / UPLOAD_PENDING).unlink(missing_ok=True)
+    remove_pending(root)
     if s.mode == "online":
         detail = f"View run at {url}"
     elif sync_cmd is None:
@@ -433,7 +445,7 @@ def lost_race(root: Path, start: str) -> UploadError:
     pending file goes, or the next attempt took the run for an interrupted upload of ours and
     rewound the winner's run."""
     if start == CREATE:
-        (root / UPLOAD_PENDING).unlink(missing_ok=True)
+        remove_pending(root)
     return UploadError(f"{LOST_RACE}; run veeksha-upload again")
 
 

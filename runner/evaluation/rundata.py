@@ -12,9 +12,7 @@ from veeksha.runner.evaluation.frame import Records
 from veeksha.runner.evaluation.quantiles import exact_quantiles
 from veeksha.shared.config import BenchmarkConfig, RateTraffic, TraceSessions, arrival_rate_of
 from veeksha.shared.paths import DISTRIBUTION_METRICS
-from veeksha.shared.records import FIELD, SCHEDULER_DISPATCHED_AT, SESSION_DURATION
-
-QUANTILE_GRID = tuple(i / 100 for i in range(101))  # the <metric>.csv rows
+from veeksha.shared.records import FIELD, QUANTILE_GRID, SCHEDULER_DISPATCHED_AT, SESSION_DURATION
 
 
 @dataclass

@@ -17,9 +17,16 @@ def test_a_last_line_without_its_newline_is_dropped_and_numbered() -> None:
     assert lines.data == b"elapsed_s,a,b\n1,,\n2,10.0,20.0\n" and lines.cut_line == 4
 
 
-def test_a_header_alone_without_its_newline_is_still_the_header() -> None:
+def test_a_header_without_its_newline_is_cut_off_too() -> None:
+    """Every writer writes its header with its newline (timeseries, scraped metrics): one without it
+    was cut mid-write (`elapsed_s,dispatched` of a longer header), by the run or by a copy."""
     lines = complete_lines(b"elapsed_s,a")
-    assert lines.data == b"elapsed_s,a" and lines.cut_line is None
+    assert lines.data == b"" and lines.cut_line == 1
+
+
+def test_a_header_with_its_newline_and_no_rows_is_complete() -> None:
+    lines = complete_lines(b"elapsed_s,a\n")
+    assert lines.data == b"elapsed_s,a\n" and lines.cut_line is None
 
 
 def test_an_empty_file_has_no_lines() -> None:

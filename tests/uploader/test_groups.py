@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -333,3 +334,73 @@ def test_a_summary_run_records_the_veeksha_version_its_directory_was_written_wit
 
     set_veeksha_version(sweep_members(sweep), None)  # runs that do not say: the uploader's own
     assert summary_config(read_sweep(sweep), Redactor())["veeksha_version"] == __version__
+
+
+def would_upload(stdout: str) -> dict[str, str]:
+    """Dry-run lines by the folder each names ('<dir> (sweep summary)' for a summary)."""
+    out = {}
+    for line in lines_for(stdout, "would upload"):
+        where, detail = line.removeprefix("would upload").strip().split("  ", 1)
+        out[Path(where.split(" (")[0]).name + (" (summary)" if "summary)" in where else "")] = detail
+    return out
+
+
+def run_id_of(detail: str) -> str:
+    return detail.split(" as run ", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("recursive", [False, True])
+def test_a_renamed_sweep_is_still_a_sweep_with_its_summary_and_its_runs(
+    tmp_path: Path, home: Home, recursive: bool
+) -> None:
+    """`cp -r benchmark_output/sweep-<stamp> rn/nightly-jan1`: the manifest makes it a sweep, not its
+    name. Its runs share the folder's group (its name now) with its summary run, which is the same
+    W&B run as the unrenamed sweep's (its id comes from the manifest's sweep_id)."""
+    original = build_sweep(tmp_path / "benchmark_output", count=2)
+    renamed = tmp_path / "rn" / "nightly-jan1"
+    shutil.copytree(original, renamed)
+    args = [str(tmp_path / "rn"), "-r"] if recursive else [str(renamed)]
+    result = upload([*args, "--dry-run"], home, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = would_upload(result.stdout)
+    assert sorted(lines) == sorted([*(m.name for m in sweep_members(renamed)), "nightly-jan1 (summary)"])
+    for member in sweep_members(renamed):
+        assert "group='nightly-jan1' tags=['sweep']" in lines[member.name]
+    assert (
+        "name='nightly-jan1-summary' group='nightly-jan1' tags=['sweep', 'summary']"
+        in lines["nightly-jan1 (summary)"]
+    )
+    unrenamed = would_upload(upload([str(original), "--dry-run"], home, cwd=tmp_path).stdout)
+    summary_id = run_id_of(unrenamed[f"{original.name} (summary)"])
+    assert run_id_of(lines["nightly-jan1 (summary)"]) == summary_id
+
+
+def test_a_renamed_capacity_search_keeps_its_summary_its_group_and_its_best_attempt(
+    tmp_path: Path, home: Home
+) -> None:
+    original = build_capsearch(tmp_path / "benchmark_output", values=(2.0, 4.0, 3.0), best=2)
+    renamed = tmp_path / "rn" / "search-jan1"
+    shutil.copytree(original, renamed)
+    result = upload([str(renamed), "--dry-run"], home, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = would_upload(result.stdout)
+    best = Path(read_json(renamed / CAPSEARCH_RESULTS)["best_run_dir"]).name
+    members = capsearch_members(renamed)
+    assert sorted(lines) == sorted([*(m.name for m in members), "search-jan1 (summary)"])
+    for member in members:
+        tags = "['capsearch', 'best']" if member.name == best else "['capsearch']"
+        assert f"group='search-jan1' tags={tags}" in lines[member.name]
+    assert "group='search-jan1' tags=['capsearch', 'summary']" in lines["search-jan1 (summary)"]
+    unrenamed = would_upload(upload([str(original), "--dry-run"], home, cwd=tmp_path).stdout)
+    summary_id = run_id_of(unrenamed[f"{original.name} (summary)"])
+    assert run_id_of(lines["search-jan1 (summary)"]) == summary_id
+
+
+def test_a_folder_holding_a_copied_manifest_and_a_run_directory_is_a_run(tmp_path: Path, home: Home) -> None:
+    """run.json decides first: a run directory is never taken for a sweep, whatever else it holds."""
+    sweep = build_sweep(tmp_path / "out", count=1)
+    (member,) = sweep_members(sweep)
+    shutil.copy(sweep / SWEEP_MANIFEST, member / SWEEP_MANIFEST)
+    result = upload([str(member), "--dry-run"], home, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(would_upload(result.stdout)) == [member.name]
