@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -144,12 +145,18 @@ def _sigint_held_for_children() -> Iterator[None]:
     delivered then. A terminal Ctrl-C (the child is in our process group until driver_main leaves
     it) during a driver's start-up killed it with a KeyboardInterrupt traceback, and the run counted
     as failed. Blocked, not ignored, here too: a signal in the few milliseconds of a start waits,
-    it is not lost."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    it is not lost.
+
+    multiprocessing's resource tracker is started first, outside the block: the first
+    Process.start() starts it, and its start (Python 3.11) unblocks SIGINT on its way out, so the
+    first driver began with SIGINT unblocked and a Ctrl-C in its first second printed its
+    KeyboardInterrupt traceback."""
+    resource_tracker.ensure_running()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def send_start(go: Connection, start: dict[str, float | None]) -> None:
@@ -242,8 +249,9 @@ def check_local_drivers(cfg: BenchmarkConfig) -> None:
     n, cores = cfg.runtime.num_drivers, available_cores()
     limit = MAX_DRIVERS_PER_CORE * cores
     if cfg.runtime.ray_address is None and isinstance(n, int) and n > limit:
+        on = f"{cores} core" if cores == 1 else f"{cores} cores"
         raise ConfigError(
-            f"config error at runtime.num_drivers: {n} is not allowed on {cores} cores (a driver is one "
+            f"config error at runtime.num_drivers: {n} is not allowed on {on} (a driver is one "
             f"core; at most {MAX_DRIVERS_PER_CORE} per core are started); use auto, at most {limit}, "
             "or runtime.ray_address to spread them over a cluster"
         )

@@ -1,8 +1,9 @@
 """The recorder side of a run: receives the drivers' batches and writes them down as they arrive.
 
 It starts the drivers (runner/drivers.py), gives them one common start once all are ready, and merges
-their streams into one request log and one trace. A driver that dies has its in-flight requests
-recorded as driver_lost and the others are stopped.
+their streams into one request log and one trace. A driver that dies, or falls silent for
+SILENCE_LIMIT_S (it is then killed), has its in-flight requests recorded as driver_lost and the
+others are stopped.
 
 Request records and trace lines are appended (and flushed) batch by batch, so a crash loses at
 most the last tick. Each record is finalized here (its derived metrics computed, times made relative to
@@ -58,6 +59,17 @@ POLL_S = 0.2
 RECEIVE_ROUND_S = 0.1
 # How long the drivers may take to start (import, client, first sessions) before we give up.
 START_DEADLINE_S = 120.0
+# A driver sends a message on every tick (driver/dispatcher.py TICK_S, 20 ms: a BATCH even with
+# nothing in it), idle or busy, waiting for its next session or for a slow server. One silent this
+# long is stuck (stopped, deadlocked, hung in native code): it is killed as a driver stuck after
+# Ctrl-C is, and the run fails naming it; the run waited for it forever, and an unattended sweep
+# with it. Far above a collector pause or a slow tick on a loaded machine (milliseconds, a second
+# at worst), and above a Ray relay's hiccup.
+SILENCE_LIMIT_S = 20.0
+# A gap this long between two of the recorder's own rounds (the whole job was stopped and resumed,
+# or this thread got no CPU) gives every driver a fresh SILENCE_LIMIT_S: their silence meanwhile
+# was the recorder's, and a driver resumed with it may not have ticked yet.
+RECORDER_STALL_S = 2.0
 INTERRUPTED_AT_START = "interrupted while the drivers were starting"
 # After the second Ctrl-C (cancel) a driver has this long to end; then, or at a third, it is killed
 # and its in-flight requests recorded as lost. A driver stuck in native code never ended, and
@@ -101,6 +113,7 @@ class _Driver:
     unshipped: list[list[Any]] | None = None
     end: _End | None = None
     progress: dict[str, Any] = field(default_factory=dict)
+    heard_at: float = 0.0  # monotonic time of its last message (or of the run's start)
 
     def as_json(self) -> dict[str, Any]:
         end = self.end or _End(RUN_FAILED, None)
@@ -134,11 +147,14 @@ class Recorder:
         trace_enabled: bool,
         secrets: Iterable[str] = (),
         stop_when: Callable[[float | None], str | None] | None = None,
+        start_deadline_s: float = START_DEADLINE_S,
+        silence_limit_s: float = SILENCE_LIMIT_S,
     ) -> None:
         """`secrets`: the run's (driver.http.client.run_secret_values), scrubbed from the trace's
         content, where a server's replies (turn 1's, in turn 2's history) may have echoed them.
         `stop_when`: asked every POLL_S, with the seconds since the run's start (None before it), why
-        the run must stop now (the launched server exited: ServerHandle.exited_early), or None."""
+        the run must stop now (the launched server exited: ServerHandle.exited_early), or None.
+        `start_deadline_s`, `silence_limit_s`: START_DEADLINE_S and SILENCE_LIMIT_S (tests shorten them)."""
         self.paths = paths
         self.progress = progress
         self.count_tokens = count_tokens
@@ -159,6 +175,8 @@ class Recorder:
         self.cancelled_at: float | None = None  # monotonic time of the second signal
         self.stop_when = stop_when
         self.stopped_for: str | None = None  # what stop_when said: the run failed for it
+        self.start_deadline_s = start_deadline_s
+        self.silence_limit_s = silence_limit_s
 
     # -------------------------------------------------------------- signals
 
@@ -246,13 +264,23 @@ class Recorder:
                 return _End(RUN_INTERRUPTED, INTERRUPTED_AT_START)
             if self._must_stop():
                 return _End(RUN_FAILED, self.stopped_for)
-            if time.monotonic() - started > START_DEADLINE_S:
-                return _End(RUN_FAILED, "a driver process did not start in time")
+            if time.monotonic() - started > self.start_deadline_s:
+                return self._not_started()
             for d in self._readable(self.drivers):
                 failed = self._start_message(d)
                 if failed is not None:
                     return failed
         return None
+
+    def _not_started(self) -> _End:
+        """The start's deadline passed: each driver not ready by then fails, named; the ready ones
+        are only stopped (run() marks them interrupted)."""
+        errors = []
+        for d in self.drivers:
+            if not d.ready and d.end is None:
+                d.end = _End(RUN_FAILED, f"{self._who(d)} did not start within {self.start_deadline_s:g} s")
+                errors.append(d.end.error)
+        return _End(RUN_FAILED, "; ".join(e for e in errors if e))
 
     def _start_message(self, d: _Driver) -> _End | None:
         """One message of driver `d` while it starts: READY, or the end of the start."""
@@ -285,13 +313,19 @@ class Recorder:
 
     def _receive_until_end(self, records: BinaryIO, trace: BinaryIO) -> None:
         """Take the drivers' messages until every one has ended; flush the time series once a second."""
-        last_second = time.monotonic()
+        last_second = last_round = time.monotonic()
+        for d in self.drivers:
+            d.heard_at = last_round
         while True:
             running = [d for d in self.drivers if d.end is None]
             if not running:
                 return
             readable = self._readable(running)
             round_start = time.monotonic()
+            if round_start - last_round > RECORDER_STALL_S:
+                for d in running:
+                    d.heard_at = round_start
+            last_round = round_start
             for d in readable:
                 self._receive_waiting(d, records, trace)
             self._announce_drain()
@@ -299,6 +333,7 @@ class Recorder:
                 if d.end is None and not d.link.alive() and not d.link.conn.poll(0):
                     self._lost_driver(d, records, trace)
             self._kill_stuck(records, trace)
+            self._kill_silent(records, trace, round_start)
             # Once a second whether or not a message came.
             now = time.monotonic()
             if now - last_second >= 1.0:
@@ -309,6 +344,7 @@ class Recorder:
 
     def _receive_waiting(self, d: _Driver, records: BinaryIO, trace: BinaryIO) -> None:
         """Every message driver `d` has sent so far (at least one, or the end of its stream)."""
+        d.heard_at = time.monotonic()
         while True:
             message = self._next_message(d)
             if message is None:
@@ -366,6 +402,20 @@ class Recorder:
                 d.end = _End(RUN_INTERRUPTED, error)
                 self._trace_unshipped(d, trace)
                 self._count_lost(d, self._record_lost(records, d.link.driver_id, error))
+
+    def _kill_silent(self, records: BinaryIO, trace: BinaryIO, now: float) -> None:
+        """Kill the drivers that sent nothing for silence_limit_s up to `now` (this round's start:
+        what came in this round is not silence); the run fails for it, as when a driver dies."""
+        for d in self.drivers:
+            if d.end is not None or now - d.heard_at <= self.silence_limit_s or d.link.conn.poll(0):
+                continue
+            error = f"{self._who(d)} stopped responding (no message for {self.silence_limit_s:g} s)"
+            self.progress.note(f"{error}; killed")
+            d.link.stop(0.0)
+            d.end = _End(RUN_FAILED, error)
+            self._trace_unshipped(d, trace)
+            self._count_lost(d, self._record_lost(records, d.link.driver_id, error))
+            self._stop_others()
 
     def _trace_unshipped(self, d: _Driver, trace: BinaryIO) -> None:
         """Driver `d` died: the dispatches it never shipped (its last tick, its write buffer) are

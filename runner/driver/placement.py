@@ -13,9 +13,20 @@ same offsets whatever N is, and a session (with its multi-turn history) never sp
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from veeksha.runner.driver.traffic import arrival_offsets
 from veeksha.runner.sessions.model import Session, SessionGenerator
+
+Position = TypeVar("Position", bound=Any)
+
+
+def owner_of(position: Position, slots: int | None, num_drivers: int) -> Position:
+    """The driver of the stream's session at `position`: written with `%` only, so the same rule
+    places one session here and judges a whole run's records (a numpy array, a polars expression) in
+    the `drivers` health check."""
+    slot = position % slots if slots else position
+    return slot % num_drivers
 
 
 class PlacedSessions:
@@ -59,5 +70,4 @@ class PlacedSessions:
 
     def owner(self, position: int) -> int:
         """The driver of the stream's session at `position`."""
-        slot = position % self.slots if self.slots else position
-        return slot % self.num_drivers
+        return owner_of(position, self.slots, self.num_drivers)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from veeksha.runner.driver.placement import owner_of
 from veeksha.runner.evaluation.quantiles import exact_quantiles
 from veeksha.runner.evaluation.rundata import RunData
 from veeksha.runner.evaluation.summary import error_code_freq, observed_session_rate, token_count_mismatch
@@ -25,6 +26,7 @@ from veeksha.shared.config import (
     HealthThresholds,
     RateTraffic,
 )
+from veeksha.shared.config_checks import session_slots
 from veeksha.shared.records import (
     CLIENT_COMPLETED_AT,
     CLIENT_PICKED_UP_AT,
@@ -46,6 +48,10 @@ PROMPT_TOLERANCE_TOKENS = 2  # a prompt is on target within max(2 tokens, 2%)
 PROMPT_TOLERANCE_FRACTION = 0.02
 WORST = 3  # offenders listed per check
 SATURATED_CPU = 0.9  # a driver using this share of its core has no time to spare
+# The drivers check compares each driver's sessions with its share of the schedule up to this long
+# before the last session sent: drivers stop a moment apart (a stop reaches each in turn, over the
+# network to Ray drivers; a session due just before the timeout may fire just after it, unsent).
+STOP_SKEW_S = 1.0
 
 
 @dataclass
@@ -375,10 +381,13 @@ def lifecycle_delays(data: RunData) -> Check:
 
 
 def drivers(data: RunData) -> Check:
-    """Each driver's own lateness (ready→dispatch p99 of the requests it sent) and CPU use (its CPU
-    seconds over the run's duration). The latest driver is the one that limits the run: the check
-    fails when its lateness p99 is over max_delay_p99_s. A driver at SATURATED_CPU or more of its
-    core is named too: it had no time to spare, and more drivers would help."""
+    """Each driver's own lateness (ready→dispatch p99 of the requests it sent), its CPU use (its CPU
+    seconds over the run's duration) and, where one schedule says what was due (driver_shares), the
+    sessions of its share it never sent. A driver that left more than min_rate_tolerance of its
+    share unsent (stopped or frozen: its lateness says nothing of what it never sent) limits the run
+    and fails the check; else the latest one limits it, and the check fails when its lateness p99 is
+    over max_delay_p99_s. A driver at SATURATED_CPU or more of its core is named too: it had no
+    time to spare, and more drivers would help."""
     name = "drivers"
     delays = (
         data.measured.lazy()
@@ -391,9 +400,11 @@ def drivers(data: RunData) -> Check:
     cpu = {e.get("driver_id"): e.get("cpu_seconds") for e in data.drivers}
     duration = data.duration_s
     groups = {key[0]: group[DISPATCH_DELAY].to_numpy() for key, group in delays.group_by("driver_id")}
-    per_driver: dict[str, Any] = {}
     # Every driver run.json lists, also one that sent no measured request (it shows as such).
-    for driver_id in sorted(set(groups) | {d for d in cpu if d is not None}):
+    ids = sorted(set(groups) | {d for d in cpu if d is not None})
+    shares = driver_shares(data, max(int(d) for d in ids) + 1)
+    per_driver: dict[str, Any] = {}
+    for driver_id in ids:
         seconds = cpu.get(driver_id)
         sent = groups.get(driver_id)
         per_driver[str(driver_id)] = {
@@ -402,15 +413,94 @@ def drivers(data: RunData) -> Check:
             "cpu_seconds": seconds,
             "cpu_utilization": seconds / duration if seconds is not None and duration else None,
         }
-    limiting = max(per_driver, key=lambda d: per_driver[d]["lateness_p99_s"] or 0.0)
-    saturated = [d for d, m in per_driver.items() if (m["cpu_utilization"] or 0.0) >= SATURATED_CPU]
+        if shares is not None:
+            due, not_sent = shares.of(int(driver_id))
+            per_driver[str(driver_id)] |= {"num_sessions_due": due, "num_sessions_not_sent": not_sent}
     bound = thresholds(data.cfg).max_delay_p99_s
-    detail = f"driver {limiting} limits the run (largest lateness p99)"
+    limits: dict[str, Any] = {"lateness_p99_s": bound}
+    short: list[str] = []  # drivers that left too much of their share unsent
+    if shares is not None:
+        limits["max_fraction_not_sent"] = tolerance = thresholds(data.cfg).min_rate_tolerance
+        short = [
+            d for d, m in per_driver.items() if m["num_sessions_not_sent"] > tolerance * m["num_sessions_due"]
+        ]
+    if shares is not None and short:  # the one that left most unsent limits the run (of equals, the first)
+        limiting = max(short, key=lambda d: per_driver[d]["num_sessions_not_sent"])
+        by = _fmt(shares.due_by_s, "s")
+        detail = "; ".join(
+            f"driver {d} did not send {per_driver[d]['num_sessions_not_sent']} of its "
+            f"{per_driver[d]['num_sessions_due']} sessions due by {by}"
+            for d in short
+        )
+        detail += f" (driver {limiting} limits the run)"
+    else:
+        limiting = max(per_driver, key=lambda d: per_driver[d]["lateness_p99_s"] or 0.0)
+        detail = f"driver {limiting} limits the run (largest lateness p99)"
+    saturated = [d for d, m in per_driver.items() if (m["cpu_utilization"] or 0.0) >= SATURATED_CPU]
     if saturated:
         detail += f"; driver {', '.join(saturated)} used >= {SATURATED_CPU:.0%} of a core (add drivers)"
     metrics = {"num_drivers": len(per_driver), "limiting_driver": int(limiting), "drivers": per_driver}
-    ok = (per_driver[limiting]["lateness_p99_s"] or 0.0) <= bound
-    return Check(name, _verdict(ok), metrics, {"lateness_p99_s": bound}, detail)
+    ok = not short and (per_driver[limiting]["lateness_p99_s"] or 0.0) <= bound
+    return Check(name, _verdict(ok), metrics, limits, detail)
+
+
+@dataclass
+class Shares:
+    """Each driver's share of the sessions due by `due_by_s`, and how many of those it never sent."""
+
+    due_by_s: float
+    due: dict[int, int]
+    not_sent: dict[int, int]
+
+    def of(self, driver_id: int) -> tuple[int, int]:
+        return self.due.get(driver_id, 0), self.not_sent.get(driver_id, 0)
+
+
+def driver_shares(data: RunData, num_drivers: int) -> Shares | None:
+    """The sessions each of `num_drivers` drivers was due to send, over the schedule up to
+    STOP_SKEW_S before the last session sent, and those it never sent; None where no one schedule
+    says what was due: other than rate traffic, a request cap (each driver stops at its own share of
+    requests, at its own point of the stream), one driver, or records that do not follow the
+    placement (a run of an older version).
+
+    Session i of the stream is due no later than session i + 1 (one arrival schedule; a timed trace
+    is sorted by time) and runs on driver placement.owner_of(i). So every
+    measured session up to the last one due by the cut-off was due, and left a record on its
+    driver: sent, or not sent but recorded (queued for a slot at the stop, cancelled after a failure)."""
+    cfg = data.cfg
+    if not isinstance(cfg.traffic_scheduler, RateTraffic) or cfg.runtime.max_requests >= 0 or num_drivers < 2:
+        return None
+    driver_id = pl.col("driver_id").cast(pl.Int64, strict=False).fill_null(0)  # none: driver 0
+    sessions = (
+        data.measured.lazy()
+        .group_by("session_id")
+        .agg(
+            driver=driver_id.min(),
+            drivers=driver_id.n_unique(),
+            due=pl.col(SCHEDULER_READY_AT).min(),  # its first requests': its arrival time
+        )
+        .collect()
+    )
+    if sessions.height == 0 or not sessions.schema["session_id"].is_integer():
+        return None
+    slots = session_slots(cfg)
+    period = slots[1] if slots is not None else None
+    owner = owner_of(pl.col("session_id"), period, num_drivers)
+    if sessions.filter((pl.col("drivers") > 1) | (pl.col("driver") != owner)).height:
+        return None
+    last_due = sessions["due"].max()
+    if last_due is None:
+        return None
+    due_by = float(last_due) - STOP_SKEW_S  # type: ignore[arg-type]  # polars stubs: an aggregate is any literal
+    last = sessions.filter(pl.col("due") <= due_by)["session_id"].max()
+    if last is None:  # nothing due that early: nothing to compare
+        return Shares(due_by, {}, {})
+    positions = np.arange(cfg.runtime.warmup_sessions, int(last) + 1)  # type: ignore[arg-type]  # polars stubs
+    owners, counts = np.unique(owner_of(positions, period, num_drivers), return_counts=True)
+    due = {int(d): int(c) for d, c in zip(owners, counts, strict=True)}
+    seen = sessions.filter(pl.col("session_id") <= last).group_by("driver").len()
+    sent = {int(d): int(n) for d, n in seen.iter_rows()}
+    return Shares(due_by, due, {d: max(0, n - sent.get(d, 0)) for d, n in due.items()})
 
 
 def error_rate(data: RunData) -> Check:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import multiprocessing
+import signal
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -88,3 +91,51 @@ def test_a_timed_replay_is_sized_by_its_trace_times(tmp_path, time_scale: float,
     sessions = {"type": "trace", "path": str(trace), "timed_replay": True, "time_scale": time_scale}
     # 1,000 requests/s (x time_scale), 400 per driver: 3 drivers, or 8 at 3,000/s.
     assert num_drivers(config(rate(1), sessions), cores=16) == drivers
+
+
+# A fresh interpreter, as veeksha-run is: multiprocessing's resource tracker is not running yet, and
+# the first Process.start() starts it. Prints the first driver's blocked-signal mask (/proc SigBlk).
+FIRST_DRIVER_MASK = """
+from pathlib import Path
+from veeksha.runner.driver.dispatcher import Placement
+from veeksha.runner.drivers import LocalDriver
+from veeksha.shared.config import BenchmarkConfig
+
+if __name__ == "__main__":
+    driver = LocalDriver(BenchmarkConfig(), Placement(0, 1))
+    driver.start()
+    status = Path(f"/proc/{driver.proc.pid}/status").read_text()  # long before its own handler
+    driver.stop(0.0)
+    print(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")))
+"""
+
+
+def test_the_first_driver_starts_with_ctrl_c_blocked() -> None:
+    # The resource tracker's start (Python 3.11) unblocked SIGINT in the parent just before the
+    # first driver was spawned: that driver began with Ctrl-C deliverable, and a terminal Ctrl-C in
+    # its first second printed its KeyboardInterrupt traceback (N=1 too).
+    out = subprocess.run(
+        [sys.executable, "-c", FIRST_DRIVER_MASK], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert int(out.strip(), 16) & (1 << (signal.SIGINT - 1)), out
+
+
+ONE_CORE_REFUSAL = """
+import os
+from veeksha.runner.drivers import check_local_drivers
+from veeksha.shared.config_loader import build_benchmark_config
+from veeksha.shared.errors import ConfigError
+
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+try:
+    check_local_drivers(build_benchmark_config({"runtime": {"num_drivers": 5}}))
+except ConfigError as e:
+    print(e)
+"""
+
+
+def test_too_many_drivers_for_one_core_is_refused_in_good_english() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", ONE_CORE_REFUSAL], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "runtime.num_drivers: 5 is not allowed on 1 core (a driver is one core;" in out, out

@@ -349,3 +349,64 @@ def test_a_driver_stuck_after_ctrl_c_is_killed_and_its_requests_recorded(tmp_pat
     assert info["status"] == "interrupted" and "did not stop after Ctrl-C; killed" in info["error"]
     records = read_jsonl(paths.request_records)
     assert sorted(r["request_id"] for r in records) == dispatched_ids(paths)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_terminal_ctrl_c_while_the_drivers_start_prints_no_traceback(tmp_path: Path, n: int) -> None:
+    # A terminal Ctrl-C reaches the whole process group, the drivers too until they leave it. The
+    # first driver began with SIGINT unblocked (the resource tracker's start unblocked it) and died
+    # with a KeyboardInterrupt traceback of about 40 lines.
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *CRASH_SLOW, "--runtime.num_drivers", str(n)],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a command
+    )
+    deadline = time.monotonic() + 30
+    while not any(map(importing, driver_pids(proc.pid))) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+
+
+def importing(pid: int) -> bool:
+    """The driver process is still in our process group with Python's own SIGINT handler set: it
+    imports, driver_main has not run yet (a SIGINT before that handler would end it silently)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        in_group = os.getpgid(pid) != pid
+    except (OSError, ProcessLookupError):
+        return False
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return in_group and bool(int(caught, 16) & (1 << (signal.SIGINT - 1)))
+
+
+def test_a_driver_frozen_past_the_end_fails_the_drivers_check_naming_it(tmp_path: Path) -> None:
+    # Stopped (SIGSTOP) mid-run and resumed after the timeout: the sessions due meanwhile were never
+    # sent, its lateness stayed low, and the check passed naming the other driver as the limit.
+    args = ["--server.type", "simulated", "--traffic_scheduler.interval_generator.arrival_rate", "20"]
+    args += ["--runtime.benchmark_timeout", "4", "--runtime.num_drivers", "2", "--output_dir", "out"]
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, *args], cwd=tmp_path, env=no_plots_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    paths = wait_for_dispatches(tmp_path, at_least=10)
+    frozen = driver_pids(proc.pid)[0]
+    os.kill(frozen, signal.SIGSTOP)
+    time.sleep(4)  # past the run's end
+    os.kill(frozen, signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+
+    records = read_jsonl(paths.request_records)
+    sent = {d: sum(1 for r in records if r["driver_id"] == d) for d in (0, 1)}
+    stopped = min(sent, key=lambda d: sent[d])
+    assert sent[stopped] < sent[1 - stopped] / 2, sent
+    health = orjson.loads(paths.health_checks_json.read_bytes())
+    (check,) = [c for c in health["checks"] if c["name"] == "drivers"]
+    assert check["result"] == "FAILED" and check["metrics"]["limiting_driver"] == stopped, check
+    assert check["detail"].startswith(f"driver {stopped} did not send "), check["detail"]

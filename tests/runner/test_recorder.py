@@ -272,3 +272,123 @@ def test_a_driver_that_died_leaves_no_requests_in_flight_on_the_live_line(
     assert result.num_lost == 2
     last = screen.getvalue().rstrip("\n").split("\r\033[K")[-1]
     assert "requests 3 sent / 1 ok / 2 failed  in flight 0" in last
+
+
+class FrozenDriver(ScriptedDriver):
+    """A driver that sends requests 0-2 (request 0 answered), then nothing more and never ends: as
+    one stopped with SIGSTOP or stuck in native code, its pipe open. Its stop kills it."""
+
+    def __init__(self, driver_id: int = 0) -> None:
+        super().__init__(driver_id, done(RUN_COMPLETED), wait_for_interrupt=False)
+        self.killed = threading.Event()
+
+    def _run(self) -> None:
+        self._send(ipc.READY, {"pid": 0})
+        self._go.wait()
+        t0 = time.perf_counter()
+        self._send(ipc.START, {"t0": t0, "pid": 0})
+        traces = [trace_line(i, t0) for i in range(3)]
+        self._send(ipc.BATCH, {"records": [answered(0, t0)], "trace": traces, "progress": {}})
+        self.killed.wait(GIVE_UP_S)
+        self._sender.close()
+
+    def alive(self) -> bool:
+        return not self.killed.is_set()
+
+    def describe_exit(self) -> str:
+        return "exit code -9"
+
+    def stop(self, wait_s: float) -> None:
+        if not self.killed.wait(wait_s):
+            self.killed.set()  # the kill
+
+
+def test_a_driver_that_stops_sending_is_killed_and_named(tmp_path: Path) -> None:
+    # A driver sends a batch every tick, idle or not. One that fell silent (SIGSTOP) kept the run
+    # waiting forever, naming nothing, at "draining N requests"; a sweep waited with it.
+    paths = RunPaths(tmp_path / "run")
+    paths.make_dirs()
+    frozen = FrozenDriver()
+    started = time.monotonic()
+
+    result = Recorder(paths, Progress(0), len, True, silence_limit_s=0.5).run([frozen])
+
+    assert frozen.killed.is_set() and time.monotonic() - started < GIVE_UP_S / 2
+    assert result.status == RUN_FAILED
+    assert "the driver process stopped responding (no message for 0.5 s)" in (result.error or "")
+    records = [orjson.loads(line) for line in paths.request_records.read_bytes().splitlines()]
+    assert sorted(r["request_id"] for r in records) == [0, 1, 2]  # records == dispatched
+    assert [r["error_type"] for r in records if r["request_id"]] == ["driver_lost"] * 2
+    assert result.num_lost == 2 and result.drivers[0]["status"] == RUN_FAILED
+
+
+class TickingDriver(ScriptedDriver):
+    """A driver with nothing to send, as a real one ticks: an empty batch every 20 ms, until it is
+    interrupted; then it ends interrupted."""
+
+    def __init__(self, driver_id: int) -> None:
+        super().__init__(driver_id, done(RUN_INTERRUPTED), wait_for_interrupt=True)
+
+    def _run(self) -> None:
+        self._send(ipc.READY, {"pid": 0})
+        self._go.wait()
+        self._send(ipc.START, {"t0": time.perf_counter(), "pid": 0})
+        deadline = time.monotonic() + GIVE_UP_S
+        while not self.interrupted.wait(0.02) and time.monotonic() < deadline:
+            self._send(ipc.BATCH, {"records": [], "trace": [], "progress": {}})
+        self._send(ipc.DONE, self._end)
+        self._sender.close()
+
+
+def test_a_silent_driver_of_two_fails_the_run_and_the_other_is_stopped(tmp_path: Path) -> None:
+    # The other one, idle but ticking, is not taken for silent.
+    paths = RunPaths(tmp_path / "run")
+    paths.make_dirs()
+    other = TickingDriver(0)
+    frozen = FrozenDriver(1)
+
+    result = Recorder(paths, Progress(0), len, True, silence_limit_s=0.5).run([other, frozen])
+
+    assert other.interrupted.is_set()
+    assert result.status == RUN_FAILED
+    assert (result.error or "").startswith("driver 1 stopped responding (no message for 0.5 s)")
+    assert [(d["status"], d["error"]) for d in result.drivers] == [
+        (RUN_INTERRUPTED, None),
+        (RUN_FAILED, "driver 1 stopped responding (no message for 0.5 s)"),
+    ]
+
+
+class NeverReady(ScriptedDriver):
+    """A driver process that never says READY (stopped with SIGSTOP while it started)."""
+
+    def __init__(self, driver_id: int) -> None:
+        super().__init__(driver_id, done(RUN_COMPLETED), wait_for_interrupt=False)
+        self.stopped = threading.Event()
+
+    def _run(self) -> None:
+        self.stopped.wait(GIVE_UP_S)
+        self._sender.close()
+
+    def stop(self, wait_s: float) -> None:
+        self.stopped.set()
+        super().stop(wait_s)
+
+
+def test_a_driver_that_does_not_start_in_time_is_named_and_the_ready_one_is_not_blamed(
+    tmp_path: Path,
+) -> None:
+    # The run said "a driver process did not start in time" and listed both drivers as
+    # interrupted, with no error.
+    paths = RunPaths(tmp_path / "run")
+    paths.make_dirs()
+    ready = ScriptedDriver(0, done(RUN_COMPLETED), wait_for_interrupt=False)
+    stuck = NeverReady(1)
+
+    result = Recorder(paths, Progress(0), len, True, start_deadline_s=0.5).run([ready, stuck])
+
+    assert result.status == RUN_FAILED and result.error == "driver 1 did not start within 0.5 s"
+    assert [(d["status"], d["error"]) for d in result.drivers] == [
+        (RUN_INTERRUPTED, None),
+        (RUN_FAILED, "driver 1 did not start within 0.5 s"),
+    ]
+    assert stuck.stopped.is_set() and not ready._go.is_set()

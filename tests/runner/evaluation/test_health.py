@@ -426,7 +426,7 @@ def test_drivers_names_the_latest_driver_and_each_ones_cpu_share():
 
 def test_drivers_fails_when_the_limiting_drivers_lateness_is_over_the_bound():
     check = health.drivers(run_data(_two_drivers(25.0)))
-    assert check.result == "FAILED" and check.thresholds == {"lateness_p99_s": 0.010}
+    assert check.result == "FAILED" and check.thresholds["lateness_p99_s"] == 0.010
     assert check.metrics["drivers"]["1"]["cpu_seconds"] is None  # no run.json entries: not known
 
 
@@ -434,6 +434,76 @@ def test_drivers_counts_records_without_a_driver_id_as_driver_0():
     """Runs written before several drivers existed: one driver, 0."""
     check = health.drivers(_data(_sessions_every(0.1)))
     assert check.result == "PASSED" and list(check.metrics["drivers"]) == ["0"]
+
+
+def _frozen_driver_0(last_of_driver_0: int, n: int = 160) -> list[dict]:
+    """Session i sent at 0.06·(i + 1) s by driver i % 2, 1 ms late on driver 0, 4 ms on driver 1;
+    driver 0 sends nothing after session `last_of_driver_0` (frozen past the run's end)."""
+    return [
+        request(
+            i,
+            sent=0.06 * (i + 1),
+            chunks=[0.06 * (i + 1) + 0.02],
+            delay=(1.0 if i % 2 == 0 else 4.0) / 1000,
+            driver_id=i % 2,
+        )
+        for i in range(n)
+        if i % 2 or i <= last_of_driver_0
+    ]
+
+
+def test_drivers_fails_naming_a_driver_that_stopped_sending_its_share():
+    # Driver 0 was frozen (SIGSTOP) from 2.1 s past the end of the run: its sessions due meanwhile
+    # were never sent, so its lateness stayed low, and the check passed naming driver 1.
+    check = health.drivers(run_data(_frozen_driver_0(34), _rate_cfg(20.0)))
+    assert check.result == "FAILED" and check.metrics["limiting_driver"] == 0
+    per = check.metrics["drivers"]
+    # Due by 8.596 s (1 s before the last session, due at 9.596 s): up to session 141, the last one
+    # recorded by then; 71 of them driver 0's, which sent 18.
+    assert per["0"]["num_sessions_due"] == 71 and per["0"]["num_sessions_not_sent"] == 53
+    assert per["1"]["num_sessions_due"] == 71 and per["1"]["num_sessions_not_sent"] == 0
+    assert check.detail.startswith("driver 0 did not send 53 of its 71 sessions due by 8.596 s"), check.detail
+    assert check.thresholds["max_fraction_not_sent"] == 0.05
+
+
+def test_drivers_passes_when_every_driver_sent_its_share_up_to_the_stop():
+    # The last second is left out: drivers stop a moment apart (a stop reaches each in turn; a
+    # session due just before the timeout may fire just after it).
+    check = health.drivers(run_data(_frozen_driver_0(150), _rate_cfg(20.0)))
+    assert check.result == "PASSED" and check.metrics["limiting_driver"] == 1
+    assert check.metrics["drivers"]["0"]["num_sessions_not_sent"] == 0
+
+
+def test_drivers_shares_follow_the_slots_of_a_session_cap():
+    # max_concurrent_sessions 3 on 2 drivers: slot s on driver s % 2, session i on slot i % 3, so
+    # driver 0 runs sessions 0, 2, 3, 5, 6, ... (two of every three).
+    cfg = BenchmarkConfig(
+        traffic_scheduler=RateTraffic(
+            interval_generator=PoissonIntervals(arrival_rate=20.0), max_concurrent_sessions=3
+        )
+    )
+    records = [
+        request(i, sent=0.06 * (i + 1), chunks=[0.06 * (i + 1) + 0.02], driver_id=(i % 3) % 2)
+        for i in range(90)
+    ]
+    check = health.drivers(run_data(records, cfg))
+    assert check.result == "PASSED", check.detail
+    per = check.metrics["drivers"]
+    assert (per["0"]["num_sessions_due"], per["1"]["num_sessions_due"]) == (49, 24)  # sessions 0..72
+    frozen = [r for r in records if r["driver_id"] == 1 or r["session_id"] < 30]
+    check = health.drivers(run_data(frozen, cfg))
+    assert check.result == "FAILED" and check.detail.startswith("driver 0 did not send 27 of its 47")
+
+
+def test_drivers_shares_are_not_judged_without_one_schedule():
+    # A request cap stops each driver at its own share of requests: at its own point of the stream.
+    capped = _rate_cfg(20.0)
+    capped = replace(capped, runtime=replace(capped.runtime, max_requests=120))
+    check = health.drivers(run_data(_frozen_driver_0(34), capped))
+    assert check.result == "PASSED" and "num_sessions_due" not in check.metrics["drivers"]["0"]
+    # Records that do not follow the placement (another version's run): nothing to compare with.
+    check = health.drivers(run_data(_frozen_driver_0(34), _rate_cfg(20.0), drivers=[*CPU, {"driver_id": 2}]))
+    assert check.result == "PASSED" and "num_sessions_due" not in check.metrics["drivers"]["0"]
 
 
 # ------------------------------------------------------------------ token counts
