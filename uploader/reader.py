@@ -305,35 +305,31 @@ def _has_slos(config: dict[str, Any]) -> bool:
     return any(isinstance(e, dict) and e.get("slos") for e in evaluators)
 
 
-def read_quantiles(
-    run_files: RunFiles, left_out: set[str] | None = None
-) -> dict[str, list[tuple[float, float]]]:
+def read_quantiles(run_files: RunFiles) -> dict[str, list[tuple[float, float]]]:
     """Every metrics/<metric>.csv with `cdf,value` columns (101 quantiles).
 
     A table cut short (an interrupted copy: no newline at its end, or fewer rows than the runner
-    writes) would log a wrong, partial curve: it is left out with a warning naming it, and its
-    relative path added to `left_out` (kept out of the artifact too). A complete table with a cell
+    writes) would log a wrong, partial curve: it is left out (RunFiles.leave_out: out of the artifact
+    too) with a warning naming it. A complete table with a cell
     that is no number still fails the directory (ContractError naming the line)."""
     out: dict[str, list[tuple[float, float]]] = {}
     for path in run_files.glob(f"{METRICS_DIR}/*.csv"):
         if path.name in (TIMESERIES_CSV, SERVER_METRICS_CSV):
             continue
-        points = _quantile_points(run_files, path, left_out)
+        points = _quantile_points(run_files, path)
         if points is not None:
             out[path.stem] = points
     return out
 
 
-def _quantile_points(
-    run_files: RunFiles, path: Path, left_out: set[str] | None
-) -> list[tuple[float, float]] | None:
+def _quantile_points(run_files: RunFiles, path: Path) -> list[tuple[float, float]] | None:
     """A quantile table's (cdf, value) points that have a value; None when the CSV is some other
     table (it still goes into the artifact) or was cut short (left out)."""
     cdf, value = DISTRIBUTION_CSV_COLUMNS
     raw = path.read_bytes()
     # Before parsing: a cut line may be a cell short, which would fail the whole directory.
     if not raw.endswith(b"\n") and (path.stem in DISTRIBUTION_METRICS or _first_cells(raw) == (cdf, value)):
-        _leave_out(run_files, path, "is cut off (no newline at its end: copy it again)", left_out)
+        run_files.leave_out(path, "is cut off (no newline at its end: copy it again)")
         return None
     header, rows = read_numeric_csv(path)
     if tuple(header[:2]) != DISTRIBUTION_CSV_COLUMNS:
@@ -341,9 +337,7 @@ def _quantile_points(
     if any(cdf not in r for r in rows):
         raise ContractError(f"{path}: a row has no cdf value")
     if len(rows) < QUANTILE_ROWS:  # cut at the end of a line
-        _leave_out(
-            run_files, path, f"is cut off ({len(rows)} of its {QUANTILE_ROWS} rows: copy it again)", left_out
-        )
+        run_files.leave_out(path, f"is cut off ({len(rows)} of its {QUANTILE_ROWS} rows: copy it again)")
         return None
     return [(float(r[cdf]), float(r[value])) for r in rows if value in r]
 
@@ -354,15 +348,7 @@ def _first_cells(raw: bytes) -> tuple[str, ...]:
     return tuple(cell.strip() for cell in line.split(",")[:2])
 
 
-def _leave_out(run_files: RunFiles, path: Path, why: str, left_out: set[str] | None) -> None:
-    """A file found unusable while read: not uploaded, as an unusable file is (RunFiles.usable)."""
-    rel = path.relative_to(run_files.root).as_posix()
-    run_files.warnings.append(f"not uploaded: {rel} {why}")
-    if left_out is not None:
-        left_out.add(rel)
-
-
-def readable_images(run_files: RunFiles, left_out: set[str] | None = None) -> list[str]:
+def readable_images(run_files: RunFiles) -> list[str]:
     """Relative paths of metrics/*.png that open as images: wandb.Image opens and loads each one
     inside the SDK session, where a broken one (cut by a copy) failed the directory after its W&B
     run existed, at every attempt. Checked here, a broken one is left out with a warning."""
@@ -374,7 +360,7 @@ def readable_images(run_files: RunFiles, left_out: set[str] | None = None) -> li
             with Image.open(path) as image:
                 image.load()  # what wandb.Image does: decodes the whole file
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            _leave_out(run_files, path, f"is not a readable image ({e})", left_out)
+            run_files.leave_out(path, f"is not a readable image ({e})")
             continue
         images.append(path.relative_to(run_files.root).as_posix())
     return images
@@ -406,10 +392,10 @@ def read_run_dir(root: Path) -> RunData:
     )
     data.timeseries = _timeseries(run_files, paths.timeseries_csv, required)
     data.server_metrics = _server_metrics(run_files, paths.server_metrics_csv)
-    left_out: set[str] = set()  # files found unusable while read: neither logged nor in the artifact
-    data.quantiles = read_quantiles(run_files, left_out)
-    data.images = readable_images(run_files, left_out)
-    data.files = [f for f in allowed_files(root, run_files) if f not in left_out]
+    # Read before the artifact's list: a file found unusable here is left out of both.
+    data.quantiles = read_quantiles(run_files)
+    data.images = readable_images(run_files)
+    data.files = allowed_files(root, run_files)
     data.warnings = run_files.warnings
     return data
 

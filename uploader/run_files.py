@@ -89,6 +89,9 @@ class RunFiles:
 
     root: Path
     warnings: list[str] = field(default_factory=list)
+    # Files found unusable once read (a table cut short, a broken image): glob no longer lists them,
+    # so they are neither logged nor put in the artifact.
+    left_out: set[str] = field(default_factory=set)
 
     def usable(self, path: Path) -> bool:
         """An existing entry the uploader may read; else False, with a warning naming it."""
@@ -108,6 +111,8 @@ class RunFiles:
             parts = path.relative_to(self.root).parts
             if parts[0] == WANDB_DIR or any(part.startswith(".") for part in parts):
                 continue
+            if self._rel(path) in self.left_out:
+                continue
             if self.usable(path):
                 found.append(path)
         return found
@@ -126,6 +131,11 @@ class RunFiles:
         if not os.path.lexists(path) or not self.usable(path):
             return None
         return path
+
+    def leave_out(self, path: Path, why: str) -> None:
+        """A file found unusable once read: not uploaded, with a warning naming it and why."""
+        self.left_out.add(self._rel(path))
+        self._warn(f"not uploaded: {self._rel(path)} {why}")
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
