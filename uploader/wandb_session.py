@@ -154,8 +154,8 @@ def open_run(spec: RunSpec) -> Iterator[Any]:
         # The SDK prints the server it logs in to, user-info and all (a proxy's password), before
         # it reads silent=True from this run's settings; its set-up reads the environment first.
         os.environ["WANDB_SILENT"] = "true"
-    # Resolved settings are shown values already (settings.shown_text); a name or group made from a
-    # directory's name is not: the SDK records what it is given, and `--sync` publishes it as is.
+    # Resolved settings (notes, tags) are shown values already (settings.shown_text); a name or group
+    # made from a directory's name is not: the SDK records what it is given, `--sync` publishes it.
     shown = shown_text(s.api_key)
     # Staging is read from the environment at each call: point it inside this directory.
     with _environ("WANDB_DATA_DIR", str(spec.root / WANDB_DIR / STAGING_DIR)):
@@ -166,8 +166,8 @@ def open_run(spec: RunSpec) -> Iterator[Any]:
                 project=s.project,
                 entity=s.entity,
                 group=shown(spec.group),
-                tags=list(dict.fromkeys(str(shown(t)) for t in spec.tags)),
-                notes=shown(s.notes),
+                tags=list(spec.tags),
+                notes=s.notes,
                 job_type=spec.job_type,
                 config=spec.config,
                 dir=str(spec.root),
