@@ -28,12 +28,10 @@ from veeksha.shared.config_checks import check_benchmark_config, uses_client_api
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.jsonio import is_utf8
 from veeksha.shared.redact import (
-    MIN_CASELESS_LEN,
-    config_secret_values,
+    known_secrets,
     may_hold_secret,
     redact_config,
     redact_params,
-    scrub_list,
 )
 from veeksha.shared.schema import admitting, build, key_for_message, mark_respelled, plain, to_dict
 from veeksha.shared.secret import Secret
@@ -763,8 +761,7 @@ def redacted_dict(cfg: BenchmarkConfig | CapacitySearchConfig) -> dict[str, Any]
 def config_secrets(cfg: BenchmarkConfig | CapacitySearchConfig) -> list[str]:
     """Every secret value of a config (its api_key, header and URL credentials, long server.env
     values, ...): what redacted_dict hides, for other text about the run (run.json's argv)."""
-    found = [*revealed_secrets(cfg), *config_secret_values(to_dict(cfg))]
-    return scrub_list([v for v in found if len(v) >= MIN_CASELESS_LEN])
+    return known_secrets(to_dict(cfg), revealed_secrets(cfg))
 
 
 def revealed_secrets(obj: Any) -> list[str]:

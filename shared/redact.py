@@ -490,7 +490,14 @@ def redact_config(tree: Any, known: Iterable[str] = ()) -> Any:
     like an Authorization header's hidden under any key, and every secret value the run knows
     (config_secret_values, and `known`: the client's key, which the tree holds as REDACTED) hidden
     wherever else it appears, whole or inside a value (`--served-key K`, a URL, a script)."""
-    return _redacted_with(tree, scrub_list(_long([*known, *config_secret_values(tree)])))
+    return _redacted_with(tree, known_secrets(tree, known))
+
+
+def known_secrets(tree: Any, known: Iterable[str] = ()) -> list[str]:
+    """The secret values to hide wherever they appear in a config tree's other values and in text
+    about its run: config_secret_values and `known`, from MIN_CASELESS_LEN characters (_long),
+    ready for scrub_text."""
+    return scrub_list(_long([*known, *config_secret_values(tree)]))
 
 
 def _long(values: list[str]) -> list[str]:
@@ -577,7 +584,7 @@ def redact_params(params: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any
     """Sweep parameters ({"server.env.TOKEN": value}, keyed by dotted config path into the run's
     raw `tree`) as the tree's redaction (redact_config) leaves them: a list item after `--api-key` in
     server.command too, which its path alone does not tell, and one equal to the run's api_key."""
-    secrets = scrub_list(_long(config_secret_values(tree)))
+    secrets = known_secrets(tree)
     cleaned = _redacted_with(tree, secrets)
     out: dict[str, Any] = {}
     for key, value in params.items():
