@@ -38,7 +38,8 @@ from veeksha.shared.paths import (
     TRACES_DIR,
     RunPaths,
 )
-from veeksha.shared.records import missing_metrics, run_finished
+from veeksha.shared.processes import is_running
+from veeksha.shared.records import PID_START_TICKS, missing_metrics, run_finished
 from veeksha.shared.redact import redact_url
 from veeksha.shared.userpath import expand_home
 from veeksha.uploader import groups
@@ -194,25 +195,13 @@ class LiveHistory:
         return client[len(self.client) :] + server[len(self.server) :]
 
 
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return True  # cannot tell: rely on the directory going quiet
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+def _runner_alive(info: dict[str, Any]) -> bool:
+    """The process run.json names (on this host) is still the benchmark's. Without a usable pid it
+    cannot be told: the directory going quiet decides instead."""
+    pid = info.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return True
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    """Exited, not yet reaped by its parent (signal 0 still reaches it): as good as gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 1 :].split()[:1] == ["Z"]
+    return is_running(pid, info.get(PID_START_TICKS))
 
 
 class Watch:
@@ -240,7 +229,7 @@ class Watch:
         if stamp != self.last_stamp:
             self.last_stamp, self.last_change = stamp, now
         if info.get("host") == socket.gethostname():
-            if _pid_alive(info.get("pid")):
+            if _runner_alive(info):
                 self.gone_since = None
             else:
                 self.gone_since = self.gone_since or now

@@ -25,7 +25,6 @@ import yaml
 from veeksha.runner.capacity_results import Attempt, judge
 from veeksha.runner.capacity_search import rounder, run_capacity_search, search_loop, with_value
 from veeksha.runner.evaluation.evaluate import NO_PLOTS_ENV
-from veeksha.runner.liveness import process_start_ticks
 from veeksha.shared.config import (
     MIN_PER_SECOND,
     BenchmarkConfig,
@@ -37,6 +36,7 @@ from veeksha.shared.config_loader import dump_config_yaml, load_written_config
 from veeksha.shared.errors import ConfigError
 from veeksha.shared.jsonio import read_json, write_json
 from veeksha.shared.paths import CAPSEARCH_ATTEMPTS_CSV, CAPSEARCH_RESULTS, RunPaths
+from veeksha.shared.processes import process_start_ticks
 from veeksha.shared.records import PID_START_TICKS
 from veeksha.shared.schema import admitting, build
 from veeksha.uploader.groups import read_capsearch

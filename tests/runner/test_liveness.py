@@ -8,7 +8,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from veeksha.runner.liveness import Owner, process_start_ticks
+from veeksha.runner.liveness import Owner
+from veeksha.shared.processes import process_start_ticks
 
 
 @pytest.mark.parametrize(

@@ -626,3 +626,46 @@ def test_a_file_rewritten_with_other_rows_is_left_to_the_final_upload(tmp_path: 
 
     assert tail.read() == []
     assert tail.replaced
+
+
+def _stat_field(pid: int, index: int) -> str:
+    """A field of /proc/<pid>/stat counted after the command name (state is 0, start time 19)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[index]
+
+
+def _judged_gone(tmp_path: Path, pid: int, **recorded: Any) -> bool:
+    """Whether the follower's watch takes the process run.json names for gone once DEAD_AFTER_S has
+    passed (the watch's clock is moved on rather than waited for)."""
+    from veeksha.uploader.follow import DEAD_AFTER_S, BenchmarkDied, Watch
+
+    watch = Watch(tmp_path)
+    info = {"status": "running", "host": socket.gethostname(), "pid": pid, **recorded}
+    watch.check_alive(info)
+    if watch.gone_since is None:
+        return False
+    watch.gone_since -= DEAD_AFTER_S
+    with pytest.raises(BenchmarkDied, match=f"pid {pid}"):
+        watch.check_alive(info)
+    return True
+
+
+def test_the_benchmark_process_is_known_by_its_pid_and_start_time(tmp_path: Path) -> None:
+    """run.json records when its process started beside its pid: a process holding that pid but
+    started at another time (the pid was given again, say in a restarted container) is not the
+    benchmark, and its follower ends instead of waiting for ever."""
+    stand_in = subprocess.Popen(["sleep", "600"])
+    try:
+        started = int(_stat_field(stand_in.pid, 19))
+        assert not _judged_gone(tmp_path, stand_in.pid, pid_start_ticks=started)
+        assert not _judged_gone(tmp_path, stand_in.pid)  # older run.json: the pid alone
+        assert _judged_gone(tmp_path, stand_in.pid, pid_start_ticks=started + 1)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
+def test_the_follower_never_takes_itself_for_the_benchmark(tmp_path: Path) -> None:
+    """A restarted container gives its first process the pid the benchmark had: when that is the
+    follower itself (or what started it), the benchmark is gone."""
+    assert _judged_gone(tmp_path, os.getpid())
+    assert _judged_gone(tmp_path, os.getppid())
