@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from veeksha.runner.evaluation.rundata import QUANTILE_GRID, Distribution
+from veeksha.shared.jsonio import naming_errors
 from veeksha.shared.records import DISTRIBUTION_FIELDS
 
 if TYPE_CHECKING:  # matplotlib itself is imported only when a plot is drawn
@@ -19,6 +20,8 @@ if TYPE_CHECKING:  # matplotlib itself is imported only when a plot is drawn
 LABELS = {f.name: (f.label, f.axis, f.unit) for f in DISTRIBUTION_FIELDS}
 MARKS = ((0.5, "p50", "#2ca02c"), (0.9, "p90", "#ff7f0e"), (0.99, "p99", "#d62728"))
 LOG_RANGE = 100.0  # log x-axis when max/min exceeds this
+# Every plot is drawn into `.<name>.png.tmp.png` beside its PNG, then renamed over it.
+TEMP_PNG_GLOB = ".*.png.tmp.png"
 
 
 def _fmt(value: float, scale: float, unit: str) -> str:
@@ -26,8 +29,18 @@ def _fmt(value: float, scale: float, unit: str) -> str:
     return f"{value * scale:.4g} {unit}"
 
 
+def remove_stale_temps(folder: Path) -> None:
+    """Temporary plots an evaluation killed while drawing (kill -9) left in `folder`: nothing else
+    removes one whose plot is not drawn again (a metric no longer plotted)."""
+    for tmp in folder.glob(TEMP_PNG_GLOB):
+        tmp.unlink(missing_ok=True)
+
+
 def plot_distributions(items: list[tuple[Path, str, Distribution]]) -> None:
-    """Write one PNG per (path, metric, distribution), reusing a single figure."""
+    """Write one PNG per (path, metric, distribution), reusing a single figure. The paths are the
+    temporaries (TEMP_PNG_GLOB) the caller renames; stale ones beside them are removed first."""
+    for folder in {path.parent for path, _, _ in items}:
+        remove_stale_temps(folder)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +65,8 @@ def plot_distributions(items: list[tuple[Path, str, Distribution]]) -> None:
                 scale, axis, shown = _display_unit(dist, axis, unit)
                 ax.set_xlabel(axis)
                 _draw(ax, dist, shown, scale)
-            fig.savefig(path, dpi=100)
+            with naming_errors(path):  # a full disk: the library's OSError names no file
+                fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
 

@@ -48,8 +48,9 @@ def format_summary(ev: Evaluation) -> str:
         rate += f" (target {_num(s['target_session_dispatch_rate'])}/s)"
     lines.append(f"  duration  {_num(s['duration_s'], 1)} s" + rate)
     goodput = ""
-    if t["goodput"] is not None:
-        goodput = f", goodput {_num(t['goodput'])} req/s ({_pct(t['slo_attainment'])} met every SLO)"
+    if t["goodput"] is not None:  # slo_attainment is a share of the successes, not of every request
+        attained = f"{_pct(t['slo_attainment'])} of successful requests met every SLO"
+        goodput = f", goodput {_num(t['goodput'])} req/s ({attained})"
     lines.append(
         f"  throughput {_num(t['request_throughput'])} req/s, {_num(t['output_token_throughput'], 1)} output "
         f"tok/s, {_num(t['total_token_throughput'], 1)} total tok/s{goodput}"

@@ -88,8 +88,10 @@ def _latencies(
     rec[TTFC] = _s(chunks[0] - sent) if chunks and sent is not None else None
     # (b - a) / _NS is _s(b - a), inline: this runs once per chunk of every request, live.
     rec[TBC] = [(b - a) / _NS for a, b in itertools.pairwise(chunks)] if chunks else None
-    # tpot needs two chunks: one chunk carrying every token (non-streaming) measures no decode speed.
-    if n_out is not None and n_out > 1 and len(chunks) > 1:
+    # tpot needs time between the first and last chunk: one chunk carrying every token
+    # (non-streaming), or chunks stamped with one time (the driver takes one time per socket read),
+    # measures no decode speed. Their gaps of 0 stay in tbc: a measured 0.
+    if n_out is not None and n_out > 1 and chunks and chunks[-1] > chunks[0]:
         rec[TPOT] = _s(chunks[-1] - chunks[0]) / (n_out - 1)
     else:
         rec[TPOT] = None
@@ -107,8 +109,10 @@ def _answer_latencies(rec: dict[str, Any], sent: int | None, raw: dict[str, Any]
     rec[TTFA] = _s(first - sent) if first is not None and sent is not None else None
     n_out, n_reasoning = rec["num_output_tokens"], rec["num_reasoning_tokens"] or 0
     n_answer = n_out - n_reasoning if n_out is not None else None
-    two_chunks = (raw.get("num_answer_chunks") or 0) > 1
-    if n_answer is not None and n_answer > 1 and two_chunks and first is not None and last is not None:
-        rec[TPOT_ANSWER] = _s(last - first) / (n_answer - 1)
+    # Like tpot: it needs answer chunks at two times (one answer chunk, or answer chunks read
+    # together, measure no decode speed).
+    spread = last - first if first is not None and last is not None else 0
+    if n_answer is not None and n_answer > 1 and spread > 0:
+        rec[TPOT_ANSWER] = _s(spread) / (n_answer - 1)
     else:
         rec[TPOT_ANSWER] = None

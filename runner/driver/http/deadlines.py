@@ -8,12 +8,19 @@ fires, each request past its deadline has its task cancelled, exactly as `asynci
 and the timer moves on to the oldest request still open. A request that ends is dropped from the
 dict; most end long before the timer fires, which is then about once per timeout.
 
+Deadlines are on perf_counter, the clock of the records' `client_picked_up_at` and
+`client_completed_at`, not on the loop's clock: uvloop's `loop.time()` is the time its pass began, in
+whole milliseconds, and its timers round to milliseconds, so a timer may fire up to a pass (or 0.5 ms)
+before its deadline. The firing timer checks perf_counter and re-arms for what remains, so a request
+times out only once `timeout_s` has passed since it started, as its record shows.
+
 The caller tells its own deadline from another cancellation (a shutdown) with `expired`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 
 
 class RequestDeadlines:
@@ -29,13 +36,14 @@ class RequestDeadlines:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a request deadline needs a running task")
-        loop = asyncio.get_running_loop()
         key = self._next_key
         self._next_key += 1
-        deadline = loop.time() + self.timeout_s
+        # Read after the caller's picked_up_at, so the deadline is never before picked_up_at + timeout_s
+        # (a stale loop.time() was). perf_counter() costs ~50 ns, get_running_loop().time() ~250.
+        deadline = perf_counter() + self.timeout_s
         self._open[key] = (deadline, task)
         if self._timer is None:
-            self._timer = loop.call_at(deadline, self._expire)
+            self._arm(deadline)
         return key
 
     def expired(self, key: int) -> bool:
@@ -58,16 +66,20 @@ class RequestDeadlines:
             self._timer.cancel()
             self._timer = None
 
+    def _arm(self, deadline: float) -> None:
+        """The timer, for a perf_counter deadline (it may fire early: `_expire` checks)."""
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(deadline - perf_counter(), self._expire)
+
     def _expire(self) -> None:
         self._timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = perf_counter()
         open_ = self._open
         while open_:
             key = next(iter(open_))
             deadline, task = open_[key]
-            if deadline > now:
-                self._timer = loop.call_at(deadline, self._expire)
+            if deadline > now:  # not yet (the oldest open one, or the timer fired early): re-arm
+                self._arm(deadline)
                 return
             del open_[key]
             self._expired.add(key)

@@ -180,3 +180,18 @@ def test_records_are_valid_json_lines(tmp_path):
     paths = write_run(tmp_path / "run", records)
     lines = paths.request_records.read_bytes().splitlines()  # an unclosed handle is a ResourceWarning
     assert all(orjson.loads(line)["request_id"] is not None for line in lines)
+
+
+def test_console_goodput_says_its_share_is_of_the_successful_requests(tmp_path):
+    # 3 successes that meet every SLO and 1 error: "100.00% met every SLO" read as if no request
+    # had failed; the share is of the successful requests only.
+    records = [request(i, sent=float(i), chunks=[i + 0.1, i + 0.2], session=i) for i in range(3)]
+    records.append(request(3, sent=3.0, chunks=[], status="error"))
+    loose = [SLOConfig(name="P99 TTFC", metric="ttfc", value=5.0, percentile=0.99)]
+    cfg = BenchmarkConfig(
+        session_generator=SyntheticSessions(session_graph=LinearGraph()),
+        evaluators=[PerformanceEvaluator(slos=loose)],
+    )
+    text = format_summary(evaluate_run(write_run(tmp_path / "run", records, cfg).root, plots=False))
+    assert "4: 3 completed, 1 errored" in text
+    assert "(100.00% of successful requests met every SLO)" in text

@@ -6,6 +6,7 @@ import pytest
 from veeksha.runner.evaluation.request_metrics import finalize_record
 from veeksha.shared.records import REQUEST_RECORD_FIELDS
 
+from ..helpers import only_run_dir, read_jsonl, run_cli
 from .factory import raw_record
 
 LATENCY = ("ttfc", "tbc", "tpot", "end_to_end_latency", "normalized_end_to_end_latency", "output_throughput")
@@ -151,3 +152,56 @@ def test_an_answer_of_one_chunk_or_none_has_no_tpot_answer():
         raw_record(client_picked_up_at=1.0, chunk_times=[1.1], client_completed_at=1.1, num_output_tokens=1)
     )
     assert only_reasoning["ttfa"] is None and only_reasoning["tpot_answer"] is None
+
+
+def test_chunks_that_share_one_time_have_no_tpot_but_keep_their_gap():
+    # The driver stamps every event of one socket read with one time: two chunks read together
+    # arrived together, so they measure no decoding speed (tpot was once 0.0, passing any SLO).
+    rec = finalize_record(
+        raw_record(
+            client_picked_up_at=1.0,
+            chunk_times=[1.5, 1.5],
+            first_answer_at=1.5,
+            last_answer_at=1.5,
+            num_answer_chunks=2,
+            client_completed_at=1.5,
+            num_output_tokens=4,
+            num_reasoning_tokens=1,
+        )
+    )
+    assert rec["tbc"] == [0.0]  # a measured gap of 0
+    assert rec["tpot"] is None and rec["tpot_answer"] is None
+    assert rec["ttfc"] == rec["ttfa"] == 0.5
+
+
+def test_tpot_spans_first_to_last_chunk_even_when_some_share_a_time():
+    rec = finalize_record(
+        raw_record(
+            client_picked_up_at=1.0,
+            chunk_times=[1.5, 1.5, 1.8],
+            first_answer_at=1.5,
+            last_answer_at=1.8,
+            num_answer_chunks=3,
+            client_completed_at=1.8,
+            num_output_tokens=4,
+        )
+    )
+    assert rec["tbc"] == [0.0, pytest.approx(0.3)]
+    assert rec["tpot"] == pytest.approx(0.3 / 3) and rec["tpot_answer"] == pytest.approx(0.3 / 3)
+
+
+def test_a_real_run_whose_chunks_come_in_one_read_records_no_tpot(tmp_path):
+    # The simulated server sends a reasoning chunk and an answer chunk back to back: one socket
+    # read, one time for both.
+    args = [
+        "--output_dir", "out", "--server.type", "simulated", "--server.tokens_per_chunk", "2",
+        "--server.reasoning_tokens", "1", "--session_generator.session_graph", "{type: single_request}",
+        "--session_generator.output_spec", "{text: {output_length_generator: {type: fixed, value: 2}}}",
+        "--traffic_scheduler.interval_generator.arrival_rate", "5", "--runtime.benchmark_timeout", "2",
+    ]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ok = [r for r in read_jsonl(only_run_dir(tmp_path / "out").request_records) if r["status"] == "success"]
+    together = [r for r in ok if r["tbc"] and not any(r["tbc"])]
+    assert together, [r["tbc"] for r in ok]
+    assert all(r["tpot"] is None and r["tpot_answer"] is None for r in together)

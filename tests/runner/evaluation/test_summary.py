@@ -73,6 +73,7 @@ def test_counts_sessions_and_rates():
     assert s["error_rate"] == pytest.approx(1 / 6) and s["cancellation_rate"] == pytest.approx(1 / 6)
     assert (s["num_sessions"], s["num_completed_sessions"]) == (4, 1)
     assert (s["num_errored_sessions"], s["num_incomplete_sessions"]) == (1, 2)
+    # Errored requests only (error, timeout): the 2 cancelled ones are in cancellation_rate.
     assert s["error_code_freq"] == {"500": 1}
     assert s["duration_s"] == 4.0  # first dispatch 1.0 → last end 5.0
     # 4 sessions started at 1.0, 1.5, 3.0, 4.0, counted from the warmup session's dispatch (0.0)
@@ -200,3 +201,14 @@ def test_a_timed_replay_of_one_session_or_no_time_span_has_no_observed_rate():
     assert observed_session_rate(run_data(one, _timed_replay()))[0] is None
     together = [request(i, sent=0.5, chunks=[0.6]) for i in range(3)]
     assert observed_session_rate(run_data(together, _timed_replay()))[0] is None
+
+
+def test_error_code_freq_counts_errors_and_timeouts_but_not_cancellations():
+    records = [
+        request(0, sent=1.0, chunks=[], status="error", http_status=503),
+        request(1, sent=1.0, chunks=[], status="timeout", http_status=None, error_type="request_timeout"),
+        request(2, sent=1.0, chunks=[], status="cancelled", http_status=None, error_type="cancelled"),
+    ]
+    s = build_summary(run_data(records))
+    assert s["error_code_freq"] == {"503": 1, "request_timeout": 1}
+    assert s["num_cancelled_requests"] == 1

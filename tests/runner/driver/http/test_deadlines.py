@@ -7,7 +7,13 @@ import asyncio
 import time
 
 import uvloop
+from veeksha.runner.driver.http.client import make_client
 from veeksha.runner.driver.http.deadlines import RequestDeadlines
+from veeksha.runner.driver.http.outcome import Outcome
+from veeksha.shared.config import ClientConfig
+from veeksha.shared.records import TIMEOUT
+
+from tests.runner.driver.http.quirk_server import QuirkServer
 
 
 async def request(deadlines: RequestDeadlines, seconds: float) -> str:
@@ -105,3 +111,30 @@ def test_one_timer_for_many_requests_and_nothing_kept_after_them() -> None:
         return armed, len(d._open) + len(d._expired)
 
     assert asyncio.run(go()) == (1, 0)
+
+
+def test_no_request_times_out_before_its_timeout_has_passed(quirks: QuirkServer) -> None:
+    # The records' times are perf_counter's; uvloop's loop.time() is the time its pass began, in
+    # whole ms. A deadline armed on it fired up to a pass early: 0.99973 s for a 1 s timeout.
+    timeout = 0.02
+    cfg = ClientConfig(api_base=quirks.base("slow_headers"), model="m", request_timeout=timeout)
+
+    async def go() -> list[Outcome]:
+        client = make_client(cfg, max_connections=40)
+
+        async def one() -> Outcome:
+            time.sleep(0.0003)  # a busy driver: the loop's clock goes stale within its pass
+            return await client.request("hi", 8)
+
+        try:
+            outcomes: list[Outcome] = []
+            for _ in range(5):
+                outcomes += await asyncio.gather(*(one() for _ in range(40)))
+            return outcomes
+        finally:
+            await client.aclose()
+
+    outcomes = uvloop.run(go())
+    assert {o.status for o in outcomes} == {TIMEOUT}
+    waited = [o.completed_at - o.picked_up_at for o in outcomes]  # type: ignore[operator]
+    assert min(waited) >= timeout, sorted(waited)[:5]
