@@ -64,6 +64,7 @@ class Attempt:
     num_completed: int = 0  # successful requests: none in every attempt means a broken set-up
     why_unknown: str | None = None
     why_failed: str | None = None
+    load_note: str | None = None  # more load than the target was applied (not a failure by itself)
 
     @property
     def verdict(self) -> str:
@@ -71,8 +72,12 @@ class Attempt:
 
     @property
     def reason(self) -> str | None:
-        """Why it did not pass (results `history[].reason`, the CSV's `reason`); None for a pass."""
-        return self.why_unknown or self.why_failed
+        """Why it did not pass, and whether it ran above its target load (results `history[].reason`,
+        the CSV's `reason`); None for a pass at its target."""
+        if self.why_unknown:
+            return self.why_unknown
+        said = [why for why in (self.why_failed, self.load_note) if why]
+        return "; ".join(said) or None
 
 
 def judge(run_dir: Path, max_error_rate: float | None) -> Attempt:
@@ -88,9 +93,10 @@ def judge(run_dir: Path, max_error_rate: float | None) -> Attempt:
     summary = summary or {}
     error_rate = summary.get("error_rate")
     completed = int(summary.get("num_completed_requests") or 0)
-    passed, why_failed = None, None
+    passed, why_failed, load_note = None, None, None
     if why_unknown is None:
-        why_failed = failure(info.get("status"), completed, slo, error_rate, max_error_rate, health or {})
+        short, load_note = load_applied(health or {})
+        why_failed = failure(info.get("status"), completed, slo, error_rate, max_error_rate, short)
         passed = why_failed is None
     return Attempt(
         iteration=int(where.get("iteration", -1)),
@@ -103,6 +109,7 @@ def judge(run_dir: Path, max_error_rate: float | None) -> Attempt:
         num_completed=completed,
         why_unknown=why_unknown,
         why_failed=why_failed,
+        load_note=load_note,
     )
 
 
@@ -149,19 +156,18 @@ def failure(
     slo: dict[str, Any] | None,
     error_rate: float | None,
     max_error_rate: float | None,
-    health: dict[str, Any],
+    load_short: str | None,
 ) -> str | None:
     """Why an attempt that can be judged fails; None when it passes. A run that failed (its server
     died at this load) or had no successful request fails. So does one whose target load was not
-    applied: its SLOs measured only the load the client managed to send (TTFC counts from the
-    client's pick-up, so sessions queued in the client are invisible to it)."""
+    applied (`load_short`, from load_applied): its SLOs measured only the load the client managed to
+    send (TTFC counts from the client's pick-up, so sessions queued in the client are invisible to it)."""
     if status not in (RUN_COMPLETED, RUN_TIMEOUT):
         return f"its run's status is {status}"
     if not completed:
         return "no request succeeded"
-    short = load_shortfall(health)
-    if short is not None:
-        return short
+    if load_short is not None:
+        return load_short
     if slo is not None and slo.get("all_slos_met") is not True:
         return _slos_missed(slo)
     if max_error_rate is not None and (error_rate is None or error_rate > max_error_rate):
@@ -179,9 +185,11 @@ def _slos_missed(slo: dict[str, Any]) -> str:
     return f"SLO not met: {', '.join(missed)}" if missed else "its SLOs were not all met"
 
 
-def load_shortfall(health: dict[str, Any]) -> str | None:
-    """Why the attempt's target load was not applied, from its health checks; None when it was (or
-    the check did not apply: SKIPPED)."""
+def load_applied(health: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(why the attempt's target load was not applied, a note that more than it was), from its health
+    checks; (None, None) when the load check passed or did not apply (SKIPPED). A failed check is a
+    shortfall only when less load than the target was applied: more does not fail an attempt by itself
+    (if the SLOs held under more load, they hold at the target); its reason says so all the same."""
     checks = health.get("checks")
     for check in checks if isinstance(checks, list) else []:
         if not isinstance(check, dict) or check.get("result") != HEALTH_FAILED:
@@ -189,30 +197,36 @@ def load_shortfall(health: dict[str, Any]) -> str | None:
         metrics = check.get("metrics")
         metrics = metrics if isinstance(metrics, dict) else {}
         if check.get("name") == RATE_CHECK:
-            return _rate_shortfall(metrics, str(check.get("detail") or ""))
+            return _rate_applied(metrics, str(check.get("detail") or ""))
         if check.get("name") == CONCURRENCY_CHECK:
-            return _concurrency_shortfall(metrics)
-    return None
+            return _concurrency_applied(metrics)
+    return None, None
 
 
-def _rate_shortfall(metrics: dict[str, Any], detail: str) -> str:
+def _rate_applied(metrics: dict[str, Any], detail: str) -> tuple[str | None, str | None]:
     rate, target = _number(metrics, "observed_rate_per_s"), _number(metrics, "target_rate_per_s")
     said = f"; {detail}" if detail else ""
     if rate is None or target is None:
-        return f"target load not reached: {RATE_CHECK} failed{said}"
-    return f"target load not reached: session rate {rate:.2f}/s of the {target:g}/s target{said}"
+        return f"target load not reached: {RATE_CHECK} failed{said}", None
+    if rate > target:  # (a short window of Poisson arrivals: 3.94/s observed at a 2/s target)
+        return None, f"load above target: {rate:.2f}/s for the {target:g}/s target{said}"
+    return f"target load not reached: session rate {rate:.2f}/s of the {target:g}/s target{said}", None
 
 
-def _concurrency_shortfall(metrics: dict[str, Any]) -> str:
+def _concurrency_applied(metrics: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The check fails when the mean strays from the target or the peak exceeds it. A mean at or
+    above the target is more load than asked (the peak is above it then): a note. A mean below it is
+    a shortfall; with a peak above the target, the sessions came and went, not the load asked for."""
     mean, peak = _number(metrics, "mean_concurrent_sessions"), _number(metrics, "max_concurrent_sessions")
     target = _number(metrics, "target_concurrent_sessions")
     if mean is None or peak is None or target is None:
-        return f"target load not reached: {CONCURRENCY_CHECK} failed"
+        return f"target load not reached: {CONCURRENCY_CHECK} failed", None
     on_average = f"{mean:.3g} concurrent sessions on average"
-    if mean < target:
-        return f"target load not reached: {on_average} of the {target:g} targeted"
-    # (Above the target, at the peak or on average: not the load asked for either.)
-    return f"target load not held: {on_average}, up to {peak:g}, for the {target:g} targeted"
+    if mean >= target:
+        return None, f"load above target: {on_average}, up to {peak:g}, for the {target:g} targeted"
+    if peak > target:
+        return f"target load not held: {on_average}, up to {peak:g}, for the {target:g} targeted", None
+    return f"target load not reached: {on_average} of the {target:g} targeted", None
 
 
 def _number(metrics: dict[str, Any], key: str) -> float | None:
@@ -277,7 +291,7 @@ def write_results(root: Path, header: dict[str, Any], history: list[Attempt]) ->
                 "run_dir": a.run_dir,
                 "status": a.status,
                 "error_rate": a.error_rate,
-                "reason": a.reason,  # why it failed or has no verdict; null for a pass
+                "reason": a.reason,  # why it failed or has no verdict, or ran above its target; else null
                 "slo_results": a.slo_results,
             }
             for a in history

@@ -17,6 +17,11 @@ What the spec leaves open, decided here (docs/capacity-search.md says it for use
   A client that queued sessions (max_concurrent_sessions, a saturated driver) sent less than asked,
   and TTFC, counted from the client's pick-up, does not see that wait: such attempts passed, and the
   search reported max_value. Each attempt's `reason` says why it failed (or has no verdict).
+- More load than the target does not fail an attempt by itself (if its SLOs held under more, they hold
+  at the target): a short Poisson attempt sent 3.94 sessions/s at a 2/s target, failed, and the search
+  reported a capacity below start_value. Its `reason` notes it ("load above target: ..."). A
+  concurrency attempt fails on its load only with fewer sessions in flight than the target on average
+  (with a peak above the target too: "target load not held").
 - The search cannot steer on an unknown verdict: it stops there (status `failed`, stop_reason
   `evaluation_failed`, exit 1) and says to run `veeksha-run evaluate` on the attempt. It is not
   resumed: `evaluate` re-judges that attempt and rewrites the search's results and attempts CSV.
@@ -90,7 +95,7 @@ from veeksha.shared.config_loader import (
     load_capacity_search,
 )
 from veeksha.shared.errors import ConfigError
-from veeksha.shared.jsonio import write_atomic
+from veeksha.shared.jsonio import require_folder, write_atomic
 from veeksha.shared.paths import (
     CAPSEARCH_ATTEMPTS_CSV,
     CAPSEARCH_DIR_PREFIX,
@@ -300,6 +305,7 @@ class SearchRun:
     def __init__(self, search: CapacitySearchConfig, knob: str) -> None:
         self.search, self.knob = search, knob
         self.root = make_unique_dir(Path(search.output_dir), f"{CAPSEARCH_DIR_PREFIX}{stamp(utc_now())}")
+        (self.root / CAPSEARCH_RUNS_DIR).mkdir()
         write_atomic(self.root / CONFIG_YML, dump_config_yaml(search))
         self.header = results_header(uuid.uuid4().hex, search, knob)
         self.tried: list[float] = []
@@ -322,6 +328,8 @@ class SearchRun:
         info = {"id": self.header["id"], "iteration": len(self.tried), "knob": self.knob, "value": value}
         self.tried.append(value)
         runs_dir = self.root / CAPSEARCH_RUNS_DIR
+        # Moved or deleted since the last attempt: the run would make it again, a search of one attempt.
+        require_folder(runs_dir)
         cfg = with_value(self.search.benchmark_config, value)
         # Each attempt its own sessions (seed + iteration, so the search stays reproducible): with one
         # seed every attempt sent the same prompts, and a server's prefix cache answered the later ones.
@@ -330,7 +338,8 @@ class SearchRun:
         a = judge(result.run_dir, self.search.max_error_rate)
         interrupted = result.status == RUN_INTERRUPTED
         shown = "INTERRUPTED" if interrupted else "NO VERDICT" if a.passed is None else a.verdict.upper()
-        why = f" ({a.why_failed})" if a.why_failed else ""  # (no verdict: said below, with what to do)
+        # (No verdict: said below, with what to do.)
+        why = f" ({a.reason})" if a.reason and a.passed is not None else ""
         print(f"veeksha: attempt {a.iteration}: {self.knob}={value} → {shown}{why}")
         self.write()
         if interrupted:

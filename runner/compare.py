@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from veeksha.runner.compare_plots import plot_cdfs, plot_timeseries, read_curves, shown
-from veeksha.runner.run_dir import check_output_dir
+from veeksha.runner.run_dir import absolute, check_output_dir
 from veeksha.shared.errors import ContractError, UsageError
 from veeksha.shared.jsonio import read_json, write_atomic
-from veeksha.shared.paths import CAPSEARCH_RESULTS, SWEEP_MANIFEST, RunPaths
+from veeksha.shared.paths import SWEEP_MANIFEST, RunPaths
 from veeksha.shared.records import (
     CONTRACT_VERSION,
     EVALUATION_ERROR,
@@ -87,14 +87,8 @@ def compare(dirs: list[Path], output_dir: Path) -> str:
 def check_compare_output_dir(output_dir: Path) -> None:
     """Exit 2 before anything is read or written, as a run's output_dir does: OUT (or the nearest
     part of its path that exists) is a file or cannot be written, or it holds veeksha-run's results."""
-    check_output_dir(output_dir, key="--output_dir")
-    made_by = _made_by_veeksha(output_dir)
-    if made_by is not None:
-        raise UsageError(
-            f"--output_dir {output_dir} is {made_by}; the comparison's files would mix with its own: "
-            "choose a new directory, e.g. --output_dir comparison"
-        )
-    _try_writing(output_dir)  # (not inside a run's directory: refused above)
+    check_output_dir(output_dir, key="--output_dir")  # refuses a veeksha-run directory, or one inside a run's
+    _try_writing(output_dir)
 
 
 def _try_writing(output_dir: Path) -> None:
@@ -114,21 +108,6 @@ def _try_writing(output_dir: Path) -> None:
         raise UsageError(
             f"--output_dir {output_dir} {what} ({e.strerror or e}); choose another --output_dir"
         ) from None
-
-
-def _made_by_veeksha(output_dir: Path) -> str | None:
-    """What veeksha-run directory `output_dir` is or lies in (a run's), or None."""
-    if (output_dir / SWEEP_MANIFEST).exists():
-        return "a sweep directory"
-    if (output_dir / CAPSEARCH_RESULTS).exists():
-        return "a capacity search directory"
-    # A relative path's parents stop at the current directory; and `run/../cmp` is not inside `run`.
-    whole = _absolute(output_dir)
-    for folder in (whole, *whole.parents):
-        paths = RunPaths(folder)
-        if paths.run_json.exists() or paths.request_records.exists():
-            return "a run directory" if folder == whole else f"inside the run directory {folder}"
-    return None
 
 
 # ------------------------------------------------------------------ inputs
@@ -297,20 +276,15 @@ def _labels(roots: list[Path]) -> list[str]:
     for root in roots:
         label = _name(root)
         while label in labels:
-            label = f"{_name(_absolute(root).parent)}/{label}"
+            label = f"{_name(absolute(root).parent)}/{label}"
         labels.append(label)
     return labels
 
 
 def _name(directory: Path) -> str:
     """The directory's own name, also when given as `.` or `..` (whose Path name is "" or "..")."""
-    whole = _absolute(directory)
+    whole = absolute(directory)
     return whole.name or str(whole)
-
-
-def _absolute(directory: Path) -> Path:
-    # Not resolve(): a run given through a symbolic link keeps the link's name.
-    return Path(os.path.abspath(directory))
 
 
 # ------------------------------------------------------------------ the table

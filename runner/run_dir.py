@@ -17,7 +17,13 @@ from veeksha.shared.config import BenchmarkConfig
 from veeksha.shared.config_loader import config_secrets, config_sha256, dump_config_yaml
 from veeksha.shared.errors import ConfigError, OutputError
 from veeksha.shared.jsonio import write_atomic, write_json
-from veeksha.shared.paths import RunPaths
+from veeksha.shared.paths import (
+    CAPSEARCH_DIR_PREFIX,
+    CAPSEARCH_RESULTS,
+    SWEEP_DIR_PREFIX,
+    SWEEP_MANIFEST,
+    RunPaths,
+)
 from veeksha.shared.records import CONTRACT_VERSION, EVALUATION_ERROR, RUN_RUNNING
 from veeksha.shared.redact import redact_argv, scrub_text
 
@@ -34,17 +40,33 @@ def stamp(t: dt.datetime) -> str:
     return t.strftime("%Y%m%d-%H%M%S")
 
 
+# make_unique_dir's tries at a free name: `name`, then `name-2` ... `name-{UNIQUE_TRIES}`.
+UNIQUE_TRIES = 9_999
+NAME_MAX_FALLBACK = 255  # (bytes) when the filesystem does not say
+
+
+def run_dir_name(started: dt.datetime, digest: str) -> str:
+    return f"{stamp(started)}-{digest[:8]}"
+
+
+def longest_added_name() -> str:
+    """The longest folder name the runner makes in an output_dir: a run's, a sweep's or a capacity
+    search's, with make_unique_dir's suffix."""
+    now = utc_now()
+    names = (
+        run_dir_name(now, "0" * 8),
+        f"{SWEEP_DIR_PREFIX}{stamp(now)}",
+        f"{CAPSEARCH_DIR_PREFIX}{stamp(now)}",
+    )
+    return f"{max(names, key=len)}-{UNIQUE_TRIES}"
+
+
 def check_output_dir(directory: Path, key: str = "output_dir") -> None:
     """A config error, before anything is made, when runs could not be written under `directory`:
-    it, or the nearest part of its path that exists, is not a directory we may write into."""
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        if existing.is_symlink():  # mkdir would fail on it ("File exists") once a server ran
-            raise ConfigError(
-                f"config error at {key}: {existing} is a link to {os.readlink(existing)}, which does "
-                f"not exist; create that directory or choose another {key}"
-            )
-        existing = existing.parent
+    it, or the nearest part of its path that exists, is not a directory we may write into; a name in
+    its path is too long; or it is (or lies in) a directory veeksha-run made (made_by_veeksha)."""
+    existing = nearest_existing(directory, key)
+    check_name_lengths(directory, existing, key)
     if not existing.is_dir():
         what = "is" if existing == directory else f"cannot be made: {existing} is"
         raise ConfigError(f"config error at {key}: {directory} {what} not a directory; choose another {key}")
@@ -53,6 +75,94 @@ def check_output_dir(directory: Path, key: str = "output_dir") -> None:
             f"config error at {key}: {directory} cannot be written (no write permission on {existing}); "
             f"choose another {key}"
         )
+    made_by = made_by_veeksha(directory)
+    if made_by is not None:  # its runs would be found by no `veeksha-upload --recursive` of the tree
+        raise ConfigError(
+            f"config error at {key}: {directory} is {made_by}, whose files are veeksha-run's own; "
+            f"choose another {key}, outside it"
+        )
+
+
+def nearest_existing(directory: Path, key: str) -> Path:
+    """`directory`, or the nearest of its parents that exists. os.path, not Path: Path.exists raises
+    on a name too long (ENAMETOOLONG), which check_name_lengths says in a line of its own."""
+    existing = directory
+    while not os.path.exists(existing) and existing != existing.parent:
+        if os.path.islink(existing):  # mkdir would fail on it ("File exists") once a server ran
+            raise ConfigError(
+                f"config error at {key}: {existing} is a link to {os.readlink(existing)}, which does "
+                f"not exist; create that directory or choose another {key}"
+            )
+        existing = existing.parent
+    return existing
+
+
+def check_name_lengths(directory: Path, existing: Path, key: str) -> None:
+    """Each name in the path, and the folder the runner adds, within the filesystem's limit on a
+    name (bytes, not characters: 'é' is two): else the run failed once its server was up, with
+    "[Errno 36] File name too long" (exit 1) and the folders above that name made for nothing."""
+    limit = name_max(existing)
+    added = longest_added_name()
+    for name in (*directory.parts, added):
+        size = _bytes(name)
+        if size <= limit:
+            continue
+        shown = name if len(name) <= 24 else f"{name[:20]}..."
+        if name == added:
+            raise ConfigError(
+                f"config error at {key}: the folders veeksha-run makes in {directory} (e.g. {name}, "
+                f"{size} bytes) are longer than the {limit} bytes a name may have there; choose another {key}"
+            )
+        raise ConfigError(
+            f"config error at {key}: the folder name {shown!r} in it is {size} bytes ({len(name)} "
+            f"characters), more than the {limit} bytes a name may have; choose a shorter {key}"
+        )
+
+
+def _bytes(name: str) -> int:
+    """The length of `name` as the filesystem takes it (a name from argv keeps its undecodable bytes)."""
+    try:
+        return len(os.fsencode(name))
+    except UnicodeEncodeError:  # a lone surrogate from YAML: no file can be named so, refused when loaded
+        return 0
+
+
+def name_max(existing: Path) -> int:
+    """The longest file name (bytes) the filesystem holding `existing` takes."""
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX_FALLBACK
+
+
+def made_by_veeksha(directory: Path) -> str | None:
+    """What veeksha-run directory `directory` is or lies in (a run's), or None: a run's output_dir or
+    compare's --output_dir there would mix its files with veeksha-run's own, and a run written inside
+    another is found by no `veeksha-upload --recursive` (the walk stops at the first run directory)."""
+    if (directory / SWEEP_MANIFEST).exists():
+        return "a sweep directory"
+    if (directory / CAPSEARCH_RESULTS).exists():
+        return "a capacity search directory"
+    run = run_dir_around(directory)
+    if run is None:
+        return None
+    return "a run directory" if run == absolute(directory) else f"inside the run directory {run}"
+
+
+def run_dir_around(directory: Path) -> Path | None:
+    """The run directory `directory` is or lies in (absolute), or None. A relative path's parents stop
+    at the current directory, and `run/../cmp` is not inside `run`: its absolute path is walked."""
+    whole = absolute(directory)
+    for folder in (whole, *whole.parents):
+        paths = RunPaths(folder)
+        if paths.run_json.exists() or paths.request_records.exists():
+            return folder
+    return None
+
+
+def absolute(directory: Path) -> Path:
+    # Not resolve(): a run given through a symbolic link keeps the link's name.
+    return Path(os.path.abspath(directory))
 
 
 def ensure_writable(directory: Path) -> None:
@@ -70,7 +180,7 @@ def ensure_writable(directory: Path) -> None:
 def make_unique_dir(parent: Path, name: str) -> Path:
     """`parent/name`, or `name-2`, `name-3`, ... when taken (mkdir is the atomic claim)."""
     parent.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 10_000):
+    for n in range(1, UNIQUE_TRIES + 1):
         candidate = parent / (name if n == 1 else f"{name}-{n}")
         try:
             candidate.mkdir()
@@ -94,7 +204,7 @@ class RunDir:
     ) -> None:
         started = utc_now()
         digest = config_sha256(cfg)
-        self.paths = RunPaths(make_unique_dir(parent, f"{stamp(started)}-{digest[:8]}"))
+        self.paths = RunPaths(make_unique_dir(parent, run_dir_name(started, digest)))
         self.paths.make_dirs()
         write_atomic(self.paths.config_yml, dump_config_yaml(cfg))
         self.info: dict[str, Any] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -34,24 +35,63 @@ def is_utf8(text: str) -> bool:
 
 @contextmanager
 def naming_errors(path: Path | str) -> Iterator[None]:
-    """A failed write (disk full) names its file: errors from write() and flush() carry no name."""
+    """A failed write (disk full) names its file: errors from write() and flush() carry no name. One
+    whose folder is gone (moved or deleted mid-run) says so: "No such file or directory" alone reads as
+    if the file being written were what is missing."""
     try:
         yield
     except OSError as e:
         if e.filename is None:
             e.filename = str(path)
+        _say_if_gone(e, Path(path).parent)
         raise
 
 
+def _say_if_gone(e: OSError, folder: Path) -> None:
+    if e.errno == errno.ENOENT and (gone := gone_folder(folder)) is not None:
+        e.strerror = f"{e.strerror} ({gone} was moved or deleted while in use)"
+
+
+def gone_folder(folder: Path) -> Path | None:
+    """The outermost of `folder` and its parents that no longer exists, or None when it is there."""
+    gone = None
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        gone = candidate
+    return gone
+
+
+def require_folder(folder: Path) -> None:
+    """Raise what a write into `folder` would, when it is gone: for a caller about to hand it to code
+    that makes a missing folder (a run's parent directory), which would make it again, empty."""
+    if not folder.is_dir():
+        e = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(folder))
+        _say_if_gone(e, folder)
+        raise e
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write via temp file + rename so a reader never sees a half-written file."""
+    """Write via temp file + rename so a reader never sees a half-written file. The folder must exist:
+    a run's files never make their run directory again (one moved or deleted mid-run came back holding
+    only run.json, which neither `evaluate` nor an upload could read); whoever makes a folder makes it
+    first (RunPaths.make_dirs, run_dir.make_unique_dir)."""
     if isinstance(data, str):
         data = data.encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_via_temp(path, data)
+    except OSError as e:
+        # Named by the file being written, not its temporary name (OSError picks the subclass).
+        named = OSError(e.errno, e.strerror, str(path))
+        _say_if_gone(named, path.parent)
+        raise named from e
+
+
+def _write_via_temp(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600 files; outputs get the user's usual mode
-        with naming_errors(path), os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:

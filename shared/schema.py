@@ -86,13 +86,21 @@ def spec(
     return dataclasses.field(default=default, metadata=meta)
 
 
+# Text that may be a URL, whose user-info, query or fragment may hold a credential: a scheme, an `@`,
+# or a `?name=` / `#name=` (a token in a query or a fragment). Other text is shown as written: cut at
+# its `#` as a URL is, `--runtime.max_sessions '5 # five'` was said to be '5 '.
+_URL_LIKE = re.compile(r"://|@|[?#][^\s=]*=")
+
+
 def _fail(path: str, value: Any, allowed: str) -> ConfigError:
     if may_hold_secret(path):  # a header, a command line, an environment: say where, never what
         shown = "its value (not shown: it may hold a secret)"
     elif isinstance(value, dict | list):
         shown = type(value).__name__
+    elif isinstance(value, str) and _URL_LIKE.search(value):
+        shown = repr(url_for_message(value))
     else:
-        shown = repr(url_for_message(value) if isinstance(value, str) else value)
+        shown = repr(value)
     if len(shown) > 200:  # a 3000-digit number stays a readable one-line error
         shown = f"{shown[:60]}... ({len(shown)} characters)"
     return ConfigError(f"config error at {path or '<root>'}: {shown} is not allowed; {allowed}")
@@ -202,11 +210,9 @@ def build(cls: type[T], data: Any, path: str = "") -> T:
     for key in data:
         _check_key(path, key, data[key])
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
                 f"config error at {_join(path, key)}: unknown key; allowed keys: "
-                f"{', '.join(sorted(fields))}{hint}"
+                f"{', '.join(sorted(fields))}{_unknown_key_hint(str(key), path, fields, hints)}"
             )
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
@@ -222,6 +228,23 @@ def build(cls: type[T], data: Any, path: str = "") -> T:
         check = getattr(obj, check_name, None)
         _report(check() if check is not None else None, path, fields)
     return obj
+
+
+def _unknown_key_hint(
+    key: str, path: str, fields: dict[str, dataclasses.Field[Any]], hints: dict[str, Any]
+) -> str:
+    """A key of one section only, written a level too high (`wandb:` at the top of a capacity search,
+    whose benchmark config holds it): that section's key, in full. Else a near spelling, if any."""
+    homes = [name for name, f in fields.items() if key in _section_keys(hints[name], f.metadata)]
+    if len(homes) == 1:  # (`type`, a key of many sections, names none)
+        return f"; did you mean '{_join(path, homes[0])}.{key}'?"
+    return _did_you_mean(key, list(fields))
+
+
+def _section_keys(tp: Any, meta: typing.Mapping[str, Any]) -> set[str]:
+    """The keys a field's mapping takes (every variant's), or none for a value or a list."""
+    classes = list((meta.get("variants") or {}).values()) or [_is_optional(tp)[1]]
+    return {f.name for c in classes if dataclasses.is_dataclass(c) for f in dataclasses.fields(c) if f.init}
 
 
 def _report(problem: str | None, path: str, fields: dict[str, dataclasses.Field[Any]]) -> None:

@@ -267,6 +267,35 @@ def test_capacity_search_config_wraps_a_benchmark_config(tmp_path: Path) -> None
         load_capacity_search(write(tmp_path, "benchmark_config: {runtime: {max_sesions: 3}}"))
 
 
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        # The benchmark's own section, written at the top of the search: no pointer said where it goes.
+        ("{wandb: {enabled: true}, benchmark_config: {}}", "; did you mean 'benchmark_config.wandb'?"),
+        ("{seed: 7, benchmark_config: {}}", "; did you mean 'benchmark_config.seed'?"),
+        # A level deeper, the full path of the key's one section.
+        (
+            "benchmark_config: {benchmark_timeout: 3}",
+            "; did you mean 'benchmark_config.runtime.benchmark_timeout'?",
+        ),
+        # A near spelling of a key of its own mapping still comes first when no section holds the key.
+        ("{max_iteration: 3, benchmark_config: {}}", "; did you mean 'max_iterations'?"),
+    ],
+)
+def test_an_unknown_key_of_a_section_below_says_where_it_goes(tmp_path: Path, text: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_capacity_search(write(tmp_path, text))
+    assert "unknown key; allowed keys: " in str(e.value) and str(e.value).endswith(hint), str(e.value)
+
+
+def test_an_unknown_key_held_by_several_sections_names_none(tmp_path: Path) -> None:
+    # `type` is a key of server, client, traffic_scheduler...: any one named would be a guess.
+    with pytest.raises(ConfigError) as e:
+        load_benchmark_runs(write(tmp_path, "type: rate"))
+    assert str(e.value).startswith("config error at type: unknown key; allowed keys: client, ")
+    assert "did you mean" not in str(e.value)
+
+
 def test_json_schema_describes_every_top_level_section() -> None:
     schema = json_schema(BenchmarkConfig)
     assert set(schema["properties"]) == {

@@ -60,10 +60,29 @@ def test_an_api_key_with_a_hash_is_the_key_as_typed(text: str) -> None:
 
 
 def test_a_number_flag_with_a_comment_is_refused_as_text() -> None:
-    """Not the 5 before the `#`: the value typed is not a number. (A message shows text only up to a
-    `#`, as it shows a URL: what follows may be a secret.)"""
-    with pytest.raises(ConfigError, match=r"runtime\.max_sessions: '5 ' is not allowed; expected an integer"):
+    """Not the 5 before the `#`: the value typed is not a number, and the error shows it as typed (it
+    showed '5 ', cut at the `#` as a URL is)."""
+    with pytest.raises(ConfigError) as e:
         with_flags(("runtime.max_sessions", "5 # five"))
+    assert str(e.value) == (
+        "config error at runtime.max_sessions: '5 # five' is not allowed; expected an integer >= -1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("PR #12 ok", "'PR #12 ok'"),
+        ("http://u:SEKRET@host/v1", "'http://<redacted>@host/v1'"),
+        ("localhost:8000/v1?token=SEKRET", "'localhost:8000/v1?<redacted>'"),
+        ("host/cb#access_token=SEKRET", "'host/cb'"),
+    ],
+)
+def test_a_bad_value_is_shown_as_typed_unless_it_may_be_a_url_holding_a_secret(text: str, shown: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        with_flags(("runtime.max_sessions", text))
+    line = str(e.value)
+    assert line.startswith(f"config error at runtime.max_sessions: {shown} is not allowed"), line
 
 
 def test_yaml_in_a_flag_keeps_its_comments() -> None:
