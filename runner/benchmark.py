@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -44,15 +44,11 @@ from veeksha.shared.config import BenchmarkConfig, ClientConfig, run_server
 from veeksha.shared.config_checks import uses_client_api_base
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
 from veeksha.shared.errors import ConfigError, OutputError
-from veeksha.shared.jsonio import write_atomic, write_json
 from veeksha.shared.paths import SERVER_LOG, RunPaths
-from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RUN_TIMEOUT
+from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RUN_TIMEOUT, SERVER_EXIT
 from veeksha.shared.redact import redact_url, scrub_text
 from veeksha.shared.wandb_env import check_env as check_wandb_env
 from veeksha.shared.wandb_env import env_mode
-
-if TYPE_CHECKING:  # (evaluation, and polars with it, is imported once a run has records)
-    from veeksha.runner.evaluation.evaluate import Evaluation
 
 DRIVER_EXIT_WAIT_S = 10.0
 # The live W&B run (`veeksha-upload --follow`): the runner waits for the follower its own deadline
@@ -129,7 +125,7 @@ def _upload_result(cfg: BenchmarkConfig, result: RunResult, follower: subprocess
     if result.evaluation_failed:  # no metrics to upload: the follower leaves its W&B run resumable
         if follower is not None:
             end_follower(follower)
-        if cfg.wandb.enabled:
+        if cfg.wandb.enabled and wandb_disabled_by(cfg) is None:
             print(
                 f"veeksha: not uploaded (no metrics): `veeksha-run evaluate {result.run_dir}`, "
                 f"then `veeksha-upload {result.run_dir}`",
@@ -139,7 +135,7 @@ def _upload_result(cfg: BenchmarkConfig, result: RunResult, follower: subprocess
     elif follower is not None:
         result.upload_failed = not wait_for_follower(follower, result.run_dir)
     elif cfg.wandb.enabled:
-        result.upload_failed = not upload(result.run_dir)
+        result.upload_failed = not upload(result.run_dir, cfg)
 
 
 # A write failing with one of these: the disk (or the user's quota, or the file size limit) is full.
@@ -251,6 +247,16 @@ def wandb_mode(cfg: BenchmarkConfig) -> str:
     return env_mode(os.environ) or cfg.wandb.mode or "online"
 
 
+def wandb_disabled_by(cfg: BenchmarkConfig | None) -> str | None:
+    """What disables the upload, as the uploader resolves its mode (wandb_mode): the environment, or
+    `cfg`'s wandb.mode; None when nothing does (or only a config not given here could)."""
+    if env_mode(os.environ) == "disabled":
+        return "WANDB_MODE=disabled" if os.environ.get("WANDB_MODE") == "disabled" else "WANDB_DISABLED"
+    if cfg is not None and wandb_mode(cfg) == "disabled":
+        return "wandb.mode: disabled"
+    return None
+
+
 def _server_api_base(cfg: BenchmarkConfig, launched: str | None) -> str | None:
     """The launched server's URL when requests go there (config_checks.uses_client_api_base)."""
     return None if uses_client_api_base(cfg) else launched
@@ -316,6 +322,8 @@ def _record_and_evaluate(
             status = RUN_FAILED if status in (RUN_COMPLETED, RUN_TIMEOUT) else status
             error = error if error and exited in error else f"{error}; {exited}" if error else exited
         run.info["stop_reason"] = recording.stop_reason if status == RUN_COMPLETED else None
+        # What every evaluation (this one and `veeksha-run evaluate`'s) makes the `server` check of.
+        run.info[SERVER_EXIT] = server_exit(server, exited)
         run.info["driver"] = {
             "cpu_seconds": recording.driver_cpu_seconds,
             "num_records": recording.num_records,
@@ -338,8 +346,6 @@ def _record_and_evaluate(
         from veeksha.runner.evaluation.report import format_summary
 
         evaluation = evaluate_run(run.root)
-        if exited is not None:
-            add_server_check(run.paths, evaluation, exited)
         result.all_slos_met = evaluation.all_slos_met
         result.all_health_passed = evaluation.all_health_passed
         result.all_failed = evaluation.all_failed is not None
@@ -363,22 +369,11 @@ def _record_and_evaluate(
     return result
 
 
-def add_server_check(paths: RunPaths, evaluation: Evaluation, exited: str) -> None:
-    """A failed `server` check in the health files (and in `evaluation`, which the summary prints):
-    the server exited during the run, when and how (ServerHandle.exited_early). Written by the run
-    itself: a later `veeksha-run evaluate` rebuilds the checks from the records alone (run.json's
-    error still says it)."""
-    from veeksha.runner.evaluation.health import FAILED, Check, format_health_text, health_json
-
-    checks = [Check(**c) for c in evaluation.health["checks"] if c["name"] != SERVER_CHECK]
-    checks.append(Check(SERVER_CHECK, FAILED, detail=exited))
-    evaluation.health = health_json(checks)
-    evaluation.all_health_passed = evaluation.health["all_passed"]
-    write_json(paths.health_checks_json, evaluation.health)
-    write_atomic(paths.health_check_txt, format_health_text(checks))
-
-
-SERVER_CHECK = "server"
+def server_exit(server: ServerHandle | None, exited: str | None) -> dict[str, Any] | None:
+    """run.json's server_exit: how the launched server exited during the run, None when it did not."""
+    if server is None or exited is None:
+        return None
+    return {"exit_status": server.process.returncode, "detail": exited}
 
 
 def _record(cfg: BenchmarkConfig, run: RunDir, server: ServerHandle | None) -> RecordingResult:
@@ -580,6 +575,10 @@ def stop_follower(follower: subprocess.Popen[bytes]) -> None:
         follower.wait()
 
 
+# What the uploader does with the run in each mode it acts on.
+_UPLOADING = {"online": "uploading to W&B", "offline": "writing an offline W&B run"}
+
+
 def _upload_failed(run_dir: Path) -> None:
     print(
         f"veeksha: upload failed; the run's results are unchanged. Retry with: veeksha-upload {run_dir}",
@@ -587,10 +586,18 @@ def _upload_failed(run_dir: Path) -> None:
     )
 
 
-def upload(run_dir: Path) -> bool:
-    """Hand the finished directory to the uploader, in its own process (the runner never imports wandb)."""
+def upload(run_dir: Path, cfg: BenchmarkConfig | None = None) -> bool:
+    """Hand the finished directory to the uploader, in its own process (the runner never imports wandb).
+    Not when W&B is disabled (wandb_disabled_by): the uploader would skip it. `cfg`: the run's config,
+    whose wandb.mode the uploader reads; without it (a sweep's or a search's summary) the uploader
+    resolves the mode, and the line says only that it was started."""
+    disabled_by = wandb_disabled_by(cfg)
+    if disabled_by is not None:
+        print(f"veeksha: W&B disabled ({disabled_by}): not uploading", flush=True)
+        return True
     cmd = [sys.executable, "-m", "veeksha.uploader", str(run_dir), "--wait-lock", f"{UPLOAD_LOCK_WAIT_S:.0f}"]
-    print(f"veeksha: uploading to W&B: {' '.join(cmd[2:])}", flush=True)
+    doing = "starting the W&B uploader" if cfg is None else _UPLOADING[wandb_mode(cfg)]
+    print(f"veeksha: {doing}: {' '.join(cmd[2:])}", flush=True)
     try:
         ok = subprocess.run(cmd, check=False).returncode == 0
     except OSError as e:

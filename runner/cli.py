@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import click
 from veeksha.runner.open_files import raise_open_file_limit
+from veeksha.runner.progress import prepare_console
 from veeksha.shared.config_loader import EnvFallbacks, empty_override
 from veeksha.shared.errors import OutputError, UsageError, VeekshaError
 from veeksha.shared.jsonio import is_utf8
@@ -329,10 +330,12 @@ def _say(note: str | None) -> None:
 def _evaluate_sweep(root: Path, strict: bool, other_host_gone: bool) -> int:
     """A sweep directory: its members that did not finish, then the sweep itself (refresh_sweep)."""
     from veeksha.runner.sweep import check_sweep_ended, members_to_finish, refresh_sweep
+    from veeksha.shared.paths import SWEEP_MANIFEST
 
     check_sweep_ended(root, other_host_gone)  # its process would still be writing them
     codes = [_evaluate_run(member, strict, other_host_gone) for member in members_to_finish(root)]
-    _say(refresh_sweep(root, other_host_gone))
+    note = refresh_sweep(root, other_host_gone)
+    _say(note or _nothing_to_finish(codes, f"sweep {root}", _status_in(root / SWEEP_MANIFEST), "run"))
     return max(codes, default=0)
 
 
@@ -341,11 +344,28 @@ def _evaluate_search(root: Path, strict: bool, other_host_gone: bool) -> int:
     whose process died is marked crashed: killed before its first attempt had a directory, it has
     nothing else to evaluate)."""
     from veeksha.runner.capacity_results import attempts_to_finish, check_search_ended, refresh_search
+    from veeksha.shared.paths import CAPSEARCH_RESULTS
 
     check_search_ended(root, other_host_gone)  # its process would still be writing them
     codes = [_evaluate_run(attempt, strict, other_host_gone) for attempt in attempts_to_finish(root)]
-    _say(refresh_search(root))
+    note = refresh_search(root)
+    status = _status_in(root / CAPSEARCH_RESULTS)
+    _say(note or _nothing_to_finish(codes, f"capacity search {root}", status, "attempt"))
     return max(codes, default=0)
+
+
+def _nothing_to_finish(codes: list[int], what: str, status: str, member: str) -> str | None:
+    """The one line for a sweep or search that had nothing left to finish (without it `evaluate`
+    printed nothing at all); None when a member was evaluated (its summary was printed)."""
+    return None if codes else f"{what} is {status}: no {member} left to finish"
+
+
+def _status_in(path: Path) -> str:
+    """The `status` a sweep's manifest or a search's results hold (just rewritten by evaluate)."""
+    from veeksha.shared.jsonio import read_json
+
+    info = read_json(path)
+    return str(info.get("status") or "ended") if isinstance(info, dict) else "ended"
 
 
 def _evaluate_run(run_dir: Path, strict: bool, other_host_gone: bool) -> int:
@@ -532,6 +552,9 @@ def main(argv: list[str] | None = None) -> None:
     # First: the drivers and servers this process starts inherit its open-file limit, and each
     # connection is a file (a concurrency run above ~1000 sessions ran out at a soft limit of 1024).
     raise_open_file_limit()
+    # Before anything is opened or printed: the run needs no console (a stdout closed or whose reader
+    # exits early, `veeksha-run ... | head -1`, ends what is shown, never the run or the dry run).
+    prepare_console()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         refuse_non_utf8(args)

@@ -2,9 +2,10 @@
 the terminal's width; otherwise a plain line every 5 s. Output tokens per second are measured over at
 least 1 s.
 
-And the console that may go away mid-run (a hangup: ssh dropped, terminal closed): from then on a write
-to stdout or stderr that fails because nobody is there to read it is dropped, so the run still drains
-and finishes its files (tolerate_lost_console)."""
+And the console, which a run does not need (prepare_console, at the command's start): a standard stream
+the caller closed (`veeksha-run ... >&-`) writes to /dev/null, and one that goes away mid-run (a
+hangup: ssh dropped, terminal closed; a pipe's reader that exited: `| head -1`) drops what cannot be
+written, so the run still drains and finishes its files (tolerate_lost_console)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,32 @@ CONSOLE_GONE = frozenset({errno.EIO, errno.EPIPE, errno.ECONNRESET, errno.ENXIO}
 
 _hung_up = False
 _console_lock = threading.RLock()  # the recorder's thread and a signal handler may both get here
+
+
+# The standard streams by descriptor, and how each is opened when the caller closed it.
+_STANDARD = ((0, "stdin", os.O_RDONLY, "r"), (1, "stdout", os.O_WRONLY, "w"), (2, "stderr", os.O_WRONLY, "w"))
+
+
+def prepare_console() -> None:
+    """At the command's start, before it opens anything: a standard stream the caller closed points
+    at /dev/null (Python gives the process no sys.stdout then, and the first file the run opened would
+    take descriptor 1, where its children's output would go), and stdout and stderr drop what cannot
+    be written once their reader is gone (tolerate_lost_console): a lost console ends what is shown,
+    never the run, and Python's flush of stdout at exit has nothing left to complain about."""
+    for fd, name, flags, mode in _STANDARD:
+        if _is_closed(fd):
+            _to_devnull(fd, flags)
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(fd, mode, closefd=False))  # (for the process's life)
+    tolerate_lost_console()
+
+
+def _is_closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
 
 
 def hang_up() -> bool:
@@ -78,8 +105,10 @@ def _make_tolerant(name: str) -> None:
     )
 
 
-def _to_devnull(fd: int) -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
+def _to_devnull(fd: int, flags: int = os.O_WRONLY) -> None:
+    devnull = os.open(os.devnull, flags)
+    if devnull == fd:  # `fd` was closed: /dev/null took its place
+        return
     try:
         os.dup2(devnull, fd)
     finally:
@@ -120,7 +149,8 @@ class _TolerantBuffer(io.BufferedWriter):
 class Progress:
     def __init__(self, timeout_s: float, stream: TextIO | None = None) -> None:
         self._stream = stream  # None: sys.stdout at each write (replaced when the console is lost)
-        self.tty = self.stream.isatty()
+        shown = self.stream
+        self.tty = shown is not None and shown.isatty()
         self.timeout_s = timeout_s
         self.every_s = REDRAW_EVERY_S if self.tty else PLAIN_EVERY_S
         self.last_shown = -PLAIN_EVERY_S
@@ -131,15 +161,19 @@ class Progress:
         self.pending: tuple[float, dict[str, Any]] | None = None
 
     @property
-    def stream(self) -> TextIO:
+    def stream(self) -> TextIO | None:
+        """None: no console at all (a process started with stdout closed, outside prepare_console)."""
         return self._stream or sys.stdout
 
     def _write(self, text: str) -> None:
         """A console gone unannounced (no SIGHUP: a pipe's reader that exited) ends the display, not
         the run: from then on stdout and stderr are tolerant (tolerate_lost_console)."""
+        stream = self.stream
+        if stream is None:
+            return
         try:
-            self.stream.write(text)
-            self.stream.flush()
+            stream.write(text)
+            stream.flush()
         except OSError as e:
             if e.errno not in CONSOLE_GONE or self._stream is not None:
                 raise

@@ -431,6 +431,12 @@ def missing_metrics(info: dict[str, Any]) -> str | None:
     return None if info.get("finished_at") else info.get(EVALUATION_ERROR) or None
 
 
+# run.json: how the server the run launched exited before the run ended, null when it did not (or the
+# run launched none): {"exit_status": its exit status (negative: the signal that killed it), "detail":
+# the one line said on the console}. Every evaluation adds a failed `server` health check from it (the
+# run's own and `veeksha-run evaluate`'s). Comes with `driver`, once the load has ended.
+SERVER_EXIT: Final = "server_exit"
+
 # Why dispatching stopped, for a completed run (run.json "stop_reason").
 STOP_BENCHMARK_TIMEOUT: Final = "benchmark_timeout"
 STOP_MAX_SESSIONS: Final = "max_sessions"
@@ -442,8 +448,9 @@ STOP_SESSIONS_EXHAUSTED: Final = "sessions_exhausted"  # a trace (or session sou
 CONTRACT_VERSION: Final = 2
 
 # Every key run.json may hold (runner/run_dir.py writes them; tests/runner/test_output_contract.py
-# checks a real run's against this list). `driver` comes once the load has ended; `evaluation_error`
-# only while the run has no metrics (RunDir.leave_unevaluated, lost_records.mark_unfinished).
+# checks a real run's against this list). `driver` and `server_exit` come once the load has ended;
+# `evaluation_error` only while the run has no metrics (RunDir.leave_unevaluated,
+# lost_records.mark_unfinished).
 RUN_JSON_FIELDS: Final = (
     "run_id",
     "contract_version",
@@ -462,5 +469,6 @@ RUN_JSON_FIELDS: Final = (
     "error",
     "stop_reason",
     "driver",
+    SERVER_EXIT,
     EVALUATION_ERROR,
 )

@@ -8,6 +8,7 @@ was killed (a torn last record is skipped).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,13 @@ from typing import Any
 
 from veeksha.runner.evaluation.distributions import write_distributions
 from veeksha.runner.evaluation.frame import corrupt_line_numbers
-from veeksha.runner.evaluation.health import all_passed, format_health_text, health_json, run_checks
+from veeksha.runner.evaluation.health import (
+    all_passed,
+    format_health_text,
+    health_json,
+    run_checks,
+    server_checks,
+)
 from veeksha.runner.evaluation.prefill import build_prefill
 from veeksha.runner.evaluation.reading import read_run_logs
 from veeksha.runner.evaluation.rundata import prepare, split_warmup
@@ -28,10 +35,17 @@ from veeksha.shared.errors import ContractError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
 from veeksha.shared.paths import DISTRIBUTION_METRICS, RunPaths
 
-# Set (to anything non-empty) to skip the PNGs (distributions, timeseries.png), e.g. in tests that
+# Set to 1, true or yes (any case) to skip the PNGs (distributions, timeseries.png), e.g. in tests that
 # ignore them: drawing them takes about a second per run. The CSVs and every other file are written
 # as usual, and PNGs an earlier evaluation drew are removed (they would not match the new CSVs).
+# Any other value (0, false ...) leaves the plots on: `=0` read as set turned them off.
 NO_PLOTS_ENV = "VEEKSHA_NO_PLOTS"
+NO_PLOTS_VALUES = ("1", "true", "yes")
+
+
+def plots_off(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether NO_PLOTS_ENV turns the PNGs off."""
+    return env.get(NO_PLOTS_ENV, "").strip().lower() in NO_PLOTS_VALUES
 
 
 @dataclass
@@ -56,7 +70,7 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
     """Recompute every metric of `run_dir` and write the files. timeseries.csv is rewritten only
     with `rebuilt` or when it is missing (the live one is exact, or was deleted as stale)."""
     paths = RunPaths(Path(run_dir))
-    plots = plots and not os.environ.get(NO_PLOTS_ENV)
+    plots = plots and not plots_off()
     for required in (paths.config_yml, paths.request_records):
         if not required.exists():
             raise ContractError(f"{required}: file is missing; is {paths.root} a run directory?")
@@ -75,7 +89,7 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
         summary["server_prefix_cache_hit_fraction"] = server_cache_hit_fraction(paths.server_metrics_csv)
         failed_run = all_failed(data)
         slos = slo_results(data)
-        checks = run_checks(data)
+        checks = run_checks(data) + server_checks(run_info)
         health = health_json(checks)
         write_json(paths.summary_stats, summary)
         if slos is not None:

@@ -38,6 +38,7 @@ from veeksha.shared.records import (
     HEALTH_SKIPPED,
     SCHEDULER_DISPATCHED_AT,
     SCHEDULER_READY_AT,
+    SERVER_EXIT,
     TIMEOUT,
 )
 
@@ -86,6 +87,20 @@ def run_checks(data: RunData) -> list[Check]:
         request_timeouts(data),
         missing_records(data),
     ]
+
+
+SERVER_CHECK = "server"
+
+
+def server_checks(run_info: Any) -> list[Check]:
+    """A failed `server` check when the server the run launched exited during it (run.json's
+    server_exit: when and how, as the console said it); none otherwise. From run.json, not the
+    records: they cannot tell a dead server from one that failed every request."""
+    exited = run_info.get(SERVER_EXIT) if isinstance(run_info, dict) else None
+    if not isinstance(exited, dict):
+        return []
+    detail = exited.get("detail") or "the server exited during the run"
+    return [Check(SERVER_CHECK, FAILED, detail=str(detail))]
 
 
 def thresholds(cfg: BenchmarkConfig) -> HealthThresholds:
