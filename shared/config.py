@@ -562,13 +562,33 @@ SERVERS: dict[str, type] = {"simulated": SimulatedServerConfig, "command": Comma
 @dataclass(frozen=True)
 class WandbConfig:
     enabled: bool = False
-    project: str | None = spec(default=None, doc="env WANDB_PROJECT, else 'veeksha'")
-    entity: str | None = None
-    group: str | None = None
-    run_name: str | None = None
-    tags: list[str] = spec(factory=list)
-    notes: str | None = None
-    mode: Literal["online", "offline", "disabled"] | None = None
+    # Uploader precedence: this section < WANDB_* environment < veeksha-upload's flags.
+    project: str | None = spec(
+        default=None, doc="W&B project; overridden by env WANDB_PROJECT and --project; default 'veeksha'"
+    )
+    entity: str | None = spec(
+        default=None,
+        doc="W&B entity; overridden by env WANDB_ENTITY and --entity; default: the API key's default entity",
+    )
+    group: str | None = spec(
+        default=None,
+        doc="W&B run group; overridden by env WANDB_RUN_GROUP and --group; a sweep's or search's runs "
+        "are grouped by its folder when none is set",
+    )
+    run_name: str | None = spec(
+        default=None,
+        doc="W&B run name; overridden by env WANDB_NAME and --run-name; default: the run directory's name",
+    )
+    tags: list[str] = spec(
+        factory=list,
+        doc="W&B tags; overridden by env WANDB_TAGS (comma-separated) and --tag: replaced, not merged",
+    )
+    notes: str | None = spec(default=None, doc="W&B run notes; overridden by env WANDB_NOTES and --notes")
+    mode: Literal["online", "offline", "disabled"] | None = spec(
+        default=None,
+        doc="W&B mode; overridden by env WANDB_MODE, then by env WANDB_DISABLED=true ('disabled'), then by "
+        "--mode; default 'online'",
+    )
     log_artifacts: bool = True
 
 

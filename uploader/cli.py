@@ -117,7 +117,9 @@ def refuse_with_follow(ctx: click.Context) -> None:
 @click.argument("paths", nargs=-1)
 @click.option("--recursive", "-r", is_flag=True, help="find run/sweep/capsearch directories in a tree")
 @click.option(
-    "--project", callback=given, help="W&B project (default: config, WANDB_PROJECT, else 'veeksha')"
+    "--project",
+    callback=given,
+    help="W&B project (beats WANDB_PROJECT and config.yml wandb.project; 'veeksha' when none is set)",
 )
 @click.option("--entity", callback=given, help="W&B entity (team or user)")
 @click.option(

@@ -2,7 +2,8 @@
 
 A worker process uploads many directories in turn and the SDK reads its environment once, so mode,
 ids, project, server and console capture are passed to `wandb.init` per run. The staging directory
-is the exception: the SDK reads WANDB_DATA_DIR at each call, so `open_run` sets it per run.
+is the exception: the SDK reads WANDB_DATA_DIR at each call, so `open_run` sets it per run. The API
+key is the other: it is the process's SDK session's, given once (`_prepare_sdk`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from veeksha.shared.paths import WANDB_DIR
-from veeksha.shared.redact import redact_url
 from veeksha.uploader.recordlog import IncompleteLog, RecordLogError, relativize_artifact_paths
 from veeksha.uploader.redaction import Redactor
 from veeksha.uploader.settings import UploadSettings, shown_text
@@ -105,7 +105,7 @@ def _settings(spec: RunSpec) -> Any:
     online = s.mode == "online"
     # Keyword groups given only when set, so the SDK keeps its own defaults otherwise.
     stream: dict[str, Any] = {"x_file_stream_transmit_interval": spec.stream_interval_s}
-    server: dict[str, Any] = {"base_url": s.base_url, "api_key": s.api_key}
+    server: dict[str, Any] = {"base_url": s.base_url}  # the key is the session's (_prepare_sdk)
     return wandb.Settings(
         mode=sdk_mode(s.mode),
         console="off",  # nothing of the uploader's console (or a secret in it) is captured
@@ -123,6 +123,34 @@ def _settings(spec: RunSpec) -> Any:
         root_dir=str(spec.root),
         **(server if online and s.api_key else {}),
     )
+
+
+_session_credentials: tuple[str, str] | None = None  # (server, API key) given to this process's SDK
+
+
+def _prepare_sdk(s: UploadSettings) -> None:
+    """The SDK's process-wide settings, before this process's first run: silent, and the API key
+    given once (again only if it changed).
+
+    The SDK prints its login lines ("[wandb.login()] Using explicit session credentials for <server>",
+    then "Changing session credentials ..." at each later run) by its process-wide settings, not by a
+    run's silent=True: a key in each run's settings logged in again at every `wandb.init`, lines in
+    the cron log and on `veeksha-run`'s console beside its follower, and the server's URL with any
+    password in it. Given to `wandb.setup` with silent=True, the key is the session's, and each run
+    finds it there without a word. The key stays in this process's memory: no file, argv or line.
+    """
+    import wandb
+
+    global _session_credentials
+    given = (s.base_url, s.api_key) if s.mode == "online" and s.api_key else None
+    server: dict[str, Any] = {}
+    if given is not None and given != _session_credentials:
+        server = {"base_url": given[0], "api_key": given[1]}
+    # The first call loads the process's settings with silent=True (the SDK's quiet mode for this
+    # process); a later one only adds new credentials, without a word (silent is set by then).
+    wandb.setup(wandb.Settings(silent=True, **server))
+    if server:
+        _session_credentials = given
 
 
 def no_sdk_telemetry() -> None:
@@ -150,10 +178,7 @@ def open_run(spec: RunSpec) -> Iterator[Any]:
         clear_run_folders(spec.root, spec.run_id)
     (spec.root / WANDB_DIR).mkdir(exist_ok=True)
     resume = _resume_args(spec)
-    if s.base_url and redact_url(s.base_url) != s.base_url:
-        # The SDK prints the server it logs in to, user-info and all (a proxy's password), before
-        # it reads silent=True from this run's settings; its set-up reads the environment first.
-        os.environ["WANDB_SILENT"] = "true"
+    _prepare_sdk(s)
     # Resolved settings (notes, tags) are shown values already (settings.shown_text); a name or group
     # made from a directory's name is not: the SDK records what it is given, `--sync` publishes it.
     shown = shown_text(s.api_key)

@@ -556,15 +556,18 @@ def _skip_or_dry(task: Task, plan: Plan) -> Outcome | None:
         )
     if task.dry_run:
         return Outcome(
-            str(root),
-            task.target.kind,
-            DRY_RUN,
-            f"{s.mode} as run {plan.run_id} name={plan.name!r} group={plan.group!r} tags={list(plan.tags)}",
-            plan.run_id,
-            plan.name,
-            mode=s.mode,
+            str(root), task.target.kind, DRY_RUN, dry_run_detail(s, plan), plan.run_id, plan.name, mode=s.mode
         )
     return None
+
+
+def dry_run_detail(s: UploadSettings, plan: Plan) -> str:
+    """Where the run would go, as resolved (config.yml < WANDB_* < flags: the environment may have
+    replaced the config's project). The entity when known: named, or the key's default a marker kept."""
+    entity = s.entity or plan.default_entity
+    where = f"project={s.project!r}" + (f" entity={entity!r}" if entity else "")
+    labels = f"name={plan.name!r} group={plan.group!r} tags={list(plan.tags)}"
+    return f"{s.mode} as run {plan.run_id} {where} {labels}"
 
 
 def _run_job(task: Task, redactor: Redactor) -> Job | Outcome:
