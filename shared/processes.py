@@ -11,6 +11,7 @@ at another time is another. The runner (runner/liveness.py) and the uploader's f
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 # Fields of /proc/<pid>/stat after the command name: state is the stat's 3rd field, the parent's
@@ -47,10 +48,13 @@ def own_lineage() -> set[int]:
     return found
 
 
-def is_running(pid: object, started: object = None) -> bool:
-    """A live (not zombie) process with this pid on this host, other than ours or one of our
-    ancestors; when `started` (its start ticks, as recorded) is known, one that started then."""
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or pid in own_lineage():
+def is_running(pid: object, started: object = None, *, not_these: Collection[int] | None = None) -> bool:
+    """A live (not zombie) process with this pid on this host, other than those in `not_these` (by
+    default ours and our ancestors'); when `started` (its start ticks, as recorded) is known, one that
+    started then."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid in (own_lineage() if not_these is None else not_these):
         return False
     fields = _stat(pid)
     if fields is None or fields[_STATE] == "Z":

@@ -201,7 +201,8 @@ def _runner_alive(info: dict[str, Any]) -> bool:
     pid = info.get("pid")
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return True
-    return is_running(pid, info.get(PID_START_TICKS))
+    # Only ourselves is excluded, not our parents: the runner starts its own follower.
+    return is_running(pid, info.get(PID_START_TICKS), not_these=(os.getpid(),))
 
 
 class Watch:

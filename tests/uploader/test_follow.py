@@ -666,6 +666,7 @@ def test_the_benchmark_process_is_known_by_its_pid_and_start_time(tmp_path: Path
 
 def test_the_follower_never_takes_itself_for_the_benchmark(tmp_path: Path) -> None:
     """A restarted container gives its first process the pid the benchmark had: when that is the
-    follower itself (or what started it), the benchmark is gone."""
+    follower itself, the benchmark is gone. Its parent may well be the benchmark: the runner starts
+    its own follower (`wandb.follow`)."""
     assert _judged_gone(tmp_path, os.getpid())
-    assert _judged_gone(tmp_path, os.getppid())
+    assert not _judged_gone(tmp_path, os.getppid())
