@@ -247,12 +247,12 @@ def wandb_mode(cfg: BenchmarkConfig) -> str:
     return env_mode(os.environ) or cfg.wandb.mode or "online"
 
 
-def wandb_disabled_by(cfg: BenchmarkConfig | None) -> str | None:
+def wandb_disabled_by(cfg: BenchmarkConfig) -> str | None:
     """What disables the upload, as the uploader resolves its mode (wandb_mode): the environment, or
-    `cfg`'s wandb.mode; None when nothing does (or only a config not given here could)."""
+    `cfg`'s wandb.mode; None when nothing does."""
     if env_mode(os.environ) == "disabled":
         return "WANDB_MODE=disabled" if os.environ.get("WANDB_MODE") == "disabled" else "WANDB_DISABLED"
-    if cfg is not None and wandb_mode(cfg) == "disabled":
+    if wandb_mode(cfg) == "disabled":
         return "wandb.mode: disabled"
     return None
 
@@ -586,17 +586,16 @@ def _upload_failed(run_dir: Path) -> None:
     )
 
 
-def upload(run_dir: Path, cfg: BenchmarkConfig | None = None) -> bool:
+def upload(run_dir: Path, cfg: BenchmarkConfig) -> bool:
     """Hand the finished directory to the uploader, in its own process (the runner never imports wandb).
-    Not when W&B is disabled (wandb_disabled_by): the uploader would skip it. `cfg`: the run's config,
-    whose wandb.mode the uploader reads; without it (a sweep's or a search's summary) the uploader
-    resolves the mode, and the line says only that it was started."""
+    Not when W&B is disabled (wandb_disabled_by): the uploader would skip it. `cfg`: the config whose
+    wandb section the uploader reads for `run_dir` (a sweep's first run's, a search's benchmark)."""
     disabled_by = wandb_disabled_by(cfg)
     if disabled_by is not None:
         print(f"veeksha: W&B disabled ({disabled_by}): not uploading", flush=True)
         return True
     cmd = [sys.executable, "-m", "veeksha.uploader", str(run_dir), "--wait-lock", f"{UPLOAD_LOCK_WAIT_S:.0f}"]
-    doing = "starting the W&B uploader" if cfg is None else _UPLOADING[wandb_mode(cfg)]
+    doing = _UPLOADING[wandb_mode(cfg)]
     print(f"veeksha: {doing}: {' '.join(cmd[2:])}", flush=True)
     try:
         ok = subprocess.run(cmd, check=False).returncode == 0

@@ -380,7 +380,7 @@ class SearchRun:
         found = best.value if best else "none (no attempt passed)"
         print(f"veeksha: best {self.knob} = {found} ({STOP_REASONS[stop_reason]})")
         if self.search.benchmark_config.wandb.enabled:
-            upload(self.root)  # the search's summary run and the `best` tag
+            upload(self.root, self.search.benchmark_config)  # the summary run and the `best` tag
         if history and not any(a.num_completed for a in history):
             # Not a capacity: the endpoint, the model or the key is wrong, at every load.
             print(

@@ -164,7 +164,9 @@ def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
     end_pending(manifest)
     save(root, manifest)
     if runs[0].config.wandb.enabled:
-        upload(root)  # the sweep's summary run; member runs are already uploaded and are skipped
+        # The sweep's summary run, under the first run's wandb section (as the uploader reads it);
+        # member runs are already uploaded and are skipped.
+        upload(root, runs[0].config)
     return results
 
 

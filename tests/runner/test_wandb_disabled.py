@@ -42,3 +42,26 @@ def test_a_run_with_wandb_disabled_says_so_and_starts_no_uploader(
     said = proc.stdout + proc.stderr
     assert "uploading to W&B" not in said
     assert "veeksha-upload:" not in said and "W&B mode is 'disabled'" not in said  # the uploader's skip
+
+
+SWEEP = """
+output_dir: out
+server: {type: simulated}
+runtime: {max_sessions: !expand [1, 2]}
+wandb: {enabled: true, mode: disabled}
+"""
+
+
+def test_a_sweep_with_wandb_disabled_starts_no_uploader_for_its_summary(tmp_path: Path) -> None:
+    """The sweep's summary upload reads the same config as its runs: it said "starting the W&B
+    uploader" and the uploader then skipped the sweep."""
+    (tmp_path / "s.veeksha.yml").write_text(SWEEP)
+    proc = run_cli(
+        ["--config", "s.veeksha.yml"], cwd=tmp_path, env={"WANDB_MODE": "", "WANDB_DISABLED": ""}, timeout=180
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = proc.stdout + proc.stderr
+    disabled = "veeksha: W&B disabled (wandb.mode: disabled): not uploading"
+    assert said.count(disabled) == 3  # each of the two runs, then the sweep
+    assert "starting the W&B uploader" not in said
+    assert "W&B mode is 'disabled'" not in said  # the uploader's skip
