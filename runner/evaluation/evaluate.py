@@ -23,6 +23,7 @@ from veeksha.runner.evaluation.health import (
     run_checks,
     server_checks,
 )
+from veeksha.runner.evaluation.plots import remove_stale_temps
 from veeksha.runner.evaluation.prefill import build_prefill
 from veeksha.runner.evaluation.reading import read_run_logs
 from veeksha.runner.evaluation.rundata import prepare, split_warmup
@@ -136,8 +137,11 @@ def drivers_of(run_info: Any) -> list[dict[str, Any]]:
 def _remove_plots(paths: RunPaths) -> None:
     """The PNGs a plotting evaluation writes, gone: drawn from the files just rewritten, they would
     show other numbers than those files (an earlier evaluation's, or a run before a metric fix)."""
-    for png in (paths.timeseries_png, *(paths.distribution_png(m) for m in DISTRIBUTION_METRICS)):
+    pngs = (paths.timeseries_png, *(paths.distribution_png(m) for m in DISTRIBUTION_METRICS))
+    for png in pngs:
         png.unlink(missing_ok=True)
+    for folder in {png.parent for png in pngs}:  # and a killed plotting evaluation's temporaries
+        remove_stale_temps(folder)
 
 
 def _plot_timeseries(paths: RunPaths) -> None:
