@@ -42,6 +42,7 @@ from veeksha.runner.sessions.tokenizer import token_counter
 from veeksha.runner.sessions.traces import TraceSessionGenerator
 from veeksha.shared.config import BenchmarkConfig, ClientConfig, run_server
 from veeksha.shared.config_checks import uses_client_api_base
+from veeksha.shared.config_loader import config_secrets
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
 from veeksha.shared.errors import ConfigError, OutputError
 from veeksha.shared.paths import SERVER_LOG, RunPaths
@@ -182,7 +183,7 @@ def check_before_start(cfg: BenchmarkConfig, announce: bool = False) -> None:
     ahead), it says what of the sessions' source is left out."""
     sessions = make_session_generator(cfg)
     check_local_drivers(cfg)
-    check_server_command(cfg.server)
+    check_server_command(cfg.server, config_secrets(cfg))
     check_server_port(cfg.server)
     if planned_api_host(cfg) is None:
         raise _no_api_base()

@@ -315,9 +315,12 @@ class ServerHandle:
         self.stop()
 
 
-def check_server_command(cfg: SimulatedServerConfig | CommandServerConfig | None) -> None:
+def check_server_command(
+    cfg: SimulatedServerConfig | CommandServerConfig | None, secrets: list[str] | None = None
+) -> None:
     """A command server whose program cannot be found is a config error: say so before any
-    directory, log file or process exists."""
+    directory, log file or process exists. `secrets`: the run's known secret values (scrub_list),
+    hidden in the program as the message quotes it."""
     if not isinstance(cfg, CommandServerConfig) or not cfg.command:
         return
     program = str(cfg.command[0])
@@ -327,19 +330,20 @@ def check_server_command(cfg: SimulatedServerConfig | CommandServerConfig | None
     if shutil.which(program, path=path) is None:
         where = "is not an executable file" if os.sep in program else "is not found on PATH"
         raise ConfigError(
-            f"config error at server.command[0]: {_shown_program(program)!r} {where}; "
+            f"config error at server.command[0]: {_shown_program(program, secrets or [])!r} {where}; "
             f"{_program_hint(program)}"
         )
 
 
-def _shown_program(program: str) -> str:
+def _shown_program(program: str, secrets: list[str]) -> str:
     """The first word of server.command as a message may show it: redacted as the whole command is
-    (`VLLM_API_KEY=<redacted>` inside one string holding a whole command line), and the value of an
-    environment assignment hidden whatever its name, as every server.env value is."""
+    (`VLLM_API_KEY=<redacted>` inside one string holding a whole command line), the value of an
+    environment assignment hidden whatever its name, as every server.env value is, and the run's
+    other `secrets` hidden (the client's key written into a whole command line)."""
     name, eq, _ = program.partition("=")
     if eq and name.isidentifier():
         return f"{name}={REDACTED}"
-    return str(redact([program])[0])
+    return scrub_text(str(redact([program])[0]), secrets)
 
 
 def _program_hint(program: str) -> str:
@@ -550,17 +554,17 @@ def _start_command(
 ) -> ServerHandle:
     if not cfg.command:
         raise VeekshaError("server.command is empty: give the server command as a list")
-    check_server_command(cfg)
-    # ready_url's host is not resolved first: a Kubernetes Service or a docker network alias exists
-    # once the command made it. A host that never resolves is named when readiness times out.
-    check_ready_url_free(cfg)
     env = {**os.environ, **cfg.env}
-    api_base = cfg.api_base or _api_base_from(cfg.ready_url)
     # What the server may print: its config's secrets, the client's, and those of the environment it
     # inherits (WANDB_API_KEY, HF_TOKEN: variables named like secrets, credentials in URLs).
     secrets = scrub_list(
         [*secret_values(to_dict(cfg)), *environment_secrets(env), *extra_secrets, *secret_values(headers)]
     )
+    check_server_command(cfg, secrets)
+    # ready_url's host is not resolved first: a Kubernetes Service or a docker network alias exists
+    # once the command made it. A host that never resolves is named when readiness times out.
+    check_ready_url_free(cfg)
+    api_base = cfg.api_base or _api_base_from(cfg.ready_url)
     # What the user may read: the command with the values of secret flags hidden, and any other
     # secret of the run (the client's key given under a flag no rule knows).
     shown = scrub_text(" ".join(str(a) for a in redact(list(cfg.command))), secrets)
@@ -568,7 +572,7 @@ def _start_command(
     try:
         handle = _spawn(list(cfg.command), env, log_path, api_base=api_base, secrets=secrets)
     except OSError as exc:
-        program = _shown_program(str(cfg.command[0]))
+        program = _shown_program(str(cfg.command[0]), secrets)
         raise VeekshaError(f"cannot start server command {program!r}: {exc.strerror}") from None
     handle.ready_url, handle.ready_headers = cfg.ready_url, headers
     deadline = time.monotonic() + float(cfg.ready_timeout)

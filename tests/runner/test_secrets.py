@@ -283,6 +283,25 @@ def test_a_first_command_word_that_is_not_found_is_shown_redacted(
     assert secret not in proc.stdout + proc.stderr
 
 
+def test_a_whole_command_line_not_found_hides_the_runs_other_secrets(tmp_path: Path) -> None:
+    """A whole command line given as one word (the usual slip) is quoted in the error: the client's
+    key and a server.env value written into it, under flags no rule knows, were shown as they are."""
+    command = "'no-such-llm-server --upstream sk-client-OOOO7777 --env-file envval-OOOO8888'"
+    (tmp_path / "c.veeksha.yml").write_text(
+        "client: {api_key: sk-client-OOOO7777}\n"
+        f"server: {{type: command, command: [{command}], ready_url: 'http://127.0.0.1:9/health',"
+        " env: {SETTING: envval-OOOO8888}}\n"
+    )
+
+    proc = run_cli(["--config", "c.veeksha.yml", "--dry-run"], cwd=tmp_path)
+
+    assert proc.returncode == 2
+    assert (
+        "'no-such-llm-server --upstream <redacted> --env-file <redacted>' is not found on PATH" in proc.stderr
+    )
+    assert "OOOO7777" not in proc.stdout + proc.stderr and "OOOO8888" not in proc.stdout + proc.stderr
+
+
 def test_a_first_command_word_that_cannot_run_is_shown_redacted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

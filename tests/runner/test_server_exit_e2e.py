@@ -95,3 +95,35 @@ def test_a_server_that_exits_mid_run_stops_the_run_and_it_says_why(tmp_path: Pat
     log = (paths.root / SERVER_LOG).read_text()
     assert "token <redacted>" in log and "simulated server on http://127.0.0.1:" in log
     assert ENV_SECRET not in log
+
+
+def test_a_secret_of_several_lines_is_hidden_in_the_last_output_quoted(tmp_path: Path) -> None:
+    """The run quotes a dying server's last line of output (run.json, console, health checks). A
+    secret of several lines (a list of keys, a PEM key) was scrubbed only whole, after the output was
+    cut to its last lines: its last line, printed last, was shown as it is."""
+    first, second = "sk-exit-ONE-61616161", "sk-exit-TWO-62626262"
+    port = free_port()
+    sim = f"{VEEKSHA_RUN} simulate-server --port {port}"
+    (tmp_path / "c.veeksha.yml").write_text(
+        textwrap.dedent(
+            f"""
+            output_dir: out
+            server:
+              type: command
+              command: [sh, -c, '{sim} & sleep 8; printf "%s\\n" "$ALLOWED_KEYS"; exit 3']
+              ready_url: http://127.0.0.1:{port}/health
+              env: {{ALLOWED_KEYS: "{first}\\n{second}"}}
+            traffic_scheduler: {{type: rate, interval_generator: {{type: poisson, arrival_rate: 5}}}}
+            runtime: {{benchmark_timeout: {TIMEOUT_S}}}
+            """
+        )
+    )
+    proc = run_cli(["--config", "c.veeksha.yml"], cwd=tmp_path, timeout=TIMEOUT_S + 60)
+
+    assert proc.returncode == 1, proc.stderr
+    assert "the server exited during the run (exit status 3" in proc.stderr
+    paths = only_run_dir(tmp_path / "out")
+    files = [paths.run_json, paths.health_check_txt, paths.health_checks_json, paths.root / SERVER_LOG]
+    assert "its last output: <redacted>" in orjson.loads(paths.run_json.read_bytes())["error"]
+    for said in [proc.stdout + proc.stderr, *(f.read_text() for f in files)]:
+        assert "62626262" not in said and "61616161" not in said

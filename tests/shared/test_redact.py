@@ -532,3 +532,18 @@ def test_the_working_directory_is_not_a_secret_of_the_environment() -> None:
     # directory was scrubbed from messages and logs.
     env = {"PWD": "/home/alice/bench", "OLDPWD": "/home/alice", "HF_TOKEN": "hf_abcdefgh1234"}
     assert environment_secrets(env) == ["hf_abcdefgh1234"]
+
+
+def test_a_secret_of_several_lines_is_hidden_line_by_line() -> None:
+    """Output cut to its last lines holds only part of a multi-line secret: that part is hidden too.
+    Short lines of it (a PEM's `-----END`... is long, `abc` is not) are no credential to hide."""
+    from veeksha.shared.redact import scrub_list, scrub_text
+
+    pem = (
+        "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\r\n  AQEFAASCBKcwggSjAgEAAoIB\nabc\n-----END KEY-----"
+    )
+    secrets = scrub_list([pem])
+    tail = "AQEFAASCBKcwggSjAgEAAoIB\nabc\n-----END KEY-----\nserver exiting"
+    out = scrub_text(tail, secrets)
+    assert "AQEFAASC" not in out and "END KEY" not in out and out.endswith("abc\n<redacted>\nserver exiting")
+    assert scrub_text(pem, secrets) == "<redacted>"  # whole, it is hidden as one
