@@ -29,6 +29,7 @@ from veeksha.runner.benchmark import (
 from veeksha.runner.liveness import Owner, owner_fields
 from veeksha.runner.preflight import check_hosts
 from veeksha.runner.run_dir import check_output_dir, make_unique_dir, python_argv, stamp, utc_now
+from veeksha.shared.config import BenchmarkConfig
 from veeksha.shared.config_loader import NO_FALLBACKS, EnvFallbacks, LoadedRun, load_benchmark_runs
 from veeksha.shared.errors import ConfigError, ContractError, UsageError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
@@ -194,6 +195,16 @@ def save(root: Path, manifest: dict[str, Any]) -> None:
     write_json(root / SWEEP_MANIFEST, manifest)
 
 
+def own_sessions(run: LoadedRun, index: int) -> BenchmarkConfig:
+    """Run `index`'s config with its own sessions: seed + index (its config.yml keeps it, so the sweep
+    stays reproducible), unless the sweep varies the seed itself. With one seed every run sent the same
+    prompts, and a server's prefix cache answered the later runs (a capacity search's attempts do
+    the same, seed + iteration)."""
+    if "seed" in run.params:
+        return run.config
+    return replace(run.config, seed=run.config.seed + index)
+
+
 def _run_member(root: Path, manifest: dict[str, Any], index: int, run: LoadedRun) -> RunResult:
     """Run one combination, its manifest entry `running` meanwhile (its directory is made once its
     server is up: run.json, which names the sweep and the index, says which it is), then its outcome."""
@@ -202,7 +213,7 @@ def _run_member(root: Path, manifest: dict[str, Any], index: int, run: LoadedRun
     save(root, manifest)
     info = {"id": sweep_id, "index": index, "count": manifest["count"], "params": run.params}
     try:
-        result = run_benchmark(run.config, root, argv=python_argv(), sweep=info)
+        result = run_benchmark(own_sessions(run, index), root, argv=python_argv(), sweep=info)
     except KeyboardInterrupt:  # (starting its server, evaluating): its run.json says which
         manifest["runs"][index] = _entry_without_result(root, sweep_id, index, run, RUN_INTERRUPTED)
         return RunResult(root, RUN_INTERRUPTED, "interrupted")
