@@ -600,6 +600,14 @@ def upload(run_dir: Path, cfg: BenchmarkConfig) -> bool:
     print(f"veeksha: {doing}: {' '.join(cmd[2:])}", flush=True)
     try:
         ok = subprocess.run(cmd, check=False).returncode == 0
+    except KeyboardInterrupt:  # the uploader got the Ctrl-C too, and stopped
+        print(
+            "veeksha: upload interrupted; the run's results are unchanged. "
+            f"Upload it with: veeksha-upload {run_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
     except OSError as e:
         print(f"veeksha: could not start the uploader: {e}", file=sys.stderr)
         ok = False

@@ -25,6 +25,7 @@ from veeksha.runner.benchmark import (
     resolve_external_endpoint,
     run_benchmark,
     upload,
+    wandb_disabled_by,
 )
 from veeksha.runner.liveness import Owner, owner_fields
 from veeksha.runner.preflight import check_hosts
@@ -145,6 +146,7 @@ def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
     root = make_unique_dir(Path(runs[0].config.output_dir), f"{SWEEP_DIR_PREFIX}{stamp(utc_now())}")
     manifest = new_manifest(uuid.uuid4().hex, runs)
     results: list[RunResult] = []
+    stopped = False  # a Ctrl-C outside a run's own handling (a server's start, an evaluation, an upload)
     try:
         print(f"veeksha: sweep of {len(runs)} runs in {root}", flush=True)
         save(root, manifest)  # a sweep in progress is visible as such, with all it is to run
@@ -156,18 +158,22 @@ def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
                 manifest["status"] = RUN_INTERRUPTED
                 break
     except KeyboardInterrupt:
-        # Outside a member's run (before the first, between two, saving the manifest): the sweep
-        # ends as interrupted all the same, not killed with its manifest still saying running.
+        # Outside a member's recording (before the first, between two, a member's server start,
+        # evaluation or upload): the sweep ends as interrupted all the same, not killed with its
+        # manifest still saying running.
         end_interrupted(root, manifest, runs)
         results.append(RunResult(root, RUN_INTERRUPTED, "interrupted"))
+        stopped = True
     if manifest["status"] == RUN_RUNNING:
         manifest["status"] = RUN_COMPLETED
     end_pending(manifest)
     save(root, manifest)
-    if runs[0].config.wandb.enabled:
-        # The sweep's summary run, under the first run's wandb section (as the uploader reads it);
-        # member runs are already uploaded and are skipped.
-        upload(root, runs[0].config)
+    cfg = runs[0].config  # its wandb section is the one the uploader reads for the sweep
+    if cfg.wandb.enabled and stopped and wandb_disabled_by(cfg) is None:
+        # The user stopped what was going (an upload, maybe): no new upload starts now.
+        print(f"veeksha: sweep not uploaded; upload its runs and summary with: veeksha-upload {root}")
+    elif cfg.wandb.enabled:
+        upload(root, cfg)  # the sweep's summary run; member runs are already uploaded and are skipped
     return results
 
 
@@ -214,9 +220,6 @@ def _run_member(root: Path, manifest: dict[str, Any], index: int, run: LoadedRun
     info = {"id": sweep_id, "index": index, "count": manifest["count"], "params": run.params}
     try:
         result = run_benchmark(own_sessions(run, index), root, argv=python_argv(), sweep=info)
-    except KeyboardInterrupt:  # (starting its server, evaluating): its run.json says which
-        manifest["runs"][index] = _entry_without_result(root, sweep_id, index, run, RUN_INTERRUPTED)
-        return RunResult(root, RUN_INTERRUPTED, "interrupted")
     except Exception as e:  # one failed run (e.g. its server did not start) ends only itself
         print(f"veeksha: sweep run {index} failed: {e}", flush=True)
         manifest["runs"][index] = _entry_without_result(root, sweep_id, index, run, RUN_FAILED)
@@ -226,8 +229,9 @@ def _run_member(root: Path, manifest: dict[str, Any], index: int, run: LoadedRun
 
 
 def end_interrupted(root: Path, manifest: dict[str, Any], runs: list[LoadedRun]) -> None:
-    """A Ctrl-C outside any member's run: the sweep is `interrupted`, and so is a member it had marked
-    `running` (its run.json, if it got as far as one, says what became of it), as in _run_member."""
+    """A Ctrl-C outside a member's recording (which ends its run as interrupted itself): the sweep is
+    `interrupted`, and so is a member it had marked `running` (its run.json, if it got as far as one:
+    started its server, evaluating, uploading, says what became of it)."""
     manifest["status"] = RUN_INTERRUPTED
     for index, entry in enumerate(manifest["runs"]):
         if entry.get("status") == RUN_RUNNING:
