@@ -79,6 +79,7 @@ def run_from_config(
 ) -> int:
     runs = load_benchmark_runs(path, overrides, fallbacks)  # every run validated before any traffic
     check_output_dir_not_swept(runs)
+    check_upload_not_swept(runs)
     check_distinct_runs(runs)
     check_hosts(run.config for run in runs)
     for run in runs:  # a typo in the last run's trace path is found now, not hours into the sweep
@@ -107,6 +108,22 @@ def check_output_dir_not_swept(runs: list[LoadedRun]) -> None:
         raise ConfigError(
             "config error at output_dir: !expand is not allowed here (a sweep writes all its runs "
             "under one directory); give one output_dir"
+        )
+
+
+# Where and whether a sweep uploads: one W&B group, its summary run under the first run's section.
+ONE_PER_SWEEP = ("wandb", "wandb.enabled", "wandb.mode", "wandb.project", "wandb.entity", "wandb.group")
+
+
+def check_upload_not_swept(runs: list[LoadedRun]) -> None:
+    """An !expand on where or whether the sweep uploads is refused: the summary would follow the first
+    run's choice (and upload a run that opted out, or leave out one that opted in). A run's name,
+    tags and notes may vary."""
+    swept = sorted({key for run in runs for key in run.params if key in ONE_PER_SWEEP})
+    if swept:
+        raise ConfigError(
+            f"config error at {swept[0]}: !expand is not allowed here (a sweep uploads as one W&B "
+            "group, its summary beside its runs); give one value, or run one sweep per value"
         )
 
 

@@ -1,5 +1,6 @@
-"""What a sweep refuses before its directory is made (exit 2, one line): an !expand on output_dir,
-a combination listed twice, and an endpoint that cannot name the model to load."""
+"""What a sweep refuses before its directory is made (exit 2, one line): an !expand on output_dir or
+on where and whether it uploads, a combination listed twice, and an endpoint that cannot name the
+model to load."""
 
 from __future__ import annotations
 
@@ -39,6 +40,30 @@ def test_any_expand_on_output_dir_is_refused(tmp_path: Path, values: str) -> Non
     `[a, a]` passed, as only distinct values were counted."""
     line = refused(write_config(tmp_path, f"output_dir: !expand {values}\n{SIMULATED}"), "--dry-run")
     assert line.startswith("veeksha-run: config error at output_dir: !expand is not allowed here"), line
+
+
+@pytest.mark.parametrize(
+    ("swept", "key"),
+    [
+        ("wandb: {enabled: !expand [true, false], mode: offline}", "wandb.enabled"),
+        ("wandb: {enabled: true, mode: !expand [offline, disabled]}", "wandb.mode"),
+        ("wandb: {enabled: true, project: !expand [a, b]}", "wandb.project"),
+        ("wandb: !expand [{enabled: true}, {enabled: false}]", "wandb"),
+    ],
+    ids=["enabled", "mode", "project", "section"],
+)
+def test_where_and_whether_a_sweep_uploads_is_not_swept(tmp_path: Path, swept: str, key: str) -> None:
+    """A sweep uploads as one W&B group, its summary run under the first run's wandb section: with
+    `enabled: !expand [true, false]` the summary upload also sent the run whose config said false, and
+    with `[false, true]` the summary was never made."""
+    line = refused(write_config(tmp_path, f"{SIMULATED}{swept}\n"), "--dry-run")
+    assert line.startswith(f"veeksha-run: config error at {key}: !expand is not allowed here"), line
+
+
+def test_a_sweep_may_vary_its_runs_w_and_b_names_and_tags(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"{SIMULATED}wandb: {{enabled: true, tags: !expand [[a], [b]]}}\n")
+    proc = run_cli(["--config", str(config), "--dry-run"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0 and "expands to 2 run(s)" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(
