@@ -20,8 +20,10 @@ from veeksha.runner.evaluation.health import (
     all_passed,
     format_health_text,
     health_json,
+    prefix_cache,
     run_checks,
     server_checks,
+    thresholds,
 )
 from veeksha.runner.evaluation.plots import remove_stale_temps
 from veeksha.runner.evaluation.prefill import build_prefill
@@ -90,7 +92,13 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
         summary["server_prefix_cache_hit_fraction"] = server_cache_hit_fraction(paths.server_metrics_csv)
         failed_run = all_failed(data)
         slos = slo_results(data)
-        checks = run_checks(data) + server_checks(run_info)
+        # From the summary's two fractions, here where a run and `veeksha-run evaluate` both build it.
+        cache = prefix_cache(
+            summary["server_prefix_cache_hit_fraction"],
+            summary["expected_prefix_cache_hit_fraction"],
+            thresholds(cfg),
+        )
+        checks = [*run_checks(data), cache, *server_checks(run_info)]
         health = health_json(checks)
         write_json(paths.summary_stats, summary)
         if slos is not None:

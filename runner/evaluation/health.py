@@ -103,6 +103,37 @@ def server_checks(run_info: Any) -> list[Check]:
     return [Check(SERVER_CHECK, FAILED, detail=str(detail))]
 
 
+def prefix_cache(server: float | None, expected: float | None, bounds: HealthThresholds) -> Check:
+    """The server's prefix-cache hit fraction against the sharing the config generated (summary_stats'
+    server_ and expected_prefix_cache_hit_fraction). Far more hits than intended: the server already
+    held these prompts (an earlier run with the same seed against a server still up), and answered
+    them from its cache, so every prefill-bound metric (TTFC above all) is no measurement. From the two
+    summary values, not the records: `veeksha-run evaluate` gives the run's verdict again."""
+    name = "prefix_cache"
+    if server is None:
+        why = "the server reported no prefix-cache counters (no server metrics, or no vllm:prefix_cache_*)"
+        return Check(name, SKIPPED, detail=why)
+    if expected is None:
+        return Check(name, SKIPPED, detail="no prompt token was sent: no sharing to compare with")
+    unexpected = server - expected
+    limit = bounds.max_unexpected_cache_hit_fraction
+    metrics = {
+        "server_prefix_cache_hit_fraction": server,
+        "expected_prefix_cache_hit_fraction": expected,
+        "unexpected_hit_fraction": unexpected,
+    }
+    limits = {"max_unexpected_cache_hit_fraction": limit}
+    if unexpected <= limit:
+        return Check(name, PASSED, metrics, limits)
+    detail = (
+        f"the server found {server:.0%} of prompt tokens in its cache "
+        f"where the config shares {expected:.0%}: "
+        "it had these prompts already (an earlier run with the same seed against this server?); "
+        "set another `seed`, or restart the server / reset its prefix cache, then run again"
+    )
+    return Check(name, FAILED, metrics, limits, detail)
+
+
 def thresholds(cfg: BenchmarkConfig) -> HealthThresholds:
     """The bounds in force: the first evaluator's (a config may list none)."""
     return cfg.evaluators[0].health if cfg.evaluators else HealthThresholds()

@@ -322,6 +322,7 @@ def test_the_defaults_are_the_documented_bounds():
         "min_prompts_on_target": 0.99,
         "max_output_off_fraction": 0.01,
         "max_output_token_difference": 0.05,
+        "max_unexpected_cache_hit_fraction": 0.5,
     }
     assert health.thresholds(BenchmarkConfig()) == HealthThresholds()
     no_evaluator = BenchmarkConfig(evaluators=[])
