@@ -1,7 +1,8 @@
 """The server's own metrics (queue, KV-cache use, prefix-cache hits, ...), scraped during the run.
 
-A thread of the recorder process (never the driver) fetches the server's Prometheus text every
-`server_metrics.interval_seconds` and appends one row to metrics/server_metrics.csv: `elapsed_s`, then
+A thread of the recorder process (never the driver) fetches the server's Prometheus text as the run
+starts, every `server_metrics.interval_seconds`, and as it stops, and appends one row to
+metrics/server_metrics.csv: `elapsed_s`, then
 one column per series, named as the server spells it (`vllm:num_requests_running`, ...). Gauges are
 kept as values, counters become per-second rates over the interval; histograms and summaries are left
 out. Series of one name with several label sets (vLLM V1 labels each engine of a data-parallel
@@ -39,6 +40,8 @@ from veeksha.shared.jsonio import write_atomic
 from veeksha.shared.redact import scrub_list, scrub_text, secret_values
 
 PROBE_TIMEOUT_S = 2.0
+START_POLL_S = 0.02  # how often the scraper looks whether the run has started
+MIN_LAST_INTERVAL_S = 0.1  # the scrape at the stop, unless the last one was this recent
 KEPT_TYPES = ("gauge", "counter", "unknown", "untyped")
 
 
@@ -172,16 +175,30 @@ class Scraper:
         # once-a-second scrape was the largest single cluster of late dispatches at 400 requests/s).
         to_background()
         with httpx.Client(timeout=max(self.interval_s, PROBE_TIMEOUT_S), trust_env=False) as client:
+            # A scrape as the run starts (every counter's baseline: a rate needs two scrapes), one per
+            # interval, and one at the stop: else the first and the last interval went uncounted, and
+            # a run shorter than two intervals had no counter rate at all.
+            while self.elapsed() is None:
+                if self._stop.wait(START_POLL_S):
+                    return  # stopped before the run started: nothing to scrape
+            self._scrape(client)
             while not self._stop.wait(self.interval_s):
-                t = self.elapsed()
-                if t is None:
-                    continue
-                began = time.monotonic()
-                try:
-                    self._write(t, fetch(client, self.url))
-                except (httpx.HTTPError, ValueError, OSError):  # counted, reported at the end
-                    self.failures += 1
-                self._busy_s += time.monotonic() - began
+                self._scrape(client)
+            t, last = self.elapsed(), self._previous_t
+            # Not a few milliseconds after the last scrape: a rate over so short a time is noise.
+            if last is None or (t is not None and t - last >= min(self.interval_s / 4, MIN_LAST_INTERVAL_S)):
+                self._scrape(client)
+
+    def _scrape(self, client: httpx.Client) -> None:
+        t = self.elapsed()
+        if t is None:
+            return
+        began = time.monotonic()
+        try:
+            self._write(t, fetch(client, self.url))
+        except (httpx.HTTPError, ValueError, OSError):  # counted, reported at the end
+            self.failures += 1
+        self._busy_s += time.monotonic() - began
 
     def _write(self, t: float, series: dict[str, Series]) -> None:
         if self._columns is None:

@@ -468,3 +468,55 @@ def test_a_probe_of_metrics_that_echo_the_runs_secrets_shows_none(
 
     assert problem is not None and problem.startswith("ValueError")
     assert server_key not in problem and inherited not in problem
+
+
+class GrowingCounter(BaseHTTPRequestHandler):
+    """A counter that grows 100 per second since `started`."""
+
+    started = 0.0
+
+    def do_GET(self) -> None:
+        value = 100 * (time.monotonic() - GrowingCounter.started)
+        body = f"# TYPE vllm:prefix_cache_hits_total counter\nvllm:prefix_cache_hits_total {value}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_run_shorter_than_the_interval_is_scraped_at_its_start_and_its_stop(tmp_path: Path) -> None:
+    """The first scrape came one interval into the run (a baseline only: a rate needs two) and none at
+    the stop: a run shorter than two intervals had no counter rate at all (no server prefix-cache hit
+    fraction, so its `prefix_cache` check was skipped), and every run lost its first and last
+    interval. Now a scrape as the run starts and one as it stops."""
+    csv_path = tmp_path / "server_metrics.csv"
+    with serving(GrowingCounter) as url:
+        GrowingCounter.started = start = time.monotonic()
+        scraper = Scraper(f"{url}/metrics", 5.0, csv_path, lambda: time.monotonic() - start)
+        scraper.start()
+        time.sleep(0.6)
+        scraper.stop()
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["vllm:prefix_cache_hits_total"] == "" for r in rows] == [True, False]
+    assert float(rows[0]["elapsed_s"]) < 0.3 and float(rows[1]["elapsed_s"]) >= 0.6
+    assert 80 < float(rows[1]["vllm:prefix_cache_hits_total"]) < 120  # per second, over the run
+
+
+def test_no_scrape_before_the_run_starts_nor_at_a_stop_just_after_one(tmp_path: Path) -> None:
+    csv_path = tmp_path / "server_metrics.csv"
+    with serving(GrowingCounter) as url:
+        never_started = Scraper(f"{url}/metrics", 5.0, csv_path, lambda: None)
+        never_started.start()
+        time.sleep(0.2)
+        never_started.stop()
+        assert never_started.rows == 0 and not csv_path.exists()
+        start = time.monotonic()
+        at_once = Scraper(f"{url}/metrics", 5.0, csv_path, lambda: time.monotonic() - start)
+        at_once.start()
+        wait_until(lambda: at_once.rows >= 1)
+        at_once.stop()  # a rate over a few milliseconds would be noise
+    assert at_once.rows == 1
