@@ -84,8 +84,10 @@ def run_benchmark(
     sweep: dict[str, Any] | None = None,
     capacity_search: dict[str, Any] | None = None,
     quiet: bool = False,
+    known_secrets: tuple[str, ...] = (),
 ) -> RunResult:
-    """Run one benchmark and leave a complete run directory under `parent_dir`."""
+    """Run one benchmark and leave a complete run directory under `parent_dir`. `known_secrets`:
+    secret values its files hide besides its config's own (LoadedRun.sweep_secrets)."""
     check_before_start(cfg, announce=True)
     check_ray_cluster(cfg)  # joined now: an unreachable cluster is a config error
     cfg = resolve_external_endpoint(cfg)
@@ -105,7 +107,14 @@ def run_benchmark(
     result: RunResult | None = None
     try:
         cfg = resolve_endpoint(cfg, _server_api_base(cfg, server.api_base if server is not None else None))
-        run = RunDir(parent_dir, cfg, argv=argv, sweep=sweep, capacity_search=capacity_search)
+        run = RunDir(
+            parent_dir,
+            cfg,
+            argv=argv,
+            sweep=sweep,
+            capacity_search=capacity_search,
+            known_secrets=known_secrets,
+        )
         print(f"veeksha: run directory {run.root}", flush=True)
         if cfg.wandb.enabled and wandb_mode(cfg) == "online":
             follower = start_follower(run.root)

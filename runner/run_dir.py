@@ -201,12 +201,14 @@ class RunDir:
         argv: list[str],
         sweep: dict[str, Any] | None = None,
         capacity_search: dict[str, Any] | None = None,
+        known_secrets: tuple[str, ...] = (),
     ) -> None:
+        """`known_secrets`: secret values to hide besides the config's own (its sweep's other keys)."""
         started = utc_now()
         digest = config_sha256(cfg)
         self.paths = RunPaths(make_unique_dir(parent, run_dir_name(started, digest)))
         self.paths.make_dirs()
-        write_atomic(self.paths.config_yml, dump_config_yaml(cfg))
+        write_atomic(self.paths.config_yml, dump_config_yaml(cfg, known_secrets))
         self.info: dict[str, Any] = {
             "run_id": uuid.uuid4().hex,
             "contract_version": CONTRACT_VERSION,
@@ -218,7 +220,7 @@ class RunDir:
             # Lets `evaluate` tell a crashed run from one still going: host, pid, pid_start_ticks.
             **owner_fields(),
             "python": platform.python_version(),
-            "argv": shown_argv(argv, cfg),
+            "argv": shown_argv(argv, cfg, known_secrets),
             "sweep": sweep,
             "capacity_search": capacity_search,
             "error": None,
@@ -252,10 +254,10 @@ class RunDir:
                 raise
 
 
-def shown_argv(argv: list[str], cfg: BenchmarkConfig) -> list[str]:
+def shown_argv(argv: list[str], cfg: BenchmarkConfig, known: tuple[str, ...] = ()) -> list[str]:
     """The command line as run.json keeps it: secret flags' values hidden (redact_argv), and the run's
     known secrets wherever else they were typed (the client's key as a server flag's value)."""
-    secrets = config_secrets(cfg)
+    secrets = config_secrets(cfg, known)
     return [scrub_text(arg, secrets) for arg in redact_argv(list(argv))]
 
 

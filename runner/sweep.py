@@ -236,7 +236,8 @@ def _run_member(root: Path, manifest: dict[str, Any], index: int, run: LoadedRun
     save(root, manifest)
     info = {"id": sweep_id, "index": index, "count": manifest["count"], "params": run.params}
     try:
-        result = run_benchmark(own_sessions(run, index), root, argv=python_argv(), sweep=info)
+        cfg = own_sessions(run, index)
+        result = run_benchmark(cfg, root, argv=python_argv(), sweep=info, known_secrets=run.sweep_secrets)
     except Exception as e:  # one failed run (e.g. its server did not start) ends only itself
         print(f"veeksha: sweep run {index} failed: {e}", flush=True)
         manifest["runs"][index] = _entry_without_result(root, sweep_id, index, run, RUN_FAILED)

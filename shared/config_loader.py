@@ -16,7 +16,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from veeksha.shared.redact import (
     may_hold_secret,
     redact_config,
     redact_params,
+    scrub_list,
 )
 from veeksha.shared.schema import admitting, build, key_for_message, mark_respelled, plain, to_dict
 from veeksha.shared.secret import Secret
@@ -645,6 +646,9 @@ class LoadedRun:
 
     params: dict[str, Any]
     config: BenchmarkConfig
+    # The secret values every run of its sweep knows (a swept api_key): each run hides them all, so
+    # one run's key typed where no rule looks is not shown by the run that holds another key.
+    sweep_secrets: tuple[str, ...] = ()
 
 
 def load_raw(path: Path | None, overrides: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
@@ -695,10 +699,12 @@ def load_benchmark_runs(
 ) -> list[LoadedRun]:
     """Every run the file expands to, each validated (all errors raised before any traffic)."""
     raw = load_raw(path, overrides)
+    expanded = list(expand(raw))
+    shared = tuple(scrub_list([s for _, tree in expanded for s in known_secrets(tree)]))
     # The parameters label runs (console, run.json, sweep files): never with a secret value in them.
     return [
-        LoadedRun(redact_params(plain(params), tree), build_benchmark_config(tree, fallbacks))
-        for params, tree in expand(raw)
+        LoadedRun(redact_params(plain(params), tree, shared), build_benchmark_config(tree, fallbacks), shared)
+        for params, tree in expanded
     ]
 
 
@@ -750,18 +756,19 @@ def _finish(cfg: BenchmarkConfig, fallbacks: EnvFallbacks, prefix: str = "") -> 
     return cfg
 
 
-def redacted_dict(cfg: BenchmarkConfig | CapacitySearchConfig) -> dict[str, Any]:
+def redacted_dict(cfg: BenchmarkConfig | CapacitySearchConfig, known: Iterable[str] = ()) -> dict[str, Any]:
     """The config as plain data with every secret replaced: what config.yml holds. A secret value is
     hidden wherever else it appears too: a client key also given to the server under a flag no rule
-    knows is still the run's key (redact_config)."""
-    plain: dict[str, Any] = redact_config(to_dict(cfg), revealed_secrets(cfg))
+    knows is still the run's key (redact_config); so are the `known` ones (its sweep's)."""
+    plain: dict[str, Any] = redact_config(to_dict(cfg), [*revealed_secrets(cfg), *known])
     return plain
 
 
-def config_secrets(cfg: BenchmarkConfig | CapacitySearchConfig) -> list[str]:
+def config_secrets(cfg: BenchmarkConfig | CapacitySearchConfig, known: Iterable[str] = ()) -> list[str]:
     """Every secret value of a config (its api_key, header and URL credentials, long server.env
-    values, ...): what redacted_dict hides, for other text about the run (run.json's argv)."""
-    return known_secrets(to_dict(cfg), revealed_secrets(cfg))
+    values, ...) and the `known` ones: what redacted_dict hides, for other text about the run
+    (run.json's argv)."""
+    return known_secrets(to_dict(cfg), [*revealed_secrets(cfg), *known])
 
 
 def revealed_secrets(obj: Any) -> list[str]:
@@ -777,8 +784,8 @@ def revealed_secrets(obj: Any) -> list[str]:
     return []
 
 
-def dump_config_yaml(cfg: BenchmarkConfig | CapacitySearchConfig) -> str:
-    return yaml.dump(redacted_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+def dump_config_yaml(cfg: BenchmarkConfig | CapacitySearchConfig, known: Iterable[str] = ()) -> str:
+    return yaml.dump(redacted_dict(cfg, known), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
 def config_sha256(cfg: BenchmarkConfig | CapacitySearchConfig) -> str:

@@ -580,11 +580,12 @@ def redact_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def redact_params(params: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
+def redact_params(params: dict[str, Any], tree: dict[str, Any], known: Iterable[str] = ()) -> dict[str, Any]:
     """Sweep parameters ({"server.env.TOKEN": value}, keyed by dotted config path into the run's
     raw `tree`) as the tree's redaction (redact_config) leaves them: a list item after `--api-key` in
-    server.command too, which its path alone does not tell, and one equal to the run's api_key."""
-    secrets = known_secrets(tree)
+    server.command too, which its path alone does not tell, one equal to the run's api_key, and one
+    holding a `known` secret (another run's of the sweep)."""
+    secrets = known_secrets(tree, known)
     cleaned = _redacted_with(tree, secrets)
     out: dict[str, Any] = {}
     for key, value in params.items():

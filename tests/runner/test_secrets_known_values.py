@@ -132,3 +132,24 @@ def test_a_server_that_never_gets_ready_is_named_without_its_keys(
     message = str(caught.value)
     assert "did not manage to answer 2xx" in message and flags[0] in message
     assert "CANARY" not in message
+
+
+def test_a_key_one_run_of_a_sweep_holds_is_hidden_in_every_run(tmp_path: Path) -> None:
+    """A sweep over keys (a good one against a wrong one), the good key also given where no rule
+    looks (a sampling parameter): each run knew only its own key as a secret, so the run with the
+    wrong key wrote the good one in its config.yml, its label and the sweep's files."""
+    good, wrong = "sk-CANARY-good-1234567", "sk-wrong-7654321"
+    (tmp_path / "s.veeksha.yml").write_text(
+        "output_dir: o\nserver: {type: simulated}\nruntime: {max_sessions: 1}\n"
+        f"client: {{api_key: !expand [{good}, {wrong}], additional_sampling_params: {{user: {good}}}}}\n"
+    )
+
+    dry = run_cli(["--config", "s.veeksha.yml", "--dry-run"], cwd=tmp_path)
+    proc = run_cli(["--config", "s.veeksha.yml"], cwd=tmp_path)
+
+    assert dry.returncode == 0 and proc.returncode == 0, proc.stdout + proc.stderr
+    (sweep,) = (tmp_path / "o").iterdir()
+    configs = sorted(sweep.glob("*/config.yml"))
+    assert len(configs) == 2 and all("user: <redacted>" in c.read_text() for c in configs)
+    text = all_text_under(tmp_path / "o") + dry.stdout + dry.stderr + proc.stdout + proc.stderr
+    assert "CANARY" not in text and "7654321" not in text
