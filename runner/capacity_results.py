@@ -63,6 +63,8 @@ class Attempt:
     slo_results: list[dict[str, Any]]
     num_completed: int = 0  # successful requests: none in every attempt means a broken set-up
     why_unknown: str | None = None
+    # No request was sent (why_unknown says so): `evaluate` judges it alike, only a longer run can tell.
+    nothing_sent: bool = False
     why_failed: str | None = None
     load_note: str | None = None  # more load than the target was applied (not a failure by itself)
 
@@ -91,6 +93,9 @@ def judge(run_dir: Path, max_error_rate: float | None) -> Attempt:
     health = optional_json(paths.health_checks_json)
     why_unknown = no_verdict(paths, info, summary, slo, health)
     summary = summary or {}
+    silent = why_unknown is None and sent_nothing(info, summary)
+    if silent:
+        why_unknown = nothing_sent_reason(paths, where)
     error_rate = summary.get("error_rate")
     completed = int(summary.get("num_completed_requests") or 0)
     passed, why_failed, load_note = None, None, None
@@ -108,6 +113,7 @@ def judge(run_dir: Path, max_error_rate: float | None) -> Attempt:
         slo_results=slo.get("results", []) if slo else [],
         num_completed=completed,
         why_unknown=why_unknown,
+        nothing_sent=silent,
         why_failed=why_failed,
         load_note=load_note,
     )
@@ -148,6 +154,28 @@ def no_verdict(
     if health is None:
         return f"its {HEALTH_CHECKS_JSON} is missing or unreadable"
     return None
+
+
+def sent_nothing(info: dict[str, Any], summary: dict[str, Any]) -> bool:
+    """An attempt that ran to its end without sending a request (its first arrival came after the
+    run's end: 0.1/s in a 2 s run) measured nothing about its load. Judged a `fail` ("no request
+    succeeded") it used up an attempt and steered the search down to a wrong answer. A `failed` run
+    (its server died) stays a fail: that is a finding. A summary without the count (older) is judged
+    as before."""
+    ran_out = info.get("status") in (RUN_COMPLETED, RUN_TIMEOUT)
+    return ran_out and summary.get("num_dispatched_requests") == 0
+
+
+def nothing_sent_reason(paths: RunPaths, where: dict[str, Any]) -> str:
+    """What to change, named as the search's config file has it (under benchmark_config)."""
+    timeout = load_written_config(paths.config_yml).runtime.benchmark_timeout
+    load = f"{where.get('knob')}={where.get('value')}"
+    if timeout <= 0:  # (no time limit: the run ended on its session count)
+        return f"no request was sent: the run ended before the first arrival at {load}"
+    return (
+        f"no request was sent: benchmark_config.runtime.benchmark_timeout ({timeout:g} s) is too short "
+        f"for {load}; lengthen it"
+    )
 
 
 def failure(
@@ -249,6 +277,16 @@ def attempt_of(run_dir: Path) -> str | None:
         return None
     where = info.get("capacity_search") if isinstance(info, dict) else None
     return str(where.get("id")) if isinstance(where, dict) else None
+
+
+def attempt_evaluated(root: Path, search_id: str, iteration: int) -> bool:
+    """Whether the search's attempt `iteration` made a run directory and was evaluated (run.json
+    finished): its run had ended, and only its server's stop and its upload were left to do."""
+    for run_dir in _attempt_dirs(root, search_id):
+        info = read_json(run_dir / RUN_JSON)
+        if (info.get("capacity_search") or {}).get("iteration") == iteration:
+            return run_finished(info)
+    return False
 
 
 def best_attempt(history: list[Attempt]) -> Attempt | None:
@@ -416,8 +454,12 @@ def check_search_ended(root: Path, other_host_gone: bool) -> None:
 
 def attempts_to_finish(root: Path) -> list[Path]:
     """The attempts `veeksha-run evaluate CAPSEARCH_DIR` evaluates: those not finished."""
-    header = _results_header(root)
-    return [d for d in _attempt_dirs(root, str(header["id"])) if not run_finished(read_json(d / RUN_JSON))]
+    return unevaluated_attempts(root, str(_results_header(root)["id"]))
+
+
+def unevaluated_attempts(root: Path, search_id: str) -> list[Path]:
+    """The search's attempts without metrics (not finished): the uploader's summary run waits for them."""
+    return [d for d in _attempt_dirs(root, search_id) if not run_finished(read_json(d / RUN_JSON))]
 
 
 def refresh_search(root: Path) -> str | None:

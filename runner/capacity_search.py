@@ -25,6 +25,12 @@ What the spec leaves open, decided here (docs/capacity-search.md says it for use
 - The search cannot steer on an unknown verdict: it stops there (status `failed`, stop_reason
   `evaluation_failed`, exit 1) and says to run `veeksha-run evaluate` on the attempt. It is not
   resumed: `evaluate` re-judges that attempt and rewrites the search's results and attempts CSV.
+- An attempt that ran to its end without sending a request (its first arrival after the run's end:
+  0.1/s fixed in a 2 s run) has no verdict, and the search stops there saying to lengthen
+  benchmark_timeout: judged `fail` ("no request succeeded") it steered the search to a wrong answer.
+- The search directory is uploaded (W&B enabled) however the search ends, once its results have their
+  final status, as a sweep's summary is; not after a Ctrl-C that stopped an upload (an attempt's,
+  once its run was evaluated, or its own): then it says `veeksha-upload DIR`, as when the upload fails.
 - The results and the attempts CSV always list every attempt that made a run directory (read back
   from the runs' run.json files), also when the search was interrupted or failed part-way.
 - The results name the search's process (`host`, `pid`) from the start. `veeksha-run evaluate` on
@@ -56,6 +62,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 import typing
 import uuid
 from collections.abc import Callable, Iterator
@@ -69,14 +76,17 @@ from veeksha.runner.benchmark import (
     resolve_external_endpoint,
     run_benchmark,
     upload,
+    wandb_disabled_by,
 )
 from veeksha.runner.capacity_results import (
     EVALUATION_FAILED,
     Attempt,
+    attempt_evaluated,
     attempts_on_disk,
     best_attempt,
     judge,
     results_header,
+    unevaluated_attempts,
     write_results,
 )
 from veeksha.runner.preflight import check_hosts
@@ -113,6 +123,10 @@ from veeksha.shared.schema import INT64_MAX
 
 RATE_KNOB = "traffic_scheduler.interval_generator.arrival_rate"
 CONCURRENCY_KNOB = "traffic_scheduler.target_concurrent_sessions"
+
+
+class UploadStopped(KeyboardInterrupt):
+    """Ctrl-C while an upload ran (an attempt's own): the user stopped it, and it is not started again."""
 
 
 class NoVerdict(Exception):
@@ -321,7 +335,8 @@ class SearchRun:
 
     def attempt(self, value: float, rnd: Callable[[float], float]) -> Attempt | None:
         """Run and judge one attempt; None when the value was tried or no attempt is left. Raises
-        KeyboardInterrupt when the attempt was interrupted, NoVerdict when it cannot be judged."""
+        KeyboardInterrupt when the attempt was interrupted (UploadStopped: once its run had been
+        evaluated), NoVerdict when it cannot be judged."""
         value = rnd(value)
         if value in self.tried or len(self.tried) >= self.search.max_iterations:
             return None
@@ -334,7 +349,14 @@ class SearchRun:
         # Each attempt its own sessions (seed + iteration, so the search stays reproducible): with one
         # seed every attempt sent the same prompts, and a server's prefix cache answered the later ones.
         cfg = replace(cfg, seed=cfg.seed + info["iteration"])
-        result = run_benchmark(cfg, runs_dir, argv=python_argv(), capacity_search=info)
+        try:
+            result = run_benchmark(cfg, runs_dir, argv=python_argv(), capacity_search=info)
+        except KeyboardInterrupt as e:
+            # Out of the run itself (an interrupted recording returns): while its server started or its
+            # evaluation ran, or, once it was evaluated, while its server stopped or its upload ran.
+            if attempt_evaluated(self.root, self.header["id"], info["iteration"]):
+                raise UploadStopped from e
+            raise
         a = judge(result.run_dir, self.search.max_error_rate)
         interrupted = result.status == RUN_INTERRUPTED
         shown = "INTERRUPTED" if interrupted else "NO VERDICT" if a.passed is None else a.verdict.upper()
@@ -349,38 +371,97 @@ class SearchRun:
         return a
 
     def run(self, rnd: Callable[[float], float], integer: bool) -> int:
+        """The search to its end; each way it ends writes the results' final status, then uploads
+        the search directory (its summary run, the `best` tag), as a sweep does."""
         try:
             stop_reason = search_loop(self.search, lambda v: self.attempt(v, rnd), rnd, integer)
+        except UploadStopped:
+            self.write(RUN_INTERRUPTED)
+            print("veeksha: capacity search interrupted; results so far are written", flush=True)
+            self.upload_skipped("an upload was interrupted")
+            return 130
         except KeyboardInterrupt:
             self.write(RUN_INTERRUPTED)
             print("veeksha: capacity search interrupted; results so far are written", flush=True)
+            self.upload_search(say_unevaluated=True)
             return 130
         except NoVerdict as e:
             self.write(RUN_FAILED, EVALUATION_FAILED)
-            print(self.no_verdict_message(e), flush=True)
-            return 1
+            uploaded = self.upload_search()
+            print(self.no_verdict_message(e), flush=True)  # (what to evaluate, then upload)
+            return 1 if uploaded is not None else 130
         except Exception:  # an attempt that could not run (its server did not start, a full disk)
             self.write(RUN_FAILED)
             print("veeksha: capacity search failed; results so far are written", flush=True)
+            self.upload_search(say_unevaluated=True)  # never raises: the search's error is the one told
             raise  # the command's one line says why
         return self.finish(self.write(RUN_COMPLETED, stop_reason), stop_reason)
 
+    def upload_search(self, say_unevaluated: bool = False) -> bool | None:
+        """The search directory to W&B, when enabled: True uploaded (or not enabled), False failed,
+        None stopped by Ctrl-C (not started again). Never raises: a search that failed still raises
+        its own error, and whatever went wrong ends with the command that uploads it later. With
+        `say_unevaluated`, an attempt left without metrics (its evaluation cut short) is named with
+        what finishes it: the uploader skips the summary run until then."""
+        cfg = self.search.benchmark_config
+        if not cfg.wandb.enabled:
+            return True
+        try:
+            ok = upload(self.root, cfg)  # (says how to retry when the uploader fails)
+            waiting = unevaluated_attempts(self.root, self.header["id"]) if say_unevaluated else []
+            if waiting and ok and self.uploads:
+                print(
+                    f"veeksha: {len(waiting)} attempt(s) have no metrics ({waiting[0]}); "
+                    f"`veeksha-run evaluate {self.root}` writes them, then upload the search with: "
+                    f"veeksha-upload {self.root}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return ok
+        except KeyboardInterrupt:  # (upload() said how to upload it later)
+            return None
+        except Exception as e:
+            self.upload_skipped(f"its upload failed: {type(e).__name__}: {e}")
+            return False
+
+    @property
+    def uploads(self) -> bool:
+        """Whether the search is uploaded (W&B enabled, and not disabled by the environment)."""
+        cfg = self.search.benchmark_config
+        return cfg.wandb.enabled and wandb_disabled_by(cfg) is None
+
+    def upload_skipped(self, why: str) -> None:
+        if self.uploads:
+            print(
+                f"veeksha: the capacity search is not uploaded ({why}); upload it with: "
+                f"veeksha-upload {self.root}",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def no_verdict_message(self, e: NoVerdict) -> str:
         a = e.attempt
-        return (
+        stopped = (
             f"veeksha: capacity search stopped: whether {self.knob}={a.value} meets the SLOs is unknown "
             f"({a.why_unknown}), so it cannot tell which way to go on.\n"
+        )
+        if a.nothing_sent:  # evaluating it again judges it alike: only a longer run can tell
+            return stopped + "veeksha: to search further, start a new search with a longer run"
+        then_upload = (
+            f", then `veeksha-upload {self.root}` (its W&B runs, with that verdict)" if self.uploads else ""
+        )
+        return stopped + (
             f"veeksha: run `veeksha-run evaluate {e.run_dir}`: it judges that attempt and rewrites "
-            f"{CAPSEARCH_RESULTS} and {CAPSEARCH_ATTEMPTS_CSV} in {self.root}; to search further, "
-            "start a new search"
+            f"{CAPSEARCH_RESULTS} and {CAPSEARCH_ATTEMPTS_CSV} in {self.root}{then_upload}; to search "
+            "further, start a new search"
         )
 
     def finish(self, history: list[Attempt], stop_reason: str) -> int:
         best = best_attempt(history)
         found = best.value if best else "none (no attempt passed)"
         print(f"veeksha: best {self.knob} = {found} ({STOP_REASONS[stop_reason]})")
-        if self.search.benchmark_config.wandb.enabled:
-            upload(self.root, self.search.benchmark_config)  # the summary run and the `best` tag
+        if self.upload_search() is None:  # the summary run and the `best` tag; Ctrl-C'd: as one
+            return 130
         if history and not any(a.num_completed for a in history):
             # Not a capacity: the endpoint, the model or the key is wrong, at every load.
             print(

@@ -892,3 +892,28 @@ def test_a_live_process_given_the_searchs_pid_later_is_not_the_search(
         later.wait()
     assert "marked crashed" in proc.stdout, proc.stdout + proc.stderr
     assert found.results["status"] == "crashed"
+
+
+def test_an_attempt_that_sent_no_request_has_no_verdict_and_says_to_lengthen_the_run(tmp_path: Path) -> None:
+    """Fixed intervals at 0.5/s in a 1 s run: the first arrival (at 2 s) is after the run's end, so no
+    request is sent. It was judged FAIL "no request succeeded", used up an attempt, and the search
+    bisected below it to a wrong answer ("converged")."""
+    config = write_search(tmp_path, start_value=0.5, max_value=2, precision=1)
+    proc = run_cli(["capacity-search", "--config", str(config)], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (root,) = (tmp_path / "out").iterdir()
+    found = Search(proc.returncode, proc.stdout, root)
+
+    (attempt,) = found.results["history"]  # the search cannot steer on it: it stops there
+    reason = (
+        "no request was sent: benchmark_config.runtime.benchmark_timeout (1 s) is too short for "
+        "traffic_scheduler.interval_generator.arrival_rate=0.5; lengthen it"
+    )
+    assert (attempt["verdict"], attempt["passed"], attempt["reason"]) == ("unknown", None, reason)
+    assert found.results["status"] == "failed" and found.results["stop_reason"] == "evaluation_failed"
+    assert found.attempts_csv[0]["reason"] == reason
+    assert "=0.5 → NO VERDICT" in proc.stdout and reason in proc.stdout, proc.stdout
+    # What to do is to lengthen the run: `evaluate` would judge the attempt alike.
+    assert "veeksha-run evaluate" not in proc.stdout
+    assert "no attempt had a successful request" not in proc.stdout
+    assert judge(found.attempt_dir(0), None).reason == reason
