@@ -201,13 +201,13 @@ class ServerHandle:
     def output_tail(self, lines: int = _TAIL_LINES) -> str:
         """The last lines the server printed (stdout and stderr), secrets scrubbed."""
         if self._log is not None:
-            return scrub_text(_tail(self._log.contents(), lines), self.secrets)
+            return _tail(self._log.contents(), lines, self.secrets)
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(0, os.SEEK_END)
                 start = max(0, f.tell() - _TAIL_WINDOW)
                 f.seek(start)
-                return scrub_text(_tail(f.read(), lines, cut=start > 0), self.secrets)
+                return _tail(f.read(), lines, self.secrets, cut=start > 0)
         except OSError:
             return ""
 
@@ -766,11 +766,12 @@ def _find_line(text: str, prefix: str) -> str | None:
     return None
 
 
-def _tail(data: bytes, lines: int, cut: bool = False) -> str:
-    """The last `lines` lines of the last _TAIL_WINDOW bytes of `data` (`cut`: `data` itself began
-    inside a line)."""
+def _tail(data: bytes, lines: int, secrets: list[str], cut: bool = False) -> str:
+    """The last `lines` lines of the last _TAIL_WINDOW bytes of `data`, `secrets` scrubbed (`cut`:
+    `data` itself began inside a line). Scrubbed before the lines are taken: a secret of several lines
+    (a list of keys, a PEM key) is found only whole, and the last lines may hold only its end."""
     window = data[-_TAIL_WINDOW:]
-    kept = window.decode(errors="replace").splitlines()
+    kept = scrub_text(window.decode(errors="replace"), secrets).splitlines()
     if cut or len(window) < len(data):  # the window began inside a line: a secret cut there would
         kept = kept[1:]  # escape the scrub (lines as splitlines sees them: a progress bar's \r too)
     return "\n".join(kept[-lines:])

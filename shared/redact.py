@@ -639,12 +639,8 @@ def _redact_value(text: str, key: str | None) -> str:
 
 
 def scrub_list(values: list[str]) -> list[str]:
-    """Secret values ready for scrub_text: distinct, longest first (no partial leftovers). A value of
-    several lines (a list of keys, a PEM key) counts line by line too, each line from
-    MIN_CASELESS_LEN characters: text cut between two of its lines (a log's last lines, a capped
-    log's dropped middle) would otherwise show the rest as it is."""
-    lines = {line.strip() for v in values if "\n" in v or "\r" in v for line in v.splitlines()}
-    return sorted(set(values) | set(_long(list(lines))), key=len, reverse=True)
+    """Secret values ready for scrub_text: distinct, longest first (no partial leftovers)."""
+    return sorted(set(values), key=len, reverse=True)
 
 
 def scrub_text(text: str, secrets: list[str]) -> str:
