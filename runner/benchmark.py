@@ -94,8 +94,8 @@ def run_benchmark(
     check_ready_url_free(cfg.server)  # a server already there would be measured instead of ours
     ensure_writable(parent_dir)
     # The server inherits our environment (OPENAI_API_KEY ...): the client's secrets are scrubbed
-    # from its output too.
-    secrets = client_secret_values(cfg.client)
+    # from its output too, and so are the other runs' of its sweep (a key this run holds elsewhere).
+    secrets = [*client_secret_values(cfg.client), *known_secrets]
     server_cfg = run_server(cfg)
     server = (
         start_server(server_cfg, extra_secrets=secrets, ready_headers=readiness_headers(cfg))
@@ -414,7 +414,7 @@ def _record_with(
         Progress(cfg.runtime.benchmark_timeout),
         count_tokens,
         cfg.trace_recorder.enabled,
-        secrets=run_secret_values(cfg),  # a traced reply may echo them
+        secrets=[*run_secret_values(cfg), *run.known_secrets],  # a traced reply may echo them
         stop_when=server.exited_early if server is not None else None,
     )
     scraper = _server_metrics(cfg, run.paths, recorder)
@@ -552,6 +552,10 @@ def wait_for_follower(follower: subprocess.Popen[bytes], run_dir: Path) -> bool:
     limit = upload_deadline_s(run_dir) + UPLOAD_LOCK_WAIT_S + FOLLOW_MARGIN_S
     try:
         ok = follower.wait(limit) == 0
+    except KeyboardInterrupt:  # it got none (its own session): stopped as at any stop, not left behind
+        stop_follower(follower)
+        _upload_interrupted(run_dir)
+        raise
     except subprocess.TimeoutExpired:
         print(f"veeksha: the W&B follower did not finish within {limit:.0f} s; stopping it", file=sys.stderr)
         follower.kill()
@@ -589,6 +593,15 @@ def stop_follower(follower: subprocess.Popen[bytes]) -> None:
 _UPLOADING = {"online": "uploading to W&B", "offline": "writing an offline W&B run"}
 
 
+def _upload_interrupted(run_dir: Path) -> None:
+    print(
+        "veeksha: upload interrupted; the run's results are unchanged. "
+        f"Upload it with: veeksha-upload {run_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _upload_failed(run_dir: Path) -> None:
     print(
         f"veeksha: upload failed; the run's results are unchanged. Retry with: veeksha-upload {run_dir}",
@@ -610,12 +623,7 @@ def upload(run_dir: Path, cfg: BenchmarkConfig) -> bool:
     try:
         ok = subprocess.run(cmd, check=False).returncode == 0
     except KeyboardInterrupt:  # the uploader got the Ctrl-C too, and stopped
-        print(
-            "veeksha: upload interrupted; the run's results are unchanged. "
-            f"Upload it with: veeksha-upload {run_dir}",
-            file=sys.stderr,
-            flush=True,
-        )
+        _upload_interrupted(run_dir)
         raise
     except OSError as e:
         print(f"veeksha: could not start the uploader: {e}", file=sys.stderr)

@@ -204,6 +204,7 @@ class RunDir:
         known_secrets: tuple[str, ...] = (),
     ) -> None:
         """`known_secrets`: secret values to hide besides the config's own (its sweep's other keys)."""
+        self.known_secrets = known_secrets  # for what the run writes later (traces)
         started = utc_now()
         digest = config_sha256(cfg)
         self.paths = RunPaths(make_unique_dir(parent, run_dir_name(started, digest)))

@@ -186,7 +186,7 @@ class Scraper:
                 self._scrape(client)
             t, last = self.elapsed(), self._previous_t
             # Not a few milliseconds after the last scrape: a rate over so short a time is noise.
-            if last is None or (t is not None and t - last >= min(self.interval_s / 4, MIN_LAST_INTERVAL_S)):
+            if last is None or (t is not None and t - last >= MIN_LAST_INTERVAL_S):
                 self._scrape(client)
 
     def _scrape(self, client: httpx.Client) -> None:

@@ -13,7 +13,7 @@ from veeksha.shared.config import CommandServerConfig
 from veeksha.shared.errors import VeekshaError
 from veeksha.shared.paths import SERVER_LOG
 
-from tests.runner.helpers import all_text_under, only_run_dir, run_cli
+from tests.runner.helpers import VEEKSHA_RUN, all_text_under, only_run_dir, run_cli
 from tests.runner.test_secrets import free_port
 
 KEYS = ("sk-CANARY-plural-0001", "sk-CANARY-plural-0002")
@@ -153,3 +153,25 @@ def test_a_key_one_run_of_a_sweep_holds_is_hidden_in_every_run(tmp_path: Path) -
     assert len(configs) == 2 and all("user: <redacted>" in c.read_text() for c in configs)
     text = all_text_under(tmp_path / "o") + dry.stdout + dry.stderr + proc.stdout + proc.stderr
     assert "CANARY" not in text and "7654321" not in text
+
+
+def test_a_key_of_another_run_of_the_sweep_is_hidden_in_a_launched_servers_output(tmp_path: Path) -> None:
+    """The same sweep over keys, the good key also on the launched server's command line under a flag
+    no rule knows: the run holding the wrong key printed it in the server command line and server.log."""
+    good, wrong = "sk-CANARY-good-7654321", "sk-wrong-1234567"
+    port = free_port()
+    sim = f"{VEEKSHA_RUN} simulate-server --port {port}"
+    (tmp_path / "s.veeksha.yml").write_text(
+        "output_dir: o\nruntime: {max_sessions: 1}\n"
+        f"client: {{api_key: !expand [{good}, {wrong}]}}\n"
+        f"server: {{type: command, ready_url: 'http://127.0.0.1:{port}/health',"
+        f" command: [sh, -c, 'echo \"upstream $0\"; exec {sim}', {good}]}}\n"
+    )
+
+    proc = run_cli(["--config", "s.veeksha.yml"], cwd=tmp_path)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (sweep,) = (tmp_path / "o").iterdir()
+    logs = [log.read_text() for log in sorted(sweep.glob("*/server.log"))]
+    assert len(logs) == 2 and all("upstream <redacted>" in log for log in logs), logs
+    assert "CANARY" not in all_text_under(tmp_path / "o") + proc.stdout + proc.stderr
