@@ -24,13 +24,20 @@ from veeksha.runner.evaluation.health import (
     run_checks,
     server_checks,
     thresholds,
+    trace_text_flavor,
 )
 from veeksha.runner.evaluation.plots import remove_stale_temps
 from veeksha.runner.evaluation.prefill import build_prefill
 from veeksha.runner.evaluation.reading import read_run_logs
 from veeksha.runner.evaluation.rundata import prepare, split_warmup
 from veeksha.runner.evaluation.slo import slo_results
-from veeksha.runner.evaluation.summary import AllFailed, all_failed, build_summary, server_cache_hit_fraction
+from veeksha.runner.evaluation.summary import (
+    AllFailed,
+    all_failed,
+    build_summary,
+    sent_prompt_tokens,
+    server_cache_tokens,
+)
 from veeksha.runner.evaluation.throughput import build_throughput
 from veeksha.runner.evaluation.timeseries import build_timeseries, write_timeseries
 from veeksha.shared.config_loader import load_written_config
@@ -82,6 +89,7 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
     all_records, trace = read_run_logs(paths.request_records, paths.dispatch_trace)
     num_corrupt = all_records.num_corrupt_lines
     corrupt_lines = corrupt_line_numbers(paths.request_records) if num_corrupt else []
+    sent_tokens = sent_prompt_tokens(all_records.df)  # warmup included: the server looked those up too
     records, warmup = split_warmup(all_records)
     del all_records  # the warmup rows go now, not at the end
     # The time series rebuild is mostly numpy (it releases the GIL): run it beside the rest.
@@ -89,14 +97,18 @@ def evaluate_run(run_dir: Path, *, rebuilt: bool = False, plots: bool = True) ->
         timeseries_job = pool.submit(build_timeseries, records)
         data = prepare(records, warmup, cfg, trace, drivers_of(run_info))
         summary = build_summary(data)
-        summary["server_prefix_cache_hit_fraction"] = server_cache_hit_fraction(paths.server_metrics_csv)
+        server_cache = server_cache_tokens(paths.server_metrics_csv)
+        summary["server_prefix_cache_hit_fraction"] = server_cache.hit_fraction if server_cache else None
         failed_run = all_failed(data)
         slos = slo_results(data)
-        # From the summary's two fractions, here where a run and `veeksha-run evaluate` both build it.
+        # Here, where a run and `veeksha-run evaluate` both build it, from the run directory alone.
         cache = prefix_cache(
             summary["server_prefix_cache_hit_fraction"],
             summary["expected_prefix_cache_hit_fraction"],
             thresholds(cfg),
+            queried=server_cache.queries if server_cache else None,
+            sent=sent_tokens,
+            trace_flavor=trace_text_flavor(cfg),
         )
         checks = [*run_checks(data), cache, *server_checks(run_info)]
         health = health_json(checks)

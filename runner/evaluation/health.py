@@ -18,6 +18,7 @@ from veeksha.runner.driver.placement import owner_of
 from veeksha.runner.evaluation.quantiles import exact_quantiles
 from veeksha.runner.evaluation.rundata import RunData
 from veeksha.runner.evaluation.summary import error_code_freq, observed_session_rate, token_count_mismatch
+from veeksha.runner.sessions.traces import REQUEST_LOG
 from veeksha.shared.config import (
     BenchmarkConfig,
     ConcurrentTraffic,
@@ -25,6 +26,7 @@ from veeksha.shared.config import (
     GammaIntervals,
     HealthThresholds,
     RateTraffic,
+    TraceSessions,
 )
 from veeksha.shared.config_checks import session_slots
 from veeksha.shared.records import (
@@ -103,35 +105,92 @@ def server_checks(run_info: Any) -> list[Check]:
     return [Check(SERVER_CHECK, FAILED, detail=str(detail))]
 
 
-def prefix_cache(server: float | None, expected: float | None, bounds: HealthThresholds) -> Check:
+# The prefix_cache check judges the server's counters only when the server looked up at most this many
+# prompt tokens per prompt token the run sent. A server serving the run alone looks up about what it
+# sent: each prompt once (vLLM counts the chat template's tokens in both), again after a preemption
+# recomputes it. Far more means other clients' prompts, whose hits are not this run's.
+MAX_QUERIED_PER_SENT_TOKEN = 1.5
+
+TRACE_TEXT = "prompts come from a trace file: repeats of its text are the server's to cache"
+
+
+def trace_text_flavor(cfg: BenchmarkConfig) -> str | None:
+    """The trace flavor of sessions whose prompt text may come from a trace file (a conversation, or
+    `auto`: the run directory does not say which flavor the file was), else None. A request log's
+    prompt words are drawn from the seed, session by session, as synthetic ones are."""
+    sessions = cfg.session_generator
+    if not isinstance(sessions, TraceSessions) or sessions.flavor == REQUEST_LOG:
+        return None
+    return sessions.flavor
+
+
+def prefix_cache(
+    server: float | None,
+    expected: float | None,
+    bounds: HealthThresholds,
+    *,
+    queried: float | None = None,
+    sent: int | None = None,
+    trace_flavor: str | None = None,
+) -> Check:
     """The server's prefix-cache hit fraction against the sharing the config generated (summary_stats'
     server_ and expected_prefix_cache_hit_fraction). Far more hits than intended: the server already
-    held these prompts (an earlier run with the same seed against a server still up), and answered
-    them from its cache, so every prefill-bound metric (TTFC above all) is no measurement. From the two
-    summary values, not the records: `veeksha-run evaluate` gives the run's verdict again."""
+    held these prompts (an earlier run of the same sessions against a server still up), and answered
+    them from its cache, so every prefill-bound metric (TTFC above all) is no measurement.
+
+    No verdict (SKIPPED) when the prompts' text comes from a trace (`trace_flavor`: its repeats, a
+    wrapped replay's above all, are real sharing no seed changes), or when the server looked up far
+    more prompt tokens (`queried`) than the run sent (`sent`): its counters then cover other clients.
+    Built in evaluate.py from the run directory alone: `veeksha-run evaluate` gives the same verdict."""
     name = "prefix_cache"
     if server is None:
         why = "the server reported no prefix-cache counters (no server metrics, or no vllm:prefix_cache_*)"
         return Check(name, SKIPPED, detail=why)
     if expected is None:
         return Check(name, SKIPPED, detail="no prompt token was sent: no sharing to compare with")
-    unexpected = server - expected
-    limit = bounds.max_unexpected_cache_hit_fraction
-    metrics = {
-        "server_prefix_cache_hit_fraction": server,
-        "expected_prefix_cache_hit_fraction": expected,
-        "unexpected_hit_fraction": unexpected,
-    }
-    limits = {"max_unexpected_cache_hit_fraction": limit}
-    if unexpected <= limit:
+    metrics = _cache_metrics(server, expected, queried, sent)
+    if trace_flavor is not None:
+        return Check(name, SKIPPED, metrics, detail=_trace_detail(trace_flavor))
+    if queried is not None and sent is not None and queried > MAX_QUERIED_PER_SENT_TOKEN * sent:
+        detail = (
+            f"the server served other traffic too (it looked up {queried:,.0f} prompt tokens, "
+            f"this run sent {sent:,}): its hit fraction is not this run's"
+        )
+        return Check(name, SKIPPED, metrics, detail=detail)
+    limits = {"max_unexpected_cache_hit_fraction": bounds.max_unexpected_cache_hit_fraction}
+    if metrics["unexpected_hit_fraction"] <= bounds.max_unexpected_cache_hit_fraction:
         return Check(name, PASSED, metrics, limits)
     detail = (
         f"the server found {server:.0%} of prompt tokens in its cache "
         f"where the config shares {expected:.0%}: "
-        "it had these prompts already (an earlier run with the same seed against this server?); "
-        "set another `seed`, or restart the server / reset its prefix cache, then run again"
+        "it had these prompts already: an earlier run of the same sessions (same seed) against "
+        "this server still up? Restart the server or reset its prefix cache (or set another `seed`), "
+        "then run again"
     )
     return Check(name, FAILED, metrics, limits, detail)
+
+
+def _cache_metrics(server: float, expected: float, queried: float | None, sent: int | None) -> dict[str, Any]:
+    """The two fractions, their difference, and the token counts that are known."""
+    metrics: dict[str, Any] = {
+        "server_prefix_cache_hit_fraction": server,
+        "expected_prefix_cache_hit_fraction": expected,
+        "unexpected_hit_fraction": server - expected,
+    }
+    if queried is not None:
+        metrics["server_prefix_cache_queried_tokens"] = queried
+    if sent is not None:
+        metrics["sent_prompt_tokens"] = sent
+    return metrics
+
+
+def _trace_detail(flavor: str) -> str:
+    if flavor != "auto":
+        return TRACE_TEXT
+    return (
+        f"{TRACE_TEXT} (a request log's prompts are drawn from the seed: "
+        "give `flavor: request_log` to have them judged)"
+    )
 
 
 def thresholds(cfg: BenchmarkConfig) -> HealthThresholds:

@@ -69,16 +69,41 @@ def expected_cache_hits(data: RunData) -> float | None:
     """The prompt sharing the run generated: tokens an ideal prefix cache would have found (history,
     the shared prefix) over all prompt tokens sent. A server's hit rate well above it means sharing
     the benchmark did not intend; below it, a cache too small or off."""
-    rows = data.measured.lazy().filter(pl.col(SCHEDULER_DISPATCHED_AT).is_not_null())
-    sums = rows.select(pl.col("num_cacheable_prompt_tokens").sum(), pl.col("num_total_prompt_tokens").sum())
-    cacheable, total = sums.collect().row(0)
+    cacheable, total = _dispatched_sums(
+        data.measured, "num_cacheable_prompt_tokens", "num_total_prompt_tokens"
+    )
     return cacheable / total if total else None
 
 
-def server_cache_hit_fraction(csv_path: Path) -> float | None:
-    """The server's own prefix-cache hit rate over the run, beside expected_prefix_cache_hit_fraction:
-    Σ hits / Σ queries, each row's scraped rate times the interval it covers (since the row before:
-    a row after failed or starved scrapes covers several). None without those series.
+def sent_prompt_tokens(records: pl.DataFrame) -> int:
+    """Prompt tokens of every request these records sent, warmup included: about what the server
+    looked up in its prefix cache for this run (its counters are scraped from before the warmup)."""
+    (total,) = _dispatched_sums(records, "num_total_prompt_tokens")
+    return int(total or 0)  # a column of the null type (no request counted) sums to null
+
+
+def _dispatched_sums(records: pl.DataFrame, *columns: str) -> tuple[int, ...]:
+    """Each column's sum over the requests that were sent (0 for none, null for a null-typed column)."""
+    rows = records.lazy().filter(pl.col(SCHEDULER_DISPATCHED_AT).is_not_null())
+    return tuple(rows.select(pl.col(c).sum() for c in columns).collect().row(0))
+
+
+@dataclass(frozen=True)
+class ServerCacheTokens:
+    """Prompt tokens the server looked up in its prefix cache over the run, and found there."""
+
+    hits: float
+    queries: float
+
+    @property
+    def hit_fraction(self) -> float | None:
+        return self.hits / self.queries if self.queries else None
+
+
+def server_cache_tokens(csv_path: Path) -> ServerCacheTokens | None:
+    """The server's own prefix-cache hits and queries over the run (all its clients'): Σ each row's
+    scraped rate times the interval it covers (since the row before: a row after failed or starved
+    scrapes covers several). None without those series.
 
     The file may come from a crashed run: a cut-off last line is left out (read_appended_frame), and so
     is a row whose time or counters are no number, hits and queries together (either alone would
@@ -96,7 +121,14 @@ def server_cache_hit_fraction(csv_path: Path) -> float | None:
         float(np.nansum(numbers(df, name).fill_null(0).to_numpy()[kept] * interval[kept]))
         for name in (VLLM_CACHE_HITS, VLLM_CACHE_QUERIES)
     )
-    return hits / queries if queries else None
+    return ServerCacheTokens(hits, queries)
+
+
+def server_cache_hit_fraction(csv_path: Path) -> float | None:
+    """The server's own prefix-cache hit rate over the run, beside expected_prefix_cache_hit_fraction:
+    Σ hits / Σ queries of server_cache_tokens. None without those series, or without a query."""
+    tokens = server_cache_tokens(csv_path)
+    return tokens.hit_fraction if tokens else None
 
 
 # (summary key prefix, the client's count, the server's count)
