@@ -50,6 +50,8 @@ EVALUATION_FAILED = "evaluation_failed"
 # the session rate of rate traffic, the sessions in flight of concurrent traffic. Each is SKIPPED
 # for the other kind of traffic.
 RATE_CHECK, CONCURRENCY_CHECK = "session_dispatch_rate", "concurrency"
+# The health check that fails when the server held the run's prompts already (health.prefix_cache).
+PREFIX_CACHE_CHECK = "prefix_cache"
 
 
 @dataclass
@@ -65,6 +67,8 @@ class Attempt:
     why_unknown: str | None = None
     # No request was sent (why_unknown says so): `evaluate` judges it alike, only a longer run can tell.
     nothing_sent: bool = False
+    # The server answered from its prefix cache (why_unknown says so): `evaluate` judges it alike.
+    cache_answered: bool = False
     why_failed: str | None = None
     load_note: str | None = None  # more load than the target was applied (not a failure by itself)
 
@@ -96,6 +100,8 @@ def judge(run_dir: Path, max_error_rate: float | None) -> Attempt:
     silent = why_unknown is None and sent_nothing(info, summary)
     if silent:
         why_unknown = nothing_sent_reason(paths, where)
+    cached = None if why_unknown else answered_from_cache(health or {})
+    why_unknown = why_unknown or cached
     error_rate = summary.get("error_rate")
     completed = int(summary.get("num_completed_requests") or 0)
     passed, why_failed, load_note = None, None, None
@@ -114,6 +120,7 @@ def judge(run_dir: Path, max_error_rate: float | None) -> Attempt:
         num_completed=completed,
         why_unknown=why_unknown,
         nothing_sent=silent,
+        cache_answered=cached is not None,
         why_failed=why_failed,
         load_note=load_note,
     )
@@ -176,6 +183,20 @@ def nothing_sent_reason(paths: RunPaths, where: dict[str, Any]) -> str:
         f"no request was sent: benchmark_config.runtime.benchmark_timeout ({timeout:g} s) is too short "
         f"for {load}; lengthen it"
     )
+
+
+def answered_from_cache(health: dict[str, Any]) -> str | None:
+    """Why the attempt measured nothing when its prefix_cache health check failed (with the check's
+    own detail), else None. The server held its prompts already (a search run again against a server
+    still up repeats seed + i): its TTFC came from the cache, it passed, and the search reported a
+    capacity it never saw. No verdict, not a fail: the load was never served for real either way."""
+    checks = health.get("checks")
+    for check in checks if isinstance(checks, list) else []:
+        if isinstance(check, dict) and check.get("name") == PREFIX_CACHE_CHECK:
+            if check.get("result") == HEALTH_FAILED:
+                detail = check.get("detail")
+                return f"its {PREFIX_CACHE_CHECK} health check failed" + (f": {detail}" if detail else "")
+    return None
 
 
 def failure(
@@ -277,16 +298,6 @@ def attempt_of(run_dir: Path) -> str | None:
         return None
     where = info.get("capacity_search") if isinstance(info, dict) else None
     return str(where.get("id")) if isinstance(where, dict) else None
-
-
-def attempt_evaluated(root: Path, search_id: str, iteration: int) -> bool:
-    """Whether the search's attempt `iteration` made a run directory and was evaluated (run.json
-    finished): its run had ended, and only its server's stop and its upload were left to do."""
-    for run_dir in _attempt_dirs(root, search_id):
-        info = read_json(run_dir / RUN_JSON)
-        if (info.get("capacity_search") or {}).get("iteration") == iteration:
-            return run_finished(info)
-    return False
 
 
 def best_attempt(history: list[Attempt]) -> Attempt | None:

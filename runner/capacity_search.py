@@ -29,8 +29,11 @@ What the spec leaves open, decided here (docs/capacity-search.md says it for use
   0.1/s fixed in a 2 s run) has no verdict, and the search stops there saying to lengthen
   benchmark_timeout: judged `fail` ("no request succeeded") it steered the search to a wrong answer.
 - The search directory is uploaded (W&B enabled) however the search ends, once its results have their
-  final status, as a sweep's summary is; not after a Ctrl-C that stopped an upload (an attempt's,
-  once its run was evaluated, or its own): then it says `veeksha-upload DIR`, as when the upload fails.
+  final status, as a sweep's summary is: completed, without a verdict, failed, or interrupted during an
+  attempt's traffic. Ctrl-C, one rule with a sweep (SearchRun.run): during an attempt's traffic it ends
+  that attempt (evaluated and uploaded like any run) and the search, which uploads; anywhere else (a
+  server's start or stop, an evaluation, an upload, between attempts) nothing more is uploaded, and it
+  says `veeksha-upload DIR`, as when the upload fails.
 - The results and the attempts CSV always list every attempt that made a run directory (read back
   from the runs' run.json files), also when the search was interrupted or failed part-way.
 - The results name the search's process (`host`, `pid`) from the start. `veeksha-run evaluate` on
@@ -39,7 +42,9 @@ What the spec leaves open, decided here (docs/capacity-search.md says it for use
   are left to it: it rewrites them after each attempt, from the attempts on disk.
 - Attempt i runs with seed `benchmark_config.seed + i`: with one seed every attempt sent the same
   prompts, and an external server's prefix cache answered the later attempts from what the first
-  ones sent (lower TTFC, so a higher capacity than there is).
+  ones sent (lower TTFC, so a higher capacity than there is). An attempt whose prefix_cache health
+  check failed (the server held its prompts already: a search run again against a server still up)
+  has no verdict, and the search stops there.
 - A concurrency search never tries fewer sessions than a fixed `runtime.num_drivers` (a driver with
   no session hung the attempt): start_value below it is refused, and bisection stops at it. The
   benchmark config's own target_concurrent_sessions is not checked against the drivers: every
@@ -48,8 +53,9 @@ What the spec leaves open, decided here (docs/capacity-search.md says it for use
   precision 6), nor a concurrency search above the largest concurrency: every attempt's config.yml
   reads back.
 - Refused too, before anything is made: a seed whose last attempt's seed + i does not fit in 64 bits
-  (its config.yml could not be read back), and a benchmark_config.output_dir (never used: attempts
-  go under the search's own directory, the top-level output_dir).
+  (its config.yml could not be read back; check_seed_offsets, shared with a sweep), and a
+  benchmark_config.output_dir (never used: attempts go under the search's own directory, the
+  top-level output_dir).
 - The checks a run makes name a run's keys and flags (`client.api_base`, `--client.api_base URL`);
   a search's errors name them under benchmark_config (`--benchmark_config.client.api_base URL`),
   which is what its command line takes (under_benchmark_config).
@@ -81,7 +87,6 @@ from veeksha.runner.benchmark import (
 from veeksha.runner.capacity_results import (
     EVALUATION_FAILED,
     Attempt,
-    attempt_evaluated,
     attempts_on_disk,
     best_attempt,
     judge,
@@ -96,6 +101,7 @@ from veeksha.shared.config import (
     CapacitySearchConfig,
     FixedIntervals,
     RateTraffic,
+    check_seed_offsets,
     search_floor,
 )
 from veeksha.shared.config_loader import (
@@ -119,14 +125,15 @@ from veeksha.shared.records import (
     RUN_INTERRUPTED,
     RUN_RUNNING,
 )
-from veeksha.shared.schema import INT64_MAX
 
 RATE_KNOB = "traffic_scheduler.interval_generator.arrival_rate"
 CONCURRENCY_KNOB = "traffic_scheduler.target_concurrent_sessions"
 
 
-class UploadStopped(KeyboardInterrupt):
-    """Ctrl-C while an upload ran (an attempt's own): the user stopped it, and it is not started again."""
+class AttemptInterrupted(Exception):
+    """Ctrl-C during an attempt's traffic: its run ended `interrupted` (evaluated and uploaded like any
+    run), and the search ends there and uploads. Not a KeyboardInterrupt: that one, from anywhere
+    else, uploads nothing more."""
 
 
 class NoVerdict(Exception):
@@ -189,19 +196,8 @@ def check_search(search: CapacitySearchConfig, integer: bool) -> None:
             f"benchmark_config.runtime.num_drivers {low} (each driver needs a session of its own, and "
             f"an attempt with fewer sessions than drivers hangs); use start_value >= {low}, or fewer drivers"
         )
-    check_seed(search)
-
-
-def check_seed(search: CapacitySearchConfig) -> None:
-    """Attempt i runs with seed + i: the last one's must fit in 64 bits, or its config.yml could not
-    be read back (`evaluate` refuses it). Refused, not wrapped: seed + i stays the documented rule."""
-    seed, attempts = search.benchmark_config.seed, search.max_iterations
-    highest = INT64_MAX - (attempts - 1)
-    if seed > highest:
-        raise ConfigError(
-            f"config error at benchmark_config.seed: {seed} is not allowed with max_iterations {attempts} "
-            f"(attempt i runs with seed + i, and the last would not fit in 64 bits); use a seed <= {highest}"
-        )
+    seed, attempts = search.benchmark_config.seed, search.max_iterations  # attempt i: seed + i
+    check_seed_offsets(seed, attempts, key="benchmark_config.seed", given=f"max_iterations {attempts}")
 
 
 def unused_output_dir_note(search: CapacitySearchConfig) -> str | None:
@@ -335,8 +331,8 @@ class SearchRun:
 
     def attempt(self, value: float, rnd: Callable[[float], float]) -> Attempt | None:
         """Run and judge one attempt; None when the value was tried or no attempt is left. Raises
-        KeyboardInterrupt when the attempt was interrupted (UploadStopped: once its run had been
-        evaluated), NoVerdict when it cannot be judged."""
+        AttemptInterrupted when a Ctrl-C ended its traffic (KeyboardInterrupt, from run_benchmark,
+        when one came anywhere else), NoVerdict when it cannot be judged."""
         value = rnd(value)
         if value in self.tried or len(self.tried) >= self.search.max_iterations:
             return None
@@ -349,14 +345,7 @@ class SearchRun:
         # Each attempt its own sessions (seed + iteration, so the search stays reproducible): with one
         # seed every attempt sent the same prompts, and a server's prefix cache answered the later ones.
         cfg = replace(cfg, seed=cfg.seed + info["iteration"])
-        try:
-            result = run_benchmark(cfg, runs_dir, argv=python_argv(), capacity_search=info)
-        except KeyboardInterrupt as e:
-            # Out of the run itself (an interrupted recording returns): while its server started or its
-            # evaluation ran, or, once it was evaluated, while its server stopped or its upload ran.
-            if attempt_evaluated(self.root, self.header["id"], info["iteration"]):
-                raise UploadStopped from e
-            raise
+        result = run_benchmark(cfg, runs_dir, argv=python_argv(), capacity_search=info)
         a = judge(result.run_dir, self.search.max_error_rate)
         interrupted = result.status == RUN_INTERRUPTED
         shown = "INTERRUPTED" if interrupted else "NO VERDICT" if a.passed is None else a.verdict.upper()
@@ -365,25 +354,29 @@ class SearchRun:
         print(f"veeksha: attempt {a.iteration}: {self.knob}={value} → {shown}{why}")
         self.write()
         if interrupted:
-            raise KeyboardInterrupt
+            raise AttemptInterrupted
         if a.passed is None:
             raise NoVerdict(a, result.run_dir)
         return a
 
     def run(self, rnd: Callable[[float], float], integer: bool) -> int:
         """The search to its end; each way it ends writes the results' final status, then uploads
-        the search directory (its summary run, the `best` tag), as a sweep does."""
+        the search directory (its summary run, the `best` tag), as a sweep does. Ctrl-C, one rule with
+        a sweep (sweep.run_sweep): during an attempt's traffic it ends that attempt (evaluated and
+        uploaded like any run) and the search, which uploads. Anywhere else (a server's start or stop,
+        an evaluation, an upload, between attempts) it stops at once: nothing more is uploaded, and the
+        command to upload later is printed."""
         try:
             stop_reason = search_loop(self.search, lambda v: self.attempt(v, rnd), rnd, integer)
-        except UploadStopped:
+        except AttemptInterrupted:
             self.write(RUN_INTERRUPTED)
             print("veeksha: capacity search interrupted; results so far are written", flush=True)
-            self.upload_skipped("an upload was interrupted")
+            self.upload_search(say_unevaluated=True)
             return 130
         except KeyboardInterrupt:
             self.write(RUN_INTERRUPTED)
             print("veeksha: capacity search interrupted; results so far are written", flush=True)
-            self.upload_search(say_unevaluated=True)
+            self.say_how_to_upload("stopped by Ctrl-C")
             return 130
         except NoVerdict as e:
             self.write(RUN_FAILED, EVALUATION_FAILED)
@@ -408,15 +401,8 @@ class SearchRun:
             return True
         try:
             ok = upload(self.root, cfg)  # (says how to retry when the uploader fails)
-            waiting = unevaluated_attempts(self.root, self.header["id"]) if say_unevaluated else []
-            if waiting and ok and self.uploads:
-                print(
-                    f"veeksha: {len(waiting)} attempt(s) have no metrics ({waiting[0]}); "
-                    f"`veeksha-run evaluate {self.root}` writes them, then upload the search with: "
-                    f"veeksha-upload {self.root}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            if ok and say_unevaluated:
+                self.say_unevaluated()
             return ok
         except KeyboardInterrupt:  # (upload() said how to upload it later)
             return None
@@ -429,6 +415,26 @@ class SearchRun:
         """Whether the search is uploaded (W&B enabled, and not disabled by the environment)."""
         cfg = self.search.benchmark_config
         return cfg.wandb.enabled and wandb_disabled_by(cfg) is None
+
+    def say_how_to_upload(self, why: str) -> None:
+        """The search is not uploaded now (`why`): what finishes an attempt left without metrics, if
+        any, else only the command that uploads it."""
+        if not self.say_unevaluated():
+            self.upload_skipped(why)
+
+    def say_unevaluated(self) -> bool:
+        """Name an attempt left without metrics (its evaluation cut short) and what finishes it, then
+        the upload: the uploader skips the summary run until then. Whether there was one to name."""
+        waiting = unevaluated_attempts(self.root, self.header["id"]) if self.uploads else []
+        if waiting:
+            print(
+                f"veeksha: {len(waiting)} attempt(s) have no metrics ({waiting[0]}); "
+                f"`veeksha-run evaluate {self.root}` writes them, then upload the search with: "
+                f"veeksha-upload {self.root}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return bool(waiting)
 
     def upload_skipped(self, why: str) -> None:
         if self.uploads:
@@ -447,6 +453,11 @@ class SearchRun:
         )
         if a.nothing_sent:  # evaluating it again judges it alike: only a longer run can tell
             return stopped + "veeksha: to search further, start a new search with a longer run"
+        if a.cache_answered:  # evaluating it again judges it alike: only prompts the server lacks can tell
+            return stopped + (
+                "veeksha: to search further, restart the server (or reset its prefix cache), or set "
+                "another benchmark_config.seed, then start a new search"
+            )
         then_upload = (
             f", then `veeksha-upload {self.root}` (its W&B runs, with that verdict)" if self.uploads else ""
         )

@@ -30,7 +30,7 @@ from veeksha.runner.benchmark import (
 from veeksha.runner.liveness import Owner, owner_fields
 from veeksha.runner.preflight import check_hosts
 from veeksha.runner.run_dir import check_output_dir, make_unique_dir, python_argv, stamp, utc_now
-from veeksha.shared.config import BenchmarkConfig
+from veeksha.shared.config import BenchmarkConfig, check_seed_offsets
 from veeksha.shared.config_loader import NO_FALLBACKS, EnvFallbacks, LoadedRun, load_benchmark_runs
 from veeksha.shared.errors import ConfigError, ContractError, UsageError
 from veeksha.shared.jsonio import read_json, write_atomic, write_json
@@ -81,6 +81,7 @@ def run_from_config(
     check_output_dir_not_swept(runs)
     check_upload_not_swept(runs)
     check_distinct_runs(runs)
+    check_own_seeds(runs)
     check_hosts(run.config for run in runs)
     for run in runs:  # a typo in the last run's trace path is found now, not hours into the sweep
         check_before_start(run.config)
@@ -160,10 +161,16 @@ def exit_code(results: list[RunResult], *, strict: bool) -> int:
 
 
 def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
+    """Each run in turn, then the sweep's summary uploaded (W&B enabled). Ctrl-C, as for a capacity
+    search: during a run's traffic it ends that run (evaluated and uploaded like any run: run_benchmark
+    returns it `interrupted`), and the sweep then ends and uploads its summary. Anywhere else (a
+    server's start or stop, an evaluation, an upload, between runs: a KeyboardInterrupt out of
+    run_benchmark or this loop) it stops at once: nothing more is uploaded, and the command to upload
+    later is printed."""
     root = make_unique_dir(Path(runs[0].config.output_dir), f"{SWEEP_DIR_PREFIX}{stamp(utc_now())}")
     manifest = new_manifest(uuid.uuid4().hex, runs)
     results: list[RunResult] = []
-    stopped = False  # a Ctrl-C outside a run's own handling (a server's start, an evaluation, an upload)
+    stopped = False  # a Ctrl-C outside a run's traffic: no upload starts after it
     try:
         print(f"veeksha: sweep of {len(runs)} runs in {root}", flush=True)
         save(root, manifest)  # a sweep in progress is visible as such, with all it is to run
@@ -219,13 +226,32 @@ def save(root: Path, manifest: dict[str, Any]) -> None:
 
 
 def own_sessions(run: LoadedRun, index: int) -> BenchmarkConfig:
-    """Run `index`'s config with its own sessions: seed + index (its config.yml keeps it, so the sweep
-    stays reproducible), unless the sweep varies the seed itself. With one seed every run sent the same
-    prompts, and a server's prefix cache answered the later runs (a capacity search's attempts do
-    the same, seed + iteration)."""
-    if "seed" in run.params:
+    """Run `index`'s config. Seed + index only when the run has no server section (an endpoint
+    already up, whose prefix cache outlives each run) and the sweep does not vary `seed`; else the
+    seed as given (each run's own fresh server: one workload for every variant). Why: draws_own_seed.
+    Its config.yml keeps the seed it used, so the sweep stays reproducible."""
+    if not draws_own_seed(run):
         return run.config
     return replace(run.config, seed=run.config.seed + index)
+
+
+def draws_own_seed(run: LoadedRun) -> bool:
+    """Whether a run of a sweep takes seed + its index: only against an endpoint already up (no server
+    section), and when the sweep does not vary `seed` itself. Such a server outlives each run: with one
+    seed every run sent the same prompts, and its prefix cache answered the later runs from the first
+    one's (a capacity search's attempts: seed + iteration). A run with a server section starts a fresh
+    server, and keeps the seed: the same seed gives the same sessions, prompt lengths and arrival
+    times, the same workload for each server variant a sweep compares."""
+    return run.config.server is None and "seed" not in run.params
+
+
+def check_own_seeds(runs: list[LoadedRun]) -> None:
+    """The last run that takes seed + index has a seed a config takes (check_seed_offsets), before
+    anything starts: run 1 of a sweep at seed 2**63-1 wrote seed 2**63, and its evaluation failed."""
+    offset = [index for index, run in enumerate(runs) if draws_own_seed(run)]
+    if offset:
+        given = f"{len(runs)} runs against an endpoint already up (no server section)"
+        check_seed_offsets(runs[offset[-1]].config.seed, offset[-1] + 1, key="seed", given=given)
 
 
 def _run_member(root: Path, manifest: dict[str, Any], index: int, run: LoadedRun) -> RunResult:

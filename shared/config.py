@@ -11,8 +11,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
+from veeksha.shared.errors import ConfigError
 from veeksha.shared.records import SLO_ALIASES, SLO_METRICS
-from veeksha.shared.schema import build, spec
+from veeksha.shared.schema import INT64_MAX, build, spec
 from veeksha.shared.secret import Secret
 from veeksha.shared.userpath import home_problem
 
@@ -602,6 +603,21 @@ class WandbConfig:
 
 # The root seed when none is given; also a standalone simulated server's, which has no run.
 DEFAULT_SEED = 42
+
+
+def check_seed_offsets(seed: int, count: int, *, key: str, given: str) -> None:
+    """Runs that each draw their own sessions take seed + i, i < `count` (a sweep's runs against an
+    endpoint already up, a capacity search's attempts): the last one's seed must be one a config takes
+    (64 bits), or its config.yml is refused when read back (its own evaluation, `veeksha-run
+    evaluate`). Refused before anything starts (exit 2), not wrapped round: each run's config.yml
+    keeps saying seed + i, and after 2**63-1 a wrapped seed would be -2**63, unrelated to the rest.
+    `key` names the seed as the config file has it; `given` the count (`max_iterations 3`)."""
+    highest = INT64_MAX - (count - 1)
+    if seed > highest:
+        raise ConfigError(
+            f"config error at {key}: {seed} is not allowed with {given} (each draws its own sessions "
+            f"with seed + its index, and the last would not fit in 64 bits); use a seed <= {highest}"
+        )
 
 
 def home_expanded(path: str) -> str:

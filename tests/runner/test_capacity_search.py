@@ -917,3 +917,33 @@ def test_an_attempt_that_sent_no_request_has_no_verdict_and_says_to_lengthen_the
     assert "veeksha-run evaluate" not in proc.stdout
     assert "no attempt had a successful request" not in proc.stdout
     assert judge(found.attempt_dir(0), None).reason == reason
+
+
+def test_a_search_run_again_against_a_server_still_up_stops_without_a_verdict(tmp_path: Path) -> None:
+    """The second search's attempt repeats the first's seed + i: the server held every prompt, its
+    TTFC came from the cache, and it passed (a capacity the search never saw). Its prefix_cache health
+    check failed: no verdict, and the search stops there saying what to change (`evaluate` would judge
+    it alike)."""
+    from tests.runner.simserver.test_standalone import simulate_server
+
+    config = write_search(tmp_path, max_iterations=1)
+    with simulate_server("--prefix_cache", "true") as url:
+        external = yaml.safe_load(config.read_text())
+        del external["benchmark_config"]["server"]
+        external["benchmark_config"]["client"] = {"api_base": url, "model": "sim"}
+        config.write_text(yaml.safe_dump(external))
+        runs = [
+            run_cli(["capacity-search", "--config", str(config), "--output_dir", name], cwd=tmp_path)
+            for name in ("first", "again")
+        ]
+    assert runs[0].returncode == 0, runs[0].stdout + runs[0].stderr
+    assert runs[1].returncode == 1, runs[1].stdout + runs[1].stderr
+    (root,) = (tmp_path / "again").iterdir()
+    results = Search(1, runs[1].stdout, root).results
+    (attempt,) = results["history"]
+    assert (attempt["verdict"], attempt["passed"]) == ("unknown", None)
+    assert attempt["reason"].startswith("its prefix_cache health check failed: the server found ")
+    assert results["status"] == "failed" and results["stop_reason"] == "evaluation_failed"
+    said = runs[1].stdout
+    assert "restart the server (or reset its prefix cache), or set another benchmark_config.seed" in said
+    assert "veeksha-run evaluate" not in said

@@ -1,6 +1,8 @@
 """A capacity search's own upload (its W&B summary run, the `best` tag) on every way it ends: also
-interrupted, without a verdict, or failed, once its results have their final status. Not started
-again after a Ctrl-C that stopped an upload; the retry command is said whenever it is not done.
+without a verdict, failed, or interrupted during an attempt's traffic, once its results have their
+final status. Ctrl-C, as for a sweep: during an attempt's traffic it ends that attempt (evaluated and
+uploaded like any run) and the search, which uploads; anywhere else (a server's start or stop, an
+evaluation, an upload) nothing more is uploaded. The retry command is said whenever it is not done.
 
 Real searches against the simulated server, W&B offline in a private home (the upload writes an
 offline run and the uploader's marker, wandb_run.json, into the folder)."""
@@ -8,6 +10,7 @@ offline run and the uploader's marker, wandb_run.json, into the folder)."""
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 import signal
@@ -22,6 +25,7 @@ import pytest
 import veeksha.runner.capacity_search as capacity_search
 import yaml
 from veeksha.runner.evaluation.evaluate import NO_PLOTS_ENV
+from veeksha.runner.server_launcher import ServerHandle
 from veeksha.shared.jsonio import read_json
 from veeksha.shared.paths import CAPSEARCH_RESULTS, WANDB_RUN_JSON
 
@@ -98,14 +102,48 @@ def test_a_search_stopped_by_an_attempt_that_sent_nothing_is_uploaded(tmp_path: 
     assert uploaded(found.root)
 
 
-def test_a_search_interrupted_in_an_evaluation_says_what_finishes_it_then_how_to_upload(
+def test_a_search_interrupted_in_an_evaluation_is_not_uploaded_and_says_what_finishes_it(
     tmp_path: Path, home: Home, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    """Ctrl-C outside an attempt's traffic: no upload starts (it uploaded the search); the search names
+    what finishes the attempt (`evaluate`), then how to upload it."""
     found = run_search_with_fault(write_uploading_search(tmp_path), 1, interrupted)
     assert found.exit_code == 130 and found.results["status"] == "interrupted"
+    assert found.stdout.count(WRITING) == 1, found.stdout  # attempt 0's own, before the Ctrl-C
     said = capfd.readouterr().err
-    assert f"`veeksha-run evaluate {found.root}`" in said, said
+    evaluate = said.find(f"`veeksha-run evaluate {found.root}`")
+    upload_at = says_to_upload(said, found.root)
+    assert evaluate >= 0 and upload_at is not None and upload_at > evaluate, said
+    assert not uploaded(found.root)
+
+
+def ctrl_c_as_a_server_stops(monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    """Ctrl-C once the `at`-th server (0-based) has stopped: its attempt was recorded and evaluated."""
+    real = ServerHandle.stop
+    calls = itertools.count()
+
+    def stop(handle: ServerHandle, *args: Any, **kwargs: Any) -> None:
+        real(handle, *args, **kwargs)
+        if next(calls) == at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ServerHandle, "stop", stop)
+
+
+def test_a_search_interrupted_while_a_server_stops_is_not_uploaded(
+    tmp_path: Path, home: Home, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Its attempt was evaluated: the search said "an upload was interrupted" and uploaded nothing.
+    Now it says only how to upload it, as for any Ctrl-C outside an attempt's traffic."""
+    ctrl_c_as_a_server_stops(monkeypatch, at=1)
+    found = run_search_with_fault(write_uploading_search(tmp_path), -1, evaluation_error)  # (no fault)
+    assert found.exit_code == 130 and found.results["status"] == "interrupted"
+    assert [h["verdict"] for h in found.results["history"]] == ["pass", "pass"]  # both evaluated
+    assert found.stdout.count(WRITING) == 1, found.stdout  # attempt 0's; none after the Ctrl-C
+    said = capfd.readouterr().err
+    assert "upload was interrupted" not in said, said
     assert says_to_upload(said, found.root) is not None, said
+    assert not uploaded(found.root)
 
 
 class ServerDidNotStart(RuntimeError):

@@ -2,6 +2,11 @@
 nothing starts another upload. A sweep went straight on to upload its summary (which uploads every run
 of the sweep again): the user who stopped a slow upload got a second one.
 
+The rule, for a sweep as for a capacity search: a Ctrl-C during a run's traffic ends that run (it is
+evaluated and uploaded like any run), and the sweep then ends and uploads its summary; anywhere else
+(a server's start or stop, an evaluation, an upload, between runs) nothing more is uploaded, and
+`veeksha-upload <dir>` is printed.
+
 Real `veeksha-run` processes and uploader, writing offline W&B runs (the SDK's start takes seconds, so
 the upload is still going half a second after it began, when the Ctrl-C, SIGINT to the process group,
 comes).
@@ -20,7 +25,7 @@ from tests.runner.helpers import VEEKSHA_RUN, no_plots_env
 CONFIG = """
 output_dir: out
 server: {type: simulated}
-runtime: {max_sessions: 2}
+runtime: RUNTIME
 traffic_scheduler: {type: rate, interval_generator: {type: poisson, arrival_rate: RATE}}
 wandb: {enabled: true, mode: offline}
 """
@@ -28,7 +33,14 @@ UPLOADING = "writing an offline W&B run"
 
 
 def interrupt_during_upload(tmp_path: Path, rate: str) -> tuple[int, str]:
-    (tmp_path / "c.veeksha.yml").write_text(CONFIG.replace("RATE", rate))
+    return interrupt_after(tmp_path, rate, "{max_sessions: 2}", UPLOADING, 0.5)
+
+
+def interrupt_after(
+    tmp_path: Path, rate: str, runtime: str, said_first: str, wait_s: float
+) -> tuple[int, str]:
+    """Ctrl-C `wait_s` after the first line holding `said_first`: the exit code and all that was said."""
+    (tmp_path / "c.veeksha.yml").write_text(CONFIG.replace("RATE", rate).replace("RUNTIME", runtime))
     env = no_plots_env({"WANDB_MODE": "", "WANDB_DISABLED": ""})
     proc = subprocess.Popen(
         [VEEKSHA_RUN, "--config", "c.veeksha.yml"],
@@ -44,8 +56,8 @@ def interrupt_during_upload(tmp_path: Path, rate: str) -> tuple[int, str]:
     deadline = time.monotonic() + 120
     for line in proc.stdout:
         said.append(line)
-        if UPLOADING in line:
-            time.sleep(0.5)
+        if said_first in line:
+            time.sleep(wait_s)
             os.killpg(proc.pid, signal.SIGINT)
             break
         assert time.monotonic() < deadline, "".join(said)
@@ -68,3 +80,12 @@ def test_a_sweep_whose_run_upload_is_interrupted_starts_no_other_upload(tmp_path
     assert said.count(UPLOADING) == 1, said
     (sweep,) = (tmp_path / "out").iterdir()
     assert f"upload its runs and summary with: veeksha-upload out/{sweep.name}" in said
+
+
+def test_a_sweep_whose_run_is_interrupted_in_its_traffic_uploads_its_summary(tmp_path: Path) -> None:
+    code, said = interrupt_after(tmp_path, "!expand [2, 3]", "{benchmark_timeout: 4}", "run directory", 1.0)
+    assert code == 130, said
+    (sweep,) = (tmp_path / "out").iterdir()
+    started = [line.split()[-3] for line in said.splitlines() if UPLOADING in line]
+    assert len(started) == 2 and started[1] == f"out/{sweep.name}", said  # the run's, then the summary's
+    assert "sweep not uploaded" not in said, said
