@@ -43,7 +43,7 @@ def test_every_link_is_stopped_when_the_recording_cannot_be_set_up(
     paths.timeseries_csv.parent.write_text("")  # metrics/ is a file: timeseries.csv cannot be made
 
     with pytest.raises(OSError):
-        benchmark._record(BenchmarkConfig(), SimpleNamespace(paths=paths), None)  # type: ignore[arg-type]
+        benchmark._record(BenchmarkConfig(), SimpleNamespace(paths=paths, known_secrets=()), None)  # type: ignore[arg-type]
 
     assert all(link.stops for link in links)
 

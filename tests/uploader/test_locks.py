@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from veeksha.runner import benchmark
+from veeksha.shared.config_loader import load_written_config
+from veeksha.shared.paths import RunPaths
 from veeksha.uploader.locks import DirLock, LockBusy
 
 from tests.uploader.builders import RunSpec, build_run
@@ -99,6 +101,6 @@ def test_the_runners_own_upload_waits_for_a_backfill_holding_the_directory(
     for name, value in home.env().items():
         monkeypatch.setenv(name, value)
     holder = hold_for(root, 1.5)
-    assert benchmark.upload(root)
+    assert benchmark.upload(root, load_written_config(RunPaths(root).config_yml))
     holder.join()
     assert len(offline_run_dirs(root)) == 1
