@@ -619,8 +619,8 @@ def upload(run_dir: Path, cfg: BenchmarkConfig) -> bool:
         return True
     cmd = [sys.executable, "-m", "veeksha.uploader", str(run_dir), "--wait-lock", f"{UPLOAD_LOCK_WAIT_S:.0f}"]
     doing = _UPLOADING[wandb_mode(cfg)]
-    print(f"veeksha: {doing}: {' '.join(cmd[2:])}", flush=True)
-    try:
+    try:  # (the Ctrl-C may come as this is said: the uploader never started, it is told the same)
+        print(f"veeksha: {doing}: {' '.join(cmd[2:])}", flush=True)
         ok = subprocess.run(cmd, check=False).returncode == 0
     except KeyboardInterrupt:  # the uploader got the Ctrl-C too, and stopped
         _upload_interrupted(run_dir)

@@ -78,7 +78,7 @@ def tolerate_lost_console() -> None:
 
 def _make_tolerant(name: str) -> None:
     stream = getattr(sys, name)
-    if stream is None or isinstance(getattr(stream, "buffer", None), _TolerantBuffer):
+    if stream is None or isinstance(getattr(stream, "buffer", None), _TolerantConsole):
         return
     try:
         fd = stream.fileno()
@@ -91,12 +91,11 @@ def _make_tolerant(name: str) -> None:
             _to_devnull(fd)  # what it still holds goes there when it is flushed again
     except RuntimeError:  # the signal came inside a write to it: the write flushes it itself
         pass
-    raw = _TolerantConsole(fd)
     setattr(
         sys,
         name,
         io.TextIOWrapper(
-            _TolerantBuffer(raw),
+            _TolerantConsole(fd),
             encoding=stream.encoding,
             errors=stream.errors,
             line_buffering=getattr(stream, "line_buffering", False),
@@ -115,9 +114,12 @@ def _to_devnull(fd: int, flags: int = os.O_WRONLY) -> None:
         os.close(devnull)
 
 
-class _TolerantConsole(io.RawIOBase):
-    """A console file descriptor (not owned: never closed here) whose first write failing because
-    the console is gone points the descriptor at /dev/null; that write and the later ones succeed."""
+class _TolerantConsole(io.BufferedIOBase):
+    """A console file descriptor (not owned: never closed here) under a text stream, which buffers.
+    Its first write failing because the console is gone points the descriptor at /dev/null; that
+    write and the later ones succeed. Unbuffered on purpose: a Ctrl-C's KeyboardInterrupt may surface
+    here just after a write returned (Python runs handlers between bytecodes), and a BufferedWriter
+    then kept the bytes already out as unwritten, and wrote them again."""
 
     def __init__(self, fd: int) -> None:
         super().__init__()
@@ -133,17 +135,17 @@ class _TolerantConsole(io.RawIOBase):
         return os.isatty(self.fd)
 
     def write(self, b: Any) -> int:
+        """All of `b`, as a buffered stream does (a pipe's write may be cut short by a signal)."""
+        view = memoryview(b).cast("B")
+        done = 0
         try:
-            return os.write(self.fd, b)
+            while done < len(view):
+                done += os.write(self.fd, view[done:])
         except OSError as e:
             if e.errno not in CONSOLE_GONE:
                 raise
             _to_devnull(self.fd)
-            return len(memoryview(b))
-
-
-class _TolerantBuffer(io.BufferedWriter):
-    """The buffer of a stream made tolerant: how tolerate_lost_console knows it has been."""
+        return len(view)
 
 
 class Progress:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
+from typing import Any
 
 import pytest
+from veeksha.runner import progress
 from veeksha.runner.progress import Progress
 from veeksha.shared import records as r
 
@@ -116,3 +120,34 @@ def test_the_time_before_a_delayed_start_shows_as_zero_not_negative(monkeypatch:
     screen = Terminal()
     Progress(300, screen).update(-0.9, counts())
     assert redraws(screen)[0].startswith("[   0.0/300s]")
+
+
+# ---------------------------------------------------------------- the console stream (tolerate_lost_console)
+
+
+def test_a_ctrl_c_just_after_a_line_is_out_does_not_write_that_line_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Python runs a signal's handler between bytecodes, so Ctrl-C's KeyboardInterrupt can surface in
+    # the console's write just after its system call returned. The line is out; it was kept as unwritten
+    # and written again by the next flush (a capacity search's "writing an offline W&B run" twice).
+    read_fd, write_fd = os.pipe()
+    try:
+        monkeypatch.setattr(sys, "stderr", sys.stderr)  # (made tolerant too: put back after)
+        monkeypatch.setattr(sys, "stdout", open(write_fd, "w", closefd=False))
+        progress.tolerate_lost_console()
+        real_write = os.write
+
+        def written_then_interrupted(fd: int, data: Any) -> int:
+            real_write(fd, data)
+            monkeypatch.setattr(os, "write", real_write)  # the one Ctrl-C
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(os, "write", written_then_interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            print("first", flush=True)
+        print("second", flush=True)
+        assert os.read(read_fd, 100) == b"first\nsecond\n"
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

@@ -14,11 +14,17 @@ comes).
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+import pytest
+from veeksha.runner.benchmark import upload
+from veeksha.shared.config import BenchmarkConfig, WandbConfig
 
 from tests.runner.helpers import VEEKSHA_RUN, no_plots_env
 
@@ -89,3 +95,29 @@ def test_a_sweep_whose_run_is_interrupted_in_its_traffic_uploads_its_summary(tmp
     started = [line.split()[-3] for line in said.splitlines() if UPLOADING in line]
     assert len(started) == 2 and started[1] == f"out/{sweep.name}", said  # the run's, then the summary's
     assert "sweep not uploaded" not in said, said
+
+
+class CtrlCWhileSaying(io.StringIO):
+    """A console whose write of a line holding `text` gets the Ctrl-C (a SIGINT as it is printed)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def write(self, s: str) -> int:
+        if self.text in s:
+            raise KeyboardInterrupt
+        return super().write(s)
+
+
+def test_a_ctrl_c_as_the_upload_is_announced_still_says_how_to_upload_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before the uploader started: its caller (a capacity search) took the Ctrl-C as already told,
+    # and ended with exit 130 and not a word on how to upload.
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_DISABLED", raising=False)
+    monkeypatch.setattr(sys, "stdout", CtrlCWhileSaying(UPLOADING))
+    with pytest.raises(KeyboardInterrupt):
+        upload(tmp_path, BenchmarkConfig(wandb=WandbConfig(enabled=True, mode="offline")))
+    assert f"Upload it with: veeksha-upload {tmp_path}" in capsys.readouterr().err
