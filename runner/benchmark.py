@@ -135,7 +135,7 @@ def _upload_result(cfg: BenchmarkConfig, result: RunResult, follower: subprocess
     if result.evaluation_failed:  # no metrics to upload: the follower leaves its W&B run resumable
         if follower is not None:
             end_follower(follower)
-        if cfg.wandb.enabled and wandb_disabled_by(cfg) is None:
+        if will_upload(cfg):
             print(
                 f"veeksha: not uploaded (no metrics): `veeksha-run evaluate {result.run_dir}`, "
                 f"then `veeksha-upload {result.run_dir}`",
@@ -265,6 +265,11 @@ def wandb_disabled_by(cfg: BenchmarkConfig) -> str | None:
     if wandb_mode(cfg) == "disabled":
         return "wandb.mode: disabled"
     return None
+
+
+def will_upload(cfg: BenchmarkConfig) -> bool:
+    """Whether a directory run with `cfg` is uploaded: W&B enabled, and nothing disables it."""
+    return cfg.wandb.enabled and wandb_disabled_by(cfg) is None
 
 
 def _server_api_base(cfg: BenchmarkConfig, launched: str | None) -> str | None:

@@ -82,7 +82,7 @@ from veeksha.runner.benchmark import (
     resolve_external_endpoint,
     run_benchmark,
     upload,
-    wandb_disabled_by,
+    will_upload,
 )
 from veeksha.runner.capacity_results import (
     EVALUATION_FAILED,
@@ -413,8 +413,7 @@ class SearchRun:
     @property
     def uploads(self) -> bool:
         """Whether the search is uploaded (W&B enabled, and not disabled by the environment)."""
-        cfg = self.search.benchmark_config
-        return cfg.wandb.enabled and wandb_disabled_by(cfg) is None
+        return will_upload(self.search.benchmark_config)
 
     def say_how_to_upload(self, why: str) -> None:
         """The search is not uploaded now (`why`): what finishes an attempt left without metrics, if

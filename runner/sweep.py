@@ -25,7 +25,7 @@ from veeksha.runner.benchmark import (
     resolve_external_endpoint,
     run_benchmark,
     upload,
-    wandb_disabled_by,
+    will_upload,
 )
 from veeksha.runner.liveness import Owner, owner_fields
 from veeksha.runner.preflight import check_hosts
@@ -193,7 +193,7 @@ def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
     end_pending(manifest)
     save(root, manifest)
     cfg = runs[0].config  # its wandb section is the one the uploader reads for the sweep
-    if cfg.wandb.enabled and stopped and wandb_disabled_by(cfg) is None:
+    if stopped and will_upload(cfg):
         # The user stopped what was going (an upload, maybe): no new upload starts now.
         print(f"veeksha: sweep not uploaded; upload its runs and summary with: veeksha-upload {root}")
     elif cfg.wandb.enabled:
