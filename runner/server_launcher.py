@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -669,9 +670,36 @@ def _spawn(
         fd, name = tempfile.mkstemp(prefix="veeksha-server-", suffix=".log")
         os.close(fd)
         log_path = Path(name)
+    # The server runs in a session of its own: a Ctrl-C never reaches it, so one that landed while
+    # Popen waits for its exec, or before the `try` below, left it running for good (holding a GPU).
+    # Held until the handle and its watchdog exist, then acted on where the server gets stopped.
+    with _HeldSignals() as held:
+        process = _launch(command, env, log_path, owns_log)
+        capped = None
+        handle = None
+        try:
+            if owns_log:
+                capped = CappedLog(os.open(log_path, os.O_RDWR))  # closed by ServerHandle.stop()
+                log_path.unlink()
+            watchdog = _start_watchdog(process)
+            handle = ServerHandle(
+                process, api_base, log_path, watchdog, owns_log, secrets=secrets or [], _log=capped
+            )
+            if capped is not None:
+                handle._trimmer = _start_trimming(capped, handle._trim_stop)
+            held.release()  # a Ctrl-C that came meanwhile raises here
+        except BaseException:  # a held Ctrl-C, or a failure before the watchdog ran: nothing else stops it
+            _abandon(process, handle, capped)
+            raise
+    return handle
+
+
+def _launch(
+    command: list[str], env: dict[str, str], log_path: Path, owns_log: bool
+) -> subprocess.Popen[bytes]:
     try:
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -683,27 +711,84 @@ def _spawn(
         if owns_log:  # nothing ran: leave no empty log behind
             log_path.unlink(missing_ok=True)
         raise
-    capped = None
-    try:
-        if owns_log:
-            capped = CappedLog(os.open(log_path, os.O_RDWR))  # closed by ServerHandle.stop()
-            log_path.unlink()
-        watchdog = subprocess.Popen(
-            [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(process.pid), str(STOP_GRACE_S)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C or group kill aimed at us must not take the guard along
-        )
-    except BaseException:  # a Ctrl-C before the watchdog runs: nothing else would stop the server
-        _terminate_group(process, STOP_GRACE_S)
-        if capped is not None:
-            capped.close()
-        raise
-    handle = ServerHandle(process, api_base, log_path, watchdog, owns_log, secrets=secrets or [], _log=capped)
+
+
+def _start_watchdog(process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(process.pid), str(STOP_GRACE_S)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C or group kill aimed at us must not take the guard along
+    )
+
+
+def _abandon(process: subprocess.Popen[bytes], handle: ServerHandle | None, capped: CappedLog | None) -> None:
+    """Stop a server whose start failed or was interrupted: its handle's stop() once it exists (the
+    watchdog and the log's trimming go too), else its group, and the log's descriptor."""
+    if handle is not None:
+        handle.stop()
+        return
+    _terminate_group(process, STOP_GRACE_S)
     if capped is not None:
-        handle._trimmer = _start_trimming(capped, handle._trim_stop)
-    return handle
+        capped.close()
+
+
+_HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, and what the CLI maps onto it
+
+
+class _HeldSignals:
+    """Within the `with`: SIGINT, SIGTERM and SIGHUP are noted, not acted on; release() (or leaving the
+    `with`) puts the previous handlers back and hands them what came meanwhile. Handlers, not
+    pthread_sigmask: a blocked mask would be inherited across exec, and the server would ignore its
+    SIGTERM. Only the main thread can set handlers, and only it runs them: elsewhere, a no-op."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, signal.Handlers | Callable[[int, Any], Any] | int] = {}
+        self._came: list[int] = []
+        self._holding = False
+
+    def __enter__(self) -> _HeldSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._holding = True
+        for sig in _HELD:
+            previous = signal.getsignal(sig)
+            # An ignored signal stays so (the server inherits SIG_IGN: nohup); None: set outside
+            # Python, which signal.signal could not put back.
+            if previous is not None and previous != signal.SIG_IGN:
+                self._previous[sig] = previous
+                signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._holding:
+            if signum not in self._came:
+                self._came.append(signum)
+            return
+        self._pass_on(signum)  # one that came while release() put the handlers back
+
+    def _pass_on(self, signum: int) -> None:
+        """To the handler it was meant for: SIG_DFL included (raise_signal runs a Python handler now)."""
+        signal.signal(signum, self._previous[signum])
+        signal.raise_signal(signum)
+
+    def release(self) -> None:
+        if not self._holding:
+            return
+        self._holding = False
+        try:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+        finally:  # a second Ctrl-C, passed on mid-way, raised: the rest go back too
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+        came, self._came = self._came, []
+        for sig in came:
+            self._pass_on(sig)
 
 
 def _start_trimming(log: CappedLog, stop: threading.Event) -> threading.Thread:

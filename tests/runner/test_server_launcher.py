@@ -13,11 +13,14 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from veeksha.runner.cli import _terminated
 from veeksha.runner.server_launcher import (
     ServerHandle,
     check_server_command,
@@ -60,6 +63,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def spy_on_popen(
+    monkeypatch: pytest.MonkeyPatch, after_first: Callable[[], None] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """The processes the launcher starts, in order (the server's first, then its watchdog's), filled
+    in as they start; `after_first` runs once the server's Popen has returned."""
+    import veeksha.runner.server_launcher as launcher
+
+    spawned: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        process = real_popen(*args, **kwargs)
+        spawned.append(process)
+        if len(spawned) == 1 and after_first is not None:
+            after_first()
+        return process
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", popen)
+    return spawned
 
 
 def test_simulated_server_starts_answers_and_stops_without_leftovers() -> None:
@@ -127,17 +151,20 @@ def test_command_that_exits_early_gives_a_clear_error_with_its_output(tmp_path: 
     assert str(log) in message  # the full output is kept and named
 
 
-def test_command_that_never_gets_ready_times_out_and_is_stopped(tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
-    script = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+def test_command_that_never_gets_ready_times_out_and_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server's pid from its Popen, not from a file it writes: on a loaded machine it was stopped
+    # at the 1 s timeout before it had written one.
+    spawned = spy_on_popen(monkeypatch)
     cfg = CommandServerConfig(
-        command=[sys.executable, "-c", script],
+        command=[sys.executable, "-c", "import time; time.sleep(60)"],
         ready_url=f"http://127.0.0.1:{free_port()}/health",
         ready_timeout=1.0,
     )
     with pytest.raises(VeekshaError, match="did not manage to answer 2xx"):
         start_server(cfg, log_path=tmp_path / "server.log")
-    assert is_gone(int(pid_file.read_text()))
+    assert is_gone(spawned[0].pid)
 
 
 def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
@@ -244,6 +271,65 @@ def test_ctrl_c_between_spawning_the_server_and_waiting_for_it_stops_the_server(
     with pytest.raises(KeyboardInterrupt):
         start_server(cfg)
     assert wait_gone(int(pid_file.read_text()), timeout=0.5)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def handling(sig: int, handler: Any) -> Iterator[None]:
+    previous = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        signal.signal(sig, previous)
+
+
+@pytest.mark.parametrize(
+    ("sig", "handler"),
+    [
+        (signal.SIGINT, signal.default_int_handler),  # Ctrl-C
+        (signal.SIGTERM, _terminated),  # the CLI's: a job scheduler's stop, as a Ctrl-C
+        (signal.SIGHUP, _raise_keyboard_interrupt),  # a hangup (the CLI's raises once)
+    ],
+)
+def test_a_signal_as_the_server_starts_stops_it_and_still_interrupts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: int, handler: Any
+) -> None:
+    """A signal right after the server's Popen returned, before its handle and watchdog existed: the
+    server, in a session of its own, never got the Ctrl-C and ran on for good (holding the GPU)."""
+    spawned = spy_on_popen(monkeypatch, after_first=lambda: signal.raise_signal(sig))
+    cfg = CommandServerConfig(
+        command=[sys.executable, "-c", "import time; time.sleep(60)"],
+        ready_url=f"http://127.0.0.1:{free_port()}/health",
+        ready_timeout=10,
+    )
+    try:
+        with handling(sig, handler):
+            with pytest.raises(KeyboardInterrupt):
+                start_server(cfg, log_path=tmp_path / "server.log")
+            assert signal.getsignal(sig) is handler  # put back as it was
+        assert wait_gone(spawned[0].pid, 5)
+    finally:  # the test failing: no server left behind
+        for process in spawned:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def test_starting_a_server_leaves_the_signal_handlers_as_they_were(tmp_path: Path) -> None:
+    """The handlers held while the server starts come back, and an ignored SIGHUP (nohup) stays
+    ignored, the server's too (it inherits SIG_IGN across exec)."""
+    with handling(signal.SIGTERM, _terminated), handling(signal.SIGHUP, signal.SIG_IGN):
+        before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        with start_server(SimulatedServerConfig()) as handle:
+            assert {s: signal.getsignal(s) for s in before} == before
+            status = Path(f"/proc/{handle.pid}/status").read_text()
+            ignored = int(re.search(r"^SigIgn:\s*(\w+)", status, re.M).group(1), 16)  # type: ignore[union-attr]
+            assert ignored & (1 << (signal.SIGHUP - 1))
+        assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_unknown_server_type_is_an_error() -> None:
@@ -604,7 +690,7 @@ def key_server_config(tmp_path: Path, api_base: str | None = None) -> BenchmarkC
             "type": "command",
             "command": [sys.executable, "-c", STATUS_SERVER, str(port), "200"],
             "ready_url": f"http://127.0.0.1:{port}/v1/models",
-            "ready_timeout": 3,
+            "ready_timeout": 10,  # a Python server on a loaded machine: its start is not tested
         },
         "client": {"api_key": "sk-ready-key-31"},
     }
