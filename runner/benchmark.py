@@ -62,6 +62,9 @@ FOLLOW_END_S = 30.0
 # backfill that found it still running), where a backfill would skip it: skipped by both, the run
 # would be uploaded by nobody.
 UPLOAD_LOCK_WAIT_S = 120.0
+# After a Ctrl-C the run's uploader has this long to end as it does on one (its workers stopped,
+# its lock released, its exit line); then it is killed.
+UPLOADER_STOP_WAIT_S = 10.0
 
 
 @dataclass
@@ -97,37 +100,59 @@ def run_benchmark(
     # from its output too, and so are the other runs' of its sweep (a key this run holds elsewhere).
     secrets = [*client_secret_values(cfg.client), *known_secrets]
     server_cfg = run_server(cfg)
-    server = (
-        start_server(server_cfg, extra_secrets=secrets, ready_headers=readiness_headers(cfg))
-        if server_cfg is not None
-        else None
-    )
+    server: ServerHandle | None = None
     follower = None
     run: RunDir | None = None
     result: RunResult | None = None
     try:
-        cfg = resolve_endpoint(cfg, _server_api_base(cfg, server.api_base if server is not None else None))
-        run = RunDir(
-            parent_dir,
-            cfg,
-            argv=argv,
-            sweep=sweep,
-            capacity_search=capacity_search,
-            known_secrets=known_secrets,
-        )
-        print(f"veeksha: run directory {run.root}", flush=True)
-        if cfg.wandb.enabled and wandb_mode(cfg) == "online":
-            follower = start_follower(run.root)
-        result = _record_and_evaluate(cfg, run, server, quiet=quiet)
-    except OSError as e:  # (disk full): one line naming the file, or at least the run's directory
-        raise write_failure(e, run.root if run is not None else None) from e
+        # Started in the try: a Ctrl-C as it returns still finds it stopped below. (Outside the
+        # OSError's handling: a server that cannot be started is no write of the run's.)
+        if server_cfg is not None:
+            server = start_server(server_cfg, extra_secrets=secrets, ready_headers=readiness_headers(cfg))
+        try:
+            launched = server.api_base if server is not None else None
+            cfg = resolve_endpoint(cfg, _server_api_base(cfg, launched))
+            run = RunDir(
+                parent_dir,
+                cfg,
+                argv=argv,
+                sweep=sweep,
+                capacity_search=capacity_search,
+                known_secrets=known_secrets,
+            )
+            print(f"veeksha: run directory {run.root}", flush=True)
+            if cfg.wandb.enabled and wandb_mode(cfg) == "online":
+                follower = start_follower(run.root)
+            result = _record_and_evaluate(cfg, run, server, quiet=quiet)
+        except OSError as e:  # (disk full): one line naming the file, or at least the run's directory
+            raise write_failure(e, run.root if run is not None else None) from e
     finally:
-        if server is not None:  # its log goes into the run's directory, however the run ended
-            server.stop(save_to=run.root / SERVER_LOG if run is not None else None)
+        try:
+            if server is not None:  # its log goes into the run's directory, however the run ended
+                server.stop(save_to=run.root / SERVER_LOG if run is not None else None)
+        except KeyboardInterrupt:
+            _not_uploaded(cfg, result, follower)
+            raise
         if result is None and follower is not None:  # raised: a sweep goes on in this process
             end_follower(follower)
     _upload_result(cfg, result, follower)
     return result
+
+
+def _not_uploaded(
+    cfg: BenchmarkConfig, result: RunResult | None, follower: subprocess.Popen[bytes] | None
+) -> None:
+    """A Ctrl-C after the run's traffic, before its upload (its server stopping): nothing more is
+    uploaded. The follower (its own session: it got no SIGINT) would go on uploading unseen in the
+    background: it is stopped. A finished run says how to upload it later (_upload_result would have)."""
+    if follower is not None:
+        stop_follower(follower)
+    if result is None or not will_upload(cfg):
+        return
+    if result.evaluation_failed:
+        _not_uploaded_without_metrics(result.run_dir)
+    else:
+        _upload_interrupted(result.run_dir)
 
 
 def _upload_result(cfg: BenchmarkConfig, result: RunResult, follower: subprocess.Popen[bytes] | None) -> None:
@@ -136,16 +161,20 @@ def _upload_result(cfg: BenchmarkConfig, result: RunResult, follower: subprocess
         if follower is not None:
             end_follower(follower)
         if will_upload(cfg):
-            print(
-                f"veeksha: not uploaded (no metrics): `veeksha-run evaluate {result.run_dir}`, "
-                f"then `veeksha-upload {result.run_dir}`",
-                file=sys.stderr,
-            )
+            _not_uploaded_without_metrics(result.run_dir)
             result.upload_failed = True
     elif follower is not None:
         result.upload_failed = not wait_for_follower(follower, result.run_dir)
     elif cfg.wandb.enabled:
         result.upload_failed = not upload(result.run_dir, cfg)
+
+
+def _not_uploaded_without_metrics(run_dir: Path) -> None:
+    print(
+        f"veeksha: not uploaded (no metrics): `veeksha-run evaluate {run_dir}`, "
+        f"then `veeksha-upload {run_dir}`",
+        file=sys.stderr,
+    )
 
 
 # A write failing with one of these: the disk (or the user's quota, or the file size limit) is full.
@@ -422,9 +451,13 @@ def _record_with(
         secrets=[*run_secret_values(cfg), *run.known_secrets],  # a traced reply may echo them
         stop_when=server.exited_early if server is not None else None,
     )
-    scraper = _server_metrics(cfg, run.paths, recorder)
+    # From here a Ctrl-C is the run's (it ends interrupted, evaluated and uploaded), also in the
+    # set-up before the drivers start (the metrics probe may take seconds): the recorder then stops
+    # them as they start (INTERRUPTED_AT_START).
     previous = {s: signal.signal(s, handler) for s, handler in _stop_handlers(recorder).items()}
+    scraper: Scraper | None = None
     try:
+        scraper = _server_metrics(cfg, run.paths, recorder)
         if scraper is not None:
             scraper.start()
         return recorder.run(links)
@@ -554,15 +587,15 @@ def start_follower(run_dir: Path) -> subprocess.Popen[bytes] | None:
 
 def wait_for_follower(follower: subprocess.Popen[bytes], run_dir: Path) -> bool:
     """Wait for the follower to finish the W&B run (bounded: its own deadline plus a margin)."""
-    limit = upload_deadline_s(run_dir) + UPLOAD_LOCK_WAIT_S + FOLLOW_MARGIN_S
-    try:
-        ok = follower.wait(limit) == 0
+    try:  # (the limit too: a Ctrl-C as its file is read finds the follower running as well)
+        ok = follower.wait(upload_deadline_s(run_dir) + UPLOAD_LOCK_WAIT_S + FOLLOW_MARGIN_S) == 0
     except KeyboardInterrupt:  # it got none (its own session): stopped as at any stop, not left behind
         stop_follower(follower)
         _upload_interrupted(run_dir)
         raise
-    except subprocess.TimeoutExpired:
-        print(f"veeksha: the W&B follower did not finish within {limit:.0f} s; stopping it", file=sys.stderr)
+    except subprocess.TimeoutExpired as e:
+        said = f"the W&B follower did not finish within {e.timeout:.0f} s; stopping it"
+        print(f"veeksha: {said}", file=sys.stderr)
         follower.kill()
         follower.wait()
         ok = False
@@ -626,7 +659,7 @@ def upload(run_dir: Path, cfg: BenchmarkConfig) -> bool:
     doing = _UPLOADING[wandb_mode(cfg)]
     try:  # (the Ctrl-C may come as this is said: the uploader never started, it is told the same)
         print(f"veeksha: {doing}: {' '.join(cmd[2:])}", flush=True)
-        ok = subprocess.run(cmd, check=False).returncode == 0
+        ok = _run_uploader(cmd) == 0
     except KeyboardInterrupt:  # the uploader got the Ctrl-C too, and stopped
         _upload_interrupted(run_dir)
         raise
@@ -636,3 +669,22 @@ def upload(run_dir: Path, cfg: BenchmarkConfig) -> bool:
     if not ok:
         _upload_failed(run_dir)
     return ok
+
+
+def _run_uploader(cmd: list[str]) -> int:
+    """The uploader's exit code. On Ctrl-C (it got one too: the same process group) it has
+    UPLOADER_STOP_WAIT_S to finish its own stop (its exit line, its lock and pending state):
+    subprocess.run gave it 0.25 s, then killed it. A second Ctrl-C meanwhile kills it at once."""
+    uploader = subprocess.Popen(cmd)
+    try:
+        return uploader.wait()
+    except KeyboardInterrupt:
+        try:
+            uploader.wait(UPLOADER_STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        raise
+    finally:  # (whatever cut the wait short: no uploader outlives it)
+        if uploader.poll() is None:
+            uploader.kill()
+            uploader.wait()

@@ -7,9 +7,9 @@ evaluated and uploaded like any run), and the sweep then ends and uploads its su
 (a server's start or stop, an evaluation, an upload, between runs) nothing more is uploaded, and
 `veeksha-upload <dir>` is printed.
 
-Real `veeksha-run` processes and uploader, writing offline W&B runs (the SDK's start takes seconds, so
-the upload is still going half a second after it began, when the Ctrl-C, SIGINT to the process group,
-comes).
+Real `veeksha-run` processes and uploader, writing offline W&B runs in a private home (the SDK's
+start takes seconds, so the upload is still going half a second after it began, when the Ctrl-C,
+SIGINT to the process group, comes).
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from pathlib import Path
 
 import pytest
 from veeksha.runner.benchmark import upload
+from veeksha.runner.evaluation.evaluate import NO_PLOTS_ENV
 from veeksha.shared.config import BenchmarkConfig, WandbConfig
 
-from tests.runner.helpers import VEEKSHA_RUN, no_plots_env
+from tests.runner.helpers import VEEKSHA_RUN
+from tests.uploader.conftest import make_home
 
 CONFIG = """
 output_dir: out
@@ -47,7 +49,8 @@ def interrupt_after(
 ) -> tuple[int, str]:
     """Ctrl-C `wait_s` after the first line holding `said_first`: the exit code and all that was said."""
     (tmp_path / "c.veeksha.yml").write_text(CONFIG.replace("RATE", rate).replace("RUNTIME", runtime))
-    env = no_plots_env({"WANDB_MODE": "", "WANDB_DISABLED": ""})
+    # A private home for the SDK (its cache, settings and login): not the user's, not another test's.
+    env = make_home(tmp_path / "home").env({NO_PLOTS_ENV: "1"})
     proc = subprocess.Popen(
         [VEEKSHA_RUN, "--config", "c.veeksha.yml"],
         cwd=tmp_path,
