@@ -9,16 +9,23 @@ Protocol. The parent writes one JSON line per task to the worker's stdin, then c
 The worker answers each task, in order, on stdout with length-prefixed payloads (8-byte little-endian
 length, then bytes): records → frame as Arrow IPC, gaps (float64), gaps per row (int64), block bytes
 (int64); trace → frame as Arrow IPC. On an error it writes the traceback to stderr and exits non-zero.
+
+Ctrl-C. A terminal's reaches the whole process group, the workers too; it is the parent's to handle.
+The workers ignore SIGINT from their start (each printed a KeyboardInterrupt traceback), and end
+without it: the parent kills them when it stops them (_stop), and if it dies, their stdin (closed
+once the tasks are written) ends and their next answer finds no reader (a broken pipe).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import signal
 import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,6 +63,9 @@ def _recv(src: IO[bytes], proc: subprocess.Popen[bytes]) -> bytes:
 
 
 def main() -> None:
+    # Blocked since our start (_sigint_held): a Ctrl-C that came meanwhile is dropped when unblocked.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         task = orjson.loads(line)
@@ -81,15 +91,16 @@ def parse_in_workers(
     """
     # One polars thread per worker: the workers are the parallelism (more threads only contend).
     env = {**os.environ, "POLARS_MAX_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "veeksha.runner.evaluation.parse_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        for _ in range(workers)
-    ]
+    with _sigint_held():
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "veeksha.runner.evaluation.parse_worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+            for _ in range(workers)
+        ]
     tasks: list[list[dict[str, Any]]] = [[] for _ in procs]
     for i, (offset, length) in enumerate(ranges):
         tasks[i % workers].append(
@@ -131,6 +142,19 @@ def parse_in_workers(
             _stop(procs)
 
     return blocks(), trace
+
+
+@contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Children started inside begin with SIGINT blocked (the mask is kept through fork and exec),
+    until main() has set it ignored: the interpreter's start and the imports take a good part of a
+    second, in which a Ctrl-C printed its traceback. Blocked here, not ignored: a Ctrl-C meanwhile
+    waits for this process's handler, it is not lost."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -237,6 +237,19 @@ def wait_for_dispatched(output_dir: Path, n: int, timeout_s: float = 60.0) -> No
     raise AssertionError(f"no {n} requests dispatched within {timeout_s} s")
 
 
+def interrupt_until_drain_announced(proc: subprocess.Popen[str]) -> str:
+    """Ctrl-C the run, then read its output up to the drain line it prints once it took that Ctrl-C
+    ("... Ctrl-C again to cancel"), returned ("" if it ended first). Send the next Ctrl-C after it:
+    on a loaded machine the run's handler may run late, and a Ctrl-C sent before it ran is merged
+    with the pending one, so two become one stop (a drain), never a cancel."""
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout is not None
+    shown = ""
+    while "draining" not in shown and (line := proc.stdout.readline()):
+        shown = line
+    return shown
+
+
 def test_a_second_interrupt_cancels_in_flight_requests_at_once(tmp_path: Path) -> None:
     proc = start_run(
         tmp_path,
@@ -248,9 +261,9 @@ def test_a_second_interrupt_cancels_in_flight_requests_at_once(tmp_path: Path) -
     # Requests of 6,000 tokens take ~60 s each: once a few were sent, they are in flight. (2,000
     # tokens left too little room between a drain and a cancellation on a heavily loaded machine.)
     wait_for_dispatched(tmp_path / "out", 3)
-    os.kill(proc.pid, signal.SIGINT)
-    time.sleep(0.5)
-    os.kill(proc.pid, signal.SIGINT)
+    shown = interrupt_until_drain_announced(proc)
+    assert "Ctrl-C again to cancel" in shown, shown
+    proc.send_signal(signal.SIGINT)
     started = time.monotonic()
     _out, err = proc.communicate(timeout=90)
     assert proc.returncode == 130, err

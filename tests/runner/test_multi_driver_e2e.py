@@ -21,6 +21,7 @@ from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import CLIENT_COMPLETED_AT, REQUEST_RECORD_FIELDS, SCHEDULER_DISPATCHED_AT
 
 from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir, read_jsonl, run_cli
+from tests.runner.test_benchmark_e2e import interrupt_until_drain_announced
 from tests.runner.test_crash_recovery import SLOW as CRASH_SLOW
 from tests.runner.test_crash_recovery import dispatched_ids, driver_pids, wait_for_dispatches
 
@@ -340,9 +341,14 @@ def test_a_driver_stuck_after_ctrl_c_is_killed_and_its_requests_recorded(tmp_pat
     paths = wait_for_dispatches(tmp_path, at_least=20)
     stuck = driver_pids(proc.pid)[1]
     os.kill(stuck, signal.SIGSTOP)
-    for _ in range(3):
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
+    # The first drains; the second, sent once the drain is announced, cancels. The third only hastens
+    # the kill: merged with the second (it prints nothing to wait for), the kill comes CANCEL_WAIT_S
+    # after the cancel, within the wait below.
+    shown = interrupt_until_drain_announced(proc)
+    assert "Ctrl-C again to cancel" in shown, shown
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     info = orjson.loads(paths.run_json.read_bytes())
