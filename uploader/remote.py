@@ -107,11 +107,11 @@ def post_graphql(
     deadline (set_deadline) is near, and the last answer returned. With `retry_errors`, a refused or
     dropped connection or a timeout is asked again the same way and the last one raised; without,
     httpx errors propagate at once (the probe: an unreachable server is said within seconds)."""
-    end = time.monotonic() + (RETRY_BUDGET_S if budget_s is None else budget_s)
-    if _deadline is not None:
-        end = min(end, _deadline - _DEADLINE_MARGIN_S)
     pause = _FIRST_PAUSE_S
     with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as client:
+        # The budget is for asking, so it starts once the client can ask: building the client (its
+        # SSL context) takes a tenth of a second or more on a busy machine, a share of a short budget.
+        end = _asking_ends(budget_s)
         while True:
             if _deadline is not None:  # one question never runs past the deadline either
                 left = max(0.1, _deadline - _DEADLINE_MARGIN_S - time.monotonic())
@@ -128,6 +128,12 @@ def post_graphql(
                 wait = _retry_after(resp, pause)
             time.sleep(max(0.0, min(wait, end - time.monotonic())))
             pause *= 2
+
+
+def _asking_ends(budget_s: float | None) -> float:
+    """When (time.monotonic) asking again stops: the budget from now, or short of the deadline."""
+    end = time.monotonic() + (RETRY_BUDGET_S if budget_s is None else budget_s)
+    return end if _deadline is None else min(end, _deadline - _DEADLINE_MARGIN_S)
 
 
 def _retry_after(resp: httpx.Response, default: float) -> float:

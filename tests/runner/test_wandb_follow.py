@@ -26,7 +26,10 @@ from tests.runner.helpers import VEEKSHA_RUN, run_cli
 from tests.uploader.conftest import Home, make_home, online_env, read_marker_json, until, upload
 from tests.uploader.fake_wandb import FakeRun, FakeWandb
 
-RUN_S = 10
+# Long against the follower's start: it imports wandb and creates its W&B run at a lower CPU priority
+# (follow.NICE), seconds on a busy machine, and its first rows must reach the fake before the end.
+# A benchmark cannot be ended early as `completed`, so no test here can wait on that event instead.
+RUN_S = 30
 
 
 def args(seconds: int = RUN_S) -> list[str]:
@@ -203,7 +206,7 @@ def test_a_failed_evaluation_stops_the_follower_and_leaves_its_run_resumable(
         paths.summary_stats.mkdir(parents=True)  # the evaluation's first file cannot be written
         # (Evaluated only once run.json says how the run ended: it will find the directory.)
         assert status(paths) == "running", "the benchmark ended before its follower made its W&B run"
-        out, err = proc.communicate(timeout=90)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

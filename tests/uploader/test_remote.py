@@ -86,13 +86,18 @@ def test_5xx_answers_are_asked_again_with_growing_pauses(scripted, monkeypatch) 
 
 
 def test_a_server_busy_for_longer_than_the_budget_is_a_failure(scripted, monkeypatch) -> None:
-    monkeypatch.setattr(remote, "RETRY_BUDGET_S", 0.5)
+    budget = 1.0
+    monkeypatch.setattr(remote, "RETRY_BUDGET_S", budget)
     monkeypatch.setattr(remote, "_FIRST_PAUSE_S", 0.1)
     server = scripted([500], BUCKET)
     started = time.monotonic()
     with pytest.raises(RemoteError, match="HTTP 500"):
         lookup_run(server.url, "k", "team", "proj", "r1")
-    assert time.monotonic() - started < 2 and 2 <= len(server.times) <= 4
+    # Asked again, but no more often than pauses of 0.1, 0.2, 0.4 s and the last one cut to the
+    # budget allow (5 questions); a busy machine only makes fewer. The time bound has slack for
+    # a busy machine too: it is there to catch the budget not applying at all (30 s).
+    assert 2 <= len(server.times) <= 5, server.times
+    assert time.monotonic() - started < budget + 2.0
 
 
 def test_other_errors_are_not_asked_again(scripted) -> None:

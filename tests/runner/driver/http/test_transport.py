@@ -119,29 +119,49 @@ def test_a_request_dropped_on_a_new_connection_is_not_sent_again(quirks: QuirkSe
     assert len([r for r in quirks.seen("dropped_at_once") if r.path.endswith("=" + backend)]) == 1
 
 
+LINGER_S = 0.15  # q_done_then_linger: the end of the body comes this long after [DONE]
+
+
+async def until_idle(client: OpenAIClient, limit_s: float = 3.0) -> None:
+    """Until the pool holds an idle connection again (the drained body ended), at most `limit_s`:
+    a fixed sleep was too short when a busy machine held this process or the server's thread."""
+    backend: HTTPTransport = client._backend  # type: ignore[assignment]
+    stop = time.perf_counter() + limit_s
+    while not backend._idle and time.perf_counter() < stop:
+        await asyncio.sleep(0.01)
+
+
 def test_done_completes_the_request_before_the_body_ends_and_the_connection_is_reused(
     quirks: QuirkServer,
 ) -> None:
-    # The server sends [DONE], then the end of the chunked body only 150 ms later.
-    async def go() -> tuple[float, float, int]:
+    # The server sends [DONE], then the end of the chunked body only LINGER_S later.
+    async def go() -> tuple[float, int]:
         client = client_for(quirks.base("done_then_linger"))
         try:
             t0 = time.perf_counter()
             out = await client.request("hi", 4)
             returned = time.perf_counter() - t0
             assert out.status == SUCCESS and len(out.chunk_times) == 3
-            await asyncio.sleep(0.3)  # the body has ended by now: the connection is idle again
+            await until_idle(client)
             second = await client.request("hi", 4)
             assert second.status == SUCCESS
-            return out.completed_at - out.picked_up_at, returned, client._backend.open_connections
+            return max(out.completed_at - out.picked_up_at, returned), client._backend.open_connections
         finally:
             await client.aclose()
 
-    before = len(quirks.seen("done_then_linger"))
-    e2e, returned, open_conns = uvloop.run(go())
-    assert e2e < 0.12 and returned < 0.12
-    assert open_conns == 1
-    assert len({r.conn for r in quirks.seen("done_then_linger")[before:]}) == 1
+    # Best of up to five: a busy machine can hold this process past the linger in one attempt. A
+    # client that waits for the end of the body cannot beat LINGER_S in any: the server sends that end
+    # LINGER_S after the chunks, which follow the request.
+    took = []
+    for _ in range(5):
+        before = len(quirks.seen("done_then_linger"))
+        e2e, open_conns = uvloop.run(go())
+        assert open_conns == 1
+        assert len({r.conn for r in quirks.seen("done_then_linger")[before:]}) == 1
+        took.append(e2e)
+        if e2e < LINGER_S:
+            break
+    assert min(took) < LINGER_S, took
 
 
 def test_cancelled_request_closes_its_connection_and_reraises(quirks: QuirkServer) -> None:
@@ -284,7 +304,7 @@ class ReadHook:
 def test_a_due_request_is_sent_from_inside_another_connections_read() -> None:
     with sim_server(precise={"ttft": 0.01, "itl": 0.01}) as handle:
 
-        async def go() -> tuple[ReadHook, float, list[str]]:
+        async def go() -> tuple[ReadHook, float, Outcome, Outcome]:
             client = client_for(handle.api_base, max_connections=2)
             try:
                 await asyncio.gather(client.request("a", 2), client.request("b", 2))  # two idle connections
@@ -294,14 +314,17 @@ def test_a_due_request_is_sent_from_inside_another_connections_read() -> None:
                 client.set_due_hook(hook)
                 streamed = await client.request("long", 30)
                 assert hook.started, "sent on the idle connection, from a read of the other one"
-                due_out = await client.complete(prepared)
-                return hook, due, [streamed.status, due_out.status]
+                return hook, due, streamed, await client.complete(prepared)
             finally:
                 await client.aclose()
 
-        hook, due, statuses = uvloop.run(go())
-    assert statuses == [SUCCESS, SUCCESS]
-    assert hook.fired_at is not None and 0 <= hook.fired_at - due < 0.02  # the first read after `due`
+        hook, due, streamed, due_out = uvloop.run(go())
+    assert [streamed.status, due_out.status] == [SUCCESS, SUCCESS]
+    # The first read after `due`, by order rather than by a time window (which a busy machine
+    # stretches): a read is stamped once, so the hook fired no later than the first chunk read at or
+    # after `due`. The stream ends 0.2 s or more after `due`, so there is such a chunk.
+    first_read_after_due = min(t for t in streamed.chunk_times if t >= due)
+    assert hook.fired_at is not None and due <= hook.fired_at <= first_read_after_due
 
 
 def test_with_no_idle_connection_start_declines_and_complete_connects() -> None:
@@ -376,14 +399,17 @@ def test_a_wait_for_the_clients_own_pool_is_not_the_servers_time(headers: dict[s
     """With every connection of the pool busy, a request waits for one before anything is sent: it is
     picked up (t_send) when it gets one, so the wait is in no latency of the server, and its request
     deadline starts then (a long wait is not a timeout of a request nothing was sent of)."""
-    with sim_server(precise={"ttft": 0.2, "itl": 0.01}) as handle:
+    # Times large against a busy machine's stalls: each request alone takes well inside the timeout
+    # (1.4 s and 1.2 s of 2 s), the second with its wait for the first well beyond it (2.5 s).
+    ttft, timeout = 1.0, 2.0
+    with sim_server(precise={"ttft": ttft, "itl": 0.01}) as handle:
 
         async def go() -> tuple[Outcome, Outcome]:
-            client = client_for(handle.api_base, max_connections=1, request_timeout=0.5, headers=headers)
+            client = client_for(handle.api_base, max_connections=1, request_timeout=timeout, headers=headers)
             try:
-                first = asyncio.create_task(client.request("first", 20))  # ~0.4 s on the one connection
+                first = asyncio.create_task(client.request("first", 40))  # ~1.4 s on the one connection
                 await asyncio.sleep(0.05)
-                second = await client.request("second", 10)  # ~0.3 s of its own, after the first
+                second = await client.request("second", 20)  # ~1.2 s of its own, after the first
                 return await first, second
             finally:
                 await client.aclose()
@@ -392,4 +418,5 @@ def test_a_wait_for_the_clients_own_pool_is_not_the_servers_time(headers: dict[s
     assert (first.status, second.status) == (SUCCESS, SUCCESS)
     assert first.completed_at is not None and second.picked_up_at is not None
     assert second.picked_up_at >= first.completed_at
-    assert 0.2 <= second.chunk_times[0] - second.picked_up_at < 0.25  # the server's TTFC, nothing more
+    # The server's TTFC, nothing more: the wait (~1.35 s) would put it past 2.3 s.
+    assert ttft <= second.chunk_times[0] - second.picked_up_at < ttft + 0.5
