@@ -44,7 +44,7 @@ from veeksha.shared.config import BenchmarkConfig, ClientConfig, run_server
 from veeksha.shared.config_checks import uses_client_api_base
 from veeksha.shared.config_loader import config_secrets
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S, upload_deadline_s
-from veeksha.shared.errors import ConfigError, OutputError
+from veeksha.shared.errors import ConfigError, OutputError, Terminated
 from veeksha.shared.paths import SERVER_LOG, RunPaths
 from veeksha.shared.records import RUN_COMPLETED, RUN_FAILED, RUN_INTERRUPTED, RUN_TIMEOUT, SERVER_EXIT
 from veeksha.shared.redact import redact_url, scrub_text
@@ -674,11 +674,15 @@ def upload(run_dir: Path, cfg: BenchmarkConfig) -> bool:
 def _run_uploader(cmd: list[str]) -> int:
     """The uploader's exit code. On Ctrl-C (it got one too: the same process group) it has
     UPLOADER_STOP_WAIT_S to finish its own stop (its exit line, its lock and pending state):
-    subprocess.run gave it 0.25 s, then killed it. A second Ctrl-C meanwhile kills it at once."""
+    subprocess.run gave it 0.25 s, then killed it. A SIGTERM is passed on (it may have reached us
+    alone), so it stops as on Ctrl-C rather than being killed when the wait ends. A second Ctrl-C
+    meanwhile kills it at once."""
     uploader = subprocess.Popen(cmd)
     try:
         return uploader.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if isinstance(e, Terminated):  # it may not have had one: it stops as on Ctrl-C
+            uploader.terminate()
         try:
             uploader.wait(UPLOADER_STOP_WAIT_S)
         except subprocess.TimeoutExpired:

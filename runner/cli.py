@@ -23,7 +23,7 @@ import click
 from veeksha.runner.open_files import raise_open_file_limit
 from veeksha.runner.progress import prepare_console
 from veeksha.shared.config_loader import EnvFallbacks, empty_override
-from veeksha.shared.errors import OutputError, UsageError, VeekshaError
+from veeksha.shared.errors import OutputError, Terminated, UsageError, VeekshaError
 from veeksha.shared.jsonio import is_utf8
 from veeksha.shared.redact import may_hold_secret, redact_argv
 from veeksha.shared.secret import Secret
@@ -144,7 +144,7 @@ def env_fallbacks(env: Mapping[str, str] = os.environ) -> EnvFallbacks:
 
 
 def _terminated(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def _guard(fn: Callable[[], int]) -> None:

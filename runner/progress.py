@@ -99,7 +99,7 @@ def _make_tolerant(name: str) -> None:
             encoding=stream.encoding,
             errors=stream.errors,
             line_buffering=getattr(stream, "line_buffering", False),
-            write_through=name == "stderr",
+            write_through=name == "stderr" or getattr(stream, "write_through", False),  # (python -u)
         ),
     )
 

@@ -752,13 +752,17 @@ class _HeldSignals:
         if threading.current_thread() is not threading.main_thread():
             return self
         self._holding = True
-        for sig in _HELD:
-            previous = signal.getsignal(sig)
-            # An ignored signal stays so (the server inherits SIG_IGN: nohup); None: set outside
-            # Python, which signal.signal could not put back.
-            if previous is not None and previous != signal.SIG_IGN:
-                self._previous[sig] = previous
-                signal.signal(sig, self._on_signal)
+        try:
+            for sig in _HELD:
+                previous = signal.getsignal(sig)
+                # An ignored signal stays so (the server inherits SIG_IGN: nohup); None: set outside
+                # Python, which signal.signal could not put back.
+                if previous is not None and previous != signal.SIG_IGN:
+                    self._previous[sig] = previous
+                    signal.signal(sig, self._on_signal)
+        except BaseException:  # a SIGTERM's handler raised mid-way: SIGINT must not stay held for good
+            self.release()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, stopping us as Ctrl-C does. Unlike a terminal's Ctrl-C it may have reached this process
+    alone (`kill PID`, `timeout`, `docker stop`): a child we wait for is told too."""
+
+
 class VeekshaError(Exception):
     """Base of every error we raise on purpose."""
 

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import pytest
 import veeksha.runner.benchmark as benchmark
+from veeksha.runner.cli import _terminated
 from veeksha.runner.evaluation.evaluate import NO_PLOTS_ENV
 from veeksha.runner.server_launcher import ServerHandle
 from veeksha.shared.config import BenchmarkConfig, WandbConfig
@@ -114,7 +115,7 @@ def test_a_ctrl_c_as_the_server_metrics_are_probed_ends_the_run_interrupted_and_
 
 # ---------------------------------------------------------------- the uploader's own Ctrl-C
 
-# A stand-in uploader: ready once its Ctrl-C handler is in place; on SIGINT it takes CLEANUP_S to
+# A stand-in uploader: ready once its Ctrl-C handler is in place; on SIGINT (or SIGTERM) it takes CLEANUP_S to
 # finish (its exit line, its lock), then says so and exits 130.
 FAKE_UPLOADER = """
 import pathlib, signal, sys, time
@@ -124,6 +125,7 @@ def stop(signum, frame):
     (here / "cleaned").touch()
     sys.exit(130)
 signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)  # as the uploader's: a SIGTERM stops it as Ctrl-C does
 (here / "ready").touch()
 time.sleep(60)
 """
@@ -193,5 +195,32 @@ def test_a_second_ctrl_c_during_the_uploaders_stop_kills_it_at_once(
         benchmark.upload(tmp_path, CFG)
     (uploader,) = fake_uploader
     assert uploader.returncode == -signal.SIGKILL  # killed and reaped: no child left behind
+    assert time.monotonic() - began < benchmark.UPLOADER_STOP_WAIT_S
+    assert f"{HINT} {tmp_path}" in capsys.readouterr().err
+
+
+def test_a_sigterm_to_the_runner_alone_is_passed_on_to_the_uploader(
+    tmp_path: Path, fake_uploader: list[subprocess.Popen[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `kill PID`, `timeout`, `docker stop`: only the runner gets it. The uploader uploaded on for the
+    # whole wait, unaware, and was then killed.
+    (tmp_path / "cleanup_s").write_text("0.5")
+
+    def terminate_when_ready() -> None:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, _terminated)  # the CLI's
+    try:
+        threading.Thread(target=terminate_when_ready, daemon=True).start()
+        began = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            benchmark.upload(tmp_path, CFG)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    (uploader,) = fake_uploader
+    assert (tmp_path / "cleaned").exists() and uploader.returncode == 130  # it stopped as on Ctrl-C
     assert time.monotonic() - began < benchmark.UPLOADER_STOP_WAIT_S
     assert f"{HINT} {tmp_path}" in capsys.readouterr().err
