@@ -23,7 +23,6 @@ import pytest
 from veeksha.runner.cli import _terminated
 from veeksha.runner.server_launcher import (
     ServerHandle,
-    _HeldSignals,
     check_server_command,
     planned_api_host,
     readiness_headers,
@@ -331,23 +330,6 @@ def test_starting_a_server_leaves_the_signal_handlers_as_they_were(tmp_path: Pat
             ignored = int(re.search(r"^SigIgn:\s*(\w+)", status, re.M).group(1), 16)  # type: ignore[union-attr]
             assert ignored & (1 << (signal.SIGHUP - 1))
         assert {s: signal.getsignal(s) for s in before} == before
-
-
-def test_a_stop_signal_as_the_hold_begins_leaves_no_signal_held(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A SIGTERM whose handler raised while the hold was being set up (SIGINT already swapped): every
-    later Ctrl-C of the process was noted and never acted on."""
-    real_getsignal = signal.getsignal
-
-    def getsignal(sig: int) -> Any:
-        if sig == signal.SIGTERM:
-            raise KeyboardInterrupt  # the CLI's SIGTERM handler, run right here
-        return real_getsignal(sig)
-
-    before = real_getsignal(signal.SIGINT)
-    monkeypatch.setattr(signal, "getsignal", getsignal)
-    with pytest.raises(KeyboardInterrupt), _HeldSignals():
-        pass
-    assert real_getsignal(signal.SIGINT) is before
 
 
 def test_unknown_server_type_is_an_error() -> None:
