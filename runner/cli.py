@@ -27,13 +27,12 @@ from veeksha.shared.errors import OutputError, Terminated, UsageError, VeekshaEr
 from veeksha.shared.jsonio import is_utf8
 from veeksha.shared.redact import may_hold_secret, redact_argv
 from veeksha.shared.secret import Secret
+from veeksha.shared.starting import INTERRUPTED_EXIT
 
 if TYPE_CHECKING:  # imported where used: `veeksha-run --help` stays fast
     from veeksha.runner.lost_records import Recovery
     from veeksha.shared.config import BenchmarkConfig
     from veeksha.shared.paths import RunPaths
-
-INTERRUPTED_EXIT = 130  # the shell's convention for a process ended by SIGINT
 
 
 def parse_overrides(

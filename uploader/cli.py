@@ -29,6 +29,7 @@ from veeksha.shared.config import MAX_SECONDS
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S
 from veeksha.shared.errors import UsageError, VeekshaError
 from veeksha.shared.redact import url_for_message
+from veeksha.shared.starting import INTERRUPTED_EXIT
 from veeksha.shared.wandb_env import not_an_http_url
 from veeksha.uploader.discovery import discover
 from veeksha.uploader.planning import (
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except click.Abort:
         click.echo(f"{PROG}: interrupted", err=True)
-        code = 130
+        code = INTERRUPTED_EXIT
     except UsageError as e:
         click.echo(f"{PROG}: {e}", err=True)
         code = e.exit_code
