@@ -126,6 +126,10 @@ def run_benchmark(
             result = _record_and_evaluate(cfg, run, server, quiet=quiet)
         except OSError as e:  # (disk full): one line naming the file, or at least the run's directory
             raise write_failure(e, run.root if run is not None else None) from e
+    except KeyboardInterrupt:  # outside its traffic (its set-up, evaluation, summary): say what is left
+        if run is not None and result is None and sweep is None and capacity_search is None:
+            _say_unfinished(cfg, run)  # (a sweep or a search says it for all its runs)
+        raise
     finally:
         try:
             if server is not None:  # its log goes into the run's directory, however the run ended
@@ -167,6 +171,21 @@ def _upload_result(cfg: BenchmarkConfig, result: RunResult, follower: subprocess
         result.upload_failed = not wait_for_follower(follower, result.run_dir)
     elif cfg.wandb.enabled:
         result.upload_failed = not upload(result.run_dir, cfg)
+
+
+def _say_unfinished(cfg: BenchmarkConfig, run: RunDir) -> None:
+    """A single run stopped by a Ctrl-C outside its traffic: what finishes it. Without metrics (no
+    finished_at: its evaluation was cut short or never came) `evaluate` first; W&B enabled, its upload."""
+    if run.info.get("finished_at") is None:
+        then_upload = f", then `veeksha-upload {run.root}`" if will_upload(cfg) else ""
+        print(
+            f"veeksha: not evaluated (interrupted): `veeksha-run evaluate {run.root}` writes its metrics"
+            f"{then_upload}",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif will_upload(cfg):
+        _upload_interrupted(run.root)
 
 
 def _not_uploaded_without_metrics(run_dir: Path) -> None:

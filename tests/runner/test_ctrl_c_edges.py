@@ -224,3 +224,68 @@ def test_a_sigterm_to_the_runner_alone_is_passed_on_to_the_uploader(
     assert (tmp_path / "cleaned").exists() and uploader.returncode == 130  # it stopped as on Ctrl-C
     assert time.monotonic() - began < benchmark.UPLOADER_STOP_WAIT_S
     assert f"{HINT} {tmp_path}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a single run, stopped after its traffic
+
+EVALUATE_HINT = "veeksha: not evaluated (interrupted): `veeksha-run evaluate out/{name}` writes its metrics"
+
+
+@pytest.mark.usefixtures("home")
+def test_a_ctrl_c_during_the_evaluation_says_to_evaluate_then_upload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said only "veeksha-run: interrupted": the run, left without metrics, was uploaded by nobody.
+    import veeksha.runner.evaluation.evaluate as evaluate
+
+    def interrupted(run_dir: Path, *args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_run", interrupted)
+    assert run_main(["--wandb.enabled", "true", "--wandb.mode", "offline"]) == 130
+    name = only_run_dir(tmp_path / "out").root.name
+    err = capsys.readouterr().err
+    assert EVALUATE_HINT.format(name=name) + f", then `veeksha-upload out/{name}`" in err
+
+
+@pytest.mark.usefixtures("home")
+def test_a_ctrl_c_after_the_run_is_finished_says_how_to_upload_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from veeksha.runner.run_dir import RunDir
+
+    real_finish = RunDir.finish
+
+    def finished_then_interrupted(self: RunDir, *args: Any, **kwargs: Any) -> None:
+        real_finish(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDir, "finish", finished_then_interrupted)
+    assert run_main(["--wandb.enabled", "true", "--wandb.mode", "offline"]) == 130
+    name = only_run_dir(tmp_path / "out").root.name
+    assert f"{HINT} out/{name}" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("home")
+def test_a_sweep_stopped_before_its_first_run_suggests_no_upload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said `veeksha-upload <sweep dir>`, which failed: with no run's config in it the uploader did not
+    # know the sweep's W&B mode (offline here) and asked for an API key.
+    import veeksha.runner.sweep as sweep
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_benchmark", interrupted)
+    (tmp_path / "s.veeksha.yml").write_text(
+        "output_dir: out\nserver: {type: simulated}\nseed: !expand [1, 2]\n"
+        "wandb: {enabled: true, mode: offline}\n"
+    )
+    from veeksha.runner.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--config", "s.veeksha.yml"])
+    assert exited.value.code == 130
+    said = capsys.readouterr()
+    assert "veeksha-upload" not in said.out + said.err
