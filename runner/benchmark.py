@@ -502,11 +502,12 @@ def _stop_handlers(recorder: Recorder) -> dict[int, Callable[[int, Any], None]]:
         if hang_up():
             recorder.on_signal(signum, frame)
 
-    handlers: dict[int, Callable[[int, Any], None]] = {
-        signal.SIGINT: recorder.on_signal,
-        signal.SIGTERM: recorder.on_signal,
-    }
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, a hangup stays ignored
+    handlers: dict[int, Callable[[int, Any], None]] = {signal.SIGTERM: recorder.on_signal}
+    # An ignored Ctrl-C stays so (a background job of a script: the Ctrl-C is the script's, and the
+    # run ignored it everywhere but in its recording), as an ignored hangup does (nohup).
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        handlers[signal.SIGINT] = recorder.on_signal
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         handlers[signal.SIGHUP] = on_hangup
     return handlers
 

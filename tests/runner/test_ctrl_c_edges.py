@@ -27,7 +27,7 @@ from veeksha.runner.server_launcher import ServerHandle
 from veeksha.shared.config import BenchmarkConfig, WandbConfig
 from veeksha.shared.paths import WANDB_RUN_JSON
 
-from tests.runner.helpers import only_run_dir
+from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir
 from tests.uploader.conftest import make_home
 
 HINT = "upload interrupted; the run's results are unchanged. Upload it with: veeksha-upload"
@@ -289,3 +289,30 @@ def test_a_sweep_stopped_before_its_first_run_suggests_no_upload(
     assert exited.value.code == 130
     said = capsys.readouterr()
     assert "veeksha-upload" not in said.out + said.err
+
+
+def test_a_run_started_with_ctrl_c_ignored_ignores_it_in_its_recording_too(tmp_path: Path) -> None:
+    # A background job of a script (`veeksha-run ... &`) starts with SIGINT ignored: the Ctrl-C is the
+    # script's. The run ignored it everywhere but in its recording, which it ended.
+    proc = subprocess.Popen(
+        [VEEKSHA_RUN, "--server.type", "simulated", "--runtime.benchmark_timeout", "3"],
+        cwd=tmp_path,
+        env=no_plots_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert proc.stdout is not None
+    with proc.stdout:
+        said = []
+        for line in proc.stdout:
+            said.append(line)
+            if line.startswith("[ "):  # the recording goes
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        said.append(proc.stdout.read())
+    assert proc.wait(120) == 0, "".join(said)
+    info = orjson.loads(only_run_dir(tmp_path / "benchmark_output").run_json.read_bytes())
+    assert info["status"] == "completed", "".join(said)
