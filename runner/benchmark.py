@@ -7,6 +7,7 @@ after the run directory exists, it ends with a final run.json and every record r
 from __future__ import annotations
 
 import errno
+import math
 import os
 import signal
 import subprocess
@@ -699,7 +700,10 @@ def _run_uploader(cmd: list[str]) -> int:
     meanwhile kills it at once."""
     uploader = subprocess.Popen(cmd)
     try:
-        return uploader.wait()
+        # Polled (a timeout makes Popen.wait poll; this one never expires), not one blocking waitpid:
+        # importing polars sets SA_RESTART on SIGINT, and a Ctrl-C then ended that wait only when the
+        # uploader ended (and the exit status read was lost: 0).
+        return uploader.wait(math.inf)
     except KeyboardInterrupt as e:
         if isinstance(e, Terminated):  # it may not have had one: it stops as on Ctrl-C
             uploader.terminate()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import polars  # noqa: F401  (as in veeksha-run after any evaluation: its import sets SA_RESTART on SIGINT)
 import pytest
 import veeksha.runner.benchmark as benchmark
 from veeksha.runner.cli import _terminated
