@@ -1,8 +1,8 @@
 """The server's own metrics (queue, KV-cache use, prefix-cache hits, ...), scraped during the run.
 
-A thread of the recorder process (never the driver) fetches the server's Prometheus text as the run
-starts, every `server_metrics.interval_seconds`, and as it stops, and appends one row to
-metrics/server_metrics.csv: `elapsed_s`, then
+The recorder process (never the driver) fetches the server's Prometheus text just before the drivers
+are told to start (every counter's baseline), then on a thread every `server_metrics.interval_seconds`
+and as the run stops, and appends one row per scrape to metrics/server_metrics.csv: `elapsed_s`, then
 one column per series, named as the server spells it (`vllm:num_requests_running`, ...). Gauges are
 kept as values, counters become per-second rates over the interval; histograms and summaries are left
 out. Series of one name with several label sets (vLLM V1 labels each engine of a data-parallel
@@ -145,10 +145,23 @@ class Scraper:
         # set missing from one scrape (a failed engine, a lagging exporter) is compared, when it comes
         # back, with its last value, not counted whole again.
         self._last: dict[str, dict[LabelSet, float]] = {}
+        self._baseline: tuple[dict[str, Series], float] | None = None  # (series, monotonic time taken)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="veeksha-server-metrics", daemon=True)
 
     def start(self) -> None:
+        """The first scrape (every counter's baseline) here, in the caller, before the drivers are
+        told to start; then the rest on a background thread. Taken on that thread, at idle priority,
+        the baseline could come after a busy machine's first requests, which then went uncounted: on
+        a loaded CI a 0.6 s run's three requests all came before it, so its prefix_cache check saw no
+        lookup and was skipped."""
+        began = time.monotonic()
+        with httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False) as client:
+            try:
+                self._baseline = (fetch(client, self.url), time.monotonic())
+            except (httpx.HTTPError, ValueError, OSError):  # counted; the thread scrapes at the start instead
+                self.failures += 1
+        self._busy_s += time.monotonic() - began
         self._thread.start()
 
     def stop(self) -> None:
@@ -175,13 +188,13 @@ class Scraper:
         # once-a-second scrape was the largest single cluster of late dispatches at 400 requests/s).
         to_background()
         with httpx.Client(timeout=max(self.interval_s, PROBE_TIMEOUT_S), trust_env=False) as client:
-            # A scrape as the run starts (every counter's baseline: a rate needs two scrapes), one per
-            # interval, and one at the stop: else the first and the last interval went uncounted, and
-            # a run shorter than two intervals had no counter rate at all.
+            # The baseline start() took (every counter's: a rate needs two scrapes; one now if it
+            # failed), one per interval, and one at the stop: else the first and the last interval
+            # went uncounted, and a run shorter than two intervals had no counter rate at all.
             while self.elapsed() is None:
                 if self._stop.wait(START_POLL_S):
-                    return  # stopped before the run started: nothing to scrape
-            self._scrape(client)
+                    return  # stopped before the run started: nothing is written
+            self._scrape(client, self._baseline)
             while not self._stop.wait(self.interval_s):
                 self._scrape(client)
             t, last = self.elapsed(), self._previous_t
@@ -189,13 +202,18 @@ class Scraper:
             if last is None or (t is not None and t - last >= MIN_LAST_INTERVAL_S):
                 self._scrape(client)
 
-    def _scrape(self, client: httpx.Client) -> None:
+    def _scrape(self, client: httpx.Client, taken: tuple[dict[str, Series], float] | None = None) -> None:
+        """Fetch and write a row; or write `taken`, a scrape start() made (series, monotonic time)."""
         t = self.elapsed()
         if t is None:
             return
         began = time.monotonic()
         try:
-            self._write(t, fetch(client, self.url))
+            if taken is None:
+                self._write(t, fetch(client, self.url))
+            else:
+                series, at = taken
+                self._write(t - (began - at), series)  # its time on the run's clock
         except (httpx.HTTPError, ValueError, OSError):  # counted, reported at the end
             self.failures += 1
         self._busy_s += time.monotonic() - began

@@ -18,10 +18,12 @@ import pytest
 from veeksha.runner import server_metrics
 from veeksha.runner.driver.http.client import run_secret_values
 from veeksha.runner.evaluation.appended_csv import read_appended_frame
+from veeksha.runner.evaluation.summary import server_cache_tokens
 from veeksha.runner.server_launcher import start_server
 from veeksha.runner.server_metrics import Scraper, parse, probe
 from veeksha.shared.config_loader import build_benchmark_config
 from veeksha.shared.jsonio import write_atomic
+from veeksha.shared.records import VLLM_CACHE_HITS, VLLM_CACHE_QUERIES
 from veeksha.uploader.reader import read_appended_csv
 
 from tests.runner.helpers import all_text_under, only_run_dir, run_cli, serving
@@ -506,7 +508,7 @@ def test_a_run_shorter_than_the_interval_is_scraped_at_its_start_and_its_stop(tm
     assert 80 < float(rows[1]["vllm:prefix_cache_hits_total"]) < 120  # per second, over the run
 
 
-def test_no_scrape_before_the_run_starts_nor_at_a_stop_just_after_one(tmp_path: Path) -> None:
+def test_nothing_is_written_before_the_start_nor_scraped_at_a_stop_just_after_one(tmp_path: Path) -> None:
     csv_path = tmp_path / "server_metrics.csv"
     with serving(GrowingCounter) as url:
         never_started = Scraper(f"{url}/metrics", 5.0, csv_path, lambda: None)
@@ -520,3 +522,46 @@ def test_no_scrape_before_the_run_starts_nor_at_a_stop_just_after_one(tmp_path: 
         wait_until(lambda: at_once.rows >= 1)
         at_once.stop()  # a rate over a few milliseconds would be noise
     assert at_once.rows == 1
+
+
+class LookedUpTokens(BaseHTTPRequestHandler):
+    """Prefix-cache counters that stand still until the test sets them: the run's lookups."""
+
+    queries = 0
+
+    def do_GET(self) -> None:
+        body = (
+            f"# TYPE {VLLM_CACHE_QUERIES} counter\n{VLLM_CACHE_QUERIES} {LookedUpTokens.queries}\n"
+            f"# TYPE {VLLM_CACHE_HITS} counter\n{VLLM_CACHE_HITS} 0\n"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_baseline_is_scraped_before_the_run_starts_so_its_first_requests_count(tmp_path: Path) -> None:
+    """The first scrape was the idle-priority thread's, some time after the start: on a loaded CI a
+    0.6 s run's three requests all came before it, the server's lookups counted nowhere (0 queries),
+    and the run's prefix_cache check was skipped. Now start() takes it, before the drivers are told
+    to start, and the requests sent at once after the start are in the run's sums."""
+    csv_path = tmp_path / "server_metrics.csv"
+    run_started: list[float] = []
+    LookedUpTokens.queries = 0
+    with serving(LookedUpTokens) as url:
+        elapsed = lambda: time.monotonic() - run_started[0] if run_started else None  # noqa: E731
+        scraper = Scraper(f"{url}/metrics", 5.0, csv_path, elapsed)
+        scraper.start()
+        time.sleep(0.05)  # the drivers start
+        run_started.append(time.monotonic())
+        LookedUpTokens.queries = 300  # the run's first requests, before the scraper's thread runs
+        time.sleep(0.3)
+        scraper.stop()
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and float(rows[0]["elapsed_s"]) < 0 < float(rows[1]["elapsed_s"])
+    tokens = server_cache_tokens(csv_path)
+    assert tokens is not None and tokens.queries == pytest.approx(300, rel=0.01)  # elapsed_s: to the ms
