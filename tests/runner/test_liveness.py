@@ -39,11 +39,15 @@ def test_may_be_running_names_what_is_known_of_the_process(owner: Owner, said: s
 
 @pytest.fixture
 def veeksha_named() -> Iterator[int]:
-    """A live process whose command line names veeksha, as a runner's does."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "veeksha-run"])
+    """A live process whose command line names veeksha, as a runner's does. Looked at once it has
+    said so: in the middle of its exec (a loaded CI caught one there) its command line reads empty."""
+    code = "import time; print('up', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code, "veeksha-run"], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
     yield proc.pid
     proc.kill()
     proc.wait()
+    proc.stdout.close()
 
 
 def test_a_recorded_start_time_tells_the_process_from_a_later_one_given_its_pid(veeksha_named: int) -> None:
