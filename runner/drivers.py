@@ -12,7 +12,6 @@ import fcntl
 import math
 import multiprocessing
 import os
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
@@ -23,6 +22,7 @@ from typing import Protocol
 
 from veeksha.runner.driver.dispatcher import FORWARDED_STOP, Placement, driver_main
 from veeksha.runner.driver.rescue import CrashFiles
+from veeksha.runner.held_signals import sigint_blocked
 from veeksha.runner.sessions.factory import make_session_generator
 from veeksha.runner.sessions.model import SessionGenerator
 from veeksha.shared.config import BenchmarkConfig, ConcurrentTraffic, arrival_rate_of
@@ -140,23 +140,17 @@ class LocalDriver:
 
 @contextmanager
 def _sigint_held_for_children() -> Iterator[None]:
-    """Children started inside begin with SIGINT blocked (the mask is kept through fork and exec);
-    driver_main unblocks it once its own handler is set, and a Ctrl-C that came meanwhile is
-    delivered then. A terminal Ctrl-C (the child is in our process group until driver_main leaves
-    it) during a driver's start-up killed it with a KeyboardInterrupt traceback, and the run counted
-    as failed. Blocked, not ignored, here too: a signal in the few milliseconds of a start waits,
-    it is not lost.
+    """sigint_blocked (driver_main unblocks it once its own handler is set): a terminal Ctrl-C (the
+    child is in our process group until driver_main leaves it) during a driver's start-up killed it
+    with a KeyboardInterrupt traceback, and the run counted as failed.
 
     multiprocessing's resource tracker is started first, outside the block: the first
     Process.start() starts it, and its start (Python 3.11) unblocks SIGINT on its way out, so the
     first driver began with SIGINT unblocked and a Ctrl-C in its first second printed its
     KeyboardInterrupt traceback."""
     resource_tracker.ensure_running()
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
+    with sigint_blocked():
         yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def send_start(go: Connection, start: dict[str, float | None]) -> None:

@@ -1,12 +1,14 @@
 """Stop signals held over a few lines that must not be cut: a child process started but not yet
-owned by anything that would stop it (runner/server_launcher.py). SIGINT, SIGTERM and SIGHUP are
-noted while held, then handed to their own handlers."""
+owned by anything that would stop it (runner/server_launcher.py: SIGINT, SIGTERM and SIGHUP are
+noted while held, then handed to their own handlers), and our own children that must begin with
+Ctrl-C blocked until they have set their own disposition (sigint_blocked)."""
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, and what the CLI maps onto it
@@ -68,3 +70,17 @@ class HeldSignals:
         came, self._came = self._came, []
         for sig in came:
             self._pass_on(sig)
+
+
+@contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """Children started inside begin with SIGINT blocked (the mask is kept through fork and exec) until
+    they set their own handler and unblock it (driver_main, parse_worker.main): the interpreter's start
+    and the imports take a good part of a second, in which a terminal's Ctrl-C printed a traceback
+    (a driver then counted as failed). Blocked, not ignored: a Ctrl-C meanwhile waits for the child's
+    handler, it is not lost; ours gets it when the block ends."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)

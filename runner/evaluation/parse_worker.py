@@ -25,7 +25,6 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +32,7 @@ import numpy as np
 import orjson
 import polars as pl
 from veeksha.runner.evaluation.blocks import Parsed, parse_records_block, parse_trace_file
+from veeksha.runner.held_signals import sigint_blocked
 
 _LEN = struct.Struct("<q")
 
@@ -63,7 +63,7 @@ def _recv(src: IO[bytes], proc: subprocess.Popen[bytes]) -> bytes:
 
 
 def main() -> None:
-    # Blocked since our start (_sigint_held): a Ctrl-C that came meanwhile is dropped when unblocked.
+    # Blocked since our start (sigint_blocked): a Ctrl-C that came meanwhile is dropped when unblocked.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     out = sys.stdout.buffer
@@ -91,7 +91,7 @@ def parse_in_workers(
     """
     # One polars thread per worker: the workers are the parallelism (more threads only contend).
     env = {**os.environ, "POLARS_MAX_THREADS": "1"}
-    with _sigint_held():
+    with sigint_blocked():
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "veeksha.runner.evaluation.parse_worker"],
@@ -142,19 +142,6 @@ def parse_in_workers(
             _stop(procs)
 
     return blocks(), trace
-
-
-@contextmanager
-def _sigint_held() -> Iterator[None]:
-    """Children started inside begin with SIGINT blocked (the mask is kept through fork and exec),
-    until main() has set it ignored: the interpreter's start and the imports take a good part of a
-    second, in which a Ctrl-C printed its traceback. Blocked here, not ignored: a Ctrl-C meanwhile
-    waits for this process's handler, it is not lost."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
