@@ -13,7 +13,6 @@ from __future__ import annotations
 import difflib
 import functools
 import os
-import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,11 +22,11 @@ import click
 from veeksha.runner.open_files import raise_open_file_limit
 from veeksha.runner.progress import prepare_console
 from veeksha.shared.config_loader import EnvFallbacks, empty_override
-from veeksha.shared.errors import OutputError, Terminated, UsageError, VeekshaError
+from veeksha.shared.errors import OutputError, UsageError, VeekshaError
 from veeksha.shared.jsonio import is_utf8
 from veeksha.shared.redact import may_hold_secret, redact_argv
 from veeksha.shared.secret import Secret
-from veeksha.shared.starting import INTERRUPTED_EXIT
+from veeksha.shared.starting import INTERRUPTED_EXIT, stop_like_ctrl_c
 
 if TYPE_CHECKING:  # imported where used: `veeksha-run --help` stays fast
     from veeksha.runner.lost_records import Recovery
@@ -142,10 +141,6 @@ def env_fallbacks(env: Mapping[str, str] = os.environ) -> EnvFallbacks:
     return EnvFallbacks(api_base=env.get("OPENAI_API_BASE") or None, api_key=Secret(key) if key else None)
 
 
-def _terminated(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 def _guard(fn: Callable[[], int]) -> None:
     from veeksha.runner.progress import hang_up  # (imported now, not in the handler)
 
@@ -157,9 +152,7 @@ def _guard(fn: Callable[[], int]) -> None:
     # SIGTERM (a job scheduler, `kill`) and SIGHUP (a hangup: by default it killed the process, and
     # run.json stayed `running`) end a run as Ctrl-C does, also outside its recording (which handles
     # them itself): the directory gets its final status, a sweep its manifest.
-    signal.signal(signal.SIGTERM, _terminated)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, a hangup stays ignored
-        signal.signal(signal.SIGHUP, hung_up)
+    stop_like_ctrl_c(on_hangup=hung_up)
     try:
         code = fn()
     except VeekshaError as e:

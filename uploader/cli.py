@@ -17,7 +17,6 @@ uploads in progress are stopped and stay resumable).
 from __future__ import annotations
 
 import math
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -29,7 +28,7 @@ from veeksha.shared.config import MAX_SECONDS
 from veeksha.shared.deadlines import DEFAULT_DEADLINE_S
 from veeksha.shared.errors import UsageError, VeekshaError
 from veeksha.shared.redact import url_for_message
-from veeksha.shared.starting import INTERRUPTED_EXIT
+from veeksha.shared.starting import INTERRUPTED_EXIT, stop_like_ctrl_c
 from veeksha.shared.wandb_env import not_an_http_url
 from veeksha.uploader.discovery import discover
 from veeksha.uploader.planning import (
@@ -246,21 +245,10 @@ def command(
     return reporter.finish()
 
 
-def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def stop_on_signals() -> None:
-    """SIGTERM and SIGHUP (`kill PID`, a supervisor, a closed terminal) stop the uploader as Ctrl-C
-    does: workers stopped, one line, exit 130. Before, the main process died at once and its worker
-    went on holding the directory's lock. A SIGHUP ignored by whoever started us (nohup) stays so."""
-    signal.signal(signal.SIGTERM, _interrupted)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, _interrupted)
-
-
 def main(argv: list[str] | None = None) -> None:
-    stop_on_signals()
+    # SIGTERM and SIGHUP stop the uploader as Ctrl-C does: workers stopped, one line, exit 130.
+    # Before, the main process died at once and its worker went on holding the directory's lock.
+    stop_like_ctrl_c()
     try:
         code = command.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.Exit as e:  # --help

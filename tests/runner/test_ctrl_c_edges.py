@@ -22,11 +22,11 @@ import orjson
 import polars  # noqa: F401  (as in veeksha-run after any evaluation: its import sets SA_RESTART on SIGINT)
 import pytest
 import veeksha.runner.benchmark as benchmark
-from veeksha.runner.cli import _terminated
 from veeksha.runner.evaluation.evaluate import NO_PLOTS_ENV
 from veeksha.runner.server_launcher import ServerHandle
 from veeksha.shared.config import BenchmarkConfig, WandbConfig
 from veeksha.shared.paths import WANDB_RUN_JSON
+from veeksha.shared.starting import raise_terminated
 
 from tests.runner.helpers import VEEKSHA_RUN, no_plots_env, only_run_dir
 from tests.uploader.conftest import make_home
@@ -213,7 +213,7 @@ def test_a_sigterm_to_the_runner_alone_is_passed_on_to_the_uploader(
             time.sleep(0.05)
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, _terminated)  # the CLI's
+    previous = signal.signal(signal.SIGTERM, raise_terminated)  # the CLI's
     try:
         threading.Thread(target=terminate_when_ready, daemon=True).start()
         began = time.monotonic()

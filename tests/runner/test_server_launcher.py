@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-from veeksha.runner.cli import _terminated
 from veeksha.runner.server_launcher import (
     ServerHandle,
     check_server_command,
@@ -31,6 +30,7 @@ from veeksha.runner.server_launcher import (
 from veeksha.shared.config import BenchmarkConfig, CommandServerConfig, SimulatedServerConfig
 from veeksha.shared.config_loader import build_benchmark_config
 from veeksha.shared.errors import ConfigError, VeekshaError
+from veeksha.shared.starting import raise_terminated
 
 from tests.runner.helpers import run_cli, serving
 
@@ -290,7 +290,7 @@ def handling(sig: int, handler: Any) -> Iterator[None]:
     ("sig", "handler"),
     [
         (signal.SIGINT, signal.default_int_handler),  # Ctrl-C
-        (signal.SIGTERM, _terminated),  # the CLI's: a job scheduler's stop, as a Ctrl-C
+        (signal.SIGTERM, raise_terminated),  # the CLI's: a job scheduler's stop, as a Ctrl-C
         (signal.SIGHUP, _raise_keyboard_interrupt),  # a hangup (the CLI's raises once)
     ],
 )
@@ -322,7 +322,7 @@ def test_a_signal_as_the_server_starts_stops_it_and_still_interrupts(
 def test_starting_a_server_leaves_the_signal_handlers_as_they_were(tmp_path: Path) -> None:
     """The handlers held while the server starts come back, and an ignored SIGHUP (nohup) stays
     ignored, the server's too (it inherits SIG_IGN across exec)."""
-    with handling(signal.SIGTERM, _terminated), handling(signal.SIGHUP, signal.SIG_IGN):
+    with handling(signal.SIGTERM, raise_terminated), handling(signal.SIGHUP, signal.SIG_IGN):
         before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         with start_server(SimulatedServerConfig()) as handle:
             assert {s: signal.getsignal(s) for s in before} == before
