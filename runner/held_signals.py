@@ -78,7 +78,8 @@ def sigint_blocked() -> Iterator[None]:
     they set their own handler and unblock it (driver_main, parse_worker.main): the interpreter's start
     and the imports take a good part of a second, in which a terminal's Ctrl-C printed a traceback
     (a driver then counted as failed). Blocked, not ignored: a Ctrl-C meanwhile waits for the child's
-    handler, it is not lost; ours gets it when the block ends."""
+    own disposition (a driver's handler; a parse worker ignores it), and ours gets it when the block
+    ends."""
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
