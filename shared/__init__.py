@@ -1,8 +1,18 @@
-"""What the runner and the uploader agree on: config schema, output-directory contract, redaction."""
+"""What the runner and the uploader agree on: config schema, output-directory contract, redaction.
 
-from importlib.metadata import PackageNotFoundError, version
+`__version__` is looked up when first asked for, not on import: importlib.metadata takes ~30 ms to
+import (email, zipfile, ...), and every command imports this package before its start guard
+(shared/starting.py) is in place, so a Ctrl-C in that window printed a traceback from inside it."""
 
-try:
-    __version__ = version("veeksha")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0.0.0+source"
+
+def __getattr__(name: str) -> str:
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("veeksha")
+    except PackageNotFoundError:  # running from a source tree without an install
+        found = "0.0.0+source"
+    globals()["__version__"] = found
+    return found

@@ -56,3 +56,13 @@ def test_a_hangup_ignored_by_whoever_started_the_command_stays_ignored() -> None
     )
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(("prog", "entry", "heavy"), COMMANDS)
+def test_what_a_command_imports_before_its_guard_is_light(prog: str, entry: str, heavy: str) -> None:
+    """Before the guard is in place a Ctrl-C prints Python's traceback. veeksha.shared imported
+    importlib.metadata there for its version (~30 ms: email, zipfile, ...), and a fuzzer's Ctrl-C 40 ms
+    after a start landed in it. The version is now looked up when first asked for."""
+    code = f"import sys; import {entry}; print('importlib.metadata' in sys.modules, '{heavy}' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.split() == ["False", "False"]
