@@ -210,11 +210,16 @@ def _members_version(members: list[Path]) -> str | None:
     return None
 
 
+def container_members(root: Path) -> list[Path]:
+    """The run directories of a sweep or a capacity search."""
+    return sweep_members(root) if is_sweep_dir(root) else capsearch_members(root)
+
+
 def container_config(root: Path) -> dict[str, Any]:
     """The config whose `wandb:` section governs a container's summary run."""
     if (root / CONFIG_YML).is_file():
         return read_config(root / CONFIG_YML)
-    members = sweep_members(root) if is_sweep_dir(root) else capsearch_members(root)
+    members = container_members(root)
     return read_config(members[0] / CONFIG_YML) if members else {}
 
 

@@ -46,6 +46,12 @@ def plan_task(
     target: Target, env: Layer, flags: Layer, *, force: bool, dry_run: bool, publish: bool = False
 ) -> Task:
     """The settings of one target. `publish` (--sync): the offline upload's own settings, then online."""
+    if target.kind != groups.RUN and not groups.container_members(target.path):
+        # A sweep or search stopped before its first run (or not yet at it): a summary run of nothing.
+        # Its settings would come from a run's config, so without one an upload failed for want of an
+        # online API key, or wrote an empty W&B run.
+        why = "none of its runs has a directory yet: nothing to upload"
+        return Task(target, None, force, dry_run, skip=why)
     try:
         config = _config_of(target)
         cfg_layer = config_layer(groups.wandb_section(config), str(target.path / CONFIG_YML))

@@ -75,6 +75,7 @@ class Task:
     dry_run: bool = False
     secrets: tuple[str, ...] = field(default=(), repr=False)  # literal values to keep out of W&B
     error: str | None = None  # a problem found while planning (reported as this target's failure)
+    skip: str | None = None  # planning found nothing to upload: reported as skipped, and why
     default_entity: str | None = None  # online: the API key's entity, where runs go without one set
     note: str | None = None  # an offline retry's: why the online upload failed (pool._after_fallback)
     fallback_offline: bool = False  # online failed after the probe passed: write an offline run instead
@@ -684,6 +685,8 @@ def run_task(task: Task) -> Outcome:
     for secret in task.secrets:
         redactor.add_secret(secret)
     path = str(task.target.path)
+    if task.skip:
+        return Outcome(path, task.target.kind, SKIPPED, task.skip)
     if task.error or task.settings is None:
         return Outcome(path, task.target.kind, FAILED, task.error or "no settings")
     if task.settings.mode == "disabled":

@@ -209,6 +209,28 @@ def test_a_sweep_still_running_is_a_sweep_from_its_start(tmp_path: Path, home: H
     assert any("(sweep summary)" in s and "sweep not finished" in s for s in skipped)
 
 
+@pytest.mark.parametrize("mode", [[], ["--mode", "offline"]], ids=["no-mode", "offline"])
+def test_a_sweep_stopped_before_its_first_run_is_skipped_as_nothing_to_upload(
+    tmp_path: Path, home: Home, mode: list[str]
+) -> None:
+    """Stopped in its first second (a fuzzer's SIGHUP): a manifest, every combination `not_run`, and no
+    run directory, so no config that names a W&B mode. The upload failed for want of an online API key;
+    with --mode offline it wrote a W&B summary run of nothing."""
+    root = build_sweep(tmp_path, count=1)
+    for run_dir in sweep_members(root):
+        shutil.rmtree(run_dir)
+    manifest = read_json(root / SWEEP_MANIFEST)
+    runs = [{**entry, "run_dir": None, "status": "not_run"} for entry in manifest["runs"]]
+    write_json(root / SWEEP_MANIFEST, {**manifest, "status": "interrupted", "runs": runs})
+
+    result = upload([str(root), *mode], home, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    (skip,) = lines_for(result.stdout, "skipped")
+    assert root.name in skip and "none of its runs has a directory yet: nothing to upload" in skip
+    assert not (root / "wandb").exists()
+
+
 def add_unstarted_combination(root: Path, sweep_status: str, entry_status: str) -> None:
     """A third combination in the manifest and the table, whose run never started."""
     manifest = read_json(root / SWEEP_MANIFEST)
