@@ -480,7 +480,7 @@ def _record_with(
         scraper = _server_metrics(cfg, run.paths, recorder)
         if scraper is not None:
             scraper.start()
-        return recorder.run(links)
+        return recorder.run(links, before_go=scraper.take_baseline if scraper is not None else None)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -193,13 +193,14 @@ class Recorder:
 
     # -------------------------------------------------------------- main loop
 
-    def run(self, links: list[DriverLink]) -> RecordingResult:
+    def run(self, links: list[DriverLink], before_go: Callable[[], None] | None = None) -> RecordingResult:
+        """`before_go`: called once every driver is ready, just before they are told to start."""
         self.drivers = [_Driver(link) for link in links]
         with (
             self.paths.request_records.open("ab", buffering=0) as records,
             self._open_trace() as trace,
         ):
-            failed_start = self._start_all()  # drivers start at the recorder's priority...
+            failed_start = self._start_all(before_go)  # drivers start at the recorder's priority...
             if failed_start is None:  # ...which then gives way to theirs
                 at_low_priority(lambda: self._receive_until_end(records, trace), tick=self._watch)
             else:  # no driver got its start: none has sent anything
@@ -238,7 +239,7 @@ class Recorder:
             [d.as_json() for d in self.drivers],
         )
 
-    def _start_all(self) -> _End | None:
+    def _start_all(self, before_go: Callable[[], None] | None) -> _End | None:
         """Start every driver, wait until all are READY, then give all one common start (GO).
         The run's end when one fails to start (or a signal comes first), else None."""
         for d in self.drivers:
@@ -246,6 +247,8 @@ class Recorder:
         failed = self._wait_until_ready()
         if failed is not None:
             return failed
+        if before_go is not None:
+            before_go()
         if self.signals:  # came while the last READY was read: no driver was told of it
             return _End(RUN_INTERRUPTED, INTERRUPTED_AT_START)
         margin = max(d.link.start_margin_s for d in self.drivers)

@@ -1,8 +1,9 @@
 """The server's own metrics (queue, KV-cache use, prefix-cache hits, ...), scraped during the run.
 
-The recorder process (never the driver) fetches the server's Prometheus text just before the drivers
-are told to start (every counter's baseline), then on a thread every `server_metrics.interval_seconds`
-and as the run stops, and appends one row per scrape to metrics/server_metrics.csv: `elapsed_s`, then
+A thread of the recorder process (never the driver) fetches the server's Prometheus text as the drivers
+are about to be told to start (every counter's baseline, waited for), then every
+`server_metrics.interval_seconds` and as the run stops, and appends one row per scrape to
+metrics/server_metrics.csv: `elapsed_s`, then
 one column per series, named as the server spells it (`vllm:num_requests_running`, ...). Gauges are
 kept as values, counters become per-second rates over the interval; histograms and summaries are left
 out. Series of one name with several label sets (vLLM V1 labels each engine of a data-parallel
@@ -40,6 +41,9 @@ from veeksha.shared.jsonio import write_atomic
 from veeksha.shared.redact import scrub_list, scrub_text, secret_values
 
 PROBE_TIMEOUT_S = 2.0
+BASELINE_WAIT_S = PROBE_TIMEOUT_S  # the most the drivers' start waits for the baseline scrape
+# A failed scrape, counted, never raised: InvalidURL is no HTTPError (a malformed server_metrics.url)
+FETCH_ERRORS = (httpx.HTTPError, httpx.InvalidURL, ValueError, OSError)
 START_POLL_S = 0.02  # how often the scraper looks whether the run has started
 MIN_LAST_INTERVAL_S = 0.1  # the scrape at the stop, unless the last one was this recent
 KEPT_TYPES = ("gauge", "counter", "unknown", "untyped")
@@ -123,7 +127,7 @@ def probe(url: str, secrets: Iterable[str] = ()) -> str | None:
     try:
         with httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False) as client:
             series = fetch(client, url)
-    except (httpx.HTTPError, ValueError) as e:
+    except FETCH_ERRORS as e:
         # httpx names the URL (a ?token= in it); the parser quotes the server's line, which may echo
         # the server's own key or one it inherited. Scrubbed before the cut to one line.
         hidden = scrub_list([*secret_values(url), *secrets])
@@ -145,24 +149,24 @@ class Scraper:
         # set missing from one scrape (a failed engine, a lagging exporter) is compared, when it comes
         # back, with its last value, not counted whole again.
         self._last: dict[str, dict[LabelSet, float]] = {}
-        self._baseline: tuple[dict[str, Series], float] | None = None  # (series, monotonic time taken)
+        self._baseline_wanted = threading.Event()  # take_baseline was called
+        self._baseline_taken = threading.Event()  # ...and the thread has answered it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="veeksha-server-metrics", daemon=True)
 
     def start(self) -> None:
-        """The first scrape (every counter's baseline) here, in the caller, before the drivers are
-        told to start; then the rest on a background thread. Taken on that thread, at idle priority,
-        the baseline could come after a busy machine's first requests, which then went uncounted: on
-        a loaded CI a 0.6 s run's three requests all came before it, so its prefix_cache check saw no
-        lookup and was skipped."""
-        began = time.monotonic()
-        with httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False) as client:
-            try:
-                self._baseline = (fetch(client, self.url), time.monotonic())
-            except (httpx.HTTPError, ValueError, OSError):  # counted; the thread scrapes at the start instead
-                self.failures += 1
-        self._busy_s += time.monotonic() - began
         self._thread.start()
+
+    def take_baseline(self) -> None:
+        """The first scrape (every counter's baseline), as the drivers are about to be told to start
+        (Recorder.run's `before_go`, once all are ready): the thread takes it at once, still at the
+        recorder's priority, and this waits for it, at most BASELINE_WAIT_S. Taken after the start
+        at idle priority, it could come after a busy machine's first requests, which then counted
+        nowhere (a loaded CI's 0.6 s run: its prefix_cache check saw no lookup and was skipped);
+        taken before the drivers were spawned (a tokenizer's load, a Ray cluster's actors), the run
+        would be credited with whatever the counters did meanwhile."""
+        self._baseline_wanted.set()
+        self._baseline_taken.wait(BASELINE_WAIT_S)
 
     def stop(self) -> None:
         self._stop.set()
@@ -183,18 +187,20 @@ class Scraper:
         )
 
     def _run(self) -> None:
-        # A scrape (HTTP request, text parsing) costs milliseconds of CPU on the core the driver may
-        # share: run it at background priority, so it takes only CPU the driver leaves (measured: the
-        # once-a-second scrape was the largest single cluster of late dispatches at 400 requests/s).
-        to_background()
         with httpx.Client(timeout=max(self.interval_s, PROBE_TIMEOUT_S), trust_env=False) as client:
-            # The baseline start() took (every counter's: a rate needs two scrapes; one now if it
-            # failed), one per interval, and one at the stop: else the first and the last interval
+            # The baseline (every counter's: a rate needs two scrapes; one at the start if there is
+            # none), one per interval, and one at the stop: else the first and the last interval
             # went uncounted, and a run shorter than two intervals had no counter rate at all.
+            baseline = self._fetch_baseline(client)  # before any request: at normal priority
+            # A scrape (HTTP request, text parsing) costs milliseconds of CPU on the core the driver
+            # may share: the rest run at background priority, taking only CPU the driver leaves
+            # (measured: the once-a-second scrape was the largest single cluster of late dispatches
+            # at 400 requests/s).
+            to_background()
             while self.elapsed() is None:
                 if self._stop.wait(START_POLL_S):
                     return  # stopped before the run started: nothing is written
-            self._scrape(client, self._baseline)
+            self._scrape(client, baseline)
             while not self._stop.wait(self.interval_s):
                 self._scrape(client)
             t, last = self.elapsed(), self._previous_t
@@ -202,8 +208,23 @@ class Scraper:
             if last is None or (t is not None and t - last >= MIN_LAST_INTERVAL_S):
                 self._scrape(client)
 
+    def _fetch_baseline(self, client: httpx.Client) -> tuple[dict[str, Series], float] | None:
+        """(series, monotonic time) of the scrape take_baseline asks for. None when it failed (counted),
+        or when the run started, or was stopped, without asking."""
+        try:
+            while not self._baseline_wanted.wait(START_POLL_S):
+                if self._stop.is_set() or self.elapsed() is not None:
+                    return None
+            try:
+                return fetch(client, self.url), time.monotonic()
+            except FETCH_ERRORS:
+                self.failures += 1
+                return None
+        finally:
+            self._baseline_taken.set()
+
     def _scrape(self, client: httpx.Client, taken: tuple[dict[str, Series], float] | None = None) -> None:
-        """Fetch and write a row; or write `taken`, a scrape start() made (series, monotonic time)."""
+        """Fetch and write a row; or write `taken`, the baseline (series, monotonic time)."""
         t = self.elapsed()
         if t is None:
             return
@@ -214,7 +235,7 @@ class Scraper:
             else:
                 series, at = taken
                 self._write(t - (began - at), series)  # its time on the run's clock
-        except (httpx.HTTPError, ValueError, OSError):  # counted, reported at the end
+        except FETCH_ERRORS:  # counted, reported at the end
             self.failures += 1
         self._busy_s += time.monotonic() - began
 

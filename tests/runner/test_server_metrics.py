@@ -543,11 +543,14 @@ class LookedUpTokens(BaseHTTPRequestHandler):
         pass
 
 
-def test_the_baseline_is_scraped_before_the_run_starts_so_its_first_requests_count(tmp_path: Path) -> None:
+def test_the_baseline_is_taken_as_the_drivers_are_told_to_start_so_only_the_runs_requests_count(
+    tmp_path: Path,
+) -> None:
     """The first scrape was the idle-priority thread's, some time after the start: on a loaded CI a
     0.6 s run's three requests all came before it, the server's lookups counted nowhere (0 queries),
-    and the run's prefix_cache check was skipped. Now start() takes it, before the drivers are told
-    to start, and the requests sent at once after the start are in the run's sums."""
+    and the run's prefix_cache check was skipped. Now the recorder asks for it once every driver is
+    ready (take_baseline) and waits for it: what the counters did before (another client, a previous
+    run's tail) is not the run's, and the requests sent at once after the start are."""
     csv_path = tmp_path / "server_metrics.csv"
     run_started: list[float] = []
     LookedUpTokens.queries = 0
@@ -555,13 +558,48 @@ def test_the_baseline_is_scraped_before_the_run_starts_so_its_first_requests_cou
         elapsed = lambda: time.monotonic() - run_started[0] if run_started else None  # noqa: E731
         scraper = Scraper(f"{url}/metrics", 5.0, csv_path, elapsed)
         scraper.start()
-        time.sleep(0.05)  # the drivers start
+        time.sleep(0.1)  # the drivers start
+        LookedUpTokens.queries = 50  # meanwhile, someone else's lookups
+        scraper.take_baseline()
         run_started.append(time.monotonic())
-        LookedUpTokens.queries = 300  # the run's first requests, before the scraper's thread runs
+        LookedUpTokens.queries = 350  # the run's first requests, before the scraper's thread runs
         time.sleep(0.3)
         scraper.stop()
     with csv_path.open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and float(rows[0]["elapsed_s"]) < 0 < float(rows[1]["elapsed_s"])
+    assert len(rows) == 2 and float(rows[0]["elapsed_s"]) <= 0 < float(rows[1]["elapsed_s"])
     tokens = server_cache_tokens(csv_path)
     assert tokens is not None and tokens.queries == pytest.approx(300, rel=0.01)  # elapsed_s: to the ms
+
+
+class NeverAnswers(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        time.sleep(3)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_metrics_endpoint_that_does_not_answer_holds_the_start_for_at_most_the_baseline_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_metrics, "BASELINE_WAIT_S", 0.3)
+    with serving(NeverAnswers) as url:
+        scraper = Scraper(f"{url}/metrics", 5.0, tmp_path / "m.csv", lambda: None)
+        scraper.start()
+        began = time.monotonic()
+        scraper.take_baseline()
+        waited = time.monotonic() - began
+        scraper.stop()
+    assert 0.25 < waited < 1.0
+
+
+def test_a_malformed_metrics_url_is_a_failed_scrape_not_a_crash(tmp_path: Path) -> None:
+    """httpx's InvalidURL is no HTTPError: it escaped the scraper (and the probe) and ended the run."""
+    assert probe("http://[::1/metrics") is not None
+    start = time.monotonic()
+    scraper = Scraper("http://[::1/metrics", 5.0, tmp_path / "m.csv", lambda: time.monotonic() - start)
+    scraper.start()
+    scraper.take_baseline()
+    scraper.stop()
+    assert scraper.failures >= 1 and scraper.rows == 0
