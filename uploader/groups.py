@@ -215,6 +215,11 @@ def container_members(root: Path) -> list[Path]:
     return sweep_members(root) if is_sweep_dir(root) else capsearch_members(root)
 
 
+def read_container(root: Path, kind: str) -> ContainerData:
+    """A sweep's or a capacity search's files (`kind`: SWEEP_SUMMARY or CAPSEARCH_SUMMARY)."""
+    return read_sweep(root) if kind == SWEEP_SUMMARY else read_capsearch(root)
+
+
 def container_config(root: Path) -> dict[str, Any]:
     """The config whose `wandb:` section governs a container's summary run."""
     if (root / CONFIG_YML).is_file():

@@ -50,6 +50,10 @@ def plan_task(
         # A sweep or search stopped before its first run (or not yet at it): a summary run of nothing.
         # Its settings would come from a run's config, so without one an upload failed for want of an
         # online API key, or wrote an empty W&B run.
+        try:  # a file of it that cannot be read is still this target's failure, naming the file
+            groups.read_container(target.path, target.kind)
+        except (VeekshaError, OSError) as e:
+            return Task(target, None, force, dry_run, error=str(e))
         why = "none of its runs has a directory yet: nothing to upload"
         return Task(target, None, force, dry_run, skip=why)
     try:

@@ -629,7 +629,7 @@ def _container_job(task: Task, redactor: Redactor) -> Job | Outcome:
     root, s = task.target.path, task.settings
     assert s is not None
     sweep = task.target.kind == groups.SWEEP_SUMMARY
-    data = groups.read_sweep(root) if sweep else groups.read_capsearch(root)
+    data = groups.read_container(root, task.target.kind)
     if data.unfinished:
         return Outcome(str(root), task.target.kind, SKIPPED, data.unfinished, warnings=data.warnings)
     tag = groups.TAG_SWEEP if sweep else groups.TAG_CAPSEARCH

@@ -231,6 +231,21 @@ def test_a_sweep_stopped_before_its_first_run_is_skipped_as_nothing_to_upload(
     assert not (root / "wandb").exists()
 
 
+def test_a_runless_sweep_whose_manifest_is_cut_off_still_fails_naming_the_file(
+    tmp_path: Path, home: Home
+) -> None:
+    root = build_sweep(tmp_path, count=1)
+    for run_dir in sweep_members(root):
+        shutil.rmtree(run_dir)
+    (root / SWEEP_MANIFEST).write_text('{"sweep_id": "abc", "runs": [')
+
+    result = upload([str(root), "--mode", "offline"], home, cwd=tmp_path)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    (failed,) = lines_for(result.stdout, "failed")
+    assert SWEEP_MANIFEST in failed
+
+
 def add_unstarted_combination(root: Path, sweep_status: str, entry_status: str) -> None:
     """A third combination in the manifest and the table, whose run never started."""
     manifest = read_json(root / SWEEP_MANIFEST)
