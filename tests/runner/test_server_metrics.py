@@ -59,6 +59,23 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+class MetricsText(BaseHTTPRequestHandler):
+    """A /metrics endpoint that answers text() to every GET."""
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def do_GET(self) -> None:
+        body = self.text().encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def test_gauges_are_averaged_and_counters_summed_over_labels() -> None:
     assert parse(TEXT) == {
         "vllm:num_requests_running": ("gauge", 2.5),
@@ -115,14 +132,14 @@ def test_the_scraper_writes_gauges_and_counter_rates(tmp_path: Path) -> None:
     assert all(r >= 0 for r in rates) and max(rates) > 0  # tokens per second, not a running total
 
 
-class LateCounterMetrics(BaseHTTPRequestHandler):
+class LateCounterMetrics(MetricsText):
     """A /metrics like vLLM's: a labelled counter (vllm:request_success_total) has no sample until
     a request finishes, here from the third scrape on, 4 more each scrape."""
 
     scrapes = 0
     lock = threading.Lock()
 
-    def do_GET(self) -> None:
+    def text(self) -> str:
         with LateCounterMetrics.lock:
             LateCounterMetrics.scrapes += 1
             n = LateCounterMetrics.scrapes
@@ -132,14 +149,7 @@ class LateCounterMetrics(BaseHTTPRequestHandler):
                 "# TYPE vllm:request_success_total counter\n"
                 f'vllm:request_success_total{{finished_reason="stop"}} {4 * n}\n'
             )
-        body = text.encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        return text
 
 
 def test_a_series_that_first_appears_after_the_first_scrape_gets_its_column(
@@ -180,20 +190,13 @@ def test_a_series_that_first_appears_after_the_first_scrape_gets_its_column(
 def scripted_metrics(texts: list[str]) -> type[BaseHTTPRequestHandler]:
     """A /metrics endpoint that answers `texts`, one per scrape, then the last one again."""
 
-    class Scripted(BaseHTTPRequestHandler):
+    class Scripted(MetricsText):
         served = 0
 
-        def do_GET(self) -> None:
+        def text(self) -> str:
             text = texts[min(Scripted.served, len(texts) - 1)]
             Scripted.served += 1
-            body = text.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
+            return text
 
     return Scripted
 
@@ -472,21 +475,14 @@ def test_a_probe_of_metrics_that_echo_the_runs_secrets_shows_none(
     assert server_key not in problem and inherited not in problem
 
 
-class GrowingCounter(BaseHTTPRequestHandler):
+class GrowingCounter(MetricsText):
     """A counter that grows 100 per second since `started`."""
 
     started = 0.0
 
-    def do_GET(self) -> None:
+    def text(self) -> str:
         value = 100 * (time.monotonic() - GrowingCounter.started)
-        body = f"# TYPE vllm:prefix_cache_hits_total counter\nvllm:prefix_cache_hits_total {value}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        return f"# TYPE vllm:prefix_cache_hits_total counter\nvllm:prefix_cache_hits_total {value}\n"
 
 
 def test_a_run_shorter_than_the_interval_is_scraped_at_its_start_and_its_stop(tmp_path: Path) -> None:
@@ -524,23 +520,16 @@ def test_nothing_is_written_before_the_start_nor_scraped_at_a_stop_just_after_on
     assert at_once.rows == 1
 
 
-class LookedUpTokens(BaseHTTPRequestHandler):
+class LookedUpTokens(MetricsText):
     """Prefix-cache counters that stand still until the test sets them: the run's lookups."""
 
     queries = 0
 
-    def do_GET(self) -> None:
-        body = (
+    def text(self) -> str:
+        return (
             f"# TYPE {VLLM_CACHE_QUERIES} counter\n{VLLM_CACHE_QUERIES} {LookedUpTokens.queries}\n"
             f"# TYPE {VLLM_CACHE_HITS} counter\n{VLLM_CACHE_HITS} 0\n"
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        )
 
 
 def test_the_baseline_is_taken_as_the_drivers_are_told_to_start_so_only_the_runs_requests_count(
