@@ -195,8 +195,7 @@ def run_sweep(runs: list[LoadedRun]) -> list[RunResult]:
     cfg = runs[0].config  # its wandb section is the one the uploader reads for the sweep
     if stopped and will_upload(cfg):
         # The user stopped what was going (an upload, maybe): no new upload starts now. Stopped before
-        # any run had a directory, there is nothing to upload (the uploader, finding no run's config
-        # there, would not even know the sweep's W&B mode and project).
+        # any run had a directory, there is nothing to upload (the uploader skips such a sweep).
         if any(entry.get("run_dir") for entry in manifest["runs"]):
             print(f"veeksha: sweep not uploaded; upload its runs and summary with: veeksha-upload {root}")
     elif cfg.wandb.enabled:
