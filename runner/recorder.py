@@ -98,6 +98,8 @@ class _End:
     error: str | None
     cpu_seconds: float | None = None
     stop_reason: str | None = None
+    cpu_steal_seconds: float | None = None  # taken by the hypervisor from its cores (driver/steal.py)
+    num_cpus: int | None = None  # the cores it could run on
 
 
 @dataclass
@@ -123,6 +125,8 @@ class _Driver:
             "status": end.status,
             "error": end.error,
             "cpu_seconds": end.cpu_seconds,
+            "cpu_steal_seconds": end.cpu_steal_seconds,
+            "num_cpus": end.num_cpus,
         }
 
 
@@ -373,6 +377,8 @@ class Recorder:
                 payload.get("error"),
                 payload.get("cpu_seconds"),
                 payload.get("stop_reason"),
+                payload.get("cpu_steal_seconds"),
+                payload.get("num_cpus"),
             )
             if d.end.status == RUN_FAILED:  # the run has failed: the others need not go on
                 self._stop_others()

@@ -18,7 +18,9 @@ For each rate, on a fresh server:
   client's CPU over the server's is printed too: the server serves the same requests in every run
   at a rate (its CPU counts its whole life, start-up and idle included), so the ratio compares runs
   made in different phases. A fixed loop is timed on both cores before and after each run (the
-  "core probe" rows): about 140 ms on a fast core here, 205 ms on a slow one.
+  "core probe" rows): about 140 ms on a fast core here, 205 ms on a slow one. The "steal" rows are
+  the time the hypervisor took from each core (the driver's own run.json figure for the client's):
+  a run with seconds of it measured the virtual machine as much as the client.
 
     .venv/bin/python scripts/bench_fidelity.py [--rates 400 800] [--duration 20]
 
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+from veeksha.runner.driver.steal import stolen_seconds
 
 VEEKSHA_RUN = str(Path(sys.executable).parent / "veeksha-run")
 SAMPLE_S = 0.02
@@ -283,6 +286,7 @@ def run_once(args: argparse.Namespace, rate: float, out: Path) -> dict[str, floa
                 preexec_fn=pin(args.client_core, args.nice),
             )
         watch = CpuWatch(proc.pid, args.server_core)
+        server_steal = stolen_seconds(frozenset({args.server_core}))
         thread = threading.Thread(target=watch.run, daemon=True)
         thread.start()
         try:
@@ -292,6 +296,7 @@ def run_once(args: argparse.Namespace, rate: float, out: Path) -> dict[str, floa
             proc.wait()
             raise
         proc.returncode = os.waitstatus_to_exitcode(status)
+        server_steal_end = stolen_seconds(frozenset({args.server_core}))
         watch.stop.set()
         thread.join()
         if proc.returncode != 0:
@@ -312,6 +317,10 @@ def run_once(args: argparse.Namespace, rate: float, out: Path) -> dict[str, floa
     # drifts (10 to 16.5 s for the same 20 s at 800/s). Client over server CPU compares such phases.
     result["client_per_server_cpu"] = result.pop("client_cpu_s") / max(server_run, 1e-9)
     result["server_wait_s"] = server_wait
+    # Time the hypervisor took from each core (driver/steal.py): the client's as its driver saw it
+    # over the run, the server's over veeksha-run's whole life.
+    if server_steal is not None and server_steal_end is not None:
+        result["server_steal_s"] = server_steal_end - server_steal
     probes += [core_speed_ms(args.client_core), core_speed_ms(args.server_core)]
     result["client_core_probe"] = f"{probes[0]:.0f} / {probes[2]:.0f}"
     result["server_core_probe"] = f"{probes[1]:.0f} / {probes[3]:.0f}"
@@ -333,6 +342,7 @@ def evaluate(
     ttfc_err = [r["ttfc"] - truth for r in ok if r["ttfc"] is not None and not r["is_warmup"]]
     ttfc_err_all = [r["ttfc"] - truth for r in ok if r["ttfc"] is not None]
     driver_cpu = info["driver"]["cpu_seconds"] or float("nan")
+    steal = info["driver"]["drivers"][0].get("cpu_steal_seconds")
     return {
         "achieved": len(dispatched) / max(dispatched) if dispatched else 0.0,
         "completed": len(ok),
@@ -347,6 +357,8 @@ def evaluate(
         "recorder_cpu_ms": 1e3 * recorder_cpu / max(1, len(ok)),
         "cpu_ms": 1e3 * (driver_cpu + recorder_cpu) / max(1, len(ok)),
         "client_cpu_s": driver_cpu + recorder_cpu,
+        "client_steal_s": float("nan") if steal is None else steal,
+        "server_steal_s": float("nan"),
         "server_late_p50": stats.get("precise_lateness_p50_ms", float("nan")),
         "server_late_p99": stats.get("precise_lateness_p99_ms", float("nan")),
         "server_late_max": stats.get("precise_lateness_max_ms", float("nan")),
@@ -381,6 +393,8 @@ ROWS: list[tuple[str, str, str, tuple[float, float | None] | None]] = [
     ("server_cpu_s", "server CPU, s", "{:.2f}", None),
     ("client_per_server_cpu", "client CPU / server CPU", "{:.4f}", None),
     ("server_wait_s", "server run-queue wait, s", "{:.3f}", None),
+    ("client_steal_s", "client core steal (hypervisor), s", "{:.2f}", None),
+    ("server_steal_s", "server core steal (hypervisor), s", "{:.2f}", None),
     ("client_core_probe", "client core probe before/after, ms", "{}", None),
     ("server_core_probe", "server core probe before/after, ms", "{}", None),
 ]

@@ -32,6 +32,7 @@ from veeksha.runner.driver.http.client import LLMClient, Prepared, make_client, 
 from veeksha.runner.driver.http.outcome import Outcome
 from veeksha.runner.driver.placement import PlacedSessions
 from veeksha.runner.driver.rescue import CrashFiles, Rescue, pipe_bytes
+from veeksha.runner.driver.steal import StealWatch
 from veeksha.runner.driver.traffic import (
     PreciseTimer,
     interval_sampler,
@@ -299,6 +300,7 @@ class Driver:
             return
         self.go.close()
         cpu0 = time.process_time()  # CPU spent on the run itself, set-up excluded
+        steal = StealWatch.start()  # inside the start margin: the first session is not due yet
         self.t0 = _local_t0(start)
         if self.runtime.benchmark_timeout > 0:
             self.deadline = self.t0 + self.runtime.benchmark_timeout
@@ -328,6 +330,8 @@ class Driver:
                 "stop_reason": self.stop_reason or self._natural_stop_reason(),
                 "error": self.failure,
                 "cpu_seconds": time.process_time() - cpu0,
+                "cpu_steal_seconds": steal.seconds(),
+                "num_cpus": len(steal.cpus) or None,
                 "requests": self.requests_dispatched,
             },
         )

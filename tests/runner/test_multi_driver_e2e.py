@@ -103,11 +103,14 @@ def test_run_json_and_health_report_each_driver(runs: dict[int, RunPaths]) -> No
     assert [d["driver_id"] for d in drivers] == [0, 1] and info["driver"]["num_drivers"] == 2
     assert all(d["status"] == "completed" and d["cpu_seconds"] > 0 for d in drivers)
     assert info["driver"]["cpu_seconds"] == pytest.approx(sum(d["cpu_seconds"] for d in drivers))
+    # What the hypervisor took from each driver's cores (driver/steal.py): known on Linux, often 0.
+    assert all(d["cpu_steal_seconds"] >= 0 and d["num_cpus"] >= 1 for d in drivers)
     health = orjson.loads(runs[2].health_checks_json.read_bytes())
     (check,) = [c for c in health["checks"] if c["name"] == "drivers"]
     per = check["metrics"]["drivers"]
     assert set(per) == {"0", "1"} and check["metrics"]["limiting_driver"] in (0, 1)
     assert all(m["lateness_p99_s"] is not None and 0 < m["cpu_utilization"] < 1 for m in per.values())
+    assert all(0 <= m["cpu_steal_fraction"] <= 1 for m in per.values())
     assert "limits the run" in check["detail"]
     assert "DRIVERS" in runs[2].health_check_txt.read_text()
 

@@ -425,6 +425,32 @@ def test_drivers_names_the_latest_driver_and_each_ones_cpu_share():
     assert "driver 1 limits the run" in check.detail and "driver 1 used >= 90% of a core" in check.detail
 
 
+def test_drivers_names_a_driver_whose_cores_the_hypervisor_took_time_from():
+    """CPU steal (driver/steal.py) over the driver's cores and the run: a note, not a failure."""
+    stolen = [
+        {"driver_id": 0, "cpu_seconds": 2.0, "cpu_steal_seconds": 0.05, "num_cpus": 2},
+        {"driver_id": 1, "cpu_seconds": 2.0, "cpu_steal_seconds": 0.5, "num_cpus": 2},
+    ]
+    check = health.drivers(run_data(_two_drivers(4.0), drivers=stolen))
+    duration = 10.05 - 0.1
+    per = check.metrics["drivers"]
+    assert per["1"]["cpu_steal_seconds"] == 0.5
+    assert per["1"]["cpu_steal_fraction"] == pytest.approx(0.5 / (2 * duration))
+    assert per["0"]["cpu_steal_fraction"] == pytest.approx(0.05 / (2 * duration))  # 0.25 %: below the note
+    assert check.result == "PASSED"
+    assert "took 2.5% of driver 1's CPU time (steal)" in check.detail and "driver 0's" not in check.detail
+
+
+def test_drivers_steal_is_unknown_without_its_run_json_fields():
+    """Runs of an older version, or drivers on a platform without /proc/stat."""
+    check = health.drivers(run_data(_two_drivers(4.0), drivers=CPU))
+    assert all(
+        m["cpu_steal_seconds"] is None and m["cpu_steal_fraction"] is None
+        for m in check.metrics["drivers"].values()
+    )
+    assert "steal" not in check.detail
+
+
 def test_drivers_fails_when_the_limiting_drivers_lateness_is_over_the_bound():
     check = health.drivers(run_data(_two_drivers(25.0)))
     assert check.result == "FAILED" and check.thresholds["lateness_p99_s"] == 0.010
