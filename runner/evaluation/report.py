@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from veeksha.runner.evaluation.evaluate import Evaluation
+from veeksha.runner.evaluation.health import STEAL_NOTED
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import FIELDS, HEALTH_FAILED, HEALTH_PASSED, HEALTH_SKIPPED
 
@@ -59,6 +60,7 @@ def format_summary(ev: Evaluation) -> str:
     for label, metric in LATENCIES:
         lines.append(f"  {label:<9}{_seconds(s[f'{metric}_p50']):>11}{_seconds(s[f'{metric}_p99']):>11}")
     lines += _drivers_line(ev)
+    lines += _steal_line(ev)
     if ev.slo_results is not None:
         results = ev.slo_results["results"]
         met = sum(r["met"] for r in results)
@@ -89,6 +91,22 @@ def _drivers_line(ev: Evaluation) -> list[str]:
     cpu = " / ".join(_pct(m["cpu_utilization"], 0) for m in per.values())
     limiting = check["metrics"]["limiting_driver"]
     return [f"  drivers   {len(per)}: lateness p99 {lateness}; CPU {cpu}; driver {limiting} limits the run"]
+
+
+def _steal_line(ev: Evaluation) -> list[str]:
+    """When a virtual machine's hypervisor took STEAL_NOTED or more of a driver's CPU time: the
+    latencies were measured through those pauses, which a reader of the figures should know."""
+    check = next((c for c in ev.health["checks"] if c["name"] == "drivers"), None)
+    per = check["metrics"].get("drivers", {}) if check is not None else {}
+    stolen = {
+        d: m["cpu_steal_fraction"]
+        for d, m in per.items()
+        if (m.get("cpu_steal_fraction") or 0.0) >= STEAL_NOTED
+    }
+    if not stolen:
+        return []
+    shares = ", ".join(f"{_pct(f, 1)} of driver {d}'s" for d, f in stolen.items())
+    return [f"  steal     the hypervisor took {shares} CPU time: latency tails include those pauses"]
 
 
 def all_failed_line(ev: Evaluation) -> str:
