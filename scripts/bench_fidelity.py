@@ -98,6 +98,20 @@ def core_speed_ms(core: int) -> float:
     return sorted(times)[1]
 
 
+def kernel_mitigations() -> str:
+    """The kernel's speculative-execution mitigations that make every kernel entry or return
+    dearer: the client and the server spend about a third of their CPU in the kernel, so runs on
+    hosts that differ here differ in speed where the pure-Python probe shows nothing."""
+    base = Path("/sys/devices/system/cpu/vulnerabilities")
+    parts = []
+    for name in ("spec_rstack_overflow", "spectre_v2", "retbleed"):
+        try:
+            parts.append(f"{name}: {(base / name).read_text().strip()}")
+        except OSError:
+            continue
+    return "; ".join(parts) or "unknown"
+
+
 def _schedstat(pid: int) -> tuple[float, float]:
     """(seconds run, seconds waited runnable on a run queue) of a process's main thread."""
     try:
@@ -450,6 +464,7 @@ def main() -> int:
         f"per rate; nice {args.nice}; load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
         flush=True,
     )
+    print(f"kernel: {kernel_mitigations()}", flush=True)
     results = {}
     for rate in args.rates:
         if args.keep:
