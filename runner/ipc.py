@@ -22,7 +22,8 @@ READY: Final = "ready"  # {"pid": driver pid}: set up, sessions buffered, waitin
 START: Final = "start"  # {"t0": perf_counter at run start, "pid": driver pid}
 BATCH: Final = "batch"  # {"records": [...], "trace": [...], "progress": {...}}
 DRAINING: Final = "draining"  # {"in_flight": int, "up_to_s": float}: dispatch stopped, waiting
-# {"status", "stop_reason", "error", "cpu_seconds", "cpu_steal_seconds", "num_cpus", "requests"}
+# {"status", "stop_reason", "error", "cpu_seconds", "cpu_steal_seconds", "num_cpus", "run_seconds",
+#  "requests"}
 DONE: Final = "done"
 FAILED: Final = "failed"  # {"message": one line}
 # From a Ray driver's actor, not its driver, last before the end of a stream its driver process cut

@@ -98,8 +98,9 @@ class _End:
     error: str | None
     cpu_seconds: float | None = None
     stop_reason: str | None = None
-    cpu_steal_seconds: float | None = None  # taken by the hypervisor from its cores (driver/steal.py)
+    cpu_steal_seconds: float | None = None  # taken by the hypervisor from its worst core (driver/steal.py)
     num_cpus: int | None = None  # the cores it could run on
+    run_seconds: float | None = None  # from its start to its end: the span of its CPU figures
 
 
 @dataclass
@@ -127,6 +128,7 @@ class _Driver:
             "cpu_seconds": end.cpu_seconds,
             "cpu_steal_seconds": end.cpu_steal_seconds,
             "num_cpus": end.num_cpus,
+            "run_seconds": end.run_seconds,
         }
 
 
@@ -379,6 +381,7 @@ class Recorder:
                 payload.get("stop_reason"),
                 payload.get("cpu_steal_seconds"),
                 payload.get("num_cpus"),
+                payload.get("run_seconds"),
             )
             if d.end.status == RUN_FAILED:  # the run has failed: the others need not go on
                 self._stop_others()

@@ -214,31 +214,52 @@ class CpuWatch:
     # main threads' (run s, run-queue wait s): recorder at driver start and exit, driver's last sample
     recorder_sched: list[tuple[float, float]] = field(default_factory=list)
     driver_sched: tuple[float, float] = (float("nan"), float("nan"))
+    _pidfd: int | None = None
 
     def run(self) -> None:
         os.sched_setaffinity(0, {self.server_core})  # 0: this thread only
         if not self._find_driver():
             return
         assert self.driver is not None
+        exited = self._exit_waiter()
         try:
-            fd = os.pidfd_open(self.driver)
-        except ProcessLookupError:  # gone already (joined at once by the recorder)
-            fd = os.open("/dev/null", os.O_RDONLY)  # polls readable: the exit path below
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            while not poller.poll(1000) and not self.stop.is_set():
+            while not exited(1.0) and not self.stop.is_set():
                 sched = _schedstat(self.driver)
                 if sched[0] == sched[0]:  # not NaN: the driver is still there
                     self.driver_sched = sched
         finally:
-            os.close(fd)
+            if self._pidfd is not None:
+                os.close(self._pidfd)
         # The driver has exited: the recorder's evaluation has not started, so its CPU ends here.
         self.at_end = _proc_cpu(self.pid)
         self.recorder_sched.append(_schedstat(self.pid))
         sched = _schedstat(self.driver)  # a zombie until the recorder joins it
         if sched[0] == sched[0]:
             self.driver_sched = sched
+
+    def _exit_waiter(self) -> Callable[[float], bool]:
+        """A wait of at most its argument (seconds) that says whether the driver has exited: on the
+        driver's pidfd, else (no pidfd: a kernel before 5.3, a seccomp profile) by looking at /proc
+        every SAMPLE_S, from this thread's core."""
+        driver = self.driver
+        try:
+            self._pidfd = os.pidfd_open(driver)  # type: ignore[arg-type]  # found by _find_driver
+        except ProcessLookupError:  # gone already (joined at once by the recorder)
+            return lambda timeout_s: True
+        except OSError:
+
+            def polled(timeout_s: float) -> bool:
+                end = time.monotonic() + timeout_s
+                while time.monotonic() < end:
+                    if not Path(f"/proc/{driver}").exists():
+                        return True
+                    time.sleep(SAMPLE_S)
+                return False
+
+            return polled
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        return lambda timeout_s: bool(poller.poll(timeout_s * 1000))
 
     def _find_driver(self) -> bool:
         while not self.stop.is_set():
@@ -300,7 +321,7 @@ def run_once(args: argparse.Namespace, rate: float, out: Path) -> dict[str, floa
                 preexec_fn=pin(args.client_core, args.nice),
             )
         watch = CpuWatch(proc.pid, args.server_core)
-        server_steal = stolen_seconds(frozenset({args.server_core}))
+        server_steal = stolen_seconds(frozenset({args.server_core}))  # {core: s} or None
         thread = threading.Thread(target=watch.run, daemon=True)
         thread.start()
         try:
@@ -334,7 +355,7 @@ def run_once(args: argparse.Namespace, rate: float, out: Path) -> dict[str, floa
     # Time the hypervisor took from each core (driver/steal.py): the client's as its driver saw it
     # over the run, the server's over veeksha-run's whole life.
     if server_steal is not None and server_steal_end is not None:
-        result["server_steal_s"] = server_steal_end - server_steal
+        result["server_steal_s"] = server_steal_end[args.server_core] - server_steal[args.server_core]
     probes += [core_speed_ms(args.client_core), core_speed_ms(args.server_core)]
     result["client_core_probe"] = f"{probes[0]:.0f} / {probes[2]:.0f}"
     result["server_core_probe"] = f"{probes[1]:.0f} / {probes[3]:.0f}"

@@ -332,6 +332,7 @@ class Driver:
                 "cpu_seconds": time.process_time() - cpu0,
                 "cpu_steal_seconds": steal.seconds(),
                 "num_cpus": len(steal.cpus) or None,
+                "run_seconds": round(time.perf_counter() - self.t0, 3),  # what both CPU figures span
                 "requests": self.requests_dispatched,
             },
         )

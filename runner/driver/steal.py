@@ -26,28 +26,26 @@ def driver_cpus() -> frozenset[int]:
         return frozenset()
 
 
-def stolen_seconds(cpus: frozenset[int], proc_stat: Path = PROC_STAT) -> float | None:
-    """Seconds of steal summed over `cpus` since boot; None where it cannot be read (not Linux,
-    a core missing from the file, an unexpected line)."""
+def stolen_seconds(cpus: frozenset[int], proc_stat: Path = PROC_STAT) -> dict[int, float] | None:
+    """Seconds of steal of each of `cpus` since boot; None where it cannot be read (not Linux, a
+    core missing from the file, an unexpected line; or a container whose /proc/stat numbers its
+    cores anew, as lxcfs does, so that they do not match the affinity's)."""
     if not cpus:
         return None
     try:
         text = proc_stat.read_text()
     except OSError:
         return None
-    wanted = {f"cpu{c}" for c in cpus}
-    ticks = 0
-    found = 0
+    wanted = {f"cpu{c}": c for c in cpus}
+    tick = os.sysconf("SC_CLK_TCK")
+    steal: dict[int, float] = {}
     for line in text.splitlines():
         fields = line.split()
         if fields and fields[0] in wanted:
             if len(fields) <= STEAL_COLUMN or not fields[STEAL_COLUMN].isdigit():
                 return None
-            ticks += int(fields[STEAL_COLUMN])
-            found += 1
-    if found != len(wanted):
-        return None
-    return ticks / os.sysconf("SC_CLK_TCK")
+            steal[wanted[fields[0]]] = int(fields[STEAL_COLUMN]) / tick
+    return steal if len(steal) == len(wanted) else None
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ class StealWatch:
     """Steal on this process's cores from its creation on."""
 
     cpus: frozenset[int]
-    at_start: float | None
+    at_start: dict[int, float] | None
 
     @classmethod
     def start(cls, proc_stat: Path = PROC_STAT) -> StealWatch:
@@ -63,8 +61,11 @@ class StealWatch:
         return cls(cpus, stolen_seconds(cpus, proc_stat))
 
     def seconds(self, proc_stat: Path = PROC_STAT) -> float | None:
-        """Steal since start (None: not known)."""
+        """The most steal any one of its cores had since start (None: not known). The worst core,
+        not the sum or the mean: an unpinned driver runs on one core at a time, and a mean over many
+        idle cores would hide the one it was paused on."""
         now = stolen_seconds(self.cpus, proc_stat)
         if now is None or self.at_start is None:
             return None
-        return round(max(0.0, now - self.at_start), 3)  # whole ticks: no float dust in run.json
+        worst = max(now[c] - self.at_start[c] for c in self.cpus)
+        return round(max(0.0, worst), 3)  # whole ticks: no float dust in run.json

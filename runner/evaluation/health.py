@@ -51,9 +51,9 @@ PROMPT_TOLERANCE_TOKENS = 2  # a prompt is on target within max(2 tokens, 2%)
 PROMPT_TOLERANCE_FRACTION = 0.02
 WORST = 3  # offenders listed per check
 SATURATED_CPU = 0.9  # a driver using this share of its core has no time to spare
-# A driver whose cores lost this share of their time to the hypervisor (CPU steal, driver/steal.py)
-# is named: its latencies include those pauses. A note, not a failure: steal is the load machine's
-# state, and the lateness bound already fails a run whose dispatches it made late.
+# A driver whose worst core lost this share of its time to the hypervisor (CPU steal,
+# driver/steal.py) is named: its latencies include those pauses. A note, not a failure: steal is
+# the load machine's state, and the lateness bound already fails a run whose dispatches it made late.
 STEAL_NOTED = 0.01
 # The drivers check compares each driver's sessions with its share of the schedule up to this long
 # before the last session sent: drivers stop a moment apart (a stop reaches each in turn, over the
@@ -496,8 +496,8 @@ def drivers(data: RunData) -> Check:
     share unsent (stopped or frozen: its lateness says nothing of what it never sent) limits the run
     and fails the check; else the latest one limits it, and the check fails when its lateness p99 is
     over max_delay_p99_s. A driver at SATURATED_CPU or more of its core is named too: it had no
-    time to spare, and more drivers would help; so is one whose cores lost STEAL_NOTED or more of
-    their time to the hypervisor."""
+    time to spare, and more drivers would help; so is one whose worst core lost STEAL_NOTED or more
+    of its time to the hypervisor. CPU use and steal are shares of the driver's own run (run_seconds)."""
     name = "drivers"
     delays = (
         data.measured.lazy()
@@ -507,23 +507,20 @@ def drivers(data: RunData) -> Check:
     )
     if delays.height == 0:
         return Check(name, SKIPPED, detail="no request was dispatched")
-    cpu = {e.get("driver_id"): e.get("cpu_seconds") for e in data.drivers}
-    steal = {e.get("driver_id"): _steal(e, data.duration_s) for e in data.drivers}
+    entries = {e.get("driver_id"): e for e in data.drivers}
     duration = data.duration_s
     groups = {key[0]: group[DISPATCH_DELAY].to_numpy() for key, group in delays.group_by("driver_id")}
     # Every driver run.json lists, also one that sent no measured request (it shows as such).
-    ids = sorted(set(groups) | {d for d in cpu if d is not None})
+    ids = sorted(set(groups) | {d for d in entries if d is not None})
     shares = driver_shares(data, max(int(d) for d in ids) + 1)
     per_driver: dict[str, Any] = {}
     for driver_id in ids:
-        seconds = cpu.get(driver_id)
+        entry = entries.get(driver_id, {})
         sent = groups.get(driver_id)
         per_driver[str(driver_id)] = {
             "num_dispatched": 0 if sent is None else len(sent),
             "lateness_p99_s": None if sent is None else exact_quantiles(sent, [0.99])[0],
-            "cpu_seconds": seconds,
-            "cpu_utilization": seconds / duration if seconds is not None and duration else None,
-            **steal.get(driver_id, _steal({}, duration)),
+            **_cpu(entry, duration),
         }
         if shares is not None:
             due, not_sent = shares.of(int(driver_id))
@@ -551,22 +548,37 @@ def drivers(data: RunData) -> Check:
     saturated = [d for d, m in per_driver.items() if (m["cpu_utilization"] or 0.0) >= SATURATED_CPU]
     if saturated:
         detail += f"; driver {', '.join(saturated)} used >= {SATURATED_CPU:.0%} of a core (add drivers)"
-    for d, m in per_driver.items():
-        if (m["cpu_steal_fraction"] or 0.0) >= STEAL_NOTED:
-            detail += (
-                f"; the hypervisor took {m['cpu_steal_fraction']:.1%} of driver {d}'s CPU time (steal): "
-                "its latencies include those pauses"
-            )
+    for share, ids_stolen in stolen_cores(per_driver).items():
+        detail += (
+            f"; the hypervisor took {share} of the time of the worst core of driver {', '.join(ids_stolen)} "
+            "(CPU steal): their latencies include those pauses"
+        )
     metrics = {"num_drivers": len(per_driver), "limiting_driver": int(limiting), "drivers": per_driver}
     ok = not short and (per_driver[limiting]["lateness_p99_s"] or 0.0) <= bound
     return Check(name, _verdict(ok), metrics, limits, detail)
 
 
-def _steal(entry: dict[str, Any], duration: float | None) -> dict[str, float | None]:
-    """A driver's CPU steal (run.json) in seconds over its cores and as a share of their time."""
-    seconds, cpus = entry.get("cpu_steal_seconds"), entry.get("num_cpus")
-    share = seconds / (duration * cpus) if seconds is not None and cpus and duration else None
-    return {"cpu_steal_seconds": seconds, "cpu_steal_fraction": share}
+def _cpu(entry: dict[str, Any], duration: float | None) -> dict[str, Any]:
+    """A driver's CPU figures from its run.json entry, as shares of its own run's span (the run's
+    duration for entries of older versions, which have no run_seconds)."""
+    seconds, steal = entry.get("cpu_seconds"), entry.get("cpu_steal_seconds")
+    span = entry.get("run_seconds") or duration
+    return {
+        "cpu_seconds": seconds,
+        "cpu_utilization": seconds / span if seconds is not None and span else None,
+        "cpu_steal_seconds": steal,  # of the worst of its cores (driver/steal.py)
+        "cpu_steal_fraction": steal / span if steal is not None and span else None,
+    }
+
+
+def stolen_cores(per_driver: dict[str, Any]) -> dict[str, list[str]]:
+    """The drivers whose worst core lost STEAL_NOTED or more of its time to the hypervisor, by that
+    share as shown (drivers that share cores report the same figure: one note for them all)."""
+    noted: dict[str, list[str]] = {}
+    for d, m in per_driver.items():
+        if (m.get("cpu_steal_fraction") or 0.0) >= STEAL_NOTED:
+            noted.setdefault(f"{m['cpu_steal_fraction']:.1%}", []).append(d)
+    return noted
 
 
 @dataclass

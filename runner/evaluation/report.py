@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from veeksha.runner.evaluation.evaluate import Evaluation
-from veeksha.runner.evaluation.health import STEAL_NOTED
+from veeksha.runner.evaluation.health import stolen_cores
 from veeksha.shared.paths import RunPaths
 from veeksha.shared.records import FIELDS, HEALTH_FAILED, HEALTH_PASSED, HEALTH_SKIPPED
 
@@ -94,19 +94,15 @@ def _drivers_line(ev: Evaluation) -> list[str]:
 
 
 def _steal_line(ev: Evaluation) -> list[str]:
-    """When a virtual machine's hypervisor took STEAL_NOTED or more of a driver's CPU time: the
+    """When a virtual machine's hypervisor took STEAL_NOTED or more of a driver's core: the
     latencies were measured through those pauses, which a reader of the figures should know."""
     check = next((c for c in ev.health["checks"] if c["name"] == "drivers"), None)
-    per = check["metrics"].get("drivers", {}) if check is not None else {}
-    stolen = {
-        d: m["cpu_steal_fraction"]
-        for d, m in per.items()
-        if (m.get("cpu_steal_fraction") or 0.0) >= STEAL_NOTED
-    }
-    if not stolen:
-        return []
-    shares = ", ".join(f"{_pct(f, 1)} of driver {d}'s" for d, f in stolen.items())
-    return [f"  steal     the hypervisor took {shares} CPU time: latency tails include those pauses"]
+    noted = stolen_cores(check["metrics"].get("drivers", {})) if check is not None else {}
+    return [
+        f"  steal     the hypervisor took {share} of the time of the worst core of driver {', '.join(ids)}: "
+        "latency tails include those pauses"
+        for share, ids in noted.items()
+    ]
 
 
 def all_failed_line(ev: Evaluation) -> str:

@@ -104,7 +104,7 @@ def test_run_json_and_health_report_each_driver(runs: dict[int, RunPaths]) -> No
     assert all(d["status"] == "completed" and d["cpu_seconds"] > 0 for d in drivers)
     assert info["driver"]["cpu_seconds"] == pytest.approx(sum(d["cpu_seconds"] for d in drivers))
     # What the hypervisor took from each driver's cores (driver/steal.py): known on Linux, often 0.
-    assert all(d["cpu_steal_seconds"] >= 0 and d["num_cpus"] >= 1 for d in drivers)
+    assert all(d["cpu_steal_seconds"] >= 0 and d["num_cpus"] >= 1 and d["run_seconds"] > 0 for d in drivers)
     health = orjson.loads(runs[2].health_checks_json.read_bytes())
     (check,) = [c for c in health["checks"] if c["name"] == "drivers"]
     per = check["metrics"]["drivers"]

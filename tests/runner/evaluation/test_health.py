@@ -425,20 +425,31 @@ def test_drivers_names_the_latest_driver_and_each_ones_cpu_share():
     assert "driver 1 limits the run" in check.detail and "driver 1 used >= 90% of a core" in check.detail
 
 
-def test_drivers_names_a_driver_whose_cores_the_hypervisor_took_time_from():
-    """CPU steal (driver/steal.py) over the driver's cores and the run: a note, not a failure."""
+def test_drivers_names_a_driver_whose_core_the_hypervisor_took_time_from():
+    """CPU steal (driver/steal.py) of the driver's worst core over its own run: a note, not a failure."""
     stolen = [
-        {"driver_id": 0, "cpu_seconds": 2.0, "cpu_steal_seconds": 0.05, "num_cpus": 2},
-        {"driver_id": 1, "cpu_seconds": 2.0, "cpu_steal_seconds": 0.5, "num_cpus": 2},
+        {"driver_id": 0, "cpu_seconds": 2.0, "cpu_steal_seconds": 0.02, "num_cpus": 2, "run_seconds": 8.0},
+        {"driver_id": 1, "cpu_seconds": 2.0, "cpu_steal_seconds": 0.2, "num_cpus": 2, "run_seconds": 8.0},
     ]
     check = health.drivers(run_data(_two_drivers(4.0), drivers=stolen))
-    duration = 10.05 - 0.1
     per = check.metrics["drivers"]
-    assert per["1"]["cpu_steal_seconds"] == 0.5
-    assert per["1"]["cpu_steal_fraction"] == pytest.approx(0.5 / (2 * duration))
-    assert per["0"]["cpu_steal_fraction"] == pytest.approx(0.05 / (2 * duration))  # 0.25 %: below the note
+    assert per["1"]["cpu_steal_seconds"] == 0.2 and per["1"]["cpu_steal_fraction"] == pytest.approx(0.025)
+    assert per["0"]["cpu_steal_fraction"] == pytest.approx(0.0025)  # below the note
+    assert per["1"]["cpu_utilization"] == pytest.approx(2.0 / 8.0)  # over its own run, as the steal
     assert check.result == "PASSED"
-    assert "took 2.5% of driver 1's CPU time (steal)" in check.detail and "driver 0's" not in check.detail
+    assert "took 2.5% of the time of the worst core of driver 1 (CPU steal)" in check.detail
+    assert "driver 0" not in check.detail.split("limits the run")[1]
+
+
+def test_drivers_that_share_cores_get_one_steal_note():
+    """Unpinned drivers on one machine all report its worst core: one note names them all."""
+    same = [
+        {"driver_id": d, "cpu_seconds": 2.0, "cpu_steal_seconds": 0.4, "num_cpus": 2, "run_seconds": 8.0}
+        for d in (0, 1)
+    ]
+    check = health.drivers(run_data(_two_drivers(4.0), drivers=same))
+    assert check.detail.count("CPU steal") == 1
+    assert "took 5.0% of the time of the worst core of driver 0, 1" in check.detail
 
 
 def test_drivers_steal_is_unknown_without_its_run_json_fields():
