@@ -874,7 +874,7 @@ class Driver:
             return
         client = self.client
         assert client is not None, "made before any session"
-        if not client.start(turn.prepared, now) and idle_only:
+        if not client.claim(turn.prepared) and idle_only:
             return
         node, nodes = turn.node, turn.nodes
         spec = node.spec
@@ -904,6 +904,9 @@ class Driver:
         )
         self.trace.append(line)
         self.ring.add(line)  # in the map at once: a SIGKILL before the next tick's flush loses none
+        # Only now its bytes: sent before its ring line, a request a kill cut in between reached the
+        # server with no record to say so. On the connection claimed above (else `complete` sends it).
+        client.start(turn.prepared, now)
         # After its own trace line: the stop's records of queued sessions take later ids, and a
         # driver's trace ids only grow (recorder.py `last_traced`).
         if not self._requests_left():

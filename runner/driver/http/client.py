@@ -27,7 +27,7 @@ import asyncio
 import os
 from collections.abc import Iterable
 from time import perf_counter
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from veeksha.runner.driver.http.deadlines import RequestDeadlines
@@ -49,6 +49,9 @@ from veeksha.runner.driver.http.transport import (
     url_credentials,
     without_user_info,
 )
+
+if TYPE_CHECKING:
+    from veeksha.runner.driver.http.transport import _Connection
 from veeksha.shared import redact
 from veeksha.shared.config import BenchmarkConfig, ClientConfig
 from veeksha.shared.redact import scrub_text
@@ -60,13 +63,14 @@ USER_AGENT = "veeksha"
 class Prepared:
     """One request between `prepare` and `complete`."""
 
-    __slots__ = ("body", "out", "reader", "started")
+    __slots__ = ("body", "claimed", "out", "reader", "started")
 
     def __init__(self, body: bytes, out: Outcome, reader: ResponseReader) -> None:
         self.body = body
         self.out = out
         self.reader = reader
-        self.started: Started | None = None  # written by `start` on an idle connection
+        self.claimed: _Connection | None = None  # the idle connection `claim` took for it
+        self.started: Started | None = None  # written by `start` on that connection
 
 
 class LLMClient(Protocol):
@@ -75,6 +79,8 @@ class LLMClient(Protocol):
     async def request(self, payload: list[dict[str, Any]] | str, max_tokens: int) -> Outcome: ...
 
     def prepare(self, payload: list[dict[str, Any]] | str, max_tokens: int) -> Prepared: ...
+
+    def claim(self, prepared: Prepared) -> bool: ...
 
     def start(self, prepared: Prepared, now: float) -> bool: ...
 
@@ -164,16 +170,32 @@ class OpenAIClient:
         out = Outcome()
         return Prepared(self._builder.body(payload, max_tokens), out, ResponseReader(out, self.is_stream))
 
+    def claim(self, prepared: Prepared) -> bool:
+        """Take an idle keep-alive connection for a prepared request, writing nothing yet: the
+        driver notes the dispatch where a kill cannot take it (driver/dispatch_ring.py) before its
+        bytes can reach the server. False when there is none (`complete` then connects and sends)."""
+        pool = self._pool  # None with httpx: it has no synchronous send
+        if prepared.claimed is None and pool is not None:
+            prepared.claimed = pool.idle_connection()
+        return prepared.claimed is not None
+
     def start(self, prepared: Prepared, now: float) -> bool:
-        """Send a prepared request at `now` on an idle keep-alive connection, if there is one; False
-        if not (`complete` then connects and sends, and `now` still counts as its start)."""
+        """Send a prepared request at `now` on its claimed (else any idle) keep-alive connection, if
+        there is one; False if not (`complete` then connects and sends, and `now` still counts as
+        its start)."""
         prepared.out.picked_up_at = now
-        if isinstance(self._backend, HTTPTransport):  # httpx has no synchronous send
-            prepared.started = self._backend.begin_now(prepared.body, prepared.reader)
+        pool = self._pool
+        if pool is not None and self.claim(prepared):
+            conn, prepared.claimed = prepared.claimed, None
+            assert conn is not None  # claim's
+            prepared.started = pool.begin_on(conn, prepared.body, prepared.reader)
         return prepared.started is not None
 
     def abandon(self, prepared: Prepared) -> None:
-        """A started request whose `complete` will never run (cancelled in between)."""
+        """A claimed or started request whose `complete` will never run (cancelled in between)."""
+        if prepared.claimed is not None and self._pool is not None:  # (only a pool claims)
+            self._pool.give_back(prepared.claimed)
+            prepared.claimed = None
         if prepared.started is not None:
             prepared.started.abandon()
             prepared.started = None

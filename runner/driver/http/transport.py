@@ -8,9 +8,10 @@ What it does: POST of a prebuilt body to one origin (http or https), keep-alive 
 Content-Length, chunked and close-delimited response bodies, a connect deadline. The whole-request
 deadline is the caller's (client.py with deadlines.py cancels the task awaiting `send`). Response
 bytes go to a `ResponseHandler` (openai.ResponseReader) together with the arrival time, taken once
-per read. For the driver's timing: `begin_now` writes a request synchronously on an idle
-connection, every read first runs the `DueHook`'s due work (requests due meanwhile), and streamed
-responses are ACKed every second chunk.
+per read. For the driver's timing: `begin_on` writes a request synchronously on an idle
+connection (`idle_connection` takes it first, so the caller can note the dispatch in between),
+every read first runs the `DueHook`'s due work (requests due meanwhile), and streamed responses are
+ACKed every second chunk.
 
 Failures are raised as errors.py's exception tree.
 """
@@ -78,7 +79,7 @@ class DueHook(Protocol):
 
 
 class Started:
-    """A request already written on a connection (`HTTPTransport.begin_now`); `send` takes it up."""
+    """A request already written on a connection (`HTTPTransport.begin_on`); `send` takes it up."""
 
     __slots__ = ("conn", "data", "waiter")
 
@@ -184,14 +185,20 @@ class HTTPTransport:
 
     # -- public --------------------------------------------------------------------------------------
 
-    def begin_now(self, body: bytes, handler: ResponseHandler) -> Started | None:
-        """Write the request now, synchronously, on an idle keep-alive connection; None when there is
-        none (a connection would have to be waited for or opened: `send` does that)."""
-        conn = None if self._closed else self._take_idle()
-        if conn is None:
-            return None
+    def idle_connection(self) -> _Connection | None:
+        """Take an idle keep-alive connection for a request that `begin_on` writes on it at once
+        (or that `give_back` returns); None when there is none (a connection would have to be waited
+        for or opened: `send` does that)."""
+        return None if self._closed else self._take_idle()
+
+    def begin_on(self, conn: _Connection, body: bytes, handler: ResponseHandler) -> Started:
+        """Write the request now, synchronously, on `conn` (from `idle_connection`)."""
         data = self._request_bytes(body)
         return Started(conn, data, conn.begin(data, handler))
+
+    def give_back(self, conn: _Connection) -> None:
+        """An `idle_connection` no request was written on: idle again."""
+        self._release(conn)
 
     def is_full(self) -> bool:
         """No idle connection and no slot to open one in: a request now would wait for another's.
@@ -208,7 +215,7 @@ class HTTPTransport:
     async def send(
         self, body: bytes, handler: ResponseHandler, started: Started | None = None, room: Room | None = None
     ) -> None:
-        """Send one request (or take up one `begin_now` wrote, or the `room` `reserve` waited for);
+        """Send one request (or take up one `begin_on` wrote, or the `room` `reserve` waited for);
         returns once the handler saw the whole response (or its failure).
 
         Raises RequestError subclasses for transport failures. On any exception (including

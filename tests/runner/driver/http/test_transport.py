@@ -420,3 +420,27 @@ def test_a_wait_for_the_clients_own_pool_is_not_the_servers_time(headers: dict[s
     assert second.picked_up_at >= first.completed_at
     # The server's TTFC, nothing more: the wait (~1.35 s) would put it past 2.3 s.
     assert ttft <= second.chunk_times[0] - second.picked_up_at < ttft + 0.5
+
+
+def test_a_claimed_request_abandoned_before_its_write_gives_the_connection_back() -> None:
+    """`claim` takes an idle connection and writes nothing (the driver notes the dispatch in between);
+    a request cancelled right then must not keep that connection from the pool."""
+    with sim_server(precise={"ttft": 0.01, "itl": 0.01}) as handle:
+
+        async def go() -> tuple[bool, int, str]:
+            client = client_for(handle.api_base, max_connections=1)
+            try:
+                await client.request("warm", 1)
+                prepared = client.prepare("hi", 5)
+                claimed = client.claim(prepared)
+                client.abandon(prepared)
+                open_after = client._backend.open_connections  # type: ignore[attr-defined]
+                again = await asyncio.wait_for(client.request("again", 1), 5)  # the one connection, reused
+                return claimed, open_after, again.status
+            finally:
+                await client.aclose()
+
+        claimed, open_after, status = uvloop.run(go())
+    assert claimed
+    assert open_after == 1  # kept open and idle, not closed
+    assert status == SUCCESS
