@@ -49,13 +49,13 @@ from veeksha.runner.driver.http.transport import (
     url_credentials,
     without_user_info,
 )
-
-if TYPE_CHECKING:
-    from veeksha.runner.driver.http.transport import _Connection
 from veeksha.shared import redact
 from veeksha.shared.config import BenchmarkConfig, ClientConfig
 from veeksha.shared.redact import scrub_text
 from veeksha.shared.schema import to_dict
+
+if TYPE_CHECKING:
+    from veeksha.runner.driver.http.transport import _Connection
 
 USER_AGENT = "veeksha"
 
