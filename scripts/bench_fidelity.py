@@ -200,9 +200,9 @@ class CpuWatch:
     The watch must not take the client core from the driver it measures: an earlier version polled
     /proc every 20 ms from this script's (unpinned) process, and `perf sched` caught those samples
     on the client core just before some of the driver's longest waits for it at 400/s (0.35 and
-    0.79 ms; 1.6 of its 22 ms of waits in 6 s). So it runs on
-    the server core (this thread only), polls only until the driver appears (before the run's
-    clock), then sleeps on the driver's pidfd, waking once a second for the driver's run-queue wait.
+    0.79 ms; 1.6 of its 22 ms of waits in 6 s). So it runs on the server core (this thread only),
+    polls only until the driver appears (before the run's clock), then sleeps on the driver's pidfd,
+    waking once a second for the driver's run-queue wait.
     """
 
     pid: int
